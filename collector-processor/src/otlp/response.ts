@@ -1,0 +1,62 @@
+import type { Directive } from '@tollgate/contracts';
+import { DIRECTIVES_JSON_KEY } from '@tollgate/contracts';
+import { ProtoResponse, ProtoRpcStatus } from './proto.js';
+
+export type WireFormat = 'protobuf' | 'json';
+
+export const CONTENT_TYPE: Record<WireFormat, string> = {
+  protobuf: 'application/x-protobuf',
+  json: 'application/json',
+};
+
+export interface ExportOutcome {
+  rejectedSpans: number;
+  errorMessage: string;
+  directives: Directive[];
+}
+
+/**
+ * `ExportTraceServiceResponse`. `partial_success` is set only when something was rejected (stock
+ * exporters log any non-empty partial success as a warning); directives ride in a field stock clients skip.
+ */
+export function encodeExportResponse(format: WireFormat, outcome: ExportOutcome): Buffer | string {
+  const partial =
+    outcome.rejectedSpans > 0 || outcome.errorMessage
+      ? { rejectedSpans: outcome.rejectedSpans, errorMessage: outcome.errorMessage }
+      : undefined;
+  if (format === 'json') {
+    const body: Record<string, unknown> = {};
+    if (partial) body.partialSuccess = { ...partial, rejectedSpans: String(partial.rejectedSpans) };
+    if (outcome.directives.length) body[DIRECTIVES_JSON_KEY] = { directives: outcome.directives };
+    return JSON.stringify(body);
+  }
+  const msg: Record<string, unknown> = {};
+  if (partial) msg.partialSuccess = partial;
+  if (outcome.directives.length) msg.tollgate = { directives: outcome.directives };
+  return Buffer.from(ProtoResponse.encode(ProtoResponse.fromObject(msg)).finish());
+}
+
+/** The `google.rpc.Status` body OTLP/HTTP uses for error responses. */
+export function encodeRpcStatus(format: WireFormat, grpcCode: number, message: string): Buffer | string {
+  if (format === 'json') return JSON.stringify({ code: grpcCode, message });
+  return Buffer.from(ProtoRpcStatus.encode({ code: grpcCode, message }).finish());
+}
+
+/** Decodes a response (used by tests and by the Tollgate SDK's exporter side). */
+export function decodeExportResponse(bytes: Uint8Array): {
+  partialSuccess?: { rejectedSpans: number; errorMessage: string };
+  directives: Directive[];
+} {
+  const m = ProtoResponse.toObject(ProtoResponse.decode(bytes), { longs: Number, defaults: false }) as {
+    partialSuccess?: { rejectedSpans?: number; errorMessage?: string };
+    tollgate?: { directives?: Directive[] };
+  };
+  const out: ReturnType<typeof decodeExportResponse> = { directives: m.tollgate?.directives ?? [] };
+  if (m.partialSuccess) {
+    out.partialSuccess = {
+      rejectedSpans: m.partialSuccess.rejectedSpans ?? 0,
+      errorMessage: m.partialSuccess.errorMessage ?? '',
+    };
+  }
+  return out;
+}

@@ -1,0 +1,157 @@
+import { createHash } from 'node:crypto';
+import { isMap, isScalar, LineCounter, parseDocument, visit } from 'yaml';
+import type { z } from 'zod';
+import { type Plan, type PlanFile, planFileSchema, planSchema, type ToolRate } from './schema.js';
+
+/** Tool key that prices every tool a plan does not list. */
+export const DEFAULT_TOOL_KEY = '*';
+
+export interface CompiledPlan {
+  product: string;
+  planId: string;
+  /** Content hash of the plan file this plan came from. */
+  version: string;
+  currency: string;
+  plan: Plan;
+  tools: ReadonlyMap<string, ToolRate>;
+  defaultTool: ToolRate | undefined;
+}
+
+export interface PlanBook {
+  version: string;
+  currency: string;
+  source: string;
+  /** Plan of a customer of a product: its own (with overrides) or the product's default. */
+  resolve(product: string, customer: string): CompiledPlan | undefined;
+  products(): string[];
+}
+
+export class PlanFileError extends Error {
+  override readonly name = 'PlanFileError';
+  constructor(
+    readonly file: string,
+    readonly problems: string[],
+  ) {
+    super(`${file}: ${problems.length} problem(s) in the rate-plan file:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+type Path = ReadonlyArray<PropertyKey>;
+
+function pathText(path: Path): string {
+  return path
+    .map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`))
+    .join('')
+    .replace(/\.\*/g, '."*"');
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Objects merge key by key; anything else in `over` replaces what is in `base`. */
+export function deepMerge(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in base ? deepMerge(base[k], v) : v;
+  return out;
+}
+
+function compile(product: string, planId: string, version: string, currency: string, plan: Plan): CompiledPlan {
+  const tools = new Map(Object.entries(plan.tools));
+  return { product, planId, version, currency, plan, tools, defaultTool: tools.get(DEFAULT_TOOL_KEY) };
+}
+
+/**
+ * Parses and validates a rate-plan file. Every problem is reported with its path in the file and its
+ * line; nothing is returned unless the whole file is valid.
+ */
+export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
+  const lines = new LineCounter();
+  const doc = parseDocument(source, { lineCounter: lines, keepSourceTokens: true, uniqueKeys: true });
+  const problems: string[] = [];
+  for (const e of doc.errors) problems.push(`line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
+  if (problems.length) throw new PlanFileError(file, problems);
+
+  // Numbers keep their source text: "0.1" stays "0.1" instead of becoming the float 0.1.
+  visit(doc, {
+    Scalar(_key, node) {
+      if (typeof node.value === 'number' && node.srcToken && 'source' in node.srcToken) {
+        node.value = node.srcToken.source;
+      }
+    },
+  });
+
+  const lineOf = (path: Path): string => {
+    for (let n = path.length; n >= 0; n--) {
+      const node = doc.getIn(path.slice(0, n) as unknown[], true);
+      if ((isScalar(node) || isMap(node)) && node.range) return ` (line ${lines.linePos(node.range[0]).line})`;
+      if (node && typeof node === 'object' && 'range' in node && Array.isArray(node.range)) {
+        return ` (line ${lines.linePos(node.range[0] as number).line})`;
+      }
+    }
+    return '';
+  };
+  const report = (prefix: Path, err: z.ZodError) => {
+    for (const issue of err.issues) {
+      const full = [...prefix, ...issue.path];
+      problems.push(`${pathText(full) || '(root)'}: ${issue.message}${lineOf(full)}`);
+    }
+  };
+
+  const raw = doc.toJS() as unknown;
+  const fileResult = planFileSchema.safeParse(raw ?? {});
+  if (!fileResult.success) {
+    report([], fileResult.error);
+    throw new PlanFileError(file, problems);
+  }
+  const parsed: PlanFile = fileResult.data;
+  const version = createHash('sha256').update(source).digest('hex').slice(0, 12);
+  const defaults = new Map<string, CompiledPlan>();
+  const byCustomer = new Map<string, CompiledPlan>();
+
+  for (const [product, p] of Object.entries(parsed.products)) {
+    const compiled = new Map<string, CompiledPlan>();
+    for (const [planId, rawPlan] of Object.entries(p.plans)) {
+      const r = planSchema.safeParse(rawPlan);
+      if (!r.success) report(['products', product, 'plans', planId], r.error);
+      else compiled.set(planId, compile(product, planId, version, parsed.currency, r.data));
+    }
+    if (!(p.defaultPlan in p.plans)) {
+      problems.push(`products.${product}.defaultPlan: no plan named "${p.defaultPlan}"${lineOf(['products', product, 'defaultPlan'])}`);
+    } else {
+      const d = compiled.get(p.defaultPlan);
+      if (d) defaults.set(product, d);
+    }
+    for (const [customer, c] of Object.entries(p.customers)) {
+      const planId = c.plan ?? p.defaultPlan;
+      const at = ['products', product, 'customers', customer];
+      if (!(planId in p.plans)) {
+        problems.push(`${pathText([...at, 'plan'])}: no plan named "${planId}"${lineOf([...at, 'plan'])}`);
+        continue;
+      }
+      if (!c.overrides) {
+        const shared = compiled.get(planId);
+        if (shared) byCustomer.set(`${product}\0${customer}`, shared);
+        continue;
+      }
+      const r = planSchema.safeParse(deepMerge(p.plans[planId], c.overrides));
+      if (!r.success) report([...at, 'overrides'], r.error);
+      else byCustomer.set(`${product}\0${customer}`, compile(product, planId, version, parsed.currency, r.data));
+    }
+  }
+  if (problems.length) throw new PlanFileError(file, problems);
+
+  return Object.freeze({
+    version,
+    currency: parsed.currency,
+    source,
+    resolve: (product: string, customer: string) => byCustomer.get(`${product}\0${customer}`) ?? defaults.get(product),
+    products: () => [...defaults.keys()],
+  });
+}
+
+/** The rate of a tool under a plan, or undefined when the plan neither lists it nor has a default. */
+export function toolRateOf(plan: CompiledPlan, tool: string): ToolRate | undefined {
+  return plan.tools.get(tool) ?? plan.defaultTool;
+}

@@ -1,0 +1,149 @@
+import { parseDecimalToNano } from '@tollgate/contracts';
+import { z } from 'zod';
+
+/**
+ * The rate-plan file. Every number in it is read from its YAML source text (see load.ts), so money
+ * decimals reach `parseDecimalToNano` exactly as written and never pass through a float.
+ */
+
+const DECIMAL_RE = /^\d+(\.\d+)?$/;
+
+/** A non-negative decimal amount of the plan currency ("0.0025"), parsed to nano-units. */
+export const money = z
+  .string({ error: 'must be a decimal amount such as "0.002"' })
+  .regex(DECIMAL_RE, 'must be a non-negative decimal amount such as "0.002"')
+  .transform((s, ctx) => {
+    try {
+      return parseDecimalToNano(s);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
+const count = z
+  .string({ error: 'must be a whole number' })
+  .regex(/^\d+$/, 'must be a whole number')
+  .transform(Number)
+  .pipe(z.number().max(Number.MAX_SAFE_INTEGER));
+
+/** A share written as a decimal between 0 and 1 ("0.2" = 20%), kept in basis points. */
+const ratio = z
+  .string({ error: 'must be a decimal between 0 and 1 such as "0.2"' })
+  .regex(/^(0(\.\d{1,4})?|1(\.0{1,4})?)$/, 'must be a decimal between 0 and 1 with at most 4 places')
+  .transform((s) => Math.round(Number.parseFloat(s) * 10_000));
+
+const tier = z.strictObject({
+  /** Calls of this tool in the period up to and including which this tier applies; omit on the last tier. */
+  upTo: count.optional(),
+  perCall: money,
+});
+
+const priceTerms = z.strictObject({
+  perCall: money.optional(),
+  /** Graduated per-call price by the customer's calls of this tool in the period (replaces perCall). */
+  perCallTiers: z.array(tier).min(1).optional(),
+  perInputToken: money.optional(),
+  perOutputToken: money.optional(),
+  perSecond: money.optional(),
+});
+
+const costTerms = z.strictObject({
+  perCall: money.optional(),
+  perInputToken: money.optional(),
+  perOutputToken: money.optional(),
+  perSecond: money.optional(),
+});
+
+const toolRate = z
+  .strictObject({
+    price: priceTerms.default({}),
+    /** Cost of goods of one call, in the same terms as the price (used by margin analytics and the guard). */
+    cost: costTerms.default({}),
+  })
+  .superRefine((t, ctx) => {
+    if (t.price.perCall !== undefined && t.price.perCallTiers) {
+      ctx.addIssue({ code: 'custom', path: ['price'], message: 'set perCall or perCallTiers, not both' });
+    }
+    const tiers = t.price.perCallTiers ?? [];
+    let prev = 0;
+    tiers.forEach((tr, i) => {
+      const last = i === tiers.length - 1;
+      if (!last && tr.upTo === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'required on every tier but the last' });
+      }
+      if (last && tr.upTo !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'the last tier must be open-ended (no upTo)' });
+      }
+      if (tr.upTo !== undefined) {
+        if (tr.upTo <= prev) {
+          ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'must be greater than the previous tier' });
+        }
+        prev = tr.upTo;
+      }
+    });
+  });
+
+/** Hard limits (enforced in Redis). Omitted limits do not apply. */
+const limits = z.strictObject({
+  spendPerPeriod: money.optional(),
+  callsPerDay: count.optional(),
+  spendPerSession: money.optional(),
+  callsPerToolPerPeriod: z.record(z.string(), count).optional(),
+});
+
+const marginGuard = z.strictObject({
+  enabled: z.boolean().default(true),
+  warnBelow: ratio.default(2000),
+  throttleBelow: ratio.default(1000),
+  killBelow: ratio.default(0),
+  /** Revenue the period (or session) must reach before the guard judges its margin. */
+  minRevenue: money.default(0n),
+  /** Calls per second allowed while throttled. */
+  throttleRatePerSecond: z
+    .string()
+    .regex(DECIMAL_RE)
+    .transform(Number)
+    .pipe(z.number().positive())
+    .default(1),
+});
+
+export const planSchema = z.strictObject({
+  description: z.string().optional(),
+  billFailedCalls: z.boolean().default(false),
+  /** Calls per customer per period (all tools of the product) that are free. */
+  freeCallsPerMonth: count.default(0),
+  /** Per-tool rates; `"*"` is the default for tools not listed. */
+  tools: z.record(z.string().min(1), toolRate),
+  limits: limits.default({}),
+  marginGuard: marginGuard.default({
+    enabled: true,
+    warnBelow: 2000,
+    throttleBelow: 1000,
+    killBelow: 0,
+    minRevenue: 0n,
+    throttleRatePerSecond: 1,
+  }),
+});
+
+const customer = z.strictObject({
+  plan: z.string().min(1).optional(),
+  /** Deep-merged over the plan for this customer (objects merge, scalars and lists replace). */
+  overrides: z.record(z.string(), z.unknown()).optional(),
+});
+
+const product = z.strictObject({
+  defaultPlan: z.string().min(1),
+  plans: z.record(z.string().min(1), z.unknown()),
+  customers: z.record(z.string().min(1), customer).default({}),
+});
+
+export const planFileSchema = z.strictObject({
+  currency: z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as USD'),
+  products: z.record(z.string().min(1), product),
+});
+
+export type PlanInput = z.input<typeof planSchema>;
+export type Plan = z.output<typeof planSchema>;
+export type ToolRate = z.output<typeof toolRate>;
+export type PlanFile = z.output<typeof planFileSchema>;

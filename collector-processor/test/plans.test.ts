@@ -1,0 +1,128 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { loadPlanBook, PlanFileError, toolRateOf } from '../src/plans/load.js';
+
+const defaults = readFileSync(new URL('../defaults/plans.yaml', import.meta.url), 'utf8');
+
+function problemsOf(source: string): string[] {
+  try {
+    loadPlanBook(source, 'test.yaml');
+  } catch (err) {
+    if (err instanceof PlanFileError) return err.problems;
+    throw err;
+  }
+  throw new Error('expected the plan file to be rejected');
+}
+
+describe('rate-plan file', () => {
+  it('loads the embedded default and parses money exactly', () => {
+    const book = loadPlanBook(defaults);
+    const std = book.resolve('demo-mcp', 'someone-new');
+    expect(std?.planId).toBe('standard');
+    expect(toolRateOf(std!, 'unlisted_tool')?.price.perCall).toBe(2_000_000n);
+    expect(toolRateOf(std!, 'get_forecast')?.price.perCallTiers?.map((t) => t.perCall)).toEqual([
+      10_000_000n,
+      8_000_000n,
+      5_000_000n,
+    ]);
+    expect(std?.plan.marginGuard.warnBelow).toBe(2000);
+    expect(book.resolve('demo-mcp', 'acme')?.planId).toBe('enterprise');
+    expect(book.resolve('nope', 'acme')).toBeUndefined();
+    expect(book.version).toMatch(/^[0-9a-f]{12}$/);
+  });
+
+  it('applies customer overrides by deep merge without touching the shared plan', () => {
+    const book = loadPlanBook(defaults);
+    const globex = book.resolve('demo-mcp', 'globex')!;
+    expect(globex.plan.freeCallsPerMonth).toBe(0);
+    expect(globex.plan.limits.spendPerPeriod).toBe(5_000_000_000n);
+    expect(globex.plan.limits.callsPerDay).toBe(100_000);
+    const initech = book.resolve('demo-mcp', 'initech')!;
+    const report = toolRateOf(initech, 'run_report')!;
+    expect(report.price.perCall).toBe(10_000_000n);
+    expect(report.price.perSecond).toBe(1_000_000n);
+    expect(toolRateOf(book.resolve('demo-mcp', 'x')!, 'run_report')!.price.perCall).toBe(50_000_000n);
+  });
+
+  it('keeps a decimal that a float would round (0.1 + 0.2 style)', () => {
+    const book = loadPlanBook(`
+currency: EUR
+products:
+  p:
+    defaultPlan: a
+    plans:
+      a:
+        tools:
+          "*": { price: { perCall: 0.000000003, perInputToken: 0.3 } }
+`);
+    const rate = toolRateOf(book.resolve('p', 'c')!, 'x')!;
+    expect(rate.price.perCall).toBe(3n);
+    expect(rate.price.perInputToken).toBe(300_000_000n);
+  });
+
+  it('names every problem by its path and line', () => {
+    const problems = problemsOf(`currency: USD
+products:
+  p:
+    defaultPlan: missing
+    plans:
+      a:
+        freeCallsPerMonth: -1
+        tools:
+          t:
+            price: { perCall: "abc", perCallTiers: [{ upTo: 10, perCall: "1" }, { upTo: 5, perCall: "2" }] }
+            bogus: 1
+    customers:
+      c:
+        plan: nope
+`);
+    const text = problems.join('\n');
+    expect(text).toContain('products.p.defaultPlan: no plan named "missing" (line 4)');
+    expect(text).toMatch(/products\.p\.plans\.a\.freeCallsPerMonth: must be a whole number \(line 7\)/);
+    expect(text).toMatch(/products\.p\.plans\.a\.tools\.t\.price\.perCall: must be a non-negative decimal.*\(line 10\)/);
+    expect(text).toMatch(/products\.p\.plans\.a\.tools\.t: Unrecognized key: "bogus"/);
+    expect(text).toContain('products.p.customers.c.plan: no plan named "nope" (line 14)');
+  });
+
+  it('rejects tiers that are not increasing or not open-ended', () => {
+    const problems = problemsOf(`currency: USD
+products:
+  p:
+    defaultPlan: a
+    plans:
+      a:
+        tools:
+          t:
+            price:
+              perCallTiers:
+                - { upTo: 10, perCall: "1" }
+                - { upTo: 5, perCall: "2" }
+`);
+    expect(problems.join('\n')).toContain('perCallTiers[1].upTo: must be greater than the previous tier');
+    expect(problems.join('\n')).toContain('perCallTiers[1].upTo: the last tier must be open-ended');
+  });
+
+  it('reports YAML syntax errors and more than 9 decimals', () => {
+    expect(problemsOf('currency: [USD\n')[0]).toMatch(/^line \d+:/);
+    expect(
+      problemsOf(`currency: USD
+products:
+  p: { defaultPlan: a, plans: { a: { tools: { t: { price: { perCall: "0.0000000001" } } } } } }
+`).join(),
+    ).toContain('more than 9 decimal places');
+  });
+
+  it('validates customer overrides against the plan schema', () => {
+    const problems = problemsOf(`currency: USD
+products:
+  p:
+    defaultPlan: a
+    plans:
+      a: { tools: { "*": { price: { perCall: "1" } } } }
+    customers:
+      c:
+        overrides: { freeCallsPerMonth: "lots" }
+`);
+    expect(problems.join()).toContain('products.p.customers.c.overrides.freeCallsPerMonth: must be a whole number');
+  });
+});

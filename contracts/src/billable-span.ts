@@ -1,0 +1,178 @@
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_GEN_AI_TOOL_NAME,
+  ATTR_GEN_AI_USAGE_INPUT_TOKENS,
+  ATTR_GEN_AI_USAGE_OUTPUT_TOKENS,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_MCP_METHOD_NAME,
+  ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_MCP_SESSION_ID,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_RPC_RESPONSE_STATUS_CODE,
+  ATTR_TOLLGATE_AGENT,
+  ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_TRANSPORT,
+  KONG_ROOT_SPAN_NAME,
+  MCP_METHOD_TOOLS_CALL,
+  MCP_TRANSPORTS,
+  type McpTransport,
+  RESOURCE_SERVICE_INSTANCE_ID,
+  STATUS_CODE_ERROR,
+} from './attributes.js';
+import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
+import { isValidIdentifier } from './identifiers.js';
+import type { CallSource, RejectReason, ToolCall } from './tool-call.js';
+
+/** An attribute value as decoded from OTLP; arrays and maps are not used for billing and decode to null. */
+export type AttrValue = string | number | boolean | null;
+export type Attributes = Record<string, AttrValue>;
+
+/** The parts of an OTLP span the billing contract reads. */
+export interface SpanView {
+  traceId: string;
+  spanId: string;
+  name: string;
+  kind: number;
+  startUnixUs: number;
+  endUnixUs: number;
+  statusCode: number;
+  attributes: Attributes;
+  resource: Attributes;
+  scopeName: string;
+}
+
+export interface ExtractOptions {
+  /** Customer bound to the ingest key, used when the span carries none. */
+  defaultCustomer?: string | undefined;
+  /** Name of the instrumentation scope the Tollgate SDK uses (its spans are marked source=sdk). */
+  sdkScopeName: string;
+  nowUnixUs: number;
+  /** Oldest accepted start time, relative to now. */
+  maxAgeUs: number;
+  /** How far in the future a start time may lie (clock skew). */
+  maxFutureUs: number;
+}
+
+export type Extraction =
+  | { kind: 'ignored' }
+  | { kind: 'call'; call: ToolCall }
+  | { kind: 'rejected'; reason: RejectReason; detail: string };
+
+/** Largest token count or duration we accept from an attribute. */
+export const MAX_COUNT = 1e12;
+
+const IGNORED: Extraction = { kind: 'ignored' };
+
+function reject(reason: RejectReason, detail: string): Extraction {
+  return { kind: 'rejected', reason, detail };
+}
+
+function str(v: AttrValue | undefined): string | undefined {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number' && Number.isFinite(v)) return String(v);
+  return undefined;
+}
+
+/** A count attribute: int or double (Kong sends doubles), non-negative, integral. Absent → 0. */
+function count(v: AttrValue | undefined): number | undefined {
+  if (v === undefined || v === null) return 0;
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_COUNT) return undefined;
+  return n;
+}
+
+function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
+  const explicit = attrs[ATTR_TOLLGATE_TRANSPORT];
+  if (typeof explicit === 'string' && (MCP_TRANSPORTS as readonly string[]).includes(explicit)) {
+    return explicit as McpTransport;
+  }
+  if (isKong) return 'http';
+  const net = attrs[ATTR_NETWORK_TRANSPORT];
+  if (net === 'pipe') return 'stdio';
+  if (net === 'tcp' || net === 'http' || net === 'quic') return 'http';
+  return 'unknown';
+}
+
+/**
+ * Applies the billable-span contract to one span: a span is a billable tool call when
+ * `mcp.method.name` = `tools/call` and `gen_ai.tool.name` is set. Every other span is ignored (not
+ * rejected); a span that claims to be a tool call but breaks the contract is rejected with a reason.
+ */
+export function extractToolCall(span: SpanView, opts: ExtractOptions): Extraction {
+  const a = span.attributes;
+  if (a[ATTR_MCP_METHOD_NAME] !== MCP_METHOD_TOOLS_CALL) return IGNORED;
+  const tool = str(a[ATTR_GEN_AI_TOOL_NAME]);
+  if (!tool) return reject('missing_tool_name', `span ${span.spanId}`);
+  if (!isValidTraceId(span.traceId)) return reject('invalid_trace_id', `span ${span.spanId}`);
+  if (!isValidSpanId(span.spanId)) return reject('invalid_span_id', `trace ${span.traceId}`);
+
+  const customer =
+    str(a[ATTR_TOLLGATE_CUSTOMER]) ?? str(span.resource[ATTR_TOLLGATE_CUSTOMER]) ?? opts.defaultCustomer;
+  if (!customer) return reject('missing_customer', `span ${span.spanId}`);
+  const agent = str(a[ATTR_TOLLGATE_AGENT]) ?? str(span.resource[ATTR_TOLLGATE_AGENT]) ?? '';
+  const sessionId = str(a[ATTR_MCP_SESSION_ID]) ?? '';
+  for (const [name, value] of [
+    ['customer', customer],
+    ['tool', tool],
+  ] as const) {
+    if (!isValidIdentifier(value)) return reject('invalid_identifier', `${name} of span ${span.spanId}`);
+  }
+  for (const [name, value] of [
+    ['agent', agent],
+    ['session', sessionId],
+  ] as const) {
+    if (value !== '' && !isValidIdentifier(value))
+      return reject('invalid_identifier', `${name} of span ${span.spanId}`);
+  }
+
+  const inputTokens = count(a[ATTR_GEN_AI_USAGE_INPUT_TOKENS]);
+  const outputTokens = count(a[ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]);
+  if (inputTokens === undefined || outputTokens === undefined) {
+    return reject('invalid_number', `token counts of span ${span.spanId}`);
+  }
+
+  const { startUnixUs, endUnixUs } = span;
+  if (
+    !Number.isFinite(startUnixUs) ||
+    !Number.isFinite(endUnixUs) ||
+    startUnixUs <= 0 ||
+    endUnixUs < startUnixUs ||
+    startUnixUs < opts.nowUnixUs - opts.maxAgeUs ||
+    startUnixUs > opts.nowUnixUs + opts.maxFutureUs
+  ) {
+    return reject('invalid_timestamp', `span ${span.spanId}`);
+  }
+
+  const isKong = span.name === KONG_ROOT_SPAN_NAME;
+  const errorType = str(a[ATTR_ERROR_TYPE]) ?? '';
+  const rpcStatus = a[ATTR_RPC_RESPONSE_STATUS_CODE];
+  const httpStatus = a[ATTR_HTTP_RESPONSE_STATUS_CODE];
+  const httpFailed = typeof httpStatus === 'number' && httpStatus >= 400;
+  const rpcFailed = rpcStatus !== undefined && rpcStatus !== null && rpcStatus !== 0 && rpcStatus !== '0';
+  const ok = errorType === '' && span.statusCode !== STATUS_CODE_ERROR && !rpcFailed && !httpFailed;
+
+  let source: CallSource = 'otlp';
+  if (isKong) source = 'kong';
+  else if (span.scopeName === opts.sdkScopeName) source = 'sdk';
+
+  const call: ToolCall = {
+    eventId: eventIdFromSpan(span.traceId, span.spanId),
+    traceId: span.traceId,
+    spanId: span.spanId,
+    customer,
+    agent,
+    sessionId,
+    tool,
+    transport: transportOf(a, isKong),
+    ok,
+    errorType: ok ? '' : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? 'jsonrpc_error' : '_OTHER'),
+    startUnixUs,
+    durationUs: endUnixUs - startUnixUs,
+    inputTokens,
+    outputTokens,
+    protocolVersion: str(a[ATTR_MCP_PROTOCOL_VERSION]) ?? '',
+    source,
+    instanceId: str(span.resource[RESOURCE_SERVICE_INSTANCE_ID]) ?? '',
+  };
+  return { kind: 'call', call };
+}

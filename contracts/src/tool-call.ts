@@ -1,0 +1,54 @@
+import type { McpTransport } from './attributes.js';
+
+/** Where a tool call was observed. */
+export type CallSource = 'sdk' | 'kong' | 'otlp' | 'event';
+
+/**
+ * One billable MCP tool call, normalised from a span or a plain usage event. The product (tenant) is not
+ * part of it: it always comes from the authenticated ingest credential.
+ */
+export interface ToolCall {
+  /** Idempotency key: trace id + span id for spans, a hash of the sender's id for usage events. */
+  eventId: string;
+  traceId: string;
+  spanId: string;
+  customer: string;
+  agent: string;
+  sessionId: string;
+  tool: string;
+  transport: McpTransport;
+  /** false when the call failed (tool error, JSON-RPC error, HTTP error, span status error). */
+  ok: boolean;
+  errorType: string;
+  startUnixUs: number;
+  durationUs: number;
+  inputTokens: number;
+  outputTokens: number;
+  protocolVersion: string;
+  source: CallSource;
+  /** `service.instance.id` of the sender, used to route directives to heartbeating SDK instances. */
+  instanceId: string;
+}
+
+/** Why a span or event that claims to be a tool call was refused (stable codes, reported in partial success). */
+export const REJECT_REASONS = {
+  missing_tool_name: 'gen_ai.tool.name is missing or empty',
+  missing_customer: 'no customer: set tollgate.customer.id or bind a default customer to the ingest key',
+  invalid_trace_id: 'trace_id is not 16 bytes or is all zeros',
+  invalid_span_id: 'span_id is not 8 bytes or is all zeros',
+  invalid_number: 'a numeric attribute is negative, fractional where an integer is required, NaN or too large',
+  invalid_timestamp: 'start/end time is missing, inverted or outside the accepted window',
+  invalid_identifier: 'an identifier attribute is too long or has control characters',
+  unknown_tool: 'the tool is not priced by the plan and the plan has no default tool',
+  unknown_plan: 'no rate plan for this product and customer',
+  malformed_span: 'the span could not be decoded (wrong wire or JSON types)',
+  invalid_event: 'the usage event does not match the schema',
+  duplicate_in_batch: 'the same event id appears twice in one request',
+  unsupported_metric: 'metricName is not a metered MCP metric',
+} as const;
+export type RejectReason = keyof typeof REJECT_REASONS;
+
+export interface Rejection {
+  reason: RejectReason;
+  detail?: string;
+}

@@ -1,0 +1,83 @@
+import { z } from 'zod';
+import { MCP_TRANSPORTS } from './attributes.js';
+import { MAX_COUNT } from './billable-span.js';
+import { eventIdFromUsageEvent } from './event-id.js';
+import { MAX_IDENTIFIER_LENGTH } from './identifiers.js';
+import type { ToolCall } from './tool-call.js';
+
+/** The metric name a plain usage event must carry to be metered as an MCP tool call. */
+export const USAGE_METRIC_TOOL_CALL = 'mcp.tool_call';
+
+// biome-ignore lint/suspicious/noControlCharactersInRegex: identifiers must not carry control characters
+const identifier = z.string().min(1).max(MAX_IDENTIFIER_LENGTH).regex(/^[^\u0000-\u001f\u007f]+$/);
+const optionalIdentifier = z.union([identifier, z.literal('')]);
+const countSchema = z.number().int().min(0).max(MAX_COUNT);
+
+/**
+ * A plain JSON usage event, for senders without OpenTelemetry (`POST /v1/ingest/events` and
+ * `/v1/ingest/batch`). It feeds the same pipeline as a span: `id` is its idempotency key.
+ */
+export const UsageEventSchema = z
+  .object({
+    id: identifier,
+    customerId: identifier.optional(),
+    timestamp: z.union([z.iso.datetime({ offset: true }), z.number().int().positive()]),
+    metricName: z.literal(USAGE_METRIC_TOOL_CALL),
+    productType: z.literal('mcp').optional(),
+    toolName: identifier,
+    sessionId: optionalIdentifier.default(''),
+    agentId: optionalIdentifier.default(''),
+    executionDurationMs: z.number().min(0).max(MAX_COUNT),
+    status: z.enum(['ok', 'error']).default('ok'),
+    errorType: z.string().max(MAX_IDENTIFIER_LENGTH).optional(),
+    transport: z.enum(MCP_TRANSPORTS).default('unknown'),
+    traceId: z
+      .string()
+      .regex(/^[0-9a-f]{32}$/)
+      .optional(),
+    spanId: z
+      .string()
+      .regex(/^[0-9a-f]{16}$/)
+      .optional(),
+    metadata: z
+      .object({
+        inputTokens: countSchema.default(0),
+        outputTokens: countSchema.default(0),
+      })
+      .loose()
+      .default({ inputTokens: 0, outputTokens: 0 }),
+  })
+  .strict();
+export type UsageEvent = z.input<typeof UsageEventSchema>;
+export type ParsedUsageEvent = z.output<typeof UsageEventSchema>;
+
+/** Converts a validated usage event into the normalised tool call; customer falls back to the key's default. */
+export function toolCallFromUsageEvent(
+  e: ParsedUsageEvent,
+  product: string,
+  defaultCustomer: string | undefined,
+): ToolCall | undefined {
+  const customer = e.customerId ?? defaultCustomer;
+  if (!customer) return undefined;
+  const startMs = typeof e.timestamp === 'number' ? e.timestamp : Date.parse(e.timestamp);
+  const ok = e.status === 'ok';
+  return {
+    eventId: eventIdFromUsageEvent(product, e.id),
+    traceId: e.traceId ?? '',
+    spanId: e.spanId ?? '',
+    customer,
+    agent: e.agentId,
+    sessionId: e.sessionId,
+    tool: e.toolName,
+    transport: e.transport,
+    ok,
+    errorType: ok ? '' : (e.errorType ?? 'error'),
+    startUnixUs: Math.round(startMs * 1000),
+    durationUs: Math.round(e.executionDurationMs * 1000),
+    inputTokens: e.metadata.inputTokens,
+    outputTokens: e.metadata.outputTokens,
+    protocolVersion: '',
+    source: 'event',
+    instanceId: '',
+  };
+}
