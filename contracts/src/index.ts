@@ -8,3 +8,4 @@ export * from './redis-keys.js';
 export * from './tool-call.js';
 export * from './usage-event.js';
 export * from './directives.js';
+export * from './enforcement-state.js';
