@@ -79,7 +79,9 @@ products:
     const text = problems.join('\n');
     expect(text).toContain('products.p.defaultPlan: no plan named "missing" (line 4)');
     expect(text).toMatch(/products\.p\.plans\.a\.freeCallsPerMonth: must be a whole number \(line 7\)/);
-    expect(text).toMatch(/products\.p\.plans\.a\.tools\.t\.price\.perCall: must be a non-negative decimal.*\(line 10\)/);
+    expect(text).toMatch(
+      /products\.p\.plans\.a\.tools\.t\.price\.perCall: must be a non-negative decimal.*\(line 10\)/,
+    );
     expect(text).toMatch(/products\.p\.plans\.a\.tools\.t: Unrecognized key: "bogus"/);
     expect(text).toContain('products.p.customers.c.plan: no plan named "nope" (line 14)');
   });
@@ -123,6 +125,8 @@ products:
       c:
         overrides: { freeCallsPerMonth: "lots" }
 `);
-    expect(problems.join()).toContain('products.p.customers.c.overrides.freeCallsPerMonth: must be a whole number');
+    expect(problems.join()).toContain(
+      'products.p.customers.c.overrides.freeCallsPerMonth: must be a whole number',
+    );
   });
 });

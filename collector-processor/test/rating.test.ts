@@ -56,14 +56,28 @@ describe('rateCall', () => {
     ['free allowance, first call', {}, 1, 0n, 500_000n, 'free'],
     ['free allowance, last free call', {}, 2, 0n, 500_000n, 'free'],
     ['first paid call', {}, 3, 2_000_000n, 500_000n, 'billed'],
-    ['tokens priced exactly', { inputTokens: 1234, outputTokens: 5678 }, 3, 2_000_000n + 1_234_000n + 17_034_000n, 500_000n + 246_800n, 'billed'],
+    [
+      'tokens priced exactly',
+      { inputTokens: 1234, outputTokens: 5678 },
+      3,
+      2_000_000n + 1_234_000n + 17_034_000n,
+      500_000n + 246_800n,
+      'billed',
+    ],
     // 1.5 s at 0.0001/s = 0.00015 → 150_000 nano; cost 1.5 s at 0.000003/s = 4_500 nano
     ['duration priced', { durationUs: 1_500_000 }, 3, 2_150_000n, 504_500n, 'billed'],
     // 1 µs at 0.0001/s = 0.1 nano → rounds to 0; cost 0.003 nano → 0
     ['sub-nano duration rounds down', { durationUs: 1 }, 3, 2_000_000n, 500_000n, 'billed'],
     // 5 µs at 0.0001/s = 0.5 nano → rounds half up to 1
     ['half nano rounds up', { durationUs: 5 }, 3, 2_000_001n, 500_000n, 'billed'],
-    ['failed call not billed, cost kept', { ok: false, errorType: 'tool_error' }, 0, 0n, 500_000n, 'failed_not_billed'],
+    [
+      'failed call not billed, cost kept',
+      { ok: false, errorType: 'tool_error' },
+      0,
+      0n,
+      500_000n,
+      'failed_not_billed',
+    ],
   ] as const)('%s', (_d, over, planOrdinal, price, cost, decision) => {
     const c = call(over);
     const r = rateCall(c, plan, toolRateOf(plan, c.tool)!, { toolOrdinal: planOrdinal, planOrdinal });
@@ -75,7 +89,10 @@ describe('rateCall', () => {
 
   it('bills failed calls when the plan says so', () => {
     const fp = book.resolve('p', 'f')!;
-    const r = rateCall(call({ ok: false, customer: 'f' }), fp, toolRateOf(fp, 'x')!, { toolOrdinal: 1, planOrdinal: 1 });
+    const r = rateCall(call({ ok: false, customer: 'f' }), fp, toolRateOf(fp, 'x')!, {
+      toolOrdinal: 1,
+      planOrdinal: 1,
+    });
     expect(r.decision).toBe('billed');
     expect(r.priceNano).toBe(1_000_000_000n);
   });

@@ -165,7 +165,9 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     tool,
     transport: transportOf(a, isKong),
     ok,
-    errorType: ok ? '' : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? 'jsonrpc_error' : '_OTHER'),
+    errorType: ok
+      ? ''
+      : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? 'jsonrpc_error' : '_OTHER'),
     startUnixUs,
     durationUs: endUnixUs - startUnixUs,
     inputTokens,

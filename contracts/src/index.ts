@@ -1,5 +1,7 @@
 export * from './attributes.js';
 export * from './billable-span.js';
+export * from './directives.js';
+export * from './enforcement-state.js';
 export * from './event-id.js';
 export * from './identifiers.js';
 export * from './money.js';
@@ -7,5 +9,3 @@ export * from './rated-call.js';
 export * from './redis-keys.js';
 export * from './tool-call.js';
 export * from './usage-event.js';
-export * from './directives.js';
-export * from './enforcement-state.js';

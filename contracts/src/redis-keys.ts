@@ -9,8 +9,15 @@
 export const KEY_PREFIX = 'tg';
 
 export function escapeKeyPart(part: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters must be escaped
-  return part.replace(/[%{}:\u0000-\u0020]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
+  let out = '';
+  for (const ch of part) {
+    const code = ch.charCodeAt(0);
+    out +=
+      code <= 0x20 || ch === '%' || ch === '{' || ch === '}' || ch === ':'
+        ? `%${code.toString(16).toUpperCase().padStart(2, '0')}`
+        : ch;
+  }
+  return out;
 }
 
 /** `{product:customer}` — the hash tag of every key of one customer. */
@@ -19,8 +26,12 @@ export function customerTag(product: string, customer: string): string {
 }
 
 export const redisKeys = {
-  /** Dedup claim of one event: value is `token|toolOrdinal|planOrdinal`, with a TTL. */
-  dedup: (tag: string, eventId: string) => `${KEY_PREFIX}:${tag}:dd:${eventId}`,
+  /**
+   * Dedup claims of the calls that started on one UTC day (hash): field = event id, value =
+   * `token|toolOrdinal|planOrdinal`. Kept for the accepted span age plus a day, so every accepted call's
+   * claim outlives its acceptance window.
+   */
+  dedup: (tag: string, day: string) => `${KEY_PREFIX}:${tag}:dd:${day}`,
   /** Period counters (hash): `calls`, `billable`, `tool:<name>`, `spend`, `cost`, ... */
   period: (tag: string, period: string) => `${KEY_PREFIX}:${tag}:p:${period}`,
   /** Daily counters (hash), for per-day limits. */

@@ -36,7 +36,8 @@ export const REJECT_REASONS = {
   missing_customer: 'no customer: set tollgate.customer.id or bind a default customer to the ingest key',
   invalid_trace_id: 'trace_id is not 16 bytes or is all zeros',
   invalid_span_id: 'span_id is not 8 bytes or is all zeros',
-  invalid_number: 'a numeric attribute is negative, fractional where an integer is required, NaN or too large',
+  invalid_number:
+    'a numeric attribute is negative, fractional where an integer is required, NaN or too large',
   invalid_timestamp: 'start/end time is missing, inverted or outside the accepted window',
   invalid_identifier: 'an identifier attribute is too long or has control characters',
   unknown_tool: 'the tool is not priced by the plan and the plan has no default tool',

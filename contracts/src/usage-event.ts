@@ -2,14 +2,15 @@ import { z } from 'zod';
 import { MCP_TRANSPORTS } from './attributes.js';
 import { MAX_COUNT } from './billable-span.js';
 import { eventIdFromUsageEvent } from './event-id.js';
-import { MAX_IDENTIFIER_LENGTH } from './identifiers.js';
+import { isValidIdentifier, MAX_IDENTIFIER_LENGTH } from './identifiers.js';
 import type { ToolCall } from './tool-call.js';
 
 /** The metric name a plain usage event must carry to be metered as an MCP tool call. */
 export const USAGE_METRIC_TOOL_CALL = 'mcp.tool_call';
 
-// biome-ignore lint/suspicious/noControlCharactersInRegex: identifiers must not carry control characters
-const identifier = z.string().min(1).max(MAX_IDENTIFIER_LENGTH).regex(/^[^\u0000-\u001f\u007f]+$/);
+const identifier = z.string().refine(isValidIdentifier, {
+  message: `must be 1 to ${MAX_IDENTIFIER_LENGTH} characters without control characters`,
+});
 const optionalIdentifier = z.union([identifier, z.literal('')]);
 const countSchema = z.number().int().min(0).max(MAX_COUNT);
 

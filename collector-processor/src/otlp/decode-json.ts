@@ -1,5 +1,5 @@
 import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
-import { DecodeError, type DecodedExport } from './decoded.js';
+import { type DecodedExport, DecodeError } from './decoded.js';
 
 /**
  * OTLP/JSON (the protobuf JSON mapping with OTLP's exceptions: hex trace/span ids, integer enums, int64

@@ -1,5 +1,5 @@
 import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
-import { DecodeError, type DecodedExport } from './decoded.js';
+import { type DecodedExport, DecodeError } from './decoded.js';
 import { type Long, ProtoResource, ProtoScope, ProtoSpan, Reader } from './proto.js';
 
 interface PAnyValue {
@@ -91,7 +91,9 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
       let resource: Attributes = {};
       const scopeSpansList: Uint8Array[] = [];
       eachField(resourceSpans, 1, (res) => {
-        resource = attributesOf((ProtoResource.decode(res) as unknown as { attributes: PKeyValue[] }).attributes);
+        resource = attributesOf(
+          (ProtoResource.decode(res) as unknown as { attributes: PKeyValue[] }).attributes,
+        );
       });
       eachField(resourceSpans, 2, (ss) => scopeSpansList.push(ss));
       const instanceId = resource[RESOURCE_SERVICE_INSTANCE_ID];

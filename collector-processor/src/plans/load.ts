@@ -57,7 +57,13 @@ export function deepMerge(base: unknown, over: unknown): unknown {
   return out;
 }
 
-function compile(product: string, planId: string, version: string, currency: string, plan: Plan): CompiledPlan {
+function compile(
+  product: string,
+  planId: string,
+  version: string,
+  currency: string,
+  plan: Plan,
+): CompiledPlan {
   const tools = new Map(Object.entries(plan.tools));
   return { product, planId, version, currency, plan, tools, defaultTool: tools.get(DEFAULT_TOOL_KEY) };
 }
@@ -70,7 +76,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
   const lines = new LineCounter();
   const doc = parseDocument(source, { lineCounter: lines, keepSourceTokens: true, uniqueKeys: true });
   const problems: string[] = [];
-  for (const e of doc.errors) problems.push(`line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
+  for (const e of doc.errors)
+    problems.push(`line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
   if (problems.length) throw new PlanFileError(file, problems);
 
   // Numbers keep their source text: "0.1" stays "0.1" instead of becoming the float 0.1.
@@ -85,7 +92,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
   const lineOf = (path: Path): string => {
     for (let n = path.length; n >= 0; n--) {
       const node = doc.getIn(path.slice(0, n) as unknown[], true);
-      if ((isScalar(node) || isMap(node)) && node.range) return ` (line ${lines.linePos(node.range[0]).line})`;
+      if ((isScalar(node) || isMap(node)) && node.range)
+        return ` (line ${lines.linePos(node.range[0]).line})`;
       if (node && typeof node === 'object' && 'range' in node && Array.isArray(node.range)) {
         return ` (line ${lines.linePos(node.range[0] as number).line})`;
       }
@@ -118,7 +126,9 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
       else compiled.set(planId, compile(product, planId, version, parsed.currency, r.data));
     }
     if (!(p.defaultPlan in p.plans)) {
-      problems.push(`products.${product}.defaultPlan: no plan named "${p.defaultPlan}"${lineOf(['products', product, 'defaultPlan'])}`);
+      problems.push(
+        `products.${product}.defaultPlan: no plan named "${p.defaultPlan}"${lineOf(['products', product, 'defaultPlan'])}`,
+      );
     } else {
       const d = compiled.get(p.defaultPlan);
       if (d) defaults.set(product, d);
@@ -137,7 +147,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
       }
       const r = planSchema.safeParse(deepMerge(p.plans[planId], c.overrides));
       if (!r.success) report([...at, 'overrides'], r.error);
-      else byCustomer.set(`${product}\0${customer}`, compile(product, planId, version, parsed.currency, r.data));
+      else
+        byCustomer.set(`${product}\0${customer}`, compile(product, planId, version, parsed.currency, r.data));
     }
   }
   if (problems.length) throw new PlanFileError(file, problems);
@@ -146,7 +157,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
     version,
     currency: parsed.currency,
     source,
-    resolve: (product: string, customer: string) => byCustomer.get(`${product}\0${customer}`) ?? defaults.get(product),
+    resolve: (product: string, customer: string) =>
+      byCustomer.get(`${product}\0${customer}`) ?? defaults.get(product),
     products: () => [...defaults.keys()],
   });
 }

@@ -70,14 +70,26 @@ const toolRate = z
     tiers.forEach((tr, i) => {
       const last = i === tiers.length - 1;
       if (!last && tr.upTo === undefined) {
-        ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'required on every tier but the last' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['price', 'perCallTiers', i, 'upTo'],
+          message: 'required on every tier but the last',
+        });
       }
       if (last && tr.upTo !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'the last tier must be open-ended (no upTo)' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['price', 'perCallTiers', i, 'upTo'],
+          message: 'the last tier must be open-ended (no upTo)',
+        });
       }
       if (tr.upTo !== undefined) {
         if (tr.upTo <= prev) {
-          ctx.addIssue({ code: 'custom', path: ['price', 'perCallTiers', i, 'upTo'], message: 'must be greater than the previous tier' });
+          ctx.addIssue({
+            code: 'custom',
+            path: ['price', 'perCallTiers', i, 'upTo'],
+            message: 'must be greater than the previous tier',
+          });
         }
         prev = tr.upTo;
       }

@@ -1,0 +1,1 @@
+export { type ApiDeps, buildApi, type ReadinessCheck } from './app.js';

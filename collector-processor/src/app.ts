@@ -1,0 +1,302 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { buildApi, type ReadinessCheck } from '@tollgate/billing-api';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { Cluster, Redis } from 'ioredis';
+import pino, { type Logger } from 'pino';
+import { type Config, EMBEDDED_PLANS } from './config/settings.js';
+import { Lander } from './landing/lander.js';
+import { defineClaim } from './meter/claim.js';
+import { createMetrics, type Metrics } from './metrics.js';
+import { Pipeline, type RedisLike } from './pipeline/pipeline.js';
+import { PlanStore } from './plans/store.js';
+import { IngestKeyring } from './receiver/ingest-keys.js';
+import { buildReceiver } from './receiver/server.js';
+import { type PrivateRedis, startPrivateRedis } from './redis/private-redis.js';
+import { Spool } from './spool/spool.js';
+import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
+
+export interface Tollgate {
+  config: Config;
+  log: Logger;
+  metrics: Metrics;
+  instanceId: string;
+  clickhouse: ClickHouseHandle;
+  redis: RedisLike | undefined;
+  pipeline: Pipeline | undefined;
+  lander: Lander | undefined;
+  plans: PlanStore | undefined;
+  /** `http://host:port` of the OTLP receiver (processor role). */
+  otlpUrl: string | undefined;
+  /** `http://host:port` of the HTTP API (api role). */
+  apiUrl: string | undefined;
+  stop(): Promise<void>;
+}
+
+/** Secrets never reach the logs. */
+const REDACT = [
+  'req.headers.authorization',
+  'headers.authorization',
+  'authorization',
+  'password',
+  '*.password',
+  'token',
+  '*.token',
+];
+
+export function createLogger(level: string): Logger {
+  return pino(
+    { level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'tollgate' } },
+    pino.destination(2),
+  );
+}
+
+function instanceIdOf(dataDir: string): string {
+  const file = join(dataDir, 'instance-id');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  const id = `tg-${randomBytes(6).toString('hex')}`;
+  writeFileSync(file, `${id}\n`);
+  return id;
+}
+
+async function connectRedis(
+  config: Config,
+  log: Logger,
+): Promise<{ redis: RedisLike; owned?: PrivateRedis }> {
+  const s = config.settings;
+  const common = {
+    commandTimeout: s['redis.commandTimeoutMs'] as number,
+    maxRetriesPerRequest: 1,
+    // Fail fast while disconnected (fail-open/closed decides), reconnect in the background.
+    enableOfflineQueue: false,
+    retryStrategy: (times: number) => Math.min(times * 100, 2000),
+  };
+  let owned: PrivateRedis | undefined;
+  let redis: RedisLike;
+  if (s['redis.clusterNodes']) {
+    const nodes = String(s['redis.clusterNodes'])
+      .split(',')
+      .map((hp) => {
+        const [host, port] = hp.trim().split(':');
+        return { host: host as string, port: Number(port) };
+      });
+    redis = new Cluster(nodes, {
+      redisOptions: common,
+      enableOfflineQueue: false,
+      clusterRetryStrategy: common.retryStrategy,
+    });
+  } else {
+    let url = String(s['redis.url']);
+    if (!url) {
+      owned = await startPrivateRedis({ binary: String(s['redis.serverBinary']) });
+      url = owned.url;
+      log.info({ port: owned.port }, 'started a private redis-server on loopback');
+    }
+    redis = new Redis(url, common);
+  }
+  redis.on('error', () => {}); // state changes are logged by the pipeline, not per reconnect attempt
+  defineClaim(redis);
+  await new Promise<void>((res) => {
+    if (redis.status === 'ready') return res();
+    const t = setTimeout(res, 5000);
+    redis.once('ready', () => {
+      clearTimeout(t);
+      res();
+    });
+  });
+  return owned ? { redis, owned } : { redis };
+}
+
+/** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
+export async function startTollgate(config: Config, logger?: Logger): Promise<Tollgate> {
+  const s = config.settings;
+  const log = logger ?? createLogger(String(s.logLevel));
+  const roles = new Set(
+    String(s.roles)
+      .split(',')
+      .map((r) => r.trim()),
+  );
+  const dataDir = resolve(String(s.dataDir));
+  mkdirSync(dataDir, { recursive: true });
+  const instanceId = instanceIdOf(dataDir);
+  const metrics = createMetrics();
+  const stops: (() => Promise<void>)[] = [];
+
+  const clickhouse = openClickHouse({
+    url: String(s['clickhouse.url']),
+    dataDir,
+    database: String(s['clickhouse.database']),
+    username: String(s['clickhouse.username']),
+    password: String(s['clickhouse.password']),
+  });
+  stops.push(() => clickhouse.close());
+  const applied = await migrate(clickhouse.client);
+  if (applied.length) log.info({ applied }, 'ClickHouse migrations applied');
+
+  let redis: RedisLike | undefined;
+  let pipeline: Pipeline | undefined;
+  let lander: Lander | undefined;
+  let plans: PlanStore | undefined;
+  let otlpUrl: string | undefined;
+  let apiUrl: string | undefined;
+  let receiver: ReturnType<typeof buildReceiver> | undefined;
+  let api: FastifyInstance | undefined;
+
+  try {
+    if (roles.has('processor')) {
+      const conn = await connectRedis(config, log);
+      redis = conn.redis;
+      const owned = conn.owned;
+      stops.unshift(async () => {
+        redis?.disconnect();
+        await owned?.stop();
+      });
+
+      const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;
+      plans = PlanStore.open(plansFile, dataDir, log, metrics);
+      plans.watch();
+
+      const { spool, recovered } = await Spool.open({
+        dir: join(dataDir, 'spool'),
+        fsync: Boolean(s['spool.fsync']),
+        segmentBytes: Number(s['spool.segmentBytes']),
+      });
+      if (recovered.corruptLines) log.warn({ lines: recovered.corruptLines }, 'skipped corrupt spool lines');
+      lander = new Lander(
+        clickhouse.client,
+        spool,
+        {
+          batchRows: Number(s['landing.batchRows']),
+          flushIntervalMs: Number(s['landing.flushIntervalMs']),
+          blockPrefix: `${instanceId}.${Date.now().toString(36)}`,
+        },
+        log.child({ component: 'lander' }),
+        metrics,
+      );
+      lander.resume(recovered.intents);
+      lander.start();
+      pipeline = new Pipeline(
+        spool,
+        lander,
+        redis,
+        plans,
+        {
+          failMode: s['redis.failMode'] as 'open' | 'closed',
+          maxBacklogRows: Number(s['landing.maxBacklogRows']),
+          maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
+          instanceId,
+        },
+        log.child({ component: 'pipeline' }),
+        metrics,
+      );
+      if (recovered.accepted.length) {
+        log.info(
+          { records: recovered.accepted.length, blocks: recovered.intents.length },
+          'replaying unlanded spool records',
+        );
+        await pipeline.replay(recovered.accepted);
+      }
+      const ownLander = lander;
+      stops.unshift(async () => {
+        plans?.close();
+        await ownLander.stop(Number(s.shutdownTimeoutMs));
+        await spool.close();
+      });
+
+      receiver = buildReceiver(
+        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log },
+        {
+          bodyLimitBytes: Number(s['otlp.bodyLimitBytes']),
+          maxDecompressedBytes: Number(s['otlp.maxDecompressedBytes']),
+          maxInFlight: Number(s['otlp.maxInFlight']),
+          maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
+          maxFutureSeconds: Number(s['ingest.maxFutureSeconds']),
+        },
+      );
+      otlpUrl = await receiver.listen({ host: String(s['otlp.host']), port: Number(s['otlp.port']) });
+      log.info({ url: otlpUrl }, 'OTLP receiver listening');
+    }
+
+    if (roles.has('api')) {
+      const readiness = async (): Promise<ReadinessCheck[]> => {
+        const checks: ReadinessCheck[] = [];
+        try {
+          await clickhouse.client.query({ query: 'SELECT 1', format: 'JSONEachRow' });
+          checks.push({
+            name: 'clickhouse',
+            ok: lander?.lastError === undefined,
+            detail: lander?.lastError?.message,
+          });
+        } catch (err) {
+          checks.push({ name: 'clickhouse', ok: false, detail: (err as Error).message });
+        }
+        if (pipeline) {
+          const redisOk = pipeline.redisAvailable || s['redis.failMode'] === 'open';
+          checks.push({
+            name: 'redis',
+            ok: redisOk,
+            detail: pipeline.redisAvailable ? undefined : 'unreachable',
+          });
+          const backlog = lander?.backlogRows ?? 0;
+          checks.push({
+            name: 'landing_backlog',
+            ok: backlog < Number(s['landing.maxBacklogRows']),
+            detail: `${backlog} rows`,
+          });
+          checks.push({
+            name: 'plans',
+            ok: true,
+            detail: plans?.lastError
+              ? `last reload rejected: ${plans.lastError}`
+              : `version ${plans?.current.version}`,
+          });
+        }
+        return checks;
+      };
+      api = buildApi({
+        log: log.child({ component: 'api' }) as FastifyBaseLogger,
+        readiness,
+        metrics: async () => ({
+          contentType: metrics.registry.contentType,
+          body: await metrics.registry.metrics(),
+        }),
+      });
+      apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
+      log.info({ url: apiUrl }, 'HTTP API listening');
+    }
+  } catch (err) {
+    await receiver?.close();
+    await api?.close();
+    for (const stop of stops) await stop().catch(() => {});
+    throw err;
+  }
+
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      log.info('shutting down: finishing in-flight exports');
+      receiver?.startClosing();
+      await receiver?.close();
+      await api?.close();
+      for (const fn of stops) await fn();
+      log.info('stopped');
+    })();
+    return stopping;
+  };
+
+  return {
+    config,
+    log,
+    metrics,
+    instanceId,
+    clickhouse,
+    redis,
+    pipeline,
+    lander,
+    plans,
+    otlpUrl,
+    apiUrl,
+    stop,
+  };
+}

@@ -1,0 +1,428 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+/**
+ * Every setting of `tollgate`: one flag, one environment variable and one config-file key each, in this
+ * single table (docs/configuration.md is generated from it and a test keeps the two in sync).
+ * Precedence: flag > environment > config file > default.
+ */
+type Kind = 'string' | 'int' | 'bool' | 'enum';
+
+interface SettingSpec {
+  key: string;
+  flag: string;
+  env: string;
+  kind: Kind;
+  default: string | number | boolean;
+  values?: readonly string[];
+  doc: string;
+}
+
+export const SETTINGS = [
+  {
+    key: 'otlp.host',
+    flag: '--otlp-host',
+    env: 'TOLLGATE_OTLP_HOST',
+    kind: 'string',
+    default: '127.0.0.1',
+    doc: 'Address the OTLP/HTTP receiver binds to.',
+  },
+  {
+    key: 'otlp.port',
+    flag: '--otlp-port',
+    env: 'TOLLGATE_OTLP_PORT',
+    kind: 'int',
+    default: 4318,
+    doc: 'Port of the OTLP/HTTP receiver (`POST /v1/traces`, `/v1/ingest/*`). 0 picks a free port.',
+  },
+  {
+    key: 'otlp.bodyLimitBytes',
+    flag: '--otlp-body-limit',
+    env: 'TOLLGATE_OTLP_BODY_LIMIT',
+    kind: 'int',
+    default: 16 * 1024 * 1024,
+    doc: 'Largest request body as sent (compressed or not); larger → 413.',
+  },
+  {
+    key: 'otlp.maxDecompressedBytes',
+    flag: '--otlp-max-decompressed',
+    env: 'TOLLGATE_OTLP_MAX_DECOMPRESSED',
+    kind: 'int',
+    default: 64 * 1024 * 1024,
+    doc: 'Largest body after gzip decompression (gzip-bomb guard); larger → 413.',
+  },
+  {
+    key: 'otlp.maxInFlight',
+    flag: '--otlp-max-in-flight',
+    env: 'TOLLGATE_OTLP_MAX_IN_FLIGHT',
+    kind: 'int',
+    default: 64,
+    doc: 'Exports processed at once; more → 429 with Retry-After.',
+  },
+  {
+    key: 'api.host',
+    flag: '--api-host',
+    env: 'TOLLGATE_API_HOST',
+    kind: 'string',
+    default: '127.0.0.1',
+    doc: 'Address the HTTP API (health, metrics, analytics) binds to.',
+  },
+  {
+    key: 'api.port',
+    flag: '--api-port',
+    env: 'TOLLGATE_API_PORT',
+    kind: 'int',
+    default: 8080,
+    doc: 'Port of the HTTP API. 0 picks a free port.',
+  },
+  {
+    key: 'roles',
+    flag: '--roles',
+    env: 'TOLLGATE_ROLES',
+    kind: 'string',
+    default: 'processor,api',
+    doc: 'What this process runs: `processor`, `api` or both (comma-separated).',
+  },
+  {
+    key: 'dataDir',
+    flag: '--data-dir',
+    env: 'TOLLGATE_DATA_DIR',
+    kind: 'string',
+    default: '.tollgate',
+    doc: 'Directory for the spool, plan snapshots, the instance id and the embedded ClickHouse (chDB) data.',
+  },
+  {
+    key: 'plansFile',
+    flag: '--plans',
+    env: 'TOLLGATE_PLANS',
+    kind: 'string',
+    default: '',
+    doc: 'Rate-plan YAML file (hot-reloaded). Empty: the embedded example plans.',
+  },
+  {
+    key: 'redis.url',
+    flag: '--redis-url',
+    env: 'REDIS_URL',
+    kind: 'string',
+    default: '',
+    doc: 'Redis URL (`redis://…`). Empty: start a private `redis-server` on a free loopback port.',
+  },
+  {
+    key: 'redis.clusterNodes',
+    flag: '--redis-cluster',
+    env: 'TOLLGATE_REDIS_CLUSTER',
+    kind: 'string',
+    default: '',
+    doc: 'Comma-separated `host:port` seed nodes of a Redis Cluster (instead of `redis.url`).',
+  },
+  {
+    key: 'redis.failMode',
+    flag: '--redis-fail-mode',
+    env: 'TOLLGATE_REDIS_FAIL_MODE',
+    kind: 'enum',
+    values: ['open', 'closed'],
+    default: 'open',
+    doc: 'Redis unreachable: `open` bills and marks calls `unenforced`; `closed` answers 503 (retryable).',
+  },
+  {
+    key: 'redis.commandTimeoutMs',
+    flag: '--redis-timeout',
+    env: 'TOLLGATE_REDIS_TIMEOUT_MS',
+    kind: 'int',
+    default: 1000,
+    doc: 'Timeout of one Redis script call before Redis counts as unreachable.',
+  },
+  {
+    key: 'redis.serverBinary',
+    flag: '--redis-server',
+    env: 'TOLLGATE_REDIS_SERVER',
+    kind: 'string',
+    default: 'redis-server',
+    doc: 'Binary used to start the private Redis.',
+  },
+  {
+    key: 'clickhouse.url',
+    flag: '--clickhouse-url',
+    env: 'CLICKHOUSE_URL',
+    kind: 'string',
+    default: '',
+    doc: 'ClickHouse server URL (`http://host:8123`). Empty: embedded chDB in `<dataDir>/chdb`.',
+  },
+  {
+    key: 'clickhouse.database',
+    flag: '--clickhouse-database',
+    env: 'CLICKHOUSE_DATABASE',
+    kind: 'string',
+    default: 'default',
+    doc: 'ClickHouse database holding the Tollgate tables.',
+  },
+  {
+    key: 'clickhouse.username',
+    flag: '--clickhouse-user',
+    env: 'CLICKHOUSE_USER',
+    kind: 'string',
+    default: 'default',
+    doc: 'ClickHouse user (server mode).',
+  },
+  {
+    key: 'clickhouse.password',
+    flag: '--clickhouse-password',
+    env: 'CLICKHOUSE_PASSWORD',
+    kind: 'string',
+    default: '',
+    doc: 'ClickHouse password (server mode). Never logged.',
+  },
+  {
+    key: 'landing.batchRows',
+    flag: '--landing-batch-rows',
+    env: 'TOLLGATE_LANDING_BATCH_ROWS',
+    kind: 'int',
+    default: 50_000,
+    doc: 'Most rows in one ClickHouse insert.',
+  },
+  {
+    key: 'landing.flushIntervalMs',
+    flag: '--landing-flush-ms',
+    env: 'TOLLGATE_LANDING_FLUSH_MS',
+    kind: 'int',
+    default: 500,
+    doc: 'Longest a rated call waits before it is inserted.',
+  },
+  {
+    key: 'landing.maxBacklogRows',
+    flag: '--landing-max-backlog',
+    env: 'TOLLGATE_LANDING_MAX_BACKLOG',
+    kind: 'int',
+    default: 2_000_000,
+    doc: 'Rated calls waiting for ClickHouse beyond which exports get 503 + Retry-After.',
+  },
+  {
+    key: 'spool.fsync',
+    flag: '--spool-fsync',
+    env: 'TOLLGATE_SPOOL_FSYNC',
+    kind: 'bool',
+    default: true,
+    doc: 'fsync the spool before acknowledging an export (turn off only for benchmarks of the rest).',
+  },
+  {
+    key: 'spool.segmentBytes',
+    flag: '--spool-segment-bytes',
+    env: 'TOLLGATE_SPOOL_SEGMENT_BYTES',
+    kind: 'int',
+    default: 64 * 1024 * 1024,
+    doc: 'Size at which the spool starts a new segment file.',
+  },
+  {
+    key: 'ingest.maxSpanAgeHours',
+    flag: '--max-span-age-hours',
+    env: 'TOLLGATE_MAX_SPAN_AGE_HOURS',
+    kind: 'int',
+    default: 168,
+    doc: 'Oldest accepted call (and the dedup window: ids are remembered this long plus a day).',
+  },
+  {
+    key: 'ingest.maxFutureSeconds',
+    flag: '--max-future-seconds',
+    env: 'TOLLGATE_MAX_FUTURE_SECONDS',
+    kind: 'int',
+    default: 600,
+    doc: 'Clock skew tolerated for start times in the future.',
+  },
+  {
+    key: 'forward.endpoint',
+    flag: '--forward-endpoint',
+    env: 'TOLLGATE_FORWARD_ENDPOINT',
+    kind: 'string',
+    default: '',
+    doc: 'OTLP/HTTP traces URL to forward received spans to, with price and decision stamped on billed spans. Empty: no forwarding.',
+  },
+  {
+    key: 'shutdownTimeoutMs',
+    flag: '--shutdown-timeout',
+    env: 'TOLLGATE_SHUTDOWN_TIMEOUT_MS',
+    kind: 'int',
+    default: 15_000,
+    doc: 'How long a graceful shutdown waits for in-flight exports and the landing queue.',
+  },
+  {
+    key: 'logLevel',
+    flag: '--log-level',
+    env: 'TOLLGATE_LOG_LEVEL',
+    kind: 'enum',
+    values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+    default: 'info',
+    doc: 'Log level (JSON logs on stderr).',
+  },
+  {
+    key: 'traceLinkTemplate',
+    flag: '--trace-link-template',
+    env: 'TOLLGATE_TRACE_LINK_TEMPLATE',
+    kind: 'string',
+    default: 'http://localhost:16686/trace/{traceId}',
+    doc: 'URL template for trace links in analytics (`{traceId}`, `{spanId}`): Jaeger, Tempo or Grafana.',
+  },
+] as const satisfies readonly SettingSpec[];
+
+export type SettingKey = (typeof SETTINGS)[number]['key'];
+
+const ingestKeySchema = z.strictObject({
+  name: z.string().min(1),
+  /** Hex SHA-256 of the bearer token (`tollgate hash-key <token>` prints it). Tokens are never stored. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be the hex SHA-256 of the key (tollgate hash-key)'),
+  product: z.string().min(1),
+  /** Customer for calls that carry none (single-customer senders). */
+  defaultCustomer: z.string().min(1).optional(),
+});
+
+const apiKeySchema = z.strictObject({
+  name: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be the hex SHA-256 of the key (tollgate hash-key)'),
+  role: z.enum(['admin', 'finance', 'customer']),
+  /** Products (tenants) the key may read. */
+  products: z.array(z.string().min(1)).min(1),
+  /** For role `customer`: the only customer the key may see. */
+  customer: z.string().min(1).optional(),
+});
+
+export type IngestKeyConfig = z.infer<typeof ingestKeySchema>;
+export type ApiKeyConfig = z.infer<typeof apiKeySchema>;
+
+export interface Config {
+  settings: Readonly<Record<SettingKey, string | number | boolean>>;
+  ingestKeys: readonly IngestKeyConfig[];
+  apiKeys: readonly ApiKeyConfig[];
+  /** Where the settings came from, for `tollgate config`. */
+  configFile: string;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+function coerce(spec: SettingSpec, raw: unknown, from: string): string | number | boolean {
+  const fail = (why: string): never => {
+    throw new ConfigError(`${spec.key} (${from}): ${why}`);
+  };
+  switch (spec.kind) {
+    case 'int': {
+      const n =
+        typeof raw === 'number' ? raw : typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
+      if (!Number.isSafeInteger(n) || n < 0)
+        fail(`must be a non-negative whole number, got ${JSON.stringify(raw)}`);
+      return n;
+    }
+    case 'bool':
+      if (raw === true || raw === 'true' || raw === '1') return true;
+      if (raw === false || raw === 'false' || raw === '0') return false;
+      return fail(`must be true or false, got ${JSON.stringify(raw)}`);
+    case 'enum':
+      if (typeof raw === 'string' && spec.values?.includes(raw)) return raw;
+      return fail(`must be one of ${spec.values?.join(', ')}, got ${JSON.stringify(raw)}`);
+    default:
+      if (typeof raw !== 'string') fail(`must be a string, got ${JSON.stringify(raw)}`);
+      return raw as string;
+  }
+}
+
+function getPath(obj: unknown, path: string): unknown {
+  let cur = obj;
+  for (const part of path.split('.')) {
+    if (typeof cur !== 'object' || cur === null) return undefined;
+    cur = (cur as Record<string, unknown>)[part];
+  }
+  return cur;
+}
+
+export const EMBEDDED_CONFIG = new URL('../../defaults/tollgate.yaml', import.meta.url);
+export const EMBEDDED_PLANS = new URL('../../defaults/plans.yaml', import.meta.url);
+
+/**
+ * Builds the frozen configuration from flags (already split into `--flag value` pairs), the environment
+ * and the config file (`--config` / `TOLLGATE_CONFIG`; the embedded default when neither is given).
+ */
+export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv = process.env): Config {
+  const known = new Set<string>(['--config', ...SETTINGS.map((s) => s.flag)]);
+  for (const f of Object.keys(flags)) if (!known.has(f)) throw new ConfigError(`unknown option ${f}`);
+
+  const configFile = flags['--config'] ?? env.TOLLGATE_CONFIG ?? '';
+  const filePath = configFile ? resolve(configFile) : EMBEDDED_CONFIG.pathname;
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(filePath, 'utf8')) ?? {};
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${filePath}: ${(err as Error).message}`);
+  }
+  const fileSettings = getPath(doc, 'settings') ?? {};
+
+  const settings = {} as Record<SettingKey, string | number | boolean>;
+  for (const spec of SETTINGS as readonly SettingSpec[]) {
+    const flag = flags[spec.flag];
+    const envValue = env[spec.env];
+    const fileValue = getPath(fileSettings, spec.key);
+    let value: string | number | boolean = spec.default;
+    if (flag !== undefined) value = coerce(spec, flag, spec.flag);
+    else if (envValue !== undefined && envValue !== '') value = coerce(spec, envValue, spec.env);
+    else if (fileValue !== undefined) value = coerce(spec, fileValue, `${filePath}: settings.${spec.key}`);
+    settings[spec.key as SettingKey] = value;
+  }
+
+  const keys = z
+    .object({
+      ingestKeys: z.array(ingestKeySchema).default([]),
+      apiKeys: z.array(apiKeySchema).default([]),
+    })
+    .safeParse(doc);
+  if (!keys.success) {
+    const problems = keys.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`${filePath}: ${problems.join('; ')}`);
+  }
+  for (const k of keys.data.apiKeys) {
+    if (k.role === 'customer' && !k.customer)
+      throw new ConfigError(`${filePath}: apiKeys ${k.name}: role customer needs a customer`);
+  }
+  return Object.freeze({
+    settings: Object.freeze(settings),
+    ingestKeys: Object.freeze(keys.data.ingestKeys),
+    apiKeys: Object.freeze(keys.data.apiKeys),
+    configFile: filePath,
+  });
+}
+
+/** Splits argv (`--name value` or `--name=value`) into a flag map and positional arguments. */
+export function splitArgs(argv: readonly string[]): { flags: Record<string, string>; positional: string[] } {
+  const flags: Record<string, string> = {};
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (!a.startsWith('--')) {
+      positional.push(a);
+      continue;
+    }
+    const eq = a.indexOf('=');
+    if (eq > 0) flags[a.slice(0, eq)] = a.slice(eq + 1);
+    else {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) flags[a] = 'true';
+      else {
+        flags[a] = next;
+        i++;
+      }
+    }
+  }
+  return { flags, positional };
+}
+
+/** The settings table as Markdown (docs/configuration.md embeds it). */
+export function settingsTableMarkdown(): string {
+  const rows = (SETTINGS as readonly SettingSpec[]).map(
+    (s) =>
+      `| \`${s.key}\` | \`${s.flag}\` | \`${s.env}\` | ${s.default === '' ? '(empty)' : `\`${String(s.default)}\``} | ${s.doc} |`,
+  );
+  return [
+    '| config-file key (`settings.`) | flag | environment | default | meaning |',
+    '|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
+}

@@ -1,0 +1,207 @@
+import { Readable } from 'node:stream';
+import type { ClickHouseClient } from '@clickhouse/client';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.js';
+import type { IntentRecord, Spool } from '../spool/spool.js';
+import { TSV_COLUMNS } from './tsv.js';
+
+export const RAW_TABLE = 'mcp_tool_calls';
+
+export interface LanderOptions {
+  batchRows: number;
+  flushIntervalMs: number;
+  /** Prefix of block ids: unique per process lifetime (instance id + boot id). */
+  blockPrefix: string;
+}
+
+interface Queued {
+  tsv: string;
+  rows: number;
+}
+
+/**
+ * Moves rated calls from memory to ClickHouse in large blocks, off the request path. Exactly-once by
+ * ordering: intent (fsynced) → insert with insert_deduplication_token = block id → done marker. A block
+ * whose outcome is unknown after a crash is re-sent with the same token and lands once.
+ * While ClickHouse is unreachable the same block is retried with backoff; exports keep being accepted
+ * into the spool until the backlog limit, then get 503.
+ */
+export class Lander {
+  private readonly queue = new Map<string, Queued>();
+  private readonly forced: IntentRecord[] = [];
+  private backlog = 0;
+  private seq = 0;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private lastErrorLog = 0;
+  private landedTotal = 0;
+  /** Set while a block is being retried after a ClickHouse error. */
+  lastError: Error | undefined;
+
+  constructor(
+    private readonly client: ClickHouseClient,
+    private readonly spool: Spool,
+    private readonly opts: LanderOptions,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  get backlogRows(): number {
+    return this.backlog;
+  }
+
+  get landedRows(): number {
+    return this.landedTotal;
+  }
+
+  /** Queues the rated rows of one spool record (TSV lines). */
+  enqueue(rid: string, tsv: string, rows: number): void {
+    this.queue.set(rid, { tsv, rows });
+    this.backlog += rows;
+    this.metrics.landingBacklog.set(this.backlog);
+    if (this.backlog >= this.opts.batchRows || this.forced.length) this.wake?.();
+  }
+
+  /** Blocks found unfinished in the spool at start: sent first, exactly as they were, once their rows are queued. */
+  resume(intents: readonly IntentRecord[]): void {
+    this.forced.push(...intents);
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wake = undefined;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        this.wake = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private nextBlock(drainAll: boolean): IntentRecord | undefined {
+    const forced = this.forced[0];
+    if (forced) {
+      if (!forced.rids.every((rid) => this.queue.has(rid))) return undefined;
+      this.forced.shift();
+      return forced;
+    }
+    if (this.queue.size === 0) return undefined;
+    if (!drainAll && this.backlog < this.opts.batchRows && !this.flushDue) return undefined;
+    const rids: string[] = [];
+    let rows = 0;
+    for (const [rid, q] of this.queue) {
+      if (rows > 0 && rows + q.rows > this.opts.batchRows) break;
+      rids.push(rid);
+      rows += q.rows;
+    }
+    return { t: 'i', bid: `${this.opts.blockPrefix}.${this.seq++}`, rids };
+  }
+
+  private flushDue = false;
+
+  private async run(): Promise<void> {
+    let lastFlush = Date.now();
+    while (this.running || this.queue.size > 0) {
+      if (!this.running && this.stopDeadline && Date.now() > this.stopDeadline) break;
+      this.flushDue = Date.now() - lastFlush >= this.opts.flushIntervalMs;
+      const block = this.nextBlock(!this.running);
+      if (!block) {
+        if (!this.running && this.forced.length === 0 && this.queue.size === 0) break;
+        if (!this.running && this.forced.length > 0) {
+          // stopping with a resumed block whose rows never arrived: leave it to the next start
+          break;
+        }
+        await this.sleep(Math.max(5, this.opts.flushIntervalMs - (Date.now() - lastFlush)));
+        continue;
+      }
+      lastFlush = Date.now();
+      await this.land(block);
+    }
+  }
+
+  private async land(block: IntentRecord): Promise<void> {
+    const parts: string[] = [];
+    let rows = 0;
+    for (const rid of block.rids) {
+      const q = this.queue.get(rid) as Queued;
+      parts.push(q.tsv);
+      rows += q.rows;
+    }
+    await this.spool.appendIntent(block);
+    const body = Buffer.from(parts.join(''));
+    let delay = 100;
+    for (;;) {
+      const started = performance.now();
+      try {
+        if (rows > 0) {
+          await this.client.insert({
+            table: RAW_TABLE,
+            columns: TSV_COLUMNS as unknown as [string, ...string[]],
+            format: 'TabSeparated',
+            values: Readable.from([body], { objectMode: false }),
+            clickhouse_settings: {
+              insert_deduplication_token: block.bid,
+              deduplicate_blocks_in_dependent_materialized_views: 1,
+            },
+          });
+        }
+        this.metrics.landingInsertSeconds.observe((performance.now() - started) / 1000);
+        if (this.lastError)
+          this.log.info({ block: block.bid }, 'ClickHouse reachable again; landing resumed');
+        this.lastError = undefined;
+        break;
+      } catch (err) {
+        this.lastError = err as Error;
+        this.metrics.landingErrors.inc();
+        if (Date.now() - this.lastErrorLog > 10_000) {
+          this.lastErrorLog = Date.now();
+          this.log.warn(
+            { err: (err as Error).message, block: block.bid, backlogRows: this.backlog },
+            'ClickHouse insert failed; retrying (calls stay in the spool)',
+          );
+        }
+        if (!this.running && this.stopDeadline && Date.now() > this.stopDeadline) return;
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 5_000);
+      }
+    }
+    await this.spool.appendDone(block.bid, block.rids);
+    for (const rid of block.rids) this.queue.delete(rid);
+    this.backlog -= rows;
+    this.landedTotal += rows;
+    this.metrics.landingBacklog.set(this.backlog);
+    this.metrics.landedRows.inc(rows);
+  }
+
+  private stopDeadline: number | undefined;
+
+  /** Lands everything queued (up to the deadline), then stops. What is left stays in the spool. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopDeadline = Date.now() + timeoutMs;
+    this.running = false;
+    this.wake?.();
+    const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
+    await Promise.race([this.loop, timer]);
+  }
+
+  /** Resolves when nothing is queued (tests and the demo use it to wait for landing). */
+  async idle(timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.backlog > 0 || this.queue.size > 0) {
+      if (Date.now() > deadline)
+        throw new Error(`landing backlog still ${this.backlog} rows after ${timeoutMs} ms`);
+      this.wake?.();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

@@ -1,0 +1,75 @@
+import { readFileSync } from 'node:fs';
+import { customerTag, redisKeys, type ToolCall } from '@tollgate/contracts';
+import type { Cluster, Redis } from 'ioredis';
+
+export const CLAIM_STATUS = { new: 0, own: 1, duplicate: 2 } as const;
+
+export interface ClaimInput {
+  call: ToolCall;
+  period: string;
+  day: string;
+  counts: boolean;
+}
+
+export interface ClaimResult {
+  status: (typeof CLAIM_STATUS)[keyof typeof CLAIM_STATUS];
+  toolOrdinal: number;
+  planOrdinal: number;
+}
+
+const CLAIM_LUA = readFileSync(new URL('../../lua/claim.lua', import.meta.url), 'utf8');
+
+type RedisLike = Redis | Cluster;
+type ClaimCommand = (numKeys: number, ...args: (string | number)[]) => Promise<number[]>;
+
+/** Registers the claim script once per connection (EVALSHA, falling back to EVAL on NOSCRIPT). */
+export function defineClaim(redis: RedisLike): void {
+  if (!('tollgateClaim' in redis)) redis.defineCommand('tollgateClaim', { lua: CLAIM_LUA });
+}
+
+/**
+ * Claims one customer's calls of one export under `token` (the spool record id) and returns, per call,
+ * whether it is new, a replay of this token's own claim, or a duplicate, with its usage positions.
+ */
+export async function claimCalls(
+  redis: RedisLike,
+  product: string,
+  customer: string,
+  token: string,
+  inputs: readonly ClaimInput[],
+  ttl: { dedupSeconds: number; periodSeconds: number },
+): Promise<ClaimResult[]> {
+  const tag = customerTag(product, customer);
+  const keys: string[] = [];
+  const keyIndex = new Map<string, number>();
+  const indexOf = (key: string): number => {
+    let i = keyIndex.get(key);
+    if (i === undefined) {
+      keys.push(key);
+      i = keys.length; // Lua arrays are 1-based
+      keyIndex.set(key, i);
+    }
+    return i;
+  };
+  const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length];
+  for (const { call, period, day, counts } of inputs) {
+    args.push(
+      call.eventId,
+      indexOf(redisKeys.dedup(tag, day)),
+      indexOf(redisKeys.period(tag, period)),
+      call.tool,
+      counts ? '1' : '0',
+    );
+  }
+  const cmd = (redis as unknown as { tollgateClaim: ClaimCommand }).tollgateClaim.bind(redis);
+  const flat = await cmd(keys.length, ...keys, ...args);
+  const out: ClaimResult[] = new Array(inputs.length);
+  for (let i = 0; i < inputs.length; i++) {
+    out[i] = {
+      status: flat[i * 3] as ClaimResult['status'],
+      toolOrdinal: flat[i * 3 + 1] as number,
+      planOrdinal: flat[i * 3 + 2] as number,
+    };
+  }
+  return out;
+}

@@ -1,0 +1,90 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+/** Prometheus metrics of one Tollgate process (served on the API's `/metrics`). */
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'tollgate_process_' });
+  const r = { registers: [registry] };
+  return {
+    registry,
+    exports: new Counter({
+      name: 'tollgate_exports_total',
+      help: 'OTLP exports and usage-event requests by outcome',
+      labelNames: ['endpoint', 'status'],
+      ...r,
+    }),
+    spansReceived: new Counter({
+      name: 'tollgate_spans_received_total',
+      help: 'Spans received (all, billable or not)',
+      ...r,
+    }),
+    callsAccepted: new Counter({
+      name: 'tollgate_calls_accepted_total',
+      help: 'Billable tool calls accepted (durably spooled)',
+      labelNames: ['product'],
+      ...r,
+    }),
+    callsDuplicate: new Counter({
+      name: 'tollgate_calls_duplicate_total',
+      help: 'Tool calls dropped as retries of calls already counted',
+      ...r,
+    }),
+    callsRejected: new Counter({
+      name: 'tollgate_calls_rejected_total',
+      help: 'Spans or events rejected (partial success), by reason',
+      labelNames: ['reason'],
+      ...r,
+    }),
+    callsUnenforced: new Counter({
+      name: 'tollgate_calls_unenforced_total',
+      help: 'Calls rated while Redis was unreachable (fail-open)',
+      ...r,
+    }),
+    revenueNano: new Counter({
+      name: 'tollgate_revenue_nano_total',
+      help: 'Revenue rated, in nano-units of the plan currency',
+      labelNames: ['product', 'currency'],
+      ...r,
+    }),
+    redisErrors: new Counter({
+      name: 'tollgate_redis_errors_total',
+      help: 'Redis script calls that failed',
+      ...r,
+    }),
+    exportSeconds: new Histogram({
+      name: 'tollgate_export_duration_seconds',
+      help: 'Time to process one export, receipt to response',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      ...r,
+    }),
+    landingBacklog: new Gauge({
+      name: 'tollgate_landing_backlog_rows',
+      help: 'Rated calls waiting for ClickHouse',
+      ...r,
+    }),
+    landedRows: new Counter({
+      name: 'tollgate_landed_rows_total',
+      help: 'Rated calls inserted into ClickHouse',
+      ...r,
+    }),
+    landingErrors: new Counter({
+      name: 'tollgate_landing_errors_total',
+      help: 'Failed ClickHouse inserts (retried)',
+      ...r,
+    }),
+    landingInsertSeconds: new Histogram({
+      name: 'tollgate_landing_insert_seconds',
+      help: 'Duration of one ClickHouse insert',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      ...r,
+    }),
+    planReloads: new Counter({
+      name: 'tollgate_plan_reloads_total',
+      help: 'Rate-plan reloads by result',
+      labelNames: ['result'],
+      ...r,
+    }),
+    inFlight: new Gauge({ name: 'tollgate_exports_in_flight', help: 'Exports being processed', ...r }),
+  };
+}
+export type Metrics = ReturnType<typeof createMetrics>;

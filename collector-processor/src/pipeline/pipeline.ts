@@ -1,0 +1,385 @@
+import {
+  type Directive,
+  periodOf,
+  type RatedCall,
+  REJECT_REASONS,
+  type RejectReason,
+  type ToolCall,
+} from '@tollgate/contracts';
+import type { Cluster, Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Lander } from '../landing/lander.js';
+import { encodeTsvRow } from '../landing/tsv.js';
+import { CLAIM_STATUS, type ClaimInput, type ClaimResult, claimCalls } from '../meter/claim.js';
+import type { Metrics } from '../metrics.js';
+import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
+import type { ToolRate } from '../plans/schema.js';
+import type { PlanStore } from '../plans/store.js';
+import { countsTowardUsage, rateCall } from '../rating/rate.js';
+import type { AcceptedRecord, Spool } from '../spool/spool.js';
+import { TollgateError } from './errors.js';
+
+/** Rejections of one request, by reason, with the first detail of each (for the partial-success message). */
+export class RejectionTally {
+  readonly counts = new Map<RejectReason, { n: number; detail: string }>();
+  total = 0;
+  add(reason: RejectReason, detail = ''): void {
+    const cur = this.counts.get(reason);
+    if (cur) cur.n++;
+    else this.counts.set(reason, { n: 1, detail });
+    this.total++;
+  }
+  message(): string {
+    if (this.total === 0) return '';
+    const parts = [...this.counts].map(
+      ([reason, { n, detail }]) =>
+        `${reason} ×${n} (${REJECT_REASONS[reason]}${detail ? `; e.g. ${detail}` : ''})`,
+    );
+    return `rejected ${this.total}: ${parts.join('; ')}`;
+  }
+}
+
+export interface AcceptResult {
+  accepted: number;
+  duplicates: number;
+  directives: Directive[];
+}
+
+/** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
+export interface Enforcer {
+  apply(product: string, rid: string, rated: readonly RatedCall[], redisUp: boolean): Promise<Directive[]>;
+  /** Directives for an export with no calls of this customer/instance (heartbeat). */
+  heartbeat(
+    product: string,
+    instanceIds: readonly string[],
+    customers: readonly string[],
+  ): Promise<Directive[]>;
+}
+
+export type RedisLike = Redis | Cluster;
+
+export interface PipelineOptions {
+  failMode: 'open' | 'closed';
+  maxBacklogRows: number;
+  /** Accepted span age (hours): dedup claims are kept this long plus a day. */
+  maxSpanAgeHours: number;
+  instanceId: string;
+}
+
+interface Prepared {
+  call: ToolCall;
+  plan: CompiledPlan;
+  rate: ToolRate;
+  period: string;
+  day: string;
+  counts: boolean;
+}
+
+/** Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. */
+class RecentIds {
+  private readonly set = new Set<string>();
+  constructor(private readonly capacity: number) {}
+  has(id: string): boolean {
+    return this.set.has(id);
+  }
+  add(id: string): void {
+    this.set.add(id);
+    if (this.set.size > this.capacity) {
+      const oldest = this.set.values().next().value as string;
+      this.set.delete(oldest);
+    }
+  }
+}
+
+const DAY_SECONDS = 86_400;
+
+/**
+ * The billing pipeline of one export: prepare (plan, tool rate) → spool (durable) → claim in Redis
+ * (dedup + usage positions) → rate (pure) → enforce → queue for ClickHouse → answer.
+ */
+export class Pipeline {
+  private seq = 0;
+  private readonly bootId = Date.now().toString(36);
+  private readonly recent = new RecentIds(500_000);
+  /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
+  private readonly localUsage = new Map<string, { n: number; tools: Map<string, number> }>();
+  private redisDownSince: number | undefined;
+  enforcer: Enforcer | undefined;
+
+  constructor(
+    private readonly spool: Spool,
+    private readonly lander: Lander,
+    private readonly redis: RedisLike | undefined,
+    private readonly plans: PlanStore,
+    private readonly opts: PipelineOptions,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  get redisAvailable(): boolean {
+    return this.redis !== undefined && this.redisDownSince === undefined;
+  }
+
+  private nextRid(): string {
+    return `${this.opts.instanceId}.${this.bootId}.${this.seq++}`;
+  }
+
+  /** Resolves plan and tool rate for each call; calls without either are rejected. */
+  private prepare(
+    book: PlanBook,
+    product: string,
+    calls: readonly ToolCall[],
+    rejected: RejectionTally,
+  ): Prepared[] {
+    const out: Prepared[] = [];
+    const seen = new Set<string>();
+    for (const call of calls) {
+      if (seen.has(call.eventId)) {
+        this.metrics.callsDuplicate.inc();
+        continue; // the same span twice in one request: one call
+      }
+      seen.add(call.eventId);
+      const plan = book.resolve(product, call.customer);
+      if (!plan) {
+        rejected.add('unknown_plan', `product ${product}`);
+        continue;
+      }
+      const rate = toolRateOf(plan, call.tool);
+      if (!rate) {
+        rejected.add('unknown_tool', call.tool);
+        continue;
+      }
+      const period = periodOf(call.startUnixUs);
+      const day = new Date(Math.floor(call.startUnixUs / 1000)).toISOString().slice(0, 10);
+      out.push({ call, plan, rate, period, day, counts: countsTowardUsage(call, plan) });
+    }
+    return out;
+  }
+
+  /** Accepts the calls of one export. Resolves once they are durable; throws TollgateError for retryable refusals. */
+  async accept(product: string, calls: readonly ToolCall[], rejected: RejectionTally): Promise<AcceptResult> {
+    if (this.lander.backlogRows >= this.opts.maxBacklogRows) {
+      throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
+    }
+    const book = this.plans.current;
+    const prepared = this.prepare(book, product, calls, rejected);
+    for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
+    if (prepared.length === 0) return { accepted: 0, duplicates: 0, directives: [] };
+
+    const rid = this.nextRid();
+    const receivedAtMs = Date.now();
+    const record: AcceptedRecord = {
+      t: 'a',
+      rid,
+      product,
+      planVersion: book.version,
+      receivedAtMs,
+      calls: prepared.map((p) => p.call),
+    };
+    try {
+      await this.spool.appendAccepted(record);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'spool write failed');
+      throw new TollgateError('TG_SPOOL_FAILED');
+    }
+    this.metrics.callsAccepted.inc({ product }, prepared.length);
+    try {
+      return await this.meterRateLand(rid, product, prepared, receivedAtMs);
+    } catch (err) {
+      // Fail-closed refusal. Some customers' calls may already be claimed under this record, so it is
+      // not abandoned: it is finished in the background once Redis is back, and the sender's retry is
+      // deduplicated against it (each call lands once, whichever claims it first).
+      if (err instanceof TollgateError && err.code === 'TG_REDIS_UNAVAILABLE') void this.replay([record]);
+      throw err;
+    }
+  }
+
+  /** Re-processes spool records left unlanded by a previous run (in order). */
+  async replay(records: readonly AcceptedRecord[]): Promise<void> {
+    for (const rec of records) {
+      const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
+      if (book.version !== rec.planVersion) {
+        this.log.warn(
+          { rid: rec.rid, planVersion: rec.planVersion },
+          'plan snapshot missing; replaying under the current plans',
+        );
+      }
+      const prepared = this.prepare(book, rec.product, rec.calls, new RejectionTally());
+      for (;;) {
+        try {
+          await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
+          break;
+        } catch (err) {
+          // fail-closed and Redis down: wait for it rather than rate the replay unenforced
+          this.log.warn({ rid: rec.rid, err: (err as Error).message }, 'replay waiting for Redis');
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    }
+  }
+
+  private async claim(
+    product: string,
+    customer: string,
+    rid: string,
+    inputs: ClaimInput[],
+  ): Promise<ClaimResult[] | undefined> {
+    if (!this.redis) return undefined;
+    try {
+      const res = await claimCalls(this.redis, product, customer, rid, inputs, {
+        dedupSeconds: (this.opts.maxSpanAgeHours + 48) * 3600,
+        periodSeconds: 70 * DAY_SECONDS,
+      });
+      if (this.redisDownSince !== undefined) {
+        this.log.warn(
+          { downForMs: Date.now() - this.redisDownSince },
+          'Redis reachable again; enforcement resumed',
+        );
+        this.redisDownSince = undefined;
+      }
+      return res;
+    } catch (err) {
+      this.metrics.redisErrors.inc();
+      if (this.redisDownSince === undefined) {
+        this.redisDownSince = Date.now();
+        this.log.error({ err: (err as Error).message, failMode: this.opts.failMode }, 'Redis unreachable');
+      }
+      return undefined;
+    }
+  }
+
+  /** Usage positions continued locally from the last ones Redis gave (fail-open). */
+  private localPosition(product: string, p: Prepared): ClaimResult {
+    const key = `${product}\0${p.call.customer}\0${p.period}`;
+    let u = this.localUsage.get(key);
+    if (!u) {
+      u = { n: 0, tools: new Map() };
+      this.localUsage.set(key, u);
+    }
+    if (!p.counts) return { status: CLAIM_STATUS.new, toolOrdinal: 0, planOrdinal: 0 };
+    u.n++;
+    const t = (u.tools.get(p.call.tool) ?? 0) + 1;
+    u.tools.set(p.call.tool, t);
+    return { status: CLAIM_STATUS.new, toolOrdinal: t, planOrdinal: u.n };
+  }
+
+  private remember(product: string, p: Prepared, r: ClaimResult): void {
+    if (!p.counts) return;
+    const key = `${product}\0${p.call.customer}\0${p.period}`;
+    let u = this.localUsage.get(key);
+    if (!u) {
+      u = { n: 0, tools: new Map() };
+      this.localUsage.set(key, u);
+    }
+    if (r.planOrdinal > u.n) u.n = r.planOrdinal;
+    if (r.toolOrdinal > (u.tools.get(p.call.tool) ?? 0)) u.tools.set(p.call.tool, r.toolOrdinal);
+  }
+
+  private async meterRateLand(
+    rid: string,
+    product: string,
+    prepared: readonly Prepared[],
+    receivedAtMs: number,
+  ): Promise<AcceptResult> {
+    const byCustomer = new Map<string, number[]>();
+    prepared.forEach((p, i) => {
+      const list = byCustomer.get(p.call.customer);
+      if (list) list.push(i);
+      else byCustomer.set(p.call.customer, [i]);
+    });
+    const results: (ClaimResult | undefined)[] = new Array(prepared.length);
+    const unenforced = new Set<number>();
+    await Promise.all(
+      [...byCustomer].map(async ([customer, idx]) => {
+        const claimed = await this.claim(
+          product,
+          customer,
+          rid,
+          idx.map((i) => prepared[i] as Prepared),
+        );
+        if (claimed) {
+          idx.forEach((i, k) => {
+            results[i] = claimed[k];
+            this.remember(product, prepared[i] as Prepared, claimed[k] as ClaimResult);
+          });
+          return;
+        }
+        if (this.opts.failMode === 'closed') return;
+        for (const i of idx) {
+          const p = prepared[i] as Prepared;
+          unenforced.add(i);
+          results[i] = this.recent.has(p.call.eventId)
+            ? { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 }
+            : this.localPosition(product, p);
+        }
+      }),
+    );
+    if (this.opts.failMode === 'closed' && results.some((r) => r === undefined)) {
+      throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
+    }
+
+    const rated: RatedCall[] = [];
+    let tsv = '';
+    let duplicates = 0;
+    for (let i = 0; i < prepared.length; i++) {
+      const p = prepared[i] as Prepared;
+      const claim = results[i] as ClaimResult;
+      if (claim.status === CLAIM_STATUS.duplicate) {
+        duplicates++;
+        continue;
+      }
+      this.recent.add(p.call.eventId);
+      const rating = rateCall(p.call, p.plan, p.rate, claim);
+      const c = p.call;
+      const row: RatedCall = {
+        eventId: c.eventId,
+        traceId: c.traceId,
+        spanId: c.spanId,
+        product,
+        customer: c.customer,
+        agent: c.agent,
+        sessionId: c.sessionId,
+        tool: c.tool,
+        transport: c.transport,
+        source: c.source,
+        status: c.ok ? 'ok' : 'error',
+        errorType: c.errorType,
+        protocolVersion: c.protocolVersion,
+        instanceId: c.instanceId,
+        startUnixUs: c.startUnixUs,
+        durationUs: c.durationUs,
+        inputTokens: c.inputTokens,
+        outputTokens: c.outputTokens,
+        priceNano: rating.priceNano,
+        costNano: rating.costNano,
+        priceCallNano: rating.priceCallNano,
+        priceInputNano: rating.priceInputNano,
+        priceOutputNano: rating.priceOutputNano,
+        priceDurationNano: rating.priceDurationNano,
+        tier: rating.tier,
+        planId: p.plan.planId,
+        planVersion: p.plan.version,
+        currency: p.plan.currency,
+        decision:
+          unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision,
+        period: p.period,
+        receivedAtMs,
+      };
+      rated.push(row);
+    }
+    if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
+    if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
+
+    const directives = this.enforcer
+      ? await this.enforcer.apply(product, rid, rated, unenforced.size === 0)
+      : [];
+    for (const row of rated) {
+      tsv += encodeTsvRow(row);
+      if (row.priceNano > 0n)
+        this.metrics.revenueNano.inc({ product, currency: row.currency }, Number(row.priceNano));
+    }
+    if (rated.length) this.lander.enqueue(rid, tsv, rated.length);
+    else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
+    return { accepted: rated.length, duplicates, directives };
+  }
+}

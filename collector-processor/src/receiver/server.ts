@@ -1,0 +1,306 @@
+import { promisify } from 'node:util';
+import { gunzip } from 'node:zlib';
+import {
+  type Directive,
+  extractToolCall,
+  type ToolCall,
+  toolCallFromUsageEvent,
+  UsageEventSchema,
+} from '@tollgate/contracts';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.js';
+import { decodeJsonExport } from '../otlp/decode-json.js';
+import { decodeProtobufExport } from '../otlp/decode-protobuf.js';
+import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
+import { CONTENT_TYPE, encodeExportResponse, encodeRpcStatus, type WireFormat } from '../otlp/response.js';
+import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/errors.js';
+import { type Pipeline, RejectionTally } from '../pipeline/pipeline.js';
+import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
+
+const gunzipAsync = promisify(gunzip);
+
+/** Instrumentation scope name of the Tollgate SDK (its spans are recorded with source `sdk`). */
+export const SDK_SCOPE_NAME = '@tollgate/instrumentation';
+
+export interface ReceiverOptions {
+  bodyLimitBytes: number;
+  maxDecompressedBytes: number;
+  maxInFlight: number;
+  maxSpanAgeHours: number;
+  maxFutureSeconds: number;
+}
+
+export interface ReceiverDeps {
+  pipeline: Pipeline;
+  keyring: IngestKeyring;
+  metrics: Metrics;
+  log: Logger;
+  /** Called with each export's raw spans after it is accepted (forwarding to the next OTLP hop). */
+  onSpansAccepted?: (body: Buffer, format: WireFormat, identity: IngestIdentity) => void;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    tollgateIdentity?: IngestIdentity;
+  }
+}
+
+const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch'];
+
+function wireFormatOf(req: FastifyRequest): WireFormat {
+  return (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-protobuf')
+    ? 'protobuf'
+    : 'json';
+}
+
+/**
+ * The OTLP/HTTP receiver and the plain usage-event endpoints, following the OTLP/HTTP status semantics:
+ * 400 undecodable, 401 unknown key, 405 wrong method, 413 too large, 415 unsupported type or encoding,
+ * 429/503 with Retry-After when overloaded; partial success (with counts and reasons) for rejected spans.
+ */
+export function buildReceiver(
+  deps: ReceiverDeps,
+  opts: ReceiverOptions,
+): FastifyInstance & { startClosing(): void } {
+  const { pipeline, keyring, metrics } = deps;
+  const app = Fastify({
+    loggerInstance: deps.log.child({ component: 'receiver' }) as FastifyBaseLogger,
+    bodyLimit: opts.bodyLimitBytes,
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: true,
+  });
+  let inFlight = 0;
+  let closing = false;
+
+  // Bodies stay raw buffers: decoding (and gunzip) happens in the handler with our own limits.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(
+    ['application/x-protobuf', 'application/json'],
+    { parseAs: 'buffer' },
+    (_req, body, done) => done(null, body),
+  );
+
+  const sendError = (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
+    metrics.exports.inc({ endpoint: req.routeOptions.url ?? req.url, status: String(err.status) });
+    if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));
+    if (err.code === 'TG_METHOD_NOT_ALLOWED') reply.header('allow', 'POST');
+    if (req.url.startsWith('/v1/traces')) {
+      const format = wireFormatOf(req);
+      return reply
+        .code(err.status)
+        .type(CONTENT_TYPE[format])
+        .send(encodeRpcStatus(format, GRPC_CODE[err.status] ?? 2, `${err.code}: ${err.message}`));
+    }
+    return reply
+      .code(err.status)
+      .type('application/json')
+      .send({ error: { code: err.code, message: err.message } });
+  };
+
+  app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {
+    if (error instanceof TollgateError) return sendError(req, reply, error);
+    let code: ErrorCode = 'TG_UNDECODABLE';
+    if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') code = 'TG_BODY_TOO_LARGE';
+    else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || error.statusCode === 415)
+      code = 'TG_UNSUPPORTED_MEDIA_TYPE';
+    else if (error.statusCode === 413) code = 'TG_BODY_TOO_LARGE';
+    else if (!error.statusCode || error.statusCode >= 500) {
+      req.log.error({ err: error }, 'unexpected error');
+      return sendError(req, reply, new TollgateError('TG_SPOOL_FAILED', 'internal error', 1));
+    }
+    return sendError(req, reply, new TollgateError(code, error.message));
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    if (INGEST_ROUTES.includes(req.url.split('?')[0] as string)) {
+      return sendError(req, reply, new TollgateError('TG_METHOD_NOT_ALLOWED'));
+    }
+    return reply
+      .code(404)
+      .send({ error: { code: 'TG_NOT_FOUND', message: `no route ${req.method} ${req.url}` } });
+  });
+
+  // Authenticate and admit before the body is read.
+  app.addHook('onRequest', async (req) => {
+    if (req.method !== 'POST' || !INGEST_ROUTES.includes(req.url.split('?')[0] as string)) return;
+    if (closing) throw new TollgateError('TG_SHUTTING_DOWN', undefined, 1);
+    const identity = keyring.authenticate(req.headers.authorization);
+    if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
+    if (inFlight >= opts.maxInFlight)
+      throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
+    const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
+    if (enc !== 'identity' && enc !== 'gzip') throw new TollgateError('TG_UNSUPPORTED_ENCODING', enc);
+    req.tollgateIdentity = identity;
+    inFlight++;
+    metrics.inFlight.set(inFlight);
+  });
+  app.addHook('onResponse', async (req) => {
+    if (req.tollgateIdentity) {
+      inFlight--;
+      metrics.inFlight.set(inFlight);
+    }
+  });
+
+  async function bodyOf(req: FastifyRequest): Promise<Buffer> {
+    const raw = req.body;
+    if (!Buffer.isBuffer(raw)) throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE');
+    if ((req.headers['content-encoding'] ?? '').toLowerCase() !== 'gzip') return raw;
+    try {
+      return await gunzipAsync(raw, { maxOutputLength: opts.maxDecompressedBytes });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new TollgateError(
+          'TG_BODY_TOO_LARGE',
+          `decompressed body exceeds ${opts.maxDecompressedBytes} bytes`,
+        );
+      }
+      throw new TollgateError('TG_BAD_GZIP', (err as Error).message);
+    }
+  }
+
+  const extractOpts = (identity: IngestIdentity) => ({
+    defaultCustomer: identity.defaultCustomer,
+    sdkScopeName: SDK_SCOPE_NAME,
+    nowUnixUs: Date.now() * 1000,
+    maxAgeUs: opts.maxSpanAgeHours * 3_600_000_000,
+    maxFutureUs: opts.maxFutureSeconds * 1_000_000,
+  });
+
+  app.post('/v1/traces', async (req, reply) => {
+    const started = performance.now();
+    const identity = req.tollgateIdentity as IngestIdentity;
+    const format = wireFormatOf(req);
+    const body = await bodyOf(req);
+    let decoded: DecodedExport;
+    try {
+      decoded = format === 'protobuf' ? decodeProtobufExport(body) : decodeJsonExport(body);
+    } catch (err) {
+      if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
+      throw err;
+    }
+    metrics.spansReceived.inc(decoded.spans.length + decoded.malformed);
+    const rejected = new RejectionTally();
+    for (let i = 0; i < decoded.malformed; i++) rejected.add('malformed_span');
+    const calls: ToolCall[] = [];
+    const xo = extractOpts(identity);
+    for (const span of decoded.spans) {
+      const x = extractToolCall(span, xo);
+      if (x.kind === 'call') calls.push(x.call);
+      else if (x.kind === 'rejected') rejected.add(x.reason, x.detail);
+    }
+    const result = await pipeline.accept(identity.product, calls, rejected);
+    let directives: Directive[] = result.directives;
+    if (calls.length === 0 && pipeline.enforcer) {
+      directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds, []);
+    }
+    deps.onSpansAccepted?.(body, format, identity);
+    metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
+    metrics.exportSeconds.observe((performance.now() - started) / 1000);
+    return reply
+      .code(200)
+      .type(CONTENT_TYPE[format])
+      .send(
+        encodeExportResponse(format, {
+          rejectedSpans: rejected.total,
+          errorMessage: rejected.message(),
+          directives,
+        }),
+      );
+  });
+
+  async function ingestEvents(req: FastifyRequest, reply: FastifyReply, events: unknown[]) {
+    const identity = req.tollgateIdentity as IngestIdentity;
+    const rejected = new RejectionTally();
+    const problems: { index: number; id?: unknown; reason: string; message: string }[] = [];
+    const calls: ToolCall[] = [];
+    const xo = extractOpts(identity);
+    events.forEach((raw, index) => {
+      const parsed = UsageEventSchema.safeParse(raw);
+      const id = typeof raw === 'object' && raw !== null ? (raw as { id?: unknown }).id : undefined;
+      if (!parsed.success) {
+        const metric = parsed.error.issues.some((i) => i.path[0] === 'metricName');
+        const reason = metric ? 'unsupported_metric' : 'invalid_event';
+        rejected.add(reason);
+        problems.push({
+          index,
+          id,
+          reason,
+          message: parsed.error.issues
+            .map((i) => `${i.path.join('.') || '(event)'}: ${i.message}`)
+            .join('; '),
+        });
+        return;
+      }
+      const call = toolCallFromUsageEvent(parsed.data, identity.product, identity.defaultCustomer);
+      if (!call) {
+        rejected.add('missing_customer');
+        problems.push({
+          index,
+          id,
+          reason: 'missing_customer',
+          message: 'customerId is required (the key has no default customer)',
+        });
+        return;
+      }
+      if (call.startUnixUs < xo.nowUnixUs - xo.maxAgeUs || call.startUnixUs > xo.nowUnixUs + xo.maxFutureUs) {
+        rejected.add('invalid_timestamp');
+        problems.push({
+          index,
+          id,
+          reason: 'invalid_timestamp',
+          message: 'timestamp is outside the accepted window',
+        });
+        return;
+      }
+      calls.push(call);
+    });
+    const result = await pipeline.accept(identity.product, calls, rejected);
+    metrics.exports.inc({ endpoint: req.routeOptions.url ?? req.url, status: '200' });
+    return reply.code(200).send({
+      accepted: result.accepted,
+      duplicates: result.duplicates,
+      rejected: problems,
+      directives: result.directives,
+    });
+  }
+
+  const parseJson = (req: FastifyRequest): unknown => {
+    if (wireFormatOf(req) !== 'json')
+      throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'usage events are JSON');
+    try {
+      return JSON.parse((req.body as Buffer).toString('utf8'));
+    } catch (err) {
+      throw new TollgateError('TG_INVALID_EVENT', `body is not valid JSON: ${(err as Error).message}`);
+    }
+  };
+
+  app.post('/v1/ingest/events', async (req, reply) => {
+    req.body = await bodyOf(req);
+    const doc = parseJson(req);
+    return ingestEvents(req, reply, Array.isArray(doc) ? doc : [doc]);
+  });
+
+  app.post('/v1/ingest/batch', async (req, reply) => {
+    req.body = await bodyOf(req);
+    const doc = parseJson(req);
+    const events = Array.isArray(doc) ? doc : (doc as { events?: unknown })?.events;
+    if (!Array.isArray(events))
+      throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
+    return ingestEvents(req, reply, events);
+  });
+
+  return Object.assign(app, {
+    startClosing() {
+      closing = true;
+    },
+  });
+}
+
+export { ERRORS };

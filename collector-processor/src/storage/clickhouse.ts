@@ -1,0 +1,123 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type ClickHouseClient, type ClickHouseSettings, createClient } from '@clickhouse/client';
+import { createChdbConnection } from 'chdb/connection';
+
+export type ClickHouseMode = 'chdb' | 'server';
+
+export interface ClickHouseHandle {
+  client: ClickHouseClient;
+  mode: ClickHouseMode;
+  close(): Promise<void>;
+}
+
+export interface ClickHouseOptions {
+  /** ClickHouse server URL; empty → embedded chDB in `<dataDir>/chdb`. */
+  url: string;
+  dataDir: string;
+  database: string;
+  username: string;
+  password: string;
+}
+
+/** Settings every query of ours runs with: 64-bit integers as JSON strings (money stays exact). */
+const SETTINGS: ClickHouseSettings = {
+  output_format_json_quote_64bit_integers: 1,
+  output_format_json_quote_decimals: 1,
+};
+
+/** One client, one dialect: `@clickhouse/client` over HTTP to a server, or over chDB in process. */
+export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
+  if (opts.url) {
+    const client = createClient({
+      url: opts.url,
+      username: opts.username,
+      password: opts.password,
+      database: opts.database,
+      clickhouse_settings: SETTINGS,
+      request_timeout: 60_000,
+    });
+    return { client, mode: 'server', close: () => client.close() };
+  }
+  const path = join(opts.dataDir, 'chdb');
+  mkdirSync(path, { recursive: true });
+  // chdb types its Connection against its own copy of @clickhouse/client-common; the runtime contract is the same.
+  const connection = createChdbConnection({ path }) as unknown as NonNullable<
+    NonNullable<Parameters<typeof createClient>[0]>['connection']
+  >;
+  const client = createClient({ connection, clickhouse_settings: SETTINGS });
+  return { client, mode: 'chdb', close: () => client.close() };
+}
+
+export const MIGRATIONS_DIR = new URL('../../migrations/', import.meta.url);
+
+export interface Migration {
+  version: number;
+  name: string;
+  checksum: string;
+  statements: string[];
+}
+
+/** Reads `NNNN_name.sql` files in order; statements are separated by `;` at the end of a line. */
+export function readMigrations(dir: URL = MIGRATIONS_DIR): Migration[] {
+  return readdirSync(dir)
+    .filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f))
+    .sort()
+    .map((file) => {
+      const sql = readFileSync(new URL(file, dir), 'utf8');
+      const statements = sql
+        .split(/;\s*$/m)
+        .map((s) => s.replace(/^\s*--.*$/gm, '').trim())
+        .filter(Boolean);
+      return {
+        version: Number(file.slice(0, 4)),
+        name: file.replace(/\.sql$/, ''),
+        checksum: createHash('sha256').update(sql).digest('hex'),
+        statements,
+      };
+    });
+}
+
+export class MigrationError extends Error {
+  override readonly name = 'MigrationError';
+}
+
+/**
+ * Applies the migrations not yet applied, in order, and refuses to start when an applied migration's
+ * file has changed (migrations are append-only).
+ */
+export async function migrate(client: ClickHouseClient, migrations = readMigrations()): Promise<string[]> {
+  await client.command({
+    query: `CREATE TABLE IF NOT EXISTS tollgate_schema_migrations
+      (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3))
+      ENGINE = MergeTree ORDER BY version`,
+  });
+  const rows = await (
+    await client.query({
+      query: 'SELECT version, name, checksum FROM tollgate_schema_migrations',
+      format: 'JSONEachRow',
+    })
+  ).json<{ version: number; name: string; checksum: string }>();
+  const applied = new Map(rows.map((r) => [Number(r.version), r]));
+  const done: string[] = [];
+  for (const m of migrations) {
+    const prev = applied.get(m.version);
+    if (prev) {
+      if (prev.checksum !== m.checksum) {
+        throw new MigrationError(
+          `migration ${m.name} was changed after it was applied; add a new migration instead`,
+        );
+      }
+      continue;
+    }
+    for (const statement of m.statements) await client.command({ query: statement });
+    await client.insert({
+      table: 'tollgate_schema_migrations',
+      values: [{ version: m.version, name: m.name, checksum: m.checksum }],
+      format: 'JSONEachRow',
+    });
+    done.push(m.name);
+  }
+  return done;
+}

@@ -1,0 +1,86 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { emitToolCall, otelTracer, query, startTestTollgate, type TestTollgate } from './support/harness.js';
+
+let tg: TestTollgate;
+beforeAll(async () => {
+  tg = await startTestTollgate();
+});
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
+  it.each(['protobuf', 'json'] as const)(
+    'bills tool-call spans exported as %s with exact prices',
+    async (format) => {
+      const customer = `cust-${format}`;
+      const { tracer, provider } = otelTracer(tg.otlpUrl as string, format);
+      for (let i = 0; i < 10; i++) {
+        emitToolCall(tracer, {
+          tool: 'search_docs',
+          customer,
+          session: `s-${format}`,
+          inputTokens: 100,
+          outputTokens: 200,
+        });
+      }
+      // A span that is not a tool call (another instrumentation): ignored, not rejected.
+      tracer.startSpan('GET /health').end();
+      await provider.forceFlush();
+      await provider.shutdown();
+      await tg.lander?.idle();
+
+      const [row] = await query(
+        tg,
+        `SELECT count() AS calls, sum(price_nano) AS revenue, sum(cost_nano) AS cost,
+              countIf(decision = 'free') AS free, uniqExact(event_id) AS ids
+       FROM mcp_tool_calls WHERE customer = {c:String}`,
+        { c: customer },
+      );
+      // 2 free calls, then 8 × (0.004 + 100 × 0.000001 + 200 × 0.000003) = 8 × 0.0047
+      expect(row).toEqual({
+        calls: '10',
+        revenue: String(8 * 4_700_000),
+        cost: String(10 * 1_200_000),
+        free: '2',
+        ids: '10',
+      });
+
+      const [detail] = await query(
+        tg,
+        `SELECT tool, transport, session_id, agent, status, length(trace_id) AS tl, length(span_id) AS sl, input_tokens, output_tokens
+       FROM mcp_tool_calls WHERE customer = {c:String} LIMIT 1`,
+        { c: customer },
+      );
+      expect(detail).toEqual({
+        tool: 'search_docs',
+        transport: 'stdio',
+        session_id: `s-${format}`,
+        agent: 'agent-1',
+        status: 'ok',
+        tl: '32',
+        sl: '16',
+        input_tokens: '100',
+        output_tokens: '200',
+      });
+    },
+  );
+
+  it("the materialized views' totals equal the raw table's", async () => {
+    const [raw] = await query(
+      tg,
+      'SELECT count() c, sum(price_nano) r, sum(cost_nano) k, sum(input_tokens) i FROM mcp_tool_calls',
+    );
+    const [daily] = await query(
+      tg,
+      'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k, sum(input_tokens) i FROM mcp_daily_stats',
+    );
+    const [sessions] = await query(
+      tg,
+      'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k FROM mcp_session_summary',
+    );
+    expect(Number(raw?.c)).toBeGreaterThan(0);
+    expect(daily).toEqual(raw);
+    expect(sessions).toEqual({ c: raw?.c, r: raw?.r, k: raw?.k });
+  });
+});
