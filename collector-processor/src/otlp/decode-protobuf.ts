@@ -67,13 +67,19 @@ function hex(bytes: Uint8Array | undefined): string {
   return bytes ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex') : '';
 }
 
-/** Calls `fn` with each length-delimited occurrence of `field` in `buf`; throws on broken framing. */
+/**
+ * Calls `fn` with each occurrence of the length-delimited `field` in `buf`. Throws on broken framing and
+ * when `field` arrives with another wire type (a message field sent as a varint is not an OTLP message).
+ */
 function eachField(buf: Uint8Array, field: number, fn: (bytes: Uint8Array) => void): void {
   const r = Reader.create(buf);
   while (r.pos < r.len) {
     const tag = r.uint32();
-    if (tag >>> 3 === field && (tag & 7) === WIRE_LEN) fn(r.bytes());
-    else r.skipType(tag & 7);
+    if (tag >>> 3 === field) {
+      if ((tag & 7) !== WIRE_LEN)
+        throw new Error(`field ${field} has wire type ${tag & 7}, expected ${WIRE_LEN}`);
+      fn(r.bytes());
+    } else r.skipType(tag & 7);
   }
 }
 

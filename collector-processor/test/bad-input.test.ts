@@ -1,0 +1,289 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProtoRequest, ProtoRpcStatus } from '../src/otlp/proto.js';
+import { decodeExportResponse } from '../src/otlp/response.js';
+import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+
+const STRICT_KEY = 'tg_test_strict_key';
+let tg: TestTollgate;
+let url: string;
+
+beforeAll(async () => {
+  const dir = tempDir();
+  const configFile = join(dir, 'tollgate.yaml');
+  writeFileSync(
+    configFile,
+    `ingestKeys:
+  - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
+  - { name: strict, sha256: ${sha256Hex(STRICT_KEY)}, product: strict }
+`,
+  );
+  tg = await startTestTollgate(
+    {
+      '--data-dir': dir,
+      '--config': configFile,
+      '--otlp-body-limit': String(1024 * 1024),
+      '--otlp-max-decompressed': String(8 * 1024 * 1024),
+    },
+    `currency: USD
+products:
+  demo-mcp:
+    defaultPlan: std
+    plans: { std: { tools: { "*": { price: { perCall: "0.001" } } } } }
+  strict:
+    defaultPlan: std
+    plans: { std: { tools: { search_docs: { price: { perCall: "0.01" } } } } }
+`,
+  );
+  url = `${tg.otlpUrl}/v1/traces`;
+});
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+async function post(body: Buffer | string, headers: Record<string, string> = {}, key = DEV_INGEST_KEY) {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}`, ...headers },
+    body,
+  });
+  return { status: res.status, headers: res.headers, body: Buffer.from(await res.arrayBuffer()) };
+}
+
+async function healthy() {
+  expect((await fetch(`${tg.apiUrl}/healthz`)).status).toBe(200);
+}
+
+async function billedSpanIds(customer: string): Promise<string[]> {
+  await tg.lander!.idle();
+  const rows = await query<{ span_id: string }>(
+    tg,
+    'SELECT span_id FROM mcp_tool_calls WHERE customer = {c:String} ORDER BY span_id',
+    { c: customer },
+  );
+  return rows.map((r) => r.span_id);
+}
+
+function rpcStatus(body: Buffer) {
+  return ProtoRpcStatus.toObject(ProtoRpcStatus.decode(body)) as { code: number; message: string };
+}
+
+describe('bad input: clear 4xx, the server stays up', () => {
+  const protoHeaders = { 'content-type': 'application/x-protobuf' };
+  const validProto = () =>
+    Buffer.from(ProtoRequest.encode(ProtoRequest.fromObject({ resourceSpans: [] })).finish());
+
+  it.each([
+    ['truncated protobuf', () => Buffer.from([0x0a, 0x10, 0x0a, 0x05]), 400, 'TG_UNDECODABLE'],
+    ['wrong wire type for resource_spans', () => Buffer.from([0x08, 0x01]), 400, 'TG_UNDECODABLE'],
+    [
+      'huge length prefix',
+      () => Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]),
+      400,
+      'TG_UNDECODABLE',
+    ],
+    ['random bytes', () => Buffer.from('deadbeefcafebabe00ff11', 'hex'), 400, 'TG_UNDECODABLE'],
+  ])('%s → %i with a google.rpc.Status body', async (_name, body, status, code) => {
+    const r = await post(body(), protoHeaders);
+    expect(r.status).toBe(status);
+    expect(r.headers.get('content-type')).toContain('application/x-protobuf');
+    expect(rpcStatus(r.body).message).toContain(code);
+    await healthy();
+  });
+
+  it('a gzip bomb is refused with 413 before it is inflated past the limit', async () => {
+    const bomb = gzipSync(Buffer.alloc(64 * 1024 * 1024));
+    expect(bomb.length).toBeLessThan(1024 * 1024);
+    const r = await post(bomb, { ...protoHeaders, 'content-encoding': 'gzip' });
+    expect(r.status).toBe(413);
+    expect(rpcStatus(r.body).message).toContain('TG_BODY_TOO_LARGE');
+    await healthy();
+  });
+
+  it('corrupt gzip → 400; unknown encoding → 415', async () => {
+    expect((await post(Buffer.from('not gzip'), { 'content-encoding': 'gzip' })).status).toBe(400);
+    expect((await post('{}', { 'content-encoding': 'br' })).status).toBe(415);
+  });
+
+  it('a body over the limit → 413', async () => {
+    const r = await post(Buffer.alloc(2 * 1024 * 1024, 0x20));
+    expect(r.status).toBe(413);
+    expect(JSON.parse(r.body.toString()).message).toContain('TG_BODY_TOO_LARGE');
+  });
+
+  it('invalid JSON → 400 with a JSON status', async () => {
+    const r = await post('{"resourceSpans": [');
+    expect(r.status).toBe(400);
+    expect(JSON.parse(r.body.toString())).toMatchObject({
+      code: 3,
+      message: expect.stringContaining('TG_UNDECODABLE'),
+    });
+  });
+
+  it('unsupported content type → 415, wrong method → 405 with Allow, no or unknown key → 401', async () => {
+    expect((await post('x', { 'content-type': 'text/plain' })).status).toBe(415);
+    const get = await fetch(url);
+    expect(get.status).toBe(405);
+    expect(get.headers.get('allow')).toBe('POST');
+    expect((await post('{}', {}, 'wrong-key')).status).toBe(401);
+    expect(
+      (await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }))
+        .status,
+    ).toBe(401);
+    await healthy();
+  });
+
+  it('an empty export is a plain success', async () => {
+    const r = await post(validProto(), protoHeaders);
+    expect(r.status).toBe(200);
+    expect(decodeExportResponse(r.body)).toEqual({ directives: [] });
+  });
+});
+
+describe('bad spans next to good ones: partial success, the good ones are billed', () => {
+  it('rejects each bad span with a reason and keeps every valid sibling', async () => {
+    const customer = 'mixed-batch';
+    const good = [
+      toolSpan({ customer }),
+      toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': { doubleValue: 5 } } }),
+    ];
+    const bad = [
+      toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': { doubleValue: 'NaN' } } }),
+      toolSpan({ customer, attrs: { 'gen_ai.usage.output_tokens': { intValue: '-5' } } }),
+      toolSpan({ customer, attrs: { 'gen_ai.usage.output_tokens': 1.5 } }),
+      toolSpan({ customer, attrs: { 'gen_ai.tool.name': undefined } }),
+      toolSpan({ customer, attrs: { 'tollgate.customer.id': undefined } }),
+      toolSpan({ customer, traceId: '00'.repeat(16) }),
+      toolSpan({ customer, startMs: Date.now() - 30 * 24 * 3_600_000 }),
+      { ...toolSpan({ customer }), kind: 'SERVER' }, // wrong JSON type
+      { ...toolSpan({ customer }), attributes: [{ key: 'mcp.method.name', value: { intValue: 'abc' } }] },
+    ];
+    const ignored = toolSpan({ customer, attrs: { 'mcp.method.name': 'tools/list' } });
+    const r = await post(
+      JSON.stringify(exportOf([...bad.slice(0, 4), good[0], ignored, ...bad.slice(4), good[1]])),
+    );
+    expect(r.status).toBe(200);
+    const body = JSON.parse(r.body.toString());
+    expect(body.partialSuccess.rejectedSpans).toBe(String(bad.length));
+    for (const reason of [
+      'invalid_number ×3',
+      'missing_tool_name ×1',
+      'missing_customer ×1',
+      'invalid_trace_id ×1',
+      'invalid_timestamp ×1',
+      'malformed_span ×2',
+    ]) {
+      expect(body.partialSuccess.errorMessage).toContain(reason);
+    }
+    expect(await billedSpanIds(customer)).toEqual(good.map((g) => g.spanId).sort());
+    await healthy();
+  });
+
+  it('an unknown tool under a plan without a default is rejected; the known tool is billed', async () => {
+    const customer = 'strict-customer';
+    const known = toolSpan({ customer, tool: 'search_docs' });
+    const unknown = toolSpan({ customer, tool: 'launch_rockets' });
+    const r = await post(JSON.stringify(exportOf([unknown, known])), {}, STRICT_KEY);
+    expect(r.status).toBe(200);
+    const body = JSON.parse(r.body.toString());
+    expect(body.partialSuccess).toEqual({
+      rejectedSpans: '1',
+      errorMessage: expect.stringContaining('unknown_tool ×1'),
+    });
+    expect(await billedSpanIds(customer)).toEqual([known.spanId]);
+    const [row] = await query(
+      tg,
+      'SELECT product, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+      { c: customer },
+    );
+    expect(row).toEqual({ product: 'strict', price_nano: '10000000' });
+  });
+
+  it('the product comes from the key, never from span attributes', async () => {
+    const customer = 'spoofer';
+    const span = toolSpan({ customer, attrs: { 'tollgate.product': 'strict' } });
+    await post(JSON.stringify(exportOf([span], { 'service.name': 'x', 'tollgate.product': 'strict' })));
+    await tg.lander!.idle();
+    expect(
+      (
+        await query(tg, 'SELECT product FROM mcp_tool_calls WHERE customer = {c:String}', { c: customer })
+      ).map((r) => r.product),
+    ).toEqual(['demo-mcp']);
+  });
+});
+
+describe('plain usage events', () => {
+  const ev = (over: Record<string, unknown> = {}) => ({
+    id: `evt-${Math.random().toString(36).slice(2)}`,
+    customerId: 'events-customer',
+    timestamp: new Date(Date.now() - 1000).toISOString(),
+    metricName: 'mcp.tool_call',
+    productType: 'mcp',
+    toolName: 'search_docs',
+    sessionId: 'ev-session',
+    agentId: 'ev-agent',
+    executionDurationMs: 120,
+    metadata: { inputTokens: 3, outputTokens: 4 },
+    ...over,
+  });
+
+  it('accepts valid events, rejects invalid ones individually, and dedups by id', async () => {
+    const a = ev();
+    const res = await fetch(`${tg.otlpUrl}/v1/ingest/batch`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify({
+        events: [
+          a,
+          ev({ executionDurationMs: -1 }),
+          ev({ metricName: 'cpu' }),
+          ev({ metadata: { inputTokens: 'many' } }),
+          a,
+        ],
+      }),
+    });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { accepted: number; rejected: { index: number; reason: string }[] };
+    expect(body.accepted).toBe(1);
+    expect(body.rejected.map((r: { index: number; reason: string }) => [r.index, r.reason])).toEqual([
+      [1, 'invalid_event'],
+      [2, 'unsupported_metric'],
+      [3, 'invalid_event'],
+    ]);
+    const again = await fetch(`${tg.otlpUrl}/v1/ingest/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify(a),
+    });
+    expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    await tg.lander!.idle();
+    const rows = await query(
+      tg,
+      "SELECT tool, agent, session_id, duration_us, input_tokens, source FROM mcp_tool_calls WHERE customer = 'events-customer'",
+    );
+    expect(rows).toEqual([
+      {
+        tool: 'search_docs',
+        agent: 'ev-agent',
+        session_id: 'ev-session',
+        duration_us: '120000',
+        input_tokens: '3',
+        source: 'event',
+      },
+    ]);
+  });
+
+  it('a body that is not JSON → 400 with a stable code', async () => {
+    const res = await fetch(`${tg.otlpUrl}/v1/ingest/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: '{"id":',
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('TG_INVALID_EVENT');
+  });
+});

@@ -1,0 +1,190 @@
+import { extractToolCall, type SpanView } from '@tollgate/contracts';
+import { describe, expect, it } from 'vitest';
+import { decodeJsonExport } from '../src/otlp/decode-json.js';
+import { decodeProtobufExport } from '../src/otlp/decode-protobuf.js';
+import { DecodeError } from '../src/otlp/decoded.js';
+import { ProtoRequest } from '../src/otlp/proto.js';
+import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
+import { captureServer } from './support/capture.js';
+import { emitToolCall, otelTracer } from './support/harness.js';
+
+const xo = {
+  sdkScopeName: SDK_SCOPE_NAME,
+  nowUnixUs: Date.now() * 1000,
+  maxAgeUs: 3_600_000_000,
+  maxFutureUs: 600_000_000,
+};
+
+async function captured(format: 'protobuf' | 'json'): Promise<Buffer> {
+  const cap = await captureServer();
+  const { tracer, provider } = otelTracer(cap.url, format, { resource: { 'service.instance.id': 'inst-9' } });
+  emitToolCall(
+    tracer,
+    {
+      tool: 'get_forecast',
+      customer: 'acme',
+      agent: 'planner',
+      session: 'sess-1',
+      inputTokens: 12,
+      outputTokens: 345,
+      durationMs: 250,
+    },
+    1_764_000_000_000,
+  );
+  emitToolCall(tracer, { tool: 'get_forecast', customer: 'acme', isError: true }, 1_764_000_000_000);
+  tracer.startSpan('GET /index.html').end();
+  await provider.forceFlush();
+  await provider.shutdown();
+  await cap.close();
+  expect(cap.bodies).toHaveLength(1);
+  return cap.bodies[0]!.body;
+}
+
+function checkDecoded(spans: SpanView[]) {
+  expect(spans).toHaveLength(3);
+  const first = spans.find((s) => s.name === 'tools/call get_forecast' && !s.attributes['error.type'])!;
+  expect(first.traceId).toMatch(/^[0-9a-f]{32}$/);
+  expect(first.spanId).toMatch(/^[0-9a-f]{16}$/);
+  expect(first.kind).toBe(2);
+  expect(first.startUnixUs).toBe(1_764_000_000_000_000);
+  expect(first.endUnixUs - first.startUnixUs).toBe(250_000);
+  expect(first.resource['service.instance.id']).toBe('inst-9');
+  const x = extractToolCall(first, { ...xo, nowUnixUs: 1_764_000_001_000_000 });
+  expect(x.kind).toBe('call');
+  if (x.kind !== 'call') return;
+  expect(x.call).toMatchObject({
+    customer: 'acme',
+    agent: 'planner',
+    sessionId: 'sess-1',
+    tool: 'get_forecast',
+    transport: 'stdio',
+    ok: true,
+    inputTokens: 12,
+    outputTokens: 345,
+    durationUs: 250_000,
+    protocolVersion: '2025-06-18',
+    instanceId: 'inst-9',
+    source: 'otlp',
+  });
+  expect(x.call.eventId).toBe(first.traceId + first.spanId);
+  const failed = spans.find((s) => s.attributes['error.type'] === 'tool_error')!;
+  const fx = extractToolCall(failed, { ...xo, nowUnixUs: 1_764_000_001_000_000 });
+  expect(fx.kind === 'call' && fx.call.ok === false && fx.call.errorType === 'tool_error').toBe(true);
+  const other = spans.find((s) => s.name === 'GET /index.html')!;
+  expect(extractToolCall(other, xo)).toEqual({ kind: 'ignored' });
+}
+
+describe('decoding bytes made by the real OTel JS exporter', () => {
+  it('protobuf (exporter-trace-otlp-proto)', async () => {
+    const d = decodeProtobufExport(await captured('protobuf'));
+    expect(d.malformed).toBe(0);
+    expect(d.instanceIds).toEqual(['inst-9']);
+    checkDecoded(d.spans);
+  });
+
+  it('JSON (exporter-trace-otlp-http)', async () => {
+    const d = decodeJsonExport(await captured('json'));
+    expect(d.malformed).toBe(0);
+    checkDecoded(d.spans);
+  });
+});
+
+/** A Kong-shaped export: root span `kong`, numeric attributes as doubles (as Kong's opentelemetry plugin sends). */
+function kongExport() {
+  return {
+    resourceSpans: [
+      {
+        resource: { attributes: [{ key: 'service.name', value: { stringValue: 'kong' } }] },
+        scopeSpans: [
+          {
+            scope: { name: 'kong-internal', version: '0.1.0' },
+            spans: [
+              {
+                traceId: Buffer.from('0af7651916cd43dd8448eb211c80319c', 'hex'),
+                spanId: Buffer.from('b7ad6b7169203331', 'hex'),
+                name: 'kong',
+                kind: 2,
+                startTimeUnixNano: '1764000000000000000',
+                endTimeUnixNano: '1764000000042000000',
+                attributes: [
+                  { key: 'http.response.status_code', value: { doubleValue: 200 } },
+                  { key: 'mcp.method.name', value: { stringValue: 'tools/call' } },
+                  { key: 'gen_ai.tool.name', value: { stringValue: 'get_forecast' } },
+                  { key: 'gen_ai.usage.input_tokens', value: { doubleValue: 17 } },
+                  { key: 'gen_ai.usage.output_tokens', value: { doubleValue: 230 } },
+                  { key: 'tollgate.customer.id', value: { stringValue: 'acme' } },
+                  { key: 'mcp.session.id', value: { stringValue: 'kong-sess' } },
+                  { key: 'jsonrpc.request.id', value: { doubleValue: 3 } },
+                ],
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  };
+}
+
+describe('Kong-shaped spans', () => {
+  it('bills the root span `kong` with double-valued numbers', () => {
+    const bytes = ProtoRequest.encode(ProtoRequest.fromObject(kongExport())).finish();
+    const d = decodeProtobufExport(bytes);
+    expect(d.spans).toHaveLength(1);
+    const x = extractToolCall(d.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 });
+    expect(x.kind).toBe('call');
+    if (x.kind !== 'call') return;
+    expect(x.call).toMatchObject({
+      tool: 'get_forecast',
+      inputTokens: 17,
+      outputTokens: 230,
+      source: 'kong',
+      transport: 'http',
+      ok: true,
+      durationUs: 42_000,
+    });
+  });
+
+  it('rejects fractional or negative token doubles and marks HTTP failures', () => {
+    const doc = kongExport();
+    const attrs = doc.resourceSpans[0]!.scopeSpans[0]!.spans[0]!.attributes;
+    attrs[3] = { key: 'gen_ai.usage.input_tokens', value: { doubleValue: 1.5 } };
+    const d = decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
+    expect(extractToolCall(d.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 })).toMatchObject({
+      kind: 'rejected',
+      reason: 'invalid_number',
+    });
+    attrs[3] = { key: 'gen_ai.usage.input_tokens', value: { doubleValue: 2 } };
+    attrs[0] = { key: 'http.response.status_code', value: { doubleValue: 502 } };
+    const d2 = decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
+    expect(extractToolCall(d2.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 })).toMatchObject({
+      kind: 'call',
+      call: { ok: false, errorType: '502' },
+    });
+  });
+});
+
+describe('malformed input', () => {
+  it('truncated framing is a DecodeError; a malformed span is skipped while its sibling survives', () => {
+    const good = ProtoRequest.encode(ProtoRequest.fromObject(kongExport())).finish();
+    expect(() => decodeProtobufExport(good.subarray(0, good.length - 7))).toThrow(DecodeError);
+    const json = JSON.stringify({
+      resourceSpans: [
+        {
+          scopeSpans: [
+            {
+              spans: [
+                { traceId: 5, name: 'x' },
+                { traceId: 'ab'.repeat(16), spanId: 'cd'.repeat(8), name: 'ok' },
+              ],
+            },
+          ],
+        },
+      ],
+    });
+    const d = decodeJsonExport(Buffer.from(json));
+    expect(d.malformed).toBe(1);
+    expect(d.spans.map((s) => s.name)).toEqual(['ok']);
+    expect(() => decodeJsonExport(Buffer.from('{"resourceSpans": 3}'))).toThrow(DecodeError);
+    expect(() => decodeJsonExport(Buffer.from('{nope'))).toThrow(DecodeError);
+  });
+});

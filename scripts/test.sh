@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the full test suite: lint, type-check/build, unit and integration tests
+# against real Redis and real ClickHouse (chDB). A missing service is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CI="${CI:-true}"
+npm test
