@@ -1,0 +1,102 @@
+-- Span attributes of one metered tools/call: the OTel MCP semantic-convention keys (our own copy,
+-- as contracts/src/attributes.ts keeps one: they are experimental upstream) plus the `tollgate.*`
+-- billing keys. Pure: builds a flat table of string/number values that Kong's span:set_attribute
+-- accepts (numbers leave Kong as OTLP doubles).
+
+local tostring = tostring
+
+local KEYS = {
+  MCP_METHOD_NAME = "mcp.method.name",
+  MCP_SESSION_ID = "mcp.session.id",
+  MCP_PROTOCOL_VERSION = "mcp.protocol.version",
+  GEN_AI_TOOL_NAME = "gen_ai.tool.name",
+  GEN_AI_OPERATION_NAME = "gen_ai.operation.name",
+  JSONRPC_REQUEST_ID = "jsonrpc.request.id",
+  ERROR_TYPE = "error.type",
+  RPC_RESPONSE_STATUS_CODE = "rpc.response.status_code",
+  NETWORK_TRANSPORT = "network.transport",
+  HTTP_RESPONSE_STATUS_CODE = "http.response.status_code",
+  TOLLGATE_CUSTOMER = "tollgate.customer.id",
+  TOLLGATE_AGENT = "tollgate.agent.id",
+  TOLLGATE_TRANSPORT = "tollgate.mcp.transport",
+  -- Kong-side only (not read by the billing contract): how the access phase decided
+  TOLLGATE_ENFORCEMENT = "tollgate.enforcement",
+  TOLLGATE_ENFORCEMENT_REASON = "tollgate.enforcement.reason",
+}
+
+local VALUES = {
+  TOOLS_CALL = "tools/call",
+  EXECUTE_TOOL = "execute_tool",
+  TOOL_ERROR = "tool_error",
+  TCP = "tcp",
+  STREAMABLE_HTTP = "streamable_http",
+  SSE = "sse",
+}
+
+local _M = {
+  KEYS = KEYS,
+  VALUES = VALUES,
+}
+
+--- The error.type of one call and its rpc.response.status_code (or nil, nil for success).
+-- `answer` is the outcome scanner's result for the call's id (nil when no answer was seen),
+-- `null_error` the code of an error answered with a null id, `http_status` the response status.
+function _M.error_of(answer, null_error, http_status)
+  if answer then
+    if answer.error_code then
+      return answer.error_code, answer.error_code
+    end
+    if answer.is_error then
+      return VALUES.TOOL_ERROR, nil
+    end
+    return nil, nil
+  end
+  if null_error then
+    return null_error, null_error
+  end
+  if type(http_status) == "number" and http_status >= 400 then
+    return tostring(http_status), nil
+  end
+  return nil, nil
+end
+
+--- Attributes of one call.
+-- call: a jsonrpc.parse() call; req: { session_id, protocol_version, customer, agent, transport,
+-- enforcement }; result: { answer, null_error, http_status }.
+function _M.for_call(call, req, result)
+  local a = {
+    [KEYS.MCP_METHOD_NAME] = VALUES.TOOLS_CALL,
+    [KEYS.GEN_AI_TOOL_NAME] = call.name,
+    [KEYS.GEN_AI_OPERATION_NAME] = VALUES.EXECUTE_TOOL,
+    [KEYS.JSONRPC_REQUEST_ID] = call.id.text,
+    [KEYS.NETWORK_TRANSPORT] = VALUES.TCP,
+    [KEYS.TOLLGATE_TRANSPORT] = req.transport,
+    [KEYS.MCP_SESSION_ID] = req.session_id,
+    [KEYS.MCP_PROTOCOL_VERSION] = req.protocol_version,
+    [KEYS.TOLLGATE_CUSTOMER] = req.customer,
+    [KEYS.TOLLGATE_AGENT] = req.agent,
+    [KEYS.TOLLGATE_ENFORCEMENT] = req.enforcement,
+  }
+  if result then
+    local error_type, rpc_code = _M.error_of(result.answer, result.null_error, result.http_status)
+    a[KEYS.ERROR_TYPE] = error_type
+    a[KEYS.RPC_RESPONSE_STATUS_CODE] = rpc_code
+    a[KEYS.HTTP_RESPONSE_STATUS_CODE] = result.http_status
+  end
+  return a
+end
+
+--- Attributes of a request refused in the access phase. Deliberately without `mcp.method.name`:
+-- the tool never ran, so the span must not match the billable-span contract.
+function _M.for_refusal(req, decision)
+  return {
+    [KEYS.TOLLGATE_CUSTOMER] = req.customer,
+    [KEYS.TOLLGATE_AGENT] = req.agent,
+    [KEYS.MCP_SESSION_ID] = req.session_id,
+    [KEYS.TOLLGATE_TRANSPORT] = req.transport,
+    [KEYS.TOLLGATE_ENFORCEMENT] = decision.action,
+    [KEYS.TOLLGATE_ENFORCEMENT_REASON] = decision.reason,
+  }
+end
+
+return _M

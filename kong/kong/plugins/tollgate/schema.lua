@@ -1,0 +1,90 @@
+-- Configuration of the tollgate plugin, in Kong's schema DSL. Kong validates it once when the
+-- plugin is configured and fills every default, so the handler never re-checks config.
+
+local typedefs = require "kong.db.schema.typedefs"
+
+local PLUGIN_NAME = "tollgate"
+
+local DEFAULTS = {
+  CUSTOMER_SOURCE = "consumer",
+  CUSTOMER_HEADER = "x-customer-id",
+  AGENT_HEADER = "x-agent-id",
+  REDIS_HOST = "127.0.0.1",
+  REDIS_PORT = 6379,
+  REDIS_DATABASE = 0,
+  -- a Redis read sits on the request path (on a cache miss): keep the wait short, the
+  -- fault_tolerant flag decides what a timeout means
+  REDIS_TIMEOUT_MS = 100,
+  CACHE_TTL_MS = 1000,
+  CACHE_MAX_ITEMS = 10000,
+  MAX_BODY_BYTES = 1024 * 1024,
+  KILL_HTTP_STATUS = 403,
+  THROTTLE_HTTP_STATUS = 429,
+}
+
+local function cluster_has_no_database(config)
+  local nodes = config.redis_cluster_nodes
+  if type(nodes) == "table" and #nodes > 0 and (config.redis_database or 0) ~= 0 then
+    return nil, "redis_database must be 0 with redis_cluster_nodes (Redis Cluster has one database)"
+  end
+  return true
+end
+
+return {
+  name = PLUGIN_NAME,
+  fields = {
+    { protocols = typedefs.protocols_http },
+    { config = {
+        type = "record",
+        fields = {
+          { product = { description = "Product (tenant) whose customers this route meters: the first part of every Redis hash tag.",
+                        type = "string", required = true, len_min = 1 } },
+          { customer_source = { description = "Where the paying customer comes from: the authenticated Kong consumer (custom_id, else username) or a request header set by a trusted upstream layer.",
+                                type = "string", required = true, default = DEFAULTS.CUSTOMER_SOURCE,
+                                one_of = { "consumer", "header" } } },
+          { customer_header = typedefs.header_name { required = true, default = DEFAULTS.CUSTOMER_HEADER } },
+          { default_customer = { description = "Customer used when none is resolved; without it such calls pass unenforced and carry no customer.",
+                                 type = "string", len_min = 1 } },
+          { agent_header = typedefs.header_name { required = true, default = DEFAULTS.AGENT_HEADER } },
+          { redis_host = typedefs.host { required = true, default = DEFAULTS.REDIS_HOST } },
+          { redis_port = typedefs.port { required = true, default = DEFAULTS.REDIS_PORT } },
+          { redis_password = { description = "Redis AUTH password; a vault reference is accepted.",
+                               type = "string", len_min = 0, referenceable = true, encrypted = true } },
+          { redis_database = { type = "integer", required = true, default = DEFAULTS.REDIS_DATABASE,
+                               between = { 0, 2147483647 } } },
+          { redis_timeout_ms = typedefs.timeout { required = true, default = DEFAULTS.REDIS_TIMEOUT_MS } },
+          { redis_cluster_nodes = { description = "Seed nodes of a Redis Cluster; when set, redis_host/redis_port are not used.",
+                                    type = "array", len_min = 1,
+                                    elements = { type = "record", fields = {
+                                      { ip = typedefs.host { required = true } },
+                                      { port = typedefs.port { required = true } },
+                                    } } } },
+          { fault_tolerant = { description = "Redis unreachable: true lets calls through (marked unenforced), false refuses them with 503.",
+                               type = "boolean", required = true, default = true } },
+          { cache_ttl_ms = { description = "How long a worker reuses an enforcement state read from Redis (0 = read every call).",
+                             type = "integer", required = true, default = DEFAULTS.CACHE_TTL_MS,
+                             between = { 0, 60000 } } },
+          { cache_max_items = { type = "integer", required = true, default = DEFAULTS.CACHE_MAX_ITEMS,
+                                between = { 1, 1000000 } } },
+          { max_body_bytes = { description = "Largest request body metered; larger tools/call requests are refused (413) because they could not be read.",
+                               type = "integer", required = true, default = DEFAULTS.MAX_BODY_BYTES,
+                               between = { 1024, 64 * 1024 * 1024 } } },
+          { kill_http_status = { type = "integer", required = true, default = DEFAULTS.KILL_HTTP_STATUS,
+                                 between = { 400, 599 } } },
+          { throttle_http_status = { type = "integer", required = true, default = DEFAULTS.THROTTLE_HTTP_STATUS,
+                                     between = { 400, 599 } } },
+          { propagate_meta_traceparent = { description = "Copy params._meta.traceparent to the traceparent header when the request has none, so Kong's tracing continues the MCP client's trace.",
+                                           type = "boolean", required = true, default = true } },
+        },
+      },
+    },
+  },
+  entity_checks = {
+    { custom_entity_check = {
+        field_sources = { "config.redis_cluster_nodes", "config.redis_database" },
+        fn = function(entity)
+          return cluster_has_no_database(entity.config)
+        end,
+    } },
+  },
+}

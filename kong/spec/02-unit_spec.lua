@@ -1,0 +1,686 @@
+-- Pure modules, table-driven. No PDK, no ngx: each module gets its clock and I/O injected.
+
+local keys = require "kong.plugins.tollgate.keys"
+local state = require "kong.plugins.tollgate.state"
+local cache = require "kong.plugins.tollgate.cache"
+local jsonrpc = require "kong.plugins.tollgate.jsonrpc"
+local outcome = require "kong.plugins.tollgate.outcome"
+local attributes = require "kong.plugins.tollgate.attributes"
+local identity = require "kong.plugins.tollgate.identity"
+local enforce = require "kong.plugins.tollgate.enforce"
+local store = require "kong.plugins.tollgate.store"
+local cjson = require "cjson.safe"
+
+describe("keys", function()
+  -- expected strings follow contracts/src/redis-keys.ts (escapeKeyPart / customerTag / redisKeys.state)
+  for _, case in ipairs({
+    { "plain", "acme", "cust-1", "{acme:cust-1}" },
+    { "colon and braces", "a:b", "{x}", "{a%3Ab:%7Bx%7D}" },
+    { "percent", "100%", "c", "{100%25:c}" },
+    { "space, tab, newline", "p q", "c\td\n", "{p%20q:c%09d%0A}" },
+    { "NUL and 0x1F", "p", "\0\31", "{p:%00%1F}" },
+    { "0x21 and above pass", "p", "!~\127", "{p:!~\127}" },
+    { "UTF-8 passes", "p", "caf\195\169", "{p:caf\195\169}" },
+  }) do
+    it("customer_tag escapes: " .. case[1], function()
+      assert.equal(case[4], keys.customer_tag(case[2], case[3]))
+    end)
+  end
+
+  it("state key and fields", function()
+    local tag = keys.customer_tag("acme", "cust:1")
+    assert.equal("tg:{acme:cust%3A1}:state", keys.state_key(tag))
+    assert.equal("c", keys.state_field("customer"))
+    assert.equal("c", keys.state_field("customer", "ignored"))
+    assert.equal("a:agent%3A7", keys.state_field("agent", "agent:7"))
+    assert.equal("s:sess%20id", keys.state_field("session", "sess id"))
+  end)
+
+  -- slots as reported by `redis-cli CLUSTER KEYSLOT` (Redis 7.0)
+  for _, case in ipairs({
+    { "123456789", 12739 },
+    { "foo", 12182 },
+    { "{user1000}.following", 3443 },
+    { "tg:{p:c}:state", 11923 },
+    { "tg:{acme:cust%3A1}:state", 15344 },
+    { "{}x", 10595 },
+    { "a{}b{c}", 7353 },
+    { "{a", 10276 },
+  }) do
+    it("slot(" .. case[1] .. ")", function()
+      assert.equal(case[2], keys.slot(case[1]))
+    end)
+  end
+
+  it("all keys of one customer share a slot", function()
+    local tag = keys.customer_tag("acme", "big customer")
+    assert.equal(keys.slot(keys.state_key(tag)), keys.slot("tg:" .. tag .. ":p:2025-05"))
+  end)
+end)
+
+describe("state.decode", function()
+  for _, case in ipairs({
+    { "kill until lifted", "kill|hard_limit:spend_per_period|0||",
+      { action = "kill", reason = "hard_limit:spend_per_period", until_ms = 0 } },
+    { "throttle with rate and margin", "throttle|margin_guard:throttle|1700000000000|2.5|850",
+      { action = "throttle", reason = "margin_guard:throttle", until_ms = 1700000000000, rate = 2.5, margin_bps = 850 } },
+    { "warn", "warn|margin_guard:warn|0||1500",
+      { action = "warn", reason = "margin_guard:warn", until_ms = 0, margin_bps = 1500 } },
+    { "missing parts default", "kill", { action = "kill", reason = "", until_ms = 0 } },
+    { "garbage until is 0", "kill|r|soon||", { action = "kill", reason = "r", until_ms = 0 } },
+    { "unparsable rate is false (NaN in TS)", "throttle|r|0|fast|", { action = "throttle", reason = "r", until_ms = 0, rate = false } },
+    { "extra parts ignored", "kill|r|5|1|2|extra", { action = "kill", reason = "r", until_ms = 5, rate = 1, margin_bps = 2 } },
+  }) do
+    it(case[1], function()
+      assert.same(case[3], state.decode(case[2]))
+    end)
+  end
+
+  for _, v in ipairs({ "", "resume|x|0||", "KILL|x|0||", "|kill" }) do
+    it("rejects " .. string.format("%q", v), function()
+      assert.is_nil(state.decode(v))
+    end)
+  end
+  it("rejects nil", function()
+    assert.is_nil(state.decode(nil))
+  end)
+end)
+
+describe("state.decide", function()
+  local NOW = 1000000
+  local function s(v) return state.decode(v) end
+  for _, case in ipairs({
+    { "nothing", {}, "allow" },
+    { "customer kill", { customer = s("kill|hard_limit:spend_per_period|0||") }, "kill", "customer" },
+    { "expired kill allows", { customer = s("kill|r|" .. (NOW - 1) .. "||") }, "allow" },
+    { "future until is in force", { customer = s("kill|r|" .. (NOW + 1) .. "||") }, "kill", "customer" },
+    { "kill beats throttle (session kill, customer throttle)",
+      { customer = s("throttle|t|0|5|"), session = s("kill|k|0||") }, "kill", "session" },
+    { "most restrictive throttle wins",
+      { customer = s("throttle|t|0|5|"), agent = s("throttle|t2|0|1|") }, "throttle", "agent", 1 },
+    { "bad rate throttles at 0", { customer = s("throttle|t|0|x|") }, "throttle", "customer", 0 },
+    { "warn allows", { agent = s("warn|w|0||900") }, "allow" },
+  }) do
+    it(case[1], function()
+      local d = state.decide(case[2], NOW)
+      assert.equal(case[3], d.action)
+      if case[4] then assert.equal(case[4], d.scope) end
+      if case[5] then assert.equal(case[5], d.rate) end
+    end)
+  end
+
+  it("kill retry_after from until", function()
+    local d = state.decide({ customer = s("kill|r|" .. (NOW + 2500) .. "||") }, NOW)
+    assert.equal(3, d.retry_after)
+    assert.is_nil(state.decide({ customer = s("kill|r|0||") }, NOW).retry_after)
+  end)
+
+  it("warn is reported", function()
+    local d = state.decide({ agent = s("warn|margin_guard:warn|0||900") }, NOW)
+    assert.same({ scope = "agent", reason = "margin_guard:warn", margin_bps = 900 }, d.warn)
+  end)
+end)
+
+describe("state.take (token bucket)", function()
+  it("admits a burst of `rate` then paces", function()
+    local b
+    local ok
+    for _ = 1, 2 do
+      ok, _, b = state.take(b, 2, 0)
+      assert.is_true(ok)
+    end
+    local retry
+    ok, retry, b = state.take(b, 2, 0)
+    assert.is_false(ok)
+    assert.equal(1, retry)
+    ok, _, b = state.take(b, 2, 500) -- half a second refills one token
+    assert.is_true(ok)
+  end)
+
+  it("fractional rates wait whole seconds", function()
+    local ok, retry, b = state.take(nil, 0.25, 0)
+    assert.is_true(ok)
+    ok, retry, b = state.take(b, 0.25, 0)
+    assert.is_false(ok)
+    assert.equal(4, retry)
+    ok = state.take(b, 0.25, 4000)
+    assert.is_true(ok)
+  end)
+
+  it("rate 0 refuses everything", function()
+    local ok, retry = state.take(nil, 0, 0)
+    assert.is_false(ok)
+    assert.equal(1, retry)
+  end)
+
+  it("a batch takes its cost and leaves a debt", function()
+    local ok, _, b = state.take(nil, 1, 0, nil, 3)
+    assert.is_true(ok)
+    assert.equal(-2, b.tokens)
+    local retry
+    ok, retry = state.take(b, 1, 1000)
+    assert.is_false(ok)
+    assert.equal(2, retry)
+  end)
+end)
+
+describe("cache", function()
+  it("expires entries after their TTL and evicts the least recently used", function()
+    local t = 0
+    local c = cache.new(2, function() return t end)
+    c:set("a", 1, 100)
+    c:set("b", 2, 100)
+    assert.equal(1, c:get("a")) -- a is now most recent
+    c:set("c", 3, 100) -- evicts b
+    assert.is_nil(c:get("b"))
+    assert.equal(1, c:get("a"))
+    assert.equal(3, c:get("c"))
+    assert.equal(2, c:size())
+    t = 100
+    local v, expired, stale = c:get("a")
+    assert.is_nil(v)
+    assert.is_true(expired)
+    assert.equal(1, stale)
+    c:delete("a")
+    assert.equal(1, c:size())
+  end)
+
+  it("caches false-y tables and overwrites", function()
+    local c = cache.new(10, function() return 0 end)
+    c:set("k", {}, 10)
+    assert.same({}, c:get("k"))
+    c:set("k", { 1 }, 10)
+    assert.same({ 1 }, c:get("k"))
+    assert.equal(1, c:size())
+  end)
+
+  it("refuses bad arguments", function()
+    assert.is_nil((cache.new(0, function() end)))
+    assert.is_nil((cache.new(1, nil)))
+  end)
+end)
+
+describe("jsonrpc.parse", function()
+  it("single tools/call", function()
+    local p = assert(jsonrpc.parse([[{"jsonrpc":"2.0","id":7,"method":"tools/call",
+      "params":{"name":"search","arguments":{"q":"x"},
+      "_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}]]))
+    assert.is_false(p.batch)
+    assert.equal(1, #p.calls)
+    local c = p.calls[1]
+    assert.equal("search", c.name)
+    assert.same({ key = "n:7", text = "7", json = "7" }, c.id)
+    assert.equal("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", c.traceparent)
+  end)
+
+  it("batch with two tools/call, a tools/list and a notification", function()
+    local p = assert(jsonrpc.parse([=[[
+      {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"one"}},
+      {"jsonrpc":"2.0","id":2,"method":"tools/list"},
+      {"jsonrpc":"2.0","method":"notifications/initialized"},
+      {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"two"}}
+    ]]=]))
+    assert.is_true(p.batch)
+    assert.equal(4, p.message_count)
+    assert.equal(2, #p.calls)
+    assert.equal("s:a", p.calls[1].id.key)
+    assert.equal("one", p.calls[1].name)
+    assert.equal(4, p.calls[2].index)
+    assert.equal(3, #p.ids) -- every request with an id, for a batch refusal
+  end)
+
+  for _, case in ipairs({
+    { "no id (notification)", [[{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}]], 0 },
+    { "null id", [[{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"x"}}]], 0 },
+    { "non-call method", [[{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}]], 0 },
+    { "response from client", [[{"jsonrpc":"2.0","id":1,"result":{}}]], 0 },
+  }) do
+    it("ignores " .. case[1], function()
+      local p = assert(jsonrpc.parse(case[2]))
+      assert.equal(case[3], #p.calls)
+    end)
+  end
+
+  it("keeps a call without a valid name (refusable, not billable)", function()
+    local p = assert(jsonrpc.parse([[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":42}}]]))
+    assert.equal(1, #p.calls)
+    assert.is_nil(p.calls[1].name)
+  end)
+
+  for _, case in ipairs({
+    { "truncated JSON", [[{"jsonrpc":"2.0","id":1,"method":"tools/call"]], -32700 },
+    { "not JSON", "hello", -32700 },
+    { "empty", "  \n", -32700 },
+    { "scalar", "42", -32600 },
+    { "empty batch", " [ ] ", -32600 },
+  }) do
+    it("rejects " .. case[1], function()
+      local p, code, message = jsonrpc.parse(case[2])
+      assert.is_nil(p)
+      assert.equal(case[3], code)
+      assert.is_string(message)
+    end)
+  end
+
+  it("honours Mcp-Method / Mcp-Name when present", function()
+    local body = [[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}]]
+    assert.truthy(jsonrpc.parse(body, { method = "tools/call", name = "search" }))
+    assert.truthy(jsonrpc.parse(body, {}))
+    local p, code = jsonrpc.parse(body, { method = "tools/list" })
+    assert.is_nil(p)
+    assert.equal(-32600, code)
+    p, code = jsonrpc.parse(body, { method = "tools/call", name = "delete_everything" })
+    assert.is_nil(p)
+    assert.equal(-32600, code)
+  end)
+
+  for _, case in ipairs({
+    { "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", true },
+    { "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01", false },
+    { "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", false },
+    { "00-00000000000000000000000000000000-b7ad6b7169203331-01", false },
+    { "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", false },
+    { "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", false },
+  }) do
+    it("traceparent " .. case[1], function()
+      assert.equal(case[2], jsonrpc.valid_traceparent(case[1]) ~= nil)
+    end)
+  end
+
+  for _, case in ipairs({
+    { 1, "n:1", "1" }, { -3, "n:-3", "-3" }, { 1e15, "n:1000000000000000", "1000000000000000" },
+    { 0.5, "n:0.5", "0.5" }, { "x\"y", "s:x\"y", "x\"y" },
+  }) do
+    it("describe_id " .. tostring(case[1]), function()
+      local d = jsonrpc.describe_id(case[1])
+      assert.equal(case[2], d.key)
+      assert.equal(case[3], d.text)
+      assert.equal(case[1], cjson.decode(d.json))
+    end)
+  end
+
+  it("refusal bodies: single and batch", function()
+    local single = assert(jsonrpc.parse([[{"jsonrpc":"2.0","id":"r1","method":"tools/call","params":{"name":"x"}}]]))
+    local body = cjson.decode(jsonrpc.refusal_body(single, -32000, "no", { action = "kill", reason = "r" }))
+    assert.same({ jsonrpc = "2.0", id = "r1", error = { code = -32000, message = "no", data = { action = "kill", reason = "r" } } }, body)
+
+    local batch = assert(jsonrpc.parse([=[[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}},
+      {"jsonrpc":"2.0","id":2,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/x"}]]=]))
+    local arr = cjson.decode(jsonrpc.refusal_body(batch, -32000, "no", nil))
+    assert.equal(2, #arr)
+    assert.equal(1, arr[1].id)
+    assert.equal(2, arr[2].id)
+    assert.equal(-32000, arr[2].error.code)
+  end)
+end)
+
+describe("outcome scanner", function()
+  -- feeds `body` in chunks of `size` bytes and returns the scanner
+  local function scan(content_type, ids, body, size)
+    local s = assert(outcome.new(content_type, ids))
+    size = size or #body
+    for i = 1, #body, size do
+      s:feed(body:sub(i, i + size - 1))
+    end
+    s:finish()
+    return s
+  end
+
+  local JSON_OK = [[{"result":{"content":[{"type":"text","text":"ok"}]},"jsonrpc":"2.0","id":1}]]
+  local JSON_TOOL_ERR = [[{"result":{"content":[{"type":"text","text":"bad \"input\" }{"}],"isError":true},"jsonrpc":"2.0","id":1}]]
+  local JSON_RPC_ERR = [[{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Invalid params","data":{"code":1}}}]]
+  local NESTED_DECOY = [[{"jsonrpc":"2.0","id":1,"result":{"content":[],"structuredContent":{"isError":true,"error":{"code":5},"id":9}}}]]
+
+  for _, size in ipairs({ 1, 2, 3, 7, 1000 }) do
+    describe("in chunks of " .. size, function()
+      it("success", function()
+        local s = scan("application/json", { "n:1" }, JSON_OK, size)
+        assert.same({ is_error = false }, s:result("n:1"))
+        assert.is_true(s.done)
+      end)
+      it("isError: true", function()
+        assert.same({ is_error = true }, scan("application/json", { "n:1" }, JSON_TOOL_ERR, size):result("n:1"))
+      end)
+      it("JSON-RPC error code", function()
+        assert.same({ is_error = false, error_code = "-32602" }, scan("application/json", { "n:1" }, JSON_RPC_ERR, size):result("n:1"))
+      end)
+      it("ignores isError/error/id nested deeper than the result", function()
+        assert.same({ is_error = false }, scan("application/json", { "n:1" }, NESTED_DECOY, size):result("n:1"))
+      end)
+      it("batch array", function()
+        local body = "[" .. JSON_OK:gsub('"id":1', '"id":"a"') .. ",\n " .. JSON_RPC_ERR:gsub('"id":1', '"id":2') .. "]"
+        local s = scan("application/json; charset=utf-8", { "s:a", "n:2" }, body, size)
+        assert.same({ is_error = false }, s:result("s:a"))
+        assert.equal("-32602", s:result("n:2").error_code)
+      end)
+      it("SSE stream: notification, server request with a colliding id, then the answer", function()
+        local body = ": keepalive\r\n\r\n"
+          .. "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\r\n\r\n"
+          .. "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"sampling/createMessage\",\"params\":{}}\n\n"
+          .. "id: 42\nevent: message\ndata: " .. JSON_TOOL_ERR .. "\n\n"
+        local s = scan("text/event-stream", { "n:1" }, body, size)
+        assert.same({ is_error = true }, s:result("n:1"))
+      end)
+      it("SSE data split over several data: lines", function()
+        local body = "data: {\"jsonrpc\":\"2.0\",\ndata: \"id\":\"x\",\"error\":{\"code\":-32000,\r\ndata:\"message\":\"m\"}}\r\r"
+        local s = scan("text/event-stream", { "s:x" }, body, size)
+        assert.equal("-32000", s:result("s:x").error_code)
+      end)
+    end)
+  end
+
+  it("an unparsable SSE event does not poison the next one", function()
+    local body = "data: [DONE\n\ndata: " .. JSON_RPC_ERR .. "\n\n"
+    local s = scan("text/event-stream", { "n:1" }, body)
+    assert.equal("-32602", s:result("n:1").error_code)
+  end)
+
+  it("unicode escapes in ids match the decoded request id", function()
+    local s = scan("application/json", { "s:é😀" }, [[{"jsonrpc":"2.0","id":"\u00e9\ud83d\ude00","result":{}}]], 1)
+    assert.same({ is_error = false }, s:result("s:é😀"))
+  end)
+
+  it("error answered with a null id is kept apart", function()
+    local s = scan("application/json", { "n:1" }, [[{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}]])
+    assert.is_nil(s:result("n:1"))
+    assert.equal("-32000", s.null_error)
+  end)
+
+  it("stays bounded on a large, deeply nested result and still finds isError", function()
+    local big = string.rep("x", 300000)
+    local nested = string.rep("[", 100) .. string.rep("]", 100)
+    local body = [[{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"]] .. big
+      .. [["}],"deep":]] .. nested .. [[,"isError":true}}]]
+    local s = scan("application/json", { "n:5" }, body, 4096)
+    assert.same({ is_error = true }, s:result("n:5"))
+  end)
+
+  it("gives up beyond MAX_DEPTH without erroring", function()
+    local body = [[{"jsonrpc":"2.0","id":1,"result":]] .. string.rep("[", outcome.MAX_DEPTH + 5)
+    local s = scan("application/json", { "n:1" }, body)
+    assert.is_true(s:failed())
+    assert.is_nil(s:result("n:1"))
+  end)
+
+  it("stops reading once every id is answered", function()
+    local s = assert(outcome.new("application/json", { "n:1" }))
+    assert.is_true(s:feed(JSON_OK))
+    local bytes = s.bytes
+    s:feed("garbage that would fail the scanner")
+    assert.equal(bytes, s.bytes)
+    assert.is_false(s:failed())
+  end)
+
+  it("ids longer than 256 bytes never match", function()
+    local long = string.rep("i", 300)
+    local s = scan("application/json", { "s:" .. long }, '{"jsonrpc":"2.0","id":"' .. long .. '","result":{}}')
+    assert.is_nil(s:result("s:" .. long))
+  end)
+
+  for _, case in ipairs({
+    { "application/json", "json" }, { "Application/JSON; charset=utf-8", "json" },
+    { "application/vnd.api+json", "json" }, { "text/event-stream", "sse" },
+    { "text/plain", nil }, { nil, nil },
+  }) do
+    it("framing of " .. tostring(case[1]), function()
+      assert.equal(case[2], outcome.framing(case[1]))
+    end)
+  end
+end)
+
+describe("attributes", function()
+  local call = { id = jsonrpc.describe_id(7), name = "search" }
+  local req = { customer = "cust-1", agent = "agent-9", session_id = "sess-1", protocol_version = "2025-06-18",
+                transport = "streamable_http", enforcement = "allow" }
+
+  it("successful call carries the MCP semconv and tollgate keys", function()
+    assert.same({
+      ["mcp.method.name"] = "tools/call",
+      ["gen_ai.tool.name"] = "search",
+      ["gen_ai.operation.name"] = "execute_tool",
+      ["jsonrpc.request.id"] = "7",
+      ["network.transport"] = "tcp",
+      ["mcp.session.id"] = "sess-1",
+      ["mcp.protocol.version"] = "2025-06-18",
+      ["tollgate.customer.id"] = "cust-1",
+      ["tollgate.agent.id"] = "agent-9",
+      ["tollgate.mcp.transport"] = "streamable_http",
+      ["tollgate.enforcement"] = "allow",
+      ["http.response.status_code"] = 200,
+    }, attributes.for_call(call, req, { answer = { is_error = false }, http_status = 200 }))
+  end)
+
+  for _, case in ipairs({
+    { "tool error", { answer = { is_error = true }, http_status = 200 }, "tool_error", nil },
+    { "JSON-RPC error", { answer = { error_code = "-32602" }, http_status = 200 }, "-32602", "-32602" },
+    { "no answer, HTTP 502", { http_status = 502 }, "502", nil },
+    { "no answer, null-id error", { null_error = "-32000", http_status = 400 }, "-32000", "-32000" },
+    { "no answer, HTTP 200", { http_status = 200 }, nil, nil },
+  }) do
+    it(case[1], function()
+      local a = attributes.for_call(call, req, case[2])
+      assert.equal(case[3], a["error.type"])
+      assert.equal(case[4], a["rpc.response.status_code"])
+    end)
+  end
+
+  it("refusals are not billable spans", function()
+    local a = attributes.for_refusal(req, { action = "kill", reason = "hard_limit:spend_per_period" })
+    assert.is_nil(a["mcp.method.name"])
+    assert.equal("kill", a["tollgate.enforcement"])
+    assert.equal("hard_limit:spend_per_period", a["tollgate.enforcement.reason"])
+    assert.equal("cust-1", a["tollgate.customer.id"])
+  end)
+end)
+
+describe("identity", function()
+  local conf = { customer_source = "consumer" }
+  for _, case in ipairs({
+    { "custom_id first", conf, { custom_id = "cus_1", username = "alice" }, nil, "cus_1" },
+    { "username fallback", conf, { username = "alice" }, nil, "alice" },
+    { "no consumer", conf, nil, nil, nil },
+    { "default customer", { customer_source = "consumer", default_customer = "house" }, nil, nil, "house" },
+    { "header source", { customer_source = "header" }, { username = "ignored" }, "hdr-cust", "hdr-cust" },
+    { "control chars refused", { customer_source = "header" }, nil, "a\nb", nil },
+    { "too long refused", { customer_source = "header" }, nil, string.rep("c", 257), nil },
+  }) do
+    it("customer: " .. case[1], function()
+      assert.equal(case[5], identity.customer(case[2], case[3], case[4]))
+    end)
+  end
+
+  it("transport and session", function()
+    assert.same({ "streamable_http", "s1" }, { identity.transport("s1", nil) })
+    assert.same({ "sse", "legacy" }, { identity.transport(nil, "legacy") })
+    assert.same({ "streamable_http" }, { identity.transport(nil, nil) })
+  end)
+end)
+
+describe("enforce.check", function()
+  local conf = { product = "acme", fault_tolerant = true }
+  local function env_with(values_by_field, now)
+    now = now or 0
+    local env = { now_ms = function() return now end, ttl_ms = 1000, fetches = 0 }
+    env.cache = cache.new(100, env.now_ms)
+    env.buckets = cache.new(100, env.now_ms)
+    env.fetch = function(key, fields)
+      env.fetches = env.fetches + 1
+      env.last_key, env.last_fields = key, fields
+      if values_by_field == "down" then
+        return nil, "connection refused"
+      end
+      local out = {}
+      for i, f in ipairs(fields) do out[i] = values_by_field[f] end
+      return out
+    end
+    env.set_now = function(t) now = t end
+    return env
+  end
+
+  it("reads customer, agent and session fields of one hash", function()
+    local env = env_with({})
+    local d = enforce.check(env, conf, { customer = "c:1", agent = "a 1", session = "s1" }, 1)
+    assert.equal("allow", d.action)
+    assert.equal("tg:{acme:c%3A1}:state", env.last_key)
+    assert.same({ "c", "a:a%201", "s:s1" }, env.last_fields)
+  end)
+
+  it("caches for ttl_ms, including 'no state'", function()
+    local env = env_with({})
+    enforce.check(env, conf, { customer = "c" }, 1)
+    enforce.check(env, conf, { customer = "c" }, 1)
+    assert.equal(1, env.fetches)
+    env.set_now(1000)
+    enforce.check(env, conf, { customer = "c" }, 1)
+    assert.equal(2, env.fetches)
+  end)
+
+  it("ttl 0 reads every time", function()
+    local env = env_with({})
+    env.ttl_ms = 0
+    enforce.check(env, conf, { customer = "c" }, 1)
+    enforce.check(env, conf, { customer = "c" }, 1)
+    assert.equal(2, env.fetches)
+  end)
+
+  it("kill", function()
+    local d = enforce.check(env_with({ c = "kill|hard_limit:spend_per_period|0||" }), conf, { customer = "c" }, 1)
+    assert.equal("kill", d.action)
+    assert.equal("kill", d.enforcement)
+    assert.equal("hard_limit:spend_per_period", d.reason)
+  end)
+
+  it("throttle paces with a token bucket per scope", function()
+    local env = env_with({ ["a:bot"] = "throttle|margin_guard:throttle|0|1|" })
+    local d1 = enforce.check(env, conf, { customer = "c", agent = "bot" }, 1)
+    assert.equal("allow", d1.action)
+    assert.equal("paced", d1.enforcement)
+    local d2 = enforce.check(env, conf, { customer = "c", agent = "bot" }, 1)
+    assert.equal("throttle", d2.action)
+    assert.equal(1, d2.retry_after)
+    assert.equal("agent", d2.scope)
+  end)
+
+  it("Redis down: fault tolerant allows, unenforced", function()
+    local d = enforce.check(env_with("down"), conf, { customer = "c" }, 1)
+    assert.equal("allow", d.action)
+    assert.equal("unenforced", d.enforcement)
+    assert.equal("connection refused", d.error)
+  end)
+
+  it("Redis down: not fault tolerant refuses as unavailable", function()
+    local d = enforce.check(env_with("down"), { product = "acme", fault_tolerant = false }, { customer = "c" }, 1)
+    assert.equal("unavailable", d.action)
+    assert.equal(1, d.retry_after)
+  end)
+end)
+
+describe("store", function()
+  local NULL = {}
+  -- a fake of the resty.redis surface the store uses; `nodes` maps "host:port" to a handler
+  local function fake_driver(nodes, log)
+    local Red = {}
+    Red.__index = Red
+    local driver = { new = function() return setmetatable({}, Red) end }
+    function Red:set_timeout(t) self.timeout = t end
+    function Red:connect(host, port, opts)
+      local addr = host .. ":" .. port
+      log[#log + 1] = "connect " .. addr .. " pool=" .. opts.pool
+      if not nodes[addr] then return nil, "connection refused" end
+      self.addr = addr
+      return true
+    end
+    function Red:get_reused_times() return 0 end
+    function Red:auth(p) log[#log + 1] = "auth " .. p; return "OK" end
+    function Red:select(db) log[#log + 1] = "select " .. db; return "OK" end
+    function Red:asking() log[#log + 1] = "asking " .. self.addr; return "OK" end
+    function Red:hmget(key, ...)
+      log[#log + 1] = "hmget " .. self.addr .. " " .. key .. " " .. table.concat({ ... }, ",")
+      return nodes[self.addr](key, ...)
+    end
+    function Red:set_keepalive() return true end
+    function Red:close() return true end
+    return driver
+  end
+
+  it("single node: auth, select, nil for missing fields", function()
+    local log = {}
+    local driver = fake_driver({ ["10.0.0.1:6379"] = function() return { "kill|r|0||", NULL } end }, log)
+    local st = assert(store.new({ redis_host = "10.0.0.1", redis_port = 6379, redis_password = "pw", redis_database = 2,
+                                  redis_timeout_ms = 50 }, { driver = driver, now_ms = function() return 0 end, null = NULL }))
+    local v = assert(st:hmget("tg:{a:b}:state", { "c", "a:x" }))
+    assert.same({ "kill|r|0||" }, v)
+    assert.equal("auth pw", log[2])
+    assert.equal("select 2", log[3])
+    assert.matches("pool=10.0.0.1:6379:2:", log[1], 1, true)
+  end)
+
+  it("connection failure backs off", function()
+    local log = {}
+    local t = 0
+    local st = store.new({ redis_host = "127.0.0.1", redis_port = 1, redis_timeout_ms = 50 },
+                         { driver = fake_driver({}, log), now_ms = function() return t end, null = NULL })
+    local v, err = st:hmget("k", { "c" })
+    assert.is_nil(v)
+    assert.matches("connection refused", err)
+    v, err = st:hmget("k", { "c" })
+    assert.matches("marked down", err)
+    assert.equal(1, #log)
+    t = store.BACKOFF_MS
+    st:hmget("k", { "c" })
+    assert.equal(2, #log)
+  end)
+
+  it("cluster: follows MOVED, remembers the slot, honours ASK", function()
+    local log = {}
+    local key = "tg:{acme:c}:state"
+    local slot = keys.slot(key)
+    local nodes = {
+      ["n1:7000"] = function() return false, "MOVED " .. slot .. " n2:7001" end,
+      ["n2:7001"] = function() return { "throttle|t|0|3|" } end,
+    }
+    local st = store.new({ redis_cluster_nodes = { { ip = "n1", port = 7000 } }, redis_timeout_ms = 50 },
+                         { driver = fake_driver(nodes, log), now_ms = function() return 0 end, null = NULL })
+    assert.same({ "throttle|t|0|3|" }, st:hmget(key, { "c" }))
+    assert.same({ "throttle|t|0|3|" }, st:hmget(key, { "c" }))
+    local hmgets = {}
+    for _, l in ipairs(log) do if l:match("^hmget") then hmgets[#hmgets + 1] = l end end
+    assert.same({ "hmget n1:7000 " .. key .. " c", "hmget n2:7001 " .. key .. " c", "hmget n2:7001 " .. key .. " c" }, hmgets)
+
+    nodes["n2:7001"] = function() return false, "ASK " .. slot .. " n3:7002" end
+    nodes["n3:7002"] = function() return { NULL } end
+    assert.same({}, st:hmget(key, { "c" }))
+    assert.truthy(table.concat(log, "\n"):find("asking n3:7002", 1, true))
+  end)
+
+  it("cluster: gives up after MAX_REDIRECTS and on other errors", function()
+    local nodes = { ["n1:1"] = function() return false, "MOVED 1 n1:1" end }
+    local st = store.new({ redis_cluster_nodes = { { ip = "n1", port = 1 } }, redis_timeout_ms = 50 },
+                         { driver = fake_driver(nodes, {}), now_ms = function() return 0 end, null = NULL })
+    local v, err = st:hmget("k", { "c" })
+    assert.is_nil(v)
+    assert.matches("MOVED", err)
+    nodes["n1:1"] = function() return false, "WRONGTYPE Operation against a key holding the wrong kind of value" end
+    v, err = store.new({ redis_cluster_nodes = { { ip = "n1", port = 1 } }, redis_timeout_ms = 50 },
+                       { driver = fake_driver(nodes, {}), now_ms = function() return 0 end, null = NULL }):hmget("k", { "c" })
+    assert.is_nil(v)
+    assert.matches("WRONGTYPE", err)
+  end)
+
+  it("cluster: a dead seed falls over to the next", function()
+    local nodes = { ["n2:2"] = function() return { "warn|w|0||" } end }
+    local st = store.new({ redis_cluster_nodes = { { ip = "n1", port = 1 }, { ip = "n2", port = 2 } }, redis_timeout_ms = 50 },
+                         { driver = fake_driver(nodes, {}), now_ms = function() return 0 end, null = NULL })
+    assert.same({ "warn|w|0||" }, st:hmget("k", { "c" }))
+  end)
+
+  it("driver loading falls back by name", function()
+    package.preload["tollgate.test.fake_redis"] = function() return { new = function() end } end
+    local mod, name = store.load_driver({ "does.not.exist", "tollgate.test.fake_redis" })
+    assert.is_table(mod)
+    assert.equal("tollgate.test.fake_redis", name)
+    local none, err = store.load_driver({ "does.not.exist" })
+    assert.is_nil(none)
+    assert.matches("no Redis client module", err)
+  end)
+end)
