@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { buildApi, type ReadinessCheck } from '@tollgate/billing-api';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
@@ -60,10 +60,52 @@ function instanceIdOf(dataDir: string): string {
   return id;
 }
 
+const PRIVATE_REDIS_FILE = 'private-redis.json';
+
+/**
+ * After a crash (kill -9) the private redis-server outlives Tollgate; the next start adopts it, so the
+ * dedup claims and counters survive the crash exactly as they would with an external Redis.
+ */
+async function reusablePrivateRedis(
+  dataDir: string,
+): Promise<{ url: string; stop(): Promise<void> } | undefined> {
+  const file = join(dataDir, PRIVATE_REDIS_FILE);
+  if (!existsSync(file)) return undefined;
+  try {
+    const { pid, port } = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; port: number };
+    process.kill(pid, 0);
+    const probe = new Redis({
+      port,
+      host: '127.0.0.1',
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
+    probe.on('error', () => {});
+    await probe.connect();
+    const pong = await probe.ping();
+    probe.disconnect();
+    if (pong !== 'PONG') return undefined;
+    return {
+      url: `redis://127.0.0.1:${port}`,
+      stop: async () => {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {
+          // already gone
+        }
+      },
+    };
+  } catch {
+    return undefined;
+  }
+}
+
 async function connectRedis(
   config: Config,
+  dataDir: string,
   log: Logger,
-): Promise<{ redis: RedisLike; owned?: PrivateRedis }> {
+): Promise<{ redis: RedisLike; owned?: Pick<PrivateRedis, 'stop'> }> {
   const s = config.settings;
   const common = {
     commandTimeout: s['redis.commandTimeoutMs'] as number,
@@ -72,7 +114,7 @@ async function connectRedis(
     enableOfflineQueue: false,
     retryStrategy: (times: number) => Math.min(times * 100, 2000),
   };
-  let owned: PrivateRedis | undefined;
+  let owned: Pick<PrivateRedis, 'stop'> | undefined;
   let redis: RedisLike;
   if (s['redis.clusterNodes']) {
     const nodes = String(s['redis.clusterNodes'])
@@ -89,9 +131,21 @@ async function connectRedis(
   } else {
     let url = String(s['redis.url']);
     if (!url) {
-      owned = await startPrivateRedis({ binary: String(s['redis.serverBinary']) });
-      url = owned.url;
-      log.info({ port: owned.port }, 'started a private redis-server on loopback');
+      const reused = await reusablePrivateRedis(dataDir);
+      if (reused) {
+        url = reused.url;
+        owned = reused;
+        log.info({ url }, 'reusing the private redis-server left by a previous run');
+      } else {
+        const started = await startPrivateRedis({ binary: String(s['redis.serverBinary']) });
+        owned = started;
+        url = started.url;
+        writeFileSync(
+          join(dataDir, PRIVATE_REDIS_FILE),
+          JSON.stringify({ pid: started.process.pid, port: started.port }),
+        );
+        log.info({ port: started.port }, 'started a private redis-server on loopback');
+      }
     }
     redis = new Redis(url, common);
   }
@@ -145,12 +199,15 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
 
   try {
     if (roles.has('processor')) {
-      const conn = await connectRedis(config, log);
+      const conn = await connectRedis(config, dataDir, log);
       redis = conn.redis;
       const owned = conn.owned;
       stops.unshift(async () => {
         redis?.disconnect();
-        await owned?.stop();
+        if (owned) {
+          await owned.stop();
+          rmSync(join(dataDir, PRIVATE_REDIS_FILE), { force: true });
+        }
       });
 
       const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;

@@ -1,0 +1,68 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { freePort } from '../../src/redis/private-redis.js';
+
+export const CLI = new URL('../../dist/cli/main.js', import.meta.url).pathname;
+const execFileAsync = promisify(execFile);
+
+export interface ServerProcess {
+  child: ChildProcess;
+  otlpUrl: string;
+  apiUrl: string;
+  stderr: () => string;
+}
+
+/** Runs `tollgate start` (the built CLI) as a child process and waits until /healthz answers. */
+export async function startServerProcess(args: string[]): Promise<ServerProcess> {
+  const otlpPort = await freePort();
+  const apiPort = await freePort();
+  const child = spawn(
+    process.execPath,
+    [
+      CLI,
+      'start',
+      '--otlp-port',
+      String(otlpPort),
+      '--api-port',
+      String(apiPort),
+      '--log-level',
+      'warn',
+      ...args,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-20_000);
+  });
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`tollgate exited with ${child.exitCode}: ${err}`);
+    try {
+      if ((await fetch(`${apiUrl}/healthz`)).ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`tollgate did not become healthy: ${err}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, otlpUrl: `http://127.0.0.1:${otlpPort}`, apiUrl, stderr: () => err };
+}
+
+export function waitExit(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+    child.once('exit', (code) => resolve(code));
+  });
+}
+
+/** `tollgate sql` against a stopped server's data directory. */
+export async function sql<T = Record<string, string>>(args: string[], query: string): Promise<T[]> {
+  const { stdout } = await execFileAsync(process.execPath, [CLI, 'sql', query, ...args], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return JSON.parse(stdout) as T[];
+}
