@@ -1,0 +1,384 @@
+-- The handler against a faithful fake of the PDK calls it makes (spec/helpers/fake_pdk.lua) and
+-- an in-memory resty.redis (spec/helpers/fake_redis.lua). Each test runs a whole request:
+-- access -> header_filter -> body_filter (chunk by chunk) -> log.
+
+local fake = require("spec.helpers.fake_pdk").install()
+local fake_redis = require "spec.helpers.fake_redis"
+package.loaded["resty.redis"] = fake_redis
+
+local kong_schema = require "spec.helpers.kong_schema"
+kong_schema.install()
+local schema = require "kong.plugins.tollgate.schema"
+local handler = require "kong.plugins.tollgate.handler"
+local cjson = require "cjson"
+
+local KEY = "tg:{acme:cus_1}:state"
+
+local function config(overrides)
+  local c = { product = "acme" }
+  for k, v in pairs(overrides or {}) do c[k] = v end
+  -- a fresh table per test: the handler keeps per-conf caches, like Kong per plugin instance
+  return assert(kong_schema.config(schema, c))
+end
+
+local function call_body(id, name, extra)
+  return cjson.encode({ jsonrpc = "2.0", id = id, method = "tools/call",
+                        params = { name = name, arguments = { q = "x" }, _meta = extra } })
+end
+
+local function request(overrides)
+  local r = {
+    method = "POST",
+    headers = { ["Content-Type"] = "application/json", ["Mcp-Session-Id"] = "sess-1",
+                ["Mcp-Protocol-Version"] = "2025-06-18", ["X-Agent-Id"] = "agent-7" },
+    body = call_body(1, "search"),
+    consumer = { id = "c0ffee", username = "alice", custom_id = "cus_1" },
+  }
+  for k, v in pairs(overrides or {}) do r[k] = v end
+  return r
+end
+
+local function json_upstream(body, status)
+  return { status = status or 200, headers = { ["Content-Type"] = "application/json" }, chunks = { body } }
+end
+
+local function attrs(span)
+  return span.attributes or {}
+end
+
+describe("tollgate handler", function()
+  before_each(function()
+    fake_redis.reset()
+    fake.advance_ms(60000) -- well past any cache TTL or throttle bucket of a previous test
+  end)
+
+  it("runs before Kong's opentelemetry plugin (priority 14) and after auth plugins", function()
+    assert.is_true(handler.PRIORITY > 14)
+    assert.is_true(handler.PRIORITY < 1030) -- hmac-auth, the lowest-priority auth plugin
+    assert.equal("0.1.0", handler.VERSION)
+  end)
+
+  it("allowed call: root span carries the MCP and tollgate attributes", function()
+    local res = fake.run(handler, config(), request(),
+      json_upstream([[{"result":{"content":[{"type":"text","text":"ok"}]},"jsonrpc":"2.0","id":1}]]))
+    assert.is_nil(res.exit)
+    assert.equal("kong", res.root.name)
+    assert.equal(2, res.root.kind)
+    local a = attrs(res.root)
+    assert.equal("tools/call", a["mcp.method.name"])
+    assert.equal("search", a["gen_ai.tool.name"])
+    assert.equal("execute_tool", a["gen_ai.operation.name"])
+    assert.equal("sess-1", a["mcp.session.id"])
+    assert.equal("2025-06-18", a["mcp.protocol.version"])
+    assert.equal("1", a["jsonrpc.request.id"])
+    assert.equal("tcp", a["network.transport"])
+    assert.equal("cus_1", a["tollgate.customer.id"])
+    assert.equal("agent-7", a["tollgate.agent.id"])
+    assert.equal("streamable_http", a["tollgate.mcp.transport"])
+    assert.equal("allow", a["tollgate.enforcement"])
+    assert.equal(200, a["http.response.status_code"])
+    assert.is_nil(a["error.type"])
+    -- Kong's own attributes are still there
+    assert.equal(200, a["http.status_code"])
+    assert.equal("POST", a["http.method"])
+    -- exactly one HMGET of the three fields of one hash
+    assert.equal(1, fake_redis.hmgets())
+    local hmget = fake_redis.log[#fake_redis.log]
+    assert.equal(KEY, hmget.key)
+    assert.same({ "c", "a:agent-7", "s:sess-1" }, hmget.fields)
+  end)
+
+  it("SSE response: passed through unchanged, isError seen across chunk boundaries", function()
+    local sse = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\r\n\r\n"
+      .. "event: message\r\ndata: {\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"no\"}],\"isError\":true},\"jsonrpc\":\"2.0\",\"id\":1}\r\n\r\n"
+    local chunks = {}
+    for i = 1, #sse, 5 do chunks[#chunks + 1] = sse:sub(i, i + 4) end
+    local res = fake.run(handler, config(), request(),
+      { status = 200, headers = { ["Content-Type"] = "text/event-stream" }, chunks = chunks })
+    assert.equal(sse, res.downstream_body)
+    assert.equal("tool_error", attrs(res.root)["error.type"])
+    assert.is_nil(attrs(res.root)["rpc.response.status_code"])
+  end)
+
+  it("JSON-RPC error answer sets error.type and rpc.response.status_code", function()
+    local res = fake.run(handler, config(), request(),
+      json_upstream([[{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Unknown tool"}}]]))
+    assert.equal("-32602", attrs(res.root)["error.type"])
+    assert.equal("-32602", attrs(res.root)["rpc.response.status_code"])
+  end)
+
+  it("upstream failure without a JSON-RPC answer: error.type is the HTTP status", function()
+    local res = fake.run(handler, config(), request(),
+      { status = 502, headers = { ["Content-Type"] = "text/html" }, chunks = { "<html>bad gateway</html>" } })
+    assert.equal("502", attrs(res.root)["error.type"])
+    assert.equal(502, attrs(res.root)["http.response.status_code"])
+  end)
+
+  it("compressed responses are not scanned; the status still counts", function()
+    local res = fake.run(handler, config(), request(), { status = 200,
+      headers = { ["Content-Type"] = "application/json", ["Content-Encoding"] = "gzip" }, chunks = { "\31\139..." } })
+    assert.is_nil(res.plugin_ctx.tollgate.scanner)
+    assert.is_nil(attrs(res.root)["error.type"])
+  end)
+
+  it("killed customer: 403 with a JSON-RPC error, span not billable", function()
+    fake_redis.hset(KEY, "c", "kill|hard_limit:spend_per_period|0||")
+    local res = fake.run(handler, config(), request({ body = call_body("req-9", "search") }))
+    assert.equal(403, res.exit.status)
+    assert.equal("application/json", res.exit.headers["Content-Type"])
+    assert.is_nil(res.exit.headers["Retry-After"])
+    local body = cjson.decode(res.exit.body)
+    assert.equal("2.0", body.jsonrpc)
+    assert.equal("req-9", body.id)
+    assert.equal(-32000, body.error.code)
+    assert.same({ reason = "hard_limit:spend_per_period", action = "kill", scope = "customer" }, body.error.data)
+    local a = attrs(res.root)
+    assert.is_nil(a["mcp.method.name"])
+    assert.equal("kill", a["tollgate.enforcement"])
+    assert.equal("hard_limit:spend_per_period", a["tollgate.enforcement.reason"])
+    assert.equal(403, res.root.attributes["http.status_code"])
+  end)
+
+  it("kill with an end time reports retryAfterSeconds; a session kill survives nothing else", function()
+    fake_redis.hset(KEY, "s:sess-1", "kill|operator|" .. (fake.clock_ms() + 90000) .. "||")
+    local res = fake.run(handler, config({ kill_http_status = 402 }), request())
+    assert.equal(402, res.exit.status)
+    local data = cjson.decode(res.exit.body).error.data
+    assert.equal(90, data.retryAfterSeconds)
+    assert.equal("session", data.scope)
+    -- another session of the same customer is not killed
+    local other = request()
+    other.headers["Mcp-Session-Id"] = "sess-2"
+    assert.is_nil(fake.run(handler, config(), other).exit)
+  end)
+
+  it("a lapsed kill no longer refuses", function()
+    fake_redis.hset(KEY, "c", "kill|hard_limit:calls_per_day|" .. (fake.clock_ms() - 1) .. "||")
+    assert.is_nil(fake.run(handler, config(), request()).exit)
+  end)
+
+  it("throttled agent: paced by a token bucket, 429 with Retry-After when empty", function()
+    fake_redis.hset(KEY, "a:agent-7", "throttle|margin_guard:throttle|0|1|900")
+    local conf = config()
+    local first = fake.run(handler, conf, request())
+    assert.is_nil(first.exit)
+    assert.equal("paced", attrs(first.root)["tollgate.enforcement"])
+    local second = fake.run(handler, conf, request())
+    assert.equal(429, second.exit.status)
+    assert.equal("1", second.exit.headers["Retry-After"])
+    local data = cjson.decode(second.exit.body).error.data
+    assert.same({ reason = "margin_guard:throttle", action = "throttle", scope = "agent", retryAfterSeconds = 1 }, data)
+    fake.advance_ms(1000)
+    assert.is_nil(fake.run(handler, conf, request()).exit)
+  end)
+
+  it("kill takes precedence over throttle", function()
+    fake_redis.hset(KEY, "c", "throttle|margin_guard:throttle|0|100|")
+    fake_redis.hset(KEY, "a:agent-7", "kill|margin_guard:kill|0||-50")
+    local res = fake.run(handler, config(), request())
+    assert.equal(403, res.exit.status)
+    assert.equal("agent", cjson.decode(res.exit.body).error.data.scope)
+  end)
+
+  it("batch: first call on the root span, the next as a child span, outcomes by id", function()
+    local body = cjson.encode({
+      { jsonrpc = "2.0", id = 1, method = "tools/call", params = { name = "one" } },
+      { jsonrpc = "2.0", id = 2, method = "tools/list" },
+      { jsonrpc = "2.0", id = "b", method = "tools/call", params = { name = "two" } },
+    })
+    local answer = '[{"jsonrpc":"2.0","id":"b","result":{"content":[],"isError":true}},'
+      .. '{"jsonrpc":"2.0","id":2,"result":{"tools":[]}},{"jsonrpc":"2.0","id":1,"result":{"content":[]}}]'
+    local res = fake.run(handler, config(), request({ body = body }), json_upstream(answer))
+    assert.is_nil(res.exit)
+    assert.equal("one", attrs(res.root)["gen_ai.tool.name"])
+    assert.is_nil(attrs(res.root)["error.type"])
+    local child
+    for _, span in ipairs(res.spans) do
+      if span.name == "tools/call two" then child = span end
+    end
+    assert.is_table(child)
+    assert.equal(res.root, child.parent)
+    assert.equal(res.root.span_id, child.parent_id)
+    assert.equal(res.root.trace_id, child.trace_id)
+    assert.equal(2, child.kind)
+    assert.equal(res.root.start_time_ns, child.start_time_ns)
+    assert.equal(res.root.end_time_ns, child.end_time_ns)
+    assert.equal("two", attrs(child)["gen_ai.tool.name"])
+    assert.equal("b", attrs(child)["jsonrpc.request.id"])
+    assert.equal("tool_error", attrs(child)["error.type"])
+    assert.equal("cus_1", attrs(child)["tollgate.customer.id"])
+    assert.equal("tools/call", attrs(child)["mcp.method.name"])
+  end)
+
+  it("batch refused: one error per request that has an id", function()
+    fake_redis.hset(KEY, "c", "kill|hard_limit:spend_per_period|0||")
+    local body = cjson.encode({
+      { jsonrpc = "2.0", id = 1, method = "tools/call", params = { name = "one" } },
+      { jsonrpc = "2.0", id = 2, method = "tools/list" },
+      { jsonrpc = "2.0", method = "notifications/initialized" },
+    })
+    local res = fake.run(handler, config(), request({ body = body }))
+    assert.equal(403, res.exit.status)
+    local arr = cjson.decode(res.exit.body)
+    assert.equal(2, #arr)
+    assert.same({ 1, 2 }, { arr[1].id, arr[2].id })
+    assert.equal("kill", arr[1].error.data.action)
+  end)
+
+  it("a batch takes one token per tools/call", function()
+    fake_redis.hset(KEY, "c", "throttle|t|0|2|")
+    local body = cjson.encode({
+      { jsonrpc = "2.0", id = 1, method = "tools/call", params = { name = "one" } },
+      { jsonrpc = "2.0", id = 2, method = "tools/call", params = { name = "two" } },
+    })
+    local conf = config()
+    assert.is_nil(fake.run(handler, conf, request({ body = body })).exit)
+    assert.equal(429, fake.run(handler, conf, request()).exit.status)
+  end)
+
+  for _, case in ipairs({
+    { "truncated JSON", '{"jsonrpc":"2.0","id":1,"method":"tools/call"', -32700 },
+    { "empty body", "", -32700 },
+    { "a JSON string", '"tools/call"', -32600 },
+  }) do
+    it("malformed request (" .. case[1] .. "): 400 with a JSON-RPC error, no Redis read", function()
+      local res = fake.run(handler, config(), request({ body = case[2] }))
+      assert.equal(400, res.exit.status)
+      local body = cjson.decode(res.exit.body)
+      assert.equal(cjson.null, body.id)
+      assert.equal(case[3], body.error.code)
+      assert.equal(0, fake_redis.hmgets())
+      assert.is_nil(attrs(res.root)["mcp.method.name"])
+    end)
+  end
+
+  it("Mcp-Name that contradicts the body is refused", function()
+    local r = request()
+    r.headers["Mcp-Method"] = "tools/call"
+    r.headers["Mcp-Name"] = "cheap_tool"
+    local res = fake.run(handler, config(), r)
+    assert.equal(400, res.exit.status)
+    assert.equal(-32600, cjson.decode(res.exit.body).error.code)
+  end)
+
+  it("requests without tools/call pass untouched and unmetered", function()
+    local init = fake.run(handler, config(), request({
+      body = '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}' }))
+    assert.is_nil(init.exit)
+    assert.is_nil(init.plugin_ctx.tollgate)
+    assert.is_nil(attrs(init.root)["mcp.method.name"])
+    local get = fake.run(handler, config(), request({ method = "GET", body = nil }),
+      { status = 200, headers = { ["Content-Type"] = "text/event-stream" }, chunks = { ": ping\n\n" } })
+    assert.is_nil(get.exit)
+    assert.equal(0, fake_redis.hmgets())
+  end)
+
+  it("Redis down, fault_tolerant: the call passes, marked unenforced, error logged once", function()
+    fake_redis.down = true
+    local conf = config()
+    local res = fake.run(handler, conf, request())
+    assert.is_nil(res.exit)
+    assert.equal("unenforced", attrs(res.root)["tollgate.enforcement"])
+    assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
+    assert.equal("err", res.logs[1].level)
+    assert.matches("connection refused", res.logs[1].message)
+  end)
+
+  it("Redis down, not fault tolerant: 503 with Retry-After", function()
+    fake_redis.down = true
+    local res = fake.run(handler, config({ fault_tolerant = false }), request())
+    assert.equal(503, res.exit.status)
+    assert.equal("1", res.exit.headers["Retry-After"])
+    local err = cjson.decode(res.exit.body).error
+    assert.equal(-32001, err.code)
+    assert.equal("unavailable", err.data.action)
+    assert.equal("enforcement_unavailable", err.data.reason)
+  end)
+
+  it("caches the state for cache_ttl_ms: a new kill is seen after the TTL", function()
+    local conf = config({ cache_ttl_ms = 1000 })
+    assert.is_nil(fake.run(handler, conf, request()).exit)
+    fake_redis.hset(KEY, "c", "kill|operator|0||")
+    assert.is_nil(fake.run(handler, conf, request()).exit) -- stale for up to 1 s
+    assert.equal(1, fake_redis.hmgets())
+    fake.advance_ms(1000)
+    assert.equal(403, fake.run(handler, conf, request()).exit.status)
+    assert.equal(2, fake_redis.hmgets())
+  end)
+
+  it("customer from a header, or the default customer, or none", function()
+    local function anonymous()
+      local r = request()
+      r.consumer = nil
+      return r
+    end
+    local r = anonymous()
+    r.headers["X-Customer-Id"] = "cus_h"
+    local res = fake.run(handler, config({ customer_source = "header" }), r)
+    assert.equal("cus_h", attrs(res.root)["tollgate.customer.id"])
+    assert.equal("tg:{acme:cus_h}:state", fake_redis.log[#fake_redis.log].key)
+
+    res = fake.run(handler, config({ default_customer = "house" }), anonymous())
+    assert.equal("house", attrs(res.root)["tollgate.customer.id"])
+
+    fake_redis.reset()
+    res = fake.run(handler, config(), anonymous())
+    assert.is_nil(res.exit)
+    assert.equal("no_customer", attrs(res.root)["tollgate.enforcement"])
+    assert.is_nil(attrs(res.root)["tollgate.customer.id"])
+    assert.equal(0, fake_redis.hmgets())
+  end)
+
+  it("consumer username when it has no custom_id", function()
+    local res = fake.run(handler, config(), request({ consumer = { id = "x", username = "alice" } }))
+    assert.equal("alice", attrs(res.root)["tollgate.customer.id"])
+  end)
+
+  it("legacy HTTP+SSE transport: session from ?sessionId=", function()
+    local r = request({ query = { sessionId = "legacy-1" } })
+    r.headers["Mcp-Session-Id"] = nil
+    local res = fake.run(handler, config(), r, { status = 202, headers = { ["Content-Type"] = "text/plain" }, chunks = { "Accepted" } })
+    assert.equal("sse", attrs(res.root)["tollgate.mcp.transport"])
+    assert.equal("legacy-1", attrs(res.root)["mcp.session.id"])
+    assert.is_nil(attrs(res.root)["error.type"])
+  end)
+
+  it("413 when the body is larger than max_body_bytes", function()
+    local r = request()
+    r.headers["Content-Length"] = "5000"
+    local res = fake.run(handler, config({ max_body_bytes = 4096 }), r)
+    assert.equal(413, res.exit.status)
+    assert.equal(-32002, cjson.decode(res.exit.body).error.code)
+  end)
+
+  it("reads a body nginx spilled to a temp file", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(call_body(3, "from_file"))
+    f:close()
+    local res = fake.run(handler, config(), request({ body = nil, body_file = path }))
+    os.remove(path)
+    assert.is_nil(res.exit)
+    assert.equal("from_file", attrs(res.root)["gen_ai.tool.name"])
+  end)
+
+  it("copies params._meta.traceparent to the upstream request when no header carries one", function()
+    local tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    local res = fake.run(handler, config(), request({ body = call_body(1, "search", { traceparent = tp, tracestate = "k=v" }) }))
+    assert.equal(tp, res.upstream_headers.traceparent)
+    assert.equal("k=v", res.upstream_headers.tracestate)
+
+    local r = request({ body = call_body(1, "search", { traceparent = tp }) })
+    r.headers.traceparent = "00-11111111111111111111111111111111-2222222222222222-01"
+    assert.is_nil(fake.run(handler, config(), r).upstream_headers.traceparent)
+    assert.is_nil(fake.run(handler, config({ propagate_meta_traceparent = false }),
+      request({ body = call_body(1, "search", { traceparent = tp }) })).upstream_headers.traceparent)
+  end)
+
+  it("tracing off: nothing to annotate, a warning says calls are not billed", function()
+    local res = fake.run(handler, config(), request({ tracing = false }))
+    assert.is_nil(res.exit)
+    assert.equal("warn", res.logs[#res.logs].level)
+    assert.matches("not billed", res.logs[#res.logs].message)
+  end)
+end)

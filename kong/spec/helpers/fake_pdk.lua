@@ -1,0 +1,301 @@
+-- A faithful fake of exactly the Kong PDK surface the tollgate handler uses, with Kong's
+-- signatures, return conventions, argument checks and phase restrictions (sources read:
+-- kong/pdk/request.lua, kong/pdk/response.lua, kong/pdk/client.lua, kong/pdk/service/request.lua,
+-- kong/pdk/ctx.lua, kong/pdk/log.lua, kong/pdk/tracing.lua, kong/pdk/private/phases.lua):
+--
+--   kong.request.get_method()            -> string                                    (rewrite..log)
+--   kong.request.get_header(name)        -> string|nil, first value, case-insensitive,
+--                                           '_' == '-'; error if name is not a string (rewrite..log)
+--   kong.request.get_query_arg(name)     -> string|true|nil                           (rewrite..log)
+--   kong.request.get_raw_body()          -> body | nil, err when spilled to a file    (rewrite, access)
+--   kong.client.get_consumer()           -> consumer entity | nil                     (access..log)
+--   kong.response.exit(status, body, headers)  status 100..599, body nil|string|table,
+--                                           headers nil|table; error once headers are sent
+--                                                                                    (rewrite, access, header_filter)
+--   kong.response.get_status()           -> number                                    (header_filter..log)
+--   kong.response.get_header(name)       -> string|nil                                (header_filter..log)
+--   kong.service.request.set_header(name, value)                                     (rewrite, access, balancer)
+--   kong.ctx.plugin                      -> per-request, per-plugin table
+--   kong.tracing.start_span / process_span, spans in ngx.ctx.KONG_SPANS (spec/helpers/kong_tracing.lua)
+--   kong.log.err/warn/notice/info/debug(...)
+-- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.null,
+-- ngx.req.get_body_file(). A PDK call outside its phases raises like Kong's check_phase does.
+
+local kong_tracing = require "spec.helpers.kong_tracing"
+
+local _M = {}
+
+local PHASES = {
+  request = { rewrite = true, access = true, header_filter = true, body_filter = true, log = true },
+  before_content = { rewrite = true, access = true },
+  after_access = { access = true, header_filter = true, body_filter = true, log = true },
+  exit = { rewrite = true, access = true, header_filter = true },
+  response = { header_filter = true, body_filter = true, log = true },
+  service_request = { rewrite = true, access = true, balancer = true },
+}
+
+local NULL = require("cjson").null -- ngx.null and cjson.null are the same NULL lightuserdata
+
+local current -- the request being run
+local clock_ms = 1700000000000
+
+local function check_phase(allowed, fn)
+  local phase = current and current.phase
+  if not allowed[phase] then
+    error(fn .. " is disabled in the context of " .. tostring(phase), 3)
+  end
+end
+
+local function normalize(name)
+  return (name:lower():gsub("_", "-"))
+end
+
+local function header_of(headers, name, fn)
+  if type(name) ~= "string" then
+    error("header name must be a string", 3)
+  end
+  local v = headers[normalize(name)]
+  if type(v) == "table" then
+    return v[1]
+  end
+  return v
+end
+
+local function lower_keys(t)
+  local out = {}
+  for k, v in pairs(t or {}) do
+    out[normalize(k)] = v
+  end
+  return out
+end
+
+local tracer, instrumentation = kong_tracing.new({
+  get_ctx = function() return current.ngx_ctx end,
+  time_ns = function() return clock_ms * 1e6 end,
+})
+
+local kong = {
+  request = {},
+  client = {},
+  response = {},
+  service = { request = {} },
+  log = {},
+  tracing = tracer,
+}
+
+kong.ctx = setmetatable({}, {
+  __index = function(_, k)
+    if k == "plugin" then
+      return current.plugin_ctx
+    elseif k == "shared" then
+      return current.shared_ctx
+    end
+  end,
+})
+
+function kong.request.get_method()
+  check_phase(PHASES.request, "kong.request.get_method")
+  return current.req.method
+end
+
+function kong.request.get_header(name)
+  check_phase(PHASES.request, "kong.request.get_header")
+  return header_of(current.req_headers, name)
+end
+
+function kong.request.get_query_arg(name)
+  check_phase(PHASES.request, "kong.request.get_query_arg")
+  if type(name) ~= "string" then
+    error("query argument name must be a string", 2)
+  end
+  local v = (current.req.query or {})[name]
+  if type(v) == "table" then
+    return v[1]
+  end
+  return v
+end
+
+function kong.request.get_raw_body()
+  check_phase(PHASES.before_content, "kong.request.get_raw_body")
+  local req = current.req
+  if req.body_file then
+    return nil, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'"
+  end
+  return req.body or ""
+end
+
+function kong.client.get_consumer()
+  check_phase(PHASES.after_access, "kong.client.get_consumer")
+  return current.req.consumer
+end
+
+function kong.response.exit(status, body, headers)
+  check_phase(PHASES.exit, "kong.response.exit")
+  if current.headers_sent then
+    error("headers have already been sent", 2)
+  end
+  if type(status) ~= "number" then
+    error("code must be a number", 2)
+  elseif status < 100 or status > 599 then
+    error("code must be a number between 100 and 599", 2)
+  end
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "table" then
+    error("body must be a nil, string or table", 2)
+  end
+  if headers ~= nil and type(headers) ~= "table" then
+    error("headers must be a nil or table", 2)
+  end
+  current.exit = { status = status, body = body, headers = headers or {} }
+  current.exited = true
+end
+
+function kong.response.get_status()
+  check_phase(PHASES.response, "kong.response.get_status")
+  return current.status
+end
+
+function kong.response.get_header(name)
+  check_phase(PHASES.response, "kong.response.get_header")
+  return header_of(current.resp_headers, name)
+end
+
+function kong.service.request.set_header(header, value)
+  check_phase(PHASES.service_request, "kong.service.request.set_header")
+  if type(header) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  local vt = type(value)
+  if vt ~= "string" and vt ~= "number" and vt ~= "boolean" then
+    error("invalid header value for \"" .. header .. "\": got " .. vt
+          .. ", expected string, number or boolean", 2)
+  end
+  current.upstream_headers[normalize(header)] = tostring(value)
+  -- like ngx.req.set_header, later reads of the request headers see it
+  current.req_headers[normalize(header)] = tostring(value)
+end
+
+for _, level in ipairs({ "err", "warn", "notice", "info", "debug", "crit", "alert" }) do
+  kong.log[level] = function(...)
+    local parts = { ... }
+    for i = 1, select("#", ...) do
+      parts[i] = tostring(parts[i])
+    end
+    current.logs[#current.logs + 1] = { level = level, message = table.concat(parts) }
+  end
+end
+
+local ngx = {
+  null = NULL,
+  arg = {},
+  req = {},
+}
+ngx.now = function()
+  return clock_ms / 1000
+end
+ngx.req.get_body_file = function()
+  return current.req.body_file
+end
+setmetatable(ngx, {
+  __index = function(_, k)
+    if k == "ctx" then
+      return current.ngx_ctx
+    end
+  end,
+})
+
+--- Installs the globals `kong` and `ngx` (once, before requiring the handler, which keeps
+-- module-level locals of them like every Kong plugin).
+function _M.install()
+  _G.kong = kong
+  _G.ngx = ngx
+  return _M
+end
+
+function _M.set_clock_ms(ms)
+  clock_ms = ms
+end
+
+function _M.advance_ms(ms)
+  clock_ms = clock_ms + ms
+end
+
+function _M.clock_ms()
+  return clock_ms
+end
+
+--- Runs one request through the handler's phases like Kong's runloop:
+-- access; if the plugin exited, header_filter/body_filter/log see the exit response, else the
+-- upstream's status, headers and body chunks; the root span is created before access and
+-- finished before log, as Kong's tracing instrumentation does.
+-- req: { method, headers, query, body, body_file, consumer, tracing = false to disable }
+-- upstream: { status, headers, chunks = { ... } }
+function _M.run(handler, conf, req, upstream)
+  upstream = upstream or { status = 200, headers = { ["Content-Type"] = "application/json" }, chunks = { "{}" } }
+  current = {
+    req = req,
+    req_headers = lower_keys(req.headers),
+    upstream_headers = {},
+    plugin_ctx = {},
+    shared_ctx = {},
+    ngx_ctx = {},
+    logs = {},
+    downstream = {},
+  }
+  local r = current
+  if req.tracing ~= false then
+    r.phase = "rewrite"
+    instrumentation.request({
+      method = req.method or "POST", scheme = "http", host = "kong.test", uri = req.uri or "/mcp",
+      http_version = "1.1", client_ip = "127.0.0.1", request_id = "req-1",
+      start_time_ns = clock_ms * 1e6,
+    })
+  end
+
+  r.phase = "access"
+  handler:access(conf)
+  r.proxied = not r.exited
+
+  local status, headers, chunks
+  if r.exited then
+    status, headers = r.exit.status, lower_keys(r.exit.headers)
+    local body = r.exit.body
+    chunks = { type(body) == "table" and require("cjson").encode(body) or body or "" }
+  else
+    status, headers, chunks = upstream.status, lower_keys(upstream.headers), upstream.chunks
+  end
+  r.status = status
+  r.resp_headers = headers
+
+  instrumentation.before_header_filter(status, "/mcp")
+  r.phase = "header_filter"
+  handler:header_filter(conf)
+  r.headers_sent = true
+
+  r.phase = "body_filter"
+  for i, chunk in ipairs(chunks) do
+    ngx.arg[1], ngx.arg[2] = chunk, false
+    handler:body_filter(conf)
+    r.downstream[#r.downstream + 1] = ngx.arg[1]
+  end
+  ngx.arg[1], ngx.arg[2] = "", true
+  handler:body_filter(conf)
+  r.downstream[#r.downstream + 1] = ngx.arg[1]
+
+  r.phase = "log"
+  instrumentation.log_before(clock_ms * 1e6 + 5e6)
+  handler:log(conf)
+
+  local spans = r.ngx_ctx.KONG_SPANS or {}
+  return {
+    exit = r.exit,
+    status = status,
+    downstream_body = table.concat(r.downstream),
+    upstream_headers = r.upstream_headers,
+    spans = spans,
+    root = spans[1],
+    logs = r.logs,
+    plugin_ctx = r.plugin_ctx,
+  }
+end
+
+return _M
