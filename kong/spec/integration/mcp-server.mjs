@@ -1,0 +1,118 @@
+// The upstream of the integration run: a real MCP server built with @modelcontextprotocol/sdk
+// (McpServer + StreamableHTTPServerTransport), stateful (one session per client), served twice:
+//   /json/mcp  answers POSTs with application/json (enableJsonResponse)
+//   /sse/mcp   answers POSTs with a text/event-stream
+// Tools:
+//   echo {text}                 returns the text; text "fail" returns isError: true
+//   slow {steps, delayMs}       sends `steps` log notifications, delayMs apart, then answers
+//   big  {size, fail}           returns `size` bytes of text, isError when fail
+// GET /_stats returns how many tools/call each tool has served (to prove a refused call never
+// reached the upstream). Usage: node mcp-server.mjs <port>
+
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import * as z from 'zod';
+
+const port = Number(process.argv[2]);
+const stats = { echo: 0, slow: 0, big: 0 };
+
+function buildServer() {
+  const server = new McpServer({ name: 'tollgate-kong-upstream', version: '1.0.0' }, { capabilities: { logging: {} } });
+  server.registerTool(
+    'echo',
+    { description: 'Echoes the text; "fail" is a tool error', inputSchema: { text: z.string() } },
+    async ({ text }) => {
+      stats.echo++;
+      if (text === 'fail') return { isError: true, content: [{ type: 'text', text: 'failed on purpose' }] };
+      return { content: [{ type: 'text', text }] };
+    },
+  );
+  server.registerTool(
+    'slow',
+    { description: 'Streams log notifications before answering', inputSchema: { steps: z.number(), delayMs: z.number() } },
+    async ({ steps, delayMs }, extra) => {
+      stats.slow++;
+      for (let i = 1; i <= steps; i++) {
+        await extra.sendNotification({ method: 'notifications/message', params: { level: 'info', data: `step ${i}` } });
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+      return { content: [{ type: 'text', text: `done after ${steps} steps` }] };
+    },
+  );
+  server.registerTool(
+    'big',
+    { description: 'A large result', inputSchema: { size: z.number(), fail: z.boolean().optional() } },
+    async ({ size, fail }) => {
+      stats.big++;
+      return { isError: fail === true, content: [{ type: 'text', text: 'x'.repeat(size) }] };
+    },
+  );
+  return server;
+}
+
+const sessions = { json: new Map(), sse: new Map() };
+
+async function handleMcp(mode, req, res, body) {
+  const map = sessions[mode];
+  const sid = req.headers['mcp-session-id'];
+  let transport = sid ? map.get(sid) : undefined;
+  if (!transport) {
+    if (sid) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32001, message: 'Session not found' } }));
+      return;
+    }
+    transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      enableJsonResponse: mode === 'json',
+      onsessioninitialized: (id) => map.set(id, transport),
+    });
+    transport.onclose = () => {
+      if (transport.sessionId) map.delete(transport.sessionId);
+    };
+    await buildServer().connect(transport);
+  }
+  await transport.handleRequest(req, res, body);
+}
+
+const http = createServer((req, res) => {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', async () => {
+    try {
+      const url = new URL(req.url, 'http://upstream');
+      if (url.pathname === '/_stats') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(stats));
+        return;
+      }
+      const mode = url.pathname === '/json/mcp' ? 'json' : url.pathname === '/sse/mcp' ? 'sse' : undefined;
+      if (!mode) {
+        res.writeHead(404).end();
+        return;
+      }
+      let body;
+      if (req.method === 'POST') {
+        const text = Buffer.concat(chunks).toString('utf8');
+        try {
+          body = JSON.parse(text);
+        } catch {
+          res.writeHead(400, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32700, message: 'Parse error' } }));
+          return;
+        }
+      }
+      await handleMcp(mode, req, res, body);
+    } catch (err) {
+      console.error(err);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    }
+  });
+});
+
+http.listen(port, '127.0.0.1', () => {
+  console.log(`listening ${port}`);
+});

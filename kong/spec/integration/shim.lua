@@ -1,0 +1,261 @@
+-- The Kong PDK subset the tollgate handler uses, implemented over the real ngx API inside real
+-- nginx + lua-nginx-module, the way Kong implements it (kong/pdk/request.lua, response.lua,
+-- client.lua, service/request.lua, ctx.lua, log.lua), plus Kong's tracing instrumentation
+-- (root span `kong` in rewrite, http.status_code before header_filter, root finished before the
+-- plugins' log handlers) and an exporter that keeps what Kong's opentelemetry plugin would send
+-- (as OTLP/JSON, spec/helpers/otlp_json.lua) in a shared dict for the test to fetch.
+--
+-- Consumers are resolved from an `apikey` header, like key-auth would before our access runs.
+
+local cjson = require("cjson.safe").new()
+local kong_schema = require "spec.helpers.kong_schema"
+local kong_tracing = require "spec.helpers.kong_tracing"
+local otlp_json = require "spec.helpers.otlp_json"
+
+local ngx = ngx
+
+local _M = {}
+
+local handler
+local confs = {}
+local consumers = {}
+local node = {}
+
+local function first(v)
+  if type(v) == "table" then
+    return v[1]
+  end
+  return v
+end
+
+local function build_pdk()
+  local tracer, instrumentation = kong_tracing.new({
+    get_ctx = function() return ngx.ctx end,
+    time_ns = function()
+      ngx.update_time()
+      return ngx.now() * 1e9
+    end,
+  })
+
+  local kong = {
+    request = {},
+    client = {},
+    response = {},
+    service = { request = {} },
+    log = {},
+    tracing = tracer,
+    ctx = setmetatable({}, {
+      __index = function(_, k)
+        if k == "plugin" then
+          local c = ngx.ctx.tollgate_plugin_ctx
+          if not c then
+            c = {}
+            ngx.ctx.tollgate_plugin_ctx = c
+          end
+          return c
+        end
+      end,
+    }),
+  }
+
+  function kong.request.get_method()
+    return ngx.req.get_method()
+  end
+
+  function kong.request.get_header(name)
+    if type(name) ~= "string" then
+      error("header name must be a string", 2)
+    end
+    return first(ngx.req.get_headers(100)[name])
+  end
+
+  function kong.request.get_query_arg(name)
+    return first(ngx.req.get_uri_args(100)[name])
+  end
+
+  function kong.request.get_raw_body()
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data()
+    if not body then
+      if ngx.req.get_body_file() then
+        return nil, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'"
+      end
+      return ""
+    end
+    return body
+  end
+
+  function kong.client.get_consumer()
+    return ngx.ctx.authenticated_consumer
+  end
+
+  function kong.response.exit(status, body, headers)
+    if ngx.headers_sent then
+      error("headers have already been sent", 2)
+    end
+    ngx.status = status
+    for k, v in pairs(headers or {}) do
+      ngx.header[k] = v
+    end
+    if type(body) == "table" then
+      body = cjson.encode(body)
+      ngx.header["Content-Type"] = "application/json"
+    end
+    ngx.ctx.KONG_EXITED = true
+    if body then
+      ngx.header["Content-Length"] = #body
+      ngx.print(body)
+    else
+      ngx.header["Content-Length"] = 0
+    end
+    return ngx.exit(status)
+  end
+
+  function kong.response.get_status()
+    return ngx.status
+  end
+
+  function kong.response.get_header(name)
+    return first(ngx.resp.get_headers(100)[name])
+  end
+
+  function kong.service.request.set_header(name, value)
+    ngx.req.set_header(name, tostring(value))
+  end
+
+  local LEVELS = { err = ngx.ERR, warn = ngx.WARN, notice = ngx.NOTICE, info = ngx.INFO, debug = ngx.DEBUG }
+  for name, level in pairs(LEVELS) do
+    kong.log[name] = function(...)
+      ngx.log(level, ...)
+    end
+  end
+
+  return kong, instrumentation
+end
+
+local instrumentation
+
+--- init_by_lua: reads the test config { node, consumers, plugins = { <name> = config } },
+-- validates each plugin config through the schema (filling Kong's defaults) and loads the handler.
+function _M.init(conf_file)
+  local f = assert(io.open(conf_file, "rb"))
+  local doc = assert(cjson.decode(f:read("*a")))
+  f:close()
+  node = doc.node
+  consumers = doc.consumers or {}
+  kong_schema.install()
+  local schema = require "kong.plugins.tollgate.schema"
+  for name, cfg in pairs(doc.plugins) do
+    local conf, errs = kong_schema.config(schema, cfg)
+    if not conf then
+      error("invalid plugin config " .. name .. ": " .. cjson.encode(errs))
+    end
+    confs[name] = conf
+  end
+  local kong
+  kong, instrumentation = build_pdk()
+  _G.kong = kong
+  handler = require "kong.plugins.tollgate.handler"
+end
+
+local function conf()
+  return confs[ngx.var.tg_conf] or error("no plugin config named " .. tostring(ngx.var.tg_conf))
+end
+
+function _M.rewrite()
+  ngx.ctx.KONG_PROCESSING_START = ngx.req.start_time() * 1000
+  local key = ngx.var.http_apikey
+  if key then
+    ngx.ctx.authenticated_consumer = consumers[key]
+  end
+  local version = ngx.req.http_version()
+  instrumentation.request({
+    method = ngx.req.get_method(),
+    scheme = ngx.var.scheme,
+    host = ngx.var.host,
+    uri = ngx.var.request_uri,
+    http_version = type(version) == "number" and string.format("%.1f", version) or tostring(version),
+    client_ip = ngx.var.remote_addr,
+    request_id = ngx.var.request_id,
+    start_time_ns = ngx.req.start_time() * 1e9,
+  })
+  if ngx.var.http_x_test_sample == "0" then
+    ngx.ctx.KONG_SPANS[1].should_sample = false
+  end
+end
+
+local function from_hex(h)
+  return (h:gsub("%x%x", function(b) return string.char(tonumber(b, 16)) end))
+end
+
+-- What Kong's opentelemetry plugin does next in access (priority 14, after ours): continue the
+-- incoming W3C trace (kong/plugins/opentelemetry traces.lua get_inject_ctx: the root span takes
+-- the header's trace id, its parent becomes the header's span id).
+local function otel_propagate()
+  local tp = ngx.req.get_headers()["traceparent"]
+  if type(tp) ~= "string" then
+    return
+  end
+  local trace_id, span_id = tp:match("^00%-(%x+)%-(%x+)%-%x%x$")
+  local root = ngx.ctx.KONG_SPANS and ngx.ctx.KONG_SPANS[1]
+  if root and trace_id and #trace_id == 32 and #span_id == 16 then
+    root.trace_id = from_hex(trace_id)
+    root.parent_id = from_hex(span_id)
+  end
+end
+
+function _M.access()
+  handler:access(conf())
+  otel_propagate()
+end
+
+function _M.header_filter()
+  instrumentation.before_header_filter(ngx.status, ngx.var.uri)
+  return handler:header_filter(conf())
+end
+
+function _M.body_filter()
+  if ngx.arg[2] then
+    ngx.update_time()
+    ngx.ctx.KONG_BODY_FILTER_ENDED_AT_NS = ngx.now() * 1e9
+  end
+  return handler:body_filter(conf())
+end
+
+-- log: finish the root span as Kong does before plugins log, run our log handler, then do
+-- what the opentelemetry plugin's log does (process_span of sampled spans -> encode).
+function _M.log()
+  instrumentation.log_before(ngx.ctx.KONG_BODY_FILTER_ENDED_AT_NS)
+  handler:log(conf())
+  local spans = {}
+  kong.tracing.process_span(function(span)
+    if span.should_sample ~= false then
+      spans[#spans + 1] = span
+    end
+  end)
+  local id = ngx.var.http_x_test_id
+  if id and #spans > 0 then
+    local doc = otlp_json.encode_traces(spans, node)
+    local ok, err = ngx.shared.tollgate_spans:rpush(id, cjson.encode(doc))
+    if not ok then
+      ngx.log(ngx.ERR, "span store: ", err)
+    end
+  end
+end
+
+--- GET /_spans?id=X: the exports recorded for test id X (consumed), as a JSON array.
+function _M.spans_endpoint()
+  local id = ngx.var.arg_id
+  local out = {}
+  while id do
+    local v = ngx.shared.tollgate_spans:lpop(id)
+    if not v then
+      break
+    end
+    out[#out + 1] = v
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say("[" .. table.concat(out, ",") .. "]")
+end
+
+return _M
