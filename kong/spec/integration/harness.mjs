@@ -112,6 +112,49 @@ export async function startRedis() {
   return { port, child };
 }
 
+/** A Redis Cluster of `n` masters (no replicas), slots split by `redis-cli --cluster create`. */
+export async function startRedisCluster(n = 3) {
+  const nodes = [];
+  const dir = mkdtempSync(join(tmpdir(), 'tollgate-rc-'));
+  for (let i = 0; i < n; i++) {
+    const port = await freePort();
+    const child = startProcess('redis-server', [
+      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`),
+    ], { cwd: dir });
+    nodes.push({ port, child });
+  }
+  for (const node of nodes) {
+    await waitFor(`cluster node ${node.port}`, async () => (await redis(node.port, 'PING')) === 'PONG');
+  }
+  const create = startProcess('redis-cli', ['--cluster', 'create', ...nodes.map((x) => `127.0.0.1:${x.port}`),
+    '--cluster-replicas', '0', '--cluster-yes']);
+  const code = await new Promise((r) => create.on('exit', r));
+  if (code !== 0) throw new Error(`redis-cli --cluster create failed: ${create.output}`);
+  await waitFor('cluster state ok', async () => {
+    for (const node of nodes) {
+      const info = await redis(node.port, 'CLUSTER', 'INFO');
+      if (!String(info).includes('cluster_state:ok')) return false;
+    }
+    return true;
+  }, 20000);
+  return { nodes, dir };
+}
+
+/** Runs redis-cli -c (follows MOVED) against a cluster node. */
+export function redisCluster(port, ...args) {
+  return new Promise((res, rej) => {
+    const child = startProcess('redis-cli', ['-c', '-p', String(port), ...args.map(String)]);
+    child.on('exit', (code) => (code === 0 ? res(child.output.trim()) : rej(new Error(child.output))));
+  });
+}
+
+export async function stopRedisCluster(cluster) {
+  if (!cluster) return;
+  for (const node of cluster.nodes) await stop(node);
+  rmSync(cluster.dir, { recursive: true, force: true });
+}
+
 export async function startUpstream() {
   const port = await freePort();
   const child = startProcess(process.execPath, [join(HERE, 'mcp-server.mjs'), String(port)], { cwd: KONG_DIR });

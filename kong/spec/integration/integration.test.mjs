@@ -10,7 +10,18 @@ import { after, before, describe, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LATEST_PROTOCOL_VERSION } from '@modelcontextprotocol/sdk/types.js';
-import { KONG_DIR, freePort, redis, startNginx, startRedis, startUpstream, stop } from './harness.mjs';
+import {
+  KONG_DIR,
+  freePort,
+  redis,
+  redisCluster,
+  startNginx,
+  startRedis,
+  startRedisCluster,
+  startUpstream,
+  stop,
+  stopRedisCluster,
+} from './harness.mjs';
 
 const FIXTURE = join(KONG_DIR, 'fixtures', 'kong-otel-span.json');
 const PRODUCT = 'acme';
@@ -20,6 +31,7 @@ const CLIENT_TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7
 
 let redisMain;
 let redisFrozen;
+let cluster;
 let upstream;
 let nginx;
 let base;
@@ -31,11 +43,15 @@ const consumers = {
   'key-throttle': { id: '8f2e1c4a-0000-4000-8000-000000000003', username: 'carol', custom_id: 'cus_throttled' },
   'key-batch': { id: '8f2e1c4a-0000-4000-8000-000000000004', username: 'dave', custom_id: 'cus_batch' },
 };
+const CLUSTER_CUSTOMERS = ['cus_cl_1', 'cus_cl_2', 'cus_cl_3', 'cus_cl_4', 'cus_cl_5', 'cus_cl_6'];
+for (const c of CLUSTER_CUSTOMERS) consumers[`key-${c}`] = { id: c, username: c, custom_id: c };
+consumers['key-cl-ok'] = { id: 'cl-ok', username: 'cus_cl_ok', custom_id: 'cus_cl_ok' };
 
 before(async () => {
   redisMain = await startRedis();
   redisFrozen = await startRedis();
   upstream = await startUpstream();
+  cluster = await startRedisCluster(3);
   const deadPort = await freePort();
   const common = { product: PRODUCT, cache_ttl_ms: 200, redis_timeout_ms: 200 };
   nginx = await startNginx({
@@ -47,6 +63,7 @@ before(async () => {
       down_open: { ...common, redis_port: deadPort, fault_tolerant: true },
       down_closed: { ...common, redis_port: deadPort, fault_tolerant: false },
       frozen: { ...common, redis_port: redisFrozen.port, fault_tolerant: true },
+      cluster: { ...common, fault_tolerant: false, redis_cluster_nodes: [{ ip: '127.0.0.1', port: cluster.nodes[0].port }] },
     },
   });
   base = `http://127.0.0.1:${nginx.port}`;
@@ -59,6 +76,7 @@ after(async () => {
   await stop(upstream);
   await stop(redisMain);
   await stop(redisFrozen);
+  await stopRedisCluster(cluster);
   // any Lua error in a phase handler is a failure even when the response looked fine
   assert.doesNotMatch(log, /\[error\].*(runtime error|lua entry thread aborted)/, log);
 });
@@ -420,6 +438,36 @@ describe('Redis down', () => {
     } finally {
       redisFrozen.child.kill('SIGCONT');
     }
+  });
+});
+
+describe('Redis Cluster', () => {
+  it('one HMGET per call on the customer\'s slot, following MOVED from the seed node', async () => {
+    const seed = cluster.nodes[0].port;
+    let redirected = 0;
+    for (const c of CLUSTER_CUSTOMERS) {
+      const key = `tg:{${PRODUCT}:${c}}:state`;
+      await redisCluster(seed, 'HSET', key, 'c', 'kill|hard_limit:calls_per_period|0||');
+      try {
+        await redis(seed, 'HGET', key, 'c');
+      } catch (err) {
+        if (/^MOVED /.test(err.message)) redirected++;
+        else throw err;
+      }
+    }
+    assert.ok(redirected > 0, 'some customers live on another node than the seed');
+    for (const c of CLUSTER_CUSTOMERS) {
+      const headers = await openSession('/cluster/json/mcp', { apikey: `key-${c}` });
+      const res = await post('/cluster/json/mcp', toolCall(1, 'echo', { text: 'x' }), headers);
+      assert.equal(res.status, 403, c);
+      assert.equal((await res.json()).error.data.reason, 'hard_limit:calls_per_period');
+    }
+    const testId = nextId('cluster-ok');
+    const headers = await openSession('/cluster/json/mcp', { apikey: 'key-cl-ok', 'x-test-id': testId });
+    const res = await post('/cluster/json/mcp', toolCall(1, 'echo', { text: 'fine' }), headers);
+    assert.equal(res.status, 200);
+    const root = allSpans(await spansOf(testId)).find((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    assert.equal(attrsOf(root)['tollgate.enforcement'], 'allow');
   });
 });
 
