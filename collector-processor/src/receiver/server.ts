@@ -141,6 +141,12 @@ export function buildReceiver(
     inFlight++;
     metrics.inFlight.set(inFlight);
   });
+  // While closing, every response ends its connection: a keep-alive socket that turns idle after
+  // close() began would otherwise hold the shutdown until keepAliveTimeout.
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (closing) reply.header('connection', 'close');
+    return payload;
+  });
   app.addHook('onResponse', async (req) => {
     if (req.tollgateIdentity) {
       inFlight--;
