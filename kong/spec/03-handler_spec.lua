@@ -114,6 +114,22 @@ describe("tollgate handler", function()
     assert.equal(502, attrs(res.root)["http.response.status_code"])
   end)
 
+  it("a request a later plugin short-circuits never reached the tool: not billable", function()
+    local res = fake.run(handler, config(), request(), { exit_by_later_plugin = true, status = 429,
+      headers = { ["Content-Type"] = "application/json" }, chunks = { '{"message":"API rate limit exceeded"}' } })
+    local a = attrs(res.root)
+    assert.is_nil(a["mcp.method.name"])
+    assert.equal("gateway_exit", a["tollgate.enforcement"])
+    assert.equal("cus_1", a["tollgate.customer.id"])
+  end)
+
+  it("Kong's own upstream error (source error) is still billed, as a failed call", function()
+    local res = fake.run(handler, config(), request(), { error = true, status = 504,
+      headers = { ["Content-Type"] = "text/plain" }, chunks = { "An invalid response was received from the upstream server" } })
+    assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
+    assert.equal("504", attrs(res.root)["error.type"])
+  end)
+
   it("compressed responses are not scanned; the status still counts", function()
     local res = fake.run(handler, config(), request(), { status = 200,
       headers = { ["Content-Type"] = "application/json", ["Content-Encoding"] = "gzip" }, chunks = { "\31\139..." } })

@@ -14,6 +14,7 @@
 --                                                                                    (rewrite, access, header_filter)
 --   kong.response.get_status()           -> number                                    (header_filter..log)
 --   kong.response.get_header(name)       -> string|nil                                (header_filter..log)
+--   kong.response.get_source()           -> "exit" | "service" | "error"              (header_filter..log)
 --   kong.service.request.set_header(name, value)                                     (rewrite, access, balancer)
 --   kong.ctx.plugin                      -> per-request, per-plugin table
 --   kong.tracing.start_span / process_span, spans in ngx.ctx.KONG_SPANS (spec/helpers/kong_tracing.lua)
@@ -154,6 +155,17 @@ function kong.response.get_status()
   return current.status
 end
 
+-- kong/pdk/response.lua: "exit" when a plugin short-circuited, "service" when proxied, else "error"
+function kong.response.get_source()
+  check_phase(PHASES.response, "kong.response.get_source")
+  if current.exited then
+    return "exit"
+  elseif current.proxied then
+    return "service"
+  end
+  return "error"
+end
+
 function kong.response.get_header(name)
   check_phase(PHASES.response, "kong.response.get_header")
   return header_of(current.resp_headers, name)
@@ -253,7 +265,14 @@ function _M.run(handler, conf, req, upstream)
 
   r.phase = "access"
   handler:access(conf)
-  r.proxied = not r.exited
+  if upstream.exit_by_later_plugin and not r.exited then
+    -- a plugin with a lower priority (running after ours) short-circuits the request
+    kong.response.exit(upstream.status, upstream.chunks[1], upstream.headers)
+  elseif not r.exited and upstream.error then
+    r.proxied = false -- Kong could not get an answer from the service (502/504 from Kong itself)
+  else
+    r.proxied = not r.exited
+  end
 
   local status, headers, chunks
   if r.exited then

@@ -166,13 +166,24 @@ export async function startUpstream() {
  * Starts nginx with the shim. plugins: { <name>: tollgate config }; consumers: { <apikey>: consumer }.
  * opts.workers, opts.logLevel, opts.accessLog.
  */
-export async function startNginx({ upstreamPort, plugins, consumers, node, workers = 1, logLevel = 'info', accessLog }) {
+export async function startNginx({
+  upstreamPort,
+  plugins,
+  consumers,
+  node,
+  workers = 1,
+  logLevel = 'info',
+  accessLog,
+  template = join(HERE, 'nginx.conf.tmpl'),
+  vars = {},
+}) {
   const prefix = mkdtempSync(join(tmpdir(), 'tollgate-nginx-'));
   for (const d of ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(prefix, d));
   const port = await freePort();
   const confFile = join(prefix, 'tollgate.json');
   writeFileSync(confFile, JSON.stringify({ plugins, consumers, node }));
-  const tmpl = readFileSync(join(HERE, 'nginx.conf.tmpl'), 'utf8');
+  let tmpl = readFileSync(template, 'utf8');
+  for (const [k, v] of Object.entries(vars)) tmpl = tmpl.replaceAll(`{{${k}}}`, String(v));
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
   const conf = tmpl
     .replaceAll('{{USER_LINE}}', isRoot ? 'user root root;' : '')

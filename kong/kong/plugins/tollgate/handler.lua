@@ -25,6 +25,8 @@ local tonumber = tonumber
 local tostring = tostring
 
 local SPAN_KIND_SERVER = 2
+-- a request another plugin answered after our access phase: never reached the tool
+local GATEWAY_EXIT = { action = "gateway_exit", reason = "answered_by_kong" }
 local LOG_INTERVAL_MS = 10000
 local CODES = jsonrpc.CODES
 
@@ -218,6 +220,11 @@ function TollgateHandler:header_filter(conf)
     return
   end
   ctx.http_status = kong.response.get_status()
+  -- "exit": a plugin after us short-circuited the request, so the tool never ran
+  ctx.source = kong.response.get_source()
+  if ctx.source == "exit" then
+    return
+  end
   local encoding = kong.response.get_header("Content-Encoding")
   if encoding and encoding ~= "identity" then
     return -- compressed: the outcome stays unknown, the HTTP status still counts
@@ -278,6 +285,10 @@ function TollgateHandler:log(conf)
 
   if ctx.refused then
     set_all(root, attributes.for_refusal(ctx.req, ctx.refused))
+    return
+  end
+  if ctx.source == "exit" then
+    set_all(root, attributes.for_refusal(ctx.req, GATEWAY_EXIT))
     return
   end
 
