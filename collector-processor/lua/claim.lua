@@ -10,21 +10,59 @@
 -- A claim stores "token|tool_ordinal|plan_ordinal". The token is the id of the spool record that holds
 -- the call durably, so a replay of that record after a crash gets its own positions back instead of being
 -- mistaken for a duplicate (which would bill the call zero times).
+--
+-- Cost: Redis is called a handful of times per key, not per call: claims are read with one HMGET and
+-- written with one HSET per dedup hash, and counters are read once and written once per period hash.
 local token = ARGV[1]
 local dedup_ttl = tonumber(ARGV[2])
 local period_ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
-local out = {}
-local touched_dedup, touched_period = {}, {}
 
+-- 1. read the existing claims of every call, one HMGET per dedup hash
+local ids_by_key = {}
 for i = 0, n - 1 do
   local b = 5 + i * 5
-  local id = ARGV[b]
-  local dd = KEYS[tonumber(ARGV[b + 1])]
-  local pk = KEYS[tonumber(ARGV[b + 2])]
-  local prev = redis.call('HGET', dd, id)
-  if prev then
-    local t, tool_ord, plan_ord = string.match(prev, '^(.*)|(%d+)|(%d+)$')
+  local k = tonumber(ARGV[b + 1])
+  local list = ids_by_key[k]
+  if not list then
+    list = {}
+    ids_by_key[k] = list
+  end
+  list[#list + 1] = i
+end
+local prev = {}
+for k, list in pairs(ids_by_key) do
+  local fields = {}
+  for j = 1, #list do fields[j] = ARGV[5 + list[j] * 5] end
+  local values = redis.call('HMGET', KEYS[k], unpack(fields))
+  for j = 1, #list do prev[list[j]] = values[j] end
+end
+
+-- 2. decide each call, counting in Lua tables
+local counters = {} -- period key index -> { field -> increment }
+local current = {} -- period key index -> { field -> value read from Redis }
+local function bump(pk, field)
+  local c = counters[pk]
+  if not c then
+    c = {}
+    counters[pk] = c
+    current[pk] = {}
+  end
+  if c[field] == nil then
+    c[field] = 0
+    current[pk][field] = tonumber(redis.call('HGET', KEYS[pk], field) or '0')
+  end
+  c[field] = c[field] + 1
+  return current[pk][field] + c[field]
+end
+
+local out = {}
+local writes = {} -- dedup key index -> { field, value, ... }
+for i = 0, n - 1 do
+  local b = 5 + i * 5
+  local p = prev[i]
+  if p then
+    local t, tool_ord, plan_ord = string.match(p, '^(.*)|(%d+)|(%d+)$')
     if t == token then
       out[#out + 1] = 1
       out[#out + 1] = tonumber(tool_ord)
@@ -35,21 +73,39 @@ for i = 0, n - 1 do
       out[#out + 1] = 0
     end
   else
+    local pk = tonumber(ARGV[b + 2])
     local tool_ord, plan_ord = 0, 0
-    redis.call('HINCRBY', pk, 'calls', 1)
+    bump(pk, 'calls')
     if ARGV[b + 4] == '1' then
-      plan_ord = redis.call('HINCRBY', pk, 'n', 1)
-      tool_ord = redis.call('HINCRBY', pk, 't:' .. ARGV[b + 3], 1)
+      plan_ord = bump(pk, 'n')
+      tool_ord = bump(pk, 't:' .. ARGV[b + 3])
     end
-    redis.call('HSET', dd, id, token .. '|' .. tool_ord .. '|' .. plan_ord)
-    touched_dedup[dd] = true
-    touched_period[pk] = true
+    local k = tonumber(ARGV[b + 1])
+    local w = writes[k]
+    if not w then
+      w = {}
+      writes[k] = w
+    end
+    w[#w + 1] = ARGV[b]
+    w[#w + 1] = token .. '|' .. tool_ord .. '|' .. plan_ord
     out[#out + 1] = 0
     out[#out + 1] = tool_ord
     out[#out + 1] = plan_ord
   end
 end
 
-for k in pairs(touched_dedup) do redis.call('EXPIRE', k, dedup_ttl) end
-for k in pairs(touched_period) do redis.call('EXPIRE', k, period_ttl) end
+-- 3. write claims and counters back, one command per key
+for k, w in pairs(writes) do
+  redis.call('HSET', KEYS[k], unpack(w))
+  redis.call('EXPIRE', KEYS[k], dedup_ttl)
+end
+for pk, c in pairs(counters) do
+  local args = {}
+  for field, inc in pairs(c) do
+    args[#args + 1] = field
+    args[#args + 1] = current[pk][field] + inc
+  end
+  redis.call('HSET', KEYS[pk], unpack(args))
+  redis.call('EXPIRE', KEYS[pk], period_ttl)
+end
 return out

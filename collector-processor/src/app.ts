@@ -219,7 +219,11 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         fsync: Boolean(s['spool.fsync']),
         segmentBytes: Number(s['spool.segmentBytes']),
       });
-      if (recovered.corruptLines) log.warn({ lines: recovered.corruptLines }, 'skipped corrupt spool lines');
+      if (recovered.corruptSegments)
+        log.warn(
+          { segments: recovered.corruptSegments },
+          'spool segments had a corrupt record; the rest of those segments was skipped',
+        );
       lander = new Lander(
         clickhouse.client,
         spool,
@@ -242,6 +246,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           failMode: s['redis.failMode'] as 'open' | 'closed',
           maxBacklogRows: Number(s['landing.maxBacklogRows']),
           maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
+          maxFutureSeconds: Number(s['ingest.maxFutureSeconds']),
           instanceId,
         },
         log.child({ component: 'pipeline' }),
@@ -269,6 +274,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           maxInFlight: Number(s['otlp.maxInFlight']),
           maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
           maxFutureSeconds: Number(s['ingest.maxFutureSeconds']),
+          mode: s['pipeline.mode'] as 'full' | 'decode-only',
         },
       );
       otlpUrl = await receiver.listen({ host: String(s['otlp.host']), port: Number(s['otlp.port']) });

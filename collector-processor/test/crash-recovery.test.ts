@@ -1,6 +1,7 @@
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { inspectSpool } from '../src/spool/spool.js';
 import { DEV_INGEST_KEY, TEST_PLANS, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import { type ServerProcess, sql, startServerProcess, waitExit } from './support/process.js';
@@ -10,35 +11,6 @@ const plans = join(dataDir, 'plans.yaml');
 writeFileSync(plans, TEST_PLANS);
 const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100'];
 let server: ServerProcess | undefined;
-
-/** Accepted spool records without a done marker (read straight from the segment files). */
-function pendingSpoolRecords(dir: string): number {
-  const accepted = new Set<string>();
-  const intents = new Map<string, string[]>();
-  for (const f of readdirSync(dir).sort()) {
-    for (const line of readFileSync(join(dir, f), 'utf8').split('\n')) {
-      if (line.length < 10) continue;
-      let rec: { t: string; rid?: string; bid?: string; rids?: string[] };
-      try {
-        rec = JSON.parse(line.slice(9));
-      } catch {
-        continue; // torn tail
-      }
-      if (rec.t === 'a') accepted.add(rec.rid as string);
-      if (rec.t === 'i') intents.set(rec.bid as string, rec.rids as string[]);
-      if (rec.t === 'd') for (const rid of intents.get(rec.bid as string) ?? []) accepted.delete(rid);
-      if (rec.t === 'x') accepted.delete(rec.rid as string);
-    }
-  }
-  return accepted.size;
-}
-
-afterAll(async () => {
-  if (server && server.child.exitCode === null) {
-    server.child.kill('SIGTERM');
-    await waitExit(server.child);
-  }
-});
 
 async function send(url: string, body: string): Promise<boolean> {
   try {
@@ -83,7 +55,7 @@ describe('kill -9 in the middle of a load', () => {
     expect(acked.size).toBeGreaterThanOrEqual(25);
     const ackedBeforeRestart = new Set(acked);
     // The crash must have left accepted-but-unlanded records in the spool, or this test proves nothing.
-    expect(pendingSpoolRecords(join(dataDir, 'spool'))).toBeGreaterThan(0);
+    expect(inspectSpool(join(dataDir, 'spool')).pendingRecords).toBeGreaterThan(0);
 
     // Restart on the same data directory: the spool is replayed, then the exporter retries what failed.
     server = await startServerProcess(args);

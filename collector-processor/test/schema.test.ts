@@ -107,7 +107,8 @@ describe('landing encoding', () => {
       product: 'prod',
       planVersion: 'v',
       receivedAtMs: 0,
-      calls: [],
+      format: 'calls-json',
+      payload: Buffer.from('[]'),
     });
     lander.enqueue('r1', encodeTsvRow(row), 1);
     await lander.idle();

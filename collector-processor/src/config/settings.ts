@@ -247,6 +247,15 @@ export const SETTINGS = [
     doc: 'How long a graceful shutdown waits for in-flight exports and the landing queue.',
   },
   {
+    key: 'pipeline.mode',
+    flag: '--pipeline-mode',
+    env: 'TOLLGATE_PIPELINE_MODE',
+    kind: 'enum',
+    values: ['full', 'decode-only'],
+    default: 'full',
+    doc: '`decode-only` decodes and selects spans, then discards them: the floor the benchmark compares against. Never use it in production.',
+  },
+  {
     key: 'logLevel',
     flag: '--log-level',
     env: 'TOLLGATE_LOG_LEVEL',

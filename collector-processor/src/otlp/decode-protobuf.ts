@@ -1,70 +1,166 @@
 import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
 import { type DecodedExport, DecodeError } from './decoded.js';
-import { type Long, ProtoResource, ProtoScope, ProtoSpan, Reader } from './proto.js';
+import { Reader } from './proto.js';
 
-interface PAnyValue {
-  value?: string;
-  stringValue?: string;
-  boolValue?: boolean;
-  intValue?: Long | number;
-  doubleValue?: number;
-}
-interface PKeyValue {
-  key: string;
-  value?: PAnyValue | null;
-}
-interface PSpan {
-  traceId: Uint8Array;
-  spanId: Uint8Array;
-  name: string;
-  kind: number;
-  startTimeUnixNano: Long | number;
-  endTimeUnixNano: Long | number;
-  attributes: PKeyValue[];
-  status?: { code: number } | null;
-}
+/**
+ * OTLP protobuf decoding with protobufjs's Reader, walking the wire format field by field (the schema is
+ * proto/otlp-trace.proto). It builds only what billing reads — ids as hex, times in µs, scalar
+ * attributes in one flat object — and no intermediate message objects, which keeps decoding and GC
+ * cheap at tens of thousands of spans per second.
+ */
 
+const WIRE_VARINT = 0;
+const WIRE_FIXED64 = 1;
 const WIRE_LEN = 2;
+const _WIRE_FIXED32 = 5;
 
-/** int64 to number; values beyond 2^53 lose precision, and every count we read is capped far below. */
-function longToNumber(v: Long | number): number {
+// tag = field << 3 | wire type
+const TAG = (field: number, wire: number) => (field << 3) | wire;
+const KV_KEY = TAG(1, WIRE_LEN);
+const KV_VALUE = TAG(2, WIRE_LEN);
+const ANY_STRING = TAG(1, WIRE_LEN);
+const ANY_BOOL = TAG(2, WIRE_VARINT);
+const ANY_INT = TAG(3, WIRE_VARINT);
+const ANY_DOUBLE = TAG(4, WIRE_FIXED64);
+const SPAN_TRACE_ID = TAG(1, WIRE_LEN);
+const SPAN_SPAN_ID = TAG(2, WIRE_LEN);
+const SPAN_NAME = TAG(5, WIRE_LEN);
+const SPAN_KIND = TAG(6, WIRE_VARINT);
+const SPAN_START = TAG(7, WIRE_FIXED64);
+const SPAN_END = TAG(8, WIRE_FIXED64);
+const SPAN_ATTRIBUTE = TAG(9, WIRE_LEN);
+const SPAN_STATUS = TAG(15, WIRE_LEN);
+const STATUS_CODE = TAG(3, WIRE_VARINT);
+const SCOPE_NAME = TAG(1, WIRE_LEN);
+const RESOURCE_ATTRIBUTE = TAG(1, WIRE_LEN);
+
+type R = InstanceType<typeof Reader>;
+
+/** fixed64 nanoseconds → microseconds, exactly, without BigInt: 2^32 = 4294967 × 1000 + 296. */
+function readNanosAsMicros(r: R): number {
+  const low = r.fixed32();
+  const high = r.fixed32();
+  return high * 4_294_967 + Math.floor((high * 296 + low) / 1000);
+}
+
+/** int64 varint as a number (exact below 2^53; every count we bill is capped far below). */
+function readInt64(r: R): number {
+  const v = r.int64() as unknown as number | { low: number; high: number };
   return typeof v === 'number' ? v : v.high * 4_294_967_296 + (v.low >>> 0);
 }
 
-/** Nanoseconds (fixed64) to microseconds, exactly. */
-function nanosToMicros(v: Long | number): number {
-  if (typeof v === 'number') return Math.floor(v / 1000);
-  const n = (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0);
-  return Number(n / 1000n);
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
 }
 
-export function attributesOf(kvs: PKeyValue[] | undefined): Attributes {
-  const out: Attributes = {};
-  if (!kvs) return out;
-  for (const kv of kvs) {
-    const v = kv.value;
-    switch (v?.value) {
-      case 'stringValue':
-        out[kv.key] = v.stringValue as string;
+/** One AnyValue: scalars are kept, arrays, maps and bytes become null (billing never reads them). */
+function readAnyValue(r: R, end: number): Attributes[string] {
+  let value: Attributes[string] = null;
+  while (r.pos < end) {
+    const tag = r.uint32();
+    switch (tag) {
+      case ANY_STRING:
+        value = r.string();
         break;
-      case 'intValue':
-        out[kv.key] = longToNumber(v.intValue as Long | number);
+      case ANY_BOOL:
+        value = r.bool();
         break;
-      case 'doubleValue':
-        out[kv.key] = v.doubleValue as number;
+      case ANY_INT:
+        value = readInt64(r);
         break;
-      case 'boolValue':
-        out[kv.key] = v.boolValue as boolean;
+      case ANY_DOUBLE:
+        value = r.double();
         break;
       default:
-        out[kv.key] = null;
+        r.skipType(tag & 7);
+        value = null;
     }
+  }
+  return value;
+}
+
+function readKeyValue(r: R, into: Attributes): void {
+  const end = r.uint32() + r.pos;
+  if (end > r.len) throw new RangeError('attribute length beyond the message');
+  let key: string | undefined;
+  let value: Attributes[string] = null;
+  while (r.pos < end) {
+    const tag = r.uint32();
+    if (tag === KV_KEY) key = r.string();
+    else if (tag === KV_VALUE) {
+      const vEnd = r.uint32() + r.pos;
+      if (vEnd > end) throw new RangeError('value length beyond the attribute');
+      value = readAnyValue(r, vEnd);
+    } else r.skipType(tag & 7);
+  }
+  if (r.pos !== end) throw new RangeError('attribute overruns its length');
+  if (key !== undefined) into[key] = value;
+}
+
+function readAttributesOnly(bytes: Uint8Array, attributeTag: number): Attributes {
+  const out: Attributes = {};
+  const r = Reader.create(bytes);
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag === attributeTag) readKeyValue(r, out);
+    else r.skipType(tag & 7);
   }
   return out;
 }
 
-function hex(bytes: Uint8Array | undefined): string {
-  return bytes ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex') : '';
+function readSpan(bytes: Uint8Array, resource: Attributes, scopeName: string): SpanView {
+  const r = Reader.create(bytes);
+  const span: SpanView = {
+    traceId: '',
+    spanId: '',
+    name: '',
+    kind: 0,
+    startUnixUs: 0,
+    endUnixUs: 0,
+    statusCode: 0,
+    attributes: {},
+    resource,
+    scopeName,
+  };
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    switch (tag) {
+      case SPAN_TRACE_ID:
+        span.traceId = hex(r.bytes());
+        break;
+      case SPAN_SPAN_ID:
+        span.spanId = hex(r.bytes());
+        break;
+      case SPAN_NAME:
+        span.name = r.string();
+        break;
+      case SPAN_KIND:
+        span.kind = r.int32();
+        break;
+      case SPAN_START:
+        span.startUnixUs = readNanosAsMicros(r);
+        break;
+      case SPAN_END:
+        span.endUnixUs = readNanosAsMicros(r);
+        break;
+      case SPAN_ATTRIBUTE:
+        readKeyValue(r, span.attributes);
+        break;
+      case SPAN_STATUS: {
+        const end = r.uint32() + r.pos;
+        if (end > r.len) throw new RangeError('status length beyond the span');
+        while (r.pos < end) {
+          const t = r.uint32();
+          if (t === STATUS_CODE) span.statusCode = r.int32();
+          else r.skipType(t & 7);
+        }
+        break;
+      }
+      default:
+        r.skipType(tag & 7);
+    }
+  }
+  return span;
 }
 
 /**
@@ -97,9 +193,7 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
       let resource: Attributes = {};
       const scopeSpansList: Uint8Array[] = [];
       eachField(resourceSpans, 1, (res) => {
-        resource = attributesOf(
-          (ProtoResource.decode(res) as unknown as { attributes: PKeyValue[] }).attributes,
-        );
+        resource = readAttributesOnly(res, RESOURCE_ATTRIBUTE);
       });
       eachField(resourceSpans, 2, (ss) => scopeSpansList.push(ss));
       const instanceId = resource[RESOURCE_SERVICE_INSTANCE_ID];
@@ -107,28 +201,19 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
       for (const scopeSpans of scopeSpansList) {
         let scopeName = '';
         eachField(scopeSpans, 1, (scope) => {
-          scopeName = (ProtoScope.decode(scope) as unknown as { name: string }).name;
+          const r = Reader.create(scope);
+          while (r.pos < r.len) {
+            const tag = r.uint32();
+            if (tag === SCOPE_NAME) scopeName = r.string();
+            else r.skipType(tag & 7);
+          }
         });
         eachField(scopeSpans, 2, (spanBytes) => {
-          let s: PSpan;
           try {
-            s = ProtoSpan.decode(spanBytes) as unknown as PSpan;
+            spans.push(readSpan(spanBytes, resource, scopeName));
           } catch {
             malformed++;
-            return;
           }
-          spans.push({
-            traceId: hex(s.traceId),
-            spanId: hex(s.spanId),
-            name: s.name,
-            kind: s.kind,
-            startUnixUs: nanosToMicros(s.startTimeUnixNano),
-            endUnixUs: nanosToMicros(s.endTimeUnixNano),
-            statusCode: s.status?.code ?? 0,
-            attributes: attributesOf(s.attributes),
-            resource,
-            scopeName,
-          });
         });
       }
     });

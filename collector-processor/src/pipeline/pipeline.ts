@@ -1,11 +1,4 @@
-import {
-  type Directive,
-  periodOf,
-  type RatedCall,
-  REJECT_REASONS,
-  type RejectReason,
-  type ToolCall,
-} from '@tollgate/contracts';
+import { type Directive, periodOf, type RatedCall, type ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Lander } from '../landing/lander.js';
@@ -16,28 +9,12 @@ import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
 import { countsTowardUsage, rateCall } from '../rating/rate.js';
-import type { AcceptedRecord, Spool } from '../spool/spool.js';
+import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { TollgateError } from './errors.js';
+import { decodeOtlp, extractOptions, type SelectionWindow, selectCalls } from './select.js';
+import { RejectionTally } from './tally.js';
 
-/** Rejections of one request, by reason, with the first detail of each (for the partial-success message). */
-export class RejectionTally {
-  readonly counts = new Map<RejectReason, { n: number; detail: string }>();
-  total = 0;
-  add(reason: RejectReason, detail = ''): void {
-    const cur = this.counts.get(reason);
-    if (cur) cur.n++;
-    else this.counts.set(reason, { n: 1, detail });
-    this.total++;
-  }
-  message(): string {
-    if (this.total === 0) return '';
-    const parts = [...this.counts].map(
-      ([reason, { n, detail }]) =>
-        `${reason} ×${n} (${REJECT_REASONS[reason]}${detail ? `; e.g. ${detail}` : ''})`,
-    );
-    return `rejected ${this.total}: ${parts.join('; ')}`;
-  }
-}
+export { RejectionTally };
 
 export interface AcceptResult {
   accepted: number;
@@ -58,12 +35,21 @@ export interface Enforcer {
 
 export type RedisLike = Redis | Cluster;
 
-export interface PipelineOptions {
+export interface PipelineOptions extends SelectionWindow {
   failMode: 'open' | 'closed';
   maxBacklogRows: number;
-  /** Accepted span age (hours): dedup claims are kept this long plus a day. */
-  maxSpanAgeHours: number;
   instanceId: string;
+}
+
+/** What one request hands to the pipeline: the calls selected from it and the payload they came from. */
+export interface AcceptInput {
+  product: string;
+  defaultCustomer: string | undefined;
+  receivedAtMs: number;
+  calls: readonly ToolCall[];
+  rejected: RejectionTally;
+  /** The decoded request body (OTLP) that the spool keeps; absent for usage events (their calls are kept). */
+  payload?: { format: Exclude<PayloadFormat, 'calls-json'>; bytes: Buffer };
 }
 
 interface Prepared {
@@ -157,24 +143,26 @@ export class Pipeline {
   }
 
   /** Accepts the calls of one export. Resolves once they are durable; throws TollgateError for retryable refusals. */
-  async accept(product: string, calls: readonly ToolCall[], rejected: RejectionTally): Promise<AcceptResult> {
+  async accept(input: AcceptInput): Promise<AcceptResult> {
     if (this.lander.backlogRows >= this.opts.maxBacklogRows) {
       throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
     }
+    const { product, rejected } = input;
     const book = this.plans.current;
-    const prepared = this.prepare(book, product, calls, rejected);
+    const prepared = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
     if (prepared.length === 0) return { accepted: 0, duplicates: 0, directives: [] };
 
     const rid = this.nextRid();
-    const receivedAtMs = Date.now();
     const record: AcceptedRecord = {
       t: 'a',
       rid,
       product,
       planVersion: book.version,
-      receivedAtMs,
-      calls: prepared.map((p) => p.call),
+      receivedAtMs: input.receivedAtMs,
+      defaultCustomer: input.defaultCustomer,
+      format: input.payload?.format ?? 'calls-json',
+      payload: input.payload?.bytes ?? Buffer.from(JSON.stringify(prepared.map((p) => p.call))),
     };
     try {
       await this.spool.appendAccepted(record);
@@ -184,7 +172,7 @@ export class Pipeline {
     }
     this.metrics.callsAccepted.inc({ product }, prepared.length);
     try {
-      return await this.meterRateLand(rid, product, prepared, receivedAtMs);
+      return await this.meterRateLand(rid, product, prepared, input.receivedAtMs);
     } catch (err) {
       // Fail-closed refusal. Some customers' calls may already be claimed under this record, so it is
       // not abandoned: it is finished in the background once Redis is back, and the sender's retry is
@@ -192,6 +180,13 @@ export class Pipeline {
       if (err instanceof TollgateError && err.code === 'TG_REDIS_UNAVAILABLE') void this.replay([record]);
       throw err;
     }
+  }
+
+  /** The calls of a spool record, selected exactly as when it was accepted. */
+  private callsOf(rec: AcceptedRecord): ToolCall[] {
+    if (rec.format === 'calls-json') return JSON.parse(rec.payload.toString('utf8')) as ToolCall[];
+    const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs);
+    return selectCalls(decodeOtlp(rec.format, rec.payload), opts, new RejectionTally());
   }
 
   /** Re-processes spool records left unlanded by a previous run (in order). */
@@ -204,7 +199,7 @@ export class Pipeline {
           'plan snapshot missing; replaying under the current plans',
         );
       }
-      const prepared = this.prepare(book, rec.product, rec.calls, new RejectionTally());
+      const prepared = this.prepare(book, rec.product, this.callsOf(rec), new RejectionTally());
       for (;;) {
         try {
           await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);

@@ -1,12 +1,6 @@
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
-import {
-  type Directive,
-  extractToolCall,
-  type ToolCall,
-  toolCallFromUsageEvent,
-  UsageEventSchema,
-} from '@tollgate/contracts';
+import { type Directive, type ToolCall, toolCallFromUsageEvent, UsageEventSchema } from '@tollgate/contracts';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -16,18 +10,17 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
-import { decodeJsonExport } from '../otlp/decode-json.js';
-import { decodeProtobufExport } from '../otlp/decode-protobuf.js';
 import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
 import { CONTENT_TYPE, encodeExportResponse, encodeRpcStatus, type WireFormat } from '../otlp/response.js';
 import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/errors.js';
-import { type Pipeline, RejectionTally } from '../pipeline/pipeline.js';
+import type { Pipeline } from '../pipeline/pipeline.js';
+import { decodeOtlp, extractOptions, selectCalls } from '../pipeline/select.js';
+import { RejectionTally } from '../pipeline/tally.js';
 import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
 
 const gunzipAsync = promisify(gunzip);
 
-/** Instrumentation scope name of the Tollgate SDK (its spans are recorded with source `sdk`). */
-export const SDK_SCOPE_NAME = '@tollgate/instrumentation';
+export { SDK_SCOPE_NAME } from '../pipeline/select.js';
 
 export interface ReceiverOptions {
   bodyLimitBytes: number;
@@ -35,6 +28,8 @@ export interface ReceiverOptions {
   maxInFlight: number;
   maxSpanAgeHours: number;
   maxFutureSeconds: number;
+  /** `decode-only`: decode and select, then discard (benchmark floor). */
+  mode: 'full' | 'decode-only';
 }
 
 export interface ReceiverDeps {
@@ -171,37 +166,47 @@ export function buildReceiver(
     }
   }
 
-  const extractOpts = (identity: IngestIdentity) => ({
-    defaultCustomer: identity.defaultCustomer,
-    sdkScopeName: SDK_SCOPE_NAME,
-    nowUnixUs: Date.now() * 1000,
-    maxAgeUs: opts.maxSpanAgeHours * 3_600_000_000,
-    maxFutureUs: opts.maxFutureSeconds * 1_000_000,
-  });
-
   app.post('/v1/traces', async (req, reply) => {
     const started = performance.now();
     const identity = req.tollgateIdentity as IngestIdentity;
     const format = wireFormatOf(req);
     const body = await bodyOf(req);
+    const receivedAtMs = Date.now();
     let decoded: DecodedExport;
     try {
-      decoded = format === 'protobuf' ? decodeProtobufExport(body) : decodeJsonExport(body);
+      decoded = decodeOtlp(format === 'protobuf' ? 'otlp-protobuf' : 'otlp-json', body);
     } catch (err) {
       if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
       throw err;
     }
     metrics.spansReceived.inc(decoded.spans.length + decoded.malformed);
     const rejected = new RejectionTally();
-    for (let i = 0; i < decoded.malformed; i++) rejected.add('malformed_span');
-    const calls: ToolCall[] = [];
-    const xo = extractOpts(identity);
-    for (const span of decoded.spans) {
-      const x = extractToolCall(span, xo);
-      if (x.kind === 'call') calls.push(x.call);
-      else if (x.kind === 'rejected') rejected.add(x.reason, x.detail);
+    const calls = selectCalls(
+      decoded,
+      extractOptions(opts, identity.defaultCustomer, receivedAtMs),
+      rejected,
+    );
+    if (opts.mode === 'decode-only') {
+      metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
+      return reply
+        .code(200)
+        .type(CONTENT_TYPE[format])
+        .send(
+          encodeExportResponse(format, {
+            rejectedSpans: rejected.total,
+            errorMessage: rejected.message(),
+            directives: [],
+          }),
+        );
     }
-    const result = await pipeline.accept(identity.product, calls, rejected);
+    const result = await pipeline.accept({
+      product: identity.product,
+      defaultCustomer: identity.defaultCustomer,
+      receivedAtMs,
+      calls,
+      rejected,
+      payload: { format: format === 'protobuf' ? 'otlp-protobuf' : 'otlp-json', bytes: body },
+    });
     let directives: Directive[] = result.directives;
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds, []);
@@ -226,7 +231,8 @@ export function buildReceiver(
     const rejected = new RejectionTally();
     const problems: { index: number; id?: unknown; reason: string; message: string }[] = [];
     const calls: ToolCall[] = [];
-    const xo = extractOpts(identity);
+    const receivedAtMs = Date.now();
+    const xo = extractOptions(opts, identity.defaultCustomer, receivedAtMs);
     events.forEach((raw, index) => {
       const parsed = UsageEventSchema.safeParse(raw);
       const id = typeof raw === 'object' && raw !== null ? (raw as { id?: unknown }).id : undefined;
@@ -267,7 +273,13 @@ export function buildReceiver(
       }
       calls.push(call);
     });
-    const result = await pipeline.accept(identity.product, calls, rejected);
+    const result = await pipeline.accept({
+      product: identity.product,
+      defaultCustomer: identity.defaultCustomer,
+      receivedAtMs,
+      calls,
+      rejected,
+    });
     metrics.exports.inc({ endpoint: req.routeOptions.url ?? req.url, status: '200' });
     return reply.code(200).send({
       accepted: result.accepted,

@@ -2,7 +2,6 @@ import { mkdirSync, readdirSync, readFileSync, truncateSync, unlinkSync } from '
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { ToolCall } from '@tollgate/contracts';
 
 /**
  * The durable spool (write-ahead log) that makes an acknowledged export impossible to lose.
@@ -15,16 +14,24 @@ import type { ToolCall } from '@tollgate/contracts';
  * billed twice or dropped), and unfinished intents are re-sent with the same token (so ClickHouse keeps
  * one copy).
  *
- * Format: segment files `NNNNNNNN.wal` of lines `<crc32 hex> <json>`; a torn last line (crash mid-write,
- * never acknowledged) is cut off on open.
+ * Format: segment files `NNNNNNNN.wal` of binary records `[u32 length][u32 crc32][u16 header length]
+ * [header JSON][payload]`. An accepted record's payload is the request body as decoded bytes (OTLP
+ * protobuf or JSON) or the JSON of validated usage events: copying the body is far cheaper than
+ * serialising the calls, and replay re-runs the same deterministic selection. A torn or corrupt tail
+ * (crash mid-write, never acknowledged) is cut off on open.
  */
+export type PayloadFormat = 'otlp-protobuf' | 'otlp-json' | 'calls-json';
+
 export interface AcceptedRecord {
   t: 'a';
   rid: string;
   product: string;
   planVersion: string;
   receivedAtMs: number;
-  calls: ToolCall[];
+  /** The ingest key's default customer at the time (selection depends on it). */
+  defaultCustomer?: string | undefined;
+  format: PayloadFormat;
+  payload: Buffer;
 }
 export interface IntentRecord {
   t: 'i';
@@ -52,7 +59,8 @@ export interface Recovered {
   accepted: AcceptedRecord[];
   /** Blocks whose insert may or may not have happened: re-send exactly these with the same token. */
   intents: IntentRecord[];
-  corruptLines: number;
+  /** Older segments whose records stopped early at a corrupt record (the rest of that segment is lost). */
+  corruptSegments: number;
 }
 
 interface Pending {
@@ -64,21 +72,68 @@ interface Pending {
 
 const SEGMENT_RE = /^(\d{8})\.wal$/;
 
-function encodeLine(rec: SpoolRecord): Buffer {
-  const json = JSON.stringify(rec);
-  return Buffer.from(`${crc32(json).toString(16).padStart(8, '0')} ${json}\n`);
+const FRAME_HEADER = 10; // u32 length + u32 crc32 + u16 header length
+
+function encodeRecord(rec: SpoolRecord): Buffer {
+  const { payload, ...header } = rec as SpoolRecord & { payload?: Buffer };
+  const json = Buffer.from(JSON.stringify(header));
+  const body = payload ?? Buffer.alloc(0);
+  const out = Buffer.allocUnsafe(FRAME_HEADER + json.length + body.length);
+  out.writeUInt32LE(json.length + body.length + 2, 0);
+  out.writeUInt16LE(json.length, 8);
+  json.copy(out, FRAME_HEADER);
+  body.copy(out, FRAME_HEADER + json.length);
+  out.writeUInt32LE(crc32(out.subarray(8)), 4);
+  return out;
 }
 
-function decodeLine(line: string): SpoolRecord | undefined {
-  const sp = line.indexOf(' ');
-  if (sp !== 8) return undefined;
-  const json = line.slice(9);
-  if (crc32(json).toString(16).padStart(8, '0') !== line.slice(0, 8)) return undefined;
-  try {
-    return JSON.parse(json) as SpoolRecord;
-  } catch {
-    return undefined;
+/** Decodes the records of a segment; stops at the first torn or corrupt record and returns where. */
+function decodeRecords(buf: Buffer): { records: SpoolRecord[]; validBytes: number } {
+  const records: SpoolRecord[] = [];
+  let pos = 0;
+  while (pos + FRAME_HEADER <= buf.length) {
+    const len = buf.readUInt32LE(pos);
+    const end = pos + 8 + len;
+    if (len < 2 || end > buf.length) break;
+    if (crc32(buf.subarray(pos + 8, end)) !== buf.readUInt32LE(pos + 4)) break;
+    const headerLen = buf.readUInt16LE(pos + 8);
+    if (FRAME_HEADER + headerLen > 8 + len) break;
+    let header: SpoolRecord;
+    try {
+      header = JSON.parse(
+        buf.subarray(pos + FRAME_HEADER, pos + FRAME_HEADER + headerLen).toString('utf8'),
+      ) as SpoolRecord;
+    } catch {
+      break;
+    }
+    if (header.t === 'a') header.payload = Buffer.from(buf.subarray(pos + FRAME_HEADER + headerLen, end));
+    records.push(header);
+    pos = end;
   }
+  return { records, validBytes: pos };
+}
+
+/**
+ * Reads a spool directory without changing it: how many accepted records are not landed yet. For
+ * operators (and the crash test) to see what a restart will replay.
+ */
+export function inspectSpool(dir: string): { pendingRecords: number; openIntents: number } {
+  const accepted = new Set<string>();
+  const intents = new Map<string, string[]>();
+  const segs = readdirSync(dir)
+    .filter((f) => SEGMENT_RE.test(f))
+    .sort();
+  for (const f of segs) {
+    for (const rec of decodeRecords(readFileSync(join(dir, f))).records) {
+      if (rec.t === 'a') accepted.add(rec.rid);
+      else if (rec.t === 'i') intents.set(rec.bid, rec.rids);
+      else if (rec.t === 'd') {
+        for (const rid of intents.get(rec.bid) ?? []) accepted.delete(rid);
+        intents.delete(rec.bid);
+      } else if (rec.t === 'x') accepted.delete(rec.rid);
+    }
+  }
+  return { pendingRecords: accepted.size, openIntents: intents.size };
 }
 
 export class Spool {
@@ -118,26 +173,19 @@ export class Spool {
   private recover(): Recovered {
     const accepted = new Map<string, { rec: AcceptedRecord; seg: number }>();
     const intents = new Map<string, IntentRecord>();
-    let corruptLines = 0;
+    let corruptSegments = 0;
     const segs = this.segments();
     segs.forEach((seg, i) => {
-      const text = readFileSync(this.path(seg), 'utf8');
-      const lines = text.split('\n');
-      // A file ends with '\n', so the last element is '' unless the tail was torn mid-line.
-      const records = lines.map((line) => (line ? decodeLine(line) : undefined));
-      let lastGood = records.length - 1;
-      while (lastGood >= 0 && !records[lastGood]) lastGood--;
-      if (i === segs.length - 1) {
-        // A torn or corrupt tail of the newest segment was written but never fsynced, so never
-        // acknowledged: cut it off.
-        const keep = lines.slice(0, lastGood + 1).reduce((n, l) => n + Buffer.byteLength(l) + 1, 0);
-        if (keep < Buffer.byteLength(text)) truncateSync(this.path(seg), keep);
+      const buf = readFileSync(this.path(seg));
+      const { records, validBytes } = decodeRecords(buf);
+      if (validBytes < buf.length) {
+        if (i === segs.length - 1) {
+          // A torn or corrupt tail of the newest segment was written but never fsynced, so never
+          // acknowledged: cut it off.
+          truncateSync(this.path(seg), validBytes);
+        } else corruptSegments++;
       }
-      records.forEach((rec, j) => {
-        if (!rec) {
-          if (j <= lastGood) corruptLines++;
-          return;
-        }
+      for (const rec of records) {
         if (rec.t === 'a') accepted.set(rec.rid, { rec, seg });
         else if (rec.t === 'i') intents.set(rec.bid, rec);
         else if (rec.t === 'd') {
@@ -145,13 +193,13 @@ export class Spool {
           if (intent) for (const rid of intent.rids) accepted.delete(rid);
           intents.delete(rec.bid);
         } else if (rec.t === 'x') accepted.delete(rec.rid);
-      });
+      }
     });
     for (const { rec, seg } of accepted.values()) this.track(rec.rid, seg);
     // Segments holding nothing pending can go right away.
     for (const seg of segs) if (!this.live.has(seg)) unlinkSync(this.path(seg));
     const pendingIntents = [...intents.values()].filter((it) => it.rids.every((rid) => accepted.has(rid)));
-    return { accepted: [...accepted.values()].map((v) => v.rec), intents: pendingIntents, corruptLines };
+    return { accepted: [...accepted.values()].map((v) => v.rec), intents: pendingIntents, corruptSegments };
   }
 
   private track(rid: string, seg: number): void {
@@ -218,7 +266,7 @@ export class Spool {
   private enqueue(rec: SpoolRecord, sync: boolean): Promise<void> {
     if (this.closed) return Promise.reject(new Error('spool is closed'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ buf: encodeLine(rec), sync, resolve, reject });
+      this.queue.push({ buf: encodeRecord(rec), sync, resolve, reject });
       if (!this.writing) void this.drain();
     });
   }

@@ -1,0 +1,50 @@
+import { type ExtractOptions, extractToolCall, type ToolCall } from '@tollgate/contracts';
+import { decodeJsonExport } from '../otlp/decode-json.js';
+import { decodeProtobufExport } from '../otlp/decode-protobuf.js';
+import type { DecodedExport } from '../otlp/decoded.js';
+import type { PayloadFormat } from '../spool/spool.js';
+import type { RejectionTally } from './tally.js';
+
+/** Instrumentation scope name of the Tollgate SDK (its spans are recorded with source `sdk`). */
+export const SDK_SCOPE_NAME = '@tollgate/instrumentation';
+
+export interface SelectionWindow {
+  maxSpanAgeHours: number;
+  maxFutureSeconds: number;
+}
+
+/** Extraction options as of `nowMs` (the receipt time, also on replay, so selection is deterministic). */
+export function extractOptions(
+  window: SelectionWindow,
+  defaultCustomer: string | undefined,
+  nowMs: number,
+): ExtractOptions {
+  return {
+    defaultCustomer,
+    sdkScopeName: SDK_SCOPE_NAME,
+    nowUnixUs: nowMs * 1000,
+    maxAgeUs: window.maxSpanAgeHours * 3_600_000_000,
+    maxFutureUs: window.maxFutureSeconds * 1_000_000,
+  };
+}
+
+/** Decodes an OTLP body (throws DecodeError when unreadable). */
+export function decodeOtlp(format: PayloadFormat, body: Uint8Array): DecodedExport {
+  return format === 'otlp-protobuf' ? decodeProtobufExport(body) : decodeJsonExport(body);
+}
+
+/** The billable tool calls of a decoded export; malformed and contract-breaking spans go to `rejected`. */
+export function selectCalls(
+  decoded: DecodedExport,
+  opts: ExtractOptions,
+  rejected: RejectionTally,
+): ToolCall[] {
+  for (let i = 0; i < decoded.malformed; i++) rejected.add('malformed_span');
+  const calls: ToolCall[] = [];
+  for (const span of decoded.spans) {
+    const x = extractToolCall(span, opts);
+    if (x.kind === 'call') calls.push(x.call);
+    else if (x.kind === 'rejected') rejected.add(x.reason, x.detail);
+  }
+  return calls;
+}

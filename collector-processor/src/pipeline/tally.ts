@@ -1,0 +1,21 @@
+import { REJECT_REASONS, type RejectReason } from '@tollgate/contracts';
+
+/** Rejections of one request, by reason, with the first detail of each (for the partial-success message). */
+export class RejectionTally {
+  readonly counts = new Map<RejectReason, { n: number; detail: string }>();
+  total = 0;
+  add(reason: RejectReason, detail = ''): void {
+    const cur = this.counts.get(reason);
+    if (cur) cur.n++;
+    else this.counts.set(reason, { n: 1, detail });
+    this.total++;
+  }
+  message(): string {
+    if (this.total === 0) return '';
+    const parts = [...this.counts].map(
+      ([reason, { n, detail }]) =>
+        `${reason} ×${n} (${REJECT_REASONS[reason]}${detail ? `; e.g. ${detail}` : ''})`,
+    );
+    return `rejected ${this.total}: ${parts.join('; ')}`;
+  }
+}
