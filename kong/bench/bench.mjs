@@ -5,17 +5,26 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { KONG_DIR, freePort, startNginx, startRedis, stop } from '../spec/integration/harness.mjs';
+import { freePort, KONG_DIR, startNginx, startRedis, stop } from '../spec/integration/harness.mjs';
 
 const duration = Number(process.argv[2] ?? 5);
 const connections = Number(process.argv[3] ?? 32);
 
-const BODY = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'search', arguments: { q: 'kong' } } });
+const BODY = JSON.stringify({
+  jsonrpc: '2.0',
+  id: 1,
+  method: 'tools/call',
+  params: { name: 'search', arguments: { q: 'kong' } },
+});
 
 function wrk(url, scriptFile) {
-  const out = execFileSync('wrk', ['-t1', `-c${connections}`, `-d${duration}s`, '--latency', '-s', scriptFile, url], {
-    encoding: 'utf8',
-  });
+  const out = execFileSync(
+    'wrk',
+    ['-t1', `-c${connections}`, `-d${duration}s`, '--latency', '-s', scriptFile, url],
+    {
+      encoding: 'utf8',
+    },
+  );
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
   const lat = (p) => {
     const m = new RegExp(`\\s${p}%\\s+([\\d.]+)(us|ms|s)`).exec(out);
@@ -43,14 +52,17 @@ const nginx = await startNginx({
 });
 
 const scriptFile = join(nginx.prefix, 'post.lua');
-writeFileSync(scriptFile, `wrk.method = "POST"
+writeFileSync(
+  scriptFile,
+  `wrk.method = "POST"
 wrk.body = ${JSON.stringify(BODY)}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["apikey"] = "key-bench"
 wrk.headers["X-Agent-Id"] = "agent-1"
 wrk.headers["Mcp-Session-Id"] = "bench-session"
-`);
+`,
+);
 
 const base = `http://127.0.0.1:${nginx.port}`;
 const rows = [];
@@ -75,12 +87,18 @@ try {
 const baseline = rows[1];
 const pad = (s, n) => String(s).padEnd(n);
 const num = (v, d = 0) => (Number.isFinite(v) ? v.toFixed(d) : 'n/a');
-console.log(`wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call`);
-console.log(`${pad('path', 32)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad("req/s ratio", 13)}CPU us/req vs runloop`);
+console.log(
+  `wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call`,
+);
+console.log(
+  `${pad('path', 32)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}CPU us/req vs runloop`,
+);
 for (const r of rows) {
   // one nginx worker saturated: 1/rps is the worker's time per request
   const added = (1 / r.rps - 1 / baseline.rps) * 1e6;
-  console.log(`${pad(r.name, 32)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${num(added, 0)}`);
+  console.log(
+    `${pad(r.name, 32)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${num(added, 0)}`,
+  );
 }
 console.log('wrk, nginx, redis-server and the upstream share the machine: treat the numbers as relative.');
 if (rows.some((r) => r.non2xx > 0 || !Number.isFinite(r.rps))) process.exitCode = 1;

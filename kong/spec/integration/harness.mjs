@@ -107,7 +107,16 @@ function startProcess(cmd, args, opts = {}) {
 
 export async function startRedis() {
   const port = await freePort();
-  const child = startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+  const child = startProcess('redis-server', [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
   await waitFor(`redis-server on ${port}`, async () => (await redis(port, 'PING')) === 'PONG');
   return { port, child };
 }
@@ -118,26 +127,50 @@ export async function startRedisCluster(n = 3) {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-rc-'));
   for (let i = 0; i < n; i++) {
     const port = await freePort();
-    const child = startProcess('redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`),
-    ], { cwd: dir });
+    const child = startProcess(
+      'redis-server',
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        join(dir, `nodes-${port}.conf`),
+      ],
+      { cwd: dir },
+    );
     nodes.push({ port, child });
   }
   for (const node of nodes) {
     await waitFor(`cluster node ${node.port}`, async () => (await redis(node.port, 'PING')) === 'PONG');
   }
-  const create = startProcess('redis-cli', ['--cluster', 'create', ...nodes.map((x) => `127.0.0.1:${x.port}`),
-    '--cluster-replicas', '0', '--cluster-yes']);
+  const create = startProcess('redis-cli', [
+    '--cluster',
+    'create',
+    ...nodes.map((x) => `127.0.0.1:${x.port}`),
+    '--cluster-replicas',
+    '0',
+    '--cluster-yes',
+  ]);
   const code = await new Promise((r) => create.on('exit', r));
   if (code !== 0) throw new Error(`redis-cli --cluster create failed: ${create.output}`);
-  await waitFor('cluster state ok', async () => {
-    for (const node of nodes) {
-      const info = await redis(node.port, 'CLUSTER', 'INFO');
-      if (!String(info).includes('cluster_state:ok')) return false;
-    }
-    return true;
-  }, 20000);
+  await waitFor(
+    'cluster state ok',
+    async () => {
+      for (const node of nodes) {
+        const info = await redis(node.port, 'CLUSTER', 'INFO');
+        if (!String(info).includes('cluster_state:ok')) return false;
+      }
+      return true;
+    },
+    20000,
+  );
   return { nodes, dir };
 }
 
@@ -157,7 +190,9 @@ export async function stopRedisCluster(cluster) {
 
 export async function startUpstream() {
   const port = await freePort();
-  const child = startProcess(process.execPath, [join(HERE, 'mcp-server.mjs'), String(port)], { cwd: KONG_DIR });
+  const child = startProcess(process.execPath, [join(HERE, 'mcp-server.mjs'), String(port)], {
+    cwd: KONG_DIR,
+  });
   await waitFor(`MCP upstream on ${port}`, () => tcpOpen(port));
   return { port, child };
 }

@@ -11,8 +11,8 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LATEST_PROTOCOL_VERSION } from '@modelcontextprotocol/sdk/types.js';
 import {
-  KONG_DIR,
   freePort,
+  KONG_DIR,
   redis,
   redisCluster,
   startNginx,
@@ -40,7 +40,11 @@ let testSeq = 0;
 const consumers = {
   'key-alice': { id: '8f2e1c4a-0000-4000-8000-000000000001', username: 'alice', custom_id: 'cus_alice' },
   'key-kill': { id: '8f2e1c4a-0000-4000-8000-000000000002', username: 'bob', custom_id: 'cus_killed' },
-  'key-throttle': { id: '8f2e1c4a-0000-4000-8000-000000000003', username: 'carol', custom_id: 'cus_throttled' },
+  'key-throttle': {
+    id: '8f2e1c4a-0000-4000-8000-000000000003',
+    username: 'carol',
+    custom_id: 'cus_throttled',
+  },
   'key-batch': { id: '8f2e1c4a-0000-4000-8000-000000000004', username: 'dave', custom_id: 'cus_batch' },
 };
 const CLUSTER_CUSTOMERS = ['cus_cl_1', 'cus_cl_2', 'cus_cl_3', 'cus_cl_4', 'cus_cl_5', 'cus_cl_6'];
@@ -63,7 +67,11 @@ before(async () => {
       down_open: { ...common, redis_port: deadPort, fault_tolerant: true },
       down_closed: { ...common, redis_port: deadPort, fault_tolerant: false },
       frozen: { ...common, redis_port: redisFrozen.port, fault_tolerant: true },
-      cluster: { ...common, fault_tolerant: false, redis_cluster_nodes: [{ ip: '127.0.0.1', port: cluster.nodes[0].port }] },
+      cluster: {
+        ...common,
+        fault_tolerant: false,
+        redis_cluster_nodes: [{ ip: '127.0.0.1', port: cluster.nodes[0].port }],
+      },
     },
   });
   base = `http://127.0.0.1:${nginx.port}`;
@@ -100,7 +108,10 @@ async function spansOf(testId) {
 function attrsOf(span) {
   const out = {};
   for (const { key, value } of span.attributes ?? []) {
-    out[key] = value.stringValue ?? value.doubleValue ?? (value.intValue !== undefined ? Number(value.intValue) : value.boolValue);
+    out[key] =
+      value.stringValue ??
+      value.doubleValue ??
+      (value.intValue !== undefined ? Number(value.intValue) : value.boolValue);
   }
   return out;
 }
@@ -142,12 +153,16 @@ async function messagesOf(res) {
 
 /** initialize + notifications/initialized over raw HTTP; returns headers for the session. */
 async function openSession(path, headers) {
-  const init = await post(path, {
-    jsonrpc: '2.0',
-    id: 0,
-    method: 'initialize',
-    params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
-  }, headers);
+  const init = await post(
+    path,
+    {
+      jsonrpc: '2.0',
+      id: 0,
+      method: 'initialize',
+      params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
+    },
+    headers,
+  );
   assert.equal(init.status, 200, await init.clone().text());
   await messagesOf(init);
   const sid = init.headers.get('mcp-session-id');
@@ -159,20 +174,31 @@ async function openSession(path, headers) {
 }
 
 function toolCall(id, name, args, meta) {
-  return { jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: args, ...(meta ? { _meta: meta } : {}) } };
+  return {
+    jsonrpc: '2.0',
+    id,
+    method: 'tools/call',
+    params: { name, arguments: args, ...(meta ? { _meta: meta } : {}) },
+  };
 }
 
 async function sdkClient(path, headers) {
-  const transport = new StreamableHTTPClientTransport(new URL(`${base}${path}`), { requestInit: { headers } });
+  const transport = new StreamableHTTPClientTransport(new URL(`${base}${path}`), {
+    requestInit: { headers },
+  });
   const client = new Client({ name: 'tollgate-kong-it', version: '1.0.0' });
   await client.connect(transport);
   return client;
 }
 
 describe('allowed calls', () => {
-  it('SDK client over JSON responses: the call is answered and Kong\'s root span carries the MCP attributes', async () => {
+  it("SDK client over JSON responses: the call is answered and Kong's root span carries the MCP attributes", async () => {
     const testId = nextId('sdk-json');
-    const client = await sdkClient('/main/json/mcp', { apikey: 'key-alice', 'x-agent-id': 'agent-7', 'x-test-id': testId });
+    const client = await sdkClient('/main/json/mcp', {
+      apikey: 'key-alice',
+      'x-agent-id': 'agent-7',
+      'x-test-id': testId,
+    });
     const result = await client.callTool({ name: 'echo', arguments: { text: 'hello' } });
     assert.deepEqual(result.content, [{ type: 'text', text: 'hello' }]);
     const sessionId = client.transport.sessionId;
@@ -269,8 +295,10 @@ describe('SSE streaming', () => {
     }
     const total = Date.now() - started;
     assert.ok(total >= 1200, `the tool takes >= 1.2 s (took ${total} ms)`);
-    assert.ok(firstStepAt !== undefined && firstStepAt < total - 700,
-      `first event after ${firstStepAt} ms, stream ended after ${total} ms`);
+    assert.ok(
+      firstStepAt !== undefined && firstStepAt < total - 700,
+      `first event after ${firstStepAt} ms, stream ended after ${total} ms`,
+    );
     assert.match(text, /done after 3 steps/);
     const root = allSpans(await spansOf(testId)).find((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
     assert.equal(attrsOf(root)['gen_ai.tool.name'], 'slow');
@@ -280,7 +308,13 @@ describe('SSE streaming', () => {
 
 describe('enforcement from Redis', () => {
   it('killed customer: 403 with a JSON-RPC error, the upstream never sees the call', async () => {
-    await redis(redisMain.port, 'HSET', `tg:{${PRODUCT}:cus_killed}:state`, 'c', 'kill|hard_limit:spend_per_period|0||');
+    await redis(
+      redisMain.port,
+      'HSET',
+      `tg:{${PRODUCT}:cus_killed}:state`,
+      'c',
+      'kill|hard_limit:spend_per_period|0||',
+    );
     const testId = nextId('kill');
     const headers = await openSession('/main/json/mcp', { apikey: 'key-kill', 'x-test-id': testId });
     const before = await upstreamStats();
@@ -299,7 +333,11 @@ describe('enforcement from Redis', () => {
     });
     assert.deepEqual(await upstreamStats(), before);
     const spans = allSpans(await spansOf(testId));
-    assert.equal(spans.filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call').length, 0, 'a refused call is not billable');
+    assert.equal(
+      spans.filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call').length,
+      0,
+      'a refused call is not billable',
+    );
     const refused = spans.find((s) => attrsOf(s)['tollgate.enforcement'] === 'kill');
     assert.equal(attrsOf(refused)['tollgate.enforcement.reason'], 'hard_limit:spend_per_period');
     assert.equal(attrsOf(refused)['http.status_code'], 403);
@@ -316,16 +354,31 @@ describe('enforcement from Redis', () => {
   });
 
   it('a lifted kill lets calls through again after cache_ttl_ms', async () => {
-    await redis(redisMain.port, 'HSET', `tg:{${PRODUCT}:cus_killed}:state`, 's:lifted-session', 'kill|operator|0||');
+    await redis(
+      redisMain.port,
+      'HSET',
+      `tg:{${PRODUCT}:cus_killed}:state`,
+      's:lifted-session',
+      'kill|operator|0||',
+    );
     await redis(redisMain.port, 'HDEL', `tg:{${PRODUCT}:cus_killed}:state`, 'c');
     await new Promise((r) => setTimeout(r, 250));
-    const headers = await openSession('/main/json/mcp', { apikey: 'key-kill', 'x-test-id': nextId('lifted') });
+    const headers = await openSession('/main/json/mcp', {
+      apikey: 'key-kill',
+      'x-test-id': nextId('lifted'),
+    });
     const res = await post('/main/json/mcp', toolCall(1, 'echo', { text: 'back' }), headers);
     assert.equal(res.status, 200);
   });
 
-  it('throttled customer: paced at the state\'s rate, 429 with Retry-After beyond it', async () => {
-    await redis(redisMain.port, 'HSET', `tg:{${PRODUCT}:cus_throttled}:state`, 'c', 'throttle|margin_guard:throttle|0|1|700');
+  it("throttled customer: paced at the state's rate, 429 with Retry-After beyond it", async () => {
+    await redis(
+      redisMain.port,
+      'HSET',
+      `tg:{${PRODUCT}:cus_throttled}:state`,
+      'c',
+      'throttle|margin_guard:throttle|0|1|700',
+    );
     const testId = nextId('throttle');
     const headers = await openSession('/main/json/mcp', { apikey: 'key-throttle', 'x-test-id': testId });
     const first = await post('/main/json/mcp', toolCall(1, 'echo', { text: 'a' }), headers);
@@ -336,11 +389,18 @@ describe('enforcement from Redis', () => {
     assert.equal(second.headers.get('retry-after'), '1');
     const body = await second.json();
     assert.equal(body.id, 2);
-    assert.deepEqual(body.error.data, { reason: 'margin_guard:throttle', action: 'throttle', scope: 'customer', retryAfterSeconds: 1 });
+    assert.deepEqual(body.error.data, {
+      reason: 'margin_guard:throttle',
+      action: 'throttle',
+      scope: 'customer',
+      retryAfterSeconds: 1,
+    });
     await new Promise((r) => setTimeout(r, 1050));
     const third = await post('/main/json/mcp', toolCall(3, 'echo', { text: 'c' }), headers);
     assert.equal(third.status, 200);
-    const enforcement = allSpans(await spansOf(testId)).map((s) => attrsOf(s)['tollgate.enforcement']).filter(Boolean);
+    const enforcement = allSpans(await spansOf(testId))
+      .map((s) => attrsOf(s)['tollgate.enforcement'])
+      .filter(Boolean);
     assert.deepEqual(enforcement, ['paced', 'throttle', 'paced']);
   });
 });
@@ -349,11 +409,15 @@ describe('batches', () => {
   it('every tools/call of a batch is billable: root span for the first, a child span for the next', async () => {
     const testId = nextId('batch');
     const headers = await openSession('/main/json/mcp', { apikey: 'key-batch', 'x-test-id': testId });
-    const res = await post('/main/json/mcp', [
-      toolCall(1, 'echo', { text: 'one' }),
-      { jsonrpc: '2.0', id: 2, method: 'tools/list' },
-      toolCall('three', 'echo', { text: 'fail' }),
-    ], headers);
+    const res = await post(
+      '/main/json/mcp',
+      [
+        toolCall(1, 'echo', { text: 'one' }),
+        { jsonrpc: '2.0', id: 2, method: 'tools/list' },
+        toolCall('three', 'echo', { text: 'fail' }),
+      ],
+      headers,
+    );
     assert.equal(res.status, 200);
     const msgs = await messagesOf(res);
     assert.equal(msgs.length, 3);
@@ -374,12 +438,25 @@ describe('batches', () => {
   });
 
   it('a batch of a killed customer is refused with one error per request', async () => {
-    await redis(redisMain.port, 'HSET', `tg:{${PRODUCT}:cus_batch}:state`, 'a:bad-agent', 'kill|margin_guard:kill|0||-120');
+    await redis(
+      redisMain.port,
+      'HSET',
+      `tg:{${PRODUCT}:cus_batch}:state`,
+      'a:bad-agent',
+      'kill|margin_guard:kill|0||-120',
+    );
     const headers = await openSession('/main/sse/mcp', { apikey: 'key-batch', 'x-agent-id': 'bad-agent' });
-    const res = await post('/main/sse/mcp', [toolCall(1, 'echo', { text: 'x' }), { jsonrpc: '2.0', id: 2, method: 'tools/list' }], headers);
+    const res = await post(
+      '/main/sse/mcp',
+      [toolCall(1, 'echo', { text: 'x' }), { jsonrpc: '2.0', id: 2, method: 'tools/list' }],
+      headers,
+    );
     assert.equal(res.status, 403);
     const body = await res.json();
-    assert.deepEqual(body.map((m) => m.id), [1, 2]);
+    assert.deepEqual(
+      body.map((m) => m.id),
+      [1, 2],
+    );
     assert.equal(body[0].error.data.scope, 'agent');
   });
 });
@@ -442,7 +519,7 @@ describe('Redis down', () => {
 });
 
 describe('Redis Cluster', () => {
-  it('one HMGET per call on the customer\'s slot, following MOVED from the seed node', async () => {
+  it("one HMGET per call on the customer's slot, following MOVED from the seed node", async () => {
     const seed = cluster.nodes[0].port;
     let redirected = 0;
     for (const c of CLUSTER_CUSTOMERS) {
@@ -499,9 +576,17 @@ function normalizeExport(doc) {
 describe('fixture', () => {
   it('kong/fixtures/kong-otel-span.json is what this code path exports for one billed tools/call', async () => {
     const testId = nextId('fixture');
-    const headers = await openSession('/main/json/mcp', { apikey: 'key-alice', 'x-agent-id': 'agent-7', 'x-test-id': testId });
+    const headers = await openSession('/main/json/mcp', {
+      apikey: 'key-alice',
+      'x-agent-id': 'agent-7',
+      'x-test-id': testId,
+    });
     await fetch(`${base}/_spans?id=${testId}`); // drop the session set-up exports
-    const res = await post('/main/json/mcp', toolCall(42, 'echo', { text: 'bill me' }, { traceparent: CLIENT_TRACEPARENT }), headers);
+    const res = await post(
+      '/main/json/mcp',
+      toolCall(42, 'echo', { text: 'bill me' }, { traceparent: CLIENT_TRACEPARENT }),
+      headers,
+    );
     assert.equal(res.status, 200);
     await res.text();
     const exports = await spansOf(testId);

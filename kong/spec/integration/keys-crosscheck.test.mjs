@@ -28,7 +28,10 @@ before(async () => {
     const out = ts.transpileModule(src, {
       compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
     });
-    writeFileSync(join(dir, `${name}.mjs`), out.outputText.replaceAll("'./redis-keys.js'", "'./redis-keys.mjs'"));
+    writeFileSync(
+      join(dir, `${name}.mjs`),
+      out.outputText.replaceAll("'./redis-keys.js'", "'./redis-keys.mjs'"),
+    );
   }
   keysTs = await import(pathToFileURL(join(dir, 'redis-keys.mjs')).href);
   stateTs = await import(pathToFileURL(join(dir, 'enforcement-state.mjs')).href);
@@ -57,22 +60,45 @@ function lua(script, input) {
 }
 
 const IDS = [
-  'cus_1', 'a:b', '{tag}', '100%', 'with space', 'tab\there', 'nl\nx', '\u0000nul', '\u001f\u0020\u0021',
-  '%41', '}{', '::', 'café', '日本語', 'emoji 😀', '\u007f', 'x'.repeat(300), '',
+  'cus_1',
+  'a:b',
+  '{tag}',
+  '100%',
+  'with space',
+  'tab\there',
+  'nl\nx',
+  '\u0000nul',
+  '\u001f\u0020\u0021',
+  '%41',
+  '}{',
+  '::',
+  'café',
+  '日本語',
+  'emoji 😀',
+  '\u007f',
+  'x'.repeat(300),
+  '',
 ];
 
 describe('Redis keys: Lua == contracts/src/redis-keys.ts', () => {
   it('customer tag and state key', () => {
     const pairs = [];
     for (const p of ['acme', 'a:b', 'p%']) for (const c of IDS) pairs.push([p, c]);
-    const got = lua(`
+    const got = lua(
+      `
       for i, pc in ipairs(input) do
         local tag = keys.customer_tag(pc[1], pc[2])
         out[i] = { tag, keys.state_key(tag) }
-      end`, pairs);
+      end`,
+      pairs,
+    );
     pairs.forEach(([p, c], i) => {
       const tag = keysTs.customerTag(p, c);
-      assert.deepEqual(got[i], [tag, keysTs.redisKeys.state(tag)], `product ${JSON.stringify(p)} customer ${JSON.stringify(c)}`);
+      assert.deepEqual(
+        got[i],
+        [tag, keysTs.redisKeys.state(tag)],
+        `product ${JSON.stringify(p)} customer ${JSON.stringify(c)}`,
+      );
     });
   });
 
@@ -80,7 +106,9 @@ describe('Redis keys: Lua == contracts/src/redis-keys.ts', () => {
     const cases = [];
     for (const scope of ['customer', 'agent', 'session']) for (const id of IDS) cases.push([scope, id]);
     const got = lua(`for i, c in ipairs(input) do out[i] = keys.state_field(c[1], c[2]) end`, cases);
-    cases.forEach(([scope, id], i) => assert.equal(got[i], stateTs.stateField(scope, id), `${scope} ${JSON.stringify(id)}`));
+    cases.forEach(([scope, id], i) => {
+      assert.equal(got[i], stateTs.stateField(scope, id), `${scope} ${JSON.stringify(id)}`);
+    });
   });
 });
 
@@ -88,15 +116,32 @@ describe('enforcement state: Lua == contracts/src/enforcement-state.ts', () => {
   const NOW = 1_750_000_000_000;
   const values = () => [
     stateTs.encodeState({ action: 'kill', reason: 'hard_limit:spend_per_period', untilUnixMs: 0 }),
-    stateTs.encodeState({ action: 'throttle', reason: 'margin_guard:throttle', untilUnixMs: NOW + 5000, ratePerSecond: 2.5, marginBps: 850 }),
-    stateTs.encodeState({ action: 'warn', reason: 'margin_guard:warn', untilUnixMs: NOW - 1, marginBps: 1900 }),
+    stateTs.encodeState({
+      action: 'throttle',
+      reason: 'margin_guard:throttle',
+      untilUnixMs: NOW + 5000,
+      ratePerSecond: 2.5,
+      marginBps: 850,
+    }),
+    stateTs.encodeState({
+      action: 'warn',
+      reason: 'margin_guard:warn',
+      untilUnixMs: NOW - 1,
+      marginBps: 1900,
+    }),
     stateTs.encodeState({ action: 'kill', reason: 'operator', untilUnixMs: NOW + 1 }),
-    'kill', 'throttle|r|soon|fast|', 'resume|x|0||', '', 'kill|r|5|1|2|extra', 'warn||||-300',
+    'kill',
+    'throttle|r|soon|fast|',
+    'resume|x|0||',
+    '',
+    'kill|r|5|1|2|extra',
+    'warn||||-300',
   ];
 
   it('decodeState and stateInForce', () => {
     const VALUES = values();
-    const got = lua(`
+    const got = lua(
+      `
       for i, v in ipairs(input.values) do
         local s = state.decode(v)
         if s == nil then
@@ -109,7 +154,9 @@ describe('enforcement state: Lua == contracts/src/enforcement-state.ts', () => {
             inForce = state.in_force(s, input.now),
           }
         end
-      end`, { values: VALUES, now: NOW });
+      end`,
+      { values: VALUES, now: NOW },
+    );
     VALUES.forEach((v, i) => {
       const s = stateTs.decodeState(v);
       if (s === undefined) {
@@ -122,7 +169,8 @@ describe('enforcement state: Lua == contracts/src/enforcement-state.ts', () => {
         untilUnixMs: s.untilUnixMs,
         inForce: stateTs.stateInForce(s, NOW),
       };
-      if (s.ratePerSecond !== undefined) expected.ratePerSecond = Number.isNaN(s.ratePerSecond) ? 'NaN' : s.ratePerSecond;
+      if (s.ratePerSecond !== undefined)
+        expected.ratePerSecond = Number.isNaN(s.ratePerSecond) ? 'NaN' : s.ratePerSecond;
       if (s.marginBps !== undefined && !Number.isNaN(s.marginBps)) expected.marginBps = s.marginBps;
       assert.deepEqual(got[i], expected, JSON.stringify(v));
     });

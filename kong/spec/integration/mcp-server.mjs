@@ -19,7 +19,10 @@ const port = Number(process.argv[2]);
 const stats = { echo: 0, slow: 0, big: 0 };
 
 function buildServer() {
-  const server = new McpServer({ name: 'tollgate-kong-upstream', version: '1.0.0' }, { capabilities: { logging: {} } });
+  const server = new McpServer(
+    { name: 'tollgate-kong-upstream', version: '1.0.0' },
+    { capabilities: { logging: {} } },
+  );
   server.registerTool(
     'echo',
     { description: 'Echoes the text; "fail" is a tool error', inputSchema: { text: z.string() } },
@@ -31,11 +34,17 @@ function buildServer() {
   );
   server.registerTool(
     'slow',
-    { description: 'Streams log notifications before answering', inputSchema: { steps: z.number(), delayMs: z.number() } },
+    {
+      description: 'Streams log notifications before answering',
+      inputSchema: { steps: z.number(), delayMs: z.number() },
+    },
     async ({ steps, delayMs }, extra) => {
       stats.slow++;
       for (let i = 1; i <= steps; i++) {
-        await extra.sendNotification({ method: 'notifications/message', params: { level: 'info', data: `step ${i}` } });
+        await extra.sendNotification({
+          method: 'notifications/message',
+          params: { level: 'info', data: `step ${i}` },
+        });
         await new Promise((r) => setTimeout(r, delayMs));
       }
       return { content: [{ type: 'text', text: `done after ${steps} steps` }] };
@@ -61,7 +70,9 @@ async function handleMcp(mode, req, res, body) {
   if (!transport) {
     if (sid) {
       res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32001, message: 'Session not found' } }));
+      res.end(
+        JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32001, message: 'Session not found' } }),
+      );
       return;
     }
     transport = new StreamableHTTPServerTransport({
@@ -100,7 +111,9 @@ const http = createServer((req, res) => {
           body = JSON.parse(text);
         } catch {
           res.writeHead(400, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32700, message: 'Parse error' } }));
+          res.end(
+            JSON.stringify({ jsonrpc: '2.0', id: null, error: { code: -32700, message: 'Parse error' } }),
+          );
           return;
         }
       }
