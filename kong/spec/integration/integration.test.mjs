@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LATEST_PROTOCOL_VERSION } from '@modelcontextprotocol/sdk/types.js';
 import {
@@ -273,6 +274,30 @@ describe('allowed calls', () => {
     assert.equal(msg.result.content[0].text.length, 20000);
     const root = allSpans(await spansOf(testId)).find((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
     assert.equal(attrsOf(root)['gen_ai.tool.name'], 'echo');
+  });
+});
+
+describe('legacy HTTP+SSE transport', () => {
+  it('SDK SSEClientTransport: GET stream and POSTs pass, the call is billed with transport sse', async () => {
+    const testId = nextId('legacy');
+    const transport = new SSEClientTransport(new URL(`${base}/main/legacy/mcp`), {
+      requestInit: { headers: { apikey: 'key-alice', 'x-test-id': testId } },
+    });
+    const client = new Client({ name: 'tollgate-kong-it-legacy', version: '1.0.0' });
+    await client.connect(transport);
+    const result = await client.callTool({ name: 'echo', arguments: { text: 'fail' } });
+    assert.equal(result.isError, true);
+    const sessionId = transport._endpoint?.searchParams.get('sessionId');
+    assert.ok(sessionId, 'the endpoint event carried a session id');
+    const root = allSpans(await spansOf(testId)).find((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    await client.close();
+    const a = attrsOf(root);
+    assert.equal(a['tollgate.mcp.transport'], 'sse');
+    assert.equal(a['mcp.session.id'], sessionId);
+    assert.equal(a['gen_ai.tool.name'], 'echo');
+    assert.equal(a['http.response.status_code'], 202);
+    // the result travels on the GET stream: the POST's outcome stays unknown
+    assert.equal(a['error.type'], undefined);
   });
 });
 

@@ -2,6 +2,9 @@
 // (McpServer + StreamableHTTPServerTransport), stateful (one session per client), served twice:
 //   /json/mcp  answers POSTs with application/json (enableJsonResponse)
 //   /sse/mcp   answers POSTs with a text/event-stream
+//   /legacy/mcp (GET stream) + /legacy/messages?sessionId= (POST): the deprecated HTTP+SSE
+//              transport (SSEServerTransport); the POST endpoint it announces is prefixed with
+//              the X-Public-Prefix header the proxy sets
 // Tools:
 //   echo {text}                 returns the text; text "fail" returns isError: true
 //   slow {steps, delayMs}       sends `steps` log notifications, delayMs apart, then answers
@@ -12,6 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { SSEServerTransport } from '@modelcontextprotocol/sdk/server/sse.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import * as z from 'zod';
 
@@ -61,7 +65,24 @@ function buildServer() {
   return server;
 }
 
-const sessions = { json: new Map(), sse: new Map() };
+const sessions = { json: new Map(), sse: new Map(), legacy: new Map() };
+
+async function handleLegacy(url, req, res, body) {
+  if (req.method === 'GET' && url.pathname === '/legacy/mcp') {
+    const prefix = req.headers['x-public-prefix'] ?? '';
+    const transport = new SSEServerTransport(`${prefix}/legacy/messages`, res);
+    sessions.legacy.set(transport.sessionId, transport);
+    transport.onclose = () => sessions.legacy.delete(transport.sessionId);
+    await buildServer().connect(transport);
+    return;
+  }
+  const transport = sessions.legacy.get(url.searchParams.get('sessionId') ?? '');
+  if (req.method !== 'POST' || !transport) {
+    res.writeHead(404).end();
+    return;
+  }
+  await transport.handlePostMessage(req, res, body);
+}
 
 async function handleMcp(mode, req, res, body) {
   const map = sessions[mode];
@@ -100,7 +121,8 @@ const http = createServer((req, res) => {
         return;
       }
       const mode = url.pathname === '/json/mcp' ? 'json' : url.pathname === '/sse/mcp' ? 'sse' : undefined;
-      if (!mode) {
+      const legacy = url.pathname === '/legacy/mcp' || url.pathname === '/legacy/messages';
+      if (!mode && !legacy) {
         res.writeHead(404).end();
         return;
       }
@@ -117,7 +139,8 @@ const http = createServer((req, res) => {
           return;
         }
       }
-      await handleMcp(mode, req, res, body);
+      if (legacy) await handleLegacy(url, req, res, body);
+      else await handleMcp(mode, req, res, body);
     } catch (err) {
       console.error(err);
       if (!res.headersSent) res.writeHead(500);
