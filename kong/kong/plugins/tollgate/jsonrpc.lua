@@ -160,8 +160,10 @@ function _M.parse(body, hints)
     end
   end
 
-  if not batch and hints then
-    local msg = messages[1]
+  -- the headers mirror a single request for routing; a gateway that routed or billed on them
+  -- while the server runs the body could be fooled, so they must agree with the body
+  local msg = messages[1]
+  if not batch and hints and type(msg) == "table" and msg.method ~= nil then
     if hints.method and hints.method ~= msg.method then
       return nil, CODES.INVALID_REQUEST, "Invalid Request: Mcp-Method header does not match the body"
     end
