@@ -37,24 +37,27 @@ function wrk(url, scriptFile) {
 }
 
 const redisSrv = await startRedis();
-const staticPort = await freePort();
-const nginx = await startNginx({
-  template: join(KONG_DIR, 'bench', 'nginx.conf.tmpl'),
-  vars: { STATIC_PORT: staticPort },
-  upstreamPort: staticPort,
-  logLevel: 'warn',
-  consumers: { 'key-bench': { id: 'b', username: 'bench', custom_id: 'cus_bench' } },
-  node: { id: 'bench-node', version: '3.9.1' },
-  plugins: {
-    cached: { product: 'acme', redis_port: redisSrv.port },
-    uncached: { product: 'acme', redis_port: redisSrv.port, cache_ttl_ms: 0 },
-  },
-});
+const rows = [];
+let nginx;
+try {
+  const staticPort = await freePort();
+  nginx = await startNginx({
+    template: join(KONG_DIR, 'bench', 'nginx.conf.tmpl'),
+    vars: { STATIC_PORT: staticPort },
+    upstreamPort: staticPort,
+    logLevel: 'warn',
+    consumers: { 'key-bench': { id: 'b', username: 'bench', custom_id: 'cus_bench' } },
+    node: { id: 'bench-node', version: '3.9.1' },
+    plugins: {
+      cached: { product: 'acme', redis_port: redisSrv.port },
+      uncached: { product: 'acme', redis_port: redisSrv.port, cache_ttl_ms: 0 },
+    },
+  });
 
-const scriptFile = join(nginx.prefix, 'post.lua');
-writeFileSync(
-  scriptFile,
-  `wrk.method = "POST"
+  const scriptFile = join(nginx.prefix, 'post.lua');
+  writeFileSync(
+    scriptFile,
+    `wrk.method = "POST"
 wrk.body = ${JSON.stringify(BODY)}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
@@ -62,11 +65,9 @@ wrk.headers["apikey"] = "key-bench"
 wrk.headers["X-Agent-Id"] = "agent-1"
 wrk.headers["Mcp-Session-Id"] = "bench-session"
 `,
-);
+  );
 
-const base = `http://127.0.0.1:${nginx.port}`;
-const rows = [];
-try {
+  const base = `http://127.0.0.1:${nginx.port}`;
   wrk(`${base}/bare/mcp`, scriptFile); // warm-up
   for (const [name, path] of [
     ['nginx proxy, no Lua', '/bare/mcp'],
@@ -77,13 +78,12 @@ try {
     rows.push({ name, ...wrk(`${base}${path}`, scriptFile) });
   }
 } finally {
-  const log = nginx.errorLog();
+  const log = nginx ? nginx.errorLog() : '';
   await stop(nginx);
   await stop(redisSrv);
   if (/\[error\]/.test(log)) console.error(log);
 }
 
-// the plugin's own cost is measured against the Lua runloop (Kong always runs it), not bare nginx
 const baseline = rows[1];
 const pad = (s, n) => String(s).padEnd(n);
 const num = (v, d = 0) => (Number.isFinite(v) ? v.toFixed(d) : 'n/a');

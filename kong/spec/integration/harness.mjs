@@ -236,10 +236,15 @@ export async function startNginx({
   child.on('exit', () => {
     exited = true;
   });
-  await waitFor(`nginx on ${port}`, async () => {
-    if (exited) throw new Error(`nginx exited: ${child.output}${errorLog(prefix)}`);
-    return tcpOpen(port);
-  });
+  try {
+    await waitFor(`nginx on ${port}`, async () => {
+      if (exited) throw new Error(`nginx exited: ${child.output}${errorLog(prefix)}`);
+      return tcpOpen(port);
+    });
+  } catch (err) {
+    await stop({ child, prefix });
+    throw err;
+  }
   return { port, child, prefix, errorLog: () => errorLog(prefix) };
 }
 
