@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CI="${CI:-true}"
 npm test
+# The Kong plugin: busted specs under LuaJIT, then real nginx + Redis + MCP SDK upstream (installs its own
+# Debian packages); prints its own "N passed, N failed" line.
+bash kong/run-tests.sh

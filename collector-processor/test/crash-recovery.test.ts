@@ -1,16 +1,26 @@
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inspectSpool } from '../src/spool/spool.js';
 import { DEV_INGEST_KEY, TEST_PLANS, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
-import { type ServerProcess, sql, startServerProcess, waitExit } from './support/process.js';
+import { killPrivateRedis, type ServerProcess, sql, startServerProcess, waitExit } from './support/process.js';
 
 const dataDir = tempDir('tollgate-crash-');
 const plans = join(dataDir, 'plans.yaml');
 writeFileSync(plans, TEST_PLANS);
 const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100'];
 let server: ServerProcess | undefined;
+
+afterAll(async () => {
+  // Whatever happened, leave no process behind: the server, and the private redis-server it adopted.
+  if (server && server.child.exitCode === null && server.child.signalCode === null) {
+    server.child.kill('SIGTERM');
+    await waitExit(server.child);
+  }
+  killPrivateRedis(dataDir);
+  rmSync(dataDir, { recursive: true, force: true });
+});
 
 async function send(url: string, body: string): Promise<boolean> {
   try {

@@ -24,39 +24,7 @@ function millis(ms: number): string {
   return `${s}.${String(ms - s * 1000).padStart(3, '0')}`;
 }
 
-/** One TSV line (with its newline) for a rated call. */
+/** One TSV line (with its newline) for a rated call (a single template: no intermediate array). */
 export function encodeTsvRow(r: RatedCall): string {
-  return `${[
-    r.eventId,
-    r.traceId,
-    r.spanId,
-    escapeTsv(r.product),
-    escapeTsv(r.customer),
-    escapeTsv(r.agent),
-    escapeTsv(r.sessionId),
-    escapeTsv(r.tool),
-    r.transport,
-    r.source,
-    r.status,
-    escapeTsv(r.errorType),
-    escapeTsv(r.protocolVersion),
-    escapeTsv(r.instanceId),
-    micros(r.startUnixUs),
-    r.durationUs,
-    r.inputTokens,
-    r.outputTokens,
-    r.priceNano,
-    r.costNano,
-    r.priceCallNano,
-    r.priceInputNano,
-    r.priceOutputNano,
-    r.priceDurationNano,
-    r.tier,
-    escapeTsv(r.planId),
-    r.planVersion,
-    r.currency,
-    r.decision,
-    r.period,
-    millis(r.receivedAtMs),
-  ].join('\t')}\n`;
+  return `${r.eventId}\t${r.traceId}\t${r.spanId}\t${escapeTsv(r.product)}\t${escapeTsv(r.customer)}\t${escapeTsv(r.agent)}\t${escapeTsv(r.sessionId)}\t${escapeTsv(r.tool)}\t${r.transport}\t${r.source}\t${r.status}\t${escapeTsv(r.errorType)}\t${escapeTsv(r.protocolVersion)}\t${escapeTsv(r.instanceId)}\t${micros(r.startUnixUs)}\t${r.durationUs}\t${r.inputTokens}\t${r.outputTokens}\t${r.priceNano}\t${r.costNano}\t${r.priceCallNano}\t${r.priceInputNano}\t${r.priceOutputNano}\t${r.priceDurationNano}\t${r.tier}\t${escapeTsv(r.planId)}\t${r.planVersion}\t${r.currency}\t${r.decision}\t${r.period}\t${millis(r.receivedAtMs)}\n`;
 }

@@ -86,7 +86,7 @@ const DAY_SECONDS = 86_400;
 export class Pipeline {
   private seq = 0;
   private readonly bootId = Date.now().toString(36);
-  private readonly recent = new RecentIds(500_000);
+  private readonly recent = new RecentIds(100_000);
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
   private readonly localUsage = new Map<string, { n: number; tools: Map<string, number> }>();
   private redisDownSince: number | undefined;

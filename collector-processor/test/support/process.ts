@@ -1,4 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort } from '../../src/redis/private-redis.js';
 
@@ -65,4 +67,15 @@ export async function sql<T = Record<string, string>>(args: string[], query: str
     maxBuffer: 64 * 1024 * 1024,
   });
   return JSON.parse(stdout) as T[];
+}
+
+/** Stops the private redis-server a `tollgate start` left in `dataDir` (it survives a kill -9 by design). */
+export function killPrivateRedis(dataDir: string): void {
+  const file = join(dataDir, 'private-redis.json');
+  if (!existsSync(file)) return;
+  try {
+    process.kill((JSON.parse(readFileSync(file, 'utf8')) as { pid: number }).pid, 'SIGTERM');
+  } catch {
+    // already gone
+  }
 }
