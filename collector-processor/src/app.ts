@@ -6,6 +6,9 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { type Config, EMBEDDED_PLANS } from './config/settings.js';
+import { EnforcementAdmin } from './enforcement/admin.js';
+import { RedisEnforcer } from './enforcement/enforcer.js';
+import { EnforcementLog } from './enforcement/events.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
 import { createMetrics, type Metrics } from './metrics.js';
@@ -27,6 +30,8 @@ export interface Tollgate {
   pipeline: Pipeline | undefined;
   lander: Lander | undefined;
   plans: PlanStore | undefined;
+  /** Operator actions on enforcement state (processor role with enforcement on). */
+  admin: EnforcementAdmin | undefined;
   /** `http://host:port` of the OTLP receiver (processor role). */
   otlpUrl: string | undefined;
   /** `http://host:port` of the HTTP API (api role). */
@@ -192,6 +197,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let pipeline: Pipeline | undefined;
   let lander: Lander | undefined;
   let plans: PlanStore | undefined;
+  let admin: EnforcementAdmin | undefined;
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
   let receiver: ReturnType<typeof buildReceiver> | undefined;
@@ -252,6 +258,15 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         log.child({ component: 'pipeline' }),
         metrics,
       );
+      const events = new EnforcementLog(clickhouse.client, log.child({ component: 'enforcement' }));
+      if (s['enforcement.enabled']) {
+        const enforcer = new RedisEnforcer(redis, plans, events, log.child({ component: 'enforcement' }), metrics, {
+          maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
+        });
+        pipeline.enforcer = enforcer;
+        admin = new EnforcementAdmin(redis, enforcer, events);
+      }
+      stops.unshift(() => events.close());
       if (recovered.accepted.length) {
         log.info(
           { records: recovered.accepted.length, blocks: recovered.intents.length },
@@ -358,6 +373,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     pipeline,
     lander,
     plans,
+    admin,
     otlpUrl,
     apiUrl,
     stop,

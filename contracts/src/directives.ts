@@ -11,7 +11,8 @@
 export const DIRECTIVE_ACTIONS = ['warn', 'throttle', 'kill', 'resume'] as const;
 export type DirectiveAction = (typeof DIRECTIVE_ACTIONS)[number];
 
-export const DIRECTIVE_SCOPES = ['customer', 'agent', 'session'] as const;
+/** `tool`: one tool of the customer (its calls-per-tool limit is exhausted); the id is the tool name. */
+export const DIRECTIVE_SCOPES = ['customer', 'agent', 'session', 'tool'] as const;
 export type DirectiveScope = (typeof DIRECTIVE_SCOPES)[number];
 
 export interface Directive {

@@ -39,6 +39,12 @@ export const redisKeys = {
   /** Session counters (hash). */
   session: (tag: string, period: string, sessionId: string) =>
     `${KEY_PREFIX}:${tag}:s:${period}:${escapeKeyPart(sessionId)}`,
-  /** Enforcement state (hash): field `c` for the customer, `a:<agent>` and `s:<session>`. */
+  /** Enforcement state (hash): field `c` for the customer, `a:<agent>`, `s:<session>`, `t:<tool>`. */
   state: (tag: string) => `${KEY_PREFIX}:${tag}:state`,
+  /** Spool records whose calls were applied to the counters (hash rid → time), per receipt day. */
+  applied: (tag: string, day: string) => `${KEY_PREFIX}:${tag}:ap:${day}`,
+  /** Customers seen from one SDK instance (set of `product\tcustomer`), for heartbeats. */
+  instance: (instanceId: string) => `${KEY_PREFIX}:{i:${escapeKeyPart(instanceId)}}:customers`,
+  /** Customers of a product with enforcement state (set), for listing. */
+  stateIndex: (product: string) => `${KEY_PREFIX}:{x:${escapeKeyPart(product)}}:stateful`,
 } as const;

@@ -247,6 +247,14 @@ export const SETTINGS = [
     doc: 'How long a graceful shutdown waits for in-flight exports and the landing queue.',
   },
   {
+    key: 'enforcement.enabled',
+    flag: '--enforcement',
+    env: 'TOLLGATE_ENFORCEMENT',
+    kind: 'bool',
+    default: true,
+    doc: 'Hard limits, the margin guard and directives (Redis enforce.lua). Off: calls are still deduplicated and rated.',
+  },
+  {
     key: 'pipeline.mode',
     flag: '--pipeline-mode',
     env: 'TOLLGATE_PIPELINE_MODE',

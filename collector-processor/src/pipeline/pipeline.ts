@@ -24,13 +24,10 @@ export interface AcceptResult {
 
 /** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
 export interface Enforcer {
-  apply(product: string, rid: string, rated: readonly RatedCall[], redisUp: boolean): Promise<Directive[]>;
-  /** Directives for an export with no calls of this customer/instance (heartbeat). */
-  heartbeat(
-    product: string,
-    instanceIds: readonly string[],
-    customers: readonly string[],
-  ): Promise<Directive[]>;
+  /** Counts the calls against limits and the margin guard; may mark rows `over_limit`; returns directives. */
+  apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]>;
+  /** Directives for an export without calls (an idle SDK's heartbeat), by the sending instances. */
+  heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]>;
 }
 
 export type RedisLike = Redis | Cluster;
@@ -365,9 +362,7 @@ export class Pipeline {
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
-    const directives = this.enforcer
-      ? await this.enforcer.apply(product, rid, rated, unenforced.size === 0)
-      : [];
+    const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
     for (const row of rated) {
       tsv += encodeTsvRow(row);
       if (row.priceNano > 0n)

@@ -209,7 +209,7 @@ export function buildReceiver(
     });
     let directives: Directive[] = result.directives;
     if (calls.length === 0 && pipeline.enforcer) {
-      directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds, []);
+      directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
     deps.onSpansAccepted?.(body, format, identity);
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });

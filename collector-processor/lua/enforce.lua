@@ -1,0 +1,198 @@
+-- enforce.lua: hard limits and the margin guard for one customer's newly rated calls of one export,
+-- in one billing period and day (atomic).
+--
+-- KEYS[1] period counters (hash)   KEYS[2] enforcement state (hash)   KEYS[3] applied spool records (hash)
+-- KEYS[4] day counters (hash)      KEYS[5..] session counters (hashes), referenced by index from the calls
+-- ARGV[1] rid (spool record id)    ARGV[2] now (ms)    ARGV[3] period end (ms)    ARGV[4] day end (ms)
+-- ARGV[5] counter TTL (s)          ARGV[6] applied-marker TTL (s)
+-- ARGV[7] spend limit per period   ARGV[8] calls per day   ARGV[9] spend per session   (-1: no limit)
+-- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below
+-- ARGV[14] minimum revenue before the guard judges   ARGV[15] throttle rate (calls/s)
+-- ARGV[16] m, then m pairs: tool, calls-per-period limit
+-- then n, then n groups of 5: session key index (0 = none), session id, agent, tool, price|cost
+--
+-- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
+-- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
+-- decide what happens next (kill/throttle), and the call that crossed one is reported as over the limit.
+-- A spool record is applied at most once per customer (ARGV[1] in KEYS[3]): a replay after a crash
+-- recomputes directives without counting its calls twice.
+--
+-- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
+-- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,
+-- until_ms, changed (1 when this call created the state).
+local period, state, applied, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rid = ARGV[1]
+local now = tonumber(ARGV[2])
+local period_end = tonumber(ARGV[3])
+local day_end = tonumber(ARGV[4])
+local counter_ttl = tonumber(ARGV[5])
+local applied_ttl = tonumber(ARGV[6])
+local spend_limit = tonumber(ARGV[7])
+local day_limit = tonumber(ARGV[8])
+local session_limit = tonumber(ARGV[9])
+local guard_on = ARGV[10] == '1'
+local warn_bps, throttle_bps, kill_bps = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local min_revenue = tonumber(ARGV[14])
+local throttle_rate = ARGV[15]
+local m = tonumber(ARGV[16])
+local tool_limits = {}
+for j = 0, m - 1 do tool_limits[ARGV[17 + j * 2]] = tonumber(ARGV[18 + j * 2]) end
+local base = 17 + m * 2
+local n = tonumber(ARGV[base])
+
+local function escape(s)
+  return (string.gsub(s, '[%%{}:%z\1-\32]', function(c) return string.format('%%%02X', string.byte(c)) end))
+end
+
+local function parse(v)
+  if not v then return nil end
+  local action, reason, until_ms, rate, margin = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if not action then return nil end
+  local u = tonumber(until_ms) or 0
+  if u ~= 0 and u <= now then return nil end
+  return { action = action, reason = reason, until_ms = u, rate = rate, margin = margin }
+end
+
+local function encode(s)
+  return s.action .. '|' .. s.reason .. '|' .. s.until_ms .. '|' .. (s.rate or '') .. '|' .. (s.margin or '')
+end
+
+-- scope key -> { scope, id, field }
+local scopes = { { scope = 'customer', id = '', field = 'c' } }
+local seen = { c = true }
+local function scope_of(kind, id)
+  local prefix = kind == 'agent' and 'a:' or (kind == 'session' and 's:' or 't:')
+  local field = prefix .. escape(id)
+  if not seen[field] then
+    seen[field] = true
+    scopes[#scopes + 1] = { scope = kind, id = id, field = field }
+  end
+  return field
+end
+
+local current = {} -- field -> parsed state in force (or nil)
+local changed = {}
+local function get(field)
+  if current[field] == nil then current[field] = parse(redis.call('HGET', state, field)) or false end
+  return current[field] or nil
+end
+local function sticky(s)
+  -- operator decisions and kills stay until the period ends or an operator lifts them
+  return s and (s.action == 'kill' or string.sub(s.reason, 1, 8) == 'operator')
+end
+local function lifted(s)
+  return s and s.action == 'resume' and string.sub(s.reason, 1, 8) == 'operator'
+end
+local function set(field, s)
+  local prev = get(field)
+  if lifted(prev) and s.action ~= 'resume' then return end -- an operator lift holds until the period ends
+  if prev and prev.action == s.action and prev.reason == s.reason then
+    if s.margin ~= prev.margin then
+      prev.margin = s.margin
+      redis.call('HSET', state, field, encode(prev))
+    end
+    return
+  end
+  if sticky(prev) and s.action ~= 'kill' then return end
+  if prev and prev.action == 'kill' and s.action == 'kill' then return end -- first kill reason wins
+  current[field] = s
+  changed[field] = true
+  redis.call('HSET', state, field, encode(s))
+end
+local function clear_guard(field, margin)
+  local prev = get(field)
+  if prev and (prev.action == 'warn' or prev.action == 'throttle') and string.sub(prev.reason, 1, 13) == 'margin_guard:' then
+    -- the margin recovered: tell senders to resume, for a day
+    set(field, { action = 'resume', reason = 'margin_guard:recovered', until_ms = now + 86400000, rate = '', margin = margin })
+  end
+end
+
+local over = {}
+local already = redis.call('HEXISTS', applied, rid) == 1
+local spend = tonumber(redis.call('HGET', period, 'spend') or '0')
+local day_calls = tonumber(redis.call('HGET', day, 'calls') or '0')
+local sessions = {} -- key index -> { id, spend, revenue, cost }
+
+for i = 0, n - 1 do
+  local b = base + 1 + i * 5
+  local sk, sid, agent, tool = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local price, cost = string.match(ARGV[b + 4], '^(%-?%d+)|(%-?%d+)$')
+  if agent ~= '' then scope_of('agent', agent) end
+  if sid ~= '' then scope_of('session', sid) end
+  if tool_limits[tool] then scope_of('tool', tool) end
+  if not already then
+    spend = tonumber(redis.call('HINCRBY', period, 'spend', price))
+    redis.call('HINCRBY', period, 'cost', cost)
+    local tool_calls = tonumber(redis.call('HINCRBY', period, 'c:' .. tool, 1))
+    day_calls = tonumber(redis.call('HINCRBY', day, 'calls', 1))
+    local crossed = false
+    if spend_limit >= 0 and spend > spend_limit then
+      crossed = true
+      set('c', { action = 'kill', reason = 'hard_limit:spend_per_period', until_ms = period_end, rate = '', margin = '' })
+    end
+    if day_limit >= 0 and day_calls > day_limit then
+      crossed = true
+      set('c', { action = 'kill', reason = 'hard_limit:calls_per_day', until_ms = day_end, rate = '', margin = '' })
+    end
+    if tool_limits[tool] and tool_calls > tool_limits[tool] then
+      crossed = true
+      set(scope_of('tool', tool), { action = 'kill', reason = 'hard_limit:calls_per_tool', until_ms = period_end, rate = '', margin = '' })
+    end
+    if sk > 0 then
+      local key = KEYS[4 + sk]
+      local s_spend = tonumber(redis.call('HINCRBY', key, 'spend', price))
+      redis.call('HINCRBY', key, 'cost', cost)
+      redis.call('HINCRBY', key, 'calls', 1)
+      if session_limit >= 0 and s_spend > session_limit then
+        crossed = true
+        set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
+      end
+    end
+    if crossed then over[#over + 1] = i end
+  end
+  if sk > 0 and not sessions[sk] then sessions[sk] = sid end
+end
+
+if not already then
+  redis.call('HSET', applied, rid, now)
+  redis.call('EXPIRE', applied, applied_ttl)
+  redis.call('EXPIRE', period, counter_ttl)
+  redis.call('EXPIRE', day, counter_ttl)
+  for sk in pairs(sessions) do redis.call('EXPIRE', KEYS[4 + sk], counter_ttl) end
+end
+
+-- the margin guard: over the period (customer scope) and over each session of this export
+local function judge(field, revenue, cost)
+  if not guard_on or revenue < min_revenue or revenue <= 0 then return end
+  local margin = math.floor((revenue - cost) * 10000 / revenue)
+  local ms = tostring(margin)
+  if margin < kill_bps then
+    set(field, { action = 'kill', reason = 'margin_guard:kill', until_ms = period_end, rate = '', margin = ms })
+  elseif margin < throttle_bps then
+    set(field, { action = 'throttle', reason = 'margin_guard:throttle', until_ms = period_end, rate = throttle_rate, margin = ms })
+  elseif margin < warn_bps then
+    set(field, { action = 'warn', reason = 'margin_guard:warn', until_ms = period_end, rate = '', margin = ms })
+  else
+    clear_guard(field, ms)
+  end
+end
+judge('c', spend, tonumber(redis.call('HGET', period, 'cost') or '0'))
+for sk, sid in pairs(sessions) do
+  local key = KEYS[4 + sk]
+  judge(scope_of('session', sid), tonumber(redis.call('HGET', key, 'spend') or '0'), tonumber(redis.call('HGET', key, 'cost') or '0'))
+end
+
+local out = { #over }
+for _, i in ipairs(over) do out[#out + 1] = i end
+local dirs = {}
+for _, sc in ipairs(scopes) do
+  local s = get(sc.field)
+  if s then
+    dirs[#dirs + 1] = { s.action, sc.scope, sc.id, s.reason, s.margin or '', s.rate or '', tostring(s.until_ms), changed[sc.field] and 1 or 0 }
+  end
+end
+out[#out + 1] = #dirs
+for _, d in ipairs(dirs) do
+  for _, v in ipairs(d) do out[#out + 1] = v end
+end
+return out

@@ -1,0 +1,260 @@
+import { readFileSync } from 'node:fs';
+import {
+  customerTag,
+  type Directive,
+  type DirectiveAction,
+  type DirectiveScope,
+  decodeState,
+  type RatedCall,
+  redisKeys,
+  stateInForce,
+} from '@tollgate/contracts';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.js';
+import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
+import type { PlanStore } from '../plans/store.js';
+import type { EnforcementLog } from './events.js';
+import { dayEndMs, dayOf, periodEndMs } from './periods.js';
+
+const ENFORCE_LUA = readFileSync(new URL('../../lua/enforce.lua', import.meta.url), 'utf8');
+
+type EnforceCommand = (numKeys: number, ...args: (string | number)[]) => Promise<(string | number)[]>;
+
+export function defineEnforce(redis: RedisLike): void {
+  if (!('tollgateEnforce' in redis)) redis.defineCommand('tollgateEnforce', { lua: ENFORCE_LUA });
+}
+
+const DAY_SECONDS = 86_400;
+/** How long an SDK instance is remembered for heartbeats after its last export with calls. */
+const INSTANCE_TTL_SECONDS = 3_600;
+
+interface Group {
+  customer: string;
+  period: string;
+  day: string;
+  rows: RatedCall[];
+}
+
+/** Parses the flat reply of enforce.lua. */
+export function parseEnforceReply(
+  reply: (string | number)[],
+  customer: string,
+): { over: number[]; directives: (Directive & { changed: boolean })[] } {
+  let i = 0;
+  const nOver = Number(reply[i++]);
+  const over: number[] = [];
+  for (let k = 0; k < nOver; k++) over.push(Number(reply[i++]));
+  const nDir = Number(reply[i++]);
+  const directives: (Directive & { changed: boolean })[] = [];
+  for (let k = 0; k < nDir; k++) {
+    const [action, scope, id, reason, margin, rate, until, changed] = reply.slice(i, i + 8).map(String) as string[];
+    i += 8;
+    const d: Directive & { changed: boolean } = {
+      action: action as DirectiveAction,
+      scope: scope as DirectiveScope,
+      id: scope === 'customer' ? customer : (id as string),
+      customer,
+      reason: reason as string,
+      untilUnixMs: Number(until),
+      changed: changed === '1',
+    };
+    if (margin !== '') d.marginBps = Number(margin);
+    if (rate !== '') d.ratePerSecond = Number(rate);
+    directives.push(d);
+  }
+  return { over, directives };
+}
+
+/**
+ * Real-time enforcement in Redis: one atomic enforce.lua call per customer (per period and day) per
+ * export, after rating. It counts spend, calls and cost, applies hard limits and the margin guard, keeps
+ * kill/throttle state, and returns the directives for the export's customer, agents, sessions and tools.
+ */
+export class RedisEnforcer implements Enforcer {
+  private readonly instancesSeen = new Map<string, number>();
+
+  constructor(
+    private readonly redis: RedisLike,
+    private readonly plans: PlanStore,
+    private readonly events: EnforcementLog,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+    private readonly opts: { maxSpanAgeHours: number },
+  ) {
+    defineEnforce(redis);
+  }
+
+  async apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]> {
+    const groups = new Map<string, Group>();
+    for (const row of rated) {
+      if (row.decision === 'unenforced') continue;
+      const day = dayOf(Math.floor(row.startUnixUs / 1000));
+      const key = `${row.customer}\0${row.period}\0${day}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = { customer: row.customer, period: row.period, day, rows: [] };
+        groups.set(key, g);
+      }
+      g.rows.push(row);
+    }
+    const now = Date.now();
+    const results = await Promise.all([...groups.values()].map((g) => this.enforceGroup(product, rid, g, now)));
+    this.rememberInstances(product, rated, now);
+    // one directive per scope and id: the last group's view is the freshest
+    const byScope = new Map<string, Directive>();
+    for (const list of results) for (const d of list) byScope.set(`${d.scope}\0${d.id}`, d);
+    return [...byScope.values()];
+  }
+
+  private async enforceGroup(product: string, rid: string, g: Group, now: number): Promise<Directive[]> {
+    const first = g.rows[0] as RatedCall;
+    const book = this.plans.byVersion(first.planVersion) ?? this.plans.current;
+    const plan = book.resolve(product, g.customer);
+    if (!plan) return [];
+    const { limits, marginGuard } = plan.plan;
+    const tag = customerTag(product, g.customer);
+    const keys = [
+      redisKeys.period(tag, g.period),
+      redisKeys.state(tag),
+      redisKeys.applied(tag, dayOf(now)),
+      redisKeys.day(tag, g.day),
+    ];
+    const sessionIndex = new Map<string, number>();
+    const toolLimits = Object.entries(limits.callsPerToolPerPeriod ?? {});
+    const args: (string | number)[] = [
+      rid,
+      now,
+      periodEndMs(g.period),
+      dayEndMs(g.day),
+      70 * DAY_SECONDS,
+      (this.opts.maxSpanAgeHours + 48) * 3600,
+      limits.spendPerPeriod === undefined ? -1 : limits.spendPerPeriod.toString(),
+      limits.callsPerDay ?? -1,
+      limits.spendPerSession === undefined ? -1 : limits.spendPerSession.toString(),
+      marginGuard.enabled ? 1 : 0,
+      marginGuard.warnBelow,
+      marginGuard.throttleBelow,
+      marginGuard.killBelow,
+      marginGuard.minRevenue.toString(),
+      marginGuard.throttleRatePerSecond,
+      toolLimits.length,
+      ...toolLimits.flat(),
+      g.rows.length,
+    ];
+    for (const row of g.rows) {
+      let sk = 0;
+      if (row.sessionId) {
+        sk = sessionIndex.get(row.sessionId) ?? 0;
+        if (!sk) {
+          keys.push(redisKeys.session(tag, g.period, row.sessionId));
+          sk = keys.length - 4;
+          sessionIndex.set(row.sessionId, sk);
+        }
+      }
+      args.push(sk, row.sessionId, row.agent, row.tool, `${row.priceNano}|${row.costNano}`);
+    }
+    let reply: (string | number)[];
+    try {
+      const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(this.redis);
+      reply = await cmd(keys.length, ...keys, ...args);
+    } catch (err) {
+      // Claims already succeeded; the calls are billed and land. Limits are checked on the next export.
+      this.metrics.redisErrors.inc();
+      this.log.warn({ err: (err as Error).message, customer: g.customer }, 'enforcement script failed');
+      return [];
+    }
+    const { over, directives } = parseEnforceReply(reply, g.customer);
+    for (const i of over) {
+      const row = g.rows[i];
+      if (row) row.decision = 'over_limit';
+    }
+    const changed = directives.filter((d) => d.changed);
+    if (changed.length) {
+      void this.redis.sadd(redisKeys.stateIndex(product), g.customer).catch(() => {});
+      for (const d of changed) {
+        this.metrics.directives.inc({ action: d.action, reason: d.reason });
+        this.events.record({
+          atMs: now,
+          product,
+          customer: g.customer,
+          scope: d.scope,
+          subjectId: d.id,
+          action: d.action,
+          reason: d.reason,
+          marginBps: d.marginBps ?? null,
+          spendNano: 0n,
+          actor: 'tollgate',
+          note: `spool record ${rid}`,
+        });
+      }
+    }
+    return directives.map(({ changed: _c, ...d }) => d);
+  }
+
+  private rememberInstances(product: string, rated: readonly RatedCall[], now: number): void {
+    const fresh = new Map<string, Set<string>>();
+    for (const row of rated) {
+      if (!row.instanceId) continue;
+      const k = `${row.instanceId}\0${product}\0${row.customer}`;
+      if ((this.instancesSeen.get(k) ?? 0) > now - 300_000) continue;
+      this.instancesSeen.set(k, now);
+      let set = fresh.get(row.instanceId);
+      if (!set) {
+        set = new Set();
+        fresh.set(row.instanceId, set);
+      }
+      set.add(`${product}\t${row.customer}`);
+    }
+    for (const [instanceId, members] of fresh) {
+      const key = redisKeys.instance(instanceId);
+      this.redis
+        .multi()
+        .sadd(key, ...members)
+        .expire(key, INSTANCE_TTL_SECONDS)
+        .exec()
+        .catch(() => {});
+    }
+  }
+
+  /** Directives for an idle SDK instance: every state in force of the customers it exported calls for. */
+  async heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]> {
+    const out: Directive[] = [];
+    const now = Date.now();
+    try {
+      for (const instanceId of new Set(instanceIds)) {
+        const members = await this.redis.smembers(redisKeys.instance(instanceId));
+        for (const m of members) {
+          const [p, customer] = m.split('\t') as [string, string];
+          if (p !== product) continue; // an instance's customers of another tenant are not this key's business
+          out.push(...(await this.statesOf(product, customer, now)));
+        }
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'heartbeat directives unavailable (Redis)');
+    }
+    return out;
+  }
+
+  /** Every state in force for one customer, as directives. */
+  async statesOf(product: string, customer: string, now = Date.now()): Promise<Directive[]> {
+    const all = await this.redis.hgetall(redisKeys.state(customerTag(product, customer)));
+    const out: Directive[] = [];
+    for (const [field, value] of Object.entries(all)) {
+      const s = decodeState(value);
+      if (!s || !stateInForce(s, now)) continue;
+      const scope: DirectiveScope | undefined =
+        field === 'c' ? 'customer' : ({ a: 'agent', s: 'session', t: 'tool' } as const)[field[0] as 'a' | 's' | 't'];
+      const id = field === 'c' ? customer : unescapeKeyPart(field.slice(2));
+      if (!scope) continue;
+      const d: Directive = { action: s.action, scope, id, customer, reason: s.reason, untilUnixMs: s.untilUnixMs };
+      if (s.marginBps !== undefined) d.marginBps = s.marginBps;
+      if (s.ratePerSecond !== undefined) d.ratePerSecond = s.ratePerSecond;
+      out.push(d);
+    }
+    return out;
+  }
+}
+
+export function unescapeKeyPart(s: string): string {
+  return s.replace(/%([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(Number.parseInt(h, 16)));
+}
