@@ -4,7 +4,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { inspectSpool } from '../src/spool/spool.js';
 import { DEV_INGEST_KEY, TEST_PLANS, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
-import { killPrivateRedis, type ServerProcess, sql, startServerProcess, waitExit } from './support/process.js';
+import {
+  killPrivateRedis,
+  type ServerProcess,
+  sql,
+  startServerProcess,
+  waitExit,
+} from './support/process.js';
 
 const dataDir = tempDir('tollgate-crash-');
 const plans = join(dataDir, 'plans.yaml');

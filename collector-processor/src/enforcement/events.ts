@@ -1,5 +1,6 @@
 import type { ClickHouseClient } from '@clickhouse/client';
 import type { Logger } from 'pino';
+import { insertSettings } from '../storage/clickhouse.js';
 
 /** One row of `enforcement_events`: a state transition (warn, throttle, kill, resume) or an operator action. */
 export interface EnforcementEvent {
@@ -51,8 +52,9 @@ export class EnforcementLog {
         await this.client.insert({
           table: 'enforcement_events',
           format: 'JSONEachRow',
+          clickhouse_settings: insertSettings(),
           values: batch.map((e) => ({
-            at: e.atMs / 1000,
+            at: (e.atMs / 1000).toFixed(3),
             product: e.product,
             customer: e.customer,
             scope: e.scope,

@@ -3,6 +3,7 @@ import type { ClickHouseClient } from '@clickhouse/client';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
+import { insertSettings } from '../storage/clickhouse.js';
 import { TSV_COLUMNS } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
@@ -149,10 +150,7 @@ export class Lander {
             columns: TSV_COLUMNS as unknown as [string, ...string[]],
             format: 'TabSeparated',
             values: Readable.from([body], { objectMode: false }),
-            clickhouse_settings: {
-              insert_deduplication_token: block.bid,
-              deduplicate_blocks_in_dependent_materialized_views: 1,
-            },
+            clickhouse_settings: insertSettings(block.bid),
           });
         }
         this.metrics.landingInsertSeconds.observe((performance.now() - started) / 1000);

@@ -50,6 +50,16 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   return { client, mode: 'chdb', close: () => client.close() };
 }
 
+/**
+ * Settings every insert must carry. chDB's connection applies per-query settings as session-level `SET`
+ * statements, so a setting given to one query stays in force for the next ones; an
+ * insert_deduplication_token left over from the lander would make the next insert into another table
+ * look like a retry and be dropped. Every insert therefore states its token (empty = none).
+ */
+export function insertSettings(token = ''): ClickHouseSettings {
+  return { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 };
+}
+
 export const MIGRATIONS_DIR = new URL('../../migrations/', import.meta.url);
 
 export interface Migration {
@@ -116,6 +126,7 @@ export async function migrate(client: ClickHouseClient, migrations = readMigrati
       table: 'tollgate_schema_migrations',
       values: [{ version: m.version, name: m.name, checksum: m.checksum }],
       format: 'JSONEachRow',
+      clickhouse_settings: insertSettings(),
     });
     done.push(m.name);
   }
