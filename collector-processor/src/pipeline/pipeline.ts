@@ -279,7 +279,7 @@ export class Pipeline {
       if (list) list.push(i);
       else byCustomer.set(p.call.customer, [i]);
     });
-    const results: (ClaimResult | undefined)[] = new Array(prepared.length);
+    const results: (ClaimResult | undefined)[] = new Array(prepared.length).fill(undefined);
     const unenforced = new Set<number>();
     await Promise.all(
       [...byCustomer].map(async ([customer, idx]) => {
@@ -306,7 +306,7 @@ export class Pipeline {
         }
       }),
     );
-    if (this.opts.failMode === 'closed' && results.some((r) => r === undefined)) {
+    if (this.opts.failMode === 'closed' && results.includes(undefined)) {
       throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
     }
 
