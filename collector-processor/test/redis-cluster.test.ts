@@ -1,0 +1,76 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Directive } from '@tollgate/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate } from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+import { startRedisCluster } from './support/redis-cluster.js';
+
+const execFileAsync = promisify(execFile);
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: p
+    plans:
+      p:
+        freeCallsPerMonth: 1
+        tools: { "*": { price: { perCall: "1" }, cost: { perCall: "0.5" } } }
+        limits: { spendPerPeriod: "3" }
+`;
+
+let cluster: Awaited<ReturnType<typeof startRedisCluster>>;
+let tg: TestTollgate;
+beforeAll(async () => {
+  cluster = await startRedisCluster();
+  tg = await startTestTollgate({ '--redis-cluster': cluster.seeds }, PLANS);
+});
+afterAll(async () => {
+  await tg?.cleanup();
+  await cluster?.stop();
+});
+
+async function send(spans: ReturnType<typeof toolSpan>[]) {
+  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body: JSON.stringify(exportOf(spans)),
+  });
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { tollgate?: { directives: Directive[] } }).tollgate?.directives ?? [];
+}
+
+describe('the same scripts on Redis Cluster (3 masters)', () => {
+  it('dedups, positions, enforces and kills per customer, with each customer on its own slot', async () => {
+    const customers = Array.from({ length: 12 }, (_, i) => `cluster-co-${i}`);
+    for (const c of customers) {
+      const spans = Array.from({ length: 3 }, () => toolSpan({ customer: c }));
+      expect(await send(spans)).toEqual([]); // 1 free + 2 × 1.00 = 2.00 ≤ 3.00
+      expect(await send(spans)).toEqual([]); // a retry: duplicates, nothing counted
+      const ds = await send([toolSpan({ customer: c }), toolSpan({ customer: c })]); // 4.00 > 3.00
+      expect(ds.find((d) => d.scope === 'customer')).toMatchObject({
+        action: 'kill',
+        reason: 'hard_limit:spend_per_period',
+      });
+    }
+    // the customers' keys are spread over the masters
+    const owners = new Set<string>();
+    for (const c of customers) {
+      const { stdout } = await execFileAsync('redis-cli', [
+        '-p',
+        String(cluster.nodes[0]!.port),
+        'cluster',
+        'keyslot',
+        `{demo-mcp:${c}}`,
+      ]);
+      owners.add(String(Math.floor(Number(stdout.trim()) / 5462)));
+    }
+    expect(owners.size).toBeGreaterThan(1);
+    await tg.lander!.idle();
+    const [row] = await query(
+      tg,
+      "SELECT count() n, sum(price_nano) revenue, countIf(decision = 'over_limit') AS over_limit FROM mcp_tool_calls WHERE customer LIKE 'cluster-co-%'",
+    );
+    expect(row).toEqual({ n: String(12 * 5), revenue: String(12 * 4 * 1_000_000_000), over_limit: '12' });
+  });
+});
