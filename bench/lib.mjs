@@ -1,0 +1,213 @@
+// Shared helpers of the benchmarks: start a built Tollgate as a child process, measure its memory,
+// generate OTLP payloads, drive HTTP load and summarise latencies.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const ROOT = new URL('..', import.meta.url).pathname;
+export const CLI = join(ROOT, 'collector-processor/dist/cli/main.js');
+export const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `tollgate start` with the given flags in a fresh data dir; resolves when /healthz answers. */
+export async function startTollgate(flags = [], env = {}, nodeArgs = []) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'tollgate-bench-'));
+  const otlpPort = await freePort();
+  const apiPort = await freePort();
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeArgs,
+      CLI,
+      'start',
+      '--data-dir',
+      dataDir,
+      '--otlp-port',
+      String(otlpPort),
+      '--api-port',
+      String(apiPort),
+      '--log-level',
+      'warn',
+      ...flags,
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } },
+  );
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`tollgate exited with ${child.exitCode}`);
+    try {
+      if ((await fetch(`${apiUrl}/healthz`)).ok) break;
+    } catch {}
+    if (i > 600) throw new Error('tollgate did not start');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    child,
+    dataDir,
+    otlpUrl: `http://127.0.0.1:${otlpPort}`,
+    apiUrl,
+    async stop() {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Peak resident set size (VmHWM) of a process, in MiB. */
+export function peakRssMiB(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0);
+  return kb / 1024;
+}
+
+/** Reads one counter or gauge from the Prometheus text of /metrics. */
+export async function metric(apiUrl, name) {
+  const text = await (await fetch(`${apiUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/**
+ * Runs `concurrency` keep-alive senders over `bodies` (each sent once, in order) and returns per-request
+ * latencies (ms), the wall time and the statuses.
+ */
+export async function drive(url, bodies, { concurrency = 8, headers = {} } = {}) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const target = new URL(url);
+  const latencies = [];
+  const statuses = new Map();
+  let next = 0;
+  const post = (body) =>
+    new Promise((resolve, reject) => {
+      const req = http.request(
+        {
+          host: target.hostname,
+          port: target.port,
+          path: target.pathname,
+          method: 'POST',
+          agent,
+          headers: { ...headers, 'content-length': body.length },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode));
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < bodies.length) {
+        const body = bodies[next++];
+        const t = performance.now();
+        const status = await post(body);
+        latencies.push(performance.now() - t);
+        statuses.set(status, (statuses.get(status) ?? 0) + 1);
+      }
+    }),
+  );
+  const wallMs = performance.now() - started;
+  agent.destroy();
+  latencies.sort((a, b) => a - b);
+  return { latencies, wallMs, statuses };
+}
+
+const CUSTOMERS = Array.from({ length: 50 }, (_, i) => `customer-${i}`);
+const TOOLS = ['get_forecast', 'search_docs', 'run_report', 'lookup_customer'];
+
+/**
+ * `count` OTLP protobuf export requests of `spansPerBatch` MCP tool-call spans each, every span unique,
+ * shaped like the OTel JS SDK's output (resource, scope, SERVER spans with the semconv attributes).
+ */
+export async function protobufBatches(count, spansPerBatch) {
+  const { ProtoRequest } = await import(join(ROOT, 'collector-processor/dist/otlp/proto.js'));
+  const now = BigInt(Date.now() - 60_000) * 1_000_000n;
+  const kv = (key, value) => ({
+    key,
+    value: typeof value === 'string' ? { stringValue: value } : { intValue: value },
+  });
+  const out = [];
+  for (let b = 0; b < count; b++) {
+    const customer = CUSTOMERS[b % CUSTOMERS.length];
+    const spans = [];
+    for (let i = 0; i < spansPerBatch; i++) {
+      const tool = TOOLS[i % TOOLS.length];
+      const start = now + BigInt(b * spansPerBatch + i) * 1000n;
+      spans.push({
+        traceId: randomBytes(16),
+        spanId: randomBytes(8),
+        name: `tools/call ${tool}`,
+        kind: 2,
+        startTimeUnixNano: start.toString(),
+        endTimeUnixNano: (start + 35_000_000n).toString(),
+        attributes: [
+          kv('mcp.method.name', 'tools/call'),
+          kv('gen_ai.tool.name', tool),
+          kv('gen_ai.operation.name', 'execute_tool'),
+          kv('mcp.session.id', `session-${b % 400}`),
+          kv('mcp.protocol.version', '2025-06-18'),
+          kv('network.transport', 'pipe'),
+          kv('jsonrpc.request.id', String(i)),
+          kv('tollgate.customer.id', customer),
+          kv('tollgate.agent.id', `agent-${i % 5}`),
+          kv('gen_ai.usage.input_tokens', 100 + (i % 50)),
+          kv('gen_ai.usage.output_tokens', 400 + (i % 300)),
+        ],
+        status: { code: 0 },
+      });
+    }
+    out.push(
+      Buffer.from(
+        ProtoRequest.encode(
+          ProtoRequest.fromObject({
+            resourceSpans: [
+              {
+                resource: {
+                  attributes: [kv('service.name', 'bench-mcp'), kv('service.instance.id', `bench-${b % 8}`)],
+                },
+                scopeSpans: [{ scope: { name: '@modelcontextprotocol/bench', version: '1.0.0' }, spans }],
+              },
+            ],
+          }),
+        ).finish(),
+      ),
+    );
+  }
+  return out;
+}
+
+export function writeResult(name, data) {
+  writeFileSync(join(ROOT, 'bench/results', `${name}.json`), `${JSON.stringify(data, null, 2)}\n`);
+}
+
+export function table(rows) {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => String(r[c]).length)));
+  return rows
+    .map((r) =>
+      r.map((v, c) => (c === 0 ? String(v).padEnd(widths[c]) : String(v).padStart(widths[c]))).join('  '),
+    )
+    .join('\n');
+}
