@@ -1,1 +1,12 @@
+export { type EnforcementAdminPort, type OperatorAction, registerEnforcementAdmin } from './admin.js';
 export { type ApiDeps, buildApi, type ReadinessCheck } from './app.js';
+export {
+  type ApiKeyConfig,
+  ApiKeyring,
+  type Principal,
+  type Role,
+  requireRole,
+  type Scope,
+  scopeFor,
+} from './auth.js';
+export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';

@@ -204,22 +204,34 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let api: FastifyInstance | undefined;
 
   try {
+    // Redis and the plans serve both roles: the processor meters and enforces, the API's admin routes
+    // read and change enforcement state.
+    const conn = await connectRedis(config, dataDir, log);
+    const redisConn = conn.redis;
+    redis = redisConn;
+    const owned = conn.owned;
+    stops.unshift(async () => {
+      redisConn.disconnect();
+      if (owned) {
+        await owned.stop();
+        rmSync(join(dataDir, PRIVATE_REDIS_FILE), { force: true });
+      }
+    });
+    const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;
+    const planStore = PlanStore.open(plansFile, dataDir, log, metrics);
+    plans = planStore;
+    planStore.watch();
+    stops.unshift(async () => planStore.close());
+    const events = new EnforcementLog(clickhouse.client, log.child({ component: 'enforcement' }));
+    stops.unshift(() => events.close());
+    const enforcer = s['enforcement.enabled']
+      ? new RedisEnforcer(redisConn, planStore, events, log.child({ component: 'enforcement' }), metrics, {
+          maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
+        })
+      : undefined;
+    if (enforcer) admin = new EnforcementAdmin(redisConn, enforcer, events);
+
     if (roles.has('processor')) {
-      const conn = await connectRedis(config, dataDir, log);
-      redis = conn.redis;
-      const owned = conn.owned;
-      stops.unshift(async () => {
-        redis?.disconnect();
-        if (owned) {
-          await owned.stop();
-          rmSync(join(dataDir, PRIVATE_REDIS_FILE), { force: true });
-        }
-      });
-
-      const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;
-      plans = PlanStore.open(plansFile, dataDir, log, metrics);
-      plans.watch();
-
       const { spool, recovered } = await Spool.open({
         dir: join(dataDir, 'spool'),
         fsync: Boolean(s['spool.fsync']),
@@ -246,8 +258,8 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       pipeline = new Pipeline(
         spool,
         lander,
-        redis,
-        plans,
+        redisConn,
+        planStore,
         {
           failMode: s['redis.failMode'] as 'open' | 'closed',
           maxBacklogRows: Number(s['landing.maxBacklogRows']),
@@ -258,15 +270,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         log.child({ component: 'pipeline' }),
         metrics,
       );
-      const events = new EnforcementLog(clickhouse.client, log.child({ component: 'enforcement' }));
-      if (s['enforcement.enabled']) {
-        const enforcer = new RedisEnforcer(redis, plans, events, log.child({ component: 'enforcement' }), metrics, {
-          maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
-        });
-        pipeline.enforcer = enforcer;
-        admin = new EnforcementAdmin(redis, enforcer, events);
-      }
-      stops.unshift(() => events.close());
+      pipeline.enforcer = enforcer;
       if (recovered.accepted.length) {
         log.info(
           { records: recovered.accepted.length, blocks: recovered.intents.length },
@@ -276,7 +280,6 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       }
       const ownLander = lander;
       stops.unshift(async () => {
-        plans?.close();
         await ownLander.stop(Number(s.shutdownTimeoutMs));
         await spool.close();
       });
@@ -339,6 +342,8 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           contentType: metrics.registry.contentType,
           body: await metrics.registry.metrics(),
         }),
+        apiKeys: config.apiKeys,
+        admin,
       });
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
       log.info({ url: apiUrl }, 'HTTP API listening');

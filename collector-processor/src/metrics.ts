@@ -84,7 +84,12 @@ export function createMetrics() {
       labelNames: ['result'],
       ...r,
     }),
-    directives: new Counter({ name: 'tollgate_directives_total', help: 'Enforcement state changes (warn, throttle, kill, resume) by reason', labelNames: ['action', 'reason'], ...r }),
+    directives: new Counter({
+      name: 'tollgate_directives_total',
+      help: 'Enforcement state changes (warn, throttle, kill, resume) by reason',
+      labelNames: ['action', 'reason'],
+      ...r,
+    }),
     inFlight: new Gauge({ name: 'tollgate_exports_in_flight', help: 'Exports being processed', ...r }),
   };
 }

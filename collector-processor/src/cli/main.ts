@@ -19,6 +19,11 @@ Usage:
   tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse (stop the server first
                                     when it uses embedded chDB: one process per data directory)
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
+  tollgate admin states [--customer C]
+  tollgate admin lift|kill --customer C [--scope customer|agent|session|tool --id ID] [--note TEXT]
+                                    enforcement state through the HTTP API (admin key in TOLLGATE_API_KEY
+                                    or --api-key; API at --api-url, default http://127.0.0.1:8080;
+                                    --product when the key has several)
 
 Options: every setting has a flag; see \`tollgate config --doc\` or docs/configuration.md.
   --config <file>                   config file (settings, ingest keys, API keys)
@@ -152,6 +157,38 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
   }
 }
 
+async function cmdAdmin(flags: Record<string, string>, verb: string | undefined): Promise<void> {
+  const apiUrl = flags['--api-url'] ?? process.env.TOLLGATE_API_URL ?? 'http://127.0.0.1:8080';
+  const key = flags['--api-key'] ?? process.env.TOLLGATE_API_KEY;
+  if (!key) fail('an admin API key is needed: --api-key or TOLLGATE_API_KEY');
+  const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+  let res: Response;
+  if (verb === 'states') {
+    const q = new URLSearchParams();
+    if (flags['--product']) q.set('product', flags['--product']);
+    if (flags['--customer']) q.set('customer', flags['--customer']);
+    res = await fetch(`${apiUrl}/admin/enforcement/states?${q}`, { headers });
+  } else if (verb === 'lift' || verb === 'kill') {
+    if (!flags['--customer'])
+      fail(`usage: tollgate admin ${verb} --customer C [--scope S --id ID] [--note TEXT]`);
+    const body: Record<string, string> = {
+      customer: flags['--customer'],
+      scope: flags['--scope'] ?? 'customer',
+    };
+    for (const f of ['product', 'id', 'note']) if (flags[`--${f}`]) body[f] = flags[`--${f}`] as string;
+    res = await fetch(`${apiUrl}/admin/enforcement/${verb}`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify(body),
+    });
+  } else {
+    return fail('usage: tollgate admin states|lift|kill ...');
+  }
+  const text = await res.text();
+  if (!res.ok) fail(`${res.status} ${text}`, 1);
+  process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+}
+
 async function main(): Promise<void> {
   const { flags, positional } = splitArgs(process.argv.slice(2));
   const [cmd, arg] = positional;
@@ -179,6 +216,8 @@ async function main(): Promise<void> {
     }
     case 'sql':
       return cmdSql(flags, arg);
+    case 'admin':
+      return cmdAdmin(flags, arg);
     case 'config': {
       if (flags['--doc']) {
         process.stdout.write(`${settingsTableMarkdown()}\n`);

@@ -1,4 +1,11 @@
-import { customerTag, type Directive, type DirectiveScope, encodeState, redisKeys, stateField } from '@tollgate/contracts';
+import {
+  customerTag,
+  type Directive,
+  type DirectiveScope,
+  encodeState,
+  redisKeys,
+  stateField,
+} from '@tollgate/contracts';
 import type { RedisLike } from '../pipeline/pipeline.js';
 import type { RedisEnforcer } from './enforcer.js';
 import type { EnforcementLog } from './events.js';

@@ -47,7 +47,9 @@ export function parseEnforceReply(
   const nDir = Number(reply[i++]);
   const directives: (Directive & { changed: boolean })[] = [];
   for (let k = 0; k < nDir; k++) {
-    const [action, scope, id, reason, margin, rate, until, changed] = reply.slice(i, i + 8).map(String) as string[];
+    const [action, scope, id, reason, margin, rate, until, changed] = reply
+      .slice(i, i + 8)
+      .map(String) as string[];
     i += 8;
     const d: Directive & { changed: boolean } = {
       action: action as DirectiveAction,
@@ -98,7 +100,9 @@ export class RedisEnforcer implements Enforcer {
       g.rows.push(row);
     }
     const now = Date.now();
-    const results = await Promise.all([...groups.values()].map((g) => this.enforceGroup(product, rid, g, now)));
+    const results = await Promise.all(
+      [...groups.values()].map((g) => this.enforceGroup(product, rid, g, now)),
+    );
     this.rememberInstances(product, rated, now);
     // one directive per scope and id: the last group's view is the freshest
     const byScope = new Map<string, Directive>();
@@ -155,7 +159,9 @@ export class RedisEnforcer implements Enforcer {
     }
     let reply: (string | number)[];
     try {
-      const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(this.redis);
+      const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(
+        this.redis,
+      );
       reply = await cmd(keys.length, ...keys, ...args);
     } catch (err) {
       // Claims already succeeded; the calls are billed and land. Limits are checked on the next export.
@@ -243,10 +249,19 @@ export class RedisEnforcer implements Enforcer {
       const s = decodeState(value);
       if (!s || !stateInForce(s, now)) continue;
       const scope: DirectiveScope | undefined =
-        field === 'c' ? 'customer' : ({ a: 'agent', s: 'session', t: 'tool' } as const)[field[0] as 'a' | 's' | 't'];
+        field === 'c'
+          ? 'customer'
+          : ({ a: 'agent', s: 'session', t: 'tool' } as const)[field[0] as 'a' | 's' | 't'];
       const id = field === 'c' ? customer : unescapeKeyPart(field.slice(2));
       if (!scope) continue;
-      const d: Directive = { action: s.action, scope, id, customer, reason: s.reason, untilUnixMs: s.untilUnixMs };
+      const d: Directive = {
+        action: s.action,
+        scope,
+        id,
+        customer,
+        reason: s.reason,
+        untilUnixMs: s.untilUnixMs,
+      };
       if (s.marginBps !== undefined) d.marginBps = s.marginBps;
       if (s.ratePerSecond !== undefined) d.ratePerSecond = s.ratePerSecond;
       out.push(d);

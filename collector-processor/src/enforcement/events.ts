@@ -69,7 +69,10 @@ export class EnforcementLog {
           })),
         });
       } catch (err) {
-        this.log.warn({ err: (err as Error).message, events: batch.length }, 'enforcement events not written yet; retrying');
+        this.log.warn(
+          { err: (err as Error).message, events: batch.length },
+          'enforcement events not written yet; retrying',
+        );
         this.queue = [...batch, ...this.queue].slice(-MAX_QUEUED);
         this.timer ??= setTimeout(() => {
           this.timer = undefined;

@@ -1,0 +1,121 @@
+import type { Directive } from '@tollgate/contracts';
+import { DIRECTIVE_SCOPES } from '@tollgate/contracts';
+import type { FastifyInstance } from 'fastify';
+import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
+import { ApiError } from './errors.js';
+
+/** What the processor provides for operator actions on enforcement state (audited by the implementation). */
+export interface EnforcementAdminPort {
+  states(product: string, customer?: string): Promise<Directive[]>;
+  lift(a: OperatorAction): Promise<Directive>;
+  kill(a: OperatorAction): Promise<Directive>;
+}
+
+export interface OperatorAction {
+  product: string;
+  customer: string;
+  scope: (typeof DIRECTIVE_SCOPES)[number];
+  id?: string | undefined;
+  actor: string;
+  note?: string | undefined;
+}
+
+const directiveSchema = {
+  type: 'object',
+  properties: {
+    action: { type: 'string' },
+    scope: { type: 'string' },
+    id: { type: 'string' },
+    customer: { type: 'string' },
+    reason: { type: 'string' },
+    marginBps: { type: 'integer' },
+    ratePerSecond: { type: 'number' },
+    untilUnixMs: { type: 'integer' },
+  },
+} as const;
+
+const actionBody = {
+  type: 'object',
+  required: ['customer', 'scope'],
+  additionalProperties: false,
+  properties: {
+    product: { type: 'string', minLength: 1, maxLength: 256 },
+    customer: { type: 'string', minLength: 1, maxLength: 256 },
+    scope: { type: 'string', enum: [...DIRECTIVE_SCOPES] },
+    id: { type: 'string', minLength: 1, maxLength: 256 },
+    note: { type: 'string', maxLength: 1000 },
+  },
+} as const;
+
+interface ActionBody {
+  product?: string;
+  customer: string;
+  scope: OperatorAction['scope'];
+  id?: string;
+  note?: string;
+}
+
+/** Admin routes for enforcement: see who is killed or throttled, lift, kill. Admin keys only. */
+export function registerEnforcementAdmin(
+  app: FastifyInstance,
+  keyring: ApiKeyring,
+  admin: EnforcementAdminPort | undefined,
+): void {
+  const port = () => {
+    if (!admin) throw new ApiError('API_UNAVAILABLE', 'enforcement is not enabled in this process');
+    return admin;
+  };
+
+  app.get<{ Querystring: { product?: string; customer?: string } }>(
+    '/admin/enforcement/states',
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            product: { type: 'string', minLength: 1 },
+            customer: { type: 'string', minLength: 1 },
+          },
+        },
+        response: {
+          200: { type: 'object', properties: { states: { type: 'array', items: directiveSchema } } },
+        },
+      },
+    },
+    async (req) => {
+      const principal = keyring.authenticate(req);
+      requireRole(principal, 'admin', 'finance');
+      const scope = scopeFor(principal, req.query);
+      return { states: await port().states(scope.product, scope.customer) };
+    },
+  );
+
+  for (const verb of ['lift', 'kill'] as const) {
+    app.post<{ Body: ActionBody }>(
+      `/admin/enforcement/${verb}`,
+      {
+        schema: {
+          body: actionBody,
+          response: { 200: { type: 'object', properties: { directive: directiveSchema } } },
+        },
+      },
+      async (req) => {
+        const principal = keyring.authenticate(req);
+        requireRole(principal, 'admin');
+        const { product } = scopeFor(principal, { product: req.body.product });
+        if (req.body.scope !== 'customer' && !req.body.id)
+          throw new ApiError('API_BAD_REQUEST', `scope ${req.body.scope} needs an id`);
+        const action: OperatorAction = {
+          product,
+          customer: req.body.customer,
+          scope: req.body.scope,
+          id: req.body.id,
+          actor: principal.name,
+          note: req.body.note,
+        };
+        return { directive: await (verb === 'lift' ? port().lift(action) : port().kill(action)) };
+      },
+    );
+  }
+}

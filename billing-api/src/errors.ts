@@ -1,0 +1,21 @@
+/** The error catalogue of the HTTP API: stable codes, HTTP status, message. */
+export const API_ERRORS = {
+  API_UNAUTHORIZED: { status: 401, message: 'missing or unknown API key' },
+  API_FORBIDDEN: { status: 403, message: 'this key may not see or change that' },
+  API_BAD_REQUEST: { status: 400, message: 'invalid request' },
+  API_NOT_FOUND: { status: 404, message: 'not found' },
+  API_UNAVAILABLE: { status: 503, message: 'a backing service is unavailable' },
+} as const;
+export type ApiErrorCode = keyof typeof API_ERRORS;
+
+export class ApiError extends Error {
+  override readonly name = 'ApiError';
+  readonly status: number;
+  constructor(
+    readonly code: ApiErrorCode,
+    detail?: string,
+  ) {
+    super(detail ? `${API_ERRORS[code].message}: ${detail}` : API_ERRORS[code].message);
+    this.status = API_ERRORS[code].status;
+  }
+}

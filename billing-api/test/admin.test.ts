@@ -1,0 +1,152 @@
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sha256Hex } from '../../collector-processor/src/receiver/ingest-keys.js';
+import {
+  DEV_INGEST_KEY,
+  startTestTollgate,
+  type TestTollgate,
+  tempDir,
+} from '../../collector-processor/test/support/harness.js';
+import { exportOf, toolSpan } from '../../collector-processor/test/support/otlp-json.js';
+import { CLI } from '../../collector-processor/test/support/process.js';
+
+const execFileAsync = promisify(execFile);
+const KEYS = {
+  admin: 'tg_test_admin',
+  finance: 'tg_test_finance',
+  acme: 'tg_test_acme',
+  other: 'tg_test_other_tenant',
+};
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: p
+    plans: { p: { tools: { "*": { price: { perCall: "1" } } }, limits: { spendPerPeriod: "1" } } }
+  other-product:
+    defaultPlan: p
+    plans: { p: { tools: { "*": { price: { perCall: "1" } } } } }
+`;
+
+let tg: TestTollgate;
+beforeAll(async () => {
+  const dir = tempDir();
+  const configFile = join(dir, 'tollgate.yaml');
+  writeFileSync(
+    configFile,
+    `ingestKeys:
+  - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
+apiKeys:
+  - { name: ops-alice, sha256: ${sha256Hex(KEYS.admin)}, role: admin, products: [demo-mcp] }
+  - { name: finance, sha256: ${sha256Hex(KEYS.finance)}, role: finance, products: [demo-mcp] }
+  - { name: acme-portal, sha256: ${sha256Hex(KEYS.acme)}, role: customer, products: [demo-mcp], customer: acme }
+  - { name: other-admin, sha256: ${sha256Hex(KEYS.other)}, role: admin, products: [other-product] }
+`,
+  );
+  tg = await startTestTollgate({ '--data-dir': dir, '--config': configFile }, PLANS);
+  // drive acme over its limit
+  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body: JSON.stringify(exportOf([toolSpan({ customer: 'acme' }), toolSpan({ customer: 'acme' })])),
+  });
+  expect(res.status).toBe(200);
+});
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+const api = (path: string, key: string | undefined, init: RequestInit = {}) =>
+  fetch(`${tg.apiUrl}${path}`, {
+    ...init,
+    headers: {
+      ...(key ? { authorization: `Bearer ${key}` } : {}),
+      'content-type': 'application/json',
+      ...init.headers,
+    },
+  });
+
+describe('enforcement admin API', () => {
+  it('admin and finance see who is killed; a customer key and another tenant cannot', async () => {
+    for (const key of [KEYS.admin, KEYS.finance]) {
+      const res = await api('/admin/enforcement/states', key);
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { states: { customer: string; action: string; reason: string }[] };
+      expect(body.states).toEqual([
+        expect.objectContaining({ customer: 'acme', action: 'kill', reason: 'hard_limit:spend_per_period' }),
+      ]);
+    }
+    expect((await api('/admin/enforcement/states', KEYS.acme)).status).toBe(403);
+    expect((await api('/admin/enforcement/states?product=demo-mcp', KEYS.other)).status).toBe(403);
+    const other = (await (await api('/admin/enforcement/states', KEYS.other)).json()) as {
+      states: unknown[];
+    };
+    expect(other.states).toEqual([]);
+    expect((await api('/admin/enforcement/states', undefined)).status).toBe(401);
+    expect((await api('/admin/enforcement/states', 'nope')).status).toBe(401);
+  });
+
+  it('only admins act; bad bodies are 400 with a stable code', async () => {
+    const body = JSON.stringify({ customer: 'acme', scope: 'customer' });
+    expect((await api('/admin/enforcement/lift', KEYS.finance, { method: 'POST', body })).status).toBe(403);
+    expect(
+      (
+        await api('/admin/enforcement/lift', KEYS.other, {
+          method: 'POST',
+          body: JSON.stringify({ customer: 'acme', scope: 'customer', product: 'demo-mcp' }),
+        })
+      ).status,
+    ).toBe(403);
+    const bad = await api('/admin/enforcement/lift', KEYS.admin, {
+      method: 'POST',
+      body: JSON.stringify({ customer: 'acme', scope: 'galaxy' }),
+    });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('API_BAD_REQUEST');
+    const noId = await api('/admin/enforcement/kill', KEYS.admin, {
+      method: 'POST',
+      body: JSON.stringify({ customer: 'acme', scope: 'session' }),
+    });
+    expect(noId.status).toBe(400);
+  });
+
+  it('the CLI lifts through the API, as the key holder, audited', async () => {
+    const { stdout } = await execFileAsync(
+      process.execPath,
+      [
+        CLI,
+        'admin',
+        'lift',
+        '--customer',
+        'acme',
+        '--note',
+        'invoice paid',
+        '--api-url',
+        tg.apiUrl as string,
+      ],
+      {
+        env: { ...process.env, TOLLGATE_API_KEY: KEYS.admin },
+      },
+    );
+    expect(JSON.parse(stdout)).toMatchObject({
+      directive: { action: 'resume', scope: 'customer', id: 'acme', reason: 'operator:ops-alice' },
+    });
+    const states = (await (await api('/admin/enforcement/states', KEYS.admin)).json()) as {
+      states: { action: string }[];
+    };
+    expect(states.states.map((s) => s.action)).toEqual(['resume']);
+    const rows = await (
+      await tg.clickhouse.client.query({
+        query: "SELECT action, actor, note FROM enforcement_events WHERE customer = 'acme' ORDER BY at",
+        format: 'JSONEachRow',
+      })
+    ).json();
+    expect(rows).toEqual([
+      { action: 'kill', actor: 'tollgate', note: expect.any(String) },
+      { action: 'lift', actor: 'ops-alice', note: 'invoice paid' },
+    ]);
+  });
+});
