@@ -18,6 +18,8 @@ export interface ApiDeps {
   apiKeys: readonly ApiKeyConfig[];
   /** Operator actions on enforcement state; undefined when enforcement is off. */
   admin?: EnforcementAdminPort | undefined;
+  /** `ops`: health, readiness and metrics only (a processor-only process); `all`: every route. */
+  routes?: 'ops' | 'all';
 }
 
 /**
@@ -74,6 +76,6 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     return reply.type(m.contentType).send(m.body);
   });
 
-  registerEnforcementAdmin(app, keyring, deps.admin);
+  if (deps.routes !== 'ops') registerEnforcementAdmin(app, keyring, deps.admin);
   return app;
 }

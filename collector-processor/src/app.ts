@@ -5,7 +5,7 @@ import { buildApi, type ReadinessCheck } from '@tollgate/billing-api';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
-import { type Config, EMBEDDED_PLANS } from './config/settings.js';
+import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
@@ -142,7 +142,14 @@ async function connectRedis(
         owned = reused;
         log.info({ url }, 'reusing the private redis-server left by a previous run');
       } else {
-        const started = await startPrivateRedis({ binary: String(s['redis.serverBinary']) });
+        // Persistent (AOF, fsync every second) in the data directory: counters, claims and kills survive
+        // a restart exactly as they would with an external Redis.
+        const redisDir = join(dataDir, 'redis');
+        mkdirSync(redisDir, { recursive: true });
+        const started = await startPrivateRedis({
+          binary: String(s['redis.serverBinary']),
+          extraArgs: ['--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', redisDir],
+        });
         owned = started;
         url = started.url;
         writeFileSync(
@@ -176,6 +183,15 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       .split(',')
       .map((r) => r.trim()),
   );
+  if (config.configFile === EMBEDDED_CONFIG.pathname) {
+    for (const host of [String(s['otlp.host']), String(s['api.host'])]) {
+      if (!/^(127\.|::1$|localhost$)/.test(host)) {
+        throw new ConfigError(
+          `the embedded configuration holds public development keys, so it only listens on loopback: give --config with your own ingest and API keys to listen on ${host}`,
+        );
+      }
+    }
+  }
   const dataDir = resolve(String(s.dataDir));
   mkdirSync(dataDir, { recursive: true });
   const instanceId = instanceIdOf(dataDir);
@@ -198,6 +214,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let lander: Lander | undefined;
   let plans: PlanStore | undefined;
   let admin: EnforcementAdmin | undefined;
+  let replaying: Promise<void> | undefined;
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
   let receiver: ReturnType<typeof buildReceiver> | undefined;
@@ -276,10 +293,22 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           { records: recovered.accepted.length, blocks: recovered.intents.length },
           'replaying unlanded spool records',
         );
-        await pipeline.replay(recovered.accepted);
-      }
+        // In the background: the receiver starts listening meanwhile (a fail-closed replay may wait for Redis).
+        const ownPipeline = pipeline;
+        const ownLanderForReplay = lander;
+        replaying = ownPipeline
+          .replay(recovered.accepted)
+          .then(() => ownLanderForReplay.replayFinished())
+          .catch((err) =>
+            log.error({ err: (err as Error).message }, 'spool replay stopped; the rest stays in the spool'),
+          );
+      } else lander.replayFinished();
       const ownLander = lander;
       stops.unshift(async () => {
+        await Promise.race([
+          replaying,
+          new Promise((r) => setTimeout(r, Number(s.shutdownTimeoutMs)).unref()),
+        ]);
         await ownLander.stop(Number(s.shutdownTimeoutMs));
         await spool.close();
       });
@@ -299,7 +328,9 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       log.info({ url: otlpUrl }, 'OTLP receiver listening');
     }
 
-    if (roles.has('api')) {
+    {
+      // The HTTP listener runs in every role: health, readiness and metrics are how a processor is
+      // operated too; the analytics and admin routes are mounted in the api role only.
       const readiness = async (): Promise<ReadinessCheck[]> => {
         const checks: ReadinessCheck[] = [];
         try {
@@ -344,6 +375,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         }),
         apiKeys: config.apiKeys,
         admin,
+        routes: roles.has('api') ? 'all' : 'ops',
       });
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
       log.info({ url: apiUrl }, 'HTTP API listening');

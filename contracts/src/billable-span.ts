@@ -17,6 +17,7 @@ import {
   MCP_TRANSPORTS,
   type McpTransport,
   RESOURCE_SERVICE_INSTANCE_ID,
+  SPAN_KIND_SERVER,
   STATUS_CODE_ERROR,
 } from './attributes.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
@@ -94,13 +95,15 @@ function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
 }
 
 /**
- * Applies the billable-span contract to one span: a span is a billable tool call when
- * `mcp.method.name` = `tools/call` and `gen_ai.tool.name` is set. Every other span is ignored (not
- * rejected); a span that claims to be a tool call but breaks the contract is rejected with a reason.
+ * Applies the billable-span contract to one span: a span is a billable tool call when it is a SERVER span
+ * (an MCP server's span, or Kong's root span) with `mcp.method.name` = `tools/call` and `gen_ai.tool.name`
+ * set. The client side of the same call (a CLIENT span from an instrumented MCP client) is ignored, so a
+ * call traced on both ends is billed once. Every other span is ignored (not rejected); a span that claims
+ * to be a tool call but breaks the contract is rejected with a reason.
  */
 export function extractToolCall(span: SpanView, opts: ExtractOptions): Extraction {
   const a = span.attributes;
-  if (a[ATTR_MCP_METHOD_NAME] !== MCP_METHOD_TOOLS_CALL) return IGNORED;
+  if (a[ATTR_MCP_METHOD_NAME] !== MCP_METHOD_TOOLS_CALL || span.kind !== SPAN_KIND_SERVER) return IGNORED;
   const tool = str(a[ATTR_GEN_AI_TOOL_NAME]);
   if (!tool) return reject('missing_tool_name', `span ${span.spanId}`);
   if (!isValidTraceId(span.traceId)) return reject('invalid_trace_id', `span ${span.spanId}`);
@@ -147,8 +150,15 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
   const errorType = str(a[ATTR_ERROR_TYPE]) ?? '';
   const rpcStatus = a[ATTR_RPC_RESPONSE_STATUS_CODE];
   const httpStatus = a[ATTR_HTTP_RESPONSE_STATUS_CODE];
-  const httpFailed = typeof httpStatus === 'number' && httpStatus >= 400;
-  const rpcFailed = rpcStatus !== undefined && rpcStatus !== null && rpcStatus !== 0 && rpcStatus !== '0';
+  const httpCode = typeof httpStatus === 'string' ? Number(httpStatus) : httpStatus;
+  const httpFailed = typeof httpCode === 'number' && httpCode >= 400;
+  // JSON-RPC error codes are non-zero numbers; 0 and gRPC's "OK" mean success.
+  const rpcFailed =
+    rpcStatus !== undefined &&
+    rpcStatus !== null &&
+    rpcStatus !== 0 &&
+    rpcStatus !== '0' &&
+    rpcStatus !== 'OK';
   const ok = errorType === '' && span.statusCode !== STATUS_CODE_ERROR && !rpcFailed && !httpFailed;
 
   let source: CallSource = 'otlp';

@@ -34,7 +34,8 @@ export function encodeState(s: EnforcementState): string {
 export function decodeState(value: string | null | undefined): EnforcementState | undefined {
   if (!value) return undefined;
   const [action, reason = '', until = '0', rate = '', margin = ''] = value.split('|');
-  if (action !== 'kill' && action !== 'throttle' && action !== 'warn' && action !== 'resume') return undefined;
+  if (action !== 'kill' && action !== 'throttle' && action !== 'warn' && action !== 'resume')
+    return undefined;
   const s: EnforcementState = { action, reason, untilUnixMs: Number(until) || 0 };
   if (rate !== '') s.ratePerSecond = Number(rate);
   if (margin !== '') s.marginBps = Number(margin);

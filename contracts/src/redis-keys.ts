@@ -28,11 +28,14 @@ export function customerTag(product: string, customer: string): string {
 export const redisKeys = {
   /**
    * Dedup claims of the calls that started on one UTC day (hash): field = event id, value =
-   * `token|toolOrdinal|planOrdinal`. Kept for the accepted span age plus a day, so every accepted call's
+   * `token|toolOrdinal|planOrdinal`. Kept for the accepted span age plus 48 hours, so every accepted call's
    * claim outlives its acceptance window.
    */
   dedup: (tag: string, day: string) => `${KEY_PREFIX}:${tag}:dd:${day}`,
-  /** Period counters (hash): `calls`, `billable`, `tool:<name>`, `spend`, `cost`, ... */
+  /**
+   * Period counters (hash): `calls` (all), `n` (counted calls: plan position), `t:<tool>` (counted calls of a
+   * tool: tier position), `spend`, `cost`, `c:<tool>` (all calls of a tool, for its limit).
+   */
   period: (tag: string, period: string) => `${KEY_PREFIX}:${tag}:p:${period}`,
   /** Daily counters (hash), for per-day limits. */
   day: (tag: string, day: string) => `${KEY_PREFIX}:${tag}:d:${day}`,

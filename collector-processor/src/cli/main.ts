@@ -6,7 +6,7 @@ import { ConfigError, loadConfig, SETTINGS, settingsTableMarkdown, splitArgs } f
 import { runWorkload } from '../demo/workload.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
-import { migrate, openClickHouse } from '../storage/clickhouse.js';
+import { openClickHouse } from '../storage/clickhouse.js';
 
 const USAGE = `tollgate — meter, price and enforce MCP tool calls
 
@@ -145,7 +145,6 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
     password: String(s['clickhouse.password']),
   });
   try {
-    await migrate(ch.client);
     const rs = await ch.client.query({
       query: sql,
       format: 'JSONEachRow',

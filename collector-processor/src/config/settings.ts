@@ -220,7 +220,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_MAX_SPAN_AGE_HOURS',
     kind: 'int',
     default: 168,
-    doc: 'Oldest accepted call (and the dedup window: ids are remembered this long plus a day).',
+    doc: 'Oldest accepted call (and the dedup window: ids are remembered this long plus 48 hours).',
   },
   {
     key: 'ingest.maxFutureSeconds',
@@ -229,14 +229,6 @@ export const SETTINGS = [
     kind: 'int',
     default: 600,
     doc: 'Clock skew tolerated for start times in the future.',
-  },
-  {
-    key: 'forward.endpoint',
-    flag: '--forward-endpoint',
-    env: 'TOLLGATE_FORWARD_ENDPOINT',
-    kind: 'string',
-    default: '',
-    doc: 'OTLP/HTTP traces URL to forward received spans to, with price and decision stamped on billed spans. Empty: no forwarding.',
   },
   {
     key: 'shutdownTimeoutMs',
@@ -372,6 +364,25 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
     throw new ConfigError(`cannot read config file ${filePath}: ${(err as Error).message}`);
   }
   const fileSettings = getPath(doc, 'settings') ?? {};
+  const knownKeys = new Set<string>(SETTINGS.map((spec) => spec.key));
+  const unknown: string[] = [];
+  const walk = (obj: unknown, prefix: string) => {
+    if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) {
+      if (!knownKeys.has(prefix)) unknown.push(prefix);
+      return;
+    }
+    if (knownKeys.has(prefix)) return; // a known key whose value is an object: coerce() reports it
+    for (const [k, v] of Object.entries(obj)) walk(v, prefix ? `${prefix}.${k}` : k);
+  };
+  walk(fileSettings, '');
+  if (unknown.length)
+    throw new ConfigError(
+      `${filePath}: unknown setting(s) ${unknown.map((k) => `settings.${k}`).join(', ')}`,
+    );
+  const topLevel = Object.keys((doc as Record<string, unknown>) ?? {}).filter(
+    (k) => !['settings', 'ingestKeys', 'apiKeys'].includes(k),
+  );
+  if (topLevel.length) throw new ConfigError(`${filePath}: unknown top-level key(s) ${topLevel.join(', ')}`);
 
   const settings = {} as Record<SettingKey, string | number | boolean>;
   for (const spec of SETTINGS as readonly SettingSpec[]) {
@@ -394,6 +405,12 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
   if (!keys.success) {
     const problems = keys.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(`${filePath}: ${problems.join('; ')}`);
+  }
+  const roles = String(settings.roles)
+    .split(',')
+    .map((r) => r.trim());
+  if (roles.length === 0 || roles.some((r) => r !== 'processor' && r !== 'api')) {
+    throw new ConfigError(`roles: must be processor, api or both, got ${JSON.stringify(settings.roles)}`);
   }
   for (const k of keys.data.apiKeys) {
     if (k.role === 'customer' && !k.customer)

@@ -120,7 +120,8 @@ export class RedisEnforcer implements Enforcer {
     const keys = [
       redisKeys.period(tag, g.period),
       redisKeys.state(tag),
-      redisKeys.applied(tag, dayOf(now)),
+      // keyed by the record's receipt day, so a replay on a later day finds the marker
+      redisKeys.applied(tag, dayOf(first.receivedAtMs)),
       redisKeys.day(tag, g.day),
     ];
     const sessionIndex = new Map<string, number>();

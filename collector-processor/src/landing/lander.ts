@@ -69,6 +69,25 @@ export class Lander {
     this.forced.push(...intents);
   }
 
+  /**
+   * Replay of the spool is over: a resumed block whose records produced no rows this time (nothing left
+   * to land for them) is sent with the rows that did come back, under its original token.
+   */
+  replayFinished(): void {
+    for (let i = 0; i < this.forced.length; i++) {
+      const it = this.forced[i] as IntentRecord;
+      const present = it.rids.filter((rid) => this.queue.has(rid));
+      if (present.length === it.rids.length) continue;
+      this.log.warn(
+        { block: it.bid, missing: it.rids.length - present.length },
+        'resumed block lost records on replay',
+      );
+      if (present.length) this.forced[i] = { ...it, rids: present };
+      else this.forced.splice(i--, 1);
+    }
+    this.wake?.();
+  }
+
   start(): void {
     if (this.running) return;
     this.running = true;

@@ -40,6 +40,7 @@ export const ERRORS = {
     message: 'could not write the durable spool; retry later',
   },
   TG_SHUTTING_DOWN: { status: 503, retryable: true, message: 'server is shutting down; retry later' },
+  TG_INTERNAL: { status: 503, retryable: true, message: 'internal error (logged); retry later' },
 } as const;
 export type ErrorCode = keyof typeof ERRORS;
 

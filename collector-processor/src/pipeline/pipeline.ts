@@ -113,30 +113,32 @@ export class Pipeline {
     product: string,
     calls: readonly ToolCall[],
     rejected: RejectionTally,
-  ): Prepared[] {
+  ): { prepared: Prepared[]; inBatchDuplicates: number } {
     const out: Prepared[] = [];
     const seen = new Set<string>();
+    let inBatchDuplicates = 0;
     for (const call of calls) {
       if (seen.has(call.eventId)) {
         this.metrics.callsDuplicate.inc();
+        inBatchDuplicates++;
         continue; // the same span twice in one request: one call
       }
       seen.add(call.eventId);
       const plan = book.resolve(product, call.customer);
       if (!plan) {
-        rejected.add('unknown_plan', `product ${product}`);
+        rejected.add('unknown_plan', `product ${product}`, call.eventId);
         continue;
       }
       const rate = toolRateOf(plan, call.tool);
       if (!rate) {
-        rejected.add('unknown_tool', call.tool);
+        rejected.add('unknown_tool', call.tool, call.eventId);
         continue;
       }
       const period = periodOf(call.startUnixUs);
       const day = new Date(Math.floor(call.startUnixUs / 1000)).toISOString().slice(0, 10);
       out.push({ call, plan, rate, period, day, counts: countsTowardUsage(call, plan) });
     }
-    return out;
+    return { prepared: out, inBatchDuplicates };
   }
 
   /** Accepts the calls of one export. Resolves once they are durable; throws TollgateError for retryable refusals. */
@@ -146,9 +148,9 @@ export class Pipeline {
     }
     const { product, rejected } = input;
     const book = this.plans.current;
-    const prepared = this.prepare(book, product, input.calls, rejected);
+    const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
-    if (prepared.length === 0) return { accepted: 0, duplicates: 0, directives: [] };
+    if (prepared.length === 0) return { accepted: 0, duplicates: inBatchDuplicates, directives: [] };
 
     const rid = this.nextRid();
     const record: AcceptedRecord = {
@@ -169,7 +171,8 @@ export class Pipeline {
     }
     this.metrics.callsAccepted.inc({ product }, prepared.length);
     try {
-      return await this.meterRateLand(rid, product, prepared, input.receivedAtMs);
+      const result = await this.meterRateLand(rid, product, prepared, input.receivedAtMs);
+      return { ...result, duplicates: result.duplicates + inBatchDuplicates };
     } catch (err) {
       // Fail-closed refusal. Some customers' calls may already be claimed under this record, so it is
       // not abandoned: it is finished in the background once Redis is back, and the sender's retry is
@@ -196,7 +199,7 @@ export class Pipeline {
           'plan snapshot missing; replaying under the current plans',
         );
       }
-      const prepared = this.prepare(book, rec.product, this.callsOf(rec), new RejectionTally());
+      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec), new RejectionTally());
       for (;;) {
         try {
           await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);

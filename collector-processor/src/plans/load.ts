@@ -49,11 +49,14 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Objects merge key by key; anything else in `over` replaces what is in `base`. */
+/** Objects merge key by key; anything else in `over` replaces what is in `base`; `null` removes a key. */
 export function deepMerge(base: unknown, over: unknown): unknown {
   if (!isPlainObject(base) || !isPlainObject(over)) return over;
   const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in base ? deepMerge(base[k], v) : v;
+  for (const [k, v] of Object.entries(over)) {
+    if (v === null) delete out[k];
+    else out[k] = k in base ? deepMerge(base[k], v) : v;
+  }
   return out;
 }
 

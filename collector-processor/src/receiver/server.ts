@@ -1,6 +1,12 @@
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
-import { type Directive, type ToolCall, toolCallFromUsageEvent, UsageEventSchema } from '@tollgate/contracts';
+import {
+  type Directive,
+  REJECT_REASONS,
+  type ToolCall,
+  toolCallFromUsageEvent,
+  UsageEventSchema,
+} from '@tollgate/contracts';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -83,7 +89,11 @@ export function buildReceiver(
   );
 
   const sendError = (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
-    metrics.exports.inc({ endpoint: req.routeOptions.url ?? req.url, status: String(err.status) });
+    const path = req.url.split('?')[0] as string;
+    metrics.exports.inc({
+      endpoint: INGEST_ROUTES.includes(path) ? path : 'other',
+      status: String(err.status),
+    });
     if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));
     if (err.code === 'TG_METHOD_NOT_ALLOWED') reply.header('allow', 'POST');
     if (req.url.startsWith('/v1/traces')) {
@@ -108,7 +118,7 @@ export function buildReceiver(
     else if (error.statusCode === 413) code = 'TG_BODY_TOO_LARGE';
     else if (!error.statusCode || error.statusCode >= 500) {
       req.log.error({ err: error }, 'unexpected error');
-      return sendError(req, reply, new TollgateError('TG_SPOOL_FAILED', 'internal error', 1));
+      return sendError(req, reply, new TollgateError('TG_INTERNAL', undefined, 1));
     }
     return sendError(req, reply, new TollgateError(code, error.message));
   });
@@ -231,6 +241,7 @@ export function buildReceiver(
     const rejected = new RejectionTally();
     const problems: { index: number; id?: unknown; reason: string; message: string }[] = [];
     const calls: ToolCall[] = [];
+    const indexOf = new Map<string, { index: number; id: unknown }>();
     const receivedAtMs = Date.now();
     const xo = extractOptions(opts, identity.defaultCustomer, receivedAtMs);
     events.forEach((raw, index) => {
@@ -271,6 +282,7 @@ export function buildReceiver(
         });
         return;
       }
+      if (!indexOf.has(call.eventId)) indexOf.set(call.eventId, { index, id });
       calls.push(call);
     });
     const result = await pipeline.accept({
@@ -280,6 +292,11 @@ export function buildReceiver(
       calls,
       rejected,
     });
+    for (const [eventId, reason] of rejected.byEvent) {
+      const at = indexOf.get(eventId);
+      if (at) problems.push({ index: at.index, id: at.id, reason, message: REJECT_REASONS[reason] });
+    }
+    problems.sort((a, b) => a.index - b.index);
     metrics.exports.inc({ endpoint: req.routeOptions.url ?? req.url, status: '200' });
     return reply.code(200).send({
       accepted: result.accepted,

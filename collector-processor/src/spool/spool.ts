@@ -280,8 +280,21 @@ export class Spool {
       try {
         const buf = batch.length === 1 ? (batch[0] as Pending).buf : Buffer.concat(batch.map((p) => p.buf));
         const handle = this.handle as FileHandle;
-        await handle.write(buf);
-        if (batch.some((p) => p.sync)) await handle.datasync();
+        try {
+          for (let off = 0; off < buf.length; )
+            off += (await handle.write(buf, off, buf.length - off)).bytesWritten;
+          if (batch.some((p) => p.sync)) await handle.datasync();
+        } catch (err) {
+          // Cut the partial write off (or move to a new segment if even that fails), so no garbage sits
+          // before records written later: recovery stops reading a segment at the first bad record.
+          try {
+            await handle.truncate(this.segmentSize);
+          } catch {
+            this.segment++;
+            await this.openSegment();
+          }
+          throw err;
+        }
         this.segmentSize += buf.length;
         for (const p of batch) p.resolve();
         if (this.segmentSize >= this.opts.segmentBytes) {
