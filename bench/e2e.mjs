@@ -18,8 +18,8 @@ const SPANS = 512;
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
 const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 
-async function run(mode, bodies) {
-  const tg = await startTollgate(['--pipeline-mode', mode]);
+async function run(mode, bodies, extraFlags = []) {
+  const tg = await startTollgate(['--pipeline-mode', mode, ...extraFlags]);
   try {
     // warm-up on distinct spans, not counted
     await drive(`${tg.otlpUrl}/v1/traces`, bodies.slice(0, 20), { concurrency: CONCURRENCY, headers });
@@ -28,7 +28,7 @@ async function run(mode, bodies) {
     const r = await drive(`${tg.otlpUrl}/v1/traces`, measured, { concurrency: CONCURRENCY, headers });
     const spans = measured.length * SPANS;
     let landedMs = r.wallMs;
-    if (mode === 'full') {
+    if (mode !== 'decode-only') {
       const t0 = performance.now();
       while ((await metric(tg.apiUrl, 'tollgate_landed_rows_total')) - landedBefore < spans) {
         await new Promise((res) => setTimeout(res, 20));
@@ -52,43 +52,40 @@ async function run(mode, bodies) {
   }
 }
 
-const bodies = await protobufBatches(BATCHES, SPANS);
-const full = await run('full', bodies);
+const full = await run('full', await protobufBatches(BATCHES, SPANS));
+const off = await run('full', await protobufBatches(BATCHES, SPANS), ['--enforcement', 'false']);
 const floor = await run('decode-only', await protobufBatches(BATCHES, SPANS));
-for (const r of [full, floor])
+for (const r of [full, off, floor])
   if (r.ok !== r.requests) throw new Error(`${r.mode}: ${r.requests - r.ok} exports failed`);
 
 const f = (n) => Math.round(n).toLocaleString('en-US');
+const row = (name, r, landed = true) => [
+  name,
+  f(r.ackedPerSec),
+  landed ? f(r.landedPerSec) : '—',
+  r.p50.toFixed(1),
+  r.p99.toFixed(1),
+  r.rssMiB.toFixed(0),
+];
+const ratio = (name, a, b) => [
+  name,
+  (a.ackedPerSec / b.ackedPerSec).toFixed(2),
+  (a.landedPerSec / b.ackedPerSec).toFixed(2),
+  (a.p50 / b.p50).toFixed(2),
+  (a.p99 / b.p99).toFixed(2),
+  (a.rssMiB / b.rssMiB).toFixed(2),
+];
 console.log(
   `\nEnd-to-end ingest: ${BATCHES - 20} exports × ${SPANS} billable spans, ${CONCURRENCY} concurrent senders, OTLP/HTTP protobuf`,
 );
 console.log(
   table([
     ['server', 'acked spans/s', 'landed spans/s', 'p50 ms', 'p99 ms', 'peak RSS MiB'],
-    [
-      'full pipeline',
-      f(full.ackedPerSec),
-      f(full.landedPerSec),
-      full.p50.toFixed(1),
-      full.p99.toFixed(1),
-      full.rssMiB.toFixed(0),
-    ],
-    [
-      'decode-and-discard (floor)',
-      f(floor.ackedPerSec),
-      '—',
-      floor.p50.toFixed(1),
-      floor.p99.toFixed(1),
-      floor.rssMiB.toFixed(0),
-    ],
-    [
-      'ratio full / floor',
-      (full.ackedPerSec / floor.ackedPerSec).toFixed(2),
-      (full.landedPerSec / floor.ackedPerSec).toFixed(2),
-      (full.p50 / floor.p50).toFixed(2),
-      (full.p99 / floor.p99).toFixed(2),
-      (full.rssMiB / floor.rssMiB).toFixed(2),
-    ],
+    row('full pipeline (enforcement on)', full),
+    row('full pipeline, enforcement off', off),
+    row('decode-and-discard (floor)', floor, false),
+    ratio('ratio enforcement on / off', full, off),
+    ratio('ratio full / floor', full, floor),
   ]),
 );
 writeResult('e2e', {
@@ -97,5 +94,6 @@ writeResult('e2e', {
   spansPerBatch: SPANS,
   concurrency: CONCURRENCY,
   full,
+  enforcementOff: off,
   floor,
 });

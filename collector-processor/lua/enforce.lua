@@ -109,22 +109,46 @@ end
 
 local over = {}
 local already = redis.call('HEXISTS', applied, rid) == 1
-local spend = tonumber(redis.call('HGET', period, 'spend') or '0')
-local day_calls = tonumber(redis.call('HGET', day, 'calls') or '0')
-local sessions = {} -- key index -> { id, spend, revenue, cost }
+
+-- Counters are read once, advanced in Lua for each call (limits are checked call by call, in order), and
+-- written back once per key with HINCRBY of the total increments: a few Redis calls per key, not per call.
+local function num(v) return tonumber(v or '0') end
+local spend = num(redis.call('HGET', period, 'spend'))
+local cost_total = num(redis.call('HGET', period, 'cost'))
+local day_calls = num(redis.call('HGET', day, 'calls'))
+local d_spend, d_cost, d_day = 0, 0, 0
+local tool_calls, d_tool = {}, {}
+local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls }
 
 for i = 0, n - 1 do
   local b = base + 1 + i * 5
   local sk, sid, agent, tool = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local price, cost = string.match(ARGV[b + 4], '^(%-?%d+)|(%-?%d+)$')
+  price, cost = tonumber(price), tonumber(cost)
   if agent ~= '' then scope_of('agent', agent) end
   if sid ~= '' then scope_of('session', sid) end
   if tool_limits[tool] then scope_of('tool', tool) end
+  local ses = nil
+  if sk > 0 then
+    ses = sessions[sk]
+    if not ses then
+      local key = KEYS[4 + sk]
+      ses = { id = sid, spend = num(redis.call('HGET', key, 'spend')), cost = num(redis.call('HGET', key, 'cost')), d_spend = 0, d_cost = 0, d_calls = 0 }
+      sessions[sk] = ses
+    end
+  end
   if not already then
-    spend = tonumber(redis.call('HINCRBY', period, 'spend', price))
-    redis.call('HINCRBY', period, 'cost', cost)
-    local tool_calls = tonumber(redis.call('HINCRBY', period, 'c:' .. tool, 1))
-    day_calls = tonumber(redis.call('HINCRBY', day, 'calls', 1))
+    spend = spend + price
+    cost_total = cost_total + cost
+    d_spend, d_cost = d_spend + price, d_cost + cost
+    if tool_calls[tool] == nil then
+      tool_calls[tool] = num(redis.call('HGET', period, 'c:' .. tool))
+      d_tool[tool] = 0
+    end
+    tool_calls[tool] = tool_calls[tool] + 1
+    d_tool[tool] = d_tool[tool] + 1
+    day_calls = day_calls + 1
+    d_day = d_day + 1
     local crossed = false
     if spend_limit >= 0 and spend > spend_limit then
       crossed = true
@@ -134,31 +158,40 @@ for i = 0, n - 1 do
       crossed = true
       set('c', { action = 'kill', reason = 'hard_limit:calls_per_day', until_ms = day_end, rate = '', margin = '' })
     end
-    if tool_limits[tool] and tool_calls > tool_limits[tool] then
+    if tool_limits[tool] and tool_calls[tool] > tool_limits[tool] then
       crossed = true
       set(scope_of('tool', tool), { action = 'kill', reason = 'hard_limit:calls_per_tool', until_ms = period_end, rate = '', margin = '' })
     end
-    if sk > 0 then
-      local key = KEYS[4 + sk]
-      local s_spend = tonumber(redis.call('HINCRBY', key, 'spend', price))
-      redis.call('HINCRBY', key, 'cost', cost)
-      redis.call('HINCRBY', key, 'calls', 1)
-      if session_limit >= 0 and s_spend > session_limit then
+    if ses then
+      ses.spend, ses.cost = ses.spend + price, ses.cost + cost
+      ses.d_spend, ses.d_cost, ses.d_calls = ses.d_spend + price, ses.d_cost + cost, ses.d_calls + 1
+      if session_limit >= 0 and ses.spend > session_limit then
         crossed = true
         set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
       end
     end
     if crossed then over[#over + 1] = i end
   end
-  if sk > 0 and not sessions[sk] then sessions[sk] = sid end
 end
 
 if not already then
+  -- integers beyond 2^53 would not survive Lua numbers: send the deltas as exact decimal text
+  local function int(x) return string.format('%d', x) end
+  redis.call('HINCRBY', period, 'spend', int(d_spend))
+  redis.call('HINCRBY', period, 'cost', int(d_cost))
+  for tool, d in pairs(d_tool) do redis.call('HINCRBY', period, 'c:' .. tool, d) end
+  redis.call('HINCRBY', day, 'calls', d_day)
+  for sk, ses in pairs(sessions) do
+    local key = KEYS[4 + sk]
+    redis.call('HINCRBY', key, 'spend', int(ses.d_spend))
+    redis.call('HINCRBY', key, 'cost', int(ses.d_cost))
+    redis.call('HINCRBY', key, 'calls', ses.d_calls)
+    redis.call('EXPIRE', key, counter_ttl)
+  end
   redis.call('HSET', applied, rid, now)
   redis.call('EXPIRE', applied, applied_ttl)
   redis.call('EXPIRE', period, counter_ttl)
   redis.call('EXPIRE', day, counter_ttl)
-  for sk in pairs(sessions) do redis.call('EXPIRE', KEYS[4 + sk], counter_ttl) end
 end
 
 -- the margin guard: over the period (customer scope) and over each session of this export
@@ -176,11 +209,8 @@ local function judge(field, revenue, cost)
     clear_guard(field, ms)
   end
 end
-judge('c', spend, tonumber(redis.call('HGET', period, 'cost') or '0'))
-for sk, sid in pairs(sessions) do
-  local key = KEYS[4 + sk]
-  judge(scope_of('session', sid), tonumber(redis.call('HGET', key, 'spend') or '0'), tonumber(redis.call('HGET', key, 'cost') or '0'))
-end
+judge('c', spend, cost_total)
+for _, ses in pairs(sessions) do judge(scope_of('session', ses.id), ses.spend, ses.cost) end
 
 local out = { #over }
 for _, i in ipairs(over) do out[#out + 1] = i end
