@@ -1,0 +1,147 @@
+// Enforcement throughput on one real Redis: billable calls per second through Tollgate's two atomic
+// scripts (claim.lua: dedup + usage positions; enforce.lua: counters, limits, margin guard, directives),
+// batched per customer as the pipeline calls them, against the floor of a plain INCRBY pipeline that only
+// adds each call's price to a counter (no dedup, no limits) — same batches, same Redis, same concurrency.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT, table, writeResult } from './lib.mjs';
+
+const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
+const { Redis } = await import('ioredis');
+const { startPrivateRedis } = await dist('redis/private-redis.js');
+const { defineClaim, claimCalls } = await dist('meter/claim.js');
+const { RedisEnforcer } = await dist('enforcement/enforcer.js');
+const { PlanStore } = await dist('plans/store.js');
+const { createMetrics } = await dist('metrics.js');
+const { createLogger } = await dist('app.js');
+
+const BATCHES = Number(process.env.BENCH_BATCHES ?? 400);
+const PER_BATCH = 512;
+const CUSTOMERS = 50;
+const CONCURRENCY = 4;
+
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-enf-'));
+writeFileSync(
+  join(dir, 'plans.yaml'),
+  `currency: USD
+products:
+  bench:
+    defaultPlan: p
+    plans:
+      p:
+        freeCallsPerMonth: 10
+        tools: { "*": { price: { perCall: "0.001" }, cost: { perCall: "0.0001" } } }
+        limits: { spendPerPeriod: "1000000", callsPerDay: 100000000, spendPerSession: "1000000" }
+`,
+);
+const log = createLogger('silent');
+const metrics = createMetrics();
+const plans = PlanStore.open(join(dir, 'plans.yaml'), dir, log, metrics);
+const noEvents = { record() {}, flush: async () => {}, close: async () => {} }; // nothing crosses a limit here
+
+const period = new Date().toISOString().slice(0, 7);
+const day = new Date().toISOString().slice(0, 10);
+function batch(b) {
+  const customer = `c${b % CUSTOMERS}`;
+  return Array.from({ length: PER_BATCH }, (_, i) => ({
+    customer,
+    call: {
+      eventId: `${b.toString(16).padStart(8, '0')}${i.toString(16).padStart(40, '0')}`,
+      tool: `tool-${i % 4}`,
+      customer,
+    },
+    row: {
+      customer,
+      sessionId: `s${b % 400}`,
+      agent: `a${i % 5}`,
+      tool: `tool-${i % 4}`,
+      priceNano: 1_000_000n,
+      costNano: 100_000n,
+      period,
+      planVersion: plans.current.version,
+      startUnixUs: Date.now() * 1000,
+      receivedAtMs: Date.now(),
+      decision: 'billed',
+    },
+  }));
+}
+
+async function drive(fn) {
+  let next = 0;
+  const t = performance.now();
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      while (next < BATCHES) await fn(next++);
+    }),
+  );
+  return (BATCHES * PER_BATCH) / ((performance.now() - t) / 1000);
+}
+
+const server = await startPrivateRedis();
+const redis = new Redis(server.url);
+try {
+  defineClaim(redis);
+  const enforcer = new RedisEnforcer(redis, plans, noEvents, log, metrics, { maxSpanAgeHours: 168 });
+  const batches = Array.from({ length: BATCHES }, (_, b) => batch(b));
+  const ttl = { dedupSeconds: 3600, periodSeconds: 3600 };
+
+  const floor = await drive(async (b) => {
+    const p = redis.pipeline();
+    for (const e of batches[b]) p.incrby(`floor:{bench:${e.customer}}:spend`, 1_000_000);
+    await p.exec();
+  });
+  await redis.flushall();
+  const claimOnly = await drive(async (b) => {
+    const evs = batches[b];
+    await claimCalls(
+      redis,
+      'bench',
+      evs[0].customer,
+      `rid-${b}`,
+      evs.map((e) => ({ call: e.call, period, day, counts: true })),
+      ttl,
+    );
+  });
+  await redis.flushall();
+  const both = await drive(async (b) => {
+    const evs = batches[b];
+    await claimCalls(
+      redis,
+      'bench',
+      evs[0].customer,
+      `rid-${b}`,
+      evs.map((e) => ({ call: e.call, period, day, counts: true })),
+      ttl,
+    );
+    await enforcer.apply(
+      'bench',
+      `rid-${b}`,
+      evs.map((e) => e.row),
+    );
+  });
+  const f = (n) => Math.round(n).toLocaleString('en-US');
+  console.log(
+    `\nEnforcement in Redis: ${BATCHES} batches × ${PER_BATCH} calls, ${CUSTOMERS} customers, ${CONCURRENCY} batches in flight, one redis-server`,
+  );
+  console.log(
+    table([
+      ['path', 'calls/s', 'ratio to INCRBY floor'],
+      ['INCRBY pipeline (floor)', f(floor), '1.00'],
+      ['claim.lua (dedup + positions)', f(claimOnly), (claimOnly / floor).toFixed(2)],
+      ['claim.lua + enforce.lua (full)', f(both), (both / floor).toFixed(2)],
+    ]),
+  );
+  writeResult('enforcement', {
+    at: new Date().toISOString(),
+    batches: BATCHES,
+    perBatch: PER_BATCH,
+    floor,
+    claimOnly,
+    both,
+  });
+} finally {
+  redis.disconnect();
+  plans.close();
+  await server.stop();
+}
