@@ -76,7 +76,14 @@ describe("state.decode", function()
     end)
   end
 
-  for _, v in ipairs({ "", "resume|x|0||", "KILL|x|0||", "|kill" }) do
+  it("resume (a lift) decodes and restricts nothing", function()
+    local r = state.decode("resume|operator:alice|0||")
+    assert.same({ action = "resume", reason = "operator:alice", until_ms = 0 }, r)
+    assert.equal("allow", state.decide({ customer = r }, 1).action)
+    assert.is_nil(state.decide({ customer = r }, 1).warn)
+  end)
+
+  for _, v in ipairs({ "", "KILL|x|0||", "|kill" }) do
     it("rejects " .. string.format("%q", v), function()
       assert.is_nil(state.decode(v))
     end)
@@ -543,6 +550,16 @@ describe("enforce.check", function()
     enforce.check(env, conf, { customer = "c" }, 1)
     enforce.check(env, conf, { customer = "c" }, 1)
     assert.equal(2, env.fetches)
+  end)
+
+  it("a tool whose calls-per-tool limit is exhausted is refused, other tools pass", function()
+    local env = env_with({ ["t:run_report"] = "kill|hard_limit:calls_per_tool|0||" })
+    local d = enforce.check(env, conf, { customer = "c", tools = { "search", "run_report", "search" } }, 3)
+    assert.equal("kill", d.action)
+    assert.equal("tool", d.scope)
+    assert.equal("hard_limit:calls_per_tool", d.reason)
+    assert.same({ "c", "t:search", "t:run_report" }, env.last_fields)
+    assert.equal("allow", enforce.check(env, conf, { customer = "c", tools = { "search" } }, 1).action)
   end)
 
   it("kill", function()

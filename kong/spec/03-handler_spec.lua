@@ -81,11 +81,11 @@ describe("tollgate handler", function()
     -- Kong's own attributes are still there
     assert.equal(200, a["http.status_code"])
     assert.equal("POST", a["http.method"])
-    -- exactly one HMGET of the three fields of one hash
+    -- exactly one HMGET of one hash: customer, agent, session and the called tool
     assert.equal(1, fake_redis.hmgets())
     local hmget = fake_redis.log[#fake_redis.log]
     assert.equal(KEY, hmget.key)
-    assert.same({ "c", "a:agent-7", "s:sess-1" }, hmget.fields)
+    assert.same({ "c", "a:agent-7", "s:sess-1", "t:search" }, hmget.fields)
   end)
 
   it("SSE response: passed through unchanged, isError seen across chunk boundaries", function()

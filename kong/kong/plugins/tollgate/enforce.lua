@@ -7,6 +7,7 @@ local keys = require "kong.plugins.tollgate.keys"
 local state = require "kong.plugins.tollgate.state"
 
 local concat = table.concat
+local ipairs = ipairs
 
 -- an idle bucket is forgotten after a minute: it would be full again by then anyway for any
 -- rate >= 1/60 s, and a fresh bucket starts full
@@ -30,6 +31,15 @@ function _M.location(product, identity)
     fields[#fields + 1] = keys.state_field("session", identity.session)
     scopes[#scopes + 1] = "session"
   end
+  -- the tools called (a batch may call several): a tool whose calls-per-tool limit is exhausted
+  local seen = {}
+  for _, tool in ipairs(identity.tools or {}) do
+    if not seen[tool] then
+      seen[tool] = true
+      fields[#fields + 1] = keys.state_field("tool", tool)
+      scopes[#scopes + 1] = "tool"
+    end
+  end
   return { key = keys.state_key(tag), fields = fields, scopes = scopes }
 end
 
@@ -47,7 +57,12 @@ local function read_states(env, loc)
   end
   states = {}
   for i = 1, #loc.scopes do
-    states[loc.scopes[i]] = state.decode(values[i])
+    local scope, decoded = loc.scopes[i], state.decode(values[i])
+    -- several tools share the `tool` scope: a kill of any of them wins, then any other state
+    local prev = states[scope]
+    if decoded and (not prev or (decoded.action == "kill" and prev.action ~= "kill")) then
+      states[scope] = decoded
+    end
   end
   if env.cache and env.ttl_ms > 0 then
     env.cache:set(cache_key, states, env.ttl_ms)
@@ -58,7 +73,7 @@ end
 _M.read_states = read_states
 
 --- check(env, conf, identity, cost) -> decision
--- env: { now_ms(), cache, buckets, fetch, ttl_ms }; identity: { customer, agent?, session? };
+-- env: { now_ms(), cache, buckets, fetch, ttl_ms }; identity: { customer, agent?, session?, tools? };
 -- cost: number of tools/call in the request (a batch takes that many tokens).
 -- decision.action: "allow" | "kill" | "throttle" | "unavailable"
 -- decision.enforcement: the tollgate.enforcement attribute value

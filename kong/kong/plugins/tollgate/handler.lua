@@ -198,10 +198,15 @@ function TollgateHandler:access(conf)
     return
   end
 
+  local tools = {}
+  for i, call in ipairs(parsed.calls) do
+    tools[i] = call.name
+  end
   local d = enforce.check(worker_state(conf).env, conf, {
     customer = req.customer,
     agent = req.agent,
     session = req.session_id,
+    tools = tools,
   }, #parsed.calls)
   req.enforcement = d.enforcement
   if d.error then

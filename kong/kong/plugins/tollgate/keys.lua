@@ -45,12 +45,14 @@ function _M.state_key(tag)
   return KEY_PREFIX .. ":" .. tag .. ":state"
 end
 
---- Field of the state hash: `c` (customer), `a:<agent>`, `s:<session>`.
+local FIELD_PREFIX = { agent = "a:", session = "s:", tool = "t:" }
+
+--- Field of the state hash: `c` (customer), `a:<agent>`, `s:<session>`, `t:<tool>`.
 function _M.state_field(scope, id)
   if scope == "customer" then
     return "c"
   end
-  return (scope == "agent" and "a:" or "s:") .. escape(id)
+  return FIELD_PREFIX[scope] .. escape(id)
 end
 
 -- CRC16-CCITT (XModem), the checksum Redis Cluster uses for key slots.

@@ -10,11 +10,13 @@ local max = math.max
 local sub = string.sub
 local tonumber = tonumber
 
-local ACTIONS = { kill = true, throttle = true, warn = true }
+-- `resume` records a lift: it restricts nothing (decide() ignores it), like contracts/src/enforcement-state.ts
+local ACTIONS = { kill = true, throttle = true, warn = true, resume = true }
 
 -- Scopes in the order they are read from the hash and reported; precedence between actions is
 -- kill > throttle > warn whatever the scope.
-local SCOPES = { "customer", "agent", "session" }
+-- `tool`: one tool of the customer (its calls-per-tool limit), field `t:<tool>`.
+local SCOPES = { "customer", "agent", "session", "tool" }
 
 local _M = {
   SCOPES = SCOPES,
@@ -110,7 +112,7 @@ function _M.decide(states, now_ms)
           throttle = { action = "throttle", scope = scope, reason = s.reason,
                        until_ms = s.until_ms, rate = rate }
         end
-      elseif not warn then
+      elseif s.action == "warn" and not warn then
         warn = { scope = scope, reason = s.reason, margin_bps = s.margin_bps }
       end
     end
