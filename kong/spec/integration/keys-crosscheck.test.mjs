@@ -104,7 +104,8 @@ describe('Redis keys: Lua == contracts/src/redis-keys.ts', () => {
 
   it('state fields', () => {
     const cases = [];
-    for (const scope of ['customer', 'agent', 'session', 'tool']) for (const id of IDS) cases.push([scope, id]);
+    for (const scope of ['customer', 'agent', 'session', 'tool'])
+      for (const id of IDS) cases.push([scope, id]);
     const got = lua(`for i, c in ipairs(input) do out[i] = keys.state_field(c[1], c[2]) end`, cases);
     cases.forEach(([scope, id], i) => {
       assert.equal(got[i], stateTs.stateField(scope, id), `${scope} ${JSON.stringify(id)}`);
