@@ -1,0 +1,313 @@
+import http from 'node:http';
+import https from 'node:https';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
+import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
+import { JsonTraceSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
+import type { Directive } from '@tollgate/contracts';
+import type { TollgateLogger } from './types.js';
+import { directivesFromJson, directivesFromProtobuf, heartbeatRequest } from './wire.js';
+
+const gzipAsync = promisify(gzip);
+
+/** Spans per export request (the processor's default body limit fits several thousand). */
+const MAX_SPANS_PER_REQUEST = 2048;
+const MIN_BACKOFF_MS = 1000;
+const MAX_BACKOFF_MS = 30_000;
+const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
+
+export interface ExporterSettings {
+  /** Full URL of the OTLP/HTTP traces endpoint billing spans go to. */
+  tracesUrl: string;
+  /** Full URL heartbeats go to (Tollgate's receiver); equals `tracesUrl` unless spans go through a Collector. */
+  directivesUrl: string;
+  /** Heartbeat at every interval, not only when idle (spans go elsewhere, directives come from here). */
+  heartbeatAlways: boolean;
+  headers: Record<string, string>;
+  directivesHeaders: Record<string, string>;
+  format: 'protobuf' | 'json';
+  compression: 'gzip' | 'none';
+  timeoutMs: number;
+  maxBufferedSpans: number;
+  heartbeatIntervalMs: number;
+  serviceName: string;
+}
+
+export type DirectiveSource = 'export' | 'heartbeat';
+
+interface Response {
+  status: number;
+  contentType: string;
+  retryAfterMs: number | undefined;
+  body: Buffer;
+}
+
+const CONTENT_TYPES = { protobuf: 'application/x-protobuf', json: 'application/json' } as const;
+
+/**
+ * Logs a Tollgate outage once when it starts, then at most once per interval while it lasts, and once when
+ * it ends: never once per call or per export.
+ */
+export class OutageLog {
+  private downSinceMs: number | undefined;
+  private lastLogMs = 0;
+  private failures = 0;
+  private readonly lastProblem = new Map<string, number>();
+
+  constructor(
+    private readonly logger: TollgateLogger | undefined,
+    private readonly intervalMs: number,
+    private readonly target: string,
+  ) {}
+
+  get down(): boolean {
+    return this.downSinceMs !== undefined;
+  }
+
+  failure(detail: string, buffered: number, dropped: number, nowMs = Date.now()): void {
+    this.failures++;
+    if (this.downSinceMs === undefined) {
+      this.downSinceMs = nowMs;
+      this.lastLogMs = nowMs;
+      this.logger?.warn(
+        `Tollgate unreachable at ${this.target} (${detail}): tool calls go on (fail-open), ` +
+          `billing spans are kept for retry (${buffered} buffered)`,
+      );
+      return;
+    }
+    if (nowMs - this.lastLogMs >= this.intervalMs) {
+      this.lastLogMs = nowMs;
+      const secs = Math.round((nowMs - this.downSinceMs) / 1000);
+      this.logger?.warn(
+        `Tollgate still unreachable at ${this.target} after ${secs}s (${detail}): ${this.failures} attempts ` +
+          `failed, ${buffered} billing spans buffered, ${dropped} dropped`,
+      );
+    }
+  }
+
+  recovered(nowMs = Date.now()): void {
+    if (this.downSinceMs === undefined) return;
+    const secs = Math.round((nowMs - this.downSinceMs) / 1000);
+    this.logger?.info?.(`Tollgate reachable again at ${this.target} after ${secs}s`);
+    this.downSinceMs = undefined;
+    this.failures = 0;
+  }
+
+  /** A non-retryable problem (bad key, undecodable answer): logged once per interval per message. */
+  problem(message: string, nowMs = Date.now()): void {
+    const last = this.lastProblem.get(message);
+    if (last !== undefined && nowMs - last < this.intervalMs) return;
+    this.lastProblem.set(message, nowMs);
+    this.logger?.warn(message);
+  }
+}
+
+/**
+ * The OTLP/HTTP exporter of billing spans. `export()` only buffers and returns: the network is never on the
+ * tool-call path, and the BatchSpanProcessor never waits on Tollgate. A sender sends the buffer one request
+ * at a time; when Tollgate is unreachable the spans stay buffered (bounded) and are retried with backoff,
+ * which is safe because Tollgate deduplicates by trace and span id. Every answer's directives are handed to
+ * `onDirectives`; when no export happened for a heartbeat interval, an empty export (a heartbeat) asks for
+ * them.
+ */
+export class TollgateExporter implements SpanExporter {
+  private pending: ReadableSpan[] = [];
+  private sending: Promise<boolean> | undefined;
+  private retryAtMs = 0;
+  private backoffMs = MIN_BACKOFF_MS;
+  private lastContactMs = 0;
+  private shutDown = false;
+  private readonly agent: http.Agent;
+  /** Counters (for tests, the demo and the fail-open log). */
+  readonly stats = { exports: 0, heartbeats: 0, failures: 0, spansSent: 0, dropped: 0, directives: 0 };
+
+  constructor(
+    private readonly s: ExporterSettings,
+    private readonly instanceIds: () => string[],
+    private readonly onDirectives: (directives: Directive[], source: DirectiveSource) => void,
+    private readonly outage: OutageLog,
+  ) {
+    const Agent = s.tracesUrl.startsWith('https:') ? https.Agent : http.Agent;
+    this.agent = new Agent({ keepAlive: true, maxSockets: 2 });
+  }
+
+  get buffered(): number {
+    return this.pending.length;
+  }
+
+  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    if (this.shutDown) {
+      resultCallback({ code: ExportResultCode.FAILED, error: new Error('exporter is shut down') });
+      return;
+    }
+    for (const span of spans) this.pending.push(span);
+    const excess = this.pending.length - this.s.maxBufferedSpans;
+    if (excess > 0) {
+      this.pending.splice(0, excess);
+      this.stats.dropped += excess;
+    }
+    // Buffered is ours to deliver: the processor is told so at once and never blocks on the network.
+    resultCallback({ code: ExportResultCode.SUCCESS });
+    void this.drain(false);
+  }
+
+  /** Sends what is buffered; resolves true when the buffer is empty. */
+  drain(ignoreBackoff: boolean): Promise<boolean> {
+    if (this.sending) return this.sending;
+    if (this.pending.length === 0) return Promise.resolve(true);
+    if (!ignoreBackoff && Date.now() < this.retryAtMs) return Promise.resolve(false);
+    this.sending = this.sendAll().finally(() => {
+      this.sending = undefined;
+    });
+    return this.sending;
+  }
+
+  private async sendAll(): Promise<boolean> {
+    while (this.pending.length > 0) {
+      const batch = this.pending.slice(0, MAX_SPANS_PER_REQUEST);
+      const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
+      const body = serializer.serializeRequest(batch);
+      if (!body) {
+        this.pending.splice(0, batch.length);
+        continue;
+      }
+      const outcome = await this.post(this.s.tracesUrl, this.s.headers, body, 'export');
+      if (outcome === 'retry') return false;
+      // delivered, or refused for good (4xx other than 429): either way it leaves the buffer
+      this.pending.splice(0, batch.length);
+      if (outcome === 'ok') {
+        this.stats.exports++;
+        this.stats.spansSent += batch.length;
+      }
+    }
+    return true;
+  }
+
+  /** Called by the runtime's timer: retries a buffered backlog, or heartbeats when idle. */
+  async tick(nowMs = Date.now()): Promise<void> {
+    if (this.shutDown) return;
+    if (this.pending.length > 0) {
+      await this.drain(false);
+      if (!this.s.heartbeatAlways) return;
+    }
+    if (this.s.heartbeatAlways || nowMs - this.lastContactMs >= this.s.heartbeatIntervalMs * 0.9) {
+      await this.heartbeat();
+    }
+  }
+
+  /** Sends an empty export for this instance (and its predecessors); resolves true when answered. */
+  async heartbeat(): Promise<boolean> {
+    const body = heartbeatRequest(this.s.format, this.s.serviceName, this.instanceIds());
+    const outcome = await this.post(this.s.directivesUrl, this.s.directivesHeaders, body, 'heartbeat');
+    if (outcome === 'ok') this.stats.heartbeats++;
+    return outcome === 'ok';
+  }
+
+  private async post(
+    url: string,
+    headers: Record<string, string>,
+    raw: Uint8Array,
+    source: DirectiveSource,
+  ): Promise<'ok' | 'retry' | 'refused'> {
+    let res: Response;
+    try {
+      const body = this.s.compression === 'gzip' ? await gzipAsync(raw) : raw;
+      res = await this.request(url, headers, body);
+    } catch (err) {
+      this.failed((err as NodeJS.ErrnoException).code ?? (err as Error).message, undefined);
+      return 'retry';
+    }
+    if (res.status === 429 || res.status === 502 || res.status === 503 || res.status === 504) {
+      this.failed(`HTTP ${res.status}`, res.retryAfterMs);
+      return 'retry';
+    }
+    if (res.status >= 500) {
+      this.failed(`HTTP ${res.status}`, undefined);
+      return 'retry';
+    }
+    this.lastContactMs = Date.now();
+    this.backoffMs = MIN_BACKOFF_MS;
+    this.retryAtMs = 0;
+    this.outage.recovered();
+    if (res.status !== 200) {
+      this.outage.problem(
+        `Tollgate refused a ${source} with HTTP ${res.status} (${url}): ${res.body.toString('utf8').slice(0, 200)}` +
+          (res.status === 401 ? ' — check the ingest key' : ''),
+      );
+      return 'refused';
+    }
+    try {
+      const directives = res.contentType.includes('json')
+        ? directivesFromJson(res.body)
+        : directivesFromProtobuf(res.body);
+      if (directives.length) {
+        this.stats.directives += directives.length;
+        this.onDirectives(directives, source);
+      }
+    } catch (err) {
+      this.outage.problem(`unreadable directives in a Tollgate answer: ${(err as Error).message}`);
+    }
+    return 'ok';
+  }
+
+  private failed(detail: string, retryAfterMs: number | undefined): void {
+    this.stats.failures++;
+    this.retryAtMs = Date.now() + (retryAfterMs ?? this.backoffMs);
+    this.backoffMs = Math.min(MAX_BACKOFF_MS, this.backoffMs * 2);
+    this.outage.failure(detail, this.pending.length, this.stats.dropped);
+  }
+
+  private request(url: string, headers: Record<string, string>, body: Uint8Array): Promise<Response> {
+    const target = new URL(url);
+    const mod = target.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = mod.request(
+        target,
+        {
+          method: 'POST',
+          agent: this.agent,
+          timeout: this.s.timeoutMs,
+          headers: {
+            ...headers,
+            'content-type': CONTENT_TYPES[this.s.format],
+            'content-length': String(body.length),
+            ...(this.s.compression === 'gzip' ? { 'content-encoding': 'gzip' } : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (c: Buffer) => {
+            size += c.length;
+            if (size <= MAX_RESPONSE_BYTES) chunks.push(c);
+          });
+          res.on('end', () => {
+            const ra = Number(res.headers['retry-after']);
+            resolve({
+              status: res.statusCode ?? 0,
+              contentType: String(res.headers['content-type'] ?? ''),
+              retryAfterMs: Number.isFinite(ra) && ra >= 0 ? ra * 1000 : undefined,
+              body: Buffer.concat(chunks),
+            });
+          });
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  async forceFlush(): Promise<void> {
+    await this.drain(true);
+  }
+
+  async shutdown(): Promise<void> {
+    if (this.shutDown) return;
+    await this.drain(true);
+    this.shutDown = true;
+    this.agent.destroy();
+  }
+}

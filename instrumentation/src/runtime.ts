@@ -1,0 +1,317 @@
+import { randomUUID } from 'node:crypto';
+import type { Tracer } from '@opentelemetry/api';
+import { safeExecuteInTheMiddle } from '@opentelemetry/instrumentation';
+import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  AlwaysOnSampler,
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  type SpanExporter,
+} from '@opentelemetry/sdk-trace-base';
+import type { Directive, McpTransport } from '@tollgate/contracts';
+import { DirectiveStore, type Verdict } from './directives.js';
+import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
+import type { ServerLike, TransportLike } from './internal-types.js';
+import { RESOURCE_SERVICE_INSTANCE_ID, RESOURCE_SERVICE_NAME } from './semconv.js';
+import { readState, writeState } from './state-file.js';
+import type { DirectiveHook, DirectiveHookResult, TollgateLogger } from './types.js';
+import { SharedIdGenerator } from './utils.js';
+import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
+
+/** A kill that arrives between calls closes the session after this grace, so a call in flight can finish. */
+const KILL_GRACE_MS = 1000;
+/** A refused call's error response is written before its session is closed. */
+const CLOSE_AFTER_REFUSAL_MS = 50;
+/** Spans are flushed for at most this long before a killed stdio server exits or a signal is re-raised. */
+const EXIT_FLUSH_MS = 3000;
+
+/** One connection of a server: a stdio process, an SSE stream, a Streamable HTTP session. */
+export interface SessionInfo {
+  server: ServerLike;
+  transport: TransportLike | undefined;
+  kind: McpTransport;
+  /** The transport's session id, or one generated for stdio and in-process transports. */
+  sessionId: string | undefined;
+  protocolVersion: string | undefined;
+  clientInfo: { name?: string; version?: string } | undefined;
+  customer: string | undefined;
+  agent: string | undefined;
+  closing: boolean;
+}
+
+export interface RuntimeOptions {
+  serviceName: string;
+  resourceAttributes: Record<string, string>;
+  /** Built-in OTLP exporter settings (absent when `billingExporter` replaces it). */
+  exporter: ExporterSettings | undefined;
+  billingExporter: SpanExporter | undefined;
+  exportIntervalMs: number;
+  heartbeatIntervalMs: number;
+  logIntervalMs: number;
+  stateFile: string | undefined;
+  startupSyncTimeoutMs: number;
+  onDirective: DirectiveHook | undefined;
+  closeSessionsOnKill: boolean;
+  exitOnStdioKill: boolean;
+  logger: TollgateLogger | undefined;
+}
+
+function hookKey(d: Directive): string {
+  return `${d.scope}\u0000${d.scope === 'session' ? '' : d.customer}\u0000${d.id}`;
+}
+
+function covers(d: Directive, s: SessionInfo): boolean {
+  if (d.scope === 'session') return s.sessionId === d.id;
+  if (s.customer !== d.customer) return false;
+  if (d.scope === 'customer') return true;
+  if (d.scope === 'agent') return s.agent === d.id;
+  return false; // a tool-scope kill refuses that tool only
+}
+
+/**
+ * Everything a process shares across the servers it instruments for one Tollgate endpoint: the billing
+ * tracer (its own provider: always-on sampler, batch processor, the exporter), the directives in force,
+ * the live sessions a kill may close, the heartbeat timer and the state file.
+ */
+export class TollgateRuntime {
+  readonly instanceId = randomUUID();
+  readonly ids = new SharedIdGenerator();
+  readonly store = new DirectiveStore();
+  readonly sessions = new Set<SessionInfo>();
+  readonly billingTracer: Tracer;
+  readonly exporter: TollgateExporter | undefined;
+  readonly log: OutageLog;
+  /** Directive changes seen, in order (the demo and tests read them). */
+  readonly changes: Directive[] = [];
+  readonly stats = { calls: 0, refusedKilled: 0, refusedThrottled: 0, sessionsClosed: 0, sessionsRefused: 0 };
+  private readonly provider: BasicTracerProvider;
+  private readonly hookResults = new Map<string, DirectiveHookResult>();
+  private readonly previousInstances: { id: string; seenAtMs: number }[];
+  private readonly synced: Promise<void>;
+  private readonly timer: NodeJS.Timeout | undefined;
+  private instanceRecorded = false;
+  private shutDown = false;
+  private readonly onBeforeExit = () => void this.forceFlush();
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    const othersListen = process.listenerCount(signal) > 0;
+    void withTimeout(this.forceFlush(), EXIT_FLUSH_MS).finally(() => {
+      // Re-raise so the default action (exit) happens, unless the app handles the signal itself.
+      if (!othersListen) process.kill(process.pid, signal);
+    });
+  };
+
+  constructor(private readonly o: RuntimeOptions) {
+    const now = Date.now();
+    const remembered = o.stateFile ? readState(o.stateFile, now) : { instances: [], directives: [] };
+    this.previousInstances = remembered.instances;
+    this.store.apply(remembered.directives, now, () => true, true);
+
+    this.log = new OutageLog(o.logger, o.logIntervalMs, o.exporter?.tracesUrl ?? 'billing exporter');
+    if (o.exporter) {
+      this.exporter = new TollgateExporter(
+        o.exporter,
+        () => [this.instanceId, ...this.previousInstances.map((i) => i.id)],
+        (ds, source) => this.onDirectives(ds, source),
+        this.log,
+      );
+    }
+    const exporter = o.billingExporter ?? this.exporter;
+    this.provider = new BasicTracerProvider({
+      resource: defaultResource().merge(
+        resourceFromAttributes({
+          ...o.resourceAttributes,
+          [RESOURCE_SERVICE_NAME]: o.serviceName,
+          [RESOURCE_SERVICE_INSTANCE_ID]: this.instanceId,
+        }),
+      ),
+      // Billing is never sampled: every tool-call span is recorded and exported, whatever the app does.
+      sampler: new AlwaysOnSampler(),
+      idGenerator: this.ids,
+      spanProcessors: exporter
+        ? [
+            new BatchSpanProcessor(exporter, {
+              scheduledDelayMillis: o.exportIntervalMs,
+              maxExportBatchSize: 512,
+              maxQueueSize: 65_536,
+            }),
+          ]
+        : [],
+    });
+    this.billingTracer = this.provider.getTracer(PACKAGE_NAME, PACKAGE_VERSION);
+
+    if (this.exporter) {
+      const exp = this.exporter;
+      this.timer = setInterval(() => {
+        this.pruneSessions();
+        void exp.tick();
+      }, o.heartbeatIntervalMs);
+      this.timer.unref();
+      // First contact at once: confirms (or drops) remembered kills, learns of kills while we were away.
+      this.synced = exp.heartbeat().then((answered) => {
+        if (answered) {
+          const dropped = this.store.dropUnconfirmed();
+          if (dropped.length) this.persist();
+        }
+      });
+    } else {
+      this.synced = Promise.resolve();
+    }
+    process.once('beforeExit', this.onBeforeExit);
+    process.once('SIGTERM', this.onSignal);
+    process.once('SIGINT', this.onSignal);
+  }
+
+  /** Waits (bounded) for the first answer from Tollgate; used only when a remembered kill may apply. */
+  awaitSync(): Promise<void> {
+    return withTimeout(this.synced, this.o.startupSyncTimeoutMs);
+  }
+
+  /** Remembers a live session and who it serves (kills close the sessions they cover). */
+  track(s: SessionInfo, customer: string | undefined, agent: string | undefined): void {
+    s.customer = customer;
+    s.agent = agent;
+    if (!s.closing) this.sessions.add(s);
+    if (!this.instanceRecorded && this.o.stateFile) {
+      this.instanceRecorded = true;
+      this.persist();
+    }
+  }
+
+  /** A call (or a new session) was refused: count it, and close its session if a kill covers it. */
+  refused(s: SessionInfo, v: Verdict, what: 'call' | 'session'): void {
+    if (what === 'session') this.stats.sessionsRefused++;
+    if (v.kill) {
+      if (what === 'call') this.stats.refusedKilled++;
+      const decision = this.hookResults.get(hookKey(v.kill));
+      if (
+        (decision?.closeSessions ?? this.o.closeSessionsOnKill) &&
+        (what === 'session' || covers(v.kill, s))
+      ) {
+        this.scheduleClose(s, v.kill, CLOSE_AFTER_REFUSAL_MS);
+      }
+    } else this.stats.refusedThrottled++;
+  }
+
+  private onDirectives(directives: Directive[], _source: 'export' | 'heartbeat'): void {
+    const changed = this.store.apply(directives, Date.now(), (d) => this.decide(d));
+    if (changed.length === 0) return;
+    for (const d of changed) {
+      this.changes.push(d);
+      if (d.action === 'kill') this.onKill(d);
+    }
+    this.persist();
+  }
+
+  /** Runs the author's hook (guarded) and remembers what it chose; returns whether to enforce. */
+  private decide(d: Directive): boolean {
+    let result: DirectiveHookResult | undefined;
+    const hook = this.o.onDirective;
+    if (hook) {
+      safeExecuteInTheMiddle(
+        () => hook(d),
+        (err, r) => {
+          if (err) this.log.problem(`onDirective hook threw: ${err.message}`);
+          else if (r) result = r;
+        },
+        true,
+      );
+    }
+    if (result) this.hookResults.set(hookKey(d), result);
+    else this.hookResults.delete(hookKey(d));
+    return result?.enforce !== false;
+  }
+
+  private onKill(d: Directive): void {
+    const decision = this.hookResults.get(hookKey(d));
+    if (decision?.enforce === false) return;
+    if (!(decision?.closeSessions ?? this.o.closeSessionsOnKill)) return;
+    for (const s of this.sessions) {
+      if (covers(d, s)) this.scheduleClose(s, d, KILL_GRACE_MS);
+    }
+  }
+
+  private scheduleClose(s: SessionInfo, d: Directive, delayMs: number): void {
+    if (s.closing) return;
+    s.closing = true;
+    this.sessions.delete(s);
+    setTimeout(() => void this.closeSession(s, d), delayMs);
+  }
+
+  private async closeSession(s: SessionInfo, d: Directive): Promise<void> {
+    this.stats.sessionsClosed++;
+    const what = s.sessionId ? `session ${s.sessionId}` : 'session';
+    this.o.logger?.warn(
+      `Tollgate ${d.action} (${d.reason || 'no reason'}) for ${d.scope} ${d.id}: closing ${s.kind} ${what}`,
+    );
+    try {
+      await s.server.close();
+    } catch {
+      // already closed
+    }
+    const decision = this.hookResults.get(hookKey(d));
+    if (s.kind === 'stdio' && (decision?.exitProcess ?? this.o.exitOnStdioKill)) {
+      await withTimeout(this.forceFlush(), EXIT_FLUSH_MS);
+      process.exit(0);
+    }
+  }
+
+  private pruneSessions(): void {
+    for (const s of this.sessions) {
+      if (s.server.transport !== s.transport) this.sessions.delete(s);
+    }
+  }
+
+  private persist(): void {
+    const file = this.o.stateFile;
+    if (!file) return;
+    const now = Date.now();
+    try {
+      writeState(
+        file,
+        {
+          instances: [
+            ...(this.instanceRecorded ? [{ id: this.instanceId, seenAtMs: now }] : []),
+            ...this.previousInstances,
+          ],
+          directives: this.store.restrictive(now),
+        },
+        now,
+      );
+    } catch (err) {
+      this.log.problem(`cannot write the Tollgate state file ${file}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Exports every finished billing span now (bounded by the exporter's timeout). */
+  async forceFlush(): Promise<void> {
+    await this.provider.forceFlush();
+    await this.exporter?.forceFlush();
+  }
+
+  async shutdown(): Promise<void> {
+    if (this.shutDown) return;
+    this.shutDown = true;
+    if (this.timer) clearInterval(this.timer);
+    process.off('beforeExit', this.onBeforeExit);
+    process.off('SIGTERM', this.onSignal);
+    process.off('SIGINT', this.onSignal);
+    await this.provider.shutdown();
+  }
+}
+
+export function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    t.unref();
+    p.then(
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+    );
+  });
+}

@@ -1,0 +1,43 @@
+/**
+ * The attribute keys this instrumentation writes. The keys themselves live in @tollgate/contracts (one home
+ * for each fact, shared with the processor that reads them); this module only re-exports the ones we use,
+ * plus the attribute *values* that are specific to the SDK side.
+ */
+export {
+  ATTR_ERROR_TYPE,
+  ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_GEN_AI_TOOL_NAME,
+  ATTR_GEN_AI_USAGE_INPUT_TOKENS,
+  ATTR_GEN_AI_USAGE_OUTPUT_TOKENS,
+  ATTR_JSONRPC_REQUEST_ID,
+  ATTR_MCP_METHOD_NAME,
+  ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_MCP_SESSION_ID,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_RPC_RESPONSE_STATUS_CODE,
+  ATTR_TOLLGATE_AGENT,
+  ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_TRANSPORT,
+  ERROR_TYPE_TOOL_ERROR,
+  GEN_AI_OPERATION_EXECUTE_TOOL,
+  MCP_METHOD_TOOLS_CALL,
+  RESOURCE_SERVICE_INSTANCE_ID,
+  RESOURCE_SERVICE_NAME,
+} from '@tollgate/contracts';
+
+/** `network.transport` values (OTel semantic conventions): stdio is a pipe, SSE and Streamable HTTP are TCP. */
+export const NETWORK_TRANSPORT_PIPE = 'pipe';
+export const NETWORK_TRANSPORT_TCP = 'tcp';
+
+/** `error.type` fallback when a handler throws something that has no JSON-RPC code (semconv's `_OTHER`). */
+export const ERROR_TYPE_OTHER = '_OTHER';
+
+/**
+ * Keys the contracts do not define yet (see the instrumentation README): a custom quantity reported through
+ * the usage API is written as `tollgate.usage.<name>`; estimated token counts are flagged.
+ */
+export const ATTR_PREFIX_TOLLGATE_USAGE = 'tollgate.usage.';
+export const ATTR_TOLLGATE_TOKENS_ESTIMATED = 'tollgate.tokens.estimated';
+
+/** Span event added to a tool call that runs while a `warn` directive is in force for it. */
+export const EVENT_TOLLGATE_WARN = 'tollgate.warn';

@@ -1,0 +1,65 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import type { Directive } from '@tollgate/contracts';
+import { validDirective } from './wire.js';
+
+/**
+ * What one process of a service leaves for the next one: the kills and throttles it knew of, and the
+ * instance ids it (and its predecessors) exported calls under. A stdio MCP server is one process per
+ * session, so without this a restarted server would not know its customer was killed until its first
+ * call was billed. Tollgate remembers an instance's customers for an hour, so a heartbeat that names the
+ * predecessors' ids is answered with those customers' current states (`resume` included).
+ */
+export interface RememberedState {
+  instances: { id: string; seenAtMs: number }[];
+  directives: Directive[];
+}
+
+/** Tollgate forgets an instance's customers an hour after its last call (INSTANCE_TTL_SECONDS). */
+export const INSTANCE_MEMORY_MS = 3_600_000;
+const MAX_INSTANCES = 32;
+
+export function defaultStateFile(serviceName: string, endpoint: string): string {
+  const h = createHash('sha256').update(`${serviceName}\n${endpoint}`).digest('hex').slice(0, 16);
+  return join(tmpdir(), 'tollgate-instrumentation', `${h}.json`);
+}
+
+export function readState(file: string, nowMs: number): RememberedState {
+  try {
+    const doc = JSON.parse(readFileSync(file, 'utf8')) as Partial<RememberedState>;
+    const instances = (Array.isArray(doc.instances) ? doc.instances : []).filter(
+      (i) =>
+        typeof i?.id === 'string' &&
+        typeof i.seenAtMs === 'number' &&
+        nowMs - i.seenAtMs < INSTANCE_MEMORY_MS,
+    );
+    const directives = (Array.isArray(doc.directives) ? doc.directives : [])
+      .map((d) => validDirective(d))
+      .filter((d): d is Directive => d !== undefined && (d.untilUnixMs === 0 || d.untilUnixMs > nowMs));
+    return { instances, directives };
+  } catch {
+    return { instances: [], directives: [] };
+  }
+}
+
+/**
+ * Writes the state (merging the instances another live process of the same service wrote meanwhile).
+ * Small, synchronous and atomic (write then rename); failures are the caller's to ignore.
+ */
+export function writeState(file: string, state: RememberedState, nowMs: number): void {
+  const onDisk = readState(file, nowMs);
+  const byId = new Map<string, number>();
+  for (const i of [...onDisk.instances, ...state.instances]) {
+    byId.set(i.id, Math.max(byId.get(i.id) ?? 0, i.seenAtMs));
+  }
+  const instances = [...byId]
+    .map(([id, seenAtMs]) => ({ id, seenAtMs }))
+    .sort((a, b) => b.seenAtMs - a.seenAtMs)
+    .slice(0, MAX_INSTANCES);
+  mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify({ instances, directives: state.directives }));
+  renameSync(tmp, file);
+}

@@ -1,0 +1,405 @@
+import { randomUUID } from 'node:crypto';
+import {
+  type Attributes,
+  type Context,
+  context,
+  isSpanContextValid,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api';
+import type { Directive } from '@tollgate/contracts';
+import type { ResolvedConfig } from './config.js';
+import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike } from './internal-types.js';
+import { runtimeFor } from './registry.js';
+import type { SessionInfo, TollgateRuntime } from './runtime.js';
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_GEN_AI_TOOL_NAME,
+  ATTR_GEN_AI_USAGE_INPUT_TOKENS,
+  ATTR_GEN_AI_USAGE_OUTPUT_TOKENS,
+  ATTR_JSONRPC_REQUEST_ID,
+  ATTR_MCP_METHOD_NAME,
+  ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_MCP_SESSION_ID,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_PREFIX_TOLLGATE_USAGE,
+  ATTR_RPC_RESPONSE_STATUS_CODE,
+  ATTR_TOLLGATE_AGENT,
+  ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_TOKENS_ESTIMATED,
+  ATTR_TOLLGATE_TRANSPORT,
+  ERROR_TYPE_TOOL_ERROR,
+  EVENT_TOLLGATE_WARN,
+  GEN_AI_OPERATION_EXECUTE_TOOL,
+  MCP_METHOD_TOOLS_CALL,
+  NETWORK_TRANSPORT_PIPE,
+  NETWORK_TRANSPORT_TCP,
+} from './semconv.js';
+import type { McpRequestInfo } from './types.js';
+import { argumentsText, openUsage, resultText, USAGE_CONTEXT_KEY, type UsageRecord } from './usage.js';
+import { contextFromMeta, resolveIdentity, transportKindOf } from './utils.js';
+
+/** JSON-RPC "Internal error": what the SDK answers when a handler throws something without a code. */
+const JSONRPC_INTERNAL_ERROR = -32603;
+
+const ORIGINAL = Symbol.for('@tollgate/instrumentation:original');
+const OWNER = Symbol.for('@tollgate/instrumentation:owner');
+
+type Wrapped = RequestHandler & { [ORIGINAL]?: RequestHandler; [OWNER]?: ToolCallTracer };
+type OwnedServer = ServerLike & { [OWNER]?: ToolCallTracer };
+
+/** The methods whose handlers are wrapped: tool calls are traced and enforced, `initialize` is gated. */
+const WRAPPED_METHODS = ['tools/call', 'initialize'] as const;
+
+const sessions = new WeakMap<ServerLike, SessionInfo>();
+
+function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): SessionInfo {
+  const transport = server.transport;
+  let s = sessions.get(server);
+  if (!s || s.transport !== transport) {
+    const kind = transportKindOf(transport, extra?.requestInfo !== undefined);
+    s = {
+      server,
+      transport,
+      kind,
+      // stdio and in-process transports have no session id of their own: one per connection
+      sessionId: transport?.sessionId ?? (kind === 'stdio' || kind === 'unknown' ? randomUUID() : undefined),
+      protocolVersion: undefined,
+      clientInfo: undefined,
+      customer: undefined,
+      agent: undefined,
+      closing: false,
+    };
+    sessions.set(server, s);
+  }
+  return s;
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return typeof (v as { then?: unknown } | null)?.then === 'function';
+}
+
+function warnEvent(d: Directive): Attributes {
+  const a: Attributes = {
+    'tollgate.directive.scope': d.scope,
+    'tollgate.directive.id': d.id,
+    'tollgate.directive.reason': d.reason,
+  };
+  if (d.marginBps !== undefined) a['tollgate.directive.margin_bps'] = d.marginBps;
+  return a;
+}
+
+/** The spans of one call: the billing span (always recorded) and the app's span (its own sampling). */
+interface CallSpans {
+  bill: Span | undefined;
+  app: Span;
+  appRecording: boolean;
+}
+
+function setBoth(spans: CallSpans, key: string, value: string | number | boolean): void {
+  spans.bill?.setAttribute(key, value);
+  if (spans.appRecording) spans.app.setAttribute(key, value);
+}
+
+/**
+ * Wraps the `tools/call` and `initialize` handlers of MCP servers. Used by the auto-instrumentation
+ * (through the patched `Server.prototype.setRequestHandler`) and by `instrumentMcpServer` (per instance).
+ */
+export class ToolCallTracer {
+  private resolved: ResolvedConfig;
+  private runtime: TollgateRuntime | undefined;
+
+  constructor(
+    config: ResolvedConfig,
+    private readonly appTracer: () => Tracer,
+    private readonly enabled: () => boolean = () => true,
+  ) {
+    this.resolved = config;
+    this.runtime = runtimeFor(config);
+  }
+
+  reconfigure(config: ResolvedConfig): void {
+    this.resolved = config;
+    this.runtime = runtimeFor(config);
+  }
+
+  get billing(): TollgateRuntime | undefined {
+    return this.runtime;
+  }
+
+  /** Makes this tracer the one that handles `server`, even if another one wrapped it first. */
+  adopt(server: ServerLike): void {
+    (server as OwnedServer)[OWNER] = this;
+  }
+
+  /** The tracer that handles a server: the one that adopted it, else `fallback`. */
+  static ownerOf(server: ServerLike, fallback: ToolCallTracer): ToolCallTracer {
+    return (server as OwnedServer)[OWNER] ?? fallback;
+  }
+
+  /** Wraps the server's current `tools/call` and `initialize` handlers (idempotent). */
+  instrumentHandlers(server: ServerLike): void {
+    const handlers = server._requestHandlers;
+    if (!(handlers instanceof Map)) return;
+    for (const method of WRAPPED_METHODS) {
+      const h = handlers.get(method) as Wrapped | undefined;
+      if (!h || h[OWNER] === this) continue;
+      handlers.set(method, this.wrap(server, method, h[ORIGINAL] ?? h));
+    }
+  }
+
+  private wrap(
+    server: ServerLike,
+    method: (typeof WRAPPED_METHODS)[number],
+    original: RequestHandler,
+  ): Wrapped {
+    const self = this;
+    const wrapped: Wrapped =
+      method === 'tools/call'
+        ? function tollgateToolsCall(this: unknown, request, extra) {
+            return self.enabled()
+              ? self.toolCall(server, original, this, request, extra)
+              : original.call(this, request, extra);
+          }
+        : function tollgateInitialize(this: unknown, request, extra) {
+            return self.enabled()
+              ? self.initialize(server, original, this, request, extra)
+              : original.call(this, request, extra);
+          };
+    wrapped[ORIGINAL] = original;
+    wrapped[OWNER] = this;
+    return wrapped;
+  }
+
+  private requestInfo(
+    method: McpRequestInfo['method'],
+    s: SessionInfo,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike | undefined,
+  ): McpRequestInfo {
+    const params = request.params;
+    return {
+      method,
+      toolName: typeof params?.name === 'string' ? params.name : undefined,
+      arguments: params?.arguments,
+      meta: params?._meta,
+      authInfo: extra?.authInfo,
+      sessionId: extra?.sessionId ?? s.sessionId ?? '',
+      transport: s.kind,
+      clientInfo: s.clientInfo,
+      headers: extra?.requestInfo?.headers,
+    };
+  }
+
+  /** A new session: remembers who it serves, and refuses it when its customer or agent is killed. */
+  private initialize(
+    server: ServerLike,
+    original: RequestHandler,
+    thisArg: unknown,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike,
+  ): unknown {
+    const s = sessionOf(server, extra);
+    s.clientInfo = request.params?.clientInfo;
+    const run = () => {
+      const out = original.call(thisArg, request, extra);
+      const record = (result: unknown) => {
+        const v = (result as { protocolVersion?: unknown } | undefined)?.protocolVersion;
+        if (typeof v === 'string') s.protocolVersion = v;
+        return result;
+      };
+      return isThenable(out) ? Promise.resolve(out).then(record) : record(out);
+    };
+    const rt = this.runtime;
+    if (!rt) return run();
+    const info = this.requestInfo('initialize', s, request, extra);
+    const customer = resolveIdentity(this.resolved.customer, info);
+    const agent = resolveIdentity(this.resolved.agent, info);
+    const gate = () => {
+      const v = rt.store.check(
+        { customer, agent, sessionId: info.sessionId, tool: undefined },
+        Date.now(),
+        'session',
+      );
+      if (v?.refusal) {
+        rt.refused(s, v, 'session');
+        return Promise.reject(v.refusal);
+      }
+      rt.track(s, customer, agent);
+      return run();
+    };
+    return rt.store.hasProvisional(customer) ? rt.awaitSync().then(gate) : gate();
+  }
+
+  private toolCall(
+    server: ServerLike,
+    original: RequestHandler,
+    thisArg: unknown,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike,
+  ): unknown {
+    const s = sessionOf(server, extra);
+    const info = this.requestInfo('tools/call', s, request, extra);
+    const customer = resolveIdentity(this.resolved.customer, info);
+    const agent = resolveIdentity(this.resolved.agent, info);
+    const rt = this.runtime;
+    if (rt) {
+      rt.stats.calls++;
+      rt.track(s, customer, agent);
+      if (rt.store.size > 0) {
+        if (rt.store.hasProvisional(customer)) {
+          return rt
+            .awaitSync()
+            .then(() => this.checkedCall(rt, s, info, customer, agent, original, thisArg, request, extra));
+        }
+        return this.checkedCall(rt, s, info, customer, agent, original, thisArg, request, extra);
+      }
+    }
+    return this.traced(rt, s, info, customer, agent, undefined, original, thisArg, request, extra);
+  }
+
+  private checkedCall(
+    rt: TollgateRuntime,
+    s: SessionInfo,
+    info: McpRequestInfo,
+    customer: string | undefined,
+    agent: string | undefined,
+    original: RequestHandler,
+    thisArg: unknown,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike,
+  ): unknown {
+    const v = rt.store.check({ customer, agent, sessionId: info.sessionId, tool: info.toolName }, Date.now());
+    if (v?.refusal) {
+      // Refused before the tool runs: no tool-call span, so nothing is billed for it.
+      rt.refused(s, v, 'call');
+      return Promise.reject(v.refusal);
+    }
+    return this.traced(rt, s, info, customer, agent, v?.warnings, original, thisArg, request, extra);
+  }
+
+  private traced(
+    rt: TollgateRuntime | undefined,
+    s: SessionInfo,
+    info: McpRequestInfo,
+    customer: string | undefined,
+    agent: string | undefined,
+    warnings: Directive[] | undefined,
+    original: RequestHandler,
+    thisArg: unknown,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike,
+  ): unknown {
+    const tool = info.toolName ?? '';
+    const name = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
+    const attributes: Attributes = {
+      [ATTR_MCP_METHOD_NAME]: MCP_METHOD_TOOLS_CALL,
+      [ATTR_GEN_AI_TOOL_NAME]: tool,
+      [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_EXECUTE_TOOL,
+      [ATTR_TOLLGATE_TRANSPORT]: s.kind,
+    };
+    if (extra?.requestId !== undefined) attributes[ATTR_JSONRPC_REQUEST_ID] = String(extra.requestId);
+    if (info.sessionId) attributes[ATTR_MCP_SESSION_ID] = info.sessionId;
+    const protocolVersion = s.protocolVersion ?? extra?.requestInfo?.headers?.['mcp-protocol-version'];
+    if (typeof protocolVersion === 'string') attributes[ATTR_MCP_PROTOCOL_VERSION] = protocolVersion;
+    if (s.kind === 'stdio') attributes[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_PIPE;
+    else if (s.kind !== 'unknown') attributes[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
+    if (customer !== undefined) attributes[ATTR_TOLLGATE_CUSTOMER] = customer;
+    if (agent !== undefined) attributes[ATTR_TOLLGATE_AGENT] = agent;
+
+    const active = context.active();
+    const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;
+    const options = { kind: SpanKind.SERVER, attributes };
+    const app = this.appTracer().startSpan(name, options, parent);
+    let bill: Span | undefined;
+    if (rt) {
+      // The billing span reuses the app span's ids (when the app made real ones), so a billing row points
+      // at the span the app's backend holds; the billing tracer samples everything.
+      const ac = app.spanContext();
+      if (isSpanContextValid(ac) && ac.spanId !== trace.getSpanContext(parent)?.spanId) {
+        rt.ids.next(ac.traceId, ac.spanId);
+      }
+      bill = rt.billingTracer.startSpan(name, options, parent);
+      rt.ids.clear();
+    }
+    const spans: CallSpans = { bill, app, appRecording: app.isRecording() };
+    if (warnings) {
+      for (const d of warnings) {
+        const ev = warnEvent(d);
+        bill?.addEvent(EVENT_TOLLGATE_WARN, ev);
+        if (spans.appRecording) app.addEvent(EVENT_TOLLGATE_WARN, ev);
+      }
+    }
+    const usage = openUsage(extra);
+    // The handler runs in the app span's context: the app's child spans follow the app's sampling, never
+    // the billing span's (which is always sampled): billing does not force the rest of the trace on.
+    const ctx = trace.setSpan(parent, app).setValue(USAGE_CONTEXT_KEY, usage);
+    let out: unknown;
+    try {
+      out = context.with(ctx, original, thisArg, request, extra);
+    } catch (err) {
+      this.end(spans, usage, info, undefined, err);
+      throw err;
+    }
+    if (isThenable(out)) {
+      return Promise.resolve(out).then(
+        (result) => {
+          this.end(spans, usage, info, result, undefined);
+          return result;
+        },
+        (err: unknown) => {
+          this.end(spans, usage, info, undefined, err);
+          throw err;
+        },
+      );
+    }
+    this.end(spans, usage, info, out, undefined);
+    return out;
+  }
+
+  private end(
+    spans: CallSpans,
+    usage: UsageRecord,
+    info: McpRequestInfo,
+    result: unknown,
+    err: unknown,
+  ): void {
+    usage.open = false;
+    if (err !== undefined) {
+      const c = (err as { code?: unknown } | null)?.code;
+      const code = typeof c === 'number' && Number.isSafeInteger(c) ? c : JSONRPC_INTERNAL_ERROR;
+      setBoth(spans, ATTR_ERROR_TYPE, String(code));
+      setBoth(spans, ATTR_RPC_RESPONSE_STATUS_CODE, String(code));
+      const status = { code: SpanStatusCode.ERROR, message: (err as Error | null)?.message ?? String(err) };
+      spans.bill?.setStatus(status);
+      if (spans.appRecording) spans.app.setStatus(status);
+    } else if ((result as { isError?: unknown } | null)?.isError === true) {
+      setBoth(spans, ATTR_ERROR_TYPE, ERROR_TYPE_TOOL_ERROR);
+      spans.bill?.setStatus({ code: SpanStatusCode.ERROR });
+      if (spans.appRecording) spans.app.setStatus({ code: SpanStatusCode.ERROR });
+    }
+    let { inputTokens, outputTokens } = usage;
+    const countTokens = this.resolved.countTokens;
+    if (countTokens && inputTokens === undefined && outputTokens === undefined && err === undefined) {
+      try {
+        inputTokens = countTokens(argumentsText(info.arguments));
+        outputTokens = countTokens(resultText(result));
+        setBoth(spans, ATTR_TOLLGATE_TOKENS_ESTIMATED, true);
+      } catch {
+        // an estimate is best effort: the call is billed without tokens
+      }
+    }
+    if (inputTokens !== undefined) setBoth(spans, ATTR_GEN_AI_USAGE_INPUT_TOKENS, inputTokens);
+    if (outputTokens !== undefined) setBoth(spans, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, outputTokens);
+    if (usage.quantities) {
+      for (const [k, v] of Object.entries(usage.quantities))
+        setBoth(spans, ATTR_PREFIX_TOLLGATE_USAGE + k, v);
+    }
+    spans.bill?.end();
+    spans.app.end();
+  }
+}

@@ -1,0 +1,97 @@
+import { createRequire } from 'node:module';
+import { context, createContextKey } from '@opentelemetry/api';
+import type { ToolUsage } from './types.js';
+import { count } from './utils.js';
+
+/** Usage accumulated by one tool call while its handler runs. */
+export interface UsageRecord {
+  inputTokens: number | undefined;
+  outputTokens: number | undefined;
+  quantities: Record<string, number> | undefined;
+  /** false once the call has finished (late reports are ignored). */
+  open: boolean;
+}
+
+export const USAGE_CONTEXT_KEY = createContextKey('@tollgate/instrumentation tool-call usage');
+
+/** Calls by the handler's `extra` object: the SDK passes the same object to `McpServer` tool callbacks. */
+const byExtra = new WeakMap<object, UsageRecord>();
+
+export function openUsage(extra: object | undefined): UsageRecord {
+  const rec: UsageRecord = {
+    inputTokens: undefined,
+    outputTokens: undefined,
+    quantities: undefined,
+    open: true,
+  };
+  if (extra) byExtra.set(extra, rec);
+  return rec;
+}
+
+/**
+ * Reports usage of the tool call in progress, from inside its handler: tokens it spent (e.g. on an LLM it
+ * called) and any custom quantity a plan prices. Calls add up. Pass the handler's `extra` (the second
+ * argument of every MCP tool callback); without it the call is found through the active OTel context,
+ * which needs a registered context manager (NodeSDK registers one). Returns false when no call is found.
+ *
+ * ```ts
+ * server.registerTool('summarize', { inputSchema }, async (args, extra) => {
+ *   const r = await llm(args);
+ *   reportUsage({ inputTokens: r.usage.input, outputTokens: r.usage.output }, extra);
+ *   return { content: [{ type: 'text', text: r.text }] };
+ * });
+ * ```
+ */
+export function reportUsage(usage: ToolUsage, extra?: object): boolean {
+  const rec =
+    (extra ? byExtra.get(extra) : undefined) ??
+    (context.active().getValue(USAGE_CONTEXT_KEY) as UsageRecord | undefined);
+  if (!rec?.open) return false;
+  const inTok = count(usage.inputTokens);
+  const outTok = count(usage.outputTokens);
+  if (inTok !== undefined) rec.inputTokens = (rec.inputTokens ?? 0) + inTok;
+  if (outTok !== undefined) rec.outputTokens = (rec.outputTokens ?? 0) + outTok;
+  if (usage.quantities) {
+    for (const [name, value] of Object.entries(usage.quantities)) {
+      if (!/^[a-z][a-z0-9_.]{0,63}$/.test(name) || typeof value !== 'number' || !(value >= 0)) continue;
+      rec.quantities ??= {};
+      rec.quantities[name] = (rec.quantities[name] ?? 0) + value;
+    }
+  }
+  return true;
+}
+
+type CountTokens = (text: string) => number;
+
+/** Loads the tokenizer once (the optional peer dependency `gpt-tokenizer`, o200k_base encoding). */
+export function loadTokenizer(): CountTokens | Error {
+  try {
+    const require = createRequire(import.meta.url);
+    const mod = require('gpt-tokenizer/encoding/o200k_base') as { countTokens?: CountTokens };
+    if (typeof mod.countTokens !== 'function') return new Error('gpt-tokenizer has no countTokens');
+    return mod.countTokens;
+  } catch (err) {
+    return err as Error;
+  }
+}
+
+/** The text a tool returned: its text content items and its structured content. */
+export function resultText(result: unknown): string {
+  if (typeof result !== 'object' || result === null) return '';
+  const r = result as { content?: unknown; structuredContent?: unknown };
+  let text = '';
+  if (Array.isArray(r.content)) {
+    for (const item of r.content) {
+      if (item && typeof item === 'object' && typeof (item as { text?: unknown }).text === 'string') {
+        text += (item as { text: string }).text;
+      }
+    }
+  }
+  if (r.structuredContent !== undefined) text += JSON.stringify(r.structuredContent);
+  return text;
+}
+
+export function argumentsText(args: unknown): string {
+  if (args === undefined || args === null) return '';
+  return typeof args === 'string' ? args : JSON.stringify(args);
+}

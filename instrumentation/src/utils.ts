@@ -1,0 +1,161 @@
+import { randomBytes } from 'node:crypto';
+import { type Context, propagation, ROOT_CONTEXT, type TextMapGetter } from '@opentelemetry/api';
+import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
+import type { IdGenerator } from '@opentelemetry/sdk-trace-base';
+import { isValidIdentifier, type McpTransport } from '@tollgate/contracts';
+import type { TransportLike } from './internal-types.js';
+import type { IdentityResolver, McpRequestInfo } from './types.js';
+
+/** Transport classes of @modelcontextprotocol/sdk 1.x, by constructor name. */
+const TRANSPORT_BY_CLASS: Record<string, McpTransport> = {
+  StdioServerTransport: 'stdio',
+  SSEServerTransport: 'sse',
+  StreamableHTTPServerTransport: 'streamable_http',
+  WebStandardStreamableHTTPServerTransport: 'streamable_http',
+};
+
+export function transportKindOf(transport: TransportLike | undefined, hasHttpRequest: boolean): McpTransport {
+  const name = (transport as { constructor?: { name?: string } } | undefined)?.constructor?.name;
+  const known = name ? TRANSPORT_BY_CLASS[name] : undefined;
+  if (known) return known;
+  return hasHttpRequest ? 'http' : 'unknown';
+}
+
+/**
+ * Span ids shared between the app's span and the billing span of one call, so a billing row's
+ * `trace_id`/`span_id` point at the span the app's own backend holds (when the app sampled it). Set right
+ * before the billing tracer starts its span (synchronously), consumed by that one call.
+ */
+export class SharedIdGenerator implements IdGenerator {
+  private traceId: string | undefined;
+  private spanId: string | undefined;
+
+  next(traceId: string, spanId: string): void {
+    this.traceId = traceId;
+    this.spanId = spanId;
+  }
+
+  clear(): void {
+    this.traceId = undefined;
+    this.spanId = undefined;
+  }
+
+  generateTraceId(): string {
+    const t = this.traceId;
+    if (t) {
+      this.traceId = undefined;
+      return t;
+    }
+    return randomBytes(16).toString('hex');
+  }
+
+  generateSpanId(): string {
+    const s = this.spanId;
+    if (s) {
+      this.spanId = undefined;
+      return s;
+    }
+    return randomBytes(8).toString('hex');
+  }
+}
+
+const metaGetter: TextMapGetter<Record<string, unknown>> = {
+  keys: (carrier) => Object.keys(carrier),
+  get: (carrier, key) => {
+    const v = carrier[key];
+    return typeof v === 'string' ? v : undefined;
+  },
+};
+
+const W3C = new CompositePropagator({
+  propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()],
+});
+
+/**
+ * The parent context a client sent in `params._meta` (`traceparent`, `tracestate`, `baggage`), through the
+ * app's global propagator when it has one, else W3C trace context and baggage.
+ */
+export function contextFromMeta(meta: Record<string, unknown>, active: Context): Context {
+  const fromGlobal = propagation.fields().length > 0;
+  return (fromGlobal ? propagation : W3C).extract(active ?? ROOT_CONTEXT, meta, metaGetter);
+}
+
+/** `http://host:4318` → `http://host:4318/v1/traces`; a URL that already names a path is kept. */
+export function tracesUrl(endpoint: string): string {
+  const u = new URL(endpoint);
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/v1/traces';
+  return u.toString();
+}
+
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' && v !== '' ? v : undefined;
+}
+
+/** Built-in resolvers, to compose with `firstOf` in `customer` / `agent` options. */
+export const resolvers = {
+  /** A field of `authInfo.extra` (set by your auth middleware on HTTP transports): trusted. */
+  fromAuthExtra:
+    (key: string): IdentityResolver =>
+    (r) =>
+      str(r.authInfo?.extra?.[key]),
+  /** The OAuth client id of the bearer token (`authInfo.clientId`): trusted. */
+  fromAuthClientId: (): IdentityResolver => (r) => str(r.authInfo?.clientId),
+  /** A key of `params._meta` (client-supplied: trust it only behind your own gateway). */
+  fromMeta:
+    (key: string): IdentityResolver =>
+    (r) =>
+      str(r.meta?.[key]),
+  /** `clientInfo.name` from `initialize` (client-supplied). */
+  fromClientInfo: (): IdentityResolver => (r) => str(r.clientInfo?.name),
+  /** An environment variable (a stdio server is started for one customer). */
+  fromEnv:
+    (name: string): IdentityResolver =>
+    () =>
+      str(process.env[name]),
+  /** An HTTP request header (lower case), e.g. one your gateway sets. */
+  fromHeader:
+    (name: string): IdentityResolver =>
+    (r) => {
+      const v = r.headers?.[name];
+      return str(Array.isArray(v) ? v[0] : v);
+    },
+  /** The first resolver that knows. */
+  firstOf:
+    (...list: IdentityResolver[]): IdentityResolver =>
+    (r) => {
+      for (const f of list) {
+        const v = f(r);
+        if (v !== undefined) return v;
+      }
+      return undefined;
+    },
+};
+
+export const DEFAULT_CUSTOMER_RESOLVER: IdentityResolver = resolvers.firstOf(
+  resolvers.fromAuthExtra('customerId'),
+  resolvers.fromEnv('TOLLGATE_CUSTOMER_ID'),
+);
+export const DEFAULT_AGENT_RESOLVER: IdentityResolver = resolvers.firstOf(
+  resolvers.fromAuthClientId(),
+  resolvers.fromEnv('TOLLGATE_AGENT_ID'),
+  resolvers.fromClientInfo(),
+);
+
+/**
+ * Runs a resolver guarded: a resolver that throws or returns something Tollgate would reject (too long,
+ * control characters) yields `undefined` instead of breaking the call or the span.
+ */
+export function resolveIdentity(resolver: IdentityResolver, request: McpRequestInfo): string | undefined {
+  let v: unknown;
+  try {
+    v = resolver(request);
+  } catch {
+    return undefined;
+  }
+  return typeof v === 'string' && isValidIdentifier(v) ? v : undefined;
+}
+
+/** A non-negative integer count, or undefined. */
+export function count(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.round(v) : undefined;
+}
