@@ -1,7 +1,12 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import { type EnforcementAdminPort, registerEnforcementAdmin } from './admin.js';
+import { registerAnalytics } from './analytics.js';
 import { type ApiKeyConfig, ApiKeyring } from './auth.js';
+import { registerBilling } from './billing.js';
+import { registerDashboard } from './dashboard.js';
 import { API_ERRORS, ApiError } from './errors.js';
+import { registerOpenApi } from './openapi.js';
+import type { AnalyticsDeps } from './ports.js';
 
 export interface ReadinessCheck {
   name: string;
@@ -18,18 +23,22 @@ export interface ApiDeps {
   apiKeys: readonly ApiKeyConfig[];
   /** Operator actions on enforcement state; undefined when enforcement is off. */
   admin?: EnforcementAdminPort | undefined;
+  /** ClickHouse, plans and trace links for analytics, invoices and quotes; undefined: those answer 503. */
+  analytics?: AnalyticsDeps | undefined;
   /** `ops`: health, readiness and metrics only (a processor-only process); `all`: every route. */
   routes?: 'ops' | 'all';
 }
 
 /**
- * The HTTP API: health, readiness, Prometheus metrics, enforcement admin (and analytics).
- * Built separately from listen() so routes are tested with inject().
+ * The HTTP API: health, readiness, Prometheus metrics, enforcement admin, analytics, billing, the
+ * dashboard and the OpenAPI document. Built separately from listen() so routes are tested with inject().
  */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const app = Fastify({
     loggerInstance: deps.log,
     logController: new LogController({ disableRequestLogging: true }),
+    // An unknown parameter is a 400, not silently dropped: a typo must not widen a report.
+    ajv: { customOptions: { removeAdditional: false } },
   });
   const keyring = new ApiKeyring(deps.apiKeys);
 
@@ -57,25 +66,40 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     }),
   );
 
-  app.get(
-    '/healthz',
-    { schema: { response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } },
-    async () => ({
-      status: 'ok',
-    }),
-  );
+  const full = deps.routes !== 'ops';
+  if (full) registerOpenApi(app);
+  // Routes live in a plugin registered after the OpenAPI plugin, so its onRoute hook sees every one.
+  app.register(async (api) => {
+    api.get(
+      '/healthz',
+      {
+        schema: {
+          tags: ['ops'],
+          response: { 200: { type: 'object', properties: { status: { type: 'string' } } } },
+        },
+      },
+      async () => ({
+        status: 'ok',
+      }),
+    );
 
-  app.get('/readyz', async (_req, reply) => {
-    const checks = await deps.readiness();
-    const ready = checks.every((c) => c.ok);
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
+    api.get('/readyz', { schema: { tags: ['ops'] } }, async (_req, reply) => {
+      const checks = await deps.readiness();
+      const ready = checks.every((c) => c.ok);
+      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
+    });
+
+    api.get('/metrics', { schema: { tags: ['ops'] } }, async (_req, reply) => {
+      const m = await deps.metrics();
+      return reply.type(m.contentType).send(m.body);
+    });
+
+    if (full) {
+      registerEnforcementAdmin(api, keyring, deps.admin);
+      registerAnalytics(api, keyring, deps.analytics);
+      registerBilling(api, keyring, deps.analytics);
+      registerDashboard(api);
+    }
   });
-
-  app.get('/metrics', async (_req, reply) => {
-    const m = await deps.metrics();
-    return reply.type(m.contentType).send(m.body);
-  });
-
-  if (deps.routes !== 'ops') registerEnforcementAdmin(app, keyring, deps.admin);
   return app;
 }

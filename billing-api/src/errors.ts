@@ -5,6 +5,9 @@ export const API_ERRORS = {
   API_BAD_REQUEST: { status: 400, message: 'invalid request' },
   API_NOT_FOUND: { status: 404, message: 'not found' },
   API_UNAVAILABLE: { status: 503, message: 'a backing service is unavailable' },
+  API_UNKNOWN_PLAN: { status: 404, message: 'no such rate plan' },
+  API_UNKNOWN_TOOL: { status: 400, message: 'the plan prices no such tool' },
+  API_INVALID_PLAN: { status: 400, message: 'the plan is not valid' },
 } as const;
 export type ApiErrorCode = keyof typeof API_ERRORS;
 

@@ -10,3 +10,15 @@ export {
   scopeFor,
 } from './auth.js';
 export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';
+export {
+  type AnalyticsDeps,
+  type GuardBands,
+  type PlanInfo,
+  PRICING_ERRORS,
+  PricingError,
+  type PricingPort,
+  type QuoteRequest,
+  type QuoteResult,
+  type QuoteSegment,
+  type QuoteUsage,
+} from './ports.js';

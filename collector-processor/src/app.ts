@@ -5,6 +5,7 @@ import { buildApi, type ReadinessCheck } from '@tollgate/billing-api';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
+import { PlanPricing } from './api-ports.js';
 import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
@@ -375,6 +376,13 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         }),
         apiKeys: config.apiKeys,
         admin,
+        analytics: plans
+          ? {
+              clickhouse: clickhouse.client,
+              traceLinkTemplate: String(s.traceLinkTemplate),
+              pricing: new PlanPricing(plans),
+            }
+          : undefined,
         routes: roles.has('api') ? 'all' : 'ops',
       });
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });

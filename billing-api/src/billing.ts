@@ -1,0 +1,441 @@
+import type { FastifyInstance } from 'fastify';
+import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
+import { sendCsv, wantsCsv } from './csv.js';
+import { ApiError } from './errors.js';
+import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
+import { type AnalyticsDeps, type PlanInfo, PricingError, type QuoteResult } from './ports.js';
+import { rangeOf, rows } from './query.js';
+import { periodOfMs, periodRange } from './range.js';
+import {
+  identifier,
+  moneyProps,
+  querystring,
+  rangeSchema,
+  responses,
+  revenueCostMarginProps,
+  SECURITY,
+} from './schemas.js';
+import { invoiceLinesSql, invoiceTotalsSql } from './sql.js';
+
+const TAGS = ['billing'];
+
+const COMPONENTS = {
+  call: { unit: 'call', label: 'calls' },
+  free_call: { unit: 'call', label: 'free calls' },
+  failed_call: { unit: 'call', label: 'failed calls (not billed)' },
+  input_tokens: { unit: 'token', label: 'input tokens' },
+  output_tokens: { unit: 'token', label: 'output tokens' },
+  duration: { unit: 'second', label: 'duration' },
+} as const;
+type Component = keyof typeof COMPONENTS;
+
+const lineProps = {
+  tool: { type: 'string' },
+  component: { type: 'string', enum: Object.keys(COMPONENTS) },
+  description: { type: 'string' },
+  tier: { type: ['integer', 'null'], description: 'graduated per-call tier (component `call` only)' },
+  quantity: { type: 'string', description: 'calls, tokens, or seconds (exact decimal)' },
+  quantityUnit: { type: 'string', enum: ['call', 'token', 'second'] },
+  unitPriceNano: { type: ['string', 'null'], description: 'null for duration (rounded per call)' },
+  unitPrice: { type: ['string', 'null'] },
+  ...moneyProps('amount'),
+} as const;
+
+const planInfoProps = {
+  planId: { type: 'string' },
+  version: { type: 'string' },
+  currency: { type: 'string' },
+  description: { type: ['string', 'null'] },
+  freeCallsPerMonth: { type: 'integer' },
+  billFailedCalls: { type: 'boolean' },
+  guard: {
+    type: 'object',
+    properties: {
+      enabled: { type: 'boolean' },
+      warnBelowBps: { type: 'integer' },
+      throttleBelowBps: { type: 'integer' },
+      killBelowBps: { type: 'integer' },
+      ...moneyProps('minRevenue'),
+    },
+  },
+} as const;
+
+function planInfoJson(p: PlanInfo) {
+  return {
+    planId: p.planId,
+    version: p.version,
+    currency: p.currency,
+    description: p.description ?? null,
+    freeCallsPerMonth: p.freeCallsPerMonth,
+    billFailedCalls: p.billFailedCalls,
+    guard: {
+      enabled: p.guard.enabled,
+      warnBelowBps: p.guard.warnBelowBps,
+      throttleBelowBps: p.guard.throttleBelowBps,
+      killBelowBps: p.guard.killBelowBps,
+      ...money('minRevenue', p.guard.minRevenueNano),
+    },
+  };
+}
+
+interface QuoteBody {
+  product?: string;
+  customer?: string;
+  planId?: string;
+  plan?: Record<string, unknown>;
+  usage: {
+    tool: string;
+    calls?: number;
+    inputTokens?: number;
+    outputTokens?: number;
+    durationMs?: number;
+    failed?: boolean;
+  }[];
+  prior?: { planCalls?: number; toolCalls?: Record<string, number> };
+}
+
+const MAX_CALLS = 1_000_000_000;
+
+/** Invoice preview and plan quotes (`/billing/*`). */
+export function registerBilling(
+  app: FastifyInstance,
+  keyring: ApiKeyring,
+  analytics: AnalyticsDeps | undefined,
+): void {
+  const deps = (): AnalyticsDeps => {
+    if (!analytics) throw new ApiError('API_UNAVAILABLE', 'billing is not enabled in this process');
+    return analytics;
+  };
+
+  app.get<{ Querystring: { product?: string; customer?: string; period?: string; format?: 'json' | 'csv' } }>(
+    '/billing/invoices/preview',
+    {
+      schema: {
+        tags: TAGS,
+        summary:
+          'The invoice lines a customer would get for a period under its plan, reconciled with the raw calls',
+        description:
+          'Lines per tool and price component, from the raw rated calls: calls per tier and unit price, free ' +
+          'calls, failed calls not billed, input and output tokens per unit price, duration. The lines add up ' +
+          'exactly to the sum of `price_nano` of the raw rows (`reconciliation`).',
+        security: SECURITY,
+        querystring: querystring(['product', 'customer', 'period', 'format']),
+        response: responses(
+          {
+            type: 'object',
+            properties: {
+              product: { type: 'string' },
+              customer: { type: 'string' },
+              period: { type: 'string' },
+              currency: { type: 'string' },
+              range: rangeSchema,
+              plan: { type: ['object', 'null'], properties: planInfoProps },
+              ratedUnder: {
+                type: 'object',
+                properties: {
+                  planIds: { type: 'array', items: { type: 'string' } },
+                  planVersions: { type: 'array', items: { type: 'string' } },
+                },
+              },
+              lines: { type: 'array', items: { type: 'object', properties: lineProps } },
+              totals: {
+                type: 'object',
+                properties: {
+                  calls: { type: 'integer' },
+                  billed: { type: 'integer' },
+                  free: { type: 'integer' },
+                  failedNotBilled: { type: 'integer' },
+                  overLimit: { type: 'integer' },
+                  unenforced: { type: 'integer' },
+                  ...moneyProps(
+                    'amount',
+                    'callsAmount',
+                    'inputTokensAmount',
+                    'outputTokensAmount',
+                    'durationAmount',
+                  ),
+                  ...revenueCostMarginProps,
+                },
+              },
+              reconciliation: {
+                type: 'object',
+                properties: {
+                  rawPriceNano: { type: 'string', description: 'sum(price_nano) of the raw rows' },
+                  linesNano: { type: 'string', description: 'sum of the line amounts' },
+                  reconciled: { type: 'boolean' },
+                },
+              },
+            },
+          },
+          true,
+        ),
+      },
+    },
+    async (req, reply) => {
+      const d = deps();
+      const principal = keyring.authenticate(req);
+      const scope = scopeFor(principal, req.query);
+      if (!scope.customer) throw new ApiError('API_BAD_REQUEST', 'customer is required');
+      const period = req.query.period ?? periodOfMs(Date.now());
+      const range = periodRange(period);
+      const [lines, [t]] = await Promise.all([
+        rows(d, invoiceLinesSql(scope.product, scope.customer, period, range), req.log),
+        rows(d, invoiceTotalsSql(scope.product, scope.customer, period, range), req.log),
+      ]);
+      let linesNano = 0n;
+      const out = lines.map((r) => {
+        const component = String(r.component) as Component;
+        const tool = String(r.tool);
+        const amountNano = big(r.amount_nano);
+        linesNano += amountNano;
+        const qty = big(r.quantity);
+        const unitNano = component === 'duration' ? null : big(r.unit_nano);
+        const tier = component === 'call' ? count(r.tier) : null;
+        const c = COMPONENTS[component];
+        const priced = unitNano !== null && (component === 'call' || component.endsWith('_tokens'));
+        const unitText = priced ? ` at ${money('u', unitNano).u}` : '';
+        return {
+          tool,
+          component,
+          description: `${tool}: ${c.label}${tier ? `, tier ${tier}` : ''}${unitText}`,
+          tier,
+          quantity: component === 'duration' ? microsToSeconds(qty) : qty.toString(),
+          quantityUnit: c.unit,
+          unitPriceNano: unitNano === null ? null : unitNano.toString(),
+          unitPrice: unitNano === null ? null : money('u', unitNano).u,
+          ...money('amount', amountNano),
+        };
+      });
+      const totals = t ?? {};
+      const rawPriceNano = big(totals.price_nano ?? 0);
+      const plan = d.pricing.planFor(scope.product, scope.customer);
+      if (wantsCsv(req))
+        return sendCsv(
+          reply,
+          `invoice-${scope.customer.replace(/[^\w.-]/g, '_')}-${period}`,
+          Object.keys(lineProps),
+          out,
+        );
+      return {
+        product: scope.product,
+        customer: scope.customer,
+        period,
+        currency: d.pricing.currency(),
+        range: rangeOf(range),
+        plan: plan ? planInfoJson(plan) : null,
+        ratedUnder: {
+          planIds: (totals.plan_ids as string[] | undefined) ?? [],
+          planVersions: (totals.plan_versions as string[] | undefined) ?? [],
+        },
+        lines: out,
+        totals: {
+          calls: count(totals.calls ?? 0),
+          billed: count(totals.billed ?? 0),
+          free: count(totals.free ?? 0),
+          failedNotBilled: count(totals.failed_not_billed ?? 0),
+          overLimit: count(totals.over_limit ?? 0),
+          unenforced: count(totals.unenforced ?? 0),
+          ...money('amount', rawPriceNano),
+          ...money('callsAmount', big(totals.call_nano ?? 0)),
+          ...money('inputTokensAmount', big(totals.input_nano ?? 0)),
+          ...money('outputTokensAmount', big(totals.output_nano ?? 0)),
+          ...money('durationAmount', big(totals.duration_nano ?? 0)),
+          ...revenueCostMargin(rawPriceNano, big(totals.cost_nano ?? 0)),
+        },
+        reconciliation: {
+          rawPriceNano: rawPriceNano.toString(),
+          linesNano: linesNano.toString(),
+          reconciled: rawPriceNano === linesNano,
+        },
+      };
+    },
+  );
+
+  const count0 = (max: number) => ({ type: 'integer', minimum: 0, maximum: max }) as const;
+  const segmentProps = {
+    usageIndex: { type: 'integer' },
+    tool: { type: 'string' },
+    calls: { type: 'integer' },
+    decision: { type: 'string' },
+    tier: { type: 'integer' },
+    planOrdinal: {
+      type: 'integer',
+      description: 'position of the first call of the run in the period (all tools)',
+    },
+    toolOrdinal: {
+      type: 'integer',
+      description: 'position of the first call of the run among calls of its tool',
+    },
+    unit: {
+      type: 'object',
+      description: 'price of ONE call of the run, by component',
+      properties: moneyProps('price', 'call', 'input', 'output', 'duration', 'cost'),
+    },
+    ...moneyProps('amount', 'cost'),
+  } as const;
+  app.post<{ Body: QuoteBody }>(
+    '/billing/plans/quote',
+    {
+      schema: {
+        tags: TAGS,
+        summary: 'Price a hypothetical call or a month of usage under a plan (the real rating function)',
+        description:
+          'Usage lines are rated in the order given, one call after another, so the free allowance and the ' +
+          'graduated tiers are consumed as they would be by calls arriving in that order. `prior` says how ' +
+          'many calls the period already counted. The plan is the customer’s (with overrides), a plan of the ' +
+          'product by `planId`, or a hypothetical `plan` written like one in the plan file (amounts as ' +
+          'decimal strings). Identical calls in a run are priced once and multiplied.',
+        security: SECURITY,
+        body: {
+          type: 'object',
+          required: ['usage'],
+          additionalProperties: false,
+          properties: {
+            product: identifier,
+            customer: identifier,
+            planId: identifier,
+            plan: {
+              type: 'object',
+              description: 'a hypothetical plan (plan-file fields, amounts as strings)',
+            },
+            usage: {
+              type: 'array',
+              minItems: 1,
+              maxItems: 1000,
+              items: {
+                type: 'object',
+                required: ['tool'],
+                additionalProperties: false,
+                properties: {
+                  tool: identifier,
+                  calls: { type: 'integer', minimum: 1, maximum: MAX_CALLS, default: 1 },
+                  inputTokens: { ...count0(1_000_000_000), default: 0, description: 'per call' },
+                  outputTokens: { ...count0(1_000_000_000), default: 0, description: 'per call' },
+                  durationMs: {
+                    type: 'number',
+                    minimum: 0,
+                    maximum: 86_400_000,
+                    default: 0,
+                    description: 'per call',
+                  },
+                  failed: { type: 'boolean', default: false },
+                },
+              },
+            },
+            prior: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                planCalls: { ...count0(MAX_CALLS), default: 0 },
+                toolCalls: {
+                  type: 'object',
+                  maxProperties: 1000,
+                  propertyNames: identifier,
+                  additionalProperties: count0(MAX_CALLS),
+                },
+              },
+            },
+          },
+        },
+        response: responses(
+          {
+            type: 'object',
+            properties: {
+              product: { type: 'string' },
+              currency: { type: 'string' },
+              plan: { type: 'object', properties: planInfoProps },
+              lines: { type: 'array', items: { type: 'object', properties: segmentProps } },
+              totals: {
+                type: 'object',
+                properties: { calls: { type: 'integer' }, ...revenueCostMarginProps },
+              },
+              after: {
+                type: 'object',
+                properties: {
+                  planCalls: { type: 'integer' },
+                  toolCalls: { type: 'object', additionalProperties: { type: 'integer' } },
+                },
+              },
+            },
+          },
+          false,
+        ),
+      },
+    },
+    async (req) => {
+      const d = deps();
+      const principal = keyring.authenticate(req);
+      requireRole(principal, 'admin', 'finance');
+      const { product } = scopeFor(principal, { product: req.body.product });
+      const b = req.body;
+      if (b.planId !== undefined && b.plan !== undefined) {
+        throw new ApiError('API_BAD_REQUEST', 'give planId or plan, not both');
+      }
+      let result: QuoteResult;
+      try {
+        result = d.pricing.quote({
+          product,
+          customer: b.customer,
+          planId: b.planId,
+          plan: b.plan,
+          usage: b.usage.map((u) => ({
+            tool: u.tool,
+            calls: u.calls ?? 1,
+            inputTokens: u.inputTokens ?? 0,
+            outputTokens: u.outputTokens ?? 0,
+            durationUs: Math.round((u.durationMs ?? 0) * 1000),
+            ok: !u.failed,
+          })),
+          prior: { planCalls: b.prior?.planCalls ?? 0, toolCalls: b.prior?.toolCalls ?? {} },
+        });
+      } catch (err) {
+        if (err instanceof PricingError) {
+          const code =
+            err.reason === 'unknown_plan'
+              ? 'API_UNKNOWN_PLAN'
+              : err.reason === 'unknown_tool'
+                ? 'API_UNKNOWN_TOOL'
+                : 'API_INVALID_PLAN';
+          throw new ApiError(code, err.message);
+        }
+        throw err;
+      }
+      let amount = 0n;
+      let cost = 0n;
+      let calls = 0;
+      const lines = result.segments.map((s) => {
+        const n = BigInt(s.calls);
+        amount += s.priceNano * n;
+        cost += s.costNano * n;
+        calls += s.calls;
+        return {
+          usageIndex: s.usageIndex,
+          tool: s.tool,
+          calls: s.calls,
+          decision: s.decision,
+          tier: s.tier,
+          planOrdinal: s.planOrdinal,
+          toolOrdinal: s.toolOrdinal,
+          unit: {
+            ...money('price', s.priceNano),
+            ...money('call', s.priceCallNano),
+            ...money('input', s.priceInputNano),
+            ...money('output', s.priceOutputNano),
+            ...money('duration', s.priceDurationNano),
+            ...money('cost', s.costNano),
+          },
+          ...money('amount', s.priceNano * n),
+          ...money('cost', s.costNano * n),
+        };
+      });
+      return {
+        product,
+        currency: result.plan.currency,
+        plan: planInfoJson(result.plan),
+        lines,
+        totals: { calls, ...revenueCostMargin(amount, cost) },
+        after: result.after,
+      };
+    },
+  );
+}

@@ -1,0 +1,44 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+
+export type Cell = string | number | boolean | null | undefined;
+
+const NUMERIC = /^-?\d+(\.\d+)?$/;
+
+/**
+ * One CSV field (RFC 4180). Text that a spreadsheet would run as a formula (=, +, -, @, tab, CR first)
+ * is prefixed with `'`; numbers, money included ("-0.5"), are left as they are.
+ */
+export function csvField(v: Cell): string {
+  if (v === null || v === undefined) return '';
+  let s = String(v);
+  if (typeof v === 'string' && /^[=+\-@\t\r]/.test(s) && !NUMERIC.test(s)) s = `'${s}`;
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+/** Rows of flat objects as CSV with a header line; `columns` fixes the order (and the header of an empty list). */
+export function toCsv(columns: readonly string[], rows: readonly Record<string, Cell>[]): string {
+  const lines = [columns.map(csvField).join(',')];
+  for (const r of rows) lines.push(columns.map((c) => csvField(r[c])).join(','));
+  return `${lines.join('\r\n')}\r\n`;
+}
+
+/** CSV when `?format=csv`, or without `format` when the Accept header asks for text/csv. */
+export function wantsCsv(req: FastifyRequest<{ Querystring: { format?: string } }>): boolean {
+  const format = (req.query as { format?: string } | undefined)?.format;
+  if (format !== undefined) return format === 'csv';
+  return /\btext\/csv\b/i.test(req.headers.accept ?? '');
+}
+
+export function sendCsv(
+  reply: FastifyReply,
+  filename: string,
+  columns: readonly string[],
+  rows: readonly Record<string, Cell>[],
+  nextOffset?: number | null,
+): FastifyReply {
+  if (nextOffset !== undefined && nextOffset !== null) reply.header('x-next-offset', String(nextOffset));
+  return reply
+    .type('text/csv; charset=utf-8')
+    .header('content-disposition', `attachment; filename="${filename}.csv"`)
+    .send(toCsv(columns, rows));
+}

@@ -1,0 +1,127 @@
+import { ApiError } from './errors.js';
+
+/** A half-open UTC time range [fromMs, toMs). */
+export interface TimeRange {
+  fromMs: number;
+  toMs: number;
+}
+
+const DAY_MS = 86_400_000;
+const HOUR_MS = 3_600_000;
+/** Longest range one request may cover. */
+export const MAX_RANGE_DAYS = 400;
+/** Ranges up to this long get hour buckets when the caller asks for `bucket=auto`. */
+export const AUTO_HOUR_BUCKETS_MAX_MS = 48 * HOUR_MS;
+/** Longest range hour buckets may cover. */
+export const HOUR_BUCKETS_MAX_MS = 7 * DAY_MS;
+
+export const PERIOD_PATTERN = '^[0-9]{4}-(0[1-9]|1[0-2])$';
+export const INSTANT_PATTERN =
+  '^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,3})?)?(Z|[+-][0-9]{2}:[0-9]{2}))?$';
+
+/** `YYYY-MM` → its first instant and the first instant of the next month (UTC). */
+export function periodRange(period: string): TimeRange {
+  const [y, m] = period.split('-').map(Number) as [number, number];
+  return { fromMs: Date.UTC(y, m - 1, 1), toMs: Date.UTC(y, m, 1) };
+}
+
+/** The billing period (`YYYY-MM`, UTC calendar month) of an instant. */
+export function periodOfMs(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 7);
+}
+
+/** `2025-03-01` or `2025-03-01T12:00:00Z` (offsets allowed) → epoch ms; a date that does not exist is a 400. */
+export function parseInstant(text: string, name: string): number {
+  const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
+  const ms = Date.parse(dateOnly ? `${text}T00:00:00Z` : text);
+  const [y, mo, d] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
+  const calendar = new Date(Date.UTC(y, mo - 1, d));
+  if (
+    Number.isNaN(ms) ||
+    calendar.getUTCFullYear() !== y ||
+    calendar.getUTCMonth() !== mo - 1 ||
+    calendar.getUTCDate() !== d
+  ) {
+    throw new ApiError('API_BAD_REQUEST', `${name}: ${text} is not a valid date`);
+  }
+  return ms;
+}
+
+/**
+ * The range of a request: `period=YYYY-MM`, or `from`/`to` (a missing `from` is the start of the current
+ * billing period, a missing `to` its end), or by default the current billing period.
+ */
+export function resolveRange(
+  q: { from?: string; to?: string; period?: string },
+  nowMs = Date.now(),
+): TimeRange {
+  if (q.period !== undefined && (q.from !== undefined || q.to !== undefined)) {
+    throw new ApiError('API_BAD_REQUEST', 'give period or from/to, not both');
+  }
+  const current = periodRange(periodOfMs(nowMs));
+  const range = q.period
+    ? periodRange(q.period)
+    : {
+        fromMs: q.from !== undefined ? parseInstant(q.from, 'from') : current.fromMs,
+        toMs: q.to !== undefined ? parseInstant(q.to, 'to') : current.toMs,
+      };
+  if (range.toMs <= range.fromMs) throw new ApiError('API_BAD_REQUEST', 'from must be before to');
+  if (range.toMs - range.fromMs > MAX_RANGE_DAYS * DAY_MS) {
+    throw new ApiError('API_BAD_REQUEST', `a range may cover at most ${MAX_RANGE_DAYS} days`);
+  }
+  return range;
+}
+
+/**
+ * How a range splits between the daily view and the raw table: whole UTC days [wholeFromMs, wholeToMs)
+ * come from the view, the partial days at either end from the raw table. `hasWholeDays` false: no whole
+ * day inside the range, everything is read from the raw table.
+ */
+export interface RangeSplit {
+  wholeFromMs: number;
+  wholeToMs: number;
+  hasWholeDays: boolean;
+  hasPartialDays: boolean;
+}
+
+export function splitByDay(r: TimeRange): RangeSplit {
+  const wholeFromMs = Math.ceil(r.fromMs / DAY_MS) * DAY_MS;
+  const wholeToMs = Math.floor(r.toMs / DAY_MS) * DAY_MS;
+  if (wholeToMs <= wholeFromMs) {
+    return { wholeFromMs: r.fromMs, wholeToMs: r.fromMs, hasWholeDays: false, hasPartialDays: true };
+  }
+  return {
+    wholeFromMs,
+    wholeToMs,
+    hasWholeDays: true,
+    hasPartialDays: wholeFromMs !== r.fromMs || wholeToMs !== r.toMs,
+  };
+}
+
+export type Bucket = 'day' | 'hour';
+
+/** `auto`: hours for ranges up to 48 h, days beyond. Hours are refused beyond 7 days. */
+export function bucketFor(requested: 'auto' | Bucket | undefined, r: TimeRange): Bucket {
+  const span = r.toMs - r.fromMs;
+  if (requested === 'hour' || (requested !== 'day' && span <= AUTO_HOUR_BUCKETS_MAX_MS)) {
+    if (span > HOUR_BUCKETS_MAX_MS) {
+      throw new ApiError('API_BAD_REQUEST', 'hour buckets cover at most 7 days: use bucket=day');
+    }
+    return 'hour';
+  }
+  return 'day';
+}
+
+/** An instant as a ClickHouse DateTime64(3, 'UTC') parameter value. */
+export function chInstant(ms: number): string {
+  return new Date(ms).toISOString().replace('T', ' ').replace('Z', '');
+}
+
+/** An instant as a ClickHouse Date parameter value (the UTC day). */
+export function chDay(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
+}
+
+export function isoOf(ms: number): string {
+  return new Date(ms).toISOString();
+}

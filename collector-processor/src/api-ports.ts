@@ -1,0 +1,193 @@
+import {
+  type PlanInfo,
+  PricingError,
+  type PricingPort,
+  type QuoteRequest,
+  type QuoteResult,
+  type QuoteSegment,
+} from '@tollgate/billing-api';
+import type { ToolCall } from '@tollgate/contracts';
+import { parseDocument, visit } from 'yaml';
+import { type CompiledPlan, loadPlanBook, type PlanBook, PlanFileError, toolRateOf } from './plans/load.js';
+import { countsTowardUsage, rateCall } from './rating/rate.js';
+
+/**
+ * The billing API's PricingPort over the rate plans in force (hot-reloaded) and the pure rating
+ * function: the quote route prices exactly as the pipeline does.
+ */
+
+function infoOf(p: CompiledPlan): PlanInfo {
+  const g = p.plan.marginGuard;
+  return {
+    planId: p.planId,
+    version: p.version,
+    currency: p.currency,
+    description: p.plan.description,
+    freeCallsPerMonth: p.plan.freeCallsPerMonth,
+    billFailedCalls: p.plan.billFailedCalls,
+    guard: {
+      enabled: g.enabled,
+      warnBelowBps: g.warnBelow,
+      throttleBelowBps: g.throttleBelow,
+      killBelowBps: g.killBelow,
+      minRevenueNano: g.minRevenue,
+    },
+  };
+}
+
+/**
+ * The plan file as plain data, numbers kept as their source text (as the loader reads them), so one plan
+ * can be re-validated on its own through `loadPlanBook`.
+ */
+function plainPlans(source: string): {
+  products?: Record<string, { plans?: Record<string, unknown> }>;
+} {
+  const doc = parseDocument(source, { keepSourceTokens: true });
+  visit(doc, {
+    Scalar(_key, node) {
+      if (typeof node.value === 'number' && node.srcToken && 'source' in node.srcToken) {
+        node.value = node.srcToken.source;
+      }
+    },
+  });
+  return (doc.toJS() ?? {}) as { products?: Record<string, { plans?: Record<string, unknown> }> };
+}
+
+/** One plan (from the file or hypothetical) compiled through the real loader and its validation. */
+function compileOne(currency: string, product: string, planId: string, plan: unknown): CompiledPlan {
+  const source = JSON.stringify({
+    currency,
+    products: { [product]: { defaultPlan: planId, plans: { [planId]: plan } } },
+  });
+  try {
+    const compiled = loadPlanBook(source, 'quote').resolve(product, '');
+    if (!compiled) throw new PricingError('invalid_plan', 'the plan did not compile');
+    return compiled;
+  } catch (err) {
+    if (err instanceof PlanFileError) {
+      throw new PricingError(
+        'invalid_plan',
+        err.problems.join('; ').replace(/products\.[^.]+\.plans\.[^.]+\./g, ''),
+      );
+    }
+    throw err;
+  }
+}
+
+export class PlanPricing implements PricingPort {
+  private plainCache: { version: string; plans: ReturnType<typeof plainPlans> } | undefined;
+  private readonly byId = new Map<string, CompiledPlan>();
+
+  constructor(private readonly plans: { readonly current: PlanBook }) {}
+
+  currency(): string {
+    return this.plans.current.currency;
+  }
+
+  planFor(product: string, customer: string): PlanInfo | undefined {
+    const p = this.plans.current.resolve(product, customer);
+    return p && infoOf(p);
+  }
+
+  private planById(product: string, planId: string): CompiledPlan {
+    const book = this.plans.current;
+    const key = `${book.version}\0${product}\0${planId}`;
+    const known = this.byId.get(key);
+    if (known) return known;
+    if (this.plainCache?.version !== book.version) {
+      this.plainCache = { version: book.version, plans: plainPlans(book.source) };
+      this.byId.clear();
+    }
+    const raw = this.plainCache.plans.products?.[product]?.plans;
+    if (!raw || !Object.hasOwn(raw, planId)) {
+      throw new PricingError('unknown_plan', `product ${product} has no plan ${planId}`);
+    }
+    const compiled = { ...compileOne(book.currency, product, planId, raw[planId]), version: book.version };
+    this.byId.set(key, compiled);
+    return compiled;
+  }
+
+  quote(req: QuoteRequest): QuoteResult {
+    const book = this.plans.current;
+    let plan: CompiledPlan | undefined;
+    if (req.plan !== undefined)
+      plan = { ...compileOne(book.currency, req.product, 'quote', req.plan), version: 'quote' };
+    else if (req.planId !== undefined) plan = this.planById(req.product, req.planId);
+    else plan = book.resolve(req.product, req.customer ?? '');
+    if (!plan) throw new PricingError('unknown_plan', `no rate plan for product ${req.product}`);
+    return quoteUnder(plan, req);
+  }
+}
+
+/**
+ * Rates the usage lines in order with `rateCall`. A line of n identical calls is cut into runs within
+ * which the rating cannot change (same side of the free allowance, same graduated tier); each run is
+ * rated once, at its first call's positions, and stands for all its calls. Equal, by construction, to
+ * rating every call one by one (a test checks it).
+ */
+export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' | 'prior'>): QuoteResult {
+  let planCalls = req.prior.planCalls;
+  const toolCalls: Record<string, number> = { ...req.prior.toolCalls };
+  const segments: QuoteSegment[] = [];
+  req.usage.forEach((u, usageIndex) => {
+    const rate = toolRateOf(plan, u.tool);
+    if (!rate) throw new PricingError('unknown_tool', `plan ${plan.planId} prices no tool ${u.tool}`);
+    const call: ToolCall = {
+      eventId: 'quote',
+      traceId: '',
+      spanId: '',
+      customer: '',
+      agent: '',
+      sessionId: '',
+      tool: u.tool,
+      transport: 'unknown',
+      ok: u.ok,
+      errorType: u.ok ? '' : 'tool_error',
+      startUnixUs: 0,
+      durationUs: u.durationUs,
+      inputTokens: u.inputTokens,
+      outputTokens: u.outputTokens,
+      protocolVersion: '',
+      source: 'event',
+      instanceId: '',
+    };
+    const push = (calls: number, usage: { planOrdinal: number; toolOrdinal: number }) => {
+      const r = rateCall(call, plan, rate, usage);
+      segments.push({
+        usageIndex,
+        tool: u.tool,
+        calls,
+        decision: r.decision,
+        tier: r.tier,
+        planOrdinal: usage.planOrdinal,
+        toolOrdinal: usage.toolOrdinal,
+        priceCallNano: r.priceCallNano,
+        priceInputNano: r.priceInputNano,
+        priceOutputNano: r.priceOutputNano,
+        priceDurationNano: r.priceDurationNano,
+        priceNano: r.priceNano,
+        costNano: r.costNano,
+      });
+    };
+    if (!countsTowardUsage(call, plan)) {
+      push(u.calls, { planOrdinal: 0, toolOrdinal: 0 });
+      return;
+    }
+    const free = plan.plan.freeCallsPerMonth;
+    const tiers = rate.price.perCallTiers ?? [];
+    let left = u.calls;
+    while (left > 0) {
+      const p = planCalls + 1;
+      const t = (toolCalls[u.tool] ?? 0) + 1;
+      let run = left;
+      if (p <= free) run = Math.min(run, free - p + 1);
+      const tier = tiers.find((tr) => tr.upTo === undefined || t <= tr.upTo);
+      if (tier?.upTo !== undefined) run = Math.min(run, tier.upTo - t + 1);
+      push(run, { planOrdinal: p, toolOrdinal: t });
+      planCalls += run;
+      toolCalls[u.tool] = t - 1 + run;
+      left -= run;
+    }
+  });
+  return { plan: infoOf(plan), segments, after: { planCalls, toolCalls } };
+}
