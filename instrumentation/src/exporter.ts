@@ -14,7 +14,7 @@ const gzipAsync = promisify(gzip);
 /** Spans per export request (the processor's default body limit fits several thousand). */
 const MAX_SPANS_PER_REQUEST = 2048;
 const MIN_BACKOFF_MS = 1000;
-const MAX_BACKOFF_MS = 30_000;
+const MAX_BACKOFF_MS = 10_000;
 const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
 
 export interface ExporterSettings {

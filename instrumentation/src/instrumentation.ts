@@ -64,7 +64,8 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   // `declare`: no field initialiser, so nothing set while the base constructor enables the hooks is reset.
   declare private calls: ToolCallTracer | undefined;
   declare private cjsHook: RequireHook | undefined;
-  declare private cjsPatched: ServerModuleLike[] | undefined;
+  /** Modules patched outside the OTel definitions (the CJS hook, `manuallyInstrument`): disable unpatches them. */
+  declare private ownPatched: Set<ServerModuleLike> | undefined;
 
   constructor(config: McpInstrumentationConfig = {}) {
     super(PACKAGE_NAME, PACKAGE_VERSION, config);
@@ -100,7 +101,7 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   override enable(): void {
     super.enable();
     if (this.cjsHook) return;
-    this.cjsPatched ??= [];
+    this.ownPatched ??= new Set();
     this.cjsHook = new RequireHook([CJS_SERVER_MODULE], { internals: true }, (exports, name, basedir) => {
       if (name !== CJS_SERVER_MODULE) return exports;
       const version = packageVersion(basedir);
@@ -108,17 +109,17 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
         this._diag.warn(`@modelcontextprotocol/sdk ${version} is not supported (${SUPPORTED_VERSIONS})`);
         return exports;
       }
-      this.cjsPatched?.push(exports as ServerModuleLike);
+      this.ownPatched?.add(exports as ServerModuleLike);
       return this.patchServerModule(exports as ServerModuleLike) as typeof exports;
     });
-    for (const m of this.cjsPatched) this.patchServerModule(m);
+    for (const m of this.ownPatched) this.patchServerModule(m);
   }
 
   override disable(): void {
     super.disable();
     this.cjsHook?.unhook();
     this.cjsHook = undefined;
-    for (const m of this.cjsPatched ?? []) this.unpatchServerModule(m);
+    for (const m of this.ownPatched ?? []) this.unpatchServerModule(m);
   }
 
   protected init(): InstrumentationNodeModuleDefinition[] {
@@ -173,7 +174,9 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
    * Instruments the `Server` class of a module you loaded yourself (a bundled or vendored SDK the module
    * hooks cannot see): `mcpInstrumentation.manuallyInstrument(await import('@modelcontextprotocol/sdk/server/index.js'))`.
    */
-  manuallyInstrument(serverModule: ServerModuleLike): void {
-    this.patchServerModule(serverModule);
+  manuallyInstrument(serverModule: { Server?: unknown }): void {
+    this.ownPatched ??= new Set();
+    this.ownPatched.add(serverModule as ServerModuleLike);
+    this.patchServerModule(serverModule as ServerModuleLike);
   }
 }
