@@ -186,7 +186,6 @@
           data: days.map((d) => value.get(`${d}\u0000${a}`) ?? 0),
           borderColor: SERIES[i % SERIES.length],
           backgroundColor: SERIES[i % SERIES.length],
-          tension: 0.2,
         })),
       },
       options: { scales: { y: { beginAtZero: true, title: { display: true, text: currency } } } },

@@ -389,14 +389,16 @@ export function registerBilling(
           prior: { planCalls: b.prior?.planCalls ?? 0, toolCalls: b.prior?.toolCalls ?? {} },
         });
       } catch (err) {
-        if (err instanceof PricingError) {
+        // by name, not instanceof: the adapter may hold another copy of this module (src vs dist)
+        if (err instanceof PricingError || (err as Error)?.name === 'PricingError') {
+          const reason = (err as PricingError).reason;
           const code =
-            err.reason === 'unknown_plan'
+            reason === 'unknown_plan'
               ? 'API_UNKNOWN_PLAN'
-              : err.reason === 'unknown_tool'
+              : reason === 'unknown_tool'
                 ? 'API_UNKNOWN_TOOL'
                 : 'API_INVALID_PLAN';
-          throw new ApiError(code, err.message);
+          throw new ApiError(code, (err as Error).message);
         }
         throw err;
       }

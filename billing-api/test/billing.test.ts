@@ -1,0 +1,364 @@
+import { formatNano, type ToolCall } from '@tollgate/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { quoteUnder } from '../../collector-processor/src/api-ports.js';
+import { loadPlanBook, toolRateOf } from '../../collector-processor/src/plans/load.js';
+import { countsTowardUsage, rateCall } from '../../collector-processor/src/rating/rate.js';
+import type { QuoteUsage } from '../src/index.js';
+import { KEYS, PLANS, type RawCall, rawCalls, type Seeded, startSeededTollgate } from './support/seed.js';
+
+/** Invoice preview (reconciled with the raw price columns) and plan quotes (the real rating function). */
+
+let s: Seeded;
+let raw: RawCall[];
+beforeAll(async () => {
+  s = await startSeededTollgate();
+  raw = await rawCalls(s.tg);
+}, 180_000);
+afterAll(async () => {
+  await s?.cleanup();
+});
+
+async function api(
+  path: string,
+  key: string,
+  body?: unknown,
+  // biome-ignore lint/suspicious/noExplicitAny: JSON answers, checked by value below
+): Promise<{ status: number; body: Record<string, any> }> {
+  const res = await fetch(`${s.tg.apiUrl}${path}`, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  // biome-ignore lint/suspicious/noExplicitAny: as above
+  return { status: res.status, body: (await res.json()) as Record<string, any> };
+}
+
+const ORDER = ['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'];
+
+/** The invoice lines of a customer's period, computed here from the raw rows. */
+function expectedLines(rows: RawCall[]) {
+  const lines = new Map<
+    string,
+    { tool: string; component: string; tier: number | null; unit: bigint | null; qty: bigint; amount: bigint }
+  >();
+  const add = (
+    tool: string,
+    component: string,
+    tier: number | null,
+    unit: bigint | null,
+    qty: bigint,
+    amount: bigint,
+  ) => {
+    const k = `${tool}|${component}|${tier}|${unit}`;
+    const l = lines.get(k) ?? { tool, component, tier, unit, qty: 0n, amount: 0n };
+    l.qty += qty;
+    l.amount += amount;
+    lines.set(k, l);
+  };
+  for (const r of rows) {
+    if (r.decision === 'free') add(r.tool, 'free_call', null, 0n, 1n, 0n);
+    else if (r.decision === 'failed_not_billed') add(r.tool, 'failed_call', null, 0n, 1n, 0n);
+    else add(r.tool, 'call', r.tier, r.priceCall, 1n, r.priceCall);
+    if (r.priceInput !== 0n)
+      add(r.tool, 'input_tokens', null, r.priceInput / r.inputTokens, r.inputTokens, r.priceInput);
+    if (r.priceOutput !== 0n)
+      add(r.tool, 'output_tokens', null, r.priceOutput / r.outputTokens, r.outputTokens, r.priceOutput);
+    if (r.priceDuration !== 0n) add(r.tool, 'duration', null, null, r.durationUs, r.priceDuration);
+  }
+  return [...lines.values()].sort(
+    (a, b) =>
+      (a.tool < b.tool ? -1 : a.tool > b.tool ? 1 : 0) ||
+      ORDER.indexOf(a.component) - ORDER.indexOf(b.component) ||
+      (a.tier ?? 0) - (b.tier ?? 0) ||
+      Number((a.unit ?? 0n) - (b.unit ?? 0n)),
+  );
+}
+
+const seconds = (us: bigint) => {
+  const frac = (us % 1_000_000n).toString().padStart(6, '0').replace(/0+$/, '');
+  return `${us / 1_000_000n}${frac ? `.${frac}` : ''}`;
+};
+
+describe('invoice preview', () => {
+  it('every customer and period: lines per tool and component, adding up exactly to the raw price columns', async () => {
+    const periods = [...new Set(raw.map((r) => r.period))];
+    let checked = 0;
+    for (const period of periods) {
+      for (const customer of ['acme', 'globex', 'initech', 'umbrella', 'hooli', "o'hara"]) {
+        const rows = raw.filter(
+          (r) => r.product === 'demo-mcp' && r.customer === customer && r.period === period,
+        );
+        const res = await api(
+          `/billing/invoices/preview?customer=${encodeURIComponent(customer)}&period=${period}`,
+          KEYS.finance,
+        );
+        expect(res.status).toBe(200);
+        const inv = res.body;
+        const lines = expectedLines(rows);
+        expect(
+          inv.lines.map((l: Record<string, string | number | null>) => ({
+            tool: l.tool,
+            component: l.component,
+            tier: l.tier,
+            unit: l.unitPriceNano,
+            qty: l.quantity,
+            amount: l.amountNano,
+          })),
+          `${customer} ${period}`,
+        ).toEqual(
+          lines.map((l) => ({
+            tool: l.tool,
+            component: l.component,
+            tier: l.tier,
+            unit: l.unit === null ? null : l.unit.toString(),
+            qty: l.component === 'duration' ? seconds(l.qty) : l.qty.toString(),
+            amount: l.amount.toString(),
+          })),
+        );
+        // quantity × unit price = amount, exactly, on every call and token line
+        for (const l of inv.lines) {
+          if (l.unitPriceNano !== null && l.component !== 'duration') {
+            expect(BigInt(l.quantity) * BigInt(l.unitPriceNano), l.description).toBe(BigInt(l.amountNano));
+          }
+          expect(l.amount).toBe(formatNano(BigInt(l.amountNano)));
+        }
+        const sum = (f: (r: RawCall) => bigint) => rows.reduce((a, r) => a + f(r), 0n);
+        const total = sum((r) => r.price);
+        expect(inv.reconciliation).toEqual({
+          rawPriceNano: String(total),
+          linesNano: String(total),
+          reconciled: true,
+        });
+        expect(inv.totals).toMatchObject({
+          calls: rows.length,
+          free: rows.filter((r) => r.decision === 'free').length,
+          failedNotBilled: rows.filter((r) => r.decision === 'failed_not_billed').length,
+          overLimit: rows.filter((r) => r.decision === 'over_limit').length,
+          amountNano: String(total),
+          callsAmountNano: String(sum((r) => r.priceCall)),
+          inputTokensAmountNano: String(sum((r) => r.priceInput)),
+          outputTokensAmountNano: String(sum((r) => r.priceOutput)),
+          durationAmountNano: String(sum((r) => r.priceDuration)),
+          costNano: String(sum((r) => r.cost)),
+        });
+        checked += rows.length;
+      }
+    }
+    expect(checked).toBe(raw.filter((r) => r.product === 'demo-mcp').length);
+  });
+
+  it('hand-checked: initech (enterprise plan, failed calls billed) pays 0.001 per call', async () => {
+    const period = new Date(s.nowMs).toISOString().slice(0, 7);
+    const rows = raw.filter((r) => r.customer === 'initech' && r.period === period);
+    const inv = (await api(`/billing/invoices/preview?customer=initech&period=${period}`, KEYS.admin)).body;
+    expect(inv.plan).toMatchObject({ planId: 'enterprise', billFailedCalls: true, freeCallsPerMonth: 0 });
+    expect(inv.totals.amount).toBe(formatNano(BigInt(rows.length) * 1_000_000n));
+    expect(
+      inv.lines.every(
+        (l: { component: string; unitPrice: string }) => l.component === 'call' && l.unitPrice === '0.001',
+      ),
+    ).toBe(true);
+    expect(rows.some((r) => r.status === 'error')).toBe(true);
+  });
+
+  it('search_docs lines show the free allowance, both tiers, and per-token and duration lines', async () => {
+    const res = await api('/billing/invoices/preview?customer=acme&format=json', KEYS.acme);
+    const docs = res.body.lines.filter((l: { tool: string }) => l.tool === 'search_docs');
+    const components = new Set(docs.map((l: { component: string }) => l.component));
+    expect(components).toEqual(
+      new Set([
+        'call',
+        'input_tokens',
+        'output_tokens',
+        'duration',
+        ...(components.has('free_call') ? ['free_call'] : []),
+        ...(components.has('failed_call') ? ['failed_call'] : []),
+      ]),
+    );
+    const unitOf = (c: string) =>
+      docs
+        .filter((l: { component: string }) => l.component === c)
+        .map((l: { unitPrice: string }) => l.unitPrice);
+    expect(unitOf('input_tokens')).toEqual(['0.000001']);
+    expect(unitOf('output_tokens')).toEqual(['0.000003']);
+  });
+});
+
+const book = loadPlanBook(PLANS);
+
+/** Rates calls one by one with the rating function: what a quote must equal. */
+function bruteForce(product: string, customer: string, usage: QuoteUsage[], prior = 0) {
+  const plan = book.resolve(product, customer);
+  if (!plan) throw new Error('no plan');
+  let planOrd = prior;
+  const toolOrd = new Map<string, number>();
+  let price = 0n;
+  let cost = 0n;
+  const decisions = new Map<string, number>();
+  for (const u of usage) {
+    const rate = toolRateOf(plan, u.tool);
+    if (!rate) throw new Error('no rate');
+    const call = {
+      ok: u.ok,
+      inputTokens: u.inputTokens,
+      outputTokens: u.outputTokens,
+      durationUs: u.durationUs,
+    } as ToolCall;
+    for (let i = 0; i < u.calls; i++) {
+      let pos = { planOrdinal: 0, toolOrdinal: 0 };
+      if (countsTowardUsage(call, plan)) {
+        planOrd++;
+        toolOrd.set(u.tool, (toolOrd.get(u.tool) ?? 0) + 1);
+        pos = { planOrdinal: planOrd, toolOrdinal: toolOrd.get(u.tool) as number };
+      }
+      const r = rateCall(call, plan, rate, pos);
+      price += r.priceNano;
+      cost += r.costNano;
+      const k = `${r.decision}:${r.tier}`;
+      decisions.set(k, (decisions.get(k) ?? 0) + 1);
+    }
+  }
+  return { price, cost, decisions };
+}
+
+describe('plan quotes', () => {
+  it('runs of identical calls priced once equal rating every call one by one', () => {
+    let seed = 7;
+    const rnd = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    for (let trial = 0; trial < 40; trial++) {
+      const customer = ['acme', 'initech', 'hooli'][trial % 3] as string;
+      const usage: QuoteUsage[] = Array.from({ length: 1 + Math.floor(rnd() * 5) }, () => ({
+        tool: ['search_docs', 'lookup', 'run_report', 'thin'][Math.floor(rnd() * 4)] as string,
+        calls: 1 + Math.floor(rnd() * 12),
+        inputTokens: Math.floor(rnd() * 3000),
+        outputTokens: Math.floor(rnd() * 3000),
+        durationUs: Math.floor(rnd() * 3_000_000),
+        ok: rnd() > 0.2,
+      }));
+      const prior = Math.floor(rnd() * 4);
+      const plan = book.resolve('demo-mcp', customer);
+      if (!plan) throw new Error('no plan');
+      const q = quoteUnder(plan, { usage, prior: { planCalls: prior, toolCalls: {} } });
+      const b = bruteForce('demo-mcp', customer, usage, prior);
+      const decisions = new Map<string, number>();
+      for (const seg of q.segments)
+        decisions.set(
+          `${seg.decision}:${seg.tier}`,
+          (decisions.get(`${seg.decision}:${seg.tier}`) ?? 0) + seg.calls,
+        );
+      expect(
+        q.segments.reduce((a, x) => a + x.priceNano * BigInt(x.calls), 0n),
+        JSON.stringify(usage),
+      ).toBe(b.price);
+      expect(q.segments.reduce((a, x) => a + x.costNano * BigInt(x.calls), 0n)).toBe(b.cost);
+      expect(decisions).toEqual(b.decisions);
+    }
+  });
+
+  it('a hypothetical call after the free allowance, priced component by component (hand-checked)', async () => {
+    const res = await api('/billing/plans/quote', KEYS.finance, {
+      customer: 'acme',
+      usage: [{ tool: 'search_docs', inputTokens: 1234, outputTokens: 5678, durationMs: 1500 }],
+      prior: { planCalls: 3 },
+    });
+    expect(res.status).toBe(200);
+    // 0.004 + 1234 × 0.000001 + 5678 × 0.000003 + 1.5 s × 0.0001 = 0.022418
+    // cost: 0.001 + 5678 × 0.000001 + 1.5 s × 0.000003 = 0.0066825
+    expect(res.body.lines).toEqual([
+      expect.objectContaining({
+        tool: 'search_docs',
+        calls: 1,
+        decision: 'billed',
+        tier: 1,
+        planOrdinal: 4,
+        toolOrdinal: 1,
+        unit: expect.objectContaining({
+          priceNano: '22418000',
+          callNano: '4000000',
+          inputNano: '1234000',
+          outputNano: '17034000',
+          durationNano: '150000',
+          costNano: '6682500',
+        }),
+        amount: '0.022418',
+        cost: '0.0066825',
+      }),
+    ]);
+    expect(res.body.totals).toMatchObject({
+      calls: 1,
+      revenue: '0.022418',
+      cost: '0.0066825',
+      margin: '0.0157355',
+      marginBps: 7019,
+    });
+    expect(res.body.plan).toMatchObject({ planId: 'std', freeCallsPerMonth: 3 });
+  });
+
+  it('a month of usage: the free allowance, then the tiers, as runs', async () => {
+    const res = await api('/billing/plans/quote', KEYS.admin, {
+      usage: [{ tool: 'search_docs', calls: 10 }],
+    });
+    expect(
+      res.body.lines.map((l: Record<string, unknown>) => [l.decision, l.tier, l.calls, l.amount]),
+    ).toEqual([
+      ['free', 0, 3, '0.00'],
+      ['billed', 1, 1, '0.004'],
+      ['billed', 2, 6, '0.018'],
+    ]);
+    expect(res.body.after).toEqual({ planCalls: 10, toolCalls: { search_docs: 10 } });
+    // a billion calls is a few runs, priced exactly
+    const big = await api('/billing/plans/quote', KEYS.admin, {
+      usage: [{ tool: 'lookup', calls: 1_000_000_000 }],
+    });
+    expect(big.body.totals.revenueNano).toBe(String((1_000_000_000n - 3n) * 2_000_000n));
+    expect(big.body.totals.revenue).toBe('1999999.994');
+  });
+
+  it('another plan of the product by id, or a hypothetical plan; errors from the catalogue', async () => {
+    const ent = await api('/billing/plans/quote', KEYS.admin, {
+      planId: 'enterprise',
+      usage: [{ tool: 'x', calls: 4, failed: true }],
+    });
+    expect(ent.body.totals.revenue).toBe('0.004');
+    const hypo = await api('/billing/plans/quote', KEYS.admin, {
+      plan: { freeCallsPerMonth: 1, tools: { '*': { price: { perCall: '0.5' }, cost: { perCall: '0.1' } } } },
+      usage: [{ tool: 'anything', calls: 3 }],
+    });
+    expect(hypo.status).toBe(200);
+    expect(hypo.body.totals).toMatchObject({ revenue: '1.00', cost: '0.30', marginBps: 7000 });
+    const invalid = await api('/billing/plans/quote', KEYS.admin, {
+      plan: { tools: { a: { price: { perCall: '-1' } } } },
+      usage: [{ tool: 'a' }],
+    });
+    expect(invalid.status).toBe(400);
+    expect(invalid.body.error).toMatchObject({
+      code: 'API_INVALID_PLAN',
+      message: expect.stringContaining('perCall'),
+    });
+    const unknownTool = await api('/billing/plans/quote', KEYS.admin, {
+      plan: { tools: { a: {} } },
+      usage: [{ tool: 'b' }],
+    });
+    expect(unknownTool.body.error).toMatchObject({ code: 'API_UNKNOWN_TOOL' });
+    expect(unknownTool.status).toBe(400);
+    const unknownPlan = await api('/billing/plans/quote', KEYS.admin, {
+      planId: 'gold',
+      usage: [{ tool: 'a' }],
+    });
+    expect(unknownPlan.status).toBe(404);
+    expect(unknownPlan.body.error).toMatchObject({ code: 'API_UNKNOWN_PLAN' });
+    const both = await api('/billing/plans/quote', KEYS.admin, {
+      planId: 'std',
+      plan: {},
+      usage: [{ tool: 'a' }],
+    });
+    expect(both.status).toBe(400);
+    const noUsage = await api('/billing/plans/quote', KEYS.admin, { usage: [] });
+    expect(noUsage.status).toBe(400);
+    const badCalls = await api('/billing/plans/quote', KEYS.admin, { usage: [{ tool: 'a', calls: 1.5 }] });
+    expect(badCalls.status).toBe(400);
+  });
+});
