@@ -10,6 +10,7 @@ import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './con
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
+import { Forwarder, parseHeaders } from './forward/forwarder.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
 import { createMetrics, type Metrics } from './metrics.js';
@@ -314,8 +315,20 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         await spool.close();
       });
 
+      const forwarder = s['forward.endpoint']
+        ? new Forwarder(
+            {
+              endpoint: String(s['forward.endpoint']),
+              headers: parseHeaders(String(s['forward.headers'])),
+              maxQueueBytes: Number(s['forward.maxQueueBytes']),
+            },
+            log.child({ component: 'forwarder' }),
+            metrics,
+          )
+        : undefined;
+      if (forwarder) stops.unshift(() => forwarder.flush(Number(s.shutdownTimeoutMs)));
       receiver = buildReceiver(
-        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log },
+        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder },
         {
           bodyLimitBytes: Number(s['otlp.bodyLimitBytes']),
           maxDecompressedBytes: Number(s['otlp.maxDecompressedBytes']),

@@ -90,6 +90,17 @@ export function createMetrics() {
       labelNames: ['action', 'reason'],
       ...r,
     }),
+    forwarded: new Counter({
+      name: 'tollgate_forwarded_exports_total',
+      help: 'Exports forwarded to the downstream OTLP endpoint',
+      ...r,
+    }),
+    forwardDropped: new Counter({
+      name: 'tollgate_forward_dropped_total',
+      help: 'Exports not forwarded (queue full, downstream refused, retries exhausted)',
+      labelNames: ['reason'],
+      ...r,
+    }),
     inFlight: new Gauge({ name: 'tollgate_exports_in_flight', help: 'Exports being processed', ...r }),
   };
 }

@@ -226,7 +226,9 @@ async function main(): Promise<void> {
       const shown = Object.fromEntries(
         SETTINGS.map((spec) => [
           spec.key,
-          spec.key.includes('password') && c.settings[spec.key] ? '[redacted]' : c.settings[spec.key],
+          (spec.key.includes('password') || spec.key.includes('headers')) && c.settings[spec.key]
+            ? '[redacted]'
+            : c.settings[spec.key],
         ]),
       );
       process.stdout.write(

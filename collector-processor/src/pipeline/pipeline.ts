@@ -1,6 +1,7 @@
 import { type Directive, periodOf, type RatedCall, type ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import type { Stamps } from '../forward/stamp.js';
 import type { Lander } from '../landing/lander.js';
 import { encodeTsvRow } from '../landing/tsv.js';
 import { CLAIM_STATUS, type ClaimInput, type ClaimResult, claimCalls } from '../meter/claim.js';
@@ -20,7 +21,11 @@ export interface AcceptResult {
   accepted: number;
   duplicates: number;
   directives: Directive[];
+  /** Price and decision of each newly rated call, by event id (stamped on forwarded spans). */
+  stamps: Stamps;
 }
+
+const NO_STAMPS: Stamps = new Map();
 
 /** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
 export interface Enforcer {
@@ -150,7 +155,8 @@ export class Pipeline {
     const book = this.plans.current;
     const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
-    if (prepared.length === 0) return { accepted: 0, duplicates: inBatchDuplicates, directives: [] };
+    if (prepared.length === 0)
+      return { accepted: 0, duplicates: inBatchDuplicates, directives: [], stamps: NO_STAMPS };
 
     const rid = this.nextRid();
     const record: AcceptedRecord = {
@@ -373,6 +379,11 @@ export class Pipeline {
     }
     if (rated.length) this.lander.enqueue(rid, tsv, rated.length);
     else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
-    return { accepted: rated.length, duplicates, directives };
+    return {
+      accepted: rated.length,
+      duplicates,
+      directives,
+      stamps: new Map(rated.map((r) => [r.eventId, r])),
+    };
   }
 }

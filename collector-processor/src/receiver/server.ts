@@ -15,6 +15,7 @@ import Fastify, {
   LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
+import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
 import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
 import { CONTENT_TYPE, encodeExportResponse, encodeRpcStatus, type WireFormat } from '../otlp/response.js';
@@ -43,8 +44,8 @@ export interface ReceiverDeps {
   keyring: IngestKeyring;
   metrics: Metrics;
   log: Logger;
-  /** Called with each export's raw spans after it is accepted (forwarding to the next OTLP hop). */
-  onSpansAccepted?: (body: Buffer, format: WireFormat, identity: IngestIdentity) => void;
+  /** Forwards each accepted export to the next OTLP hop, with prices stamped on billed spans. */
+  forwarder?: Forwarder | undefined;
 }
 
 declare module 'fastify' {
@@ -221,7 +222,7 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
-    deps.onSpansAccepted?.(body, format, identity);
+    deps.forwarder?.enqueue(body, format, result.stamps);
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
     return reply
