@@ -1,0 +1,164 @@
+import { describe, expect, it } from 'vitest';
+import { csvField, toCsv } from '../src/csv.js';
+import { marginBps, microsToSeconds, money } from '../src/money.js';
+import { bucketFor, parseInstant, resolveRange, splitByDay } from '../src/range.js';
+import {
+  byAgentSql,
+  byCustomerSql,
+  byToolSql,
+  enforcementCountsSql,
+  enforcementEventsSql,
+  invoiceLinesSql,
+  invoiceTotalsSql,
+  type Sql,
+  sessionCallsSql,
+  sessionSummarySql,
+  sessionsCountSql,
+  sessionsListSql,
+  summarySql,
+} from '../src/sql.js';
+
+/** The pure parts: ranges, money, CSV, and the SQL builders. */
+
+const H = 3_600_000;
+const D = 24 * H;
+const T0 = Date.UTC(2026, 2, 10); // 2026-03-10T00:00Z
+
+describe('ranges', () => {
+  it.each([
+    ['2026-03-10', T0],
+    ['2026-03-10T05:30:00Z', T0 + 5.5 * H],
+    ['2026-03-10T05:30Z', T0 + 5.5 * H],
+    ['2026-03-10T07:30:00.250+02:00', T0 + 5.5 * H + 250],
+  ])('parses %s', (text, ms) => {
+    expect(parseInstant(text, 'from')).toBe(ms);
+  });
+
+  it.each(['2026-02-30', '2026-13-01', '2026-00-10'])('refuses the date %s that does not exist', (text) => {
+    expect(() => parseInstant(text, 'from')).toThrow(/not a valid date/);
+  });
+
+  it('defaults to the billing period of now; period and from/to are exclusive', () => {
+    const now = Date.UTC(2026, 11, 31, 23, 59);
+    expect(resolveRange({}, now)).toEqual({ fromMs: Date.UTC(2026, 11, 1), toMs: Date.UTC(2027, 0, 1) });
+    expect(resolveRange({ period: '2026-02' }, now)).toEqual({
+      fromMs: Date.UTC(2026, 1, 1),
+      toMs: Date.UTC(2026, 2, 1),
+    });
+    expect(resolveRange({ from: '2026-12-15' }, now)).toEqual({
+      fromMs: Date.UTC(2026, 11, 15),
+      toMs: Date.UTC(2027, 0, 1),
+    });
+    expect(() => resolveRange({ period: '2026-02', to: '2026-03-01' }, now)).toThrow(/not both/);
+    expect(() => resolveRange({ from: '2026-03-01', to: '2026-03-01' }, now)).toThrow(/before/);
+  });
+
+  it('splits a range into whole days (view) and partial days (raw)', () => {
+    expect(splitByDay({ fromMs: T0, toMs: T0 + 3 * D })).toEqual({
+      wholeFromMs: T0,
+      wholeToMs: T0 + 3 * D,
+      hasWholeDays: true,
+      hasPartialDays: false,
+    });
+    expect(splitByDay({ fromMs: T0 + 5 * H, toMs: T0 + 2 * D + H })).toEqual({
+      wholeFromMs: T0 + D,
+      wholeToMs: T0 + 2 * D,
+      hasWholeDays: true,
+      hasPartialDays: true,
+    });
+    // less than a whole day: everything from the raw table
+    expect(splitByDay({ fromMs: T0 + 5 * H, toMs: T0 + D + 4 * H })).toMatchObject({
+      hasWholeDays: false,
+      hasPartialDays: true,
+    });
+  });
+
+  it('hour buckets up to 48 h by default, allowed up to 7 days', () => {
+    expect(bucketFor('auto', { fromMs: T0, toMs: T0 + 48 * H })).toBe('hour');
+    expect(bucketFor('auto', { fromMs: T0, toMs: T0 + 48 * H + 1 })).toBe('day');
+    expect(bucketFor(undefined, { fromMs: T0, toMs: T0 + 3 * D })).toBe('day');
+    expect(bucketFor('hour', { fromMs: T0, toMs: T0 + 7 * D })).toBe('hour');
+    expect(() => bucketFor('hour', { fromMs: T0, toMs: T0 + 7 * D + 1 })).toThrow(/7 days/);
+    expect(bucketFor('day', { fromMs: T0, toMs: T0 + H })).toBe('day');
+  });
+});
+
+describe('money', () => {
+  it('nano and decimal strings, exactly', () => {
+    expect(money('revenue', 52_418_001n)).toEqual({ revenueNano: '52418001', revenue: '0.052418001' });
+    expect(money('cost', -1_500_000_000n)).toEqual({ costNano: '-1500000000', cost: '-1.50' });
+    expect(money('x', 9_223_372_036_854_775_807n).x).toBe('9223372036.854775807');
+  });
+
+  it('margin in basis points, rounded down like the guard (also below zero)', () => {
+    expect(marginBps(0n, 5n)).toBeNull();
+    expect(marginBps(3n, 1n)).toBe(6666);
+    expect(marginBps(3n, 4n)).toBe(-3334);
+    expect(marginBps(100n, 200n)).toBe(-10000);
+  });
+
+  it('microseconds as exact seconds', () => {
+    expect(microsToSeconds(1_500_000n)).toBe('1.5');
+    expect(microsToSeconds(5n)).toBe('0.000005');
+    expect(microsToSeconds(2_000_000n)).toBe('2');
+  });
+});
+
+describe('CSV', () => {
+  it('quotes what needs quoting and defuses formulas, but not negative amounts', () => {
+    expect(csvField('a,b')).toBe('"a,b"');
+    expect(csvField('say "hi"')).toBe('"say ""hi"""');
+    expect(csvField('=HYPERLINK("x")')).toBe('"\'=HYPERLINK(""x"")"');
+    expect(csvField('@cmd')).toBe("'@cmd");
+    expect(csvField('-0.5')).toBe('-0.5');
+    expect(csvField(null)).toBe('');
+    expect(toCsv(['a', 'b'], [{ a: 1, b: 'x\ny' }])).toBe('a,b\r\n1,"x\ny"\r\n');
+    expect(toCsv(['a'], [])).toBe('a\r\n');
+  });
+});
+
+describe('SQL builders', () => {
+  const MARK = "zz'mark";
+  const f = { product: `${MARK}p`, customer: `${MARK}c`, agent: `${MARK}a`, tool: `${MARK}t` };
+  const r = { fromMs: T0 + 5 * H, toMs: T0 + 3 * D + H };
+  const page = { limit: 10, offset: 20 };
+  const all: [string, Sql][] = [
+    ['byTool', byToolSql(f, r, page, 'views')],
+    ['byTool raw', byToolSql(f, r, page, 'raw')],
+    ['byAgent day', byAgentSql(f, r, 'day', page, 'views')],
+    ['byAgent hour', byAgentSql(f, r, 'hour', page, 'views')],
+    ['byCustomer', byCustomerSql(f, r, page, 'views')],
+    ['summary', summarySql(f, r, 'views')],
+    ['sessionsCount', sessionsCountSql(f, r, 'views')],
+    ['sessionsList', sessionsListSql({ product: f.product }, r, page, 'views')],
+    ['sessionSummary', sessionSummarySql(f, `${MARK}s`, 'views')],
+    ['sessionCalls', sessionCallsSql(f, `${MARK}s`, page)],
+    ['enforcementCounts', enforcementCountsSql(f, r)],
+    ['enforcementEvents', enforcementEventsSql(f, r, `${MARK}x`, page)],
+    ['invoiceLines', invoiceLinesSql(f.product, f.customer, `${MARK}period`, r)],
+    ['invoiceTotals', invoiceTotalsSql(f.product, f.customer, `${MARK}period`, r)],
+  ];
+
+  it.each(all)('%s: values only as query parameters, every placeholder bound', (_name, sql) => {
+    expect(sql.query).not.toContain('mark');
+    expect(Object.values(sql.params).some((v) => String(v).includes(MARK))).toBe(true);
+    for (const m of sql.query.matchAll(/\{(\w+):[^}]+\}/g)) expect(sql.params).toHaveProperty(m[1] as string);
+  });
+
+  it('reads the daily view for whole days and the raw table only for the partial ends', () => {
+    const whole = byToolSql(f, { fromMs: T0, toMs: T0 + 2 * D }, page, 'views').query;
+    expect(whole).toContain('FROM mcp_daily_stats');
+    expect(whole).not.toContain('FROM mcp_tool_calls');
+    const partial = byToolSql(f, r, page, 'views').query;
+    expect(partial).toContain('FROM mcp_daily_stats');
+    expect(partial).toContain('FROM mcp_tool_calls');
+    expect(byToolSql(f, r, page, 'raw').query).not.toContain('mcp_daily_stats');
+    expect(byAgentSql(f, { fromMs: T0, toMs: T0 + D }, 'hour', page, 'views').query).not.toContain(
+      'mcp_daily_stats',
+    );
+    expect(sessionsListSql({ product: 'p' }, r, page, 'views').query).toContain('FROM mcp_session_summary');
+    expect(sessionsListSql({ product: 'p', tool: 't' }, r, page, 'views').query).not.toContain(
+      'mcp_session_summary',
+    );
+  });
+});
