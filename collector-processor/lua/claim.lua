@@ -2,8 +2,9 @@
 --
 -- KEYS: the distinct dedup-day hashes and period hashes of this customer that the calls touch (all share
 --       the customer's hash tag, so the script runs unchanged on Redis Cluster).
--- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then n groups of 5:
---       event_id, dedup_key_index, period_key_index, tool, counts ("1" when the call counts toward usage)
+-- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then one argument per call:
+--       "event_id dedup_key_index period_key_index counts tool" (space-separated; counts is "1" when the
+--       call counts toward usage; the tool name comes last and may itself contain spaces)
 -- Returns 3 integers per call: status (0 new, 1 claimed before under this same token, 2 duplicate),
 --       tool ordinal, plan ordinal (1-based positions among counted calls in the period; 0 if not counted).
 --
@@ -18,11 +19,17 @@ local dedup_ttl = tonumber(ARGV[2])
 local period_ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 
+-- 0. unpack the calls (one argument each: far fewer arguments for the client to encode and Redis to parse)
+local ids, dks, pks, counts, tools = {}, {}, {}, {}, {}
+for i = 0, n - 1 do
+  local id, dk, pk, c, tool = string.match(ARGV[5 + i], '^(%S+) (%d+) (%d+) ([01]) (.*)$')
+  ids[i], dks[i], pks[i], counts[i], tools[i] = id, tonumber(dk), tonumber(pk), c, tool
+end
+
 -- 1. read the existing claims of every call, one HMGET per dedup hash
 local ids_by_key = {}
 for i = 0, n - 1 do
-  local b = 5 + i * 5
-  local k = tonumber(ARGV[b + 1])
+  local k = dks[i]
   local list = ids_by_key[k]
   if not list then
     list = {}
@@ -33,7 +40,7 @@ end
 local prev = {}
 for k, list in pairs(ids_by_key) do
   local fields = {}
-  for j = 1, #list do fields[j] = ARGV[5 + list[j] * 5] end
+  for j = 1, #list do fields[j] = ids[list[j]] end
   local values = redis.call('HMGET', KEYS[k], unpack(fields))
   for j = 1, #list do prev[list[j]] = values[j] end
 end
@@ -59,7 +66,6 @@ end
 local out = {}
 local writes = {} -- dedup key index -> { field, value, ... }
 for i = 0, n - 1 do
-  local b = 5 + i * 5
   local p = prev[i]
   if p then
     local t, tool_ord, plan_ord = string.match(p, '^(.*)|(%d+)|(%d+)$')
@@ -73,20 +79,20 @@ for i = 0, n - 1 do
       out[#out + 1] = 0
     end
   else
-    local pk = tonumber(ARGV[b + 2])
+    local pk = pks[i]
     local tool_ord, plan_ord = 0, 0
     bump(pk, 'calls')
-    if ARGV[b + 4] == '1' then
+    if counts[i] == '1' then
       plan_ord = bump(pk, 'n')
-      tool_ord = bump(pk, 't:' .. ARGV[b + 3])
+      tool_ord = bump(pk, 't:' .. tools[i])
     end
-    local k = tonumber(ARGV[b + 1])
+    local k = dks[i]
     local w = writes[k]
     if not w then
       w = {}
       writes[k] = w
     end
-    w[#w + 1] = ARGV[b]
+    w[#w + 1] = ids[i]
     w[#w + 1] = token .. '|' .. tool_ord .. '|' .. plan_ord
     out[#out + 1] = 0
     out[#out + 1] = tool_ord

@@ -53,12 +53,9 @@ export async function claimCalls(
   };
   const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length];
   for (const { call, period, day, counts } of inputs) {
+    // one argument per call (see claim.lua); event ids are hex, so the space separator is unambiguous
     args.push(
-      call.eventId,
-      indexOf(redisKeys.dedup(tag, day)),
-      indexOf(redisKeys.period(tag, period)),
-      call.tool,
-      counts ? '1' : '0',
+      `${call.eventId} ${indexOf(redisKeys.dedup(tag, day))} ${indexOf(redisKeys.period(tag, period))} ${counts ? '1' : '0'} ${call.tool}`,
     );
   }
   const cmd = (redis as unknown as { tollgateClaim: ClaimCommand }).tollgateClaim.bind(redis);
