@@ -70,6 +70,9 @@ export function registerEnforcementAdmin(
     '/admin/enforcement/states',
     {
       schema: {
+        tags: ['admin'],
+        summary: 'Enforcement states in force (kills, throttles, warns, lifts) of the key’s product',
+        security: [{ apiKey: [] }],
         querystring: {
           type: 'object',
           additionalProperties: false,
@@ -96,6 +99,9 @@ export function registerEnforcementAdmin(
       `/admin/enforcement/${verb}`,
       {
         schema: {
+          tags: ['admin'],
+          summary: `${verb === 'lift' ? 'Lift a kill or throttle' : 'Kill'} a customer, agent, session or tool (admin keys, audited)`,
+          security: [{ apiKey: [] }],
           body: actionBody,
           response: { 200: { type: 'object', properties: { directive: directiveSchema } } },
         },

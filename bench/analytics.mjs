@@ -1,0 +1,213 @@
+// Analytics query latency: every analytics endpoint over N seeded calls (default 10 million), answered
+// from the materialized views (what the API does) vs from a full scan of the raw table (the same API built
+// with `source: 'raw'`), through the HTTP stack (fastify inject: routing, validation, serialization).
+// Seeding goes straight into chDB in a temporary data directory: INSERT … SELECT from numbers() into
+// mcp_tool_calls, so the rows reach mcp_daily_stats and mcp_session_summary through the real MV path.
+//
+//   node bench/analytics.mjs                      (after `npm run build`)
+//   BENCH_ANALYTICS_ROWS=1000000 node bench/analytics.mjs   (a quicker run)
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { buildApi } from '../billing-api/dist/index.js';
+import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
+import { table, writeResult } from './lib.mjs';
+
+const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
+const CHUNK = 1_000_000;
+const VIEW_RUNS = 15;
+const RAW_RUNS = 3;
+const KEY = 'bench-finance-key';
+
+const PERIOD = '2026-03';
+const MONTH_US = 31n * 86_400n * 1_000_000n;
+
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-'));
+const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+
+async function one(query) {
+  const rs = await ch.client.query({ query, format: 'JSONEachRow' });
+  return (await rs.json())[0];
+}
+
+// One month of calls: 100 customers, 5 agents, 8 tools, sessions of 20 calls; ~2% failed, a few free;
+// prices and costs follow a per-call + per-token + per-second plan (integer nano-units).
+function seedSql(start, count) {
+  const usPerRow = MONTH_US / BigInt(ROWS);
+  return `INSERT INTO mcp_tool_calls
+SELECT
+  toString(n) AS event_id,
+  concat(hex(cityHash64(n)), hex(cityHash64(n + 1))) AS trace_id,
+  hex(cityHash64(n, 7)) AS span_id,
+  'demo-mcp' AS product,
+  concat('customer-', toString(n % 100)) AS customer,
+  concat('agent-', toString(intDiv(n, 800) % 5)) AS agent,
+  concat('sess-', toString(n % 100), '-', toString(intDiv(n, 2000))) AS session_id,
+  ['get_forecast', 'search_docs', 'run_report', 'lookup_customer', 'send_email', 'create_ticket', 'summarize', 'translate'][intDiv(n, 100) % 8 + 1] AS tool,
+  'stdio' AS transport, 'sdk' AS source,
+  if(n % 50 = 0, 'error', 'ok') AS status,
+  if(n % 50 = 0, 'tool_error', '') AS error_type,
+  '2025-06-18' AS protocol_version, 'bench' AS instance_id,
+  addMicroseconds(toDateTime64('${PERIOD}-01 00:00:00', 6, 'UTC'), n * ${usPerRow}) AS started_at,
+  5000 + (n * 7919) % 2000000 AS duration_us,
+  100 + n % 900 AS input_tokens,
+  200 + n % 1800 AS output_tokens,
+  if(decision IN ('billed'), 2000000 + input_tokens * 1000 + output_tokens * 3000 + intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_nano,
+  500000 + input_tokens * 200 AS cost_nano,
+  if(decision IN ('billed'), 2000000, 0) AS price_call_nano,
+  if(decision IN ('billed'), input_tokens * 1000, 0) AS price_input_nano,
+  if(decision IN ('billed'), output_tokens * 3000, 0) AS price_output_nano,
+  if(decision IN ('billed'), intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_duration_nano,
+  if(decision IN ('billed'), 1, 0) AS tier,
+  'std' AS plan_id, 'bench' AS plan_version, 'USD' AS currency,
+  multiIf(n % 50 = 0, 'failed_not_billed', intDiv(n, 100) % 500 = 0, 'free', 'billed') AS decision,
+  '${PERIOD}' AS period,
+  started_at AS received_at
+FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
+}
+
+const log = pino({ level: 'silent' });
+const sha = createHash('sha256').update(KEY).digest('hex');
+const pricing = {
+  currency: () => 'USD',
+  planFor: () => undefined,
+  quote: () => {
+    throw new Error('not used by this benchmark');
+  },
+};
+const appOf = (source) =>
+  buildApi({
+    log,
+    readiness: async () => [],
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    apiKeys: [{ name: 'bench', sha256: sha, role: 'finance', products: ['demo-mcp'] }],
+    analytics: {
+      clickhouse: ch.client,
+      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
+      pricing,
+      source,
+    },
+  });
+
+async function timed(app, url, runs) {
+  const ms = [];
+  let body;
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now();
+    const res = await app.inject({ url, headers: { authorization: `Bearer ${KEY}` } });
+    ms.push(performance.now() - t);
+    if (res.statusCode !== 200) throw new Error(`${url}: ${res.statusCode} ${res.body}`);
+    body = res.json();
+  }
+  ms.sort((a, b) => a - b);
+  return {
+    median: ms[Math.floor(ms.length / 2)],
+    p95: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.95))],
+    body,
+  };
+}
+
+/** The answer without the fields that legitimately differ between the two sources. */
+function comparable(body) {
+  return JSON.stringify({ ...body, readFrom: undefined }, (k, v) =>
+    k === 'durationP50Us' || k === 'durationP95Us' || k === 'agent' ? undefined : v,
+  );
+}
+
+try {
+  await migrate(ch.client);
+  const t0 = performance.now();
+  for (let start = 0; start < ROWS; start += CHUNK) {
+    await ch.client.command({
+      query: seedSql(start, Math.min(CHUNK, ROWS - start)),
+      clickhouse_settings: insertSettings(`bench-${start}`),
+    });
+    process.stderr.write(
+      `\rseeded ${Math.min(start + CHUNK, ROWS).toLocaleString()} / ${ROWS.toLocaleString()} calls`,
+    );
+  }
+  const seedSeconds = (performance.now() - t0) / 1000;
+  process.stderr.write('\n');
+  const counts = await one(`SELECT
+    (SELECT count() FROM mcp_tool_calls) AS raw_rows,
+    (SELECT count() FROM mcp_daily_stats) AS daily_rows,
+    (SELECT count() FROM mcp_session_summary) AS session_rows,
+    (SELECT sum(calls) FROM mcp_daily_stats) AS daily_calls`);
+  if (Number(counts.raw_rows) !== ROWS || Number(counts.daily_calls) !== ROWS) {
+    throw new Error(`seeding lost rows: ${JSON.stringify(counts)}`);
+  }
+
+  const views = appOf('views');
+  const raw = appOf('raw');
+  await views.ready();
+  await raw.ready();
+  const month = `period=${PERIOD}`;
+  const endpoints = [
+    ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${month}`],
+    ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${month}&bucket=day&limit=1000`],
+    ['by-customer (month)', `/analytics/mcp/by-customer?${month}&limit=1000`],
+    ['summary (month)', `/analytics/mcp/summary?${month}`],
+    ['summary (month, one customer)', `/analytics/mcp/summary?${month}&customer=customer-7`],
+    ['sessions (month, one customer)', `/analytics/mcp/sessions?${month}&customer=customer-7&limit=100`],
+    ['sessions (month, all customers)', `/analytics/mcp/sessions?${month}&limit=100`],
+    [
+      'sessions/{id} (one session, its calls)',
+      `/analytics/mcp/sessions/sess-7-${Math.floor(ROWS / 4000)}?customer=customer-7&limit=100`,
+    ],
+    [
+      'by-agent, hour buckets (48 h, raw by design)',
+      `/analytics/mcp/by-agent?from=${PERIOD}-10&to=${PERIOD}-12&bucket=hour&limit=1000`,
+    ],
+  ];
+  const rows = [
+    ['endpoint', 'views median ms', 'views p95 ms', 'raw scan median ms', 'ratio', 'same answer'],
+  ];
+  const results = [];
+  for (const [name, url] of endpoints) {
+    await timed(views, url, 1); // warm-up
+    const v = await timed(views, url, VIEW_RUNS);
+    const r = await timed(raw, url, RAW_RUNS);
+    const ratio = r.median / v.median;
+    const same = comparable(v.body) === comparable(r.body);
+    rows.push([
+      name,
+      v.median.toFixed(1),
+      v.p95.toFixed(1),
+      r.median.toFixed(1),
+      `${ratio.toFixed(1)}×`,
+      same ? 'yes' : 'NO',
+    ]);
+    results.push({
+      endpoint: name,
+      url,
+      viewsMedianMs: v.median,
+      viewsP95Ms: v.p95,
+      rawMedianMs: r.median,
+      ratio,
+      same,
+    });
+    process.stderr.write(`  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms\n`);
+  }
+  await views.close();
+  await raw.close();
+
+  console.log(
+    `analytics over ${ROWS.toLocaleString()} calls (${counts.daily_rows} daily-view rows, ${counts.session_rows} session-view rows; seeded in ${seedSeconds.toFixed(0)} s)`,
+  );
+  console.log(table(rows));
+  writeResult('analytics', {
+    rows: ROWS,
+    dailyViewRows: Number(counts.daily_rows),
+    sessionViewRows: Number(counts.session_rows),
+    seedSeconds,
+    viewRuns: VIEW_RUNS,
+    rawRuns: RAW_RUNS,
+    results,
+    note: 'medians through fastify inject; raw = the same API with source "raw" (full scan of mcp_tool_calls); hour buckets and session calls read the raw table in both',
+  });
+} finally {
+  await ch.close();
+  rmSync(dir, { recursive: true, force: true });
+}
