@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import { type ApiKeyring, type Principal, scopeFor } from './auth.js';
 import { ApiError } from './errors.js';
-import { big, count } from './money.js';
+import { count } from './money.js';
 import type { AnalyticsDeps } from './ports.js';
 import { isoOf, resolveRange, type TimeRange } from './range.js';
 import { type CommonQuery, DEFAULT_LIMIT } from './schemas.js';
@@ -78,5 +78,3 @@ export function isoFromCh(text: unknown): string {
   const s = String(text);
   return /^\d{4}-\d{2}-\d{2}$/.test(s) ? s : `${s.replace(' ', 'T')}Z`;
 }
-
-export { big, count };
