@@ -3,7 +3,7 @@
 --
 -- KEYS[1] period counters (hash)   KEYS[2] enforcement state (hash)   KEYS[3] applied spool records (hash)
 -- KEYS[4] day counters (hash)      KEYS[5..] session counters (hashes), referenced by index from the calls
--- ARGV[1] rid (spool record id)    ARGV[2] now (ms)    ARGV[3] period end (ms)    ARGV[4] day end (ms)
+-- ARGV[1] rid|period|day (the group)  ARGV[2] now (ms)    ARGV[3] period end (ms)    ARGV[4] day end (ms)
 -- ARGV[5] counter TTL (s)          ARGV[6] applied-marker TTL (s)
 -- ARGV[7] spend limit per period   ARGV[8] calls per day   ARGV[9] spend per session   (-1: no limit)
 -- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below
@@ -14,8 +14,8 @@
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
 -- decide what happens next (kill/throttle), and the call that crossed one is reported as over the limit.
--- A spool record is applied at most once per customer (ARGV[1] in KEYS[3]): a replay after a crash
--- recomputes directives without counting its calls twice.
+-- A spool record's calls of one customer, period and day are applied at most once (ARGV[1] in KEYS[3]): a
+-- replay after a crash recomputes directives without counting its calls twice.
 --
 -- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
 -- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,

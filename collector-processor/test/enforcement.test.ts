@@ -262,3 +262,26 @@ describe('billing periods', () => {
     expect(rows.map((r) => r.n)).toEqual(['6', '3']);
   });
 });
+
+describe('one export spanning several days', () => {
+  it('counts every call of every day (regression: one applied marker per export skipped the later days)', async () => {
+    const c = 'multiday-co';
+    const now = Date.now();
+    const dayMs = 86_400_000;
+    // same customer, same export, calls started on three different UTC days of this month or the last
+    const spans = [0, 1, 2].flatMap((d) =>
+      Array.from({ length: 2 }, () => toolSpan({ customer: c, startMs: now - d * dayMs })),
+    );
+    const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify(exportOf(spans)),
+    });
+    expect(res.status).toBe(200);
+    const periods = new Set([0, 1, 2].map((d) => new Date(now - d * dayMs).toISOString().slice(0, 7)));
+    let spend = 0;
+    for (const period of periods)
+      spend += Number((await tg.redis!.hget(`tg:{demo-mcp:${c}}:p:${period}`, 'spend')) ?? 0);
+    expect(spend).toBe(6 * 1_000_000_000);
+  });
+});

@@ -127,7 +127,8 @@ export class RedisEnforcer implements Enforcer {
     const sessionIndex = new Map<string, number>();
     const toolLimits = Object.entries(limits.callsPerToolPerPeriod ?? {});
     const args: (string | number)[] = [
-      rid,
+      // applied-marker field: one per group, since one export can hold several periods and days of a customer
+      `${rid}|${g.period}|${g.day}`,
       now,
       periodEndMs(g.period),
       dayEndMs(g.day),
