@@ -3,7 +3,8 @@
 # against real Redis and real ClickHouse (chDB). A missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# chromium: the dashboard test drives Debian's Chromium through playwright-core (no browser download)
+bash scripts/setup.sh chromium fonts-liberation
 export CI="${CI:-true}"
 npm test
 # The Kong plugin: busted specs under LuaJIT, then real nginx + Redis + MCP SDK upstream (installs its own
