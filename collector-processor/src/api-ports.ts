@@ -7,8 +7,14 @@ import {
   type QuoteSegment,
 } from '@tollgate/billing-api';
 import type { ToolCall } from '@tollgate/contracts';
-import { parseDocument, visit } from 'yaml';
-import { type CompiledPlan, loadPlanBook, type PlanBook, PlanFileError, toolRateOf } from './plans/load.js';
+import {
+  type CompiledPlan,
+  loadPlanBook,
+  type PlanBook,
+  PlanFileError,
+  parseKeepingNumberText,
+  toolRateOf,
+} from './plans/load.js';
 import { countsTowardUsage, rateCall } from './rating/rate.js';
 
 /**
@@ -42,14 +48,7 @@ function infoOf(p: CompiledPlan): PlanInfo {
 function plainPlans(source: string): {
   products?: Record<string, { plans?: Record<string, unknown> }>;
 } {
-  const doc = parseDocument(source, { keepSourceTokens: true });
-  visit(doc, {
-    Scalar(_key, node) {
-      if (typeof node.value === 'number' && node.srcToken && 'source' in node.srcToken) {
-        node.value = node.srcToken.source;
-      }
-    },
-  });
+  const doc = parseKeepingNumberText(source);
   return (doc.toJS() ?? {}) as { products?: Record<string, { plans?: Record<string, unknown> }> };
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { isMap, isScalar, LineCounter, parseDocument, visit } from 'yaml';
+import { type Document, isMap, isScalar, LineCounter, parseDocument, visit } from 'yaml';
 import type { z } from 'zod';
 import { type Plan, type PlanFile, planFileSchema, planSchema, type ToolRate } from './schema.js';
 
@@ -72,18 +72,11 @@ function compile(
 }
 
 /**
- * Parses and validates a rate-plan file. Every problem is reported with its path in the file and its
- * line; nothing is returned unless the whole file is valid.
+ * Parses YAML so that every number keeps its source text: "0.1" stays "0.1" instead of becoming the
+ * float 0.1 (money is then parsed exactly from that text).
  */
-export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
-  const lines = new LineCounter();
-  const doc = parseDocument(source, { lineCounter: lines, keepSourceTokens: true, uniqueKeys: true });
-  const problems: string[] = [];
-  for (const e of doc.errors)
-    problems.push(`line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
-  if (problems.length) throw new PlanFileError(file, problems);
-
-  // Numbers keep their source text: "0.1" stays "0.1" instead of becoming the float 0.1.
+export function parseKeepingNumberText(source: string, lineCounter?: LineCounter): Document {
+  const doc = parseDocument(source, { lineCounter, keepSourceTokens: true, uniqueKeys: true });
   visit(doc, {
     Scalar(_key, node) {
       if (typeof node.value === 'number' && node.srcToken && 'source' in node.srcToken) {
@@ -91,6 +84,20 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
       }
     },
   });
+  return doc;
+}
+
+/**
+ * Parses and validates a rate-plan file. Every problem is reported with its path in the file and its
+ * line; nothing is returned unless the whole file is valid.
+ */
+export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
+  const lines = new LineCounter();
+  const doc = parseKeepingNumberText(source, lines);
+  const problems: string[] = [];
+  for (const e of doc.errors)
+    problems.push(`line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
+  if (problems.length) throw new PlanFileError(file, problems);
 
   const lineOf = (path: Path): string => {
     for (let n = path.length; n >= 0; n--) {
