@@ -3,7 +3,7 @@ import type { RuntimeOptions } from './runtime.js';
 import { defaultStateFile } from './state-file.js';
 import type { IdentityResolver, McpInstrumentationConfig, TollgateLogger } from './types.js';
 import { loadTokenizer } from './usage.js';
-import { DEFAULT_AGENT_RESOLVER, DEFAULT_CUSTOMER_RESOLVER, tracesUrl } from './utils.js';
+import { defaultAgentResolver, defaultCustomerResolver, tracesUrl } from './utils.js';
 
 /** Defaults of every tunable, in one place (documented in the README). */
 export const DEFAULTS = Object.freeze({
@@ -184,8 +184,8 @@ export function resolveConfig(
   const resolved: ResolvedConfig = Object.freeze({
     runtime: runtime && Object.freeze(runtime),
     runtimeKey,
-    customer: c.customer ?? DEFAULT_CUSTOMER_RESOLVER,
-    agent: c.agent ?? DEFAULT_AGENT_RESOLVER,
+    customer: c.customer ?? defaultCustomerResolver(env),
+    agent: c.agent ?? defaultAgentResolver(env),
     countTokens,
   });
   return { resolved, problems };

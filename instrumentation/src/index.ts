@@ -16,5 +16,5 @@ export type {
   ToolUsage,
 } from './types.js';
 export { reportUsage } from './usage.js';
-export { DEFAULT_AGENT_RESOLVER, DEFAULT_CUSTOMER_RESOLVER, resolvers } from './utils.js';
+export { defaultAgentResolver, defaultCustomerResolver, resolvers } from './utils.js';
 export { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';

@@ -1,21 +1,17 @@
 import { randomUUID } from 'node:crypto';
-import type { Tracer } from '@opentelemetry/api';
+import { type Attributes, isSpanContextValid, type SpanContext } from '@opentelemetry/api';
+import type { InstrumentationScope } from '@opentelemetry/core';
 import { safeExecuteInTheMiddle } from '@opentelemetry/instrumentation';
-import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
-import {
-  AlwaysOnSampler,
-  BasicTracerProvider,
-  BatchSpanProcessor,
-  type SpanExporter,
-} from '@opentelemetry/sdk-trace-base';
+import { defaultResource, type Resource, resourceFromAttributes } from '@opentelemetry/resources';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive, McpTransport } from '@tollgate/contracts';
+import { BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
 import type { ServerLike, TransportLike } from './internal-types.js';
 import { RESOURCE_SERVICE_INSTANCE_ID, RESOURCE_SERVICE_NAME } from './semconv.js';
 import { readState, writeState } from './state-file.js';
 import type { DirectiveHook, DirectiveHookResult, TollgateLogger } from './types.js';
-import { SharedIdGenerator } from './utils.js';
 import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 
 /** A kill that arrives between calls closes the session after this grace, so a call in flight can finish. */
@@ -37,6 +33,18 @@ export interface SessionInfo {
   customer: string | undefined;
   agent: string | undefined;
   closing: boolean;
+  /** Known to the runtime (a kill can close it). */
+  tracked: boolean;
+  /** The per-session span attributes and what they were built from (see tool-call.ts). */
+  template:
+    | {
+        sessionId: string;
+        customer: string | undefined;
+        agent: string | undefined;
+        protocolVersion: string | undefined;
+        attributes: Attributes;
+      }
+    | undefined;
 }
 
 export interface RuntimeOptions {
@@ -70,21 +78,22 @@ function covers(d: Directive, s: SessionInfo): boolean {
 
 /**
  * Everything a process shares across the servers it instruments for one Tollgate endpoint: the billing
- * tracer (its own provider: always-on sampler, batch processor, the exporter), the directives in force,
- * the live sessions a kill may close, the heartbeat timer and the state file.
+ * pipeline (its own spans, never sampled, batched to its own exporter), the directives in force, the live
+ * sessions a kill may close, the heartbeat timer and the state file.
  */
 export class TollgateRuntime {
   readonly instanceId = randomUUID();
-  readonly ids = new SharedIdGenerator();
   readonly store = new DirectiveStore();
   readonly sessions = new Set<SessionInfo>();
-  readonly billingTracer: Tracer;
   readonly exporter: TollgateExporter | undefined;
   readonly log: OutageLog;
   /** Directive changes seen, in order (the demo and tests read them). */
   readonly changes: Directive[] = [];
   readonly stats = { calls: 0, refusedKilled: 0, refusedThrottled: 0, sessionsClosed: 0, sessionsRefused: 0 };
-  private readonly provider: BasicTracerProvider;
+  private readonly resource: Resource;
+  private readonly scope: InstrumentationScope = { name: PACKAGE_NAME, version: PACKAGE_VERSION };
+  private readonly batcher: SpanBatcher | undefined;
+  private readonly sink = (span: BillingSpan) => this.batcher?.add(span);
   private readonly hookResults = new Map<string, DirectiveHookResult>();
   private readonly previousInstances: { id: string; seenAtMs: number }[];
   private readonly synced: Promise<void>;
@@ -115,29 +124,15 @@ export class TollgateRuntime {
         this.log,
       );
     }
+    this.resource = defaultResource().merge(
+      resourceFromAttributes({
+        ...o.resourceAttributes,
+        [RESOURCE_SERVICE_NAME]: o.serviceName,
+        [RESOURCE_SERVICE_INSTANCE_ID]: this.instanceId,
+      }),
+    );
     const exporter = o.billingExporter ?? this.exporter;
-    this.provider = new BasicTracerProvider({
-      resource: defaultResource().merge(
-        resourceFromAttributes({
-          ...o.resourceAttributes,
-          [RESOURCE_SERVICE_NAME]: o.serviceName,
-          [RESOURCE_SERVICE_INSTANCE_ID]: this.instanceId,
-        }),
-      ),
-      // Billing is never sampled: every tool-call span is recorded and exported, whatever the app does.
-      sampler: new AlwaysOnSampler(),
-      idGenerator: this.ids,
-      spanProcessors: exporter
-        ? [
-            new BatchSpanProcessor(exporter, {
-              scheduledDelayMillis: o.exportIntervalMs,
-              maxExportBatchSize: 512,
-              maxQueueSize: 65_536,
-            }),
-          ]
-        : [],
-    });
-    this.billingTracer = this.provider.getTracer(PACKAGE_NAME, PACKAGE_VERSION);
+    if (exporter) this.batcher = new SpanBatcher(exporter, o.exportIntervalMs);
 
     if (this.exporter) {
       const exp = this.exporter;
@@ -161,6 +156,31 @@ export class TollgateRuntime {
     process.once('SIGINT', this.onSignal);
   }
 
+  /**
+   * Starts the billing span of a call. Billing is never sampled: every call gets one, recorded and
+   * exported whatever the app's sampler decided. `shared` are the app span's ids, when the app made real
+   * ones, so a billing row points at the span the app's own backend holds.
+   */
+  startSpan(
+    name: string,
+    attributes: Attributes,
+    parent: SpanContext | undefined,
+    shared: SpanContext | undefined,
+  ): BillingSpan {
+    const p = parent && isSpanContextValid(parent) ? parent : undefined;
+    const traceId = shared?.traceId ?? p?.traceId ?? fastIds.traceId();
+    const spanId = shared?.spanId ?? fastIds.spanId();
+    return new BillingSpan(
+      name,
+      sampledContext(traceId, spanId, p),
+      p,
+      attributes,
+      this.resource,
+      this.scope,
+      this.sink,
+    );
+  }
+
   /** Waits (bounded) for the first answer from Tollgate; used only when a remembered kill may apply. */
   awaitSync(): Promise<void> {
     return withTimeout(this.synced, this.o.startupSyncTimeoutMs);
@@ -170,6 +190,7 @@ export class TollgateRuntime {
   track(s: SessionInfo, customer: string | undefined, agent: string | undefined): void {
     s.customer = customer;
     s.agent = agent;
+    s.tracked = true;
     if (!s.closing) this.sessions.add(s);
     if (!this.instanceRecorded && this.o.stateFile) {
       this.instanceRecorded = true;
@@ -284,8 +305,8 @@ export class TollgateRuntime {
 
   /** Exports every finished billing span now (bounded by the exporter's timeout). */
   async forceFlush(): Promise<void> {
-    await this.provider.forceFlush();
-    await this.exporter?.forceFlush();
+    await this.batcher?.flush();
+    await (this.o.billingExporter ?? this.exporter)?.forceFlush?.();
   }
 
   async shutdown(): Promise<void> {
@@ -295,7 +316,7 @@ export class TollgateRuntime {
     process.off('beforeExit', this.onBeforeExit);
     process.off('SIGTERM', this.onSignal);
     process.off('SIGINT', this.onSignal);
-    await this.provider.shutdown();
+    await this.batcher?.shutdown();
   }
 }
 

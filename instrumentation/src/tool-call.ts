@@ -3,6 +3,7 @@ import {
   type Attributes,
   type Context,
   context,
+  INVALID_SPANID,
   isSpanContextValid,
   type Span,
   SpanKind,
@@ -11,6 +12,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import type { Directive } from '@tollgate/contracts';
+import type { BillingSpan } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
 import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike } from './internal-types.js';
 import { runtimeFor } from './registry.js';
@@ -40,7 +42,14 @@ import {
   NETWORK_TRANSPORT_TCP,
 } from './semconv.js';
 import type { McpRequestInfo } from './types.js';
-import { argumentsText, openUsage, resultText, USAGE_CONTEXT_KEY, type UsageRecord } from './usage.js';
+import {
+  argumentsText,
+  closeUsage,
+  linkUsageToSpan,
+  openUsage,
+  resultText,
+  type UsageRecord,
+} from './usage.js';
 import { contextFromMeta, resolveIdentity, transportKindOf } from './utils.js';
 
 /** JSON-RPC "Internal error": what the SDK answers when a handler throws something without a code. */
@@ -73,10 +82,49 @@ function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): Ses
       customer: undefined,
       agent: undefined,
       closing: false,
+      tracked: false,
+      template: undefined,
     };
     sessions.set(server, s);
   }
   return s;
+}
+
+/** The attributes every call of a session shares, rebuilt only when one of their inputs changes. */
+function sessionAttributes(
+  s: SessionInfo,
+  sessionId: string,
+  customer: string | undefined,
+  agent: string | undefined,
+  extra: RequestExtraLike | undefined,
+): Attributes {
+  const pv = s.protocolVersion ?? extra?.requestInfo?.headers?.['mcp-protocol-version'];
+  const protocolVersion = typeof pv === 'string' ? pv : undefined;
+  const t = s.template;
+  if (
+    t &&
+    t.sessionId === sessionId &&
+    t.customer === customer &&
+    t.agent === agent &&
+    t.protocolVersion === protocolVersion
+  ) {
+    return t.attributes;
+  }
+  const a: Attributes = {
+    [ATTR_MCP_METHOD_NAME]: MCP_METHOD_TOOLS_CALL,
+    [ATTR_GEN_AI_TOOL_NAME]: '', // set per call
+    [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_EXECUTE_TOOL,
+    [ATTR_JSONRPC_REQUEST_ID]: '', // set per call
+    [ATTR_TOLLGATE_TRANSPORT]: s.kind,
+  };
+  if (sessionId) a[ATTR_MCP_SESSION_ID] = sessionId;
+  if (protocolVersion) a[ATTR_MCP_PROTOCOL_VERSION] = protocolVersion;
+  if (s.kind === 'stdio') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_PIPE;
+  else if (s.kind !== 'unknown') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
+  if (customer !== undefined) a[ATTR_TOLLGATE_CUSTOMER] = customer;
+  if (agent !== undefined) a[ATTR_TOLLGATE_AGENT] = agent;
+  s.template = { sessionId, customer, agent, protocolVersion, attributes: a };
+  return a;
 }
 
 function isThenable(v: unknown): v is PromiseLike<unknown> {
@@ -93,14 +141,18 @@ function warnEvent(d: Directive): Attributes {
   return a;
 }
 
-/** The spans of one call: the billing span (always recorded) and the app's span (its own sampling). */
-interface CallSpans {
-  bill: Span | undefined;
+/**
+ * One call in flight: its usage record (what `reportUsage` adds to), the billing span (always recorded)
+ * and the app's span (its own sampling). One object per call.
+ */
+interface Call extends UsageRecord {
+  info: McpRequestInfo;
+  bill: BillingSpan | undefined;
   app: Span;
   appRecording: boolean;
 }
 
-function setBoth(spans: CallSpans, key: string, value: string | number | boolean): void {
+function setBoth(spans: Call, key: string, value: string | number | boolean): void {
   spans.bill?.setAttribute(key, value);
   if (spans.appRecording) spans.app.setAttribute(key, value);
 }
@@ -244,12 +296,12 @@ export class ToolCallTracer {
   ): unknown {
     const s = sessionOf(server, extra);
     const info = this.requestInfo('tools/call', s, request, extra);
-    const customer = resolveIdentity(this.resolved.customer, info);
-    const agent = resolveIdentity(this.resolved.agent, info);
+    const customer = resolveIdentity(this.resolved.customer, info, s.customer);
+    const agent = resolveIdentity(this.resolved.agent, info, s.agent);
     const rt = this.runtime;
     if (rt) {
       rt.stats.calls++;
-      rt.track(s, customer, agent);
+      if (!s.tracked || s.customer !== customer || s.agent !== agent) rt.track(s, customer, agent);
       if (rt.store.size > 0) {
         if (rt.store.hasProvisional(customer)) {
           return rt
@@ -296,79 +348,80 @@ export class ToolCallTracer {
   ): unknown {
     const tool = info.toolName ?? '';
     const name = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
-    const attributes: Attributes = {
-      [ATTR_MCP_METHOD_NAME]: MCP_METHOD_TOOLS_CALL,
-      [ATTR_GEN_AI_TOOL_NAME]: tool,
-      [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_EXECUTE_TOOL,
-      [ATTR_TOLLGATE_TRANSPORT]: s.kind,
-    };
+    // Per-session attributes are built once per session (and identity) and cloned per call; the clone
+    // already has every key, so the per-call values below overwrite slots instead of adding properties.
+    const attributes: Attributes = { ...sessionAttributes(s, info.sessionId, customer, agent, extra) };
+    attributes[ATTR_GEN_AI_TOOL_NAME] = tool;
     if (extra?.requestId !== undefined) attributes[ATTR_JSONRPC_REQUEST_ID] = String(extra.requestId);
-    if (info.sessionId) attributes[ATTR_MCP_SESSION_ID] = info.sessionId;
-    const protocolVersion = s.protocolVersion ?? extra?.requestInfo?.headers?.['mcp-protocol-version'];
-    if (typeof protocolVersion === 'string') attributes[ATTR_MCP_PROTOCOL_VERSION] = protocolVersion;
-    if (s.kind === 'stdio') attributes[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_PIPE;
-    else if (s.kind !== 'unknown') attributes[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
-    if (customer !== undefined) attributes[ATTR_TOLLGATE_CUSTOMER] = customer;
-    if (agent !== undefined) attributes[ATTR_TOLLGATE_AGENT] = agent;
+    else delete attributes[ATTR_JSONRPC_REQUEST_ID];
 
     const active = context.active();
     const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;
-    const options = { kind: SpanKind.SERVER, attributes };
-    const app = this.appTracer().startSpan(name, options, parent);
-    let bill: Span | undefined;
-    if (rt) {
-      // The billing span reuses the app span's ids (when the app made real ones), so a billing row points
-      // at the span the app's backend holds; the billing tracer samples everything.
-      const ac = app.spanContext();
-      if (isSpanContextValid(ac) && ac.spanId !== trace.getSpanContext(parent)?.spanId) {
-        rt.ids.next(ac.traceId, ac.spanId);
-      }
-      bill = rt.billingTracer.startSpan(name, options, parent);
-      rt.ids.clear();
-    }
-    const spans: CallSpans = { bill, app, appRecording: app.isRecording() };
+    const app = this.appTracer().startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+    const parentContext = trace.getSpanContext(parent);
+    const ac = app.spanContext();
+    // The app made a span of its own (recording, or sampled out): the billing span reuses its ids. Without
+    // an app SDK the app span just carries the parent's context (cheap checks first: this is per call).
+    const shared =
+      ac.spanId !== INVALID_SPANID && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac)
+        ? ac
+        : undefined;
+    const call: Call = openUsage(
+      {
+        inputTokens: undefined,
+        outputTokens: undefined,
+        quantities: undefined,
+        open: true,
+        info,
+        app,
+        appRecording: app.isRecording(),
+        // the app's SDK copied the attributes: the billing span owns the object from here on
+        bill: rt?.startSpan(name, attributes, parentContext, shared),
+      },
+      extra,
+    );
     if (warnings) {
       for (const d of warnings) {
         const ev = warnEvent(d);
-        bill?.addEvent(EVENT_TOLLGATE_WARN, ev);
-        if (spans.appRecording) app.addEvent(EVENT_TOLLGATE_WARN, ev);
+        call.bill?.addEvent(EVENT_TOLLGATE_WARN, ev);
+        if (call.appRecording) app.addEvent(EVENT_TOLLGATE_WARN, ev);
       }
     }
-    const usage = openUsage(extra);
     // The handler runs in the app span's context: the app's child spans follow the app's sampling, never
     // the billing span's (which is always sampled): billing does not force the rest of the trace on.
-    const ctx = trace.setSpan(parent, app).setValue(USAGE_CONTEXT_KEY, usage);
+    let ctx = parent;
+    if (shared) {
+      ctx = trace.setSpan(parent, app);
+      linkUsageToSpan(app, call);
+    }
     let out: unknown;
     try {
       out = context.with(ctx, original, thisArg, request, extra);
     } catch (err) {
-      this.end(spans, usage, info, undefined, err);
+      this.end(call, extra, undefined, err);
       throw err;
     }
     if (isThenable(out)) {
-      return Promise.resolve(out).then(
+      return (out as Promise<unknown>).then(
         (result) => {
-          this.end(spans, usage, info, result, undefined);
+          this.end(call, extra, result, undefined);
           return result;
         },
         (err: unknown) => {
-          this.end(spans, usage, info, undefined, err);
+          this.end(call, extra, undefined, err);
           throw err;
         },
       );
     }
-    this.end(spans, usage, info, out, undefined);
+    this.end(call, extra, out, undefined);
     return out;
   }
 
-  private end(
-    spans: CallSpans,
-    usage: UsageRecord,
-    info: McpRequestInfo,
-    result: unknown,
-    err: unknown,
-  ): void {
-    usage.open = false;
+  private end(call: Call, extra: object | undefined, result: unknown, err: unknown): void {
+    closeUsage(call, extra);
+    const spans = call;
+    const usage = call;
+    const info = call.info;
     if (err !== undefined) {
       const c = (err as { code?: unknown } | null)?.code;
       const code = typeof c === 'number' && Number.isSafeInteger(c) ? c : JSONRPC_INTERNAL_ERROR;

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { context, createContextKey } from '@opentelemetry/api';
+import { type Span, trace } from '@opentelemetry/api';
 import type { ToolUsage } from './types.js';
 import { count } from './utils.js';
 
@@ -12,27 +12,36 @@ export interface UsageRecord {
   open: boolean;
 }
 
-export const USAGE_CONTEXT_KEY = createContextKey('@tollgate/instrumentation tool-call usage');
+/** Records by the app's span of the call, for `reportUsage` without `extra` (needs the app's OTel SDK). */
+const bySpan = new WeakMap<Span, UsageRecord>();
 
-/** Calls by the handler's `extra` object: the SDK passes the same object to `McpServer` tool callbacks. */
-const byExtra = new WeakMap<object, UsageRecord>();
+export function linkUsageToSpan(span: Span, rec: UsageRecord): void {
+  bySpan.set(span, rec);
+}
 
-export function openUsage(extra: object | undefined): UsageRecord {
-  const rec: UsageRecord = {
-    inputTokens: undefined,
-    outputTokens: undefined,
-    quantities: undefined,
-    open: true,
-  };
-  if (extra) byExtra.set(extra, rec);
+/**
+ * The call's record rides on the handler's `extra` object under a symbol (the SDK passes that object, or a
+ * spread copy of it, to `McpServer` tool callbacks; spreads copy symbol keys). Measured cheaper than a Map
+ * or WeakMap keyed by the object, which must first give the object an identity hash.
+ */
+const USAGE = Symbol('@tollgate/instrumentation call');
+type WithUsage = { [USAGE]?: UsageRecord };
+
+/** Makes `rec` the record `reportUsage(usage, extra)` adds to while the call runs. */
+export function openUsage<R extends UsageRecord>(rec: R, extra: object | undefined): R {
+  if (extra) (extra as WithUsage)[USAGE] = rec;
   return rec;
+}
+
+export function closeUsage(rec: UsageRecord, _extra: object | undefined): void {
+  rec.open = false;
 }
 
 /**
  * Reports usage of the tool call in progress, from inside its handler: tokens it spent (e.g. on an LLM it
  * called) and any custom quantity a plan prices. Calls add up. Pass the handler's `extra` (the second
- * argument of every MCP tool callback); without it the call is found through the active OTel context,
- * which needs a registered context manager (NodeSDK registers one). Returns false when no call is found.
+ * argument of every MCP tool callback); without it the call is found through the active span, which needs
+ * the app's own OTel SDK (a tracer provider and context manager, as NodeSDK registers). Returns false when no call is found.
  *
  * ```ts
  * server.registerTool('summarize', { inputSchema }, async (args, extra) => {
@@ -43,9 +52,7 @@ export function openUsage(extra: object | undefined): UsageRecord {
  * ```
  */
 export function reportUsage(usage: ToolUsage, extra?: object): boolean {
-  const rec =
-    (extra ? byExtra.get(extra) : undefined) ??
-    (context.active().getValue(USAGE_CONTEXT_KEY) as UsageRecord | undefined);
+  const rec = (extra as WithUsage | undefined)?.[USAGE] ?? bySpan.get(trace.getActiveSpan() as Span);
   if (!rec?.open) return false;
   const inTok = count(usage.inputTokens);
   const outTok = count(usage.outputTokens);

@@ -1,7 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { type Context, propagation, ROOT_CONTEXT, type TextMapGetter } from '@opentelemetry/api';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
-import type { IdGenerator } from '@opentelemetry/sdk-trace-base';
 import { isValidIdentifier, type McpTransport } from '@tollgate/contracts';
 import type { TransportLike } from './internal-types.js';
 import type { IdentityResolver, McpRequestInfo } from './types.js';
@@ -19,44 +17,6 @@ export function transportKindOf(transport: TransportLike | undefined, hasHttpReq
   const known = name ? TRANSPORT_BY_CLASS[name] : undefined;
   if (known) return known;
   return hasHttpRequest ? 'http' : 'unknown';
-}
-
-/**
- * Span ids shared between the app's span and the billing span of one call, so a billing row's
- * `trace_id`/`span_id` point at the span the app's own backend holds (when the app sampled it). Set right
- * before the billing tracer starts its span (synchronously), consumed by that one call.
- */
-export class SharedIdGenerator implements IdGenerator {
-  private traceId: string | undefined;
-  private spanId: string | undefined;
-
-  next(traceId: string, spanId: string): void {
-    this.traceId = traceId;
-    this.spanId = spanId;
-  }
-
-  clear(): void {
-    this.traceId = undefined;
-    this.spanId = undefined;
-  }
-
-  generateTraceId(): string {
-    const t = this.traceId;
-    if (t) {
-      this.traceId = undefined;
-      return t;
-    }
-    return randomBytes(16).toString('hex');
-  }
-
-  generateSpanId(): string {
-    const s = this.spanId;
-    if (s) {
-      this.spanId = undefined;
-      return s;
-    }
-    return randomBytes(8).toString('hex');
-  }
 }
 
 const metaGetter: TextMapGetter<Record<string, unknown>> = {
@@ -107,11 +67,14 @@ export const resolvers = {
       str(r.meta?.[key]),
   /** `clientInfo.name` from `initialize` (client-supplied). */
   fromClientInfo: (): IdentityResolver => (r) => str(r.clientInfo?.name),
-  /** An environment variable (a stdio server is started for one customer). */
-  fromEnv:
-    (name: string): IdentityResolver =>
-    () =>
-      str(process.env[name]),
+  /**
+   * An environment variable (a stdio server is started for one customer), read once when the resolver is
+   * made: `process.env` lookups cost about a microsecond each, too much for every call.
+   */
+  fromEnv: (name: string, env: NodeJS.ProcessEnv = process.env): IdentityResolver => {
+    const value = str(env[name]);
+    return () => value;
+  },
   /** An HTTP request header (lower case), e.g. one your gateway sets. */
   fromHeader:
     (name: string): IdentityResolver =>
@@ -131,27 +94,40 @@ export const resolvers = {
     },
 };
 
-export const DEFAULT_CUSTOMER_RESOLVER: IdentityResolver = resolvers.firstOf(
-  resolvers.fromAuthExtra('customerId'),
-  resolvers.fromEnv('TOLLGATE_CUSTOMER_ID'),
-);
-export const DEFAULT_AGENT_RESOLVER: IdentityResolver = resolvers.firstOf(
-  resolvers.fromAuthClientId(),
-  resolvers.fromEnv('TOLLGATE_AGENT_ID'),
-  resolvers.fromClientInfo(),
-);
+/** The default customer: `authInfo.extra.customerId` (HTTP, trusted), else `TOLLGATE_CUSTOMER_ID`. */
+export function defaultCustomerResolver(env: NodeJS.ProcessEnv = process.env): IdentityResolver {
+  return resolvers.firstOf(
+    resolvers.fromAuthExtra('customerId'),
+    resolvers.fromEnv('TOLLGATE_CUSTOMER_ID', env),
+  );
+}
+
+/** The default agent: `authInfo.clientId`, else `TOLLGATE_AGENT_ID`, else `clientInfo.name`. */
+export function defaultAgentResolver(env: NodeJS.ProcessEnv = process.env): IdentityResolver {
+  return resolvers.firstOf(
+    resolvers.fromAuthClientId(),
+    resolvers.fromEnv('TOLLGATE_AGENT_ID', env),
+    resolvers.fromClientInfo(),
+  );
+}
 
 /**
  * Runs a resolver guarded: a resolver that throws or returns something Tollgate would reject (too long,
  * control characters) yields `undefined` instead of breaking the call or the span.
  */
-export function resolveIdentity(resolver: IdentityResolver, request: McpRequestInfo): string | undefined {
+export function resolveIdentity(
+  resolver: IdentityResolver,
+  request: McpRequestInfo,
+  /** The value the session had (already validated): the common case skips the check. */
+  previous?: string,
+): string | undefined {
   let v: unknown;
   try {
     v = resolver(request);
   } catch {
     return undefined;
   }
+  if (v === previous) return previous;
   return typeof v === 'string' && isValidIdentifier(v) ? v : undefined;
 }
 

@@ -1,0 +1,308 @@
+// What an MCP instrumentation costs per tool call: a real SDK client calls a real SDK server (in memory,
+// and over stdio with the server in a child process), uninstrumented, with Tollgate, and with the other
+// MCP instrumentations on npm, side by side in one run. Spans go to a no-op exporter (the network is not
+// measured).
+//
+// Method. The machine is shared and two processes can differ by tens of percent in speed, so every
+// configuration runs in its own process against an uninstrumented reference *in the same process*: the
+// SDK's CommonJS build (a separate copy of every class, which no instrumentation here patches), while the
+// instrumented pair uses the ESM build. Reference and instrumented calls alternate in slices; the cost is
+// the median over slices of instrumented / reference. The "uninstrumented" row checks the method (≈ 1).
+//
+//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N]
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { table, writeResult } from './lib.mjs';
+
+const SELF = fileURLToPath(import.meta.url);
+const require = createRequire(import.meta.url);
+
+/** A span exporter that counts spans and attributes and drops them. */
+function noopExporter() {
+  const sink = {
+    spans: 0,
+    attributes: 0,
+    export(spans, done) {
+      sink.spans += spans.length;
+      for (const s of spans) sink.attributes += Object.keys(s.attributes).length;
+      done({ code: 0 });
+    },
+    shutdown: async () => {},
+    forceFlush: async () => {},
+  };
+  return sink;
+}
+
+/** The app's own OTel SDK, as NodeSDK sets it up (global provider, context manager, batch processor). */
+async function registerAppProvider() {
+  const sink = noopExporter();
+  const { NodeTracerProvider } = await import('@opentelemetry/sdk-trace-node');
+  const { BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base');
+  new NodeTracerProvider({
+    spanProcessors: [new BatchSpanProcessor(sink, { scheduledDelayMillis: 200 })],
+  }).register();
+  return sink;
+}
+
+async function tollgate(sink) {
+  const { McpInstrumentation } = await import('@tollgate/instrumentation');
+  new McpInstrumentation({
+    billingExporter: sink,
+    logger: false,
+    customer: () => 'bench',
+  }).manuallyInstrument(await import('@modelcontextprotocol/sdk/server/index.js'));
+}
+
+/**
+ * The configurations. `setup(side)` patches the ESM build before it is used, in the process of that side
+ * ('client' or 'server'; in memory one process has both). It returns the sink that counts exported spans.
+ */
+const CONFIGS = {
+  uninstrumented: { label: 'uninstrumented (method check)', setup: async () => undefined },
+  tollgate: {
+    label: 'Tollgate (billing span)',
+    async setup(side) {
+      const sink = noopExporter();
+      if (side !== 'client') await tollgate(sink);
+      return sink;
+    },
+  },
+  tollgateApp: {
+    label: 'Tollgate + app OTel SDK',
+    async setup(side) {
+      const sink = await registerAppProvider();
+      if (side !== 'client') await tollgate(sink);
+      return sink;
+    },
+  },
+  otelSdk: { label: 'app OTel SDK, no MCP instr.', setup: registerAppProvider },
+  arize: {
+    label: '@arizeai/openinference-instr.-mcp',
+    async setup() {
+      const sink = await registerAppProvider();
+      const { MCPInstrumentation } = await import('@arizeai/openinference-instrumentation-mcp');
+      new MCPInstrumentation().manuallyInstrument({
+        clientStdioModule: await import('@modelcontextprotocol/sdk/client/stdio.js'),
+        serverStdioModule: await import('@modelcontextprotocol/sdk/server/stdio.js'),
+        clientSSEModule: await import('@modelcontextprotocol/sdk/client/sse.js'),
+        serverSSEModule: await import('@modelcontextprotocol/sdk/server/sse.js'),
+        clientStreamableHTTPModule: await import('@modelcontextprotocol/sdk/client/streamableHttp.js'),
+        serverStreamableHTTPModule: await import('@modelcontextprotocol/sdk/server/streamableHttp.js'),
+      });
+      return sink;
+    },
+  },
+  traceloop: {
+    label: '@traceloop/instrumentation-mcp',
+    async setup() {
+      const sink = await registerAppProvider();
+      const { McpInstrumentation } = await import('@traceloop/instrumentation-mcp');
+      const i = new McpInstrumentation();
+      i.manuallyInstrument(await import('@modelcontextprotocol/sdk/client/index.js'));
+      i.manuallyInstrument(await import('@modelcontextprotocol/sdk/server/index.js'));
+      return sink;
+    },
+  },
+};
+
+/** The SDK classes of one build: `esm` (instrumented) or `cjs` (the untouched reference). */
+async function sdk(build) {
+  if (build === 'cjs') {
+    return {
+      McpServer: require('@modelcontextprotocol/sdk/server/mcp.js').McpServer,
+      Client: require('@modelcontextprotocol/sdk/client/index.js').Client,
+      InMemoryTransport: require('@modelcontextprotocol/sdk/inMemory.js').InMemoryTransport,
+      StdioClientTransport: require('@modelcontextprotocol/sdk/client/stdio.js').StdioClientTransport,
+      StdioServerTransport: require('@modelcontextprotocol/sdk/server/stdio.js').StdioServerTransport,
+      z: require('zod').z,
+    };
+  }
+  return {
+    McpServer: (await import('@modelcontextprotocol/sdk/server/mcp.js')).McpServer,
+    Client: (await import('@modelcontextprotocol/sdk/client/index.js')).Client,
+    InMemoryTransport: (await import('@modelcontextprotocol/sdk/inMemory.js')).InMemoryTransport,
+    StdioClientTransport: (await import('@modelcontextprotocol/sdk/client/stdio.js')).StdioClientTransport,
+    StdioServerTransport: (await import('@modelcontextprotocol/sdk/server/stdio.js')).StdioServerTransport,
+    z: (await import('zod')).z,
+  };
+}
+
+function newServer(k) {
+  const server = new k.McpServer({ name: 'bench', version: '1.0.0' });
+  server.registerTool('get_forecast', { inputSchema: { city: k.z.string() } }, async ({ city }) => ({
+    content: [{ type: 'text', text: `Sunny in ${city}` }],
+  }));
+  return server;
+}
+
+async function pair(k, build, transport, configName) {
+  const client = new k.Client({ name: 'bench-agent', version: '1.0.0' });
+  if (transport === 'memory') {
+    const [a, b] = k.InMemoryTransport.createLinkedPair();
+    await newServer(k).connect(a);
+    await client.connect(b);
+  } else {
+    const args = [SELF, '--server', configName, build];
+    await client.connect(new k.StdioClientTransport({ command: process.execPath, args, stderr: 'inherit' }));
+  }
+  return client;
+}
+
+const WARMUP = 2000;
+const SLICES = 24;
+const ARGS = { name: 'get_forecast', arguments: { city: 'Paris' } };
+
+async function slice(client, n, lat) {
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const t = performance.now();
+    await client.callTool(ARGS);
+    lat?.push(performance.now() - t);
+  }
+  const c = process.cpuUsage(c0);
+  return { wallUs: ((performance.now() - t0) * 1000) / n, cpuUs: (c.user + c.system) / n };
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Child: one configuration, one transport, against the in-process reference; prints a JSON line. */
+async function child(configName, transport, calls) {
+  // The reference build is loaded before any instrumentation exists, so no module hook can patch it.
+  const refKit = await sdk('cjs');
+  const sink = await CONFIGS[configName].setup(transport === 'memory' ? 'both' : 'client');
+  const ref = await pair(refKit, 'cjs', transport, 'uninstrumented');
+  const sub = await pair(await sdk('esm'), 'esm', transport, configName);
+  for (let i = 0; i < WARMUP; i++) {
+    await ref.callTool(ARGS);
+    await sub.callTool(ARGS);
+  }
+  const n = Math.max(1, Math.floor(calls / SLICES));
+  const metric = transport === 'memory' ? 'cpuUs' : 'wallUs'; // in memory one process does all the work
+  const ratios = [];
+  const refCost = [];
+  const subCost = [];
+  const lat = [];
+  for (let s = 0; s < SLICES; s++) {
+    // alternate which goes first, so neither always runs on a warmer cache
+    const [a, b] = s % 2 ? [await slice(ref, n), await slice(sub, n, lat)] : [null, await slice(sub, n, lat)];
+    const r = a ?? (await slice(ref, n));
+    ratios.push(b[metric] / r[metric]);
+    refCost.push(r[metric]);
+    subCost.push(b[metric]);
+  }
+  lat.sort((x, y) => x - y);
+  globalThis.gc?.();
+  const mem = process.memoryUsage();
+  await new Promise((res) => setTimeout(res, 400)); // let batch processors export
+  const out = {
+    ratio: median(ratios),
+    refUs: median(refCost),
+    subUs: median(subCost),
+    p99Us: lat[Math.floor(lat.length * 0.99)] * 1000,
+    rssMiB: mem.rss / 2 ** 20,
+    heapMiB: mem.heapUsed / 2 ** 20,
+    spans: sink?.spans ?? 0,
+    attributes: sink?.attributes ?? 0,
+    subCalls: WARMUP + n * SLICES, // the reference's calls are never instrumented
+  };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+  process.exit(0);
+}
+
+/** Grandchild (stdio): an MCP server; the ESM one carries the configuration's server side. */
+async function server(configName, build) {
+  const k = build === 'cjs' ? await sdk('cjs') : undefined;
+  if (build === 'esm') await CONFIGS[configName].setup('server');
+  const kit = k ?? (await sdk('esm'));
+  await newServer(kit).connect(new kit.StdioServerTransport());
+}
+
+function runChild(configName, transport, calls) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(
+      process.execPath,
+      ['--expose-gc', SELF, '--child', configName, transport, String(calls)],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    let out = '';
+    p.stdout.on('data', (d) => {
+      out += d;
+    });
+    p.on('exit', (code) => {
+      const line = out.trim().split('\n').pop();
+      if (code !== 0 || !line) reject(new Error(`${configName}/${transport} exited with ${code}`));
+      else resolve(JSON.parse(line));
+    });
+  });
+}
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+async function main() {
+  const plan = { memory: arg('--calls', 24_000), stdio: arg('--stdio-calls', 4_800) };
+  const names = Object.keys(CONFIGS);
+  const rows = [
+    [
+      'transport',
+      'instrumentation',
+      'µs/call',
+      'ratio',
+      '+µs/call',
+      'p99 µs',
+      'spans/call',
+      'attrs/span',
+      'RSS MiB',
+      'heap MiB',
+    ],
+  ];
+  const summary = {};
+  for (const transport of Object.keys(plan)) {
+    summary[transport] = {};
+    for (const n of names) {
+      process.stderr.write(`\r${transport}: ${n}                    `);
+      const x = await runChild(n, transport, plan[transport]);
+      const addedUs = (x.ratio - 1) * x.refUs;
+      summary[transport][n] = { ...x, addedUs };
+      // stdio: the server's spans are exported in the server process, not counted here
+      const spansPerCall =
+        transport === 'stdio' && n.startsWith('tollgate') ? 'in server' : (x.spans / x.subCalls).toFixed(2);
+      rows.push([
+        transport,
+        CONFIGS[n].label,
+        x.subUs.toFixed(1),
+        x.ratio.toFixed(3),
+        addedUs.toFixed(1),
+        x.p99Us.toFixed(0),
+        spansPerCall,
+        x.spans ? (x.attributes / x.spans).toFixed(1) : '-',
+        x.rssMiB.toFixed(1),
+        x.heapMiB.toFixed(1),
+      ]);
+    }
+  }
+  process.stderr.write('\n');
+  console.log(table(rows));
+  const t = summary.memory.tollgate;
+  console.log(
+    `\nTollgate adds ${t.addedUs.toFixed(1)} µs of CPU to an in-memory round trip of ${t.refUs.toFixed(1)} µs ` +
+      `(${((t.ratio - 1) * 100).toFixed(1)}%), emitting the full semantic-convention span for every call.`,
+  );
+  writeResult('mcp-overhead', {
+    node: process.version,
+    calls: plan,
+    method:
+      'per configuration, one process: instrumented ESM-build pair vs uninstrumented CJS-build reference, alternating slices; ratio = median of slice ratios; memory: CPU time, stdio: wall time; spans to a no-op exporter',
+    summary,
+  });
+}
+
+if (process.argv[2] === '--child') await child(process.argv[3], process.argv[4], Number(process.argv[5]));
+else if (process.argv[2] === '--server') await server(process.argv[3], process.argv[4]);
+else await main();

@@ -1,0 +1,203 @@
+import { randomFillSync } from 'node:crypto';
+import {
+  type Attributes,
+  type AttributeValue,
+  type HrTime,
+  type Link,
+  type SpanContext,
+  SpanKind,
+  type SpanStatus,
+  SpanStatusCode,
+  TraceFlags,
+} from '@opentelemetry/api';
+import {
+  addHrTimes,
+  type ExportResult,
+  getTimeOrigin,
+  hrTime,
+  hrTimeDuration,
+  type InstrumentationScope,
+  millisToHrTime,
+} from '@opentelemetry/core';
+import type { Resource } from '@opentelemetry/resources';
+import type { ReadableSpan, SpanExporter, TimedEvent } from '@opentelemetry/sdk-trace-base';
+
+const NO_LINKS: Link[] = [];
+const NO_EVENTS: TimedEvent[] = [];
+const UNSET: SpanStatus = { code: SpanStatusCode.UNSET };
+
+/** A performance.now() value as the HrTime of the wall clock (what OTel's own `hrTime()` computes). */
+function toHrTime(perfNow: number): HrTime {
+  return addHrTimes(millisToHrTime(getTimeOrigin()), millisToHrTime(perfNow));
+}
+
+/**
+ * The billing span of one tool call: a plain `ReadableSpan`, built without the SDK's tracer machinery
+ * (sampler, span processors, attribute sanitising, limits), because billing spans are always recorded, carry
+ * a fixed set of attributes this package writes itself, and go to exactly one exporter. It is what keeps
+ * the billing span within a few microseconds per call.
+ */
+export class BillingSpan implements ReadableSpan {
+  // Times are kept as performance.now() values and turned into HrTime only when exported.
+  private readonly startedAt = performance.now();
+  private endedAt = 0;
+  ended = false;
+  status: SpanStatus = UNSET;
+  events: TimedEvent[] = NO_EVENTS;
+
+  constructor(
+    readonly name: string,
+    private readonly context: SpanContext,
+    readonly parentSpanContext: SpanContext | undefined,
+    /** Owned by the span from here on. */
+    readonly attributes: Attributes,
+    readonly resource: Resource,
+    readonly instrumentationScope: InstrumentationScope,
+    private readonly sink: (span: BillingSpan) => void,
+  ) {}
+
+  get kind(): SpanKind {
+    return SpanKind.SERVER;
+  }
+  get links(): Link[] {
+    return NO_LINKS;
+  }
+  get droppedAttributesCount(): number {
+    return 0;
+  }
+  get droppedEventsCount(): number {
+    return 0;
+  }
+  get droppedLinksCount(): number {
+    return 0;
+  }
+  get startTime(): HrTime {
+    return toHrTime(this.startedAt);
+  }
+  get endTime(): HrTime {
+    return toHrTime(this.endedAt);
+  }
+  get duration(): HrTime {
+    return hrTimeDuration(this.startTime, this.endTime);
+  }
+
+  spanContext(): SpanContext {
+    return this.context;
+  }
+
+  setAttribute(key: string, value: AttributeValue): void {
+    if (!this.ended) this.attributes[key] = value;
+  }
+
+  addEvent(name: string, attributes: Attributes): void {
+    if (this.ended) return;
+    if (this.events === NO_EVENTS) this.events = [];
+    this.events.push({ name, attributes, time: hrTime(), droppedAttributesCount: 0 });
+  }
+
+  setStatus(status: SpanStatus): void {
+    if (!this.ended) this.status = status;
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.endedAt = performance.now();
+    this.sink(this);
+  }
+}
+
+const POOL = Buffer.allocUnsafe(8192);
+let poolAt = POOL.length;
+const ZERO_TRACE_ID = '0'.repeat(32);
+const ZERO_SPAN_ID = '0'.repeat(16);
+
+/** `bytes` random bytes as hex, from a pool refilled by the OS CSPRNG 8 KiB at a time. */
+function randomHex(bytes: number): string {
+  if (poolAt + bytes > POOL.length) {
+    randomFillSync(POOL);
+    poolAt = 0;
+  }
+  poolAt += bytes;
+  return POOL.toString('hex', poolAt - bytes, poolAt);
+}
+
+/** Random trace and span ids, several times cheaper than the SDK generator's per-id Buffer work. */
+export const fastIds = {
+  traceId(): string {
+    const id = randomHex(16);
+    return id === ZERO_TRACE_ID ? fastIds.traceId() : id; // all-zero ids are invalid
+  },
+  spanId(): string {
+    const id = randomHex(8);
+    return id === ZERO_SPAN_ID ? fastIds.spanId() : id;
+  },
+};
+
+export function sampledContext(
+  traceId: string,
+  spanId: string,
+  parent: SpanContext | undefined,
+): SpanContext {
+  const ctx: SpanContext = { traceId, spanId, traceFlags: TraceFlags.SAMPLED };
+  if (parent?.traceState) ctx.traceState = parent.traceState;
+  return ctx;
+}
+
+/**
+ * Batches finished billing spans for an exporter: a batch leaves when it is full or when the oldest span
+ * in it has waited `intervalMs`. Bounded: beyond `maxQueue` spans waiting, new ones are counted as dropped.
+ */
+export class SpanBatcher {
+  private buffer: ReadableSpan[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private exporting: Promise<void> = Promise.resolve();
+  dropped = 0;
+
+  constructor(
+    private readonly exporter: SpanExporter,
+    private readonly intervalMs: number,
+    private readonly maxBatch = 512,
+    private readonly maxQueue = 65_536,
+  ) {}
+
+  add(span: ReadableSpan): void {
+    if (this.buffer.length >= this.maxQueue) {
+      this.dropped++;
+      return;
+    }
+    this.buffer.push(span);
+    if (this.buffer.length >= this.maxBatch) void this.flush();
+    else if (!this.timer) {
+      this.timer = setTimeout(() => void this.flush(), this.intervalMs);
+      this.timer.unref();
+    }
+  }
+
+  /** Hands everything buffered to the exporter; resolves when the exporter has answered. */
+  flush(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.buffer.length === 0) return this.exporting;
+    const batch = this.buffer;
+    this.buffer = [];
+    this.exporting = this.exporting.then(
+      () =>
+        new Promise<void>((resolve) => {
+          try {
+            this.exporter.export(batch, (_r: ExportResult) => resolve());
+          } catch {
+            resolve();
+          }
+        }),
+    );
+    return this.exporting;
+  }
+
+  async shutdown(): Promise<void> {
+    await this.flush();
+    await this.exporter.shutdown();
+  }
+}
