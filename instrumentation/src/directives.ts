@@ -156,12 +156,13 @@ export class DirectiveStore {
       const e = this.lookup(key, nowMs);
       if (e) found.push(e);
     };
-    if (s.sessionId) add(keyOf('session', '', s.sessionId));
+    // broadest scope first: a refusal names the customer when the whole customer is stopped
     if (s.customer !== undefined) {
       add(keyOf('customer', s.customer, ''));
       if (s.agent) add(keyOf('agent', s.customer, s.agent));
-      if (s.tool) add(keyOf('tool', s.customer, s.tool));
     }
+    if (s.sessionId) add(keyOf('session', '', s.sessionId));
+    if (s.customer !== undefined && s.tool) add(keyOf('tool', s.customer, s.tool));
     if (found.length === 0) return undefined;
 
     const kill = found.find((e) => e.directive.action === 'kill');
