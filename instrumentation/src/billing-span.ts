@@ -49,12 +49,19 @@ export class BillingSpan implements ReadableSpan {
     readonly name: string,
     private readonly context: SpanContext,
     readonly parentSpanContext: SpanContext | undefined,
-    /** Owned by the span from here on. */
-    readonly attributes: Attributes,
+    /** The session's attributes, shared by its calls (never written to). */
+    private readonly base: Attributes,
+    /** This call's own attributes (owned by the span). */
+    private readonly own: Attributes,
     readonly resource: Resource,
     readonly instrumentationScope: InstrumentationScope,
     private readonly sink: (span: BillingSpan) => void,
   ) {}
+
+  /** Merged when exported: a call only allocates what is its own. */
+  get attributes(): Attributes {
+    return { ...this.base, ...this.own };
+  }
 
   get kind(): SpanKind {
     return SpanKind.SERVER;
@@ -86,7 +93,7 @@ export class BillingSpan implements ReadableSpan {
   }
 
   setAttribute(key: string, value: AttributeValue): void {
-    if (!this.ended) this.attributes[key] = value;
+    if (!this.ended) this.own[key] = value;
   }
 
   addEvent(name: string, attributes: Attributes): void {
@@ -108,18 +115,23 @@ export class BillingSpan implements ReadableSpan {
 }
 
 const POOL = Buffer.allocUnsafe(8192);
+let poolHex = '';
 let poolAt = POOL.length;
 const ZERO_TRACE_ID = '0'.repeat(32);
 const ZERO_SPAN_ID = '0'.repeat(16);
 
-/** `bytes` random bytes as hex, from a pool refilled by the OS CSPRNG 8 KiB at a time. */
+/**
+ * `bytes` random bytes as hex, from a pool refilled by the OS CSPRNG 8 KiB at a time and hex-encoded once
+ * per refill: an id is then a substring, with no per-id encoding work.
+ */
 function randomHex(bytes: number): string {
   if (poolAt + bytes > POOL.length) {
     randomFillSync(POOL);
+    poolHex = POOL.toString('hex');
     poolAt = 0;
   }
   poolAt += bytes;
-  return POOL.toString('hex', poolAt - bytes, poolAt);
+  return poolHex.slice(2 * (poolAt - bytes), 2 * poolAt);
 }
 
 /** Random trace and span ids, several times cheaper than the SDK generator's per-id Buffer work. */

@@ -18,6 +18,8 @@ import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 const KILL_GRACE_MS = 1000;
 /** A refused call's error response is written before its session is closed. */
 const CLOSE_AFTER_REFUSAL_MS = 50;
+/** Directive changes kept for inspection (`changes`). */
+const MAX_CHANGES_KEPT = 1000;
 /** Spans are flushed for at most this long before a killed stdio server exits or a signal is re-raised. */
 const EXIT_FLUSH_MS = 3000;
 
@@ -97,7 +99,7 @@ export class TollgateRuntime {
   private readonly hookResults = new Map<string, DirectiveHookResult>();
   private readonly previousInstances: { id: string; seenAtMs: number }[];
   private readonly synced: Promise<void>;
-  private readonly timer: NodeJS.Timeout | undefined;
+  private readonly timer: NodeJS.Timeout;
   private instanceRecorded = false;
   private shutDown = false;
   private readonly onBeforeExit = () => void this.forceFlush();
@@ -134,13 +136,14 @@ export class TollgateRuntime {
     const exporter = o.billingExporter ?? this.exporter;
     if (exporter) this.batcher = new SpanBatcher(exporter, o.exportIntervalMs);
 
+    // Sessions that ended leave the registry at every tick; the exporter heartbeats when idle.
+    this.timer = setInterval(() => {
+      this.pruneSessions();
+      void this.exporter?.tick();
+    }, o.heartbeatIntervalMs);
+    this.timer.unref();
     if (this.exporter) {
       const exp = this.exporter;
-      this.timer = setInterval(() => {
-        this.pruneSessions();
-        void exp.tick();
-      }, o.heartbeatIntervalMs);
-      this.timer.unref();
       // First contact at once: confirms (or drops) remembered kills, learns of kills while we were away.
       this.synced = exp.heartbeat().then((answered) => {
         if (answered) {
@@ -163,7 +166,8 @@ export class TollgateRuntime {
    */
   startSpan(
     name: string,
-    attributes: Attributes,
+    base: Attributes,
+    own: Attributes,
     parent: SpanContext | undefined,
     shared: SpanContext | undefined,
   ): BillingSpan {
@@ -174,7 +178,8 @@ export class TollgateRuntime {
       name,
       sampledContext(traceId, spanId, p),
       p,
-      attributes,
+      base,
+      own,
       this.resource,
       this.scope,
       this.sink,
@@ -217,6 +222,7 @@ export class TollgateRuntime {
     const changed = this.store.apply(directives, Date.now(), (d) => this.decide(d));
     if (changed.length === 0) return;
     for (const d of changed) {
+      if (this.changes.length >= MAX_CHANGES_KEPT) this.changes.shift();
       this.changes.push(d);
       if (d.action === 'kill') this.onKill(d);
     }
@@ -312,7 +318,7 @@ export class TollgateRuntime {
   async shutdown(): Promise<void> {
     if (this.shutDown) return;
     this.shutDown = true;
-    if (this.timer) clearInterval(this.timer);
+    clearInterval(this.timer);
     process.off('beforeExit', this.onBeforeExit);
     process.off('SIGTERM', this.onSignal);
     process.off('SIGINT', this.onSignal);

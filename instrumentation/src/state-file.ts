@@ -58,8 +58,9 @@ export function writeState(file: string, state: RememberedState, nowMs: number):
     .map(([id, seenAtMs]) => ({ id, seenAtMs }))
     .sort((a, b) => b.seenAtMs - a.seenAtMs)
     .slice(0, MAX_INSTANCES);
-  mkdirSync(dirname(file), { recursive: true });
+  // private to the user: another local user must not plant or erase states
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify({ instances, directives: state.directives }));
+  writeFileSync(tmp, JSON.stringify({ instances, directives: state.directives }), { mode: 0o600 });
   renameSync(tmp, file);
 }

@@ -3,7 +3,6 @@ import {
   type Attributes,
   type Context,
   context,
-  INVALID_SPANID,
   isSpanContextValid,
   type Span,
   SpanKind,
@@ -112,9 +111,7 @@ function sessionAttributes(
   }
   const a: Attributes = {
     [ATTR_MCP_METHOD_NAME]: MCP_METHOD_TOOLS_CALL,
-    [ATTR_GEN_AI_TOOL_NAME]: '', // set per call
     [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_EXECUTE_TOOL,
-    [ATTR_JSONRPC_REQUEST_ID]: '', // set per call
     [ATTR_TOLLGATE_TRANSPORT]: s.kind,
   };
   if (sessionId) a[ATTR_MCP_SESSION_ID] = sessionId;
@@ -148,13 +145,25 @@ function warnEvent(d: Directive): Attributes {
 interface Call extends UsageRecord {
   info: McpRequestInfo;
   bill: BillingSpan | undefined;
-  app: Span;
+  app: Span | undefined;
   appRecording: boolean;
 }
 
 function setBoth(spans: Call, key: string, value: string | number | boolean): void {
   spans.bill?.setAttribute(key, value);
-  if (spans.appRecording) spans.app.setAttribute(key, value);
+  if (spans.appRecording) spans.app?.setAttribute(key, value);
+}
+
+/**
+ * Whether a tracer records nothing: the API's no-op tracer, or the global proxy while no SDK is registered
+ * (checked per call: an SDK registered later is picked up).
+ */
+function isNoopTracer(tracer: Tracer): boolean {
+  const name = tracer.constructor?.name;
+  if (name === 'NoopTracer') return true;
+  if (name !== 'ProxyTracer') return false;
+  const provider = trace.getTracerProvider() as { getDelegate?: () => object };
+  return provider.getDelegate?.().constructor?.name === 'NoopTracerProvider';
 }
 
 /**
@@ -348,24 +357,23 @@ export class ToolCallTracer {
   ): unknown {
     const tool = info.toolName ?? '';
     const name = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
-    // Per-session attributes are built once per session (and identity) and cloned per call; the clone
-    // already has every key, so the per-call values below overwrite slots instead of adding properties.
-    const attributes: Attributes = { ...sessionAttributes(s, info.sessionId, customer, agent, extra) };
-    attributes[ATTR_GEN_AI_TOOL_NAME] = tool;
-    if (extra?.requestId !== undefined) attributes[ATTR_JSONRPC_REQUEST_ID] = String(extra.requestId);
-    else delete attributes[ATTR_JSONRPC_REQUEST_ID];
+    // The attributes every call of the session shares are built once per session (and identity); a call
+    // allocates only its own.
+    const base = sessionAttributes(s, info.sessionId, customer, agent, extra);
+    const own: Attributes = { [ATTR_GEN_AI_TOOL_NAME]: tool };
+    if (extra?.requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(extra.requestId);
 
     const active = context.active();
     const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;
-    const app = this.appTracer().startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
     const parentContext = trace.getSpanContext(parent);
-    const ac = app.spanContext();
-    // The app made a span of its own (recording, or sampled out): the billing span reuses its ids. Without
-    // an app SDK the app span just carries the parent's context (cheap checks first: this is per call).
-    const shared =
-      ac.spanId !== INVALID_SPANID && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac)
-        ? ac
-        : undefined;
+    // The app's span, when the app has an OTel SDK (without one, nothing would record it).
+    const tracer = this.appTracer();
+    const app = isNoopTracer(tracer)
+      ? undefined
+      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: { ...base, ...own } }, parent);
+    const ac = app?.spanContext();
+    // The app made a span of its own (recording, or sampled out): the billing span reuses its ids.
+    const shared = ac && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac) ? ac : undefined;
     const call: Call = openUsage(
       {
         inputTokens: undefined,
@@ -374,9 +382,8 @@ export class ToolCallTracer {
         open: true,
         info,
         app,
-        appRecording: app.isRecording(),
-        // the app's SDK copied the attributes: the billing span owns the object from here on
-        bill: rt?.startSpan(name, attributes, parentContext, shared),
+        appRecording: app?.isRecording() === true,
+        bill: rt?.startSpan(name, base, own, parentContext, shared),
       },
       extra,
     );
@@ -384,13 +391,13 @@ export class ToolCallTracer {
       for (const d of warnings) {
         const ev = warnEvent(d);
         call.bill?.addEvent(EVENT_TOLLGATE_WARN, ev);
-        if (call.appRecording) app.addEvent(EVENT_TOLLGATE_WARN, ev);
+        if (call.appRecording) app?.addEvent(EVENT_TOLLGATE_WARN, ev);
       }
     }
     // The handler runs in the app span's context: the app's child spans follow the app's sampling, never
     // the billing span's (which is always sampled): billing does not force the rest of the trace on.
     let ctx = parent;
-    if (shared) {
+    if (app && shared) {
       ctx = trace.setSpan(parent, app);
       linkUsageToSpan(app, call);
     }
@@ -429,11 +436,11 @@ export class ToolCallTracer {
       setBoth(spans, ATTR_RPC_RESPONSE_STATUS_CODE, String(code));
       const status = { code: SpanStatusCode.ERROR, message: (err as Error | null)?.message ?? String(err) };
       spans.bill?.setStatus(status);
-      if (spans.appRecording) spans.app.setStatus(status);
+      if (spans.appRecording) spans.app?.setStatus(status);
     } else if ((result as { isError?: unknown } | null)?.isError === true) {
       setBoth(spans, ATTR_ERROR_TYPE, ERROR_TYPE_TOOL_ERROR);
       spans.bill?.setStatus({ code: SpanStatusCode.ERROR });
-      if (spans.appRecording) spans.app.setStatus({ code: SpanStatusCode.ERROR });
+      if (spans.appRecording) spans.app?.setStatus({ code: SpanStatusCode.ERROR });
     }
     let { inputTokens, outputTokens } = usage;
     const countTokens = this.resolved.countTokens;
@@ -453,6 +460,6 @@ export class ToolCallTracer {
         setBoth(spans, ATTR_PREFIX_TOLLGATE_USAGE + k, v);
     }
     spans.bill?.end();
-    spans.app.end();
+    spans.app?.end();
   }
 }
