@@ -11,7 +11,7 @@
 // itself shows when nothing is instrumented (the two builds do not run at exactly the same speed): the
 // "net" columns divide it out.
 //
-//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N]
+//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N] [--repeat N]
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -249,6 +249,7 @@ function arg(name, fallback) {
 
 async function main() {
   const plan = { memory: arg('--calls', 24_000), stdio: arg('--stdio-calls', 4_800) };
+  const repeat = arg('--repeat', 3);
   const names = Object.keys(CONFIGS);
   const rows = [
     [
@@ -270,8 +271,13 @@ async function main() {
     summary[transport] = {};
     let check = 1;
     for (const n of names) {
-      process.stderr.write(`\r${transport}: ${n}                    `);
-      const x = await runChild(n, transport, plan[transport]);
+      // each configuration in `repeat` fresh processes; the run with the median ratio is kept
+      const runs = [];
+      for (let r = 0; r < repeat; r++) {
+        process.stderr.write(`\r${transport}: ${n} ${r + 1}/${repeat}                    `);
+        runs.push(await runChild(n, transport, plan[transport]));
+      }
+      const x = runs.find((y) => y.ratio === median(runs.map((z) => z.ratio)));
       if (n === 'uninstrumented') check = x.ratio;
       const net = x.ratio / check;
       const addedUs = (net - 1) * x.refUs;
@@ -304,6 +310,7 @@ async function main() {
   writeResult('mcp-overhead', {
     node: process.version,
     calls: plan,
+    repeat,
     method:
       'per configuration, one process: instrumented ESM-build pair vs uninstrumented CJS-build reference, alternating slices; ratio = median of slice ratios; memory: CPU time, stdio: wall time; spans to a no-op exporter',
     summary,

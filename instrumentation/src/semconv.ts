@@ -39,5 +39,9 @@ export const ERROR_TYPE_OTHER = '_OTHER';
 export const ATTR_PREFIX_TOLLGATE_USAGE = 'tollgate.usage.';
 export const ATTR_TOLLGATE_TOKENS_ESTIMATED = 'tollgate.tokens.estimated';
 
-/** Span event added to a tool call that runs while a `warn` directive is in force for it. */
+/** Span event added to a tool call that runs while a `warn` directive is in force for it, and its attributes. */
 export const EVENT_TOLLGATE_WARN = 'tollgate.warn';
+export const ATTR_DIRECTIVE_SCOPE = 'tollgate.directive.scope';
+export const ATTR_DIRECTIVE_ID = 'tollgate.directive.id';
+export const ATTR_DIRECTIVE_REASON = 'tollgate.directive.reason';
+export const ATTR_DIRECTIVE_MARGIN_BPS = 'tollgate.directive.margin_bps';

@@ -17,6 +17,10 @@ import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike }
 import { runtimeFor } from './registry.js';
 import type { SessionInfo, TollgateRuntime } from './runtime.js';
 import {
+  ATTR_DIRECTIVE_ID,
+  ATTR_DIRECTIVE_MARGIN_BPS,
+  ATTR_DIRECTIVE_REASON,
+  ATTR_DIRECTIVE_SCOPE,
   ATTR_ERROR_TYPE,
   ATTR_GEN_AI_OPERATION_NAME,
   ATTR_GEN_AI_TOOL_NAME,
@@ -130,11 +134,11 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
 
 function warnEvent(d: Directive): Attributes {
   const a: Attributes = {
-    'tollgate.directive.scope': d.scope,
-    'tollgate.directive.id': d.id,
-    'tollgate.directive.reason': d.reason,
+    [ATTR_DIRECTIVE_SCOPE]: d.scope,
+    [ATTR_DIRECTIVE_ID]: d.id,
+    [ATTR_DIRECTIVE_REASON]: d.reason,
   };
-  if (d.marginBps !== undefined) a['tollgate.directive.margin_bps'] = d.marginBps;
+  if (d.marginBps !== undefined) a[ATTR_DIRECTIVE_MARGIN_BPS] = d.marginBps;
   return a;
 }
 
