@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec node collector-processor/dist/cli/main.js demo --data-dir "${TOLLGATE_DATA_DIR:-.tollgate}" "$@"
+exec node collector-processor/dist/cli/main.js demo "$@"

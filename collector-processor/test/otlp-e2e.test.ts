@@ -79,8 +79,53 @@ describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
       tg,
       'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k FROM mcp_session_summary',
     );
+    const [toolDaily] = await query(
+      tg,
+      'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k, sum(input_tokens) i FROM mcp_tool_daily_stats',
+    );
+    const [customerDaily] = await query(
+      tg,
+      'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k, sum(input_tokens) i FROM mcp_customer_daily_stats',
+    );
+    const [sessionDaily] = await query(
+      tg,
+      'SELECT sum(calls) c, sum(revenue_nano) r, sum(cost_nano) k FROM mcp_session_daily',
+    );
     expect(Number(raw?.c)).toBeGreaterThan(0);
     expect(daily).toEqual(raw);
     expect(sessions).toEqual({ c: raw?.c, r: raw?.r, k: raw?.k });
+    expect(toolDaily).toEqual(raw);
+    expect(customerDaily).toEqual(raw);
+    expect(sessionDaily).toEqual({ c: raw?.c, r: raw?.r, k: raw?.k });
+  });
+
+  it("the per-day views' groups equal the raw table's, and the session sets count its sessions", async () => {
+    // per (product, day, tool), per (product, day, customer) and per (product, day, customer, session): every
+    // group's calls, errors and money as the raw table groups them
+    const groups = async (key: string, from: string, measures = 'calls, errors, revenue_nano, cost_nano') =>
+      query(
+        tg,
+        `SELECT ${key}, ${measures.replace(/(\w+)/g, 'toString(sum($1)) AS $1')} FROM ${from} GROUP BY ${key} ORDER BY ${key}`,
+      );
+    const raw = `(SELECT product, toDate(started_at) AS day, tool, customer, session_id, 1 AS calls,
+      status = 'error' AS errors, price_nano AS revenue_nano, cost_nano FROM mcp_tool_calls)`;
+    expect(await groups('product, day, tool', 'mcp_tool_daily_stats')).toEqual(
+      await groups('product, day, tool', raw),
+    );
+    expect(await groups('product, day, customer', 'mcp_customer_daily_stats')).toEqual(
+      await groups('product, day, customer', raw),
+    );
+    expect(await groups('product, day, customer, session_id', 'mcp_session_daily')).toEqual(
+      await groups('product, day, customer, session_id', raw),
+    );
+    const [sets] = await query(
+      tg,
+      `SELECT (SELECT toString(sum(n)) FROM (SELECT product, day, customer, uniqExactMerge(sessions) AS n
+          FROM mcp_customer_daily_stats GROUP BY product, day, customer)) AS view,
+        (SELECT toString(count()) FROM (SELECT DISTINCT product, toDate(started_at), customer, session_id
+          FROM mcp_tool_calls WHERE session_id != '')) AS raw`,
+    );
+    expect(Number(sets?.raw)).toBeGreaterThan(0);
+    expect(sets?.view).toBe(sets?.raw);
   });
 });

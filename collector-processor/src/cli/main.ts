@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
+import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { startTollgate, type Tollgate } from '../app.js';
 import { ConfigError, loadConfig, SETTINGS, settingsTableMarkdown, splitArgs } from '../config/settings.js';
 import { runWorkload } from '../demo/workload.js';
@@ -8,12 +10,20 @@ import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
 import { openClickHouse } from '../storage/clickhouse.js';
 
+/** The public development keys of the embedded configuration (loopback only). */
+const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
+const DEV_ADMIN_KEY = 'tg_dev_admin';
+
 const USAGE = `tollgate — meter, price and enforce MCP tool calls
 
 Usage:
   tollgate start [options]          run the OTLP receiver and the HTTP API (embedded defaults)
-  tollgate demo [--calls N] [options]
-                                    start, send a demo workload through the real OTel SDK, print the bill
+  tollgate demo [--seconds S] [--exit] [options]
+                                    the real demo: instrumented MCP servers (stdio and Streamable HTTP),
+                                    agents calling their tools, live billing and enforcement, a summary;
+                                    keeps serving the dashboard afterwards unless --exit
+  tollgate demo --synthetic [--calls N]
+                                    a synthetic load of tool-call spans from the OTel JS SDK instead
   tollgate check-plans <file>       validate a rate-plan file and list every problem
   tollgate hash-key <token>         print the SHA-256 to put in the config for an ingest or API key
   tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse (stop the server first
@@ -64,73 +74,99 @@ function pad(s: string, n: number, right = false): string {
   return right ? s.padStart(n) : s.padEnd(n);
 }
 
-async function cmdDemo(flags: Record<string, string>): Promise<void> {
-  const calls = Number(flags['--calls'] ?? 5000);
-  delete flags['--calls'];
-  const keep = flags['--keep-running'] === 'true';
-  delete flags['--keep-running'];
-  if (!Number.isSafeInteger(calls) || calls <= 0) fail('--calls must be a positive whole number');
-  const tg = await startTollgate(loadConfig({ '--log-level': 'warn', ...flags }));
-  onSignals(tg);
+/** The synthetic load of `tollgate demo --synthetic`: tool-call spans straight from the OTel JS SDK. */
+async function syntheticDemo(tg: Tollgate, calls: number): Promise<void> {
   const out = process.stdout;
-  out.write(`Tollgate started: OTLP ${tg.otlpUrl}/v1/traces, API ${tg.apiUrl}\n`);
   out.write(`Sending ${calls} MCP tool-call spans through the OpenTelemetry JS SDK (OTLP/HTTP protobuf)…\n`);
   const started = Date.now();
   await runWorkload({
     otlpUrl: tg.otlpUrl as string,
-    ingestKey: 'tg_dev_ingest_demo',
+    ingestKey: DEV_INGEST_KEY,
     calls,
     onProgress: (n) => out.write(`  exported ${n}/${calls}\r`),
   });
   await tg.lander?.idle(120_000);
   out.write(`\nExported and landed in ${((Date.now() - started) / 1000).toFixed(1)} s.\n\n`);
-
-  const rows = await (
-    await tg.clickhouse.client.query({
-      query: `SELECT customer, count() AS calls, countIf(status = 'error') AS errors, countIf(decision = 'free') AS free,
-                     sum(price_nano) AS revenue, sum(cost_nano) AS cost, any(currency) AS currency
-              FROM mcp_tool_calls GROUP BY customer ORDER BY customer`,
-      format: 'JSONEachRow',
-    })
-  ).json<{
-    customer: string;
-    calls: string;
-    errors: string;
-    free: string;
-    revenue: string;
-    cost: string;
-    currency: string;
-  }>();
-  const margin = (rev: bigint, cost: bigint) =>
-    rev > 0n ? `${(Number(((rev - cost) * 10000n) / rev) / 100).toFixed(2)}%` : '—';
+  const rows = await customerTotals(tg);
   out.write(
-    `${pad('customer', 12)}${pad('calls', 8, true)}${pad('errors', 8, true)}${pad('free', 6, true)}${pad('revenue', 16, true)}${pad('cost', 16, true)}${pad('margin', 10, true)}\n`,
+    `${pad('customer', 12)}${pad('calls', 8, true)}${pad('revenue', 16, true)}${pad('cost', 16, true)}${pad('margin', 10, true)}\n`,
   );
-  let totRev = 0n;
-  let totCost = 0n;
-  let totCalls = 0;
   for (const r of rows) {
-    const rev = BigInt(r.revenue);
-    const cost = BigInt(r.cost);
-    totRev += rev;
-    totCost += cost;
-    totCalls += Number(r.calls);
+    const margin = r.marginBps === null ? '—' : `${(r.marginBps / 100).toFixed(2)}%`;
     out.write(
-      `${pad(r.customer, 12)}${pad(r.calls, 8, true)}${pad(r.errors, 8, true)}${pad(r.free, 6, true)}${pad(`${formatNano(rev, 4)} ${r.currency}`, 16, true)}${pad(`${formatNano(cost, 4)} ${r.currency}`, 16, true)}${pad(margin(rev, cost), 10, true)}\n`,
+      `${pad(r.customer, 12)}${pad(String(r.calls), 8, true)}${pad(r.revenue, 16, true)}${pad(r.cost, 16, true)}${pad(margin, 10, true)}\n`,
     );
   }
+}
+
+/** Revenue, cost and margin per customer, from the raw table (exact decimals). */
+async function customerTotals(tg: Tollgate) {
+  const rows = await (
+    await tg.clickhouse.client.query({
+      query:
+        'SELECT customer, count() AS calls, sum(price_nano) AS r, sum(cost_nano) AS c FROM mcp_tool_calls GROUP BY customer ORDER BY customer',
+      format: 'JSONEachRow',
+    })
+  ).json<{ customer: string; calls: string; r: string; c: string }>();
+  return rows.map((x) => {
+    const r = BigInt(x.r);
+    const c = BigInt(x.c);
+    return {
+      customer: x.customer,
+      calls: Number(x.calls),
+      revenue: formatNano(r, 4),
+      cost: formatNano(c, 4),
+      marginBps: r > 0n ? Number(((r - c) * 10000n) / r) : null,
+    };
+  });
+}
+
+async function cmdDemo(flags: Record<string, string>): Promise<void> {
+  const take = (name: string) => {
+    const v = flags[name];
+    delete flags[name];
+    return v;
+  };
+  const synthetic = take('--synthetic') === 'true';
+  const calls = Number(take('--calls') ?? 5000);
+  const seconds = Number(take('--seconds') ?? 25);
+  const exit = take('--exit') === 'true';
+  if (!Number.isSafeInteger(calls) || calls <= 0) fail('--calls must be a positive whole number');
+  if (!Number.isFinite(seconds) || seconds <= 0) fail('--seconds must be a positive number');
+  // The demo tells its story from a clean slate: its own data directory, emptied at each run.
+  const dataDir = resolve(flags['--data-dir'] ?? '.tollgate-demo');
+  rmSync(dataDir, { recursive: true, force: true });
+  const tg = await startTollgate(loadConfig({ '--log-level': 'warn', ...flags, '--data-dir': dataDir }));
+  onSignals(tg);
+  const out = process.stdout;
+  out.write(`Tollgate started on the embedded defaults: OTLP ${tg.otlpUrl}/v1/traces, API ${tg.apiUrl}\n\n`);
+  if (synthetic) await syntheticDemo(tg, calls);
+  else {
+    await runMcpDemo({
+      otlpUrl: tg.otlpUrl as string,
+      apiUrl: tg.apiUrl as string,
+      ingestKey: DEV_INGEST_KEY,
+      durationSeconds: seconds,
+      totals: async () => {
+        await tg.lander?.idle(60_000);
+        return (await customerTotals(tg)).map(({ calls: _c, ...t }) => t);
+      },
+    });
+  }
   out.write(
-    `${pad('total', 12)}${pad(String(totCalls), 8, true)}${pad('', 14)}${pad(formatNano(totRev, 4), 16, true)}${pad(formatNano(totCost, 4), 16, true)}${pad(margin(totRev, totCost), 10, true)}\n\n`,
+    [
+      '',
+      `Dashboard:  ${tg.apiUrl}/dashboard   (API key: ${DEV_ADMIN_KEY} — the embedded development admin key)`,
+      `API docs:   ${tg.apiUrl}/docs`,
+      `Enforcement: TOLLGATE_API_KEY=${DEV_ADMIN_KEY} npx tollgate admin states --api-url ${tg.apiUrl}`,
+      '',
+    ].join('\n'),
   );
-  out.write(
-    `Every row above is in ClickHouse table mcp_tool_calls (views mcp_daily_stats, mcp_session_summary).\n`,
-  );
-  out.write(`Metrics: ${tg.apiUrl}/metrics   Readiness: ${tg.apiUrl}/readyz\n`);
-  if (keep) {
-    out.write('Still running (Ctrl-C to stop).\n');
+  if (exit) {
+    await tg.stop();
     return;
   }
-  await tg.stop();
+  out.write('Tollgate keeps running so you can look around; Ctrl-C to stop.\n');
 }
 
 async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
