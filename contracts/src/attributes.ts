@@ -29,6 +29,18 @@ export const ATTR_TOLLGATE_DECISION = 'tollgate.decision';
 export const ATTR_TOLLGATE_PLAN_VERSION = 'tollgate.plan.version';
 export const ATTR_TOLLGATE_INSTANCE_ID = 'tollgate.instance.id';
 
+/** A custom quantity reported through the SDK's usage API is written as `tollgate.usage.<name>`. */
+export const ATTR_PREFIX_TOLLGATE_USAGE = 'tollgate.usage.';
+/** Set (true) when the token counts were estimated by the SDK's tokenizer, not reported by the tool. */
+export const ATTR_TOLLGATE_TOKENS_ESTIMATED = 'tollgate.tokens.estimated';
+
+/** Span event the SDK adds to a tool call that runs under a `warn` directive, and its attributes. */
+export const EVENT_TOLLGATE_WARN = 'tollgate.warn';
+export const ATTR_DIRECTIVE_SCOPE = 'tollgate.directive.scope';
+export const ATTR_DIRECTIVE_ID = 'tollgate.directive.id';
+export const ATTR_DIRECTIVE_REASON = 'tollgate.directive.reason';
+export const ATTR_DIRECTIVE_MARGIN_BPS = 'tollgate.directive.margin_bps';
+
 /** Resource attribute the SDK sets so heartbeats can be matched to the sessions they carry. */
 export const RESOURCE_SERVICE_INSTANCE_ID = 'service.instance.id';
 export const RESOURCE_SERVICE_NAME = 'service.name';

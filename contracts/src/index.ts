@@ -7,5 +7,6 @@ export * from './identifiers.js';
 export * from './money.js';
 export * from './rated-call.js';
 export * from './redis-keys.js';
+export * from './refusals.js';
 export * from './tool-call.js';
 export * from './usage-event.js';

@@ -1,12 +1,12 @@
-import type { Directive } from '@tollgate/contracts';
+import { type Directive, REFUSAL_CODES } from '@tollgate/contracts';
 
 /**
  * The JSON-RPC errors the SDK answers a refused call with: stable codes in the implementation-defined server
  * range (-32000..-32099), a message a client can show as is, and `data.tollgate` for programs.
  */
 export const REFUSALS = {
-  killed: { code: -32050, title: 'stopped by Tollgate' },
-  throttled: { code: -32051, title: 'rate limited by Tollgate' },
+  killed: { code: REFUSAL_CODES.killed, title: 'stopped by Tollgate' },
+  throttled: { code: REFUSAL_CODES.throttled, title: 'rate limited by Tollgate' },
 } as const;
 export type RefusalKind = keyof typeof REFUSALS;
 

@@ -4,6 +4,10 @@
  * plus the attribute *values* that are specific to the SDK side.
  */
 export {
+  ATTR_DIRECTIVE_ID,
+  ATTR_DIRECTIVE_MARGIN_BPS,
+  ATTR_DIRECTIVE_REASON,
+  ATTR_DIRECTIVE_SCOPE,
   ATTR_ERROR_TYPE,
   ATTR_GEN_AI_OPERATION_NAME,
   ATTR_GEN_AI_TOOL_NAME,
@@ -14,11 +18,14 @@ export {
   ATTR_MCP_PROTOCOL_VERSION,
   ATTR_MCP_SESSION_ID,
   ATTR_NETWORK_TRANSPORT,
+  ATTR_PREFIX_TOLLGATE_USAGE,
   ATTR_RPC_RESPONSE_STATUS_CODE,
   ATTR_TOLLGATE_AGENT,
   ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_TOKENS_ESTIMATED,
   ATTR_TOLLGATE_TRANSPORT,
   ERROR_TYPE_TOOL_ERROR,
+  EVENT_TOLLGATE_WARN,
   GEN_AI_OPERATION_EXECUTE_TOOL,
   MCP_METHOD_TOOLS_CALL,
   RESOURCE_SERVICE_INSTANCE_ID,
@@ -31,17 +38,3 @@ export const NETWORK_TRANSPORT_TCP = 'tcp';
 
 /** `error.type` fallback when a handler throws something that has no JSON-RPC code (semconv's `_OTHER`). */
 export const ERROR_TYPE_OTHER = '_OTHER';
-
-/**
- * Keys the contracts do not define yet (see the instrumentation README): a custom quantity reported through
- * the usage API is written as `tollgate.usage.<name>`; estimated token counts are flagged.
- */
-export const ATTR_PREFIX_TOLLGATE_USAGE = 'tollgate.usage.';
-export const ATTR_TOLLGATE_TOKENS_ESTIMATED = 'tollgate.tokens.estimated';
-
-/** Span event added to a tool call that runs while a `warn` directive is in force for it, and its attributes. */
-export const EVENT_TOLLGATE_WARN = 'tollgate.warn';
-export const ATTR_DIRECTIVE_SCOPE = 'tollgate.directive.scope';
-export const ATTR_DIRECTIVE_ID = 'tollgate.directive.id';
-export const ATTR_DIRECTIVE_REASON = 'tollgate.directive.reason';
-export const ATTR_DIRECTIVE_MARGIN_BPS = 'tollgate.directive.margin_bps';

@@ -351,7 +351,7 @@ describe('enforcement from Redis', () => {
       jsonrpc: '2.0',
       id: 'k-1',
       error: {
-        code: -32000,
+        code: -32050,
         message: 'Tool call refused: tool calls are suspended for this customer',
         data: { reason: 'hard_limit:spend_per_period', action: 'kill', scope: 'customer' },
       },
@@ -524,7 +524,7 @@ describe('Redis down', () => {
     assert.equal(res.headers.get('retry-after'), '1');
     const body = await res.json();
     assert.equal(body.id, 9);
-    assert.equal(body.error.code, -32001);
+    assert.equal(body.error.code, -32052);
     assert.equal(body.error.data.reason, 'enforcement_unavailable');
   });
 

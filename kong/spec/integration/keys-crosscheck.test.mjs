@@ -20,10 +20,11 @@ const ts = require('typescript');
 let dir;
 let keysTs;
 let stateTs;
+let refusalsTs;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'tollgate-contracts-'));
-  for (const name of ['redis-keys', 'enforcement-state']) {
+  for (const name of ['redis-keys', 'enforcement-state', 'refusals']) {
     const src = readFileSync(join(REPO, 'contracts', 'src', `${name}.ts`), 'utf8');
     const out = ts.transpileModule(src, {
       compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
@@ -35,6 +36,7 @@ before(async () => {
   }
   keysTs = await import(pathToFileURL(join(dir, 'redis-keys.mjs')).href);
   stateTs = await import(pathToFileURL(join(dir, 'enforcement-state.mjs')).href);
+  refusalsTs = await import(pathToFileURL(join(dir, 'refusals.mjs')).href);
 });
 
 after(() => {
@@ -110,6 +112,18 @@ describe('Redis keys: Lua == contracts/src/redis-keys.ts', () => {
     cases.forEach(([scope, id], i) => {
       assert.equal(got[i], stateTs.stateField(scope, id), `${scope} ${JSON.stringify(id)}`);
     });
+  });
+});
+
+describe('refusal codes: Lua == contracts/src/refusals.ts', () => {
+  it('kill, throttle, unavailable and too-large answers use the shared JSON-RPC codes', () => {
+    const got = lua(
+      `local jsonrpc = require "kong.plugins.tollgate.jsonrpc"
+       out = { killed = jsonrpc.CODES.KILLED, throttled = jsonrpc.CODES.THROTTLED,
+               unavailable = jsonrpc.CODES.UNAVAILABLE, tooLarge = jsonrpc.CODES.TOO_LARGE }`,
+      {},
+    );
+    assert.deepEqual(got, { ...refusalsTs.REFUSAL_CODES });
   });
 });
 

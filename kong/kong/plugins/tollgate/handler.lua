@@ -155,7 +155,8 @@ local function refuse(conf, parsed, d)
   else
     status, message = 503, MESSAGES.unavailable
   end
-  local body = jsonrpc.refusal_body(parsed, d.action == "unavailable" and CODES.UNAVAILABLE or CODES.REFUSED,
+  local code = (d.action == "kill" and CODES.KILLED) or (d.action == "throttle" and CODES.THROTTLED) or CODES.UNAVAILABLE
+  local body = jsonrpc.refusal_body(parsed, code,
                                     message, {
                                       reason = d.reason,
                                       action = d.action,

@@ -16,10 +16,12 @@ local TOOLS_CALL = "tools/call"
 local CODES = {
   PARSE_ERROR = -32700,
   INVALID_REQUEST = -32600,
-  -- implementation-defined server errors (-32000..-32099), used for refused calls
-  REFUSED = -32000,
-  UNAVAILABLE = -32001,
-  TOO_LARGE = -32002,
+  -- refused calls: contracts/src/refusals.ts (REFUSAL_CODES), shared with the Tollgate SDK; in the
+  -- implementation-defined range but clear of -32000/-32001, which the MCP SDK itself uses
+  KILLED = -32050,
+  THROTTLED = -32051,
+  UNAVAILABLE = -32052,
+  TOO_LARGE = -32053,
 }
 
 -- longest id or tool name we track; longer values are treated as absent (the call is then not
