@@ -2,7 +2,8 @@
 // from the materialized views (what the API does) vs from a full scan of the raw table (the same API built
 // with `source: 'raw'`), through the HTTP stack (fastify inject: routing, validation, serialization).
 // Seeding goes straight into chDB in a temporary data directory: INSERT … SELECT from numbers() into
-// mcp_tool_calls, so the rows reach mcp_daily_stats and mcp_session_summary through the real MV path.
+// mcp_tool_calls, so the rows reach every view (mcp_daily_stats, mcp_tool_daily_stats,
+// mcp_customer_daily_stats, mcp_session_daily, mcp_session_summary) through the real MV path.
 //
 //   node bench/analytics.mjs                      (after `npm run build`)
 //   BENCH_ANALYTICS_ROWS=1000000 node bench/analytics.mjs   (a quicker run)
@@ -22,6 +23,7 @@ const RAW_RUNS = 3;
 const KEY = 'bench-finance-key';
 
 const PERIOD = '2026-03';
+const NEXT_PERIOD = '2026-04';
 const MONTH_US = 31n * 86_400n * 1_000_000n;
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-'));
@@ -130,20 +132,25 @@ try {
   }
   const seedSeconds = (performance.now() - t0) / 1000;
   process.stderr.write('\n');
-  const counts = await one(`SELECT
-    (SELECT count() FROM mcp_tool_calls) AS raw_rows,
-    (SELECT count() FROM mcp_daily_stats) AS daily_rows,
-    (SELECT count() FROM mcp_session_summary) AS session_rows,
-    (SELECT sum(calls) FROM mcp_daily_stats) AS daily_calls`);
-  if (Number(counts.raw_rows) !== ROWS || Number(counts.daily_calls) !== ROWS) {
+  const views = [
+    'mcp_daily_stats',
+    'mcp_tool_daily_stats',
+    'mcp_customer_daily_stats',
+    'mcp_session_daily',
+    'mcp_session_summary',
+  ];
+  const counts = await one(`SELECT (SELECT count() FROM mcp_tool_calls) AS raw_rows,
+    ${views.map((v) => `(SELECT count() FROM ${v}) AS ${v}_rows, (SELECT sum(calls) FROM ${v}) AS ${v}_calls`).join(',\n    ')}`);
+  if ([counts.raw_rows, ...views.map((v) => counts[`${v}_calls`])].some((n) => Number(n) !== ROWS)) {
     throw new Error(`seeding lost rows: ${JSON.stringify(counts)}`);
   }
 
-  const views = appOf('views');
+  const api = appOf('views');
   const raw = appOf('raw');
-  await views.ready();
+  await api.ready();
   await raw.ready();
   const month = `period=${PERIOD}`;
+  const lastDay = `from=${PERIOD}-31&to=${NEXT_PERIOD}-01`;
   const endpoints = [
     ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${month}`],
     ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${month}&bucket=day&limit=1000`],
@@ -152,6 +159,12 @@ try {
     ['summary (month, one customer)', `/analytics/mcp/summary?${month}&customer=customer-7`],
     ['sessions (month, one customer)', `/analytics/mcp/sessions?${month}&customer=customer-7&limit=100`],
     ['sessions (month, all customers)', `/analytics/mcp/sessions?${month}&limit=100`],
+    ['summary (last day, all customers)', `/analytics/mcp/summary?${lastDay}`],
+    ['sessions (last day, all customers)', `/analytics/mcp/sessions?${lastDay}&limit=100`],
+    [
+      'sessions (a day mid-month: later calls, lifetime view)',
+      `/analytics/mcp/sessions?from=${PERIOD}-10&to=${PERIOD}-11&limit=100`,
+    ],
     [
       'sessions/{id} (one session, its calls)',
       `/analytics/mcp/sessions/sess-7-${Math.floor(ROWS / 4000)}?customer=customer-7&limit=100`,
@@ -166,8 +179,8 @@ try {
   ];
   const results = [];
   for (const [name, url] of endpoints) {
-    await timed(views, url, 1); // warm-up
-    const v = await timed(views, url, VIEW_RUNS);
+    await timed(api, url, 1); // warm-up
+    const v = await timed(api, url, VIEW_RUNS);
     const r = await timed(raw, url, RAW_RUNS);
     const ratio = r.median / v.median;
     const same = comparable(v.body) === comparable(r.body);
@@ -187,25 +200,30 @@ try {
       rawMedianMs: r.median,
       ratio,
       same,
+      readFrom: v.body.readFrom,
     });
     process.stderr.write(`  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms\n`);
   }
-  await views.close();
+  await api.close();
   await raw.close();
 
+  const viewRows = Object.fromEntries(views.map((v) => [v, Number(counts[`${v}_rows`])]));
   console.log(
-    `analytics over ${ROWS.toLocaleString()} calls (${counts.daily_rows} daily-view rows, ${counts.session_rows} session-view rows; seeded in ${seedSeconds.toFixed(0)} s)`,
+    `analytics over ${ROWS.toLocaleString()} calls, seeded in ${seedSeconds.toFixed(0)} s; view rows: ${Object.entries(
+      viewRows,
+    )
+      .map(([v, n]) => `${v} ${n.toLocaleString()}`)
+      .join(', ')}`,
   );
   console.log(table(rows));
   writeResult('analytics', {
     rows: ROWS,
-    dailyViewRows: Number(counts.daily_rows),
-    sessionViewRows: Number(counts.session_rows),
+    viewRows,
     seedSeconds,
     viewRuns: VIEW_RUNS,
     rawRuns: RAW_RUNS,
     results,
-    note: 'medians through fastify inject; raw = the same API with source "raw" (full scan of mcp_tool_calls); hour buckets and session calls read the raw table in both',
+    note: 'medians through fastify inject; raw = the same API with source "raw" (full scan of mcp_tool_calls); hour buckets and session calls read the raw table in both; readFrom lists the tables the views answer read',
   });
 } finally {
   await ch.close();

@@ -1,10 +1,10 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ApiKeyring } from './auth.js';
 import { type Cell, sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, money, revenueCostMargin } from './money.js';
 import type { AnalyticsDeps, GuardBands } from './ports.js';
-import { contextOf, isoFromCh, pageOf, rangeOf, rows } from './query.js';
+import { contextOf, isoFromCh, pageOf, type RequestContext, rangeOf, rows } from './query.js';
 import { bucketFor } from './range.js';
 import {
   type CommonQuery,
@@ -21,16 +21,19 @@ import {
   byAgentSql,
   byCustomerSql,
   byToolSql,
-  dailyTables,
   ENFORCEMENT_ACTIONS,
   enforcementCountsSql,
   enforcementEventsSql,
   type Filters,
+  type SessionsFrom,
   sessionCallsSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsFromRaw,
+  sessionsLaterSql,
   sessionsListSql,
+  sessionsPageSql,
+  sessionTotalsSql,
   summarySql,
 } from './sql.js';
 
@@ -128,6 +131,57 @@ function sendList(
   return reply.send(body);
 }
 
+/**
+ * Which tables answer the session questions of a request (see SessionsFrom), and the tables read to decide
+ * (the check for calls at or after the range's end).
+ */
+async function sessionsFrom(
+  d: AnalyticsDeps,
+  ctx: RequestContext,
+  log: FastifyBaseLogger,
+): Promise<{ from: SessionsFrom; checked: string[] }> {
+  if (sessionsFromRaw(ctx.source, ctx.filters)) return { from: 'raw', checked: [] };
+  const later = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
+  return { from: later.length > 0 ? 'lifetime' : 'daily', checked: ['mcp_session_daily'] };
+}
+
+/**
+ * A page of the sessions list on the daily path (see SessionsFrom), with the number of sessions in
+ * `total_rows`: the count, side by side with the page's keys and then the totals of those sessions by key.
+ * Tenant-wide, the page is first looked for among the latest rows; it is exact when it comes back with
+ * every session the count says it holds, else it is asked again from all the rows (sessionsPageSql). A
+ * customer's rows are few: its page is read from all of them at once.
+ */
+async function dailySessionsPage(
+  d: AnalyticsDeps,
+  ctx: RequestContext,
+  readFrom: Set<string>,
+  log: FastifyBaseLogger,
+): Promise<Row[]> {
+  const { filters, range, page } = ctx;
+  const latestRows =
+    filters.customer === undefined
+      ? (page.offset + page.limit) * (d.sessionPageRowsPerSession ?? 4)
+      : undefined;
+  const sessionsOfPage = async (latest?: number) => {
+    const keys = await rows(d, sessionsPageSql(filters, range, page, latest), log);
+    const sql = sessionTotalsSql(
+      filters,
+      keys.map((k) => ({ customer: String(k.customer), sessionId: String(k.session_id) })),
+    );
+    return keys.length ? rows(d, sql, log) : [];
+  };
+  const countSql = sessionsCountSql(filters, range, 'daily');
+  const [first, [counted]] = await Promise.all([sessionsOfPage(latestRows), rows(d, countSql, log)]);
+  const total = count(counted?.sessions ?? 0);
+  const list =
+    latestRows === undefined || first.length >= Math.min(page.limit, total - page.offset)
+      ? first
+      : await sessionsOfPage();
+  for (const t of [...countSql.readFrom, 'mcp_session_daily', 'mcp_session_summary']) readFrom.add(t);
+  return list.map((r) => ({ ...r, total_rows: total }));
+}
+
 /** The analytics routes (`/analytics/mcp/*`) and `/me`. */
 export function registerAnalytics(
   app: FastifyInstance,
@@ -187,7 +241,8 @@ export function registerAnalytics(
     async (req, reply) => {
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
-      const list = await rows(d, byToolSql(ctx.filters, ctx.range, ctx.page, ctx.source), req.log);
+      const sql = byToolSql(ctx.filters, ctx.range, ctx.page, ctx.source);
+      const list = await rows(d, sql, req.log);
       const out = list.map((r) => {
         const calls = count(r.calls);
         const [p50, p95] = (r.duration_p50_p95 as number[] | undefined) ?? [];
@@ -203,7 +258,7 @@ export function registerAnalytics(
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: dailyTables(ctx.range, ctx.source),
+        readFrom: sql.readFrom,
         rows: out,
         page: pageOf(ctx.page, list as { total_rows?: unknown }[]),
       });
@@ -242,7 +297,8 @@ export function registerAnalytics(
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
       const bucket = bucketFor(req.query.bucket, ctx.range);
-      const list = await rows(d, byAgentSql(ctx.filters, ctx.range, bucket, ctx.page, ctx.source), req.log);
+      const sql = byAgentSql(ctx.filters, ctx.range, bucket, ctx.page, ctx.source);
+      const list = await rows(d, sql, req.log);
       const out = list.map((r) => ({
         bucket: bucket === 'day' ? String(r.bucket) : isoFromCh(r.bucket),
         agent: String(r.agent),
@@ -254,7 +310,7 @@ export function registerAnalytics(
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: dailyTables(ctx.range, ctx.source, bucket === 'hour'),
+        readFrom: sql.readFrom,
         bucket,
         rows: out,
         page: pageOf(ctx.page, list as { total_rows?: unknown }[]),
@@ -294,7 +350,8 @@ export function registerAnalytics(
     async (req, reply) => {
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
-      const list = await rows(d, byCustomerSql(ctx.filters, ctx.range, ctx.page, ctx.source), req.log);
+      const sql = byCustomerSql(ctx.filters, ctx.range, ctx.page, ctx.source);
+      const list = await rows(d, sql, req.log);
       const out = list.map((r) => {
         const customer = String(r.customer);
         const revenueNano = big(r.revenue_nano);
@@ -314,7 +371,7 @@ export function registerAnalytics(
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: dailyTables(ctx.range, ctx.source),
+        readFrom: sql.readFrom,
         bands: guardFields(d.pricing.planFor(ctx.filters.product, '')?.guard),
         rows: out,
         page: pageOf(ctx.page, list as { total_rows?: unknown }[]),
@@ -353,9 +410,16 @@ export function registerAnalytics(
     async (req, reply) => {
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
-      const [[totals], [sessions], [enforcement]] = await Promise.all([
-        rows(d, summarySql(ctx.filters, ctx.range, ctx.source), req.log),
-        rows(d, sessionsCountSql(ctx.filters, ctx.range, ctx.source), req.log),
+      const totalsSql = summarySql(ctx.filters, ctx.range, ctx.source);
+      const sessionsRead = async () => {
+        const { from, checked } = await sessionsFrom(d, ctx, req.log);
+        const sql = sessionsCountSql(ctx.filters, ctx.range, from);
+        const [row] = await rows(d, sql, req.log);
+        return { row, readFrom: [...checked, ...sql.readFrom] };
+      };
+      const [[totals], sessions, [enforcement]] = await Promise.all([
+        rows(d, totalsSql, req.log),
+        sessionsRead(),
         rows(d, enforcementCountsSql(ctx.filters, ctx.range), req.log),
       ]);
       const t = totals ?? {};
@@ -363,15 +427,9 @@ export function registerAnalytics(
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: [
-          ...new Set([
-            ...dailyTables(ctx.range, ctx.source),
-            sessionsFromRaw(ctx.source, ctx.filters) ? 'mcp_tool_calls' : 'mcp_session_summary',
-            'enforcement_events',
-          ]),
-        ],
+        readFrom: [...new Set([...totalsSql.readFrom, ...sessions.readFrom, 'enforcement_events'])],
         ...callMeasures(t),
-        sessions: count(sessions?.sessions ?? 0),
+        sessions: count(sessions.row?.sessions ?? 0),
         customers: count(t.customers ?? 0),
         kills: count(enforcement?.kills ?? 0),
         throttles: count(enforcement?.throttles ?? 0),
@@ -434,7 +492,10 @@ export function registerAnalytics(
         tags: TAGS,
         summary: 'Sessions active in the range, most recently active first',
         description:
-          'From the session view; with `agent` or `tool` from the raw table, over that agent’s or tool’s calls.',
+          'Each session with the totals of all its calls. When no session has calls at or after the end of the ' +
+          'range (the usual case) the page comes from the per-day session view; otherwise from the session view, ' +
+          'which holds every session of the tenant. With `agent` or `tool` from the raw table, over that ' +
+          'agent’s or tool’s calls.',
         security: SECURITY,
         querystring: querystring(LIST_KEYS),
         response: responses(listSchema(sessionRow), true),
@@ -443,12 +504,21 @@ export function registerAnalytics(
     async (req, reply) => {
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
-      const list = await rows(d, sessionsListSql(ctx.filters, ctx.range, ctx.page, ctx.source), req.log);
+      const { from, checked } = await sessionsFrom(d, ctx, req.log);
+      const readFrom = new Set(checked);
+      let list: Row[];
+      if (from === 'daily') {
+        list = await dailySessionsPage(d, ctx, readFrom, req.log);
+      } else {
+        const sql = sessionsListSql(ctx.filters, ctx.range, ctx.page, from);
+        list = await rows(d, sql, req.log);
+        for (const t of sql.readFrom) readFrom.add(t);
+      }
       return sendList(req, reply, 'sessions', Object.keys(sessionRow), {
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: sessionsFromRaw(ctx.source, ctx.filters) ? ['mcp_tool_calls'] : ['mcp_session_summary'],
+        readFrom: [...readFrom],
         rows: list.map(sessionOf),
         page: pageOf(ctx.page, list as { total_rows?: unknown }[]),
       });

@@ -16,6 +16,11 @@ export interface AnalyticsDeps {
    * `mcp_tool_calls` for everything — only for benchmarks and cross-checks.
    */
   source?: 'views' | 'raw' | undefined;
+  /**
+   * A tenant-wide sessions page is first looked for among the latest `(offset + limit) × this` rows of
+   * mcp_session_daily (default 4; see sessionsPageSql). Tests set 0 to make it ask again from all the rows.
+   */
+  sessionPageRowsPerSession?: number | undefined;
 }
 
 /** Margin-guard thresholds of a plan, in basis points of (revenue − cost) ÷ revenue. */

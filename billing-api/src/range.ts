@@ -6,7 +6,7 @@ export interface TimeRange {
   toMs: number;
 }
 
-const DAY_MS = 86_400_000;
+export const DAY_MS = 86_400_000;
 const HOUR_MS = 3_600_000;
 /** Longest range one request may cover. */
 export const MAX_RANGE_DAYS = 400;

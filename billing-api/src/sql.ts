@@ -1,4 +1,5 @@
-import { chDay, chInstant, type RangeSplit, splitByDay, type TimeRange } from './range.js';
+import { TupleParam } from '@clickhouse/client';
+import { chDay, chInstant, DAY_MS, type RangeSplit, splitByDay, type TimeRange } from './range.js';
 
 /**
  * SQL of the analytics and billing routes, as pure functions. Every value a caller supplies travels as a
@@ -7,7 +8,7 @@ import { chDay, chInstant, type RangeSplit, splitByDay, type TimeRange } from '.
  */
 export interface Sql {
   query: string;
-  params: Record<string, string | number>;
+  params: Record<string, string | number | TupleParam[]>;
 }
 
 export interface Filters {
@@ -77,26 +78,42 @@ const MERGED_MEASURES = `sum(calls) AS calls, sum(errors) AS errors, sum(billed_
     sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(duration_us_sum) AS duration_us_sum`;
 const MERGED_QUANTILES = ', quantilesTDigestMerge(0.5, 0.95)(duration_quantiles) AS duration_p50_p95';
 
-/** The tables `dailyParts` reads for a range (reported to callers as `readFrom`). */
-export function dailyTables(range: TimeRange, source: Source, hours = false): string[] {
-  if (source === 'raw' || hours) return ['mcp_tool_calls'];
-  const split = splitByDay(range);
-  return [
-    ...(split.hasWholeDays ? ['mcp_daily_stats'] : []),
-    ...(split.hasPartialDays ? ['mcp_tool_calls'] : []),
-  ];
+/** A query and the tables it reads (reported to callers as `readFrom`). */
+export interface Read extends Sql {
+  readFrom: string[];
 }
 
-/** Whether the session queries read the raw table (see sessionsCountSql). */
+/**
+ * The daily views, smallest first, with the dimensions each keeps. All have the same call measures; the
+ * duration digest is in the two that keep tools. mcp_customer_daily_stats also holds the per-day session sets
+ * (see sessionsCountSql).
+ */
+const DAILY_VIEWS: readonly { table: string; dims: readonly Dim[]; quantiles: boolean }[] = [
+  { table: 'mcp_tool_daily_stats', dims: ['day', 'tool'], quantiles: true },
+  { table: 'mcp_customer_daily_stats', dims: ['day', 'customer'], quantiles: false },
+  { table: 'mcp_daily_stats', dims: ['day', 'customer', 'agent', 'tool'], quantiles: true },
+];
+
+/** The smallest daily view that keeps the grouping dimensions and every filtered column. */
+export function dailyViewFor(f: Filters, dims: readonly Dim[], quantiles = false): string {
+  const needed = [...dims, ...ALL_DIMS.filter((d) => f[d] !== undefined)];
+  const view = DAILY_VIEWS.find(
+    (v) => (!quantiles || v.quantiles) && needed.every((d) => v.dims.includes(d)),
+  );
+  return view?.table ?? 'mcp_daily_stats';
+}
+
+/** Whether the session queries read the raw table (an agent or tool filter: the session views have neither). */
 export function sessionsFromRaw(source: Source, f: Filters): boolean {
   return source === 'raw' || f.tool !== undefined || f.agent !== undefined;
 }
 
 /**
  * Per-call measures grouped by `dims` over a time range, as a union of
- * - `mcp_daily_stats` (the daily view) for the whole UTC days inside the range, and
+ * - the smallest daily view that has `dims` and the filtered columns (see dailyViewFor) for the whole UTC
+ *   days inside the range, and
  * - `mcp_tool_calls` (raw) for the partial days at its ends — or for everything when `source` is `raw`
- *   or the grouping needs hours (the view has no hour).
+ *   or the grouping needs hours (the views have no hour).
  * Each part is pre-aggregated by `dims`; the caller merges them with MERGED_MEASURES.
  */
 export function dailyParts(
@@ -104,11 +121,12 @@ export function dailyParts(
   range: TimeRange,
   dims: readonly Dim[],
   opts: { source: Source; quantiles?: boolean },
-): Sql {
+): Read {
   const rawOnly = opts.source === 'raw' || dims.includes('hour');
   const split: RangeSplit = rawOnly
     ? { wholeFromMs: range.fromMs, wholeToMs: range.fromMs, hasWholeDays: false, hasPartialDays: true }
     : splitByDay(range);
+  const view = dailyViewFor(f, dims, opts.quantiles);
   const params: Record<string, string | number> = {
     ...filterParams(f),
     from: chInstant(range.fromMs),
@@ -122,7 +140,7 @@ export function dailyParts(
   if (split.hasWholeDays) {
     const cols = dims.map((d) => DIM_VIEW[d] as string);
     parts.push(`SELECT ${[...cols, VIEW_MEASURES].join(', ')}${opts.quantiles ? VIEW_QUANTILES : ''}
-  FROM mcp_daily_stats
+  FROM ${view}
   WHERE ${[...filterConds(f, ALL_DIMS), 'day >= {whole_from_day:Date}', 'day < {whole_to_day:Date}'].join(' AND ')}
   ${cols.length ? `GROUP BY ${dims.join(', ')}` : ''}`);
   }
@@ -135,21 +153,27 @@ export function dailyParts(
   WHERE ${[...filterConds(f, ALL_DIMS), ...timeConds].join(' AND ')}
   ${dims.length ? `GROUP BY ${dims.join(', ')}` : ''}`);
   }
-  return { query: parts.join('\nUNION ALL\n'), params };
+  return {
+    query: parts.join('\nUNION ALL\n'),
+    params,
+    readFrom: [...(split.hasWholeDays ? [view] : []), ...(split.hasPartialDays ? ['mcp_tool_calls'] : [])],
+  };
 }
 
-function paged(sql: Sql, page: Page): Sql {
+function paged<T extends Sql>(sql: T, page: Page): T {
   return {
+    ...sql,
     query: `${sql.query}\nLIMIT {limit:UInt32} OFFSET {offset:UInt32}`,
     params: { ...sql.params, limit: page.limit, offset: page.offset },
   };
 }
 
 /** Per tool: calls, errors, revenue, cost, tokens, p50/p95 duration. Most revenue first. */
-export function byToolSql(f: Filters, range: TimeRange, page: Page, source: Source): Sql {
+export function byToolSql(f: Filters, range: TimeRange, page: Page, source: Source): Read {
   const inner = dailyParts(f, range, ['tool'], { source, quantiles: true });
   return paged(
     {
+      readFrom: inner.readFrom,
       query: `SELECT tool, ${MERGED_MEASURES}${MERGED_QUANTILES}, count() OVER () AS total_rows
 FROM (${inner.query})
 GROUP BY tool
@@ -167,10 +191,11 @@ export function byAgentSql(
   bucket: 'day' | 'hour',
   page: Page,
   source: Source,
-): Sql {
+): Read {
   const inner = dailyParts(f, range, [bucket, 'agent'], { source });
   return paged(
     {
+      readFrom: inner.readFrom,
       query: `SELECT toString(${bucket}) AS bucket, agent, ${MERGED_MEASURES}, count() OVER () AS total_rows
 FROM (${inner.query})
 GROUP BY ${bucket}, agent
@@ -182,10 +207,11 @@ ORDER BY ${bucket} ASC, agent ASC`,
 }
 
 /** Per customer: calls, revenue, cost (margin health). Most revenue first. */
-export function byCustomerSql(f: Filters, range: TimeRange, page: Page, source: Source): Sql {
+export function byCustomerSql(f: Filters, range: TimeRange, page: Page, source: Source): Read {
   const inner = dailyParts(f, range, ['customer'], { source });
   return paged(
     {
+      readFrom: inner.readFrom,
       query: `SELECT customer, ${MERGED_MEASURES}, count() OVER () AS total_rows
 FROM (${inner.query})
 GROUP BY customer
@@ -197,9 +223,10 @@ ORDER BY revenue_nano DESC, customer ASC`,
 }
 
 /** Totals of the range, and the number of customers with calls in it. */
-export function summarySql(f: Filters, range: TimeRange, source: Source): Sql {
+export function summarySql(f: Filters, range: TimeRange, source: Source): Read {
   const inner = dailyParts(f, range, ['customer'], { source });
   return {
+    readFrom: inner.readFrom,
     query: `SELECT ${MERGED_MEASURES}, uniqExact(customer) AS customers
 FROM (${inner.query})`,
     params: inner.params,
@@ -207,18 +234,89 @@ FROM (${inner.query})`,
 }
 
 /**
- * Sessions (customer + session id, calls without a session excluded) active in the range: first seen
- * before its end and last seen after its start. From `mcp_session_summary`; with an agent or tool filter
- * from the raw table (the view has no tool, and one agent per session), over that agent's or tool's calls.
+ * Where the session queries read:
+ * - `raw`: `mcp_tool_calls`, with an agent or tool filter (over that agent's or tool's calls) or source raw;
+ * - `daily`: the per-day views, when no session has a call at or after the range's end (sessionsLaterSql
+ *   finds none) — the usual case, since the default range is the current billing period;
+ * - `lifetime`: `mcp_session_summary` otherwise.
+ *
+ * A session (customer + session id, calls without one excluded) is active in the range when it was first
+ * seen before its end and last seen at or after its start, over all its calls; a listed session shows the
+ * totals of all its calls. Without calls at or after the end, every session's calls are before the end, so
+ * the active sessions are exactly those with a call at or after the start: a read of the range's days. With
+ * such calls, a session may have calls before and after the range and none in it, and only its whole life
+ * tells: hence `lifetime`, which reads every session of the tenant (or customer).
  */
-export function sessionsCountSql(f: Filters, range: TimeRange, source: Source): Sql {
-  const inner = sessionsInner(f, range, source);
-  return { query: `SELECT count() AS sessions FROM (${inner.query})`, params: inner.params };
+export type SessionsFrom = 'raw' | 'daily' | 'lifetime';
+
+/** One row when a session in scope has a call at or after the range's end (then `lifetime`, not `daily`). */
+export function sessionsLaterSql(f: Filters, range: TimeRange): Sql {
+  return {
+    query: `SELECT 1 AS later FROM mcp_session_daily
+  WHERE ${[...filterConds(f, ['customer']), "session_id != ''", 'day >= {to_day:Date}', `last_seen >= {to:${DT}}`].join(' AND ')}
+  LIMIT 1`,
+    params: { ...filterParams(f), to: chInstant(range.toMs), to_day: chDay(range.toMs) },
+  };
 }
 
-function sessionsInner(f: Filters, range: TimeRange, source: Source): Sql {
+/** The days of a range for the daily session queries: the first (maybe partial) and the last it touches. */
+function sessionDays(range: TimeRange) {
+  return {
+    fromIsMidnight: range.fromMs % DAY_MS === 0,
+    params: {
+      from: chInstant(range.fromMs),
+      from_day: chDay(range.fromMs),
+      last_day: chDay(range.toMs - 1),
+    },
+  };
+}
+
+/**
+ * The number of sessions active in the range. `daily`: the sessions with a call at or after the start (see
+ * SessionsFrom), as the union of the per-day session sets of mcp_customer_daily_stats — summed per customer,
+ * since a session belongs to one customer — with, when the range starts inside a day, that day's sessions
+ * last seen at or after the start (from mcp_session_daily) instead of that day's set.
+ */
+export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFrom): Read {
+  if (from !== 'daily') {
+    const inner = sessionsInner(f, range, from);
+    return { ...inner, query: `SELECT count() AS sessions FROM (${inner.query})` };
+  }
+  const days = sessionDays(range);
+  const scope = filterConds(f, ['customer']);
+  const parts = [
+    `SELECT customer, sessions AS s FROM mcp_customer_daily_stats
+    WHERE ${[...scope, `day >= {${days.fromIsMidnight ? 'from_day' : 'next_day'}:Date}`, 'day <= {last_day:Date}'].join(' AND ')}`,
+  ];
+  if (!days.fromIsMidnight) {
+    parts.push(`SELECT customer, uniqExactState(customer, session_id) AS s FROM mcp_session_daily
+    WHERE ${[...scope, "session_id != ''", 'day = {from_day:Date}', `last_seen >= {from:${DT}}`].join(' AND ')}
+    GROUP BY customer`);
+  }
+  return {
+    query: `SELECT sum(n) AS sessions FROM (
+  SELECT customer, uniqExactMerge(s) AS n FROM (
+    ${parts.join('\n    UNION ALL\n    ')}
+  ) GROUP BY customer
+)`,
+    params: {
+      ...filterParams(f),
+      ...days.params,
+      ...(days.fromIsMidnight ? {} : { next_day: chDay(range.fromMs + DAY_MS) }),
+    },
+    readFrom: days.fromIsMidnight
+      ? ['mcp_customer_daily_stats']
+      : ['mcp_customer_daily_stats', 'mcp_session_daily'],
+  };
+}
+
+const SESSION_TOTALS = `anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
+    min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
+    sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano`;
+
+function sessionsInner(f: Filters, range: TimeRange, from: 'raw' | 'lifetime'): Read {
   const params = { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) };
-  if (sessionsFromRaw(source, f)) {
+  if (from === 'raw') {
     return {
       query: `SELECT customer, session_id, anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
@@ -228,31 +326,88 @@ function sessionsInner(f: Filters, range: TimeRange, source: Source): Sql {
   GROUP BY customer, session_id
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`,
       params,
+      readFrom: ['mcp_tool_calls'],
     };
   }
   return {
-    query: `SELECT customer, session_id, anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
-    min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
-    sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
+    query: `SELECT customer, session_id, ${SESSION_TOTALS}
   FROM mcp_session_summary
   WHERE ${[...filterConds(f, ['customer']), "session_id != ''"].join(' AND ')}
   GROUP BY customer, session_id
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`,
     params,
+    readFrom: ['mcp_session_summary'],
   };
 }
 
-/** Sessions active in the range, most recently active first. */
-export function sessionsListSql(f: Filters, range: TimeRange, page: Page, source: Source): Sql {
-  const inner = sessionsInner(f, range, source);
+/**
+ * Sessions active in the range, most recently active first, with the totals of all their calls and the
+ * number of sessions in `total_rows` — from the raw table or the lifetime view. The daily path is
+ * sessionsPageSql, then sessionTotalsSql for the page (and sessionsCountSql for the number).
+ */
+export function sessionsListSql(f: Filters, range: TimeRange, page: Page, from: 'raw' | 'lifetime'): Read {
+  const inner = sessionsInner(f, range, from);
   return paged(
     {
+      ...inner,
       query: `SELECT *, count() OVER () AS total_rows FROM (${inner.query})
 ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
-      params: inner.params,
     },
     page,
   );
+}
+
+/**
+ * The page of active sessions (customer, session id), most recently active first, from mcp_session_daily:
+ * each session once, at its latest row, which holds its last call (see SessionsFrom).
+ *
+ * `latestRows`: look only at the rows at least as recent as the latest `latestRows` ones (a top-N read of one
+ * column instead of sorting every row). Those rows are a prefix of all the rows in that order, and a session
+ * kept at its first row in that order comes in the order of its last call; so when the page comes back full,
+ * or with every session after the offset (compare with sessionsCountSql), it is the exact page. When it comes
+ * back short, some sessions had several of those rows: ask again without `latestRows`.
+ */
+export function sessionsPageSql(f: Filters, range: TimeRange, page: Page, latestRows?: number): Read {
+  const where = [
+    ...filterConds(f, ['customer']),
+    "session_id != ''",
+    'day >= {from_day:Date}',
+    'day <= {last_day:Date}',
+    `last_seen >= {from:${DT}}`,
+  ].join(' AND ');
+  const recent =
+    latestRows === undefined
+      ? ''
+      : `\n    AND last_seen >= (SELECT last_seen FROM (SELECT last_seen FROM mcp_session_daily WHERE ${where}
+      ORDER BY last_seen DESC LIMIT {latest_rows:UInt32}) ORDER BY last_seen ASC LIMIT 1)`;
+  return paged(
+    {
+      query: `SELECT customer, session_id FROM mcp_session_daily
+  WHERE ${where}${recent}
+  ORDER BY last_seen DESC, customer ASC, session_id ASC
+  LIMIT 1 BY customer, session_id`,
+      params: {
+        ...filterParams(f),
+        ...sessionDays(range).params,
+        ...(latestRows === undefined ? {} : { latest_rows: latestRows }),
+      },
+      readFrom: ['mcp_session_daily'],
+    },
+    page,
+  );
+}
+
+/** The totals of all the calls of the given sessions (a page), by key from mcp_session_summary. */
+export function sessionTotalsSql(f: Filters, keys: readonly { customer: string; sessionId: string }[]): Read {
+  return {
+    query: `SELECT customer, session_id, ${SESSION_TOTALS}
+  FROM mcp_session_summary
+  WHERE ${[...filterConds(f, ['customer']), '(customer, session_id) IN {keys:Array(Tuple(String, String))}'].join(' AND ')}
+  GROUP BY customer, session_id
+  ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
+    params: { ...filterParams(f), keys: keys.map((k) => new TupleParam([k.customer, k.sessionId])) },
+    readFrom: ['mcp_session_summary'],
+  };
 }
 
 /** One session's totals per customer (a session id is the client's: two customers may share one). */
@@ -269,9 +424,7 @@ export function sessionSummarySql(f: Filters, sessionId: string, source: Source)
     };
   }
   return {
-    query: `SELECT customer, anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
-    min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
-    sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
+    query: `SELECT customer, ${SESSION_TOTALS}
   FROM mcp_session_summary WHERE ${conds} GROUP BY customer ORDER BY customer`,
     params,
   };

@@ -378,14 +378,26 @@ describe('injection strings through every parameter', () => {
     // nothing was dropped or changed
     const after = await rawCalls(s.tg);
     expect(after.length).toBe(before);
-    const [tables] = await (
+    const tables = await (
       await s.tg.clickhouse.client.query({
         query:
-          "SELECT count() AS n FROM system.tables WHERE database = currentDatabase() AND name LIKE 'mcp_%'",
+          "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'mcp_%' ORDER BY name",
         format: 'JSONEachRow',
       })
-    ).json<{ n: string }>();
-    expect(Number(tables?.n)).toBe(5);
+    ).json<{ name: string }>();
+    expect(tables.map((t) => t.name)).toEqual([
+      'mcp_customer_daily_stats',
+      'mcp_customer_daily_stats_mv',
+      'mcp_daily_stats',
+      'mcp_daily_stats_mv',
+      'mcp_session_daily',
+      'mcp_session_daily_mv',
+      'mcp_session_summary',
+      'mcp_session_summary_mv',
+      'mcp_tool_calls',
+      'mcp_tool_daily_stats',
+      'mcp_tool_daily_stats_mv',
+    ]);
   });
 
   it('validation names the parameter and uses the error catalogue', async () => {

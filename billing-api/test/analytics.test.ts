@@ -77,6 +77,10 @@ function ranges() {
   };
 }
 
+/** Microseconds since the epoch as the API writes them (RFC 3339 with 6 fraction digits). */
+const isoUs = (us: bigint) =>
+  `${iso(Number(us / 1000n)).slice(0, 23)}${String(us % 1000n).padStart(3, '0')}Z`;
+
 const money = (name: string, nano: bigint) => ({
   [`${name}Nano`]: nano.toString(),
   [name]: formatNano(nano),
@@ -164,11 +168,12 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
         }));
       expect(body.rows.map(({ durationP50Us, durationP95Us, ...rest }) => rest)).toEqual(expected);
       expect(body.page.total).toBe(expected.length);
+      // no customer or agent filter: the tenant-wide per-tool view answers the whole days
       expect(body.readFrom).toEqual(
         name === 'wholeDays'
-          ? ['mcp_daily_stats']
+          ? ['mcp_tool_daily_stats']
           : name === 'partialDays'
-            ? ['mcp_daily_stats', 'mcp_tool_calls']
+            ? ['mcp_tool_daily_stats', 'mcp_tool_calls']
             : ['mcp_tool_calls'],
       );
       // p50/p95 are t-digest estimates (centroids may average neighbouring samples): they must fall
@@ -236,6 +241,22 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
         const at = Date.parse(`${e.at.replace(' ', 'T')}Z`);
         return e.product === 'demo-mcp' && at >= r.from && at < r.to;
       });
+      // totals from the per-customer view (whole days) and the raw table (partial days); sessions from the
+      // per-day views, or the lifetime view when calls follow the range (partialDays ends 20 minutes ago)
+      expect(new Set(body.readFrom as string[])).toEqual(
+        new Set(
+          {
+            wholeDays: ['mcp_customer_daily_stats', 'mcp_session_daily'],
+            partialDays: [
+              'mcp_customer_daily_stats',
+              'mcp_tool_calls',
+              'mcp_session_daily',
+              'mcp_session_summary',
+            ],
+            underADay: ['mcp_tool_calls', 'mcp_session_daily', 'mcp_customer_daily_stats'],
+          }[name].concat('enforcement_events'),
+        ),
+      );
       expect(body).toMatchObject({
         product: 'demo-mcp',
         currency: 'USD',
@@ -426,23 +447,21 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
     expect(bands).toMatchObject({ umbrella: 'kill', hooli: 'throttle', acme: 'ok' });
   });
 
-  it('sessions list: active sessions with their totals, most recent first', async () => {
-    const r = ranges().partialDays;
-    const body = await get<{ rows: Record<string, unknown>[]; page: { total: number } }>(
-      `/analytics/mcp/sessions?${qs({ from: iso(r.from), to: iso(r.to), limit: 1000 })}`,
-    );
+  /** Sessions active in [from, to) over all their calls (first seen before `to`, last seen at or after `from`). */
+  function activeSessions(from: number, to: number, customer?: string) {
     const bySession = new Map<string, RawCall[]>();
     for (const c of demo) {
+      if (!c.session || (customer !== undefined && c.customer !== customer)) continue;
       const k = `${c.customer}\0${c.session}`;
       bySession.set(k, [...(bySession.get(k) ?? []), c]);
     }
-    const expected = [...bySession.values()]
+    return [...bySession.values()]
       .map((cs) => {
         const [first, last] = extent(cs.map((c) => c.startUs));
         const t = sumBy(cs, () => 'x').get('x');
         return { cs, first, last, t };
       })
-      .filter((x) => x.first < BigInt(r.to) * 1000n && x.last >= BigInt(r.from) * 1000n)
+      .filter((x) => x.first < BigInt(to) * 1000n && x.last >= BigInt(from) * 1000n)
       .sort((a, b) =>
         a.last === b.last
           ? `${a.cs[0]?.customer}\0${a.cs[0]?.session}` < `${b.cs[0]?.customer}\0${b.cs[0]?.session}`
@@ -452,19 +471,138 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
             ? -1
             : 1,
       );
-    expect(body.page.total).toBe(expected.length);
-    expect(body.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
+  }
+
+  // wholeDays and underADay end after the last call: the per-day session views answer. partialDays ends
+  // 20 minutes ago, before the workload's last calls: the lifetime view answers.
+  for (const name of ['wholeDays', 'partialDays', 'underADay'] as const) {
+    for (const customer of [undefined, 'acme']) {
+      it(`sessions list over ${name}${customer ? ` for ${customer}` : ''}: active sessions with the totals of all their calls, most recent first`, async () => {
+        const r = ranges()[name];
+        const body = await get<{
+          rows: Record<string, unknown>[];
+          readFrom: string[];
+          page: { total: number };
+        }>(`/analytics/mcp/sessions?${qs({ from: iso(r.from), to: iso(r.to), customer, limit: 1000 })}`);
+        const expected = activeSessions(r.from, r.to, customer);
+        expect(expected.length).toBeGreaterThan(0);
+        // the per-day views answer unless a session has a call at or after the end of the range
+        const later = demo.some(
+          (c) => c.session && (!customer || c.customer === customer) && c.startUs >= BigInt(r.to) * 1000n,
+        );
+        if (!customer) expect(later).toBe(name === 'partialDays');
+        expect([...body.readFrom].sort()).toEqual(
+          later
+            ? ['mcp_session_daily', 'mcp_session_summary']
+            : ['mcp_customer_daily_stats', 'mcp_session_daily', 'mcp_session_summary'],
+        );
+        expect(body.page.total).toBe(expected.length);
+        expect(body.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
+          expected.map((x) => `${x.cs[0]?.customer}/${x.cs[0]?.session}`),
+        );
+        body.rows.forEach((row, i) => {
+          const x = expected[i];
+          expect(row).toMatchObject({
+            calls: x?.t?.calls,
+            errors: x?.t?.errors,
+            ...rcm(x?.t?.revenue ?? 0n, x?.t?.cost ?? 0n),
+            firstSeen: isoUs(x?.first ?? 0n),
+            lastSeen: isoUs(x?.last ?? 0n),
+          });
+          expect(x?.cs.map((c) => c.agent)).toContain(row.agent);
+        });
+        if (name === 'underADay') {
+          // sessions that began before the range: their totals include the calls before it
+          expect(expected.some((x) => x.first < BigInt(r.from) * 1000n)).toBe(true);
+        }
+        // pages of 2 concatenated are the whole list
+        const got: unknown[] = [];
+        for (let offset = 0; offset < expected.length; offset += 2) {
+          const p = await get<{ rows: Record<string, unknown>[]; page: { total: number } }>(
+            `/analytics/mcp/sessions?${qs({ from: iso(r.from), to: iso(r.to), customer, limit: 2, offset })}`,
+          );
+          expect(p.page.total).toBe(expected.length);
+          got.push(...p.rows);
+        }
+        expect(got).toEqual(body.rows);
+      });
+    }
+  }
+
+  it('a sessions page looked for among the latest rows equals the page from every row', async () => {
+    // 0 rows per session: never enough, so every page comes from all rows; 1: often short (a session has
+    // a row per day and per unmerged part), then retried from all rows
+    const apps = [0, 1].map((n) => injectApp(s.tg, 'views', { sessionPageRowsPerSession: n }));
+    try {
+      for (const name of ['wholeDays', 'underADay'] as const) {
+        const r = ranges()[name];
+        for (const customer of [undefined, 'acme']) {
+          for (const [limit, offset] of [
+            [1, 0],
+            [2, 2],
+            [3, 1],
+            [1000, 0],
+            [5, 1000],
+          ]) {
+            const path = `/analytics/mcp/sessions?${qs({ from: iso(r.from), to: iso(r.to), customer, limit, offset })}`;
+            const expected = await get(path);
+            for (const app of apps) {
+              const res = await app.inject({
+                url: path,
+                headers: { authorization: `Bearer ${KEYS.finance}` },
+              });
+              expect(res.json(), path).toEqual(expected);
+            }
+          }
+        }
+      }
+    } finally {
+      await Promise.all(apps.map((a) => a.close()));
+    }
+  });
+
+  it('a range starting inside a day, just after a session ended, leaves that session out', async () => {
+    // the session that ended first; the range starts 1 ms after its last call and runs past the workload
+    const ended = activeSessions(0, s.nowMs + DAY_MS).sort((a, b) => (a.last < b.last ? -1 : 1))[0];
+    expect(ended).toBeDefined();
+    const from = Number((ended?.last ?? 0n) / 1000n) + 1;
+    const to = s.nowMs + 3_600_000;
+    expect(from % DAY_MS).not.toBe(0);
+    const expected = activeSessions(from, to);
+    const key = `${ended?.cs[0]?.customer}/${ended?.cs[0]?.session}`;
+    expect(expected.map((x) => `${x.cs[0]?.customer}/${x.cs[0]?.session}`)).not.toContain(key);
+    const summary = await get<{ sessions: number; readFrom: string[] }>(
+      `/analytics/mcp/summary?${qs({ from: iso(from), to: iso(to) })}`,
+    );
+    expect(summary.readFrom).toContain('mcp_customer_daily_stats');
+    expect(summary.sessions).toBe(expected.length);
+    const list = await get<{ rows: { customer: string; sessionId: string }[]; page: { total: number } }>(
+      `/analytics/mcp/sessions?${qs({ from: iso(from), to: iso(to), limit: 1000 })}`,
+    );
+    expect(list.page.total).toBe(expected.length);
+    expect(list.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
       expected.map((x) => `${x.cs[0]?.customer}/${x.cs[0]?.session}`),
     );
-    body.rows.forEach((row, i) => {
-      const x = expected[i];
-      expect(row).toMatchObject({
-        calls: x?.t?.calls,
-        errors: x?.t?.errors,
-        ...rcm(x?.t?.revenue ?? 0n, x?.t?.cost ?? 0n),
-      });
-      expect(x?.cs.map((c) => c.agent)).toContain(row.agent);
-    });
+  });
+
+  it('a range without calls still counts and lists the sessions with calls before and after it', async () => {
+    // one second, 30 hours ago: the long-running sessions of the workload span it
+    const from = s.nowMs - 30 * 3_600_000;
+    const to = from + 1000;
+    const spanning = activeSessions(from, to).filter(
+      (x) => !x.cs.some((c) => c.startUs >= BigInt(from) * 1000n && c.startUs < BigInt(to) * 1000n),
+    );
+    expect(spanning.length).toBeGreaterThan(0);
+    const summary = await get<{ sessions: number; calls: number }>(
+      `/analytics/mcp/summary?${qs({ from: iso(from), to: iso(to) })}`,
+    );
+    expect(summary.sessions).toBe(activeSessions(from, to).length);
+    const list = await get<{ rows: { customer: string; sessionId: string }[] }>(
+      `/analytics/mcp/sessions?${qs({ from: iso(from), to: iso(to), limit: 1000 })}`,
+    );
+    expect(list.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
+      activeSessions(from, to).map((x) => `${x.cs[0]?.customer}/${x.cs[0]?.session}`),
+    );
   });
 
   it('session drill-down: calls in order with prices, decisions, trace ids and trace links', async () => {
@@ -611,17 +749,20 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
 
   it('the views and a full scan of the raw table give the same answers', async () => {
     const app = injectApp(s.tg, 'raw');
-    const r = ranges().partialDays;
-    const q = qs({ from: iso(r.from), to: iso(r.to), limit: 1000 });
     try {
-      for (const path of [
-        `/analytics/mcp/revenue/by-tool?${q}`,
-        `/analytics/mcp/by-agent?${q}&bucket=day`,
-        `/analytics/mcp/by-customer?${q}`,
-        `/analytics/mcp/summary?${qs({ from: iso(r.from), to: iso(r.to) })}`,
-        `/analytics/mcp/sessions?${q}`,
-        '/analytics/mcp/sessions/shared-1',
-      ]) {
+      for (const [path, r] of Object.values(ranges()).flatMap((r) => {
+        const q = qs({ from: iso(r.from), to: iso(r.to), limit: 1000 });
+        return [
+          `/analytics/mcp/revenue/by-tool?${q}`,
+          `/analytics/mcp/by-agent?${q}&bucket=day`,
+          `/analytics/mcp/by-customer?${q}`,
+          `/analytics/mcp/summary?${qs({ from: iso(r.from), to: iso(r.to) })}`,
+          `/analytics/mcp/sessions?${q}`,
+          `/analytics/mcp/sessions?${q}&customer=globex`,
+          `/analytics/mcp/summary?${qs({ from: iso(r.from), to: iso(r.to), customer: 'acme' })}`,
+          '/analytics/mcp/sessions/shared-1',
+        ].map((path): [string, typeof r] => [path, r]);
+      })) {
         const fromViews = await get<Record<string, unknown>>(path);
         const res = await app.inject({ url: path, headers: { authorization: `Bearer ${KEYS.finance}` } });
         expect(res.statusCode).toBe(200);
@@ -630,7 +771,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
           JSON.parse(JSON.stringify({ ...b, readFrom: undefined }), (k, v) =>
             k === 'durationP50Us' || k === 'durationP95Us' || k === 'agent' ? undefined : v,
           );
-        expect(strip(fromRaw), path).toEqual(strip(fromViews));
+        expect(strip(fromRaw), `${path} ${JSON.stringify(r)}`).toEqual(strip(fromViews));
       }
     } finally {
       await app.close();

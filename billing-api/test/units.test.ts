@@ -6,6 +6,7 @@ import {
   byAgentSql,
   byCustomerSql,
   byToolSql,
+  dailyViewFor,
   enforcementCountsSql,
   enforcementEventsSql,
   invoiceLinesSql,
@@ -14,7 +15,10 @@ import {
   sessionCallsSql,
   sessionSummarySql,
   sessionsCountSql,
+  sessionsLaterSql,
   sessionsListSql,
+  sessionsPageSql,
+  sessionTotalsSql,
   summarySql,
 } from '../src/sql.js';
 
@@ -129,8 +133,15 @@ describe('SQL builders', () => {
     ['byAgent hour', byAgentSql(f, r, 'hour', page, 'views')],
     ['byCustomer', byCustomerSql(f, r, page, 'views')],
     ['summary', summarySql(f, r, 'views')],
-    ['sessionsCount', sessionsCountSql(f, r, 'views')],
-    ['sessionsList', sessionsListSql({ product: f.product }, r, page, 'views')],
+    ['sessionsLater', sessionsLaterSql(f, r)],
+    ['sessionsCount daily', sessionsCountSql(f, r, 'daily')],
+    ['sessionsCount lifetime', sessionsCountSql(f, r, 'lifetime')],
+    ['sessionsCount raw', sessionsCountSql(f, r, 'raw')],
+    ['sessionsList lifetime', sessionsListSql(f, r, page, 'lifetime')],
+    ['sessionsList raw', sessionsListSql(f, r, page, 'raw')],
+    ['sessionsPage', sessionsPageSql(f, r, page)],
+    ['sessionsPage latest rows', sessionsPageSql(f, r, page, 120)],
+    ['sessionTotals', sessionTotalsSql(f, [{ customer: f.customer, sessionId: `${MARK}s` }])],
     ['sessionSummary', sessionSummarySql(f, `${MARK}s`, 'views')],
     ['sessionCalls', sessionCallsSql(f, `${MARK}s`, page)],
     ['enforcementCounts', enforcementCountsSql(f, r)],
@@ -145,20 +156,60 @@ describe('SQL builders', () => {
     for (const m of sql.query.matchAll(/\{(\w+):[^}]+\}/g)) expect(sql.params).toHaveProperty(m[1] as string);
   });
 
-  it('reads the daily view for whole days and the raw table only for the partial ends', () => {
-    const whole = byToolSql(f, { fromMs: T0, toMs: T0 + 2 * D }, page, 'views').query;
-    expect(whole).toContain('FROM mcp_daily_stats');
-    expect(whole).not.toContain('FROM mcp_tool_calls');
-    const partial = byToolSql(f, r, page, 'views').query;
-    expect(partial).toContain('FROM mcp_daily_stats');
-    expect(partial).toContain('FROM mcp_tool_calls');
+  it('reads a daily view for whole days and the raw table only for the partial ends', () => {
+    const whole = byToolSql(f, { fromMs: T0, toMs: T0 + 2 * D }, page, 'views');
+    expect(whole.query).toContain('FROM mcp_daily_stats');
+    expect(whole.query).not.toContain('FROM mcp_tool_calls');
+    expect(whole.readFrom).toEqual(['mcp_daily_stats']);
+    const partial = byToolSql(f, r, page, 'views');
+    expect(partial.query).toContain('FROM mcp_daily_stats');
+    expect(partial.query).toContain('FROM mcp_tool_calls');
+    expect(partial.readFrom).toEqual(['mcp_daily_stats', 'mcp_tool_calls']);
     expect(byToolSql(f, r, page, 'raw').query).not.toContain('mcp_daily_stats');
+    expect(byToolSql(f, r, page, 'raw').readFrom).toEqual(['mcp_tool_calls']);
     expect(byAgentSql(f, { fromMs: T0, toMs: T0 + D }, 'hour', page, 'views').query).not.toContain(
       'mcp_daily_stats',
     );
-    expect(sessionsListSql({ product: 'p' }, r, page, 'views').query).toContain('FROM mcp_session_summary');
-    expect(sessionsListSql({ product: 'p', tool: 't' }, r, page, 'views').query).not.toContain(
-      'mcp_session_summary',
+  });
+
+  it('picks the smallest daily view that keeps the grouping and the filtered columns', () => {
+    const p = { product: 'p' };
+    expect(dailyViewFor(p, ['tool'], true)).toBe('mcp_tool_daily_stats');
+    expect(dailyViewFor({ ...p, tool: 't' }, ['tool'], true)).toBe('mcp_tool_daily_stats');
+    expect(dailyViewFor({ ...p, customer: 'c' }, ['tool'], true)).toBe('mcp_daily_stats');
+    expect(dailyViewFor({ ...p, agent: 'a' }, ['tool'], true)).toBe('mcp_daily_stats');
+    expect(dailyViewFor(p, ['customer'])).toBe('mcp_customer_daily_stats');
+    expect(dailyViewFor({ ...p, customer: 'c' }, ['customer'])).toBe('mcp_customer_daily_stats');
+    expect(dailyViewFor({ ...p, tool: 't' }, ['customer'])).toBe('mcp_daily_stats');
+    expect(dailyViewFor(p, ['day', 'agent'])).toBe('mcp_daily_stats');
+    expect(dailyViewFor(p, [], true)).toBe('mcp_tool_daily_stats');
+  });
+
+  it('session queries: per-day views, the lifetime view or the raw table', () => {
+    const p = { product: 'p' };
+    const pageSql = sessionsPageSql(p, r, page);
+    expect(pageSql.query).toContain('FROM mcp_session_daily');
+    expect(pageSql.query).not.toContain('latest_rows');
+    expect(sessionsPageSql(p, r, page, 120).params).toMatchObject({
+      latest_rows: 120,
+      limit: 10,
+      offset: 20,
+    });
+    expect(sessionTotalsSql(p, [{ customer: 'c', sessionId: 's' }]).query).toContain(
+      'FROM mcp_session_summary',
     );
+    expect(sessionsListSql(p, r, page, 'lifetime').query).not.toContain('mcp_session_daily');
+    expect(sessionsListSql({ ...p, tool: 't' }, r, page, 'raw').query).not.toContain('mcp_session');
+    // a range starting inside a day: that day from mcp_session_daily, the next ones from their session sets
+    const inside = sessionsCountSql(p, r, 'daily');
+    expect(inside.readFrom).toEqual(['mcp_customer_daily_stats', 'mcp_session_daily']);
+    expect(inside.params).toMatchObject({
+      from_day: '2026-03-10',
+      next_day: '2026-03-11',
+      last_day: '2026-03-13',
+    });
+    const midnight = sessionsCountSql(p, { fromMs: T0, toMs: T0 + 2 * D }, 'daily');
+    expect(midnight.readFrom).toEqual(['mcp_customer_daily_stats']);
+    expect(midnight.params).toMatchObject({ from_day: '2026-03-10', last_day: '2026-03-11' });
   });
 });

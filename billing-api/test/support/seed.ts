@@ -294,7 +294,11 @@ ${API_KEYS.map((k) => `  - ${JSON.stringify(k)}`).join('\n')}
 }
 
 /** An app built with buildApi on the running Tollgate's ClickHouse and plans, for inject() tests. */
-export function injectApp(tg: TestTollgate, source: 'views' | 'raw' = 'views') {
+export function injectApp(
+  tg: TestTollgate,
+  source: 'views' | 'raw' = 'views',
+  options: { sessionPageRowsPerSession?: number } = {},
+) {
   return buildApi({
     log: tg.log.child({ component: 'api-test' }) as never,
     readiness: async () => [],
@@ -305,6 +309,7 @@ export function injectApp(tg: TestTollgate, source: 'views' | 'raw' = 'views') {
       traceLinkTemplate: TRACE_TEMPLATE,
       pricing: new PlanPricing(tg.plans as NonNullable<typeof tg.plans>),
       source,
+      ...options,
     },
   });
 }
