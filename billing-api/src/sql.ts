@@ -310,7 +310,7 @@ export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFro
   };
 }
 
-const SESSION_TOTALS = `anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
+const SESSION_TOTALS = `max(agent) AS session_agent, max(transport) AS session_transport,
     min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
     sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano`;
 
@@ -318,7 +318,7 @@ function sessionsInner(f: Filters, range: TimeRange, from: 'raw' | 'lifetime'): 
   const params = { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) };
   if (from === 'raw') {
     return {
-      query: `SELECT customer, session_id, anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
+      query: `SELECT customer, session_id, max(agent) AS session_agent, max(transport) AS session_transport,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
     countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
   FROM mcp_tool_calls
@@ -416,7 +416,7 @@ export function sessionSummarySql(f: Filters, sessionId: string, source: Source)
   const conds = [...filterConds(f, ['customer']), 'session_id = {session:String}'].join(' AND ');
   if (source === 'raw') {
     return {
-      query: `SELECT customer, anyLast(agent) AS session_agent, anyLast(transport) AS session_transport,
+      query: `SELECT customer, max(agent) AS session_agent, max(transport) AS session_transport,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
     countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
   FROM mcp_tool_calls WHERE ${conds} GROUP BY customer ORDER BY customer`,
