@@ -18,7 +18,7 @@ import { Pipeline, type RedisLike } from './pipeline/pipeline.js';
 import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
-import { type PrivateRedis, startPrivateRedis } from './redis/private-redis.js';
+import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
 import { Spool } from './spool/spool.js';
 import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
 
@@ -81,18 +81,7 @@ async function reusablePrivateRedis(
   try {
     const { pid, port } = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; port: number };
     process.kill(pid, 0);
-    const probe = new Redis({
-      port,
-      host: '127.0.0.1',
-      lazyConnect: true,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null,
-    });
-    probe.on('error', () => {});
-    await probe.connect();
-    const pong = await probe.ping();
-    probe.disconnect();
-    if (pong !== 'PONG') return undefined;
+    if (!(await pingsOnLoopback(port))) return undefined;
     return {
       url: `redis://127.0.0.1:${port}`,
       stop: async () => {

@@ -98,27 +98,30 @@ export async function startPrivateRedis(
   throw lastError ?? new Error('could not start redis-server');
 }
 
+/** Whether a Redis on loopback `port` answers PING (one short-lived connection, no retries). */
+export async function pingsOnLoopback(port: number): Promise<boolean> {
+  const r = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
+  r.on('error', () => {});
+  try {
+    await r.connect();
+    return (await r.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    r.disconnect();
+  }
+}
+
 async function waitForPing(port: number, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    const r = new Redis({
-      port,
-      host: '127.0.0.1',
-      lazyConnect: true,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null,
-    });
-    r.on('error', () => {});
-    try {
-      await r.connect();
-      if ((await r.ping()) === 'PONG') {
-        r.disconnect();
-        return;
-      }
-    } catch {
-      // not up yet
-    }
-    r.disconnect();
+    if (await pingsOnLoopback(port)) return;
     await new Promise((res) => setTimeout(res, 50));
   }
   throw new Error(`redis-server on port ${port} did not answer within ${timeoutMs} ms`);
