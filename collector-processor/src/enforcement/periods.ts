@@ -10,6 +10,17 @@ export function dayEndMs(day: string): number {
   return Date.UTC(y, m - 1, d + 1);
 }
 
+const MS_PER_DAY = 86_400_000;
+const dayNames = new Map<number, string>();
+
+/** `YYYY-MM-DD` (UTC) of an instant in ms. Memoised per day: it runs for every call on the hot path. */
 export function dayOf(unixMs: number): string {
-  return new Date(unixMs).toISOString().slice(0, 10);
+  const index = Math.floor(unixMs / MS_PER_DAY);
+  let name = dayNames.get(index);
+  if (name === undefined) {
+    name = new Date(index * MS_PER_DAY).toISOString().slice(0, 10);
+    if (dayNames.size > 4096) dayNames.clear();
+    dayNames.set(index, name);
+  }
+  return name;
 }

@@ -1,7 +1,7 @@
-import { type Directive, periodOf, type RatedCall, type ToolCall } from '@tollgate/contracts';
+import type { Directive, RatedCall, ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Stamps } from '../forward/stamp.js';
+import { dayOf } from '../enforcement/periods.js';
 import type { Lander } from '../landing/lander.js';
 import { encodeTsvRow } from '../landing/tsv.js';
 import { CLAIM_STATUS, type ClaimInput, type ClaimResult, claimCalls } from '../meter/claim.js';
@@ -21,11 +21,9 @@ export interface AcceptResult {
   accepted: number;
   duplicates: number;
   directives: Directive[];
-  /** Price and decision of each newly rated call, by event id (stamped on forwarded spans). */
-  stamps: Stamps;
+  /** The newly rated calls (their price and decision are stamped on forwarded spans). */
+  rated: readonly RatedCall[];
 }
-
-const NO_STAMPS: Stamps = new Map();
 
 /** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
 export interface Enforcer {
@@ -139,8 +137,8 @@ export class Pipeline {
         rejected.add('unknown_tool', call.tool, call.eventId);
         continue;
       }
-      const period = periodOf(call.startUnixUs);
-      const day = new Date(Math.floor(call.startUnixUs / 1000)).toISOString().slice(0, 10);
+      const day = dayOf(Math.floor(call.startUnixUs / 1000));
+      const period = day.slice(0, 7); // YYYY-MM, the billing period (same as periodOf)
       out.push({ call, plan, rate, period, day, counts: countsTowardUsage(call, plan) });
     }
     return { prepared: out, inBatchDuplicates };
@@ -156,7 +154,7 @@ export class Pipeline {
     const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
     if (prepared.length === 0)
-      return { accepted: 0, duplicates: inBatchDuplicates, directives: [], stamps: NO_STAMPS };
+      return { accepted: 0, duplicates: inBatchDuplicates, directives: [], rated: [] };
 
     const rid = this.nextRid();
     const record: AcceptedRecord = {
@@ -383,7 +381,7 @@ export class Pipeline {
       accepted: rated.length,
       duplicates,
       directives,
-      stamps: new Map(rated.map((r) => [r.eventId, r])),
+      rated,
     };
   }
 }

@@ -222,7 +222,7 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
-    deps.forwarder?.enqueue(body, format, result.stamps);
+    deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
     return reply
