@@ -39,5 +39,5 @@ USER node
 # OTLP/HTTP receiver (processor role) and HTTP API (api role); see collector-processor/src/config/settings.ts.
 EXPOSE 4318 8080
 
-ENTRYPOINT ["node","collector-processor/dist/cli/main.js"]
+ENTRYPOINT ["node", "collector-processor/bin/tollgate.js"]
 CMD ["start"]

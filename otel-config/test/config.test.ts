@@ -898,21 +898,25 @@ describe('Dockerfile and .dockerignore', () => {
 
   it('has an ENTRYPOINT that the build output layout provides', () => {
     const entry = JSON.parse(instr('ENTRYPOINT')[0] as string) as string[];
-    expect(entry).toEqual(['node', 'collector-processor/dist/cli/main.js']);
+    // the image runs the package's `tollgate` bin ...
+    const bin = posix.join(
+      'collector-processor',
+      JSON.parse(read('collector-processor/package.json')).bin.tollgate,
+    );
+    expect(entry).toEqual(['node', bin]);
     const workdir = instr('WORKDIR')[0] as string;
-    const inImage = posix.relative(workdir, posix.resolve(workdir, entry[1] as string));
-    // tsc -b maps collector-processor/<rootDir>/cli/main.ts to <outDir>/cli/main.js ...
+    expect(posix.relative(workdir, posix.resolve(workdir, entry[1] as string))).toBe(bin);
+    // ... which imports the compiled CLI: tsc -b maps collector-processor/<rootDir>/cli/main.ts to
+    // <outDir>/cli/main.js, and it exists once built (run `npx tsc -b` first).
+    const imported = /import '([^']+)'/.exec(read(bin))?.[1] as string;
+    const compiled = posix.normalize(posix.join(posix.dirname(bin), imported));
     const tsconfig = JSON.parse(read('collector-processor/tsconfig.json')) as {
       compilerOptions: { rootDir: string; outDir: string };
     };
     const { rootDir, outDir } = tsconfig.compilerOptions;
-    expect(inImage).toBe(posix.join('collector-processor', outDir, 'cli', 'main.js'));
+    expect(compiled).toBe(posix.join('collector-processor', outDir, 'cli', 'main.js'));
     expect(existsSync(repoPath(posix.join('collector-processor', rootDir, 'cli', 'main.ts')))).toBe(true);
-    // ... which is the package's `tollgate` bin, and exists once built (run `npx tsc -b` first).
-    expect(
-      posix.join('collector-processor', JSON.parse(read('collector-processor/package.json')).bin.tollgate),
-    ).toBe(inImage);
-    expect(existsSync(repoPath(inImage)), `${inImage} (run npx tsc -b)`).toBe(true);
+    expect(existsSync(repoPath(compiled)), `${compiled} (run npx tsc -b)`).toBe(true);
     // The CLI finds its defaults, SQL migrations and Lua scripts next to dist/ in the image.
     for (const dir of ['defaults', 'migrations', 'lua', 'proto'])
       expect(existsSync(repoPath(`collector-processor/${dir}`)), dir).toBe(true);
