@@ -9,7 +9,8 @@
 -- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below
 -- ARGV[14] minimum revenue before the guard judges   ARGV[15] throttle rate (calls/s)
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
--- then n, then n groups of 5: session key index (0 = none), session id, agent, tool, price|cost
+-- then n, then one argument per call: "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated;
+-- identifiers never contain control characters; session key index 0 = no session)
 --
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
@@ -121,10 +122,9 @@ local tool_calls, d_tool = {}, {}
 local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls }
 
 for i = 0, n - 1 do
-  local b = base + 1 + i * 5
-  local sk, sid, agent, tool = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local price, cost = string.match(ARGV[b + 4], '^(%-?%d+)|(%-?%d+)$')
-  price, cost = tonumber(price), tonumber(cost)
+  local sk, sid, agent, tool, price, cost =
+    string.match(ARGV[base + 1 + i], '^(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%-?%d+)\t(%-?%d+)$')
+  sk, price, cost = tonumber(sk), tonumber(price), tonumber(cost)
   if agent ~= '' then scope_of('agent', agent) end
   if sid ~= '' then scope_of('session', sid) end
   if tool_limits[tool] then scope_of('tool', tool) end

@@ -157,7 +157,8 @@ export class RedisEnforcer implements Enforcer {
           sessionIndex.set(row.sessionId, sk);
         }
       }
-      args.push(sk, row.sessionId, row.agent, row.tool, `${row.priceNano}|${row.costNano}`);
+      // one argument per call (see enforce.lua): fewer arguments for the client to encode and Redis to parse
+      args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
     let reply: (string | number)[];
     try {
