@@ -22,6 +22,8 @@ export const ATTR_HTTP_RESPONSE_STATUS_CODE = 'http.response.status_code';
 export const ATTR_TOLLGATE_CUSTOMER = 'tollgate.customer.id';
 export const ATTR_TOLLGATE_AGENT = 'tollgate.agent.id';
 export const ATTR_TOLLGATE_TRANSPORT = 'tollgate.mcp.transport';
+/** Which billing-session rule gave `mcp.session.id` (see billing-session.ts): protocol, connection, trace, activity. */
+export const ATTR_TOLLGATE_SESSION_RULE = 'tollgate.session.rule';
 export const ATTR_TOLLGATE_PRICE = 'tollgate.price.nano';
 export const ATTR_TOLLGATE_COST = 'tollgate.cost.nano';
 export const ATTR_TOLLGATE_CURRENCY = 'tollgate.currency';

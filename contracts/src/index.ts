@@ -1,5 +1,6 @@
 export * from './attributes.js';
 export * from './billable-span.js';
+export * from './billing-session.js';
 export * from './directives.js';
 export * from './enforcement-state.js';
 export * from './event-id.js';
