@@ -468,6 +468,8 @@ export function registerAnalytics(
     sessionId: { type: 'string' },
     agent: { type: 'string' },
     transport: { type: 'string' },
+    /** Which billing-session rule made the session: protocol, connection, trace or activity. */
+    rule: { type: 'string' },
     firstSeen: { type: 'string' },
     lastSeen: { type: 'string' },
     calls: { type: 'integer' },
@@ -479,6 +481,7 @@ export function registerAnalytics(
     sessionId: String(r.session_id ?? ''),
     agent: String(r.session_agent),
     transport: String(r.session_transport),
+    rule: String(r.rule ?? ''),
     firstSeen: isoFromCh(r.first_seen_at),
     lastSeen: isoFromCh(r.last_seen_at),
     calls: count(r.calls),

@@ -310,7 +310,7 @@ export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFro
   };
 }
 
-const SESSION_TOTALS = `max(agent) AS session_agent, max(transport) AS session_transport,
+const SESSION_TOTALS = `max(agent) AS session_agent, max(transport) AS session_transport, max(session_rule) AS rule,
     min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
     sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano`;
 
@@ -319,6 +319,7 @@ function sessionsInner(f: Filters, range: TimeRange, from: 'raw' | 'lifetime'): 
   if (from === 'raw') {
     return {
       query: `SELECT customer, session_id, max(agent) AS session_agent, max(transport) AS session_transport,
+    max(session_rule) AS rule,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
     countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
   FROM mcp_tool_calls
@@ -417,6 +418,7 @@ export function sessionSummarySql(f: Filters, sessionId: string, source: Source)
   if (source === 'raw') {
     return {
       query: `SELECT customer, max(agent) AS session_agent, max(transport) AS session_transport,
+    max(session_rule) AS rule,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
     countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
   FROM mcp_tool_calls WHERE ${conds} GROUP BY customer ORDER BY customer`,

@@ -138,6 +138,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       customer: '',
       agent: '',
       sessionId: '',
+      sessionRule: '',
       tool: u.tool,
       transport: 'unknown',
       ok: u.ok,

@@ -36,6 +36,7 @@ const call = (over: Partial<ToolCall> = {}): ToolCall => ({
   customer: 'c',
   agent: 'a',
   sessionId: 's1',
+  sessionRule: 'protocol',
   tool: 'any',
   transport: 'stdio',
   ok: true,

@@ -90,6 +90,7 @@ describe('landing encoding', () => {
       decision: 'billed',
       period: '2025-11',
       receivedAtMs: 1_764_000_001_234,
+      sessionRule: 'activity',
     };
     const spoolDir = join(dir, 'spool');
     const { spool } = await Spool.open({ dir: spoolDir, fsync: false, segmentBytes: 1 << 20 });

@@ -52,8 +52,12 @@ export const MCP_METHOD_TOOLS_CALL = 'tools/call';
 export const GEN_AI_OPERATION_EXECUTE_TOOL = 'execute_tool';
 export const ERROR_TYPE_TOOL_ERROR = 'tool_error';
 
-/** `network.transport` values and the MCP transport names we derive from them. */
-export const MCP_TRANSPORTS = ['stdio', 'sse', 'streamable_http', 'http', 'unknown'] as const;
+/**
+ * MCP transport names (`tollgate.mcp.transport`). `in_memory`: the SDK's in-process transport (tests,
+ * embedded agents); `http`: an HTTP transport the SDK could not name more precisely; `unknown`: nothing is
+ * known (a plain OTLP span without `network.transport`).
+ */
+export const MCP_TRANSPORTS = ['stdio', 'sse', 'streamable_http', 'http', 'in_memory', 'unknown'] as const;
 export type McpTransport = (typeof MCP_TRANSPORTS)[number];
 
 /** Name of the root span Kong's opentelemetry plugin emits for a proxied request. */

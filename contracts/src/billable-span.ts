@@ -11,6 +11,7 @@ import {
   ATTR_RPC_RESPONSE_STATUS_CODE,
   ATTR_TOLLGATE_AGENT,
   ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_SESSION_RULE,
   ATTR_TOLLGATE_TRANSPORT,
   KONG_ROOT_SPAN_NAME,
   MCP_METHOD_TOOLS_CALL,
@@ -20,6 +21,7 @@ import {
   SPAN_KIND_SERVER,
   STATUS_CODE_ERROR,
 } from './attributes.js';
+import { isSessionRule, type SessionRule, traceSessionId } from './billing-session.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
 import { isValidIdentifier } from './identifiers.js';
 import type { CallSource, RejectReason, ToolCall } from './tool-call.js';
@@ -32,6 +34,8 @@ export type Attributes = Record<string, AttrValue>;
 export interface SpanView {
   traceId: string;
   spanId: string;
+  /** Hex, empty for a root span (`parent_span_id` of OTLP). */
+  parentSpanId?: string;
   name: string;
   kind: number;
   startUnixUs: number;
@@ -95,6 +99,25 @@ function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
 }
 
 /**
+ * The billing session of a span (contracts/src/billing-session.ts). The Tollgate SDK and the Kong plugin
+ * decide it where the call happens and send `mcp.session.id` with `tollgate.session.rule`; a plain OTLP
+ * sender's `mcp.session.id` is the protocol's own. A span without one that has a parent belongs to its
+ * caller's trace (rule 3); a root span without one has no session.
+ */
+function sessionOfSpan(span: SpanView): { sessionId: string; sessionRule: SessionRule | '' } {
+  const a = span.attributes;
+  const id = str(a[ATTR_MCP_SESSION_ID]);
+  if (id) {
+    const rule = a[ATTR_TOLLGATE_SESSION_RULE];
+    return { sessionId: id, sessionRule: isSessionRule(rule) ? rule : 'protocol' };
+  }
+  if (span.parentSpanId && isValidSpanId(span.parentSpanId) && isValidTraceId(span.traceId)) {
+    return { sessionId: traceSessionId(span.traceId), sessionRule: 'trace' };
+  }
+  return { sessionId: '', sessionRule: '' };
+}
+
+/**
  * Applies the billable-span contract to one span: a span is a billable tool call when it is a SERVER span
  * (an MCP server's span, or Kong's root span) with `mcp.method.name` = `tools/call` and `gen_ai.tool.name`
  * set. The client side of the same call (a CLIENT span from an instrumented MCP client) is ignored, so a
@@ -113,7 +136,7 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     str(a[ATTR_TOLLGATE_CUSTOMER]) ?? str(span.resource[ATTR_TOLLGATE_CUSTOMER]) ?? opts.defaultCustomer;
   if (!customer) return reject('missing_customer', `span ${span.spanId}`);
   const agent = str(a[ATTR_TOLLGATE_AGENT]) ?? str(span.resource[ATTR_TOLLGATE_AGENT]) ?? '';
-  const sessionId = str(a[ATTR_MCP_SESSION_ID]) ?? '';
+  const { sessionId, sessionRule } = sessionOfSpan(span);
   for (const [name, value] of [
     ['customer', customer],
     ['tool', tool],
@@ -172,6 +195,7 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     customer,
     agent,
     sessionId,
+    sessionRule,
     tool,
     transport: transportOf(a, isKong),
     ok,

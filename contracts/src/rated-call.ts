@@ -51,6 +51,8 @@ export interface RatedCall {
   /** Billing period, `YYYY-MM` (UTC calendar month of the call's start). */
   period: string;
   receivedAtMs: number;
+  /** Which billing-session rule gave `sessionId` (contracts/src/billing-session.ts); empty without one. */
+  sessionRule: string;
 }
 
 /** [column name, ClickHouse type, RatedCall field] in table order. */
@@ -86,6 +88,7 @@ export const RATED_CALL_COLUMNS = [
   ['decision', 'LowCardinality(String)', 'decision'],
   ['period', 'LowCardinality(String)', 'period'],
   ['received_at', "DateTime64(3, 'UTC')", 'receivedAtMs'],
+  ['session_rule', 'LowCardinality(String)', 'sessionRule'],
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof RatedCall]>;
 
 /** `YYYY-MM` of a UTC instant given in microseconds. */

@@ -1,4 +1,5 @@
 import type { McpTransport } from './attributes.js';
+import type { SessionRule } from './billing-session.js';
 
 /** Where a tool call was observed. */
 export type CallSource = 'sdk' | 'kong' | 'otlp' | 'event';
@@ -14,7 +15,10 @@ export interface ToolCall {
   spanId: string;
   customer: string;
   agent: string;
+  /** The billing session (contracts/src/billing-session.ts); empty when the call has none. */
   sessionId: string;
+  /** The rule that gave `sessionId`; empty with it. */
+  sessionRule: SessionRule | '';
   tool: string;
   transport: McpTransport;
   /** false when the call failed (tool error, JSON-RPC error, HTTP error, span status error). */

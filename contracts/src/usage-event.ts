@@ -69,6 +69,8 @@ export function toolCallFromUsageEvent(
     customer,
     agent: e.agentId,
     sessionId: e.sessionId,
+    // a usage event's session is whatever its sender calls one
+    sessionRule: e.sessionId ? 'protocol' : '',
     tool: e.toolName,
     transport: e.transport,
     ok,

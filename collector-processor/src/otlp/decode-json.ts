@@ -96,6 +96,7 @@ function span(s: unknown, resource: Attributes, scopeName: string): SpanView {
   return {
     traceId: idHex(field(s, 'traceId', 'trace_id')),
     spanId: idHex(field(s, 'spanId', 'span_id')),
+    parentSpanId: idHex(field(s, 'parentSpanId', 'parent_span_id')),
     name,
     kind,
     startUnixUs: nanosToMicros(field(s, 'startTimeUnixNano', 'start_time_unix_nano')),

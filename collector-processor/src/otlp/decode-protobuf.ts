@@ -24,6 +24,7 @@ const ANY_INT = TAG(3, WIRE_VARINT);
 const ANY_DOUBLE = TAG(4, WIRE_FIXED64);
 const SPAN_TRACE_ID = TAG(1, WIRE_LEN);
 const SPAN_SPAN_ID = TAG(2, WIRE_LEN);
+const SPAN_PARENT_SPAN_ID = TAG(4, WIRE_LEN);
 const SPAN_NAME = TAG(5, WIRE_LEN);
 const SPAN_KIND = TAG(6, WIRE_VARINT);
 const SPAN_START = TAG(7, WIRE_FIXED64);
@@ -113,6 +114,7 @@ function readSpan(bytes: Uint8Array, resource: Attributes, scopeName: string): S
   const span: SpanView = {
     traceId: '',
     spanId: '',
+    parentSpanId: '',
     name: '',
     kind: 0,
     startUnixUs: 0,
@@ -130,6 +132,9 @@ function readSpan(bytes: Uint8Array, resource: Attributes, scopeName: string): S
         break;
       case SPAN_SPAN_ID:
         span.spanId = hex(r.bytes());
+        break;
+      case SPAN_PARENT_SPAN_ID:
+        span.parentSpanId = hex(r.bytes());
         break;
       case SPAN_NAME:
         span.name = r.string();

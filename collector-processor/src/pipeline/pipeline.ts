@@ -363,6 +363,7 @@ export class Pipeline {
           unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision,
         period: p.period,
         receivedAtMs,
+        sessionRule: c.sessionRule,
       };
       rated.push(row);
     }
