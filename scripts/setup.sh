@@ -23,4 +23,10 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   echo "setup: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The instrumentation's version matrix also runs the oldest supported MCP SDK 2.x line, from its own folder.
+FIXTURE=instrumentation/test/fixtures/sdk-2.0
+if [ ! -d "$FIXTURE/node_modules" ] || [ "$FIXTURE/package-lock.json" -nt "$FIXTURE/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci ($FIXTURE)"
+  npm ci --prefix "$FIXTURE" --no-audit --no-fund --loglevel=error
+fi
 npm run --silent build

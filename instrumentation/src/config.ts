@@ -1,3 +1,4 @@
+import { DEFAULT_ACTIVITY_GAP_MS } from '@tollgate/contracts';
 import type { ExporterSettings } from './exporter.js';
 import type { RuntimeOptions } from './runtime.js';
 import { defaultStateFile } from './state-file.js';
@@ -17,6 +18,8 @@ export const DEFAULTS = Object.freeze({
   format: 'protobuf' as const,
   compression: 'none' as const,
   serviceName: 'mcp-server',
+  /** Inactivity gap of the `activity` billing session (contracts/src/billing-session.ts). */
+  sessionGapMs: DEFAULT_ACTIVITY_GAP_MS,
 });
 
 /** Environment variables the SDK reads (explicit options win). */
@@ -25,6 +28,7 @@ export const ENV = Object.freeze({
   ingestKey: 'TOLLGATE_INGEST_KEY',
   directivesEndpoint: 'TOLLGATE_DIRECTIVES_ENDPOINT',
   serviceName: 'OTEL_SERVICE_NAME',
+  sessionGapMs: 'TOLLGATE_SESSION_GAP_MS',
 });
 
 type CountTokens = (text: string) => number;
@@ -49,6 +53,10 @@ export interface ResolvedConfig {
   customer: IdentityResolver;
   agent: IdentityResolver;
   countTokens: CountTokens | undefined;
+  /** Inactivity gap of the `activity` billing session, in ms. */
+  sessionGapMs: number;
+  /** Where the instrumentation reports problems (stderr by default; undefined when silenced). */
+  logger: TollgateLogger | undefined;
 }
 
 const stderrLogger: TollgateLogger = {
@@ -127,6 +135,14 @@ export function resolveConfig(
     DEFAULTS.startupSyncTimeoutMs,
   );
 
+  const gapEnv = env[ENV.sessionGapMs];
+  const sessionGapMs = positiveInt(
+    problems,
+    'sessionGapMs',
+    c.sessionGapMs ?? (gapEnv === undefined || gapEnv === '' ? undefined : Number(gapEnv)),
+    DEFAULTS.sessionGapMs,
+  );
+
   const headers: Record<string, string> = { ...c.headers };
   if (ingestKey) headers.authorization = `Bearer ${ingestKey}`;
 
@@ -187,6 +203,8 @@ export function resolveConfig(
     customer: c.customer ?? defaultCustomerResolver(env),
     agent: c.agent ?? defaultAgentResolver(env),
     countTokens,
+    sessionGapMs,
+    logger,
   });
   return { resolved, problems };
 }

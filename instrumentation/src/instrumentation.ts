@@ -10,36 +10,61 @@ import { Hook as RequireHook } from 'require-in-the-middle';
 import { type ResolvedConfig, resolveConfig } from './config.js';
 import type { ServerLike, ServerModuleLike } from './internal-types.js';
 import type { TollgateRuntime } from './runtime.js';
+import { recordSdk } from './self-check.js';
 import { ToolCallTracer } from './tool-call.js';
 import type { McpInstrumentationConfig } from './types.js';
 import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 
-/**
- * Versions of `@modelcontextprotocol/sdk` the patch supports: 1.x from 1.12 (the first with `extra.authInfo`,
- * `extra.requestInfo` and `extra.requestId` on every handler). Verified on 1.32.2 (see the README).
- */
-export const SUPPORTED_VERSIONS = ['>=1.12.0 <2'];
+/** The MCP SDK packages the instrumentation patches, and the versions of each it supports. */
+export const SDK_PACKAGES = {
+  /** 1.x from 1.12 (the first with `extra.authInfo`, `extra.requestInfo` and `extra.requestId`). */
+  v1: '@modelcontextprotocol/sdk',
+  /** 2.x: the split server package (the 2026-07-28 revision and the 2025 era, stdio and HTTP). */
+  v2: '@modelcontextprotocol/server',
+} as const;
 
-/** The file that defines `Server` (low-level; `McpServer` builds on one), in both builds the SDK ships. */
+/**
+ * Versions the patch supports, per package. Verified on `@modelcontextprotocol/sdk` 1.32 and
+ * `@modelcontextprotocol/server` 2.0.0 and 2.4.0 (see the README).
+ */
+export const SUPPORTED_VERSIONS = {
+  [SDK_PACKAGES.v1]: '>=1.12.0 <2',
+  [SDK_PACKAGES.v2]: '>=2.0.0 <3',
+} as const;
+
+/** The file that defines `Server` in 1.x (low-level; `McpServer` builds on one), in both builds it ships. */
 export const SERVER_MODULE_FILES = [
   '@modelcontextprotocol/sdk/dist/cjs/server/index.js',
   '@modelcontextprotocol/sdk/dist/esm/server/index.js',
 ];
 
 /**
- * The CommonJS server module as require-in-the-middle names it (`…/server/index.js` normalised). OTel's
- * shared CJS hook cannot see files inside `@modelcontextprotocol/sdk`: it first resolves the package's main
- * entry, which the SDK does not ship (its `"."` export points to a missing `dist/cjs/index.js`). A hook that
- * whitelists the file itself matches it without that step.
+ * The CommonJS server module of 1.x as require-in-the-middle names it (`…/server/index.js` normalised).
+ * OTel's shared CJS hook cannot see files inside `@modelcontextprotocol/sdk`: it first resolves the
+ * package's main entry, which 1.x does not ship (its `"."` export points to a missing `dist/cjs/index.js`).
+ * A hook that whitelists the file itself matches it without that step. 2.x has a real main entry.
  */
 const CJS_SERVER_MODULE = '@modelcontextprotocol/sdk/dist/cjs/server';
 
-/** `>=1.12.0 <2` (SUPPORTED_VERSIONS), without pulling in a semver library. */
-export function isSupportedSdkVersion(version: string | undefined): boolean {
-  const m = /^(\d+)\.(\d+)\.(\d+)/.exec(version ?? '');
+/** Whether `version` of `pkg` is one the patch supports (`SUPPORTED_VERSIONS`), without a semver library. */
+export function isSupportedSdkVersion(pkg: string, version: string | undefined): boolean {
+  const m = /^(\d+)\.(\d+)\.(\d+)(-\S+)?$/.exec(version ?? '');
   if (!m) return false;
-  const [major, minor] = [Number(m[1]), Number(m[2])];
-  return major === 1 && minor >= 12;
+  const [major, minor, pre] = [Number(m[1]), Number(m[2]), m[4]];
+  if (pkg === SDK_PACKAGES.v1) return major === 1 && minor >= 12 && !pre;
+  if (pkg === SDK_PACKAGES.v2) return major === 2 && !pre;
+  return false;
+}
+
+/** The one warning for a server the instrumentation cannot bill: names the package, version and the fix. */
+export function unsupportedMessage(pkg: string, version: string | undefined, detail: string): string {
+  return (
+    `${pkg}@${version ?? '?'} is loaded but ${PACKAGE_NAME}@${PACKAGE_VERSION} cannot instrument it (${detail}): ` +
+    `tool calls of its servers are NOT metered or enforced. Supported: ${SDK_PACKAGES.v1} ` +
+    `${SUPPORTED_VERSIONS[SDK_PACKAGES.v1]}, ${SDK_PACKAGES.v2} ${SUPPORTED_VERSIONS[SDK_PACKAGES.v2]}. ` +
+    `Upgrade ${PACKAGE_NAME}, or use a supported SDK version; ` +
+    '`npx tollgate-instrumentation check` shows what is patched.'
+  );
 }
 
 function packageVersion(basedir: string | undefined): string | undefined {
@@ -52,10 +77,12 @@ function packageVersion(basedir: string | undefined): string | undefined {
 }
 
 /**
- * Auto-instrumentation of MCP servers built with `@modelcontextprotocol/sdk` 1.x, for CommonJS (`--require`)
- * and ESM (`--import` with the OTel loader hook). It patches `Server.prototype.setRequestHandler` so that
- * every server's `tools/call` and `initialize` handlers are wrapped as they are registered; `McpServer`
- * registers its handlers on the `Server` it wraps, so both APIs are covered by the one patch.
+ * Auto-instrumentation of MCP servers built with `@modelcontextprotocol/sdk` 1.x or
+ * `@modelcontextprotocol/server` 2.x, for CommonJS (`--require`) and ESM (`--import` with the OTel loader
+ * hook). It patches `Server.prototype.setRequestHandler` so that every server's `tools/call` and
+ * `initialize` handlers are wrapped as they are registered; `McpServer` registers its handlers on the
+ * `Server` it wraps, so both APIs are covered by the one patch, and so are 2.x's per-request instances
+ * (`createMcpHandler`) and `serveStdio`.
  *
  * Each `tools/call` becomes a SERVER span `tools/call {tool}` with the MCP semantic attributes, sent to the
  * app's tracer provider (its sampling applies) and, always, to Tollgate's billing pipeline.
@@ -66,6 +93,8 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   declare private cjsHook: RequireHook | undefined;
   /** Modules patched outside the OTel definitions (the CJS hook, `manuallyInstrument`): disable unpatches them. */
   declare private ownPatched: Set<ServerModuleLike> | undefined;
+  /** Warnings already given (each once per process). */
+  declare private warned: Set<string> | undefined;
 
   constructor(config: McpInstrumentationConfig = {}) {
     super(PACKAGE_NAME, PACKAGE_VERSION, config);
@@ -87,6 +116,46 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     return resolved;
   }
 
+  /**
+   * A server that would go unbilled is never silent: one line through the configured logger (stderr by
+   * default), and the self-check lists it.
+   */
+  private warnOnce(key: string, message: string): void {
+    this.warned ??= new Set();
+    if (this.warned.has(key)) return;
+    this.warned.add(key);
+    recordSdk({
+      package: key.split('@')[0] ?? key,
+      version: key.split('@')[1],
+      patched: false,
+      problem: message,
+    });
+    this._diag.warn(message);
+    this.tracerOfCalls().warn(message);
+  }
+
+  /** Patches a 2.x or 1.x server module after checking its version; warns (once) when it cannot. */
+  private patchChecked(
+    pkg: string,
+    exports: ServerModuleLike,
+    version: string | undefined,
+  ): ServerModuleLike {
+    if (!isSupportedSdkVersion(pkg, version)) {
+      this.warnOnce(`${pkg}@${version}`, unsupportedMessage(pkg, version, 'unsupported version'));
+      return exports;
+    }
+    const proto = exports?.Server?.prototype;
+    if (!proto || typeof proto.setRequestHandler !== 'function') {
+      this.warnOnce(
+        `${pkg}@${version}`,
+        unsupportedMessage(pkg, version, 'no Server.prototype.setRequestHandler to patch'),
+      );
+      return exports;
+    }
+    recordSdk({ package: pkg, version, patched: true });
+    return this.patchServerModule(exports, pkg, version);
+  }
+
   /** Created at the first patch, so a config set after construction (NodeSDK) is the one used. */
   private tracerOfCalls(): ToolCallTracer {
     this.calls ??= new ToolCallTracer(
@@ -104,13 +173,12 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     this.ownPatched ??= new Set();
     this.cjsHook = new RequireHook([CJS_SERVER_MODULE], { internals: true }, (exports, name, basedir) => {
       if (name !== CJS_SERVER_MODULE) return exports;
-      const version = packageVersion(basedir);
-      if (!isSupportedSdkVersion(version)) {
-        this._diag.warn(`@modelcontextprotocol/sdk ${version} is not supported (${SUPPORTED_VERSIONS})`);
-        return exports;
-      }
       this.ownPatched?.add(exports as ServerModuleLike);
-      return this.patchServerModule(exports as ServerModuleLike) as typeof exports;
+      return this.patchChecked(
+        SDK_PACKAGES.v1,
+        exports as ServerModuleLike,
+        packageVersion(basedir),
+      ) as typeof exports;
     });
     for (const m of this.ownPatched) this.patchServerModule(m);
   }
@@ -123,41 +191,51 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   }
 
   protected init(): InstrumentationNodeModuleDefinition[] {
-    // ESM (import-in-the-middle reports the file path inside the package); CommonJS goes through `enable`.
+    // Every version is hooked ('*') and checked in `patchChecked`, so an unsupported one is reported, never
+    // skipped in silence. 1.x: ESM through the server file (import-in-the-middle reports the file path
+    // inside the package), CommonJS through `enable`. 2.x: the package's main entry (ESM and CommonJS);
+    // `McpServer`, `serveStdio` and `createMcpHandler` all build on the `Server` class it exports.
     const files = SERVER_MODULE_FILES.map(
       (file) =>
         new InstrumentationNodeModuleFile(
           file,
-          SUPPORTED_VERSIONS,
-          (exports: ServerModuleLike) => this.patchServerModule(exports),
+          ['*'],
+          (exports: ServerModuleLike, version?: string) =>
+            this.patchChecked(SDK_PACKAGES.v1, exports, version),
           (exports: ServerModuleLike) => this.unpatchServerModule(exports),
         ),
     );
     return [
+      new InstrumentationNodeModuleDefinition(SDK_PACKAGES.v1, ['*'], undefined, undefined, files),
       new InstrumentationNodeModuleDefinition(
-        '@modelcontextprotocol/sdk',
-        SUPPORTED_VERSIONS,
-        undefined,
-        undefined,
-        files,
+        SDK_PACKAGES.v2,
+        ['*'],
+        (exports: ServerModuleLike, version?: string) => this.patchChecked(SDK_PACKAGES.v2, exports, version),
+        (exports: ServerModuleLike) => this.unpatchServerModule(exports),
       ),
     ];
   }
 
-  private patchServerModule(exports: ServerModuleLike): ServerModuleLike {
+  private patchServerModule(exports: ServerModuleLike, pkg?: string, version?: string): ServerModuleLike {
     const proto = exports?.Server?.prototype;
-    if (!proto || typeof proto.setRequestHandler !== 'function') {
-      this._diag.debug('no Server.prototype.setRequestHandler to patch');
-      return exports;
-    }
+    if (!proto || typeof proto.setRequestHandler !== 'function') return exports;
     if (isWrapped(proto.setRequestHandler)) this._unwrap(proto, 'setRequestHandler');
     const calls = this.tracerOfCalls();
+    const self = this;
     this._wrap(
       proto,
       'setRequestHandler',
       (original) =>
         function setRequestHandler(this: ServerLike, ...args: unknown[]) {
           const r = original.apply(this, args);
+          // A release that moved the handler map would leave tool calls unbilled: say so once.
+          if (!(this._requestHandlers instanceof Map)) {
+            self.warnOnce(
+              `${pkg}@${version}`,
+              unsupportedMessage(pkg ?? 'the MCP SDK', version, 'no request handler map on Server'),
+            );
+            return r;
+          }
           ToolCallTracer.ownerOf(this, calls).instrumentHandlers(this);
           return r;
         },

@@ -1,10 +1,13 @@
 /**
- * The parts of `@modelcontextprotocol/sdk` 1.x this instrumentation touches, typed structurally so the SDK
- * is never a runtime dependency (and so a minor SDK release that adds fields does not break the build).
+ * The parts of the MCP TypeScript SDK this instrumentation touches, typed structurally so the SDK is never a
+ * runtime dependency (and so a minor SDK release that adds fields does not break the build). Two lines:
+ * 1.x (`@modelcontextprotocol/sdk`) and 2.x (`@modelcontextprotocol/server`); both keep request handlers in
+ * `Protocol._requestHandlers` and register them through `setRequestHandler`, but the second argument of a
+ * handler differs (1.x `RequestHandlerExtra`, 2.x the request context `ctx`).
  */
 import type { McpAuthInfo } from './types.js';
 
-/** A request handler as stored in `Protocol._requestHandlers`. */
+/** A request handler as stored in `Protocol._requestHandlers` (either line). */
 export type RequestHandler = (request: JsonRpcRequestLike, extra: RequestExtraLike) => unknown;
 
 export interface JsonRpcRequestLike {
@@ -14,12 +17,22 @@ export interface JsonRpcRequestLike {
     arguments?: unknown;
     _meta?: Record<string, unknown>;
     protocolVersion?: unknown;
-    clientInfo?: { name?: string; version?: string };
+    clientInfo?: unknown;
     [key: string]: unknown;
   };
 }
 
-/** `RequestHandlerExtra` of the SDK (the second argument of every handler). */
+/** Headers as a 2.x handler sees them (a web-standard `Headers` of the inbound `Request`). */
+export interface WebHeadersLike {
+  get(name: string): string | null;
+  forEach(cb: (value: string, key: string) => void): void;
+}
+
+/**
+ * The second argument of a handler: 1.x `RequestHandlerExtra` (`sessionId`, `requestId`, `authInfo`,
+ * `requestInfo.headers`, `signal`) or 2.x `ServerContext` (`sessionId`, `mcpReq.{id,_meta,envelope,signal}`,
+ * `http.{authInfo,req}`). Both shapes are read through `readInbound`.
+ */
 export interface RequestExtraLike {
   signal?: AbortSignal;
   sessionId?: string;
@@ -27,6 +40,14 @@ export interface RequestExtraLike {
   authInfo?: McpAuthInfo;
   requestInfo?: { headers?: Record<string, string | string[] | undefined> };
   _meta?: Record<string, unknown>;
+  mcpReq?: {
+    id?: string | number;
+    _meta?: Record<string, unknown>;
+    /** 2026-07-28: the request's `_meta` envelope (protocol version, clientInfo, client capabilities). */
+    envelope?: Record<string, unknown>;
+    signal?: AbortSignal;
+  };
+  http?: { authInfo?: McpAuthInfo; req?: { headers?: WebHeadersLike } };
 }
 
 /** A transport as seen by the server (`Protocol.transport`). */
@@ -42,6 +63,8 @@ export interface ServerLike {
   readonly transport?: TransportLike | undefined;
   close(): Promise<void>;
   getClientVersion?(): { name?: string; version?: string } | undefined;
+  /** 2.x: the protocol revision the instance serves (set by the serving entry or `initialize`). */
+  _negotiatedProtocolVersion?: string;
 }
 
 /** `McpServer` wraps a `Server` in `.server`. */

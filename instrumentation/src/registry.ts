@@ -1,3 +1,4 @@
+import { ActivitySessions } from '@tollgate/contracts';
 import type { ResolvedConfig } from './config.js';
 import { TollgateRuntime } from './runtime.js';
 
@@ -12,6 +13,22 @@ export function runtimeFor(config: ResolvedConfig): TollgateRuntime | undefined 
     runtimes.set(config.runtimeKey, rt);
   }
   return rt;
+}
+
+/**
+ * Rule-4 (`activity`) session state of this process, one per inactivity gap. Process-wide, because 2.x
+ * HTTP servers build a fresh server instance (and, with `instrumentMcpServer` in the factory, a fresh
+ * tracer) for every request: the calls of one caller must still meet in one session.
+ */
+const activity = new Map<number, ActivitySessions>();
+
+export function activitySessionsFor(gapMs: number): ActivitySessions {
+  let a = activity.get(gapMs);
+  if (!a) {
+    a = new ActivitySessions(gapMs);
+    activity.set(gapMs, a);
+  }
+  return a;
 }
 
 /** The runtimes of this process (the demo and tests read their stats and directive changes). */

@@ -4,7 +4,7 @@ import type { InstrumentationScope } from '@opentelemetry/core';
 import { safeExecuteInTheMiddle } from '@opentelemetry/instrumentation';
 import { defaultResource, type Resource, resourceFromAttributes } from '@opentelemetry/resources';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
-import type { Directive, McpTransport } from '@tollgate/contracts';
+import type { Directive, McpTransport, SessionRule } from '@tollgate/contracts';
 import { BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
@@ -23,14 +23,22 @@ const MAX_CHANGES_KEPT = 1000;
 /** Spans are flushed for at most this long before a killed stdio server exits or a signal is re-raised. */
 const EXIT_FLUSH_MS = 3000;
 
-/** One connection of a server: a stdio process, an SSE stream, a Streamable HTTP session. */
+/** One connection of a server: a stdio process, an SSE stream, a Streamable HTTP session or exchange. */
 export interface SessionInfo {
   server: ServerLike;
   transport: TransportLike | undefined;
   kind: McpTransport;
-  /** The transport's session id, or one generated for stdio and in-process transports. */
+  /**
+   * The connection's own session, when it has one: the protocol's session id (2025-era sessionful
+   * transports) or, for stdio and in-process transports, an id made once per connection (`conn-<uuid>`).
+   * Undefined on stateless HTTP, where each call's billing session comes from its trace or activity.
+   */
   sessionId: string | undefined;
+  /** The rule that gave `sessionId` (see contracts/src/billing-session.ts). */
+  sessionRule: SessionRule | undefined;
+  /** Negotiated in `initialize` (2025 era); 2026-07-28 requests carry theirs in `_meta`. */
   protocolVersion: string | undefined;
+  /** From `initialize` (2025 era); 2026-07-28 requests carry theirs in `_meta`. */
   clientInfo: { name?: string; version?: string } | undefined;
   customer: string | undefined;
   agent: string | undefined;
@@ -41,6 +49,7 @@ export interface SessionInfo {
   template:
     | {
         sessionId: string;
+        rule: SessionRule | undefined;
         customer: string | undefined;
         agent: string | undefined;
         protocolVersion: string | undefined;
@@ -91,7 +100,19 @@ export class TollgateRuntime {
   readonly log: OutageLog;
   /** Directive changes seen, in order (the demo and tests read them). */
   readonly changes: Directive[] = [];
-  readonly stats = { calls: 0, refusedKilled: 0, refusedThrottled: 0, sessionsClosed: 0, sessionsRefused: 0 };
+  readonly stats = {
+    calls: 0,
+    refusedKilled: 0,
+    refusedThrottled: 0,
+    sessionsClosed: 0,
+    sessionsRefused: 0,
+    /**
+     * Client-sent `_meta` fields that were malformed and ignored (a non-string or invalid `traceparent`, an
+     * oversized or non-object `clientInfo`, a protocol version that is not a revision date). The call went
+     * on; its session came from the next rule.
+     */
+    malformedMeta: { traceparent: 0, clientInfo: 0, protocolVersion: 0 },
+  };
   private readonly resource: Resource;
   private readonly scope: InstrumentationScope = { name: PACKAGE_NAME, version: PACKAGE_VERSION };
   private readonly batcher: SpanBatcher | undefined;

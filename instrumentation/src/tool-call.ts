@@ -10,11 +10,32 @@ import {
   type Tracer,
   trace,
 } from '@opentelemetry/api';
-import type { Directive } from '@tollgate/contracts';
+import {
+  ATTR_TOLLGATE_SESSION_RULE,
+  credentialFingerprint,
+  type Directive,
+  type McpTransport,
+  SESSION_PREFIX,
+  type SessionRule,
+  sessionFromEvidence,
+} from '@tollgate/contracts';
 import type { BillingSpan } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
+import {
+  authInfoOf,
+  boundedClientInfo,
+  type ClientInfo,
+  envelopeClientInfo,
+  envelopeProtocolVersion,
+  hasHttpRequest,
+  headerOf,
+  headersOf,
+  metaOf,
+  requestIdOf,
+  validProtocolVersion,
+} from './inbound.js';
 import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike } from './internal-types.js';
-import { runtimeFor } from './registry.js';
+import { activitySessionsFor, runtimeFor } from './registry.js';
 import type { SessionInfo, TollgateRuntime } from './runtime.js';
 import {
   ATTR_DIRECTIVE_ID,
@@ -69,17 +90,33 @@ const WRAPPED_METHODS = ['tools/call', 'initialize'] as const;
 
 const sessions = new WeakMap<ServerLike, SessionInfo>();
 
+/** Transports whose connection is the session (rule 2 of the billing session): one id per connection. */
+function isConnectionTransport(kind: McpTransport): boolean {
+  return kind === 'stdio' || kind === 'in_memory';
+}
+
+/** The connection a call arrived on (one per server and transport; 2.x HTTP makes a server per request). */
 function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): SessionInfo {
   const transport = server.transport;
   let s = sessions.get(server);
   if (!s || s.transport !== transport) {
-    const kind = transportKindOf(transport, extra?.requestInfo !== undefined);
+    const kind = transportKindOf(transport, hasHttpRequest(extra));
+    const protocolId = transport?.sessionId;
+    let sessionId: string | undefined;
+    let sessionRule: SessionRule | undefined;
+    if (protocolId) {
+      sessionId = protocolId;
+      sessionRule = 'protocol';
+    } else if (isConnectionTransport(kind)) {
+      sessionId = `${SESSION_PREFIX.connection}${randomUUID()}`;
+      sessionRule = 'connection';
+    }
     s = {
       server,
       transport,
       kind,
-      // stdio and in-process transports have no session id of their own: one per connection
-      sessionId: transport?.sessionId ?? (kind === 'stdio' || kind === 'unknown' ? randomUUID() : undefined),
+      sessionId,
+      sessionRule,
       protocolVersion: undefined,
       clientInfo: undefined,
       customer: undefined,
@@ -93,20 +130,40 @@ function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): Ses
   return s;
 }
 
+/** Fingerprints of bearer tokens already seen (hashing one costs more than the rest of a call). */
+const fingerprints = new Map<string, string>();
+const MAX_FINGERPRINTS = 1024;
+
+/** The credential of a call for its `activity` session: a fingerprint of its token, or its OAuth client. */
+function credentialOf(info: McpRequestInfo): string {
+  const token = info.authInfo?.token;
+  if (typeof token === 'string' && token !== '') {
+    let f = fingerprints.get(token);
+    if (f === undefined) {
+      if (fingerprints.size >= MAX_FINGERPRINTS) fingerprints.clear();
+      f = credentialFingerprint(token);
+      fingerprints.set(token, f);
+    }
+    return f;
+  }
+  const clientId = info.authInfo?.clientId;
+  return typeof clientId === 'string' ? `client:${clientId}` : '';
+}
+
 /** The attributes every call of a session shares, rebuilt only when one of their inputs changes. */
 function sessionAttributes(
   s: SessionInfo,
   sessionId: string,
+  rule: SessionRule | undefined,
   customer: string | undefined,
   agent: string | undefined,
-  extra: RequestExtraLike | undefined,
+  protocolVersion: string | undefined,
 ): Attributes {
-  const pv = s.protocolVersion ?? extra?.requestInfo?.headers?.['mcp-protocol-version'];
-  const protocolVersion = typeof pv === 'string' ? pv : undefined;
   const t = s.template;
   if (
     t &&
     t.sessionId === sessionId &&
+    t.rule === rule &&
     t.customer === customer &&
     t.agent === agent &&
     t.protocolVersion === protocolVersion
@@ -119,12 +176,13 @@ function sessionAttributes(
     [ATTR_TOLLGATE_TRANSPORT]: s.kind,
   };
   if (sessionId) a[ATTR_MCP_SESSION_ID] = sessionId;
+  if (sessionId && rule) a[ATTR_TOLLGATE_SESSION_RULE] = rule;
   if (protocolVersion) a[ATTR_MCP_PROTOCOL_VERSION] = protocolVersion;
   if (s.kind === 'stdio') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_PIPE;
-  else if (s.kind !== 'unknown') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
+  else if (s.kind !== 'unknown' && s.kind !== 'in_memory') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
   if (customer !== undefined) a[ATTR_TOLLGATE_CUSTOMER] = customer;
   if (agent !== undefined) a[ATTR_TOLLGATE_AGENT] = agent;
-  s.template = { sessionId, customer, agent, protocolVersion, attributes: a };
+  s.template = { sessionId, rule, customer, agent, protocolVersion, attributes: a };
   return a;
 }
 
@@ -151,6 +209,18 @@ interface Call extends UsageRecord {
   bill: BillingSpan | undefined;
   app: Span | undefined;
   appRecording: boolean;
+}
+
+/** Who and what a call is, decided before it runs. */
+interface Subject {
+  s: SessionInfo;
+  info: McpRequestInfo;
+  customer: string | undefined;
+  agent: string | undefined;
+  /** The billing session and the rule that gave it. */
+  sessionId: string;
+  rule: SessionRule;
+  protocolVersion: string | undefined;
 }
 
 function setBoth(spans: Call, key: string, value: string | number | boolean): void {
@@ -194,6 +264,11 @@ export class ToolCallTracer {
 
   get billing(): TollgateRuntime | undefined {
     return this.runtime;
+  }
+
+  /** Reports a problem through the configured logger (stderr unless silenced). */
+  warn(message: string): void {
+    this.resolved.logger?.warn(message);
   }
 
   /** Makes this tracer the one that handles `server`, even if another one wrapped it first. */
@@ -245,22 +320,96 @@ export class ToolCallTracer {
     s: SessionInfo,
     request: JsonRpcRequestLike,
     extra: RequestExtraLike | undefined,
+    meta: Record<string, unknown> | undefined,
+    clientInfo: ClientInfo | undefined,
   ): McpRequestInfo {
     const params = request.params;
+    let headers: McpRequestInfo['headers'] | null = null;
     return {
       method,
       toolName: typeof params?.name === 'string' ? params.name : undefined,
       arguments: params?.arguments,
-      meta: params?._meta,
-      authInfo: extra?.authInfo,
+      meta,
+      authInfo: authInfoOf(extra),
       sessionId: extra?.sessionId ?? s.sessionId ?? '',
       transport: s.kind,
-      clientInfo: s.clientInfo,
-      headers: extra?.requestInfo?.headers,
+      clientInfo,
+      // built from a 2.x web `Headers` only when a resolver reads it
+      get headers() {
+        if (headers === null) headers = headersOf(extra);
+        return headers;
+      },
     };
   }
 
-  /** A new session: remembers who it serves, and refuses it when its customer or agent is killed. */
+  /** Counts a malformed client-sent `_meta` field (the call goes on without it). */
+  private malformed(field: 'traceparent' | 'clientInfo' | 'protocolVersion'): void {
+    if (this.runtime) this.runtime.stats.malformedMeta[field]++;
+  }
+
+  /**
+   * The client's identity for this request: the 2026-07-28 `_meta` envelope's, else what `initialize` told
+   * (2025 era), else what the 2.x serving entry seeded on a per-request instance.
+   */
+  private clientInfoOf(
+    s: SessionInfo,
+    server: ServerLike,
+    meta: Record<string, unknown> | undefined,
+    extra: RequestExtraLike | undefined,
+  ): ClientInfo | undefined {
+    const fromEnvelope = envelopeClientInfo(meta, extra);
+    if (fromEnvelope === null) this.malformed('clientInfo');
+    else if (fromEnvelope) return fromEnvelope;
+    if (s.clientInfo) return s.clientInfo;
+    const seeded = boundedClientInfo(server.getClientVersion?.());
+    return seeded ?? undefined;
+  }
+
+  /** The protocol revision of this request: its envelope's, else negotiated, else the HTTP header. */
+  private protocolVersionOf(
+    s: SessionInfo,
+    server: ServerLike,
+    meta: Record<string, unknown> | undefined,
+    extra: RequestExtraLike | undefined,
+  ): string | undefined {
+    const v = envelopeProtocolVersion(meta, extra);
+    if (v === null) this.malformed('protocolVersion');
+    else if (v) return v;
+    return (
+      s.protocolVersion ??
+      validProtocolVersion(server._negotiatedProtocolVersion) ??
+      validProtocolVersion(headerOf(extra, 'mcp-protocol-version'))
+    );
+  }
+
+  /**
+   * The billing session of a call (contracts/src/billing-session.ts): the protocol session, else the stdio
+   * connection, else the caller's trace from `_meta.traceparent`, else the caller's activity.
+   */
+  private billingSession(
+    s: SessionInfo,
+    info: McpRequestInfo,
+    customer: string | undefined,
+    agent: string | undefined,
+  ): { id: string; rule: SessionRule } {
+    const protocolId = info.sessionId && s.sessionRule !== 'connection' ? info.sessionId : undefined;
+    const ev = sessionFromEvidence({
+      protocolSessionId: protocolId,
+      connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
+      traceparent: info.meta?.traceparent,
+    });
+    if (ev.id !== undefined) return ev;
+    if (ev.malformed) this.malformed('traceparent');
+    const id = activitySessionsFor(this.resolved.sessionGapMs).sessionOf(
+      customer ?? '',
+      agent ?? '',
+      credentialOf(info),
+      Date.now(),
+    );
+    return { id, rule: 'activity' };
+  }
+
+  /** A new 2025-era session: remembers who it serves, and refuses it when its customer or agent is killed. */
   private initialize(
     server: ServerLike,
     original: RequestHandler,
@@ -269,19 +418,23 @@ export class ToolCallTracer {
     extra: RequestExtraLike,
   ): unknown {
     const s = sessionOf(server, extra);
-    s.clientInfo = request.params?.clientInfo;
+    const ci = boundedClientInfo(request.params?.clientInfo);
+    if (ci === null) this.malformed('clientInfo');
+    s.clientInfo = ci ?? undefined;
     const run = () => {
       const out = original.call(thisArg, request, extra);
       const record = (result: unknown) => {
-        const v = (result as { protocolVersion?: unknown } | undefined)?.protocolVersion;
-        if (typeof v === 'string') s.protocolVersion = v;
+        const v = validProtocolVersion(
+          (result as { protocolVersion?: unknown } | undefined)?.protocolVersion,
+        );
+        if (v) s.protocolVersion = v;
         return result;
       };
       return isThenable(out) ? Promise.resolve(out).then(record) : record(out);
     };
     const rt = this.runtime;
     if (!rt) return run();
-    const info = this.requestInfo('initialize', s, request, extra);
+    const info = this.requestInfo('initialize', s, request, extra, metaOf(request, extra), s.clientInfo);
     const customer = resolveIdentity(this.resolved.customer, info);
     const agent = resolveIdentity(this.resolved.agent, info);
     const gate = () => {
@@ -308,64 +461,86 @@ export class ToolCallTracer {
     extra: RequestExtraLike,
   ): unknown {
     const s = sessionOf(server, extra);
-    const info = this.requestInfo('tools/call', s, request, extra);
+    const meta = metaOf(request, extra);
+    const info = this.requestInfo(
+      'tools/call',
+      s,
+      request,
+      extra,
+      meta,
+      this.clientInfoOf(s, server, meta, extra),
+    );
     const customer = resolveIdentity(this.resolved.customer, info, s.customer);
     const agent = resolveIdentity(this.resolved.agent, info, s.agent);
+    const session = this.billingSession(s, info, customer, agent);
+    const call: Subject = {
+      s,
+      info,
+      customer,
+      agent,
+      sessionId: session.id,
+      rule: session.rule,
+      protocolVersion: this.protocolVersionOf(s, server, meta, extra),
+    };
     const rt = this.runtime;
     if (rt) {
       rt.stats.calls++;
       if (!s.tracked || s.customer !== customer || s.agent !== agent) rt.track(s, customer, agent);
       if (rt.store.size > 0) {
         if (rt.store.hasProvisional(customer)) {
-          return rt
-            .awaitSync()
-            .then(() => this.checkedCall(rt, s, info, customer, agent, original, thisArg, request, extra));
+          return rt.awaitSync().then(() => this.checkedCall(rt, call, original, thisArg, request, extra));
         }
-        return this.checkedCall(rt, s, info, customer, agent, original, thisArg, request, extra);
+        return this.checkedCall(rt, call, original, thisArg, request, extra);
       }
     }
-    return this.traced(rt, s, info, customer, agent, undefined, original, thisArg, request, extra);
+    return this.traced(rt, call, undefined, original, thisArg, request, extra);
   }
 
   private checkedCall(
     rt: TollgateRuntime,
-    s: SessionInfo,
-    info: McpRequestInfo,
-    customer: string | undefined,
-    agent: string | undefined,
+    call: Subject,
     original: RequestHandler,
     thisArg: unknown,
     request: JsonRpcRequestLike,
     extra: RequestExtraLike,
   ): unknown {
-    const v = rt.store.check({ customer, agent, sessionId: info.sessionId, tool: info.toolName }, Date.now());
+    const v = rt.store.check(
+      { customer: call.customer, agent: call.agent, sessionId: call.sessionId, tool: call.info.toolName },
+      Date.now(),
+    );
     if (v?.refusal) {
       // Refused before the tool runs: no tool-call span, so nothing is billed for it.
-      rt.refused(s, v, 'call');
+      rt.refused(call.s, v, 'call');
       return Promise.reject(v.refusal);
     }
-    return this.traced(rt, s, info, customer, agent, v?.warnings, original, thisArg, request, extra);
+    return this.traced(rt, call, v?.warnings, original, thisArg, request, extra);
   }
 
   private traced(
     rt: TollgateRuntime | undefined,
-    s: SessionInfo,
-    info: McpRequestInfo,
-    customer: string | undefined,
-    agent: string | undefined,
+    subject: Subject,
     warnings: Directive[] | undefined,
     original: RequestHandler,
     thisArg: unknown,
     request: JsonRpcRequestLike,
     extra: RequestExtraLike,
   ): unknown {
+    const info = subject.info;
     const tool = info.toolName ?? '';
     const name = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
     // The attributes every call of the session shares are built once per session (and identity); a call
     // allocates only its own.
-    const base = sessionAttributes(s, info.sessionId, customer, agent, extra);
+    const base = sessionAttributes(
+      subject.s,
+      subject.sessionId,
+      subject.rule,
+      subject.customer,
+      subject.agent,
+      subject.protocolVersion,
+    );
     const own: Attributes = { [ATTR_GEN_AI_TOOL_NAME]: tool };
-    if (extra?.requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(extra.requestId);
+    const requestId = requestIdOf(extra);
+    if (requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(requestId);
 
     const active = context.active();
     const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;

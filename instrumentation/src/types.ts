@@ -14,10 +14,18 @@ export interface McpRequestInfo {
   meta: Readonly<Record<string, unknown>> | undefined;
   /** Auth info the HTTP transport attached after the server's auth middleware validated the token (trusted). */
   authInfo: McpAuthInfo | undefined;
-  /** `mcp.session.id`: the transport's session id, or one generated per connection for stdio. */
+  /**
+   * The connection's session, when it has one: the protocol's session id (2025-era sessionful transports) or
+   * the stdio connection id. Empty on stateless HTTP. The call's billing session (which may come from the
+   * caller's trace or its activity) is decided after the customer and agent are known.
+   */
   sessionId: string;
   transport: McpTransport;
-  /** `clientInfo` the client sent in `initialize` (untrusted). */
+  /**
+   * The client's `clientInfo` (untrusted): from this request's `_meta` envelope on the 2026-07-28 revision,
+   * from `initialize` before it. Bounded: a name that is not a valid identifier (over 256 characters,
+   * control characters) is dropped.
+   */
   clientInfo: { name?: string; version?: string } | undefined;
   /** HTTP request headers (HTTP transports only). */
   headers: Readonly<Record<string, string | string[] | undefined>> | undefined;
@@ -121,6 +129,11 @@ export interface McpInstrumentationConfig extends InstrumentationConfig, Tollgat
   customer?: IdentityResolver;
   /** Which caller made it. Default: `authInfo.clientId`, then `TOLLGATE_AGENT_ID`, then `clientInfo.name`. */
   agent?: IdentityResolver;
+  /**
+   * Inactivity gap of the `activity` billing session (calls of one customer + agent + credential with no
+   * more than this between them are one session), in ms. Default 30 min. Env: `TOLLGATE_SESSION_GAP_MS`.
+   */
+  sessionGapMs?: number;
   /** Estimate tokens with a real tokenizer (`gpt-tokenizer`, o200k) when a handler reports none (default false). */
   estimateTokens?: boolean;
   /** Overrides the default action of each directive. */

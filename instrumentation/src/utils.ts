@@ -4,14 +4,24 @@ import { isValidIdentifier, type McpTransport } from '@tollgate/contracts';
 import type { TransportLike } from './internal-types.js';
 import type { IdentityResolver, McpRequestInfo } from './types.js';
 
-/** Transport classes of @modelcontextprotocol/sdk 1.x, by constructor name. */
+/**
+ * Server transport classes of the MCP TypeScript SDK, by constructor name: 1.x (`@modelcontextprotocol/sdk`)
+ * and 2.x (`@modelcontextprotocol/server`: `serveStdio`'s channel, `createMcpHandler`'s per-request
+ * transport and its legacy-stateless fallback; `@modelcontextprotocol/node`; the frozen SSE transport of
+ * `@modelcontextprotocol/server-legacy`).
+ */
 const TRANSPORT_BY_CLASS: Record<string, McpTransport> = {
   StdioServerTransport: 'stdio',
+  StdioConnectionChannel: 'stdio',
   SSEServerTransport: 'sse',
   StreamableHTTPServerTransport: 'streamable_http',
   WebStandardStreamableHTTPServerTransport: 'streamable_http',
+  NodeStreamableHTTPServerTransport: 'streamable_http',
+  PerRequestHTTPServerTransport: 'streamable_http',
+  InMemoryTransport: 'in_memory',
 };
 
+/** The MCP transport of a server connection; a transport we cannot name that carried HTTP is `http`. */
 export function transportKindOf(transport: TransportLike | undefined, hasHttpRequest: boolean): McpTransport {
   const name = (transport as { constructor?: { name?: string } } | undefined)?.constructor?.name;
   const known = name ? TRANSPORT_BY_CLASS[name] : undefined;
@@ -65,7 +75,7 @@ export const resolvers = {
     (key: string): IdentityResolver =>
     (r) =>
       str(r.meta?.[key]),
-  /** `clientInfo.name` from `initialize` (client-supplied). */
+  /** `clientInfo.name` of the client: from the request's `_meta` envelope (2026-07-28) or `initialize` (client-supplied). */
   fromClientInfo: (): IdentityResolver => (r) => str(r.clientInfo?.name),
   /**
    * An environment variable (a stdio server is started for one customer), read once when the resolver is
@@ -102,7 +112,10 @@ export function defaultCustomerResolver(env: NodeJS.ProcessEnv = process.env): I
   );
 }
 
-/** The default agent: `authInfo.clientId`, else `TOLLGATE_AGENT_ID`, else `clientInfo.name`. */
+/**
+ * The default agent: `authInfo.clientId` (trusted), else `TOLLGATE_AGENT_ID`, else the client's
+ * `clientInfo.name` (per request on 2026-07-28, from `initialize` before it).
+ */
 export function defaultAgentResolver(env: NodeJS.ProcessEnv = process.env): IdentityResolver {
   return resolvers.firstOf(
     resolvers.fromAuthClientId(),

@@ -82,9 +82,10 @@ describe('the tools/call span', () => {
       'gen_ai.tool.name': 'search_docs',
       'gen_ai.operation.name': 'execute_tool',
       'jsonrpc.request.id': '1',
-      'mcp.session.id': expect.stringMatching(/^[0-9a-f-]{36}$/),
+      'mcp.session.id': expect.stringMatching(/^conn-[0-9a-f-]{36}$/), // one per connection
+      'tollgate.session.rule': 'connection',
       'mcp.protocol.version': LATEST_PROTOCOL_VERSION,
-      'tollgate.mcp.transport': 'unknown', // in-memory: no network.transport
+      'tollgate.mcp.transport': 'in_memory', // the SDK's in-process transport: no network.transport
       'tollgate.customer.id': 'acme',
       'tollgate.agent.id': 'unit-agent', // default agent resolver: clientInfo.name
       'gen_ai.usage.input_tokens': 100,

@@ -232,8 +232,19 @@ describe('configuration', () => {
   });
 
   it('supported SDK versions and the package version', () => {
-    expect(['1.12.0', '1.32.2'].map(isSupportedSdkVersion)).toEqual([true, true]);
-    expect(['1.11.4', '2.0.0', undefined].map(isSupportedSdkVersion)).toEqual([false, false, false]);
+    const v1 = (v: string | undefined) => isSupportedSdkVersion('@modelcontextprotocol/sdk', v);
+    const v2 = (v: string | undefined) => isSupportedSdkVersion('@modelcontextprotocol/server', v);
+    expect(['1.12.0', '1.32.2'].map(v1)).toEqual([true, true]);
+    expect(['1.11.4', '2.0.0', '1.13.0-rc.1', undefined].map(v1)).toEqual([false, false, false, false]);
+    expect(['2.0.0', '2.4.0', '2.17.3'].map(v2)).toEqual([true, true, true]);
+    expect(['1.32.2', '3.0.0', '2.0.0-beta.5', 'x', undefined].map(v2)).toEqual([
+      false,
+      false,
+      false,
+      false,
+      false,
+    ]);
+    expect(isSupportedSdkVersion('@modelcontextprotocol/client', '2.4.0')).toBe(false);
     const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
     expect([pkg.name, pkg.version]).toEqual([PACKAGE_NAME, PACKAGE_VERSION]);
   });
