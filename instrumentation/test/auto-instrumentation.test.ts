@@ -1,3 +1,7 @@
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEV_INGEST_KEY,
@@ -5,7 +9,7 @@ import {
   startTestTollgate,
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
-import { connectStdio, FIXTURES, waitFor } from './support/mcp.js';
+import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
 
 /**
  * Zero-code instrumentation in child processes: servers that never import Tollgate, started with
@@ -26,6 +30,13 @@ afterAll(async () => {
 const cases = [
   { module: 'ESM (McpServer)', flag: '--import', file: 'auto-server.mjs', customer: 'esm-co' },
   { module: 'CommonJS (low-level Server)', flag: '--require', file: 'auto-server.cjs', customer: 'cjs-co' },
+  // 2.x: the split server package's CommonJS build (the ESM build runs in matrix.test.ts)
+  {
+    module: 'CommonJS 2.x (serveStdio)',
+    flag: '--require',
+    file: 'auto-server-v2.cjs',
+    customer: 'cjs-v2-co',
+  },
 ];
 
 describe('auto-instrumentation', () => {
@@ -66,4 +77,82 @@ describe('auto-instrumentation', () => {
       expect(s.stderr.join('')).not.toMatch(/warning|error/i);
     });
   }
+});
+
+describe('an MCP SDK the instrumentation cannot patch', () => {
+  /** A project whose @modelcontextprotocol/server is a future major (3.0.0) the patch does not know. */
+  function futureProject(): string {
+    const dir = mkdtempSync(join(tmpdir(), 'tollgate-sdk3-'));
+    const pkg = join(dir, 'node_modules', '@modelcontextprotocol', 'server');
+    mkdirSync(pkg, { recursive: true });
+    writeFileSync(
+      join(pkg, 'package.json'),
+      JSON.stringify({ name: '@modelcontextprotocol/server', version: '3.0.0', main: 'index.js' }),
+    );
+    writeFileSync(
+      join(pkg, 'index.js'),
+      'class Server { setRequestHandler() {} }\nclass McpServer {}\nmodule.exports = { Server, McpServer };\n',
+    );
+    writeFileSync(
+      join(dir, 'server.cjs'),
+      "require('@modelcontextprotocol/server');\nrequire('@modelcontextprotocol/server');\n",
+    );
+    return dir;
+  }
+
+  it('says so once, naming the package, its version and what to do — never bills nothing in silence', () => {
+    const dir = futureProject();
+    try {
+      const register = join(PACKAGE_DIR, 'dist', 'register.js');
+      const r = spawnSync(process.execPath, ['--require', register, 'server.cjs'], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, TOLLGATE_OTLP_ENDPOINT: 'http://127.0.0.1:9/', TOLLGATE_CUSTOMER_ID: 'x' },
+        timeout: 20_000,
+      });
+      const lines = r.stderr.split('\n').filter((l) => l.includes('@modelcontextprotocol/server@3.0.0'));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain('NOT metered or enforced');
+      expect(lines[0]).toContain('>=2.0.0 <3');
+      expect(lines[0]).toContain('tollgate-instrumentation check');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the self-check reports it and fails', () => {
+    const dir = futureProject();
+    try {
+      const cli = join(PACKAGE_DIR, 'dist', 'cli.js');
+      const r = spawnSync(process.execPath, [cli, 'check'], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, TOLLGATE_OTLP_ENDPOINT: '' },
+        timeout: 30_000,
+      });
+      expect(r.status).toBe(1);
+      expect(r.stdout).toMatch(/FAIL @modelcontextprotocol\/server@3\.0\.0: supported=false/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the self-check passes for the supported SDKs of this repository (hooks patch them, a call is billed)', () => {
+    const cli = join(PACKAGE_DIR, 'dist', 'cli.js');
+    const r = spawnSync(process.execPath, [cli, 'check'], {
+      cwd: PACKAGE_DIR,
+      encoding: 'utf8',
+      env: { ...process.env, TOLLGATE_OTLP_ENDPOINT: '' },
+      timeout: 30_000,
+    });
+    expect(r.stdout).toMatch(
+      /ok {3}@modelcontextprotocol\/sdk@1\.\d+\.\d+: supported=true patched-by-hooks=true billed=true/,
+    );
+    expect(r.stdout).toMatch(
+      /ok {3}@modelcontextprotocol\/server@2\.\d+\.\d+: supported=true patched-by-hooks=true billed=true/,
+    );
+    // no endpoint configured: that alone fails the check, and says why
+    expect(r.stdout).toContain('TOLLGATE_OTLP_ENDPOINT is not set');
+    expect(r.status).toBe(1);
+  });
 });
