@@ -276,3 +276,41 @@ describe.each(cells)('SDK $line, protocol $protocol, $transport, $mode', (c) => 
     }
   }, 90_000);
 });
+
+describe('kills without sessions (stateless 2026-07-28 HTTP)', () => {
+  it('an agent kill refuses that agent before the tool runs and names the scope and reason; other agents go on', async () => {
+    const c: Cell = { line: '2.4', protocol: '2026-07-28', transport: 'http', mode: 'explicit' };
+    const customer = 'mx-agent-kill';
+    const ranFile = join(dir, 'agent-kill.ran');
+    const env = envOf(c, customer, ranFile);
+    const server = await startHttpServer(c, env);
+    const killed = await connect(c, 'agent-doomed', env, server.url);
+    const other = await connect(c, 'agent-fine', env, server.url);
+    try {
+      await killed.call('echo', { text: 'x' });
+      await other.call('echo', { text: 'y' });
+      await rows(customer, 2);
+      await tg.admin?.kill({
+        product: 'demo-mcp',
+        customer,
+        scope: 'agent',
+        id: 'agent-doomed',
+        actor: 'matrix',
+      });
+      const { refusal, okBefore } = await untilRefused(killed);
+      expect(ranCount(ranFile)).toBe(2 + okBefore);
+      expect(refusal.code).toBe(REFUSAL_CODES.killed);
+      expect(refusal.message).toContain(
+        `agent "agent-doomed" of customer "${customer}" is stopped by Tollgate`,
+      );
+      expect(refusal.data?.tollgate).toMatchObject({ scope: 'agent', reason: 'operator:matrix' });
+      // the customer's other agent is not affected
+      await other.call('echo', { text: 'still fine' });
+      expect(ranCount(ranFile)).toBe(3 + okBefore);
+    } finally {
+      await killed.close().catch(() => {});
+      await other.close().catch(() => {});
+      server.proc.kill('SIGTERM');
+    }
+  }, 60_000);
+});
