@@ -65,6 +65,31 @@ describe('runMcpDemo', () => {
       expect(a.refused.killed).toBe(0);
     }
     expect(new Set(summary.agents.map((a) => a.transport))).toEqual(new Set(['stdio', 'streamable_http']));
+    // today's MCP: 2.x servers on the stateless 2026-07-28 revision over stdio and HTTP, next to a 1.x one
+    const kinds = new Set(summary.agents.map((a) => `${a.sdk} ${a.protocol} ${a.transport}`));
+    expect(kinds).toEqual(
+      new Set(['2.x 2026-07-28 stdio', '2.x 2026-07-28 streamable_http', '1.x 2025-11-25 stdio']),
+    );
+    const billed = await query<{
+      customer: string;
+      protocol_version: string;
+      session_rule: string;
+      n: string;
+    }>(
+      tg,
+      `SELECT customer, protocol_version, session_rule, count() AS n FROM mcp_tool_calls
+       GROUP BY customer, protocol_version, session_rule`,
+    );
+    const rowOf = (c: string) => billed.filter((r) => r.customer === c);
+    expect(rowOf('globex').map((r) => [r.protocol_version, r.session_rule])).toEqual([
+      ['2026-07-28', 'activity'],
+    ]);
+    expect(rowOf('acme').map((r) => [r.protocol_version, r.session_rule])).toEqual([
+      ['2026-07-28', 'connection'],
+    ]);
+    expect(rowOf('hooli').map((r) => [r.protocol_version, r.session_rule])).toEqual([
+      ['2025-11-25', 'connection'],
+    ]);
     // the money shown is what Tollgate billed: initech's margin is negative, the others' positive
     const byCustomer = new Map(summary.totals.map((t) => [t.customer, t]));
     expect(byCustomer.get('initech')?.marginBps).toBeLessThan(0);

@@ -1,13 +1,9 @@
-import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import type { Directive } from '@tollgate/contracts';
 import { REFUSALS } from '../errors.js';
 import { instrumentMcpServer } from '../instrument-server.js';
@@ -15,13 +11,16 @@ import { shutdownTollgate } from '../registry.js';
 import { DEMO_TOOLS, DIRECTIVE_LINE, registerDemoTools } from './tools.js';
 
 /**
- * The Tollgate demo with real parts: MCP servers on stdio (a child process per session) and on Streamable
- * HTTP (in this process), both instrumented with this SDK and exporting to the given Tollgate; agent loops
- * (real MCP SDK clients) call their tools for several customers; `initech`, whose `run_report` is priced
- * below its cost in the embedded plans, is driven through the margin guard (warn → throttle → kill): its
- * stdio server refuses the next call and exits, and a new session it opens is refused.
+ * The Tollgate demo with real parts, on the MCP that ships today: MCP SDK 2.x servers on the stateless
+ * 2026-07-28 protocol — on stdio (`serveStdio`, a child process per agent) and on Streamable HTTP
+ * (`createMcpHandler`, a fresh server per request, in this process) — next to an MCP SDK 1.x server on stdio
+ * (2025-11-25), all instrumented with this SDK and exporting to the given Tollgate; agent loops (real MCP SDK
+ * clients of the matching line) call their tools for several customers; `initech`, whose `run_report` is
+ * priced below its cost in the embedded plans, is driven through the margin guard (warn → throttle → kill):
+ * its stdio server refuses the next call and exits, and a new session it opens is refused.
  *
- * Needs `@modelcontextprotocol/sdk` 1.x installed (it is loaded at run time, never by the SDK proper).
+ * Needs `@modelcontextprotocol/server`, `@modelcontextprotocol/client` and `@modelcontextprotocol/node` 2.x and
+ * `@modelcontextprotocol/sdk` 1.x installed (loaded at run time, never by the SDK proper).
  */
 export interface McpDemoOptions {
   /** Tollgate's OTLP/HTTP receiver, e.g. `http://127.0.0.1:4318`. */
@@ -54,10 +53,16 @@ export interface CustomerTotals {
   marginBps: number | null;
 }
 
+/** Which MCP SDK line and protocol revision an agent and its server speak. */
+export type DemoSdk = '2.x' | '1.x';
+
 export interface McpDemoAgentSummary {
   customer: string;
   agent: string;
   transport: 'stdio' | 'streamable_http';
+  sdk: DemoSdk;
+  /** The protocol revision the connection negotiated. */
+  protocol: '2026-07-28' | '2025-11-25';
   calls: number;
   refused: { killed: number; throttled: number };
   /** Directive changes seen for this customer, in order. */
@@ -80,6 +85,7 @@ interface AgentSpec {
   customer: string;
   agent: string;
   transport: 'stdio' | 'streamable_http';
+  sdk: DemoSdk;
   /** Which tool the agent calls next (i = calls made so far). */
   pick(i: number): string;
   /** Pause after call i. */
@@ -94,13 +100,22 @@ const rnd = (xs: readonly string[]) => xs[Math.floor(Math.random() * xs.length)]
  * first call, umbrella and hooli use cheap default-priced tools (their first 20 calls of the month are
  * free). initech earns ~70% on forecasts, then calls only run_report, which its plan prices below cost:
  * one call per export interval, so the margin guard walks through warn (< 20%), throttle (< 10%), kill (< 0).
+ * Four agents speak 2.x on the stateless 2026-07-28 revision; hooli's server is a 1.x one (2025-11-25).
  */
 const AGENTS: AgentSpec[] = [
-  { customer: 'acme', agent: 'planner', transport: 'stdio', pick: () => rnd(TOOL_NAMES), paceMs: () => 180 },
+  {
+    customer: 'acme',
+    agent: 'planner',
+    transport: 'stdio',
+    sdk: '2.x',
+    pick: () => rnd(TOOL_NAMES),
+    paceMs: () => 180,
+  },
   {
     customer: 'initech',
     agent: 'report-bot',
     transport: 'stdio',
+    sdk: '2.x',
     pick: (i) => (i < 30 ? 'get_forecast' : 'run_report'),
     paceMs: (i) => (i < 30 ? 120 : 450),
   },
@@ -108,6 +123,7 @@ const AGENTS: AgentSpec[] = [
     customer: 'globex',
     agent: 'researcher',
     transport: 'streamable_http',
+    sdk: '2.x',
     pick: () => rnd(['search_docs', 'get_forecast']),
     paceMs: () => 200,
   },
@@ -115,91 +131,91 @@ const AGENTS: AgentSpec[] = [
     customer: 'umbrella',
     agent: 'support-bot',
     transport: 'streamable_http',
+    sdk: '2.x',
     pick: () => 'lookup_customer',
     paceMs: () => 150,
   },
   {
     customer: 'hooli',
     agent: 'crm-sync',
-    transport: 'streamable_http',
+    transport: 'stdio',
+    sdk: '1.x',
     pick: () => 'lookup_customer',
     paceMs: () => 220,
   },
 ];
 
+const PROTOCOL: Record<DemoSdk, McpDemoAgentSummary['protocol']> = {
+  '2.x': '2026-07-28',
+  '1.x': '2025-11-25',
+};
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The stdio server script: next to this module once built (run from source, the built one). */
-function stdioServerScript(): string {
-  const beside = fileURLToPath(new URL('./stdio-server.js', import.meta.url));
-  return existsSync(beside)
-    ? beside
-    : fileURLToPath(new URL('../../dist/demo/stdio-server.js', import.meta.url));
+/** The stdio server script of an SDK line: next to this module once built (run from source, the built one). */
+function stdioServerScript(sdk: DemoSdk): string {
+  const file = sdk === '2.x' ? 'stdio-server-v2.js' : 'stdio-server.js';
+  const beside = fileURLToPath(new URL(`./${file}`, import.meta.url));
+  return existsSync(beside) ? beside : fileURLToPath(new URL(`../../dist/demo/${file}`, import.meta.url));
 }
 
-/** The HTTP side: Streamable HTTP, one instrumented McpServer per session, bearer `customer:agent`. */
+/**
+ * The HTTP side, on 2.x: the SDK's stateless `createMcpHandler` (a fresh instrumented `McpServer` per request,
+ * 2026-07-28), mounted on node:http with `toNodeHandler`; bearer `customer:agent` stands in for an auth
+ * middleware (it sets `authInfo`). Billing sessions come from each agent's activity (no protocol session).
+ */
 async function startHttpServer(
   options: McpDemoOptions,
   onDirective: (d: Directive) => void,
 ): Promise<{ url: string; close(): Promise<void> }> {
-  const { McpServer } = await import('@modelcontextprotocol/sdk/server/mcp.js');
-  const { StreamableHTTPServerTransport } = await import(
-    '@modelcontextprotocol/sdk/server/streamableHttp.js'
+  const { createMcpHandler, McpServer } = await import('@modelcontextprotocol/server');
+  const { toNodeHandler } = await import('@modelcontextprotocol/node');
+  const handler = createMcpHandler(
+    () => {
+      const server = new McpServer({ name: 'tollgate-demo-http', version: '1.0.0' });
+      instrumentMcpServer(server, {
+        endpoint: options.otlpUrl,
+        ingestKey: options.ingestKey,
+        serviceName: 'tollgate-demo-http',
+        exportIntervalMs: 250,
+        heartbeatIntervalMs: 500,
+        stateFile: false,
+        logger: false,
+        onDirective,
+      });
+      registerDemoTools(server as unknown as Parameters<typeof registerDemoTools>[0]);
+      return server;
+    },
+    { legacy: 'reject' },
   );
-  const { isInitializeRequest } = await import('@modelcontextprotocol/sdk/types.js');
-  const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: McpServer }>();
-  const httpServer = http.createServer(async (req, res) => {
-    try {
-      const auth = /^Bearer ([^:\s]+):(\S+)$/.exec(req.headers.authorization ?? '');
-      if (auth) {
-        // what an auth middleware would attach after validating a token: customer and OAuth client
-        Object.assign(req, {
-          auth: { token: 'demo', clientId: auth[2], scopes: [], extra: { customerId: auth[1] } },
-        });
-      }
-      const chunks: Buffer[] = [];
-      for await (const c of req) chunks.push(c as Buffer);
-      const body = chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : undefined;
-      const sid = req.headers['mcp-session-id'];
-      const existing = typeof sid === 'string' ? sessions.get(sid) : undefined;
-      if (existing) return void (await existing.transport.handleRequest(req, res, body));
-      if (!sid && req.method === 'POST' && isInitializeRequest(body)) {
-        const server = new McpServer({ name: 'tollgate-demo-http', version: '1.0.0' });
-        instrumentMcpServer(server, {
-          endpoint: options.otlpUrl,
-          ingestKey: options.ingestKey,
-          serviceName: 'tollgate-demo-http',
-          exportIntervalMs: 250,
-          heartbeatIntervalMs: 500,
-          stateFile: false,
-          logger: false,
-          onDirective,
-        });
-        registerDemoTools(server);
-        const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
-          sessionIdGenerator: () => randomUUID(),
-          onsessioninitialized: (id) => void sessions.set(id, { transport, server }),
-        });
-        transport.onclose = () => {
-          if (transport.sessionId) sessions.delete(transport.sessionId);
-        };
-        await server.connect(transport);
-        return void (await transport.handleRequest(req, res, body));
-      }
-      res.writeHead(404).end();
-    } catch (err) {
-      if (!res.headersSent) res.writeHead(500).end(String(err));
+  const nodeHandler = toNodeHandler(handler);
+  const httpServer = http.createServer((req, res) => {
+    const auth = /^Bearer ([^:\s]+):(\S+)$/.exec(req.headers.authorization ?? '');
+    if (auth) {
+      // what an auth middleware would attach after validating a token: customer and OAuth client
+      Object.assign(req, {
+        auth: { token: `demo-${auth[2]}`, clientId: auth[2], scopes: [], extra: { customerId: auth[1] } },
+      });
     }
+    nodeHandler(req, res).catch((err: unknown) => {
+      if (!res.headersSent) res.writeHead(500).end(String(err));
+    });
   });
   await new Promise<void>((r) => httpServer.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}/mcp`,
     async close() {
-      for (const s of sessions.values()) await s.server.close().catch(() => {});
+      await handler.close().catch(() => {});
       httpServer.closeAllConnections();
       await new Promise((r) => httpServer.close(r));
     },
   };
+}
+
+/** What the demo does with a connected client of either SDK line. */
+interface DemoClient {
+  callTool(name: string): Promise<unknown>;
+  close(): Promise<void>;
 }
 
 interface AgentState extends McpDemoAgentSummary {
@@ -213,24 +229,21 @@ async function connect(
   stateFile: string,
   state: AgentState,
   seen: (customer: string, d: Directive) => void,
-): Promise<Client> {
-  const { Client } = await import('@modelcontextprotocol/sdk/client/index.js');
-  const client = new Client({ name: spec.agent, version: '1.0.0' });
-  if (spec.transport === 'stdio') {
-    const { StdioClientTransport } = await import('@modelcontextprotocol/sdk/client/stdio.js');
-    const transport = new StdioClientTransport({
-      command: process.execPath,
-      args: [stdioServerScript()],
-      env: {
-        ...(process.env as Record<string, string>),
-        TOLLGATE_OTLP_ENDPOINT: options.otlpUrl,
-        TOLLGATE_INGEST_KEY: options.ingestKey,
-        TOLLGATE_CUSTOMER_ID: spec.customer,
-        TOLLGATE_AGENT_ID: spec.agent,
-        TOLLGATE_DEMO_STATE_FILE: stateFile,
-      },
-      stderr: 'pipe',
-    });
+): Promise<DemoClient> {
+  const stdioParams = {
+    command: process.execPath,
+    args: [stdioServerScript(spec.sdk)],
+    env: {
+      ...(process.env as Record<string, string>),
+      TOLLGATE_OTLP_ENDPOINT: options.otlpUrl,
+      TOLLGATE_INGEST_KEY: options.ingestKey,
+      TOLLGATE_CUSTOMER_ID: spec.customer,
+      TOLLGATE_AGENT_ID: spec.agent,
+      TOLLGATE_DEMO_STATE_FILE: stateFile,
+    },
+    stderr: 'pipe' as const,
+  };
+  const watch = (transport: { stderr?: import('node:stream').Stream | null }) => {
     let buf = '';
     transport.stderr?.on('data', (chunk: Buffer) => {
       buf += chunk.toString('utf8');
@@ -241,29 +254,59 @@ async function connect(
           seen(spec.customer, JSON.parse(line.slice(DIRECTIVE_LINE.length)));
       }
     });
-    await client.connect(transport);
-    const proc = (transport as unknown as { _process?: import('node:child_process').ChildProcess })._process;
+  };
+  const onExit = (transport: object) => {
+    const proc = (transport as { _process?: import('node:child_process').ChildProcess })._process;
     proc?.once('exit', (code) => {
       state.serverExitCode = code;
     });
+  };
+  const headers = { authorization: `Bearer ${spec.customer}:${spec.agent}` };
+  if (spec.sdk === '2.x') {
+    const { Client, StreamableHTTPClientTransport } = await import('@modelcontextprotocol/client');
+    // the stateless 2026-07-28 revision: no initialize, identity and version in every request's _meta
+    const client = new Client(
+      { name: spec.agent, version: '1.0.0' },
+      { versionNegotiation: { mode: { pin: '2026-07-28' } } },
+    );
+    if (spec.transport === 'stdio') {
+      const { StdioClientTransport } = await import('@modelcontextprotocol/client/stdio');
+      const transport = new StdioClientTransport(stdioParams);
+      watch(transport);
+      await client.connect(transport);
+      onExit(transport);
+    } else {
+      await client.connect(new StreamableHTTPClientTransport(new URL(httpUrl), { requestInit: { headers } }));
+    }
+    return { callTool: (name) => client.callTool({ name, arguments: {} }), close: () => client.close() };
+  }
+  const { Client } = await import('@modelcontextprotocol/sdk/client/index.js');
+  const client = new Client({ name: spec.agent, version: '1.0.0' });
+  if (spec.transport === 'stdio') {
+    const { StdioClientTransport } = await import('@modelcontextprotocol/sdk/client/stdio.js');
+    const transport = new StdioClientTransport(stdioParams);
+    watch(transport);
+    await client.connect(transport);
+    onExit(transport);
   } else {
     const { StreamableHTTPClientTransport } = await import(
       '@modelcontextprotocol/sdk/client/streamableHttp.js'
     );
-    await client.connect(
-      new StreamableHTTPClientTransport(new URL(httpUrl), {
-        requestInit: { headers: { authorization: `Bearer ${spec.customer}:${spec.agent}` } },
-      }),
-    );
+    await client.connect(new StreamableHTTPClientTransport(new URL(httpUrl), { requestInit: { headers } }));
   }
-  return client;
+  return { callTool: (name) => client.callTool({ name, arguments: {} }), close: () => client.close() };
 }
 
 /** One agent: calls tools until the time is up or Tollgate stops it; honours throttle retry-after. */
-async function runAgent(spec: AgentSpec, client: Client, state: AgentState, deadline: number): Promise<void> {
+async function runAgent(
+  spec: AgentSpec,
+  client: DemoClient,
+  state: AgentState,
+  deadline: number,
+): Promise<void> {
   while (Date.now() < deadline && state.running) {
     try {
-      await client.callTool({ name: spec.pick(state.calls), arguments: {} });
+      await client.callTool(spec.pick(state.calls));
       await sleep(spec.paceMs(state.calls++));
     } catch (err) {
       const e = err as { code?: number; message?: string; data?: { tollgate?: { retryAfterMs?: number } } };
@@ -312,13 +355,27 @@ function apiTotals(options: McpDemoOptions, product: string): (() => Promise<Cus
 
 function render(states: AgentState[], totals: CustomerTotals[], elapsedS: number, httpUrl: string): string {
   const rows = [
-    ['customer', 'transport', 'agent', 'calls', 'refused', 'revenue', 'cost', 'margin', 'directives'],
+    [
+      'customer',
+      'sdk',
+      'protocol',
+      'transport',
+      'agent',
+      'calls',
+      'refused',
+      'revenue',
+      'cost',
+      'margin',
+      'directives',
+    ],
   ];
   for (const s of states) {
     const t = totals.find((x) => x.customer === s.customer);
     const refused = s.refused.killed + s.refused.throttled;
     rows.push([
       s.customer,
+      s.sdk,
+      s.protocol,
       s.transport,
       s.agent,
       String(s.calls),
@@ -349,6 +406,8 @@ export async function runMcpDemo(options: McpDemoOptions): Promise<McpDemoSummar
     customer: a.customer,
     agent: a.agent,
     transport: a.transport,
+    sdk: a.sdk,
+    protocol: PROTOCOL[a.sdk],
     calls: 0,
     refused: { killed: 0, throttled: 0 },
     directives: [],
@@ -396,14 +455,18 @@ export async function runMcpDemo(options: McpDemoOptions): Promise<McpDemoSummar
         await client.close().catch(() => {});
         if (state.refused.killed && spec.transport === 'stdio') {
           await sleep(300);
-          // the agent's host starts the server again: the killed customer's new session is refused
+          // the agent's host starts the server again: the killed customer's new session is refused — at
+          // `initialize` on the 2025 era, at its first call on the stateless 2026-07-28 revision (which has no
+          // handshake; the server remembers the kill in its state file and checks with Tollgate first)
+          let again: DemoClient | undefined;
           try {
-            const again = await connect(spec, options, http.url, stateFile, state, seen);
+            again = await connect(spec, options, http.url, stateFile, state, seen);
+            await again.callTool(spec.pick(state.calls));
             state.newSessionRefused = false;
-            await again.close();
           } catch (err) {
             state.newSessionRefused = (err as { code?: number }).code === REFUSALS.killed.code;
           }
+          await again?.close().catch(() => {});
         }
         // once the margin guard has stopped initech, the others wind down a few seconds later
         if (spec.customer === 'initech') {
@@ -435,7 +498,7 @@ export async function runMcpDemo(options: McpDemoOptions): Promise<McpDemoSummar
   for (const a of summary.agents) {
     const t = totals.find((x) => x.customer === a.customer);
     lines.push(
-      `  ${a.customer.padEnd(9)} ${String(a.calls).padStart(4)} calls over ${a.transport.padEnd(15)}` +
+      `  ${a.customer.padEnd(9)} ${String(a.calls).padStart(4)} calls, SDK ${a.sdk} ${a.protocol} over ${a.transport.padEnd(15)}` +
         (t ? ` revenue ${money(t.revenue)}  cost ${money(t.cost)}  margin ${marginText(t.marginBps)}` : ''),
     );
   }
