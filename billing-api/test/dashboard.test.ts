@@ -59,6 +59,8 @@ async function open(key: string): Promise<{ page: Page; problems: string[] }> {
   page.on('response', (r) => {
     if (r.status() >= 400) problems.push(`response: ${r.status()} ${r.url()}`);
   });
+  // the page's default period is its own clock's month: the seeded month (see seedNowMs)
+  await page.clock.setFixedTime(Date.now());
   await page.goto(`${s.tg.apiUrl}/dashboard`);
   await page.fill('#key', key);
   await page.click('#connect');
@@ -158,6 +160,8 @@ describe('dashboard in headless Chromium', () => {
 
   it('a wrong key is refused with the API error, and the key is kept for the tab only', async () => {
     const page = await browser.newPage();
+    // the page's default period is its own clock's month: the seeded month (see seedNowMs)
+    await page.clock.setFixedTime(Date.now());
     await page.goto(`${s.tg.apiUrl}/dashboard`);
     await page.fill('#key', 'tg_wrong');
     await page.click('#connect');
