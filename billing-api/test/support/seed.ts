@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { vi } from 'vitest';
 import { PlanPricing } from '../../../collector-processor/src/api-ports.js';
 import { sha256Hex } from '../../../collector-processor/src/receiver/ingest-keys.js';
 import {
@@ -10,7 +11,6 @@ import {
   tempDir,
 } from '../../../collector-processor/test/support/harness.js';
 import { attr, exportOf } from '../../../collector-processor/test/support/otlp-json.js';
-import { vi } from 'vitest';
 import { type ApiKeyConfig, buildApi } from '../../src/index.js';
 
 /**
