@@ -11,6 +11,8 @@
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
 -- then n, then one argument per call: "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated;
 -- identifiers never contain control characters; session key index 0 = no session)
+-- the last six ARGV belong to credits.lua (prepaid credits; see credits_open there), and so do the two KEYS
+-- they name
 --
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
@@ -20,7 +22,8 @@
 --
 -- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
 -- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,
--- until_ms, changed (1 when this call created the state).
+-- until_ms, changed (1 when this call created the state); with a wallet, then: 'credits', balance, outbox
+-- length.
 local period, state, applied, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -110,6 +113,7 @@ end
 
 local over = {}
 local already = redis.call('HEXISTS', applied, rid) == 1
+local credits = credits_open(KEYS, ARGV, now) -- prepaid credits (credits.lua, loaded in front): nil without a wallet
 
 -- Counters are read once, advanced in Lua for each call (limits are checked call by call, in order), and
 -- written back once per key with HINCRBY of the total increments: a few Redis calls per key, not per call.
@@ -170,6 +174,7 @@ for i = 0, n - 1 do
         set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
       end
     end
+    if credits and credits:call(i, price) then crossed = true end
     if crossed then over[#over + 1] = i end
   end
 end
@@ -212,6 +217,8 @@ end
 judge('c', spend, cost_total)
 for _, ses in pairs(sessions) do judge(scope_of('session', ses.id), ses.spend, ses.cost) end
 
+if credits then credits:finish(rid, get, set) end
+
 local out = { #over }
 for _, i in ipairs(over) do out[#out + 1] = i end
 local dirs = {}
@@ -225,4 +232,5 @@ out[#out + 1] = #dirs
 for _, d in ipairs(dirs) do
   for _, v in ipairs(d) do out[#out + 1] = v end
 end
+if credits then credits:reply(out) end
 return out
