@@ -7,6 +7,8 @@ import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { PlanPricing } from './api-ports.js';
 import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
+import { CreditLedger } from './credits/ledger.js';
+import { CreditWallets } from './credits/wallets.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
@@ -34,6 +36,8 @@ export interface Tollgate {
   plans: PlanStore | undefined;
   /** Operator actions on enforcement state (processor role with enforcement on). */
   admin: EnforcementAdmin | undefined;
+  /** Prepaid credit wallets (enforcement on). */
+  credits: CreditWallets | undefined;
   /** `http://host:port` of the OTLP receiver (processor role). */
   otlpUrl: string | undefined;
   /** `http://host:port` of the HTTP API (api role). */
@@ -205,6 +209,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let lander: Lander | undefined;
   let plans: PlanStore | undefined;
   let admin: EnforcementAdmin | undefined;
+  let credits: CreditWallets | undefined;
   let replaying: Promise<void> | undefined;
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
@@ -237,7 +242,16 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
         })
       : undefined;
-    if (enforcer) admin = new EnforcementAdmin(redisConn, enforcer, events);
+    if (enforcer) {
+      admin = new EnforcementAdmin(redisConn, enforcer, events);
+      // prepaid credits: wallets drawn down by enforce.lua, their ledger copied from Redis to ClickHouse
+      const creditLog = log.child({ component: 'credits' });
+      const ledger = new CreditLedger(redisConn, clickhouse.client, () => planStore.current.currency, creditLog);
+      enforcer.creditLedger = ledger;
+      credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.client, creditLog);
+      stops.unshift(() => ledger.close());
+      void ledger.sweep(planStore.current.products());
+    }
 
     if (roles.has('processor')) {
       const { spool, recovered } = await Spool.open({
@@ -378,6 +392,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         }),
         apiKeys: config.apiKeys,
         admin,
+        credits,
         analytics: plans
           ? {
               clickhouse: clickhouse.client,
@@ -421,6 +436,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     lander,
     plans,
     admin,
+    credits,
     otlpUrl,
     apiUrl,
     stop,

@@ -44,8 +44,8 @@ export const CREDIT_REASONS = {
 
 export const creditKeys = {
   /**
-   * The wallet (hash): `seq` (last ledger sequence number), `opened` (ms), `od` (overdraft bucket, ≤ 0),
-   * `g:<grantId>` (one grant, see `decodeGrant`), `k:<idempotency key>` (grant id it created).
+   * The wallet (hash): `seq` (last ledger sequence number), `gseq` (last grant number), `opened` (ms), `od`
+   * (overdraft bucket, ≤ 0), `g:<grantId>` (one grant with money left, see `decodeGrant`).
    */
   wallet: (tag: string) => `${KEY_PREFIX}:${tag}:cw`,
   /**
@@ -53,6 +53,8 @@ export const creditKeys = {
    * the wallet; removed only once written (see the processor's CreditLedger).
    */
   outbox: (tag: string) => `${KEY_PREFIX}:${tag}:cw:out`,
+  /** Idempotency keys of grant requests (hash): key → the grant id it created. */
+  idempotency: (tag: string) => `${KEY_PREFIX}:${tag}:cw:idem`,
   /** Customers of a product with a wallet (set), for listing and for draining outboxes after a restart. */
   index: (product: string) => `${KEY_PREFIX}:{x:${escapeKeyPart(product)}}:wallets`,
 } as const;

@@ -10,13 +10,17 @@ import {
   stateInForce,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
+import { creditArgs, creditsOfReply } from '../credits/enforce-args.js';
+import type { CreditLedger } from '../credits/ledger.js';
+import { CREDITS_LUA } from '../credits/wallets.js';
 import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
 import type { EnforcementLog } from './events.js';
 import { dayEndMs, dayOf, periodEndMs } from './periods.js';
 
-const ENFORCE_LUA = readFileSync(new URL('../../lua/enforce.lua', import.meta.url), 'utf8');
+// credits.lua (prepaid credit wallets) is a fragment enforce.lua calls into: loaded in front of it
+const ENFORCE_LUA = `${CREDITS_LUA}\n${readFileSync(new URL('../../lua/enforce.lua', import.meta.url), 'utf8')}`;
 
 type EnforceCommand = (numKeys: number, ...args: (string | number)[]) => Promise<(string | number)[]>;
 
@@ -74,6 +78,8 @@ export function parseEnforceReply(
  */
 export class RedisEnforcer implements Enforcer {
   private readonly instancesSeen = new Map<string, number>();
+  /** Drains the credit ledger outboxes the script appended to (prepaid credits); unset: nobody drains. */
+  creditLedger: CreditLedger | undefined;
 
   constructor(
     private readonly redis: RedisLike,
@@ -160,6 +166,7 @@ export class RedisEnforcer implements Enforcer {
       // one argument per call (see enforce.lua): fewer arguments for the client to encode and Redis to parse
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
+    creditArgs(keys, args, tag, plan.plan.credits, g.rows); // the last keys and arguments: credits.lua's
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(
@@ -173,6 +180,7 @@ export class RedisEnforcer implements Enforcer {
       return [];
     }
     const { over, directives } = parseEnforceReply(reply, g.customer);
+    if (creditsOfReply(reply)?.outbox) this.creditLedger?.notify(product, g.customer);
     for (const i of over) {
       const row = g.rows[i];
       if (row) row.decision = 'over_limit';
