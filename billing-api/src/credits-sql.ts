@@ -52,7 +52,7 @@ export function ledgerSql(
 export function creditsAppliedSql(product: string, customer: string, period: string): Sql {
   return {
     query: `WITH drawn AS (
-    SELECT e.1 AS event_id, sum(-e.2) AS drawn_nano
+    SELECT e.1 AS event_id, sum(e.2) AS drawn_nano
     FROM credit_ledger FINAL
     ARRAY JOIN arrayZip(event_ids, event_amounts_nano) AS e
     WHERE product = {product:String} AND customer = {customer:String} AND period = {period:String}
