@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
+import { creditsAppliedSql } from './credits-sql.js';
 import { sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
@@ -15,7 +16,6 @@ import {
   revenueCostMarginProps,
   SECURITY,
 } from './schemas.js';
-import { creditsAppliedSql } from './credits-sql.js';
 import { invoiceLinesSql, invoiceTotalsSql } from './sql.js';
 
 const TAGS = ['billing'];

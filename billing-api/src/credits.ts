@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import { type ApiKeyring, type Principal, requireRole, scopeFor } from './auth.js';
+import { ledgerSql } from './credits-sql.js';
 import { type Cell, sendCsv, wantsCsv } from './csv.js';
-import { type ApiErrorCode, ApiError } from './errors.js';
+import { ApiError, type ApiErrorCode } from './errors.js';
 import { big, count, money } from './money.js';
 import type { AnalyticsDeps } from './ports.js';
 import { isoFromCh, pageOf, rows } from './query.js';
 import { isoOf, resolveRange } from './range.js';
 import { identifier, moneyProps, pageSchema, querystring, responses, SECURITY } from './schemas.js';
-import { ledgerSql } from './credits-sql.js';
 
 /**
  * Prepaid credits over the API: grants, top-ups and adjustments (admin keys, audited), a customer's wallet
@@ -292,7 +292,11 @@ export function registerCredits(
           response: responses(
             {
               type: 'object',
-              properties: { grantId: { type: 'string' }, replayed: { type: 'boolean' }, wallet: walletSchema },
+              properties: {
+                grantId: { type: 'string' },
+                replayed: { type: 'boolean' },
+                wallet: walletSchema,
+              },
             },
             false,
           ),
@@ -401,7 +405,12 @@ export function registerCredits(
           if (!w.grants.length) out.push(base);
           for (const g of w.grants) out.push({ ...base, ...grantJson(g) });
         }
-        return sendCsv(reply, `credits-${scope.customer ?? scope.product}`.replace(/[^\w.-]/g, '_'), WALLET_CSV, out);
+        return sendCsv(
+          reply,
+          `credits-${scope.customer ?? scope.product}`.replace(/[^\w.-]/g, '_'),
+          WALLET_CSV,
+          out,
+        );
       }
       return { wallets: list.map(walletJson) };
     },
@@ -431,10 +440,13 @@ export function registerCredits(
           'drawdown names the calls it was drawn for (`calls=true` lists their event ids and amounts, which ' +
           'add up to the entry). Without from/to/period: the whole ledger.',
         security: SECURITY,
-        querystring: querystring(['product', 'customer', 'from', 'to', 'period', 'format', 'limit', 'offset'], {
-          type: { type: 'string', enum: ['grant', 'top_up', 'drawdown', 'expiry', 'adjustment'] },
-          calls: { type: 'boolean', default: false, description: 'list the calls of each drawdown' },
-        }),
+        querystring: querystring(
+          ['product', 'customer', 'from', 'to', 'period', 'format', 'limit', 'offset'],
+          {
+            type: { type: 'string', enum: ['grant', 'top_up', 'drawdown', 'expiry', 'adjustment'] },
+            calls: { type: 'boolean', default: false, description: 'list the calls of each drawdown' },
+          },
+        ),
         response: responses(
           {
             type: 'object',

@@ -246,7 +246,12 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       admin = new EnforcementAdmin(redisConn, enforcer, events);
       // prepaid credits: wallets drawn down by enforce.lua, their ledger copied from Redis to ClickHouse
       const creditLog = log.child({ component: 'credits' });
-      const ledger = new CreditLedger(redisConn, clickhouse.client, () => planStore.current.currency, creditLog);
+      const ledger = new CreditLedger(
+        redisConn,
+        clickhouse.client,
+        () => planStore.current.currency,
+        creditLog,
+      );
       enforcer.creditLedger = ledger;
       credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.client, creditLog);
       stops.unshift(() => ledger.close());

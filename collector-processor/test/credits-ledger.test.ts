@@ -52,7 +52,9 @@ describe('credit ledger outbox', () => {
   it('keeps entries while ClickHouse fails, writes each once however often a drain is repeated', async () => {
     const outbox = creditKeys.outbox(customerTag('demo-mcp', 'outbox-co'));
     await client.rpush(outbox, line(1, 100), line(2, -30), line(3, 5));
-    const down = { insert: async () => Promise.reject(new Error('ClickHouse is down')) } as unknown as ClickHouseClient;
+    const down = {
+      insert: async () => Promise.reject(new Error('ClickHouse is down')),
+    } as unknown as ClickHouseClient;
     const failing = new CreditLedger(client, down, () => 'USD', log, 10_000);
     failing.notify('demo-mcp', 'outbox-co');
     await failing.drain();
@@ -141,7 +143,11 @@ describe('credit ledger outbox', () => {
     }));
     const enforcer = tg.pipeline!.enforcer!;
     await enforcer.apply('demo-mcp', 'replayed-record', calls);
-    await enforcer.apply('demo-mcp', 'replayed-record', calls.map((c) => ({ ...c })));
+    await enforcer.apply(
+      'demo-mcp',
+      'replayed-record',
+      calls.map((c) => ({ ...c })),
+    );
     const w = await tg.credits!.wallet('demo-mcp', 'replay-co');
     expect(w?.balanceNano).toBe(10_000_000_000n - 750_000_000n);
   });

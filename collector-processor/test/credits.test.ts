@@ -79,7 +79,13 @@ interface Wallet {
   pendingNano: string;
   overdraftUsedNano: string;
   state: { action: string; reason: string } | null;
-  grants: { grantId: string; kind: string; remainingNano: string; priority: number; expiresAt: string | null }[];
+  grants: {
+    grantId: string;
+    kind: string;
+    remainingNano: string;
+    priority: number;
+    expiresAt: string | null;
+  }[];
   ledgerBacklog: number;
 }
 
@@ -88,7 +94,10 @@ async function grant(
   amount: string,
   extra: Record<string, unknown> = {},
   kind: 'grant' | 'top-up' = 'grant',
-): Promise<{ status: number; body: { grantId: string; replayed: boolean; wallet: Wallet; error?: { code: string; message: string } } }> {
+): Promise<{
+  status: number;
+  body: { grantId: string; replayed: boolean; wallet: Wallet; error?: { code: string; message: string } };
+}> {
   const res = await api(`/admin/credits/${kind}`, KEYS.admin, {
     method: 'POST',
     body: JSON.stringify({ customer, amount, currency: 'USD', ...extra }),
@@ -107,7 +116,9 @@ async function exportCalls(customer: string, n: number): Promise<{ directives: D
   const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(exportOf(spans, { 'service.name': 'mcp', 'service.instance.id': `inst-${customer}` })),
+    body: JSON.stringify(
+      exportOf(spans, { 'service.name': 'mcp', 'service.instance.id': `inst-${customer}` }),
+    ),
   });
   expect(res.status).toBe(200);
   const body = (await res.json()) as { tollgate?: { directives: Directive[] } };
@@ -118,7 +129,9 @@ async function landed(customer: string, n: number): Promise<void> {
   await tg.lander?.idle(10_000);
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
-    const [r] = await query(tg, 'SELECT count() AS n FROM mcp_tool_calls WHERE customer = {c:String}', { c: customer });
+    const [r] = await query(tg, 'SELECT count() AS n FROM mcp_tool_calls WHERE customer = {c:String}', {
+      c: customer,
+    });
     if (Number(r?.n) >= n) return;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -179,7 +192,12 @@ describe('prepaid credits', () => {
     const inv = await api('/billing/invoices/preview?customer=acme', KEYS.admin);
     const invoice = (await inv.json()) as {
       totals: { amountNano: string };
-      credits: { appliedNano: string; amountDueNano: string; drawnCalls: number; reconciliation: { reconciled: boolean; mismatchedCalls: number } };
+      credits: {
+        appliedNano: string;
+        amountDueNano: string;
+        drawnCalls: number;
+        reconciliation: { reconciled: boolean; mismatchedCalls: number };
+      };
     };
     expect(invoice.totals.amountNano).toBe(String(7n * PRICE));
     expect(invoice.credits).toMatchObject({
@@ -196,7 +214,13 @@ describe('prepaid credits', () => {
     expect(first.directives.find((d) => d.scope === 'customer')).toBeUndefined();
     const second = await exportCalls('stopper', 2);
     expect(second.directives).toContainEqual(
-      expect.objectContaining({ action: 'kill', scope: 'customer', id: 'stopper', reason: 'credits:exhausted', untilUnixMs: 0 }),
+      expect.objectContaining({
+        action: 'kill',
+        scope: 'customer',
+        id: 'stopper',
+        reason: 'credits:exhausted',
+        untilUnixMs: 0,
+      }),
     );
     await landed('stopper', 5);
     // the calls happened and are billed; the two beyond the balance drew the overdraft bucket and are over the limit
@@ -257,9 +281,14 @@ describe('prepaid credits', () => {
     const b = await exportCalls('overdraft-co', 1); // 0.999999998 into it: still above −1
     expect(b.directives.find((d) => d.scope === 'customer')).toBeUndefined();
     const c = await exportCalls('overdraft-co', 1); // beyond −1: killed, and that call is over the limit
-    expect(c.directives).toContainEqual(expect.objectContaining({ action: 'kill', reason: 'credits:exhausted' }));
+    expect(c.directives).toContainEqual(
+      expect.objectContaining({ action: 'kill', reason: 'credits:exhausted' }),
+    );
     await landed('overdraft-co', 7);
-    const over = await query(tg, "SELECT count() AS n FROM mcp_tool_calls WHERE customer = 'overdraft-co' AND decision = 'over_limit'");
+    const over = await query(
+      tg,
+      "SELECT count() AS n FROM mcp_tool_calls WHERE customer = 'overdraft-co' AND decision = 'over_limit'",
+    );
     expect(over).toEqual([{ n: '1' }]);
     const w = await wallet('overdraft-co');
     expect(BigInt(w.balanceNano)).toBe(1_000_000_000n - 7n * PRICE);
@@ -288,9 +317,14 @@ describe('prepaid credits', () => {
 
   it('draws by priority, then earliest expiry; a future grant waits; an expired one is written off', async () => {
     const late = await grant('order-co', '1', { priority: 5 });
-    const soon = await grant('order-co', '1', { priority: 5, expiresAt: new Date(Date.now() + 86_400_000).toISOString() });
+    const soon = await grant('order-co', '1', {
+      priority: 5,
+      expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
+    });
     const first = await grant('order-co', '0.5', { priority: 1 });
-    const future = await grant('order-co', '100', { effectiveAt: new Date(Date.now() + 86_400_000 * 3).toISOString() });
+    const future = await grant('order-co', '100', {
+      effectiveAt: new Date(Date.now() + 86_400_000 * 3).toISOString(),
+    });
     let w = await wallet('order-co');
     expect(w.pendingNano).toBe('100000000000');
     expect(w.balanceNano).toBe('2500000000');
@@ -332,7 +366,12 @@ describe('prepaid credits', () => {
       ['bad-co', { amount: '5', currency: 'usd' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', expiresAt: '2020-01-01' }, 400, 'API_CREDIT_DATES'],
       ['bad-co', { amount: '5', expiresAt: 'tomorrow' }, 400, 'API_CREDIT_DATES'],
-      ['bad-co', { amount: '5', effectiveAt: '2030-01-02', expiresAt: '2030-01-01' }, 400, 'API_CREDIT_DATES'],
+      [
+        'bad-co',
+        { amount: '5', effectiveAt: '2030-01-02', expiresAt: '2030-01-01' },
+        400,
+        'API_CREDIT_DATES',
+      ],
       ['bad-co', { amount: '5', priority: -1 }, 400, 'API_CREDIT_PRIORITY'],
     ];
     for (const [customer, body, status, code] of cases) {
@@ -352,15 +391,18 @@ describe('prepaid credits', () => {
       "SELECT customer, reason FROM enforcement_events WHERE action = 'credit_refused' AND customer IN ('bad-co', 'nobody-we-know') ORDER BY at",
     );
     expect(audit.map((a) => a.reason).sort()).toEqual(
-      cases.map(([, , , code]) =>
-        ({
-          API_UNKNOWN_CUSTOMER: 'credits:unknown_customer',
-          API_CREDIT_AMOUNT: 'credits:bad_amount',
-          API_CREDIT_CURRENCY: 'credits:wrong_currency',
-          API_CREDIT_DATES: 'credits:bad_dates',
-          API_CREDIT_PRIORITY: 'credits:bad_priority',
-        })[code],
-      ).sort(),
+      cases
+        .map(
+          ([, , , code]) =>
+            ({
+              API_UNKNOWN_CUSTOMER: 'credits:unknown_customer',
+              API_CREDIT_AMOUNT: 'credits:bad_amount',
+              API_CREDIT_CURRENCY: 'credits:wrong_currency',
+              API_CREDIT_DATES: 'credits:bad_dates',
+              API_CREDIT_PRIORITY: 'credits:bad_priority',
+            })[code],
+        )
+        .sort(),
     );
 
     // a wallet over its cap: refused, the wallet unchanged
@@ -377,12 +419,18 @@ describe('prepaid credits', () => {
         body: JSON.stringify({ customer: 'bad-co', currency: 'USD', note: 'fix', ...body }),
       });
     const e1 = await adj({ grantId: 'g999', amount: '-1' });
-    expect([e1.status, ((await e1.json()) as { error: { code: string } }).error.code]).toEqual([404, 'API_UNKNOWN_GRANT']);
+    expect([e1.status, ((await e1.json()) as { error: { code: string } }).error.code]).toEqual([
+      404,
+      'API_UNKNOWN_GRANT',
+    ]);
     const g1 = (await wallet('bad-co')).grants[0]?.grantId;
     const e2 = await adj({ grantId: g1, amount: '-1000000.000000001' });
     expect(e2.status).toBe(400); // beyond the largest amount
     const e3 = await adj({ grantId: 'overdraft', amount: '1' });
-    expect([e3.status, ((await e3.json()) as { error: { code: string } }).error.code]).toEqual([409, 'API_CREDIT_OUT_OF_RANGE']);
+    expect([e3.status, ((await e3.json()) as { error: { code: string } }).error.code]).toEqual([
+      409,
+      'API_CREDIT_OUT_OF_RANGE',
+    ]);
     const ok = await adj({ grantId: g1, amount: '-0.25' });
     expect(ok.status).toBe(200);
     expect((await wallet('bad-co')).balanceNano).toBe(String(8_000_000n * 1_000_000_000n - 250_000_000n));
@@ -411,8 +459,12 @@ describe('prepaid credits', () => {
     };
     expect(new Set(led.entries.map((e) => e.customer))).toEqual(new Set(['acme']));
     // finance sees every wallet of the product
-    const all = (await (await api('/billing/credits', KEYS.finance)).json()) as { wallets: { customer: string }[] };
-    expect(all.wallets.map((w) => w.customer)).toEqual(expect.arrayContaining(['acme', 'stopper', 'warn-co']));
+    const all = (await (await api('/billing/credits', KEYS.finance)).json()) as {
+      wallets: { customer: string }[];
+    };
+    expect(all.wallets.map((w) => w.customer)).toEqual(
+      expect.arrayContaining(['acme', 'stopper', 'warn-co']),
+    );
   });
 
   it('balances and the ledger as CSV; a retried grant with the same idempotency key grants once', async () => {
@@ -427,8 +479,12 @@ describe('prepaid credits', () => {
     expect(lines[0]).toBe(
       'customer,currency,balance,balanceNano,grantId,kind,remaining,remainingNano,amount,amountNano,effectiveAt,expiresAt,priority',
     );
-    expect(lines[1]).toMatch(new RegExp(`^globex,USD,2.50,2500000000,${a.body.grantId},top_up,2.50,2500000000,`));
-    const led = await api('/billing/credits/ledger?customer=globex', KEYS.finance, { headers: { accept: 'text/csv' } });
+    expect(lines[1]).toMatch(
+      new RegExp(`^globex,USD,2.50,2500000000,${a.body.grantId},top_up,2.50,2500000000,`),
+    );
+    const led = await api('/billing/credits/ledger?customer=globex', KEYS.finance, {
+      headers: { accept: 'text/csv' },
+    });
     const rows = (await led.text()).trim().split('\r\n');
     expect(rows).toHaveLength(2);
     expect(rows[1]).toMatch(/^globex,1,\S+,top_up,g1,2.50,2500000000,USD,,0,ops-alice,$/);
@@ -458,26 +514,71 @@ describe('prepaid credits', () => {
     const inv = (await (await api('/billing/invoices/preview?customer=race-co', KEYS.admin)).json()) as {
       credits: { appliedNano: string; reconciliation: { reconciled: boolean } };
     };
-    expect(inv.credits).toMatchObject({ appliedNano: String(calls * PRICE), reconciliation: { reconciled: true } });
+    expect(inv.credits).toMatchObject({
+      appliedNano: String(calls * PRICE),
+      reconciliation: { reconciled: true },
+    });
   });
 
   it('the CLI grants and reads balances through the API', async () => {
     const env = { ...process.env, TOLLGATE_API_KEY: KEYS.admin };
     const { stdout } = await execFileAsync(
       process.execPath,
-      [CLI, 'admin', 'credits', 'grant', '--customer', 'globex', '--amount', '1.25', '--currency', 'USD', '--note', 'cli', '--api-url', tg.apiUrl as string],
+      [
+        CLI,
+        'admin',
+        'credits',
+        'grant',
+        '--customer',
+        'globex',
+        '--amount',
+        '1.25',
+        '--currency',
+        'USD',
+        '--note',
+        'cli',
+        '--api-url',
+        tg.apiUrl as string,
+      ],
       { env },
     );
-    expect(JSON.parse(stdout)).toMatchObject({ replayed: false, wallet: { customer: 'globex', balance: '3.75' } });
+    expect(JSON.parse(stdout)).toMatchObject({
+      replayed: false,
+      wallet: { customer: 'globex', balance: '3.75' },
+    });
     const bal = await execFileAsync(
       process.execPath,
-      [CLI, 'admin', 'credits', 'balance', '--customer', 'globex', '--format', 'csv', '--api-url', tg.apiUrl as string],
+      [
+        CLI,
+        'admin',
+        'credits',
+        'balance',
+        '--customer',
+        'globex',
+        '--format',
+        'csv',
+        '--api-url',
+        tg.apiUrl as string,
+      ],
       { env },
     );
     expect(bal.stdout.split('\r\n')[1]).toMatch(/^globex,USD,3.75,/);
     const bad = await execFileAsync(
       process.execPath,
-      [CLI, 'admin', 'credits', 'top-up', '--customer', 'globex', '--amount', '-1', '--currency', 'USD', '--api-url', tg.apiUrl as string],
+      [
+        CLI,
+        'admin',
+        'credits',
+        'top-up',
+        '--customer',
+        'globex',
+        '--amount',
+        '-1',
+        '--currency',
+        'USD',
+        '--api-url',
+        tg.apiUrl as string,
+      ],
       { env },
     ).catch((e: { code: number; stderr: string }) => e);
     expect((bad as { code: number }).code).toBe(1);

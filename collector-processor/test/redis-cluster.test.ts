@@ -79,9 +79,19 @@ describe('the same scripts on Redis Cluster (3 masters)', () => {
     const credits = tg.credits!;
     for (const c of customers) {
       expect(await send([toolSpan({ customer: c })])).toEqual([]); // the free call: the customer is known
-      await credits.grant({ product: 'demo-mcp', customer: c, kind: 'grant', amount: '2', currency: 'USD', actor: 'test' });
+      await credits.grant({
+        product: 'demo-mcp',
+        customer: c,
+        kind: 'grant',
+        amount: '2',
+        currency: 'USD',
+        actor: 'test',
+      });
       const ds = await send([1, 2, 3].map(() => toolSpan({ customer: c }))); // 3.00 against 2.00
-      expect(ds.find((d) => d.scope === 'customer')).toMatchObject({ action: 'kill', reason: 'credits:exhausted' });
+      expect(ds.find((d) => d.scope === 'customer')).toMatchObject({
+        action: 'kill',
+        reason: 'credits:exhausted',
+      });
       const top = await credits.grant({
         product: 'demo-mcp',
         customer: c,
@@ -90,7 +100,10 @@ describe('the same scripts on Redis Cluster (3 masters)', () => {
         currency: 'USD',
         actor: 'test',
       });
-      expect(top.wallet).toMatchObject({ balanceNano: 4_000_000_000n, state: { action: 'resume', reason: 'credits:topped_up' } });
+      expect(top.wallet).toMatchObject({
+        balanceNano: 4_000_000_000n,
+        state: { action: 'resume', reason: 'credits:topped_up' },
+      });
     }
     await tg.lander!.idle();
     const rows = await query(

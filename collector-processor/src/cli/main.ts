@@ -249,7 +249,13 @@ async function adminCredits(
     return out;
   };
   if (sub === 'grant' || sub === 'top-up' || sub === 'adjust') {
-    const common = { product: 'product', customer: 'customer', amount: 'amount', currency: 'currency', note: 'note' };
+    const common = {
+      product: 'product',
+      customer: 'customer',
+      amount: 'amount',
+      currency: 'currency',
+      note: 'note',
+    };
     const body =
       sub === 'adjust'
         ? pick({ ...common, grant: 'grantId' })

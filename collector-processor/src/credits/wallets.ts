@@ -56,13 +56,19 @@ export function creditTermsOf(plans: PlanStore, product: string, customer: strin
 
 /** Text that goes into the tab-separated outbox: no control characters. */
 function clean(s: string | undefined): string {
-  return (s ?? '').replace(/[\u0000-\u001f\u007f]/g, ' ');
+  let out = '';
+  for (const ch of s ?? '') {
+    const code = ch.charCodeAt(0);
+    out += code < 0x20 || code === 0x7f ? ' ' : ch;
+  }
+  return out;
 }
 
 function instant(text: string | undefined, name: string): number | undefined {
   if (text === undefined) return undefined;
   const ms = INSTANT.test(text) ? Date.parse(/T/.test(text) ? text : `${text}T00:00:00Z`) : Number.NaN;
-  if (Number.isNaN(ms)) throw new CreditError('bad_dates', `${name}: "${text}" is not a date (RFC 3339 or YYYY-MM-DD)`);
+  if (Number.isNaN(ms))
+    throw new CreditError('bad_dates', `${name}: "${text}" is not a date (RFC 3339 or YYYY-MM-DD)`);
   return ms;
 }
 
@@ -81,17 +87,29 @@ export class CreditWallets implements CreditsPort {
     private readonly clickhouse: ClickHouseClient,
     private readonly log: Logger,
   ) {
-    if (!('tollgateCredits' in redis)) redis.defineCommand('tollgateCredits', { numberOfKeys: 4, lua: ADMIN_LUA });
+    if (!('tollgateCredits' in redis))
+      redis.defineCommand('tollgateCredits', { numberOfKeys: 4, lua: ADMIN_LUA });
   }
 
   private keys(product: string, customer: string): string[] {
     const tag = customerTag(product, customer);
-    return [creditKeys.wallet(tag), creditKeys.outbox(tag), creditKeys.idempotency(tag), redisKeys.state(tag)];
+    return [
+      creditKeys.wallet(tag),
+      creditKeys.outbox(tag),
+      creditKeys.idempotency(tag),
+      redisKeys.state(tag),
+    ];
   }
 
-  private async run(product: string, customer: string, args: (string | number)[]): Promise<(string | number)[]> {
+  private async run(
+    product: string,
+    customer: string,
+    args: (string | number)[],
+  ): Promise<(string | number)[]> {
     const t = creditTermsOf(this.plans, product, customer);
-    const cmd = (this.redis as unknown as { tollgateCredits: CreditsCommand }).tollgateCredits.bind(this.redis);
+    const cmd = (this.redis as unknown as { tollgateCredits: CreditsCommand }).tollgateCredits.bind(
+      this.redis,
+    );
     return cmd(
       ...this.keys(product, customer),
       args[0] as string,
@@ -190,6 +208,10 @@ export class CreditWallets implements CreditsPort {
     reason: CreditErrorReason,
     message: string,
   ): Promise<never> {
+    this.log.info(
+      { product: r.product, customer: r.customer, op, reason, actor: r.actor },
+      'credit operation refused',
+    );
     let amount = 0n;
     try {
       amount = r.amount === undefined ? 0n : parseDecimalToNano(r.amount);
@@ -230,7 +252,12 @@ export class CreditWallets implements CreditsPort {
       throw new CreditError('wrong_currency', `"${currency}" is not the plan currency ${want}`);
   }
 
-  private async afterChange(product: string, customer: string, v: WalletView, changed: boolean): Promise<void> {
+  private async afterChange(
+    product: string,
+    customer: string,
+    v: WalletView,
+    changed: boolean,
+  ): Promise<void> {
     this.ledger.notify(product, customer);
     await this.ledger.drain();
     if (changed && v.state) {
@@ -264,10 +291,12 @@ export class CreditWallets implements CreditsPort {
       this.checkCurrency(r.currency);
       eff = instant(r.effectiveAt, 'effectiveAt') ?? now;
       exp = instant(r.expiresAt, 'expiresAt') ?? 0;
-      if (eff > now + MAX_FUTURE_MS) throw new CreditError('bad_dates', 'effectiveAt is more than 100 years away');
+      if (eff > now + MAX_FUTURE_MS)
+        throw new CreditError('bad_dates', 'effectiveAt is more than 100 years away');
       if (exp !== 0 && exp <= eff) throw new CreditError('bad_dates', 'expiresAt must be after effectiveAt');
       if (exp !== 0 && exp <= now) throw new CreditError('bad_dates', 'expiresAt is in the past');
-      if (exp > now + MAX_FUTURE_MS) throw new CreditError('bad_dates', 'expiresAt is more than 100 years away');
+      if (exp > now + MAX_FUTURE_MS)
+        throw new CreditError('bad_dates', 'expiresAt is more than 100 years away');
       const prio = r.priority ?? 0;
       if (!Number.isInteger(prio) || prio < 0 || prio > MAX_PRIORITY)
         throw new CreditError('bad_priority', `priority must be a whole number from 0 to ${MAX_PRIORITY}`);
