@@ -221,3 +221,10 @@ function CreditWallet:reply(out)
   out[#out + 1] = credits_int(self.after)
   out[#out + 1] = self.outbox
 end
+
+-- What the wallet still lets the customer spend before the hard stop (for a lease taken in the same
+-- script): nil when the hard stop is off (credits do not bound spending).
+function CreditWallet:headroom()
+  if not self.hard_stop then return nil end
+  return math.max(0, self:balance() + self.overdraft)
+end
