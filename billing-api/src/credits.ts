@@ -371,8 +371,8 @@ export function registerCredits(
         tags: ['billing'],
         summary: 'Prepaid credit wallets: balance, overdraft, grants in draw order',
         description:
-          'One customer’s wallet (a customer key: its own), or every wallet of the product (admin and ' +
-          'finance keys, without `customer`). CSV: one line per grant with money left.',
+          'One customer’s wallet (a customer key: its own; an empty list when it has none), or every wallet ' +
+          'of the product (admin and finance keys, without `customer`). CSV: one line per grant with money left.',
         security: SECURITY,
         querystring: querystring(['product', 'customer', 'format']),
         response: responses(
@@ -388,8 +388,7 @@ export function registerCredits(
       try {
         if (scope.customer !== undefined) {
           const w = await port().wallet(scope.product, scope.customer);
-          if (!w) throw new CreditError('no_wallet', `customer ${scope.customer} has no credit wallet`);
-          list = [w];
+          list = w ? [w] : [];
         } else list = await port().wallets(scope.product);
       } catch (err) {
         rethrow(err);
