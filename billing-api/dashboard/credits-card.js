@@ -39,8 +39,7 @@
     }
     for (const w of wallets) {
       const tr = document.createElement('tr');
-      const state =
-        w.state && w.state.reason.startsWith('credits:') ? `${w.state.action} (${w.state.reason})` : '';
+      const state = w.state?.reason.startsWith('credits:') ? `${w.state.action} (${w.state.reason})` : '';
       if (w.state?.reason === 'credits:exhausted') tr.className = 'alert';
       tr.append(
         td(w.customer),
