@@ -94,39 +94,39 @@ function CreditWallet:balance()
   return b, pending
 end
 
--- Draws one call's price: grants in order, the rest from the overdraft bucket. Returns the balance after.
+-- Notes what one call gave one bucket (a drawdown entry per bucket, written by save).
+function CreditWallet:note(bucket, event_id, take)
+  local d = self.draws[bucket]
+  if not d then
+    d = { sum = 0, ids = {}, amounts = {}, n = 0 }
+    self.draws[bucket] = d
+    self.draws[#self.draws + 1] = bucket
+  end
+  local n = d.n + 1
+  d.n, d.sum = n, d.sum + take
+  d.ids[n] = event_id
+  d.amounts[n] = credits_int(take)
+end
+
+-- Draws one call's price: grants in order, the rest from the overdraft bucket.
 function CreditWallet:draw(event_id, price, period)
-  local rest = price
-  local function note(bucket, take)
-    local d = self.draws[bucket]
-    if not d then
-      d = { sum = 0, ids = {}, amounts = {} }
-      self.draws[bucket] = d
-      self.draws[#self.draws + 1] = bucket
-    end
-    d.sum = d.sum + take
-    d.ids[#d.ids + 1] = event_id
-    d.amounts[#d.amounts + 1] = credits_int(take)
-  end
-  if rest > 0 then
-    for _, g in ipairs(self.grants) do
-      if rest <= 0 then break end
-      if self:live(g) then
-        local take = math.min(g.rem, rest)
-        g.rem = g.rem - take
-        rest = rest - take
-        self.dirty[g.id] = g
-        note(g.id, take)
-      end
-    end
-    if rest > 0 then
-      self.od = self.od - rest
-      self.od_dirty = true
-      note('overdraft', rest)
-    end
-  end
   self.period = period
-  return (self:balance())
+  local rest = price
+  if rest <= 0 then return end
+  local now = self.now
+  for _, g in ipairs(self.grants) do
+    if g.rem > 0 and g.eff <= now and (g.exp == 0 or g.exp > now) then
+      local take = g.rem < rest and g.rem or rest
+      g.rem = g.rem - take
+      rest = rest - take
+      self.dirty[g.id] = g
+      self:note(g.id, event_id, take)
+      if rest <= 0 then return end
+    end
+  end
+  self.od = self.od - rest
+  self.od_dirty = true
+  self:note('overdraft', event_id, rest)
 end
 
 -- Writes the wallet back and appends the ledger entries to the outbox. Returns the outbox length.
