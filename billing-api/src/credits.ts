@@ -19,8 +19,8 @@ export interface CreditGrantRequest {
   product: string;
   customer: string;
   kind: 'grant' | 'top_up';
-  /** Decimal text in currency units ("25", "0.5"); parsed exactly. */
-  amount: string;
+  /** Decimal text in currency units ("25", "0.5"); parsed exactly. A number is refused (`bad_amount`). */
+  amount: string | number;
   currency: string;
   /** RFC 3339 or YYYY-MM-DD; default now. */
   effectiveAt?: string | undefined;
@@ -39,8 +39,8 @@ export interface CreditAdjustRequest {
   customer: string;
   /** A grant id, or `overdraft`. */
   grantId: string;
-  /** Signed decimal text ("-2.5"). */
-  amount: string;
+  /** Signed decimal text ("-2.5"); a number is refused (`bad_amount`). */
+  amount: string | number;
   currency: string;
   note: string;
   actor: string;
@@ -216,7 +216,12 @@ const grantBody = {
   properties: {
     product: identifier,
     customer: identifier,
-    amount: { type: 'string', maxLength: 40, description: 'decimal in currency units, e.g. "25.00"' },
+    amount: {
+      type: ['string', 'number'],
+      maxLength: 40,
+      description:
+        'decimal text in currency units, e.g. "25.00" (a JSON number is refused: floats are not money)',
+    },
     currency: { type: 'string', maxLength: 16, description: 'must be the plan currency (ISO 4217)' },
     effectiveAt: { type: 'string', maxLength: 40, description: 'RFC 3339 or YYYY-MM-DD; default now' },
     expiresAt: { type: 'string', maxLength: 40, description: 'RFC 3339 or YYYY-MM-DD; default never' },
@@ -233,7 +238,7 @@ const grantBody = {
 interface GrantBody {
   product?: string;
   customer: string;
-  amount: string;
+  amount: string | number;
   currency: string;
   effectiveAt?: string;
   expiresAt?: string;
@@ -246,7 +251,7 @@ interface AdjustBody {
   product?: string;
   customer: string;
   grantId: string;
-  amount: string;
+  amount: string | number;
   currency: string;
   note: string;
 }
@@ -343,7 +348,11 @@ export function registerCredits(
             product: identifier,
             customer: identifier,
             grantId: { ...identifier, maxLength: 64, description: 'a grant id, or `overdraft`' },
-            amount: { type: 'string', maxLength: 40, description: 'signed decimal, e.g. "-2.50"' },
+            amount: {
+              type: ['string', 'number'],
+              maxLength: 40,
+              description: 'signed decimal text, e.g. "-2.50" (a JSON number is refused)',
+            },
             currency: { type: 'string', maxLength: 16 },
             note: { type: 'string', minLength: 1, maxLength: 1000, description: 'why (required)' },
           },

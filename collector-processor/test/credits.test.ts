@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Directive } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadPlanBook } from '../src/plans/load.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
@@ -362,6 +363,8 @@ describe('prepaid credits', () => {
       ['bad-co', { amount: '0.0000000001' }, 400, 'API_CREDIT_AMOUNT'],
       ['bad-co', { amount: '1000000.000000001' }, 400, 'API_CREDIT_AMOUNT'],
       ['bad-co', { amount: '99999999999999999999999' }, 400, 'API_CREDIT_AMOUNT'],
+      ['bad-co', { amount: 5 }, 400, 'API_CREDIT_AMOUNT'], // a JSON number is a float, not money
+      ['bad-co', { amount: 0.1 }, 400, 'API_CREDIT_AMOUNT'],
       ['bad-co', { amount: '5', currency: 'EUR' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', currency: 'usd' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', expiresAt: '2020-01-01' }, 400, 'API_CREDIT_DATES'],
@@ -444,6 +447,23 @@ describe('prepaid credits', () => {
       404,
       'API_NO_WALLET',
     ]);
+  });
+
+  it('the plan file caps the credit terms so the wallet script stays exact', () => {
+    const plan = (credits: string) =>
+      `currency: USD\nproducts:\n  p:\n    defaultPlan: a\n    plans:\n      a: { tools: { "*": {} }, credits: ${credits} }\n`;
+    expect(
+      loadPlanBook(plan('{ overdraft: "1000000", warnBelow: "2.5" }')).resolve('p', 'x')?.plan.credits,
+    ).toEqual({
+      hardStop: true,
+      overdraft: 1_000_000_000_000_000n,
+      warnBelow: 2_500_000_000n,
+    });
+    expect(() => loadPlanBook(plan('{ overdraft: "1000000.000000001" }'))).toThrow(
+      /credits.overdraft: must be at most 1000000/,
+    );
+    expect(() => loadPlanBook(plan('{ overdraft: "-1" }'))).toThrow(/credits.overdraft/);
+    expect(() => loadPlanBook(plan('{ hardstop: false }'))).toThrow(/credits/);
   });
 
   it('only admin keys grant; a customer key sees only its own wallet and ledger', async () => {

@@ -203,7 +203,13 @@ export class CreditWallets implements CreditsPort {
 
   /** Refuses (audited): throws the CreditError after recording the attempt. */
   private async refuse(
-    r: { product: string; customer: string; actor: string; amount?: string; note?: string | undefined },
+    r: {
+      product: string;
+      customer: string;
+      actor: string;
+      amount?: string | number;
+      note?: string | undefined;
+    },
     op: string,
     reason: CreditErrorReason,
     message: string,
@@ -214,7 +220,7 @@ export class CreditWallets implements CreditsPort {
     );
     let amount = 0n;
     try {
-      amount = r.amount === undefined ? 0n : parseDecimalToNano(r.amount);
+      amount = typeof r.amount === 'string' ? parseDecimalToNano(r.amount) : 0n;
     } catch {
       // not a number: recorded as 0, the text is in the note
     }
@@ -230,7 +236,12 @@ export class CreditWallets implements CreditsPort {
     throw new CreditError(reason, message);
   }
 
-  private parseAmount(text: string, signed: boolean): bigint {
+  private parseAmount(text: string | number, signed: boolean): bigint {
+    if (typeof text !== 'string')
+      throw new CreditError(
+        'bad_amount',
+        `give the amount as decimal text such as "${text}" (a JSON number is a float)`,
+      );
     let nano: bigint;
     try {
       nano = parseDecimalToNano(text);

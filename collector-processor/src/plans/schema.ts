@@ -1,4 +1,4 @@
-import { parseDecimalToNano } from '@tollgate/contracts';
+import { MAX_GRANT_NANO, parseDecimalToNano } from '@tollgate/contracts';
 import { z } from 'zod';
 
 /**
@@ -124,13 +124,16 @@ const marginGuard = z.strictObject({
  * Prepaid credits, for customers with a wallet (a grant or top-up made one; without one, credits are not in
  * play). Billed calls draw the wallet down in the enforcement script.
  */
+/** At most the largest grant (1,000,000): the wallet script's sums stay exact (contracts/src/credits.ts). */
+const creditAmount = money.refine((v) => v <= MAX_GRANT_NANO, 'must be at most 1000000');
+
 const credits = z.strictObject({
   /** Kill the customer (reason `credits:exhausted`) when the balance reaches −overdraft. */
   hardStop: z.boolean().default(true),
   /** How far below zero the balance may go before the hard stop; repaid from the next grant. */
-  overdraft: money.default(0n),
+  overdraft: creditAmount.default(0n),
   /** Send `warn` (reason `credits:low_balance`) while the balance is below this; 0 = never. */
-  warnBelow: money.default(0n),
+  warnBelow: creditAmount.default(0n),
 });
 
 export const planSchema = z.strictObject({
