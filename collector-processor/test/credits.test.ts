@@ -42,6 +42,7 @@ products:
       race-co: {}
       bad-co: {}
       postpaid-co: { overrides: { credits: { hardStop: false } } }
+      lifted-co: {}
 `;
 
 let tg: TestTollgate;
@@ -293,6 +294,28 @@ describe('prepaid credits', () => {
     expect(over).toEqual([{ n: '1' }]);
     const w = await wallet('overdraft-co');
     expect(BigInt(w.balanceNano)).toBe(1_000_000_000n - 7n * PRICE);
+  });
+
+  it("an operator's lift holds over the credits stop until the period ends; the wallet keeps paying", async () => {
+    await grant('lifted-co', '0.5');
+    const d = await exportCalls('lifted-co', 2);
+    expect(d.directives).toContainEqual(
+      expect.objectContaining({ action: 'kill', reason: 'credits:exhausted' }),
+    );
+    const lift = await api('/admin/enforcement/lift', KEYS.admin, {
+      method: 'POST',
+      body: JSON.stringify({ customer: 'lifted-co', scope: 'customer', note: 'pays by invoice this month' }),
+    });
+    expect(lift.status).toBe(200);
+    const after = await exportCalls('lifted-co', 3);
+    expect(after.directives.find((x) => x.scope === 'customer')).toMatchObject({
+      action: 'resume',
+      reason: 'operator:ops-alice',
+    });
+    expect(BigInt((await wallet('lifted-co')).balanceNano)).toBe(500_000_000n - 5n * PRICE);
+    // a grant does not replace the operator's decision either
+    const top = await grant('lifted-co', '0.1', {}, 'top-up');
+    expect(top.body.wallet.state).toEqual({ action: 'resume', reason: 'operator:ops-alice' });
   });
 
   it('without a hard stop the wallet only pays: calls continue into the overdraft', async () => {
