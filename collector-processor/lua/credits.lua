@@ -187,7 +187,8 @@ end
 -- enforce.lua's side. The host passes its last six ARGV to this fragment: wallet key index, outbox key
 -- index (both into KEYS), hard stop (1/0), overdraft (nano), warn below (nano, 0 = off), and the event ids
 -- of its calls (comma-separated, in call order). Returns nil when the customer has no wallet.
-local function credits_open(keys, argv, now)
+-- state_key: the host's enforcement state hash. Called before the host reads any state.
+local function credits_open(keys, argv, now, state_key)
   local a = #argv - 5
   local w = credits_load(keys[tonumber(argv[a])], keys[tonumber(argv[a + 1])], now)
   if not w then return nil end
@@ -198,6 +199,16 @@ local function credits_open(keys, argv, now)
   for id in string.gmatch(argv[a + 5], '[^,]+') do w.ids[#w.ids + 1] = id end
   w.period = string.match(argv[1], '^[^|]*|([^|]*)|') or ''
   w:normalize()
+  -- Money came back without a grant request (a grant became effective, the plan's overdraft grew): the
+  -- credits' own kill is lifted here, since the host keeps kills sticky. Grants lift it in credits-admin.lua.
+  w.lifted = 0
+  if not (w.hard_stop and w:balance() <= -w.overdraft) then
+    local v = redis.call('HGET', state_key, 'c')
+    if v and string.sub(v, 1, 23) == 'kill|credits:exhausted|' then
+      redis.call('HSET', state_key, 'c', 'resume|credits:topped_up|' .. credits_int(now + 86400000) .. '||')
+      w.lifted = 1
+    end
+  end
   return w
 end
 
@@ -215,11 +226,12 @@ function CreditWallet:finish(note, get, set)
   self.after = self:judge(get, set, self.hard_stop, self.overdraft, self.warn_below, 86400000)
 end
 
--- Appends `credits, balance, outbox length` to the host's reply.
+-- Appends `credits, balance, outbox length, lifted (1: credits_open lifted the credits' kill)` to the reply.
 function CreditWallet:reply(out)
   out[#out + 1] = 'credits'
   out[#out + 1] = credits_int(self.after)
   out[#out + 1] = self.outbox
+  out[#out + 1] = self.lifted
 end
 
 -- What the wallet still lets the customer spend before the hard stop (for a lease taken in the same

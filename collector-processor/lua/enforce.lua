@@ -23,7 +23,7 @@
 -- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
 -- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,
 -- until_ms, changed (1 when this call created the state); with a wallet, then: 'credits', balance, outbox
--- length.
+-- length, lifted.
 local period, state, applied, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -113,7 +113,7 @@ end
 
 local over = {}
 local already = redis.call('HEXISTS', applied, rid) == 1
-local credits = credits_open(KEYS, ARGV, now) -- prepaid credits (credits.lua, loaded in front): nil without a wallet
+local credits = credits_open(KEYS, ARGV, now, state) -- prepaid credits (credits.lua, loaded in front): nil without a wallet
 
 -- Counters are read once, advanced in Lua for each call (limits are checked call by call, in order), and
 -- written back once per key with HINCRBY of the total increments: a few Redis calls per key, not per call.

@@ -43,6 +43,7 @@ products:
       bad-co: {}
       postpaid-co: { overrides: { credits: { hardStop: false } } }
       lifted-co: {}
+      pending-co: {}
 `;
 
 let tg: TestTollgate;
@@ -316,6 +317,37 @@ describe('prepaid credits', () => {
     // a grant does not replace the operator's decision either
     const top = await grant('lifted-co', '0.1', {}, 'top-up');
     expect(top.body.wallet.state).toEqual({ action: 'resume', reason: 'operator:ops-alice' });
+  });
+
+  it('a grant that becomes effective later lifts the stop on the next export, audited', async () => {
+    await grant('pending-co', '1', { effectiveAt: new Date(Date.now() + 1500).toISOString() });
+    const early = await exportCalls('pending-co', 1); // nothing in force yet: the call draws the overdraft
+    expect(early.directives).toContainEqual(
+      expect.objectContaining({ action: 'kill', reason: 'credits:exhausted' }),
+    );
+    await new Promise((r) => setTimeout(r, 1600));
+    const later = await exportCalls('pending-co', 1);
+    expect(later.directives).toContainEqual(
+      expect.objectContaining({ action: 'resume', scope: 'customer', reason: 'credits:topped_up' }),
+    );
+    const w = await wallet('pending-co');
+    expect(BigInt(w.balanceNano)).toBe(1_000_000_000n - 2n * PRICE);
+    expect(w.overdraftUsedNano).toBe('0'); // repaid from the grant once it was in force
+    await tg.credits?.wallet('demo-mcp', 'pending-co');
+    const deadline = Date.now() + 5000;
+    let audit: Record<string, string>[] = [];
+    while (Date.now() < deadline) {
+      audit = await query(
+        tg,
+        "SELECT action, reason FROM enforcement_events WHERE customer = 'pending-co' AND actor = 'tollgate' ORDER BY at",
+      );
+      if (audit.length >= 2) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(audit).toEqual([
+      { action: 'kill', reason: 'credits:exhausted' },
+      { action: 'resume', reason: 'credits:topped_up' },
+    ]);
   });
 
   it('without a hard stop the wallet only pays: calls continue into the overdraft', async () => {

@@ -1,5 +1,7 @@
-import { creditKeys, type RatedCall } from '@tollgate/contracts';
+import { CREDIT_REASONS, creditKeys, type RatedCall } from '@tollgate/contracts';
+import type { EnforcementLog } from '../enforcement/events.js';
 import type { Plan } from '../plans/schema.js';
+import type { CreditLedger } from './ledger.js';
 
 /**
  * The part of an enforce.lua call that belongs to credits.lua: two keys (wallet, outbox) appended to the
@@ -25,11 +27,46 @@ export function creditArgs(
   );
 }
 
-/** The trailer enforce.lua appends for a customer with a wallet: balance after the export, outbox length. */
+/**
+ * The trailer enforce.lua appends for a customer with a wallet: balance after the export, outbox length, and
+ * whether the script lifted the credits' own kill (money came back without a grant request).
+ */
 export function creditsOfReply(
   reply: readonly (string | number)[],
-): { balanceNano: bigint; outbox: number } | undefined {
-  const at = reply.length - 3;
+): { balanceNano: bigint; outbox: number; lifted: boolean } | undefined {
+  const at = reply.length - 4;
   if (at < 0 || reply[at] !== 'credits') return undefined;
-  return { balanceNano: BigInt(String(reply[at + 1])), outbox: Number(reply[at + 2]) };
+  return {
+    balanceNano: BigInt(String(reply[at + 1])),
+    outbox: Number(reply[at + 2]),
+    lifted: Number(reply[at + 3]) === 1,
+  };
+}
+
+/** After enforce.lua: drain the ledger outbox soon, audit a lift the script made. */
+export function afterCreditsOfReply(
+  reply: readonly (string | number)[],
+  product: string,
+  customer: string,
+  ledger: CreditLedger | undefined,
+  events: EnforcementLog,
+  now: number,
+): void {
+  const c = creditsOfReply(reply);
+  if (!c) return;
+  if (c.outbox) ledger?.notify(product, customer);
+  if (c.lifted)
+    events.record({
+      atMs: now,
+      product,
+      customer,
+      scope: 'customer',
+      subjectId: customer,
+      action: 'resume',
+      reason: CREDIT_REASONS.toppedUp,
+      marginBps: null,
+      spendNano: c.balanceNano,
+      actor: 'tollgate',
+      note: 'credits in force again',
+    });
 }

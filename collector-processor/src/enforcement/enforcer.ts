@@ -10,7 +10,7 @@ import {
   stateInForce,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
-import { creditArgs, creditsOfReply } from '../credits/enforce-args.js';
+import { afterCreditsOfReply, creditArgs } from '../credits/enforce-args.js';
 import type { CreditLedger } from '../credits/ledger.js';
 import { CREDITS_LUA } from '../credits/wallets.js';
 import type { Metrics } from '../metrics.js';
@@ -180,7 +180,7 @@ export class RedisEnforcer implements Enforcer {
       return [];
     }
     const { over, directives } = parseEnforceReply(reply, g.customer);
-    if (creditsOfReply(reply)?.outbox) this.creditLedger?.notify(product, g.customer);
+    afterCreditsOfReply(reply, product, g.customer, this.creditLedger, this.events, now);
     for (const i of over) {
       const row = g.rows[i];
       if (row) row.decision = 'over_limit';
