@@ -4,8 +4,9 @@
 -- down in the same atomic step that counts them against the limits) and in front of credits-admin.lua
 -- (grants, top-ups, adjustments, reads). Everything it needs from its host comes in as arguments.
 --
--- Wallet (hash): seq, opened, od (overdraft bucket, <= 0), g:<id> = remaining|amount|effective_ms|
--- expires_ms|priority|kind|created_ms. Grants left with nothing are removed (the ledger keeps their story).
+-- Wallet (hash): seq (last ledger entry), gseq (last grant number), opened, od (overdraft bucket, <= 0),
+-- g:<id> = remaining|amount|effective_ms|expires_ms|priority|kind|created_ms. Grants left with nothing are
+-- removed (the ledger keeps their story).
 -- Outbox (list): one line per ledger entry, in sequence order, until the processor has written it to
 -- ClickHouse: seq, at, type, bucket, amount, period, event ids, their amounts, actor, note (tab-separated).
 --

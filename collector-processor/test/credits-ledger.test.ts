@@ -1,5 +1,5 @@
 import type { ClickHouseClient } from '@clickhouse/client';
-import { creditKeys, customerTag, type RatedCall } from '@tollgate/contracts';
+import { CREDIT_LEDGER_COLUMNS, creditKeys, customerTag, type RatedCall } from '@tollgate/contracts';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/app.js';
@@ -49,6 +49,11 @@ async function rows(customer: string) {
 }
 
 describe('credit ledger outbox', () => {
+  it('the table matches the contract column for column (the writer is typed by it)', async () => {
+    const cols = await query<{ name: string; type: string }>(tg, 'DESCRIBE TABLE credit_ledger');
+    expect(cols.map((c) => [c.name, c.type])).toEqual(CREDIT_LEDGER_COLUMNS.map(([n, t]) => [n, t]));
+  });
+
   it('keeps entries while ClickHouse fails, writes each once however often a drain is repeated', async () => {
     const outbox = creditKeys.outbox(customerTag('demo-mcp', 'outbox-co'));
     await client.rpush(outbox, line(1, 100), line(2, -30), line(3, 5));

@@ -45,7 +45,8 @@ export const CREDIT_REASONS = {
 export const creditKeys = {
   /**
    * The wallet (hash): `seq` (last ledger sequence number), `gseq` (last grant number), `opened` (ms), `od`
-   * (overdraft bucket, ≤ 0), `g:<grantId>` (one grant with money left, see `decodeGrant`).
+   * (overdraft bucket, ≤ 0), `g:<grantId>` (one grant with money left:
+   * `remaining|amount|effective_ms|expires_ms|priority|kind|created_ms`, see lua/credits.lua).
    */
   wallet: (tag: string) => `${KEY_PREFIX}:${tag}:cw`,
   /**
@@ -58,46 +59,6 @@ export const creditKeys = {
   /** Customers of a product with a wallet (set), for listing and for draining outboxes after a restart. */
   index: (product: string) => `${KEY_PREFIX}:{x:${escapeKeyPart(product)}}:wallets`,
 } as const;
-
-export interface Grant {
-  id: string;
-  kind: 'grant' | 'top_up';
-  /** What is left, nano-units. */
-  remainingNano: bigint;
-  /** What was granted, nano-units. */
-  amountNano: bigint;
-  effectiveUnixMs: number;
-  /** 0: never expires. */
-  expiresUnixMs: number;
-  /** Lower is drawn first; then the earliest expiry, then the oldest grant. */
-  priority: number;
-  createdUnixMs: number;
-}
-
-/** Wallet field value of a grant: `remaining|amount|effective_ms|expires_ms|priority|kind|created_ms`. */
-export function decodeGrant(id: string, value: string): Grant | undefined {
-  const p = value.split('|');
-  if (p.length < 7) return undefined;
-  const [remaining, amount, eff, exp, prio, kind, created] = p as [
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-  ];
-  return {
-    id,
-    kind: kind === 'top_up' ? 'top_up' : 'grant',
-    remainingNano: BigInt(remaining),
-    amountNano: BigInt(amount),
-    effectiveUnixMs: Number(eff),
-    expiresUnixMs: Number(exp),
-    priority: Number(prio),
-    createdUnixMs: Number(created),
-  };
-}
 
 /** One ledger entry as the scripts write it to the outbox (tab-separated, see `decodeLedgerEntry`). */
 export interface LedgerEntry {
@@ -141,3 +102,21 @@ export function decodeLedgerEntry(line: string): LedgerEntry | undefined {
     note: note.join('\t'),
   };
 }
+
+/** The columns of ClickHouse `credit_ledger` (migration 0011) in table order; a test checks they agree. */
+export const CREDIT_LEDGER_COLUMNS = [
+  ['product', 'LowCardinality(String)'],
+  ['customer', 'String'],
+  ['seq', 'UInt64'],
+  ['at', "DateTime64(3, 'UTC')"],
+  ['entry_type', 'LowCardinality(String)'],
+  ['bucket', 'String'],
+  ['amount_nano', 'Int64'],
+  ['currency', 'LowCardinality(String)'],
+  ['period', 'LowCardinality(String)'],
+  ['event_ids', 'Array(String)'],
+  ['event_amounts_nano', 'Array(Int64)'],
+  ['actor', 'String'],
+  ['note', 'String'],
+] as const;
+export type CreditLedgerColumn = (typeof CREDIT_LEDGER_COLUMNS)[number][0];

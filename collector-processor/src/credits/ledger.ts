@@ -1,5 +1,11 @@
 import type { ClickHouseClient } from '@clickhouse/client';
-import { creditKeys, customerTag, decodeLedgerEntry, type LedgerEntry } from '@tollgate/contracts';
+import {
+  type CreditLedgerColumn,
+  creditKeys,
+  customerTag,
+  decodeLedgerEntry,
+  type LedgerEntry,
+} from '@tollgate/contracts';
 import type { Logger } from 'pino';
 import type { RedisLike } from '../pipeline/pipeline.js';
 import { insertSettings } from '../storage/clickhouse.js';
@@ -111,21 +117,23 @@ export class CreditLedger {
           table: 'credit_ledger',
           format: 'JSONEachRow',
           clickhouse_settings: insertSettings(),
-          values: entries.map((e) => ({
-            product,
-            customer,
-            seq: e.seq,
-            at: (e.atUnixMs / 1000).toFixed(3),
-            entry_type: e.type,
-            bucket: e.bucket,
-            amount_nano: e.amountNano.toString(),
-            currency,
-            period: e.period,
-            event_ids: e.eventIds,
-            event_amounts_nano: e.amountsNano.map(String),
-            actor: e.actor,
-            note: e.note,
-          })),
+          values: entries.map(
+            (e): Record<CreditLedgerColumn, unknown> => ({
+              product,
+              customer,
+              seq: e.seq,
+              at: (e.atUnixMs / 1000).toFixed(3),
+              entry_type: e.type,
+              bucket: e.bucket,
+              amount_nano: e.amountNano.toString(),
+              currency,
+              period: e.period,
+              event_ids: e.eventIds,
+              event_amounts_nano: e.amountsNano.map(String),
+              actor: e.actor,
+              note: e.note,
+            }),
+          ),
         });
       }
       const last = lines[lines.length - 1] as string;
