@@ -4,7 +4,9 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/app.js';
 import { CreditLedger } from '../src/credits/ledger.js';
-import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
+import { CreditWallets } from '../src/credits/wallets.js';
+import type { EnforcementLog } from '../src/enforcement/events.js';
+import { freePort, type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
 import { query, startTestTollgate, type TestTollgate } from './support/harness.js';
 
 /**
@@ -100,6 +102,32 @@ describe('credit ledger outbox', () => {
     const got = await rows('shared-co');
     expect(got.map((r) => Number(r.seq))).toEqual(Array.from({ length: seq }, (_, i) => i + 1));
     expect(got.every((r) => r.amount_nano === r.seq)).toBe(true);
+  });
+
+  it('Redis unreachable: a grant is a retryable 503 (API_UNAVAILABLE), nothing granted', async () => {
+    const dead = new Redis({
+      port: await freePort(),
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+    });
+    dead.on('error', () => {});
+    const events = { record() {}, flush: async () => {}, close: async () => {} } as unknown as EnforcementLog;
+    const ledger = new CreditLedger(dead, tg.clickhouse.client, () => 'USD', log, 10_000);
+    const wallets = new CreditWallets(dead, tg.plans!, ledger, events, tg.clickhouse.client, log);
+    const err = await wallets
+      .grant({
+        product: 'demo-mcp',
+        customer: 'replay-co',
+        kind: 'grant',
+        amount: '1',
+        currency: 'USD',
+        actor: 't',
+      })
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ name: 'ApiError', code: 'API_UNAVAILABLE', status: 503 });
+    await ledger.close();
+    dead.disconnect();
   });
 
   it('a replayed spool record draws the wallet once (the applied marker covers the drawdown)', async () => {

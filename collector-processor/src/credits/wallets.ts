@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { ClickHouseClient } from '@clickhouse/client';
 import {
+  ApiError,
   type CreditAdjustRequest,
   CreditError,
   type CreditErrorReason,
@@ -72,6 +73,16 @@ function instant(text: string | undefined, name: string): number | undefined {
   return ms;
 }
 
+/** A backing store that fails is a 503 (retry later), not an internal error; nothing was granted. */
+async function unavailableOnError<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof CreditError) throw err;
+    throw new ApiError('API_UNAVAILABLE', `${what}: ${(err as Error).message}`);
+  }
+}
+
 /**
  * Prepaid credit wallets for the API and the CLI: grants, top-ups, adjustments and reads, each one atomic
  * script run on the customer's keys (credits-admin.lua). Every attempt is audited in `enforcement_events`,
@@ -110,15 +121,17 @@ export class CreditWallets implements CreditsPort {
     const cmd = (this.redis as unknown as { tollgateCredits: CreditsCommand }).tollgateCredits.bind(
       this.redis,
     );
-    return cmd(
-      ...this.keys(product, customer),
-      args[0] as string,
-      Date.now(),
-      t.hardStop ? 1 : 0,
-      t.overdraftNano.toString(),
-      t.warnBelowNano.toString(),
-      MAX_WALLET_NANO.toString(),
-      ...args.slice(1),
+    return unavailableOnError('Redis', () =>
+      cmd(
+        ...this.keys(product, customer),
+        args[0] as string,
+        Date.now(),
+        t.hardStop ? 1 : 0,
+        t.overdraftNano.toString(),
+        t.warnBelowNano.toString(),
+        MAX_WALLET_NANO.toString(),
+        ...args.slice(1),
+      ),
     );
   }
 
@@ -156,7 +169,11 @@ export class CreditWallets implements CreditsPort {
   }
 
   /** A customer Tollgate knows: named in the plan file, with a wallet, or with billed calls. */
-  private async known(product: string, customer: string): Promise<boolean> {
+  private known(product: string, customer: string): Promise<boolean> {
+    return unavailableOnError('Redis or ClickHouse', () => this.knownTo(product, customer));
+  }
+
+  private async knownTo(product: string, customer: string): Promise<boolean> {
     const book = this.plans.current;
     if (!book.products().includes(product)) return false;
     if (book.listsCustomer(product, customer)) return true;
@@ -317,7 +334,7 @@ export class CreditWallets implements CreditsPort {
       if (err instanceof CreditError) return this.refuse(r, op, err.reason, err.message);
       throw err;
     }
-    await this.redis.sadd(creditKeys.index(r.product), r.customer);
+    await unavailableOnError('Redis', () => this.redis.sadd(creditKeys.index(r.product), r.customer));
     const reply = await this.run(r.product, r.customer, [
       'grant',
       r.kind,
@@ -411,7 +428,9 @@ export class CreditWallets implements CreditsPort {
   }
 
   async wallets(product: string): Promise<WalletView[]> {
-    const customers = (await this.redis.smembers(creditKeys.index(product))).sort();
+    const customers = (
+      await unavailableOnError('Redis', () => this.redis.smembers(creditKeys.index(product)))
+    ).sort();
     const out: WalletView[] = [];
     for (const c of customers) {
       const w = await this.wallet(product, c);
