@@ -11,7 +11,8 @@
  * named in the root's workspaces, and theirs, transitively — to `vendor/<name>/` (package.json and its
  * `files`, without source maps), and points every import of one of them at the vendored copy, by relative
  * path, in the package's own build output (in place; the originals are kept in `.pack-state/`) and in the
- * copies. postpack puts the originals back and removes `vendor/` and `.pack-state/`.
+ * copies. postpack puts the originals back and removes `vendor/` and `.pack-state/` (and `restore-all`, the
+ * root's prebuild, does so for every workspace package an interrupted pack left rewritten).
  *
  * Why vendoring rather than publishing contracts and billing-api: they are internal (one version, built
  * together, no compatibility promise between them); a user installs one package and gets one consistent
@@ -304,7 +305,16 @@ if (isMain) {
         throw err;
       }
     } else if (cmd === 'postpack' || cmd === 'restore') restore(hostDir);
-    else fail(`usage: ${fileURLToPath(import.meta.url)} prepack|postpack|restore [package dir]`);
+    else if (cmd === 'restore-all') {
+      // `npm run build` runs this first: an `npm pack` that failed after prepack (so postpack never ran)
+      // must not leave a package's build output pointing at a copy of its dependencies
+      for (const { dir: wsDir } of workspaces(hostDir).values()) {
+        if (existsSync(join(wsDir, STATE_DIR)) || existsSync(join(wsDir, VENDOR_DIR))) restore(wsDir);
+      }
+    } else
+      fail(
+        `usage: ${fileURLToPath(import.meta.url)} prepack|postpack|restore [package dir] | restore-all [root]`,
+      );
   } catch (err) {
     if (!(err instanceof PackError)) throw err;
     process.stderr.write(`vendor-workspaces: ${err.message}\n`);
