@@ -257,6 +257,21 @@ describe('the packed packages', () => {
     }
   });
 
+  it('would publish as packed: public access, npm corrects nothing in the manifests', async () => {
+    for (const ws of PUBLISHED) {
+      const r = await bash(
+        'npm publish --dry-run',
+        join(work, 'repo', ws),
+        userEnv({ TOLLGATE_PACK_SKIP_BUILD: '1' }),
+      );
+      expect(r.stderr).toMatch(
+        /Publishing to https:\/\/registry\.npmjs\.org\/ with tag latest and public access \(dry-run\)/,
+      );
+      const warnings = r.stderr.split('\n').filter((l) => /warn/i.test(l) && !/logged in/.test(l));
+      expect(warnings, ws).toEqual([]);
+    }
+  });
+
   it('`npx tollgate` works from the project that installed it', async () => {
     const r = await bash('npx tollgate --help', serverDir());
     expect(r.stdout).toContain('tollgate start [options]');
