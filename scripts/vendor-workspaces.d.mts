@@ -20,3 +20,6 @@ export function rewriteSpecifiers(
 export function exportTarget(pkg: PackageJson, subpath: string, kind: 'types' | 'code'): string;
 export function relativeSpecifier(fromFile: string, toFile: string): string;
 export function undeclared(host: PackageJson, vendored: PackageJson[]): string[];
+export function workspaces(root: string): Map<string, { dir: string; pkg: PackageJson }>;
+/** The workspace packages `host` vendors (sorted); throws when it lists one in "dependencies". */
+export function vendoredSet(host: PackageJson, all: Map<string, { dir: string; pkg: PackageJson }>): string[];

@@ -99,8 +99,8 @@ function fail(message) {
   throw new PackError(message);
 }
 
-/** The workspace packages of the repository root above `dir`: name → { dir, pkg }. */
-function workspaces(root) {
+/** The workspace packages of the repository root `root`: name → { dir, pkg }. */
+export function workspaces(root) {
   const rootPkg = readJson(join(root, 'package.json'));
   const out = new Map();
   for (const ws of rootPkg.workspaces ?? []) {
@@ -112,7 +112,7 @@ function workspaces(root) {
 }
 
 /** The workspace packages `host` needs at run time, transitively: its internal devDependencies and theirs. */
-function vendoredSet(host, all) {
+export function vendoredSet(host, all) {
   for (const name of Object.keys(host.dependencies ?? {})) {
     if (all.has(name)) {
       throw new Error(

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
   exportTarget,
@@ -6,6 +8,8 @@ import {
   relativeSpecifier,
   rewriteSpecifiers,
   undeclared,
+  vendoredSet,
+  workspaces,
 } from '../vendor-workspaces.mjs';
 
 /** The pure parts of the pack-time vendoring (scripts/vendor-workspaces.mjs); pack-install.test.ts runs it. */
@@ -118,5 +122,38 @@ describe('undeclared', () => {
       'require-in-the-middle@"^8.0.1" (needed by vendored @tollgate/instrumentation) missing from host dependencies',
       'peer @opentelemetry/api of vendored @tollgate/instrumentation is neither a dependency nor a peer of host',
     ]);
+  });
+});
+
+describe("this repository's published packages", () => {
+  const root = fileURLToPath(new URL('../../', import.meta.url));
+  const all = workspaces(root);
+  const cases = [
+    ['@tollgate/instrumentation', ['@tollgate/contracts']],
+    [
+      '@tollgate/collector-processor',
+      ['@tollgate/billing-api', '@tollgate/contracts', '@tollgate/instrumentation'],
+    ],
+  ] as const;
+  for (const [name, vendors] of cases) {
+    it(`${name} vendors ${vendors.join(', ')} and declares all they need (what prepack checks)`, () => {
+      const host = all.get(name)?.pkg as PackageJson;
+      const names = vendoredSet(host, all);
+      expect(names).toEqual(vendors);
+      expect(
+        undeclared(
+          host,
+          names.map((n) => all.get(n)?.pkg as PackageJson),
+        ),
+      ).toEqual([]);
+      expect(host.files).toContain('vendor');
+    });
+  }
+
+  it('keeps the internal packages private: never published, only vendored', () => {
+    for (const name of ['@tollgate/contracts', '@tollgate/billing-api']) {
+      const { dir } = all.get(name) as { dir: string };
+      expect(JSON.parse(readFileSync(`${dir}/package.json`, 'utf8')).private, name).toBe(true);
+    }
   });
 });
