@@ -173,9 +173,9 @@ function walk(dir, base = dir, out = []) {
 const isCode = (file) => /\.(c|m)?js$/.test(file) || /\.d\.(c|m)?ts$/.test(file);
 const isMap = (file) => file.endsWith('.map');
 
-function writeAtomically(file, text) {
+function writeAtomically(file, text, mode) {
   const tmp = `${file}.vendor-tmp`;
-  writeFileSync(tmp, text);
+  writeFileSync(tmp, text, { mode });
   renameSync(tmp, file);
 }
 
@@ -274,16 +274,17 @@ function prepack(hostDir) {
   let rewritten = 0;
   for (const entry of (host.files ?? []).filter((f) => !f.startsWith('!'))) {
     const top = join(hostDir, entry);
-    if (entry === VENDOR_DIR || !existsSync(top) || !statSync(top).isDirectory()) continue;
-    for (const rel of walk(top).filter(isCode)) {
-      const file = join(top, rel);
+    if (entry === VENDOR_DIR || !existsSync(top)) continue;
+    const files = statSync(top).isDirectory() ? walk(top).map((rel) => join(top, rel)) : [top];
+    for (const file of files.filter(isCode)) {
       const original = readFileSync(file, 'utf8');
       const { text, changed } = rewriteSpecifiers(original, mapFor(file));
       if (!changed) continue;
+      const { mode } = statSync(file);
       const keep = join(state, relative(hostDir, file));
       mkdirSync(dirname(keep), { recursive: true });
-      writeFileSync(keep, original);
-      writeAtomically(file, text);
+      writeFileSync(keep, original, { mode });
+      writeAtomically(file, text, mode);
       rewritten++;
     }
   }
