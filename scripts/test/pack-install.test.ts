@@ -112,6 +112,10 @@ function withUrls(script: string): string {
   return script.replaceAll('http://127.0.0.1:4318', otlp).replaceAll('http://127.0.0.1:8080', api);
 }
 
+function versionOf(ws: string): string {
+  return (JSON.parse(readFileSync(join(ROOT, ws, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 function hashTree(dir: string): string {
   const h = createHash('sha256');
   const walk = (d: string) => {
@@ -172,16 +176,22 @@ beforeAll(async () => {
   }
   mkdirSync(join(work, 'tarballs'));
   const before = Object.fromEntries(PUBLISHED.map((ws) => [ws, hashTree(join(repo, ws))]));
+  // the command of docs/packaging.md; the suite builds first (npm test): TOLLGATE_PACK_SKIP_BUILD only skips
+  // prepack's own `tsc -b`, which would find everything up to date
+  const packed = await bash(
+    `npm pack ${PUBLISHED.map((ws) => `-w ${ws}`).join(' ')} --pack-destination ${join(work, 'tarballs')}`,
+    repo,
+    userEnv({ TOLLGATE_PACK_SKIP_BUILD: '1' }),
+  );
+  const names = packed.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.endsWith('.tgz'));
   for (const ws of PUBLISHED) {
-    // the suite builds first (npm test); TOLLGATE_PACK_SKIP_BUILD only skips prepack's own `tsc -b`
-    const r = await bash(
-      `npm pack --pack-destination ${join(work, 'tarballs')}`,
-      join(repo, ws),
-      userEnv({ TOLLGATE_PACK_SKIP_BUILD: '1' }),
-    );
-    const name = r.stdout.trim().split('\n').pop() as string;
-    tarballs[ws] = join(work, 'tarballs', name);
-    expect(existsSync(tarballs[ws]), `${ws}: npm pack printed ${name}`).toBe(true);
+    const name = names.find((n) => n === `tollgate-${ws}-${versionOf(ws)}.tgz`);
+    expect(name, `npm pack printed ${names.join(', ')}`).toBeDefined();
+    tarballs[ws] = join(work, 'tarballs', name as string);
+    expect(existsSync(tarballs[ws])).toBe(true);
     // postpack put the build output back as it was
     expect(hashTree(join(repo, ws)), `${ws} after npm pack`).toBe(before[ws]);
   }
