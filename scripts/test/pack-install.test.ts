@@ -267,6 +267,39 @@ describe('the packed packages', () => {
     }
   });
 
+  it("types resolve in a TypeScript project, the vendored contracts' included", async () => {
+    // a Directive's action is a union from @tollgate/contracts: were the vendored types lost, `d` would be
+    // `any` and the @ts-expect-error below unused (an error)
+    writeFileSync(
+      join(appDir(), 'types-check.mts'),
+      [
+        "import { type DirectiveHook, instrumentMcpServer } from '@tollgate/instrumentation';",
+        'export const hook: DirectiveHook = (d) => {',
+        "  const action: 'warn' | 'throttle' | 'kill' | 'resume' = d.action;",
+        '  // @ts-expect-error not an action',
+        "  const bogus: 'bogus' = d.action;",
+        '  return void [action, bogus];',
+        '};',
+        'export const instrument: typeof instrumentMcpServer = instrumentMcpServer;',
+        '',
+      ].join('\n'),
+    );
+    const tsconfig = {
+      compilerOptions: {
+        module: 'nodenext',
+        moduleResolution: 'nodenext',
+        target: 'es2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+        types: [],
+      },
+      files: ['types-check.mts'],
+    };
+    writeFileSync(join(appDir(), 'tsconfig.json'), JSON.stringify(tsconfig));
+    await bash(`node ${join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')} -p tsconfig.json`, appDir());
+  });
+
   it('would publish as packed: public access, npm corrects nothing in the manifests', async () => {
     for (const ws of PUBLISHED) {
       const r = await bash(
