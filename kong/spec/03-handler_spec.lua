@@ -268,13 +268,20 @@ describe("tollgate handler", function()
     end)
   end
 
-  it("Mcp-Name that contradicts the body is refused", function()
+  it("Mcp-Name that contradicts a decoded body is refused as the MCP SDK does: 400, -32020, id echoed", function()
     local r = request()
     r.headers["Mcp-Method"] = "tools/call"
     r.headers["Mcp-Name"] = "cheap_tool"
     local res = fake.run(handler, config(), r)
     assert.equal(400, res.exit.status)
-    assert.equal(-32600, cjson.decode(res.exit.body).error.code)
+    local body = cjson.decode(res.exit.body)
+    assert.equal(-32020, body.error.code)
+    assert.equal(1, body.id)
+    assert.same({ header = "cheap_tool",
+                  body = 'the body carries params.name="search" but the Mcp-Name header names "cheap_tool"' },
+                body.error.data.mismatch)
+    assert.equal(0, fake_redis.hmgets())
+    assert.same({}, res.exported) -- nothing billable, and Kong's opentelemetry access never ran
   end)
 
   it("requests without tools/call pass untouched and unmetered", function()
@@ -381,14 +388,16 @@ describe("tollgate handler", function()
   it("copies params._meta.traceparent to the upstream request when no header carries one", function()
     local tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     local res = fake.run(handler, config(), request({ body = call_body(1, "search", { traceparent = tp, tracestate = "k=v" }) }))
-    assert.equal(tp, res.upstream_headers.traceparent)
-    assert.equal("k=v", res.upstream_headers.tracestate)
+    assert.equal(tp, res.plugin_upstream_headers.traceparent)
+    assert.equal("k=v", res.plugin_upstream_headers.tracestate)
+    -- Kong's opentelemetry propagation then continues that trace, with Kong's root span as parent
+    assert.matches("^00%-0af7651916cd43dd8448eb211c80319c%-%x+%-01$", res.upstream_headers.traceparent)
 
     local r = request({ body = call_body(1, "search", { traceparent = tp }) })
     r.headers.traceparent = "00-11111111111111111111111111111111-2222222222222222-01"
-    assert.is_nil(fake.run(handler, config(), r).upstream_headers.traceparent)
+    assert.is_nil(fake.run(handler, config(), r).plugin_upstream_headers.traceparent)
     assert.is_nil(fake.run(handler, config({ propagate_meta_traceparent = false }),
-      request({ body = call_body(1, "search", { traceparent = tp }) })).upstream_headers.traceparent)
+      request({ body = call_body(1, "search", { traceparent = tp }) })).plugin_upstream_headers.traceparent)
   end)
 
   it("tracing off: nothing to annotate, a warning says calls are not billed", function()
