@@ -315,6 +315,11 @@ function _M.run(handler, conf, req, upstream)
       http_version = "1.1", client_ip = "127.0.0.1", request_id = "req-1",
       start_time_ns = clock_ms * 1e6,
     })
+    -- another span of the trace, as instrumentation.router() makes with "router" instrumentation
+    -- (parent: the active root span, same sampling decision)
+    if req.tracing ~= false then
+      kong.tracing.start_span("kong.router", { span_kind = 1 }):finish(clock_ms * 1e6 + 1e5)
+    end
   end
 
   r.phase = "access"

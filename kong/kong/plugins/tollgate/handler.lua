@@ -372,10 +372,14 @@ local function billing_spans(ctx, calls)
   local spans = {}
   for i, attrs in ipairs(calls) do
     attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
+    local parent = parent_id
+    if i > 1 then
+      parent = spans[1].span_id
+    end
     spans[i] = {
       trace_id = trace_id,
       span_id = random_hex(8),
-      parent_id = i == 1 and parent_id or spans[1].span_id,
+      parent_id = parent,
       name = i == 1 and KONG_ROOT_SPAN_NAME or "tools/call " .. attrs[attributes.KEYS.GEN_AI_TOOL_NAME],
       kind = SPAN_KIND_SERVER,
       start_time_ns = start_ns,
