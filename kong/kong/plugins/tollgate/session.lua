@@ -110,25 +110,24 @@ function _M.trace_id_of_traceparent(v)
   return trace_id
 end
 
---- Rule 4 over an injected store: store:get(key) -> "<id>|<lastMs>" or nil; store:set(key, value, ttl_ms).
--- A call more than gap_ms after the caller's previous one opens a new session.
+--- Rule 4 over an injected store: store:get(key) -> { id, last_ms } or nil; store:set(key, value,
+-- ttl_ms) (the per-worker LRU of cache.lua). A call more than gap_ms after the caller's previous one
+-- opens a new session. The common case (an open session) allocates nothing.
 function _M.activity(store, gap_ms, customer, agent, credential_id, now_ms)
   local key = customer .. "\0" .. agent .. "\0" .. credential_id
-  local v = store:get(key)
-  if v then
-    local id, last = match(v, "^([^|]+)|(%d+)$")
-    last = tonumber(last)
-    if id and now_ms - last <= gap_ms then
-      if now_ms > last then
-        store:set(key, id .. "|" .. format("%d", floor(now_ms)), gap_ms)
-      end
-      return id
+  local s, _, stale = store:get(key)
+  s = s or stale -- an entry the LRU just expired still decides the boundary (gap inclusive)
+  if s and now_ms - s.last_ms <= gap_ms then
+    if now_ms > s.last_ms then
+      s.last_ms = now_ms
+      store:set(key, s, gap_ms)
     end
+    return s.id
   end
   local credential = credential_id ~= "" and _M.credential_fingerprint(credential_id) or ""
-  local id = _M.activity_session_id(customer, agent, credential, now_ms)
-  store:set(key, id .. "|" .. format("%d", floor(now_ms)), gap_ms)
-  return id
+  s = { id = _M.activity_session_id(customer, agent, credential, now_ms), last_ms = now_ms }
+  store:set(key, s, gap_ms)
+  return s.id
 end
 
 --- The session of a call: { id, rule }. e = { protocol_session, traceparent (header), meta_traceparent,
