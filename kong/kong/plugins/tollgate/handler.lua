@@ -153,8 +153,9 @@ local function read_body(conf)
   return body or ""
 end
 
-local function request_info(conf, parsed)
+local function request_info(conf, parsed, hints)
   local get_header = kong.request.get_header
+  local traceparent = get_header("traceparent")
   local transport, protocol_session = identity.transport(get_header("Mcp-Session-Id"),
                                                          kong.request.get_query_arg("sessionId"))
   local customer = identity.customer(conf, kong.client.get_consumer(),
@@ -165,7 +166,7 @@ local function request_info(conf, parsed)
   local session_id, session_rule = session.of({
     protocol_session = protocol_session,
     -- read before propagate_meta may copy _meta.traceparent into the header
-    traceparent = get_header("traceparent"),
+    traceparent = traceparent,
     meta_traceparent = first and first.traceparent,
     customer = customer,
     agent = agent,
@@ -178,21 +179,24 @@ local function request_info(conf, parsed)
     session_id = session_id,
     session_rule = session_rule,
     transport = transport,
-    protocol_version = identity.valid_identifier(get_header("Mcp-Protocol-Version")),
+    protocol_version = identity.valid_identifier(hints.protocol_version),
+    traceparent = traceparent,
   }
 end
 
 -- Kong's tracing takes the trace context from headers; MCP clients may send it in
 -- params._meta instead. Copying it lets the root span continue the client's trace.
-local function propagate_meta(conf, parsed)
+-- Returns the traceparent it copied, if any.
+local function propagate_meta(conf, parsed, header_traceparent)
   local first = parsed.calls[1]
-  if conf.propagate_meta_traceparent and first and first.traceparent
-     and not kong.request.get_header("traceparent") then
+  if conf.propagate_meta_traceparent and first and first.traceparent and not header_traceparent then
     kong.service.request.set_header("traceparent", first.traceparent)
     if first.tracestate and not kong.request.get_header("tracestate") then
       kong.service.request.set_header("tracestate", first.tracestate)
     end
+    return first.traceparent
   end
+  return nil
 end
 
 -- A refusal echoes the request's id. A call metered from its headers has no id yet: read the body
@@ -257,11 +261,11 @@ function TollgateHandler:access(conf)
     return -- initialize, tools/list, notifications...: not metered
   end
 
-  local req = request_info(conf, parsed)
+  local req = request_info(conf, parsed, hints)
   local ctx = { parsed = parsed, req = req }
   kong.ctx.plugin.tollgate = ctx
-  propagate_meta(conf, parsed)
-  ctx.traceparent = get_header("traceparent") -- the caller's trace, for the billing exporter
+  -- the caller's trace, for the billing exporter: the header, else the _meta one propagate_meta copies
+  ctx.traceparent = req.traceparent or propagate_meta(conf, parsed, req.traceparent)
 
   if not req.customer then
     req.enforcement = "no_customer"

@@ -135,7 +135,14 @@ function _M.decode_mcp_name(value)
   if type(value) ~= "string" then
     return nil
   end
-  value = match(value, "^[ \t]*(.-)[ \t]*$")
+  local first_byte, last_byte = byte(value, 1), byte(value, -1)
+  if first_byte == 32 or first_byte == 9 or last_byte == 32 or last_byte == 9 then
+    value = match(value, "^[ \t]*(.-)[ \t]*$")
+    first_byte = byte(value, 1)
+  end
+  if first_byte ~= 61 then -- '=': not a sentinel, the common case
+    return value
+  end
   local np, ns = #BASE64_SENTINEL_PREFIX, #BASE64_SENTINEL_SUFFIX
   if #value < np + ns or value:sub(1, np) ~= BASE64_SENTINEL_PREFIX
      or value:sub(-ns) ~= BASE64_SENTINEL_SUFFIX then
