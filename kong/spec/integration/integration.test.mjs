@@ -631,7 +631,12 @@ function modernCall(id, name, args, headerName = name, extraHeaders = {}) {
       'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
       'io.modelcontextprotocol/clientCapabilities': {},
     }),
-    headers: { 'mcp-protocol-version': MODERN, 'mcp-method': 'tools/call', 'mcp-name': headerName, ...extraHeaders },
+    headers: {
+      'mcp-protocol-version': MODERN,
+      'mcp-method': 'tools/call',
+      'mcp-name': headerName,
+      ...extraHeaders,
+    },
   };
 }
 
@@ -651,7 +656,9 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.deepEqual(first.content, [{ type: 'text', text: 'one' }]);
     await client.callTool({ name: 'echo', arguments: { text: 'two' } });
     await client.close();
-    const calls = allSpans(await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const calls = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     await new Promise((r) => setTimeout(r, 100));
     calls.push(
       ...allSpans(await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call'),
@@ -668,11 +675,15 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.equal(a['error.type'], undefined);
   });
 
-  it("headers that disagree with the body: the 2.x server refuses (400, -32020), the tool never runs, nothing is billed", async () => {
+  it('headers that disagree with the body: the 2.x server refuses (400, -32020), the tool never runs, nothing is billed', async () => {
     const testId = nextId('mismatch');
     const before = await upstreamStats();
     const { body, headers } = modernCall(9, 'delete_everything', {}, 'echo');
-    const res = await post('/main/modern/mcp', body, { ...headers, apikey: 'key-alice', 'x-test-id': testId });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
     assert.equal(res.status, 400);
     const msg = await res.json();
     assert.equal(msg.id, 9);
@@ -690,7 +701,11 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     const testId = nextId('verify');
     const before = await upstreamStats();
     const { body, headers } = modernCall(9, 'delete_everything', {}, 'echo');
-    const res = await post('/verify/modern/mcp', body, { ...headers, apikey: 'key-alice', 'x-test-id': testId });
+    const res = await post('/verify/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
     assert.equal(res.status, 400);
     const kongAnswer = await res.json();
     assert.deepEqual(await upstreamStats(), before, 'the upstream never saw it');
@@ -708,7 +723,7 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.equal(okRes.status, 200);
   });
 
-  it('traceparent -00 (tracing on, sampling_rate 1): the call is exported and billed in the caller\'s trace session; the rest of the trace is not', async () => {
+  it("traceparent -00 (tracing on, sampling_rate 1): the call is exported and billed in the caller's trace session; the rest of the trace is not", async () => {
     const testId = nextId('unsampled');
     const { body, headers } = modernCall(11, 'echo', { text: 'unsampled' });
     const res = await post('/main/modern/mcp', body, {
@@ -733,7 +748,14 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     const list = await post(
       '/main/modern/mcp',
       { jsonrpc: '2.0', id: 12, method: 'tools/list', params: { _meta: body.params._meta } },
-      { ...headers, 'mcp-method': 'tools/list', 'mcp-name': '', apikey: 'key-alice', traceparent: UNSAMPLED, 'x-test-id': quiet },
+      {
+        ...headers,
+        'mcp-method': 'tools/list',
+        'mcp-name': '',
+        apikey: 'key-alice',
+        traceparent: UNSAMPLED,
+        'x-test-id': quiet,
+      },
     );
     await list.text();
     assert.deepEqual(await spansOf(quiet), []);
@@ -765,7 +787,9 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.equal(a['tollgate.customer.id'], 'cus_alice');
     assert.equal(a['mcp.session.id'], 'trace-4bf92f3577b34da6a3ce929d0e0e4736');
     assert.equal(a['tollgate.trace.sampled'], false);
-    const resource = Object.fromEntries(mine.doc.resourceSpans[0].resource.attributes.map((kv) => [kv.key, kv.value.stringValue]));
+    const resource = Object.fromEntries(
+      mine.doc.resourceSpans[0].resource.attributes.map((kv) => [kv.key, kv.value.stringValue]),
+    );
     assert.equal(resource['service.name'], 'kong');
     assert.equal(resource['service.instance.id'], '9d2a3b7c-5e4f-4a1b-8c2d-3e4f5a6b7c8d');
   });
@@ -781,9 +805,7 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.equal(res.status, 200);
     await res.text();
     const got = await billedBy('77');
-    const span = got
-      .flatMap((r) => allSpans([r.doc]))
-      .find((s) => attrsOf(s)['jsonrpc.request.id'] === '77');
+    const span = got.flatMap((r) => allSpans([r.doc])).find((s) => attrsOf(s)['jsonrpc.request.id'] === '77');
     assert.ok(span);
     assert.equal(attrsOf(span)['mcp.session.id'], headers['mcp-session-id']);
     assert.equal(attrsOf(span)['tollgate.session.rule'], 'protocol');

@@ -26,15 +26,19 @@ let sessionTs;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'tollgate-contracts-'));
-  for (const name of ['redis-keys', 'enforcement-state', 'refusals', 'billing-session', 'event-id', 'identifiers']) {
+  for (const name of [
+    'redis-keys',
+    'enforcement-state',
+    'refusals',
+    'billing-session',
+    'event-id',
+    'identifiers',
+  ]) {
     const src = readFileSync(join(REPO, 'contracts', 'src', `${name}.ts`), 'utf8');
     const out = ts.transpileModule(src, {
       compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
     });
-    writeFileSync(
-      join(dir, `${name}.mjs`),
-      out.outputText.replace(/'\.\/([a-z-]+)\.js'/g, "'./$1.mjs'"),
-    );
+    writeFileSync(join(dir, `${name}.mjs`), out.outputText.replace(/'\.\/([a-z-]+)\.js'/g, "'./$1.mjs'"));
   }
   keysTs = await import(pathToFileURL(join(dir, 'redis-keys.mjs')).href);
   stateTs = await import(pathToFileURL(join(dir, 'enforcement-state.mjs')).href);
@@ -213,7 +217,11 @@ describe('billing sessions: kong/plugins/tollgate/session.lua vs contracts/src/b
     );
     CASES.forEach((c, i) => {
       const fp = sessionTs.credentialFingerprint(c.credential);
-      assert.deepEqual(got[i], { fp, id: sessionTs.activitySessionId(c.customer, c.agent, fp, c.ms) }, JSON.stringify(c));
+      assert.deepEqual(
+        got[i],
+        { fp, id: sessionTs.activitySessionId(c.customer, c.agent, fp, c.ms) },
+        JSON.stringify(c),
+      );
     });
   });
 
@@ -236,6 +244,8 @@ describe('billing sessions: kong/plugins/tollgate/session.lua vs contracts/src/b
       `for i, v in ipairs(input) do out[i] = session.trace_id_of_traceparent(v) or false end`,
       TPS,
     );
-    TPS.forEach((v, i) => assert.equal(got[i] || undefined, sessionTs.traceIdOfTraceparent(v), JSON.stringify(v)));
+    TPS.forEach((v, i) => {
+      assert.equal(got[i] || undefined, sessionTs.traceIdOfTraceparent(v), JSON.stringify(v));
+    });
   });
 });

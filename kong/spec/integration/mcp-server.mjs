@@ -14,10 +14,10 @@
 
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
+import * as node2 from '@modelcontextprotocol/node';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { SSEServerTransport } from '@modelcontextprotocol/sdk/server/sse.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import * as node2 from '@modelcontextprotocol/node';
 import * as server2 from '@modelcontextprotocol/server';
 import * as z from 'zod';
 import * as z4 from 'zod/v4';
