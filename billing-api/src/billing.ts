@@ -286,6 +286,8 @@ export function registerBilling(
           'product by `planId`, or a hypothetical `plan` written like one in the plan file (amounts as ' +
           'decimal strings). Identical calls in a run are priced once and multiplied.',
         security: SECURITY,
+        // No query parameters: a quote has no period or date, and `?period=…` must not look honoured.
+        querystring: querystring([]),
         body: {
           type: 'object',
           required: ['usage'],
