@@ -53,6 +53,8 @@ export interface RatedCall {
   receivedAtMs: number;
   /** Which billing-session rule gave `sessionId` (contracts/src/billing-session.ts); empty without one. */
   sessionRule: string;
+  /** Per-second price the call was billed at; 0 when its rate prices no seconds or it was not billed. */
+  pricePerSecondNano: bigint;
 }
 
 /** [column name, ClickHouse type, RatedCall field] in table order. */
@@ -89,6 +91,7 @@ export const RATED_CALL_COLUMNS = [
   ['period', 'LowCardinality(String)', 'period'],
   ['received_at', "DateTime64(3, 'UTC')", 'receivedAtMs'],
   ['session_rule', 'LowCardinality(String)', 'sessionRule'],
+  ['price_per_second_nano', 'Int64', 'pricePerSecondNano'],
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof RatedCall]>;
 
 /** `YYYY-MM` of a UTC instant given in microseconds. */
