@@ -101,7 +101,7 @@ const column = (page: Page, table: string, i: number) =>
 const titles = (page: Page, table: string, i: number) =>
   page.$$eval(
     `${table} tbody tr`,
-    (trs, idx) => trs.map((tr) => (tr.children[idx] as HTMLElement | undefined)?.title ?? ''),
+    (trs, idx) => trs.map((tr) => tr.children[idx]?.getAttribute('title') ?? ''),
     i,
   );
 
@@ -243,13 +243,10 @@ describe('dashboard in headless Chromium', () => {
     );
     expect(overflowing).toEqual([]);
     // the kills table (long reasons) scrolls inside its own box
-    const kills = await page.$eval('#kills-table', (t) => {
-      const box = t.parentElement as HTMLElement;
-      return {
-        overflow: getComputedStyle(box).overflowX,
-        fits: box.clientWidth <= (box.closest('.card') as HTMLElement).clientWidth,
-      };
-    });
+    const kills = await page.evaluate(`(() => {
+      const box = document.querySelector('#kills-table').parentElement;
+      return { overflow: getComputedStyle(box).overflowX, fits: box.clientWidth <= box.closest('.card').clientWidth };
+    })()`);
     expect(kills).toEqual({ overflow: 'auto', fits: true });
     expect(problems).toEqual([]);
     await page.close();
