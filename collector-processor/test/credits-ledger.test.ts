@@ -165,6 +165,7 @@ describe('credit ledger outbox', () => {
       priceInputNano: 0n,
       priceOutputNano: 0n,
       priceDurationNano: 0n,
+      pricePerSecondNano: 0n,
       tier: 0,
       planId: 'p',
       planVersion: tg.plans!.current.version,
