@@ -53,6 +53,8 @@ export interface RatedCall {
   receivedAtMs: number;
   /** Which billing-session rule gave `sessionId` (contracts/src/billing-session.ts); empty without one. */
   sessionRule: string;
+  /** The quota lease the call was taken from (not landed: settled in Redis, see ToolCall.lease). */
+  lease?: { id: string; reservedNano: string };
 }
 
 /** [column name, ClickHouse type, RatedCall field] in table order. */

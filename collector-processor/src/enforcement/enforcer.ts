@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import {
   customerTag,
   type Directive,
@@ -14,9 +13,8 @@ import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
 import type { EnforcementLog } from './events.js';
+import { ENFORCE_LUA } from './lua.js';
 import { dayEndMs, dayOf, periodEndMs } from './periods.js';
-
-const ENFORCE_LUA = readFileSync(new URL('../../lua/enforce.lua', import.meta.url), 'utf8');
 
 type EnforceCommand = (numKeys: number, ...args: (string | number)[]) => Promise<(string | number)[]>;
 
@@ -147,7 +145,11 @@ export class RedisEnforcer implements Enforcer {
       ...toolLimits.flat(),
       g.rows.length,
     ];
-    for (const row of g.rows) {
+    // calls taken from a quota lease, by index: settled against their lease before they are counted
+    const leased: string[] = [];
+    for (let i = 0; i < g.rows.length; i++) {
+      const row = g.rows[i] as RatedCall;
+      if (row.lease) leased.push(`${i}\t${row.lease.id}\t${row.lease.reservedNano}\t${row.instanceId}`);
       let sk = 0;
       if (row.sessionId) {
         sk = sessionIndex.get(row.sessionId) ?? 0;
@@ -160,6 +162,7 @@ export class RedisEnforcer implements Enforcer {
       // one argument per call (see enforce.lua): fewer arguments for the client to encode and Redis to parse
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
+    args.push(leased.length, ...leased);
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(

@@ -365,6 +365,7 @@ export class Pipeline {
         receivedAtMs,
         sessionRule: c.sessionRule,
       };
+      if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
     }
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
