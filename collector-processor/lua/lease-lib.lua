@@ -28,6 +28,17 @@ local function lease_fields(key)
   return f
 end
 
+-- Whether a lease still holds anything back (granted > settled in some allowance).
+local function lease_holds(f)
+  if f.gc and lease_num(f.sc) < lease_num(f.gc) then return true end
+  if f.gm and lease_num(f.sm) < lease_num(f.gm) then return true end
+  for name, v in pairs(f) do
+    local kind, sub = string.match(name, '^([ts]):(.*)$')
+    if kind and lease_num(f[kind .. 's:' .. sub]) < lease_num(v) then return true end
+  end
+  return false
+end
+
 -- Gives back what a lease holds beyond `keep` (what its holder consumed and has not settled yet: those calls
 -- happened, their spans are on their way). keep = nil gives back everything (expiry). The lease is deleted
 -- once nothing is held; otherwise it lives `grace_ms` longer so the spans in flight still settle against it.
@@ -63,7 +74,8 @@ local function lease_trim(P, id, f, keep, now, grace_ms)
     redis.call('DEL', key)
     redis.call('ZREM', P .. 'lz', id)
   else
-    redis.call('HSET', key, 'exp', now + grace_ms)
+    -- released (rel = 1): it can no longer be renewed; it goes once its last call is settled
+    redis.call('HSET', key, 'exp', now + grace_ms, 'rel', '1')
     redis.call('ZADD', P .. 'lz', now + grace_ms, id)
   end
 end
@@ -101,5 +113,11 @@ local function lease_settle(P, cache, id, inst, tool, sid, reserved)
   if f.gm then take('gm', 'sm', reserved, P .. 'p:' .. f.period, 'lrm') end
   if f['t:' .. tool] then take('t:' .. tool, 'ts:' .. tool, 1, P .. 'p:' .. f.period, 'lrc:' .. tool) end
   if sid ~= '' and f['s:' .. sid] then take('s:' .. sid, 'ss:' .. sid, reserved, f['sk:' .. sid], 'lrm') end
+  if f.rel == '1' and not lease_holds(f) then
+    -- a released lease whose calls are all settled holds nothing more: it goes now, not at its expiry
+    redis.call('DEL', key)
+    redis.call('ZREM', P .. 'lz', id)
+    cache[id] = false
+  end
   return true
 end

@@ -53,6 +53,8 @@ if not is_new then
   f = lease_fields(lkey)
   if not f then return { 'unknown', id, 0, -1, -1, 0, 0, 0 } end
   if f.inst ~= inst then return { 'foreign', id, 0, -1, -1, 0, 0, 0 } end
+  -- a released lease cannot be renewed or released again (a replay)
+  if f.rel == '1' then return { 'unknown', id, 0, -1, -1, 0, 0, 0 } end
 end
 
 if op == 'release' then

@@ -15,6 +15,7 @@ import Fastify, {
   LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
+import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
 import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
@@ -46,6 +47,8 @@ export interface ReceiverDeps {
   log: Logger;
   /** Forwards each accepted export to the next OTLP hop, with prices stamped on billed spans. */
   forwarder?: Forwarder | undefined;
+  /** Quota leases (`POST /v1/leases`); absent when enforcement is off (the route answers 404). */
+  leases?: LeaseService | undefined;
 }
 
 declare module 'fastify' {
@@ -54,7 +57,7 @@ declare module 'fastify' {
   }
 }
 
-const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch'];
+const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch', '/v1/leases'];
 
 function wireFormatOf(req: FastifyRequest): WireFormat {
   return (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-protobuf')
@@ -125,7 +128,8 @@ export function buildReceiver(
   });
 
   app.setNotFoundHandler((req, reply) => {
-    if (INGEST_ROUTES.includes(req.url.split('?')[0] as string)) {
+    const path = req.url.split('?')[0] as string;
+    if (INGEST_ROUTES.includes(path) && (path !== '/v1/leases' || deps.leases)) {
       return sendError(req, reply, new TollgateError('TG_METHOD_NOT_ALLOWED'));
     }
     return reply
@@ -331,6 +335,25 @@ export function buildReceiver(
       throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
     return ingestEvents(req, reply, events);
   });
+
+  const leases = deps.leases;
+  if (leases) {
+    // Quota leases, authenticated with the ingest key like /v1/traces (see docs/enforcement.md, "Leases").
+    app.post('/v1/leases', async (req, reply) => {
+      req.body = await bodyOf(req);
+      if (wireFormatOf(req) !== 'json')
+        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are JSON');
+      let doc: unknown;
+      try {
+        doc = JSON.parse((req.body as Buffer).toString('utf8'));
+      } catch (err) {
+        throw new TollgateError('TG_LEASE_INVALID', `body is not valid JSON: ${(err as Error).message}`);
+      }
+      const out = await leases.handle(req.tollgateIdentity as IngestIdentity, doc);
+      metrics.exports.inc({ endpoint: '/v1/leases', status: '200' });
+      return reply.code(200).type('application/json').send(out);
+    });
+  }
 
   return Object.assign(app, {
     startClosing() {
