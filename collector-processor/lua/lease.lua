@@ -8,8 +8,8 @@
 -- ARGV[13] spend per session        (limits: -1 = none)
 -- ARGV[14] want calls   ARGV[15] want money   ARGV[16] consumed calls   ARGV[17] consumed money
 -- ARGV[18] share of what is left one grant may take (bps)   ARGV[19] lease key TTL (s)
--- ARGV[20] release grace (ms)
--- ARGV[21] nt, then nt quadruples: tool, limit (-1 none), want calls, consumed calls
+-- ARGV[20] release grace (ms)     ARGV[21] least money worth granting (the known price of the call at hand)
+-- ARGV[22] nt, then nt quadruples: tool, limit (-1 none), want calls, consumed calls
 -- then ns, then ns triples: session id, want money, consumed money
 --
 -- Returns: status (ok | released | unknown | foreign | killed), lease id ('' when nothing is limited),
@@ -31,13 +31,14 @@ local consumed_calls, consumed_money = tonumber(ARGV[16]), tonumber(ARGV[17])
 local share_bps = tonumber(ARGV[18])
 local key_ttl = tonumber(ARGV[19])
 local grace = tonumber(ARGV[20])
-local nt = tonumber(ARGV[21])
+local min_money = tonumber(ARGV[21])
+local nt = tonumber(ARGV[22])
 local tools = {}
 for j = 0, nt - 1 do
-  local b = 22 + j * 4
+  local b = 23 + j * 4
   tools[#tools + 1] = { tool = ARGV[b], limit = tonumber(ARGV[b + 1]), want = tonumber(ARGV[b + 2]), consumed = tonumber(ARGV[b + 3]) }
 end
-local sb = 22 + nt * 4
+local sb = 23 + nt * 4
 local ns = tonumber(ARGV[sb])
 local sessions = {}
 for j = 0, ns - 1 do
@@ -89,18 +90,17 @@ end
 
 f = f or { inst = inst, day = day, period = period }
 local set = {}
-local function share(avail)
-  if avail <= 0 then return 0 end
-  return math.max(1, math.floor(avail * share_bps / 10000))
-end
--- grows one allowance toward `want` (what the holder would like left), out of what the limit leaves
-local function grow(gfield, sfield, want, consumed, limit, counted, total_key, total_field)
+-- grows one allowance toward `want` (what the holder would like left), out of what the limit leaves: at
+-- most `share_bps` of it, but at least `min` (one call, or one call's price) while that much is left
+local function grow(gfield, sfield, want, consumed, limit, counted, total_key, total_field, min)
   local g, s = lease_num(f[gfield]), lease_num(f[sfield])
   local left = g - math.max(consumed, s)
   local held = lease_num(redis.call('HGET', total_key, total_field))
   local avail = limit - counted - held
   local delta = 0
-  if want > left then delta = math.min(want - left, share(avail)) end
+  if want > left and avail > 0 then
+    delta = math.min(want - left, avail, math.max(min, math.floor(avail * share_bps / 10000)))
+  end
   if delta > 0 then redis.call('HINCRBY', total_key, total_field, lease_int(delta)) end
   g = g + delta
   set[#set + 1] = gfield
@@ -119,25 +119,25 @@ if day_limit >= 0 then
   limited = true
   local counted = lease_num(redis.call('HGET', day_key, 'calls'))
   local left
-  gc, left = grow('gc', 'sc', want_calls, consumed_calls, day_limit, counted, day_key, 'lr')
-  if left <= 0 then exhaust('customer', '', 'hard_limit:calls_per_day', day_end) end
+  gc, left = grow('gc', 'sc', want_calls, consumed_calls, day_limit, counted, day_key, 'lr', 1)
+  if left < 1 then exhaust('customer', '', 'hard_limit:calls_per_day', day_end) end
 end
 if spend_limit >= 0 then
   limited = true
   local counted = lease_num(redis.call('HGET', period_key, 'spend'))
   local left
-  gm, left = grow('gm', 'sm', want_money, consumed_money, spend_limit, counted, period_key, 'lrm')
-  if left < want_money then exhaust('customer', '', 'hard_limit:spend_per_period', period_end) end
+  gm, left = grow('gm', 'sm', want_money, consumed_money, spend_limit, counted, period_key, 'lrm', min_money)
+  if left < min_money then exhaust('customer', '', 'hard_limit:spend_per_period', period_end) end
 end
 local tool_out = {}
 for _, t in ipairs(tools) do
   if t.limit >= 0 then
     limited = true
     local counted = lease_num(redis.call('HGET', period_key, 'c:' .. t.tool))
-    local g, left = grow('t:' .. t.tool, 'ts:' .. t.tool, t.want, t.consumed, t.limit, counted, period_key, 'lrc:' .. t.tool)
+    local g, left = grow('t:' .. t.tool, 'ts:' .. t.tool, t.want, t.consumed, t.limit, counted, period_key, 'lrc:' .. t.tool, 1)
     tool_out[#tool_out + 1] = t.tool
     tool_out[#tool_out + 1] = g
-    if left <= 0 then exhaust('tool', t.tool, 'hard_limit:calls_per_tool', period_end) end
+    if left < 1 then exhaust('tool', t.tool, 'hard_limit:calls_per_tool', period_end) end
   end
 end
 local session_out = {}
@@ -145,13 +145,13 @@ if session_limit >= 0 then
   for _, s in ipairs(sessions) do
     limited = true
     local counted = lease_num(redis.call('HGET', s.key, 'spend'))
-    local g, left = grow('s:' .. s.sid, 'ss:' .. s.sid, s.want, s.consumed, session_limit, counted, s.key, 'lrm')
+    local g, left = grow('s:' .. s.sid, 'ss:' .. s.sid, s.want, s.consumed, session_limit, counted, s.key, 'lrm', min_money)
     set[#set + 1] = 'sk:' .. s.sid
     set[#set + 1] = s.key
     redis.call('EXPIRE', s.key, key_ttl)
     session_out[#session_out + 1] = s.sid
     session_out[#session_out + 1] = lease_int(g)
-    if left < s.want then exhaust('session', s.sid, 'hard_limit:spend_per_session', period_end) end
+    if left < min_money then exhaust('session', s.sid, 'hard_limit:spend_per_session', period_end) end
   end
 end
 

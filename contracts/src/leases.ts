@@ -49,6 +49,11 @@ export interface LeaseRequest {
   wantCalls?: number;
   /** Money (nano text) it would like to be able to take from now on. */
   wantMoney?: string;
+  /**
+   * The least money (nano text) worth holding: the known price of the call waiting for this answer. A limit
+   * that leaves less is reported exhausted; one that leaves more grants at least this much.
+   */
+  minMoney?: string;
   /** Calls taken from the lease since it began (cumulative). */
   consumedCalls?: number;
   /** Money (nano text) taken from the lease since it began (cumulative). */

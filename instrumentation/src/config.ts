@@ -34,6 +34,8 @@ export const ENV = Object.freeze({
   serviceName: 'OTEL_SERVICE_NAME',
   sessionGapMs: 'TOLLGATE_SESSION_GAP_MS',
   leases: 'TOLLGATE_LEASES',
+  leaseFailMode: 'TOLLGATE_LEASE_FAIL_MODE',
+  leaseTimeoutMs: 'TOLLGATE_LEASE_TIMEOUT_MS',
 });
 
 type CountTokens = (text: string) => number;
@@ -173,10 +175,11 @@ export function resolveConfig(
   const leaseConfig = c.leases ?? (leaseEnv === '1' || leaseEnv === 'true' ? true : undefined);
   if (leaseConfig) {
     const lc = leaseConfig === true ? {} : leaseConfig;
+    const envTimeout = env[ENV.leaseTimeoutMs];
     if (!exporter) {
       problems.push('leases need the built-in exporter (an endpoint); leases are off');
     } else {
-      const failMode = lc.failMode ?? DEFAULTS.leaseFailMode;
+      const failMode = lc.failMode ?? env[ENV.leaseFailMode] ?? DEFAULTS.leaseFailMode;
       if (failMode !== 'open' && failMode !== 'closed')
         problems.push(`leases.failMode must be open or closed (got ${failMode})`);
       const u = new URL(exporter.directivesUrl);
@@ -184,7 +187,12 @@ export function resolveConfig(
       leases = {
         url: u.toString(),
         headers: exporter.directivesHeaders,
-        timeoutMs: positiveInt(problems, 'leases.timeoutMs', lc.timeoutMs, DEFAULTS.leaseTimeoutMs),
+        timeoutMs: positiveInt(
+          problems,
+          'leases.timeoutMs',
+          lc.timeoutMs ?? (envTimeout ? Number(envTimeout) : undefined),
+          DEFAULTS.leaseTimeoutMs,
+        ),
         failMode: failMode === 'closed' ? 'closed' : 'open',
         windowMs: positiveInt(problems, 'leases.windowMs', lc.windowMs, DEFAULTS.leaseWindowMs),
         // the spans of a lease's calls must reach Tollgate before it lapses

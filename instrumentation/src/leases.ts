@@ -78,6 +78,10 @@ class Held {
   deniedUntilMs = 0;
   failedUntilMs = 0;
   renewing: Promise<void> | undefined;
+  /** Answers applied so far (a refusal needs an answer given after the call began waiting). */
+  answers = 0;
+  /** Calls waiting for a renewal (added to the next request's size). */
+  waiting = 0;
   /** Calls and money taken since the last grant (sizes the next one). */
   sinceCalls = 0;
   sinceMoney = 0;
@@ -114,6 +118,17 @@ class Held {
       if (!s || s.granted - s.used < price) return 'session';
     }
     return undefined;
+  }
+
+  /** Whether the last answer said the limit behind this allowance is exhausted (or a kill is in force). */
+  exhaustedFor(short: string, tool: string, session: string): boolean {
+    return this.exhausted.some((e) => {
+      if (!e.reason.startsWith('hard_limit:')) return true; // a kill: nothing is granted
+      if (short === 'calls') return e.reason === 'hard_limit:calls_per_day';
+      if (short === 'money') return e.reason === 'hard_limit:spend_per_period';
+      if (short === 'tool') return e.scope === 'tool' && e.id === tool;
+      return e.scope === 'session' && e.id === session;
+    });
   }
 
   consume(tool: string, session: string, price: number): void {
@@ -273,47 +288,54 @@ export class LeaseBook {
     );
   }
 
-  /** A call the book cannot cover waits (bounded) for a renewal, then takes again or follows the fail mode. */
+  /**
+   * A call the book cannot cover waits (bounded by `timeoutMs`) for renewals: it takes as soon as one covers
+   * it, is refused when an answer given after it arrived says the limit is exhausted, and follows the fail
+   * mode when Tollgate does not answer in time (or answers with an error).
+   */
   private async waitFor(h: Held, tool: string, session: string, nowMs: number): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
     const deadline = nowMs + this.o.timeoutMs;
-    let p = 0;
-    let short: ReturnType<Held['short']>;
-    // Twice at most: a first answer may teach what this call needs (its price, that its tool or session
-    // has a limit of its own), and the second asks for exactly that.
-    for (let attempt = 0; attempt < 2; attempt++) {
-      const informed = h.known;
-      const price = informed ? h.priceOf(tool) : 0;
-      let timer: NodeJS.Timeout | undefined;
-      const answered = await Promise.race([
-        this.renew(h, tool, session, price, Date.now()).then(() => true),
-        new Promise<boolean>((r) => {
-          timer = setTimeout(() => r(false), Math.max(1, deadline - Date.now()));
-        }),
-      ]);
-      clearTimeout(timer);
-      const now = Date.now();
-      if (!answered || !h.known || now >= h.usableUntilMs) {
-        if (!answered) this.stats.failures++;
-        h.failedUntilMs = now + FAILURE_BACKOFF_MS;
-        return this.failed(h);
+    const seenAnswers = h.answers;
+    h.waiting++;
+    try {
+      for (;;) {
+        const now = Date.now();
+        if (h.known && now < h.usableUntilMs) {
+          if (h.unlimited(tool)) {
+            this.stats.taken++;
+            return NO_LEASE;
+          }
+          const p = h.priceOf(tool);
+          const short = h.short(tool, session, p);
+          if (short === undefined) {
+            h.consume(tool, session, p);
+            this.stats.taken++;
+            return { leaseId: h.leaseId, reserved: p };
+          }
+          if (h.answers > seenAnswers && h.exhaustedFor(short, tool, session)) {
+            h.deniedUntilMs = now + DENIAL_CACHE_MS;
+            this.stats.refused++;
+            return refusalFor(h, short, tool, session);
+          }
+        }
+        if (now >= deadline || now < h.failedUntilMs) {
+          if (now >= deadline) this.stats.failures++;
+          h.failedUntilMs = Math.max(h.failedUntilMs, now + FAILURE_BACKOFF_MS);
+          return this.failed(h);
+        }
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          this.renew(h, tool, session, h.known ? h.priceOf(tool) : 0, now),
+          new Promise<void>((r) => {
+            timer = setTimeout(r, Math.max(1, deadline - now));
+          }),
+        ]);
+        clearTimeout(timer);
       }
-      if (h.unlimited(tool)) {
-        this.stats.taken++;
-        return NO_LEASE;
-      }
-      p = h.priceOf(tool);
-      short = h.short(tool, session, p);
-      if (short === undefined || (informed && p <= price)) break;
+    } finally {
+      h.waiting--;
     }
-    if (short !== undefined) {
-      h.deniedUntilMs = Date.now() + DENIAL_CACHE_MS;
-      this.stats.refused++;
-      return refusalFor(h, short, tool, session);
-    }
-    h.consume(tool, session, p);
-    this.stats.taken++;
-    return { leaseId: h.leaseId, reserved: p };
   }
 
   /** One renewal per customer at a time; a call that needs one while it runs waits for the same one. */
@@ -332,13 +354,14 @@ export class LeaseBook {
     const rate = (h.sinceCalls * 1000) / elapsed;
     const wantCalls = Math.min(
       MAX_WANT_CALLS,
-      Math.max(1, Math.ceil((rate * this.o.windowMs) / 1000), h.sinceCalls * 2),
+      Math.max(1, Math.ceil((rate * this.o.windowMs) / 1000), h.sinceCalls * 2) + h.waiting,
     );
     const perCall = h.sinceCalls > 0 ? h.sinceMoney / h.sinceCalls : price;
     const wantMoney = Math.ceil(Math.max(price, perCall) * wantCalls);
     const r: LeaseRequest = { op: 'grant', wantCalls };
     if (h.customer !== undefined) r.customer = h.customer;
     if (wantMoney > 0) r.wantMoney = String(wantMoney);
+    if (price > 0) r.minMoney = String(price);
     if (h.leaseId) {
       r.leaseId = h.leaseId;
       r.consumedCalls = h.callsUsed;
@@ -421,6 +444,7 @@ export class LeaseBook {
     h.defaultPrice = g.defaultPrice === null ? 0 : Number(g.defaultPrice);
     h.currency = g.currency;
     h.exhausted = g.exhausted ?? [];
+    h.answers++;
     h.deniedUntilMs = 0;
     h.failedUntilMs = 0;
     h.sinceCalls = 0;

@@ -95,6 +95,7 @@ interface Parsed {
   leaseId: string | undefined;
   wantCalls: number;
   wantMoney: bigint;
+  minMoney: bigint;
   consumedCalls: number;
   consumedMoney: bigint;
   tools: { id: string; want: number; consumed: number }[];
@@ -208,6 +209,7 @@ export class LeaseService {
       leaseId: r.leaseId as string | undefined,
       wantCalls: Math.min(calls(r.wantCalls, 'wantCalls', 1, 1), this.opts.maxCalls),
       wantMoney: money(r.wantMoney, 'wantMoney', 1n, 0n),
+      minMoney: money(r.minMoney, 'minMoney', 0n, 0n),
       consumedCalls: calls(r.consumedCalls, 'consumedCalls', 0, 0),
       consumedMoney: money(r.consumedMoney, 'consumedMoney', 0n, 0n),
       tools: subs(r.tools, 'tools', (s, i) => ({
@@ -260,6 +262,7 @@ export class LeaseService {
       this.opts.shareBps,
       KEY_TTL_SECONDS,
       this.opts.releaseGraceMs,
+      q.minMoney.toString(),
       q.tools.length,
       ...q.tools.flatMap((t) => [t.id, toolLimits[t.id] ?? -1, t.want, t.consumed]),
       sessions.length,
