@@ -452,6 +452,13 @@ export class LeaseBook {
     h.sinceMs = now;
   }
 
+  /** What this process may still take from a customer's lease without asking (for inspection and tests). */
+  remaining(customer: string | undefined): { calls: number; money: number; leaseId: string } | undefined {
+    const h = this.held.get(customer);
+    if (!h?.known) return undefined;
+    return { calls: h.calls - h.callsUsed, money: h.money - h.moneyUsed, leaseId: h.leaseId };
+  }
+
   /** Gives back what the leases hold beyond what this process consumed (after its spans were flushed). */
   async releaseAll(): Promise<void> {
     const reqs: LeaseRequest[] = [];
