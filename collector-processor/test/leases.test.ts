@@ -41,6 +41,7 @@ products:
       released: { overrides: { limits: { callsPerDay: 10 } } }
       mixed: { overrides: { limits: { callsPerDay: 10 } } }
       wallet: { overrides: { limits: { spendPerPeriod: "1" } } }
+      wallet2: { overrides: { limits: { spendPerPeriod: "1" } } }
       scarce: { overrides: { limits: { callsPerToolPerPeriod: { rare: 3 } } } }
       sessions: { overrides: { limits: { spendPerSession: "0.3" } } }
       open-co: {}
@@ -120,10 +121,10 @@ async function exportCalls(
   return res.json();
 }
 
-async function dayHash(customer: string) {
+async function dayHash(customer: string): Promise<Record<string, string>> {
   return tg.redis?.hgetall(redisKeys.day(customerTag('demo-mcp', customer), day())) ?? {};
 }
-async function periodHash(customer: string) {
+async function periodHash(customer: string): Promise<Record<string, string>> {
   return tg.redis?.hgetall(redisKeys.period(customerTag('demo-mcp', customer), period())) ?? {};
 }
 
@@ -216,18 +217,19 @@ describe('settlement', () => {
   });
 
   it('the real price replaces the known one: the difference is charged', async () => {
-    const before = await periodHash('wallet');
-    const g = await grant('inst-w2', { customer: 'wallet', wantMoney: '200000000' });
-    const heldBefore = BigInt((await periodHash('wallet')).lrm ?? '0');
-    expect(heldBefore - BigInt(before.lrm ?? '0')).toBe(200000000n);
+    const g = await grant('inst-w2', { customer: 'wallet2', wantMoney: '200000000' });
+    expect(g.money).toBe('200000000');
+    const before = await periodHash('wallet2');
+    const heldBefore = BigInt(before.lrm ?? '0');
+    expect(heldBefore).toBe(200000000n);
     // two calls of 0.1 known + 50 output tokens at 0.001 = 0.15 each
-    await exportCalls('inst-w2', 'wallet', 2, {
+    await exportCalls('inst-w2', 'wallet2', 2, {
       leaseId: g.leaseId,
       reserved: '100000000',
       tool: 'tokens',
       outputTokens: 50,
     });
-    const after = await periodHash('wallet');
+    const after = await periodHash('wallet2');
     expect(BigInt(after.spend ?? '0') - BigInt(before.spend ?? '0')).toBe(300000000n);
     expect(heldBefore - BigInt(after.lrm ?? '0')).toBe(200000000n);
   });
@@ -349,13 +351,21 @@ describe('bad input', () => {
     expect(rows.map((r) => r.reason).sort()).toEqual(cases.map((c) => c[1]).sort());
   });
 
-  it("a lease of another instance is foreign: it can be neither renewed nor released", async () => {
+  it('a lease of another instance is foreign: it can be neither renewed nor released', async () => {
     const g = await grant('inst-owner', { customer: 'daily-foreign' });
     expect(g.leaseId).toBe(''); // daily-foreign has no limits: use a limited customer
     const own = await grant('inst-owner2', { customer: 'wallet', wantMoney: '1000' });
-    const renew = await bad({ op: 'grant', customer: 'wallet', leaseId: own.leaseId }, DEV_INGEST_KEY, 'thief');
+    const renew = await bad(
+      { op: 'grant', customer: 'wallet', leaseId: own.leaseId },
+      DEV_INGEST_KEY,
+      'thief',
+    );
     expect(renew.error.code).toBe('TG_LEASE_FOREIGN');
-    const rel = await bad({ op: 'release', customer: 'wallet', leaseId: own.leaseId }, DEV_INGEST_KEY, 'thief');
+    const rel = await bad(
+      { op: 'release', customer: 'wallet', leaseId: own.leaseId },
+      DEV_INGEST_KEY,
+      'thief',
+    );
     expect(rel.error.code).toBe('TG_LEASE_FOREIGN');
   });
 

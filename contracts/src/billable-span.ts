@@ -24,7 +24,12 @@ import {
 import { isSessionRule, type SessionRule, traceSessionId } from './billing-session.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
 import { isValidIdentifier } from './identifiers.js';
-import { ATTR_TOLLGATE_LEASE_ID, ATTR_TOLLGATE_LEASE_RESERVED, LEASE_ID_RE, MAX_LEASE_MONEY_NANO } from './leases.js';
+import {
+  ATTR_TOLLGATE_LEASE_ID,
+  ATTR_TOLLGATE_LEASE_RESERVED,
+  LEASE_ID_RE,
+  MAX_LEASE_MONEY_NANO,
+} from './leases.js';
 import type { CallSource, RejectReason, ToolCall } from './tool-call.js';
 
 /** An attribute value as decoded from OTLP; arrays and maps are not used for billing and decode to null. */

@@ -104,7 +104,9 @@ export interface LeaseGrant {
   exhausted?: LeaseExhausted[];
 }
 
-export type LeaseResult = { ok: true; lease: LeaseGrant } | { ok: false; error: { code: LeaseErrorCode; message: string } };
+export type LeaseResult =
+  | { ok: true; lease: LeaseGrant }
+  | { ok: false; error: { code: LeaseErrorCode; message: string } };
 
 export interface LeaseResponseBody {
   results: LeaseResult[];

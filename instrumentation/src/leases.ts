@@ -106,7 +106,11 @@ class Held {
   }
 
   /** Which allowance cannot cover one more call of `tool` in `session` at `price` (undefined: all can). */
-  short(tool: string, session: string, price: number): LeaseExhausted['scope'] | 'calls' | 'money' | undefined {
+  short(
+    tool: string,
+    session: string,
+    price: number,
+  ): LeaseExhausted['scope'] | 'calls' | 'money' | undefined {
     if (this.calls - this.callsUsed < 1) return 'calls';
     if (this.money - this.moneyUsed < price) return 'money';
     if (this.limitedTools.size > 0 && this.limitedTools.has(tool)) {
@@ -182,8 +186,7 @@ function num(v: string | null | undefined): number {
 
 function refusalFor(h: Held, scope: string, tool: string, session: string): TollgateRefusal {
   const x =
-    h.exhausted.find((e) => (scope === 'tool' ? e.scope === 'tool' && e.id === tool : true)) ??
-    undefined;
+    h.exhausted.find((e) => (scope === 'tool' ? e.scope === 'tool' && e.id === tool : true)) ?? undefined;
   const reason =
     x?.reason ??
     (scope === 'calls'
@@ -293,7 +296,12 @@ export class LeaseBook {
    * it, is refused when an answer given after it arrived says the limit is exhausted, and follows the fail
    * mode when Tollgate does not answer in time (or answers with an error).
    */
-  private async waitFor(h: Held, tool: string, session: string, nowMs: number): Promise<Ticket | TollgateRefusal> {
+  private async waitFor(
+    h: Held,
+    tool: string,
+    session: string,
+    nowMs: number,
+  ): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
     const deadline = nowMs + this.o.timeoutMs;
     const seenAnswers = h.answers;

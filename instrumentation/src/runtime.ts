@@ -155,9 +155,7 @@ export class TollgateRuntime {
         this.log,
       );
     }
-    this.leases = o.leases
-      ? new LeaseBook(o.leases, this.instanceId, (m) => this.log.problem(m))
-      : undefined;
+    this.leases = o.leases ? new LeaseBook(o.leases, this.instanceId, (m) => this.log.problem(m)) : undefined;
     this.resource = defaultResource().merge(
       resourceFromAttributes({
         ...o.resourceAttributes,

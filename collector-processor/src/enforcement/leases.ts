@@ -85,7 +85,9 @@ export function knownPrice(rate: ToolRate | undefined): bigint | null {
   if (!rate) return null;
   const tiers = rate.price.perCallTiers;
   if (!tiers) return rate.price.perCall ?? 0n;
-  return tiers.reduce((max, t) => (t.perCall > max ? t.perCall : max), 0n);
+  let max = 0n;
+  for (const t of tiers) if (t.perCall > max) max = t.perCall;
+  return max;
 }
 
 interface Parsed {
@@ -197,7 +199,13 @@ export class LeaseService {
       if (!Array.isArray(v) || v.length > MAX_SUBS)
         throw new LeaseInputError('TG_LEASE_INVALID', `${name} must be an array of at most ${MAX_SUBS}`);
       return v.map((s, i) => {
-        if (typeof s !== 'object' || s === null || typeof s.id !== 'string' || !s.id || !isValidIdentifier(s.id))
+        if (
+          typeof s !== 'object' ||
+          s === null ||
+          typeof s.id !== 'string' ||
+          !s.id ||
+          !isValidIdentifier(s.id)
+        )
           throw new LeaseInputError('TG_LEASE_INVALID', `${name}[${i}].id must be a non-empty identifier`);
         return f(s as Record<string, unknown>, i);
       });
