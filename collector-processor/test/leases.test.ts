@@ -40,6 +40,7 @@ products:
       expiring: { overrides: { limits: { callsPerDay: 10 } } }
       released: { overrides: { limits: { callsPerDay: 10 } } }
       mixed: { overrides: { limits: { callsPerDay: 10 } } }
+      piggy: { overrides: { limits: { callsPerDay: 10 } } }
       wallet: { overrides: { limits: { spendPerPeriod: "1" } } }
       wallet2: { overrides: { limits: { spendPerPeriod: "1" } } }
       scarce: { overrides: { limits: { callsPerToolPerPeriod: { rare: 3 } } } }
@@ -202,18 +203,23 @@ describe('settlement', () => {
     const g = await grant('inst-m', { customer: 'mixed', wantCalls: 4 });
     expect(g.calls).toBe(4);
     expect((await dayHash('mixed')).lr).toBe('4');
-    await exportCalls('inst-m', 'mixed', 3, { leaseId: g.leaseId, reserved: '100000000' });
-    const h = await dayHash('mixed');
-    expect(h).toMatchObject({ calls: '3', lr: '1' });
-    // a plain sender's six calls: 3 + 6 + 1 held = 10, at the limit and not over
-    await exportCalls('plain-m', 'mixed', 6);
-    expect(await decisions('mixed', 9)).toEqual({ billed: '9' });
-    // the leased call still held back lands within the limit; the next plain call is over
-    await exportCalls('inst-m', 'mixed', 1, { leaseId: g.leaseId, reserved: '100000000' });
+    const answer = (await exportCalls('inst-m', 'mixed', 3, {
+      leaseId: g.leaseId,
+      reserved: '100000000',
+    })) as {
+      tollgate?: { leases?: LeaseGrant[] };
+    };
+    // settled: 3 counted, 1 still held; the answer tops the lease up by 3 (half of the 6 left)
+    expect(answer.tollgate?.leases?.[0]?.calls).toBe(7);
+    expect(await dayHash('mixed')).toMatchObject({ calls: '3', lr: '4' });
+    // a plain sender's three calls: 3 + 3 counted + 4 held = 10, at the limit and not over
+    await exportCalls('plain-m', 'mixed', 3);
+    expect(await decisions('mixed', 6)).toEqual({ billed: '6' });
+    // the four leased calls still held back land within the limit; the next plain call is over
+    await exportCalls('inst-m', 'mixed', 4, { leaseId: g.leaseId, reserved: '100000000' });
     await exportCalls('plain-m', 'mixed', 1);
     expect(await dayHash('mixed')).toMatchObject({ calls: '11', lr: '0' });
-    const d = await decisions('mixed', 11);
-    expect(d).toEqual({ billed: '10', over_limit: '1' });
+    expect(await decisions('mixed', 11)).toEqual({ billed: '10', over_limit: '1' });
   });
 
   it('the real price replaces the known one: the difference is charged', async () => {
@@ -223,15 +229,17 @@ describe('settlement', () => {
     const heldBefore = BigInt(before.lrm ?? '0');
     expect(heldBefore).toBe(200000000n);
     // two calls of 0.1 known + 50 output tokens at 0.001 = 0.15 each
-    await exportCalls('inst-w2', 'wallet2', 2, {
+    const answer = (await exportCalls('inst-w2', 'wallet2', 2, {
       leaseId: g.leaseId,
       reserved: '100000000',
       tool: 'tokens',
       outputTokens: 50,
-    });
+    })) as { tollgate?: { leases?: LeaseGrant[] } };
+    expect(answer.tollgate?.leases?.[0]?.money).toBe('550000000');
     const after = await periodHash('wallet2');
     expect(BigInt(after.spend ?? '0') - BigInt(before.spend ?? '0')).toBe(300000000n);
-    expect(heldBefore - BigInt(after.lrm ?? '0')).toBe(200000000n);
+    // the 0.2 held moved out; the answer topped the lease up by 0.35 (half of the 0.7 left)
+    expect(after.lrm).toBe('350000000');
   });
 
   it('a call that names a lease of another instance is counted as a call without one', async () => {
@@ -243,6 +251,28 @@ describe('settlement', () => {
     ]);
     expect(out).toMatchObject({ ok: true });
     expect((await dayHash('released')).lr).toBe('0');
+  });
+});
+
+describe('renewal piggy-backed on the export response', () => {
+  it('an export of leased calls answers with their lease topped up and its expiry moved on', async () => {
+    const g = await grant('inst-pb', { customer: 'piggy', wantCalls: 2 });
+    expect(g.calls).toBe(2);
+    await new Promise((r) => setTimeout(r, 50));
+    const body = (await exportCalls('inst-pb', 'piggy', 2, { leaseId: g.leaseId, reserved: '0' })) as {
+      tollgate?: { leases?: LeaseGrant[] };
+    };
+    const renewed = body.tollgate?.leases?.[0];
+    expect(renewed?.leaseId).toBe(g.leaseId);
+    // twice the two calls this export brought, out of the 8 the limit still leaves (half of it at most)
+    expect(renewed?.calls).toBe(2 + 4);
+    expect(renewed?.expiresUnixMs).toBeGreaterThan(g.expiresUnixMs);
+    expect(await dayHash('piggy')).toMatchObject({ calls: '2', lr: '4' });
+    // an export of another instance's calls naming that lease renews nothing
+    const other = (await exportCalls('inst-other', 'piggy', 1, { leaseId: g.leaseId, reserved: '0' })) as {
+      tollgate?: { leases?: LeaseGrant[] };
+    };
+    expect(other.tollgate?.leases).toBeUndefined();
   });
 });
 

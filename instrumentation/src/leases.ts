@@ -169,6 +169,8 @@ export interface LeaseStats {
   syncRenewals: number;
   /** Renewals started ahead of exhaustion, off the call path. */
   backgroundRenewals: number;
+  /** Renewals that came with an export's answer (no request of their own). */
+  exportRenewals: number;
   /** Calls refused because a limit is exhausted (code `killed`, reason `hard_limit:*`). */
   refused: number;
   /** Calls run without a lease because none could be had in time (fail-open). */
@@ -216,6 +218,7 @@ export class LeaseBook {
     taken: 0,
     syncRenewals: 0,
     backgroundRenewals: 0,
+    exportRenewals: 0,
     refused: 0,
     failOpen: 0,
     failClosed: 0,
@@ -458,6 +461,20 @@ export class LeaseBook {
     h.sinceCalls = 0;
     h.sinceMoney = 0;
     h.sinceMs = now;
+  }
+
+  /** Leases Tollgate renewed with an export's answer: applied to the lease they name, if this book holds it. */
+  renewed(grants: unknown[]): void {
+    for (const raw of grants) {
+      const g = raw as Partial<LeaseGrant> | null;
+      if (!g || typeof g.leaseId !== 'string' || !g.leaseId || typeof g.expiresUnixMs !== 'number') continue;
+      for (const h of this.held.values()) {
+        if (h.leaseId === g.leaseId) {
+          this.stats.exportRenewals++;
+          this.apply(h, g as LeaseGrant);
+        }
+      }
+    }
   }
 
   /** What this process may still take from a customer's lease without asking (for inspection and tests). */

@@ -135,6 +135,58 @@ export class LeaseService {
     return { results };
   }
 
+  /**
+   * Renews the leases whose calls an export settled (piggy-backed on the export response): each is topped
+   * up toward twice what this export brought of it, and its expiry moves on. One script call per lease; a
+   * lease that is gone or not the sender's is skipped.
+   */
+  async renewSettled(
+    identity: IngestIdentity,
+    rows: readonly { instanceId: string; customer: string; tool: string; lease?: { id: string; reservedNano: string } }[],
+  ): Promise<LeaseGrant[]> {
+    const byLease = new Map<string, { instanceId: string; customer: string; calls: number; money: bigint; max: bigint }>();
+    for (const r of rows) {
+      if (!r.lease) continue;
+      const k = `${r.instanceId}\0${r.customer}\0${r.lease.id}`;
+      const reserved = BigInt(r.lease.reservedNano);
+      const e = byLease.get(k);
+      if (e) {
+        e.calls++;
+        e.money += reserved;
+        if (reserved > e.max) e.max = reserved;
+      } else
+        byLease.set(k, { instanceId: r.instanceId, customer: r.customer, calls: 1, money: reserved, max: reserved });
+    }
+    const out: LeaseGrant[] = [];
+    for (const [k, e] of byLease) {
+      const plan = this.plans.current.resolve(identity.product, e.customer);
+      if (!plan) continue;
+      const leaseId = k.split('\0')[2] as string;
+      try {
+        const g = await this.run(identity.product, e.instanceId, {
+          op: 'grant',
+          customer: e.customer,
+          plan,
+          leaseId,
+          wantCalls: Math.min(this.opts.maxCalls, e.calls * 2),
+          wantMoney: e.money * 2n,
+          minMoney: e.max,
+          consumedCalls: 0,
+          consumedMoney: 0n,
+          tools: [],
+          sessions: [],
+        });
+        if (!('code' in g)) {
+          this.metrics.leases.inc({ op: 'renew_on_export', outcome: g.exhausted ? 'exhausted' : 'ok' });
+          out.push(g);
+        }
+      } catch {
+        // Redis unavailable: the holder renews on its own
+      }
+    }
+    return out;
+  }
+
   private async one(identity: IngestIdentity, instanceId: string, raw: unknown): Promise<LeaseResult> {
     let parsed: Parsed;
     try {

@@ -226,6 +226,11 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
+    // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up
+    const leases =
+      deps.leases && result.rated.some((r) => r.lease)
+        ? await deps.leases.renewSettled(identity, result.rated)
+        : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
@@ -237,6 +242,7 @@ export function buildReceiver(
           rejectedSpans: rejected.total,
           errorMessage: rejected.message(),
           directives,
+          ...(leases?.length ? { leases } : {}),
         }),
       );
   });
