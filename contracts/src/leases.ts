@@ -24,8 +24,10 @@ export const LEASE_ID_RE = /^ls_[0-9a-f]{24}$/;
 
 /** Largest money amount (nano-units) a lease request may name: Lua compares exactly below 2^53. */
 export const MAX_LEASE_MONEY_NANO = 9_007_199_254_740_991n;
-/** Largest call count a lease request may name. */
+/** Largest call count a lease request may ask for. */
 export const MAX_LEASE_CALLS = 1_000_000;
+/** Largest consumed count a holder may report (cumulative over a lease's life: a busy lease lives long). */
+export const MAX_LEASE_CONSUMED_CALLS = Number.MAX_SAFE_INTEGER;
 
 /** A sub-allowance asked for: calls of one tool, or money of one billing session. */
 export interface LeaseSubRequest {

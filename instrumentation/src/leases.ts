@@ -165,6 +165,8 @@ class Held {
 export interface LeaseStats {
   /** Calls taken from a lease (or passed by a lease answer that found no limit). */
   taken: number;
+  /** Lease requests sent (grants and renewals; each is one Redis script call at Tollgate). */
+  requests: number;
   /** Calls that waited for a renewal (the book could not cover them). */
   syncRenewals: number;
   /** Renewals started ahead of exhaustion, off the call path. */
@@ -216,6 +218,7 @@ export class LeaseBook {
   private readonly agent: http.Agent;
   readonly stats: LeaseStats = {
     taken: 0,
+    requests: 0,
     syncRenewals: 0,
     backgroundRenewals: 0,
     exportRenewals: 0,
@@ -517,6 +520,7 @@ export class LeaseBook {
   }
 
   private post(requests: LeaseRequest[], timeoutMs: number): Promise<LeaseResult[]> {
+    this.stats.requests += requests.length;
     const body = Buffer.from(JSON.stringify({ instanceId: this.instanceId, requests }));
     const target = new URL(this.o.url);
     const mod = target.protocol === 'https:' ? https : http;

@@ -11,6 +11,7 @@ import {
   type LeaseResponseBody,
   type LeaseResult,
   MAX_LEASE_CALLS,
+  MAX_LEASE_CONSUMED_CALLS,
   MAX_LEASE_MONEY_NANO,
   redisKeys,
 } from '@tollgate/contracts';
@@ -53,12 +54,12 @@ class LeaseInputError extends Error {
   }
 }
 
-function calls(v: unknown, name: string, min: number, fallback: number): number {
+function calls(v: unknown, name: string, min: number, fallback: number, max = MAX_LEASE_CALLS): number {
   if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > MAX_LEASE_CALLS) {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
     throw new LeaseInputError(
       'TG_LEASE_INVALID_AMOUNT',
-      `${name} must be a whole number from ${min} to ${MAX_LEASE_CALLS} (got ${JSON.stringify(v)})`,
+      `${name} must be a whole number from ${min} to ${max} (got ${JSON.stringify(v)})`,
     );
   }
   return v;
@@ -142,9 +143,17 @@ export class LeaseService {
    */
   async renewSettled(
     identity: IngestIdentity,
-    rows: readonly { instanceId: string; customer: string; tool: string; lease?: { id: string; reservedNano: string } }[],
+    rows: readonly {
+      instanceId: string;
+      customer: string;
+      tool: string;
+      lease?: { id: string; reservedNano: string };
+    }[],
   ): Promise<LeaseGrant[]> {
-    const byLease = new Map<string, { instanceId: string; customer: string; calls: number; money: bigint; max: bigint }>();
+    const byLease = new Map<
+      string,
+      { instanceId: string; customer: string; calls: number; money: bigint; max: bigint }
+    >();
     for (const r of rows) {
       if (!r.lease) continue;
       const k = `${r.instanceId}\0${r.customer}\0${r.lease.id}`;
@@ -155,7 +164,13 @@ export class LeaseService {
         e.money += reserved;
         if (reserved > e.max) e.max = reserved;
       } else
-        byLease.set(k, { instanceId: r.instanceId, customer: r.customer, calls: 1, money: reserved, max: reserved });
+        byLease.set(k, {
+          instanceId: r.instanceId,
+          customer: r.customer,
+          calls: 1,
+          money: reserved,
+          max: reserved,
+        });
     }
     const out: LeaseGrant[] = [];
     for (const [k, e] of byLease) {
@@ -270,12 +285,12 @@ export class LeaseService {
       wantCalls: Math.min(calls(r.wantCalls, 'wantCalls', 1, 1), this.opts.maxCalls),
       wantMoney: money(r.wantMoney, 'wantMoney', 1n, 0n),
       minMoney: money(r.minMoney, 'minMoney', 0n, 0n),
-      consumedCalls: calls(r.consumedCalls, 'consumedCalls', 0, 0),
+      consumedCalls: calls(r.consumedCalls, 'consumedCalls', 0, 0, MAX_LEASE_CONSUMED_CALLS),
       consumedMoney: money(r.consumedMoney, 'consumedMoney', 0n, 0n),
       tools: subs(r.tools, 'tools', (s, i) => ({
         id: s.id as string,
         want: Math.min(calls(s.want, `tools[${i}].want`, 1, 1), this.opts.maxCalls),
-        consumed: calls(s.consumed, `tools[${i}].consumed`, 0, 0),
+        consumed: calls(s.consumed, `tools[${i}].consumed`, 0, 0, MAX_LEASE_CONSUMED_CALLS),
       })),
       sessions: subs(r.sessions, 'sessions', (s, i) => ({
         id: s.id as string,

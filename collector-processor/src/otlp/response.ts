@@ -41,8 +41,7 @@ export function encodeExportResponse(format: WireFormat, outcome: ExportOutcome)
   const msg: Record<string, unknown> = {};
   if (partial) msg.partialSuccess = partial;
   const leases = (outcome.leases ?? []).map((l) => JSON.stringify(l));
-  if (outcome.directives.length || leases.length)
-    msg.tollgate = { directives: outcome.directives, leases };
+  if (outcome.directives.length || leases.length) msg.tollgate = { directives: outcome.directives, leases };
   return Buffer.from(ProtoResponse.encode(ProtoResponse.fromObject(msg)).finish());
 }
 
