@@ -126,13 +126,7 @@ class Held {
 
   /** Whether the last answer said the limit behind this allowance is exhausted (or a kill is in force). */
   exhaustedFor(short: string, tool: string, session: string): boolean {
-    return this.exhausted.some((e) => {
-      if (!e.reason.startsWith('hard_limit:')) return true; // a kill: nothing is granted
-      if (short === 'calls') return e.reason === 'hard_limit:calls_per_day';
-      if (short === 'money') return e.reason === 'hard_limit:spend_per_period';
-      if (short === 'tool') return e.scope === 'tool' && e.id === tool;
-      return e.scope === 'session' && e.id === session;
-    });
+    return this.exhausted.some((e) => exhausts(e, short, tool, session));
   }
 
   consume(tool: string, session: string, price: number): void {
@@ -184,13 +178,21 @@ export interface LeaseStats {
   released: number;
 }
 
+/** Whether an exhausted limit is the one behind the allowance that fell short (a kill is behind every one). */
+function exhausts(e: LeaseExhausted, short: string, tool: string, session: string): boolean {
+  if (!e.reason.startsWith('hard_limit:')) return true;
+  if (short === 'calls') return e.reason === 'hard_limit:calls_per_day';
+  if (short === 'money') return e.reason === 'hard_limit:spend_per_period';
+  if (short === 'tool') return e.scope === 'tool' && e.id === tool;
+  return e.scope === 'session' && e.id === session;
+}
+
 function num(v: string | null | undefined): number {
   return v === null || v === undefined ? Number.POSITIVE_INFINITY : Number(v);
 }
 
 function refusalFor(h: Held, scope: string, tool: string, session: string): TollgateRefusal {
-  const x =
-    h.exhausted.find((e) => (scope === 'tool' ? e.scope === 'tool' && e.id === tool : true)) ?? undefined;
+  const x = h.exhausted.find((e) => exhausts(e, scope, tool, session));
   const reason =
     x?.reason ??
     (scope === 'calls'
@@ -200,7 +202,8 @@ function refusalFor(h: Held, scope: string, tool: string, session: string): Toll
         : scope === 'tool'
           ? 'hard_limit:calls_per_tool'
           : 'hard_limit:spend_per_session');
-  const s: Directive['scope'] = scope === 'tool' ? 'tool' : scope === 'session' ? 'session' : 'customer';
+  const killed = x !== undefined && !x.reason.startsWith('hard_limit:');
+  const s: Directive['scope'] = killed || (scope !== 'tool' && scope !== 'session') ? 'customer' : scope;
   const customer = h.customer ?? '';
   const d: Directive = {
     action: 'kill',

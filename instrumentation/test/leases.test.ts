@@ -48,8 +48,14 @@ products:
           "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
         limits: { spendPerPeriod: "0.07" }
         marginGuard: { enabled: false }
+      scoped:
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+        limits: { callsPerToolPerPeriod: { scarce: 3 }, spendPerSession: "0.05" }
+        marginGuard: { enabled: false }
     customers:
       wallet-co: { plan: wallet }
+      scoped-co: { plan: scoped }
 `;
 
 let tg: TestTollgate;
@@ -284,29 +290,63 @@ describe('a dead instance', () => {
   });
 });
 
-describe('renewal while Redis is down', () => {
-  async function inProcess(customer: string, failMode: 'open' | 'closed') {
-    const server = new McpServer({ name: 'lease-redis-down', version: '1.0.0' });
-    instrumentMcpServer(server, {
-      endpoint: tg.otlpUrl,
-      ingestKey: DEV_INGEST_KEY,
-      serviceName: `redis-down-${failMode}`,
-      exportIntervalMs: 50,
-      stateFile: false,
-      logger: false,
-      customer: () => customer,
-      leases: { failMode, timeoutMs: 200 },
-    });
-    server.registerTool('echo', { inputSchema: { text: z.string() } }, async ({ text }) => ({
+async function inProcess(customer: string, failMode: 'open' | 'closed', tools = ['echo']) {
+  const server = new McpServer({ name: 'lease-redis-down', version: '1.0.0' });
+  instrumentMcpServer(server, {
+    endpoint: tg.otlpUrl,
+    ingestKey: DEV_INGEST_KEY,
+    serviceName: `redis-down-${failMode}`,
+    exportIntervalMs: 50,
+    stateFile: false,
+    logger: false,
+    customer: () => customer,
+    leases: { failMode, timeoutMs: 200 },
+  });
+  for (const tool of tools) {
+    server.registerTool(tool, { inputSchema: { text: z.string() } }, async ({ text }) => ({
       content: [{ type: 'text', text }],
     }));
-    const [x, y] = InMemoryTransport.createLinkedPair();
-    await server.connect(x);
-    const client = new Client1({ name: 'agent', version: '1' });
-    await client.connect(y);
-    return { call: () => client.callTool({ name: 'echo', arguments: { text: 'x' } }), client };
   }
+  const [x, y] = InMemoryTransport.createLinkedPair();
+  await server.connect(x);
+  const client = new Client1({ name: 'agent', version: '1' });
+  await client.connect(y);
+  return {
+    call: (tool = 'echo') => client.callTool({ name: tool, arguments: { text: 'x' } }),
+    client,
+  };
+}
 
+describe('limits scoped to a tool or a session', () => {
+  it('a per-tool limit refuses that tool only; a per-session spend limit refuses that session', async () => {
+    const conn = await inProcess('scoped-co', 'open', ['scarce', 'echo']);
+    try {
+      const scarce = await Promise.allSettled(Array.from({ length: 8 }, () => conn.call('scarce')));
+      expect(scarce.filter((r) => r.status === 'fulfilled')).toHaveLength(3);
+      for (const r of scarce.filter((x): x is PromiseRejectedResult => x.status === 'rejected')) {
+        expect((r.reason as RpcError).code).toBe(REFUSAL_CODES.killed);
+        expect((r.reason as RpcError).data?.tollgate).toMatchObject({
+          scope: 'tool',
+          reason: 'hard_limit:calls_per_tool',
+        });
+      }
+      // the in-memory connection is one billing session: 0.05 at 0.01 a call, 3 already spent on scarce
+      const echo = await Promise.allSettled(Array.from({ length: 5 }, () => conn.call('echo')));
+      expect(echo.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+      for (const r of echo.filter((x): x is PromiseRejectedResult => x.status === 'rejected')) {
+        expect((r.reason as RpcError).data?.tollgate).toMatchObject({
+          scope: 'session',
+          reason: 'hard_limit:spend_per_session',
+        });
+      }
+      expect(await billed('scoped-co', 5)).toEqual({ billed: 5 });
+    } finally {
+      await conn.client.close();
+    }
+  });
+});
+
+describe('renewal while Redis is down', () => {
   it('fail-open runs calls without a lease and counts them; fail-closed refuses with -32052', async () => {
     const open = await inProcess('down-open', 'open');
     const closed = await inProcess('down-closed', 'closed');
