@@ -374,7 +374,8 @@ export class LeaseBook {
       Math.max(1, Math.ceil((rate * this.o.windowMs) / 1000), h.sinceCalls * 2) + h.waiting,
     );
     const perCall = h.sinceCalls > 0 ? h.sinceMoney / h.sinceCalls : price;
-    const wantMoney = Math.ceil(Math.max(price, perCall) * wantCalls);
+    // Lua compares money exactly below 2^53 nano-units: a wish is never larger
+    const wantMoney = Math.min(Number.MAX_SAFE_INTEGER, Math.ceil(Math.max(price, perCall) * wantCalls));
     const r: LeaseRequest = { op: 'grant', wantCalls };
     if (h.customer !== undefined) r.customer = h.customer;
     if (wantMoney > 0) r.wantMoney = String(wantMoney);

@@ -21,7 +21,7 @@ import {
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
-import { FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
+import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
 
 /**
  * Quota leases end to end: real SDK processes (MCP SDK 1.x and 2.x, stdio and Streamable HTTP) take each
@@ -48,6 +48,12 @@ products:
           "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
         limits: { spendPerPeriod: "0.07" }
         marginGuard: { enabled: false }
+      tokens:
+        tools:
+          "*": { price: { perCall: "0.01" } }
+          search_docs: { price: { perCall: "0.01", perOutputToken: "0.00001" } }
+        limits: { spendPerPeriod: "0.1" }
+        marginGuard: { enabled: false }
       scoped:
         tools:
           "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
@@ -56,6 +62,7 @@ products:
     customers:
       wallet-co: { plan: wallet }
       scoped-co: { plan: scoped }
+      tokens-co: { plan: tokens }
 `;
 
 let tg: TestTollgate;
@@ -253,6 +260,40 @@ describe('a burst against a hard limit: 0 calls over through the SDK', () => {
       expect(await billed(customer, 7)).toEqual({ billed: 7 });
     } finally {
       await conn.close();
+    }
+  });
+});
+
+describe('per-token prices', () => {
+  it('the money overage is bounded by the unknown part of the calls in flight, and settles', async () => {
+    // search_docs: 0.01 known per call + 480 output tokens at 0.00001 (0.0048) learnt only from the span
+    const customer = 'tokens-co';
+    const s = await connectStdio({
+      TOLLGATE_OTLP_ENDPOINT: tg.otlpUrl as string,
+      TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+      TOLLGATE_CUSTOMER_ID: customer,
+      TOLLGATE_LEASES: '1',
+      TOLLGATE_LEASE_TIMEOUT_MS: '3000',
+    });
+    const call = () => s.client.callTool({ name: 'search_docs', arguments: { query: 'q' } });
+    try {
+      // a burst: every call is in flight before any span settles, so each is taken at its known price
+      const burst = await Promise.allSettled(Array.from({ length: 20 }, call));
+      const ran = burst.filter((r) => r.status === 'fulfilled').length;
+      expect(ran).toBe(10); // 0.1 / 0.01
+      const period = redisKeys.period(customerTag('demo-mcp', customer), dayOf(Date.now()).slice(0, 7));
+      const spend = await waitFor('the burst settled', async () => {
+        const v = await tg.redis?.hget(period, 'spend');
+        return Number(v) >= ran * 14_800_000 ? Number(v) : undefined;
+      });
+      // the bound: over the limit by at most the unknown part (0.0048) of the calls in flight (10)
+      expect(spend).toBe(ran * 14_800_000);
+      expect(spend - 100_000_000).toBeLessThanOrEqual(ran * 4_800_000);
+      // settled: nothing more runs
+      const after = await Promise.allSettled(Array.from({ length: 3 }, call));
+      expect(after.filter((r) => r.status === 'fulfilled')).toHaveLength(0);
+    } finally {
+      await s.client.close();
     }
   });
 });
