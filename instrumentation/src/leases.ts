@@ -269,7 +269,7 @@ export class LeaseBook {
         }
         return { leaseId: h.leaseId, reserved: price };
       }
-      if (nowMs < h.deniedUntilMs) {
+      if (nowMs < h.deniedUntilMs && h.exhaustedFor(short, tool, session)) {
         this.stats.refused++;
         return refusalFor(h, short, tool, session);
       }

@@ -379,7 +379,8 @@ export class LeaseService {
     for (const [tool, rate] of q.plan.tools) prices[tool] = String(knownPrice(rate));
     const def = knownPrice(q.plan.defaultTool);
     const grant: LeaseGrant = {
-      leaseId: status === 'released' ? leaseId : id,
+      // a kill refused a new lease: there is none to name
+      leaseId: status === 'killed' && isNew ? '' : status === 'released' ? leaseId : id,
       customer: q.customer,
       currency: q.plan.currency,
       expiresUnixMs: status === 'killed' ? now : expiresUnixMs,
