@@ -41,6 +41,7 @@ products:
       released: { overrides: { limits: { callsPerDay: 10 } } }
       mixed: { overrides: { limits: { callsPerDay: 10 } } }
       piggy: { overrides: { limits: { callsPerDay: 10 } } }
+      killed-co: { overrides: { limits: { callsPerDay: 10 } } }
       wallet: { overrides: { limits: { spendPerPeriod: "1" } } }
       wallet2: { overrides: { limits: { spendPerPeriod: "1" } } }
       scarce: { overrides: { limits: { callsPerToolPerPeriod: { rare: 3 } } } }
@@ -169,6 +170,14 @@ describe('grants', () => {
     expect(last.calls).toBe(0);
     expect(last.exhausted?.[0]).toMatchObject({ scope: 'customer', reason: 'hard_limit:calls_per_day' });
     expect((await dayHash('daily')).lr).toBe('10');
+  });
+
+  it('a kill in force grants nothing, and names the kill', async () => {
+    await tg.redis?.hset(redisKeys.state(customerTag('demo-mcp', 'killed-co')), 'c', 'kill|operator:ops|0||');
+    const g = await grant('inst-k', { customer: 'killed-co', wantCalls: 5 });
+    expect(g).toMatchObject({ leaseId: '', calls: 0, money: '0' });
+    expect(g.exhausted).toEqual([{ scope: 'customer', id: 'killed-co', reason: 'operator:ops', untilUnixMs: 0 }]);
+    expect(await dayHash('killed-co')).toEqual({});
   });
 
   it('a customer without limits gets no lease, just the prices', async () => {
