@@ -176,7 +176,9 @@ describe('grants', () => {
     await tg.redis?.hset(redisKeys.state(customerTag('demo-mcp', 'killed-co')), 'c', 'kill|operator:ops|0||');
     const g = await grant('inst-k', { customer: 'killed-co', wantCalls: 5 });
     expect(g).toMatchObject({ leaseId: '', calls: 0, money: '0' });
-    expect(g.exhausted).toEqual([{ scope: 'customer', id: 'killed-co', reason: 'operator:ops', untilUnixMs: 0 }]);
+    expect(g.exhausted).toEqual([
+      { scope: 'customer', id: 'killed-co', reason: 'operator:ops', untilUnixMs: 0 },
+    ]);
     expect(await dayHash('killed-co')).toEqual({});
   });
 

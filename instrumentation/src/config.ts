@@ -183,7 +183,7 @@ export function resolveConfig(
       if (failMode !== 'open' && failMode !== 'closed')
         problems.push(`leases.failMode must be open or closed (got ${failMode})`);
       const u = new URL(exporter.directivesUrl);
-      u.pathname = u.pathname.replace(/\/v1\/traces\/?$/, '') + '/v1/leases';
+      u.pathname = `${u.pathname.replace(/\/v1\/traces\/?$/, '')}/v1/leases`;
       leases = {
         url: u.toString(),
         headers: exporter.directivesHeaders,
