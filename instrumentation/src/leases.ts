@@ -53,6 +53,8 @@ const FAILURE_BACKOFF_MS = 1000;
 /** A refusal for an exhausted limit is repeated without asking Tollgate again for this long. */
 const DENIAL_CACHE_MS = 500;
 const MAX_SESSIONS = 256;
+/** A Tollgate that answered 404 to a lease request is asked again after this long. */
+const NOT_OFFERED_RETRY_MS = 60_000;
 const MAX_WANT_CALLS = 10_000;
 
 /** One customer's lease and what this process took from it (amounts are cumulative over the lease). */
@@ -411,6 +413,12 @@ export class LeaseBook {
     try {
       result = (await this.post([req], this.o.requestTimeoutMs))[0];
     } catch (err) {
+      if ((err as { status?: number }).status === 404) {
+        // a Tollgate that offers no leases (enforcement off, or an older version): nothing to hold back
+        this.onProblem(`Tollgate at ${this.o.url} offers no quota leases (404): calls are enforced per export`);
+        this.notOffered(h);
+        return;
+      }
       this.stats.failures++;
       h.failedUntilMs = Date.now() + FAILURE_BACKOFF_MS;
       this.onProblem(`quota lease renewal failed (${(err as Error).message})`);
@@ -430,6 +438,19 @@ export class LeaseBook {
       return;
     }
     this.apply(h, result.lease);
+  }
+
+  /** No leases offered: calls of this customer run as without leases; asked again after a while. */
+  private notOffered(h: Held): void {
+    const now = Date.now();
+    h.reset();
+    h.known = true;
+    h.limitedTools = new Set();
+    h.sessionLimited = false;
+    h.exhausted = [];
+    h.usableUntilMs = now + NOT_OFFERED_RETRY_MS;
+    h.renewAtMs = now + NOT_OFFERED_RETRY_MS;
+    h.answers++;
   }
 
   private apply(h: Held, g: LeaseGrant): void {
@@ -547,7 +568,11 @@ export class LeaseBook {
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
             if (res.statusCode !== 200) {
-              reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
+              reject(
+                Object.assign(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`), {
+                  status: res.statusCode,
+                }),
+              );
               return;
             }
             try {

@@ -1,5 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client as Client2, StreamableHTTPClientTransport as Http2 } from '@modelcontextprotocol/client';
@@ -383,6 +385,49 @@ describe('limits scoped to a tool or a session', () => {
       expect(await billed('scoped-co', 5)).toEqual({ billed: 5 });
     } finally {
       await conn.client.close();
+    }
+  });
+});
+
+describe('a Tollgate that offers no leases', () => {
+  it('answers 404: calls run as without leases, even when leases fail closed', async () => {
+    const seen: string[] = [];
+    const stub = http.createServer((req, res) => {
+      seen.push(req.url ?? '');
+      req.resume();
+      req.on('end', () => {
+        if (req.url === '/v1/leases') res.writeHead(404, { 'content-type': 'application/json' }).end('{}');
+        else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((r) => stub.listen(0, '127.0.0.1', r));
+    const server = new McpServer({ name: 'no-leases', version: '1.0.0' });
+    instrumentMcpServer(server, {
+      endpoint: `http://127.0.0.1:${(stub.address() as AddressInfo).port}`,
+      format: 'json',
+      serviceName: 'no-leases',
+      stateFile: false,
+      logger: false,
+      customer: () => 'anyone',
+      leases: { failMode: 'closed' },
+    });
+    server.registerTool('echo', { inputSchema: { text: z.string() } }, async ({ text }) => ({
+      content: [{ type: 'text', text }],
+    }));
+    const [x, y] = InMemoryTransport.createLinkedPair();
+    await server.connect(x);
+    const client = new Client1({ name: 'agent', version: '1' });
+    await client.connect(y);
+    try {
+      const r = await Promise.allSettled(
+        Array.from({ length: 5 }, () => client.callTool({ name: 'echo', arguments: { text: 'x' } })),
+      );
+      expect(r.filter((s) => s.status === 'fulfilled')).toHaveLength(5);
+      expect(seen.filter((u) => u === '/v1/leases')).toHaveLength(1);
+    } finally {
+      await client.close();
+      stub.closeAllConnections();
+      await new Promise((r) => stub.close(r));
     }
   });
 });
