@@ -22,6 +22,7 @@ import {
   startTestTollgate,
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
+import { resolveConfig } from '../src/config.js';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
 import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
 
@@ -214,6 +215,37 @@ async function billed(customer: string, n: number) {
 }
 
 const dayKey = (customer: string) => redisKeys.day(customerTag('demo-mcp', customer), dayOf(Date.now()));
+
+describe('lease configuration', () => {
+  it('is off by default, on with the option or TOLLGATE_LEASES, and asks the receiver that answers directives', () => {
+    expect(resolveConfig({ endpoint: 'http://h:4318' }, {}).resolved.runtime?.leases).toBeUndefined();
+    const on = resolveConfig({ endpoint: 'http://h:4318', ingestKey: 'k', leases: true }, {}).resolved.runtime
+      ?.leases;
+    expect(on).toMatchObject({
+      url: 'http://h:4318/v1/leases',
+      timeoutMs: 250,
+      failMode: 'open',
+      windowMs: 2000,
+    });
+    expect(on?.headers).toEqual({ authorization: 'Bearer k' });
+    const env = resolveConfig(
+      { endpoint: 'http://collector:4318', directivesEndpoint: 'http://tollgate:4318' },
+      { TOLLGATE_LEASES: '1', TOLLGATE_LEASE_FAIL_MODE: 'closed', TOLLGATE_LEASE_TIMEOUT_MS: '900' },
+    ).resolved.runtime?.leases;
+    expect(env).toMatchObject({ url: 'http://tollgate:4318/v1/leases', failMode: 'closed', timeoutMs: 900 });
+    const bad = resolveConfig(
+      { endpoint: 'http://h:4318', leases: { failMode: 'sometimes' as 'open', timeoutMs: -1 } },
+      {},
+    );
+    expect(bad.problems).toEqual([
+      'leases.failMode must be open or closed (got sometimes)',
+      'leases.timeoutMs must be a positive integer (got -1); using 250',
+    ]);
+    expect(resolveConfig({ leases: true }, {}).problems).toContain(
+      'leases need the built-in exporter (an endpoint); leases are off',
+    );
+  });
+});
 
 describe('a burst against a hard limit: 0 calls over through the SDK', () => {
   const cells = [
