@@ -415,7 +415,9 @@ export class LeaseBook {
     } catch (err) {
       if ((err as { status?: number }).status === 404) {
         // a Tollgate that offers no leases (enforcement off, or an older version): nothing to hold back
-        this.onProblem(`Tollgate at ${this.o.url} offers no quota leases (404): calls are enforced per export`);
+        this.onProblem(
+          `Tollgate at ${this.o.url} offers no quota leases (404): calls are enforced per export`,
+        );
         this.notOffered(h);
         return;
       }
