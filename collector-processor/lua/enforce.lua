@@ -127,11 +127,12 @@ local already = redis.call('HEXISTS', applied, rid) == 1
 -- Calls taken from a lease move their reservation to the counters first (each lease step is in
 -- lease-lib.lua); then every call is counted at its real price below, once.
 if not already and #leased > 0 then
-  local cache = {}
+  local cache = lease_cache()
   for _, l in ipairs(leased) do
     local _, sid, _, tool = string.match(ARGV[base + 1 + l.i], '^(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t')
     if tool then lease_settle(P, cache, l.id, l.inst, tool, sid, l.reserved) end
   end
+  lease_flush(P, cache)
 end
 
 -- Counters are read once, advanced in Lua for each call (limits are checked call by call, in order), and

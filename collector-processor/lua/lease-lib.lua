@@ -89,14 +89,30 @@ local function lease_reap(P, now, max)
   end
 end
 
+-- Settlement of an export's leased calls: lease_settle works in memory, lease_flush writes once per key and
+-- field (an export of many calls of one lease costs a few Redis calls, not a few per call).
+local function lease_cache()
+  return { leases = {}, writes = {}, order = {} }
+end
+
+local function lease_add(cache, key, field, d)
+  local w = cache.writes[key]
+  if not w then
+    w = {}
+    cache.writes[key] = w
+    cache.order[#cache.order + 1] = key
+  end
+  w[field] = (w[field] or 0) + d
+end
+
 -- Settles one call taken from a lease: its reservation leaves the lease and the totals; the caller then
--- counts the call at its real price like any other, so a leased call is counted once. `cache` keeps the
--- leases read in this script. Returns true when the lease (of this holder) covered the call.
+-- counts the call at its real price like any other, so a leased call is counted once. Returns true when the
+-- lease (of this holder) covered the call.
 local function lease_settle(P, cache, id, inst, tool, sid, reserved)
-  local f = cache[id]
+  local f = cache.leases[id]
   if f == nil then
     f = lease_fields(P .. 'ls:' .. id) or false
-    cache[id] = f
+    cache.leases[id] = f
   end
   if not f or f.inst ~= inst then return false end
   local key = P .. 'ls:' .. id
@@ -104,20 +120,29 @@ local function lease_settle(P, cache, id, inst, tool, sid, reserved)
     local g, s = lease_num(f[gfield]), lease_num(f[sfield])
     local t = math.min(amount, g - s)
     if t > 0 then
-      redis.call('HINCRBY', key, sfield, lease_int(t))
-      redis.call('HINCRBY', counter_key, total_field, lease_int(-t))
       f[sfield] = lease_int(s + t)
+      lease_add(cache, key, sfield, t)
+      lease_add(cache, counter_key, total_field, -t)
     end
   end
   if f.gc then take('gc', 'sc', 1, P .. 'd:' .. f.day, 'lr') end
   if f.gm then take('gm', 'sm', reserved, P .. 'p:' .. f.period, 'lrm') end
   if f['t:' .. tool] then take('t:' .. tool, 'ts:' .. tool, 1, P .. 'p:' .. f.period, 'lrc:' .. tool) end
   if sid ~= '' and f['s:' .. sid] then take('s:' .. sid, 'ss:' .. sid, reserved, f['sk:' .. sid], 'lrm') end
-  if f.rel == '1' and not lease_holds(f) then
-    -- a released lease whose calls are all settled holds nothing more: it goes now, not at its expiry
-    redis.call('DEL', key)
-    redis.call('ZREM', P .. 'lz', id)
-    cache[id] = false
-  end
   return true
+end
+
+local function lease_flush(P, cache)
+  for _, key in ipairs(cache.order) do
+    for field, d in pairs(cache.writes[key]) do
+      if d ~= 0 then redis.call('HINCRBY', key, field, lease_int(d)) end
+    end
+  end
+  for id, f in pairs(cache.leases) do
+    if f and f.rel == '1' and not lease_holds(f) then
+      -- a released lease whose calls are all settled holds nothing more: it goes now, not at its expiry
+      redis.call('DEL', P .. 'ls:' .. id)
+      redis.call('ZREM', P .. 'lz', id)
+    end
+  end
 end
