@@ -11,8 +11,10 @@
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
 -- then n, then one argument per call: "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated;
 -- identifiers never contain control characters; session key index 0 = no session)
--- then nl, then one argument per call taken from a quota lease: "call_index\tlease_id\treserved\tinstance"
--- (see lease-lib.lua, prepended to this script: such a call is settled against its lease, then counted)
+-- then one argument with the calls taken from quota leases, aggregated per lease (empty: none):
+--   "L\tlease_id\tinstance\tcalls\treserved_nano" per lease, followed by its "T\ttool\tcalls" and
+--   "S\tsession_id\treserved_nano" lines (see lease-lib.lua, prepended to this script: those calls are
+--   settled against their lease, then counted like the others)
 --
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
@@ -46,11 +48,14 @@ local n = tonumber(ARGV[base])
 local P = string.sub(state, 1, #state - 5)
 lease_reap(P, now, 64)
 local leased = {}
-do
-  local lb = base + 1 + n
-  for j = 1, tonumber(ARGV[lb] or '0') do
-    local ci, lid, reserved, inst = string.match(ARGV[lb + j], '^(%d+)\t([^\t]+)\t(%d+)\t(.*)$')
-    if ci then leased[#leased + 1] = { i = tonumber(ci), id = lid, reserved = tonumber(reserved), inst = inst } end
+for line in string.gmatch(ARGV[base + 1 + n] or '', '[^\n]+') do
+  local kind, a, b, c, d = string.match(line, '^(%u)\t([^\t]*)\t([^\t]*)\t?([^\t]*)\t?([^\t]*)$')
+  if kind == 'L' then
+    leased[#leased + 1] = { id = a, inst = b, calls = tonumber(c) or 0, money = tonumber(d) or 0, tools = {}, sessions = {} }
+  elseif kind == 'T' and #leased > 0 then
+    leased[#leased].tools[a] = tonumber(b) or 0
+  elseif kind == 'S' and #leased > 0 then
+    leased[#leased].sessions[a] = tonumber(b) or 0
   end
 end
 
@@ -128,10 +133,7 @@ local already = redis.call('HEXISTS', applied, rid) == 1
 -- lease-lib.lua); then every call is counted at its real price below, once.
 if not already and #leased > 0 then
   local cache = lease_cache()
-  for _, l in ipairs(leased) do
-    local _, sid, _, tool = string.match(ARGV[base + 1 + l.i], '^(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t')
-    if tool then lease_settle(P, cache, l.id, l.inst, tool, sid, l.reserved) end
-  end
+  for _, l in ipairs(leased) do lease_settle(P, cache, l.id, l.inst, l.calls, l.money, l.tools, l.sessions) end
   lease_flush(P, cache)
 end
 

@@ -89,60 +89,77 @@ local function lease_reap(P, now, max)
   end
 end
 
--- Settlement of an export's leased calls: lease_settle works in memory, lease_flush writes once per key and
--- field (an export of many calls of one lease costs a few Redis calls, not a few per call).
+-- Settlement of an export's leased calls: lease_settle works on numbers in memory, lease_flush writes once
+-- per lease and counter (an export of many calls of one lease costs a few Redis calls, not a few per call).
 local function lease_cache()
-  return { leases = {}, writes = {}, order = {} }
+  return { leases = {}, order = {} }
 end
 
-local function lease_add(cache, key, field, d)
-  local w = cache.writes[key]
-  if not w then
-    w = {}
-    cache.writes[key] = w
-    cache.order[#cache.order + 1] = key
-  end
-  w[field] = (w[field] or 0) + d
-end
-
--- Settles one call taken from a lease: its reservation leaves the lease and the totals; the caller then
--- counts the call at its real price like any other, so a leased call is counted once. Returns true when the
--- lease (of this holder) covered the call.
-local function lease_settle(P, cache, id, inst, tool, sid, reserved)
-  local f = cache.leases[id]
-  if f == nil then
-    f = lease_fields(P .. 'ls:' .. id) or false
-    cache.leases[id] = f
-  end
-  if not f or f.inst ~= inst then return false end
-  local key = P .. 'ls:' .. id
-  local function take(gfield, sfield, amount, counter_key, total_field)
-    local g, s = lease_num(f[gfield]), lease_num(f[sfield])
-    local t = math.min(amount, g - s)
-    if t > 0 then
-      f[sfield] = lease_int(s + t)
-      lease_add(cache, key, sfield, t)
-      lease_add(cache, counter_key, total_field, -t)
+-- one lease, read once per script: numbers, its keys, and what this export settles
+local function lease_load(P, id)
+  local f = lease_fields(P .. 'ls:' .. id)
+  if not f then return false end
+  local L = {
+    id = id, key = P .. 'ls:' .. id, inst = f.inst, rel = f.rel == '1',
+    day_key = P .. 'd:' .. f.day, period_key = P .. 'p:' .. f.period,
+    calls = f.gc and { g = lease_num(f.gc), s = lease_num(f.sc), d = 0 } or nil,
+    money = f.gm and { g = lease_num(f.gm), s = lease_num(f.sm), d = 0 } or nil,
+    tools = {}, sessions = {},
+  }
+  for name, v in pairs(f) do
+    local kind, sub = string.match(name, '^([ts]):(.*)$')
+    if kind == 't' then
+      L.tools[sub] = { g = lease_num(v), s = lease_num(f['ts:' .. sub]), d = 0 }
+    elseif kind == 's' then
+      L.sessions[sub] = { g = lease_num(v), s = lease_num(f['ss:' .. sub]), d = 0, key = f['sk:' .. sub] }
     end
   end
-  if f.gc then take('gc', 'sc', 1, P .. 'd:' .. f.day, 'lr') end
-  if f.gm then take('gm', 'sm', reserved, P .. 'p:' .. f.period, 'lrm') end
-  if f['t:' .. tool] then take('t:' .. tool, 'ts:' .. tool, 1, P .. 'p:' .. f.period, 'lrc:' .. tool) end
-  if sid ~= '' and f['s:' .. sid] then take('s:' .. sid, 'ss:' .. sid, reserved, f['sk:' .. sid], 'lrm') end
+  return L
+end
+
+local function lease_take(a, amount)
+  if not a then return end
+  local t = math.min(amount, a.g - a.s - a.d)
+  if t > 0 then a.d = a.d + t end
+end
+
+-- Settles the calls of one export taken from one lease (aggregated by the processor: `calls` calls, `money`
+-- nano-units reserved, calls by tool, money by session): their reservation leaves the lease and the totals;
+-- the caller then counts each call at its real price like any other, so a leased call is counted once. Each
+-- allowance gives at most what it still holds. Returns true when the lease (of this holder) covered them.
+local function lease_settle(P, cache, id, inst, calls, money, tools, sessions)
+  local L = cache.leases[id]
+  if L == nil then
+    L = lease_load(P, id)
+    cache.leases[id] = L
+    if L then cache.order[#cache.order + 1] = L end
+  end
+  if not L or L.inst ~= inst then return false end
+  lease_take(L.calls, calls)
+  lease_take(L.money, money)
+  for tool, n in pairs(tools) do lease_take(L.tools[tool], n) end
+  for sid, m in pairs(sessions) do lease_take(L.sessions[sid], m) end
   return true
 end
 
 local function lease_flush(P, cache)
-  for _, key in ipairs(cache.order) do
-    for field, d in pairs(cache.writes[key]) do
-      if d ~= 0 then redis.call('HINCRBY', key, field, lease_int(d)) end
+  for _, L in ipairs(cache.order) do
+    local holds = false
+    local function write(a, sfield, counter_key, total_field)
+      if a.d > 0 then
+        redis.call('HINCRBY', L.key, sfield, lease_int(a.d))
+        redis.call('HINCRBY', counter_key, total_field, lease_int(-a.d))
+      end
+      if a.s + a.d < a.g then holds = true end
     end
-  end
-  for id, f in pairs(cache.leases) do
-    if f and f.rel == '1' and not lease_holds(f) then
+    if L.calls then write(L.calls, 'sc', L.day_key, 'lr') end
+    if L.money then write(L.money, 'sm', L.period_key, 'lrm') end
+    for tool, a in pairs(L.tools) do write(a, 'ts:' .. tool, L.period_key, 'lrc:' .. tool) end
+    for sid, a in pairs(L.sessions) do write(a, 'ss:' .. sid, a.key, 'lrm') end
+    if L.rel and not holds then
       -- a released lease whose calls are all settled holds nothing more: it goes now, not at its expiry
-      redis.call('DEL', P .. 'ls:' .. id)
-      redis.call('ZREM', P .. 'lz', id)
+      redis.call('DEL', L.key)
+      redis.call('ZREM', P .. 'lz', L.id)
     end
   end
 end

@@ -33,6 +33,49 @@ interface Group {
   rows: RatedCall[];
 }
 
+/** The calls of one export taken from one lease (settled in enforce.lua as one). */
+interface LeasedCalls {
+  id: string;
+  instanceId: string;
+  calls: number;
+  money: bigint;
+  tools: Map<string, number>;
+  sessions: Map<string, bigint>;
+}
+
+function addLeased(byLease: Map<string, LeasedCalls>, row: RatedCall): void {
+  const lease = row.lease as NonNullable<RatedCall['lease']>;
+  const key = `${lease.id}\0${row.instanceId}`;
+  let l = byLease.get(key);
+  if (!l) {
+    l = {
+      id: lease.id,
+      instanceId: row.instanceId,
+      calls: 0,
+      money: 0n,
+      tools: new Map(),
+      sessions: new Map(),
+    };
+    byLease.set(key, l);
+  }
+  const reserved = BigInt(lease.reservedNano);
+  l.calls++;
+  l.money += reserved;
+  l.tools.set(row.tool, (l.tools.get(row.tool) ?? 0) + 1);
+  if (row.sessionId) l.sessions.set(row.sessionId, (l.sessions.get(row.sessionId) ?? 0n) + reserved);
+}
+
+/** The lease argument of enforce.lua: an `L` line per lease, then its `T` (tool) and `S` (session) lines. */
+export function encodeLeased(byLease: ReadonlyMap<string, LeasedCalls>): string {
+  const lines: string[] = [];
+  for (const l of byLease.values()) {
+    lines.push(`L\t${l.id}\t${l.instanceId}\t${l.calls}\t${l.money}`);
+    for (const [tool, n] of l.tools) lines.push(`T\t${tool}\t${n}`);
+    for (const [sid, m] of l.sessions) lines.push(`S\t${sid}\t${m}`);
+  }
+  return lines.join('\n');
+}
+
 /** Parses the flat reply of enforce.lua. */
 export function parseEnforceReply(
   reply: (string | number)[],
@@ -145,11 +188,11 @@ export class RedisEnforcer implements Enforcer {
       ...toolLimits.flat(),
       g.rows.length,
     ];
-    // calls taken from a quota lease, by index: settled against their lease before they are counted
-    const leased: string[] = [];
+    // calls taken from a quota lease, aggregated per lease (see enforce.lua): settled before they are counted
+    const leased = new Map<string, LeasedCalls>();
     for (let i = 0; i < g.rows.length; i++) {
       const row = g.rows[i] as RatedCall;
-      if (row.lease) leased.push(`${i}\t${row.lease.id}\t${row.lease.reservedNano}\t${row.instanceId}`);
+      if (row.lease) addLeased(leased, row);
       let sk = 0;
       if (row.sessionId) {
         sk = sessionIndex.get(row.sessionId) ?? 0;
@@ -162,7 +205,7 @@ export class RedisEnforcer implements Enforcer {
       // one argument per call (see enforce.lua): fewer arguments for the client to encode and Redis to parse
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
-    args.push(leased.length, ...leased);
+    args.push(encodeLeased(leased));
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(
