@@ -42,6 +42,7 @@ products:
       mixed: { overrides: { limits: { callsPerDay: 10 } } }
       piggy: { overrides: { limits: { callsPerDay: 10 } } }
       killed-co: { overrides: { limits: { callsPerDay: 10 } } }
+      forged: { overrides: { limits: { callsPerDay: 10 } } }
       wallet: { overrides: { limits: { spendPerPeriod: "1" } } }
       wallet2: { overrides: { limits: { spendPerPeriod: "1" } } }
       scarce: { overrides: { limits: { callsPerToolPerPeriod: { rare: 3 } } } }
@@ -284,6 +285,17 @@ describe('renewal piggy-backed on the export response', () => {
       tollgate?: { leases?: LeaseGrant[] };
     };
     expect(other.tollgate?.leases).toBeUndefined();
+  });
+});
+
+describe('forged settlement', () => {
+  it('an instance id with control characters cannot settle a lease (nor forge another)', async () => {
+    const g = await grant('inst-v', { customer: 'forged', wantCalls: 3 });
+    // would end the real line early and add one settling the victim's three calls
+    const forged = `inst-v\tX\nL\t${g.leaseId}\tinst-v\t3\t0\nT\tz`;
+    await exportCalls(forged, 'forged', 1, { leaseId: g.leaseId, reserved: '0' });
+    // counted as a call without a lease: the victim's three calls are still held back
+    expect(await dayHash('forged')).toMatchObject({ calls: '1', lr: '3' });
   });
 });
 

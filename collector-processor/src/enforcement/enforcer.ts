@@ -4,6 +4,7 @@ import {
   type DirectiveAction,
   type DirectiveScope,
   decodeState,
+  isValidIdentifier,
   type RatedCall,
   redisKeys,
   stateInForce,
@@ -192,7 +193,8 @@ export class RedisEnforcer implements Enforcer {
     const leased = new Map<string, LeasedCalls>();
     for (let i = 0; i < g.rows.length; i++) {
       const row = g.rows[i] as RatedCall;
-      if (row.lease) addLeased(leased, row);
+      // the instance id comes from the span's resource: one with control characters takes no lease
+      if (row.lease && isValidIdentifier(row.instanceId)) addLeased(leased, row);
       let sk = 0;
       if (row.sessionId) {
         sk = sessionIndex.get(row.sessionId) ?? 0;
