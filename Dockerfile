@@ -19,6 +19,7 @@ COPY package.json package-lock.json ./
 COPY contracts/package.json contracts/
 COPY collector-processor/package.json collector-processor/
 COPY billing-api/package.json billing-api/
+COPY instrumentation/package.json instrumentation/
 RUN npm ci --no-audit --no-fund
 
 # Sources (.dockerignore keeps dist/, *.tsbuildinfo, node_modules and tests out), then the build:

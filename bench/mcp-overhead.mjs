@@ -1,6 +1,8 @@
 // What an MCP instrumentation costs per tool call: a real SDK client calls a real SDK server (in memory,
 // and over stdio with the server in a child process), uninstrumented, with Tollgate, and with the other
-// MCP instrumentations on npm, side by side in one run. Spans go to a no-op exporter (the network is not
+// MCP instrumentations on npm, side by side in one run — on both SDK lines: 1.x (`@modelcontextprotocol/sdk`,
+// protocol 2025-11-25) and 2.x (`@modelcontextprotocol/server` + `/client`, the stateless 2026-07-28
+// protocol: every request carries its version and clientInfo in `_meta`). The peers patch only 1.x. Spans go to a no-op exporter (the network is not
 // measured).
 //
 // Method. The machine is shared and two processes can differ by tens of percent in speed, so every
@@ -11,7 +13,7 @@
 // itself shows when nothing is instrumented (the two builds do not run at exactly the same speed): the
 // "net" columns divide it out.
 //
-//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N] [--repeat N]
+//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N] [--repeat N] [--line 1|2]
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -47,13 +49,17 @@ async function registerAppProvider() {
   return sink;
 }
 
-async function tollgate(sink) {
+async function tollgate(sink, line) {
   const { McpInstrumentation } = await import('@tollgate/instrumentation');
   new McpInstrumentation({
     billingExporter: sink,
     logger: false,
     customer: () => 'bench',
-  }).manuallyInstrument(await import('@modelcontextprotocol/sdk/server/index.js'));
+  }).manuallyInstrument(
+    line === 2
+      ? await import('@modelcontextprotocol/server')
+      : await import('@modelcontextprotocol/sdk/server/index.js'),
+  );
 }
 
 /**
@@ -64,23 +70,24 @@ const CONFIGS = {
   uninstrumented: { label: 'uninstrumented (method check)', setup: async () => undefined },
   tollgate: {
     label: 'Tollgate (billing span)',
-    async setup(side) {
+    async setup(side, line) {
       const sink = noopExporter();
-      if (side !== 'client') await tollgate(sink);
+      if (side !== 'client') await tollgate(sink, line);
       return sink;
     },
   },
   tollgateApp: {
     label: 'Tollgate + app OTel SDK',
-    async setup(side) {
+    async setup(side, line) {
       const sink = await registerAppProvider();
-      if (side !== 'client') await tollgate(sink);
+      if (side !== 'client') await tollgate(sink, line);
       return sink;
     },
   },
   otelSdk: { label: 'app OTel SDK, no MCP instr.', setup: registerAppProvider },
   arize: {
     label: '@arizeai/openinference-instr.-mcp',
+    lines: [1], // patches @modelcontextprotocol/sdk's modules only
     async setup() {
       const sink = await registerAppProvider();
       const { MCPInstrumentation } = await import('@arizeai/openinference-instrumentation-mcp');
@@ -97,6 +104,7 @@ const CONFIGS = {
   },
   traceloop: {
     label: '@traceloop/instrumentation-mcp',
+    lines: [1], // patches @modelcontextprotocol/sdk's modules only
     async setup() {
       const sink = await registerAppProvider();
       const { McpInstrumentation } = await import('@traceloop/instrumentation-mcp');
@@ -108,10 +116,29 @@ const CONFIGS = {
   },
 };
 
-/** The SDK classes of one build: `esm` (instrumented) or `cjs` (the untouched reference). */
-async function sdk(build) {
+/**
+ * The SDK classes of one line (1 or 2) and one build: `esm` (instrumented) or `cjs` (the untouched
+ * reference). 2.x ships both builds as well, each with its own copy of every class.
+ */
+async function sdk(build, line) {
+  if (line === 2) {
+    const load = build === 'cjs' ? async (m) => require(m) : (m) => import(m);
+    const server = await load('@modelcontextprotocol/server');
+    const client = await load('@modelcontextprotocol/client');
+    return {
+      line,
+      McpServer: server.McpServer,
+      Client: client.Client,
+      createMcpHandler: server.createMcpHandler,
+      StreamableHTTPClientTransport: client.StreamableHTTPClientTransport,
+      StdioClientTransport: (await load('@modelcontextprotocol/client/stdio')).StdioClientTransport,
+      serveStdio: (await load('@modelcontextprotocol/server/stdio')).serveStdio,
+      z: await load('zod/v4'),
+    };
+  }
   if (build === 'cjs') {
     return {
+      line,
       McpServer: require('@modelcontextprotocol/sdk/server/mcp.js').McpServer,
       Client: require('@modelcontextprotocol/sdk/client/index.js').Client,
       InMemoryTransport: require('@modelcontextprotocol/sdk/inMemory.js').InMemoryTransport,
@@ -121,6 +148,7 @@ async function sdk(build) {
     };
   }
   return {
+    line,
     McpServer: (await import('@modelcontextprotocol/sdk/server/mcp.js')).McpServer,
     Client: (await import('@modelcontextprotocol/sdk/client/index.js')).Client,
     InMemoryTransport: (await import('@modelcontextprotocol/sdk/inMemory.js')).InMemoryTransport,
@@ -132,20 +160,38 @@ async function sdk(build) {
 
 function newServer(k) {
   const server = new k.McpServer({ name: 'bench', version: '1.0.0' });
-  server.registerTool('get_forecast', { inputSchema: { city: k.z.string() } }, async ({ city }) => ({
+  // 2.x takes a Standard Schema object; 1.x a zod raw shape
+  const shape = { city: k.z.string() };
+  const inputSchema = k.line === 2 ? k.z.object(shape) : shape;
+  server.registerTool('get_forecast', { inputSchema }, async ({ city }) => ({
     content: [{ type: 'text', text: `Sunny in ${city}` }],
   }));
   return server;
 }
 
 async function pair(k, build, transport, configName) {
-  const client = new k.Client({ name: 'bench-agent', version: '1.0.0' });
-  if (transport === 'memory') {
+  const client =
+    k.line === 2
+      ? new k.Client(
+          { name: 'bench-agent', version: '1.0.0' },
+          { versionNegotiation: { mode: { pin: '2026-07-28' } } },
+        )
+      : new k.Client({ name: 'bench-agent', version: '1.0.0' });
+  if (transport === 'memory' && k.line === 2) {
+    // 2026-07-28 has no in-memory pair (createLinkedPair connects 2025-era instances only): the SDK's
+    // in-process path is the stateless handler's fetch, a fresh server per request, no socket.
+    const handler = k.createMcpHandler(() => newServer(k));
+    await client.connect(
+      new k.StreamableHTTPClientTransport(new URL('http://bench.local/mcp'), {
+        fetch: (url, init) => handler.fetch(new Request(url, init)),
+      }),
+    );
+  } else if (transport === 'memory') {
     const [a, b] = k.InMemoryTransport.createLinkedPair();
     await newServer(k).connect(a);
     await client.connect(b);
   } else {
-    const args = [SELF, '--server', configName, build];
+    const args = [SELF, '--server', configName, build, String(k.line)];
     await client.connect(new k.StdioClientTransport({ command: process.execPath, args, stderr: 'inherit' }));
   }
   return client;
@@ -170,12 +216,12 @@ async function slice(client, n, lat) {
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Child: one configuration, one transport, against the in-process reference; prints a JSON line. */
-async function child(configName, transport, calls) {
+async function child(configName, transport, calls, line) {
   // The reference build is loaded before any instrumentation exists, so no module hook can patch it.
-  const refKit = await sdk('cjs');
-  const sink = await CONFIGS[configName].setup(transport === 'memory' ? 'both' : 'client');
+  const refKit = await sdk('cjs', line);
+  const sink = await CONFIGS[configName].setup(transport === 'memory' ? 'both' : 'client', line);
   const ref = await pair(refKit, 'cjs', transport, 'uninstrumented');
-  const sub = await pair(await sdk('esm'), 'esm', transport, configName);
+  const sub = await pair(await sdk('esm', line), 'esm', transport, configName);
   for (let i = 0; i < WARMUP; i++) {
     await ref.callTool(ARGS);
     await sub.callTool(ARGS);
@@ -214,18 +260,20 @@ async function child(configName, transport, calls) {
 }
 
 /** Grandchild (stdio): an MCP server; the ESM one carries the configuration's server side. */
-async function server(configName, build) {
-  const k = build === 'cjs' ? await sdk('cjs') : undefined;
-  if (build === 'esm') await CONFIGS[configName].setup('server');
-  const kit = k ?? (await sdk('esm'));
-  await newServer(kit).connect(new kit.StdioServerTransport());
+async function server(configName, build, line) {
+  const k = build === 'cjs' ? await sdk('cjs', line) : undefined;
+  if (build === 'esm') await CONFIGS[configName].setup('server', line);
+  const kit = k ?? (await sdk('esm', line));
+  // 2.x: serveStdio answers the 2026-07-28 discovery and serves each request (and 2025 clients) on stdio
+  if (line === 2) kit.serveStdio(() => newServer(kit));
+  else await newServer(kit).connect(new kit.StdioServerTransport());
 }
 
-function runChild(configName, transport, calls) {
+function runChild(configName, transport, calls, line) {
   return new Promise((resolve, reject) => {
     const p = spawn(
       process.execPath,
-      ['--expose-gc', SELF, '--child', configName, transport, String(calls)],
+      ['--expose-gc', SELF, '--child', configName, transport, String(calls), String(line)],
       {
         stdio: ['ignore', 'pipe', 'inherit'],
       },
@@ -235,9 +283,9 @@ function runChild(configName, transport, calls) {
       out += d;
     });
     p.on('exit', (code) => {
-      const line = out.trim().split('\n').pop();
-      if (code !== 0 || !line) reject(new Error(`${configName}/${transport} exited with ${code}`));
-      else resolve(JSON.parse(line));
+      const last = out.trim().split('\n').pop();
+      if (code !== 0 || !last) reject(new Error(`${configName}/${transport} exited with ${code}`));
+      else resolve(JSON.parse(last));
     });
   });
 }
@@ -250,9 +298,11 @@ function arg(name, fallback) {
 async function main() {
   const plan = { memory: arg('--calls', 24_000), stdio: arg('--stdio-calls', 4_800) };
   const repeat = arg('--repeat', 3);
-  const names = Object.keys(CONFIGS);
+  const only = arg('--line', 0);
+  const lines = only ? [only] : [1, 2];
   const rows = [
     [
+      'SDK',
       'transport',
       'instrumentation',
       'µs/call',
@@ -267,46 +317,55 @@ async function main() {
     ],
   ];
   const summary = {};
-  for (const transport of Object.keys(plan)) {
-    summary[transport] = {};
-    let check = 1;
-    for (const n of names) {
-      // each configuration in `repeat` fresh processes; the run with the median ratio is kept
-      const runs = [];
-      for (let r = 0; r < repeat; r++) {
-        process.stderr.write(`\r${transport}: ${n} ${r + 1}/${repeat}                    `);
-        runs.push(await runChild(n, transport, plan[transport]));
+  for (const line of lines) {
+    const sdkName = line === 2 ? '2.x (2026-07-28)' : '1.x (2025-11-25)';
+    const names = Object.keys(CONFIGS).filter((n) => (CONFIGS[n].lines ?? [1, 2]).includes(line));
+    for (const transport of Object.keys(plan)) {
+      const key = line === 2 ? `${transport}-v2` : transport;
+      summary[key] = {};
+      let check = 1;
+      for (const n of names) {
+        // each configuration in `repeat` fresh processes; the run with the median ratio is kept
+        const runs = [];
+        for (let r = 0; r < repeat; r++) {
+          process.stderr.write(`\r${line}.x ${transport}: ${n} ${r + 1}/${repeat}                    `);
+          runs.push(await runChild(n, transport, plan[transport], line));
+        }
+        const x = runs.find((y) => y.ratio === median(runs.map((z) => z.ratio)));
+        if (n === 'uninstrumented') check = x.ratio;
+        const net = x.ratio / check;
+        const addedUs = (net - 1) * x.refUs;
+        summary[key][n] = { ...x, netRatio: net, addedUs };
+        // stdio: the server's spans are exported in the server process, not counted here
+        const spansPerCall =
+          transport === 'stdio' && n.startsWith('tollgate') ? 'in server' : (x.spans / x.subCalls).toFixed(2);
+        rows.push([
+          sdkName,
+          transport,
+          CONFIGS[n].label,
+          x.subUs.toFixed(1),
+          x.ratio.toFixed(3),
+          net.toFixed(3),
+          addedUs.toFixed(1),
+          x.p99Us.toFixed(0),
+          spansPerCall,
+          x.spans ? (x.attributes / x.spans).toFixed(1) : '-',
+          x.rssMiB.toFixed(1),
+          x.heapMiB.toFixed(1),
+        ]);
       }
-      const x = runs.find((y) => y.ratio === median(runs.map((z) => z.ratio)));
-      if (n === 'uninstrumented') check = x.ratio;
-      const net = x.ratio / check;
-      const addedUs = (net - 1) * x.refUs;
-      summary[transport][n] = { ...x, netRatio: net, addedUs };
-      // stdio: the server's spans are exported in the server process, not counted here
-      const spansPerCall =
-        transport === 'stdio' && n.startsWith('tollgate') ? 'in server' : (x.spans / x.subCalls).toFixed(2);
-      rows.push([
-        transport,
-        CONFIGS[n].label,
-        x.subUs.toFixed(1),
-        x.ratio.toFixed(3),
-        net.toFixed(3),
-        addedUs.toFixed(1),
-        x.p99Us.toFixed(0),
-        spansPerCall,
-        x.spans ? (x.attributes / x.spans).toFixed(1) : '-',
-        x.rssMiB.toFixed(1),
-        x.heapMiB.toFixed(1),
-      ]);
     }
   }
   process.stderr.write('\n');
   console.log(table(rows));
-  const t = summary.memory.tollgate;
-  console.log(
-    `\nTollgate adds ${t.addedUs.toFixed(1)} µs of CPU to an in-memory round trip of ${t.refUs.toFixed(1)} µs ` +
-      `(${((t.netRatio - 1) * 100).toFixed(1)}% net), emitting the full semantic-convention span for every call.`,
-  );
+  for (const key of ['memory', 'memory-v2']) {
+    const t = summary[key]?.tollgate;
+    if (!t) continue;
+    console.log(
+      `\n${key === 'memory' ? '1.x' : '2.x'}: Tollgate adds ${t.addedUs.toFixed(1)} µs of CPU to an in-memory round trip of ${t.refUs.toFixed(1)} µs ` +
+        `(${((t.netRatio - 1) * 100).toFixed(1)}% net), emitting the full semantic-convention span for every call.`,
+    );
+  }
   writeResult('mcp-overhead', {
     node: process.version,
     calls: plan,
@@ -317,6 +376,8 @@ async function main() {
   });
 }
 
-if (process.argv[2] === '--child') await child(process.argv[3], process.argv[4], Number(process.argv[5]));
-else if (process.argv[2] === '--server') await server(process.argv[3], process.argv[4]);
+if (process.argv[2] === '--child')
+  await child(process.argv[3], process.argv[4], Number(process.argv[5]), Number(process.argv[6]));
+else if (process.argv[2] === '--server')
+  await server(process.argv[3], process.argv[4], Number(process.argv[5]));
 else await main();

@@ -36,6 +36,8 @@ build = {
     ["kong.plugins.tollgate.jsonrpc"] = "kong/plugins/tollgate/jsonrpc.lua",
     ["kong.plugins.tollgate.keys"] = "kong/plugins/tollgate/keys.lua",
     ["kong.plugins.tollgate.outcome"] = "kong/plugins/tollgate/outcome.lua",
+    ["kong.plugins.tollgate.session"] = "kong/plugins/tollgate/session.lua",
+    ["kong.plugins.tollgate.exporter"] = "kong/plugins/tollgate/exporter.lua",
     ["kong.plugins.tollgate.state"] = "kong/plugins/tollgate/state.lua",
     ["kong.plugins.tollgate.store"] = "kong/plugins/tollgate/store.lua",
   },

@@ -189,11 +189,16 @@ export function registerBilling(
         const amountNano = big(r.amount_nano);
         linesNano += amountNano;
         const qty = big(r.quantity);
-        const unitNano = component === 'duration' ? null : big(r.unit_nano);
+        // duration: the per-second price (rows landed before migration 0010 do not know it: null)
+        const unitNano = component === 'duration' && big(r.unit_nano) === 0n ? null : big(r.unit_nano);
         const tier = component === 'call' ? count(r.tier) : null;
         const c = COMPONENTS[component];
-        const priced = unitNano !== null && (component === 'call' || component.endsWith('_tokens'));
-        const unitText = priced ? ` at ${money('u', unitNano).u}` : '';
+        const priced =
+          unitNano !== null &&
+          (component === 'call' || component.endsWith('_tokens') || component === 'duration');
+        const unitText = priced
+          ? ` at ${money('u', unitNano).u}${component === 'duration' ? ' per second' : ''}`
+          : '';
         return {
           tool,
           component,
@@ -286,6 +291,8 @@ export function registerBilling(
           'product by `planId`, or a hypothetical `plan` written like one in the plan file (amounts as ' +
           'decimal strings). Identical calls in a run are priced once and multiplied.',
         security: SECURITY,
+        // No query parameters: a quote has no period or date, and `?period=…` must not look honoured.
+        querystring: querystring([]),
         body: {
           type: 'object',
           required: ['usage'],

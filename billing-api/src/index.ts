@@ -11,6 +11,15 @@ export {
 } from './auth.js';
 export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';
 export {
+  DRAIN_LIMIT,
+  drainRequest,
+  type EdgeCodes,
+  edgeClientErrorHandler,
+  edgeServerFactory,
+  MAX_HEADER_BYTES,
+  MAX_URL_BYTES,
+} from './http-edges.js';
+export {
   type AnalyticsDeps,
   type GuardBands,
   type PlanInfo,

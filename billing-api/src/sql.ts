@@ -523,8 +523,10 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
       toUInt64(sum(output_tokens)), sum(price_output_nano)
     FROM mcp_tool_calls WHERE ${w} AND price_output_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
-  SELECT 'duration', tool, toUInt16(0), toInt64(0), toUInt64(sum(duration_us)), sum(price_duration_nano)
-    FROM mcp_tool_calls WHERE ${w} AND price_duration_nano != 0 GROUP BY tool
+  SELECT 'duration', tool, toUInt16(0), price_per_second_nano AS unit_nano, toUInt64(sum(duration_us)),
+      sum(price_duration_nano)
+    FROM mcp_tool_calls WHERE ${w} AND (price_per_second_nano != 0 OR price_duration_nano != 0)
+    GROUP BY tool, unit_nano
 )
 ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'], component) ASC,
   tier ASC, unit_nano ASC`,

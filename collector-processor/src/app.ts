@@ -20,6 +20,7 @@ import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
+import { removeRunningRecord, writeRunningRecord } from './running.js';
 import { Spool } from './spool/spool.js';
 import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
 
@@ -399,6 +400,14 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
       log.info({ url: apiUrl }, 'HTTP API listening');
     }
+    writeRunningRecord(dataDir, {
+      pid: process.pid,
+      instanceId,
+      roles: [...roles].join(','),
+      startedAt: new Date().toISOString(),
+      otlpUrl,
+      apiUrl,
+    });
   } catch (err) {
     await receiver?.close();
     await api?.close();
@@ -414,6 +423,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       await receiver?.close();
       await api?.close();
       for (const fn of stops) await fn();
+      removeRunningRecord(dataDir);
       log.info('stopped');
     })();
     return stopping;

@@ -12,10 +12,14 @@ type Json = { resourceSpans: { scopeSpans: { spans: Record<string, unknown>[] }[
 const fixture = JSON.parse(
   readFileSync(new URL('../../kong/fixtures/kong-otel-span.json', import.meta.url), 'utf8'),
 ) as Json;
+/** A 2026-07-28 call Kong metered from its Mcp-Method / Mcp-Name headers, whose caller sent traceparent -00. */
+const fixture2026 = JSON.parse(
+  readFileSync(new URL('../../kong/fixtures/kong-otel-span-2026.json', import.meta.url), 'utf8'),
+) as Json;
 
 /** The fixture with fresh ids and timestamps (its own are in the past, outside the accepted window). */
-function freshExport(spanId: string): Json {
-  const doc = structuredClone(fixture);
+function freshExport(spanId: string, from: Json = fixture): Json {
+  const doc = structuredClone(from);
   const now = BigInt(Date.now() - 2000) * 1_000_000n;
   for (const rs of doc.resourceSpans)
     for (const ss of rs.scopeSpans)
@@ -89,6 +93,47 @@ describe("Kong's opentelemetry export of a tools/call", () => {
         status: 'ok',
         // TEST_PLANS: 2 free calls per customer and month, then 0.002 per call
         price_nano: i < 2 ? '0' : '2000000',
+      })),
+    );
+  });
+
+  it("bills a 2026-07-28 call into the session the Kong plugin chose (the caller's trace), whatever its sampled flag", async () => {
+    const span = fixture2026.resourceSpans[0]!.scopeSpans[0]!.spans[0]!;
+    const attrs = new Map(
+      (span.attributes as { key: string; value: Record<string, unknown> }[]).map((a) => [a.key, a.value]),
+    );
+    expect(attrs.get('tollgate.trace.sampled')).toEqual({ boolValue: false });
+    expect(attrs.get('tollgate.session.rule')).toEqual({ stringValue: 'trace' });
+    for (const [format, spanId] of [
+      ['protobuf', 'bbbbbbbbbbbbbbb1'],
+      ['json', 'bbbbbbbbbbbbbbb2'],
+    ] as const) {
+      const doc = freshExport(spanId, fixture2026);
+      const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+        method: 'POST',
+        headers: {
+          'content-type': format === 'protobuf' ? 'application/x-protobuf' : 'application/json',
+          authorization: `Bearer ${DEV_INGEST_KEY}`,
+        },
+        body: format === 'protobuf' ? toProtobuf(doc) : JSON.stringify(doc),
+      });
+      expect(res.status).toBe(200);
+    }
+    await tg.lander!.idle();
+    const rows = await query(
+      tg,
+      "SELECT span_id, source, transport, tool, session_id, session_rule, protocol_version, status FROM mcp_tool_calls WHERE span_id LIKE 'bbbbbbbbbbbbbbb%' ORDER BY span_id",
+    );
+    expect(rows).toEqual(
+      ['bbbbbbbbbbbbbbb1', 'bbbbbbbbbbbbbbb2'].map((span_id) => ({
+        span_id,
+        source: 'kong',
+        transport: 'streamable_http',
+        tool: 'echo',
+        session_id: 'trace-4bf92f3577b34da6a3ce929d0e0e4736',
+        session_rule: 'trace',
+        protocol_version: '2026-07-28',
+        status: 'ok',
       })),
     );
   });

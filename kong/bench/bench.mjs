@@ -1,5 +1,7 @@
 // Bench driver: nginx proxying to a static JSON-RPC upstream, measured with wrk, without and
-// with the tollgate plugin code path (state cached, and Redis read on every call).
+// with the tollgate plugin code path (state cached, and Redis read on every call), for an older
+// client (the JSON-RPC body is read and decoded) and a 2026-07-28 client whose Mcp-Method /
+// Mcp-Name headers are metered without reading the body.
 // Usage: node kong/bench/bench.mjs [durationSeconds] [connections]
 
 import { execFileSync } from 'node:child_process';
@@ -15,6 +17,21 @@ const BODY = JSON.stringify({
   id: 1,
   method: 'tools/call',
   params: { name: 'search', arguments: { q: 'kong' } },
+});
+// what an SDK 2.x client sends on 2026-07-28: the envelope in _meta, the method and tool in headers
+const BODY_2026 = JSON.stringify({
+  jsonrpc: '2.0',
+  id: 1,
+  method: 'tools/call',
+  params: {
+    name: 'search',
+    arguments: { q: 'kong' },
+    _meta: {
+      'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+      'io.modelcontextprotocol/clientInfo': { name: 'bench', version: '1.0.0' },
+      'io.modelcontextprotocol/clientCapabilities': {},
+    },
+  },
 });
 
 function wrk(url, scriptFile) {
@@ -66,16 +83,33 @@ wrk.headers["X-Agent-Id"] = "agent-1"
 wrk.headers["Mcp-Session-Id"] = "bench-session"
 `,
   );
+  const script2026 = join(nginx.prefix, 'post-2026.lua');
+  writeFileSync(
+    script2026,
+    `wrk.method = "POST"
+wrk.body = ${JSON.stringify(BODY_2026)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["apikey"] = "key-bench"
+wrk.headers["X-Agent-Id"] = "agent-1"
+wrk.headers["Mcp-Protocol-Version"] = "2026-07-28"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "search"
+`,
+  );
 
   const base = `http://127.0.0.1:${nginx.port}`;
   wrk(`${base}/bare/mcp`, scriptFile); // warm-up
-  for (const [name, path] of [
-    ['nginx proxy, no Lua', '/bare/mcp'],
-    ['+ Kong-like Lua runloop', '/runloop_only/mcp'],
-    ['+ tollgate, state cached', '/cached/mcp'],
-    ['+ tollgate, HMGET every call', '/uncached/mcp'],
+  for (const [name, path, script, baselineOf] of [
+    ['nginx proxy, no Lua', '/bare/mcp', scriptFile],
+    ['+ Kong-like Lua runloop', '/runloop_only/mcp', scriptFile, 'body'],
+    ['+ tollgate, state cached', '/cached/mcp', scriptFile],
+    ['+ tollgate, HMGET every call', '/uncached/mcp', scriptFile],
+    ['2026 headers: Kong-like runloop', '/runloop_only/mcp', script2026, 'headers'],
+    ['2026 headers: + tollgate cached', '/cached/mcp', script2026],
+    ['2026 headers: + tollgate HMGET', '/uncached/mcp', script2026],
   ]) {
-    rows.push({ name, ...wrk(`${base}${path}`, scriptFile) });
+    rows.push({ name, baselineOf, ...wrk(`${base}${path}`, script) });
   }
 } finally {
   const log = nginx ? nginx.errorLog() : '';
@@ -84,20 +118,22 @@ wrk.headers["Mcp-Session-Id"] = "bench-session"
   if (/\[error\]/.test(log)) console.error(log);
 }
 
-const baseline = rows[1];
 const pad = (s, n) => String(s).padEnd(n);
 const num = (v, d = 0) => (Number.isFinite(v) ? v.toFixed(d) : 'n/a');
 console.log(
-  `wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call`,
+  `wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call (older client), ${BODY_2026.length}-byte with 2026-07-28 headers`,
 );
 console.log(
-  `${pad('path', 32)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}CPU us/req vs runloop`,
+  `${pad('path', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}${pad('CPU us/req', 12)}added CPU vs runloop`,
 );
+let baseline = rows[1];
 for (const r of rows) {
+  if (r.baselineOf) baseline = r; // each block is compared with the runloop on the same requests
   // one nginx worker saturated: 1/rps is the worker's time per request
   const added = (1 / r.rps - 1 / baseline.rps) * 1e6;
+  const pct = (baseline.rps / r.rps - 1) * 100;
   console.log(
-    `${pad(r.name, 32)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${num(added, 0)}`,
+    `${pad(r.name, 34)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${pad(num(added, 0), 12)}${num(pct, 1)} %`,
   );
 }
 console.log('wrk, nginx, redis-server and the upstream share the machine: treat the numbers as relative.');

@@ -31,8 +31,26 @@ describe("tollgate schema", function()
       kill_http_status = 403,
       throttle_http_status = 429,
       propagate_meta_traceparent = true,
+      meter_from_headers = true,
+      session_gap_ms = 1800000,
+      billing_timeout_ms = 5000,
     }, entity.config)
     assert.same({ "grpc", "grpcs", "http", "https" }, entity.protocols)
+  end)
+
+  it("billing_endpoint must be an http(s) URL; its authorization is referenceable and encrypted", function()
+    assert(validate({ product = "acme", billing_endpoint = "http://tollgate:4318/v1/traces",
+                      billing_authorization = "Bearer tg_ingest" }))
+    local _, err = validate({ product = "acme", billing_endpoint = "tollgate:4318" })
+    assert.truthy(err and err.config and err.config.billing_endpoint)
+    local _, err2 = validate({ product = "acme", session_gap_ms = 10 })
+    assert.truthy(err2 and err2.config and err2.config.session_gap_ms)
+    local field
+    for _, f in ipairs(schema.fields[2].config.fields) do
+      if f.billing_authorization then field = f.billing_authorization end
+    end
+    assert.is_true(field.referenceable)
+    assert.is_true(field.encrypted)
   end)
 
   it("marks the Redis password referenceable and encrypted", function()

@@ -275,10 +275,10 @@ describe("jsonrpc.parse", function()
     assert.truthy(jsonrpc.parse(body, {}))
     local p, code = jsonrpc.parse(body, { method = "tools/list" })
     assert.is_nil(p)
-    assert.equal(-32600, code)
+    assert.equal(-32020, code)
     p, code = jsonrpc.parse(body, { method = "tools/call", name = "delete_everything" })
     assert.is_nil(p)
-    assert.equal(-32600, code)
+    assert.equal(-32020, code)
     -- a client's response to a server request carries no method: nothing to compare
     assert.truthy(jsonrpc.parse([[{"jsonrpc":"2.0","id":3,"result":{}}]], { method = "tools/call" }))
   end)
@@ -701,5 +701,187 @@ describe("store", function()
     local none, err = store.load_driver({ "does.not.exist" })
     assert.is_nil(none)
     assert.matches("no Redis client module", err)
+  end)
+end)
+
+describe("jsonrpc: 2026-07-28 headers", function()
+  it("is_modern_version: revision dates from 2026-07-28 on", function()
+    assert.is_true(jsonrpc.is_modern_version("2026-07-28"))
+    assert.is_true(jsonrpc.is_modern_version("2027-01-01"))
+    assert.is_false(jsonrpc.is_modern_version("2025-11-25"))
+    assert.is_false(jsonrpc.is_modern_version("2026-07-28x"))
+    assert.is_false(jsonrpc.is_modern_version(nil))
+  end)
+
+  for _, case in ipairs({
+    { "plain", "search", "search" },
+    { "optional whitespace stripped", " \tsearch ", "search" },
+    { "sentinel", "=?base64?c2VhcmNo?=", "search" },
+    { "sentinel, UTF-8", "=?base64?csOpc3Vtw6k=?=", "r\195\169sum\195\169" },
+    { "sentinel, empty payload", "=?base64??=", "" },
+    { "bad Base64 alphabet", "=?base64?c2Vh*2No?=", nil },
+    { "missing padding", "=?base64?csOpc3Vtw6k?=", nil },
+    { "padding inside", "=?base64?c2=hcmNo?=", nil },
+    { "not UTF-8", "=?base64?/w==?=", nil },
+    { "half a sentinel is a plain value", "=?base64?abc", "=?base64?abc" },
+  }) do
+    it("decode_mcp_name: " .. case[1], function()
+      assert.equal(case[3], jsonrpc.decode_mcp_name(case[2]))
+    end)
+  end
+
+  it("from_headers: tools/call with a name, other methods, and when the body is needed", function()
+    local p = jsonrpc.from_headers({ method = "tools/call", name = "search", protocol_version = "2026-07-28" })
+    assert.is_true(p.from_headers)
+    assert.equal("search", p.calls[1].name)
+    assert.is_nil(p.calls[1].id)
+    assert.same({}, jsonrpc.from_headers({ method = "tools/list", protocol_version = "2026-07-28" }).calls)
+    assert.is_nil(jsonrpc.from_headers({ method = "tools/call", name = "search", protocol_version = "2025-11-25" }))
+    assert.is_nil(jsonrpc.from_headers({ method = "tools/call", protocol_version = "2026-07-28" }))
+    assert.is_nil(jsonrpc.from_headers({ method = "tools/call", name = "=?base64?!?=", protocol_version = "2026-07-28" }))
+    assert.is_nil(jsonrpc.from_headers({ name = "search", protocol_version = "2026-07-28" }))
+  end)
+
+  it("header_mismatch: the SDK's cross-checks, in its order", function()
+    local msg = { jsonrpc = "2.0", id = 1, method = "tools/call",
+                  params = { name = "search", _meta = { ["io.modelcontextprotocol/protocolVersion"] = "2026-07-28" } } }
+    assert.is_nil(jsonrpc.header_mismatch(msg, { method = "tools/call", name = "search", protocol_version = "2026-07-28" }))
+    assert.equal("2027-01-01", jsonrpc.header_mismatch(msg, { protocol_version = "2027-01-01" }).header)
+    assert.equal("tools/list", jsonrpc.header_mismatch(msg, { method = "tools/list", protocol_version = "2026-07-28" }).header)
+    assert.equal("(missing)", jsonrpc.header_mismatch(msg, { name = "search", protocol_version = "2026-07-28" }).header)
+    assert.equal("(missing)", jsonrpc.header_mismatch(msg, { method = "tools/call", protocol_version = "2026-07-28" }).header)
+    assert.matches("invalid Base64", jsonrpc.header_mismatch(msg, { method = "tools/call", name = "=?base64?%?=",
+                                                                  protocol_version = "2026-07-28" }).body)
+    assert.equal("other", jsonrpc.header_mismatch(msg, { method = "tools/call", name = "other" }).header)
+    -- an older client without headers: nothing to compare
+    assert.is_nil(jsonrpc.header_mismatch(msg, {}))
+  end)
+end)
+
+describe("outcome: a call metered from headers", function()
+  it("ANY_ID takes the first answer and remembers its id", function()
+    local s = outcome.new("text/event-stream", { outcome.ANY_ID })
+    s:feed('data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n')
+    s:feed('data: {"jsonrpc":"2.0","id":"x-1","result":{"isError":true}}\n\n')
+    s:finish()
+    assert.same({ id_key = "s:x-1", is_error = true }, s:result(outcome.ANY_ID))
+  end)
+end)
+
+describe("session (contracts/src/billing-session.ts)", function()
+  local session = require "kong.plugins.tollgate.session"
+
+  it("sha256 matches FIPS 180-4 vectors", function()
+    assert.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", session.sha256_hex(""))
+    assert.equal("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+                 session.sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))
+  end)
+
+  for _, case in ipairs({
+    { "valid, sampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736" },
+    { "valid, not sampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "4bf92f3577b34da6a3ce929d0e0e4736" },
+    { "future version with a tail", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", "4bf92f3577b34da6a3ce929d0e0e4736" },
+    { "version 00 with a tail", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", nil },
+    { "version ff", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", nil },
+    { "zero trace id", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", nil },
+    { "zero span id", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", nil },
+    { "upper case", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", nil },
+    { "not a string", 42, nil },
+  }) do
+    it("trace id of a traceparent: " .. case[1], function()
+      assert.equal(case[3], session.trace_id_of_traceparent(case[2]))
+    end)
+  end
+
+  it("rules in order: protocol, trace (header, then _meta), activity", function()
+    local store = cache.new(10, function() return 0 end)
+    local tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    assert.same({ "s-1", "protocol" }, { session.of({ protocol_session = "s-1", traceparent = tp }, store, 1000) })
+    assert.same({ "trace-4bf92f3577b34da6a3ce929d0e0e4736", "trace" },
+                { session.of({ traceparent = "bogus", meta_traceparent = tp }, store, 1000) })
+    local id, rule = session.of({ customer = "c", agent = "a", credential_id = "k", now_ms = 5 }, store, 1000)
+    assert.equal("activity", rule)
+    assert.equal(session.activity_session_id("c", "a", session.credential_fingerprint("k"), 5), id)
+  end)
+end)
+
+describe("exporter", function()
+  local exporter = require "kong.plugins.tollgate.exporter"
+
+  local function harness(statuses)
+    local h = { posts = {}, timers = {}, logs = {} }
+    h.ex = exporter.new({
+      endpoint = "http://t/v1/traces", authorization = "Bearer k", timeout_ms = 100,
+      resource = { ["service.name"] = "kong" }, version = "0.1.0",
+      post = function(url, headers, body)
+        h.posts[#h.posts + 1] = cjson.decode(body)
+        local st = table.remove(statuses, 1)
+        if st == 0 then return nil, "connection refused" end
+        return st
+      end,
+      timer_at = function(delay, fn) h.timers[#h.timers + 1] = { delay = delay, fn = fn }; return true end,
+      log = function(level, ...) h.logs[#h.logs + 1] = level .. ": " .. table.concat({ ... }) end,
+    })
+    function h.run()
+      local t = table.remove(h.timers, 1)
+      t.fn(false)
+      return t.delay
+    end
+    return h
+  end
+
+  local function span(i)
+    return exporter.encode_span({ trace_id = ("%032x"):format(i), span_id = ("%016x"):format(i), name = "kong",
+                                  kind = 2, start_time_ns = 1.7e18, end_time_ns = 1.7e18 + 5e6,
+                                  attributes = { ["mcp.method.name"] = "tools/call", ["n"] = 1, ["b"] = false } })
+  end
+
+  it("OTLP/JSON: hex ids, nano times as strings, typed attributes, our scope", function()
+    local doc = cjson.decode(exporter.encode({ span(1) }, { ["service.name"] = "kong" }, "0.1.0"))
+    local s = doc.resourceSpans[1].scopeSpans[1]
+    assert.equal("tollgate-kong", s.scope.name)
+    assert.equal("1700000000000000000", s.spans[1].startTimeUnixNano)
+    assert.equal("", s.spans[1].parentSpanId)
+    assert.same({ { key = "b", value = { boolValue = false } },
+                  { key = "mcp.method.name", value = { stringValue = "tools/call" } },
+                  { key = "n", value = { doubleValue = 1 } } }, s.spans[1].attributes)
+  end)
+
+  it("one flush for a burst, in batches of BATCH_MAX", function()
+    local h = harness({ 200, 200 })
+    for i = 1, exporter.BATCH_MAX + 5 do h.ex.push(span(i)) end
+    assert.equal(1, #h.timers)
+    assert.equal(0, h.run())
+    assert.equal(2, #h.posts)
+    assert.equal(exporter.BATCH_MAX, #h.posts[1].resourceSpans[1].scopeSpans[1].spans)
+    assert.equal(5, #h.posts[2].resourceSpans[1].scopeSpans[1].spans)
+    assert.equal(0, h.ex.size())
+    assert.equal(exporter.BATCH_MAX + 5, h.ex.sent)
+  end)
+
+  it("retries with back-off while the endpoint fails (5xx, 429, no connection), then sends", function()
+    local h = harness({ 503, 0, 429, 200 })
+    h.ex.push(span(1))
+    h.run()
+    assert.equal(0.5, h.run())
+    assert.equal(1, h.run())
+    assert.equal(2, h.run())
+    assert.equal(4, #h.posts)
+    assert.equal(0, h.ex.size())
+    assert.equal(1, h.ex.sent)
+    h.ex.push(span(2)) -- back-off reset after a success
+    assert.equal(0, h.timers[1].delay)
+  end)
+
+  it("drops a batch the endpoint refuses for good (4xx), and counts what the full queue drops", function()
+    local h = harness({ 401 })
+    h.ex.push(span(1))
+    h.run()
+    assert.equal(1, h.ex.dropped)
+    assert.matches("refused with HTTP 401", h.logs[1])
+    local full = harness({})
+    for i = 1, exporter.QUEUE_MAX do assert.is_true(full.ex.push(span(i))) end
+    assert.is_false(full.ex.push(span(0)))
+    assert.equal(1, full.ex.dropped)
   end)
 end)

@@ -42,6 +42,15 @@ local function json_upstream(body, status)
   return { status = status or 200, headers = { ["Content-Type"] = "application/json" }, chunks = { body } }
 end
 
+-- a 2026-07-28 Streamable HTTP tools/call: protocol version, method and tool name in headers
+local function modern(overrides, headers)
+  local r = request(overrides)
+  r.headers = { ["Content-Type"] = "application/json", ["Mcp-Protocol-Version"] = "2026-07-28",
+                ["Mcp-Method"] = "tools/call", ["Mcp-Name"] = "search", ["X-Agent-Id"] = "agent-7" }
+  for k, v in pairs(headers or {}) do r.headers[k] = v or nil end
+  return r
+end
+
 local function attrs(span)
   return span.attributes or {}
 end
@@ -268,13 +277,24 @@ describe("tollgate handler", function()
     end)
   end
 
-  it("Mcp-Name that contradicts the body is refused", function()
+  it("Mcp-Name that contradicts a decoded body is refused as the MCP SDK does: 400, -32020, id echoed", function()
     local r = request()
     r.headers["Mcp-Method"] = "tools/call"
     r.headers["Mcp-Name"] = "cheap_tool"
     local res = fake.run(handler, config(), r)
     assert.equal(400, res.exit.status)
-    assert.equal(-32600, cjson.decode(res.exit.body).error.code)
+    local body = cjson.decode(res.exit.body)
+    assert.equal(-32020, body.error.code)
+    assert.equal(1, body.id)
+    assert.same({ header = "cheap_tool",
+                  body = 'the body carries params.name="search" but the Mcp-Name header names "cheap_tool"' },
+                body.error.data.mismatch)
+    assert.equal(0, fake_redis.hmgets())
+    -- Kong still exports its spans, which carry nothing billable
+    assert.equal(2, #res.exported)
+    for _, span in ipairs(res.exported) do
+      assert.is_nil(attrs(span)["mcp.method.name"])
+    end
   end)
 
   it("requests without tools/call pass untouched and unmetered", function()
@@ -381,14 +401,16 @@ describe("tollgate handler", function()
   it("copies params._meta.traceparent to the upstream request when no header carries one", function()
     local tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     local res = fake.run(handler, config(), request({ body = call_body(1, "search", { traceparent = tp, tracestate = "k=v" }) }))
-    assert.equal(tp, res.upstream_headers.traceparent)
-    assert.equal("k=v", res.upstream_headers.tracestate)
+    assert.equal(tp, res.plugin_upstream_headers.traceparent)
+    assert.equal("k=v", res.plugin_upstream_headers.tracestate)
+    -- Kong's opentelemetry propagation then continues that trace, with Kong's root span as parent
+    assert.matches("^00%-0af7651916cd43dd8448eb211c80319c%-%x+%-01$", res.upstream_headers.traceparent)
 
     local r = request({ body = call_body(1, "search", { traceparent = tp }) })
     r.headers.traceparent = "00-11111111111111111111111111111111-2222222222222222-01"
-    assert.is_nil(fake.run(handler, config(), r).upstream_headers.traceparent)
+    assert.is_nil(fake.run(handler, config(), r).plugin_upstream_headers.traceparent)
     assert.is_nil(fake.run(handler, config({ propagate_meta_traceparent = false }),
-      request({ body = call_body(1, "search", { traceparent = tp }) })).upstream_headers.traceparent)
+      request({ body = call_body(1, "search", { traceparent = tp }) })).plugin_upstream_headers.traceparent)
   end)
 
   it("tracing off: nothing to annotate, a warning says calls are not billed", function()
@@ -396,5 +418,310 @@ describe("tollgate handler", function()
     assert.is_nil(res.exit)
     assert.equal("warn", res.logs[#res.logs].level)
     assert.matches("not billed", res.logs[#res.logs].message)
+  end)
+
+  describe("2026-07-28 Streamable HTTP (Mcp-Method / Mcp-Name)", function()
+    local session = require "kong.plugins.tollgate.session"
+
+    it("meters the call from the headers: the body is never read", function()
+      local res = fake.run(handler, config(), modern(), json_upstream('{"jsonrpc":"2.0","id":"r-9","result":{"content":[]}}'))
+      assert.is_nil(res.exit)
+      assert.equal(0, res.body_reads) -- no kong.request.get_raw_body(), no ngx.req.get_body_file()
+      local a = attrs(res.root)
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.equal("search", a["gen_ai.tool.name"])
+      assert.equal("r-9", a["jsonrpc.request.id"]) -- learnt from the answer
+      assert.equal("cus_1", a["tollgate.customer.id"])
+      assert.equal("2026-07-28", a["mcp.protocol.version"])
+      assert.is_nil(a["error.type"])
+      assert.equal(1, fake_redis.hmgets())
+    end)
+
+    it("a JSON-RPC error answer is seen without the id of the request", function()
+      local res = fake.run(handler, config(), modern(),
+        json_upstream('{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}}'))
+      assert.equal(0, res.body_reads)
+      assert.equal("-32602", attrs(res.root)["error.type"])
+      assert.equal("4", attrs(res.root)["jsonrpc.request.id"])
+    end)
+
+    it("Mcp-Name in its Base64 sentinel form names the tool", function()
+      -- "résumé" as UTF-8, Base64 (the SDK's encodeMcpParamValue for a non-ASCII value)
+      local res = fake.run(handler, config(), modern(nil, { ["Mcp-Name"] = " =?base64?csOpc3Vtw6k=?= " }))
+      assert.equal(0, res.body_reads)
+      assert.equal("r\195\169sum\195\169", attrs(res.root)["gen_ai.tool.name"])
+    end)
+
+    it("headers that disagree with the body reach a server that refuses them (400, -32020): never billed", function()
+      -- meter_from_headers: Kong trusts the headers because the MCP server must refuse a mismatch
+      -- before it runs anything (SDK validateStandardRequestHeaders); the call is then not billable
+      local r = modern({ body = call_body(3, "delete_everything") }, { ["Mcp-Name"] = "search" })
+      local res = fake.run(handler, config(), r, json_upstream(
+        '{"jsonrpc":"2.0","id":3,"error":{"code":-32020,"message":"Bad Request: the request headers and body disagree"}}', 400))
+      assert.equal(0, res.body_reads)
+      local a = attrs(res.root)
+      assert.is_nil(a["mcp.method.name"])
+      assert.equal("header_mismatch", a["tollgate.enforcement"])
+      assert.equal("refused_by_server", a["tollgate.enforcement.reason"])
+    end)
+
+    it("meter_from_headers = false: Kong reads the body and refuses the mismatch itself, before the upstream", function()
+      local r = modern({ body = call_body(3, "delete_everything", {
+        ["io.modelcontextprotocol/protocolVersion"] = "2026-07-28" }) })
+      local res = fake.run(handler, config({ meter_from_headers = false }), r)
+      assert.equal(1, res.body_reads)
+      assert.equal(400, res.exit.status)
+      local body = cjson.decode(res.exit.body)
+      assert.equal(3, body.id)
+      assert.equal(-32020, body.error.code)
+      assert.matches("^Bad Request: the request headers and body disagree: ", body.error.message)
+      assert.equal("search", body.error.data.mismatch.header)
+      assert.equal(0, fake_redis.hmgets())
+      assert.is_nil(res.plugin_ctx.tollgate)
+
+      -- agreeing headers pass and are billed from the body
+      local ok = fake.run(handler, config({ meter_from_headers = false }), modern({ body = call_body(3, "search") }))
+      assert.is_nil(ok.exit)
+      assert.equal("search", attrs(ok.root)["gen_ai.tool.name"])
+      assert.equal("3", attrs(ok.root)["jsonrpc.request.id"])
+    end)
+
+    it("an undecodable Mcp-Name sentinel falls back to the body, which answers as the specification says", function()
+      local res = fake.run(handler, config(), modern(nil, { ["Mcp-Name"] = "=?base64?not base64?=" }))
+      assert.equal(1, res.body_reads)
+      assert.equal(400, res.exit.status)
+      local body = cjson.decode(res.exit.body)
+      assert.equal(-32020, body.error.code)
+      assert.equal(1, body.id)
+    end)
+
+    it("older clients (no modern MCP-Protocol-Version, or no Mcp-Method) are metered from the body", function()
+      for _, h in ipairs({ { ["Mcp-Protocol-Version"] = "2025-11-25" },
+                           { ["Mcp-Method"] = false, ["Mcp-Name"] = false, ["Mcp-Protocol-Version"] = false } }) do
+        local r = modern(nil, h)
+        local res = fake.run(handler, config(), r)
+        assert.equal(1, res.body_reads)
+        assert.equal("search", attrs(res.root)["gen_ai.tool.name"])
+        assert.equal("1", attrs(res.root)["jsonrpc.request.id"])
+      end
+    end)
+
+    it("a modern request without its required Mcp-Method is refused from the body (400), as the SDK does", function()
+      local res = fake.run(handler, config(), modern(nil, { ["Mcp-Method"] = false }))
+      assert.equal(400, res.exit.status)
+      assert.equal(-32020, cjson.decode(res.exit.body).error.code)
+    end)
+
+    it("other methods pass unmetered, body unread", function()
+      local res = fake.run(handler, config(), modern({ body = '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' },
+                                                     { ["Mcp-Method"] = "tools/list", ["Mcp-Name"] = false }))
+      assert.equal(0, res.body_reads)
+      assert.is_nil(res.exit)
+      assert.is_nil(res.plugin_ctx.tollgate)
+      assert.equal(0, fake_redis.hmgets())
+    end)
+
+    it("a kill refuses before the upstream; only then is the body read, to echo the request's id", function()
+      fake_redis.hset(KEY, "c", "kill|hard_limit:calls_per_period|0||")
+      local res = fake.run(handler, config(), modern({ body = call_body("abc", "search") }))
+      assert.equal(403, res.exit.status)
+      local body = cjson.decode(res.exit.body)
+      assert.equal(-32050, body.error.code)
+      assert.equal("abc", body.id)
+      assert.is_nil(attrs(res.root)["mcp.method.name"])
+    end)
+
+    describe("billing session", function()
+      it("the caller's traceparent header (rule 3), whatever its sampled flag", function()
+        local res = fake.run(handler, config(), modern(nil, {
+          traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00" }))
+        assert.equal("trace-4bf92f3577b34da6a3ce929d0e0e4736", attrs(res.root)["mcp.session.id"])
+        assert.equal("trace", attrs(res.root)["tollgate.session.rule"])
+      end)
+
+      it("_meta.traceparent counts only when the body is decoded anyway", function()
+        local tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        local legacy = fake.run(handler, config(), request({ headers = { ["X-Agent-Id"] = "agent-7" },
+                                                             body = call_body(1, "search", { traceparent = tp }) }))
+        assert.equal("trace-0af7651916cd43dd8448eb211c80319c", attrs(legacy.root)["mcp.session.id"])
+        local m = fake.run(handler, config(), modern({ body = call_body(1, "search", { traceparent = tp }) }))
+        assert.equal("activity", attrs(m.root)["tollgate.session.rule"])
+      end)
+
+      it("the protocol's session id wins (rule 1)", function()
+        local res = fake.run(handler, config(), request())
+        assert.equal("sess-1", attrs(res.root)["mcp.session.id"])
+        assert.equal("protocol", attrs(res.root)["tollgate.session.rule"])
+      end)
+
+      it("else customer + agent + credential over the inactivity gap (rule 4), ids as contracts/ builds them", function()
+        local conf = config({ session_gap_ms = 60000 })
+        local cred = { id = "5e3b0c44-0000-4000-8000-000000000001" }
+        local t0 = fake.clock_ms()
+        local first = fake.run(handler, conf, modern({ credential = cred }))
+        local id = attrs(first.root)["mcp.session.id"]
+        assert.equal(session.activity_session_id("cus_1", "agent-7", session.credential_fingerprint(cred.id), t0), id)
+        assert.equal("activity", attrs(first.root)["tollgate.session.rule"])
+        fake.advance_ms(59000)
+        assert.equal(id, attrs(fake.run(handler, conf, modern({ credential = cred })).root)["mcp.session.id"])
+        fake.advance_ms(59000) -- the gap counts from the previous call
+        assert.equal(id, attrs(fake.run(handler, conf, modern({ credential = cred })).root)["mcp.session.id"])
+        local other_agent = fake.run(handler, conf, modern({ credential = cred }, { ["X-Agent-Id"] = "agent-8" }))
+        assert.are_not.equal(id, attrs(other_agent.root)["mcp.session.id"])
+        fake.advance_ms(60001)
+        local later = attrs(fake.run(handler, conf, modern({ credential = cred })).root)["mcp.session.id"]
+        assert.are_not.equal(id, later)
+        assert.matches("^act%-%x+$", later)
+        assert.equal(20, #later)
+      end)
+    end)
+  end)
+
+  describe("billing no sampler can skip", function()
+    local exporter = require "kong.plugins.tollgate.exporter"
+    local posts = {}
+    local real_post = exporter.http_post
+    setup(function()
+      exporter.http_post = function(url, headers, body, timeout_ms)
+        posts[#posts + 1] = { url = url, headers = headers, body = body, timeout_ms = timeout_ms }
+        return 200
+      end
+    end)
+    teardown(function()
+      exporter.http_post = real_post
+    end)
+    before_each(function()
+      posts = {}
+    end)
+
+    local UNSAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+
+    local function names(spans)
+      local out = {}
+      for i, span in ipairs(spans) do out[i] = span.name end
+      return out
+    end
+
+    it("the fake mirrors Kong: a -00 traceparent makes every span unexported, whatever sampling_rate says", function()
+      local res = fake.run(handler, config(), request({
+        headers = { traceparent = UNSAMPLED }, otel = { sampling_rate = 1 },
+        body = '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' }))
+      assert.same({}, res.exported)
+      assert.matches("^00%-4bf92f3577b34da6a3ce929d0e0e4736%-%x+%-00$", res.upstream_headers.traceparent)
+      local sampled = fake.run(handler, config(), request({
+        headers = { traceparent = UNSAMPLED:gsub("%-00$", "-01") },
+        body = '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' }))
+      assert.same({ "kong", "kong.router" }, names(sampled.exported))
+    end)
+
+    it("-00 traceparent: the metered call is exported, marked; the rest of the trace stays sampled out", function()
+      local r = request({ headers = { traceparent = UNSAMPLED, ["X-Agent-Id"] = "agent-7" }, otel = { sampling_rate = 1 } })
+      local res = fake.run(handler, config(), r)
+      assert.same({ "kong" }, names(res.exported)) -- not kong.router
+      local a = attrs(res.exported[1])
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.equal("search", a["gen_ai.tool.name"])
+      assert.is_false(a["tollgate.trace.sampled"])
+      assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", (res.exported[1].trace_id:gsub(".", function(c)
+        return ("%02x"):format(c:byte()) end)))
+      -- the upstream still sees an unsampled trace
+      assert.matches("%-00$", res.upstream_headers.traceparent)
+    end)
+
+    it("sampling_rate 0 (plugin or node): the metered calls of a batch are exported, nothing else", function()
+      local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+      for _, r in ipairs({ request({ body = body, otel = { sampling_rate = 0 } }),
+                           request({ body = body, sampling_rate = 0, otel = {} }) }) do
+        local res = fake.run(handler, config(), r)
+        assert.same({ "kong", "tools/call fetch" }, names(res.exported))
+        for _, span in ipairs(res.exported) do
+          assert.equal("tools/call", attrs(span)["mcp.method.name"])
+        end
+      end
+    end)
+
+    it("a sampled trace is exported as it is, unmarked", function()
+      local res = fake.run(handler, config(), request())
+      assert.same({ "kong", "kong.router" }, names(res.exported))
+      assert.is_nil(attrs(res.exported[1])["tollgate.trace.sampled"])
+    end)
+
+    it("tracing off: Kong exports nothing; the billing exporter sends the call to billing_endpoint", function()
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces",
+                            billing_authorization = "Bearer tg_ingest_1" })
+      local r = modern(nil, { traceparent = UNSAMPLED })
+      r.tracing = false
+      local res = fake.run(handler, conf, r, json_upstream('{"jsonrpc":"2.0","id":8,"result":{"content":[],"isError":true}}'))
+      assert.same({}, res.exported) -- the noop tracer's process_span: nothing at all
+      assert.equal("root", res.spans[1].name) -- the opentelemetry plugin's propagation-only span
+      assert.is_true(res.spans[1].attributes["kong.propagation_only"])
+      assert.equal(0, res.body_reads)
+      assert.equal(1, fake.run_timers())
+      assert.equal(1, #posts)
+      assert.equal("http://tollgate.test:4318/v1/traces", posts[1].url)
+      assert.equal("Bearer tg_ingest_1", posts[1].headers.Authorization)
+      assert.equal("application/json", posts[1].headers["Content-Type"])
+      local doc = cjson.decode(posts[1].body)
+      local span = doc.resourceSpans[1].scopeSpans[1].spans[1]
+      assert.equal("kong", span.name)
+      assert.equal(2, span.kind)
+      assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", span.traceId)
+      assert.equal("00f067aa0ba902b7", span.parentSpanId)
+      assert.matches("^%x+$", span.spanId)
+      assert.equal(16, #span.spanId)
+      local a = {}
+      for _, kv in ipairs(span.attributes) do
+        local v = kv.value
+        a[kv.key] = v.stringValue or v.doubleValue or v.boolValue
+      end
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.equal("search", a["gen_ai.tool.name"])
+      assert.equal("tool_error", a["error.type"])
+      assert.equal("8", a["jsonrpc.request.id"])
+      assert.equal("cus_1", a["tollgate.customer.id"])
+      assert.equal("trace-4bf92f3577b34da6a3ce929d0e0e4736", a["mcp.session.id"])
+      assert.is_false(a["tollgate.trace.sampled"])
+      local resource = {}
+      for _, kv in ipairs(doc.resourceSpans[1].resource.attributes) do resource[kv.key] = kv.value.stringValue end
+      assert.equal("kong", resource["service.name"])
+    end)
+
+    it("tracing off without the opentelemetry plugin: still exported by the billing exporter", function()
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local r = request({ tracing = false, otel = false })
+      fake.run(handler, conf, r)
+      fake.run(handler, conf, r)
+      assert.equal(1, fake.run_timers()) -- one flush for both
+      assert.equal(1, #posts)
+      assert.equal(2, #cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans)
+      assert.is_nil(posts[1].headers.Authorization)
+    end)
+
+    it("tracing off without billing_endpoint: a warning says calls are not billed", function()
+      local res = fake.run(handler, config(), request({ tracing = false }))
+      assert.is_nil(res.exit)
+      assert.same({}, res.exported)
+      assert.equal("warn", res.logs[#res.logs].level)
+      assert.matches("not billed", res.logs[#res.logs].message)
+    end)
+
+    it("a refused call is never exported on its own account, and Kong's propagation never ran", function()
+      fake_redis.hset(KEY, "c", "kill|hard_limit:calls_per_period|0||")
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local r = request({ headers = { traceparent = UNSAMPLED } })
+      local res = fake.run(handler, conf, r)
+      assert.equal(403, res.exit.status)
+      -- Kong's propagation never ran, so the -00 flag was never applied: Kong exports its spans
+      -- under the node's own sampling decision, none of them billable
+      assert.is_nil(res.upstream_headers.traceparent)
+      assert.same({ "kong", "kong.router" }, names(res.exported))
+      for _, span in ipairs(res.exported) do
+        assert.is_nil(attrs(span)["mcp.method.name"])
+        assert.is_nil(attrs(span)["tollgate.trace.sampled"])
+      end
+      local off = request({ tracing = false })
+      fake.run(handler, conf, off)
+      assert.equal(0, fake.run_timers())
+    end)
   end)
 end)

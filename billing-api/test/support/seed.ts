@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { vi } from 'vitest';
 import { PlanPricing } from '../../../collector-processor/src/api-ports.js';
 import { sha256Hex } from '../../../collector-processor/src/receiver/ingest-keys.js';
 import {
@@ -243,8 +244,32 @@ export interface Seeded {
   cleanup(): Promise<void>;
 }
 
+/**
+ * The moment the seeded tests live in: noon UTC on the 6th of the wall clock's month, every run. The
+ * workload reaches 84 h back and the ranges checked four whole days back; what it causes depends on where its
+ * calls fall against UTC days and the billing month (enforcement judges an export's calls day by day, limits
+ * count per period): globex crosses its spend limit before the margin guard judges it only with the calls laid
+ * out this way. On the wall clock that held on some hours of some days and not others (a month's first days,
+ * the first hour after midnight), so the layout is pinned instead.
+ */
+export function seedNowMs(realMs: number): number {
+  const d = new Date(realMs);
+  return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 6, 12);
+}
+
+/**
+ * Moves this process's `Date` to {@link seedNowMs} (time keeps running from there; timers are untouched).
+ * Everything in the seeded Tollgate that reads the time reads `Date` in this process: the receiver's span-age
+ * window, enforcement periods and directive expiries, the API's default period. Redis keys expire by relative
+ * TTLs and nothing reads ClickHouse's clock, so the moved clock is consistent end to end.
+ */
+function useSeedClock(): void {
+  vi.useFakeTimers({ now: seedNowMs(Date.now()), toFake: ['Date'], shouldAdvanceTime: true });
+}
+
 /** Starts Tollgate with the plans and keys above and sends the workload through POST /v1/traces. */
 export async function startSeededTollgate(): Promise<Seeded> {
+  useSeedClock();
   const dir = tempDir('tollgate-api-test-');
   const configFile = join(dir, 'tollgate.yaml');
   writeFileSync(
@@ -290,7 +315,15 @@ ${API_KEYS.map((k) => `  - ${JSON.stringify(k)}`).join('\n')}
     if (Number(row?.n) >= 2) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { tg, calls, nowMs, cleanup: () => tg.cleanup() };
+  return {
+    tg,
+    calls,
+    nowMs,
+    cleanup: async () => {
+      await tg.cleanup();
+      vi.useRealTimers();
+    },
+  };
 }
 
 /** An app built with buildApi on the running Tollgate's ClickHouse and plans, for inject() tests. */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync, rmSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { startTollgate, type Tollgate } from '../app.js';
@@ -8,7 +8,9 @@ import { ConfigError, loadConfig, SETTINGS, settingsTableMarkdown, splitArgs } f
 import { runWorkload } from '../demo/workload.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
+import { runningProcess } from '../running.js';
 import { openClickHouse } from '../storage/clickhouse.js';
+import { sqlBusyMessage } from './sql-busy.js';
 
 /** The public development keys of the embedded configuration (loopback only). */
 const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
@@ -26,8 +28,9 @@ Usage:
                                     a synthetic load of tool-call spans from the OTel JS SDK instead
   tollgate check-plans <file>       validate a rate-plan file and list every problem
   tollgate hash-key <token>         print the SHA-256 to put in the config for an ingest or API key
-  tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse (stop the server first
-                                    when it uses embedded chDB: one process per data directory)
+  tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse; with embedded chDB
+                                    only while the server is stopped (one process per data directory):
+                                    otherwise it names the running process and the API routes to ask
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
   tollgate admin states [--customer C]
   tollgate admin lift|kill --customer C [--scope customer|agent|session|tool --id ID] [--note TEXT]
@@ -173,13 +176,23 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
   if (!sql) fail('usage: tollgate sql "<query>"');
   const config = loadConfig(flags);
   const s = config.settings;
-  const ch = openClickHouse({
-    url: String(s['clickhouse.url']),
-    dataDir: String(s.dataDir),
-    database: String(s['clickhouse.database']),
-    username: String(s['clickhouse.username']),
-    password: String(s['clickhouse.password']),
-  });
+  const dataDir = resolve(String(s.dataDir));
+  let ch: ReturnType<typeof openClickHouse>;
+  try {
+    ch = openClickHouse({
+      url: String(s['clickhouse.url']),
+      dataDir,
+      database: String(s['clickhouse.database']),
+      username: String(s['clickhouse.username']),
+      password: String(s['clickhouse.password']),
+    });
+  } catch (err) {
+    // chDB refuses a directory another process has open ("Cannot lock file …/status")
+    if (!s['clickhouse.url'] && (err as Error).name === 'ChdbConnectionError') {
+      fail(sqlBusyMessage(join(dataDir, 'chdb'), sql, runningProcess(dataDir)), 1);
+    }
+    throw err;
+  }
   try {
     const rs = await ch.client.query({
       query: sql,

@@ -364,6 +364,7 @@ export class Pipeline {
         period: p.period,
         receivedAtMs,
         sessionRule: c.sessionRule,
+        pricePerSecondNano: rating.pricePerSecondNano,
       };
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);

@@ -1,5 +1,6 @@
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
+import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from '@tollgate/billing-api';
 import {
   type Directive,
   REJECT_REASONS,
@@ -13,6 +14,7 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
   LogController,
+  type RawServerDefault,
 } from 'fastify';
 import type { Logger } from 'pino';
 import type { LeaseService } from '../enforcement/leases.js';
@@ -59,6 +61,13 @@ declare module 'fastify' {
 
 const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch', '/v1/leases'];
 
+const EDGE_CODES = {
+  uriTooLong: 'TG_URI_TOO_LONG',
+  headersTooLarge: 'TG_HEADERS_TOO_LARGE',
+  badRequest: 'TG_BAD_HTTP',
+  timeout: 'TG_BAD_HTTP',
+} satisfies Record<string, ErrorCode>;
+
 function wireFormatOf(req: FastifyRequest): WireFormat {
   return (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-protobuf')
     ? 'protobuf'
@@ -75,9 +84,11 @@ export function buildReceiver(
   opts: ReceiverOptions,
 ): FastifyInstance & { startClosing(): void } {
   const { pipeline, keyring, metrics } = deps;
-  const app = Fastify({
+  const app = Fastify<RawServerDefault>({
     loggerInstance: deps.log.child({ component: 'receiver' }) as FastifyBaseLogger,
     bodyLimit: opts.bodyLimitBytes,
+    serverFactory: edgeServerFactory(EDGE_CODES),
+    clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   });
@@ -92,7 +103,14 @@ export function buildReceiver(
     (_req, body, done) => done(null, body),
   );
 
-  const sendError = (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
+  const sendError = async (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
+    // Refused before its body was read (no key, too large, no route…): read and discard it up to a bound,
+    // answer, then close. Closing under a client that is still sending resets the connection before it
+    // reads the status, and an exporter retries a reset — the same oversized export, again and again.
+    if (!req.raw.complete) {
+      reply.header('connection', 'close');
+      await drainRequest(req.raw);
+    }
     const path = req.url.split('?')[0] as string;
     metrics.exports.inc({
       endpoint: INGEST_ROUTES.includes(path) ? path : 'other',
@@ -113,7 +131,7 @@ export function buildReceiver(
       .send({ error: { code: err.code, message: err.message } });
   };
 
-  app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {
+  app.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (error instanceof TollgateError) return sendError(req, reply, error);
     let code: ErrorCode = 'TG_UNDECODABLE';
     if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') code = 'TG_BODY_TOO_LARGE';
@@ -127,10 +145,14 @@ export function buildReceiver(
     return sendError(req, reply, new TollgateError(code, error.message));
   });
 
-  app.setNotFoundHandler((req, reply) => {
+  app.setNotFoundHandler(async (req, reply) => {
     const path = req.url.split('?')[0] as string;
     if (INGEST_ROUTES.includes(path) && (path !== '/v1/leases' || deps.leases)) {
       return sendError(req, reply, new TollgateError('TG_METHOD_NOT_ALLOWED'));
+    }
+    if (!req.raw.complete) {
+      reply.header('connection', 'close');
+      await drainRequest(req.raw);
     }
     return reply
       .code(404)

@@ -17,11 +17,18 @@
 --   kong.response.get_source()           -> "exit" | "service" | "error"              (header_filter..log)
 --   kong.service.request.set_header(name, value)                                     (rewrite, access, balancer)
 --   kong.ctx.plugin                      -> per-request, per-plugin table
---   kong.tracing.start_span / process_span, spans in ngx.ctx.KONG_SPANS (spec/helpers/kong_tracing.lua)
+--   kong.client.get_credential()         -> credential entity | nil                   (access..log)
+--   kong.tracing.start_span / process_span, spans in ngx.ctx.KONG_SPANS (spec/helpers/kong_tracing.lua:
+--                                           the global tracer is noop while tracing is off)
 --   kong.log.err/warn/notice/info/debug(...)
--- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.null,
--- ngx.req.get_body_file(). A PDK call outside its phases raises like Kong's check_phase does.
+-- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.update_time(),
+-- ngx.null, ngx.req.get_body_file(), ngx.req.start_time(), ngx.timer.at (recorded, run by the spec).
+-- A PDK call outside its phases raises like Kong's check_phase does. Each call of
+-- kong.request.get_raw_body is counted (result.body_reads), so a spec can prove a body was never read.
+-- Kong's opentelemetry plugin runs after the handler in access and log (spec/helpers/kong_otel.lua),
+-- unless the request disables it; what it would export is returned as result.exported.
 
+local kong_otel = require "spec.helpers.kong_otel"
 local kong_tracing = require "spec.helpers.kong_tracing"
 
 local _M = {}
@@ -70,9 +77,10 @@ local function lower_keys(t)
   return out
 end
 
-local tracer, instrumentation = kong_tracing.new({
+local tracer, instrumentation, tracing_context = kong_tracing.new({
   get_ctx = function() return current.ngx_ctx end,
   time_ns = function() return clock_ms * 1e6 end,
+  config = function() return current.node_config end,
 })
 
 local kong = {
@@ -118,6 +126,7 @@ end
 
 function kong.request.get_raw_body()
   check_phase(PHASES.before_content, "kong.request.get_raw_body")
+  current.body_reads = current.body_reads + 1
   local req = current.req
   if req.body_file then
     return nil, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'"
@@ -128,6 +137,11 @@ end
 function kong.client.get_consumer()
   check_phase(PHASES.after_access, "kong.client.get_consumer")
   return current.req.consumer
+end
+
+function kong.client.get_credential()
+  check_phase(PHASES.after_access, "kong.client.get_credential")
+  return current.req.credential
 end
 
 function kong.response.exit(status, body, headers)
@@ -204,8 +218,30 @@ local ngx = {
 ngx.now = function()
   return clock_ms / 1000
 end
+ngx.update_time = function() end
 ngx.req.get_body_file = function()
+  current.body_reads = current.body_reads + 1
   return current.req.body_file
+end
+ngx.req.start_time = function()
+  return current.start_ms / 1000
+end
+-- ngx.timer.at: recorded; the spec runs them (_M.run_timers) when it wants to
+local timers = {}
+ngx.timer = {
+  at = function(delay, fn, ...)
+    timers[#timers + 1] = { delay = delay, fn = fn, args = { ... } }
+    return true
+  end,
+}
+
+function _M.run_timers()
+  local due = timers
+  timers = {}
+  for _, t in ipairs(due) do
+    t.fn(false, unpack(t.args))
+  end
+  return #due
 end
 setmetatable(ngx, {
   __index = function(_, k)
@@ -239,7 +275,9 @@ end
 -- access; if the plugin exited, header_filter/body_filter/log see the exit response, else the
 -- upstream's status, headers and body chunks; the root span is created before access and
 -- finished before log, as Kong's tracing instrumentation does.
--- req: { method, headers, query, body, body_file, consumer, tracing = false to disable }
+-- req: { method, headers, query, body, body_file, consumer, credential,
+--        tracing = false (tracing_instrumentations = off), sampling_rate (tracing_sampling_rate),
+--        otel = false (no opentelemetry plugin) | { sampling_rate = n } (its config) }
 -- upstream: { status, headers, chunks = { ... } }
 function _M.run(handler, conf, req, upstream)
   upstream = upstream or { status = 200, headers = { ["Content-Type"] = "application/json" }, chunks = { "{}" } }
@@ -252,22 +290,54 @@ function _M.run(handler, conf, req, upstream)
     ngx_ctx = {},
     logs = {},
     downstream = {},
+    body_reads = 0,
+    start_ms = clock_ms,
+    otel_ctx = {},
+    node_config = {
+      tracing_instrumentations = req.tracing == false and "off" or "request",
+      tracing_sampling_rate = req.sampling_rate or 1,
+    },
   }
   local r = current
-  if req.tracing ~= false then
+  local otel_conf = req.otel ~= false and (req.otel or {}) or nil
+  local otel = otel_conf and kong_otel.new({
+    kong = kong,
+    get_ctx = function() return r.ngx_ctx end,
+    plugin_ctx = function() return r.otel_ctx end,
+    tracing_context = tracing_context,
+    get_header = function(name) return header_of(r.req_headers, name) end,
+    set_header = function(name, value) kong.service.request.set_header(name, value) end,
+  })
+  do
     r.phase = "rewrite"
     instrumentation.request({
       method = req.method or "POST", scheme = "http", host = "kong.test", uri = req.uri or "/mcp",
       http_version = "1.1", client_ip = "127.0.0.1", request_id = "req-1",
       start_time_ns = clock_ms * 1e6,
     })
+    -- another span of the trace, as instrumentation.router() makes with "router" instrumentation
+    -- (parent: the active root span, same sampling decision)
+    if req.tracing ~= false then
+      kong.tracing.start_span("kong.router", { span_kind = 1 }):finish(clock_ms * 1e6 + 1e5)
+    end
   end
 
   r.phase = "access"
   handler:access(conf)
+  r.plugin_upstream_headers = {}
+  for k, v in pairs(r.upstream_headers) do
+    r.plugin_upstream_headers[k] = v
+  end
   if upstream.exit_by_later_plugin and not r.exited then
     -- a plugin with a lower priority (running after ours) short-circuits the request
     kong.response.exit(upstream.status, upstream.chunks[1], upstream.headers)
+  end
+  if otel and not r.exited then
+    -- kong/init.lua: after an exit the access handlers of later plugins are skipped
+    otel.access(otel_conf)
+  end
+  if r.exited then
+    -- (answered by a plugin)
   elseif not r.exited and upstream.error then
     r.proxied = false -- Kong could not get an answer from the service (502/504 from Kong itself)
   else
@@ -303,13 +373,18 @@ function _M.run(handler, conf, req, upstream)
   r.phase = "log"
   instrumentation.log_before(clock_ms * 1e6 + 5e6)
   handler:log(conf)
+  local exported = otel and otel.log(otel_conf) or {}
 
   local spans = r.ngx_ctx.KONG_SPANS or {}
   return {
     exit = r.exit,
     status = status,
     downstream_body = table.concat(r.downstream),
+    -- the request headers as Kong sends them upstream, and as our plugin left them
     upstream_headers = r.upstream_headers,
+    plugin_upstream_headers = r.plugin_upstream_headers,
+    exported = exported,
+    body_reads = r.body_reads,
     spans = spans,
     root = spans[1],
     logs = r.logs,

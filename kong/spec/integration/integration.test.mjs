@@ -5,8 +5,10 @@
 
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Client as Client2, StreamableHTTPClientTransport as Http2 } from '@modelcontextprotocol/client';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
@@ -25,6 +27,7 @@ import {
 } from './harness.mjs';
 
 const FIXTURE = join(KONG_DIR, 'fixtures', 'kong-otel-span.json');
+const FIXTURE_2026 = join(KONG_DIR, 'fixtures', 'kong-otel-span-2026.json');
 const PRODUCT = 'acme';
 const ACCEPT = 'application/json, text/event-stream';
 const PROTOCOL = '2025-06-18';
@@ -36,6 +39,7 @@ let cluster;
 let upstream;
 let nginx;
 let base;
+let billing; // the billing_endpoint: records every OTLP/JSON export the plugin sends itself
 let testSeq = 0;
 
 const consumers = {
@@ -58,6 +62,7 @@ before(async () => {
   upstream = await startUpstream();
   cluster = await startRedisCluster(3);
   const deadPort = await freePort();
+  billing = await startBillingReceiver();
   const common = { product: PRODUCT, cache_ttl_ms: 200, redis_timeout_ms: 200 };
   nginx = await startNginx({
     upstreamPort: upstream.port,
@@ -65,6 +70,13 @@ before(async () => {
     node: { id: '9d2a3b7c-5e4f-4a1b-8c2d-3e4f5a6b7c8d', version: '3.9.1' },
     plugins: {
       main: { ...common, redis_port: redisMain.port },
+      verify: { ...common, redis_port: redisMain.port, meter_from_headers: false },
+      billing: {
+        ...common,
+        redis_port: redisMain.port,
+        billing_endpoint: `http://127.0.0.1:${billing.port}/v1/traces`,
+        billing_authorization: 'Bearer tg_ingest_kong',
+      },
       down_open: { ...common, redis_port: deadPort, fault_tolerant: true },
       down_closed: { ...common, redis_port: deadPort, fault_tolerant: false },
       frozen: { ...common, redis_port: redisFrozen.port, fault_tolerant: true },
@@ -83,12 +95,47 @@ after(async () => {
   const log = nginx?.errorLog() ?? '';
   await stop(nginx);
   await stop(upstream);
+  await new Promise((r) => billing?.server.close(r));
   await stop(redisMain);
   await stop(redisFrozen);
   await stopRedisCluster(cluster);
   // any Lua error in a phase handler is a failure even when the response looked fine
   assert.doesNotMatch(log, /\[error\].*(runtime error|lua entry thread aborted)/, log);
 });
+
+/** An OTLP/HTTP receiver standing in for Tollgate's collector-processor (which the collector-processor's
+ * own kong-fixture test runs for real). */
+async function startBillingReceiver() {
+  const received = [];
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      received.push({
+        path: req.url,
+        headers: req.headers,
+        doc: JSON.parse(Buffer.concat(chunks).toString('utf8')),
+      });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return { server, port, received };
+}
+
+/** The exports received by billing_endpoint that hold a span with this JSON-RPC id. */
+async function billedBy(requestId, timeoutMs = 3000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = billing.received.filter((r) =>
+      allSpans([r.doc]).some((s) => attrsOf(s)['jsonrpc.request.id'] === requestId),
+    );
+    if (found.length > 0 || Date.now() > deadline) return found;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 function nextId(prefix) {
   testSeq += 1;
@@ -573,9 +620,201 @@ describe('Redis Cluster', () => {
   });
 });
 
+const MODERN = '2026-07-28';
+const UNSAMPLED = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00';
+
+/** A 2026-07-28 tools/call as the 2.x client sends it: envelope in _meta, method and tool in headers. */
+function modernCall(id, name, args, headerName = name, extraHeaders = {}) {
+  return {
+    body: toolCall(id, name, args, {
+      'io.modelcontextprotocol/protocolVersion': MODERN,
+      'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
+      'io.modelcontextprotocol/clientCapabilities': {},
+    }),
+    headers: {
+      'mcp-protocol-version': MODERN,
+      'mcp-method': 'tools/call',
+      'mcp-name': headerName,
+      ...extraHeaders,
+    },
+  };
+}
+
+describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
+  it('the 2.x SDK client pinned to 2026-07-28: metered from the headers, billed with an activity session', async () => {
+    const testId = nextId('sdk2');
+    const client = new Client2(
+      { name: 'kong-it-2026', version: '1.0.0' },
+      { versionNegotiation: { mode: { pin: MODERN } } },
+    );
+    await client.connect(
+      new Http2(new URL(`${base}/main/modern/mcp`), {
+        requestInit: { headers: { apikey: 'key-alice', 'x-agent-id': 'agent-2026', 'x-test-id': testId } },
+      }),
+    );
+    const first = await client.callTool({ name: 'echo', arguments: { text: 'one' } });
+    assert.deepEqual(first.content, [{ type: 'text', text: 'one' }]);
+    await client.callTool({ name: 'echo', arguments: { text: 'two' } });
+    await client.close();
+    const calls = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    calls.push(
+      ...allSpans(await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call'),
+    );
+    assert.equal(calls.length, 2);
+    const [a, b] = calls.map(attrsOf);
+    assert.equal(a['gen_ai.tool.name'], 'echo');
+    assert.equal(a['mcp.protocol.version'], MODERN);
+    assert.equal(a['tollgate.customer.id'], 'cus_alice');
+    assert.equal(a['tollgate.session.rule'], 'activity');
+    assert.match(a['mcp.session.id'], /^act-[0-9a-f]{16}$/);
+    assert.equal(b['mcp.session.id'], a['mcp.session.id'], 'one caller, one session');
+    assert.match(a['jsonrpc.request.id'], /^\d+$/, 'the id, learnt from the answer');
+    assert.equal(a['error.type'], undefined);
+  });
+
+  it('headers that disagree with the body: the 2.x server refuses (400, -32020), the tool never runs, nothing is billed', async () => {
+    const testId = nextId('mismatch');
+    const before = await upstreamStats();
+    const { body, headers } = modernCall(9, 'delete_everything', {}, 'echo');
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 400);
+    const msg = await res.json();
+    assert.equal(msg.id, 9);
+    assert.equal(msg.error.code, -32020);
+    const after = await upstreamStats();
+    assert.equal(after.modern_delete, before.modern_delete);
+    assert.equal(after.modern_echo, before.modern_echo);
+    const spans = allSpans(await spansOf(testId));
+    assert.ok(spans.length > 0);
+    for (const s of spans) assert.equal(attrsOf(s)['mcp.method.name'], undefined);
+    assert.equal(attrsOf(spans[0])['tollgate.enforcement'], 'header_mismatch');
+  });
+
+  it('meter_from_headers = false: Kong reads the body and refuses the mismatch itself, before the upstream, as the SDK would', async () => {
+    const testId = nextId('verify');
+    const before = await upstreamStats();
+    const { body, headers } = modernCall(9, 'delete_everything', {}, 'echo');
+    const res = await post('/verify/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 400);
+    const kongAnswer = await res.json();
+    assert.deepEqual(await upstreamStats(), before, 'the upstream never saw it');
+    // the same answer the 2.x server gives (previous test), byte for byte in its JSON-RPC error
+    const direct = await fetch(`http://127.0.0.1:${upstream.port}/modern/mcp`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers },
+      body: JSON.stringify(body),
+    });
+    assert.equal(direct.status, 400);
+    assert.deepEqual(kongAnswer, await direct.json());
+    // agreeing headers pass
+    const ok = modernCall(10, 'echo', { text: 'fine' });
+    const okRes = await post('/verify/modern/mcp', ok.body, { ...ok.headers, apikey: 'key-alice' });
+    assert.equal(okRes.status, 200);
+  });
+
+  it("traceparent -00 (tracing on, sampling_rate 1): the call is exported and billed in the caller's trace session; the rest of the trace is not", async () => {
+    const testId = nextId('unsampled');
+    const { body, headers } = modernCall(11, 'echo', { text: 'unsampled' });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      traceparent: UNSAMPLED,
+      'x-test-id': testId,
+      'x-test-otel-sampling-rate': '1',
+    });
+    assert.equal(res.status, 200);
+    const spans = allSpans(await spansOf(testId));
+    assert.equal(spans.length, 1);
+    const a = attrsOf(spans[0]);
+    assert.equal(spans[0].traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
+    assert.equal(a['mcp.method.name'], 'tools/call');
+    assert.equal(a['tollgate.trace.sampled'], false);
+    assert.equal(a['mcp.session.id'], 'trace-4bf92f3577b34da6a3ce929d0e0e4736');
+    assert.equal(a['tollgate.session.rule'], 'trace');
+
+    // what Kong alone does with the same flags: a request that is not metered exports nothing
+    const quiet = nextId('unsampled-list');
+    const list = await post(
+      '/main/modern/mcp',
+      { jsonrpc: '2.0', id: 12, method: 'tools/list', params: { _meta: body.params._meta } },
+      {
+        ...headers,
+        'mcp-method': 'tools/list',
+        'mcp-name': '',
+        apikey: 'key-alice',
+        traceparent: UNSAMPLED,
+        'x-test-id': quiet,
+      },
+    );
+    await list.text();
+    assert.deepEqual(await spansOf(quiet), []);
+  });
+
+  it('Kong tracing off: Kong exports nothing, the billing exporter sends the call to billing_endpoint', async () => {
+    const testId = nextId('tracing-off');
+    const { body, headers } = modernCall(13, 'echo', { text: testId });
+    const res = await post('/billing/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      traceparent: UNSAMPLED,
+      'x-test-id': testId,
+      'x-test-tracing': 'off',
+    });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await spansOf(testId), [], "Kong's opentelemetry plugin exports nothing");
+    const [mine] = await billedBy('13');
+    assert.ok(mine, 'exported by the plugin');
+    assert.equal(mine.path, '/v1/traces');
+    assert.equal(mine.headers.authorization, 'Bearer tg_ingest_kong');
+    const span = allSpans([mine.doc]).find((s) => attrsOf(s)['jsonrpc.request.id'] === '13');
+    assert.equal(span.name, 'kong');
+    assert.equal(span.kind, 2);
+    assert.equal(span.traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
+    assert.equal(span.parentSpanId, '00f067aa0ba902b7');
+    const a = attrsOf(span);
+    assert.equal(a['mcp.method.name'], 'tools/call');
+    assert.equal(a['tollgate.customer.id'], 'cus_alice');
+    assert.equal(a['mcp.session.id'], 'trace-4bf92f3577b34da6a3ce929d0e0e4736');
+    assert.equal(a['tollgate.trace.sampled'], false);
+    const resource = Object.fromEntries(
+      mine.doc.resourceSpans[0].resource.attributes.map((kv) => [kv.key, kv.value.stringValue]),
+    );
+    assert.equal(resource['service.name'], 'kong');
+    assert.equal(resource['service.instance.id'], '9d2a3b7c-5e4f-4a1b-8c2d-3e4f5a6b7c8d');
+  });
+
+  it('Kong tracing off, older client (body decoded): billed through the exporter too', async () => {
+    const testId = nextId('tracing-off-legacy');
+    const headers = await openSession('/billing/json/mcp', { apikey: 'key-alice', 'x-test-tracing': 'off' });
+    const res = await post('/billing/json/mcp', toolCall(77, 'echo', { text: testId }), {
+      ...headers,
+      'x-test-tracing': 'off',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const got = await billedBy('77');
+    const span = got.flatMap((r) => allSpans([r.doc])).find((s) => attrsOf(s)['jsonrpc.request.id'] === '77');
+    assert.ok(span);
+    assert.equal(attrsOf(span)['mcp.session.id'], headers['mcp-session-id']);
+    assert.equal(attrsOf(span)['tollgate.session.rule'], 'protocol');
+  });
+});
+
 // Volatile values (random ids, times, ports, per-run ids) replaced so the export compares
 // byte for byte with the committed fixture.
-function normalizeExport(doc) {
+function normalizeExport(doc, { keepSession = false } = {}) {
   const copy = structuredClone(doc);
   const spans = allSpans([copy]);
   const times = { start: '1747728000000000000', end: '1747728000042000000' };
@@ -586,7 +825,7 @@ function normalizeExport(doc) {
     for (const attr of span.attributes) {
       const fixed = {
         'kong.request.id': 'c3f5a0e2b1d94e7f8a6b5c4d3e2f1a0b',
-        'mcp.session.id': '6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b',
+        'mcp.session.id': keepSession ? undefined : '6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b',
         // Kong reports the route's first path; the shim's location carries the plugin config name
         'http.route': '/mcp',
         'http.url': 'http://kong.example:8000/mcp',
@@ -625,5 +864,26 @@ describe('fixture', () => {
       writeFileSync(FIXTURE, `${JSON.stringify(normalized, null, 2)}\n`);
     }
     assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE, 'utf8')));
+  });
+
+  it('kong/fixtures/kong-otel-span-2026.json: a 2026-07-28 call metered from its headers, traceparent -00, billed anyway', async () => {
+    const testId = nextId('fixture-2026');
+    const { body, headers } = modernCall(43, 'echo', { text: 'bill me' });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-agent-id': 'agent-7',
+      traceparent: UNSAMPLED,
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const exports = await spansOf(testId);
+    assert.equal(exports.length, 1);
+    const normalized = normalizeExport(exports[0], { keepSession: true });
+    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
+      writeFileSync(FIXTURE_2026, `${JSON.stringify(normalized, null, 2)}\n`);
+    }
+    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_2026, 'utf8')));
   });
 });

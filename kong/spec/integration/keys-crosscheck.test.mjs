@@ -1,5 +1,6 @@
 // The Lua key builders and state decoder must agree with contracts/src/redis-keys.ts and
-// contracts/src/enforcement-state.ts byte for byte. This transpiles those two TypeScript files
+// contracts/src/enforcement-state.ts byte for byte, and the gateway's billing sessions with
+// contracts/src/billing-session.ts. This transpiles those two TypeScript files
 // (with the repo's own typescript, so no build step is needed) and compares both sides on
 // tricky inputs, Lua running under luajit.
 
@@ -21,22 +22,28 @@ let dir;
 let keysTs;
 let stateTs;
 let refusalsTs;
+let sessionTs;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'tollgate-contracts-'));
-  for (const name of ['redis-keys', 'enforcement-state', 'refusals']) {
+  for (const name of [
+    'redis-keys',
+    'enforcement-state',
+    'refusals',
+    'billing-session',
+    'event-id',
+    'identifiers',
+  ]) {
     const src = readFileSync(join(REPO, 'contracts', 'src', `${name}.ts`), 'utf8');
     const out = ts.transpileModule(src, {
       compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
     });
-    writeFileSync(
-      join(dir, `${name}.mjs`),
-      out.outputText.replaceAll("'./redis-keys.js'", "'./redis-keys.mjs'"),
-    );
+    writeFileSync(join(dir, `${name}.mjs`), out.outputText.replace(/'\.\/([a-z-]+)\.js'/g, "'./$1.mjs'"));
   }
   keysTs = await import(pathToFileURL(join(dir, 'redis-keys.mjs')).href);
   stateTs = await import(pathToFileURL(join(dir, 'enforcement-state.mjs')).href);
   refusalsTs = await import(pathToFileURL(join(dir, 'refusals.mjs')).href);
+  sessionTs = await import(pathToFileURL(join(dir, 'billing-session.mjs')).href);
 });
 
 after(() => {
@@ -55,6 +62,7 @@ function lua(script, input) {
     f:close()
     local keys = require "kong.plugins.tollgate.keys"
     local state = require "kong.plugins.tollgate.state"
+    local session = require "kong.plugins.tollgate.session"
     local out = {}
     ${script}
     io.write(cjson.encode(out))`;
@@ -188,6 +196,56 @@ describe('enforcement state: Lua == contracts/src/enforcement-state.ts', () => {
         expected.ratePerSecond = Number.isNaN(s.ratePerSecond) ? 'NaN' : s.ratePerSecond;
       if (s.marginBps !== undefined && !Number.isNaN(s.marginBps)) expected.marginBps = s.marginBps;
       assert.deepEqual(got[i], expected, JSON.stringify(v));
+    });
+  });
+});
+
+describe('billing sessions: kong/plugins/tollgate/session.lua vs contracts/src/billing-session.ts', () => {
+  it('activity session ids and credential fingerprints are identical', () => {
+    const CASES = IDS.filter((v) => !v.includes('\u0000')).map((v, i) => ({
+      customer: v,
+      agent: IDS[(i + 3) % IDS.length].replace('\u0000', ''),
+      credential: `cred-${i}-${v}`,
+      ms: 1_700_000_000_000 + i * 997,
+    }));
+    const got = lua(
+      `for i, c in ipairs(input) do
+         local fp = session.credential_fingerprint(c.credential)
+         out[i] = { fp = fp, id = session.activity_session_id(c.customer, c.agent, fp, c.ms) }
+       end`,
+      CASES,
+    );
+    CASES.forEach((c, i) => {
+      const fp = sessionTs.credentialFingerprint(c.credential);
+      assert.deepEqual(
+        got[i],
+        { fp, id: sessionTs.activitySessionId(c.customer, c.agent, fp, c.ms) },
+        JSON.stringify(c),
+      );
+    });
+  });
+
+  it('the trace id of a traceparent is read the same way', () => {
+    const TPS = [
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00',
+      ' 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ',
+      '01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future',
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-tail',
+      'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+      '00-00000000000000000000000000000000-00f067aa0ba902b7-01',
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01',
+      '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01',
+      '00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01',
+      'garbage',
+      '',
+    ];
+    const got = lua(
+      `for i, v in ipairs(input) do out[i] = session.trace_id_of_traceparent(v) or false end`,
+      TPS,
+    );
+    TPS.forEach((v, i) => {
+      assert.equal(got[i] || undefined, sessionTs.traceIdOfTraceparent(v), JSON.stringify(v));
     });
   });
 });

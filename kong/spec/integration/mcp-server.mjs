@@ -14,13 +14,38 @@
 
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
+import * as node2 from '@modelcontextprotocol/node';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { SSEServerTransport } from '@modelcontextprotocol/sdk/server/sse.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import * as server2 from '@modelcontextprotocol/server';
 import * as z from 'zod';
+import * as z4 from 'zod/v4';
 
 const port = Number(process.argv[2]);
-const stats = { echo: 0, slow: 0, big: 0 };
+const stats = { echo: 0, slow: 0, big: 0, modern_echo: 0, modern_delete: 0 };
+
+// /modern/mcp: an MCP SDK 2.x server on the stateless 2026-07-28 protocol (createMcpHandler, strict:
+// legacy traffic refused), which validates Mcp-Method / Mcp-Name against the body as the
+// specification requires
+const modern = node2.toNodeHandler(
+  server2.createMcpHandler(
+    () => {
+      const s = new server2.McpServer({ name: 'tollgate-kong-upstream-2x', version: '2.0.0' });
+      s.registerTool('echo', { inputSchema: z4.object({ text: z4.string() }) }, async ({ text }) => {
+        stats.modern_echo++;
+        if (text === 'fail') return { isError: true, content: [{ type: 'text', text: 'failed on purpose' }] };
+        return { content: [{ type: 'text', text }] };
+      });
+      s.registerTool('delete_everything', { inputSchema: z4.object({}) }, async () => {
+        stats.modern_delete++;
+        return { content: [{ type: 'text', text: 'deleted' }] };
+      });
+      return s;
+    },
+    { legacy: 'reject', responseMode: 'json' },
+  ),
+);
 
 function buildServer() {
   const server = new McpServer(
@@ -122,6 +147,17 @@ const http = createServer((req, res) => {
       }
       const mode = url.pathname === '/json/mcp' ? 'json' : url.pathname === '/sse/mcp' ? 'sse' : undefined;
       const legacy = url.pathname === '/legacy/mcp' || url.pathname === '/legacy/messages';
+      if (url.pathname === '/modern/mcp') {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed;
+        try {
+          parsed = text ? JSON.parse(text) : undefined;
+        } catch {
+          parsed = undefined; // the SDK's entry answers the unparsable body itself
+        }
+        await modern(req, res, parsed);
+        return;
+      }
       if (!mode && !legacy) {
         res.writeHead(404).end();
         return;

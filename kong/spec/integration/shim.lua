@@ -1,14 +1,22 @@
 -- The Kong PDK subset the tollgate handler uses, implemented over the real ngx API inside real
 -- nginx + lua-nginx-module, the way Kong implements it (kong/pdk/request.lua, response.lua,
--- client.lua, service/request.lua, ctx.lua, log.lua), plus Kong's tracing instrumentation
--- (root span `kong` in rewrite, http.status_code before header_filter, root finished before the
--- plugins' log handlers) and an exporter that keeps what Kong's opentelemetry plugin would send
--- (as OTLP/JSON, spec/helpers/otlp_json.lua) in a shared dict for the test to fetch.
+-- client.lua, service/request.lua, ctx.lua, log.lua, node.lua), plus Kong's tracing
+-- (spec/helpers/kong_tracing.lua: root span `kong` in rewrite unless tracing is off,
+-- http.status_code before header_filter, root finished before the plugins' log handlers) and
+-- Kong's opentelemetry plugin after ours (spec/helpers/kong_otel.lua: W3C propagation and the
+-- sampling decision from the incoming flags in access — skipped when a plugin answered — and in
+-- log the spans it would export, kept as OTLP/JSON (spec/helpers/otlp_json.lua) in a shared dict
+-- for the test to fetch).
 --
--- Consumers are resolved from an `apikey` header, like key-auth would before our access runs.
+-- Consumers are resolved from an `apikey` header, like key-auth would before our access runs (the
+-- credential id is "cred-<apikey>"). Per request, as a node's kong.conf would set them:
+-- `x-test-tracing: off` (tracing_instrumentations = off), `x-test-sampling-rate: <n>`
+-- (tracing_sampling_rate), `x-test-otel-sampling-rate: <n>` (the opentelemetry plugin's sampling_rate),
+-- `x-test-otel: off` (no opentelemetry plugin on the route).
 
 local cjson = require("cjson.safe").new()
 local kong_schema = require "spec.helpers.kong_schema"
+local kong_otel = require "spec.helpers.kong_otel"
 local kong_tracing = require "spec.helpers.kong_tracing"
 local otlp_json = require "spec.helpers.otlp_json"
 
@@ -28,13 +36,19 @@ local function first(v)
   return v
 end
 
+local DEFAULT_NODE_CONFIG = { tracing_instrumentations = "request", tracing_sampling_rate = 1 }
+
+local tracing_context
+
 local function build_pdk()
-  local tracer, instrumentation = kong_tracing.new({
+  local tracer, instrumentation
+  tracer, instrumentation, tracing_context = kong_tracing.new({
     get_ctx = function() return ngx.ctx end,
     time_ns = function()
       ngx.update_time()
       return ngx.now() * 1e9
     end,
+    config = function() return ngx.ctx.TEST_NODE_CONFIG or DEFAULT_NODE_CONFIG end,
   })
 
   local kong = {
@@ -44,6 +58,8 @@ local function build_pdk()
     service = { request = {} },
     log = {},
     tracing = tracer,
+    version = "3.9.1",
+    node = { get_id = function() return node.id end },
     ctx = setmetatable({}, {
       __index = function(_, k)
         if k == "plugin" then
@@ -98,6 +114,10 @@ local function build_pdk()
 
   function kong.client.get_consumer()
     return ngx.ctx.authenticated_consumer
+  end
+
+  function kong.client.get_credential()
+    return ngx.ctx.authenticated_credential
   end
 
   function kong.response.exit(status, body, headers)
@@ -206,6 +226,11 @@ function _M.rewrite()
   local key = ngx.var.http_apikey
   if key then
     ngx.ctx.authenticated_consumer = consumers[key]
+    ngx.ctx.authenticated_credential = consumers[key] and { id = "cred-" .. key } or nil
+  end
+  local tracing, rate = ngx.var.http_x_test_tracing, tonumber(ngx.var.http_x_test_sampling_rate)
+  if tracing or rate then
+    ngx.ctx.TEST_NODE_CONFIG = { tracing_instrumentations = tracing or "request", tracing_sampling_rate = rate or 1 }
   end
   local version = ngx.req.http_version()
   instrumentation.request({
@@ -218,35 +243,43 @@ function _M.rewrite()
     request_id = ngx.var.request_id,
     start_time_ns = ngx.req.start_time() * 1e9,
   })
-  if ngx.var.http_x_test_sample == "0" then
-    ngx.ctx.KONG_SPANS[1].should_sample = false
-  end
 end
 
-local function from_hex(h)
-  return (h:gsub("%x%x", function(b) return string.char(tonumber(b, 16)) end))
-end
-
--- What Kong's opentelemetry plugin does next in access (priority 14, after ours): continue the
--- incoming W3C trace (kong/plugins/opentelemetry traces.lua get_inject_ctx: the root span takes
--- the header's trace id, its parent becomes the header's span id).
-local function otel_propagate()
-  local tp = ngx.req.get_headers()["traceparent"]
-  if type(tp) ~= "string" then
-    return
+-- Kong's opentelemetry plugin (priority 14: after ours in every phase)
+local otel
+local function otel_plugin()
+  if not otel then
+    otel = kong_otel.new({
+      kong = kong,
+      get_ctx = function() return ngx.ctx end,
+      plugin_ctx = function()
+        local c = ngx.ctx.otel_plugin_ctx
+        if not c then
+          c = {}
+          ngx.ctx.otel_plugin_ctx = c
+        end
+        return c
+      end,
+      tracing_context = tracing_context,
+      get_header = function(name) return first(ngx.req.get_headers()[name]) end,
+      set_header = function(name, value) ngx.req.set_header(name, value) end,
+    })
   end
-  local trace_id, span_id = tp:match("^00%-(%x+)%-(%x+)%-%x%x$")
-  local root = ngx.ctx.KONG_SPANS and ngx.ctx.KONG_SPANS[1]
-  if root and trace_id and #trace_id == 32 and #span_id == 16 then
-    root.trace_id = from_hex(trace_id)
-    root.parent_id = from_hex(span_id)
+  if ngx.var.http_x_test_otel == "off" then
+    return nil
   end
+  return otel, { sampling_rate = tonumber(ngx.var.http_x_test_otel_sampling_rate) }
 end
 
 function _M.access()
   local h, c = plugin()
   h:access(c)
-  otel_propagate()
+  -- kong/init.lua: once a plugin has answered, the access handlers after it do not run
+  -- (kong.response.exit ends the request here, so this line is not reached either)
+  local o, oconf = otel_plugin()
+  if o and not ngx.ctx.KONG_EXITED then
+    o.access(oconf)
+  end
 end
 
 function _M.header_filter()
@@ -264,18 +297,14 @@ function _M.body_filter()
   return h:body_filter(c)
 end
 
--- log: finish the root span as Kong does before plugins log, run our log handler, then do
--- what the opentelemetry plugin's log does (process_span of sampled spans -> encode).
+-- log: finish the root span as Kong does before plugins log, run our log handler, then the
+-- opentelemetry plugin's log (the spans it would queue -> OTLP/JSON).
 function _M.log()
   instrumentation.log_before(ngx.ctx.KONG_BODY_FILTER_ENDED_AT_NS)
   local h, c = plugin()
   h:log(c)
-  local spans = {}
-  kong.tracing.process_span(function(span)
-    if span.should_sample ~= false then
-      spans[#spans + 1] = span
-    end
-  end)
+  local o, oconf = otel_plugin()
+  local spans = o and o.log(oconf) or {}
   local id = ngx.var.http_x_test_id
   if id and #spans > 0 then
     local doc = otlp_json.encode_traces(spans, node)

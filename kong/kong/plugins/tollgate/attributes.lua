@@ -19,6 +19,11 @@ local KEYS = {
   TOLLGATE_CUSTOMER = "tollgate.customer.id",
   TOLLGATE_AGENT = "tollgate.agent.id",
   TOLLGATE_TRANSPORT = "tollgate.mcp.transport",
+  -- which billing-session rule gave mcp.session.id (contracts/src/billing-session.ts)
+  TOLLGATE_SESSION_RULE = "tollgate.session.rule",
+  -- false on a span exported only so the call is billed: its trace was sampled out (or Kong's tracing
+  -- is off); a Collector pipeline feeding a tracing backend can drop spans carrying it
+  TOLLGATE_TRACE_SAMPLED = "tollgate.trace.sampled",
   -- Kong-side only (not read by the billing contract): how the access phase decided
   TOLLGATE_ENFORCEMENT = "tollgate.enforcement",
   TOLLGATE_ENFORCEMENT_REASON = "tollgate.enforcement.reason",
@@ -68,10 +73,13 @@ function _M.for_call(call, req, result)
     [KEYS.MCP_METHOD_NAME] = VALUES.TOOLS_CALL,
     [KEYS.GEN_AI_TOOL_NAME] = call.name,
     [KEYS.GEN_AI_OPERATION_NAME] = VALUES.EXECUTE_TOOL,
-    [KEYS.JSONRPC_REQUEST_ID] = call.id.text,
+    [KEYS.JSONRPC_REQUEST_ID] = call.id and call.id.text
+                                or (result and result.answer and result.answer.id_key
+                                    and result.answer.id_key:sub(3)) or nil,
     [KEYS.NETWORK_TRANSPORT] = VALUES.TCP,
     [KEYS.TOLLGATE_TRANSPORT] = req.transport,
     [KEYS.MCP_SESSION_ID] = req.session_id,
+    [KEYS.TOLLGATE_SESSION_RULE] = req.session_rule,
     [KEYS.MCP_PROTOCOL_VERSION] = req.protocol_version,
     [KEYS.TOLLGATE_CUSTOMER] = req.customer,
     [KEYS.TOLLGATE_AGENT] = req.agent,
@@ -93,6 +101,7 @@ function _M.for_refusal(req, decision)
     [KEYS.TOLLGATE_CUSTOMER] = req.customer,
     [KEYS.TOLLGATE_AGENT] = req.agent,
     [KEYS.MCP_SESSION_ID] = req.session_id,
+    [KEYS.TOLLGATE_SESSION_RULE] = req.session_rule,
     [KEYS.TOLLGATE_TRANSPORT] = req.transport,
     [KEYS.TOLLGATE_ENFORCEMENT] = decision.action,
     [KEYS.TOLLGATE_ENFORCEMENT_REASON] = decision.reason,

@@ -1,18 +1,26 @@
 -- Kong glue of the tollgate plugin: reads the request through the PDK and dispatches to the pure
--- modules (jsonrpc, identity, enforce, outcome, attributes). Phases:
---   access         parse the JSON-RPC body, enforce kill/throttle from Redis, stash the calls
+-- modules (jsonrpc, identity, session, enforce, outcome, attributes, exporter). Phases:
+--   access         meter from the Mcp-Method / Mcp-Name headers of a 2026-07-28 request without
+--                  reading its body, else parse the JSON-RPC body; pick the billing session;
+--                  enforce kill/throttle from Redis; stash the calls
 --   header_filter  start an outcome scanner for the response's framing (JSON or SSE)
 --   body_filter    feed it each chunk as it passes; chunks are never held back or modified
 --   log            put the MCP attributes on Kong's root span (and one child span per extra
---                  tools/call of a batch), which Kong's opentelemetry plugin then exports
+--                  tools/call of a batch), which Kong's opentelemetry plugin then exports — even
+--                  when its trace is sampled out; with Kong's tracing off, hand them to the
+--                  billing exporter instead
 
 local attributes = require "kong.plugins.tollgate.attributes"
 local cache = require "kong.plugins.tollgate.cache"
 local enforce = require "kong.plugins.tollgate.enforce"
 local identity = require "kong.plugins.tollgate.identity"
 local jsonrpc = require "kong.plugins.tollgate.jsonrpc"
+local exporter = require "kong.plugins.tollgate.exporter"
 local outcome = require "kong.plugins.tollgate.outcome"
+local session = require "kong.plugins.tollgate.session"
 local store = require "kong.plugins.tollgate.store"
+
+local cjson_decode = require("cjson.safe").decode
 
 local kong = kong
 local ngx = ngx
@@ -25,8 +33,12 @@ local tonumber = tonumber
 local tostring = tostring
 
 local SPAN_KIND_SERVER = 2
+local KONG_ROOT_SPAN_NAME = "kong"
 -- a request another plugin answered after our access phase: never reached the tool
 local GATEWAY_EXIT = { action = "gateway_exit", reason = "answered_by_kong" }
+-- the MCP server refused the request because its headers and body disagree (-32020): never ran
+local HEADER_MISMATCH = { action = "header_mismatch", reason = "refused_by_server" }
+local HEADER_MISMATCH_CODE = tostring(jsonrpc.CODES.HEADER_MISMATCH)
 local LOG_INTERVAL_MS = 10000
 local CODES = jsonrpc.CODES
 
@@ -59,6 +71,8 @@ local function worker_state(conf)
   if not w then
     local st, err = store.new(conf, { now_ms = now_ms, null = ngx.null })
     w = {
+      -- rule 4 of the billing session: per worker (see kong/README.md, "Billing sessions")
+      sessions = cache.new(conf.cache_max_items, now_ms),
       env = {
         now_ms = now_ms,
         ttl_ms = conf.cache_ttl_ms,
@@ -72,10 +86,30 @@ local function worker_state(conf)
         end,
       },
     }
+    if conf.billing_endpoint then
+      w.exporter = exporter.new({
+        endpoint = conf.billing_endpoint,
+        authorization = conf.billing_authorization,
+        timeout_ms = conf.billing_timeout_ms,
+        version = TollgateHandler.VERSION,
+        resource = {
+          ["service.name"] = "kong",
+          ["service.instance.id"] = kong.node and kong.node.get_id() or nil,
+          ["service.version"] = kong.version,
+        },
+        post = exporter.http_post,
+        timer_at = ngx.timer.at,
+        log = function(level, ...)
+          kong.log[level](...)
+        end,
+      })
+    end
     workers[conf] = w
   end
   return w
 end
+
+TollgateHandler._worker_state = worker_state -- for the specs: the exporter queue of a config
 
 -- logs at most one message per kind every LOG_INTERVAL_MS per worker
 local last_logged = {}
@@ -119,34 +153,66 @@ local function read_body(conf)
   return body or ""
 end
 
-local function request_info(conf)
+local function request_info(conf, parsed, hints)
   local get_header = kong.request.get_header
-  local transport, session = identity.transport(get_header("Mcp-Session-Id"),
-                                                kong.request.get_query_arg("sessionId"))
+  local traceparent = get_header("traceparent")
+  local transport, protocol_session = identity.transport(get_header("Mcp-Session-Id"),
+                                                         kong.request.get_query_arg("sessionId"))
+  local customer = identity.customer(conf, kong.client.get_consumer(),
+                                     conf.customer_source == "header" and get_header(conf.customer_header) or nil)
+  local agent = identity.valid_identifier(get_header(conf.agent_header))
+  local credential = kong.client.get_credential()
+  local first = parsed.calls[1]
+  local session_id, session_rule = session.of({
+    protocol_session = protocol_session,
+    -- read before propagate_meta may copy _meta.traceparent into the header
+    traceparent = traceparent,
+    meta_traceparent = first and first.traceparent,
+    customer = customer,
+    agent = agent,
+    credential_id = type(credential) == "table" and type(credential.id) == "string" and credential.id or "",
+    now_ms = now_ms(),
+  }, worker_state(conf).sessions, conf.session_gap_ms)
   return {
-    customer = identity.customer(conf, kong.client.get_consumer(),
-                                 conf.customer_source == "header" and get_header(conf.customer_header) or nil),
-    agent = identity.valid_identifier(get_header(conf.agent_header)),
-    session_id = session,
+    customer = customer,
+    agent = agent,
+    session_id = session_id,
+    session_rule = session_rule,
     transport = transport,
-    protocol_version = identity.valid_identifier(get_header("Mcp-Protocol-Version")),
+    protocol_version = identity.valid_identifier(hints.protocol_version),
+    traceparent = traceparent,
   }
 end
 
 -- Kong's tracing takes the trace context from headers; MCP clients may send it in
 -- params._meta instead. Copying it lets the root span continue the client's trace.
-local function propagate_meta(conf, parsed)
+-- Returns the traceparent it copied, if any.
+local function propagate_meta(conf, parsed, header_traceparent)
   local first = parsed.calls[1]
-  if conf.propagate_meta_traceparent and first and first.traceparent
-     and not kong.request.get_header("traceparent") then
+  if conf.propagate_meta_traceparent and first and first.traceparent and not header_traceparent then
     kong.service.request.set_header("traceparent", first.traceparent)
     if first.tracestate and not kong.request.get_header("tracestate") then
       kong.service.request.set_header("tracestate", first.tracestate)
     end
+    return first.traceparent
   end
+  return nil
+end
+
+-- A refusal echoes the request's id. A call metered from its headers has no id yet: read the body
+-- for it now (a refused request is rare and goes no further; an unreadable one answers id null).
+local function id_for_refusal(conf, parsed)
+  if not parsed.from_headers then
+    return parsed
+  end
+  local body = read_body(conf)
+  local doc = body and cjson_decode(body)
+  local id = type(doc) == "table" and jsonrpc.describe_id(doc.id) or nil
+  return { batch = false, calls = { { id = id } }, ids = {} }
 end
 
 local function refuse(conf, parsed, d)
+  parsed = id_for_refusal(conf, parsed)
   local status, message
   if d.action == "kill" then
     status, message = conf.kill_http_status, MESSAGES.kill .. d.scope
@@ -171,28 +237,35 @@ function TollgateHandler:access(conf)
     return -- GET (server stream) and DELETE (session end) carry no tools/call
   end
 
-  local body, err = read_body(conf)
-  if not body then
-    return exit_json(413, jsonrpc.error_response(nil, CODES.TOO_LARGE,
-                                                 "Request too large to meter: " .. err))
-  end
-
   local get_header = kong.request.get_header
-  local parsed, code, message = jsonrpc.parse(body, {
+  local hints = {
     method = get_header("Mcp-Method"),
     name = get_header("Mcp-Name"),
-  })
+    protocol_version = get_header("Mcp-Protocol-Version"),
+  }
+  -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode
+  local parsed = conf.meter_from_headers and jsonrpc.from_headers(hints) or nil
   if not parsed then
-    return exit_json(400, jsonrpc.error_response(nil, code, message))
+    local body, err = read_body(conf)
+    if not body then
+      return exit_json(413, jsonrpc.error_response(nil, CODES.TOO_LARGE,
+                                                   "Request too large to meter: " .. err))
+    end
+    local code, message, data, id
+    parsed, code, message, data, id = jsonrpc.parse(body, hints)
+    if not parsed then
+      return exit_json(400, jsonrpc.error_response(id, code, message, data))
+    end
   end
   if #parsed.calls == 0 then
     return -- initialize, tools/list, notifications...: not metered
   end
 
-  local req = request_info(conf)
+  local req = request_info(conf, parsed, hints)
   local ctx = { parsed = parsed, req = req }
   kong.ctx.plugin.tollgate = ctx
-  propagate_meta(conf, parsed)
+  -- the caller's trace, for the billing exporter: the header, else the _meta one propagate_meta copies
+  ctx.traceparent = req.traceparent or propagate_meta(conf, parsed, req.traceparent)
 
   if not req.customer then
     req.enforcement = "no_customer"
@@ -237,7 +310,7 @@ function TollgateHandler:header_filter(conf)
   end
   local ids = {}
   for i, call in ipairs(ctx.parsed.calls) do
-    ids[i] = call.id.key
+    ids[i] = call.id and call.id.key or outcome.ANY_ID
   end
   ctx.scanner = outcome.new(kong.response.get_header("Content-Type"), ids)
 end
@@ -267,10 +340,75 @@ end
 
 -- Kong's root span (`kong`, kind SERVER) is the first of ngx.ctx.KONG_SPANS. Not
 -- kong.tracing.active_span(): by the log phase Kong has finished the root span, which resets
--- the active span to its parent (nil).
+-- the active span to its parent (nil). With Kong's tracing off there is no such span; the first
+-- span may then be the opentelemetry plugin's propagation-only "root" (traces.lua get_inject_ctx),
+-- which nothing exports.
 local function root_span()
   local spans = ngx.ctx.KONG_SPANS
-  return spans and spans[1]
+  local root = spans and spans[1]
+  if root and root.name == KONG_ROOT_SPAN_NAME
+     and not (root.attributes and root.attributes["kong.propagation_only"]) then
+    return root
+  end
+  return nil
+end
+
+local function random_hex(bytes)
+  local parts = {}
+  for i = 1, bytes / 2 do
+    parts[i] = string.format("%04x", math.random(0, 65535))
+  end
+  return table.concat(parts)
+end
+
+-- Tracing off: the spans Kong would have exported (the root `kong` for the first call, children
+-- `tools/call <tool>` for the rest of a batch), built here for the billing exporter. The trace
+-- continues the caller's W3C traceparent when there is one, whatever its sampled flag.
+local function billing_spans(ctx, calls)
+  local tp = jsonrpc.valid_traceparent(ctx.traceparent)
+  local trace_id, parent_id = random_hex(16), nil
+  if tp then
+    trace_id, parent_id = tp:sub(4, 35), tp:sub(37, 52)
+  end
+  ngx.update_time()
+  local start_ns = (ngx.ctx.KONG_PROCESSING_START or ngx.req.start_time() * 1000) * 1e6
+  local end_ns = math.max(ngx.now() * 1e9, start_ns)
+  local spans = {}
+  for i, attrs in ipairs(calls) do
+    attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
+    local parent = parent_id
+    if i > 1 then
+      parent = spans[1].span_id
+    end
+    spans[i] = {
+      trace_id = trace_id,
+      span_id = random_hex(8),
+      parent_id = parent,
+      name = i == 1 and KONG_ROOT_SPAN_NAME or "tools/call " .. attrs[attributes.KEYS.GEN_AI_TOOL_NAME],
+      kind = SPAN_KIND_SERVER,
+      start_time_ns = start_ns,
+      end_time_ns = end_ns,
+      attributes = attrs,
+    }
+  end
+  return spans
+end
+
+-- The attributes of each billable call of the request, in order.
+local function billable_calls(ctx)
+  local scanner = ctx.scanner
+  local result = {
+    http_status = ctx.http_status or kong.response.get_status(),
+    null_error = scanner and scanner.null_error,
+  }
+  local out = {}
+  for _, call in ipairs(ctx.parsed.calls) do
+    if call.name then
+      result.answer = scanner and scanner:result(call.id and call.id.key or outcome.ANY_ID)
+      out[#out + 1] = attributes.for_call(call, ctx.req, result)
+    end
+  end
+  return out
 end
 
 function TollgateHandler:log(conf)
@@ -279,41 +417,45 @@ function TollgateHandler:log(conf)
     return
   end
   local root = root_span()
-  if not root then
-    log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations); ",
-                "tools/call spans are not exported and these calls are not billed")
-    return
-  end
-  if root.should_sample == false then
-    log_limited("sampled_out", "warn", "tollgate: the root span is sampled out, this tools/call is ",
-                "not billed: set tracing_sampling_rate = 1 and the opentelemetry sampling_rate to 1")
-  end
 
-  if ctx.refused then
-    set_all(root, attributes.for_refusal(ctx.req, ctx.refused))
-    return
+  local refusal = ctx.refused or (ctx.source == "exit" and GATEWAY_EXIT) or nil
+  local answer = ctx.scanner and ctx.scanner:result(ctx.parsed.calls[1].id and ctx.parsed.calls[1].id.key
+                                                    or outcome.ANY_ID)
+  if not refusal and answer and answer.error_code == HEADER_MISMATCH_CODE then
+    refusal = HEADER_MISMATCH
   end
-  if ctx.source == "exit" then
-    set_all(root, attributes.for_refusal(ctx.req, GATEWAY_EXIT))
+  if refusal then
+    -- not billable (no mcp.method.name): annotated for whoever looks at Kong's trace, never exported
+    -- on its own account
+    if root then
+      set_all(root, attributes.for_refusal(ctx.req, refusal))
+    end
     return
   end
 
-  local scanner = ctx.scanner
-  local result = {
-    http_status = ctx.http_status or kong.response.get_status(),
-    null_error = scanner and scanner.null_error,
-  }
-  local first = true
-  for _, call in ipairs(ctx.parsed.calls) do
-    if call.name then
-      result.answer = scanner and scanner:result(call.id.key)
-      local attrs = attributes.for_call(call, ctx.req, result)
-      if first then
+  local calls = billable_calls(ctx)
+  if #calls == 0 then
+    return
+  end
+
+  if root then
+    if root.should_sample == false then
+      -- Kong's opentelemetry plugin drops spans whose should_sample is false (traces.lua log):
+      -- the decision came from the caller's traceparent flags or a sampling_rate < 1. Billing is
+      -- not sampled: the spans of the metered calls are exported anyway, marked, while every other
+      -- span of the trace stays sampled out and the traceparent sent upstream keeps its flag.
+      root.should_sample = true
+      for _, attrs in ipairs(calls) do
+        attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
+      end
+    end
+    for i, attrs in ipairs(calls) do
+      if i == 1 then
         set_all(root, attrs)
-        first = false
       else
         -- every further call of a batch is billed through its own span, a child of the root
-        local span = kong.tracing.start_span("tools/call " .. call.name, {
+        -- (created after the flag above, it inherits the root's should_sample)
+        local span = kong.tracing.start_span("tools/call " .. attrs[attributes.KEYS.GEN_AI_TOOL_NAME], {
           span_kind = SPAN_KIND_SERVER,
           parent = root,
           start_time_ns = root.start_time_ns,
@@ -321,6 +463,20 @@ function TollgateHandler:log(conf)
         set_all(span, attrs)
         span:finish(root.end_time_ns)
       end
+    end
+    return
+  end
+
+  -- Kong's tracing is off: its opentelemetry plugin exports nothing at all
+  local w = worker_state(conf)
+  if not w.exporter then
+    log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations) and ",
+                "billing_endpoint is not set: tools/call spans are not exported and these calls are not billed")
+    return
+  end
+  for _, span in ipairs(billing_spans(ctx, calls)) do
+    if not w.exporter.push(exporter.encode_span(span)) then
+      log_limited("export_full", "err", "tollgate: billing export queue full, a tools/call span was dropped")
     end
   end
 end

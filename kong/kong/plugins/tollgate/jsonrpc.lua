@@ -22,7 +22,19 @@ local CODES = {
   THROTTLED = -32051,
   UNAVAILABLE = -32052,
   TOO_LARGE = -32053,
+  -- the MCP 2026-07-28 header/body cross-check (SEP-2243): HeaderMismatch, answered on HTTP 400
+  -- (HEADER_MISMATCH_ERROR_CODE of the MCP TypeScript SDK, core-internal/src/shared/inboundClassification.ts)
+  HEADER_MISMATCH = -32020,
 }
+
+-- the first protocol revision whose Streamable HTTP requests carry Mcp-Method / Mcp-Name and whose
+-- servers must refuse a request whose headers disagree with its body (SDK protocolEras.ts); revision
+-- identifiers are dates, so a string comparison orders them
+local FIRST_MODERN_PROTOCOL_VERSION = "2026-07-28"
+local PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+local BASE64_SENTINEL_PREFIX = "=?base64?"
+local BASE64_SENTINEL_SUFFIX = "?="
+
 
 -- longest id or tool name we track; longer values are treated as absent (the call is then not
 -- billable by the processor either, which rejects identifiers over 256 bytes)
@@ -33,7 +45,145 @@ local _M = {
   TOOLS_CALL = TOOLS_CALL,
   CODES = CODES,
   MAX_ID_LENGTH = MAX_ID_LENGTH,
+  FIRST_MODERN_PROTOCOL_VERSION = FIRST_MODERN_PROTOCOL_VERSION,
 }
+
+--- Whether a protocol revision belongs to the stateless 2026-07-28+ era (SDK isModernProtocolVersion).
+function _M.is_modern_version(v)
+  return type(v) == "string" and find(v, "^%d%d%d%d%-%d%d%-%d%d$") ~= nil
+         and v >= FIRST_MODERN_PROTOCOL_VERSION
+end
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local B64_VALUE = {}
+for i = 1, 64 do
+  B64_VALUE[byte(B64, i)] = i - 1
+end
+
+-- canonical RFC 4648 Base64 with padding, as the SDK's BASE64_CANONICAL accepts; nil otherwise
+local function base64_decode(s)
+  local n = #s
+  if n % 4 ~= 0 or find(s, "[^A-Za-z0-9+/=]") then
+    return nil
+  end
+  local pad = 0
+  if n > 0 and byte(s, n) == 61 then
+    pad = byte(s, n - 1) == 61 and 2 or 1
+  end
+  if find(s, "=", 1, true) and find(s, "=", 1, true) <= n - pad then
+    return nil -- '=' anywhere but the final padding
+  end
+  local out = {}
+  for i = 1, n, 4 do
+    local a, b = B64_VALUE[byte(s, i)], B64_VALUE[byte(s, i + 1)]
+    local c, d = B64_VALUE[byte(s, i + 2)], B64_VALUE[byte(s, i + 3)]
+    local v = a * 262144 + b * 4096 + (c or 0) * 64 + (d or 0)
+    local b1, b2, b3 = floor(v / 65536), floor(v / 256) % 256, v % 256
+    if c == nil then
+      out[#out + 1] = string.char(b1)
+    elseif d == nil then
+      out[#out + 1] = string.char(b1, b2)
+    else
+      out[#out + 1] = string.char(b1, b2, b3)
+    end
+  end
+  return table.concat(out)
+end
+
+-- strict UTF-8 (what TextDecoder('utf-8', { fatal: true }) accepts)
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = byte(s, i)
+    local len, min
+    if c < 0x80 then
+      len, min = 1, 0
+    elseif c >= 0xC2 and c <= 0xDF then
+      len, min = 2, 0x80
+    elseif c >= 0xE0 and c <= 0xEF then
+      len, min = 3, 0x800
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len, min = 4, 0x10000
+    else
+      return false
+    end
+    if len > 1 then
+      if i + len - 1 > n then
+        return false
+      end
+      local cp = c % (2 ^ (7 - len))
+      for k = i + 1, i + len - 1 do
+        local cc = byte(s, k)
+        if cc < 0x80 or cc > 0xBF then
+          return false
+        end
+        cp = cp * 64 + (cc - 0x80)
+      end
+      if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then
+        return false
+      end
+    end
+    i = i + len
+  end
+  return true
+end
+
+--- The value an `Mcp-Name` header stands for (SDK decodeMcpParamValue after stripping optional
+-- whitespace): as is, or the UTF-8 payload of a `=?base64?...?=` sentinel. nil when the sentinel's
+-- payload is not canonical Base64 or not UTF-8 (the specification has servers reject those).
+function _M.decode_mcp_name(value)
+  if type(value) ~= "string" then
+    return nil
+  end
+  local first_byte, last_byte = byte(value, 1), byte(value, -1)
+  if first_byte == 32 or first_byte == 9 or last_byte == 32 or last_byte == 9 then
+    value = match(value, "^[ \t]*(.-)[ \t]*$")
+    first_byte = byte(value, 1)
+  end
+  if first_byte ~= 61 then -- '=': not a sentinel, the common case
+    return value
+  end
+  local np, ns = #BASE64_SENTINEL_PREFIX, #BASE64_SENTINEL_SUFFIX
+  if #value < np + ns or value:sub(1, np) ~= BASE64_SENTINEL_PREFIX
+     or value:sub(-ns) ~= BASE64_SENTINEL_SUFFIX then
+    return value
+  end
+  local decoded = base64_decode(value:sub(np + 1, #value - ns))
+  if not decoded or not valid_utf8(decoded) then
+    return nil
+  end
+  return decoded
+end
+
+--- Meters a request from its Streamable HTTP headers alone, without reading the body: only a
+-- 2026-07-28+ request (MCP-Protocol-Version names a modern revision) that carries Mcp-Method and,
+-- for tools/call, a decodable Mcp-Name. Servers of that revision must refuse a request whose
+-- headers disagree with its body before running anything (HTTP 400, -32020), so the headers name
+-- what will run. Returns a parsed request like parse() (one call whose id is learnt from the
+-- answer), or nil when the body must be decoded (older clients, or headers that are missing or
+-- undecodable: the body path then answers the way the specification requires).
+-- h = { method = <Mcp-Method>, name = <Mcp-Name>, protocol_version = <MCP-Protocol-Version> }
+function _M.from_headers(h)
+  local method = h.method
+  if type(method) ~= "string" or method == "" or not _M.is_modern_version(h.protocol_version) then
+    return nil
+  end
+  if method ~= TOOLS_CALL then
+    return { from_headers = true, batch = false, message_count = 1, calls = {}, ids = {} }
+  end
+  local name = _M.decode_mcp_name(h.name)
+  if not name or name == "" or #name > MAX_NAME_LENGTH then
+    return nil
+  end
+  return {
+    from_headers = true,
+    batch = false,
+    message_count = 1,
+    -- the id is not known without the body: the answer's id stands for it (outcome.ANY_ID)
+    calls = { { index = 1, id = nil, name = name } },
+    ids = {},
+  }
+end
 
 --- One text form for a JSON number, whichever side decoded it: integers (exactly representable)
 -- as plain digits, anything else with 17 significant digits.
@@ -116,9 +266,52 @@ local function tool_call_of(msg, index)
   }
 end
 
+--- The header/body disagreement of one request, or nil. hints = { method, name, protocol_version }.
+-- Returns { header = <header value or "(missing)">, body = <what the body says> }.
+function _M.header_mismatch(msg, hints)
+  local method = msg.method
+  local params = type(msg.params) == "table" and msg.params or nil
+  local meta = params and type(params._meta) == "table" and params._meta or nil
+  local claimed = meta and meta[PROTOCOL_VERSION_META_KEY]
+  local version = hints.protocol_version
+  if type(version) == "string" and type(claimed) == "string" and version ~= claimed then
+    return { header = version, body = "the body envelope names protocol version " .. claimed
+                                      .. " but the MCP-Protocol-Version header names " .. version }
+  end
+  if hints.method ~= nil and hints.method ~= method then
+    return { header = hints.method, body = "the body names method " .. method
+                                           .. " but the Mcp-Method header names " .. hints.method }
+  end
+  local modern = _M.is_modern_version(version)
+  if modern and hints.method == nil and msg.id ~= nil then
+    return { header = "(missing)", body = "the body names method " .. method
+                                          .. " but the required Mcp-Method header is absent" }
+  end
+  if method ~= TOOLS_CALL then
+    return nil
+  end
+  local body_name = params and type(params.name) == "string" and params.name or nil
+  if hints.name == nil then
+    if modern and body_name and msg.id ~= nil then
+      return { header = "(missing)", body = 'the body carries params.name="' .. body_name
+                                            .. '" but the required Mcp-Name header is absent' }
+    end
+    return nil
+  end
+  local decoded = _M.decode_mcp_name(hints.name)
+  if decoded == nil then
+    return { header = hints.name, body = "the Mcp-Name header carries an invalid Base64 sentinel value" }
+  end
+  if body_name and decoded ~= body_name then
+    return { header = hints.name, body = 'the body carries params.name="' .. body_name
+                                         .. '" but the Mcp-Name header names "' .. decoded .. '"' }
+  end
+  return nil
+end
+
 --- Parses a request body. `hints` holds the optional Streamable HTTP headers
--- { method = <Mcp-Method>, name = <Mcp-Name> }.
--- Returns parsed, or nil, code, message for a body the upstream must not see.
+-- { method = <Mcp-Method>, name = <Mcp-Name>, protocol_version = <MCP-Protocol-Version> }.
+-- Returns parsed, or nil, code, message[, data, id] for a body the upstream must not see.
 -- parsed = { batch, message_count, calls = {...}, ids = { <id of every request with one> } }
 function _M.parse(body, hints)
   if type(body) ~= "string" then
@@ -162,16 +355,16 @@ function _M.parse(body, hints)
     end
   end
 
-  -- the headers mirror a single request for routing; a gateway that routed or billed on them
-  -- while the server runs the body could be fooled, so they must agree with the body
+  -- the headers mirror a single request; a gateway that routed or billed on them while the server
+  -- runs the body could be fooled, so they must agree with it. The checks and the answer are the
+  -- MCP TypeScript SDK's (inboundClassification.ts: classifyRequestBody and
+  -- validateStandardRequestHeaders): HTTP 400, -32020, the request's id echoed.
   local msg = messages[1]
-  if not batch and hints and type(msg) == "table" and msg.method ~= nil then
-    if hints.method and hints.method ~= msg.method then
-      return nil, CODES.INVALID_REQUEST, "Invalid Request: Mcp-Method header does not match the body"
-    end
-    if hints.name and msg.method == TOOLS_CALL
-       and (type(msg.params) ~= "table" or hints.name ~= msg.params.name) then
-      return nil, CODES.INVALID_REQUEST, "Invalid Request: Mcp-Name header does not match the body"
+  if not batch and hints and type(msg) == "table" and type(msg.method) == "string" then
+    local mismatch = _M.header_mismatch(msg, hints)
+    if mismatch then
+      return nil, CODES.HEADER_MISMATCH, "Bad Request: the request headers and body disagree: " .. mismatch.body,
+             { mismatch = mismatch }, describe_id(msg.id)
     end
   end
 

@@ -467,8 +467,13 @@ end
 local Outcome = {}
 Outcome.__index = Outcome
 
+-- the id key of a call metered from its headers (jsonrpc.from_headers): its id is not known, so the
+-- first answer that carries an id is its answer (a 2026-07-28 request is a single request)
+local ANY_ID = "*"
+
 local _M = {
   MAX_DEPTH = MAX_DEPTH,
+  ANY_ID = ANY_ID,
 }
 
 --- The framing of a Content-Type: "json", "sse" or nil (not scannable).
@@ -527,8 +532,12 @@ function Outcome:on_message(msg)
     end
     return
   end
+  if self.wanted[ANY_ID] and not self.results[ANY_ID] then
+    id = ANY_ID
+  end
   if self.wanted[id] and not self.results[id] then
     self.results[id] = {
+      id_key = id == ANY_ID and msg.id or nil,
       error_code = msg.has_error and (msg.error_code or "unknown") or nil,
       is_error = msg.is_error == true,
     }
@@ -555,7 +564,8 @@ function Outcome:finish()
   end
 end
 
---- { error_code = "-32602" | nil, is_error = bool } for an answered id, else nil.
+--- { error_code = "-32602" | nil, is_error = bool } for an answered id, else nil; for ANY_ID the
+-- first answer, with id_key = the id key it carried.
 function Outcome:result(id_key)
   return self.results[id_key]
 end

@@ -20,6 +20,8 @@ local DEFAULTS = {
   MAX_BODY_BYTES = 1024 * 1024,
   KILL_HTTP_STATUS = 403,
   THROTTLE_HTTP_STATUS = 429,
+  SESSION_GAP_MS = 30 * 60 * 1000, -- DEFAULT_ACTIVITY_GAP_MS of contracts/src/billing-session.ts
+  BILLING_TIMEOUT_MS = 5000,
 }
 
 local function cluster_has_no_database(config)
@@ -75,6 +77,16 @@ return {
                                      between = { 400, 599 } } },
           { propagate_meta_traceparent = { description = "Copy params._meta.traceparent to the traceparent header when the request has none, so Kong's tracing continues the MCP client's trace.",
                                            type = "boolean", required = true, default = true } },
+          { meter_from_headers = { description = "Meter 2026-07-28 Streamable HTTP requests from their Mcp-Method / Mcp-Name headers without reading the body (the MCP server must refuse requests whose headers disagree with the body, as the specification requires); false: read the body and refuse such requests at Kong.",
+                                   type = "boolean", required = true, default = true } },
+          { session_gap_ms = { description = "Inactivity gap of the activity billing session (rule 4): a caller's call more than this after its previous one starts a new session.",
+                               type = "integer", required = true, default = DEFAULTS.SESSION_GAP_MS,
+                               between = { 1000, 7 * 24 * 3600 * 1000 } } },
+          { billing_endpoint = { description = "OTLP/HTTP traces URL of Tollgate's collector-processor (…/v1/traces). With Kong's tracing off, the spans of metered calls are sent here, since Kong's opentelemetry plugin exports nothing then.",
+                                 type = "string", match = "^https?://[^%s]+$" } },
+          { billing_authorization = { description = "Authorization header value for billing_endpoint, e.g. \"Bearer <ingest key>\"; a vault reference is accepted.",
+                                      type = "string", len_min = 1, referenceable = true, encrypted = true } },
+          { billing_timeout_ms = typedefs.timeout { required = true, default = DEFAULTS.BILLING_TIMEOUT_MS } },
         },
       },
     },
