@@ -10,6 +10,7 @@ const ALL = [
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['credits', ['node', 'bench/credits.mjs']],
   ['kill-simulation', ['node', 'bench/kill-simulation.mjs']],
+  ['overage', ['node', 'bench/overage.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],

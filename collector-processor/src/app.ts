@@ -12,6 +12,7 @@ import { CreditWallets } from './credits/wallets.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
+import { LeaseService } from './enforcement/leases.js';
 import { Forwarder, parseHeaders } from './forward/forwarder.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
@@ -258,6 +259,14 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       stops.unshift(() => ledger.close());
       void ledger.sweep(planStore.current.products());
     }
+    const leases = enforcer
+      ? new LeaseService(redisConn, planStore, events, log.child({ component: 'leases' }), metrics, {
+          ttlMs: Number(s['leases.ttlMs']),
+          shareBps: Number(s['leases.shareBps']),
+          maxCalls: Number(s['leases.maxCalls']),
+          releaseGraceMs: Number(s['leases.releaseGraceMs']),
+        })
+      : undefined;
 
     if (roles.has('processor')) {
       const { spool, recovered } = await Spool.open({
@@ -337,7 +346,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         : undefined;
       if (forwarder) stops.unshift(() => forwarder.flush(Number(s.shutdownTimeoutMs)));
       receiver = buildReceiver(
-        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder },
+        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder, leases },
         {
           bodyLimitBytes: Number(s['otlp.bodyLimitBytes']),
           maxDecompressedBytes: Number(s['otlp.maxDecompressedBytes']),
