@@ -241,3 +241,14 @@ function CreditWallet:headroom()
   if not self.hard_stop then return nil end
   return math.max(0, self:balance() + self.overdraft)
 end
+
+-- lease.lua's side: what the wallet leaves for quota leases to hold (balance + overdraft; may be <= 0), read
+-- only. The host passes its last three ARGV: wallet key index (into KEYS), hard stop (1/0), overdraft (nano).
+-- nil when the customer has no wallet or its hard stop is off (credits then bound nothing).
+local function credits_lease_headroom(keys, argv, now)
+  local a = #argv - 2
+  if argv[a + 1] ~= '1' then return nil end
+  local w = credits_load(keys[tonumber(argv[a])], '', now)
+  if not w then return nil end
+  return w:balance() + tonumber(argv[a + 2])
+end

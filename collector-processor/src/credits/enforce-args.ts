@@ -28,6 +28,20 @@ export function creditArgs(
 }
 
 /**
+ * The part of a lease.lua call that belongs to credits.lua (credits_lease_headroom): the wallet key appended
+ * to the keys, and three arguments appended last: its index, hard stop, overdraft.
+ */
+export function leaseCreditArgs(
+  keys: string[],
+  args: (string | number)[],
+  tag: string,
+  terms: Plan['credits'],
+): void {
+  keys.push(creditKeys.wallet(tag));
+  args.push(keys.length, terms.hardStop ? 1 : 0, terms.overdraft.toString());
+}
+
+/**
  * The trailer enforce.lua appends for a customer with a wallet: balance after the export, outbox length, and
  * whether the script lifted the credits' own kill (money came back without a grant request).
  */
