@@ -19,8 +19,8 @@ export interface CreditGrantRequest {
   product: string;
   customer: string;
   kind: 'grant' | 'top_up';
-  /** Decimal text in currency units ("25", "0.5"); parsed exactly. A number is refused (`bad_amount`). */
-  amount: string | number;
+  /** Decimal text in currency units ("25", "0.5"); parsed exactly. Anything else is refused (`bad_amount`). */
+  amount: unknown;
   currency: string;
   /** RFC 3339 or YYYY-MM-DD; default now. */
   effectiveAt?: string | undefined;
@@ -39,8 +39,8 @@ export interface CreditAdjustRequest {
   customer: string;
   /** A grant id, or `overdraft`. */
   grantId: string;
-  /** Signed decimal text ("-2.5"); a number is refused (`bad_amount`). */
-  amount: string | number;
+  /** Signed decimal text ("-2.5"); anything else is refused (`bad_amount`). */
+  amount: unknown;
   currency: string;
   note: string;
   actor: string;
@@ -217,8 +217,8 @@ const grantBody = {
     product: identifier,
     customer: identifier,
     amount: {
-      type: ['string', 'number'],
-      maxLength: 40,
+      // No type here: the route's validator coerces types (a JSON number would become text and pass), so
+      // the processor checks the amount itself and refuses anything but decimal text, audited.
       description:
         'decimal text in currency units, e.g. "25.00" (a JSON number is refused: floats are not money)',
     },
@@ -238,7 +238,7 @@ const grantBody = {
 interface GrantBody {
   product?: string;
   customer: string;
-  amount: string | number;
+  amount: unknown;
   currency: string;
   effectiveAt?: string;
   expiresAt?: string;
@@ -251,7 +251,7 @@ interface AdjustBody {
   product?: string;
   customer: string;
   grantId: string;
-  amount: string | number;
+  amount: unknown;
   currency: string;
   note: string;
 }
@@ -349,8 +349,6 @@ export function registerCredits(
             customer: identifier,
             grantId: { ...identifier, maxLength: 64, description: 'a grant id, or `overdraft`' },
             amount: {
-              type: ['string', 'number'],
-              maxLength: 40,
               description: 'signed decimal text, e.g. "-2.50" (a JSON number is refused)',
             },
             currency: { type: 'string', maxLength: 16 },

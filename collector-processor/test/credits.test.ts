@@ -420,6 +420,8 @@ describe('prepaid credits', () => {
       ['bad-co', { amount: '99999999999999999999999' }, 400, 'API_CREDIT_AMOUNT'],
       ['bad-co', { amount: 5 }, 400, 'API_CREDIT_AMOUNT'], // a JSON number is a float, not money
       ['bad-co', { amount: 0.1 }, 400, 'API_CREDIT_AMOUNT'],
+      ['bad-co', { amount: null }, 400, 'API_CREDIT_AMOUNT'],
+      ['bad-co', { amount: '1'.repeat(41) }, 400, 'API_CREDIT_AMOUNT'],
       ['bad-co', { amount: '5', currency: 'EUR' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', currency: 'usd' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', expiresAt: '2020-01-01' }, 400, 'API_CREDIT_DATES'],

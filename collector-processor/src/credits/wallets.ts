@@ -224,7 +224,7 @@ export class CreditWallets implements CreditsPort {
       product: string;
       customer: string;
       actor: string;
-      amount?: string | number;
+      amount?: unknown;
       note?: string | undefined;
     },
     op: string,
@@ -253,12 +253,15 @@ export class CreditWallets implements CreditsPort {
     throw new CreditError(reason, message);
   }
 
-  private parseAmount(text: string | number, signed: boolean): bigint {
-    if (typeof text !== 'string')
+  private parseAmount(text: unknown, signed: boolean): bigint {
+    if (typeof text === 'number')
       throw new CreditError(
         'bad_amount',
         `give the amount as decimal text such as "${text}" (a JSON number is a float)`,
       );
+    if (typeof text !== 'string')
+      throw new CreditError('bad_amount', 'the amount must be decimal text such as "25.00"');
+    if (text.length > 40) throw new CreditError('bad_amount', 'the amount is longer than 40 characters');
     let nano: bigint;
     try {
       nano = parseDecimalToNano(text);
