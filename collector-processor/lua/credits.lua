@@ -235,13 +235,6 @@ function CreditWallet:reply(out)
   out[#out + 1] = self.lifted
 end
 
--- What the wallet still lets the customer spend before the hard stop (for a lease taken in the same
--- script): nil when the hard stop is off (credits do not bound spending).
-function CreditWallet:headroom()
-  if not self.hard_stop then return nil end
-  return math.max(0, self:balance() + self.overdraft)
-end
-
 -- lease.lua's side: what the wallet leaves for quota leases to hold (balance + overdraft; may be <= 0), read
 -- only. The host passes its last three ARGV: wallet key index (into KEYS), hard stop (1/0), overdraft (nano).
 -- nil when the customer has no wallet or its hard stop is off (credits then bound nothing).
