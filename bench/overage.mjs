@@ -4,7 +4,7 @@
 // Part 1 — a real Tollgate (child process, private redis-server) and real MCP servers (child processes, the
 // instrumentation's 2.x matrix fixture, which appends a line to a file each time a tool runs). An agent makes
 // a burst of 60 concurrent calls, or 30 calls 100 ms apart, against a 10-calls/day limit and against a money
-// limit (0.07 at 0.01 a call). Calls over = tools that ran − what the limit allows. Paths: the SDK on stdio
+// limit (0.07 at 0.01 a call), and against a prepaid wallet of 0.07 (no limit in the plan). Calls over = tools that ran − what the limit allows. Paths: the SDK on stdio
 // and on Streamable HTTP (2026-07-28, stateless) with leases, the same without leases (today's per-export
 // enforcement), and a plain OTLP sender (no SDK: it exports every 1000 ms and stops at a kill).
 //
@@ -40,6 +40,9 @@ products:
         tools: { "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } } }
         limits: { spendPerPeriod: "0.07" }
         marginGuard: { enabled: false }
+      prepaid:
+        tools: { "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } } }
+        marginGuard: { enabled: false }
       roomy:
         tools: { "*": { price: { perCall: "0.000001" } } }
         limits: { callsPerDay: 1000000000, spendPerPeriod: "1000000" }
@@ -47,7 +50,7 @@ products:
     customers:
 ${['stdio', 'http', 'otlp']
   .flatMap((p) => ['lease', 'nolease'].flatMap((l) => ['burst', 'paced'].map((s) => `${p}-${l}-${s}`)))
-  .map((c) => `      ${c}-money: { plan: money }`)
+  .flatMap((c) => [`      ${c}-money: { plan: money }`, `      ${c}-credits: { plan: prepaid }`])
   .join('\n')}
       steady: { plan: roomy }
 `;
@@ -181,6 +184,16 @@ async function otlpScenario(tg, { shape, customer }) {
   return { ran, refused: 0 };
 }
 
+/** A wallet of `nano` for a customer (prepaid credits), through the admin API. */
+async function topUp(tg, customer, nano) {
+  const res = await fetch(`${tg.apiUrl}/admin/credits/top-up`, {
+    method: 'POST',
+    headers: { authorization: 'Bearer tg_dev_admin', 'content-type': 'application/json' },
+    body: JSON.stringify({ customer, amount: (nano / 1e9).toFixed(9), currency: 'USD' }),
+  });
+  if (!res.ok) throw new Error(`top-up of ${customer}: ${res.status} ${await res.text()}`);
+}
+
 async function part1(tg, dir) {
   const rows = [['path', 'leases', 'pattern', 'limit', 'allowed', 'tools ran', 'calls over', 'money over']];
   const results = [];
@@ -193,8 +206,10 @@ async function part1(tg, dir) {
   ];
   for (const [label, transport, leases] of paths) {
     for (const shape of ['burst', 'paced']) {
-      for (const limit of ['calls', 'money']) {
-        const customer = `${transport}-${leases ? 'lease' : 'nolease'}-${shape}${limit === 'money' ? '-money' : ''}`;
+      for (const limit of ['calls', 'money', 'credits']) {
+        const customer = `${transport}-${leases ? 'lease' : 'nolease'}-${shape}${limit === 'calls' ? '' : `-${limit}`}`;
+        // prepaid credits: no limit in the plan, a wallet of 0.07 (the embedded development admin key)
+        if (limit === 'credits') await topUp(tg, customer, LIMIT_MONEY_NANO);
         const r =
           transport === 'otlp'
             ? await otlpScenario(tg, { shape, customer })
@@ -216,7 +231,7 @@ async function part1(tg, dir) {
           label,
           leases ? 'on' : 'off',
           shape === 'burst' ? '60 at once' : '30 × 100 ms',
-          limit === 'calls' ? '10 calls/day' : '0.07 USD',
+          limit === 'calls' ? '10 calls/day' : limit === 'money' ? '0.07 USD' : '0.07 USD prepaid',
           allowed,
           r.ran,
           over,

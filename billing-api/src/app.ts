@@ -10,6 +10,7 @@ import { type EnforcementAdminPort, registerEnforcementAdmin } from './admin.js'
 import { registerAnalytics } from './analytics.js';
 import { type ApiKeyConfig, ApiKeyring } from './auth.js';
 import { registerBilling } from './billing.js';
+import { type CreditsPort, registerCredits } from './credits.js';
 import { registerDashboard } from './dashboard.js';
 import { API_ERRORS, ApiError } from './errors.js';
 import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from './http-edges.js';
@@ -31,6 +32,8 @@ export interface ApiDeps {
   apiKeys: readonly ApiKeyConfig[];
   /** Operator actions on enforcement state; undefined when enforcement is off. */
   admin?: EnforcementAdminPort | undefined;
+  /** Prepaid credit wallets; undefined when enforcement is off (the credit routes answer 503). */
+  credits?: CreditsPort | undefined;
   /** ClickHouse, plans and trace links for analytics, invoices and quotes; undefined: those answer 503. */
   analytics?: AnalyticsDeps | undefined;
   /** `ops`: health, readiness and metrics only (a processor-only process); `all`: every route. */
@@ -131,6 +134,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       registerEnforcementAdmin(api, keyring, deps.admin);
       registerAnalytics(api, keyring, deps.analytics);
       registerBilling(api, keyring, deps.analytics);
+      registerCredits(api, keyring, deps.credits, deps.analytics);
       registerDashboard(api);
     }
   });

@@ -449,7 +449,19 @@ export function sessionCallsSql(f: Filters, sessionId: string, page: Page): Sql 
   );
 }
 
-export const ENFORCEMENT_ACTIONS = ['warn', 'throttle', 'kill', 'resume', 'lift'] as const;
+export const ENFORCEMENT_ACTIONS = [
+  'warn',
+  'throttle',
+  'kill',
+  'resume',
+  'lift',
+  // prepaid credits: operator actions on wallets, and refused attempts (docs/enforcement.md#prepaid-credits)
+  'credit_grant',
+  'credit_top_up',
+  'credit_adjustment',
+  'credit_replayed',
+  'credit_refused',
+] as const;
 
 /** Enforcement state changes and operator actions in the range, by action. */
 export function enforcementCountsSql(f: Filters, range: TimeRange): Sql {

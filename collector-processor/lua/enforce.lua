@@ -15,6 +15,8 @@
 --   "L\tlease_id\tinstance\tcalls\treserved_nano" per lease, followed by its "T\ttool\tcalls" and
 --   "S\tsession_id\treserved_nano" lines (see lease-lib.lua, prepended to this script: those calls are
 --   settled against their lease, then counted like the others)
+-- the last six ARGV belong to credits.lua (prepaid credits; see credits_open there), and so do the two KEYS
+-- they name
 --
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
@@ -24,7 +26,8 @@
 --
 -- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
 -- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,
--- until_ms, changed (1 when this call created the state).
+-- until_ms, changed (1 when this call created the state); with a wallet, then: 'credits', balance, outbox
+-- length, lifted.
 local period, state, applied, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -128,6 +131,7 @@ end
 
 local over = {}
 local already = redis.call('HEXISTS', applied, rid) == 1
+local credits = credits_open(KEYS, ARGV, now, state) -- prepaid credits (credits.lua, loaded in front): nil without a wallet
 
 -- Calls taken from a lease move their reservation to the counters first (each lease step is in
 -- lease-lib.lua); then every call is counted at its real price below, once.
@@ -201,6 +205,7 @@ for i = 0, n - 1 do
         set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
       end
     end
+    if credits and credits:call(i, price) then crossed = true end
     if crossed then over[#over + 1] = i end
   end
 end
@@ -243,6 +248,8 @@ end
 judge('c', spend, cost_total)
 for _, ses in pairs(sessions) do judge(scope_of('session', ses.id), ses.spend, ses.cost) end
 
+if credits then credits:finish(rid, get, set) end
+
 local out = { #over }
 for _, i in ipairs(over) do out[#out + 1] = i end
 local dirs = {}
@@ -256,4 +263,5 @@ out[#out + 1] = #dirs
 for _, d in ipairs(dirs) do
   for _, v in ipairs(d) do out[#out + 1] = v end
 end
+if credits then credits:reply(out) end
 return out

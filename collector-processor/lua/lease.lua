@@ -11,6 +11,7 @@
 -- ARGV[20] release grace (ms)     ARGV[21] least money worth granting (the known price of the call at hand)
 -- ARGV[22] nt, then nt quadruples: tool, limit (-1 none), want calls, consumed calls
 -- then ns, then ns triples: session id, want money, consumed money
+-- the last three ARGV belong to credits.lua (credits_lease_headroom): wallet key index, hard stop, overdraft
 --
 -- Returns: status (ok | released | unknown | foreign | killed), lease id ('' when nothing is limited),
 -- expiry ms, calls granted (-1: unlimited), money granted (-1), nt', nt' pairs tool/granted,
@@ -122,12 +123,19 @@ if day_limit >= 0 then
   gc, left = grow('gc', 'sc', want_calls, consumed_calls, day_limit, counted, day_key, 'lr', 1)
   if left < 1 then exhaust('customer', '', 'hard_limit:calls_per_day', day_end) end
 end
-if spend_limit >= 0 then
+-- prepaid credits (credits.lua, loaded in front): with a hard stop, the wallet bounds the money leases hold
+-- like a spend limit does; the tighter of the two decides
+local headroom = credits_lease_headroom(KEYS, ARGV, now)
+if spend_limit >= 0 or headroom then
   limited = true
   local counted = lease_num(redis.call('HGET', period_key, 'spend'))
+  local limit, base, reason, until_ms = spend_limit, counted, 'hard_limit:spend_per_period', period_end
+  if headroom and (spend_limit < 0 or headroom < spend_limit - counted) then
+    limit, base, reason, until_ms = headroom, 0, 'credits:exhausted', 0
+  end
   local left
-  gm, left = grow('gm', 'sm', want_money, consumed_money, spend_limit, counted, period_key, 'lrm', min_money)
-  if left < min_money then exhaust('customer', '', 'hard_limit:spend_per_period', period_end) end
+  gm, left = grow('gm', 'sm', want_money, consumed_money, limit, base, period_key, 'lrm', min_money)
+  if left < min_money then exhaust('customer', '', reason, until_ms) end
 end
 local tool_out = {}
 for _, t in ipairs(tools) do

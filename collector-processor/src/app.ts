@@ -7,6 +7,8 @@ import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { PlanPricing } from './api-ports.js';
 import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
+import { CreditLedger } from './credits/ledger.js';
+import { CreditWallets } from './credits/wallets.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
@@ -36,6 +38,8 @@ export interface Tollgate {
   plans: PlanStore | undefined;
   /** Operator actions on enforcement state (processor role with enforcement on). */
   admin: EnforcementAdmin | undefined;
+  /** Prepaid credit wallets (enforcement on). */
+  credits: CreditWallets | undefined;
   /** `http://host:port` of the OTLP receiver (processor role). */
   otlpUrl: string | undefined;
   /** `http://host:port` of the HTTP API (api role). */
@@ -207,6 +211,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let lander: Lander | undefined;
   let plans: PlanStore | undefined;
   let admin: EnforcementAdmin | undefined;
+  let credits: CreditWallets | undefined;
   let replaying: Promise<void> | undefined;
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
@@ -239,7 +244,21 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
         })
       : undefined;
-    if (enforcer) admin = new EnforcementAdmin(redisConn, enforcer, events);
+    if (enforcer) {
+      admin = new EnforcementAdmin(redisConn, enforcer, events);
+      // prepaid credits: wallets drawn down by enforce.lua, their ledger copied from Redis to ClickHouse
+      const creditLog = log.child({ component: 'credits' });
+      const ledger = new CreditLedger(
+        redisConn,
+        clickhouse.client,
+        () => planStore.current.currency,
+        creditLog,
+      );
+      enforcer.creditLedger = ledger;
+      credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.client, creditLog);
+      stops.unshift(() => ledger.close());
+      void ledger.sweep(planStore.current.products());
+    }
     const leases = enforcer
       ? new LeaseService(redisConn, planStore, events, log.child({ component: 'leases' }), metrics, {
           ttlMs: Number(s['leases.ttlMs']),
@@ -388,6 +407,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         }),
         apiKeys: config.apiKeys,
         admin,
+        credits,
         analytics: plans
           ? {
               clickhouse: clickhouse.client,
@@ -440,6 +460,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     lander,
     plans,
     admin,
+    credits,
     otlpUrl,
     apiUrl,
     stop,

@@ -73,6 +73,46 @@ describe('the same scripts on Redis Cluster (3 masters)', () => {
     );
     expect(row).toEqual({ n: String(12 * 5), revenue: String(12 * 4 * 1_000_000_000), over_limit: '12' });
   });
+
+  it('prepaid credits: grants, drawdown, the hard stop and the ledger outbox, each wallet on its customer slot', async () => {
+    const customers = Array.from({ length: 6 }, (_, i) => `wallet-co-${i}`);
+    const credits = tg.credits!;
+    for (const c of customers) {
+      expect(await send([toolSpan({ customer: c })])).toEqual([]); // the free call: the customer is known
+      await credits.grant({
+        product: 'demo-mcp',
+        customer: c,
+        kind: 'grant',
+        amount: '2',
+        currency: 'USD',
+        actor: 'test',
+      });
+      const ds = await send([1, 2, 3].map(() => toolSpan({ customer: c }))); // 3.00 against 2.00
+      expect(ds.find((d) => d.scope === 'customer')).toMatchObject({
+        action: 'kill',
+        reason: 'credits:exhausted',
+      });
+      const top = await credits.grant({
+        product: 'demo-mcp',
+        customer: c,
+        kind: 'top_up',
+        amount: '5',
+        currency: 'USD',
+        actor: 'test',
+      });
+      expect(top.wallet).toMatchObject({
+        balanceNano: 4_000_000_000n,
+        state: { action: 'resume', reason: 'credits:topped_up' },
+      });
+    }
+    await tg.lander!.idle();
+    const rows = await query(
+      tg,
+      "SELECT customer, sum(amount_nano) AS balance, count() AS entries FROM credit_ledger FINAL WHERE customer LIKE 'wallet-co-%' GROUP BY customer ORDER BY customer",
+    );
+    // grant, drawdown (grant), drawdown (overdraft), top-up, two repayment entries
+    expect(rows).toEqual(customers.map((customer) => ({ customer, balance: '4000000000', entries: '6' })));
+  });
 });
 
 describe('quota leases on Redis Cluster', () => {

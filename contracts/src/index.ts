@@ -1,6 +1,7 @@
 export * from './attributes.js';
 export * from './billable-span.js';
 export * from './billing-session.js';
+export * from './credits.js';
 export * from './directives.js';
 export * from './enforcement-state.js';
 export * from './event-id.js';

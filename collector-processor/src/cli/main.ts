@@ -37,6 +37,12 @@ Usage:
                                     enforcement state through the HTTP API (admin key in TOLLGATE_API_KEY
                                     or --api-key; API at --api-url, default http://127.0.0.1:8080;
                                     --product when the key has several)
+  tollgate admin credits grant|top-up --customer C --amount 25.00 --currency USD
+                  [--effective DATE] [--expires DATE] [--priority N] [--note TEXT] [--idempotency-key K]
+  tollgate admin credits adjust --customer C --grant ID|overdraft --amount -2.50 --currency USD --note TEXT
+  tollgate admin credits balance [--customer C] [--format csv]
+  tollgate admin credits ledger [--customer C] [--period YYYY-MM] [--format csv]
+                                    prepaid credit wallets through the same API (docs/enforcement.md)
 
 Options: every setting has a flag; see \`tollgate config --doc\` or docs/configuration.md.
   --config <file>                   config file (settings, ingest keys, API keys)
@@ -229,12 +235,61 @@ async function cmdAdmin(flags: Record<string, string>, verb: string | undefined)
       headers,
       body: JSON.stringify(body),
     });
+  } else if (verb === 'credits') {
+    res = await adminCredits(apiUrl, headers, flags);
   } else {
-    return fail('usage: tollgate admin states|lift|kill ...');
+    return fail('usage: tollgate admin states|lift|kill|credits ...');
   }
   const text = await res.text();
   if (!res.ok) fail(`${res.status} ${text}`, 1);
-  process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+  if ((res.headers.get('content-type') ?? '').startsWith('text/csv')) process.stdout.write(text);
+  else process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+}
+
+/** `tollgate admin credits …`: the credit routes of the API (the sub-command is the first positional). */
+async function adminCredits(
+  apiUrl: string,
+  headers: Record<string, string>,
+  flags: Record<string, string>,
+): Promise<Response> {
+  const sub = flags['--sub'];
+  const pick = (names: Record<string, string>) => {
+    const out: Record<string, string | number> = {};
+    for (const [flag, field] of Object.entries(names)) {
+      const v = flags[`--${flag}`];
+      if (v !== undefined) out[field] = field === 'priority' ? Number(v) : v;
+    }
+    return out;
+  };
+  if (sub === 'grant' || sub === 'top-up' || sub === 'adjust') {
+    const common = {
+      product: 'product',
+      customer: 'customer',
+      amount: 'amount',
+      currency: 'currency',
+      note: 'note',
+    };
+    const body =
+      sub === 'adjust'
+        ? pick({ ...common, grant: 'grantId' })
+        : pick({
+            ...common,
+            effective: 'effectiveAt',
+            expires: 'expiresAt',
+            priority: 'priority',
+            'idempotency-key': 'idempotencyKey',
+          });
+    if (!body.customer || !body.amount || !body.currency)
+      fail(`usage: tollgate admin credits ${sub} --customer C --amount A --currency CUR ...`);
+    return fetch(`${apiUrl}/admin/credits/${sub}`, { method: 'POST', headers, body: JSON.stringify(body) });
+  }
+  if (sub === 'balance' || sub === 'ledger') {
+    const q = new URLSearchParams();
+    for (const f of ['product', 'customer', 'format', ...(sub === 'ledger' ? ['period', 'from', 'to'] : [])])
+      if (flags[`--${f}`]) q.set(f, flags[`--${f}`] as string);
+    return fetch(`${apiUrl}/billing/credits${sub === 'ledger' ? '/ledger' : ''}?${q}`, { headers });
+  }
+  return fail('usage: tollgate admin credits grant|top-up|adjust|balance|ledger ...');
 }
 
 async function main(): Promise<void> {
@@ -265,7 +320,7 @@ async function main(): Promise<void> {
     case 'sql':
       return cmdSql(flags, arg);
     case 'admin':
-      return cmdAdmin(flags, arg);
+      return cmdAdmin(arg === 'credits' ? { ...flags, '--sub': positional[2] ?? '' } : flags, arg);
     case 'config': {
       if (flags['--doc']) {
         process.stdout.write(`${settingsTableMarkdown()}\n`);

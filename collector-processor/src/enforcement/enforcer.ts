@@ -10,6 +10,8 @@ import {
   stateInForce,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
+import { afterCreditsOfReply, creditArgs } from '../credits/enforce-args.js';
+import type { CreditLedger } from '../credits/ledger.js';
 import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
@@ -116,6 +118,8 @@ export function parseEnforceReply(
  */
 export class RedisEnforcer implements Enforcer {
   private readonly instancesSeen = new Map<string, number>();
+  /** Drains the credit ledger outboxes the script appended to (prepaid credits); unset: nobody drains. */
+  creditLedger: CreditLedger | undefined;
 
   constructor(
     private readonly redis: RedisLike,
@@ -208,6 +212,7 @@ export class RedisEnforcer implements Enforcer {
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
     args.push(encodeLeased(leased));
+    creditArgs(keys, args, tag, plan.plan.credits, g.rows); // the last keys and arguments: credits.lua's
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(
@@ -221,6 +226,7 @@ export class RedisEnforcer implements Enforcer {
       return [];
     }
     const { over, directives } = parseEnforceReply(reply, g.customer);
+    afterCreditsOfReply(reply, product, g.customer, this.creditLedger, this.events, now);
     for (const i of over) {
       const row = g.rows[i];
       if (row) row.decision = 'over_limit';

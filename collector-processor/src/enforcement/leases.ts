@@ -16,6 +16,7 @@ import {
   redisKeys,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
+import { leaseCreditArgs } from '../credits/enforce-args.js';
 import type { Metrics } from '../metrics.js';
 import { TollgateError } from '../pipeline/errors.js';
 import type { RedisLike } from '../pipeline/pipeline.js';
@@ -343,6 +344,7 @@ export class LeaseService {
       sessions.length,
       ...sessions.flatMap((s) => [s.id, s.want.toString(), s.consumed.toString()]),
     ];
+    leaseCreditArgs(keys, args, tag, q.plan.plan.credits); // the last key and arguments: credits.lua's
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateLease: LeaseCommand }).tollgateLease.bind(this.redis);

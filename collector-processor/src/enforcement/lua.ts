@@ -12,6 +12,10 @@ function lua(name: string): string {
 const LEASE_LIB = lua('lease-lib.lua');
 
 /** enforce.lua: limits, margin guard and lease settlement of one customer's calls of one export. */
-export const ENFORCE_LUA = `${LEASE_LIB}\n${lua('enforce.lua')}`;
-/** lease.lua: grant, renew or release one quota lease. */
-export const LEASE_LUA = `${LEASE_LIB}\n${lua('lease.lua')}`;
+/** credits.lua: prepaid credit wallets, drawn down inside enforce.lua (see credits_open there). */
+const CREDITS_LIB = lua('credits.lua');
+
+/** enforce.lua: limits, margin guard, lease settlement and credit drawdown of one customer's calls of one export. */
+export const ENFORCE_LUA = `${LEASE_LIB}\n${CREDITS_LIB}\n${lua('enforce.lua')}`;
+/** lease.lua: grant, renew or release one quota lease (out of what limits and prepaid credits leave). */
+export const LEASE_LUA = `${LEASE_LIB}\n${CREDITS_LIB}\n${lua('lease.lua')}`;
