@@ -22,3 +22,11 @@ export {
   type QuoteSegment,
   type QuoteUsage,
 } from './ports.js';
+export {
+  INVOICE_COMPONENTS,
+  type InvoiceComponent,
+  type InvoiceLine,
+  invoiceLines,
+} from './billing.js';
+export { type Cell, toCsv } from './csv.js';
+export { DAY_MS, periodOfMs, periodRange, type TimeRange } from './range.js';
