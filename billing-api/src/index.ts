@@ -9,6 +9,13 @@ export {
   type Scope,
   scopeFor,
 } from './auth.js';
+export {
+  INVOICE_COMPONENTS,
+  type InvoiceComponent,
+  type InvoiceLine,
+  invoiceLines,
+} from './billing.js';
+export { type Cell, toCsv } from './csv.js';
 export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';
 export {
   type AnalyticsDeps,
@@ -22,11 +29,4 @@ export {
   type QuoteSegment,
   type QuoteUsage,
 } from './ports.js';
-export {
-  INVOICE_COMPONENTS,
-  type InvoiceComponent,
-  type InvoiceLine,
-  invoiceLines,
-} from './billing.js';
-export { type Cell, toCsv } from './csv.js';
 export { DAY_MS, periodOfMs, periodRange, type TimeRange } from './range.js';
