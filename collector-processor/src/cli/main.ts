@@ -262,7 +262,8 @@ async function main(): Promise<void> {
       const shown = Object.fromEntries(
         SETTINGS.map((spec) => [
           spec.key,
-          (spec.key.includes('password') || spec.key.includes('headers')) && c.settings[spec.key]
+          (spec.key.includes('password') || spec.key.includes('headers') || spec.key.includes('secret')) &&
+            c.settings[spec.key]
             ? '[redacted]'
             : c.settings[spec.key],
         ]),
