@@ -1,0 +1,324 @@
+/**
+ * A local stand-in for the Stripe API, only for what the Stripe sync calls (Stripe cannot be reached
+ * from the test machines). It mirrors, from github:stripe/openapi:
+ *   - `POST /v1/invoiceitems` (openapi/spec3.json paths["/v1/invoiceitems"].post: form-encoded body,
+ *     `customer` required, `amount` + `currency`, or `pricing[price]` + `quantity`, `description`,
+ *     `period[start]`/`period[end]`, `metadata[…]`; answer `#/components/schemas/invoiceitem`);
+ *   - `GET /v1/invoiceitems` (paths["/v1/invoiceitems"].get: `customer`, `created[gte]`, `limit`
+ *     (1-100, default 10), `starting_after`; answer a list object `{object: "list", data, has_more, url}`
+ *     newest first);
+ *   - errors as `#/components/schemas/error` → `api_errors` (`type`, `code`, `message`, `param`,
+ *     `doc_url`), with the HTTP statuses of Stripe's error docs (400, 401, 404);
+ *   - idempotency as documented (docs.stripe.com/api/idempotent_requests): the first answer to a key is
+ *     saved and replayed with `Idempotent-Replayed: true` and `Original-Request` for the same key and
+ *     the same parameters; the same key with other parameters (or another endpoint) is a 400
+ *     `idempotency_error`; requests that fail validation save nothing; keys expire after 24 hours.
+ * The invoice item's fields follow openapi/fixtures3.json `invoiceitem` at the spec's HEAD and the
+ * `InvoiceItem` type of the stripe SDK 23.2 (API version 2026-11-18, OpenAPI v2602): `pricing` replaced
+ * the older top-level `price`. docs/stripe.md lists what this fake does not reproduce.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+type Params = { [k: string]: string | Params };
+
+/** `a[b][c]=v` form fields → nested objects (how the SDK encodes hashes). */
+export function decodeForm(body: string): Params {
+  const out: Params = {};
+  for (const [rawK, v] of new URLSearchParams(body)) {
+    const parts = rawK.split(/\[|\]\[|\]/).filter((p) => p !== '');
+    let cur = out;
+    parts.forEach((p, i) => {
+      if (i === parts.length - 1) cur[p] = v;
+      else {
+        if (typeof cur[p] !== 'object') cur[p] = {};
+        cur = cur[p] as Params;
+      }
+    });
+  }
+  return out;
+}
+
+interface Saved {
+  fingerprint: string;
+  status: number;
+  body: string;
+  requestId: string;
+  atMs: number;
+}
+
+export interface FakePrice {
+  id: string;
+  currency: string;
+  unit_amount: number;
+  product: string;
+}
+
+export interface FakeStripe {
+  /** `127.0.0.1` / port / `http`: what the SDK's host, port and protocol options are set to. */
+  host: string;
+  port: number;
+  secretKey: string;
+  /** Every invoice item created, oldest first. */
+  items: Record<string, unknown>[];
+  /** Every request received: method, path, idempotency key, answer status, replayed. */
+  requests: { method: string; path: string; key: string | undefined; status: number; replayed: boolean }[];
+  customers: Set<string>;
+  prices: Map<string, FakePrice>;
+  /** Moves the fake's clock (idempotency keys expire 24 h after first use). */
+  advanceMs(ms: number): void;
+  close(): Promise<void>;
+}
+
+const HOUR = 3_600_000;
+const KEY_TTL_MS = 24 * HOUR;
+
+const err = (status: number, e: Record<string, string>) => ({ status, body: { error: e } });
+
+export async function startFakeStripe(
+  opts: { secretKey?: string; customers?: string[]; prices?: FakePrice[] } = {},
+): Promise<FakeStripe> {
+  const secretKey = opts.secretKey ?? `sk_test_${randomBytes(12).toString('hex')}`;
+  const idem = new Map<string, Saved>();
+  let offsetMs = 0;
+  const now = () => Date.now() + offsetMs;
+  const fake = {
+    host: '127.0.0.1',
+    port: 0,
+    secretKey,
+    items: [] as Record<string, unknown>[],
+    requests: [] as FakeStripe['requests'],
+    customers: new Set(opts.customers ?? []),
+    prices: new Map((opts.prices ?? []).map((p) => [p.id, p])),
+  };
+
+  const createItem = (p: Params): { status: number; body: unknown; validationFailed?: boolean } => {
+    const bad = (param: string, message: string) => ({
+      ...err(400, { type: 'invalid_request_error', code: 'parameter_invalid_integer', param, message }),
+      validationFailed: true,
+    });
+    const customer = p.customer;
+    if (typeof customer !== 'string')
+      return {
+        ...err(400, {
+          type: 'invalid_request_error',
+          code: 'parameter_missing',
+          param: 'customer',
+          message: 'Missing required param: customer.',
+        }),
+        validationFailed: true,
+      };
+    if (!fake.customers.has(customer))
+      return {
+        ...err(400, {
+          type: 'invalid_request_error',
+          code: 'resource_missing',
+          param: 'customer',
+          message: `No such customer: '${customer}'`,
+          doc_url: 'https://stripe.com/docs/error-codes/resource-missing',
+        }),
+        validationFailed: true,
+      };
+    const intOf = (name: string, v: string | Params | undefined) =>
+      typeof v === 'string' && /^-?\d+$/.test(v) ? Number(v) : undefined;
+    const pricing = p.pricing as Params | undefined;
+    const period = p.period as Params | undefined;
+    const start = intOf('period[start]', period?.start) ?? Math.floor(now() / 1000);
+    const end = intOf('period[end]', period?.end) ?? start;
+    if (end < start) return bad('period[end]', 'The period end must be greater than or equal to the start.');
+    let amount: number;
+    let currency: string;
+    let quantity = 1;
+    let pricingOut: unknown = null;
+    if (pricing && typeof pricing.price === 'string') {
+      const price = fake.prices.get(pricing.price);
+      if (!price)
+        return {
+          ...err(400, {
+            type: 'invalid_request_error',
+            code: 'resource_missing',
+            param: 'pricing[price]',
+            message: `No such price: '${pricing.price}'`,
+          }),
+          validationFailed: true,
+        };
+      if (p.amount !== undefined) return bad('amount', 'You cannot pass `amount` with `pricing[price]`.');
+      const q = p.quantity === undefined ? 1 : intOf('quantity', p.quantity);
+      if (q === undefined || q < 0) return bad('quantity', 'Invalid non-negative integer');
+      quantity = q;
+      amount = price.unit_amount * quantity;
+      currency = price.currency;
+      pricingOut = {
+        type: 'price_details',
+        price_details: { price: price.id, product: price.product },
+        unit_amount_decimal: String(price.unit_amount),
+      };
+    } else {
+      const a = intOf('amount', p.amount);
+      if (a === undefined) return bad('amount', 'Invalid integer: amount');
+      if (typeof p.currency !== 'string' || !/^[a-z]{3}$/.test(p.currency))
+        return bad('currency', 'Invalid currency: currency must be a lowercase ISO code');
+      amount = a;
+      currency = p.currency;
+    }
+    const item = {
+      id: `ii_${randomBytes(12).toString('hex')}`,
+      object: 'invoiceitem',
+      amount,
+      currency,
+      customer,
+      customer_account: null,
+      date: Math.floor(now() / 1000),
+      description: typeof p.description === 'string' ? p.description : null,
+      discountable: amount >= 0,
+      discounts: [],
+      invoice: null,
+      livemode: false,
+      metadata: (p.metadata as Record<string, string> | undefined) ?? {},
+      net_amount: amount,
+      parent: null,
+      period: { start, end },
+      pricing: pricingOut,
+      proration: false,
+      quantity,
+      quantity_decimal: String(quantity),
+      tax_rates: [],
+      test_clock: null,
+    };
+    fake.items.push(item);
+    return { status: 200, body: item };
+  };
+
+  const listItems = (q: URLSearchParams): { status: number; body: unknown } => {
+    const limit = q.has('limit') ? Number(q.get('limit')) : 10;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100)
+      return err(400, {
+        type: 'invalid_request_error',
+        param: 'limit',
+        message: 'Invalid limit: must be between 1 and 100',
+      });
+    const customer = q.get('customer');
+    const gte = q.get('created[gte]');
+    // newest first, as Stripe lists
+    let rows = [...fake.items].reverse().filter((i) => {
+      if (customer && i.customer !== customer) return false;
+      if (gte && (i.date as number) < Number(gte)) return false;
+      return true;
+    });
+    const after = q.get('starting_after');
+    if (after) {
+      const at = rows.findIndex((i) => i.id === after);
+      if (at < 0)
+        return err(400, {
+          type: 'invalid_request_error',
+          code: 'resource_missing',
+          param: 'starting_after',
+          message: `No such invoiceitem: '${after}'`,
+        });
+      rows = rows.slice(at + 1);
+    }
+    return {
+      status: 200,
+      body: { object: 'list', data: rows.slice(0, limit), has_more: rows.length > limit, url: '/v1/invoiceitems' },
+    };
+  };
+
+  const send = (res: ServerResponse, status: number, body: string, headers: Record<string, string>) => {
+    res.writeHead(status, { 'content-type': 'application/json', ...headers });
+    res.end(body);
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const raw = Buffer.concat(chunks).toString('utf8');
+    const url = new URL(req.url ?? '/', 'http://fake');
+    const requestId = `req_${randomBytes(7).toString('hex')}`;
+    const key = req.headers['idempotency-key'] as string | undefined;
+    const log = (status: number, replayed: boolean) =>
+      fake.requests.push({ method: req.method ?? '', path: url.pathname, key, status, replayed });
+    const reply = (status: number, body: unknown, extra: Record<string, string> = {}) => {
+      log(status, extra['idempotent-replayed'] === 'true');
+      send(res, status, JSON.stringify(body), { 'request-id': requestId, ...extra });
+    };
+    if (req.headers.authorization !== `Bearer ${secretKey}`) {
+      const given = String(req.headers.authorization ?? '').replace(/^Bearer /, '');
+      return reply(
+        401,
+        err(401, {
+          type: 'invalid_request_error',
+          message: `Invalid API Key provided: ${given.slice(0, 8)}${'*'.repeat(Math.max(0, given.length - 12))}${given.slice(-4)}`,
+        }).body,
+      );
+    }
+    if (url.pathname === '/v1/invoiceitems' && req.method === 'GET') {
+      const r = listItems(url.searchParams);
+      return reply(r.status, r.body);
+    }
+    if (url.pathname === '/v1/invoiceitems' && req.method === 'POST') {
+      if (!/application\/x-www-form-urlencoded/.test(String(req.headers['content-type'])))
+        return reply(400, err(400, { type: 'invalid_request_error', message: 'Invalid request: form-encoded body expected' }).body);
+      const params = decodeForm(raw);
+      // The fingerprint: endpoint and parameters (order-insensitive), as Stripe compares them.
+      const fingerprint = `POST ${url.pathname} ${JSON.stringify(sortDeep(params))}`;
+      if (key) {
+        const saved = idem.get(key);
+        if (saved && now() - saved.atMs < KEY_TTL_MS) {
+          if (saved.fingerprint !== fingerprint)
+            return reply(
+              400,
+              err(400, {
+                type: 'idempotency_error',
+                message: `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${key}' if you meant to execute a different request.`,
+              }).body,
+            );
+          log(saved.status, true);
+          return send(res, saved.status, saved.body, {
+            'request-id': requestId,
+            'idempotent-replayed': 'true',
+            'original-request': saved.requestId,
+            'idempotency-key': key,
+          });
+        }
+      }
+      const r = createItem(params);
+      const body = JSON.stringify(r.body);
+      if (key && !r.validationFailed) idem.set(key, { fingerprint, status: r.status, body, requestId, atMs: now() });
+      log(r.status, false);
+      return send(res, r.status, body, {
+        'request-id': requestId,
+        ...(key ? { 'idempotency-key': key } : {}),
+        ...(r.status >= 400 ? { 'stripe-should-retry': 'false' } : {}),
+      });
+    }
+    return reply(
+      404,
+      err(404, {
+        type: 'invalid_request_error',
+        message: `Unrecognized request URL (${req.method}: ${url.pathname}).`,
+      }).body,
+    );
+  };
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((e) => send(res, 500, JSON.stringify(err(500, { type: 'api_error', message: String(e) }).body), {}));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  fake.port = (server.address() as AddressInfo).port;
+  return Object.assign(fake, {
+    advanceMs(ms: number) {
+      offsetMs += ms;
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  });
+}
+
+function sortDeep(p: Params): Params {
+  const out: Params = {};
+  for (const k of Object.keys(p).sort()) {
+    const v = p[k] as string | Params;
+    out[k] = typeof v === 'string' ? v : sortDeep(v);
+  }
+  return out;
+}
