@@ -21,6 +21,7 @@ import { buildReceiver } from './receiver/server.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
 import { Spool } from './spool/spool.js';
 import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
+import { startStripeJob } from './stripe/job.js';
 
 export interface Tollgate {
   config: Config;
@@ -50,6 +51,8 @@ const REDACT = [
   '*.password',
   'token',
   '*.token',
+  'secretKey',
+  '*.secretKey',
 ];
 
 export function createLogger(level: string): Logger {
@@ -389,6 +392,21 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       });
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
       log.info({ url: apiUrl }, 'HTTP API listening');
+    }
+    if (s['stripe.sync.enabled'] && plans) {
+      // Off by default; loadConfig has checked the mapping and the key (docs/stripe.md).
+      const job = startStripeJob(
+        config,
+        dataDir,
+        {
+          clickhouse: clickhouse.client,
+          traceLinkTemplate: String(s.traceLinkTemplate),
+          pricing: new PlanPricing(plans),
+        },
+        log,
+      );
+      stops.unshift(() => job.stop());
+      log.info({ everySeconds: s['stripe.sync.intervalSeconds'] }, 'Stripe sync job started');
     }
   } catch (err) {
     await receiver?.close();

@@ -33,7 +33,10 @@ export interface InvoiceItemSeen {
 
 export interface StripeGateway {
   /** Creates the item; `replayed` is Stripe's Idempotent-Replayed answer (the key was seen before). */
-  createInvoiceItem(params: InvoiceItemParams, idempotencyKey: string): Promise<InvoiceItemSeen & { replayed: boolean }>;
+  createInvoiceItem(
+    params: InvoiceItemParams,
+    idempotencyKey: string,
+  ): Promise<InvoiceItemSeen & { replayed: boolean }>;
   /** Every invoice item of a customer created at or after `createdGte` (seconds), all pages. */
   listInvoiceItems(customer: string, createdGte: number): Promise<InvoiceItemSeen[]>;
 }
@@ -68,7 +71,10 @@ function wrap(err: unknown): never {
 
 export function sdkGateway(conn: StripeConnection): StripeGateway {
   if (!conn.secretKey)
-    throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no secret key (STRIPE_SECRET_KEY or --stripe-secret-key)');
+    throw new StripeSyncError(
+      'STRIPE_NOT_CONFIGURED',
+      'no secret key (STRIPE_SECRET_KEY or --stripe-secret-key)',
+    );
   const stripe = new Stripe(conn.secretKey, {
     host: conn.host,
     port: conn.port,
@@ -91,7 +97,11 @@ export function sdkGateway(conn: StripeConnection): StripeGateway {
     async listInvoiceItems(customer, createdGte) {
       const out: InvoiceItemSeen[] = [];
       try {
-        for await (const item of stripe.invoiceItems.list({ customer, created: { gte: createdGte }, limit: 100 }))
+        for await (const item of stripe.invoiceItems.list({
+          customer,
+          created: { gte: createdGte },
+          limit: 100,
+        }))
           out.push(seen(item));
       } catch (err) {
         return wrap(err);

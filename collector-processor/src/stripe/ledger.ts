@@ -46,9 +46,12 @@ export class Ledger {
 
   private constructor(readonly file: string | undefined) {}
 
-  /** A ledger kept in memory only (dry runs). */
-  static memory(): Ledger {
-    return new Ledger(undefined);
+  /** The same entries, kept in memory from now on (a dry run reads the progress, writes nothing). */
+  forDryRun(): Ledger {
+    const copy = new Ledger(undefined);
+    for (const e of this.intents.values()) copy.remember(e);
+    for (const e of this.outcomes.values()) copy.remember(e);
+    return copy;
   }
 
   /** Opens (or starts) the ledger file; a torn last line (a crash mid-write) is ignored, anything else is an error. */

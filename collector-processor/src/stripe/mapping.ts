@@ -91,7 +91,11 @@ export const stripeMappingSchema = z
     const seen = new Set<string>();
     m.lines.forEach((l, i) => {
       if (seen.has(l.name))
-        ctx.addIssue({ code: 'custom', path: ['lines', i, 'name'], message: `line ${l.name} is named twice` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['lines', i, 'name'],
+          message: `line ${l.name} is named twice`,
+        });
       seen.add(l.name);
     });
   });

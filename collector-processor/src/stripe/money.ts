@@ -6,9 +6,7 @@ import { createHash } from 'node:crypto';
  */
 
 /** Stripe's zero-decimal currencies (docs.stripe.com/currencies#zero-decimal). */
-const ZERO_DECIMAL = new Set(
-  'bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf'.split(' '),
-);
+const ZERO_DECIMAL = new Set('bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf'.split(' '));
 /** Stripe's three-decimal currencies (docs.stripe.com/currencies#three-decimal). */
 const THREE_DECIMAL = new Set('bhd jod kwd omr tnd'.split(' '));
 
@@ -86,6 +84,8 @@ const MAX_KEY = 255;
 export function idempotencyKey(product: string, customer: string, line: string, unit: string): string {
   const readable = `tollgate-v1/${encodeURIComponent(product)}/${encodeURIComponent(customer)}/${line}/${unit}`;
   if (readable.length <= MAX_KEY) return readable;
-  const hash = createHash('sha256').update(`${product}\u0000${customer}\u0000${line}\u0000${unit}`).digest('hex');
+  const hash = createHash('sha256')
+    .update(`${product}\u0000${customer}\u0000${line}\u0000${unit}`)
+    .digest('hex');
   return `tollgate-v1/${hash}`;
 }

@@ -55,7 +55,10 @@ const sec = (ms: number) => Math.floor(ms / 1000);
 /** The sums of the invoice lines per mapping line, and the lines no mapping line covers. */
 function group(mapping: StripeMapping, lines: readonly InvoiceLine[]) {
   const byLine = new Map<string, { nano: bigint; quantity: bigint }>();
-  const unmapped = new Map<string, { tool: string; component: InvoiceComponent; nano: bigint; quantity: bigint }>();
+  const unmapped = new Map<
+    string,
+    { tool: string; component: InvoiceComponent; nano: bigint; quantity: bigint }
+  >();
   for (const l of lines) {
     const m = lineFor(mapping, l.tool, l.component);
     if (m) {
@@ -159,7 +162,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       for (const period of o.periods) {
         const range = periodRange(period);
         const units = closedUnits(period, range, mapping.granularity, o.nowMs, settleMs);
-        const running = new Map<string, Running>(mapping.lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]));
+        const running = new Map<string, Running>(
+          mapping.lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]),
+        );
         for (const line of mapping.lines) rowOf(period, line);
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
         for (const unit of units) {
@@ -250,6 +255,13 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
               }
               intent = ledger.writeIntent(fields);
             }
+            if (o.dryRun) {
+              // An intent left by an interrupted run: the next real run sends it as it is.
+              report.pushes.wouldPush++;
+              row.status = 'dry_run';
+              pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+              continue;
+            }
             if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
             const res = await o.gateway.createInvoiceItem(intent.params, key);
             ledger.writeOutcome(key, res.id, res.replayed ? 'replayed' : 'created');
@@ -270,8 +282,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           row.tollgateMinor = roundToMinor(tollgateNano, digits).toString();
           row.pushedMinor = run.minor.toString();
           row.pushedQuantity = run.quantity.toString();
-          row.remainderNano =
-            line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
+          row.remainderNano = line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
         }
         for (const u of lastUnmapped.values()) {
           if (u.nano === 0n && u.quantity === 0n) continue;
@@ -293,8 +304,11 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         const after = ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)));
         for (const r of rows.values()) {
           if (r.status === 'unmapped') continue;
-          const mine = after.filter((i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line);
-          r.stripeMinor = r.push === 'amount' ? mine.reduce((s, i) => s + BigInt(i.amount), 0n).toString() : null;
+          const mine = after.filter(
+            (i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line,
+          );
+          r.stripeMinor =
+            r.push === 'amount' ? mine.reduce((s, i) => s + BigInt(i.amount), 0n).toString() : null;
           r.stripeQuantity =
             r.push === 'quantity' ? mine.reduce((s, i) => s + BigInt(i.quantity), 0n).toString() : null;
         }

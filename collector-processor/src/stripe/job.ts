@@ -1,0 +1,128 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type AnalyticsDeps, periodOfMs } from '@tollgate/billing-api';
+import type { Logger } from 'pino';
+import type { Config } from '../config/settings.js';
+import { StripeSyncError } from './errors.js';
+import { type StripeGateway, sdkGateway } from './gateway.js';
+import { Ledger } from './ledger.js';
+import { reportCsv, reportJson, type SyncReport } from './report.js';
+import { syncStripe } from './sync.js';
+
+/** Where the sync keeps its ledger and its last report, under the data directory. */
+export function stripeDir(dataDir: string): string {
+  return join(dataDir, 'stripe');
+}
+
+/** The period before `nowMs`'s and `nowMs`'s own: what a run looks at by default. */
+export function defaultPeriods(nowMs: number): string[] {
+  const current = periodOfMs(nowMs);
+  const [y, m] = current.split('-').map(Number) as [number, number];
+  return [periodOfMs(Date.UTC(y, m - 2, 1)), current];
+}
+
+export interface RunOptions {
+  periods?: readonly string[];
+  nowMs?: number;
+  dryRun?: boolean;
+  /** Tests swap the SDK gateway for a wrapped one (to crash a run). */
+  gateway?: StripeGateway;
+  afterPush?: (key: string) => void;
+}
+
+/** One sync run as configured: the SDK gateway, the ledger of the data directory, the report written next to it. */
+export async function runStripeSync(
+  config: Config,
+  dataDir: string,
+  deps: AnalyticsDeps,
+  log: Logger,
+  o: RunOptions = {},
+): Promise<SyncReport> {
+  const s = config.settings;
+  const mapping = config.stripe;
+  if (!mapping)
+    throw new StripeSyncError('STRIPE_NOT_CONFIGURED', `no stripe: mapping in ${config.configFile}`);
+  const secretKey = String(s['stripe.secretKey']);
+  const dryRun = o.dryRun ?? false;
+  if (!secretKey && !dryRun)
+    throw new StripeSyncError(
+      'STRIPE_NOT_CONFIGURED',
+      'no secret key (STRIPE_SECRET_KEY or --stripe-secret-key)',
+    );
+  const gateway =
+    o.gateway ??
+    (secretKey
+      ? sdkGateway({
+          secretKey,
+          host: String(s['stripe.apiHost']),
+          port: Number(s['stripe.apiPort']),
+          protocol: s['stripe.apiProtocol'] as 'http' | 'https',
+        })
+      : undefined);
+  const dir = stripeDir(dataDir);
+  // A dry run reads the ledger but never writes it: its pushes are computed in memory.
+  const ledger = dryRun
+    ? Ledger.open(join(dir, 'ledger.jsonl')).forDryRun()
+    : Ledger.open(join(dir, 'ledger.jsonl'));
+  const nowMs = o.nowMs ?? Date.now();
+  const report = await syncStripe({
+    mapping,
+    deps,
+    gateway,
+    ledger,
+    periods: o.periods ?? defaultPeriods(nowMs),
+    nowMs,
+    dryRun,
+    log: log.child({ component: 'stripe-sync' }),
+    afterPush: o.afterPush,
+  });
+  if (!dryRun) {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'report-latest.json'), reportJson(report));
+    writeFileSync(join(dir, 'report-latest.csv'), reportCsv(report));
+  }
+  return report;
+}
+
+/** The background job: a run every `stripe.sync.intervalSeconds`, never two at once. */
+export function startStripeJob(
+  config: Config,
+  dataDir: string,
+  deps: AnalyticsDeps,
+  log: Logger,
+): { stop(): Promise<void> } {
+  const everyMs = Number(config.settings['stripe.sync.intervalSeconds']) * 1000;
+  let running: Promise<void> | undefined;
+  const tick = () => {
+    if (running) return;
+    running = runStripeSync(config, dataDir, deps, log)
+      .then((r) =>
+        log.info(
+          {
+            component: 'stripe-sync',
+            pushes: r.pushes,
+            errors: r.errors.length,
+            mismatches: r.rows.filter((x) => x.status === 'mismatch').length,
+          },
+          'Stripe sync run finished',
+        ),
+      )
+      .catch((err) =>
+        log.error({ component: 'stripe-sync', err: (err as Error).message }, 'Stripe sync run failed'),
+      )
+      .finally(() => {
+        running = undefined;
+      });
+  };
+  const first = setTimeout(tick, 5_000);
+  const timer = setInterval(tick, Math.max(everyMs, 1000));
+  first.unref();
+  timer.unref();
+  return {
+    async stop() {
+      clearTimeout(first);
+      clearInterval(timer);
+      await running;
+    },
+  };
+}
