@@ -62,7 +62,8 @@ function seen(item: Stripe.InvoiceItem): InvoiceItemSeen {
 function wrap(err: unknown): never {
   if (err instanceof Stripe.errors.StripeError) {
     const where = `${err.statusCode ?? '?'} ${err.rawType ?? err.type}${err.code ? `/${err.code}` : ''}`;
-    const detail = `${where}: ${err.message}${err.requestId ? ` (request ${err.requestId})` : ''}`;
+    // The SDK's message starts with the request id ([req_…]), which support needs to trace it.
+    const detail = `${where}: ${err.message}`;
     if (err.rawType === 'idempotency_error') throw new StripeSyncError('STRIPE_IDEMPOTENCY_CONFLICT', detail);
     throw new StripeSyncError('STRIPE_API', detail);
   }

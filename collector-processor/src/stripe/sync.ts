@@ -315,6 +315,10 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       }
       for (const r of rows.values()) {
         if (r.status !== 'reconciled') continue;
+        if (o.dryRun) {
+          r.status = 'dry_run'; // pushed* are what would have been pushed: nothing is reconciled yet
+          continue;
+        }
         const want = r.push === 'amount' ? r.tollgateMinor : r.tollgateQuantity;
         const pushed = r.push === 'amount' ? r.pushedMinor : r.pushedQuantity;
         const atStripe = r.push === 'amount' ? r.stripeMinor : r.stripeQuantity;

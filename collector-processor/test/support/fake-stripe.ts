@@ -220,7 +220,12 @@ export async function startFakeStripe(
     }
     return {
       status: 200,
-      body: { object: 'list', data: rows.slice(0, limit), has_more: rows.length > limit, url: '/v1/invoiceitems' },
+      body: {
+        object: 'list',
+        data: rows.slice(0, limit),
+        has_more: rows.length > limit,
+        url: '/v1/invoiceitems',
+      },
     };
   };
 
@@ -258,7 +263,11 @@ export async function startFakeStripe(
     }
     if (url.pathname === '/v1/invoiceitems' && req.method === 'POST') {
       if (!/application\/x-www-form-urlencoded/.test(String(req.headers['content-type'])))
-        return reply(400, err(400, { type: 'invalid_request_error', message: 'Invalid request: form-encoded body expected' }).body);
+        return reply(
+          400,
+          err(400, { type: 'invalid_request_error', message: 'Invalid request: form-encoded body expected' })
+            .body,
+        );
       const params = decodeForm(raw);
       // The fingerprint: endpoint and parameters (order-insensitive), as Stripe compares them.
       const fingerprint = `POST ${url.pathname} ${JSON.stringify(sortDeep(params))}`;
@@ -284,7 +293,8 @@ export async function startFakeStripe(
       }
       const r = createItem(params);
       const body = JSON.stringify(r.body);
-      if (key && !r.validationFailed) idem.set(key, { fingerprint, status: r.status, body, requestId, atMs: now() });
+      if (key && !r.validationFailed)
+        idem.set(key, { fingerprint, status: r.status, body, requestId, atMs: now() });
       log(r.status, false);
       return send(res, r.status, body, {
         'request-id': requestId,
@@ -302,7 +312,9 @@ export async function startFakeStripe(
   };
 
   const server: Server = createServer((req, res) => {
-    handle(req, res).catch((e) => send(res, 500, JSON.stringify(err(500, { type: 'api_error', message: String(e) }).body), {}));
+    handle(req, res).catch((e) =>
+      send(res, 500, JSON.stringify(err(500, { type: 'api_error', message: String(e) }).body), {}),
+    );
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   fake.port = (server.address() as AddressInfo).port;
