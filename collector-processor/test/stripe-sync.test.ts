@@ -356,27 +356,28 @@ describe('sync', () => {
   });
 });
 
+/** The SDK gateway to `fake`, whose `n`-th create dies before it reaches Stripe or after Stripe took it. */
+function gatewayDying(fake: FakeStripe, n: number, when: 'before' | 'after'): StripeGateway {
+  const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
+  let creates = 0;
+  return {
+    listInvoiceItems: (c, g) => real.listInvoiceItems(c, g),
+    async createInvoiceItem(p, key) {
+      const dies = ++creates === n;
+      if (dies && when === 'before') throw new Error('killed before sending');
+      const r = await real.createInvoiceItem(p, key);
+      if (dies) throw new Error('power cut'); // Stripe has it; the ledger does not
+      return r;
+    },
+  };
+}
+
 describe('crash mid-sync, then resume', () => {
   it('a crash after Stripe took a push but before the ledger recorded it: the resume replays the key, bills once', async () => {
     const fake = await newFake();
     const runDir = ledgerDir();
     const config = configFor(fake);
-    const real = sdkGateway({
-      secretKey: fake.secretKey,
-      host: fake.host,
-      port: fake.port,
-      protocol: 'http',
-    });
-    let creates = 0;
-    const crashing: StripeGateway = {
-      listInvoiceItems: (c, g) => real.listInvoiceItems(c, g),
-      async createInvoiceItem(p, key) {
-        const r = await real.createInvoiceItem(p, key);
-        if (++creates === 3) throw new Error('power cut'); // Stripe has it; the ledger does not
-        return r;
-      },
-    };
-    // No metadata lookup for this one: a list that does not see the crashed push (as if it ran before).
+    const crashing = gatewayDying(fake, 3, 'after');
     await expect(
       runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW, gateway: crashing }),
     ).rejects.toThrow('power cut');
@@ -399,20 +400,7 @@ describe('crash mid-sync, then resume', () => {
     const fake = await newFake();
     const runDir = ledgerDir();
     const config = configFor(fake);
-    const real = sdkGateway({
-      secretKey: fake.secretKey,
-      host: fake.host,
-      port: fake.port,
-      protocol: 'http',
-    });
-    let creates = 0;
-    const dying: StripeGateway = {
-      listInvoiceItems: (c, g) => real.listInvoiceItems(c, g),
-      async createInvoiceItem(p, key) {
-        if (++creates === 2) throw new Error('killed before sending');
-        return real.createInvoiceItem(p, key);
-      },
-    };
+    const dying = gatewayDying(fake, 2, 'before');
     await expect(
       runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW, gateway: dying }),
     ).rejects.toThrow('killed');

@@ -6,6 +6,7 @@ import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { PlanPricing } from '../api-ports.js';
 import { createLogger, startTollgate, type Tollgate } from '../app.js';
 import {
+  type Config,
   ConfigError,
   EMBEDDED_PLANS,
   loadConfig,
@@ -186,17 +187,21 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   out.write('Tollgate keeps running so you can look around; Ctrl-C to stop.\n');
 }
 
-async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
-  if (!sql) fail('usage: tollgate sql "<query>"');
-  const config = loadConfig(flags);
+/** Tollgate's ClickHouse as the settings say (embedded chDB in the data directory, or a server). */
+function clickhouseOf(config: Config) {
   const s = config.settings;
-  const ch = openClickHouse({
+  return openClickHouse({
     url: String(s['clickhouse.url']),
     dataDir: String(s.dataDir),
     database: String(s['clickhouse.database']),
     username: String(s['clickhouse.username']),
     password: String(s['clickhouse.password']),
   });
+}
+
+async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
+  if (!sql) fail('usage: tollgate sql "<query>"');
+  const ch = clickhouseOf(loadConfig(flags));
   try {
     const rs = await ch.client.query({
       query: sql,
@@ -229,13 +234,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   const s = config.settings;
   const log = createLogger(String(s.logLevel));
   const dataDir = resolve(String(s.dataDir));
-  const ch = openClickHouse({
-    url: String(s['clickhouse.url']),
-    dataDir,
-    database: String(s['clickhouse.database']),
-    username: String(s['clickhouse.username']),
-    password: String(s['clickhouse.password']),
-  });
+  const ch = clickhouseOf(config);
   try {
     await migrate(ch.client);
     const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;

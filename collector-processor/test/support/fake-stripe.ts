@@ -76,6 +76,20 @@ const KEY_TTL_MS = 24 * HOUR;
 
 const err = (status: number, e: Record<string, string>) => ({ status, body: { error: e } });
 
+/** A request refused before the endpoint ran (validation, unknown object): Stripe saves no idempotent result. */
+function rejected(code: string, param: string, message: string) {
+  return {
+    ...err(400, {
+      type: 'invalid_request_error',
+      code,
+      param,
+      message,
+      doc_url: `https://stripe.com/docs/error-codes/${code.replace(/_/g, '-')}`,
+    }),
+    validationFailed: true,
+  };
+}
+
 export async function startFakeStripe(
   opts: { secretKey?: string; customers?: string[]; prices?: FakePrice[] } = {},
 ): Promise<FakeStripe> {
@@ -94,58 +108,35 @@ export async function startFakeStripe(
   };
 
   const createItem = (p: Params): { status: number; body: unknown; validationFailed?: boolean } => {
-    const bad = (param: string, message: string) => ({
-      ...err(400, { type: 'invalid_request_error', code: 'parameter_invalid_integer', param, message }),
-      validationFailed: true,
-    });
     const customer = p.customer;
     if (typeof customer !== 'string')
-      return {
-        ...err(400, {
-          type: 'invalid_request_error',
-          code: 'parameter_missing',
-          param: 'customer',
-          message: 'Missing required param: customer.',
-        }),
-        validationFailed: true,
-      };
+      return rejected('parameter_missing', 'customer', 'Missing required param: customer.');
     if (!fake.customers.has(customer))
-      return {
-        ...err(400, {
-          type: 'invalid_request_error',
-          code: 'resource_missing',
-          param: 'customer',
-          message: `No such customer: '${customer}'`,
-          doc_url: 'https://stripe.com/docs/error-codes/resource-missing',
-        }),
-        validationFailed: true,
-      };
-    const intOf = (name: string, v: string | Params | undefined) =>
+      return rejected('resource_missing', 'customer', `No such customer: '${customer}'`);
+    const intOf = (v: string | Params | undefined) =>
       typeof v === 'string' && /^-?\d+$/.test(v) ? Number(v) : undefined;
     const pricing = p.pricing as Params | undefined;
     const period = p.period as Params | undefined;
-    const start = intOf('period[start]', period?.start) ?? Math.floor(now() / 1000);
-    const end = intOf('period[end]', period?.end) ?? start;
-    if (end < start) return bad('period[end]', 'The period end must be greater than or equal to the start.');
+    const start = intOf(period?.start) ?? Math.floor(now() / 1000);
+    const end = intOf(period?.end) ?? start;
+    if (end < start)
+      return rejected(
+        'parameter_invalid',
+        'period[end]',
+        'The period end must be greater than or equal to the start.',
+      );
     let amount: number;
     let currency: string;
     let quantity = 1;
     let pricingOut: unknown = null;
     if (pricing && typeof pricing.price === 'string') {
       const price = fake.prices.get(pricing.price);
-      if (!price)
-        return {
-          ...err(400, {
-            type: 'invalid_request_error',
-            code: 'resource_missing',
-            param: 'pricing[price]',
-            message: `No such price: '${pricing.price}'`,
-          }),
-          validationFailed: true,
-        };
-      if (p.amount !== undefined) return bad('amount', 'You cannot pass `amount` with `pricing[price]`.');
-      const q = p.quantity === undefined ? 1 : intOf('quantity', p.quantity);
-      if (q === undefined || q < 0) return bad('quantity', 'Invalid non-negative integer');
+      if (!price) return rejected('resource_missing', 'pricing[price]', `No such price: '${pricing.price}'`);
+      if (p.amount !== undefined)
+        return rejected('parameter_unknown', 'amount', 'You cannot pass `amount` with `pricing[price]`.');
+      const q = p.quantity === undefined ? 1 : intOf(p.quantity);
+      if (q === undefined || q < 0)
+        return rejected('parameter_invalid_integer', 'quantity', 'Invalid non-negative integer');
       quantity = q;
       amount = price.unit_amount * quantity;
       currency = price.currency;
@@ -155,10 +146,14 @@ export async function startFakeStripe(
         unit_amount_decimal: String(price.unit_amount),
       };
     } else {
-      const a = intOf('amount', p.amount);
-      if (a === undefined) return bad('amount', 'Invalid integer: amount');
+      const a = intOf(p.amount);
+      if (a === undefined) return rejected('parameter_invalid_integer', 'amount', 'Invalid integer: amount');
       if (typeof p.currency !== 'string' || !/^[a-z]{3}$/.test(p.currency))
-        return bad('currency', 'Invalid currency: currency must be a lowercase ISO code');
+        return rejected(
+          'parameter_invalid',
+          'currency',
+          'Invalid currency: currency must be a lowercase ISO code',
+        );
       amount = a;
       currency = p.currency;
     }
