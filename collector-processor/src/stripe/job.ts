@@ -114,7 +114,7 @@ export function startStripeJob(
         running = undefined;
       });
   };
-  const first = setTimeout(tick, 5_000);
+  const first = setTimeout(tick, Math.min(5_000, everyMs));
   const timer = setInterval(tick, Math.max(everyMs, 1000));
   first.unref();
   timer.unref();
