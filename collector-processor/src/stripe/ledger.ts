@@ -33,8 +33,11 @@ export interface Outcome {
   t: 'done';
   key: string;
   stripeId: string;
-  /** Stripe answered with Idempotent-Replayed (the key had been seen), or the item was found by metadata. */
-  how: 'created' | 'replayed' | 'found';
+  /**
+   * `created`; `replayed`: Stripe answered Idempotent-Replayed (the key had been seen); `found`: the item
+   * was found at Stripe by its metadata; `nothing`: the unit added nothing (no intent, nothing sent).
+   */
+  how: 'created' | 'replayed' | 'found' | 'nothing';
   at: string;
 }
 

@@ -77,10 +77,6 @@ function group(mapping: StripeMapping, lines: readonly InvoiceLine[]) {
   return { byLine, unmapped };
 }
 
-function describe(line: StripeLine, unit: PushUnit): string {
-  return `${line.description ?? line.name} — ${unit.id}`;
-}
-
 /** Customers with calls in the period that the mapping does not name (the report lists them, unpushed). */
 async function unmappedCustomers(
   deps: AnalyticsDeps,
@@ -97,6 +93,60 @@ async function unmappedCustomers(
   return rows
     .filter((r) => !(r.customer in mapping.customers))
     .map((r) => ({ customer: r.customer, nano: BigInt(r.nano) }));
+}
+
+function emptyRow(
+  customer: string,
+  stripeCustomer: string | null,
+  period: string,
+  line: Pick<StripeLine, 'name' | 'push'>,
+): ReportRow {
+  return {
+    customer,
+    stripeCustomer,
+    period,
+    line: line.name,
+    push: line.push,
+    unitsClosed: 0,
+    lastUnit: null,
+    tollgateNano: '0',
+    tollgateMinor: '0',
+    tollgateQuantity: '0',
+    pushedMinor: '0',
+    pushedQuantity: '0',
+    stripeMinor: null,
+    stripeQuantity: null,
+    remainderNano: '0',
+    status: 'reconciled',
+  };
+}
+
+/** The body of one push: Tollgate's amount, or Stripe's price × the quantity; the unit; the metadata. */
+function paramsFor(
+  a: { product: string; customer: string; stripeCustomer: string; currency: string; key: string },
+  line: StripeLine,
+  unit: PushUnit,
+  amountMinor: bigint,
+  quantity: bigint,
+  cumulativeNano: bigint,
+): InvoiceItemParams {
+  return {
+    customer: a.stripeCustomer,
+    ...(line.push === 'amount'
+      ? { amount: Number(amountMinor), currency: a.currency }
+      : { pricing: { price: line.price as string }, quantity: Number(quantity) }),
+    description: `${line.description ?? line.name} — ${unit.id}`,
+    period: { start: sec(unit.fromMs), end: sec(unit.toMs) - 1 },
+    metadata: {
+      tollgate_key: a.key,
+      tollgate_product: a.product,
+      tollgate_customer: a.customer,
+      tollgate_line: line.name,
+      tollgate_period: unit.period,
+      tollgate_unit: unit.id,
+      tollgate_cumulative_nano: cumulativeNano.toString(),
+    },
+  };
 }
 
 export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
@@ -124,28 +174,8 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
     const rows = new Map<string, ReportRow>();
     const rowOf = (period: string, line: StripeLine): ReportRow => {
       const k = `${period}|${line.name}`;
-      let r = rows.get(k);
-      if (!r) {
-        r = {
-          customer,
-          stripeCustomer,
-          period,
-          line: line.name,
-          push: line.push,
-          unitsClosed: 0,
-          lastUnit: null,
-          tollgateNano: '0',
-          tollgateMinor: '0',
-          tollgateQuantity: '0',
-          pushedMinor: '0',
-          pushedQuantity: '0',
-          stripeMinor: null,
-          stripeQuantity: null,
-          remainderNano: '0',
-          status: 'reconciled',
-        };
-        rows.set(k, r);
-      }
+      const r = rows.get(k) ?? emptyRow(customer, stripeCustomer, period, line);
+      rows.set(k, r);
       return r;
     };
     try {
@@ -167,7 +197,21 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         );
         for (const line of mapping.lines) rowOf(period, line);
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
-        for (const unit of units) {
+        for (const [u, unit] of units.entries()) {
+          const keys = mapping.lines.map((l) => idempotencyKey(mapping.product, customer, l.name, unit.id));
+          if (u < units.length - 1 && keys.every((k) => ledger.outcome(k))) {
+            // Pushed in full by an earlier run: only the running totals move (no ClickHouse query).
+            for (const [i, line] of mapping.lines.entries()) {
+              const known = ledger.intent(keys[i] as string);
+              const run = running.get(line.name) as Running;
+              run.minor += BigInt(known?.amountMinor ?? 0);
+              run.quantity += BigInt(known?.quantity ?? 0);
+              const row = rowOf(period, line);
+              row.unitsClosed++;
+              row.lastUnit = unit.id;
+            }
+            continue;
+          }
           // The period's lines from its start through this unit: late calls of earlier days are in them.
           const { lines } = await invoiceLines(
             deps,
@@ -190,8 +234,8 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
               run.quantity += quantity;
             };
             const known = ledger.intent(key);
-            if (ledger.outcome(key) && known) {
-              pushed(BigInt(known.amountMinor), BigInt(known.quantity));
+            if (ledger.outcome(key)) {
+              pushed(BigInt(known?.amountMinor ?? 0), BigInt(known?.quantity ?? 0));
               continue;
             }
             const atStripe = byKey.get(key);
@@ -215,26 +259,19 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                   `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
                 );
               if (amountMinor === 0n && quantity === 0n) {
+                // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
                 report.pushes.skippedZero++;
+                if (!o.dryRun) ledger.writeOutcome(key, '', 'nothing');
                 continue;
               }
-              const params: InvoiceItemParams = {
-                customer: stripeCustomer,
-                ...(line.push === 'amount'
-                  ? { amount: Number(amountMinor), currency }
-                  : { pricing: { price: line.price as string }, quantity: Number(quantity) }),
-                description: describe(line, unit),
-                period: { start: sec(unit.fromMs), end: sec(unit.toMs) - 1 },
-                metadata: {
-                  tollgate_key: key,
-                  tollgate_product: mapping.product,
-                  tollgate_customer: customer,
-                  tollgate_line: line.name,
-                  tollgate_period: period,
-                  tollgate_unit: unit.id,
-                  tollgate_cumulative_nano: cum.nano.toString(),
-                },
-              };
+              const params = paramsFor(
+                { product: mapping.product, customer, stripeCustomer, currency, key },
+                line,
+                unit,
+                amountMinor,
+                quantity,
+                cum.nano,
+              );
               const fields = {
                 key,
                 customer,
@@ -339,20 +376,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
   for (const period of o.periods)
     for (const u of await unmappedCustomers(deps, mapping, period))
       report.rows.push({
-        customer: u.customer,
-        stripeCustomer: null,
-        period,
-        line: '(unmapped customer)',
-        push: 'amount',
-        unitsClosed: 0,
-        lastUnit: null,
+        ...emptyRow(u.customer, null, period, { name: '(unmapped customer)', push: 'amount' }),
         tollgateNano: u.nano.toString(),
         tollgateMinor: roundToMinor(u.nano, digits).toString(),
-        tollgateQuantity: '0',
-        pushedMinor: '0',
-        pushedQuantity: '0',
-        stripeMinor: null,
-        stripeQuantity: null,
         remainderNano: u.nano.toString(),
         status: 'unmapped',
       });
