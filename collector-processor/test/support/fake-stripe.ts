@@ -1,21 +1,26 @@
 /**
  * A local stand-in for the Stripe API, only for what the Stripe sync calls (Stripe cannot be reached
- * from the test machines). It mirrors, from github:stripe/openapi:
- *   - `POST /v1/invoiceitems` (openapi/spec3.json paths["/v1/invoiceitems"].post: form-encoded body,
- *     `customer` required, `amount` + `currency`, or `pricing[price]` + `quantity`, `description`,
- *     `period[start]`/`period[end]`, `metadata[…]`; answer `#/components/schemas/invoiceitem`);
- *   - `GET /v1/invoiceitems` (paths["/v1/invoiceitems"].get: `customer`, `created[gte]`, `limit`
- *     (1-100, default 10), `starting_after`; answer a list object `{object: "list", data, has_more, url}`
- *     newest first);
- *   - errors as `#/components/schemas/error` → `api_errors` (`type`, `code`, `message`, `param`,
- *     `doc_url`), with the HTTP statuses of Stripe's error docs (400, 401, 404);
+ * from the test machines). It mirrors github:stripe/openapi `latest/openapi.spec3.json` at commit
+ * 19be337d (API version 2026-07-29.dahlia; read through the stored-file index, the mirror lacks that blob):
+ *   - `paths["/v1/invoiceitems"].post` (PostInvoiceitems): a form-encoded body (`deepObject` encoding of
+ *     `metadata`, `period`, `pricing`); `amount` (integer, minor units) + `currency`, or `pricing[price]`
+ *     + `quantity` (non-negative integer); `customer`, `description`, `period[start]`/`period[end]`
+ *     (required together, unix time, inclusive); answers `#/components/schemas/invoiceitem`;
+ *   - `paths["/v1/invoiceitems"].get` (GetInvoiceitems): `customer`, `created[gte]` (range_query_specs),
+ *     `limit` (1-100, default 10), `starting_after`; answers the list object `InvoicesItemsList`
+ *     `{object: "list", data, has_more, url: "/v1/invoiceitems"}`, newest first;
+ *   - `components.schemas.invoiceitem`: required amount, currency, customer, date, discountable, id,
+ *     livemode, object, period, proration, quantity, quantity_decimal; `pricing` nullable
+ *     (`billing_bill_resource_invoicing_pricing_pricing`: type `price_details`, `price_details.price`/
+ *     `product`, `unit_amount_decimal`) — also openapi/fixtures3.json `invoiceitem` at HEAD;
+ *   - errors as `#/components/schemas/error` → `api_errors` (`type` one of api_error, card_error,
+ *     idempotency_error, invalid_request_error; `code`, `message`, `param`, `doc_url`; read in
+ *     openapi/spec3.json of the git history, 2022), with Stripe's HTTP statuses (400, 401, 404);
  *   - idempotency as documented (docs.stripe.com/api/idempotent_requests): the first answer to a key is
  *     saved and replayed with `Idempotent-Replayed: true` and `Original-Request` for the same key and
  *     the same parameters; the same key with other parameters (or another endpoint) is a 400
  *     `idempotency_error`; requests that fail validation save nothing; keys expire after 24 hours.
- * The invoice item's fields follow openapi/fixtures3.json `invoiceitem` at the spec's HEAD and the
- * `InvoiceItem` type of the stripe SDK 23.2 (API version 2026-11-18, OpenAPI v2602): `pricing` replaced
- * the older top-level `price`. docs/stripe.md lists what this fake does not reproduce.
+ * docs/stripe.md lists what this fake does not reproduce.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
