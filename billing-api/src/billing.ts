@@ -116,16 +116,20 @@ export interface InvoiceLine {
 /**
  * The invoice lines of a customer's calls of `period` that started inside `range` (the whole period for
  * the preview; a day of it for the Stripe sync), from the raw rated calls, with the raw totals they
- * reconcile against. Used by `/billing/invoices/preview` and by `tollgate billing sync stripe`.
+ * reconcile against (`totals: false` skips that query). Used by `/billing/invoices/preview` and by
+ * `tollgate billing sync stripe`.
  */
 export async function invoiceLines(
   d: AnalyticsDeps,
   q: { product: string; customer: string; period: string; range: TimeRange },
   log: FastifyBaseLogger,
+  opts: { totals?: boolean } = {},
 ): Promise<{ lines: InvoiceLine[]; totals: Record<string, unknown>; linesNano: bigint }> {
   const [raw, [t]] = await Promise.all([
     rows(d, invoiceLinesSql(q.product, q.customer, q.period, q.range), log),
-    rows(d, invoiceTotalsSql(q.product, q.customer, q.period, q.range), log),
+    opts.totals === false
+      ? Promise.resolve([])
+      : rows(d, invoiceTotalsSql(q.product, q.customer, q.period, q.range), log),
   ]);
   let linesNano = 0n;
   const lines = raw.map((r): InvoiceLine => {

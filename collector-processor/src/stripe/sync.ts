@@ -50,6 +50,9 @@ interface Running {
   quantity: bigint;
 }
 
+/** What a settled unit of a line added: minor units (amount lines) or units (quantity lines). */
+type Settled = Running;
+
 const sec = (ms: number) => Math.floor(ms / 1000);
 
 /** The sums of the invoice lines per mapping line, and the lines no mapping line covers. */
@@ -178,9 +181,27 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       rows.set(k, r);
       return r;
     };
+    /** Stripe's items of this customer made by this sync, by idempotency key (filled below). */
+    const byKey = new Map<string, InvoiceItemSeen>();
+    /**
+     * What a unit's line already added, when it is settled: an outcome in the ledger, or an item at Stripe
+     * carrying its key (an earlier run whose ledger line is missing: a crash, or another data directory).
+     */
+    const settled = (key: string, line: StripeLine): Settled | undefined => {
+      const known = ledger.intent(key);
+      if (ledger.outcome(key))
+        return { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
+      const atStripe = byKey.get(key);
+      if (!atStripe) return undefined;
+      report.pushes.found++;
+      if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found');
+      return {
+        minor: line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
+        quantity: line.push === 'quantity' ? BigInt(atStripe.quantity) : 0n,
+      };
+    };
     try {
       // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
-      const byKey = new Map<string, InvoiceItemSeen>();
       const ours = (items: InvoiceItemSeen[]) =>
         items.filter(
           (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
@@ -199,17 +220,21 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
         for (const [u, unit] of units.entries()) {
           const keys = mapping.lines.map((l) => idempotencyKey(mapping.product, customer, l.name, unit.id));
-          if (u < units.length - 1 && keys.every((k) => ledger.outcome(k))) {
-            // Pushed in full by an earlier run: only the running totals move (no ClickHouse query).
-            for (const [i, line] of mapping.lines.entries()) {
-              const known = ledger.intent(keys[i] as string);
-              const run = running.get(line.name) as Running;
-              run.minor += BigInt(known?.amountMinor ?? 0);
-              run.quantity += BigInt(known?.quantity ?? 0);
-              const row = rowOf(period, line);
-              row.unitsClosed++;
-              row.lastUnit = unit.id;
-            }
+          const done = mapping.lines.map((l, i) => settled(keys[i] as string, l));
+          const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
+            const run = running.get(line.name) as Running;
+            run.minor += minor;
+            run.quantity += quantity;
+            const row = rowOf(period, line);
+            row.unitsClosed++;
+            row.lastUnit = unit.id;
+          };
+          if (u < units.length - 1 && done.every((d) => d !== undefined)) {
+            // Settled in full by an earlier run: only the running totals move (no ClickHouse query).
+            mapping.lines.forEach((line, i) => {
+              const d = done[i] as Settled;
+              addUnit(line, d.minor, d.quantity);
+            });
             continue;
           }
           // The period's lines from its start through this unit: late calls of earlier days are in them.
@@ -217,38 +242,24 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             deps,
             { product: mapping.product, customer, period, range: { fromMs: range.fromMs, toMs: unit.toMs } },
             chLog,
+            { totals: false },
           );
           const { byLine, unmapped } = group(mapping, lines);
           lastUnmapped = unmapped;
-          for (const line of mapping.lines) {
+          for (const [i, line] of mapping.lines.entries()) {
             const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
-            const run = running.get(line.name) as Running;
             const row = rowOf(period, line);
-            row.unitsClosed++;
-            row.lastUnit = unit.id;
             row.tollgateNano = cum.nano.toString();
             row.tollgateQuantity = cum.quantity.toString();
-            const key = idempotencyKey(mapping.product, customer, line.name, unit.id);
-            const pushed = (minor: bigint, quantity: bigint) => {
-              run.minor += minor;
-              run.quantity += quantity;
-            };
+            const d = done[i];
+            if (d) {
+              addUnit(line, d.minor, d.quantity);
+              continue;
+            }
+            const run = running.get(line.name) as Running;
+            const key = keys[i] as string;
+            const pushed = (minor: bigint, quantity: bigint) => addUnit(line, minor, quantity);
             const known = ledger.intent(key);
-            if (ledger.outcome(key)) {
-              pushed(BigInt(known?.amountMinor ?? 0), BigInt(known?.quantity ?? 0));
-              continue;
-            }
-            const atStripe = byKey.get(key);
-            if (atStripe) {
-              // Pushed by an earlier run whose ledger line is missing (crash, or another data directory).
-              pushed(
-                line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
-                line.push === 'quantity' ? BigInt(atStripe.quantity) : 0n,
-              );
-              report.pushes.found++;
-              if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found');
-              continue;
-            }
             let intent = known;
             if (!intent) {
               const amountMinor = line.push === 'amount' ? amountToPush(cum.nano, run.minor, digits) : 0n;
@@ -262,6 +273,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                 // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
                 report.pushes.skippedZero++;
                 if (!o.dryRun) ledger.writeOutcome(key, '', 'nothing');
+                pushed(0n, 0n);
                 continue;
               }
               const params = paramsFor(
