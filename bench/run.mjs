@@ -11,6 +11,7 @@ const ALL = [
   ['kill-simulation', ['node', 'bench/kill-simulation.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
+  ['stripe-sync', ['node', 'bench/stripe-sync.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],
 ];
 const wanted = process.argv.slice(2);

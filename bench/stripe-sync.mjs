@@ -1,11 +1,11 @@
-// The Stripe sync's own cost (docs/stripe.md): one month of N seeded calls (default 1 million, 100
+// The Stripe sync's own cost (docs/stripe.md): one month of N seeded calls (default 200,000, 100
 // customers, 8 tools) pushed as one invoice item per customer, line and day, then pushed again. Stripe
 // is replaced by an in-memory gateway (the sync's StripeGateway port, with Stripe's idempotency
 // semantics), so the numbers are Tollgate's side only: the ClickHouse reads of the invoice lines, the
 // fsynced ledger, the report. Real Stripe adds its own latency per call and its rate limits.
 //
 //   node bench/stripe-sync.mjs                      (after `npm run build`)
-//   BENCH_STRIPE_ROWS=100000 node bench/stripe-sync.mjs
+//   BENCH_STRIPE_ROWS=1000000 node bench/stripe-sync.mjs
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,7 +17,7 @@ import { stripeMappingSchema } from '../collector-processor/dist/stripe/mapping.
 import { syncStripe } from '../collector-processor/dist/stripe/sync.js';
 import { seedCallsSql, table, writeResult } from './lib.mjs';
 
-const ROWS = Number(process.env.BENCH_STRIPE_ROWS ?? 1_000_000);
+const ROWS = Number(process.env.BENCH_STRIPE_ROWS ?? 200_000);
 const PERIOD = '2026-03';
 const NOW = Date.UTC(2026, 3, 2); // every day of March closed and settled
 
