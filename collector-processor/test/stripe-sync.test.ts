@@ -57,10 +57,10 @@ let dir: string;
 let deps: AnalyticsDeps;
 let configFile: string;
 
-function configFor(fake: FakeStripe, extra = ''): Config {
+function configFor(fake: FakeStripe, mapping = MAPPING): Config {
   writeFileSync(
     configFile,
-    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n${MAPPING}${extra}`,
+    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n${mapping}`,
   );
   return loadConfig(
     {
@@ -375,6 +375,29 @@ function gatewayDying(fake: FakeStripe, n: number, when: 'before' | 'after'): St
     },
   };
 }
+
+describe('granularity period', () => {
+  it('pushes one item per customer and line once the month is over and settled, keyed by the period', async () => {
+    const fake = await newFake();
+    const config = configFor(fake, MAPPING.replace('granularity: day', 'granularity: period'));
+    const runDir = ledgerDir();
+    const inMonth = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
+    expect(posts(fake)).toEqual([]); // March is not over on the 5th
+    expect(inMonth.rows.find((r) => r.customer === 'acme' && r.line === 'calls')?.unitsClosed).toBe(0);
+    const after = Date.UTC(2026, 3, 1, 2, 0); // April 1st, 02:00: the month ended 120 minutes ago
+    const r = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: after });
+    const rows = await raw();
+    const acmeCalls = rows.filter((x) => x.customer === 'acme').reduce((sum, x) => sum + x.callNano, 0n);
+    const items = itemsAt(fake);
+    expect(items.get('acme/calls/2026-03')).toBe(roundCents(acmeCalls));
+    expect([...items.keys()].every((k) => k.endsWith('/2026-03'))).toBe(true);
+    expect(posts(fake).map((p) => p.key)).toContain('tollgate-v1/demo-mcp/acme/calls/2026-03');
+    const p = fake.items[0]?.period as { start: number; end: number };
+    expect([p.start, p.end]).toEqual([Date.UTC(2026, 2, 1) / 1000, Date.UTC(2026, 3, 1) / 1000 - 1]);
+    expect(r.rows.filter((x) => x.stripeCustomer).every((x) => x.status === 'reconciled')).toBe(true);
+    await fake.close();
+  });
+});
 
 describe('crash mid-sync, then resume', () => {
   it('a crash after Stripe took a push but before the ledger recorded it: the resume replays the key, bills once', async () => {

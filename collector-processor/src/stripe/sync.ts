@@ -269,6 +269,13 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                   'STRIPE_NEGATIVE_QUANTITY',
                   `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
                 );
+              const big = (n: bigint) =>
+                n > BigInt(Number.MAX_SAFE_INTEGER) || n < -BigInt(Number.MAX_SAFE_INTEGER);
+              if (big(amountMinor) || big(quantity))
+                throw new StripeSyncError(
+                  'STRIPE_API',
+                  `${customer} ${line.name} ${unit.id}: ${amountMinor || quantity} is beyond what the API takes as an integer`,
+                );
               if (amountMinor === 0n && quantity === 0n) {
                 // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
                 report.pushes.skippedZero++;
