@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -468,6 +468,26 @@ describe('crash mid-sync, then resume', () => {
       /STRIPE_IDEMPOTENCY_CONFLICT: .*400 idempotency_error/,
     );
     expect(fake.items).toHaveLength(1);
+    await fake.close();
+  });
+});
+
+describe('one run at a time', () => {
+  it('a second run on the same data directory is refused while the first runs; a crashed run’s lock is taken over', async () => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    mkdirSync(join(runDir, 'stripe'));
+    const lock = join(runDir, 'stripe', 'sync.lock');
+    writeFileSync(lock, String(process.pid)); // a live process holds it
+    await expect(
+      runStripeSync(configFor(fake), runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW }),
+    ).rejects.toThrow(/STRIPE_BUSY: .*pid \d+/);
+    expect(posts(fake)).toEqual([]);
+    const gone = spawnSync('true').pid; // a process that has exited
+    writeFileSync(lock, String(gone));
+    const r = await runStripeSync(configFor(fake), runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
+    expect(r.pushes.created).toBe((await expectedPushes()).size);
+    expect(existsSync(lock)).toBe(false); // released
     await fake.close();
   });
 });

@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AnalyticsDeps, periodOfMs } from '@tollgate/billing-api';
 import type { Logger } from 'pino';
@@ -28,6 +28,33 @@ export interface RunOptions {
   /** Tests swap the SDK gateway for a wrapped one (to crash a run). */
   gateway?: StripeGateway;
   afterPush?: (key: string) => void;
+}
+
+/**
+ * One run at a time per data directory (the command and the background job, or two commands): a lock file
+ * holding the pid, taken over when that process is gone (a crash leaves it behind).
+ */
+function lockRun(dir: string): () => void {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'sync.lock');
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
+      const pid = Number(readFileSync(file, 'utf8'));
+      let alive = false;
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch {
+        // gone: the lock is stale
+      }
+      if (alive) throw new StripeSyncError('STRIPE_BUSY', `another sync (pid ${pid}) is running on ${dir}`);
+      rmSync(file, { force: true });
+    }
+  }
 }
 
 /** One sync run as configured: the SDK gateway, the ledger of the data directory, the report written next to it. */
@@ -65,17 +92,23 @@ export async function runStripeSync(
     ? Ledger.open(join(dir, 'ledger.jsonl')).forDryRun()
     : Ledger.open(join(dir, 'ledger.jsonl'));
   const nowMs = o.nowMs ?? Date.now();
-  const report = await syncStripe({
-    mapping,
-    deps,
-    gateway,
-    ledger,
-    periods: o.periods ?? defaultPeriods(nowMs),
-    nowMs,
-    dryRun,
-    log: log.child({ component: 'stripe-sync' }),
-    afterPush: o.afterPush,
-  });
+  const release = dryRun ? () => {} : lockRun(dir);
+  let report: SyncReport;
+  try {
+    report = await syncStripe({
+      mapping,
+      deps,
+      gateway,
+      ledger,
+      periods: o.periods ?? defaultPeriods(nowMs),
+      nowMs,
+      dryRun,
+      log: log.child({ component: 'stripe-sync' }),
+      afterPush: o.afterPush,
+    });
+  } finally {
+    release();
+  }
   if (!dryRun) {
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'report-latest.json'), reportJson(report));
