@@ -16,10 +16,11 @@
  *   - errors as `#/components/schemas/error` → `api_errors` (`type` one of api_error, card_error,
  *     idempotency_error, invalid_request_error; `code`, `message`, `param`, `doc_url`; read in
  *     openapi/spec3.json of the git history, 2022), with Stripe's HTTP statuses (400, 401, 404);
- *   - idempotency as documented (docs.stripe.com/api/idempotent_requests): the first answer to a key is
- *     saved and replayed with `Idempotent-Replayed: true` and `Original-Request` for the same key and
- *     the same parameters; the same key with other parameters (or another endpoint) is a 400
- *     `idempotency_error`; requests that fail validation save nothing; keys expire after 24 hours.
+ *   - idempotency as documented (docs.stripe.com/idempotency, /api/idempotent_requests): the first answer
+ *     to a key, once the endpoint ran, is saved and replayed with `Idempotent-Replayed: true` and
+ *     `Original-Request` for the same key and the same parameters; the same key with other parameters (or
+ *     another endpoint) is a 400 `idempotency_error`; requests that fail validation save nothing; keys
+ *     are pruned after 24 hours.
  * docs/stripe.md lists what this fake does not reproduce.
  */
 import { randomBytes } from 'node:crypto';
