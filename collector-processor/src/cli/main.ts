@@ -19,7 +19,7 @@ import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
 import { migrate, openClickHouse } from '../storage/clickhouse.js';
 import { StripeSyncError } from '../stripe/errors.js';
-import { runStripeSync } from '../stripe/job.js';
+import { checkRunnable, runStripeSync } from '../stripe/job.js';
 import { reportCsv, reportJson } from '../stripe/report.js';
 
 /** The public development keys of the embedded configuration (loopback only). */
@@ -231,6 +231,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   const jsonFile = take('--report-json');
   const csvFile = take('--report-csv');
   const config = loadConfig(flags);
+  checkRunnable(config, dryRun); // before ClickHouse is opened
   const s = config.settings;
   const log = createLogger(String(s.logLevel));
   const dataDir = resolve(String(s.dataDir));

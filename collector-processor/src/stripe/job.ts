@@ -6,6 +6,7 @@ import type { Config } from '../config/settings.js';
 import { StripeSyncError } from './errors.js';
 import { type StripeGateway, sdkGateway } from './gateway.js';
 import { Ledger } from './ledger.js';
+import type { StripeMapping } from './mapping.js';
 import { reportCsv, reportJson, type SyncReport } from './report.js';
 import { syncStripe } from './sync.js';
 
@@ -28,6 +29,18 @@ export interface RunOptions {
   /** Tests swap the SDK gateway for a wrapped one (to crash a run). */
   gateway?: StripeGateway;
   afterPush?: (key: string) => void;
+}
+
+/** The mapping, when a run can start: a mapping, and a secret key unless it is a dry run. */
+export function checkRunnable(config: Config, dryRun: boolean): StripeMapping {
+  if (!config.stripe)
+    throw new StripeSyncError('STRIPE_NOT_CONFIGURED', `no stripe: mapping in ${config.configFile}`);
+  if (!config.settings['stripe.secretKey'] && !dryRun)
+    throw new StripeSyncError(
+      'STRIPE_NOT_CONFIGURED',
+      'no secret key (STRIPE_SECRET_KEY or --stripe-secret-key)',
+    );
+  return config.stripe;
 }
 
 /**
@@ -66,16 +79,9 @@ export async function runStripeSync(
   o: RunOptions = {},
 ): Promise<SyncReport> {
   const s = config.settings;
-  const mapping = config.stripe;
-  if (!mapping)
-    throw new StripeSyncError('STRIPE_NOT_CONFIGURED', `no stripe: mapping in ${config.configFile}`);
-  const secretKey = String(s['stripe.secretKey']);
   const dryRun = o.dryRun ?? false;
-  if (!secretKey && !dryRun)
-    throw new StripeSyncError(
-      'STRIPE_NOT_CONFIGURED',
-      'no secret key (STRIPE_SECRET_KEY or --stripe-secret-key)',
-    );
+  const mapping = checkRunnable(config, dryRun);
+  const secretKey = String(s['stripe.secretKey']);
   const gateway =
     o.gateway ??
     (secretKey
