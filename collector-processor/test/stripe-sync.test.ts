@@ -400,7 +400,7 @@ describe('granularity period', () => {
 });
 
 describe('crash mid-sync, then resume', () => {
-  it('a crash after Stripe took a push but before the ledger recorded it: the resume replays the key, bills once', async () => {
+  it('a crash after Stripe took a push but before the ledger recorded it: the resume finds it at Stripe by its key, bills once', async () => {
     const fake = await newFake();
     const runDir = ledgerDir();
     const config = configFor(fake);
@@ -488,6 +488,41 @@ describe('one run at a time', () => {
     const r = await runStripeSync(configFor(fake), runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
     expect(r.pushes.created).toBe((await expectedPushes()).size);
     expect(existsSync(lock)).toBe(false); // released
+    await fake.close();
+  });
+});
+
+describe('crash mid-sync, then resume, when the list does not show the crashed push', () => {
+  it('the intent is sent again under its key and Stripe replays its first answer: billed once', async () => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    const config = configFor(fake);
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: NOW,
+        gateway: gatewayDying(fake, 2, 'after'),
+      }),
+    ).rejects.toThrow('power cut');
+    const real = sdkGateway({
+      secretKey: fake.secretKey,
+      host: fake.host,
+      port: fake.port,
+      protocol: 'http',
+    });
+    // a list that lags behind the create (or an item outside the listed range): only the key can help
+    const blind: StripeGateway = {
+      createInvoiceItem: (p, k) => real.createInvoiceItem(p, k),
+      listInvoiceItems: async () => [],
+    };
+    const resumed = await runStripeSync(config, runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW,
+      gateway: blind,
+    });
+    expect(resumed.pushes.replayed).toBe(1);
+    expect(fake.requests.filter((r) => r.replayed)).toHaveLength(1);
+    expect(itemsAt(fake)).toEqual(await expectedPushes()); // throws on a double bill
     await fake.close();
   });
 });
