@@ -266,7 +266,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
       for (const r of report.rows) {
         const q = r.push === 'quantity';
         out.write(
-          `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad(q ? r.tollgateQuantity : r.tollgateMinor, 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
+          `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad((q ? r.tollgateQuantity : r.tollgateMinor) ?? '—', 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
         );
       }
       out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in units)\n`);

@@ -8,13 +8,20 @@ import { z } from 'zod';
  */
 
 const LINE_NAME = /^[a-z0-9][a-z0-9_.-]{0,39}$/;
-const QUANTITY_UNIT: Partial<Record<InvoiceComponent, string>> = {
+const UNIT: Record<InvoiceComponent, 'call' | 'token' | 'microsecond'> = {
   call: 'call',
   free_call: 'call',
   failed_call: 'call',
   input_tokens: 'token',
   output_tokens: 'token',
+  duration: 'microsecond',
 };
+
+/** The unit of a line's quantity, or undefined when its components count different things. */
+export function quantityUnit(components: readonly InvoiceComponent[]): string | undefined {
+  const units = new Set(components.map((c) => UNIT[c]));
+  return units.size === 1 ? [...units][0] : undefined;
+}
 
 const lineSchema = z
   .strictObject({
@@ -46,8 +53,8 @@ const lineSchema = z
         message: 'an amount line pushes Tollgate’s amount: it takes no Stripe price',
       });
     if (l.push === 'quantity') {
-      const units = new Set(l.components.map((c) => QUANTITY_UNIT[c]));
-      if (units.has(undefined))
+      const units = new Set(l.components.map((c) => UNIT[c]));
+      if (units.has('microsecond'))
         ctx.addIssue({
           code: 'custom',
           path: ['components'],

@@ -20,7 +20,8 @@ export interface ReportRow {
   tollgateNano: string;
   /** The same, rounded half away from zero to minor units: what the pushes add up to when reconciled. */
   tollgateMinor: string;
-  tollgateQuantity: string;
+  /** Calls, tokens or microseconds (duration); null when the line adds up different units. */
+  tollgateQuantity: string | null;
   pushedMinor: string;
   pushedQuantity: string;
   /** Sum over Stripe's invoice items of this line and period (null: Stripe not read, or not that mode). */

@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { StripeSyncError } from './errors.js';
 import type { InvoiceItemParams, InvoiceItemSeen, StripeGateway } from './gateway.js';
 import type { Ledger } from './ledger.js';
-import { lineFor, type StripeLine, type StripeMapping } from './mapping.js';
+import { lineFor, quantityUnit, type StripeLine, type StripeMapping } from './mapping.js';
 import {
   amountToPush,
   closedUnits,
@@ -102,7 +102,7 @@ function emptyRow(
   customer: string,
   stripeCustomer: string | null,
   period: string,
-  line: Pick<StripeLine, 'name' | 'push'>,
+  line: Pick<StripeLine, 'name' | 'push'> & { components?: readonly InvoiceComponent[] },
 ): ReportRow {
   return {
     customer,
@@ -114,7 +114,7 @@ function emptyRow(
     lastUnit: null,
     tollgateNano: '0',
     tollgateMinor: '0',
-    tollgateQuantity: '0',
+    tollgateQuantity: line.components && quantityUnit(line.components) ? '0' : null,
     pushedMinor: '0',
     pushedQuantity: '0',
     stripeMinor: null,
@@ -250,7 +250,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
             const row = rowOf(period, line);
             row.tollgateNano = cum.nano.toString();
-            row.tollgateQuantity = cum.quantity.toString();
+            row.tollgateQuantity = quantityUnit(line.components) ? cum.quantity.toString() : null;
             const d = done[i];
             if (d) {
               addUnit(line, d.minor, d.quantity);
