@@ -472,6 +472,31 @@ describe('crash mid-sync, then resume', () => {
   });
 });
 
+describe('some customers only', () => {
+  it('--customer pushes those of the mapping and no other; an unmapped one is refused', async () => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    const r = await runStripeSync(configFor(fake), runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW,
+      customers: ['globex'],
+    });
+    const want = [...(await expectedPushes())].filter(([k]) => k.startsWith('globex/'));
+    expect(itemsAt(fake)).toEqual(new Map(want));
+    expect(new Set(r.rows.map((x) => x.customer))).toEqual(new Set(['globex']));
+    await expect(
+      runStripeSync(configFor(fake), runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: NOW,
+        customers: ['initech'],
+      }),
+    ).rejects.toThrow(
+      'STRIPE_NOT_CONFIGURED: the Stripe sync needs a stripe: mapping and a secret key: customer initech is not in the stripe: mapping',
+    );
+    await fake.close();
+  });
+});
+
 describe('one run at a time', () => {
   it('a second run on the same data directory is refused while the first runs; a crashed run’s lock is taken over', async () => {
     const fake = await newFake();

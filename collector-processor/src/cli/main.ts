@@ -41,8 +41,8 @@ Usage:
   tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse (stop the server first
                                     when it uses embedded chDB: one process per data directory)
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
-  tollgate billing sync stripe [--period YYYY-MM[,YYYY-MM]] [--dry-run] [--json]
-                               [--report-json FILE] [--report-csv FILE]
+  tollgate billing sync stripe [--period YYYY-MM[,YYYY-MM]] [--customer C[,C]] [--dry-run]
+                               [--json] [--report-json FILE] [--report-csv FILE]
                                     push rated usage to Stripe as the config's stripe: mapping says
                                     (secret key in STRIPE_SECRET_KEY); idempotent and resumable; prints
                                     the reconciliation report (docs/stripe.md). Stop the server first
@@ -226,6 +226,9 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
     .map((p) => p.trim());
   for (const p of periods ?? [])
     if (!/^\d{4}-(0[1-9]|1[0-2])$/.test(p)) fail(`--period: ${p} is not a billing period (YYYY-MM)`);
+  const customers = take('--customer')
+    ?.split(',')
+    .map((c) => c.trim());
   const dryRun = take('--dry-run') === 'true';
   const asJson = take('--json') === 'true';
   const jsonFile = take('--report-json');
@@ -249,7 +252,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
         pricing: new PlanPricing({ current: book }),
       },
       log,
-      { periods, dryRun },
+      { periods, customers, dryRun },
     );
     if (jsonFile) writeFileSync(jsonFile, reportJson(report));
     if (csvFile) writeFileSync(csvFile, reportCsv(report));

@@ -8,6 +8,7 @@ export const STRIPE_SYNC_ERRORS = {
     'Stripe refused an idempotency key already used with other parameters (the push was not billed twice)',
   STRIPE_LEDGER: 'the sync ledger in the data directory cannot be read',
   STRIPE_BUSY: 'another Stripe sync is running on this data directory',
+  STRIPE_UNKNOWN_CUSTOMER: 'the customer asked for is not in the stripe: mapping',
   STRIPE_NEGATIVE_QUANTITY: 'a quantity to push went below what was already pushed',
 } as const;
 export type StripeSyncErrorCode = keyof typeof STRIPE_SYNC_ERRORS;

@@ -24,6 +24,7 @@ export function defaultPeriods(nowMs: number): string[] {
 
 export interface RunOptions {
   periods?: readonly string[];
+  customers?: readonly string[];
   nowMs?: number;
   dryRun?: boolean;
   /** Tests swap the SDK gateway for a wrapped one (to crash a run). */
@@ -107,6 +108,7 @@ export async function runStripeSync(
       gateway,
       ledger,
       periods: o.periods ?? defaultPeriods(nowMs),
+      customers: o.customers,
       nowMs,
       dryRun,
       log: log.child({ component: 'stripe-sync' }),

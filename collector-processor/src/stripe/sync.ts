@@ -38,6 +38,8 @@ export interface SyncOptions {
   ledger: Ledger;
   /** Billing periods (`YYYY-MM`) to sync, oldest first. */
   periods: readonly string[];
+  /** Only these mapped customers (default: every one; the unmapped ones are then not listed). */
+  customers?: readonly string[] | undefined;
   nowMs: number;
   dryRun: boolean;
   log: Logger;
@@ -173,7 +175,13 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
   const firstFromMs = Math.min(...o.periods.map((p) => periodRange(p).fromMs));
   const chLog = log as unknown as FastifyBaseLogger;
 
-  for (const [customer, stripeCustomer] of Object.entries(mapping.customers)) {
+  if (o.customers)
+    for (const c of o.customers)
+      if (!(c in mapping.customers)) throw new StripeSyncError('STRIPE_UNKNOWN_CUSTOMER', c);
+  const customers = Object.entries(mapping.customers).filter(
+    ([c]) => !o.customers || o.customers.includes(c),
+  );
+  for (const [customer, stripeCustomer] of customers) {
     const rows = new Map<string, ReportRow>();
     const rowOf = (period: string, line: StripeLine): ReportRow => {
       const k = `${period}|${line.name}`;
@@ -392,7 +400,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
     }
     report.rows.push(...rows.values());
   }
-  for (const period of o.periods)
+  for (const period of o.customers ? [] : o.periods)
     for (const u of await unmappedCustomers(deps, mapping, period))
       report.rows.push({
         ...emptyRow(u.customer, null, period, { name: '(unmapped customer)', push: 'amount' }),
