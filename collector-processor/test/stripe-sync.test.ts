@@ -491,7 +491,7 @@ describe('some customers only', () => {
         customers: ['initech'],
       }),
     ).rejects.toThrow(
-      'STRIPE_NOT_CONFIGURED: the Stripe sync needs a stripe: mapping and a secret key: customer initech is not in the stripe: mapping',
+      'STRIPE_UNKNOWN_CUSTOMER: the customer asked for is not in the stripe: mapping: initech',
     );
     await fake.close();
   });
