@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
 import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
-import { table, writeResult } from './lib.mjs';
+import { seedCallsSql, table, writeResult } from './lib.mjs';
 
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
 const CHUNK = 1_000_000;
@@ -24,7 +24,6 @@ const KEY = 'bench-finance-key';
 
 const PERIOD = '2026-03';
 const NEXT_PERIOD = '2026-04';
-const MONTH_US = 31n * 86_400n * 1_000_000n;
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
@@ -32,44 +31,6 @@ const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username
 async function one(query) {
   const rs = await ch.client.query({ query, format: 'JSONEachRow' });
   return (await rs.json())[0];
-}
-
-// One month of calls: 100 customers, 5 agents, 8 tools, sessions of 20 calls; ~2% failed, a few free;
-// prices and costs follow a per-call + per-token + per-second plan (integer nano-units).
-function seedSql(start, count) {
-  const usPerRow = MONTH_US / BigInt(ROWS);
-  return `INSERT INTO mcp_tool_calls
-SELECT
-  toString(n) AS event_id,
-  concat(hex(cityHash64(n)), hex(cityHash64(n + 1))) AS trace_id,
-  hex(cityHash64(n, 7)) AS span_id,
-  'demo-mcp' AS product,
-  concat('customer-', toString(n % 100)) AS customer,
-  concat('agent-', toString(intDiv(n, 800) % 5)) AS agent,
-  concat('sess-', toString(n % 100), '-', toString(intDiv(n, 2000))) AS session_id,
-  ['get_forecast', 'search_docs', 'run_report', 'lookup_customer', 'send_email', 'create_ticket', 'summarize', 'translate'][intDiv(n, 100) % 8 + 1] AS tool,
-  'stdio' AS transport, 'sdk' AS source,
-  if(n % 50 = 0, 'error', 'ok') AS status,
-  if(n % 50 = 0, 'tool_error', '') AS error_type,
-  '2025-06-18' AS protocol_version, 'bench' AS instance_id,
-  addMicroseconds(toDateTime64('${PERIOD}-01 00:00:00', 6, 'UTC'), n * ${usPerRow}) AS started_at,
-  5000 + (n * 7919) % 2000000 AS duration_us,
-  100 + n % 900 AS input_tokens,
-  200 + n % 1800 AS output_tokens,
-  if(decision IN ('billed'), 2000000 + input_tokens * 1000 + output_tokens * 3000 + intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_nano,
-  500000 + input_tokens * 200 AS cost_nano,
-  if(decision IN ('billed'), 2000000, 0) AS price_call_nano,
-  if(decision IN ('billed'), input_tokens * 1000, 0) AS price_input_nano,
-  if(decision IN ('billed'), output_tokens * 3000, 0) AS price_output_nano,
-  if(decision IN ('billed'), intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_duration_nano,
-  if(decision IN ('billed'), 1, 0) AS tier,
-  'std' AS plan_id, 'bench' AS plan_version, 'USD' AS currency,
-  multiIf(n % 50 = 0, 'failed_not_billed', intDiv(n, 100) % 500 = 0, 'free', 'billed') AS decision,
-  '${PERIOD}' AS period,
-  started_at AS received_at,
-  'protocol' AS session_rule,
-  if(decision IN ('billed'), 100000, 0) AS price_per_second_nano
-FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
 }
 
 const log = pino({ level: 'silent' });
@@ -125,7 +86,7 @@ try {
   const t0 = performance.now();
   for (let start = 0; start < ROWS; start += CHUNK) {
     await ch.client.command({
-      query: seedSql(start, Math.min(CHUNK, ROWS - start)),
+      query: seedCallsSql({ start, count: Math.min(CHUNK, ROWS - start), rows: ROWS, period: PERIOD }),
       clickhouse_settings: insertSettings(`bench-${start}`),
     });
     process.stderr.write(

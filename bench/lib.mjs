@@ -211,3 +211,47 @@ export function table(rows) {
     )
     .join('\n');
 }
+
+const MONTH_US = 31n * 86_400n * 1_000_000n;
+
+/**
+ * One month (31 days) of `rows` calls into mcp_tool_calls, rows start…start+count: INSERT … SELECT from
+ * numbers(), so they reach every view through the real MV path. 100 customers, 5 agents, 8 tools,
+ * sessions of 20 calls; ~2% failed, a few free; prices and costs follow a per-call + per-token +
+ * per-second plan (integer nano-units).
+ */
+export function seedCallsSql({ start, count, rows, period }) {
+  const usPerRow = MONTH_US / BigInt(rows);
+  return `INSERT INTO mcp_tool_calls
+SELECT
+  toString(n) AS event_id,
+  concat(hex(cityHash64(n)), hex(cityHash64(n + 1))) AS trace_id,
+  hex(cityHash64(n, 7)) AS span_id,
+  'demo-mcp' AS product,
+  concat('customer-', toString(n % 100)) AS customer,
+  concat('agent-', toString(intDiv(n, 800) % 5)) AS agent,
+  concat('sess-', toString(n % 100), '-', toString(intDiv(n, 2000))) AS session_id,
+  ['get_forecast', 'search_docs', 'run_report', 'lookup_customer', 'send_email', 'create_ticket', 'summarize', 'translate'][intDiv(n, 100) % 8 + 1] AS tool,
+  'stdio' AS transport, 'sdk' AS source,
+  if(n % 50 = 0, 'error', 'ok') AS status,
+  if(n % 50 = 0, 'tool_error', '') AS error_type,
+  '2025-06-18' AS protocol_version, 'bench' AS instance_id,
+  addMicroseconds(toDateTime64('${period}-01 00:00:00', 6, 'UTC'), n * ${usPerRow}) AS started_at,
+  5000 + (n * 7919) % 2000000 AS duration_us,
+  100 + n % 900 AS input_tokens,
+  200 + n % 1800 AS output_tokens,
+  if(decision IN ('billed'), 2000000 + input_tokens * 1000 + output_tokens * 3000 + intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_nano,
+  500000 + input_tokens * 200 AS cost_nano,
+  if(decision IN ('billed'), 2000000, 0) AS price_call_nano,
+  if(decision IN ('billed'), input_tokens * 1000, 0) AS price_input_nano,
+  if(decision IN ('billed'), output_tokens * 3000, 0) AS price_output_nano,
+  if(decision IN ('billed'), intDiv(duration_us * 100000 + 500000, 1000000), 0) AS price_duration_nano,
+  if(decision IN ('billed'), 1, 0) AS tier,
+  'std' AS plan_id, 'bench' AS plan_version, 'USD' AS currency,
+  multiIf(n % 50 = 0, 'failed_not_billed', intDiv(n, 100) % 500 = 0, 'free', 'billed') AS decision,
+  '${period}' AS period,
+  started_at AS received_at,
+  'protocol' AS session_rule,
+  if(decision IN ('billed'), 100000, 0) AS price_per_second_nano
+FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
+}

@@ -13,6 +13,7 @@ const ALL = [
   ['overage', ['node', 'bench/overage.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
+  ['stripe-sync', ['node', 'bench/stripe-sync.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],
 ];
 const wanted = process.argv.slice(2);

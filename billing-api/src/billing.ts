@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
 import { creditsAppliedSql } from './credits-sql.js';
 import { sendCsv, wantsCsv } from './csv.js';
@@ -6,7 +6,7 @@ import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
 import { type AnalyticsDeps, type PlanInfo, PricingError, type QuoteResult } from './ports.js';
 import { rangeOf, rows } from './query.js';
-import { periodOfMs, periodRange } from './range.js';
+import { periodOfMs, periodRange, type TimeRange } from './range.js';
 import {
   identifier,
   moneyProps,
@@ -144,6 +144,59 @@ function creditsApplied(amountNano: bigint, r: Record<string, unknown>) {
   };
 }
 
+/** The price components of an invoice line, in the order the preview lists them. */
+export const INVOICE_COMPONENTS = Object.keys(COMPONENTS) as readonly Component[];
+export type InvoiceComponent = Component;
+
+/** One invoice line: a tool's price component (per tier and unit price), quantities and money exact. */
+export interface InvoiceLine {
+  tool: string;
+  component: Component;
+  /** Graduated per-call tier (component `call` only). */
+  tier: number | null;
+  /** Calls, tokens, or microseconds (component `duration`). */
+  quantity: bigint;
+  /** Nano-units per call, token or second (duration; null for rows landed before migration 0010). */
+  unitNano: bigint | null;
+  amountNano: bigint;
+}
+
+/**
+ * The invoice lines of a customer's calls of `period` that started inside `range` (the whole period for
+ * the preview; a day of it for the Stripe sync), from the raw rated calls, with the raw totals they
+ * reconcile against (`totals: false` skips that query). Used by `/billing/invoices/preview` and by
+ * `tollgate billing sync stripe`.
+ */
+export async function invoiceLines(
+  d: AnalyticsDeps,
+  q: { product: string; customer: string; period: string; range: TimeRange },
+  log: FastifyBaseLogger,
+  opts: { totals?: boolean } = {},
+): Promise<{ lines: InvoiceLine[]; totals: Record<string, unknown>; linesNano: bigint }> {
+  const [raw, [t]] = await Promise.all([
+    rows(d, invoiceLinesSql(q.product, q.customer, q.period, q.range), log),
+    opts.totals === false
+      ? Promise.resolve([])
+      : rows(d, invoiceTotalsSql(q.product, q.customer, q.period, q.range), log),
+  ]);
+  let linesNano = 0n;
+  const lines = raw.map((r): InvoiceLine => {
+    const component = String(r.component) as Component;
+    const amountNano = big(r.amount_nano);
+    linesNano += amountNano;
+    return {
+      tool: String(r.tool),
+      component,
+      tier: component === 'call' ? count(r.tier) : null,
+      quantity: big(r.quantity),
+      // duration: the per-second price (rows landed before migration 0010 do not know it: null)
+      unitNano: component === 'duration' && big(r.unit_nano) === 0n ? null : big(r.unit_nano),
+      amountNano,
+    };
+  });
+  return { lines, totals: t ?? {}, linesNano };
+}
+
 /** Invoice preview and plan quotes (`/billing/*`). */
 export function registerBilling(
   app: FastifyInstance,
@@ -227,41 +280,30 @@ export function registerBilling(
       if (!scope.customer) throw new ApiError('API_BAD_REQUEST', 'customer is required');
       const period = req.query.period ?? periodOfMs(Date.now());
       const range = periodRange(period);
-      const [lines, [t], [cr]] = await Promise.all([
-        rows(d, invoiceLinesSql(scope.product, scope.customer, period, range), req.log),
-        rows(d, invoiceTotalsSql(scope.product, scope.customer, period, range), req.log),
+      const [{ lines, totals, linesNano }, [cr]] = await Promise.all([
+        invoiceLines(d, { product: scope.product, customer: scope.customer, period, range }, req.log),
         rows(d, creditsAppliedSql(scope.product, scope.customer, period), req.log),
       ]);
-      let linesNano = 0n;
-      const out = lines.map((r) => {
-        const component = String(r.component) as Component;
-        const tool = String(r.tool);
-        const amountNano = big(r.amount_nano);
-        linesNano += amountNano;
-        const qty = big(r.quantity);
-        // duration: the per-second price (rows landed before migration 0010 do not know it: null)
-        const unitNano = component === 'duration' && big(r.unit_nano) === 0n ? null : big(r.unit_nano);
-        const tier = component === 'call' ? count(r.tier) : null;
-        const c = COMPONENTS[component];
+      const out = lines.map((l) => {
+        const c = COMPONENTS[l.component];
         const priced =
-          unitNano !== null &&
-          (component === 'call' || component.endsWith('_tokens') || component === 'duration');
+          l.unitNano !== null &&
+          (l.component === 'call' || l.component.endsWith('_tokens') || l.component === 'duration');
         const unitText = priced
-          ? ` at ${money('u', unitNano).u}${component === 'duration' ? ' per second' : ''}`
+          ? ` at ${money('u', l.unitNano as bigint).u}${l.component === 'duration' ? ' per second' : ''}`
           : '';
         return {
-          tool,
-          component,
-          description: `${tool}: ${c.label}${tier ? `, tier ${tier}` : ''}${unitText}`,
-          tier,
-          quantity: component === 'duration' ? microsToSeconds(qty) : qty.toString(),
+          tool: l.tool,
+          component: l.component,
+          description: `${l.tool}: ${c.label}${l.tier ? `, tier ${l.tier}` : ''}${unitText}`,
+          tier: l.tier,
+          quantity: l.component === 'duration' ? microsToSeconds(l.quantity) : l.quantity.toString(),
           quantityUnit: c.unit,
-          unitPriceNano: unitNano === null ? null : unitNano.toString(),
-          unitPrice: unitNano === null ? null : money('u', unitNano).u,
-          ...money('amount', amountNano),
+          unitPriceNano: l.unitNano === null ? null : l.unitNano.toString(),
+          unitPrice: l.unitNano === null ? null : money('u', l.unitNano).u,
+          ...money('amount', l.amountNano),
         };
       });
-      const totals = t ?? {};
       const rawPriceNano = big(totals.price_nano ?? 0);
       const plan = d.pricing.planFor(scope.product, scope.customer);
       if (wantsCsv(req))

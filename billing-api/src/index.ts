@@ -10,6 +10,12 @@ export {
   scopeFor,
 } from './auth.js';
 export {
+  INVOICE_COMPONENTS,
+  type InvoiceComponent,
+  type InvoiceLine,
+  invoiceLines,
+} from './billing.js';
+export {
   CREDIT_ERRORS,
   type CreditAdjustRequest,
   CreditError,
@@ -20,6 +26,7 @@ export {
   registerCredits,
   type WalletView,
 } from './credits.js';
+export { type Cell, toCsv } from './csv.js';
 export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';
 export {
   DRAIN_LIMIT,
@@ -42,3 +49,4 @@ export {
   type QuoteSegment,
   type QuoteUsage,
 } from './ports.js';
+export { DAY_MS, periodOfMs, periodRange, type TimeRange } from './range.js';

@@ -25,6 +25,7 @@ import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/p
 import { removeRunningRecord, writeRunningRecord } from './running.js';
 import { Spool } from './spool/spool.js';
 import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
+import { startStripeJob } from './stripe/job.js';
 
 export interface Tollgate {
   config: Config;
@@ -56,6 +57,8 @@ const REDACT = [
   '*.password',
   'token',
   '*.token',
+  'secretKey',
+  '*.secretKey',
 ];
 
 export function createLogger(level: string): Logger {
@@ -428,6 +431,21 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       otlpUrl,
       apiUrl,
     });
+    if (s['stripe.sync.enabled'] && plans) {
+      // Off by default; loadConfig has checked the mapping and the key (docs/stripe.md).
+      const job = startStripeJob(
+        config,
+        dataDir,
+        {
+          clickhouse: clickhouse.client,
+          traceLinkTemplate: String(s.traceLinkTemplate),
+          pricing: new PlanPricing(plans),
+        },
+        log,
+      );
+      stops.unshift(() => job.stop());
+      log.info({ everySeconds: s['stripe.sync.intervalSeconds'] }, 'Stripe sync job started');
+    }
   } catch (err) {
     await receiver?.close();
     await api?.close();

@@ -1,15 +1,27 @@
 #!/usr/bin/env node
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { runMcpDemo } from '@tollgate/instrumentation/demo';
-import { startTollgate, type Tollgate } from '../app.js';
-import { ConfigError, loadConfig, SETTINGS, settingsTableMarkdown, splitArgs } from '../config/settings.js';
+import { PlanPricing } from '../api-ports.js';
+import { createLogger, startTollgate, type Tollgate } from '../app.js';
+import {
+  type Config,
+  ConfigError,
+  EMBEDDED_PLANS,
+  loadConfig,
+  SETTINGS,
+  settingsTableMarkdown,
+  splitArgs,
+} from '../config/settings.js';
 import { runWorkload } from '../demo/workload.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
 import { runningProcess } from '../running.js';
-import { openClickHouse } from '../storage/clickhouse.js';
+import { migrate, openClickHouse } from '../storage/clickhouse.js';
+import { StripeSyncError } from '../stripe/errors.js';
+import { checkRunnable, runStripeSync } from '../stripe/job.js';
+import { reportCsv, reportJson } from '../stripe/report.js';
 import { sqlBusyMessage } from './sql-busy.js';
 
 /** The public development keys of the embedded configuration (loopback only). */
@@ -32,6 +44,12 @@ Usage:
                                     only while the server is stopped (one process per data directory):
                                     otherwise it names the running process and the API routes to ask
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
+  tollgate billing sync stripe [--period YYYY-MM[,YYYY-MM]] [--customer C[,C]] [--dry-run]
+                               [--json] [--report-json FILE] [--report-csv FILE]
+                                    push rated usage to Stripe as the config's stripe: mapping says
+                                    (secret key in STRIPE_SECRET_KEY); idempotent and resumable; prints
+                                    the reconciliation report (docs/stripe.md). Stop the server first
+                                    when it uses embedded chDB
   tollgate admin states [--customer C]
   tollgate admin lift|kill --customer C [--scope customer|agent|session|tool --id ID] [--note TEXT]
                                     enforcement state through the HTTP API (admin key in TOLLGATE_API_KEY
@@ -178,14 +196,15 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   out.write('Tollgate keeps running so you can look around; Ctrl-C to stop.\n');
 }
 
-async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
-  if (!sql) fail('usage: tollgate sql "<query>"');
-  const config = loadConfig(flags);
+/**
+ * Tollgate's ClickHouse as the settings say (embedded chDB in the data directory, or a server). An embedded
+ * directory a running Tollgate holds ends the command naming that process (`sql`: the query it was for).
+ */
+function clickhouseOf(config: Config, sql = '') {
   const s = config.settings;
   const dataDir = resolve(String(s.dataDir));
-  let ch: ReturnType<typeof openClickHouse>;
   try {
-    ch = openClickHouse({
+    return openClickHouse({
       url: String(s['clickhouse.url']),
       dataDir,
       database: String(s['clickhouse.database']),
@@ -199,6 +218,11 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
     }
     throw err;
   }
+}
+
+async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
+  if (!sql) fail('usage: tollgate sql "<query>"');
+  const ch = clickhouseOf(loadConfig(flags), sql);
   try {
     const rs = await ch.client.query({
       query: sql,
@@ -206,6 +230,73 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
       clickhouse_settings: { readonly: '1' },
     });
     process.stdout.write(`${JSON.stringify(await rs.json())}\n`);
+  } finally {
+    await ch.close();
+  }
+}
+
+async function cmdBillingSync(flags: Record<string, string>, provider: string | undefined): Promise<void> {
+  if (provider !== 'stripe') fail('usage: tollgate billing sync stripe [--period YYYY-MM] [--dry-run] ...');
+  const take = (name: string) => {
+    const v = flags[name];
+    delete flags[name];
+    return v;
+  };
+  const periods = take('--period')
+    ?.split(',')
+    .map((p) => p.trim());
+  for (const p of periods ?? [])
+    if (!/^\d{4}-(0[1-9]|1[0-2])$/.test(p)) fail(`--period: ${p} is not a billing period (YYYY-MM)`);
+  const customers = take('--customer')
+    ?.split(',')
+    .map((c) => c.trim());
+  const dryRun = take('--dry-run') === 'true';
+  const asJson = take('--json') === 'true';
+  const jsonFile = take('--report-json');
+  const csvFile = take('--report-csv');
+  const config = loadConfig(flags);
+  checkRunnable(config, dryRun); // before ClickHouse is opened
+  const s = config.settings;
+  const log = createLogger(String(s.logLevel));
+  const dataDir = resolve(String(s.dataDir));
+  const ch = clickhouseOf(config);
+  try {
+    await migrate(ch.client);
+    const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;
+    const book = loadPlanBook(readFileSync(plansFile, 'utf8'), plansFile);
+    const report = await runStripeSync(
+      config,
+      dataDir,
+      {
+        clickhouse: ch.client,
+        traceLinkTemplate: String(s.traceLinkTemplate),
+        pricing: new PlanPricing({ current: book }),
+      },
+      log,
+      { periods, customers, dryRun },
+    );
+    if (jsonFile) writeFileSync(jsonFile, reportJson(report));
+    if (csvFile) writeFileSync(csvFile, reportCsv(report));
+    const out = process.stdout;
+    if (asJson) out.write(reportJson(report));
+    else {
+      const p = report.pushes;
+      out.write(
+        `${dryRun ? 'DRY RUN — nothing was sent to Stripe. ' : ''}pushes: ${p.created} created, ${p.replayed} replayed, ${p.found} already at Stripe, ${p.wouldPush} would be pushed, ${p.skippedZero} with nothing to push\n`,
+      );
+      out.write(
+        `${pad('customer', 14)}${pad('period', 9)}${pad('line', 26)}${pad('tollgate', 12, true)}${pad('pushed', 12, true)}${pad('stripe', 12, true)}  status\n`,
+      );
+      for (const r of report.rows) {
+        const q = r.push === 'quantity';
+        out.write(
+          `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad((q ? r.tollgateQuantity : r.tollgateMinor) ?? '—', 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
+        );
+      }
+      out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in units)\n`);
+      for (const e of report.errors) out.write(`error: ${e.customer}: ${e.message}\n`);
+    }
+    if (report.errors.length || report.rows.some((r) => r.status === 'mismatch')) process.exitCode = 1;
   } finally {
     await ch.close();
   }
@@ -321,6 +412,9 @@ async function main(): Promise<void> {
       return cmdSql(flags, arg);
     case 'admin':
       return cmdAdmin(arg === 'credits' ? { ...flags, '--sub': positional[2] ?? '' } : flags, arg);
+    case 'billing':
+      if (arg !== 'sync') fail('usage: tollgate billing sync stripe ...');
+      return cmdBillingSync(flags, positional[2]);
     case 'config': {
       if (flags['--doc']) {
         process.stdout.write(`${settingsTableMarkdown()}\n`);
@@ -330,7 +424,8 @@ async function main(): Promise<void> {
       const shown = Object.fromEntries(
         SETTINGS.map((spec) => [
           spec.key,
-          (spec.key.includes('password') || spec.key.includes('headers')) && c.settings[spec.key]
+          (spec.key.includes('password') || spec.key.includes('headers') || spec.key.includes('secret')) &&
+          c.settings[spec.key]
             ? '[redacted]'
             : c.settings[spec.key],
         ]),
@@ -351,6 +446,7 @@ async function main(): Promise<void> {
 
 main().catch((err) => {
   if (err instanceof ConfigError || err instanceof PlanFileError) fail(err.message, 2);
+  if (err instanceof StripeSyncError) fail(err.message, 1);
   process.stderr.write(`tollgate: ${(err as Error).stack ?? err}\n`);
   process.exit(1);
 });

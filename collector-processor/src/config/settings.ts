@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { checkStripeMapping, type StripeMapping } from '../stripe/mapping.js';
 
 /**
  * Every setting of `tollgate`: one flag, one environment variable and one config-file key each, in this
@@ -328,6 +329,55 @@ export const SETTINGS = [
     default: 'http://localhost:16686/trace/{traceId}',
     doc: 'URL template for trace links in analytics (`{traceId}`, `{spanId}`): Jaeger, Tempo or Grafana.',
   },
+  {
+    key: 'stripe.secretKey',
+    flag: '--stripe-secret-key',
+    env: 'STRIPE_SECRET_KEY',
+    kind: 'string',
+    default: '',
+    doc: 'Stripe secret key (`sk_…` or a restricted `rk_…`) of the Stripe sync. Never logged; prefer the environment to a flag.',
+  },
+  {
+    key: 'stripe.apiHost',
+    flag: '--stripe-host',
+    env: 'TOLLGATE_STRIPE_HOST',
+    kind: 'string',
+    default: 'api.stripe.com',
+    doc: 'Host the Stripe SDK talks to (the SDK’s `host` option; tests point it at a local fake).',
+  },
+  {
+    key: 'stripe.apiPort',
+    flag: '--stripe-port',
+    env: 'TOLLGATE_STRIPE_PORT',
+    kind: 'int',
+    default: 443,
+    doc: 'Port of the Stripe API (the SDK’s `port` option).',
+  },
+  {
+    key: 'stripe.apiProtocol',
+    flag: '--stripe-protocol',
+    env: 'TOLLGATE_STRIPE_PROTOCOL',
+    kind: 'enum',
+    values: ['https', 'http'],
+    default: 'https',
+    doc: 'Protocol of the Stripe API (the SDK’s `protocol` option); `http` only for a local fake.',
+  },
+  {
+    key: 'stripe.sync.enabled',
+    flag: '--stripe-sync',
+    env: 'TOLLGATE_STRIPE_SYNC',
+    kind: 'bool',
+    default: false,
+    doc: 'Run the Stripe sync as a background job (the `stripe:` mapping of the config file and a secret key are then required). See docs/stripe.md.',
+  },
+  {
+    key: 'stripe.sync.intervalSeconds',
+    flag: '--stripe-sync-interval',
+    env: 'TOLLGATE_STRIPE_SYNC_INTERVAL',
+    kind: 'int',
+    default: 3600,
+    doc: 'Seconds between two runs of the background Stripe sync (a run never overlaps the previous one).',
+  },
 ] as const satisfies readonly SettingSpec[];
 
 export type SettingKey = (typeof SETTINGS)[number]['key'];
@@ -358,6 +408,8 @@ export interface Config {
   settings: Readonly<Record<SettingKey, string | number | boolean>>;
   ingestKeys: readonly IngestKeyConfig[];
   apiKeys: readonly ApiKeyConfig[];
+  /** The `stripe:` mapping of the config file (Tollgate customers and lines → Stripe), when present. */
+  stripe: StripeMapping | undefined;
   /** Where the settings came from, for `tollgate config`. */
   configFile: string;
 }
@@ -436,7 +488,7 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
       `${filePath}: unknown setting(s) ${unknown.map((k) => `settings.${k}`).join(', ')}`,
     );
   const topLevel = Object.keys((doc as Record<string, unknown>) ?? {}).filter(
-    (k) => !['settings', 'ingestKeys', 'apiKeys'].includes(k),
+    (k) => !['settings', 'ingestKeys', 'apiKeys', 'stripe'].includes(k),
   );
   if (topLevel.length) throw new ConfigError(`${filePath}: unknown top-level key(s) ${topLevel.join(', ')}`);
 
@@ -472,10 +524,23 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
     if (k.role === 'customer' && !k.customer)
       throw new ConfigError(`${filePath}: apiKeys ${k.name}: role customer needs a customer`);
   }
+  const stripeDoc = (doc as Record<string, unknown>).stripe;
+  let stripe: StripeMapping | undefined;
+  if (stripeDoc !== undefined) {
+    const checked = checkStripeMapping(stripeDoc);
+    if (!checked.ok)
+      throw new ConfigError(`${filePath}: STRIPE_MAPPING_INVALID: ${checked.problems.join('; ')}`);
+    stripe = checked.mapping;
+  }
+  if (settings['stripe.sync.enabled'] && !stripe)
+    throw new ConfigError(`stripe.sync.enabled: the config file ${filePath} has no stripe: mapping`);
+  if (settings['stripe.sync.enabled'] && !settings['stripe.secretKey'])
+    throw new ConfigError('stripe.sync.enabled: a Stripe secret key is needed (STRIPE_SECRET_KEY)');
   return Object.freeze({
     settings: Object.freeze(settings),
     ingestKeys: Object.freeze(keys.data.ingestKeys),
     apiKeys: Object.freeze(keys.data.apiKeys),
+    stripe,
     configFile: filePath,
   });
 }

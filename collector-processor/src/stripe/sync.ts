@@ -1,0 +1,413 @@
+import {
+  type AnalyticsDeps,
+  type InvoiceComponent,
+  type InvoiceLine,
+  invoiceLines,
+  periodRange,
+} from '@tollgate/billing-api';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from 'pino';
+import { StripeSyncError } from './errors.js';
+import type { InvoiceItemParams, InvoiceItemSeen, StripeGateway } from './gateway.js';
+import type { Ledger } from './ledger.js';
+import { lineFor, quantityUnit, type StripeLine, type StripeMapping } from './mapping.js';
+import {
+  amountToPush,
+  closedUnits,
+  idempotencyKey,
+  minorUnitDigits,
+  nanoPerMinor,
+  type PushUnit,
+  roundToMinor,
+} from './money.js';
+import type { ReportRow, SyncReport } from './report.js';
+
+/**
+ * `tollgate billing sync stripe` and its background job: for every mapped customer, every billing period
+ * asked for, every closed day (or the closed period) and every mapping line, push what Tollgate rated
+ * since the last push of that line — one invoice item per customer, line and unit, under an idempotency
+ * key derived from them — and report Tollgate's total, what was pushed and what Stripe holds.
+ * The invoice lines are the invoice preview's (`invoiceLines` of billing-api), never recomputed here.
+ */
+
+export interface SyncOptions {
+  mapping: StripeMapping;
+  deps: AnalyticsDeps;
+  /** Absent in a dry run without a key: Stripe is then not read either. */
+  gateway: StripeGateway | undefined;
+  ledger: Ledger;
+  /** Billing periods (`YYYY-MM`) to sync, oldest first. */
+  periods: readonly string[];
+  /** Only these mapped customers (default: every one; the unmapped ones are then not listed). */
+  customers?: readonly string[] | undefined;
+  nowMs: number;
+  dryRun: boolean;
+  log: Logger;
+  /** Called after each push is recorded; tests throw from it to crash a run mid-sync. */
+  afterPush?: (key: string) => void;
+}
+
+interface Running {
+  minor: bigint;
+  quantity: bigint;
+}
+
+/** What a settled unit of a line added: minor units (amount lines) or units (quantity lines). */
+type Settled = Running;
+
+const sec = (ms: number) => Math.floor(ms / 1000);
+
+/** The sums of the invoice lines per mapping line, and the lines no mapping line covers. */
+function group(mapping: StripeMapping, lines: readonly InvoiceLine[]) {
+  const byLine = new Map<string, { nano: bigint; quantity: bigint }>();
+  const unmapped = new Map<
+    string,
+    { tool: string; component: InvoiceComponent; nano: bigint; quantity: bigint }
+  >();
+  for (const l of lines) {
+    const m = lineFor(mapping, l.tool, l.component);
+    if (m) {
+      const g = byLine.get(m.name) ?? { nano: 0n, quantity: 0n };
+      g.nano += l.amountNano;
+      g.quantity += l.quantity;
+      byLine.set(m.name, g);
+    } else {
+      const k = `${l.tool}|${l.component}`;
+      const u = unmapped.get(k) ?? { tool: l.tool, component: l.component, nano: 0n, quantity: 0n };
+      u.nano += l.amountNano;
+      u.quantity += l.quantity;
+      unmapped.set(k, u);
+    }
+  }
+  return { byLine, unmapped };
+}
+
+/** Customers with calls in the period that the mapping does not name (the report lists them, unpushed). */
+async function unmappedCustomers(
+  deps: AnalyticsDeps,
+  mapping: StripeMapping,
+  period: string,
+): Promise<{ customer: string; nano: bigint }[]> {
+  const rs = await deps.clickhouse.query({
+    query:
+      'SELECT customer, sum(price_nano) AS nano FROM mcp_tool_calls WHERE product = {product:String} AND period = {period:String} GROUP BY customer ORDER BY customer',
+    query_params: { product: mapping.product, period },
+    format: 'JSONEachRow',
+  });
+  const rows = await rs.json<{ customer: string; nano: string }>();
+  return rows
+    .filter((r) => !(r.customer in mapping.customers))
+    .map((r) => ({ customer: r.customer, nano: BigInt(r.nano) }));
+}
+
+function emptyRow(
+  customer: string,
+  stripeCustomer: string | null,
+  period: string,
+  line: Pick<StripeLine, 'name' | 'push'> & { components?: readonly InvoiceComponent[] },
+): ReportRow {
+  return {
+    customer,
+    stripeCustomer,
+    period,
+    line: line.name,
+    push: line.push,
+    unitsClosed: 0,
+    lastUnit: null,
+    tollgateNano: '0',
+    tollgateMinor: '0',
+    tollgateQuantity: line.components && quantityUnit(line.components) ? '0' : null,
+    pushedMinor: '0',
+    pushedQuantity: '0',
+    stripeMinor: null,
+    stripeQuantity: null,
+    remainderNano: '0',
+    status: 'reconciled',
+  };
+}
+
+/** The body of one push: Tollgate's amount, or Stripe's price × the quantity; the unit; the metadata. */
+function paramsFor(
+  a: { product: string; customer: string; stripeCustomer: string; currency: string; key: string },
+  line: StripeLine,
+  unit: PushUnit,
+  amountMinor: bigint,
+  quantity: bigint,
+  cumulativeNano: bigint,
+): InvoiceItemParams {
+  return {
+    customer: a.stripeCustomer,
+    ...(line.push === 'amount'
+      ? { amount: Number(amountMinor), currency: a.currency }
+      : { pricing: { price: line.price as string }, quantity: Number(quantity) }),
+    description: `${line.description ?? line.name} — ${unit.id}`,
+    period: { start: sec(unit.fromMs), end: sec(unit.toMs) - 1 },
+    metadata: {
+      tollgate_key: a.key,
+      tollgate_product: a.product,
+      tollgate_customer: a.customer,
+      tollgate_line: line.name,
+      tollgate_period: unit.period,
+      tollgate_unit: unit.id,
+      tollgate_cumulative_nano: cumulativeNano.toString(),
+    },
+  };
+}
+
+export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
+  const { mapping, deps, ledger, log } = o;
+  const settleMs = mapping.settleMinutes * 60_000;
+  const currency = deps.pricing.currency().toLowerCase();
+  const digits = minorUnitDigits(currency, mapping.minorUnitDigits);
+  const perMinor = nanoPerMinor(digits);
+  const report: SyncReport = {
+    generatedAt: new Date(o.nowMs).toISOString(),
+    product: mapping.product,
+    currency,
+    minorUnitDigits: digits,
+    granularity: mapping.granularity,
+    dryRun: o.dryRun,
+    stripeRead: o.gateway !== undefined,
+    pushes: { created: 0, replayed: 0, found: 0, wouldPush: 0, skippedZero: 0 },
+    rows: [],
+    errors: [],
+  };
+  const firstFromMs = Math.min(...o.periods.map((p) => periodRange(p).fromMs));
+  const chLog = log as unknown as FastifyBaseLogger;
+
+  if (o.customers)
+    for (const c of o.customers)
+      if (!(c in mapping.customers)) throw new StripeSyncError('STRIPE_UNKNOWN_CUSTOMER', c);
+  const customers = Object.entries(mapping.customers).filter(
+    ([c]) => !o.customers || o.customers.includes(c),
+  );
+  for (const [customer, stripeCustomer] of customers) {
+    const rows = new Map<string, ReportRow>();
+    const rowOf = (period: string, line: StripeLine): ReportRow => {
+      const k = `${period}|${line.name}`;
+      const r = rows.get(k) ?? emptyRow(customer, stripeCustomer, period, line);
+      rows.set(k, r);
+      return r;
+    };
+    /** Stripe's items of this customer made by this sync, by idempotency key (filled below). */
+    const byKey = new Map<string, InvoiceItemSeen>();
+    /**
+     * What a unit's line already added, when it is settled: an outcome in the ledger, or an item at Stripe
+     * carrying its key (an earlier run whose ledger line is missing: a crash, or another data directory).
+     */
+    const settled = (key: string, line: StripeLine): Settled | undefined => {
+      const known = ledger.intent(key);
+      if (ledger.outcome(key))
+        return { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
+      const atStripe = byKey.get(key);
+      if (!atStripe) return undefined;
+      report.pushes.found++;
+      if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found');
+      return {
+        minor: line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
+        quantity: line.push === 'quantity' ? BigInt(atStripe.quantity) : 0n,
+      };
+    };
+    try {
+      // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
+      const ours = (items: InvoiceItemSeen[]) =>
+        items.filter(
+          (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
+        );
+      if (o.gateway)
+        for (const item of ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs))))
+          byKey.set(item.metadata.tollgate_key as string, item);
+
+      for (const period of o.periods) {
+        const range = periodRange(period);
+        const units = closedUnits(period, range, mapping.granularity, o.nowMs, settleMs);
+        const running = new Map<string, Running>(
+          mapping.lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]),
+        );
+        for (const line of mapping.lines) rowOf(period, line);
+        let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
+        for (const [u, unit] of units.entries()) {
+          const keys = mapping.lines.map((l) => idempotencyKey(mapping.product, customer, l.name, unit.id));
+          const done = mapping.lines.map((l, i) => settled(keys[i] as string, l));
+          const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
+            const run = running.get(line.name) as Running;
+            run.minor += minor;
+            run.quantity += quantity;
+            const row = rowOf(period, line);
+            row.unitsClosed++;
+            row.lastUnit = unit.id;
+          };
+          if (u < units.length - 1 && done.every((d) => d !== undefined)) {
+            // Settled in full by an earlier run: only the running totals move (no ClickHouse query).
+            mapping.lines.forEach((line, i) => {
+              const d = done[i] as Settled;
+              addUnit(line, d.minor, d.quantity);
+            });
+            continue;
+          }
+          // The period's lines from its start through this unit: late calls of earlier days are in them.
+          const { lines } = await invoiceLines(
+            deps,
+            { product: mapping.product, customer, period, range: { fromMs: range.fromMs, toMs: unit.toMs } },
+            chLog,
+            { totals: false },
+          );
+          const { byLine, unmapped } = group(mapping, lines);
+          lastUnmapped = unmapped;
+          for (const [i, line] of mapping.lines.entries()) {
+            const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
+            const row = rowOf(period, line);
+            row.tollgateNano = cum.nano.toString();
+            row.tollgateQuantity = quantityUnit(line.components) ? cum.quantity.toString() : null;
+            const d = done[i];
+            if (d) {
+              addUnit(line, d.minor, d.quantity);
+              continue;
+            }
+            const run = running.get(line.name) as Running;
+            const key = keys[i] as string;
+            const pushed = (minor: bigint, quantity: bigint) => addUnit(line, minor, quantity);
+            const known = ledger.intent(key);
+            let intent = known;
+            if (!intent) {
+              const amountMinor = line.push === 'amount' ? amountToPush(cum.nano, run.minor, digits) : 0n;
+              const quantity = line.push === 'quantity' ? cum.quantity - run.quantity : 0n;
+              if (quantity < 0n)
+                throw new StripeSyncError(
+                  'STRIPE_NEGATIVE_QUANTITY',
+                  `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
+                );
+              const big = (n: bigint) =>
+                n > BigInt(Number.MAX_SAFE_INTEGER) || n < -BigInt(Number.MAX_SAFE_INTEGER);
+              if (big(amountMinor) || big(quantity))
+                throw new StripeSyncError(
+                  'STRIPE_API',
+                  `${customer} ${line.name} ${unit.id}: ${amountMinor || quantity} is beyond what the API takes as an integer`,
+                );
+              if (amountMinor === 0n && quantity === 0n) {
+                // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
+                report.pushes.skippedZero++;
+                if (!o.dryRun) ledger.writeOutcome(key, '', 'nothing');
+                pushed(0n, 0n);
+                continue;
+              }
+              const params = paramsFor(
+                { product: mapping.product, customer, stripeCustomer, currency, key },
+                line,
+                unit,
+                amountMinor,
+                quantity,
+                cum.nano,
+              );
+              const fields = {
+                key,
+                customer,
+                line: line.name,
+                period,
+                unit: unit.id,
+                cumulativeNano: cum.nano.toString(),
+                cumulativeQuantity: cum.quantity.toString(),
+                amountMinor: amountMinor.toString(),
+                quantity: quantity.toString(),
+                params,
+              };
+              if (o.dryRun) {
+                report.pushes.wouldPush++;
+                row.status = 'dry_run';
+                pushed(amountMinor, quantity);
+                continue;
+              }
+              intent = ledger.writeIntent(fields);
+            }
+            if (o.dryRun) {
+              // An intent left by an interrupted run: the next real run sends it as it is.
+              report.pushes.wouldPush++;
+              row.status = 'dry_run';
+              pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+              continue;
+            }
+            if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
+            const res = await o.gateway.createInvoiceItem(intent.params, key);
+            ledger.writeOutcome(key, res.id, res.replayed ? 'replayed' : 'created');
+            if (res.replayed) report.pushes.replayed++;
+            else report.pushes.created++;
+            log.info(
+              { customer, line: line.name, unit: unit.id, key, stripeId: res.id, replayed: res.replayed },
+              'pushed to Stripe',
+            );
+            pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+            o.afterPush?.(key);
+          }
+        }
+        for (const line of mapping.lines) {
+          const row = rowOf(period, line);
+          const run = running.get(line.name) as Running;
+          const tollgateNano = BigInt(row.tollgateNano);
+          row.tollgateMinor = roundToMinor(tollgateNano, digits).toString();
+          row.pushedMinor = run.minor.toString();
+          row.pushedQuantity = run.quantity.toString();
+          row.remainderNano = line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
+        }
+        for (const u of lastUnmapped.values()) {
+          if (u.nano === 0n && u.quantity === 0n) continue;
+          const r = rowOf(period, {
+            name: `(unmapped) ${u.tool}/${u.component}`,
+            push: 'amount',
+            components: [u.component],
+            tools: [u.tool],
+          });
+          r.tollgateNano = u.nano.toString();
+          r.tollgateMinor = roundToMinor(u.nano, digits).toString();
+          r.tollgateQuantity = u.quantity.toString();
+          r.remainderNano = u.nano.toString();
+          r.status = 'unmapped';
+        }
+      }
+      // Stripe's answer after the pushes, per period and line.
+      if (o.gateway) {
+        const after = ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)));
+        for (const r of rows.values()) {
+          if (r.status === 'unmapped') continue;
+          const mine = after.filter(
+            (i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line,
+          );
+          r.stripeMinor =
+            r.push === 'amount' ? mine.reduce((s, i) => s + BigInt(i.amount), 0n).toString() : null;
+          r.stripeQuantity =
+            r.push === 'quantity' ? mine.reduce((s, i) => s + BigInt(i.quantity), 0n).toString() : null;
+        }
+      }
+      for (const r of rows.values()) {
+        if (r.status !== 'reconciled') continue;
+        if (o.dryRun) {
+          r.status = 'dry_run'; // pushed* are what would have been pushed: nothing is reconciled yet
+          continue;
+        }
+        const want = r.push === 'amount' ? r.tollgateMinor : r.tollgateQuantity;
+        const pushed = r.push === 'amount' ? r.pushedMinor : r.pushedQuantity;
+        const atStripe = r.push === 'amount' ? r.stripeMinor : r.stripeQuantity;
+        if (want !== pushed || (atStripe !== null && atStripe !== pushed)) r.status = 'mismatch';
+      }
+    } catch (err) {
+      const code = err instanceof StripeSyncError ? err.code : 'STRIPE_API';
+      report.errors.push({ customer, code, message: (err as Error).message });
+      for (const r of rows.values()) if (r.status === 'reconciled') r.status = 'incomplete';
+      log.error({ customer, code, err: (err as Error).message }, 'Stripe sync of a customer stopped');
+      if (!(err instanceof StripeSyncError)) {
+        report.rows.push(...rows.values());
+        throw err;
+      }
+    }
+    report.rows.push(...rows.values());
+  }
+  for (const period of o.customers ? [] : o.periods)
+    for (const u of await unmappedCustomers(deps, mapping, period))
+      report.rows.push({
+        ...emptyRow(u.customer, null, period, { name: '(unmapped customer)', push: 'amount' }),
+        tollgateNano: u.nano.toString(),
+        tollgateMinor: roundToMinor(u.nano, digits).toString(),
+        remainderNano: u.nano.toString(),
+        status: 'unmapped',
+      });
+  return report;
+}
