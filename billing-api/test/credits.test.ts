@@ -47,6 +47,15 @@ describe('prepaid credits on the billing API', () => {
     });
     expect(res.status).toBe(200);
     await s.tg.lander?.idle();
+    // the ledger is copied from Redis to ClickHouse off the request path (a short timer after the export):
+    // wait until the drawdown of these calls is there
+    for (let i = 0; i < 100; i++) {
+      const led = (await (await api('/billing/credits/ledger?customer=hooli', KEYS.finance)).json()) as {
+        entries: { type: string; calls: number }[];
+      };
+      if (led.entries.some((e) => e.type === 'drawdown' && e.calls === 5)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const ids = new Set(spans.map((x) => `${x.traceId}${x.spanId}`));
     const rows = (await rawCalls(s.tg)).filter(
       (r: RawCall) => r.product === 'demo-mcp' && r.customer === 'hooli' && r.period === period,
