@@ -66,7 +66,8 @@ SELECT
   'std' AS plan_id, 'bench' AS plan_version, 'USD' AS currency,
   multiIf(n % 50 = 0, 'failed_not_billed', intDiv(n, 100) % 500 = 0, 'free', 'billed') AS decision,
   '${PERIOD}' AS period,
-  started_at AS received_at
+  started_at AS received_at,
+  'connection' AS session_rule
 FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
 }
 
