@@ -16,7 +16,7 @@ import {
  */
 export interface Sql {
   query: string;
-  params: Record<string, string | number | string[] | TupleParam[]>;
+  params: Record<string, string | number | bigint[] | TupleParam[]>;
 }
 
 export interface Filters {
@@ -417,10 +417,10 @@ export function sessionTotalsByKeySql(f: Filters, keys: readonly string[], page:
     {
       query: `SELECT customer, session_id, ${SESSION_TOTALS}
   FROM mcp_session_summary
-  WHERE ${[...filterConds(f, ['customer']), 'session_key IN arrayMap(k -> toUInt128(k), {keys:Array(String)})'].join(' AND ')}
+  WHERE ${[...filterConds(f, ['customer']), 'session_key IN {keys:Array(UInt128)}'].join(' AND ')}
   GROUP BY customer, session_id
   ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
-      params: { ...filterParams(f), keys: [...keys] },
+      params: { ...filterParams(f), keys: keys.map((k) => BigInt(k)) },
       readFrom: ['mcp_session_summary'],
     },
     page,
@@ -436,9 +436,6 @@ export function sessionTotalsByKeySql(f: Filters, keys: readonly string[], page:
  * kept at its first row in that order comes in the order of its last call; so when the page comes back full,
  * or with every session after the offset (compare with sessionsCountSql), it is the exact page. When it comes
  * back short, some sessions had several of those rows: ask again without `latestRows`.
- * A row's last call is on its day, so "latest by day, then by last call" is "latest by last call": ordered so,
- * the top-N reads the table's key order backwards from the last day (read in order, stopping after N rows) instead
- * of every row of the range, and the page then reads only the days from the N-th row's on (`day >=` prunes by key).
  */
 export function sessionsPageSql(f: Filters, range: TimeRange, page: Page, latestRows?: number): Read {
   const where = [
@@ -451,13 +448,12 @@ export function sessionsPageSql(f: Filters, range: TimeRange, page: Page, latest
   const recent =
     latestRows === undefined
       ? ''
-      : `WITH (SELECT min(last_seen) FROM (SELECT last_seen FROM mcp_session_daily WHERE ${where}
-      ORDER BY day DESC, last_seen DESC LIMIT {latest_rows:UInt32})) AS latest_from
-`;
+      : `\n    AND last_seen >= (SELECT last_seen FROM (SELECT last_seen FROM mcp_session_daily WHERE ${where}
+      ORDER BY last_seen DESC LIMIT {latest_rows:UInt32}) ORDER BY last_seen ASC LIMIT 1)`;
   return paged(
     {
-      query: `${recent}SELECT customer, session_id FROM mcp_session_daily
-  WHERE ${where}${latestRows === undefined ? '' : '\n    AND day >= toDate(latest_from) AND last_seen >= latest_from'}
+      query: `SELECT customer, session_id FROM mcp_session_daily
+  WHERE ${where}${recent}
   ORDER BY last_seen DESC, customer ASC, session_id ASC
   LIMIT 1 BY customer, session_id`,
       params: {
