@@ -200,7 +200,15 @@ async function lifetimeSessionsPage(
   for (const t of keysSql.readFrom) readFrom.add(t);
   const total = count(keys[0]?.total_rows ?? 0);
   if (keys.length <= page.offset) return [];
-  const list = await rows(d, sessionTotalsByKeySql(filters, keys.map((k) => String(k.session_key)), page), log);
+  const list = await rows(
+    d,
+    sessionTotalsByKeySql(
+      filters,
+      keys.map((k) => String(k.session_key)),
+      page,
+    ),
+    log,
+  );
   return list.map((r) => ({ ...r, total_rows: total }));
 }
 

@@ -104,8 +104,7 @@ export function splitByDay(r: TimeRange): RangeSplit {
  */
 export function wholeMonths(fromDayMs: number, toDayMs: number): TimeRange | undefined {
   const a = new Date(fromDayMs);
-  const fromMs =
-    a.getUTCDate() === 1 ? fromDayMs : Date.UTC(a.getUTCFullYear(), a.getUTCMonth() + 1, 1);
+  const fromMs = a.getUTCDate() === 1 ? fromDayMs : Date.UTC(a.getUTCFullYear(), a.getUTCMonth() + 1, 1);
   const b = new Date(toDayMs);
   const toMs = Date.UTC(b.getUTCFullYear(), b.getUTCMonth(), 1);
   return toMs > fromMs ? { fromMs, toMs } : undefined;
