@@ -25,6 +25,7 @@ import {
   enforcementCountsSql,
   enforcementEventsSql,
   type Filters,
+  lifetimePageKeys,
   type SessionsFrom,
   sessionCallsSql,
   sessionSummarySql,
@@ -199,16 +200,12 @@ async function lifetimeSessionsPage(
   const keys = await rows(d, keysSql, log);
   for (const t of keysSql.readFrom) readFrom.add(t);
   const total = count(keys[0]?.total_rows ?? 0);
-  if (keys.length <= page.offset) return [];
-  const list = await rows(
-    d,
-    sessionTotalsByKeySql(
-      filters,
-      keys.map((k) => String(k.session_key)),
-      page,
-    ),
-    log,
+  const onPage = lifetimePageKeys(
+    keys.map((k) => ({ key: String(k.session_key), lastSeen: String(k.last_seen) })),
+    page,
   );
+  if (!onPage.keys.length) return [];
+  const list = await rows(d, sessionTotalsByKeySql(filters, onPage.keys, onPage.page), log);
   return list.map((r) => ({ ...r, total_rows: total }));
 }
 

@@ -398,7 +398,9 @@ function lifetimeActive(f: Filters): string {
  */
 export function sessionsLifetimePageSql(f: Filters, range: TimeRange, page: Page): Read {
   return {
-    query: `SELECT toString(session_key) AS session_key, count() OVER () AS total_rows FROM (${lifetimeActive(f)})
+    query: `SELECT toString(session_key) AS session_key, toString(last_seen_at) AS last_seen,
+    count() OVER () AS total_rows
+  FROM (${lifetimeActive(f)})
 ORDER BY last_seen_at DESC
 LIMIT {top:UInt32} WITH TIES`,
     params: {
@@ -408,6 +410,27 @@ LIMIT {top:UInt32} WITH TIES`,
       top: page.offset + page.limit,
     },
     readFrom: ['mcp_session_summary'],
+  };
+}
+
+/**
+ * Of the keys sessionsLifetimePageSql returned (most recent last call first), those the page can hold: the
+ * sessions whose last call is between those at the page's first and last positions, ties at both edges
+ * included (their order is decided by customer and session id, which the keys do not carry), and the page's
+ * offset among them (the sessions with a later last call come before it). `lastSeen` compares as text
+ * (ClickHouse's fixed-width DateTime64 text).
+ */
+export function lifetimePageKeys(
+  keys: readonly { key: string; lastSeen: string }[],
+  page: Page,
+): { keys: string[]; page: Page } {
+  const first = keys[page.offset];
+  const last = keys[Math.min(page.offset + page.limit, keys.length) - 1];
+  if (!first || !last) return { keys: [], page };
+  const before = keys.filter((k) => k.lastSeen > first.lastSeen).length;
+  return {
+    keys: keys.filter((k) => k.lastSeen <= first.lastSeen && k.lastSeen >= last.lastSeen).map((k) => k.key),
+    page: { limit: page.limit, offset: page.offset - before },
   };
 }
 

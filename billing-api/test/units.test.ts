@@ -11,6 +11,7 @@ import {
   enforcementEventsSql,
   invoiceLinesSql,
   invoiceTotalsSql,
+  lifetimePageKeys,
   type Sql,
   sessionCallsSql,
   sessionSummarySql,
@@ -120,6 +121,29 @@ describe('whole months', () => {
   ])('days [%s, %s) hold the months %j', (from, to, months) => {
     const m = wholeMonths(Date.parse(`${from}T00:00:00Z`), Date.parse(`${to}T00:00:00Z`));
     expect(m && [m.fromMs, m.toMs].map((ms) => new Date(ms).toISOString().slice(0, 10))).toEqual(months);
+  });
+});
+
+describe('lifetime page keys', () => {
+  // most recent last call first; b, c, d tied
+  const keys = [
+    { key: 'a', lastSeen: '2026-03-12 11:00:00.000000' },
+    { key: 'b', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'c', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'd', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'e', lastSeen: '2026-03-11 00:00:00.000000' },
+  ];
+  it.each([
+    [{ limit: 1, offset: 0 }, ['a'], 0],
+    [{ limit: 2, offset: 0 }, ['a', 'b', 'c', 'd'], 0],
+    [{ limit: 1, offset: 2 }, ['b', 'c', 'd'], 1],
+    [{ limit: 2, offset: 3 }, ['b', 'c', 'd', 'e'], 2],
+    [{ limit: 10, offset: 4 }, ['e'], 0],
+    [{ limit: 10, offset: 5 }, [], 5],
+  ])('page %j: keys %j at offset %i among them', (page, expected, offset) => {
+    const got = lifetimePageKeys(keys, page);
+    expect(got.keys).toEqual(expected);
+    expect(got.page).toEqual({ limit: page.limit, offset });
   });
 });
 
