@@ -4,8 +4,9 @@
 -- period (the default range) 100 customers' sets instead of 3,100, and a session that had calls on several
 -- days is decoded once instead of once a day.
 -- Fed from mcp_customer_daily_stats (a view on the table another view fills): each landed block's per-day sets,
--- already built, are merged by month; the raw calls are not read a second time. Its inserts carry the
--- block's deduplication token like every other view's (insertSettings), so a block sent again lands once here too.
+-- already built, are merged by month; the raw calls are not read a second time. A block sent again is dropped
+-- where it enters (insert_deduplication_token, insertSettings); and a set is idempotent: the same sessions
+-- merged twice are still counted once.
 -- ORDER BY (product, month, customer): reads are one tenant over a few months, all customers or one; month
 -- before customer so a tenant-wide read of one month is one contiguous range; customer last so the rows of
 -- one (month, customer) merge into one.
