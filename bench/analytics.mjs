@@ -72,7 +72,8 @@ SELECT
   multiIf(n % 50 = 0, 'failed_not_billed', intDiv(n, 100) % 500 = 0, 'free', 'billed') AS decision,
   '${PERIOD}' AS period,
   started_at AS received_at,
-  'connection' AS session_rule
+  'protocol' AS session_rule,
+  if(decision IN ('billed'), 100000, 0) AS price_per_second_nano
 FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
 }
 

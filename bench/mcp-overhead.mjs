@@ -13,7 +13,7 @@
 // itself shows when nothing is instrumented (the two builds do not run at exactly the same speed): the
 // "net" columns divide it out.
 //
-//   node bench/mcp-overhead.mjs [--calls N] [--stdio-calls N] [--repeat N] [--line 1|2]
+//   node bench/mcp-overhead.mjs [--calls N] [--v2-calls N] [--stdio-calls N] [--repeat N] [--line 1|2]
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -297,6 +297,8 @@ function arg(name, fallback) {
 
 async function main() {
   const plan = { memory: arg('--calls', 24_000), stdio: arg('--stdio-calls', 4_800) };
+  // a 2.x in-process call costs ~30× a 1.x in-memory one (a server per request, fetch Request/Response)
+  const planV2 = { memory: arg('--v2-calls', 4_800), stdio: plan.stdio };
   const repeat = arg('--repeat', 3);
   const only = arg('--line', 0);
   const lines = only ? [only] : [1, 2];
@@ -329,7 +331,7 @@ async function main() {
         const runs = [];
         for (let r = 0; r < repeat; r++) {
           process.stderr.write(`\r${line}.x ${transport}: ${n} ${r + 1}/${repeat}                    `);
-          runs.push(await runChild(n, transport, plan[transport], line));
+          runs.push(await runChild(n, transport, (line === 2 ? planV2 : plan)[transport], line));
         }
         const x = runs.find((y) => y.ratio === median(runs.map((z) => z.ratio)));
         if (n === 'uninstrumented') check = x.ratio;
@@ -368,7 +370,7 @@ async function main() {
   }
   writeResult('mcp-overhead', {
     node: process.version,
-    calls: plan,
+    calls: { v1: plan, v2: planV2 },
     repeat,
     method:
       'per configuration, one process: instrumented ESM-build pair vs uninstrumented CJS-build reference, alternating slices; ratio = median of slice ratios; memory: CPU time, stdio: wall time; spans to a no-op exporter',

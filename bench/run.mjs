@@ -8,7 +8,9 @@ import { ROOT } from './lib.mjs';
 const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
+  ['credits', ['node', 'bench/credits.mjs']],
   ['kill-simulation', ['node', 'bench/kill-simulation.mjs']],
+  ['overage', ['node', 'bench/overage.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],

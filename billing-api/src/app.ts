@@ -1,10 +1,19 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+  type RawServerDefault,
+} from 'fastify';
 import { type EnforcementAdminPort, registerEnforcementAdmin } from './admin.js';
 import { registerAnalytics } from './analytics.js';
 import { type ApiKeyConfig, ApiKeyring } from './auth.js';
 import { registerBilling } from './billing.js';
+import { type CreditsPort, registerCredits } from './credits.js';
 import { registerDashboard } from './dashboard.js';
 import { API_ERRORS, ApiError } from './errors.js';
+import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from './http-edges.js';
 import { registerOpenApi } from './openapi.js';
 import type { AnalyticsDeps } from './ports.js';
 
@@ -23,6 +32,8 @@ export interface ApiDeps {
   apiKeys: readonly ApiKeyConfig[];
   /** Operator actions on enforcement state; undefined when enforcement is off. */
   admin?: EnforcementAdminPort | undefined;
+  /** Prepaid credit wallets; undefined when enforcement is off (the credit routes answer 503). */
+  credits?: CreditsPort | undefined;
   /** ClickHouse, plans and trace links for analytics, invoices and quotes; undefined: those answer 503. */
   analytics?: AnalyticsDeps | undefined;
   /** `ops`: health, readiness and metrics only (a processor-only process); `all`: every route. */
@@ -33,38 +44,63 @@ export interface ApiDeps {
  * The HTTP API: health, readiness, Prometheus metrics, enforcement admin, analytics, billing, the
  * dashboard and the OpenAPI document. Built separately from listen() so routes are tested with inject().
  */
+const EDGE_CODES = {
+  uriTooLong: 'API_URI_TOO_LONG',
+  headersTooLarge: 'API_HEADERS_TOO_LARGE',
+  badRequest: 'API_BAD_REQUEST',
+  timeout: 'API_BAD_REQUEST',
+};
+
 export function buildApi(deps: ApiDeps): FastifyInstance {
-  const app = Fastify({
+  const app = Fastify<RawServerDefault>({
     loggerInstance: deps.log,
+    serverFactory: edgeServerFactory(EDGE_CODES),
+    clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     // An unknown parameter is a 400, not silently dropped: a typo must not widen a report.
     ajv: { customOptions: { removeAdditional: false } },
   });
   const keyring = new ApiKeyring(deps.apiKeys);
 
-  app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, req, reply) => {
-    if (error instanceof ApiError) {
-      return reply.code(error.status).send({ error: { code: error.code, message: error.message } });
-    }
-    if (error.validation) {
-      return reply.code(400).send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
-    }
-    if (error.statusCode && error.statusCode < 500) {
-      return reply
-        .code(error.statusCode)
-        .send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
-    }
-    req.log.error({ err: error }, 'unexpected API error');
-    return reply.code(500).send({ error: { code: 'API_INTERNAL', message: 'internal error' } });
-  });
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send({
+  // A refusal whose body is still arriving is answered once it has been read (up to a bound), then the
+  // connection closes: closing under a client that is still sending resets it before it reads the status.
+  const drainRefused = async (req: FastifyRequest, reply: FastifyReply) => {
+    if (req.raw.complete) return;
+    reply.header('connection', 'close');
+    await drainRequest(req.raw);
+  };
+
+  app.setErrorHandler(
+    async (error: Error & { statusCode?: number; code?: string; validation?: unknown }, req, reply) => {
+      await drainRefused(req, reply);
+      if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE' || error.statusCode === 413) {
+        const e = new ApiError('API_BODY_TOO_LARGE');
+        return reply.code(e.status).send({ error: { code: e.code, message: e.message } });
+      }
+      if (error instanceof ApiError) {
+        return reply.code(error.status).send({ error: { code: error.code, message: error.message } });
+      }
+      if (error.validation) {
+        return reply.code(400).send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
+      }
+      if (error.statusCode && error.statusCode < 500) {
+        return reply
+          .code(error.statusCode)
+          .send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
+      }
+      req.log.error({ err: error }, 'unexpected API error');
+      return reply.code(500).send({ error: { code: 'API_INTERNAL', message: 'internal error' } });
+    },
+  );
+  app.setNotFoundHandler(async (req, reply) => {
+    await drainRefused(req, reply);
+    return reply.code(404).send({
       error: {
         code: 'API_NOT_FOUND',
         message: `${API_ERRORS.API_NOT_FOUND.message}: ${req.method} ${req.url}`,
       },
-    }),
-  );
+    });
+  });
 
   const full = deps.routes !== 'ops';
   if (full) registerOpenApi(app);
@@ -98,6 +134,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       registerEnforcementAdmin(api, keyring, deps.admin);
       registerAnalytics(api, keyring, deps.analytics);
       registerBilling(api, keyring, deps.analytics);
+      registerCredits(api, keyring, deps.credits, deps.analytics);
       registerDashboard(api);
     }
   });

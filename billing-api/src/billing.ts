@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
+import { creditsAppliedSql } from './credits-sql.js';
 import { sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
@@ -96,6 +97,53 @@ interface QuoteBody {
 
 const MAX_CALLS = 1_000_000_000;
 
+const creditsSchema = {
+  type: 'object',
+  description:
+    'Prepaid credits applied to this period: what the ledger drew for its calls, reconciled call by call ' +
+    'with the raw rows; amountDue = amount − applied.',
+  properties: {
+    ...moneyProps('applied', 'amountDue', 'undrawn'),
+    drawnCalls: { type: 'integer', description: 'calls a drawdown names' },
+    undrawnCalls: {
+      type: 'integer',
+      description: 'priced calls no drawdown names (before the wallet, or rated while Redis was down)',
+    },
+    reconciliation: {
+      type: 'object',
+      properties: {
+        drawnNano: { type: 'string', description: 'sum of the drawdowns for this period’s calls' },
+        callsPriceNano: { type: 'string', description: 'sum(price_nano) of the landed calls drawn for' },
+        mismatchedCalls: { type: 'integer', description: 'calls whose drawdowns differ from their price' },
+        unlandedCalls: { type: 'integer', description: 'drawn calls whose row has not landed yet' },
+        reconciled: { type: 'boolean' },
+      },
+    },
+  },
+} as const;
+
+/** The invoice's credits block from creditsAppliedSql's row. */
+function creditsApplied(amountNano: bigint, r: Record<string, unknown>) {
+  const drawn = big(r.drawn_nano ?? 0);
+  const matched = big(r.matched_price_nano ?? 0);
+  const mismatched = count(r.mismatched ?? 0);
+  const unlanded = count(r.unlanded ?? 0);
+  return {
+    ...money('applied', drawn),
+    ...money('amountDue', amountNano - drawn),
+    ...money('undrawn', big(r.undrawn_nano ?? 0)),
+    drawnCalls: count(r.drawn_calls ?? 0),
+    undrawnCalls: count(r.undrawn_calls ?? 0),
+    reconciliation: {
+      drawnNano: drawn.toString(),
+      callsPriceNano: matched.toString(),
+      mismatchedCalls: mismatched,
+      unlandedCalls: unlanded,
+      reconciled: mismatched === 0 && unlanded === 0 && drawn === matched,
+    },
+  };
+}
+
 /** Invoice preview and plan quotes (`/billing/*`). */
 export function registerBilling(
   app: FastifyInstance,
@@ -165,6 +213,7 @@ export function registerBilling(
                   reconciled: { type: 'boolean' },
                 },
               },
+              credits: creditsSchema,
             },
           },
           true,
@@ -178,9 +227,10 @@ export function registerBilling(
       if (!scope.customer) throw new ApiError('API_BAD_REQUEST', 'customer is required');
       const period = req.query.period ?? periodOfMs(Date.now());
       const range = periodRange(period);
-      const [lines, [t]] = await Promise.all([
+      const [lines, [t], [cr]] = await Promise.all([
         rows(d, invoiceLinesSql(scope.product, scope.customer, period, range), req.log),
         rows(d, invoiceTotalsSql(scope.product, scope.customer, period, range), req.log),
+        rows(d, creditsAppliedSql(scope.product, scope.customer, period), req.log),
       ]);
       let linesNano = 0n;
       const out = lines.map((r) => {
@@ -189,11 +239,16 @@ export function registerBilling(
         const amountNano = big(r.amount_nano);
         linesNano += amountNano;
         const qty = big(r.quantity);
-        const unitNano = component === 'duration' ? null : big(r.unit_nano);
+        // duration: the per-second price (rows landed before migration 0010 do not know it: null)
+        const unitNano = component === 'duration' && big(r.unit_nano) === 0n ? null : big(r.unit_nano);
         const tier = component === 'call' ? count(r.tier) : null;
         const c = COMPONENTS[component];
-        const priced = unitNano !== null && (component === 'call' || component.endsWith('_tokens'));
-        const unitText = priced ? ` at ${money('u', unitNano).u}` : '';
+        const priced =
+          unitNano !== null &&
+          (component === 'call' || component.endsWith('_tokens') || component === 'duration');
+        const unitText = priced
+          ? ` at ${money('u', unitNano).u}${component === 'duration' ? ' per second' : ''}`
+          : '';
         return {
           tool,
           component,
@@ -247,6 +302,7 @@ export function registerBilling(
           linesNano: linesNano.toString(),
           reconciled: rawPriceNano === linesNano,
         },
+        credits: creditsApplied(rawPriceNano, cr ?? {}),
       };
     },
   );
@@ -286,6 +342,8 @@ export function registerBilling(
           'product by `planId`, or a hypothetical `plan` written like one in the plan file (amounts as ' +
           'decimal strings). Identical calls in a run are priced once and multiplied.',
         security: SECURITY,
+        // No query parameters: a quote has no period or date, and `?period=…` must not look honoured.
+        querystring: querystring([]),
         body: {
           type: 'object',
           required: ['usage'],

@@ -21,6 +21,10 @@ const FILES: Record<string, { path: () => string; type: string }> = {
     path: () => new URL('app.js', DASHBOARD_DIR).pathname,
     type: 'text/javascript; charset=utf-8',
   },
+  '/dashboard/credits-card.js': {
+    path: () => new URL('credits-card.js', DASHBOARD_DIR).pathname,
+    type: 'text/javascript; charset=utf-8',
+  },
   '/dashboard/app.css': {
     path: () => new URL('app.css', DASHBOARD_DIR).pathname,
     type: 'text/css; charset=utf-8',

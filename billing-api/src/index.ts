@@ -9,7 +9,27 @@ export {
   type Scope,
   scopeFor,
 } from './auth.js';
+export {
+  CREDIT_ERRORS,
+  type CreditAdjustRequest,
+  CreditError,
+  type CreditErrorReason,
+  type CreditGrantRequest,
+  type CreditsPort,
+  type GrantView,
+  registerCredits,
+  type WalletView,
+} from './credits.js';
 export { API_ERRORS, ApiError, type ApiErrorCode } from './errors.js';
+export {
+  DRAIN_LIMIT,
+  drainRequest,
+  type EdgeCodes,
+  edgeClientErrorHandler,
+  edgeServerFactory,
+  MAX_HEADER_BYTES,
+  MAX_URL_BYTES,
+} from './http-edges.js';
 export {
   type AnalyticsDeps,
   type GuardBands,

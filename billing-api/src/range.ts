@@ -1,3 +1,4 @@
+import { utcDayMs } from '@tollgate/contracts';
 import { ApiError } from './errors.js';
 
 /** A half-open UTC time range [fromMs, toMs). */
@@ -19,10 +20,24 @@ export const PERIOD_PATTERN = '^[0-9]{4}-(0[1-9]|1[0-2])$';
 export const INSTANT_PATTERN =
   '^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,3})?)?(Z|[+-][0-9]{2}:[0-9]{2}))?$';
 
-/** `YYYY-MM` → its first instant and the first instant of the next month (UTC). */
+/**
+ * Every range lies within [1970-01-01, 2149-01-01): no call predates the Unix epoch, and ClickHouse's
+ * `Date` (the daily views' day column) ends in June 2149. Outside it is the same 400 as any other bad range.
+ */
+export const EARLIEST_MS = 0;
+export const LATEST_MS = utcDayMs(2149, 0, 1);
+const BOUNDS_TEXT = '1970-01-01 … 2149-01-01';
+
+function outsideBounds(name: string, text: string): ApiError {
+  return new ApiError('API_BAD_REQUEST', `${name}: ${text} is outside ${BOUNDS_TEXT}`);
+}
+
+/** `YYYY-MM` → its first instant and the first instant of the next month (UTC); 1970-01 … 2148-12. */
 export function periodRange(period: string): TimeRange {
   const [y, m] = period.split('-').map(Number) as [number, number];
-  return { fromMs: Date.UTC(y, m - 1, 1), toMs: Date.UTC(y, m, 1) };
+  const range = { fromMs: utcDayMs(y, m - 1, 1), toMs: utcDayMs(y, m, 1) };
+  if (!(range.fromMs >= EARLIEST_MS && range.toMs <= LATEST_MS)) throw outsideBounds('period', period);
+  return range;
 }
 
 /** The billing period (`YYYY-MM`, UTC calendar month) of an instant. */
@@ -35,7 +50,7 @@ export function parseInstant(text: string, name: string): number {
   const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
   const ms = Date.parse(dateOnly ? `${text}T00:00:00Z` : text);
   const [y, mo, d] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
-  const calendar = new Date(Date.UTC(y, mo - 1, d));
+  const calendar = new Date(utcDayMs(y, mo - 1, d));
   if (
     Number.isNaN(ms) ||
     calendar.getUTCFullYear() !== y ||
@@ -44,6 +59,7 @@ export function parseInstant(text: string, name: string): number {
   ) {
     throw new ApiError('API_BAD_REQUEST', `${name}: ${text} is not a valid date`);
   }
+  if (ms < EARLIEST_MS || ms > LATEST_MS) throw outsideBounds(name, text);
   return ms;
 }
 

@@ -541,7 +541,19 @@ export function sessionCallsSql(f: Filters, sessionId: string, page: Page): Sql 
   );
 }
 
-export const ENFORCEMENT_ACTIONS = ['warn', 'throttle', 'kill', 'resume', 'lift'] as const;
+export const ENFORCEMENT_ACTIONS = [
+  'warn',
+  'throttle',
+  'kill',
+  'resume',
+  'lift',
+  // prepaid credits: operator actions on wallets, and refused attempts (docs/enforcement.md#prepaid-credits)
+  'credit_grant',
+  'credit_top_up',
+  'credit_adjustment',
+  'credit_replayed',
+  'credit_refused',
+] as const;
 
 /** Enforcement state changes and operator actions in the range, by action. */
 export function enforcementCountsSql(f: Filters, range: TimeRange): Sql {
@@ -615,8 +627,10 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
       toUInt64(sum(output_tokens)), sum(price_output_nano)
     FROM mcp_tool_calls WHERE ${w} AND price_output_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
-  SELECT 'duration', tool, toUInt16(0), toInt64(0), toUInt64(sum(duration_us)), sum(price_duration_nano)
-    FROM mcp_tool_calls WHERE ${w} AND price_duration_nano != 0 GROUP BY tool
+  SELECT 'duration', tool, toUInt16(0), price_per_second_nano AS unit_nano, toUInt64(sum(duration_us)),
+      sum(price_duration_nano)
+    FROM mcp_tool_calls WHERE ${w} AND (price_per_second_nano != 0 OR price_duration_nano != 0)
+    GROUP BY tool, unit_nano
 )
 ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'], component) ASC,
   tier ASC, unit_nano ASC`,

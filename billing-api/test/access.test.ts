@@ -260,6 +260,50 @@ describe('injection strings through every parameter', () => {
     expect((session.body.calls as unknown[]).length).toBe(3);
   });
 
+  // Issue 12: Date.UTC maps years 0–99 to 1900–1999, so period=0000-01 answered January 1900 (200).
+  it('every route taking a period or a date refuses one it cannot represent, with the range error', async () => {
+    const ranged = [
+      '/analytics/mcp/revenue/by-tool',
+      '/analytics/mcp/by-agent',
+      '/analytics/mcp/by-customer',
+      '/analytics/mcp/sessions',
+      '/analytics/mcp/enforcement-events',
+      '/analytics/mcp/summary',
+    ];
+    const bad = [
+      'period=0000-01',
+      'period=0099-12',
+      'period=1969-12',
+      'period=9999-12',
+      'from=0000-01-01',
+      'from=0001-01-01T00:00:00Z&to=2026-01-01',
+      'to=9999-12-31',
+    ];
+    for (const path of [...ranged, '/billing/invoices/preview?customer=acme']) {
+      for (const q of bad) {
+        if (path.includes('invoices') && !q.startsWith('period')) continue; // the invoice takes a period only
+        const sep = path.includes('?') ? '&' : '?';
+        const res = await call(`${path}${sep}${q}`, KEYS.admin);
+        expect(res.status, `${path} ${q}`).toBe(400);
+        expect(res.body.error, `${path} ${q}`).toEqual({
+          code: 'API_BAD_REQUEST',
+          message: expect.stringMatching(/is outside 1970-01-01 … 2149-01-01/),
+        });
+      }
+    }
+    // the same code as any other bad range
+    const reversed = await call('/analytics/mcp/summary?from=2026-03-02&to=2026-03-01', KEYS.admin);
+    expect(reversed.status).toBe(400);
+    expect((reversed.body.error as { code: string }).code).toBe('API_BAD_REQUEST');
+    // a quote takes no period: one given is refused, not silently ignored
+    const quote = await call('/billing/plans/quote?period=0000-01', KEYS.admin, {
+      method: 'POST',
+      body: { usage: [{ tool: 'search_docs' }] },
+    });
+    expect(quote.status).toBe(400);
+    expect((quote.body.error as { code: string }).code).toBe('API_BAD_REQUEST');
+  });
+
   it('every parameter of every read route: a 400/403/404 or an empty answer, never data, never a 500', async () => {
     const before = raw.length;
     const params: Record<string, string[]> = {

@@ -3,6 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { quoteUnder } from '../../collector-processor/src/api-ports.js';
 import { loadPlanBook, toolRateOf } from '../../collector-processor/src/plans/load.js';
 import { countsTowardUsage, rateCall } from '../../collector-processor/src/rating/rate.js';
+import { DEV_INGEST_KEY } from '../../collector-processor/test/support/harness.js';
+import { attr, exportOf } from '../../collector-processor/test/support/otlp-json.js';
 import type { QuoteUsage } from '../src/index.js';
 import { KEYS, PLANS, type RawCall, rawCalls, type Seeded, startSeededTollgate } from './support/seed.js';
 
@@ -31,6 +33,15 @@ async function api(
   });
   // biome-ignore lint/suspicious/noExplicitAny: as above
   return { status: res.status, body: (await res.json()) as Record<string, any> };
+}
+
+/** A call priced beyond the free allowance (its components are on the invoice). */
+const billed = (r: RawCall) => r.decision !== 'free' && r.decision !== 'failed_not_billed';
+
+/** The per-second price of a call's tool under its customer's plan (the plan file does not change here). */
+function perSecondOf(r: RawCall): bigint {
+  const plan = loadPlanBook(PLANS).resolve(r.product, r.customer);
+  return (plan && toolRateOf(plan, r.tool)?.price.perSecond) || 0n;
 }
 
 const ORDER = ['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'];
@@ -63,7 +74,8 @@ function expectedLines(rows: RawCall[]) {
       add(r.tool, 'input_tokens', null, r.priceInput / r.inputTokens, r.inputTokens, r.priceInput);
     if (r.priceOutput !== 0n)
       add(r.tool, 'output_tokens', null, r.priceOutput / r.outputTokens, r.outputTokens, r.priceOutput);
-    if (r.priceDuration !== 0n) add(r.tool, 'duration', null, null, r.durationUs, r.priceDuration);
+    const perSecond = billed(r) ? perSecondOf(r) : 0n;
+    if (perSecond !== 0n) add(r.tool, 'duration', null, perSecond, r.durationUs, r.priceDuration);
   }
   return [...lines.values()].sort(
     (a, b) =>
@@ -159,6 +171,60 @@ describe('invoice preview', () => {
       ),
     ).toBe(true);
     expect(rows.some((r) => r.status === 'error')).toBe(true);
+  });
+
+  // Issue 12: the duration line left out billed calls whose duration amount rounds to 0 nano-units.
+  it('the duration quantity is every billed second of the line, exact to the µs, also calls priced 0', async () => {
+    const customer = 'tiny-durations';
+    // search_docs at 0.0001/s is 0.1 nano per µs: 1–4 µs round to 0; the first 3 calls are free
+    const durationsUs = [2, 3, 4, 4, 3, 1_000_001, 2, 250_000, 1];
+    const startMs = Date.now() - 60_000;
+    const spans = durationsUs.map((us, i) => {
+      const startNs = BigInt(startMs + i) * 1_000_000n;
+      return {
+        traceId: `${'ab'.repeat(15)}${String(i).padStart(2, '0')}`,
+        spanId: `${'cd'.repeat(7)}${String(i).padStart(2, '0')}`,
+        name: 'tools/call search_docs',
+        kind: 2,
+        startTimeUnixNano: String(startNs),
+        endTimeUnixNano: String(startNs + BigInt(us) * 1000n),
+        attributes: [
+          attr('mcp.method.name', 'tools/call'),
+          attr('gen_ai.tool.name', 'search_docs'),
+          attr('tollgate.customer.id', customer),
+        ],
+      };
+    });
+    const res = await fetch(`${s.tg.otlpUrl}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify(exportOf(spans)),
+    });
+    expect(res.status).toBe(200);
+    await s.tg.lander?.idle();
+    const rows = (await rawCalls(s.tg)).filter((r) => r.customer === customer);
+    expect(rows).toHaveLength(durationsUs.length);
+    const paid = rows.filter(billed);
+    expect(paid.some((r) => r.priceDuration === 0n && r.durationUs > 0n)).toBe(true); // the case at stake
+    const inv = await api(
+      `/billing/invoices/preview?customer=${customer}&period=${rows[0]?.period}`,
+      KEYS.finance,
+    );
+    const [line] = inv.body.lines.filter((l: { component: string }) => l.component === 'duration');
+    const qtyUs = paid.reduce((a, r) => a + r.durationUs, 0n);
+    const amount = paid.reduce((a, r) => a + r.priceDuration, 0n);
+    expect(line).toMatchObject({
+      tool: 'search_docs',
+      quantity: seconds(qtyUs), // every billed µs
+      amountNano: String(amount), // unchanged: the sum of what each call was charged
+      unitPriceNano: '100000',
+      unitPrice: '0.0001',
+    });
+    expect(qtyUs).toBe(1_250_011n); // the 6 billed calls: 4 + 3 + 1_000_001 + 2 + 250_000 + 1
+    // amount = Σ round(µs × unit ÷ 10⁶) per call: within half a nano-unit per call of quantity × unit
+    const exact = qtyUs * 100_000n;
+    const diff = exact - amount * 1_000_000n;
+    expect(diff < 0n ? -diff : diff).toBeLessThanOrEqual(BigInt(paid.length) * 500_000n);
   });
 
   it('search_docs lines show the free allowance, both tiers, and per-token and duration lines', async () => {

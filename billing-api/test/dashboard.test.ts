@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { formatNano } from '@tollgate/contracts';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,8 +48,35 @@ afterAll(async () => {
   await s?.cleanup();
 });
 
-async function open(key: string): Promise<{ page: Page; problems: string[] }> {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+/**
+ * What finance reads: the amount rounded to cents, half away from zero, on the integer nano amount (never a
+ * float), written the en-US way. The page rounds the API's decimal text itself; this is an independent check.
+ */
+function usd(nano: bigint): string {
+  const abs = nano < 0n ? -nano : nano;
+  const cents = (abs + 5_000_000n) / 10_000_000n;
+  if (cents === 0n && nano !== 0n) return nano < 0n ? '> -$0.01' : '< $0.01'; // never a misleading $0.00
+  const text = `${nano < 0n ? '-' : ''}${cents / 100n}.${String(cents % 100n).padStart(2, '0')}`;
+  // a decimal string is formatted exactly (Intl.NumberFormat v3)
+  return new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }).format(
+    text as unknown as number,
+  );
+}
+const exact = (nano: bigint) => `${formatNano(nano)} USD (exact)`;
+/** One call's price, like a rate card: every decimal it has, at least two. */
+const usdPrice = (nano: bigint) =>
+  new Intl.NumberFormat('en-US', {
+    style: 'currency',
+    currency: 'USD',
+    minimumFractionDigits: 2,
+    maximumFractionDigits: 9,
+  }).format(formatNano(nano) as unknown as number);
+
+async function open(
+  key: string,
+  viewport = { width: 1440, height: 1000 },
+): Promise<{ page: Page; problems: string[] }> {
+  const page = await browser.newPage({ viewport, locale: 'en-US', acceptDownloads: true });
   const problems: string[] = [];
   page.on('console', (m) => {
     if (m.type() === 'error') problems.push(`console: ${m.text()}`);
@@ -64,13 +91,32 @@ async function open(key: string): Promise<{ page: Page; problems: string[] }> {
   await page.goto(`${s.tg.apiUrl}/dashboard`);
   await page.fill('#key', key);
   await page.click('#connect');
-  await page.locator('[data-kpi="revenue"]', { hasText: 'USD' }).waitFor({ timeout: 30_000 });
+  await page.locator('[data-kpi="revenue"]', { hasText: '$' }).waitFor({ timeout: 30_000 });
   return { page, problems };
 }
 
 const text = (page: Page, sel: string) => page.$eval(sel, (e) => e.textContent ?? '');
 const column = (page: Page, table: string, i: number) =>
   page.$$eval(`${table} tbody tr`, (trs, idx) => trs.map((tr) => tr.children[idx]?.textContent ?? ''), i);
+const titles = (page: Page, table: string, i: number) =>
+  page.$$eval(
+    `${table} tbody tr`,
+    (trs, idx) => trs.map((tr) => tr.children[idx]?.getAttribute('title') ?? ''),
+    i,
+  );
+
+/** Clicks a card's CSV button and returns the file the browser saved. */
+async function csvOf(page: Page, name: string): Promise<string[][]> {
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.click(`button.csv[data-csv="${name}"]`),
+  ]);
+  const path = await download.path();
+  return readFileSync(path, 'utf8')
+    .trim()
+    .split('\r\n')
+    .map((line) => line.split(','));
+}
 
 describe('dashboard in headless Chromium', () => {
   it('shows the seeded numbers for the current period, drills into a session, and is screenshotted', async () => {
@@ -81,8 +127,12 @@ describe('dashboard in headless Chromium', () => {
     expect(t).toBeDefined();
     if (!t) return;
 
-    expect(await text(page, '[data-kpi="revenue"]')).toBe(`${formatNano(t.revenue)} USD`);
-    expect(await text(page, '[data-kpi="cost"]')).toBe(`${formatNano(t.cost)} USD`);
+    // money in the currency's usual decimals, the exact amount on hover
+    expect(await text(page, '[data-kpi="revenue"]')).toBe(usd(t.revenue));
+    expect(await text(page, '[data-kpi="cost"]')).toBe(usd(t.cost));
+    expect(await text(page, '[data-kpi="margin"]')).toContain(usd(t.revenue - t.cost));
+    expect(await page.getAttribute('[data-kpi="revenue"]', 'title')).toBe(exact(t.revenue));
+    expect(await page.getAttribute('[data-kpi="margin"]', 'title')).toBe(exact(t.revenue - t.cost));
     expect(await text(page, '[data-kpi="calls"]')).toBe(String(t.calls));
     expect(await text(page, '[data-kpi="customers"]')).toBe(
       String(new Set(rows.map((r) => r.customer)).size),
@@ -95,22 +145,38 @@ describe('dashboard in headless Chromium', () => {
     const byTool = sumBy(rows, (r) => r.tool);
     const tools = await column(page, '#tool-table', 0);
     const revenues = await column(page, '#tool-table', 3);
-    expect(Object.fromEntries(tools.map((tool, i) => [tool, revenues[i]]))).toEqual(
+    const exactRevenues = await titles(page, '#tool-table', 3);
+    expect(Object.fromEntries(tools.map((tool, i) => [tool, [revenues[i], exactRevenues[i]]]))).toEqual(
+      Object.fromEntries([...byTool].map(([tool, x]) => [tool, [usd(x.revenue), exact(x.revenue)]])),
+    );
+    // ... and the CSV download is the API's, exact to the nano-unit
+    const [header, ...csvRows] = await csvOf(page, 'tools');
+    const at = (h: string) => (header as string[]).indexOf(h);
+    expect(Object.fromEntries(csvRows.map((r) => [r[at('tool')], r[at('revenue')]]))).toEqual(
       Object.fromEntries([...byTool].map(([tool, x]) => [tool, formatNano(x.revenue)])),
     );
     const chartTools = (await page.evaluate("Chart.getChart('tool-chart').data.labels")) as string[];
     expect(new Set(chartTools)).toEqual(new Set(byTool.keys()));
 
-    // daily trend by agent: one line per agent
+    // daily trend by agent: one stacked bar series per agent
     const agents = await page.evaluate("Chart.getChart('agent-chart').data.datasets.map((d) => d.label)");
     expect(agents).toEqual([...new Set(rows.map((r) => r.agent))].sort());
+    expect(await text(page, '#agent-title')).toBe('Daily revenue by agent');
 
-    // margin health: bands drawn, umbrella (negative margin) in the kill band, hooli in the throttle band
+    // margin health: bands drawn and named in words, with why; umbrella (negative margin) in the kill band,
+    // hooli in the throttle band, o'hara (free calls only) not judged because it has no revenue
     expect(await text(page, '#bands')).toContain('throttle below 10.00 %');
     const customers = await column(page, '#margin-table', 0);
     const bands = await column(page, '#margin-table', 4);
-    const band = Object.fromEntries(customers.map((c, i) => [c, bands[i]]));
-    expect(band).toMatchObject({ umbrella: 'kill', hooli: 'throttle' });
+    const whys = await column(page, '#margin-table', 5);
+    const band = Object.fromEntries(customers.map((c, i) => [c, `${bands[i]}: ${whys[i]}`]));
+    expect(band).toMatchObject({
+      umbrella: 'Kill: margin below 0.00 %',
+      hooli: 'Throttle: margin below 10.00 %',
+      acme: 'Healthy: margin at or above 20.00 %',
+      "o'hara": 'Not judged: no revenue yet (free or failed calls only)',
+    });
+    expect(bands.join(' ')).not.toMatch(/not_judged|_/);
 
     // recent kills
     const killed = await column(page, '#kills-table', 1);
@@ -119,12 +185,16 @@ describe('dashboard in headless Chromium', () => {
       expect.arrayContaining(['globex hard_limit:spend_per_period', 'umbrella margin_guard:kill']),
     );
 
-    // session drill-down with trace links
+    // the session id is a link to its drill-down, which has the session's trace link
     const first = page.locator('#sessions-table tbody tr').first();
     const sessionId = (await first.getAttribute('data-session')) as string;
     const customer = (await first.locator('td').nth(1).textContent()) as string;
-    await first.click();
+    const link = first.locator('td').first().locator('a');
+    expect(await link.textContent()).toBe(sessionId);
+    expect(await link.getAttribute('href')).toBe(`#${new URLSearchParams({ session: sessionId, customer })}`);
+    await link.click();
     await page.waitForSelector('#session-detail:not([hidden])');
+    expect(await text(page, '#session-id')).toBe(sessionId);
     const calls = raw
       .filter((r) => r.product === 'demo-mcp' && r.session === sessionId && r.customer === customer)
       .sort((a, b) => (a.startUs === b.startUs ? 0 : a.startUs < b.startUs ? -1 : 1));
@@ -136,7 +206,11 @@ describe('dashboard in headless Chromium', () => {
         calls[0]?.spanId as string,
       ),
     );
-    expect(await column(page, '#calls-table', 7)).toEqual(calls.map((c) => formatNano(c.price)));
+    expect(await page.locator('#session-trace a').getAttribute('href')).toBe(href);
+    expect(await column(page, '#calls-table', 7)).toEqual(calls.map((c) => usdPrice(c.price)));
+    expect(await titles(page, '#calls-table', 7)).toEqual(calls.map((c) => exact(c.price)));
+    // the drill-down is addressed by the URL: a reload opens it again
+    expect(new URL(page.url()).hash).toBe(`#${new URLSearchParams({ session: sessionId, customer })}`);
 
     expect(problems).toEqual([]);
     mkdirSync(RESULTS, { recursive: true });
@@ -150,10 +224,55 @@ describe('dashboard in headless Chromium', () => {
     const period = new Date(s.nowMs).toISOString().slice(0, 7);
     const rows = raw.filter((r) => r.product === 'demo-mcp' && r.customer === 'acme' && r.period === period);
     const t = sumBy(rows, () => 'x').get('x');
-    expect(await text(page, '[data-kpi="revenue"]')).toBe(`${formatNano(t?.revenue ?? 0n)} USD`);
+    expect(await text(page, '[data-kpi="revenue"]')).toBe(usd(t?.revenue ?? 0n));
     expect(await text(page, '[data-kpi="customers"]')).toBe('1');
     expect(await page.isHidden('#customer-filter')).toBe(true);
     expect(await column(page, '#margin-table', 0)).toEqual(['acme']);
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+
+  it('long tables scroll inside their card: nothing runs off a card on a narrow screen', async () => {
+    const { page, problems } = await open(KEYS.finance, { width: 1000, height: 900 });
+    await page.locator('#sessions-table tbody tr').first().click();
+    await page.waitForSelector('#session-detail:not([hidden])');
+    const overflowing = await page.$$eval('.card', (cards) =>
+      cards
+        .filter((c) => c.scrollWidth > c.clientWidth + 1)
+        .map((c) => `${c.querySelector('h2')?.textContent}: ${c.scrollWidth} > ${c.clientWidth}`),
+    );
+    expect(overflowing).toEqual([]);
+    // the kills table (long reasons) scrolls inside its own box
+    const kills = await page.evaluate(`(() => {
+      const box = document.querySelector('#kills-table').parentElement;
+      return { overflow: getComputedStyle(box).overflowX, fits: box.clientWidth <= box.closest('.card').clientWidth };
+    })()`);
+    expect(kills).toEqual({ overflow: 'auto', fits: true });
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+
+  it('a customer whose calls fall on one day gets an hourly chart, not isolated dots', async () => {
+    const { page, problems } = await open(KEYS.finance);
+    await page.fill('#customer', 'hooli');
+    await page.click('#controls button[type="submit"]');
+    await page.locator('#agent-title', { hasText: 'Hourly' }).waitFor();
+    const period = new Date(s.nowMs).toISOString().slice(0, 7);
+    const rows = raw.filter((r) => r.product === 'demo-mcp' && r.customer === 'hooli' && r.period === period);
+    const hours = new Set(rows.map((r) => Math.floor(Number(r.startUs / 1_000_000n) / 3600)));
+    expect(
+      new Set(rows.map((r) => new Date(Number(r.startUs / 1000n)).toISOString().slice(0, 10))).size,
+    ).toBe(1);
+    const chart = (await page.evaluate(
+      "(() => { const c = Chart.getChart('agent-chart'); return { type: c.config.type, labels: c.data.labels, data: c.data.datasets.map((d) => d.data) }; })()",
+    )) as { type: string; labels: string[]; data: number[][] };
+    expect(chart.type).toBe('bar');
+    expect(chart.labels.length).toBeGreaterThanOrEqual(hours.size); // every hour from the first to the last
+    expect(chart.labels.length).toBeGreaterThan(1);
+    const total = chart.data.flat().reduce((a, b) => a + b, 0);
+    const t = sumBy(rows, () => 'x').get('x');
+    expect(total).toBeCloseTo(Number(formatNano(t?.revenue ?? 0n)), 9); // plotted as floats (drawing only)
+    await page.screenshot({ path: `${RESULTS}dashboard-one-day.png` });
     expect(problems).toEqual([]);
     await page.close();
   });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { csvField, toCsv } from '../src/csv.js';
 import { marginBps, microsToSeconds, money } from '../src/money.js';
-import { bucketFor, parseInstant, resolveRange, splitByDay, wholeMonths } from '../src/range.js';
+import { bucketFor, parseInstant, periodRange, resolveRange, splitByDay, wholeMonths } from '../src/range.js';
 import {
   byAgentSql,
   byCustomerSql,
@@ -43,6 +43,31 @@ describe('ranges', () => {
 
   it.each(['2026-02-30', '2026-13-01', '2026-00-10'])('refuses the date %s that does not exist', (text) => {
     expect(() => parseInstant(text, 'from')).toThrow(/not a valid date/);
+  });
+
+  // Date.UTC maps the years 0–99 to 1900–1999: 0000-01 used to answer January 1900.
+  it.each(['0000-01', '0099-12', '1969-12', '2149-01', '9999-12'])(
+    'refuses the period %s outside 1970-01 … 2148-12 with the range error',
+    (period) => {
+      expect(() => periodRange(period)).toThrow(/outside 1970-01-01 … 2149-01-01/);
+      expect(() => resolveRange({ period })).toThrow(expect.objectContaining({ code: 'API_BAD_REQUEST' }));
+    },
+  );
+
+  it.each([
+    ['from', '0000-01-01'],
+    ['from', '0050-06-01T00:00:00Z'],
+    ['from', '1969-12-31T23:59:59Z'],
+    ['to', '2149-01-01T00:00:00.001Z'],
+    ['to', '9999-12-31'],
+  ])('refuses %s=%s outside 1970-01-01 … 2149-01-01 with the range error', (name, text) => {
+    expect(() => resolveRange({ [name]: text })).toThrow(/outside 1970-01-01 … 2149-01-01/);
+  });
+
+  it('accepts the edges of the representable range', () => {
+    expect(periodRange('1970-01')).toEqual({ fromMs: 0, toMs: Date.UTC(1970, 1, 1) });
+    expect(periodRange('2148-12')).toEqual({ fromMs: Date.UTC(2148, 11, 1), toMs: Date.UTC(2149, 0, 1) });
+    expect(resolveRange({ from: '2148-12-01', to: '2149-01-01' }).toMs).toBe(Date.UTC(2149, 0, 1));
   });
 
   it('defaults to the billing period of now; period and from/to are exclusive', () => {

@@ -7,9 +7,12 @@ import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { PlanPricing } from './api-ports.js';
 import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
+import { CreditLedger } from './credits/ledger.js';
+import { CreditWallets } from './credits/wallets.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
+import { LeaseService } from './enforcement/leases.js';
 import { Forwarder, parseHeaders } from './forward/forwarder.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
@@ -19,6 +22,7 @@ import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
+import { removeRunningRecord, writeRunningRecord } from './running.js';
 import { Spool } from './spool/spool.js';
 import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
 
@@ -34,6 +38,8 @@ export interface Tollgate {
   plans: PlanStore | undefined;
   /** Operator actions on enforcement state (processor role with enforcement on). */
   admin: EnforcementAdmin | undefined;
+  /** Prepaid credit wallets (enforcement on). */
+  credits: CreditWallets | undefined;
   /** `http://host:port` of the OTLP receiver (processor role). */
   otlpUrl: string | undefined;
   /** `http://host:port` of the HTTP API (api role). */
@@ -205,6 +211,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let lander: Lander | undefined;
   let plans: PlanStore | undefined;
   let admin: EnforcementAdmin | undefined;
+  let credits: CreditWallets | undefined;
   let replaying: Promise<void> | undefined;
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
@@ -237,7 +244,29 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           maxSpanAgeHours: Number(s['ingest.maxSpanAgeHours']),
         })
       : undefined;
-    if (enforcer) admin = new EnforcementAdmin(redisConn, enforcer, events);
+    if (enforcer) {
+      admin = new EnforcementAdmin(redisConn, enforcer, events);
+      // prepaid credits: wallets drawn down by enforce.lua, their ledger copied from Redis to ClickHouse
+      const creditLog = log.child({ component: 'credits' });
+      const ledger = new CreditLedger(
+        redisConn,
+        clickhouse.client,
+        () => planStore.current.currency,
+        creditLog,
+      );
+      enforcer.creditLedger = ledger;
+      credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.client, creditLog);
+      stops.unshift(() => ledger.close());
+      void ledger.sweep(planStore.current.products());
+    }
+    const leases = enforcer
+      ? new LeaseService(redisConn, planStore, events, log.child({ component: 'leases' }), metrics, {
+          ttlMs: Number(s['leases.ttlMs']),
+          shareBps: Number(s['leases.shareBps']),
+          maxCalls: Number(s['leases.maxCalls']),
+          releaseGraceMs: Number(s['leases.releaseGraceMs']),
+        })
+      : undefined;
 
     if (roles.has('processor')) {
       const { spool, recovered } = await Spool.open({
@@ -317,7 +346,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         : undefined;
       if (forwarder) stops.unshift(() => forwarder.flush(Number(s.shutdownTimeoutMs)));
       receiver = buildReceiver(
-        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder },
+        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder, leases },
         {
           bodyLimitBytes: Number(s['otlp.bodyLimitBytes']),
           maxDecompressedBytes: Number(s['otlp.maxDecompressedBytes']),
@@ -378,6 +407,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         }),
         apiKeys: config.apiKeys,
         admin,
+        credits,
         analytics: plans
           ? {
               clickhouse: clickhouse.client,
@@ -390,6 +420,14 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
       log.info({ url: apiUrl }, 'HTTP API listening');
     }
+    writeRunningRecord(dataDir, {
+      pid: process.pid,
+      instanceId,
+      roles: [...roles].join(','),
+      startedAt: new Date().toISOString(),
+      otlpUrl,
+      apiUrl,
+    });
   } catch (err) {
     await receiver?.close();
     await api?.close();
@@ -405,6 +443,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       await receiver?.close();
       await api?.close();
       for (const fn of stops) await fn();
+      removeRunningRecord(dataDir);
       log.info('stopped');
     })();
     return stopping;
@@ -421,6 +460,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     lander,
     plans,
     admin,
+    credits,
     otlpUrl,
     apiUrl,
     stop,

@@ -91,6 +91,7 @@ describe('landing encoding', () => {
       period: '2025-11',
       receivedAtMs: 1_764_000_001_234,
       sessionRule: 'activity',
+      pricePerSecondNano: 5n,
     };
     const spoolDir = join(dir, 'spool');
     const { spool } = await Spool.open({ dir: spoolDir, fsync: false, segmentBytes: 1 << 20 });

@@ -24,6 +24,12 @@ import {
 import { isSessionRule, type SessionRule, traceSessionId } from './billing-session.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
 import { isValidIdentifier } from './identifiers.js';
+import {
+  ATTR_TOLLGATE_LEASE_ID,
+  ATTR_TOLLGATE_LEASE_RESERVED,
+  LEASE_ID_RE,
+  MAX_LEASE_MONEY_NANO,
+} from './leases.js';
 import type { CallSource, RejectReason, ToolCall } from './tool-call.js';
 
 /** An attribute value as decoded from OTLP; arrays and maps are not used for billing and decode to null. */
@@ -63,6 +69,61 @@ export type Extraction =
   | { kind: 'call'; call: ToolCall }
   | { kind: 'rejected'; reason: RejectReason; detail: string };
 
+/** gRPC status code names (google.rpc.Code), the form semconv's `rpc.response.status_code` has for gRPC. */
+export const GRPC_CODE_NAMES: ReadonlySet<string> = new Set([
+  'OK',
+  'CANCELLED',
+  'UNKNOWN',
+  'INVALID_ARGUMENT',
+  'DEADLINE_EXCEEDED',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED',
+  'FAILED_PRECONDITION',
+  'ABORTED',
+  'OUT_OF_RANGE',
+  'UNIMPLEMENTED',
+  'INTERNAL',
+  'UNAVAILABLE',
+  'DATA_LOSS',
+  'UNAUTHENTICATED',
+]);
+
+const INTEGER_TEXT = /^-?[0-9]{1,10}$/;
+
+/** An integer given as an int, a whole double (Kong) or decimal integer text; anything else undefined. */
+function integerOf(v: AttrValue | undefined): number | undefined {
+  if (typeof v === 'number') return Number.isInteger(v) ? v : undefined;
+  if (typeof v === 'string' && INTEGER_TEXT.test(v)) return Number(v);
+  return undefined;
+}
+
+/**
+ * `http.response.status_code`: a status 100–599 as int, whole double or decimal text ("503"). Any other
+ * value is not a status and is not read (the call's outcome then comes from the other signals).
+ */
+export function readHttpStatus(v: AttrValue | undefined): number | undefined {
+  const n = integerOf(v);
+  return n !== undefined && n >= 100 && n <= 599 ? n : undefined;
+}
+
+/**
+ * `rpc.response.status_code`: a JSON-RPC error code (semconv sends it as text, "-32602"; 0 is no error) or
+ * a gRPC code name ("OK" is success, any other name a failure, stored as `error_type`). Anything else is not
+ * a status code and is not read.
+ */
+export function readRpcStatus(
+  v: AttrValue | undefined,
+): { failed: false } | { failed: true; errorType: string } | undefined {
+  const n = integerOf(v);
+  if (n !== undefined) return n === 0 ? { failed: false } : { failed: true, errorType: 'jsonrpc_error' };
+  if (typeof v === 'string' && GRPC_CODE_NAMES.has(v)) {
+    return v === 'OK' ? { failed: false } : { failed: true, errorType: v };
+  }
+  return undefined;
+}
+
 /** Largest token count or duration we accept from an attribute. */
 export const MAX_COUNT = 1e12;
 
@@ -84,6 +145,20 @@ function count(v: AttrValue | undefined): number | undefined {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_COUNT) return undefined;
   return n;
+}
+
+/**
+ * The lease a call was taken from. A malformed lease attribute never rejects the call: it is counted as a
+ * call without a lease (as a plain OTLP sender's).
+ */
+function leaseOf(a: Attributes): { id: string; reservedNano: string } | undefined {
+  const id = a[ATTR_TOLLGATE_LEASE_ID];
+  if (typeof id !== 'string' || !LEASE_ID_RE.test(id)) return undefined;
+  const r = a[ATTR_TOLLGATE_LEASE_RESERVED];
+  const text = typeof r === 'number' && Number.isSafeInteger(r) ? String(r) : r;
+  if (typeof text !== 'string' || !/^\d{1,16}$/.test(text) || BigInt(text) > MAX_LEASE_MONEY_NANO)
+    return undefined;
+  return { id, reservedNano: text };
 }
 
 function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
@@ -171,17 +246,10 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
 
   const isKong = span.name === KONG_ROOT_SPAN_NAME;
   const errorType = str(a[ATTR_ERROR_TYPE]) ?? '';
-  const rpcStatus = a[ATTR_RPC_RESPONSE_STATUS_CODE];
-  const httpStatus = a[ATTR_HTTP_RESPONSE_STATUS_CODE];
-  const httpCode = typeof httpStatus === 'string' ? Number(httpStatus) : httpStatus;
-  const httpFailed = typeof httpCode === 'number' && httpCode >= 400;
-  // JSON-RPC error codes are non-zero numbers; 0 and gRPC's "OK" mean success.
-  const rpcFailed =
-    rpcStatus !== undefined &&
-    rpcStatus !== null &&
-    rpcStatus !== 0 &&
-    rpcStatus !== '0' &&
-    rpcStatus !== 'OK';
+  const httpStatus = readHttpStatus(a[ATTR_HTTP_RESPONSE_STATUS_CODE]);
+  const httpFailed = httpStatus !== undefined && httpStatus >= 400;
+  const rpc = readRpcStatus(a[ATTR_RPC_RESPONSE_STATUS_CODE]);
+  const rpcFailed = rpc?.failed === true;
   const ok = errorType === '' && span.statusCode !== STATUS_CODE_ERROR && !rpcFailed && !httpFailed;
 
   let source: CallSource = 'otlp';
@@ -201,7 +269,7 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     ok,
     errorType: ok
       ? ''
-      : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? 'jsonrpc_error' : '_OTHER'),
+      : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? rpc.errorType : '_OTHER'),
     startUnixUs,
     durationUs: endUnixUs - startUnixUs,
     inputTokens,
@@ -210,5 +278,7 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     source,
     instanceId: str(span.resource[RESOURCE_SERVICE_INSTANCE_ID]) ?? '',
   };
+  const lease = leaseOf(a);
+  if (lease) call.lease = lease;
   return { kind: 'call', call };
 }

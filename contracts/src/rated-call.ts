@@ -53,6 +53,10 @@ export interface RatedCall {
   receivedAtMs: number;
   /** Which billing-session rule gave `sessionId` (contracts/src/billing-session.ts); empty without one. */
   sessionRule: string;
+  /** Per-second price the call was billed at; 0 when its rate prices no seconds or it was not billed. */
+  pricePerSecondNano: bigint;
+  /** The quota lease the call was taken from (not landed: settled in Redis, see ToolCall.lease). */
+  lease?: { id: string; reservedNano: string };
 }
 
 /** [column name, ClickHouse type, RatedCall field] in table order. */
@@ -89,9 +93,20 @@ export const RATED_CALL_COLUMNS = [
   ['period', 'LowCardinality(String)', 'period'],
   ['received_at', "DateTime64(3, 'UTC')", 'receivedAtMs'],
   ['session_rule', 'LowCardinality(String)', 'sessionRule'],
+  ['price_per_second_nano', 'Int64', 'pricePerSecondNano'],
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof RatedCall]>;
 
 /** `YYYY-MM` of a UTC instant given in microseconds. */
+/**
+ * The first instant (ms) of a UTC calendar day, for every year: `Date.UTC` maps the years 0–99 to
+ * 1900–1999, so `Date.UTC(0, 0, 1)` is 1900-01-01. `month` is 0-based and may overflow like Date.UTC's.
+ */
+export function utcDayMs(year: number, month: number, day: number): number {
+  const d = new Date(0);
+  d.setUTCFullYear(year, month, day);
+  return d.getTime();
+}
+
 export function periodOf(unixUs: number): string {
   const d = new Date(Math.floor(unixUs / 1000));
   return `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;

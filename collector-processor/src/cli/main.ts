@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync, rmSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { startTollgate, type Tollgate } from '../app.js';
@@ -8,7 +8,9 @@ import { ConfigError, loadConfig, SETTINGS, settingsTableMarkdown, splitArgs } f
 import { runWorkload } from '../demo/workload.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
+import { runningProcess } from '../running.js';
 import { openClickHouse } from '../storage/clickhouse.js';
+import { sqlBusyMessage } from './sql-busy.js';
 
 /** The public development keys of the embedded configuration (loopback only). */
 const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
@@ -26,14 +28,21 @@ Usage:
                                     a synthetic load of tool-call spans from the OTel JS SDK instead
   tollgate check-plans <file>       validate a rate-plan file and list every problem
   tollgate hash-key <token>         print the SHA-256 to put in the config for an ingest or API key
-  tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse (stop the server first
-                                    when it uses embedded chDB: one process per data directory)
+  tollgate sql "<query>" [options]  run a read query against Tollgate's ClickHouse; with embedded chDB
+                                    only while the server is stopped (one process per data directory):
+                                    otherwise it names the running process and the API routes to ask
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
   tollgate admin states [--customer C]
   tollgate admin lift|kill --customer C [--scope customer|agent|session|tool --id ID] [--note TEXT]
                                     enforcement state through the HTTP API (admin key in TOLLGATE_API_KEY
                                     or --api-key; API at --api-url, default http://127.0.0.1:8080;
                                     --product when the key has several)
+  tollgate admin credits grant|top-up --customer C --amount 25.00 --currency USD
+                  [--effective DATE] [--expires DATE] [--priority N] [--note TEXT] [--idempotency-key K]
+  tollgate admin credits adjust --customer C --grant ID|overdraft --amount -2.50 --currency USD --note TEXT
+  tollgate admin credits balance [--customer C] [--format csv]
+  tollgate admin credits ledger [--customer C] [--period YYYY-MM] [--format csv]
+                                    prepaid credit wallets through the same API (docs/enforcement.md)
 
 Options: every setting has a flag; see \`tollgate config --doc\` or docs/configuration.md.
   --config <file>                   config file (settings, ingest keys, API keys)
@@ -173,13 +182,23 @@ async function cmdSql(flags: Record<string, string>, sql: string | undefined): P
   if (!sql) fail('usage: tollgate sql "<query>"');
   const config = loadConfig(flags);
   const s = config.settings;
-  const ch = openClickHouse({
-    url: String(s['clickhouse.url']),
-    dataDir: String(s.dataDir),
-    database: String(s['clickhouse.database']),
-    username: String(s['clickhouse.username']),
-    password: String(s['clickhouse.password']),
-  });
+  const dataDir = resolve(String(s.dataDir));
+  let ch: ReturnType<typeof openClickHouse>;
+  try {
+    ch = openClickHouse({
+      url: String(s['clickhouse.url']),
+      dataDir,
+      database: String(s['clickhouse.database']),
+      username: String(s['clickhouse.username']),
+      password: String(s['clickhouse.password']),
+    });
+  } catch (err) {
+    // chDB refuses a directory another process has open ("Cannot lock file …/status")
+    if (!s['clickhouse.url'] && (err as Error).name === 'ChdbConnectionError') {
+      fail(sqlBusyMessage(join(dataDir, 'chdb'), sql, runningProcess(dataDir)), 1);
+    }
+    throw err;
+  }
   try {
     const rs = await ch.client.query({
       query: sql,
@@ -216,12 +235,61 @@ async function cmdAdmin(flags: Record<string, string>, verb: string | undefined)
       headers,
       body: JSON.stringify(body),
     });
+  } else if (verb === 'credits') {
+    res = await adminCredits(apiUrl, headers, flags);
   } else {
-    return fail('usage: tollgate admin states|lift|kill ...');
+    return fail('usage: tollgate admin states|lift|kill|credits ...');
   }
   const text = await res.text();
   if (!res.ok) fail(`${res.status} ${text}`, 1);
-  process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+  if ((res.headers.get('content-type') ?? '').startsWith('text/csv')) process.stdout.write(text);
+  else process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+}
+
+/** `tollgate admin credits …`: the credit routes of the API (the sub-command is the first positional). */
+async function adminCredits(
+  apiUrl: string,
+  headers: Record<string, string>,
+  flags: Record<string, string>,
+): Promise<Response> {
+  const sub = flags['--sub'];
+  const pick = (names: Record<string, string>) => {
+    const out: Record<string, string | number> = {};
+    for (const [flag, field] of Object.entries(names)) {
+      const v = flags[`--${flag}`];
+      if (v !== undefined) out[field] = field === 'priority' ? Number(v) : v;
+    }
+    return out;
+  };
+  if (sub === 'grant' || sub === 'top-up' || sub === 'adjust') {
+    const common = {
+      product: 'product',
+      customer: 'customer',
+      amount: 'amount',
+      currency: 'currency',
+      note: 'note',
+    };
+    const body =
+      sub === 'adjust'
+        ? pick({ ...common, grant: 'grantId' })
+        : pick({
+            ...common,
+            effective: 'effectiveAt',
+            expires: 'expiresAt',
+            priority: 'priority',
+            'idempotency-key': 'idempotencyKey',
+          });
+    if (!body.customer || !body.amount || !body.currency)
+      fail(`usage: tollgate admin credits ${sub} --customer C --amount A --currency CUR ...`);
+    return fetch(`${apiUrl}/admin/credits/${sub}`, { method: 'POST', headers, body: JSON.stringify(body) });
+  }
+  if (sub === 'balance' || sub === 'ledger') {
+    const q = new URLSearchParams();
+    for (const f of ['product', 'customer', 'format', ...(sub === 'ledger' ? ['period', 'from', 'to'] : [])])
+      if (flags[`--${f}`]) q.set(f, flags[`--${f}`] as string);
+    return fetch(`${apiUrl}/billing/credits${sub === 'ledger' ? '/ledger' : ''}?${q}`, { headers });
+  }
+  return fail('usage: tollgate admin credits grant|top-up|adjust|balance|ledger ...');
 }
 
 async function main(): Promise<void> {
@@ -252,7 +320,7 @@ async function main(): Promise<void> {
     case 'sql':
       return cmdSql(flags, arg);
     case 'admin':
-      return cmdAdmin(flags, arg);
+      return cmdAdmin(arg === 'credits' ? { ...flags, '--sub': positional[2] ?? '' } : flags, arg);
     case 'config': {
       if (flags['--doc']) {
         process.stdout.write(`${settingsTableMarkdown()}\n`);

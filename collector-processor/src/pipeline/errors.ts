@@ -6,6 +6,17 @@ export const ERRORS = {
   TG_UNAUTHORIZED: { status: 401, retryable: false, message: 'missing or unknown ingest key' },
   TG_METHOD_NOT_ALLOWED: { status: 405, retryable: false, message: 'only POST is allowed on this endpoint' },
   TG_BODY_TOO_LARGE: { status: 413, retryable: false, message: 'request body exceeds the configured limit' },
+  TG_URI_TOO_LONG: {
+    status: 414,
+    retryable: false,
+    message: 'the request target (path and query) is too long',
+  },
+  TG_HEADERS_TOO_LARGE: {
+    status: 431,
+    retryable: false,
+    message: 'the request line and headers are too large',
+  },
+  TG_BAD_HTTP: { status: 400, retryable: false, message: 'the request is not valid HTTP/1.1' },
   TG_UNSUPPORTED_MEDIA_TYPE: {
     status: 415,
     retryable: false,
@@ -22,6 +33,11 @@ export const ERRORS = {
     status: 400,
     retryable: false,
     message: 'the usage event request does not match the schema',
+  },
+  TG_LEASE_INVALID: {
+    status: 400,
+    retryable: false,
+    message: 'the lease request does not match the schema',
   },
   TG_TOO_MANY_IN_FLIGHT: { status: 429, retryable: true, message: 'too many exports in flight; retry later' },
   TG_BACKLOG_FULL: {

@@ -364,7 +364,9 @@ export class Pipeline {
         period: p.period,
         receivedAtMs,
         sessionRule: c.sessionRule,
+        pricePerSecondNano: rating.pricePerSecondNano,
       };
+      if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
     }
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);

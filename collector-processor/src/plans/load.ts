@@ -24,6 +24,8 @@ export interface PlanBook {
   /** Plan of a customer of a product: its own (with overrides) or the product's default. */
   resolve(product: string, customer: string): CompiledPlan | undefined;
   products(): string[];
+  /** Whether the plan file names this customer of this product (under `customers`). */
+  listsCustomer(product: string, customer: string): boolean;
 }
 
 export class PlanFileError extends Error {
@@ -170,6 +172,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
     resolve: (product: string, customer: string) =>
       byCustomer.get(`${product}\0${customer}`) ?? defaults.get(product),
     products: () => [...defaults.keys()],
+    listsCustomer: (product: string, customer: string) =>
+      Object.hasOwn(parsed.products[product]?.customers ?? {}, customer),
   });
 }
 

@@ -1,4 +1,4 @@
-import { parseDecimalToNano } from '@tollgate/contracts';
+import { MAX_GRANT_NANO, parseDecimalToNano } from '@tollgate/contracts';
 import { z } from 'zod';
 
 /**
@@ -120,6 +120,22 @@ const marginGuard = z.strictObject({
     .default(1),
 });
 
+/**
+ * Prepaid credits, for customers with a wallet (a grant or top-up made one; without one, credits are not in
+ * play). Billed calls draw the wallet down in the enforcement script.
+ */
+/** At most the largest grant (1,000,000): the wallet script's sums stay exact (contracts/src/credits.ts). */
+const creditAmount = money.refine((v) => v <= MAX_GRANT_NANO, 'must be at most 1000000');
+
+const credits = z.strictObject({
+  /** Kill the customer (reason `credits:exhausted`) when the balance reaches −overdraft. */
+  hardStop: z.boolean().default(true),
+  /** How far below zero the balance may go before the hard stop; repaid from the next grant. */
+  overdraft: creditAmount.default(0n),
+  /** Send `warn` (reason `credits:low_balance`) while the balance is below this; 0 = never. */
+  warnBelow: creditAmount.default(0n),
+});
+
 export const planSchema = z.strictObject({
   description: z.string().optional(),
   billFailedCalls: z.boolean().default(false),
@@ -136,6 +152,7 @@ export const planSchema = z.strictObject({
     minRevenue: 0n,
     throttleRatePerSecond: 1,
   }),
+  credits: credits.default({ hardStop: true, overdraft: 0n, warnBelow: 0n }),
 });
 
 const customer = z.strictObject({

@@ -18,6 +18,8 @@ export interface Rating {
   priceInputNano: bigint;
   priceOutputNano: bigint;
   priceDurationNano: bigint;
+  /** The per-second price the call was billed at (0 when not billed or its rate prices no seconds). */
+  pricePerSecondNano: bigint;
   /** 1-based tier of the per-call price; 0 when the call is free or not billed. */
   tier: number;
 }
@@ -80,6 +82,7 @@ export function rateCall(call: ToolCall, plan: CompiledPlan, rate: ToolRate, usa
     priceInputNano,
     priceOutputNano,
     priceDurationNano,
+    pricePerSecondNano: rate.price.perSecond ?? 0n,
     tier,
   };
 }
@@ -93,6 +96,7 @@ function zero(decision: Rating['decision'], costNano: bigint): Rating {
     priceInputNano: 0n,
     priceOutputNano: 0n,
     priceDurationNano: 0n,
+    pricePerSecondNano: 0n,
     tier: 0,
   };
 }

@@ -1,5 +1,6 @@
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
+import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from '@tollgate/billing-api';
 import {
   type Directive,
   REJECT_REASONS,
@@ -13,8 +14,10 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
   LogController,
+  type RawServerDefault,
 } from 'fastify';
 import type { Logger } from 'pino';
+import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
 import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
@@ -46,6 +49,8 @@ export interface ReceiverDeps {
   log: Logger;
   /** Forwards each accepted export to the next OTLP hop, with prices stamped on billed spans. */
   forwarder?: Forwarder | undefined;
+  /** Quota leases (`POST /v1/leases`); absent when enforcement is off (the route answers 404). */
+  leases?: LeaseService | undefined;
 }
 
 declare module 'fastify' {
@@ -54,7 +59,14 @@ declare module 'fastify' {
   }
 }
 
-const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch'];
+const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch', '/v1/leases'];
+
+const EDGE_CODES = {
+  uriTooLong: 'TG_URI_TOO_LONG',
+  headersTooLarge: 'TG_HEADERS_TOO_LARGE',
+  badRequest: 'TG_BAD_HTTP',
+  timeout: 'TG_BAD_HTTP',
+} satisfies Record<string, ErrorCode>;
 
 function wireFormatOf(req: FastifyRequest): WireFormat {
   return (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-protobuf')
@@ -72,9 +84,11 @@ export function buildReceiver(
   opts: ReceiverOptions,
 ): FastifyInstance & { startClosing(): void } {
   const { pipeline, keyring, metrics } = deps;
-  const app = Fastify({
+  const app = Fastify<RawServerDefault>({
     loggerInstance: deps.log.child({ component: 'receiver' }) as FastifyBaseLogger,
     bodyLimit: opts.bodyLimitBytes,
+    serverFactory: edgeServerFactory(EDGE_CODES),
+    clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   });
@@ -89,7 +103,14 @@ export function buildReceiver(
     (_req, body, done) => done(null, body),
   );
 
-  const sendError = (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
+  const sendError = async (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
+    // Refused before its body was read (no key, too large, no route…): read and discard it up to a bound,
+    // answer, then close. Closing under a client that is still sending resets the connection before it
+    // reads the status, and an exporter retries a reset — the same oversized export, again and again.
+    if (!req.raw.complete) {
+      reply.header('connection', 'close');
+      await drainRequest(req.raw);
+    }
     const path = req.url.split('?')[0] as string;
     metrics.exports.inc({
       endpoint: INGEST_ROUTES.includes(path) ? path : 'other',
@@ -110,7 +131,7 @@ export function buildReceiver(
       .send({ error: { code: err.code, message: err.message } });
   };
 
-  app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {
+  app.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (error instanceof TollgateError) return sendError(req, reply, error);
     let code: ErrorCode = 'TG_UNDECODABLE';
     if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') code = 'TG_BODY_TOO_LARGE';
@@ -124,9 +145,14 @@ export function buildReceiver(
     return sendError(req, reply, new TollgateError(code, error.message));
   });
 
-  app.setNotFoundHandler((req, reply) => {
-    if (INGEST_ROUTES.includes(req.url.split('?')[0] as string)) {
+  app.setNotFoundHandler(async (req, reply) => {
+    const path = req.url.split('?')[0] as string;
+    if (INGEST_ROUTES.includes(path) && (path !== '/v1/leases' || deps.leases)) {
       return sendError(req, reply, new TollgateError('TG_METHOD_NOT_ALLOWED'));
+    }
+    if (!req.raw.complete) {
+      reply.header('connection', 'close');
+      await drainRequest(req.raw);
     }
     return reply
       .code(404)
@@ -222,6 +248,11 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
+    // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up
+    const leases =
+      deps.leases && result.rated.some((r) => r.lease)
+        ? await deps.leases.renewSettled(identity, result.rated)
+        : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
@@ -233,6 +264,7 @@ export function buildReceiver(
           rejectedSpans: rejected.total,
           errorMessage: rejected.message(),
           directives,
+          ...(leases?.length ? { leases } : {}),
         }),
       );
   });
@@ -331,6 +363,25 @@ export function buildReceiver(
       throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
     return ingestEvents(req, reply, events);
   });
+
+  const leases = deps.leases;
+  if (leases) {
+    // Quota leases, authenticated with the ingest key like /v1/traces (see docs/enforcement.md, "Leases").
+    app.post('/v1/leases', async (req, reply) => {
+      req.body = await bodyOf(req);
+      if (wireFormatOf(req) !== 'json')
+        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are JSON');
+      let doc: unknown;
+      try {
+        doc = JSON.parse((req.body as Buffer).toString('utf8'));
+      } catch (err) {
+        throw new TollgateError('TG_LEASE_INVALID', `body is not valid JSON: ${(err as Error).message}`);
+      }
+      const out = await leases.handle(req.tollgateIdentity as IngestIdentity, doc);
+      metrics.exports.inc({ endpoint: '/v1/leases', status: '200' });
+      return reply.code(200).type('application/json').send(out);
+    });
+  }
 
   return Object.assign(app, {
     startClosing() {
