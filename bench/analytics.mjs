@@ -7,6 +7,11 @@
 //
 //   node bench/analytics.mjs                      (after `npm run build`)
 //   BENCH_ANALYTICS_ROWS=1000000 node bench/analytics.mjs   (a quicker run)
+//
+// A/B: BENCH_ANALYTICS_AB='before=/path/to/other/billing-api/dist/index.js,…' times other builds of the API
+// (an earlier commit's billing-api, built elsewhere) against the same seeded data in the same run, their
+// requests interleaved round-robin with this build's so that load on the machine falls on all alike;
+// BENCH_ANALYTICS_ONLY='sessions' keeps the endpoints whose name matches.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -33,6 +38,15 @@ async function one(query) {
   return (await rs.json())[0];
 }
 
+const AB = (process.env.BENCH_ANALYTICS_AB ?? '')
+  .split(',')
+  .filter(Boolean)
+  .map((kv) => {
+    const [label, path] = kv.split('=');
+    return { label, path };
+  });
+const ONLY = process.env.BENCH_ANALYTICS_ONLY ? new RegExp(process.env.BENCH_ANALYTICS_ONLY) : undefined;
+
 const log = pino({ level: 'silent' });
 const sha = createHash('sha256').update(KEY).digest('hex');
 const pricing = {
@@ -42,8 +56,8 @@ const pricing = {
     throw new Error('not used by this benchmark');
   },
 };
-const appOf = (source) =>
-  buildApi({
+const appOf = (source, build = buildApi) =>
+  build({
     log,
     readiness: async () => [],
     metrics: async () => ({ contentType: 'text/plain', body: '' }),
@@ -112,9 +126,15 @@ try {
   const raw = appOf('raw');
   await api.ready();
   await raw.ready();
+  const variants = [];
+  for (const { label, path } of AB) {
+    const app = appOf('views', (await import(path)).buildApi);
+    await app.ready();
+    variants.push({ label, app });
+  }
   const month = `period=${PERIOD}`;
   const lastDay = `from=${PERIOD}-31&to=${NEXT_PERIOD}-01`;
-  const endpoints = [
+  const allEndpoints = [
     ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${month}`],
     ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${month}&bucket=day&limit=1000`],
     ['by-customer (month)', `/analytics/mcp/by-customer?${month}&limit=1000`],
@@ -137,14 +157,59 @@ try {
       `/analytics/mcp/by-agent?from=${PERIOD}-10&to=${PERIOD}-12&bucket=hour&limit=1000`,
     ],
   ];
+  const endpoints = allEndpoints.filter(([name]) => !ONLY || ONLY.test(name));
   const rows = [
     ['endpoint', 'views median ms', 'views p95 ms', 'raw scan median ms', 'ratio', 'same answer'],
   ];
+  const abRows = [
+    [
+      'endpoint',
+      ...variants.flatMap((v) => [`${v.label} ms`, `${v.label} ratio`]),
+      'this build ms',
+      'this build ratio',
+      'raw scan ms',
+    ],
+  ];
   const results = [];
   for (const [name, url] of endpoints) {
-    await timed(api, url, 1); // warm-up
-    const v = await timed(api, url, VIEW_RUNS);
+    let v;
+    let abTimes = [];
+    if (variants.length) {
+      const apps = [...variants.map((x) => x.app), api];
+      for (const app of apps) await timed(app, url, 1); // warm-up
+      const runs = apps.map(() => []);
+      for (let i = 0; i < VIEW_RUNS; i++) {
+        for (const [k, app] of apps.entries()) runs[k].push(await timed(app, url, 1));
+      }
+      const merged = runs.map((rs) => {
+        const ms = rs.map((x) => x.median).sort((a, b) => a - b);
+        return {
+          median: ms[Math.floor(ms.length / 2)],
+          p95: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.95))],
+          body: rs[rs.length - 1].body,
+        };
+      });
+      v = merged[merged.length - 1];
+      abTimes = merged.slice(0, -1);
+      for (const [k, t] of abTimes.entries()) {
+        if (comparable(t.body) !== comparable(v.body)) {
+          throw new Error(`${name}: ${variants[k].label} answers differently`);
+        }
+      }
+    } else {
+      await timed(api, url, 1); // warm-up
+      v = await timed(api, url, VIEW_RUNS);
+    }
     const r = await timed(raw, url, RAW_RUNS);
+    if (variants.length) {
+      abRows.push([
+        name,
+        ...abTimes.flatMap((t) => [t.median.toFixed(1), `${(r.median / t.median).toFixed(1)}×`]),
+        v.median.toFixed(1),
+        `${(r.median / v.median).toFixed(1)}×`,
+        r.median.toFixed(1),
+      ]);
+    }
     const ratio = r.median / v.median;
     const same = comparable(v.body) === comparable(r.body);
     rows.push([
@@ -169,6 +234,7 @@ try {
   }
   await api.close();
   await raw.close();
+  for (const x of variants) await x.app.close();
 
   const viewRows = Object.fromEntries(views.map((v) => [v, Number(counts[`${v}_rows`])]));
   console.log(
@@ -179,6 +245,10 @@ try {
       .join(', ')}`,
   );
   console.log(table(rows));
+  if (variants.length) {
+    console.log(`\nA/B in the same run (${VIEW_RUNS} requests each, interleaved; ratio = raw scan ÷ median)`);
+    console.log(table(abRows));
+  }
   writeResult('analytics', {
     rows: ROWS,
     viewRows,
@@ -186,6 +256,7 @@ try {
     viewRuns: VIEW_RUNS,
     rawRuns: RAW_RUNS,
     results,
+    ...(variants.length ? { ab: abRows } : {}),
     note: 'medians through fastify inject; raw = the same API with source "raw" (full scan of mcp_tool_calls); hour buckets and session calls read the raw table in both; readFrom lists the tables the views answer read',
   });
 } finally {

@@ -25,14 +25,17 @@ import {
   enforcementCountsSql,
   enforcementEventsSql,
   type Filters,
+  lifetimePageKeys,
   type SessionsFrom,
   sessionCallsSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsFromRaw,
   sessionsLaterSql,
+  sessionsLifetimePageSql,
   sessionsListSql,
   sessionsPageSql,
+  sessionTotalsByKeySql,
   sessionTotalsSql,
   summarySql,
 } from './sql.js';
@@ -179,6 +182,30 @@ async function dailySessionsPage(
       ? first
       : await sessionsOfPage();
   for (const t of [...countSql.readFrom, 'mcp_session_daily', 'mcp_session_summary']) readFrom.add(t);
+  return list.map((r) => ({ ...r, total_rows: total }));
+}
+
+/**
+ * A page of the sessions list on the lifetime path (see SessionsFrom): the keys of the sessions that can be on
+ * the page and the number of active sessions, then those sessions' totals by key, cut to the exact page.
+ */
+async function lifetimeSessionsPage(
+  d: AnalyticsDeps,
+  ctx: RequestContext,
+  readFrom: Set<string>,
+  log: FastifyBaseLogger,
+): Promise<Row[]> {
+  const { filters, range, page } = ctx;
+  const keysSql = sessionsLifetimePageSql(filters, range, page);
+  const keys = await rows(d, keysSql, log);
+  for (const t of keysSql.readFrom) readFrom.add(t);
+  const total = count(keys[0]?.total_rows ?? 0);
+  const onPage = lifetimePageKeys(
+    keys.map((k) => ({ key: String(k.session_key), lastSeen: String(k.last_seen) })),
+    page,
+  );
+  if (!onPage.keys.length) return [];
+  const list = await rows(d, sessionTotalsByKeySql(filters, onPage.keys, onPage.page), log);
   return list.map((r) => ({ ...r, total_rows: total }));
 }
 
@@ -512,8 +539,10 @@ export function registerAnalytics(
       let list: Row[];
       if (from === 'daily') {
         list = await dailySessionsPage(d, ctx, readFrom, req.log);
+      } else if (from === 'lifetime') {
+        list = await lifetimeSessionsPage(d, ctx, readFrom, req.log);
       } else {
-        const sql = sessionsListSql(ctx.filters, ctx.range, ctx.page, from);
+        const sql = sessionsListSql(ctx.filters, ctx.range, ctx.page);
         list = await rows(d, sql, req.log);
         for (const t of sql.readFrom) readFrom.add(t);
       }

@@ -114,6 +114,18 @@ export function splitByDay(r: TimeRange): RangeSplit {
   };
 }
 
+/**
+ * The whole UTC calendar months inside the days [fromDayMs, toDayMs) (both at midnight): [fromMs, toMs), or
+ * undefined when no whole month fits.
+ */
+export function wholeMonths(fromDayMs: number, toDayMs: number): TimeRange | undefined {
+  const a = new Date(fromDayMs);
+  const fromMs = a.getUTCDate() === 1 ? fromDayMs : Date.UTC(a.getUTCFullYear(), a.getUTCMonth() + 1, 1);
+  const b = new Date(toDayMs);
+  const toMs = Date.UTC(b.getUTCFullYear(), b.getUTCMonth(), 1);
+  return toMs > fromMs ? { fromMs, toMs } : undefined;
+}
+
 export type Bucket = 'day' | 'hour';
 
 /** `auto`: hours for ranges up to 48 h, days beyond. Hours are refused beyond 7 days. */

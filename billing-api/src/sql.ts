@@ -1,5 +1,13 @@
 import { TupleParam } from '@clickhouse/client';
-import { chDay, chInstant, DAY_MS, type RangeSplit, splitByDay, type TimeRange } from './range.js';
+import {
+  chDay,
+  chInstant,
+  DAY_MS,
+  type RangeSplit,
+  splitByDay,
+  type TimeRange,
+  wholeMonths,
+} from './range.js';
 
 /**
  * SQL of the analytics and billing routes, as pure functions. Every value a caller supplies travels as a
@@ -8,7 +16,7 @@ import { chDay, chInstant, DAY_MS, type RangeSplit, splitByDay, type TimeRange }
  */
 export interface Sql {
   query: string;
-  params: Record<string, string | number | TupleParam[]>;
+  params: Record<string, string | number | bigint[] | TupleParam[]>;
 }
 
 export interface Filters {
@@ -273,25 +281,54 @@ function sessionDays(range: TimeRange) {
 
 /**
  * The number of sessions active in the range. `daily`: the sessions with a call at or after the start (see
- * SessionsFrom), as the union of the per-day session sets of mcp_customer_daily_stats — summed per customer,
- * since a session belongs to one customer — with, when the range starts inside a day, that day's sessions
- * last seen at or after the start (from mcp_session_daily) instead of that day's set.
+ * SessionsFrom), as the union of per-customer session sets — summed per customer, since a session belongs to
+ * one customer: the monthly sets of mcp_customer_monthly_sessions for the whole calendar months of the range,
+ * the per-day sets of mcp_customer_daily_stats for its other whole days, and, when the range starts inside a
+ * day, that day's sessions last seen at or after the start (from mcp_session_daily). `lifetime`: the sessions
+ * of mcp_session_summary whose first and last call bracket the range, grouped by their fixed-width key.
  */
 export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFrom): Read {
-  if (from !== 'daily') {
-    const inner = sessionsInner(f, range, from);
+  if (from === 'raw') {
+    const inner = sessionsInner(f, range);
     return { ...inner, query: `SELECT count() AS sessions FROM (${inner.query})` };
+  }
+  if (from === 'lifetime') {
+    return {
+      query: `SELECT count() AS sessions FROM (${lifetimeActive(f)})`,
+      params: { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) },
+      readFrom: ['mcp_session_summary'],
+    };
   }
   const days = sessionDays(range);
   const scope = filterConds(f, ['customer']);
-  const parts = [
-    `SELECT customer, sessions AS s FROM mcp_customer_daily_stats
-    WHERE ${[...scope, `day >= {${days.fromIsMidnight ? 'from_day' : 'next_day'}:Date}`, 'day <= {last_day:Date}'].join(' AND ')}`,
-  ];
+  // the whole days of the range: from its first midnight (its start when at midnight) to the end of its last day
+  const firstDayMs = Math.ceil(range.fromMs / DAY_MS) * DAY_MS;
+  const endDayMs = Math.floor((range.toMs - 1) / DAY_MS) * DAY_MS + DAY_MS;
+  const months = wholeMonths(firstDayMs, endDayMs);
+  const firstDay = `day >= {${days.fromIsMidnight ? 'from_day' : 'next_day'}:Date}`;
+  const parts: string[] = [];
+  const readFrom: string[] = [];
+  const params: Record<string, string | number> = { ...filterParams(f), ...days.params };
+  if (!days.fromIsMidnight) params.next_day = chDay(range.fromMs + DAY_MS);
+  if (months) {
+    params.month_from = chDay(months.fromMs);
+    params.month_to = chDay(months.toMs);
+    parts.push(`SELECT customer, sessions AS s FROM mcp_customer_monthly_sessions
+    WHERE ${[...scope, 'month >= {month_from:Date}', 'month < {month_to:Date}'].join(' AND ')}`);
+    readFrom.push('mcp_customer_monthly_sessions');
+  }
+  const daysOutsideMonths = months ? firstDayMs < months.fromMs || months.toMs < endDayMs : true;
+  if (daysOutsideMonths) {
+    const outside = months ? ['(day < {month_from:Date} OR day >= {month_to:Date})'] : [];
+    parts.push(`SELECT customer, sessions AS s FROM mcp_customer_daily_stats
+    WHERE ${[...scope, firstDay, 'day <= {last_day:Date}', ...outside].join(' AND ')}`);
+    readFrom.push('mcp_customer_daily_stats');
+  }
   if (!days.fromIsMidnight) {
     parts.push(`SELECT customer, uniqExactState(customer, session_id) AS s FROM mcp_session_daily
     WHERE ${[...scope, "session_id != ''", 'day = {from_day:Date}', `last_seen >= {from:${DT}}`].join(' AND ')}
     GROUP BY customer`);
+    readFrom.push('mcp_session_daily');
   }
   return {
     query: `SELECT sum(n) AS sessions FROM (
@@ -299,14 +336,8 @@ export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFro
     ${parts.join('\n    UNION ALL\n    ')}
   ) GROUP BY customer
 )`,
-    params: {
-      ...filterParams(f),
-      ...days.params,
-      ...(days.fromIsMidnight ? {} : { next_day: chDay(range.fromMs + DAY_MS) }),
-    },
-    readFrom: days.fromIsMidnight
-      ? ['mcp_customer_daily_stats']
-      : ['mcp_customer_daily_stats', 'mcp_session_daily'],
+    params,
+    readFrom,
   };
 }
 
@@ -314,11 +345,9 @@ const SESSION_TOTALS = `max(agent) AS session_agent, max(transport) AS session_t
     min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
     sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano`;
 
-function sessionsInner(f: Filters, range: TimeRange, from: 'raw' | 'lifetime'): Read {
-  const params = { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) };
-  if (from === 'raw') {
-    return {
-      query: `SELECT customer, session_id, max(agent) AS session_agent, max(transport) AS session_transport,
+function sessionsInner(f: Filters, range: TimeRange): Read {
+  return {
+    query: `SELECT customer, session_id, max(agent) AS session_agent, max(transport) AS session_transport,
     max(session_rule) AS rule,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
     countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
@@ -326,33 +355,96 @@ function sessionsInner(f: Filters, range: TimeRange, from: 'raw' | 'lifetime'): 
   WHERE ${[...filterConds(f, ALL_DIMS), "session_id != ''"].join(' AND ')}
   GROUP BY customer, session_id
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`,
-      params,
-      readFrom: ['mcp_tool_calls'],
-    };
-  }
-  return {
-    query: `SELECT customer, session_id, ${SESSION_TOTALS}
-  FROM mcp_session_summary
-  WHERE ${[...filterConds(f, ['customer']), "session_id != ''"].join(' AND ')}
-  GROUP BY customer, session_id
-  HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`,
-    params,
-    readFrom: ['mcp_session_summary'],
+    params: { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) },
+    readFrom: ['mcp_tool_calls'],
   };
 }
 
 /**
- * Sessions active in the range, most recently active first, with the totals of all their calls and the
- * number of sessions in `total_rows` — from the raw table or the lifetime view. The daily path is
- * sessionsPageSql, then sessionTotalsSql for the page (and sessionsCountSql for the number).
+ * Sessions active in the range over the raw table (an agent or tool filter, or source raw), most recently
+ * active first, with the totals of their calls and the number of sessions in `total_rows`. The views' paths
+ * are sessionsPageSql (daily) and sessionsLifetimePageSql (lifetime), then the totals of the page by key.
  */
-export function sessionsListSql(f: Filters, range: TimeRange, page: Page, from: 'raw' | 'lifetime'): Read {
-  const inner = sessionsInner(f, range, from);
+export function sessionsListSql(f: Filters, range: TimeRange, page: Page): Read {
+  const inner = sessionsInner(f, range);
   return paged(
     {
       ...inner,
       query: `SELECT *, count() OVER () AS total_rows FROM (${inner.query})
 ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
+    },
+    page,
+  );
+}
+
+/**
+ * The sessions of mcp_session_summary active in the range ({from}, {to}): grouped by session_key (a 16-byte
+ * hash of customer and session id, migration 0012) rather than by the two strings, and reading only the key
+ * and the first and last call — the columns the question needs.
+ */
+function lifetimeActive(f: Filters): string {
+  return `SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at
+  FROM mcp_session_summary
+  WHERE ${[...filterConds(f, ['customer']), 'session_key != 0'].join(' AND ')}
+  GROUP BY session_key
+  HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`;
+}
+
+/**
+ * The lifetime path's first step (see SessionsFrom): the keys of the active sessions that can be on the page —
+ * the latest `offset + limit` by last call, with every session tied with the last of them (the page's order
+ * breaks ties by customer and session id, which the keys do not carry) — and the number of active sessions in
+ * `total_rows`. sessionTotalsByKeySql then reads those sessions' totals and cuts the exact page.
+ */
+export function sessionsLifetimePageSql(f: Filters, range: TimeRange, page: Page): Read {
+  return {
+    query: `SELECT toString(session_key) AS session_key, toString(last_seen_at) AS last_seen,
+    count() OVER () AS total_rows
+  FROM (${lifetimeActive(f)})
+ORDER BY last_seen_at DESC
+LIMIT {top:UInt32} WITH TIES`,
+    params: {
+      ...filterParams(f),
+      from: chInstant(range.fromMs),
+      to: chInstant(range.toMs),
+      top: page.offset + page.limit,
+    },
+    readFrom: ['mcp_session_summary'],
+  };
+}
+
+/**
+ * Of the keys sessionsLifetimePageSql returned (most recent last call first), those the page can hold: the
+ * sessions whose last call is between those at the page's first and last positions, ties at both edges
+ * included (their order is decided by customer and session id, which the keys do not carry), and the page's
+ * offset among them (the sessions with a later last call come before it). `lastSeen` compares as text
+ * (ClickHouse's fixed-width DateTime64 text).
+ */
+export function lifetimePageKeys(
+  keys: readonly { key: string; lastSeen: string }[],
+  page: Page,
+): { keys: string[]; page: Page } {
+  const first = keys[page.offset];
+  const last = keys[Math.min(page.offset + page.limit, keys.length) - 1];
+  if (!first || !last) return { keys: [], page };
+  const before = keys.filter((k) => k.lastSeen > first.lastSeen).length;
+  return {
+    keys: keys.filter((k) => k.lastSeen <= first.lastSeen && k.lastSeen >= last.lastSeen).map((k) => k.key),
+    page: { limit: page.limit, offset: page.offset - before },
+  };
+}
+
+/** The page of the given sessions (by session_key) with the totals of all their calls, most recent first. */
+export function sessionTotalsByKeySql(f: Filters, keys: readonly string[], page: Page): Read {
+  return paged(
+    {
+      query: `SELECT customer, session_id, ${SESSION_TOTALS}
+  FROM mcp_session_summary
+  WHERE ${[...filterConds(f, ['customer']), 'session_key IN {keys:Array(UInt128)}'].join(' AND ')}
+  GROUP BY customer, session_id
+  ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
+      params: { ...filterParams(f), keys: keys.map((k) => BigInt(k)) },
+      readFrom: ['mcp_session_summary'],
     },
     page,
   );

@@ -432,6 +432,8 @@ describe('injection strings through every parameter', () => {
     expect(tables.map((t) => t.name)).toEqual([
       'mcp_customer_daily_stats',
       'mcp_customer_daily_stats_mv',
+      'mcp_customer_monthly_sessions',
+      'mcp_customer_monthly_sessions_mv',
       'mcp_daily_stats',
       'mcp_daily_stats_mv',
       'mcp_session_daily',

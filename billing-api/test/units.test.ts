@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { csvField, toCsv } from '../src/csv.js';
 import { marginBps, microsToSeconds, money } from '../src/money.js';
-import { bucketFor, parseInstant, periodRange, resolveRange, splitByDay } from '../src/range.js';
+import { bucketFor, parseInstant, periodRange, resolveRange, splitByDay, wholeMonths } from '../src/range.js';
 import {
   byAgentSql,
   byCustomerSql,
@@ -11,13 +11,16 @@ import {
   enforcementEventsSql,
   invoiceLinesSql,
   invoiceTotalsSql,
+  lifetimePageKeys,
   type Sql,
   sessionCallsSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsLaterSql,
+  sessionsLifetimePageSql,
   sessionsListSql,
   sessionsPageSql,
+  sessionTotalsByKeySql,
   sessionTotalsSql,
   summarySql,
 } from '../src/sql.js';
@@ -133,6 +136,42 @@ describe('money', () => {
   });
 });
 
+describe('whole months', () => {
+  it.each([
+    ['2026-03-01', '2026-04-01', ['2026-03-01', '2026-04-01']],
+    ['2026-03-02', '2026-04-01', undefined],
+    ['2026-02-20', '2026-05-03', ['2026-03-01', '2026-05-01']],
+    ['2026-12-01', '2027-01-01', ['2026-12-01', '2027-01-01']],
+    ['2026-03-10', '2026-03-11', undefined],
+  ])('days [%s, %s) hold the months %j', (from, to, months) => {
+    const m = wholeMonths(Date.parse(`${from}T00:00:00Z`), Date.parse(`${to}T00:00:00Z`));
+    expect(m && [m.fromMs, m.toMs].map((ms) => new Date(ms).toISOString().slice(0, 10))).toEqual(months);
+  });
+});
+
+describe('lifetime page keys', () => {
+  // most recent last call first; b, c, d tied
+  const keys = [
+    { key: 'a', lastSeen: '2026-03-12 11:00:00.000000' },
+    { key: 'b', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'c', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'd', lastSeen: '2026-03-12 10:00:00.000000' },
+    { key: 'e', lastSeen: '2026-03-11 00:00:00.000000' },
+  ];
+  it.each([
+    [{ limit: 1, offset: 0 }, ['a'], 0],
+    [{ limit: 2, offset: 0 }, ['a', 'b', 'c', 'd'], 0],
+    [{ limit: 1, offset: 2 }, ['b', 'c', 'd'], 1],
+    [{ limit: 2, offset: 3 }, ['b', 'c', 'd', 'e'], 2],
+    [{ limit: 10, offset: 4 }, ['e'], 0],
+    [{ limit: 10, offset: 5 }, [], 5],
+  ])('page %j: keys %j at offset %i among them', (page, expected, offset) => {
+    const got = lifetimePageKeys(keys, page);
+    expect(got.keys).toEqual(expected);
+    expect(got.page).toEqual({ limit: page.limit, offset });
+  });
+});
+
 describe('CSV', () => {
   it('quotes what needs quoting and defuses formulas, but not negative amounts', () => {
     expect(csvField('a,b')).toBe('"a,b"');
@@ -162,8 +201,9 @@ describe('SQL builders', () => {
     ['sessionsCount daily', sessionsCountSql(f, r, 'daily')],
     ['sessionsCount lifetime', sessionsCountSql(f, r, 'lifetime')],
     ['sessionsCount raw', sessionsCountSql(f, r, 'raw')],
-    ['sessionsList lifetime', sessionsListSql(f, r, page, 'lifetime')],
-    ['sessionsList raw', sessionsListSql(f, r, page, 'raw')],
+    ['sessionsList raw', sessionsListSql(f, r, page)],
+    ['sessionsLifetimePage', sessionsLifetimePageSql(f, r, page)],
+    ['sessionTotalsByKey', sessionTotalsByKeySql(f, ['340282366920938463463374607431768211455'], page)],
     ['sessionsPage', sessionsPageSql(f, r, page)],
     ['sessionsPage latest rows', sessionsPageSql(f, r, page, 120)],
     ['sessionTotals', sessionTotalsSql(f, [{ customer: f.customer, sessionId: `${MARK}s` }])],
@@ -223,8 +263,10 @@ describe('SQL builders', () => {
     expect(sessionTotalsSql(p, [{ customer: 'c', sessionId: 's' }]).query).toContain(
       'FROM mcp_session_summary',
     );
-    expect(sessionsListSql(p, r, page, 'lifetime').query).not.toContain('mcp_session_daily');
-    expect(sessionsListSql({ ...p, tool: 't' }, r, page, 'raw').query).not.toContain('mcp_session');
+    expect(sessionsLifetimePageSql(p, r, page).query).not.toContain('mcp_session_daily');
+    expect(sessionsLifetimePageSql(p, r, page).params).toMatchObject({ top: 30 });
+    expect(sessionsCountSql(p, r, 'lifetime').readFrom).toEqual(['mcp_session_summary']);
+    expect(sessionsListSql({ ...p, tool: 't' }, r, page).query).not.toContain('mcp_session');
     // a range starting inside a day: that day from mcp_session_daily, the next ones from their session sets
     const inside = sessionsCountSql(p, r, 'daily');
     expect(inside.readFrom).toEqual(['mcp_customer_daily_stats', 'mcp_session_daily']);
@@ -236,5 +278,27 @@ describe('SQL builders', () => {
     const midnight = sessionsCountSql(p, { fromMs: T0, toMs: T0 + 2 * D }, 'daily');
     expect(midnight.readFrom).toEqual(['mcp_customer_daily_stats']);
     expect(midnight.params).toMatchObject({ from_day: '2026-03-10', last_day: '2026-03-11' });
+    // whole calendar months from their monthly session sets, the days around them from the per-day sets
+    const month = sessionsCountSql(p, { fromMs: Date.UTC(2026, 2, 1), toMs: Date.UTC(2026, 3, 1) }, 'daily');
+    expect(month.readFrom).toEqual(['mcp_customer_monthly_sessions']);
+    expect(month.params).toMatchObject({ month_from: '2026-03-01', month_to: '2026-04-01' });
+    const around = sessionsCountSql(
+      p,
+      { fromMs: Date.UTC(2026, 1, 20, 6), toMs: Date.UTC(2026, 4, 3, 12) },
+      'daily',
+    );
+    expect(around.readFrom).toEqual([
+      'mcp_customer_monthly_sessions',
+      'mcp_customer_daily_stats',
+      'mcp_session_daily',
+    ]);
+    expect(around.params).toMatchObject({
+      from_day: '2026-02-20',
+      next_day: '2026-02-21',
+      last_day: '2026-05-03',
+      month_from: '2026-03-01',
+      month_to: '2026-05-01',
+    });
+    expect(around.query).toContain('(day < {month_from:Date} OR day >= {month_to:Date})');
   });
 });

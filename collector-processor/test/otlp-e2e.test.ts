@@ -127,5 +127,15 @@ describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
     );
     expect(Number(sets?.raw)).toBeGreaterThan(0);
     expect(sets?.view).toBe(sets?.raw);
+    // the monthly sets (fed from the per-day ones) count each month's sessions once
+    const [monthly] = await query(
+      tg,
+      `SELECT (SELECT toString(sum(n)) FROM (SELECT product, month, customer, uniqExactMerge(sessions) AS n
+          FROM mcp_customer_monthly_sessions GROUP BY product, month, customer)) AS view,
+        (SELECT toString(count()) FROM (SELECT DISTINCT product, toStartOfMonth(started_at), customer, session_id
+          FROM mcp_tool_calls WHERE session_id != '')) AS raw`,
+    );
+    expect(Number(monthly?.raw)).toBeGreaterThan(0);
+    expect(monthly?.view).toBe(monthly?.raw);
   });
 });

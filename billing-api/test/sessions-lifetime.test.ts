@@ -1,0 +1,150 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  type ClickHouseHandle,
+  insertSettings,
+  migrate,
+  openClickHouse,
+  readMigrations,
+} from '../../collector-processor/src/storage/clickhouse.js';
+import { buildApi } from '../src/index.js';
+
+/**
+ * A past range (calls follow it) answers from the lifetime view in two steps: the keys that can be on the
+ * page (grouped by session_key, with the sessions tied with the last of them), then their totals by key.
+ * Proof on a workload made for the edges: three sessions whose last calls are at the same microsecond, a
+ * session that spans the range without a call in it, sessions entirely before or after it, calls without a
+ * session, every call landed by its own insert (so each session has one partial row per call in the views
+ * until a merge), half of them before migration 0012 (its backfill, and its key in parts written before it).
+ * Every page, at every offset, equals the answer of a full scan of the raw table.
+ */
+
+const KEY = 'tg_test_lifetime_key';
+const P = 'ties-mcp';
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-sessions-lifetime-'));
+let ch: ClickHouseHandle;
+
+// [customer, session id, call time]
+const CALLS: [string, string, string][] = [
+  ['c1', 's-a', '2026-03-09 23:00:00'], // spans the range, no call in it
+  ['c1', 's-a', '2026-03-12 10:00:00'],
+  ['c2', 's-b', '2026-03-10 05:00:00'],
+  ['c2', 's-b', '2026-03-12 10:00:00'], // tied with s-a and s-c
+  ['c1', 's-c', '2026-03-10 06:00:00'],
+  ['c1', 's-c', '2026-03-12 10:00:00'],
+  ['c3', 's-d', '2026-03-10 07:00:00'],
+  ['c2', 's-e', '2026-03-12 09:00:00'], // after the range: not active
+  ['c1', 's-f', '2026-03-09 10:00:00'], // before the range: not active
+  ['c3', '', '2026-03-10 08:00:00'], // no session: never listed
+  ['c3', 's-h', '2026-03-10 23:59:59.999999'],
+  ['c3', 's-h', '2026-03-11 00:00:00'],
+];
+const EXPECTED = ['c1/s-a', 'c1/s-c', 'c2/s-b', 'c3/s-h', 'c3/s-d'];
+
+const appOf = (source: 'views' | 'raw') =>
+  buildApi({
+    log: pino({ level: 'silent' }),
+    readiness: async () => [],
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    apiKeys: [
+      {
+        name: 'finance',
+        sha256: createHash('sha256').update(KEY).digest('hex'),
+        role: 'finance',
+        products: [P],
+      },
+    ],
+    analytics: {
+      clickhouse: ch.client,
+      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
+      pricing: {
+        currency: () => 'USD',
+        planFor: () => undefined,
+        quote: () => {
+          throw new Error('not used');
+        },
+      },
+      source,
+    },
+  });
+
+beforeAll(async () => {
+  ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+  // half the calls land before migration 0012 (its backfill and the key of parts written before it), half after
+  await migrate(
+    ch.client,
+    readMigrations().filter((m) => m.version < 12),
+  );
+  for (const [i, [customer, session, at]] of CALLS.entries()) {
+    if (i === CALLS.length / 2) await migrate(ch.client);
+    await ch.client.command({
+      query: `INSERT INTO mcp_tool_calls (event_id, product, customer, agent, session_id, tool, status, started_at,
+          price_nano, cost_nano)
+        VALUES ('e${i}', '${P}', '${customer}', 'agent-1', '${session}', 'search', 'ok',
+          toDateTime64('${at}', 6, 'UTC'), ${1000 + i}, ${100 + i})`,
+      clickhouse_settings: insertSettings(`lifetime-${i}`),
+    });
+  }
+}, 120_000);
+afterAll(async () => {
+  await ch?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('sessions of a past range from the lifetime view', () => {
+  it('every page equals the raw scan, ties and the spanning session included', async () => {
+    const views = appOf('views');
+    const raw = appOf('raw');
+    try {
+      const get = async (app: ReturnType<typeof appOf>, q: string) => {
+        const res = await app.inject({
+          url: `/analytics/mcp/sessions?product=${P}&from=2026-03-10&to=2026-03-11&${q}`,
+          headers: { authorization: `Bearer ${KEY}` },
+        });
+        expect(res.statusCode).toBe(200);
+        return res.json<{
+          readFrom: string[];
+          rows: { customer: string; sessionId: string }[];
+          page: unknown;
+        }>();
+      };
+      const all = await get(views, 'limit=100');
+      expect([...all.readFrom].sort()).toEqual(['mcp_session_daily', 'mcp_session_summary']);
+      expect(all.rows.map((r) => `${r.customer}/${r.sessionId}`)).toEqual(EXPECTED);
+      for (const limit of [1, 2, 3]) {
+        for (let offset = 0; offset <= EXPECTED.length; offset++) {
+          const q = `limit=${limit}&offset=${offset}`;
+          const [v, r] = await Promise.all([get(views, q), get(raw, q)]);
+          expect({ ...v, readFrom: undefined }, q).toEqual({ ...r, readFrom: undefined });
+          expect(v.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
+            EXPECTED.slice(offset, offset + limit),
+          );
+        }
+      }
+      const summary = await views.inject({
+        url: `/analytics/mcp/summary?product=${P}&from=2026-03-10&to=2026-03-11`,
+        headers: { authorization: `Bearer ${KEY}` },
+      });
+      expect(summary.json()).toMatchObject({ sessions: EXPECTED.length });
+      // the month: its sessions counted from the monthly sets, backfilled and then fed by the view
+      const month = async (app: ReturnType<typeof appOf>) =>
+        (
+          await app.inject({
+            url: `/analytics/mcp/summary?product=${P}&period=2026-03`,
+            headers: { authorization: `Bearer ${KEY}` },
+          })
+        ).json<{ sessions: number; readFrom: string[] }>();
+      const [vm, rm] = await Promise.all([month(views), month(raw)]);
+      expect(vm.readFrom).toContain('mcp_customer_monthly_sessions');
+      expect(vm.sessions).toBe(7);
+      expect(rm.sessions).toBe(7);
+    } finally {
+      await views.close();
+      await raw.close();
+    }
+  });
+});
