@@ -9,6 +9,7 @@ const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['kill-simulation', ['node', 'bench/kill-simulation.mjs']],
+  ['overage', ['node', 'bench/overage.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],

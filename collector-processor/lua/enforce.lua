@@ -11,6 +11,10 @@
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
 -- then n, then one argument per call: "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated;
 -- identifiers never contain control characters; session key index 0 = no session)
+-- then one argument with the calls taken from quota leases, aggregated per lease (empty: none):
+--   "L\tlease_id\tinstance\tcalls\treserved_nano" per lease, followed by its "T\ttool\tcalls" and
+--   "S\tsession_id\treserved_nano" lines (see lease-lib.lua, prepended to this script: those calls are
+--   settled against their lease, then counted like the others)
 --
 -- Money is integer nano-units (HINCRBY keeps it exact in Redis; comparisons in Lua are exact below 2^53
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
@@ -40,6 +44,20 @@ local tool_limits = {}
 for j = 0, m - 1 do tool_limits[ARGV[17 + j * 2]] = tonumber(ARGV[18 + j * 2]) end
 local base = 17 + m * 2
 local n = tonumber(ARGV[base])
+-- quota leases (lease-lib.lua): expired ones give back what they hold before anything is judged
+local P = string.sub(state, 1, #state - 5)
+lease_reap(P, now, 64)
+local leased = {}
+for line in string.gmatch(ARGV[base + 1 + n] or '', '[^\n]+') do
+  local kind, a, b, c, d = string.match(line, '^(%u)\t([^\t]*)\t([^\t]*)\t?([^\t]*)\t?([^\t]*)$')
+  if kind == 'L' then
+    leased[#leased + 1] = { id = a, inst = b, calls = tonumber(c) or 0, money = tonumber(d) or 0, tools = {}, sessions = {} }
+  elseif kind == 'T' and #leased > 0 then
+    leased[#leased].tools[a] = tonumber(b) or 0
+  elseif kind == 'S' and #leased > 0 then
+    leased[#leased].sessions[a] = tonumber(b) or 0
+  end
+end
 
 local function escape(s)
   return (string.gsub(s, '[%%{}:%z\1-\32]', function(c) return string.format('%%%02X', string.byte(c)) end))
@@ -111,12 +129,24 @@ end
 local over = {}
 local already = redis.call('HEXISTS', applied, rid) == 1
 
+-- Calls taken from a lease move their reservation to the counters first (each lease step is in
+-- lease-lib.lua); then every call is counted at its real price below, once.
+if not already and #leased > 0 then
+  local cache = lease_cache()
+  for _, l in ipairs(leased) do lease_settle(P, cache, l.id, l.inst, l.calls, l.money, l.tools, l.sessions) end
+  lease_flush(P, cache)
+end
+
 -- Counters are read once, advanced in Lua for each call (limits are checked call by call, in order), and
 -- written back once per key with HINCRBY of the total increments: a few Redis calls per key, not per call.
 local function num(v) return tonumber(v or '0') end
 local spend = num(redis.call('HGET', period, 'spend'))
 local cost_total = num(redis.call('HGET', period, 'cost'))
 local day_calls = num(redis.call('HGET', day, 'calls'))
+-- what quota leases hold back (after the settlement above) counts against the limits like spend
+local held_spend = num(redis.call('HGET', period, 'lrm'))
+local held_calls = num(redis.call('HGET', day, 'lr'))
+local held_tool = {}
 local d_spend, d_cost, d_day = 0, 0, 0
 local tool_calls, d_tool = {}, {}
 local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls }
@@ -133,7 +163,7 @@ for i = 0, n - 1 do
     ses = sessions[sk]
     if not ses then
       local key = KEYS[4 + sk]
-      ses = { id = sid, spend = num(redis.call('HGET', key, 'spend')), cost = num(redis.call('HGET', key, 'cost')), d_spend = 0, d_cost = 0, d_calls = 0 }
+      ses = { id = sid, spend = num(redis.call('HGET', key, 'spend')), cost = num(redis.call('HGET', key, 'cost')), held = num(redis.call('HGET', key, 'lrm')), d_spend = 0, d_cost = 0, d_calls = 0 }
       sessions[sk] = ses
     end
   end
@@ -143,6 +173,7 @@ for i = 0, n - 1 do
     d_spend, d_cost = d_spend + price, d_cost + cost
     if tool_calls[tool] == nil then
       tool_calls[tool] = num(redis.call('HGET', period, 'c:' .. tool))
+      held_tool[tool] = num(redis.call('HGET', period, 'lrc:' .. tool))
       d_tool[tool] = 0
     end
     tool_calls[tool] = tool_calls[tool] + 1
@@ -150,22 +181,22 @@ for i = 0, n - 1 do
     day_calls = day_calls + 1
     d_day = d_day + 1
     local crossed = false
-    if spend_limit >= 0 and spend > spend_limit then
+    if spend_limit >= 0 and spend + held_spend > spend_limit then
       crossed = true
       set('c', { action = 'kill', reason = 'hard_limit:spend_per_period', until_ms = period_end, rate = '', margin = '' })
     end
-    if day_limit >= 0 and day_calls > day_limit then
+    if day_limit >= 0 and day_calls + held_calls > day_limit then
       crossed = true
       set('c', { action = 'kill', reason = 'hard_limit:calls_per_day', until_ms = day_end, rate = '', margin = '' })
     end
-    if tool_limits[tool] and tool_calls[tool] > tool_limits[tool] then
+    if tool_limits[tool] and tool_calls[tool] + held_tool[tool] > tool_limits[tool] then
       crossed = true
       set(scope_of('tool', tool), { action = 'kill', reason = 'hard_limit:calls_per_tool', until_ms = period_end, rate = '', margin = '' })
     end
     if ses then
       ses.spend, ses.cost = ses.spend + price, ses.cost + cost
       ses.d_spend, ses.d_cost, ses.d_calls = ses.d_spend + price, ses.d_cost + cost, ses.d_calls + 1
-      if session_limit >= 0 and ses.spend > session_limit then
+      if session_limit >= 0 and ses.spend + ses.held > session_limit then
         crossed = true
         set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
       end

@@ -10,6 +10,7 @@ import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './con
 import { EnforcementAdmin } from './enforcement/admin.js';
 import { RedisEnforcer } from './enforcement/enforcer.js';
 import { EnforcementLog } from './enforcement/events.js';
+import { LeaseService } from './enforcement/leases.js';
 import { Forwarder, parseHeaders } from './forward/forwarder.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
@@ -239,6 +240,14 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         })
       : undefined;
     if (enforcer) admin = new EnforcementAdmin(redisConn, enforcer, events);
+    const leases = enforcer
+      ? new LeaseService(redisConn, planStore, events, log.child({ component: 'leases' }), metrics, {
+          ttlMs: Number(s['leases.ttlMs']),
+          shareBps: Number(s['leases.shareBps']),
+          maxCalls: Number(s['leases.maxCalls']),
+          releaseGraceMs: Number(s['leases.releaseGraceMs']),
+        })
+      : undefined;
 
     if (roles.has('processor')) {
       const { spool, recovered } = await Spool.open({
@@ -318,7 +327,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         : undefined;
       if (forwarder) stops.unshift(() => forwarder.flush(Number(s.shutdownTimeoutMs)));
       receiver = buildReceiver(
-        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder },
+        { pipeline, keyring: new IngestKeyring(config.ingestKeys), metrics, log, forwarder, leases },
         {
           bodyLimitBytes: Number(s['otlp.bodyLimitBytes']),
           maxDecompressedBytes: Number(s['otlp.maxDecompressedBytes']),

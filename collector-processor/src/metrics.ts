@@ -46,6 +46,12 @@ export function createMetrics() {
       labelNames: ['product', 'currency'],
       ...r,
     }),
+    leases: new Counter({
+      name: 'tollgate_lease_requests_total',
+      help: 'Quota lease requests by op (grant, release, refused) and outcome (ok, exhausted, or the error code)',
+      labelNames: ['op', 'outcome'],
+      ...r,
+    }),
     redisErrors: new Counter({
       name: 'tollgate_redis_errors_total',
       help: 'Redis script calls that failed',

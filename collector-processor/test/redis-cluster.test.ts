@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { Directive } from '@tollgate/contracts';
+import type { Directive, LeaseGrant } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
@@ -72,5 +72,53 @@ describe('the same scripts on Redis Cluster (3 masters)', () => {
       "SELECT count() n, sum(price_nano) revenue, countIf(decision = 'over_limit') AS over_limit FROM mcp_tool_calls WHERE customer LIKE 'cluster-co-%'",
     );
     expect(row).toEqual({ n: String(12 * 5), revenue: String(12 * 4 * 1_000_000_000), over_limit: '12' });
+  });
+});
+
+describe('quota leases on Redis Cluster', () => {
+  it('grant, settle, release and expiry run in each customer slot', async () => {
+    const customers = Array.from({ length: 6 }, (_, i) => `lease-co-${i}`);
+    for (const c of customers) {
+      const post = async (requests: unknown[]) => {
+        const res = await fetch(`${tg.otlpUrl}/v1/leases`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+          body: JSON.stringify({ instanceId: `inst-${c}`, requests }),
+        });
+        expect(res.status).toBe(200);
+        return ((await res.json()) as { results: { ok: boolean; lease: LeaseGrant }[] }).results[0];
+      };
+      // 3.00 at 1.00 a call (the first call is free, but a lease reserves the known price)
+      const g = await post([{ op: 'grant', customer: c, wantMoney: '3000000000', minMoney: '1000000000' }]);
+      expect(g?.lease.money).toBe('1500000000');
+      const spans = [
+        toolSpan({
+          customer: c,
+          attrs: { 'tollgate.lease.id': g?.lease.leaseId, 'tollgate.lease.reserved_nano': '1000000000' },
+        }),
+      ];
+      const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body: JSON.stringify(exportOf(spans, { 'service.name': 'mcp', 'service.instance.id': `inst-${c}` })),
+      });
+      expect(res.status).toBe(200);
+      const rel = await post([
+        {
+          op: 'release',
+          customer: c,
+          leaseId: g?.lease.leaseId,
+          consumedCalls: 1,
+          consumedMoney: '1000000000',
+        },
+      ]);
+      expect(rel?.ok).toBe(true);
+      // everything settled or returned: nothing is held back any more
+      const held = await tg.redis?.hget(
+        `tg:{demo-mcp:${c}}:p:${new Date().toISOString().slice(0, 7)}`,
+        'lrm',
+      );
+      expect(held).toBe('0');
+    }
   });
 });

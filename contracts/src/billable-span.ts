@@ -24,6 +24,12 @@ import {
 import { isSessionRule, type SessionRule, traceSessionId } from './billing-session.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
 import { isValidIdentifier } from './identifiers.js';
+import {
+  ATTR_TOLLGATE_LEASE_ID,
+  ATTR_TOLLGATE_LEASE_RESERVED,
+  LEASE_ID_RE,
+  MAX_LEASE_MONEY_NANO,
+} from './leases.js';
 import type { CallSource, RejectReason, ToolCall } from './tool-call.js';
 
 /** An attribute value as decoded from OTLP; arrays and maps are not used for billing and decode to null. */
@@ -139,6 +145,20 @@ function count(v: AttrValue | undefined): number | undefined {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_COUNT) return undefined;
   return n;
+}
+
+/**
+ * The lease a call was taken from. A malformed lease attribute never rejects the call: it is counted as a
+ * call without a lease (as a plain OTLP sender's).
+ */
+function leaseOf(a: Attributes): { id: string; reservedNano: string } | undefined {
+  const id = a[ATTR_TOLLGATE_LEASE_ID];
+  if (typeof id !== 'string' || !LEASE_ID_RE.test(id)) return undefined;
+  const r = a[ATTR_TOLLGATE_LEASE_RESERVED];
+  const text = typeof r === 'number' && Number.isSafeInteger(r) ? String(r) : r;
+  if (typeof text !== 'string' || !/^\d{1,16}$/.test(text) || BigInt(text) > MAX_LEASE_MONEY_NANO)
+    return undefined;
+  return { id, reservedNano: text };
 }
 
 function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
@@ -258,5 +278,7 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     source,
     instanceId: str(span.resource[RESOURCE_SERVICE_INSTANCE_ID]) ?? '',
   };
+  const lease = leaseOf(a);
+  if (lease) call.lease = lease;
   return { kind: 'call', call };
 }

@@ -5,6 +5,7 @@ export * from './directives.js';
 export * from './enforcement-state.js';
 export * from './event-id.js';
 export * from './identifiers.js';
+export * from './leases.js';
 export * from './money.js';
 export * from './rated-call.js';
 export * from './redis-keys.js';

@@ -55,6 +55,8 @@ export interface RatedCall {
   sessionRule: string;
   /** Per-second price the call was billed at; 0 when its rate prices no seconds or it was not billed. */
   pricePerSecondNano: bigint;
+  /** The quota lease the call was taken from (not landed: settled in Redis, see ToolCall.lease). */
+  lease?: { id: string; reservedNano: string };
 }
 
 /** [column name, ClickHouse type, RatedCall field] in table order. */

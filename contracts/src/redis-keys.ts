@@ -46,6 +46,16 @@ export const redisKeys = {
   state: (tag: string) => `${KEY_PREFIX}:${tag}:state`,
   /** Spool records whose calls were applied to the counters (hash rid → time), per receipt day. */
   applied: (tag: string, day: string) => `${KEY_PREFIX}:${tag}:ap:${day}`,
+  /**
+   * One quota lease (hash): `inst`, `day`, `period`, `exp`, granted/settled calls `gc`/`sc` and money
+   * `gm`/`sm`, per tool `t:<tool>`/`ts:<tool>`, per session `s:<id>`/`ss:<id>`/`sk:<id>` (its counter key).
+   * Reservations outstanding (granted − settled) are totalled in the counters they hold back from: `lr` in
+   * the day hash (calls), `lrm` in the period hash (money), `lrc:<tool>` in the period hash, `lrm` in a
+   * session hash. See collector-processor/lua/lease-lib.lua.
+   */
+  lease: (tag: string, leaseId: string) => `${KEY_PREFIX}:${tag}:ls:${leaseId}`,
+  /** Leases of a customer by expiry (sorted set lease id → expiry ms): expired ones are reaped first. */
+  leaseExpiry: (tag: string) => `${KEY_PREFIX}:${tag}:lz`,
   /** Customers seen from one SDK instance (set of `product\tcustomer`), for heartbeats. */
   instance: (instanceId: string) => `${KEY_PREFIX}:{i:${escapeKeyPart(instanceId)}}:customers`,
   /** Customers of a product with enforcement state (set), for listing. */

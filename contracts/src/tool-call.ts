@@ -32,6 +32,11 @@ export interface ToolCall {
   source: CallSource;
   /** `service.instance.id` of the sender, used to route directives to heartbeating SDK instances. */
   instanceId: string;
+  /**
+   * The quota lease the sender took this call from before it ran, and the nano-units it took (decimal
+   * text); absent for calls not taken from a lease. Settled against the lease when the call is counted.
+   */
+  lease?: { id: string; reservedNano: string };
 }
 
 /** Why a span or event that claims to be a tool call was refused (stable codes, reported in partial success). */

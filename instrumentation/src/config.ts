@@ -1,5 +1,6 @@
 import { DEFAULT_ACTIVITY_GAP_MS } from '@tollgate/contracts';
 import type { ExporterSettings } from './exporter.js';
+import type { LeaseOptions } from './leases.js';
 import type { RuntimeOptions } from './runtime.js';
 import { defaultStateFile } from './state-file.js';
 import type { IdentityResolver, McpInstrumentationConfig, TollgateLogger } from './types.js';
@@ -20,6 +21,9 @@ export const DEFAULTS = Object.freeze({
   serviceName: 'mcp-server',
   /** Inactivity gap of the `activity` billing session (contracts/src/billing-session.ts). */
   sessionGapMs: DEFAULT_ACTIVITY_GAP_MS,
+  leaseTimeoutMs: 250,
+  leaseWindowMs: 2000,
+  leaseFailMode: 'open' as const,
 });
 
 /** Environment variables the SDK reads (explicit options win). */
@@ -29,6 +33,9 @@ export const ENV = Object.freeze({
   directivesEndpoint: 'TOLLGATE_DIRECTIVES_ENDPOINT',
   serviceName: 'OTEL_SERVICE_NAME',
   sessionGapMs: 'TOLLGATE_SESSION_GAP_MS',
+  leases: 'TOLLGATE_LEASES',
+  leaseFailMode: 'TOLLGATE_LEASE_FAIL_MODE',
+  leaseTimeoutMs: 'TOLLGATE_LEASE_TIMEOUT_MS',
 });
 
 type CountTokens = (text: string) => number;
@@ -163,6 +170,38 @@ export function resolveConfig(
       serviceName,
     };
   }
+  let leases: LeaseOptions | undefined;
+  const leaseEnv = env[ENV.leases];
+  const leaseConfig = c.leases ?? (leaseEnv === '1' || leaseEnv === 'true' ? true : undefined);
+  if (leaseConfig) {
+    const lc = leaseConfig === true ? {} : leaseConfig;
+    const envTimeout = env[ENV.leaseTimeoutMs];
+    if (!exporter) {
+      problems.push('leases need the built-in exporter (an endpoint); leases are off');
+    } else {
+      const failMode = lc.failMode ?? env[ENV.leaseFailMode] ?? DEFAULTS.leaseFailMode;
+      if (failMode !== 'open' && failMode !== 'closed')
+        problems.push(`leases.failMode must be open or closed (got ${failMode})`);
+      const u = new URL(exporter.directivesUrl);
+      u.pathname = `${u.pathname.replace(/\/v1\/traces\/?$/, '')}/v1/leases`;
+      leases = {
+        url: u.toString(),
+        headers: exporter.directivesHeaders,
+        timeoutMs: positiveInt(
+          problems,
+          'leases.timeoutMs',
+          lc.timeoutMs ?? (envTimeout ? Number(envTimeout) : undefined),
+          DEFAULTS.leaseTimeoutMs,
+        ),
+        failMode: failMode === 'closed' ? 'closed' : 'open',
+        windowMs: positiveInt(problems, 'leases.windowMs', lc.windowMs, DEFAULTS.leaseWindowMs),
+        // the spans of a lease's calls must reach Tollgate before it lapses
+        safetyMs: exportIntervalMs * 2 + 500,
+        requestTimeoutMs: timeoutMs,
+      };
+    }
+  }
+
   const stateFile =
     c.stateFile === false || !exporter
       ? undefined
@@ -181,6 +220,7 @@ export function resolveConfig(
           stateFile,
           startupSyncTimeoutMs,
           onDirective: c.onDirective,
+          leases,
           closeSessionsOnKill: c.closeSessionsOnKill ?? true,
           exitOnStdioKill: c.exitOnStdioKill ?? true,
           logger,
@@ -196,7 +236,7 @@ export function resolveConfig(
 
   const runtimeKey = c.billingExporter
     ? `custom:${exporterId(c.billingExporter)}|${serviceName}`
-    : `${exporter?.tracesUrl}|${exporter?.directivesUrl}|${ingestKey ?? ''}|${serviceName}|${format}`;
+    : `${exporter?.tracesUrl}|${exporter?.directivesUrl}|${ingestKey ?? ''}|${serviceName}|${format}|${leases ? JSON.stringify(leases) : ''}`;
   const resolved: ResolvedConfig = Object.freeze({
     runtime: runtime && Object.freeze(runtime),
     runtimeKey,

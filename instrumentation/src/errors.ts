@@ -7,6 +7,8 @@ import { type Directive, REFUSAL_CODES } from '@tollgate/contracts';
 export const REFUSALS = {
   killed: { code: REFUSAL_CODES.killed, title: 'stopped by Tollgate' },
   throttled: { code: REFUSAL_CODES.throttled, title: 'rate limited by Tollgate' },
+  /** No quota lease could be had in time and leases fail closed (see `leases.failMode`). */
+  unavailable: { code: REFUSAL_CODES.unavailable, title: 'not covered: Tollgate is unreachable' },
 } as const;
 export type RefusalKind = keyof typeof REFUSALS;
 
@@ -46,7 +48,9 @@ export class TollgateRefusal extends Error {
     const message =
       kind === 'killed'
         ? `${head}: ${subject(d)} is ${def.title}${why}; ${tail}.`
-        : `${head}: ${subject(d)} is ${def.title} to ${d.ratePerSecond} calls/s${why}; retry after ${retryAfterMs} ms.`;
+        : kind === 'unavailable'
+          ? `${head}: no quota lease could be had for ${subject(d)} (Tollgate unreachable) and the SDK fails closed; the tool was not run; retry after ${retryAfterMs} ms.`
+          : `${head}: ${subject(d)} is ${def.title} to ${d.ratePerSecond} calls/s${why}; retry after ${retryAfterMs} ms.`;
     super(message);
     this.name = 'TollgateRefusal';
     this.code = def.code;

@@ -7,7 +7,7 @@ import { JsonTraceSerializer, ProtobufTraceSerializer } from '@opentelemetry/otl
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive } from '@tollgate/contracts';
 import type { TollgateLogger } from './types.js';
-import { directivesFromJson, directivesFromProtobuf, heartbeatRequest } from './wire.js';
+import { directivesFromJson, directivesFromProtobuf, heartbeatRequest, leasesFromResponse } from './wire.js';
 
 const gzipAsync = promisify(gzip);
 
@@ -127,6 +127,8 @@ export class TollgateExporter implements SpanExporter {
     private readonly instanceIds: () => string[],
     private readonly onDirectives: (directives: Directive[], source: DirectiveSource) => void,
     private readonly outage: OutageLog,
+    /** Quota leases Tollgate renewed with an export (piggy-backed renewal). */
+    private readonly onLeases?: (grants: unknown[]) => void,
   ) {
     const Agent = s.tracesUrl.startsWith('https:') ? https.Agent : http.Agent;
     this.agent = new Agent({ keepAlive: true, maxSockets: 2 });
@@ -244,6 +246,10 @@ export class TollgateExporter implements SpanExporter {
       if (directives.length) {
         this.stats.directives += directives.length;
         this.onDirectives(directives, source);
+      }
+      if (this.onLeases && source === 'export') {
+        const grants = leasesFromResponse(res.body, res.contentType.includes('json'));
+        if (grants.length) this.onLeases(grants);
       }
     } catch (err) {
       this.outage.problem(`unreadable directives in a Tollgate answer: ${(err as Error).message}`);

@@ -9,6 +9,7 @@ import { BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-spa
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
 import type { ServerLike, TransportLike } from './internal-types.js';
+import { LeaseBook, type LeaseOptions } from './leases.js';
 import { RESOURCE_SERVICE_INSTANCE_ID, RESOURCE_SERVICE_NAME } from './semconv.js';
 import { readState, writeState } from './state-file.js';
 import type { DirectiveHook, DirectiveHookResult, TollgateLogger } from './types.js';
@@ -69,6 +70,8 @@ export interface RuntimeOptions {
   logIntervalMs: number;
   stateFile: string | undefined;
   startupSyncTimeoutMs: number;
+  /** Quota leases (absent: calls are enforced when their spans arrive, as for any OTLP sender). */
+  leases: LeaseOptions | undefined;
   onDirective: DirectiveHook | undefined;
   closeSessionsOnKill: boolean;
   exitOnStdioKill: boolean;
@@ -97,6 +100,8 @@ export class TollgateRuntime {
   readonly store = new DirectiveStore();
   readonly sessions = new Set<SessionInfo>();
   readonly exporter: TollgateExporter | undefined;
+  /** The quota leases this process holds (when `leases` is configured). */
+  readonly leases: LeaseBook | undefined;
   readonly log: OutageLog;
   /** Directive changes seen, in order (the demo and tests read them). */
   readonly changes: Directive[] = [];
@@ -126,7 +131,10 @@ export class TollgateRuntime {
   private readonly onBeforeExit = () => void this.forceFlush();
   private readonly onSignal = (signal: NodeJS.Signals) => {
     const othersListen = process.listenerCount(signal) > 0;
-    void withTimeout(this.forceFlush(), EXIT_FLUSH_MS).finally(() => {
+    void withTimeout(
+      this.forceFlush().then(() => this.leases?.releaseAll()),
+      EXIT_FLUSH_MS,
+    ).finally(() => {
       // Re-raise so the default action (exit) happens, unless the app handles the signal itself.
       if (!othersListen) process.kill(process.pid, signal);
     });
@@ -147,6 +155,7 @@ export class TollgateRuntime {
         this.log,
       );
     }
+    this.leases = o.leases ? new LeaseBook(o.leases, this.instanceId, (m) => this.log.problem(m)) : undefined;
     this.resource = defaultResource().merge(
       resourceFromAttributes({
         ...o.resourceAttributes,
@@ -298,7 +307,10 @@ export class TollgateRuntime {
     }
     const decision = this.hookResults.get(hookKey(d));
     if (s.kind === 'stdio' && (decision?.exitProcess ?? this.o.exitOnStdioKill)) {
-      await withTimeout(this.forceFlush(), EXIT_FLUSH_MS);
+      await withTimeout(
+        this.forceFlush().then(() => this.leases?.releaseAll()),
+        EXIT_FLUSH_MS,
+      );
       process.exit(0);
     }
   }
@@ -344,6 +356,11 @@ export class TollgateRuntime {
     process.off('SIGTERM', this.onSignal);
     process.off('SIGINT', this.onSignal);
     await this.batcher?.shutdown();
+    // after the spans went out (they settle what was consumed), what the leases still hold goes back
+    if (this.leases) {
+      await withTimeout(this.leases.releaseAll(), EXIT_FLUSH_MS);
+      this.leases.close();
+    }
   }
 }
 

@@ -11,6 +11,8 @@ import {
   trace,
 } from '@opentelemetry/api';
 import {
+  ATTR_TOLLGATE_LEASE_ID,
+  ATTR_TOLLGATE_LEASE_RESERVED,
   ATTR_TOLLGATE_SESSION_RULE,
   credentialFingerprint,
   type Directive,
@@ -21,6 +23,7 @@ import {
 } from '@tollgate/contracts';
 import type { BillingSpan } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
+import { TollgateRefusal } from './errors.js';
 import {
   authInfoOf,
   boundedClientInfo,
@@ -35,6 +38,7 @@ import {
   validProtocolVersion,
 } from './inbound.js';
 import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike } from './internal-types.js';
+import type { Ticket } from './leases.js';
 import { activitySessionsFor, runtimeFor } from './registry.js';
 import type { SessionInfo, TollgateRuntime } from './runtime.js';
 import {
@@ -492,8 +496,34 @@ export class ToolCallTracer {
         }
         return this.checkedCall(rt, call, original, thisArg, request, extra);
       }
+      if (rt.leases) return this.leased(rt, call, undefined, original, thisArg, request, extra);
     }
-    return this.traced(rt, call, undefined, original, thisArg, request, extra);
+    return this.traced(rt, call, undefined, undefined, original, thisArg, request, extra);
+  }
+
+  /**
+   * Takes the call's known price from the customer's quota lease before the tool runs (synchronously when
+   * the lease covers it), and refuses it when a hard limit leaves nothing to cover it.
+   */
+  private leased(
+    rt: TollgateRuntime,
+    call: Subject,
+    warnings: Directive[] | undefined,
+    original: RequestHandler,
+    thisArg: unknown,
+    request: JsonRpcRequestLike,
+    extra: RequestExtraLike,
+  ): unknown {
+    const book = rt.leases;
+    if (!book) return this.traced(rt, call, warnings, undefined, original, thisArg, request, extra);
+    const t = book.take(call.customer, call.info.toolName ?? '', call.sessionId, Date.now());
+    if (t instanceof TollgateRefusal) return Promise.reject(t);
+    if (!(t instanceof Promise)) return this.traced(rt, call, warnings, t, original, thisArg, request, extra);
+    return t.then((r) =>
+      r instanceof TollgateRefusal
+        ? Promise.reject(r)
+        : this.traced(rt, call, warnings, r, original, thisArg, request, extra),
+    );
   }
 
   private checkedCall(
@@ -513,13 +543,15 @@ export class ToolCallTracer {
       rt.refused(call.s, v, 'call');
       return Promise.reject(v.refusal);
     }
-    return this.traced(rt, call, v?.warnings, original, thisArg, request, extra);
+    if (rt.leases) return this.leased(rt, call, v?.warnings, original, thisArg, request, extra);
+    return this.traced(rt, call, v?.warnings, undefined, original, thisArg, request, extra);
   }
 
   private traced(
     rt: TollgateRuntime | undefined,
     subject: Subject,
     warnings: Directive[] | undefined,
+    ticket: Ticket | undefined,
     original: RequestHandler,
     thisArg: unknown,
     request: JsonRpcRequestLike,
@@ -539,6 +571,11 @@ export class ToolCallTracer {
       subject.protocolVersion,
     );
     const own: Attributes = { [ATTR_GEN_AI_TOOL_NAME]: tool };
+    if (ticket?.leaseId) {
+      // what the call took from its lease: the processor settles it against the lease when the span arrives
+      own[ATTR_TOLLGATE_LEASE_ID] = ticket.leaseId;
+      own[ATTR_TOLLGATE_LEASE_RESERVED] = String(ticket.reserved);
+    }
     const requestId = requestIdOf(extra);
     if (requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(requestId);
 

@@ -115,7 +115,26 @@ export interface TollgateExportConfig {
   startupSyncTimeoutMs?: number;
 }
 
+/** Quota leases (reserve, then settle): see docs/enforcement.md, "Leases". */
+export interface TollgateLeaseConfig {
+  /** How long a call waits for a lease when the book cannot cover it, in ms (default 250). */
+  timeoutMs?: number;
+  /**
+   * When no lease can be had in time (Tollgate or its Redis unreachable): `open` runs the call without one
+   * (it is still billed and enforced when its span arrives; default), `closed` refuses it (code -32052).
+   */
+  failMode?: 'open' | 'closed';
+  /** A lease is sized to last this long at the recent call rate, in ms (default 2000). */
+  windowMs?: number;
+}
+
 export interface McpInstrumentationConfig extends InstrumentationConfig, TollgateExportConfig {
+  /**
+   * Quota leases: every call takes its known price from a lease Tollgate granted this process before the
+   * tool runs, so hard limits hold with no overage (instead of one export interval's). `true` for the
+   * defaults. Needs the built-in exporter (an endpoint). Env: `TOLLGATE_LEASES=1`. Default off.
+   */
+  leases?: boolean | TollgateLeaseConfig;
   /** `service.name` of the billing resource (default `OTEL_SERVICE_NAME`, else `mcp-server`). */
   serviceName?: string;
   /** Extra resource attributes of the billing spans. */

@@ -136,6 +136,39 @@ export function directivesFromProtobuf(body: Uint8Array): Directive[] {
   return out;
 }
 
+/**
+ * Quota leases renewed with an export (`TollgateDirectives.leases`, field 2 of field 1000, each a LeaseGrant
+ * as JSON text; in JSON responses `tollgate.leases`). Unreadable entries are skipped.
+ */
+export function leasesFromResponse(body: Uint8Array, json: boolean): unknown[] {
+  if (body.length === 0) return [];
+  if (json) {
+    const doc = JSON.parse(decoder.decode(body)) as Record<string, unknown> | null;
+    const list = (doc?.[DIRECTIVES_JSON_KEY] as { leases?: unknown } | undefined)?.leases;
+    return Array.isArray(list) ? list : [];
+  }
+  const out: unknown[] = [];
+  const r = new Reader(body);
+  while (!r.done) {
+    const tag = r.varint();
+    const wire = tag & 7;
+    if (Math.floor(tag / 8) === DIRECTIVES_PROTO_FIELD && wire === WIRE_LEN) {
+      const inner = new Reader(r.bytes());
+      while (!inner.done) {
+        const t = inner.varint();
+        if (Math.floor(t / 8) === 2 && (t & 7) === WIRE_LEN) {
+          try {
+            out.push(JSON.parse(decoder.decode(inner.bytes())));
+          } catch {
+            // skipped
+          }
+        } else inner.skip(t & 7);
+      }
+    } else r.skip(wire);
+  }
+  return out;
+}
+
 /** Directives in a JSON `ExportTraceServiceResponse` (key `tollgate`). */
 export function directivesFromJson(body: Uint8Array): Directive[] {
   if (body.length === 0) return [];

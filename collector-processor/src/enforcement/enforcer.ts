@@ -1,10 +1,10 @@
-import { readFileSync } from 'node:fs';
 import {
   customerTag,
   type Directive,
   type DirectiveAction,
   type DirectiveScope,
   decodeState,
+  isValidIdentifier,
   type RatedCall,
   redisKeys,
   stateInForce,
@@ -14,9 +14,8 @@ import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
 import type { EnforcementLog } from './events.js';
+import { ENFORCE_LUA } from './lua.js';
 import { dayEndMs, dayOf, periodEndMs } from './periods.js';
-
-const ENFORCE_LUA = readFileSync(new URL('../../lua/enforce.lua', import.meta.url), 'utf8');
 
 type EnforceCommand = (numKeys: number, ...args: (string | number)[]) => Promise<(string | number)[]>;
 
@@ -33,6 +32,49 @@ interface Group {
   period: string;
   day: string;
   rows: RatedCall[];
+}
+
+/** The calls of one export taken from one lease (settled in enforce.lua as one). */
+interface LeasedCalls {
+  id: string;
+  instanceId: string;
+  calls: number;
+  money: bigint;
+  tools: Map<string, number>;
+  sessions: Map<string, bigint>;
+}
+
+function addLeased(byLease: Map<string, LeasedCalls>, row: RatedCall): void {
+  const lease = row.lease as NonNullable<RatedCall['lease']>;
+  const key = `${lease.id}\0${row.instanceId}`;
+  let l = byLease.get(key);
+  if (!l) {
+    l = {
+      id: lease.id,
+      instanceId: row.instanceId,
+      calls: 0,
+      money: 0n,
+      tools: new Map(),
+      sessions: new Map(),
+    };
+    byLease.set(key, l);
+  }
+  const reserved = BigInt(lease.reservedNano);
+  l.calls++;
+  l.money += reserved;
+  l.tools.set(row.tool, (l.tools.get(row.tool) ?? 0) + 1);
+  if (row.sessionId) l.sessions.set(row.sessionId, (l.sessions.get(row.sessionId) ?? 0n) + reserved);
+}
+
+/** The lease argument of enforce.lua: an `L` line per lease, then its `T` (tool) and `S` (session) lines. */
+export function encodeLeased(byLease: ReadonlyMap<string, LeasedCalls>): string {
+  const lines: string[] = [];
+  for (const l of byLease.values()) {
+    lines.push(`L\t${l.id}\t${l.instanceId}\t${l.calls}\t${l.money}`);
+    for (const [tool, n] of l.tools) lines.push(`T\t${tool}\t${n}`);
+    for (const [sid, m] of l.sessions) lines.push(`S\t${sid}\t${m}`);
+  }
+  return lines.join('\n');
 }
 
 /** Parses the flat reply of enforce.lua. */
@@ -147,7 +189,12 @@ export class RedisEnforcer implements Enforcer {
       ...toolLimits.flat(),
       g.rows.length,
     ];
-    for (const row of g.rows) {
+    // calls taken from a quota lease, aggregated per lease (see enforce.lua): settled before they are counted
+    const leased = new Map<string, LeasedCalls>();
+    for (let i = 0; i < g.rows.length; i++) {
+      const row = g.rows[i] as RatedCall;
+      // the instance id comes from the span's resource: one with control characters takes no lease
+      if (row.lease && isValidIdentifier(row.instanceId)) addLeased(leased, row);
       let sk = 0;
       if (row.sessionId) {
         sk = sessionIndex.get(row.sessionId) ?? 0;
@@ -160,6 +207,7 @@ export class RedisEnforcer implements Enforcer {
       // one argument per call (see enforce.lua): fewer arguments for the client to encode and Redis to parse
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
+    args.push(encodeLeased(leased));
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(

@@ -1,4 +1,4 @@
-import type { Directive } from '@tollgate/contracts';
+import type { Directive, LeaseGrant } from '@tollgate/contracts';
 import { DIRECTIVES_JSON_KEY } from '@tollgate/contracts';
 import { ProtoResponse, ProtoRpcStatus } from './proto.js';
 
@@ -13,6 +13,8 @@ export interface ExportOutcome {
   rejectedSpans: number;
   errorMessage: string;
   directives: Directive[];
+  /** Quota leases renewed with this export (Tollgate SDK senders that hold leases). */
+  leases?: LeaseGrant[];
 }
 
 /**
@@ -27,12 +29,19 @@ export function encodeExportResponse(format: WireFormat, outcome: ExportOutcome)
   if (format === 'json') {
     const body: Record<string, unknown> = {};
     if (partial) body.partialSuccess = { ...partial, rejectedSpans: String(partial.rejectedSpans) };
-    if (outcome.directives.length) body[DIRECTIVES_JSON_KEY] = { directives: outcome.directives };
+    const leases = outcome.leases ?? [];
+    if (outcome.directives.length || leases.length) {
+      body[DIRECTIVES_JSON_KEY] = {
+        directives: outcome.directives,
+        ...(leases.length ? { leases } : {}),
+      };
+    }
     return JSON.stringify(body);
   }
   const msg: Record<string, unknown> = {};
   if (partial) msg.partialSuccess = partial;
-  if (outcome.directives.length) msg.tollgate = { directives: outcome.directives };
+  const leases = (outcome.leases ?? []).map((l) => JSON.stringify(l));
+  if (outcome.directives.length || leases.length) msg.tollgate = { directives: outcome.directives, leases };
   return Buffer.from(ProtoResponse.encode(ProtoResponse.fromObject(msg)).finish());
 }
 

@@ -34,6 +34,11 @@ export const ERRORS = {
     retryable: false,
     message: 'the usage event request does not match the schema',
   },
+  TG_LEASE_INVALID: {
+    status: 400,
+    retryable: false,
+    message: 'the lease request does not match the schema',
+  },
   TG_TOO_MANY_IN_FLIGHT: { status: 429, retryable: true, message: 'too many exports in flight; retry later' },
   TG_BACKLOG_FULL: {
     status: 503,

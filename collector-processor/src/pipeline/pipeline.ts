@@ -366,6 +366,7 @@ export class Pipeline {
         sessionRule: c.sessionRule,
         pricePerSecondNano: rating.pricePerSecondNano,
       };
+      if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
     }
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);

@@ -17,6 +17,7 @@ import Fastify, {
   type RawServerDefault,
 } from 'fastify';
 import type { Logger } from 'pino';
+import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
 import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
@@ -48,6 +49,8 @@ export interface ReceiverDeps {
   log: Logger;
   /** Forwards each accepted export to the next OTLP hop, with prices stamped on billed spans. */
   forwarder?: Forwarder | undefined;
+  /** Quota leases (`POST /v1/leases`); absent when enforcement is off (the route answers 404). */
+  leases?: LeaseService | undefined;
 }
 
 declare module 'fastify' {
@@ -56,7 +59,7 @@ declare module 'fastify' {
   }
 }
 
-const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch'];
+const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch', '/v1/leases'];
 
 const EDGE_CODES = {
   uriTooLong: 'TG_URI_TOO_LONG',
@@ -143,7 +146,8 @@ export function buildReceiver(
   });
 
   app.setNotFoundHandler(async (req, reply) => {
-    if (INGEST_ROUTES.includes(req.url.split('?')[0] as string)) {
+    const path = req.url.split('?')[0] as string;
+    if (INGEST_ROUTES.includes(path) && (path !== '/v1/leases' || deps.leases)) {
       return sendError(req, reply, new TollgateError('TG_METHOD_NOT_ALLOWED'));
     }
     if (!req.raw.complete) {
@@ -244,6 +248,11 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
+    // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up
+    const leases =
+      deps.leases && result.rated.some((r) => r.lease)
+        ? await deps.leases.renewSettled(identity, result.rated)
+        : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
@@ -255,6 +264,7 @@ export function buildReceiver(
           rejectedSpans: rejected.total,
           errorMessage: rejected.message(),
           directives,
+          ...(leases?.length ? { leases } : {}),
         }),
       );
   });
@@ -353,6 +363,25 @@ export function buildReceiver(
       throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
     return ingestEvents(req, reply, events);
   });
+
+  const leases = deps.leases;
+  if (leases) {
+    // Quota leases, authenticated with the ingest key like /v1/traces (see docs/enforcement.md, "Leases").
+    app.post('/v1/leases', async (req, reply) => {
+      req.body = await bodyOf(req);
+      if (wireFormatOf(req) !== 'json')
+        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are JSON');
+      let doc: unknown;
+      try {
+        doc = JSON.parse((req.body as Buffer).toString('utf8'));
+      } catch (err) {
+        throw new TollgateError('TG_LEASE_INVALID', `body is not valid JSON: ${(err as Error).message}`);
+      }
+      const out = await leases.handle(req.tollgateIdentity as IngestIdentity, doc);
+      metrics.exports.inc({ endpoint: '/v1/leases', status: '200' });
+      return reply.code(200).type('application/json').send(out);
+    });
+  }
 
   return Object.assign(app, {
     startClosing() {

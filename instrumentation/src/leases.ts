@@ -1,0 +1,596 @@
+import http from 'node:http';
+import https from 'node:https';
+import type {
+  Directive,
+  LeaseErrorCode,
+  LeaseExhausted,
+  LeaseGrant,
+  LeaseRequest,
+  LeaseResult,
+} from '@tollgate/contracts';
+import { TollgateRefusal } from './errors.js';
+
+/**
+ * The SDK's side of quota leases (docs/enforcement.md, "Leases"): a book of the leases this process holds,
+ * one per customer, from which every tool call takes its known price before the tool runs. A call the book
+ * covers costs a few map lookups and subtractions (no I/O); a book running low renews in the background;
+ * an empty one renews synchronously, bounded by `timeoutMs`, then follows `failMode`.
+ */
+
+export interface LeaseOptions {
+  /** Full URL of Tollgate's `POST /v1/leases`. */
+  url: string;
+  headers: Record<string, string>;
+  /** How long a call waits for a lease when none covers it (ms). */
+  timeoutMs: number;
+  /** No lease in time (Tollgate or its Redis unreachable): run the call unleased, or refuse it. */
+  failMode: 'open' | 'closed';
+  /** A lease is sized to last this long at the instance's recent rate (ms). */
+  windowMs: number;
+  /** A lease is not used closer than this to its expiry, so the spans of its calls settle in time (ms). */
+  safetyMs: number;
+  /** Timeout of a background renewal or a release (ms). */
+  requestTimeoutMs: number;
+}
+
+/** What a call took from a lease (stamped on its billing span), or nothing when no limit applies. */
+export interface Ticket {
+  leaseId: string;
+  reserved: number;
+}
+const NO_LEASE: Ticket = Object.freeze({ leaseId: '', reserved: 0 });
+
+/** A call's lease outcome: a ticket, a refusal, or a renewal to wait for. */
+export type Take = Ticket | TollgateRefusal | Promise<Ticket | TollgateRefusal>;
+
+interface Sub {
+  granted: number;
+  used: number;
+}
+
+/** After a failed renewal, calls that need a lease follow the fail mode at once for this long. */
+const FAILURE_BACKOFF_MS = 1000;
+/** A refusal for an exhausted limit is repeated without asking Tollgate again for this long. */
+const DENIAL_CACHE_MS = 500;
+const MAX_SESSIONS = 256;
+/** A Tollgate that answered 404 to a lease request is asked again after this long. */
+const NOT_OFFERED_RETRY_MS = 60_000;
+const MAX_WANT_CALLS = 10_000;
+
+/** One customer's lease and what this process took from it (amounts are cumulative over the lease). */
+class Held {
+  leaseId = '';
+  /** Local time after which the lease is not used (its expiry minus the safety margin). */
+  usableUntilMs = 0;
+  /** Local time after which a background renewal is started. */
+  renewAtMs = 0;
+  known = false;
+  calls = Number.POSITIVE_INFINITY;
+  money = Number.POSITIVE_INFINITY;
+  callsUsed = 0;
+  moneyUsed = 0;
+  readonly tools = new Map<string, Sub>();
+  readonly sessions = new Map<string, Sub>();
+  limitedTools: ReadonlySet<string> = new Set();
+  sessionLimited = false;
+  prices = new Map<string, number>();
+  defaultPrice = 0;
+  currency = '';
+  exhausted: LeaseExhausted[] = [];
+  deniedUntilMs = 0;
+  failedUntilMs = 0;
+  renewing: Promise<void> | undefined;
+  /** Answers applied so far (a refusal needs an answer given after the call began waiting). */
+  answers = 0;
+  /** Calls waiting for a renewal (added to the next request's size). */
+  waiting = 0;
+  /** Calls and money taken since the last grant (sizes the next one). */
+  sinceCalls = 0;
+  sinceMoney = 0;
+  sinceMs = 0;
+
+  constructor(readonly customer: string | undefined) {}
+
+  /** No lease needed: no limit applies to this customer's calls of `tool`. */
+  unlimited(tool: string): boolean {
+    return (
+      this.leaseId === '' &&
+      !this.sessionLimited &&
+      !this.limitedTools.has(tool) &&
+      this.calls === Number.POSITIVE_INFINITY &&
+      this.money === Number.POSITIVE_INFINITY
+    );
+  }
+
+  priceOf(tool: string): number {
+    const p = this.prices.get(tool);
+    return p === undefined ? this.defaultPrice : p;
+  }
+
+  /** Which allowance cannot cover one more call of `tool` in `session` at `price` (undefined: all can). */
+  short(
+    tool: string,
+    session: string,
+    price: number,
+  ): LeaseExhausted['scope'] | 'calls' | 'money' | undefined {
+    if (this.calls - this.callsUsed < 1) return 'calls';
+    if (this.money - this.moneyUsed < price) return 'money';
+    if (this.limitedTools.size > 0 && this.limitedTools.has(tool)) {
+      const t = this.tools.get(tool);
+      if (!t || t.granted - t.used < 1) return 'tool';
+    }
+    if (this.sessionLimited && session) {
+      const s = this.sessions.get(session);
+      if (!s || s.granted - s.used < price) return 'session';
+    }
+    return undefined;
+  }
+
+  /** Whether the last answer said the limit behind this allowance is exhausted (or a kill is in force). */
+  exhaustedFor(short: string, tool: string, session: string): boolean {
+    return this.exhausted.some((e) => exhausts(e, short, tool, session));
+  }
+
+  consume(tool: string, session: string, price: number): void {
+    this.callsUsed++;
+    this.moneyUsed += price;
+    this.sinceCalls++;
+    this.sinceMoney += price;
+    if (this.limitedTools.size > 0 && this.limitedTools.has(tool)) (this.tools.get(tool) as Sub).used++;
+    if (this.sessionLimited && session) (this.sessions.get(session) as Sub).used += price;
+  }
+
+  /** Whether the lease runs low: under half of what the last grants covered, or near its expiry. */
+  low(nowMs: number): boolean {
+    if (nowMs >= this.renewAtMs) return true;
+    const want = Math.max(1, this.sinceCalls);
+    return this.calls - this.callsUsed < want || this.money - this.moneyUsed < this.sinceMoney;
+  }
+
+  reset(): void {
+    this.leaseId = '';
+    this.calls = Number.POSITIVE_INFINITY;
+    this.money = Number.POSITIVE_INFINITY;
+    this.callsUsed = 0;
+    this.moneyUsed = 0;
+    this.tools.clear();
+    this.sessions.clear();
+  }
+}
+
+export interface LeaseStats {
+  /** Calls taken from a lease (or passed by a lease answer that found no limit). */
+  taken: number;
+  /** Lease requests sent (grants and renewals; each is one Redis script call at Tollgate). */
+  requests: number;
+  /** Calls that waited for a renewal (the book could not cover them). */
+  syncRenewals: number;
+  /** Renewals started ahead of exhaustion, off the call path. */
+  backgroundRenewals: number;
+  /** Renewals that came with an export's answer (no request of their own). */
+  exportRenewals: number;
+  /** Calls refused because a limit is exhausted (code `killed`, reason `hard_limit:*`). */
+  refused: number;
+  /** Calls run without a lease because none could be had in time (fail-open). */
+  failOpen: number;
+  /** Calls refused because none could be had in time (fail-closed, code `unavailable`). */
+  failClosed: number;
+  /** Renewals that failed or did not answer within the timeout. */
+  failures: number;
+  released: number;
+}
+
+/** Whether an exhausted limit is the one behind the allowance that fell short (a kill is behind every one). */
+function exhausts(e: LeaseExhausted, short: string, tool: string, session: string): boolean {
+  if (!e.reason.startsWith('hard_limit:')) return true;
+  if (short === 'calls') return e.reason === 'hard_limit:calls_per_day';
+  if (short === 'money') return e.reason === 'hard_limit:spend_per_period';
+  if (short === 'tool') return e.scope === 'tool' && e.id === tool;
+  return e.scope === 'session' && e.id === session;
+}
+
+function num(v: string | null | undefined): number {
+  return v === null || v === undefined ? Number.POSITIVE_INFINITY : Number(v);
+}
+
+function refusalFor(h: Held, scope: string, tool: string, session: string): TollgateRefusal {
+  const x = h.exhausted.find((e) => exhausts(e, scope, tool, session));
+  const reason =
+    x?.reason ??
+    (scope === 'calls'
+      ? 'hard_limit:calls_per_day'
+      : scope === 'money'
+        ? 'hard_limit:spend_per_period'
+        : scope === 'tool'
+          ? 'hard_limit:calls_per_tool'
+          : 'hard_limit:spend_per_session');
+  const killed = x !== undefined && !x.reason.startsWith('hard_limit:');
+  const s: Directive['scope'] = killed || (scope !== 'tool' && scope !== 'session') ? 'customer' : scope;
+  const customer = h.customer ?? '';
+  const d: Directive = {
+    action: 'kill',
+    scope: s,
+    id: s === 'tool' ? tool : s === 'session' ? session : customer,
+    customer,
+    reason,
+    untilUnixMs: x?.untilUnixMs ?? 0,
+  };
+  return new TollgateRefusal('killed', d);
+}
+
+export class LeaseBook {
+  private readonly held = new Map<string | undefined, Held>();
+  private readonly agent: http.Agent;
+  readonly stats: LeaseStats = {
+    taken: 0,
+    requests: 0,
+    syncRenewals: 0,
+    backgroundRenewals: 0,
+    exportRenewals: 0,
+    refused: 0,
+    failOpen: 0,
+    failClosed: 0,
+    failures: 0,
+    released: 0,
+  };
+
+  constructor(
+    private readonly o: LeaseOptions,
+    private readonly instanceId: string,
+    private readonly onProblem: (message: string) => void,
+  ) {
+    const Agent = o.url.startsWith('https:') ? https.Agent : http.Agent;
+    this.agent = new Agent({ keepAlive: true, maxSockets: 4 });
+  }
+
+  /**
+   * Takes one call of `tool` (in billing session `session`) for `customer` from its lease. Synchronous when
+   * the lease covers it; a promise when a renewal must be waited for.
+   */
+  take(customer: string | undefined, tool: string, session: string, nowMs: number): Take {
+    let h = this.held.get(customer);
+    if (h === undefined) {
+      h = new Held(customer);
+      this.held.set(customer, h);
+    }
+    if (h.known && nowMs < h.usableUntilMs) {
+      if (h.unlimited(tool)) {
+        // Tollgate found no limit to hold back for this customer (and tool)
+        this.stats.taken++;
+        if (h.renewing === undefined && nowMs >= h.renewAtMs) void this.renew(h, tool, session, 0, nowMs);
+        return NO_LEASE;
+      }
+      const price = h.priceOf(tool);
+      const short = h.short(tool, session, price);
+      if (short === undefined) {
+        h.consume(tool, session, price);
+        this.stats.taken++;
+        if (h.renewing === undefined && h.low(nowMs)) {
+          this.stats.backgroundRenewals++;
+          void this.renew(h, tool, session, price, nowMs);
+        }
+        return { leaseId: h.leaseId, reserved: price };
+      }
+      if (nowMs < h.deniedUntilMs && h.exhaustedFor(short, tool, session)) {
+        this.stats.refused++;
+        return refusalFor(h, short, tool, session);
+      }
+    }
+    if (nowMs < h.failedUntilMs) return this.failed(h);
+    return this.waitFor(h, tool, session, nowMs);
+  }
+
+  private failed(h: Held): Ticket | TollgateRefusal {
+    if (this.o.failMode === 'open') {
+      this.stats.failOpen++;
+      return NO_LEASE;
+    }
+    this.stats.failClosed++;
+    const customer = h.customer ?? '';
+    return new TollgateRefusal(
+      'unavailable',
+      {
+        action: 'throttle',
+        scope: 'customer',
+        id: customer,
+        customer,
+        reason: 'lease_unavailable',
+        untilUnixMs: 0,
+      },
+      'call',
+      FAILURE_BACKOFF_MS,
+    );
+  }
+
+  /**
+   * A call the book cannot cover waits (bounded by `timeoutMs`) for renewals: it takes as soon as one covers
+   * it, is refused when an answer given after it arrived says the limit is exhausted, and follows the fail
+   * mode when Tollgate does not answer in time (or answers with an error).
+   */
+  private async waitFor(
+    h: Held,
+    tool: string,
+    session: string,
+    nowMs: number,
+  ): Promise<Ticket | TollgateRefusal> {
+    this.stats.syncRenewals++;
+    const deadline = nowMs + this.o.timeoutMs;
+    const seenAnswers = h.answers;
+    h.waiting++;
+    try {
+      for (;;) {
+        const now = Date.now();
+        if (h.known && now < h.usableUntilMs) {
+          if (h.unlimited(tool)) {
+            this.stats.taken++;
+            return NO_LEASE;
+          }
+          const p = h.priceOf(tool);
+          const short = h.short(tool, session, p);
+          if (short === undefined) {
+            h.consume(tool, session, p);
+            this.stats.taken++;
+            return { leaseId: h.leaseId, reserved: p };
+          }
+          if (h.answers > seenAnswers && h.exhaustedFor(short, tool, session)) {
+            h.deniedUntilMs = now + DENIAL_CACHE_MS;
+            this.stats.refused++;
+            return refusalFor(h, short, tool, session);
+          }
+        }
+        if (now >= deadline || now < h.failedUntilMs) {
+          if (now >= deadline) this.stats.failures++;
+          h.failedUntilMs = Math.max(h.failedUntilMs, now + FAILURE_BACKOFF_MS);
+          return this.failed(h);
+        }
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          this.renew(h, tool, session, h.known ? h.priceOf(tool) : 0, now),
+          new Promise<void>((r) => {
+            timer = setTimeout(r, Math.max(1, deadline - now));
+          }),
+        ]);
+        clearTimeout(timer);
+      }
+    } finally {
+      h.waiting--;
+    }
+  }
+
+  /** One renewal per customer at a time; a call that needs one while it runs waits for the same one. */
+  private renew(h: Held, tool: string, session: string, price: number, nowMs: number): Promise<void> {
+    if (h.renewing) return h.renewing;
+    const p = this.grant(h, tool, session, price, nowMs).finally(() => {
+      h.renewing = undefined;
+    });
+    h.renewing = p;
+    return p;
+  }
+
+  private request(h: Held, tool: string, session: string, price: number, nowMs: number): LeaseRequest {
+    // size: what the recent rate needs over the window, at least twice what went since the last grant
+    const elapsed = Math.max(1, nowMs - h.sinceMs);
+    const rate = (h.sinceCalls * 1000) / elapsed;
+    const wantCalls = Math.min(
+      MAX_WANT_CALLS,
+      Math.max(1, Math.ceil((rate * this.o.windowMs) / 1000), h.sinceCalls * 2) + h.waiting,
+    );
+    const perCall = h.sinceCalls > 0 ? h.sinceMoney / h.sinceCalls : price;
+    // Lua compares money exactly below 2^53 nano-units: a wish is never larger
+    const wantMoney = Math.min(Number.MAX_SAFE_INTEGER, Math.ceil(Math.max(price, perCall) * wantCalls));
+    const r: LeaseRequest = { op: 'grant', wantCalls };
+    if (h.customer !== undefined) r.customer = h.customer;
+    if (wantMoney > 0) r.wantMoney = String(wantMoney);
+    if (price > 0) r.minMoney = String(price);
+    if (h.leaseId) {
+      r.leaseId = h.leaseId;
+      r.consumedCalls = h.callsUsed;
+      if (h.moneyUsed > 0) r.consumedMoney = String(h.moneyUsed);
+    }
+    if (h.limitedTools.has(tool) || h.tools.size > 0) {
+      const ids = new Set([...h.tools.keys(), ...(h.limitedTools.has(tool) ? [tool] : [])]);
+      r.tools = [...ids].map((id) => ({ id, want: wantCalls, consumed: h.tools.get(id)?.used ?? 0 }));
+    }
+    if (h.sessionLimited && session) {
+      if (!h.sessions.has(session) && h.sessions.size >= MAX_SESSIONS) {
+        // the oldest session's allowance is given back with the rest on the next release
+        const oldest = h.sessions.keys().next().value as string;
+        h.sessions.delete(oldest);
+      }
+      const ids = new Set([session, ...h.sessions.keys()]);
+      r.sessions = [...ids].slice(0, 64).map((id) => ({
+        id,
+        want: String(Math.max(1, wantMoney)),
+        consumed: String(h.sessions.get(id)?.used ?? 0),
+      }));
+    }
+    return r;
+  }
+
+  private async grant(h: Held, tool: string, session: string, price: number, nowMs: number): Promise<void> {
+    const req = this.request(h, tool, session, price, nowMs);
+    let result: LeaseResult | undefined;
+    try {
+      result = (await this.post([req], this.o.requestTimeoutMs))[0];
+    } catch (err) {
+      if ((err as { status?: number }).status === 404) {
+        // a Tollgate that offers no leases (enforcement off, or an older version): nothing to hold back
+        this.onProblem(
+          `Tollgate at ${this.o.url} offers no quota leases (404): calls are enforced per export`,
+        );
+        this.notOffered(h);
+        return;
+      }
+      this.stats.failures++;
+      h.failedUntilMs = Date.now() + FAILURE_BACKOFF_MS;
+      this.onProblem(`quota lease renewal failed (${(err as Error).message})`);
+      return;
+    }
+    if (!result) return;
+    if (!result.ok) {
+      const code: LeaseErrorCode = result.error.code;
+      if ((code === 'TG_LEASE_UNKNOWN' || code === 'TG_LEASE_FOREIGN') && h.leaseId) {
+        // expired or released meanwhile: start a new lease at once
+        h.reset();
+        return this.grant(h, tool, session, price, nowMs);
+      }
+      this.stats.failures++;
+      h.failedUntilMs = Date.now() + FAILURE_BACKOFF_MS;
+      this.onProblem(`quota lease refused: ${code}: ${result.error.message}`);
+      return;
+    }
+    this.apply(h, result.lease);
+  }
+
+  /** No leases offered: calls of this customer run as without leases; asked again after a while. */
+  private notOffered(h: Held): void {
+    const now = Date.now();
+    h.reset();
+    h.known = true;
+    h.limitedTools = new Set();
+    h.sessionLimited = false;
+    h.exhausted = [];
+    h.usableUntilMs = now + NOT_OFFERED_RETRY_MS;
+    h.renewAtMs = now + NOT_OFFERED_RETRY_MS;
+    h.answers++;
+  }
+
+  private apply(h: Held, g: LeaseGrant): void {
+    const now = Date.now();
+    const same = g.leaseId === h.leaseId && g.leaseId !== '';
+    if (!same) h.reset();
+    h.leaseId = g.leaseId;
+    h.known = true;
+    const ttl = Math.max(0, g.expiresUnixMs - now);
+    h.usableUntilMs = now + Math.max(0, ttl - Math.min(this.o.safetyMs, ttl / 2));
+    h.renewAtMs = now + ttl / 3;
+    // cumulative amounts only grow: an answer that crossed a newer one never lowers them
+    const calls = g.calls === null ? Number.POSITIVE_INFINITY : g.calls;
+    const money = num(g.money);
+    h.calls = same ? Math.max(h.calls, calls) : calls;
+    h.money = same ? Math.max(h.money, money) : money;
+    for (const [id, n] of Object.entries(g.tools)) {
+      const t = h.tools.get(id);
+      if (t) t.granted = Math.max(t.granted, n);
+      else h.tools.set(id, { granted: n, used: 0 });
+    }
+    for (const [id, m] of Object.entries(g.sessions)) {
+      const s = h.sessions.get(id);
+      if (s) s.granted = Math.max(s.granted, Number(m));
+      else h.sessions.set(id, { granted: Number(m), used: 0 });
+    }
+    h.limitedTools = new Set(g.limitedTools);
+    h.sessionLimited = g.sessionLimited;
+    h.prices = new Map(Object.entries(g.prices).map(([k, v]) => [k, Number(v)]));
+    h.defaultPrice = g.defaultPrice === null ? 0 : Number(g.defaultPrice);
+    h.currency = g.currency;
+    h.exhausted = g.exhausted ?? [];
+    h.answers++;
+    h.deniedUntilMs = 0;
+    h.failedUntilMs = 0;
+    h.sinceCalls = 0;
+    h.sinceMoney = 0;
+    h.sinceMs = now;
+  }
+
+  /** Leases Tollgate renewed with an export's answer: applied to the lease they name, if this book holds it. */
+  renewed(grants: unknown[]): void {
+    for (const raw of grants) {
+      const g = raw as Partial<LeaseGrant> | null;
+      if (!g || typeof g.leaseId !== 'string' || !g.leaseId || typeof g.expiresUnixMs !== 'number') continue;
+      for (const h of this.held.values()) {
+        if (h.leaseId === g.leaseId) {
+          this.stats.exportRenewals++;
+          this.apply(h, g as LeaseGrant);
+        }
+      }
+    }
+  }
+
+  /** What this process may still take from a customer's lease without asking (for inspection and tests). */
+  remaining(customer: string | undefined): { calls: number; money: number; leaseId: string } | undefined {
+    const h = this.held.get(customer);
+    if (!h?.known) return undefined;
+    return { calls: h.calls - h.callsUsed, money: h.money - h.moneyUsed, leaseId: h.leaseId };
+  }
+
+  /** Gives back what the leases hold beyond what this process consumed (after its spans were flushed). */
+  async releaseAll(): Promise<void> {
+    const reqs: LeaseRequest[] = [];
+    for (const h of this.held.values()) {
+      if (!h.leaseId) continue;
+      const r: LeaseRequest = {
+        op: 'release',
+        leaseId: h.leaseId,
+        consumedCalls: h.callsUsed,
+        tools: [...h.tools].map(([id, t]) => ({ id, want: 1, consumed: t.used })),
+        sessions: [...h.sessions].map(([id, s]) => ({ id, want: '1', consumed: String(s.used) })),
+      };
+      if (h.customer !== undefined) r.customer = h.customer;
+      if (h.moneyUsed > 0) r.consumedMoney = String(h.moneyUsed);
+      reqs.push(r);
+      h.reset();
+      h.known = false;
+    }
+    for (let i = 0; i < reqs.length; i += 100) {
+      try {
+        await this.post(reqs.slice(i, i + 100), this.o.requestTimeoutMs);
+        this.stats.released += Math.min(100, reqs.length - i);
+      } catch (err) {
+        this.onProblem(`quota leases not released (they lapse at their expiry): ${(err as Error).message}`);
+      }
+    }
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private post(requests: LeaseRequest[], timeoutMs: number): Promise<LeaseResult[]> {
+    this.stats.requests += requests.length;
+    const body = Buffer.from(JSON.stringify({ instanceId: this.instanceId, requests }));
+    const target = new URL(this.o.url);
+    const mod = target.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = mod.request(
+        target,
+        {
+          method: 'POST',
+          agent: this.agent,
+          timeout: timeoutMs,
+          headers: {
+            ...this.o.headers,
+            'content-type': 'application/json',
+            'content-length': String(body.length),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            if (res.statusCode !== 200) {
+              reject(
+                Object.assign(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`), {
+                  status: res.statusCode,
+                }),
+              );
+              return;
+            }
+            try {
+              const doc = JSON.parse(text) as { results?: LeaseResult[] };
+              if (!Array.isArray(doc.results)) throw new Error('no results');
+              resolve(doc.results);
+            } catch (err) {
+              reject(new Error(`unreadable lease answer: ${(err as Error).message}`));
+            }
+          });
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+}

@@ -1,0 +1,500 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client as Client2, StreamableHTTPClientTransport as Http2 } from '@modelcontextprotocol/client';
+import { StdioClientTransport as Stdio2 } from '@modelcontextprotocol/client/stdio';
+import { Client as Client1 } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport as Stdio1 } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport as Http1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { customerTag, REFUSAL_CODES, redisKeys } from '@tollgate/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { dayOf } from '../../collector-processor/src/enforcement/periods.js';
+import { type PrivateRedis, startPrivateRedis } from '../../collector-processor/src/redis/private-redis.js';
+import {
+  DEV_INGEST_KEY,
+  query,
+  startTestTollgate,
+  type TestTollgate,
+} from '../../collector-processor/test/support/harness.js';
+import { resolveConfig } from '../src/config.js';
+import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
+import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
+
+/**
+ * Quota leases end to end: real SDK processes (MCP SDK 1.x and 2.x, stdio and Streamable HTTP) take each
+ * call from a lease a real Tollgate grants out of real limits in a real redis-server. A burst against a
+ * 10-calls/day limit or a money limit runs exactly as many tools as the limit allows — 0 over — whatever the
+ * export interval; a killed (kill -9) process's lease comes back within its TTL; renewal while Redis is down
+ * follows the configured failure policy.
+ */
+
+const TTL_MS = 1500;
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: std
+    plans:
+      std:
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+        limits: { callsPerDay: 10 }
+        marginGuard: { enabled: false }
+      wallet:
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+        limits: { spendPerPeriod: "0.07" }
+        marginGuard: { enabled: false }
+      tokens:
+        tools:
+          "*": { price: { perCall: "0.01" } }
+          search_docs: { price: { perCall: "0.01", perOutputToken: "0.00001" } }
+        limits: { spendPerPeriod: "0.1" }
+        marginGuard: { enabled: false }
+      scoped:
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+        limits: { callsPerToolPerPeriod: { scarce: 3 }, spendPerSession: "0.05" }
+        marginGuard: { enabled: false }
+    customers:
+      wallet-co: { plan: wallet }
+      scoped-co: { plan: scoped }
+      tokens-co: { plan: tokens }
+`;
+
+let tg: TestTollgate;
+let redis: PrivateRedis;
+let dir: string;
+
+beforeAll(async () => {
+  redis = await startPrivateRedis();
+  tg = await startTestTollgate({ '--redis-url': redis.url, '--lease-ttl': String(TTL_MS) }, PLANS);
+  dir = mkdtempSync(join(tmpdir(), 'tollgate-leases-'));
+});
+
+afterAll(async () => {
+  await shutdownTollgate();
+  await tg?.cleanup();
+  await redis?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+type Line = '1.x' | '2.4';
+const ENTRY: Record<Line, string> = { '1.x': `${FIXTURES}matrix-v1.mjs`, '2.4': `${FIXTURES}matrix-v2.mjs` };
+
+interface Conn {
+  call(tool: string): Promise<unknown>;
+  close(): Promise<void>;
+  proc?: ChildProcess;
+  pid?: number;
+}
+
+function envOf(
+  customer: string,
+  transport: 'stdio' | 'http',
+  ranFile: string,
+  extra: Record<string, string> = {},
+) {
+  return {
+    ...(process.env as Record<string, string>),
+    TOLLGATE_OTLP_ENDPOINT: tg.otlpUrl as string,
+    TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+    TOLLGATE_CUSTOMER_ID: customer,
+    TOLLGATE_LEASES: '1',
+    // generous: on this shared 2-core machine an answer can take longer than the 250 ms default, and a
+    // timed-out renewal follows the fail mode (open: the call runs unleased), which is not what is tested here
+    TOLLGATE_LEASE_TIMEOUT_MS: '3000',
+    TG_TRANSPORT: transport,
+    TG_RAN_FILE: ranFile,
+    OTEL_SERVICE_NAME: `leases-${customer}`,
+    ...extra,
+  };
+}
+
+async function startHttp(line: Line, env: Record<string, string>): Promise<{ url: URL; proc: ChildProcess }> {
+  const proc = spawn(process.execPath, [ENTRY[line]], {
+    cwd: PACKAGE_DIR,
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    proc.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /listening (\d+)/.exec(err);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.once('exit', (code) => reject(new Error(`fixture exited ${code}: ${err}`)));
+  });
+  return { url: new URL(`http://127.0.0.1:${port}/mcp`), proc };
+}
+
+async function connect(
+  line: Line,
+  transport: 'stdio' | 'http',
+  customer: string,
+  ranFile: string,
+  extra: Record<string, string> = {},
+): Promise<Conn> {
+  const env = envOf(customer, transport, ranFile, extra);
+  const http = transport === 'http' ? await startHttp(line, env) : undefined;
+  const headers = { authorization: `Bearer ${customer}:token` };
+  if (line === '1.x') {
+    const client = new Client1({ name: 'burst-agent', version: '1.0.0' });
+    const t = http
+      ? new Http1(http.url, { requestInit: { headers } })
+      : new Stdio1({ command: process.execPath, args: [ENTRY[line]], cwd: PACKAGE_DIR, env, stderr: 'pipe' });
+    await client.connect(t);
+    return {
+      call: (name) => client.callTool({ name, arguments: name === 'echo' ? { text: 'x' } : {} }),
+      close: async () => {
+        await client.close();
+        http?.proc.kill();
+      },
+      proc: http?.proc,
+      pid: t instanceof Stdio1 ? (t.pid ?? undefined) : http?.proc.pid,
+    };
+  }
+  // 2.x: the stateless 2026-07-28 protocol over HTTP (a server per request), the 2025 one on stdio
+  const client = new Client2(
+    { name: 'burst-agent', version: '1.0.0' },
+    http ? { versionNegotiation: { mode: { pin: '2026-07-28' } } } : {},
+  );
+  const t = http
+    ? new Http2(http.url, { requestInit: { headers } })
+    : new Stdio2({ command: process.execPath, args: [ENTRY[line]], cwd: PACKAGE_DIR, env, stderr: 'pipe' });
+  await client.connect(t);
+  return {
+    call: (name) => client.callTool({ name, arguments: name === 'echo' ? { text: 'x' } : {} }),
+    close: async () => {
+      await client.close();
+      http?.proc.kill();
+    },
+    proc: http?.proc,
+    pid: t instanceof Stdio2 ? (t.pid ?? undefined) : http?.proc.pid,
+  };
+}
+
+function ranCount(file: string): number {
+  return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0;
+}
+
+interface RpcError {
+  code?: number;
+  data?: { tollgate?: { refusal?: string; reason?: string; scope?: string } };
+}
+
+/** A burst: `n` calls at once (no export can answer in between), then `m` more one at a time. */
+async function burst(conn: Conn, n: number, m: number) {
+  const settled = await Promise.allSettled(Array.from({ length: n }, () => conn.call('echo')));
+  for (let i = 0; i < m; i++) settled.push(...(await Promise.allSettled([conn.call('echo')])));
+  const ok = settled.filter((s) => s.status === 'fulfilled').length;
+  const refusals = settled
+    .filter((s): s is PromiseRejectedResult => s.status === 'rejected')
+    .map((s) => s.reason as RpcError);
+  return { ok, refusals };
+}
+
+async function billed(customer: string, n: number) {
+  return waitFor(`${n} billed calls of ${customer}`, async () => {
+    await tg.lander?.idle();
+    const r = await query<{ decision: string; n: string }>(
+      tg,
+      'SELECT decision, count() AS n FROM mcp_tool_calls WHERE customer = {c:String} GROUP BY decision',
+      { c: customer },
+    );
+    const total = r.reduce((s, x) => s + Number(x.n), 0);
+    return total >= n ? Object.fromEntries(r.map((x) => [x.decision, Number(x.n)])) : undefined;
+  });
+}
+
+const dayKey = (customer: string) => redisKeys.day(customerTag('demo-mcp', customer), dayOf(Date.now()));
+
+describe('lease configuration', () => {
+  it('is off by default, on with the option or TOLLGATE_LEASES, and asks the receiver that answers directives', () => {
+    expect(resolveConfig({ endpoint: 'http://h:4318' }, {}).resolved.runtime?.leases).toBeUndefined();
+    const on = resolveConfig({ endpoint: 'http://h:4318', ingestKey: 'k', leases: true }, {}).resolved.runtime
+      ?.leases;
+    expect(on).toMatchObject({
+      url: 'http://h:4318/v1/leases',
+      timeoutMs: 250,
+      failMode: 'open',
+      windowMs: 2000,
+    });
+    expect(on?.headers).toEqual({ authorization: 'Bearer k' });
+    const env = resolveConfig(
+      { endpoint: 'http://collector:4318', directivesEndpoint: 'http://tollgate:4318' },
+      { TOLLGATE_LEASES: '1', TOLLGATE_LEASE_FAIL_MODE: 'closed', TOLLGATE_LEASE_TIMEOUT_MS: '900' },
+    ).resolved.runtime?.leases;
+    expect(env).toMatchObject({ url: 'http://tollgate:4318/v1/leases', failMode: 'closed', timeoutMs: 900 });
+    const bad = resolveConfig(
+      { endpoint: 'http://h:4318', leases: { failMode: 'sometimes' as 'open', timeoutMs: -1 } },
+      {},
+    );
+    expect(bad.problems).toEqual([
+      'leases.failMode must be open or closed (got sometimes)',
+      'leases.timeoutMs must be a positive integer (got -1); using 250',
+    ]);
+    expect(resolveConfig({ leases: true }, {}).problems).toContain(
+      'leases need the built-in exporter (an endpoint); leases are off',
+    );
+  });
+});
+
+describe('a burst against a hard limit: 0 calls over through the SDK', () => {
+  const cells = [
+    { line: '1.x', transport: 'stdio' },
+    { line: '2.4', transport: 'stdio' },
+    { line: '1.x', transport: 'http' },
+    { line: '2.4', transport: 'http' },
+  ] as const;
+  for (const c of cells) {
+    it(`${c.line} ${c.transport}: 10 calls/day`, async () => {
+      const customer = `burst-${c.line}-${c.transport}`.replace('.', '');
+      const ran = join(dir, `${customer}.ran`);
+      const conn = await connect(c.line, c.transport, customer, ran);
+      try {
+        const r = await burst(conn, 40, 5);
+        expect(ranCount(ran)).toBe(10);
+        expect(r.ok).toBe(10);
+        expect(r.refusals).toHaveLength(35);
+        for (const e of r.refusals) {
+          expect(e.code).toBe(REFUSAL_CODES.killed);
+          expect(e.data?.tollgate).toMatchObject({
+            refusal: 'killed',
+            scope: 'customer',
+            reason: 'hard_limit:calls_per_day',
+          });
+        }
+        expect(await billed(customer, 10)).toEqual({ billed: 10 });
+      } finally {
+        await conn.close();
+      }
+    });
+  }
+
+  it('2.4 stdio: a money limit (0.07 at 0.01 a call) runs exactly 7 calls', async () => {
+    const customer = 'wallet-co';
+    const ran = join(dir, `${customer}.ran`);
+    const conn = await connect('2.4', 'stdio', customer, ran);
+    try {
+      const r = await burst(conn, 20, 3);
+      expect(ranCount(ran)).toBe(7);
+      expect(r.ok).toBe(7);
+      for (const e of r.refusals) {
+        expect(e.code).toBe(REFUSAL_CODES.killed);
+        expect(e.data?.tollgate?.reason).toBe('hard_limit:spend_per_period');
+      }
+      expect(await billed(customer, 7)).toEqual({ billed: 7 });
+    } finally {
+      await conn.close();
+    }
+  });
+});
+
+describe('per-token prices', () => {
+  it('the money overage is bounded by the unknown part of the calls in flight, and settles', async () => {
+    // search_docs: 0.01 known per call + 480 output tokens at 0.00001 (0.0048) learnt only from the span
+    const customer = 'tokens-co';
+    const s = await connectStdio({
+      TOLLGATE_OTLP_ENDPOINT: tg.otlpUrl as string,
+      TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+      TOLLGATE_CUSTOMER_ID: customer,
+      TOLLGATE_LEASES: '1',
+      TOLLGATE_LEASE_TIMEOUT_MS: '3000',
+    });
+    const call = () => s.client.callTool({ name: 'search_docs', arguments: { query: 'q' } });
+    try {
+      // a burst: every call is in flight before any span settles, so each is taken at its known price
+      const burst = await Promise.allSettled(Array.from({ length: 20 }, call));
+      const ran = burst.filter((r) => r.status === 'fulfilled').length;
+      expect(ran).toBe(10); // 0.1 / 0.01
+      const period = redisKeys.period(customerTag('demo-mcp', customer), dayOf(Date.now()).slice(0, 7));
+      const spend = await waitFor('the burst settled', async () => {
+        const v = await tg.redis?.hget(period, 'spend');
+        return Number(v) >= ran * 14_800_000 ? Number(v) : undefined;
+      });
+      // the bound: over the limit by at most the unknown part (0.0048) of the calls in flight (10)
+      expect(spend).toBe(ran * 14_800_000);
+      expect(spend - 100_000_000).toBeLessThanOrEqual(ran * 4_800_000);
+      // settled: nothing more runs
+      const after = await Promise.allSettled(Array.from({ length: 3 }, call));
+      expect(after.filter((r) => r.status === 'fulfilled')).toHaveLength(0);
+    } finally {
+      await s.client.close();
+    }
+  });
+});
+
+describe('a dead instance', () => {
+  it('kill -9: what its lease held comes back within the TTL', async () => {
+    const customer = 'killed-holder';
+    const ran = join(dir, `${customer}.ran`);
+    const a = await connect('2.4', 'stdio', customer, ran);
+    // a little traffic so the lease grows beyond what is used, then time for the spans to settle
+    await burst(a, 4, 0);
+    await waitFor('4 settled', async () =>
+      (await tg.redis?.hget(dayKey(customer), 'calls')) === '4' ? true : undefined,
+    );
+    const held = Number(await tg.redis?.hget(dayKey(customer), 'lr'));
+    expect(held).toBeGreaterThan(0);
+    process.kill(a.pid as number, 'SIGKILL');
+    await a.close().catch(() => {});
+    const killedAt = Date.now();
+
+    const ranB = join(dir, `${customer}-b.ran`);
+    const b = await connect('2.4', 'stdio', customer, ranB);
+    try {
+      // before the TTL the dead lease still holds its share back: fewer than 6 calls get through
+      const early = await burst(b, 6, 0);
+      if (Date.now() - killedAt < TTL_MS) expect(early.ok).toBeLessThanOrEqual(6 - held);
+      await new Promise((r) => setTimeout(r, TTL_MS - (Date.now() - killedAt) + 300));
+      const late = await burst(b, 10, 0);
+      expect(4 + early.ok + late.ok).toBe(10);
+      expect(ranCount(ran) + ranCount(ranB)).toBe(10);
+      expect(await billed(customer, 10)).toEqual({ billed: 10 });
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+async function inProcess(customer: string, failMode: 'open' | 'closed', tools = ['echo']) {
+  const server = new McpServer({ name: 'lease-redis-down', version: '1.0.0' });
+  instrumentMcpServer(server, {
+    endpoint: tg.otlpUrl,
+    ingestKey: DEV_INGEST_KEY,
+    serviceName: `redis-down-${failMode}`,
+    exportIntervalMs: 50,
+    stateFile: false,
+    logger: false,
+    customer: () => customer,
+    leases: { failMode, timeoutMs: 200 },
+  });
+  for (const tool of tools) {
+    server.registerTool(tool, { inputSchema: { text: z.string() } }, async ({ text }) => ({
+      content: [{ type: 'text', text }],
+    }));
+  }
+  const [x, y] = InMemoryTransport.createLinkedPair();
+  await server.connect(x);
+  const client = new Client1({ name: 'agent', version: '1' });
+  await client.connect(y);
+  return {
+    call: (tool = 'echo') => client.callTool({ name: tool, arguments: { text: 'x' } }),
+    client,
+  };
+}
+
+describe('limits scoped to a tool or a session', () => {
+  it('a per-tool limit refuses that tool only; a per-session spend limit refuses that session', async () => {
+    const conn = await inProcess('scoped-co', 'open', ['scarce', 'echo']);
+    try {
+      const scarce = await Promise.allSettled(Array.from({ length: 8 }, () => conn.call('scarce')));
+      expect(scarce.filter((r) => r.status === 'fulfilled')).toHaveLength(3);
+      for (const r of scarce.filter((x): x is PromiseRejectedResult => x.status === 'rejected')) {
+        expect((r.reason as RpcError).code).toBe(REFUSAL_CODES.killed);
+        expect((r.reason as RpcError).data?.tollgate).toMatchObject({
+          scope: 'tool',
+          reason: 'hard_limit:calls_per_tool',
+        });
+      }
+      // the in-memory connection is one billing session: 0.05 at 0.01 a call, 3 already spent on scarce
+      const echo = await Promise.allSettled(Array.from({ length: 5 }, () => conn.call('echo')));
+      expect(echo.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+      for (const r of echo.filter((x): x is PromiseRejectedResult => x.status === 'rejected')) {
+        expect((r.reason as RpcError).data?.tollgate).toMatchObject({
+          scope: 'session',
+          reason: 'hard_limit:spend_per_session',
+        });
+      }
+      expect(await billed('scoped-co', 5)).toEqual({ billed: 5 });
+    } finally {
+      await conn.client.close();
+    }
+  });
+});
+
+describe('a Tollgate that offers no leases', () => {
+  it('answers 404: calls run as without leases, even when leases fail closed', async () => {
+    const seen: string[] = [];
+    const stub = http.createServer((req, res) => {
+      seen.push(req.url ?? '');
+      req.resume();
+      req.on('end', () => {
+        if (req.url === '/v1/leases') res.writeHead(404, { 'content-type': 'application/json' }).end('{}');
+        else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((r) => stub.listen(0, '127.0.0.1', r));
+    const server = new McpServer({ name: 'no-leases', version: '1.0.0' });
+    instrumentMcpServer(server, {
+      endpoint: `http://127.0.0.1:${(stub.address() as AddressInfo).port}`,
+      format: 'json',
+      serviceName: 'no-leases',
+      stateFile: false,
+      logger: false,
+      customer: () => 'anyone',
+      leases: { failMode: 'closed' },
+    });
+    server.registerTool('echo', { inputSchema: { text: z.string() } }, async ({ text }) => ({
+      content: [{ type: 'text', text }],
+    }));
+    const [x, y] = InMemoryTransport.createLinkedPair();
+    await server.connect(x);
+    const client = new Client1({ name: 'agent', version: '1' });
+    await client.connect(y);
+    try {
+      const r = await Promise.allSettled(
+        Array.from({ length: 5 }, () => client.callTool({ name: 'echo', arguments: { text: 'x' } })),
+      );
+      expect(r.filter((s) => s.status === 'fulfilled')).toHaveLength(5);
+      expect(seen.filter((u) => u === '/v1/leases')).toHaveLength(1);
+    } finally {
+      await client.close();
+      stub.closeAllConnections();
+      await new Promise((r) => stub.close(r));
+    }
+  });
+});
+
+describe('renewal while Redis is down', () => {
+  it('fail-open runs calls without a lease and counts them; fail-closed refuses with -32052', async () => {
+    const open = await inProcess('down-open', 'open');
+    const closed = await inProcess('down-closed', 'closed');
+    // both hold a lease while Redis is up
+    await open.call();
+    await closed.call();
+    const book = (name: string) => tollgateRuntimes().find((rt) => rt.leases?.remaining(name))?.leases;
+    const openBook = book('down-open');
+    const closedBook = book('down-closed');
+    const covered = closedBook?.remaining('down-closed')?.calls as number;
+    expect(covered).toBeGreaterThanOrEqual(0);
+    await redis.stop();
+    try {
+      const o = await Promise.allSettled(Array.from({ length: 6 }, () => open.call()));
+      expect(o.filter((s) => s.status === 'fulfilled')).toHaveLength(6);
+      expect(openBook?.stats.failOpen).toBeGreaterThanOrEqual(1);
+      // what the lease still covered runs (no Redis needed); the rest is refused, retryable
+      const c = await Promise.allSettled(Array.from({ length: 6 }, () => closed.call()));
+      expect(c.filter((s) => s.status === 'fulfilled')).toHaveLength(covered);
+      const refused = c.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
+      expect(refused).toHaveLength(6 - covered);
+      for (const s of refused) expect((s.reason as RpcError).code).toBe(REFUSAL_CODES.unavailable);
+      expect(closedBook?.stats.failClosed).toBe(6 - covered);
+    } finally {
+      redis = await startPrivateRedis({ port: redis.port });
+    }
+    // back: leases again (after the failure backoff)
+    await new Promise((r) => setTimeout(r, 1100));
+    await expect(closed.call()).resolves.toBeDefined();
+    await open.client.close();
+    await closed.client.close();
+  });
+});
