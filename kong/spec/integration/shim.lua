@@ -315,6 +315,13 @@ function _M.log()
   end
 end
 
+--- GET /_lease_stats: the lease counters of the node (leases.lua STATS), as JSON.
+function _M.lease_stats_endpoint()
+  local stats = require("kong.plugins.tollgate.leases").stats(ngx.shared.tollgate_leases)
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(stats))
+end
+
 --- GET /_spans?id=X: the exports recorded for test id X (consumed), as a JSON array.
 function _M.spans_endpoint()
   local id = ngx.var.arg_id

@@ -375,7 +375,7 @@ function TollgateHandler:access(conf)
       taken, refusal = leases.take(env, conf, req.customer, named)
     else
       log_limited("lease_shm", "err", "tollgate: leases are on but ", err)
-      taken = not conf.fault_tolerant and nil or { enforcement = "lease_unavailable" }
+      taken = conf.fault_tolerant and { enforcement = "lease_unavailable" } or nil
       refusal = { action = "unavailable", enforcement = "unavailable", reason = "lease_unavailable", retry_after = 1 }
     end
     if not taken then

@@ -49,6 +49,16 @@ local ATTEMPTS = 3
 -- a renewal ahead of time is off the call path: it may wait longer than lease_timeout_ms
 local BACKGROUND_TIMEOUT_MS = 1000
 
+local NULL = cjson.null
+
+-- JSON null (cjson.null) as nil
+local function value(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
 local STATS = { "taken", "refused", "renewals", "sync_renewals", "background_renewals", "timeouts",
                 "failures", "fail_open", "fail_closed", "releases", "no_leases" }
 
@@ -187,19 +197,23 @@ local function apply(env, K, result, now)
     return "none"
   end
   local lease = result.lease
+  if type(lease) ~= "table" then
+    return "down"
+  end
   local exp = (tonumber(lease.expiresUnixMs) or now) - SETTLE_MARGIN_MS
   for tool, p in pairs(type(lease.prices) == "table" and lease.prices or {}) do
     shm:set(K .. "|p:" .. tool, tonumber(p) or 0)
   end
-  shm:set(K .. "|pd", lease.defaultPrice == nil and "" or tostring(lease.defaultPrice))
+  local default_price = value(lease.defaultPrice)
+  shm:set(K .. "|pd", default_price == nil and "" or tostring(default_price))
   local ex = type(lease.exhausted) == "table" and lease.exhausted[1] or nil
   if ex then
     shm:set(K .. "|ex", tostring(ex.reason) .. "|" .. tostring(tonumber(ex.untilUnixMs) or 0), EXHAUSTED_REPEAT_S)
   end
   local id = lease.leaseId
-  local gc = lease.calls == nil and -1 or tonumber(lease.calls)
-  local gm = lease.money == nil and -1 or tonumber(lease.money)
-  if id == "" or id == nil then
+  local gc = tonumber(value(lease.calls)) or -1
+  local gm = tonumber(value(lease.money)) or -1
+  if id == "" or value(id) == nil then
     if ex then
       shm:delete(K .. "|cur") -- a kill refused the lease: nothing to draw on
     else
