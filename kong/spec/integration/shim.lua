@@ -221,7 +221,15 @@ local function plugin()
   return handler, conf()
 end
 
+-- Kong seeds math.random once per worker, differently in each (kong/globalpatches.lua: randomseed from
+-- resty.random bytes in init_worker); without it two workers make the same span ids
+local seeded = false
+
 function _M.rewrite()
+  if not seeded then
+    seeded = true
+    math.randomseed(ngx.worker.pid() * 1000003 + math.floor(ngx.now() * 1000) % 1000003)
+  end
   ngx.ctx.KONG_PROCESSING_START = ngx.req.start_time() * 1000
   local key = ngx.var.http_apikey
   if key then
