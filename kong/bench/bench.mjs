@@ -160,7 +160,7 @@ console.log(
   `wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call (older client), ${BODY_2026.length}-byte with 2026-07-28 headers`,
 );
 console.log(
-  `${pad('path', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}${pad('CPU us/req', 12)}added CPU vs runloop`,
+  `${pad('path', 42)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}${pad('CPU us/req', 12)}added CPU vs runloop`,
 );
 let baseline = rows[1];
 for (const r of rows) {
@@ -169,7 +169,7 @@ for (const r of rows) {
   const added = (1 / r.rps - 1 / baseline.rps) * 1e6;
   const pct = (baseline.rps / r.rps - 1) * 100;
   console.log(
-    `${pad(r.name, 34)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${pad(num(added, 0), 12)}${num(pct, 1)} %`,
+    `${pad(r.name, 42)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${pad(num(added, 0), 12)}${num(pct, 1)} %`,
   );
 }
 console.log('wrk, nginx, redis-server and the upstream share the machine: treat the numbers as relative.');
