@@ -46,6 +46,8 @@ products:
     customers:
       burst-calls: { plan: calls }
       burst-money: { plan: money }
+      paced-calls: { plan: calls }
+      paced-money: { plan: money }
       steady: { plan: roomy }
       free-flow: { plan: unlimited }
       open-1: { plan: calls }
@@ -291,17 +293,38 @@ describe('quota leases through the Kong plugin', () => {
     assert.equal(await ran(), before);
   });
 
-  it('a burst of 30 against 0.07 USD at 0.01 a call: 7 run, 0 over the money limit', async () => {
-    const { testId, bodies, ran: tools } = await burst('burst-money', 30);
+  it('a burst of 60 against 0.07 USD at 0.01 a call: 7 run, 0 over the money limit', async () => {
+    const { testId, bodies, ran: tools } = await burst('burst-money', 60);
     const ok = bodies.filter((b) => b.status === 200 && b.doc.result);
     const refused = bodies.filter((b) => b.doc.error?.code === -32050);
     assert.equal(ok.length, 7);
-    assert.equal(refused.length, 23);
+    assert.equal(refused.length, 53);
     assert.equal(tools, 7);
     assert.equal(refused[0].doc.error.data.reason, 'hard_limit:spend_per_period');
     await forward(await exportsOf(testId, 7));
     await until('the spend is counted', async () => (await periodCounter('burst-money', 'spend')) === 7n * PRICE);
     assert.equal(await periodCounter('burst-money', 'lrm'), 0n);
+  });
+
+  it('30 calls 100 ms apart against 10 a day and against 0.07 USD: 10 and 7 run, 0 over', async () => {
+    const paced = async (customer) => {
+      const before = await ran();
+      let ok = 0;
+      for (let i = 0; i < 30; i++) {
+        const res = await call('leased', customer, `paced-${customer}`);
+        if ((await res.json()).result) ok++;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await forward(await exportsOf(`paced-${customer}`, ok));
+      return { ok, ran: (await ran()) - before };
+    };
+    // one after the other: the upstream's counter is shared
+    const calls = await paced('paced-calls');
+    const money = await paced('paced-money');
+    assert.deepEqual(calls, { ok: 10, ran: 10 });
+    assert.deepEqual(money, { ok: 7, ran: 7 });
+    await until('the calls are counted', async () => (await dayCounter('paced-calls', 'calls')) === 10);
+    await until('the spend is counted', async () => (await periodCounter('paced-money', 'spend')) === 7n * PRICE);
   });
 
   it('renews ahead of exhaustion: a steady stream rarely waits, and the lease grows with the rate', async () => {
