@@ -195,6 +195,15 @@ describe("leases.take", function()
     assert.equal(2, #t.posts)
   end)
 
+  it("a renewal asks for every call waiting on the node, not only its own", function()
+    local t = setup({ { result = grant({ calls = 8 }) } })
+    local K = leases.key_of("demo", "acme")
+    t.shm:incr(K .. "|wc", 7, 0) -- seven calls of other workers wait for this answer
+    assert(take(t))
+    assert.equal(8, t.posts[1].body.requests[1].wantCalls)
+    assert.equal(7, t.shm:get(K .. "|wc"), "its own wait is counted off again")
+  end)
+
   it("another worker renewing: waits for its answer instead of asking too", function()
     local t = setup({ { result = grant() } })
     local K = leases.key_of("demo", "acme")

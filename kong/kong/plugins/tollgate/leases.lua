@@ -14,6 +14,7 @@
 --   K|p:<tool>, K|pd   known prices (nano) by tool, and of any other tool ("" = not priced)
 --   K|ex     "reason|untilUnixMs" of an answer that said a limit is exhausted (a short TTL)
 --   K|lock   one renewal at a time per customer on the node; K|down  Tollgate failed just now
+--   K|wc K|wm  calls and money waiting for a renewal (on every worker): the next renewal asks for them
 --   L|gc L|gm  granted calls / money (cumulative, -1 = not limited); L|tc L|tm  taken; L|closed
 --   stat|<name>  counters (see STATS)
 --
@@ -45,7 +46,6 @@ local NO_LEASES_S = 60
 local POLL_S = 0.002
 local MAX_WANT_CALLS = 1000000
 local MAX_MONEY = 9007199254740991 -- MAX_LEASE_MONEY_NANO of contracts/src/leases.ts
-local ATTEMPTS = 3
 -- a renewal ahead of time is off the call path: it may wait longer than lease_timeout_ms
 local BACKGROUND_TIMEOUT_MS = 1000
 
@@ -164,14 +164,18 @@ end
 
 -- What one renewal asks for: at least twice what went since the last grant, plus the calls waiting.
 local function request_for(shm, K, customer, wait_calls, wait_money)
+  local min_money = wait_money -- the least worth holding: the price of the call asking
   local cur = shm:get(K .. "|cur")
   local n = shm:get(K .. "|n") or 0
   local nm = shm:get(K .. "|nm") or 0
+  -- every call waiting on the node, not only the one asking (a burst is served by one renewal)
+  wait_calls = max(wait_calls, shm:get(K .. "|wc") or 0)
+  wait_money = max(wait_money, shm:get(K .. "|wm") or 0)
   local want_calls = min(MAX_WANT_CALLS, max(1, 2 * n + wait_calls))
   local want_money = min(MAX_MONEY, max(1, 2 * nm + wait_money))
   local r = { op = "grant", customer = customer, wantCalls = want_calls,
               wantMoney = string.format("%d", want_money),
-              minMoney = string.format("%d", wait_money) }
+              minMoney = string.format("%d", min_money) }
   if cur and cur ~= "" then
     r.leaseId = cur
     r.consumedCalls = max(0, shm:get(cur .. "|tc") or 0)
@@ -290,6 +294,8 @@ local function policy(env, conf, K)
                 retry_after = 1 }
 end
 
+local wait_for_lease
+
 --- take(env, conf, customer, tools) -> result | nil, decision
 -- result: { lease = id | nil, reserved = { nano by call }, enforcement = "lease_unavailable" when it
 -- passed without a lease under fault_tolerant }. decision (refused): the refusal the handler answers.
@@ -312,9 +318,22 @@ function _M.take(env, conf, customer, tools)
     return policy(env, conf, K)
   end
   -- synchronously: renew (or wait for the worker renewing), at most lease_timeout_ms in all
+  local n = #tools
+  money = money or 0
+  shm:incr(K .. "|wc", n, 0, 5)
+  if money > 0 then shm:incr(K .. "|wm", money, 0, 5) end
+  local result, decision = wait_for_lease(env, conf, customer, K, tools, now, money)
+  shm:incr(K .. "|wc", -n, 0, 5)
+  if money > 0 then shm:incr(K .. "|wm", -money, 0, 5) end
+  return result, decision
+end
+
+wait_for_lease = function(env, conf, customer, K, tools, now, money)
+  local shm = env.shm
+  local r, ex
   local deadline = now + conf.lease_timeout_ms
   local waited_for_other = false
-  for _ = 1, ATTEMPTS do
+  while true do
     local outcome
     if shm:add(K .. "|lock", true, conf.lease_timeout_ms / 1000 + 1) then
       outcome = renew(env, conf, customer, #tools, money or 0, "sync_renewals", max(1, deadline - now))
