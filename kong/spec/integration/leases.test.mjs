@@ -115,7 +115,7 @@ before(async () => {
     leases: true,
     billing_endpoint: `${tollgate.otlpUrl}/v1/traces`,
     billing_authorization: `Bearer ${INGEST_KEY}`,
-    lease_timeout_ms: 1000,
+    // lease_timeout_ms: the default (250 ms)
   };
   nginx = await startNginx({
     upstreamPort: upstream.port,
@@ -251,7 +251,12 @@ async function burst(customer, n) {
 
 describe('quota leases through the Kong plugin', () => {
   it('a burst of 60 against 10 calls a day: 10 run, 50 are refused before the upstream, 0 over; the spans settle', async () => {
+    const s0 = await leaseStats();
     const { testId, bodies, ran: tools } = await burst('burst-calls', 60);
+    const s1 = await leaseStats();
+    assert.equal(s1.fail_open - s0.fail_open, 0, 'no call passed without a lease');
+    assert.equal(s1.taken - s0.taken, 10);
+    assert.equal(s1.refused - s0.refused, 50);
     const ok = bodies.filter((b) => b.status === 200 && b.doc.result);
     const refused = bodies.filter((b) => b.doc.error?.code === -32050);
     assert.equal(ok.length, 10, JSON.stringify({ stats: await leaseStats(), log: nginx.errorLog().slice(-3000) }));
