@@ -123,7 +123,11 @@ before(async () => {
     node: { id: NODE_ID, version: '3.9.1' },
     plugins: {
       leased: common,
-      down_open: { ...common, lease_endpoint: `http://127.0.0.1:${deadPort}/v1/leases`, fault_tolerant: true },
+      down_open: {
+        ...common,
+        lease_endpoint: `http://127.0.0.1:${deadPort}/v1/leases`,
+        fault_tolerant: true,
+      },
       down_closed: {
         ...common,
         lease_endpoint: `http://127.0.0.1:${deadPort}/v1/leases`,
@@ -199,7 +203,12 @@ async function exportsOf(testId, atLeast) {
 }
 
 function attrsOf(span) {
-  return Object.fromEntries((span.attributes ?? []).map(({ key, value }) => [key, value.stringValue ?? value.doubleValue ?? value.boolValue]));
+  return Object.fromEntries(
+    (span.attributes ?? []).map(({ key, value }) => [
+      key,
+      value.stringValue ?? value.doubleValue ?? value.boolValue,
+    ]),
+  );
 }
 
 function spansOf(exports) {
@@ -223,7 +232,9 @@ function today() {
 }
 
 async function dayCounter(customer, field) {
-  return Number((await redis(redisMain.port, 'HGET', redisKeys.day(customerTag(PRODUCT, customer), today()), field)) ?? 0);
+  return Number(
+    (await redis(redisMain.port, 'HGET', redisKeys.day(customerTag(PRODUCT, customer), today()), field)) ?? 0,
+  );
 }
 
 async function periodCounter(customer, field) {
@@ -259,7 +270,11 @@ describe('quota leases through the Kong plugin', () => {
     assert.equal(s1.refused - s0.refused, 50);
     const ok = bodies.filter((b) => b.status === 200 && b.doc.result);
     const refused = bodies.filter((b) => b.doc.error?.code === -32050);
-    assert.equal(ok.length, 10, JSON.stringify({ stats: await leaseStats(), log: nginx.errorLog().slice(-3000) }));
+    assert.equal(
+      ok.length,
+      10,
+      JSON.stringify({ stats: await leaseStats(), log: nginx.errorLog().slice(-3000) }),
+    );
     assert.equal(refused.length, 50);
     assert.equal(tools, 10, 'the upstream ran exactly the calls the lease covered');
     for (const r of refused) {
@@ -285,8 +300,16 @@ describe('quota leases through the Kong plugin', () => {
       NODE_ID,
     );
     await forward(exports);
-    await until('the calls are counted', async () => (await dayCounter('burst-calls', 'calls')) === 10, 10000, async () =>
-      JSON.stringify({ calls: await dayCounter('burst-calls', 'calls'), lr: await dayCounter('burst-calls', 'lr') }));
+    await until(
+      'the calls are counted',
+      async () => (await dayCounter('burst-calls', 'calls')) === 10,
+      10000,
+      async () =>
+        JSON.stringify({
+          calls: await dayCounter('burst-calls', 'calls'),
+          lr: await dayCounter('burst-calls', 'lr'),
+        }),
+    );
     // counted once: the reservation moved to the counter (held back by leases: 0)
     await until('nothing is held back', async () => (await dayCounter('burst-calls', 'lr')) === 0);
     assert.ok(leaseIds.size >= 1);
@@ -307,7 +330,10 @@ describe('quota leases through the Kong plugin', () => {
     assert.equal(tools, 7);
     assert.equal(refused[0].doc.error.data.reason, 'hard_limit:spend_per_period');
     await forward(await exportsOf(testId, 7));
-    await until('the spend is counted', async () => (await periodCounter('burst-money', 'spend')) === 7n * PRICE);
+    await until(
+      'the spend is counted',
+      async () => (await periodCounter('burst-money', 'spend')) === 7n * PRICE,
+    );
     assert.equal(await periodCounter('burst-money', 'lrm'), 0n);
   });
 
@@ -329,7 +355,10 @@ describe('quota leases through the Kong plugin', () => {
     assert.deepEqual(calls, { ok: 10, ran: 10 });
     assert.deepEqual(money, { ok: 7, ran: 7 });
     await until('the calls are counted', async () => (await dayCounter('paced-calls', 'calls')) === 10);
-    await until('the spend is counted', async () => (await periodCounter('paced-money', 'spend')) === 7n * PRICE);
+    await until(
+      'the spend is counted',
+      async () => (await periodCounter('paced-money', 'spend')) === 7n * PRICE,
+    );
   });
 
   it('renews ahead of exhaustion: a steady stream rarely waits, and the lease grows with the rate', async () => {
