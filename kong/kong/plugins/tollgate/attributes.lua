@@ -107,7 +107,7 @@ function _M.for_refusal(req, decision)
     [KEYS.MCP_SESSION_ID] = req.session_id,
     [KEYS.TOLLGATE_SESSION_RULE] = req.session_rule,
     [KEYS.TOLLGATE_TRANSPORT] = req.transport,
-    [KEYS.TOLLGATE_ENFORCEMENT] = decision.action,
+    [KEYS.TOLLGATE_ENFORCEMENT] = decision.enforcement or decision.action,
     [KEYS.TOLLGATE_ENFORCEMENT_REASON] = decision.reason,
   }
 end
