@@ -48,6 +48,7 @@ local MAX_WANT_CALLS = 1000000
 local MAX_MONEY = 9007199254740991 -- MAX_LEASE_MONEY_NANO of contracts/src/leases.ts
 -- a renewal ahead of time is off the call path: it may wait longer than lease_timeout_ms
 local BACKGROUND_TIMEOUT_MS = 1000
+local STATS_LOG_S = 60
 
 local NULL = cjson.null
 
@@ -415,10 +416,18 @@ _M.wants_renewal = wants_renewal
 --- One tick of a worker's background timer: renews, ahead of exhaustion, the leases of the customers
 -- this worker has served. tracked: { [K] = { env, conf, customer } }.
 function _M.tick(tracked)
+  local logged = {}
   for K, t in pairs(tracked) do
     local env = t.env
     local shm = env.shm
     local now = env.now_ms()
+    if not logged[shm] then
+      logged[shm] = true
+      -- one worker of the node logs the node's counters once a minute
+      if shm:add("stat|logged", true, STATS_LOG_S) then
+        env.log("notice", "tollgate: quota leases of this node: ", cjson.encode(_M.stats(shm)))
+      end
+    end
     if wants_renewal(shm, K, now) and not shm:get(K .. "|down") then
       if shm:add(K .. "|lock", true, t.conf.lease_timeout_ms / 1000 + 1) then
         renew(env, t.conf, t.customer, 0, 0, "background_renewals", max(t.conf.lease_timeout_ms, BACKGROUND_TIMEOUT_MS))
