@@ -24,13 +24,13 @@ local function grant(fields)
 end
 
 -- env with a clock at 1,000,000 ms; answers: list of { status, result } or { err = "..." }
-local function setup(answers, conf)
+local function setup(answers, conf, capacity)
   local t = { now = 1000000, posts = {}, answers = answers or {}, logs = {} }
   t.conf = { product = "demo", lease_timeout_ms = 250, fault_tolerant = true }
   for k, v in pairs(conf or {}) do
     t.conf[k] = v
   end
-  t.shm = fake_shdict.new(function() return t.now end)
+  t.shm = fake_shdict.new(function() return t.now end, capacity)
   t.tracked = {}
   t.env = {
     shm = t.shm,
@@ -281,6 +281,15 @@ describe("leases: renewal ahead of time, give back, release", function()
     t.shm:set(leases.key_of("demo", "acme") .. "|cur", LEASE)
     local nope = take(t)
     assert.is_nil(nope and nope.lease)
+  end)
+
+  it("a full dict never loses what a lease has taken: the lease is not held, the fail policy applies", function()
+    -- room for the counters, the waiting count and the prices, not for the lease itself
+    local t = setup({ { result = grant({ calls = 5 }) } }, { fault_tolerant = false }, 6)
+    local nope, d = take(t)
+    assert.is_nil(nope)
+    assert.equal("unavailable", d.action)
+    assert.truthy(t.logs[1]:find("lease_shm is full", 1, true))
   end)
 
   it("endpoint: lease_endpoint, else billing_endpoint's /v1/traces as /v1/leases", function()

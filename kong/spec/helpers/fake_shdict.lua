@@ -1,16 +1,27 @@
 -- A stand-in for one lua_shared_dict (ngx.shared.DICT) in plain LuaJIT, mirroring the semantics of
 -- lua-resty-core's resty/core/shdict.lua over lua-nginx-module's ngx_http_lua_shdict.c for the
--- methods the plugin uses: get, set (nil value deletes), add ("exists" when present), incr (nil,
+-- methods the plugin uses: get, set (nil value deletes), add ("exists" when present), safe_set and
+-- safe_add (the same, but never evicting other entries: "no memory" when full), incr (nil,
 -- "not found" without init; init (+ init_ttl) when absent; "not a number" on a non-number), delete,
 -- expire ("not found" when absent). Values: numbers, strings, booleans. TTLs in seconds against an
--- injected clock (now_ms), 0 or nil = never expires. Each call is atomic, as in nginx (one worker
+-- injected clock (now_ms), 0 or nil = never expires. `capacity` (optional) is a number of entries:
+-- a safe_* write of a new entry beyond it fails with "no memory" (nginx counts bytes; entries do here). Each call is atomic, as in nginx (one worker
 -- thread at a time takes the dict's mutex).
 
 local _M = {}
 
-function _M.new(now_ms)
+function _M.new(now_ms, capacity)
   local data = {}
   local self = {}
+
+  local function size()
+    local n = 0
+    for k in pairs(data) do
+      local e = data[k]
+      if not (e.exp and e.exp <= now_ms()) then n = n + 1 end
+    end
+    return n
+  end
 
   local function live(key)
     local e = data[key]
@@ -50,6 +61,20 @@ function _M.new(now_ms)
       return false, "exists", false
     end
     return self:set(key, value, ttl)
+  end
+
+  function self.safe_set(_, key, value, ttl)
+    if value ~= nil and not live(key) and capacity and size() >= capacity then
+      return false, "no memory", false
+    end
+    return self:set(key, value, ttl)
+  end
+
+  function self.safe_add(_, key, value, ttl)
+    if live(key) then
+      return false, "exists", false
+    end
+    return self:safe_set(key, value, ttl)
   end
 
   function self.incr(_, key, value, init, init_ttl)

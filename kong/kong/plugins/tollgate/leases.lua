@@ -73,8 +73,20 @@ local function key_of(product, customer)
 end
 _M.key_of = key_of
 
+-- Adds n to a counter, creating it when absent. Never with incr's `init`, which evicts other entries
+-- when the dict is full: every write here is a safe_* one, so a full dict refuses a new entry ("no
+-- memory") and never silently drops what a lease has taken.
+local function count(shm, key, n, ttl)
+  local v = shm:incr(key, n)
+  if v then
+    return v
+  end
+  shm:safe_add(key, 0, ttl)
+  return shm:incr(key, n)
+end
+
 local function stat(shm, name, n)
-  shm:incr("stat|" .. name, n or 1, 0)
+  count(shm, "stat|" .. name, n or 1)
 end
 
 --- Counters of the node (all workers): { taken = n, ... }.
@@ -103,16 +115,23 @@ local function take_from(shm, L, n, money)
   end
   local tc, tm
   if gc >= 0 then
-    tc = shm:incr(L .. "|tc", n, 0)
-    if not tc or tc > gc then
+    tc = shm:incr(L .. "|tc", n)
+    if not tc then
+      return false, "lost"
+    end
+    if tc > gc then
       if tc then shm:incr(L .. "|tc", -n) end
       return false
     end
   end
   if gm >= 0 and money > 0 then
-    tm = shm:incr(L .. "|tm", money, 0)
-    if not tm or tm > gm then
-      if tm then shm:incr(L .. "|tm", -money) end
+    tm = shm:incr(L .. "|tm", money)
+    if not tm then
+      if tc then shm:incr(L .. "|tc", -n) end
+      return false, "lost"
+    end
+    if tm > gm then
+      shm:incr(L .. "|tm", -money)
       if tc then shm:incr(L .. "|tc", -n) end
       return false
     end
@@ -146,11 +165,17 @@ local function try(env, K, tools, now)
   if not exp or now >= exp then
     return nil, money
   end
-  if not take_from(shm, cur, #tools, money) then
+  local ok, lost = take_from(shm, cur, #tools, money)
+  if not ok then
+    if lost then
+      -- what this lease has taken is not in the dict (it could not be stored): it cannot be drawn on
+      -- safely; a new lease is asked for, this one lapses at its TTL
+      shm:delete(K .. "|cur")
+    end
     return nil, money
   end
-  shm:incr(K .. "|n", #tools, 0)
-  if money > 0 then shm:incr(K .. "|nm", money, 0) end
+  count(shm, K .. "|n", #tools)
+  if money > 0 then count(shm, K .. "|nm", money) end
   return { lease = cur, reserved = prices, money = money }
 end
 
@@ -197,7 +222,7 @@ local function apply(env, K, result, now)
     -- the customer has no plan here (or a request we got wrong): nothing to lease; per-export enforcement
     env.log("warn", "tollgate: lease refused by Tollgate (", code, "): ",
             type(result.error) == "table" and tostring(result.error.message) or "")
-    shm:set(K .. "|cur", "", NO_LEASES_S)
+    shm:safe_set(K .. "|cur", "", NO_LEASES_S)
     stat(shm, "no_leases")
     return "none"
   end
@@ -207,13 +232,13 @@ local function apply(env, K, result, now)
   end
   local exp = (tonumber(lease.expiresUnixMs) or now) - SETTLE_MARGIN_MS
   for tool, p in pairs(type(lease.prices) == "table" and lease.prices or {}) do
-    shm:set(K .. "|p:" .. tool, tonumber(p) or 0)
+    shm:safe_set(K .. "|p:" .. tool, tonumber(p) or 0)
   end
   local default_price = value(lease.defaultPrice)
-  shm:set(K .. "|pd", default_price == nil and "" or tostring(default_price))
+  shm:safe_set(K .. "|pd", default_price == nil and "" or tostring(default_price))
   local ex = type(lease.exhausted) == "table" and lease.exhausted[1] or nil
   if ex then
-    shm:set(K .. "|ex", tostring(ex.reason) .. "|" .. tostring(tonumber(ex.untilUnixMs) or 0), EXHAUSTED_REPEAT_S)
+    shm:safe_set(K .. "|ex", tostring(ex.reason) .. "|" .. tostring(tonumber(ex.untilUnixMs) or 0), EXHAUSTED_REPEAT_S)
   end
   local id = lease.leaseId
   local gc = tonumber(value(lease.calls)) or -1
@@ -223,26 +248,31 @@ local function apply(env, K, result, now)
       shm:delete(K .. "|cur") -- a kill refused the lease: nothing to draw on
     else
       -- no hard limit: no lease, ask again when this answer lapses
-      shm:set(K .. "|cur", "", max(1, (exp + SETTLE_MARGIN_MS - now) / 1000))
+      shm:safe_set(K .. "|cur", "", max(1, (exp + SETTLE_MARGIN_MS - now) / 1000))
     end
     return "ok"
   end
   local ttl_s = max(1, (exp + SETTLE_MARGIN_MS - now) / 1000 + 60)
   -- cumulative amounts only grow: an older answer arriving late never lowers them
   local old_gc, old_gm = shm:get(id .. "|gc"), shm:get(id .. "|gm")
-  shm:set(id .. "|gc", old_gc and max(old_gc, gc) or gc, ttl_s)
-  shm:set(id .. "|gm", old_gm and max(old_gm, gm) or gm, ttl_s)
-  shm:add(id .. "|tc", 0, ttl_s)
-  shm:add(id .. "|tm", 0, ttl_s)
+  local ok1, err = shm:safe_set(id .. "|gc", old_gc and max(old_gc, gc) or gc, ttl_s)
+  local ok2, err2 = shm:safe_set(id .. "|gm", old_gm and max(old_gm, gm) or gm, ttl_s)
+  local ok3, err3 = shm:safe_add(id .. "|tc", 0, ttl_s)
+  local ok4, err4 = shm:safe_add(id .. "|tm", 0, ttl_s)
+  err = err or err2 or (not ok3 and err3 ~= "exists" and err3) or (not ok4 and err4 ~= "exists" and err4)
+  if not (ok1 and ok2) or err then
+    env.log("err", "tollgate: lease_shm is full (", tostring(err), "): a lease cannot be held; raise its size")
+    return "down"
+  end
   shm:expire(id .. "|tc", ttl_s)
   shm:expire(id .. "|tm", ttl_s)
-  shm:set(K .. "|exp", exp)
+  shm:safe_set(K .. "|exp", exp)
   if shm:get(K .. "|cur") ~= id then
-    shm:set(K .. "|cur", id)
+    shm:safe_set(K .. "|cur", id)
   end
-  shm:set(K .. "|gat", now)
-  shm:set(K .. "|n", 0)
-  shm:set(K .. "|nm", 0)
+  shm:safe_set(K .. "|gat", now)
+  shm:safe_set(K .. "|n", 0)
+  shm:safe_set(K .. "|nm", 0)
   return "ok"
 end
 
@@ -260,7 +290,7 @@ local function renew(env, conf, customer, wait_calls, wait_money, kind, timeout_
   local now = env.now_ms()
   if status == 404 then
     -- enforcement off, or a Tollgate without leases: not an outage
-    shm:set(K .. "|cur", "", NO_LEASES_S)
+    shm:safe_set(K .. "|cur", "", NO_LEASES_S)
     stat(shm, "no_leases")
     env.log("warn", "tollgate: Tollgate offers no quota leases (HTTP 404 from ", env.endpoint(conf),
             "): calls are enforced per export; asking again in ", NO_LEASES_S, " s")
@@ -273,7 +303,7 @@ local function renew(env, conf, customer, wait_calls, wait_money, kind, timeout_
       stat(shm, "timeouts")
     end
     stat(shm, "failures")
-    shm:set(K .. "|down", true, DOWN_S)
+    shm:safe_set(K .. "|down", true, DOWN_S)
     env.log("err", "tollgate: lease renewal failed (", err or ("HTTP " .. tostring(status)), ")")
     return "down"
   end
@@ -321,11 +351,11 @@ function _M.take(env, conf, customer, tools)
   -- synchronously: renew (or wait for the worker renewing), at most lease_timeout_ms in all
   local n = #tools
   money = money or 0
-  shm:incr(K .. "|wc", n, 0, 5)
-  if money > 0 then shm:incr(K .. "|wm", money, 0, 5) end
+  count(shm, K .. "|wc", n, 5)
+  if money > 0 then count(shm, K .. "|wm", money, 5) end
   local result, decision = wait_for_lease(env, conf, customer, K, tools, now, money)
-  shm:incr(K .. "|wc", -n, 0, 5)
-  if money > 0 then shm:incr(K .. "|wm", -money, 0, 5) end
+  shm:incr(K .. "|wc", -n)
+  if money > 0 then shm:incr(K .. "|wm", -money) end
   return result, decision
 end
 
@@ -336,7 +366,7 @@ wait_for_lease = function(env, conf, customer, K, tools, now, money)
   local waited_for_other = false
   while true do
     local outcome
-    if shm:add(K .. "|lock", true, conf.lease_timeout_ms / 1000 + 1) then
+    if shm:safe_add(K .. "|lock", true, conf.lease_timeout_ms / 1000 + 1) then
       outcome = renew(env, conf, customer, #tools, money or 0, "sync_renewals", max(1, deadline - now))
       unlock(shm, K)
     else
@@ -368,7 +398,7 @@ wait_for_lease = function(env, conf, customer, K, tools, now, money)
   -- no answer covered the call in time
   stat(shm, "timeouts")
   if not waited_for_other then
-    shm:set(K .. "|down", true, DOWN_S)
+    shm:safe_set(K .. "|down", true, DOWN_S)
   end
   return policy(env, conf, K)
 end
@@ -380,9 +410,9 @@ function _M.give_back(env, taken, n)
   if not L then
     return
   end
-  env.shm:incr(L .. "|tc", -n, 0)
+  env.shm:incr(L .. "|tc", -n)
   if taken.money and taken.money > 0 then
-    env.shm:incr(L .. "|tm", -taken.money, 0)
+    env.shm:incr(L .. "|tm", -taken.money)
   end
 end
 
@@ -424,12 +454,12 @@ function _M.tick(tracked)
     if not logged[shm] then
       logged[shm] = true
       -- one worker of the node logs the node's counters once a minute
-      if shm:add("stat|logged", true, STATS_LOG_S) then
+      if shm:safe_add("stat|logged", true, STATS_LOG_S) then
         env.log("notice", "tollgate: quota leases of this node: ", cjson.encode(_M.stats(shm)))
       end
     end
     if wants_renewal(shm, K, now) and not shm:get(K .. "|down") then
-      if shm:add(K .. "|lock", true, t.conf.lease_timeout_ms / 1000 + 1) then
+      if shm:safe_add(K .. "|lock", true, t.conf.lease_timeout_ms / 1000 + 1) then
         renew(env, t.conf, t.customer, 0, 0, "background_renewals", max(t.conf.lease_timeout_ms, BACKGROUND_TIMEOUT_MS))
         unlock(shm, K)
       end
@@ -446,7 +476,7 @@ function _M.release_all(tracked)
     local env = t.env
     local shm = env.shm
     local cur = shm:get(K .. "|cur")
-    if cur and cur ~= "" and shm:add(cur .. "|closed", true, 120) then
+    if cur and cur ~= "" and shm:safe_add(cur .. "|closed", true, 120) then
       shm:delete(K .. "|cur")
       local body = cjson.encode({ instanceId = env.node_id, requests = { {
         op = "release", customer = t.customer, leaseId = cur,
