@@ -81,6 +81,7 @@ const tollgate = await startTollgate([
 const rows = [];
 let nginx;
 let leaseStats;
+let leaseMicro;
 try {
   const staticPort = await freePort();
   nginx = await startNginx({
@@ -145,6 +146,8 @@ wrk.headers["Mcp-Name"] = "search"
     rows.push({ name, baselineOf, ...wrk(`${base}${path}`, script) });
   }
   leaseStats = await (await fetch(`${base}/_lease_stats`)).json();
+  // the lease's own cost per call, alone: leases.take() in a loop on the worker, real shared dict
+  leaseMicro = await (await fetch(`${base}/_lease_micro?n=1000000`)).json();
 } finally {
   const log = nginx ? nginx.errorLog() : '';
   await stop(nginx);
@@ -175,4 +178,8 @@ for (const r of rows) {
 console.log('wrk, nginx, redis-server and the upstream share the machine: treat the numbers as relative.');
 const stats = leaseStats;
 if (stats) console.log(`leases on the node during the leased run: ${JSON.stringify(stats)}`);
+if (leaseMicro)
+  console.log(
+    `leases.take() alone (steady state, real lua_shared_dict, ${leaseMicro.n} calls): ${num(leaseMicro.ns_per_take, 0)} ns per call`,
+  );
 if (rows.some((r) => r.non2xx > 0 || !Number.isFinite(r.rps))) process.exitCode = 1;

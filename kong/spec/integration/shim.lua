@@ -330,6 +330,44 @@ function _M.lease_stats_endpoint()
   ngx.say(cjson.encode(stats))
 end
 
+--- GET /_lease_micro?n=N: the cost of one leases.take() in steady state (a lease that covers every
+-- call) on this worker with the real shared dict, in ns per call: N takes of one call against a lease
+-- granted by a canned answer (no I/O in the loop; the bench's micro-measure).
+function _M.lease_micro_endpoint()
+  local leases = require "kong.plugins.tollgate.leases"
+  local shm = ngx.shared.tollgate_leases
+  local n = tonumber(ngx.var.arg_n) or 1000000
+  local conf = { product = "micro", lease_timeout_ms = 250, fault_tolerant = true }
+  local answer = cjson.encode({ results = { { ok = true, lease = {
+    leaseId = "ls_000000000000000000000001", customer = "c", currency = "USD",
+    expiresUnixMs = ngx.now() * 1000 + 600000, calls = 1e9, money = "9000000000000000",
+    tools = {}, sessions = {}, limitedTools = {}, sessionLimited = false,
+    prices = { search = "1000" }, defaultPrice = "1000" } } } })
+  local env = {
+    shm = shm,
+    now_ms = function() return ngx.now() * 1000 end,
+    sleep = ngx.sleep,
+    post = function() return 200, nil, answer end,
+    endpoint = function() return "http://micro/v1/leases" end,
+    headers = function() return {} end,
+    node_id = "micro",
+    log = function() end,
+    track = function() end,
+  }
+  leases.renew(env, conf, "c", 1, 0, "sync_renewals")
+  local tools = { "search" }
+  assert(leases.take(env, conf, "c", tools).lease)
+  ngx.update_time()
+  local t0 = ngx.now()
+  for _ = 1, n do
+    leases.take(env, conf, "c", tools)
+  end
+  ngx.update_time()
+  local ns = (ngx.now() - t0) * 1e9 / n
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode({ n = n, ns_per_take = ns }))
+end
+
 --- GET /_spans?id=X: the exports recorded for test id X (consumed), as a JSON array.
 function _M.spans_endpoint()
   local id = ngx.var.arg_id
