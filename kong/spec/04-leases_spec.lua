@@ -195,6 +195,23 @@ describe("leases.take", function()
     assert.equal(2, #t.posts)
   end)
 
+  it("a kill ends the lease: nothing more is drawn on what it granted before", function()
+    local t = setup({ { result = grant({ calls = 5 }) } })
+    assert(take(t))
+    local K = leases.key_of("demo", "acme")
+    -- collector-processor/src/enforcement/leases.ts answers a renewal refused by a kill like this
+    t.answers[1] = { result = grant({ calls = 0, money = "0", expiresUnixMs = t.now,
+                                      exhausted = { { scope = "customer", id = "acme", reason = "operator_kill",
+                                                      untilUnixMs = 0 } } }) }
+    leases.renew(t.env, t.conf, "acme", 0, 0, "background_renewals")
+    t.answers[1] = nil
+    assert.is_nil(t.shm:get(K .. "|cur"))
+    local nope, d = take(t)
+    assert.is_nil(nope)
+    assert.equal("operator_kill", d.reason)
+    assert.equal(1, t.shm:get(LEASE .. "|tc"), "the lease's taken count stays for its settlement")
+  end)
+
   it("a renewal asks for every call waiting on the node, not only its own", function()
     local t = setup({ { result = grant({ calls = 8 }) } })
     local K = leases.key_of("demo", "acme")

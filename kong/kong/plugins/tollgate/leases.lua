@@ -243,6 +243,12 @@ local function apply(env, K, result, now)
   local id = lease.leaseId
   local gc = tonumber(value(lease.calls)) or -1
   local gm = tonumber(value(lease.money)) or -1
+  if ex and exp + SETTLE_MARGIN_MS <= now then
+    -- a kill ended the lease (Tollgate trimmed it to what was consumed and answers it expired now):
+    -- nothing more may be drawn on it, whatever was granted before
+    shm:delete(K .. "|cur")
+    return "ok"
+  end
   if id == "" or value(id) == nil then
     if ex then
       shm:delete(K .. "|cur") -- a kill refused the lease: nothing to draw on
