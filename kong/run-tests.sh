@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the Kong plugin: the busted specs under LuaJIT (schema, pure modules,
 # handler against the PDK fake) and the integration run (real nginx + lua-nginx-module, real
-# redis-server, real MCP SDK upstream) plus the Lua/TypeScript key cross-check.
+# redis-server, real MCP SDK upstream, a real Tollgate for the quota leases) plus the Lua/TypeScript
+# key cross-check.
 #
 # Usage (from anywhere, after `npm ci` at the repo root): bash kong/run-tests.sh
 # Installs missing Debian packages itself. Ends with a plain "N passed, N failed" line and exits
@@ -65,6 +66,10 @@ done
 for m in @modelcontextprotocol/sdk typescript zod; do
   [ -d "$REPO_DIR/node_modules/$m" ] || { note_failure "node_modules/$m missing: run npm ci at the repo root"; tools_ok=0; }
 done
+# the lease integration runs a real Tollgate (collector-processor) and reads the contracts' key names
+for f in collector-processor/dist/cli/main.js contracts/dist/index.js; do
+  [ -e "$REPO_DIR/$f" ] || { note_failure "$f missing: run npm run build at the repo root"; tools_ok=0; }
+done
 
 # --- busted specs (LuaJIT) -------------------------------------------------------------------
 if [ "$tools_ok" -eq 1 ] || command -v busted >/dev/null 2>&1; then
@@ -86,7 +91,8 @@ fi
 if [ "$tools_ok" -eq 1 ]; then
   echo "== integration and cross-check (node --test)"
   tap="$(cd "$REPO_DIR" && node --test --test-reporter=tap --test-concurrency=1 \
-           kong/spec/integration/keys-crosscheck.test.mjs kong/spec/integration/integration.test.mjs 2>&1)"
+           kong/spec/integration/keys-crosscheck.test.mjs kong/spec/integration/integration.test.mjs \
+           kong/spec/integration/leases.test.mjs 2>&1)"
   rc=$?
   echo "$tap"
   ok=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' <<<"$tap" | tail -1)

@@ -38,6 +38,7 @@ build = {
     ["kong.plugins.tollgate.outcome"] = "kong/plugins/tollgate/outcome.lua",
     ["kong.plugins.tollgate.session"] = "kong/plugins/tollgate/session.lua",
     ["kong.plugins.tollgate.exporter"] = "kong/plugins/tollgate/exporter.lua",
+    ["kong.plugins.tollgate.leases"] = "kong/plugins/tollgate/leases.lua",
     ["kong.plugins.tollgate.state"] = "kong/plugins/tollgate/state.lua",
     ["kong.plugins.tollgate.store"] = "kong/plugins/tollgate/store.lua",
   },

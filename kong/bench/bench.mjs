@@ -1,13 +1,29 @@
 // Bench driver: nginx proxying to a static JSON-RPC upstream, measured with wrk, without and
 // with the tollgate plugin code path (state cached, and Redis read on every call), for an older
 // client (the JSON-RPC body is read and decoded) and a 2026-07-28 client whose Mcp-Method /
-// Mcp-Name headers are metered without reading the body.
+// Mcp-Name headers are metered without reading the body; and with quota leases (a real Tollgate grants
+// them; in steady state each call takes from the node's lease in its shared dict, renewals run in the
+// background).
 // Usage: node kong/bench/bench.mjs [durationSeconds] [connections]
 
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DEV_INGEST_KEY, startTollgate } from '../../bench/lib.mjs';
 import { freePort, KONG_DIR, startNginx, startRedis, stop } from '../spec/integration/harness.mjs';
+
+// the development ingest key's product; limits far away, so the bench measures steady state
+const LEASE_PLANS = `currency: USD
+products:
+  demo-mcp:
+    defaultPlan: roomy
+    plans:
+      roomy:
+        tools: { "*": { price: { perCall: "0.000001" } } }
+        limits: { callsPerDay: 1000000000, spendPerPeriod: "1000000" }
+        marginGuard: { enabled: false }
+`;
 
 const duration = Number(process.argv[2] ?? 5);
 const connections = Number(process.argv[3] ?? 32);
@@ -54,8 +70,18 @@ function wrk(url, scriptFile) {
 }
 
 const redisSrv = await startRedis();
+const plansDir = mkdtempSync(join(tmpdir(), 'tollgate-kong-bench-'));
+writeFileSync(join(plansDir, 'plans.yaml'), LEASE_PLANS);
+const tollgate = await startTollgate([
+  '--plans',
+  join(plansDir, 'plans.yaml'),
+  '--redis-url',
+  `redis://127.0.0.1:${redisSrv.port}`,
+]);
 const rows = [];
 let nginx;
+let leaseStats;
+let leaseMicro;
 try {
   const staticPort = await freePort();
   nginx = await startNginx({
@@ -68,6 +94,13 @@ try {
     plugins: {
       cached: { product: 'acme', redis_port: redisSrv.port },
       uncached: { product: 'acme', redis_port: redisSrv.port, cache_ttl_ms: 0 },
+      leased: {
+        product: 'demo-mcp',
+        redis_port: redisSrv.port,
+        leases: true,
+        billing_endpoint: `${tollgate.otlpUrl}/v1/traces`,
+        billing_authorization: `Bearer ${DEV_INGEST_KEY}`,
+      },
     },
   });
 
@@ -108,13 +141,19 @@ wrk.headers["Mcp-Name"] = "search"
     ['2026 headers: Kong-like runloop', '/runloop_only/mcp', script2026, 'headers'],
     ['2026 headers: + tollgate cached', '/cached/mcp', script2026],
     ['2026 headers: + tollgate HMGET', '/uncached/mcp', script2026],
+    ['2026 headers: + tollgate cached, leases', '/leased/mcp', script2026],
   ]) {
     rows.push({ name, baselineOf, ...wrk(`${base}${path}`, script) });
   }
+  leaseStats = await (await fetch(`${base}/_lease_stats`)).json();
+  // the lease's own cost per call, alone: leases.take() in a loop on the worker, real shared dict
+  leaseMicro = await (await fetch(`${base}/_lease_micro?n=1000000`)).json();
 } finally {
   const log = nginx ? nginx.errorLog() : '';
   await stop(nginx);
+  await tollgate.stop();
   await stop(redisSrv);
+  rmSync(plansDir, { recursive: true, force: true });
   if (/\[error\]/.test(log)) console.error(log);
 }
 
@@ -124,7 +163,7 @@ console.log(
   `wrk -t1 -c${connections} -d${duration}s, 1 nginx worker, loopback, ${BODY.length}-byte tools/call (older client), ${BODY_2026.length}-byte with 2026-07-28 headers`,
 );
 console.log(
-  `${pad('path', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}${pad('CPU us/req', 12)}added CPU vs runloop`,
+  `${pad('path', 42)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('non-2xx', 9)}${pad('req/s ratio', 13)}${pad('CPU us/req', 12)}added CPU vs runloop`,
 );
 let baseline = rows[1];
 for (const r of rows) {
@@ -133,8 +172,14 @@ for (const r of rows) {
   const added = (1 / r.rps - 1 / baseline.rps) * 1e6;
   const pct = (baseline.rps / r.rps - 1) * 100;
   console.log(
-    `${pad(r.name, 34)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${pad(num(added, 0), 12)}${num(pct, 1)} %`,
+    `${pad(r.name, 42)}${pad(num(r.rps), 10)}${pad(num(r.p50, 3), 9)}${pad(num(r.p99, 3), 9)}${pad(r.non2xx, 9)}${pad(`${num(r.rps / baseline.rps, 2)}x`, 13)}${pad(num(added, 0), 12)}${num(pct, 1)} %`,
   );
 }
 console.log('wrk, nginx, redis-server and the upstream share the machine: treat the numbers as relative.');
+const stats = leaseStats;
+if (stats) console.log(`leases on the node during the leased run: ${JSON.stringify(stats)}`);
+if (leaseMicro)
+  console.log(
+    `leases.take() alone (steady state, real lua_shared_dict, ${leaseMicro.n} calls): ${num(leaseMicro.ns_per_take, 0)} ns per call`,
+  );
 if (rows.some((r) => r.non2xx > 0 || !Number.isFinite(r.rps))) process.exitCode = 1;

@@ -34,6 +34,9 @@ describe("tollgate schema", function()
       meter_from_headers = true,
       session_gap_ms = 1800000,
       billing_timeout_ms = 5000,
+      leases = false,
+      lease_timeout_ms = 250,
+      lease_shm = "tollgate_leases",
     }, entity.config)
     assert.same({ "grpc", "grpcs", "http", "https" }, entity.protocols)
   end)
@@ -51,6 +54,17 @@ describe("tollgate schema", function()
     end
     assert.is_true(field.referenceable)
     assert.is_true(field.encrypted)
+  end)
+
+  it("leases need Tollgate's address: lease_endpoint, else billing_endpoint", function()
+    local _, err = validate({ product = "acme", leases = true })
+    assert.truthy(err and err["@entity"])
+    assert(validate({ product = "acme", leases = true, billing_endpoint = "http://tollgate:4318/v1/traces" }))
+    assert(validate({ product = "acme", leases = true, lease_endpoint = "http://tollgate:4318/v1/leases" }))
+    local _, err2 = validate({ product = "acme", leases = true, lease_endpoint = "tollgate:4318" })
+    assert.truthy(err2 and err2.config and err2.config.lease_endpoint)
+    local _, err3 = validate({ product = "acme", lease_timeout_ms = 0 })
+    assert.truthy(err3 and err3.config and err3.config.lease_timeout_ms)
   end)
 
   it("marks the Redis password referenceable and encrypted", function()

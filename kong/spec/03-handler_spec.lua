@@ -724,4 +724,120 @@ describe("tollgate handler", function()
       assert.equal(0, fake.run_timers())
     end)
   end)
+
+  describe("quota leases", function()
+    local exporter = require "kong.plugins.tollgate.exporter"
+    local leases = require "kong.plugins.tollgate.leases"
+    local LEASE = "ls_00112233445566778899aabb"
+    local posts, answers = {}, {}
+    local real_post = exporter.http_post
+    setup(function()
+      exporter.http_post = function(url, headers, body, timeout_ms)
+        posts[#posts + 1] = { url = url, headers = headers, body = cjson.decode(body), timeout_ms = timeout_ms }
+        local a = table.remove(answers, 1)
+        if not a then
+          return nil, "connection refused"
+        end
+        return 200, nil, cjson.encode({ results = { a } })
+      end
+    end)
+    teardown(function()
+      exporter.http_post = real_post
+    end)
+    before_each(function()
+      posts, answers = {}, {}
+      fake.reset_shared()
+    end)
+
+    local function grant(calls, exhausted)
+      return { ok = true, lease = { leaseId = LEASE, customer = "cus_1", currency = "USD",
+                                    expiresUnixMs = ngx.now() * 1000 + 30000, calls = calls, money = cjson.null,
+                                    tools = {}, sessions = {}, limitedTools = {}, sessionLimited = false,
+                                    prices = { one = "4000000" }, defaultPrice = "10000000", exhausted = exhausted } }
+    end
+
+    local function leased(overrides)
+      local c = { leases = true, billing_endpoint = "http://tollgate.test:4318/v1/traces",
+                  billing_authorization = "Bearer tg_ingest_1" }
+      for k, v in pairs(overrides or {}) do c[k] = v end
+      return config(c)
+    end
+
+    it("a batch takes each call's known price from the node's lease; each span names the lease", function()
+      answers = { grant(5) }
+      local body = cjson.encode({
+        { jsonrpc = "2.0", id = 1, method = "tools/call", params = { name = "one" } },
+        { jsonrpc = "2.0", id = 2, method = "tools/call", params = { name = "two" } },
+      })
+      local answer = '[{"jsonrpc":"2.0","id":1,"result":{"content":[]}},{"jsonrpc":"2.0","id":2,"result":{"content":[]}}]'
+      local res = fake.run(handler, leased(), request({ body = body }), json_upstream(answer))
+      assert.is_nil(res.exit)
+      assert.equal(1, #posts)
+      assert.equal("http://tollgate.test:4318/v1/leases", posts[1].url)
+      assert.equal("Bearer tg_ingest_1", posts[1].headers.Authorization)
+      assert.equal(fake.NODE_ID, posts[1].body.instanceId)
+      assert.same({ op = "grant", customer = "cus_1", wantCalls = 2, wantMoney = "1", minMoney = "0" },
+                  posts[1].body.requests[1])
+      assert.equal(LEASE, attrs(res.root)["tollgate.lease.id"])
+      assert.equal("4000000", attrs(res.root)["tollgate.lease.reserved_nano"])
+      local child
+      for _, span in ipairs(res.spans) do
+        if span.name == "tools/call two" then child = span end
+      end
+      assert.equal(LEASE, attrs(child)["tollgate.lease.id"])
+      assert.equal("10000000", attrs(child)["tollgate.lease.reserved_nano"])
+      assert.equal(2, leases.stats(ngx.shared.tollgate_leases).taken)
+      assert.equal(1, fake.run_every(), "one renewal timer per worker")
+    end)
+
+    it("a lease that cannot cover the call: refused with -32050 before the upstream, not billed", function()
+      answers = { grant(0, { { scope = "customer", id = "cus_1", reason = "hard_limit:calls_per_day",
+                               untilUnixMs = ngx.now() * 1000 + 7200 * 1000 } }) }
+      local res = fake.run(handler, leased(), request())
+      assert.equal(403, res.status)
+      local err = cjson.decode(res.exit.body).error
+      assert.equal(-32050, err.code)
+      assert.equal("hard_limit:calls_per_day", err.data.reason)
+      assert.equal(7200, err.data.retryAfterSeconds)
+      assert.equal("lease_exhausted", attrs(res.root)["tollgate.enforcement"])
+      assert.is_nil(attrs(res.root)["mcp.method.name"])
+      for _, span in ipairs(res.exported) do
+        assert.is_nil(attrs(span)["mcp.method.name"], "exported for the trace, not billable")
+      end
+    end)
+
+    it("Tollgate unreachable: fault_tolerant passes the call unleased, false refuses it with -32052", function()
+      local open = fake.run(handler, leased(), request())
+      assert.is_nil(open.exit)
+      assert.equal("lease_unavailable", attrs(open.root)["tollgate.enforcement"])
+      assert.is_nil(attrs(open.root)["tollgate.lease.id"])
+      fake.reset_shared()
+      local closed = fake.run(handler, leased({ fault_tolerant = false }), request())
+      assert.equal(503, closed.status)
+      assert.equal(-32052, cjson.decode(closed.exit.body).error.code)
+      assert.equal("lease_unavailable", cjson.decode(closed.exit.body).error.data.reason)
+    end)
+
+    it("answered by a plugin after ours: what the call took goes back to the lease", function()
+      answers = { grant(1) }
+      local conf = leased()
+      local res = fake.run(handler, conf, request(), { status = 401, headers = {}, chunks = { "no" },
+                                                       exit_by_later_plugin = true })
+      assert.equal(401, res.status)
+      local again = fake.run(handler, conf, request(), json_upstream('{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'))
+      assert.is_nil(again.exit)
+      assert.equal(LEASE, attrs(again.root)["tollgate.lease.id"])
+      assert.equal(1, #posts, "the one call of the lease was given back, not consumed")
+    end)
+
+    it("without the lua_shared_dict: the fail policy, and the log names the missing dict", function()
+      local res = fake.run(handler, leased({ lease_shm = "undeclared", fault_tolerant = false }), request())
+      assert.equal(503, res.status)
+      local logged = false
+      for _, l in ipairs(res.logs) do
+        if l.message:find("lua_shared_dict undeclared", 1, true) then logged = true end
+      end
+      assert.is_true(logged)
+    end)
+  end)
 end)

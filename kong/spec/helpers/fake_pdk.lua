@@ -22,7 +22,9 @@
 --                                           the global tracer is noop while tracing is off)
 --   kong.log.err/warn/notice/info/debug(...)
 -- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.update_time(),
--- ngx.null, ngx.req.get_body_file(), ngx.req.start_time(), ngx.timer.at (recorded, run by the spec).
+-- ngx.null, ngx.req.get_body_file(), ngx.req.start_time(), ngx.timer.at and ngx.timer.every (recorded,
+-- run by the spec), ngx.sleep (moves the clock), ngx.shared.tollgate_leases (spec/helpers/fake_shdict.lua),
+-- and kong.node.get_id() (kong/pdk/node.lua).
 -- A PDK call outside its phases raises like Kong's check_phase does. Each call of
 -- kong.request.get_raw_body is counted (result.body_reads), so a spec can prove a body was never read.
 -- Kong's opentelemetry plugin runs after the handler in access and log (spec/helpers/kong_otel.lua),
@@ -45,6 +47,7 @@ local PHASES = {
 local NULL = require("cjson").null -- ngx.null and cjson.null are the same NULL lightuserdata
 
 local current -- the request being run
+_M.NODE_ID = "5b7e0e7a-6c1f-4d1e-9a5e-0c3b2a1f0e9d"
 local clock_ms = 1700000000000
 
 local function check_phase(allowed, fn)
@@ -90,6 +93,8 @@ local kong = {
   service = { request = {} },
   log = {},
   tracing = tracer,
+  -- kong/pdk/node.lua: the node's id (a UUID kept in the prefix), the same in every phase
+  node = { get_id = function() return _M.NODE_ID end },
 }
 
 kong.ctx = setmetatable({}, {
@@ -228,12 +233,40 @@ ngx.req.start_time = function()
 end
 -- ngx.timer.at: recorded; the spec runs them (_M.run_timers) when it wants to
 local timers = {}
+-- ngx.timer.every: recorded too; the spec runs one tick of each (_M.run_every) or their premature
+-- run at worker exit (_M.run_every(true))
+local every = {}
 ngx.timer = {
   at = function(delay, fn, ...)
     timers[#timers + 1] = { delay = delay, fn = fn, args = { ... } }
     return true
   end,
+  every = function(delay, fn, ...)
+    every[#every + 1] = { delay = delay, fn = fn, args = { ... } }
+    return true
+  end,
 }
+-- ngx.sleep: yields in nginx; here it moves the clock on
+ngx.sleep = function(s)
+  clock_ms = clock_ms + s * 1000
+end
+-- ngx.shared.DICT: lua_shared_dict zones declared by the node (spec/helpers/fake_shdict.lua);
+-- an undeclared name is nil, as in nginx
+local fake_shdict = require "spec.helpers.fake_shdict"
+ngx.shared = {
+  tollgate_leases = fake_shdict.new(function() return clock_ms end),
+}
+
+function _M.reset_shared()
+  ngx.shared.tollgate_leases = fake_shdict.new(function() return clock_ms end)
+end
+
+function _M.run_every(premature)
+  for _, t in ipairs(every) do
+    t.fn(premature or false, unpack(t.args))
+  end
+  return #every
+end
 
 function _M.run_timers()
   local due = timers

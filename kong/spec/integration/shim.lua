@@ -221,7 +221,15 @@ local function plugin()
   return handler, conf()
 end
 
+-- Kong seeds math.random once per worker, differently in each (kong/globalpatches.lua: randomseed from
+-- resty.random bytes in init_worker); without it two workers make the same span ids
+local seeded = false
+
 function _M.rewrite()
+  if not seeded then
+    seeded = true
+    math.randomseed(ngx.worker.pid() * 1000003 + math.floor(ngx.now() * 1000) % 1000003)
+  end
   ngx.ctx.KONG_PROCESSING_START = ngx.req.start_time() * 1000
   local key = ngx.var.http_apikey
   if key then
@@ -313,6 +321,51 @@ function _M.log()
       ngx.log(ngx.ERR, "span store: ", err)
     end
   end
+end
+
+--- GET /_lease_stats: the lease counters of the node (leases.lua STATS), as JSON.
+function _M.lease_stats_endpoint()
+  local stats = require("kong.plugins.tollgate.leases").stats(ngx.shared.tollgate_leases)
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(stats))
+end
+
+--- GET /_lease_micro?n=N: the cost of one leases.take() in steady state (a lease that covers every
+-- call) on this worker with the real shared dict, in ns per call: N takes of one call against a lease
+-- granted by a canned answer (no I/O in the loop; the bench's micro-measure).
+function _M.lease_micro_endpoint()
+  local leases = require "kong.plugins.tollgate.leases"
+  local shm = ngx.shared.tollgate_leases
+  local n = tonumber(ngx.var.arg_n) or 1000000
+  local conf = { product = "micro", lease_timeout_ms = 250, fault_tolerant = true }
+  local answer = cjson.encode({ results = { { ok = true, lease = {
+    leaseId = "ls_000000000000000000000001", customer = "c", currency = "USD",
+    expiresUnixMs = ngx.now() * 1000 + 600000, calls = 1e9, money = "9000000000000000",
+    tools = {}, sessions = {}, limitedTools = {}, sessionLimited = false,
+    prices = { search = "1000" }, defaultPrice = "1000" } } } })
+  local env = {
+    shm = shm,
+    now_ms = function() return ngx.now() * 1000 end,
+    sleep = ngx.sleep,
+    post = function() return 200, nil, answer end,
+    endpoint = function() return "http://micro/v1/leases" end,
+    headers = function() return {} end,
+    node_id = "micro",
+    log = function() end,
+    track = function() end,
+  }
+  leases.renew(env, conf, "c", 1, 0, "sync_renewals")
+  local tools = { "search" }
+  assert(leases.take(env, conf, "c", tools).lease)
+  ngx.update_time()
+  local t0 = ngx.now()
+  for _ = 1, n do
+    leases.take(env, conf, "c", tools)
+  end
+  ngx.update_time()
+  local ns = (ngx.now() - t0) * 1e9 / n
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode({ n = n, ns_per_take = ns }))
 end
 
 --- GET /_spans?id=X: the exports recorded for test id X (consumed), as a JSON array.

@@ -24,6 +24,10 @@ local KEYS = {
   -- false on a span exported only so the call is billed: its trace was sampled out (or Kong's tracing
   -- is off); a Collector pipeline feeding a tracing backend can drop spans carrying it
   TOLLGATE_TRACE_SAMPLED = "tollgate.trace.sampled",
+  -- the quota lease the call was taken from and the nano-units it took (contracts/src/leases.ts):
+  -- the processor settles the call against that lease
+  TOLLGATE_LEASE_ID = "tollgate.lease.id",
+  TOLLGATE_LEASE_RESERVED = "tollgate.lease.reserved_nano",
   -- Kong-side only (not read by the billing contract): how the access phase decided
   TOLLGATE_ENFORCEMENT = "tollgate.enforcement",
   TOLLGATE_ENFORCEMENT_REASON = "tollgate.enforcement.reason",
@@ -103,7 +107,7 @@ function _M.for_refusal(req, decision)
     [KEYS.MCP_SESSION_ID] = req.session_id,
     [KEYS.TOLLGATE_SESSION_RULE] = req.session_rule,
     [KEYS.TOLLGATE_TRANSPORT] = req.transport,
-    [KEYS.TOLLGATE_ENFORCEMENT] = decision.action,
+    [KEYS.TOLLGATE_ENFORCEMENT] = decision.enforcement or decision.action,
     [KEYS.TOLLGATE_ENFORCEMENT_REASON] = decision.reason,
   }
 end

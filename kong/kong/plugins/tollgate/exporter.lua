@@ -175,7 +175,8 @@ function _M.new(opts)
   return self
 end
 
---- A minimal HTTP/1.1 POST over an ngx cosocket (http and https), returning the status. Kong ships
+--- A minimal HTTP/1.1 POST over an ngx cosocket (http and https), returning status, nil, body (or
+-- nil, err). Kong ships
 -- lua-resty-http, but this keeps the plugin free of a dependency nginx test rigs do not have.
 function _M.http_post(url, headers, body, timeout_ms)
   local scheme, host, port, path = match(url, "^(https?)://([^/:]+):?(%d*)(/?[^#]*)$")
@@ -216,7 +217,7 @@ function _M.http_post(url, headers, body, timeout_ms)
     sock:close()
     return nil, "receive: " .. tostring(err or status_line)
   end
-  local length, keep = nil, true
+  local length, keep, chunked = nil, true, false
   while true do
     local line = sock:receive("*l")
     if not line then
@@ -232,17 +233,42 @@ function _M.http_post(url, headers, body, timeout_ms)
       length = tonumber(v)
     elseif k == "connection" and v:lower() == "close" then
       keep = false
+    elseif k == "transfer-encoding" and v:lower():find("chunked", 1, true) then
+      chunked = true
     end
   end
-  if length and keep then
-    if length > 0 then
-      sock:receive(length) -- directives in the answer are for SDKs; Kong reads its state from Redis
+  -- the answer's body: directives for SDKs in an export's (Kong reads its state from Redis), the
+  -- grants of a POST /v1/leases
+  local body_text
+  if chunked then
+    local parts = {}
+    while true do
+      local size_line = sock:receive("*l")
+      local size = size_line and tonumber(match(size_line, "^%x+"), 16)
+      if not size then
+        sock:close()
+        return nil, "receive: bad chunk"
+      end
+      if size == 0 then
+        sock:receive("*l")
+        break
+      end
+      parts[#parts + 1] = sock:receive(size)
+      sock:receive("*l")
     end
+    body_text = concat(parts)
+  elseif length then
+    body_text = length > 0 and sock:receive(length) or ""
+  else
+    keep = false
+    body_text = sock:receive("*a")
+  end
+  if keep then
     sock:setkeepalive(60000, 4)
   else
     sock:close()
   end
-  return status
+  return status, nil, body_text
 end
 
 return _M

@@ -15,6 +15,7 @@ local cache = require "kong.plugins.tollgate.cache"
 local enforce = require "kong.plugins.tollgate.enforce"
 local identity = require "kong.plugins.tollgate.identity"
 local jsonrpc = require "kong.plugins.tollgate.jsonrpc"
+local leases = require "kong.plugins.tollgate.leases"
 local exporter = require "kong.plugins.tollgate.exporter"
 local outcome = require "kong.plugins.tollgate.outcome"
 local session = require "kong.plugins.tollgate.session"
@@ -40,6 +41,8 @@ local GATEWAY_EXIT = { action = "gateway_exit", reason = "answered_by_kong" }
 local HEADER_MISMATCH = { action = "header_mismatch", reason = "refused_by_server" }
 local HEADER_MISMATCH_CODE = tostring(jsonrpc.CODES.HEADER_MISMATCH)
 local LOG_INTERVAL_MS = 10000
+-- the background lease renewal of a worker runs this often (off the request path)
+local LEASE_TICK_S = 0.1
 local CODES = jsonrpc.CODES
 
 local MESSAGES = {
@@ -110,6 +113,72 @@ local function worker_state(conf)
 end
 
 TollgateHandler._worker_state = worker_state -- for the specs: the exporter queue of a config
+
+-- Quota leases (leases.lua): the leases of the customers this worker served, renewed ahead of time by
+-- one timer per worker and released when the worker exits.
+local lease_tracked = {}
+local lease_timer = false
+
+local function lease_timer_run(premature)
+  if premature then
+    leases.release_all(lease_tracked) -- the worker is exiting: give back what was not used
+    return
+  end
+  local ok, err = pcall(leases.tick, lease_tracked)
+  if not ok then
+    kong.log.err("tollgate: lease renewal failed: ", err)
+  end
+end
+
+local function lease_env(conf)
+  local w = worker_state(conf)
+  local env = w.lease_env
+  if env then
+    return env
+  end
+  local shm = ngx.shared[conf.lease_shm]
+  if not shm then
+    return nil, "lua_shared_dict " .. conf.lease_shm .. " is not declared"
+  end
+  local endpoint = leases.endpoint(conf)
+  local headers = { ["Content-Type"] = "application/json" }
+  if conf.billing_authorization then
+    headers["Authorization"] = conf.billing_authorization
+  end
+  env = {
+    shm = shm,
+    -- the event loop's clock: updated after every wait and I/O, no syscall on the request path
+    now_ms = function()
+      return ngx.now() * 1000
+    end,
+    sleep = ngx.sleep,
+    post = exporter.http_post,
+    endpoint = function() return endpoint end,
+    headers = function() return headers end,
+    node_id = kong.node and kong.node.get_id() or "kong",
+    log = function(level, ...)
+      kong.log[level](...)
+    end,
+  }
+  env.track = function(c, customer)
+    local K = leases.key_of(c.product, customer)
+    if not lease_tracked[K] then
+      lease_tracked[K] = { env = env, conf = c, customer = customer }
+    end
+  end
+  if not lease_timer then
+    local ok, err = ngx.timer.every(LEASE_TICK_S, lease_timer_run)
+    if ok then
+      lease_timer = true
+    else
+      kong.log.err("tollgate: cannot start the lease renewal timer: ", err)
+    end
+  end
+  w.lease_env = env
+  return env
+end
+
+TollgateHandler._lease_env = lease_env -- for the specs
 
 -- logs at most one message per kind every LOG_INTERVAL_MS per worker
 local last_logged = {}
@@ -291,6 +360,35 @@ function TollgateHandler:access(conf)
     ctx.refused = d
     return refuse(conf, parsed, d)
   end
+
+  if conf.leases then
+    -- take the calls' known price from the node's lease before the tool runs
+    local named = {}
+    for _, call in ipairs(parsed.calls) do
+      if call.name then
+        named[#named + 1] = call.name
+      end
+    end
+    local env, err = lease_env(conf)
+    local taken, refusal
+    if env then
+      taken, refusal = leases.take(env, conf, req.customer, named)
+    else
+      log_limited("lease_shm", "err", "tollgate: leases are on but ", err)
+      taken = conf.fault_tolerant and { enforcement = "lease_unavailable" } or nil
+      refusal = { action = "unavailable", enforcement = "unavailable", reason = "lease_unavailable", retry_after = 1 }
+    end
+    if not taken then
+      req.enforcement = refusal.enforcement
+      ctx.refused = refusal
+      return refuse(conf, parsed, refusal)
+    end
+    ctx.lease = taken
+    ctx.lease_calls = #named
+    if taken.enforcement then
+      req.enforcement = taken.enforcement
+    end
+  end
 end
 
 function TollgateHandler:header_filter(conf)
@@ -402,10 +500,17 @@ local function billable_calls(ctx)
     null_error = scanner and scanner.null_error,
   }
   local out = {}
+  local lease = ctx.lease and ctx.lease.lease and ctx.lease
   for _, call in ipairs(ctx.parsed.calls) do
     if call.name then
       result.answer = scanner and scanner:result(call.id and call.id.key or outcome.ANY_ID)
-      out[#out + 1] = attributes.for_call(call, ctx.req, result)
+      local attrs = attributes.for_call(call, ctx.req, result)
+      out[#out + 1] = attrs
+      if lease then
+        -- the processor settles this call against the lease at its real price
+        attrs[attributes.KEYS.TOLLGATE_LEASE_ID] = lease.lease
+        attrs[attributes.KEYS.TOLLGATE_LEASE_RESERVED] = string.format("%d", lease.reserved[#out] or 0)
+      end
     end
   end
   return out
@@ -423,6 +528,10 @@ function TollgateHandler:log(conf)
                                                     or outcome.ANY_ID)
   if not refusal and answer and answer.error_code == HEADER_MISMATCH_CODE then
     refusal = HEADER_MISMATCH
+  end
+  if refusal and ctx.lease and not ctx.refused then
+    -- taken from the lease but never reached the tool: not consumed after all
+    leases.give_back(lease_env(conf), ctx.lease, ctx.lease_calls)
   end
   if refusal then
     -- not billable (no mcp.method.name): annotated for whoever looks at Kong's trace, never exported

@@ -22,7 +22,17 @@ local DEFAULTS = {
   THROTTLE_HTTP_STATUS = 429,
   SESSION_GAP_MS = 30 * 60 * 1000, -- DEFAULT_ACTIVITY_GAP_MS of contracts/src/billing-session.ts
   BILLING_TIMEOUT_MS = 5000,
+  -- the wait of a call whose lease is empty (docs/enforcement.md: the SDK's default too)
+  LEASE_TIMEOUT_MS = 250,
+  LEASE_SHM = "tollgate_leases",
 }
+
+local function leases_have_endpoint(config)
+  if config.leases == true and not config.lease_endpoint and not config.billing_endpoint then
+    return nil, "leases need lease_endpoint or billing_endpoint (Tollgate's address)"
+  end
+  return true
+end
 
 local function cluster_has_no_database(config)
   local nodes = config.redis_cluster_nodes
@@ -87,11 +97,26 @@ return {
           { billing_authorization = { description = "Authorization header value for billing_endpoint, e.g. \"Bearer <ingest key>\"; a vault reference is accepted.",
                                       type = "string", len_min = 1, referenceable = true, encrypted = true } },
           { billing_timeout_ms = typedefs.timeout { required = true, default = DEFAULTS.BILLING_TIMEOUT_MS } },
+          { leases = { description = "Take each metered tools/call's known price from a quota lease of this node (POST /v1/leases of Tollgate) before proxying it, and refuse it when the lease cannot cover it: no call over a hard limit. Needs lease_endpoint or billing_endpoint, billing_authorization, and the lua_shared_dict named by lease_shm.",
+                       type = "boolean", required = true, default = false } },
+          { lease_endpoint = { description = "Tollgate's POST /v1/leases URL; default: billing_endpoint with /v1/traces replaced by /v1/leases. Authenticated with billing_authorization (the ingest key).",
+                               type = "string", match = "^https?://[^%s]+$" } },
+          { lease_timeout_ms = { description = "Longest a call waits for a lease renewal when its lease is empty; then fault_tolerant decides (true: it passes, enforced per export; false: 503).",
+                                 type = "integer", required = true, default = DEFAULTS.LEASE_TIMEOUT_MS,
+                                 between = { 1, 10000 } } },
+          { lease_shm = { description = "lua_shared_dict holding the node's leases, shared by its workers (declare it in nginx_http_lua_shared_dict, e.g. `tollgate_leases 1m`).",
+                          type = "string", required = true, default = DEFAULTS.LEASE_SHM, match = "^[%w_]+$" } },
         },
       },
     },
   },
   entity_checks = {
+    { custom_entity_check = {
+        field_sources = { "config.leases", "config.lease_endpoint", "config.billing_endpoint" },
+        fn = function(entity)
+          return leases_have_endpoint(entity.config)
+        end,
+    } },
     { custom_entity_check = {
         field_sources = { "config.redis_cluster_nodes", "config.redis_database" },
         fn = function(entity)
