@@ -1,6 +1,8 @@
+import { Client as ClientV2, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { createMcpHandler, McpServer as McpServerV2 } from '@modelcontextprotocol/server';
 import { type Context, type Link, type SpanKind, trace } from '@opentelemetry/api';
 import {
   AlwaysOffSampler,
@@ -15,6 +17,7 @@ import {
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import * as z4 from 'zod/v4';
 import {
   DEV_INGEST_KEY,
   query,
@@ -143,5 +146,66 @@ describe('sampling never loses money', () => {
     const billed = new Set(rows.map((r) => `${r.trace_id}/${r.span_id}`));
     for (const t of tools)
       expect(billed.has(`${t.spanContext().traceId}/${t.spanContext().spanId}`)).toBe(true);
+  });
+});
+
+/**
+ * The same guarantee on SDK 2.x and the stateless 2026-07-28 protocol: a server per request from
+ * `createMcpHandler`'s factory, instrumented inside it as the README says, driven by the real 2.x client
+ * through the handler's `fetch` (in process, no socket).
+ */
+async function v2ClientFor(customer: string): Promise<ClientV2> {
+  const handler = createMcpHandler(() => {
+    const server = new McpServerV2({ name: 'sampled-v2', version: '1.0.0' });
+    instrumentMcpServer(server, {
+      endpoint: tg.otlpUrl,
+      ingestKey: DEV_INGEST_KEY,
+      exportIntervalMs: 50,
+      stateFile: false,
+      logger: false,
+      customer: () => customer,
+    });
+    server.registerTool('lookup', { inputSchema: z4.object({ id: z4.string() }) }, async ({ id }) => {
+      trace.getTracer('app').startActiveSpan('db.query', (span) => span.end());
+      return { content: [{ type: 'text' as const, text: id }] };
+    });
+    return server;
+  });
+  const client = new ClientV2(
+    { name: 'agent', version: '1' },
+    { versionNegotiation: { mode: { pin: '2026-07-28' } } },
+  );
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL('http://sampled.local/mcp'), {
+      fetch: (url, init) => handler.fetch(new Request(url, init)),
+    }),
+  );
+  return client;
+}
+
+async function v2Calls(client: ClientV2, n: number, meta?: Record<string, string>) {
+  for (let i = 0; i < n; i++) {
+    await client.callTool({ name: 'lookup', arguments: { id: String(i) }, ...(meta ? { _meta: meta } : {}) });
+  }
+}
+
+describe('sampling never loses money on SDK 2.x (2026-07-28, createMcpHandler)', () => {
+  it('app sampler off: every call billed, nothing forced into the app’s trace', async () => {
+    sampler.current = new AlwaysOffSampler();
+    appSpans.reset();
+    await v2Calls(await v2ClientFor('off-v2'), 20);
+    expect(await billedRows('off-v2', 20)).toHaveLength(20);
+    expect(appSpans.getFinishedSpans()).toEqual([]);
+  });
+
+  it('parent-based sampler and an unsampled traceparent in _meta: billed, on the client’s trace', async () => {
+    sampler.current = new ParentBasedSampler({ root: new AlwaysOnSampler() });
+    appSpans.reset();
+    const traceId = 'dddddddddddddddd1111111111111111';
+    await v2Calls(await v2ClientFor('parent-v2'), 10, { traceparent: `00-${traceId}-eeeeeeeeeeeeeeee-00` });
+    const rows = await billedRows('parent-v2', 10);
+    expect(rows).toHaveLength(10);
+    expect(new Set(rows.map((r) => r.trace_id))).toEqual(new Set([traceId]));
+    expect(appSpans.getFinishedSpans()).toEqual([]);
   });
 });
