@@ -320,6 +320,17 @@ export class LeaseBook {
     try {
       for (;;) {
         const now = Date.now();
+        // an answer given while this call waited says a kill is in force: refused, whatever the lease holds
+        // (a killed customer's answer grants nothing and expires at once, so it is never "usable")
+        if (
+          h.known &&
+          h.answers > seenAnswers &&
+          h.exhausted.some((e) => !e.reason.startsWith('hard_limit:'))
+        ) {
+          h.deniedUntilMs = now + DENIAL_CACHE_MS;
+          this.stats.refused++;
+          return refusalFor(h, 'calls', tool, session);
+        }
         if (h.known && now < h.usableUntilMs) {
           if (h.unlimited(tool)) {
             this.stats.taken++;
@@ -464,11 +475,18 @@ export class LeaseBook {
     const ttl = Math.max(0, g.expiresUnixMs - now);
     h.usableUntilMs = now + Math.max(0, ttl - Math.min(this.o.safetyMs, ttl / 2));
     h.renewAtMs = now + ttl / 3;
-    // cumulative amounts only grow: an answer that crossed a newer one never lowers them
+    // cumulative amounts only grow: an answer that crossed a newer one never lowers them — except an answer
+    // that says a kill is in force: Tollgate has cut the lease back to what was consumed (lease.lua), and
+    // what it held no longer covers anything
     const calls = g.calls === null ? Number.POSITIVE_INFINITY : g.calls;
     const money = num(g.money);
-    h.calls = same ? Math.max(h.calls, calls) : calls;
-    h.money = same ? Math.max(h.money, money) : money;
+    const cut = (g.exhausted ?? []).some((e) => !e.reason.startsWith('hard_limit:'));
+    h.calls = same && !cut ? Math.max(h.calls, calls) : calls;
+    h.money = same && !cut ? Math.max(h.money, money) : money;
+    if (cut) {
+      for (const t of h.tools.values()) t.granted = 0;
+      for (const x of h.sessions.values()) x.granted = 0;
+    }
     for (const [id, n] of Object.entries(g.tools)) {
       const t = h.tools.get(id);
       if (t) t.granted = Math.max(t.granted, n);

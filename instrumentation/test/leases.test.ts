@@ -23,7 +23,9 @@ import {
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
 import { resolveConfig } from '../src/config.js';
+import { TollgateRefusal } from '../src/errors.js';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
+import { LeaseBook } from '../src/leases.js';
 import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
 
 /**
@@ -496,5 +498,55 @@ describe('renewal while Redis is down', () => {
     await expect(closed.call()).resolves.toBeDefined();
     await open.client.close();
     await closed.client.close();
+  });
+});
+
+describe('a kill while a lease is held', () => {
+  it('the answer that says so cuts the held lease back: the next call is refused, not run on the old grant', async () => {
+    const book = new LeaseBook(
+      {
+        url: `${tg.otlpUrl}/v1/leases`,
+        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+        timeoutMs: 2000,
+        failMode: 'open',
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      },
+      'inst-cut',
+      () => {},
+    );
+    const take = async () => {
+      const t = book.take('cut-co', 'lookup', 's1', Date.now());
+      return t instanceof Promise ? await t : t;
+    };
+    // take until the held lease covers more than the calls already taken
+    let taken = 0;
+    while ((book.remaining('cut-co')?.calls ?? 0) < 1 && taken < 8) {
+      expect(await take()).not.toBeInstanceOf(TollgateRefusal);
+      taken++;
+      await new Promise((r) => setTimeout(r, 50)); // let a background renewal land
+    }
+    const held = book.remaining('cut-co');
+    expect(held?.calls).toBeGreaterThan(0);
+    // an operator kill (the state enforce.lua and the admin API write), then Tollgate's own answer to a renewal
+    await tg.redis?.hset(redisKeys.state(customerTag('demo-mcp', 'cut-co')), 'c', 'kill|operator:ops|0||');
+    const res = await fetch(`${tg.otlpUrl}/v1/leases`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify({
+        instanceId: 'inst-cut',
+        requests: [
+          { op: 'grant', customer: 'cut-co', leaseId: held?.leaseId, consumedCalls: taken, wantCalls: 5 },
+        ],
+      }),
+    });
+    const [answer] = ((await res.json()) as { results: { ok: boolean; lease: unknown }[] }).results;
+    expect(answer?.ok).toBe(true);
+    book.renewed([answer?.lease]);
+    expect(book.remaining('cut-co')?.calls).toBeLessThanOrEqual(0);
+    const refused = await take();
+    expect(refused).toBeInstanceOf(TollgateRefusal);
+    expect((refused as TollgateRefusal).data.tollgate.reason).toBe('operator:ops');
   });
 });
