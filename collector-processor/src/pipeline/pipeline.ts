@@ -10,6 +10,7 @@ import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
 import { countsTowardUsage, rateCall } from '../rating/rate.js';
+import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { TollgateError } from './errors.js';
 import { decodeOtlp, extractOptions, type SelectionWindow, selectCalls } from './select.js';
@@ -59,6 +60,8 @@ interface Prepared {
   period: string;
   day: string;
   counts: boolean;
+  /** The plan's usage lines the call reported, checked. */
+  usage: UsageQuantity[];
 }
 
 /** Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. */
@@ -102,6 +105,11 @@ export class Pipeline {
     private readonly metrics: Metrics,
   ) {}
 
+  /** Span attributes the current plans' usage lines read (for extraction). */
+  get usageAttributes(): readonly string[] {
+    return this.plans.current.usageAttributes;
+  }
+
   get redisAvailable(): boolean {
     return this.redis !== undefined && this.redisDownSince === undefined;
   }
@@ -137,9 +145,22 @@ export class Pipeline {
         rejected.add('unknown_tool', call.tool, call.eventId);
         continue;
       }
+      const usage = readUsage(call, plan.usageLines);
+      if (!usage.ok) {
+        rejected.add('invalid_usage', usage.detail, call.eventId);
+        continue;
+      }
       const day = dayOf(Math.floor(call.startUnixUs / 1000));
       const period = day.slice(0, 7); // YYYY-MM, the billing period (same as periodOf)
-      out.push({ call, plan, rate, period, day, counts: countsTowardUsage(call, plan) });
+      out.push({
+        call,
+        plan,
+        rate,
+        period,
+        day,
+        counts: countsTowardUsage(call, plan),
+        usage: usage.quantities,
+      });
     }
     return { prepared: out, inBatchDuplicates };
   }
@@ -187,9 +208,9 @@ export class Pipeline {
   }
 
   /** The calls of a spool record, selected exactly as when it was accepted. */
-  private callsOf(rec: AcceptedRecord): ToolCall[] {
+  private callsOf(rec: AcceptedRecord, book: PlanBook): ToolCall[] {
     if (rec.format === 'calls-json') return JSON.parse(rec.payload.toString('utf8')) as ToolCall[];
-    const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs);
+    const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs, book.usageAttributes);
     return selectCalls(decodeOtlp(rec.format, rec.payload), opts, new RejectionTally());
   }
 
@@ -203,7 +224,7 @@ export class Pipeline {
           'plan snapshot missing; replaying under the current plans',
         );
       }
-      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec), new RejectionTally());
+      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally());
       for (;;) {
         try {
           await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
@@ -328,7 +349,7 @@ export class Pipeline {
         continue;
       }
       this.recent.add(p.call.eventId);
-      const rating = rateCall(p.call, p.plan, p.rate, claim);
+      const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
       const c = p.call;
       const row: RatedCall = {
         eventId: c.eventId,

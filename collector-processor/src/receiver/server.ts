@@ -220,7 +220,7 @@ export function buildReceiver(
     const rejected = new RejectionTally();
     const calls = selectCalls(
       decoded,
-      extractOptions(opts, identity.defaultCustomer, receivedAtMs),
+      extractOptions(opts, identity.defaultCustomer, receivedAtMs, pipeline.usageAttributes),
       rejected,
     );
     if (opts.mode === 'decode-only') {
