@@ -280,6 +280,40 @@ describe('usage lines: a bad quantity rejects its span, the rest of the export i
     expect(price[good[1]!.spanId]).toBe(String(1_000_000 + 3_000_000 + 600_000 + 1_200_000));
     // 0.25 GB-s × 20_000
     expect(price[good[2]!.spanId]).toBe(String(1_000_000 + 3_000_000 + 1_500_000 + 5_000));
+    // landed per line; the total is the built-in components plus the lines, to the nano-unit
+    const landed = await query(
+      tg,
+      `SELECT span_id, input_tokens, input_tokens_priced, output_tokens_priced, usage_lines, usage_quantity_micro,
+              usage_unit_nano, usage_price_nano,
+              price_nano = price_call_nano + price_input_nano + price_output_nano + price_duration_nano
+                + arraySum(usage_price_nano) AS adds_up
+       FROM mcp_tool_calls WHERE customer = {c:String} ORDER BY span_id`,
+      { c: customer },
+    );
+    const bySpan = Object.fromEntries(landed.map((x) => [x.span_id, x]));
+    expect(bySpan[good[0]!.spanId]).toMatchObject({
+      input_tokens: '1000',
+      input_tokens_priced: '200',
+      output_tokens_priced: '100',
+      usage_lines: ['cached_input_tokens'],
+      usage_quantity_micro: ['800000000'],
+      usage_unit_nano: ['300'],
+      usage_price_nano: ['240000'],
+      adds_up: 1,
+    });
+    expect(bySpan[good[1]!.spanId]).toMatchObject({
+      input_tokens_priced: '1000',
+      output_tokens_priced: '40',
+      usage_lines: ['reasoning_tokens'],
+      usage_price_nano: ['1200000'],
+      adds_up: 1,
+    });
+    expect(bySpan[good[2]!.spanId]).toMatchObject({
+      usage_lines: ['gb_seconds'],
+      usage_quantity_micro: ['250000'],
+      usage_price_nano: ['5000'],
+      adds_up: 1,
+    });
   });
 
   it('usage events carry lines in metadata; a bad quantity rejects that event only', async () => {

@@ -386,6 +386,13 @@ export class Pipeline {
         receivedAtMs,
         sessionRule: c.sessionRule,
         pricePerSecondNano: rating.pricePerSecondNano,
+        inputTokensPriced: rating.inputTokensPriced,
+        outputTokensPriced: rating.outputTokensPriced,
+        usageLines: rating.usage.map((u) => u.line),
+        usageQuantityMicro: rating.usage.map((u) => u.quantityMicro),
+        usageUnitNano: rating.usage.map((u) => u.unitNano),
+        usagePriceNano: rating.usage.map((u) => u.priceNano),
+        usageCostNano: rating.usage.map((u) => u.costNano),
       };
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
