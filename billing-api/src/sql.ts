@@ -607,33 +607,40 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
   const w = `product = {product:String} AND customer = {customer:String} AND period = {period:String}
     AND started_at >= {from:${DT}} AND started_at < {to:${DT}}`;
   return {
-    query: `SELECT component, tool, tier, unit_nano, quantity, amount_nano FROM (
+    query: `SELECT component, tool, tier, unit_nano, quantity, amount_nano, line FROM (
   SELECT 'call' AS component, tool, tier, price_call_nano AS unit_nano, toUInt64(count()) AS quantity,
-      sum(price_call_nano) AS amount_nano
+      sum(price_call_nano) AS amount_nano, '' AS line
     FROM mcp_tool_calls WHERE ${w} AND decision NOT IN ('free', 'failed_not_billed')
     GROUP BY tool, tier, unit_nano
   UNION ALL
-  SELECT 'free_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0)
+  SELECT 'free_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0), ''
     FROM mcp_tool_calls WHERE ${w} AND decision = 'free' GROUP BY tool
   UNION ALL
-  SELECT 'failed_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0)
+  SELECT 'failed_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0), ''
     FROM mcp_tool_calls WHERE ${w} AND decision = 'failed_not_billed' GROUP BY tool
   UNION ALL
-  SELECT 'input_tokens', tool, toUInt16(0), intDiv(price_input_nano, input_tokens) AS unit_nano,
-      toUInt64(sum(input_tokens)), sum(price_input_nano)
+  SELECT 'input_tokens', tool, toUInt16(0), intDiv(price_input_nano, input_tokens_priced) AS unit_nano,
+      toUInt64(sum(input_tokens_priced)), sum(price_input_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND price_input_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
-  SELECT 'output_tokens', tool, toUInt16(0), intDiv(price_output_nano, output_tokens) AS unit_nano,
-      toUInt64(sum(output_tokens)), sum(price_output_nano)
+  SELECT 'output_tokens', tool, toUInt16(0), intDiv(price_output_nano, output_tokens_priced) AS unit_nano,
+      toUInt64(sum(output_tokens_priced)), sum(price_output_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND price_output_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
   SELECT 'duration', tool, toUInt16(0), price_per_second_nano AS unit_nano, toUInt64(sum(duration_us)),
-      sum(price_duration_nano)
+      sum(price_duration_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND (price_per_second_nano != 0 OR price_duration_nano != 0)
     GROUP BY tool, unit_nano
+  UNION ALL
+  SELECT 'usage', tool, toUInt16(0), u_unit AS unit_nano, toUInt64(sum(u_quantity)), sum(u_price), u_line
+    FROM mcp_tool_calls
+    ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_unit_nano AS u_unit,
+      usage_price_nano AS u_price
+    WHERE ${w} AND (u_unit != 0 OR u_price != 0)
+    GROUP BY tool, u_line, unit_nano
 )
-ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'], component) ASC,
-  tier ASC, unit_nano ASC`,
+ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration', 'usage'], component) ASC,
+  line ASC, tier ASC, unit_nano ASC`,
     params: { product, customer, period, from: chInstant(range.fromMs), to: chInstant(range.toMs) },
   };
 }
@@ -643,7 +650,7 @@ export function invoiceTotalsSql(product: string, customer: string, period: stri
   return {
     query: `SELECT count() AS calls, sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano,
     sum(price_call_nano) AS call_nano, sum(price_input_nano) AS input_nano, sum(price_output_nano) AS output_nano,
-    sum(price_duration_nano) AS duration_nano,
+    sum(price_duration_nano) AS duration_nano, sum(arraySum(usage_price_nano)) AS usage_nano,
     countIf(decision = 'billed') AS billed, countIf(decision = 'free') AS free,
     countIf(decision = 'failed_not_billed') AS failed_not_billed, countIf(decision = 'over_limit') AS over_limit,
     countIf(decision = 'unenforced') AS unenforced,
