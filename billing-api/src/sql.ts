@@ -16,7 +16,7 @@ import {
  */
 export interface Sql {
   query: string;
-  params: Record<string, string | number | bigint[] | TupleParam[]>;
+  params: Record<string, string | number | bigint[] | string[] | TupleParam[]>;
 }
 
 export interface Filters {
@@ -190,6 +190,60 @@ ORDER BY revenue_nano DESC, tool ASC`,
     },
     page,
   );
+}
+
+/**
+ * Per tool and usage line: calls that reported it, quantity (micro-units), revenue and cost over the range:
+ * `mcp_usage_daily_stats` for the whole days, the raw rows (ARRAY JOIN) for the partial days at the ends or
+ * for everything when `source` is `raw`. For the tools of one page of byToolSql (`tools`).
+ */
+export function usageByToolSql(f: Filters, range: TimeRange, source: Source, tools: readonly string[]): Read {
+  const split: RangeSplit =
+    source === 'raw'
+      ? { wholeFromMs: range.fromMs, wholeToMs: range.fromMs, hasWholeDays: false, hasPartialDays: true }
+      : splitByDay(range);
+  const params: Record<string, string | number | string[]> = {
+    ...filterParams(f),
+    tools: [...tools],
+    from: chInstant(range.fromMs),
+    to: chInstant(range.toMs),
+    whole_from: chInstant(split.wholeFromMs),
+    whole_to: chInstant(split.wholeToMs),
+    whole_from_day: chDay(split.wholeFromMs),
+    whole_to_day: chDay(split.wholeToMs),
+  };
+  const conds = [...filterConds(f, ALL_DIMS), 'tool IN {tools:Array(String)}'];
+  const parts: string[] = [];
+  if (split.hasWholeDays)
+    parts.push(`SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
+    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+  FROM mcp_usage_daily_stats
+  WHERE ${[...conds, 'day >= {whole_from_day:Date}', 'day < {whole_to_day:Date}'].join(' AND ')}
+  GROUP BY tool, line`);
+  if (split.hasPartialDays) {
+    const timeConds = [`started_at >= {from:${DT}}`, `started_at < {to:${DT}}`];
+    if (split.hasWholeDays)
+      timeConds.push(`(started_at < {whole_from:${DT}} OR started_at >= {whole_to:${DT}})`);
+    parts.push(`SELECT tool, u_line AS line, toUInt64(count()) AS calls, sum(u_quantity) AS quantity_micro,
+    sum(u_price) AS price_nano, sum(u_cost) AS cost_nano
+  FROM mcp_tool_calls
+  ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_price_nano AS u_price,
+    usage_cost_nano AS u_cost
+  WHERE ${[...conds, ...timeConds].join(' AND ')}
+  GROUP BY tool, line`);
+  }
+  return {
+    readFrom: [
+      ...(split.hasWholeDays ? ['mcp_usage_daily_stats'] : []),
+      ...(split.hasPartialDays ? ['mcp_tool_calls'] : []),
+    ],
+    query: `SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
+    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+FROM (${parts.join('\nUNION ALL\n')})
+GROUP BY tool, line
+ORDER BY tool ASC, line ASC`,
+    params,
+  };
 }
 
 /** Per time bucket and agent: calls, revenue, cost. Oldest bucket first. */

@@ -439,6 +439,7 @@ describe('usage lines on the invoice and in quotes', () => {
     [2000, 2000, 500, 1, undefined],
   ];
   let period = '';
+  let dayStartMs = 0;
 
   beforeAll(async () => {
     const startMs = Date.now() - 120_000;
@@ -477,6 +478,7 @@ describe('usage lines on the invoice and in quotes', () => {
     expect(((await res.json()) as { partialSuccess?: unknown }).partialSuccess).toBeUndefined();
     await s.tg.lander?.idle();
     period = new Date(startMs).toISOString().slice(0, 7);
+    dayStartMs = Math.floor(startMs / 86_400_000) * 86_400_000;
   });
 
   it('a line per usage line; parents priced on parent − subsets; quantity × unit = amount; reconciled', async () => {
@@ -516,6 +518,54 @@ describe('usage lines on the invoice and in quotes', () => {
     expect(inv.totals.usageAmountNano).toBe(String(2900 * 300 + 4_167 + 25_001 + 101 * 20000));
     // cost: input tokens priced at cost on parent − cached, cached at its own cost
     expect(inv.totals.costNano).toBe(String(sumIn * 1000 + 2900 * 100));
+  });
+
+  it('revenue by tool lists the usage lines, the same from the daily view and from the raw rows', async () => {
+    const iso = (ms: number) => new Date(ms).toISOString();
+    const byTool = async (from: number, to: number) => {
+      const res = await api(
+        `/analytics/mcp/revenue/by-tool?customer=${customer}&from=${iso(from)}&to=${iso(to)}`,
+        KEYS.finance,
+      );
+      expect(res.status).toBe(200);
+      return res.body;
+    };
+    const wholeDay = await byTool(dayStartMs, dayStartMs + 86_400_000); // a whole day: the view
+    const partial = await byTool(dayStartMs + 1, dayStartMs + 86_400_000); // a partial day: the raw rows
+    expect(wholeDay.readFrom).toContain('mcp_usage_daily_stats');
+    expect(partial.readFrom).not.toContain('mcp_usage_daily_stats');
+    const expected = [
+      {
+        line: 'cached_input_tokens',
+        calls: 4,
+        quantity: '2900',
+        revenueNano: String(2900 * 300),
+        costNano: String(2900 * 100),
+      },
+      { line: 'gb_seconds', calls: 2, quantity: '1.75', revenueNano: String(4_167 + 25_001), costNano: '0' },
+      {
+        line: 'reasoning_tokens',
+        calls: 4,
+        quantity: '101',
+        revenueNano: String(101 * 20000),
+        costNano: '0',
+      },
+    ];
+    for (const body of [wholeDay, partial]) {
+      const [row] = body.rows;
+      expect(row.tool).toBe('summarize');
+      expect(
+        row.usageLines.map((l: Record<string, unknown>) => ({ ...l, revenue: undefined, cost: undefined })),
+      ).toEqual(expected.map((l) => ({ ...l, revenue: undefined, cost: undefined })));
+      expect(row.usageRevenueNano).toBe(String(2900 * 300 + 4_167 + 25_001 + 101 * 20000));
+    }
+    const csv = await (
+      await fetch(`${s.tg.apiUrl}/analytics/mcp/revenue/by-tool?customer=${customer}&format=csv`, {
+        headers: { authorization: `Bearer ${KEYS.finance}` },
+      })
+    ).text();
+    expect(csv.split('\r\n')[0]).toContain('usageRevenueNano');
+    expect(csv).not.toContain('usageLines');
   });
 
   it('the CSV has a line column', async () => {
