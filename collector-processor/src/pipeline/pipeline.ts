@@ -49,6 +49,8 @@ export interface AcceptInput {
   receivedAtMs: number;
   calls: readonly ToolCall[];
   rejected: RejectionTally;
+  /** The plans the calls were extracted under (Pipeline.currentBook); the current ones when absent. */
+  book?: PlanBook;
   /** The decoded request body (OTLP) that the spool keeps; absent for usage events (their calls are kept). */
   payload?: { format: Exclude<PayloadFormat, 'calls-json'>; bytes: Buffer };
 }
@@ -105,9 +107,13 @@ export class Pipeline {
     private readonly metrics: Metrics,
   ) {}
 
-  /** Span attributes the current plans' usage lines read (for extraction). */
-  get usageAttributes(): readonly string[] {
-    return this.plans.current.usageAttributes;
+  /**
+   * The plans in force, for a request to extract its calls with (their usage-line attributes) and then to
+   * hand to `accept` as `book`, so a reload in between cannot rate calls under plans they were not
+   * extracted for (the spool record names this book's version; a replay extracts under the same one).
+   */
+  get currentBook(): PlanBook {
+    return this.plans.current;
   }
 
   get redisAvailable(): boolean {
@@ -171,7 +177,7 @@ export class Pipeline {
       throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
     }
     const { product, rejected } = input;
-    const book = this.plans.current;
+    const book = input.book ?? this.plans.current;
     const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
     if (prepared.length === 0)
