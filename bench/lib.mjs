@@ -252,6 +252,14 @@ SELECT
   '${period}' AS period,
   started_at AS received_at,
   'protocol' AS session_rule,
-  if(decision IN ('billed'), 100000, 0) AS price_per_second_nano
+  if(decision IN ('billed'), 100000, 0) AS price_per_second_nano,
+  -- migration 0013: no usage lines in the seeded calls (all their tokens priced at the token rates)
+  input_tokens AS input_tokens_priced,
+  output_tokens AS output_tokens_priced,
+  CAST([], 'Array(LowCardinality(String))') AS usage_lines,
+  CAST([], 'Array(UInt64)') AS usage_quantity_micro,
+  CAST([], 'Array(Int64)') AS usage_unit_nano,
+  CAST([], 'Array(Int64)') AS usage_price_nano,
+  CAST([], 'Array(Int64)') AS usage_cost_nano
 FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
 }

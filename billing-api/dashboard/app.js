@@ -293,7 +293,18 @@
       moneyCell(r.cost),
       cell(fmtPct(r.marginBps), 'num'),
       r.durationP95Us === null ? '—' : (r.durationP95Us / 1000).toFixed(1),
+      usageCell(r.usageLines),
     ]);
+  }
+
+  /** The tool's usage lines (docs/rate-plans.md#usage-lines): name, quantity and revenue of each. */
+  function usageCell(lines) {
+    if (!lines || lines.length === 0) return '—';
+    const td = cell(lines.map((l) => `${l.line.replace(/_/g, ' ')} ${l.quantity}: ${l.revenue}`).join('; '));
+    td.title = lines
+      .map((l) => `${l.line}: ${l.quantity} units, ${l.revenue} ${currency} (exact)`)
+      .join('\n');
+    return td;
   }
 
   /** Every bucket from the first to the last (empty ones at 0), so the bars keep the time axis honest. */

@@ -2,7 +2,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest }
 import type { ApiKeyring } from './auth.js';
 import { type Cell, sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
-import { big, count, money, revenueCostMargin } from './money.js';
+import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
 import type { AnalyticsDeps, GuardBands } from './ports.js';
 import { contextOf, isoFromCh, pageOf, type RequestContext, rangeOf, rows } from './query.js';
 import { bucketFor } from './range.js';
@@ -38,6 +38,7 @@ import {
   sessionTotalsByKeySql,
   sessionTotalsSql,
   summarySql,
+  usageByToolSql,
 } from './sql.js';
 
 type Row = Record<string, unknown>;
@@ -126,10 +127,13 @@ function sendList(
   reply: FastifyReply,
   name: string,
   columns: readonly string[],
-  body: { rows: Record<string, Cell>[]; page?: { nextOffset: number | null } } & Record<string, unknown>,
+  body: { rows: Record<string, Cell | readonly unknown[]>[]; page?: { nextOffset: number | null } } & Record<
+    string,
+    unknown
+  >,
 ) {
   if (wantsCsv(req as FastifyRequest<{ Querystring: { format?: string } }>)) {
-    return sendCsv(reply, name, columns, body.rows, body.page?.nextOffset);
+    return sendCsv(reply, name, columns, body.rows as Record<string, Cell>[], body.page?.nextOffset);
   }
   return reply.send(body);
 }
@@ -253,7 +257,14 @@ export function registerAnalytics(
     avgDurationUs: { type: ['integer', 'null'] },
     durationP50Us: { type: ['integer', 'null'], description: 't-digest estimate' },
     durationP95Us: { type: ['integer', 'null'], description: 't-digest estimate' },
+    ...moneyProps('usageRevenue'),
   };
+  const usageLineRow = {
+    line: { type: 'string' },
+    calls: { type: 'integer', description: 'calls that reported the line' },
+    quantity: { type: 'string', description: 'units (exact decimal)' },
+    ...moneyProps('revenue', 'cost'),
+  } as const;
   app.get<{ Querystring: CommonQuery }>(
     '/analytics/mcp/revenue/by-tool',
     {
@@ -262,7 +273,17 @@ export function registerAnalytics(
         summary: 'Per tool: calls, errors, revenue, cost, margin, tokens, p50/p95 duration',
         security: SECURITY,
         querystring: querystring(LIST_KEYS),
-        response: responses(listSchema(byToolRow), true),
+        response: responses(
+          listSchema({
+            ...byToolRow,
+            usageLines: {
+              type: 'array',
+              description: 'the usage lines of the tool (JSON only; the CSV has usageRevenue)',
+              items: { type: 'object', properties: usageLineRow },
+            },
+          }),
+          true,
+        ),
       },
     },
     async (req, reply) => {
@@ -270,22 +291,41 @@ export function registerAnalytics(
       const ctx = contextOf(req, keyring, d, req.query);
       const sql = byToolSql(ctx.filters, ctx.range, ctx.page, ctx.source);
       const list = await rows(d, sql, req.log);
+      const usageSql = usageByToolSql(
+        ctx.filters,
+        ctx.range,
+        ctx.source,
+        list.map((r) => String(r.tool)),
+      );
+      const usage = list.length ? await rows(d, usageSql, req.log) : [];
       const out = list.map((r) => {
         const calls = count(r.calls);
         const [p50, p95] = (r.duration_p50_p95 as number[] | undefined) ?? [];
+        const lines = usage.filter((u) => String(u.tool) === String(r.tool));
         return {
           tool: String(r.tool),
           ...callMeasures(r),
           avgDurationUs: calls ? Number(big(r.duration_us_sum) / BigInt(calls)) : null,
           durationP50Us: calls && Number.isFinite(p50) ? Math.round(p50 as number) : null,
           durationP95Us: calls && Number.isFinite(p95) ? Math.round(p95 as number) : null,
+          ...money(
+            'usageRevenue',
+            lines.reduce((a, u) => a + big(u.price_nano), 0n),
+          ),
+          usageLines: lines.map((u) => ({
+            line: String(u.line),
+            calls: count(u.calls),
+            quantity: microsToSeconds(big(u.quantity_micro)),
+            ...money('revenue', big(u.price_nano)),
+            ...money('cost', big(u.cost_nano)),
+          })),
         };
       });
       return sendList(req, reply, 'revenue-by-tool', Object.keys(byToolRow), {
         product: ctx.filters.product,
         currency: d.pricing.currency(),
         range: rangeOf(ctx.range),
-        readFrom: sql.readFrom,
+        readFrom: list.length ? [...new Set([...sql.readFrom, ...usageSql.readFrom])] : sql.readFrom,
         rows: out,
         page: pageOf(ctx.page, list as { total_rows?: unknown }[]),
       });

@@ -27,16 +27,23 @@ const COMPONENTS = {
   input_tokens: { unit: 'token', label: 'input tokens' },
   output_tokens: { unit: 'token', label: 'output tokens' },
   duration: { unit: 'second', label: 'duration' },
+  /** A named usage line of the plan (docs/rate-plans.md#usage-lines): one invoice line per line and unit price. */
+  usage: { unit: 'unit', label: 'usage' },
 } as const;
 type Component = keyof typeof COMPONENTS;
 
 const lineProps = {
   tool: { type: 'string' },
   component: { type: 'string', enum: Object.keys(COMPONENTS) },
+  line: { type: ['string', 'null'], description: 'the usage line (component `usage` only)' },
   description: { type: 'string' },
   tier: { type: ['integer', 'null'], description: 'graduated per-call tier (component `call` only)' },
-  quantity: { type: 'string', description: 'calls, tokens, or seconds (exact decimal)' },
-  quantityUnit: { type: 'string', enum: ['call', 'token', 'second'] },
+  quantity: {
+    type: 'string',
+    description:
+      'calls, tokens (those priced at the token rate), seconds, or units of a usage line (exact decimal)',
+  },
+  quantityUnit: { type: 'string', enum: ['call', 'token', 'second', 'unit'] },
   unitPriceNano: { type: ['string', 'null'], description: 'null for duration (rounded per call)' },
   unitPrice: { type: ['string', 'null'] },
   ...moneyProps('amount'),
@@ -91,6 +98,7 @@ interface QuoteBody {
     outputTokens?: number;
     durationMs?: number;
     failed?: boolean;
+    quantities?: Record<string, number>;
   }[];
   prior?: { planCalls?: number; toolCalls?: Record<string, number> };
 }
@@ -154,7 +162,9 @@ export interface InvoiceLine {
   component: Component;
   /** Graduated per-call tier (component `call` only). */
   tier: number | null;
-  /** Calls, tokens, or microseconds (component `duration`). */
+  /** The usage line (component `usage` only). */
+  line: string | null;
+  /** Calls, tokens, microseconds (component `duration`) or micro-units of a usage line (component `usage`). */
   quantity: bigint;
   /** Nano-units per call, token or second (duration; null for rows landed before migration 0010). */
   unitNano: bigint | null;
@@ -188,6 +198,7 @@ export async function invoiceLines(
       tool: String(r.tool),
       component,
       tier: component === 'call' ? count(r.tier) : null,
+      line: component === 'usage' ? String(r.line) : null,
       quantity: big(r.quantity),
       // duration: the per-second price (rows landed before migration 0010 do not know it: null)
       unitNano: component === 'duration' && big(r.unit_nano) === 0n ? null : big(r.unit_nano),
@@ -254,6 +265,7 @@ export function registerBilling(
                     'inputTokensAmount',
                     'outputTokensAmount',
                     'durationAmount',
+                    'usageAmount',
                   ),
                   ...revenueCostMarginProps,
                 },
@@ -288,16 +300,23 @@ export function registerBilling(
         const c = COMPONENTS[l.component];
         const priced =
           l.unitNano !== null &&
-          (l.component === 'call' || l.component.endsWith('_tokens') || l.component === 'duration');
-        const unitText = priced
-          ? ` at ${money('u', l.unitNano as bigint).u}${l.component === 'duration' ? ' per second' : ''}`
-          : '';
+          (l.component === 'call' ||
+            l.component.endsWith('_tokens') ||
+            l.component === 'duration' ||
+            l.component === 'usage');
+        const per = l.component === 'duration' ? ' per second' : l.component === 'usage' ? ' per unit' : '';
+        const unitText = priced ? ` at ${money('u', l.unitNano as bigint).u}${per}` : '';
+        const label = l.component === 'usage' ? (l.line ?? '').replace(/_/g, ' ') : c.label;
         return {
           tool: l.tool,
           component: l.component,
-          description: `${l.tool}: ${c.label}${l.tier ? `, tier ${l.tier}` : ''}${unitText}`,
+          line: l.line,
+          description: `${l.tool}: ${label}${l.tier ? `, tier ${l.tier}` : ''}${unitText}`,
           tier: l.tier,
-          quantity: l.component === 'duration' ? microsToSeconds(l.quantity) : l.quantity.toString(),
+          quantity:
+            l.component === 'duration' || l.component === 'usage'
+              ? microsToSeconds(l.quantity)
+              : l.quantity.toString(),
           quantityUnit: c.unit,
           unitPriceNano: l.unitNano === null ? null : l.unitNano.toString(),
           unitPrice: l.unitNano === null ? null : money('u', l.unitNano).u,
@@ -337,6 +356,7 @@ export function registerBilling(
           ...money('inputTokensAmount', big(totals.input_nano ?? 0)),
           ...money('outputTokensAmount', big(totals.output_nano ?? 0)),
           ...money('durationAmount', big(totals.duration_nano ?? 0)),
+          ...money('usageAmount', big(totals.usage_nano ?? 0)),
           ...revenueCostMargin(rawPriceNano, big(totals.cost_nano ?? 0)),
         },
         reconciliation: {
@@ -367,7 +387,17 @@ export function registerBilling(
     unit: {
       type: 'object',
       description: 'price of ONE call of the run, by component',
-      properties: moneyProps('price', 'call', 'input', 'output', 'duration', 'cost'),
+      properties: {
+        ...moneyProps('price', 'call', 'input', 'output', 'duration', 'cost'),
+        usage: {
+          type: 'array',
+          description: 'its usage lines, in the plan’s line order',
+          items: {
+            type: 'object',
+            properties: { line: { type: 'string' }, quantity: { type: 'string' }, ...moneyProps('price') },
+          },
+        },
+      },
     },
     ...moneyProps('amount', 'cost'),
   } as const;
@@ -419,6 +449,13 @@ export function registerBilling(
                     description: 'per call',
                   },
                   failed: { type: 'boolean', default: false },
+                  quantities: {
+                    type: 'object',
+                    description: 'per call: quantities of the plan’s usage lines, by line name',
+                    maxProperties: 32,
+                    propertyNames: { type: 'string', pattern: '^[a-z][a-z0-9_]{0,47}$' },
+                    additionalProperties: { type: 'number', minimum: 0, maximum: 1e12 },
+                  },
                 },
               },
             },
@@ -485,6 +522,7 @@ export function registerBilling(
             outputTokens: u.outputTokens ?? 0,
             durationUs: Math.round((u.durationMs ?? 0) * 1000),
             ok: !u.failed,
+            ...(u.quantities ? { quantities: u.quantities } : {}),
           })),
           prior: { planCalls: b.prior?.planCalls ?? 0, toolCalls: b.prior?.toolCalls ?? {} },
         });
@@ -497,7 +535,9 @@ export function registerBilling(
               ? 'API_UNKNOWN_PLAN'
               : reason === 'unknown_tool'
                 ? 'API_UNKNOWN_TOOL'
-                : 'API_INVALID_PLAN';
+                : reason === 'invalid_usage'
+                  ? 'API_BAD_REQUEST'
+                  : 'API_INVALID_PLAN';
           throw new ApiError(code, (err as Error).message);
         }
         throw err;
@@ -525,6 +565,11 @@ export function registerBilling(
             ...money('output', s.priceOutputNano),
             ...money('duration', s.priceDurationNano),
             ...money('cost', s.costNano),
+            usage: s.usage.map((x) => ({
+              line: x.line,
+              quantity: microsToSeconds(x.quantityMicro),
+              ...money('price', x.priceNano),
+            })),
           },
           ...money('amount', s.priceNano * n),
           ...money('cost', s.costNano * n),

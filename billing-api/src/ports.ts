@@ -53,6 +53,8 @@ export interface QuoteUsage {
   durationUs: number;
   /** false: the calls failed (priced 0 unless the plan bills failed calls). */
   ok: boolean;
+  /** Per call: quantities of the plan's usage lines, by line name (docs/rate-plans.md#usage-lines). */
+  quantities?: Readonly<Record<string, number>>;
 }
 
 export interface QuoteRequest {
@@ -85,6 +87,8 @@ export interface QuoteSegment {
   priceDurationNano: bigint;
   priceNano: bigint;
   costNano: bigint;
+  /** ONE call's usage lines: quantity × 10⁶ and price, in the plan's line order. */
+  usage: { line: string; quantityMicro: bigint; priceNano: bigint }[];
 }
 
 export interface QuoteResult {
@@ -104,7 +108,7 @@ export interface PricingPort {
   quote(req: QuoteRequest): QuoteResult;
 }
 
-export const PRICING_ERRORS = ['unknown_plan', 'unknown_tool', 'invalid_plan'] as const;
+export const PRICING_ERRORS = ['unknown_plan', 'unknown_tool', 'invalid_plan', 'invalid_usage'] as const;
 
 export class PricingError extends Error {
   override readonly name = 'PricingError';

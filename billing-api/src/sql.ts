@@ -16,7 +16,7 @@ import {
  */
 export interface Sql {
   query: string;
-  params: Record<string, string | number | bigint[] | TupleParam[]>;
+  params: Record<string, string | number | bigint[] | string[] | TupleParam[]>;
 }
 
 export interface Filters {
@@ -190,6 +190,60 @@ ORDER BY revenue_nano DESC, tool ASC`,
     },
     page,
   );
+}
+
+/**
+ * Per tool and usage line: calls that reported it, quantity (micro-units), revenue and cost over the range:
+ * `mcp_usage_daily_stats` for the whole days, the raw rows (ARRAY JOIN) for the partial days at the ends or
+ * for everything when `source` is `raw`. For the tools of one page of byToolSql (`tools`).
+ */
+export function usageByToolSql(f: Filters, range: TimeRange, source: Source, tools: readonly string[]): Read {
+  const split: RangeSplit =
+    source === 'raw'
+      ? { wholeFromMs: range.fromMs, wholeToMs: range.fromMs, hasWholeDays: false, hasPartialDays: true }
+      : splitByDay(range);
+  const params: Record<string, string | number | string[]> = {
+    ...filterParams(f),
+    tools: [...tools],
+    from: chInstant(range.fromMs),
+    to: chInstant(range.toMs),
+    whole_from: chInstant(split.wholeFromMs),
+    whole_to: chInstant(split.wholeToMs),
+    whole_from_day: chDay(split.wholeFromMs),
+    whole_to_day: chDay(split.wholeToMs),
+  };
+  const conds = [...filterConds(f, ALL_DIMS), 'tool IN {tools:Array(String)}'];
+  const parts: string[] = [];
+  if (split.hasWholeDays)
+    parts.push(`SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
+    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+  FROM mcp_usage_daily_stats
+  WHERE ${[...conds, 'day >= {whole_from_day:Date}', 'day < {whole_to_day:Date}'].join(' AND ')}
+  GROUP BY tool, line`);
+  if (split.hasPartialDays) {
+    const timeConds = [`started_at >= {from:${DT}}`, `started_at < {to:${DT}}`];
+    if (split.hasWholeDays)
+      timeConds.push(`(started_at < {whole_from:${DT}} OR started_at >= {whole_to:${DT}})`);
+    parts.push(`SELECT tool, u_line AS line, toUInt64(count()) AS calls, sum(u_quantity) AS quantity_micro,
+    sum(u_price) AS price_nano, sum(u_cost) AS cost_nano
+  FROM mcp_tool_calls
+  ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_price_nano AS u_price,
+    usage_cost_nano AS u_cost
+  WHERE ${[...conds, ...timeConds].join(' AND ')}
+  GROUP BY tool, line`);
+  }
+  return {
+    readFrom: [
+      ...(split.hasWholeDays ? ['mcp_usage_daily_stats'] : []),
+      ...(split.hasPartialDays ? ['mcp_tool_calls'] : []),
+    ],
+    query: `SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
+    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+FROM (${parts.join('\nUNION ALL\n')})
+GROUP BY tool, line
+ORDER BY tool ASC, line ASC`,
+    params,
+  };
 }
 
 /** Per time bucket and agent: calls, revenue, cost. Oldest bucket first. */
@@ -607,33 +661,40 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
   const w = `product = {product:String} AND customer = {customer:String} AND period = {period:String}
     AND started_at >= {from:${DT}} AND started_at < {to:${DT}}`;
   return {
-    query: `SELECT component, tool, tier, unit_nano, quantity, amount_nano FROM (
+    query: `SELECT component, tool, tier, unit_nano, quantity, amount_nano, line FROM (
   SELECT 'call' AS component, tool, tier, price_call_nano AS unit_nano, toUInt64(count()) AS quantity,
-      sum(price_call_nano) AS amount_nano
+      sum(price_call_nano) AS amount_nano, '' AS line
     FROM mcp_tool_calls WHERE ${w} AND decision NOT IN ('free', 'failed_not_billed')
     GROUP BY tool, tier, unit_nano
   UNION ALL
-  SELECT 'free_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0)
+  SELECT 'free_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0), ''
     FROM mcp_tool_calls WHERE ${w} AND decision = 'free' GROUP BY tool
   UNION ALL
-  SELECT 'failed_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0)
+  SELECT 'failed_call', tool, toUInt16(0), toInt64(0), toUInt64(count()), toInt64(0), ''
     FROM mcp_tool_calls WHERE ${w} AND decision = 'failed_not_billed' GROUP BY tool
   UNION ALL
-  SELECT 'input_tokens', tool, toUInt16(0), intDiv(price_input_nano, input_tokens) AS unit_nano,
-      toUInt64(sum(input_tokens)), sum(price_input_nano)
+  SELECT 'input_tokens', tool, toUInt16(0), intDiv(price_input_nano, input_tokens_priced) AS unit_nano,
+      toUInt64(sum(input_tokens_priced)), sum(price_input_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND price_input_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
-  SELECT 'output_tokens', tool, toUInt16(0), intDiv(price_output_nano, output_tokens) AS unit_nano,
-      toUInt64(sum(output_tokens)), sum(price_output_nano)
+  SELECT 'output_tokens', tool, toUInt16(0), intDiv(price_output_nano, output_tokens_priced) AS unit_nano,
+      toUInt64(sum(output_tokens_priced)), sum(price_output_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND price_output_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
   SELECT 'duration', tool, toUInt16(0), price_per_second_nano AS unit_nano, toUInt64(sum(duration_us)),
-      sum(price_duration_nano)
+      sum(price_duration_nano), ''
     FROM mcp_tool_calls WHERE ${w} AND (price_per_second_nano != 0 OR price_duration_nano != 0)
     GROUP BY tool, unit_nano
+  UNION ALL
+  SELECT 'usage', tool, toUInt16(0), u_unit AS unit_nano, toUInt64(sum(u_quantity)), sum(u_price), u_line
+    FROM mcp_tool_calls
+    ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_unit_nano AS u_unit,
+      usage_price_nano AS u_price
+    WHERE ${w} AND (u_unit != 0 OR u_price != 0)
+    GROUP BY tool, u_line, unit_nano
 )
-ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration'], component) ASC,
-  tier ASC, unit_nano ASC`,
+ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 'output_tokens', 'duration', 'usage'], component) ASC,
+  line ASC, tier ASC, unit_nano ASC`,
     params: { product, customer, period, from: chInstant(range.fromMs), to: chInstant(range.toMs) },
   };
 }
@@ -643,7 +704,7 @@ export function invoiceTotalsSql(product: string, customer: string, period: stri
   return {
     query: `SELECT count() AS calls, sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano,
     sum(price_call_nano) AS call_nano, sum(price_input_nano) AS input_nano, sum(price_output_nano) AS output_nano,
-    sum(price_duration_nano) AS duration_nano,
+    sum(price_duration_nano) AS duration_nano, sum(arraySum(usage_price_nano)) AS usage_nano,
     countIf(decision = 'billed') AS billed, countIf(decision = 'free') AS free,
     countIf(decision = 'failed_not_billed') AS failed_not_billed, countIf(decision = 'over_limit') AS over_limit,
     countIf(decision = 'unenforced') AS unenforced,

@@ -443,6 +443,8 @@ describe('injection strings through every parameter', () => {
       'mcp_tool_calls',
       'mcp_tool_daily_stats',
       'mcp_tool_daily_stats_mv',
+      'mcp_usage_daily_stats',
+      'mcp_usage_daily_stats_mv',
     ]);
   });
 

@@ -166,14 +166,21 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
           outputTokens: Number(t.outputTokens),
           avgDurationUs: Number(t.durationUs / BigInt(t.calls)),
         }));
-      expect(body.rows.map(({ durationP50Us, durationP95Us, ...rest }) => rest)).toEqual(expected);
+      expect(
+        body.rows.map(
+          ({ durationP50Us, durationP95Us, usageLines, usageRevenue, usageRevenueNano, ...rest }) => rest,
+        ),
+      ).toEqual(expected);
+      // the seeded plans declare no usage lines for these customers
+      for (const row of body.rows) expect([row.usageLines, row.usageRevenueNano]).toEqual([[], '0']);
       expect(body.page.total).toBe(expected.length);
-      // no customer or agent filter: the tenant-wide per-tool view answers the whole days
+      // no customer or agent filter: the tenant-wide per-tool view answers the whole days (and the usage
+      // lines' daily view theirs)
       expect(body.readFrom).toEqual(
         name === 'wholeDays'
-          ? ['mcp_tool_daily_stats']
+          ? ['mcp_tool_daily_stats', 'mcp_usage_daily_stats']
           : name === 'partialDays'
-            ? ['mcp_tool_daily_stats', 'mcp_tool_calls']
+            ? ['mcp_tool_daily_stats', 'mcp_tool_calls', 'mcp_usage_daily_stats']
             : ['mcp_tool_calls'],
       );
       // p50/p95 are t-digest estimates (centroids may average neighbouring samples): they must fall

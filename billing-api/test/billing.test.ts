@@ -428,3 +428,208 @@ describe('plan quotes', () => {
     expect(badCalls.status).toBe(400);
   });
 });
+
+describe('usage lines on the invoice and in quotes', () => {
+  const customer = 'llm-co';
+  // [input, cached, output, reasoning (under the second key on odd calls), gb_seconds]
+  const calls: [number, number, number, number, number | undefined][] = [
+    [1000, 800, 100, 60, undefined],
+    [500, 0, 40, 40, 0.25],
+    [300, 100, 0, 0, 1.5],
+    [2000, 2000, 500, 1, undefined],
+  ];
+  let period = '';
+  let dayStartMs = 0;
+
+  beforeAll(async () => {
+    const startMs = Date.now() - 120_000;
+    const spans = calls.map(([inp, cached, out, reasoning, gbs], i) => {
+      const startNs = BigInt(startMs + i) * 1_000_000n;
+      return {
+        traceId: `${'ef'.repeat(15)}${String(i).padStart(2, '0')}`,
+        spanId: `${'12'.repeat(7)}${String(i).padStart(2, '0')}`,
+        name: 'tools/call summarize',
+        kind: 2,
+        startTimeUnixNano: String(startNs),
+        endTimeUnixNano: String(startNs + 1000n),
+        attributes: [
+          attr('mcp.method.name', 'tools/call'),
+          attr('gen_ai.tool.name', 'summarize'),
+          attr('tollgate.customer.id', customer),
+          attr('gen_ai.usage.input_tokens', inp),
+          attr('gen_ai.usage.output_tokens', out),
+          attr('gen_ai.usage.cache_read.input_tokens', cached),
+          attr(
+            i % 2
+              ? 'gen_ai.usage.output_tokens_details.reasoning_tokens'
+              : 'gen_ai.usage.reasoning.output_tokens',
+            reasoning,
+          ),
+          ...(gbs === undefined ? [] : [attr('tollgate.usage.gb_seconds', { doubleValue: gbs })]),
+        ],
+      };
+    });
+    const res = await fetch(`${s.tg.otlpUrl}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify(exportOf(spans)),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { partialSuccess?: unknown }).partialSuccess).toBeUndefined();
+    await s.tg.lander?.idle();
+    period = new Date(startMs).toISOString().slice(0, 7);
+    dayStartMs = Math.floor(startMs / 86_400_000) * 86_400_000;
+  });
+
+  it('a line per usage line; parents priced on parent − subsets; quantity × unit = amount; reconciled', async () => {
+    const inv = (await api(`/billing/invoices/preview?customer=${customer}&period=${period}`, KEYS.finance))
+      .body;
+    const pick = (l: Record<string, string | null>) => [
+      l.component,
+      l.line,
+      l.quantity,
+      l.unitPriceNano,
+      l.amountNano,
+    ];
+    const sumIn = calls.reduce((a, c) => a + c[0] - c[1], 0); // 200 + 500 + 200 + 0
+    const sumOut = calls.reduce((a, c) => a + c[2] - c[3], 0); // 40 + 0 + 0 + 499
+    expect(inv.lines.map(pick)).toEqual([
+      ['call', null, '4', '1000000', '4000000'],
+      ['input_tokens', null, String(sumIn), '3000', String(sumIn * 3000)],
+      ['output_tokens', null, String(sumOut), '15000', String(sumOut * 15000)],
+      ['usage', 'cached_input_tokens', '2900', '300', String(2900 * 300)],
+      // 0.25 × 16_667 = 4_166.75 → 4_167; 1.5 × 16_667 = 25_000.5 → 25_001 (half up, per call)
+      ['usage', 'gb_seconds', '1.75', '16667', String(4_167 + 25_001)],
+      ['usage', 'reasoning_tokens', '101', '20000', String(101 * 20000)],
+    ]);
+    for (const l of inv.lines) {
+      if (l.component === 'usage' && l.line !== 'gb_seconds')
+        expect(BigInt(l.quantity) * BigInt(l.unitPriceNano)).toBe(BigInt(l.amountNano));
+    }
+    expect(inv.lines.find((l: { line: string }) => l.line === 'cached_input_tokens').description).toBe(
+      'summarize: cached input tokens at 0.0000003 per unit',
+    );
+    const total = 4_000_000 + sumIn * 3000 + sumOut * 15000 + 2900 * 300 + 4_167 + 25_001 + 101 * 20000;
+    expect(inv.reconciliation).toEqual({
+      rawPriceNano: String(total),
+      linesNano: String(total),
+      reconciled: true,
+    });
+    expect(inv.totals.usageAmountNano).toBe(String(2900 * 300 + 4_167 + 25_001 + 101 * 20000));
+    // cost: input tokens priced at cost on parent − cached, cached at its own cost
+    expect(inv.totals.costNano).toBe(String(sumIn * 1000 + 2900 * 100));
+  });
+
+  it('revenue by tool lists the usage lines, the same from the daily view and from the raw rows', async () => {
+    const iso = (ms: number) => new Date(ms).toISOString();
+    const byTool = async (from: number, to: number) => {
+      const res = await api(
+        `/analytics/mcp/revenue/by-tool?customer=${customer}&from=${iso(from)}&to=${iso(to)}`,
+        KEYS.finance,
+      );
+      expect(res.status).toBe(200);
+      return res.body;
+    };
+    const wholeDay = await byTool(dayStartMs, dayStartMs + 86_400_000); // a whole day: the view
+    const partial = await byTool(dayStartMs + 1, dayStartMs + 86_400_000); // a partial day: the raw rows
+    expect(wholeDay.readFrom).toContain('mcp_usage_daily_stats');
+    expect(partial.readFrom).not.toContain('mcp_usage_daily_stats');
+    const expected = [
+      {
+        line: 'cached_input_tokens',
+        calls: 4,
+        quantity: '2900',
+        revenueNano: String(2900 * 300),
+        costNano: String(2900 * 100),
+      },
+      { line: 'gb_seconds', calls: 2, quantity: '1.75', revenueNano: String(4_167 + 25_001), costNano: '0' },
+      {
+        line: 'reasoning_tokens',
+        calls: 4,
+        quantity: '101',
+        revenueNano: String(101 * 20000),
+        costNano: '0',
+      },
+    ];
+    for (const body of [wholeDay, partial]) {
+      const [row] = body.rows;
+      expect(row.tool).toBe('summarize');
+      expect(
+        row.usageLines.map((l: Record<string, unknown>) => ({ ...l, revenue: undefined, cost: undefined })),
+      ).toEqual(expected.map((l) => ({ ...l, revenue: undefined, cost: undefined })));
+      expect(row.usageRevenueNano).toBe(String(2900 * 300 + 4_167 + 25_001 + 101 * 20000));
+    }
+    const csv = await (
+      await fetch(`${s.tg.apiUrl}/analytics/mcp/revenue/by-tool?customer=${customer}&format=csv`, {
+        headers: { authorization: `Bearer ${KEYS.finance}` },
+      })
+    ).text();
+    expect(csv.split('\r\n')[0]).toContain('usageRevenueNano');
+    expect(csv).not.toContain('usageLines');
+  });
+
+  it('the CSV has a line column', async () => {
+    const res = await fetch(
+      `${s.tg.apiUrl}/billing/invoices/preview?customer=${customer}&period=${period}&format=csv`,
+      { headers: { authorization: `Bearer ${KEYS.finance}` } },
+    );
+    const csv = await res.text();
+    const [head, ...rest] = csv.trim().split('\n');
+    expect(head?.split(',').slice(0, 3)).toEqual(['tool', 'component', 'line']);
+    expect(rest.some((r) => r.startsWith('summarize,usage,reasoning_tokens,'))).toBe(true);
+  });
+
+  it('a quote prices usage lines with the real rating function', async () => {
+    const res = await api('/billing/plans/quote', KEYS.finance, {
+      customer,
+      usage: [
+        {
+          tool: 'summarize',
+          calls: 3,
+          inputTokens: 1000,
+          outputTokens: 100,
+          quantities: { cached_input_tokens: 800, reasoning_tokens: 60 },
+        },
+      ],
+    });
+    expect(res.status).toBe(200);
+    const [line] = res.body.lines;
+    // 1_000_000 + 200 × 3_000 + 800 × 300 + 40 × 15_000 + 60 × 20_000
+    const one = 1_000_000 + 600_000 + 240_000 + 600_000 + 1_200_000;
+    expect(line.unit.priceNano).toBe(String(one));
+    expect(line.unit.usage).toEqual([
+      { line: 'cached_input_tokens', quantity: '800', priceNano: '240000', price: '0.00024' },
+      { line: 'reasoning_tokens', quantity: '60', priceNano: '1200000', price: '0.0012' },
+    ]);
+    expect(line.amountNano).toBe(String(3 * one));
+    // the same call rated directly
+    const plan = book.resolve('demo-mcp', customer)!;
+    const direct = rateCall(
+      { ok: true, inputTokens: 1000, outputTokens: 100, durationUs: 0 } as ToolCall,
+      plan,
+      toolRateOf(plan, 'summarize')!,
+      { planOrdinal: 1, toolOrdinal: 1 },
+      [
+        { line: plan.usageLines.find((l) => l.name === 'cached_input_tokens')!, micro: 800_000_000n },
+        { line: plan.usageLines.find((l) => l.name === 'reasoning_tokens')!, micro: 60_000_000n },
+      ],
+    );
+    expect(String(direct.priceNano)).toBe(line.unit.priceNano);
+  });
+
+  it.each([
+    [{ cached_input_tokens: 1001 }, /subsets of input_tokens .* exceed its 1000/],
+    [{ cached_input_tokens: 1.5 }, /cached_input_tokens .* is fractional/],
+    [{ pages: 1 }, /declares no usage line pages/],
+  ])('a bad quote quantity is a 400 with a reason: %o', async (quantities, message) => {
+    const res = await api('/billing/plans/quote', KEYS.finance, {
+      customer,
+      usage: [{ tool: 'summarize', inputTokens: 1000, quantities }],
+    });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toMatchObject({
+      code: 'API_BAD_REQUEST',
+      message: expect.stringMatching(message),
+    });
+  });
+});

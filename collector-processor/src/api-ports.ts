@@ -14,8 +14,10 @@ import {
   PlanFileError,
   parseKeepingNumberText,
   toolRateOf,
+  USAGE_ATTR_PREFIX,
 } from './plans/load.js';
 import { countsTowardUsage, rateCall } from './rating/rate.js';
+import { readUsage } from './rating/usage.js';
 
 /**
  * The billing API's PricingPort over the rate plans in force (hot-reloaded) and the pure rating
@@ -151,8 +153,19 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       source: 'event',
       instanceId: '',
     };
+    if (u.quantities) {
+      const usage: Record<string, number> = {};
+      for (const [line, q] of Object.entries(u.quantities)) {
+        if (!plan.usageLines.some((l) => l.name === line))
+          throw new PricingError('invalid_usage', `plan ${plan.planId} declares no usage line ${line}`);
+        usage[USAGE_ATTR_PREFIX + line] = q;
+      }
+      call.usage = usage;
+    }
+    const read = readUsage(call, plan.usageLines);
+    if (!read.ok) throw new PricingError('invalid_usage', `usage[${usageIndex}]: ${read.detail}`);
     const push = (calls: number, usage: { planOrdinal: number; toolOrdinal: number }) => {
-      const r = rateCall(call, plan, rate, usage);
+      const r = rateCall(call, plan, rate, usage, read.quantities);
       segments.push({
         usageIndex,
         tool: u.tool,
@@ -167,6 +180,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
         priceDurationNano: r.priceDurationNano,
         priceNano: r.priceNano,
         costNano: r.costNano,
+        usage: r.usage.map((x) => ({ line: x.line, quantityMicro: x.quantityMicro, priceNano: x.priceNano })),
       });
     };
     if (!countsTowardUsage(call, plan)) {

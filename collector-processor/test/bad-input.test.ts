@@ -9,6 +9,7 @@ import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } 
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 const STRICT_KEY = 'tg_test_strict_key';
+const USAGE_KEY = 'tg_test_usage_key';
 let tg: TestTollgate;
 let url: string;
 
@@ -20,6 +21,7 @@ beforeAll(async () => {
     `ingestKeys:
   - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
   - { name: strict, sha256: ${sha256Hex(STRICT_KEY)}, product: strict }
+  - { name: usage, sha256: ${sha256Hex(USAGE_KEY)}, product: usage-mcp }
 `,
   );
   tg = await startTestTollgate(
@@ -37,6 +39,23 @@ products:
   strict:
     defaultPlan: std
     plans: { std: { tools: { search_docs: { price: { perCall: "0.01" } } } } }
+  usage-mcp:
+    defaultPlan: llm
+    plans:
+      llm:
+        usageLines:
+          cached_input_tokens: { attributes: gen_ai.usage.cache_read.input_tokens, subsetOf: input_tokens }
+          reasoning_tokens:
+            attributes: [gen_ai.usage.reasoning.output_tokens, gen_ai.usage.output_tokens_details.reasoning_tokens]
+            subsetOf: output_tokens
+          gb_seconds: { integral: false }
+        tools:
+          "*":
+            price:
+              perCall: "0.001"
+              perInputToken: "0.000003"
+              perOutputToken: "0.000015"
+              usage: { cached_input_tokens: "0.0000003", reasoning_tokens: "0.00002", gb_seconds: "0.00002" }
 `,
   );
   url = `${tg.otlpUrl}/v1/traces`;
@@ -213,6 +232,122 @@ describe('bad spans next to good ones: partial success, the good ones are billed
         await query(tg, 'SELECT product FROM mcp_tool_calls WHERE customer = {c:String}', { c: customer })
       ).map((r) => r.product),
     ).toEqual(['demo-mcp']);
+  });
+});
+
+describe('usage lines: a bad quantity rejects its span, the rest of the export is billed', () => {
+  it('prices cached and reasoning tokens apart from their parents and rejects bad quantities', async () => {
+    const customer = 'usage-lines';
+    const usage = (attrs: Record<string, unknown>) =>
+      toolSpan({
+        customer,
+        attrs: { 'gen_ai.usage.input_tokens': 1000, 'gen_ai.usage.output_tokens': 100, ...attrs },
+      });
+    const good = [
+      usage({ 'gen_ai.usage.cache_read.input_tokens': 800 }),
+      usage({ 'gen_ai.usage.output_tokens_details.reasoning_tokens': { doubleValue: 60 } }),
+      usage({ 'tollgate.usage.gb_seconds': { doubleValue: 0.25 } }),
+    ];
+    const bad = [
+      usage({ 'gen_ai.usage.cache_read.input_tokens': { intValue: '-1' } }),
+      usage({ 'gen_ai.usage.cache_read.input_tokens': { doubleValue: 1.5 } }),
+      usage({ 'gen_ai.usage.reasoning.output_tokens': { doubleValue: 'NaN' } }),
+      usage({ 'tollgate.usage.gb_seconds': { doubleValue: 1e20 } }),
+      usage({ 'gen_ai.usage.cache_read.input_tokens': 1001 }),
+    ];
+    const r = await post(
+      JSON.stringify(exportOf([bad[0], good[0], ...bad.slice(1), good[1], good[2]])),
+      {},
+      USAGE_KEY,
+    );
+    expect(r.status).toBe(200);
+    const body = JSON.parse(r.body.toString());
+    expect(body.partialSuccess.rejectedSpans).toBe(String(bad.length));
+    expect(body.partialSuccess.errorMessage).toContain('invalid_usage ×5');
+    expect(body.partialSuccess.errorMessage).toContain(
+      `cached_input_tokens of span ${bad[0]?.spanId} is negative`,
+    );
+    expect(await billedSpanIds(customer)).toEqual(good.map((g) => g.spanId).sort());
+    const rows = await query<{ span_id: string; price_nano: string }>(
+      tg,
+      'SELECT span_id, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+      { c: customer },
+    );
+    const price = Object.fromEntries(rows.map((x) => [x.span_id, x.price_nano]));
+    // call 1_000_000; 200 input × 3_000 + 800 cached × 300; 100 output × 15_000
+    expect(price[good[0]!.spanId]).toBe(String(1_000_000 + 600_000 + 240_000 + 1_500_000));
+    // 1000 input × 3_000; 40 output × 15_000 + 60 reasoning × 20_000
+    expect(price[good[1]!.spanId]).toBe(String(1_000_000 + 3_000_000 + 600_000 + 1_200_000));
+    // 0.25 GB-s × 20_000
+    expect(price[good[2]!.spanId]).toBe(String(1_000_000 + 3_000_000 + 1_500_000 + 5_000));
+    // landed per line; the total is the built-in components plus the lines, to the nano-unit
+    const landed = await query(
+      tg,
+      `SELECT span_id, input_tokens, input_tokens_priced, output_tokens_priced, usage_lines, usage_quantity_micro,
+              usage_unit_nano, usage_price_nano,
+              price_nano = price_call_nano + price_input_nano + price_output_nano + price_duration_nano
+                + arraySum(usage_price_nano) AS adds_up
+       FROM mcp_tool_calls WHERE customer = {c:String} ORDER BY span_id`,
+      { c: customer },
+    );
+    const bySpan = Object.fromEntries(landed.map((x) => [x.span_id, x]));
+    expect(bySpan[good[0]!.spanId]).toMatchObject({
+      input_tokens: '1000',
+      input_tokens_priced: '200',
+      output_tokens_priced: '100',
+      usage_lines: ['cached_input_tokens'],
+      usage_quantity_micro: ['800000000'],
+      usage_unit_nano: ['300'],
+      usage_price_nano: ['240000'],
+      adds_up: 1,
+    });
+    expect(bySpan[good[1]!.spanId]).toMatchObject({
+      input_tokens_priced: '1000',
+      output_tokens_priced: '40',
+      usage_lines: ['reasoning_tokens'],
+      usage_price_nano: ['1200000'],
+      adds_up: 1,
+    });
+    expect(bySpan[good[2]!.spanId]).toMatchObject({
+      usage_lines: ['gb_seconds'],
+      usage_quantity_micro: ['250000'],
+      usage_price_nano: ['5000'],
+      adds_up: 1,
+    });
+  });
+
+  it('usage events carry lines in metadata; a bad quantity rejects that event only', async () => {
+    const ev = (metadata: Record<string, unknown>) => ({
+      id: `evt-${Math.random().toString(36).slice(2)}`,
+      customerId: 'usage-events',
+      timestamp: new Date(Date.now() - 1000).toISOString(),
+      metricName: 'mcp.tool_call',
+      productType: 'mcp',
+      toolName: 't',
+      executionDurationMs: 0,
+      metadata: { inputTokens: 100, outputTokens: 0, ...metadata },
+    });
+    const res = await fetch(`${tg.otlpUrl}/v1/ingest/batch`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${USAGE_KEY}` },
+      body: JSON.stringify({
+        events: [
+          ev({ cached_input_tokens: 40 }),
+          ev({ cached_input_tokens: -3 }),
+          ev({ cached_input_tokens: '2.5' }),
+        ],
+      }),
+    });
+    const body = (await res.json()) as { accepted: number; rejected: { index: number; reason: string }[] };
+    expect(body.accepted).toBe(1);
+    expect(body.rejected.map((x) => [x.index, x.reason])).toEqual([
+      [1, 'invalid_usage'],
+      [2, 'invalid_usage'],
+    ]);
+    await tg.lander!.idle();
+    const rows = await query(tg, "SELECT price_nano FROM mcp_tool_calls WHERE customer = 'usage-events'");
+    // 60 input × 3_000 + 40 cached × 300
+    expect(rows).toEqual([{ price_nano: String(1_000_000 + 180_000 + 12_000) }]);
   });
 });
 

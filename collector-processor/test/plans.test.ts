@@ -130,3 +130,82 @@ products:
     );
   });
 });
+
+describe('usage lines in a plan', () => {
+  const file = (plan: string) => `
+currency: USD
+products:
+  p:
+    defaultPlan: x
+    plans:
+      x:
+${plan
+  .trim()
+  .split('\n')
+  .map((l) => `        ${l}`)
+  .join('\n')}
+`;
+
+  it('compiles lines in name order with their sources, tollgate.usage.<name> last', () => {
+    const book = loadPlanBook(
+      file(`
+usageLines:
+  reasoning_tokens: { attributes: [a.reasoning, b.reasoning], subsetOf: output_tokens }
+  pages: {}
+tools: { "*": { price: { usage: { pages: "0.01" } } } }`),
+    );
+    const plan = book.resolve('p', 'c')!;
+    expect(plan.usageLines.map((l) => [l.name, l.sources, l.subsetOf, l.integral])).toEqual([
+      ['pages', ['tollgate.usage.pages'], undefined, true],
+      [
+        'reasoning_tokens',
+        ['a.reasoning', 'b.reasoning', 'tollgate.usage.reasoning_tokens'],
+        'output_tokens',
+        true,
+      ],
+    ]);
+    expect(book.usageAttributes).toEqual([
+      'a.reasoning',
+      'b.reasoning',
+      'tollgate.usage.pages',
+      'tollgate.usage.reasoning_tokens',
+    ]);
+    expect(toolRateOf(plan, 't')?.price.usage).toEqual({ pages: 10_000_000n });
+  });
+
+  it.each([
+    [
+      'a price for an undeclared line',
+      `tools: { "*": { price: { usage: { pages: "0.01" } } } }`,
+      /tools\."\*"\.price\.usage\.pages: no usage line named "pages"/,
+    ],
+    [
+      'a cost for an undeclared line',
+      `tools: { "*": { cost: { usage: { pages: "0.01" } } } }`,
+      /cost\.usage\.pages: no usage line named "pages"/,
+    ],
+    [
+      'a fractional subset',
+      `usageLines: { cached: { subsetOf: input_tokens, integral: false } }\ntools: {}`,
+      /usageLines\.cached\.integral: a subset of tokens counts whole tokens/,
+    ],
+    [
+      'a parent that is not a token line',
+      `usageLines: { cached: { subsetOf: calls } }\ntools: {}`,
+      /usageLines\.cached\.subsetOf/,
+    ],
+    [
+      'a built-in token attribute as a source',
+      `usageLines: { t: { attributes: gen_ai.usage.input_tokens } }\ntools: {}`,
+      /usageLines\.t\.attributes: is read by the built-in token lines/,
+    ],
+    ['a bad line name', `usageLines: { Rows-Scanned: {} }\ntools: {}`, /usageLines\.Rows-Scanned/],
+    [
+      'a negative price',
+      `usageLines: { pages: {} }\ntools: { "*": { price: { usage: { pages: "-1" } } } }`,
+      /price\.usage\.pages: must be a non-negative decimal/,
+    ],
+  ])('refuses %s', (_d, plan, message) => {
+    expect(problemsOf(file(plan)).join('\n')).toMatch(message);
+  });
+});

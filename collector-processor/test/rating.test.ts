@@ -2,6 +2,7 @@ import type { ToolCall } from '@tollgate/contracts';
 import { describe, expect, it } from 'vitest';
 import { loadPlanBook, toolRateOf } from '../src/plans/load.js';
 import { durationAmount, perCallPrice, rateCall } from '../src/rating/rate.js';
+import { readUsage } from '../src/rating/usage.js';
 
 const book = loadPlanBook(`
 currency: USD
@@ -122,5 +123,219 @@ describe('rateCall', () => {
     expect(durationAmount(500, 1_000n)).toBe(1n); // 0.5 → 1
     expect(durationAmount(499, 1_000n)).toBe(0n);
     expect(durationAmount(1_000_000, undefined)).toBe(0n);
+  });
+});
+
+describe('usage lines', () => {
+  const ubook = loadPlanBook(`
+currency: USD
+products:
+  p:
+    defaultPlan: llm
+    plans:
+      llm:
+        freeCallsPerMonth: 1
+        usageLines:
+          cached_input_tokens:
+            attributes: gen_ai.usage.cache_read.input_tokens
+            subsetOf: input_tokens
+          cache_write_tokens:
+            attributes: [gen_ai.usage.cache_creation.input_tokens]
+            subsetOf: input_tokens
+          reasoning_tokens:
+            attributes: [gen_ai.usage.reasoning.output_tokens, gen_ai.usage.output_tokens_details.reasoning_tokens, llm.usage.reasoning_tokens]
+            subsetOf: output_tokens
+          rows_scanned: {}
+          gb_seconds: { integral: false }
+        tools:
+          "*":
+            price:
+              perCall: "0.001"
+              perInputToken: "0.000003"
+              perOutputToken: "0.000015"
+              usage:
+                cached_input_tokens: "0.0000003"
+                cache_write_tokens: "0.00000375"
+                reasoning_tokens: "0.00002"
+                rows_scanned: "0.0000001"
+                gb_seconds: "0.000016667"
+            cost:
+              perInputToken: "0.000001"
+              usage: { cached_input_tokens: "0.0000001", rows_scanned: "0.00000001" }
+    customers:
+      vip:
+        overrides:
+          tools: { "*": { price: { usage: { cached_input_tokens: "0", rows_scanned: "0.00000005" } } } }
+`);
+  const uplan = ubook.resolve('p', 'c')!;
+  const rated = (over: Partial<ToolCall>, customer = 'c', planOrdinal = 2) => {
+    const pl = ubook.resolve('p', customer)!;
+    const c = call({ customer, ...over });
+    const r = readUsage(c, pl.usageLines);
+    if (!r.ok) throw new Error(r.detail);
+    return rateCall(c, pl, toolRateOf(pl, 'any')!, { toolOrdinal: planOrdinal, planOrdinal }, r.quantities);
+  };
+
+  it.each([
+    // [description, call, customer, expected total nano, expected lines {line: [quantity, price nano]}, input priced, output priced]
+    [
+      'no usage reported: the built-in lines only',
+      { inputTokens: 100, outputTokens: 10 },
+      'c',
+      1_000_000n + 300_000n + 150_000n,
+      {},
+      100,
+      10,
+    ],
+    [
+      'cached ⊂ input: the parent priced on input − cached, the subset at its own price',
+      { inputTokens: 1000, outputTokens: 0, usage: { 'gen_ai.usage.cache_read.input_tokens': 800 } },
+      'c',
+      // 1_000_000 call + 200 × 3_000 + 800 × 300
+      1_000_000n + 600_000n + 240_000n,
+      { cached_input_tokens: [800n, 240_000n] },
+      200,
+      0,
+    ],
+    [
+      'two subsets of the same parent',
+      {
+        inputTokens: 1000,
+        usage: {
+          'gen_ai.usage.cache_read.input_tokens': 500,
+          'gen_ai.usage.cache_creation.input_tokens': 400,
+        },
+      },
+      'c',
+      // 100 × 3_000 + 400 × 3_750 + 500 × 300
+      1_000_000n + 300_000n + 1_500_000n + 150_000n,
+      { cache_write_tokens: [400n, 1_500_000n], cached_input_tokens: [500n, 150_000n] },
+      100,
+      0,
+    ],
+    [
+      'reasoning ⊂ output, read from the second of its keys (first present wins)',
+      {
+        outputTokens: 50,
+        usage: { 'gen_ai.usage.output_tokens_details.reasoning_tokens': 30, 'llm.usage.reasoning_tokens': 7 },
+      },
+      'c',
+      // 20 × 15_000 + 30 × 20_000
+      1_000_000n + 300_000n + 600_000n,
+      { reasoning_tokens: [30n, 600_000n] },
+      0,
+      20,
+    ],
+    [
+      'subset equal to its parent: the parent line is zero',
+      { inputTokens: 10, usage: { 'gen_ai.usage.cache_read.input_tokens': '10' } },
+      'c',
+      1_000_000n + 3_000n,
+      { cached_input_tokens: [10n, 3_000n] },
+      0,
+      0,
+    ],
+    [
+      'a line of its own from tollgate.usage.<name> (the SDK and usage events)',
+      { usage: { 'tollgate.usage.rows_scanned': 1_234_567 } },
+      'c',
+      1_000_000n + 123_456_700n,
+      { rows_scanned: [1_234_567n, 123_456_700n] },
+      0,
+      0,
+    ],
+    [
+      'a fractional line rounds half up once: 1.5 × 16_667 = 25_000.5 → 25_001',
+      { usage: { 'tollgate.usage.gb_seconds': 1.5 } },
+      'c',
+      1_000_000n + 25_001n,
+      { gb_seconds: [1.5, 25_001n] },
+      0,
+      0,
+    ],
+    [
+      'customer override: a line priced at zero, another repriced; the subset still leaves the parent',
+      {
+        inputTokens: 1000,
+        usage: { 'gen_ai.usage.cache_read.input_tokens': 800, 'tollgate.usage.rows_scanned': 10 },
+      },
+      'vip',
+      1_000_000n + 600_000n + 0n + 500n,
+      { cached_input_tokens: [800n, 0n], rows_scanned: [10n, 500n] },
+      200,
+      0,
+    ],
+    [
+      'a quantity of 0 is a line with 0',
+      { usage: { 'tollgate.usage.rows_scanned': 0 } },
+      'c',
+      1_000_000n,
+      { rows_scanned: [0n, 0n] },
+      0,
+      0,
+    ],
+  ] as const)('%s', (_d, over, customer, total, lines, inPriced, outPriced) => {
+    const r = rated(over as Partial<ToolCall>, customer);
+    expect(r.decision).toBe('billed');
+    expect(r.priceNano).toBe(total);
+    const got = Object.fromEntries(
+      r.usage.map((u) => [
+        u.line,
+        [
+          u.quantityMicro % 1_000_000n === 0n ? u.quantityMicro / 1_000_000n : Number(u.quantityMicro) / 1e6,
+          u.priceNano,
+        ],
+      ]),
+    );
+    expect(got).toEqual(lines);
+    // the total is exactly the sum of its components
+    expect(
+      r.priceCallNano +
+        r.priceInputNano +
+        r.priceOutputNano +
+        r.priceDurationNano +
+        r.usage.reduce((s, u) => s + u.priceNano, 0n),
+    ).toBe(r.priceNano);
+    expect([r.inputTokensPriced, r.outputTokensPriced]).toEqual([inPriced, outPriced]);
+  });
+
+  it('a free call prices its lines at zero and keeps their cost', () => {
+    const r = rated(
+      {
+        inputTokens: 1000,
+        usage: { 'gen_ai.usage.cache_read.input_tokens': 800, 'tollgate.usage.rows_scanned': 100 },
+      },
+      'c',
+      1,
+    );
+    expect(r.decision).toBe('free');
+    expect(r.priceNano).toBe(0n);
+    expect(r.usage.map((u) => u.priceNano)).toEqual([0n, 0n]);
+    // cost: 200 input × 1_000 + 800 cached × 100 + 100 rows × 10
+    expect(r.costNano).toBe(200_000n + 80_000n + 1_000n);
+  });
+
+  it.each([
+    ['negative', { 'tollgate.usage.rows_scanned': -1 }, /rows_scanned of span s is negative/],
+    ['fractional where integral', { 'tollgate.usage.rows_scanned': 1.5 }, /rows_scanned .* is fractional/],
+    ['NaN', { 'tollgate.usage.rows_scanned': Number.NaN }, /is NaN/],
+    ['infinite', { 'tollgate.usage.gb_seconds': Number.POSITIVE_INFINITY }, /is infinite/],
+    ['absurdly large', { 'tollgate.usage.rows_scanned': 1e15 }, /is too large/],
+    ['not a number', { 'tollgate.usage.rows_scanned': 'lots' }, /is not a number/],
+    ['a boolean', { 'tollgate.usage.rows_scanned': true }, /is not a number/],
+    [
+      'subsets above their parent',
+      { 'gen_ai.usage.cache_read.input_tokens': 11 },
+      /subsets of input_tokens .* exceed its 10/,
+    ],
+  ] as const)('rejects %s', (_d, usage, message) => {
+    const r = readUsage(call({ inputTokens: 10, usage }), uplan.usageLines);
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.detail).toMatch(message);
+  });
+
+  it('ignores attributes no line reads', () => {
+    const r = readUsage(call({ usage: { 'tollgate.usage.unknown': -5 } }), uplan.usageLines);
+    expect(r).toEqual({ ok: true, quantities: [] });
   });
 });

@@ -92,6 +92,13 @@ describe('landing encoding', () => {
       receivedAtMs: 1_764_000_001_234,
       sessionRule: 'activity',
       pricePerSecondNano: 5n,
+      inputTokensPriced: 999_999_999_000,
+      outputTokensPriced: 0,
+      usageLines: ['cached_input_tokens', 'gb_seconds'],
+      usageQuantityMicro: [1_000_000_000n, 18_446_744_073_709_551_615n],
+      usageUnitNano: [300n, 0n],
+      usagePriceNano: [300_000n, -1n],
+      usageCostNano: [0n, 9_223_372_036_854_775_807n],
     };
     const spoolDir = join(dir, 'spool');
     const { spool } = await Spool.open({ dir: spoolDir, fsync: false, segmentBytes: 1 << 20 });

@@ -663,6 +663,11 @@ describe('mapping errors', () => {
       'stripe.lines.0.components: duration has no whole-unit quantity',
     ],
     [
+      'usage lines as a quantity',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], push: quantity, price: price_1 } ] }',
+      'stripe.lines.0.components: usage lines count different units: push them as an amount',
+    ],
+    [
       'calls and tokens in one quantity',
       'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call, input_tokens], push: quantity, price: price_1 } ] }',
       'stripe.lines.0.components: a quantity line cannot add calls and tokens together',

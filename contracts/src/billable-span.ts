@@ -62,6 +62,11 @@ export interface ExtractOptions {
   maxAgeUs: number;
   /** How far in the future a start time may lie (clock skew). */
   maxFutureUs: number;
+  /**
+   * Span attributes some rate plan's usage lines read (PlanBook.usageAttributes): their raw values are kept
+   * on the call (`usage`) and checked against the customer's plan when it is rated.
+   */
+  usageAttributes?: readonly string[];
 }
 
 export type Extraction =
@@ -280,5 +285,17 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
   };
   const lease = leaseOf(a);
   if (lease) call.lease = lease;
+  const ua = opts.usageAttributes;
+  if (ua) {
+    let usage: Record<string, string | number | boolean> | undefined;
+    for (let i = 0; i < ua.length; i++) {
+      const name = ua[i] as string;
+      const v = a[name];
+      if (v === undefined || v === null) continue;
+      usage ??= {};
+      usage[name] = v;
+    }
+    if (usage) call.usage = usage;
+  }
   return { kind: 'call', call };
 }

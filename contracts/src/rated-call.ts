@@ -55,6 +55,19 @@ export interface RatedCall {
   sessionRule: string;
   /** Per-second price the call was billed at; 0 when its rate prices no seconds or it was not billed. */
   pricePerSecondNano: bigint;
+  /** Tokens priced at the per-token rates: the call's less its usage lines that are subsets of them. */
+  inputTokensPriced: number;
+  outputTokensPriced: number;
+  /**
+   * The usage lines the call reported (docs/rate-plans.md#usage-lines), parallel arrays in the plan's line
+   * order; `usagePriceNano` adds into `priceNano`.
+   */
+  usageLines: string[];
+  /** Quantity × 10⁶ per line. */
+  usageQuantityMicro: bigint[];
+  usageUnitNano: bigint[];
+  usagePriceNano: bigint[];
+  usageCostNano: bigint[];
   /** The quota lease the call was taken from (not landed: settled in Redis, see ToolCall.lease). */
   lease?: { id: string; reservedNano: string };
 }
@@ -94,6 +107,13 @@ export const RATED_CALL_COLUMNS = [
   ['received_at', "DateTime64(3, 'UTC')", 'receivedAtMs'],
   ['session_rule', 'LowCardinality(String)', 'sessionRule'],
   ['price_per_second_nano', 'Int64', 'pricePerSecondNano'],
+  ['input_tokens_priced', 'UInt64', 'inputTokensPriced'],
+  ['output_tokens_priced', 'UInt64', 'outputTokensPriced'],
+  ['usage_lines', 'Array(LowCardinality(String))', 'usageLines'],
+  ['usage_quantity_micro', 'Array(UInt64)', 'usageQuantityMicro'],
+  ['usage_unit_nano', 'Array(Int64)', 'usageUnitNano'],
+  ['usage_price_nano', 'Array(Int64)', 'usagePriceNano'],
+  ['usage_cost_nano', 'Array(Int64)', 'usageCostNano'],
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof RatedCall]>;
 
 /** `YYYY-MM` of a UTC instant given in microseconds. */

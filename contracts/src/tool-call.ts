@@ -37,6 +37,12 @@ export interface ToolCall {
    * text); absent for calls not taken from a lease. Settled against the lease when the call is counted.
    */
   lease?: { id: string; reservedNano: string };
+  /**
+   * Raw values of the usage-line sources the call reported (span attributes a plan's `usageLines` read,
+   * `tollgate.usage.<line>` from the SDK and from a usage event's `metadata`), by attribute name. Checked
+   * and priced against the customer's plan when the call is rated; absent when it reported none.
+   */
+  usage?: Record<string, string | number | boolean>;
 }
 
 /** Why a span or event that claims to be a tool call was refused (stable codes, reported in partial success). */
@@ -55,6 +61,8 @@ export const REJECT_REASONS = {
   invalid_event: 'the usage event does not match the schema',
   duplicate_in_batch: 'the same event id appears twice in one request',
   unsupported_metric: 'metricName is not a metered MCP metric',
+  invalid_usage:
+    'a usage-line quantity is not a number, negative, fractional where the line is integral, NaN, too large, or its subsets exceed their parent',
 } as const;
 export type RejectReason = keyof typeof REJECT_REASONS;
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MCP_TRANSPORTS } from './attributes.js';
+import { ATTR_PREFIX_TOLLGATE_USAGE, MCP_TRANSPORTS } from './attributes.js';
 import { MAX_COUNT } from './billable-span.js';
 import { eventIdFromUsageEvent } from './event-id.js';
 import { isValidIdentifier, MAX_IDENTIFIER_LENGTH } from './identifiers.js';
@@ -62,7 +62,7 @@ export function toolCallFromUsageEvent(
   if (!customer) return undefined;
   const startMs = typeof e.timestamp === 'number' ? e.timestamp : Date.parse(e.timestamp);
   const ok = e.status === 'ok';
-  return {
+  const call: ToolCall = {
     eventId: eventIdFromUsageEvent(product, e.id),
     traceId: e.traceId ?? '',
     spanId: e.spanId ?? '',
@@ -83,4 +83,17 @@ export function toolCallFromUsageEvent(
     source: 'event',
     instanceId: '',
   };
+  // Other metadata fields named like a usage line are that line's quantity (checked against the plan
+  // when rated): `metadata.cached_input_tokens` is read as `tollgate.usage.cached_input_tokens`.
+  let usage: Record<string, string | number | boolean> | undefined;
+  for (const [k, v] of Object.entries(e.metadata)) {
+    if (k === 'inputTokens' || k === 'outputTokens' || !USAGE_LINE_KEY.test(k)) continue;
+    if (typeof v !== 'number' && typeof v !== 'string' && typeof v !== 'boolean') continue;
+    usage ??= {};
+    usage[ATTR_PREFIX_TOLLGATE_USAGE + k] = v;
+  }
+  if (usage) call.usage = usage;
+  return call;
 }
+
+const USAGE_LINE_KEY = /^[a-z][a-z0-9_]{0,47}$/;

@@ -98,8 +98,24 @@ products:
         billFailedCalls: true
         tools:
           "*": { price: { perCall: "0.001" }, cost: { perCall: "0.0005" } }
+      llm:
+        usageLines:
+          cached_input_tokens: { attributes: gen_ai.usage.cache_read.input_tokens, subsetOf: input_tokens }
+          reasoning_tokens:
+            attributes: [gen_ai.usage.reasoning.output_tokens, gen_ai.usage.output_tokens_details.reasoning_tokens]
+            subsetOf: output_tokens
+          gb_seconds: { integral: false }
+        tools:
+          "*":
+            price:
+              perCall: "0.001"
+              perInputToken: "0.000003"
+              perOutputToken: "0.000015"
+              usage: { cached_input_tokens: "0.0000003", reasoning_tokens: "0.00002", gb_seconds: "0.000016667" }
+            cost: { perInputToken: "0.000001", usage: { cached_input_tokens: "0.0000001" } }
     customers:
       initech: { plan: enterprise }
+      llm-co: { plan: llm }
       globex: { overrides: { limits: { spendPerPeriod: "0.02" } } }
       hooli: { overrides: { freeCallsPerMonth: 0 } }
   other-product:

@@ -10,6 +10,7 @@ import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
 import { countsTowardUsage, rateCall } from '../rating/rate.js';
+import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { TollgateError } from './errors.js';
 import { decodeOtlp, extractOptions, type SelectionWindow, selectCalls } from './select.js';
@@ -48,6 +49,8 @@ export interface AcceptInput {
   receivedAtMs: number;
   calls: readonly ToolCall[];
   rejected: RejectionTally;
+  /** The plans the calls were extracted under (Pipeline.currentBook); the current ones when absent. */
+  book?: PlanBook;
   /** The decoded request body (OTLP) that the spool keeps; absent for usage events (their calls are kept). */
   payload?: { format: Exclude<PayloadFormat, 'calls-json'>; bytes: Buffer };
 }
@@ -59,6 +62,8 @@ interface Prepared {
   period: string;
   day: string;
   counts: boolean;
+  /** The plan's usage lines the call reported, checked. */
+  usage: UsageQuantity[];
 }
 
 /** Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. */
@@ -102,6 +107,15 @@ export class Pipeline {
     private readonly metrics: Metrics,
   ) {}
 
+  /**
+   * The plans in force, for a request to extract its calls with (their usage-line attributes) and then to
+   * hand to `accept` as `book`, so a reload in between cannot rate calls under plans they were not
+   * extracted for (the spool record names this book's version; a replay extracts under the same one).
+   */
+  get currentBook(): PlanBook {
+    return this.plans.current;
+  }
+
   get redisAvailable(): boolean {
     return this.redis !== undefined && this.redisDownSince === undefined;
   }
@@ -137,9 +151,22 @@ export class Pipeline {
         rejected.add('unknown_tool', call.tool, call.eventId);
         continue;
       }
+      const usage = readUsage(call, plan.usageLines);
+      if (!usage.ok) {
+        rejected.add('invalid_usage', usage.detail, call.eventId);
+        continue;
+      }
       const day = dayOf(Math.floor(call.startUnixUs / 1000));
       const period = day.slice(0, 7); // YYYY-MM, the billing period (same as periodOf)
-      out.push({ call, plan, rate, period, day, counts: countsTowardUsage(call, plan) });
+      out.push({
+        call,
+        plan,
+        rate,
+        period,
+        day,
+        counts: countsTowardUsage(call, plan),
+        usage: usage.quantities,
+      });
     }
     return { prepared: out, inBatchDuplicates };
   }
@@ -150,7 +177,7 @@ export class Pipeline {
       throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
     }
     const { product, rejected } = input;
-    const book = this.plans.current;
+    const book = input.book ?? this.plans.current;
     const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
     if (prepared.length === 0)
@@ -187,9 +214,9 @@ export class Pipeline {
   }
 
   /** The calls of a spool record, selected exactly as when it was accepted. */
-  private callsOf(rec: AcceptedRecord): ToolCall[] {
+  private callsOf(rec: AcceptedRecord, book: PlanBook): ToolCall[] {
     if (rec.format === 'calls-json') return JSON.parse(rec.payload.toString('utf8')) as ToolCall[];
-    const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs);
+    const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs, book.usageAttributes);
     return selectCalls(decodeOtlp(rec.format, rec.payload), opts, new RejectionTally());
   }
 
@@ -203,7 +230,7 @@ export class Pipeline {
           'plan snapshot missing; replaying under the current plans',
         );
       }
-      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec), new RejectionTally());
+      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally());
       for (;;) {
         try {
           await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
@@ -328,7 +355,7 @@ export class Pipeline {
         continue;
       }
       this.recent.add(p.call.eventId);
-      const rating = rateCall(p.call, p.plan, p.rate, claim);
+      const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
       const c = p.call;
       const row: RatedCall = {
         eventId: c.eventId,
@@ -365,6 +392,13 @@ export class Pipeline {
         receivedAtMs,
         sessionRule: c.sessionRule,
         pricePerSecondNano: rating.pricePerSecondNano,
+        inputTokensPriced: rating.inputTokensPriced,
+        outputTokensPriced: rating.outputTokensPriced,
+        usageLines: rating.usage.map((u) => u.line),
+        usageQuantityMicro: rating.usage.map((u) => u.quantityMicro),
+        usageUnitNano: rating.usage.map((u) => u.unitNano),
+        usagePriceNano: rating.usage.map((u) => u.priceNano),
+        usageCostNano: rating.usage.map((u) => u.costNano),
       };
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);

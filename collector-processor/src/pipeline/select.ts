@@ -18,8 +18,10 @@ export function extractOptions(
   window: SelectionWindow,
   defaultCustomer: string | undefined,
   nowMs: number,
+  usageAttributes?: readonly string[],
 ): ExtractOptions {
   return {
+    usageAttributes,
     defaultCustomer,
     sdkScopeName: SDK_SCOPE_NAME,
     nowUnixUs: nowMs * 1000,

@@ -1,7 +1,26 @@
 import { createHash } from 'node:crypto';
 import { type Document, isMap, isScalar, LineCounter, parseDocument, visit } from 'yaml';
 import type { z } from 'zod';
-import { type Plan, type PlanFile, planFileSchema, planSchema, type ToolRate } from './schema.js';
+import {
+  type Plan,
+  type PlanFile,
+  planFileSchema,
+  planSchema,
+  type ToolRate,
+  type UsageParent,
+} from './schema.js';
+
+/** Attribute prefix of a usage line's own attribute (contracts ATTR_PREFIX_TOLLGATE_USAGE). */
+export const USAGE_ATTR_PREFIX = 'tollgate.usage.';
+
+/** A declared usage line, with the attributes it is read from in order (first present wins). */
+export interface CompiledUsageLine {
+  name: string;
+  sources: readonly string[];
+  subsetOf: UsageParent | undefined;
+  integral: boolean;
+  label: string;
+}
 
 /** Tool key that prices every tool a plan does not list. */
 export const DEFAULT_TOOL_KEY = '*';
@@ -15,6 +34,8 @@ export interface CompiledPlan {
   plan: Plan;
   tools: ReadonlyMap<string, ToolRate>;
   defaultTool: ToolRate | undefined;
+  /** The plan's usage lines in name order (the order rated amounts are listed and landed in). */
+  usageLines: readonly CompiledUsageLine[];
 }
 
 export interface PlanBook {
@@ -26,6 +47,8 @@ export interface PlanBook {
   products(): string[];
   /** Whether the plan file names this customer of this product (under `customers`). */
   listsCustomer(product: string, customer: string): boolean;
+  /** Every span attribute some plan's usage line reads (extraction keeps only these). */
+  usageAttributes: readonly string[];
 }
 
 export class PlanFileError extends Error {
@@ -70,7 +93,31 @@ function compile(
   plan: Plan,
 ): CompiledPlan {
   const tools = new Map(Object.entries(plan.tools));
-  return { product, planId, version, currency, plan, tools, defaultTool: tools.get(DEFAULT_TOOL_KEY) };
+  const usageLines = Object.keys(plan.usageLines)
+    .sort()
+    .map((name): CompiledUsageLine => {
+      const l = plan.usageLines[name] as Plan['usageLines'][string];
+      const attrs =
+        l.attributes === undefined ? [] : typeof l.attributes === 'string' ? [l.attributes] : l.attributes;
+      const own = USAGE_ATTR_PREFIX + name;
+      return {
+        name,
+        sources: [...attrs.filter((a) => a !== own), own],
+        subsetOf: l.subsetOf,
+        integral: l.integral,
+        label: l.label ?? name.replace(/_/g, ' '),
+      };
+    });
+  return {
+    product,
+    planId,
+    version,
+    currency,
+    plan,
+    tools,
+    defaultTool: tools.get(DEFAULT_TOOL_KEY),
+    usageLines,
+  };
 }
 
 /**
@@ -165,7 +212,12 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
   }
   if (problems.length) throw new PlanFileError(file, problems);
 
+  const usageAttributes = new Set<string>();
+  for (const c of [...defaults.values(), ...byCustomer.values()])
+    for (const l of c.usageLines) for (const a of l.sources) usageAttributes.add(a);
+
   return Object.freeze({
+    usageAttributes: [...usageAttributes].sort(),
     version,
     currency: parsed.currency,
     source,

@@ -46,6 +46,8 @@ const priceTerms = z.strictObject({
   perInputToken: money.optional(),
   perOutputToken: money.optional(),
   perSecond: money.optional(),
+  /** Per-unit price of each named usage line the plan declares under `usageLines`. */
+  usage: z.record(z.string(), money).optional(),
 });
 
 const costTerms = z.strictObject({
@@ -53,6 +55,42 @@ const costTerms = z.strictObject({
   perInputToken: money.optional(),
   perOutputToken: money.optional(),
   perSecond: money.optional(),
+  /** Per-unit cost of each named usage line. */
+  usage: z.record(z.string(), money).optional(),
+});
+
+/** Name of a usage line: lower-case, as in `tollgate.usage.<name>` and the landed `usage_lines` column. */
+export const USAGE_LINE_NAME_RE = /^[a-z][a-z0-9_]{0,47}$/;
+/** Lines a usage line may be a subset of (its units are then taken out of the parent's). */
+export const USAGE_PARENTS = ['input_tokens', 'output_tokens'] as const;
+export type UsageParent = (typeof USAGE_PARENTS)[number];
+/** Attribute names the built-in lines read (not allowed as a usage line's source). */
+const RESERVED_ATTRIBUTES = new Set(['gen_ai.usage.input_tokens', 'gen_ai.usage.output_tokens']);
+
+const attributeName = z
+  .string()
+  .regex(
+    /^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/,
+    'must be an attribute name such as gen_ai.usage.cache_read.input_tokens',
+  )
+  .refine((a) => !RESERVED_ATTRIBUTES.has(a), 'is read by the built-in token lines');
+
+/**
+ * A named usage line: a quantity a call reports (a span attribute, a plain usage event's `metadata`
+ * field, the SDK's `reportUsage({ quantities })`), priced per unit by `price.usage.<name>`.
+ */
+const usageLine = z.strictObject({
+  /**
+   * Span attributes holding the quantity, first present wins (reasoning tokens come under more than one
+   * key). `tollgate.usage.<name>` is always read last (the SDK's usage API and usage events set it).
+   */
+  attributes: z.union([attributeName, z.array(attributeName).min(1).max(8)]).optional(),
+  /** Units of this line are part of input or output tokens: the parent is priced on parent − subsets. */
+  subsetOf: z.enum(USAGE_PARENTS).optional(),
+  /** Whole units only (tokens, rows, pages); a fractional quantity is rejected. Default true. */
+  integral: z.boolean().default(true),
+  /** Shown on invoices; defaults to the line name. */
+  label: z.string().max(80).optional(),
 });
 
 const toolRate = z
@@ -136,24 +174,53 @@ const credits = z.strictObject({
   warnBelow: creditAmount.default(0n),
 });
 
-export const planSchema = z.strictObject({
-  description: z.string().optional(),
-  billFailedCalls: z.boolean().default(false),
-  /** Calls per customer per period (all tools of the product) that are free. */
-  freeCallsPerMonth: count.default(0),
-  /** Per-tool rates; `"*"` is the default for tools not listed. */
-  tools: z.record(z.string().min(1), toolRate),
-  limits: limits.default({}),
-  marginGuard: marginGuard.default({
-    enabled: true,
-    warnBelow: 2000,
-    throttleBelow: 1000,
-    killBelow: 0,
-    minRevenue: 0n,
-    throttleRatePerSecond: 1,
-  }),
-  credits: credits.default({ hardStop: true, overdraft: 0n, warnBelow: 0n }),
-});
+export const planSchema = z
+  .strictObject({
+    description: z.string().optional(),
+    billFailedCalls: z.boolean().default(false),
+    /** Calls per customer per period (all tools of the product) that are free. */
+    freeCallsPerMonth: count.default(0),
+    /** Per-tool rates; `"*"` is the default for tools not listed. */
+    tools: z.record(z.string().min(1), toolRate),
+    limits: limits.default({}),
+    /** Named usage lines priced by the tools' `price.usage` / `cost.usage` (see docs/rate-plans.md). */
+    usageLines: z
+      .record(z.string().regex(USAGE_LINE_NAME_RE, 'must match [a-z][a-z0-9_]{0,47}'), usageLine)
+      .default({}),
+    marginGuard: marginGuard.default({
+      enabled: true,
+      warnBelow: 2000,
+      throttleBelow: 1000,
+      killBelow: 0,
+      minRevenue: 0n,
+      throttleRatePerSecond: 1,
+    }),
+    credits: credits.default({ hardStop: true, overdraft: 0n, warnBelow: 0n }),
+  })
+  .superRefine((p, ctx) => {
+    for (const [name, l] of Object.entries(p.usageLines)) {
+      if (l.subsetOf && !l.integral) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['usageLines', name, 'integral'],
+          message: 'a subset of tokens counts whole tokens (integral: true)',
+        });
+      }
+    }
+    for (const [tool, t] of Object.entries(p.tools)) {
+      for (const side of ['price', 'cost'] as const) {
+        for (const line of Object.keys(t[side].usage ?? {})) {
+          if (!Object.hasOwn(p.usageLines, line)) {
+            ctx.addIssue({
+              code: 'custom',
+              path: ['tools', tool, side, 'usage', line],
+              message: `no usage line named "${line}" under usageLines`,
+            });
+          }
+        }
+      }
+    }
+  });
 
 const customer = z.strictObject({
   plan: z.string().min(1).optional(),
@@ -176,3 +243,4 @@ export type PlanInput = z.input<typeof planSchema>;
 export type Plan = z.output<typeof planSchema>;
 export type ToolRate = z.output<typeof toolRate>;
 export type PlanFile = z.output<typeof planFileSchema>;
+export type UsageLine = z.output<typeof usageLine>;

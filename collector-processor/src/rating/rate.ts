@@ -1,6 +1,18 @@
 import { divRoundHalfUp, type ToolCall } from '@tollgate/contracts';
 import type { CompiledPlan } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
+import { USAGE_MICROS, type UsageQuantity } from './usage.js';
+
+/** What one usage line of a call came to. */
+export interface UsageAmount {
+  line: string;
+  /** Quantity × 10⁶. */
+  quantityMicro: bigint;
+  /** Nano-units per unit it was priced at (0 when not billed or the tool does not price the line). */
+  unitNano: bigint;
+  priceNano: bigint;
+  costNano: bigint;
+}
 
 /** Where a call stands in the customer's usage of the period, as counted atomically in Redis. */
 export interface UsagePosition {
@@ -22,6 +34,11 @@ export interface Rating {
   pricePerSecondNano: bigint;
   /** 1-based tier of the per-call price; 0 when the call is free or not billed. */
   tier: number;
+  /** Input and output tokens priced at the token rates: the call's, less its usage lines that are subsets. */
+  inputTokensPriced: number;
+  outputTokensPriced: number;
+  /** One entry per usage line the call reported, in the plan's line order; `priceNano` adds up into the total. */
+  usage: UsageAmount[];
 }
 
 const MICROS_PER_SECOND = 1_000_000n;
@@ -49,13 +66,32 @@ export function durationAmount(durationUs: number, perSecond: bigint | undefined
   return divRoundHalfUp(BigInt(durationUs) * perSecond, MICROS_PER_SECOND);
 }
 
-function costOf(call: ToolCall, rate: ToolRate): bigint {
+/** Amount for a usage quantity (micro-units) at a per-unit rate: exact for whole units, else half up. */
+export function usageAmount(quantityMicro: bigint, perUnit: bigint | undefined): bigint {
+  if (!perUnit) return 0n;
+  return divRoundHalfUp(quantityMicro * perUnit, USAGE_MICROS);
+}
+
+/** Tokens of the call priced at the token rates: reported tokens less their subset usage lines. */
+function pricedTokens(call: ToolCall, usage: readonly UsageQuantity[]): [number, number] {
+  let inSub = 0n;
+  let outSub = 0n;
+  for (const u of usage) {
+    if (u.line.subsetOf === 'input_tokens') inSub += u.micro;
+    else if (u.line.subsetOf === 'output_tokens') outSub += u.micro;
+  }
+  // subsets are integral and checked not to exceed their parent (readUsage)
+  return [call.inputTokens - Number(inSub / USAGE_MICROS), call.outputTokens - Number(outSub / USAGE_MICROS)];
+}
+
+function costOf(call: ToolCall, rate: ToolRate, inTok: number, outTok: number, usageCost: bigint): bigint {
   const c = rate.cost;
   return (
     (c.perCall ?? 0n) +
-    BigInt(call.inputTokens) * (c.perInputToken ?? 0n) +
-    BigInt(call.outputTokens) * (c.perOutputToken ?? 0n) +
-    durationAmount(call.durationUs, c.perSecond)
+    BigInt(inTok) * (c.perInputToken ?? 0n) +
+    BigInt(outTok) * (c.perOutputToken ?? 0n) +
+    durationAmount(call.durationUs, c.perSecond) +
+    usageCost
   );
 }
 
@@ -64,19 +100,41 @@ function costOf(call: ToolCall, rate: ToolRate): bigint {
  * - A failed call under a plan that does not bill failures is priced at zero (its cost still counts).
  * - The first `freeCallsPerMonth` counted calls of the period are free.
  * - Otherwise: per-call price (graduated by the tool's usage), plus tokens and duration at their rates.
- * Token amounts are exact products; duration amounts round half up to the nano-unit, once per component.
+ * - Usage lines (checked by readUsage) at their per-unit prices; a line that is a subset of input or output
+ *   tokens takes its units out of the parent, which is priced on the rest (no token is priced twice).
+ * Token and whole-unit amounts are exact products; duration and fractional usage amounts round half up to
+ * the nano-unit, once per component.
  */
-export function rateCall(call: ToolCall, plan: CompiledPlan, rate: ToolRate, usage: UsagePosition): Rating {
-  const costNano = costOf(call, rate);
-  if (!countsTowardUsage(call, plan)) return zero('failed_not_billed', costNano);
-  if (usage.planOrdinal <= plan.plan.freeCallsPerMonth) return zero('free', costNano);
+export function rateCall(
+  call: ToolCall,
+  plan: CompiledPlan,
+  rate: ToolRate,
+  usage: UsagePosition,
+  quantities: readonly UsageQuantity[] = [],
+): Rating {
+  const [inTok, outTok] = pricedTokens(call, quantities);
+  const billed = countsTowardUsage(call, plan) && usage.planOrdinal > plan.plan.freeCallsPerMonth;
+  let usageCost = 0n;
+  let usagePrice = 0n;
+  const lines: UsageAmount[] = [];
+  for (const q of quantities) {
+    const unitNano = billed ? (rate.price.usage?.[q.line.name] ?? 0n) : 0n;
+    const priceNano = usageAmount(q.micro, unitNano);
+    const costNano = usageAmount(q.micro, rate.cost.usage?.[q.line.name]);
+    usagePrice += priceNano;
+    usageCost += costNano;
+    lines.push({ line: q.line.name, quantityMicro: q.micro, unitNano, priceNano, costNano });
+  }
+  const costNano = costOf(call, rate, inTok, outTok, usageCost);
+  if (!countsTowardUsage(call, plan)) return zero('failed_not_billed', costNano, inTok, outTok, lines);
+  if (!billed) return zero('free', costNano, inTok, outTok, lines);
   const [priceCallNano, tier] = perCallPrice(rate, usage.toolOrdinal);
-  const priceInputNano = BigInt(call.inputTokens) * (rate.price.perInputToken ?? 0n);
-  const priceOutputNano = BigInt(call.outputTokens) * (rate.price.perOutputToken ?? 0n);
+  const priceInputNano = BigInt(inTok) * (rate.price.perInputToken ?? 0n);
+  const priceOutputNano = BigInt(outTok) * (rate.price.perOutputToken ?? 0n);
   const priceDurationNano = durationAmount(call.durationUs, rate.price.perSecond);
   return {
     decision: 'billed',
-    priceNano: priceCallNano + priceInputNano + priceOutputNano + priceDurationNano,
+    priceNano: priceCallNano + priceInputNano + priceOutputNano + priceDurationNano + usagePrice,
     costNano,
     priceCallNano,
     priceInputNano,
@@ -84,10 +142,19 @@ export function rateCall(call: ToolCall, plan: CompiledPlan, rate: ToolRate, usa
     priceDurationNano,
     pricePerSecondNano: rate.price.perSecond ?? 0n,
     tier,
+    inputTokensPriced: inTok,
+    outputTokensPriced: outTok,
+    usage: lines,
   };
 }
 
-function zero(decision: Rating['decision'], costNano: bigint): Rating {
+function zero(
+  decision: Rating['decision'],
+  costNano: bigint,
+  inTok: number,
+  outTok: number,
+  usage: UsageAmount[],
+): Rating {
   return {
     decision,
     priceNano: 0n,
@@ -98,5 +165,8 @@ function zero(decision: Rating['decision'], costNano: bigint): Rating {
     priceDurationNano: 0n,
     pricePerSecondNano: 0n,
     tier: 0,
+    inputTokensPriced: inTok,
+    outputTokensPriced: outTok,
+    usage,
   };
 }

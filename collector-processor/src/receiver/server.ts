@@ -218,9 +218,10 @@ export function buildReceiver(
     }
     metrics.spansReceived.inc(decoded.spans.length + decoded.malformed);
     const rejected = new RejectionTally();
+    const book = pipeline.currentBook;
     const calls = selectCalls(
       decoded,
-      extractOptions(opts, identity.defaultCustomer, receivedAtMs),
+      extractOptions(opts, identity.defaultCustomer, receivedAtMs, book.usageAttributes),
       rejected,
     );
     if (opts.mode === 'decode-only') {
@@ -237,6 +238,7 @@ export function buildReceiver(
         );
     }
     const result = await pipeline.accept({
+      book,
       product: identity.product,
       defaultCustomer: identity.defaultCustomer,
       receivedAtMs,

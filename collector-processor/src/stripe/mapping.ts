@@ -8,19 +8,21 @@ import { z } from 'zod';
  */
 
 const LINE_NAME = /^[a-z0-9][a-z0-9_.-]{0,39}$/;
-const UNIT: Record<InvoiceComponent, 'call' | 'token' | 'microsecond'> = {
+const UNIT: Record<InvoiceComponent, 'call' | 'token' | 'microsecond' | 'usage'> = {
   call: 'call',
   free_call: 'call',
   failed_call: 'call',
   input_tokens: 'token',
   output_tokens: 'token',
   duration: 'microsecond',
+  // every usage line of a tool together (lines count different things: amounts only)
+  usage: 'usage',
 };
 
-/** The unit of a line's quantity, or undefined when its components count different things. */
+/** The unit of a line's quantity, or undefined when its components count different things (usage lines do). */
 export function quantityUnit(components: readonly InvoiceComponent[]): string | undefined {
   const units = new Set(components.map((c) => UNIT[c]));
-  return units.size === 1 ? [...units][0] : undefined;
+  return units.size === 1 && !units.has('usage') ? [...units][0] : undefined;
 }
 
 const lineSchema = z
@@ -59,6 +61,12 @@ const lineSchema = z
           code: 'custom',
           path: ['components'],
           message: 'duration has no whole-unit quantity: push it as an amount',
+        });
+      else if (units.has('usage'))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['components'],
+          message: 'usage lines count different units: push them as an amount',
         });
       else if (units.size > 1)
         ctx.addIssue({

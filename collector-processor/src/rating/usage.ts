@@ -1,0 +1,72 @@
+import { MAX_COUNT, type ToolCall } from '@tollgate/contracts';
+import type { CompiledUsageLine } from '../plans/load.js';
+
+/** Quantities are kept in micro-units (10⁻⁶) so fractional lines stay exact integers. */
+export const USAGE_MICROS = 1_000_000n;
+
+/** A usage line a call reported, checked against the plan's declaration. */
+export interface UsageQuantity {
+  line: CompiledUsageLine;
+  /** Quantity × 10⁶ (whole units × 10⁶ for integral lines). */
+  micro: bigint;
+}
+
+export type UsageReading = { ok: true; quantities: UsageQuantity[] } | { ok: false; detail: string };
+
+const DECIMAL_TEXT = /^-?\d{1,16}(\.\d{1,12})?$/;
+
+/** Checks one raw value; a problem is returned as text. */
+function quantityOf(raw: string | number | boolean, line: CompiledUsageLine): bigint | string {
+  let n: number;
+  if (typeof raw === 'number') n = raw;
+  else if (typeof raw === 'string' && DECIMAL_TEXT.test(raw)) n = Number(raw);
+  else return `is not a number (${JSON.stringify(raw).slice(0, 40)})`;
+  if (Number.isNaN(n)) return 'is NaN';
+  if (!Number.isFinite(n)) return 'is infinite';
+  if (n < 0) return `is negative (${n})`;
+  if (n > MAX_COUNT) return `is too large (${n} > ${MAX_COUNT})`;
+  if (Number.isInteger(n)) return BigInt(n) * USAGE_MICROS;
+  if (line.integral) return `is fractional (${n}) but the line counts whole units`;
+  return BigInt(Math.round(n * 1e6));
+}
+
+/**
+ * The quantities of the plan's usage lines a call reported: for each line, the first of its sources the
+ * call carries. Lines the call does not report are left out (a quantity of 0 is kept). A bad value, or
+ * subsets of a parent that add up to more than the parent, make the whole call invalid.
+ */
+export function readUsage(call: ToolCall, lines: readonly CompiledUsageLine[]): UsageReading {
+  const raw = call.usage;
+  if (!raw || lines.length === 0) return { ok: true, quantities: [] };
+  const quantities: UsageQuantity[] = [];
+  let inSub = 0n;
+  let outSub = 0n;
+  for (const line of lines) {
+    let v: string | number | boolean | undefined;
+    for (const s of line.sources) {
+      v = raw[s];
+      if (v !== undefined && v !== null) break;
+    }
+    if (v === undefined || v === null) continue;
+    const q = quantityOf(v, line);
+    if (typeof q === 'string') return { ok: false, detail: `${line.name} of ${callRef(call)} ${q}` };
+    quantities.push({ line, micro: q });
+    if (line.subsetOf === 'input_tokens') inSub += q;
+    else if (line.subsetOf === 'output_tokens') outSub += q;
+  }
+  if (inSub > BigInt(call.inputTokens) * USAGE_MICROS)
+    return {
+      ok: false,
+      detail: `subsets of input_tokens of ${callRef(call)} exceed its ${call.inputTokens}`,
+    };
+  if (outSub > BigInt(call.outputTokens) * USAGE_MICROS)
+    return {
+      ok: false,
+      detail: `subsets of output_tokens of ${callRef(call)} exceed its ${call.outputTokens}`,
+    };
+  return { ok: true, quantities };
+}
+
+function callRef(call: ToolCall): string {
+  return call.spanId ? `span ${call.spanId}` : `event ${call.eventId}`;
+}
