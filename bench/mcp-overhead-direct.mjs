@@ -91,11 +91,21 @@ async function child(variant, line, calls, base) {
   }
   const c = await client(line);
   for (let i = 0; i < Math.min(WARMUP, calls); i++) await c.callTool(ARGS);
+  let gcMs = 0;
+  const { PerformanceObserver } = await import('node:perf_hooks');
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcMs += e.duration;
+  });
+  obs.observe({ entryTypes: ['gc'] });
   const c0 = process.cpuUsage();
   for (let i = 0; i < calls; i++) await c.callTool(ARGS);
   const cpu = process.cpuUsage(c0);
-  await new Promise((r) => setTimeout(r, 50));
-  const out = { cpuUs: (cpu.user + cpu.system) / calls, spans: sink?.spans ?? 0, attributes: sink?.attributes ?? 0 };
+  await new Promise((r) => setTimeout(r, 50)); // gc entries arrive asynchronously
+  obs.disconnect();
+  const gcAt = gcMs;
+  const out = {
+    cpuUs: (cpu.user + cpu.system) / calls,
+    gcUs: (gcAt * 1000) / calls, spans: sink?.spans ?? 0, attributes: sink?.attributes ?? 0 };
   process.stdout.write(`${JSON.stringify(out)}\n`);
   process.exit(0);
 }
@@ -132,12 +142,14 @@ async function main() {
   const rows = [];
   for (const line of lines) {
     const samples = Object.fromEntries(variants.map((v) => [v, []]));
+    const gc = Object.fromEntries(variants.map((v) => [v, []]));
     let spans = {};
     for (let r = 0; r < repeat; r++) {
       const order = r % 2 ? [...variants].reverse() : variants;
       for (const v of order) {
         const s = await run(v, line, calls[line], base);
         samples[v].push(s.cpuUs);
+        gc[v].push(s.gcUs);
         spans[v] = s;
       }
     }
@@ -152,6 +164,7 @@ async function main() {
         'min–max': `${Math.min(...samples[v]).toFixed(2)}–${Math.max(...samples[v]).toFixed(2)}`,
         'ratio to plain': (m / plain).toFixed(3),
         '+µs': (m - plain).toFixed(2),
+        'gc µs/call (median)': median(gc[v]).toFixed(2),
         'attrs/span': spans[v].spans ? (spans[v].attributes / spans[v].spans).toFixed(1) : '-',
       });
     }

@@ -127,6 +127,7 @@ function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): Ses
       agent: undefined,
       closing: false,
       tracked: false,
+      inFlight: 0,
       template: undefined,
     };
     sessions.set(server, s);
@@ -196,6 +197,8 @@ function credentialOf(info: McpRequestInfo): string {
   return typeof clientId === 'string' ? `client:${clientId}` : '';
 }
 
+let lastTemplate: SessionInfo['template'];
+
 /** The attributes every call of a session shares, rebuilt only when one of their inputs changes. */
 function sessionAttributes(
   s: SessionInfo,
@@ -205,15 +208,19 @@ function sessionAttributes(
   agent: string | undefined,
   protocolVersion: string | undefined,
 ): Attributes {
-  const t = s.template;
+  // a session's own template, else the last one built: 2.x makes a session per request, whose calls mostly
+  // share one billing session and identity
+  const t = s.template ?? lastTemplate;
   if (
     t &&
+    t.kind === s.kind &&
     t.sessionId === sessionId &&
     t.rule === rule &&
     t.customer === customer &&
     t.agent === agent &&
     t.protocolVersion === protocolVersion
   ) {
+    s.template = t;
     return t.attributes;
   }
   const a: Attributes = {
@@ -228,7 +235,8 @@ function sessionAttributes(
   else if (s.kind !== 'unknown' && s.kind !== 'in_memory') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
   if (customer !== undefined) a[ATTR_TOLLGATE_CUSTOMER] = customer;
   if (agent !== undefined) a[ATTR_TOLLGATE_AGENT] = agent;
-  s.template = { sessionId, rule, customer, agent, protocolVersion, attributes: a };
+  s.template = { kind: s.kind, sessionId, rule, customer, agent, protocolVersion, attributes: a };
+  lastTemplate = s.template;
   return a;
 }
 
@@ -263,6 +271,8 @@ class Call implements UsageRecord {
   bill: BillingSpan | undefined = undefined;
   app: Span | undefined = undefined;
   appRecording = false;
+  /** The runtime whose session registry counts this call as running on `s`. */
+  rt: TollgateRuntime | undefined = undefined;
   constructor(
     readonly s: SessionInfo,
     readonly info: McpRequestInfo,
@@ -646,6 +656,10 @@ export class ToolCallTracer {
     call.appRecording = app?.isRecording() === true;
     call.bill = rt?.startSpan(name, base, own, parentContext, shared);
     openUsage(call, extra);
+    if (rt) {
+      call.rt = rt;
+      call.s.inFlight++;
+    }
     if (warnings) {
       for (const d of warnings) {
         const ev = warnEvent(d);
@@ -689,6 +703,7 @@ export class ToolCallTracer {
 
   private end(call: Call, extra: object | undefined, result: unknown, err: unknown): void {
     closeUsage(call, extra);
+    call.rt?.callEnded(call.s);
     const spans = call;
     const usage = call;
     const info = call.info;
