@@ -199,8 +199,7 @@ export class TollgateRuntime {
    */
   startSpan(
     name: string,
-    base: Attributes,
-    own: Attributes,
+    attributes: Attributes,
     parent: SpanContext | undefined,
     shared: SpanContext | undefined,
   ): BillingSpan {
@@ -211,8 +210,7 @@ export class TollgateRuntime {
       name,
       sampledContext(traceId, spanId, p),
       p,
-      base,
-      own,
+      attributes,
       this.resource,
       this.scope,
       this.sink,

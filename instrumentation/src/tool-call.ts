@@ -21,7 +21,7 @@ import {
   type SessionRule,
   sessionFromEvidence,
 } from '@tollgate/contracts';
-import { type BillingSpan, mergeAttributes } from './billing-span.js';
+import { type BillingSpan, copyAttributes } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
 import { TollgateRefusal } from './errors.js';
 import {
@@ -622,8 +622,7 @@ export class ToolCallTracer {
     const info = call.info;
     const tool = info.toolName ?? '';
     const name = spanNameOf(tool);
-    // The attributes every call of the session shares are built once per session (and identity); a call
-    // allocates only its own.
+    // The attributes every call of the session shares are built once per session (and identity).
     const base = sessionAttributes(
       call.s,
       call.sessionId,
@@ -632,7 +631,9 @@ export class ToolCallTracer {
       call.agent,
       call.protocolVersion,
     );
-    const own: Attributes = { [ATTR_GEN_AI_TOOL_NAME]: tool };
+    // One record per call: the session's attributes copied, then the call's own; the span exports it as is.
+    const own = copyAttributes(base);
+    own[ATTR_GEN_AI_TOOL_NAME] = tool;
     if (ticket?.leaseId) {
       // what the call took from its lease: the processor settles it against the lease when the span arrives
       own[ATTR_TOLLGATE_LEASE_ID] = ticket.leaseId;
@@ -648,13 +649,13 @@ export class ToolCallTracer {
     const tracer = this.appTracer();
     const app = isNoopTracer(tracer)
       ? undefined
-      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: mergeAttributes(base, own) }, parent);
+      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: copyAttributes(own) }, parent);
     const ac = app?.spanContext();
     // The app made a span of its own (recording, or sampled out): the billing span reuses its ids.
     const shared = ac && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac) ? ac : undefined;
     call.app = app;
     call.appRecording = app?.isRecording() === true;
-    call.bill = rt?.startSpan(name, base, own, parentContext, shared);
+    call.bill = rt?.startSpan(name, own, parentContext, shared);
     openUsage(call, extra);
     if (rt) {
       call.rt = rt;
