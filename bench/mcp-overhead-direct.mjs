@@ -83,7 +83,11 @@ async function child(variant, line, calls, base) {
         ? pathToFileURL(resolve(base, 'index.js')).href
         : pathToFileURL(resolve(ROOT, 'instrumentation/dist/index.js')).href;
     const { McpInstrumentation } = await import(entry);
-    new McpInstrumentation({ billingExporter: sink, logger: false, customer: () => 'bench' }).manuallyInstrument(
+    new McpInstrumentation({
+      billingExporter: sink,
+      logger: false,
+      customer: () => 'bench',
+    }).manuallyInstrument(
       line === 2
         ? await import('@modelcontextprotocol/server')
         : await import('@modelcontextprotocol/sdk/server/index.js'),
@@ -105,7 +109,10 @@ async function child(variant, line, calls, base) {
   const gcAt = gcMs;
   const out = {
     cpuUs: (cpu.user + cpu.system) / calls,
-    gcUs: (gcAt * 1000) / calls, spans: sink?.spans ?? 0, attributes: sink?.attributes ?? 0 };
+    gcUs: (gcAt * 1000) / calls,
+    spans: sink?.spans ?? 0,
+    attributes: sink?.attributes ?? 0,
+  };
   process.stdout.write(`${JSON.stringify(out)}\n`);
   process.exit(0);
 }
@@ -119,7 +126,9 @@ function run(variant, line, calls, base) {
     p.stdout.on('data', (d) => {
       out += d;
     });
-    p.on('exit', (code) => (code === 0 ? res(JSON.parse(out.trim().split('\n').pop())) : rej(new Error(`child ${code}`))));
+    p.on('exit', (code) =>
+      code === 0 ? res(JSON.parse(out.trim().split('\n').pop())) : rej(new Error(`child ${code}`)),
+    );
   });
 }
 
@@ -138,12 +147,16 @@ async function main() {
   const base = opt('--base') ? resolve(opt('--base')) : undefined;
   const variants = base ? ['plain', 'tollgate', 'base'] : ['plain', 'tollgate'];
   const { loadavg } = await import('node:os');
-  console.log(`load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${new Date().toISOString()}`);
+  console.log(
+    `load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}; ${new Date().toISOString()}`,
+  );
   const rows = [];
   for (const line of lines) {
     const samples = Object.fromEntries(variants.map((v) => [v, []]));
     const gc = Object.fromEntries(variants.map((v) => [v, []]));
-    let spans = {};
+    const spans = {};
     for (let r = 0; r < repeat; r++) {
       const order = r % 2 ? [...variants].reverse() : variants;
       for (const v of order) {
@@ -170,7 +183,11 @@ async function main() {
     }
   }
   console.table(rows);
-  console.log(`load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(
+    `load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
 }
 
 await main();

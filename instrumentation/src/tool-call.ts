@@ -298,8 +298,7 @@ function isNoopTracer(tracer: Tracer): boolean {
   if (tracer === noopMemo.tracer && delegate === noopMemo.delegate) return noopMemo.noop;
   const name = tracer.constructor?.name;
   const noop =
-    name === 'NoopTracer' ||
-    (name === 'ProxyTracer' && delegate?.constructor?.name === 'NoopTracerProvider');
+    name === 'NoopTracer' || (name === 'ProxyTracer' && delegate?.constructor?.name === 'NoopTracerProvider');
   noopMemo.tracer = tracer;
   noopMemo.delegate = delegate;
   noopMemo.noop = noop;
