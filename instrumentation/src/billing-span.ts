@@ -32,6 +32,16 @@ function toHrTime(perfNow: number): HrTime {
 }
 
 /**
+ * A copy of `base` to add keys to, copied key by key: V8 builds `{ ...base }` and then gives the copy keys
+ * of its own through a slow path (measured about 2 µs against 0.2 µs for this loop, per span).
+ */
+export function copyAttributes(base: Attributes): Attributes {
+  const a: Attributes = {};
+  for (const k in base) a[k] = base[k];
+  return a;
+}
+
+/**
  * The billing span of one tool call: a plain `ReadableSpan`, built without the SDK's tracer machinery
  * (sampler, span processors, attribute sanitising, limits), because billing spans are always recorded, carry
  * a fixed set of attributes this package writes itself, and go to exactly one exporter. It is what keeps
@@ -49,19 +59,12 @@ export class BillingSpan implements ReadableSpan {
     readonly name: string,
     private readonly context: SpanContext,
     readonly parentSpanContext: SpanContext | undefined,
-    /** The session's attributes, shared by its calls (never written to). */
-    private readonly base: Attributes,
-    /** This call's own attributes (owned by the span). */
-    private readonly own: Attributes,
+    /** The call's attributes: a copy of its session's plus its own (owned by the span, exported as is). */
+    readonly attributes: Attributes,
     readonly resource: Resource,
     readonly instrumentationScope: InstrumentationScope,
     private readonly sink: (span: BillingSpan) => void,
   ) {}
-
-  /** Merged when exported: a call only allocates what is its own. */
-  get attributes(): Attributes {
-    return { ...this.base, ...this.own };
-  }
 
   get kind(): SpanKind {
     return SpanKind.SERVER;
@@ -93,7 +96,7 @@ export class BillingSpan implements ReadableSpan {
   }
 
   setAttribute(key: string, value: AttributeValue): void {
-    if (!this.ended) this.own[key] = value;
+    if (!this.ended) this.attributes[key] = value;
   }
 
   addEvent(name: string, attributes: Attributes): void {

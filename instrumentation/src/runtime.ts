@@ -46,9 +46,12 @@ export interface SessionInfo {
   closing: boolean;
   /** Known to the runtime (a kill can close it). */
   tracked: boolean;
+  /** Tool calls of this connection running now (a stateless one is untracked when none runs). */
+  inFlight: number;
   /** The per-session span attributes and what they were built from (see tool-call.ts). */
   template:
     | {
+        kind: McpTransport;
         sessionId: string;
         rule: SessionRule | undefined;
         customer: string | undefined;
@@ -196,8 +199,7 @@ export class TollgateRuntime {
    */
   startSpan(
     name: string,
-    base: Attributes,
-    own: Attributes,
+    attributes: Attributes,
     parent: SpanContext | undefined,
     shared: SpanContext | undefined,
   ): BillingSpan {
@@ -208,8 +210,7 @@ export class TollgateRuntime {
       name,
       sampledContext(traceId, spanId, p),
       p,
-      base,
-      own,
+      attributes,
       this.resource,
       this.scope,
       this.sink,
@@ -230,6 +231,18 @@ export class TollgateRuntime {
     if (!this.instanceRecorded && this.o.stateFile) {
       this.instanceRecorded = true;
       this.persist();
+    }
+  }
+
+  /**
+   * A connection without a session of its own (stateless HTTP: 2.x builds a server per request) is tracked
+   * only while a call runs on it: a kill can close nothing else of it, and keeping it until the next prune
+   * would keep every per-request server alive for a heartbeat interval (garbage collection work).
+   */
+  callEnded(s: SessionInfo): void {
+    if (--s.inFlight === 0 && s.sessionId === undefined && s.tracked) {
+      s.tracked = false;
+      this.sessions.delete(s);
     }
   }
 

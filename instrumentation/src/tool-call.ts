@@ -21,7 +21,7 @@ import {
   type SessionRule,
   sessionFromEvidence,
 } from '@tollgate/contracts';
-import type { BillingSpan } from './billing-span.js';
+import { type BillingSpan, copyAttributes } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
 import { TollgateRefusal } from './errors.js';
 import {
@@ -127,11 +127,54 @@ function sessionOf(server: ServerLike, extra: RequestExtraLike | undefined): Ses
       agent: undefined,
       closing: false,
       tracked: false,
+      inFlight: 0,
       template: undefined,
     };
     sessions.set(server, s);
   }
   return s;
+}
+
+/**
+ * What identity resolvers see of a request. A class, so a call allocates one object: an object literal with
+ * a `headers` getter would allocate the getter and its closure per call too. The headers of a 2.x web
+ * `Headers` are copied into a record only when a resolver reads them.
+ */
+class RequestInfo implements McpRequestInfo {
+  private headersMemo: McpRequestInfo['headers'] | null = null;
+  readonly arguments: unknown;
+  constructor(
+    readonly method: McpRequestInfo['method'],
+    readonly toolName: string | undefined,
+    args: unknown,
+    readonly meta: Record<string, unknown> | undefined,
+    readonly authInfo: McpRequestInfo['authInfo'],
+    readonly sessionId: string,
+    readonly transport: McpTransport,
+    readonly clientInfo: ClientInfo | undefined,
+    private readonly extra: RequestExtraLike | undefined,
+  ) {
+    this.arguments = args;
+  }
+
+  get headers(): McpRequestInfo['headers'] {
+    if (this.headersMemo === null) this.headersMemo = headersOf(this.extra);
+    return this.headersMemo;
+  }
+}
+
+/** Span names by tool (`tools/call <tool>`), so a call does not build its name. Bounded. */
+const spanNames = new Map<string, string>();
+const MAX_SPAN_NAMES = 1024;
+
+function spanNameOf(tool: string): string {
+  let n = spanNames.get(tool);
+  if (n === undefined) {
+    if (spanNames.size >= MAX_SPAN_NAMES) spanNames.clear();
+    n = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
+    spanNames.set(tool, n);
+  }
+  return n;
 }
 
 /** Fingerprints of bearer tokens already seen (hashing one costs more than the rest of a call). */
@@ -154,6 +197,8 @@ function credentialOf(info: McpRequestInfo): string {
   return typeof clientId === 'string' ? `client:${clientId}` : '';
 }
 
+let lastTemplate: SessionInfo['template'];
+
 /** The attributes every call of a session shares, rebuilt only when one of their inputs changes. */
 function sessionAttributes(
   s: SessionInfo,
@@ -163,15 +208,19 @@ function sessionAttributes(
   agent: string | undefined,
   protocolVersion: string | undefined,
 ): Attributes {
-  const t = s.template;
+  // a session's own template, else the last one built: 2.x makes a session per request, whose calls mostly
+  // share one billing session and identity
+  const t = s.template ?? lastTemplate;
   if (
     t &&
+    t.kind === s.kind &&
     t.sessionId === sessionId &&
     t.rule === rule &&
     t.customer === customer &&
     t.agent === agent &&
     t.protocolVersion === protocolVersion
   ) {
+    s.template = t;
     return t.attributes;
   }
   const a: Attributes = {
@@ -186,7 +235,8 @@ function sessionAttributes(
   else if (s.kind !== 'unknown' && s.kind !== 'in_memory') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
   if (customer !== undefined) a[ATTR_TOLLGATE_CUSTOMER] = customer;
   if (agent !== undefined) a[ATTR_TOLLGATE_AGENT] = agent;
-  s.template = { sessionId, rule, customer, agent, protocolVersion, attributes: a };
+  s.template = { kind: s.kind, sessionId, rule, customer, agent, protocolVersion, attributes: a };
+  lastTemplate = s.template;
   return a;
 }
 
@@ -205,26 +255,30 @@ function warnEvent(d: Directive): Attributes {
 }
 
 /**
- * One call in flight: its usage record (what `reportUsage` adds to), the billing span (always recorded)
- * and the app's span (its own sampling). One object per call.
+ * One call in flight, from the moment it arrives: who and what it is (decided before it runs), its usage
+ * record (what `reportUsage` adds to), the billing span (always recorded) and the app's span (its own
+ * sampling). One object per call, of one shape.
  */
-interface Call extends UsageRecord {
-  info: McpRequestInfo;
-  bill: BillingSpan | undefined;
-  app: Span | undefined;
-  appRecording: boolean;
-}
-
-/** Who and what a call is, decided before it runs. */
-interface Subject {
-  s: SessionInfo;
-  info: McpRequestInfo;
-  customer: string | undefined;
-  agent: string | undefined;
-  /** The billing session and the rule that gave it. */
-  sessionId: string;
-  rule: SessionRule;
-  protocolVersion: string | undefined;
+class Call implements UsageRecord {
+  inputTokens: number | undefined = undefined;
+  outputTokens: number | undefined = undefined;
+  quantities: Record<string, number> | undefined = undefined;
+  open = true;
+  /** The billing session and the rule that gave it (set by `billingSession`). */
+  sessionId = '';
+  rule: SessionRule = 'activity';
+  protocolVersion: string | undefined = undefined;
+  bill: BillingSpan | undefined = undefined;
+  app: Span | undefined = undefined;
+  appRecording = false;
+  /** The runtime whose session registry counts this call as running on `s`. */
+  rt: TollgateRuntime | undefined = undefined;
+  constructor(
+    readonly s: SessionInfo,
+    readonly info: McpRequestInfo,
+    readonly customer: string | undefined,
+    readonly agent: string | undefined,
+  ) {}
 }
 
 function setBoth(spans: Call, key: string, value: string | number | boolean): void {
@@ -237,12 +291,25 @@ function setBoth(spans: Call, key: string, value: string | number | boolean): vo
  * (checked per call: an SDK registered later is picked up).
  */
 function isNoopTracer(tracer: Tracer): boolean {
-  const name = tracer.constructor?.name;
-  if (name === 'NoopTracer') return true;
-  if (name !== 'ProxyTracer') return false;
+  // The answer depends on the tracer and on the global provider's delegate: remembered for the last pair
+  // seen, so a call compares two references instead of reading constructor names.
   const provider = trace.getTracerProvider() as { getDelegate?: () => object };
-  return provider.getDelegate?.().constructor?.name === 'NoopTracerProvider';
+  const delegate = provider.getDelegate?.();
+  if (tracer === noopMemo.tracer && delegate === noopMemo.delegate) return noopMemo.noop;
+  const name = tracer.constructor?.name;
+  const noop =
+    name === 'NoopTracer' || (name === 'ProxyTracer' && delegate?.constructor?.name === 'NoopTracerProvider');
+  noopMemo.tracer = tracer;
+  noopMemo.delegate = delegate;
+  noopMemo.noop = noop;
+  return noop;
 }
+
+const noopMemo: { tracer: Tracer | undefined; delegate: object | undefined; noop: boolean } = {
+  tracer: undefined,
+  delegate: undefined,
+  noop: false,
+};
 
 /**
  * Wraps the `tools/call` and `initialize` handlers of MCP servers. Used by the auto-instrumentation
@@ -328,22 +395,17 @@ export class ToolCallTracer {
     clientInfo: ClientInfo | undefined,
   ): McpRequestInfo {
     const params = request.params;
-    let headers: McpRequestInfo['headers'] | null = null;
-    return {
+    return new RequestInfo(
       method,
-      toolName: typeof params?.name === 'string' ? params.name : undefined,
-      arguments: params?.arguments,
+      typeof params?.name === 'string' ? params.name : undefined,
+      params?.arguments,
       meta,
-      authInfo: authInfoOf(extra),
-      sessionId: extra?.sessionId ?? s.sessionId ?? '',
-      transport: s.kind,
+      authInfoOf(extra),
+      extra?.sessionId ?? s.sessionId ?? '',
+      s.kind,
       clientInfo,
-      // built from a 2.x web `Headers` only when a resolver reads it
-      get headers() {
-        if (headers === null) headers = headersOf(extra);
-        return headers;
-      },
-    };
+      extra,
+    );
   }
 
   /** Counts a malformed client-sent `_meta` field (the call goes on without it). */
@@ -390,27 +452,33 @@ export class ToolCallTracer {
    * The billing session of a call (contracts/src/billing-session.ts): the protocol session, else the stdio
    * connection, else the caller's trace from `_meta.traceparent`, else the caller's activity.
    */
-  private billingSession(
-    s: SessionInfo,
-    info: McpRequestInfo,
-    customer: string | undefined,
-    agent: string | undefined,
-  ): { id: string; rule: SessionRule } {
+  private billingSession(call: Call): void {
+    const { s, info } = call;
+    if (s.sessionRule === 'connection' && s.sessionId) {
+      // rule 2 with no protocol session to outrank it: what sessionFromEvidence answers, without its objects
+      call.sessionId = s.sessionId;
+      call.rule = 'connection';
+      return;
+    }
     const protocolId = info.sessionId && s.sessionRule !== 'connection' ? info.sessionId : undefined;
     const ev = sessionFromEvidence({
       protocolSessionId: protocolId,
       connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
       traceparent: info.meta?.traceparent,
     });
-    if (ev.id !== undefined) return ev;
+    if (ev.id !== undefined) {
+      call.sessionId = ev.id;
+      call.rule = ev.rule;
+      return;
+    }
     if (ev.malformed) this.malformed('traceparent');
-    const id = activitySessionsFor(this.resolved.sessionGapMs).sessionOf(
-      customer ?? '',
-      agent ?? '',
+    call.sessionId = activitySessionsFor(this.resolved.sessionGapMs).sessionOf(
+      call.customer ?? '',
+      call.agent ?? '',
       credentialOf(info),
       Date.now(),
     );
-    return { id, rule: 'activity' };
+    call.rule = 'activity';
   }
 
   /** A new 2025-era session: remembers who it serves, and refuses it when its customer or agent is killed. */
@@ -476,16 +544,9 @@ export class ToolCallTracer {
     );
     const customer = resolveIdentity(this.resolved.customer, info, s.customer);
     const agent = resolveIdentity(this.resolved.agent, info, s.agent);
-    const session = this.billingSession(s, info, customer, agent);
-    const call: Subject = {
-      s,
-      info,
-      customer,
-      agent,
-      sessionId: session.id,
-      rule: session.rule,
-      protocolVersion: this.protocolVersionOf(s, server, meta, extra),
-    };
+    const call = new Call(s, info, customer, agent);
+    this.billingSession(call);
+    call.protocolVersion = this.protocolVersionOf(s, server, meta, extra);
     const rt = this.runtime;
     if (rt) {
       rt.stats.calls++;
@@ -507,7 +568,7 @@ export class ToolCallTracer {
    */
   private leased(
     rt: TollgateRuntime,
-    call: Subject,
+    call: Call,
     warnings: Directive[] | undefined,
     original: RequestHandler,
     thisArg: unknown,
@@ -528,7 +589,7 @@ export class ToolCallTracer {
 
   private checkedCall(
     rt: TollgateRuntime,
-    call: Subject,
+    call: Call,
     original: RequestHandler,
     thisArg: unknown,
     request: JsonRpcRequestLike,
@@ -549,7 +610,7 @@ export class ToolCallTracer {
 
   private traced(
     rt: TollgateRuntime | undefined,
-    subject: Subject,
+    call: Call,
     warnings: Directive[] | undefined,
     ticket: Ticket | undefined,
     original: RequestHandler,
@@ -557,20 +618,21 @@ export class ToolCallTracer {
     request: JsonRpcRequestLike,
     extra: RequestExtraLike,
   ): unknown {
-    const info = subject.info;
+    const info = call.info;
     const tool = info.toolName ?? '';
-    const name = `${MCP_METHOD_TOOLS_CALL} ${tool}`;
-    // The attributes every call of the session shares are built once per session (and identity); a call
-    // allocates only its own.
+    const name = spanNameOf(tool);
+    // The attributes every call of the session shares are built once per session (and identity).
     const base = sessionAttributes(
-      subject.s,
-      subject.sessionId,
-      subject.rule,
-      subject.customer,
-      subject.agent,
-      subject.protocolVersion,
+      call.s,
+      call.sessionId,
+      call.rule,
+      call.customer,
+      call.agent,
+      call.protocolVersion,
     );
-    const own: Attributes = { [ATTR_GEN_AI_TOOL_NAME]: tool };
+    // One record per call: the session's attributes copied, then the call's own; the span exports it as is.
+    const own = copyAttributes(base);
+    own[ATTR_GEN_AI_TOOL_NAME] = tool;
     if (ticket?.leaseId) {
       // what the call took from its lease: the processor settles it against the lease when the span arrives
       own[ATTR_TOLLGATE_LEASE_ID] = ticket.leaseId;
@@ -586,23 +648,18 @@ export class ToolCallTracer {
     const tracer = this.appTracer();
     const app = isNoopTracer(tracer)
       ? undefined
-      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: { ...base, ...own } }, parent);
+      : tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: copyAttributes(own) }, parent);
     const ac = app?.spanContext();
     // The app made a span of its own (recording, or sampled out): the billing span reuses its ids.
     const shared = ac && ac.spanId !== parentContext?.spanId && isSpanContextValid(ac) ? ac : undefined;
-    const call: Call = openUsage(
-      {
-        inputTokens: undefined,
-        outputTokens: undefined,
-        quantities: undefined,
-        open: true,
-        info,
-        app,
-        appRecording: app?.isRecording() === true,
-        bill: rt?.startSpan(name, base, own, parentContext, shared),
-      },
-      extra,
-    );
+    call.app = app;
+    call.appRecording = app?.isRecording() === true;
+    call.bill = rt?.startSpan(name, own, parentContext, shared);
+    openUsage(call, extra);
+    if (rt) {
+      call.rt = rt;
+      call.s.inFlight++;
+    }
     if (warnings) {
       for (const d of warnings) {
         const ev = warnEvent(d);
@@ -619,7 +676,11 @@ export class ToolCallTracer {
     }
     let out: unknown;
     try {
-      out = context.with(ctx, original, thisArg, request, extra);
+      // with no context to switch to (no app span, no parent from `_meta`), skip the context manager's work
+      out =
+        ctx === active
+          ? original.call(thisArg, request, extra)
+          : context.with(ctx, original, thisArg, request, extra);
     } catch (err) {
       this.end(call, extra, undefined, err);
       throw err;
@@ -642,6 +703,7 @@ export class ToolCallTracer {
 
   private end(call: Call, extra: object | undefined, result: unknown, err: unknown): void {
     closeUsage(call, extra);
+    call.rt?.callEnded(call.s);
     const spans = call;
     const usage = call;
     const info = call.info;
