@@ -51,7 +51,7 @@ interface Sub {
 /** After a failed renewal, calls that need a lease follow the fail mode at once for this long. */
 const FAILURE_BACKOFF_MS = 1000;
 /** A refusal for an exhausted limit is repeated without asking Tollgate again for this long. */
-const DENIAL_CACHE_MS = 500;
+export const DENIAL_CACHE_MS = 500;
 const MAX_SESSIONS = 256;
 /** A Tollgate that answered 404 to a lease request is asked again after this long. */
 const NOT_OFFERED_RETRY_MS = 60_000;

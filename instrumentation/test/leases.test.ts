@@ -25,7 +25,7 @@ import {
 import { resolveConfig } from '../src/config.js';
 import { TollgateRefusal } from '../src/errors.js';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
-import { LeaseBook } from '../src/leases.js';
+import { DENIAL_CACHE_MS, LeaseBook } from '../src/leases.js';
 import { connectStdio, FIXTURES, PACKAGE_DIR, waitFor } from './support/mcp.js';
 
 /**
@@ -364,7 +364,9 @@ describe('a dead instance', () => {
       // before the TTL the dead lease still holds its share back: fewer than 6 calls get through
       const early = await burst(b, 6, 0);
       if (Date.now() < lapsesAt) expect(early.ok).toBeLessThanOrEqual(6 - held);
-      await new Promise((r) => setTimeout(r, Math.max(0, lapsesAt - Date.now()) + 300));
+      // past the lapse, and past the SDK's denial cache of the early burst's last refusal (a refusal is
+      // repeated without asking Tollgate again for DENIAL_CACHE_MS)
+      await new Promise((r) => setTimeout(r, Math.max(lapsesAt - Date.now(), DENIAL_CACHE_MS) + 300));
       const late = await burst(b, 10, 0);
       expect(4 + early.ok + late.ok).toBe(10);
       expect(ranCount(ran) + ranCount(ranB)).toBe(10);
