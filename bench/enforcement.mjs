@@ -5,7 +5,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, table, writeResult } from './lib.mjs';
+import { driveBatches, ROOT, table, writeResult } from './lib.mjs';
 
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
 const { Redis } = await import('ioredis');
@@ -78,16 +78,8 @@ async function scriptUsPerCall(redis) {
   return us / (BATCHES * PER_BATCH);
 }
 
-async function drive(fn) {
-  let next = 0;
-  const t = performance.now();
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (next < BATCHES) await fn(next++);
-    }),
-  );
-  return (BATCHES * PER_BATCH) / ((performance.now() - t) / 1000);
-}
+/** Calls/s of `fn` over every batch, CONCURRENCY batches in flight. */
+const drive = (fn) => driveBatches(fn, { batches: BATCHES, perBatch: PER_BATCH, concurrency: CONCURRENCY });
 
 const server = await startPrivateRedis();
 const redis = new Redis(server.url);

@@ -263,3 +263,31 @@ SELECT
   CAST([], 'Array(Int64)') AS usage_cost_nano
 FROM (SELECT number AS n FROM numbers(${start}, ${count}))`;
 }
+
+/** A span exporter that counts spans and attributes and drops them. */
+export function noopExporter() {
+  const sink = {
+    spans: 0,
+    attributes: 0,
+    export(spans, done) {
+      sink.spans += spans.length;
+      for (const s of spans) sink.attributes += Object.keys(s.attributes).length;
+      done({ code: 0 });
+    },
+    shutdown: async () => {},
+    forceFlush: async () => {},
+  };
+  return sink;
+}
+
+/** Calls per second of `fn(batch)` over `batches` batches of `perBatch` calls, `concurrency` in flight. */
+export async function driveBatches(fn, { batches, perBatch, concurrency }) {
+  let next = 0;
+  const t = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < batches) await fn(next++);
+    }),
+  );
+  return (batches * perBatch) / ((performance.now() - t) / 1000);
+}

@@ -14,26 +14,12 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { noopExporter } from './lib.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 const ROOT = resolve(SELF, '../..');
 const WARMUP = 3000;
 const ARGS = { name: 'get_forecast', arguments: { city: 'Paris' } };
-
-function noopExporter() {
-  const sink = {
-    spans: 0,
-    attributes: 0,
-    export(spans, done) {
-      sink.spans += spans.length;
-      for (const s of spans) sink.attributes += Object.keys(s.attributes).length;
-      done({ code: 0 });
-    },
-    shutdown: async () => {},
-    forceFlush: async () => {},
-  };
-  return sink;
-}
 
 async function client(line) {
   if (line === 2) {

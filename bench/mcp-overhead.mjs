@@ -17,26 +17,10 @@
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { table, writeResult } from './lib.mjs';
+import { noopExporter, table, writeResult } from './lib.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 const require = createRequire(import.meta.url);
-
-/** A span exporter that counts spans and attributes and drops them. */
-function noopExporter() {
-  const sink = {
-    spans: 0,
-    attributes: 0,
-    export(spans, done) {
-      sink.spans += spans.length;
-      for (const s of spans) sink.attributes += Object.keys(s.attributes).length;
-      done({ code: 0 });
-    },
-    shutdown: async () => {},
-    forceFlush: async () => {},
-  };
-  return sink;
-}
 
 /** The app's own OTel SDK, as NodeSDK sets it up (global provider, context manager, batch processor). */
 async function registerAppProvider() {
