@@ -297,14 +297,33 @@
     ]);
   }
 
-  /** The tool's usage lines (docs/rate-plans.md#usage-lines): name, quantity and revenue of each. */
+  /**
+   * The tool's usage lines (docs/rate-plans.md#usage-lines), one per row: the line's name in words, its
+   * quantity (exact, grouped the locale's way) and its revenue in the currency's usual decimals; the exact
+   * quantities and amounts on hover.
+   */
   function usageCell(lines) {
     if (!lines || lines.length === 0) return '—';
-    const td = cell(lines.map((l) => `${l.line.replace(/_/g, ' ')} ${l.quantity}: ${l.revenue}`).join('; '));
+    const td = cell('', 'usage');
+    for (const l of lines) {
+      const div = document.createElement('div');
+      div.dataset.line = l.line;
+      div.textContent = `${l.line.replace(/_/g, ' ')}: ${quantityText(l.quantity)} → ${moneyText(l.revenue)}`;
+      td.append(div);
+    }
     td.title = lines
       .map((l) => `${l.line}: ${l.quantity} units, ${l.revenue} ${currency} (exact)`)
       .join('\n');
     return td;
+  }
+
+  /** A quantity (a decimal string, exact): grouped by the locale, every decimal kept. */
+  function quantityText(decimal) {
+    try {
+      return new Intl.NumberFormat(navigator.language, { maximumFractionDigits: 20 }).format(decimal);
+    } catch {
+      return decimal;
+    }
   }
 
   /** Every bucket from the first to the last (empty ones at 0), so the bars keep the time axis honest. */

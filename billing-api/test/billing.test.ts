@@ -6,7 +6,16 @@ import { countsTowardUsage, rateCall } from '../../collector-processor/src/ratin
 import { DEV_INGEST_KEY } from '../../collector-processor/test/support/harness.js';
 import { attr, exportOf } from '../../collector-processor/test/support/otlp-json.js';
 import type { QuoteUsage } from '../src/index.js';
-import { KEYS, PLANS, type RawCall, rawCalls, type Seeded, startSeededTollgate } from './support/seed.js';
+import {
+  KEYS,
+  PLANS,
+  type RawCall,
+  rawCalls,
+  type Seeded,
+  sendUsageCalls,
+  startSeededTollgate,
+  USAGE_CALLS,
+} from './support/seed.js';
 
 /** Invoice preview (reconciled with the raw price columns) and plan quotes (the real rating function). */
 
@@ -431,52 +440,13 @@ describe('plan quotes', () => {
 
 describe('usage lines on the invoice and in quotes', () => {
   const customer = 'llm-co';
-  // [input, cached, output, reasoning (under the second key on odd calls), gb_seconds]
-  const calls: [number, number, number, number, number | undefined][] = [
-    [1000, 800, 100, 60, undefined],
-    [500, 0, 40, 40, 0.25],
-    [300, 100, 0, 0, 1.5],
-    [2000, 2000, 500, 1, undefined],
-  ];
+  const calls = USAGE_CALLS;
   let period = '';
   let dayStartMs = 0;
 
   beforeAll(async () => {
     const startMs = Date.now() - 120_000;
-    const spans = calls.map(([inp, cached, out, reasoning, gbs], i) => {
-      const startNs = BigInt(startMs + i) * 1_000_000n;
-      return {
-        traceId: `${'ef'.repeat(15)}${String(i).padStart(2, '0')}`,
-        spanId: `${'12'.repeat(7)}${String(i).padStart(2, '0')}`,
-        name: 'tools/call summarize',
-        kind: 2,
-        startTimeUnixNano: String(startNs),
-        endTimeUnixNano: String(startNs + 1000n),
-        attributes: [
-          attr('mcp.method.name', 'tools/call'),
-          attr('gen_ai.tool.name', 'summarize'),
-          attr('tollgate.customer.id', customer),
-          attr('gen_ai.usage.input_tokens', inp),
-          attr('gen_ai.usage.output_tokens', out),
-          attr('gen_ai.usage.cache_read.input_tokens', cached),
-          attr(
-            i % 2
-              ? 'gen_ai.usage.output_tokens_details.reasoning_tokens'
-              : 'gen_ai.usage.reasoning.output_tokens',
-            reasoning,
-          ),
-          ...(gbs === undefined ? [] : [attr('tollgate.usage.gb_seconds', { doubleValue: gbs })]),
-        ],
-      };
-    });
-    const res = await fetch(`${s.tg.otlpUrl}/v1/traces`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-      body: JSON.stringify(exportOf(spans)),
-    });
-    expect(res.status).toBe(200);
-    expect(((await res.json()) as { partialSuccess?: unknown }).partialSuccess).toBeUndefined();
-    await s.tg.lander?.idle();
+    await sendUsageCalls(s.tg, startMs);
     period = new Date(startMs).toISOString().slice(0, 7);
     dayStartMs = Math.floor(startMs / 86_400_000) * 86_400_000;
   });

@@ -7,9 +7,11 @@ import {
   type RawCall,
   rawCalls,
   type Seeded,
+  sendUsageCalls,
   startSeededTollgate,
   sumBy,
   TRACE_TEMPLATE,
+  USAGE_CALLS,
 } from './support/seed.js';
 
 /**
@@ -273,6 +275,59 @@ describe('dashboard in headless Chromium', () => {
     const t = sumBy(rows, () => 'x').get('x');
     expect(total).toBeCloseTo(Number(formatNano(t?.revenue ?? 0n)), 9); // plotted as floats (drawing only)
     await page.screenshot({ path: `${RESULTS}dashboard-one-day.png` });
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+
+  it("a tool's usage lines: one row each, quantity in the locale's grouping, amount in cents, exact on hover", async () => {
+    // llm-co's plan (seed PLANS, `llm`) prices cached input tokens at 0.0000003, reasoning tokens at 0.00002
+    // and gb_seconds at 0.000016667 per unit (each call's amount rounded half up to the nano-unit)
+    await sendUsageCalls(s.tg, Date.now() - 60_000);
+    const cached = USAGE_CALLS.reduce((a, c) => a + c[1], 0);
+    const reasoning = USAGE_CALLS.reduce((a, c) => a + c[3], 0);
+    const gbNano = USAGE_CALLS.reduce(
+      (a, c) =>
+        a + (c[4] === undefined ? 0n : (BigInt(Math.round(c[4] * 1e6)) * 16_667n + 500_000n) / 1_000_000n),
+      0n,
+    );
+    // [line, in words, exact quantity, quantity as shown, amount]
+    const lines: [string, string, string, string, bigint][] = [
+      [
+        'cached_input_tokens',
+        'cached input tokens',
+        String(cached),
+        cached.toLocaleString('en-US'),
+        BigInt(cached) * 300n,
+      ],
+      ['gb_seconds', 'gb seconds', '1.75', '1.75', gbNano],
+      [
+        'reasoning_tokens',
+        'reasoning tokens',
+        String(reasoning),
+        reasoning.toLocaleString('en-US'),
+        BigInt(reasoning) * 20_000n,
+      ],
+    ];
+
+    const { page, problems } = await open(KEYS.finance);
+    await page.fill('#customer', 'llm-co');
+    await page.click('#controls button[type="submit"]');
+    await page.locator('#tool-table tbody tr', { hasText: 'summarize' }).waitFor();
+    const row = page.locator('#tool-table tbody tr', { hasText: 'summarize' });
+    const usage = row.locator('td').nth(7);
+    expect(await usage.locator('div').allTextContents()).toEqual(
+      lines.map(([, words, , shown, nano]) => `${words}: ${shown} → ${usd(nano)}`),
+    );
+    expect(await usage.getAttribute('title')).toBe(
+      lines
+        .map(([line, , qty, , nano]) => `${line}: ${qty} units, ${formatNano(nano)} USD (exact)`)
+        .join('\n'),
+    );
+    // the tools CSV carries the usage revenue exactly
+    const [header, ...csvRows] = await csvOf(page, 'tools');
+    const at = (h: string) => (header as string[]).indexOf(h);
+    const summarize = csvRows.find((r) => r[at('tool')] === 'summarize') as string[];
+    expect(summarize[at('usageRevenue')]).toBe(formatNano(lines.reduce((a, l) => a + l[4], 0n)));
     expect(problems).toEqual([]);
     await page.close();
   });

@@ -253,6 +253,59 @@ function spanOf(c: SeedCall) {
   };
 }
 
+/**
+ * llm-co's calls to `summarize` (plan `llm`): [input, cached input, output, reasoning, gb_seconds]. Reasoning
+ * tokens come under the second attribute key on odd calls; gb_seconds is fractional and only on two calls.
+ */
+export const USAGE_CALLS: readonly [number, number, number, number, number | undefined][] = [
+  [1000, 800, 100, 60, undefined],
+  [500, 0, 40, 40, 0.25],
+  [300, 100, 0, 0, 1.5],
+  [2000, 2000, 500, 1, undefined],
+];
+
+/**
+ * Sends {@link USAGE_CALLS} as one OTLP/JSON export of llm-co's spans starting at `startMs`, and waits until
+ * they landed. The export must be accepted whole (no partial success).
+ */
+export async function sendUsageCalls(tg: TestTollgate, startMs: number): Promise<void> {
+  const spans = USAGE_CALLS.map(([inp, cached, out, reasoning, gbs], i) => {
+    const startNs = BigInt(startMs + i) * 1_000_000n;
+    return {
+      traceId: `${'ef'.repeat(15)}${String(i).padStart(2, '0')}`,
+      spanId: `${'12'.repeat(7)}${String(i).padStart(2, '0')}`,
+      name: 'tools/call summarize',
+      kind: 2,
+      startTimeUnixNano: String(startNs),
+      endTimeUnixNano: String(startNs + 1000n),
+      attributes: [
+        attr('mcp.method.name', 'tools/call'),
+        attr('gen_ai.tool.name', 'summarize'),
+        attr('tollgate.customer.id', 'llm-co'),
+        attr('gen_ai.usage.input_tokens', inp),
+        attr('gen_ai.usage.output_tokens', out),
+        attr('gen_ai.usage.cache_read.input_tokens', cached),
+        attr(
+          i % 2
+            ? 'gen_ai.usage.output_tokens_details.reasoning_tokens'
+            : 'gen_ai.usage.reasoning.output_tokens',
+          reasoning,
+        ),
+        ...(gbs === undefined ? [] : [attr('tollgate.usage.gb_seconds', { doubleValue: gbs })]),
+      ],
+    };
+  });
+  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body: JSON.stringify(exportOf(spans)),
+  });
+  const body = await res.text();
+  if (res.status !== 200 || body.includes('partialSuccess'))
+    throw new Error(`usage export not accepted whole: ${res.status} ${body}`);
+  await tg.lander?.idle();
+}
+
 export interface Seeded {
   tg: TestTollgate;
   calls: SeedCall[];
