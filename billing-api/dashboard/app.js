@@ -308,7 +308,9 @@
     for (const l of lines) {
       const div = document.createElement('div');
       div.dataset.line = l.line;
-      div.textContent = `${l.line.replace(/_/g, ' ')}: ${quantityText(l.quantity)} → ${moneyText(l.revenue)}`;
+      const amount = document.createElement('span');
+      amount.textContent = `${quantityText(l.quantity)} → ${moneyText(l.revenue)}`;
+      div.append(`${l.line.replace(/_/g, ' ')}: `, amount);
       td.append(div);
     }
     td.title = lines

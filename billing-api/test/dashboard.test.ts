@@ -328,6 +328,9 @@ describe('dashboard in headless Chromium', () => {
     const at = (h: string) => (header as string[]).indexOf(h);
     const summarize = csvRows.find((r) => r[at('tool')] === 'summarize') as string[];
     expect(summarize[at('usageRevenue')]).toBe(formatNano(lines.reduce((a, l) => a + l[4], 0n)));
+    await page.locator('article', { has: page.locator('#tool-table') }).screenshot({
+      path: `${RESULTS}dashboard-usage-lines.png`,
+    });
     expect(problems).toEqual([]);
     await page.close();
   });
