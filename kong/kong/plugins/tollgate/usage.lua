@@ -53,15 +53,28 @@ local _M = {
   DROPPED_KEY = "tollgate.kong.usage_dropped",
 }
 
+-- names already judged (a tool reports the same few names call after call): no pattern match per
+-- call. Bounded: emptied when it reaches KNOWN_MAX names.
+local KNOWN_MAX = 1024
+local known, known_n = {}, 0
+
 --- true for an attribute name the upstream may report: gen_ai.usage.* or tollgate.usage.*
 function _M.accepts(name)
+  local k = known[name]
+  if k ~= nil then
+    return k
+  end
   if type(name) ~= "string" or #name > MAX_NAME then
     return false
   end
-  if find(name, "^gen_ai%.usage%.") or find(name, "^tollgate%.usage%.") then
-    return find(name, "^[a-z][a-z0-9_.]*[a-z0-9_]$") ~= nil
+  local ok = (find(name, "^gen_ai%.usage%.") or find(name, "^tollgate%.usage%."))
+             and find(name, "^[a-z][a-z0-9_.]*[a-z0-9_]$") ~= nil or false
+  if known_n >= KNOWN_MAX then
+    known, known_n = {}, 0
   end
-  return false
+  known[name] = ok
+  known_n = known_n + 1
+  return ok
 end
 
 --- The value forwarded for a JSON number's text: the number when it is a finite double, else the
