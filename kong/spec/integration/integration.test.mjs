@@ -898,7 +898,9 @@ describe('usage the upstream reports (result._meta["tollgate/usage"], Tollgate-U
 
   /** The tools/call span of an export, and its attributes with their OTLP value types. */
   async function usageSpanOf(testId) {
-    const spans = allSpans(await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     assert.equal(spans.length, 1);
     return Object.fromEntries(spans[0].attributes.map(({ key, value }) => [key, value]));
   }
@@ -954,7 +956,11 @@ describe('usage the upstream reports (result._meta["tollgate/usage"], Tollgate-U
         'error.type': 'none',
       },
     });
-    const res = await post('/main/modern/mcp', body, { ...headers, apikey: 'key-alice', 'x-test-id': testId });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
     assert.equal(res.status, 200);
     await res.text();
     const a = await usageSpanOf(testId);
@@ -970,7 +976,12 @@ describe('usage the upstream reports (result._meta["tollgate/usage"], Tollgate-U
     const { body, headers } = modernCall(63, 'echo', { text: 'hi' });
     const direct = await fetch(`http://127.0.0.1:${upstream.port}/modern/mcp`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers, 'x-test-usage-header': 'tollgate.usage.pages=3' },
+      headers: {
+        'content-type': 'application/json',
+        accept: ACCEPT,
+        ...headers,
+        'x-test-usage-header': 'tollgate.usage.pages=3',
+      },
       body: JSON.stringify(body),
     });
     assert.equal(direct.headers.get('tollgate-usage'), 'tollgate.usage.pages=3', 'the upstream sets it');

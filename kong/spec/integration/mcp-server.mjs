@@ -45,7 +45,12 @@ const modern = node2.toNodeHandler(
       });
       s.registerTool(
         'metered',
-        { inputSchema: z4.object({ usage: z4.record(z4.string(), z4.unknown()), pad: z4.number().optional() }) },
+        {
+          inputSchema: z4.object({
+            usage: z4.record(z4.string(), z4.unknown()),
+            pad: z4.number().optional(),
+          }),
+        },
         async ({ usage, pad }) => {
           stats.modern_metered++;
           return {
@@ -108,12 +113,19 @@ function buildServer() {
     'metered',
     {
       description: 'Reports usage in the result _meta',
-      inputSchema: { usage: z.record(z.string(), z.unknown()), pad: z.number().optional(), steps: z.number().optional() },
+      inputSchema: {
+        usage: z.record(z.string(), z.unknown()),
+        pad: z.number().optional(),
+        steps: z.number().optional(),
+      },
     },
     async ({ usage, pad, steps }, extra) => {
       stats.metered++;
       for (let i = 1; i <= (steps ?? 0); i++) {
-        await extra.sendNotification({ method: 'notifications/message', params: { level: 'info', data: `step ${i}` } });
+        await extra.sendNotification({
+          method: 'notifications/message',
+          params: { level: 'info', data: `step ${i}` },
+        });
       }
       return {
         content: [{ type: 'text', text: 'x'.repeat(pad ?? 0) || 'metered' }],

@@ -199,7 +199,11 @@ describe('usage lines reported through Kong are rated by Tollgate', () => {
       (await metric(tollgate.apiUrl, 'tollgate_calls_rejected_total{reason="invalid_usage"}')) ?? 0;
     const before = await rejected();
     const testId = 'usage-bad-1';
-    await callMetered('cus-kong-usage-3', { ...USAGE, 'tollgate.usage.rows_scanned': -5 }, { 'x-test-id': testId });
+    await callMetered(
+      'cus-kong-usage-3',
+      { ...USAGE, 'tollgate.usage.rows_scanned': -5 },
+      { 'x-test-id': testId },
+    );
     const doc = await toolExportOf(testId);
     const res = await fetch(`${tollgate.otlpUrl}/v1/traces`, {
       method: 'POST',
