@@ -28,6 +28,7 @@ import {
 
 const FIXTURE = join(KONG_DIR, 'fixtures', 'kong-otel-span.json');
 const FIXTURE_2026 = join(KONG_DIR, 'fixtures', 'kong-otel-span-2026.json');
+const FIXTURE_USAGE = join(KONG_DIR, 'fixtures', 'kong-otel-span-usage.json');
 const PRODUCT = 'acme';
 const ACCEPT = 'application/json, text/event-stream';
 const PROTOCOL = '2025-06-18';
@@ -885,6 +886,35 @@ describe('fixture', () => {
       writeFileSync(FIXTURE_2026, `${JSON.stringify(normalized, null, 2)}\n`);
     }
     assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_2026, 'utf8')));
+  });
+
+  it('kong/fixtures/kong-otel-span-usage.json: a call whose tool reported usage in its result _meta', async () => {
+    const testId = nextId('fixture-usage');
+    const { body, headers } = modernCall(44, 'metered', {
+      usage: {
+        'gen_ai.usage.input_tokens': 1200,
+        'gen_ai.usage.output_tokens': 300,
+        'gen_ai.usage.cache_read.input_tokens': 1000,
+        'tollgate.usage.rows_scanned': 42,
+        'tollgate.usage.gb_seconds': 0.25,
+      },
+    });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-agent-id': 'agent-7',
+      traceparent: CLIENT_TRACEPARENT,
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const exports = await spansOf(testId);
+    assert.equal(exports.length, 1);
+    const normalized = normalizeExport(exports[0], { keepSession: true });
+    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
+      writeFileSync(FIXTURE_USAGE, `${JSON.stringify(normalized, null, 2)}\n`);
+    }
+    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_USAGE, 'utf8')));
   });
 });
 
