@@ -527,6 +527,11 @@ local function billable_calls(conf, ctx)
       result.answer = answer
       result.usage = read_meta and usage.merge(answer and answer.usage, header_usage) or nil
       header_usage = nil -- once
+      if result.usage and result.usage.dropped > 0 then
+        log_limited("usage_dropped", "warn", "tollgate: ", result.usage.dropped, " usage entries the upstream ",
+                    "reported for tool ", call.name, " are not on its span (names must be gen_ai.usage.* or ",
+                    "tollgate.usage.*, at most ", usage.MAX_ENTRIES, " per call): see tollgate.kong.usage_dropped")
+      end
       local attrs = attributes.for_call(call, ctx.req, result)
       out[#out + 1] = attrs
       if lease then
