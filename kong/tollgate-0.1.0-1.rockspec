@@ -41,5 +41,6 @@ build = {
     ["kong.plugins.tollgate.leases"] = "kong/plugins/tollgate/leases.lua",
     ["kong.plugins.tollgate.state"] = "kong/plugins/tollgate/state.lua",
     ["kong.plugins.tollgate.store"] = "kong/plugins/tollgate/store.lua",
+    ["kong.plugins.tollgate.usage"] = "kong/plugins/tollgate/usage.lua",
   },
 }

@@ -3,7 +3,7 @@
 // client (the JSON-RPC body is read and decoded) and a 2026-07-28 client whose Mcp-Method /
 // Mcp-Name headers are metered without reading the body; and with quota leases (a real Tollgate grants
 // them; in steady state each call takes from the node's lease in its shared dict, renewals run in the
-// background).
+// background); and with an answer whose result reports usage in _meta (the plugin reads it into the span).
 // Usage: node kong/bench/bench.mjs [durationSeconds] [connections]
 
 import { execFileSync } from 'node:child_process';
@@ -142,6 +142,9 @@ wrk.headers["Mcp-Name"] = "search"
     ['2026 headers: + tollgate cached', '/cached/mcp', script2026],
     ['2026 headers: + tollgate HMGET', '/uncached/mcp', script2026],
     ['2026 headers: + tollgate cached, leases', '/leased/mcp', script2026],
+    // the tool reports 4 usage entries in its result's _meta: what reading them costs
+    ['usage in _meta: Kong-like runloop', '/runloop_only/mcp?usage=1', script2026, 'usage'],
+    ['usage in _meta: + tollgate cached', '/cached/mcp?usage=1', script2026],
   ]) {
     rows.push({ name, baselineOf, ...wrk(`${base}${path}`, script) });
   }

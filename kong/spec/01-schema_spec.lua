@@ -33,6 +33,7 @@ describe("tollgate schema", function()
       propagate_meta_traceparent = true,
       meter_from_headers = true,
       session_gap_ms = 1800000,
+      upstream_usage = true,
       billing_timeout_ms = 5000,
       leases = false,
       lease_timeout_ms = 250,

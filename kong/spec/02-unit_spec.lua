@@ -885,3 +885,196 @@ describe("exporter", function()
     assert.equal(1, full.ex.dropped)
   end)
 end)
+
+describe("usage the upstream reports (result._meta[\"tollgate/usage\"])", function()
+  local usage = require "kong.plugins.tollgate.usage"
+
+  local function scan(content_type, ids, body, size)
+    local s = assert(outcome.new(content_type, ids))
+    size = size or #body
+    for i = 1, #body, size do
+      s:feed(body:sub(i, i + size - 1))
+    end
+    s:finish()
+    return s
+  end
+
+  -- a tool result as an MCP SDK server sends it, usage in the result's _meta, among other keys
+  local function result_with(usage_json, id)
+    return '{"result":{"content":[{"type":"text","text":"a \\"_meta\\" in text: {\\"tollgate/usage\\":{}}"}],'
+      .. '"_meta":{"io.modelcontextprotocol/related-task":{"taskId":"t"},"tollgate/usage":' .. usage_json
+      .. ',"other":{"tollgate/usage":{"tollgate.usage.decoy":1}}},"isError":false},"jsonrpc":"2.0","id":'
+      .. (id or "1") .. '}'
+  end
+
+  local USAGE = '{"gen_ai.usage.input_tokens":1200,"gen_ai.usage.output_tokens":340,'
+    .. '"gen_ai.usage.cache_read.input_tokens":800,"tollgate.usage.rows_scanned":12.5}'
+  local EXPECTED = {
+    ["gen_ai.usage.input_tokens"] = 1200,
+    ["gen_ai.usage.output_tokens"] = 340,
+    ["gen_ai.usage.cache_read.input_tokens"] = 800,
+    ["tollgate.usage.rows_scanned"] = 12.5,
+  }
+
+  for _, size in ipairs({ 1, 2, 3, 5, 7, 64, 100000 }) do
+    it("JSON result, chunks of " .. size .. ": every entry, nothing from text or deeper objects", function()
+      local s = scan("application/json", { "n:1" }, result_with(USAGE), size)
+      local r = s:result("n:1")
+      assert.same(EXPECTED, r.usage.values)
+      assert.equal(4, r.usage.n)
+      assert.equal(0, r.usage.dropped)
+      assert.is_false(r.is_error)
+      assert.is_false(s:failed())
+    end)
+
+    it("SSE result split across chunk boundaries and data: lines, chunks of " .. size, function()
+      local body = ": ping\r\n\r\n"
+        .. 'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1,'
+        .. '"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":99}}}}\r\n\r\n'
+        .. "id: 7\nevent: message\ndata: " .. result_with(USAGE):gsub('"_meta":', '\ndata: "_meta":', 1)
+        .. "\n\n"
+      local s = scan("text/event-stream", { "n:1" }, body, size)
+      assert.same(EXPECTED, s:result("n:1").usage.values)
+    end)
+  end
+
+  it("no usage: the answer carries none", function()
+    local s = scan("application/json", { "n:1" }, '{"jsonrpc":"2.0","id":1,"result":{"content":[],"_meta":{"a":1}}}')
+    assert.same({ is_error = false }, s:result("n:1"))
+  end)
+
+  it("usage outside result._meta is not read (params._meta of a request, error.data, structuredContent)", function()
+    local s = scan("application/json", { "n:1", "n:2" },
+      '[{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"m","data":{"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":5}}}}},'
+      .. '{"jsonrpc":"2.0","id":2,"result":{"structuredContent":{"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":5}}}}}]')
+    assert.is_nil(s:result("n:1").usage)
+    assert.is_nil(s:result("n:2").usage)
+  end)
+
+  it("batch: each answer keeps its own usage", function()
+    local body = "[" .. result_with('{"gen_ai.usage.input_tokens":1}', '"a"') .. ","
+      .. result_with('{"gen_ai.usage.input_tokens":2}', "2") .. "]"
+    local s = scan("application/json", { "s:a", "n:2" }, body, 3)
+    assert.same({ ["gen_ai.usage.input_tokens"] = 1 }, s:result("s:a").usage.values)
+    assert.same({ ["gen_ai.usage.input_tokens"] = 2 }, s:result("n:2").usage.values)
+  end)
+
+  it("a tool error's usage is reported too (the processor prices a failed call's lines at 0, counts its cost)", function()
+    local s = scan("application/json", { "n:1" },
+      '{"jsonrpc":"2.0","id":1,"result":{"isError":true,"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":7}},"content":[]}}')
+    assert.is_true(s:result("n:1").is_error)
+    assert.same({ ["gen_ai.usage.input_tokens"] = 7 }, s:result("n:1").usage.values)
+  end)
+
+  it("bad values are forwarded as they are, for the processor to reject the span (invalid_usage)", function()
+    local body = result_with('{"tollgate.usage.neg":-3,"tollgate.usage.frac":0.25,"tollgate.usage.huge":1e13,'
+      .. '"tollgate.usage.inf":1e999,"tollgate.usage.text":"12","tollgate.usage.word":"lots","tollgate.usage.esc":"\\u0031\\u00e9",'
+      .. '"tollgate.usage.bool":true,"tollgate.usage.obj":{"n":1},"tollgate.usage.arr":[1,2],"tollgate.usage.null":null,'
+      .. '"tollgate.usage.long_text":"' .. string.rep("9", 65) .. '","tollgate.usage.long_number":' .. string.rep("9", 70)
+      .. ',"tollgate.usage.exp":2E3}')
+    for _, size in ipairs({ 1, 4, 100000 }) do
+      local s = scan("application/json", { "n:1" }, body, size)
+      assert.is_false(s:failed())
+      assert.same({
+        ["tollgate.usage.neg"] = -3,
+        ["tollgate.usage.frac"] = 0.25,
+        ["tollgate.usage.huge"] = 1e13,
+        ["tollgate.usage.inf"] = "1e999", -- not a finite double: its text
+        ["tollgate.usage.text"] = "12",
+        ["tollgate.usage.word"] = "lots",
+        ["tollgate.usage.esc"] = "1é",
+        ["tollgate.usage.bool"] = true,
+        ["tollgate.usage.obj"] = usage.OBJECT,
+        ["tollgate.usage.arr"] = usage.ARRAY,
+        ["tollgate.usage.long_text"] = usage.TOO_LONG,
+        ["tollgate.usage.long_number"] = usage.TOO_LONG_NUMBER,
+        ["tollgate.usage.exp"] = 2000,
+      }, s:result("n:1").usage.values) -- null: no value
+      assert.equal(0, s:result("n:1").usage.dropped)
+    end
+  end)
+
+  it("only gen_ai.usage.* and tollgate.usage.* names: an upstream cannot set the customer or the outcome", function()
+    local long = "tollgate.usage." .. string.rep("x", usage.MAX_NAME)
+    local s = scan("application/json", { "n:1" }, result_with('{"tollgate.customer.id":"someone-else","error.type":"x",'
+      .. '"gen_ai.tool.name":"free","Gen_AI.usage.input_tokens":1,"tollgate.usage.":1,"' .. long .. '":1,'
+      .. '"gen_ai.usage.output_tokens":3}'), 2)
+    local r = s:result("n:1")
+    assert.same({ ["gen_ai.usage.output_tokens"] = 3 }, r.usage.values)
+    assert.equal(6, r.usage.dropped)
+  end)
+
+  it("too many keys: the first MAX_ENTRIES are kept, the rest counted as dropped; a repeated name keeps the last", function()
+    local parts = {}
+    for i = 1, usage.MAX_ENTRIES + 8 do
+      parts[#parts + 1] = '"tollgate.usage.line_' .. i .. '":' .. i
+    end
+    parts[#parts + 1] = '"tollgate.usage.line_1":100'
+    local s = scan("application/json", { "n:1" }, result_with("{" .. table.concat(parts, ",") .. "}"), 7)
+    local r = s:result("n:1")
+    assert.equal(usage.MAX_ENTRIES, r.usage.n)
+    assert.equal(8, r.usage.dropped)
+    assert.equal(100, r.usage.values["tollgate.usage.line_1"])
+    assert.equal(usage.MAX_ENTRIES, r.usage.values["tollgate.usage.line_" .. usage.MAX_ENTRIES])
+    assert.is_nil(r.usage.values["tollgate.usage.line_" .. (usage.MAX_ENTRIES + 1)])
+  end)
+
+  it("a usage key that is not an object reports nothing; the outcome is still read", function()
+    local s = scan("application/json", { "n:1" },
+      '{"jsonrpc":"2.0","id":1,"result":{"_meta":{"tollgate/usage":[{"gen_ai.usage.input_tokens":1}]},"isError":true}}')
+    assert.same({ is_error = true }, s:result("n:1"))
+  end)
+
+  it("memory stays bounded: a 1 MB text value and 10,000 dropped names keep nothing", function()
+    local parts = { '"tollgate.usage.big":"' .. string.rep("x", 1000000) .. '"' }
+    for i = 1, 10000 do
+      parts[#parts + 1] = '"other.' .. i .. '":' .. i
+    end
+    local s = scan("application/json", { "n:1" }, result_with("{" .. table.concat(parts, ",") .. "}"), 8192)
+    local r = s:result("n:1")
+    assert.same({ ["tollgate.usage.big"] = usage.TOO_LONG }, r.usage.values)
+    assert.equal(10000, r.usage.dropped)
+  end)
+
+  describe("Tollgate-Usage header", function()
+    it("an RFC 8941 dictionary of numbers", function()
+      local r = usage.parse_header("gen_ai.usage.input_tokens=120, tollgate.usage.rows_scanned=4.5,gen_ai.usage.output_tokens = 3")
+      assert.same({ ["gen_ai.usage.input_tokens"] = 120, ["tollgate.usage.rows_scanned"] = 4.5,
+                    ["gen_ai.usage.output_tokens"] = 3 }, r.values)
+      assert.equal(0, r.dropped)
+    end)
+    it("bad values forwarded as text or booleans; members without = and foreign names dropped", function()
+      local r = usage.parse_header('tollgate.usage.a=-1, tollgate.usage.b="x", tollgate.usage.c=?1, tollgate.usage.d=abc, junk, tollgate.customer.id=5')
+      assert.same({ ["tollgate.usage.a"] = -1, ["tollgate.usage.b"] = "x", ["tollgate.usage.c"] = true,
+                    ["tollgate.usage.d"] = "abc" }, r.values)
+      assert.equal(2, r.dropped)
+    end)
+    it("an oversized header is dropped whole", function()
+      local r = usage.parse_header("tollgate.usage.a=" .. string.rep("1", usage.MAX_HEADER))
+      assert.same({}, r.values)
+      assert.equal(1, r.dropped)
+    end)
+    it("merge: the _meta value wins for a name both carry", function()
+      local meta = usage.add(usage.new(), "gen_ai.usage.input_tokens", 10)
+      local header = usage.parse_header("gen_ai.usage.input_tokens=99, tollgate.usage.pages=2, x=1")
+      local m = usage.merge(meta, header)
+      assert.same({ ["gen_ai.usage.input_tokens"] = 10, ["tollgate.usage.pages"] = 2 }, m.values)
+      assert.equal(1, m.dropped)
+      assert.equal(meta, usage.merge(meta, nil))
+      assert.equal(header, usage.merge(nil, header))
+    end)
+  end)
+
+  it("attributes: the entries under their own names, the dropped count on tollgate.kong.usage_dropped", function()
+    local report = usage.parse_header("gen_ai.usage.input_tokens=5, tollgate.usage.rows=2, nope=1")
+    local a = attributes.for_call({ id = jsonrpc.describe_id(1), name = "t" }, { customer = "c" },
+                                  { answer = { is_error = false }, http_status = 200, usage = report })
+    assert.equal(5, a["gen_ai.usage.input_tokens"])
+    assert.equal(2, a["tollgate.usage.rows"])
+    assert.equal(1, a["tollgate.kong.usage_dropped"])
+    assert.equal("t", a["gen_ai.tool.name"])
+    local none = attributes.for_call({ id = jsonrpc.describe_id(1), name = "t" }, { customer = "c" },
+                                     { answer = { is_error = false }, http_status = 200 })
+    assert.is_nil(none["tollgate.kong.usage_dropped"])
+  end)
+end)

@@ -840,4 +840,150 @@ describe("tollgate handler", function()
       assert.is_true(logged)
     end)
   end)
+
+  describe("usage the upstream reports", function()
+    local exporter = require "kong.plugins.tollgate.exporter"
+    local posts = {}
+    local real_post = exporter.http_post
+    setup(function()
+      exporter.http_post = function(url, headers, body)
+        posts[#posts + 1] = { url = url, headers = headers, body = body }
+        return 200
+      end
+    end)
+    teardown(function()
+      exporter.http_post = real_post
+    end)
+    before_each(function()
+      posts = {}
+    end)
+
+    local META = '"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":1200,"gen_ai.usage.output_tokens":300,'
+      .. '"gen_ai.usage.cache_read.input_tokens":1000,"tollgate.usage.rows_scanned":42}}'
+    local ANSWER = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],' .. META .. '}}'
+
+    it("JSON answer: the usage is on the billed span under the SDK's attribute names; the body passes unchanged", function()
+      local res = fake.run(handler, config(), request(), json_upstream(ANSWER))
+      assert.equal(ANSWER, res.downstream_body)
+      local a = attrs(res.root)
+      assert.equal(1200, a["gen_ai.usage.input_tokens"])
+      assert.equal(300, a["gen_ai.usage.output_tokens"])
+      assert.equal(1000, a["gen_ai.usage.cache_read.input_tokens"])
+      assert.equal(42, a["tollgate.usage.rows_scanned"])
+      assert.is_nil(a["tollgate.kong.usage_dropped"])
+      assert.is_nil(a["error.type"])
+      -- and Kong's opentelemetry plugin exports it so
+      assert.equal(1200, attrs(res.exported[1])["gen_ai.usage.input_tokens"])
+    end)
+
+    it("SSE answer cut into 3-byte chunks, metered from the 2026 headers: same attributes, body unread", function()
+      local sse = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\r\n\r\n"
+        .. "event: message\r\ndata: " .. ANSWER .. "\r\n\r\n"
+      local chunks = {}
+      for i = 1, #sse, 3 do chunks[#chunks + 1] = sse:sub(i, i + 2) end
+      local res = fake.run(handler, config(), modern(),
+        { status = 200, headers = { ["Content-Type"] = "text/event-stream" }, chunks = chunks })
+      assert.equal(sse, res.downstream_body)
+      assert.equal(0, res.body_reads)
+      local a = attrs(res.root)
+      assert.equal(1200, a["gen_ai.usage.input_tokens"])
+      assert.equal(42, a["tollgate.usage.rows_scanned"])
+    end)
+
+    it("no usage reported: no usage attributes", function()
+      local res = fake.run(handler, config(), request(),
+        json_upstream('{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'))
+      for k in pairs(attrs(res.root)) do
+        assert.is_nil(k:find("usage", 1, true), k)
+      end
+    end)
+
+    it("bad values reach the span as they are; foreign names are counted, not set", function()
+      local res = fake.run(handler, config(), request(), json_upstream(
+        '{"jsonrpc":"2.0","id":1,"result":{"content":[],"_meta":{"tollgate/usage":{"tollgate.usage.rows_scanned":-5,'
+        .. '"gen_ai.usage.input_tokens":"many","tollgate.customer.id":"cus_other","mcp.method.name":"ping"}}}}'))
+      local a = attrs(res.root)
+      assert.equal(-5, a["tollgate.usage.rows_scanned"])
+      assert.equal("many", a["gen_ai.usage.input_tokens"])
+      assert.equal("cus_1", a["tollgate.customer.id"])
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.equal(2, a["tollgate.kong.usage_dropped"])
+      local warned = false
+      for _, l in ipairs(res.logs) do
+        if l.level == "warn" and l.message:find("2 usage entries the upstream reported for tool search", 1, true) then
+          warned = true
+        end
+      end
+      assert.is_true(warned, "the operator is told, at most every 10 s per worker")
+    end)
+
+    it("Tollgate-Usage header: read, removed from the client's answer; _meta wins for a name both carry", function()
+      local up = json_upstream(ANSWER)
+      up.headers["Tollgate-Usage"] = "gen_ai.usage.input_tokens=1, tollgate.usage.pages=3"
+      local res = fake.run(handler, config(), request(), up)
+      assert.is_nil(res.response_headers["tollgate-usage"])
+      local a = attrs(res.root)
+      assert.equal(1200, a["gen_ai.usage.input_tokens"])
+      assert.equal(3, a["tollgate.usage.pages"])
+    end)
+
+    it("Tollgate-Usage header alone, on a compressed answer the scanner cannot read", function()
+      local up = { status = 200, headers = { ["Content-Type"] = "application/json", ["Content-Encoding"] = "gzip",
+                                             ["Tollgate-Usage"] = "gen_ai.usage.output_tokens=77" },
+                   chunks = { "\31\139 not read" } }
+      local res = fake.run(handler, config(), request(), up)
+      assert.equal(77, attrs(res.root)["gen_ai.usage.output_tokens"])
+    end)
+
+    it("batch: each call its own _meta usage; the header, which cannot say whose it is, is ignored and counted", function()
+      local body = cjson.encode({
+        { jsonrpc = "2.0", id = 1, method = "tools/call", params = { name = "one" } },
+        { jsonrpc = "2.0", id = 2, method = "tools/call", params = { name = "two" } },
+      })
+      local answer = '[{"jsonrpc":"2.0","id":2,"result":{"content":[],"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":2}}}},'
+        .. '{"jsonrpc":"2.0","id":1,"result":{"content":[],"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":1}}}}]'
+      local up = json_upstream(answer)
+      up.headers["Tollgate-Usage"] = "gen_ai.usage.output_tokens=9, tollgate.usage.x=1"
+      local res = fake.run(handler, config(), request({ body = body }), up)
+      assert.equal(1, attrs(res.root)["gen_ai.usage.input_tokens"])
+      assert.is_nil(attrs(res.root)["gen_ai.usage.output_tokens"])
+      assert.equal(2, attrs(res.root)["tollgate.kong.usage_dropped"])
+      local child
+      for _, span in ipairs(res.spans) do
+        if span.name == "tools/call two" then child = span end
+      end
+      assert.equal(2, attrs(child)["gen_ai.usage.input_tokens"])
+      assert.is_nil(attrs(child)["tollgate.kong.usage_dropped"])
+      local warned = false
+      for _, l in ipairs(res.logs) do
+        warned = warned or (l.level == "warn" and l.message:find("Tollgate-Usage header of a batch", 1, true) ~= nil)
+      end
+      assert.is_true(warned)
+    end)
+
+    it("upstream_usage = false: nothing is read, the header reaches the client", function()
+      local up = json_upstream(ANSWER)
+      up.headers["Tollgate-Usage"] = "tollgate.usage.pages=3"
+      local res = fake.run(handler, config({ upstream_usage = false }), request(), up)
+      assert.is_nil(attrs(res.root)["gen_ai.usage.input_tokens"])
+      assert.is_nil(attrs(res.root)["tollgate.usage.pages"])
+      assert.equal("tollgate.usage.pages=3", res.response_headers["tollgate-usage"])
+    end)
+
+    it("tracing off: the billing exporter sends the quantities as OTLP doubles, the bad ones as they came", function()
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local res = fake.run(handler, conf, request({ tracing = false }), json_upstream(
+        '{"jsonrpc":"2.0","id":1,"result":{"content":[],"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":1200,'
+        .. '"tollgate.usage.gb_seconds":0.125,"tollgate.usage.rows_scanned":"lots","tollgate.usage.flag":true}}}}'))
+      assert.is_nil(res.exit)
+      assert.equal(1, fake.run_timers())
+      local span = cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans[1]
+      local a = {}
+      for _, kv in ipairs(span.attributes) do a[kv.key] = kv.value end
+      assert.same({ doubleValue = 1200 }, a["gen_ai.usage.input_tokens"])
+      assert.same({ doubleValue = 0.125 }, a["tollgate.usage.gb_seconds"])
+      assert.same({ stringValue = "lots" }, a["tollgate.usage.rows_scanned"])
+      assert.same({ boolValue = true }, a["tollgate.usage.flag"])
+    end)
+  end)
 end)

@@ -15,6 +15,8 @@
 --   kong.response.get_status()           -> number                                    (header_filter..log)
 --   kong.response.get_header(name)       -> string|nil                                (header_filter..log)
 --   kong.response.get_source()           -> "exit" | "service" | "error"              (header_filter..log)
+--   kong.response.clear_header(name)     error if name is not a string or the headers are sent
+--                                                                                    (rewrite, access, header_filter)
 --   kong.service.request.set_header(name, value)                                     (rewrite, access, balancer)
 --   kong.ctx.plugin                      -> per-request, per-plugin table
 --   kong.client.get_credential()         -> credential entity | nil                   (access..log)
@@ -188,6 +190,19 @@ end
 function kong.response.get_header(name)
   check_phase(PHASES.response, "kong.response.get_header")
   return header_of(current.resp_headers, name)
+end
+
+-- kong/pdk/response.lua: check_phase(rewrite_access_header); "headers have already been sent" once
+-- they are; ngx.header[name] = nil (every value of the header)
+function kong.response.clear_header(name)
+  check_phase(PHASES.exit, "kong.response.clear_header")
+  if current.headers_sent then
+    error("headers have already been sent", 2)
+  end
+  if type(name) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  current.resp_headers[normalize(name)] = nil
 end
 
 function kong.service.request.set_header(header, value)
@@ -413,6 +428,8 @@ function _M.run(handler, conf, req, upstream)
     exit = r.exit,
     status = status,
     downstream_body = table.concat(r.downstream),
+    -- the response headers as the client gets them (lower-case names)
+    response_headers = r.resp_headers,
     -- the request headers as Kong sends them upstream, and as our plugin left them
     upstream_headers = r.upstream_headers,
     plugin_upstream_headers = r.plugin_upstream_headers,

@@ -28,6 +28,7 @@ import {
 
 const FIXTURE = join(KONG_DIR, 'fixtures', 'kong-otel-span.json');
 const FIXTURE_2026 = join(KONG_DIR, 'fixtures', 'kong-otel-span-2026.json');
+const FIXTURE_USAGE = join(KONG_DIR, 'fixtures', 'kong-otel-span-usage.json');
 const PRODUCT = 'acme';
 const ACCEPT = 'application/json, text/event-stream';
 const PROTOCOL = '2025-06-18';
@@ -885,5 +886,147 @@ describe('fixture', () => {
       writeFileSync(FIXTURE_2026, `${JSON.stringify(normalized, null, 2)}\n`);
     }
     assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_2026, 'utf8')));
+  });
+
+  it('kong/fixtures/kong-otel-span-usage.json: a call whose tool reported usage in its result _meta', async () => {
+    const testId = nextId('fixture-usage');
+    const { body, headers } = modernCall(44, 'metered', {
+      usage: {
+        'gen_ai.usage.input_tokens': 1200,
+        'gen_ai.usage.output_tokens': 300,
+        'gen_ai.usage.cache_read.input_tokens': 1000,
+        'tollgate.usage.rows_scanned': 42,
+        'tollgate.usage.gb_seconds': 0.25,
+      },
+    });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-agent-id': 'agent-7',
+      traceparent: CLIENT_TRACEPARENT,
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const exports = await spansOf(testId);
+    assert.equal(exports.length, 1);
+    const normalized = normalizeExport(exports[0], { keepSession: true });
+    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
+      writeFileSync(FIXTURE_USAGE, `${JSON.stringify(normalized, null, 2)}\n`);
+    }
+    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_USAGE, 'utf8')));
+  });
+});
+
+describe('usage the upstream reports (result._meta["tollgate/usage"], Tollgate-Usage header)', () => {
+  const USAGE = {
+    'gen_ai.usage.input_tokens': 1200,
+    'gen_ai.usage.output_tokens': 300,
+    'gen_ai.usage.cache_read.input_tokens': 1000,
+    'tollgate.usage.rows_scanned': 42,
+  };
+
+  /** The tools/call span of an export, and its attributes with their OTLP value types. */
+  async function usageSpanOf(testId) {
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
+    assert.equal(spans.length, 1);
+    return Object.fromEntries(spans[0].attributes.map(({ key, value }) => [key, value]));
+  }
+
+  it('a 2.x SDK server tool reports usage in _meta: on the billed span as doubles; the client still gets it', async () => {
+    const testId = nextId('usage-sdk2');
+    const client = new Client2(
+      { name: 'kong-it-usage', version: '1.0.0' },
+      { versionNegotiation: { mode: { pin: MODERN } } },
+    );
+    await client.connect(
+      new Http2(new URL(`${base}/main/modern/mcp`), {
+        requestInit: { headers: { apikey: 'key-alice', 'x-test-id': testId } },
+      }),
+    );
+    const result = await client.callTool({ name: 'metered', arguments: { usage: USAGE } });
+    await client.close();
+    assert.deepEqual(result._meta?.['tollgate/usage'], USAGE, 'the answer reaches the client unchanged');
+    const a = await usageSpanOf(testId);
+    assert.deepEqual(a['gen_ai.usage.input_tokens'], { doubleValue: 1200 });
+    assert.deepEqual(a['gen_ai.usage.output_tokens'], { doubleValue: 300 });
+    assert.deepEqual(a['gen_ai.usage.cache_read.input_tokens'], { doubleValue: 1000 });
+    assert.deepEqual(a['tollgate.usage.rows_scanned'], { doubleValue: 42 });
+    assert.deepEqual(a['gen_ai.tool.name'], { stringValue: 'metered' });
+    assert.equal(a['tollgate.kong.usage_dropped'], undefined);
+  });
+
+  it('a 1.x SSE answer after log notifications and 200 kB of text, through nginx chunk by chunk', async () => {
+    const testId = nextId('usage-sse');
+    const headers = await openSession('/main/sse/mcp', { apikey: 'key-alice', 'x-test-id': testId });
+    await fetch(`${base}/_spans?id=${testId}`); // drop the session set-up exports
+    const res = await post(
+      '/main/sse/mcp',
+      toolCall(61, 'metered', { usage: USAGE, pad: 200000, steps: 3 }),
+      headers,
+    );
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /^text\/event-stream/);
+    const answer = (await messagesOf(res)).find((m) => m.id === 61);
+    assert.deepEqual(answer.result._meta['tollgate/usage'], USAGE);
+    const a = await usageSpanOf(testId);
+    assert.deepEqual(a['gen_ai.usage.input_tokens'], { doubleValue: 1200 });
+    assert.deepEqual(a['tollgate.usage.rows_scanned'], { doubleValue: 42 });
+  });
+
+  it('bad values reach the span as they came, for Tollgate to reject; other attributes cannot be set', async () => {
+    const testId = nextId('usage-bad');
+    const { body, headers } = modernCall(62, 'metered', {
+      usage: {
+        'tollgate.usage.rows_scanned': -5,
+        'gen_ai.usage.input_tokens': 'lots',
+        'tollgate.customer.id': 'cus_someone_else',
+        'error.type': 'none',
+      },
+    });
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const a = await usageSpanOf(testId);
+    assert.deepEqual(a['tollgate.usage.rows_scanned'], { doubleValue: -5 });
+    assert.deepEqual(a['gen_ai.usage.input_tokens'], { stringValue: 'lots' });
+    assert.deepEqual(a['tollgate.customer.id'], { stringValue: 'cus_alice' });
+    assert.equal(a['error.type'], undefined);
+    assert.deepEqual(a['tollgate.kong.usage_dropped'], { doubleValue: 2 });
+  });
+
+  it('Tollgate-Usage header: read, and removed from what the client gets', async () => {
+    const testId = nextId('usage-header');
+    const { body, headers } = modernCall(63, 'echo', { text: 'hi' });
+    const direct = await fetch(`http://127.0.0.1:${upstream.port}/modern/mcp`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: ACCEPT,
+        ...headers,
+        'x-test-usage-header': 'tollgate.usage.pages=3',
+      },
+      body: JSON.stringify(body),
+    });
+    assert.equal(direct.headers.get('tollgate-usage'), 'tollgate.usage.pages=3', 'the upstream sets it');
+    await direct.text();
+    const res = await post('/main/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+      'x-test-usage-header': 'gen_ai.usage.output_tokens=77, tollgate.usage.pages=3',
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('tollgate-usage'), null);
+    await res.text();
+    const a = await usageSpanOf(testId);
+    assert.deepEqual(a['gen_ai.usage.output_tokens'], { doubleValue: 77 });
+    assert.deepEqual(a['tollgate.usage.pages'], { doubleValue: 3 });
   });
 });

@@ -9,6 +9,11 @@
 //   echo {text}                 returns the text; text "fail" returns isError: true
 //   slow {steps, delayMs}       sends `steps` log notifications, delayMs apart, then answers
 //   big  {size, fail}           returns `size` bytes of text, isError when fail
+//   metered {usage, pad, steps} returns `usage` in the result's _meta["tollgate/usage"] (the key the Kong
+//                               plugin reads), after `pad` bytes of text and `steps` log notifications
+//                               (1.x and 2.x servers)
+// A /modern/mcp request with an X-Test-Usage-Header header gets its value back as a Tollgate-Usage
+// response header, as an upstream that reports usage in a header would set it.
 // GET /_stats returns how many tools/call each tool has served (to prove a refused call never
 // reached the upstream). Usage: node mcp-server.mjs <port>
 
@@ -23,7 +28,8 @@ import * as z from 'zod';
 import * as z4 from 'zod/v4';
 
 const port = Number(process.argv[2]);
-const stats = { echo: 0, slow: 0, big: 0, modern_echo: 0, modern_delete: 0 };
+const stats = { echo: 0, slow: 0, big: 0, metered: 0, modern_echo: 0, modern_delete: 0, modern_metered: 0 };
+const USAGE_META_KEY = 'tollgate/usage';
 
 // /modern/mcp: an MCP SDK 2.x server on the stateless 2026-07-28 protocol (createMcpHandler, strict:
 // legacy traffic refused), which validates Mcp-Method / Mcp-Name against the body as the
@@ -37,6 +43,22 @@ const modern = node2.toNodeHandler(
         if (text === 'fail') return { isError: true, content: [{ type: 'text', text: 'failed on purpose' }] };
         return { content: [{ type: 'text', text }] };
       });
+      s.registerTool(
+        'metered',
+        {
+          inputSchema: z4.object({
+            usage: z4.record(z4.string(), z4.unknown()),
+            pad: z4.number().optional(),
+          }),
+        },
+        async ({ usage, pad }) => {
+          stats.modern_metered++;
+          return {
+            content: [{ type: 'text', text: 'x'.repeat(pad ?? 0) || 'metered' }],
+            _meta: { [USAGE_META_KEY]: usage },
+          };
+        },
+      );
       s.registerTool('delete_everything', { inputSchema: z4.object({}) }, async () => {
         stats.modern_delete++;
         return { content: [{ type: 'text', text: 'deleted' }] };
@@ -85,6 +107,30 @@ function buildServer() {
     async ({ size, fail }) => {
       stats.big++;
       return { isError: fail === true, content: [{ type: 'text', text: 'x'.repeat(size) }] };
+    },
+  );
+  server.registerTool(
+    'metered',
+    {
+      description: 'Reports usage in the result _meta',
+      inputSchema: {
+        usage: z.record(z.string(), z.unknown()),
+        pad: z.number().optional(),
+        steps: z.number().optional(),
+      },
+    },
+    async ({ usage, pad, steps }, extra) => {
+      stats.metered++;
+      for (let i = 1; i <= (steps ?? 0); i++) {
+        await extra.sendNotification({
+          method: 'notifications/message',
+          params: { level: 'info', data: `step ${i}` },
+        });
+      }
+      return {
+        content: [{ type: 'text', text: 'x'.repeat(pad ?? 0) || 'metered' }],
+        _meta: { [USAGE_META_KEY]: usage },
+      };
     },
   );
   return server;
@@ -155,6 +201,8 @@ const http = createServer((req, res) => {
         } catch {
           parsed = undefined; // the SDK's entry answers the unparsable body itself
         }
+        const usageHeader = req.headers['x-test-usage-header'];
+        if (usageHeader) res.setHeader('Tollgate-Usage', usageHeader);
         await modern(req, res, parsed);
         return;
       }

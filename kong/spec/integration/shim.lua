@@ -161,6 +161,14 @@ local function build_pdk()
     return first(ngx.header[name])
   end
 
+  -- kong/pdk/response.lua: ngx.header[name] = nil removes every value of the header
+  function kong.response.clear_header(name)
+    if type(name) ~= "string" then
+      error("header name must be a string", 2)
+    end
+    ngx.header[name] = nil
+  end
+
   function kong.service.request.set_header(name, value)
     ngx.req.set_header(name, tostring(value))
   end

@@ -3,6 +3,7 @@
 -- billing keys. Pure: builds a flat table of string/number values that Kong's span:set_attribute
 -- accepts (numbers leave Kong as OTLP doubles).
 
+local pairs = pairs
 local tostring = tostring
 
 local KEYS = {
@@ -31,6 +32,9 @@ local KEYS = {
   -- Kong-side only (not read by the billing contract): how the access phase decided
   TOLLGATE_ENFORCEMENT = "tollgate.enforcement",
   TOLLGATE_ENFORCEMENT_REASON = "tollgate.enforcement.reason",
+  -- Kong-side only: how many usage entries the upstream reported that were not put on the span
+  -- (a name outside gen_ai.usage.* / tollgate.usage.*, too long, or past usage.MAX_ENTRIES)
+  TOLLGATE_USAGE_DROPPED = "tollgate.kong.usage_dropped",
 }
 
 local VALUES = {
@@ -71,7 +75,8 @@ end
 
 --- Attributes of one call.
 -- call: a jsonrpc.parse() call; req: { session_id, protocol_version, customer, agent, transport,
--- enforcement }; result: { answer, null_error, http_status }.
+-- enforcement }; result: { answer, null_error, http_status, usage }, usage = the usage.lua report
+-- the upstream gave for this call (its entries become attributes under their own names).
 function _M.for_call(call, req, result)
   local a = {
     [KEYS.MCP_METHOD_NAME] = VALUES.TOOLS_CALL,
@@ -94,6 +99,16 @@ function _M.for_call(call, req, result)
     a[KEYS.ERROR_TYPE] = error_type
     a[KEYS.RPC_RESPONSE_STATUS_CODE] = rpc_code
     a[KEYS.HTTP_RESPONSE_STATUS_CODE] = result.http_status
+    local usage = result.usage
+    if usage then
+      -- names are gen_ai.usage.* / tollgate.usage.* only (usage.accepts): none of the keys above
+      for name, v in pairs(usage.values) do
+        a[name] = v
+      end
+      if usage.dropped > 0 then
+        a[KEYS.TOLLGATE_USAGE_DROPPED] = usage.dropped
+      end
+    end
   end
   return a
 end

@@ -3,8 +3,10 @@
 --   access         meter from the Mcp-Method / Mcp-Name headers of a 2026-07-28 request without
 --                  reading its body, else parse the JSON-RPC body; pick the billing session;
 --                  enforce kill/throttle from Redis; stash the calls
---   header_filter  start an outcome scanner for the response's framing (JSON or SSE)
---   body_filter    feed it each chunk as it passes; chunks are never held back or modified
+--   header_filter  start an outcome scanner for the response's framing (JSON or SSE); take the
+--                  Tollgate-Usage header the upstream may set (and remove it from the answer)
+--   body_filter    feed it each chunk as it passes (it also reads result._meta["tollgate/usage"]);
+--                  chunks are never held back or modified
 --   log            put the MCP attributes on Kong's root span (and one child span per extra
 --                  tools/call of a batch), which Kong's opentelemetry plugin then exports — even
 --                  when its trace is sampled out; with Kong's tracing off, hand them to the
@@ -20,6 +22,7 @@ local exporter = require "kong.plugins.tollgate.exporter"
 local outcome = require "kong.plugins.tollgate.outcome"
 local session = require "kong.plugins.tollgate.session"
 local store = require "kong.plugins.tollgate.store"
+local usage = require "kong.plugins.tollgate.usage"
 
 local cjson_decode = require("cjson.safe").decode
 
@@ -402,6 +405,14 @@ function TollgateHandler:header_filter(conf)
   if ctx.source == "exit" then
     return
   end
+  if conf.upstream_usage ~= false then
+    local header = kong.response.get_header(usage.HEADER)
+    if header then
+      ctx.header_usage = usage.parse_header(header)
+      -- billing data for the gateway, not for the client
+      kong.response.clear_header(usage.HEADER)
+    end
+  end
   local encoding = kong.response.get_header("Content-Encoding")
   if encoding and encoding ~= "identity" then
     return -- compressed: the outcome stays unknown, the HTTP status still counts
@@ -493,7 +504,7 @@ local function billing_spans(ctx, calls)
 end
 
 -- The attributes of each billable call of the request, in order.
-local function billable_calls(ctx)
+local function billable_calls(conf, ctx)
   local scanner = ctx.scanner
   local result = {
     http_status = ctx.http_status or kong.response.get_status(),
@@ -501,9 +512,26 @@ local function billable_calls(ctx)
   }
   local out = {}
   local lease = ctx.lease and ctx.lease.lease and ctx.lease
+  local read_meta = conf.upstream_usage ~= false
+  -- the Tollgate-Usage header is the whole response's: it belongs to a request's only call
+  local header_usage = ctx.header_usage
+  if header_usage and #ctx.parsed.calls > 1 then
+    log_limited("usage_batch", "warn", "tollgate: the ", usage.HEADER, " header of a batch answer is ",
+                "ignored (it cannot say which call it is for); report usage in each result's _meta")
+    header_usage = usage.new()
+    header_usage.dropped = ctx.header_usage.n + ctx.header_usage.dropped
+  end
   for _, call in ipairs(ctx.parsed.calls) do
     if call.name then
-      result.answer = scanner and scanner:result(call.id and call.id.key or outcome.ANY_ID)
+      local answer = scanner and scanner:result(call.id and call.id.key or outcome.ANY_ID)
+      result.answer = answer
+      result.usage = read_meta and usage.merge(answer and answer.usage, header_usage) or nil
+      header_usage = nil -- once
+      if result.usage and result.usage.dropped > 0 then
+        log_limited("usage_dropped", "warn", "tollgate: ", result.usage.dropped, " usage entries the upstream ",
+                    "reported for tool ", call.name, " are not on its span (names must be gen_ai.usage.* or ",
+                    "tollgate.usage.*, at most ", usage.MAX_ENTRIES, " per call): see tollgate.kong.usage_dropped")
+      end
       local attrs = attributes.for_call(call, ctx.req, result)
       out[#out + 1] = attrs
       if lease then
@@ -542,7 +570,7 @@ function TollgateHandler:log(conf)
     return
   end
 
-  local calls = billable_calls(ctx)
+  local calls = billable_calls(conf, ctx)
   if #calls == 0 then
     return
   end

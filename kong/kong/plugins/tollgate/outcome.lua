@@ -1,13 +1,18 @@
 -- Incremental outcome scanner for MCP responses: learns, for each tools/call id, whether the
 -- response carried a JSON-RPC `error` (and its code) or a result with `isError: true`.
 --
+-- It also collects the usage the upstream reports in the result's `_meta["tollgate/usage"]` object
+-- (usage.lua), in the same single pass.
+--
 -- It observes the body chunk by chunk as nginx streams it and never holds a chunk back or
--- copies the body: memory is bounded by MAX_DEPTH, the longest key we capture (16 bytes) and the
--- longest id (256 bytes), whatever the size of the response or the length of an SSE stream.
+-- copies the body: memory is bounded by MAX_DEPTH, the longest key we capture (16 bytes, 96 for a
+-- usage attribute name), the longest id (256 bytes) and the usage report (usage.MAX_ENTRIES names
+-- with values of at most 64 bytes), whatever the size of the response or the length of an SSE stream.
 -- Two framings: `application/json` (one message or a batch array) and `text/event-stream`
 -- (each event's `data:` lines carry one JSON-RPC message, or a batch array).
 
 local jsonrpc = require "kong.plugins.tollgate.jsonrpc"
+local usage = require "kong.plugins.tollgate.usage"
 
 local byte = string.byte
 local char = string.char
@@ -28,6 +33,12 @@ local MAX_KEY = 16
 local MAX_ID = jsonrpc.MAX_ID_LENGTH
 local MAX_SCALAR = 64
 local MAX_FIELD = 16
+local MAX_USAGE_NAME = usage.MAX_NAME
+local MAX_USAGE_TEXT = usage.MAX_TEXT
+local USAGE_KEY = usage.META_KEY
+local usage_new = usage.new
+local usage_add = usage.add
+local usage_number = usage.number
 
 local STR, NUM, LIT = 1, 2, 3
 local OBJ, ARR = 1, 2
@@ -51,7 +62,7 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Streaming JSON scanner: tracks nesting and the few keys a JSON-RPC response outcome needs.
 -- Calls on_message(msg) when a message object closes, msg = { id, has_method, has_error,
--- error_code, has_result, is_error }.
+-- error_code, has_result, is_error, usage (a usage.lua report of result._meta["tollgate/usage"]) }.
 ---------------------------------------------------------------------------------------------------
 local Scanner = {}
 Scanner.__index = Scanner
@@ -66,6 +77,9 @@ function Scanner:reset()
   self.depth = 0
   self.msg_level = nil
   self.msg = nil
+  -- the depth of the result._meta["tollgate/usage"] object being read, else nil
+  self.usage_depth = nil
+  self.num_overflow = false
   self.expect_key = false
   self.tok = nil
   self.esc = nil
@@ -109,7 +123,41 @@ function Scanner:value(kind, v)
     elseif parent == "result" and key == "isError" and kind == LIT then
       msg.is_error = v == "true"
     end
+  elseif d == self.usage_depth then
+    -- one entry of result._meta["tollgate/usage"]: forwarded as it is (usage.lua says why)
+    local report = msg.usage
+    if not report then
+      report = usage_new()
+      msg.usage = report
+    end
+    if key == false then
+      report.dropped = report.dropped + 1 -- a name longer than MAX_USAGE_NAME
+      return
+    end
+    local value
+    if kind == NUM then
+      value = usage_number(v)
+    elseif kind == LIT then
+      if v == "true" then
+        value = true
+      elseif v == "false" then
+        value = false
+      end -- null: no value
+    elseif kind == STR then
+      value = v or usage.TOO_LONG
+    else
+      value = kind == "object" and usage.OBJECT or usage.ARRAY
+    end
+    usage_add(report, key, value)
   end
+end
+
+-- true when the container at depth d (d = msg_level + 3) is result._meta["tollgate/usage"]
+function Scanner:is_usage_object(d)
+  local ml = self.msg_level
+  local stack, keys = self.stack, self.keys
+  return d == ml + 3 and keys[ml] == "result" and keys[ml + 1] == "_meta" and keys[ml + 2] == USAGE_KEY
+         and stack[ml + 1] == OBJ and stack[ml + 2] == OBJ and stack[ml] == OBJ
 end
 
 function Scanner:open(kind)
@@ -130,6 +178,11 @@ function Scanner:open(kind)
   end
   if d == self.msg_level and kind == OBJ then
     self.msg = {}
+  elseif kind == OBJ and self.msg and d == self.msg_level + 3 and self:is_usage_object(d) then
+    self.usage_depth = d
+    if not self.msg.usage then
+      self.msg.usage = usage_new()
+    end
   end
 end
 
@@ -142,6 +195,9 @@ function Scanner:close(kind)
     local msg = self.msg
     self.msg = nil
     self.on_message(msg)
+  end
+  if d == self.usage_depth then
+    self.usage_depth = nil
   end
   self.depth = d - 1
   self.expect_key = false
@@ -162,9 +218,15 @@ function Scanner:start_string()
   if is_key then
     if d == ml or d == ml + 1 then
       cap = MAX_KEY
+    elseif d == self.usage_depth then
+      cap = MAX_USAGE_NAME
+    elseif d == ml + 2 and self.keys[ml + 1] == "_meta" and self.keys[ml] == "result" then
+      cap = MAX_KEY -- a key of result._meta: "tollgate/usage" is one
     end
   elseif d == ml and self.stack[d] == OBJ and self.keys[d] == "id" then
     cap = MAX_ID
+  elseif d == self.usage_depth then
+    cap = MAX_USAGE_TEXT
   end
   self.tok = STR
   self.is_key = is_key
@@ -211,6 +273,10 @@ end
 function Scanner:end_scalar()
   local kind, text = self.tok, concat(self.buf)
   self.tok = nil
+  if self.num_overflow then
+    self.num_overflow = false
+    return self:value(STR, usage.TOO_LONG_NUMBER)
+  end
   if kind == LIT and text ~= "true" and text ~= "false" and text ~= "null" then
     return self:fail()
   end
@@ -308,9 +374,16 @@ function Scanner:feed(chunk)
       local part = sub(chunk, i, (j or n + 1) - 1)
       self.len = self.len + #part
       if self.len > MAX_SCALAR then
-        return self:fail()
+        if tok ~= NUM or self.depth ~= self.usage_depth then
+          return self:fail()
+        end
+        -- an over-long usage quantity: forwarded as a marker the processor refuses, not kept
+        self.num_overflow = true
+        self.buf = {}
+        self.len = 0
+      else
+        self.buf[#self.buf + 1] = part
       end
-      self.buf[#self.buf + 1] = part
       if j then
         i = j
         self:end_scalar()
@@ -345,6 +418,7 @@ function Scanner:feed(chunk)
         self.tok = (c == 116 or c == 102 or c == 110) and LIT or NUM
         self.buf = {}
         self.len = 0
+        self.num_overflow = false
         i = j
       else
         return self:fail()
@@ -540,6 +614,7 @@ function Outcome:on_message(msg)
       id_key = id == ANY_ID and msg.id or nil,
       error_code = msg.has_error and (msg.error_code or "unknown") or nil,
       is_error = msg.is_error == true,
+      usage = msg.usage,
     }
     self.pending = self.pending - 1
     if self.pending == 0 then
@@ -564,8 +639,8 @@ function Outcome:finish()
   end
 end
 
---- { error_code = "-32602" | nil, is_error = bool } for an answered id, else nil; for ANY_ID the
--- first answer, with id_key = the id key it carried.
+--- { error_code = "-32602" | nil, is_error = bool, usage = usage.lua report | nil } for an answered
+-- id, else nil; for ANY_ID the first answer, with id_key = the id key it carried.
 function Outcome:result(id_key)
   return self.results[id_key]
 end

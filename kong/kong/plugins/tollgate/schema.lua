@@ -92,6 +92,8 @@ return {
           { session_gap_ms = { description = "Inactivity gap of the activity billing session (rule 4): a caller's call more than this after its previous one starts a new session.",
                                type = "integer", required = true, default = DEFAULTS.SESSION_GAP_MS,
                                between = { 1000, 7 * 24 * 3600 * 1000 } } },
+          { upstream_usage = { description = "Put the usage the upstream MCP server reports for a tools/call on its billed span: the tool result's _meta[\"tollgate/usage\"] object and the Tollgate-Usage response header (removed from the answer), gen_ai.usage.* and tollgate.usage.* attributes only. Turn off when the upstream is not trusted to report what its customers pay for.",
+                               type = "boolean", required = true, default = true } },
           { billing_endpoint = { description = "OTLP/HTTP traces URL of Tollgate's collector-processor (…/v1/traces). With Kong's tracing off, the spans of metered calls are sent here, since Kong's opentelemetry plugin exports nothing then.",
                                  type = "string", match = "^https?://[^%s]+$" } },
           { billing_authorization = { description = "Authorization header value for billing_endpoint, e.g. \"Bearer <ingest key>\"; a vault reference is accepted.",
