@@ -365,7 +365,7 @@ function gatewayDying(fake: FakeStripe, n: number, when: 'before' | 'after'): St
   const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
   let creates = 0;
   return {
-    listInvoiceItems: (c, g) => real.listInvoiceItems(c, g),
+    ...real,
     async createInvoiceItem(p, key) {
       const dies = ++creates === n;
       if (dies && when === 'before') throw new Error('killed before sending');
@@ -537,7 +537,7 @@ describe('crash mid-sync, then resume, when the list does not show the crashed p
     });
     // a list that lags behind the create (or an item outside the listed range): only the key can help
     const blind: StripeGateway = {
-      createInvoiceItem: (p, k) => real.createInvoiceItem(p, k),
+      ...real,
       listInvoiceItems: async () => [],
     };
     const resumed = await runStripeSync(config, runDir, deps, quietLog, {
@@ -663,9 +663,54 @@ describe('mapping errors', () => {
       'stripe.lines.0.components: duration has no whole-unit quantity',
     ],
     [
-      'usage lines as a quantity',
-      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], push: quantity, price: price_1 } ] }',
-      'stripe.lines.0.components: usage lines count different units: push them as an amount',
+      'usage without the usage line it pushes',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], push: amount } ] }',
+      'stripe.lines.0.usageLine: name the usage line (usageLine: <name>): each usage line goes to Stripe as its own line',
+    ],
+    [
+      'a usage line added to other components',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call, usage], usageLine: rows, push: amount } ] }',
+      'stripe.lines.0.components: a usage line goes to Stripe on its own: components must be [usage]',
+    ],
+    [
+      'a usageLine on calls',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], usageLine: rows, push: amount } ] }',
+      'stripe.lines.0.usageLine: only a line of components [usage] takes a usageLine',
+    ],
+    [
+      'quantityDecimals on an amount line',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], usageLine: rows, push: amount, quantityDecimals: 3 } ] }',
+      'stripe.lines.0.quantityDecimals: only a usage line pushed as a quantity or to a meter takes quantityDecimals',
+    ],
+    [
+      'a meter line without a meter',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter } ] }',
+      'stripe.lines.0.meter: a meter line needs meter: { eventName }',
+    ],
+    [
+      'a meter line with a price',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: calls }, price: price_1 } ] }',
+      'stripe.lines.0.price: a meter line is priced by the meter’s price in Stripe',
+    ],
+    [
+      'a meter on an amount line',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: amount, meter: { eventName: calls } } ] }',
+      'stripe.lines.0.meter: only a meter line (push: meter) takes a meter',
+    ],
+    [
+      'a meter id that is not one',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: calls, id: meter_1 } } ] }',
+      'stripe.lines.0.meter.id: must be a Stripe meter id (mtr_…)',
+    ],
+    [
+      'duration to a meter',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [duration], push: meter, meter: { eventName: d } } ] }',
+      'stripe.lines.0.components: duration has no whole-unit quantity',
+    ],
+    [
+      'two lines to one meter event',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: e } }, { name: y, components: [input_tokens], push: meter, meter: { eventName: e } } ] }',
+      'stripe.lines.1.meter.eventName: meter event e is pushed by two lines',
     ],
     [
       'calls and tokens in one quantity',
