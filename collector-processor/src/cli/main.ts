@@ -282,18 +282,18 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
     else {
       const p = report.pushes;
       out.write(
-        `${dryRun ? 'DRY RUN — nothing was sent to Stripe. ' : ''}pushes: ${p.created} created, ${p.replayed} replayed, ${p.found} already at Stripe, ${p.wouldPush} would be pushed, ${p.skippedZero} with nothing to push\n`,
+        `${dryRun ? 'DRY RUN — nothing was sent to Stripe. ' : ''}pushes: ${p.created} created, ${p.replayed} replayed (${p.meterEvents} of these meter events), ${p.found} already at Stripe, ${p.wouldPush} would be pushed, ${p.skippedZero} with nothing to push\n`,
       );
       out.write(
         `${pad('customer', 14)}${pad('period', 9)}${pad('line', 26)}${pad('tollgate', 12, true)}${pad('pushed', 12, true)}${pad('stripe', 12, true)}  status\n`,
       );
       for (const r of report.rows) {
-        const q = r.push === 'quantity';
+        const q = r.push !== 'amount'; // quantity and meter lines count units
         out.write(
           `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad((q ? r.tollgateQuantity : r.tollgateMinor) ?? '—', 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
         );
       }
-      out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in units)\n`);
+      out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind)\n`);
       for (const e of report.errors) out.write(`error: ${e.customer}: ${e.message}\n`);
     }
     if (report.errors.length || report.rows.some((r) => r.status === 'mismatch')) process.exitCode = 1;
