@@ -293,7 +293,9 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
           `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad((q ? r.tollgateQuantity : r.tollgateMinor) ?? '—', 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
         );
       }
-      out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind)\n`);
+      out.write(
+        `(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind)\n`,
+      );
       for (const e of report.errors) out.write(`error: ${e.customer}: ${e.message}\n`);
     }
     if (report.errors.length || report.rows.some((r) => r.status === 'mismatch')) process.exitCode = 1;
