@@ -419,15 +419,20 @@ describe('an unmapped usage line', () => {
   });
 });
 
-/** The SDK gateway to `fake`, whose `n`-th meter event dies after Stripe took it (the ledger has no outcome). */
-function meterDying(fake: FakeStripe, n: number): StripeGateway {
+/**
+ * The SDK gateway to `fake`, whose `n`-th meter event dies after Stripe took it, or before it left (either
+ * way the ledger has an intent and no outcome).
+ */
+function meterDying(fake: FakeStripe, n: number, when: 'after' | 'before' = 'after'): StripeGateway {
   const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
   let sent = 0;
   return {
     ...real,
     async createMeterEvent(p, key) {
+      const dies = ++sent === n;
+      if (dies && when === 'before') throw new Error('killed before sending');
       const r = await real.createMeterEvent(p, key);
-      if (++sent === n) throw new Error('power cut');
+      if (dies) throw new Error('power cut');
       return r;
     },
   };
@@ -512,6 +517,49 @@ describe('meter events never counted twice', () => {
       message: expect.stringContaining('tollgate-v1/demo-mcp/acme/gbs:gb_seconds/2026-03-02'),
     });
     expect(rowOf(r, 'acme', 'gbs').status).toBe('incomplete');
+    await fake.close();
+  });
+
+  it.each([
+    ['sent', 'after', 'recorded as found, nothing sent'],
+    ['unsent', 'before', 'sent once under a new identifier'],
+  ] as const)('--resolve KEY=%s for an event that Stripe %s-crash: %s', async (said, when, _what) => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    const config = configFor(fake);
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: NOW,
+        gateway: meterDying(fake, 1, when),
+      }),
+    ).rejects.toThrow(when === 'after' ? 'power cut' : 'killed before sending');
+    fake.advanceMs(25 * HOUR);
+    const later = NOW + 25 * HOUR;
+    const unsure = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: later });
+    expect(unsure.errors.map((e) => e.code)).toEqual(['STRIPE_METER_UNCERTAIN']);
+    const key = 'tollgate-v1/demo-mcp/acme/gbs:gb_seconds/2026-03-02';
+    const r = await runStripeSync(config, runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: later,
+      resolve: { [key]: said },
+    });
+    expect(r.errors).toEqual([]);
+    const acme = counted(fake).filter((e) => e.customer === 'cus_acme');
+    const resent = acme.filter((e) => String(e.event.identifier).startsWith(`${key}#resent-`));
+    expect(resent).toHaveLength(said === 'unsent' ? 1 : 0);
+    expect(pushedAt(fake).size).toBeGreaterThan(0);
+    const gbs = rowOf(r, 'acme', 'gbs');
+    expect(gbs.status).toBe('reconciled'); // the meter's summary = pushed = Tollgate
+    expect(acme.reduce((s, e) => s + e.value, 0)).toBe(Number(gbs.pushedQuantity));
+    // a resolved key is settled: resolving it again is refused
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: later,
+        resolve: { [key]: said },
+      }),
+    ).rejects.toThrow('STRIPE_RESOLVE_INVALID');
     await fake.close();
   });
 

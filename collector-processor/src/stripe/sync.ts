@@ -53,6 +53,11 @@ export interface SyncOptions {
   nowMs: number;
   dryRun: boolean;
   log: Logger;
+  /**
+   * Meter events left unsure (STRIPE_METER_UNCERTAIN), settled by the operator after looking at the meter:
+   * `sent` records the event as found at Stripe; `unsent` sends it again under a new identifier.
+   */
+  resolve?: Readonly<Record<string, 'sent' | 'unsent'>> | undefined;
   /** Called after each push is recorded; tests throw from it to crash a run mid-sync. */
   afterPush?: (key: string) => void;
 }
@@ -434,15 +439,29 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
             let res: { id: string; replayed: boolean };
             if (intent.kind === 'meter_event') {
-              const params = intent.params as MeterEventParams;
+              let params = intent.params as MeterEventParams;
               // An interrupted run's event: resent under the same key and identifier while Stripe still
-              // deduplicates them; past that, a resend could be counted twice, so it is not sent.
-              if (known && o.nowMs - Date.parse(intent.at) >= DEDUP_WINDOW_MS)
-                throw new StripeSyncError(
-                  'STRIPE_METER_UNCERTAIN',
-                  `${customer} ${line.name} ${unit.id}: the meter event ${params.identifier} of ${intent.at} may or may not have reached Stripe, and Stripe deduplicates identifiers for about 24 hours (see docs/stripe.md#meter-events-left-unsure)`,
-                );
-              const ev = await o.gateway.createMeterEvent(params, key);
+              // deduplicates them; past that, a resend could be counted twice, so it is not sent — unless
+              // the operator looked at the meter and said whether it is there (--resolve).
+              if (known && o.nowMs - Date.parse(intent.at) >= DEDUP_WINDOW_MS) {
+                const said = o.resolve?.[key];
+                if (said === 'sent') {
+                  report.pushes.found++;
+                  ledger.writeOutcome(key, params.identifier, 'found');
+                  pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+                  continue;
+                }
+                if (said !== 'unsent')
+                  throw new StripeSyncError(
+                    'STRIPE_METER_UNCERTAIN',
+                    `${customer} ${line.name} ${unit.id}: the meter event ${params.identifier} (key ${key}) of ${intent.at} may or may not have reached Stripe, and Stripe deduplicates identifiers for about 24 hours (see docs/stripe.md#meter-events-left-unsure)`,
+                  );
+                // Not at Stripe: the same event under a new identifier (the old one may still be remembered).
+                params = { ...params, identifier: meterIdentifier(`${key}#resent-${sec(o.nowMs)}`) };
+                intent = ledger.writeIntent({ ...intent, params }, o.nowMs);
+              }
+              // The identifier doubles as the Idempotency-Key: a new identifier is a new request.
+              const ev = await o.gateway.createMeterEvent(params, params.identifier);
               res = { id: ev.identifier, replayed: ev.replayed };
               report.pushes.meterEvents++;
             } else res = await o.gateway.createInvoiceItem(intent.params as InvoiceItemParams, key);
