@@ -1,12 +1,10 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AnalyticsDeps, invoiceLines, periodRange } from '@tollgate/billing-api';
 import type { FastifyBaseLogger } from 'fastify';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PlanPricing } from '../src/api-ports.js';
-import { type Config, loadConfig } from '../src/config/settings.js';
-import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import type { Config } from '../src/config/settings.js';
 import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import { keyLine, microPerStripeUnit, stripeQuantity } from '../src/stripe/mapping.js';
@@ -14,8 +12,9 @@ import { idempotencyKey } from '../src/stripe/money.js';
 import type { ReportRow, SyncReport } from '../src/stripe/report.js';
 import { meterIdentifier } from '../src/stripe/sync.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
-import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
-import { exportOf, toolSpan } from './support/otlp-json.js';
+import type { TestTollgate } from './support/harness.js';
+import { toolSpan } from './support/otlp-json.js';
+import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
 
 /**
  * Custom usage lines and billing meters in the Stripe sync: one Stripe line per usage line (an amount, a
@@ -66,28 +65,13 @@ const PERIODS = ['2026-03'];
 const HOUR = 3_600_000;
 const LINES = { cached: 'cached_input_tokens', rows: 'rows_scanned', gbs: 'gb_seconds' } as const;
 
+let bed: StripeTestbed;
 let tg: TestTollgate;
-let dir: string;
 let deps: AnalyticsDeps;
-let configFile: string;
 const quietLog = pino({ level: 'silent' });
-
-function configFor(fake: FakeStripe, mapping = MAPPING): Config {
-  writeFileSync(
-    configFile,
-    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n${mapping}`,
-  );
-  return loadConfig(
-    {
-      '--config': configFile,
-      '--stripe-host': fake.host,
-      '--stripe-port': String(fake.port),
-      '--stripe-protocol': 'http',
-      '--data-dir': dir,
-    },
-    { STRIPE_SECRET_KEY: fake.secretKey },
-  );
-}
+const configFor = (fake: FakeStripe, mapping = MAPPING): Config => bed.configFor(fake, mapping);
+const send = (spans: unknown[]) => bed.send(spans);
+const ledgerDir = () => bed.ledgerDir();
 
 function newFake(clockMs = NOW): Promise<FakeStripe> {
   return startFakeStripe({
@@ -96,23 +80,6 @@ function newFake(clockMs = NOW): Promise<FakeStripe> {
     meters: [{ id: 'mtr_gbs', event_name: 'tollgate_gb_seconds' }],
     clockMs,
   });
-}
-
-function ledgerDir(): string {
-  const d = join(dir, `run-${Math.random().toString(36).slice(2)}`);
-  mkdirSync(d);
-  return d;
-}
-
-async function send(spans: unknown[]): Promise<void> {
-  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(exportOf(spans)),
-  });
-  const text = await res.text();
-  if (res.status !== 200 || text.includes('rejected')) throw new Error(`export: ${res.status} ${text}`);
-  await tg.lander?.idle();
 }
 
 interface UsageRaw {
@@ -198,16 +165,8 @@ const rowOf = (r: SyncReport, customer: string, line: string) =>
   r.rows.find((x) => x.customer === customer && x.line === line) as ReportRow;
 
 beforeAll(async () => {
-  dir = tempDir('tollgate-stripe-usage-');
-  configFile = join(dir, 'tollgate.yaml');
-  writeFileSync(
-    configFile,
-    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n`,
-  );
-  tg = await startTestTollgate(
-    { '--data-dir': dir, '--config': configFile, '--max-span-age-hours': String(24 * 3650) },
-    PLANS,
-  );
+  bed = await startStripeTestbed('tollgate-stripe-usage-', PLANS);
+  ({ tg, deps } = bed);
   const spans = [];
   for (const [i, day] of DAYS.entries())
     for (let h = 0; h < 2 + i; h++) {
@@ -235,11 +194,6 @@ beforeAll(async () => {
       );
     }
   await send(spans);
-  deps = {
-    clickhouse: tg.clickhouse.client,
-    traceLinkTemplate: '',
-    pricing: new PlanPricing(tg.plans as NonNullable<TestTollgate['plans']>),
-  };
 }, 120_000);
 
 afterAll(async () => {
@@ -440,18 +394,24 @@ function meterDying(fake: FakeStripe, n: number, when: 'after' | 'before' = 'aft
 
 const counted = (fake: FakeStripe) => fake.meterEvents.filter((e) => e.counted);
 
+/** A first run over a fresh fake and data directory that dies at the `n`-th meter event. */
+async function crashedRun(n: number, when: 'after' | 'before') {
+  const fake = await newFake();
+  const runDir = ledgerDir();
+  const config = configFor(fake);
+  await expect(
+    runStripeSync(config, runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW,
+      gateway: meterDying(fake, n, when),
+    }),
+  ).rejects.toThrow(when === 'after' ? 'power cut' : 'killed before sending');
+  return { fake, runDir, config };
+}
+
 describe('meter events never counted twice', () => {
   it('a crash after Stripe took an event: the resume resends it under the same key, Stripe replays, counted once', async () => {
-    const fake = await newFake();
-    const runDir = ledgerDir();
-    const config = configFor(fake);
-    await expect(
-      runStripeSync(config, runDir, deps, quietLog, {
-        periods: PERIODS,
-        nowMs: NOW,
-        gateway: meterDying(fake, 2),
-      }),
-    ).rejects.toThrow('power cut');
+    const { fake, runDir, config } = await crashedRun(2, 'after');
     expect(counted(fake)).toHaveLength(2);
     const r = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
     expect(r.pushes.replayed).toBe(1);
@@ -465,16 +425,7 @@ describe('meter events never counted twice', () => {
   });
 
   it('even when the resend reached Stripe under a fresh key, the same identifier is not counted again', async () => {
-    const fake = await newFake();
-    const runDir = ledgerDir();
-    const config = configFor(fake);
-    await expect(
-      runStripeSync(config, runDir, deps, quietLog, {
-        periods: PERIODS,
-        nowMs: NOW,
-        gateway: meterDying(fake, 1),
-      }),
-    ).rejects.toThrow('power cut');
+    const { fake, runDir, config } = await crashedRun(1, 'after');
     const real = sdkGateway({
       secretKey: fake.secretKey,
       host: fake.host,
@@ -492,16 +443,7 @@ describe('meter events never counted twice', () => {
   });
 
   it('a crashed event older than Stripe’s 24 h dedup window is not resent: the customer stops with STRIPE_METER_UNCERTAIN', async () => {
-    const fake = await newFake();
-    const runDir = ledgerDir();
-    const config = configFor(fake);
-    await expect(
-      runStripeSync(config, runDir, deps, quietLog, {
-        periods: PERIODS,
-        nowMs: NOW,
-        gateway: meterDying(fake, 1),
-      }),
-    ).rejects.toThrow('power cut');
+    const { fake, runDir, config } = await crashedRun(1, 'after');
     fake.advanceMs(25 * HOUR);
     const acme = () => fake.meterEvents.filter((e) => e.customer === 'cus_acme');
     const before = acme().length;
@@ -524,16 +466,7 @@ describe('meter events never counted twice', () => {
     ['sent', 'after', 'recorded as found, nothing sent'],
     ['unsent', 'before', 'sent once under a new identifier'],
   ] as const)('--resolve KEY=%s for an event that Stripe %s-crash: %s', async (said, when, _what) => {
-    const fake = await newFake();
-    const runDir = ledgerDir();
-    const config = configFor(fake);
-    await expect(
-      runStripeSync(config, runDir, deps, quietLog, {
-        periods: PERIODS,
-        nowMs: NOW,
-        gateway: meterDying(fake, 1, when),
-      }),
-    ).rejects.toThrow(when === 'after' ? 'power cut' : 'killed before sending');
+    const { fake, runDir, config } = await crashedRun(1, when);
     fake.advanceMs(25 * HOUR);
     const later = NOW + 25 * HOUR;
     const unsure = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: later });
