@@ -102,7 +102,7 @@ export async function runStripeSync(
     : Ledger.open(join(dir, 'ledger.jsonl'));
   for (const key of Object.keys(o.resolve ?? {})) {
     const i = ledger.intent(key);
-    if (!i || i.kind !== 'meter_event' || ledger.outcome(key))
+    if (i?.kind !== 'meter_event' || ledger.outcome(key))
       throw new StripeSyncError('STRIPE_RESOLVE_INVALID', key);
   }
   const nowMs = o.nowMs ?? Date.now();
