@@ -6,15 +6,14 @@ import { promisify } from 'node:util';
 import type { AnalyticsDeps } from '@tollgate/billing-api';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PlanPricing } from '../src/api-ports.js';
 import { type Config, ConfigError, loadConfig } from '../src/config/settings.js';
-import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import { REPORT_COLUMNS, reportCsv, type SyncReport } from '../src/stripe/report.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
-import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
-import { exportOf, toolSpan } from './support/otlp-json.js';
+import type { TestTollgate } from './support/harness.js';
+import { toolSpan } from './support/otlp-json.js';
+import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
 
 /**
  * `tollgate billing sync stripe` against a local fake of Stripe's invoice-item endpoints, driven through
@@ -52,40 +51,14 @@ const DAYS = ['2026-03-02', '2026-03-03', '2026-03-04'];
 const NOW = Date.UTC(2026, 2, 5, 3, 0); // every day of DAYS closed and settled; the 5th is not
 const PERIODS = ['2026-03'];
 
+let bed: StripeTestbed;
 let tg: TestTollgate;
 let dir: string;
 let deps: AnalyticsDeps;
 let configFile: string;
-
-function configFor(fake: FakeStripe, mapping = MAPPING): Config {
-  writeFileSync(
-    configFile,
-    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n${mapping}`,
-  );
-  return loadConfig(
-    {
-      '--config': configFile,
-      '--stripe-host': fake.host,
-      '--stripe-port': String(fake.port),
-      '--stripe-protocol': 'http',
-      '--data-dir': dir,
-    },
-    { STRIPE_SECRET_KEY: fake.secretKey },
-  );
-}
-
+const configFor = (fake: FakeStripe, mapping = MAPPING): Config => bed.configFor(fake, mapping);
+const send = (spans: unknown[]) => bed.send(spans);
 const quietLog = pino({ level: 'silent' });
-
-async function send(spans: unknown[]): Promise<void> {
-  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(exportOf(spans)),
-  });
-  const text = await res.text();
-  if (res.status !== 200 || text.includes('rejected')) throw new Error(`export: ${res.status} ${text}`);
-  await tg.lander?.idle();
-}
 
 const span = (customer: string, tool: string, day: string, hour: number, inTok: number, outTok: number) =>
   toolSpan({
@@ -177,24 +150,11 @@ async function newFake(): Promise<FakeStripe> {
   });
 }
 
-/** A fresh data directory for the ledger of one scenario (the usage stays in the running Tollgate). */
-function ledgerDir(): string {
-  const d = join(dir, `run-${Math.random().toString(36).slice(2)}`);
-  mkdirSync(d);
-  return d;
-}
+const ledgerDir = () => bed.ledgerDir();
 
 beforeAll(async () => {
-  dir = tempDir('tollgate-stripe-');
-  configFile = join(dir, 'tollgate.yaml');
-  writeFileSync(
-    configFile,
-    `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n`,
-  );
-  tg = await startTestTollgate(
-    { '--data-dir': dir, '--config': configFile, '--max-span-age-hours': String(24 * 3650) },
-    PLANS,
-  );
+  bed = await startStripeTestbed('tollgate-stripe-', PLANS);
+  ({ tg, dir, deps, configFile } = bed);
   const spans = [];
   for (const [i, day] of DAYS.entries()) {
     for (let h = 0; h < 3 + i; h++) spans.push(span('acme', 'search', day, 8 + h, 100 + 7 * h, 20));
@@ -203,11 +163,6 @@ beforeAll(async () => {
   }
   spans.push(span('initech', 'search', '2026-03-03', 10, 5, 5));
   await send(spans);
-  deps = {
-    clickhouse: tg.clickhouse.client,
-    traceLinkTemplate: '',
-    pricing: new PlanPricing(tg.plans as NonNullable<TestTollgate['plans']>),
-  };
 }, 120_000);
 
 afterAll(async () => {
@@ -365,7 +320,7 @@ function gatewayDying(fake: FakeStripe, n: number, when: 'before' | 'after'): St
   const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
   let creates = 0;
   return {
-    listInvoiceItems: (c, g) => real.listInvoiceItems(c, g),
+    ...real,
     async createInvoiceItem(p, key) {
       const dies = ++creates === n;
       if (dies && when === 'before') throw new Error('killed before sending');
@@ -537,7 +492,7 @@ describe('crash mid-sync, then resume, when the list does not show the crashed p
     });
     // a list that lags behind the create (or an item outside the listed range): only the key can help
     const blind: StripeGateway = {
-      createInvoiceItem: (p, k) => real.createInvoiceItem(p, k),
+      ...real,
       listInvoiceItems: async () => [],
     };
     const resumed = await runStripeSync(config, runDir, deps, quietLog, {
@@ -663,9 +618,54 @@ describe('mapping errors', () => {
       'stripe.lines.0.components: duration has no whole-unit quantity',
     ],
     [
-      'usage lines as a quantity',
-      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], push: quantity, price: price_1 } ] }',
-      'stripe.lines.0.components: usage lines count different units: push them as an amount',
+      'usage without the usage line it pushes',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], push: amount } ] }',
+      'stripe.lines.0.usageLine: name the usage line (usageLine: <name>): each usage line goes to Stripe as its own line',
+    ],
+    [
+      'a usage line added to other components',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call, usage], usageLine: rows, push: amount } ] }',
+      'stripe.lines.0.components: a usage line goes to Stripe on its own: components must be [usage]',
+    ],
+    [
+      'a usageLine on calls',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], usageLine: rows, push: amount } ] }',
+      'stripe.lines.0.usageLine: only a line of components [usage] takes a usageLine',
+    ],
+    [
+      'quantityDecimals on an amount line',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [usage], usageLine: rows, push: amount, quantityDecimals: 3 } ] }',
+      'stripe.lines.0.quantityDecimals: only a usage line pushed as a quantity or to a meter takes quantityDecimals',
+    ],
+    [
+      'a meter line without a meter',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter } ] }',
+      'stripe.lines.0.meter: a meter line needs meter: { eventName }',
+    ],
+    [
+      'a meter line with a price',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: calls }, price: price_1 } ] }',
+      'stripe.lines.0.price: a meter line is priced by the meter’s price in Stripe',
+    ],
+    [
+      'a meter on an amount line',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: amount, meter: { eventName: calls } } ] }',
+      'stripe.lines.0.meter: only a meter line (push: meter) takes a meter',
+    ],
+    [
+      'a meter id that is not one',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: calls, id: meter_1 } } ] }',
+      'stripe.lines.0.meter.id: must be a Stripe meter id (mtr_…)',
+    ],
+    [
+      'duration to a meter',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [duration], push: meter, meter: { eventName: d } } ] }',
+      'stripe.lines.0.components: duration has no whole-unit quantity',
+    ],
+    [
+      'two lines to one meter event',
+      'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: e } }, { name: y, components: [input_tokens], push: meter, meter: { eventName: e } } ] }',
+      'stripe.lines.1.meter.eventName: meter event e is pushed by two lines',
     ],
     [
       'calls and tokens in one quantity',

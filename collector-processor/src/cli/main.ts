@@ -46,6 +46,7 @@ Usage:
   tollgate config [--doc]           print the effective settings (or the settings table as Markdown)
   tollgate billing sync stripe [--period YYYY-MM[,YYYY-MM]] [--customer C[,C]] [--dry-run]
                                [--json] [--report-json FILE] [--report-csv FILE]
+                               [--resolve KEY=sent|unsent[,…]]  (meter events left unsure)
                                     push rated usage to Stripe as the config's stripe: mapping says
                                     (secret key in STRIPE_SECRET_KEY); idempotent and resumable; prints
                                     the reconciliation report (docs/stripe.md). Stop the server first
@@ -254,6 +255,15 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   const asJson = take('--json') === 'true';
   const jsonFile = take('--report-json');
   const csvFile = take('--report-csv');
+  const resolveArg = take('--resolve');
+  const resolveKeys: Record<string, 'sent' | 'unsent'> = {};
+  for (const pair of resolveArg?.split(',') ?? []) {
+    const at = pair.lastIndexOf('=');
+    const said = pair.slice(at + 1).trim();
+    if (at < 1 || (said !== 'sent' && said !== 'unsent'))
+      fail(`--resolve: ${pair} is not KEY=sent or KEY=unsent`);
+    resolveKeys[pair.slice(0, at).trim()] = said as 'sent' | 'unsent';
+  }
   const config = loadConfig(flags);
   checkRunnable(config, dryRun); // before ClickHouse is opened
   const s = config.settings;
@@ -273,7 +283,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
         pricing: new PlanPricing({ current: book }),
       },
       log,
-      { periods, customers, dryRun },
+      { periods, customers, dryRun, resolve: resolveKeys },
     );
     if (jsonFile) writeFileSync(jsonFile, reportJson(report));
     if (csvFile) writeFileSync(csvFile, reportCsv(report));
@@ -282,18 +292,20 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
     else {
       const p = report.pushes;
       out.write(
-        `${dryRun ? 'DRY RUN — nothing was sent to Stripe. ' : ''}pushes: ${p.created} created, ${p.replayed} replayed, ${p.found} already at Stripe, ${p.wouldPush} would be pushed, ${p.skippedZero} with nothing to push\n`,
+        `${dryRun ? 'DRY RUN — nothing was sent to Stripe. ' : ''}pushes: ${p.created} created, ${p.replayed} replayed (${p.meterEvents} of these meter events), ${p.found} already at Stripe, ${p.wouldPush} would be pushed, ${p.skippedZero} with nothing to push\n`,
       );
       out.write(
         `${pad('customer', 14)}${pad('period', 9)}${pad('line', 26)}${pad('tollgate', 12, true)}${pad('pushed', 12, true)}${pad('stripe', 12, true)}  status\n`,
       );
       for (const r of report.rows) {
-        const q = r.push === 'quantity';
+        const q = r.push !== 'amount'; // quantity and meter lines count units
         out.write(
           `${pad(r.customer, 14)}${pad(r.period, 9)}${pad(r.line, 26)}${pad((q ? r.tollgateQuantity : r.tollgateMinor) ?? '—', 12, true)}${pad(q ? r.pushedQuantity : r.pushedMinor, 12, true)}${pad((q ? r.stripeQuantity : r.stripeMinor) ?? '—', 12, true)}  ${r.status}\n`,
         );
       }
-      out.write(`(amounts in minor units of ${report.currency.toUpperCase()}, quantities in units)\n`);
+      out.write(
+        `(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind)\n`,
+      );
       for (const e of report.errors) out.write(`error: ${e.customer}: ${e.message}\n`);
     }
     if (report.errors.length || report.rows.some((r) => r.status === 'mismatch')) process.exitCode = 1;

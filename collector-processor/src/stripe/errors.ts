@@ -10,6 +10,12 @@ export const STRIPE_SYNC_ERRORS = {
   STRIPE_BUSY: 'another Stripe sync is running on this data directory',
   STRIPE_UNKNOWN_CUSTOMER: 'the customer asked for is not in the stripe: mapping',
   STRIPE_NEGATIVE_QUANTITY: 'a quantity to push went below what was already pushed',
+  STRIPE_METER_WINDOW:
+    'a meter event would fall outside what Stripe accepts (the past 35 days to 5 minutes ahead): it was not sent',
+  STRIPE_RESOLVE_INVALID:
+    '--resolve names a key that is not a meter event left unsure in this data directory’s ledger',
+  STRIPE_METER_UNCERTAIN:
+    'whether Stripe counted a meter event cannot be told safely (a push older than Stripe’s 24 h dedup window, or meter usage the ledger does not know): nothing was sent',
 } as const;
 export type StripeSyncErrorCode = keyof typeof STRIPE_SYNC_ERRORS;
 

@@ -2,8 +2,9 @@ import Stripe from 'stripe';
 import { StripeSyncError } from './errors.js';
 
 /**
- * The two Stripe calls the sync makes, behind a small port: create an invoice item (with an
- * Idempotency-Key) and list a customer's invoice items. The adapter is the official `stripe` SDK; tests
+ * The Stripe calls the sync makes, behind a small port: create an invoice item (with an
+ * Idempotency-Key), list a customer's invoice items, create a billing meter event (with an
+ * Idempotency-Key and an `identifier`) and read a meter's event summary. The adapter is the official `stripe` SDK; tests
  * point it at a local fake through the SDK's own host/port/protocol options (test/support/fake-stripe.ts).
  */
 
@@ -31,7 +32,29 @@ export interface InvoiceItemSeen {
   metadata: Record<string, string>;
 }
 
+/** `POST /v1/billing/meter_events` parameters the sync sends (form-encoded by the SDK). */
+export interface MeterEventParams {
+  event_name: string;
+  /** The meter's customer key → `cus_…`, its value key → the quantity as an integer string. */
+  payload: Record<string, string>;
+  /** Stripe deduplicates events of the same identifier (at most 100 characters) over at least 24 hours. */
+  identifier: string;
+  /** Seconds since the epoch; Stripe takes the past 35 days to 5 minutes ahead. */
+  timestamp: number;
+}
+
 export interface StripeGateway {
+  /** Sends the event; `replayed` is Stripe's Idempotent-Replayed answer (the key was seen before). */
+  createMeterEvent(
+    params: MeterEventParams,
+    idempotencyKey: string,
+  ): Promise<{ identifier: string; replayed: boolean }>;
+  /**
+   * The meter's aggregated value for a customer over [startTime, endTime) (seconds, minute-aligned), summed
+   * over the summaries Stripe answers. Stripe aggregates meter events asynchronously: recent events may not
+   * be in it yet.
+   */
+  meterEventSummary(meterId: string, customer: string, startTime: number, endTime: number): Promise<number>;
   /** Creates the item; `replayed` is Stripe's Idempotent-Replayed answer (the key was seen before). */
   createInvoiceItem(
     params: InvoiceItemParams,
@@ -94,6 +117,32 @@ export function sdkGateway(conn: StripeConnection): StripeGateway {
       } catch (err) {
         return wrap(err);
       }
+    },
+    async createMeterEvent(params, idempotencyKey) {
+      try {
+        const ev = await stripe.billing.meterEvents.create(params, { idempotencyKey });
+        return {
+          identifier: ev.identifier,
+          replayed: ev.lastResponse.headers['idempotent-replayed'] === 'true',
+        };
+      } catch (err) {
+        return wrap(err);
+      }
+    },
+    async meterEventSummary(meterId, customer, startTime, endTime) {
+      let sum = 0;
+      try {
+        for await (const s of stripe.billing.meters.listEventSummaries(meterId, {
+          customer,
+          start_time: startTime,
+          end_time: endTime,
+          limit: 100,
+        }))
+          sum += s.aggregated_value;
+      } catch (err) {
+        return wrap(err);
+      }
+      return sum;
     },
     async listInvoiceItems(customer, createdGte) {
       const out: InvoiceItemSeen[] = [];

@@ -30,6 +30,8 @@ export interface RunOptions {
   /** Tests swap the SDK gateway for a wrapped one (to crash a run). */
   gateway?: StripeGateway;
   afterPush?: (key: string) => void;
+  /** `--resolve KEY=sent|unsent`: meter events left unsure, settled by the operator (docs/stripe.md). */
+  resolve?: Record<string, 'sent' | 'unsent'>;
 }
 
 /** The mapping, when a run can start: a mapping, and a secret key unless it is a dry run. */
@@ -98,6 +100,11 @@ export async function runStripeSync(
   const ledger = dryRun
     ? Ledger.open(join(dir, 'ledger.jsonl')).forDryRun()
     : Ledger.open(join(dir, 'ledger.jsonl'));
+  for (const key of Object.keys(o.resolve ?? {})) {
+    const i = ledger.intent(key);
+    if (i?.kind !== 'meter_event' || ledger.outcome(key))
+      throw new StripeSyncError('STRIPE_RESOLVE_INVALID', key);
+  }
   const nowMs = o.nowMs ?? Date.now();
   const release = dryRun ? () => {} : lockRun(dir);
   let report: SyncReport;
@@ -113,6 +120,7 @@ export async function runStripeSync(
       dryRun,
       log: log.child({ component: 'stripe-sync' }),
       afterPush: o.afterPush,
+      resolve: o.resolve,
     });
   } finally {
     release();

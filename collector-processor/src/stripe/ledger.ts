@@ -1,7 +1,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StripeSyncError } from './errors.js';
-import type { InvoiceItemParams } from './gateway.js';
+import type { InvoiceItemParams, MeterEventParams } from './gateway.js';
 
 /**
  * The sync's progress, an append-only JSON-lines file in the data directory (`<dataDir>/stripe/ledger.jsonl`),
@@ -25,7 +25,9 @@ export interface Intent {
   /** What this push adds: minor units (amount lines) or units (quantity lines). */
   amountMinor: string;
   quantity: string;
-  params: InvoiceItemParams;
+  /** What is sent: an invoice item (absent: ledgers written before meters) or a billing meter event. */
+  kind?: 'invoice_item' | 'meter_event';
+  params: InvoiceItemParams | MeterEventParams;
   at: string;
 }
 
@@ -102,8 +104,8 @@ export class Ledger {
     return this.outcomes.get(key);
   }
 
-  writeIntent(i: Omit<Intent, 't' | 'at'>): Intent {
-    const e: Intent = { t: 'intent', ...i, at: new Date().toISOString() };
+  writeIntent(i: Omit<Intent, 't' | 'at'>, atMs = Date.now()): Intent {
+    const e: Intent = { t: 'intent', ...i, at: new Date(atMs).toISOString() };
     this.append(e);
     return e;
   }

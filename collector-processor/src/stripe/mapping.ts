@@ -8,6 +8,8 @@ import { z } from 'zod';
  */
 
 const LINE_NAME = /^[a-z0-9][a-z0-9_.-]{0,39}$/;
+/** A plan's usage line name (docs/rate-plans.md#usage-lines). */
+const USAGE_LINE = /^[a-z][a-z0-9_]{0,47}$/;
 const UNIT: Record<InvoiceComponent, 'call' | 'token' | 'microsecond' | 'usage'> = {
   call: 'call',
   free_call: 'call',
@@ -15,15 +17,38 @@ const UNIT: Record<InvoiceComponent, 'call' | 'token' | 'microsecond' | 'usage'>
   input_tokens: 'token',
   output_tokens: 'token',
   duration: 'microsecond',
-  // every usage line of a tool together (lines count different things: amounts only)
+  // one named usage line (`usageLine`): its quantity is in micro-units of that line
   usage: 'usage',
 };
 
-/** The unit of a line's quantity, or undefined when its components count different things (usage lines do). */
+/** Micro-units in one unit of a usage line (the invoice lines count usage in 10⁻⁶ of a unit). */
+export const MICRO_PER_UNIT = 1_000_000n;
+
+/**
+ * The unit of a line's quantity: calls, tokens, or units of its usage line; undefined when the line adds
+ * up different things (calls and tokens) or has no whole-unit quantity (duration).
+ */
 export function quantityUnit(components: readonly InvoiceComponent[]): string | undefined {
   const units = new Set(components.map((c) => UNIT[c]));
-  return units.size === 1 && !units.has('usage') ? [...units][0] : undefined;
+  return units.size === 1 && !units.has('microsecond') ? [...units][0] : undefined;
 }
+
+const meterSchema = z.strictObject({
+  /** The meter's `event_name` (the meter events are sent under it). */
+  eventName: z.string().min(1).max(100),
+  /**
+   * The meter's id (`mtr_…`), to read Stripe's side back (meter event summaries) for the report and to
+   * refuse pushing over usage the ledger does not know. Without it the report's Stripe side is empty.
+   */
+  id: z
+    .string()
+    .regex(/^mtr_[A-Za-z0-9_]+$/, 'must be a Stripe meter id (mtr_…)')
+    .optional(),
+  /** The meter's `customer_mapping.event_payload_key` (Stripe's default). */
+  customerKey: z.string().min(1).max(100).default('stripe_customer_id'),
+  /** The meter's `value_settings.event_payload_key` (Stripe's default). */
+  valueKey: z.string().min(1).max(100).default('value'),
+});
 
 const lineSchema = z
   .strictObject({
@@ -32,48 +57,63 @@ const lineSchema = z
     /** Tools whose lines this covers; `*` is every tool. */
     tools: z.array(z.string().min(1)).min(1).default(['*']),
     components: z.array(z.enum(INVOICE_COMPONENTS as [InvoiceComponent, ...InvoiceComponent[]])).min(1),
+    /** The plan's usage line this line pushes (components `[usage]`): one Stripe line per usage line. */
+    usageLine: z
+      .string()
+      .regex(USAGE_LINE, 'must be a usage line name of the plan ([a-z][a-z0-9_]{0,47})')
+      .optional(),
     /**
      * `amount`: an invoice item of the amount Tollgate rated (Tollgate's price is authoritative).
      * `quantity`: an invoice item of a Stripe price × the quantity, Stripe prices it.
+     * `meter`: a billing meter event of the quantity (`POST /v1/billing/meter_events`), Stripe prices it.
      */
-    push: z.enum(['amount', 'quantity']),
+    push: z.enum(['amount', 'quantity', 'meter']),
     /** The Stripe price (`price_…`) of a `quantity` line. */
     price: z
       .string()
       .regex(/^price_[A-Za-z0-9]+$/, 'must be a Stripe price id (price_…)')
       .optional(),
+    /** The Stripe billing meter of a `meter` line. */
+    meter: meterSchema.optional(),
+    /**
+     * Usage lines in `quantity` or `meter` mode: Stripe's whole quantity counts 10^-quantityDecimals of a
+     * unit (3: thousandths — price the Stripe price per thousandth). Default 0: whole units.
+     */
+    quantityDecimals: z.number().int().min(0).max(6).optional(),
     /** Text of the invoice item (default: the line name and the day or period). */
     description: z.string().min(1).max(200).optional(),
   })
   .superRefine((l, ctx) => {
-    if (l.push === 'quantity' && !l.price)
-      ctx.addIssue({ code: 'custom', path: ['price'], message: 'a quantity line needs a Stripe price' });
-    if (l.push === 'amount' && l.price)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['price'],
-        message: 'an amount line pushes Tollgate’s amount: it takes no Stripe price',
-      });
-    if (l.push === 'quantity') {
-      const units = new Set(l.components.map((c) => UNIT[c]));
+    const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+    if (l.push === 'quantity' && !l.price) issue('price', 'a quantity line needs a Stripe price');
+    if (l.push !== 'quantity' && l.price)
+      issue(
+        'price',
+        l.push === 'amount'
+          ? 'an amount line pushes Tollgate’s amount: it takes no Stripe price'
+          : 'a meter line is priced by the meter’s price in Stripe: it takes no price here',
+      );
+    if (l.push === 'meter' && !l.meter) issue('meter', 'a meter line needs meter: { eventName }');
+    if (l.push !== 'meter' && l.meter) issue('meter', 'only a meter line (push: meter) takes a meter');
+    const units = new Set(l.components.map((c) => UNIT[c]));
+    if (units.has('usage')) {
+      if (l.components.length > 1)
+        issue('components', 'a usage line goes to Stripe on its own: components must be [usage]');
+      else if (!l.usageLine)
+        issue(
+          'usageLine',
+          'name the usage line (usageLine: <name>): each usage line goes to Stripe as its own line',
+        );
+    } else if (l.usageLine) issue('usageLine', 'only a line of components [usage] takes a usageLine');
+    if (l.quantityDecimals !== undefined && (!l.usageLine || l.push === 'amount'))
+      issue(
+        'quantityDecimals',
+        'only a usage line pushed as a quantity or to a meter takes quantityDecimals',
+      );
+    if (l.push !== 'amount') {
       if (units.has('microsecond'))
-        ctx.addIssue({
-          code: 'custom',
-          path: ['components'],
-          message: 'duration has no whole-unit quantity: push it as an amount',
-        });
-      else if (units.has('usage'))
-        ctx.addIssue({
-          code: 'custom',
-          path: ['components'],
-          message: 'usage lines count different units: push them as an amount',
-        });
-      else if (units.size > 1)
-        ctx.addIssue({
-          code: 'custom',
-          path: ['components'],
-          message: 'a quantity line cannot add calls and tokens together',
-        });
+        issue('components', 'duration has no whole-unit quantity: push it as an amount');
+      else if (units.size > 1) issue('components', `a ${l.push} line cannot add calls and tokens together`);
     }
   });
 
@@ -104,7 +144,17 @@ export const stripeMappingSchema = z
   })
   .superRefine((m, ctx) => {
     const seen = new Set<string>();
+    const events = new Set<string>();
     m.lines.forEach((l, i) => {
+      if (l.meter) {
+        if (events.has(l.meter.eventName))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['lines', i, 'meter', 'eventName'],
+            message: `meter event ${l.meter.eventName} is pushed by two lines (Stripe's side could not be told apart)`,
+          });
+        events.add(l.meter.eventName);
+      }
       if (seen.has(l.name))
         ctx.addIssue({
           code: 'custom',
@@ -135,8 +185,39 @@ export function lineFor(
   mapping: StripeMapping,
   tool: string,
   component: InvoiceComponent,
+  usageLine: string | null = null,
 ): StripeLine | undefined {
   return mapping.lines.find(
-    (l) => l.components.includes(component) && (l.tools.includes('*') || l.tools.includes(tool)),
+    (l) =>
+      l.components.includes(component) &&
+      (component !== 'usage' || l.usageLine === usageLine) &&
+      (l.tools.includes('*') || l.tools.includes(tool)),
   );
+}
+
+/** The line's segment of an idempotency key: its name, and its usage line when it pushes one. */
+export function keyLine(line: Pick<StripeLine, 'name' | 'usageLine'>): string {
+  return line.usageLine ? `${line.name}:${line.usageLine}` : line.name;
+}
+
+/**
+ * Whole Stripe units of a line's exact running quantity: calls and tokens as they are; a usage line's
+ * micro-units × 10^quantityDecimals ÷ 10⁶, rounded half away from zero (the part below one Stripe unit
+ * stays in the running total and is carried into the next push, as amounts are).
+ */
+export function stripeQuantity(
+  line: Pick<StripeLine, 'usageLine' | 'quantityDecimals'>,
+  exact: bigint,
+): bigint {
+  if (!line.usageLine) return exact;
+  const scaled = exact * 10n ** BigInt(line.quantityDecimals ?? 0);
+  const neg = scaled < 0n;
+  const abs = neg ? -scaled : scaled;
+  const q = (abs + MICRO_PER_UNIT / 2n) / MICRO_PER_UNIT;
+  return neg ? -q : q;
+}
+
+/** Micro-units of a usage line in one Stripe unit of the line (10⁶ ÷ 10^quantityDecimals). */
+export function microPerStripeUnit(line: Pick<StripeLine, 'quantityDecimals'>): bigint {
+  return MICRO_PER_UNIT / 10n ** BigInt(line.quantityDecimals ?? 0);
 }

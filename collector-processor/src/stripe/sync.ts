@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   type AnalyticsDeps,
   type InvoiceComponent,
@@ -8,9 +9,17 @@ import {
 import type { FastifyBaseLogger } from 'fastify';
 import type { Logger } from 'pino';
 import { StripeSyncError } from './errors.js';
-import type { InvoiceItemParams, InvoiceItemSeen, StripeGateway } from './gateway.js';
+import type { InvoiceItemParams, InvoiceItemSeen, MeterEventParams, StripeGateway } from './gateway.js';
 import type { Ledger } from './ledger.js';
-import { lineFor, quantityUnit, type StripeLine, type StripeMapping } from './mapping.js';
+import {
+  keyLine,
+  lineFor,
+  microPerStripeUnit,
+  quantityUnit,
+  type StripeLine,
+  type StripeMapping,
+  stripeQuantity,
+} from './mapping.js';
 import {
   amountToPush,
   closedUnits,
@@ -25,8 +34,9 @@ import type { ReportRow, SyncReport } from './report.js';
 /**
  * `tollgate billing sync stripe` and its background job: for every mapped customer, every billing period
  * asked for, every closed day (or the closed period) and every mapping line, push what Tollgate rated
- * since the last push of that line — one invoice item per customer, line and unit, under an idempotency
- * key derived from them — and report Tollgate's total, what was pushed and what Stripe holds.
+ * since the last push of that line — one invoice item (or billing meter event) per customer, line and
+ * unit, under an idempotency key derived from them — and report Tollgate's total, what was pushed and
+ * what Stripe holds. A usage line of the plan is a mapping line of its own: one Stripe line per usage line.
  * The invoice lines are the invoice preview's (`invoiceLines` of billing-api), never recomputed here.
  */
 
@@ -43,8 +53,25 @@ export interface SyncOptions {
   nowMs: number;
   dryRun: boolean;
   log: Logger;
+  /**
+   * Meter events left unsure (STRIPE_METER_UNCERTAIN), settled by the operator after looking at the meter:
+   * `sent` records the event as found at Stripe; `unsent` sends it again under a new identifier.
+   */
+  resolve?: Readonly<Record<string, 'sent' | 'unsent'>> | undefined;
   /** Called after each push is recorded; tests throw from it to crash a run mid-sync. */
   afterPush?: (key: string) => void;
+}
+
+/** Stripe takes meter events of the past 35 calendar days (docs: `timestamp` of POST /v1/billing/meter_events). */
+const METER_PAST_S = 35 * 86_400;
+/** Stripe keeps an Idempotency-Key's answer for 24 hours, and an event `identifier` unique for at least 24 hours. */
+const DEDUP_WINDOW_MS = 24 * 3_600_000;
+/** Stripe's limit on a meter event's `identifier`. */
+const MAX_IDENTIFIER = 100;
+
+/** The meter event's identifier: the idempotency key when it fits in Stripe's 100 characters, else its hash. */
+export function meterIdentifier(key: string): string {
+  return key.length <= MAX_IDENTIFIER ? key : `tollgate-v1/${createHash('sha256').update(key).digest('hex')}`;
 }
 
 interface Running {
@@ -52,7 +79,7 @@ interface Running {
   quantity: bigint;
 }
 
-/** What a settled unit of a line added: minor units (amount lines) or units (quantity lines). */
+/** What a settled unit of a line added: minor units (amount lines) or Stripe units (quantity and meter lines). */
 type Settled = Running;
 
 const sec = (ms: number) => Math.floor(ms / 1000);
@@ -62,18 +89,24 @@ function group(mapping: StripeMapping, lines: readonly InvoiceLine[]) {
   const byLine = new Map<string, { nano: bigint; quantity: bigint }>();
   const unmapped = new Map<
     string,
-    { tool: string; component: InvoiceComponent; nano: bigint; quantity: bigint }
+    { tool: string; component: InvoiceComponent; usageLine: string | null; nano: bigint; quantity: bigint }
   >();
   for (const l of lines) {
-    const m = lineFor(mapping, l.tool, l.component);
+    const m = lineFor(mapping, l.tool, l.component, l.line);
     if (m) {
       const g = byLine.get(m.name) ?? { nano: 0n, quantity: 0n };
       g.nano += l.amountNano;
       g.quantity += l.quantity;
       byLine.set(m.name, g);
     } else {
-      const k = `${l.tool}|${l.component}`;
-      const u = unmapped.get(k) ?? { tool: l.tool, component: l.component, nano: 0n, quantity: 0n };
+      const k = `${l.tool}|${l.component}|${l.line ?? ''}`;
+      const u = unmapped.get(k) ?? {
+        tool: l.tool,
+        component: l.component,
+        usageLine: l.line,
+        nano: 0n,
+        quantity: 0n,
+      };
       u.nano += l.amountNano;
       u.quantity += l.quantity;
       unmapped.set(k, u);
@@ -104,24 +137,31 @@ function emptyRow(
   customer: string,
   stripeCustomer: string | null,
   period: string,
-  line: Pick<StripeLine, 'name' | 'push'> & { components?: readonly InvoiceComponent[] },
+  line: Pick<StripeLine, 'name' | 'push'> & {
+    components?: readonly InvoiceComponent[];
+    usageLine?: string | null | undefined;
+  },
 ): ReportRow {
+  const usage = line.usageLine ?? null;
   return {
     customer,
     stripeCustomer,
     period,
     line: line.name,
+    usageLine: usage,
     push: line.push,
     unitsClosed: 0,
     lastUnit: null,
     tollgateNano: '0',
     tollgateMinor: '0',
     tollgateQuantity: line.components && quantityUnit(line.components) ? '0' : null,
+    tollgateQuantityMicro: usage ? '0' : null,
     pushedMinor: '0',
     pushedQuantity: '0',
     stripeMinor: null,
     stripeQuantity: null,
     remainderNano: '0',
+    quantityRemainderMicro: usage && line.push !== 'amount' ? '0' : null,
     status: 'reconciled',
   };
 }
@@ -147,10 +187,30 @@ function paramsFor(
       tollgate_product: a.product,
       tollgate_customer: a.customer,
       tollgate_line: line.name,
+      ...(line.usageLine ? { tollgate_usage_line: line.usageLine } : {}),
       tollgate_period: unit.period,
       tollgate_unit: unit.id,
       tollgate_cumulative_nano: cumulativeNano.toString(),
     },
+  };
+}
+
+/**
+ * The meter event of one push: the quantity the unit adds, at the unit's last second (so it falls in the
+ * day or period it is for), under an identifier derived from the idempotency key.
+ */
+function meterParamsFor(
+  a: { stripeCustomer: string; key: string },
+  line: StripeLine,
+  unit: PushUnit,
+  quantity: bigint,
+): MeterEventParams {
+  const meter = line.meter as NonNullable<StripeLine['meter']>;
+  return {
+    event_name: meter.eventName,
+    payload: { [meter.customerKey]: a.stripeCustomer, [meter.valueKey]: quantity.toString() },
+    identifier: meterIdentifier(a.key),
+    timestamp: sec(unit.toMs) - 1,
   };
 }
 
@@ -168,7 +228,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
     granularity: mapping.granularity,
     dryRun: o.dryRun,
     stripeRead: o.gateway !== undefined,
-    pushes: { created: 0, replayed: 0, found: 0, wouldPush: 0, skippedZero: 0 },
+    pushes: { created: 0, replayed: 0, found: 0, wouldPush: 0, skippedZero: 0, meterEvents: 0 },
     rows: [],
     errors: [],
   };
@@ -205,7 +265,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found');
       return {
         minor: line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
-        quantity: line.push === 'quantity' ? BigInt(atStripe.quantity) : 0n,
+        quantity: line.push === 'amount' ? 0n : BigInt(atStripe.quantity),
       };
     };
     try {
@@ -214,7 +274,8 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         items.filter(
           (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
         );
-      if (o.gateway)
+      const pushesItems = mapping.lines.some((l) => l.push !== 'meter');
+      if (o.gateway && pushesItems)
         for (const item of ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs))))
           byKey.set(item.metadata.tollgate_key as string, item);
 
@@ -225,9 +286,41 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           mapping.lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]),
         );
         for (const line of mapping.lines) rowOf(period, line);
+        const keyOf = (line: StripeLine, unitId: string) =>
+          idempotencyKey(mapping.product, customer, keyLine(line), unitId);
+        /**
+         * Meter lines whose pushes of this period this ledger knows nothing of (as the run starts): before the
+         * first push of one, Stripe's meter must show none of this customer's usage in the period — else the
+         * usage was pushed from another data directory (or the ledger was lost) and Stripe, which keeps event
+         * identifiers unique for about 24 hours only, would count it twice.
+         */
+        const unknownToLedger = new Set(
+          mapping.lines
+            .filter((l) => l.push === 'meter' && l.meter?.id)
+            .filter((l) =>
+              units.every((u) => !ledger.intent(keyOf(l, u.id)) && !ledger.outcome(keyOf(l, u.id))),
+            )
+            .map((l) => l.name),
+        );
+        const guardMeter = async (line: StripeLine, unit: PushUnit) => {
+          if (!o.gateway || !unknownToLedger.has(line.name)) return;
+          unknownToLedger.delete(line.name);
+          const meterId = (line.meter as NonNullable<StripeLine['meter']>).id as string;
+          const atStripe = await o.gateway.meterEventSummary(
+            meterId,
+            stripeCustomer,
+            sec(range.fromMs),
+            sec(unit.toMs),
+          );
+          if (atStripe !== 0)
+            throw new StripeSyncError(
+              'STRIPE_METER_UNCERTAIN',
+              `${customer} ${line.name} ${period}: meter ${meterId} already has ${atStripe} for ${stripeCustomer} in the period, and this data directory's ledger has no push of it (restore the ledger of the runs that pushed it)`,
+            );
+        };
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
         for (const [u, unit] of units.entries()) {
-          const keys = mapping.lines.map((l) => idempotencyKey(mapping.product, customer, l.name, unit.id));
+          const keys = mapping.lines.map((l) => keyOf(l, unit.id));
           const done = mapping.lines.map((l, i) => settled(keys[i] as string, l));
           const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
             const run = running.get(line.name) as Running;
@@ -258,7 +351,10 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
             const row = rowOf(period, line);
             row.tollgateNano = cum.nano.toString();
-            row.tollgateQuantity = quantityUnit(line.components) ? cum.quantity.toString() : null;
+            row.tollgateQuantity = quantityUnit(line.components)
+              ? stripeQuantity(line, cum.quantity).toString()
+              : null;
+            if (line.usageLine) row.tollgateQuantityMicro = cum.quantity.toString();
             const d = done[i];
             if (d) {
               addUnit(line, d.minor, d.quantity);
@@ -271,7 +367,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             let intent = known;
             if (!intent) {
               const amountMinor = line.push === 'amount' ? amountToPush(cum.nano, run.minor, digits) : 0n;
-              const quantity = line.push === 'quantity' ? cum.quantity - run.quantity : 0n;
+              // Stripe's whole units through this unit − those pushed: a usage line's fraction is carried.
+              const quantity =
+                line.push === 'amount' ? 0n : stripeQuantity(line, cum.quantity) - run.quantity;
               if (quantity < 0n)
                 throw new StripeSyncError(
                   'STRIPE_NEGATIVE_QUANTITY',
@@ -291,14 +389,25 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                 pushed(0n, 0n);
                 continue;
               }
-              const params = paramsFor(
-                { product: mapping.product, customer, stripeCustomer, currency, key },
-                line,
-                unit,
-                amountMinor,
-                quantity,
-                cum.nano,
-              );
+              let params: InvoiceItemParams | MeterEventParams;
+              if (line.push === 'meter') {
+                const oldest = sec(o.nowMs) - METER_PAST_S;
+                if (sec(unit.toMs) - 1 < oldest)
+                  throw new StripeSyncError(
+                    'STRIPE_METER_WINDOW',
+                    `${customer} ${line.name} ${unit.id}: its event would be dated ${new Date(unit.toMs - 1000).toISOString()}, more than 35 days ago`,
+                  );
+                await guardMeter(line, unit);
+                params = meterParamsFor({ stripeCustomer, key }, line, unit, quantity);
+              } else
+                params = paramsFor(
+                  { product: mapping.product, customer, stripeCustomer, currency, key },
+                  line,
+                  unit,
+                  amountMinor,
+                  quantity,
+                  cum.nano,
+                );
               const fields = {
                 key,
                 customer,
@@ -309,6 +418,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                 cumulativeQuantity: cum.quantity.toString(),
                 amountMinor: amountMinor.toString(),
                 quantity: quantity.toString(),
+                kind: line.push === 'meter' ? ('meter_event' as const) : ('invoice_item' as const),
                 params,
               };
               if (o.dryRun) {
@@ -317,7 +427,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                 pushed(amountMinor, quantity);
                 continue;
               }
-              intent = ledger.writeIntent(fields);
+              intent = ledger.writeIntent(fields, o.nowMs);
             }
             if (o.dryRun) {
               // An intent left by an interrupted run: the next real run sends it as it is.
@@ -327,7 +437,34 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
               continue;
             }
             if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
-            const res = await o.gateway.createInvoiceItem(intent.params, key);
+            let res: { id: string; replayed: boolean };
+            if (intent.kind === 'meter_event') {
+              let params = intent.params as MeterEventParams;
+              // An interrupted run's event: resent under the same key and identifier while Stripe still
+              // deduplicates them; past that, a resend could be counted twice, so it is not sent — unless
+              // the operator looked at the meter and said whether it is there (--resolve).
+              if (known && o.nowMs - Date.parse(intent.at) >= DEDUP_WINDOW_MS) {
+                const said = o.resolve?.[key];
+                if (said === 'sent') {
+                  report.pushes.found++;
+                  ledger.writeOutcome(key, params.identifier, 'found');
+                  pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+                  continue;
+                }
+                if (said !== 'unsent')
+                  throw new StripeSyncError(
+                    'STRIPE_METER_UNCERTAIN',
+                    `${customer} ${line.name} ${unit.id}: the meter event ${params.identifier} (key ${key}) of ${intent.at} may or may not have reached Stripe, and Stripe deduplicates identifiers for about 24 hours (see docs/stripe.md#meter-events-left-unsure)`,
+                  );
+                // Not at Stripe: the same event under a new identifier (the old one may still be remembered).
+                params = { ...params, identifier: meterIdentifier(`${key}#resent-${sec(o.nowMs)}`) };
+                intent = ledger.writeIntent({ ...intent, params }, o.nowMs);
+              }
+              // The identifier doubles as the Idempotency-Key: a new identifier is a new request.
+              const ev = await o.gateway.createMeterEvent(params, params.identifier);
+              res = { id: ev.identifier, replayed: ev.replayed };
+              report.pushes.meterEvents++;
+            } else res = await o.gateway.createInvoiceItem(intent.params as InvoiceItemParams, key);
             ledger.writeOutcome(key, res.id, res.replayed ? 'replayed' : 'created');
             if (res.replayed) report.pushes.replayed++;
             else report.pushes.created++;
@@ -347,27 +484,50 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           row.pushedMinor = run.minor.toString();
           row.pushedQuantity = run.quantity.toString();
           row.remainderNano = line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
+          if (line.usageLine && line.push !== 'amount')
+            row.quantityRemainderMicro = (
+              BigInt(row.tollgateQuantityMicro ?? '0') -
+              run.quantity * microPerStripeUnit(line)
+            ).toString();
         }
         for (const u of lastUnmapped.values()) {
           if (u.nano === 0n && u.quantity === 0n) continue;
           const r = rowOf(period, {
-            name: `(unmapped) ${u.tool}/${u.component}`,
+            name: `(unmapped) ${u.tool}/${u.component}${u.usageLine ? `:${u.usageLine}` : ''}`,
             push: 'amount',
             components: [u.component],
             tools: [u.tool],
+            usageLine: u.usageLine ?? undefined,
           });
           r.tollgateNano = u.nano.toString();
           r.tollgateMinor = roundToMinor(u.nano, digits).toString();
-          r.tollgateQuantity = u.quantity.toString();
+          r.tollgateQuantity = u.usageLine
+            ? stripeQuantity({ usageLine: u.usageLine }, u.quantity).toString()
+            : u.quantity.toString();
+          if (u.usageLine) r.tollgateQuantityMicro = u.quantity.toString();
           r.remainderNano = u.nano.toString();
           r.status = 'unmapped';
         }
       }
       // Stripe's answer after the pushes, per period and line.
       if (o.gateway) {
-        const after = ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)));
+        const after = pushesItems
+          ? ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)))
+          : [];
         for (const r of rows.values()) {
           if (r.status === 'unmapped') continue;
+          if (r.push === 'meter') {
+            // The meter's summary of this customer over the period's closed units (its events only if the
+            // meter is fed by this sync alone); Stripe aggregates asynchronously.
+            const meterId = mapping.lines.find((l) => l.name === r.line)?.meter?.id;
+            if (!meterId || !r.lastUnit) continue;
+            const range = periodRange(r.period);
+            const end = Math.min(range.toMs, closedUnitEnd(r.lastUnit, range.toMs));
+            r.stripeQuantity = String(
+              await o.gateway.meterEventSummary(meterId, stripeCustomer, sec(range.fromMs), sec(end)),
+            );
+            continue;
+          }
           const mine = after.filter(
             (i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line,
           );
@@ -386,7 +546,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         const want = r.push === 'amount' ? r.tollgateMinor : r.tollgateQuantity;
         const pushed = r.push === 'amount' ? r.pushedMinor : r.pushedQuantity;
         const atStripe = r.push === 'amount' ? r.stripeMinor : r.stripeQuantity;
-        if (want !== pushed || (atStripe !== null && atStripe !== pushed)) r.status = 'mismatch';
+        if (want !== pushed) r.status = 'mismatch';
+        else if (atStripe !== null && Number(atStripe) !== Number(pushed))
+          r.status = r.push === 'meter' && Number(atStripe) < Number(pushed) ? 'pending' : 'mismatch';
       }
     } catch (err) {
       const code = err instanceof StripeSyncError ? err.code : 'STRIPE_API';
@@ -410,4 +572,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         status: 'unmapped',
       });
   return report;
+}
+
+/** The end (ms) of a closed unit given its id: a `YYYY-MM-DD` day, or `YYYY-MM` (the period's end). */
+function closedUnitEnd(unitId: string, periodEndMs: number): number {
+  return unitId.length === 10 ? Date.parse(`${unitId}T00:00:00Z`) + 86_400_000 : periodEndMs;
 }

@@ -16,6 +16,26 @@
  *   - errors as `#/components/schemas/error` → `api_errors` (`type` one of api_error, card_error,
  *     idempotency_error, invalid_request_error; `code`, `message`, `param`, `doc_url`; read in
  *     openapi/spec3.json of the git history, 2022), with Stripe's HTTP statuses (400, 401, 404);
+ *   - `paths["/v1/billing/meter_events"].post` (PostBillingMeterEvents; read at commit 18fa2cc7, API
+ *     2026-09-30.endive, through the stored-file index): required `event_name` (≤ 100) and `payload`
+ *     (string values; must hold the meter's `customer_mapping.event_payload_key`, default
+ *     `stripe_customer_id`, and `value_settings.event_payload_key`, default `value`), `identifier` (≤ 100;
+ *     "Stripe enforces uniqueness within a rolling period of at least 24 hours"), `timestamp` (unix time,
+ *     "must be within the past 35 calendar days or up to 5 minutes in the future"); answers
+ *     `#/components/schemas/billing.meter_event` {object: "billing.meter_event", created, event_name,
+ *     identifier, livemode, payload, timestamp} (openapi/fixtures3.json `billing.meter_event` at HEAD);
+ *   - `paths["/v1/billing/meters/{id}/event_summaries"].get` (GetBillingMetersIdEventSummaries): required
+ *     `customer`, `start_time` (inclusive) and `end_time` (exclusive), both minute-aligned; `limit`,
+ *     `starting_after`, `value_grouping_window` (`day`/`hour`: bounds aligned to it); answers the list
+ *     `{object: "list", data, has_more, url: "/v1/billing/meters/<id>/event_summaries"}` of
+ *     `billing.meter_event_summary` {id, object, aggregated_value (number), start_time, end_time, livemode,
+ *     meter}; the meter's `default_aggregation.formula` (`sum` here) aggregates the events' values;
+ *     an unknown meter is a 404 `resource_missing`.
+ *   What the documents leave open, and the fake decides: how Stripe answers a second event with an identifier
+ *   it has seen (the fake answers 200 with the event and does not count it again — "uniqueness is
+ *   enforced"); that a value must be a number (the fake refuses any other with 400 `parameter_invalid`);
+ *   that summaries are complete at once (Stripe aggregates asynchronously; `meterLag` holds the newest
+ *   events back to mimic it). Meter events are counted by the meter whose `event_name` they carry.
  *   - idempotency as documented (docs.stripe.com/idempotency, /api/idempotent_requests): the first answer
  *     to a key, once the endpoint ran, is saved and replayed with `Idempotent-Replayed: true` and
  *     `Original-Request` for the same key and the same parameters; the same key with other parameters (or
@@ -61,6 +81,14 @@ export interface FakePrice {
   product: string;
 }
 
+/** A billing meter of the fake (`billing.meter`, aggregation `sum`, Stripe's default payload keys unless set). */
+export interface FakeMeter {
+  id: string;
+  event_name: string;
+  customerKey?: string;
+  valueKey?: string;
+}
+
 export interface FakeStripe {
   /** `127.0.0.1` / port / `http`: what the SDK's host, port and protocol options are set to. */
   host: string;
@@ -68,6 +96,10 @@ export interface FakeStripe {
   secretKey: string;
   /** Every invoice item created, oldest first. */
   items: Record<string, unknown>[];
+  /** Every meter event accepted, oldest first (`counted: false`: a repeated identifier, not aggregated). */
+  meterEvents: { event: Record<string, unknown>; value: number; customer: string; counted: boolean }[];
+  /** The newest this many counted events are not yet in the summaries (Stripe aggregates asynchronously). */
+  meterLag: number;
   /** Every request received: method, path, idempotency key, answer status, replayed. */
   requests: { method: string; path: string; key: string | undefined; status: number; replayed: boolean }[];
   customers: Set<string>;
@@ -97,17 +129,30 @@ function rejected(code: string, param: string, message: string) {
 }
 
 export async function startFakeStripe(
-  opts: { secretKey?: string; customers?: string[]; prices?: FakePrice[] } = {},
+  opts: {
+    secretKey?: string;
+    customers?: string[];
+    prices?: FakePrice[];
+    meters?: FakeMeter[];
+    /** The fake's clock starts here (default: the real time); advanceMs moves it. */
+    clockMs?: number;
+  } = {},
 ): Promise<FakeStripe> {
   const secretKey = opts.secretKey ?? `sk_test_${randomBytes(12).toString('hex')}`;
   const idem = new Map<string, Saved>();
-  let offsetMs = 0;
+  const meters = new Map((opts.meters ?? []).map((m) => [m.id, m]));
+  /** Identifier → when it was first seen (ms): uniqueness is enforced for 24 hours. */
+  const identifiers = new Map<string, number>();
+  const startedAt = Date.now();
+  let offsetMs = opts.clockMs === undefined ? 0 : opts.clockMs - startedAt;
   const now = () => Date.now() + offsetMs;
   const fake = {
     host: '127.0.0.1',
     port: 0,
     secretKey,
     items: [] as Record<string, unknown>[],
+    meterEvents: [] as FakeStripe['meterEvents'],
+    meterLag: 0,
     requests: [] as FakeStripe['requests'],
     customers: new Set(opts.customers ?? []),
     prices: new Map((opts.prices ?? []).map((p) => [p.id, p])),
@@ -191,6 +236,131 @@ export async function startFakeStripe(
     return { status: 200, body: item };
   };
 
+  const createMeterEvent = (p: Params): { status: number; body: unknown; validationFailed?: boolean } => {
+    const name = p.event_name;
+    if (typeof name !== 'string' || name === '')
+      return rejected('parameter_missing', 'event_name', 'Missing required param: event_name.');
+    if (name.length > 100)
+      return rejected('parameter_invalid', 'event_name', 'event_name must be at most 100 characters.');
+    const payload = p.payload;
+    if (typeof payload !== 'object')
+      return rejected('parameter_missing', 'payload', 'Missing required param: payload.');
+    const identifier =
+      typeof p.identifier === 'string' ? p.identifier : `evt_${randomBytes(12).toString('hex')}`;
+    if (identifier.length > 100)
+      return rejected('parameter_invalid', 'identifier', 'identifier must be at most 100 characters.');
+    const nowS = Math.floor(now() / 1000);
+    const ts = p.timestamp === undefined ? nowS : Number(p.timestamp);
+    if (!Number.isInteger(ts))
+      return rejected('parameter_invalid_integer', 'timestamp', 'Invalid integer: timestamp');
+    if (ts < nowS - 35 * 86_400 || ts > nowS + 300)
+      return rejected(
+        'parameter_invalid',
+        'timestamp',
+        'Timestamp must be within the past 35 calendar days or up to 5 minutes in the future.',
+      );
+    const meter = [...meters.values()].find((m) => m.event_name === name);
+    const customerKey = meter?.customerKey ?? 'stripe_customer_id';
+    const valueKey = meter?.valueKey ?? 'value';
+    const customer = payload[customerKey];
+    if (typeof customer !== 'string')
+      return rejected('parameter_missing', `payload[${customerKey}]`, `Missing payload key: ${customerKey}.`);
+    if (!fake.customers.has(customer))
+      return rejected('resource_missing', `payload[${customerKey}]`, `No such customer: '${customer}'`);
+    const raw = payload[valueKey];
+    if (typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(Number(raw)))
+      return rejected('parameter_invalid', `payload[${valueKey}]`, `The ${valueKey} must be a number.`);
+    const seenAt = identifiers.get(identifier);
+    const counted = seenAt === undefined || now() - seenAt >= KEY_TTL_MS;
+    if (counted) identifiers.set(identifier, now());
+    const event = {
+      object: 'billing.meter_event',
+      created: nowS,
+      event_name: name,
+      identifier,
+      livemode: false,
+      payload,
+      timestamp: ts,
+    };
+    fake.meterEvents.push({ event, value: Number(raw), customer, counted });
+    return { status: 200, body: event };
+  };
+
+  const eventSummaries = (meterId: string, q: URLSearchParams): { status: number; body: unknown } => {
+    const meter = meters.get(meterId);
+    if (!meter)
+      return err(404, {
+        type: 'invalid_request_error',
+        code: 'resource_missing',
+        param: 'id',
+        message: `No such billing meter: '${meterId}'`,
+      });
+    const customer = q.get('customer');
+    if (!customer)
+      return err(400, {
+        type: 'invalid_request_error',
+        code: 'parameter_missing',
+        param: 'customer',
+        message: 'Missing required param: customer.',
+      });
+    const start = Number(q.get('start_time'));
+    const end = Number(q.get('end_time'));
+    for (const [param, v] of [
+      ['start_time', start],
+      ['end_time', end],
+    ] as const)
+      if (!q.has(param) || !Number.isInteger(v) || v % 60 !== 0)
+        return err(400, {
+          type: 'invalid_request_error',
+          code: 'parameter_invalid',
+          param,
+          message: `${param} must be aligned with minute boundaries.`,
+        });
+    const window = q.get('value_grouping_window');
+    const step = window === 'day' ? 86_400 : window === 'hour' ? 3_600 : end - start;
+    if (window && (start % step !== 0 || end % step !== 0))
+      return err(400, {
+        type: 'invalid_request_error',
+        code: 'parameter_invalid',
+        param: 'start_time',
+        message: `start_time and end_time must be aligned with ${window} boundaries.`,
+      });
+    const counted = fake.meterEvents.filter((e) => e.counted);
+    const visible = counted.slice(0, Math.max(0, counted.length - fake.meterLag));
+    const data = [];
+    for (let from = start; from < end; from += step) {
+      const to = Math.min(end, from + step);
+      const value = visible
+        .filter(
+          (e) =>
+            e.event.event_name === meter.event_name &&
+            e.customer === customer &&
+            (e.event.timestamp as number) >= from &&
+            (e.event.timestamp as number) < to,
+        )
+        .reduce((sum, e) => sum + e.value, 0);
+      data.push({
+        id: `mtrusg_${randomBytes(8).toString('hex')}`,
+        object: 'billing.meter_event_summary',
+        aggregated_value: value,
+        end_time: to,
+        livemode: false,
+        meter: meterId,
+        start_time: from,
+      });
+    }
+    const limit = q.has('limit') ? Number(q.get('limit')) : 10;
+    return {
+      status: 200,
+      body: {
+        object: 'list',
+        data: data.slice(0, limit),
+        has_more: data.length > limit,
+        url: `/v1/billing/meters/${meterId}/event_summaries`,
+      },
+    };
+  };
+
   const listItems = (q: URLSearchParams): { status: number; body: unknown } => {
     const limit = q.has('limit') ? Number(q.get('limit')) : 10;
     if (!Number.isInteger(limit) || limit < 1 || limit > 100)
@@ -262,7 +432,17 @@ export async function startFakeStripe(
       const r = listItems(url.searchParams);
       return reply(r.status, r.body);
     }
-    if (url.pathname === '/v1/invoiceitems' && req.method === 'POST') {
+    const summaries = /^\/v1\/billing\/meters\/([^/]+)\/event_summaries$/.exec(url.pathname);
+    if (summaries && req.method === 'GET') {
+      const r = eventSummaries(decodeURIComponent(summaries[1] as string), url.searchParams);
+      return reply(r.status, r.body);
+    }
+    const creates: Record<
+      string,
+      (p: Params) => { status: number; body: unknown; validationFailed?: boolean }
+    > = { '/v1/invoiceitems': createItem, '/v1/billing/meter_events': createMeterEvent };
+    const create = creates[url.pathname];
+    if (create && req.method === 'POST') {
       if (!/application\/x-www-form-urlencoded/.test(String(req.headers['content-type'])))
         return reply(
           400,
@@ -292,7 +472,7 @@ export async function startFakeStripe(
           });
         }
       }
-      const r = createItem(params);
+      const r = create(params);
       const body = JSON.stringify(r.body);
       if (key && !r.validationFailed)
         idem.set(key, { fingerprint, status: r.status, body, requestId, atMs: now() });

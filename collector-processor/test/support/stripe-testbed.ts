@@ -1,0 +1,76 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AnalyticsDeps } from '@tollgate/billing-api';
+import { PlanPricing } from '../../src/api-ports.js';
+import { type Config, loadConfig } from '../../src/config/settings.js';
+import { sha256Hex } from '../../src/receiver/ingest-keys.js';
+import type { FakeStripe } from './fake-stripe.js';
+import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from './harness.js';
+import { exportOf } from './otlp-json.js';
+
+/**
+ * What the Stripe sync tests share: a running Tollgate (product `demo-mcp`, old spans accepted) whose
+ * usage they send as OTLP spans, the analytics deps the sync reads, a config file with a `stripe:` mapping
+ * pointed at a fake Stripe, and a fresh data directory per scenario (its own ledger).
+ */
+export interface StripeTestbed {
+  tg: TestTollgate;
+  dir: string;
+  configFile: string;
+  deps: AnalyticsDeps;
+  /** The config with `mapping` (a `stripe:` section), the SDK pointed at `fake`, and its secret key. */
+  configFor(fake: FakeStripe, mapping: string): Config;
+  /** Exports spans to the receiver; throws on any rejected span; waits until they are landed. */
+  send(spans: unknown[]): Promise<void>;
+  /** A fresh data directory for the ledger of one scenario (the usage stays in the running Tollgate). */
+  ledgerDir(): string;
+}
+
+export async function startStripeTestbed(prefix: string, plans: string): Promise<StripeTestbed> {
+  const dir = tempDir(prefix);
+  const configFile = join(dir, 'tollgate.yaml');
+  const keys = `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n`;
+  writeFileSync(configFile, keys);
+  const tg = await startTestTollgate(
+    { '--data-dir': dir, '--config': configFile, '--max-span-age-hours': String(24 * 3650) },
+    plans,
+  );
+  return {
+    tg,
+    dir,
+    configFile,
+    deps: {
+      clickhouse: tg.clickhouse.client,
+      traceLinkTemplate: '',
+      pricing: new PlanPricing(tg.plans as NonNullable<TestTollgate['plans']>),
+    },
+    configFor(fake, mapping) {
+      writeFileSync(configFile, `${keys}${mapping}`);
+      return loadConfig(
+        {
+          '--config': configFile,
+          '--stripe-host': fake.host,
+          '--stripe-port': String(fake.port),
+          '--stripe-protocol': 'http',
+          '--data-dir': dir,
+        },
+        { STRIPE_SECRET_KEY: fake.secretKey },
+      );
+    },
+    async send(spans) {
+      const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body: JSON.stringify(exportOf(spans)),
+      });
+      const text = await res.text();
+      if (res.status !== 200 || text.includes('rejected')) throw new Error(`export: ${res.status} ${text}`);
+      await tg.lander?.idle();
+    },
+    ledgerDir() {
+      const d = join(dir, `run-${Math.random().toString(36).slice(2)}`);
+      mkdirSync(d);
+      return d;
+    },
+  };
+}
