@@ -100,7 +100,11 @@ interface QuoteBody {
     failed?: boolean;
     quantities?: Record<string, number>;
   }[];
-  prior?: { planCalls?: number; toolCalls?: Record<string, number> };
+  prior?: {
+    planCalls?: number;
+    toolCalls?: Record<string, number>;
+    usageUnits?: Record<string, Record<string, number>>;
+  };
 }
 
 const MAX_CALLS = 1_000_000_000;
@@ -470,6 +474,19 @@ export function registerBilling(
                   propertyNames: identifier,
                   additionalProperties: count0(MAX_CALLS),
                 },
+                usageUnits: {
+                  type: 'object',
+                  description:
+                    'units of usage lines priced in graduated tiers already counted, by tool and line name',
+                  maxProperties: 1000,
+                  propertyNames: identifier,
+                  additionalProperties: {
+                    type: 'object',
+                    maxProperties: 32,
+                    propertyNames: { type: 'string', pattern: '^[a-z][a-z0-9_]{0,47}$' },
+                    additionalProperties: count0(1e15),
+                  },
+                },
               },
             },
           },
@@ -491,6 +508,10 @@ export function registerBilling(
                 properties: {
                   planCalls: { type: 'integer' },
                   toolCalls: { type: 'object', additionalProperties: { type: 'integer' } },
+                  usageUnits: {
+                    type: 'object',
+                    additionalProperties: { type: 'object', additionalProperties: { type: 'number' } },
+                  },
                 },
               },
             },
@@ -524,7 +545,11 @@ export function registerBilling(
             ok: !u.failed,
             ...(u.quantities ? { quantities: u.quantities } : {}),
           })),
-          prior: { planCalls: b.prior?.planCalls ?? 0, toolCalls: b.prior?.toolCalls ?? {} },
+          prior: {
+            planCalls: b.prior?.planCalls ?? 0,
+            toolCalls: b.prior?.toolCalls ?? {},
+            usageUnits: b.prior?.usageUnits,
+          },
         });
       } catch (err) {
         // by name, not instanceof: the adapter may hold another copy of this module (src vs dist)

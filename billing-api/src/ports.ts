@@ -66,8 +66,15 @@ export interface QuoteRequest {
   /** A hypothetical plan (same fields as in the plan file, amounts as decimal strings). */
   plan?: unknown;
   usage: readonly QuoteUsage[];
-  /** Usage already counted in the period before these calls (free allowance, tier volume). */
-  prior: { planCalls: number; toolCalls: Readonly<Record<string, number>> };
+  /**
+   * Usage already counted in the period before these calls (free allowance, tier volume; `usageUnits`:
+   * units of usage lines priced in graduated tiers, by tool and line).
+   */
+  prior: {
+    planCalls: number;
+    toolCalls: Readonly<Record<string, number>>;
+    usageUnits?: Readonly<Record<string, Readonly<Record<string, number>>>> | undefined;
+  };
 }
 
 /** A run of consecutive calls of one usage line that the rating function prices identically. */
@@ -95,7 +102,11 @@ export interface QuoteResult {
   plan: PlanInfo;
   segments: QuoteSegment[];
   /** Positions after the last quoted call. */
-  after: { planCalls: number; toolCalls: Record<string, number> };
+  after: {
+    planCalls: number;
+    toolCalls: Record<string, number>;
+    usageUnits: Record<string, Record<string, number>>;
+  };
 }
 
 /** Rate plans and the rating function, as the quote and invoice routes need them. */

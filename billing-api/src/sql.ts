@@ -224,11 +224,12 @@ export function usageByToolSql(f: Filters, range: TimeRange, source: Source, too
     const timeConds = [`started_at >= {from:${DT}}`, `started_at < {to:${DT}}`];
     if (split.hasWholeDays)
       timeConds.push(`(started_at < {whole_from:${DT}} OR started_at >= {whole_to:${DT}})`);
-    parts.push(`SELECT tool, u_line AS line, toUInt64(count()) AS calls, sum(u_quantity) AS quantity_micro,
+    // a line priced in graduated tiers has a piece per tier a call's units fall in: a call counts once
+    parts.push(`SELECT tool, u_line AS line, toUInt64(countIf(u_nth = 1)) AS calls, sum(u_quantity) AS quantity_micro,
     sum(u_price) AS price_nano, sum(u_cost) AS cost_nano
   FROM mcp_tool_calls
   ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_price_nano AS u_price,
-    usage_cost_nano AS u_cost
+    usage_cost_nano AS u_cost, arrayEnumerateUniq(usage_lines) AS u_nth
   WHERE ${[...conds, ...timeConds].join(' AND ')}
   GROUP BY tool, line`);
   }

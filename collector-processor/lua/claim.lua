@@ -5,10 +5,15 @@
 -- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then one argument per call:
 --       "event_id dedup_key_index period_key_index counts tool" (space-separated; counts is "1" when the
 --       call counts toward usage; the tool name comes last and may itself contain spaces)
+--       then m, the number of usage quantities priced in graduated tiers, and one argument for each:
+--       "call_index quantity line" (call_index 0-based; quantity a whole number in the line's counting unit:
+--       whole units, or micro-units for a fractional line; the line name has no spaces)
 -- Returns 3 integers per call: status (0 new, 1 claimed before under this same token, 2 duplicate),
---       tool ordinal, plan ordinal (1-based positions among counted calls in the period; 0 if not counted).
+--       tool ordinal, plan ordinal (1-based positions among counted calls in the period; 0 if not counted);
+--       then one integer per tiered quantity: the customer's quantity of that line on that tool in the period
+--       before this call (0 when the call is not counted or is a duplicate).
 --
--- A claim stores "token|tool_ordinal|plan_ordinal". The token is the id of the spool record that holds
+-- A claim stores "token|tool_ordinal|plan_ordinal[|before,before...]". The token is the id of the spool record that holds
 -- the call durably, so a replay of that record after a crash gets its own positions back instead of being
 -- mistaken for a duplicate (which would bill the call zero times).
 --
@@ -25,6 +30,20 @@ for i = 0, n - 1 do
   local id, dk, pk, c, tool = string.match(ARGV[5 + i], '^(%S+) (%d+) (%d+) ([01]) (.*)$')
   ids[i], dks[i], pks[i], counts[i], tools[i] = id, tonumber(dk), tonumber(pk), c, tool
 end
+
+local m = tonumber(ARGV[5 + n] or '0')
+local tiered = {} -- call index -> list of { quantity, line } in argument order
+for j = 0, m - 1 do
+  local ci, q, line = string.match(ARGV[6 + n + j], '^(%d+) (%d+) (%S+)$')
+  ci = tonumber(ci)
+  local list = tiered[ci]
+  if not list then
+    list = {}
+    tiered[ci] = list
+  end
+  list[#list + 1] = { tonumber(q), line }
+end
+local befores = {} -- call index -> list of positions (same order as tiered[i])
 
 -- 1. read the existing claims of every call, one HMGET per dedup hash
 local ids_by_key = {}
@@ -62,17 +81,38 @@ local function bump(pk, field)
   c[field] = c[field] + 1
   return current[pk][field] + c[field]
 end
+-- adds q to a counter and returns its value before
+local function add(pk, field, q)
+  local c = counters[pk]
+  if not c then
+    c = {}
+    counters[pk] = c
+    current[pk] = {}
+  end
+  if c[field] == nil then
+    c[field] = 0
+    current[pk][field] = tonumber(redis.call('HGET', KEYS[pk], field) or '0')
+  end
+  local before = current[pk][field] + c[field]
+  c[field] = c[field] + q
+  return before
+end
 
 local out = {}
 local writes = {} -- dedup key index -> { field, value, ... }
 for i = 0, n - 1 do
   local p = prev[i]
   if p then
-    local t, tool_ord, plan_ord = string.match(p, '^(.*)|(%d+)|(%d+)$')
+    local t, tool_ord, plan_ord, tail = string.match(p, '^([^|]*)|(%d+)|(%d+)|?([%d,]*)$')
     if t == token then
       out[#out + 1] = 1
       out[#out + 1] = tonumber(tool_ord)
       out[#out + 1] = tonumber(plan_ord)
+      if tiered[i] then
+        local list = {}
+        for b in string.gmatch(tail, '%d+') do list[#list + 1] = tonumber(b) end
+        befores[i] = list
+      end
     else
       out[#out + 1] = 2
       out[#out + 1] = 0
@@ -82,9 +122,21 @@ for i = 0, n - 1 do
     local pk = pks[i]
     local tool_ord, plan_ord = 0, 0
     bump(pk, 'calls')
+    local claim_tail = ''
     if counts[i] == '1' then
       plan_ord = bump(pk, 'n')
       tool_ord = bump(pk, 't:' .. tools[i])
+      local list = tiered[i]
+      if list then
+        local bs = {}
+        for j = 1, #list do
+          bs[j] = add(pk, 'u:' .. list[j][2] .. ':' .. tools[i], list[j][1])
+        end
+        befores[i] = bs
+        local texts = {}
+        for j = 1, #bs do texts[j] = string.format('%.0f', bs[j]) end
+        claim_tail = '|' .. table.concat(texts, ',')
+      end
     end
     local k = dks[i]
     local w = writes[k]
@@ -93,7 +145,7 @@ for i = 0, n - 1 do
       writes[k] = w
     end
     w[#w + 1] = ids[i]
-    w[#w + 1] = token .. '|' .. tool_ord .. '|' .. plan_ord
+    w[#w + 1] = token .. '|' .. tool_ord .. '|' .. plan_ord .. claim_tail
     out[#out + 1] = 0
     out[#out + 1] = tool_ord
     out[#out + 1] = plan_ord
@@ -109,9 +161,18 @@ for pk, c in pairs(counters) do
   local args = {}
   for field, inc in pairs(c) do
     args[#args + 1] = field
-    args[#args + 1] = current[pk][field] + inc
+    args[#args + 1] = string.format('%.0f', current[pk][field] + inc)
   end
   redis.call('HSET', KEYS[pk], unpack(args))
   redis.call('EXPIRE', KEYS[pk], period_ttl)
+end
+-- the positions of the tiered quantities, in argument order
+local seen = {}
+for j = 0, m - 1 do
+  local ci = tonumber(string.match(ARGV[6 + n + j], '^(%d+)'))
+  local k = (seen[ci] or 0) + 1
+  seen[ci] = k
+  local list = befores[ci]
+  out[#out + 1] = (list and list[k]) or 0
 end
 return out

@@ -16,8 +16,14 @@ import {
   toolRateOf,
   USAGE_ATTR_PREFIX,
 } from './plans/load.js';
-import { countsTowardUsage, rateCall } from './rating/rate.js';
-import { readUsage } from './rating/usage.js';
+import {
+  countsTowardUsage,
+  rateCall,
+  tierSegments,
+  type UsagePosition,
+  type UsageTier,
+} from './rating/rate.js';
+import { readUsage, USAGE_MICROS } from './rating/usage.js';
 
 /**
  * The billing API's PricingPort over the rate plans in force (hot-reloaded) and the pure rating
@@ -129,6 +135,10 @@ export class PlanPricing implements PricingPort {
 export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' | 'prior'>): QuoteResult {
   let planCalls = req.prior.planCalls;
   const toolCalls: Record<string, number> = { ...req.prior.toolCalls };
+  // units of each usage line priced in graduated tiers, per tool (micro-units)
+  const units = new Map<string, bigint>();
+  for (const [tool, lines] of Object.entries(req.prior.usageUnits ?? {}))
+    for (const [line, n] of Object.entries(lines)) units.set(`${tool}\0${line}`, BigInt(n) * USAGE_MICROS);
   const segments: QuoteSegment[] = [];
   req.usage.forEach((u, usageIndex) => {
     const rate = toolRateOf(plan, u.tool);
@@ -164,7 +174,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
     }
     const read = readUsage(call, plan.usageLines);
     if (!read.ok) throw new PricingError('invalid_usage', `usage[${usageIndex}]: ${read.detail}`);
-    const push = (calls: number, usage: { planOrdinal: number; toolOrdinal: number }) => {
+    const push = (calls: number, usage: UsagePosition) => {
       const r = rateCall(call, plan, rate, usage, read.quantities);
       segments.push({
         usageIndex,
@@ -189,6 +199,9 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
     }
     const free = plan.plan.freeCallsPerMonth;
     const tiers = rate.price.perCallTiers ?? [];
+    const tiered = read.quantities
+      .map((q, index) => ({ q, index, tiers: rate.price.usageTiers?.[q.line.name] }))
+      .filter((x) => x.tiers !== undefined);
     let left = u.calls;
     while (left > 0) {
       const p = planCalls + 1;
@@ -197,11 +210,40 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       if (p <= free) run = Math.min(run, free - p + 1);
       const tier = tiers.find((tr) => tr.upTo === undefined || t <= tr.upTo);
       if (tier?.upTo !== undefined) run = Math.min(run, tier.upTo - t + 1);
-      push(run, { planOrdinal: p, toolOrdinal: t });
+      const usageBefore: bigint[] = [];
+      for (const x of tiered) {
+        const before = units.get(`${u.tool}\0${x.q.line.name}`) ?? 0n;
+        usageBefore[x.index] = before;
+        run = Math.min(run, callsInTier(x.tiers ?? [], before, x.q.micro));
+      }
+      push(run, { planOrdinal: p, toolOrdinal: t, usageBefore });
       planCalls += run;
       toolCalls[u.tool] = t - 1 + run;
+      for (const x of tiered) {
+        const key = `${u.tool}\0${x.q.line.name}`;
+        units.set(key, (units.get(key) ?? 0n) + BigInt(run) * x.q.micro);
+      }
       left -= run;
     }
   });
-  return { plan: infoOf(plan), segments, after: { planCalls, toolCalls } };
+  const usageUnits: Record<string, Record<string, number>> = {};
+  for (const [key, micro] of units) {
+    const [tool, line] = key.split('\0') as [string, string];
+    (usageUnits[tool] ??= {})[line] = Number(micro) / 1e6;
+  }
+  return { plan: infoOf(plan), segments, after: { planCalls, toolCalls, usageUnits } };
+}
+
+/**
+ * How many calls of `micro` units each, starting at `beforeMicro`, are priced alike: the calls that fit whole
+ * in the tier the next one starts in (at least 1: a call that crosses into the next tier is a run of its own).
+ */
+function callsInTier(tiers: readonly UsageTier[], beforeMicro: bigint, micro: bigint): number {
+  if (micro === 0n) return Number.MAX_SAFE_INTEGER;
+  const seg = tierSegments(tiers, beforeMicro, micro);
+  if (seg.length > 1) return 1;
+  const upTo = tiers[(seg[0]?.tier ?? 1) - 1]?.upTo;
+  if (upTo === undefined) return Number.MAX_SAFE_INTEGER;
+  const room = BigInt(upTo) * USAGE_MICROS - beforeMicro;
+  return Math.max(1, Number(room / micro));
 }

@@ -1,7 +1,7 @@
 import type { ToolCall } from '@tollgate/contracts';
 import { describe, expect, it } from 'vitest';
 import { loadPlanBook, toolRateOf } from '../src/plans/load.js';
-import { durationAmount, perCallPrice, rateCall } from '../src/rating/rate.js';
+import { durationAmount, perCallPrice, rateCall, tierSegments } from '../src/rating/rate.js';
 import { readUsage } from '../src/rating/usage.js';
 
 const book = loadPlanBook(`
@@ -337,5 +337,173 @@ products:
   it('ignores attributes no line reads', () => {
     const r = readUsage(call({ usage: { 'tollgate.usage.unknown': -5 } }), uplan.usageLines);
     expect(r).toEqual({ ok: true, quantities: [] });
+  });
+});
+
+describe('usage lines in graduated tiers', () => {
+  const tbook = loadPlanBook(`
+currency: USD
+products:
+  p:
+    defaultPlan: t
+    plans:
+      t:
+        freeCallsPerMonth: 1
+        usageLines:
+          cached_input_tokens: { attributes: gen_ai.usage.cache_read.input_tokens, subsetOf: input_tokens }
+          gb_seconds: { integral: false }
+        tools:
+          "*":
+            price:
+              perInputToken: "0.000003"
+              usageTiers:
+                cached_input_tokens:
+                  - { upTo: 1000, perUnit: "0.000001" }
+                  - { upTo: 5000, perUnit: "0.0000005" }
+                  - { perUnit: "0.0000001" }
+                gb_seconds:
+                  - { upTo: 2, perUnit: "0.00002" }
+                  - { perUnit: "0.00001" }
+            cost: { usage: { cached_input_tokens: "0.0000002" } }
+`);
+  const tplan = tbook.resolve('p', 'c')!;
+  const trate = toolRateOf(tplan, 'any')!;
+  const tiers = trate.price.usageTiers!.cached_input_tokens!;
+  const M = 1_000_000n;
+
+  it.each([
+    // [description, units before, units of the call, expected pieces [units, unit nano, tier]]
+    ['inside the first tier', 0n, 10n, [[10n, 1000n, 1]]],
+    ['up to the first bound exactly', 990n, 10n, [[10n, 1000n, 1]]],
+    ['starting at the bound: the next tier', 1000n, 10n, [[10n, 500n, 2]]],
+    [
+      'straddling one bound',
+      995n,
+      10n,
+      [
+        [5n, 1000n, 1],
+        [5n, 500n, 2],
+      ],
+    ],
+    [
+      'straddling every bound',
+      0n,
+      6000n,
+      [
+        [1000n, 1000n, 1],
+        [4000n, 500n, 2],
+        [1000n, 100n, 3],
+      ],
+    ],
+    ['far into the open-ended tier', 1_000_000n, 7n, [[7n, 100n, 3]]],
+    ['nothing reported, at a bound: one empty piece where it stands', 1000n, 0n, [[0n, 1000n, 1]]],
+  ] as const)('tierSegments: %s', (_d, before, units, pieces) => {
+    expect(tierSegments(tiers, before * M, units * M)).toEqual(
+      pieces.map(([u, unitNano, tier]) => ({ micro: u * M, unitNano, tier })),
+    );
+  });
+
+  const rateAt = (cached: number, before: bigint, planOrdinal = 2, gb?: number, gbBefore = 0n) => {
+    const c = call({
+      inputTokens: cached + 100,
+      usage: {
+        'gen_ai.usage.cache_read.input_tokens': cached,
+        ...(gb === undefined ? {} : { 'tollgate.usage.gb_seconds': gb }),
+      },
+    });
+    const r = readUsage(c, tplan.usageLines);
+    if (!r.ok) throw new Error(r.detail);
+    // quantities are in the plan's line order: cached_input_tokens, gb_seconds
+    const usageBefore = [before * M, gbBefore];
+    return rateCall(c, tplan, trate, { toolOrdinal: planOrdinal, planOrdinal, usageBefore }, r.quantities);
+  };
+
+  it('a call straddling a bound: a piece per tier, each quantity × unit = amount, the total adds up', () => {
+    const r = rateAt(10, 995n);
+    expect(r.usage.map((u) => [u.line, u.quantityMicro / M, u.unitNano, u.priceNano, u.costNano])).toEqual([
+      ['cached_input_tokens', 5n, 1000n, 5000n, 1000n],
+      ['cached_input_tokens', 5n, 500n, 2500n, 1000n],
+    ]);
+    // the parent is priced on input − cached: 100 × 3_000
+    expect(r.priceInputNano).toBe(300_000n);
+    expect(r.priceNano).toBe(300_000n + 5000n + 2500n);
+    expect(r.costNano).toBe(2000n);
+  });
+
+  it('a fractional line straddles at micro-unit precision, each piece rounded half up on its own', () => {
+    // 1.5 before, 1.25 reported: 0.5 at 20_000 nano and 0.75 at 10_000
+    const r = rateAt(0, 0n, 2, 1.25, 1_500_000n);
+    const gb = r.usage.filter((u) => u.line === 'gb_seconds');
+    expect(gb.map((u) => [u.quantityMicro, u.unitNano, u.priceNano])).toEqual([
+      [500_000n, 20_000n, 10_000n],
+      [750_000n, 10_000n, 7_500n],
+    ]);
+  });
+
+  it('a free call counts its units toward the tiers but prices them at zero, in one piece', () => {
+    const r = rateAt(10, 995n, 1);
+    expect(r.decision).toBe('free');
+    expect(r.usage.map((u) => [u.quantityMicro / M, u.unitNano, u.priceNano])).toEqual([[10n, 0n, 0n]]);
+  });
+
+  it('rating call by call equals the graduated price of the total, whatever the call sizes', () => {
+    let seed = 7;
+    const rnd = () => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    const graduated = (units: bigint) =>
+      tierSegments(tiers, 0n, units * M).reduce((a, s) => a + (s.micro / M) * s.unitNano, 0n);
+    for (let run = 0; run < 20; run++) {
+      let before = 0n;
+      let sum = 0n;
+      for (let i = 0; i < 40; i++) {
+        const n = Math.floor(rnd() * 400);
+        const r = rateAt(n, before);
+        sum += r.usage.reduce((a, u) => a + u.priceNano, 0n);
+        before += BigInt(n);
+      }
+      expect(sum).toBe(graduated(before));
+    }
+  });
+
+  it.each([
+    [
+      'both a flat and a tiered price for one line',
+      `usage: { cached_input_tokens: "0.1" }
+              usageTiers: { cached_input_tokens: [ { perUnit: "0.1" } ] }`,
+      /set usage.cached_input_tokens or usageTiers.cached_input_tokens, not both/,
+    ],
+    [
+      'a last tier with an upper bound',
+      'usageTiers: { cached_input_tokens: [ { upTo: 5, perUnit: "0.1" } ] }',
+      /usageTiers.cached_input_tokens\[0\].upTo: the last tier must be open-ended/,
+    ],
+    [
+      'bounds that do not increase',
+      'usageTiers: { cached_input_tokens: [ { upTo: 5, perUnit: "0.1" }, { upTo: 5, perUnit: "0.05" }, { perUnit: "0.01" } ] }',
+      /usageTiers.cached_input_tokens\[1\].upTo: must be greater than the previous tier/,
+    ],
+    [
+      'a line the plan does not declare',
+      'usageTiers: { pages: [ { perUnit: "0.1" } ] }',
+      /usageTiers.pages: no usage line named "pages"/,
+    ],
+  ])('refuses %s', (_d, terms, message) => {
+    expect(() =>
+      loadPlanBook(`
+currency: USD
+products:
+  p:
+    defaultPlan: t
+    plans:
+      t:
+        usageLines: { cached_input_tokens: { subsetOf: input_tokens } }
+        tools:
+          "*":
+            price:
+              ${terms}
+`),
+    ).toThrow(message);
   });
 });

@@ -4,18 +4,34 @@ import type { Cluster, Redis } from 'ioredis';
 
 export const CLAIM_STATUS = { new: 0, own: 1, duplicate: 2 } as const;
 
+/** A usage quantity of a call that its tool prices in graduated tiers: Redis counts it per period. */
+export interface TieredQuantity {
+  /** Index of the quantity among the call's usage quantities (where `usageBefore` puts its position). */
+  index: number;
+  line: string;
+  /** Quantity × 10⁶. */
+  micro: bigint;
+  /** Whole units only: counted in units in Redis (exact far beyond micro-units' 2⁵³ limit). */
+  integral: boolean;
+}
+
 export interface ClaimInput {
   call: ToolCall;
   period: string;
   day: string;
   counts: boolean;
+  tiered?: readonly TieredQuantity[] | undefined;
 }
 
 export interface ClaimResult {
   status: (typeof CLAIM_STATUS)[keyof typeof CLAIM_STATUS];
   toolOrdinal: number;
   planOrdinal: number;
+  /** Per usage quantity index: the customer's quantity of its line on this tool before this call, × 10⁶. */
+  usageBefore?: (bigint | undefined)[];
 }
+
+const MICRO = 1_000_000n;
 
 const CLAIM_LUA = readFileSync(new URL('../../lua/claim.lua', import.meta.url), 'utf8');
 
@@ -58,6 +74,13 @@ export async function claimCalls(
       `${call.eventId} ${indexOf(redisKeys.dedup(tag, day))} ${indexOf(redisKeys.period(tag, period))} ${counts ? '1' : '0'} ${call.tool}`,
     );
   }
+  // the quantities priced in graduated tiers (rare): counted in the same script, in the period hash
+  const tieredArgs: string[] = [];
+  for (let i = 0; i < inputs.length; i++) {
+    for (const t of inputs[i]?.tiered ?? [])
+      tieredArgs.push(`${i} ${t.integral ? t.micro / MICRO : t.micro} ${t.line}`);
+  }
+  args.push(tieredArgs.length, ...tieredArgs);
   const cmd = (redis as unknown as { tollgateClaim: ClaimCommand }).tollgateClaim.bind(redis);
   const flat = await cmd(keys.length, ...keys, ...args);
   const out: ClaimResult[] = new Array(inputs.length);
@@ -67,6 +90,17 @@ export async function claimCalls(
       toolOrdinal: flat[i * 3 + 1] as number,
       planOrdinal: flat[i * 3 + 2] as number,
     };
+  }
+  let j = inputs.length * 3;
+  for (let i = 0; i < inputs.length; i++) {
+    const tiered = inputs[i]?.tiered;
+    if (!tiered?.length) continue;
+    const before: (bigint | undefined)[] = [];
+    for (const t of tiered) {
+      const v = BigInt(flat[j++] as number);
+      before[t.index] = t.integral ? v * MICRO : v;
+    }
+    (out[i] as ClaimResult).usageBefore = before;
   }
   return out;
 }

@@ -4,7 +4,13 @@ import type { Logger } from 'pino';
 import { dayOf } from '../enforcement/periods.js';
 import type { Lander } from '../landing/lander.js';
 import { encodeTsvRow } from '../landing/tsv.js';
-import { CLAIM_STATUS, type ClaimInput, type ClaimResult, claimCalls } from '../meter/claim.js';
+import {
+  CLAIM_STATUS,
+  type ClaimInput,
+  type ClaimResult,
+  claimCalls,
+  type TieredQuantity,
+} from '../meter/claim.js';
 import type { Metrics } from '../metrics.js';
 import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
@@ -64,6 +70,15 @@ interface Prepared {
   counts: boolean;
   /** The plan's usage lines the call reported, checked. */
   usage: UsageQuantity[];
+  /** Those of them the tool prices in graduated tiers (Redis counts their units). */
+  tiered: TieredQuantity[] | undefined;
+}
+
+/** A customer's usage positions in a period as last seen (tiered usage lines keyed `line:tool`, micro-units). */
+interface LocalUsage {
+  n: number;
+  tools: Map<string, number>;
+  units: Map<string, bigint>;
 }
 
 /** Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. */
@@ -84,6 +99,16 @@ class RecentIds {
 
 const DAY_SECONDS = 86_400;
 
+/** The call's usage quantities its tool prices in graduated tiers (their positions are counted in Redis). */
+function tieredOf(quantities: readonly UsageQuantity[], rate: ToolRate): TieredQuantity[] | undefined {
+  let out: TieredQuantity[] | undefined;
+  quantities.forEach((q, index) => {
+    if (!rate.price.usageTiers?.[q.line.name]) return;
+    (out ??= []).push({ index, line: q.line.name, micro: q.micro, integral: q.line.integral });
+  });
+  return out;
+}
+
 /**
  * The billing pipeline of one export: prepare (plan, tool rate) → spool (durable) → claim in Redis
  * (dedup + usage positions) → rate (pure) → enforce → queue for ClickHouse → answer.
@@ -93,7 +118,7 @@ export class Pipeline {
   private readonly bootId = Date.now().toString(36);
   private readonly recent = new RecentIds(100_000);
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
-  private readonly localUsage = new Map<string, { n: number; tools: Map<string, number> }>();
+  private readonly localUsage = new Map<string, LocalUsage>();
   private redisDownSince: number | undefined;
   enforcer: Enforcer | undefined;
 
@@ -166,6 +191,7 @@ export class Pipeline {
         day,
         counts: countsTowardUsage(call, plan),
         usage: usage.quantities,
+        tiered: rate.price.usageTiers ? tieredOf(usage.quantities, rate) : undefined,
       });
     }
     return { prepared: out, inBatchDuplicates };
@@ -275,30 +301,47 @@ export class Pipeline {
   }
 
   /** Usage positions continued locally from the last ones Redis gave (fail-open). */
-  private localPosition(product: string, p: Prepared): ClaimResult {
+  private localUsageOf(product: string, p: Prepared): LocalUsage {
     const key = `${product}\0${p.call.customer}\0${p.period}`;
     let u = this.localUsage.get(key);
     if (!u) {
-      u = { n: 0, tools: new Map() };
+      u = { n: 0, tools: new Map(), units: new Map() };
       this.localUsage.set(key, u);
     }
+    return u;
+  }
+
+  private localPosition(product: string, p: Prepared): ClaimResult {
+    const u = this.localUsageOf(product, p);
     if (!p.counts) return { status: CLAIM_STATUS.new, toolOrdinal: 0, planOrdinal: 0 };
     u.n++;
     const t = (u.tools.get(p.call.tool) ?? 0) + 1;
     u.tools.set(p.call.tool, t);
-    return { status: CLAIM_STATUS.new, toolOrdinal: t, planOrdinal: u.n };
+    const out: ClaimResult = { status: CLAIM_STATUS.new, toolOrdinal: t, planOrdinal: u.n };
+    if (p.tiered) {
+      out.usageBefore = [];
+      for (const q of p.tiered) {
+        const k = `${q.line}:${p.call.tool}`;
+        const before = u.units.get(k) ?? 0n;
+        out.usageBefore[q.index] = before;
+        u.units.set(k, before + q.micro);
+      }
+    }
+    return out;
   }
 
   private remember(product: string, p: Prepared, r: ClaimResult): void {
     if (!p.counts) return;
-    const key = `${product}\0${p.call.customer}\0${p.period}`;
-    let u = this.localUsage.get(key);
-    if (!u) {
-      u = { n: 0, tools: new Map() };
-      this.localUsage.set(key, u);
-    }
+    const u = this.localUsageOf(product, p);
     if (r.planOrdinal > u.n) u.n = r.planOrdinal;
     if (r.toolOrdinal > (u.tools.get(p.call.tool) ?? 0)) u.tools.set(p.call.tool, r.toolOrdinal);
+    if (p.tiered && r.usageBefore) {
+      for (const q of p.tiered) {
+        const k = `${q.line}:${p.call.tool}`;
+        const after = (r.usageBefore[q.index] ?? 0n) + q.micro;
+        if (after > (u.units.get(k) ?? 0n)) u.units.set(k, after);
+      }
+    }
   }
 
   private async meterRateLand(

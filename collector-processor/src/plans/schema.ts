@@ -39,6 +39,12 @@ const tier = z.strictObject({
   perCall: money,
 });
 
+const usageTier = z.strictObject({
+  /** Units of the line (this tool, this customer, the period) up to and including which this tier applies; omit on the last tier. */
+  upTo: count.optional(),
+  perUnit: money,
+});
+
 const priceTerms = z.strictObject({
   perCall: money.optional(),
   /** Graduated per-call price by the customer's calls of this tool in the period (replaces perCall). */
@@ -48,6 +54,11 @@ const priceTerms = z.strictObject({
   perSecond: money.optional(),
   /** Per-unit price of each named usage line the plan declares under `usageLines`. */
   usage: z.record(z.string(), money).optional(),
+  /**
+   * Graduated per-unit price of a usage line by the customer's units of it on this tool in the period
+   * (replaces `usage.<line>`).
+   */
+  usageTiers: z.record(z.string(), z.array(usageTier).min(1).max(32)).optional(),
 });
 
 const costTerms = z.strictObject({
@@ -103,36 +114,54 @@ const toolRate = z
     if (t.price.perCall !== undefined && t.price.perCallTiers) {
       ctx.addIssue({ code: 'custom', path: ['price'], message: 'set perCall or perCallTiers, not both' });
     }
-    const tiers = t.price.perCallTiers ?? [];
-    let prev = 0;
-    tiers.forEach((tr, i) => {
-      const last = i === tiers.length - 1;
-      if (!last && tr.upTo === undefined) {
+    checkTiers(t.price.perCallTiers ?? [], ['price', 'perCallTiers'], ctx);
+    for (const [line, tiers] of Object.entries(t.price.usageTiers ?? {})) {
+      checkTiers(tiers, ['price', 'usageTiers', line], ctx);
+      if (t.price.usage?.[line] !== undefined) {
         ctx.addIssue({
           code: 'custom',
-          path: ['price', 'perCallTiers', i, 'upTo'],
-          message: 'required on every tier but the last',
+          path: ['price', 'usageTiers', line],
+          message: `set usage.${line} or usageTiers.${line}, not both`,
         });
       }
-      if (last && tr.upTo !== undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['price', 'perCallTiers', i, 'upTo'],
-          message: 'the last tier must be open-ended (no upTo)',
-        });
-      }
-      if (tr.upTo !== undefined) {
-        if (tr.upTo <= prev) {
-          ctx.addIssue({
-            code: 'custom',
-            path: ['price', 'perCallTiers', i, 'upTo'],
-            message: 'must be greater than the previous tier',
-          });
-        }
-        prev = tr.upTo;
-      }
-    });
+    }
   });
+
+/** Graduated tiers: `upTo` on every tier but the last, increasing; the last one open-ended. */
+function checkTiers(
+  tiers: readonly { upTo?: number | undefined }[],
+  path: (string | number)[],
+  ctx: z.RefinementCtx,
+): void {
+  let prev = 0;
+  tiers.forEach((tr, i) => {
+    const last = i === tiers.length - 1;
+    if (!last && tr.upTo === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [...path, i, 'upTo'],
+        message: 'required on every tier but the last',
+      });
+    }
+    if (last && tr.upTo !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [...path, i, 'upTo'],
+        message: 'the last tier must be open-ended (no upTo)',
+      });
+    }
+    if (tr.upTo !== undefined) {
+      if (tr.upTo <= prev) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [...path, i, 'upTo'],
+          message: 'must be greater than the previous tier',
+        });
+      }
+      prev = tr.upTo;
+    }
+  });
+}
 
 /** Hard limits (enforced in Redis). Omitted limits do not apply. */
 const limits = z.strictObject({
@@ -208,12 +237,17 @@ export const planSchema = z
       }
     }
     for (const [tool, t] of Object.entries(p.tools)) {
-      for (const side of ['price', 'cost'] as const) {
-        for (const line of Object.keys(t[side].usage ?? {})) {
+      for (const [side, key] of [
+        ['price', 'usage'],
+        ['price', 'usageTiers'],
+        ['cost', 'usage'],
+      ] as const) {
+        const terms = t[side] as { usage?: object; usageTiers?: object };
+        for (const line of Object.keys(terms[key] ?? {})) {
           if (!Object.hasOwn(p.usageLines, line)) {
             ctx.addIssue({
               code: 'custom',
-              path: ['tools', tool, side, 'usage', line],
+              path: ['tools', tool, side, key, line],
               message: `no usage line named "${line}" under usageLines`,
             });
           }

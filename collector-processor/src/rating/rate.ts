@@ -20,6 +20,11 @@ export interface UsagePosition {
   toolOrdinal: number;
   /** 1-based position among the customer's counted calls of the product in the period (0 = not counted). */
   planOrdinal: number;
+  /**
+   * For each of the call's usage quantities (same order) whose line the tool prices in graduated tiers:
+   * the customer's units of that line on this tool in the period before this call, × 10⁶.
+   */
+  usageBefore?: readonly (bigint | undefined)[];
 }
 
 export interface Rating {
@@ -58,6 +63,39 @@ export function perCallPrice(rate: ToolRate, toolOrdinal: number): [bigint, numb
   }
   // unreachable for a validated plan: the last tier is open-ended
   throw new Error('tiers have no open-ended last tier');
+}
+
+/** A usage tier as compiled: units up to and including which it applies (none on the last), per-unit price. */
+export interface UsageTier {
+  upTo?: number | undefined;
+  perUnit: bigint;
+}
+
+/**
+ * Cuts a quantity of a usage line (micro-units) starting at `beforeMicro` units of the period into the
+ * graduated tiers it falls in: one piece per tier touched, in order (a quantity of 0 is one piece at the
+ * tier its position is in).
+ */
+export function tierSegments(
+  tiers: readonly UsageTier[],
+  beforeMicro: bigint,
+  micro: bigint,
+): { micro: bigint; unitNano: bigint; tier: number }[] {
+  const out: { micro: bigint; unitNano: bigint; tier: number }[] = [];
+  let pos = beforeMicro;
+  let left = micro;
+  for (let i = 0; i < tiers.length; i++) {
+    const t = tiers[i] as UsageTier;
+    const upper = t.upTo === undefined ? undefined : BigInt(t.upTo) * USAGE_MICROS;
+    // a position at the tier's upper bound has used it up, unless nothing is left to place
+    if (upper !== undefined && (pos > upper || (pos === upper && left > 0n))) continue;
+    const take = upper === undefined || left <= upper - pos ? left : upper - pos;
+    if (take > 0n || out.length === 0) out.push({ micro: take, unitNano: t.perUnit, tier: i + 1 });
+    pos += take;
+    left -= take;
+    if (left === 0n) break;
+  }
+  return out;
 }
 
 /** Amount for a duration at a per-second rate, rounded half up to the nano-unit. */
@@ -117,10 +155,29 @@ export function rateCall(
   let usageCost = 0n;
   let usagePrice = 0n;
   const lines: UsageAmount[] = [];
-  for (const q of quantities) {
+  for (let i = 0; i < quantities.length; i++) {
+    const q = quantities[i] as UsageQuantity;
+    const costUnit = rate.cost.usage?.[q.line.name];
+    const tiers = billed ? rate.price.usageTiers?.[q.line.name] : undefined;
+    if (tiers) {
+      for (const seg of tierSegments(tiers, usage.usageBefore?.[i] ?? 0n, q.micro)) {
+        const priceNano = usageAmount(seg.micro, seg.unitNano);
+        const costNano = usageAmount(seg.micro, costUnit);
+        usagePrice += priceNano;
+        usageCost += costNano;
+        lines.push({
+          line: q.line.name,
+          quantityMicro: seg.micro,
+          unitNano: seg.unitNano,
+          priceNano,
+          costNano,
+        });
+      }
+      continue;
+    }
     const unitNano = billed ? (rate.price.usage?.[q.line.name] ?? 0n) : 0n;
     const priceNano = usageAmount(q.micro, unitNano);
-    const costNano = usageAmount(q.micro, rate.cost.usage?.[q.line.name]);
+    const costNano = usageAmount(q.micro, costUnit);
     usagePrice += priceNano;
     usageCost += costNano;
     lines.push({ line: q.line.name, quantityMicro: q.micro, unitNano, priceNano, costNano });
