@@ -229,7 +229,9 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
   const usageUnits: Record<string, Record<string, number>> = {};
   for (const [key, micro] of units) {
     const [tool, line] = key.split('\0') as [string, string];
-    (usageUnits[tool] ??= {})[line] = Number(micro) / 1e6;
+    const lines = usageUnits[tool] ?? {};
+    lines[line] = Number(micro) / 1e6;
+    usageUnits[tool] = lines;
   }
   return { plan: infoOf(plan), segments, after: { planCalls, toolCalls, usageUnits } };
 }

@@ -101,12 +101,12 @@ const DAY_SECONDS = 86_400;
 
 /** The call's usage quantities its tool prices in graduated tiers (their positions are counted in Redis). */
 function tieredOf(quantities: readonly UsageQuantity[], rate: ToolRate): TieredQuantity[] | undefined {
-  let out: TieredQuantity[] | undefined;
+  const out: TieredQuantity[] = [];
   quantities.forEach((q, index) => {
-    if (!rate.price.usageTiers?.[q.line.name]) return;
-    (out ??= []).push({ index, line: q.line.name, micro: q.micro, integral: q.line.integral });
+    if (rate.price.usageTiers?.[q.line.name])
+      out.push({ index, line: q.line.name, micro: q.micro, integral: q.line.integral });
   });
-  return out;
+  return out.length ? out : undefined;
 }
 
 /**
