@@ -383,7 +383,7 @@ describe('plan quotes', () => {
       ['billed', 1, 1, '0.004'],
       ['billed', 2, 6, '0.018'],
     ]);
-    expect(res.body.after).toEqual({ planCalls: 10, toolCalls: { search_docs: 10 } });
+    expect(res.body.after).toEqual({ planCalls: 10, toolCalls: { search_docs: 10 }, usageUnits: {} });
     // a billion calls is a few runs, priced exactly
     const big = await api('/billing/plans/quote', KEYS.admin, {
       usage: [{ tool: 'lookup', calls: 1_000_000_000 }],
@@ -601,5 +601,116 @@ describe('usage lines on the invoice and in quotes', () => {
       code: 'API_BAD_REQUEST',
       message: expect.stringMatching(message),
     });
+  });
+});
+
+describe('usage lines in graduated tiers, end to end', () => {
+  const customer = 'volume-co';
+  // the `volume` plan: cached input tokens at 0.000002 up to 1,000 a month, 0.000001 up to 3,000, then 0.0000005
+  const tiers: [number | undefined, bigint][] = [
+    [1000, 2000n],
+    [3000, 1000n],
+    [undefined, 500n],
+  ];
+  // units of the call per call: the 3rd straddles 1,000, the 5th straddles 3,000
+  const cached = [400, 500, 300, 1500, 800, 2000];
+  const calls = cached.map((c) => [c + 50, c, 0, 0, undefined] as const);
+  /** Graduated price of `units` units starting at `before`, tier by tier (independent of the rating code). */
+  const graduated = (before: number, units: number) => {
+    let nano = 0n;
+    let pos = before;
+    let left = units;
+    let floor = 0;
+    for (const [upTo, unit] of tiers) {
+      const top = upTo ?? Number.POSITIVE_INFINITY;
+      const take = Math.max(0, Math.min(left, top - Math.max(pos, floor)));
+      if (pos < top && take > 0) {
+        nano += BigInt(take) * unit;
+        pos += take;
+        left -= take;
+      }
+      floor = top;
+    }
+    return nano;
+  };
+  let period = '';
+  let dayStartMs = 0;
+
+  beforeAll(async () => {
+    const startMs = Date.now() - 90_000;
+    await sendUsageCalls(s.tg, startMs, calls, customer, 'ab');
+    // the same export again (a sender's retry): every call is a duplicate, no unit counted twice
+    const again = await sendUsageCalls(s.tg, startMs, calls, customer, 'ab');
+    expect(again).not.toContain('rejected');
+    period = new Date(startMs).toISOString().slice(0, 7);
+    dayStartMs = Math.floor(startMs / 86_400_000) * 86_400_000;
+  });
+
+  it('a line per tier on the invoice: quantity × unit = amount, the total the graduated price of the month', async () => {
+    const inv = (await api(`/billing/invoices/preview?customer=${customer}&period=${period}`, KEYS.finance))
+      .body;
+    const usage = inv.lines.filter((l: { component: string }) => l.component === 'usage');
+    const total = cached.reduce((a, b) => a + b, 0); // 5,500
+    expect(
+      usage.map((l: Record<string, string>) => [l.line, l.quantity, l.unitPriceNano, l.amountNano]),
+    ).toEqual([
+      ['cached_input_tokens', '2500', '500', String(2500 * 500)],
+      ['cached_input_tokens', '2000', '1000', String(2000 * 1000)],
+      ['cached_input_tokens', '1000', '2000', String(1000 * 2000)],
+    ]);
+    expect(usage.reduce((a: bigint, l: { amountNano: string }) => a + BigInt(l.amountNano), 0n)).toBe(
+      graduated(0, total),
+    );
+    expect(inv.reconciliation.reconciled).toBe(true);
+    // call by call, as landed: each call's pieces are the graduated price of its own units where it stood
+    const rows = await s.tg.clickhouse.client.query({
+      query: `SELECT usage_quantity_micro AS q, usage_price_nano AS p FROM mcp_tool_calls
+        WHERE customer = {c:String} ORDER BY started_at`,
+      query_params: { c: customer },
+      format: 'JSONEachRow',
+    });
+    const landed = (await rows.json()) as { q: string[]; p: string[] }[];
+    expect(landed).toHaveLength(cached.length);
+    let before = 0;
+    landed.forEach((r, i) => {
+      const units = r.q.reduce((a, q) => a + Number(q) / 1e6, 0);
+      expect(units).toBe(cached[i]);
+      expect(r.p.reduce((a, p) => a + BigInt(p), 0n)).toBe(graduated(before, units));
+      before += units;
+    });
+    expect(landed.map((r) => r.q.length)).toEqual([1, 1, 2, 1, 2, 1]);
+  });
+
+  it('revenue by tool counts each call once per line, from the daily view and from the raw rows', async () => {
+    const iso = (ms: number) => new Date(ms).toISOString();
+    for (const from of [dayStartMs, dayStartMs + 1]) {
+      const res = await api(
+        `/analytics/mcp/revenue/by-tool?customer=${customer}&from=${iso(from)}&to=${iso(dayStartMs + 86_400_000)}`,
+        KEYS.finance,
+      );
+      expect(res.status).toBe(200);
+      const [row] = res.body.rows;
+      expect(
+        row.usageLines.map((l: Record<string, unknown>) => [l.line, l.calls, l.quantity, l.revenueNano]),
+      ).toEqual([['cached_input_tokens', cached.length, '5500', String(graduated(0, 5500))]]);
+    }
+  });
+
+  it('a quote cuts runs at the tier bounds and equals rating call by call; prior and after carry the units', async () => {
+    const res = await api('/billing/plans/quote', KEYS.finance, {
+      customer,
+      usage: [{ tool: 'summarize', calls: 10, inputTokens: 300, quantities: { cached_input_tokens: 250 } }],
+      prior: { usageUnits: { summarize: { cached_input_tokens: 900 } } },
+    });
+    expect(res.status).toBe(200);
+    // 900 before: the 1st call straddles 1,000, calls 2–8 stay in tier 2 (to 2,900), the 9th straddles 3,000
+    expect(res.body.lines.map((l: { calls: number }) => l.calls)).toEqual([1, 7, 1, 1]);
+    const usageNano = res.body.lines.reduce(
+      (a: bigint, l: { calls: number; unit: { usage: { priceNano: string }[] } }) =>
+        a + BigInt(l.calls) * l.unit.usage.reduce((b, u) => b + BigInt(u.priceNano), 0n),
+      0n,
+    );
+    expect(usageNano).toBe(graduated(900, 2500));
+    expect(res.body.after.usageUnits).toEqual({ summarize: { cached_input_tokens: 3400 } });
   });
 });

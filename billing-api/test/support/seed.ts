@@ -113,9 +113,22 @@ products:
               perOutputToken: "0.000015"
               usage: { cached_input_tokens: "0.0000003", reasoning_tokens: "0.00002", gb_seconds: "0.000016667" }
             cost: { perInputToken: "0.000001", usage: { cached_input_tokens: "0.0000001" } }
+      volume:
+        usageLines:
+          cached_input_tokens: { attributes: gen_ai.usage.cache_read.input_tokens, subsetOf: input_tokens }
+        tools:
+          "*":
+            price:
+              perCall: "0.001"
+              usageTiers:
+                cached_input_tokens:
+                  - { upTo: 1000, perUnit: "0.000002" }
+                  - { upTo: 3000, perUnit: "0.000001" }
+                  - { perUnit: "0.0000005" }
     customers:
       initech: { plan: enterprise }
       llm-co: { plan: llm }
+      volume-co: { plan: volume }
       globex: { overrides: { limits: { spendPerPeriod: "0.02" } } }
       hooli: { overrides: { freeCallsPerMonth: 0 } }
   other-product:
@@ -265,14 +278,21 @@ export const USAGE_CALLS: readonly [number, number, number, number, number | und
 ];
 
 /**
- * Sends {@link USAGE_CALLS} as one OTLP/JSON export of llm-co's spans starting at `startMs`, and waits until
- * they landed. The export must be accepted whole (no partial success).
+ * Sends usage calls (default {@link USAGE_CALLS}, llm-co's) to `summarize` as one OTLP/JSON export starting at
+ * `startMs` (trace ids from `idByte`), and waits until they landed. The export must be accepted whole (no
+ * partial success); returns the answer's body.
  */
-export async function sendUsageCalls(tg: TestTollgate, startMs: number): Promise<void> {
-  const spans = USAGE_CALLS.map(([inp, cached, out, reasoning, gbs], i) => {
+export async function sendUsageCalls(
+  tg: TestTollgate,
+  startMs: number,
+  calls: readonly (readonly [number, number, number, number, number | undefined])[] = USAGE_CALLS,
+  customer = 'llm-co',
+  idByte = 'ef',
+): Promise<string> {
+  const spans = calls.map(([inp, cached, out, reasoning, gbs], i) => {
     const startNs = BigInt(startMs + i) * 1_000_000n;
     return {
-      traceId: `${'ef'.repeat(15)}${String(i).padStart(2, '0')}`,
+      traceId: `${idByte.repeat(15)}${String(i).padStart(2, '0')}`,
       spanId: `${'12'.repeat(7)}${String(i).padStart(2, '0')}`,
       name: 'tools/call summarize',
       kind: 2,
@@ -281,7 +301,7 @@ export async function sendUsageCalls(tg: TestTollgate, startMs: number): Promise
       attributes: [
         attr('mcp.method.name', 'tools/call'),
         attr('gen_ai.tool.name', 'summarize'),
-        attr('tollgate.customer.id', 'llm-co'),
+        attr('tollgate.customer.id', customer),
         attr('gen_ai.usage.input_tokens', inp),
         attr('gen_ai.usage.output_tokens', out),
         attr('gen_ai.usage.cache_read.input_tokens', cached),
@@ -304,6 +324,7 @@ export async function sendUsageCalls(tg: TestTollgate, startMs: number): Promise
   if (res.status !== 200 || body.includes('partialSuccess'))
     throw new Error(`usage export not accepted whole: ${res.status} ${body}`);
   await tg.lander?.idle();
+  return body;
 }
 
 export interface Seeded {

@@ -1,0 +1,100 @@
+import type { ToolCall } from '@tollgate/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLAIM_STATUS, type ClaimInput, claimCalls, defineClaim } from '../src/meter/claim.js';
+import { startTestTollgate, type TestTollgate } from './support/harness.js';
+
+/**
+ * claim.lua's units of usage lines priced in graduated tiers, against the test Tollgate's real redis-server:
+ * positions in argument order, per customer, tool and line; whole units or micro-units; a replay of the same
+ * spool record gets its own positions back; a duplicate counts nothing.
+ */
+let tg: TestTollgate;
+beforeAll(async () => {
+  tg = await startTestTollgate();
+  defineClaim(tg.redis!);
+});
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+const M = 1_000_000n;
+let n = 0;
+const input = (tool: string, tiered: [string, bigint, boolean][], counts = true): ClaimInput => ({
+  call: { eventId: `e${(n++).toString(16).padStart(8, '0')}`, tool } as ToolCall,
+  period: '2026-12',
+  day: '2026-12-06',
+  counts,
+  tiered: tiered.map(([line, micro, integral], index) => ({ index, line, micro, integral })),
+});
+const ttl = { dedupSeconds: 3600, periodSeconds: 3600 };
+
+describe('claim.lua: units of tiered usage lines', () => {
+  it('positions in order, per tool and line; fractional lines in micro-units; replays and duplicates', async () => {
+    const calls = [
+      input('a', [
+        ['tokens', 400n * M, true],
+        ['gbs', 1_500_000n, false],
+      ]),
+      input('a', [['tokens', 700n * M, true]]),
+      input('b', [['tokens', 5n * M, true]]), // another tool: its own count
+      input('a', [['tokens', 9n * M, true]], false), // not counted: no position, nothing added
+      input('a', [
+        ['gbs', 250_000n, false],
+        ['tokens', 1n * M, true],
+      ]),
+    ];
+    const first = await claimCalls(tg.redis!, 'p', 'c1', 'rec-1', calls, ttl);
+    expect(first.map((r) => [r.status, r.usageBefore])).toEqual([
+      [CLAIM_STATUS.new, [0n, 0n]],
+      [CLAIM_STATUS.new, [400n * M]],
+      [CLAIM_STATUS.new, [0n]],
+      [CLAIM_STATUS.new, [0n]],
+      [CLAIM_STATUS.new, [1_500_000n, 1100n * M]],
+    ]);
+    // the same record replayed (a crash before landing): the same positions, nothing counted again
+    const replay = await claimCalls(tg.redis!, 'p', 'c1', 'rec-1', calls, ttl);
+    expect(replay.map((r) => [r.status, r.usageBefore])).toEqual(
+      first.map((r) => [CLAIM_STATUS.own, r.status === CLAIM_STATUS.new ? r.usageBefore : undefined]),
+    );
+    // the same calls under another record (a sender's retry): duplicates, nothing counted
+    const dup = await claimCalls(tg.redis!, 'p', 'c1', 'rec-2', calls, ttl);
+    expect(dup.map((r) => r.status)).toEqual(calls.map(() => CLAIM_STATUS.duplicate));
+    // a new call continues where the first record left off
+    const next = await claimCalls(
+      tg.redis!,
+      'p',
+      'c1',
+      'rec-3',
+      [input('a', [['tokens', 1n * M, true]])],
+      ttl,
+    );
+    expect(next[0]?.usageBefore).toEqual([1101n * M]);
+    // another customer starts at zero
+    const other = await claimCalls(
+      tg.redis!,
+      'p',
+      'c2',
+      'rec-4',
+      [input('a', [['tokens', 1n * M, true]])],
+      ttl,
+    );
+    expect(other[0]?.usageBefore).toEqual([0n]);
+  });
+
+  it('whole units stay exact beyond 2^53 micro-units (a month of trillions of tokens)', async () => {
+    const big = 900_000_000_000n; // 9 × 10¹¹ units a call, 9 × 10¹⁷ micro-units
+    const r = await claimCalls(
+      tg.redis!,
+      'p',
+      'c3',
+      'rec-5',
+      [
+        input('a', [['tokens', big * M, true]]),
+        input('a', [['tokens', big * M, true]]),
+        input('a', [['tokens', M, true]]),
+      ],
+      ttl,
+    );
+    expect(r.map((x) => x.usageBefore)).toEqual([[0n], [big * M], [2n * big * M]]);
+  });
+});
