@@ -1,26 +1,32 @@
-// Landing benchmark: CPU per rated row of inserting blocks of rated calls into embedded chDB, split into the
-// main thread (what the pipeline competes with) and the whole process (chDB's insert threads included).
-// Variants run alternately in one process against one chDB, so they see the same load:
-//   views      — TabSeparated through @clickhouse/client into mcp_tool_calls with every materialized view (today)
-//   no views   — the same rows into a copy of mcp_tool_calls without views (what the views cost)
-//   raw buffer — the same TSV handed to chDB as a Buffer (connection.chdb.rawInsert), views on
-// Rows are shaped like bench/e2e.mjs's spans after rating: 50 customers, 4 tools, 5 agents, 400 sessions.
+// Landing benchmark: CPU per rated row of turning rated calls into a ClickHouse insert and running it on
+// embedded chDB — encoding on the main thread plus chDB's insert threads — split into the main thread (what
+// the pipeline competes with) and the whole process. Variants alternate in one process against one chDB:
+//   string TSV + client.insert  the landing before this change: a TSV string per record (encodeTsvRow),
+//                               joined per block, inserted through @clickhouse/client (chDB's connection
+//                               decodes it to a string and runs `SET …; INSERT … FORMAT TabSeparated\n<rows>`)
+//   TsvWriter + client.insert   bytes written by TsvWriter, the same client.insert (the encoder's share)
+//   TsvWriter + raw insert      TsvWriter's bytes to chDB as a Buffer (ClickHouseHandle.insertTsv), with
+//                               ClickHouse's parallel parsing (its default) and with one parser (today, the
+//                               lander's landingSettings)
+//   today, no views             today's path into a copy of mcp_tool_calls without the materialized views
+// Rows are shaped like bench/e2e.mjs's spans after rating: records of 512 calls of one customer and session,
+// 50 customers, 4 tools, 5 agents, 400 sessions. `BENCH_BLOCKS` (rows per insert), `BENCH_ROWS` (rows per
+// variant and round), `BENCH_ROUNDS`.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { createClient } from '@clickhouse/client';
-import { createChdbConnection } from 'chdb/connection';
 import { ROOT, table, writeResult } from './lib.mjs';
 
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
-const { migrate, insertSettings } = await dist('storage/clickhouse.js');
-const { encodeTsvRow, TSV_COLUMNS } = await dist('landing/tsv.js');
+const { migrate, insertSettings, openClickHouse } = await dist('storage/clickhouse.js');
+const { encodeTsvRow, TsvWriter, TSV_COLUMNS } = await dist('landing/tsv.js');
+const { landingSettings } = await dist('landing/lander.js');
 
-const BLOCK_SIZES = (process.env.BENCH_BLOCKS ?? '1000,6500,50000').split(',').map(Number);
-const ROWS_PER_ROUND = Number(process.env.BENCH_ROWS ?? 100_000);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
-const ONLY = process.env.BENCH_VARIANTS?.split(',');
+const BLOCK_SIZES = (process.env.BENCH_BLOCKS ?? '6656,25088').split(',').map(Number);
+const ROWS_PER_ROUND = Number(process.env.BENCH_ROWS ?? 50_000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const RECORD = 512;
 
 const CUSTOMERS = Array.from({ length: 50 }, (_, i) => `customer-${i}`);
 const TOOLS = ['get_forecast', 'search_docs', 'run_report', 'lookup_customer'];
@@ -75,11 +81,14 @@ function ratedRow(b, i) {
   };
 }
 
-/** TSV of `rows` rated calls in exports of 512 (one customer and session per export, like e2e). */
+/** The rated calls of one block, as the pipeline hands them over: records of 512 calls. */
 function block(rows) {
-  let tsv = '';
-  for (let i = 0; i < rows; i++) tsv += encodeTsvRow(ratedRow(Math.floor(seq / 512), i % 512));
-  return tsv;
+  const records = [];
+  for (let r = 0; r < rows / RECORD; r++) {
+    const b = Math.floor(seq / RECORD);
+    records.push(Array.from({ length: RECORD }, (_, i) => ratedRow(b, i)));
+  }
+  return records;
 }
 
 /** CPU seconds of the main thread (utime + stime of this task in /proc, clock ticks of 10 ms). */
@@ -90,78 +99,87 @@ function mainThreadCpu() {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-landing-'));
-const connection = createChdbConnection({ path: join(dir, 'chdb') });
-const client = createClient({ connection });
-await migrate(client);
-await client.command({ query: 'CREATE TABLE calls_noviews AS mcp_tool_calls' });
-await client.command({ query: 'CREATE TABLE calls_nodedup AS mcp_tool_calls' });
-await client.command({
-  query: 'ALTER TABLE calls_nodedup MODIFY SETTING non_replicated_deduplication_window = 0',
-});
+const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+await migrate(ch.client);
+await ch.client.command({ query: 'CREATE TABLE calls_noviews AS mcp_tool_calls' });
 
 let bid = 0;
+/** The old encoding: one string per record (the pipeline's `tsv += encodeTsvRow(row)`), joined per block. */
+function strings(records) {
+  const parts = [];
+  for (const rows of records) {
+    let tsv = '';
+    for (const r of rows) tsv += encodeTsvRow(r);
+    parts.push(tsv);
+  }
+  return Buffer.from(parts.join(''));
+}
+const writer = new TsvWriter();
+/** Today's encoding: TsvWriter's bytes per record, concatenated per block (as the lander does). */
+function bytes(records) {
+  const parts = [];
+  for (const rows of records) {
+    for (const r of rows) writer.add(r);
+    parts.push(writer.take());
+  }
+  return Buffer.concat(parts);
+}
+const clientInsert = (table, body) =>
+  ch.client.insert({
+    table,
+    columns: TSV_COLUMNS,
+    format: 'TabSeparated',
+    values: Readable.from([body], { objectMode: false }),
+    clickhouse_settings: insertSettings(`bench.${bid++}`),
+  });
 const VARIANTS = {
-  'buffer only': async (tsv) => Buffer.from(tsv),
-  views: (tsv) =>
-    client.insert({
-      table: 'mcp_tool_calls',
-      columns: TSV_COLUMNS,
-      format: 'TabSeparated',
-      values: Readable.from([Buffer.from(tsv)], { objectMode: false }),
-      clickhouse_settings: insertSettings(`bench.${bid++}`),
-    }),
-  'no views': (tsv) =>
-    client.insert({
-      table: 'calls_noviews',
-      columns: TSV_COLUMNS,
-      format: 'TabSeparated',
-      values: Readable.from([Buffer.from(tsv)], { objectMode: false }),
-      clickhouse_settings: insertSettings(`bench.${bid++}`),
-    }),
-  'no views, no dedup log': (tsv) =>
-    client.insert({
-      table: 'calls_nodedup',
-      columns: TSV_COLUMNS,
-      format: 'TabSeparated',
-      values: Readable.from([Buffer.from(tsv)], { objectMode: false }),
-      clickhouse_settings: insertSettings(`bench.${bid++}`),
-    }),
-  'raw buffer, no views': (tsv) =>
-    connection.chdb.rawInsert({
-      table: 'calls_noviews',
-      columns: TSV_COLUMNS,
-      format: 'TabSeparated',
-      values: Buffer.from(tsv),
-      settings: insertSettings(`bench.${bid++}`),
-    }),
-  'raw buffer': (tsv) =>
-    connection.chdb.rawInsert({
-      table: 'mcp_tool_calls',
-      columns: TSV_COLUMNS,
-      format: 'TabSeparated',
-      values: Buffer.from(tsv),
-      settings: insertSettings(`bench.${bid++}`),
-    }),
+  'string TSV + client.insert': (records) => clientInsert('mcp_tool_calls', strings(records)),
+  'TsvWriter + client.insert': (records) => clientInsert('mcp_tool_calls', bytes(records)),
+  'TsvWriter + raw insert, parallel parsing': (records) =>
+    ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), insertSettings(`bench.${bid++}`)),
+  'TsvWriter + raw insert, 1 parser (today)': (records) =>
+    ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
+  'today, no views': (records) =>
+    ch.insertTsv('calls_noviews', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
 };
+
+/** Waits until chDB has no merge running, so a variant's merges are not billed to the next one. */
+async function settle() {
+  for (let i = 0; i < 200; i++) {
+    const [r] = await (
+      await ch.client.query({ query: 'SELECT count() AS n FROM system.merges', format: 'JSONEachRow' })
+    ).json();
+    if (Number(r.n) === 0) return;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
 
 const results = new Map();
 for (let round = 0; round < ROUNDS; round++) {
   for (const size of BLOCK_SIZES) {
-    for (const [name, insert] of Object.entries(VARIANTS)) {
-      if (ONLY && !ONLY.includes(name)) continue;
+    for (const [name, land] of Object.entries(VARIANTS)) {
       const blocks = Array.from({ length: Math.max(1, Math.round(ROWS_PER_ROUND / size)) }, () =>
         block(size),
       );
-      const rows = blocks.length * size;
+      const rows = blocks.length * blocks[0].length * RECORD;
+      await settle();
       const cpu0 = process.cpuUsage();
       const main0 = mainThreadCpu();
       const t0 = performance.now();
-      for (const tsv of blocks) await insert(tsv);
+      for (const records of blocks) await land(records);
+      await settle();
       const wall = (performance.now() - t0) / 1000;
       const cpu = process.cpuUsage(cpu0);
       const main = mainThreadCpu() - main0;
       const key = `${name}|${size}`;
-      const r = results.get(key) ?? { name, size, rows: 0, wall: 0, cpu: 0, main: 0 };
+      const r = results.get(key) ?? {
+        name,
+        size: blocks[0].length * RECORD,
+        rows: 0,
+        wall: 0,
+        cpu: 0,
+        main: 0,
+      };
       r.rows += rows;
       r.wall += wall;
       r.cpu += (cpu.user + cpu.system) / 1e6;
@@ -170,17 +188,17 @@ for (let round = 0; round < ROUNDS; round++) {
     }
   }
 }
-await client.close();
+await ch.close();
 rmSync(dir, { recursive: true, force: true });
 
 const us = (s, rows) => ((s / rows) * 1e6).toFixed(1);
 const rows = [...results.values()];
 console.log(
-  `\nLanding into embedded chDB: ${ROUNDS} rounds of ${ROWS_PER_ROUND.toLocaleString('en-US')} rated rows per variant and block size, alternating`,
+  `\nLanding into embedded chDB: ${ROUNDS} rounds of ~${ROWS_PER_ROUND.toLocaleString('en-US')} rated rows per variant and block size, alternating (encoding included; merges waited for)`,
 );
 console.log(
   table([
-    ['variant', 'rows/block', 'process CPU µs/row', 'main thread µs/row', 'wall µs/row', 'rows/s'],
+    ['landing path', 'rows/insert', 'process CPU µs/row', 'main thread µs/row', 'wall µs/row', 'rows/s'],
     ...rows.map((r) => [
       r.name,
       r.size,
