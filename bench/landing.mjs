@@ -12,11 +12,24 @@
 // Rows are shaped like bench/e2e.mjs's spans after rating: records of 512 calls of one customer and session,
 // 50 customers, 4 tools, 5 agents, 400 sessions. `BENCH_BLOCKS` (rows per insert), `BENCH_ROWS` (rows per
 // variant and round), `BENCH_ROUNDS`.
+//
+// With BENCH_BASE=/path/to/another/checkout (built), a second part runs bench/e2e.mjs's load (512-span OTLP
+// exports, 8 senders, enforcement on) against that checkout's Tollgate and this one, alternating, and reads each
+// Tollgate process's CPU from /proc: CPU per acknowledged-and-landed span, the whole process and its main thread.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { ROOT, table, writeResult } from './lib.mjs';
+import {
+  DEV_INGEST_KEY,
+  drive,
+  metric,
+  protobufBatches,
+  ROOT,
+  startTollgate,
+  table,
+  writeResult,
+} from './lib.mjs';
 
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
 const { migrate, insertSettings, openClickHouse } = await dist('storage/clickhouse.js');
@@ -91,12 +104,13 @@ function block(rows) {
   return records;
 }
 
-/** CPU seconds of the main thread (utime + stime of this task in /proc, clock ticks of 10 ms). */
-function mainThreadCpu() {
-  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+/** CPU seconds (utime + stime, clock ticks of 10 ms) of a /proc stat file: a process or one of its threads. */
+function procCpu(path) {
+  const stat = readFileSync(path, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(f[11]) + Number(f[12])) / 100;
 }
+const mainThreadCpu = () => procCpu(`/proc/self/task/${process.pid}/stat`);
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-landing-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
@@ -209,8 +223,79 @@ console.log(
     ]),
   ]),
 );
+const BASE = process.env.BENCH_BASE;
+const e2e = [];
+if (BASE) {
+  const baseCli = join(BASE, 'collector-processor/dist/cli/main.js');
+  const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
+  const EXPORTS = Number(process.env.BENCH_EXPORTS ?? 120);
+  const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
+  const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  const loadBefore = load();
+  for (let i = 0; i < REPEAT; i++) {
+    for (const which of i % 2 ? ['this build', 'base'] : ['base', 'this build']) {
+      const bodies = await protobufBatches(EXPORTS + 10, 512);
+      const tg = await startTollgate([], {}, [], which === 'base' ? baseCli : undefined);
+      try {
+        const url = `${tg.otlpUrl}/v1/traces`;
+        await drive(url, bodies.slice(0, 10), { concurrency: 8, headers });
+        const landed0 = await metric(tg.apiUrl, 'tollgate_landed_rows_total');
+        const pid = tg.child.pid;
+        const cpu0 = procCpu(`/proc/${pid}/stat`);
+        const main0 = procCpu(`/proc/${pid}/task/${pid}/stat`);
+        const t0 = performance.now();
+        const r = await drive(url, bodies.slice(10), { concurrency: 8, headers });
+        const spans = EXPORTS * 512;
+        while ((await metric(tg.apiUrl, 'tollgate_landed_rows_total')) - landed0 < spans)
+          await new Promise((res) => setTimeout(res, 20));
+        const landedMs = performance.now() - t0;
+        if ((r.statuses.get(200) ?? 0) !== EXPORTS) throw new Error(`${which}: exports failed`);
+        e2e.push({
+          which,
+          spans,
+          ackedPerSec: spans / (r.wallMs / 1000),
+          landedPerSec: spans / (landedMs / 1000),
+          cpuUsPerSpan: ((procCpu(`/proc/${pid}/stat`) - cpu0) / spans) * 1e6,
+          mainUsPerSpan: ((procCpu(`/proc/${pid}/task/${pid}/stat`) - main0) / spans) * 1e6,
+        });
+      } finally {
+        await tg.stop();
+      }
+    }
+  }
+  const median = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const summary = (which) => {
+    const rs = e2e.filter((r) => r.which === which);
+    return ['ackedPerSec', 'landedPerSec', 'cpuUsPerSpan', 'mainUsPerSpan'].map((k) =>
+      median(rs.map((r) => r[k])),
+    );
+  };
+  const b = summary('base');
+  const n = summary('this build');
+  const f = (v, d = 0) => v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
+  console.log(
+    `\nEnd to end, ${BASE} vs this build: ${EXPORTS} exports × 512 spans, 8 senders, ${REPEAT}× each alternating, medians (load average ${loadBefore} → ${load()})`,
+  );
+  console.log(
+    table([
+      ['build', 'acked spans/s', 'landed spans/s', 'Tollgate CPU µs/span', 'main thread µs/span'],
+      ...e2e.map((r) => [
+        r.which,
+        f(r.ackedPerSec),
+        f(r.landedPerSec),
+        f(r.cpuUsPerSpan, 1),
+        f(r.mainUsPerSpan, 1),
+      ]),
+      ['median base', f(b[0]), f(b[1]), f(b[2], 1), f(b[3], 1)],
+      ['median this build', f(n[0]), f(n[1]), f(n[2], 1), f(n[3], 1)],
+      ['ratio this build / base', ...n.map((v, k) => (v / b[k]).toFixed(2))],
+    ]),
+  );
+}
+
 writeResult('landing', {
   at: new Date().toISOString(),
+  e2e,
   rounds: ROUNDS,
   rowsPerRound: ROWS_PER_ROUND,
   results: rows.map((r) => ({
