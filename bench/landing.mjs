@@ -16,6 +16,7 @@
 // With BENCH_BASE=/path/to/another/checkout (built), a second part runs bench/e2e.mjs's load (512-span OTLP
 // exports, 8 senders, enforcement on) against that checkout's Tollgate and this one, alternating, and reads each
 // Tollgate process's CPU from /proc: CPU per acknowledged-and-landed span, the whole process and its main thread.
+// BENCH_FLAGS="--landing-flush-ms 2000" starts this build (not the base) with those flags.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -229,13 +230,19 @@ if (BASE) {
   const baseCli = join(BASE, 'collector-processor/dist/cli/main.js');
   const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
   const EXPORTS = Number(process.env.BENCH_EXPORTS ?? 120);
+  const FLAGS = process.env.BENCH_FLAGS?.split(' ').filter(Boolean) ?? [];
   const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
   const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const loadBefore = load();
   for (let i = 0; i < REPEAT; i++) {
     for (const which of i % 2 ? ['this build', 'base'] : ['base', 'this build']) {
       const bodies = await protobufBatches(EXPORTS + 10, 512);
-      const tg = await startTollgate([], {}, [], which === 'base' ? baseCli : undefined);
+      const tg = await startTollgate(
+        which === 'base' ? [] : FLAGS,
+        {},
+        [],
+        which === 'base' ? baseCli : undefined,
+      );
       try {
         const url = `${tg.otlpUrl}/v1/traces`;
         await drive(url, bodies.slice(0, 10), { concurrency: 8, headers });
@@ -274,7 +281,7 @@ if (BASE) {
   const n = summary('this build');
   const f = (v, d = 0) => v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
   console.log(
-    `\nEnd to end, ${BASE} vs this build: ${EXPORTS} exports × 512 spans, 8 senders, ${REPEAT}× each alternating, medians (load average ${loadBefore} → ${load()})`,
+    `\nEnd to end, ${BASE} vs this build${FLAGS.length ? ` with ${FLAGS.join(' ')}` : ''}: ${EXPORTS} exports × 512 spans, 8 senders, ${REPEAT}× each alternating, medians (load average ${loadBefore} → ${load()})`,
   );
   console.log(
     table([
