@@ -8,7 +8,7 @@
 //   TsvWriter + raw insert      TsvWriter's bytes to chDB as a Buffer (ClickHouseHandle.insertTsv), with
 //                               ClickHouse's parallel parsing (its default) and with one parser (today, the
 //                               lander's landingSettings)
-//   today, no views             today's path into a copy of mcp_tool_calls without the materialized views
+//   now, no views               today's path into a copy of mcp_tool_calls without the materialized views
 // Rows are shaped like bench/e2e.mjs's spans after rating: records of 512 calls of one customer and session,
 // 50 customers, 4 tools, 5 agents, 400 sessions. `BENCH_BLOCKS` (rows per insert), `BENCH_ROWS` (rows per
 // variant and round), `BENCH_ROUNDS`.
@@ -41,6 +41,8 @@ const BLOCK_SIZES = (process.env.BENCH_BLOCKS ?? '6656,25088').split(',').map(Nu
 const ROWS_PER_ROUND = Number(process.env.BENCH_ROWS ?? 50_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const RECORD = 512;
+/** Only the variants named (separated by `|`), e.g. BENCH_VARIANTS='TsvWriter + raw insert, one parser (now)|now, no views'. */
+const ONLY = process.env.BENCH_VARIANTS?.split('|');
 
 const CUSTOMERS = Array.from({ length: 50 }, (_, i) => `customer-${i}`);
 const TOOLS = ['get_forecast', 'search_docs', 'run_report', 'lookup_customer'];
@@ -152,9 +154,9 @@ const VARIANTS = {
   'TsvWriter + client.insert': (records) => clientInsert('mcp_tool_calls', bytes(records)),
   'TsvWriter + raw insert, parallel parsing': (records) =>
     ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), insertSettings(`bench.${bid++}`)),
-  'TsvWriter + raw insert, 1 parser (today)': (records) =>
+  'TsvWriter + raw insert, one parser (now)': (records) =>
     ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
-  'today, no views': (records) =>
+  'now, no views': (records) =>
     ch.insertTsv('calls_noviews', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
 };
 
@@ -173,6 +175,7 @@ const results = new Map();
 for (let round = 0; round < ROUNDS; round++) {
   for (const size of BLOCK_SIZES) {
     for (const [name, land] of Object.entries(VARIANTS)) {
+      if (ONLY && !ONLY.includes(name)) continue;
       const blocks = Array.from({ length: Math.max(1, Math.round(ROWS_PER_ROUND / size)) }, () =>
         block(size),
       );
