@@ -11,7 +11,7 @@
 //   now, no views               today's path into a copy of mcp_tool_calls without the materialized views
 // Rows are shaped like bench/e2e.mjs's spans after rating: records of 512 calls of one customer and session,
 // 50 customers, 4 tools, 5 agents, 400 sessions. `BENCH_BLOCKS` (rows per insert), `BENCH_ROWS` (rows per
-// variant and round), `BENCH_ROUNDS`.
+// variant and round), `BENCH_ROUNDS`. BENCH_PER_VIEW=1 measures each materialized view on its own instead.
 //
 // With BENCH_BASE=/path/to/another/checkout (built), a second part runs bench/e2e.mjs's load (512-span OTLP
 // exports, 8 senders, enforcement on) against that checkout's Tollgate and this one, alternating, and reads each
@@ -149,7 +149,68 @@ const clientInsert = (table, body) =>
     values: Readable.from([body], { objectMode: false }),
     clickhouse_settings: insertSettings(`bench.${bid++}`),
   });
-const VARIANTS = {
+/**
+ * BENCH_PER_VIEW=1: instead of the landing paths, today's path into copies of mcp_tool_calls that each feed a
+ * copy of one view's table through a copy of that view (what each view costs), beside no views and all views.
+ */
+async function perViewVariants() {
+  const createQuery = async (name) => {
+    const [r] = await (
+      await ch.client.query({
+        query: `SELECT create_table_query AS q FROM system.tables WHERE database = currentDatabase() AND name = '${name}'`,
+        format: 'JSONEachRow',
+      })
+    ).json();
+    return r.q;
+  };
+  // [view, its table, the view fed from that table (0012's monthly sets) or none]
+  const VIEWS = [
+    ['mcp_daily_stats_mv', 'mcp_daily_stats'],
+    ['mcp_session_summary_mv', 'mcp_session_summary'],
+    ['mcp_tool_daily_stats_mv', 'mcp_tool_daily_stats'],
+    ['mcp_session_daily_mv', 'mcp_session_daily'],
+    [
+      'mcp_customer_daily_stats_mv',
+      'mcp_customer_daily_stats',
+      ['mcp_customer_monthly_sessions_mv', 'mcp_customer_monthly_sessions'],
+    ],
+    ['mcp_usage_daily_stats_mv', 'mcp_usage_daily_stats'],
+  ];
+  const land = (table) => (records) =>
+    ch.insertTsv(table, TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`));
+  const variants = { 'no views': land('calls_noviews') };
+  for (const [i, [view, target, next]] of VIEWS.entries()) {
+    await ch.client.command({ query: `CREATE TABLE calls_v${i} AS mcp_tool_calls` });
+    await ch.client.command({ query: `CREATE TABLE t_v${i} AS ${target}` });
+    const copy = (q, from, to, mv, mvCopy, toCopy) =>
+      q
+        .replace(`.${mv} `, `.${mvCopy} `)
+        .replace(`TO default.${to}`, `TO default.${toCopy}`)
+        .replaceAll(`default.${from}`, `default.${from === 'mcp_tool_calls' ? `calls_v${i}` : `t_v${i}`}`);
+    await ch.client.command({
+      query: copy(await createQuery(view), 'mcp_tool_calls', target, view, `mv_v${i}`, `t_v${i}`),
+    });
+    if (next) {
+      const [nextView, nextTarget] = next;
+      await ch.client.command({ query: `CREATE TABLE t_v${i}_next AS ${nextTarget}` });
+      await ch.client.command({
+        query: copy(
+          await createQuery(nextView),
+          target,
+          nextTarget,
+          nextView,
+          `mv_v${i}_next`,
+          `t_v${i}_next`,
+        ),
+      });
+    }
+    variants[`+ ${view}${next ? ` (+ ${next[0]})` : ''}`] = land(`calls_v${i}`);
+  }
+  variants['all views (now)'] = land('mcp_tool_calls');
+  return variants;
+}
+
+const LANDING_PATHS = {
   'string TSV + client.insert': (records) => clientInsert('mcp_tool_calls', strings(records)),
   'TsvWriter + client.insert': (records) => clientInsert('mcp_tool_calls', bytes(records)),
   'TsvWriter + raw insert, parallel parsing': (records) =>
@@ -159,6 +220,7 @@ const VARIANTS = {
   'now, no views': (records) =>
     ch.insertTsv('calls_noviews', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
 };
+const VARIANTS = process.env.BENCH_PER_VIEW ? await perViewVariants() : LANDING_PATHS;
 
 /** Waits until chDB has no merge running, so a variant's merges are not billed to the next one. */
 async function settle() {
