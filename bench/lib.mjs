@@ -23,8 +23,11 @@ export function freePort() {
   });
 }
 
-/** Starts `tollgate start` with the given flags in a fresh data dir; resolves when /healthz answers. */
-export async function startTollgate(flags = [], env = {}, nodeArgs = []) {
+/**
+ * Starts `tollgate start` with the given flags in a fresh data dir; resolves when /healthz answers. `cli`
+ * runs another build (an A/B against a base checkout).
+ */
+export async function startTollgate(flags = [], env = {}, nodeArgs = [], cli = CLI) {
   const dataDir = mkdtempSync(join(tmpdir(), 'tollgate-bench-'));
   const otlpPort = await freePort();
   const apiPort = await freePort();
@@ -32,7 +35,7 @@ export async function startTollgate(flags = [], env = {}, nodeArgs = []) {
     process.execPath,
     [
       ...nodeArgs,
-      CLI,
+      cli,
       'start',
       '--data-dir',
       dataDir,

@@ -7,6 +7,7 @@ import { ROOT } from './lib.mjs';
 
 const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
+  ['landing', ['node', 'bench/landing.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['credits', ['node', 'bench/credits.mjs']],
   ['kill-simulation', ['node', 'bench/kill-simulation.mjs']],

@@ -283,7 +283,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           'spool segments had a corrupt record; the rest of those segments was skipped',
         );
       lander = new Lander(
-        clickhouse.client,
+        clickhouse,
         spool,
         {
           batchRows: Number(s['landing.batchRows']),

@@ -6,7 +6,7 @@ import { RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/app.js';
 import { Lander } from '../src/landing/lander.js';
-import { encodeTsvRow } from '../src/landing/tsv.js';
+import { encodeTsvRow, TsvWriter } from '../src/landing/tsv.js';
 import { createMetrics } from '../src/metrics.js';
 import { Spool } from '../src/spool/spool.js';
 import {
@@ -103,7 +103,7 @@ describe('landing encoding', () => {
     const spoolDir = join(dir, 'spool');
     const { spool } = await Spool.open({ dir: spoolDir, fsync: false, segmentBytes: 1 << 20 });
     const lander = new Lander(
-      ch.client,
+      ch,
       spool,
       { batchRows: 10, flushIntervalMs: 10, blockPrefix: 'test' },
       createLogger('silent'),
@@ -119,7 +119,11 @@ describe('landing encoding', () => {
       format: 'calls-json',
       payload: Buffer.from('[]'),
     });
-    lander.enqueue('r1', encodeTsvRow(row), 1);
+    const writer = new TsvWriter();
+    writer.add(row);
+    const bytes = writer.take();
+    expect(bytes.toString('utf8')).toBe(encodeTsvRow(row));
+    lander.enqueue('r1', bytes, 1);
     await lander.idle();
     await lander.stop(1000);
     const [back] = await (

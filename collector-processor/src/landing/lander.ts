@@ -1,12 +1,20 @@
-import { Readable } from 'node:stream';
-import type { ClickHouseClient } from '@clickhouse/client';
+import type { ClickHouseSettings } from '@clickhouse/client';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
-import { insertSettings } from '../storage/clickhouse.js';
+import { insertSettings, type TsvInserter } from '../storage/clickhouse.js';
 import { TSV_COLUMNS } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
+
+/**
+ * The settings of a landing insert: the block id as dedup token (insertSettings), and one parsing thread.
+ * ClickHouse's parallel parsing starts a pool and cuts the input into segments for every insert; on blocks of a
+ * few MiB that cost more CPU than it saved (about a quarter of the insert's CPU per row; bench/landing.mjs).
+ */
+export function landingSettings(blockId: string): ClickHouseSettings {
+  return { ...insertSettings(blockId), input_format_parallel_parsing: 0 };
+}
 
 export interface LanderOptions {
   batchRows: number;
@@ -16,7 +24,7 @@ export interface LanderOptions {
 }
 
 interface Queued {
-  tsv: string;
+  tsv: Buffer;
   rows: number;
 }
 
@@ -41,7 +49,7 @@ export class Lander {
   lastError: Error | undefined;
 
   constructor(
-    private readonly client: ClickHouseClient,
+    private readonly clickhouse: TsvInserter,
     private readonly spool: Spool,
     private readonly opts: LanderOptions,
     private readonly log: Logger,
@@ -56,8 +64,8 @@ export class Lander {
     return this.landedTotal;
   }
 
-  /** Queues the rated rows of one spool record (TSV lines). */
-  enqueue(rid: string, tsv: string, rows: number): void {
+  /** Queues the rated rows of one spool record (TabSeparated lines, TsvWriter's bytes). */
+  enqueue(rid: string, tsv: Buffer, rows: number): void {
     this.queue.set(rid, { tsv, rows });
     this.backlog += rows;
     this.metrics.landingBacklog.set(this.backlog);
@@ -150,7 +158,7 @@ export class Lander {
   }
 
   private async land(block: IntentRecord): Promise<void> {
-    const parts: string[] = [];
+    const parts: Buffer[] = [];
     let rows = 0;
     for (const rid of block.rids) {
       const q = this.queue.get(rid) as Queued;
@@ -158,19 +166,13 @@ export class Lander {
       rows += q.rows;
     }
     await this.spool.appendIntent(block);
-    const body = Buffer.from(parts.join(''));
+    const body = Buffer.concat(parts);
     let delay = 100;
     for (;;) {
       const started = performance.now();
       try {
         if (rows > 0) {
-          await this.client.insert({
-            table: RAW_TABLE,
-            columns: TSV_COLUMNS as unknown as [string, ...string[]],
-            format: 'TabSeparated',
-            values: Readable.from([body], { objectMode: false }),
-            clickhouse_settings: insertSettings(block.bid),
-          });
+          await this.clickhouse.insertTsv(RAW_TABLE, TSV_COLUMNS, body, landingSettings(block.bid));
         }
         this.metrics.landingInsertSeconds.observe((performance.now() - started) / 1000);
         if (this.lastError)

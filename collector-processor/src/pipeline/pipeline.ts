@@ -3,7 +3,7 @@ import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { dayOf } from '../enforcement/periods.js';
 import type { Lander } from '../landing/lander.js';
-import { encodeTsvRow } from '../landing/tsv.js';
+import { TsvWriter } from '../landing/tsv.js';
 import {
   CLAIM_STATUS,
   type ClaimInput,
@@ -117,6 +117,8 @@ export class Pipeline {
   private seq = 0;
   private readonly bootId = Date.now().toString(36);
   private readonly recent = new RecentIds(100_000);
+  /** The landing bytes of one record's rows, written synchronously below (see TsvWriter). */
+  private readonly tsv = new TsvWriter();
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
   private readonly localUsage = new Map<string, LocalUsage>();
   private redisDownSince: number | undefined;
@@ -388,7 +390,6 @@ export class Pipeline {
     }
 
     const rated: RatedCall[] = [];
-    let tsv = '';
     let duplicates = 0;
     for (let i = 0; i < prepared.length; i++) {
       const p = prepared[i] as Prepared;
@@ -450,12 +451,13 @@ export class Pipeline {
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
     const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
+    this.tsv.clear();
     for (const row of rated) {
-      tsv += encodeTsvRow(row);
+      this.tsv.add(row);
       if (row.priceNano > 0n)
         this.metrics.revenueNano.inc({ product, currency: row.currency }, Number(row.priceNano));
     }
-    if (rated.length) this.lander.enqueue(rid, tsv, rated.length);
+    if (rated.length) this.lander.enqueue(rid, this.tsv.take(), rated.length);
     else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
     return {
       accepted: rated.length,

@@ -1,0 +1,164 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { RatedCall } from '@tollgate/contracts';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createLogger } from '../src/app.js';
+import { Lander, RAW_TABLE } from '../src/landing/lander.js';
+import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
+import { createMetrics } from '../src/metrics.js';
+import { Spool } from '../src/spool/spool.js';
+import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
+
+// The lander's exactly-once step on chDB's raw insert (the bytes as a Buffer, the block id as
+// insert_deduplication_token in the INSERT's own SETTINGS): a block whose insert succeeded but whose answer
+// was lost is sent again with the same token and counted once — in the raw table and in every view fed
+// from it.
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-landing-dedup-'));
+let ch: ClickHouseHandle;
+beforeAll(async () => {
+  ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+  await migrate(ch.client);
+});
+afterAll(async () => {
+  await ch?.close();
+});
+
+function call(i: number, customer: string): RatedCall {
+  const usage = i % 3 === 0;
+  return {
+    eventId: `${customer}-${i}`.padEnd(48, '0'),
+    traceId: i.toString(16).padStart(32, '0'),
+    spanId: i.toString(16).padStart(16, '0'),
+    product: 'dedup-prod',
+    customer,
+    agent: `agent-${i % 2}`,
+    sessionId: `sess-${i % 5}`,
+    tool: i % 2 ? 'search' : 'fetch',
+    transport: 'stdio',
+    source: 'sdk',
+    status: i % 7 === 0 ? 'error' : 'ok',
+    errorType: i % 7 === 0 ? 'tool_error' : '',
+    protocolVersion: '2025-06-18',
+    instanceId: 'inst',
+    startUnixUs: 1_764_000_000_000_000 + i * 1_000,
+    durationUs: 1_000 + i,
+    inputTokens: 10,
+    outputTokens: 20,
+    priceNano: 1_000n + BigInt(i),
+    costNano: 100n,
+    priceCallNano: 1_000n + BigInt(i),
+    priceInputNano: 0n,
+    priceOutputNano: 0n,
+    priceDurationNano: 0n,
+    tier: 1,
+    planId: 'std',
+    planVersion: 'v',
+    currency: 'USD',
+    decision: 'billed',
+    period: '2025-11',
+    receivedAtMs: 1_764_000_000_000,
+    sessionRule: 'protocol',
+    pricePerSecondNano: 0n,
+    inputTokensPriced: 10,
+    outputTokensPriced: 20,
+    usageLines: usage ? ['gb_seconds'] : [],
+    usageQuantityMicro: usage ? [2_000_000n] : [],
+    usageUnitNano: usage ? [5n] : [],
+    usagePriceNano: usage ? [0n] : [],
+    usageCostNano: usage ? [1n] : [],
+  };
+}
+
+async function totals(customer: string): Promise<Record<string, string>> {
+  const q = `SELECT
+    (SELECT count() FROM mcp_tool_calls WHERE customer = {c:String}) AS raw,
+    (SELECT sum(price_nano) FROM mcp_tool_calls WHERE customer = {c:String}) AS raw_revenue,
+    (SELECT sum(calls) FROM mcp_daily_stats WHERE customer = {c:String}) AS daily,
+    (SELECT sum(revenue_nano) FROM mcp_daily_stats WHERE customer = {c:String}) AS daily_revenue,
+    (SELECT sum(calls) FROM mcp_tool_daily_stats WHERE product = 'dedup-prod') AS tool_daily,
+    (SELECT sum(calls) FROM mcp_customer_daily_stats WHERE customer = {c:String}) AS customer_daily,
+    (SELECT sum(calls) FROM mcp_session_summary WHERE customer = {c:String}) AS sessions,
+    (SELECT sum(calls) FROM mcp_session_daily WHERE customer = {c:String}) AS session_daily,
+    (SELECT sum(calls) FROM mcp_usage_daily_stats WHERE customer = {c:String}) AS usage_lines,
+    (SELECT uniqExactMerge(sessions) FROM mcp_customer_monthly_sessions WHERE customer = {c:String}) AS month_sessions`;
+  const [row] = await (
+    await ch.client.query({ query: q, query_params: { c: customer }, format: 'JSONEachRow' })
+  ).json<Record<string, string>>();
+  return row as Record<string, string>;
+}
+
+function block(customer: string, n: number): Buffer {
+  const w = new TsvWriter();
+  for (let i = 0; i < n; i++) w.add(call(i, customer));
+  return w.take();
+}
+
+it('a block sent again with its token lands once in the raw table and every view; another token lands', async () => {
+  const body = block('direct', 60);
+  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, body, insertSettings('blk.direct.1'));
+  const once = await totals('direct');
+  expect(once).toMatchObject({
+    raw: '60',
+    daily: '60',
+    customer_daily: '60',
+    sessions: '60',
+    session_daily: '60',
+  });
+  expect(once.usage_lines).toBe('20');
+  expect(once.month_sessions).toBe('5');
+  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, body, insertSettings('blk.direct.1'));
+  expect(await totals('direct')).toEqual(once);
+  // the token was this insert's only (a SETTINGS clause, not a session SET): the next block is not a "retry"
+  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, block('direct-2', 10), insertSettings('blk.direct.2'));
+  expect((await totals('direct-2')).raw).toBe('10');
+});
+
+it('the lander re-sends a block whose insert landed but whose answer was lost, and it counts once', async () => {
+  const { spool } = await Spool.open({ dir: join(dir, 'spool'), fsync: false, segmentBytes: 1 << 20 });
+  let calls = 0;
+  const lossy = {
+    async insertTsv(...args: Parameters<ClickHouseHandle['insertTsv']>) {
+      await ch.insertTsv(...args);
+      if (++calls === 1) throw new Error('connection reset after the insert (test)');
+    },
+  };
+  const lander = new Lander(
+    lossy,
+    spool,
+    { batchRows: 1_000, flushIntervalMs: 10, blockPrefix: 'lossy' },
+    createLogger('silent'),
+    createMetrics(),
+  );
+  lander.start();
+  for (const rid of ['r1', 'r2']) {
+    await spool.appendAccepted({
+      t: 'a',
+      rid,
+      product: 'dedup-prod',
+      planVersion: 'v',
+      receivedAtMs: 0,
+      format: 'calls-json',
+      payload: Buffer.from('[]'),
+    });
+  }
+  const w = new TsvWriter();
+  for (let i = 0; i < 30; i++) w.add(call(i, 'lossy'));
+  lander.enqueue('r1', w.take(), 30);
+  for (let i = 30; i < 50; i++) w.add(call(i, 'lossy'));
+  lander.enqueue('r2', w.take(), 20);
+  await lander.idle(20_000);
+  await lander.stop(1_000);
+  expect(calls).toBeGreaterThanOrEqual(2);
+  const t = await totals('lossy');
+  expect(t).toMatchObject({
+    raw: '50',
+    daily: '50',
+    customer_daily: '50',
+    sessions: '50',
+    session_daily: '50',
+  });
+  expect(t.daily_revenue).toBe(t.raw_revenue);
+  expect(t.raw_revenue).toBe(String(Array.from({ length: 50 }, (_, i) => 1_000 + i).reduce((a, b) => a + b)));
+  expect(t.usage_lines).toBe('17');
+});
