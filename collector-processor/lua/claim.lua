@@ -67,21 +67,7 @@ end
 -- 2. decide each call, counting in Lua tables
 local counters = {} -- period key index -> { field -> increment }
 local current = {} -- period key index -> { field -> value read from Redis }
-local function bump(pk, field)
-  local c = counters[pk]
-  if not c then
-    c = {}
-    counters[pk] = c
-    current[pk] = {}
-  end
-  if c[field] == nil then
-    c[field] = 0
-    current[pk][field] = tonumber(redis.call('HGET', KEYS[pk], field) or '0')
-  end
-  c[field] = c[field] + 1
-  return current[pk][field] + c[field]
-end
--- adds q to a counter and returns its value before
+-- adds q to a counter (read from Redis once per script) and returns its value before
 local function add(pk, field, q)
   local c = counters[pk]
   if not c then
@@ -96,6 +82,10 @@ local function add(pk, field, q)
   local before = current[pk][field] + c[field]
   c[field] = c[field] + q
   return before
+end
+-- counts one more and returns the new 1-based position
+local function bump(pk, field)
+  return add(pk, field, 1) + 1
 end
 
 local out = {}
