@@ -41,6 +41,7 @@ products:
       released: { overrides: { limits: { callsPerDay: 10 } } }
       mixed: { overrides: { limits: { callsPerDay: 10 } } }
       piggy: { overrides: { limits: { callsPerDay: 10 } } }
+      piggy-kong: { overrides: { limits: { callsPerDay: 10 } } }
       killed-co: { overrides: { limits: { callsPerDay: 10 } } }
       forged: { overrides: { limits: { callsPerDay: 10 } } }
       wallet: { overrides: { limits: { spendPerPeriod: "1" } } }
@@ -98,10 +99,19 @@ async function exportCalls(
   instanceId: string,
   customer: string,
   n: number,
-  o: { leaseId?: string; reserved?: string; tool?: string; session?: string; outputTokens?: number } = {},
+  o: {
+    leaseId?: string;
+    reserved?: string;
+    tool?: string;
+    session?: string;
+    outputTokens?: number;
+    /** Kong's root span name: the call comes from the Kong plugin. */
+    name?: string;
+  } = {},
 ) {
   const spans = Array.from({ length: n }, () =>
     toolSpan({
+      ...(o.name ? { name: o.name } : {}),
       customer,
       tool: o.tool ?? 'search',
       attrs: {
@@ -285,6 +295,19 @@ describe('renewal piggy-backed on the export response', () => {
       tollgate?: { leases?: LeaseGrant[] };
     };
     expect(other.tollgate?.leases).toBeUndefined();
+  });
+
+  it("Kong's exports settle its leased calls but top nothing up (Kong never reads export answers)", async () => {
+    const g = await grant('kong-node-1', { customer: 'piggy-kong', wantCalls: 2 });
+    expect(g.calls).toBe(2);
+    const body = (await exportCalls('kong-node-1', 'piggy-kong', 2, {
+      leaseId: g.leaseId,
+      reserved: '0',
+      name: 'kong',
+    })) as { tollgate?: { leases?: LeaseGrant[] } };
+    expect(body.tollgate?.leases).toBeUndefined();
+    // the two calls settled against the lease; nothing more is held for the node
+    expect(await dayHash('piggy-kong')).toMatchObject({ calls: '2', lr: '0' });
   });
 });
 
