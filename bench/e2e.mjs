@@ -11,9 +11,13 @@
 // Each phase sends fresh, unique spans and starts after the previous one has landed.
 // BENCH_SERVERS=full,off,floor picks servers; BENCH_PROFILE_DIR=/tmp/prof writes a --cpu-prof of the
 // full-pipeline server (see docs/operations.md).
+// A/B: BENCH_BASE=/path/to/other/checkout (built) runs only the full pipeline, base and this build
+// alternating BENCH_REPEAT (3) times, and prints each sample and the medians.
 
 import { loadavg } from 'node:os';
+import { join } from 'node:path';
 import {
+  cpuMs,
   DEV_INGEST_KEY,
   drive,
   metric,
@@ -33,7 +37,15 @@ const WARMUP = 20;
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
 const SERVERS = (process.env.BENCH_SERVERS ?? 'full,off,floor').split(',');
 const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
+const BASE = process.env.BENCH_BASE;
+const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
+
+/** Server CPU per span over a phase (µs; main thread and whole process), from cpuMs() before and after. */
+const cpuOf = (before, after, spans) => ({
+  mainUsPerSpan: ((after.main - before.main) * 1000) / spans,
+  processUsPerSpan: ((after.process - before.process) * 1000) / spans,
+});
 
 const latencyOf = (r, spans) => ({
   spans,
@@ -74,11 +86,13 @@ async function run(
     await landed(WARMUP * SPANS);
     if (phases.includes('saturation')) {
       const bodies = await protobufBatches(BATCHES - WARMUP, SPANS);
+      const cpu0 = cpuMs(tg.child.pid);
       const r = await drive(url, bodies, { concurrency: CONCURRENCY, headers });
       const spans = bodies.length * SPANS;
       const landedMs = r.wallMs + (await landed(spans));
       out.saturation = {
         ...latencyOf(r, spans),
+        ...cpuOf(cpu0, cpuMs(tg.child.pid), spans),
         ackedPerSec: spans / (r.wallMs / 1000),
         landedPerSec: spans / (landedMs / 1000),
       };
@@ -86,9 +100,14 @@ async function run(
     if (phases.includes('halfLoad')) {
       const rate = halfRate ?? out.saturation.ackedPerSec / SPANS / 2;
       const bodies = await protobufBatches(LATENCY_BATCHES, SPANS);
+      const cpu0 = cpuMs(tg.child.pid);
       const r = await drive(url, bodies, { headers, ratePerSec: rate });
       await landed(bodies.length * SPANS);
-      out.halfLoad = { offeredSpansPerSec: rate * SPANS, ...latencyOf(r, bodies.length * SPANS) };
+      out.halfLoad = {
+        offeredSpansPerSec: rate * SPANS,
+        ...latencyOf(r, bodies.length * SPANS),
+        ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
+      };
     }
     if (phases.includes('oneSender')) {
       const bodies = await protobufBatches(ONE_SENDER_BATCHES, SPANS);
@@ -107,6 +126,102 @@ const load = () =>
   loadavg()
     .map((l) => l.toFixed(2))
     .join(' ');
+const f = (n) => Math.round(n).toLocaleString('en-US');
+const ms = (n) => n.toFixed(1);
+const x = (a, b) => (a / b).toFixed(2);
+
+if (BASE) {
+  const baseCli = join(BASE, 'collector-processor/dist/cli/main.js');
+  const loadBefore = load();
+  const samples = { base: [], branch: [] };
+  const us = (n) => n.toFixed(1);
+  const cols = (r) => [
+    us(r.saturation.mainUsPerSpan),
+    us(r.saturation.processUsPerSpan),
+    us(r.halfLoad.mainUsPerSpan),
+    us(r.halfLoad.processUsPerSpan),
+    f(r.saturation.ackedPerSec),
+    f(r.saturation.landedPerSec),
+    ms(r.halfLoad.p50),
+    ms(r.halfLoad.p99),
+    ms(r.oneSender.p50),
+    ms(r.oneSender.p99),
+  ];
+  const rows = [
+    [
+      'A/B full pipeline',
+      'saturation main µs/span',
+      'process µs/span',
+      'half-load main µs/span',
+      'process µs/span',
+      'acked spans/s',
+      'landed spans/s',
+      'half-load p50',
+      'p99',
+      'one-sender p50',
+      'p99',
+    ],
+  ];
+  for (let i = 0; i < REPEAT; i++) {
+    for (const which of i % 2 ? ['branch', 'base'] : ['base', 'branch']) {
+      // the same offered load for every sample: half the first base sample's saturating rate
+      const halfRate = samples.base[0] ? samples.base[0].saturation.ackedPerSec / SPANS / 2 : undefined;
+      const r = await run('full', 'full', [], { cli: which === 'base' ? baseCli : undefined, halfRate });
+      samples[which].push(r);
+      rows.push([`${which} #${i + 1}`, ...cols(r)]);
+    }
+  }
+  const median = (list) => {
+    const pick = (get) => {
+      const v = list.map(get).sort((a, b) => a - b);
+      return v[Math.floor(v.length / 2)];
+    };
+    return {
+      saturation: {
+        mainUsPerSpan: pick((r) => r.saturation.mainUsPerSpan),
+        processUsPerSpan: pick((r) => r.saturation.processUsPerSpan),
+        ackedPerSec: pick((r) => r.saturation.ackedPerSec),
+        landedPerSec: pick((r) => r.saturation.landedPerSec),
+      },
+      halfLoad: {
+        mainUsPerSpan: pick((r) => r.halfLoad.mainUsPerSpan),
+        processUsPerSpan: pick((r) => r.halfLoad.processUsPerSpan),
+        p50: pick((r) => r.halfLoad.p50),
+        p99: pick((r) => r.halfLoad.p99),
+      },
+      oneSender: { p50: pick((r) => r.oneSender.p50), p99: pick((r) => r.oneSender.p99) },
+    };
+  };
+  const mb = median(samples.base);
+  const mn = median(samples.branch);
+  rows.push(['median base', ...cols(mb)], ['median branch', ...cols(mn)]);
+  rows.push([
+    'ratio branch / base',
+    x(mn.saturation.mainUsPerSpan, mb.saturation.mainUsPerSpan),
+    x(mn.saturation.processUsPerSpan, mb.saturation.processUsPerSpan),
+    x(mn.halfLoad.mainUsPerSpan, mb.halfLoad.mainUsPerSpan),
+    x(mn.halfLoad.processUsPerSpan, mb.halfLoad.processUsPerSpan),
+    x(mn.saturation.ackedPerSec, mb.saturation.ackedPerSec),
+    x(mn.saturation.landedPerSec, mb.saturation.landedPerSec),
+    x(mn.halfLoad.p50, mb.halfLoad.p50),
+    x(mn.halfLoad.p99, mb.halfLoad.p99),
+    x(mn.oneSender.p50, mb.oneSender.p50),
+    x(mn.oneSender.p99, mb.oneSender.p99),
+  ]);
+  console.log(
+    `\nA/B ${BASE} vs this build, ${REPEAT}× each, alternating (load average ${loadBefore} → ${load()})`,
+  );
+  console.log(table(rows));
+  writeResult('e2e-ab', {
+    at: new Date().toISOString(),
+    base: BASE,
+    samples,
+    medianBase: mb,
+    medianBranch: mn,
+  });
+  process.exit(0);
+}
+
 const loadBefore = load();
 const results = {};
 if (SERVERS.includes('full')) results.full = await run('full', 'full', []);
@@ -120,9 +235,6 @@ for (const r of Object.values(results))
     if (r[phase] && r[phase].ok !== r[phase].requests)
       throw new Error(`${r.name} ${phase}: ${r[phase].requests - r[phase].ok} exports failed`);
 
-const f = (n) => Math.round(n).toLocaleString('en-US');
-const ms = (n) => n.toFixed(1);
-const x = (a, b) => (a / b).toFixed(2);
 const { full, enforcementOff: off, floor } = results;
 
 console.log(

@@ -79,6 +79,18 @@ export function peakRssMiB(pid) {
   return kb / 1024;
 }
 
+/**
+ * CPU time used so far (user + system, ms) by a process — all its threads — and by its main thread alone
+ * (/proc/PID/task/PID), from /proc's clock ticks (10 ms resolution: compare over seconds).
+ */
+export function cpuMs(pid) {
+  const ticks = (path) => {
+    const fields = readFileSync(path, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime at 100 ticks/s
+  };
+  return { process: ticks(`/proc/${pid}/stat`), main: ticks(`/proc/${pid}/task/${pid}/stat`) };
+}
+
 /** Reads one counter or gauge from the Prometheus text of /metrics. */
 export async function metric(apiUrl, name) {
   const text = await (await fetch(`${apiUrl}/metrics`)).text();
