@@ -81,19 +81,27 @@ interface LocalUsage {
   units: Map<string, bigint>;
 }
 
-/** Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. */
-class RecentIds {
+/**
+ * Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. The
+ * oldest id is evicted first, from a ring of insertion order (O(1); evicting through a full Set's iterator
+ * rescans the holes left by earlier deletes and cost a fifth of the main thread under load).
+ */
+export class RecentIds {
   private readonly set = new Set<string>();
-  constructor(private readonly capacity: number) {}
+  private readonly ring: string[];
+  private next = 0;
+  constructor(private readonly capacity: number) {
+    this.ring = new Array<string>(capacity);
+  }
   has(id: string): boolean {
     return this.set.has(id);
   }
   add(id: string): void {
+    if (this.set.has(id)) return; // kept where it was first added, as a Set keeps insertion order
+    if (this.set.size >= this.capacity) this.set.delete(this.ring[this.next] as string);
     this.set.add(id);
-    if (this.set.size > this.capacity) {
-      const oldest = this.set.values().next().value as string;
-      this.set.delete(oldest);
-    }
+    this.ring[this.next] = id;
+    this.next = (this.next + 1) % this.capacity;
   }
 }
 
