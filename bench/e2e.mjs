@@ -111,9 +111,13 @@ async function run(
     }
     if (phases.includes('oneSender')) {
       const bodies = await protobufBatches(ONE_SENDER_BATCHES, SPANS);
+      const cpu0 = cpuMs(tg.child.pid);
       const r = await drive(url, bodies, { concurrency: 1, headers });
       await landed(bodies.length * SPANS);
-      out.oneSender = latencyOf(r, bodies.length * SPANS);
+      out.oneSender = {
+        ...latencyOf(r, bodies.length * SPANS),
+        ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
+      };
     }
     out.rssMiB = peakRssMiB(tg.child.pid);
     return out;
