@@ -12,7 +12,8 @@
 // BENCH_SERVERS=full,off,floor picks servers; BENCH_PROFILE_DIR=/tmp/prof writes a --cpu-prof of the
 // full-pipeline server (see docs/operations.md).
 // A/B: BENCH_BASE=/path/to/other/checkout (built) runs only the full pipeline, base and this build
-// alternating BENCH_REPEAT (3) times, and prints each sample and the medians.
+// alternating BENCH_REPEAT (3) times, and prints each sample and the medians. BENCH_NODE_ARGS and
+// BENCH_BASE_NODE_ARGS add node flags to this build's and the base's server.
 
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +40,10 @@ const SERVERS = (process.env.BENCH_SERVERS ?? 'full,off,floor').split(',');
 const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
 const BASE = process.env.BENCH_BASE;
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
+// node flags for the server of this build and of the base (e.g. an A/B of a V8 flag on one build:
+// BENCH_BASE=. BENCH_NODE_ARGS=--max-semi-space-size=64)
+const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+const BASE_NODE_ARGS = (process.env.BENCH_BASE_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 
 /** Server CPU per span over a phase (µs; main thread and whole process), from cpuMs() before and after. */
@@ -62,10 +67,13 @@ async function run(
   name,
   mode,
   extraFlags,
-  { halfRate, phases = ['saturation', 'halfLoad', 'oneSender'] } = {},
+  { halfRate, phases = ['saturation', 'halfLoad', 'oneSender'], cli } = {},
 ) {
-  const nodeArgs = PROFILE_DIR && name === 'full' ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-  const tg = await startTollgate(['--pipeline-mode', mode, ...extraFlags], {}, nodeArgs);
+  const nodeArgs = [
+    ...(PROFILE_DIR && name === 'full' ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []),
+    ...(cli ? BASE_NODE_ARGS : NODE_ARGS),
+  ];
+  const tg = await startTollgate(['--pipeline-mode', mode, ...extraFlags], {}, nodeArgs, cli);
   const url = `${tg.otlpUrl}/v1/traces`;
   let landedTarget = await metric(tg.apiUrl, 'tollgate_landed_rows_total');
   /** Waits until every span sent so far has landed; returns the ms it waited. */
