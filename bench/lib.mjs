@@ -79,6 +79,18 @@ export function peakRssMiB(pid) {
   return kb / 1024;
 }
 
+/**
+ * CPU time used so far (user + system, ms) by a process — all its threads — and by its main thread alone
+ * (/proc/PID/task/PID), from /proc's clock ticks (10 ms resolution: compare over seconds).
+ */
+export function cpuMs(pid) {
+  const ticks = (path) => {
+    const fields = readFileSync(path, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime at 100 ticks/s
+  };
+  return { process: ticks(`/proc/${pid}/stat`), main: ticks(`/proc/${pid}/task/${pid}/stat`) };
+}
+
 /** Reads one counter or gauge from the Prometheus text of /metrics. */
 export async function metric(apiUrl, name) {
   const text = await (await fetch(`${apiUrl}/metrics`)).text();
@@ -92,15 +104,20 @@ export function percentile(sorted, p) {
 }
 
 /**
- * Runs `concurrency` keep-alive senders over `bodies` (each sent once, in order) and returns per-request
- * latencies (ms), the wall time and the statuses.
+ * Sends `bodies` (each once, in order) over keep-alive connections and returns per-request latencies (ms,
+ * sorted), the wall time and the statuses.
+ *
+ * Closed loop (default): `concurrency` senders, each posts its next body when the previous one is answered.
+ * Open loop (`ratePerSec`): body i is due at start + i / ratePerSec whatever is still in flight (as many
+ * connections as needed), and its latency counts from that scheduled time, not from when the request left —
+ * so a stall of the server or of this process shows as latency instead of as fewer requests
+ * (coordinated omission). `lagMs` is the largest delay between a scheduled time and the actual send.
  */
-export async function drive(url, bodies, { concurrency = 8, headers = {} } = {}) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePerSec } = {}) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: ratePerSec ? Infinity : concurrency });
   const target = new URL(url);
   const latencies = [];
   const statuses = new Map();
-  let next = 0;
   const post = (body) =>
     new Promise((resolve, reject) => {
       const req = http.request(
@@ -120,22 +137,38 @@ export async function drive(url, bodies, { concurrency = 8, headers = {} } = {})
       req.on('error', reject);
       req.end(body);
     });
+  const record = (from, status) => {
+    latencies.push(performance.now() - from);
+    statuses.set(status, (statuses.get(status) ?? 0) + 1);
+  };
   const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < bodies.length) {
-        const body = bodies[next++];
-        const t = performance.now();
-        const status = await post(body);
-        latencies.push(performance.now() - t);
-        statuses.set(status, (statuses.get(status) ?? 0) + 1);
-      }
-    }),
-  );
+  let lagMs = 0;
+  if (ratePerSec) {
+    const inFlight = [];
+    for (let i = 0; i < bodies.length; i++) {
+      const due = started + (i * 1000) / ratePerSec;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      lagMs = Math.max(lagMs, performance.now() - due);
+      inFlight.push(post(bodies[i]).then((status) => record(due, status)));
+    }
+    await Promise.all(inFlight);
+  } else {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < bodies.length) {
+          const body = bodies[next++];
+          const t = performance.now();
+          record(t, await post(body));
+        }
+      }),
+    );
+  }
   const wallMs = performance.now() - started;
   agent.destroy();
   latencies.sort((a, b) => a - b);
-  return { latencies, wallMs, statuses };
+  return { latencies, wallMs, statuses, lagMs };
 }
 
 const CUSTOMERS = Array.from({ length: 50 }, (_, i) => `customer-${i}`);

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { decodeJsonExport } from '../src/otlp/decode-json.js';
 import { decodeProtobufExport } from '../src/otlp/decode-protobuf.js';
 import { DecodeError } from '../src/otlp/decoded.js';
-import { ProtoRequest } from '../src/otlp/proto.js';
+import { ProtoRequest, ProtoSpan } from '../src/otlp/proto.js';
 import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
 import { captureServer } from './support/capture.js';
 import { emitToolCall, otelTracer } from './support/harness.js';
@@ -186,5 +186,81 @@ describe('malformed input', () => {
     expect(d.spans.map((s) => s.name)).toEqual(['ok']);
     expect(() => decodeJsonExport(Buffer.from('{"resourceSpans": 3}'))).toThrow(DecodeError);
     expect(() => decodeJsonExport(Buffer.from('{nope'))).toThrow(DecodeError);
+  });
+
+  it('protobuf: a span whose attribute runs past its end is skipped, and its neighbours are read whole', () => {
+    // Spans are read in place with the reader bounded to each span: the bad attribute's length (40) reaches
+    // into the next span's bytes, which must not be read as part of it.
+    const span = (name: string, spanId: string, attrs: [string, string][]) =>
+      Buffer.from(
+        ProtoSpan.encode(
+          ProtoSpan.fromObject({
+            traceId: Buffer.from('0af7651916cd43dd8448eb211c80319c', 'hex'),
+            spanId: Buffer.from(spanId, 'hex'),
+            name,
+            kind: 2,
+            attributes: attrs.map(([key, v]) => ({ key, value: { stringValue: v } })),
+          }),
+        ).finish(),
+      );
+    const good1 = span('first', 'b7ad6b7169203331', [['gen_ai.tool.name', 'a']]);
+    const bad = Buffer.concat([span('bad', 'b7ad6b7169203332', []), Buffer.from([74, 40, 0x61, 0x62, 0x63])]);
+    const good2 = span('second', 'b7ad6b7169203333', [
+      ['gen_ai.tool.name', 'b'],
+      ['mcp.session.id', 's'],
+    ]);
+    const field = (n: number, bytes: Buffer) => {
+      const len: number[] = [];
+      for (let v = bytes.length; ; v >>>= 7) {
+        if (v < 0x80) {
+          len.push(v);
+          break;
+        }
+        len.push((v & 0x7f) | 0x80);
+      }
+      return Buffer.concat([Buffer.from([(n << 3) | 2, ...len]), bytes]);
+    };
+    const scopeSpans = Buffer.concat([field(2, good1), field(2, bad), field(2, good2)]);
+    const body = field(1, field(2, scopeSpans));
+    const d = decodeProtobufExport(body);
+    expect(d.malformed).toBe(1);
+    expect(d.spans.map((x) => [x.name, x.spanId, x.attributes])).toEqual([
+      ['first', 'b7ad6b7169203331', { 'gen_ai.tool.name': 'a' }],
+      ['second', 'b7ad6b7169203333', { 'gen_ai.tool.name': 'b', 'mcp.session.id': 's' }],
+    ]);
+    // a span frame longer than its scope is broken framing, not a malformed span
+    expect(() => decodeProtobufExport(field(1, field(2, field(2, good1).subarray(0, 20))))).toThrow(
+      DecodeError,
+    );
+  });
+
+  it('protobuf: attribute keys whose hashes collide keep their own names (the key cache compares bytes)', () => {
+    // 'Aa' and 'BB' have the same 31-based hash; decoded twice so the second pass reads from the cache
+    for (let round = 0; round < 2; round++) {
+      const bytes = ProtoRequest.encode(
+        ProtoRequest.fromObject({
+          resourceSpans: [
+            {
+              scopeSpans: [
+                {
+                  spans: [
+                    {
+                      traceId: Buffer.alloc(16, 1),
+                      spanId: Buffer.alloc(8, 2),
+                      name: 'x',
+                      attributes: [
+                        { key: 'Aa', value: { stringValue: '1' } },
+                        { key: 'BB', value: { stringValue: '2' } },
+                      ],
+                    },
+                  ],
+                },
+              ],
+            },
+          ],
+        }),
+      ).finish();
+      expect(decodeProtobufExport(bytes).spans[0]?.attributes).toEqual({ Aa: '1', BB: '2' });
+    }
   });
 });

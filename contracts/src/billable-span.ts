@@ -182,19 +182,23 @@ function transportOf(attrs: Attributes, isKong: boolean): McpTransport {
  * The billing session of a span (contracts/src/billing-session.ts). The Tollgate SDK and the Kong plugin
  * decide it where the call happens and send `mcp.session.id` with `tollgate.session.rule`; a plain OTLP
  * sender's `mcp.session.id` is the protocol's own. A span without one that has a parent belongs to its
- * caller's trace (rule 3); a root span without one has no session.
+ * caller's trace (rule 3); a root span without one has no session. (Two functions rather than one
+ * returning a pair: this runs for every call on the ingest path.)
  */
-function sessionOfSpan(span: SpanView): { sessionId: string; sessionRule: SessionRule | '' } {
-  const a = span.attributes;
-  const id = str(a[ATTR_MCP_SESSION_ID]);
-  if (id) {
-    const rule = a[ATTR_TOLLGATE_SESSION_RULE];
-    return { sessionId: id, sessionRule: isSessionRule(rule) ? rule : 'protocol' };
-  }
+function sessionIdOfSpan(span: SpanView): string {
+  const id = str(span.attributes[ATTR_MCP_SESSION_ID]);
+  if (id) return id;
   if (span.parentSpanId && isValidSpanId(span.parentSpanId) && isValidTraceId(span.traceId)) {
-    return { sessionId: traceSessionId(span.traceId), sessionRule: 'trace' };
+    return traceSessionId(span.traceId);
   }
-  return { sessionId: '', sessionRule: '' };
+  return '';
+}
+
+function sessionRuleOfSpan(span: SpanView, sessionId: string): SessionRule | '' {
+  if (sessionId === '') return '';
+  if (!str(span.attributes[ATTR_MCP_SESSION_ID])) return 'trace';
+  const rule = span.attributes[ATTR_TOLLGATE_SESSION_RULE];
+  return isSessionRule(rule) ? rule : 'protocol';
 }
 
 /**
@@ -216,20 +220,15 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     str(a[ATTR_TOLLGATE_CUSTOMER]) ?? str(span.resource[ATTR_TOLLGATE_CUSTOMER]) ?? opts.defaultCustomer;
   if (!customer) return reject('missing_customer', `span ${span.spanId}`);
   const agent = str(a[ATTR_TOLLGATE_AGENT]) ?? str(span.resource[ATTR_TOLLGATE_AGENT]) ?? '';
-  const { sessionId, sessionRule } = sessionOfSpan(span);
-  for (const [name, value] of [
-    ['customer', customer],
-    ['tool', tool],
-  ] as const) {
-    if (!isValidIdentifier(value)) return reject('invalid_identifier', `${name} of span ${span.spanId}`);
-  }
-  for (const [name, value] of [
-    ['agent', agent],
-    ['session', sessionId],
-  ] as const) {
-    if (value !== '' && !isValidIdentifier(value))
-      return reject('invalid_identifier', `${name} of span ${span.spanId}`);
-  }
+  const sessionId = sessionIdOfSpan(span);
+  const sessionRule = sessionRuleOfSpan(span, sessionId);
+  // checked one by one, in this order (no per-call arrays on the hot path)
+  if (!isValidIdentifier(customer)) return reject('invalid_identifier', `customer of span ${span.spanId}`);
+  if (!isValidIdentifier(tool)) return reject('invalid_identifier', `tool of span ${span.spanId}`);
+  if (agent !== '' && !isValidIdentifier(agent))
+    return reject('invalid_identifier', `agent of span ${span.spanId}`);
+  if (sessionId !== '' && !isValidIdentifier(sessionId))
+    return reject('invalid_identifier', `session of span ${span.spanId}`);
 
   const inputTokens = count(a[ATTR_GEN_AI_USAGE_INPUT_TOKENS]);
   const outputTokens = count(a[ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]);

@@ -11,12 +11,15 @@ export function eventIdFromSpan(traceIdHex: string, spanIdHex: string): string {
   return `${traceIdHex}${spanIdHex}`;
 }
 
+const ZERO_TRACE_ID = '0'.repeat(32);
+const ZERO_SPAN_ID = '0'.repeat(16);
+
 export function isValidTraceId(hex: string): boolean {
-  return HEX_TRACE_ID.test(hex) && hex !== '0'.repeat(32);
+  return HEX_TRACE_ID.test(hex) && hex !== ZERO_TRACE_ID;
 }
 
 export function isValidSpanId(hex: string): boolean {
-  return HEX_SPAN_ID.test(hex) && hex !== '0'.repeat(16);
+  return HEX_SPAN_ID.test(hex) && hex !== ZERO_SPAN_ID;
 }
 
 /**

@@ -68,17 +68,30 @@ export async function claimCalls(
     return i;
   };
   const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length];
-  for (const { call, period, day, counts } of inputs) {
+  // The calls of one export share a day and a period almost always: their keys' indexes are looked up
+  // when the day or period changes, not built and looked up per call.
+  let day = '';
+  let dayKey = 0;
+  let period = '';
+  let periodKey = 0;
+  for (const input of inputs) {
+    if (input.day !== day) {
+      day = input.day;
+      dayKey = indexOf(redisKeys.dedup(tag, day));
+    }
+    if (input.period !== period) {
+      period = input.period;
+      periodKey = indexOf(redisKeys.period(tag, period));
+    }
     // one argument per call (see claim.lua); event ids are hex, so the space separator is unambiguous
-    args.push(
-      `${call.eventId} ${indexOf(redisKeys.dedup(tag, day))} ${indexOf(redisKeys.period(tag, period))} ${counts ? '1' : '0'} ${call.tool}`,
-    );
+    args.push(`${input.call.eventId} ${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${input.call.tool}`);
   }
   // the quantities priced in graduated tiers (rare): counted in the same script, in the period hash
   const tieredArgs: string[] = [];
   for (let i = 0; i < inputs.length; i++) {
-    for (const t of inputs[i]?.tiered ?? [])
-      tieredArgs.push(`${i} ${t.integral ? t.micro / MICRO : t.micro} ${t.line}`);
+    const tiered = inputs[i]?.tiered;
+    if (tiered)
+      for (const t of tiered) tieredArgs.push(`${i} ${t.integral ? t.micro / MICRO : t.micro} ${t.line}`);
   }
   args.push(tieredArgs.length, ...tieredArgs);
   const cmd = (redis as unknown as { tollgateClaim: ClaimCommand }).tollgateClaim.bind(redis);

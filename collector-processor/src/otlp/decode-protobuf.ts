@@ -50,8 +50,59 @@ function readInt64(r: R): number {
   return typeof v === 'number' ? v : v.high * 4_294_967_296 + (v.low >>> 0);
 }
 
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+/** A length-delimited bytes field as hex, read in place (no slice of the body per id). */
+function readHex(r: R): string {
+  const len = r.uint32();
+  const start = r.pos;
+  const end = start + len;
+  if (end > r.len) throw new RangeError('bytes length beyond the message');
+  r.pos = end;
+  const b = r.buf;
+  return Buffer.isBuffer(b)
+    ? b.toString('hex', start, end)
+    : Buffer.from(b.buffer, b.byteOffset + start, len).toString('hex');
+}
+
+/**
+ * Attribute keys decoded before, by a hash of their bytes (checked byte by byte): every span repeats the
+ * same dozen keys, so each is decoded once rather than once per span. Bounded: cleared when full.
+ */
+const KEY_CACHE_MAX = 4096;
+const KEY_MAX_BYTES = 128;
+const keyCache = new Map<number, { bytes: Uint8Array; key: string }>();
+
+function readKey(r: R): string {
+  const at = r.pos;
+  const len = r.uint32();
+  const start = r.pos;
+  const end = start + len;
+  if (len > KEY_MAX_BYTES || end > r.len) {
+    r.pos = at;
+    return r.string();
+  }
+  const b = r.buf;
+  let h = len;
+  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + (b[i] as number)) | 0;
+  const hit = keyCache.get(h);
+  if (hit !== undefined && hit.bytes.length === len) {
+    let same = true;
+    for (let i = 0; i < len; i++)
+      if (hit.bytes[i] !== b[start + i]) {
+        same = false;
+        break;
+      }
+    if (same) {
+      r.pos = end;
+      return hit.key;
+    }
+  }
+  r.pos = at;
+  const key = r.string();
+  if (hit === undefined) {
+    if (keyCache.size >= KEY_CACHE_MAX) keyCache.clear();
+    keyCache.set(h, { bytes: new Uint8Array(b.subarray(start, end)), key }); // a copy, not a view of the body
+  }
+  return key;
 }
 
 /** One AnyValue: scalars are kept, arrays, maps and bytes become null (billing never reads them). */
@@ -87,7 +138,7 @@ function readKeyValue(r: R, into: Attributes): void {
   let value: Attributes[string] = null;
   while (r.pos < end) {
     const tag = r.uint32();
-    if (tag === KV_KEY) key = r.string();
+    if (tag === KV_KEY) key = readKey(r);
     else if (tag === KV_VALUE) {
       const vEnd = r.uint32() + r.pos;
       if (vEnd > end) throw new RangeError('value length beyond the attribute');
@@ -109,8 +160,8 @@ function readAttributesOnly(bytes: Uint8Array, attributeTag: number): Attributes
   return out;
 }
 
-function readSpan(bytes: Uint8Array, resource: Attributes, scopeName: string): SpanView {
-  const r = Reader.create(bytes);
+/** One span, read in place: the reader's `len` is the span's end while it runs. */
+function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
   const span: SpanView = {
     traceId: '',
     spanId: '',
@@ -128,13 +179,13 @@ function readSpan(bytes: Uint8Array, resource: Attributes, scopeName: string): S
     const tag = r.uint32();
     switch (tag) {
       case SPAN_TRACE_ID:
-        span.traceId = hex(r.bytes());
+        span.traceId = readHex(r);
         break;
       case SPAN_SPAN_ID:
-        span.spanId = hex(r.bytes());
+        span.spanId = readHex(r);
         break;
       case SPAN_PARENT_SPAN_ID:
-        span.parentSpanId = hex(r.bytes());
+        span.parentSpanId = readHex(r);
         break;
       case SPAN_NAME:
         span.name = r.string();
@@ -213,13 +264,29 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
             else r.skipType(tag & 7);
           }
         });
-        eachField(scopeSpans, 2, (spanBytes) => {
+        // the spans, each read in place with the reader bounded to it (as a reader of its own bytes would be)
+        const r = Reader.create(scopeSpans);
+        const len = r.len;
+        while (r.pos < len) {
+          const tag = r.uint32();
+          if (tag >>> 3 !== 2) {
+            r.skipType(tag & 7);
+            continue;
+          }
+          if ((tag & 7) !== WIRE_LEN)
+            throw new Error(`field 2 has wire type ${tag & 7}, expected ${WIRE_LEN}`);
+          const size = r.uint32();
+          const end = r.pos + size;
+          if (end > len) throw new RangeError(`index out of range: ${r.pos} + ${size} > ${len}`);
+          r.len = end;
           try {
-            spans.push(readSpan(spanBytes, resource, scopeName));
+            spans.push(readSpan(r, resource, scopeName));
           } catch {
             malformed++;
           }
-        });
+          r.len = len;
+          r.pos = end;
+        }
       }
     });
   } catch (err) {

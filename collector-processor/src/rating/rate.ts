@@ -47,6 +47,8 @@ export interface Rating {
 }
 
 const MICROS_PER_SECOND = 1_000_000n;
+/** The usage of a call without usage lines, shared (frozen: nothing may add to it). */
+const NO_LINES = Object.freeze([]) as unknown as UsageAmount[];
 
 /** Whether a call counts toward usage (tiers, free allowance): successful calls, and failed ones if billed. */
 export function countsTowardUsage(call: Pick<ToolCall, 'ok'>, plan: CompiledPlan): boolean {
@@ -150,11 +152,13 @@ export function rateCall(
   usage: UsagePosition,
   quantities: readonly UsageQuantity[] = [],
 ): Rating {
-  const [inTok, outTok] = pricedTokens(call, quantities);
+  let inTok = call.inputTokens;
+  let outTok = call.outputTokens;
+  if (quantities.length > 0) [inTok, outTok] = pricedTokens(call, quantities);
   const billed = countsTowardUsage(call, plan) && usage.planOrdinal > plan.plan.freeCallsPerMonth;
   let usageCost = 0n;
   let usagePrice = 0n;
-  const lines: UsageAmount[] = [];
+  const lines: UsageAmount[] = quantities.length === 0 ? NO_LINES : [];
   for (let i = 0; i < quantities.length; i++) {
     const q = quantities[i] as UsageQuantity;
     const costUnit = rate.cost.usage?.[q.line.name];

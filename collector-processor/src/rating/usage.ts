@@ -35,9 +35,15 @@ function quantityOf(raw: string | number | boolean, line: CompiledUsageLine): bi
  * call carries. Lines the call does not report are left out (a quantity of 0 is kept). A bad value, or
  * subsets of a parent that add up to more than the parent, make the whole call invalid.
  */
+/** The reading of a call without usage lines: one shared, frozen answer (this runs for every call). */
+const NO_USAGE: UsageReading = Object.freeze({
+  ok: true,
+  quantities: Object.freeze([]) as unknown as UsageQuantity[],
+});
+
 export function readUsage(call: ToolCall, lines: readonly CompiledUsageLine[]): UsageReading {
   const raw = call.usage;
-  if (!raw || lines.length === 0) return { ok: true, quantities: [] };
+  if (!raw || lines.length === 0) return NO_USAGE;
   const quantities: UsageQuantity[] = [];
   let inSub = 0n;
   let outSub = 0n;
