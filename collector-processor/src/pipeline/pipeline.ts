@@ -82,26 +82,59 @@ interface LocalUsage {
 }
 
 /**
- * Event ids seen recently by this process: the dedup of last resort while Redis is unreachable. The
- * oldest id is evicted first, from a ring of insertion order (O(1); evicting through a full Set's iterator
- * rescans the holes left by earlier deletes and cost a fifth of the main thread under load).
+ * Event ids seen recently by this process (at least the newest `capacity`): the dedup of last resort while
+ * Redis is unreachable. Kept per export as the arrays they came in, so the path with Redis up costs one
+ * array per export and no per-call hashing; the first lookup (Redis down) indexes them, and the index is
+ * kept up to date until `dropIndex` (Redis back). Exports leave whole, oldest first, once the newer ones
+ * alone hold `capacity` ids.
  */
 export class RecentIds {
-  private readonly set = new Set<string>();
-  private readonly ring: string[];
-  private next = 0;
-  constructor(private readonly capacity: number) {
-    this.ring = new Array<string>(capacity);
-  }
+  private readonly batches: (readonly string[])[] = [];
+  private head = 0;
+  private total = 0;
+  /** Id → occurrences among the kept batches; only while lookups are being made. */
+  private index: Map<string, number> | undefined;
+  constructor(private readonly capacity: number) {}
+
   has(id: string): boolean {
-    return this.set.has(id);
+    if (!this.index) {
+      this.index = new Map();
+      for (let b = this.head; b < this.batches.length; b++) this.count(this.batches[b] as string[], 1);
+    }
+    return this.index.has(id);
   }
-  add(id: string): void {
-    if (this.set.has(id)) return; // kept where it was first added, as a Set keeps insertion order
-    if (this.set.size >= this.capacity) this.set.delete(this.ring[this.next] as string);
-    this.set.add(id);
-    this.ring[this.next] = id;
-    this.next = (this.next + 1) % this.capacity;
+
+  /** The ids of one export's newly counted calls. */
+  addAll(ids: readonly string[]): void {
+    if (ids.length === 0) return;
+    this.batches.push(ids);
+    this.total += ids.length;
+    if (this.index) this.count(ids, 1);
+    for (;;) {
+      const oldest = this.batches[this.head] as string[];
+      if (this.total - oldest.length < this.capacity) break;
+      this.total -= oldest.length;
+      if (this.index) this.count(oldest, -1);
+      this.batches[this.head++] = [];
+    }
+    if (this.head > 1024 && this.head * 2 > this.batches.length) {
+      this.batches.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Redis is back: lookups stop, so does the index. */
+  dropIndex(): void {
+    this.index = undefined;
+  }
+
+  private count(ids: readonly string[], d: 1 | -1): void {
+    const index = this.index as Map<string, number>;
+    for (const id of ids) {
+      const n = (index.get(id) ?? 0) + d;
+      if (n > 0) index.set(id, n);
+      else index.delete(id);
+    }
   }
 }
 
@@ -301,6 +334,7 @@ export class Pipeline {
           'Redis reachable again; enforcement resumed',
         );
         this.redisDownSince = undefined;
+        this.recent.dropIndex();
       }
       return res;
     } catch (err) {
@@ -409,7 +443,6 @@ export class Pipeline {
         duplicates++;
         continue;
       }
-      this.recent.add(p.call.eventId);
       const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
       const c = p.call;
       const noUsage = rating.usage.length === 0;
@@ -459,6 +492,7 @@ export class Pipeline {
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
     }
+    this.recent.addAll(rated.map((r) => r.eventId));
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
