@@ -755,4 +755,18 @@ describe('the command', () => {
     expect(`${run.stderr}${rerun.stderr}${dry.stderr}`).not.toContain(fake.secretKey);
     await fake.close();
   }, 120_000);
+
+  it.each([
+    ['no outcome', 'tollgate-v1/p/c/gbs:gb_seconds/2026-03-02'],
+    ['an outcome other than sent or unsent', 'tollgate-v1/p/c/gbs:gb_seconds/2026-03-02=maybe'],
+    ['no key', '=sent'],
+  ])('--resolve with %s exits 2 naming it, before anything is read or sent', async (_d, arg) => {
+    const run = promisify(execFile)('node', [CLI, 'billing', 'sync', 'stripe', '--resolve', arg], {
+      env: { ...process.env, STRIPE_SECRET_KEY: 'sk_test_unused' },
+    });
+    await expect(run).rejects.toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining(`--resolve: ${arg} is not KEY=sent or KEY=unsent`),
+    });
+  });
 });
