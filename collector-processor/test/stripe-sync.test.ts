@@ -13,7 +13,7 @@ import { REPORT_COLUMNS, reportCsv, type SyncReport } from '../src/stripe/report
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
 import type { TestTollgate } from './support/harness.js';
 import { toolSpan } from './support/otlp-json.js';
-import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
+import { gatewayDying, type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
 
 /**
  * `tollgate billing sync stripe` against a local fake of Stripe's invoice-item endpoints, driven through
@@ -315,22 +315,6 @@ describe('sync', () => {
   });
 });
 
-/** The SDK gateway to `fake`, whose `n`-th create dies before it reaches Stripe or after Stripe took it. */
-function gatewayDying(fake: FakeStripe, n: number, when: 'before' | 'after'): StripeGateway {
-  const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
-  let creates = 0;
-  return {
-    ...real,
-    async createInvoiceItem(p, key) {
-      const dies = ++creates === n;
-      if (dies && when === 'before') throw new Error('killed before sending');
-      const r = await real.createInvoiceItem(p, key);
-      if (dies) throw new Error('power cut'); // Stripe has it; the ledger does not
-      return r;
-    },
-  };
-}
-
 describe('granularity period', () => {
   it('pushes one item per customer and line once the month is over and settled, keyed by the period', async () => {
     const fake = await newFake();
@@ -359,7 +343,7 @@ describe('crash mid-sync, then resume', () => {
     const fake = await newFake();
     const runDir = ledgerDir();
     const config = configFor(fake);
-    const crashing = gatewayDying(fake, 3, 'after');
+    const crashing = gatewayDying(fake, 'createInvoiceItem', 3, 'after');
     await expect(
       runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW, gateway: crashing }),
     ).rejects.toThrow('power cut');
@@ -385,7 +369,7 @@ describe('crash mid-sync, then resume', () => {
     const fake = await newFake();
     const runDir = ledgerDir();
     const config = configFor(fake);
-    const dying = gatewayDying(fake, 2, 'before');
+    const dying = gatewayDying(fake, 'createInvoiceItem', 2, 'before');
     await expect(
       runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW, gateway: dying }),
     ).rejects.toThrow('killed');
@@ -481,7 +465,7 @@ describe('crash mid-sync, then resume, when the list does not show the crashed p
       runStripeSync(config, runDir, deps, quietLog, {
         periods: PERIODS,
         nowMs: NOW,
-        gateway: gatewayDying(fake, 2, 'after'),
+        gateway: gatewayDying(fake, 'createInvoiceItem', 2, 'after'),
       }),
     ).rejects.toThrow('power cut');
     const real = sdkGateway({

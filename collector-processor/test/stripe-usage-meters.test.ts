@@ -14,7 +14,7 @@ import { meterIdentifier } from '../src/stripe/sync.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
 import type { TestTollgate } from './support/harness.js';
 import { toolSpan } from './support/otlp-json.js';
-import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
+import { gatewayDying, type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
 
 /**
  * Custom usage lines and billing meters in the Stripe sync: one Stripe line per usage line (an amount, a
@@ -373,25 +373,6 @@ describe('an unmapped usage line', () => {
   });
 });
 
-/**
- * The SDK gateway to `fake`, whose `n`-th meter event dies after Stripe took it, or before it left (either
- * way the ledger has an intent and no outcome).
- */
-function meterDying(fake: FakeStripe, n: number, when: 'after' | 'before' = 'after'): StripeGateway {
-  const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
-  let sent = 0;
-  return {
-    ...real,
-    async createMeterEvent(p, key) {
-      const dies = ++sent === n;
-      if (dies && when === 'before') throw new Error('killed before sending');
-      const r = await real.createMeterEvent(p, key);
-      if (dies) throw new Error('power cut');
-      return r;
-    },
-  };
-}
-
 const counted = (fake: FakeStripe) => fake.meterEvents.filter((e) => e.counted);
 
 /** A first run over a fresh fake and data directory that dies at the `n`-th meter event. */
@@ -403,7 +384,7 @@ async function crashedRun(n: number, when: 'after' | 'before') {
     runStripeSync(config, runDir, deps, quietLog, {
       periods: PERIODS,
       nowMs: NOW,
-      gateway: meterDying(fake, n, when),
+      gateway: gatewayDying(fake, 'createMeterEvent', n, when),
     }),
   ).rejects.toThrow(when === 'after' ? 'power cut' : 'killed before sending');
   return { fake, runDir, config };

@@ -4,6 +4,7 @@ import type { AnalyticsDeps } from '@tollgate/billing-api';
 import { PlanPricing } from '../../src/api-ports.js';
 import { type Config, loadConfig } from '../../src/config/settings.js';
 import { sha256Hex } from '../../src/receiver/ingest-keys.js';
+import { type StripeGateway, sdkGateway } from '../../src/stripe/gateway.js';
 import type { FakeStripe } from './fake-stripe.js';
 import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from './harness.js';
 import { exportOf } from './otlp-json.js';
@@ -73,4 +74,28 @@ export async function startStripeTestbed(prefix: string, plans: string): Promise
       return d;
     },
   };
+}
+
+/**
+ * The SDK gateway to `fake`, whose `n`-th `method` call (an invoice item or a meter event) dies before it
+ * leaves or after Stripe took it — either way the ledger has an intent and no outcome.
+ */
+export function gatewayDying(
+  fake: FakeStripe,
+  method: 'createInvoiceItem' | 'createMeterEvent',
+  n: number,
+  when: 'before' | 'after',
+): StripeGateway {
+  const real = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
+  let calls = 0;
+  const dying = async <T>(send: () => Promise<T>): Promise<T> => {
+    const dies = ++calls === n;
+    if (dies && when === 'before') throw new Error('killed before sending');
+    const r = await send();
+    if (dies) throw new Error('power cut'); // Stripe has it; the ledger does not
+    return r;
+  };
+  return method === 'createInvoiceItem'
+    ? { ...real, createInvoiceItem: (p, key) => dying(() => real.createInvoiceItem(p, key)) }
+    : { ...real, createMeterEvent: (p, key) => dying(() => real.createMeterEvent(p, key)) };
 }
