@@ -815,6 +815,13 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
 
 // Volatile values (random ids, times, ports, per-run ids) replaced so the export compares
 // byte for byte with the committed fixture.
+/** The normalized export equals the recorded fixture (TOLLGATE_WRITE_FIXTURE=1 records it first). */
+function assertFixture(file, normalized) {
+  if (process.env.TOLLGATE_WRITE_FIXTURE === '1')
+    writeFileSync(file, `${JSON.stringify(normalized, null, 2)}\n`);
+  assert.deepEqual(normalized, JSON.parse(readFileSync(file, 'utf8')));
+}
+
 function normalizeExport(doc, { keepSession = false } = {}) {
   const copy = structuredClone(doc);
   const spans = allSpans([copy]);
@@ -861,10 +868,7 @@ describe('fixture', () => {
     assert.equal(root.traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
     assert.equal(root.parentSpanId, '00f067aa0ba902b7');
     const normalized = normalizeExport(exports[0]);
-    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
-      writeFileSync(FIXTURE, `${JSON.stringify(normalized, null, 2)}\n`);
-    }
-    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE, 'utf8')));
+    assertFixture(FIXTURE, normalized);
   });
 
   it('kong/fixtures/kong-otel-span-2026.json: a 2026-07-28 call metered from its headers, traceparent -00, billed anyway', async () => {
@@ -882,10 +886,7 @@ describe('fixture', () => {
     const exports = await spansOf(testId);
     assert.equal(exports.length, 1);
     const normalized = normalizeExport(exports[0], { keepSession: true });
-    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
-      writeFileSync(FIXTURE_2026, `${JSON.stringify(normalized, null, 2)}\n`);
-    }
-    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_2026, 'utf8')));
+    assertFixture(FIXTURE_2026, normalized);
   });
 
   it('kong/fixtures/kong-otel-span-usage.json: a call whose tool reported usage in its result _meta', async () => {
@@ -911,10 +912,7 @@ describe('fixture', () => {
     const exports = await spansOf(testId);
     assert.equal(exports.length, 1);
     const normalized = normalizeExport(exports[0], { keepSession: true });
-    if (process.env.TOLLGATE_WRITE_FIXTURE === '1') {
-      writeFileSync(FIXTURE_USAGE, `${JSON.stringify(normalized, null, 2)}\n`);
-    }
-    assert.deepEqual(normalized, JSON.parse(readFileSync(FIXTURE_USAGE, 'utf8')));
+    assertFixture(FIXTURE_USAGE, normalized);
   });
 });
 
