@@ -55,6 +55,26 @@ local function attrs(span)
   return span.attributes or {}
 end
 
+-- For the enclosing describe: the exporter's HTTP POSTs are recorded in the returned list (emptied before
+-- each test) and answered 200, instead of being sent.
+local function record_posts()
+  local exporter = require "kong.plugins.tollgate.exporter"
+  local posts, real_post = {}, exporter.http_post
+  setup(function()
+    exporter.http_post = function(url, headers, body, timeout_ms)
+      posts[#posts + 1] = { url = url, headers = headers, body = body, timeout_ms = timeout_ms }
+      return 200
+    end
+  end)
+  teardown(function()
+    exporter.http_post = real_post
+  end)
+  before_each(function()
+    for i = #posts, 1, -1 do posts[i] = nil end
+  end)
+  return posts
+end
+
 describe("tollgate handler", function()
   before_each(function()
     fake_redis.reset()
@@ -578,21 +598,7 @@ describe("tollgate handler", function()
   end)
 
   describe("billing no sampler can skip", function()
-    local exporter = require "kong.plugins.tollgate.exporter"
-    local posts = {}
-    local real_post = exporter.http_post
-    setup(function()
-      exporter.http_post = function(url, headers, body, timeout_ms)
-        posts[#posts + 1] = { url = url, headers = headers, body = body, timeout_ms = timeout_ms }
-        return 200
-      end
-    end)
-    teardown(function()
-      exporter.http_post = real_post
-    end)
-    before_each(function()
-      posts = {}
-    end)
+    local posts = record_posts()
 
     local UNSAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
 
@@ -842,21 +848,7 @@ describe("tollgate handler", function()
   end)
 
   describe("usage the upstream reports", function()
-    local exporter = require "kong.plugins.tollgate.exporter"
-    local posts = {}
-    local real_post = exporter.http_post
-    setup(function()
-      exporter.http_post = function(url, headers, body)
-        posts[#posts + 1] = { url = url, headers = headers, body = body }
-        return 200
-      end
-    end)
-    teardown(function()
-      exporter.http_post = real_post
-    end)
-    before_each(function()
-      posts = {}
-    end)
+    local posts = record_posts()
 
     local META = '"_meta":{"tollgate/usage":{"gen_ai.usage.input_tokens":1200,"gen_ai.usage.output_tokens":300,'
       .. '"gen_ai.usage.cache_read.input_tokens":1000,"tollgate.usage.rows_scanned":42}}'
