@@ -100,6 +100,22 @@ export function tierSegments(
   return out;
 }
 
+/** One priced piece of a usage line: a quantity (micro-units) at one unit price and its unit cost. */
+function usagePiece(
+  line: string,
+  micro: bigint,
+  unitNano: bigint,
+  costUnit: bigint | undefined,
+): UsageAmount {
+  return {
+    line,
+    quantityMicro: micro,
+    unitNano,
+    priceNano: usageAmount(micro, unitNano),
+    costNano: usageAmount(micro, costUnit),
+  };
+}
+
 /** Amount for a duration at a per-second rate, rounded half up to the nano-unit. */
 export function durationAmount(durationUs: number, perSecond: bigint | undefined): bigint {
   if (!perSecond) return 0n;
@@ -164,27 +180,16 @@ export function rateCall(
     const costUnit = rate.cost.usage?.[q.line.name];
     const tiers = billed ? rate.price.usageTiers?.[q.line.name] : undefined;
     if (tiers) {
-      for (const seg of tierSegments(tiers, usage.usageBefore?.[i] ?? 0n, q.micro)) {
-        const priceNano = usageAmount(seg.micro, seg.unitNano);
-        const costNano = usageAmount(seg.micro, costUnit);
-        usagePrice += priceNano;
-        usageCost += costNano;
-        lines.push({
-          line: q.line.name,
-          quantityMicro: seg.micro,
-          unitNano: seg.unitNano,
-          priceNano,
-          costNano,
-        });
-      }
-      continue;
+      for (const seg of tierSegments(tiers, usage.usageBefore?.[i] ?? 0n, q.micro))
+        lines.push(usagePiece(q.line.name, seg.micro, seg.unitNano, costUnit));
+    } else {
+      const unitNano = billed ? (rate.price.usage?.[q.line.name] ?? 0n) : 0n;
+      lines.push(usagePiece(q.line.name, q.micro, unitNano, costUnit));
     }
-    const unitNano = billed ? (rate.price.usage?.[q.line.name] ?? 0n) : 0n;
-    const priceNano = usageAmount(q.micro, unitNano);
-    const costNano = usageAmount(q.micro, costUnit);
-    usagePrice += priceNano;
-    usageCost += costNano;
-    lines.push({ line: q.line.name, quantityMicro: q.micro, unitNano, priceNano, costNano });
+  }
+  for (const u of lines) {
+    usagePrice += u.priceNano;
+    usageCost += u.costNano;
   }
   const costNano = costOf(call, rate, inTok, outTok, usageCost);
   if (!countsTowardUsage(call, plan)) return zero('failed_not_billed', costNano, inTok, outTok, lines);
