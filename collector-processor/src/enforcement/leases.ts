@@ -140,7 +140,9 @@ export class LeaseService {
   /**
    * Renews the leases whose calls an export settled (piggy-backed on the export response): each is topped
    * up toward twice what this export brought of it, and its expiry moves on. One script call per lease; a
-   * lease that is gone or not the sender's is skipped.
+   * lease that is gone or not the sender's is skipped, and so are Kong's: its exporters never read the
+   * answer, so a top-up would sit held on the node, unused, until its next renewal (allowance other holders
+   * could not take meanwhile).
    */
   async renewSettled(
     identity: IngestIdentity,
@@ -148,6 +150,8 @@ export class LeaseService {
       instanceId: string;
       customer: string;
       tool: string;
+      /** Where the call was metered (contracts' CallSource): `kong` for the Kong plugin. */
+      source: string;
       lease?: { id: string; reservedNano: string };
     }[],
   ): Promise<LeaseGrant[]> {
@@ -156,7 +160,7 @@ export class LeaseService {
       { instanceId: string; customer: string; calls: number; money: bigint; max: bigint }
     >();
     for (const r of rows) {
-      if (!r.lease) continue;
+      if (!r.lease || r.source === 'kong') continue;
       const k = `${r.instanceId}\0${r.customer}\0${r.lease.id}`;
       const reserved = BigInt(r.lease.reservedNano);
       const e = byLease.get(k);

@@ -250,15 +250,11 @@ export function buildReceiver(
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
     }
-    // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up.
-    // Not Kong's: its exporters never read the answer, so a top-up would sit held, unused, until the node's
-    // next renewal (allowance other holders could not take meanwhile).
+    // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up
+    // (renewSettled says whose)
     const leases =
-      deps.leases && result.rated.some((r) => r.lease && r.source !== 'kong')
-        ? await deps.leases.renewSettled(
-            identity,
-            result.rated.filter((r) => r.source !== 'kong'),
-          )
+      deps.leases && result.rated.some((r) => r.lease)
+        ? await deps.leases.renewSettled(identity, result.rated)
         : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
