@@ -95,35 +95,30 @@ try {
     await p.exec();
   });
   await redis.flushall();
-  const claimOnly = await drive(async (b) => {
-    const evs = batches[b];
-    await claimCalls(
+  /** Claims batch `b` of `list` the way the pipeline does (one customer's calls under the record's id). */
+  const claim = (list, b) =>
+    claimCalls(
       redis,
       'bench',
-      evs[0].customer,
+      list[b][0].customer,
       `rid-${b}`,
-      evs.map((e) => ({ call: e.call, period, day, counts: true })),
+      list[b].map((e) => ({ call: e.call, period, day, counts: true })),
       ttl,
     );
-  });
-  await redis.flushall();
-  await redis.config('RESETSTAT');
-  const both = await drive(async (b) => {
-    const evs = batches[b];
-    await claimCalls(
-      redis,
-      'bench',
-      evs[0].customer,
-      `rid-${b}`,
-      evs.map((e) => ({ call: e.call, period, day, counts: true })),
-      ttl,
-    );
+  /** Claims then enforces batch `b` of `list`, as the pipeline does. */
+  const claimThenEnforce = (list) => async (b) => {
+    await claim(list, b);
     await enforcer.apply(
       'bench',
       `rid-${b}`,
-      evs.map((e) => e.row),
+      list[b].map((e) => e.row),
     );
-  });
+  };
+
+  const claimOnly = await drive((b) => claim(batches, b));
+  await redis.flushall();
+  await redis.config('RESETSTAT');
+  const both = await drive(claimThenEnforce(batches));
   const bothUs = await scriptUsPerCall(redis);
   // the same, every call taken from a quota lease of its customer: enforce.lua settles it first
   await redis.flushall();
@@ -155,22 +150,7 @@ try {
     })),
   );
   await redis.config('RESETSTAT');
-  const leased = await drive(async (b) => {
-    const evs = leasedBatches[b];
-    await claimCalls(
-      redis,
-      'bench',
-      evs[0].customer,
-      `rid-${b}`,
-      evs.map((e) => ({ call: e.call, period, day, counts: true })),
-      ttl,
-    );
-    await enforcer.apply(
-      'bench',
-      `rid-${b}`,
-      evs.map((e) => e.row),
-    );
-  });
+  const leased = await drive(claimThenEnforce(leasedBatches));
   const leasedUs = await scriptUsPerCall(redis);
   const f = (n) => Math.round(n).toLocaleString('en-US');
   console.log(
