@@ -1,14 +1,15 @@
-import { rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inspectSpool } from '../src/spool/spool.js';
-import { DEV_INGEST_KEY, TEST_PLANS, tempDir } from './support/harness.js';
+import { TEST_PLANS, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import {
-  killPrivateRedis,
   type ServerProcess,
+  sendExport,
   sql,
   startServerProcess,
+  stopServerProcess,
   waitExit,
 } from './support/process.js';
 
@@ -18,29 +19,7 @@ writeFileSync(plans, TEST_PLANS);
 const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100'];
 let server: ServerProcess | undefined;
 
-afterAll(async () => {
-  // Whatever happened, leave no process behind: the server, and the private redis-server it adopted.
-  if (server && server.child.exitCode === null && server.child.signalCode === null) {
-    server.child.kill('SIGTERM');
-    await waitExit(server.child);
-  }
-  killPrivateRedis(dataDir);
-  rmSync(dataDir, { recursive: true, force: true });
-});
-
-async function send(url: string, body: string): Promise<boolean> {
-  try {
-    const res = await fetch(`${url}/v1/traces`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-      body,
-    });
-    await res.arrayBuffer();
-    return res.status === 200;
-  } catch {
-    return false; // connection refused or reset: the exporter keeps the batch and retries
-  }
-}
+afterAll(() => stopServerProcess(server, dataDir));
 
 describe('kill -9 in the middle of a load', () => {
   it('every acknowledged span is in ClickHouse exactly once after restart and drain', async () => {
@@ -57,7 +36,7 @@ describe('kill -9 in the middle of a load', () => {
     const worker = async () => {
       while (next < BATCHES) {
         const b = next++;
-        if (await send(first.otlpUrl, batches[b] as string)) acked.add(b);
+        if (await sendExport(first.otlpUrl, batches[b] as string)) acked.add(b);
         else unacked.add(b);
         if (!killed && acked.size >= 25) {
           killed = true;
@@ -76,13 +55,17 @@ describe('kill -9 in the middle of a load', () => {
     // Restart on the same data directory: the spool is replayed, then the exporter retries what failed.
     server = await startServerProcess(args);
     for (const b of unacked) {
-      for (let attempt = 0; attempt < 20 && !(await send(server.otlpUrl, batches[b] as string)); attempt++) {
+      for (
+        let attempt = 0;
+        attempt < 20 && !(await sendExport(server.otlpUrl, batches[b] as string));
+        attempt++
+      ) {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
     // A retry of batches that were acknowledged (e.g. the response was lost) must not double them either.
     for (const b of [...ackedBeforeRestart].slice(0, 5))
-      expect(await send(server.otlpUrl, batches[b] as string)).toBe(true);
+      expect(await sendExport(server.otlpUrl, batches[b] as string)).toBe(true);
     server.child.kill('SIGTERM'); // graceful: drains the landing queue
     expect(await waitExit(server.child)).toBe(0);
 

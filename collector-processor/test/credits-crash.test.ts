@@ -1,14 +1,15 @@
-import { rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inspectSpool } from '../src/spool/spool.js';
-import { DEV_INGEST_KEY, tempDir } from './support/harness.js';
+import { tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import {
-  killPrivateRedis,
   type ServerProcess,
+  sendExport,
   sql,
   startServerProcess,
+  stopServerProcess,
   waitExit,
 } from './support/process.js';
 
@@ -40,28 +41,7 @@ ${Array.from({ length: CUSTOMERS }, (_, i) => `      wallet-${i}: {}`).join('\n'
 const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100'];
 let server: ServerProcess | undefined;
 
-afterAll(async () => {
-  if (server && server.child.exitCode === null && server.child.signalCode === null) {
-    server.child.kill('SIGTERM');
-    await waitExit(server.child);
-  }
-  killPrivateRedis(dataDir);
-  rmSync(dataDir, { recursive: true, force: true });
-});
-
-async function send(url: string, body: string): Promise<boolean> {
-  try {
-    const res = await fetch(`${url}/v1/traces`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-      body,
-    });
-    await res.arrayBuffer();
-    return res.status === 200;
-  } catch {
-    return false;
-  }
-}
+afterAll(() => stopServerProcess(server, dataDir));
 
 describe('prepaid credits through kill -9', () => {
   it('every landed call is drawn once, and the ledger holds every entry once', async () => {
@@ -88,7 +68,7 @@ describe('prepaid credits through kill -9', () => {
     const worker = async () => {
       while (next < BATCHES) {
         const b = next++;
-        if (await send(first.otlpUrl, batches[b] as string)) acked.add(b);
+        if (await sendExport(first.otlpUrl, batches[b] as string)) acked.add(b);
         else unacked.add(b);
         if (!killed && acked.size >= 20) {
           killed = true;
@@ -104,10 +84,14 @@ describe('prepaid credits through kill -9', () => {
 
     server = await startServerProcess(args);
     for (const b of unacked)
-      for (let attempt = 0; attempt < 20 && !(await send(server.otlpUrl, batches[b] as string)); attempt++)
+      for (
+        let attempt = 0;
+        attempt < 20 && !(await sendExport(server.otlpUrl, batches[b] as string));
+        attempt++
+      )
         await new Promise((r) => setTimeout(r, 100));
     for (const b of [...acked].slice(0, 5))
-      expect(await send(server.otlpUrl, batches[b] as string)).toBe(true);
+      expect(await sendExport(server.otlpUrl, batches[b] as string)).toBe(true);
     await new Promise((r) => setTimeout(r, 500));
     server.child.kill('SIGTERM');
     expect(await waitExit(server.child)).toBe(0);

@@ -1,8 +1,9 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort } from '../../src/redis/private-redis.js';
+import { DEV_INGEST_KEY } from './harness.js';
 
 export const CLI = new URL('../../dist/cli/main.js', import.meta.url).pathname;
 const execFileAsync = promisify(execFile);
@@ -78,4 +79,29 @@ export function killPrivateRedis(dataDir: string): void {
   } catch {
     // already gone
   }
+}
+
+/** POSTs an OTLP/JSON export; true when it was acknowledged (200). A refused or reset connection is false: the exporter keeps the batch and retries. */
+export async function sendExport(url: string, body: string): Promise<boolean> {
+  try {
+    const res = await fetch(`${url}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body,
+    });
+    await res.arrayBuffer();
+    return res.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/** Leaves no process behind, whatever happened: the server if still running, and the private redis-server it adopted; then the data directory. */
+export async function stopServerProcess(server: ServerProcess | undefined, dataDir: string): Promise<void> {
+  if (server && server.child.exitCode === null && server.child.signalCode === null) {
+    server.child.kill('SIGTERM');
+    await waitExit(server.child);
+  }
+  killPrivateRedis(dataDir);
+  rmSync(dataDir, { recursive: true, force: true });
 }
