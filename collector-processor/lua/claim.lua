@@ -26,9 +26,19 @@ local n = tonumber(ARGV[4])
 
 -- 0. unpack the calls (one argument each: far fewer arguments for the client to encode and Redis to parse)
 local ids, dks, pks, counts, tools = {}, {}, {}, {}, {}
+local key_index = {} -- key index text -> number (an export's calls share one or two)
 for i = 0, n - 1 do
   local id, dk, pk, c, tool = string.match(ARGV[5 + i], '^(%S+) (%d+) (%d+) ([01]) (.*)$')
-  ids[i], dks[i], pks[i], counts[i], tools[i] = id, tonumber(dk), tonumber(pk), c, tool
+  local dkn, pkn = key_index[dk], key_index[pk]
+  if not dkn then
+    dkn = tonumber(dk)
+    key_index[dk] = dkn
+  end
+  if not pkn then
+    pkn = tonumber(pk)
+    key_index[pk] = pkn
+  end
+  ids[i], dks[i], pks[i], counts[i], tools[i] = id, dkn, pkn, c, tool
 end
 
 local m = tonumber(ARGV[5 + n] or '0')
@@ -65,62 +75,57 @@ for k, list in pairs(ids_by_key) do
 end
 
 -- 2. decide each call, counting in Lua tables
-local counters = {} -- period key index -> { field -> increment }
-local current = {} -- period key index -> { field -> value read from Redis }
--- adds q to a counter (read from Redis once per script) and returns its value before
+local values = {} -- period key index -> { field -> value: read from Redis once, then advanced here }
+-- adds q to a counter and returns its value before
 local function add(pk, field, q)
-  local c = counters[pk]
-  if not c then
-    c = {}
-    counters[pk] = c
-    current[pk] = {}
+  local v = values[pk]
+  if not v then
+    v = {}
+    values[pk] = v
   end
-  if c[field] == nil then
-    c[field] = 0
-    current[pk][field] = tonumber(redis.call('HGET', KEYS[pk], field) or '0')
-  end
-  local before = current[pk][field] + c[field]
-  c[field] = c[field] + q
+  local before = v[field]
+  if before == nil then before = tonumber(redis.call('HGET', KEYS[pk], field) or '0') end
+  v[field] = before + q
   return before
 end
--- counts one more and returns the new 1-based position
-local function bump(pk, field)
-  return add(pk, field, 1) + 1
-end
+local tool_fields = {} -- tool -> 't:' .. tool (built once per tool, not per call)
 
-local out = {}
+local out, o = {}, 0
 local writes = {} -- dedup key index -> { field, value, ... }
+local wn = {} -- dedup key index -> length of writes[k]
 for i = 0, n - 1 do
   local p = prev[i]
   if p then
     local t, tool_ord, plan_ord, tail = string.match(p, '^([^|]*)|(%d+)|(%d+)|?([%d,]*)$')
     if t == token then
-      out[#out + 1] = 1
-      out[#out + 1] = tonumber(tool_ord)
-      out[#out + 1] = tonumber(plan_ord)
+      out[o + 1], out[o + 2], out[o + 3] = 1, tonumber(tool_ord), tonumber(plan_ord)
       if tiered[i] then
         local list = {}
         for b in string.gmatch(tail, '%d+') do list[#list + 1] = tonumber(b) end
         befores[i] = list
       end
     else
-      out[#out + 1] = 2
-      out[#out + 1] = 0
-      out[#out + 1] = 0
+      out[o + 1], out[o + 2], out[o + 3] = 2, 0, 0
     end
   else
     local pk = pks[i]
     local tool_ord, plan_ord = 0, 0
-    bump(pk, 'calls')
+    add(pk, 'calls', 1)
     local claim_tail = ''
     if counts[i] == '1' then
-      plan_ord = bump(pk, 'n')
-      tool_ord = bump(pk, 't:' .. tools[i])
+      local tool = tools[i]
+      local tf = tool_fields[tool]
+      if not tf then
+        tf = 't:' .. tool
+        tool_fields[tool] = tf
+      end
+      plan_ord = add(pk, 'n', 1) + 1
+      tool_ord = add(pk, tf, 1) + 1
       local list = tiered[i]
       if list then
         local bs = {}
         for j = 1, #list do
-          bs[j] = add(pk, 'u:' .. list[j][2] .. ':' .. tools[i], list[j][1])
+          bs[j] = add(pk, 'u:' .. list[j][2] .. ':' .. tool, list[j][1])
         end
         befores[i] = bs
         local texts = {}
@@ -130,16 +135,17 @@ for i = 0, n - 1 do
     end
     local k = dks[i]
     local w = writes[k]
+    local wl = wn[k] or 0
     if not w then
       w = {}
       writes[k] = w
     end
-    w[#w + 1] = ids[i]
-    w[#w + 1] = token .. '|' .. tool_ord .. '|' .. plan_ord .. claim_tail
-    out[#out + 1] = 0
-    out[#out + 1] = tool_ord
-    out[#out + 1] = plan_ord
+    w[wl + 1] = ids[i]
+    w[wl + 2] = token .. '|' .. tool_ord .. '|' .. plan_ord .. claim_tail
+    wn[k] = wl + 2
+    out[o + 1], out[o + 2], out[o + 3] = 0, tool_ord, plan_ord
   end
+  o = o + 3
 end
 
 -- 3. write claims and counters back, one command per key
@@ -147,11 +153,11 @@ for k, w in pairs(writes) do
   redis.call('HSET', KEYS[k], unpack(w))
   redis.call('EXPIRE', KEYS[k], dedup_ttl)
 end
-for pk, c in pairs(counters) do
+for pk, v in pairs(values) do
   local args = {}
-  for field, inc in pairs(c) do
+  for field, value in pairs(v) do
     args[#args + 1] = field
-    args[#args + 1] = string.format('%.0f', current[pk][field] + inc)
+    args[#args + 1] = string.format('%.0f', value)
   end
   redis.call('HSET', KEYS[pk], unpack(args))
   redis.call('EXPIRE', KEYS[pk], period_ttl)
@@ -163,6 +169,7 @@ for j = 0, m - 1 do
   local k = (seen[ci] or 0) + 1
   seen[ci] = k
   local list = befores[ci]
-  out[#out + 1] = (list and list[k]) or 0
+  o = o + 1
+  out[o] = (list and list[k]) or 0
 end
 return out

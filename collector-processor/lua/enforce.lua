@@ -81,12 +81,13 @@ end
 
 -- scope key -> { scope, id, field }
 local scopes = { { scope = 'customer', id = '', field = 'c' } }
-local seen = { c = true }
+local fields = { agent = {}, session = {}, tool = {} } -- kind -> id -> field (escaped once per id, not per call)
 local function scope_of(kind, id)
-  local prefix = kind == 'agent' and 'a:' or (kind == 'session' and 's:' or 't:')
-  local field = prefix .. escape(id)
-  if not seen[field] then
-    seen[field] = true
+  local known = fields[kind]
+  local field = known[id]
+  if not field then
+    field = (kind == 'agent' and 'a:' or (kind == 'session' and 's:' or 't:')) .. escape(id)
+    known[id] = field
     scopes[#scopes + 1] = { scope = kind, id = id, field = field }
   end
   return field
