@@ -2,10 +2,10 @@
 --
 -- KEYS: the distinct dedup-day hashes and period hashes of this customer that the calls touch (all share
 --       the customer's hash tag, so the script runs unchanged on Redis Cluster).
--- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then one argument per call:
+-- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then the n calls in one argument, a line each:
 --       "event_id dedup_key_index period_key_index counts tool" (space-separated; counts is "1" when the
---       call counts toward usage; the tool name comes last and may itself contain spaces)
---       then m, the number of usage quantities priced in graduated tiers, and one argument for each:
+--       call counts toward usage; the tool name comes last and may itself contain spaces, never a control
+--       character), then m, the number of usage quantities priced in graduated tiers, and one argument for each:
 --       "call_index quantity line" (call_index 0-based; quantity a whole number in the line's counting unit:
 --       whole units, or micro-units for a fractional line; the line name has no spaces)
 -- Returns 3 integers per call: status (0 new, 1 claimed before under this same token, 2 duplicate),
@@ -24,11 +24,12 @@ local dedup_ttl = tonumber(ARGV[2])
 local period_ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 
--- 0. unpack the calls (one argument each: far fewer arguments for the client to encode and Redis to parse)
+-- 0. unpack the calls (one argument for all of them: one string for the client to send and Redis to
+--    copy into Lua, instead of one per call)
 local ids, dks, pks, counts, tools = {}, {}, {}, {}, {}
 local key_index = {} -- key index text -> number (an export's calls share one or two)
-for i = 0, n - 1 do
-  local id, dk, pk, c, tool = string.match(ARGV[5 + i], '^(%S+) (%d+) (%d+) ([01]) (.*)$')
+local i = 0
+for id, dk, pk, c, tool in string.gmatch(ARGV[5], '([^ \n]+) (%d+) (%d+) ([01]) ([^\n]*)') do
   local dkn, pkn = key_index[dk], key_index[pk]
   if not dkn then
     dkn = tonumber(dk)
@@ -39,12 +40,14 @@ for i = 0, n - 1 do
     key_index[pk] = pkn
   end
   ids[i], dks[i], pks[i], counts[i], tools[i] = id, dkn, pkn, c, tool
+  i = i + 1
 end
+if i ~= n then return redis.error_reply('claim.lua: ' .. i .. ' calls read, ' .. n .. ' announced') end
 
-local m = tonumber(ARGV[5 + n] or '0')
+local m = tonumber(ARGV[6] or '0')
 local tiered = {} -- call index -> list of { quantity, line } in argument order
 for j = 0, m - 1 do
-  local ci, q, line = string.match(ARGV[6 + n + j], '^(%d+) (%d+) (%S+)$')
+  local ci, q, line = string.match(ARGV[7 + j], '^(%d+) (%d+) (%S+)$')
   ci = tonumber(ci)
   local list = tiered[ci]
   if not list then
@@ -165,7 +168,7 @@ end
 -- the positions of the tiered quantities, in argument order
 local seen = {}
 for j = 0, m - 1 do
-  local ci = tonumber(string.match(ARGV[6 + n + j], '^(%d+)'))
+  local ci = tonumber(string.match(ARGV[7 + j], '^(%d+)'))
   local k = (seen[ci] or 0) + 1
   seen[ci] = k
   local list = befores[ci]

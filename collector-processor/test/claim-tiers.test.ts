@@ -98,3 +98,56 @@ describe('claim.lua: units of tiered usage lines', () => {
     expect(r.map((x) => x.usageBefore)).toEqual([[0n], [big * M], [2n * big * M]]);
   });
 });
+
+describe('claim.lua: the calls in one argument, a line each', () => {
+  const plain = (eventId: string, tool: string, day = '2026-12-06', period = '2026-12'): ClaimInput => ({
+    call: { eventId, tool } as ToolCall,
+    period,
+    day,
+    counts: true,
+  });
+
+  it('reads tool names with spaces, digits and non-ASCII; calls across days and periods keep their own keys', async () => {
+    const tricky = 'x 1 2 1 y'; // shaped like the line format itself
+    const calls = [
+      plain('f0', tricky),
+      plain('f1', 'météo ☀'),
+      plain('f2', tricky),
+      plain('f3', tricky, '2026-12-07'),
+      plain('f4', 'météo ☀', '2027-01-01', '2027-01'),
+      plain('f5', tricky),
+    ];
+    const r = await claimCalls(tg.redis!, 'p', 'c9', 'rec-9', calls, ttl);
+    // plan ordinal counts the period's calls, tool ordinal the tool's in the period
+    expect(r.map((x) => [x.status, x.toolOrdinal, x.planOrdinal])).toEqual([
+      [CLAIM_STATUS.new, 1, 1],
+      [CLAIM_STATUS.new, 1, 2],
+      [CLAIM_STATUS.new, 2, 3],
+      [CLAIM_STATUS.new, 3, 4],
+      [CLAIM_STATUS.new, 1, 1], // January: its own period hash
+      [CLAIM_STATUS.new, 4, 5],
+    ]);
+    // the same event id on another day is another day's dedup hash: new; on the same day: a duplicate
+    const again = await claimCalls(
+      tg.redis!,
+      'p',
+      'c9',
+      'rec-10',
+      [plain('f0', tricky, '2026-12-08'), plain('f3', tricky, '2026-12-07')],
+      ttl,
+    );
+    expect(again.map((x) => [x.status, x.toolOrdinal])).toEqual([
+      [CLAIM_STATUS.new, 5],
+      [CLAIM_STATUS.duplicate, 0],
+    ]);
+  });
+
+  it('refuses a call list that does not hold the number of calls announced', async () => {
+    const cmd = (tg.redis as unknown as Record<string, (...a: (string | number)[]) => Promise<unknown>>)
+      .tollgateClaim;
+    await expect(
+      cmd!.call(tg.redis, 2, 'tg:{p:c9}:d:x', 'tg:{p:c9}:p:x', 'rec-11', 60, 60, 2, 'g0 1 2 1 tool', 0),
+    ).rejects.toThrow(/1 calls read, 2 announced/);
+    expect(await tg.redis!.exists('tg:{p:c9}:d:x', 'tg:{p:c9}:p:x')).toBe(0);
+  });
+});

@@ -67,7 +67,7 @@ export async function claimCalls(
     }
     return i;
   };
-  const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length];
+  let calls = '';
   // The calls of one export share a day and a period almost always: their keys' indexes are looked up
   // when the day or period changes, not built and looked up per call.
   let day = '';
@@ -83,9 +83,11 @@ export async function claimCalls(
       period = input.period;
       periodKey = indexOf(redisKeys.period(tag, period));
     }
-    // one argument per call (see claim.lua); event ids are hex, so the space separator is unambiguous
-    args.push(`${input.call.eventId} ${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${input.call.tool}`);
+    // a line per call, all in one argument (see claim.lua); event ids are hex, so the space separator is
+    // unambiguous, and identifiers never contain control characters, so neither is the newline
+    calls += `${calls ? '\n' : ''}${input.call.eventId} ${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${input.call.tool}`;
   }
+  const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length, calls];
   // the quantities priced in graduated tiers (rare): counted in the same script, in the period hash
   const tieredArgs: string[] = [];
   for (let i = 0; i < inputs.length; i++) {
