@@ -1,4 +1,4 @@
-import type { ToolCall } from '@tollgate/contracts';
+import { customerTag, redisKeys, type ToolCall } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLAIM_STATUS, type ClaimInput, claimCalls, defineClaim } from '../src/meter/claim.js';
 import { startTestTollgate, type TestTollgate } from './support/harness.js';
@@ -126,6 +126,14 @@ describe('claim.lua: the calls in one argument, a line each', () => {
       [CLAIM_STATUS.new, 3, 4],
       [CLAIM_STATUS.new, 1, 1], // January: its own period hash
       [CLAIM_STATUS.new, 4, 5],
+    ]);
+    // each tool counted under its whole name
+    const period = redisKeys.period(customerTag('p', 'c9'), '2026-12');
+    expect(await tg.redis!.hmget(period, `t:${tricky}`, 't:météo ☀', 'n', 'calls')).toEqual([
+      '4',
+      '1',
+      '5',
+      '5',
     ]);
     // the same event id on another day is another day's dedup hash: new; on the same day: a duplicate
     const again = await claimCalls(
