@@ -7,11 +7,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { driveBatches, ROOT, table, writeResult } from './lib.mjs';
 
+//
+// A/B of the scripts: BENCH_BASE=<a built checkout> runs base and this build (each its own scripts and
+// callers, each on its own redis-server), one batch at a time, alternating BENCH_REPEAT (8) rounds of
+// BENCH_AB_BATCHES (60) batches, and prints the median µs Redis spent per call in claim.lua and enforce.lua
+// (INFO commandstats, read around each script call) and redis-server's CPU per call — CPU time, which
+// other work on the machine disturbs far less than throughput.
+
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
 const { Redis } = await import('ioredis');
 const { startPrivateRedis } = await dist('redis/private-redis.js');
 const { defineClaim, claimCalls } = await dist('meter/claim.js');
 const { RedisEnforcer } = await dist('enforcement/enforcer.js');
+const BASE = process.env.BENCH_BASE;
 const { LeaseService } = await dist('enforcement/leases.js');
 const { PlanStore } = await dist('plans/store.js');
 const { createMetrics } = await dist('metrics.js');
@@ -80,6 +88,114 @@ async function scriptUsPerCall(redis) {
 
 /** Calls/s of `fn` over every batch, CONCURRENCY batches in flight. */
 const drive = (fn) => driveBatches(fn, { batches: BATCHES, perBatch: PER_BATCH, concurrency: CONCURRENCY });
+
+/** µs Redis spent in scripts so far (INFO commandstats) and its CPU time in µs (INFO cpu). */
+async function redisSpent(redis) {
+  const [stats, cpu] = await Promise.all([redis.info('commandstats'), redis.info('cpu')]);
+  const num = (re) => Number(re.exec(cpu)?.[1] ?? 0);
+  return {
+    scripts: [...stats.matchAll(/cmdstat_eval(?:sha)?:calls=\d+,usec=(\d+)/g)].reduce(
+      (n, m) => n + Number(m[1]),
+      0,
+    ),
+    cpu: (num(/used_cpu_user:([\d.]+)/) + num(/used_cpu_sys:([\d.]+)/)) * 1e6,
+  };
+}
+
+/** BENCH_BASE: claim.lua and enforce.lua of base and this build, per call, alternating (see the top). */
+async function scriptsAB() {
+  const rounds = Number(process.env.BENCH_REPEAT ?? 8);
+  const perRound = Number(process.env.BENCH_AB_BATCHES ?? 60);
+  const builds = [];
+  for (const [name, root] of [
+    ['base', BASE],
+    ['this build', ROOT],
+  ]) {
+    const d = (p) => import(join(root, 'collector-processor/dist', p));
+    const server = await startPrivateRedis();
+    const r = new Redis(server.url);
+    const claim = await d('meter/claim.js');
+    claim.defineClaim(r);
+    const { RedisEnforcer: E } = await d('enforcement/enforcer.js');
+    const enforcer = new E(r, plans, noEvents, log, metrics, { maxSpanAgeHours: 168 });
+    builds.push({
+      name,
+      server,
+      redis: r,
+      claimCalls: claim.claimCalls,
+      enforcer,
+      claim: [],
+      enforce: [],
+      cpu: [],
+    });
+  }
+  const ttl = { dedupSeconds: 3600, periodSeconds: 3600 };
+  let b = 0;
+  for (let round = 0; round < rounds; round++) {
+    const list = Array.from({ length: perRound }, () => batch(b++));
+    for (const x of round % 2 ? [...builds].reverse() : builds) {
+      let claimUs = 0;
+      let enforceUs = 0;
+      const start = await redisSpent(x.redis);
+      for (const [k, evs] of list.entries()) {
+        const rid = `rid-${round}-${k}`;
+        const a = await redisSpent(x.redis);
+        await x.claimCalls(
+          x.redis,
+          'bench',
+          evs[0].customer,
+          rid,
+          evs.map((e) => ({ call: e.call, period, day, counts: true })),
+          ttl,
+        );
+        const m = await redisSpent(x.redis);
+        await x.enforcer.apply(
+          'bench',
+          rid,
+          evs.map((e) => e.row),
+        );
+        const z = await redisSpent(x.redis);
+        claimUs += m.scripts - a.scripts;
+        enforceUs += z.scripts - m.scripts;
+      }
+      const end = await redisSpent(x.redis);
+      const calls = perRound * PER_BATCH;
+      x.claim.push(claimUs / calls);
+      x.enforce.push(enforceUs / calls);
+      // the INFO calls around each script are counted too, alike for both builds
+      x.cpu.push((end.cpu - start.cpu) / calls);
+    }
+  }
+  const median = (a) => [...a].sort((p, q) => p - q)[a.length >> 1];
+  const [base, now] = builds;
+  const row = (label, key) => [
+    label,
+    median(base[key]).toFixed(2),
+    median(now[key]).toFixed(2),
+    (median(now[key]) / median(base[key])).toFixed(2),
+  ];
+  console.log(
+    `\nScripts A/B: ${rounds} rounds × ${perRound} batches × ${PER_BATCH} calls, one batch at a time; base ${BASE}`,
+  );
+  console.log(
+    table([
+      ['µs per call (medians)', 'base', 'this build', 'ratio'],
+      row('claim.lua in Redis', 'claim'),
+      row('enforce.lua in Redis', 'enforce'),
+      row('redis-server CPU', 'cpu'),
+    ]),
+  );
+  for (const x of builds) {
+    x.redis.disconnect();
+    await x.server.stop();
+  }
+  plans.close();
+}
+
+if (BASE) {
+  await scriptsAB();
+  process.exit(0);
+}
 
 const server = await startPrivateRedis();
 const redis = new Redis(server.url);
