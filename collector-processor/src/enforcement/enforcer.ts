@@ -26,6 +26,7 @@ export function defineEnforce(redis: RedisLike): void {
 }
 
 const DAY_SECONDS = 86_400;
+const US_PER_DAY = 86_400_000_000;
 /** How long an SDK instance is remembered for heartbeats after its last export with calls. */
 const INSTANCE_TTL_SECONDS = 3_600;
 
@@ -134,8 +135,17 @@ export class RedisEnforcer implements Enforcer {
 
   async apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]> {
     const groups = new Map<string, Group>();
+    // an export's calls almost always share customer, period and day: a row like the one before joins
+    // its group without building the group's key (and the day's name) again
+    let last: Group | undefined;
+    let lastDay = Number.NaN;
     for (const row of rated) {
       if (row.decision === 'unenforced') continue;
+      const dayIndex = Math.floor(row.startUnixUs / US_PER_DAY);
+      if (last && dayIndex === lastDay && row.customer === last.customer && row.period === last.period) {
+        last.rows.push(row);
+        continue;
+      }
       const day = dayOf(Math.floor(row.startUnixUs / 1000));
       const key = `${row.customer}\0${row.period}\0${day}`;
       let g = groups.get(key);
@@ -144,6 +154,8 @@ export class RedisEnforcer implements Enforcer {
         groups.set(key, g);
       }
       g.rows.push(row);
+      last = g;
+      lastDay = dayIndex;
     }
     const now = Date.now();
     const results = await Promise.all(
@@ -256,8 +268,14 @@ export class RedisEnforcer implements Enforcer {
 
   private rememberInstances(product: string, rated: readonly RatedCall[], now: number): void {
     const fresh = new Map<string, Set<string>>();
+    let lastInstance = '';
+    let lastCustomer = '';
     for (const row of rated) {
       if (!row.instanceId) continue;
+      // rows of one instance and customer come in runs: the first of a run decides for the others
+      if (row.instanceId === lastInstance && row.customer === lastCustomer) continue;
+      lastInstance = row.instanceId;
+      lastCustomer = row.customer;
       const k = `${row.instanceId}\0${product}\0${row.customer}`;
       if ((this.instancesSeen.get(k) ?? 0) > now - 300_000) continue;
       this.instancesSeen.set(k, now);
