@@ -283,5 +283,10 @@ describe('one export spanning several days', () => {
     for (const period of periods)
       spend += Number((await tg.redis!.hget(`tg:{demo-mcp:${c}}:p:${period}`, 'spend')) ?? 0);
     expect(spend).toBe(6 * 1_000_000_000);
+    // each day's calls counted on that day (calls per day), in the order the export held them
+    for (const d of [0, 1, 2]) {
+      const day = new Date(now - d * dayMs).toISOString().slice(0, 10);
+      expect(await tg.redis!.hget(`tg:{demo-mcp:${c}}:d:${day}`, 'calls')).toBe('2');
+    }
   });
 });
