@@ -377,9 +377,8 @@ export class Pipeline {
     return out;
   }
 
-  private remember(product: string, p: Prepared, r: ClaimResult): void {
-    if (!p.counts) return;
-    const u = this.localUsageOf(product, p);
+  /** Keeps the positions Redis gave a counted call (`u`: its customer's and period's local usage). */
+  private remember(u: LocalUsage, p: Prepared, r: ClaimResult): void {
     if (r.planOrdinal > u.n) u.n = r.planOrdinal;
     if (r.toolOrdinal > (u.tools.get(p.call.tool) ?? 0)) u.tools.set(p.call.tool, r.toolOrdinal);
     if (p.tiered && r.usageBefore) {
@@ -414,9 +413,18 @@ export class Pipeline {
           idx.map((i) => prepared[i] as Prepared),
         );
         if (claimed) {
+          // one customer's calls: their local usage looked up once per period, not per call
+          let u: LocalUsage | undefined;
+          let uPeriod = '';
           idx.forEach((i, k) => {
+            const p = prepared[i] as Prepared;
             results[i] = claimed[k];
-            this.remember(product, prepared[i] as Prepared, claimed[k] as ClaimResult);
+            if (!p.counts) return;
+            if (!u || p.period !== uPeriod) {
+              u = this.localUsageOf(product, p);
+              uPeriod = p.period;
+            }
+            this.remember(u, p, claimed[k] as ClaimResult);
           });
           return;
         }
