@@ -32,14 +32,30 @@ async function metric(name: string): Promise<number> {
 describe('Redis stops in the middle of a load', () => {
   it('fail-open (default): calls are billed and marked unenforced, the gap is counted, enforcement resumes', async () => {
     redis = await startPrivateRedis();
-    tg = await startTestTollgate({ '--redis-url': redis.url });
+    // 150 free calls a month: the outage's calls continue the positions Redis gave before it
+    tg = await startTestTollgate(
+      { '--redis-url': redis.url },
+      `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: free150
+    plans:
+      free150:
+        freeCallsPerMonth: 150
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+`,
+    );
     const acked: string[] = [];
     for (let i = 0; i < 5; i++) acked.push(...(await send('open-co', 20)).ids);
     await redis.stop();
+    const outageIds: string[] = [];
     for (let i = 0; i < 5; i++) {
       const r = await send('open-co', 20);
       expect(r.status).toBe(200);
       acked.push(...r.ids);
+      outageIds.push(...r.ids);
     }
     expect(await metric('tollgate_calls_unenforced_total')).toBe(100);
     expect(await metric('tollgate_redis_errors_total')).toBeGreaterThan(0);
@@ -72,6 +88,13 @@ describe('Redis stops in the middle of a load', () => {
     const byDecision = Object.fromEntries(rows.map((r) => [r.decision, Number(r.n)]));
     expect(byDecision.unenforced).toBeGreaterThanOrEqual(100);
     expect(Object.values(byDecision).reduce((a, b) => a + b, 0)).toBe(acked.length);
+    // the 100 calls before the outage took positions 1–100 in Redis; the outage's 100 went on from there
+    // locally (101–200), so the last 50 of them were past the free allowance
+    const [outage] = await query(
+      tg,
+      `SELECT countIf(price_nano > 0) AS priced, countIf(price_nano = 0) AS free FROM mcp_tool_calls WHERE span_id IN (${outageIds.map((id) => `'${id}'`).join(',')})`,
+    );
+    expect(outage).toEqual({ priced: '50', free: '50' });
   });
 
   it('fail-closed: exports get a retryable 503; retried after Redis is back, every call lands once', async () => {
