@@ -16,7 +16,8 @@
 // With BENCH_BASE=/path/to/another/checkout (built), a second part runs bench/e2e.mjs's load (512-span OTLP
 // exports, 8 senders, enforcement on) against that checkout's Tollgate and this one, alternating, and reads each
 // Tollgate process's CPU from /proc: CPU per acknowledged-and-landed span, the whole process and its main thread.
-// BENCH_FLAGS="--landing-flush-ms 2000" starts this build (not the base) with those flags.
+// BENCH_FLAGS="--landing-flush-ms 2000" starts this build (not the base) with those flags. BENCH_PARSE=1 splits
+// an insert's CPU into the parser, the column types, the table and the views (see parseVariants).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -220,7 +221,36 @@ const LANDING_PATHS = {
   'now, no views': (records) =>
     ch.insertTsv('calls_noviews', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
 };
-const VARIANTS = process.env.BENCH_PER_VIEW ? await perViewVariants() : LANDING_PATHS;
+/**
+ * BENCH_PARSE=1: where an insert's CPU goes — today's bytes into a Null-engine copy of mcp_tool_calls (the
+ * TabSeparated parser and type conversion, nothing stored), into a Null table of the same columns all typed
+ * String (the parser alone), into the MergeTree without views, and with every view.
+ */
+async function parseVariants() {
+  const [r] = await (
+    await ch.client.query({
+      query:
+        "SELECT groupArray(concat(name, ' ', if(type LIKE 'Array%', 'Array(String)', 'String'))) AS cols FROM (SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'mcp_tool_calls' ORDER BY position)",
+      format: 'JSONEachRow',
+    })
+  ).json();
+  await ch.client.command({ query: 'CREATE TABLE calls_null AS mcp_tool_calls ENGINE = Null' });
+  await ch.client.command({ query: `CREATE TABLE calls_null_strings (${r.cols.join(', ')}) ENGINE = Null` });
+  const land = (table) => (records) =>
+    ch.insertTsv(table, TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`));
+  return {
+    'Null engine, every column String (the parser alone)': land('calls_null_strings'),
+    'Null engine (parser + types, nothing stored)': land('calls_null'),
+    'MergeTree, no views': land('calls_noviews'),
+    'MergeTree + every view (now)': land('mcp_tool_calls'),
+  };
+}
+
+const VARIANTS = process.env.BENCH_PER_VIEW
+  ? await perViewVariants()
+  : process.env.BENCH_PARSE
+    ? await parseVariants()
+    : LANDING_PATHS;
 
 /** Waits until chDB has no merge running, so a variant's merges are not billed to the next one. */
 async function settle() {
