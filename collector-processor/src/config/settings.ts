@@ -152,6 +152,22 @@ export const SETTINGS = [
     doc: 'ClickHouse server URL (`http://host:8123`). Empty: embedded chDB in `<dataDir>/chdb`.',
   },
   {
+    key: 'clickhouse.chdbMallocConf',
+    flag: '--chdb-malloc-conf',
+    env: 'TOLLGATE_CHDB_MALLOC_CONF',
+    kind: 'string',
+    default: 'dirty_decay_ms:1000',
+    doc: "Options for the embedded chDB engine's jemalloc (`JE_MALLOC_CONF` syntax), read once when the engine loads; a `JE_MALLOC_CONF` already in the environment wins. The default hands freed pages back after 1 s instead of jemalloc's 10 s. Empty: jemalloc's defaults.",
+  },
+  {
+    key: 'memory.heapGrowingPercent',
+    flag: '--heap-growing-percent',
+    env: 'TOLLGATE_HEAP_GROWING_PERCENT',
+    kind: 'int',
+    default: 30,
+    doc: "V8's old-generation growing factor, as 1 + P/100, set when the process starts: a full GC runs before the heap grows past 1.3× what survived the previous one. 0: V8's own heuristic (up to 4×).",
+  },
+  {
     key: 'clickhouse.database',
     flag: '--clickhouse-database',
     env: 'CLICKHOUSE_DATABASE',
