@@ -177,11 +177,11 @@ async function connectRedis(
 
 /** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 /**
- * V8 grows the old generation up to 4× what survived the last full GC before it collects again; under
- * ingest most of that is garbage between full GCs (the live heap is ≈ 50 MiB, the committed heap peaked at
- * 160-170 MiB). A fixed, smaller factor keeps the peak near the live set for about the same CPU
- * (docs/benchmarks.md, "Where the peak RSS comes from"). V8 reads the flag at every limit computation, so
- * setting it at start works; it is process-wide.
+ * V8 lets the old generation grow up to 4× what survived the last full GC before it collects again; under
+ * ingest most of that is garbage (the live heap is ≈ 50 MiB, the committed heap peaked at 155-175 MiB).
+ * A fixed factor of 2 takes ≈ 75 MiB off the peak RSS for the same CPU per span; 1.3 took more but cost
+ * 30% more main-thread CPU (docs/benchmarks.md, "Where the peak RSS comes from"). V8 reads the flag each
+ * time it computes a limit, so setting it at start works; it is process-wide.
  */
 function setHeapGrowing(percent: number): void {
   if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
