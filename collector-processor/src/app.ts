@@ -179,9 +179,9 @@ async function connectRedis(
 /**
  * V8 lets the old generation grow up to 4× what survived the last full GC before it collects again; under
  * ingest most of that is garbage (the live heap is ≈ 50 MiB, the committed heap peaked at 155-175 MiB).
- * A fixed factor of 2 takes ≈ 75 MiB off the peak RSS for the same CPU per span; 1.3 took more but cost
- * 30% more main-thread CPU (docs/benchmarks.md, "Where the peak RSS comes from"). V8 reads the flag each
- * time it computes a limit, so setting it at start works; it is process-wide.
+ * A fixed factor trades memory for GC CPU: 2 took ≈ 60 MiB off the peak RSS for ≈ 3–6% more CPU per span,
+ * so it is an operator's choice, off by default (docs/benchmarks.md, "Where the peak RSS comes from"). V8
+ * reads the flag each time it computes a limit, so setting it at start works; it is process-wide.
  */
 function setHeapGrowing(percent: number): void {
   if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
