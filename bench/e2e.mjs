@@ -158,6 +158,7 @@ if (BASE) {
     ms(r.halfLoad.p99),
     ms(r.oneSender.p50),
     ms(r.oneSender.p99),
+    r.rssMiB.toFixed(0),
   ];
   const rows = [
     [
@@ -172,6 +173,7 @@ if (BASE) {
       'p99',
       'one-sender p50',
       'p99',
+      'peak RSS MiB',
     ],
   ];
   for (let i = 0; i < REPEAT; i++) {
@@ -202,6 +204,7 @@ if (BASE) {
         p99: pick((r) => r.halfLoad.p99),
       },
       oneSender: { p50: pick((r) => r.oneSender.p50), p99: pick((r) => r.oneSender.p99) },
+      rssMiB: pick((r) => r.rssMiB),
     };
   };
   const mb = median(samples.base);
@@ -219,6 +222,7 @@ if (BASE) {
     x(mn.halfLoad.p99, mb.halfLoad.p99),
     x(mn.oneSender.p50, mb.oneSender.p50),
     x(mn.oneSender.p99, mb.oneSender.p99),
+    x(mn.rssMiB, mb.rssMiB),
   ]);
   console.log(
     `\nA/B ${BASE} vs this build, ${REPEAT}× each, alternating (load average ${loadBefore} → ${load()})`,

@@ -211,6 +211,7 @@ function clickhouseOf(config: Config, sql = '') {
       database: String(s['clickhouse.database']),
       username: String(s['clickhouse.username']),
       password: String(s['clickhouse.password']),
+      chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
     });
   } catch (err) {
     // chDB refuses a directory another process has open ("Cannot lock file …/status")

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { type ClickHouseClient, type ClickHouseSettings, createClient } from '@clickhouse/client';
-import { createChdbConnection } from 'chdb/connection';
+import type { createChdbConnection } from 'chdb/connection';
 
 export type ClickHouseMode = 'chdb' | 'server';
 
@@ -36,6 +37,20 @@ export interface ClickHouseOptions {
   database: string;
   username: string;
   password: string;
+  /**
+   * jemalloc options for the embedded engine (`JE_MALLOC_CONF` syntax). jemalloc reads them once, when
+   * libchdb is loaded: chDB is therefore loaded on the first embedded open, not at import. A
+   * `JE_MALLOC_CONF` already in the environment wins. Empty: jemalloc's defaults.
+   */
+  chdbMallocConf?: string;
+}
+
+/** Loads chDB (and with it libchdb and its jemalloc) on first use, after JE_MALLOC_CONF is settled. */
+function loadChdb(mallocConf: string): typeof createChdbConnection {
+  if (mallocConf && process.env.JE_MALLOC_CONF === undefined) process.env.JE_MALLOC_CONF = mallocConf;
+  const require = createRequire(import.meta.url);
+  return (require('chdb/connection') as { createChdbConnection: typeof createChdbConnection })
+    .createChdbConnection;
 }
 
 /** Settings every query of ours runs with: 64-bit integers as JSON strings (money stays exact). */
@@ -72,7 +87,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   }
   const path = join(opts.dataDir, 'chdb');
   mkdirSync(path, { recursive: true });
-  const chdb = createChdbConnection({ path });
+  const chdb = loadChdb(opts.chdbMallocConf ?? '')({ path });
   // chdb types its Connection against its own copy of @clickhouse/client-common; the runtime contract is the same.
   const connection = chdb as unknown as NonNullable<
     NonNullable<Parameters<typeof createClient>[0]>['connection']
