@@ -175,7 +175,6 @@ async function connectRedis(
   return owned ? { redis, owned } : { redis };
 }
 
-/** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 /**
  * V8 lets the old generation grow up to 4× what survived the last full GC before it collects again; under
  * ingest most of that is garbage (the live heap is ≈ 50 MiB, the committed heap peaked at 155-175 MiB).
@@ -187,6 +186,7 @@ function setHeapGrowing(percent: number): void {
   if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
 }
 
+/** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 export async function startTollgate(config: Config, logger?: Logger): Promise<Tollgate> {
   const s = config.settings;
   const log = logger ?? createLogger(String(s.logLevel));
