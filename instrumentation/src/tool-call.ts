@@ -461,17 +461,21 @@ export class ToolCallTracer {
       return;
     }
     const protocolId = info.sessionId && s.sessionRule !== 'connection' ? info.sessionId : undefined;
-    const ev = sessionFromEvidence({
-      protocolSessionId: protocolId,
-      connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
-      traceparent: info.meta?.traceparent,
-    });
-    if (ev.id !== undefined) {
-      call.sessionId = ev.id;
-      call.rule = ev.rule;
-      return;
+    const traceparent = info.meta?.traceparent;
+    // no evidence for rules 1–3 (stateless HTTP without a traceparent): rule 4 without sessionFromEvidence's object
+    if (protocolId !== undefined || traceparent !== undefined) {
+      const ev = sessionFromEvidence({
+        protocolSessionId: protocolId,
+        connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
+        traceparent,
+      });
+      if (ev.id !== undefined) {
+        call.sessionId = ev.id;
+        call.rule = ev.rule;
+        return;
+      }
+      if (ev.malformed) this.malformed('traceparent');
     }
-    if (ev.malformed) this.malformed('traceparent');
     call.sessionId = activitySessionsFor(this.resolved.sessionGapMs).sessionOf(
       call.customer ?? '',
       call.agent ?? '',
