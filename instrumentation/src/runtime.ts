@@ -58,8 +58,10 @@ export interface SessionInfo {
         agent: string | undefined;
         protocolVersion: string | undefined;
         attributes: Attributes;
-        /** Copies `attributes` into a call's own record. */
+        /** Copies `attributes` into a call's own record, adding its tool name. */
         copy: AttributeCopier;
+        /** The same, adding its tool name and JSON-RPC request id. */
+        copyWithRequestId: AttributeCopier;
       }
     | undefined;
 }

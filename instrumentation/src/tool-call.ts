@@ -243,7 +243,8 @@ function sessionAttributes(
     agent,
     protocolVersion,
     attributes: a,
-    copy: attributeCopier(a),
+    copy: attributeCopier(a, [ATTR_GEN_AI_TOOL_NAME]),
+    copyWithRequestId: attributeCopier(a, [ATTR_GEN_AI_TOOL_NAME, ATTR_JSONRPC_REQUEST_ID]),
   };
   s.template = built;
   lastTemplate = built;
@@ -645,15 +646,16 @@ export class ToolCallTracer {
       call.protocolVersion,
     );
     // One record per call: the session's attributes copied, then the call's own; the span exports it as is.
-    const own = template.copy(template.attributes);
-    own[ATTR_GEN_AI_TOOL_NAME] = tool;
+    const requestId = requestIdOf(extra);
+    const own =
+      requestId !== undefined
+        ? template.copyWithRequestId(template.attributes, tool, String(requestId))
+        : template.copy(template.attributes, tool);
     if (ticket?.leaseId) {
       // what the call took from its lease: the processor settles it against the lease when the span arrives
       own[ATTR_TOLLGATE_LEASE_ID] = ticket.leaseId;
       own[ATTR_TOLLGATE_LEASE_RESERVED] = String(ticket.reserved);
     }
-    const requestId = requestIdOf(extra);
-    if (requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(requestId);
 
     const active = context.active();
     const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;
