@@ -98,6 +98,13 @@ export function credentialFingerprint(secret: string): string {
  */
 export class ActivitySessions {
   private readonly open = new Map<string, { id: string; lastMs: number }>();
+  /**
+   * The caller of the previous call and its entry (the most recently used one, last in `open`): the next
+   * call of the same caller, the common case, skips building the key and reordering the map.
+   */
+  private last:
+    | { customer: string; agent: string; credential: string; s: { id: string; lastMs: number } }
+    | undefined;
 
   constructor(
     readonly gapMs: number = DEFAULT_ACTIVITY_GAP_MS,
@@ -110,26 +117,38 @@ export class ActivitySessions {
 
   /** The session of a call of this caller at `nowMs`. */
   sessionOf(customer: string, agent: string, credential: string, nowMs: number): string {
+    const l = this.last;
+    if (
+      l !== undefined &&
+      l.customer === customer &&
+      l.agent === agent &&
+      l.credential === credential &&
+      nowMs - l.s.lastMs <= this.gapMs
+    ) {
+      // already the most recently used entry: nothing to reorder
+      if (nowMs > l.s.lastMs) l.s.lastMs = nowMs;
+      return l.s.id;
+    }
     const key = `${customer}\0${agent}\0${credential}`;
-    const s = this.open.get(key);
+    let s = this.open.get(key);
     if (s && nowMs - s.lastMs <= this.gapMs) {
       if (nowMs > s.lastMs) s.lastMs = nowMs;
-      // most recently used last: the oldest callers are at the front when trimming
-      this.open.delete(key);
-      this.open.set(key, s);
-      return s.id;
+    } else {
+      s = { id: activitySessionId(customer, agent, credential, nowMs), lastMs: nowMs };
     }
-    const id = activitySessionId(customer, agent, credential, nowMs);
+    // most recently used last: the oldest callers are at the front when trimming
     this.open.delete(key);
-    this.open.set(key, { id, lastMs: nowMs });
+    this.open.set(key, s);
+    this.last = { customer, agent, credential, s };
     if (this.open.size > this.maxCallers) this.trim(nowMs);
-    return id;
+    return s.id;
   }
 
   private trim(nowMs: number): void {
     for (const [k, s] of this.open) {
       if (this.open.size <= this.maxCallers && nowMs - s.lastMs <= this.gapMs) break;
       this.open.delete(k);
+      if (this.last?.s === s) this.last = undefined;
     }
   }
 }

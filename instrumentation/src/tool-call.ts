@@ -21,7 +21,7 @@ import {
   type SessionRule,
   sessionFromEvidence,
 } from '@tollgate/contracts';
-import { type BillingSpan, copyAttributes } from './billing-span.js';
+import { attributeCopier, type BillingSpan, copyAttributes } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
 import { TollgateRefusal } from './errors.js';
 import {
@@ -207,7 +207,7 @@ function sessionAttributes(
   customer: string | undefined,
   agent: string | undefined,
   protocolVersion: string | undefined,
-): Attributes {
+): NonNullable<SessionInfo['template']> {
   // a session's own template, else the last one built: 2.x makes a session per request, whose calls mostly
   // share one billing session and identity
   const t = s.template ?? lastTemplate;
@@ -221,7 +221,7 @@ function sessionAttributes(
     t.protocolVersion === protocolVersion
   ) {
     s.template = t;
-    return t.attributes;
+    return t;
   }
   const a: Attributes = {
     [ATTR_MCP_METHOD_NAME]: MCP_METHOD_TOOLS_CALL,
@@ -235,9 +235,20 @@ function sessionAttributes(
   else if (s.kind !== 'unknown' && s.kind !== 'in_memory') a[ATTR_NETWORK_TRANSPORT] = NETWORK_TRANSPORT_TCP;
   if (customer !== undefined) a[ATTR_TOLLGATE_CUSTOMER] = customer;
   if (agent !== undefined) a[ATTR_TOLLGATE_AGENT] = agent;
-  s.template = { kind: s.kind, sessionId, rule, customer, agent, protocolVersion, attributes: a };
-  lastTemplate = s.template;
-  return a;
+  const built = {
+    kind: s.kind,
+    sessionId,
+    rule,
+    customer,
+    agent,
+    protocolVersion,
+    attributes: a,
+    copy: attributeCopier(a, [ATTR_GEN_AI_TOOL_NAME]),
+    copyWithRequestId: attributeCopier(a, [ATTR_GEN_AI_TOOL_NAME, ATTR_JSONRPC_REQUEST_ID]),
+  };
+  s.template = built;
+  lastTemplate = built;
+  return built;
 }
 
 function isThenable(v: unknown): v is PromiseLike<unknown> {
@@ -461,17 +472,21 @@ export class ToolCallTracer {
       return;
     }
     const protocolId = info.sessionId && s.sessionRule !== 'connection' ? info.sessionId : undefined;
-    const ev = sessionFromEvidence({
-      protocolSessionId: protocolId,
-      connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
-      traceparent: info.meta?.traceparent,
-    });
-    if (ev.id !== undefined) {
-      call.sessionId = ev.id;
-      call.rule = ev.rule;
-      return;
+    const traceparent = info.meta?.traceparent;
+    // no evidence for rules 1–3 (stateless HTTP without a traceparent): rule 4 without sessionFromEvidence's object
+    if (protocolId !== undefined || traceparent !== undefined) {
+      const ev = sessionFromEvidence({
+        protocolSessionId: protocolId,
+        connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
+        traceparent,
+      });
+      if (ev.id !== undefined) {
+        call.sessionId = ev.id;
+        call.rule = ev.rule;
+        return;
+      }
+      if (ev.malformed) this.malformed('traceparent');
     }
-    if (ev.malformed) this.malformed('traceparent');
     call.sessionId = activitySessionsFor(this.resolved.sessionGapMs).sessionOf(
       call.customer ?? '',
       call.agent ?? '',
@@ -622,7 +637,7 @@ export class ToolCallTracer {
     const tool = info.toolName ?? '';
     const name = spanNameOf(tool);
     // The attributes every call of the session shares are built once per session (and identity).
-    const base = sessionAttributes(
+    const template = sessionAttributes(
       call.s,
       call.sessionId,
       call.rule,
@@ -631,15 +646,16 @@ export class ToolCallTracer {
       call.protocolVersion,
     );
     // One record per call: the session's attributes copied, then the call's own; the span exports it as is.
-    const own = copyAttributes(base);
-    own[ATTR_GEN_AI_TOOL_NAME] = tool;
+    const requestId = requestIdOf(extra);
+    const own =
+      requestId !== undefined
+        ? template.copyWithRequestId(template.attributes, tool, String(requestId))
+        : template.copy(template.attributes, tool);
     if (ticket?.leaseId) {
       // what the call took from its lease: the processor settles it against the lease when the span arrives
       own[ATTR_TOLLGATE_LEASE_ID] = ticket.leaseId;
       own[ATTR_TOLLGATE_LEASE_RESERVED] = String(ticket.reserved);
     }
-    const requestId = requestIdOf(extra);
-    if (requestId !== undefined) own[ATTR_JSONRPC_REQUEST_ID] = String(requestId);
 
     const active = context.active();
     const parent: Context = info.meta?.traceparent ? contextFromMeta(info.meta, active) : active;
