@@ -39,4 +39,23 @@ describe('attributeCopier', () => {
     const b = attributeCopier(base, ['tollgate.customer'])(base, 'late');
     expect(b['tollgate.customer']).toBe('late');
   });
+
+  it('copies key by key where code generation from strings is disallowed', () => {
+    const real = globalThis.Function;
+    // what V8 throws under --disallow-code-generation-from-strings (or a CSP without unsafe-eval)
+    globalThis.Function = function disallowed() {
+      throw new EvalError('Code generation from strings disallowed for this context');
+    } as unknown as FunctionConstructor;
+    try {
+      const record = { 'tollgate.customer': 'acme', 'only.here': 1 };
+      const copy = attributeCopier(record, ['gen_ai.tool.name']);
+      expect(Object.entries(copy(record, 'search'))).toEqual([
+        ['tollgate.customer', 'acme'],
+        ['only.here', 1],
+        ['gen_ai.tool.name', 'search'],
+      ]);
+    } finally {
+      globalThis.Function = real;
+    }
+  });
 });
