@@ -63,6 +63,13 @@ export function createMetrics() {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       ...r,
     }),
+    exportStageSeconds: new Histogram({
+      name: 'tollgate_export_stage_seconds',
+      help: 'Time one accepted export spent in each stage before its answer (decode, spool, claim, rate, enforce, land)',
+      labelNames: ['stage'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      ...r,
+    }),
     landingBacklog: new Gauge({
       name: 'tollgate_landing_backlog_rows',
       help: 'Rated calls waiting for ClickHouse',

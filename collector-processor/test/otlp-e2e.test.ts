@@ -9,7 +9,40 @@ afterAll(async () => {
   await tg?.cleanup();
 });
 
+/** `name{labels} value` lines of /metrics, by `name{labels}`. */
+async function metrics(): Promise<Map<string, number>> {
+  const text = await (await fetch(`${tg.apiUrl}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const m = /^(\S+) (\S+)$/.exec(line);
+    if (m) out.set(m[1] as string, Number(m[2]));
+  }
+  return out;
+}
+
 describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
+  it('times each stage of an answered export (tollgate_export_stage_seconds)', async () => {
+    const STAGES = ['decode', 'spool', 'claim', 'rate', 'enforce', 'land'];
+    const count = (m: Map<string, number>, stage: string) =>
+      m.get(`tollgate_export_stage_seconds_count{stage="${stage}"}`) ?? 0;
+    const sum = (m: Map<string, number>, stage: string) =>
+      m.get(`tollgate_export_stage_seconds_sum{stage="${stage}"}`) ?? 0;
+    const before = await metrics();
+    const { tracer, provider } = otelTracer(tg.otlpUrl as string, 'protobuf');
+    for (let i = 0; i < 3; i++) emitToolCall(tracer, { tool: 'search_docs', customer: 'stages-co' });
+    await provider.forceFlush();
+    await provider.shutdown();
+    const after = await metrics();
+    // one export, each stage once; the stages fit inside the export's own duration
+    expect(STAGES.map((s) => count(after, s) - count(before, s))).toEqual(STAGES.map(() => 1));
+    const stages = STAGES.reduce((t, s) => t + sum(after, s) - sum(before, s), 0);
+    const exportSeconds =
+      (after.get('tollgate_export_duration_seconds_sum') ?? 0) -
+      (before.get('tollgate_export_duration_seconds_sum') ?? 0);
+    expect(stages).toBeGreaterThan(0);
+    expect(stages).toBeLessThanOrEqual(exportSeconds);
+  });
+
   it.each(['protobuf', 'json'] as const)(
     'bills tool-call spans exported as %s with exact prices',
     async (format) => {

@@ -167,6 +167,11 @@ export class Pipeline {
   private readonly localUsage = new Map<string, LocalUsage>();
   private redisDownSince: number | undefined;
   enforcer: Enforcer | undefined;
+  /** tollgate_export_stage_seconds, one child per stage (looked up once, observed once per export). */
+  private readonly stage: Record<
+    'spool' | 'claim' | 'rate' | 'enforce' | 'land',
+    { observe(s: number): void }
+  >;
 
   constructor(
     private readonly spool: Spool,
@@ -176,7 +181,16 @@ export class Pipeline {
     private readonly opts: PipelineOptions,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    const h = metrics.exportStageSeconds;
+    this.stage = {
+      spool: h.labels('spool'),
+      claim: h.labels('claim'),
+      rate: h.labels('rate'),
+      enforce: h.labels('enforce'),
+      land: h.labels('land'),
+    };
+  }
 
   /**
    * The plans in force, for a request to extract its calls with (their usage-line attributes) and then to
@@ -266,15 +280,17 @@ export class Pipeline {
       format: input.payload?.format ?? 'calls-json',
       payload: input.payload?.bytes ?? Buffer.from(JSON.stringify(prepared.map((p) => p.call))),
     };
+    const spoolStart = performance.now();
     try {
       await this.spool.appendAccepted(record);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'spool write failed');
       throw new TollgateError('TG_SPOOL_FAILED');
     }
+    this.stage.spool.observe((performance.now() - spoolStart) / 1000);
     this.metrics.callsAccepted.inc({ product }, prepared.length);
     try {
-      const result = await this.meterRateLand(rid, product, prepared, input.receivedAtMs);
+      const result = await this.meterRateLand(rid, product, prepared, input.receivedAtMs, true);
       return { ...result, duplicates: result.duplicates + inBatchDuplicates };
     } catch (err) {
       // Fail-closed refusal. Some customers' calls may already be claimed under this record, so it is
@@ -395,7 +411,10 @@ export class Pipeline {
     product: string,
     prepared: readonly Prepared[],
     receivedAtMs: number,
+    /** An export being answered (not a replay): its stages are timed into tollgate_export_stage_seconds. */
+    timed = false,
   ): Promise<AcceptResult> {
+    const claimStart = performance.now();
     const byCustomer = new Map<string, number[]>();
     prepared.forEach((p, i) => {
       const list = byCustomer.get(p.call.customer);
@@ -442,6 +461,7 @@ export class Pipeline {
       throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
     }
 
+    const rateStart = performance.now();
     const rated: RatedCall[] = [];
     let duplicates = 0;
     for (let i = 0; i < prepared.length; i++) {
@@ -504,7 +524,9 @@ export class Pipeline {
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
+    const enforceStart = performance.now();
     const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
+    const landStart = performance.now();
     this.tsv.clear();
     // revenue summed per currency, one metric update per export rather than per call
     let revenueCurrency = '';
@@ -522,6 +544,12 @@ export class Pipeline {
     if (revenue > 0n) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
     if (rated.length) this.lander.enqueue(rid, this.tsv.take(), rated.length);
     else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
+    if (timed) {
+      this.stage.claim.observe((rateStart - claimStart) / 1000);
+      this.stage.rate.observe((enforceStart - rateStart) / 1000);
+      this.stage.enforce.observe((landStart - enforceStart) / 1000);
+      this.stage.land.observe((performance.now() - landStart) / 1000);
+    }
     return {
       accepted: rated.length,
       duplicates,

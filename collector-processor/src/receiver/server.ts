@@ -203,11 +203,13 @@ export function buildReceiver(
     }
   }
 
+  const decodeStage = metrics.exportStageSeconds.labels('decode');
   app.post('/v1/traces', async (req, reply) => {
     const started = performance.now();
     const identity = req.tollgateIdentity as IngestIdentity;
     const format = wireFormatOf(req);
     const body = await bodyOf(req);
+    const decodeStart = performance.now();
     const receivedAtMs = Date.now();
     let decoded: DecodedExport;
     try {
@@ -224,6 +226,7 @@ export function buildReceiver(
       extractOptions(opts, identity.defaultCustomer, receivedAtMs, book.usageAttributes),
       rejected,
     );
+    decodeStage.observe((performance.now() - decodeStart) / 1000);
     if (opts.mode === 'decode-only') {
       metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
       return reply
