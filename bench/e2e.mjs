@@ -62,6 +62,18 @@ const latencyOf = (r, spans) => ({
   senderLagMs: r.lagMs,
 });
 
+const STAGES = ['decode', 'spool', 'claim', 'rate', 'enforce', 'land'];
+/** Sum (s) and count of tollgate_export_stage_seconds per stage (empty for a build without it). */
+async function stageTotals(apiUrl) {
+  const text = await (await fetch(`${apiUrl}/metrics`)).text();
+  const out = {};
+  for (const m of text.matchAll(/^tollgate_export_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$/gm)) {
+    out[m[2]] ??= { sum: 0, count: 0 };
+    out[m[2]][m[1]] = Number(m[3]);
+  }
+  return out;
+}
+
 /** Saturation, then half load (at `halfRate` exports/s, or half of this server's own rate), then one sender. */
 async function run(
   name,
@@ -120,12 +132,22 @@ async function run(
     if (phases.includes('oneSender')) {
       const bodies = await protobufBatches(ONE_SENDER_BATCHES, SPANS);
       const cpu0 = cpuMs(tg.child.pid);
+      const stages0 = await stageTotals(tg.apiUrl);
       const r = await drive(url, bodies, { concurrency: 1, headers });
+      const stages1 = await stageTotals(tg.apiUrl);
       await landed(bodies.length * SPANS);
       out.oneSender = {
         ...latencyOf(r, bodies.length * SPANS),
         ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
       };
+      // mean ms per export in each stage (tollgate_export_stage_seconds), where the server reports them
+      const stageMs = {};
+      for (const st of STAGES) {
+        const a = stages0[st] ?? { sum: 0, count: 0 };
+        const b = stages1[st];
+        if (b && b.count > a.count) stageMs[st] = ((b.sum - a.sum) / (b.count - a.count)) * 1000;
+      }
+      if (Object.keys(stageMs).length) out.oneSender.stageMs = stageMs;
     }
     out.rssMiB = peakRssMiB(tg.child.pid);
     return out;
@@ -301,6 +323,13 @@ if (full) {
     `\naim p99 ≤ 50 ms at half load: ${ms(full.halfLoad.p99)} ms (${full.halfLoad.p99 <= 50 ? 'met' : 'not met'}); ` +
       `largest sender lag ${ms(full.halfLoad.senderLagMs)} ms`,
   );
+  const st = full.oneSender.stageMs;
+  if (st)
+    console.log(
+      `one sender, mean ms per export by stage: ${STAGES.filter((k) => k in st)
+        .map((k) => `${k} ${st[k].toFixed(2)}`)
+        .join(' · ')}`,
+    );
   if (floor)
     console.log(
       `aim p50 ≤ 2× the floor's with one sender: ${x(full.oneSender.p50, floor.oneSender.p50)}× (${full.oneSender.p50 <= 2 * floor.oneSender.p50 ? 'met' : 'not met'})`,
