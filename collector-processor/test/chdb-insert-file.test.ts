@@ -1,0 +1,57 @@
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { tempDir } from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+import {
+  type ServerProcess,
+  sendExport,
+  sql,
+  startServerProcess,
+  stopServerProcess,
+} from './support/process.js';
+
+/**
+ * On chDB the lander's rows go through a file of their own (`INSERT … SELECT * FROM file(…)`, see
+ * ClickHouseHandle.insertTsv). The data directory is the operator's: a quote in its path must be escaped in
+ * the statement, and a glob character (`file()` would expand it) sends the rows inline instead. Either way
+ * every acknowledged call lands once, and no file is left behind — a crash's leftovers go at the next open.
+ */
+let server: ServerProcess | undefined;
+let dataDir = '';
+afterEach(async () => {
+  await stopServerProcess(server, dataDir);
+  server = undefined;
+});
+
+async function landsEveryCall(dir: string): Promise<void> {
+  dataDir = dir;
+  mkdirSync(join(dir, 'chdb-inserts'), { recursive: true });
+  writeFileSync(join(dir, 'chdb-inserts', 'left-by-a-crash.tsv'), 'not\ta\trow\n');
+  server = await startServerProcess(['--data-dir', dir]);
+  expect(readdirSync(join(dir, 'chdb-inserts'))).toEqual([]); // the leftover is gone at open
+  const spans = Array.from({ length: 40 }, (_, i) => toolSpan({ customer: `odd-${i % 3}` }));
+  const body = JSON.stringify(exportOf(spans));
+  expect(await sendExport(server.otlpUrl, body)).toBe(true);
+  expect(await sendExport(server.otlpUrl, body)).toBe(true); // a retry: counted once
+  server.child.kill('SIGTERM'); // a graceful stop lands what is queued
+  await new Promise((r) => server!.child.once('exit', r));
+  const rows = await sql(
+    ['--data-dir', dir],
+    'SELECT count() AS n, uniqExact(span_id) AS ids FROM mcp_tool_calls',
+  );
+  expect(rows).toEqual([{ n: '40', ids: '40' }]);
+  const daily = await sql(['--data-dir', dir], 'SELECT sum(calls) AS n FROM mcp_daily_stats');
+  expect(daily).toEqual([{ n: '40' }]);
+  expect(existsSync(join(dir, 'chdb-inserts')) ? readdirSync(join(dir, 'chdb-inserts')) : []).toEqual([]);
+}
+
+describe('landing through a file on chDB', () => {
+  it("a data directory with a quote and a backslash in its path: the file's path is escaped", async () => {
+    await landsEveryCall(join(tempDir(), "it's a \\ dir"));
+  }, 90_000);
+
+  it('a data directory with glob characters: the rows go inline (raw insert), nothing is lost', async () => {
+    await landsEveryCall(join(tempDir(), 'data [a*b]{1,2}?'));
+  }, 90_000);
+});
