@@ -5,9 +5,11 @@
 //                               joined per block, inserted through @clickhouse/client (chDB's connection
 //                               decodes it to a string and runs `SET …; INSERT … FORMAT TabSeparated\n<rows>`)
 //   TsvWriter + client.insert   bytes written by TsvWriter, the same client.insert (the encoder's share)
-//   TsvWriter + raw insert      TsvWriter's bytes to chDB as a Buffer (ClickHouseHandle.insertTsv), with
-//                               ClickHouse's parallel parsing (its default) and with one parser (today, the
+//   TsvWriter + raw insert      TsvWriter's bytes to chDB as a Buffer (chDB's raw insert), with
+//                               ClickHouse's parallel parsing (its default) and with one parser (the
 //                               lander's landingSettings)
+//   TsvWriter + file()          the same bytes written to a file and inserted with INSERT … SELECT * FROM
+//                               file(…) (today's ClickHouseHandle.insertTsv on chDB), one parser
 //   now, no views               today's path into a copy of mcp_tool_calls without the materialized views
 // Rows are shaped like bench/e2e.mjs's spans after rating: records of 512 calls of one customer and session,
 // 50 customers, 4 tools, 5 agents, 400 sessions. `BENCH_BLOCKS` (rows per insert), `BENCH_ROWS` (rows per
@@ -211,15 +213,22 @@ async function perViewVariants() {
   return variants;
 }
 
+/** ClickHouseHandle.insertTsv with chDB's raw insert (the bytes inline) or through a file (today). */
+const insertVia = (mode, table, body, settings) => {
+  ch.chdbInsert = mode;
+  return ch.insertTsv(table, TSV_COLUMNS, body, settings);
+};
 const LANDING_PATHS = {
   'string TSV + client.insert': (records) => clientInsert('mcp_tool_calls', strings(records)),
   'TsvWriter + client.insert': (records) => clientInsert('mcp_tool_calls', bytes(records)),
   'TsvWriter + raw insert, parallel parsing': (records) =>
-    ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), insertSettings(`bench.${bid++}`)),
-  'TsvWriter + raw insert, one parser (now)': (records) =>
-    ch.insertTsv('mcp_tool_calls', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
+    insertVia('raw', 'mcp_tool_calls', bytes(records), insertSettings(`bench.${bid++}`)),
+  'TsvWriter + raw insert, one parser': (records) =>
+    insertVia('raw', 'mcp_tool_calls', bytes(records), landingSettings(`bench.${bid++}`)),
+  'TsvWriter + file(), one parser (now)': (records) =>
+    insertVia('file', 'mcp_tool_calls', bytes(records), landingSettings(`bench.${bid++}`)),
   'now, no views': (records) =>
-    ch.insertTsv('calls_noviews', TSV_COLUMNS, bytes(records), landingSettings(`bench.${bid++}`)),
+    insertVia('file', 'calls_noviews', bytes(records), landingSettings(`bench.${bid++}`)),
 };
 /**
  * BENCH_PARSE=1: where an insert's CPU goes — today's bytes into a Null-engine copy of mcp_tool_calls (the

@@ -28,6 +28,8 @@ export interface ClickHouseHandle {
     body: Buffer,
     settings: ClickHouseSettings,
   ): Promise<void>;
+  /** chDB only: how `insertTsv` hands the rows over now (see ClickHouseOptions.chdbInsert; benchmarks switch it). */
+  chdbInsert?: 'file' | 'raw';
 }
 
 /** The part of a handle the lander needs. */
@@ -128,13 +130,13 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   const insertDir = join(opts.dataDir, 'chdb-inserts');
   mkdirSync(insertDir, { recursive: true });
   for (const f of readdirSync(insertDir)) if (f.endsWith('.tsv')) rmSync(join(insertDir, f), { force: true });
-  const viaFile = (opts.chdbInsert ?? 'file') === 'file' && !GLOB.test(insertDir);
-  return {
+  const handle: ClickHouseHandle = {
     client,
     mode: 'chdb',
+    chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'file'),
     close: () => client.close(),
     async insertTsv(table, columns, body, settings) {
-      if (viaFile) {
+      if (handle.chdbInsert === 'file') {
         for (const id of [table, ...columns])
           if (!IDENTIFIER.test(id)) throw new Error(`not an identifier: ${id}`);
         const file = join(insertDir, `${randomUUID()}.tsv`);
@@ -158,6 +160,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
       });
     },
   };
+  return handle;
 }
 
 /**
