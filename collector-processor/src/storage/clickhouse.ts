@@ -126,10 +126,10 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     NonNullable<Parameters<typeof createClient>[0]>['connection']
   >;
   const client = createClient({ connection, clickhouse_settings: SETTINGS });
-  // the files of inserts under way; what a crash left there is removed (the spool lands those rows again)
+  // the files of inserts under way; what a crash left there is removed before this process's first insert
+  // (the spool lands those rows again) — not at open, which `tollgate sql` also does while a server runs
   const insertDir = join(opts.dataDir, 'chdb-inserts');
-  mkdirSync(insertDir, { recursive: true });
-  for (const f of readdirSync(insertDir)) if (f.endsWith('.tsv')) rmSync(join(insertDir, f), { force: true });
+  let leftoversRemoved = false;
   const handle: ClickHouseHandle = {
     client,
     mode: 'chdb',
@@ -139,6 +139,12 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
       if (handle.chdbInsert === 'file') {
         for (const id of [table, ...columns])
           if (!IDENTIFIER.test(id)) throw new Error(`not an identifier: ${id}`);
+        if (!leftoversRemoved) {
+          mkdirSync(insertDir, { recursive: true });
+          for (const f of readdirSync(insertDir))
+            if (f.endsWith('.tsv')) rmSync(join(insertDir, f), { force: true });
+          leftoversRemoved = true;
+        }
         const file = join(insertDir, `${randomUUID()}.tsv`);
         try {
           await writeFile(file, body);
