@@ -17,8 +17,9 @@ export interface ClickHouseHandle {
    * Inserts TabSeparated rows (the bytes as they are) into `table`'s `columns`, with `settings` for this insert
    * only (in the statement's SETTINGS clause, never left in the session). On chDB the bytes are written to a
    * file of their own and inserted with `INSERT … SELECT * FROM file(…, TabSeparated)`, the column types taken
-   * from the table: ClickHouse parses a file for about half the CPU per row of the same bytes given inline
-   * (chDB's raw insert; `client.insert` costs a third more again) — bench/landing.mjs. The file is removed
+   * from the table: ClickHouse parses a file for less CPU than the same bytes given inline (chDB's raw insert):
+   * about half into a table that stores nothing, 12–32% less per landed row with the views, and 60–110 MiB
+   * less peak RSS end to end (docs/benchmarks.md, "Landing through a file"). The file is removed
    * when the insert ends; the spool, not the file, is what survives a crash. On a server it is `client.insert`
    * over HTTP.
    */
