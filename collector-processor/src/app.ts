@@ -218,6 +218,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     username: String(s['clickhouse.username']),
     password: String(s['clickhouse.password']),
     chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
+    chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
   });
   stops.push(() => clickhouse.close());
   const applied = await migrate(clickhouse.client);

@@ -12,8 +12,8 @@ import {
 } from './support/process.js';
 
 /**
- * On chDB the lander's rows go through a file of their own (`INSERT … SELECT * FROM file(…)`, see
- * ClickHouseHandle.insertTsv). The data directory is the operator's: a quote in its path must be escaped in
+ * With `--chdb-insert file` the lander's rows reach chDB through a file of their own (`INSERT … SELECT * FROM
+ * file(…)`, see ClickHouseHandle.insertTsv). The data directory is the operator's: a quote in its path must be escaped in
  * the statement, and a glob character (`file()` would expand it) sends the rows inline instead. Either way
  * every acknowledged call lands once, and no file is left behind — a crash's leftovers go before the next
  * process's first insert.
@@ -29,7 +29,7 @@ async function landsEveryCall(dir: string): Promise<void> {
   dataDir = dir;
   mkdirSync(join(dir, 'chdb-inserts'), { recursive: true });
   writeFileSync(join(dir, 'chdb-inserts', 'left-by-a-crash.tsv'), 'not\ta\trow\n');
-  server = await startServerProcess(['--data-dir', dir]);
+  server = await startServerProcess(['--data-dir', dir, '--chdb-insert', 'file']);
   const spans = Array.from({ length: 40 }, (_, i) => toolSpan({ customer: `odd-${i % 3}` }));
   const body = JSON.stringify(exportOf(spans));
   expect(await sendExport(server.otlpUrl, body)).toBe(true);

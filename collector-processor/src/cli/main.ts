@@ -212,6 +212,7 @@ function clickhouseOf(config: Config, sql = '') {
       username: String(s['clickhouse.username']),
       password: String(s['clickhouse.password']),
       chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
+      chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
     });
   } catch (err) {
     // chDB refuses a directory another process has open ("Cannot lock file …/status")

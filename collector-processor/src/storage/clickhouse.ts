@@ -15,13 +15,14 @@ export interface ClickHouseHandle {
   close(): Promise<void>;
   /**
    * Inserts TabSeparated rows (the bytes as they are) into `table`'s `columns`, with `settings` for this insert
-   * only (in the statement's SETTINGS clause, never left in the session). On chDB the bytes are written to a
-   * file of their own and inserted with `INSERT … SELECT * FROM file(…, TabSeparated)`, the column types taken
-   * from the table: ClickHouse parses a file for less CPU than the same bytes given inline (chDB's raw insert):
-   * about half into a table that stores nothing, 12–32% less per landed row with the views, and 60–110 MiB
-   * less peak RSS end to end (docs/benchmarks.md, "Landing through a file"). The file is removed
-   * when the insert ends; the spool, not the file, is what survives a crash. On a server it is `client.insert`
-   * over HTTP.
+   * only (in the statement's SETTINGS clause, never left in the session). On chDB the bytes go to the engine
+   * as a Buffer (chDB's raw insert) — or, with `chdbInsert: 'file'`, they are written to a file of their own
+   * and inserted with `INSERT … SELECT * FROM file(…, TabSeparated)`, the column types taken from the table.
+   * ClickHouse parses a file for less CPU than the same bytes inline: about half into a table that stores
+   * nothing, 12–32% less per landed row with the views, and 60–110 MiB less peak RSS end to end — but exports
+   * were slower at half load in most runs, so it is an operator's choice (docs/benchmarks.md, "Landing through
+   * a file"). The file is removed when the insert ends; the spool, not the file, is what survives a crash. On a
+   * server it is `client.insert` over HTTP.
    */
   insertTsv(
     table: string,
@@ -50,9 +51,9 @@ export interface ClickHouseOptions {
    */
   chdbMallocConf?: string;
   /**
-   * How `insertTsv` hands rows to chDB: `file` (default, see there) or `raw` (chDB's raw insert: the bytes
-   * inline), which benchmarks compare it with and which is used when the data directory's path holds a
-   * character `file()` would read as a glob.
+   * How `insertTsv` hands rows to chDB: `raw` (default: chDB's raw insert, the bytes inline) or `file` (see
+   * insertTsv; setting `clickhouse.chdbInsert`). A data directory whose path holds a character `file()` would
+   * read as a glob always uses `raw`.
    */
   chdbInsert?: 'file' | 'raw';
 }
@@ -134,7 +135,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   const handle: ClickHouseHandle = {
     client,
     mode: 'chdb',
-    chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'file'),
+    chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'raw'),
     close: () => client.close(),
     async insertTsv(table, columns, body, settings) {
       if (handle.chdbInsert === 'file') {
