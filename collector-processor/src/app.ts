@@ -25,7 +25,12 @@ import { buildReceiver } from './receiver/server.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
 import { removeRunningRecord, writeRunningRecord } from './running.js';
 import { Spool } from './spool/spool.js';
-import { type ClickHouseHandle, migrate, openClickHouse } from './storage/clickhouse.js';
+import {
+  type ClickHouseHandle,
+  type ClickHouseOptions,
+  migrate,
+  openClickHouse,
+} from './storage/clickhouse.js';
 import { startStripeJob } from './stripe/job.js';
 
 export interface Tollgate {
@@ -186,6 +191,20 @@ function setHeapGrowing(percent: number): void {
   if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
 }
 
+/** ClickHouse as the settings say, with `dataDir` resolved (for `tollgate start` and the CLI's commands). */
+export function clickhouseOptionsOf(config: Config, dataDir: string): ClickHouseOptions {
+  const s = config.settings;
+  return {
+    url: String(s['clickhouse.url']),
+    dataDir,
+    database: String(s['clickhouse.database']),
+    username: String(s['clickhouse.username']),
+    password: String(s['clickhouse.password']),
+    chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
+    chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
+  };
+}
+
 /** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 export async function startTollgate(config: Config, logger?: Logger): Promise<Tollgate> {
   const s = config.settings;
@@ -211,15 +230,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   const metrics = createMetrics();
   const stops: (() => Promise<void>)[] = [];
 
-  const clickhouse = openClickHouse({
-    url: String(s['clickhouse.url']),
-    dataDir,
-    database: String(s['clickhouse.database']),
-    username: String(s['clickhouse.username']),
-    password: String(s['clickhouse.password']),
-    chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
-    chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
-  });
+  const clickhouse = openClickHouse(clickhouseOptionsOf(config, dataDir));
   stops.push(() => clickhouse.close());
   const applied = await migrate(clickhouse.client);
   if (applied.length) log.info({ applied }, 'ClickHouse migrations applied');

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { PlanPricing } from '../api-ports.js';
-import { createLogger, startTollgate, type Tollgate } from '../app.js';
+import { clickhouseOptionsOf, createLogger, startTollgate, type Tollgate } from '../app.js';
 import {
   type Config,
   ConfigError,
@@ -205,15 +205,7 @@ function clickhouseOf(config: Config, sql = '') {
   const s = config.settings;
   const dataDir = resolve(String(s.dataDir));
   try {
-    return openClickHouse({
-      url: String(s['clickhouse.url']),
-      dataDir,
-      database: String(s['clickhouse.database']),
-      username: String(s['clickhouse.username']),
-      password: String(s['clickhouse.password']),
-      chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
-      chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
-    });
+    return openClickHouse(clickhouseOptionsOf(config, dataDir));
   } catch (err) {
     // chDB refuses a directory another process has open ("Cannot lock file …/status")
     if (!s['clickhouse.url'] && (err as Error).name === 'ChdbConnectionError') {

@@ -68,7 +68,7 @@ function sqlString(s: string): string {
 }
 
 /** `k = v, …` for a statement's SETTINGS clause. */
-export function settingsClause(settings: ClickHouseSettings): string {
+function settingsClause(settings: ClickHouseSettings): string {
   return Object.entries(settings)
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => {
