@@ -471,15 +471,13 @@ export class ToolCallTracer {
       call.rule = 'connection';
       return;
     }
+    // past the return above there is no connection to bill under (rule 2), so the evidence is a protocol
+    // session (rule 1) or a traceparent (rule 3); with neither (stateless HTTP without a traceparent) rule 4
+    // applies, without sessionFromEvidence's object
     const protocolId = info.sessionId && s.sessionRule !== 'connection' ? info.sessionId : undefined;
     const traceparent = info.meta?.traceparent;
-    // no evidence for rules 1–3 (stateless HTTP without a traceparent): rule 4 without sessionFromEvidence's object
     if (protocolId !== undefined || traceparent !== undefined) {
-      const ev = sessionFromEvidence({
-        protocolSessionId: protocolId,
-        connectionId: s.sessionRule === 'connection' ? s.sessionId : undefined,
-        traceparent,
-      });
+      const ev = sessionFromEvidence({ protocolSessionId: protocolId, traceparent });
       if (ev.id !== undefined) {
         call.sessionId = ev.id;
         call.rule = ev.rule;
