@@ -78,12 +78,7 @@ function batch(b) {
 
 /** Microseconds Redis spent in scripts since the last reset (INFO commandstats), per call of the batches. */
 async function scriptUsPerCall(redis) {
-  const info = await redis.info('commandstats');
-  const us = [...info.matchAll(/cmdstat_eval(?:sha)?:calls=\d+,usec=(\d+)/g)].reduce(
-    (n, m) => n + Number(m[1]),
-    0,
-  );
-  return us / (BATCHES * PER_BATCH);
+  return (await redisSpent(redis)).scripts / (BATCHES * PER_BATCH);
 }
 
 /** Calls/s of `fn` over every batch, CONCURRENCY batches in flight. */
