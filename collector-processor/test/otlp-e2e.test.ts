@@ -1,5 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { emitToolCall, otelTracer, query, startTestTollgate, type TestTollgate } from './support/harness.js';
+import {
+  emitToolCall,
+  otelTracer,
+  query,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+} from './support/harness.js';
 
 let tg: TestTollgate;
 beforeAll(async () => {
@@ -9,16 +16,7 @@ afterAll(async () => {
   await tg?.cleanup();
 });
 
-/** `name{labels} value` lines of /metrics, by `name{labels}`. */
-async function metrics(): Promise<Map<string, number>> {
-  const text = await (await fetch(`${tg.apiUrl}/metrics`)).text();
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    const m = /^(\S+) (\S+)$/.exec(line);
-    if (m) out.set(m[1] as string, Number(m[2]));
-  }
-  return out;
-}
+const metrics = () => readMetrics(tg.apiUrl as string);
 
 describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
   it('times each stage of an answered export (tollgate_export_stage_seconds)', async () => {

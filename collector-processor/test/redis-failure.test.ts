@@ -1,6 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
-import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate } from './support/harness.js';
+import {
+  DEV_INGEST_KEY,
+  query,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+} from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 let tg: TestTollgate | undefined;
@@ -24,9 +30,7 @@ async function send(customer: string, n: number) {
 }
 
 async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${tg!.apiUrl}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.split(' ')[1]) : 0;
+  return (await readMetrics(tg!.apiUrl as string)).get(name) ?? 0;
 }
 
 describe('Redis stops in the middle of a load', () => {

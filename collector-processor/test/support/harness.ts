@@ -127,6 +127,17 @@ export function emitToolCall(tracer: Tracer, c: CallSpec, startMs = Date.now() -
   span.end(startMs + (c.durationMs ?? 20));
 }
 
+/** The samples of a Tollgate's `/metrics`, by `name` or `name{labels}` as the exposition writes them. */
+export async function readMetrics(apiUrl: string): Promise<Map<string, number>> {
+  const text = await (await fetch(`${apiUrl}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const m = /^(\S+) (\S+)$/.exec(line);
+    if (m) out.set(m[1] as string, Number(m[2]));
+  }
+  return out;
+}
+
 export async function query<T = Record<string, string>>(
   tg: Tollgate,
   sql: string,
