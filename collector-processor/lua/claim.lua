@@ -46,6 +46,7 @@ if i ~= n then return redis.error_reply('claim.lua: ' .. i .. ' calls read, ' ..
 
 local m = tonumber(ARGV[6] or '0')
 local tiered = {} -- call index -> list of { quantity, line } in argument order
+local slots = {} -- argument j -> { call index, place in tiered[call index] } (where its position is answered)
 for j = 0, m - 1 do
   local ci, q, line = string.match(ARGV[7 + j], '^(%d+) (%d+) (%S+)$')
   ci = tonumber(ci)
@@ -55,6 +56,7 @@ for j = 0, m - 1 do
     tiered[ci] = list
   end
   list[#list + 1] = { tonumber(q), line }
+  slots[j] = { ci, #list }
 end
 local befores = {} -- call index -> list of positions (same order as tiered[i])
 
@@ -166,13 +168,10 @@ for pk, v in pairs(values) do
   redis.call('EXPIRE', KEYS[pk], period_ttl)
 end
 -- the positions of the tiered quantities, in argument order
-local seen = {}
 for j = 0, m - 1 do
-  local ci = tonumber(string.match(ARGV[7 + j], '^(%d+)'))
-  local k = (seen[ci] or 0) + 1
-  seen[ci] = k
-  local list = befores[ci]
+  local slot = slots[j]
+  local list = befores[slot[1]]
   o = o + 1
-  out[o] = (list and list[k]) or 0
+  out[o] = (list and list[slot[2]]) or 0
 end
 return out
