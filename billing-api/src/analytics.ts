@@ -26,8 +26,10 @@ import {
   enforcementEventsSql,
   type Filters,
   lifetimePageKeys,
+  type SessionSnapshot,
   type SessionsFrom,
   sessionCallsSql,
+  sessionSnapshotSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsFromRaw,
@@ -146,10 +148,20 @@ async function sessionsFrom(
   d: AnalyticsDeps,
   ctx: RequestContext,
   log: FastifyBaseLogger,
-): Promise<{ from: SessionsFrom; checked: string[] }> {
+): Promise<{ from: SessionsFrom; checked: string[]; snap?: SessionSnapshot }> {
   if (sessionsFromRaw(ctx.source, ctx.filters)) return { from: 'raw', checked: [] };
   const later = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
-  return { from: later.length > 0 ? 'lifetime' : 'daily', checked: ['mcp_session_daily'] };
+  if (later.length === 0) return { from: 'daily', checked: ['mcp_session_daily'] };
+  // the lifetime path: the latest snapshot of session intervals, when one was built (an answer without it is
+  // the same, only slower)
+  const [snap] = await rows(d, sessionSnapshotSql(), log);
+  const checked = ['mcp_session_daily', 'mcp_session_interval_snapshots'];
+  if (!snap) return { from: 'lifetime', checked };
+  return {
+    from: 'lifetime',
+    checked,
+    snap: { snapshot: String(snap.snapshot), watermark: String(snap.watermark) },
+  };
 }
 
 /**
@@ -198,9 +210,10 @@ async function lifetimeSessionsPage(
   ctx: RequestContext,
   readFrom: Set<string>,
   log: FastifyBaseLogger,
+  snap: SessionSnapshot | undefined,
 ): Promise<Row[]> {
   const { filters, range, page } = ctx;
-  const keysSql = sessionsLifetimePageSql(filters, range, page);
+  const keysSql = sessionsLifetimePageSql(filters, range, page, snap);
   const keys = await rows(d, keysSql, log);
   for (const t of keysSql.readFrom) readFrom.add(t);
   const total = count(keys[0]?.total_rows ?? 0);
@@ -479,8 +492,8 @@ export function registerAnalytics(
       const ctx = contextOf(req, keyring, d, req.query);
       const totalsSql = summarySql(ctx.filters, ctx.range, ctx.source);
       const sessionsRead = async () => {
-        const { from, checked } = await sessionsFrom(d, ctx, req.log);
-        const sql = sessionsCountSql(ctx.filters, ctx.range, from);
+        const { from, checked, snap } = await sessionsFrom(d, ctx, req.log);
+        const sql = sessionsCountSql(ctx.filters, ctx.range, from, snap);
         const [row] = await rows(d, sql, req.log);
         return { row, readFrom: [...checked, ...sql.readFrom] };
       };
@@ -574,13 +587,13 @@ export function registerAnalytics(
     async (req, reply) => {
       const d = deps();
       const ctx = contextOf(req, keyring, d, req.query);
-      const { from, checked } = await sessionsFrom(d, ctx, req.log);
+      const { from, checked, snap } = await sessionsFrom(d, ctx, req.log);
       const readFrom = new Set(checked);
       let list: Row[];
       if (from === 'daily') {
         list = await dailySessionsPage(d, ctx, readFrom, req.log);
       } else if (from === 'lifetime') {
-        list = await lifetimeSessionsPage(d, ctx, readFrom, req.log);
+        list = await lifetimeSessionsPage(d, ctx, readFrom, req.log, snap);
       } else {
         const sql = sessionsListSql(ctx.filters, ctx.range, ctx.page);
         list = await rows(d, sql, req.log);

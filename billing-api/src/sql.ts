@@ -340,18 +340,22 @@ function sessionDays(range: TimeRange) {
  * one customer: the monthly sets of mcp_customer_monthly_sessions for the whole calendar months of the range,
  * the per-day sets of mcp_customer_daily_stats for its other whole days, and, when the range starts inside a
  * day, that day's sessions last seen at or after the start (from mcp_session_daily). `lifetime`: the sessions
- * of mcp_session_summary whose first and last call bracket the range, grouped by their fixed-width key.
+ * whose first and last call bracket the range (lifetimeActive: from the session-interval snapshot when given).
  */
-export function sessionsCountSql(f: Filters, range: TimeRange, from: SessionsFrom): Read {
+export function sessionsCountSql(
+  f: Filters,
+  range: TimeRange,
+  from: SessionsFrom,
+  snap?: SessionSnapshot,
+): Read {
   if (from === 'raw') {
     const inner = sessionsInner(f, range);
     return { ...inner, query: `SELECT count() AS sessions FROM (${inner.query})` };
   }
   if (from === 'lifetime') {
     return {
-      query: `SELECT count() AS sessions FROM (${lifetimeActive(f)})`,
-      params: { ...filterParams(f), from: chInstant(range.fromMs), to: chInstant(range.toMs) },
-      readFrom: ['mcp_session_summary'],
+      query: `SELECT count() AS sessions FROM (${lifetimeActive(f, snap)})`,
+      ...lifetimeParams(f, range, snap),
     };
   }
   const days = sessionDays(range);
@@ -432,17 +436,74 @@ ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
   );
 }
 
+/** The latest finished snapshot of session intervals (migration 0016), when one has been built. */
+export interface SessionSnapshot {
+  /** Decimal UInt64. */
+  snapshot: string;
+  /** Summary rows landed at or after this instant are not in the snapshot (ClickHouse DateTime64(3) text, UTC). */
+  watermark: string;
+}
+
+/** The latest finished snapshot of mcp_session_intervals (collector-processor/src/storage/session-intervals.ts). */
+export function sessionSnapshotSql(): Sql {
+  return {
+    query: `SELECT toString(snapshot) AS snapshot, toString(watermark) AS watermark
+  FROM mcp_session_interval_snapshots WHERE done = 1
+  ORDER BY started_at DESC, snapshot DESC LIMIT 1`,
+    params: {},
+  };
+}
+
 /**
- * The sessions of mcp_session_summary active in the range ({from}, {to}): grouped by session_key (a 16-byte
- * hash of customer and session id, migration 0012) rather than by the two strings, and reading only the key
- * and the first and last call — the columns the question needs.
+ * The sessions active in the range ({from}, {to}) with their first and last call, one row each by session_key
+ * (a 16-byte hash of customer and session id, migration 0012), reading only the key and the first and last
+ * call — the columns the question needs.
+ *
+ * Without a snapshot: every row of mcp_session_summary grouped by key (a session's rows from different inserts
+ * stay apart until a merge). With one (migration 0016): the snapshot's merged intervals, filtered without
+ * grouping, for the sessions with no summary row landed since its watermark; and, for those that have one
+ * (the few touched since), their snapshot row grouped with those summary rows. A first or last call is a min
+ * or a max, so rows counted in both give the same interval: the answer is the one without a snapshot.
  */
-function lifetimeActive(f: Filters): string {
-  return `SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at
+function lifetimeActive(f: Filters, snap?: SessionSnapshot): string {
+  const scope = filterConds(f, ['customer']);
+  if (!snap) {
+    return `SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at
   FROM mcp_session_summary
-  WHERE ${[...filterConds(f, ['customer']), 'session_key != 0'].join(' AND ')}
+  WHERE ${[...scope, 'session_key != 0'].join(' AND ')}
   GROUP BY session_key
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`;
+  }
+  const touchedRows = `SELECT session_key, first_seen, last_seen FROM mcp_session_summary
+      WHERE ${[...scope, 'session_key != 0', `landed_at >= {watermark:${DT}}`].join(' AND ')}`;
+  const touched = `SELECT session_key FROM mcp_session_summary
+      WHERE ${[...scope, 'session_key != 0', `landed_at >= {watermark:${DT}}`].join(' AND ')}`;
+  const snapshot = [...scope, 'snapshot = {snapshot:UInt64}'];
+  return `SELECT session_key, first_seen AS first_seen_at, last_seen AS last_seen_at
+  FROM mcp_session_intervals
+  WHERE ${[...snapshot, `first_seen < {to:${DT}}`, `last_seen >= {from:${DT}}`, `session_key NOT IN (${touched})`].join(' AND ')}
+  UNION ALL
+  SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at FROM (
+    ${touchedRows}
+    UNION ALL
+    SELECT session_key, first_seen, last_seen FROM mcp_session_intervals
+      WHERE ${[...snapshot, `session_key IN (${touched})`].join(' AND ')}
+  )
+  GROUP BY session_key
+  HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`;
+}
+
+/** Parameters and tables of lifetimeActive. */
+function lifetimeParams(f: Filters, range: TimeRange, snap?: SessionSnapshot) {
+  return {
+    params: {
+      ...filterParams(f),
+      from: chInstant(range.fromMs),
+      to: chInstant(range.toMs),
+      ...(snap ? { snapshot: snap.snapshot, watermark: snap.watermark } : {}),
+    },
+    readFrom: snap ? ['mcp_session_summary', 'mcp_session_intervals'] : ['mcp_session_summary'],
+  };
 }
 
 /**
@@ -451,20 +512,21 @@ function lifetimeActive(f: Filters): string {
  * breaks ties by customer and session id, which the keys do not carry) — and the number of active sessions in
  * `total_rows`. sessionTotalsByKeySql then reads those sessions' totals and cuts the exact page.
  */
-export function sessionsLifetimePageSql(f: Filters, range: TimeRange, page: Page): Read {
+export function sessionsLifetimePageSql(
+  f: Filters,
+  range: TimeRange,
+  page: Page,
+  snap?: SessionSnapshot,
+): Read {
+  const { params, readFrom } = lifetimeParams(f, range, snap);
   return {
     query: `SELECT toString(session_key) AS session_key, toString(last_seen_at) AS last_seen,
     count() OVER () AS total_rows
-  FROM (${lifetimeActive(f)})
+  FROM (${lifetimeActive(f, snap)})
 ORDER BY last_seen_at DESC
 LIMIT {top:UInt32} WITH TIES`,
-    params: {
-      ...filterParams(f),
-      from: chInstant(range.fromMs),
-      to: chInstant(range.toMs),
-      top: page.offset + page.limit,
-    },
-    readFrom: ['mcp_session_summary'],
+    params: { ...params, top: page.offset + page.limit },
+    readFrom,
   };
 }
 

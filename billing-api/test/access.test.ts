@@ -438,6 +438,8 @@ describe('injection strings through every parameter', () => {
       'mcp_daily_stats_mv',
       'mcp_session_daily',
       'mcp_session_daily_mv',
+      'mcp_session_interval_snapshots',
+      'mcp_session_intervals',
       'mcp_session_summary',
       'mcp_session_summary_mv',
       'mcp_tool_calls',

@@ -258,6 +258,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
               'mcp_customer_daily_stats',
               'mcp_tool_calls',
               'mcp_session_daily',
+              'mcp_session_interval_snapshots',
               'mcp_session_summary',
             ],
             underADay: ['mcp_tool_calls', 'mcp_session_daily', 'mcp_customer_daily_stats'],
@@ -500,7 +501,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
         if (!customer) expect(later).toBe(name === 'partialDays');
         expect([...body.readFrom].sort()).toEqual(
           later
-            ? ['mcp_session_daily', 'mcp_session_summary']
+            ? ['mcp_session_daily', 'mcp_session_interval_snapshots', 'mcp_session_summary']
             : ['mcp_customer_daily_stats', 'mcp_session_daily', 'mcp_session_summary'],
         );
         expect(body.page.total).toBe(expected.length);

@@ -11,6 +11,7 @@ import {
   openClickHouse,
   readMigrations,
 } from '../../collector-processor/src/storage/clickhouse.js';
+import { buildSessionIntervals } from '../../collector-processor/src/storage/session-intervals.js';
 import { buildApi } from '../src/index.js';
 
 /**
@@ -95,42 +96,74 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+type Page = { readFrom: string[]; rows: { customer: string; sessionId: string }[]; page: unknown };
+
+/** GET a sessions page (or the summary) of the range 2026-03-10 … 2026-03-11. */
+async function get<T = Page>(app: ReturnType<typeof appOf>, q: string, path = 'sessions'): Promise<T> {
+  const res = await app.inject({
+    url: `/analytics/mcp/${path}?product=${P}&from=2026-03-10&to=2026-03-11&${q}`,
+    headers: { authorization: `Bearer ${KEY}` },
+  });
+  expect(res.statusCode).toBe(200);
+  return res.json<T>();
+}
+
+/**
+ * Every page (limits 1–3, every offset) from the views equals the raw scan's and the expected order; the
+ * summary counts the same sessions. Returns the tables the first page read.
+ */
+async function everyPage(expected: readonly string[]): Promise<string[]> {
+  const views = appOf('views');
+  const raw = appOf('raw');
+  try {
+    const all = await get(views, 'limit=100');
+    expect(all.rows.map((r) => `${r.customer}/${r.sessionId}`)).toEqual(expected);
+    for (const limit of [1, 2, 3]) {
+      for (let offset = 0; offset <= expected.length; offset++) {
+        const q = `limit=${limit}&offset=${offset}`;
+        const [v, r] = await Promise.all([get(views, q), get(raw, q)]);
+        expect({ ...v, readFrom: undefined }, q).toEqual({ ...r, readFrom: undefined });
+        expect(v.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
+          expected.slice(offset, offset + limit),
+        );
+      }
+    }
+    const [vs, rs] = await Promise.all([
+      get<{ sessions: number; readFrom: string[] }>(views, '', 'summary'),
+      get<{ sessions: number }>(raw, '', 'summary'),
+    ]);
+    expect([vs.sessions, rs.sessions]).toEqual([expected.length, expected.length]);
+    expect(vs.readFrom).toEqual(expect.arrayContaining(all.readFrom));
+    return [...all.readFrom].sort();
+  } finally {
+    await views.close();
+    await raw.close();
+  }
+}
+
+async function land(calls: readonly [string, string, string][], prefix: string) {
+  for (const [i, [customer, session, at]] of calls.entries()) {
+    await ch.client.command({
+      query: `INSERT INTO mcp_tool_calls (event_id, product, customer, agent, session_id, tool, status, started_at,
+          price_nano, cost_nano)
+        VALUES ('${prefix}${i}', '${P}', '${customer}', 'agent-1', '${session}', 'search', 'ok',
+          toDateTime64('${at}', 6, 'UTC'), ${2000 + i}, ${200 + i})`,
+      clickhouse_settings: insertSettings(`${prefix}-${i}`),
+    });
+  }
+}
+
 describe('sessions of a past range from the lifetime view', () => {
   it('every page equals the raw scan, ties and the spanning session included', async () => {
+    expect(await everyPage(EXPECTED)).toEqual([
+      'mcp_session_daily',
+      'mcp_session_interval_snapshots',
+      'mcp_session_summary',
+    ]);
+    // the month: its sessions counted from the monthly sets, backfilled and then fed by the view
     const views = appOf('views');
     const raw = appOf('raw');
     try {
-      const get = async (app: ReturnType<typeof appOf>, q: string) => {
-        const res = await app.inject({
-          url: `/analytics/mcp/sessions?product=${P}&from=2026-03-10&to=2026-03-11&${q}`,
-          headers: { authorization: `Bearer ${KEY}` },
-        });
-        expect(res.statusCode).toBe(200);
-        return res.json<{
-          readFrom: string[];
-          rows: { customer: string; sessionId: string }[];
-          page: unknown;
-        }>();
-      };
-      const all = await get(views, 'limit=100');
-      expect([...all.readFrom].sort()).toEqual(['mcp_session_daily', 'mcp_session_summary']);
-      expect(all.rows.map((r) => `${r.customer}/${r.sessionId}`)).toEqual(EXPECTED);
-      for (const limit of [1, 2, 3]) {
-        for (let offset = 0; offset <= EXPECTED.length; offset++) {
-          const q = `limit=${limit}&offset=${offset}`;
-          const [v, r] = await Promise.all([get(views, q), get(raw, q)]);
-          expect({ ...v, readFrom: undefined }, q).toEqual({ ...r, readFrom: undefined });
-          expect(v.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
-            EXPECTED.slice(offset, offset + limit),
-          );
-        }
-      }
-      const summary = await views.inject({
-        url: `/analytics/mcp/summary?product=${P}&from=2026-03-10&to=2026-03-11`,
-        headers: { authorization: `Bearer ${KEY}` },
-      });
-      expect(summary.json()).toMatchObject({ sessions: EXPECTED.length });
-      // the month: its sessions counted from the monthly sets, backfilled and then fed by the view
       const month = async (app: ReturnType<typeof appOf>) =>
         (
           await app.inject({
@@ -146,5 +179,39 @@ describe('sessions of a past range from the lifetime view', () => {
       await views.close();
       await raw.close();
     }
+  });
+
+  it('reads the merged intervals of a snapshot, and the same pages come back', async () => {
+    const built = await buildSessionIntervals(ch.client, { marginMs: 0 });
+    // c1/s-a, c1/s-c, c1/s-f, c2/s-b, c2/s-e, c3/s-d, c3/s-h: calls without a session are not intervals
+    expect(built.sessions).toBe(7);
+    expect(await everyPage(EXPECTED)).toEqual([
+      'mcp_session_daily',
+      'mcp_session_interval_snapshots',
+      'mcp_session_intervals',
+      'mcp_session_summary',
+    ]);
+  });
+
+  it('groups the sessions touched since the snapshot with their snapshot rows', async () => {
+    await land(
+      [
+        ['c1', 's-f', '2026-03-12 08:00:00'], // was entirely before the range: now spans it
+        ['c2', 's-e', '2026-03-09 12:00:00'], // was entirely after the range: now spans it
+        ['c3', 's-n', '2026-03-10 12:00:00'], // a new session in the range
+        ['c1', 's-a', '2026-03-13 00:00:00'], // still active, its last call later: first on the page now
+        ['c1', 's-z', '2026-03-14 00:00:00'], // a new session after the range: not active
+        ['c3', '', '2026-03-10 09:00:00'], // no session
+      ],
+      'after-',
+    );
+    const touched = ['c1/s-a', 'c1/s-c', 'c2/s-b', 'c2/s-e', 'c1/s-f', 'c3/s-h', 'c3/s-n', 'c3/s-d'];
+    expect(await everyPage(touched)).toContain('mcp_session_intervals');
+    // a snapshot whose watermark is before every landed row (a margin of a day): every session is touched
+    await buildSessionIntervals(ch.client, { marginMs: 86_400_000 });
+    expect(await everyPage(touched)).toContain('mcp_session_intervals');
+    // and one with all of them in it
+    await buildSessionIntervals(ch.client, { marginMs: 0 });
+    expect(await everyPage(touched)).toContain('mcp_session_intervals');
   });
 });

@@ -31,6 +31,7 @@ import {
   migrate,
   openClickHouse,
 } from './storage/clickhouse.js';
+import { startSessionIntervalsJob } from './storage/session-intervals.js';
 import { startStripeJob } from './stripe/job.js';
 
 export interface Tollgate {
@@ -457,6 +458,24 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       otlpUrl,
       apiUrl,
     });
+    const snapshotEvery = Number(s['sessions.snapshotIntervalSeconds']);
+    if (roles.has('processor') && snapshotEvery > 0) {
+      // the writer builds the snapshots past-range session questions read (billing-api/src/sql.ts)
+      const job = startSessionIntervalsJob(
+        clickhouse.client,
+        {
+          everyMs: snapshotEvery * 1000,
+          marginMs: Number(s['sessions.snapshotMarginSeconds']) * 1000,
+          onBuild: () => {
+            metrics.sessionSnapshots.inc({ result: 'ok' });
+            metrics.sessionSnapshotLastSuccess.set(Date.now() / 1000);
+          },
+          onError: () => metrics.sessionSnapshots.inc({ result: 'failed' }),
+        },
+        log.child({ component: 'session-snapshots' }),
+      );
+      stops.unshift(() => job.stop());
+    }
     if (s['stripe.sync.enabled'] && plans) {
       // Off by default; loadConfig has checked the mapping and the key (docs/stripe.md).
       const job = startStripeJob(

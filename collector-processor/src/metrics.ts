@@ -91,6 +91,17 @@ export function createMetrics() {
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       ...r,
     }),
+    sessionSnapshots: new Counter({
+      name: 'tollgate_session_snapshots_total',
+      help: 'Builds of the session-interval snapshot by result (ok, failed)',
+      labelNames: ['result'],
+      ...r,
+    }),
+    sessionSnapshotLastSuccess: new Gauge({
+      name: 'tollgate_session_snapshot_last_success_timestamp_seconds',
+      help: 'When the latest session-interval snapshot finished (Unix seconds; 0: none yet)',
+      ...r,
+    }),
     planReloads: new Counter({
       name: 'tollgate_plan_reloads_total',
       help: 'Rate-plan reloads by result',

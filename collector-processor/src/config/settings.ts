@@ -225,6 +225,22 @@ export const SETTINGS = [
     doc: 'Rated calls waiting for ClickHouse beyond which exports get 503 + Retry-After.',
   },
   {
+    key: 'sessions.snapshotIntervalSeconds',
+    flag: '--session-snapshot-interval',
+    env: 'TOLLGATE_SESSION_SNAPSHOT_INTERVAL',
+    kind: 'int',
+    default: 300,
+    doc: "Seconds between two snapshots of every session's first and last call, which past-range session questions of the API read instead of grouping every session (processor role; 0: none, the answers are the same, slower). See docs/operations.md.",
+  },
+  {
+    key: 'sessions.snapshotMarginSeconds',
+    flag: '--session-snapshot-margin',
+    env: 'TOLLGATE_SESSION_SNAPSHOT_MARGIN',
+    kind: 'int',
+    default: 60,
+    doc: 'Sessions with calls landed this long before a snapshot started are read again from the session view: must exceed the longest time an insert takes from its views to its commit.',
+  },
+  {
     key: 'spool.fsync',
     flag: '--spool-fsync',
     env: 'TOLLGATE_SPOOL_FSYNC',
