@@ -12,6 +12,10 @@
 // (an earlier commit's billing-api, built elsewhere) against the same seeded data in the same run, their
 // requests interleaved round-robin with this build's so that load on the machine falls on all alike;
 // BENCH_ANALYTICS_ONLY='sessions' keeps the endpoints whose name matches.
+//
+// After seeding, a snapshot of session intervals is built as `tollgate start`'s job would (migration 0016; margin
+// 0: this process is the only writer and its inserts have returned), then BENCH_ANALYTICS_TOUCHED calls
+// (default 20,000, again the month's last ones) land after it: the sessions a past range must group again.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,6 +23,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
 import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
+import { buildSessionIntervals } from '../collector-processor/dist/storage/session-intervals.js';
 import { seedCallsSql, table, writeResult } from './lib.mjs';
 
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
@@ -120,6 +125,18 @@ try {
     ${views.map((v) => `(SELECT count() FROM ${v}) AS ${v}_rows, (SELECT sum(calls) FROM ${v}) AS ${v}_calls`).join(',\n    ')}`);
   if ([counts.raw_rows, ...views.map((v) => counts[`${v}_calls`])].some((n) => Number(n) !== ROWS)) {
     throw new Error(`seeding lost rows: ${JSON.stringify(counts)}`);
+  }
+
+  const TOUCHED = Number(process.env.BENCH_ANALYTICS_TOUCHED ?? 20_000);
+  const snapshot = await buildSessionIntervals(ch.client, { marginMs: 0 });
+  if (TOUCHED > 0) {
+    await ch.client.command({
+      query: seedCallsSql({ start: ROWS - TOUCHED, count: TOUCHED, rows: ROWS, period: PERIOD }).replace(
+        'toString(n) AS event_id',
+        "concat('after-snapshot-', toString(n)) AS event_id",
+      ),
+      clickhouse_settings: insertSettings('bench-after-snapshot'),
+    });
   }
 
   const api = appOf('views');
@@ -244,6 +261,9 @@ try {
       .map(([v, n]) => `${v} ${n.toLocaleString()}`)
       .join(', ')}`,
   );
+  console.log(
+    `session-interval snapshot: ${snapshot.sessions.toLocaleString()} sessions built in ${snapshot.ms} ms; ${TOUCHED.toLocaleString()} calls landed after it`,
+  );
   console.log(table(rows));
   if (variants.length) {
     console.log(`\nA/B in the same run (${VIEW_RUNS} requests each, interleaved; ratio = raw scan ÷ median)`);
@@ -253,6 +273,7 @@ try {
     rows: ROWS,
     viewRows,
     seedSeconds,
+    sessionSnapshot: { sessions: snapshot.sessions, buildMs: snapshot.ms, touchedCalls: TOUCHED },
     viewRuns: VIEW_RUNS,
     rawRuns: RAW_RUNS,
     results,

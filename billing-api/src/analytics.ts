@@ -29,7 +29,6 @@ import {
   type SessionSnapshot,
   type SessionsFrom,
   sessionCallsSql,
-  sessionSnapshotSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsFromRaw,
@@ -150,18 +149,15 @@ async function sessionsFrom(
   log: FastifyBaseLogger,
 ): Promise<{ from: SessionsFrom; checked: string[]; snap?: SessionSnapshot }> {
   if (sessionsFromRaw(ctx.source, ctx.filters)) return { from: 'raw', checked: [] };
-  const later = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
-  if (later.length === 0) return { from: 'daily', checked: ['mcp_session_daily'] };
+  const [found] = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
+  const checked = ['mcp_session_daily', 'mcp_session_interval_snapshots'];
+  if (Number(found?.later ?? 0) === 0) return { from: 'daily', checked };
   // the lifetime path: the latest snapshot of session intervals, when one was built (an answer without it is
   // the same, only slower)
-  const [snap] = await rows(d, sessionSnapshotSql(), log);
-  const checked = ['mcp_session_daily', 'mcp_session_interval_snapshots'];
-  if (!snap) return { from: 'lifetime', checked };
-  return {
-    from: 'lifetime',
-    checked,
-    snap: { snapshot: String(snap.snapshot), watermark: String(snap.watermark) },
-  };
+  const [snap] = (found?.snapshots ?? []) as [string, string][];
+  return snap
+    ? { from: 'lifetime', checked, snap: { snapshot: snap[0], watermark: snap[1] } }
+    : { from: 'lifetime', checked };
 }
 
 /**

@@ -312,12 +312,20 @@ FROM (${inner.query})`,
  */
 export type SessionsFrom = 'raw' | 'daily' | 'lifetime';
 
-/** One row when a session in scope has a call at or after the range's end (then `lifetime`, not `daily`). */
+/**
+ * `later`: 1 when a session in scope has a call at or after the range's end (then `lifetime`, not `daily`), else
+ * 0; `snapshots`: the latest finished snapshot of session intervals as `[[snapshot, watermark]]`, `[]` when none
+ * was built (collector-processor/src/storage/session-intervals.ts) — asked in the same query, one round trip.
+ */
 export function sessionsLaterSql(f: Filters, range: TimeRange): Sql {
   return {
-    query: `SELECT 1 AS later FROM mcp_session_daily
-  WHERE ${[...filterConds(f, ['customer']), "session_id != ''", 'day >= {to_day:Date}', `last_seen >= {to:${DT}}`].join(' AND ')}
-  LIMIT 1`,
+    query: `SELECT
+  (SELECT count() FROM (SELECT 1 FROM mcp_session_daily
+    WHERE ${[...filterConds(f, ['customer']), "session_id != ''", 'day >= {to_day:Date}', `last_seen >= {to:${DT}}`].join(' AND ')}
+    LIMIT 1)) AS later,
+  (SELECT groupArray((toString(snapshot), toString(watermark))) FROM (
+    SELECT snapshot, watermark FROM mcp_session_interval_snapshots WHERE done = 1
+    ORDER BY started_at DESC, snapshot DESC LIMIT 1)) AS snapshots`,
     params: { ...filterParams(f), to: chInstant(range.toMs), to_day: chDay(range.toMs) },
   };
 }
@@ -442,16 +450,6 @@ export interface SessionSnapshot {
   snapshot: string;
   /** Summary rows landed at or after this instant are not in the snapshot (ClickHouse DateTime64(3) text, UTC). */
   watermark: string;
-}
-
-/** The latest finished snapshot of mcp_session_intervals (collector-processor/src/storage/session-intervals.ts). */
-export function sessionSnapshotSql(): Sql {
-  return {
-    query: `SELECT toString(snapshot) AS snapshot, toString(watermark) AS watermark
-  FROM mcp_session_interval_snapshots WHERE done = 1
-  ORDER BY started_at DESC, snapshot DESC LIMIT 1`,
-    params: {},
-  };
 }
 
 /**
