@@ -316,6 +316,8 @@ export type SessionsFrom = 'raw' | 'daily' | 'lifetime';
  * `later`: 1 when a session in scope has a call at or after the range's end (then `lifetime`, not `daily`), else
  * 0; `snapshots`: the latest finished snapshot of session intervals as `[[snapshot, watermark]]`, `[]` when none
  * was built (collector-processor/src/storage/session-intervals.ts) — asked in the same query, one round trip.
+ * A snapshot started more than a day ago is not used: with the job stopped, every session landed since would be
+ * grouped on top of reading the snapshot, more work than grouping them all.
  */
 export function sessionsLaterSql(f: Filters, range: TimeRange): Sql {
   return {
@@ -324,7 +326,8 @@ export function sessionsLaterSql(f: Filters, range: TimeRange): Sql {
     WHERE ${[...filterConds(f, ['customer']), "session_id != ''", 'day >= {to_day:Date}', `last_seen >= {to:${DT}}`].join(' AND ')}
     LIMIT 1)) AS later,
   (SELECT groupArray((toString(snapshot), toString(watermark))) FROM (
-    SELECT snapshot, watermark FROM mcp_session_interval_snapshots WHERE done = 1
+    SELECT snapshot, watermark FROM mcp_session_interval_snapshots
+    WHERE done = 1 AND started_at >= now64(3, 'UTC') - INTERVAL 1 DAY
     ORDER BY started_at DESC, snapshot DESC LIMIT 1)) AS snapshots`,
     params: { ...filterParams(f), to: chInstant(range.toMs), to_day: chDay(range.toMs) },
   };

@@ -214,4 +214,22 @@ describe('sessions of a past range from the lifetime view', () => {
     await buildSessionIntervals(ch.client, { marginMs: 0 });
     expect(await everyPage(touched)).toContain('mcp_session_intervals');
   });
+
+  it('does not read a snapshot started more than a day ago (the job stopped): it groups every session', async () => {
+    // every build's marks, 25 hours earlier (started_at is the table's key: rewritten, not updated)
+    for (const query of [
+      'CREATE TABLE marks_moved ENGINE = Memory AS SELECT * FROM mcp_session_interval_snapshots',
+      'TRUNCATE TABLE mcp_session_interval_snapshots',
+      `INSERT INTO mcp_session_interval_snapshots SELECT snapshot, watermark, started_at - INTERVAL 25 HOUR, done,
+        sessions FROM marks_moved`,
+      'DROP TABLE marks_moved',
+    ])
+      await ch.client.command({ query, clickhouse_settings: insertSettings() });
+    const touched = ['c1/s-a', 'c1/s-c', 'c2/s-b', 'c2/s-e', 'c1/s-f', 'c3/s-h', 'c3/s-n', 'c3/s-d'];
+    expect(await everyPage(touched)).toEqual([
+      'mcp_session_daily',
+      'mcp_session_interval_snapshots',
+      'mcp_session_summary',
+    ]);
+  });
 });
