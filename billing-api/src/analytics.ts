@@ -29,6 +29,7 @@ import {
   type SessionSnapshot,
   type SessionsFrom,
   sessionCallsSql,
+  sessionSnapshotSql,
   sessionSummarySql,
   sessionsCountSql,
   sessionsFromRaw,
@@ -149,14 +150,18 @@ async function sessionsFrom(
   log: FastifyBaseLogger,
 ): Promise<{ from: SessionsFrom; checked: string[]; snap?: SessionSnapshot }> {
   if (sessionsFromRaw(ctx.source, ctx.filters)) return { from: 'raw', checked: [] };
-  const [found] = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
-  const checked = ['mcp_session_daily', 'mcp_session_interval_snapshots'];
-  if (Number(found?.later ?? 0) === 0) return { from: 'daily', checked };
+  const later = await rows(d, sessionsLaterSql(ctx.filters, ctx.range), log);
+  if (later.length === 0) return { from: 'daily', checked: ['mcp_session_daily'] };
   // the lifetime path: the latest snapshot of session intervals, when one was built (an answer without it is
   // the same, only slower)
-  const [snap] = (found?.snapshots ?? []) as [string, string][];
+  const [snap] = await rows(d, sessionSnapshotSql(), log);
+  const checked = ['mcp_session_daily', 'mcp_session_interval_snapshots'];
   return snap
-    ? { from: 'lifetime', checked, snap: { snapshot: snap[0], watermark: snap[1] } }
+    ? {
+        from: 'lifetime',
+        checked,
+        snap: { snapshot: String(snap.snapshot), watermark: String(snap.watermark) },
+      }
     : { from: 'lifetime', checked };
 }
 

@@ -253,7 +253,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
       expect(new Set(body.readFrom as string[])).toEqual(
         new Set(
           {
-            wholeDays: ['mcp_customer_daily_stats', 'mcp_session_daily', 'mcp_session_interval_snapshots'],
+            wholeDays: ['mcp_customer_daily_stats', 'mcp_session_daily'],
             partialDays: [
               'mcp_customer_daily_stats',
               'mcp_tool_calls',
@@ -261,12 +261,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
               'mcp_session_interval_snapshots',
               'mcp_session_summary',
             ],
-            underADay: [
-              'mcp_tool_calls',
-              'mcp_session_daily',
-              'mcp_session_interval_snapshots',
-              'mcp_customer_daily_stats',
-            ],
+            underADay: ['mcp_tool_calls', 'mcp_session_daily', 'mcp_customer_daily_stats'],
           }[name].concat('enforcement_events'),
         ),
       );
@@ -507,12 +502,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
         expect([...body.readFrom].sort()).toEqual(
           later
             ? ['mcp_session_daily', 'mcp_session_interval_snapshots', 'mcp_session_summary']
-            : [
-                'mcp_customer_daily_stats',
-                'mcp_session_daily',
-                'mcp_session_interval_snapshots',
-                'mcp_session_summary',
-              ],
+            : ['mcp_customer_daily_stats', 'mcp_session_daily', 'mcp_session_summary'],
         );
         expect(body.page.total).toBe(expected.length);
         expect(body.rows.map((x) => `${x.customer}/${x.sessionId}`)).toEqual(
