@@ -4,17 +4,23 @@
 // fed by a view from mcp_session_summary's inserts so that they hold as many parts as it does. Each variant
 // runs interleaved round-robin with the current query; medians of wall time and of process CPU time (chDB
 // runs inside this process, so CPU time is what the query cost, whatever else the machine runs).
-// The candidates are not part of the schema: no migration creates them.
+// The candidates are not part of the schema: no migration creates them. The first rows compare the API's own
+// queries (billing-api/dist/sql.js) without and with a session-interval snapshot (migration 0016), built after
+// seeding; then BENCH_TOUCHED calls (default 20,000) land after it into sessions of the queried day (the worst
+// case for the snapshot: every session it must group again is in the range).
 //
 //   node bench/sessions-lifetime-sql.mjs                      (after `npm run build`)
 //   BENCH_ANALYTICS_ROWS=1000000 node bench/sessions-lifetime-sql.mjs   (a quicker run)
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sessionsCountSql } from '../billing-api/dist/sql.js';
 import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
+import { buildSessionIntervals } from '../collector-processor/dist/storage/session-intervals.js';
 import { seedCallsSql, table } from './lib.mjs';
 
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
+const TOUCHED = Number(process.env.BENCH_TOUCHED ?? 20_000);
 const CHUNK = 1_000_000;
 const GROUP_RUNS = 11;
 const PAGE_RUNS = 21;
@@ -125,12 +131,13 @@ async function interleaved(variants, runs, params = {}) {
   const cpu = variants.map(() => []);
   const answers = [];
   for (let i = 0; i <= runs; i++) {
-    for (const [k, [, sql, settings]] of variants.entries()) {
+    for (const [k, [, variant, settings]] of variants.entries()) {
+      const { sql, params: own } = typeof variant === 'string' ? { sql: variant, params } : variant;
       const t = performance.now();
       const c = process.cpuUsage();
-      const out = await rowsOf(sql, params, settings);
+      const out = await rowsOf(sql, own, settings);
       const used = process.cpuUsage(c);
-      answers[k] = JSON.stringify(out);
+      answers[k] = JSON.stringify(out.map((r) => Object.values(r)));
       if (i === 0) continue; // warm-up
       wall[k].push(performance.now() - t);
       cpu[k].push((used.user + used.system) / 1000);
@@ -154,6 +161,28 @@ try {
       clickhouse_settings: insertSettings(`bench-${start}`),
     });
   }
+  const snap = await buildSessionIntervals(ch.client, { marginMs: 0 });
+  if (TOUCHED > 0) {
+    // calls of the day queried (n from 30% of the month), again, under new ids: landed after the snapshot
+    await ch.client.command({
+      query: seedCallsSql({
+        start: Math.floor(ROWS * 0.3),
+        count: TOUCHED,
+        rows: ROWS,
+        period: '2026-03',
+      }).replace('toString(n) AS event_id', "concat('after-snapshot-', toString(n)) AS event_id"),
+      clickhouse_settings: insertSettings('bench-after-snapshot'),
+    });
+  }
+  const range = { fromMs: Date.parse('2026-03-10T00:00:00Z'), toMs: Date.parse('2026-03-11T00:00:00Z') };
+  const api = (s) => {
+    const q = sessionsCountSql({ product: 'demo-mcp' }, range, 'lifetime', s);
+    return { sql: q.query, params: q.params };
+  };
+  GROUPING.unshift(
+    ["the API's count, no snapshot (as before migration 0016)", api(undefined)],
+    ["the API's count from the snapshot (migration 0016)", api(snap)],
+  );
   const parts = await rowsOf(`SELECT table, count() AS parts, sum(rows) AS rows FROM system.parts
     WHERE active AND (table = 'mcp_session_summary' OR table LIKE 'lifetime%') GROUP BY table ORDER BY table`);
   const keys = (
