@@ -1,8 +1,6 @@
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type ClickHouseHandle,
@@ -12,7 +10,7 @@ import {
   readMigrations,
 } from '../../collector-processor/src/storage/clickhouse.js';
 import { buildSessionIntervals } from '../../collector-processor/src/storage/session-intervals.js';
-import { buildApi } from '../src/index.js';
+import { financeApi } from './support/finance-api.js';
 
 /**
  * A past range (calls follow it) answers from the lifetime view in two steps: the keys that can be on the
@@ -46,32 +44,7 @@ const CALLS: [string, string, string][] = [
 ];
 const EXPECTED = ['c1/s-a', 'c1/s-c', 'c2/s-b', 'c3/s-h', 'c3/s-d'];
 
-const appOf = (source: 'views' | 'raw') =>
-  buildApi({
-    log: pino({ level: 'silent' }),
-    readiness: async () => [],
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
-    apiKeys: [
-      {
-        name: 'finance',
-        sha256: createHash('sha256').update(KEY).digest('hex'),
-        role: 'finance',
-        products: [P],
-      },
-    ],
-    analytics: {
-      clickhouse: ch.client,
-      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
-      pricing: {
-        currency: () => 'USD',
-        planFor: () => undefined,
-        quote: () => {
-          throw new Error('not used');
-        },
-      },
-      source,
-    },
-  });
+const appOf = (source: 'views' | 'raw') => financeApi(ch.client, KEY, P, source);
 
 beforeAll(async () => {
   ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });

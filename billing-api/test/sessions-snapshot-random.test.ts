@@ -1,8 +1,6 @@
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import {
   type ClickHouseHandle,
@@ -11,7 +9,7 @@ import {
   openClickHouse,
 } from '../../collector-processor/src/storage/clickhouse.js';
 import { buildSessionIntervals } from '../../collector-processor/src/storage/session-intervals.js';
-import { buildApi } from '../src/index.js';
+import { financeApi } from './support/finance-api.js';
 
 /**
  * Random workloads against the session-interval snapshots (migration 0016): rounds of calls landed in small
@@ -39,32 +37,7 @@ function prng(seed: number) {
   };
 }
 
-const appOf = (source: 'views' | 'raw') =>
-  buildApi({
-    log: pino({ level: 'silent' }),
-    readiness: async () => [],
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
-    apiKeys: [
-      {
-        name: 'finance',
-        sha256: createHash('sha256').update(KEY).digest('hex'),
-        role: 'finance',
-        products: [P],
-      },
-    ],
-    analytics: {
-      clickhouse: ch.client,
-      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
-      pricing: {
-        currency: () => 'USD',
-        planFor: () => undefined,
-        quote: () => {
-          throw new Error('not used');
-        },
-      },
-      source,
-    },
-  });
+const appOf = (source: 'views' | 'raw') => financeApi(ch.client, KEY, P, source);
 
 beforeAll(async () => {
   ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ClickHouseClient } from '@clickhouse/client';
 import type { Logger } from 'pino';
+import { startPeriodic } from '../periodic.js';
 import { insertSettings } from './clickhouse.js';
 
 /**
@@ -135,34 +136,20 @@ export function startSessionIntervalsJob(
   },
   log: Logger,
 ): { stop(): Promise<void> } {
-  let running: Promise<void> | undefined;
-  const tick = () => {
-    if (running) return;
-    running = buildSessionIntervals(client, { marginMs: opts.marginMs })
-      .then((b) => {
-        opts.onBuild?.(b);
-        log.debug({ ...b }, 'session intervals snapshot built');
-      })
-      .catch((err) => {
-        opts.onError?.(err as Error);
-        log.warn(
-          { err: (err as Error).message },
-          'session intervals snapshot failed; readers use the previous one',
-        );
-      })
-      .finally(() => {
-        running = undefined;
-      });
-  };
-  const first = setTimeout(tick, Math.min(5_000, opts.everyMs));
-  const timer = setInterval(tick, opts.everyMs);
-  first.unref();
-  timer.unref();
-  return {
-    async stop() {
-      clearTimeout(first);
-      clearInterval(timer);
-      await running;
-    },
-  };
+  return startPeriodic(
+    () =>
+      buildSessionIntervals(client, { marginMs: opts.marginMs })
+        .then((b) => {
+          opts.onBuild?.(b);
+          log.debug({ ...b }, 'session intervals snapshot built');
+        })
+        .catch((err) => {
+          opts.onError?.(err as Error);
+          log.warn(
+            { err: (err as Error).message },
+            'session intervals snapshot failed; readers use the previous one',
+          );
+        }),
+    { everyMs: opts.everyMs, firstMs: Math.min(5_000, opts.everyMs) },
+  );
 }

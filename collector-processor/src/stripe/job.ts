@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { type AnalyticsDeps, periodOfMs } from '@tollgate/billing-api';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
+import { startPeriodic } from '../periodic.js';
 import { StripeSyncError } from './errors.js';
 import { type StripeGateway, sdkGateway } from './gateway.js';
 import { Ledger } from './ledger.js';
@@ -141,37 +142,23 @@ export function startStripeJob(
   log: Logger,
 ): { stop(): Promise<void> } {
   const everyMs = Number(config.settings['stripe.sync.intervalSeconds']) * 1000;
-  let running: Promise<void> | undefined;
-  const tick = () => {
-    if (running) return;
-    running = runStripeSync(config, dataDir, deps, log)
-      .then((r) =>
-        log.info(
-          {
-            component: 'stripe-sync',
-            pushes: r.pushes,
-            errors: r.errors.length,
-            mismatches: r.rows.filter((x) => x.status === 'mismatch').length,
-          },
-          'Stripe sync run finished',
+  return startPeriodic(
+    () =>
+      runStripeSync(config, dataDir, deps, log)
+        .then((r) =>
+          log.info(
+            {
+              component: 'stripe-sync',
+              pushes: r.pushes,
+              errors: r.errors.length,
+              mismatches: r.rows.filter((x) => x.status === 'mismatch').length,
+            },
+            'Stripe sync run finished',
+          ),
+        )
+        .catch((err) =>
+          log.error({ component: 'stripe-sync', err: (err as Error).message }, 'Stripe sync run failed'),
         ),
-      )
-      .catch((err) =>
-        log.error({ component: 'stripe-sync', err: (err as Error).message }, 'Stripe sync run failed'),
-      )
-      .finally(() => {
-        running = undefined;
-      });
-  };
-  const first = setTimeout(tick, Math.min(5_000, everyMs));
-  const timer = setInterval(tick, Math.max(everyMs, 1000));
-  first.unref();
-  timer.unref();
-  return {
-    async stop() {
-      clearTimeout(first);
-      clearInterval(timer);
-      await running;
-    },
-  };
+    { everyMs: Math.max(everyMs, 1000), firstMs: Math.min(5_000, everyMs) },
+  );
 }
