@@ -37,6 +37,7 @@ import {
   sessionsLifetimePageSql,
   sessionsListSql,
   sessionsPageSql,
+  sessionsSnapshotPageSql,
   sessionTotalsByKeySql,
   sessionTotalsSql,
   summarySql,
@@ -203,8 +204,10 @@ async function dailySessionsPage(
 }
 
 /**
- * A page of the sessions list on the lifetime path (see SessionsFrom): the keys of the sessions that can be on
- * the page and the number of active sessions, then those sessions' totals by key, cut to the exact page.
+ * A page of the sessions list on the lifetime path (see SessionsFrom). From a snapshot of session intervals:
+ * the exact page in one query, the totals of sessions touched since the snapshot then read by key. Without
+ * one: the keys of the sessions that can be on the page and the number of active sessions, then those
+ * sessions' totals by key, cut to the exact page.
  */
 async function lifetimeSessionsPage(
   d: AnalyticsDeps,
@@ -214,7 +217,27 @@ async function lifetimeSessionsPage(
   snap: SessionSnapshot | undefined,
 ): Promise<Row[]> {
   const { filters, range, page } = ctx;
-  const keysSql = sessionsLifetimePageSql(filters, range, page, snap);
+  if (snap) {
+    // from the snapshot: the exact page with the totals of its untouched sessions, then the touched ones' by key
+    const pageSql = sessionsSnapshotPageSql(filters, range, page, snap);
+    const list = await rows(d, pageSql, log);
+    for (const t of pageSql.readFrom) readFrom.add(t);
+    const touched = list.filter((r) => Number(r.touched) === 1);
+    if (!touched.length) return list;
+    const keys = touched.map((r) => String(r.session_key));
+    const totals = await rows(
+      d,
+      sessionTotalsByKeySql(filters, keys, { limit: keys.length, offset: 0 }),
+      log,
+    );
+    const byId = new Map(totals.map((t) => [`${t.customer}\u0000${t.session_id}`, t]));
+    return list.map((r) =>
+      Number(r.touched) === 1
+        ? { ...byId.get(`${r.customer}\u0000${r.session_id}`), total_rows: r.total_rows }
+        : r,
+    );
+  }
+  const keysSql = sessionsLifetimePageSql(filters, range, page);
   const keys = await rows(d, keysSql, log);
   for (const t of keysSql.readFrom) readFrom.add(t);
   const total = count(keys[0]?.total_rows ?? 0);

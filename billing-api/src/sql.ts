@@ -472,31 +472,76 @@ export interface SessionSnapshot {
  * or a max, so rows counted in both give the same interval: the answer is the one without a snapshot.
  */
 function lifetimeActive(f: Filters, snap?: SessionSnapshot): string {
-  const scope = filterConds(f, ['customer']);
   if (!snap) {
     return `SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at
   FROM mcp_session_summary
-  WHERE ${[...scope, 'session_key != 0'].join(' AND ')}
+  WHERE ${[...filterConds(f, ['customer']), 'session_key != 0'].join(' AND ')}
   GROUP BY session_key
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`;
   }
-  const touchedRows = `SELECT session_key, first_seen, last_seen FROM mcp_session_summary
-      WHERE ${[...scope, 'session_key != 0', `landed_at >= {watermark:${DT}}`].join(' AND ')}`;
-  const touched = `SELECT session_key FROM mcp_session_summary
-      WHERE ${[...scope, 'session_key != 0', `landed_at >= {watermark:${DT}}`].join(' AND ')}`;
+  return snapshotActive(f, false);
+}
+
+/**
+ * lifetimeActive from a snapshot (see there). `totals`: also each session's customer, session id and totals
+ * under the names of SESSION_TOTALS — from the snapshot for a session with no summary row landed since its
+ * watermark (all its rows were read by the build, each once: exact), left at zero with `touched = 1` for the
+ * others (their totals must be read from mcp_session_summary: sums, unlike a first or last call, would count
+ * rows in both the snapshot and the summary twice).
+ */
+function snapshotActive(f: Filters, totals: boolean): string {
+  const scope = filterConds(f, ['customer']);
+  const since = [...scope, 'session_key != 0', `landed_at >= {watermark:${DT}}`].join(' AND ');
+  const names = totals ? 'customer, session_id, ' : '';
+  const touched = `SELECT session_key FROM mcp_session_summary WHERE ${since}`;
   const snapshot = [...scope, 'snapshot = {snapshot:UInt64}'];
-  return `SELECT session_key, first_seen AS first_seen_at, last_seen AS last_seen_at
+  const asIs = totals
+    ? `, 0 AS touched, agent AS session_agent, transport AS session_transport, session_rule AS rule, calls,
+    errors, revenue_nano, cost_nano`
+    : '';
+  const grouped = totals
+    ? `any(customer) AS customer, any(session_id) AS session_id, session_key, min(first_seen) AS first_seen_at,
+    max(last_seen) AS last_seen_at, 1 AS touched, '' AS session_agent, '' AS session_transport, '' AS rule,
+    0 AS calls, 0 AS errors, 0 AS revenue_nano, 0 AS cost_nano`
+    : 'session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at';
+  return `SELECT ${names}session_key, first_seen AS first_seen_at, last_seen AS last_seen_at${asIs}
   FROM mcp_session_intervals
   WHERE ${[...snapshot, `first_seen < {to:${DT}}`, `last_seen >= {from:${DT}}`, `session_key NOT IN (${touched})`].join(' AND ')}
   UNION ALL
-  SELECT session_key, min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at FROM (
-    ${touchedRows}
+  SELECT ${grouped} FROM (
+    SELECT ${names}session_key, first_seen, last_seen FROM mcp_session_summary WHERE ${since}
     UNION ALL
-    SELECT session_key, first_seen, last_seen FROM mcp_session_intervals
+    SELECT ${names}session_key, first_seen, last_seen FROM mcp_session_intervals
       WHERE ${[...snapshot, `session_key IN (${touched})`].join(' AND ')}
   )
   GROUP BY session_key
   HAVING first_seen_at < {to:${DT}} AND last_seen_at >= {from:${DT}}`;
+}
+
+/**
+ * The lifetime path's page from a snapshot, in one query: the sessions on the page in the page's order, with
+ * their totals (`touched = 1`: totals still to be read by key, see snapshotActive) and the number of active
+ * sessions in `total_rows`.
+ */
+export function sessionsSnapshotPageSql(
+  f: Filters,
+  range: TimeRange,
+  page: Page,
+  snap: SessionSnapshot,
+): Read {
+  const { params, readFrom } = lifetimeParams(f, range, snap);
+  return paged(
+    {
+      query: `SELECT customer, session_id, toString(session_key) AS session_key, touched, session_agent,
+    session_transport, rule, first_seen_at, last_seen_at, calls, errors, revenue_nano, cost_nano,
+    count() OVER () AS total_rows
+  FROM (${snapshotActive(f, true)})
+ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
+      params,
+      readFrom,
+    },
+    page,
+  );
 }
 
 /** Parameters and tables of lifetimeActive. */
@@ -513,22 +558,17 @@ function lifetimeParams(f: Filters, range: TimeRange, snap?: SessionSnapshot) {
 }
 
 /**
- * The lifetime path's first step (see SessionsFrom): the keys of the active sessions that can be on the page —
+ * The lifetime path's first step without a snapshot (see SessionsFrom): the keys of the active sessions that can be on the page —
  * the latest `offset + limit` by last call, with every session tied with the last of them (the page's order
  * breaks ties by customer and session id, which the keys do not carry) — and the number of active sessions in
  * `total_rows`. sessionTotalsByKeySql then reads those sessions' totals and cuts the exact page.
  */
-export function sessionsLifetimePageSql(
-  f: Filters,
-  range: TimeRange,
-  page: Page,
-  snap?: SessionSnapshot,
-): Read {
-  const { params, readFrom } = lifetimeParams(f, range, snap);
+export function sessionsLifetimePageSql(f: Filters, range: TimeRange, page: Page): Read {
+  const { params, readFrom } = lifetimeParams(f, range);
   return {
     query: `SELECT toString(session_key) AS session_key, toString(last_seen_at) AS last_seen,
     count() OVER () AS total_rows
-  FROM (${lifetimeActive(f, snap)})
+  FROM (${lifetimeActive(f)})
 ORDER BY last_seen_at DESC
 LIMIT {top:UInt32} WITH TIES`,
     params: { ...params, top: page.offset + page.limit },

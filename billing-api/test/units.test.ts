@@ -20,6 +20,7 @@ import {
   sessionsLifetimePageSql,
   sessionsListSql,
   sessionsPageSql,
+  sessionsSnapshotPageSql,
   sessionTotalsByKeySql,
   sessionTotalsSql,
   summarySql,
@@ -204,8 +205,8 @@ describe('SQL builders', () => {
     ['sessionsList raw', sessionsListSql(f, r, page)],
     ['sessionsLifetimePage', sessionsLifetimePageSql(f, r, page)],
     [
-      'sessionsLifetimePage snapshot',
-      sessionsLifetimePageSql(f, r, page, { snapshot: `${MARK}n`, watermark: `${MARK}w` }),
+      'sessionsSnapshotPage',
+      sessionsSnapshotPageSql(f, r, page, { snapshot: `${MARK}n`, watermark: `${MARK}w` }),
     ],
     [
       'sessionsCount lifetime snapshot',

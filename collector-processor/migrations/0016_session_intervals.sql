@@ -34,14 +34,24 @@ GROUP BY product, customer, session_id;
 -- The snapshots: one partition per snapshot (built in one INSERT … SELECT, dropped whole when superseded),
 -- one row per session with calls (session_key as in mcp_session_summary, migration 0012). Ordered by first
 -- call: a past range reads the sessions first seen before its end and filters those last seen after its start.
+-- With the session's totals as of the snapshot: exact for a session with no summary row landed since (all its
+-- rows were read by the build, once each), so a page of such sessions needs no second read of the summary.
 CREATE TABLE IF NOT EXISTS mcp_session_intervals
 (
     snapshot UInt64,
     product LowCardinality(String),
     customer String,
+    session_id String,
     session_key UInt128,
     first_seen DateTime64(6, 'UTC'),
-    last_seen DateTime64(6, 'UTC')
+    last_seen DateTime64(6, 'UTC'),
+    agent String,
+    transport LowCardinality(String),
+    session_rule LowCardinality(String),
+    calls UInt64,
+    errors UInt64,
+    revenue_nano Int64,
+    cost_nano Int64
 )
 ENGINE = MergeTree
 PARTITION BY snapshot

@@ -58,29 +58,36 @@ describe('session-interval snapshots', () => {
   it("holds each session's first and last call once, and marks the build started and finished", async () => {
     const built = await buildSessionIntervals(ch.client, { marginMs: 90_000 });
     expect(built.sessions).toBe(3);
-    const got = await rows<{ customer: string; first_seen: string; last_seen: string; key_ok: number }>(
-      `SELECT customer, toString(first_seen) AS first_seen, toString(last_seen) AS last_seen,
-          session_key = reinterpretAsUInt128(sipHash128(customer, if(customer = 'c2' OR first_seen < '2026-05-02', 's1', 's2'))) AS key_ok
-        FROM mcp_session_intervals WHERE snapshot = ${built.snapshot} ORDER BY customer, first_seen`,
+    const got = await rows<Record<string, unknown>>(
+      `SELECT customer, session_id, toString(first_seen) AS first_seen, toString(last_seen) AS last_seen,
+          session_key = reinterpretAsUInt128(sipHash128(customer, session_id)) AS key_ok, toString(calls) AS calls
+        FROM mcp_session_intervals WHERE snapshot = ${built.snapshot} ORDER BY customer, session_id`,
     );
+    // one row per session over its three inserts, calls without a session left out
     expect(got).toEqual([
       {
         customer: 'c1',
+        session_id: 's1',
         first_seen: '2026-04-30 23:59:59.999999',
         last_seen: '2026-05-03 10:00:00.000000',
         key_ok: 1,
+        calls: '3',
       },
       {
         customer: 'c1',
+        session_id: 's2',
         first_seen: '2026-05-02 00:00:00.000001',
         last_seen: '2026-05-02 00:00:00.000001',
         key_ok: 1,
+        calls: '1',
       },
       {
         customer: 'c2',
+        session_id: 's1',
         first_seen: '2026-05-04 12:00:00.000000',
         last_seen: '2026-05-04 12:00:00.000000',
         key_ok: 1,
+        calls: '1',
       },
     ]);
     const marks = await rows<{ done: number; w: string; margin_ms: string; sessions: string }>(

@@ -72,13 +72,17 @@ export async function buildSessionIntervals(
       clickhouse_settings: insertSettings(),
     });
   await mark(0, 0);
-  // every session with calls; session_key is a function of (customer, session id), so it groups them alone
+  // every session with calls, grouped by session_key (a hash of customer and session id: the sessions the API
+  // tells apart), with its interval and totals as the API shows them (billing-api/src/sql.ts SESSION_TOTALS)
   await client.command({
-    query: `INSERT INTO mcp_session_intervals (snapshot, product, customer, session_key, first_seen, last_seen)
-      SELECT {snapshot:UInt64}, product, customer, session_key, min(first_seen), max(last_seen)
+    query: `INSERT INTO mcp_session_intervals (snapshot, product, customer, session_id, session_key, first_seen,
+        last_seen, agent, transport, session_rule, calls, errors, revenue_nano, cost_nano)
+      SELECT {snapshot:UInt64}, product, any(customer), any(session_id), session_key, min(first_seen),
+        max(last_seen), max(agent), max(transport), max(session_rule), sum(calls), sum(errors), sum(revenue_nano),
+        sum(cost_nano)
       FROM mcp_session_summary
       WHERE session_key != 0
-      GROUP BY product, customer, session_key`,
+      GROUP BY product, session_key`,
     query_params: { snapshot },
     clickhouse_settings: insertSettings(),
   });
