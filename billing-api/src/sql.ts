@@ -456,7 +456,7 @@ ORDER BY last_seen_at DESC, customer ASC, session_id ASC`,
 export interface SessionSnapshot {
   /** Decimal UInt64. */
   snapshot: string;
-  /** Summary rows landed at or after this instant are not in the snapshot (ClickHouse DateTime64(3) text, UTC). */
+  /** Summary rows landed at or after this instant may be missing from the snapshot: their sessions are grouped again (DateTime64(3) text, UTC). */
   watermark: string;
 }
 
