@@ -377,7 +377,7 @@ describe('a dead instance', () => {
   });
 });
 
-async function inProcess(customer: string, failMode: 'open' | 'closed', tools = ['echo']) {
+async function inProcess(customer: string, failMode: 'open' | 'closed', tools = ['echo'], timeoutMs = 200) {
   const server = new McpServer({ name: 'lease-redis-down', version: '1.0.0' });
   instrumentMcpServer(server, {
     endpoint: tg.otlpUrl,
@@ -387,7 +387,7 @@ async function inProcess(customer: string, failMode: 'open' | 'closed', tools = 
     stateFile: false,
     logger: false,
     customer: () => customer,
-    leases: { failMode, timeoutMs: 200 },
+    leases: { failMode, timeoutMs },
   });
   for (const tool of tools) {
     server.registerTool(tool, { inputSchema: { text: z.string() } }, async ({ text }) => ({
@@ -406,7 +406,9 @@ async function inProcess(customer: string, failMode: 'open' | 'closed', tools = 
 
 describe('limits scoped to a tool or a session', () => {
   it('a per-tool limit refuses that tool only; a per-session spend limit refuses that session', async () => {
-    const conn = await inProcess('scoped-co', 'open', ['scarce', 'echo']);
+    // a lease answer later than the timeout would fail open and let every call run: on a loaded machine 200 ms
+    // is not enough (a CI run saw all 8 pass); Redis is up here, so a generous timeout costs nothing
+    const conn = await inProcess('scoped-co', 'open', ['scarce', 'echo'], 10_000);
     try {
       const scarce = await Promise.allSettled(Array.from({ length: 8 }, () => conn.call('scarce')));
       expect(scarce.filter((r) => r.status === 'fulfilled')).toHaveLength(3);
