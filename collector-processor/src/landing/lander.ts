@@ -1,9 +1,11 @@
 import type { ClickHouseSettings } from '@clickhouse/client';
+import type { RatedCall } from '@tollgate/contracts';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
-import { insertSettings, type TsvInserter } from '../storage/clickhouse.js';
-import { TSV_COLUMNS } from './tsv.js';
+import { insertSettings, type LandingFormat, type TsvInserter } from '../storage/clickhouse.js';
+import { NATIVE_COLUMNS, NativeWriter } from './native.js';
+import { TSV_COLUMNS, TsvWriter } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
 
@@ -16,6 +18,15 @@ export function landingSettings(blockId: string): ClickHouseSettings {
   return { ...insertSettings(blockId), input_format_parallel_parsing: 0 };
 }
 
+/** Encodes the rated calls of one record for the lander (TsvWriter or NativeWriter). */
+export interface RowWriter {
+  add(r: RatedCall): void;
+  /** The record's bytes; the writer starts empty again. */
+  take(): Buffer;
+  /** Drops what was added since the last take. */
+  clear(): void;
+}
+
 export interface LanderOptions {
   batchRows: number;
   flushIntervalMs: number;
@@ -24,7 +35,7 @@ export interface LanderOptions {
 }
 
 interface Queued {
-  tsv: Buffer;
+  bytes: Buffer;
   rows: number;
 }
 
@@ -47,6 +58,8 @@ export class Lander {
   private landedTotal = 0;
   /** Set while a block is being retried after a ClickHouse error. */
   lastError: Error | undefined;
+  /** The format of the bytes `enqueue` takes: the ClickHouse handle's, fixed for the lander's life. */
+  readonly format: LandingFormat;
 
   constructor(
     private readonly clickhouse: TsvInserter,
@@ -54,7 +67,15 @@ export class Lander {
     private readonly opts: LanderOptions,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    this.format =
+      clickhouse.landingFormat === 'Native' && clickhouse.insertNative ? 'Native' : 'TabSeparated';
+  }
+
+  /** A writer of the bytes `enqueue` takes (one per caller: writers are not reentrant). */
+  createWriter(): RowWriter {
+    return this.format === 'Native' ? new NativeWriter() : new TsvWriter();
+  }
 
   get backlogRows(): number {
     return this.backlog;
@@ -64,9 +85,9 @@ export class Lander {
     return this.landedTotal;
   }
 
-  /** Queues the rated rows of one spool record (TabSeparated lines, TsvWriter's bytes). */
-  enqueue(rid: string, tsv: Buffer, rows: number): void {
-    this.queue.set(rid, { tsv, rows });
+  /** Queues the rated rows of one spool record, as written by a {@link createWriter} writer. */
+  enqueue(rid: string, bytes: Buffer, rows: number): void {
+    this.queue.set(rid, { bytes, rows });
     this.backlog += rows;
     this.metrics.landingBacklog.set(this.backlog);
     if (this.backlog >= this.opts.batchRows || this.forced.length) this.wake?.();
@@ -162,7 +183,7 @@ export class Lander {
     let rows = 0;
     for (const rid of block.rids) {
       const q = this.queue.get(rid) as Queued;
-      parts.push(q.tsv);
+      parts.push(q.bytes);
       rows += q.rows;
     }
     await this.spool.appendIntent(block);
@@ -172,7 +193,9 @@ export class Lander {
       const started = performance.now();
       try {
         if (rows > 0) {
-          await this.clickhouse.insertTsv(RAW_TABLE, TSV_COLUMNS, body, landingSettings(block.bid));
+          if (this.format === 'Native')
+            await this.clickhouse.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, landingSettings(block.bid));
+          else await this.clickhouse.insertTsv(RAW_TABLE, TSV_COLUMNS, body, landingSettings(block.bid));
         }
         this.metrics.landingInsertSeconds.observe((performance.now() - started) / 1000);
         if (this.lastError)

@@ -2,8 +2,7 @@ import type { Directive, RatedCall, ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { dayOf } from '../enforcement/periods.js';
-import type { Lander } from '../landing/lander.js';
-import { TsvWriter } from '../landing/tsv.js';
+import type { Lander, RowWriter } from '../landing/lander.js';
 import {
   CLAIM_STATUS,
   type ClaimInput,
@@ -161,8 +160,8 @@ export class Pipeline {
   private seq = 0;
   private readonly bootId = Date.now().toString(36);
   private readonly recent = new RecentIds(100_000);
-  /** The landing bytes of one record's rows, written synchronously below (see TsvWriter). */
-  private readonly tsv = new TsvWriter();
+  /** The landing bytes of one record's rows, written synchronously below (the lander's format). */
+  private readonly out: RowWriter;
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
   private readonly localUsage = new Map<string, LocalUsage>();
   private redisDownSince: number | undefined;
@@ -182,6 +181,7 @@ export class Pipeline {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
+    this.out = lander.createWriter();
     const h = metrics.exportStageSeconds;
     this.stage = {
       spool: h.labels('spool'),
@@ -527,12 +527,12 @@ export class Pipeline {
     const enforceStart = performance.now();
     const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
     const landStart = performance.now();
-    this.tsv.clear();
+    this.out.clear();
     // revenue summed per currency, one metric update per export rather than per call
     let revenueCurrency = '';
     let revenue = 0n;
     for (const row of rated) {
-      this.tsv.add(row);
+      this.out.add(row);
       if (row.priceNano <= 0n) continue;
       if (row.currency !== revenueCurrency && revenue > 0n) {
         this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
@@ -542,7 +542,7 @@ export class Pipeline {
       revenue += row.priceNano;
     }
     if (revenue > 0n) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
-    if (rated.length) this.lander.enqueue(rid, this.tsv.take(), rated.length);
+    if (rated.length) this.lander.enqueue(rid, this.out.take(), rated.length);
     else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
     if (timed) {
       this.stage.claim.observe((rateStart - claimStart) / 1000);

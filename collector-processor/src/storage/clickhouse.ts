@@ -18,11 +18,7 @@ export interface ClickHouseHandle {
    * only (in the statement's SETTINGS clause, never left in the session). On chDB the bytes go to the engine
    * as a Buffer (chDB's raw insert) — or, with `chdbInsert: 'file'`, they are written to a file of their own
    * and inserted with `INSERT … SELECT * FROM file(…, TabSeparated)`, the column types taken from the table.
-   * ClickHouse parses a file for less CPU than the same bytes inline: about half into a table that stores
-   * nothing, 12–32% less per landed row with the views, and 60–110 MiB less peak RSS end to end — but exports
-   * were slower at half load in most runs, so it is an operator's choice (docs/benchmarks.md, "Landing through
-   * a file"). The file is removed when the insert ends; the spool, not the file, is what survives a crash. On a
-   * server it is `client.insert` over HTTP.
+   * On a server it is `client.insert` over HTTP.
    */
   insertTsv(
     table: string,
@@ -30,12 +26,35 @@ export interface ClickHouseHandle {
     body: Buffer,
     settings: ClickHouseSettings,
   ): Promise<void>;
-  /** chDB only: how `insertTsv` hands the rows over now (see ClickHouseOptions.chdbInsert; benchmarks switch it). */
+  /**
+   * chDB only: inserts blocks of ClickHouse's Native format (NativeWriter's bytes), always through a file of
+   * their own (`INSERT … SELECT * FROM file(…, Native)`): chDB's raw insert appends the bytes to the statement's
+   * text, and the engine ends inline data at an empty line — a `\n\n` inside a binary value (any 0x0A0A in an
+   * integer) would cut the block. The file is removed when the insert ends; the spool, not the file, is what
+   * survives a crash.
+   */
+  insertNative?(
+    table: string,
+    columns: readonly string[],
+    body: Buffer,
+    settings: ClickHouseSettings,
+  ): Promise<void>;
+  /**
+   * The format the lander writes rated calls in for this handle: `Native` on chDB with `chdbInsert: 'file'`
+   * (the engine copies columns instead of parsing text: less CPU per landed row, docs/benchmarks.md, "Landing
+   * in Native"), `TabSeparated` inline on chDB and on a server (@clickhouse/client inserts text formats only).
+   */
+  readonly landingFormat: LandingFormat;
+  /** chDB only: how rows are handed over now (see ClickHouseOptions.chdbInsert; benchmarks switch it). */
   chdbInsert?: 'file' | 'raw';
 }
 
+/** How the lander's rows are encoded: TsvWriter's text or NativeWriter's blocks. */
+export type LandingFormat = 'TabSeparated' | 'Native';
+
 /** The part of a handle the lander needs. */
-export type TsvInserter = Pick<ClickHouseHandle, 'insertTsv'>;
+export type TsvInserter = Pick<ClickHouseHandle, 'insertTsv'> &
+  Partial<Pick<ClickHouseHandle, 'insertNative' | 'landingFormat'>>;
 
 export interface ClickHouseOptions {
   /** ClickHouse server URL; empty → embedded chDB in `<dataDir>/chdb`. */
@@ -51,9 +70,10 @@ export interface ClickHouseOptions {
    */
   chdbMallocConf?: string;
   /**
-   * How `insertTsv` hands rows to chDB: `raw` (default: chDB's raw insert, the bytes inline) or `file` (see
-   * insertTsv; setting `clickhouse.chdbInsert`). A data directory whose path holds a character `file()` would
-   * read as a glob always uses `raw`.
+   * How landed rows reach chDB (setting `clickhouse.chdbInsert`): `raw` (default: TabSeparated, chDB's raw
+   * insert, the bytes inline) or `file` (the lander writes Native blocks, inserted through a file: see
+   * insertNative; `insertTsv` goes through a file too). A data directory whose path holds a character `file()`
+   * would read as a glob always uses `raw`.
    */
   chdbInsert?: 'file' | 'raw';
 }
@@ -108,6 +128,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     return {
       client,
       mode: 'server',
+      landingFormat: 'TabSeparated',
       close: () => client.close(),
       async insertTsv(table, columns, body, settings) {
         await client.insert({
@@ -132,33 +153,43 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   // (the spool lands those rows again) — not at open, which `tollgate sql` also does while a server runs
   const insertDir = join(opts.dataDir, 'chdb-inserts');
   let leftoversRemoved = false;
+  /** Writes `body` to a file of its own, inserts it with `INSERT … SELECT * FROM file(path, format)`, removes it. */
+  const viaFile = async (
+    format: 'TabSeparated' | 'Native',
+    table: string,
+    columns: readonly string[],
+    body: Buffer,
+    settings: ClickHouseSettings,
+  ) => {
+    for (const id of [table, ...columns])
+      if (!IDENTIFIER.test(id)) throw new Error(`not an identifier: ${id}`);
+    if (!leftoversRemoved) {
+      mkdirSync(insertDir, { recursive: true });
+      for (const f of readdirSync(insertDir))
+        if (f.endsWith('.tsv') || f.endsWith('.native')) rmSync(join(insertDir, f), { force: true });
+      leftoversRemoved = true;
+    }
+    const file = join(insertDir, `${randomUUID()}.${format === 'Native' ? 'native' : 'tsv'}`);
+    try {
+      await writeFile(file, body);
+      const clause = settingsClause(settings);
+      await client.command({
+        query: `INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, ${format})${clause ? ` SETTINGS ${clause}` : ''}`,
+      });
+    } finally {
+      await rm(file, { force: true });
+    }
+  };
   const handle: ClickHouseHandle = {
     client,
     mode: 'chdb',
     chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'raw'),
+    get landingFormat(): LandingFormat {
+      return handle.chdbInsert === 'file' ? 'Native' : 'TabSeparated';
+    },
     close: () => client.close(),
     async insertTsv(table, columns, body, settings) {
-      if (handle.chdbInsert === 'file') {
-        for (const id of [table, ...columns])
-          if (!IDENTIFIER.test(id)) throw new Error(`not an identifier: ${id}`);
-        if (!leftoversRemoved) {
-          mkdirSync(insertDir, { recursive: true });
-          for (const f of readdirSync(insertDir))
-            if (f.endsWith('.tsv')) rmSync(join(insertDir, f), { force: true });
-          leftoversRemoved = true;
-        }
-        const file = join(insertDir, `${randomUUID()}.tsv`);
-        try {
-          await writeFile(file, body);
-          const clause = settingsClause(settings);
-          await client.command({
-            query: `INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, TabSeparated)${clause ? ` SETTINGS ${clause}` : ''}`,
-          });
-        } finally {
-          await rm(file, { force: true });
-        }
-        return;
-      }
+      if (handle.chdbInsert === 'file') return viaFile('TabSeparated', table, columns, body, settings);
       await chdb.chdb.rawInsert({
         table,
         columns: [...columns],
@@ -166,6 +197,11 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
         values: body,
         settings: settings as Record<string, string | number | boolean>,
       });
+    },
+    insertNative(table, columns, body, settings) {
+      if (GLOB.test(insertDir))
+        throw new Error(`Native inserts need a file, and ${insertDir} holds a glob character`);
+      return viaFile('Native', table, columns, body, settings);
     },
   };
   return handle;

@@ -1,0 +1,271 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { RatedCall } from '@tollgate/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LandingEncodeError, NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
+import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
+import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
+
+// NativeWriter's blocks must land exactly the rows TsvWriter's text lands: the same rated calls are inserted
+// both ways into two copies of mcp_tool_calls (TabSeparated inline, Native through a file, as the lander
+// does) and the tables compared with EXCEPT both ways, every column — strings with tabs, newlines,
+// backslashes, NUL and non-ASCII, Int64 money at its limits, UInt64 arrays, both DateTime64 columns.
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-native-writer-'));
+let ch: ClickHouseHandle;
+beforeAll(async () => {
+  ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+  await migrate(ch.client);
+});
+afterAll(async () => {
+  await ch?.close();
+});
+
+const base: RatedCall = {
+  eventId: 'e'.repeat(48),
+  traceId: 'a'.repeat(32),
+  spanId: 'b'.repeat(16),
+  product: 'prod',
+  customer: 'acme',
+  agent: 'agent-1',
+  sessionId: 'sess-1',
+  tool: 'get_forecast',
+  transport: 'stdio',
+  source: 'sdk',
+  status: 'ok',
+  errorType: '',
+  protocolVersion: '2025-06-18',
+  instanceId: 'inst',
+  startUnixUs: 1_764_000_000_123_456,
+  durationUs: 35_000,
+  inputTokens: 100,
+  outputTokens: 400,
+  priceNano: 3_400_000n,
+  costNano: 500_000n,
+  priceCallNano: 2_000_000n,
+  priceInputNano: 100_000n,
+  priceOutputNano: 1_200_000n,
+  priceDurationNano: 0n,
+  tier: 1,
+  planId: 'std',
+  planVersion: 'v1',
+  currency: 'USD',
+  decision: 'billed',
+  period: '2025-11',
+  receivedAtMs: 1_764_000_001_004,
+  sessionRule: 'protocol',
+  pricePerSecondNano: 0n,
+  inputTokensPriced: 100,
+  outputTokensPriced: 400,
+  usageLines: [],
+  usageQuantityMicro: [],
+  usageUnitNano: [],
+  usagePriceNano: [],
+  usageCostNano: [],
+};
+
+const awkward: Partial<RatedCall>[] = [
+  {},
+  { customer: 'a\\b', agent: 'x\ty', sessionId: 'l1\nl2', instanceId: 'cr\r nul\0', errorType: '\\\\' },
+  { tool: 'tööl-🔧\tz\\', customer: 'é', agent: 'ascii then ü\n', product: 'prödüct\n\n' },
+  { customer: '', agent: '', sessionId: '', tool: '', sessionRule: '', errorType: '' },
+  { priceNano: 9_223_372_036_854_775_807n, costNano: -9_223_372_036_854_775_808n, priceCallNano: -5n },
+  {
+    priceNano: 9_007_199_254_740_992n,
+    costNano: -9_007_199_254_740_993n,
+    priceInputNano: -9_007_199_254_740_991n,
+    priceOutputNano: -4_294_967_296n,
+    priceDurationNano: -4_294_967_297n,
+    pricePerSecondNano: 2_570n, // 0x0A0A: an empty line inside the bytes
+  },
+  { durationUs: 0, inputTokens: 1_000_000_000_000, outputTokens: 0, tier: 0 },
+  { inputTokensPriced: Number.MAX_SAFE_INTEGER, outputTokensPriced: 2_570, tier: 65_535 },
+  { startUnixUs: 1_764_000_000_000_007, receivedAtMs: 1_764_000_000_009 },
+  { startUnixUs: 1_764_000_000_000_000, receivedAtMs: 1_764_000_000_000 },
+  {
+    usageLines: ['cached_input_tokens', 'gb_seconds'],
+    usageQuantityMicro: [1_000_000_000n, 18_446_744_073_709_551_615n],
+    usageUnitNano: [300n, 0n],
+    usagePriceNano: [300_000n, -1n],
+    usageCostNano: [0n, 9_223_372_036_854_775_807n],
+  },
+  {
+    usageLines: ['x'],
+    usageQuantityMicro: [1n],
+    usageUnitNano: [2n],
+    usagePriceNano: [3n],
+    usageCostNano: [4n],
+  },
+  {
+    agent: 'x'.repeat(100_000),
+    sessionId: '\t'.repeat(40_000),
+    instanceId: 'y'.repeat(127),
+    spanId: 'z'.repeat(128),
+  },
+  { customer: 'ü'.repeat(50_000), traceId: 'ü'.repeat(63), product: 'ü'.repeat(64) },
+];
+
+/** Seeded rows with random strings over an alphabet of what text formats escape, and random money. */
+function randomRows(n: number): RatedCall[] {
+  let seed = 7;
+  const rnd = () => {
+    seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+    return seed / 2_147_483_648;
+  };
+  const alphabet = 'abc\t\n\r\\\0é🔧-_ 0\'"';
+  const str = () =>
+    Array.from({ length: Math.floor(rnd() * 140) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join(
+      '',
+    );
+  const big = () => BigInt(Math.floor((rnd() - 0.5) * 2 ** 53)) * BigInt(Math.floor(rnd() * 1000) + 1);
+  return Array.from({ length: n }, (_, i) => {
+    const usage = i % 3 === 0;
+    return {
+      ...base,
+      eventId: `rnd-${i}`,
+      customer: str(),
+      agent: str(),
+      sessionId: str(),
+      tool: str(),
+      errorType: str(),
+      startUnixUs: 1_764_000_000_000_000 + Math.floor(rnd() * 2 ** 42),
+      receivedAtMs: 1_764_000_000_000 + Math.floor(rnd() * 2 ** 32),
+      durationUs: Math.floor(rnd() * 2 ** 40),
+      priceNano: big(),
+      costNano: big(),
+      pricePerSecondNano: big(),
+      usageLines: usage ? ['a', 'b_c'] : [],
+      usageQuantityMicro: usage ? [BigInt(i), 2n ** 60n + BigInt(i)] : [],
+      usageUnitNano: usage ? [big(), big()] : [],
+      usagePriceNano: usage ? [big(), -big()] : [],
+      usageCostNano: usage ? [big(), 1n] : [],
+    };
+  });
+}
+
+/** Records of `size` rows each, encoded one by one and concatenated (as the pipeline and the lander do). */
+function encode(writer: TsvWriter | NativeWriter, rows: readonly RatedCall[], size: number): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < rows.length; i += size) {
+    for (const r of rows.slice(i, i + size)) writer.add(r);
+    parts.push(writer.take());
+  }
+  return Buffer.concat(parts);
+}
+
+async function rows<T>(query: string): Promise<T[]> {
+  return (await ch.client.query({ query, format: 'JSONEachRow' })).json<T>();
+}
+
+describe('NativeWriter', () => {
+  it('lands exactly the rows TabSeparated lands, awkward values and random rows, in records of any size', async () => {
+    const all = [...awkward.map((p, i) => ({ ...base, ...p, eventId: `case-${i}` })), ...randomRows(1_500)];
+    await ch.client.command({ query: 'CREATE TABLE calls_tsv AS mcp_tool_calls' });
+    await ch.client.command({ query: 'CREATE TABLE calls_native AS mcp_tool_calls' });
+    ch.chdbInsert = 'raw';
+    await ch.insertTsv('calls_tsv', TSV_COLUMNS, encode(new TsvWriter(), all, 512), insertSettings('rt.tsv'));
+    await ch.insertNative?.(
+      'calls_native',
+      NATIVE_COLUMNS,
+      encode(new NativeWriter(), all, 97),
+      insertSettings('rt.n'),
+    );
+    const [cmp] = await rows<Record<string, string>>(`SELECT
+      (SELECT count() FROM calls_tsv) AS tsv,
+      (SELECT count() FROM calls_native) AS native,
+      (SELECT count() FROM (SELECT * FROM calls_tsv EXCEPT SELECT * FROM calls_native)) AS only_tsv,
+      (SELECT count() FROM (SELECT * FROM calls_native EXCEPT SELECT * FROM calls_tsv)) AS only_native`);
+    expect(cmp).toEqual({
+      tsv: String(all.length),
+      native: String(all.length),
+      only_tsv: '0',
+      only_native: '0',
+    });
+    // and the values themselves, not only the agreement of the two paths
+    const [limits] = await rows<Record<string, unknown>>(
+      "SELECT price_nano, cost_nano, toUnixTimestamp64Micro(started_at) AS us, toUnixTimestamp64Milli(received_at) AS ms FROM calls_native WHERE event_id = 'case-4'",
+    );
+    expect(limits).toEqual({
+      price_nano: '9223372036854775807',
+      cost_nano: '-9223372036854775808',
+      us: '1764000000123456',
+      ms: '1764000001004',
+    });
+    const [usage] = await rows<Record<string, unknown>>(
+      "SELECT usage_lines, usage_quantity_micro, usage_price_nano, usage_cost_nano FROM calls_native WHERE event_id = 'case-10'",
+    );
+    expect(usage).toEqual({
+      usage_lines: ['cached_input_tokens', 'gb_seconds'],
+      usage_quantity_micro: ['1000000000', '18446744073709551615'],
+      usage_price_nano: ['300000', '-1'],
+      usage_cost_nano: ['0', '9223372036854775807'],
+    });
+    const [strings] = await rows<Record<string, unknown>>(
+      "SELECT customer, agent, instance_id, product, length(customer) AS n FROM calls_native WHERE event_id IN ('case-1', 'case-2') ORDER BY event_id",
+    );
+    expect(strings).toEqual({
+      customer: 'a\\b',
+      agent: 'x\ty',
+      instance_id: 'cr\r nul\0',
+      product: 'prod',
+      n: '3',
+    });
+  });
+
+  it('writes a Native block: column count, row count, then each column with its name and type', () => {
+    const w = new NativeWriter();
+    expect(w.take().length).toBe(0);
+    w.add(base);
+    w.add(base);
+    const b = w.take();
+    expect([b[0], b[1]]).toEqual([NATIVE_COLUMNS.length, 2]);
+    expect(b.subarray(3, 3 + 8).toString()).toBe('event_id');
+    expect(b.includes(Buffer.from("\x0astarted_at\x14DateTime64(6, 'UTC')", 'latin1'))).toBe(true);
+    expect(b.includes(Buffer.from('\x08customer\x06String', 'latin1'))).toBe(true);
+    expect(b.includes(Buffer.from('\x04tool\x06String', 'latin1'))).toBe(true); // LowCardinality travels as String
+    expect(w.take().length).toBe(0); // taken: the writer starts empty
+    w.add({ ...base, customer: 'abandoned' });
+    w.clear();
+    w.add(base);
+    expect(w.take().equals(encodeOne(base))).toBe(true);
+  });
+
+  it.each<[string, Partial<RatedCall>]>([
+    ['money past Int64', { priceNano: 1n << 63n }],
+    ['money below Int64', { costNano: -(1n << 63n) - 1n }],
+    [
+      'a negative usage quantity (UInt64)',
+      {
+        usageLines: ['x'],
+        usageQuantityMicro: [-1n],
+        usageUnitNano: [0n],
+        usagePriceNano: [0n],
+        usageCostNano: [0n],
+      },
+    ],
+    ['a fractional count', { durationUs: 1.5 }],
+    ['a negative count', { inputTokens: -1 }],
+    ['a tier past UInt16', { tier: 70_000 }],
+    ['an instant that is not a number', { startUnixUs: Number.NaN }],
+  ])('refuses %s with a stable code, and starts the next record clean', (_name, patch) => {
+    const w = new NativeWriter();
+    w.add(base);
+    w.add({ ...base, ...patch });
+    let err: unknown;
+    try {
+      w.take();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(LandingEncodeError);
+    expect((err as LandingEncodeError).code).toBe('landing_value_out_of_range');
+    w.add(base);
+    expect(w.take().equals(encodeOne(base))).toBe(true);
+  });
+});
+
+function encodeOne(r: RatedCall): Buffer {
+  const w = new NativeWriter();
+  w.add(r);
+  return w.take();
+}
