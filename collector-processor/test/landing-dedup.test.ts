@@ -5,6 +5,7 @@ import type { RatedCall } from '@tollgate/contracts';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../src/app.js';
 import { Lander, RAW_TABLE } from '../src/landing/lander.js';
+import { NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { createMetrics } from '../src/metrics.js';
 import { Spool } from '../src/spool/spool.js';
@@ -161,4 +162,102 @@ it('the lander re-sends a block whose insert landed but whose answer was lost, a
   expect(t.daily_revenue).toBe(t.raw_revenue);
   expect(t.raw_revenue).toBe(String(Array.from({ length: 50 }, (_, i) => 1_000 + i).reduce((a, b) => a + b)));
   expect(t.usage_lines).toBe('17');
+});
+
+/** Records of 7 calls, each one Native block (as the pipeline writes them), concatenated (as the lander sends them). */
+function nativeBlock(customer: string, n: number): Buffer {
+  const w = new NativeWriter();
+  const parts: Buffer[] = [];
+  for (let i = 0; i < n; i += 7) {
+    for (let k = i; k < Math.min(n, i + 7); k++) w.add(call(k, customer));
+    parts.push(w.take());
+  }
+  return Buffer.concat(parts);
+}
+
+it('Native: a block of several records sent again with its token lands once in the raw table and every view', async () => {
+  const body = nativeBlock('native', 60);
+  await ch.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, insertSettings('blk.native.1'));
+  const once = await totals('native');
+  expect(once).toMatchObject({
+    raw: '60',
+    daily: '60',
+    customer_daily: '60',
+    sessions: '60',
+    session_daily: '60',
+    usage_lines: '20',
+    month_sessions: '5',
+  });
+  await ch.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, insertSettings('blk.native.1'));
+  expect(await totals('native')).toEqual(once);
+  await ch.insertNative?.(
+    RAW_TABLE,
+    NATIVE_COLUMNS,
+    nativeBlock('native-2', 10),
+    insertSettings('blk.native.2'),
+  );
+  expect((await totals('native-2')).raw).toBe('10');
+});
+
+it('Native: the lander (file path) re-sends a block whose answer was lost, and it counts once', async () => {
+  ch.chdbInsert = 'file';
+  try {
+    const { spool } = await Spool.open({
+      dir: join(dir, 'spool-native'),
+      fsync: false,
+      segmentBytes: 1 << 20,
+    });
+    let calls = 0;
+    const lossy = {
+      landingFormat: ch.landingFormat,
+      insertTsv: () => Promise.reject(new Error('the lander must not send text on the file path (test)')),
+      async insertNative(...args: Parameters<NonNullable<ClickHouseHandle['insertNative']>>) {
+        await ch.insertNative?.(...args);
+        if (++calls === 1) throw new Error('connection reset after the insert (test)');
+      },
+    };
+    const lander = new Lander(
+      lossy,
+      spool,
+      { batchRows: 1_000, flushIntervalMs: 10, blockPrefix: 'lossy-native' },
+      createLogger('silent'),
+      createMetrics(),
+    );
+    expect(lander.format).toBe('Native');
+    lander.start();
+    for (const rid of ['n1', 'n2']) {
+      await spool.appendAccepted({
+        t: 'a',
+        rid,
+        product: 'dedup-prod',
+        planVersion: 'v',
+        receivedAtMs: 0,
+        format: 'calls-json',
+        payload: Buffer.from('[]'),
+      });
+    }
+    const w = lander.createWriter();
+    for (let i = 0; i < 30; i++) w.add(call(i, 'lossy-native'));
+    lander.enqueue('n1', w.take(), 30);
+    for (let i = 30; i < 50; i++) w.add(call(i, 'lossy-native'));
+    lander.enqueue('n2', w.take(), 20);
+    await lander.idle(20_000);
+    await lander.stop(1_000);
+    expect(calls).toBeGreaterThanOrEqual(2);
+    const t = await totals('lossy-native');
+    expect(t).toMatchObject({
+      raw: '50',
+      daily: '50',
+      customer_daily: '50',
+      sessions: '50',
+      session_daily: '50',
+      usage_lines: '17',
+    });
+    expect(t.daily_revenue).toBe(t.raw_revenue);
+    expect(t.raw_revenue).toBe(
+      String(Array.from({ length: 50 }, (_, i) => 1_000 + i).reduce((a, b) => a + b)),
+    );
+  } finally {
+    ch.chdbInsert = 'raw';
+  }
 });
