@@ -13,7 +13,8 @@
 // full-pipeline server (see docs/operations.md).
 // A/B: BENCH_BASE=/path/to/other/checkout (built) runs only the full pipeline, base and this build
 // alternating BENCH_REPEAT (3) times, and prints each sample and the medians. BENCH_NODE_ARGS and
-// BENCH_BASE_NODE_ARGS add node flags to this build's and the base's server.
+// BENCH_BASE_NODE_ARGS add node flags to this build's and the base's server; BENCH_FLAGS and BENCH_BASE_FLAGS
+// add tollgate flags (e.g. BENCH_FLAGS="--chdb-insert file").
 
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +45,8 @@ const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 // BENCH_BASE=. BENCH_NODE_ARGS=--max-semi-space-size=64)
 const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const BASE_NODE_ARGS = (process.env.BENCH_BASE_NODE_ARGS ?? '').split(' ').filter(Boolean);
+const FLAGS = (process.env.BENCH_FLAGS ?? '').split(' ').filter(Boolean);
+const BASE_FLAGS = (process.env.BENCH_BASE_FLAGS ?? '').split(' ').filter(Boolean);
 const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 
 /** Server CPU per span over a phase (µs; main thread and whole process), from cpuMs() before and after. */
@@ -202,7 +205,10 @@ if (BASE) {
     for (const which of i % 2 ? ['branch', 'base'] : ['base', 'branch']) {
       // the same offered load for every sample: half the first base sample's saturating rate
       const halfRate = samples.base[0] ? samples.base[0].saturation.ackedPerSec / SPANS / 2 : undefined;
-      const r = await run('full', 'full', [], { cli: which === 'base' ? baseCli : undefined, halfRate });
+      const r = await run('full', 'full', which === 'base' ? BASE_FLAGS : FLAGS, {
+        cli: which === 'base' ? baseCli : undefined,
+        halfRate,
+      });
       samples[which].push(r);
       rows.push([`${which} #${i + 1}`, ...cols(r)]);
     }
@@ -247,12 +253,14 @@ if (BASE) {
     x(mn.rssMiB, mb.rssMiB),
   ]);
   console.log(
-    `\nA/B ${BASE} vs this build, ${REPEAT}× each, alternating (load average ${loadBefore} → ${load()})`,
+    `\nA/B ${BASE}${BASE_FLAGS.length ? ` (${BASE_FLAGS.join(' ')})` : ''} vs this build${FLAGS.length ? ` (${FLAGS.join(' ')})` : ''}, ${REPEAT}× each, alternating (load average ${loadBefore} → ${load()})`,
   );
   console.log(table(rows));
   writeResult('e2e-ab', {
     at: new Date().toISOString(),
     base: BASE,
+    baseFlags: BASE_FLAGS,
+    flags: FLAGS,
     samples,
     medianBase: mb,
     medianBranch: mn,
