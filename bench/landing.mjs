@@ -20,6 +20,12 @@
 // Tollgate process's CPU from /proc: CPU per acknowledged-and-landed span, the whole process and its main thread.
 // BENCH_FLAGS="--landing-flush-ms 2000" starts this build (not the base) with those flags. BENCH_PARSE=1 splits
 // an insert's CPU into the parser, the column types, the table and the views (see parseVariants).
+// BENCH_FORMAT=1 puts text and binary side by side (see formatVariants): TabSeparated inline (the default),
+// TabSeparated through a file, and NativeWriter's blocks through a file (`--chdb-insert file`), each into a
+// Null-engine copy of mcp_tool_calls (the format's share alone) and into mcp_tool_calls with every view.
+// BENCH_NO_MERGES=1 stops chDB's merges for the run (SYSTEM STOP MERGES): a variant's CPU is then its inserts
+// alone, without the merges that earlier variants' parts happen to trigger (the same rows make the same parts
+// in every format, so merges are not what a format changes).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +44,7 @@ import {
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
 const { migrate, insertSettings, openClickHouse } = await dist('storage/clickhouse.js');
 const { encodeTsvRow, TsvWriter, TSV_COLUMNS } = await dist('landing/tsv.js');
+const { NativeWriter, NATIVE_COLUMNS } = await dist('landing/native.js');
 const { landingSettings } = await dist('landing/lander.js');
 
 const BLOCK_SIZES = (process.env.BENCH_BLOCKS ?? '6656,25088').split(',').map(Number);
@@ -122,6 +129,7 @@ const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-landing-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
 await migrate(ch.client);
 await ch.client.command({ query: 'CREATE TABLE calls_noviews AS mcp_tool_calls' });
+if (process.env.BENCH_NO_MERGES) await ch.client.command({ query: 'SYSTEM STOP MERGES' });
 
 let bid = 0;
 /** The old encoding: one string per record (the pipeline's `tsv += encodeTsvRow(row)`), joined per block. */
@@ -141,6 +149,16 @@ function bytes(records) {
   for (const rows of records) {
     for (const r of rows) writer.add(r);
     parts.push(writer.take());
+  }
+  return Buffer.concat(parts);
+}
+const nativeWriter = new NativeWriter();
+/** NativeWriter's blocks: one per record, concatenated per block (as the pipeline and the lander do). */
+function nativeBytes(records) {
+  const parts = [];
+  for (const rows of records) {
+    for (const r of rows) nativeWriter.add(r);
+    parts.push(nativeWriter.take());
   }
   return Buffer.concat(parts);
 }
@@ -255,11 +273,35 @@ async function parseVariants() {
   };
 }
 
+/**
+ * BENCH_FORMAT=1: text against binary, into a Null-engine copy of mcp_tool_calls (what the format costs the
+ * engine: parsing or copying, and the conversion to the column types) and into mcp_tool_calls with every view.
+ * Encoding included, as in every variant.
+ */
+async function formatVariants() {
+  await ch.client.command({ query: 'CREATE TABLE calls_null AS mcp_tool_calls ENGINE = Null' });
+  const variants = {};
+  for (const [table, label] of [
+    ['calls_null', 'Null engine'],
+    ['mcp_tool_calls', 'every view'],
+  ]) {
+    variants[`${label}: TabSeparated inline (default)`] = (records) =>
+      insertVia('raw', table, bytes(records), landingSettings(`bench.${bid++}`));
+    variants[`${label}: TabSeparated file()`] = (records) =>
+      insertVia('file', table, bytes(records), landingSettings(`bench.${bid++}`));
+    variants[`${label}: Native file() (--chdb-insert file)`] = (records) =>
+      ch.insertNative(table, NATIVE_COLUMNS, nativeBytes(records), landingSettings(`bench.${bid++}`));
+  }
+  return variants;
+}
+
 const VARIANTS = process.env.BENCH_PER_VIEW
   ? await perViewVariants()
   : process.env.BENCH_PARSE
     ? await parseVariants()
-    : LANDING_PATHS;
+    : process.env.BENCH_FORMAT
+      ? await formatVariants()
+      : LANDING_PATHS;
 
 /** Waits until chDB has no merge running, so a variant's merges are not billed to the next one. */
 async function settle() {
@@ -275,7 +317,9 @@ async function settle() {
 const results = new Map();
 for (let round = 0; round < ROUNDS; round++) {
   for (const size of BLOCK_SIZES) {
-    for (const [name, land] of Object.entries(VARIANTS)) {
+    // each round starts one variant later, so no variant always runs after the same one
+    const entries = Object.entries(VARIANTS);
+    for (const [name, land] of entries.map((_, k) => entries[(k + round) % entries.length])) {
       if (ONLY && !ONLY.includes(name)) continue;
       const blocks = Array.from({ length: Math.max(1, Math.round(ROWS_PER_ROUND / size)) }, () =>
         block(size),
