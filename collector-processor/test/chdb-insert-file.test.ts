@@ -12,9 +12,10 @@ import {
 } from './support/process.js';
 
 /**
- * With `--chdb-insert file` the lander's rows reach chDB through a file of their own (`INSERT … SELECT * FROM
- * file(…)`, see ClickHouseHandle.insertTsv). The data directory is the operator's: a quote in its path must be escaped in
- * the statement, and a glob character (`file()` would expand it) sends the rows inline instead. Either way
+ * With `--chdb-insert file` the lander's rows reach chDB as Native blocks through a file of their own
+ * (`INSERT … SELECT * FROM file(…, Native)`, see ClickHouseHandle.insertNative). The data directory is the
+ * operator's: a quote in its path must be escaped in the statement, and a glob character (`file()` would
+ * expand it) sends the rows inline instead, as TabSeparated. Either way
  * every acknowledged call lands once, and no file is left behind — a crash's leftovers go before the next
  * process's first insert.
  */
@@ -29,6 +30,7 @@ async function landsEveryCall(dir: string): Promise<void> {
   dataDir = dir;
   mkdirSync(join(dir, 'chdb-inserts'), { recursive: true });
   writeFileSync(join(dir, 'chdb-inserts', 'left-by-a-crash.tsv'), 'not\ta\trow\n');
+  writeFileSync(join(dir, 'chdb-inserts', 'left-by-a-crash.native'), Buffer.from([40, 1, 0x0a, 0x0a]));
   server = await startServerProcess(['--data-dir', dir, '--chdb-insert', 'file']);
   const spans = Array.from({ length: 40 }, (_, i) => toolSpan({ customer: `odd-${i % 3}` }));
   const body = JSON.stringify(exportOf(spans));
@@ -44,8 +46,8 @@ async function landsEveryCall(dir: string): Promise<void> {
   const daily = await sql(['--data-dir', dir], 'SELECT sum(calls) AS n FROM mcp_daily_stats');
   expect(daily).toEqual([{ n: '40' }]);
   // nothing left behind: the insert files are removed, and so is what a crash had left (on the file path)
-  const left = readdirSync(join(dir, 'chdb-inserts'));
-  expect(left).toEqual(dir.includes('[') ? ['left-by-a-crash.tsv'] : []);
+  const left = readdirSync(join(dir, 'chdb-inserts')).sort();
+  expect(left).toEqual(dir.includes('[') ? ['left-by-a-crash.native', 'left-by-a-crash.tsv'] : []);
 }
 
 describe('landing through a file on chDB', () => {
