@@ -158,7 +158,7 @@ export const SETTINGS = [
     kind: 'enum',
     values: ['inline', 'file'],
     default: 'inline',
-    doc: 'How landed rows reach embedded chDB: `inline` (TabSeparated text after the INSERT) or `file` (Native blocks written to `<dataDir>/chdb-inserts/`, then `INSERT … SELECT FROM file()`): 17–20% less process CPU per span end to end than `inline` and a lower peak RSS, but export latency at half load was higher in most runs (docs/benchmarks.md). A data directory whose path holds `*?{}[]` always uses `inline`.',
+    doc: 'How landed rows reach embedded chDB: `inline` (TabSeparated text after the INSERT) or `file` (Native blocks written to `<dataDir>/chdb-inserts/`, then `INSERT … SELECT FROM file()`): 17–28% less process CPU per span end to end than `inline` and a lower peak RSS, but export latency at half load was higher in most runs (docs/benchmarks.md). A data directory whose path holds `*?{}[]` always uses `inline`.',
   },
   {
     key: 'clickhouse.chdbMallocConf',

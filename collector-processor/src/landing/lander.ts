@@ -3,7 +3,7 @@ import type { RatedCall } from '@tollgate/contracts';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
-import { insertSettings, type LandingFormat, type TsvInserter } from '../storage/clickhouse.js';
+import { insertSettings, type LandingFormat, type LandingInserter } from '../storage/clickhouse.js';
 import { NATIVE_COLUMNS, NativeWriter } from './native.js';
 import { TSV_COLUMNS, TsvWriter } from './tsv.js';
 
@@ -62,7 +62,7 @@ export class Lander {
   readonly format: LandingFormat;
 
   constructor(
-    private readonly clickhouse: TsvInserter,
+    private readonly clickhouse: LandingInserter,
     private readonly spool: Spool,
     private readonly opts: LanderOptions,
     private readonly log: Logger,

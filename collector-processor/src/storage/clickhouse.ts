@@ -53,7 +53,7 @@ export interface ClickHouseHandle {
 export type LandingFormat = 'TabSeparated' | 'Native';
 
 /** The part of a handle the lander needs. */
-export type TsvInserter = Pick<ClickHouseHandle, 'insertTsv'> &
+export type LandingInserter = Pick<ClickHouseHandle, 'insertTsv'> &
   Partial<Pick<ClickHouseHandle, 'insertNative' | 'landingFormat'>>;
 
 export interface ClickHouseOptions {
