@@ -13,15 +13,17 @@ import {
   waitExit,
 } from './support/process.js';
 
-const dataDir = tempDir('tollgate-crash-');
-const plans = join(dataDir, 'plans.yaml');
-writeFileSync(plans, TEST_PLANS);
-const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100'];
-let server: ServerProcess | undefined;
+// Both ways rows reach embedded chDB: TabSeparated inline (the default) and Native blocks through a file
+// (`--chdb-insert file`), whose block file a kill may leave half written.
+describe.each(['inline', 'file'])('kill -9 in the middle of a load (--chdb-insert %s)', (mode) => {
+  const dataDir = tempDir(`tollgate-crash-${mode}-`);
+  const plans = join(dataDir, 'plans.yaml');
+  writeFileSync(plans, TEST_PLANS);
+  const args = ['--data-dir', dataDir, '--plans', plans, '--landing-flush-ms', '100', '--chdb-insert', mode];
+  let server: ServerProcess | undefined;
 
-afterAll(() => stopServerProcess(server, dataDir));
+  afterAll(() => stopServerProcess(server, dataDir));
 
-describe('kill -9 in the middle of a load', () => {
   it('every acknowledged span is in ClickHouse exactly once after restart and drain', async () => {
     const BATCHES = 80;
     const batches = Array.from({ length: BATCHES }, (_, b) =>
