@@ -44,7 +44,7 @@ import {
 const dist = (p) => import(join(ROOT, 'collector-processor/dist', p));
 const { migrate, insertSettings, openClickHouse } = await dist('storage/clickhouse.js');
 const { encodeTsvRow, TsvWriter, TSV_COLUMNS } = await dist('landing/tsv.js');
-const { NativeWriter, NATIVE_COLUMNS } = await dist('landing/native.js');
+const { NativeWriter, NATIVE_COLUMNS, joinNativeBlocks } = await dist('landing/native.js');
 const { landingSettings } = await dist('landing/lander.js');
 
 const BLOCK_SIZES = (process.env.BENCH_BLOCKS ?? '6656,25088').split(',').map(Number);
@@ -153,14 +153,14 @@ function bytes(records) {
   return Buffer.concat(parts);
 }
 const nativeWriter = new NativeWriter();
-/** NativeWriter's blocks: one per record, concatenated per block (as the pipeline and the lander do). */
+/** NativeWriter's blocks: one per record (as the pipeline writes them), joined into one (as the lander does). */
 function nativeBytes(records) {
   const parts = [];
   for (const rows of records) {
     for (const r of rows) nativeWriter.add(r);
     parts.push(nativeWriter.take());
   }
-  return Buffer.concat(parts);
+  return joinNativeBlocks(parts);
 }
 const clientInsert = (table, body) =>
   ch.client.insert({

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RatedCall } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LandingEncodeError, NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
+import { joinNativeBlocks, LandingEncodeError, NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
 
@@ -143,15 +143,17 @@ function randomRows(n: number): RatedCall[] {
   });
 }
 
-/** Records of `size` rows each, encoded one by one and concatenated (as the pipeline and the lander do). */
-function encode(writer: TsvWriter | NativeWriter, rows: readonly RatedCall[], size: number): Buffer {
+/** Records of `size` rows each, encoded one by one (as the pipeline does). */
+function records(writer: TsvWriter | NativeWriter, rows: readonly RatedCall[], size: number): Buffer[] {
   const parts: Buffer[] = [];
   for (let i = 0; i < rows.length; i += size) {
     for (const r of rows.slice(i, i + size)) writer.add(r);
     parts.push(writer.take());
   }
-  return Buffer.concat(parts);
+  return parts;
 }
+const encode = (writer: TsvWriter | NativeWriter, rows: readonly RatedCall[], size: number): Buffer =>
+  Buffer.concat(records(writer, rows, size));
 
 async function rows<T>(query: string): Promise<T[]> {
   return (await ch.client.query({ query, format: 'JSONEachRow' })).json<T>();
@@ -162,25 +164,30 @@ describe('NativeWriter', () => {
     const all = [...awkward.map((p, i) => ({ ...base, ...p, eventId: `case-${i}` })), ...randomRows(1_500)];
     await ch.client.command({ query: 'CREATE TABLE calls_tsv AS mcp_tool_calls' });
     await ch.client.command({ query: 'CREATE TABLE calls_native AS mcp_tool_calls' });
+    await ch.client.command({ query: 'CREATE TABLE calls_native_stream AS mcp_tool_calls' });
     ch.chdbInsert = 'raw';
     await ch.insertTsv('calls_tsv', TSV_COLUMNS, encode(new TsvWriter(), all, 512), insertSettings('rt.tsv'));
-    await ch.insertNative?.(
-      'calls_native',
-      NATIVE_COLUMNS,
-      encode(new NativeWriter(), all, 97),
-      insertSettings('rt.n'),
-    );
-    const [cmp] = await rows<Record<string, string>>(`SELECT
-      (SELECT count() FROM calls_tsv) AS tsv,
-      (SELECT count() FROM calls_native) AS native,
-      (SELECT count() FROM (SELECT * FROM calls_tsv EXCEPT SELECT * FROM calls_native)) AS only_tsv,
-      (SELECT count() FROM (SELECT * FROM calls_native EXCEPT SELECT * FROM calls_tsv)) AS only_native`);
-    expect(cmp).toEqual({
-      tsv: String(all.length),
-      native: String(all.length),
-      only_tsv: '0',
-      only_native: '0',
-    });
+    // as the lander sends them: the records joined into one block
+    const joined = joinNativeBlocks(records(new NativeWriter(), all, 97));
+    // one block of every row: the column count, then the row count as a two-byte LEB128
+    expect([joined[0], joined[1], joined[2]]).toEqual([
+      NATIVE_COLUMNS.length,
+      (all.length & 0x7f) | 0x80,
+      all.length >> 7,
+    ]);
+    await ch.insertNative?.('calls_native', NATIVE_COLUMNS, joined, insertSettings('rt.n'));
+    // and as a stream of the records' own blocks
+    const stream = encode(new NativeWriter(), all, 97);
+    await ch.insertNative?.('calls_native_stream', NATIVE_COLUMNS, stream, insertSettings('rt.s'));
+    for (const table of ['calls_native', 'calls_native_stream']) {
+      const [cmp] = await rows<Record<string, string>>(`SELECT
+        (SELECT count() FROM calls_tsv) AS tsv,
+        (SELECT count() FROM ${table}) AS native,
+        (SELECT count() FROM (SELECT * FROM calls_tsv EXCEPT SELECT * FROM ${table})) AS only_tsv,
+        (SELECT count() FROM (SELECT * FROM ${table} EXCEPT SELECT * FROM calls_tsv)) AS only_native`);
+      const n = String(all.length);
+      expect(cmp, table).toEqual({ tsv: n, native: n, only_tsv: '0', only_native: '0' });
+    }
     // and the values themselves, not only the agreement of the two paths
     const [limits] = await rows<Record<string, unknown>>(
       "SELECT price_nano, cost_nano, toUnixTimestamp64Micro(started_at) AS us, toUnixTimestamp64Milli(received_at) AS ms FROM calls_native WHERE event_id = 'case-4'",
@@ -228,6 +235,41 @@ describe('NativeWriter', () => {
     w.clear();
     w.add(base);
     expect(w.take().equals(encodeOne(base))).toBe(true);
+  });
+
+  it('joins blocks only when it knows their layout; one block or none is returned as it is', () => {
+    const w = new NativeWriter();
+    w.add(base);
+    const one = w.take();
+    expect(joinNativeBlocks([one])).toBe(one);
+    expect(joinNativeBlocks([]).length).toBe(0);
+    const copy = Buffer.from(one); // not written by a NativeWriter: no layout, so concatenated as it is
+    expect(joinNativeBlocks([one, copy]).equals(Buffer.concat([one, copy]))).toBe(true);
+    const usage = {
+      ...base,
+      usageLines: ['a', 'b'],
+      usageQuantityMicro: [1n, 2n],
+      usageUnitNano: [3n, -4n],
+      usagePriceNano: [5n, 6n],
+      usageCostNano: [7n, 8n],
+    };
+    const oneLine = {
+      ...usage,
+      usageLines: ['c'],
+      usageQuantityMicro: [9n],
+      usageUnitNano: [0n],
+      usagePriceNano: [0n],
+      usageCostNano: [0n],
+    };
+    w.add(usage);
+    w.add(base);
+    const two = w.take();
+    w.add(oneLine);
+    const three = w.take();
+    const joined = joinNativeBlocks([one, Buffer.alloc(0), two, three]);
+    for (const r of [base, usage, base, oneLine]) w.add(r);
+    // the same bytes as the four rows written as one record (array offsets moved past the earlier records)
+    expect(joined.equals(w.take())).toBe(true);
   });
 
   it.each<[string, Partial<RatedCall>]>([

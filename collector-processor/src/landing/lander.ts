@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
 import { insertSettings, type LandingFormat, type LandingInserter } from '../storage/clickhouse.js';
-import { NATIVE_COLUMNS, NativeWriter } from './native.js';
+import { joinNativeBlocks, NATIVE_COLUMNS, NativeWriter } from './native.js';
 import { TSV_COLUMNS, TsvWriter } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
@@ -187,7 +187,7 @@ export class Lander {
       rows += q.rows;
     }
     await this.spool.appendIntent(block);
-    const body = Buffer.concat(parts);
+    const body = this.format === 'Native' ? joinNativeBlocks(parts) : Buffer.concat(parts);
     let delay = 100;
     for (;;) {
       const started = performance.now();
