@@ -179,7 +179,9 @@ export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
         p += b.copy(out, p, from, l.starts[k + 1] as number);
         continue;
       }
-      for (let r = 0; r < l.rows; r++) writeExact(out, p + r * 8, base + readExact(b, from + r * 8));
+      // no elements before this record (calls without usage lines, the common case): its offsets as they are
+      if (base === 0) b.copy(out, p, from, from + l.rows * 8);
+      else for (let r = 0; r < l.rows; r++) writeExact(out, p + r * 8, base + readExact(b, from + r * 8));
       p += l.rows * 8;
       base += l.rows ? readExact(b, from + (l.rows - 1) * 8) : 0;
     }
