@@ -203,7 +203,7 @@ export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
  * received_at), an array column as its rows' end offsets (UInt64) followed by all their elements. Blocks
  * written one after the other are one valid Native stream; the lander joins a landing block's records into one
  * Native block ({@link joinNativeBlocks}), which the engine takes for less than the same rows in many small
- * blocks. The engine copies columns instead of parsing text: about a quarter of the CPU per row of
+ * blocks. The engine copies columns instead of parsing text: a quarter or less of the CPU per row of
  * TabSeparated into a table that stores nothing (docs/benchmarks.md, "Landing in Native").
  *
  * Money goes from bigint to Int64/UInt64 exactly; a value outside its column's range, a count that is not a

@@ -70,10 +70,10 @@ export interface ClickHouseOptions {
    */
   chdbMallocConf?: string;
   /**
-   * How landed rows reach chDB (setting `clickhouse.chdbInsert`): `raw` (default: TabSeparated, chDB's raw
-   * insert, the bytes inline) or `file` (the lander writes Native blocks, inserted through a file: see
-   * insertNative; `insertTsv` goes through a file too). A data directory whose path holds a character `file()`
-   * would read as a glob always uses `raw`.
+   * How landed rows reach chDB (setting `clickhouse.chdbInsert`, whose default is `file`): `raw` (TabSeparated,
+   * chDB's raw insert, the bytes inline; what a handle opened without this option does) or `file` (the lander
+   * writes Native blocks, inserted through a file: see insertNative; `insertTsv` goes through a file too). A
+   * data directory whose path holds a character `file()` would read as a glob always uses `raw`.
    */
   chdbInsert?: 'file' | 'raw';
 }
