@@ -20,8 +20,8 @@
 // Tollgate process's CPU from /proc: CPU per acknowledged-and-landed span, the whole process and its main thread.
 // BENCH_FLAGS="--landing-flush-ms 2000" starts this build (not the base) with those flags. BENCH_PARSE=1 splits
 // an insert's CPU into the parser, the column types, the table and the views (see parseVariants).
-// BENCH_FORMAT=1 puts text and binary side by side (see formatVariants): TabSeparated inline (the default),
-// TabSeparated through a file, and NativeWriter's blocks through a file (`--chdb-insert file`), each into a
+// BENCH_FORMAT=1 puts text and binary side by side (see formatVariants): TabSeparated inline (`--chdb-insert
+// inline`), TabSeparated through a file, and NativeWriter's blocks joined, through a file (the default), each into a
 // Null-engine copy of mcp_tool_calls (the format's share alone) and into mcp_tool_calls with every view.
 // BENCH_NO_MERGES=1 stops chDB's merges for the run (SYSTEM STOP MERGES): a variant's CPU is then its inserts
 // alone, without the merges that earlier variants' parts happen to trigger (the same rows make the same parts
@@ -285,11 +285,11 @@ async function formatVariants() {
     ['calls_null', 'Null engine'],
     ['mcp_tool_calls', 'every view'],
   ]) {
-    variants[`${label}: TabSeparated inline (default)`] = (records) =>
+    variants[`${label}: TabSeparated inline (--chdb-insert inline)`] = (records) =>
       insertVia('raw', table, bytes(records), landingSettings(`bench.${bid++}`));
     variants[`${label}: TabSeparated file()`] = (records) =>
       insertVia('file', table, bytes(records), landingSettings(`bench.${bid++}`));
-    variants[`${label}: Native file() (--chdb-insert file)`] = (records) =>
+    variants[`${label}: Native file() (default)`] = (records) =>
       ch.insertNative(table, NATIVE_COLUMNS, nativeBytes(records), landingSettings(`bench.${bid++}`));
   }
   return variants;
