@@ -158,7 +158,7 @@ export const SETTINGS = [
     kind: 'enum',
     values: ['inline', 'file'],
     default: 'file',
-    doc: 'How landed rows reach embedded chDB: `file` (Native blocks written to `<dataDir>/chdb-inserts/`, then `INSERT … SELECT FROM file()`) or `inline` (TabSeparated text after the INSERT; binary cannot go inline): `file` took 17–28% less process CPU per span end to end than `inline` and 4–6% less peak RSS in four A/Bs; its export latency at half load was higher in some runs and lower in others (docs/benchmarks.md, "Landing in Native"). A data directory whose path holds `*?{}[]` always uses `inline`.',
+    doc: 'How landed rows reach embedded chDB: `file` (Native blocks written to `<dataDir>/chdb-inserts/`, then `INSERT … SELECT FROM file()`) or `inline` (TabSeparated text after the INSERT; binary cannot go inline): `file` took 16–28% less process CPU per span end to end than `inline` and 4–9% less peak RSS in five A/Bs; its export latency at half load was higher in some runs and lower in others (docs/benchmarks.md, "Landing in Native"). A data directory whose path holds `*?{}[]` always uses `inline`.',
   },
   {
     key: 'clickhouse.chdbMallocConf',
