@@ -9,11 +9,16 @@
 // part. Needs valgrind (`apt-get install valgrind`); a 1.x run takes a few minutes per variant.
 //
 //   node bench/mcp-instructions.mjs [--line 1|2] [--short N] [--long N] [--variants plain,tollgate] [--base DIR]
+//                                   [--keep DIR]
+//
+// `--keep DIR` keeps the callgrind files in DIR (cg.<variant>.<calls>) and runs node with --perf-basic-prof,
+// keeping each run's map of JIT code (cg.<variant>.<calls>.map), so bench/callgrind-functions.mjs can name
+// the JIT-compiled JS functions that callgrind only knows by address.
 //
 // 2.x requests cost ~30× a 1.x call, so its affordable windows (defaults 300 → 900) still include JIT
 // warm-up: read 2.x counts as indicative only.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +42,7 @@ function count(dir, variant, line, calls, base) {
       `--callgrind-out-file=${out}`,
       process.execPath,
       '--predictable',
+      ...(keep ? ['--perf-basic-prof'] : []),
       DIRECT,
       '--child',
       variant,
@@ -47,6 +53,11 @@ function count(dir, variant, line, calls, base) {
     { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 64 << 20 },
   );
   if (r.status !== 0) throw new Error(`callgrind run failed: ${r.stderr?.toString().slice(-500)}`);
+  if (keep) {
+    copyFileSync(out, join(keep, `cg.${variant}.${calls}`));
+    copyFileSync(`/tmp/perf-${r.pid}.map`, join(keep, `cg.${variant}.${calls}.map`));
+    rmSync(`/tmp/perf-${r.pid}.map`, { force: true });
+  }
   const text = execFileSync('callgrind_annotate', ['--threshold=100', out], {
     maxBuffer: 256 << 20,
   }).toString();
@@ -69,6 +80,8 @@ const line = Number(opt('--line', 1));
 const short = Number(opt('--short', line === 2 ? 300 : 4000));
 const long = Number(opt('--long', line === 2 ? 900 : 12000));
 const base = opt('--base') ? resolve(opt('--base')) : undefined;
+const keep = opt('--keep') ? resolve(opt('--keep')) : undefined;
+if (keep) mkdirSync(keep, { recursive: true });
 const variants = (opt('--variants') ?? (base ? 'plain,tollgate,base' : 'plain,tollgate')).split(',');
 const total = (n) => n + Math.min(WARMUP, n);
 const dir = mkdtempSync(join(tmpdir(), 'mcp-instr-'));
