@@ -209,7 +209,7 @@ let poolAt = POOL.length;
  * by the OS CSPRNG 8 KiB at a time and hex-encoded once per refill: an id is then a substring, with no
  * per-id encoding work. The all-zero test reads the pool's bytes and stops at the first non-zero one (the
  * first, but for 1 in 256): comparing the hex substring with a string of zeros went through V8's runtime
- * string comparison (a sliced string against a flat one), about 700 instructions per id.
+ * string comparison (a sliced string against a flat one), a few hundred instructions per id (callgrind).
  */
 function randomHex(bytes: number): string {
   for (;;) {
