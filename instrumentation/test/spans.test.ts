@@ -130,6 +130,53 @@ describe('the tools/call span', () => {
     expect(billing.getFinishedSpans()).toHaveLength(3);
   });
 
+  it('a handler that throws synchronously or returns without a promise gets the same span as an async one', async () => {
+    const billing = new InMemorySpanExporter();
+    const server = new serverModule.Server({ name: 'low', version: '1' }, { capabilities: { tools: {} } });
+    instrumentMcpServer(server, { billingExporter: billing, exportIntervalMs: 10, customer: () => 'acme' });
+    server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: [] }));
+    // not async: a throw leaves the wrapped handler synchronously (the wrapper's catch path); a plain result
+    // reaches the wrapper as the resolved promise the SDK's registration makes of it
+    server.setRequestHandler(CallToolRequestSchema, (req) => {
+      if (req.params.name === 'sync-invalid')
+        throw new McpError(ErrorCode.InvalidParams, 'bad sync arguments');
+      if (req.params.name === 'sync-crash') throw new Error('sync boom');
+      if (req.params.name === 'sync-soft') return { isError: true, content: [] };
+      return { content: [{ type: 'text', text: 'ok' }] };
+    });
+    const client = await connect(server);
+    await expect(client.callTool({ name: 'sync-ok' })).resolves.toMatchObject({ content: [{ text: 'ok' }] });
+    await client.callTool({ name: 'sync-soft' });
+    await expect(client.callTool({ name: 'sync-invalid' })).rejects.toThrow('bad sync arguments');
+    await expect(client.callTool({ name: 'sync-crash' })).rejects.toThrow('sync boom');
+    const spans = await spansOf(billing, 4);
+    expect(
+      spans.map((s) => [
+        s.name,
+        s.status.code,
+        s.status.message,
+        s.attributes['error.type'],
+        s.attributes['rpc.response.status_code'],
+      ]),
+    ).toEqual([
+      ['tools/call sync-ok', SpanStatusCode.UNSET, undefined, undefined, undefined],
+      ['tools/call sync-soft', SpanStatusCode.ERROR, undefined, 'tool_error', undefined],
+      [
+        'tools/call sync-invalid',
+        SpanStatusCode.ERROR,
+        expect.stringContaining('bad sync arguments'),
+        '-32602',
+        '-32602',
+      ],
+      ['tools/call sync-crash', SpanStatusCode.ERROR, 'sync boom', '-32603', '-32603'],
+    ]);
+    for (const s of spans) {
+      expect(s.endTime[0] * 1e9 + s.endTime[1]).toBeGreaterThanOrEqual(s.startTime[0] * 1e9 + s.startTime[1]);
+      expect(s.spanContext().traceId).toMatch(/^[0-9a-f]{32}$/);
+      expect(s.spanContext().spanId).toMatch(/^[0-9a-f]{16}$/);
+    }
+  });
+
   it('is parented on the traceparent the client sends in params._meta', async () => {
     const billing = new InMemorySpanExporter();
     const client = await connect(newServer({}, billing));
