@@ -42,7 +42,14 @@ function count(dir, variant, line, calls, base) {
       `--callgrind-out-file=${out}`,
       process.execPath,
       '--predictable',
-      ...(keep ? ['--perf-basic-prof'] : []),
+      // --perf-basic-prof also writes V8's log: into DIR, not the working directory
+      ...(keep
+        ? [
+            '--perf-basic-prof',
+            '--no-logfile-per-isolate',
+            `--logfile=${join(keep, `v8.${variant}.${calls}.log`)}`,
+          ]
+        : []),
       DIRECT,
       '--child',
       variant,
