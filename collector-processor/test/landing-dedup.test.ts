@@ -9,7 +9,13 @@ import { NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { createMetrics } from '../src/metrics.js';
 import { Spool } from '../src/spool/spool.js';
-import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
+import {
+  type ClickHouseHandle,
+  insertSettings,
+  type LandingInserter,
+  migrate,
+  openClickHouse,
+} from '../src/storage/clickhouse.js';
 
 // The lander's exactly-once step on chDB's raw insert (the bytes as a Buffer, the block id as
 // insert_deduplication_token in the INSERT's own SETTINGS): a block whose insert succeeded but whose answer
@@ -115,55 +121,6 @@ it('a block sent again with its token lands once in the raw table and every view
   expect((await totals('direct-2')).raw).toBe('10');
 });
 
-it('the lander re-sends a block whose insert landed but whose answer was lost, and it counts once', async () => {
-  const { spool } = await Spool.open({ dir: join(dir, 'spool'), fsync: false, segmentBytes: 1 << 20 });
-  let calls = 0;
-  const lossy = {
-    async insertTsv(...args: Parameters<ClickHouseHandle['insertTsv']>) {
-      await ch.insertTsv(...args);
-      if (++calls === 1) throw new Error('connection reset after the insert (test)');
-    },
-  };
-  const lander = new Lander(
-    lossy,
-    spool,
-    { batchRows: 1_000, flushIntervalMs: 10, blockPrefix: 'lossy' },
-    createLogger('silent'),
-    createMetrics(),
-  );
-  lander.start();
-  for (const rid of ['r1', 'r2']) {
-    await spool.appendAccepted({
-      t: 'a',
-      rid,
-      product: 'dedup-prod',
-      planVersion: 'v',
-      receivedAtMs: 0,
-      format: 'calls-json',
-      payload: Buffer.from('[]'),
-    });
-  }
-  const w = new TsvWriter();
-  for (let i = 0; i < 30; i++) w.add(call(i, 'lossy'));
-  lander.enqueue('r1', w.take(), 30);
-  for (let i = 30; i < 50; i++) w.add(call(i, 'lossy'));
-  lander.enqueue('r2', w.take(), 20);
-  await lander.idle(20_000);
-  await lander.stop(1_000);
-  expect(calls).toBeGreaterThanOrEqual(2);
-  const t = await totals('lossy');
-  expect(t).toMatchObject({
-    raw: '50',
-    daily: '50',
-    customer_daily: '50',
-    sessions: '50',
-    session_daily: '50',
-  });
-  expect(t.daily_revenue).toBe(t.raw_revenue);
-  expect(t.raw_revenue).toBe(String(Array.from({ length: 50 }, (_, i) => 1_000 + i).reduce((a, b) => a + b)));
-  expect(t.usage_lines).toBe('17');
-});
-
 /** Records of 7 calls, each one Native block (as the pipeline writes them), concatenated (as the lander sends them). */
 function nativeBlock(customer: string, n: number): Buffer {
   const w = new NativeWriter();
@@ -199,33 +156,46 @@ it('Native: a block of several records sent again with its token lands once in t
   expect((await totals('native-2')).raw).toBe('10');
 });
 
-it('Native: the lander (file path) re-sends a block whose answer was lost, and it counts once', async () => {
-  ch.chdbInsert = 'file';
+/**
+ * A lander on `ch` as `chdbInsert` sets it up, whose first insert lands but whose answer is lost: it sends the
+ * block again with the same token, and the 50 calls of its two records count once in the table and the views.
+ */
+async function lossyLanderCountsOnce(customer: string, chdbInsert: 'raw' | 'file') {
+  const before = ch.chdbInsert;
+  ch.chdbInsert = chdbInsert;
   try {
+    const format = ch.landingFormat;
     const { spool } = await Spool.open({
-      dir: join(dir, 'spool-native'),
+      dir: join(dir, `spool-${customer}`),
       fsync: false,
       segmentBytes: 1 << 20,
     });
     let calls = 0;
-    const lossy = {
-      landingFormat: ch.landingFormat,
-      insertTsv: () => Promise.reject(new Error('the lander must not send text on the file path (test)')),
+    const answerLost = () => {
+      if (++calls === 1) throw new Error('connection reset after the insert (test)');
+    };
+    const lossy: LandingInserter = {
+      landingFormat: format,
+      async insertTsv(...args: Parameters<ClickHouseHandle['insertTsv']>) {
+        if (format === 'Native') throw new Error('the lander must not send text on the file path (test)');
+        await ch.insertTsv(...args);
+        answerLost();
+      },
       async insertNative(...args: Parameters<NonNullable<ClickHouseHandle['insertNative']>>) {
         await ch.insertNative?.(...args);
-        if (++calls === 1) throw new Error('connection reset after the insert (test)');
+        answerLost();
       },
     };
     const lander = new Lander(
       lossy,
       spool,
-      { batchRows: 1_000, flushIntervalMs: 10, blockPrefix: 'lossy-native' },
+      { batchRows: 1_000, flushIntervalMs: 10, blockPrefix: customer },
       createLogger('silent'),
       createMetrics(),
     );
-    expect(lander.format).toBe('Native');
+    expect(lander.format).toBe(chdbInsert === 'file' ? 'Native' : 'TabSeparated');
     lander.start();
-    for (const rid of ['n1', 'n2']) {
+    for (const rid of [`${customer}-1`, `${customer}-2`]) {
       await spool.appendAccepted({
         t: 'a',
         rid,
@@ -237,14 +207,14 @@ it('Native: the lander (file path) re-sends a block whose answer was lost, and i
       });
     }
     const w = lander.createWriter();
-    for (let i = 0; i < 30; i++) w.add(call(i, 'lossy-native'));
-    lander.enqueue('n1', w.take(), 30);
-    for (let i = 30; i < 50; i++) w.add(call(i, 'lossy-native'));
-    lander.enqueue('n2', w.take(), 20);
+    for (let i = 0; i < 30; i++) w.add(call(i, customer));
+    lander.enqueue(`${customer}-1`, w.take(), 30);
+    for (let i = 30; i < 50; i++) w.add(call(i, customer));
+    lander.enqueue(`${customer}-2`, w.take(), 20);
     await lander.idle(20_000);
     await lander.stop(1_000);
     expect(calls).toBeGreaterThanOrEqual(2);
-    const t = await totals('lossy-native');
+    const t = await totals(customer);
     expect(t).toMatchObject({
       raw: '50',
       daily: '50',
@@ -258,6 +228,12 @@ it('Native: the lander (file path) re-sends a block whose answer was lost, and i
       String(Array.from({ length: 50 }, (_, i) => 1_000 + i).reduce((a, b) => a + b)),
     );
   } finally {
-    ch.chdbInsert = 'raw';
+    ch.chdbInsert = before;
   }
-});
+}
+
+it('the lander re-sends a block whose insert landed but whose answer was lost, and it counts once', () =>
+  lossyLanderCountsOnce('lossy', 'raw'));
+
+it('Native: the lander (file path) re-sends a block whose answer was lost, and it counts once', () =>
+  lossyLanderCountsOnce('lossy-native', 'file'));

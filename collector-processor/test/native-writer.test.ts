@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { joinNativeBlocks, LandingEncodeError, NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
+import { BASE_RATED_CALL } from './support/rated-call.js';
 
 // NativeWriter's blocks must land exactly the rows TsvWriter's text lands: the same rated calls are inserted
 // both ways into two copies of mcp_tool_calls (TabSeparated inline, Native through a file, as the lander
@@ -21,48 +22,7 @@ afterAll(async () => {
   await ch?.close();
 });
 
-const base: RatedCall = {
-  eventId: 'e'.repeat(48),
-  traceId: 'a'.repeat(32),
-  spanId: 'b'.repeat(16),
-  product: 'prod',
-  customer: 'acme',
-  agent: 'agent-1',
-  sessionId: 'sess-1',
-  tool: 'get_forecast',
-  transport: 'stdio',
-  source: 'sdk',
-  status: 'ok',
-  errorType: '',
-  protocolVersion: '2025-06-18',
-  instanceId: 'inst',
-  startUnixUs: 1_764_000_000_123_456,
-  durationUs: 35_000,
-  inputTokens: 100,
-  outputTokens: 400,
-  priceNano: 3_400_000n,
-  costNano: 500_000n,
-  priceCallNano: 2_000_000n,
-  priceInputNano: 100_000n,
-  priceOutputNano: 1_200_000n,
-  priceDurationNano: 0n,
-  tier: 1,
-  planId: 'std',
-  planVersion: 'v1',
-  currency: 'USD',
-  decision: 'billed',
-  period: '2025-11',
-  receivedAtMs: 1_764_000_001_004,
-  sessionRule: 'protocol',
-  pricePerSecondNano: 0n,
-  inputTokensPriced: 100,
-  outputTokensPriced: 400,
-  usageLines: [],
-  usageQuantityMicro: [],
-  usageUnitNano: [],
-  usagePriceNano: [],
-  usageCostNano: [],
-};
+const base = BASE_RATED_CALL;
 
 const awkward: Partial<RatedCall>[] = [
   {},

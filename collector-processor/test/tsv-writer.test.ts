@@ -1,51 +1,11 @@
 import type { RatedCall } from '@tollgate/contracts';
 import { describe, expect, it } from 'vitest';
 import { encodeTsvRow, TsvWriter } from '../src/landing/tsv.js';
+import { BASE_RATED_CALL } from './support/rated-call.js';
 
 // TsvWriter must write exactly the bytes of encodeTsvRow (the string encoder whose output the schema test
 // round-trips through ClickHouse), for every kind of value a rated call can hold.
-const base: RatedCall = {
-  eventId: 'e'.repeat(48),
-  traceId: 'a'.repeat(32),
-  spanId: 'b'.repeat(16),
-  product: 'prod',
-  customer: 'acme',
-  agent: 'agent-1',
-  sessionId: 'sess-1',
-  tool: 'get_forecast',
-  transport: 'stdio',
-  source: 'sdk',
-  status: 'ok',
-  errorType: '',
-  protocolVersion: '2025-06-18',
-  instanceId: 'inst',
-  startUnixUs: 1_764_000_000_123_456,
-  durationUs: 35_000,
-  inputTokens: 100,
-  outputTokens: 400,
-  priceNano: 3_400_000n,
-  costNano: 500_000n,
-  priceCallNano: 2_000_000n,
-  priceInputNano: 100_000n,
-  priceOutputNano: 1_200_000n,
-  priceDurationNano: 0n,
-  tier: 1,
-  planId: 'std',
-  planVersion: 'v1',
-  currency: 'USD',
-  decision: 'billed',
-  period: '2025-11',
-  receivedAtMs: 1_764_000_001_004,
-  sessionRule: 'protocol',
-  pricePerSecondNano: 0n,
-  inputTokensPriced: 100,
-  outputTokensPriced: 400,
-  usageLines: [],
-  usageQuantityMicro: [],
-  usageUnitNano: [],
-  usagePriceNano: [],
-  usageCostNano: [],
-};
+const base = BASE_RATED_CALL;
 
 const cases: [string, Partial<RatedCall>][] = [
   ['plain', {}],
