@@ -203,6 +203,7 @@ export function clickhouseOptionsOf(config: Config, dataDir: string): ClickHouse
     password: String(s['clickhouse.password']),
     chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
     chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
+    chdbThreadNice: Number(s['clickhouse.chdbThreadNice']),
   };
 }
 

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { type ClickHouseClient, type ClickHouseSettings, createClient } from '@clickhouse/client';
 import type { createChdbConnection } from 'chdb/connection';
+import { startThreadNice } from './thread-nice.js';
 
 export type ClickHouseMode = 'chdb' | 'server';
 
@@ -76,6 +77,11 @@ export interface ClickHouseOptions {
    * data directory whose path holds a character `file()` would read as a glob always uses `raw`.
    */
   chdbInsert?: 'file' | 'raw';
+  /**
+   * Embedded chDB only: the Linux nice value its threads run at (setting `clickhouse.chdbThreadNice`; 0 or
+   * absent leaves them at the process's). See thread-nice.ts.
+   */
+  chdbThreadNice?: number;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -144,6 +150,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   const path = join(opts.dataDir, 'chdb');
   mkdirSync(path, { recursive: true });
   const chdb = loadChdb(opts.chdbMallocConf ?? '')({ path });
+  const nice = opts.chdbThreadNice ? startThreadNice(opts.chdbThreadNice) : undefined;
   // chdb types its Connection against its own copy of @clickhouse/client-common; the runtime contract is the same.
   const connection = chdb as unknown as NonNullable<
     NonNullable<Parameters<typeof createClient>[0]>['connection']
@@ -187,7 +194,10 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     get landingFormat(): LandingFormat {
       return handle.chdbInsert === 'file' ? 'Native' : 'TabSeparated';
     },
-    close: () => client.close(),
+    close: () => {
+      nice?.stop();
+      return client.close();
+    },
     async insertTsv(table, columns, body, settings) {
       if (handle.chdbInsert === 'file') return viaFile('TabSeparated', table, columns, body, settings);
       await chdb.chdb.rawInsert({
