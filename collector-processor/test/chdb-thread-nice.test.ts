@@ -75,7 +75,14 @@ async function busyServer(flags: string[]): Promise<number> {
 describe('clickhouse.chdbThreadNice', () => {
   it('by default (10) sets chDB’s threads to nice 10 and leaves the main thread and Node’s threads alone', async () => {
     const pid = await busyServer([]);
-    const threads = threadsOf(pid);
+    // a thread chDB starts (a merge, a pool growing) is reniced by the next scan, within a second: a thread
+    // that appeared just now may still be at 0, so the check is repeated until it holds (or 10 s pass)
+    let threads = threadsOf(pid);
+    for (let i = 0; i < 40; i++) {
+      if (threads.every((t) => t.tid === pid || isNodeThread(t) || t.nice === 10)) break;
+      await new Promise((r) => setTimeout(r, 250));
+      threads = threadsOf(pid);
+    }
     const main = threads.find((t) => t.tid === pid);
     expect(main?.nice).toBe(0);
     const chdb = threads.filter((t) => t.tid !== pid && !isNodeThread(t));
