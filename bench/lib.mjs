@@ -112,8 +112,9 @@ export function percentile(sorted, p) {
  * connections as needed), and its latency counts from that scheduled time, not from when the request left —
  * so a stall of the server or of this process shows as latency instead of as fewer requests
  * (coordinated omission). `lagMs` is the largest delay between a scheduled time and the actual send.
+ * With `timeline`, `timeline[i]` is body i's start (scheduled time in open loop; ms since the epoch) and latency.
  */
-export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePerSec } = {}) {
+export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePerSec, timeline } = {}) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: ratePerSec ? Infinity : concurrency });
   const target = new URL(url);
   const latencies = [];
@@ -137,8 +138,11 @@ export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePe
       req.on('error', reject);
       req.end(body);
     });
-  const record = (from, status) => {
-    latencies.push(performance.now() - from);
+  const events = timeline ? new Array(bodies.length) : undefined;
+  const record = (from, status, i) => {
+    const ms = performance.now() - from;
+    latencies.push(ms);
+    if (events) events[i] = { startEpochMs: performance.timeOrigin + from, ms };
     statuses.set(status, (statuses.get(status) ?? 0) + 1);
   };
   const started = performance.now();
@@ -150,7 +154,7 @@ export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePe
       const wait = due - performance.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       lagMs = Math.max(lagMs, performance.now() - due);
-      inFlight.push(post(bodies[i]).then((status) => record(due, status)));
+      inFlight.push(post(bodies[i]).then((status) => record(due, status, i)));
     }
     await Promise.all(inFlight);
   } else {
@@ -158,9 +162,9 @@ export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePe
     await Promise.all(
       Array.from({ length: concurrency }, async () => {
         while (next < bodies.length) {
-          const body = bodies[next++];
+          const i = next++;
           const t = performance.now();
-          record(t, await post(body));
+          record(t, await post(bodies[i]), i);
         }
       }),
     );
@@ -168,7 +172,7 @@ export async function drive(url, bodies, { concurrency = 8, headers = {}, ratePe
   const wallMs = performance.now() - started;
   agent.destroy();
   latencies.sort((a, b) => a - b);
-  return { latencies, wallMs, statuses, lagMs };
+  return { latencies, wallMs, statuses, lagMs, timeline: events };
 }
 
 const CUSTOMERS = Array.from({ length: 50 }, (_, i) => `customer-${i}`);
