@@ -174,7 +174,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_CHDB_THREAD_NICE',
     kind: 'int',
     default: 10,
-    doc: "Linux nice value (1–19) that Tollgate gives the embedded chDB engine's threads (landing inserts, the views, merges, queries), so that on a busy machine the thread answering exports runs first and chDB takes the CPU left over; no privilege needed (raising a thread's nice value is allowed to its own process). In a 5-pair A/B the half-load p99 per export went from 55.5 to 35.1 ms with throughput unchanged (docs/benchmarks.md, \"chDB's threads at a lower priority\"). 0: leave them at the process's priority. Linux only; not used with a ClickHouse server.",
+    doc: "Linux nice value (1–19) that Tollgate gives the embedded chDB engine's threads (landing inserts, the views, merges, queries), so that on a busy machine the thread answering exports runs first and chDB takes the CPU left over; no privilege needed (raising a thread's nice value is allowed to its own process). In three 5-pair A/Bs the half-load p99 per export was 0.63–0.80× (medians) with throughput unchanged (docs/benchmarks.md, \"chDB's threads at a lower priority\"). 0: leave them at the process's priority. Linux only; not used with a ClickHouse server.",
   },
   {
     key: 'memory.heapGrowingPercent',
