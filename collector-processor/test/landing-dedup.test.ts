@@ -95,31 +95,12 @@ async function totals(customer: string): Promise<Record<string, string>> {
   return row as Record<string, string>;
 }
 
-function block(customer: string, n: number): Buffer {
+/** One record of `n` calls as TsvWriter writes it. */
+function tsvBlock(customer: string, n: number): Buffer {
   const w = new TsvWriter();
   for (let i = 0; i < n; i++) w.add(call(i, customer));
   return w.take();
 }
-
-it('a block sent again with its token lands once in the raw table and every view; another token lands', async () => {
-  const body = block('direct', 60);
-  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, body, insertSettings('blk.direct.1'));
-  const once = await totals('direct');
-  expect(once).toMatchObject({
-    raw: '60',
-    daily: '60',
-    customer_daily: '60',
-    sessions: '60',
-    session_daily: '60',
-  });
-  expect(once.usage_lines).toBe('20');
-  expect(once.month_sessions).toBe('5');
-  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, body, insertSettings('blk.direct.1'));
-  expect(await totals('direct')).toEqual(once);
-  // the token was this insert's only (a SETTINGS clause, not a session SET): the next block is not a "retry"
-  await ch.insertTsv(RAW_TABLE, TSV_COLUMNS, block('direct-2', 10), insertSettings('blk.direct.2'));
-  expect((await totals('direct-2')).raw).toBe('10');
-});
 
 /** Records of 7 calls, each one Native block (as the pipeline writes them), concatenated (as the lander sends them). */
 function nativeBlock(customer: string, n: number): Buffer {
@@ -132,10 +113,19 @@ function nativeBlock(customer: string, n: number): Buffer {
   return Buffer.concat(parts);
 }
 
-it('Native: a block of several records sent again with its token lands once in the raw table and every view', async () => {
-  const body = nativeBlock('native', 60);
-  await ch.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, insertSettings('blk.native.1'));
-  const once = await totals('native');
+/**
+ * A block of 60 calls inserted, then sent again with its token: it lands once in the raw table and every
+ * view; the next block, under another token, lands too (the token was that insert's only: a SETTINGS
+ * clause, not a session SET).
+ */
+async function blockSentAgainLandsOnce(
+  customer: string,
+  encode: (customer: string, n: number) => Buffer,
+  insert: (body: Buffer, token: string) => Promise<void>,
+) {
+  const body = encode(customer, 60);
+  await insert(body, `blk.${customer}.1`);
+  const once = await totals(customer);
   expect(once).toMatchObject({
     raw: '60',
     daily: '60',
@@ -145,16 +135,22 @@ it('Native: a block of several records sent again with its token lands once in t
     usage_lines: '20',
     month_sessions: '5',
   });
-  await ch.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, insertSettings('blk.native.1'));
-  expect(await totals('native')).toEqual(once);
-  await ch.insertNative?.(
-    RAW_TABLE,
-    NATIVE_COLUMNS,
-    nativeBlock('native-2', 10),
-    insertSettings('blk.native.2'),
-  );
-  expect((await totals('native-2')).raw).toBe('10');
-});
+  await insert(body, `blk.${customer}.1`);
+  expect(await totals(customer)).toEqual(once);
+  await insert(encode(`${customer}-2`, 10), `blk.${customer}.2`);
+  expect((await totals(`${customer}-2`)).raw).toBe('10');
+}
+
+it('a block sent again with its token lands once in the raw table and every view; another token lands', () =>
+  blockSentAgainLandsOnce('direct', tsvBlock, (body, token) =>
+    ch.insertTsv(RAW_TABLE, TSV_COLUMNS, body, insertSettings(token)),
+  ));
+
+it('Native: a block of several records sent again with its token lands once in the raw table and every view', () =>
+  blockSentAgainLandsOnce('native', nativeBlock, async (body, token) => {
+    if (!ch.insertNative) throw new Error('chDB handle without insertNative');
+    await ch.insertNative(RAW_TABLE, NATIVE_COLUMNS, body, insertSettings(token));
+  }));
 
 /**
  * A lander on `ch` as `chdbInsert` sets it up, whose first insert lands but whose answer is lost: it sends the
