@@ -7,6 +7,7 @@ import { joinNativeBlocks, LandingEncodeError, NATIVE_COLUMNS, NativeWriter } fr
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
 import { BASE_RATED_CALL } from './support/rated-call.js';
+import { seededRandom } from './support/seeded-random.js';
 
 // NativeWriter's blocks must land exactly the rows TsvWriter's text lands: the same rated calls are inserted
 // both ways into two copies of mcp_tool_calls (TabSeparated inline, Native through a file, as the lander
@@ -67,11 +68,7 @@ const awkward: Partial<RatedCall>[] = [
 
 /** Seeded rows with random strings over an alphabet of what text formats escape, and random money. */
 function randomRows(n: number): RatedCall[] {
-  let seed = 7;
-  const rnd = () => {
-    seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
-    return seed / 2_147_483_648;
-  };
+  const rnd = seededRandom(7);
   const alphabet = 'abc\t\n\r\\\0é🔧-_ 0\'"';
   const str = () =>
     Array.from({ length: Math.floor(rnd() * 140) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join(

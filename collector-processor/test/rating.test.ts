@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { loadPlanBook, toolRateOf } from '../src/plans/load.js';
 import { durationAmount, perCallPrice, rateCall, tierSegments } from '../src/rating/rate.js';
 import { readUsage } from '../src/rating/usage.js';
+import { seededRandom } from './support/seeded-random.js';
 
 const book = loadPlanBook(`
 currency: USD
@@ -447,11 +448,7 @@ products:
   });
 
   it('rating call by call equals the graduated price of the total, whatever the call sizes', () => {
-    let seed = 7;
-    const rnd = () => {
-      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
-      return seed / 2 ** 31;
-    };
+    const rnd = seededRandom(7);
     const graduated = (units: bigint) =>
       tierSegments(tiers, 0n, units * M).reduce((a, s) => a + (s.micro / M) * s.unitNano, 0n);
     for (let run = 0; run < 20; run++) {

@@ -2,6 +2,7 @@ import type { RatedCall } from '@tollgate/contracts';
 import { describe, expect, it } from 'vitest';
 import { encodeTsvRow, TsvWriter } from '../src/landing/tsv.js';
 import { BASE_RATED_CALL } from './support/rated-call.js';
+import { seededRandom } from './support/seeded-random.js';
 
 // TsvWriter must write exactly the bytes of encodeTsvRow (the string encoder whose output the schema test
 // round-trips through ClickHouse), for every kind of value a rated call can hold.
@@ -78,11 +79,7 @@ describe('TsvWriter', () => {
   });
 
   it('random rows (seeded) match', () => {
-    let seed = 42;
-    const rnd = () => {
-      seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
-      return seed / 2_147_483_648;
-    };
+    const rnd = seededRandom(42);
     const alphabet = 'abc\t\n\r\\\0é🔧-_ 0';
     const str = () =>
       Array.from(
