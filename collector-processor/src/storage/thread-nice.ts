@@ -2,6 +2,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { basename } from 'node:path';
 
+const NODE_THREAD = /^(libuv-worker|V8 )/;
+
 /**
  * Lowers the CPU priority of the threads the embedded chDB engine starts in this process (its query and
  * insert pipelines, merges, background pools) by raising their Linux nice value, so that on a loaded machine
@@ -18,37 +20,25 @@ import { basename } from 'node:path';
  * `QueryCompPipeEx`, `MergeMutate`, `BgSchPool`, …); Node's threads carry the executable's name (`node`)
  * or, in newer releases, `libuv-worker` / `V8 …`. A chDB thread still under the executable's name is left
  * until it names itself (the next scan). Threads are reniced once: a thread that exits takes its value with
- * it, and its id is forgotten.
+ * it, and its id is forgotten. The first scan runs at once; `stop` ends them.
  */
-export interface ThreadNice {
-  /** Threads set to the nice value so far (still alive at the last scan). */
-  readonly reniced: number;
-  /** Scans now; returns how many threads it set. */
-  scan(): number;
-  stop(): void;
-}
-
-const NODE_THREAD = /^(libuv-worker|V8 )/;
-
-export function startThreadNice(nice: number, intervalMs = 1000): ThreadNice {
+export function startThreadNice(nice: number, intervalMs = 1000): { stop(): void } {
   if (!Number.isInteger(nice) || nice < 1 || nice > 19)
     throw new RangeError(`nice must be 1..19, got ${nice}`);
   const self = process.pid;
   // the kernel names a process's threads after its executable (15 bytes); Node does not rename its own
   const nodeName = basename(process.execPath).slice(0, 15);
   const done = new Set<number>();
-  let available = true;
-  const scan = (): number => {
-    if (!available) return 0;
+  let timer: NodeJS.Timeout | undefined;
+  const scan = (): void => {
     let tids: string[];
     try {
       tids = readdirSync('/proc/self/task');
     } catch {
-      available = false; // not Linux, or /proc not mounted: nothing to do
-      return 0;
+      clearInterval(timer); // not Linux, or /proc not mounted: nothing to do
+      return;
     }
     const alive = new Set<number>();
-    let set = 0;
     for (const t of tids) {
       const tid = Number(t);
       alive.add(tid);
@@ -62,26 +52,15 @@ export function startThreadNice(nice: number, intervalMs = 1000): ThreadNice {
       if (name === nodeName || NODE_THREAD.test(name)) continue;
       try {
         // only ever raised: a thread already nicer (the whole process started under `nice`) is left alone
-        if (getPriority(tid) < nice) {
-          setPriority(tid, nice);
-          set++;
-        }
+        if (getPriority(tid) < nice) setPriority(tid, nice);
         done.add(tid);
       } catch {
         // the thread exited between the listing and now
       }
     }
     for (const tid of done) if (!alive.has(tid)) done.delete(tid);
-    return set;
   };
+  timer = setInterval(scan, intervalMs).unref();
   scan();
-  const timer = setInterval(scan, intervalMs);
-  timer.unref();
-  return {
-    get reniced() {
-      return done.size;
-    },
-    scan,
-    stop: () => clearInterval(timer),
-  };
+  return { stop: () => clearInterval(timer) };
 }
