@@ -142,26 +142,21 @@ function strings(records) {
   }
   return Buffer.from(parts.join(''));
 }
-const writer = new TsvWriter();
-/** Today's encoding: TsvWriter's bytes per record, concatenated per block (as the lander does). */
-function bytes(records) {
+/** A block as the pipeline and the lander make it: `writer`'s bytes per record, then `join`ed into one body. */
+function encoded(writer, join, records) {
   const parts = [];
   for (const rows of records) {
     for (const r of rows) writer.add(r);
     parts.push(writer.take());
   }
-  return Buffer.concat(parts);
+  return join(parts);
 }
+const writer = new TsvWriter();
+/** Today's encoding: TsvWriter's bytes per record, concatenated per block. */
+const bytes = (records) => encoded(writer, (parts) => Buffer.concat(parts), records);
 const nativeWriter = new NativeWriter();
-/** NativeWriter's blocks: one per record (as the pipeline writes them), joined into one (as the lander does). */
-function nativeBytes(records) {
-  const parts = [];
-  for (const rows of records) {
-    for (const r of rows) nativeWriter.add(r);
-    parts.push(nativeWriter.take());
-  }
-  return joinNativeBlocks(parts);
-}
+/** NativeWriter's blocks, one per record, joined into one Native block. */
+const nativeBytes = (records) => encoded(nativeWriter, joinNativeBlocks, records);
 const clientInsert = (table, body) =>
   ch.client.insert({
     table,
