@@ -11,7 +11,9 @@
 // A/B: BENCH_ANALYTICS_AB='before=/path/to/other/billing-api/dist/index.js,…' times other builds of the API
 // (an earlier commit's billing-api, built elsewhere) against the same seeded data in the same run, their
 // requests interleaved round-robin with this build's so that load on the machine falls on all alike;
-// BENCH_ANALYTICS_ONLY='sessions' keeps the endpoints whose name matches.
+// BENCH_ANALYTICS_ONLY='sessions' keeps the endpoints whose name matches. The path `lander-connection` is this
+// build reading on the lander's chDB connection with engine-bound parameters (clickhouse.chdbReadConnections
+// 0) instead of the read connections `tollgate start` gives the API (`ch.readClient()`).
 //
 // After seeding, a snapshot of session intervals is built as `tollgate start`'s job would (migration 0016; margin
 // 0: this process is the only writer and its inserts have returned), then BENCH_ANALYTICS_TOUCHED calls
@@ -61,14 +63,14 @@ const pricing = {
     throw new Error('not used by this benchmark');
   },
 };
-const appOf = (source, build = buildApi) =>
+const appOf = (source, build = buildApi, clickhouse = ch.readClient()) =>
   build({
     log,
     readiness: async () => [],
     metrics: async () => ({ contentType: 'text/plain', body: '' }),
     apiKeys: [{ name: 'bench', sha256: sha, role: 'finance', products: ['demo-mcp'] }],
     analytics: {
-      clickhouse: ch.client,
+      clickhouse,
       traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
       pricing,
       source,
@@ -145,7 +147,10 @@ try {
   await raw.ready();
   const variants = [];
   for (const { label, path } of AB) {
-    const app = appOf('views', (await import(path)).buildApi);
+    const app =
+      path === 'lander-connection'
+        ? appOf('views', buildApi, ch.client)
+        : appOf('views', (await import(path)).buildApi);
     await app.ready();
     variants.push({ label, app });
   }

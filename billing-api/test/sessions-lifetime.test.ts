@@ -44,7 +44,7 @@ const CALLS: [string, string, string][] = [
 ];
 const EXPECTED = ['c1/s-a', 'c1/s-c', 'c2/s-b', 'c3/s-h', 'c3/s-d'];
 
-const appOf = (source: 'views' | 'raw') => financeApi(ch.client, KEY, P, source);
+const appOf = (source: 'views' | 'raw') => financeApi(ch.readClient(), KEY, P, source);
 
 beforeAll(async () => {
   ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });

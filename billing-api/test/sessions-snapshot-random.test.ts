@@ -37,7 +37,7 @@ function prng(seed: number) {
   };
 }
 
-const appOf = (source: 'views' | 'raw') => financeApi(ch.client, KEY, P, source);
+const appOf = (source: 'views' | 'raw') => financeApi(ch.readClient(), KEY, P, source);
 
 beforeAll(async () => {
   ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });

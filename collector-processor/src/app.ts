@@ -204,6 +204,7 @@ export function clickhouseOptionsOf(config: Config, dataDir: string): ClickHouse
     chdbMallocConf: String(s['clickhouse.chdbMallocConf']),
     chdbInsert: s['clickhouse.chdbInsert'] === 'file' ? 'file' : 'raw',
     chdbThreadNice: Number(s['clickhouse.chdbThreadNice']),
+    chdbReadConnections: Number(s['clickhouse.chdbReadConnections']),
   };
 }
 
@@ -441,7 +442,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         credits,
         analytics: plans
           ? {
-              clickhouse: clickhouse.client,
+              clickhouse: clickhouse.readClient(),
               traceLinkTemplate: String(s.traceLinkTemplate),
               pricing: new PlanPricing(plans),
             }
@@ -483,7 +484,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         config,
         dataDir,
         {
-          clickhouse: clickhouse.client,
+          clickhouse: clickhouse.readClient(),
           traceLinkTemplate: String(s.traceLinkTemplate),
           pricing: new PlanPricing(plans),
         },

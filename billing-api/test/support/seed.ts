@@ -428,7 +428,7 @@ export function injectApp(
     metrics: async () => ({ contentType: 'text/plain', body: '' }),
     apiKeys: API_KEYS,
     analytics: {
-      clickhouse: tg.clickhouse.client,
+      clickhouse: tg.clickhouse.readClient(),
       traceLinkTemplate: TRACE_TEMPLATE,
       pricing: new PlanPricing(tg.plans as NonNullable<typeof tg.plans>),
       source,

@@ -177,6 +177,14 @@ export const SETTINGS = [
     doc: "Linux nice value (1–19) that Tollgate gives the embedded chDB engine's threads (landing inserts, the views, merges, queries), so that on a busy machine the thread answering exports runs first and chDB takes the CPU left over; no privilege needed (raising a thread's nice value is allowed to its own process). In three 5-pair A/Bs the half-load p99 per export was 0.63–0.80× (medians) with throughput unchanged (docs/benchmarks.md, \"chDB's threads at a lower priority\"). 0: leave them at the process's priority. Linux only; not used with a ClickHouse server.",
   },
   {
+    key: 'clickhouse.chdbReadConnections',
+    flag: '--chdb-read-connections',
+    env: 'TOLLGATE_CHDB_READ_CONNECTIONS',
+    kind: 'int',
+    default: 2,
+    doc: "Connections of their own (0–16) that the API's reads get on the embedded chDB engine, their parameters written into the SQL as typed literals: chDB runs one query at a time per connection and every query with bound parameters through one queue per process, so on the lander's connection a request's queries ran one after the other and behind landing inserts. With 2, the month's session list over 10M calls took 0.76–0.82× the time and the month's summary 0.84–0.86× in three A/Bs (docs/benchmarks.md, \"Read connections of their own\"). 0: read on the lander's connection with parameters bound by the engine. Not used with a ClickHouse server.",
+  },
+  {
     key: 'memory.heapGrowingPercent',
     flag: '--heap-growing-percent',
     env: 'TOLLGATE_HEAP_GROWING_PERCENT',
@@ -563,6 +571,10 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
     const problems = keys.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(`${filePath}: ${problems.join('; ')}`);
   }
+  if (Number(settings['clickhouse.chdbReadConnections']) > 16)
+    throw new ConfigError(
+      `clickhouse.chdbReadConnections: 0..16 connections, got ${settings['clickhouse.chdbReadConnections']}`,
+    );
   if (Number(settings['clickhouse.chdbThreadNice']) > 19)
     throw new ConfigError(
       `clickhouse.chdbThreadNice: a nice value is 1..19 (0 = off), got ${settings['clickhouse.chdbThreadNice']}`,

@@ -6,12 +6,21 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { type ClickHouseClient, type ClickHouseSettings, createClient } from '@clickhouse/client';
 import type { createChdbConnection } from 'chdb/connection';
+import { openChdbReaders } from './chdb-readers.js';
 import { startThreadNice } from './thread-nice.js';
 
 export type ClickHouseMode = 'chdb' | 'server';
 
 export interface ClickHouseHandle {
+  /** The client the lander, the migrations and the processor's jobs use. */
   client: ClickHouseClient;
+  /**
+   * The client the API's reads (and the Stripe job's, which reads as the API does) go through. On a server, the
+   * same client: the server binds parameters and runs requests in parallel. On chDB, read connections of
+   * their own, opened on first use, with parameters written into the SQL, so that a request's queries run side
+   * by side and never wait behind a landing insert (chdb-readers.ts; ClickHouseOptions.chdbReadConnections).
+   */
+  readClient(): ClickHouseClient;
   mode: ClickHouseMode;
   close(): Promise<void>;
   /**
@@ -82,6 +91,12 @@ export interface ClickHouseOptions {
    * absent leaves them at the process's). See thread-nice.ts.
    */
   chdbThreadNice?: number;
+  /**
+   * Embedded chDB only: how many connections of their own the API's reads get (setting
+   * `clickhouse.chdbReadConnections`; absent: 2). 0: the API reads on the lander's connection with parameters
+   * bound by the engine, one query at a time (what Tollgate did before; kept for comparison).
+   */
+  chdbReadConnections?: number;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -133,6 +148,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     });
     return {
       client,
+      readClient: () => client,
       mode: 'server',
       landingFormat: 'TabSeparated',
       close: () => client.close(),
@@ -149,7 +165,8 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   }
   const path = join(opts.dataDir, 'chdb');
   mkdirSync(path, { recursive: true });
-  const chdb = loadChdb(opts.chdbMallocConf ?? '')({ path });
+  const connect = loadChdb(opts.chdbMallocConf ?? '');
+  const chdb = connect({ path });
   const nice = opts.chdbThreadNice ? startThreadNice(opts.chdbThreadNice) : undefined;
   // chdb types its Connection against its own copy of @clickhouse/client-common; the runtime contract is the same.
   const connection = chdb as unknown as NonNullable<
@@ -187,16 +204,24 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
       await rm(file, { force: true });
     }
   };
+  const readConnections = opts.chdbReadConnections ?? 2;
+  let readers: ClickHouseClient | undefined;
   const handle: ClickHouseHandle = {
     client,
+    readClient() {
+      if (readConnections === 0) return client;
+      readers ??= openChdbReaders(() => connect({ path }), readConnections, SETTINGS);
+      return readers;
+    },
     mode: 'chdb',
     chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'raw'),
     get landingFormat(): LandingFormat {
       return handle.chdbInsert === 'file' ? 'Native' : 'TabSeparated';
     },
-    close: () => {
+    close: async () => {
       nice?.stop();
-      return client.close();
+      await readers?.close();
+      await client.close();
     },
     async insertTsv(table, columns, body, settings) {
       if (handle.chdbInsert === 'file') return viaFile('TabSeparated', table, columns, body, settings);
