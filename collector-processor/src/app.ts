@@ -464,7 +464,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     if (roles.has('processor') && snapshotEvery > 0) {
       // the writer builds the snapshots past-range session questions read (billing-api/src/sql.ts)
       const job = startSessionIntervalsJob(
-        clickhouse.client,
+        clickhouse.jobClient(),
         {
           everyMs: snapshotEvery * 1000,
           marginMs: Number(s['sessions.snapshotMarginSeconds']) * 1000,

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { type ClickHouseClient, type ClickHouseSettings, createClient } from '@clickhouse/client';
 import type { createChdbConnection } from 'chdb/connection';
-import { openChdbReaders } from './chdb-readers.js';
+import { openChdbPool } from './chdb-pool.js';
 import { startThreadNice } from './thread-nice.js';
 
 export type ClickHouseMode = 'chdb' | 'server';
@@ -18,9 +18,16 @@ export interface ClickHouseHandle {
    * The client the API's reads (and the Stripe job's, which reads as the API does) go through. On a server, the
    * same client: the server binds parameters and runs requests in parallel. On chDB, read connections of
    * their own, opened on first use, with parameters written into the SQL, so that a request's queries run side
-   * by side and never wait behind a landing insert (chdb-readers.ts; ClickHouseOptions.chdbReadConnections).
+   * by side and never wait behind a landing insert (chdb-pool.ts; ClickHouseOptions.chdbReadConnections).
    */
   readClient(): ClickHouseClient;
+  /**
+   * The client of the processor's long background statements (the session-interval snapshots: seconds of
+   * grouping at 500,000 sessions). On chDB a connection of its own, parameters written in as for readClient,
+   * opened on first use: on the lander's connection every landing insert waited for the whole build. On a
+   * server, the same client.
+   */
+  jobClient(): ClickHouseClient;
   mode: ClickHouseMode;
   close(): Promise<void>;
   /**
@@ -149,6 +156,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     return {
       client,
       readClient: () => client,
+      jobClient: () => client,
       mode: 'server',
       landingFormat: 'TabSeparated',
       close: () => client.close(),
@@ -206,12 +214,17 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   };
   const readConnections = opts.chdbReadConnections ?? 2;
   let readers: ClickHouseClient | undefined;
+  let jobs: ClickHouseClient | undefined;
   const handle: ClickHouseHandle = {
     client,
     readClient() {
       if (readConnections === 0) return client;
-      readers ??= openChdbReaders(() => connect({ path }), readConnections, SETTINGS);
+      readers ??= openChdbPool(() => connect({ path }), readConnections, SETTINGS);
       return readers;
+    },
+    jobClient() {
+      jobs ??= openChdbPool(() => connect({ path }), 1, SETTINGS);
+      return jobs;
     },
     mode: 'chdb',
     chdbInsert: GLOB.test(insertDir) ? 'raw' : (opts.chdbInsert ?? 'raw'),
@@ -221,6 +234,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     close: async () => {
       nice?.stop();
       await readers?.close();
+      await jobs?.close();
       await client.close();
     },
     async insertTsv(table, columns, body, settings) {

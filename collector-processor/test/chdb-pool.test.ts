@@ -4,15 +4,15 @@ import { join } from 'node:path';
 import { type ClickHouseClient, TupleParam } from '@clickhouse/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/settings.js';
-import { inlineQueryParams, QueryParamError } from '../src/storage/chdb-readers.js';
+import { inlineQueryParams, QueryParamError } from '../src/storage/chdb-pool.js';
 import { type ClickHouseHandle, openClickHouse } from '../src/storage/clickhouse.js';
 import { seededRandom } from './support/seeded-random.js';
 
 // The API's reads on embedded chDB go through read connections of their own with their parameters written
-// into the SQL (chdb-readers.ts). What the engine answers must be what it answers with the same parameters
+// into the SQL (chdb-pool.ts). What the engine answers must be what it answers with the same parameters
 // bound by itself, whatever the values hold; the reads must run side by side and never wait behind the
 // lander's connection.
-const dir = mkdtempSync(join(tmpdir(), 'tollgate-chdb-readers-'));
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-chdb-pool-'));
 let ch: ClickHouseHandle;
 let readers: ClickHouseClient;
 beforeAll(() => {
@@ -176,6 +176,37 @@ describe('chDB read connections', () => {
     }
     expect(seen).toHaveLength(2);
     expect((await both).map((r) => r[0]?.tag)).toEqual(['first-of-two', 'second-of-two']);
+  });
+
+  it("the job client is a connection of its own: the lander's connection inserts while a job's statement runs", async () => {
+    const jobs = ch.jobClient();
+    expect(jobs).not.toBe(ch.client);
+    expect(jobs).not.toBe(readers);
+    await ch.client.command({ query: 'CREATE TABLE probe_inserts (x UInt64) ENGINE = MergeTree ORDER BY x' });
+    const job = rows(
+      jobs,
+      'SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(16) SETTINGS max_block_size = 1',
+      { tag: 'long-job-statement' },
+    );
+    let running: Record<string, unknown>[] = [];
+    for (let tries = 0; tries < 50 && running.length === 0; tries++) {
+      running = await rows(
+        ch.client,
+        "SELECT query FROM system.processes WHERE query LIKE '%long-job-statement%' AND query NOT LIKE '%system.processes%'",
+        {},
+      );
+      if (running.length === 0) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(running).toHaveLength(1);
+    // an insert on the lander's connection, and the job's statement still under way when it has landed
+    await ch.client.command({ query: 'INSERT INTO probe_inserts VALUES (1)' });
+    const still = await rows(
+      ch.client,
+      "SELECT count() AS n FROM system.processes WHERE query LIKE '%long-job-statement%' AND query NOT LIKE '%system.processes%'",
+      {},
+    );
+    expect(Number(still[0]?.n)).toBe(1);
+    expect((await job)[0]?.tag).toBe('long-job-statement');
   });
 
   it('0 read connections: the API reads on the lander connection; more than 16 is refused', async () => {

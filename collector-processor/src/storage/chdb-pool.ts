@@ -4,13 +4,15 @@ import { type ClickHouseClient, createClient, TupleParam } from '@clickhouse/cli
 import { type Connection, formatQueryParams, TupleParam as LiteralTuple } from '@clickhouse/client-common';
 
 /**
- * Read connections for embedded chDB, so that the API's reads run side by side.
+ * Connections of their own on embedded chDB: the API's reads, so that they run side by side, and the
+ * processor's long background statements (the session-interval snapshots), so that landing inserts do not
+ * wait for them.
  *
  * Two things in chDB serialize reads. First, one connection runs one query at a time: two queries on the
  * lander's connection take the sum of their times, and an API read waits behind whatever insert is under
  * way. Second, chdb-node runs every query that has parameters through one process-wide queue, whatever its
  * connection (`runExclusiveParam` in chdb's index.js: libchdb's parameter state is not isolated per
- * connection, and two bound queries at once clobber each other or abort the engine). So the API's queries
+ * connection, and two bound queries at once clobber each other or abort the engine). So these queries
  * run on connections of their own (same data directory: chDB lets several coexist, each with its own query
  * state), and their parameters are written into the SQL as typed literals instead of being bound by the
  * engine: `{name:Type}` becomes `CAST(<literal> AS Type)`, which is what ClickHouse's own substitution
@@ -94,9 +96,9 @@ export function inlineQueryParams(
 
 /**
  * A `Connection` over several chDB connections, opened on the first query: each query goes to the one with
- * the fewest under way, its parameters inlined (see above). Reads only: what the API and the billing jobs ask.
+ * the fewest under way, its parameters inlined (see above).
  */
-class ChdbReaders implements Connection<Readable> {
+class ChdbPool implements Connection<Readable> {
   private conns: Connection<Readable>[] = [];
   private busy: number[] = [];
 
@@ -158,13 +160,13 @@ class ChdbReaders implements Connection<Readable> {
  * max_query_size (a page of 10,000 session keys is ≈ 0.5 MB of SQL), so the limit is raised for these
  * connections.
  */
-export function openChdbReaders(
+export function openChdbPool(
   open: () => unknown,
   count: number,
   settings: ClickHouseSettings,
 ): ClickHouseClient {
   return createClient({
-    connection: new ChdbReaders(open as () => Connection<Readable>, count) as unknown as NonNullable<
+    connection: new ChdbPool(open as () => Connection<Readable>, count) as unknown as NonNullable<
       NonNullable<Parameters<typeof createClient>[0]>['connection']
     >,
     clickhouse_settings: { ...settings, max_query_size: String(64 * 1024 * 1024) },
