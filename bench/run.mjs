@@ -14,6 +14,7 @@ const ALL = [
   ['overage', ['node', 'bench/overage.mjs']],
   ['mcp-overhead', ['node', 'bench/mcp-overhead.mjs']],
   ['analytics', ['node', 'bench/analytics.mjs']],
+  ['reads-under-ingest', ['node', 'bench/reads-under-ingest.mjs']],
   ['stripe-sync', ['node', 'bench/stripe-sync.mjs']],
   ['kong', ['bash', 'kong/bench/run.sh']],
 ];

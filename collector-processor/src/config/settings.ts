@@ -182,7 +182,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_CHDB_READ_CONNECTIONS',
     kind: 'int',
     default: 2,
-    doc: "Connections of their own (0–16) that the API's reads get on the embedded chDB engine, their parameters written into the SQL as typed literals: chDB runs one query at a time per connection and every query with bound parameters through one queue per process, so on the lander's connection a request's queries ran one after the other and behind landing inserts. With 2, the month's session list over 10M calls took 0.76–0.82× the time and the month's summary 0.84–0.86× in three A/Bs (docs/benchmarks.md, \"Read connections of their own\"). 0: read on the lander's connection with parameters bound by the engine. Not used with a ClickHouse server.",
+    doc: "Connections of their own (0–16) that the API's reads get on the embedded chDB engine, their parameters written into the SQL as typed literals: chDB runs one query at a time per connection and every query with bound parameters through one queue per process, so on the lander's connection a request's queries ran one after the other and behind landing inserts. With 2, the month's session list over 10M calls took 0.76–0.82× the time and the month's summary 0.84–0.86× in three A/Bs, and while ingest saturated two cores a month's question every 250 ms answered at p99 138 ms against 1,108 on the lander's connection (docs/benchmarks.md, \"Read connections of their own\"). 0: read on the lander's connection with parameters bound by the engine. Not used with a ClickHouse server.",
   },
   {
     key: 'memory.heapGrowingPercent',
