@@ -11,7 +11,15 @@
 // (default: half the saturating rate just measured). BENCH_SLOWEST (8) exports are listed.
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEV_INGEST_KEY, drive, metric, percentile, protobufBatches, ROOT, startTollgate } from './lib.mjs';
+import {
+  drive,
+  INGEST_HEADERS as headers,
+  metric,
+  percentile,
+  protobufBatches,
+  ROOT,
+  startTollgate,
+} from './lib.mjs';
 
 const SPANS = 512;
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 380);
@@ -19,7 +27,6 @@ const HALF = Number(process.env.BENCH_LATENCY_BATCHES ?? 190);
 const SLOWEST = Number(process.env.BENCH_SLOWEST ?? 8);
 const FLAGS = (process.env.BENCH_FLAGS ?? '').split(' ').filter(Boolean);
 const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 // V8's GC kinds as perf_hooks reports them
 const KIND = {
   1: 'scavenge',

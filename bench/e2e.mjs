@@ -20,8 +20,8 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import {
   cpuMs,
-  DEV_INGEST_KEY,
   drive,
+  INGEST_HEADERS as headers,
   metric,
   peakRssMiB,
   percentile,
@@ -47,7 +47,6 @@ const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)
 const BASE_NODE_ARGS = (process.env.BENCH_BASE_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const FLAGS = (process.env.BENCH_FLAGS ?? '').split(' ').filter(Boolean);
 const BASE_FLAGS = (process.env.BENCH_BASE_FLAGS ?? '').split(' ').filter(Boolean);
-const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 
 /** Server CPU per span over a phase (µs; main thread and whole process), from cpuMs() before and after. */
 const cpuOf = (before, after, spans) => ({

@@ -31,8 +31,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  DEV_INGEST_KEY,
   drive,
+  INGEST_HEADERS as headers,
   metric,
   protobufBatches,
   ROOT,
@@ -374,7 +374,6 @@ if (BASE) {
   const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
   const EXPORTS = Number(process.env.BENCH_EXPORTS ?? 120);
   const FLAGS = process.env.BENCH_FLAGS?.split(' ').filter(Boolean) ?? [];
-  const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
   const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const loadBefore = load();
   for (let i = 0; i < REPEAT; i++) {

@@ -11,6 +11,11 @@ import { join } from 'node:path';
 export const ROOT = new URL('..', import.meta.url).pathname;
 export const CLI = join(ROOT, 'collector-processor/dist/cli/main.js');
 export const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
+/** Headers of an OTLP/HTTP protobuf export with the embedded defaults' development ingest key. */
+export const INGEST_HEADERS = {
+  'content-type': 'application/x-protobuf',
+  authorization: `Bearer ${DEV_INGEST_KEY}`,
+};
 
 export function freePort() {
   return new Promise((resolve, reject) => {

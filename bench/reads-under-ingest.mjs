@@ -8,8 +8,8 @@
 //   node bench/reads-under-ingest.mjs       (after `npm run build`)
 //   BENCH_EXPORTS=1500 BENCH_ROUNDS=3 BENCH_READ_GAP_MS=250   (the defaults)
 import {
-  DEV_INGEST_KEY,
   drive,
+  INGEST_HEADERS as headers,
   percentile,
   protobufBatches,
   startTollgate,
@@ -22,7 +22,6 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const GAP_MS = Number(process.env.BENCH_READ_GAP_MS ?? 250);
 const SPANS = 512;
 const ADMIN_KEY = 'tg_dev_admin'; // the embedded defaults' public development key
-const headers = { 'content-type': 'application/x-protobuf', authorization: `Bearer ${DEV_INGEST_KEY}` };
 // the spans' month (protobufBatches stamps them a minute ago)
 const period = new Date(Date.now() - 60_000).toISOString().slice(0, 7);
 const READS = [
