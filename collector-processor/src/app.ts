@@ -287,7 +287,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         creditLog,
       );
       enforcer.creditLedger = ledger;
-      credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.client, creditLog);
+      credits = new CreditWallets(redisConn, planStore, ledger, events, clickhouse.readClient(), creditLog);
       stops.unshift(() => ledger.close());
       void ledger.sweep(planStore.current.products());
     }

@@ -55,7 +55,8 @@ function literalValue(value: unknown): unknown {
 /**
  * `query` with every `{name:Type}` outside string literals, quoted identifiers and comments replaced by
  * `CAST(<literal> AS Type)` from `params`. A placeholder with no value, or of type Identifier (a name, not a
- * value), is refused with {@link QueryParamError}, as the engine refuses a missing one.
+ * value), is refused with {@link QueryParamError}, as the engine refuses a missing one. Heredoc literals
+ * (`$tag$…$tag$`) and `#` comments are not recognized: Tollgate's queries use neither.
  */
 export function inlineQueryParams(
   query: string,

@@ -12,10 +12,11 @@ import { startThreadNice } from './thread-nice.js';
 export type ClickHouseMode = 'chdb' | 'server';
 
 export interface ClickHouseHandle {
-  /** The client the lander, the migrations and the processor's jobs use. */
+  /** The client the lander, the migrations and the processor's short statements (enforcement events, credits) use. */
   client: ClickHouseClient;
   /**
-   * The client the API's reads (and the Stripe job's, which reads as the API does) go through. On a server, the
+   * The client the API's reads (the analytics, the credit routes' check for a known customer, and the Stripe
+   * job's, which reads as the API does) go through. On a server, the
    * same client: the server binds parameters and runs requests in parallel. On chDB, read connections of
    * their own, opened on first use, with parameters written into the SQL, so that a request's queries run side
    * by side and never wait behind a landing insert (chdb-pool.ts; ClickHouseOptions.chdbReadConnections).
