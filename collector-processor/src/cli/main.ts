@@ -2,7 +2,6 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
-import { runMcpDemo } from '@tollgate/instrumentation/demo';
 import { PlanPricing } from '../api-ports.js';
 import { clickhouseOptionsOf, createLogger, startTollgate, type Tollgate } from '../app.js';
 import {
@@ -14,13 +13,11 @@ import {
   settingsTableMarkdown,
   splitArgs,
 } from '../config/settings.js';
-import { runWorkload } from '../demo/workload.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
 import { runningProcess } from '../running.js';
 import { migrate, openClickHouse } from '../storage/clickhouse.js';
 import { StripeSyncError } from '../stripe/errors.js';
-import { checkRunnable, runStripeSync } from '../stripe/job.js';
 import { reportCsv, reportJson } from '../stripe/report.js';
 import { sqlBusyMessage } from './sql-busy.js';
 
@@ -107,6 +104,8 @@ async function syntheticDemo(tg: Tollgate, calls: number): Promise<void> {
   const out = process.stdout;
   out.write(`Sending ${calls} MCP tool-call spans through the OpenTelemetry JS SDK (OTLP/HTTP protobuf)…\n`);
   const started = Date.now();
+  // loaded here, not at start: the OpenTelemetry SDK is the demo's, never `tollgate start`'s
+  const { runWorkload } = await import('../demo/workload.js');
   await runWorkload({
     otlpUrl: tg.otlpUrl as string,
     ingestKey: DEV_INGEST_KEY,
@@ -170,6 +169,8 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   out.write(`Tollgate started on the embedded defaults: OTLP ${tg.otlpUrl}/v1/traces, API ${tg.apiUrl}\n\n`);
   if (synthetic) await syntheticDemo(tg, calls);
   else {
+    // the MCP SDKs, the instrumentation and its OpenTelemetry SDK: loaded for the demo only
+    const { runMcpDemo } = await import('@tollgate/instrumentation/demo');
     await runMcpDemo({
       otlpUrl: tg.otlpUrl as string,
       apiUrl: tg.apiUrl as string,
@@ -259,6 +260,8 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
     resolveKeys[pair.slice(0, at).trim()] = said as 'sent' | 'unsent';
   }
   const config = loadConfig(flags);
+  // the Stripe SDK is loaded by the commands and the job that use it, not by every `tollgate` command
+  const { checkRunnable, runStripeSync } = await import('../stripe/job.js');
   checkRunnable(config, dryRun); // before ClickHouse is opened
   const s = config.settings;
   const log = createLogger(String(s.logLevel));
