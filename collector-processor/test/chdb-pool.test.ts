@@ -155,6 +155,17 @@ describe('chDB read connections', () => {
     expect(inlined[0]).toMatchObject({ big: '18446744073709551615', neg: '-9223372036854775808', hit: 1 });
   });
 
+  it('inline the largest page of keys: 10,000 pairs of 256-character identifiers', async () => {
+    const id = (k: number, who: string) => `${who}-${k}-`.padEnd(256, "x'\\é");
+    const keys = Array.from({ length: 10_000 }, (_, k) => new TupleParam([id(k, 'c'), id(k, 's')]));
+    const [row] = await rows(
+      readers,
+      'SELECT length({keys:Array(Tuple(String, String))}) AS n, ({last:String}, {last2:String}) IN {keys:Array(Tuple(String, String))} AS hit',
+      { keys, last: id(9_999, 'c'), last2: id(9_999, 's') },
+    );
+    expect(row).toEqual({ n: '10000', hit: 1 });
+  });
+
   it('run reads side by side, and the lander connection answers while they run', async () => {
     const slow = (tag: string) =>
       rows(

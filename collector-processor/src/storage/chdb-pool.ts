@@ -158,8 +158,8 @@ class ChdbPool implements Connection<Readable> {
  * A client over `count` chDB connections made by `open` when the first query comes (chdb's
  * `createChdbConnection` on the lander's data directory; chdb types its connection against its own copy of
  * client-common, the contract is the same), with `settings` on every query. Inlined literals count towards
- * max_query_size (a page of 10,000 session keys is ≈ 0.5 MB of SQL), so the limit is raised for these
- * connections.
+ * max_query_size (the largest page, 10,000 session keys, is ≈ 0.5 MB of SQL with short ids and ≈ 5 MB with
+ * 256-character ones, the longest accepted), so the limit is raised to 64 MiB for these connections.
  */
 export function openChdbPool(
   open: () => unknown,
