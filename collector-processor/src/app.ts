@@ -397,7 +397,8 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       const readiness = async (): Promise<ReadinessCheck[]> => {
         const checks: ReadinessCheck[] = [];
         try {
-          await clickhouse.client.query({ query: 'SELECT 1', format: 'JSONEachRow' });
+          // on the API's read connections: on chDB the lander's connection answers after its insert under way
+          await clickhouse.readClient().query({ query: 'SELECT 1', format: 'JSONEachRow' });
           checks.push({
             name: 'clickhouse',
             ok: lander?.lastError === undefined,
