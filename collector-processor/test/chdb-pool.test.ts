@@ -189,6 +189,34 @@ describe('chDB read connections', () => {
     expect((await both).map((r) => r[0]?.tag)).toEqual(['first-of-two', 'second-of-two']);
   });
 
+  it('hand the engine no more queries than they have connections: the rest wait their turn outside it', async () => {
+    // chdb-node runs a query on a thread of libuv's pool, which a query queued inside the engine would hold
+    // while it waits (and the spool's fsyncs need that pool)
+    const slow = (tag: string) =>
+      rows(
+        readers,
+        'SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(8) SETTINGS max_block_size = 1',
+        { tag },
+      );
+    const all = Promise.all(['turn-a', 'turn-b', 'turn-c', 'turn-d'].map(slow));
+    let most = 0;
+    let settled = false;
+    void all.finally(() => {
+      settled = true;
+    });
+    while (!settled) {
+      const [row] = await rows(
+        ch.client,
+        "SELECT count() AS n FROM system.processes WHERE query LIKE '%turn-%' AND query NOT LIKE '%system.processes%'",
+        {},
+      );
+      most = Math.max(most, Number(row?.n));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(most).toBe(2);
+    expect((await all).map((r) => r[0]?.tag)).toEqual(['turn-a', 'turn-b', 'turn-c', 'turn-d']);
+  });
+
   it("the job client is a connection of its own: the lander's connection inserts while a job's statement runs", async () => {
     const jobs = ch.jobClient();
     expect(jobs).not.toBe(ch.client);

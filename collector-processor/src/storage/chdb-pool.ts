@@ -96,12 +96,17 @@ export function inlineQueryParams(
 }
 
 /**
- * A `Connection` over several chDB connections, opened on the first query: each query goes to the one with
- * the fewest under way, its parameters inlined (see above).
+ * A `Connection` over several chDB connections, opened on the first query: each query goes to a connection
+ * with nothing under way, its parameters inlined (see above); when every connection is busy it waits here, in
+ * order of arrival. Not in chDB: chdb-node runs each query on a thread of libuv's pool (4 threads unless
+ * UV_THREADPOOL_SIZE says otherwise), which a query queued inside the engine behind another on the same
+ * connection holds while it waits — and the spool's fsyncs need a thread of that pool to acknowledge exports.
  */
 class ChdbPool implements Connection<Readable> {
   private conns: Connection<Readable>[] = [];
-  private busy: number[] = [];
+  private busy: boolean[] = [];
+  /** Queries waiting for a connection, oldest first: each is handed the connection the last one frees. */
+  private readonly waiting: ((k: number) => void)[] = [];
 
   constructor(
     private readonly open: () => Connection<Readable>,
@@ -111,16 +116,17 @@ class ChdbPool implements Connection<Readable> {
   private async on<T>(run: (c: Connection<Readable>) => Promise<T>): Promise<T> {
     if (this.conns.length === 0) {
       for (let k = 0; k < this.count; k++) this.conns.push(this.open());
-      this.busy = this.conns.map(() => 0);
+      this.busy = this.conns.map(() => false);
     }
-    let k = 0;
-    for (let j = 1; j < this.conns.length; j++)
-      if ((this.busy[j] as number) < (this.busy[k] as number)) k = j;
-    this.busy[k] = (this.busy[k] as number) + 1;
+    let k = this.busy.indexOf(false);
+    if (k >= 0) this.busy[k] = true;
+    else k = await new Promise<number>((resolve) => this.waiting.push(resolve));
     try {
       return await run(this.conns[k] as Connection<Readable>);
     } finally {
-      this.busy[k] = (this.busy[k] as number) - 1;
+      const next = this.waiting.shift();
+      if (next) next(k);
+      else this.busy[k] = false;
     }
   }
 
