@@ -112,6 +112,14 @@ async function reusablePrivateRedis(
   }
 }
 
+/**
+ * Stops the private redis-server a hard-killed Tollgate left running for `dataDir`, if any: for a caller
+ * that is about to empty the directory (the demo starts from a clean slate), which would leave it orphaned.
+ */
+export async function stopLeftoverPrivateRedis(dataDir: string): Promise<void> {
+  await (await reusablePrivateRedis(dataDir))?.stop();
+}
+
 async function connectRedis(
   config: Config,
   dataDir: string,

@@ -3,7 +3,13 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { PlanPricing } from '../api-ports.js';
-import { clickhouseOptionsOf, createLogger, startTollgate, type Tollgate } from '../app.js';
+import {
+  clickhouseOptionsOf,
+  createLogger,
+  startTollgate,
+  stopLeftoverPrivateRedis,
+  type Tollgate,
+} from '../app.js';
 import {
   type Config,
   ConfigError,
@@ -162,6 +168,8 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   if (!Number.isFinite(seconds) || seconds <= 0) fail('--seconds must be a positive number');
   // The demo tells its story from a clean slate: its own data directory, emptied at each run.
   const dataDir = resolve(flags['--data-dir'] ?? '.tollgate-demo');
+  // a demo killed hard left its private redis-server running; emptying the directory would orphan it
+  await stopLeftoverPrivateRedis(dataDir);
   rmSync(dataDir, { recursive: true, force: true });
   const tg = await startTollgate(loadConfig({ '--log-level': 'warn', ...flags, '--data-dir': dataDir }));
   onSignals(tg);
