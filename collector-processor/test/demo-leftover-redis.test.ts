@@ -56,7 +56,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-it("stops the private redis-server a hard-killed demo left behind before emptying the demo's directory", async () => {
+it("stops the private redis-server a hard-killed demo left behind before emptying the demo's directory, and refuses a running demo's", async () => {
   const first = await demo([]);
   for (let i = 0; i < 600 && !first.output().includes('keeps running'); i++)
     await new Promise((r) => setTimeout(r, 100));
@@ -65,6 +65,13 @@ it("stops the private redis-server a hard-killed demo left behind before emptyin
   expect(existsSync(file)).toBe(true);
   const { pid } = JSON.parse(readFileSync(file, 'utf8')) as { pid: number };
   pids.push(pid);
+  // a second demo on the directory of a running one is refused, and leaves it alone
+  const refused = await demo(['--exit', 'true']);
+  expect(await refused.exited).toBe(1);
+  expect(refused.output()).toContain(`is in use by a running Tollgate (pid ${first.child.pid})`);
+  expect(alive(pid)).toBe(true);
+  expect(existsSync(file)).toBe(true);
+
   first.child.kill('SIGKILL');
   await first.exited;
   expect(alive(pid)).toBe(true); // left behind, as after any crash

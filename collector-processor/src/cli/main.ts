@@ -168,6 +168,12 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   if (!Number.isFinite(seconds) || seconds <= 0) fail('--seconds must be a positive number');
   // The demo tells its story from a clean slate: its own data directory, emptied at each run.
   const dataDir = resolve(flags['--data-dir'] ?? '.tollgate-demo');
+  const running = runningProcess(dataDir);
+  if (running)
+    fail(
+      `${dataDir} is in use by a running Tollgate (pid ${running.pid}): stop it, or give the demo another --data-dir`,
+      1,
+    );
   // a demo killed hard left its private redis-server running; emptying the directory would orphan it
   await stopLeftoverPrivateRedis(dataDir);
   rmSync(dataDir, { recursive: true, force: true });
