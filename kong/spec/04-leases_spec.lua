@@ -221,6 +221,30 @@ describe("leases.take", function()
     assert.equal(7, t.shm:get(K .. "|wc"), "its own wait is counted off again")
   end)
 
+  it("a lease stored by another worker while a call reads its price: the call still takes what it costs", function()
+    -- nginx workers share the dict: another worker's answer (prices first, then the lease id) can land
+    -- between a call's reads; a price read before the id could be the 0 of "not known yet" while the id read
+    -- after it is the new lease, and the call would draw on the money granted without taking any
+    local t = setup({ { result = grant({ calls = NULL, money = tostring(7 * PRICE) }) },
+                      { result = grant({ calls = NULL, money = tostring(7 * PRICE) }) } })
+    local K = leases.key_of("demo", "acme")
+    local get = t.shm.get
+    local landed = false
+    t.shm.get = function(self, key)
+      local v = get(self, key)
+      if not landed and key == K .. "|pd" then
+        landed = true -- right after this read, the other worker's answer lands
+        leases.renew(t.env, t.conf, "acme", 1, PRICE, "sync_renewals")
+      end
+      return v
+    end
+    local r = assert(take(t))
+    assert.is_true(landed)
+    assert.equal(LEASE, r.lease)
+    assert.equal(PRICE, r.money)
+    assert.equal(PRICE, t.shm:get(LEASE .. "|tm"), "the call took its price from the lease")
+  end)
+
   it("another worker renewing: waits for its answer instead of asking too", function()
     local t = setup({ { result = grant() } })
     local K = leases.key_of("demo", "acme")

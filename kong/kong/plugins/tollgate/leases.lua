@@ -149,12 +149,15 @@ end
 -- result: { lease = id | nil, reserved = { nano by call } }; nil: the lease (if any) cannot cover them.
 local function try(env, K, tools, now)
   local shm = env.shm
+  -- the lease id first, the prices after it: an answer stores its prices before its id (apply), so prices
+  -- read after the id are at least that answer's. Read before it, they could be the 0 of "not known yet"
+  -- while another worker stores the answer, and the call would draw on the money granted without taking any.
+  local cur = shm:get(K .. "|cur")
   local prices, money = {}, 0
   for i, tool in ipairs(tools) do
     prices[i] = price_of(shm, K, tool)
     money = money + prices[i]
   end
-  local cur = shm:get(K .. "|cur")
   if cur == nil then
     return nil, money
   end
