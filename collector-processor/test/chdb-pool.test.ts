@@ -28,6 +28,35 @@ async function rows(client: ClickHouseClient, query: string, params: Record<stri
   return rs.json<Record<string, unknown>>();
 }
 
+/** A read through `client` that sleeps 50 ms `sleeps` times, tagged so that system.processes finds it. */
+function slowRead(client: ClickHouseClient, tag: string, sleeps = 16) {
+  return rows(
+    client,
+    `SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(${sleeps}) SETTINGS max_block_size = 1`,
+    { tag },
+  );
+}
+
+/** How many queries holding `marker` the engine is running now, asked on the lander's connection. */
+async function underWay(marker: string): Promise<number> {
+  const [row] = await rows(
+    ch.client,
+    `SELECT count() AS n FROM system.processes WHERE query LIKE '%${marker}%' AND query NOT LIKE '%system.processes%'`,
+    {},
+  );
+  return Number(row?.n);
+}
+
+/** underWay, asked again every 20 ms (50 times at most) until `n` are under way. */
+async function untilUnderWay(marker: string, n: number): Promise<number> {
+  let seen = await underWay(marker);
+  for (let tries = 1; tries < 50 && seen < n; tries++) {
+    await new Promise((r) => setTimeout(r, 20));
+    seen = await underWay(marker);
+  }
+  return seen;
+}
+
 /** The same query bound by the engine (the lander's connection) and inlined (the read connections). */
 async function bothWays(query: string, params: Record<string, unknown>) {
   return { bound: await rows(ch.client, query, params), inlined: await rows(readers, query, params) };
@@ -167,50 +196,24 @@ describe('chDB read connections', () => {
   });
 
   it('run reads side by side, and the lander connection answers while they run', async () => {
-    const slow = (tag: string) =>
-      rows(
-        readers,
-        'SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(16) SETTINGS max_block_size = 1',
-        { tag },
-      );
-    const both = Promise.all([slow('first-of-two'), slow('second-of-two')]);
-    let seen: Record<string, unknown>[] = [];
+    const both = Promise.all([slowRead(readers, 'first-of-two'), slowRead(readers, 'second-of-two')]);
     // from the lander's connection: both reads under way at once (a connection runs one query at a time, and
     // chdb-node queues every bound query behind the others)
-    for (let tries = 0; tries < 50 && seen.length < 2; tries++) {
-      seen = await rows(
-        ch.client,
-        "SELECT query FROM system.processes WHERE query LIKE '%-of-two%' AND query NOT LIKE '%system.processes%'",
-        {},
-      );
-      if (seen.length < 2) await new Promise((r) => setTimeout(r, 20));
-    }
-    expect(seen).toHaveLength(2);
+    expect(await untilUnderWay('-of-two', 2)).toBe(2);
     expect((await both).map((r) => r[0]?.tag)).toEqual(['first-of-two', 'second-of-two']);
   });
 
   it('hand the engine no more queries than they have connections: the rest wait their turn outside it', async () => {
     // chdb-node runs a query on a thread of libuv's pool, which a query queued inside the engine would hold
     // while it waits (and the spool's fsyncs need that pool)
-    const slow = (tag: string) =>
-      rows(
-        readers,
-        'SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(8) SETTINGS max_block_size = 1',
-        { tag },
-      );
-    const all = Promise.all(['turn-a', 'turn-b', 'turn-c', 'turn-d'].map(slow));
+    const all = Promise.all(['turn-a', 'turn-b', 'turn-c', 'turn-d'].map((tag) => slowRead(readers, tag, 8)));
     let most = 0;
     let settled = false;
     void all.finally(() => {
       settled = true;
     });
     while (!settled) {
-      const [row] = await rows(
-        ch.client,
-        "SELECT count() AS n FROM system.processes WHERE query LIKE '%turn-%' AND query NOT LIKE '%system.processes%'",
-        {},
-      );
-      most = Math.max(most, Number(row?.n));
+      most = Math.max(most, await underWay('turn-'));
       await new Promise((r) => setTimeout(r, 20));
     }
     expect(most).toBe(2);
@@ -222,29 +225,11 @@ describe('chDB read connections', () => {
     expect(jobs).not.toBe(ch.client);
     expect(jobs).not.toBe(readers);
     await ch.client.command({ query: 'CREATE TABLE probe_inserts (x UInt64) ENGINE = MergeTree ORDER BY x' });
-    const job = rows(
-      jobs,
-      'SELECT {tag:String} AS tag, sum(sleepEachRow(0.05)) AS s FROM numbers(16) SETTINGS max_block_size = 1',
-      { tag: 'long-job-statement' },
-    );
-    let running: Record<string, unknown>[] = [];
-    for (let tries = 0; tries < 50 && running.length === 0; tries++) {
-      running = await rows(
-        ch.client,
-        "SELECT query FROM system.processes WHERE query LIKE '%long-job-statement%' AND query NOT LIKE '%system.processes%'",
-        {},
-      );
-      if (running.length === 0) await new Promise((r) => setTimeout(r, 20));
-    }
-    expect(running).toHaveLength(1);
+    const job = slowRead(jobs, 'long-job-statement');
+    expect(await untilUnderWay('long-job-statement', 1)).toBe(1);
     // an insert on the lander's connection, and the job's statement still under way when it has landed
     await ch.client.command({ query: 'INSERT INTO probe_inserts VALUES (1)' });
-    const still = await rows(
-      ch.client,
-      "SELECT count() AS n FROM system.processes WHERE query LIKE '%long-job-statement%' AND query NOT LIKE '%system.processes%'",
-      {},
-    );
-    expect(Number(still[0]?.n)).toBe(1);
+    expect(await underWay('long-job-statement')).toBe(1);
     expect((await job)[0]?.tag).toBe('long-job-statement');
   });
 
