@@ -2,53 +2,68 @@
 --
 -- KEYS: the distinct dedup-day hashes and period hashes of this customer that the calls touch (all share
 --       the customer's hash tag, so the script runs unchanged on Redis Cluster).
--- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then the n calls in one argument, a line each:
---       "event_id dedup_key_index period_key_index counts tool" (space-separated; counts is "1" when the
---       call counts toward usage; the tool name comes last and may itself contain spaces, never a control
---       character), then m, the number of usage quantities priced in graduated tiers, and one argument for each:
---       "call_index quantity line" (call_index 0-based; quantity a whole number in the line's counting unit:
---       whole units, or micro-units for a fractional line; the line name has no spaces)
+-- ARGV: token, dedup_ttl_seconds, period_ttl_seconds, n, then
+--       ids: the n calls' event ids, concatenated;
+--       meta: 4 bytes per call, each below 128 (7 bits, so the argument is ASCII): the length of the
+--             call's event id (1..127), then the index of its context (0-based, 3 × 7 bits, high first);
+--       contexts: one line per distinct context, in index order: "dedup_key_index period_key_index counts
+--             tool" (space-separated; counts is "1" when the call counts toward usage; the tool name comes
+--             last and may itself contain spaces, never a control character);
+--       then m, the number of usage quantities priced in graduated tiers, and one argument with a line for
+--       each: "call_index quantity line" (call_index 0-based; quantity a whole number in the line's counting
+--       unit: whole units, or micro-units for a fractional line; the line name has no spaces)
 -- Returns 3 integers per call: status (0 new, 1 claimed before under this same token, 2 duplicate),
 --       tool ordinal, plan ordinal (1-based positions among counted calls in the period; 0 if not counted);
 --       then one integer per tiered quantity: the customer's quantity of that line on that tool in the period
 --       before this call (0 when the call is not counted or is a duplicate).
 --
--- A claim stores "token|tool_ordinal|plan_ordinal[|before,before...]". The token is the id of the spool record that holds
+-- A claim stores "token|tool_ord|plan_ord[|before,before...]". The token is the id of the spool record that holds
 -- the call durably, so a replay of that record after a crash gets its own positions back instead of being
 -- mistaken for a duplicate (which would bill the call zero times).
 --
 -- Cost: Redis is called a handful of times per key, not per call: claims are read with one HMGET and
 -- written with one HSET per dedup hash, and counters are read once and written once per period hash.
+-- Per call the script cuts one string (the event id) and reads four bytes: the calls of an export share
+-- a few contexts (day, period, tool), which are parsed once each. Lua's unpack gives at most 8,000 values
+-- (LUAI_MAXCSTACK) while an export may hold far more calls of one customer (an OTel Collector's batch
+-- processor sends 8,192 spans by default), so long lists reach Redis in slices of SLICE arguments.
 local token = ARGV[1]
 local dedup_ttl = tonumber(ARGV[2])
 local period_ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local SLICE = 2000 -- arguments per HMGET / HSET call; even, so that no field is parted from its value
 
--- 0. unpack the calls (one argument for all of them: one string for the client to send and Redis to
---    copy into Lua, instead of one per call)
-local ids, dks, pks, counts, tools = {}, {}, {}, {}, {}
-local key_index = {} -- key index text -> number (an export's calls share one or two)
-local i = 0
-for id, dk, pk, c, tool in string.gmatch(ARGV[5], '([^ \n]+) (%d+) (%d+) ([01]) ([^\n]*)') do
-  local dkn, pkn = key_index[dk], key_index[pk]
-  if not dkn then
-    dkn = tonumber(dk)
-    key_index[dk] = dkn
-  end
-  if not pkn then
-    pkn = tonumber(pk)
-    key_index[pk] = pkn
-  end
-  ids[i], dks[i], pks[i], counts[i], tools[i] = id, dkn, pkn, c, tool
-  i = i + 1
+-- 0. unpack the calls
+local ctx_dk, ctx_pk, ctx_counts, ctx_tool = {}, {}, {}, {}
+local c = 0
+for dk, pk, cnt, tool in string.gmatch(ARGV[7], '(%d+) (%d+) ([01]) ([^\n]*)') do
+  ctx_dk[c], ctx_pk[c], ctx_counts[c], ctx_tool[c] = tonumber(dk), tonumber(pk), cnt == '1', tool
+  c = c + 1
 end
-if i ~= n then return redis.error_reply('claim.lua: ' .. i .. ' calls read, ' .. n .. ' announced') end
+local id_text, meta = ARGV[5], ARGV[6]
+if #meta ~= 4 * n then
+  return redis.error_reply('claim.lua: ' .. (#meta / 4) .. ' calls read, ' .. n .. ' announced')
+end
+local ids, dks, pks, counts, tools = {}, {}, {}, {}, {}
+local at = 1
+local byte, sub = string.byte, string.sub
+for i = 0, n - 1 do
+  local len, k1, k2, k3 = byte(meta, 4 * i + 1, 4 * i + 4)
+  local k = (k1 * 128 + k2) * 128 + k3
+  if k >= c then return redis.error_reply('claim.lua: call ' .. i .. ' has context ' .. k .. ' of ' .. c) end
+  ids[i] = sub(id_text, at, at + len - 1)
+  at = at + len
+  dks[i], pks[i], counts[i], tools[i] = ctx_dk[k], ctx_pk[k], ctx_counts[k], ctx_tool[k]
+end
+if at - 1 ~= #id_text then
+  return redis.error_reply('claim.lua: ' .. (at - 1) .. ' bytes of event ids read, ' .. #id_text .. ' sent')
+end
 
-local m = tonumber(ARGV[6] or '0')
+local m = tonumber(ARGV[8] or '0')
 local tiered = {} -- call index -> list of { quantity, line } in argument order
-local slots = {} -- argument j -> { call index, place in tiered[call index] } (where its position is answered)
-for j = 0, m - 1 do
-  local ci, q, line = string.match(ARGV[7 + j], '^(%d+) (%d+) (%S+)$')
+local slots = {} -- line j -> { call index, place in tiered[call index] } (where its position is answered)
+local j = 0
+for ci, q, line in string.gmatch(ARGV[9] or '', '(%d+) (%d+) (%S+)') do
   ci = tonumber(ci)
   local list = tiered[ci]
   if not list then
@@ -57,7 +72,9 @@ for j = 0, m - 1 do
   end
   list[#list + 1] = { tonumber(q), line }
   slots[j] = { ci, #list }
+  j = j + 1
 end
+if j ~= m then return redis.error_reply('claim.lua: ' .. j .. ' tiered quantities read, ' .. m .. ' announced') end
 local befores = {} -- call index -> list of positions (same order as tiered[i])
 
 -- 1. read the existing claims of every call, one HMGET per dedup hash
@@ -75,8 +92,11 @@ local prev = {}
 for k, list in pairs(ids_by_key) do
   local fields = {}
   for j = 1, #list do fields[j] = ids[list[j]] end
-  local values = redis.call('HMGET', KEYS[k], unpack(fields))
-  for j = 1, #list do prev[list[j]] = values[j] end
+  for from = 1, #fields, SLICE do
+    local to = math.min(from + SLICE - 1, #fields)
+    local values = redis.call('HMGET', KEYS[k], unpack(fields, from, to))
+    for j = from, to do prev[list[j]] = values[j - from + 1] end
+  end
 end
 
 -- 2. decide each call, counting in Lua tables
@@ -94,6 +114,8 @@ local function add(pk, field, q)
   return before
 end
 local tool_fields = {} -- tool -> 't:' .. tool (built once per tool, not per call)
+local new_calls = {} -- period key index -> calls claimed new in it (its 'calls' counter, added once at the end)
+local claim_head = token .. '|'
 
 local out, o = {}, 0
 local writes = {} -- dedup key index -> { field, value, ... }
@@ -115,9 +137,9 @@ for i = 0, n - 1 do
   else
     local pk = pks[i]
     local tool_ord, plan_ord = 0, 0
-    add(pk, 'calls', 1)
+    new_calls[pk] = (new_calls[pk] or 0) + 1
     local claim_tail = ''
-    if counts[i] == '1' then
+    if counts[i] then
       local tool = tools[i]
       local tf = tool_fields[tool]
       if not tf then
@@ -146,7 +168,7 @@ for i = 0, n - 1 do
       writes[k] = w
     end
     w[wl + 1] = ids[i]
-    w[wl + 2] = token .. '|' .. tool_ord .. '|' .. plan_ord .. claim_tail
+    w[wl + 2] = claim_head .. tool_ord .. '|' .. plan_ord .. claim_tail
     wn[k] = wl + 2
     out[o + 1], out[o + 2], out[o + 3] = 0, tool_ord, plan_ord
   end
@@ -154,8 +176,12 @@ for i = 0, n - 1 do
 end
 
 -- 3. write claims and counters back, one command per key
+for pk, calls in pairs(new_calls) do add(pk, 'calls', calls) end
+local function hset(key, args)
+  for from = 1, #args, SLICE do redis.call('HSET', key, unpack(args, from, math.min(from + SLICE - 1, #args))) end
+end
 for k, w in pairs(writes) do
-  redis.call('HSET', KEYS[k], unpack(w))
+  hset(KEYS[k], w)
   redis.call('EXPIRE', KEYS[k], dedup_ttl)
 end
 for pk, v in pairs(values) do
@@ -164,7 +190,7 @@ for pk, v in pairs(values) do
     args[#args + 1] = field
     args[#args + 1] = string.format('%.0f', value)
   end
-  redis.call('HSET', KEYS[pk], unpack(args))
+  hset(KEYS[pk], args)
   redis.call('EXPIRE', KEYS[pk], period_ttl)
 end
 -- the positions of the tiered quantities, in argument order

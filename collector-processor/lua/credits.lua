@@ -158,7 +158,10 @@ function CreditWallet:save(note)
       e[6], e[7], e[8] }, '\t')
   end
   self.entries = {}
-  return redis.call('RPUSH', self.okey, unpack(lines))
+  -- in slices: Lua's unpack gives at most 8,000 values, and a wallet may hold more grants than that
+  local len
+  for from = 1, n, 2000 do len = redis.call('RPUSH', self.okey, unpack(lines, from, math.min(from + 1999, n))) end
+  return len
 end
 
 -- Enforcement side: hard stop at zero (at -overdraft), the low-balance warning, and lifting them after a

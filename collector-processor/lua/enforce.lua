@@ -3,7 +3,7 @@
 --
 -- KEYS[1] period counters (hash)   KEYS[2] enforcement state (hash)   KEYS[3] applied spool records (hash)
 -- KEYS[4] day counters (hash)      KEYS[5..] session counters (hashes), referenced by index from the calls
--- ARGV[1] rid|period|day (the group)  ARGV[2] now (ms)    ARGV[3] period end (ms)    ARGV[4] day end (ms)
+-- ARGV[1] rid|period|day (the group; '#k' appended for its k-th chunk of calls after the first)  ARGV[2] now (ms)    ARGV[3] period end (ms)    ARGV[4] day end (ms)
 -- ARGV[5] counter TTL (s)          ARGV[6] applied-marker TTL (s)
 -- ARGV[7] spend limit per period   ARGV[8] calls per day   ARGV[9] spend per session   (-1: no limit)
 -- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below

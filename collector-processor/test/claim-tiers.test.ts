@@ -150,12 +150,115 @@ describe('claim.lua: the calls in one argument, a line each', () => {
     ]);
   });
 
-  it('refuses a call list that does not hold the number of calls announced', async () => {
-    const cmd = (tg.redis as unknown as Record<string, (...a: (string | number)[]) => Promise<unknown>>)
-      .tollgateClaim;
+  it('cuts event ids by their bytes, ASCII or not; an id of 128 bytes is refused before Redis', async () => {
+    const ids = ['é0', 'ü-1☀', 'plain-2', 'x'.repeat(127)];
+    const first = await claimCalls(
+      tg.redis!,
+      'p',
+      'c10',
+      'rec-12',
+      ids.map((id) => plain(id, 't')),
+      ttl,
+    );
+    expect(first.map((x) => [x.status, x.toolOrdinal])).toEqual([
+      [CLAIM_STATUS.new, 1],
+      [CLAIM_STATUS.new, 2],
+      [CLAIM_STATUS.new, 3],
+      [CLAIM_STATUS.new, 4],
+    ]);
+    const dedup = redisKeys.dedup(customerTag('p', 'c10'), '2026-12-06');
+    expect((await tg.redis!.hkeys(dedup)).sort()).toEqual([...ids].sort());
+    const again = await claimCalls(
+      tg.redis!,
+      'p',
+      'c10',
+      'rec-13',
+      ids.map((id) => plain(id, 't')),
+      ttl,
+    );
+    expect(again.map((x) => x.status)).toEqual(ids.map(() => CLAIM_STATUS.duplicate));
     await expect(
-      cmd!.call(tg.redis, 2, 'tg:{p:c9}:d:x', 'tg:{p:c9}:p:x', 'rec-11', 60, 60, 2, 'g0 1 2 1 tool', 0),
+      claimCalls(tg.redis!, 'p', 'c10', 'rec-14', [plain('y'.repeat(128), 't')], ttl),
+    ).rejects.toThrow(/event id of 128 characters/);
+    await expect(
+      claimCalls(tg.redis!, 'p', 'c10', 'rec-14', [plain(`é${'y'.repeat(126)}`, 't')], ttl),
+    ).rejects.toThrow(/event id of 128 bytes/);
+  });
+
+  it('refuses a call list that does not hold the number of calls announced', async () => {
+    const cmd = (
+      tg.redis as unknown as Record<string, (...a: (string | number | Buffer)[]) => Promise<unknown>>
+    ).tollgateClaim;
+    const oneCall = Buffer.from([2, 0, 0, 0]); // an id of 2 bytes, context 0
+    await expect(
+      cmd!.call(
+        tg.redis,
+        2,
+        'tg:{p:c9}:d:x',
+        'tg:{p:c9}:p:x',
+        'rec-11',
+        60,
+        60,
+        2,
+        'g0',
+        oneCall,
+        '1 2 1 tool',
+        0,
+        '',
+      ),
     ).rejects.toThrow(/1 calls read, 2 announced/);
+    // ids that do not add up to the lengths given, a context that was not sent, tiered lines not announced
+    await expect(
+      cmd!.call(
+        tg.redis,
+        2,
+        'tg:{p:c9}:d:x',
+        'tg:{p:c9}:p:x',
+        'rec-11',
+        60,
+        60,
+        1,
+        'g0x',
+        oneCall,
+        '1 2 1 tool',
+        0,
+        '',
+      ),
+    ).rejects.toThrow(/2 bytes of event ids read, 3 sent/);
+    await expect(
+      cmd!.call(
+        tg.redis,
+        2,
+        'tg:{p:c9}:d:x',
+        'tg:{p:c9}:p:x',
+        'rec-11',
+        60,
+        60,
+        1,
+        'g0',
+        Buffer.from([2, 0, 0, 1]),
+        '1 2 1 tool',
+        0,
+        '',
+      ),
+    ).rejects.toThrow(/call 0 has context 1 of 1/);
+    await expect(
+      cmd!.call(
+        tg.redis,
+        2,
+        'tg:{p:c9}:d:x',
+        'tg:{p:c9}:p:x',
+        'rec-11',
+        60,
+        60,
+        1,
+        'g0',
+        oneCall,
+        '1 2 1 tool',
+        2,
+        '0 5 tokens',
+      ),
+    ).rejects.toThrow(/1 tiered quantities read, 2 announced/);
     expect(await tg.redis!.exists('tg:{p:c9}:d:x', 'tg:{p:c9}:p:x')).toBe(0);
   });
 });

@@ -112,6 +112,9 @@ export function parseEnforceReply(
   return { over, directives };
 }
 
+/** Calls per enforce.lua call: bounds the time Redis spends in one script (≈ 10 ms) whatever an export holds. */
+export const ENFORCE_CHUNK = 4096;
+
 /**
  * Real-time enforcement in Redis: one atomic enforce.lua call per customer (per period and day) per
  * export, after rating. It counts spend, calls and cost, applies hard limits and the margin guard, keeps
@@ -168,8 +171,32 @@ export class RedisEnforcer implements Enforcer {
     return [...byScope.values()];
   }
 
+  /**
+   * One group's calls, at most {@link ENFORCE_CHUNK} per script call, in order: each later call sees the
+   * counters the earlier ones left, as the calls of one script do. A chunk after the first has an
+   * applied-marker of its own (`…#k`), so that a replay of the record applies each chunk once.
+   */
   private async enforceGroup(product: string, rid: string, g: Group, now: number): Promise<Directive[]> {
-    const first = g.rows[0] as RatedCall;
+    const marker = `${rid}|${g.period}|${g.day}`;
+    if (g.rows.length <= ENFORCE_CHUNK) return this.enforceChunk(product, rid, marker, g, g.rows, now);
+    const byScope = new Map<string, Directive>();
+    for (let from = 0, k = 0; from < g.rows.length; from += ENFORCE_CHUNK, k++) {
+      const rows = g.rows.slice(from, from + ENFORCE_CHUNK);
+      const ds = await this.enforceChunk(product, rid, k ? `${marker}#${k}` : marker, g, rows, now);
+      for (const d of ds) byScope.set(`${d.scope}\0${d.id}`, d);
+    }
+    return [...byScope.values()];
+  }
+
+  private async enforceChunk(
+    product: string,
+    rid: string,
+    marker: string,
+    g: Group,
+    rows: readonly RatedCall[],
+    now: number,
+  ): Promise<Directive[]> {
+    const first = rows[0] as RatedCall;
     const book = this.plans.byVersion(first.planVersion) ?? this.plans.current;
     const plan = book.resolve(product, g.customer);
     if (!plan) return [];
@@ -185,8 +212,9 @@ export class RedisEnforcer implements Enforcer {
     const sessionIndex = new Map<string, number>();
     const toolLimits = Object.entries(limits.callsPerToolPerPeriod ?? {});
     const args: (string | number)[] = [
-      // applied-marker field: one per group, since one export can hold several periods and days of a customer
-      `${rid}|${g.period}|${g.day}`,
+      // applied-marker field: one per group (and chunk), since one export can hold several periods and days
+      // of a customer
+      marker,
       now,
       periodEndMs(g.period),
       dayEndMs(g.day),
@@ -203,12 +231,12 @@ export class RedisEnforcer implements Enforcer {
       marginGuard.throttleRatePerSecond,
       toolLimits.length,
       ...toolLimits.flat(),
-      g.rows.length,
+      rows.length,
     ];
     // calls taken from a quota lease, aggregated per lease (see enforce.lua): settled before they are counted
     const leased = new Map<string, LeasedCalls>();
-    for (let i = 0; i < g.rows.length; i++) {
-      const row = g.rows[i] as RatedCall;
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i] as RatedCall;
       // the instance id comes from the span's resource: one with control characters takes no lease
       if (row.lease && isValidIdentifier(row.instanceId)) addLeased(leased, row);
       let sk = 0;
@@ -224,7 +252,7 @@ export class RedisEnforcer implements Enforcer {
       args.push(`${sk}\t${row.sessionId}\t${row.agent}\t${row.tool}\t${row.priceNano}\t${row.costNano}`);
     }
     args.push(encodeLeased(leased));
-    creditArgs(keys, args, tag, plan.plan.credits, g.rows); // the last keys and arguments: credits.lua's
+    creditArgs(keys, args, tag, plan.plan.credits, rows); // the last keys and arguments: credits.lua's
     let reply: (string | number)[];
     try {
       const cmd = (this.redis as unknown as { tollgateEnforce: EnforceCommand }).tollgateEnforce.bind(
@@ -240,7 +268,7 @@ export class RedisEnforcer implements Enforcer {
     const { over, directives } = parseEnforceReply(reply, g.customer);
     afterCreditsOfReply(reply, product, g.customer, this.creditLedger, this.events, now);
     for (const i of over) {
-      const row = g.rows[i];
+      const row = rows[i];
       if (row) row.decision = 'over_limit';
     }
     const changed = directives.filter((d) => d.changed);

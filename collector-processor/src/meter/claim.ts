@@ -43,11 +43,34 @@ export function defineClaim(redis: RedisLike): void {
   if (!('tollgateClaim' in redis)) redis.defineCommand('tollgateClaim', { lua: CLAIM_LUA });
 }
 
+/** Calls per claim.lua call: bounds the time Redis spends in one script (≈ 10 ms) whatever an export holds. */
+export const CLAIM_CHUNK = 4096;
+
 /**
  * Claims one customer's calls of one export under `token` (the spool record id) and returns, per call,
  * whether it is new, a replay of this token's own claim, or a duplicate, with its usage positions.
+ * At most {@link CLAIM_CHUNK} calls go to one script call, the chunks one after the other: a chunk's
+ * positions follow the previous chunk's, and a replay of the record after a failure between chunks gets
+ * back the positions of those already claimed (the token is the same) and claims the rest.
  */
 export async function claimCalls(
+  redis: RedisLike,
+  product: string,
+  customer: string,
+  token: string,
+  inputs: readonly ClaimInput[],
+  ttl: { dedupSeconds: number; periodSeconds: number },
+): Promise<ClaimResult[]> {
+  if (inputs.length <= CLAIM_CHUNK) return claimChunk(redis, product, customer, token, inputs, ttl);
+  const out: ClaimResult[] = [];
+  for (let from = 0; from < inputs.length; from += CLAIM_CHUNK) {
+    const chunk = inputs.slice(from, from + CLAIM_CHUNK);
+    for (const r of await claimChunk(redis, product, customer, token, chunk, ttl)) out.push(r);
+  }
+  return out;
+}
+
+async function claimChunk(
   redis: RedisLike,
   product: string,
   customer: string,
@@ -67,14 +90,28 @@ export async function claimCalls(
     }
     return i;
   };
-  let calls = '';
-  // The calls of one export share a day and a period almost always: their keys' indexes are looked up
-  // when the day or period changes, not built and looked up per call.
+  // The calls' event ids, concatenated, and four bytes per call: the id's length and the index of its
+  // context, (day key, period key, counts, tool), each distinct context sent once as a line (see claim.lua).
+  // The calls of one export share a day and a period almost always, and a handful of tools: a context is
+  // looked up when it differs from the call before's.
+  let ids = '';
+  const meta = Buffer.allocUnsafe(inputs.length * 4);
+  let contexts = '';
+  const contextIndex = new Map<string, number>();
   let day = '';
   let dayKey = 0;
   let period = '';
   let periodKey = 0;
-  for (const input of inputs) {
+  let lastTool: string | undefined;
+  let lastCounts = false;
+  let lastDayKey = 0;
+  let lastPeriodKey = 0;
+  let context = 0;
+  let idsLength = 0;
+  let tiered = '';
+  let tieredCount = 0;
+  for (let i = 0; i < inputs.length; i++) {
+    const input = inputs[i] as ClaimInput;
     if (input.day !== day) {
       day = input.day;
       dayKey = indexOf(redisKeys.dedup(tag, day));
@@ -83,19 +120,63 @@ export async function claimCalls(
       period = input.period;
       periodKey = indexOf(redisKeys.period(tag, period));
     }
-    // a line per call, all in one argument (see claim.lua); event ids are hex, so the space separator is
-    // unambiguous, and identifiers never contain control characters, so neither is the newline
-    calls += `${calls ? '\n' : ''}${input.call.eventId} ${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${input.call.tool}`;
+    const { eventId, tool } = input.call;
+    if (
+      tool !== lastTool ||
+      input.counts !== lastCounts ||
+      dayKey !== lastDayKey ||
+      periodKey !== lastPeriodKey
+    ) {
+      lastTool = tool;
+      lastCounts = input.counts;
+      lastDayKey = dayKey;
+      lastPeriodKey = periodKey;
+      // identifiers never contain control characters, so the newline ends a context's tool name
+      const line = `${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${tool}`;
+      let k = contextIndex.get(line);
+      if (k === undefined) {
+        k = contextIndex.size;
+        contextIndex.set(line, k);
+        contexts += `${k ? '\n' : ''}${line}`;
+      }
+      context = k;
+    }
+    // the script cuts the ids by their lengths in bytes: event ids are 48 hex characters (contracts'
+    // eventIdFrom*), so characters here, checked for the whole list below
+    const idLength = eventId.length;
+    if (idLength === 0 || idLength > 127 || context > 0x1fffff)
+      throw new Error(`claim: an event id of ${idLength} characters, or context ${context}, out of range`);
+    ids += eventId;
+    idsLength += idLength;
+    meta[i * 4] = idLength;
+    meta[i * 4 + 1] = context >>> 14;
+    meta[i * 4 + 2] = (context >>> 7) & 0x7f;
+    meta[i * 4 + 3] = context & 0x7f;
+    // the quantities priced in graduated tiers (rare): counted in the same script, in the period hash
+    if (input.tiered)
+      for (const t of input.tiered) {
+        tiered += `${tieredCount ? '\n' : ''}${i} ${t.integral ? t.micro / MICRO : t.micro} ${t.line}`;
+        tieredCount++;
+      }
   }
-  const args: (string | number)[] = [token, ttl.dedupSeconds, ttl.periodSeconds, inputs.length, calls];
-  // the quantities priced in graduated tiers (rare): counted in the same script, in the period hash
-  const tieredArgs: string[] = [];
-  for (let i = 0; i < inputs.length; i++) {
-    const tiered = inputs[i]?.tiered;
-    if (tiered)
-      for (const t of tiered) tieredArgs.push(`${i} ${t.integral ? t.micro / MICRO : t.micro} ${t.line}`);
-  }
-  args.push(tieredArgs.length, ...tieredArgs);
+  if (Buffer.byteLength(ids) !== idsLength)
+    for (let i = 0; i < inputs.length; i++) {
+      // an id beyond ASCII: its length in bytes (UTF-8, as the argument is sent)
+      const idBytes = Buffer.byteLength((inputs[i] as ClaimInput).call.eventId);
+      if (idBytes > 127) throw new Error(`claim: an event id of ${idBytes} bytes is out of range`);
+      meta[i * 4] = idBytes;
+    }
+  const args: (string | number)[] = [
+    token,
+    ttl.dedupSeconds,
+    ttl.periodSeconds,
+    inputs.length,
+    ids,
+    meta.toString('latin1'), // 7-bit bytes: ASCII, sent as they are with the other strings
+    contexts,
+    tieredCount,
+    tiered,
+  ];
   const cmd = (redis as unknown as { tollgateClaim: ClaimCommand }).tollgateClaim.bind(redis);
   const flat = await cmd(keys.length, ...keys, ...args);
   const out: ClaimResult[] = new Array(inputs.length);
