@@ -2,7 +2,13 @@ import { customerTag, type Directive, type RatedCall, redisKeys, type ToolCall }
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ENFORCE_CHUNK, RedisEnforcer } from '../src/enforcement/enforcer.js';
 import { EnforcementLog } from '../src/enforcement/events.js';
-import { CLAIM_CHUNK, CLAIM_STATUS, type ClaimInput, claimCalls } from '../src/meter/claim.js';
+import {
+  CLAIM_CHUNK,
+  CLAIM_STATUS,
+  type ClaimInput,
+  claimCalls,
+  SCRIPTS_IN_FLIGHT,
+} from '../src/meter/claim.js';
 import {
   DEV_INGEST_KEY,
   query,
@@ -132,6 +138,49 @@ async function scriptCalls(): Promise<number> {
   for (const m of info.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)) n += Number(m[1]);
   return n;
 }
+
+describe('an export of 1,000 customers', () => {
+  it(`holds at most ${SCRIPTS_IN_FLIGHT} script calls in Redis at once, and counts every customer`, async () => {
+    // Every customer's claim and enforcement used to go out at once: at 20,000 customers in one export the
+    // later ones timed out behind the others (1,031 calls unenforced, 2,000 enforcement scripts failed).
+    const redis = tg.redis as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+    let inFlight = 0;
+    let most = 0;
+    const originals: [string, (...a: unknown[]) => Promise<unknown>][] = [];
+    for (const name of ['tollgateClaim', 'tollgateEnforce']) {
+      const original = redis[name] as (...a: unknown[]) => Promise<unknown>;
+      originals.push([name, original]);
+      redis[name] = async function (this: unknown, ...a: unknown[]) {
+        most = Math.max(most, ++inFlight);
+        try {
+          return await original.apply(this, a);
+        } finally {
+          inFlight--;
+        }
+      };
+    }
+    try {
+      const spans = Array.from({ length: 1000 }, (_, i) =>
+        toolSpan({ customer: `many-${i}`, tool: 'tool_0' }),
+      );
+      const before = await readMetrics(tg.apiUrl!);
+      await send(
+        JSON.stringify(exportOf(spans, { 'service.name': 'mcp', 'service.instance.id': 'inst-many' })),
+      );
+      const after = await readMetrics(tg.apiUrl!);
+      expect(most).toBe(SCRIPTS_IN_FLIGHT);
+      expect(after.get('tollgate_redis_errors_total') ?? 0).toBe(
+        before.get('tollgate_redis_errors_total') ?? 0,
+      );
+      const tag = customerTag('demo-mcp', 'many-999');
+      expect(await tg.redis!.hget(redisKeys.day(tag, day), 'calls')).toBe('1');
+      // the instance's customers (directives for an idle SDK): all 1,000, added in slices
+      expect(await tg.redis!.scard(redisKeys.instance('inst-many'))).toBe(1000);
+    } finally {
+      for (const [name, original] of originals) redis[name] = original;
+    }
+  });
+});
 
 describe('a record replayed after a failure between its chunks', () => {
   const inputs = (n: number): ClaimInput[] =>

@@ -12,6 +12,7 @@ import {
 import type { Logger } from 'pino';
 import { afterCreditsOfReply, creditArgs } from '../credits/enforce-args.js';
 import type { CreditLedger } from '../credits/ledger.js';
+import { scriptLimiter } from '../meter/claim.js';
 import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
@@ -161,8 +162,9 @@ export class RedisEnforcer implements Enforcer {
       lastDay = dayIndex;
     }
     const now = Date.now();
+    const limit = scriptLimiter(groups.size);
     const results = await Promise.all(
-      [...groups.values()].map((g) => this.enforceGroup(product, rid, g, now)),
+      [...groups.values()].map((g) => limit(() => this.enforceGroup(product, rid, g, now))),
     );
     this.rememberInstances(product, rated, now);
     // one directive per scope and id: the last group's view is the freshest
@@ -316,10 +318,11 @@ export class RedisEnforcer implements Enforcer {
     }
     for (const [instanceId, members] of fresh) {
       const key = redisKeys.instance(instanceId);
-      this.redis
-        .multi()
-        .sadd(key, ...members)
-        .expire(key, INSTANCE_TTL_SECONDS)
+      const tx = this.redis.multi();
+      // in slices: an export may name more customers than a call can spread into arguments
+      const list = [...members];
+      for (let i = 0; i < list.length; i += 1000) tx.sadd(key, ...list.slice(i, i + 1000));
+      tx.expire(key, INSTANCE_TTL_SECONDS)
         .exec()
         .catch(() => {});
     }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { customerTag, redisKeys, type ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
+import pLimit from 'p-limit';
 
 export const CLAIM_STATUS = { new: 0, own: 1, duplicate: 2 } as const;
 
@@ -41,6 +42,19 @@ type ClaimCommand = (numKeys: number, ...args: (string | number)[]) => Promise<n
 /** Registers the claim script once per connection (EVALSHA, falling back to EVAL on NOSCRIPT). */
 export function defineClaim(redis: RedisLike): void {
   if (!('tollgateClaim' in redis)) redis.defineCommand('tollgateClaim', { lua: CLAIM_LUA });
+}
+
+/**
+ * Script calls of one export in Redis at once (claims of its customers, then their enforcement): enough to
+ * keep Redis busy, few enough that none waits behind the others past the command timeout.
+ */
+export const SCRIPTS_IN_FLIGHT = 256;
+
+/** Runs `tasks` script calls at most {@link SCRIPTS_IN_FLIGHT} at a time (no more tasks than that: each at once). */
+export function scriptLimiter(tasks: number): <T>(task: () => Promise<T>) => Promise<T> {
+  if (tasks <= SCRIPTS_IN_FLIGHT) return (task) => task();
+  const limit = pLimit(SCRIPTS_IN_FLIGHT);
+  return (task) => limit(task);
 }
 
 /** Calls per claim.lua call: bounds the time Redis spends in one script (≈ 10 ms) whatever an export holds. */

@@ -8,6 +8,7 @@ import {
   type ClaimInput,
   type ClaimResult,
   claimCalls,
+  scriptLimiter,
   type TieredQuantity,
 } from '../meter/claim.js';
 import type { Metrics } from '../metrics.js';
@@ -423,39 +424,44 @@ export class Pipeline {
     });
     const results: (ClaimResult | undefined)[] = new Array(prepared.length).fill(undefined);
     const unenforced = new Set<number>();
+    // at most SCRIPTS_IN_FLIGHT customers' claims at once: an export of 150,000 customers sent every claim
+    // at once, and the later ones timed out waiting behind the others in Redis (taken for Redis being down)
+    const limit = scriptLimiter(byCustomer.size);
     await Promise.all(
-      [...byCustomer].map(async ([customer, idx]) => {
-        const claimed = await this.claim(
-          product,
-          customer,
-          rid,
-          idx.map((i) => prepared[i] as Prepared),
-        );
-        if (claimed) {
-          // one customer's calls: their local usage looked up once per period, not per call
-          let u: LocalUsage | undefined;
-          let uPeriod = '';
-          idx.forEach((i, k) => {
+      [...byCustomer].map(([customer, idx]) =>
+        limit(async () => {
+          const claimed = await this.claim(
+            product,
+            customer,
+            rid,
+            idx.map((i) => prepared[i] as Prepared),
+          );
+          if (claimed) {
+            // one customer's calls: their local usage looked up once per period, not per call
+            let u: LocalUsage | undefined;
+            let uPeriod = '';
+            idx.forEach((i, k) => {
+              const p = prepared[i] as Prepared;
+              results[i] = claimed[k];
+              if (!p.counts) return;
+              if (!u || p.period !== uPeriod) {
+                u = this.localUsageOf(product, p);
+                uPeriod = p.period;
+              }
+              this.remember(u, p, claimed[k] as ClaimResult);
+            });
+            return;
+          }
+          if (this.opts.failMode === 'closed') return;
+          for (const i of idx) {
             const p = prepared[i] as Prepared;
-            results[i] = claimed[k];
-            if (!p.counts) return;
-            if (!u || p.period !== uPeriod) {
-              u = this.localUsageOf(product, p);
-              uPeriod = p.period;
-            }
-            this.remember(u, p, claimed[k] as ClaimResult);
-          });
-          return;
-        }
-        if (this.opts.failMode === 'closed') return;
-        for (const i of idx) {
-          const p = prepared[i] as Prepared;
-          unenforced.add(i);
-          results[i] = this.recent.has(p.call.eventId)
-            ? { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 }
-            : this.localPosition(product, p);
-        }
-      }),
+            unenforced.add(i);
+            results[i] = this.recent.has(p.call.eventId)
+              ? { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 }
+              : this.localPosition(product, p);
+          }
+        }),
+      ),
     );
     if (this.opts.failMode === 'closed' && results.includes(undefined)) {
       throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
