@@ -87,6 +87,18 @@ async function billedSpanIds(customer: string): Promise<string[]> {
   return rows.map((r) => r.span_id);
 }
 
+/** The OTLP/JSON export of `spans` as a protobufjs object (ids as bytes; fromObject reads bytes as base64). */
+function protoExportOf(spans: ReturnType<typeof toolSpan>[]) {
+  const doc = exportOf(
+    spans.map((s) => ({
+      ...s,
+      traceId: Buffer.from(s.traceId, 'hex'),
+      spanId: Buffer.from(s.spanId, 'hex'),
+    })),
+  );
+  return doc;
+}
+
 function rpcStatus(body: Buffer) {
   return ProtoRpcStatus.toObject(ProtoRpcStatus.decode(body)) as { code: number; message: string };
 }
@@ -199,6 +211,40 @@ describe('bad spans next to good ones: partial success, the good ones are billed
       expect(body.partialSuccess.errorMessage).toContain(reason);
     }
     expect(await billedSpanIds(customer)).toEqual(good.map((g) => g.spanId).sort());
+    await healthy();
+  });
+
+  it('a span that ends in the future (past the clock skew allowed) is rejected; its siblings are billed', async () => {
+    // Before: the end time was not bounded, so `end − start` could pass 2^53 µs; the landing encoder
+    // refused the row after the export was spooled and claimed, the export got a retryable 503 (its valid
+    // siblings were claimed in Redis and never landed, so a retry found them duplicates), and the spool
+    // replay retried the record forever at every start.
+    const customer = 'ends-in-future';
+    const good = toolSpan({ customer });
+    const maxEnd = { ...toolSpan({ customer }), endTimeUnixNano: '18446744073709551615' };
+    const dayLate = toolSpan({ customer });
+    dayLate.endTimeUnixNano = String(BigInt(Date.now() + 24 * 3_600_000) * 1_000_000n);
+    const json = await post(JSON.stringify(exportOf([maxEnd, good, dayLate])));
+    expect(json.status).toBe(200);
+    expect(JSON.parse(json.body.toString()).partialSuccess).toEqual({
+      rejectedSpans: '2',
+      errorMessage: expect.stringContaining('invalid_timestamp ×2'),
+    });
+
+    const protoGood = toolSpan({ customer });
+    const protoMaxEnd = { ...toolSpan({ customer }), endTimeUnixNano: '18446744073709551615' };
+    const proto = await post(
+      Buffer.from(
+        ProtoRequest.encode(ProtoRequest.fromObject(protoExportOf([protoMaxEnd, protoGood]))).finish(),
+      ),
+      { 'content-type': 'application/x-protobuf' },
+    );
+    expect(proto.status).toBe(200);
+    expect(decodeExportResponse(proto.body).partialSuccess).toEqual({
+      rejectedSpans: 1,
+      errorMessage: expect.stringContaining('invalid_timestamp ×1'),
+    });
+    expect(await billedSpanIds(customer)).toEqual([good.spanId, protoGood.spanId].sort());
     await healthy();
   });
 

@@ -286,7 +286,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_MAX_FUTURE_SECONDS',
     kind: 'int',
     default: 600,
-    doc: 'Clock skew tolerated for start times in the future.',
+    doc: 'Clock skew tolerated for start and end times in the future.',
   },
   {
     key: 'forward.endpoint',
