@@ -81,7 +81,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         return reply.code(error.status).send({ error: { code: error.code, message: error.message } });
       }
       if (error.validation) {
-        return reply.code(400).send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
+        return reply
+          .code(400)
+          .send({
+            error: { code: 'API_BAD_REQUEST', message: validationMessage(error.message, error.validation) },
+          });
       }
       if (error.statusCode && error.statusCode < 500) {
         return reply
@@ -139,4 +143,18 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     }
   });
   return app;
+}
+
+/**
+ * ajv's message for an unknown parameter or body field ("querystring must NOT have additional properties")
+ * does not say which one; the docs promise a message that names it (a misspelt `customr=acme`).
+ */
+function validationMessage(message: string, validation: unknown): string {
+  const first = Array.isArray(validation)
+    ? (validation[0] as { keyword?: unknown; params?: unknown })
+    : undefined;
+  const extra = (first?.params as { additionalProperty?: unknown } | undefined)?.additionalProperty;
+  return first?.keyword === 'additionalProperties' && typeof extra === 'string'
+    ? `${message}: ${extra}`
+    : message;
 }
