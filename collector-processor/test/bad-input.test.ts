@@ -168,6 +168,13 @@ describe('bad input: clear 4xx, the server stays up', () => {
     await healthy();
   });
 
+  it('a malformed percent-escape in the path → 400 TG_BAD_HTTP in the catalogue shape', async () => {
+    const res = await fetch(`${tg.otlpUrl}/v1/traces%FF`, { method: 'POST', body: '{}' });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toEqual({ error: { code: 'TG_BAD_HTTP', message: expect.any(String) } });
+    await healthy();
+  });
+
   it('an empty export is a plain success', async () => {
     const r = await post(validProto(), protoHeaders);
     expect(r.status).toBe(200);

@@ -10,6 +10,7 @@ import {
 } from '@tollgate/contracts';
 import Fastify, {
   type FastifyBaseLogger,
+  type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
@@ -99,6 +100,14 @@ export function buildReceiver(
     clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
+    // What the router refuses before any route (a malformed percent-escape) answers in the catalogue shape.
+    frameworkErrors: (_error: FastifyError, _req: FastifyRequest, reply: FastifyReply) =>
+      reply
+        .code(400)
+        .type('application/json')
+        .send({
+          error: { code: 'TG_BAD_HTTP', message: 'the request path holds a malformed percent-escape' },
+        }),
   });
   let inFlight = 0;
   let closing = false;
