@@ -82,4 +82,9 @@ describe('in-flight slots of exports whose client hung up', () => {
     await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
     expect(await exportOne('after-event-aborts')).toBe(200);
   });
+
+  it('and answered exports give theirs back too (keep-alive connections included)', async () => {
+    for (let i = 0; i < 3 * MAX_IN_FLIGHT; i++) expect(await exportOne('answered')).toBe(200);
+    await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
+  });
 });
