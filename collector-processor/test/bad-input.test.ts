@@ -10,6 +10,7 @@ import { exportOf, toolSpan } from './support/otlp-json.js';
 
 const STRICT_KEY = 'tg_test_strict_key';
 const USAGE_KEY = 'tg_test_usage_key';
+const PRICEY_KEY = 'tg_test_pricey_key';
 let tg: TestTollgate;
 let url: string;
 
@@ -22,6 +23,7 @@ beforeAll(async () => {
   - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
   - { name: strict, sha256: ${sha256Hex(STRICT_KEY)}, product: strict }
   - { name: usage, sha256: ${sha256Hex(USAGE_KEY)}, product: usage-mcp }
+  - { name: pricey, sha256: ${sha256Hex(PRICEY_KEY)}, product: pricey }
 `,
   );
   tg = await startTestTollgate(
@@ -39,6 +41,12 @@ products:
   strict:
     defaultPlan: std
     plans: { std: { tools: { search_docs: { price: { perCall: "0.01" } } } } }
+  pricey:
+    defaultPlan: std
+    plans:
+      std:
+        usageLines: { rows: {} }
+        tools: { "*": { price: { perCall: "0.001", perInputToken: "0.01", usage: { rows: "0.01" } } } }
   usage-mcp:
     defaultPlan: llm
     plans:
@@ -252,6 +260,41 @@ describe('bad spans next to good ones: partial success, the good ones are billed
       errorMessage: expect.stringContaining('invalid_timestamp ×1'),
     });
     expect(await billedSpanIds(customer)).toEqual([good.spanId, protoGood.spanId].sort());
+    await healthy();
+  });
+
+  it('a call whose price would not fit 64 bits of nano-units is rejected; its siblings are billed, once', async () => {
+    // Before: rated after its claim, the call's price (10¹² tokens or rows at 0.01) overflowed Int64 in the
+    // landing encoder: a retryable 503 whose siblings were claimed but never landed (a retry found them
+    // duplicates), and a spool replay that retried the record forever.
+    const customer = 'pricey-customer';
+    const good = toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': 1000 } });
+    const tokens = toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': 1e12 } });
+    const rows = toolSpan({
+      customer,
+      attrs: { 'gen_ai.usage.input_tokens': 0, 'tollgate.usage.rows': 1e12 },
+    });
+    const body = JSON.stringify(exportOf([tokens, good, rows]));
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const r = await post(body, {}, PRICEY_KEY);
+      expect(r.status).toBe(200);
+      expect(JSON.parse(r.body.toString()).partialSuccess).toEqual({
+        rejectedSpans: '2',
+        errorMessage: expect.stringContaining('amount_out_of_range ×2'),
+      });
+    }
+    expect(await billedSpanIds(customer)).toEqual([good.spanId]);
+    // the dearest call that fits is billed (a customer of its own: sums past 2^63 are another matter)
+    const edge = toolSpan({
+      customer: 'pricey-edge',
+      attrs: { 'gen_ai.usage.input_tokens': 922_337_203_685 },
+    });
+    expect((await post(JSON.stringify(exportOf([edge])), {}, PRICEY_KEY)).status).toBe(200);
+    expect(await billedSpanIds('pricey-edge')).toEqual([edge.spanId]);
+    const [row] = await query(tg, 'SELECT price_nano FROM mcp_tool_calls WHERE customer = {c:String}', {
+      c: 'pricey-edge',
+    });
+    expect(row).toEqual({ price_nano: '9223372036851000000' });
     await healthy();
   });
 
