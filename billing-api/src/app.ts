@@ -1,5 +1,6 @@
 import Fastify, {
   type FastifyBaseLogger,
+  type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
@@ -13,7 +14,7 @@ import { registerBilling } from './billing.js';
 import { type CreditsPort, registerCredits } from './credits.js';
 import { registerDashboard } from './dashboard.js';
 import { API_ERRORS, ApiError } from './errors.js';
-import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from './http-edges.js';
+import { drainRequest, edgeClientErrorHandler, edgeServerFactory, MAX_URL_BYTES } from './http-edges.js';
 import { registerOpenApi } from './openapi.js';
 import type { AnalyticsDeps } from './ports.js';
 
@@ -59,6 +60,20 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     // An unknown parameter is a 400, not silently dropped: a typo must not widen a report.
     ajv: { customOptions: { removeAdditional: false } },
+    // A path parameter (a session id: up to 256 characters, each up to 12 percent-encoded) is bounded by the
+    // request target's own bound and its route schema, not by the router's default of 100 characters.
+    routerOptions: { maxParamLength: MAX_URL_BYTES },
+    // What the router refuses before any route (a malformed percent-escape) answers in the catalogue shape.
+    frameworkErrors: (error: FastifyError, _req: FastifyRequest, reply: FastifyReply) =>
+      reply.code(400).send({
+        error: {
+          code: 'API_BAD_REQUEST',
+          message:
+            error.code === 'FST_ERR_BAD_URL'
+              ? 'the request path holds a malformed percent-escape'
+              : error.message,
+        },
+      }),
   });
   const keyring = new ApiKeyring(deps.apiKeys);
 
@@ -81,7 +96,9 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         return reply.code(error.status).send({ error: { code: error.code, message: error.message } });
       }
       if (error.validation) {
-        return reply.code(400).send({ error: { code: 'API_BAD_REQUEST', message: error.message } });
+        return reply.code(400).send({
+          error: { code: 'API_BAD_REQUEST', message: validationMessage(error.message, error.validation) },
+        });
       }
       if (error.statusCode && error.statusCode < 500) {
         return reply
@@ -139,4 +156,18 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     }
   });
   return app;
+}
+
+/**
+ * ajv's message for an unknown parameter or body field ("querystring must NOT have additional properties")
+ * does not say which one; the docs promise a message that names it (a misspelt `customr=acme`).
+ */
+function validationMessage(message: string, validation: unknown): string {
+  const first = Array.isArray(validation)
+    ? (validation[0] as { keyword?: unknown; params?: unknown })
+    : undefined;
+  const extra = (first?.params as { additionalProperty?: unknown } | undefined)?.additionalProperty;
+  return first?.keyword === 'additionalProperties' && typeof extra === 'string'
+    ? `${message}: ${extra}`
+    : message;
 }

@@ -459,7 +459,7 @@ describe('injection strings through every parameter', () => {
       ['/analytics/mcp/summary?period=2026-11&from=2026-11-01', /period or from/],
       ['/analytics/mcp/revenue/by-tool?limit=0', /limit/],
       ['/analytics/mcp/revenue/by-tool?limit=10001', /limit/],
-      ['/analytics/mcp/revenue/by-tool?customr=acme', /additional properties/],
+      ['/analytics/mcp/revenue/by-tool?customr=acme', /additional properties: customr$/],
       ['/analytics/mcp/by-agent?bucket=hour&from=2026-01-01&to=2026-02-01', /7 days/],
       ['/analytics/mcp/enforcement-events?action=explode', /action/],
       [`/analytics/mcp/summary?${WIDE}&format=xml`, /format/],

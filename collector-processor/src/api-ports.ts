@@ -134,7 +134,9 @@ export class PlanPricing implements PricingPort {
  */
 export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' | 'prior'>): QuoteResult {
   let planCalls = req.prior.planCalls;
-  const toolCalls: Record<string, number> = { ...req.prior.toolCalls };
+  // Maps (and Object.fromEntries for the answer), never objects indexed by a tool name: a tool may be
+  // called `hasOwnProperty` or `__proto__`, and `{}[tool]` would read, or write, Object.prototype.
+  const toolCalls = new Map<string, number>(Object.entries(req.prior.toolCalls));
   // units of each usage line priced in graduated tiers, per tool (micro-units)
   const units = new Map<string, bigint>();
   for (const [tool, lines] of Object.entries(req.prior.usageUnits ?? {}))
@@ -205,7 +207,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
     let left = u.calls;
     while (left > 0) {
       const p = planCalls + 1;
-      const t = (toolCalls[u.tool] ?? 0) + 1;
+      const t = (toolCalls.get(u.tool) ?? 0) + 1;
       let run = left;
       if (p <= free) run = Math.min(run, free - p + 1);
       const tier = tiers.find((tr) => tr.upTo === undefined || t <= tr.upTo);
@@ -218,7 +220,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       }
       push(run, { planOrdinal: p, toolOrdinal: t, usageBefore });
       planCalls += run;
-      toolCalls[u.tool] = t - 1 + run;
+      toolCalls.set(u.tool, t - 1 + run);
       for (const x of tiered) {
         const key = `${u.tool}\0${x.q.line.name}`;
         units.set(key, (units.get(key) ?? 0n) + BigInt(run) * x.q.micro);
@@ -226,14 +228,24 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       left -= run;
     }
   });
-  const usageUnits: Record<string, Record<string, number>> = {};
+  const usageUnits = new Map<string, [string, number][]>();
   for (const [key, micro] of units) {
     const [tool, line] = key.split('\0') as [string, string];
-    const lines = usageUnits[tool] ?? {};
-    lines[line] = Number(micro) / 1e6;
-    usageUnits[tool] = lines;
+    const lines = usageUnits.get(tool) ?? [];
+    lines.push([line, Number(micro) / 1e6]);
+    usageUnits.set(tool, lines);
   }
-  return { plan: infoOf(plan), segments, after: { planCalls, toolCalls, usageUnits } };
+  return {
+    plan: infoOf(plan),
+    segments,
+    after: {
+      planCalls,
+      toolCalls: Object.fromEntries(toolCalls),
+      usageUnits: Object.fromEntries(
+        [...usageUnits].map(([tool, lines]) => [tool, Object.fromEntries(lines)]),
+      ),
+    },
+  };
 }
 
 /**

@@ -10,6 +10,7 @@ import { exportOf, toolSpan } from './support/otlp-json.js';
 
 const STRICT_KEY = 'tg_test_strict_key';
 const USAGE_KEY = 'tg_test_usage_key';
+const PRICEY_KEY = 'tg_test_pricey_key';
 let tg: TestTollgate;
 let url: string;
 
@@ -22,6 +23,7 @@ beforeAll(async () => {
   - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
   - { name: strict, sha256: ${sha256Hex(STRICT_KEY)}, product: strict }
   - { name: usage, sha256: ${sha256Hex(USAGE_KEY)}, product: usage-mcp }
+  - { name: pricey, sha256: ${sha256Hex(PRICEY_KEY)}, product: pricey }
 `,
   );
   tg = await startTestTollgate(
@@ -39,6 +41,12 @@ products:
   strict:
     defaultPlan: std
     plans: { std: { tools: { search_docs: { price: { perCall: "0.01" } } } } }
+  pricey:
+    defaultPlan: std
+    plans:
+      std:
+        usageLines: { rows: {} }
+        tools: { "*": { price: { perCall: "0.001", perInputToken: "0.01", usage: { rows: "0.01" } } } }
   usage-mcp:
     defaultPlan: llm
     plans:
@@ -85,6 +93,18 @@ async function billedSpanIds(customer: string): Promise<string[]> {
     { c: customer },
   );
   return rows.map((r) => r.span_id);
+}
+
+/** The OTLP/JSON export of `spans` as a protobufjs object (ids as bytes; fromObject reads bytes as base64). */
+function protoExportOf(spans: ReturnType<typeof toolSpan>[]) {
+  const doc = exportOf(
+    spans.map((s) => ({
+      ...s,
+      traceId: Buffer.from(s.traceId, 'hex'),
+      spanId: Buffer.from(s.spanId, 'hex'),
+    })),
+  );
+  return doc;
 }
 
 function rpcStatus(body: Buffer) {
@@ -156,6 +176,13 @@ describe('bad input: clear 4xx, the server stays up', () => {
     await healthy();
   });
 
+  it('a malformed percent-escape in the path → 400 TG_BAD_HTTP in the catalogue shape', async () => {
+    const res = await fetch(`${tg.otlpUrl}/v1/traces%FF`, { method: 'POST', body: '{}' });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toEqual({ error: { code: 'TG_BAD_HTTP', message: expect.any(String) } });
+    await healthy();
+  });
+
   it('an empty export is a plain success', async () => {
     const r = await post(validProto(), protoHeaders);
     expect(r.status).toBe(200);
@@ -199,6 +226,75 @@ describe('bad spans next to good ones: partial success, the good ones are billed
       expect(body.partialSuccess.errorMessage).toContain(reason);
     }
     expect(await billedSpanIds(customer)).toEqual(good.map((g) => g.spanId).sort());
+    await healthy();
+  });
+
+  it('a span that ends in the future (past the clock skew allowed) is rejected; its siblings are billed', async () => {
+    // Before: the end time was not bounded, so `end − start` could pass 2^53 µs; the landing encoder
+    // refused the row after the export was spooled and claimed, the export got a retryable 503 (its valid
+    // siblings were claimed in Redis and never landed, so a retry found them duplicates), and the spool
+    // replay retried the record forever at every start.
+    const customer = 'ends-in-future';
+    const good = toolSpan({ customer });
+    const maxEnd = { ...toolSpan({ customer }), endTimeUnixNano: '18446744073709551615' };
+    const dayLate = toolSpan({ customer });
+    dayLate.endTimeUnixNano = String(BigInt(Date.now() + 24 * 3_600_000) * 1_000_000n);
+    const json = await post(JSON.stringify(exportOf([maxEnd, good, dayLate])));
+    expect(json.status).toBe(200);
+    expect(JSON.parse(json.body.toString()).partialSuccess).toEqual({
+      rejectedSpans: '2',
+      errorMessage: expect.stringContaining('invalid_timestamp ×2'),
+    });
+
+    const protoGood = toolSpan({ customer });
+    const protoMaxEnd = { ...toolSpan({ customer }), endTimeUnixNano: '18446744073709551615' };
+    const proto = await post(
+      Buffer.from(
+        ProtoRequest.encode(ProtoRequest.fromObject(protoExportOf([protoMaxEnd, protoGood]))).finish(),
+      ),
+      { 'content-type': 'application/x-protobuf' },
+    );
+    expect(proto.status).toBe(200);
+    expect(decodeExportResponse(proto.body).partialSuccess).toEqual({
+      rejectedSpans: 1,
+      errorMessage: expect.stringContaining('invalid_timestamp ×1'),
+    });
+    expect(await billedSpanIds(customer)).toEqual([good.spanId, protoGood.spanId].sort());
+    await healthy();
+  });
+
+  it('a call whose price would not fit 64 bits of nano-units is rejected; its siblings are billed, once', async () => {
+    // Before: rated after its claim, the call's price (10¹² tokens or rows at 0.01) overflowed Int64 in the
+    // landing encoder: a retryable 503 whose siblings were claimed but never landed (a retry found them
+    // duplicates), and a spool replay that retried the record forever.
+    const customer = 'pricey-customer';
+    const good = toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': 1000 } });
+    const tokens = toolSpan({ customer, attrs: { 'gen_ai.usage.input_tokens': 1e12 } });
+    const rows = toolSpan({
+      customer,
+      attrs: { 'gen_ai.usage.input_tokens': 0, 'tollgate.usage.rows': 1e12 },
+    });
+    const body = JSON.stringify(exportOf([tokens, good, rows]));
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const r = await post(body, {}, PRICEY_KEY);
+      expect(r.status).toBe(200);
+      expect(JSON.parse(r.body.toString()).partialSuccess).toEqual({
+        rejectedSpans: '2',
+        errorMessage: expect.stringContaining('amount_out_of_range ×2'),
+      });
+    }
+    expect(await billedSpanIds(customer)).toEqual([good.spanId]);
+    // the dearest call that fits is billed (a customer of its own: sums past 2^63 are another matter)
+    const edge = toolSpan({
+      customer: 'pricey-edge',
+      attrs: { 'gen_ai.usage.input_tokens': 922_337_203_685 },
+    });
+    expect((await post(JSON.stringify(exportOf([edge])), {}, PRICEY_KEY)).status).toBe(200);
+    expect(await billedSpanIds('pricey-edge')).toEqual([edge.spanId]);
+    const [row] = await query(tg, 'SELECT price_nano FROM mcp_tool_calls WHERE customer = {c:String}', {
+      c: 'pricey-edge',
+    });
+    expect(row).toEqual({ price_nano: '9223372036851000000' });
     await healthy();
   });
 

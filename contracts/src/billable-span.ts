@@ -243,7 +243,10 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     startUnixUs <= 0 ||
     endUnixUs < startUnixUs ||
     startUnixUs < opts.nowUnixUs - opts.maxAgeUs ||
-    startUnixUs > opts.nowUnixUs + opts.maxFutureUs
+    startUnixUs > opts.nowUnixUs + opts.maxFutureUs ||
+    // a span has ended by the time it is exported; bounding the end bounds the duration (priced per second,
+    // landed as an integer below 2^53 µs) by the accepted window
+    endUnixUs > opts.nowUnixUs + opts.maxFutureUs
   ) {
     return reject('invalid_timestamp', `span ${span.spanId}`);
   }

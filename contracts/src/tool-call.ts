@@ -63,6 +63,8 @@ export const REJECT_REASONS = {
   unsupported_metric: 'metricName is not a metered MCP metric',
   invalid_usage:
     'a usage-line quantity is not a number, negative, fractional where the line is integral, NaN, too large, or its subsets exceed their parent',
+  amount_out_of_range:
+    "the call's price or cost under its plan could exceed 2^63 − 1 nano-units (9.2 billion units of currency)",
 } as const;
 export type RejectReason = keyof typeof REJECT_REASONS;
 

@@ -286,7 +286,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_MAX_FUTURE_SECONDS',
     kind: 'int',
     default: 600,
-    doc: 'Clock skew tolerated for start times in the future.',
+    doc: 'Clock skew tolerated for start and end times in the future.',
   },
   {
     key: 'forward.endpoint',
@@ -588,6 +588,22 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
   for (const k of keys.data.apiKeys) {
     if (k.role === 'customer' && !k.customer)
       throw new ConfigError(`${filePath}: apiKeys ${k.name}: role customer needs a customer`);
+  }
+  // A key is looked up by its hash: two entries with one hash are one token with two meanings (a copied
+  // entry that kept its hash would bill a sender to another product, or make a portal key an admin key).
+  for (const [list, entries] of [
+    ['ingestKeys', keys.data.ingestKeys],
+    ['apiKeys', keys.data.apiKeys],
+  ] as const) {
+    const byHash = new Map<string, string>();
+    for (const k of entries) {
+      const first = byHash.get(k.sha256);
+      if (first !== undefined)
+        throw new ConfigError(
+          `${filePath}: ${list} ${k.name}: the same sha256 as ${first} (one token, one entry)`,
+        );
+      byHash.set(k.sha256, k.name);
+    }
   }
   const stripeDoc = (doc as Record<string, unknown>).stripe;
   let stripe: StripeMapping | undefined;

@@ -151,6 +151,39 @@ function costOf(call: ToolCall, rate: ToolRate, inTok: number, outTok: number, u
   );
 }
 
+/** Largest amount a landed column holds: ClickHouse Int64 nano-units (9.2 billion units of currency). */
+export const MAX_AMOUNT_NANO = (1n << 63n) - 1n;
+
+/**
+ * The most the call can be priced, or cost, under the rate at any usage position: its per-call price at the
+ * dearest tier, its tokens, seconds and usage lines at their dearest unit prices. Every amount rateCall gives
+ * the call (total, component, usage piece, cost) is at most this, so a call under MAX_AMOUNT_NANO lands;
+ * one over it must be refused before it is spooled and claimed, since only then can it be refused whole.
+ */
+export function amountBoundNano(
+  call: ToolCall,
+  rate: ToolRate,
+  quantities: readonly UsageQuantity[],
+): bigint {
+  const p = rate.price;
+  let perCall = p.perCall ?? 0n;
+  for (const t of p.perCallTiers ?? []) if (t.perCall > perCall) perCall = t.perCall;
+  let price =
+    perCall +
+    BigInt(call.inputTokens) * (p.perInputToken ?? 0n) +
+    BigInt(call.outputTokens) * (p.perOutputToken ?? 0n) +
+    durationAmount(call.durationUs, p.perSecond);
+  let usageCost = 0n;
+  for (const q of quantities) {
+    let unit = p.usage?.[q.line.name] ?? 0n;
+    for (const t of p.usageTiers?.[q.line.name] ?? []) if (t.perUnit > unit) unit = t.perUnit;
+    price += usageAmount(q.micro, unit);
+    usageCost += usageAmount(q.micro, rate.cost.usage?.[q.line.name]);
+  }
+  const cost = costOf(call, rate, call.inputTokens, call.outputTokens, usageCost);
+  return price > cost ? price : cost;
+}
+
 /**
  * Rates one tool call. Pure: the same call, plan, rate and usage position always give the same amounts.
  * - A failed call under a plan that does not bill failures is priced at zero (its cost still counts).

@@ -10,6 +10,7 @@ import {
 } from '@tollgate/contracts';
 import Fastify, {
   type FastifyBaseLogger,
+  type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
@@ -56,7 +57,15 @@ export interface ReceiverDeps {
 declare module 'fastify' {
   interface FastifyRequest {
     tollgateIdentity?: IngestIdentity;
+    /** The in-flight slot an admitted export holds; see `admit` in buildReceiver. */
+    tollgateSlot?: InFlightSlot;
   }
+}
+
+interface InFlightSlot {
+  answered: boolean;
+  closed: boolean;
+  released: boolean;
 }
 
 const INGEST_ROUTES = ['/v1/traces', '/v1/ingest/events', '/v1/ingest/batch', '/v1/leases'];
@@ -91,6 +100,14 @@ export function buildReceiver(
     clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
+    // What the router refuses before any route (a malformed percent-escape) answers in the catalogue shape.
+    frameworkErrors: (_error: FastifyError, _req: FastifyRequest, reply: FastifyReply) =>
+      reply
+        .code(400)
+        .type('application/json')
+        .send({
+          error: { code: 'TG_BAD_HTTP', message: 'the request path holds a malformed percent-escape' },
+        }),
   });
   let inFlight = 0;
   let closing = false;
@@ -160,7 +177,7 @@ export function buildReceiver(
   });
 
   // Authenticate and admit before the body is read.
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
     if (req.method !== 'POST' || !INGEST_ROUTES.includes(req.url.split('?')[0] as string)) return;
     if (closing) throw new TollgateError('TG_SHUTTING_DOWN', undefined, 1);
     const identity = keyring.authenticate(req.headers.authorization);
@@ -170,20 +187,39 @@ export function buildReceiver(
     const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
     if (enc !== 'identity' && enc !== 'gzip') throw new TollgateError('TG_UNSUPPORTED_ENCODING', enc);
     req.tollgateIdentity = identity;
+    admit(req, reply);
+  });
+  // An admitted export holds its slot until it is answered (the handler is done with it) and its response
+  // has closed: finished, or its connection dropped. Not fastify's onResponse, which runs only for a
+  // response that finishes: a client that hung up mid-upload or before its answer (an exporter's timeout)
+  // kept its slot for the life of the process, and after maxInFlight of them every export got 429.
+  function admit(req: FastifyRequest, reply: FastifyReply): void {
+    const slot: InFlightSlot = { answered: false, closed: false, released: false };
+    req.tollgateSlot = slot;
     inFlight++;
     metrics.inFlight.set(inFlight);
-  });
-  // While closing, every response ends its connection: a keep-alive socket that turns idle after
-  // close() began would otherwise hold the shutdown until keepAliveTimeout.
-  app.addHook('onSend', async (_req, reply, payload) => {
+    reply.raw.once('close', () => {
+      slot.closed = true;
+      releaseIfDone(slot);
+    });
+  }
+  function releaseIfDone(slot: InFlightSlot): void {
+    if (!slot.answered || !slot.closed || slot.released) return;
+    slot.released = true;
+    inFlight--;
+    metrics.inFlight.set(inFlight);
+  }
+  app.addHook('onSend', async (req, reply, payload) => {
+    // While closing, every response ends its connection: a keep-alive socket that turns idle after
+    // close() began would otherwise hold the shutdown until keepAliveTimeout.
     if (closing) reply.header('connection', 'close');
-    return payload;
-  });
-  app.addHook('onResponse', async (req) => {
-    if (req.tollgateIdentity) {
-      inFlight--;
-      metrics.inFlight.set(inFlight);
+    const slot = req.tollgateSlot;
+    if (slot) {
+      slot.answered = true;
+      // a connection that dropped before the answer has already closed: release now
+      releaseIfDone(slot);
     }
+    return payload;
   });
 
   async function bodyOf(req: FastifyRequest): Promise<Buffer> {

@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { DEV_INGEST_KEY, readMetrics, startTestTollgate, type TestTollgate } from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+
+/**
+ * An export whose client hangs up (an exporter's timeout, a dropped connection, a hostile sender) must give
+ * its in-flight slot back. The slot used to be released in fastify's onResponse hook, which runs only when a
+ * response *finishes*: a request aborted mid-upload or mid-processing never finishes its response, so each
+ * one kept a slot for the life of the process, and after `otlp.maxInFlight` of them every export was
+ * answered 429 until a restart.
+ */
+
+const MAX_IN_FLIGHT = 2;
+let tg: TestTollgate;
+
+beforeAll(async () => {
+  tg = await startTestTollgate({ '--otlp-max-in-flight': String(MAX_IN_FLIGHT) });
+}, 60_000);
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+/** Writes the head and `bodyPart` of a POST declaring `declaredLength` bytes, then drops the connection. */
+function postAndHangUp(path: string, bodyPart: string, declaredLength: number): Promise<void> {
+  return new Promise((resolve) => {
+    const u = new URL(`${tg.otlpUrl}${path}`);
+    const socket = connect(Number(u.port), u.hostname, () => {
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${DEV_INGEST_KEY}\r\n` +
+          `content-type: application/json\r\ncontent-length: ${declaredLength}\r\n\r\n${bodyPart}`,
+      );
+      // long enough for the server to have admitted the request and begun reading its body
+      setTimeout(() => {
+        socket.destroy();
+        resolve();
+      }, 100);
+    });
+    socket.on('error', () => resolve());
+  });
+}
+
+async function inFlight(): Promise<number | undefined> {
+  return (await readMetrics(tg.apiUrl as string)).get('tollgate_exports_in_flight');
+}
+
+async function exportOne(customer: string): Promise<number> {
+  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body: JSON.stringify(exportOf([toolSpan({ customer })])),
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+describe('in-flight slots of exports whose client hung up', () => {
+  it('are released when the client hangs up mid-upload', async () => {
+    for (let i = 0; i < MAX_IN_FLIGHT + 1; i++) {
+      await postAndHangUp('/v1/traces', '{"resourceSpans":[', 100_000);
+    }
+    await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
+    expect(await exportOne('after-upload-aborts')).toBe(200);
+  });
+
+  it('are released when the client hangs up once its export is sent, before the answer', async () => {
+    for (let i = 0; i < MAX_IN_FLIGHT + 1; i++) {
+      const body = JSON.stringify(
+        exportOf([toolSpan({ customer: 'hung-up', spanId: randomBytes(8).toString('hex') })]),
+      );
+      await postAndHangUp('/v1/traces', body, Buffer.byteLength(body));
+    }
+    await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
+    expect(await exportOne('after-answer-aborts')).toBe(200);
+  });
+
+  it('are released for the usage-event endpoints too', async () => {
+    for (let i = 0; i < MAX_IN_FLIGHT + 1; i++) {
+      await postAndHangUp('/v1/ingest/events', '[{"tool":', 100_000);
+    }
+    await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
+    expect(await exportOne('after-event-aborts')).toBe(200);
+  });
+
+  it('and answered exports give theirs back too (keep-alive connections included)', async () => {
+    for (let i = 0; i < 3 * MAX_IN_FLIGHT; i++) expect(await exportOne('answered')).toBe(200);
+    await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
+  });
+});
