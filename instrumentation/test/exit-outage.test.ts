@@ -31,9 +31,25 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** One plan, no free calls, a healthy margin: every call is billed and nothing is stopped. */
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: flat
+    plans:
+      flat:
+        freeCallsPerMonth: 0
+        tools:
+          "*":
+            price: { perCall: "0.01" }
+            cost: { perCall: "0.001" }
+`;
+
 interface Row {
   span_id: string;
   tool: string;
+  price_nano: string;
 }
 
 describe('a stdio session that ends while Tollgate is down', () => {
@@ -65,7 +81,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await b.client.close().catch(() => {});
 
     // Tollgate comes back on the same port; the next session of the service delivers what the others left
-    tg = await startTestTollgate({ '--otlp-port': String(port) });
+    tg = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
     const running = tg;
     const c = await connectStdio(env);
     await c.client.callTool({ name: 'echo', arguments: { text: 'c1' } });
@@ -76,7 +92,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
       await running.lander?.idle();
       return query<Row>(
         running,
-        'SELECT span_id, tool FROM mcp_tool_calls WHERE customer = {c:String}',
+        'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
         { c: 'outage-co' },
       );
     };
@@ -86,6 +102,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     });
     expect(rows.length).toBe(7);
     expect(new Set(rows.map((r) => r.span_id)).size).toBe(7);
+    expect(rows.reduce((t, r) => t + BigInt(r.price_nano), 0n)).toBe(70_000_000n);
 
     // nothing is left to hand over, and a further session bills nothing twice
     const pending = `${stateFile}.pending`;
