@@ -562,3 +562,44 @@ describe('a kill while a lease is held', () => {
     expect((refused as TollgateRefusal).data.tollgate.reason).toBe('operator:ops');
   });
 });
+
+describe('a process too busy to read the answer in time', () => {
+  it('the time its own event loop was stalled is not counted against Tollgate: the exhausted limit refuses, nothing runs unleased', async () => {
+    const options = {
+      url: `${tg.otlpUrl}/v1/leases`,
+      headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+      timeoutMs: 250, // the default
+      failMode: 'open' as const,
+      windowMs: 2000,
+      safetyMs: 200,
+      requestTimeoutMs: 5000,
+    };
+    // one instance takes the whole day's budget (10 calls) of the customer
+    const first = new LeaseBook(options, 'inst-stall-a', () => {});
+    let ran = 0;
+    for (let i = 0; i < 20; i++) {
+      const t = first.take('stall-co', 'lookup', 's1', Date.now());
+      const r = t instanceof Promise ? await t : t;
+      if (r instanceof TollgateRefusal) break;
+      ran++;
+    }
+    expect(ran).toBe(10);
+
+    // another instance (another server process) needs a lease for its first call, and right then its event
+    // loop is busy for longer than the lease timeout (a cold start, a large synchronous task): Tollgate
+    // would answer in milliseconds, but the process cannot read the answer until the stall ends
+    const second = new LeaseBook(options, 'inst-stall-b', () => {});
+    const pending = second.take('stall-co', 'lookup', 's2', Date.now());
+    expect(pending).toBeInstanceOf(Promise);
+    const stallUntil = Date.now() + 400;
+    while (Date.now() < stallUntil) {
+      // busy: no I/O, no timers
+    }
+    const outcome = await pending;
+    expect(second.stats.failOpen).toBe(0);
+    expect(outcome).toBeInstanceOf(TollgateRefusal);
+    expect((outcome as TollgateRefusal).data.tollgate.reason).toBe('hard_limit:calls_per_day');
+    first.close();
+    second.close();
+  });
+});
