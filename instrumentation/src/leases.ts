@@ -56,6 +56,8 @@ const MAX_SESSIONS = 256;
 /** A Tollgate that answered 404 to a lease request is asked again after this long. */
 const NOT_OFFERED_RETRY_MS = 60_000;
 const MAX_WANT_CALLS = 10_000;
+/** A lease-wait timer firing this much late says the process itself was stalled (not Tollgate slow). */
+const STALL_MS = 20;
 
 /** One customer's lease and what this process took from it (amounts are cumulative over the lease). */
 class Held {
@@ -314,7 +316,7 @@ export class LeaseBook {
     nowMs: number,
   ): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
-    const deadline = nowMs + this.o.timeoutMs;
+    let deadline = nowMs + this.o.timeoutMs;
     const seenAnswers = h.answers;
     h.waiting++;
     try {
@@ -355,13 +357,23 @@ export class LeaseBook {
           return this.failed(h);
         }
         let timer: NodeJS.Timeout | undefined;
+        let late = 0;
+        const wait = Math.max(1, deadline - now);
         await Promise.race([
           this.renew(h, tool, session, h.known ? h.priceOf(tool) : 0, now),
           new Promise<void>((r) => {
-            timer = setTimeout(r, Math.max(1, deadline - now));
+            timer = setTimeout(() => {
+              late = Date.now() - (now + wait);
+              r();
+            }, wait);
           }),
         ]);
         clearTimeout(timer);
+        // A timer that fired late means this process was too busy to run it — and so to send the request and
+        // read Tollgate's answer, which the timer phase precedes. That stall is not Tollgate's lateness: the
+        // wait starts over, so `timeoutMs` bounds the time Tollgate had, not our own. Bounded all the same: a
+        // renewal that fails or times out (`requestTimeoutMs`) ends the wait through `failedUntilMs`.
+        if (late > STALL_MS) deadline = Date.now() + this.o.timeoutMs;
       }
     } finally {
       h.waiting--;

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client as Client2, StreamableHTTPClientTransport as Http2 } from '@modelcontextprotocol/client';
@@ -601,5 +601,38 @@ describe('a process too busy to read the answer in time', () => {
     expect((outcome as TollgateRefusal).data.tollgate.reason).toBe('hard_limit:calls_per_day');
     first.close();
     second.close();
+  });
+
+  it('a Tollgate that does not answer still ends the wait after timeoutMs (then the fail mode applies)', async () => {
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createNetServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const book = new LeaseBook(
+      {
+        url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/leases`,
+        headers: {},
+        timeoutMs: 250,
+        failMode: 'open',
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      },
+      'inst-hang',
+      () => {},
+    );
+    const t0 = performance.now();
+    const pending = book.take('hang-co', 'lookup', 's1', Date.now());
+    expect(pending).toBeInstanceOf(Promise);
+    expect(await pending).not.toBeInstanceOf(TollgateRefusal);
+    const waited = performance.now() - t0;
+    expect(book.stats.failOpen).toBe(1);
+    expect(waited).toBeGreaterThanOrEqual(240);
+    expect(waited).toBeLessThan(2000);
+    book.close();
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
   });
 });
