@@ -638,50 +638,56 @@ describe('a process too busy to read the answer in time', () => {
 });
 
 describe('a customer killed by a hard limit', () => {
-  it('a new instance is refused by the killed answer — not after timeoutMs, and not by running the call', async () => {
-    // the state enforce.lua writes when an export's calls crossed a limit (calls without leases: another
-    // sender, or calls run fail-open): lease.lua answers `killed`, with the limit's reason
-    const until = Date.now() + 3_600_000;
-    await tg.redis?.hset(
-      redisKeys.state(customerTag('demo-mcp', 'hk-co')),
-      'c',
-      `kill|hard_limit:calls_per_day|${until}||`,
-    );
-    const book = new LeaseBook(
-      {
-        url: `${tg.otlpUrl}/v1/leases`,
-        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
-        timeoutMs: 1000,
-        failMode: 'open',
-        windowMs: 2000,
-        safetyMs: 200,
-        requestTimeoutMs: 5000,
-      },
-      'inst-hk',
-      () => {},
-    );
-    const outcomes: unknown[] = [];
-    const t0 = performance.now();
-    for (let i = 0; i < 3; i++) {
-      const t = book.take('hk-co', 'lookup', 's1', Date.now());
-      outcomes.push(t instanceof Promise ? await t : t);
-    }
-    const elapsed = performance.now() - t0;
-    for (const o of outcomes) {
-      expect(o).toBeInstanceOf(TollgateRefusal);
-      expect((o as TollgateRefusal).data.tollgate).toMatchObject({
-        refusal: 'killed',
-        scope: 'customer',
-        id: 'hk-co',
-        reason: 'hard_limit:calls_per_day',
-        untilUnixMs: until,
-      });
-    }
-    expect(book.stats.failOpen).toBe(0);
-    expect(book.stats.refused).toBe(3);
-    // one answer says so: the calls after it are refused from it, without asking again at once
-    expect(book.stats.requests).toBe(1);
-    expect(elapsed).toBeLessThan(1000);
-    book.close();
-  });
+  it.each([
+    ['hk-co', 'hard_limit:calls_per_day'],
+    ['hk2-co', 'hard_limit:spend_per_period'],
+  ])(
+    '%s (%s): a new instance is refused by the killed answer — not after timeoutMs, not by running the call',
+    async (customer, reason) => {
+      // the state enforce.lua writes when an export's calls crossed a limit (calls without leases: another
+      // sender, or calls run fail-open): lease.lua answers `killed`, with the limit's reason
+      const until = Date.now() + 3_600_000;
+      await tg.redis?.hset(
+        redisKeys.state(customerTag('demo-mcp', customer)),
+        'c',
+        `kill|${reason}|${until}||`,
+      );
+      const book = new LeaseBook(
+        {
+          url: `${tg.otlpUrl}/v1/leases`,
+          headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+          timeoutMs: 1000,
+          failMode: 'open',
+          windowMs: 2000,
+          safetyMs: 200,
+          requestTimeoutMs: 5000,
+        },
+        `inst-${customer}`,
+        () => {},
+      );
+      const outcomes: unknown[] = [];
+      const t0 = performance.now();
+      for (let i = 0; i < 3; i++) {
+        const t = book.take(customer, 'lookup', 's1', Date.now());
+        outcomes.push(t instanceof Promise ? await t : t);
+      }
+      const elapsed = performance.now() - t0;
+      for (const o of outcomes) {
+        expect(o).toBeInstanceOf(TollgateRefusal);
+        expect((o as TollgateRefusal).data.tollgate).toMatchObject({
+          refusal: 'killed',
+          scope: 'customer',
+          id: customer,
+          reason,
+          untilUnixMs: until,
+        });
+      }
+      expect(book.stats.failOpen).toBe(0);
+      expect(book.stats.refused).toBe(3);
+      // one answer says so: the calls after it are refused from it, without asking again at once
+      expect(book.stats.requests).toBe(1);
+      expect(elapsed).toBeLessThan(1000);
+      book.close();
+    },
+  );
 });
