@@ -317,7 +317,9 @@ export class TollgateRuntime {
   }
 
   private scheduleClose(s: SessionInfo, d: Directive, delayMs: number): void {
-    if (s.closing) return;
+    // Stateless HTTP (no protocol session, not a connection: a server per request) has nothing to close:
+    // its calls are refused one by one, and "closing" each per-request server would log a line per call.
+    if (s.closing || s.sessionId === undefined) return;
     s.closing = true;
     this.sessions.delete(s);
     setTimeout(() => void this.closeSession(s, d), delayMs);
