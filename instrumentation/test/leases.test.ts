@@ -603,6 +603,60 @@ describe('a process too busy to read the answer in time', () => {
     second.close();
   });
 
+  it('an answer that arrived while the process was busy is read before the deadline fails the call', async () => {
+    // A relay in another process delays Tollgate's answers by 100 ms (a slow network); this process is busy
+    // from 50 ms until 5 ms after the 600 ms deadline. The answer waits in the socket when the deadline timer
+    // runs, only 5 ms late (too little to say the process stalled): it must be read before failing open.
+    const target = new URL(tg.otlpUrl as string);
+    const relayScript = `
+      const net = require('node:net');
+      const s = net.createServer((client) => {
+        const up = net.connect(${Number(target.port)}, '${target.hostname}');
+        client.pipe(up);
+        up.on('data', (c) => setTimeout(() => client.write(c), 100));
+        up.on('end', () => setTimeout(() => client.end(), 100));
+        for (const x of [client, up]) x.on('error', () => {});
+      });
+      s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
+    `;
+    const relay = spawn(process.execPath, ['-e', relayScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        relay.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+        relay.once('exit', () => reject(new Error('relay exited')));
+      });
+      const options = {
+        url: `http://127.0.0.1:${port}/v1/leases`,
+        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+        timeoutMs: 600,
+        failMode: 'open' as const,
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      };
+      const fill = new LeaseBook(options, 'inst-late-a', () => {});
+      for (let i = 0; i < 20; i++) {
+        const t = fill.take('late-co', 'lookup', 's1', Date.now());
+        if ((t instanceof Promise ? await t : t) instanceof TollgateRefusal) break;
+      }
+      const book = new LeaseBook(options, 'inst-late-b', () => {});
+      const t0 = Date.now();
+      const pending = book.take('late-co', 'lookup', 's2', t0);
+      setTimeout(() => {
+        while (Date.now() < t0 + 605) {
+          // busy
+        }
+      }, 50);
+      const outcome = await pending;
+      expect(book.stats.failOpen).toBe(0);
+      expect(outcome).toBeInstanceOf(TollgateRefusal);
+      fill.close();
+      book.close();
+    } finally {
+      relay.kill();
+    }
+  });
+
   it('a Tollgate that does not answer still ends the wait after timeoutMs (then the fail mode applies)', async () => {
     const sockets = new Set<import('node:net').Socket>();
     const hang = createNetServer((sock) => {
