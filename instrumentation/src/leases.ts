@@ -341,6 +341,7 @@ export class LeaseBook {
   ): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
     let deadline = nowMs + this.o.timeoutMs;
+    let readPending = false;
     const seenAnswers = h.answers;
     h.waiting++;
     try {
@@ -391,6 +392,13 @@ export class LeaseBook {
               return refusalFor(h, short, tool, session, stop);
             }
           }
+        }
+        if (now >= deadline && h.renewing && !readPending) {
+          // The deadline timer runs before I/O in the event loop's turn: an answer that arrived while this
+          // process was busy may be waiting in the socket. Read it (one turn of I/O) before failing.
+          readPending = true;
+          await new Promise<void>((r) => setImmediate(r));
+          continue;
         }
         if (now >= deadline || now < h.failedUntilMs) {
           if (now >= deadline) this.stats.failures++;
