@@ -262,6 +262,8 @@ export class SpanBatcher {
   private buffer: ReadableSpan[] = [];
   private timer: NodeJS.Timeout | undefined;
   private exporting: Promise<void> = Promise.resolve();
+  /** Batches flushed whose turn at the exporter has not come yet. */
+  private readonly transit = new Set<ReadableSpan[]>();
   dropped = 0;
 
   constructor(
@@ -293,9 +295,14 @@ export class SpanBatcher {
     if (this.buffer.length === 0) return this.exporting;
     const batch = this.buffer;
     this.buffer = [];
+    this.transit.add(batch);
     this.exporting = this.exporting.then(
       () =>
         new Promise<void>((resolve) => {
+          if (!this.transit.delete(batch)) {
+            resolve(); // taken by takeAll meanwhile
+            return;
+          }
           try {
             this.exporter.export(batch, (_r: ExportResult) => resolve());
           } catch {
@@ -304,6 +311,23 @@ export class SpanBatcher {
         }),
     );
     return this.exporting;
+  }
+
+  /**
+   * Takes, synchronously, every span not yet handed to the exporter (buffered, or flushed but waiting for
+   * the exporter's turn): for a process that exits now and can no longer wait for promises.
+   */
+  takeAll(): ReadableSpan[] {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    const out: ReadableSpan[] = [];
+    for (const b of this.transit) out.push(...b);
+    this.transit.clear();
+    out.push(...this.buffer);
+    this.buffer = [];
+    return out;
   }
 
   async shutdown(): Promise<void> {

@@ -6,6 +6,7 @@ import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
 import { JsonTraceSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive } from '@tollgate/contracts';
+import type { BodyFormat, ExportBody } from './handoff.js';
 import type { TollgateLogger } from './types.js';
 import { directivesFromJson, directivesFromProtobuf, heartbeatRequest, leasesFromResponse } from './wire.js';
 
@@ -113,6 +114,8 @@ export class OutageLog {
  */
 export class TollgateExporter implements SpanExporter {
   private pending: ReadableSpan[] = [];
+  /** Export bodies a predecessor process could not deliver (see handoff.ts), sent before `pending`. */
+  private handed: ExportBody[] = [];
   private sending: Promise<boolean> | undefined;
   private retryAtMs = 0;
   private backoffMs = MIN_BACKOFF_MS;
@@ -120,7 +123,17 @@ export class TollgateExporter implements SpanExporter {
   private shutDown = false;
   private readonly agent: http.Agent;
   /** Counters (for tests, the demo and the fail-open log). */
-  readonly stats = { exports: 0, heartbeats: 0, failures: 0, spansSent: 0, dropped: 0, directives: 0 };
+  readonly stats = {
+    exports: 0,
+    heartbeats: 0,
+    failures: 0,
+    spansSent: 0,
+    dropped: 0,
+    directives: 0,
+    /** Export bodies taken over from predecessors, and those delivered. */
+    handedOver: 0,
+    handedDelivered: 0,
+  };
 
   constructor(
     private readonly s: ExporterSettings,
@@ -154,10 +167,35 @@ export class TollgateExporter implements SpanExporter {
     void this.drain(false);
   }
 
+  /** Takes over export bodies a predecessor left (sent first, with the same retries). */
+  adopt(bodies: ExportBody[]): void {
+    if (bodies.length === 0) return;
+    this.handed.push(...bodies);
+    this.stats.handedOver += bodies.length;
+    void this.drain(false);
+  }
+
+  /**
+   * Everything not delivered yet — bodies taken over, buffered spans and `more` (spans the batcher still
+   * held) — as export bodies, and forgets them: for a process that exits now (synchronous).
+   */
+  takeUnsent(more: ReadableSpan[] = []): ExportBody[] {
+    const spans = [...this.pending, ...more];
+    const out = this.handed;
+    this.handed = [];
+    this.pending = [];
+    const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
+    for (let i = 0; i < spans.length; i += MAX_SPANS_PER_REQUEST) {
+      const body = serializer.serializeRequest(spans.slice(i, i + MAX_SPANS_PER_REQUEST));
+      if (body) out.push({ body, format: this.s.format });
+    }
+    return out;
+  }
+
   /** Sends what is buffered; resolves true when the buffer is empty. */
   drain(ignoreBackoff: boolean): Promise<boolean> {
     if (this.sending) return this.sending;
-    if (this.pending.length === 0) return Promise.resolve(true);
+    if (this.pending.length === 0 && this.handed.length === 0) return Promise.resolve(true);
     if (!ignoreBackoff && Date.now() < this.retryAtMs) return Promise.resolve(false);
     this.sending = this.sendAll().finally(() => {
       this.sending = undefined;
@@ -166,6 +204,16 @@ export class TollgateExporter implements SpanExporter {
   }
 
   private async sendAll(): Promise<boolean> {
+    while (this.handed.length > 0) {
+      const h = this.handed[0] as ExportBody;
+      const outcome = await this.post(this.s.tracesUrl, this.s.headers, h.body, 'export', h.format);
+      if (outcome === 'retry') return false;
+      if (this.handed[0] === h) this.handed.shift();
+      if (outcome === 'ok') {
+        this.stats.exports++;
+        this.stats.handedDelivered++;
+      }
+    }
     while (this.pending.length > 0) {
       const batch = this.pending.slice(0, MAX_SPANS_PER_REQUEST);
       const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
@@ -189,7 +237,7 @@ export class TollgateExporter implements SpanExporter {
   /** Called by the runtime's timer: retries a buffered backlog, or heartbeats when idle. */
   async tick(nowMs = Date.now()): Promise<void> {
     if (this.shutDown) return;
-    if (this.pending.length > 0) {
+    if (this.pending.length > 0 || this.handed.length > 0) {
       await this.drain(false);
       if (!this.s.heartbeatAlways) return;
     }
@@ -211,11 +259,12 @@ export class TollgateExporter implements SpanExporter {
     headers: Record<string, string>,
     raw: Uint8Array,
     source: DirectiveSource,
+    format: BodyFormat = this.s.format,
   ): Promise<'ok' | 'retry' | 'refused'> {
     let res: Response;
     try {
       const body = this.s.compression === 'gzip' ? await gzipAsync(raw) : raw;
-      res = await this.request(url, headers, body);
+      res = await this.request(url, headers, body, format);
     } catch (err) {
       this.failed((err as NodeJS.ErrnoException).code ?? (err as Error).message, undefined);
       return 'retry';
@@ -264,7 +313,12 @@ export class TollgateExporter implements SpanExporter {
     this.outage.failure(detail, this.pending.length, this.stats.dropped);
   }
 
-  private request(url: string, headers: Record<string, string>, body: Uint8Array): Promise<Response> {
+  private request(
+    url: string,
+    headers: Record<string, string>,
+    body: Uint8Array,
+    format: BodyFormat,
+  ): Promise<Response> {
     const target = new URL(url);
     const mod = target.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
@@ -276,7 +330,7 @@ export class TollgateExporter implements SpanExporter {
           timeout: this.s.timeoutMs,
           headers: {
             ...headers,
-            'content-type': CONTENT_TYPES[this.s.format],
+            'content-type': CONTENT_TYPES[format],
             'content-length': String(body.length),
             ...(this.s.compression === 'gzip' ? { 'content-encoding': 'gzip' } : {}),
           },

@@ -56,6 +56,8 @@ const MAX_SESSIONS = 256;
 /** A Tollgate that answered 404 to a lease request is asked again after this long. */
 const NOT_OFFERED_RETRY_MS = 60_000;
 const MAX_WANT_CALLS = 10_000;
+/** A lease-wait timer firing this much late says the process itself was stalled (not Tollgate slow). */
+const STALL_MS = 20;
 
 /** One customer's lease and what this process took from it (amounts are cumulative over the lease). */
 class Held {
@@ -131,6 +133,16 @@ class Held {
     return this.exhausted.some((e) => exhausts(e, short, tool, session));
   }
 
+  /**
+   * The customer-wide stop the last answer named, when it leaves this customer nothing to take: a kill in
+   * force whatever its reason (lease.lua answers `killed`: nothing granted, expiring at once — a kill left
+   * by a crossed hard limit names that limit), or a customer limit the lease cannot cover the call under.
+   */
+  customerStop(nowMs: number, short: string | undefined): LeaseExhausted | undefined {
+    if (nowMs < this.usableUntilMs && short === undefined) return undefined;
+    return this.exhausted.find((e) => e.scope === 'customer');
+  }
+
   consume(tool: string, session: string, price: number): void {
     this.callsUsed++;
     this.moneyUsed += price;
@@ -193,8 +205,14 @@ function num(v: string | null | undefined): number {
   return v === null || v === undefined ? Number.POSITIVE_INFINITY : Number(v);
 }
 
-function refusalFor(h: Held, scope: string, tool: string, session: string): TollgateRefusal {
-  const x = h.exhausted.find((e) => exhausts(e, scope, tool, session));
+function refusalFor(
+  h: Held,
+  scope: string,
+  tool: string,
+  session: string,
+  stop?: LeaseExhausted,
+): TollgateRefusal {
+  const x = stop ?? h.exhausted.find((e) => exhausts(e, scope, tool, session));
   const reason =
     x?.reason ??
     (scope === 'calls'
@@ -276,6 +294,14 @@ export class LeaseBook {
         return refusalFor(h, short, tool, session);
       }
     }
+    if (h.known && nowMs < h.deniedUntilMs) {
+      // a recent answer said the customer is stopped: refused from it, without asking again at once
+      const stop = h.customerStop(nowMs, 'calls');
+      if (stop) {
+        this.stats.refused++;
+        return refusalFor(h, 'calls', tool, session, stop);
+      }
+    }
     if (nowMs < h.failedUntilMs) return this.failed(h);
     return this.waitFor(h, tool, session, nowMs);
   }
@@ -314,7 +340,8 @@ export class LeaseBook {
     nowMs: number,
   ): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
-    const deadline = nowMs + this.o.timeoutMs;
+    let deadline = nowMs + this.o.timeoutMs;
+    let readPending = false;
     const seenAnswers = h.answers;
     h.waiting++;
     try {
@@ -331,6 +358,17 @@ export class LeaseBook {
           this.stats.refused++;
           return refusalFor(h, 'calls', tool, session);
         }
+        // an answer that grants nothing usable and names a customer-wide stop: a kill left by a crossed hard
+        // limit (lease.lua's `killed`, which expires at once). Asking again would get the same answer until
+        // timeoutMs, and then the fail mode would run the call of a stopped customer.
+        if (h.known && h.answers > seenAnswers && now >= h.usableUntilMs) {
+          const stop = h.customerStop(now, 'calls');
+          if (stop) {
+            h.deniedUntilMs = now + DENIAL_CACHE_MS;
+            this.stats.refused++;
+            return refusalFor(h, 'calls', tool, session, stop);
+          }
+        }
         if (h.known && now < h.usableUntilMs) {
           if (h.unlimited(tool)) {
             this.stats.taken++;
@@ -343,11 +381,24 @@ export class LeaseBook {
             this.stats.taken++;
             return { leaseId: h.leaseId, reserved: p };
           }
-          if (h.answers > seenAnswers && h.exhaustedFor(short, tool, session)) {
-            h.deniedUntilMs = now + DENIAL_CACHE_MS;
-            this.stats.refused++;
-            return refusalFor(h, short, tool, session);
+          if (h.answers > seenAnswers) {
+            // the answer to this wait cannot cover the call: refused when it names the limit behind the
+            // allowance that fell short, or a customer-wide one (a kill with a hard limit's reason grants
+            // no calls and no money, so the call falls short on calls whichever limit was crossed)
+            const stop = h.exhaustedFor(short, tool, session) ? undefined : h.customerStop(now, short);
+            if (stop || h.exhaustedFor(short, tool, session)) {
+              h.deniedUntilMs = now + DENIAL_CACHE_MS;
+              this.stats.refused++;
+              return refusalFor(h, short, tool, session, stop);
+            }
           }
+        }
+        if (now >= deadline && h.renewing && !readPending) {
+          // The deadline timer runs before I/O in the event loop's turn: an answer that arrived while this
+          // process was busy may be waiting in the socket. Read it (one turn of I/O) before failing.
+          readPending = true;
+          await new Promise<void>((r) => setImmediate(r));
+          continue;
         }
         if (now >= deadline || now < h.failedUntilMs) {
           if (now >= deadline) this.stats.failures++;
@@ -355,13 +406,23 @@ export class LeaseBook {
           return this.failed(h);
         }
         let timer: NodeJS.Timeout | undefined;
+        let late = 0;
+        const wait = Math.max(1, deadline - now);
         await Promise.race([
           this.renew(h, tool, session, h.known ? h.priceOf(tool) : 0, now),
           new Promise<void>((r) => {
-            timer = setTimeout(r, Math.max(1, deadline - now));
+            timer = setTimeout(() => {
+              late = Date.now() - (now + wait);
+              r();
+            }, wait);
           }),
         ]);
         clearTimeout(timer);
+        // A timer that fired late means this process was too busy to run it — and so to send the request and
+        // read Tollgate's answer, which the timer phase precedes. That stall is not Tollgate's lateness: the
+        // wait starts over, so `timeoutMs` bounds the time Tollgate had, not our own. Bounded all the same: a
+        // renewal that fails or times out (`requestTimeoutMs`) ends the wait through `failedUntilMs`.
+        if (late > STALL_MS) deadline = Date.now() + this.o.timeoutMs;
       }
     } finally {
       h.waiting--;

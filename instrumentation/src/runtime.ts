@@ -8,6 +8,7 @@ import type { Directive, McpTransport, SessionRule } from '@tollgate/contracts';
 import { type AttributeCopier, BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
+import { claimHandoff, handoffDir, writeHandoff } from './handoff.js';
 import type { ServerLike, TransportLike } from './internal-types.js';
 import { LeaseBook, type LeaseOptions } from './leases.js';
 import { RESOURCE_SERVICE_INSTANCE_ID, RESOURCE_SERVICE_NAME } from './semconv.js';
@@ -136,14 +137,20 @@ export class TollgateRuntime {
   private instanceRecorded = false;
   private shutDown = false;
   private readonly onBeforeExit = () => void this.forceFlush();
+  /** The process is exiting (no more I/O): what is still undelivered goes to the next process. */
+  private readonly onExit = () => this.handOver();
   private readonly onSignal = (signal: NodeJS.Signals) => {
     const othersListen = process.listenerCount(signal) > 0;
     void withTimeout(
       this.forceFlush().then(() => this.leases?.releaseAll()),
       EXIT_FLUSH_MS,
     ).finally(() => {
-      // Re-raise so the default action (exit) happens, unless the app handles the signal itself.
-      if (!othersListen) process.kill(process.pid, signal);
+      // Re-raise so the default action (exit) happens, unless the app handles the signal itself. A death by
+      // signal emits no 'exit' event: hand over first.
+      if (!othersListen) {
+        this.handOver();
+        process.kill(process.pid, signal);
+      }
     });
   };
 
@@ -179,6 +186,10 @@ export class TollgateRuntime {
       void this.exporter?.tick();
     }, o.heartbeatIntervalMs);
     this.timer.unref();
+    if (this.exporter && o.stateFile) {
+      // what predecessors of this service could not deliver before they exited (Tollgate was down)
+      this.exporter.adopt(claimHandoff(handoffDir(o.stateFile), this.instanceId));
+    }
     if (this.exporter) {
       const exp = this.exporter;
       // First contact at once: confirms (or drops) remembered kills, learns of kills while we were away.
@@ -192,6 +203,7 @@ export class TollgateRuntime {
       this.synced = Promise.resolve();
     }
     process.once('beforeExit', this.onBeforeExit);
+    process.once('exit', this.onExit);
     process.once('SIGTERM', this.onSignal);
     process.once('SIGINT', this.onSignal);
   }
@@ -305,7 +317,9 @@ export class TollgateRuntime {
   }
 
   private scheduleClose(s: SessionInfo, d: Directive, delayMs: number): void {
-    if (s.closing) return;
+    // Stateless HTTP (no protocol session, not a connection: a server per request) has nothing to close:
+    // its calls are refused one by one, and "closing" each per-request server would log a line per call.
+    if (s.closing || s.sessionId === undefined) return;
     s.closing = true;
     this.sessions.delete(s);
     setTimeout(() => void this.closeSession(s, d), delayMs);
@@ -359,6 +373,31 @@ export class TollgateRuntime {
     }
   }
 
+  /**
+   * Writes what the exporter could not deliver (and what the batcher still holds) for the next process of
+   * this service, next to the state file (synchronous: the process is exiting). Without a state file, or
+   * with a `billingExporter` of the app's, nothing is handed over.
+   */
+  handOver(): void {
+    const exp = this.exporter;
+    const file = this.o.stateFile;
+    if (!exp || !file || this.o.billingExporter) return;
+    const bodies = exp.takeUnsent(this.batcher?.takeAll() ?? []);
+    if (bodies.length === 0) return;
+    try {
+      const skipped = writeHandoff(handoffDir(file), this.instanceId, bodies);
+      this.o.logger?.warn(
+        `Tollgate unreachable at exit: ${bodies.length - skipped} export(s) of billing spans left in ` +
+          `${handoffDir(file)} for the next process of this service` +
+          (skipped ? `; ${skipped} dropped (the directory is full)` : ''),
+      );
+    } catch (err) {
+      this.o.logger?.warn(
+        `billing spans lost at exit: cannot write ${handoffDir(file)}: ${(err as Error).message}`,
+      );
+    }
+  }
+
   /** Exports every finished billing span now (bounded by the exporter's timeout). */
   async forceFlush(): Promise<void> {
     await this.batcher?.flush();
@@ -370,9 +409,12 @@ export class TollgateRuntime {
     this.shutDown = true;
     clearInterval(this.timer);
     process.off('beforeExit', this.onBeforeExit);
+    process.off('exit', this.onExit);
     process.off('SIGTERM', this.onSignal);
     process.off('SIGINT', this.onSignal);
     await this.batcher?.shutdown();
+    // shut down during an outage: the next process of this service delivers what is left
+    this.handOver();
     // after the spans went out (they settle what was consumed), what the leases still hold goes back
     if (this.leases) {
       await withTimeout(this.leases.releaseAll(), EXIT_FLUSH_MS);

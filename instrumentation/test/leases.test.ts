@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client as Client2, StreamableHTTPClientTransport as Http2 } from '@modelcontextprotocol/client';
@@ -561,4 +561,187 @@ describe('a kill while a lease is held', () => {
     expect(refused).toBeInstanceOf(TollgateRefusal);
     expect((refused as TollgateRefusal).data.tollgate.reason).toBe('operator:ops');
   });
+});
+
+describe('a process too busy to read the answer in time', () => {
+  it('the time its own event loop was stalled is not counted against Tollgate: the exhausted limit refuses, nothing runs unleased', async () => {
+    const options = {
+      url: `${tg.otlpUrl}/v1/leases`,
+      headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+      timeoutMs: 250, // the default
+      failMode: 'open' as const,
+      windowMs: 2000,
+      safetyMs: 200,
+      requestTimeoutMs: 5000,
+    };
+    // one instance takes the whole day's budget (10 calls) of the customer
+    const first = new LeaseBook(options, 'inst-stall-a', () => {});
+    let ran = 0;
+    for (let i = 0; i < 20; i++) {
+      const t = first.take('stall-co', 'lookup', 's1', Date.now());
+      const r = t instanceof Promise ? await t : t;
+      if (r instanceof TollgateRefusal) break;
+      ran++;
+    }
+    expect(ran).toBe(10);
+
+    // another instance (another server process) needs a lease for its first call, and right then its event
+    // loop is busy for longer than the lease timeout (a cold start, a large synchronous task): Tollgate
+    // would answer in milliseconds, but the process cannot read the answer until the stall ends
+    const second = new LeaseBook(options, 'inst-stall-b', () => {});
+    const pending = second.take('stall-co', 'lookup', 's2', Date.now());
+    expect(pending).toBeInstanceOf(Promise);
+    const stallUntil = Date.now() + 400;
+    while (Date.now() < stallUntil) {
+      // busy: no I/O, no timers
+    }
+    const outcome = await pending;
+    expect(second.stats.failOpen).toBe(0);
+    expect(outcome).toBeInstanceOf(TollgateRefusal);
+    expect((outcome as TollgateRefusal).data.tollgate.reason).toBe('hard_limit:calls_per_day');
+    first.close();
+    second.close();
+  });
+
+  it('an answer that arrived while the process was busy is read before the deadline fails the call', async () => {
+    // A relay in another process delays Tollgate's answers by 100 ms (a slow network); this process is busy
+    // from 50 ms until 5 ms after the 600 ms deadline. The answer waits in the socket when the deadline timer
+    // runs, only 5 ms late (too little to say the process stalled): it must be read before failing open.
+    const target = new URL(tg.otlpUrl as string);
+    const relayScript = `
+      const net = require('node:net');
+      const s = net.createServer((client) => {
+        const up = net.connect(${Number(target.port)}, '${target.hostname}');
+        client.pipe(up);
+        up.on('data', (c) => setTimeout(() => client.write(c), 100));
+        up.on('end', () => setTimeout(() => client.end(), 100));
+        for (const x of [client, up]) x.on('error', () => {});
+      });
+      s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
+    `;
+    const relay = spawn(process.execPath, ['-e', relayScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        relay.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+        relay.once('exit', () => reject(new Error('relay exited')));
+      });
+      const options = {
+        url: `http://127.0.0.1:${port}/v1/leases`,
+        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+        timeoutMs: 600,
+        failMode: 'open' as const,
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      };
+      const fill = new LeaseBook(options, 'inst-late-a', () => {});
+      for (let i = 0; i < 20; i++) {
+        const t = fill.take('late-co', 'lookup', 's1', Date.now());
+        if ((t instanceof Promise ? await t : t) instanceof TollgateRefusal) break;
+      }
+      const book = new LeaseBook(options, 'inst-late-b', () => {});
+      const t0 = Date.now();
+      const pending = book.take('late-co', 'lookup', 's2', t0);
+      setTimeout(() => {
+        while (Date.now() < t0 + 605) {
+          // busy
+        }
+      }, 50);
+      const outcome = await pending;
+      expect(book.stats.failOpen).toBe(0);
+      expect(outcome).toBeInstanceOf(TollgateRefusal);
+      fill.close();
+      book.close();
+    } finally {
+      relay.kill();
+    }
+  });
+
+  it('a Tollgate that does not answer still ends the wait after timeoutMs (then the fail mode applies)', async () => {
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createNetServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const book = new LeaseBook(
+      {
+        url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/leases`,
+        headers: {},
+        timeoutMs: 250,
+        failMode: 'open',
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      },
+      'inst-hang',
+      () => {},
+    );
+    const t0 = performance.now();
+    const pending = book.take('hang-co', 'lookup', 's1', Date.now());
+    expect(pending).toBeInstanceOf(Promise);
+    expect(await pending).not.toBeInstanceOf(TollgateRefusal);
+    const waited = performance.now() - t0;
+    expect(book.stats.failOpen).toBe(1);
+    expect(waited).toBeGreaterThanOrEqual(240);
+    expect(waited).toBeLessThan(2000);
+    book.close();
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
+  });
+});
+
+describe('a customer killed by a hard limit', () => {
+  it.each([
+    ['hk-co', 'hard_limit:calls_per_day'],
+    ['hk2-co', 'hard_limit:spend_per_period'],
+  ])(
+    '%s (%s): a new instance is refused by the killed answer — not after timeoutMs, not by running the call',
+    async (customer, reason) => {
+      // the state enforce.lua writes when an export's calls crossed a limit (calls without leases: another
+      // sender, or calls run fail-open): lease.lua answers `killed`, with the limit's reason
+      const until = Date.now() + 3_600_000;
+      await tg.redis?.hset(
+        redisKeys.state(customerTag('demo-mcp', customer)),
+        'c',
+        `kill|${reason}|${until}||`,
+      );
+      const book = new LeaseBook(
+        {
+          url: `${tg.otlpUrl}/v1/leases`,
+          headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+          timeoutMs: 1000,
+          failMode: 'open',
+          windowMs: 2000,
+          safetyMs: 200,
+          requestTimeoutMs: 5000,
+        },
+        `inst-${customer}`,
+        () => {},
+      );
+      const outcomes: unknown[] = [];
+      const t0 = performance.now();
+      for (let i = 0; i < 3; i++) {
+        const t = book.take(customer, 'lookup', 's1', Date.now());
+        outcomes.push(t instanceof Promise ? await t : t);
+      }
+      const elapsed = performance.now() - t0;
+      for (const o of outcomes) {
+        expect(o).toBeInstanceOf(TollgateRefusal);
+        expect((o as TollgateRefusal).data.tollgate).toMatchObject({
+          refusal: 'killed',
+          scope: 'customer',
+          id: customer,
+          reason,
+          untilUnixMs: until,
+        });
+      }
+      expect(book.stats.failOpen).toBe(0);
+      expect(book.stats.refused).toBe(3);
+      // one answer says so: the calls after it are refused from it, without asking again at once
+      expect(book.stats.requests).toBe(1);
+      expect(elapsed).toBeLessThan(1000);
+      book.close();
+    },
+  );
 });

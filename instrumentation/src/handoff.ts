@@ -1,0 +1,107 @@
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * Billing spans a process could not deliver before it exited (Tollgate down or unreachable), handed to the
+ * next process of the same service and endpoint through a directory next to its state file. A stdio MCP
+ * server is one process per agent session: without this, every session that ends during an outage takes
+ * its calls with it. Each file is one OTLP export request body, exactly as it would have been sent; the
+ * successor sends it as is (Tollgate deduplicates by trace and span id, so a body sent twice — one whose
+ * answer was lost — is billed once).
+ */
+
+export type BodyFormat = 'protobuf' | 'json';
+
+export interface ExportBody {
+  body: Uint8Array;
+  format: BodyFormat;
+}
+
+/** The most a handoff directory holds: beyond it a process's unsent spans are dropped (and counted). */
+export const MAX_HANDOFF_BYTES = 64 * 1024 * 1024;
+
+const EXT: Record<BodyFormat, string> = { protobuf: '.pb', json: '.json' };
+const NAME = /^\d+-[0-9a-f-]+-\d+\.(pb|json)$/;
+
+export function handoffDir(stateFile: string): string {
+  return `${stateFile}.pending`;
+}
+
+function sizeOf(dir: string): number {
+  let total = 0;
+  for (const f of readdirSync(dir)) {
+    try {
+      total += statSync(join(dir, f)).size;
+    } catch {
+      // claimed by another process meanwhile
+    }
+  }
+  return total;
+}
+
+/**
+ * Writes `bodies` for a successor (synchronously: this runs while the process exits). Returns how many were
+ * not written because the directory is full. Each file is written then renamed, so a reader never sees half.
+ */
+export function writeHandoff(dir: string, instanceId: string, bodies: ExportBody[]): number {
+  if (bodies.length === 0) return 0;
+  // private to the user, like the state file: another local user must not plant spans to bill
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let room = MAX_HANDOFF_BYTES - sizeOf(dir);
+  const now = Date.now();
+  let skipped = 0;
+  bodies.forEach((b, i) => {
+    if (b.body.length > room) {
+      skipped++;
+      return;
+    }
+    room -= b.body.length;
+    const name = `${now}-${instanceId}-${i}${EXT[b.format]}`;
+    const tmp = join(dir, `.${name}.tmp`);
+    writeFileSync(tmp, b.body, { mode: 0o600 });
+    renameSync(tmp, join(dir, name));
+  });
+  return skipped;
+}
+
+/**
+ * Takes what predecessors left, oldest first (at most `maxBytes`): each file is claimed by renaming it (only
+ * one process wins a rename), read and removed. What this process cannot deliver in turn it hands on again.
+ */
+export function claimHandoff(dir: string, instanceId: string, maxBytes = MAX_HANDOFF_BYTES): ExportBody[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((f) => NAME.test(f));
+  } catch {
+    return [];
+  }
+  names.sort((a, b) => Number(a.split('-', 1)[0]) - Number(b.split('-', 1)[0]));
+  const out: ExportBody[] = [];
+  let bytes = 0;
+  for (const name of names) {
+    const claimed = join(dir, `.${name}.claimed-${instanceId}`);
+    try {
+      renameSync(join(dir, name), claimed);
+    } catch {
+      continue; // another process claimed it first
+    }
+    try {
+      const body = readFileSync(claimed);
+      unlinkSync(claimed);
+      out.push({ body, format: name.endsWith('.json') ? 'json' : 'protobuf' });
+      bytes += body.length;
+    } catch {
+      // unreadable: leave it for inspection
+    }
+    if (bytes >= maxBytes) break;
+  }
+  return out;
+}

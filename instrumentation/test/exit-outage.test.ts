@@ -1,0 +1,116 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  DEV_INGEST_KEY,
+  query,
+  startTestTollgate,
+  type TestTollgate,
+  tempDir,
+} from '../../collector-processor/test/support/harness.js';
+import { connectStdio, waitFor } from './support/mcp.js';
+
+/**
+ * A stdio MCP server is one process per agent session: it exits when its client goes away. When Tollgate is
+ * down at that moment, the billing spans it still buffers must not die with it. They are handed to the next
+ * process of the same service (through the directory of its state file) and billed once Tollgate is back —
+ * exactly once each, whether the process ended by the end of its input or by SIGTERM.
+ */
+
+let tg: TestTollgate | undefined;
+afterAll(async () => {
+  await tg?.cleanup();
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as { port: number };
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** One plan, no free calls, a healthy margin: every call is billed and nothing is stopped. */
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: flat
+    plans:
+      flat:
+        freeCallsPerMonth: 0
+        tools:
+          "*":
+            price: { perCall: "0.01" }
+            cost: { perCall: "0.001" }
+`;
+
+interface Row {
+  span_id: string;
+  tool: string;
+  price_nano: string;
+}
+
+describe('a stdio session that ends while Tollgate is down', () => {
+  it('its calls are billed once Tollgate is back, by the next process of the service, once each', async () => {
+    const port = await freePort();
+    const dir = tempDir('tollgate-exit-outage-');
+    const stateFile = join(dir, 'state.json');
+    const env = {
+      TOLLGATE_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+      TOLLGATE_CUSTOMER_ID: 'outage-co',
+      TG_STATE_FILE: stateFile,
+      TG_EXPORT_MS: '50',
+    };
+
+    // Tollgate is down (nothing listens on its port): the tools answer, and the sessions end
+    const a = await connectStdio(env);
+    for (const text of ['a1', 'a2', 'a3']) {
+      const r = await a.client.callTool({ name: 'echo', arguments: { text } });
+      expect(r.content).toEqual([{ type: 'text', text }]);
+    }
+    await a.client.close(); // end of input: the process exits on its own
+    expect(await a.exited).toBe(0);
+
+    const b = await connectStdio(env);
+    for (const text of ['b1', 'b2', 'b3']) await b.client.callTool({ name: 'echo', arguments: { text } });
+    process.kill(b.pid, 'SIGTERM'); // stopped by its supervisor
+    await b.exited;
+    await b.client.close().catch(() => {});
+
+    // Tollgate comes back on the same port; the next session of the service delivers what the others left
+    tg = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
+    const running = tg;
+    const c = await connectStdio(env);
+    await c.client.callTool({ name: 'echo', arguments: { text: 'c1' } });
+    await c.client.close();
+    await c.exited;
+
+    const billed = async () => {
+      await running.lander?.idle();
+      return query<Row>(
+        running,
+        'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+        { c: 'outage-co' },
+      );
+    };
+    const rows = await waitFor('7 billed calls', async () => {
+      const r = await billed();
+      return r.length >= 7 ? r : undefined;
+    });
+    expect(rows.length).toBe(7);
+    expect(new Set(rows.map((r) => r.span_id)).size).toBe(7);
+    expect(rows.reduce((t, r) => t + BigInt(r.price_nano), 0n)).toBe(70_000_000n);
+
+    // nothing is left to hand over, and a further session bills nothing twice
+    const pending = `${stateFile}.pending`;
+    expect(existsSync(pending) ? readdirSync(pending) : []).toEqual([]);
+    const d = await connectStdio(env);
+    await d.client.close();
+    await d.exited;
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await billed()).length).toBe(7);
+  });
+});
