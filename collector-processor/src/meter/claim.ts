@@ -111,16 +111,17 @@ async function claimChunk(
   let ids = '';
   const meta = Buffer.allocUnsafe(inputs.length * 4);
   let contexts = '';
-  const contextIndex = new Map<string, number>();
+  let contextCount = 0;
+  // context indexes per (day key, period key, counts), then per tool: one lookup by tool per call
+  const contextGroups = new Map<string, Map<string, number>>();
+  let byTool = new Map<string, number>();
   let day = '';
   let dayKey = 0;
   let period = '';
   let periodKey = 0;
-  let lastTool: string | undefined;
-  let lastCounts = false;
-  let lastDayKey = 0;
-  let lastPeriodKey = 0;
-  let context = 0;
+  let groupDayKey = -1;
+  let groupPeriodKey = -1;
+  let groupCounts = false;
   let idsLength = 0;
   let tiered = '';
   let tieredCount = 0;
@@ -134,26 +135,25 @@ async function claimChunk(
       period = input.period;
       periodKey = indexOf(redisKeys.period(tag, period));
     }
-    const { eventId, tool } = input.call;
-    if (
-      tool !== lastTool ||
-      input.counts !== lastCounts ||
-      dayKey !== lastDayKey ||
-      periodKey !== lastPeriodKey
-    ) {
-      lastTool = tool;
-      lastCounts = input.counts;
-      lastDayKey = dayKey;
-      lastPeriodKey = periodKey;
-      // identifiers never contain control characters, so the newline ends a context's tool name
-      const line = `${dayKey} ${periodKey} ${input.counts ? '1' : '0'} ${tool}`;
-      let k = contextIndex.get(line);
-      if (k === undefined) {
-        k = contextIndex.size;
-        contextIndex.set(line, k);
-        contexts += `${k ? '\n' : ''}${line}`;
+    if (dayKey !== groupDayKey || periodKey !== groupPeriodKey || input.counts !== groupCounts) {
+      groupDayKey = dayKey;
+      groupPeriodKey = periodKey;
+      groupCounts = input.counts;
+      const group = `${dayKey} ${periodKey} ${input.counts ? '1' : '0'}`;
+      let m = contextGroups.get(group);
+      if (!m) {
+        m = new Map();
+        contextGroups.set(group, m);
       }
-      context = k;
+      byTool = m;
+    }
+    const { eventId, tool } = input.call;
+    let context = byTool.get(tool);
+    if (context === undefined) {
+      context = contextCount++;
+      byTool.set(tool, context);
+      // identifiers never contain control characters, so the newline ends a context's tool name
+      contexts += `${context ? '\n' : ''}${groupDayKey} ${groupPeriodKey} ${groupCounts ? '1' : '0'} ${tool}`;
     }
     // the script cuts the ids by their lengths in bytes: event ids are 48 hex characters (contracts'
     // eventIdFrom*), so characters here, checked for the whole list below

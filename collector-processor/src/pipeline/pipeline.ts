@@ -15,7 +15,7 @@ import type { Metrics } from '../metrics.js';
 import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
-import { amountBoundNano, countsTowardUsage, MAX_AMOUNT_NANO, rateCall } from '../rating/rate.js';
+import { amountInRange, countsTowardUsage, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { TollgateError } from './errors.js';
@@ -242,7 +242,7 @@ export class Pipeline {
         rejected.add('invalid_usage', usage.detail, call.eventId);
         continue;
       }
-      if (amountBoundNano(call, rate, usage.quantities) > MAX_AMOUNT_NANO) {
+      if (!amountInRange(call, rate, usage.quantities)) {
         rejected.add('amount_out_of_range', `span ${call.spanId || call.eventId}`, call.eventId);
         continue;
       }

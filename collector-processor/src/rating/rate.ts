@@ -184,6 +184,68 @@ export function amountBoundNano(
   return price > cost ? price : cost;
 }
 
+/** Below this a float estimate of the bound decides alone: its rounding is far smaller than the margin. */
+const FAST_BOUND = 2 ** 62;
+
+/** A rate's unit prices and costs as numbers (dearest per-call tier), for the float estimate: once per rate. */
+interface RateNumbers {
+  perCall: number;
+  perInputToken: number;
+  perOutputToken: number;
+  perSecond: number;
+  costPerCall: number;
+  costPerInputToken: number;
+  costPerOutputToken: number;
+  costPerSecond: number;
+}
+const rateNumbers = new WeakMap<ToolRate, RateNumbers>();
+
+function numbersOf(rate: ToolRate): RateNumbers {
+  let n = rateNumbers.get(rate);
+  if (!n) {
+    const p = rate.price;
+    const c = rate.cost;
+    let perCall = p.perCall ?? 0n;
+    for (const t of p.perCallTiers ?? []) if (t.perCall > perCall) perCall = t.perCall;
+    n = {
+      perCall: Number(perCall),
+      perInputToken: Number(p.perInputToken ?? 0n),
+      perOutputToken: Number(p.perOutputToken ?? 0n),
+      perSecond: Number(p.perSecond ?? 0n),
+      costPerCall: Number(c.perCall ?? 0n),
+      costPerInputToken: Number(c.perInputToken ?? 0n),
+      costPerOutputToken: Number(c.perOutputToken ?? 0n),
+      costPerSecond: Number(c.perSecond ?? 0n),
+    };
+    rateNumbers.set(rate, n);
+  }
+  return n;
+}
+
+/**
+ * Whether every amount rateCall can give the call fits MAX_AMOUNT_NANO (see amountBoundNano). A call
+ * without usage lines is decided by a float estimate of the same bound when it is far below the limit (it
+ * always is, but for hostile token counts or durations): no bigint arithmetic per call on the ingest path.
+ */
+export function amountInRange(call: ToolCall, rate: ToolRate, quantities: readonly UsageQuantity[]): boolean {
+  if (quantities.length === 0) {
+    const n = numbersOf(rate);
+    const seconds = call.durationUs / 1e6 + 1; // + 1: rounding half up, with room to spare
+    const price =
+      n.perCall +
+      call.inputTokens * n.perInputToken +
+      call.outputTokens * n.perOutputToken +
+      seconds * n.perSecond;
+    const cost =
+      n.costPerCall +
+      call.inputTokens * n.costPerInputToken +
+      call.outputTokens * n.costPerOutputToken +
+      seconds * n.costPerSecond;
+    if (price < FAST_BOUND && cost < FAST_BOUND) return true;
+  }
+  return amountBoundNano(call, rate, quantities) <= MAX_AMOUNT_NANO;
+}
+
 /**
  * Rates one tool call. Pure: the same call, plan, rate and usage position always give the same amounts.
  * - A failed call under a plan that does not bill failures is priced at zero (its cost still counts).
