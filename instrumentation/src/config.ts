@@ -22,6 +22,7 @@ export const DEFAULTS = Object.freeze({
   /** Inactivity gap of the `activity` billing session (contracts/src/billing-session.ts). */
   sessionGapMs: DEFAULT_ACTIVITY_GAP_MS,
   leaseTimeoutMs: 250,
+  leaseFirstTimeoutMs: 2000,
   leaseWindowMs: 2000,
   leaseFailMode: 'open' as const,
 });
@@ -36,6 +37,7 @@ export const ENV = Object.freeze({
   leases: 'TOLLGATE_LEASES',
   leaseFailMode: 'TOLLGATE_LEASE_FAIL_MODE',
   leaseTimeoutMs: 'TOLLGATE_LEASE_TIMEOUT_MS',
+  leaseFirstTimeoutMs: 'TOLLGATE_LEASE_FIRST_TIMEOUT_MS',
 });
 
 type CountTokens = (text: string) => number;
@@ -176,6 +178,7 @@ export function resolveConfig(
   if (leaseConfig) {
     const lc = leaseConfig === true ? {} : leaseConfig;
     const envTimeout = env[ENV.leaseTimeoutMs];
+    const envFirstTimeout = env[ENV.leaseFirstTimeoutMs];
     if (!exporter) {
       problems.push('leases need the built-in exporter (an endpoint); leases are off');
     } else {
@@ -192,6 +195,12 @@ export function resolveConfig(
           'leases.timeoutMs',
           lc.timeoutMs ?? (envTimeout ? Number(envTimeout) : undefined),
           DEFAULTS.leaseTimeoutMs,
+        ),
+        firstTimeoutMs: positiveInt(
+          problems,
+          'leases.firstTimeoutMs',
+          lc.firstTimeoutMs ?? (envFirstTimeout ? Number(envFirstTimeout) : undefined),
+          DEFAULTS.leaseFirstTimeoutMs,
         ),
         failMode: failMode === 'closed' ? 'closed' : 'open',
         windowMs: positiveInt(problems, 'leases.windowMs', lc.windowMs, DEFAULTS.leaseWindowMs),

@@ -23,6 +23,12 @@ export interface LeaseOptions {
   headers: Record<string, string>;
   /** How long a call waits for a lease when none covers it (ms). */
   timeoutMs: number;
+  /**
+   * How long a call waits for the first answer about its customer (ms; default `timeoutMs`, the SDK's
+   * configuration 2000): before it nothing is known of the limits, and a slow first answer otherwise let a
+   * whole burst run fail-open past them. A Tollgate that refuses the connection still fails at once.
+   */
+  firstTimeoutMs?: number;
   /** No lease in time (Tollgate or its Redis unreachable): run the call unleased, or refuse it. */
   failMode: 'open' | 'closed';
   /** A lease is sized to last this long at the instance's recent rate (ms). */
@@ -56,6 +62,8 @@ const MAX_SESSIONS = 256;
 /** A Tollgate that answered 404 to a lease request is asked again after this long. */
 const NOT_OFFERED_RETRY_MS = 60_000;
 const MAX_WANT_CALLS = 10_000;
+/** Answers a call's wait may take, each in time, before the call follows the fail mode (see waitFor). */
+const MAX_WAIT_ANSWERS = 4;
 /** A lease-wait timer firing this much late says the process itself was stalled (not Tollgate slow). */
 const STALL_MS = 20;
 
@@ -67,6 +75,8 @@ class Held {
   /** Local time after which a background renewal is started. */
   renewAtMs = 0;
   known = false;
+  /** A wait for the first answer ran out: later waits take `timeoutMs` (a hung Tollgate costs one long wait). */
+  firstWaitSpent = false;
   calls = Number.POSITIVE_INFINITY;
   money = Number.POSITIVE_INFINITY;
   callsUsed = 0;
@@ -340,7 +350,13 @@ export class LeaseBook {
     nowMs: number,
   ): Promise<Ticket | TollgateRefusal> {
     this.stats.syncRenewals++;
-    let deadline = nowMs + this.o.timeoutMs;
+    // the first answer about a customer bounds what a burst may take: it is worth a longer wait
+    const first = !h.known && !h.firstWaitSpent;
+    const timeout = first ? Math.max(this.o.timeoutMs, this.o.firstTimeoutMs ?? 0) : this.o.timeoutMs;
+    let deadline = nowMs + timeout;
+    // a burst may need several answers (a grant takes a share of what is left): each answer in time earns
+    // the wait another `timeout`, up to this in all
+    const lastDeadline = nowMs + timeout * MAX_WAIT_ANSWERS;
     let readPending = false;
     const seenAnswers = h.answers;
     h.waiting++;
@@ -401,12 +417,16 @@ export class LeaseBook {
           continue;
         }
         if (now >= deadline || now < h.failedUntilMs) {
-          if (now >= deadline) this.stats.failures++;
+          if (now >= deadline) {
+            this.stats.failures++;
+            if (first) h.firstWaitSpent = true;
+          }
           h.failedUntilMs = Math.max(h.failedUntilMs, now + FAILURE_BACKOFF_MS);
           return this.failed(h);
         }
         let timer: NodeJS.Timeout | undefined;
         let late = 0;
+        const answersBefore = h.answers;
         const wait = Math.max(1, deadline - now);
         await Promise.race([
           this.renew(h, tool, session, h.known ? h.priceOf(tool) : 0, now),
@@ -422,7 +442,8 @@ export class LeaseBook {
         // read Tollgate's answer, which the timer phase precedes. That stall is not Tollgate's lateness: the
         // wait starts over, so `timeoutMs` bounds the time Tollgate had, not our own. Bounded all the same: a
         // renewal that fails or times out (`requestTimeoutMs`) ends the wait through `failedUntilMs`.
-        if (late > STALL_MS) deadline = Date.now() + this.o.timeoutMs;
+        if (late > STALL_MS) deadline = Date.now() + timeout;
+        else if (h.answers > answersBefore) deadline = Math.min(lastDeadline, Date.now() + timeout);
       }
     } finally {
       h.waiting--;

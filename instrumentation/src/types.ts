@@ -120,6 +120,12 @@ export interface TollgateLeaseConfig {
   /** How long a call waits for a lease when the book cannot cover it, in ms (default 250). */
   timeoutMs?: number;
   /**
+   * How long the first calls of a customer in this process wait for Tollgate's first answer about it, in ms
+   * (default 2000; never less than `timeoutMs`). Until that answer nothing is known of the customer's limits:
+   * a burst that ran fail-open at `timeoutMs` on a slow Tollgate ran past them.
+   */
+  firstTimeoutMs?: number;
+  /**
    * When no lease can be had in time (Tollgate or its Redis unreachable): `open` runs the call without one
    * (it is still billed and enforced when its span arrives; default), `closed` refuses it (code -32052).
    */

@@ -607,24 +607,9 @@ describe('a process too busy to read the answer in time', () => {
     // A relay in another process delays Tollgate's answers by 100 ms (a slow network); this process is busy
     // from 50 ms until 5 ms after the 600 ms deadline. The answer waits in the socket when the deadline timer
     // runs, only 5 ms late (too little to say the process stalled): it must be read before failing open.
-    const target = new URL(tg.otlpUrl as string);
-    const relayScript = `
-      const net = require('node:net');
-      const s = net.createServer((client) => {
-        const up = net.connect(${Number(target.port)}, '${target.hostname}');
-        client.pipe(up);
-        up.on('data', (c) => setTimeout(() => client.write(c), 100));
-        up.on('end', () => setTimeout(() => client.end(), 100));
-        for (const x of [client, up]) x.on('error', () => {});
-      });
-      s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
-    `;
-    const relay = spawn(process.execPath, ['-e', relayScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const relay = await slowRelay(100);
     try {
-      const port = await new Promise<number>((resolve, reject) => {
-        relay.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-        relay.once('exit', () => reject(new Error('relay exited')));
-      });
+      const port = relay.port;
       const options = {
         url: `http://127.0.0.1:${port}/v1/leases`,
         headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
@@ -653,7 +638,7 @@ describe('a process too busy to read the answer in time', () => {
       fill.close();
       book.close();
     } finally {
-      relay.kill();
+      relay.stop();
     }
   });
 
@@ -685,6 +670,98 @@ describe('a process too busy to read the answer in time', () => {
     expect(book.stats.failOpen).toBe(1);
     expect(waited).toBeGreaterThanOrEqual(240);
     expect(waited).toBeLessThan(2000);
+    book.close();
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
+  });
+});
+
+/** A relay in another process that passes Tollgate's answers on `delayMs` late (a slow network or Tollgate). */
+async function slowRelay(delayMs: number): Promise<{ port: number; stop(): void }> {
+  const target = new URL(tg.otlpUrl as string);
+  const relayScript = `
+    const net = require('node:net');
+    const s = net.createServer((client) => {
+      const up = net.connect(${Number(target.port)}, '${target.hostname}');
+      client.pipe(up);
+      up.on('data', (c) => setTimeout(() => client.write(c), ${delayMs}));
+      up.on('end', () => setTimeout(() => client.end(), ${delayMs}));
+      for (const x of [client, up]) x.on('error', () => {});
+    });
+    s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
+  `;
+  const relay = spawn(process.execPath, ['-e', relayScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    relay.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    relay.once('exit', () => reject(new Error('relay exited')));
+  });
+  return { port, stop: () => relay.kill() };
+}
+
+describe('a slow Tollgate (its answers 600 ms late)', () => {
+  it('the first burst of a customer waits for the first answer: 15 calls against 10 a day run 10, none unleased', async () => {
+    const relay = await slowRelay(600);
+    try {
+      const book = new LeaseBook(
+        {
+          url: `http://127.0.0.1:${relay.port}/v1/leases`,
+          headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+          timeoutMs: 250, // the defaults
+          firstTimeoutMs: 2000,
+          failMode: 'open',
+          windowMs: 2000,
+          safetyMs: 200,
+          requestTimeoutMs: 5000,
+        },
+        'inst-slow',
+        () => {},
+      );
+      const outcomes = await Promise.all(
+        Array.from({ length: 15 }, () => book.take('slow-co', 'lookup', 's1', Date.now())),
+      );
+      expect(book.stats.failOpen).toBe(0);
+      expect(outcomes.filter((o) => !(o instanceof TollgateRefusal))).toHaveLength(10);
+      book.close();
+    } finally {
+      relay.stop();
+    }
+  });
+
+  it('a Tollgate that never answers costs one long first wait per customer, then timeoutMs', async () => {
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createNetServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const book = new LeaseBook(
+      {
+        url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/leases`,
+        headers: {},
+        timeoutMs: 250,
+        firstTimeoutMs: 1000,
+        failMode: 'open',
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 5000,
+      },
+      'inst-hang-first',
+      () => {},
+    );
+    const waitOf = async () => {
+      const t0 = performance.now();
+      expect(await book.take('hang-first-co', 'lookup', 's1', Date.now())).not.toBeInstanceOf(
+        TollgateRefusal,
+      );
+      return performance.now() - t0;
+    };
+    const first = await waitOf();
+    expect(first).toBeGreaterThanOrEqual(990);
+    await new Promise((r) => setTimeout(r, 1100)); // past the failure backoff
+    const second = await waitOf();
+    expect(second).toBeGreaterThanOrEqual(240);
+    expect(second).toBeLessThan(900);
+    expect(book.stats.failOpen).toBe(2);
     book.close();
     for (const sock of sockets) sock.destroy();
     await new Promise((r) => hang.close(r));
