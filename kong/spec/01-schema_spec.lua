@@ -37,6 +37,7 @@ describe("tollgate schema", function()
       billing_timeout_ms = 5000,
       leases = false,
       lease_timeout_ms = 250,
+      lease_first_timeout_ms = 2000,
       lease_shm = "tollgate_leases",
     }, entity.config)
     assert.same({ "grpc", "grpcs", "http", "https" }, entity.protocols)

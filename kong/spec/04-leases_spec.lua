@@ -46,6 +46,11 @@ local function setup(answers, conf, capacity)
       if not a then
         return nil, "connection refused"
       end
+      if a.delay_ms and a.delay_ms > timeout_ms then
+        -- an answer later than the request's timeout is never read: the socket times out (resty.http)
+        t.now = t.now + timeout_ms
+        return nil, "timeout"
+      end
       if a.delay_ms then
         t.now = t.now + a.delay_ms
       end
@@ -164,6 +169,42 @@ describe("leases.take", function()
     assert.equal("unavailable", d.action)
     assert.equal(250, t.posts[1].timeout_ms)
     assert.equal(1, leases.stats(t.shm).timeouts)
+  end)
+
+  it("the first answer about a customer is waited for up to lease_first_timeout_ms, later ones lease_timeout_ms", function()
+    -- a Tollgate answering 600 ms late: with lease_timeout_ms alone the call would pass unleased
+    local t = setup({ { delay_ms = 600, result = grant({ calls = 1 }) },
+                      { delay_ms = 600, result = grant({ calls = 1 }) } },
+                    { lease_first_timeout_ms = 2000 })
+    assert.equal(LEASE, assert(take(t)).lease)
+    assert.equal(2000, t.posts[1].timeout_ms)
+    -- the customer is known now: the next empty lease waits lease_timeout_ms
+    local r = assert(take(t))
+    assert.equal("lease_unavailable", r.enforcement)
+    assert.equal(250, t.posts[2].timeout_ms)
+  end)
+
+  it("a first wait that ran out (Tollgate hangs) is not repeated: the next first calls wait lease_timeout_ms", function()
+    local t = setup({ { delay_ms = 5000, result = grant() }, { delay_ms = 5000, result = grant() } },
+                    { lease_first_timeout_ms = 2000 })
+    local start = t.now
+    assert.equal("lease_unavailable", assert(take(t)).enforcement)
+    assert.equal(2000, t.now - start)
+    t.now = t.now + 1000 -- past the failure's DOWN_S
+    assert.equal("lease_unavailable", assert(take(t)).enforcement)
+    assert.equal(250, t.posts[2].timeout_ms)
+  end)
+
+  it("each answer in time gives the wait another lease_timeout_ms, up to four: a burst needing three answers is covered", function()
+    -- every answer 200 ms late (under 250) grants one call; the call needs the third
+    local t = setup({ { delay_ms = 200, result = grant({ calls = 1 }) } })
+    assert.equal(LEASE, assert(take(t)).lease)
+    -- the lease's calls are cumulative: two answers that add nothing, then one that adds a call
+    t.answers = { { delay_ms = 200, result = grant({ calls = 1 }) },
+                  { delay_ms = 200, result = grant({ calls = 1 }) },
+                  { delay_ms = 200, result = grant({ calls = 2 }) } }
+    assert.equal(LEASE, assert(take(t)).lease)
+    assert.equal(4, #t.posts)
   end)
 
   it("HTTP 404 (a Tollgate without leases): calls pass, enforced per export, asked again after 60 s", function()

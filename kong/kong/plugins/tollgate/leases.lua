@@ -44,6 +44,11 @@ local DOWN_S = 1
 -- Tollgate offers no leases (404, or a customer it has no plan for): ask again after this
 local NO_LEASES_S = 60
 local POLL_S = 0.002
+-- a first wait that ran out (Tollgate hangs): later first calls of the customer wait lease_timeout_ms
+local FIRST_WAIT_SPENT_S = 3600
+-- answers a call's wait may take, each in time, before the failure policy (a grant takes a share of what
+-- is left, so a burst may need several)
+local MAX_WAIT_ANSWERS = 4
 local MAX_WANT_CALLS = 1000000
 local MAX_MONEY = 9007199254740991 -- MAX_LEASE_MONEY_NANO of contracts/src/leases.ts
 -- a renewal ahead of time is off the call path: it may wait longer than lease_timeout_ms
@@ -371,13 +376,24 @@ end
 wait_for_lease = function(env, conf, customer, K, tools, now, money)
   local shm = env.shm
   local r, ex
-  local deadline = now + conf.lease_timeout_ms
+  -- the first answer about a customer on this node bounds what a burst may take: worth a longer wait
+  local first = not shm:get(K .. "|gat") and not shm:get(K .. "|fw")
+  local timeout = conf.lease_timeout_ms
+  if first then
+    timeout = max(timeout, conf.lease_first_timeout_ms or 0)
+  end
+  local deadline = now + timeout
+  local last_deadline = now + timeout * MAX_WAIT_ANSWERS
   local waited_for_other = false
   while true do
     local outcome
-    if shm:safe_add(K .. "|lock", true, conf.lease_timeout_ms / 1000 + 1) then
+    if shm:safe_add(K .. "|lock", true, timeout / 1000 + 1) then
       outcome = renew(env, conf, customer, #tools, money or 0, "sync_renewals", max(1, deadline - now))
       unlock(shm, K)
+      if outcome == "ok" then
+        -- an answer in time: the wait may take another one
+        deadline = min(last_deadline, max(deadline, env.now_ms() + timeout))
+      end
     else
       -- another worker (or the background timer) is renewing: wait for its answer
       waited_for_other = true
@@ -393,6 +409,9 @@ wait_for_lease = function(env, conf, customer, K, tools, now, money)
       return r
     end
     if outcome == "down" then
+      if first then
+        shm:safe_set(K .. "|fw", true, FIRST_WAIT_SPENT_S)
+      end
       return policy(env, conf, K)
     end
     ex = shm:get(K .. "|ex")
@@ -406,6 +425,9 @@ wait_for_lease = function(env, conf, customer, K, tools, now, money)
   end
   -- no answer covered the call in time
   stat(shm, "timeouts")
+  if first then
+    shm:safe_set(K .. "|fw", true, FIRST_WAIT_SPENT_S)
+  end
   if not waited_for_other then
     shm:safe_set(K .. "|down", true, DOWN_S)
   end

@@ -24,6 +24,8 @@ local DEFAULTS = {
   BILLING_TIMEOUT_MS = 5000,
   -- the wait of a call whose lease is empty (docs/enforcement.md: the SDK's default too)
   LEASE_TIMEOUT_MS = 250,
+  -- the wait for the first answer about a customer on this node (the SDK's leases.firstTimeoutMs too)
+  LEASE_FIRST_TIMEOUT_MS = 2000,
   LEASE_SHM = "tollgate_leases",
 }
 
@@ -106,6 +108,9 @@ return {
           { lease_timeout_ms = { description = "Longest a call waits for a lease renewal when its lease is empty; then fault_tolerant decides (true: it passes, enforced per export; false: 503).",
                                  type = "integer", required = true, default = DEFAULTS.LEASE_TIMEOUT_MS,
                                  between = { 1, 10000 } } },
+          { lease_first_timeout_ms = { description = "Longest the first calls of a customer on this node wait for Tollgate's first lease answer about it (never less than lease_timeout_ms): until it nothing is known of the customer's limits, and a burst that passed at lease_timeout_ms against a slow Tollgate ran past them. A Tollgate that never answers costs one such wait per customer; later waits take lease_timeout_ms.",
+                                       type = "integer", required = true, default = DEFAULTS.LEASE_FIRST_TIMEOUT_MS,
+                                       between = { 1, 10000 } } },
           { lease_shm = { description = "lua_shared_dict holding the node's leases, shared by its workers (declare it in nginx_http_lua_shared_dict, e.g. `tollgate_leases 1m`).",
                           type = "string", required = true, default = DEFAULTS.LEASE_SHM, match = "^[%w_]+$" } },
         },
