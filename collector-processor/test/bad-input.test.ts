@@ -143,6 +143,26 @@ describe('bad input: clear 4xx, the server stays up', () => {
     await healthy();
   });
 
+  it('a gzip bomb under the limit (zeros) is refused as undecodable at its first byte, not skipped through', async () => {
+    // 7 MiB of zeros inflate under the 8 MiB limit; a zero tag is not protobuf (field numbers start at 1).
+    // Read as unknown fields two bytes at a time, 63 MiB of them took about a second of the main thread.
+    const bomb = gzipSync(Buffer.alloc(7 * 1024 * 1024));
+    const statuses = await Promise.all(
+      Array.from({ length: 12 }, () =>
+        post(bomb, { ...protoHeaders, 'content-encoding': 'gzip' }).then((r) => [
+          r.status,
+          rpcStatus(r.body).message,
+        ]),
+      ),
+    );
+    for (const [status, message] of statuses) {
+      expect(status).toBe(400);
+      expect(message).toContain('TG_UNDECODABLE');
+      expect(message).toContain('field number 0');
+    }
+    await healthy();
+  });
+
   it('corrupt gzip → 400; unknown encoding → 415', async () => {
     expect((await post(Buffer.from('not gzip'), { 'content-encoding': 'gzip' })).status).toBe(400);
     expect((await post('{}', { 'content-encoding': 'br' })).status).toBe(415);

@@ -227,6 +227,9 @@ function eachField(buf: Uint8Array, field: number, fn: (bytes: Uint8Array) => vo
   const r = Reader.create(buf);
   while (r.pos < r.len) {
     const tag = r.uint32();
+    // field numbers start at 1: a zero tag is not protobuf (protobuf's own parsers refuse it), and a body of
+    // zeros — a gzip bomb inflates to one — would otherwise be skipped two bytes at a time
+    if (tag >>> 3 === 0) throw new Error(`invalid tag ${tag} (field number 0) at byte ${r.pos}`);
     if (tag >>> 3 === field) {
       if ((tag & 7) !== WIRE_LEN)
         throw new Error(`field ${field} has wire type ${tag & 7}, expected ${WIRE_LEN}`);
@@ -269,6 +272,7 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
         const len = r.len;
         while (r.pos < len) {
           const tag = r.uint32();
+          if (tag >>> 3 === 0) throw new Error(`invalid tag ${tag} (field number 0) at byte ${r.pos}`);
           if (tag >>> 3 !== 2) {
             r.skipType(tag & 7);
             continue;
