@@ -52,6 +52,11 @@ export function createMetrics() {
       labelNames: ['op', 'outcome'],
       ...r,
     }),
+    replayFailures: new Counter({
+      name: 'tollgate_spool_replay_failures_total',
+      help: 'Spool records a replay could not process (they stay in the spool; the replay goes on with the next)',
+      ...r,
+    }),
     redisErrors: new Counter({
       name: 'tollgate_redis_errors_total',
       help: 'Redis script calls that failed',

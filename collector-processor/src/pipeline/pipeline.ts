@@ -74,6 +74,9 @@ interface Prepared {
   tiered: TieredQuantity[] | undefined;
 }
 
+/** Tries of a spool record's replay that fails with anything but Redis being down (fail-closed). */
+const REPLAY_ATTEMPTS = 3;
+
 /** A customer's usage positions in a period as last seen (tiered usage lines keyed `line:tool`, micro-units). */
 interface LocalUsage {
   n: number;
@@ -313,26 +316,49 @@ export class Pipeline {
     return selectCalls(decodeOtlp(rec.format, rec.payload), opts, new RejectionTally());
   }
 
-  /** Re-processes spool records left unlanded by a previous run (in order). */
+  /**
+   * Re-processes spool records left unlanded by a previous run (in order). A record that cannot be processed
+   * — its payload no longer decodes, or the same error after REPLAY_ATTEMPTS tries — is reported and left in
+   * the spool (nothing is deleted), and the replay goes on with the next: one such record used to stop the
+   * replay, or hold it in a loop, leaving every later record unlanded.
+   */
   async replay(records: readonly AcceptedRecord[]): Promise<void> {
     for (const rec of records) {
-      const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
-      if (book.version !== rec.planVersion) {
-        this.log.warn(
-          { rid: rec.rid, planVersion: rec.planVersion },
-          'plan snapshot missing; replaying under the current plans',
+      try {
+        await this.replayOne(rec);
+      } catch (err) {
+        this.metrics.replayFailures.inc();
+        this.log.error(
+          { rid: rec.rid, product: rec.product, err: (err as Error).message },
+          'spool record not replayed: it stays in the spool; the replay goes on',
         );
       }
-      const { prepared } = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally());
-      for (;;) {
-        try {
-          await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
-          break;
-        } catch (err) {
-          // fail-closed and Redis down: wait for it rather than rate the replay unenforced
-          this.log.warn({ rid: rec.rid, err: (err as Error).message }, 'replay waiting for Redis');
-          await new Promise((r) => setTimeout(r, 1000));
-        }
+    }
+  }
+
+  private async replayOne(rec: AcceptedRecord): Promise<void> {
+    const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
+    if (book.version !== rec.planVersion) {
+      this.log.warn(
+        { rid: rec.rid, planVersion: rec.planVersion },
+        'plan snapshot missing; replaying under the current plans',
+      );
+    }
+    const { prepared } = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally());
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
+        return;
+      } catch (err) {
+        // fail-closed and Redis down: wait for it (however long) rather than rate the replay unenforced;
+        // any other error is tried again a few times
+        const redisDown = err instanceof TollgateError && err.code === 'TG_REDIS_UNAVAILABLE';
+        if (!redisDown && attempt >= REPLAY_ATTEMPTS) throw err;
+        this.log.warn(
+          { rid: rec.rid, err: (err as Error).message },
+          redisDown ? 'replay waiting for Redis' : 'replay failed; trying again',
+        );
+        await new Promise((r) => setTimeout(r, 1000));
       }
     }
   }
