@@ -1,4 +1,5 @@
 import {
+  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
@@ -35,6 +36,24 @@ export function handoffDir(stateFile: string): string {
   return `${stateFile}.pending`;
 }
 
+/**
+ * Whether `path` is this user's own and nobody else can write into it: not a symbolic link, owned by this
+ * process's user, not writable by group or others (as `mode` 0700 / 0600 made it). A handoff directory in a
+ * shared temporary directory that fails this was made, or opened up, by someone else, who could plant
+ * export bodies for this process to send with its ingest key — billing calls that never happened.
+ */
+export function ownedPrivately(path: string, kind: 'dir' | 'file'): boolean {
+  const uid = process.getuid?.();
+  if (uid === undefined) return true; // no POSIX owners (Windows): the per-user temp directory stands in
+  try {
+    const st = lstatSync(path);
+    if (kind === 'dir' ? !st.isDirectory() : !st.isFile()) return false;
+    return st.uid === uid && (st.mode & 0o022) === 0;
+  } catch {
+    return false;
+  }
+}
+
 function sizeOf(dir: string): number {
   let total = 0;
   for (const f of readdirSync(dir)) {
@@ -55,6 +74,7 @@ export function writeHandoff(dir: string, instanceId: string, bodies: ExportBody
   if (bodies.length === 0) return 0;
   // private to the user, like the state file: another local user must not plant spans to bill
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (!ownedPrivately(dir, 'dir')) throw new Error(`${dir} is not private to this user`);
   let room = MAX_HANDOFF_BYTES - sizeOf(dir);
   const now = Date.now();
   let skipped = 0;
@@ -79,6 +99,8 @@ export function writeHandoff(dir: string, instanceId: string, bodies: ExportBody
 export function claimHandoff(dir: string, instanceId: string, maxBytes = MAX_HANDOFF_BYTES): ExportBody[] {
   let names: string[];
   try {
+    // what another user could have written is never sent (see ownedPrivately)
+    if (!ownedPrivately(dir, 'dir')) return [];
     names = readdirSync(dir).filter((f) => NAME.test(f));
   } catch {
     return [];
@@ -94,6 +116,7 @@ export function claimHandoff(dir: string, instanceId: string, maxBytes = MAX_HAN
       continue; // another process claimed it first
     }
     try {
+      if (!ownedPrivately(claimed, 'file')) continue; // left for inspection
       const body = readFileSync(claimed);
       unlinkSync(claimed);
       out.push({ body, format: name.endsWith('.json') ? 'json' : 'protobuf' });

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Directive } from '@tollgate/contracts';
@@ -23,11 +23,17 @@ const MAX_INSTANCES = 32;
 
 export function defaultStateFile(serviceName: string, endpoint: string): string {
   const h = createHash('sha256').update(`${serviceName}\n${endpoint}`).digest('hex').slice(0, 16);
-  return join(tmpdir(), 'tollgate-instrumentation', `${h}.json`);
+  // per user: the temporary directory is shared, and what is in here decides kills and billing handoffs
+  return join(tmpdir(), `tollgate-instrumentation-${process.getuid?.() ?? 'user'}`, `${h}.json`);
 }
 
 export function readState(file: string, nowMs: number): RememberedState {
   try {
+    // a state file another user wrote (a shared temporary directory) could plant kills: not read
+    const st = lstatSync(file);
+    const uid = process.getuid?.();
+    if (!st.isFile() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o002) !== 0)
+      return { instances: [], directives: [] };
     const doc = JSON.parse(readFileSync(file, 'utf8')) as Partial<RememberedState>;
     const instances = (Array.isArray(doc.instances) ? doc.instances : []).filter(
       (i) =>
