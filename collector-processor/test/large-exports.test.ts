@@ -1,4 +1,6 @@
 import { customerTag, type Directive, type RatedCall, redisKeys, type ToolCall } from '@tollgate/contracts';
+import type { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ENFORCE_CHUNK, RedisEnforcer } from '../src/enforcement/enforcer.js';
 import { EnforcementLog } from '../src/enforcement/events.js';
@@ -179,6 +181,42 @@ describe('an export of 1,000 customers', () => {
     } finally {
       for (const [name, original] of originals) redis[name] = original;
     }
+  });
+});
+
+describe('enforcement scripts that fail for many customers at once', () => {
+  it('are logged at most once a second, with the number that failed since the last line', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const events = new EnforcementLog(tg.clickhouse.client, log);
+    const redis = (tg.redis as Redis).duplicate();
+    const enforcer = new RedisEnforcer(redis, tg.plans!, events, log, tg.metrics, { maxSpanAgeHours: 24 });
+    (redis as unknown as Record<string, unknown>).tollgateEnforce = async () => {
+      throw new Error('NOSCRIPT injected');
+    };
+    const now = Date.now();
+    const rows = (from: number, n: number): RatedCall[] =>
+      Array.from({ length: n }, (_, i) => ({
+        ...BASE_RATED_CALL,
+        eventId: `fail-${from + i}`,
+        product: 'demo-mcp',
+        customer: `failing-${from + i}`,
+        startUnixUs: now * 1000,
+        receivedAtMs: now,
+        period: day.slice(0, 7),
+        planVersion: tg.plans!.current.version,
+      }));
+    await enforcer.apply('demo-mcp', 'rec-F1', rows(0, 50));
+    const failed = lines.filter((l) => l.msg === 'enforcement script failed');
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({ failures: 1, err: 'NOSCRIPT injected' });
+    await new Promise((r) => setTimeout(r, 1050));
+    await enforcer.apply('demo-mcp', 'rec-F2', rows(50, 1));
+    expect(lines.filter((l) => l.msg === 'enforcement script failed').map((l) => l.failures)).toEqual([
+      1, 50,
+    ]);
+    redis.disconnect();
+    await events.close();
   });
 });
 

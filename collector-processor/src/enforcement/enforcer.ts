@@ -123,6 +123,9 @@ export const ENFORCE_CHUNK = 4096;
  */
 export class RedisEnforcer implements Enforcer {
   private readonly instancesSeen = new Map<string, number>();
+  /** Script failures since the last 'enforcement script failed' line, and when that line was written. */
+  private failuresUnlogged = 0;
+  private lastFailureLogMs = 0;
   /** Drains the credit ledger outboxes the script appended to (prepaid credits); unset: nobody drains. */
   creditLedger: CreditLedger | undefined;
 
@@ -264,7 +267,17 @@ export class RedisEnforcer implements Enforcer {
     } catch (err) {
       // Claims already succeeded; the calls are billed and land. Limits are checked on the next export.
       this.metrics.redisErrors.inc();
-      this.log.warn({ err: (err as Error).message, customer: g.customer }, 'enforcement script failed');
+      // at most one line a second: an export of thousands of customers failing at once was thousands of lines
+      this.failuresUnlogged++;
+      const at = Date.now();
+      if (at - this.lastFailureLogMs >= 1000) {
+        this.log.warn(
+          { err: (err as Error).message, customer: g.customer, failures: this.failuresUnlogged },
+          'enforcement script failed',
+        );
+        this.failuresUnlogged = 0;
+        this.lastFailureLogMs = at;
+      }
       return [];
     }
     const { over, directives } = parseEnforceReply(reply, g.customer);
