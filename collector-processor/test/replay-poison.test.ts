@@ -1,6 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AcceptedRecord } from '../src/spool/spool.js';
-import { query, readMetrics, startTestTollgate, type TestTollgate } from './support/harness.js';
+import {
+  DEV_INGEST_KEY,
+  query,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+} from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 /**
@@ -45,5 +51,46 @@ describe('a spool replay past a record it cannot process', () => {
       },
     );
     expect(rows.map((r) => r.span_id)).toEqual(spans.map((s) => s.spanId).sort());
+  });
+});
+
+describe('an export that fails after its calls were claimed', () => {
+  it("is finished in the background: its calls land once, and the sender's retry finds them counted", async () => {
+    const customer = 'failed-after-claim';
+    const spans = Array.from({ length: 4 }, () => toolSpan({ customer, tool: 'lookup' }));
+    const body = JSON.stringify(exportOf(spans));
+    const send = () =>
+      fetch(`${tg.otlpUrl}/v1/traces`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body,
+      });
+    // the hand-off to the lander fails once, after claims, rating and enforcement (as an encoder error would)
+    const lander = tg.lander as unknown as { enqueue: (...a: unknown[]) => void };
+    const enqueue = lander.enqueue;
+    let failures = 0;
+    lander.enqueue = function (this: unknown, ...a: unknown[]) {
+      if (failures++ === 0) throw new Error('injected: hand-off failed');
+      return enqueue.apply(this, a);
+    };
+    try {
+      expect((await send()).status).toBe(503); // TG_INTERNAL, retryable
+      // the background replay lands the record's calls (the sender's retry alone would find them claimed)
+      const landed = async () =>
+        (
+          await query(tg, 'SELECT count() n FROM mcp_tool_calls WHERE customer = {c:String}', { c: customer })
+        )[0]?.n;
+      const deadline = Date.now() + 10_000;
+      while ((await landed()) !== '4' && Date.now() < deadline) {
+        await tg.lander!.idle();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(await landed()).toBe('4');
+      expect((await send()).status).toBe(200); // the retry
+      await tg.lander!.idle();
+      expect(await landed()).toBe('4');
+    } finally {
+      lander.enqueue = enqueue;
+    }
   });
 });

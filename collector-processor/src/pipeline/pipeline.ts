@@ -301,10 +301,12 @@ export class Pipeline {
       const result = await this.meterRateLand(rid, product, prepared, input.receivedAtMs, true);
       return { ...result, duplicates: result.duplicates + inBatchDuplicates };
     } catch (err) {
-      // Fail-closed refusal. Some customers' calls may already be claimed under this record, so it is
-      // not abandoned: it is finished in the background once Redis is back, and the sender's retry is
-      // deduplicated against it (each call lands once, whichever claims it first).
-      if (err instanceof TollgateError && err.code === 'TG_REDIS_UNAVAILABLE') void this.replay([record]);
+      // A fail-closed refusal, or an error after some customers' calls were claimed under this record: it is
+      // not abandoned but finished in the background (once Redis is back; a few tries for anything else,
+      // then it is reported and left in the spool), and the sender's retry is deduplicated against it (each
+      // call lands once, whichever claims it first). Before, only the fail-closed refusal was finished: after
+      // any other error the retry found the claimed calls duplicates, and they waited for the next start.
+      void this.replay([record]);
       throw err;
     }
   }
