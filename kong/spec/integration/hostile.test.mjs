@@ -243,3 +243,47 @@ describe('hostile client: a paying customer', () => {
     assert.equal(billedOk.length, ran, `${ran} tool runs, ${billedOk.length} successful billed spans`);
   });
 });
+
+describe('hostile client: 2026-07-28 requests metered from their headers (a 2.x SDK server)', () => {
+  const MODERN = '2026-07-28';
+  const modernCall = (id, text) => ({
+    jsonrpc: '2.0',
+    id,
+    method: 'tools/call',
+    params: {
+      name: 'echo',
+      arguments: { text },
+      _meta: {
+        'io.modelcontextprotocol/protocolVersion': MODERN,
+        'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
+        'io.modelcontextprotocol/clientCapabilities': {},
+      },
+    },
+  });
+  const headers = {
+    'mcp-protocol-version': MODERN,
+    'mcp-method': 'tools/call',
+    'mcp-name': 'echo',
+    apikey: 'key-alice',
+  };
+
+  for (const [name, body] of [
+    ["a batch of two calls under one call's headers", [modernCall(1, 'a'), modernCall(2, 'b')]],
+    ['a batch of one call', [modernCall(3, 'c')]],
+  ]) {
+    it(`${name}: every tool run is billed`, async () => {
+      const testId = `modern-${++seq}-${Date.now()}`;
+      const before = await upstreamStats();
+      const res = await post('/main/modern/mcp', body, { ...headers, 'x-test-id': testId });
+      const text = await res.text();
+      const ran = (await upstreamStats()).modern_echo - before.modern_echo;
+      await new Promise((r) => setTimeout(r, 100));
+      const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+      const billedOk = spans.filter((s) => attrsOf(s)['error.type'] === undefined);
+      assert.ok(
+        billedOk.length >= ran,
+        `${ran} tool runs, ${billedOk.length} successful billed spans (${res.status} ${text})`,
+      );
+    });
+  }
+});
