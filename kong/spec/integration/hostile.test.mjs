@@ -287,3 +287,28 @@ describe('hostile client: 2026-07-28 requests metered from their headers (a 2.x 
     });
   }
 });
+
+describe('hostile client: hanging up', () => {
+  // The tool runs on although the client went away; nginx logs 499 and the call's span carries
+  // error.type "499", so a plan without billFailedCalls does not charge it (see the audit report:
+  // a policy question like Kong's own 502/504, not changed here). This pins what reaches Tollgate.
+  it('a client that hangs up while the tool runs: the call still has its span, marked 499', async () => {
+    const testId = `hangup-${++seq}-${Date.now()}`;
+    const headers = await openSession('/main/json/mcp', { apikey: 'key-alice', 'x-test-id': testId });
+    const before = await upstreamStats();
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    await fetch(`${base}/main/json/mcp`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers },
+      body: JSON.stringify(toolCall('gone', 'slow', { steps: 3, delayMs: 150 })),
+      signal: ac.signal,
+    }).catch(() => null);
+    await new Promise((r) => setTimeout(r, 800));
+    assert.equal((await upstreamStats()).slow - before.slow, 1, 'the tool ran');
+    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    assert.equal(spans.length, 1);
+    assert.equal(attrsOf(spans[0])['jsonrpc.request.id'], 'gone');
+    assert.equal(attrsOf(spans[0])['error.type'], '499');
+  });
+});
