@@ -22,6 +22,7 @@ let seq = 0;
 const consumers = {
   'key-alice': { id: 'c0000000-0000-4000-8000-000000000001', username: 'alice', custom_id: 'cus_alice' },
   'key-kill': { id: 'c0000000-0000-4000-8000-000000000002', username: 'bob', custom_id: 'cus_killed' },
+  'key-tool': { id: 'c0000000-0000-4000-8000-000000000003', username: 'erin', custom_id: 'cus_tool_limited' },
 };
 
 before(async () => {
@@ -44,6 +45,14 @@ before(async () => {
     `tg:{${PRODUCT}:cus_killed}:state`,
     'c',
     'kill|hard_limit:calls_per_day|0||',
+  );
+  // cus_tool_limited has used up its calls of echo (calls-per-tool limit): only echo is refused
+  await redis(
+    redisMain.port,
+    'HSET',
+    `tg:{${PRODUCT}:cus_tool_limited}:state`,
+    't:echo',
+    'kill|hard_limit:calls_per_tool|0||',
   );
 });
 
@@ -176,6 +185,25 @@ describe('hostile client: a killed customer', () => {
       assert.equal(res.status, 403);
     }
     assert.deepEqual(await upstreamStats(), before);
+  });
+});
+
+describe('hostile client: a customer whose calls of one tool are exhausted', () => {
+  it('a batch cannot hide that tool behind a call without a valid name', async () => {
+    const headers = await openSession('/main/json/mcp', { apikey: 'key-tool' });
+    const before = await upstreamStats();
+    const single = await post('/main/json/mcp', toolCall(1, 'echo', { text: 'x' }), headers);
+    assert.equal(single.status, 403, await single.text());
+    for (const first of [
+      { jsonrpc: '2.0', id: 2, method: 'tools/call' },
+      { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 7 } },
+      { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: '' } },
+    ]) {
+      const res = await post('/main/json/mcp', [first, toolCall(3, 'echo', { text: 'hidden' })], headers);
+      const text = await res.text();
+      assert.equal(res.status, 403, `the batch went through: ${text}`);
+    }
+    assert.deepEqual(await upstreamStats(), before, 'echo ran past its exhausted calls-per-tool limit');
   });
 });
 
