@@ -184,6 +184,23 @@ describe("tollgate handler", function()
     assert.equal(403, res.root.attributes["http.status_code"])
   end)
 
+  it("a tool's kill (calls-per-tool) is read for every named call of a batch, whatever comes before it", function()
+    fake_redis.hset(KEY, "t:search", "kill|hard_limit:calls_per_tool|0||")
+    -- a tools/call without a valid name first (the server answers it -32602 and runs the next one)
+    for _, first in ipairs({
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call"}]],
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}]],
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}]],
+    }) do
+      local res = fake.run(handler, config(), request({ body = "[" .. first .. "," .. call_body(2, "search") .. "]" }))
+      assert.is_table(res.exit, first)
+      assert.equal(403, res.exit.status)
+      assert.equal("tool", cjson.decode(res.exit.body)[1].error.data.scope)
+      local hmget = fake_redis.log[#fake_redis.log]
+      assert.same({ "c", "a:agent-7", "s:sess-1", "t:search" }, hmget.fields)
+    end
+  end)
+
   it("kill with an end time reports retryAfterSeconds; a session kill survives nothing else", function()
     fake_redis.hset(KEY, "s:sess-1", "kill|operator|" .. (fake.clock_ms() + 90000) .. "||")
     local res = fake.run(handler, config({ kill_http_status = 402 }), request())

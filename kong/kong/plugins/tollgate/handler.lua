@@ -344,9 +344,13 @@ function TollgateHandler:access(conf)
     return
   end
 
+  -- the named calls only: a call without a valid name (the server refuses it) must not leave a hole
+  -- that ends the list early and hides the tools after it from their calls-per-tool kill
   local tools = {}
-  for i, call in ipairs(parsed.calls) do
-    tools[i] = call.name
+  for _, call in ipairs(parsed.calls) do
+    if call.name then
+      tools[#tools + 1] = call.name
+    end
   end
   local d = enforce.check(worker_state(conf).env, conf, {
     customer = req.customer,
