@@ -502,6 +502,24 @@ describe("tollgate handler", function()
       assert.equal("refused_by_server", a["tollgate.enforcement.reason"])
     end)
 
+    it("the legacy HTTP+SSE message endpoint (?sessionId=) is metered from the body, whatever the headers say", function()
+      -- its server (SDK SSEServerTransport, protocol 2024-11-05) never checks Mcp-Method / Mcp-Name, so
+      -- headers naming another method must not keep a tools/call from being enforced
+      fake_redis.hset(KEY, "c", "kill|hard_limit:calls_per_day|0||")
+      local lie = modern({ body = call_body(5, "search"), query = { sessionId = "legacy-1" } },
+                         { ["Mcp-Method"] = "tools/list", ["Mcp-Name"] = false })
+      local res = fake.run(handler, config(), lie)
+      assert.equal(1, res.body_reads)
+      assert.equal(400, res.exit.status) -- the headers disagree with the body: -32020, as the SDK would
+      assert.equal(-32020, cjson.decode(res.exit.body).error.code)
+      -- agreeing 2026 headers there: still read from the body, and enforced
+      local agree = modern({ body = call_body(6, "search"), query = { sessionId = "legacy-1" } })
+      res = fake.run(handler, config(), agree)
+      assert.equal(1, res.body_reads)
+      assert.equal(403, res.exit.status)
+      assert.equal(6, cjson.decode(res.exit.body).id)
+    end)
+
     it("meter_from_headers = false: Kong reads the body and refuses the mismatch itself, before the upstream", function()
       local r = modern({ body = call_body(3, "delete_everything", {
         ["io.modelcontextprotocol/protocolVersion"] = "2026-07-28" }) })

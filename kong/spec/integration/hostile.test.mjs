@@ -340,3 +340,61 @@ describe('hostile client: hanging up', () => {
     assert.equal(attrsOf(spans[0])['error.type'], '499');
   });
 });
+
+describe('hostile client: 2026-07-28 headers that lie to an upstream that does not check them', () => {
+  // the legacy HTTP+SSE transport (SDK 1.x SSEServerTransport) runs whatever the body says and
+  // ignores Mcp-Method / Mcp-Name: headers naming another method must not let a tools/call pass
+  it('legacy HTTP+SSE message endpoint: Mcp-Method: tools/list over a tools/call body is enforced', async () => {
+    const ac = new AbortController();
+    const stream = await fetch(`${base}/main/legacy/mcp`, {
+      headers: { accept: 'text/event-stream', apikey: 'key-kill' },
+      signal: ac.signal,
+    });
+    const reader = stream.body.getReader();
+    let buf = '';
+    let endpoint;
+    while (!endpoint) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += new TextDecoder().decode(value);
+      const m = /event: endpoint\r?\ndata: (\S+)/.exec(buf);
+      if (m) endpoint = m[1];
+    }
+    assert.ok(endpoint, buf);
+    const url = new URL(endpoint, base);
+    const messages = `/main/legacy/messages${url.search}`;
+    const send = (body, headers = {}) =>
+      fetch(`${base}${messages}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', apikey: 'key-kill', ...headers },
+        body: JSON.stringify(body),
+      });
+    const init = await send({
+      jsonrpc: '2.0',
+      id: 0,
+      method: 'initialize',
+      params: { protocolVersion: '2024-11-05', capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
+    });
+    assert.equal(init.status, 202);
+    await send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    const before = await upstreamStats();
+    const lie = { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/list' };
+    const res = await send(toolCall(1, 'echo', { text: 'unmetered?' }), lie);
+    const text = await res.text();
+    // agreeing 2026 headers there are not trusted either: the body is read, and the kill applies
+    const agree = { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/call', 'mcp-name': 'echo' };
+    const res2 = await send(toolCall(2, 'echo', { text: 'unmetered?' }), agree);
+    const text2 = await res2.text();
+    await new Promise((r) => setTimeout(r, 300));
+    ac.abort();
+    assert.deepEqual(
+      await upstreamStats(),
+      before,
+      `the tool ran for a killed customer (${res.status} ${text})`,
+    );
+    assert.equal(res.status, 400, text); // the headers disagree with the body: -32020, as the SDK would
+    assert.equal(JSON.parse(text).error.code, -32020);
+    assert.equal(res2.status, 403, text2);
+    assert.equal(JSON.parse(text2).error.code, -32050);
+  });
+});

@@ -315,8 +315,11 @@ function TollgateHandler:access(conf)
     name = get_header("Mcp-Name"),
     protocol_version = get_header("Mcp-Protocol-Version"),
   }
-  -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode
-  local parsed = conf.meter_from_headers and jsonrpc.from_headers(hints) or nil
+  -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode. Not on the
+  -- legacy HTTP+SSE message endpoint (?sessionId=): its server (protocol 2024-11-05) never checks those
+  -- headers, so they could name another method than the body it runs
+  local parsed = conf.meter_from_headers and kong.request.get_query_arg("sessionId") == nil
+                 and jsonrpc.from_headers(hints) or nil
   if not parsed then
     local body, err = read_body(conf)
     if not body then
