@@ -341,6 +341,31 @@ describe('hostile client: hanging up', () => {
   });
 });
 
+describe('hostile client: hanging up an SSE answer', () => {
+  it('the SSE answer had begun (200): the call is billed as a success', async () => {
+    const testId = `hangup-sse-${++seq}-${Date.now()}`;
+    const headers = await openSession('/main/sse/mcp', { apikey: 'key-alice', 'x-test-id': testId });
+    const before = await upstreamStats();
+    const ac = new AbortController();
+    const res = await fetch(`${base}/main/sse/mcp`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers },
+      body: JSON.stringify(toolCall('gone-sse', 'slow', { steps: 3, delayMs: 150 })),
+      signal: ac.signal,
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    await reader.read(); // the first notification
+    ac.abort();
+    await new Promise((r) => setTimeout(r, 800));
+    assert.equal((await upstreamStats()).slow - before.slow, 1, 'the tool ran');
+    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    assert.equal(spans.length, 1);
+    assert.equal(attrsOf(spans[0])['jsonrpc.request.id'], 'gone-sse');
+    assert.equal(attrsOf(spans[0])['error.type'], undefined);
+  });
+});
+
 describe('hostile client: 2026-07-28 headers that lie to an upstream that does not check them', () => {
   // the legacy HTTP+SSE transport (SDK 1.x SSEServerTransport) runs whatever the body says and
   // ignores Mcp-Method / Mcp-Name: headers naming another method must not let a tools/call pass
