@@ -316,6 +316,43 @@ describe('hostile client: 2026-07-28 requests metered from their headers (a 2.x 
   }
 });
 
+describe('hostile client: lying 2026-07-28 headers to a 2.x SDK server', () => {
+  const MODERN = '2026-07-28';
+  const lie = { 'mcp-protocol-version': MODERN, 'mcp-method': 'tools/list', apikey: 'key-kill' };
+  const meta = {
+    'io.modelcontextprotocol/protocolVersion': MODERN,
+    'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
+    'io.modelcontextprotocol/clientCapabilities': {},
+  };
+  for (const [name, params] of [
+    ['with the envelope _meta', { name: 'echo', arguments: { text: 'x' }, _meta: meta }],
+    ['without any _meta', { name: 'echo', arguments: { text: 'x' } }],
+    [
+      'with an older protocol version in _meta',
+      {
+        name: 'echo',
+        arguments: { text: 'x' },
+        _meta: { ...meta, 'io.modelcontextprotocol/protocolVersion': '2025-06-18' },
+      },
+    ],
+  ]) {
+    it(`Mcp-Method: tools/list over a tools/call body ${name}: the tool never runs`, async () => {
+      const before = await upstreamStats();
+      const res = await post(
+        '/main/modern/mcp',
+        { jsonrpc: '2.0', id: 1, method: 'tools/call', params },
+        lie,
+      );
+      const text = await res.text();
+      assert.deepEqual(
+        await upstreamStats(),
+        before,
+        `the tool ran for a killed customer (${res.status} ${text})`,
+      );
+    });
+  }
+});
+
 describe('hostile client: hanging up', () => {
   // The tool runs on although the client went away; nginx logs 499 and the call's span carries
   // error.type "499", so a plan without billFailedCalls does not charge it (see the audit report:
