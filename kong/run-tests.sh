@@ -92,7 +92,8 @@ if [ "$tools_ok" -eq 1 ]; then
   echo "== integration and cross-check (node --test)"
   tap="$(cd "$REPO_DIR" && node --test --test-reporter=tap --test-concurrency=1 \
            kong/spec/integration/keys-crosscheck.test.mjs kong/spec/integration/integration.test.mjs \
-           kong/spec/integration/leases.test.mjs kong/spec/integration/usage.test.mjs 2>&1)"
+           kong/spec/integration/leases.test.mjs kong/spec/integration/usage.test.mjs \
+           kong/spec/integration/hostile.test.mjs 2>&1)"
   rc=$?
   echo "$tap"
   ok=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' <<<"$tap" | tail -1)

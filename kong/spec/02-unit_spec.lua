@@ -248,6 +248,16 @@ describe("jsonrpc.parse", function()
     end)
   end
 
+  it("accepts a 256-byte tools/call id, and ids reused only by requests that are not tools/call", function()
+    local p = assert(jsonrpc.parse('{"jsonrpc":"2.0","id":"' .. ("x"):rep(256)
+                                   .. '","method":"tools/call","params":{"name":"echo"}}'))
+    assert.equal(1, #p.calls)
+    p = assert(jsonrpc.parse([=[[{"jsonrpc":"2.0","id":1,"method":"tools/list"},
+      {"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":"1","method":"tools/call","params":{"name":"x"}},
+      {"jsonrpc":"2.0","id":2,"result":{}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"y"}}]]=]))
+    assert.equal(2, #p.calls) -- "1" is not 1; a client's response does not share the server's answer ids
+  end)
+
   it("keeps a call without a valid name (refusable, not billable)", function()
     local p = assert(jsonrpc.parse([[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":42}}]]))
     assert.equal(1, #p.calls)
@@ -260,6 +270,19 @@ describe("jsonrpc.parse", function()
     { "empty", "  \n", -32700 },
     { "scalar", "42", -32600 },
     { "empty batch", " [ ] ", -32600 },
+    -- the MCP server runs a tools/call with a string id of any length: one the plugin cannot match
+    -- would otherwise pass unenforced and unbilled
+    { "a tools/call id over 256 bytes", '{"jsonrpc":"2.0","id":"' .. ("x"):rep(257)
+      .. '","method":"tools/call","params":{"name":"echo"}}', -32600 },
+    { "a batch's tools/call id over 256 bytes", '[{"jsonrpc":"2.0","id":1,"method":"tools/list"},'
+      .. '{"jsonrpc":"2.0","id":"' .. ("y"):rep(1000) .. '","method":"tools/call","params":{"name":"echo"}}]', -32600 },
+    -- two answers with one id: another request's error could mark the call that ran as failed
+    { "a batch reusing a tools/call's id", '[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}},'
+      .. '{"jsonrpc":"2.0","id":1,"method":"no/such/method"}]', -32600 },
+    { "a batch reusing a tools/call's id (1 and 1.0)", '[{"jsonrpc":"2.0","id":1.0,"method":"ping"},'
+      .. '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]', -32600 },
+    { "a batch of two tools/call with one id", '[{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x"}},'
+      .. '{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"y"}}]', -32600 },
   }) do
     it("rejects " .. case[1], function()
       local p, code, message = jsonrpc.parse(case[2])

@@ -184,6 +184,23 @@ describe("tollgate handler", function()
     assert.equal(403, res.root.attributes["http.status_code"])
   end)
 
+  it("a tool's kill (calls-per-tool) is read for every named call of a batch, whatever comes before it", function()
+    fake_redis.hset(KEY, "t:search", "kill|hard_limit:calls_per_tool|0||")
+    -- a tools/call without a valid name first (the server answers it -32602 and runs the next one)
+    for _, first in ipairs({
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call"}]],
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}]],
+      [[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}]],
+    }) do
+      local res = fake.run(handler, config(), request({ body = "[" .. first .. "," .. call_body(2, "search") .. "]" }))
+      assert.is_table(res.exit, first)
+      assert.equal(403, res.exit.status)
+      assert.equal("tool", cjson.decode(res.exit.body)[1].error.data.scope)
+      local hmget = fake_redis.log[#fake_redis.log]
+      assert.same({ "c", "a:agent-7", "s:sess-1", "t:search" }, hmget.fields)
+    end
+  end)
+
   it("kill with an end time reports retryAfterSeconds; a session kill survives nothing else", function()
     fake_redis.hset(KEY, "s:sess-1", "kill|operator|" .. (fake.clock_ms() + 90000) .. "||")
     local res = fake.run(handler, config({ kill_http_status = 402 }), request())
@@ -483,6 +500,24 @@ describe("tollgate handler", function()
       assert.is_nil(a["mcp.method.name"])
       assert.equal("header_mismatch", a["tollgate.enforcement"])
       assert.equal("refused_by_server", a["tollgate.enforcement.reason"])
+    end)
+
+    it("the legacy HTTP+SSE message endpoint (?sessionId=) is metered from the body, whatever the headers say", function()
+      -- its server (SDK SSEServerTransport, protocol 2024-11-05) never checks Mcp-Method / Mcp-Name, so
+      -- headers naming another method must not keep a tools/call from being enforced
+      fake_redis.hset(KEY, "c", "kill|hard_limit:calls_per_day|0||")
+      local lie = modern({ body = call_body(5, "search"), query = { sessionId = "legacy-1" } },
+                         { ["Mcp-Method"] = "tools/list", ["Mcp-Name"] = false })
+      local res = fake.run(handler, config(), lie)
+      assert.equal(1, res.body_reads)
+      assert.equal(400, res.exit.status) -- the headers disagree with the body: -32020, as the SDK would
+      assert.equal(-32020, cjson.decode(res.exit.body).error.code)
+      -- agreeing 2026 headers there: still read from the body, and enforced
+      local agree = modern({ body = call_body(6, "search"), query = { sessionId = "legacy-1" } })
+      res = fake.run(handler, config(), agree)
+      assert.equal(1, res.body_reads)
+      assert.equal(403, res.exit.status)
+      assert.equal(6, cjson.decode(res.exit.body).id)
     end)
 
     it("meter_from_headers = false: Kong reads the body and refuses the mismatch itself, before the upstream", function()

@@ -315,8 +315,11 @@ function TollgateHandler:access(conf)
     name = get_header("Mcp-Name"),
     protocol_version = get_header("Mcp-Protocol-Version"),
   }
-  -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode
-  local parsed = conf.meter_from_headers and jsonrpc.from_headers(hints) or nil
+  -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode. Not on the
+  -- legacy HTTP+SSE message endpoint (?sessionId=): its server (protocol 2024-11-05) never checks those
+  -- headers, so they could name another method than the body it runs
+  local parsed = conf.meter_from_headers and kong.request.get_query_arg("sessionId") == nil
+                 and jsonrpc.from_headers(hints) or nil
   if not parsed then
     local body, err = read_body(conf)
     if not body then
@@ -344,9 +347,13 @@ function TollgateHandler:access(conf)
     return
   end
 
+  -- the named calls only: a call without a valid name (the server refuses it) must not leave a hole
+  -- that ends the list early and hides the tools after it from their calls-per-tool kill
   local tools = {}
-  for i, call in ipairs(parsed.calls) do
-    tools[i] = call.name
+  for _, call in ipairs(parsed.calls) do
+    if call.name then
+      tools[#tools + 1] = call.name
+    end
   end
   local d = enforce.check(worker_state(conf).env, conf, {
     customer = req.customer,

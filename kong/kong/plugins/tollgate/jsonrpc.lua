@@ -341,11 +341,28 @@ function _M.parse(body, hints)
   end
 
   local calls, ids = {}, {}
+  -- request id key -> whether a tools/call carries it (a batch's duplicates are refused below)
+  local seen = {}
   for i = 1, #messages do
     local msg = messages[i]
+    local is_call = type(msg) == "table" and msg.method == TOOLS_CALL
+    if is_call and type(msg.id) == "string" and #msg.id > MAX_ID_LENGTH then
+      -- the MCP server runs it (a string id of any length is valid), but its answer could not be
+      -- matched to it: refused rather than let through unenforced and unbilled
+      return nil, CODES.INVALID_REQUEST, "Invalid Request: a tools/call id longer than "
+                                         .. MAX_ID_LENGTH .. " bytes cannot be metered"
+    end
     if type(msg) == "table" and type(msg.method) == "string" then
       local id = describe_id(msg.id)
       if id then
+        local prior = seen[id.key]
+        if prior ~= nil and (prior or is_call) then
+          -- two answers with one id: which is the tool's cannot be told, so another request's
+          -- error could mark a call that ran as failed (and unbilled)
+          return nil, CODES.INVALID_REQUEST, "Invalid Request: a batch reuses the id " .. id.text
+                                             .. " of a tools/call; ids must be unique to meter the call"
+        end
+        seen[id.key] = is_call or prior or false
         ids[#ids + 1] = id
       end
     end
