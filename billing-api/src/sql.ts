@@ -693,7 +693,7 @@ export function sessionCallsSql(f: Filters, sessionId: string, page: Page): Sql 
     {
       query: `SELECT toString(started_at) AS started, customer, agent, tool, status, error_type, decision, tier,
     duration_us, input_tokens, output_tokens, price_nano, price_call_nano, price_input_nano, price_output_nano,
-    price_duration_nano, cost_nano, trace_id, span_id, event_id, plan_id, plan_version, transport,
+    price_duration_nano, arraySum(usage_price_nano) AS price_usage_nano, cost_nano, trace_id, span_id, event_id, plan_id, plan_version, transport,
     count() OVER () AS total_rows
   FROM mcp_tool_calls
   WHERE ${[...filterConds(f, ['customer']), 'session_id = {session:String}'].join(' AND ')}
@@ -813,7 +813,7 @@ export function invoiceTotalsSql(product: string, customer: string, period: stri
   return {
     query: `SELECT count() AS calls, sum(toInt128(price_nano)) AS price_nano, sum(toInt128(cost_nano)) AS cost_nano,
     sum(toInt128(price_call_nano)) AS call_nano, sum(toInt128(price_input_nano)) AS input_nano, sum(toInt128(price_output_nano)) AS output_nano,
-    sum(toInt128(price_duration_nano)) AS duration_nano, sum(arraySum(usage_price_nano)) AS usage_nano,
+    sum(toInt128(price_duration_nano)) AS duration_nano, sum(toInt128(arraySum(usage_price_nano))) AS usage_nano,
     countIf(decision = 'billed') AS billed, countIf(decision = 'free') AS free,
     countIf(decision = 'failed_not_billed') AS failed_not_billed, countIf(decision = 'over_limit') AS over_limit,
     countIf(decision = 'unenforced') AS unenforced,
