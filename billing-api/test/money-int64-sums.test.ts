@@ -7,6 +7,7 @@ import {
   insertSettings,
   migrate,
   openClickHouse,
+  readMigrations,
 } from '../../collector-processor/src/storage/clickhouse.js';
 import { financeApi } from './support/finance-api.js';
 
@@ -16,9 +17,11 @@ import { financeApi } from './support/finance-api.js';
  * customer in a currency of small units (IDR, VND), or of a tenant over many customers and months. ClickHouse
  * sums an Int64 column as an Int64 and wraps past 2^63 − 1 without an error, so before this test the API
  * answered a negative revenue (−8,446,744,073.709551616 for two calls of 5,000,000,000) and an invoice preview
- * whose lines "reconciled" with the same wrapped sum. The calls here sit in different rows of every daily view
- * (one per customer, day, agent and session), so each stored row fits an Int64 and only the sums across them
- * exceed it: the answers must be exact, from the views and from the raw table alike.
+ * whose lines "reconciled" with the same wrapped sum. CALLS sit in different rows of every daily view (one per
+ * customer, day, agent and session), so only the sums across rows exceed an Int64 (the readers sum in Int128);
+ * ONE_ROW's two calls share one row of every view, which holds more than an Int64 after migration 0017 (the
+ * first call landed before it, then the views are merged). Answers must be exact, from the views and the raw
+ * table alike.
  */
 
 const KEY = 'tg_test_int64_sums_key';
@@ -41,9 +44,26 @@ const apps = {
   raw: () => financeApi(ch.readClient(), KEY, P, 'raw'),
 };
 
+/** Both in one row of every view (same customer, day, agent, tool and session): the first lands before 0017. */
+const ONE_ROW = 'one-row-mcp';
+
 beforeAll(async () => {
   ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+  await migrate(
+    ch.client,
+    readMigrations().filter((m) => m.version < 17),
+  );
+  const oneRow = async (i: number) =>
+    ch.client.command({
+      query: `INSERT INTO mcp_tool_calls (event_id, product, customer, agent, session_id, tool, status, started_at,
+          period, currency, decision, tier, price_nano, price_call_nano, cost_nano)
+        VALUES ('one${i}', '${ONE_ROW}', 'c1', 'a1', 's1', 'huge', 'ok',
+          toDateTime64('2026-03-10 1${i}:00:00', 6, 'UTC'), '2026-03', 'USD', 'billed', 1, ${FIVE}, ${FIVE}, 1)`,
+      clickhouse_settings: insertSettings(`int64-one-row-${i}`),
+    });
+  await oneRow(0);
   await migrate(ch.client);
+  await oneRow(1);
   for (const [i, [customer, agent, session, at, price]] of CALLS.entries()) {
     await ch.client.command({
       query: `INSERT INTO mcp_tool_calls (event_id, product, customer, agent, session_id, tool, status, started_at,
@@ -114,6 +134,45 @@ describe('sums past Int64 nano-units', () => {
       });
     }
   }
+
+  it('two calls in one row of every view, merged, the first landed before migration 0017: exact', async () => {
+    for (const view of [
+      'mcp_daily_stats',
+      'mcp_tool_daily_stats',
+      'mcp_customer_daily_stats',
+      'mcp_session_daily',
+      'mcp_session_summary',
+    ])
+      await ch.client.command({ query: `OPTIMIZE TABLE ${view} FINAL` });
+    const TEN = '10000000000000000000';
+    const apiOf = (source: 'views' | 'raw') => financeApi(ch.readClient(), KEY, ONE_ROW, source);
+    for (const source of ['views', 'raw'] as const) {
+      const app = apiOf(source);
+      const get1 = async <T = Row>(url: string): Promise<T> => {
+        const res = await app.inject({ url, headers: { authorization: `Bearer ${KEY}` } });
+        expect(res.statusCode, res.body).toBe(200);
+        return res.json<T>();
+      };
+      try {
+        const q = `product=${ONE_ROW}&period=2026-03`;
+        expect(await get1(`/analytics/mcp/summary?${q}`)).toMatchObject({ revenueNano: TEN, sessions: 1 });
+        for (const path of ['by-customer', 'revenue/by-tool', 'by-agent', 'sessions'])
+          expect((await get1<{ rows: Row[] }>(`/analytics/mcp/${path}?${q}`)).rows, path).toEqual([
+            expect.objectContaining({ revenueNano: TEN, revenue: '10000000000.00', costNano: '2' }),
+          ]);
+        expect(
+          (await get1<{ totals: Row }>(`/analytics/mcp/sessions/s1?product=${ONE_ROW}`)).totals,
+        ).toMatchObject({ revenueNano: TEN, calls: 2 });
+        // a past range (calls follow it): the sessions come from the lifetime view
+        const past = await get1<{ rows: Row[] }>(
+          `/analytics/mcp/sessions?product=${ONE_ROW}&from=2026-03-10T10:00:00Z&to=2026-03-10T10:30:00Z`,
+        );
+        expect(past.rows).toEqual([expect.objectContaining({ revenueNano: TEN })]);
+      } finally {
+        await app.close();
+      }
+    }
+  });
 
   it('the invoice preview: lines, totals and reconciliation exact', async () => {
     const inv = await get<{
