@@ -5,8 +5,15 @@
 -- read as a revenue of −8,446,744,073.709551616. The readers (billing-api/src/sql.ts) sum in Int128 since the
 -- same fix; this migration widens what the views store, and the views sum each insert block in Int128 too.
 -- The columns are converted in place (a mutation of each view's parts); each view is dropped and created
--- again (no call lands while migrations run) with its query as it
--- stands after migration 0016 (system.tables.as_select), with toInt128 in its money sums.
+-- again with its query as it
+-- stands after migration 0016 (system.tables.as_select), with toInt128 in its money sums. Not ALTER … MODIFY
+-- QUERY: a view altered so stops deduplicating replayed inserts (a block retried with the same
+-- insert_deduplication_token is dropped by the raw table but counted again by the view); 0016 did that to
+-- mcp_session_summary_mv, whose totals grew by the replayed calls after a crash (crash-recovery.test.ts) —
+-- created anew here, it deduplicates again.
+-- A call landed between a DROP and its CREATE would be missing from that view: embedded, nothing lands while
+-- migrations run; on a ClickHouse server, stop every landing instance before the first upgraded one starts
+-- (docs/operations.md, Upgrades).
 
 ALTER TABLE mcp_daily_stats
     MODIFY COLUMN revenue_nano SimpleAggregateFunction(sum, Int128),
