@@ -652,6 +652,10 @@ export function registerAnalytics(
     priceInputNano: { type: 'string' },
     priceOutputNano: { type: 'string' },
     priceDurationNano: { type: 'string' },
+    priceUsageNano: {
+      type: 'string',
+      description: 'the usage lines of the call (rate-plans.md#usage-lines)',
+    },
     ...moneyProps('cost'),
     traceId: { type: 'string' },
     spanId: { type: 'string' },
@@ -735,6 +739,7 @@ export function registerAnalytics(
         priceInputNano: String(big(r.price_input_nano)),
         priceOutputNano: String(big(r.price_output_nano)),
         priceDurationNano: String(big(r.price_duration_nano)),
+        priceUsageNano: String(big(r.price_usage_nano)),
         ...money('cost', big(r.cost_nano)),
         traceId: String(r.trace_id),
         spanId: String(r.span_id),

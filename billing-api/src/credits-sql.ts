@@ -66,11 +66,11 @@ export function creditsAppliedSql(product: string, customer: string, period: str
   SELECT
     (SELECT count() FROM drawn) AS drawn_calls,
     (SELECT sum(drawn_nano) FROM drawn) AS drawn_nano,
-    (SELECT sum(c.price_nano) FROM drawn AS d INNER JOIN calls AS c ON c.event_id = d.event_id) AS matched_price_nano,
+    (SELECT sum(toInt128(c.price_nano)) FROM drawn AS d INNER JOIN calls AS c ON c.event_id = d.event_id) AS matched_price_nano,
     (SELECT countIf(d.drawn_nano != c.price_nano) FROM drawn AS d INNER JOIN calls AS c ON c.event_id = d.event_id) AS mismatched,
     (SELECT count() FROM drawn WHERE event_id NOT IN (SELECT event_id FROM calls)) AS unlanded,
     (SELECT count() FROM calls WHERE price_nano != 0 AND event_id NOT IN (SELECT event_id FROM drawn)) AS undrawn_calls,
-    (SELECT sum(price_nano) FROM calls WHERE event_id NOT IN (SELECT event_id FROM drawn)) AS undrawn_nano`,
+    (SELECT sum(toInt128(price_nano)) FROM calls WHERE event_id NOT IN (SELECT event_id FROM drawn)) AS undrawn_nano`,
     params: { product, customer, period },
   };
 }

@@ -72,17 +72,17 @@ const DIM_RAW: Record<Dim, string> = {
 };
 
 const VIEW_MEASURES = `sum(calls) AS calls, sum(errors) AS errors, sum(billed_calls) AS billed_calls,
-    sum(free_calls) AS free_calls, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano,
+    sum(free_calls) AS free_calls, sum(toInt128(revenue_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano,
     sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(duration_us_sum) AS duration_us_sum`;
 const RAW_MEASURES = `count() AS calls, countIf(status = 'error') AS errors, countIf(price_nano > 0) AS billed_calls,
-    countIf(decision = 'free') AS free_calls, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano,
+    countIf(decision = 'free') AS free_calls, sum(toInt128(price_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano,
     sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(duration_us) AS duration_us_sum`;
 const VIEW_QUANTILES = ', quantilesTDigestMergeState(0.5, 0.95)(duration_quantiles) AS duration_quantiles';
 const RAW_QUANTILES = ', quantilesTDigestState(0.5, 0.95)(duration_us) AS duration_quantiles';
 
 /** Outer measures over the union of view and raw parts. */
 const MERGED_MEASURES = `sum(calls) AS calls, sum(errors) AS errors, sum(billed_calls) AS billed_calls,
-    sum(free_calls) AS free_calls, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano,
+    sum(free_calls) AS free_calls, sum(toInt128(revenue_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano,
     sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(duration_us_sum) AS duration_us_sum`;
 const MERGED_QUANTILES = ', quantilesTDigestMerge(0.5, 0.95)(duration_quantiles) AS duration_p50_p95';
 
@@ -216,7 +216,7 @@ export function usageByToolSql(f: Filters, range: TimeRange, source: Source, too
   const parts: string[] = [];
   if (split.hasWholeDays)
     parts.push(`SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
-    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+    sum(toInt128(price_nano)) AS price_nano, sum(toInt128(cost_nano)) AS cost_nano
   FROM mcp_usage_daily_stats
   WHERE ${[...conds, 'day >= {whole_from_day:Date}', 'day < {whole_to_day:Date}'].join(' AND ')}
   GROUP BY tool, line`);
@@ -226,7 +226,7 @@ export function usageByToolSql(f: Filters, range: TimeRange, source: Source, too
       timeConds.push(`(started_at < {whole_from:${DT}} OR started_at >= {whole_to:${DT}})`);
     // a line priced in graduated tiers has a piece per tier a call's units fall in: a call counts once
     parts.push(`SELECT tool, u_line AS line, toUInt64(countIf(u_nth = 1)) AS calls, sum(u_quantity) AS quantity_micro,
-    sum(u_price) AS price_nano, sum(u_cost) AS cost_nano
+    sum(toInt128(u_price)) AS price_nano, sum(toInt128(u_cost)) AS cost_nano
   FROM mcp_tool_calls
   ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_price_nano AS u_price,
     usage_cost_nano AS u_cost, arrayEnumerateUniq(usage_lines) AS u_nth
@@ -239,7 +239,7 @@ export function usageByToolSql(f: Filters, range: TimeRange, source: Source, too
       ...(split.hasPartialDays ? ['mcp_tool_calls'] : []),
     ],
     query: `SELECT tool, line, sum(calls) AS calls, sum(quantity_micro) AS quantity_micro,
-    sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano
+    sum(toInt128(price_nano)) AS price_nano, sum(toInt128(cost_nano)) AS cost_nano
 FROM (${parts.join('\nUNION ALL\n')})
 GROUP BY tool, line
 ORDER BY tool ASC, line ASC`,
@@ -418,14 +418,14 @@ export function sessionsCountSql(
 
 const SESSION_TOTALS = `max(agent) AS session_agent, max(transport) AS session_transport, max(session_rule) AS rule,
     min(first_seen) AS first_seen_at, max(last_seen) AS last_seen_at, sum(calls) AS calls,
-    sum(errors) AS errors, sum(revenue_nano) AS revenue_nano, sum(cost_nano) AS cost_nano`;
+    sum(errors) AS errors, sum(toInt128(revenue_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano`;
 
 function sessionsInner(f: Filters, range: TimeRange): Read {
   return {
     query: `SELECT customer, session_id, max(agent) AS session_agent, max(transport) AS session_transport,
     max(session_rule) AS rule,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
-    countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
+    countIf(status = 'error') AS errors, sum(toInt128(price_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano
   FROM mcp_tool_calls
   WHERE ${[...filterConds(f, ALL_DIMS), "session_id != ''"].join(' AND ')}
   GROUP BY customer, session_id
@@ -675,7 +675,7 @@ export function sessionSummarySql(f: Filters, sessionId: string, source: Source)
       query: `SELECT customer, max(agent) AS session_agent, max(transport) AS session_transport,
     max(session_rule) AS rule,
     min(started_at) AS first_seen_at, max(started_at) AS last_seen_at, count() AS calls,
-    countIf(status = 'error') AS errors, sum(price_nano) AS revenue_nano, sum(cost_nano) AS cost_nano
+    countIf(status = 'error') AS errors, sum(toInt128(price_nano)) AS revenue_nano, sum(toInt128(cost_nano)) AS cost_nano
   FROM mcp_tool_calls WHERE ${conds} GROUP BY customer ORDER BY customer`,
       params,
     };
@@ -693,7 +693,7 @@ export function sessionCallsSql(f: Filters, sessionId: string, page: Page): Sql 
     {
       query: `SELECT toString(started_at) AS started, customer, agent, tool, status, error_type, decision, tier,
     duration_us, input_tokens, output_tokens, price_nano, price_call_nano, price_input_nano, price_output_nano,
-    price_duration_nano, cost_nano, trace_id, span_id, event_id, plan_id, plan_version, transport,
+    price_duration_nano, arraySum(usage_price_nano) AS price_usage_nano, cost_nano, trace_id, span_id, event_id, plan_id, plan_version, transport,
     count() OVER () AS total_rows
   FROM mcp_tool_calls
   WHERE ${[...filterConds(f, ['customer']), 'session_id = {session:String}'].join(' AND ')}
@@ -772,7 +772,7 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
   return {
     query: `SELECT component, tool, tier, unit_nano, quantity, amount_nano, line FROM (
   SELECT 'call' AS component, tool, tier, price_call_nano AS unit_nano, toUInt64(count()) AS quantity,
-      sum(price_call_nano) AS amount_nano, '' AS line
+      sum(toInt128(price_call_nano)) AS amount_nano, '' AS line
     FROM mcp_tool_calls WHERE ${w} AND decision NOT IN ('free', 'failed_not_billed')
     GROUP BY tool, tier, unit_nano
   UNION ALL
@@ -783,19 +783,19 @@ export function invoiceLinesSql(product: string, customer: string, period: strin
     FROM mcp_tool_calls WHERE ${w} AND decision = 'failed_not_billed' GROUP BY tool
   UNION ALL
   SELECT 'input_tokens', tool, toUInt16(0), intDiv(price_input_nano, input_tokens_priced) AS unit_nano,
-      toUInt64(sum(input_tokens_priced)), sum(price_input_nano), ''
+      toUInt64(sum(input_tokens_priced)), sum(toInt128(price_input_nano)), ''
     FROM mcp_tool_calls WHERE ${w} AND price_input_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
   SELECT 'output_tokens', tool, toUInt16(0), intDiv(price_output_nano, output_tokens_priced) AS unit_nano,
-      toUInt64(sum(output_tokens_priced)), sum(price_output_nano), ''
+      toUInt64(sum(output_tokens_priced)), sum(toInt128(price_output_nano)), ''
     FROM mcp_tool_calls WHERE ${w} AND price_output_nano != 0 GROUP BY tool, unit_nano
   UNION ALL
   SELECT 'duration', tool, toUInt16(0), price_per_second_nano AS unit_nano, toUInt64(sum(duration_us)),
-      sum(price_duration_nano), ''
+      sum(toInt128(price_duration_nano)), ''
     FROM mcp_tool_calls WHERE ${w} AND (price_per_second_nano != 0 OR price_duration_nano != 0)
     GROUP BY tool, unit_nano
   UNION ALL
-  SELECT 'usage', tool, toUInt16(0), u_unit AS unit_nano, toUInt64(sum(u_quantity)), sum(u_price), u_line
+  SELECT 'usage', tool, toUInt16(0), u_unit AS unit_nano, toUInt64(sum(u_quantity)), sum(toInt128(u_price)), u_line
     FROM mcp_tool_calls
     ARRAY JOIN usage_lines AS u_line, usage_quantity_micro AS u_quantity, usage_unit_nano AS u_unit,
       usage_price_nano AS u_price
@@ -811,9 +811,9 @@ ORDER BY tool ASC, indexOf(['call', 'free_call', 'failed_call', 'input_tokens', 
 /** Totals of a customer's period from the raw rows, to reconcile the lines against. */
 export function invoiceTotalsSql(product: string, customer: string, period: string, range: TimeRange): Sql {
   return {
-    query: `SELECT count() AS calls, sum(price_nano) AS price_nano, sum(cost_nano) AS cost_nano,
-    sum(price_call_nano) AS call_nano, sum(price_input_nano) AS input_nano, sum(price_output_nano) AS output_nano,
-    sum(price_duration_nano) AS duration_nano, sum(arraySum(usage_price_nano)) AS usage_nano,
+    query: `SELECT count() AS calls, sum(toInt128(price_nano)) AS price_nano, sum(toInt128(cost_nano)) AS cost_nano,
+    sum(toInt128(price_call_nano)) AS call_nano, sum(toInt128(price_input_nano)) AS input_nano, sum(toInt128(price_output_nano)) AS output_nano,
+    sum(toInt128(price_duration_nano)) AS duration_nano, sum(toInt128(arraySum(usage_price_nano))) AS usage_nano,
     countIf(decision = 'billed') AS billed, countIf(decision = 'free') AS free,
     countIf(decision = 'failed_not_billed') AS failed_not_billed, countIf(decision = 'over_limit') AS over_limit,
     countIf(decision = 'unenforced') AS unenforced,

@@ -123,7 +123,7 @@ async function unmappedCustomers(
 ): Promise<{ customer: string; nano: bigint }[]> {
   const rs = await deps.clickhouse.query({
     query:
-      'SELECT customer, sum(price_nano) AS nano FROM mcp_tool_calls WHERE product = {product:String} AND period = {period:String} GROUP BY customer ORDER BY customer',
+      'SELECT customer, sum(toInt128(price_nano)) AS nano FROM mcp_tool_calls WHERE product = {product:String} AND period = {period:String} GROUP BY customer ORDER BY customer',
     query_params: { product: mapping.product, period },
     format: 'JSONEachRow',
   });
