@@ -189,76 +189,31 @@ describe('claim.lua: the calls in one argument, a line each', () => {
     const cmd = (
       tg.redis as unknown as Record<string, (...a: (string | number | Buffer)[]) => Promise<unknown>>
     ).tollgateClaim;
+    // claim.lua's arguments after the keys and the token (see its header): n, ids, meta, contexts, m, tiered
+    const claimRaw = (n: number, ids: string, meta: Buffer, m = 0, tiered = '') =>
+      cmd!.call(
+        tg.redis,
+        2,
+        'tg:{p:c9}:d:x',
+        'tg:{p:c9}:p:x',
+        'rec-11',
+        60,
+        60,
+        n,
+        ids,
+        meta,
+        '1 2 1 tool',
+        m,
+        tiered,
+      );
     const oneCall = Buffer.from([2, 0, 0, 0]); // an id of 2 bytes, context 0
-    await expect(
-      cmd!.call(
-        tg.redis,
-        2,
-        'tg:{p:c9}:d:x',
-        'tg:{p:c9}:p:x',
-        'rec-11',
-        60,
-        60,
-        2,
-        'g0',
-        oneCall,
-        '1 2 1 tool',
-        0,
-        '',
-      ),
-    ).rejects.toThrow(/1 calls read, 2 announced/);
+    await expect(claimRaw(2, 'g0', oneCall)).rejects.toThrow(/1 calls read, 2 announced/);
     // ids that do not add up to the lengths given, a context that was not sent, tiered lines not announced
-    await expect(
-      cmd!.call(
-        tg.redis,
-        2,
-        'tg:{p:c9}:d:x',
-        'tg:{p:c9}:p:x',
-        'rec-11',
-        60,
-        60,
-        1,
-        'g0x',
-        oneCall,
-        '1 2 1 tool',
-        0,
-        '',
-      ),
-    ).rejects.toThrow(/2 bytes of event ids read, 3 sent/);
-    await expect(
-      cmd!.call(
-        tg.redis,
-        2,
-        'tg:{p:c9}:d:x',
-        'tg:{p:c9}:p:x',
-        'rec-11',
-        60,
-        60,
-        1,
-        'g0',
-        Buffer.from([2, 0, 0, 1]),
-        '1 2 1 tool',
-        0,
-        '',
-      ),
-    ).rejects.toThrow(/call 0 has context 1 of 1/);
-    await expect(
-      cmd!.call(
-        tg.redis,
-        2,
-        'tg:{p:c9}:d:x',
-        'tg:{p:c9}:p:x',
-        'rec-11',
-        60,
-        60,
-        1,
-        'g0',
-        oneCall,
-        '1 2 1 tool',
-        2,
-        '0 5 tokens',
-      ),
-    ).rejects.toThrow(/1 tiered quantities read, 2 announced/);
+    await expect(claimRaw(1, 'g0x', oneCall)).rejects.toThrow(/2 bytes of event ids read, 3 sent/);
+    await expect(claimRaw(1, 'g0', Buffer.from([2, 0, 0, 1]))).rejects.toThrow(/call 0 has context 1 of 1/);
+    await expect(claimRaw(1, 'g0', oneCall, 2, '0 5 tokens')).rejects.toThrow(
+      /1 tiered quantities read, 2 announced/,
+    );
     expect(await tg.redis!.exists('tg:{p:c9}:d:x', 'tg:{p:c9}:p:x')).toBe(0);
   });
 });

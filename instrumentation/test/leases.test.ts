@@ -643,15 +643,10 @@ describe('a process too busy to read the answer in time', () => {
   });
 
   it('a Tollgate that does not answer still ends the wait after timeoutMs (then the fail mode applies)', async () => {
-    const sockets = new Set<import('node:net').Socket>();
-    const hang = createNetServer((sock) => {
-      sockets.add(sock);
-      sock.on('error', () => {});
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const hang = await hangingTollgate();
     const book = new LeaseBook(
       {
-        url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/leases`,
+        url: hang.url,
         headers: {},
         timeoutMs: 250,
         failMode: 'open',
@@ -671,10 +666,26 @@ describe('a process too busy to read the answer in time', () => {
     expect(waited).toBeGreaterThanOrEqual(240);
     expect(waited).toBeLessThan(2000);
     book.close();
-    for (const sock of sockets) sock.destroy();
-    await new Promise((r) => hang.close(r));
+    await hang.close();
   });
 });
+
+/** A Tollgate that accepts connections and never answers: its leases URL, and how to close it. */
+async function hangingTollgate(): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<import('node:net').Socket>();
+  const server = createNetServer((sock) => {
+    sockets.add(sock);
+    sock.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/leases`,
+    async close() {
+      for (const sock of sockets) sock.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
 
 /** A relay in another process that passes Tollgate's answers on `delayMs` late (a slow network or Tollgate). */
 async function slowRelay(delayMs: number): Promise<{ port: number; stop(): void }> {
@@ -728,15 +739,10 @@ describe('a slow Tollgate (its answers 600 ms late)', () => {
   });
 
   it('a Tollgate that never answers costs one long first wait per customer, then timeoutMs', async () => {
-    const sockets = new Set<import('node:net').Socket>();
-    const hang = createNetServer((sock) => {
-      sockets.add(sock);
-      sock.on('error', () => {});
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const hang = await hangingTollgate();
     const book = new LeaseBook(
       {
-        url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/leases`,
+        url: hang.url,
         headers: {},
         timeoutMs: 250,
         firstTimeoutMs: 1000,
@@ -763,8 +769,7 @@ describe('a slow Tollgate (its answers 600 ms late)', () => {
     expect(second).toBeLessThan(900);
     expect(book.stats.failOpen).toBe(2);
     book.close();
-    for (const sock of sockets) sock.destroy();
-    await new Promise((r) => hang.close(r));
+    await hang.close();
   });
 });
 

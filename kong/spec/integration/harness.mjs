@@ -268,3 +268,102 @@ export async function stop(proc, { keepDir = false } = {}) {
   }
   if (proc.prefix && !keepDir) rmSync(proc.prefix, { recursive: true, force: true });
 }
+
+// --- an MCP client over raw HTTP, for the specs that speak to nginx directly -----------------------------
+
+export const MCP_ACCEPT = 'application/json, text/event-stream';
+/** The protocol version the raw sessions open with (the SDK 1.x upstream speaks it). */
+export const MCP_PROTOCOL = '2025-06-18';
+
+/** A span's attributes as a plain object (int values as numbers). */
+export function attrsOf(span) {
+  const out = {};
+  for (const { key, value } of span.attributes ?? []) {
+    out[key] =
+      value.stringValue ??
+      value.doubleValue ??
+      (value.intValue !== undefined ? Number(value.intValue) : value.boolValue);
+  }
+  return out;
+}
+
+/** Every span of a list of OTLP/JSON export requests. */
+export function allSpans(exports) {
+  return exports.flatMap((e) => e.resourceSpans.flatMap((rs) => rs.scopeSpans.flatMap((ss) => ss.spans)));
+}
+
+/** Reads a JSON or SSE response into its JSON-RPC messages. */
+export async function messagesOf(res) {
+  const text = await res.text();
+  if ((res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
+    return text
+      .split(/\r?\n\r?\n/)
+      .map((ev) =>
+        ev
+          .split(/\r?\n/)
+          .filter((l) => l.startsWith('data:'))
+          .map((l) => l.slice(5).trimStart())
+          .join('\n'),
+      )
+      .filter((d) => d.length > 0)
+      .map((d) => JSON.parse(d));
+  }
+  return text ? [JSON.parse(text)].flat() : [];
+}
+
+/**
+ * Raw-HTTP helpers bound to the nginx under test and the upstream: `baseOf()` and `upstreamOf()` are read at
+ * each call, since the servers start in the spec's `before`.
+ */
+export function rawMcp(baseOf, upstreamOf) {
+  function post(path, body, headers) {
+    return fetch(`${baseOf()}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: MCP_ACCEPT, ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+  }
+  return {
+    post,
+    /** The upstream's counters (tool runs by name). */
+    async upstreamStats() {
+      return (await fetch(`http://127.0.0.1:${upstreamOf().port}/_stats`)).json();
+    },
+    /** The export requests the shim captured for a test id (the log phase runs after the response). */
+    async spansOf(testId) {
+      for (let i = 0; i < 40; i++) {
+        const res = await fetch(`${baseOf()}/_spans?id=${encodeURIComponent(testId)}`);
+        const exports = await res.json();
+        if (exports.length > 0) return exports;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      return [];
+    },
+    /** initialize + notifications/initialized over raw HTTP; returns headers for the session. */
+    async openSession(path, headers) {
+      const init = await post(
+        path,
+        {
+          jsonrpc: '2.0',
+          id: 0,
+          method: 'initialize',
+          params: {
+            protocolVersion: MCP_PROTOCOL,
+            capabilities: {},
+            clientInfo: { name: 'raw', version: '1' },
+          },
+        },
+        headers,
+      );
+      if (init.status !== 200)
+        throw new Error(`initialize: HTTP ${init.status}: ${await init.clone().text()}`);
+      await messagesOf(init);
+      const sid = init.headers.get('mcp-session-id');
+      if (!sid) throw new Error('initialize: no session id');
+      const sessionHeaders = { ...headers, 'mcp-session-id': sid, 'mcp-protocol-version': MCP_PROTOCOL };
+      const ack = await post(path, { jsonrpc: '2.0', method: 'notifications/initialized' }, sessionHeaders);
+      if (ack.status !== 202) throw new Error(`notifications/initialized: HTTP ${ack.status}`);
+      return sessionHeaders;
+    },
+  };
+}

@@ -7,16 +7,28 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { redis, startNginx, startRedis, startUpstream, stop } from './harness.mjs';
+import {
+  MCP_ACCEPT as ACCEPT,
+  allSpans,
+  attrsOf,
+  rawMcp,
+  redis,
+  startNginx,
+  startRedis,
+  startUpstream,
+  stop,
+} from './harness.mjs';
 
 const PRODUCT = 'acme';
-const ACCEPT = 'application/json, text/event-stream';
-const PROTOCOL = '2025-06-18';
 
 let redisMain;
 let upstream;
 let nginx;
 let base;
+const { post, upstreamStats, spansOf, openSession } = rawMcp(
+  () => base,
+  () => upstream,
+);
 let seq = 0;
 
 const consumers = {
@@ -63,60 +75,6 @@ after(async () => {
   await stop(redisMain);
   assert.doesNotMatch(log, /\[error\].*(runtime error|lua entry thread aborted)/, log);
 });
-
-function post(path, body, headers) {
-  return fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-}
-
-async function upstreamStats() {
-  return (await fetch(`http://127.0.0.1:${upstream.port}/_stats`)).json();
-}
-
-async function spansOf(testId) {
-  for (let i = 0; i < 40; i++) {
-    const res = await fetch(`${base}/_spans?id=${encodeURIComponent(testId)}`);
-    const exports = await res.json();
-    if (exports.length > 0)
-      return exports.flatMap((e) => e.resourceSpans.flatMap((rs) => rs.scopeSpans.flatMap((ss) => ss.spans)));
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return [];
-}
-
-function attrsOf(span) {
-  const out = {};
-  for (const { key, value } of span.attributes ?? []) {
-    out[key] =
-      value.stringValue ??
-      value.doubleValue ??
-      (value.intValue !== undefined ? Number(value.intValue) : value.boolValue);
-  }
-  return out;
-}
-
-async function openSession(path, headers) {
-  const init = await post(
-    path,
-    {
-      jsonrpc: '2.0',
-      id: 0,
-      method: 'initialize',
-      params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
-    },
-    headers,
-  );
-  assert.equal(init.status, 200, await init.clone().text());
-  await init.text();
-  const sid = init.headers.get('mcp-session-id');
-  const sessionHeaders = { ...headers, 'mcp-session-id': sid, 'mcp-protocol-version': PROTOCOL };
-  const ack = await post(path, { jsonrpc: '2.0', method: 'notifications/initialized' }, sessionHeaders);
-  assert.equal(ack.status, 202);
-  return sessionHeaders;
-}
 
 const toolCall = (id, name, args) => ({
   jsonrpc: '2.0',
@@ -247,7 +205,9 @@ describe('hostile client: a paying customer', () => {
     await res.text();
     const after = await upstreamStats();
     const ran = after.echo - before.echo;
-    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     const billedOk = spans.filter((s) => attrsOf(s)['error.type'] === undefined);
     assert.equal(billedOk.length, ran, `${ran} tool runs, ${billedOk.length} successful billed spans`);
   });
@@ -266,7 +226,9 @@ describe('hostile client: a paying customer', () => {
     assert.equal((await res.json()).error.code, -32600);
     const ran = (await upstreamStats()).echo - before.echo;
     assert.equal(ran, 0);
-    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     const billedOk = spans.filter((s) => attrsOf(s)['error.type'] === undefined);
     assert.equal(billedOk.length, ran, `${ran} tool runs, ${billedOk.length} successful billed spans`);
   });
@@ -306,7 +268,9 @@ describe('hostile client: 2026-07-28 requests metered from their headers (a 2.x 
       const text = await res.text();
       const ran = (await upstreamStats()).modern_echo - before.modern_echo;
       await new Promise((r) => setTimeout(r, 100));
-      const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+      const spans = allSpans(await spansOf(testId)).filter(
+        (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+      );
       const billedOk = spans.filter((s) => attrsOf(s)['error.type'] === undefined);
       assert.ok(
         billedOk.length >= ran,
@@ -371,7 +335,9 @@ describe('hostile client: hanging up', () => {
     }).catch(() => null);
     await new Promise((r) => setTimeout(r, 800));
     assert.equal((await upstreamStats()).slow - before.slow, 1, 'the tool ran');
-    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     assert.equal(spans.length, 1);
     assert.equal(attrsOf(spans[0])['jsonrpc.request.id'], 'gone');
     assert.equal(attrsOf(spans[0])['error.type'], '499');
@@ -396,7 +362,9 @@ describe('hostile client: hanging up an SSE answer', () => {
     ac.abort();
     await new Promise((r) => setTimeout(r, 800));
     assert.equal((await upstreamStats()).slow - before.slow, 1, 'the tool ran');
-    const spans = (await spansOf(testId)).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
     assert.equal(spans.length, 1);
     assert.equal(attrsOf(spans[0])['jsonrpc.request.id'], 'gone-sse');
     assert.equal(attrsOf(spans[0])['error.type'], undefined);

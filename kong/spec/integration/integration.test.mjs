@@ -14,8 +14,13 @@ import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LATEST_PROTOCOL_VERSION } from '@modelcontextprotocol/sdk/types.js';
 import {
+  MCP_ACCEPT as ACCEPT,
+  allSpans,
+  attrsOf,
   freePort,
   KONG_DIR,
+  messagesOf,
+  rawMcp,
   redis,
   redisCluster,
   startNginx,
@@ -30,8 +35,6 @@ const FIXTURE = join(KONG_DIR, 'fixtures', 'kong-otel-span.json');
 const FIXTURE_2026 = join(KONG_DIR, 'fixtures', 'kong-otel-span-2026.json');
 const FIXTURE_USAGE = join(KONG_DIR, 'fixtures', 'kong-otel-span-usage.json');
 const PRODUCT = 'acme';
-const ACCEPT = 'application/json, text/event-stream';
-const PROTOCOL = '2025-06-18';
 const CLIENT_TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
 
 let redisMain;
@@ -40,6 +43,10 @@ let cluster;
 let upstream;
 let nginx;
 let base;
+const { post, upstreamStats, spansOf, openSession } = rawMcp(
+  () => base,
+  () => upstream,
+);
 let billing; // the billing_endpoint: records every OTLP/JSON export the plugin sends itself
 let testSeq = 0;
 
@@ -141,85 +148,6 @@ async function billedBy(requestId, timeoutMs = 3000) {
 function nextId(prefix) {
   testSeq += 1;
   return `${prefix}-${testSeq}-${Date.now()}`;
-}
-
-async function spansOf(testId) {
-  // the log phase runs after the response is sent: give it a moment
-  for (let i = 0; i < 40; i++) {
-    const res = await fetch(`${base}/_spans?id=${encodeURIComponent(testId)}`);
-    const exports = await res.json();
-    if (exports.length > 0) return exports;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return [];
-}
-
-function attrsOf(span) {
-  const out = {};
-  for (const { key, value } of span.attributes ?? []) {
-    out[key] =
-      value.stringValue ??
-      value.doubleValue ??
-      (value.intValue !== undefined ? Number(value.intValue) : value.boolValue);
-  }
-  return out;
-}
-
-function allSpans(exports) {
-  return exports.flatMap((e) => e.resourceSpans.flatMap((rs) => rs.scopeSpans.flatMap((ss) => ss.spans)));
-}
-
-async function upstreamStats() {
-  return (await fetch(`http://127.0.0.1:${upstream.port}/_stats`)).json();
-}
-
-function post(path, body, headers) {
-  return fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: ACCEPT, ...headers },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-}
-
-/** Reads a JSON or SSE response into its JSON-RPC messages. */
-async function messagesOf(res) {
-  const text = await res.text();
-  if ((res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
-    return text
-      .split(/\r?\n\r?\n/)
-      .map((ev) =>
-        ev
-          .split(/\r?\n/)
-          .filter((l) => l.startsWith('data:'))
-          .map((l) => l.slice(5).trimStart())
-          .join('\n'),
-      )
-      .filter((d) => d.length > 0)
-      .map((d) => JSON.parse(d));
-  }
-  return text ? [JSON.parse(text)].flat() : [];
-}
-
-/** initialize + notifications/initialized over raw HTTP; returns headers for the session. */
-async function openSession(path, headers) {
-  const init = await post(
-    path,
-    {
-      jsonrpc: '2.0',
-      id: 0,
-      method: 'initialize',
-      params: { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
-    },
-    headers,
-  );
-  assert.equal(init.status, 200, await init.clone().text());
-  await messagesOf(init);
-  const sid = init.headers.get('mcp-session-id');
-  assert.ok(sid, 'session id');
-  const sessionHeaders = { ...headers, 'mcp-session-id': sid, 'mcp-protocol-version': PROTOCOL };
-  const ack = await post(path, { jsonrpc: '2.0', method: 'notifications/initialized' }, sessionHeaders);
-  assert.equal(ack.status, 202);
-  return sessionHeaders;
 }
 
 function toolCall(id, name, args, meta) {

@@ -11,7 +11,17 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { freePort, KONG_DIR, redis, startNginx, startRedis, startUpstream, stop } from './harness.mjs';
+import {
+  allSpans,
+  attrsOf,
+  freePort,
+  KONG_DIR,
+  redis,
+  startNginx,
+  startRedis,
+  startUpstream,
+  stop,
+} from './harness.mjs';
 
 const REPO = resolve(KONG_DIR, '..');
 const CLI = join(REPO, 'collector-processor/dist/cli/main.js');
@@ -202,19 +212,6 @@ async function exportsOf(testId, atLeast) {
   return out;
 }
 
-function attrsOf(span) {
-  return Object.fromEntries(
-    (span.attributes ?? []).map(({ key, value }) => [
-      key,
-      value.stringValue ?? value.doubleValue ?? value.boolValue,
-    ]),
-  );
-}
-
-function spansOf(exports) {
-  return exports.flatMap((e) => e.resourceSpans.flatMap((rs) => rs.scopeSpans.flatMap((ss) => ss.spans)));
-}
-
 /** Sends Kong's exports on to Tollgate, as Kong's opentelemetry plugin would. */
 async function forward(exports) {
   for (const doc of exports) {
@@ -285,7 +282,7 @@ describe('quota leases through the Kong plugin', () => {
 
     // each call's span names its lease and its known price; sent on, they settle against the lease
     const exports = await exportsOf(testId, 10);
-    const billed = spansOf(exports).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    const billed = allSpans(exports).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
     assert.equal(billed.length, 10);
     const leaseIds = new Set();
     for (const s of billed) {
@@ -387,7 +384,7 @@ describe('quota leases through the Kong plugin', () => {
     const res = await call('leased', 'free-flow', 'free-flow');
     assert.equal(res.status, 200);
     await res.text();
-    const [span] = spansOf(await exportsOf('free-flow', 1));
+    const [span] = allSpans(await exportsOf('free-flow', 1));
     const a = attrsOf(span);
     assert.equal(a['tollgate.lease.id'], undefined);
     assert.equal(a['tollgate.enforcement'], 'allow');
@@ -400,7 +397,7 @@ describe('quota leases through the Kong plugin', () => {
     assert.equal(res.status, 200);
     await res.text();
     assert.equal(await ran(), before + 1);
-    const [span] = spansOf(await exportsOf('down-open', 1));
+    const [span] = allSpans(await exportsOf('down-open', 1));
     const a = attrsOf(span);
     assert.equal(a['tollgate.enforcement'], 'lease_unavailable');
     assert.equal(a['tollgate.lease.id'], undefined);
