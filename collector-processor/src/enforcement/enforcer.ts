@@ -179,18 +179,20 @@ export class RedisEnforcer implements Enforcer {
   /**
    * One group's calls, at most {@link ENFORCE_CHUNK} per script call, in order: each later call sees the
    * counters the earlier ones left, as the calls of one script do. A chunk after the first has an
-   * applied-marker of its own (`…#k`), so that a replay of the record applies each chunk once.
+   * applied-marker of its own (`…#k`), so that a replay of the record applies each chunk once. The chunks'
+   * directives come in order; apply keeps the last one per scope and id.
    */
   private async enforceGroup(product: string, rid: string, g: Group, now: number): Promise<Directive[]> {
     const marker = `${rid}|${g.period}|${g.day}`;
     if (g.rows.length <= ENFORCE_CHUNK) return this.enforceChunk(product, rid, marker, g, g.rows, now);
-    const byScope = new Map<string, Directive>();
+    const directives: Directive[] = [];
     for (let from = 0, k = 0; from < g.rows.length; from += ENFORCE_CHUNK, k++) {
       const rows = g.rows.slice(from, from + ENFORCE_CHUNK);
-      const ds = await this.enforceChunk(product, rid, k ? `${marker}#${k}` : marker, g, rows, now);
-      for (const d of ds) byScope.set(`${d.scope}\0${d.id}`, d);
+      directives.push(
+        ...(await this.enforceChunk(product, rid, k ? `${marker}#${k}` : marker, g, rows, now)),
+      );
     }
-    return [...byScope.values()];
+    return directives;
   }
 
   private async enforceChunk(

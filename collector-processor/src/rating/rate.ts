@@ -151,6 +151,13 @@ function costOf(call: ToolCall, rate: ToolRate, inTok: number, outTok: number, u
   );
 }
 
+/** The per-call price of the rate's dearest tier (its flat per-call price without tiers). */
+function dearestPerCall(p: ToolRate['price']): bigint {
+  let perCall = p.perCall ?? 0n;
+  for (const t of p.perCallTiers ?? []) if (t.perCall > perCall) perCall = t.perCall;
+  return perCall;
+}
+
 /** Largest amount a landed column holds: ClickHouse Int64 nano-units (9.2 billion units of currency). */
 export const MAX_AMOUNT_NANO = (1n << 63n) - 1n;
 
@@ -166,10 +173,8 @@ export function amountBoundNano(
   quantities: readonly UsageQuantity[],
 ): bigint {
   const p = rate.price;
-  let perCall = p.perCall ?? 0n;
-  for (const t of p.perCallTiers ?? []) if (t.perCall > perCall) perCall = t.perCall;
   let price =
-    perCall +
+    dearestPerCall(p) +
     BigInt(call.inputTokens) * (p.perInputToken ?? 0n) +
     BigInt(call.outputTokens) * (p.perOutputToken ?? 0n) +
     durationAmount(call.durationUs, p.perSecond);
@@ -205,10 +210,8 @@ function numbersOf(rate: ToolRate): RateNumbers {
   if (!n) {
     const p = rate.price;
     const c = rate.cost;
-    let perCall = p.perCall ?? 0n;
-    for (const t of p.perCallTiers ?? []) if (t.perCall > perCall) perCall = t.perCall;
     n = {
-      perCall: Number(perCall),
+      perCall: Number(dearestPerCall(p)),
       perInputToken: Number(p.perInputToken ?? 0n),
       perOutputToken: Number(p.perOutputToken ?? 0n),
       perSecond: Number(p.perSecond ?? 0n),
