@@ -184,9 +184,8 @@ export class TollgateExporter implements SpanExporter {
     const out = this.handed;
     this.handed = [];
     this.pending = [];
-    const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
     for (let i = 0; i < spans.length; i += MAX_SPANS_PER_REQUEST) {
-      const body = serializer.serializeRequest(spans.slice(i, i + MAX_SPANS_PER_REQUEST));
+      const body = this.serialize(spans.slice(i, i + MAX_SPANS_PER_REQUEST));
       if (body) out.push({ body, format: this.s.format });
     }
     return out;
@@ -203,6 +202,12 @@ export class TollgateExporter implements SpanExporter {
     return this.sending;
   }
 
+  /** One OTLP export request body of `spans`, in the configured format. */
+  private serialize(spans: ReadableSpan[]): Uint8Array | undefined {
+    const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
+    return serializer.serializeRequest(spans);
+  }
+
   private async sendAll(): Promise<boolean> {
     while (this.handed.length > 0) {
       const h = this.handed[0] as ExportBody;
@@ -216,8 +221,7 @@ export class TollgateExporter implements SpanExporter {
     }
     while (this.pending.length > 0) {
       const batch = this.pending.slice(0, MAX_SPANS_PER_REQUEST);
-      const serializer = this.s.format === 'json' ? JsonTraceSerializer : ProtobufTraceSerializer;
-      const body = serializer.serializeRequest(batch);
+      const body = this.serialize(batch);
       if (!body) {
         this.pending.splice(0, batch.length);
         continue;
