@@ -214,14 +214,30 @@ end
 if not already then
   -- integers beyond 2^53 would not survive Lua numbers: send the deltas as exact decimal text
   local function int(x) return string.format('%d', x) end
-  redis.call('HINCRBY', period, 'spend', int(d_spend))
-  redis.call('HINCRBY', period, 'cost', int(d_cost))
+  -- a money counter saturates at 2^63 - 1 nano-units (9.2 billion currency units) instead of failing the
+  -- script: HINCRBY refuses to overflow, and a failed script would leave the customer's later calls
+  -- unenforced. A saturated spend is past every limit a plan can state, so its kill still holds.
+  local INT64_MAX = '9223372036854775807'
+  local function add_money(key, field, x)
+    if x >= 9223372036854775807 then
+      redis.call('HSET', key, field, INT64_MAX)
+      return
+    end
+    local r = redis.pcall('HINCRBY', key, field, int(x))
+    if type(r) == 'table' and r.err then
+      -- any other error (a wrong type) is raised as HINCRBY raises it
+      if not string.find(r.err, 'overflow', 1, true) then redis.call('HINCRBY', key, field, int(x)) end
+      redis.call('HSET', key, field, INT64_MAX)
+    end
+  end
+  add_money(period, 'spend', d_spend)
+  add_money(period, 'cost', d_cost)
   for tool, d in pairs(d_tool) do redis.call('HINCRBY', period, 'c:' .. tool, d) end
   redis.call('HINCRBY', day, 'calls', d_day)
   for sk, ses in pairs(sessions) do
     local key = KEYS[4 + sk]
-    redis.call('HINCRBY', key, 'spend', int(ses.d_spend))
-    redis.call('HINCRBY', key, 'cost', int(ses.d_cost))
+    add_money(key, 'spend', ses.d_spend)
+    add_money(key, 'cost', ses.d_cost)
     redis.call('HINCRBY', key, 'calls', ses.d_calls)
     redis.call('EXPIRE', key, counter_ttl)
   end
