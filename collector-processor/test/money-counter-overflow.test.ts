@@ -1,6 +1,12 @@
 import { customerTag, type Directive, redisKeys } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEV_INGEST_KEY, query, readMetrics, startTestTollgate, type TestTollgate } from './support/harness.js';
+import {
+  DEV_INGEST_KEY,
+  query,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+} from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 /**
