@@ -23,7 +23,7 @@ import {
 } from './attributes.js';
 import { isSessionRule, type SessionRule, traceSessionId } from './billing-session.js';
 import { eventIdFromSpan, isValidSpanId, isValidTraceId } from './event-id.js';
-import { isValidIdentifier } from './identifiers.js';
+import { boundedText, isValidIdentifier } from './identifiers.js';
 import {
   ATTR_TOLLGATE_LEASE_ID,
   ATTR_TOLLGATE_LEASE_RESERVED,
@@ -194,6 +194,15 @@ function sessionIdOfSpan(span: SpanView): string {
   return '';
 }
 
+/**
+ * `service.instance.id` routes directives to an SDK instance and names a lease's holder, and it becomes a
+ * Redis key: one that is not an identifier (over 256 characters, control characters) is treated as absent.
+ */
+function instanceIdOf(resource: SpanView['resource']): string {
+  const id = str(resource[RESOURCE_SERVICE_INSTANCE_ID]);
+  return id !== undefined && isValidIdentifier(id) ? id : '';
+}
+
 function sessionRuleOfSpan(span: SpanView, sessionId: string): SessionRule | '' {
   if (sessionId === '') return '';
   if (!str(span.attributes[ATTR_MCP_SESSION_ID])) return 'trace';
@@ -276,14 +285,14 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
     ok,
     errorType: ok
       ? ''
-      : errorType || (httpFailed ? String(httpStatus) : rpcFailed ? rpc.errorType : '_OTHER'),
+      : boundedText(errorType || (httpFailed ? String(httpStatus) : rpcFailed ? rpc.errorType : '_OTHER')),
     startUnixUs,
     durationUs: endUnixUs - startUnixUs,
     inputTokens,
     outputTokens,
-    protocolVersion: str(a[ATTR_MCP_PROTOCOL_VERSION]) ?? '',
+    protocolVersion: boundedText(str(a[ATTR_MCP_PROTOCOL_VERSION]) ?? ''),
     source,
-    instanceId: str(span.resource[RESOURCE_SERVICE_INSTANCE_ID]) ?? '',
+    instanceId: instanceIdOf(span.resource),
   };
   const lease = leaseOf(a);
   if (lease) call.lease = lease;

@@ -30,6 +30,8 @@ const DAY_SECONDS = 86_400;
 const US_PER_DAY = 86_400_000_000;
 /** How long an SDK instance is remembered for heartbeats after its last export with calls. */
 const INSTANCE_TTL_SECONDS = 3_600;
+/** An instance's customer is added to its set again after this long (the set's TTL is refreshed with it). */
+const INSTANCE_REFRESH_MS = 300_000;
 
 interface Group {
   customer: string;
@@ -122,7 +124,13 @@ export const ENFORCE_CHUNK = 4096;
  * kill/throttle state, and returns the directives for the export's customer, agents, sessions and tools.
  */
 export class RedisEnforcer implements Enforcer {
+  /**
+   * When each (instance, product, customer) was last added to its instance's set in Redis; entries older
+   * than the refresh interval are swept once a minute. SDK instance ids are often new at every process
+   * start, so without the sweep the map grew for the life of the process.
+   */
   private readonly instancesSeen = new Map<string, number>();
+  private lastInstanceSweepMs = 0;
   /** Script failures since the last 'enforcement script failed' line, and when that line was written. */
   private failuresUnlogged = 0;
   private lastFailureLogMs = 0;
@@ -312,6 +320,11 @@ export class RedisEnforcer implements Enforcer {
   }
 
   private rememberInstances(product: string, rated: readonly RatedCall[], now: number): void {
+    if (now - this.lastInstanceSweepMs >= 60_000) {
+      this.lastInstanceSweepMs = now;
+      for (const [k, at] of this.instancesSeen)
+        if (at <= now - INSTANCE_REFRESH_MS) this.instancesSeen.delete(k);
+    }
     const fresh = new Map<string, Set<string>>();
     let lastInstance = '';
     let lastCustomer = '';
@@ -322,7 +335,7 @@ export class RedisEnforcer implements Enforcer {
       lastInstance = row.instanceId;
       lastCustomer = row.customer;
       const k = `${row.instanceId}\0${product}\0${row.customer}`;
-      if ((this.instancesSeen.get(k) ?? 0) > now - 300_000) continue;
+      if ((this.instancesSeen.get(k) ?? 0) > now - INSTANCE_REFRESH_MS) continue;
       this.instancesSeen.set(k, now);
       let set = fresh.get(row.instanceId);
       if (!set) {
