@@ -200,8 +200,14 @@ function sessionIdOfSpan(span: SpanView): string {
  */
 function instanceIdOf(resource: SpanView['resource']): string {
   const id = str(resource[RESOURCE_SERVICE_INSTANCE_ID]);
-  return id !== undefined && isValidIdentifier(id) ? id : '';
+  if (id === undefined) return '';
+  // the spans of an export share their resource: check each distinct id once in a row
+  if (id === lastValidInstanceId) return id;
+  if (!isValidIdentifier(id)) return '';
+  lastValidInstanceId = id;
+  return id;
 }
+let lastValidInstanceId = '';
 
 function sessionRuleOfSpan(span: SpanView, sessionId: string): SessionRule | '' {
   if (sessionId === '') return '';
