@@ -65,13 +65,40 @@ const latencyOf = (r, spans) => ({
 });
 
 const STAGES = ['decode', 'spool', 'claim', 'rate', 'enforce', 'land'];
-/** Sum (s) and count of tollgate_export_stage_seconds per stage (empty for a build without it). */
+/**
+ * Sum (s), count and cumulative bucket counts (`le` in s → exports) of tollgate_export_stage_seconds per stage,
+ * and of tollgate_export_duration_seconds (receipt to response) as stage `server` (empty for a build without
+ * them).
+ */
 async function stageTotals(apiUrl) {
   const text = await (await fetch(`${apiUrl}/metrics`)).text();
   const out = {};
-  for (const m of text.matchAll(/^tollgate_export_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$/gm)) {
-    out[m[2]] ??= { sum: 0, count: 0 };
-    out[m[2]][m[1]] = Number(m[3]);
+  const at = (stage) => {
+    out[stage] ??= { sum: 0, count: 0, le: {} };
+    return out[stage];
+  };
+  for (const m of text.matchAll(/^tollgate_export_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$/gm))
+    at(m[2])[m[1]] = Number(m[3]);
+  for (const m of text.matchAll(
+    /^tollgate_export_stage_seconds_bucket\{le="([^"]+)",stage="(\w+)"\} (\S+)$/gm,
+  ))
+    at(m[2]).le[m[1]] = Number(m[3]);
+  for (const m of text.matchAll(/^tollgate_export_duration_seconds_(sum|count)(?:\{\})? (\S+)$/gm))
+    at('server')[m[1]] = Number(m[2]);
+  for (const m of text.matchAll(/^tollgate_export_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm))
+    at('server').le[m[1]] = Number(m[2]);
+  return out;
+}
+
+/** Per stage between two stageTotals: exports that spent more than 10 and 25 ms in it (from the buckets). */
+function stageTails(a, b) {
+  const out = {};
+  for (const [stage, tb] of Object.entries(b)) {
+    const ta = a[stage] ?? { count: 0, le: {} };
+    const n = tb.count - ta.count;
+    if (!(n > 0)) continue;
+    const within = (le) => (tb.le[le] ?? 0) - (ta.le[le] ?? 0);
+    out[stage] = { exports: n, over10ms: n - within('0.01'), over25ms: n - within('0.025') };
   }
   return out;
 }
@@ -123,12 +150,15 @@ async function run(
       const rate = halfRate ?? out.saturation.ackedPerSec / SPANS / 2;
       const bodies = await protobufBatches(LATENCY_BATCHES, SPANS);
       const cpu0 = cpuMs(tg.child.pid);
+      const stages0 = await stageTotals(tg.apiUrl);
       const r = await drive(url, bodies, { headers, ratePerSec: rate });
+      const stages1 = await stageTotals(tg.apiUrl);
       await landed(bodies.length * SPANS);
       out.halfLoad = {
         offeredSpansPerSec: rate * SPANS,
         ...latencyOf(r, bodies.length * SPANS),
         ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
+        stageTails: stageTails(stages0, stages1),
       };
     }
     if (phases.includes('oneSender')) {
@@ -330,6 +360,14 @@ if (full) {
     `\naim p99 ≤ 50 ms at half load: ${ms(full.halfLoad.p99)} ms (${full.halfLoad.p99 <= 50 ? 'met' : 'not met'}); ` +
       `largest sender lag ${ms(full.halfLoad.senderLagMs)} ms`,
   );
+  const tails = full.halfLoad.stageTails;
+  if (tails && Object.keys(tails).length)
+    console.log(
+      `half load, exports over 10 / 25 ms by stage ('server': receipt to answer): ${[...STAGES, 'server']
+        .filter((k) => k in tails)
+        .map((k) => `${k} ${tails[k].over10ms} / ${tails[k].over25ms}`)
+        .join(' · ')} (of ${tails.server?.exports ?? tails.decode?.exports} exports)`,
+    );
   const st = full.oneSender.stageMs;
   if (st)
     console.log(
