@@ -53,6 +53,8 @@ export function parseInstant(text: string, name: string): number {
   const calendar = new Date(utcDayMs(y, mo - 1, d));
   if (
     Number.isNaN(ms) ||
+    // ISO 8601's 24:00 (the end of a day) is not RFC 3339: JavaScript reads it as the next midnight
+    (!dateOnly && text.slice(11, 13) === '24') ||
     calendar.getUTCFullYear() !== y ||
     calendar.getUTCMonth() !== mo - 1 ||
     calendar.getUTCDate() !== d

@@ -42,7 +42,14 @@ describe('ranges', () => {
     expect(parseInstant(text, 'from')).toBe(ms);
   });
 
-  it.each(['2026-02-30', '2026-13-01', '2026-00-10'])('refuses the date %s that does not exist', (text) => {
+  it.each([
+    '2026-02-30',
+    '2026-13-01',
+    '2026-00-10',
+    '2026-12-01T24:00:00Z',
+    '2026-12-01T24:00Z',
+    '2026-12-01T23:59:60Z',
+  ])('refuses the date %s that does not exist', (text) => {
     expect(() => parseInstant(text, 'from')).toThrow(/not a valid date/);
   });
 
