@@ -11,13 +11,7 @@ import {
   claimCalls,
   SCRIPTS_IN_FLIGHT,
 } from '../src/meter/claim.js';
-import {
-  DEV_INGEST_KEY,
-  query,
-  readMetrics,
-  startTestTollgate,
-  type TestTollgate,
-} from './support/harness.js';
+import { query, readMetrics, sendExport, startTestTollgate, type TestTollgate } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import { BASE_RATED_CALL } from './support/rated-call.js';
 
@@ -55,14 +49,7 @@ afterAll(async () => {
 const day = new Date().toISOString().slice(0, 10);
 
 async function send(body: string): Promise<Directive[]> {
-  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body,
-  });
-  expect(res.status).toBe(200);
-  const json = (await res.json()) as { tollgate?: { directives: Directive[] } };
-  return json.tollgate?.directives ?? [];
+  return (await sendExport(tg, body)).tollgate?.directives ?? [];
 }
 
 const batch = (customer: string, n: number) =>

@@ -1,12 +1,6 @@
 import { customerTag, type Directive, redisKeys } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DEV_INGEST_KEY,
-  query,
-  readMetrics,
-  startTestTollgate,
-  type TestTollgate,
-} from './support/harness.js';
+import { query, readMetrics, sendExport, startTestTollgate, type TestTollgate } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 /**
@@ -45,14 +39,8 @@ async function send(customer: string, n: number): Promise<Directive[]> {
   const spans = Array.from({ length: n }, () =>
     toolSpan({ customer, tool: 'transfer', attrs: { 'mcp.session.id': `${customer}-s` } }),
   );
-  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(exportOf(spans, { 'service.name': 'mcp' })),
-  });
-  expect(res.status).toBe(200);
-  const json = (await res.json()) as { tollgate?: { directives: Directive[] } };
-  return json.tollgate?.directives ?? [];
+  const answer = await sendExport(tg, JSON.stringify(exportOf(spans, { 'service.name': 'mcp' })));
+  return answer.tollgate?.directives ?? [];
 }
 
 describe('a spend counter past 2^63 − 1 nano-units', () => {

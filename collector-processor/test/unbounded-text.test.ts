@@ -2,7 +2,7 @@ import { type RatedCall, redisKeys } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { RedisEnforcer } from '../src/enforcement/enforcer.js';
 import { EnforcementLog } from '../src/enforcement/events.js';
-import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate } from './support/harness.js';
+import { query, sendExport, startTestTollgate, type TestTollgate } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import { BASE_RATED_CALL } from './support/rated-call.js';
 
@@ -21,15 +21,8 @@ afterAll(async () => {
   await tg?.cleanup();
 });
 
-async function send(spans: ReturnType<typeof toolSpan>[], resource: Record<string, string>) {
-  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(exportOf(spans, resource)),
-  });
-  expect(res.status).toBe(200);
-  return (await res.json()) as { partialSuccess?: { rejectedSpans?: string } };
-}
+const send = (spans: ReturnType<typeof toolSpan>[], resource: Record<string, string>) =>
+  sendExport(tg, JSON.stringify(exportOf(spans, resource)));
 
 describe('free text on a span', () => {
   it('a 2 MB error.type and protocol version are cut to 256 characters; the call is landed', async () => {

@@ -6,6 +6,7 @@ import { OTLPTraceExporter as HttpJsonExporter } from '@opentelemetry/exporter-t
 import { OTLPTraceExporter as ProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import type { Directive } from '@tollgate/contracts';
 import { startTollgate, type Tollgate } from '../../src/app.js';
 import { loadConfig } from '../../src/config/settings.js';
 
@@ -145,4 +146,20 @@ export async function query<T = Record<string, string>>(
 ): Promise<T[]> {
   const rs = await tg.clickhouse.client.query({ query: sql, query_params: params, format: 'JSONEachRow' });
   return rs.json<T>();
+}
+
+export interface ExportAnswer {
+  partialSuccess?: { rejectedSpans?: string };
+  tollgate?: { directives: Directive[] };
+}
+
+/** The answer of an OTLP/HTTP JSON export with the dev ingest key; fails the test unless it is a 200. */
+export async function sendExport(tg: Tollgate, body: string): Promise<ExportAnswer> {
+  const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body,
+  });
+  if (res.status !== 200) throw new Error(`export answered ${res.status}: ${await res.text()}`);
+  return (await res.json()) as ExportAnswer;
 }
