@@ -152,11 +152,85 @@ describe("tollgate handler", function()
     assert.equal("cus_1", a["tollgate.customer.id"])
   end)
 
-  it("Kong's own upstream error (source error) is still billed, as a failed call", function()
+  it("Kong's own upstream error before the request was sent (connect timeout): billed as a failed call", function()
     local res = fake.run(handler, config(), request(), { error = true, status = 504,
-      headers = { ["Content-Type"] = "text/plain" }, chunks = { "An invalid response was received from the upstream server" } })
+      headers = { ["Content-Type"] = "text/plain" }, chunks = { "An invalid response was received from the upstream server" },
+      vars = { upstream_bytes_sent = "0", upstream_bytes_received = "0", upstream_status = "504" } })
     assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
     assert.equal("504", attrs(res.root)["error.type"])
+    assert.is_nil(attrs(res.root)["tollgate.outcome"])
+  end)
+
+  describe("a call that reached the upstream but whose answer nobody saw", function()
+    it("the client hung up while the tool ran (499): billed as a call that ran, outcome unknown", function()
+      local res = fake.run(handler, config(), request(), { client_closed = true, chunks = {},
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "0", upstream_status = "-" } })
+      assert.equal(499, res.status)
+      local a = attrs(res.root)
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.is_nil(a["error.type"])
+      assert.is_nil(a["http.response.status_code"]) -- 499 there would make the processor call it failed
+      assert.is_nil(a["rpc.response.status_code"])
+      assert.equal("unknown", a["tollgate.outcome"])
+      assert.equal("client_closed", a["tollgate.outcome.reason"])
+    end)
+
+    it("a client that hung up before anything was sent upstream (499, no upstream variables): failed", function()
+      local res = fake.run(handler, config(), request(), { client_closed = true, chunks = {} })
+      assert.equal("499", attrs(res.root)["error.type"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("Kong's read timeout ran out while the tool ran (504, request sent, nothing received): billed", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 504,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "<html>504 Gateway Time-out</html>" },
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "0", upstream_status = "504" } })
+      local a = attrs(res.root)
+      assert.is_nil(a["error.type"])
+      assert.is_nil(a["http.response.status_code"])
+      assert.equal("unknown", a["tollgate.outcome"])
+      assert.equal("upstream_timeout", a["tollgate.outcome.reason"])
+      assert.equal(504, a["http.status_code"]) -- Kong's own attribute still tells the status
+    end)
+
+    it("a 504 the service itself answered (bytes received from it) stays a failed call", function()
+      local res = fake.run(handler, config(), request(), { status = 504,
+        headers = { ["Content-Type"] = "text/plain" }, chunks = { "gateway timeout further up" },
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "137", upstream_status = "504" } })
+      assert.equal("504", attrs(res.root)["error.type"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("a retry after a refused connect counts the try that sent: '0, 412' is sent", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 504,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "" },
+        vars = { upstream_bytes_sent = "0, 412", upstream_bytes_received = "0, 0", upstream_status = "502, 504" } })
+      assert.equal("upstream_timeout", attrs(res.root)["tollgate.outcome.reason"])
+    end)
+
+    it("502 with nothing sent (connect refused) stays a failed call", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 502,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "<html>502 Bad Gateway</html>" },
+        vars = { upstream_bytes_sent = "0", upstream_bytes_received = "0", upstream_status = "502" } })
+      assert.equal("502", attrs(res.root)["error.type"])
+      assert.equal(502, attrs(res.root)["http.response.status_code"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("a batch whose client hung up: every call is billed with an unknown outcome", function()
+      local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+      local res = fake.run(handler, config(), request({ body = body }), { client_closed = true, chunks = {},
+        vars = { upstream_bytes_sent = "700", upstream_bytes_received = "0" } })
+      local spans = {}
+      for _, sp in ipairs(res.spans) do
+        if attrs(sp)["mcp.method.name"] == "tools/call" then spans[#spans + 1] = sp end
+      end
+      assert.equal(2, #spans)
+      for _, sp in ipairs(spans) do
+        assert.is_nil(attrs(sp)["error.type"])
+        assert.equal("unknown", attrs(sp)["tollgate.outcome"])
+      end
+    end)
   end)
 
   it("compressed responses are not scanned; the status still counts", function()

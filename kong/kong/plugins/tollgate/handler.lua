@@ -510,6 +510,33 @@ local function billing_spans(ctx, calls)
   return spans
 end
 
+-- Whether nginx sent the request to the upstream, from its variables (ngx_http_upstream.c): one
+-- number per try in $upstream_bytes_sent / $upstream_bytes_received (", " between tries, " : "
+-- between upstream groups), counted on the upstream connection when the try ends; absent when no
+-- upstream was contacted. nil: nothing was sent (connect refused or timed out, or never proxied);
+-- else { sent = true, answered = the last try received bytes from the upstream }.
+local function upstream_reach()
+  local var = ngx.var
+  local sent = var.upstream_bytes_sent
+  local reached = false
+  if type(sent) == "string" then
+    for n in sent:gmatch("%d+") do
+      if tonumber(n) > 0 then
+        reached = true
+      end
+    end
+  end
+  if not reached then
+    return nil
+  end
+  local received = var.upstream_bytes_received
+  local last = type(received) == "string" and received:match("(%d+)%D*$")
+  return { sent = true, answered = last ~= nil and tonumber(last) > 0 }
+end
+
+-- statuses after which a call may have run without anyone seeing its answer (attributes.unknown_outcome)
+local MAYBE_UNKNOWN = { [499] = true, [504] = true }
+
 -- The attributes of each billable call of the request, in order.
 local function billable_calls(conf, ctx)
   local scanner = ctx.scanner
@@ -517,6 +544,9 @@ local function billable_calls(conf, ctx)
     http_status = ctx.http_status or kong.response.get_status(),
     null_error = scanner and scanner.null_error,
   }
+  if MAYBE_UNKNOWN[result.http_status] then
+    result.upstream = upstream_reach()
+  end
   local out = {}
   local lease = ctx.lease and ctx.lease.lease and ctx.lease
   local read_meta = conf.upstream_usage ~= false
