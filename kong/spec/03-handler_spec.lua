@@ -55,6 +55,10 @@ local function attrs(span)
   return span.attributes or {}
 end
 
+local function hex(bytes)
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
 -- For the enclosing describe: the exporter's HTTP POSTs are recorded in the returned list (emptied before
 -- each test) and answered 200, instead of being sent.
 local function record_posts()
@@ -810,6 +814,93 @@ describe("tollgate handler", function()
       assert.equal(1, #posts)
       assert.equal(2, #cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans)
       assert.is_nil(posts[1].headers.Authorization)
+    end)
+
+    describe("tracing on, but no opentelemetry plugin exports the route", function()
+      local function decoded_spans(post)
+        local out = {}
+        for _, span in ipairs(cjson.decode(post.body).resourceSpans[1].scopeSpans[1].spans) do
+          local a = {}
+          for _, kv in ipairs(span.attributes) do
+            local v = kv.value
+            a[kv.key] = v.stringValue or v.doubleValue or v.boolValue
+          end
+          span.attrs = a
+          out[#out + 1] = span
+        end
+        return out
+      end
+
+      it("no opentelemetry plugin on the route: Kong's own root span goes to billing_endpoint, once", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(handler, conf, request({ otel = false }),
+          json_upstream('{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'))
+        assert.same({}, res.exported) -- nobody else exports
+        assert.equal(1, fake.run_timers())
+        assert.equal(1, #posts)
+        local spans = decoded_spans(posts[1])
+        assert.equal(1, #spans)
+        assert.equal("kong", spans[1].name)
+        -- the ids are the root span's own: were it exported by Kong too, it would be the same event
+        assert.equal(hex(res.root.trace_id), spans[1].traceId)
+        assert.equal(hex(res.root.span_id), spans[1].spanId)
+        assert.equal("tools/call", spans[1].attrs["mcp.method.name"])
+        assert.equal("search", spans[1].attrs["gen_ai.tool.name"])
+        assert.equal("cus_1", spans[1].attrs["tollgate.customer.id"])
+        assert.is_false(spans[1].attrs["tollgate.trace.sampled"])
+        assert.equal(string.format("%d", res.root.start_time_ns), spans[1].startTimeUnixNano)
+      end)
+
+      it("a batch: the root and each child span, with their own ids", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+        local res = fake.run(handler, conf, request({ body = body, otel = false }))
+        fake.run_timers()
+        local spans = decoded_spans(posts[1])
+        assert.equal(2, #spans)
+        assert.equal("kong", spans[1].name)
+        assert.equal("tools/call fetch", spans[2].name)
+        assert.equal(spans[1].traceId, spans[2].traceId)
+        assert.equal(spans[1].spanId, spans[2].parentSpanId)
+        local child
+        for _, sp in ipairs(res.spans) do if sp.name == "tools/call fetch" then child = sp end end
+        assert.equal(hex(child.span_id), spans[2].spanId)
+      end)
+
+      it("the opentelemetry plugin on the route exports: the billing exporter sends nothing (no double billing)", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(handler, conf, request())
+        assert.equal("tools/call", attrs(res.exported[1])["mcp.method.name"])
+        assert.equal(0, fake.run_timers())
+        assert.equal(0, #posts)
+        -- a sampled-out trace too: Kong exports the flipped root span
+        local un = fake.run(handler, conf, request({ headers = { traceparent = UNSAMPLED }, otel = { sampling_rate = 1 } }))
+        assert.equal(1, #un.exported)
+        assert.equal(0, fake.run_timers())
+      end)
+
+      it("no opentelemetry plugin and no billing_endpoint: a warning says calls are not billed", function()
+        local res = fake.run(handler, config(), request({ otel = false }))
+        assert.same({}, res.exported)
+        assert.equal("warn", res.logs[#res.logs].level)
+        assert.matches("opentelemetry plugin does not export", res.logs[#res.logs].message)
+        assert.matches("not billed", res.logs[#res.logs].message)
+      end)
+
+      it("a Kong without tracing context flags (< 3.8): nothing exported twice, a warning says why", function()
+        local saved = package.loaded["kong.observability.tracing.tracing_context"]
+        package.loaded["kong.observability.tracing.tracing_context"] = nil
+        package.loaded["kong.plugins.tollgate.handler"] = nil
+        local old_handler = require "kong.plugins.tollgate.handler"
+        package.loaded["kong.observability.tracing.tracing_context"] = saved
+        package.loaded["kong.plugins.tollgate.handler"] = handler
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(old_handler, conf, request({ otel = false }))
+        assert.equal(0, fake.run_timers())
+        assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
+        assert.equal("warn", res.logs[#res.logs].level)
+        assert.matches("cannot tell whether the opentelemetry plugin exports", res.logs[#res.logs].message)
+      end)
     end)
 
     it("tracing off without billing_endpoint: a warning says calls are not billed", function()

@@ -308,6 +308,8 @@ setmetatable(ngx, {
 function _M.install()
   _G.kong = kong
   _G.ngx = ngx
+  -- what the handler requires to tell whether Kong's opentelemetry plugin ran (Kong >= 3.8)
+  package.loaded["kong.observability.tracing.tracing_context"] = tracing_context
   return _M
 end
 

@@ -205,6 +205,8 @@ function _M.init(conf_file)
   local kong
   kong, instrumentation = build_pdk()
   _G.kong = kong
+  -- kong/observability/tracing/tracing_context.lua, which the handler requires (Kong >= 3.8)
+  package.loaded["kong.observability.tracing.tracing_context"] = tracing_context
   handler = require "kong.plugins.tollgate.handler"
 end
 

@@ -9,8 +9,9 @@
 --                  chunks are never held back or modified
 --   log            put the MCP attributes on Kong's root span (and one child span per extra
 --                  tools/call of a batch), which Kong's opentelemetry plugin then exports — even
---                  when its trace is sampled out; with Kong's tracing off, hand them to the
---                  billing exporter instead
+--                  when its trace is sampled out; when nobody will export them (Kong's tracing
+--                  off, or no opentelemetry plugin with a traces_endpoint ran on this request),
+--                  hand them to the billing exporter instead
 
 local attributes = require "kong.plugins.tollgate.attributes"
 local cache = require "kong.plugins.tollgate.cache"
@@ -25,6 +26,14 @@ local store = require "kong.plugins.tollgate.store"
 local usage = require "kong.plugins.tollgate.usage"
 
 local cjson_decode = require("cjson.safe").decode
+
+-- Kong >= 3.8: the tracing context of the request (ngx.ctx.TRACING_CONTEXT); its flags are set by
+-- Kong's opentelemetry plugin, and only by it (kong/plugins/opentelemetry/traces.lua get_inject_ctx ->
+-- tracing_context.set_flags), in its access phase, which runs only when it has a traces_endpoint
+local has_tracing_context, tracing_context = pcall(require, "kong.observability.tracing.tracing_context")
+if not (has_tracing_context and type(tracing_context) == "table" and type(tracing_context.get_flags) == "function") then
+  tracing_context = nil
+end
 
 local kong = kong
 local ngx = ngx
@@ -477,6 +486,45 @@ local function random_hex(bytes)
   return table.concat(parts)
 end
 
+local function hex(bytes)
+  return (bytes:gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end))
+end
+
+-- Whether Kong's opentelemetry plugin exports this request's spans: true when its access phase ran
+-- with a traces_endpoint (it set the tracing context's flags), false when it did not (no opentelemetry
+-- plugin on the route, or one without traces_endpoint); nil when that cannot be told (a Kong before 3.8,
+-- whose tracing context has no flags).
+local function otel_exports()
+  if not tracing_context then
+    return nil
+  end
+  return tracing_context.get_flags() ~= nil
+end
+
+-- Tracing on, but nobody exports: the spans of the metered calls as Kong made them (the root span and
+-- the children of a batch), with their own trace and span ids, so that the same span exported by Kong's
+-- opentelemetry plugin too would be the same idempotency key and billed once.
+local function own_spans(spans, calls)
+  local out = {}
+  for i, span in ipairs(spans) do
+    local attrs = calls[i]
+    attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
+    out[i] = {
+      trace_id = hex(span.trace_id),
+      span_id = hex(span.span_id),
+      parent_id = span.parent_id and hex(span.parent_id) or nil,
+      name = span.name,
+      kind = SPAN_KIND_SERVER,
+      start_time_ns = span.start_time_ns,
+      end_time_ns = math.max(span.end_time_ns or span.start_time_ns, span.start_time_ns),
+      attributes = attrs,
+    }
+  end
+  return out
+end
+
 -- Tracing off: the spans Kong would have exported (the root `kong` for the first call, children
 -- `tools/call <tool>` for the rest of a batch), built here for the billing exporter. The trace
 -- continues the caller's W3C traceparent when there is one, whatever its sampled flag.
@@ -612,6 +660,7 @@ function TollgateHandler:log(conf)
     return
   end
 
+  local spans
   if root then
     if root.should_sample == false then
       -- Kong's opentelemetry plugin drops spans whose should_sample is false (traces.lua log):
@@ -623,9 +672,11 @@ function TollgateHandler:log(conf)
         attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
       end
     end
+    spans = {}
     for i, attrs in ipairs(calls) do
       if i == 1 then
         set_all(root, attrs)
+        spans[i] = root
       else
         -- every further call of a batch is billed through its own span, a child of the root
         -- (created after the flag above, it inherits the root's should_sample)
@@ -636,19 +687,35 @@ function TollgateHandler:log(conf)
         })
         set_all(span, attrs)
         span:finish(root.end_time_ns)
+        spans[i] = span
       end
+    end
+    local exports = otel_exports()
+    if exports then
+      return -- Kong's opentelemetry plugin exports them (its log runs after ours)
+    elseif exports == nil then
+      log_limited("otel_unknown", "warn", "tollgate: this Kong has no tracing context flags (Kong < 3.8), so ",
+                  "the plugin cannot tell whether the opentelemetry plugin exports this route's spans: ",
+                  "tools/call spans are billed only if every route with tollgate also has the opentelemetry ",
+                  "plugin with a traces_endpoint")
+      return
+    end
+  end
+
+  local w = worker_state(conf)
+  if not w.exporter then
+    if root then
+      log_limited("no_otel", "warn", "tollgate: Kong's opentelemetry plugin does not export this route's ",
+                  "traces (it is not on the route, or has no traces_endpoint) and billing_endpoint is not ",
+                  "set: tools/call spans are not exported and these calls are not billed")
+    else
+      log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations) and ",
+                  "billing_endpoint is not set: tools/call spans are not exported and these calls are not billed")
     end
     return
   end
-
-  -- Kong's tracing is off: its opentelemetry plugin exports nothing at all
-  local w = worker_state(conf)
-  if not w.exporter then
-    log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations) and ",
-                "billing_endpoint is not set: tools/call spans are not exported and these calls are not billed")
-    return
-  end
-  for _, span in ipairs(billing_spans(ctx, calls)) do
+  -- tracing on without an exporting opentelemetry plugin: Kong's own spans; tracing off: built here
+  for _, span in ipairs(spans and own_spans(spans, calls) or billing_spans(ctx, calls)) do
     if not w.exporter.push(exporter.encode_span(span)) then
       log_limited("export_full", "err", "tollgate: billing export queue full, a tools/call span was dropped")
     end
