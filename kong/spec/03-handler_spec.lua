@@ -805,6 +805,51 @@ describe("tollgate handler", function()
       assert.equal("kong", resource["service.name"])
     end)
 
+    it("tracing off: trace and span ids are Kong's random bytes (kong.tools.rand, RAND_bytes), not math.random", function()
+      local kong_rand = require "spec.helpers.kong_rand"
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local real, asked = kong_rand.source, {}
+      local next_byte = 0
+      kong_rand.source = function(n)
+        asked[#asked + 1] = n
+        local t = {}
+        for i = 1, n do next_byte = next_byte + 1; t[i] = string.char(next_byte) end
+        return table.concat(t)
+      end
+      local ok, err = pcall(function()
+        local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+        -- (without the opentelemetry plugin, whose propagation-only span would take Kong's ids first)
+        local r = request({ tracing = false, body = body, otel = false })
+        r.headers.traceparent = nil
+        fake.run(handler, conf, r)
+      end)
+      kong_rand.source = real
+      assert(ok, err)
+      fake.run_timers()
+      local spans = cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans
+      -- 16 bytes of trace id, then 8 per span, in order, as Kong's generate_trace_id / generate_span_id
+      assert.same({ 16, 8, 8 }, asked)
+      assert.equal("0102030405060708090a0b0c0d0e0f10", spans[1].traceId)
+      assert.equal("1112131415161718", spans[1].spanId)
+      assert.equal("191a1b1c1d1e1f20", spans[2].spanId)
+      assert.equal(spans[1].traceId, spans[2].traceId)
+    end)
+
+    it("tracing off: the same math.random seed on two workers does not give the same ids", function()
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local ids = {}
+      for i = 1, 2 do
+        math.randomseed(42)
+        local r = request({ tracing = false })
+        r.headers.traceparent = nil
+        fake.run(handler, conf, r)
+        fake.run_timers()
+        local span = cjson.decode(posts[i].body).resourceSpans[1].scopeSpans[1].spans[1]
+        ids[i] = span.traceId .. span.spanId
+      end
+      assert.are_not.equal(ids[1], ids[2])
+    end)
+
     it("tracing off without the opentelemetry plugin: still exported by the billing exporter", function()
       local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
       local r = request({ tracing = false, otel = false })

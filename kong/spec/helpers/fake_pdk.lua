@@ -26,7 +26,7 @@
 -- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.update_time(),
 -- ngx.null, ngx.req.get_body_file(), ngx.req.start_time(), ngx.timer.at and ngx.timer.every (recorded,
 -- run by the spec), ngx.sleep (moves the clock), ngx.shared.tollgate_leases (spec/helpers/fake_shdict.lua),
--- kong.node.get_id() (kong/pdk/node.lua), and ngx.var's upstream variables (nginx's
+-- kong.node.get_id() (kong/pdk/node.lua), kong.tools.rand (kong/tools/rand.lua: spec/helpers/kong_rand.lua), and ngx.var's upstream variables (nginx's
 -- src/http/ngx_http_upstream.c: $upstream_bytes_sent / $upstream_bytes_received / $upstream_status, one
 -- value per try joined by ", ", nil when no upstream was contacted), given per request by the spec.
 -- A PDK call outside its phases raises like Kong's check_phase does. Each call of
@@ -310,6 +310,8 @@ function _M.install()
   _G.ngx = ngx
   -- what the handler requires to tell whether Kong's opentelemetry plugin ran (Kong >= 3.8)
   package.loaded["kong.observability.tracing.tracing_context"] = tracing_context
+  -- kong/tools/rand.lua, Kong's source of trace and span ids (spec/helpers/kong_rand.lua)
+  package.loaded["kong.tools.rand"] = require "spec.helpers.kong_rand"
   return _M
 end
 

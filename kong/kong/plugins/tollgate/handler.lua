@@ -478,18 +478,55 @@ local function root_span()
   return nil
 end
 
-local function random_hex(bytes)
-  local parts = {}
-  for i = 1, bytes / 2 do
-    parts[i] = string.format("%04x", math.random(0, 65535))
-  end
-  return table.concat(parts)
-end
-
 local function hex(bytes)
   return (bytes:gsub(".", function(c)
     return string.format("%02x", c:byte())
   end))
+end
+
+-- Random trace and span ids from where Kong takes its own (kong/pdk/tracing.lua: generate_span_id =
+-- rand_bytes(8) with rand_bytes = kong.tools.rand.get_rand_bytes, OpenSSL's RAND_bytes; before Kong 3.6
+-- kong.tools.utils.get_rand_bytes), not math.random: the ids are the span's idempotency key
+local rand_bytes
+do
+  for _, name in ipairs({ "kong.tools.rand", "kong.tools.utils" }) do
+    local ok, mod = pcall(require, name)
+    if ok and type(mod) == "table" and type(mod.get_rand_bytes) == "function" then
+      rand_bytes = mod.get_rand_bytes
+      break
+    end
+  end
+end
+
+local function urandom_bytes(n)
+  local f = io_open("/dev/urandom", "rb")
+  if not f then
+    return nil
+  end
+  local s = f:read(n)
+  f:close()
+  return s
+end
+
+local function random_hex(n)
+  local bytes, err
+  if rand_bytes then
+    bytes, err = rand_bytes(n)
+  end
+  if type(bytes) ~= "string" or #bytes ~= n then
+    bytes = urandom_bytes(n) -- what Kong's get_rand_bytes(n, true) reads
+  end
+  if type(bytes) ~= "string" or #bytes ~= n then
+    -- no CSPRNG at all: a weak id still bills the call (math.random is seeded per worker by Kong)
+    log_limited("rand", "err", "tollgate: no random bytes for a billing span id (", err or "no source",
+                "), using math.random")
+    local t = {}
+    for i = 1, n do
+      t[i] = string.char(math.random(0, 255))
+    end
+    bytes = table.concat(t)
+  end
+  return hex(bytes)
 end
 
 -- Whether Kong's opentelemetry plugin exports this request's spans: true when its access phase ran
