@@ -286,7 +286,10 @@ describe("the billing exporter's numbers: Lua's OTLP/JSON == what the processor 
     assert.equal(decoded.malformed, 0);
     const a = decoded.spans[0].attributes;
     LITERALS.forEach((lit, i) => {
-      assert.ok(Object.is(a[`tollgate.usage.n${i + 1}`], Number(lit)), `${lit}: got ${a[`tollgate.usage.n${i + 1}`]}`);
+      assert.ok(
+        Object.is(a[`tollgate.usage.n${i + 1}`], Number(lit)),
+        `${lit}: got ${a[`tollgate.usage.n${i + 1}`]}`,
+      );
     });
   });
 });

@@ -393,7 +393,10 @@ describe('quota leases through the Kong plugin', () => {
     // settled as calls that ran: counted and priced (a failed call is not priced without billFailedCalls,
     // and its reservation would go back), nothing held back
     await until('the calls are counted', async () => (await dayCounter('hangs-up', 'calls')) === 3);
-    await until('the calls are priced', async () => (await periodCounter('hangs-up', 'spend')) === 3n * PRICE);
+    await until(
+      'the calls are priced',
+      async () => (await periodCounter('hangs-up', 'spend')) === 3n * PRICE,
+    );
     await until('nothing is held back', async () => (await periodCounter('hangs-up', 'lrm')) === 0n);
     // and so a fourth call is refused before the upstream (hanging up bought no extra run)
     await new Promise((r) => setTimeout(r, 600)); // past the 0.5 s exhaustion memory of the node
