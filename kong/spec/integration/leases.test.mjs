@@ -371,12 +371,12 @@ describe('quota leases through the Kong plugin', () => {
   it('a client that hangs up while each tool runs runs no tool past 0.03 USD at 0.01 a call: the 3 that ran are billed and settled', async () => {
     const testId = 'hangs-up';
     const before = await ran();
-    // each call's tool takes 400 ms; the client goes away after 100 ms, every time (499 at nginx)
+    // each call's tool takes 1 s; the client goes away after 300 ms (past a first lease's renewals), every time (499 at nginx)
     await Promise.all(
       Array.from({ length: 3 }, async () => {
         const ac = new AbortController();
-        setTimeout(() => ac.abort(), 100);
-        await call('leased', 'hangs-up', testId, {}, { text: 'sleep:400', signal: ac.signal })
+        setTimeout(() => ac.abort(), 300);
+        await call('leased', 'hangs-up', testId, {}, { text: 'sleep:1000', signal: ac.signal })
           .then((r) => r.text())
           .catch(() => null);
       }),
