@@ -870,6 +870,44 @@ describe("exporter", function()
                   { key = "n", value = { doubleValue = 1 } } }, s.spans[1].attributes)
   end)
 
+  it("numbers are exact: the JSON text reads back as the very same double (not 14 significant digits)", function()
+    local values = { 123456789012345678, 9007199254740993, 2 ^ 53 + 2, 1e14 + 1, 1e15 + 0.5, 0.1, 1 / 3,
+                     -2.5e-7, 1e300, -0.0, 1e21, 2 ^ 70, 123456.78901234567, 5e-324, 1200, 0 }
+    local attrs = {}
+    for i, v in ipairs(values) do attrs["tollgate.usage.n" .. i] = v end
+    local text = exporter.encode({ exporter.encode_span({ trace_id = ("%032x"):format(1), span_id = ("%016x"):format(1),
+      name = "kong", kind = 2, start_time_ns = 1.7e18, end_time_ns = 1.7e18, attributes = attrs }) },
+      { ["service.name"] = "kong" }, "0.1.0")
+    local doc = cjson.decode(text) -- strtod: exact
+    local got = {}
+    for _, kv in ipairs(doc.resourceSpans[1].scopeSpans[1].spans[1].attributes) do got[kv.key] = kv.value.doubleValue end
+    for i, v in ipairs(values) do
+      assert.equal(v, got["tollgate.usage.n" .. i], ("value %d: %.17g"):format(i, v))
+    end
+    -- whole numbers are written as integers, others as short as exactness allows
+    assert.equal("123456789012345680", exporter.number_text(123456789012345678))
+    assert.equal("1200", exporter.number_text(1200))
+    assert.equal("0.1", exporter.number_text(0.1))
+    assert.equal("0.3333333333333333", exporter.number_text(1 / 3))
+    assert.equal("0.30000000000000004", exporter.number_text(0.1 + 0.2))
+    assert.equal('"NaN"', exporter.number_text(0 / 0))
+    assert.equal('"Infinity"', exporter.number_text(math.huge))
+  end)
+
+  it("strings are escaped, empty attribute lists are arrays", function()
+    local nasty = 'a"b\\c\n\1/\u{e9}'
+    local text = exporter.encode({ exporter.encode_span({ trace_id = ("%032x"):format(1), span_id = ("%016x"):format(1),
+      name = nasty, kind = 2, start_time_ns = 1, end_time_ns = 2, attributes = { [nasty] = nasty } }),
+      exporter.encode_span({ trace_id = ("%032x"):format(2), span_id = ("%016x"):format(2), name = "kong", kind = 2,
+      start_time_ns = 1, end_time_ns = 2 }) }, {}, "0.1.0")
+    local doc = cjson.decode(text)
+    local spans = doc.resourceSpans[1].scopeSpans[1].spans
+    assert.equal(nasty, spans[1].name)
+    assert.same({ { key = nasty, value = { stringValue = nasty } } }, spans[1].attributes)
+    assert.matches('"attributes":%[%]', text)
+    assert.equal(0, #spans[2].attributes)
+  end)
+
   it("one flush for a burst, in batches of BATCH_MAX", function()
     local h = harness({ 200, 200 })
     for i = 1, exporter.BATCH_MAX + 5 do h.ex.push(span(i)) end

@@ -55,6 +55,10 @@ local function attrs(span)
   return span.attributes or {}
 end
 
+local function hex(bytes)
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
 -- For the enclosing describe: the exporter's HTTP POSTs are recorded in the returned list (emptied before
 -- each test) and answered 200, instead of being sent.
 local function record_posts()
@@ -152,11 +156,85 @@ describe("tollgate handler", function()
     assert.equal("cus_1", a["tollgate.customer.id"])
   end)
 
-  it("Kong's own upstream error (source error) is still billed, as a failed call", function()
+  it("Kong's own upstream error before the request was sent (connect timeout): billed as a failed call", function()
     local res = fake.run(handler, config(), request(), { error = true, status = 504,
-      headers = { ["Content-Type"] = "text/plain" }, chunks = { "An invalid response was received from the upstream server" } })
+      headers = { ["Content-Type"] = "text/plain" }, chunks = { "An invalid response was received from the upstream server" },
+      vars = { upstream_bytes_sent = "0", upstream_bytes_received = "0", upstream_status = "504" } })
     assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
     assert.equal("504", attrs(res.root)["error.type"])
+    assert.is_nil(attrs(res.root)["tollgate.outcome"])
+  end)
+
+  describe("a call that reached the upstream but whose answer nobody saw", function()
+    it("the client hung up while the tool ran (499): billed as a call that ran, outcome unknown", function()
+      local res = fake.run(handler, config(), request(), { client_closed = true, chunks = {},
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "0", upstream_status = "-" } })
+      assert.equal(499, res.status)
+      local a = attrs(res.root)
+      assert.equal("tools/call", a["mcp.method.name"])
+      assert.is_nil(a["error.type"])
+      assert.is_nil(a["http.response.status_code"]) -- 499 there would make the processor call it failed
+      assert.is_nil(a["rpc.response.status_code"])
+      assert.equal("unknown", a["tollgate.outcome"])
+      assert.equal("client_closed", a["tollgate.outcome.reason"])
+    end)
+
+    it("a client that hung up before anything was sent upstream (499, no upstream variables): failed", function()
+      local res = fake.run(handler, config(), request(), { client_closed = true, chunks = {} })
+      assert.equal("499", attrs(res.root)["error.type"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("Kong's read timeout ran out while the tool ran (504, request sent, nothing received): billed", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 504,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "<html>504 Gateway Time-out</html>" },
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "0", upstream_status = "504" } })
+      local a = attrs(res.root)
+      assert.is_nil(a["error.type"])
+      assert.is_nil(a["http.response.status_code"])
+      assert.equal("unknown", a["tollgate.outcome"])
+      assert.equal("upstream_timeout", a["tollgate.outcome.reason"])
+      assert.equal(504, a["http.status_code"]) -- Kong's own attribute still tells the status
+    end)
+
+    it("a 504 the service itself answered (bytes received from it) stays a failed call", function()
+      local res = fake.run(handler, config(), request(), { status = 504,
+        headers = { ["Content-Type"] = "text/plain" }, chunks = { "gateway timeout further up" },
+        vars = { upstream_bytes_sent = "412", upstream_bytes_received = "137", upstream_status = "504" } })
+      assert.equal("504", attrs(res.root)["error.type"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("a retry after a refused connect counts the try that sent: '0, 412' is sent", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 504,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "" },
+        vars = { upstream_bytes_sent = "0, 412", upstream_bytes_received = "0, 0", upstream_status = "502, 504" } })
+      assert.equal("upstream_timeout", attrs(res.root)["tollgate.outcome.reason"])
+    end)
+
+    it("502 with nothing sent (connect refused) stays a failed call", function()
+      local res = fake.run(handler, config(), request(), { error = true, status = 502,
+        headers = { ["Content-Type"] = "text/html" }, chunks = { "<html>502 Bad Gateway</html>" },
+        vars = { upstream_bytes_sent = "0", upstream_bytes_received = "0", upstream_status = "502" } })
+      assert.equal("502", attrs(res.root)["error.type"])
+      assert.equal(502, attrs(res.root)["http.response.status_code"])
+      assert.is_nil(attrs(res.root)["tollgate.outcome"])
+    end)
+
+    it("a batch whose client hung up: every call is billed with an unknown outcome", function()
+      local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+      local res = fake.run(handler, config(), request({ body = body }), { client_closed = true, chunks = {},
+        vars = { upstream_bytes_sent = "700", upstream_bytes_received = "0" } })
+      local spans = {}
+      for _, sp in ipairs(res.spans) do
+        if attrs(sp)["mcp.method.name"] == "tools/call" then spans[#spans + 1] = sp end
+      end
+      assert.equal(2, #spans)
+      for _, sp in ipairs(spans) do
+        assert.is_nil(attrs(sp)["error.type"])
+        assert.equal("unknown", attrs(sp)["tollgate.outcome"])
+      end
+    end)
   end)
 
   it("compressed responses are not scanned; the status still counts", function()
@@ -727,6 +805,51 @@ describe("tollgate handler", function()
       assert.equal("kong", resource["service.name"])
     end)
 
+    it("tracing off: trace and span ids are Kong's random bytes (kong.tools.rand, RAND_bytes), not math.random", function()
+      local kong_rand = require "spec.helpers.kong_rand"
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local real, asked = kong_rand.source, {}
+      local next_byte = 0
+      kong_rand.source = function(n)
+        asked[#asked + 1] = n
+        local t = {}
+        for i = 1, n do next_byte = next_byte + 1; t[i] = string.char(next_byte) end
+        return table.concat(t)
+      end
+      local ok, err = pcall(function()
+        local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+        -- (without the opentelemetry plugin, whose propagation-only span would take Kong's ids first)
+        local r = request({ tracing = false, body = body, otel = false })
+        r.headers.traceparent = nil
+        fake.run(handler, conf, r)
+      end)
+      kong_rand.source = real
+      assert(ok, err)
+      fake.run_timers()
+      local spans = cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans
+      -- 16 bytes of trace id, then 8 per span, in order, as Kong's generate_trace_id / generate_span_id
+      assert.same({ 16, 8, 8 }, asked)
+      assert.equal("0102030405060708090a0b0c0d0e0f10", spans[1].traceId)
+      assert.equal("1112131415161718", spans[1].spanId)
+      assert.equal("191a1b1c1d1e1f20", spans[2].spanId)
+      assert.equal(spans[1].traceId, spans[2].traceId)
+    end)
+
+    it("tracing off: the same math.random seed on two workers does not give the same ids", function()
+      local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+      local ids = {}
+      for i = 1, 2 do
+        math.randomseed(42)
+        local r = request({ tracing = false })
+        r.headers.traceparent = nil
+        fake.run(handler, conf, r)
+        fake.run_timers()
+        local span = cjson.decode(posts[i].body).resourceSpans[1].scopeSpans[1].spans[1]
+        ids[i] = span.traceId .. span.spanId
+      end
+      assert.are_not.equal(ids[1], ids[2])
+    end)
+
     it("tracing off without the opentelemetry plugin: still exported by the billing exporter", function()
       local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
       local r = request({ tracing = false, otel = false })
@@ -736,6 +859,93 @@ describe("tollgate handler", function()
       assert.equal(1, #posts)
       assert.equal(2, #cjson.decode(posts[1].body).resourceSpans[1].scopeSpans[1].spans)
       assert.is_nil(posts[1].headers.Authorization)
+    end)
+
+    describe("tracing on, but no opentelemetry plugin exports the route", function()
+      local function decoded_spans(post)
+        local out = {}
+        for _, span in ipairs(cjson.decode(post.body).resourceSpans[1].scopeSpans[1].spans) do
+          local a = {}
+          for _, kv in ipairs(span.attributes) do
+            local v = kv.value
+            a[kv.key] = v.stringValue or v.doubleValue or v.boolValue
+          end
+          span.attrs = a
+          out[#out + 1] = span
+        end
+        return out
+      end
+
+      it("no opentelemetry plugin on the route: Kong's own root span goes to billing_endpoint, once", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(handler, conf, request({ otel = false }),
+          json_upstream('{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'))
+        assert.same({}, res.exported) -- nobody else exports
+        assert.equal(1, fake.run_timers())
+        assert.equal(1, #posts)
+        local spans = decoded_spans(posts[1])
+        assert.equal(1, #spans)
+        assert.equal("kong", spans[1].name)
+        -- the ids are the root span's own: were it exported by Kong too, it would be the same event
+        assert.equal(hex(res.root.trace_id), spans[1].traceId)
+        assert.equal(hex(res.root.span_id), spans[1].spanId)
+        assert.equal("tools/call", spans[1].attrs["mcp.method.name"])
+        assert.equal("search", spans[1].attrs["gen_ai.tool.name"])
+        assert.equal("cus_1", spans[1].attrs["tollgate.customer.id"])
+        assert.is_false(spans[1].attrs["tollgate.trace.sampled"])
+        assert.equal(string.format("%d", res.root.start_time_ns), spans[1].startTimeUnixNano)
+      end)
+
+      it("a batch: the root and each child span, with their own ids", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local body = "[" .. call_body(1, "search") .. "," .. call_body(2, "fetch") .. "]"
+        local res = fake.run(handler, conf, request({ body = body, otel = false }))
+        fake.run_timers()
+        local spans = decoded_spans(posts[1])
+        assert.equal(2, #spans)
+        assert.equal("kong", spans[1].name)
+        assert.equal("tools/call fetch", spans[2].name)
+        assert.equal(spans[1].traceId, spans[2].traceId)
+        assert.equal(spans[1].spanId, spans[2].parentSpanId)
+        local child
+        for _, sp in ipairs(res.spans) do if sp.name == "tools/call fetch" then child = sp end end
+        assert.equal(hex(child.span_id), spans[2].spanId)
+      end)
+
+      it("the opentelemetry plugin on the route exports: the billing exporter sends nothing (no double billing)", function()
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(handler, conf, request())
+        assert.equal("tools/call", attrs(res.exported[1])["mcp.method.name"])
+        assert.equal(0, fake.run_timers())
+        assert.equal(0, #posts)
+        -- a sampled-out trace too: Kong exports the flipped root span
+        local un = fake.run(handler, conf, request({ headers = { traceparent = UNSAMPLED }, otel = { sampling_rate = 1 } }))
+        assert.equal(1, #un.exported)
+        assert.equal(0, fake.run_timers())
+      end)
+
+      it("no opentelemetry plugin and no billing_endpoint: a warning says calls are not billed", function()
+        local res = fake.run(handler, config(), request({ otel = false }))
+        assert.same({}, res.exported)
+        assert.equal("warn", res.logs[#res.logs].level)
+        assert.matches("opentelemetry plugin does not export", res.logs[#res.logs].message)
+        assert.matches("not billed", res.logs[#res.logs].message)
+      end)
+
+      it("a Kong without tracing context flags (< 3.8): nothing exported twice, a warning says why", function()
+        local saved = package.loaded["kong.observability.tracing.tracing_context"]
+        package.loaded["kong.observability.tracing.tracing_context"] = nil
+        package.loaded["kong.plugins.tollgate.handler"] = nil
+        local old_handler = require "kong.plugins.tollgate.handler"
+        package.loaded["kong.observability.tracing.tracing_context"] = saved
+        package.loaded["kong.plugins.tollgate.handler"] = handler
+        local conf = config({ billing_endpoint = "http://tollgate.test:4318/v1/traces" })
+        local res = fake.run(old_handler, conf, request({ otel = false }))
+        assert.equal(0, fake.run_timers())
+        assert.equal("tools/call", attrs(res.root)["mcp.method.name"])
+        assert.equal("warn", res.logs[#res.logs].level)
+        assert.matches("cannot tell whether the opentelemetry plugin exports", res.logs[#res.logs].message)
+      end)
     end)
 
     it("tracing off without billing_endpoint: a warning says calls are not billed", function()

@@ -26,7 +26,9 @@
 -- plus the ngx API the handler touches: ngx.ctx, ngx.arg (body_filter), ngx.now(), ngx.update_time(),
 -- ngx.null, ngx.req.get_body_file(), ngx.req.start_time(), ngx.timer.at and ngx.timer.every (recorded,
 -- run by the spec), ngx.sleep (moves the clock), ngx.shared.tollgate_leases (spec/helpers/fake_shdict.lua),
--- and kong.node.get_id() (kong/pdk/node.lua).
+-- kong.node.get_id() (kong/pdk/node.lua), kong.tools.rand (kong/tools/rand.lua: spec/helpers/kong_rand.lua), and ngx.var's upstream variables (nginx's
+-- src/http/ngx_http_upstream.c: $upstream_bytes_sent / $upstream_bytes_received / $upstream_status, one
+-- value per try joined by ", ", nil when no upstream was contacted), given per request by the spec.
 -- A PDK call outside its phases raises like Kong's check_phase does. Each call of
 -- kong.request.get_raw_body is counted (result.body_reads), so a spec can prove a body was never read.
 -- Kong's opentelemetry plugin runs after the handler in access and log (spec/helpers/kong_otel.lua),
@@ -295,6 +297,8 @@ setmetatable(ngx, {
   __index = function(_, k)
     if k == "ctx" then
       return current.ngx_ctx
+    elseif k == "var" then
+      return current.vars
     end
   end,
 })
@@ -304,6 +308,10 @@ setmetatable(ngx, {
 function _M.install()
   _G.kong = kong
   _G.ngx = ngx
+  -- what the handler requires to tell whether Kong's opentelemetry plugin ran (Kong >= 3.8)
+  package.loaded["kong.observability.tracing.tracing_context"] = tracing_context
+  -- kong/tools/rand.lua, Kong's source of trace and span ids (spec/helpers/kong_rand.lua)
+  package.loaded["kong.tools.rand"] = require "spec.helpers.kong_rand"
   return _M
 end
 
@@ -326,7 +334,9 @@ end
 -- req: { method, headers, query, body, body_file, consumer, credential,
 --        tracing = false (tracing_instrumentations = off), sampling_rate (tracing_sampling_rate),
 --        otel = false (no opentelemetry plugin) | { sampling_rate = n } (its config) }
--- upstream: { status, headers, chunks = { ... } }
+-- upstream: { status, headers, chunks = { ... }, vars = { upstream_bytes_sent = "312", ... } (ngx.var),
+--            client_closed = true (the client hung up before the answer: nginx ends the request with
+--            499 without running the header and body filters, ngx_http_terminate_request) }
 function _M.run(handler, conf, req, upstream)
   upstream = upstream or { status = 200, headers = { ["Content-Type"] = "application/json" }, chunks = { "{}" } }
   current = {
@@ -341,6 +351,7 @@ function _M.run(handler, conf, req, upstream)
     body_reads = 0,
     start_ms = clock_ms,
     otel_ctx = {},
+    vars = upstream.vars or {},
     node_config = {
       tracing_instrumentations = req.tracing == false and "off" or "request",
       tracing_sampling_rate = req.sampling_rate or 1,
@@ -403,20 +414,25 @@ function _M.run(handler, conf, req, upstream)
   r.status = status
   r.resp_headers = headers
 
-  instrumentation.before_header_filter(status, "/mcp")
-  r.phase = "header_filter"
-  handler:header_filter(conf)
-  r.headers_sent = true
+  if upstream.client_closed then
+    status = 499
+    r.status = status
+  else
+    instrumentation.before_header_filter(status, "/mcp")
+    r.phase = "header_filter"
+    handler:header_filter(conf)
+    r.headers_sent = true
 
-  r.phase = "body_filter"
-  for i, chunk in ipairs(chunks) do
-    ngx.arg[1], ngx.arg[2] = chunk, false
+    r.phase = "body_filter"
+    for i, chunk in ipairs(chunks) do
+      ngx.arg[1], ngx.arg[2] = chunk, false
+      handler:body_filter(conf)
+      r.downstream[#r.downstream + 1] = ngx.arg[1]
+    end
+    ngx.arg[1], ngx.arg[2] = "", true
     handler:body_filter(conf)
     r.downstream[#r.downstream + 1] = ngx.arg[1]
   end
-  ngx.arg[1], ngx.arg[2] = "", true
-  handler:body_filter(conf)
-  r.downstream[#r.downstream + 1] = ngx.arg[1]
 
   r.phase = "log"
   instrumentation.log_before(clock_ms * 1e6 + 5e6)

@@ -26,12 +26,10 @@ local _M = {
   SPAN_KIND = { UNSPECIFIED = 0, INTERNAL = 1, SERVER = 2, CLIENT = 3, PRODUCER = 4, CONSUMER = 5 },
 }
 
+-- kong/pdk/tracing.lua: rand_bytes = require("kong.tools.rand").get_rand_bytes (OpenSSL RAND_bytes),
+-- mirrored by spec/helpers/kong_rand.lua
 local function random_bytes(n)
-  local t = {}
-  for i = 1, n do
-    t[i] = string.char(math.random(0, 255))
-  end
-  return table.concat(t)
+  return assert(require("spec.helpers.kong_rand").get_rand_bytes(n))
 end
 
 local NOOP = function() end

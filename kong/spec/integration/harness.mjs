@@ -215,6 +215,8 @@ export async function startNginx({
   const prefix = mkdtempSync(join(tmpdir(), 'tollgate-nginx-'));
   for (const d of ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(prefix, d));
   const port = await freePort();
+  // a port nothing listens on (the /<name>/refused/ location: connect refused)
+  const deadPort = await freePort();
   const confFile = join(prefix, 'tollgate.json');
   writeFileSync(confFile, JSON.stringify({ plugins, consumers, node }));
   let tmpl = readFileSync(template, 'utf8');
@@ -229,7 +231,8 @@ export async function startNginx({
     .replaceAll('{{KONG_DIR}}', KONG_DIR)
     .replaceAll('{{CONF_FILE}}', confFile)
     .replaceAll('{{UPSTREAM_PORT}}', String(upstreamPort))
-    .replaceAll('{{NGINX_PORT}}', String(port));
+    .replaceAll('{{NGINX_PORT}}', String(port))
+    .replaceAll('{{DEAD_PORT}}', String(deadPort));
   writeFileSync(join(prefix, 'nginx.conf'), conf);
   const child = startProcess('nginx', ['-p', prefix, '-c', join(prefix, 'nginx.conf')]);
   let exited = false;

@@ -318,10 +318,11 @@ describe('hostile client: lying 2026-07-28 headers to a 2.x SDK server', () => {
 });
 
 describe('hostile client: hanging up', () => {
-  // The tool runs on although the client went away; nginx logs 499 and the call's span carries
-  // error.type "499", so a plan without billFailedCalls does not charge it (see the audit report:
-  // a policy question like Kong's own 502/504, not changed here). This pins what reaches Tollgate.
-  it('a client that hangs up while the tool runs: the call still has its span, marked 499', async () => {
+  // The tool runs on although the client went away; nginx ends the request with 499 and nobody sees
+  // the answer. The request had been sent upstream ($upstream_bytes_sent > 0): the call is billed as a
+  // call that ran with an unknown outcome (no error.type, tollgate.outcome = unknown), so hanging up
+  // does not make a tool run free, nor give its lease reservation back.
+  it('a client that hangs up while the tool runs: the call is billed, outcome unknown', async () => {
     const testId = `hangup-${++seq}-${Date.now()}`;
     const headers = await openSession('/main/json/mcp', { apikey: 'key-alice', 'x-test-id': testId });
     const before = await upstreamStats();
@@ -339,8 +340,61 @@ describe('hostile client: hanging up', () => {
       (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
     );
     assert.equal(spans.length, 1);
-    assert.equal(attrsOf(spans[0])['jsonrpc.request.id'], 'gone');
-    assert.equal(attrsOf(spans[0])['error.type'], '499');
+    const a = attrsOf(spans[0]);
+    assert.equal(a['jsonrpc.request.id'], 'gone');
+    assert.equal(a['error.type'], undefined, 'a tool that ran is not a failed call');
+    // the processor reads http.response.status_code >= 400 as a failure: not set for this call
+    assert.equal(a['http.response.status_code'], undefined);
+    assert.equal(a['tollgate.outcome'], 'unknown');
+    assert.equal(a['tollgate.outcome.reason'], 'client_closed');
+  });
+});
+
+describe('upstream that never answers in time, or cannot be reached', () => {
+  // /main/timeout/mcp: proxy_read_timeout 300 ms in front of a tool that takes 450 ms; nginx answers 504
+  // after the request was sent, and the tool runs to its end
+  it('504 after the request was sent (read timeout): the tool ran, billed with an unknown outcome', async () => {
+    const testId = `timeout-${++seq}-${Date.now()}`;
+    const headers = await openSession('/main/json/mcp', { apikey: 'key-alice', 'x-test-id': testId });
+    const before = await upstreamStats();
+    const res = await post(
+      '/main/timeout/mcp',
+      toolCall('late', 'slow', { steps: 3, delayMs: 150 }),
+      headers,
+    );
+    assert.equal(res.status, 504, await res.text());
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal((await upstreamStats()).slow - before.slow, 1, 'the tool ran');
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
+    assert.equal(spans.length, 1);
+    const a = attrsOf(spans[0]);
+    assert.equal(a['jsonrpc.request.id'], 'late');
+    assert.equal(a['error.type'], undefined);
+    assert.equal(a['http.response.status_code'], undefined);
+    assert.equal(a['http.status_code'], 504); // Kong's own attribute keeps the status
+    assert.equal(a['tollgate.outcome'], 'unknown');
+    assert.equal(a['tollgate.outcome.reason'], 'upstream_timeout');
+  });
+
+  it('502 from a refused connect (nothing sent): the tool never ran, a failed call', async () => {
+    const testId = `refused-${++seq}-${Date.now()}`;
+    const before = await upstreamStats();
+    const res = await post('/main/refused/mcp', toolCall('nowhere', 'echo', { text: 'x' }), {
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 502, await res.text());
+    assert.deepEqual(await upstreamStats(), before);
+    const spans = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
+    assert.equal(spans.length, 1);
+    const a = attrsOf(spans[0]);
+    assert.equal(a['error.type'], '502');
+    assert.equal(a['http.response.status_code'], 502);
+    assert.equal(a['tollgate.outcome'], undefined);
   });
 });
 

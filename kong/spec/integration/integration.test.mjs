@@ -739,6 +739,47 @@ describe('MCP 2026-07-28 (a 2.x SDK server upstream)', () => {
     assert.equal(attrsOf(span)['mcp.session.id'], headers['mcp-session-id']);
     assert.equal(attrsOf(span)['tollgate.session.rule'], 'protocol');
   });
+
+  it('Kong tracing on but no opentelemetry plugin on the route: the billing exporter sends the call, once', async () => {
+    const testId = nextId('no-otel');
+    const { body, headers } = modernCall(14, 'echo', { text: testId });
+    const res = await post('/billing/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+      'x-test-otel': 'off',
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.deepEqual(await spansOf(testId), [], 'no opentelemetry plugin: Kong exports nothing');
+    const got = await billedBy('14');
+    assert.equal(got.length, 1, 'exported by the plugin, once');
+    const spans = allSpans([got[0].doc]).filter((s) => attrsOf(s)['jsonrpc.request.id'] === '14');
+    assert.equal(spans.length, 1);
+    assert.equal(spans[0].name, 'kong');
+    assert.match(spans[0].traceId, /^[0-9a-f]{32}$/);
+    assert.match(spans[0].spanId, /^[0-9a-f]{16}$/);
+    const a = attrsOf(spans[0]);
+    assert.equal(a['mcp.method.name'], 'tools/call');
+    assert.equal(a['gen_ai.tool.name'], 'echo');
+    assert.equal(a['tollgate.customer.id'], 'cus_alice');
+    assert.equal(a['tollgate.trace.sampled'], false);
+  });
+
+  it('Kong tracing on with the opentelemetry plugin: only Kong exports the call, the billing exporter stays quiet', async () => {
+    const testId = nextId('with-otel');
+    const { body, headers } = modernCall(15, 'echo', { text: testId });
+    const res = await post('/billing/modern/mcp', body, {
+      ...headers,
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    assert.equal(res.status, 200);
+    await res.text();
+    const kong = allSpans(await spansOf(testId)).filter((s) => attrsOf(s)['jsonrpc.request.id'] === '15');
+    assert.equal(kong.length, 1, "exported by Kong's opentelemetry plugin");
+    assert.deepEqual(await billedBy('15', 500), [], 'not also by the billing exporter');
+  });
 });
 
 // Volatile values (random ids, times, ports, per-run ids) replaced so the export compares

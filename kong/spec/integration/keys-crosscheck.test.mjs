@@ -249,3 +249,47 @@ describe('billing sessions: kong/plugins/tollgate/session.lua vs contracts/src/b
     });
   });
 });
+
+describe("the billing exporter's numbers: Lua's OTLP/JSON == what the processor decodes", () => {
+  it('every double reaches collector-processor/src/otlp/decode-json.ts exactly (no 14-digit rounding)', async () => {
+    const { decodeJsonExport } = await import(
+      pathToFileURL(join(REPO, 'collector-processor/dist/otlp/decode-json.js')).href
+    );
+    // decimal literals: strtod (Lua) and Number (JS) both read them to the nearest double
+    const LITERALS = [
+      '123456789012345678',
+      '9007199254740993',
+      '9007199254740994',
+      '100000000000001',
+      '1000000000000000.5',
+      '0.1',
+      '0.30000000000000004',
+      '-2.5e-7',
+      '1e300',
+      '123456.78901234567',
+      '5e-324',
+      '1200',
+      '0',
+      '1e21',
+    ];
+    const text = lua(
+      `
+      local exporter = require "kong.plugins.tollgate.exporter"
+      local attrs = {}
+      for i, lit in ipairs(input) do attrs["tollgate.usage.n" .. i] = tonumber(lit) end
+      out = exporter.encode({ exporter.encode_span({ trace_id = ("%032x"):format(1), span_id = ("%016x"):format(1),
+        name = "kong", kind = 2, start_time_ns = 1.7e18, end_time_ns = 1.7e18, attributes = attrs }) },
+        { ["service.name"] = "kong" }, "0.1.0")`,
+      LITERALS,
+    );
+    const decoded = decodeJsonExport(Buffer.from(text, 'utf8'));
+    assert.equal(decoded.malformed, 0);
+    const a = decoded.spans[0].attributes;
+    LITERALS.forEach((lit, i) => {
+      assert.ok(
+        Object.is(a[`tollgate.usage.n${i + 1}`], Number(lit)),
+        `${lit}: got ${a[`tollgate.usage.n${i + 1}`]}`,
+      );
+    });
+  });
+});

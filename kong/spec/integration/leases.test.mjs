@@ -50,6 +50,10 @@ products:
         tools: { "*": { price: { perCall: "0.01" } } }
         limits: { callsPerDay: 100000, spendPerPeriod: "100000" }
         marginGuard: { enabled: false }
+      three:
+        tools: { "*": { price: { perCall: "0.01" } } }
+        limits: { spendPerPeriod: "0.03" }
+        marginGuard: { enabled: false }
       unlimited:
         tools: { "*": { price: { perCall: "0.01" } } }
         marginGuard: { enabled: false }
@@ -63,6 +67,7 @@ products:
       open-1: { plan: calls }
       closed-1: { plan: calls }
       released: { plan: roomy }
+      hangs-up: { plan: three }
 `;
 
 let redisMain;
@@ -162,10 +167,11 @@ after(async () => {
   assert.doesNotMatch(log, /\[error\].*(runtime error|lua entry thread aborted)/, log);
 });
 
-function call(conf, customer, testId, extra = {}) {
+function call(conf, customer, testId, extra = {}, { text = testId, signal } = {}) {
   seq += 1;
   return fetch(`${base}/${conf}/modern/mcp`, {
     method: 'POST',
+    signal,
     headers: {
       'content-type': 'application/json',
       accept: 'application/json, text/event-stream',
@@ -182,7 +188,7 @@ function call(conf, customer, testId, extra = {}) {
       method: 'tools/call',
       params: {
         name: 'echo',
-        arguments: { text: testId },
+        arguments: { text },
         _meta: {
           'io.modelcontextprotocol/protocolVersion': MODERN,
           'io.modelcontextprotocol/clientInfo': { name: 'kong-leases-it', version: '1' },
@@ -360,6 +366,44 @@ describe('quota leases through the Kong plugin', () => {
       'the spend is counted',
       async () => (await periodCounter('paced-money', 'spend')) === 7n * PRICE,
     );
+  });
+
+  it('a client that hangs up while each tool runs runs no tool past 0.03 USD at 0.01 a call: the 3 that ran are billed and settled', async () => {
+    const testId = 'hangs-up';
+    const before = await ran();
+    // each call's tool takes 1 s; the client goes away after 300 ms (past a first lease's renewals), every time (499 at nginx)
+    await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), 300);
+        await call('leased', 'hangs-up', testId, {}, { text: 'sleep:1000', signal: ac.signal })
+          .then((r) => r.text())
+          .catch(() => null);
+      }),
+    );
+    await until('the tools ran', async () => (await ran()) - before === 3);
+    const exports = await exportsOf(testId, 3);
+    const spans = allSpans(exports).filter((s) => attrsOf(s)['mcp.method.name'] === 'tools/call');
+    assert.equal(spans.length, 3);
+    for (const s of spans) {
+      assert.equal(attrsOf(s)['tollgate.outcome'], 'unknown');
+      assert.equal(attrsOf(s)['error.type'], undefined);
+    }
+    await forward(exports);
+    // settled as calls that ran: counted and priced (a failed call is not priced without billFailedCalls,
+    // and its reservation would go back), nothing held back
+    await until('the calls are counted', async () => (await dayCounter('hangs-up', 'calls')) === 3);
+    await until(
+      'the calls are priced',
+      async () => (await periodCounter('hangs-up', 'spend')) === 3n * PRICE,
+    );
+    await until('nothing is held back', async () => (await periodCounter('hangs-up', 'lrm')) === 0n);
+    // and so a fourth call is refused before the upstream (hanging up bought no extra run)
+    await new Promise((r) => setTimeout(r, 600)); // past the 0.5 s exhaustion memory of the node
+    const ranBefore = await ran();
+    const fourth = await call('leased', 'hangs-up', 'hangs-up-4');
+    assert.equal((await fourth.json()).error?.code, -32050);
+    assert.equal(await ran(), ranBefore);
   });
 
   it('renews ahead of exhaustion: a steady stream rarely waits, and the lease grows with the rate', async () => {

@@ -40,6 +40,9 @@ const modern = node2.toNodeHandler(
       const s = new server2.McpServer({ name: 'tollgate-kong-upstream-2x', version: '2.0.0' });
       s.registerTool('echo', { inputSchema: z4.object({ text: z4.string() }) }, async ({ text }) => {
         stats.modern_echo++;
+        // "sleep:<ms>": a tool that takes that long (a client can hang up while it runs)
+        const sleep = /^sleep:(\d+)$/.exec(text);
+        if (sleep) await new Promise((r) => setTimeout(r, Number(sleep[1])));
         if (text === 'fail') return { isError: true, content: [{ type: 'text', text: 'failed on purpose' }] };
         return { content: [{ type: 'text', text }] };
       });

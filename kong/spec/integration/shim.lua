@@ -205,6 +205,10 @@ function _M.init(conf_file)
   local kong
   kong, instrumentation = build_pdk()
   _G.kong = kong
+  -- kong/observability/tracing/tracing_context.lua, which the handler requires (Kong >= 3.8)
+  package.loaded["kong.observability.tracing.tracing_context"] = tracing_context
+  -- kong/tools/rand.lua: RAND_bytes of the OpenSSL nginx has loaded (spec/helpers/kong_rand.lua)
+  package.loaded["kong.tools.rand"] = require "spec.helpers.kong_rand"
   handler = require "kong.plugins.tollgate.handler"
 end
 

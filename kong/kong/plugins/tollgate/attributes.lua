@@ -35,6 +35,10 @@ local KEYS = {
   -- Kong-side only: how many usage entries the upstream reported that were not put on the span
   -- (a name outside gen_ai.usage.* / tollgate.usage.*, too long, or past usage.MAX_ENTRIES)
   TOLLGATE_USAGE_DROPPED = "tollgate.kong.usage_dropped",
+  -- "unknown" on a call that reached the tool but whose answer nobody saw (the client hung up, or
+  -- Kong's read timeout ran out): billed as a call that ran (no error.type), with the reason
+  TOLLGATE_OUTCOME = "tollgate.outcome",
+  TOLLGATE_OUTCOME_REASON = "tollgate.outcome.reason",
 }
 
 local VALUES = {
@@ -44,7 +48,14 @@ local VALUES = {
   TCP = "tcp",
   STREAMABLE_HTTP = "streamable_http",
   SSE = "sse",
+  UNKNOWN = "unknown",
+  CLIENT_CLOSED = "client_closed",
+  UPSTREAM_TIMEOUT = "upstream_timeout",
 }
+
+-- nginx's statuses for a client that closed the connection first, and for a read timeout
+local HTTP_CLIENT_CLOSED = 499
+local HTTP_GATEWAY_TIMEOUT = 504
 
 local _M = {
   KEYS = KEYS,
@@ -73,10 +84,31 @@ function _M.error_of(answer, null_error, http_status)
   return nil, nil
 end
 
+--- Why the outcome of a call is unknown although it reached the upstream, or nil when it is known.
+-- A request nginx sent to the upstream (`upstream.sent`: some bytes of it were written to the
+-- upstream connection, `$upstream_bytes_sent` > 0) ran the tool as far as anyone can tell; when no
+-- answer to the call was seen because the client hung up (499) or Kong's read timeout ran out before
+-- the upstream said anything (504 with `upstream.answered` false: `$upstream_bytes_received` of the
+-- last try is 0, so the 504 is nginx's, not the service's), the call ran with an unknown outcome.
+-- A request never sent (connect refused, connect timeout: 502/504 with nothing sent) stays failed.
+function _M.unknown_outcome(answer, null_error, http_status, upstream)
+  if answer or null_error or not upstream or not upstream.sent then
+    return nil
+  end
+  if http_status == HTTP_CLIENT_CLOSED then
+    return VALUES.CLIENT_CLOSED
+  end
+  if http_status == HTTP_GATEWAY_TIMEOUT and not upstream.answered then
+    return VALUES.UPSTREAM_TIMEOUT
+  end
+  return nil
+end
+
 --- Attributes of one call.
 -- call: a jsonrpc.parse() call; req: { session_id, protocol_version, customer, agent, transport,
--- enforcement }; result: { answer, null_error, http_status, usage }, usage = the usage.lua report
--- the upstream gave for this call (its entries become attributes under their own names).
+-- enforcement }; result: { answer, null_error, http_status, upstream, usage }, usage = the usage.lua
+-- report the upstream gave for this call (its entries become attributes under their own names),
+-- upstream = { sent, answered } from nginx's upstream variables (nil when nothing was proxied).
 function _M.for_call(call, req, result)
   local a = {
     [KEYS.MCP_METHOD_NAME] = VALUES.TOOLS_CALL,
@@ -95,10 +127,18 @@ function _M.for_call(call, req, result)
     [KEYS.TOLLGATE_ENFORCEMENT] = req.enforcement,
   }
   if result then
-    local error_type, rpc_code = _M.error_of(result.answer, result.null_error, result.http_status)
-    a[KEYS.ERROR_TYPE] = error_type
-    a[KEYS.RPC_RESPONSE_STATUS_CODE] = rpc_code
-    a[KEYS.HTTP_RESPONSE_STATUS_CODE] = result.http_status
+    local unknown = _M.unknown_outcome(result.answer, result.null_error, result.http_status, result.upstream)
+    if unknown then
+      -- the tool ran: billed (no error.type, and no http.response.status_code, whose 499/504 the
+      -- processor would read as a failure); Kong's own http.status_code still shows the status
+      a[KEYS.TOLLGATE_OUTCOME] = VALUES.UNKNOWN
+      a[KEYS.TOLLGATE_OUTCOME_REASON] = unknown
+    else
+      local error_type, rpc_code = _M.error_of(result.answer, result.null_error, result.http_status)
+      a[KEYS.ERROR_TYPE] = error_type
+      a[KEYS.RPC_RESPONSE_STATUS_CODE] = rpc_code
+      a[KEYS.HTTP_RESPONSE_STATUS_CODE] = result.http_status
+    end
     local usage = result.usage
     if usage then
       -- names are gen_ai.usage.* / tollgate.usage.* only (usage.accepts): none of the keys above

@@ -22,6 +22,7 @@ local type = type
 local tonumber = tonumber
 local tostring = tostring
 local math_min = math.min
+local math_floor = math.floor
 
 local BATCH_MAX = 200
 local QUEUE_MAX = 10000
@@ -35,7 +36,37 @@ local _M = {
   SCOPE_NAME = SCOPE_NAME,
 }
 
-local function attribute_list(attrs)
+-- A number as JSON text that reads back as exactly the same double (Kong's own export is protobuf, exact
+-- doubles; cjson's encode_number_precision stops at 14 digits in Debian's lua-cjson and 16 in OpenResty's,
+-- which Kong sets on the global cjson only, constants.lua / globalpatches.lua, and neither is exact for
+-- every double). Whole numbers below 1e21 are written as integers ("%.0f": the double's exact value),
+-- others with the fewest of 15, 16, 17 significant digits that read back exactly (17 always does).
+-- Non-finite values, which no usage value carries (usage.lua forwards them as text), are written as the
+-- proto3 JSON strings "NaN" / "Infinity" / "-Infinity".
+local function number_text(v)
+  if v ~= v then
+    return '"NaN"'
+  elseif v == math.huge then
+    return '"Infinity"'
+  elseif v == -math.huge then
+    return '"-Infinity"'
+  end
+  if v == math_floor(v) and v > -1e21 and v < 1e21 then
+    return format("%.0f", v)
+  end
+  for digits = 15, 16 do
+    local text = format("%." .. digits .. "g", v)
+    if tonumber(text) == v then
+      return text
+    end
+  end
+  return format("%.17g", v)
+end
+_M.number_text = number_text
+
+-- The OTLP/JSON attribute list of a table: typed values, keys sorted; strings escaped by cjson, numbers
+-- as exact text (number_text), so the list is written as text rather than through cjson.encode.
+local function attribute_list_json(attrs)
   local keys = {}
   for k in pairs(attrs) do
     keys[#keys + 1] = k
@@ -43,26 +74,27 @@ local function attribute_list(attrs)
   sort(keys)
   local out = {}
   for _, k in ipairs(keys) do
-    local v, value = attrs[k], nil
+    local v = attrs[k]
     local t = type(v)
+    local value
     if t == "string" then
-      value = { stringValue = v }
+      value = '{"stringValue":' .. cjson.encode(v) .. "}"
     elseif t == "number" then
-      value = { doubleValue = v } -- numbers leave Kong as doubles: the same here
+      value = '{"doubleValue":' .. number_text(v) .. "}" -- numbers leave Kong as doubles: the same here
     elseif t == "boolean" then
-      value = { boolValue = v }
+      value = v and '{"boolValue":true}' or '{"boolValue":false}'
     end
     if value then
-      out[#out + 1] = { key = k, value = value }
+      out[#out + 1] = '{"key":' .. cjson.encode(k) .. ',"value":' .. value .. "}"
     end
   end
-  return out
+  return "[" .. concat(out, ",") .. "]"
 end
 
---- One span as OTLP/JSON (proto3 JSON mapping). span = { trace_id, span_id, parent_id (hex),
+--- One span as OTLP/JSON text (proto3 JSON mapping). span = { trace_id, span_id, parent_id (hex),
 -- name, kind, start_time_ns, end_time_ns, attributes }.
 function _M.encode_span(span)
-  return {
+  local head = cjson.encode({
     traceId = span.trace_id,
     spanId = span.span_id,
     parentSpanId = span.parent_id or "",
@@ -70,22 +102,17 @@ function _M.encode_span(span)
     kind = span.kind,
     startTimeUnixNano = format("%d", span.start_time_ns),
     endTimeUnixNano = format("%d", span.end_time_ns),
-    attributes = attribute_list(span.attributes or {}),
-  }
+  })
+  -- head is a non-empty object: its closing brace makes room for the attributes
+  return head:sub(1, -2) .. ',"attributes":' .. attribute_list_json(span.attributes or {}) .. "}"
 end
 
---- ExportTraceServiceRequest (OTLP/JSON) of encoded spans, with the resource Kong's own exporter
+--- ExportTraceServiceRequest (OTLP/JSON text) of encoded spans, with the resource Kong's own exporter
 -- sends (service.name = kong, service.instance.id = node id, service.version) and our scope.
 function _M.encode(encoded_spans, resource, scope_version)
-  return cjson.encode({
-    resourceSpans = { {
-      resource = { attributes = attribute_list(resource) },
-      scopeSpans = { {
-        scope = { name = SCOPE_NAME, version = scope_version },
-        spans = encoded_spans,
-      } },
-    } },
-  })
+  return '{"resourceSpans":[{"resource":{"attributes":' .. attribute_list_json(resource)
+    .. '},"scopeSpans":[{"scope":' .. cjson.encode({ name = SCOPE_NAME, version = scope_version })
+    .. ',"spans":[' .. concat(encoded_spans, ",") .. "]}]}]}"
 end
 
 --- new(opts): opts = { endpoint, authorization, timeout_ms, resource, version,

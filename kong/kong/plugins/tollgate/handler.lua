@@ -9,8 +9,9 @@
 --                  chunks are never held back or modified
 --   log            put the MCP attributes on Kong's root span (and one child span per extra
 --                  tools/call of a batch), which Kong's opentelemetry plugin then exports — even
---                  when its trace is sampled out; with Kong's tracing off, hand them to the
---                  billing exporter instead
+--                  when its trace is sampled out; when nobody will export them (Kong's tracing
+--                  off, or no opentelemetry plugin with a traces_endpoint ran on this request),
+--                  hand them to the billing exporter instead
 
 local attributes = require "kong.plugins.tollgate.attributes"
 local cache = require "kong.plugins.tollgate.cache"
@@ -25,6 +26,14 @@ local store = require "kong.plugins.tollgate.store"
 local usage = require "kong.plugins.tollgate.usage"
 
 local cjson_decode = require("cjson.safe").decode
+
+-- Kong >= 3.8: the tracing context of the request (ngx.ctx.TRACING_CONTEXT); its flags are set by
+-- Kong's opentelemetry plugin, and only by it (kong/plugins/opentelemetry/traces.lua get_inject_ctx ->
+-- tracing_context.set_flags), in its access phase, which runs only when it has a traces_endpoint
+local has_tracing_context, tracing_context = pcall(require, "kong.observability.tracing.tracing_context")
+if not (has_tracing_context and type(tracing_context) == "table" and type(tracing_context.get_flags) == "function") then
+  tracing_context = nil
+end
 
 local kong = kong
 local ngx = ngx
@@ -469,12 +478,88 @@ local function root_span()
   return nil
 end
 
-local function random_hex(bytes)
-  local parts = {}
-  for i = 1, bytes / 2 do
-    parts[i] = string.format("%04x", math.random(0, 65535))
+local function hex(bytes)
+  return (bytes:gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end))
+end
+
+-- Random trace and span ids from where Kong takes its own (kong/pdk/tracing.lua: generate_span_id =
+-- rand_bytes(8) with rand_bytes = kong.tools.rand.get_rand_bytes, OpenSSL's RAND_bytes; before Kong 3.6
+-- kong.tools.utils.get_rand_bytes), not math.random: the ids are the span's idempotency key
+local rand_bytes
+do
+  for _, name in ipairs({ "kong.tools.rand", "kong.tools.utils" }) do
+    local ok, mod = pcall(require, name)
+    if ok and type(mod) == "table" and type(mod.get_rand_bytes) == "function" then
+      rand_bytes = mod.get_rand_bytes
+      break
+    end
   end
-  return table.concat(parts)
+end
+
+local function urandom_bytes(n)
+  local f = io_open("/dev/urandom", "rb")
+  if not f then
+    return nil
+  end
+  local s = f:read(n)
+  f:close()
+  return s
+end
+
+local function random_hex(n)
+  local bytes, err
+  if rand_bytes then
+    bytes, err = rand_bytes(n)
+  end
+  if type(bytes) ~= "string" or #bytes ~= n then
+    bytes = urandom_bytes(n) -- what Kong's get_rand_bytes(n, true) reads
+  end
+  if type(bytes) ~= "string" or #bytes ~= n then
+    -- no CSPRNG at all: a weak id still bills the call (math.random is seeded per worker by Kong)
+    log_limited("rand", "err", "tollgate: no random bytes for a billing span id (", err or "no source",
+                "), using math.random")
+    local t = {}
+    for i = 1, n do
+      t[i] = string.char(math.random(0, 255))
+    end
+    bytes = table.concat(t)
+  end
+  return hex(bytes)
+end
+
+-- Whether Kong's opentelemetry plugin exports this request's spans: true when its access phase ran
+-- with a traces_endpoint (it set the tracing context's flags), false when it did not (no opentelemetry
+-- plugin on the route, or one without traces_endpoint); nil when that cannot be told (a Kong before 3.8,
+-- whose tracing context has no flags).
+local function otel_exports()
+  if not tracing_context then
+    return nil
+  end
+  return tracing_context.get_flags() ~= nil
+end
+
+-- Tracing on, but nobody exports: the spans of the metered calls as Kong made them (the root span and
+-- the children of a batch), with their own trace and span ids, so that the same span exported by Kong's
+-- opentelemetry plugin too would be the same idempotency key and billed once.
+local function own_spans(spans, calls)
+  local out = {}
+  for i, span in ipairs(spans) do
+    local attrs = calls[i]
+    attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
+    out[i] = {
+      trace_id = hex(span.trace_id),
+      span_id = hex(span.span_id),
+      parent_id = span.parent_id and hex(span.parent_id) or nil,
+      name = span.name,
+      kind = SPAN_KIND_SERVER,
+      start_time_ns = span.start_time_ns,
+      end_time_ns = math.max(span.end_time_ns or span.start_time_ns, span.start_time_ns),
+      attributes = attrs,
+    }
+  end
+  return out
 end
 
 -- Tracing off: the spans Kong would have exported (the root `kong` for the first call, children
@@ -510,6 +595,33 @@ local function billing_spans(ctx, calls)
   return spans
 end
 
+-- Whether nginx sent the request to the upstream, from its variables (ngx_http_upstream.c): one
+-- number per try in $upstream_bytes_sent / $upstream_bytes_received (", " between tries, " : "
+-- between upstream groups), counted on the upstream connection when the try ends; absent when no
+-- upstream was contacted. nil: nothing was sent (connect refused or timed out, or never proxied);
+-- else { sent = true, answered = the last try received bytes from the upstream }.
+local function upstream_reach()
+  local var = ngx.var
+  local sent = var.upstream_bytes_sent
+  local reached = false
+  if type(sent) == "string" then
+    for n in sent:gmatch("%d+") do
+      if tonumber(n) > 0 then
+        reached = true
+      end
+    end
+  end
+  if not reached then
+    return nil
+  end
+  local received = var.upstream_bytes_received
+  local last = type(received) == "string" and received:match("(%d+)%D*$")
+  return { sent = true, answered = last ~= nil and tonumber(last) > 0 }
+end
+
+-- statuses after which a call may have run without anyone seeing its answer (attributes.unknown_outcome)
+local MAYBE_UNKNOWN = { [499] = true, [504] = true }
+
 -- The attributes of each billable call of the request, in order.
 local function billable_calls(conf, ctx)
   local scanner = ctx.scanner
@@ -517,6 +629,9 @@ local function billable_calls(conf, ctx)
     http_status = ctx.http_status or kong.response.get_status(),
     null_error = scanner and scanner.null_error,
   }
+  if MAYBE_UNKNOWN[result.http_status] then
+    result.upstream = upstream_reach()
+  end
   local out = {}
   local lease = ctx.lease and ctx.lease.lease and ctx.lease
   local read_meta = conf.upstream_usage ~= false
@@ -582,6 +697,7 @@ function TollgateHandler:log(conf)
     return
   end
 
+  local spans
   if root then
     if root.should_sample == false then
       -- Kong's opentelemetry plugin drops spans whose should_sample is false (traces.lua log):
@@ -593,9 +709,11 @@ function TollgateHandler:log(conf)
         attrs[attributes.KEYS.TOLLGATE_TRACE_SAMPLED] = false
       end
     end
+    spans = {}
     for i, attrs in ipairs(calls) do
       if i == 1 then
         set_all(root, attrs)
+        spans[i] = root
       else
         -- every further call of a batch is billed through its own span, a child of the root
         -- (created after the flag above, it inherits the root's should_sample)
@@ -606,19 +724,35 @@ function TollgateHandler:log(conf)
         })
         set_all(span, attrs)
         span:finish(root.end_time_ns)
+        spans[i] = span
       end
+    end
+    local exports = otel_exports()
+    if exports then
+      return -- Kong's opentelemetry plugin exports them (its log runs after ours)
+    elseif exports == nil then
+      log_limited("otel_unknown", "warn", "tollgate: this Kong has no tracing context flags (Kong < 3.8), so ",
+                  "the plugin cannot tell whether the opentelemetry plugin exports this route's spans: ",
+                  "tools/call spans are billed only if every route with tollgate also has the opentelemetry ",
+                  "plugin with a traces_endpoint")
+      return
+    end
+  end
+
+  local w = worker_state(conf)
+  if not w.exporter then
+    if root then
+      log_limited("no_otel", "warn", "tollgate: Kong's opentelemetry plugin does not export this route's ",
+                  "traces (it is not on the route, or has no traces_endpoint) and billing_endpoint is not ",
+                  "set: tools/call spans are not exported and these calls are not billed")
+    else
+      log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations) and ",
+                  "billing_endpoint is not set: tools/call spans are not exported and these calls are not billed")
     end
     return
   end
-
-  -- Kong's tracing is off: its opentelemetry plugin exports nothing at all
-  local w = worker_state(conf)
-  if not w.exporter then
-    log_limited("no_tracing", "warn", "tollgate: Kong tracing is off (tracing_instrumentations) and ",
-                "billing_endpoint is not set: tools/call spans are not exported and these calls are not billed")
-    return
-  end
-  for _, span in ipairs(billing_spans(ctx, calls)) do
+  -- tracing on without an exporting opentelemetry plugin: Kong's own spans; tracing off: built here
+  for _, span in ipairs(spans and own_spans(spans, calls) or billing_spans(ctx, calls)) do
     if not w.exporter.push(exporter.encode_span(span)) then
       log_limited("export_full", "err", "tollgate: billing export queue full, a tools/call span was dropped")
     end
