@@ -285,6 +285,26 @@ describe('a wallet customer in Stripe', () => {
   });
 });
 
+describe('granularity period', () => {
+  it('one credit item for the month, once it is over and settled; Stripe’s total is the amount due', async () => {
+    const fake = await newFake();
+    const config = bed.configFor(fake, MAPPING.replace('granularity: day', 'granularity: period'));
+    const opts = { periods: [PERIOD], customers: ['walt'], nowMs: Date.UTC(2026, 3, 1, 2, 0) };
+    const r = await runStripeSync(config, bed.ledgerDir(), deps, quiet, opts);
+    const p = await preview('walt', PERIOD);
+    const applied = BigInt(p.credits.appliedNano);
+    const credits = itemsOf(fake, 'walt').filter((i) => meta(i).tollgate_line === '@credits');
+    expect(credits.map((i) => [meta(i).tollgate_unit, i.amount])).toEqual([
+      [PERIOD, Number(-(applied / CENT))],
+    ]);
+    const rows = r.rows.filter((x) => x.customer === 'walt');
+    expect(rows.every((x) => x.status === 'reconciled')).toBe(true);
+    const remainders = rows.reduce((s, x) => s + BigInt(x.remainderNano), 0n);
+    expect(stripeTotal(fake, 'walt') * CENT + remainders).toBe(BigInt(p.credits.amountDueNano));
+    await fake.close();
+  });
+});
+
 describe('late drawdowns and repayments', () => {
   it('drawdowns copied to the ledger after their day was pushed are credited in the next unit', async () => {
     const fake = await newFake();
