@@ -3,6 +3,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreditLedger } from '../src/credits/ledger.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import type { SyncReport } from '../src/stripe/report.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
@@ -282,6 +283,49 @@ describe('a wallet customer in Stripe', () => {
     expect(posts(fake)).toHaveLength(before);
     expect(fresh.pushes.created).toBe(0);
     expect(fresh.rows).toEqual(report.rows);
+  });
+});
+
+describe('a crash between a credit push and its ledger line', () => {
+  it('the rerun finds the credit at Stripe by its key (or resends it under that key): nothing is credited twice', async () => {
+    const fake = await newFake();
+    const runDir = bed.ledgerDir();
+    const config = bed.configFor(fake, MAPPING);
+    const real = sdkGateway({
+      secretKey: fake.secretKey,
+      host: fake.host,
+      port: fake.port,
+      protocol: 'http',
+    });
+    let cut = false;
+    const dying: StripeGateway = {
+      ...real,
+      async createInvoiceItem(p, key) {
+        const r = await real.createInvoiceItem(p, key);
+        if (!cut && p.metadata.tollgate_line === '@credits') {
+          cut = true;
+          throw new Error('power cut'); // Stripe has the credit; the ledger has its intent only
+        }
+        return r;
+      },
+    };
+    const opts = { periods: [PERIOD], customers: ['walt'], nowMs: NOW };
+    const crashed = await runStripeSync(config, runDir, deps, quiet, { ...opts, gateway: dying }).catch(
+      (e: Error) => e,
+    );
+    expect(String(crashed)).toMatch(/power cut/);
+    const credited = () => itemsOf(fake, 'walt').filter((i) => meta(i).tollgate_line === '@credits');
+    expect(credited()).toHaveLength(1);
+    const r = await runStripeSync(config, runDir, deps, quiet, opts);
+    // found at Stripe by its key (the listing before the pushes), or replayed by Stripe: not created again
+    expect(r.pushes.found + r.pushes.replayed).toBe(1);
+    const units = credited().map((i) => meta(i).tollgate_unit);
+    expect(new Set(units).size).toBe(units.length); // one credit per day
+    expect(new Map(credited().map((i) => [meta(i).tollgate_unit, BigInt(i.amount as number)]))).toEqual(
+      await expectedCredits('walt'),
+    );
+    expect(r.rows.filter((x) => x.customer === 'walt').every((x) => x.status === 'reconciled')).toBe(true);
+    await fake.close();
   });
 });
 
