@@ -76,7 +76,7 @@ export const CREDIT_LINE: StripeLine = {
   push: 'amount',
   description: 'Prepaid credits applied',
   quantityDecimals: 0,
-} as unknown as StripeLine;
+};
 
 const isCredit = (line: Pick<StripeLine, 'name'>) => line.name === CREDIT_LINE.name;
 
