@@ -43,10 +43,20 @@ export function ledgerSql(
 }
 
 /**
- * The grant side of the wallet's "overdraft repaid" pair (credits.lua `normalize`): money a grant paid into
- * the overdraft bucket, written by Tollgate (actor `tollgate`), never by an operator's adjustment.
+ * Grant money that repaid the overdraft bucket between {from} and {to}: the wallet's "overdraft repaid" pair
+ * (credits.lua `normalize`, actor `tollgate`) — a grant's −x followed, at the next sequence number, by the
+ * overdraft bucket's +x. Matching the pair keeps an operator's adjustment (one entry, its own actor) out.
  */
-const REPAID = `entry_type = 'adjustment' AND bucket != 'overdraft' AND actor = 'tollgate' AND note = 'overdraft repaid'`;
+const REPAID_NANO = `(SELECT -sum(toInt128(g.amount_nano)) FROM (
+      SELECT seq, amount_nano FROM credit_ledger FINAL
+      WHERE product = {product:String} AND customer = {customer:String} AND entry_type = 'adjustment'
+        AND bucket != 'overdraft' AND actor = 'tollgate' AND note = 'overdraft repaid'
+        AND at >= {from:${DT}} AND at < {to:${DT}}) AS g
+    INNER JOIN (
+      SELECT seq, amount_nano FROM credit_ledger FINAL
+      WHERE product = {product:String} AND customer = {customer:String} AND entry_type = 'adjustment'
+        AND bucket = 'overdraft' AND actor = 'tollgate' AND note = 'overdraft repaid') AS o
+    ON o.seq = g.seq + 1 AND o.amount_nano = -g.amount_nano)`;
 
 /**
  * Credits applied to a customer's period, reconciled call by call: every call a drawdown names is matched
@@ -80,9 +90,7 @@ export function creditsAppliedSql(product: string, customer: string, period: str
     (SELECT sum(drawn_nano) FROM drawn) AS drawn_nano,
     (SELECT sum(drawn_nano - overdraft_nano) FROM drawn) AS grant_drawn_nano,
     (SELECT sum(overdraft_nano) FROM drawn) AS overdraft_drawn_nano,
-    (SELECT -sum(toInt128(amount_nano)) FROM credit_ledger FINAL
-      WHERE product = {product:String} AND customer = {customer:String} AND ${REPAID}
-        AND at >= {from:${DT}} AND at < {to:${DT}}) AS overdraft_repaid_nano,
+    ${REPAID_NANO} AS overdraft_repaid_nano,
     (SELECT sum(toInt128(c.price_nano)) FROM drawn AS d INNER JOIN calls AS c ON c.event_id = d.event_id) AS matched_price_nano,
     (SELECT countIf(d.drawn_nano != c.price_nano) FROM drawn AS d INNER JOIN calls AS c ON c.event_id = d.event_id) AS mismatched,
     (SELECT count() FROM drawn WHERE event_id NOT IN (SELECT event_id FROM calls)) AS unlanded,
@@ -110,9 +118,7 @@ export function creditsThroughSql(product: string, customer: string, period: str
       ARRAY JOIN arrayZip(event_ids, event_amounts_nano) AS e
       WHERE product = {product:String} AND customer = {customer:String} AND period = {period:String}
         AND entry_type = 'drawdown' AND bucket != 'overdraft' AND e.1 IN (SELECT event_id FROM calls)) AS grant_drawn_nano,
-    (SELECT -sum(toInt128(amount_nano)) FROM credit_ledger FINAL
-      WHERE product = {product:String} AND customer = {customer:String} AND ${REPAID}
-        AND at >= {from:${DT}} AND at < {to:${DT}}) AS overdraft_repaid_nano,
+    ${REPAID_NANO} AS overdraft_repaid_nano,
     (SELECT count() FROM credit_ledger WHERE product = {product:String} AND customer = {customer:String}) AS entries`,
     params: { product, customer, period, from: chInstant(range.fromMs), to: chInstant(range.toMs) },
   };

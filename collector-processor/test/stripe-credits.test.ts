@@ -38,10 +38,11 @@ products:
       latey: { overrides: { credits: { hardStop: false } } }
       plain: {}
 `;
-const KEYS = { admin: 'tg_test_admin', finance: 'tg_test_finance' };
+const KEYS = { admin: 'tg_test_admin', finance: 'tg_test_finance', namesake: 'tg_test_namesake' };
 const API_KEYS = `apiKeys:
   - { name: ops, sha256: ${sha256Hex(KEYS.admin)}, role: admin, products: [demo-mcp] }
   - { name: finance, sha256: ${sha256Hex(KEYS.finance)}, role: finance, products: [demo-mcp] }
+  - { name: tollgate, sha256: ${sha256Hex(KEYS.namesake)}, role: admin, products: [demo-mcp] }
 `;
 
 const MAPPING = `
@@ -435,5 +436,27 @@ describe('late drawdowns and repayments', () => {
     await runStripeSync(config, runDir, deps, quiet, opts);
     expect(posts(fake)).toHaveLength(n);
     await fake.close();
+  });
+
+  it('an operator’s adjustment is not a repayment, even under the name and note the wallet uses', async () => {
+    const w = (await (await api('/billing/credits?customer=walt', KEYS.finance)).json()) as {
+      wallets: { grants: { grantId: string }[] }[];
+    };
+    const grantId = w.wallets[0]?.grants[0]?.grantId;
+    const before = await preview('walt', new Date().toISOString().slice(0, 7));
+    const res = await api('/admin/credits/adjust', KEYS.namesake, {
+      method: 'POST',
+      body: JSON.stringify({
+        customer: 'walt',
+        grantId,
+        amount: '-0.01',
+        currency: 'USD',
+        note: 'overdraft repaid',
+      }),
+    });
+    expect(res.status).toBe(200);
+    await ledger.drain();
+    const after = await preview('walt', new Date().toISOString().slice(0, 7));
+    expect(after.credits).toEqual(before.credits); // a refund of grant money pays no call
   });
 });
