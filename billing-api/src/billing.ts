@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
-import { creditsAppliedSql } from './credits-sql.js';
+import { creditsAppliedSql, creditsThroughSql } from './credits-sql.js';
 import { sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
@@ -112,10 +112,12 @@ const MAX_CALLS = 1_000_000_000;
 const creditsSchema = {
   type: 'object',
   description:
-    'Prepaid credits applied to this period: what the ledger drew for its calls, reconciled call by call ' +
-    'with the raw rows; amountDue = amount − applied.',
+    'Prepaid credits applied to this period: what prepaid grants paid — their drawdowns for the period’s ' +
+    'calls plus the overdraft repayments made while the period ran — and amountDue = amount − applied. ' +
+    'Drawdowns from the overdraft bucket are money lent, not paid: they stay due (overdraftDrawn). The ' +
+    'drawdowns are reconciled call by call with the raw rows (reconciliation). See docs/api.md#credits-on-the-invoice.',
   properties: {
-    ...moneyProps('applied', 'amountDue', 'undrawn'),
+    ...moneyProps('applied', 'amountDue', 'grantsDrawn', 'overdraftDrawn', 'overdraftRepaid', 'undrawn'),
     drawnCalls: { type: 'integer', description: 'calls a drawdown names' },
     undrawnCalls: {
       type: 'integer',
@@ -124,7 +126,10 @@ const creditsSchema = {
     reconciliation: {
       type: 'object',
       properties: {
-        drawnNano: { type: 'string', description: 'sum of the drawdowns for this period’s calls' },
+        drawnNano: {
+          type: 'string',
+          description: 'sum of the drawdowns for this period’s calls (grants and overdraft bucket)',
+        },
         callsPriceNano: { type: 'string', description: 'sum(price_nano) of the landed calls drawn for' },
         mismatchedCalls: { type: 'integer', description: 'calls whose drawdowns differ from their price' },
         unlandedCalls: { type: 'integer', description: 'drawn calls whose row has not landed yet' },
@@ -134,15 +139,26 @@ const creditsSchema = {
   },
 } as const;
 
-/** The invoice's credits block from creditsAppliedSql's row. */
+/**
+ * The invoice's credits block from creditsAppliedSql's row. `applied` is what prepaid grants paid: their
+ * drawdowns for the period's calls plus the overdraft repayments made during the period. The overdraft
+ * bucket's drawdowns are not applied (nobody paid them): they stay in amountDue. A repayment is applied to
+ * the period it is made in, so an overdraft already invoiced (and paid) comes back as a credit then, once.
+ */
 function creditsApplied(amountNano: bigint, r: Record<string, unknown>) {
   const drawn = big(r.drawn_nano ?? 0);
+  const grants = big(r.grant_drawn_nano ?? 0);
+  const repaid = big(r.overdraft_repaid_nano ?? 0);
+  const applied = grants + repaid;
   const matched = big(r.matched_price_nano ?? 0);
   const mismatched = count(r.mismatched ?? 0);
   const unlanded = count(r.unlanded ?? 0);
   return {
-    ...money('applied', drawn),
-    ...money('amountDue', amountNano - drawn),
+    ...money('applied', applied),
+    ...money('amountDue', amountNano - applied),
+    ...money('grantsDrawn', grants),
+    ...money('overdraftDrawn', big(r.overdraft_drawn_nano ?? 0)),
+    ...money('overdraftRepaid', repaid),
     ...money('undrawn', big(r.undrawn_nano ?? 0)),
     drawnCalls: count(r.drawn_calls ?? 0),
     undrawnCalls: count(r.undrawn_calls ?? 0),
@@ -153,6 +169,28 @@ function creditsApplied(amountNano: bigint, r: Record<string, unknown>) {
       unlandedCalls: unlanded,
       reconciled: mismatched === 0 && unlanded === 0 && drawn === matched,
     },
+  };
+}
+
+/**
+ * What prepaid grants paid for a customer's calls of `period` that started in `range` and have landed, plus
+ * the overdraft repayments made in `range` — the `applied` of the invoice preview, one closed unit at a time,
+ * for `tollgate billing sync stripe` (its credit line). `wallet` is false for a customer without any ledger
+ * entry: credits are not in play for it.
+ */
+export async function creditsThrough(
+  d: AnalyticsDeps,
+  q: { product: string; customer: string; period: string; range: TimeRange },
+  log: FastifyBaseLogger,
+): Promise<{ appliedNano: bigint; grantsDrawnNano: bigint; overdraftRepaidNano: bigint; wallet: boolean }> {
+  const [r] = await rows(d, creditsThroughSql(q.product, q.customer, q.period, q.range), log);
+  const grants = big(r?.grant_drawn_nano ?? 0);
+  const repaid = big(r?.overdraft_repaid_nano ?? 0);
+  return {
+    appliedNano: grants + repaid,
+    grantsDrawnNano: grants,
+    overdraftRepaidNano: repaid,
+    wallet: count(r?.entries ?? 0) > 0,
   };
 }
 

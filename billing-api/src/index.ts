@@ -10,6 +10,7 @@ export {
   scopeFor,
 } from './auth.js';
 export {
+  creditsThrough,
   INVOICE_COMPONENTS,
   type InvoiceComponent,
   type InvoiceLine,

@@ -591,12 +591,23 @@ describe('prepaid credits', () => {
     expect(new Set(drawn).size).toBe(exports * perExport);
     expect(rows.filter((r) => r.entry_type === 'top_up')).toHaveLength(topUps);
     const inv = (await (await api('/billing/invoices/preview?customer=race-co', KEYS.admin)).json()) as {
-      credits: { appliedNano: string; reconciliation: { reconciled: boolean } };
+      credits: {
+        appliedNano: string;
+        grantsDrawnNano: string;
+        overdraftDrawnNano: string;
+        overdraftRepaidNano: string;
+        reconciliation: { reconciled: boolean };
+      };
     };
+    // every call drawn in full; the calls beyond the wallet drew the overdraft bucket, and the top-ups that
+    // landed meanwhile repaid some of it: applied is all the grants held (what they paid), no more
+    const granted = 100_000_000_000n + BigInt(topUps) * 7n;
     expect(inv.credits).toMatchObject({
-      appliedNano: String(calls * PRICE),
-      reconciliation: { reconciled: true },
+      appliedNano: String(granted),
+      reconciliation: { drawnNano: String(calls * PRICE), reconciled: true },
     });
+    expect(BigInt(inv.credits.grantsDrawnNano) + BigInt(inv.credits.overdraftDrawnNano)).toBe(calls * PRICE);
+    expect(BigInt(inv.credits.grantsDrawnNano) + BigInt(inv.credits.overdraftRepaidNano)).toBe(granted);
   });
 
   it('the CLI grants and reads balances through the API', async () => {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   amountToPush,
   closedUnits,
+  creditToMinor,
   idempotencyKey,
   minorUnitDigits,
   roundToMinor,
@@ -26,6 +27,22 @@ describe('roundToMinor', () => {
     [123_456_789_012_345_678n, 2, 12_345_678_901n],
   ])('%s nano at %s digits → %s', (nano, digits, minor) => {
     expect(roundToMinor(nano, digits)).toBe(minor);
+  });
+});
+
+describe('creditToMinor: a credit is rounded toward zero, never above what was paid', () => {
+  it.each([
+    // nano (a credit is negative), digits, minor
+    [0n, 2, 0n],
+    [-9_999_999n, 2, 0n], // 0.9999999 cent of credit: nothing yet (carried)
+    [-10_000_000n, 2, -1n],
+    [-51_700_000n, 2, -5n], // 5.17 cents
+    [-55_000_000n, 2, -5n], // 5.5 cents: 5, where half away from zero would credit 6
+    [-999_999_999n, 0, 0n], // JPY
+    [-1_500_000n, 3, -1n], // KWD
+  ])('%s nano at %s digits → %s', (nano, digits, minor) => {
+    expect(creditToMinor(nano, digits)).toBe(minor);
+    expect(-minor * 10n ** BigInt(9 - digits) <= -nano).toBe(true);
   });
 });
 

@@ -44,6 +44,16 @@ export function amountToPush(cumulativeNano: bigint, pushedMinor: bigint, digits
   return roundToMinor(cumulativeNano, digits) - pushedMinor;
 }
 
+/**
+ * A credit (prepaid credits applied, a negative amount in nano-units) → minor units, rounded toward zero:
+ * Stripe never gets more credit than the wallet paid (−0.9 cent → 0, −1.5 → −1). The running total is
+ * rounded as for charges (push = rounded total − pushed), so the part below one minor unit is carried, not
+ * lost: the period's credit pushes add up to its credits less under one minor unit.
+ */
+export function creditToMinor(nano: bigint, digits: number): bigint {
+  return nano / nanoPerMinor(digits); // BigInt division truncates toward zero
+}
+
 /** What one push is for: a UTC day of a billing period, or the whole period. */
 export interface PushUnit {
   /** `YYYY-MM-DD` or `YYYY-MM`. */

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import {
   type AnalyticsDeps,
+  creditsThrough,
   type InvoiceComponent,
   type InvoiceLine,
   invoiceLines,
@@ -23,6 +24,7 @@ import {
 import {
   amountToPush,
   closedUnits,
+  creditToMinor,
   idempotencyKey,
   minorUnitDigits,
   nanoPerMinor,
@@ -61,6 +63,22 @@ export interface SyncOptions {
   /** Called after each push is recorded; tests throw from it to crash a run mid-sync. */
   afterPush?: (key: string) => void;
 }
+
+/**
+ * The credit line of a customer with a wallet: what prepaid grants paid for its calls (the invoice preview's
+ * `credits.applied`), pushed as a negative invoice item per unit. Its name is not a valid mapping line name
+ * (`@`), so its keys and metadata never collide with a mapping line's.
+ */
+export const CREDIT_LINE: StripeLine = {
+  name: '@credits',
+  tools: [],
+  components: [],
+  push: 'amount',
+  description: 'Prepaid credits applied',
+  quantityDecimals: 0,
+};
+
+const isCredit = (line: Pick<StripeLine, 'name'>) => line.name === CREDIT_LINE.name;
 
 /** Stripe takes meter events of the past 35 calendar days (docs: `timestamp` of POST /v1/billing/meter_events). */
 const METER_PAST_S = 35 * 86_400;
@@ -274,7 +292,17 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         items.filter(
           (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
         );
-      const pushesItems = mapping.lines.some((l) => l.push !== 'meter');
+      // A customer with a wallet gets one more line: the credits its prepaid grants paid (a negative item).
+      const first = o.periods[0];
+      const wallet = first
+        ? await creditsThrough(
+            deps,
+            { product: mapping.product, customer, period: first, range: periodRange(first) },
+            chLog,
+          )
+        : { wallet: false };
+      const lines = wallet.wallet ? [...mapping.lines, CREDIT_LINE] : mapping.lines;
+      const pushesItems = lines.some((l) => l.push !== 'meter');
       if (o.gateway && pushesItems)
         for (const item of ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs))))
           byKey.set(item.metadata.tollgate_key as string, item);
@@ -282,10 +310,8 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       for (const period of o.periods) {
         const range = periodRange(period);
         const units = closedUnits(period, range, mapping.granularity, o.nowMs, settleMs);
-        const running = new Map<string, Running>(
-          mapping.lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]),
-        );
-        for (const line of mapping.lines) rowOf(period, line);
+        const running = new Map<string, Running>(lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]));
+        for (const line of lines) rowOf(period, line);
         const keyOf = (line: StripeLine, unitId: string) =>
           idempotencyKey(mapping.product, customer, keyLine(line), unitId);
         /**
@@ -320,8 +346,8 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         };
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
         for (const [u, unit] of units.entries()) {
-          const keys = mapping.lines.map((l) => keyOf(l, unit.id));
-          const done = mapping.lines.map((l, i) => settled(keys[i] as string, l));
+          const keys = lines.map((l) => keyOf(l, unit.id));
+          const done = lines.map((l, i) => settled(keys[i] as string, l));
           const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
             const run = running.get(line.name) as Running;
             run.minor += minor;
@@ -332,22 +358,32 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           };
           if (u < units.length - 1 && done.every((d) => d !== undefined)) {
             // Settled in full by an earlier run: only the running totals move (no ClickHouse query).
-            mapping.lines.forEach((line, i) => {
+            lines.forEach((line, i) => {
               const d = done[i] as Settled;
               addUnit(line, d.minor, d.quantity);
             });
             continue;
           }
           // The period's lines from its start through this unit: late calls of earlier days are in them.
-          const { lines } = await invoiceLines(
+          const through = { fromMs: range.fromMs, toMs: unit.toMs };
+          const read = await invoiceLines(
             deps,
-            { product: mapping.product, customer, period, range: { fromMs: range.fromMs, toMs: unit.toMs } },
+            { product: mapping.product, customer, period, range: through },
             chLog,
             { totals: false },
           );
-          const { byLine, unmapped } = group(mapping, lines);
+          const { byLine, unmapped } = group(mapping, read.lines);
+          if (wallet.wallet) {
+            // What the grants paid for these calls (and overdraft repayments made meanwhile): a credit.
+            const c = await creditsThrough(
+              deps,
+              { product: mapping.product, customer, period, range: through },
+              chLog,
+            );
+            byLine.set(CREDIT_LINE.name, { nano: -c.appliedNano, quantity: 0n });
+          }
           lastUnmapped = unmapped;
-          for (const [i, line] of mapping.lines.entries()) {
+          for (const [i, line] of lines.entries()) {
             const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
             const row = rowOf(period, line);
             row.tollgateNano = cum.nano.toString();
@@ -366,7 +402,17 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             const known = ledger.intent(key);
             let intent = known;
             if (!intent) {
-              const amountMinor = line.push === 'amount' ? amountToPush(cum.nano, run.minor, digits) : 0n;
+              const amountMinor =
+                line.push !== 'amount'
+                  ? 0n
+                  : isCredit(line)
+                    ? creditToMinor(cum.nano, digits) - run.minor
+                    : amountToPush(cum.nano, run.minor, digits);
+              if (amountMinor > 0n && isCredit(line))
+                throw new StripeSyncError(
+                  'STRIPE_CREDITS_DECREASED',
+                  `${customer} ${unit.id}: ${-cum.nano} nano applied through this unit, ${-run.minor} minor units already credited`,
+                );
               // Stripe's whole units through this unit − those pushed: a usage line's fraction is carried.
               const quantity =
                 line.push === 'amount' ? 0n : stripeQuantity(line, cum.quantity) - run.quantity;
@@ -476,11 +522,13 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             o.afterPush?.(key);
           }
         }
-        for (const line of mapping.lines) {
+        for (const line of lines) {
           const row = rowOf(period, line);
           const run = running.get(line.name) as Running;
           const tollgateNano = BigInt(row.tollgateNano);
-          row.tollgateMinor = roundToMinor(tollgateNano, digits).toString();
+          row.tollgateMinor = (
+            isCredit(line) ? creditToMinor(tollgateNano, digits) : roundToMinor(tollgateNano, digits)
+          ).toString();
           row.pushedMinor = run.minor.toString();
           row.pushedQuantity = run.quantity.toString();
           row.remainderNano = line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';

@@ -5,7 +5,11 @@
  *   - `paths["/v1/invoiceitems"].post` (PostInvoiceitems): a form-encoded body (`deepObject` encoding of
  *     `metadata`, `period`, `pricing`); `amount` (integer, minor units) + `currency`, or `pricing[price]`
  *     + `quantity` (non-negative integer); `customer`, `description`, `period[start]`/`period[end]`
- *     (required together, unix time, inclusive); answers `#/components/schemas/invoiceitem`;
+ *     (required together, unix time, inclusive); answers `#/components/schemas/invoiceitem`. A negative
+ *     `amount` is a credit ("Passing in a negative `amount` will reduce the `amount_due` on the invoice";
+ *     `discountable` "Defaults to false for prorations or negative invoice items"): the same texts in the
+ *     SDK 23.2.0's `InvoiceItemCreateParams` (OpenAPI v2602, node_modules/stripe/esm/resources/InvoiceItems.d.ts)
+ *     and in openapi/spec3.json at commit adc02f76 (2022, the newest whose blob this mirror holds);
  *   - `paths["/v1/invoiceitems"].get` (GetInvoiceitems): `customer`, `created[gte]` (range_query_specs),
  *     `limit` (1-100, default 10), `starting_after`; answers the list object `InvoicesItemsList`
  *     `{object: "list", data, has_more, url: "/v1/invoiceitems"}`, newest first;

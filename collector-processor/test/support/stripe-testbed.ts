@@ -27,10 +27,15 @@ export interface StripeTestbed {
   ledgerDir(): string;
 }
 
-export async function startStripeTestbed(prefix: string, plans: string): Promise<StripeTestbed> {
+/** `extraConfig`: more of the config file (e.g. an `apiKeys:` section), kept when `configFor` adds a mapping. */
+export async function startStripeTestbed(
+  prefix: string,
+  plans: string,
+  extraConfig = '',
+): Promise<StripeTestbed> {
   const dir = tempDir(prefix);
   const configFile = join(dir, 'tollgate.yaml');
-  const keys = `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n`;
+  const keys = `ingestKeys:\n  - { name: dev, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }\n${extraConfig}`;
   writeFileSync(configFile, keys);
   const tg = await startTestTollgate(
     { '--data-dir': dir, '--config': configFile, '--max-span-age-hours': String(24 * 3650) },
