@@ -87,6 +87,15 @@ async function stageTotals(apiUrl) {
     at('server')[m[1]] = Number(m[2]);
   for (const m of text.matchAll(/^tollgate_export_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm))
     at('server').le[m[1]] = Number(m[2]);
+  // the main thread's pauses: V8's collections (prom-client's default metrics, by kind) as stage `gc:<kind>`
+  for (const m of text.matchAll(
+    /^tollgate_process_nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$/gm,
+  ))
+    at(`gc:${m[2]}`)[m[1]] = Number(m[3]);
+  for (const m of text.matchAll(
+    /^tollgate_process_nodejs_gc_duration_seconds_bucket\{le="([^"]+)",kind="(\w+)"\} (\S+)$/gm,
+  ))
+    at(`gc:${m[2]}`).le[m[1]] = Number(m[3]);
   return out;
 }
 
@@ -98,7 +107,12 @@ function stageTails(a, b) {
     const n = tb.count - ta.count;
     if (!(n > 0)) continue;
     const within = (le) => (tb.le[le] ?? 0) - (ta.le[le] ?? 0);
-    out[stage] = { exports: n, over10ms: n - within('0.01'), over25ms: n - within('0.025') };
+    out[stage] = {
+      exports: n,
+      over10ms: n - within('0.01'),
+      over25ms: n - within('0.025'),
+      sumMs: (tb.sum - (ta.sum ?? 0)) * 1000,
+    };
   }
   return out;
 }
@@ -366,7 +380,14 @@ if (full) {
       `half load, exports over 10 / 25 ms by stage ('server': receipt to answer): ${[...STAGES, 'server']
         .filter((k) => k in tails)
         .map((k) => `${k} ${tails[k].over10ms} / ${tails[k].over25ms}`)
-        .join(' · ')} (of ${tails.server?.exports ?? tails.decode?.exports} exports)`,
+        .join(' · ')} (of ${tails.server?.exports ?? tails.decode?.exports} exports); ` +
+        `V8 collections: ${Object.keys(tails)
+          .filter((k) => k.startsWith('gc:'))
+          .map(
+            (k) =>
+              `${k.slice(3)} ${tails[k].exports} (${tails[k].over10ms} over 10 ms, ${ms(tails[k].sumMs)} ms in all)`,
+          )
+          .join(' · ')}`,
     );
   const st = full.oneSender.stageMs;
   if (st)
