@@ -20,9 +20,11 @@
 // (default 20,000, again the month's last ones) land after it: the sessions a past range must group again.
 //
 // Fairness between endpoints (every endpoint is timed in the same state):
-// - Before the first endpoint, the bench waits until the engine runs no merge (BENCH_ANALYTICS_SETTLE=0 skips
-//   the wait): the seed's parts are still being merged for a few seconds after the last insert, on the same two
-//   cores, and without the wait only the first endpoint measured (revenue/by-tool) ran beside them.
+// - Before the first endpoint, the bench waits until the engine runs no merge, then writes the seed's dirty
+//   pages out (`sync -f` on the data directory's file system; BENCH_ANALYTICS_SETTLE=0 skips both): the seed's
+//   parts are still being merged for a few seconds after the last insert, on the same two cores, and ~0.8 GiB
+//   of them are still unwritten, which the kernel writes back 30 s after (vm.dirty_expire_centisecs); without
+//   this only the first endpoints measured (revenue/by-tool first) ran beside them.
 // - Each build of the API gets BENCH_ANALYTICS_WARMUP (default 5) untimed requests per endpoint, the raw scan
 //   one: ClickHouse compiles an expression (JIT, LLVM) the 4th time a query uses it in a process
 //   (min_count_to_compile_expression / _aggregate_expression / _sort_description = 3), which makes that one
@@ -31,8 +33,9 @@
 //   (`warmupMs`): what the first requests of a fresh process cost. The raw scan's own compile falls on its
 //   last timed run, which its median of three leaves out.
 // - BENCH_ANALYTICS_ORDER=reverse measures the endpoints last to first.
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -54,6 +57,16 @@ const NEXT_PERIOD = '2026-04';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+
+/** Dirty page cache in MiB (Linux; undefined elsewhere): written by the seed, not yet on disk. */
+function dirtyMiB() {
+  try {
+    const kb = /^Dirty:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1];
+    return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+  } catch {
+    return undefined;
+  }
+}
 
 async function one(query) {
   const rs = await ch.client.query({ query, format: 'JSONEachRow' });
@@ -172,6 +185,18 @@ try {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  // then write the seed's dirty pages out (`sync -f`: the data directory's file system) rather than leave the
+  // kernel's writeback (after vm.dirty_expire_centisecs, 30 s) to run beside the first endpoints
+  const dirtyBeforeSync = dirtyMiB();
+  const syncStart = performance.now();
+  if (SETTLE && dirtyBeforeSync !== undefined) {
+    try {
+      execFileSync('sync', ['-f', dir]);
+    } catch {
+      // no GNU sync here: the writeback is left to the kernel
+    }
+  }
+  const syncSeconds = (performance.now() - syncStart) / 1000;
   const settleSeconds = (performance.now() - settleStart) / 1000;
 
   const api = appOf('views');
@@ -229,6 +254,7 @@ try {
   const results = [];
   for (const [name, url] of endpoints) {
     const mergesAtStart = Number((await one('SELECT count() AS n FROM system.merges')).n);
+    const dirtyAtStart = dirtyMiB();
     let v;
     let abTimes = [];
     let warmup = [];
@@ -301,13 +327,14 @@ try {
           }
         : {}),
       mergesAtStart,
+      dirtyMiBAtStart: dirtyAtStart,
       rawMedianMs: r.median,
       ratio,
       same,
       readFrom: v.body.readFrom,
     });
     process.stderr.write(
-      `  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms (merges at start ${mergesAtStart}; warm-up ${warmup.map((x) => x.toFixed(0)).join(' ')}; timed ${v.inOrder.map((x) => x.toFixed(0)).join(' ')})\n`,
+      `  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms (merges at start ${mergesAtStart}; dirty ${dirtyAtStart} MiB; warm-up ${warmup.map((x) => x.toFixed(0)).join(' ')}; timed ${v.inOrder.map((x) => x.toFixed(0)).join(' ')})\n`,
     );
   }
   await api.close();
@@ -327,7 +354,7 @@ try {
   );
   console.log(
     SETTLE
-      ? `merges after seeding: waited ${settleSeconds.toFixed(1)} s until none ran; ${WARMUP} warm-up requests per endpoint and build`
+      ? `merges after seeding: waited ${(settleSeconds - syncSeconds).toFixed(1)} s until none ran, then ${syncSeconds.toFixed(1)} s to write ${dirtyBeforeSync ?? '?'} MiB of dirty pages; ${WARMUP} warm-up requests per endpoint and build`
       : `merges after seeding: not waited for (BENCH_ANALYTICS_SETTLE=0); ${WARMUP} warm-up requests per endpoint and build`,
   );
   console.log(table(rows));
@@ -340,7 +367,14 @@ try {
     viewRows,
     seedSeconds,
     sessionSnapshot: { sessions: snapshot.sessions, buildMs: snapshot.ms, touchedCalls: TOUCHED },
-    settle: SETTLE ? { seconds: settleSeconds, pollsWithMerges: mergesAfterSeed } : false,
+    settle: SETTLE
+      ? {
+          seconds: settleSeconds,
+          pollsWithMerges: mergesAfterSeed,
+          syncSeconds,
+          dirtyMiBBeforeSync: dirtyBeforeSync,
+        }
+      : false,
     warmupRequests: WARMUP,
     order: process.env.BENCH_ANALYTICS_ORDER === 'reverse' ? 'reverse' : 'forward',
     viewRuns: VIEW_RUNS,
