@@ -18,8 +18,24 @@
 // After seeding, a snapshot of session intervals is built as `tollgate start`'s job would (migration 0016; margin
 // 0: this process is the only writer and its inserts have returned), then BENCH_ANALYTICS_TOUCHED calls
 // (default 20,000, again the month's last ones) land after it: the sessions a past range must group again.
+//
+// Fairness between endpoints (every endpoint is timed in the same state):
+// - Before the first endpoint, the bench waits until the engine runs no merge, then writes the seed's dirty
+//   pages out (`sync -f` on the data directory's file system; BENCH_ANALYTICS_SETTLE=0 skips both): the seed's
+//   parts are still being merged for a few seconds after the last insert, on the same two cores, and ~0.8 GiB
+//   of them are still unwritten, which the kernel writes back 30 s after (vm.dirty_expire_centisecs); without
+//   this only the first endpoints measured (revenue/by-tool first) ran beside them.
+// - Each build of the API gets BENCH_ANALYTICS_WARMUP (default 5) untimed requests per endpoint, the raw scan
+//   one: ClickHouse compiles an expression (JIT, LLVM) the 4th time a query uses it in a process
+//   (min_count_to_compile_expression / _aggregate_expression / _sort_description = 3), which makes that one
+//   request 30–250 ms slower; with one warm-up it fell on the 3rd timed request of most endpoints, the
+//   maximum (the "p95" of 15) of revenue/by-tool in every run. The warm-up times are kept in the result
+//   (`warmupMs`): what the first requests of a fresh process cost. The raw scan's own compile falls on its
+//   last timed run, which its median of three leaves out.
+// - BENCH_ANALYTICS_ORDER=reverse measures the endpoints last to first.
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -31,6 +47,8 @@ import { seedCallsSql, table, writeResult } from './lib.mjs';
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
 const CHUNK = 1_000_000;
 const VIEW_RUNS = 15;
+const WARMUP = Number(process.env.BENCH_ANALYTICS_WARMUP ?? 5);
+const SETTLE = process.env.BENCH_ANALYTICS_SETTLE !== '0';
 const RAW_RUNS = 3;
 const KEY = 'bench-finance-key';
 
@@ -39,6 +57,16 @@ const NEXT_PERIOD = '2026-04';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
+
+/** Dirty page cache in MiB (Linux; undefined elsewhere): written by the seed, not yet on disk. */
+function dirtyMiB() {
+  try {
+    const kb = /^Dirty:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1];
+    return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+  } catch {
+    return undefined;
+  }
+}
 
 async function one(query) {
   const rs = await ch.client.query({ query, format: 'JSONEachRow' });
@@ -87,8 +115,10 @@ async function timed(app, url, runs) {
     if (res.statusCode !== 200) throw new Error(`${url}: ${res.statusCode} ${res.body}`);
     body = res.json();
   }
+  const inOrder = [...ms];
   ms.sort((a, b) => a - b);
   return {
+    inOrder,
     median: ms[Math.floor(ms.length / 2)],
     p95: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.95))],
     body,
@@ -141,6 +171,34 @@ try {
     });
   }
 
+  // wait until no merge has run for 1 s (at most 5 minutes): see the header
+  const settleStart = performance.now();
+  let mergesAfterSeed = 0;
+  if (SETTLE) {
+    for (let quiet = 0; quiet < 10 && performance.now() - settleStart < 300_000; ) {
+      const n = Number((await one('SELECT count() AS n FROM system.merges')).n);
+      if (n === 0) quiet++;
+      else {
+        quiet = 0;
+        mergesAfterSeed++;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  // then write the seed's dirty pages out (`sync -f`: the data directory's file system) rather than leave the
+  // kernel's writeback (after vm.dirty_expire_centisecs, 30 s) to run beside the first endpoints
+  const dirtyBeforeSync = dirtyMiB();
+  const syncStart = performance.now();
+  if (SETTLE && dirtyBeforeSync !== undefined) {
+    try {
+      execFileSync('sync', ['-f', dir]);
+    } catch {
+      // no GNU sync here: the writeback is left to the kernel
+    }
+  }
+  const syncSeconds = (performance.now() - syncStart) / 1000;
+  const settleSeconds = (performance.now() - settleStart) / 1000;
+
   const api = appOf('views');
   const raw = appOf('raw');
   await api.ready();
@@ -180,6 +238,7 @@ try {
     ],
   ];
   const endpoints = allEndpoints.filter(([name]) => !ONLY || ONLY.test(name));
+  if (process.env.BENCH_ANALYTICS_ORDER === 'reverse') endpoints.reverse();
   const rows = [
     ['endpoint', 'views median ms', 'views p95 ms', 'raw scan median ms', 'ratio', 'same answer'],
   ];
@@ -194,11 +253,20 @@ try {
   ];
   const results = [];
   for (const [name, url] of endpoints) {
+    const mergesAtStart = Number((await one('SELECT count() AS n FROM system.merges')).n);
+    const dirtyAtStart = dirtyMiB();
     let v;
     let abTimes = [];
+    let warmup = [];
     if (variants.length) {
       const apps = [...variants.map((x) => x.app), api];
-      for (const app of apps) await timed(app, url, 1); // warm-up
+      // warm-up, interleaved too; this build's times kept
+      for (let i = 0; i < WARMUP; i++) {
+        for (const app of apps) {
+          const w = await timed(app, url, 1);
+          if (app === api) warmup.push(w.median);
+        }
+      }
       const runs = apps.map(() => []);
       for (let i = 0; i < VIEW_RUNS; i++) {
         for (const [k, app] of apps.entries()) runs[k].push(await timed(app, url, 1));
@@ -206,6 +274,7 @@ try {
       const merged = runs.map((rs) => {
         const ms = rs.map((x) => x.median).sort((a, b) => a - b);
         return {
+          inOrder: rs.map((x) => x.median),
           median: ms[Math.floor(ms.length / 2)],
           p95: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.95))],
           body: rs[rs.length - 1].body,
@@ -219,9 +288,10 @@ try {
         }
       }
     } else {
-      await timed(api, url, 1); // warm-up
+      warmup = WARMUP ? (await timed(api, url, WARMUP)).inOrder : [];
       v = await timed(api, url, VIEW_RUNS);
     }
+    await timed(raw, url, 1); // warm-up
     const r = await timed(raw, url, RAW_RUNS);
     if (variants.length) {
       abRows.push([
@@ -247,12 +317,25 @@ try {
       url,
       viewsMedianMs: v.median,
       viewsP95Ms: v.p95,
+      warmupMs: warmup.map((x) => Math.round(x * 10) / 10),
+      viewsMsInOrder: v.inOrder.map((x) => Math.round(x * 10) / 10),
+      ...(variants.length
+        ? {
+            abMsInOrder: Object.fromEntries(
+              abTimes.map((t, k) => [variants[k].label, t.inOrder.map((x) => Math.round(x * 10) / 10)]),
+            ),
+          }
+        : {}),
+      mergesAtStart,
+      dirtyMiBAtStart: dirtyAtStart,
       rawMedianMs: r.median,
       ratio,
       same,
       readFrom: v.body.readFrom,
     });
-    process.stderr.write(`  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms\n`);
+    process.stderr.write(
+      `  ${name}: ${v.median.toFixed(1)} ms vs ${r.median.toFixed(1)} ms (merges at start ${mergesAtStart}; dirty ${dirtyAtStart} MiB; warm-up ${warmup.map((x) => x.toFixed(0)).join(' ')}; timed ${v.inOrder.map((x) => x.toFixed(0)).join(' ')})\n`,
+    );
   }
   await api.close();
   await raw.close();
@@ -269,6 +352,11 @@ try {
   console.log(
     `session-interval snapshot: ${snapshot.sessions.toLocaleString()} sessions built in ${snapshot.ms} ms; ${TOUCHED.toLocaleString()} calls landed after it`,
   );
+  console.log(
+    SETTLE
+      ? `merges after seeding: waited ${(settleSeconds - syncSeconds).toFixed(1)} s until none ran, then ${syncSeconds.toFixed(1)} s to write ${dirtyBeforeSync ?? '?'} MiB of dirty pages; ${WARMUP} warm-up requests per endpoint and build`
+      : `merges after seeding: not waited for (BENCH_ANALYTICS_SETTLE=0); ${WARMUP} warm-up requests per endpoint and build`,
+  );
   console.log(table(rows));
   if (variants.length) {
     console.log(`\nA/B in the same run (${VIEW_RUNS} requests each, interleaved; ratio = raw scan ÷ median)`);
@@ -279,6 +367,16 @@ try {
     viewRows,
     seedSeconds,
     sessionSnapshot: { sessions: snapshot.sessions, buildMs: snapshot.ms, touchedCalls: TOUCHED },
+    settle: SETTLE
+      ? {
+          seconds: settleSeconds,
+          pollsWithMerges: mergesAfterSeed,
+          syncSeconds,
+          dirtyMiBBeforeSync: dirtyBeforeSync,
+        }
+      : false,
+    warmupRequests: WARMUP,
+    order: process.env.BENCH_ANALYTICS_ORDER === 'reverse' ? 'reverse' : 'forward',
     viewRuns: VIEW_RUNS,
     rawRuns: RAW_RUNS,
     results,
