@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
-import { ROOT, seedCallsSql } from './lib.mjs';
+import { analyticsEndpoints, ROOT, seedCallsSql } from './lib.mjs';
 
 const SCHEMA_ROOT = process.env.BENCH_SCHEMA_ROOT ?? ROOT;
 const { insertSettings, migrate, openClickHouse } = await import(
@@ -99,31 +99,7 @@ try {
       apps[`${b}/${s}`] = mk(builds[b], s);
       await apps[`${b}/${s}`].ready();
     }
-  const m = `period=${PERIOD}`,
-    lastDay = `from=${PERIOD}-31&to=${NEXT}-01`;
-  const eps = [
-    ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${m}`],
-    ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${m}&bucket=day&limit=1000`],
-    ['by-customer (month)', `/analytics/mcp/by-customer?${m}&limit=1000`],
-    ['summary (month)', `/analytics/mcp/summary?${m}`],
-    ['summary (month, one customer)', `/analytics/mcp/summary?${m}&customer=customer-7`],
-    ['sessions (month, one customer)', `/analytics/mcp/sessions?${m}&customer=customer-7&limit=100`],
-    ['sessions (month, all customers)', `/analytics/mcp/sessions?${m}&limit=100`],
-    ['summary (last day, all customers)', `/analytics/mcp/summary?${lastDay}`],
-    ['sessions (last day, all customers)', `/analytics/mcp/sessions?${lastDay}&limit=100`],
-    [
-      'sessions (a day mid-month: later calls, lifetime view)',
-      `/analytics/mcp/sessions?from=${PERIOD}-10&to=${PERIOD}-11&limit=100`,
-    ],
-    [
-      'sessions/{id} (one session, its calls)',
-      `/analytics/mcp/sessions/sess-7-${Math.floor(ROWS / 4000)}?customer=customer-7&limit=100`,
-    ],
-    [
-      'by-agent, hour buckets (48 h, raw by design)',
-      `/analytics/mcp/by-agent?from=${PERIOD}-10&to=${PERIOD}-12&bucket=hour&limit=1000`,
-    ],
-  ].filter(([n]) => !ONLY || ONLY.test(n));
+  const eps = analyticsEndpoints(PERIOD, NEXT, ROWS).filter(([n]) => !ONLY || ONLY.test(n));
   const req = async (app, url) => {
     const t = performance.now();
     const r = await app.inject({ url, headers: { authorization: `Bearer ${KEY}` } });

@@ -42,7 +42,7 @@ import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
 import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
 import { buildSessionIntervals } from '../collector-processor/dist/storage/session-intervals.js';
-import { seedCallsSql, table, writeResult } from './lib.mjs';
+import { analyticsEndpoints, seedCallsSql, table, writeResult } from './lib.mjs';
 
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
 const CHUNK = 1_000_000;
@@ -212,31 +212,7 @@ try {
     await app.ready();
     variants.push({ label, app });
   }
-  const month = `period=${PERIOD}`;
-  const lastDay = `from=${PERIOD}-31&to=${NEXT_PERIOD}-01`;
-  const allEndpoints = [
-    ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${month}`],
-    ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${month}&bucket=day&limit=1000`],
-    ['by-customer (month)', `/analytics/mcp/by-customer?${month}&limit=1000`],
-    ['summary (month)', `/analytics/mcp/summary?${month}`],
-    ['summary (month, one customer)', `/analytics/mcp/summary?${month}&customer=customer-7`],
-    ['sessions (month, one customer)', `/analytics/mcp/sessions?${month}&customer=customer-7&limit=100`],
-    ['sessions (month, all customers)', `/analytics/mcp/sessions?${month}&limit=100`],
-    ['summary (last day, all customers)', `/analytics/mcp/summary?${lastDay}`],
-    ['sessions (last day, all customers)', `/analytics/mcp/sessions?${lastDay}&limit=100`],
-    [
-      'sessions (a day mid-month: later calls, lifetime view)',
-      `/analytics/mcp/sessions?from=${PERIOD}-10&to=${PERIOD}-11&limit=100`,
-    ],
-    [
-      'sessions/{id} (one session, its calls)',
-      `/analytics/mcp/sessions/sess-7-${Math.floor(ROWS / 4000)}?customer=customer-7&limit=100`,
-    ],
-    [
-      'by-agent, hour buckets (48 h, raw by design)',
-      `/analytics/mcp/by-agent?from=${PERIOD}-10&to=${PERIOD}-12&bucket=hour&limit=1000`,
-    ],
-  ];
+  const allEndpoints = analyticsEndpoints(PERIOD, NEXT_PERIOD, ROWS);
   const endpoints = allEndpoints.filter(([name]) => !ONLY || ONLY.test(name));
   if (process.env.BENCH_ANALYTICS_ORDER === 'reverse') endpoints.reverse();
   const rows = [

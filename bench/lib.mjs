@@ -336,3 +336,35 @@ export async function driveBatches(fn, { batches, perBatch, concurrency }) {
   );
   return (batches * perBatch) / ((performance.now() - t) / 1000);
 }
+
+/**
+ * The analytics endpoints bench/analytics.mjs and bench/analytics-builds.mjs time, as [name, url] pairs over the
+ * seed of `rows` calls in `period` (`next`: the period after it).
+ */
+export function analyticsEndpoints(period, next, rows) {
+  const month = `period=${period}`;
+  const lastDay = `from=${period}-31&to=${next}-01`;
+  return [
+    ['revenue/by-tool (month, all customers)', `/analytics/mcp/revenue/by-tool?${month}`],
+    ['by-agent, day buckets (month)', `/analytics/mcp/by-agent?${month}&bucket=day&limit=1000`],
+    ['by-customer (month)', `/analytics/mcp/by-customer?${month}&limit=1000`],
+    ['summary (month)', `/analytics/mcp/summary?${month}`],
+    ['summary (month, one customer)', `/analytics/mcp/summary?${month}&customer=customer-7`],
+    ['sessions (month, one customer)', `/analytics/mcp/sessions?${month}&customer=customer-7&limit=100`],
+    ['sessions (month, all customers)', `/analytics/mcp/sessions?${month}&limit=100`],
+    ['summary (last day, all customers)', `/analytics/mcp/summary?${lastDay}`],
+    ['sessions (last day, all customers)', `/analytics/mcp/sessions?${lastDay}&limit=100`],
+    [
+      'sessions (a day mid-month: later calls, lifetime view)',
+      `/analytics/mcp/sessions?from=${period}-10&to=${period}-11&limit=100`,
+    ],
+    [
+      'sessions/{id} (one session, its calls)',
+      `/analytics/mcp/sessions/sess-7-${Math.floor(rows / 4000)}?customer=customer-7&limit=100`,
+    ],
+    [
+      'by-agent, hour buckets (48 h, raw by design)',
+      `/analytics/mcp/by-agent?from=${period}-10&to=${period}-12&bucket=hour&limit=1000`,
+    ],
+  ];
+}
