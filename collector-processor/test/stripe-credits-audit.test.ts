@@ -418,4 +418,29 @@ describe('the audit', () => {
     });
     await fake.close();
   });
+
+  it('a switch of granularity within a period pushes nothing twice: the customer stops with STRIPE_GRANULARITY_CHANGED', async () => {
+    const fake = await newFake();
+    const runDir = bed.ledgerDir();
+    const day = await runStripeSync(bed.configFor(fake, mappingOf('day')), runDir, deps, quiet, {
+      periods: PERIODS,
+      nowMs: Date.UTC(2026, 4, 3, 3, 0), // March and April over (the audit compares whole periods)
+    });
+    await audit(fake, day, PERIODS);
+    const n = posts(fake).length;
+    const before = fake.items.map((i) => i.id);
+    // the operator switches to one push a month while March and April were pushed day by day
+    const opts = { periods: PERIODS, nowMs: Date.UTC(2026, 4, 3, 3, 0) };
+    for (const dir of [runDir, bed.ledgerDir()]) {
+      const r = await runStripeSync(bed.configFor(fake, mappingOf('period')), dir, deps, quiet, opts);
+      expect(fake.items.map((i) => i.id)).toEqual(before); // nothing charged or credited twice
+      expect(posts(fake)).toHaveLength(n);
+      const stopped = r.errors.filter((e) => e.code === 'STRIPE_GRANULARITY_CHANGED').map((e) => e.customer);
+      expect(stopped.sort()).toEqual([...new Set(fake.items.map((i) => meta(i).tollgate_customer))].sort());
+      expect(r.errors.find((e) => e.customer === 'edge')?.message).toMatch(
+        /edge 2026-03: already pushed as .*2026-03-31/,
+      );
+    }
+    await fake.close();
+  });
 });

@@ -12,6 +12,8 @@ export const STRIPE_SYNC_ERRORS = {
   STRIPE_NEGATIVE_QUANTITY: 'a quantity to push went below what was already pushed',
   STRIPE_CREDITS_DECREASED:
     'the prepaid credits applied to a period went below what was already credited in Stripe (nothing was pushed)',
+  STRIPE_GRANULARITY_CHANGED:
+    'a period was pushed with the other granularity (day / period): pushing it again would charge and credit it twice (nothing was pushed)',
   STRIPE_METER_WINDOW:
     'a meter event would fall outside what Stripe accepts (the past 35 days to 5 minutes ahead): it was not sent',
   STRIPE_RESOLVE_INVALID:

@@ -104,6 +104,14 @@ export class Ledger {
     return this.outcomes.get(key);
   }
 
+  /** The units of `customer`'s `period` that a push was meant for (an intent: sent, or maybe sent). */
+  unitsWithIntent(customer: string, period: string): Set<string> {
+    const out = new Set<string>();
+    for (const i of this.intents.values())
+      if (i.customer === customer && i.period === period) out.add(i.unit);
+    return out;
+  }
+
   writeIntent(i: Omit<Intent, 't' | 'at'>, atMs = Date.now()): Intent {
     const e: Intent = { t: 'intent', ...i, at: new Date(atMs).toISOString() };
     this.append(e);

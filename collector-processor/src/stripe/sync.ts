@@ -310,6 +310,22 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       for (const period of o.periods) {
         const range = periodRange(period);
         const units = closedUnits(period, range, mapping.granularity, o.nowMs, settleMs);
+        // Units of the other granularity (a month's id under `day`, a day's under `period`) pushed for this
+        // period: their keys differ from this run's, so it would push the whole period again — every charge
+        // and credit twice. The customer stops instead; switch granularity at a period's start.
+        const foreign = (unit: unknown) =>
+          typeof unit === 'string' && unit.length === (mapping.granularity === 'day' ? 7 : 10);
+        const pushedOther = [
+          ...[...ledger.unitsWithIntent(customer, period)].filter(foreign),
+          ...[...byKey.values()]
+            .filter((i) => i.metadata.tollgate_period === period && foreign(i.metadata.tollgate_unit))
+            .map((i) => i.metadata.tollgate_unit as string),
+        ];
+        if (pushedOther.length > 0)
+          throw new StripeSyncError(
+            'STRIPE_GRANULARITY_CHANGED',
+            `${customer} ${period}: already pushed as ${[...new Set(pushedOther)].sort().join(', ')}, and the mapping's granularity is now ${mapping.granularity} (change it at the start of a period)`,
+          );
         const running = new Map<string, Running>(lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]));
         for (const line of lines) rowOf(period, line);
         const keyOf = (line: StripeLine, unitId: string) =>
