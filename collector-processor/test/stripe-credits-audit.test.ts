@@ -419,7 +419,7 @@ describe('the audit', () => {
     await fake.close();
   });
 
-  it('a switch of granularity within a period pushes nothing twice: the customer stops with STRIPE_GRANULARITY_CHANGED', async () => {
+  it('a switch of granularity within a period pushes nothing twice: the period goes on as it was pushed', async () => {
     const fake = await newFake();
     const runDir = bed.ledgerDir();
     const day = await runStripeSync(bed.configFor(fake, mappingOf('day')), runDir, deps, quiet, {
@@ -429,17 +429,23 @@ describe('the audit', () => {
     await audit(fake, day, PERIODS);
     const n = posts(fake).length;
     const before = fake.items.map((i) => i.id);
-    // the operator switches to one push a month while March and April were pushed day by day
-    const opts = { periods: PERIODS, nowMs: Date.UTC(2026, 4, 3, 3, 0) };
+    // the operator switches to one push a month while March and April were pushed day by day (before the
+    // fix the switch pushed both months again, in full: 6 more items, every charge and credit twice)
+    await bed.send([10, 11, 12].map((h) => spanAt('newbie', at(`2026-05-10T${h}:00:00Z`))));
+    const periods = [...PERIODS, '2026-05'];
+    const opts = { periods, nowMs: Date.UTC(2026, 5, 2, 3, 0) };
     for (const dir of [runDir, bed.ledgerDir()]) {
       const r = await runStripeSync(bed.configFor(fake, mappingOf('period')), dir, deps, quiet, opts);
-      expect(fake.items.map((i) => i.id)).toEqual(before); // nothing charged or credited twice
-      expect(posts(fake)).toHaveLength(n);
-      const stopped = r.errors.filter((e) => e.code === 'STRIPE_GRANULARITY_CHANGED').map((e) => e.customer);
-      expect(stopped.sort()).toEqual([...new Set(fake.items.map((i) => meta(i).tollgate_customer))].sort());
-      expect(r.errors.find((e) => e.customer === 'edge')?.message).toMatch(
-        /edge 2026-03: already pushed as .*2026-03-31/,
-      );
+      expect(r.errors).toEqual([]);
+      // March and April: nothing new; May (not pushed before) by the new granularity, once
+      expect(fake.items.slice(0, before.length).map((i) => i.id)).toEqual(before);
+      const added = fake.items
+        .slice(before.length)
+        .map((i) => [meta(i).tollgate_customer, meta(i).tollgate_unit]);
+      expect(added.length).toBeGreaterThan(0);
+      expect(added.every(([c, u]) => c === 'newbie' && u === '2026-05')).toBe(true);
+      expect(posts(fake).length).toBe(n + added.length);
+      await audit(fake, r, periods);
     }
     await fake.close();
   });

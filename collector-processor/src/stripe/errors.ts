@@ -13,7 +13,7 @@ export const STRIPE_SYNC_ERRORS = {
   STRIPE_CREDITS_DECREASED:
     'the prepaid credits applied to a period went below what was already credited in Stripe (nothing was pushed)',
   STRIPE_GRANULARITY_CHANGED:
-    'a period was pushed with the other granularity (day / period): pushing it again would charge and credit it twice (nothing was pushed)',
+    'a period was pushed both by day and as a whole (two mappings): nothing was pushed for the customer',
   STRIPE_METER_WINDOW:
     'a meter event would fall outside what Stripe accepts (the past 35 days to 5 minutes ahead): it was not sent',
   STRIPE_RESOLVE_INVALID:

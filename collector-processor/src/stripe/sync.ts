@@ -309,23 +309,31 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
 
       for (const period of o.periods) {
         const range = periodRange(period);
-        const units = closedUnits(period, range, mapping.granularity, o.nowMs, settleMs);
-        // Units of the other granularity (a month's id under `day`, a day's under `period`) pushed for this
-        // period: their keys differ from this run's, so it would push the whole period again — every charge
-        // and credit twice. The customer stops instead; switch granularity at a period's start.
-        const foreign = (unit: unknown) =>
-          typeof unit === 'string' && unit.length === (mapping.granularity === 'day' ? 7 : 10);
-        const pushedOther = [
-          ...[...ledger.unitsWithIntent(customer, period)].filter(foreign),
+        // A period keeps the granularity it was first pushed with: its units' ids (a day, or the month) are in
+        // the keys, so a period pushed by day and then by month (or the other way) would be pushed again in
+        // full — every charge and credit twice. A mapping switched mid-period goes on by the old granularity
+        // until the period ends; the next period takes the new one. Pushes of both kinds in one period (two
+        // data directories with different mappings) stop the customer.
+        const pushedUnits = new Set([
+          ...ledger.unitsWithIntent(customer, period),
           ...[...byKey.values()]
-            .filter((i) => i.metadata.tollgate_period === period && foreign(i.metadata.tollgate_unit))
-            .map((i) => i.metadata.tollgate_unit as string),
-        ];
-        if (pushedOther.length > 0)
+            .filter((i) => i.metadata.tollgate_period === period)
+            .map((i) => String(i.metadata.tollgate_unit)),
+        ]);
+        const byDay = [...pushedUnits].some((u) => u.length === 10);
+        const byPeriod = pushedUnits.has(period);
+        if (byDay && byPeriod)
           throw new StripeSyncError(
             'STRIPE_GRANULARITY_CHANGED',
-            `${customer} ${period}: already pushed as ${[...new Set(pushedOther)].sort().join(', ')}, and the mapping's granularity is now ${mapping.granularity} (change it at the start of a period)`,
+            `${customer} ${period}: pushed both by day and as a whole (${[...pushedUnits].sort().join(', ')}); nothing pushed`,
           );
+        const granularity = byDay ? 'day' : byPeriod ? 'period' : mapping.granularity;
+        if (granularity !== mapping.granularity)
+          log.warn(
+            { customer, period, granularity, mapping: mapping.granularity },
+            'Stripe sync: the period was pushed with the other granularity and goes on with it',
+          );
+        const units = closedUnits(period, range, granularity, o.nowMs, settleMs);
         const running = new Map<string, Running>(lines.map((l) => [l.name, { minor: 0n, quantity: 0n }]));
         for (const line of lines) rowOf(period, line);
         const keyOf = (line: StripeLine, unitId: string) =>
