@@ -3,6 +3,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreditLedger } from '../src/credits/ledger.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import type { SyncReport } from '../src/stripe/report.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
@@ -447,6 +448,33 @@ describe('the audit', () => {
       expect(posts(fake).length).toBe(n + added.length);
       await audit(fake, r, periods);
     }
+    await fake.close();
+  });
+
+  it('a period pushed both by day and as a whole (two data directories, two mappings) stops its customer', async () => {
+    const fake = await newFake();
+    const dirA = bed.ledgerDir();
+    const opts = { periods: ['2026-03'], customers: ['expy'], nowMs: Date.UTC(2026, 3, 2, 3, 0) };
+    await runStripeSync(bed.configFor(fake, mappingOf('day')), dirA, deps, quiet, opts);
+    // another data directory with a monthly mapping, whose listing of Stripe's items came back empty
+    const real = sdkGateway({
+      secretKey: fake.secretKey,
+      host: fake.host,
+      port: fake.port,
+      protocol: 'http',
+    });
+    const blind: StripeGateway = { ...real, listInvoiceItems: async () => [] };
+    await runStripeSync(bed.configFor(fake, mappingOf('period')), bed.ledgerDir(), deps, quiet, {
+      ...opts,
+      gateway: blind,
+    });
+    const units = itemsOf(fake, 'expy').map((i) => meta(i).tollgate_unit);
+    expect(units).toContain('2026-03');
+    expect(units).toContain('2026-03-10');
+    const n = posts(fake).length;
+    const r = await runStripeSync(bed.configFor(fake, mappingOf('day')), dirA, deps, quiet, opts);
+    expect(r.errors.map((e) => [e.customer, e.code])).toEqual([['expy', 'STRIPE_GRANULARITY_CHANGED']]);
+    expect(posts(fake)).toHaveLength(n);
     await fake.close();
   });
 });
