@@ -2,13 +2,18 @@ import type { AnalyticsDeps } from '@tollgate/billing-api';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreditLedger } from '../src/credits/ledger.js';
-import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import type { SyncReport } from '../src/stripe/report.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
 import { toolSpan } from './support/otlp-json.js';
-import { gatewayDying, type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
+import {
+  creditApiKeys,
+  gatewayDying,
+  type StripeTestbed,
+  startStripeTestbed,
+  walletPlans,
+} from './support/stripe-testbed.js';
 
 /**
  * An audit of the credits on the invoice and in Stripe (stripe-credits.test.ts is the feature's own test):
@@ -25,28 +30,9 @@ import { gatewayDying, type StripeTestbed, startStripeTestbed } from './support/
  * redis-server, chDB.
  */
 
-const PLANS = `
-currency: USD
-products:
-  demo-mcp:
-    defaultPlan: std
-    plans:
-      std:
-        tools:
-          "*":
-            price: { perCall: "0.0043", perInputToken: "0.0000013", perOutputToken: "0.0000021" }
-        marginGuard: { enabled: false }
-    customers:
-      edge: { overrides: { credits: { hardStop: false } } }
-      newbie: { overrides: { credits: { hardStop: false } } }
-      expy: { overrides: { credits: { hardStop: false } } }
-      feey: { overrides: { credits: { hardStop: false } } }
-`;
+const PLANS = walletPlans(['edge', 'newbie', 'expy', 'feey']);
 const KEYS = { admin: 'tg_test_admin', finance: 'tg_test_finance' };
-const API_KEYS = `apiKeys:
-  - { name: ops, sha256: ${sha256Hex(KEYS.admin)}, role: admin, products: [demo-mcp] }
-  - { name: finance, sha256: ${sha256Hex(KEYS.finance)}, role: finance, products: [demo-mcp] }
-`;
+const API_KEYS = creditApiKeys(KEYS);
 const CUSTOMERS = ['edge', 'newbie', 'expy', 'feey'];
 const mappingOf = (granularity: 'day' | 'period', digits?: number) => `
 stripe:

@@ -2,13 +2,17 @@ import type { AnalyticsDeps } from '@tollgate/billing-api';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreditLedger } from '../src/credits/ledger.js';
-import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { type StripeGateway, sdkGateway } from '../src/stripe/gateway.js';
 import { runStripeSync } from '../src/stripe/job.js';
 import type { SyncReport } from '../src/stripe/report.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
 import { toolSpan } from './support/otlp-json.js';
-import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed.js';
+import {
+  creditApiKeys,
+  type StripeTestbed,
+  startStripeTestbed,
+  walletPlans,
+} from './support/stripe-testbed.js';
 
 /**
  * Prepaid credits in the Stripe hand-off. A customer whose calls were paid from its wallet must not be
@@ -21,29 +25,9 @@ import { type StripeTestbed, startStripeTestbed } from './support/stripe-testbed
  * expected amounts are computed here from the raw rows and the raw ledger, not from the sync.
  */
 
-const PLANS = `
-currency: USD
-products:
-  demo-mcp:
-    defaultPlan: std
-    plans:
-      std:
-        tools:
-          "*":
-            price: { perCall: "0.0043", perInputToken: "0.0000013", perOutputToken: "0.0000021" }
-            cost: { perCall: "0.001" }
-        marginGuard: { enabled: false }
-    customers:
-      walt: { overrides: { credits: { hardStop: false } } }
-      latey: { overrides: { credits: { hardStop: false } } }
-      plain: {}
-`;
+const PLANS = walletPlans(['walt', 'latey'], { cost: true, others: ['plain'] });
 const KEYS = { admin: 'tg_test_admin', finance: 'tg_test_finance', namesake: 'tg_test_namesake' };
-const API_KEYS = `apiKeys:
-  - { name: ops, sha256: ${sha256Hex(KEYS.admin)}, role: admin, products: [demo-mcp] }
-  - { name: finance, sha256: ${sha256Hex(KEYS.finance)}, role: finance, products: [demo-mcp] }
-  - { name: tollgate, sha256: ${sha256Hex(KEYS.namesake)}, role: admin, products: [demo-mcp] }
-`;
+const API_KEYS = creditApiKeys(KEYS, { tollgate: KEYS.namesake });
 
 const MAPPING = `
 stripe:

@@ -10,6 +10,44 @@ import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from '.
 import { exportOf } from './otlp-json.js';
 
 /**
+ * The plan file of the prepaid-credit sync tests: product `demo-mcp`, one plan priced per call and per token
+ * (the same prices as stripe-sync.test.ts), no margin guard, and `walletCustomers` whose wallets pay without
+ * a hard stop (their calls go on into the overdraft bucket).
+ */
+export function walletPlans(
+  walletCustomers: readonly string[],
+  { cost = false, others = [] as string[] } = {},
+) {
+  return `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: std
+    plans:
+      std:
+        tools:
+          "*":
+            price: { perCall: "0.0043", perInputToken: "0.0000013", perOutputToken: "0.0000021" }
+${cost ? '            cost: { perCall: "0.001" }\n' : ''}        marginGuard: { enabled: false }
+    customers:
+${walletCustomers.map((c) => `      ${c}: { overrides: { credits: { hardStop: false } } }\n`).join('')}${others
+  .map((c) => `      ${c}: {}\n`)
+  .join('')}`;
+}
+
+/** The admin and finance API keys of the credit sync tests (`extra`: more admin keys by name). */
+export function creditApiKeys(keys: { admin: string; finance: string }, extra: Record<string, string> = {}) {
+  return `apiKeys:
+  - { name: ops, sha256: ${sha256Hex(keys.admin)}, role: admin, products: [demo-mcp] }
+  - { name: finance, sha256: ${sha256Hex(keys.finance)}, role: finance, products: [demo-mcp] }
+${Object.entries(extra)
+  .map(
+    ([name, key]) => `  - { name: ${name}, sha256: ${sha256Hex(key)}, role: admin, products: [demo-mcp] }\n`,
+  )
+  .join('')}`;
+}
+
+/**
  * What the Stripe sync tests share: a running Tollgate (product `demo-mcp`, old spans accepted) whose
  * usage they send as OTLP spans, the analytics deps the sync reads, a config file with a `stripe:` mapping
  * pointed at a fake Stripe, and a fresh data directory per scenario (its own ledger).
