@@ -6,6 +6,7 @@
 -- ARGV[3] hard stop (1/0)   ARGV[4] overdraft (nano)   ARGV[5] warn below (nano)   ARGV[6] wallet cap (nano)
 -- grant:  ARGV[7] kind (grant|top_up)  ARGV[8] amount  ARGV[9] effective ms  ARGV[10] expires ms (0 never)
 --         ARGV[11] priority  ARGV[12] actor  ARGV[13] note  ARGV[14] idempotency key ('' none)
+--         ARGV[15], ARGV[16] where a new wallet's entry and grant numbers start (the ledger's last ones)
 -- adjust: ARGV[7] bucket (grant id or 'overdraft')  ARGV[8] signed amount  ARGV[9] actor  ARGV[10] note
 --
 -- Returns { status, detail, state_changed (1/0), state action, state reason, balance, pending, overdraft
@@ -98,7 +99,9 @@ if op == 'grant' then
   end
   local w = credits_load(wkey, okey, now)
   if not w then
-    redis.call('HSET', wkey, 'opened', now, 'od', 0, 'seq', 0)
+    -- a wallet whose Redis keys were lost goes on numbering after its ledger: its entries never replace
+    -- the old ones in ClickHouse, whose key is (product, customer, seq), nor its grants the old grant ids
+    redis.call('HSET', wkey, 'opened', now, 'od', 0, 'seq', ARGV[15] or '0', 'gseq', ARGV[16] or '0')
     w = credits_load(wkey, okey, now)
   end
   w:normalize()

@@ -21,7 +21,7 @@ products:
   demo-mcp:
     defaultPlan: p
     plans: { p: { tools: { "*": { price: { perCall: "0.25" } } }, marginGuard: { enabled: false } } }
-    customers: { replay-co: {} }
+    customers: { replay-co: {}, lost-co: {} }
 `;
 
 let tg: TestTollgate;
@@ -102,6 +102,41 @@ describe('credit ledger outbox', () => {
     const got = await rows('shared-co');
     expect(got.map((r) => Number(r.seq))).toEqual(Array.from({ length: seq }, (_, i) => i + 1));
     expect(got.every((r) => r.amount_nano === r.seq)).toBe(true);
+  });
+
+  it('a wallet whose Redis keys were lost numbers on after its ledger: no entry in the ledger is replaced', async () => {
+    // The ledger table keeps one row per (product, customer, seq). A wallet re-created after a Redis without
+    // its data started again at seq 1 and grant g1: its entries replaced the lost wallet's in ClickHouse.
+    const customer = 'lost-co';
+    const grant = (amount: string) =>
+      tg.credits!.grant({
+        product: 'demo-mcp',
+        customer,
+        kind: 'grant',
+        amount,
+        currency: 'USD',
+        actor: 'test',
+      });
+    const landed = async (n: number) => {
+      for (let i = 0; i < 200 && (await rows(customer)).length < n; i++)
+        await new Promise((r) => setTimeout(r, 50));
+      return rows(customer);
+    };
+    expect((await grant('5')).grantId).toBe('g1');
+    expect((await grant('7')).grantId).toBe('g2');
+    expect(await landed(2)).toHaveLength(2);
+
+    const tag = customerTag('demo-mcp', customer);
+    await tg.redis!.del(creditKeys.wallet(tag), creditKeys.outbox(tag), creditKeys.idempotency(tag));
+    expect((await grant('3')).grantId).toBe('g3');
+    await landed(3);
+    expect(await rows(customer)).toEqual([
+      { seq: '1', amount_nano: '5000000000' },
+      { seq: '2', amount_nano: '7000000000' },
+      { seq: '3', amount_nano: '3000000000' },
+    ]);
+    // and the new wallet holds only what was granted since
+    expect((await tg.credits!.wallet('demo-mcp', customer))?.balanceNano).toBe(3_000_000_000n);
   });
 
   it('Redis unreachable: a grant is a retryable 503 (API_UNAVAILABLE), nothing granted', async () => {

@@ -173,6 +173,30 @@ export class CreditWallets implements CreditsPort {
     return unavailableOnError('Redis or ClickHouse', () => this.knownTo(product, customer));
   }
 
+  /**
+   * Where a new wallet's numbering starts: after the last sequence number and grant number the ledger in
+   * ClickHouse holds for the customer. Zero while the wallet exists in Redis (the script ignores it then) or
+   * the customer never had one. A wallet re-created after its Redis keys were lost (a Redis without its data)
+   * used to start again at 1, and its entries replaced the old ones in the ledger table, whose key is
+   * (product, customer, seq): the financial record of the lost wallet would have been overwritten.
+   */
+  private async ledgerBase(product: string, customer: string): Promise<{ seq: string; grant: string }> {
+    const tag = customerTag(product, customer);
+    if (await unavailableOnError('Redis', () => this.redis.exists(creditKeys.wallet(tag))))
+      return { seq: '0', grant: '0' };
+    return unavailableOnError('ClickHouse', async () => {
+      const rs = await this.clickhouse.query({
+        query: `SELECT toString(max(seq)) AS seq,
+            toString(max(if(match(bucket, '^g[0-9]+$'), toUInt64OrZero(substring(bucket, 2)), 0))) AS grant
+          FROM credit_ledger WHERE product = {product:String} AND customer = {customer:String}`,
+        query_params: { product, customer },
+        format: 'JSONEachRow',
+      });
+      const [row] = await rs.json<{ seq: string; grant: string }>();
+      return { seq: row?.seq ?? '0', grant: row?.grant ?? '0' };
+    });
+  }
+
   private async knownTo(product: string, customer: string): Promise<boolean> {
     const book = this.plans.current;
     if (!book.products().includes(product)) return false;
@@ -338,6 +362,7 @@ export class CreditWallets implements CreditsPort {
       throw err;
     }
     await unavailableOnError('Redis', () => this.redis.sadd(creditKeys.index(r.product), r.customer));
+    const base = await this.ledgerBase(r.product, r.customer);
     const reply = await this.run(r.product, r.customer, [
       'grant',
       r.kind,
@@ -348,6 +373,8 @@ export class CreditWallets implements CreditsPort {
       clean(r.actor),
       clean(r.note).slice(0, 1000),
       r.idempotencyKey ?? '',
+      base.seq,
+      base.grant,
     ]);
     const status = String(reply[0]);
     const wallet = this.view(r.product, r.customer, reply);
