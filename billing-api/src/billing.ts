@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
 import { creditsAppliedSql, creditsThroughSql } from './credits-sql.js';
-import { sendCsv, wantsCsv } from './csv.js';
+import { type Cell, sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
 import { type AnalyticsDeps, type PlanInfo, PricingError, type QuoteResult } from './ports.js';
@@ -367,13 +367,32 @@ export function registerBilling(
       });
       const rawPriceNano = big(totals.price_nano ?? 0);
       const plan = d.pricing.planFor(scope.product, scope.customer);
-      if (wantsCsv(req))
+      const credits = creditsApplied(rawPriceNano, cr ?? {});
+      if (wantsCsv(req)) {
+        // the CSV has no totals: with prepaid credits in play, a last row takes them off, so the amount column
+        // sums to what is due (the JSON answer's credits.amountDue)
+        const appliedNano = BigInt(credits.appliedNano);
+        const rowsOut: Record<string, Cell>[] = [...out];
+        if (appliedNano !== 0n || credits.drawnCalls > 0)
+          rowsOut.push({
+            tool: '',
+            component: 'credits',
+            line: null,
+            description: 'Prepaid credits applied',
+            tier: null,
+            quantity: '',
+            quantityUnit: '',
+            unitPriceNano: null,
+            unitPrice: null,
+            ...money('amount', -appliedNano),
+          });
         return sendCsv(
           reply,
           `invoice-${scope.customer.replace(/[^\w.-]/g, '_')}-${period}`,
           Object.keys(lineProps),
-          out,
+          rowsOut,
         );
+      }
       return {
         product: scope.product,
         customer: scope.customer,
@@ -406,7 +425,7 @@ export function registerBilling(
           linesNano: linesNano.toString(),
           reconciled: rawPriceNano === linesNano,
         },
-        credits: creditsApplied(rawPriceNano, cr ?? {}),
+        credits,
       };
     },
   );

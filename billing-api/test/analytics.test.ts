@@ -1,5 +1,6 @@
 import { formatNano } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseCsv } from './support/csv.js';
 import {
   DAY_MS,
   extent,
@@ -95,35 +96,6 @@ const rcm = (revenue: bigint, cost: bigint) => ({
   ...money('margin', revenue - cost),
   marginBps: marginBps(revenue, cost),
 });
-
-/** A small RFC 4180 reader (quoted fields, doubled quotes, CRLF). */
-function parseCsv(text: string): string[][] {
-  const out: string[][] = [];
-  let row: string[] = [];
-  let field = '';
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i] as string;
-    if (quoted) {
-      if (ch === '"' && text[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (ch === '"') quoted = false;
-      else field += ch;
-    } else if (ch === '"') quoted = true;
-    else if (ch === ',') {
-      row.push(field);
-      field = '';
-    } else if (ch === '\r' && text[i + 1] === '\n') {
-      row.push(field);
-      out.push(row);
-      row = [];
-      field = '';
-      i++;
-    } else field += ch;
-  }
-  return out;
-}
 
 describe('analytics endpoints reconcile exactly with the raw events', () => {
   it('the workload landed: every call sent is one raw row, and the money anchors hold', () => {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Directive } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseCsv } from '../../billing-api/test/support/csv.js';
 import { loadPlanBook } from '../src/plans/load.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
@@ -209,6 +210,15 @@ describe('prepaid credits', () => {
       drawnCalls: 7,
       reconciliation: { reconciled: true, mismatchedCalls: 0 },
     });
+    // the CSV has no totals: its last row takes the credits off, so its amounts sum to what is due
+    const csv = parseCsv(
+      await (await api('/billing/invoices/preview?customer=acme&format=csv', KEYS.admin)).text(),
+    );
+    const [head = [], ...lines] = csv;
+    const col = (name: string) => head.indexOf(name);
+    expect(lines.at(-1)?.[col('component')]).toBe('credits');
+    expect(lines.at(-1)?.[col('amountNano')]).toBe(String(-7n * PRICE));
+    expect(sum(lines.map((l) => l[col('amountNano')] as string))).toBe(BigInt(invoice.credits.amountDueNano));
   });
 
   it('stops the customer at zero (kill, credits:exhausted); a top-up repays what was drawn beyond and resumes', async () => {
