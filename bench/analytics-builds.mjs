@@ -12,13 +12,11 @@
 //   BENCH_APIS=base=/tmp/base-ana/billing-api/dist/index.js node bench/analytics-builds.mjs
 //
 // BENCH_ANALYTICS_ROWS and BENCH_ANALYTICS_ONLY as in bench/analytics.mjs; BENCH_OUT=file.json writes the medians.
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
-import { analyticsEndpoints, ROOT, seedCallsSql } from './lib.mjs';
+import { analyticsEndpoints, benchAnalyticsApi, ROOT, seedCallsSql } from './lib.mjs';
 
 const SCHEMA_ROOT = process.env.BENCH_SCHEMA_ROOT ?? ROOT;
 const { insertSettings, migrate, openClickHouse } = await import(
@@ -41,23 +39,7 @@ const PERIOD = '2026-03',
   KEY = 'k';
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-bench-analytics-builds-'));
 const ch = openClickHouse({ url: '', dataDir: dir, database: 'default', username: 'default', password: '' });
-const log = pino({ level: 'silent' });
-const sha = createHash('sha256').update(KEY).digest('hex');
-const pricing = {
-  currency: () => 'USD',
-  planFor: () => undefined,
-  quote: () => {
-    throw new Error('x');
-  },
-};
-const mk = (build, source) =>
-  build({
-    log,
-    readiness: async () => [],
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
-    apiKeys: [{ name: 'b', sha256: sha, role: 'finance', products: ['demo-mcp'] }],
-    analytics: { clickhouse: ch.readClient(), traceLinkTemplate: 'http://x/{traceId}', pricing, source },
-  });
+const mk = (build, source) => benchAnalyticsApi(build, { key: KEY, clickhouse: ch.readClient(), source });
 const comparable = (b) =>
   JSON.stringify({ ...b, readFrom: undefined }, (k, v) =>
     k === 'durationP50Us' || k === 'durationP95Us' || k === 'agent' || k === 'priceUsageNano' ? undefined : v,

@@ -34,15 +34,13 @@
 //   last timed run, which its median of three leaves out.
 // - BENCH_ANALYTICS_ORDER=reverse measures the endpoints last to first.
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { buildApi } from '../billing-api/dist/index.js';
 import { insertSettings, migrate, openClickHouse } from '../collector-processor/dist/storage/clickhouse.js';
 import { buildSessionIntervals } from '../collector-processor/dist/storage/session-intervals.js';
-import { analyticsEndpoints, seedCallsSql, table, writeResult } from './lib.mjs';
+import { analyticsEndpoints, benchAnalyticsApi, seedCallsSql, table, writeResult } from './lib.mjs';
 
 const ROWS = Number(process.env.BENCH_ANALYTICS_ROWS ?? 10_000_000);
 const CHUNK = 1_000_000;
@@ -82,28 +80,8 @@ const AB = (process.env.BENCH_ANALYTICS_AB ?? '')
   });
 const ONLY = process.env.BENCH_ANALYTICS_ONLY ? new RegExp(process.env.BENCH_ANALYTICS_ONLY) : undefined;
 
-const log = pino({ level: 'silent' });
-const sha = createHash('sha256').update(KEY).digest('hex');
-const pricing = {
-  currency: () => 'USD',
-  planFor: () => undefined,
-  quote: () => {
-    throw new Error('not used by this benchmark');
-  },
-};
 const appOf = (source, build = buildApi, clickhouse = ch.readClient()) =>
-  build({
-    log,
-    readiness: async () => [],
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
-    apiKeys: [{ name: 'bench', sha256: sha, role: 'finance', products: ['demo-mcp'] }],
-    analytics: {
-      clickhouse,
-      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
-      pricing,
-      source,
-    },
-  });
+  benchAnalyticsApi(build, { key: KEY, clickhouse, source });
 
 async function timed(app, url, runs) {
   const ms = [];

@@ -1,12 +1,13 @@
 // Shared helpers of the benchmarks: start a built Tollgate as a child process, measure its memory,
 // generate OTLP payloads, drive HTTP load and summarise latencies.
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pino from 'pino';
 
 export const ROOT = new URL('..', import.meta.url).pathname;
 export const CLI = join(ROOT, 'collector-processor/dist/cli/main.js');
@@ -367,4 +368,36 @@ export function analyticsEndpoints(period, next, rows) {
       `/analytics/mcp/by-agent?from=${period}-10&to=${period}-12&bucket=hour&limit=1000`,
     ],
   ];
+}
+
+/**
+ * A billing API (`build`: some build's `buildApi`) for the analytics benches: silent, one finance key `key`
+ * for product `demo-mcp`, reading `clickhouse` from `source` (`views` or `raw`); quotes are not used.
+ */
+export function benchAnalyticsApi(build, { key, clickhouse, source }) {
+  return build({
+    log: pino({ level: 'silent' }),
+    readiness: async () => [],
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    apiKeys: [
+      {
+        name: 'bench',
+        sha256: createHash('sha256').update(key).digest('hex'),
+        role: 'finance',
+        products: ['demo-mcp'],
+      },
+    ],
+    analytics: {
+      clickhouse,
+      traceLinkTemplate: 'http://localhost:16686/trace/{traceId}',
+      pricing: {
+        currency: () => 'USD',
+        planFor: () => undefined,
+        quote: () => {
+          throw new Error('not used by the analytics benches');
+        },
+      },
+      source,
+    },
+  });
 }
