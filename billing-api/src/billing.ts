@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
-import { creditsAppliedSql, creditsThroughSql } from './credits-sql.js';
+import { creditLedgerExistsSql, creditsAppliedSql, creditsThroughSql } from './credits-sql.js';
 import { type Cell, sendCsv, wantsCsv } from './csv.js';
 import { ApiError } from './errors.js';
 import { big, count, microsToSeconds, money, revenueCostMargin } from './money.js';
@@ -175,23 +175,24 @@ function creditsApplied(amountNano: bigint, r: Record<string, unknown>) {
 /**
  * What prepaid grants paid for a customer's calls of `period` that started in `range` and have landed, plus
  * the overdraft repayments made in `range` — the `applied` of the invoice preview, one closed unit at a time,
- * for `tollgate billing sync stripe` (its credit line). `wallet` is false for a customer without any ledger
- * entry: credits are not in play for it.
+ * for `tollgate billing sync stripe` (its credit line), in nano-units.
  */
 export async function creditsThrough(
   d: AnalyticsDeps,
   q: { product: string; customer: string; period: string; range: TimeRange },
   log: FastifyBaseLogger,
-): Promise<{ appliedNano: bigint; grantsDrawnNano: bigint; overdraftRepaidNano: bigint; wallet: boolean }> {
+): Promise<bigint> {
   const [r] = await rows(d, creditsThroughSql(q.product, q.customer, q.period, q.range), log);
-  const grants = big(r?.grant_drawn_nano ?? 0);
-  const repaid = big(r?.overdraft_repaid_nano ?? 0);
-  return {
-    appliedNano: grants + repaid,
-    grantsDrawnNano: grants,
-    overdraftRepaidNano: repaid,
-    wallet: count(r?.entries ?? 0) > 0,
-  };
+  return big(r?.grant_drawn_nano ?? 0) + big(r?.overdraft_repaid_nano ?? 0);
+}
+
+/** Whether the customer has a wallet's ledger (any entry): credits are in play for it. */
+export async function hasCreditLedger(
+  d: AnalyticsDeps,
+  q: { product: string; customer: string },
+  log: FastifyBaseLogger,
+): Promise<boolean> {
+  return (await rows(d, creditLedgerExistsSql(q.product, q.customer), log)).length > 0;
 }
 
 /** The price components of an invoice line, in the order the preview lists them. */

@@ -104,7 +104,7 @@ export function creditsAppliedSql(product: string, customer: string, period: str
  * What prepaid grants paid for a customer's period from its start up to `range.toMs` (the Stripe sync's
  * running total, one closed unit after another): grant drawdowns for the period's calls that started in
  * `range` and have landed (the invoice lines are the landed calls: a drawdown is credited with its call),
- * plus overdraft repayments made in `range`. `entries` > 0 when the customer has a wallet (any ledger entry).
+ * plus overdraft repayments made in `range`.
  */
 export function creditsThroughSql(product: string, customer: string, period: string, range: TimeRange): Sql {
   return {
@@ -118,8 +118,16 @@ export function creditsThroughSql(product: string, customer: string, period: str
       ARRAY JOIN arrayZip(event_ids, event_amounts_nano) AS e
       WHERE product = {product:String} AND customer = {customer:String} AND period = {period:String}
         AND entry_type = 'drawdown' AND bucket != 'overdraft' AND e.1 IN (SELECT event_id FROM calls)) AS grant_drawn_nano,
-    ${REPAID_NANO} AS overdraft_repaid_nano,
-    (SELECT count() FROM credit_ledger WHERE product = {product:String} AND customer = {customer:String}) AS entries`,
+    ${REPAID_NANO} AS overdraft_repaid_nano`,
     params: { product, customer, period, from: chInstant(range.fromMs), to: chInstant(range.toMs) },
+  };
+}
+
+/** One row when the customer has a wallet's ledger (any entry): credits are in play for it. */
+export function creditLedgerExistsSql(product: string, customer: string): Sql {
+  return {
+    query:
+      'SELECT 1 AS x FROM credit_ledger WHERE product = {product:String} AND customer = {customer:String} LIMIT 1',
+    params: { product, customer },
   };
 }

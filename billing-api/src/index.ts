@@ -11,6 +11,7 @@ export {
 } from './auth.js';
 export {
   creditsThrough,
+  hasCreditLedger,
   INVOICE_COMPONENTS,
   type InvoiceComponent,
   type InvoiceLine,

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import {
   type AnalyticsDeps,
   creditsThrough,
+  hasCreditLedger,
   type InvoiceComponent,
   type InvoiceLine,
   invoiceLines,
@@ -293,15 +294,9 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
         );
       // A customer with a wallet gets one more line: the credits its prepaid grants paid (a negative item).
-      const first = o.periods[0];
-      const wallet = first
-        ? await creditsThrough(
-            deps,
-            { product: mapping.product, customer, period: first, range: periodRange(first) },
-            chLog,
-          )
-        : { wallet: false };
-      const lines = wallet.wallet ? [...mapping.lines, CREDIT_LINE] : mapping.lines;
+      const wallet =
+        o.periods.length > 0 && (await hasCreditLedger(deps, { product: mapping.product, customer }, chLog));
+      const lines = wallet ? [...mapping.lines, CREDIT_LINE] : mapping.lines;
       const pushesItems = lines.some((l) => l.push !== 'meter');
       if (o.gateway && pushesItems)
         for (const item of ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs))))
@@ -397,14 +392,14 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             { totals: false },
           );
           const { byLine, unmapped } = group(mapping, read.lines);
-          if (wallet.wallet) {
+          if (wallet) {
             // What the grants paid for these calls (and overdraft repayments made meanwhile): a credit.
-            const c = await creditsThrough(
+            const applied = await creditsThrough(
               deps,
               { product: mapping.product, customer, period, range: through },
               chLog,
             );
-            byLine.set(CREDIT_LINE.name, { nano: -c.appliedNano, quantity: 0n });
+            byLine.set(CREDIT_LINE.name, { nano: -applied, quantity: 0n });
           }
           lastUnmapped = unmapped;
           for (const [i, line] of lines.entries()) {
