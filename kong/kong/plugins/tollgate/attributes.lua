@@ -56,10 +56,14 @@ local VALUES = {
 -- nginx's statuses for a client that closed the connection first, and for a read timeout
 local HTTP_CLIENT_CLOSED = 499
 local HTTP_GATEWAY_TIMEOUT = 504
+-- the statuses unknown_outcome can turn into an unknown outcome (the caller reads nginx's upstream
+-- variables only for them)
+local MAYBE_UNKNOWN = { [HTTP_CLIENT_CLOSED] = true, [HTTP_GATEWAY_TIMEOUT] = true }
 
 local _M = {
   KEYS = KEYS,
   VALUES = VALUES,
+  MAYBE_UNKNOWN = MAYBE_UNKNOWN,
 }
 
 --- The error.type of one call and its rpc.response.status_code (or nil, nil for success).

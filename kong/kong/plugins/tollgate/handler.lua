@@ -619,8 +619,6 @@ local function upstream_reach()
   return { sent = true, answered = last ~= nil and tonumber(last) > 0 }
 end
 
--- statuses after which a call may have run without anyone seeing its answer (attributes.unknown_outcome)
-local MAYBE_UNKNOWN = { [499] = true, [504] = true }
 
 -- The attributes of each billable call of the request, in order.
 local function billable_calls(conf, ctx)
@@ -629,7 +627,7 @@ local function billable_calls(conf, ctx)
     http_status = ctx.http_status or kong.response.get_status(),
     null_error = scanner and scanner.null_error,
   }
-  if MAYBE_UNKNOWN[result.http_status] then
+  if attributes.MAYBE_UNKNOWN[result.http_status] then
     result.upstream = upstream_reach()
   end
   local out = {}
