@@ -12,6 +12,7 @@ import {
   type TieredQuantity,
 } from '../meter/claim.js';
 import type { Metrics } from '../metrics.js';
+import { DecodeError } from '../otlp/decoded.js';
 import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
@@ -59,6 +60,18 @@ export interface AcceptInput {
   book?: PlanBook;
   /** The decoded request body (OTLP) that the spool keeps; absent for usage events (their calls are kept). */
   payload?: { format: Exclude<PayloadFormat, 'calls-json'>; bytes: Buffer };
+  /** This export's record, already being written (`beginRecord`): accept waits for it instead of writing one. */
+  early?: EarlyRecord;
+}
+
+/**
+ * An export's spool record whose write started when its body arrived, before decoding: the write (on
+ * libuv's pool, O_DSYNC) and the decoding (on the main thread) overlap. Whoever holds it hands it to
+ * `accept`, or to `dropRecord` when the export is refused before that.
+ */
+export interface EarlyRecord {
+  readonly record: AcceptedRecord;
+  readonly durable: Promise<void>;
 }
 
 interface Prepared {
@@ -209,6 +222,49 @@ export class Pipeline {
     return this.redis !== undefined && this.redisDownSince === undefined;
   }
 
+  /**
+   * Starts writing an export's record before its body is decoded (see EarlyRecord); undefined when the
+   * landing backlog is full (accept refuses the export then, and nothing is written).
+   */
+  beginRecord(
+    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'receivedAtMs'> & {
+      book: PlanBook;
+      payload: NonNullable<AcceptInput['payload']>;
+    },
+  ): EarlyRecord | undefined {
+    if (this.lander.backlogRows >= this.opts.maxBacklogRows) return undefined;
+    const record: AcceptedRecord = {
+      t: 'a',
+      rid: this.nextRid(),
+      product: input.product,
+      planVersion: input.book.version,
+      receivedAtMs: input.receivedAtMs,
+      defaultCustomer: input.defaultCustomer,
+      format: input.payload.format,
+      payload: input.payload.bytes,
+      early: true,
+    };
+    const durable = this.spool.appendAccepted(record);
+    durable.catch(() => {}); // awaited by accept, or dropped
+    return { record, durable };
+  }
+
+  /**
+   * Gives up an early record of an export that is refused or holds nothing to bill: an abandon marker
+   * follows the record (once it is written; a failed write left nothing to mark). If the process stops
+   * first, the replay drops the record itself (see AcceptedRecord.early).
+   */
+  dropRecord(early: EarlyRecord): void {
+    const { rid } = early.record;
+    early.durable.then(
+      () =>
+        this.spool.abandon(rid).catch((err: Error) => {
+          this.log.warn({ rid, err: err.message }, 'spool abandon marker not written');
+        }),
+      () => {},
+    );
+  }
+
   private nextRid(): string {
     return `${this.opts.instanceId}.${this.bootId}.${this.seq++}`;
   }
@@ -267,20 +323,28 @@ export class Pipeline {
 
   /** Accepts the calls of one export. Resolves once they are durable; throws TollgateError for retryable refusals. */
   async accept(input: AcceptInput): Promise<AcceptResult> {
-    if (this.lander.backlogRows >= this.opts.maxBacklogRows) {
-      throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
-    }
-    const { product, rejected } = input;
+    const { product, rejected, early } = input;
     const book = input.book ?? this.plans.current;
-    const { prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected);
+    let prepared: Prepared[];
+    let inBatchDuplicates: number;
+    try {
+      if (this.lander.backlogRows >= this.opts.maxBacklogRows) {
+        throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
+      }
+      ({ prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected));
+    } catch (err) {
+      if (early) this.dropRecord(early);
+      throw err;
+    }
     for (const [reason, { n }] of rejected.counts) this.metrics.callsRejected.inc({ reason }, n);
-    if (prepared.length === 0)
+    if (prepared.length === 0) {
+      if (early) this.dropRecord(early);
       return { accepted: 0, duplicates: inBatchDuplicates, directives: [], rated: [] };
+    }
 
-    const rid = this.nextRid();
-    const record: AcceptedRecord = {
+    const record: AcceptedRecord = early?.record ?? {
       t: 'a',
-      rid,
+      rid: this.nextRid(),
       product,
       planVersion: book.version,
       receivedAtMs: input.receivedAtMs,
@@ -288,9 +352,10 @@ export class Pipeline {
       format: input.payload?.format ?? 'calls-json',
       payload: input.payload?.bytes ?? Buffer.from(JSON.stringify(prepared.map((p) => p.call))),
     };
+    const { rid } = record;
     const spoolStart = performance.now();
     try {
-      await this.spool.appendAccepted(record);
+      await (early ? early.durable : this.spool.appendAccepted(record));
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'spool write failed');
       throw new TollgateError('TG_SPOOL_FAILED');
@@ -329,6 +394,13 @@ export class Pipeline {
       try {
         await this.replayOne(rec);
       } catch (err) {
+        if (rec.early && err instanceof DecodeError) {
+          // written before its body was decoded, and the body does not decode: the export was refused (400)
+          // and never acknowledged; the process stopped before the record's abandon marker
+          this.log.info({ rid: rec.rid }, 'spool record of a refused export dropped');
+          await this.spool.abandon(rec.rid).catch(() => {});
+          continue;
+        }
         this.metrics.replayFailures.inc();
         this.log.error(
           { rid: rec.rid, product: rec.product, err: (err as Error).message },

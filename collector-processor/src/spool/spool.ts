@@ -1,4 +1,11 @@
-import { mkdirSync, readdirSync, readFileSync, truncateSync, unlinkSync } from 'node:fs';
+import {
+  constants as fsConstants,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  truncateSync,
+  unlinkSync,
+} from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -6,7 +13,7 @@ import { crc32 } from 'node:zlib';
 /**
  * The durable spool (write-ahead log) that makes an acknowledged export impossible to lose.
  *
- * Order of operations, per export: (1) the accepted calls are appended here and fsynced, (2) they are
+ * Order of operations, per export: (1) the accepted calls are appended here and made durable, (2) they are
  * claimed in Redis under this record's id, (3) rated and queued for ClickHouse, (4) acknowledged.
  * The lander then writes an intent (block id + record ids, fsynced), inserts the block into ClickHouse
  * with that block id as insert_deduplication_token, and appends a done marker. After a crash, records
@@ -19,6 +26,11 @@ import { crc32 } from 'node:zlib';
  * protobuf or JSON) or the JSON of validated usage events: copying the body is far cheaper than
  * serialising the calls, and replay re-runs the same deterministic selection. A torn or corrupt tail
  * (crash mid-write, never acknowledged) is cut off on open.
+ *
+ * Durability: with `fsync`, segments are opened with O_DSYNC, so each write returns once its bytes and the
+ * file's new size are on disk (what a write followed by fdatasync gives) in one call on libuv's pool: the
+ * export's main-thread work (decoding its body, when the record is written before that) runs meanwhile,
+ * instead of the fdatasync waiting for the main thread to queue it after the write came back.
  */
 export type PayloadFormat = 'otlp-protobuf' | 'otlp-json' | 'calls-json';
 
@@ -32,6 +44,12 @@ export interface AcceptedRecord {
   defaultCustomer?: string | undefined;
   format: PayloadFormat;
   payload: Buffer;
+  /**
+   * Written before the body was decoded (a large export's write overlaps its decoding). Such a record may
+   * hold a body that was refused as undecodable, or that holds no billable call, when the process stopped
+   * before the record's abandon marker: the replay drops it (it was never acknowledged) instead of keeping it.
+   */
+  early?: true;
 }
 export interface IntentRecord {
   t: 'i';
@@ -64,8 +82,9 @@ export interface Recovered {
 }
 
 interface Pending {
-  buf: Buffer;
-  sync: boolean;
+  bufs: Buffer[];
+  /** An accepted record's id: no longer tracked when its write fails (it is not in the segment). */
+  rid: string | undefined;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -74,17 +93,47 @@ const SEGMENT_RE = /^(\d{8})\.wal$/;
 
 const FRAME_HEADER = 10; // u32 length + u32 crc32 + u16 header length
 
-function encodeRecord(rec: SpoolRecord): Buffer {
+/**
+ * A record's bytes: the frame and header in one buffer, the payload (a request body, up to megabytes) as
+ * the buffer it came in, not copied; the checksum runs over both.
+ */
+function encodeRecord(rec: SpoolRecord): Buffer[] {
   const { payload, ...header } = rec as SpoolRecord & { payload?: Buffer };
-  const json = Buffer.from(JSON.stringify(header));
-  const body = payload ?? Buffer.alloc(0);
-  const out = Buffer.allocUnsafe(FRAME_HEADER + json.length + body.length);
-  out.writeUInt32LE(json.length + body.length + 2, 0);
-  out.writeUInt16LE(json.length, 8);
-  json.copy(out, FRAME_HEADER);
-  body.copy(out, FRAME_HEADER + json.length);
-  out.writeUInt32LE(crc32(out.subarray(8)), 4);
-  return out;
+  const json = JSON.stringify(header);
+  const jsonLength = Buffer.byteLength(json);
+  const head = Buffer.allocUnsafe(FRAME_HEADER + jsonLength);
+  head.write(json, FRAME_HEADER);
+  head.writeUInt16LE(jsonLength, 8);
+  const crcOfHead = crc32(head.subarray(8));
+  head.writeUInt32LE(jsonLength + (payload?.length ?? 0) + 2, 0);
+  if (!payload?.length) {
+    head.writeUInt32LE(crcOfHead, 4);
+    return [head];
+  }
+  head.writeUInt32LE(crc32(payload, crcOfHead), 4);
+  return [head, payload];
+}
+
+/** Writes all of `bufs` at the end of the file (a write may take fewer bytes than asked: it goes on). */
+export async function writeAll(handle: FileHandle, bufs: Buffer[]): Promise<number> {
+  let total = 0;
+  for (const b of bufs) total += b.length;
+  let rest = bufs;
+  for (let left = total; left > 0; ) {
+    let n = (await handle.writev(rest)).bytesWritten;
+    left -= n;
+    if (left === 0) break;
+    const next: Buffer[] = [];
+    for (const b of rest) {
+      if (n >= b.length) n -= b.length;
+      else {
+        next.push(n ? b.subarray(n) : b);
+        n = 0;
+      }
+    }
+    rest = next;
+  }
+  return total;
 }
 
 /** Decodes the records of a segment; stops at the first torn or corrupt record and returns where. */
@@ -214,30 +263,37 @@ export class Spool {
 
   private async openSegment(): Promise<void> {
     await this.handle?.close();
-    this.handle = await open(this.path(this.segment), 'a');
+    const { O_APPEND, O_CREAT, O_DSYNC, O_WRONLY } = fsConstants;
+    this.handle = await open(
+      this.path(this.segment),
+      this.opts.fsync ? O_WRONLY | O_CREAT | O_APPEND | O_DSYNC : 'a',
+    );
     this.segmentSize = 0;
   }
 
-  /** Appends an accepted export; resolves once it is durable (fsynced when configured). */
+  /** Appends an accepted export; resolves once it is durable (on disk when `fsync` is on). */
   appendAccepted(rec: AcceptedRecord): Promise<void> {
     this.track(rec.rid, this.segment);
-    return this.enqueue(rec, this.opts.fsync);
+    return this.enqueue(rec, rec.rid);
   }
 
   /** Appends a landing intent; resolves once durable. Must precede the insert it describes. */
   appendIntent(rec: IntentRecord): Promise<void> {
-    return this.enqueue(rec, this.opts.fsync);
+    return this.enqueue(rec);
   }
 
-  /** Marks a block landed and releases its records. Not fsynced: losing it only re-sends a deduplicated block. */
+  /**
+   * Marks a block landed and releases its records. It need not be durable (losing it only re-sends a
+   * deduplicated block); it is, like every write, when `fsync` is on: one per landed block.
+   */
   async appendDone(bid: string, rids: readonly string[]): Promise<void> {
-    await this.enqueue({ t: 'd', bid }, false);
+    await this.enqueue({ t: 'd', bid });
     this.release(rids);
   }
 
   /** Gives up on an accepted record that was answered with an error (the sender will retry it). */
   async abandon(rid: string): Promise<void> {
-    await this.enqueue({ t: 'x', rid }, false);
+    await this.enqueue({ t: 'x', rid });
     this.release([rid]);
   }
 
@@ -246,12 +302,7 @@ export class Spool {
   }
 
   private release(rids: readonly string[]): void {
-    for (const rid of rids) {
-      const seg = this.segmentOf.get(rid);
-      if (seg === undefined) continue;
-      this.segmentOf.delete(rid);
-      this.live.get(seg)?.delete(rid);
-    }
+    for (const rid of rids) this.untrack(rid);
     for (const seg of [...this.live.keys()].sort((a, b) => a - b)) {
       if (seg === this.segment || (this.live.get(seg)?.size ?? 0) > 0) break;
       this.live.delete(seg);
@@ -263,27 +314,39 @@ export class Spool {
     }
   }
 
-  private enqueue(rec: SpoolRecord, sync: boolean): Promise<void> {
-    if (this.closed) return Promise.reject(new Error('spool is closed'));
+  private untrack(rid: string): void {
+    const seg = this.segmentOf.get(rid);
+    if (seg === undefined) return;
+    this.segmentOf.delete(rid);
+    this.live.get(seg)?.delete(rid);
+  }
+
+  private enqueue(rec: SpoolRecord, rid?: string): Promise<void> {
+    if (this.closed) {
+      if (rid !== undefined) this.untrack(rid);
+      return Promise.reject(new Error('spool is closed'));
+    }
     return new Promise((resolve, reject) => {
-      this.queue.push({ buf: encodeRecord(rec), sync, resolve, reject });
+      this.queue.push({ bufs: encodeRecord(rec), rid, resolve, reject });
       if (!this.writing) void this.drain();
     });
   }
 
-  /** Group commit: everything queued while the previous write was in flight goes in one write + fsync. */
+  /**
+   * Group commit: everything queued while the previous write was in flight goes in one write (O_DSYNC: on
+   * disk when it returns; without `fsync`, a plain write).
+   */
   private async drain(): Promise<void> {
     this.writing = true;
     while (this.queue.length) {
       const batch = this.queue;
       this.queue = [];
       try {
-        const buf = batch.length === 1 ? (batch[0] as Pending).buf : Buffer.concat(batch.map((p) => p.buf));
+        const bufs = batch.length === 1 ? (batch[0] as Pending).bufs : batch.flatMap((p) => p.bufs);
         const handle = this.handle as FileHandle;
+        let written: number;
         try {
-          for (let off = 0; off < buf.length; )
-            off += (await handle.write(buf, off, buf.length - off)).bytesWritten;
-          if (batch.some((p) => p.sync)) await handle.datasync();
+          written = await writeAll(handle, bufs);
         } catch (err) {
           // Cut the partial write off (or move to a new segment if even that fails), so no garbage sits
           // before records written later: recovery stops reading a segment at the first bad record.
@@ -295,14 +358,17 @@ export class Spool {
           }
           throw err;
         }
-        this.segmentSize += buf.length;
+        this.segmentSize += written;
         for (const p of batch) p.resolve();
         if (this.segmentSize >= this.opts.segmentBytes) {
           this.segment++;
           await this.openSegment();
         }
       } catch (err) {
-        for (const p of batch) p.reject(err as Error);
+        for (const p of batch) {
+          if (p.rid !== undefined) this.untrack(p.rid);
+          p.reject(err as Error);
+        }
       }
     }
     this.writing = false;
