@@ -30,7 +30,8 @@ import { crc32 } from 'node:zlib';
  * Durability: with `fsync`, segments are opened with O_DSYNC, so each write returns once its bytes and the
  * file's new size are on disk (what a write followed by fdatasync gives) in one call on libuv's pool: the
  * export's main-thread work (decoding its body, when the record is written before that) runs meanwhile,
- * instead of the fdatasync waiting for the main thread to queue it after the write came back.
+ * instead of the fdatasync waiting for the main thread to queue it after the write came back. Where the
+ * platform has no O_DSYNC (Windows), each write is followed by fdatasync instead.
  */
 export type PayloadFormat = 'otlp-protobuf' | 'otlp-json' | 'calls-json';
 
@@ -92,6 +93,8 @@ interface Pending {
 const SEGMENT_RE = /^(\d{8})\.wal$/;
 
 const FRAME_HEADER = 10; // u32 length + u32 crc32 + u16 header length
+/** Writes that return once on disk; undefined on Windows (fdatasync after each write there). */
+const O_DSYNC: number | undefined = fsConstants.O_DSYNC;
 
 /**
  * A record's bytes: the frame and header in one buffer, the payload (a request body, up to megabytes) as
@@ -263,10 +266,10 @@ export class Spool {
 
   private async openSegment(): Promise<void> {
     await this.handle?.close();
-    const { O_APPEND, O_CREAT, O_DSYNC, O_WRONLY } = fsConstants;
+    const { O_APPEND, O_CREAT, O_WRONLY } = fsConstants;
     this.handle = await open(
       this.path(this.segment),
-      this.opts.fsync ? O_WRONLY | O_CREAT | O_APPEND | O_DSYNC : 'a',
+      this.opts.fsync && O_DSYNC ? O_WRONLY | O_CREAT | O_APPEND | O_DSYNC : 'a',
     );
     this.segmentSize = 0;
   }
@@ -347,6 +350,7 @@ export class Spool {
         let written: number;
         try {
           written = await writeAll(handle, bufs);
+          if (this.opts.fsync && !O_DSYNC) await handle.datasync();
         } catch (err) {
           // Cut the partial write off (or move to a new segment if even that fails), so no garbage sits
           // before records written later: recovery stops reading a segment at the first bad record.
