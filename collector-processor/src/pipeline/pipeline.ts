@@ -255,14 +255,17 @@ export class Pipeline {
    * first, the replay drops the record itself (see AcceptedRecord.early).
    */
   dropRecord(early: EarlyRecord): void {
-    const { rid } = early.record;
     early.durable.then(
-      () =>
-        this.spool.abandon(rid).catch((err: Error) => {
-          this.log.warn({ rid, err: err.message }, 'spool abandon marker not written');
-        }),
+      () => this.abandonRecord(early.record.rid),
       () => {},
     );
+  }
+
+  /** Writes a record's abandon marker without waiting for it; a failed write leaves the record to the replay. */
+  private abandonRecord(rid: string): void {
+    this.spool.abandon(rid).catch((err: Error) => {
+      this.log.warn({ rid, err: err.message }, 'spool abandon marker not written');
+    });
   }
 
   private nextRid(): string {
@@ -398,7 +401,7 @@ export class Pipeline {
           // written before its body was decoded, and the body does not decode: the export was refused (400)
           // and never acknowledged; the process stopped before the record's abandon marker
           this.log.info({ rid: rec.rid }, 'spool record of a refused export dropped');
-          await this.spool.abandon(rec.rid).catch(() => {});
+          this.abandonRecord(rec.rid);
           continue;
         }
         this.metrics.replayFailures.inc();
@@ -653,7 +656,9 @@ export class Pipeline {
     }
     if (revenue > 0n) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
     if (rated.length) this.lander.enqueue(rid, this.out.take(), rated.length);
-    else await this.spool.abandon(rid); // nothing to land: every call was a retry of one already counted
+    // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
+    // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
+    else this.abandonRecord(rid);
     if (timed) {
       this.stage.claim.observe((rateStart - claimStart) / 1000);
       this.stage.rate.observe((enforceStart - rateStart) / 1000);
