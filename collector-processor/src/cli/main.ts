@@ -21,11 +21,11 @@ import {
 } from '../config/settings.js';
 import { loadPlanBook, PlanFileError } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
-import { runningProcess } from '../running.js';
+import { type RunningRecord, runningProcess } from '../running.js';
 import { migrate, openClickHouse } from '../storage/clickhouse.js';
 import { StripeSyncError } from '../stripe/errors.js';
 import { reportCsv, reportJson } from '../stripe/report.js';
-import { sqlBusyMessage } from './sql-busy.js';
+import { sqlBusyMessage, startBusyMessage, stripeSyncBusyMessage } from './sql-busy.js';
 
 /** The public development keys of the embedded configuration (loopback only). */
 const DEV_INGEST_KEY = 'tg_dev_ingest_demo';
@@ -93,8 +93,23 @@ function onSignals(tg: Tollgate): void {
   process.on('SIGTERM', () => handler('SIGTERM'));
 }
 
+/** Whether `err` is chDB refusing a data directory another process has open ("Cannot lock file …/status"). */
+function isChdbBusy(config: Config, err: unknown): boolean {
+  return !config.settings['clickhouse.url'] && (err as Error | undefined)?.name === 'ChdbConnectionError';
+}
+
 async function cmdStart(flags: Record<string, string>): Promise<void> {
-  const tg = await startTollgate(loadConfig(flags));
+  const config = loadConfig(flags);
+  let tg: Tollgate;
+  try {
+    tg = await startTollgate(config);
+  } catch (err) {
+    if (isChdbBusy(config, err)) {
+      const dataDir = resolve(String(config.settings.dataDir));
+      fail(startBusyMessage(join(dataDir, 'chdb'), runningProcess(dataDir)), 1);
+    }
+    throw err;
+  }
   onSignals(tg);
   process.stderr.write(
     `tollgate ${tg.instanceId} ready — OTLP ${tg.otlpUrl ?? '(off)'}/v1/traces, API ${tg.apiUrl ?? '(off)'}\n`,
@@ -214,25 +229,24 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
 
 /**
  * Tollgate's ClickHouse as the settings say (embedded chDB in the data directory, or a server). An embedded
- * directory a running Tollgate holds ends the command naming that process (`sql`: the query it was for).
+ * directory a running Tollgate holds ends the command naming that process, in the command's own words.
  */
-function clickhouseOf(config: Config, sql = '') {
-  const s = config.settings;
-  const dataDir = resolve(String(s.dataDir));
+function clickhouseOf(
+  config: Config,
+  busyMessage: (chdbDir: string, running: RunningRecord | undefined) => string,
+) {
+  const dataDir = resolve(String(config.settings.dataDir));
   try {
     return openClickHouse(clickhouseOptionsOf(config, dataDir));
   } catch (err) {
-    // chDB refuses a directory another process has open ("Cannot lock file …/status")
-    if (!s['clickhouse.url'] && (err as Error).name === 'ChdbConnectionError') {
-      fail(sqlBusyMessage(join(dataDir, 'chdb'), sql, runningProcess(dataDir)), 1);
-    }
+    if (isChdbBusy(config, err)) fail(busyMessage(join(dataDir, 'chdb'), runningProcess(dataDir)), 1);
     throw err;
   }
 }
 
 async function cmdSql(flags: Record<string, string>, sql: string | undefined): Promise<void> {
   if (!sql) fail('usage: tollgate sql "<query>"');
-  const ch = clickhouseOf(loadConfig(flags), sql);
+  const ch = clickhouseOf(loadConfig(flags), (dir, running) => sqlBusyMessage(dir, sql, running));
   try {
     const rs = await ch.client.query({
       query: sql,
@@ -280,7 +294,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   const s = config.settings;
   const log = createLogger(String(s.logLevel));
   const dataDir = resolve(String(s.dataDir));
-  const ch = clickhouseOf(config);
+  const ch = clickhouseOf(config, stripeSyncBusyMessage);
   try {
     await migrate(ch.client);
     const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;

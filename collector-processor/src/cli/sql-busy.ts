@@ -50,16 +50,16 @@ export function routesForQuery(sql: string): (readonly [string, string])[] {
   return [...seen];
 }
 
+/** The first line: who holds the directory. */
+function holderLine(dir: string, running: RunningRecord | undefined): string {
+  return running
+    ? `${dir} is open in a running Tollgate: pid ${running.pid}, instance ${running.instanceId}, started ` +
+        `${running.startedAt}${running.apiUrl ? `, API ${running.apiUrl}` : ''}.`
+    : `${dir} is open in another process (no running Tollgate is recorded in the data directory).`;
+}
+
 export function sqlBusyMessage(dir: string, sql: string, running: RunningRecord | undefined): string {
-  const lines: string[] = [];
-  if (running) {
-    lines.push(
-      `${dir} is open in a running Tollgate: pid ${running.pid}, instance ${running.instanceId}, started ` +
-        `${running.startedAt}${running.apiUrl ? `, API ${running.apiUrl}` : ''}.`,
-    );
-  } else {
-    lines.push(`${dir} is open in another process (no running Tollgate is recorded in the data directory).`);
-  }
+  const lines: string[] = [holderLine(dir, running)];
   lines.push(
     'Embedded ClickHouse (chDB) lets one process open a data directory, so `tollgate sql` cannot read it now.',
   );
@@ -75,4 +75,26 @@ export function sqlBusyMessage(dir: string, sql: string, running: RunningRecord 
     'With a ClickHouse server (clickhouse.url / CLICKHOUSE_URL) tollgate sql runs while Tollgate does.',
   );
   return lines.join('\n');
+}
+
+/** `tollgate billing sync stripe` on a directory a running Tollgate holds (docs/stripe.md: stop it first). */
+export function stripeSyncBusyMessage(dir: string, running: RunningRecord | undefined): string {
+  return [
+    holderLine(dir, running),
+    'Embedded ClickHouse (chDB) lets one process open a data directory, so `tollgate billing sync stripe` cannot read it now.',
+    running
+      ? `Stop it (kill -TERM ${running.pid}) and run the sync again, or let that server run it as its background job (settings.stripe.sync.enabled, docs/stripe.md).`
+      : 'Stop that process and run the sync again.',
+  ].join('\n');
+}
+
+/** A second `tollgate start` on a data directory a running Tollgate holds (one data directory per process). */
+export function startBusyMessage(dir: string, running: RunningRecord | undefined): string {
+  return [
+    holderLine(dir, running),
+    'Embedded ClickHouse (chDB) lets one process open a data directory, and a data directory (its spool) belongs to one process.',
+    running
+      ? `Use the running one, stop it first (kill -TERM ${running.pid}), or start this one with another --data-dir.`
+      : 'Stop that process first, or start this one with another --data-dir.',
+  ].join('\n');
 }

@@ -531,15 +531,19 @@ export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv
   const fileSettings = getPath(doc, 'settings') ?? {};
   const knownKeys = new Set<string>(SETTINGS.map((spec) => spec.key));
   const unknown: string[] = [];
-  const walk = (obj: unknown, prefix: string) => {
+  // Values are read by nesting (getPath), so a key holding a dot ("otlp.port": quoted) is never read:
+  // it is unknown, named quoted, even though its text equals a setting's key.
+  const walk = (obj: unknown, path: string[]) => {
+    const key = path.some((p) => p.includes('.')) ? undefined : path.join('.');
     if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) {
-      if (!knownKeys.has(prefix)) unknown.push(prefix);
+      if (key === undefined || !knownKeys.has(key))
+        unknown.push(path.map((p) => (p.includes('.') ? JSON.stringify(p) : p)).join('.'));
       return;
     }
-    if (knownKeys.has(prefix)) return; // a known key whose value is an object: coerce() reports it
-    for (const [k, v] of Object.entries(obj)) walk(v, prefix ? `${prefix}.${k}` : k);
+    if (key !== undefined && knownKeys.has(key)) return; // a known key whose value is an object: coerce() reports it
+    for (const [k, v] of Object.entries(obj)) walk(v, [...path, k]);
   };
-  walk(fileSettings, '');
+  walk(fileSettings, []);
   if (unknown.length)
     throw new ConfigError(
       `${filePath}: unknown setting(s) ${unknown.map((k) => `settings.${k}`).join(', ')}`,
