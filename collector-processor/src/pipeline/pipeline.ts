@@ -35,11 +35,7 @@ export interface AcceptResult {
 
 /** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
 export interface Enforcer {
-  /**
-   * Counts the calls against limits and the margin guard; may mark rows `over_limit` (the only change it
-   * makes to them: the pipeline encodes the rows for landing while the commands run, and encodes them again
-   * when one was marked); returns directives. Its commands are sent before the promise is returned.
-   */
+  /** Counts the calls against limits and the margin guard; may mark rows `over_limit`; returns directives. */
   apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]>;
   /** Directives for an export without calls (an idle SDK's heartbeat), by the sending instances. */
   heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]>;
@@ -518,13 +514,6 @@ export class Pipeline {
     }
   }
 
-  /** One record's rows for the lander (the writer's add and take, with no await in between). */
-  private encode(rows: readonly RatedCall[]): Buffer {
-    this.out.clear();
-    for (const row of rows) this.out.add(row);
-    return this.out.take();
-  }
-
   private async meterRateLand(
     rid: string,
     product: string,
@@ -649,28 +638,14 @@ export class Pipeline {
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
     const enforceStart = performance.now();
-    // Enforcement's commands are on their way once apply returns; the rows are encoded for landing while
-    // Redis runs them. Enforcement can only mark rows over_limit: then they are encoded again.
-    const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
-    const encodeStart = performance.now();
-    let block: Buffer | undefined;
-    let encodeError: unknown;
-    if (rated.length) {
-      try {
-        block = this.encode(rated);
-      } catch (err) {
-        encodeError = err; // thrown once enforcement is done, as when encoding came after it
-      }
-    }
-    const encodeEnd = performance.now();
-    const directives = enforcing ? await enforcing : [];
+    const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
     const landStart = performance.now();
-    if (encodeError !== undefined) throw encodeError;
-    if (enforcing && rated.some((r) => r.decision === 'over_limit')) block = this.encode(rated);
+    this.out.clear();
     // revenue summed per currency, one metric update per export rather than per call
     let revenueCurrency = '';
     let revenue = 0n;
     for (const row of rated) {
+      this.out.add(row);
       if (row.priceNano <= 0n) continue;
       if (row.currency !== revenueCurrency && revenue > 0n) {
         this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
@@ -680,16 +655,15 @@ export class Pipeline {
       revenue += row.priceNano;
     }
     if (revenue > 0n) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
-    if (block) this.lander.enqueue(rid, block, rated.length);
+    if (rated.length) this.lander.enqueue(rid, this.out.take(), rated.length);
     // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
     // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
     else this.abandonRecord(rid);
     if (timed) {
-      // the encoding counts as landing, not as the enforcement it overlapped: the stages still sum to the whole
       this.stage.claim.observe((rateStart - claimStart) / 1000);
       this.stage.rate.observe((enforceStart - rateStart) / 1000);
-      this.stage.enforce.observe((encodeStart - enforceStart + (landStart - encodeEnd)) / 1000);
-      this.stage.land.observe((encodeEnd - encodeStart + (performance.now() - landStart)) / 1000);
+      this.stage.enforce.observe((landStart - enforceStart) / 1000);
+      this.stage.land.observe((performance.now() - landStart) / 1000);
     }
     return {
       accepted: rated.length,
