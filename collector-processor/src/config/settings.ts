@@ -262,7 +262,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_SPOOL_FSYNC',
     kind: 'bool',
     default: true,
-    doc: 'fsync the spool before acknowledging an export (turn off only for benchmarks of the rest).',
+    doc: 'Make each spool write durable before acknowledging an export (O_DSYNC writes; fdatasync where the platform has none). Turn off only for benchmarks of the rest.',
   },
   {
     key: 'spool.segmentBytes',
