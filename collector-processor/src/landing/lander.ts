@@ -54,7 +54,7 @@ export class Lander {
   private running = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
-  private lastErrorLog = 0;
+  private lastErrorLog = Number.NEGATIVE_INFINITY;
   private landedTotal = 0;
   /** Set while a block is being retried after a ClickHouse error. */
   lastError: Error | undefined;
@@ -158,11 +158,15 @@ export class Lander {
 
   private flushDue = false;
 
+  // Intervals and deadlines below are on the monotonic clock (performance.now()): on the wall clock, a step
+  // back (NTP, a VM resumed, an operator's `date`) made the next flush wait for the size of the step, and a
+  // step of more than 24.8 days made it retry every millisecond (Node clamps such a timer to 1 ms).
+
   private async run(): Promise<void> {
-    let lastFlush = Date.now();
+    let lastFlush = performance.now();
     while (this.running || this.queue.size > 0) {
-      if (!this.running && this.stopDeadline && Date.now() > this.stopDeadline) break;
-      this.flushDue = Date.now() - lastFlush >= this.opts.flushIntervalMs;
+      if (!this.running && this.stopDeadline && performance.now() > this.stopDeadline) break;
+      this.flushDue = performance.now() - lastFlush >= this.opts.flushIntervalMs;
       const block = this.nextBlock(!this.running);
       if (!block) {
         if (!this.running && this.forced.length === 0 && this.queue.size === 0) break;
@@ -170,10 +174,10 @@ export class Lander {
           // stopping with a resumed block whose rows never arrived: leave it to the next start
           break;
         }
-        await this.sleep(Math.max(5, this.opts.flushIntervalMs - (Date.now() - lastFlush)));
+        await this.sleep(Math.max(5, this.opts.flushIntervalMs - (performance.now() - lastFlush)));
         continue;
       }
-      lastFlush = Date.now();
+      lastFlush = performance.now();
       await this.land(block);
     }
   }
@@ -205,14 +209,14 @@ export class Lander {
       } catch (err) {
         this.lastError = err as Error;
         this.metrics.landingErrors.inc();
-        if (Date.now() - this.lastErrorLog > 10_000) {
-          this.lastErrorLog = Date.now();
+        if (performance.now() - this.lastErrorLog > 10_000) {
+          this.lastErrorLog = performance.now();
           this.log.warn(
             { err: (err as Error).message, block: block.bid, backlogRows: this.backlog },
             'ClickHouse insert failed; retrying (calls stay in the spool)',
           );
         }
-        if (!this.running && this.stopDeadline && Date.now() > this.stopDeadline) return;
+        if (!this.running && this.stopDeadline && performance.now() > this.stopDeadline) return;
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 5_000);
       }
@@ -229,7 +233,7 @@ export class Lander {
 
   /** Lands everything queued (up to the deadline), then stops. What is left stays in the spool. */
   async stop(timeoutMs: number): Promise<void> {
-    this.stopDeadline = Date.now() + timeoutMs;
+    this.stopDeadline = performance.now() + timeoutMs;
     this.running = false;
     this.wake?.();
     const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
@@ -238,9 +242,9 @@ export class Lander {
 
   /** Resolves when nothing is queued (tests and the demo use it to wait for landing). */
   async idle(timeoutMs = 60_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
+    const deadline = performance.now() + timeoutMs;
     while (this.backlog > 0 || this.queue.size > 0) {
-      if (Date.now() > deadline)
+      if (performance.now() > deadline)
         throw new Error(`landing backlog still ${this.backlog} rows after ${timeoutMs} ms`);
       this.wake?.();
       await new Promise((r) => setTimeout(r, 20));
