@@ -18,6 +18,7 @@ import { Client as Client2 } from '@modelcontextprotocol/client';
 import { StdioClientTransport as Stdio2 } from '@modelcontextprotocol/client/stdio';
 import { Client as Client1 } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport as Stdio1 } from '@modelcontextprotocol/sdk/client/stdio.js';
+import semver from 'semver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageOf, rewriteSpecifiers } from '../vendor-workspaces.mjs';
 
@@ -242,6 +243,36 @@ describe('the packed packages', () => {
       expect(manifest.engines.node).toBe('>=20.19.0 <21 || >=22.12.0');
       // every dependency resolved, no invalid or missing one
       await bash('npm ls --all', dir);
+    }
+  });
+
+  it('install nothing that does not support this Node: every installed package’s engines.node holds', () => {
+    // npm only warns (EBADENGINE) about a dependency that declares another Node: fastify 5.12.8 takes
+    // light-my-request ^6, whose 6.8 takes cookie 2, which declares node >= 22. We pin light-my-request ~6.6.0
+    // (docs/packaging.md); this keeps the next such dependency from reaching users unnoticed.
+    for (const { dir } of installs()) {
+      const unsupported: string[] = [];
+      const walk = (modules: string) => {
+        if (!existsSync(modules)) return;
+        for (const e of readdirSync(modules, { withFileTypes: true })) {
+          if (!e.isDirectory()) continue;
+          const p = join(modules, e.name);
+          if (e.name.startsWith('@')) {
+            walk(p);
+            continue;
+          }
+          const manifestFile = join(p, 'package.json');
+          if (existsSync(manifestFile)) {
+            const m = JSON.parse(readFileSync(manifestFile, 'utf8'));
+            const range = m.engines?.node;
+            if (typeof range === 'string' && !semver.satisfies(process.versions.node, range))
+              unsupported.push(`${m.name}@${m.version} (node ${range}) in ${relative(dir, p)}`);
+          }
+          walk(join(p, 'node_modules'));
+        }
+      };
+      walk(join(dir, 'node_modules'));
+      expect(unsupported, dir).toEqual([]);
     }
   });
 
