@@ -232,18 +232,9 @@ export class Pipeline {
       payload: NonNullable<AcceptInput['payload']>;
     },
   ): EarlyRecord | undefined {
-    if (this.lander.backlogRows >= this.opts.maxBacklogRows) return undefined;
-    const record: AcceptedRecord = {
-      t: 'a',
-      rid: this.nextRid(),
-      product: input.product,
-      planVersion: input.book.version,
-      receivedAtMs: input.receivedAtMs,
-      defaultCustomer: input.defaultCustomer,
-      format: input.payload.format,
-      payload: input.payload.bytes,
-      early: true,
-    };
+    if (this.backlogFull) return undefined;
+    const record = this.newRecord(input.book, input, input.payload.format, input.payload.bytes);
+    record.early = true;
     const durable = this.spool.appendAccepted(record);
     durable.catch(() => {}); // awaited by accept, or dropped
     return { record, durable };
@@ -266,6 +257,30 @@ export class Pipeline {
     this.spool.abandon(rid).catch((err: Error) => {
       this.log.warn({ rid, err: err.message }, 'spool abandon marker not written');
     });
+  }
+
+  /** Accepting more would grow the landing backlog past `maxBacklogRows`. */
+  private get backlogFull(): boolean {
+    return this.lander.backlogRows >= this.opts.maxBacklogRows;
+  }
+
+  /** A new spool record (its own id) of an export's payload, extracted under `book`. */
+  private newRecord(
+    book: PlanBook,
+    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'receivedAtMs'>,
+    format: PayloadFormat,
+    payload: Buffer,
+  ): AcceptedRecord {
+    return {
+      t: 'a',
+      rid: this.nextRid(),
+      product: input.product,
+      planVersion: book.version,
+      receivedAtMs: input.receivedAtMs,
+      defaultCustomer: input.defaultCustomer,
+      format,
+      payload,
+    };
   }
 
   private nextRid(): string {
@@ -331,7 +346,7 @@ export class Pipeline {
     let prepared: Prepared[];
     let inBatchDuplicates: number;
     try {
-      if (this.lander.backlogRows >= this.opts.maxBacklogRows) {
+      if (this.backlogFull) {
         throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
       }
       ({ prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected));
@@ -345,16 +360,14 @@ export class Pipeline {
       return { accepted: 0, duplicates: inBatchDuplicates, directives: [], rated: [] };
     }
 
-    const record: AcceptedRecord = early?.record ?? {
-      t: 'a',
-      rid: this.nextRid(),
-      product,
-      planVersion: book.version,
-      receivedAtMs: input.receivedAtMs,
-      defaultCustomer: input.defaultCustomer,
-      format: input.payload?.format ?? 'calls-json',
-      payload: input.payload?.bytes ?? Buffer.from(JSON.stringify(prepared.map((p) => p.call))),
-    };
+    const record =
+      early?.record ??
+      this.newRecord(
+        book,
+        input,
+        input.payload?.format ?? 'calls-json',
+        input.payload?.bytes ?? Buffer.from(JSON.stringify(prepared.map((p) => p.call))),
+      );
     const { rid } = record;
     const spoolStart = performance.now();
     try {
