@@ -93,9 +93,18 @@ function onSignals(tg: Tollgate): void {
   process.on('SIGTERM', () => handler('SIGTERM'));
 }
 
-/** Whether `err` is chDB refusing a data directory another process has open ("Cannot lock file …/status"). */
-function isChdbBusy(config: Config, err: unknown): boolean {
-  return !config.settings['clickhouse.url'] && (err as Error | undefined)?.name === 'ChdbConnectionError';
+/**
+ * When `err` is chDB refusing an embedded data directory another process has open ("Cannot lock file
+ * …/status"), ends the command naming that process, in the command's own words (`busyMessage`).
+ */
+function failIfChdbBusy(
+  config: Config,
+  err: unknown,
+  busyMessage: (chdbDir: string, running: RunningRecord | undefined) => string,
+): void {
+  if (config.settings['clickhouse.url'] || (err as Error | undefined)?.name !== 'ChdbConnectionError') return;
+  const dataDir = resolve(String(config.settings.dataDir));
+  fail(busyMessage(join(dataDir, 'chdb'), runningProcess(dataDir)), 1);
 }
 
 async function cmdStart(flags: Record<string, string>): Promise<void> {
@@ -104,10 +113,7 @@ async function cmdStart(flags: Record<string, string>): Promise<void> {
   try {
     tg = await startTollgate(config);
   } catch (err) {
-    if (isChdbBusy(config, err)) {
-      const dataDir = resolve(String(config.settings.dataDir));
-      fail(startBusyMessage(join(dataDir, 'chdb'), runningProcess(dataDir)), 1);
-    }
+    failIfChdbBusy(config, err, startBusyMessage);
     throw err;
   }
   onSignals(tg);
@@ -235,11 +241,10 @@ function clickhouseOf(
   config: Config,
   busyMessage: (chdbDir: string, running: RunningRecord | undefined) => string,
 ) {
-  const dataDir = resolve(String(config.settings.dataDir));
   try {
-    return openClickHouse(clickhouseOptionsOf(config, dataDir));
+    return openClickHouse(clickhouseOptionsOf(config, resolve(String(config.settings.dataDir))));
   } catch (err) {
-    if (isChdbBusy(config, err)) fail(busyMessage(join(dataDir, 'chdb'), runningProcess(dataDir)), 1);
+    failIfChdbBusy(config, err, busyMessage);
     throw err;
   }
 }
