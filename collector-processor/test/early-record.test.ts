@@ -2,6 +2,7 @@ import { constants, readdirSync, readFileSync, readlinkSync, statSync, truncateS
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../../instrumentation/test/support/mcp.js';
 import { type AcceptedRecord, inspectSpool, Spool, writeAll } from '../src/spool/spool.js';
 import {
   DEV_INGEST_KEY,
@@ -50,13 +51,8 @@ const post = (tg: TestTollgate, body: Buffer | string, contentType: string) =>
     body,
   });
 
-async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** How long the tests wait for the spool and the lander to catch up. */
+const WAIT_MS = 10_000;
 
 /** A protobuf body whose first field's length runs past its end, padded to `size` bytes. */
 const undecodable = (size: number): Buffer => {
@@ -183,9 +179,10 @@ describe('a large export, written while it is decoded', () => {
       c: customer,
     });
     expect(rows[0]?.n).toBe('151');
-    await until(
+    await waitFor(
       'every record landed or given up',
       () => inspectSpool(join(tg.dataDir, 'spool')).pendingRecords === 0,
+      WAIT_MS,
     );
   });
 
@@ -194,9 +191,10 @@ describe('a large export, written while it is decoded', () => {
     expect(res.status).toBe(400);
     // a protobuf request gets a google.rpc.Status, whose message names the code
     expect(Buffer.from(await res.arrayBuffer()).toString('latin1')).toContain('TG_UNDECODABLE');
-    await until(
+    await waitFor(
       'the refused record given up',
       () => inspectSpool(join(tg.dataDir, 'spool')).pendingRecords === 0,
+      WAIT_MS,
     );
   });
 
@@ -207,9 +205,10 @@ describe('a large export, written while it is decoded', () => {
     const body = JSON.stringify(exportOf(spans));
     expect(body.length).toBeGreaterThan(32 * 1024);
     expect((await post(tg, body, 'application/json')).status).toBe(200);
-    await until(
+    await waitFor(
       'the empty record given up',
       () => inspectSpool(join(tg.dataDir, 'spool')).pendingRecords === 0,
+      WAIT_MS,
     );
   });
 });
@@ -245,12 +244,20 @@ describe('early records left by a process that stopped before their abandon mark
         (
           await query(tg, 'SELECT count() n FROM mcp_tool_calls WHERE customer = {c:String}', { c: customer })
         )[0]?.n;
-      await until('the billable record landed', async () => {
-        await tg.lander!.idle();
-        return (await landed()) === '3';
-      });
+      await waitFor(
+        'the billable record landed',
+        async () => {
+          await tg.lander!.idle();
+          return (await landed()) === '3';
+        },
+        WAIT_MS,
+      );
       // only the record written after decoding, whose body no longer decodes, is a replay failure
-      await until('the replay done', async () => inspectSpool(join(dataDir, 'spool')).pendingRecords === 1);
+      await waitFor(
+        'the replay done',
+        async () => inspectSpool(join(dataDir, 'spool')).pendingRecords === 1,
+        WAIT_MS,
+      );
       expect((await readMetrics(tg.apiUrl!)).get('tollgate_spool_replay_failures_total')).toBe(1);
       expect(await landed()).toBe('3');
     } finally {
