@@ -2,7 +2,7 @@
 // generate OTLP payloads, drive HTTP load and summarise latencies.
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -53,7 +53,15 @@ export async function startTollgate(flags = [], env = {}, nodeArgs = [], cli = C
       'warn',
       ...flags,
     ],
-    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } },
+    {
+      // BENCH_SERVER_STDOUT=<file>: the server's stdout (V8's --trace-gc* output among it) appended there
+      stdio: [
+        'ignore',
+        process.env.BENCH_SERVER_STDOUT ? openSync(process.env.BENCH_SERVER_STDOUT, 'a') : 'ignore',
+        'inherit',
+      ],
+      env: { ...process.env, ...env },
+    },
   );
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   for (let i = 0; ; i++) {
