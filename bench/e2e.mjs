@@ -117,6 +117,20 @@ function stageTails(a, b) {
   return out;
 }
 
+/**
+ * Mean ms per export in each stage (tollgate_export_stage_seconds) between two readings, and from receipt
+ * to answer ('server'); undefined where the server reports no stages (an older build).
+ */
+function stageMeans(before, after) {
+  const out = {};
+  for (const st of [...STAGES, 'server']) {
+    const a = before[st] ?? { sum: 0, count: 0 };
+    const b = after[st];
+    if (b && b.count > a.count) out[st] = ((b.sum - a.sum) / (b.count - a.count)) * 1000;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
 /** Saturation, then half load (at `halfRate` exports/s, or half of this server's own rate), then one sender. */
 async function run(
   name,
@@ -150,7 +164,9 @@ async function run(
     if (phases.includes('saturation')) {
       const bodies = await protobufBatches(BATCHES - WARMUP, SPANS);
       const cpu0 = cpuMs(tg.child.pid);
+      const stages0 = await stageTotals(tg.apiUrl);
       const r = await drive(url, bodies, { concurrency: CONCURRENCY, headers });
+      const stages1 = await stageTotals(tg.apiUrl);
       const spans = bodies.length * SPANS;
       const landedMs = r.wallMs + (await landed(spans));
       out.saturation = {
@@ -159,6 +175,8 @@ async function run(
         ackedPerSec: spans / (r.wallMs / 1000),
         landedPerSec: spans / (landedMs / 1000),
       };
+      const stageMs = stageMeans(stages0, stages1);
+      if (stageMs) out.saturation.stageMs = stageMs;
     }
     if (phases.includes('halfLoad')) {
       const rate = halfRate ?? out.saturation.ackedPerSec / SPANS / 2;
@@ -186,14 +204,8 @@ async function run(
         ...latencyOf(r, bodies.length * SPANS),
         ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
       };
-      // mean ms per export in each stage (tollgate_export_stage_seconds), where the server reports them
-      const stageMs = {};
-      for (const st of STAGES) {
-        const a = stages0[st] ?? { sum: 0, count: 0 };
-        const b = stages1[st];
-        if (b && b.count > a.count) stageMs[st] = ((b.sum - a.sum) / (b.count - a.count)) * 1000;
-      }
-      if (Object.keys(stageMs).length) out.oneSender.stageMs = stageMs;
+      const stageMs = stageMeans(stages0, stages1);
+      if (stageMs) out.oneSender.stageMs = stageMs;
     }
     out.rssMiB = peakRssMiB(tg.child.pid);
     return out;
@@ -389,13 +401,17 @@ if (full) {
           )
           .join(' · ')}`,
     );
-  const st = full.oneSender.stageMs;
-  if (st)
-    console.log(
-      `one sender, mean ms per export by stage: ${STAGES.filter((k) => k in st)
-        .map((k) => `${k} ${st[k].toFixed(2)}`)
-        .join(' · ')}`,
-    );
+  for (const [phase, st] of [
+    ['saturation', full.saturation?.stageMs],
+    ['one sender', full.oneSender.stageMs],
+  ])
+    if (st)
+      console.log(
+        `${phase}, mean ms per export by stage: ${[...STAGES, 'server']
+          .filter((k) => k in st)
+          .map((k) => `${k} ${st[k].toFixed(2)}`)
+          .join(' · ')}`,
+      );
   if (floor)
     console.log(
       `aim p50 ≤ 2× the floor's with one sender: ${x(full.oneSender.p50, floor.oneSender.p50)}× (${full.oneSender.p50 <= 2 * floor.oneSender.p50 ? 'met' : 'not met'})`,
