@@ -3,7 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { decodeJsonExport } from '../src/otlp/decode-json.js';
 import { decodeProtobufExport } from '../src/otlp/decode-protobuf.js';
 import { DecodeError } from '../src/otlp/decoded.js';
-import { ProtoRequest, ProtoSpan } from '../src/otlp/proto.js';
+import { ProtoRequest, ProtoSpan, Reader } from '../src/otlp/proto.js';
+import protobuf from 'protobufjs';
+
+const { Writer } = protobuf;
 import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
 import { captureServer } from './support/capture.js';
 import { emitToolCall, otelTracer } from './support/harness.js';
@@ -263,4 +266,125 @@ describe('malformed input', () => {
       expect(decodeProtobufExport(bytes).spans[0]?.attributes).toEqual({ Aa: '1', BB: '2' });
     }
   });
+
+  it('protobuf: int64 attributes read in place give what protobufjs gives, at every length and sign', () => {
+    // values at every varint length (1–10 bytes), both signs, the int64 limits and seeded random ones; each
+    // read back in place and compared with protobufjs's own int64() on the same bytes
+    const values: bigint[] = [0n, 1n, 127n, 128n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, -(2n ** 63n), -1n];
+    for (let bits = 1n; bits < 63n; bits++) values.push(2n ** bits - 1n, 2n ** bits, -(2n ** bits), -(2n ** bits) + 1n);
+    let seed = 7n;
+    for (let i = 0; i < 2000; i++) {
+      seed = (seed * 6364136223846793005n + 1442695040888963407n) % 2n ** 64n;
+      const v = BigInt.asIntN(64, seed >> BigInt(i % 60));
+      values.push(v);
+    }
+    const bytes = ProtoRequest.encode(
+      ProtoRequest.fromObject({
+        resourceSpans: [
+          {
+            scopeSpans: [
+              {
+                spans: values.map((v, i) => ({
+                  traceId: Buffer.alloc(16, 1),
+                  spanId: Buffer.from(i.toString(16).padStart(16, '0'), 'hex'),
+                  name: 'x',
+                  attributes: [{ key: 'n', value: { intValue: v.toString() } }],
+                })),
+              },
+            ],
+          },
+        ],
+      }),
+    ).finish();
+    const decoded = decodeProtobufExport(bytes);
+    expect(decoded.malformed).toBe(0);
+    expect(decoded.spans.map((s) => s.attributes.n)).toEqual(values.map((v) => Number(v)));
+    // protobufjs's reader on the same varints: int64() as a Long (high, low) or a number
+    const reference = values.map((v) => {
+      const w = Writer.create().int64(v.toString()).finish();
+      const l = Reader.create(w).int64() as unknown as number | { low: number; high: number };
+      return typeof l === 'number' ? l : l.high * 4_294_967_296 + (l.low >>> 0);
+    });
+    expect(decoded.spans.map((s) => s.attributes.n)).toEqual(reference);
+  });
+
+  it('protobuf: a token count whose varint is cut off marks its span malformed, and its sibling is read', () => {
+    const span = (id: number, tokens: number) =>
+      ProtoSpan.encode(
+        ProtoSpan.fromObject({
+          traceId: Buffer.alloc(16, 1),
+          spanId: Buffer.alloc(8, id),
+          name: 'x',
+          attributes: [{ key: 'gen_ai.usage.input_tokens', value: { intValue: tokens } }],
+        }),
+      ).finish();
+    const cut = Buffer.from(span(2, 2 ** 40));
+    // the varint's last byte replaced by one that says "more follows", inside the span's own length
+    cut[cut.length - 1] = 0x80;
+    const scope = Buffer.concat([field(2, cut), field(2, Buffer.from(span(3, 7)))]);
+    const bytes = field(1, field(2, scope));
+    const decoded = decodeProtobufExport(bytes);
+    expect(decoded.malformed).toBe(1);
+    expect(decoded.spans.map((s) => s.attributes['gen_ai.usage.input_tokens'])).toEqual([7]);
+  });
 });
+
+describe('protobuf: the short values of billing attributes, shared between spans', () => {
+  /** One export of spans, each with the given customer id and agent id (both interned attributes). */
+  const exportOf = (values: string[]) =>
+    Buffer.from(
+      ProtoRequest.encode(
+        ProtoRequest.fromObject({
+          resourceSpans: [
+            {
+              scopeSpans: [
+                {
+                  spans: values.map((v, i) => ({
+                    traceId: Buffer.alloc(16, 1),
+                    spanId: Buffer.from((i + 1).toString(16).padStart(16, '0'), 'hex'),
+                    name: 'x',
+                    attributes: [
+                      { key: 'tollgate.customer.id', value: { stringValue: v } },
+                      { key: 'jsonrpc.request.id', value: { stringValue: v } },
+                    ],
+                  })),
+                },
+              ],
+            },
+          ],
+        }),
+      ).finish(),
+    );
+
+  it('decode to their own text, whatever shares a slot, at every length, and repeated ones are one string', () => {
+    // 'Aa' and 'BB' hash alike (31-based), so they take the same slot in turn; 64 bytes is the longest value
+    // kept, 65 goes around the cache; multi-byte UTF-8 and the empty string
+    const values = ['Aa', 'BB', 'Aa', 'AaAa', 'BBBB', 'AaBB', 'BBAa', 'x'.repeat(64), 'y'.repeat(65), 'añ€😀', ''];
+    for (let round = 0; round < 3; round++) {
+      const spans = decodeProtobufExport(exportOf([...values, ...values])).spans;
+      expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([...values, ...values]);
+      // the non-interned attribute reads the same text the plain way
+      expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([...values, ...values]);
+    }
+    const bulk = decodeProtobufExport(exportOf(Array.from({ length: 5000 }, (_, i) => `customer-${i % 7}`))).spans;
+    expect(new Set(bulk.map((s) => s.attributes['tollgate.customer.id'])).size).toBe(7);
+  });
+
+  it('bytes that are not UTF-8 decode as the plain decoder reads them, from the cache as well', () => {
+    const body = exportOf(['zq', 'zq']);
+    // both spans' customer values (and their request ids) made the bytes ff fe
+    for (let at = body.indexOf('zq'); at >= 0; at = body.indexOf('zq', at + 2)) body.set([0xff, 0xfe], at);
+    const plain = Buffer.from([0xff, 0xfe]).toString('utf8');
+    const spans = decodeProtobufExport(body).spans;
+    expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([plain, plain]);
+    expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([plain, plain]);
+  });
+});
+
+/** One length-delimited protobuf field (wire type 2) holding `body`. */
+function field(no: number, body: Uint8Array): Buffer {
+  const w = Writer.create();
+  w.uint32((no << 3) | 2).bytes(body);
+  return Buffer.from(w.finish());
+}
+

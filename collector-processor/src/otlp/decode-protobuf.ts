@@ -1,4 +1,19 @@
-import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_GEN_AI_TOOL_NAME,
+  ATTR_MCP_METHOD_NAME,
+  ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_MCP_SESSION_ID,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_TOLLGATE_AGENT,
+  ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_SESSION_RULE,
+  ATTR_TOLLGATE_TRANSPORT,
+  type Attributes,
+  RESOURCE_SERVICE_INSTANCE_ID,
+  type SpanView,
+} from '@tollgate/contracts';
 import { type DecodedExport, DecodeError } from './decoded.js';
 import { Reader } from './proto.js';
 
@@ -44,10 +59,46 @@ function readNanosAsMicros(r: R): number {
   return high * 4_294_967 + Math.floor((high * 296 + low) / 1000);
 }
 
-/** int64 varint as a number (exact below 2^53; every count we bill is capped far below). */
+const TWO_32 = 4_294_967_296;
+
+/**
+ * int64 varint as a number, read in place: the value protobufjs's `int64()` gives (two's complement; a
+ * negative value takes ten bytes), exact below 2^53 in magnitude (every count we bill is capped far below),
+ * correctly rounded above. `int64()` built a LongBits object, and a Long, per value: two per span in a
+ * tool call's token counts.
+ */
 function readInt64(r: R): number {
-  const v = r.int64() as unknown as number | { low: number; high: number };
-  return typeof v === 'number' ? v : v.high * 4_294_967_296 + (v.low >>> 0);
+  const b = r.buf;
+  const len = r.len;
+  let pos = r.pos;
+  let lo = 0;
+  for (let shift = 0; shift < 28; shift += 7) {
+    if (pos >= len) throw new RangeError(`index out of range: ${pos} > ${len}`);
+    const byte = b[pos++] as number;
+    lo |= (byte & 127) << shift;
+    if (byte < 128) {
+      r.pos = pos;
+      return lo; // below 2^28
+    }
+  }
+  if (pos >= len) throw new RangeError(`index out of range: ${pos} > ${len}`);
+  let byte = b[pos++] as number;
+  lo = (lo | ((byte & 127) << 28)) >>> 0;
+  let hi = (byte & 127) >> 4;
+  for (let shift = 3; byte >= 128; shift += 7) {
+    if (shift > 31) throw new Error('invalid varint encoding');
+    if (pos >= len) throw new RangeError(`index out of range: ${pos} > ${len}`);
+    byte = b[pos++] as number;
+    hi = (hi | ((byte & 127) << shift)) >>> 0;
+  }
+  r.pos = pos;
+  if (hi >>> 31) {
+    // negative: the magnitude is the two's complement of hi:lo
+    const mlo = (~lo + 1) >>> 0;
+    const mhi = mlo === 0 ? (~hi + 1) >>> 0 : ~hi >>> 0;
+    return -(mlo + mhi * TWO_32);
+  }
+  return lo + hi * TWO_32;
 }
 
 /** A length-delimited bytes field as hex, read in place (no slice of the body per id). */
@@ -69,7 +120,9 @@ function readHex(r: R): string {
  */
 const KEY_CACHE_MAX = 4096;
 const KEY_MAX_BYTES = 128;
-const keyCache = new Map<number, { bytes: Uint8Array; key: string }>();
+const keyCache = new Map<number, { bytes: Uint8Array; key: string; intern: boolean }>();
+/** Whether the key `readKey` returned last is one whose values are interned (see INTERNED), looked up once per cached key. */
+let keyInterned = false;
 
 function readKey(r: R): string {
   const at = r.pos;
@@ -78,6 +131,7 @@ function readKey(r: R): string {
   const end = start + len;
   if (len > KEY_MAX_BYTES || end > r.len) {
     r.pos = at;
+    keyInterned = false;
     return r.string();
   }
   const b = r.buf;
@@ -93,26 +147,92 @@ function readKey(r: R): string {
       }
     if (same) {
       r.pos = end;
+      keyInterned = hit.intern;
       return hit.key;
     }
   }
   r.pos = at;
   const key = r.string();
+  keyInterned = INTERNED.has(key);
   if (hit === undefined) {
     if (keyCache.size >= KEY_CACHE_MAX) keyCache.clear();
-    keyCache.set(h, { bytes: new Uint8Array(b.subarray(start, end)), key }); // a copy, not a view of the body
+    // a copy of the bytes, not a view of the body
+    keyCache.set(h, { bytes: new Uint8Array(b.subarray(start, end)), key, intern: keyInterned });
   }
   return key;
 }
 
+/**
+ * Short string values of the attributes a tool call is billed by, decoded before, by a hash of their bytes
+ * (checked byte by byte): the spans of an export repeat the same customer, tool, agent, session and protocol
+ * version, so each distinct value is decoded once per slot instead of once per span, and the spans share one
+ * string instead of holding a string each until they are billed. Direct-mapped: a value replaces whatever held
+ * its slot, into preallocated bytes, so nothing is allocated for the cache itself. Only the attributes in
+ * INTERNED: a value seen once (a request id, a URL) would pay a hash and a copy of its bytes for nothing
+ * (all-distinct values decoded 1.4–1.6× slower through the cache; docs/benchmarks.md, "Decoding: short
+ * values shared").
+ */
+const INTERNED = new Set<string>([
+  ATTR_GEN_AI_TOOL_NAME,
+  ATTR_TOLLGATE_CUSTOMER,
+  ATTR_TOLLGATE_AGENT,
+  ATTR_MCP_SESSION_ID,
+  ATTR_MCP_METHOD_NAME,
+  ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_TOLLGATE_TRANSPORT,
+  ATTR_TOLLGATE_SESSION_RULE,
+  ATTR_ERROR_TYPE,
+]);
+const VALUE_SLOTS = 4096;
+const VALUE_MAX_BYTES = 64;
+const valueBytes = new Uint8Array(VALUE_SLOTS * VALUE_MAX_BYTES);
+const valueLengths = new Uint8Array(VALUE_SLOTS); // 0: empty slot (the empty string is not cached)
+const valueStrings: string[] = new Array<string>(VALUE_SLOTS).fill('');
+
+function readValueString(r: R): string {
+  const at = r.pos;
+  const len = r.uint32();
+  const start = r.pos;
+  const end = start + len;
+  if (len === 0 || len > VALUE_MAX_BYTES || end > r.len) {
+    r.pos = at;
+    return r.string();
+  }
+  const b = r.buf;
+  let h = len;
+  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + (b[i] as number)) | 0;
+  const slot = (h ^ (h >>> 15)) & (VALUE_SLOTS - 1);
+  const off = slot * VALUE_MAX_BYTES;
+  if (valueLengths[slot] === len) {
+    let same = true;
+    for (let i = 0; i < len; i++)
+      if (valueBytes[off + i] !== b[start + i]) {
+        same = false;
+        break;
+      }
+    if (same) {
+      r.pos = end;
+      return valueStrings[slot] as string;
+    }
+  }
+  r.pos = at;
+  const value = r.string();
+  for (let i = 0; i < len; i++) valueBytes[off + i] = b[start + i] as number;
+  valueLengths[slot] = len;
+  valueStrings[slot] = value;
+  return value;
+}
+
 /** One AnyValue: scalars are kept, arrays, maps and bytes become null (billing never reads them). */
-function readAnyValue(r: R, end: number): Attributes[string] {
+function readAnyValue(r: R, end: number, intern: boolean): Attributes[string] {
   let value: Attributes[string] = null;
   while (r.pos < end) {
     const tag = r.uint32();
     switch (tag) {
       case ANY_STRING:
-        value = r.string();
+        value = intern ? readValueString(r) : r.string();
         break;
       case ANY_BOOL:
         value = r.bool();
@@ -135,14 +255,18 @@ function readKeyValue(r: R, into: Attributes): void {
   const end = r.uint32() + r.pos;
   if (end > r.len) throw new RangeError('attribute length beyond the message');
   let key: string | undefined;
+  let intern = false;
   let value: Attributes[string] = null;
   while (r.pos < end) {
     const tag = r.uint32();
-    if (tag === KV_KEY) key = readKey(r);
-    else if (tag === KV_VALUE) {
+    if (tag === KV_KEY) {
+      key = readKey(r);
+      intern = keyInterned;
+    } else if (tag === KV_VALUE) {
       const vEnd = r.uint32() + r.pos;
       if (vEnd > end) throw new RangeError('value length beyond the attribute');
-      value = readAnyValue(r, vEnd);
+      // the key comes first in every encoder we know; a value before its key is decoded the plain way
+      value = readAnyValue(r, vEnd, intern);
     } else r.skipType(tag & 7);
   }
   if (r.pos !== end) throw new RangeError('attribute overruns its length');
