@@ -1,12 +1,13 @@
 import { extractToolCall, type SpanView } from '@tollgate/contracts';
+import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import { decodeJsonExport } from '../src/otlp/decode-json.js';
 import { decodeProtobufExport } from '../src/otlp/decode-protobuf.js';
 import { DecodeError } from '../src/otlp/decoded.js';
 import { ProtoRequest, ProtoSpan, Reader } from '../src/otlp/proto.js';
-import protobuf from 'protobufjs';
 
 const { Writer } = protobuf;
+
 import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
 import { captureServer } from './support/capture.js';
 import { emitToolCall, otelTracer } from './support/harness.js';
@@ -270,8 +271,19 @@ describe('malformed input', () => {
   it('protobuf: int64 attributes read in place give what protobufjs gives, at every length and sign', () => {
     // values at every varint length (1–10 bytes), both signs, the int64 limits and seeded random ones; each
     // read back in place and compared with protobufjs's own int64() on the same bytes
-    const values: bigint[] = [0n, 1n, 127n, 128n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, -(2n ** 63n), -1n];
-    for (let bits = 1n; bits < 63n; bits++) values.push(2n ** bits - 1n, 2n ** bits, -(2n ** bits), -(2n ** bits) + 1n);
+    const values: bigint[] = [
+      0n,
+      1n,
+      127n,
+      128n,
+      2n ** 53n - 1n,
+      2n ** 53n,
+      2n ** 63n - 1n,
+      -(2n ** 63n),
+      -1n,
+    ];
+    for (let bits = 1n; bits < 63n; bits++)
+      values.push(2n ** bits - 1n, 2n ** bits, -(2n ** bits), -(2n ** bits) + 1n);
     let seed = 7n;
     for (let i = 0; i < 2000; i++) {
       seed = (seed * 6364136223846793005n + 1442695040888963407n) % 2n ** 64n;
@@ -359,14 +371,28 @@ describe('protobuf: the short values of billing attributes, shared between spans
   it('decode to their own text, whatever shares a slot, at every length, and repeated ones are one string', () => {
     // 'Aa' and 'BB' hash alike (31-based), so they take the same slot in turn; 64 bytes is the longest value
     // kept, 65 goes around the cache; multi-byte UTF-8 and the empty string
-    const values = ['Aa', 'BB', 'Aa', 'AaAa', 'BBBB', 'AaBB', 'BBAa', 'x'.repeat(64), 'y'.repeat(65), 'añ€😀', ''];
+    const values = [
+      'Aa',
+      'BB',
+      'Aa',
+      'AaAa',
+      'BBBB',
+      'AaBB',
+      'BBAa',
+      'x'.repeat(64),
+      'y'.repeat(65),
+      'añ€😀',
+      '',
+    ];
     for (let round = 0; round < 3; round++) {
       const spans = decodeProtobufExport(exportOf([...values, ...values])).spans;
       expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([...values, ...values]);
       // the non-interned attribute reads the same text the plain way
       expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([...values, ...values]);
     }
-    const bulk = decodeProtobufExport(exportOf(Array.from({ length: 5000 }, (_, i) => `customer-${i % 7}`))).spans;
+    const bulk = decodeProtobufExport(
+      exportOf(Array.from({ length: 5000 }, (_, i) => `customer-${i % 7}`)),
+    ).spans;
     expect(new Set(bulk.map((s) => s.attributes['tollgate.customer.id'])).size).toBe(7);
   });
 
@@ -387,4 +413,3 @@ function field(no: number, body: Uint8Array): Buffer {
   w.uint32((no << 3) | 2).bytes(body);
   return Buffer.from(w.finish());
 }
-
