@@ -7,6 +7,7 @@ import { ROOT } from './lib.mjs';
 
 const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
+  ['decode', ['node', 'bench/decode.mjs']],
   ['landing', ['node', 'bench/landing.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['credits', ['node', 'bench/credits.mjs']],

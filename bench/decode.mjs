@@ -1,0 +1,135 @@
+// Decoding and selecting OTLP protobuf exports on the main thread, alone: CPU µs per span and bytes allocated
+// per span, for two workloads:
+//   - e2e: the exports of bench/e2e.mjs (512 MCP tool-call spans, 11 attributes, repeated customer, tools,
+//     agents and sessions), decoded and selected as the receiver does;
+//   - distinct: 512 spans of 10 string attributes whose every value is new (none of them a billing
+//     attribute), decoded only: the worst case for anything that remembers values.
+// Each sample is its own process (`node --trace-gc-nvp`): 5 rounds of warm-up, then 20 measured rounds over
+// 100 exports; CPU from process.cpuUsage, allocation as the sum of V8's `allocated=` over the collections of
+// the measured rounds. BENCH_BASE=<a built checkout> alternates base and this build BENCH_REPEAT (5) times and
+// prints the medians and their ratio; without it, this build alone.
+//   node bench/decode.mjs
+//   BENCH_BASE=/tmp/base node bench/decode.mjs
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { percentile, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
+
+const ROUNDS = 20;
+const WARMUP_ROUNDS = 5;
+
+async function child(dist, workload) {
+  const load = (p) => import(pathToFileURL(join(dist, p)).href);
+  const { decodeOtlp, extractOptions, selectCalls } = await load('pipeline/select.js');
+  const { RejectionTally } = await load('pipeline/tally.js');
+  const { ProtoRequest } = await import(
+    pathToFileURL(join(ROOT, 'collector-processor/dist/otlp/proto.js')).href
+  );
+  let bodies;
+  if (workload === 'e2e') bodies = await protobufBatches(100, 512);
+  else {
+    bodies = [];
+    const kv = (key, value) => ({ key, value: { stringValue: value } });
+    const keys = ['a.b.c', 'd.e.f', 'g.h', 'i.j.k', 'l.m', 'n.o.p', 'q.r', 's.t', 'u.v', 'w.x'];
+    for (let b = 0; b < 100; b++) {
+      const spans = [];
+      for (let i = 0; i < 512; i++) {
+        const u = () => randomBytes(12).toString('hex');
+        spans.push({
+          traceId: randomBytes(16),
+          spanId: randomBytes(8),
+          name: `span ${u()}`,
+          kind: 2,
+          startTimeUnixNano: '1',
+          endTimeUnixNano: '2',
+          attributes: keys.map((k) => kv(k, u())),
+        });
+      }
+      const doc = { resourceSpans: [{ scopeSpans: [{ spans }] }] };
+      bodies.push(Buffer.from(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish()));
+    }
+  }
+  const win = { maxSpanAgeHours: 24, maxFutureSeconds: 300 };
+  let spans = 0;
+  const round = () => {
+    for (const body of bodies) {
+      const decoded = decodeOtlp('otlp-protobuf', body);
+      if (workload === 'e2e')
+        selectCalls(decoded, extractOptions(win, undefined, Date.now(), []), new RejectionTally());
+      spans += decoded.spans.length;
+    }
+  };
+  for (let i = 0; i < WARMUP_ROUNDS; i++) round();
+  spans = 0;
+  console.log('MARK start');
+  const c0 = process.cpuUsage();
+  for (let i = 0; i < ROUNDS; i++) round();
+  const c = process.cpuUsage(c0);
+  console.log('MARK end');
+  console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans })}`);
+}
+
+/** One sample: a process with V8's GC trace; CPU µs and allocated bytes per span of the measured rounds. */
+function sample(dist, workload) {
+  const r = spawnSync(
+    process.execPath,
+    ['--trace-gc-nvp', join(ROOT, 'bench/decode.mjs'), '--child', dist, workload],
+    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+  );
+  if (r.status !== 0) throw new Error(`decode sample failed: ${r.stderr}`);
+  let on = false;
+  let allocated = 0;
+  let result;
+  for (const line of r.stdout.split('\n')) {
+    if (line === 'MARK start') on = true;
+    else if (line === 'MARK end') on = false;
+    else if (line.startsWith('RESULT ')) result = JSON.parse(line.slice(7));
+    else if (on && line.includes(' gc=')) allocated += Number(/ allocated=(\d+)/.exec(line)?.[1] ?? 0);
+  }
+  return { cpuUsPerSpan: result.cpuUsPerSpan, bytesPerSpan: allocated / result.spans };
+}
+
+if (process.argv[2] === '--child') {
+  await child(process.argv[3], process.argv[4]);
+} else {
+  const base = process.env.BENCH_BASE;
+  const repeat = Number(process.env.BENCH_REPEAT ?? 5);
+  const builds = [['this build', join(ROOT, 'collector-processor/dist')]];
+  if (base) builds.unshift(['base', join(base, 'collector-processor/dist')]);
+  const samples = {};
+  for (let i = 0; i < repeat; i++)
+    for (const workload of ['e2e', 'distinct'])
+      for (const [name, dist] of i % 2 ? [...builds].reverse() : builds)
+        (samples[`${workload}\0${name}`] ??= []).push(sample(dist, workload));
+  const median = (xs) =>
+    percentile(
+      [...xs].sort((a, b) => a - b),
+      50,
+    );
+  const rows = [['workload', 'build', 'CPU µs/span', 'allocated B/span', 'CPU min–max']];
+  const out = {};
+  for (const workload of ['e2e', 'distinct']) {
+    const m = {};
+    for (const [name] of builds) {
+      const s = samples[`${workload}\0${name}`];
+      const cpus = s.map((x) => x.cpuUsPerSpan);
+      m[name] = { cpu: median(cpus), bytes: median(s.map((x) => x.bytesPerSpan)) };
+      rows.push([
+        workload,
+        name,
+        m[name].cpu.toFixed(2),
+        m[name].bytes.toFixed(0),
+        `${Math.min(...cpus).toFixed(2)}–${Math.max(...cpus).toFixed(2)}`,
+      ]);
+    }
+    if (base) {
+      const r = (k) => (m['this build'][k] / m.base[k]).toFixed(2);
+      rows.push([workload, 'ratio this / base', r('cpu'), r('bytes'), '']);
+    }
+    out[workload] = m;
+  }
+  console.log(`decode + select, ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`);
+  console.log(table(rows));
+  writeResult('decode', out);
+}
