@@ -9,8 +9,10 @@
 -- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below
 -- ARGV[14] minimum revenue before the guard judges   ARGV[15] throttle rate (calls/s)
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
--- then n, then one argument per call: "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated;
--- identifiers never contain control characters; session key index 0 = no session)
+-- then n, then one argument with the n calls, one line each, each ended by "\n":
+-- "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated; identifiers never contain control
+-- characters; session key index 0 = no session). One argument rather than one per call: the host writes the
+-- lines straight into one buffer instead of building a few strings per call for the client to join.
 -- then one argument with the calls taken from quota leases, aggregated per lease (empty: none):
 --   "L\tlease_id\tinstance\tcalls\treserved_nano" per lease, followed by its "T\ttool\tcalls" and
 --   "S\tsession_id\treserved_nano" lines (see lease-lib.lua, prepended to this script: those calls are
@@ -51,7 +53,8 @@ local n = tonumber(ARGV[base])
 local P = string.sub(state, 1, #state - 5)
 lease_reap(P, now, 64)
 local leased = {}
-for line in string.gmatch(ARGV[base + 1 + n] or '', '[^\n]+') do
+local calls_text = ARGV[base + 1]
+for line in string.gmatch(ARGV[base + 2] or '', '[^\n]+') do
   local kind, a, b, c, d = string.match(line, '^(%u)\t([^\t]*)\t([^\t]*)\t?([^\t]*)\t?([^\t]*)$')
   if kind == 'L' then
     leased[#leased + 1] = { id = a, inst = b, calls = tonumber(c) or 0, money = tonumber(d) or 0, tools = {}, sessions = {} }
@@ -156,9 +159,15 @@ local d_spend, d_cost, d_day = 0, 0, 0
 local tool_calls, d_tool = {}, {}
 local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls }
 
+local at = 1
 for i = 0, n - 1 do
-  local sk, sid, agent, tool, price, cost =
-    string.match(ARGV[base + 1 + i], '^(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%-?%d+)\t(%-?%d+)$')
+  local sk, sid, agent, tool, price, cost, next_at = string.match(
+    calls_text,
+    '^(%d+)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t(%-?%d+)\t(%-?%d+)\n()',
+    at
+  )
+  if not sk then return redis.error_reply('enforce.lua: call ' .. i .. ' of ' .. n .. ' unreadable') end
+  at = next_at
   sk, price, cost = tonumber(sk), tonumber(price), tonumber(cost)
   if agent ~= '' then scope_of('agent', agent) end
   if sid ~= '' then scope_of('session', sid) end

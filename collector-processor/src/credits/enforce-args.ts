@@ -11,7 +11,7 @@ import type { CreditLedger } from './ledger.js';
  */
 export function creditArgs(
   keys: string[],
-  args: (string | number)[],
+  args: (string | number | Buffer)[],
   tag: string,
   terms: Plan['credits'],
   rows: readonly RatedCall[],
