@@ -100,8 +100,10 @@ if (process.argv[2] === '--child') {
   const samples = {};
   for (let i = 0; i < repeat; i++)
     for (const workload of ['e2e', 'distinct'])
-      for (const [name, dist] of i % 2 ? [...builds].reverse() : builds)
-        (samples[`${workload}\0${name}`] ??= []).push(sample(dist, workload));
+      for (const [name, dist] of i % 2 ? [...builds].reverse() : builds) {
+        const key = `${workload}\0${name}`;
+        samples[key] = [...(samples[key] ?? []), sample(dist, workload)];
+      }
   const median = (xs) =>
     percentile(
       [...xs].sort((a, b) => a - b),
