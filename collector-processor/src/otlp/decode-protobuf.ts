@@ -114,6 +114,19 @@ function readHex(r: R): string {
     : Buffer.from(b.buffer, b.byteOffset + start, len).toString('hex');
 }
 
+/** A 31-based hash of `b[start, end)`, seeded with its length: the key and value caches' slot or map key. */
+function hashOf(b: Uint8Array, start: number, end: number): number {
+  let h = end - start;
+  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + (b[i] as number)) | 0;
+  return h;
+}
+
+/** Whether `a[aFrom, aFrom + len)` holds the same bytes as `b[bFrom, bFrom + len)`. */
+function sameBytes(a: Uint8Array, aFrom: number, b: Uint8Array, bFrom: number, len: number): boolean {
+  for (let i = 0; i < len; i++) if (a[aFrom + i] !== b[bFrom + i]) return false;
+  return true;
+}
+
 /**
  * Attribute keys decoded before, by a hash of their bytes (checked byte by byte): every span repeats the
  * same dozen keys, so each is decoded once rather than once per span. Bounded: cleared when full.
@@ -135,21 +148,12 @@ function readKey(r: R): string {
     return r.string();
   }
   const b = r.buf;
-  let h = len;
-  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + (b[i] as number)) | 0;
+  const h = hashOf(b, start, end);
   const hit = keyCache.get(h);
-  if (hit !== undefined && hit.bytes.length === len) {
-    let same = true;
-    for (let i = 0; i < len; i++)
-      if (hit.bytes[i] !== b[start + i]) {
-        same = false;
-        break;
-      }
-    if (same) {
-      r.pos = end;
-      keyInterned = hit.intern;
-      return hit.key;
-    }
+  if (hit !== undefined && hit.bytes.length === len && sameBytes(hit.bytes, 0, b, start, len)) {
+    r.pos = end;
+    keyInterned = hit.intern;
+    return hit.key;
   }
   r.pos = at;
   const key = r.string();
@@ -201,21 +205,12 @@ function readValueString(r: R): string {
     return r.string();
   }
   const b = r.buf;
-  let h = len;
-  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + (b[i] as number)) | 0;
+  const h = hashOf(b, start, end);
   const slot = (h ^ (h >>> 15)) & (VALUE_SLOTS - 1);
   const off = slot * VALUE_MAX_BYTES;
-  if (valueLengths[slot] === len) {
-    let same = true;
-    for (let i = 0; i < len; i++)
-      if (valueBytes[off + i] !== b[start + i]) {
-        same = false;
-        break;
-      }
-    if (same) {
-      r.pos = end;
-      return valueStrings[slot] as string;
-    }
+  if (valueLengths[slot] === len && sameBytes(valueBytes, off, b, start, len)) {
+    r.pos = end;
+    return valueStrings[slot] as string;
   }
   r.pos = at;
   const value = r.string();
