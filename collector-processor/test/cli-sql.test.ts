@@ -1,11 +1,9 @@
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RUNNING_FILE } from '../src/running.js';
 import { startTestTollgate, type TestTollgate } from './support/harness.js';
-import { CLI, sql } from './support/process.js';
+import { runCli, sql } from './support/process.js';
 
 /**
  * Issue 12, point 5: `tollgate sql` on an embedded data directory that a running Tollgate holds (chDB opens a
@@ -13,7 +11,6 @@ import { CLI, sql } from './support/process.js';
  * and the API routes that answer the same question, and exits 1.
  */
 
-const execFileAsync = promisify(execFile);
 let tg: TestTollgate;
 
 beforeAll(async () => {
@@ -23,20 +20,8 @@ afterAll(async () => {
   await tg?.cleanup();
 });
 
-async function runSql(query: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await execFileAsync(process.execPath, [
-      CLI,
-      'sql',
-      query,
-      '--data-dir',
-      tg.dataDir,
-    ]);
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
+function runSql(query: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runCli(['sql', query, '--data-dir', tg.dataDir]);
 }
 
 describe('tollgate sql while the embedded server runs', () => {

@@ -1,9 +1,8 @@
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestTollgate, type TestTollgate } from './support/harness.js';
+import { runCli } from './support/process.js';
 
 /**
  * Embedded chDB lets one process open a data directory. `tollgate sql` said so, naming the running
@@ -16,9 +15,6 @@ import { startTestTollgate, type TestTollgate } from './support/harness.js';
  * the directory (this test process, chDB and a private redis-server).
  */
 
-const exec = promisify(execFile);
-const CLI = new URL('../dist/cli/main.js', import.meta.url).pathname;
-
 let tg: TestTollgate;
 
 beforeAll(async () => {
@@ -29,14 +25,8 @@ afterAll(async () => {
   await tg?.cleanup();
 });
 
-async function run(args: string[]): Promise<{ code: number; stderr: string }> {
-  try {
-    await exec('node', [CLI, ...args], { env: { ...process.env, TOLLGATE_LOG_LEVEL: 'warn' } });
-    return { code: 0, stderr: '' };
-  } catch (err) {
-    const e = err as { code: number; stderr: string };
-    return { code: e.code, stderr: e.stderr };
-  }
+function run(args: string[]): Promise<{ code: number; stderr: string }> {
+  return runCli(args, { ...process.env, TOLLGATE_LOG_LEVEL: 'warn' });
 }
 
 describe('a command on a data directory a running Tollgate holds', () => {

@@ -62,6 +62,23 @@ export function waitExit(child: ChildProcess): Promise<number | null> {
   });
 }
 
+/** The built CLI in a child process: its exit code and output, whether it succeeded or failed. */
+export async function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileAsync(process.execPath, [CLI, ...args], {
+      env,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
 /** `tollgate sql` against a stopped server's data directory. */
 export async function sql<T = Record<string, string>>(args: string[], query: string): Promise<T[]> {
   const { stdout } = await execFileAsync(process.execPath, [CLI, 'sql', query, ...args], {
