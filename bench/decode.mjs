@@ -14,7 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { percentile, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
+import { median, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
 
 const ROUNDS = 20;
 const WARMUP_ROUNDS = 5;
@@ -104,11 +104,6 @@ if (process.argv[2] === '--child') {
         const key = `${workload}\0${name}`;
         samples[key] = [...(samples[key] ?? []), sample(dist, workload)];
       }
-  const median = (xs) =>
-    percentile(
-      [...xs].sort((a, b) => a - b),
-      50,
-    );
   const rows = [['workload', 'build', 'CPU µs/span', 'allocated B/span', 'CPU min–max']];
   const out = {};
   for (const workload of ['e2e', 'distinct']) {

@@ -5,7 +5,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { driveBatches, ROOT, table, writeResult } from './lib.mjs';
+import { driveBatches, median, ROOT, table, writeResult } from './lib.mjs';
 
 //
 // A/B of the scripts: BENCH_BASE=<a built checkout> runs base and this build (each its own scripts and
@@ -161,7 +161,6 @@ async function scriptsAB() {
       x.cpu.push((end.cpu - start.cpu) / calls);
     }
   }
-  const median = (a) => [...a].sort((p, q) => p - q)[a.length >> 1];
   const [base, now] = builds;
   const row = (label, key) => [
     label,

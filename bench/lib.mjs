@@ -112,6 +112,11 @@ export async function metric(apiUrl, name) {
   return line ? Number(line.split(' ').pop()) : 0;
 }
 
+/** The middle value of `xs` (the upper of the two middle ones for an even count); `xs` is not reordered. */
+export function median(xs) {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+}
+
 export function percentile(sorted, p) {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

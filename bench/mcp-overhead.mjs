@@ -17,7 +17,7 @@
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { noopExporter, table, writeResult } from './lib.mjs';
+import { median, noopExporter, table, writeResult } from './lib.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 const require = createRequire(import.meta.url);
@@ -196,8 +196,6 @@ async function slice(client, n, lat) {
   const c = process.cpuUsage(c0);
   return { wallUs: ((performance.now() - t0) * 1000) / n, cpuUs: (c.user + c.system) / n };
 }
-
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Child: one configuration, one transport, against the in-process reference; prints a JSON line. */
 async function child(configName, transport, calls, line) {

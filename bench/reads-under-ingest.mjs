@@ -10,6 +10,7 @@
 import {
   drive,
   INGEST_HEADERS as headers,
+  median,
   percentile,
   protobufBatches,
   startTollgate,
@@ -69,7 +70,6 @@ async function sample(readConnections, bodies) {
   }
 }
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const bodies = await protobufBatches(EXPORTS, SPANS);
 const runs = { base: [], readers: [] };
 for (let r = 0; r < ROUNDS; r++) {
