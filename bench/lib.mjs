@@ -2,7 +2,7 @@
 // generate OTLP payloads, drive HTTP load and summarise latencies.
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -37,6 +37,8 @@ export async function startTollgate(flags = [], env = {}, nodeArgs = [], cli = C
   const dataDir = mkdtempSync(join(tmpdir(), 'tollgate-bench-'));
   const otlpPort = await freePort();
   const apiPort = await freePort();
+  // BENCH_SERVER_STDOUT=<file>: the server's stdout (V8's --trace-gc* output among it) appended there
+  const stdout = process.env.BENCH_SERVER_STDOUT ? openSync(process.env.BENCH_SERVER_STDOUT, 'a') : 'ignore';
   const child = spawn(
     process.execPath,
     [
@@ -53,16 +55,9 @@ export async function startTollgate(flags = [], env = {}, nodeArgs = [], cli = C
       'warn',
       ...flags,
     ],
-    {
-      // BENCH_SERVER_STDOUT=<file>: the server's stdout (V8's --trace-gc* output among it) appended there
-      stdio: [
-        'ignore',
-        process.env.BENCH_SERVER_STDOUT ? openSync(process.env.BENCH_SERVER_STDOUT, 'a') : 'ignore',
-        'inherit',
-      ],
-      env: { ...process.env, ...env },
-    },
+    { stdio: ['ignore', stdout, 'inherit'], env: { ...process.env, ...env } },
   );
+  if (typeof stdout === 'number') closeSync(stdout); // the child has its own copy
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   for (let i = 0; ; i++) {
     if (child.exitCode !== null) throw new Error(`tollgate exited with ${child.exitCode}`);
