@@ -6,6 +6,12 @@
  */
 export const NANO_DIGITS = 9;
 export const NANO_PER_UNIT = 1_000_000_000n;
+/**
+ * ±(2^53 − 1) as bigints: an amount between them is exactly a number. Module constants, because `-x` on a
+ * bigint allocates a new one at every evaluation (a range check per value on the ingest path did).
+ */
+export const MAX_SAFE_BIGINT = BigInt(Number.MAX_SAFE_INTEGER);
+export const MIN_SAFE_BIGINT = -MAX_SAFE_BIGINT;
 
 const DECIMAL = /^(-)?(\d+)(?:\.(\d+))?$/;
 

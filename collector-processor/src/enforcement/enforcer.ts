@@ -5,6 +5,8 @@ import {
   type DirectiveScope,
   decodeState,
   isValidIdentifier,
+  MAX_SAFE_BIGINT,
+  MIN_SAFE_BIGINT,
   type RatedCall,
   redisKeys,
   stateInForce,
@@ -118,8 +120,6 @@ export function parseEnforceReply(
   return { over, directives };
 }
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-
 /**
  * enforce.lua's calls argument, "sk\tsession\tagent\ttool\tprice\tcost\n" per call, written straight into
  * one reused buffer and handed to Redis as one Buffer argument. A template string per call was a handful of
@@ -173,7 +173,7 @@ export class CallLines {
   }
 
   private money(v: bigint): void {
-    if (v <= MAX_SAFE && v >= -MAX_SAFE) {
+    if (v <= MAX_SAFE_BIGINT && v >= MIN_SAFE_BIGINT) {
       const n = Number(v);
       if (n < 0) {
         this.buf[this.pos++] = 45; // '-'

@@ -1,4 +1,4 @@
-import { RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
 
 /**
  * How a column's values are written, chosen once per column from its ClickHouse type in RATED_CALL_COLUMNS.
@@ -97,7 +97,6 @@ const COLUMNS: readonly Column[] = RATED_CALL_COLUMNS.map(([name, type, field]) 
 export const NATIVE_COLUMNS = RATED_CALL_COLUMNS.map(([name]) => name);
 
 const TWO_32 = 4_294_967_296;
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const MIN_INT64 = -(1n << 63n);
 const MAX_INT64 = (1n << 63n) - 1n;
 const MAX_UINT64 = (1n << 64n) - 1n;
@@ -392,7 +391,7 @@ export class NativeWriter {
 
   /** Int64 from a bigint, exactly (through a number when it is one); room already made. */
   private int64(v: bigint, field: string): void {
-    if (v <= MAX_SAFE && v >= -MAX_SAFE) this.exact(Number(v));
+    if (v <= MAX_SAFE_BIGINT && v >= MIN_SAFE_BIGINT) this.exact(Number(v));
     else if (v < MIN_INT64 || v > MAX_INT64)
       throw new LandingEncodeError(`${field} = ${v} does not fit Int64`);
     else this.pos = this.buf.writeBigInt64LE(v, this.pos);
@@ -400,7 +399,7 @@ export class NativeWriter {
 
   /** UInt64 from a bigint, exactly; room already made. */
   private uint64(v: bigint, field: string): void {
-    if (v >= 0n && v <= MAX_SAFE) this.exact(Number(v));
+    if (v >= 0n && v <= MAX_SAFE_BIGINT) this.exact(Number(v));
     else if (v < 0n || v > MAX_UINT64) throw new LandingEncodeError(`${field} = ${v} does not fit UInt64`);
     else this.pos = this.buf.writeBigUInt64LE(v, this.pos);
   }

@@ -1,4 +1,4 @@
-import { RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
 
 /**
  * Rated calls travel to ClickHouse as TabSeparated rows, in the column order of RATED_CALL_COLUMNS
@@ -53,7 +53,6 @@ ESCAPE_BYTE[13] = 114; // carriage return → \r
 ESCAPE_BYTE[0] = 48; // NUL → \0 (so every escaped character has a non-zero entry)
 /** The bytes of `[]\t[]\t[]\t[]\t[]\n`: five empty usage-line arrays ending a row (most calls have none). */
 const NO_USAGE_LINES = Buffer.from('[]\t[]\t[]\t[]\t[]\n', 'latin1');
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /**
  * Writes rated calls as TabSeparated bytes straight into one reused buffer — the same bytes as
@@ -160,7 +159,7 @@ export class TsvWriter {
 
   /** A bigint: through a number when it is one exactly, else through its decimal string. */
   private big(v: bigint, sep: number): void {
-    if (v <= MAX_SAFE && v >= -MAX_SAFE) {
+    if (v <= MAX_SAFE_BIGINT && v >= MIN_SAFE_BIGINT) {
       this.int(Number(v), sep);
       return;
     }

@@ -8,6 +8,7 @@ import {
   invoiceLines,
   periodRange,
 } from '@tollgate/billing-api';
+import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT } from '@tollgate/contracts';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Logger } from 'pino';
 import { StripeSyncError } from './errors.js';
@@ -440,8 +441,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
                   'STRIPE_NEGATIVE_QUANTITY',
                   `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
                 );
-              const big = (n: bigint) =>
-                n > BigInt(Number.MAX_SAFE_INTEGER) || n < -BigInt(Number.MAX_SAFE_INTEGER);
+              const big = (n: bigint) => n > MAX_SAFE_BIGINT || n < MIN_SAFE_BIGINT;
               if (big(amountMinor) || big(quantity))
                 throw new StripeSyncError(
                   'STRIPE_API',
