@@ -1,9 +1,12 @@
-// Decoding and selecting OTLP protobuf exports on the main thread, alone: CPU µs per span and bytes allocated
-// per span, for two workloads:
+// The main thread's per-span work on the ingest path, one stage at a time: CPU µs per span and bytes
+// allocated per span, for three workloads:
 //   - e2e: the exports of bench/e2e.mjs (512 MCP tool-call spans, 11 attributes, repeated customer, tools,
 //     agents and sessions), decoded and selected as the receiver does;
 //   - distinct: 512 spans of 10 string attributes whose every value is new (none of them a billing
-//     attribute), decoded only: the worst case for anything that remembers values.
+//     attribute), decoded only: the worst case for anything that remembers values;
+//   - rate: the calls of e2e's exports (decoded once, before the rounds) rated under the embedded default
+//     plans (collector-processor/defaults/plans.yaml, product demo-mcp) at usage positions that run on
+//     from call to call, as Redis's claim would give them: rating alone.
 // Each sample is its own process (`node --trace-gc-nvp`): 5 rounds of warm-up, then 20 measured rounds over
 // 100 exports; CPU from process.cpuUsage, allocation as the sum of V8's `allocated=` over the collections of
 // the measured rounds. BENCH_BASE=<a built checkout> alternates base and this build BENCH_REPEAT (5) times and
@@ -12,12 +15,14 @@
 //   BENCH_BASE=/tmp/base node bench/decode.mjs
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { median, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
 
 const ROUNDS = 20;
 const WARMUP_ROUNDS = 5;
+const WORKLOADS = ['e2e', 'distinct', 'rate'];
 
 async function child(dist, workload) {
   const load = (p) => import(pathToFileURL(join(dist, p)).href);
@@ -26,6 +31,7 @@ async function child(dist, workload) {
   const { ProtoRequest } = await import(
     pathToFileURL(join(ROOT, 'collector-processor/dist/otlp/proto.js')).href
   );
+  if (workload === 'rate') return rateChild(load, decodeOtlp, extractOptions, selectCalls, RejectionTally);
   let bodies;
   if (workload === 'e2e') bodies = await protobufBatches(100, 512);
   else {
@@ -70,6 +76,40 @@ async function child(dist, workload) {
   console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans })}`);
 }
 
+/** The `rate` workload: rateCall over e2e's calls, each at the next usage position of its customer. */
+async function rateChild(load, decodeOtlp, extractOptions, selectCalls, RejectionTally) {
+  const { loadPlanBook, toolRateOf } = await load('plans/load.js');
+  const { rateCall } = await load('rating/rate.js');
+  const book = loadPlanBook(readFileSync(join(ROOT, 'collector-processor/defaults/plans.yaml'), 'utf8'));
+  const opts = extractOptions({ maxSpanAgeHours: 24, maxFutureSeconds: 300 }, undefined, Date.now(), []);
+  const calls = [];
+  for (const body of await protobufBatches(100, 512))
+    calls.push(...selectCalls(decodeOtlp('otlp-protobuf', body), opts, new RejectionTally()));
+  const jobs = calls.map((call) => {
+    const plan = book.resolve('demo-mcp', call.customer);
+    return { call, plan, rate: toolRateOf(plan, call.tool) };
+  });
+  const positions = new Map(); // customer → calls counted so far (tool ordinals share it: one bench tool each)
+  let sink = 0n;
+  const round = () => {
+    for (const j of jobs) {
+      const n = (positions.get(j.call.customer) ?? 0) + 1;
+      positions.set(j.call.customer, n);
+      sink += rateCall(j.call, j.plan, j.rate, { toolOrdinal: n, planOrdinal: n }).priceNano;
+    }
+  };
+  for (let i = 0; i < WARMUP_ROUNDS; i++) round();
+  console.log('MARK start');
+  const c0 = process.cpuUsage();
+  for (let i = 0; i < ROUNDS; i++) round();
+  const c = process.cpuUsage(c0);
+  console.log('MARK end');
+  const spans = ROUNDS * jobs.length;
+  console.log(
+    `RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans, sink: String(sink) })}`,
+  );
+}
+
 /** One sample: a process with V8's GC trace; CPU µs and allocated bytes per span of the measured rounds. */
 function sample(dist, workload) {
   const r = spawnSync(
@@ -99,14 +139,14 @@ if (process.argv[2] === '--child') {
   if (base) builds.unshift(['base', join(base, 'collector-processor/dist')]);
   const samples = {};
   for (let i = 0; i < repeat; i++)
-    for (const workload of ['e2e', 'distinct'])
+    for (const workload of WORKLOADS)
       for (const [name, dist] of i % 2 ? [...builds].reverse() : builds) {
         const key = `${workload}\0${name}`;
         samples[key] = [...(samples[key] ?? []), sample(dist, workload)];
       }
   const rows = [['workload', 'build', 'CPU µs/span', 'allocated B/span', 'CPU min–max']];
   const out = {};
-  for (const workload of ['e2e', 'distinct']) {
+  for (const workload of WORKLOADS) {
     const m = {};
     for (const [name] of builds) {
       const s = samples[`${workload}\0${name}`];
@@ -126,7 +166,9 @@ if (process.argv[2] === '--child') {
     }
     out[workload] = m;
   }
-  console.log(`decode + select, ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`);
+  console.log(
+    `decode + select (e2e, distinct), rating (rate), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`,
+  );
   console.log(table(rows));
   writeResult('decode', out);
 }

@@ -1,7 +1,7 @@
 import type { ToolCall } from '@tollgate/contracts';
 import { describe, expect, it } from 'vitest';
 import { loadPlanBook, toolRateOf } from '../src/plans/load.js';
-import { durationAmount, perCallPrice, rateCall, tierSegments } from '../src/rating/rate.js';
+import { durationAmount, perCallPrice, rateCall, rateInBigints, tierSegments } from '../src/rating/rate.js';
 import { readUsage } from '../src/rating/usage.js';
 import { seededRandom } from './support/seeded-random.js';
 
@@ -124,6 +124,92 @@ describe('rateCall', () => {
     expect(durationAmount(500, 1_000n)).toBe(1n); // 0.5 → 1
     expect(durationAmount(499, 1_000n)).toBe(0n);
     expect(durationAmount(1_000_000, undefined)).toBe(0n);
+  });
+});
+
+describe('rating in numbers (calls without usage lines) gives what bigint arithmetic gives', () => {
+  // 2^53 − 1 nano-units is 9007199.254740991; prices at, just under and past it, next to everyday ones
+  const MAX = '9007199.254740991';
+  const prices = ['0', '0.000000001', '0.0001', '0.002', '1.5', '12345.678901234', '9007199.254740990', MAX];
+  prices.push('9007199.254740992', '9007199.254740993', '18014398.509481984');
+  const wide = loadPlanBook(`
+currency: USD
+products:
+  p:
+    defaultPlan: a
+    plans:
+${prices
+  .map(
+    (v, i) => `      p${i}:
+        freeCallsPerMonth: ${i % 3}
+        billFailedCalls: ${i % 2 === 0}
+        tools:
+          "*":
+            price: { perCall: "${v}", perInputToken: "${prices[(i + 3) % prices.length]}", perOutputToken: "${prices[(i + 5) % prices.length]}", perSecond: "${prices[(i + 7) % prices.length]}" }
+            cost: { perCall: "${prices[(i + 1) % prices.length]}", perInputToken: "${prices[(i + 2) % prices.length]}", perOutputToken: "${prices[(i + 4) % prices.length]}", perSecond: "${prices[(i + 6) % prices.length]}" }
+          tiered:
+            price:
+              perCallTiers:
+                - { upTo: 2, perCall: "${v}" }
+                - { upTo: 4, perCall: "${prices[(i + 9) % prices.length]}" }
+                - { perCall: "0.005" }
+              perSecond: "${prices[(i + 2) % prices.length]}"
+            cost: { perSecond: "${v}" }`,
+  )
+  .join('\n')}
+      a: { tools: { "*": { price: { perCall: "1" } } } }
+    customers:
+${prices.map((_, i) => `      c${i}: { plan: p${i} }`).join('\n')}
+`);
+  const sizes = [0, 1, 2, 499, 500, 999_999, 1_000_000, 1_500_000, 2 ** 31, 2 ** 52, 2 ** 53 - 1, 2 ** 53];
+
+  it('for every plan, tool, usage position, outcome and size (seeded), amount for amount', () => {
+    const random = seededRandom(53);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
+    const size = () =>
+      random() < 0.5 ? pick(sizes) : Math.floor(random() * 10 ** Math.floor(random() * 16));
+    let fast = 0;
+    for (let k = 0; k < 20_000; k++) {
+      const i = Math.floor(random() * prices.length);
+      const plan = wide.resolve('p', `c${i}`)!;
+      const c = call({
+        customer: `c${i}`,
+        tool: random() < 0.3 ? 'tiered' : 'other',
+        ok: random() < 0.8,
+        inputTokens: size(),
+        outputTokens: size(),
+        durationUs: random() < 0.02 ? 1.5 : size(),
+      });
+      const rate = toolRateOf(plan, c.tool)!;
+      const position = { toolOrdinal: 1 + Math.floor(random() * 6), planOrdinal: Math.floor(random() * 4) };
+      let expected: ReturnType<typeof rateCall> | Error;
+      try {
+        expected = rateInBigints(c, plan, rate, position);
+      } catch (err) {
+        expected = err as Error; // a duration that is not a whole number of µs: BigInt() refuses it
+      }
+      if (expected instanceof Error) {
+        expect(() => rateCall(c, plan, rate, position)).toThrow(expected.message);
+        continue;
+      }
+      expect(rateCall(c, plan, rate, position), `case ${k}`).toEqual(expected);
+      if (expected.priceNano <= BigInt(Number.MAX_SAFE_INTEGER) && expected.costNano <= 2n ** 53n) fast++;
+    }
+    expect(fast).toBeGreaterThan(3_000); // a fifth of the cases or more are in the numbers' range
+  });
+
+  it('amounts at 2^53 − 1, 2^53 and past it, exactly', () => {
+    const at = (i: number, over: Partial<ToolCall>, planOrdinal = 10) => {
+      const plan = wide.resolve('p', `c${i}`)!;
+      const c = call({ customer: `c${i}`, ...over });
+      return rateCall(c, plan, toolRateOf(plan, 'other')!, { toolOrdinal: 9, planOrdinal });
+    };
+    // plan p7: perCall 2^53 − 1 nano, so one more nano of tokens crosses 2^53
+    const i = prices.indexOf(MAX);
+    const inputUnit = BigInt(prices[(i + 3) % prices.length]!.replace('.', ''));
+    expect(at(i, {}).priceNano).toBe(2n ** 53n - 1n);
+    expect(at(i, { inputTokens: 1 }).priceNano).toBe(2n ** 53n - 1n + inputUnit);
+    expect(at(i, { inputTokens: 2 ** 53 - 1 }).priceInputNano).toBe((2n ** 53n - 1n) * inputUnit);
   });
 });
 

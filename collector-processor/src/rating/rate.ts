@@ -1,4 +1,4 @@
-import { divRoundHalfUp, type ToolCall } from '@tollgate/contracts';
+import { divRoundHalfUp, MAX_SAFE_BIGINT, type ToolCall } from '@tollgate/contracts';
 import type { CompiledPlan } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import { USAGE_MICROS, type UsageQuantity } from './usage.js';
@@ -57,11 +57,24 @@ export function countsTowardUsage(call: Pick<ToolCall, 'ok'>, plan: CompiledPlan
 
 /** Per-call price at a position of the tool's graduated tiers; returns [price, 1-based tier]. */
 export function perCallPrice(rate: ToolRate, toolOrdinal: number): [bigint, number] {
+  const tier = perCallTier(rate, toolOrdinal);
+  return [perCallAt(rate, tier), tier === 0 ? 1 : tier];
+}
+
+/** The per-call price of a tier perCallTier gave (0: the rate's flat per-call price). */
+function perCallAt(rate: ToolRate, tier: number): bigint {
   const tiers = rate.price.perCallTiers;
-  if (!tiers) return [rate.price.perCall ?? 0n, 1];
+  if (tier === 0 || !tiers) return rate.price.perCall ?? 0n;
+  return (tiers[tier - 1] as { perCall: bigint }).perCall;
+}
+
+/** The 1-based graduated tier of the per-call price at a position; 0 when the rate has no tiers. */
+function perCallTier(rate: ToolRate, toolOrdinal: number): number {
+  const tiers = rate.price.perCallTiers;
+  if (!tiers) return 0;
   for (let i = 0; i < tiers.length; i++) {
     const t = tiers[i];
-    if (t && (t.upTo === undefined || toolOrdinal <= t.upTo)) return [t.perCall, i + 1];
+    if (t && (t.upTo === undefined || toolOrdinal <= t.upTo)) return i + 1;
   }
   // unreachable for a validated plan: the last tier is open-ended
   throw new Error('tiers have no open-ended last tier');
@@ -194,6 +207,11 @@ const FAST_BOUND = 2 ** 62;
 
 /** A rate's unit prices and costs as numbers (dearest per-call tier), for the float estimate: once per rate. */
 interface RateNumbers {
+  /**
+   * Every price and cost of the rate (each per-call tier too) is at most 2^53 − 1 nano-units, so each is
+   * exactly this number: rateCall may then price a call without usage lines in numbers (see rateInNumbers).
+   */
+  exact: boolean;
   perCall: number;
   perInputToken: number;
   perOutputToken: number;
@@ -210,7 +228,10 @@ function numbersOf(rate: ToolRate): RateNumbers {
   if (!n) {
     const p = rate.price;
     const c = rate.cost;
+    const all = [p.perCall, p.perInputToken, p.perOutputToken, p.perSecond, c.perCall, c.perInputToken];
+    all.push(c.perOutputToken, c.perSecond, ...(p.perCallTiers ?? []).map((t) => t.perCall));
     n = {
+      exact: all.every((v) => v === undefined || v <= MAX_SAFE_BIGINT),
       perCall: Number(dearestPerCall(p)),
       perInputToken: Number(p.perInputToken ?? 0n),
       perOutputToken: Number(p.perOutputToken ?? 0n),
@@ -249,6 +270,76 @@ export function amountInRange(call: ToolCall, rate: ToolRate, quantities: readon
   return amountBoundNano(call, rate, quantities) <= MAX_AMOUNT_NANO;
 }
 
+/** A whole number of nano-units below 2^53 as a bigint; zero as the shared literal (no allocation). */
+function nano(v: number): bigint {
+  return v === 0 ? 0n : BigInt(v);
+}
+
+/**
+ * `durationAmount` in numbers: micro-seconds × a per-second rate, rounded half up to the nano-unit, for a
+ * product of at most 2^53 − 1 (the caller checks it): the remainder and the quotient of an integer below
+ * 2^53 by 10⁶ are exact in floating point.
+ */
+function durationInNumbers(product: number): number {
+  const rest = product % 1_000_000;
+  return (product - rest) / 1_000_000 + (rest >= 500_000 ? 1 : 0);
+}
+
+/**
+ * rateCall for a call without usage lines, in numbers instead of bigints: the same amounts, exactly, with no
+ * bigint arithmetic (which allocates a heap object per operation) on the ingest path. Every term is a
+ * non-negative integer, so when a sum is at most 2^53 − 1 in floating point every term and partial sum was
+ * exact (rounding is monotonic: a true value at or over 2^53 never rounds below it). Anything outside that
+ * (hostile token counts or durations, prices past 2^53 nano-units, a duration that is not a whole number)
+ * returns undefined, and rateCall goes the bigint way.
+ */
+function rateInNumbers(
+  call: ToolCall,
+  plan: CompiledPlan,
+  rate: ToolRate,
+  usage: UsagePosition,
+): Rating | undefined {
+  const n = numbersOf(rate);
+  const inTok = call.inputTokens;
+  const outTok = call.outputTokens;
+  const us = call.durationUs;
+  if (!n.exact || !(inTok >= 0 && outTok >= 0 && us >= 0 && Number.isSafeInteger(us))) return undefined;
+  const costSeconds = us * n.costPerSecond;
+  const cost =
+    n.costPerCall +
+    inTok * n.costPerInputToken +
+    outTok * n.costPerOutputToken +
+    durationInNumbers(costSeconds);
+  if (!(cost <= Number.MAX_SAFE_INTEGER && costSeconds <= Number.MAX_SAFE_INTEGER)) return undefined;
+  const counts = countsTowardUsage(call, plan);
+  if (!counts) return zero('failed_not_billed', nano(cost), inTok, outTok, NO_LINES);
+  if (usage.planOrdinal <= plan.plan.freeCallsPerMonth)
+    return zero('free', nano(cost), inTok, outTok, NO_LINES);
+  const p = rate.price;
+  const tier = perCallTier(rate, usage.toolOrdinal);
+  const callNano = perCallAt(rate, tier);
+  const priceSeconds = us * n.perSecond;
+  const input = inTok * n.perInputToken;
+  const output = outTok * n.perOutputToken;
+  const seconds = durationInNumbers(priceSeconds);
+  const price = Number(callNano) + input + output + seconds;
+  if (!(price <= Number.MAX_SAFE_INTEGER && priceSeconds <= Number.MAX_SAFE_INTEGER)) return undefined;
+  return {
+    decision: 'billed',
+    priceNano: nano(price),
+    costNano: nano(cost),
+    priceCallNano: callNano,
+    priceInputNano: nano(input),
+    priceOutputNano: nano(output),
+    priceDurationNano: nano(seconds),
+    pricePerSecondNano: p.perSecond ?? 0n,
+    tier: tier === 0 ? 1 : tier,
+    inputTokensPriced: inTok,
+    outputTokensPriced: outTok,
+    usage: NO_LINES,
+  };
+}
+
 /**
  * Rates one tool call. Pure: the same call, plan, rate and usage position always give the same amounts.
  * - A failed call under a plan that does not bill failures is priced at zero (its cost still counts).
@@ -260,6 +351,20 @@ export function amountInRange(call: ToolCall, rate: ToolRate, quantities: readon
  * the nano-unit, once per component.
  */
 export function rateCall(
+  call: ToolCall,
+  plan: CompiledPlan,
+  rate: ToolRate,
+  usage: UsagePosition,
+  quantities: readonly UsageQuantity[] = [],
+): Rating {
+  return (
+    (quantities.length === 0 && rateInNumbers(call, plan, rate, usage)) ||
+    rateInBigints(call, plan, rate, usage, quantities)
+  );
+}
+
+/** rateCall in bigint arithmetic, for every call (exported for the test that holds rateInNumbers to it). */
+export function rateInBigints(
   call: ToolCall,
   plan: CompiledPlan,
   rate: ToolRate,
