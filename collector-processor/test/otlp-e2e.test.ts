@@ -45,6 +45,8 @@ describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
     'bills tool-call spans exported as %s with exact prices',
     async (format) => {
       const customer = `cust-${format}`;
+      const revenueMetric = 'tollgate_revenue_nano_total{product="demo-mcp",currency="USD"}';
+      const revenueBefore = (await metrics()).get(revenueMetric) ?? 0;
       const { tracer, provider } = otelTracer(tg.otlpUrl as string, format);
       for (let i = 0; i < 10; i++) {
         emitToolCall(tracer, {
@@ -76,6 +78,8 @@ describe('real OTel JS exporter → Tollgate → ClickHouse', () => {
         free: '2',
         ids: '10',
       });
+      // the revenue counter moved by what was billed (the export is the only one in flight)
+      expect(((await metrics()).get(revenueMetric) ?? 0) - revenueBefore).toBe(8 * 4_700_000);
 
       const [detail] = await query(
         tg,

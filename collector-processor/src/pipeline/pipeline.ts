@@ -654,20 +654,21 @@ export class Pipeline {
     const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
     const landStart = performance.now();
     this.out.clear();
-    // revenue summed per currency, one metric update per export rather than per call
+    // revenue summed per currency, one metric update per export rather than per call; summed as a float,
+    // which is what the counter holds (a bigint sum allocated a bigint per call)
     let revenueCurrency = '';
-    let revenue = 0n;
+    let revenue = 0;
     for (const row of rated) {
       this.out.add(row);
       if (row.priceNano <= 0n) continue;
-      if (row.currency !== revenueCurrency && revenue > 0n) {
-        this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
-        revenue = 0n;
+      if (row.currency !== revenueCurrency && revenue > 0) {
+        this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
+        revenue = 0;
       }
       revenueCurrency = row.currency;
-      revenue += row.priceNano;
+      revenue += Number(row.priceNano);
     }
-    if (revenue > 0n) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, Number(revenue));
+    if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
     if (rated.length) this.lander.enqueue(rid, this.out.take(), rated.length);
     // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
     // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
