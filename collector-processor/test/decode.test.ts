@@ -342,7 +342,7 @@ describe('malformed input', () => {
 });
 
 describe('protobuf: the short values of billing attributes, shared between spans', () => {
-  /** One export of spans, each with the given customer id and agent id (both interned attributes). */
+  /** One export of spans, each with the given value as its name, customer id (interned) and request id (not). */
   const exportOf = (values: string[]) =>
     Buffer.from(
       ProtoRequest.encode(
@@ -354,7 +354,7 @@ describe('protobuf: the short values of billing attributes, shared between spans
                   spans: values.map((v, i) => ({
                     traceId: Buffer.alloc(16, 1),
                     spanId: Buffer.from((i + 1).toString(16).padStart(16, '0'), 'hex'),
-                    name: 'x',
+                    name: v,
                     attributes: [
                       { key: 'tollgate.customer.id', value: { stringValue: v } },
                       { key: 'jsonrpc.request.id', value: { stringValue: v } },
@@ -387,6 +387,7 @@ describe('protobuf: the short values of billing attributes, shared between spans
     for (let round = 0; round < 3; round++) {
       const spans = decodeProtobufExport(exportOf([...values, ...values])).spans;
       expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([...values, ...values]);
+      expect(spans.map((s) => s.name)).toEqual([...values, ...values]);
       // the non-interned attribute reads the same text the plain way
       expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([...values, ...values]);
     }
@@ -404,6 +405,7 @@ describe('protobuf: the short values of billing attributes, shared between spans
     const spans = decodeProtobufExport(body).spans;
     expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([plain, plain]);
     expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([plain, plain]);
+    expect(spans.map((s) => s.name)).toEqual([plain, plain]);
   });
 });
 

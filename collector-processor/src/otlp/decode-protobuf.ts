@@ -174,7 +174,7 @@ function readKey(r: R): string {
  * its slot, into preallocated bytes, so nothing is allocated for the cache itself. Only the attributes in
  * INTERNED: a value seen once (a request id, a URL) would pay a hash and a copy of its bytes for nothing
  * (all-distinct values decoded 1.4–1.6× slower through the cache; docs/benchmarks.md, "Decoding: short
- * values shared").
+ * values shared"). Span names, which OTel's rules keep low-cardinality, go through it as well.
  */
 const INTERNED = new Set<string>([
   ATTR_GEN_AI_TOOL_NAME,
@@ -307,7 +307,8 @@ function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
         span.parentSpanId = readHex(r);
         break;
       case SPAN_NAME:
-        span.name = r.string();
+        // low-cardinality by OTel's rules ("tools/call get_forecast"): shared through the value cache too
+        span.name = readValueString(r);
         break;
       case SPAN_KIND:
         span.kind = r.int32();
