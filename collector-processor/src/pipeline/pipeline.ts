@@ -297,6 +297,9 @@ export class Pipeline {
     const out: Prepared[] = [];
     const seen = new Set<string>();
     let inBatchDuplicates = 0;
+    // the calls of an export share a day almost always: its period is cut once, not once per call
+    let lastDay = '';
+    let lastPeriod = '';
     for (const call of calls) {
       if (seen.has(call.eventId)) {
         this.metrics.callsDuplicate.inc();
@@ -324,7 +327,11 @@ export class Pipeline {
         continue;
       }
       const day = dayOf(Math.floor(call.startUnixUs / 1000));
-      const period = day.slice(0, 7); // YYYY-MM, the billing period (same as periodOf)
+      if (day !== lastDay) {
+        lastDay = day;
+        lastPeriod = day.slice(0, 7); // YYYY-MM, the billing period (same as periodOf)
+      }
+      const period = lastPeriod;
       out.push({
         call,
         plan,
