@@ -534,6 +534,13 @@ export class Pipeline {
     }
   }
 
+  /** One landing block of the rows (the lander's format). */
+  private encode(rated: readonly RatedCall[]): Buffer {
+    this.out.clear();
+    for (const row of rated) this.out.add(row);
+    return this.out.take();
+  }
+
   private async meterRateLand(
     rid: string,
     product: string,
@@ -658,15 +665,26 @@ export class Pipeline {
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
 
     const enforceStart = performance.now();
-    const directives = this.enforcer && rated.length ? await this.enforcer.apply(product, rid, rated) : [];
+    // Enforcement's script runs in Redis while this thread encodes the landing block; the block is handed to
+    // the lander only once enforcement has answered (a failure lands nothing: the replay finishes the record),
+    // and encoded again when enforcement marked rows over_limit, which it does once Redis has answered.
+    const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
+    enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
     const landStart = performance.now();
-    this.out.clear();
+    let block = rated.length ? this.encode(rated) : undefined;
+    let landMs = performance.now() - landStart;
+    const directives = enforcing ? await enforcing : [];
+    const enforceMs = performance.now() - enforceStart - landMs;
+    if (block && enforcing && rated.some((r) => r.decision === 'over_limit')) {
+      const again = performance.now();
+      block = this.encode(rated);
+      landMs += performance.now() - again;
+    }
     // revenue summed per currency, one metric update per export rather than per call; summed as a float,
     // which is what the counter holds (a bigint sum allocated a bigint per call)
     let revenueCurrency = '';
     let revenue = 0;
     for (const row of rated) {
-      this.out.add(row);
       if (row.priceNano <= 0n) continue;
       if (row.currency !== revenueCurrency && revenue > 0) {
         this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
@@ -676,15 +694,15 @@ export class Pipeline {
       revenue += Number(row.priceNano);
     }
     if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-    if (rated.length) this.lander.enqueue(rid, this.out.take(), rated.length);
+    if (block) this.lander.enqueue(rid, block, rated.length);
     // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
     // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
     else this.abandonRecord(rid);
     if (timed) {
       this.stage.claim.observe((rateStart - claimStart) / 1000);
       this.stage.rate.observe((enforceStart - rateStart) / 1000);
-      this.stage.enforce.observe((landStart - enforceStart) / 1000);
-      this.stage.land.observe((performance.now() - landStart) / 1000);
+      this.stage.enforce.observe(enforceMs / 1000);
+      this.stage.land.observe(landMs / 1000);
     }
     return {
       accepted: rated.length,
