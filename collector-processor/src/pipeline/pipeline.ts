@@ -297,9 +297,12 @@ export class Pipeline {
     const out: Prepared[] = [];
     const seen = new Set<string>();
     let inBatchDuplicates = 0;
-    // the calls of an export share a day almost always: its period is cut once, not once per call
+    // the calls of an export share a day almost always: its period is cut once, not once per call; and a
+    // customer's plan is looked up once per run of its calls (the lookup builds a key string)
     let lastDay = '';
     let lastPeriod = '';
+    let lastCustomer: string | undefined;
+    let lastPlan: CompiledPlan | undefined;
     for (const call of calls) {
       if (seen.has(call.eventId)) {
         this.metrics.callsDuplicate.inc();
@@ -307,7 +310,11 @@ export class Pipeline {
         continue; // the same span twice in one request: one call
       }
       seen.add(call.eventId);
-      const plan = book.resolve(product, call.customer);
+      if (call.customer !== lastCustomer) {
+        lastCustomer = call.customer;
+        lastPlan = book.resolve(product, call.customer);
+      }
+      const plan = lastPlan;
       if (!plan) {
         rejected.add('unknown_plan', `product ${product}`, call.eventId);
         continue;
