@@ -1,4 +1,4 @@
-import { divRoundHalfUp, MAX_SAFE_BIGINT, type ToolCall } from '@tollgate/contracts';
+import { divRoundHalfUp, type ToolCall } from '@tollgate/contracts';
 import type { CompiledPlan } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import { USAGE_MICROS, type UsageQuantity } from './usage.js';
@@ -53,6 +53,12 @@ const NO_LINES = Object.freeze([]) as unknown as UsageAmount[];
 /** Whether a call counts toward usage (tiers, free allowance): successful calls, and failed ones if billed. */
 export function countsTowardUsage(call: Pick<ToolCall, 'ok'>, plan: CompiledPlan): boolean {
   return call.ok || plan.plan.billFailedCalls;
+}
+
+/** A call's decision: failed and not billed, free (within the period's free calls), or billed. */
+function decisionOf(call: ToolCall, plan: CompiledPlan, usage: UsagePosition): Rating['decision'] {
+  if (!countsTowardUsage(call, plan)) return 'failed_not_billed';
+  return usage.planOrdinal > plan.plan.freeCallsPerMonth ? 'billed' : 'free';
 }
 
 /** Per-call price at a position of the tool's graduated tiers; returns [price, 1-based tier]. */
@@ -207,11 +213,6 @@ const FAST_BOUND = 2 ** 62;
 
 /** A rate's unit prices and costs as numbers (dearest per-call tier), for the float estimate: once per rate. */
 interface RateNumbers {
-  /**
-   * Every price and cost of the rate (each per-call tier too) is at most 2^53 − 1 nano-units, so each is
-   * exactly this number: rateCall may then price a call without usage lines in numbers (see rateInNumbers).
-   */
-  exact: boolean;
   perCall: number;
   perInputToken: number;
   perOutputToken: number;
@@ -228,10 +229,7 @@ function numbersOf(rate: ToolRate): RateNumbers {
   if (!n) {
     const p = rate.price;
     const c = rate.cost;
-    const all = [p.perCall, p.perInputToken, p.perOutputToken, p.perSecond, c.perCall, c.perInputToken];
-    all.push(c.perOutputToken, c.perSecond, ...(p.perCallTiers ?? []).map((t) => t.perCall));
     n = {
-      exact: all.every((v) => v === undefined || v <= MAX_SAFE_BIGINT),
       perCall: Number(dearestPerCall(p)),
       perInputToken: Number(p.perInputToken ?? 0n),
       perOutputToken: Number(p.perOutputToken ?? 0n),
@@ -289,9 +287,11 @@ function durationInNumbers(product: number): number {
  * rateCall for a call without usage lines, in numbers instead of bigints: the same amounts, exactly, with no
  * bigint arithmetic (which allocates a heap object per operation) on the ingest path. Every term is a
  * non-negative integer, so when a sum is at most 2^53 − 1 in floating point every term and partial sum was
- * exact (rounding is monotonic: a true value at or over 2^53 never rounds below it). Anything outside that
- * (hostile token counts or durations, prices past 2^53 nano-units, a duration that is not a whole number)
- * returns undefined, and rateCall goes the bigint way.
+ * exact (rounding is monotonic: a true value at or over 2^53 never rounds below it). That covers the rate's
+ * prices too: one past 2^53 nano-units converts to a number at or over 2^53, so a sum it enters fails the check
+ * (and one multiplied by zero tokens or µs is exactly zero). Anything outside that (hostile token counts or
+ * durations, such prices, a duration that is not a whole number) returns undefined, and rateCall goes the
+ * bigint way.
  */
 function rateInNumbers(
   call: ToolCall,
@@ -303,7 +303,7 @@ function rateInNumbers(
   const inTok = call.inputTokens;
   const outTok = call.outputTokens;
   const us = call.durationUs;
-  if (!n.exact || !(inTok >= 0 && outTok >= 0 && us >= 0 && Number.isSafeInteger(us))) return undefined;
+  if (!(inTok >= 0 && outTok >= 0 && us >= 0 && Number.isSafeInteger(us))) return undefined;
   const costSeconds = us * n.costPerSecond;
   const cost =
     n.costPerCall +
@@ -311,10 +311,8 @@ function rateInNumbers(
     outTok * n.costPerOutputToken +
     durationInNumbers(costSeconds);
   if (!(cost <= Number.MAX_SAFE_INTEGER && costSeconds <= Number.MAX_SAFE_INTEGER)) return undefined;
-  const counts = countsTowardUsage(call, plan);
-  if (!counts) return zero('failed_not_billed', nano(cost), inTok, outTok, NO_LINES);
-  if (usage.planOrdinal <= plan.plan.freeCallsPerMonth)
-    return zero('free', nano(cost), inTok, outTok, NO_LINES);
+  const decision = decisionOf(call, plan, usage);
+  if (decision !== 'billed') return zero(decision, nano(cost), inTok, outTok, NO_LINES);
   const p = rate.price;
   const tier = perCallTier(rate, usage.toolOrdinal);
   const callNano = perCallAt(rate, tier);
@@ -374,7 +372,8 @@ export function rateInBigints(
   let inTok = call.inputTokens;
   let outTok = call.outputTokens;
   if (quantities.length > 0) [inTok, outTok] = pricedTokens(call, quantities);
-  const billed = countsTowardUsage(call, plan) && usage.planOrdinal > plan.plan.freeCallsPerMonth;
+  const decision = decisionOf(call, plan, usage);
+  const billed = decision === 'billed';
   let usageCost = 0n;
   let usagePrice = 0n;
   const lines: UsageAmount[] = quantities.length === 0 ? NO_LINES : [];
@@ -395,8 +394,7 @@ export function rateInBigints(
     usageCost += u.costNano;
   }
   const costNano = costOf(call, rate, inTok, outTok, usageCost);
-  if (!countsTowardUsage(call, plan)) return zero('failed_not_billed', costNano, inTok, outTok, lines);
-  if (!billed) return zero('free', costNano, inTok, outTok, lines);
+  if (!billed) return zero(decision, costNano, inTok, outTok, lines);
   const [priceCallNano, tier] = perCallPrice(rate, usage.toolOrdinal);
   const priceInputNano = BigInt(inTok) * (rate.price.perInputToken ?? 0n);
   const priceOutputNano = BigInt(outTok) * (rate.price.perOutputToken ?? 0n);
