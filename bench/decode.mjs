@@ -57,23 +57,31 @@ async function child(dist, workload) {
     }
   }
   const win = { maxSpanAgeHours: 24, maxFutureSeconds: 300 };
-  let spans = 0;
-  const round = () => {
+  measure(() => {
+    let spans = 0;
     for (const body of bodies) {
       const decoded = decodeOtlp('otlp-protobuf', body);
       if (workload === 'e2e')
         selectCalls(decoded, extractOptions(win, undefined, Date.now(), []), new RejectionTally());
       spans += decoded.spans.length;
     }
-  };
+    return spans;
+  });
+}
+
+/**
+ * WARMUP_ROUNDS of `round` (which returns the spans it handled), then ROUNDS measured between the MARK lines
+ * the parent reads V8's GC trace by; prints the CPU µs per span of the measured rounds (and `extra()`).
+ */
+function measure(round, extra = () => ({})) {
   for (let i = 0; i < WARMUP_ROUNDS; i++) round();
-  spans = 0;
+  let spans = 0;
   console.log('MARK start');
   const c0 = process.cpuUsage();
-  for (let i = 0; i < ROUNDS; i++) round();
+  for (let i = 0; i < ROUNDS; i++) spans += round();
   const c = process.cpuUsage(c0);
   console.log('MARK end');
-  console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans })}`);
+  console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans, ...extra() })}`);
 }
 
 /** The `rate` workload: rateCall over e2e's calls, each at the next usage position of its customer. */
@@ -90,23 +98,17 @@ async function rateChild(load, decodeOtlp, extractOptions, selectCalls, Rejectio
     return { call, plan, rate: toolRateOf(plan, call.tool) };
   });
   const positions = new Map(); // customer → calls counted so far (tool ordinals share it: one bench tool each)
-  let sink = 0n;
-  const round = () => {
-    for (const j of jobs) {
-      const n = (positions.get(j.call.customer) ?? 0) + 1;
-      positions.set(j.call.customer, n);
-      sink += rateCall(j.call, j.plan, j.rate, { toolOrdinal: n, planOrdinal: n }).priceNano;
-    }
-  };
-  for (let i = 0; i < WARMUP_ROUNDS; i++) round();
-  console.log('MARK start');
-  const c0 = process.cpuUsage();
-  for (let i = 0; i < ROUNDS; i++) round();
-  const c = process.cpuUsage(c0);
-  console.log('MARK end');
-  const spans = ROUNDS * jobs.length;
-  console.log(
-    `RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans, sink: String(sink) })}`,
+  let sink = 0n; // printed, so the ratings are used
+  measure(
+    () => {
+      for (const j of jobs) {
+        const n = (positions.get(j.call.customer) ?? 0) + 1;
+        positions.set(j.call.customer, n);
+        sink += rateCall(j.call, j.plan, j.rate, { toolOrdinal: n, planOrdinal: n }).priceNano;
+      }
+      return jobs.length;
+    },
+    () => ({ sink: String(sink) }),
   );
 }
 
