@@ -1,4 +1,5 @@
 import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { ByteWriter } from '../byte-writer.js';
 
 /**
  * How a column's values are written, chosen once per column from its ClickHouse type in RATED_CALL_COLUMNS.
@@ -212,9 +213,7 @@ export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
  * Same use as TsvWriter: `add` the rows of one record, then `take` its bytes, with no `await` in between. The
  * rows are kept (by reference) until `take` or `clear`, which writes or drops them.
  */
-export class NativeWriter {
-  private buf = Buffer.allocUnsafe(1 << 16);
-  private pos = 0;
+export class NativeWriter extends ByteWriter {
   private rows: RatedCall[] = [];
 
   add(r: RatedCall): void {
@@ -247,8 +246,7 @@ export class NativeWriter {
       this.rows = [];
     }
     starts[COLUMNS.length] = this.pos;
-    const out = Buffer.allocUnsafe(this.pos);
-    this.buf.copy(out, 0, 0, this.pos);
+    const out = this.copyOut();
     LAYOUT.set(out, { rows: rows.length, starts });
     return out;
   }
@@ -316,13 +314,6 @@ export class NativeWriter {
         return;
       }
     }
-  }
-
-  private room(bytes: number): void {
-    if (this.pos + bytes <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + bytes));
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
   }
 
   private varint(n: number): void {

@@ -1,4 +1,5 @@
-import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { ByteWriter } from '../byte-writer.js';
 
 /**
  * Rated calls travel to ClickHouse as TabSeparated rows, in the column order of RATED_CALL_COLUMNS
@@ -42,7 +43,6 @@ export function encodeTsvRow(r: RatedCall): string {
 const TAB = 9;
 const NEWLINE = 10;
 const DOT = 46;
-const MINUS = 45;
 const ZERO = 48;
 /** Byte written after a backslash for each character TabSeparated escapes (0: written as is). */
 const ESCAPE_BYTE = new Uint8Array(128);
@@ -61,28 +61,15 @@ const NO_USAGE_LINES = Buffer.from('[]\t[]\t[]\t[]\t[]\n', 'latin1');
  * by byte in JavaScript; a string with other characters goes through Buffer#write (UTF-8).
  * Not reentrant: `add` the rows of one record, then `take` them, with no `await` in between.
  */
-export class TsvWriter {
-  private buf = Buffer.allocUnsafe(1 << 16);
-  private pos = 0;
-
+export class TsvWriter extends ByteWriter {
   /** The bytes written since the last take, copied out; the writer starts empty again. */
   take(): Buffer {
-    const out = Buffer.allocUnsafe(this.pos);
-    this.buf.copy(out, 0, 0, this.pos);
-    this.pos = 0;
-    return out;
+    return this.copyOut();
   }
 
   /** Forgets anything written since the last take (a record abandoned half way). */
   clear(): void {
     this.pos = 0;
-  }
-
-  private room(bytes: number): void {
-    if (this.pos + bytes <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + bytes));
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
   }
 
   /** A string field, escaped, then `sep`. */
@@ -95,7 +82,7 @@ export class TsvWriter {
       const c = s.charCodeAt(i);
       if (c >= 0x80) {
         this.pos = p;
-        this.utf8(s.slice(i), sep);
+        this.escapedUtf8(s.slice(i), sep);
         return;
       }
       const e = ESCAPE_BYTE[c] as number;
@@ -116,7 +103,7 @@ export class TsvWriter {
   }
 
   /** The rest of a string that is not all ASCII: escaped as text, written as UTF-8. */
-  private utf8(rest: string, sep: number): void {
+  private escapedUtf8(rest: string, sep: number): void {
     this.text(escapeTsv(rest), sep);
   }
 
@@ -127,45 +114,13 @@ export class TsvWriter {
       return;
     }
     this.room(17);
-    const b = this.buf;
-    let p = this.pos;
-    if (v === 0) b[p++] = ZERO;
-    else {
-      const start = p;
-      while (v > 0) {
-        const q = Math.floor(v / 10);
-        b[p++] = ZERO + (v - q * 10);
-        v = q;
-      }
-      for (let a = start, z = p - 1; a < z; a++, z--) {
-        const t = b[a] as number;
-        b[a] = b[z] as number;
-        b[z] = t;
-      }
-    }
-    b[p++] = sep;
-    this.pos = p;
+    this.digits(v);
+    this.buf[this.pos++] = sep;
   }
 
-  /** A number that may be negative (integers of JavaScript numbers). */
-  private int(v: number, sep: number): void {
-    if (v < 0 && Number.isSafeInteger(v)) {
-      this.room(1);
-      this.buf[this.pos++] = MINUS;
-      v = -v;
-    }
-    this.uint(v, sep);
-  }
-
-  /** A bigint: through a number when it is one exactly, else through its decimal string. */
+  /** A bigint, then `sep`. */
   private big(v: bigint, sep: number): void {
-    if (v <= MAX_SAFE_BIGINT && v >= MIN_SAFE_BIGINT) {
-      this.int(Number(v), sep);
-      return;
-    }
-    const s = v.toString();
-    this.room(s.length + 1);
-    this.pos += this.buf.write(s, this.pos, 'latin1');
+    this.bigint(v);
     this.buf[this.pos++] = sep;
   }
 
