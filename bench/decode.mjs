@@ -6,13 +6,21 @@
 //     attribute), decoded only: the worst case for anything that remembers values;
 //   - rate: the calls of e2e's exports (decoded once, before the rounds) rated under the embedded default
 //     plans (collector-processor/defaults/plans.yaml, product demo-mcp) at usage positions that run on
-//     from call to call, as Redis's claim would give them: rating alone.
+//     from call to call, as Redis's claim would give them: rating alone;
+//   - lines, native, tsv: those calls' rated rows (built once, before the rounds) written per export by the
+//     encoders: enforce.lua's call lines (CallLines), the landing's Native block (NativeWriter, the default)
+//     and its TabSeparated text (TsvWriter).
 // Each sample is its own process (`node --trace-gc-nvp`): 5 rounds of warm-up, then 20 measured rounds over
 // 100 exports; CPU from process.cpuUsage, allocation as the sum of V8's `allocated=` over the collections of
 // the measured rounds. BENCH_BASE=<a built checkout> alternates base and this build BENCH_REPEAT (5) times and
-// prints the medians and their ratio; without it, this build alone.
+// prints the medians and their ratio; without it, this build alone. BENCH_WORKLOADS=lines,native picks
+// workloads. BENCH_INSTRUCTIONS=1 counts instructions per span with valgrind's callgrind instead (`node
+// --predictable`; each sample two runs, the warm-up alone and the warm-up plus 4 measured rounds, the
+// difference over the spans of those rounds): a measure the machine's load does not move, for steps
+// smaller than the CPU samples' spread. Needs valgrind; minutes per sample.
 //   node bench/decode.mjs
 //   BENCH_BASE=/tmp/base node bench/decode.mjs
+//   BENCH_INSTRUCTIONS=1 BENCH_REPEAT=1 BENCH_WORKLOADS=lines BENCH_BASE=/tmp/base node bench/decode.mjs
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -20,9 +28,14 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { median, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
 
-const ROUNDS = 20;
+const ROUNDS = Number(process.env.BENCH_CHILD_ROUNDS ?? 20);
 const WARMUP_ROUNDS = 5;
-const WORKLOADS = ['e2e', 'distinct', 'rate'];
+const INSTRUCTION_ROUNDS = 4;
+const ALL_WORKLOADS = ['e2e', 'distinct', 'rate', 'lines', 'native', 'tsv'];
+const WORKLOADS = process.env.BENCH_WORKLOADS?.split(',') ?? ALL_WORKLOADS;
+const INSTRUCTIONS = process.env.BENCH_INSTRUCTIONS === '1';
+for (const w of WORKLOADS)
+  if (!ALL_WORKLOADS.includes(w)) throw new Error(`BENCH_WORKLOADS: no workload ${w}`);
 
 async function child(dist, workload) {
   const load = (p) => import(pathToFileURL(join(dist, p)).href);
@@ -32,6 +45,8 @@ async function child(dist, workload) {
     pathToFileURL(join(ROOT, 'collector-processor/dist/otlp/proto.js')).href
   );
   if (workload === 'rate') return rateChild(load, decodeOtlp, extractOptions, selectCalls, RejectionTally);
+  if (workload === 'lines' || workload === 'native' || workload === 'tsv')
+    return encodeChild(workload, load, decodeOtlp, extractOptions, selectCalls, RejectionTally);
   let bodies;
   if (workload === 'e2e') bodies = await protobufBatches(100, 512);
   else {
@@ -84,19 +99,24 @@ function measure(round, extra = () => ({})) {
   console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans, ...extra() })}`);
 }
 
-/** The `rate` workload: rateCall over e2e's calls, each at the next usage position of its customer. */
-async function rateChild(load, decodeOtlp, extractOptions, selectCalls, RejectionTally) {
+/** e2e's calls with their plan and tool rate, as `prepare` resolves them. */
+async function e2eJobs(load, decodeOtlp, extractOptions, selectCalls, RejectionTally) {
   const { loadPlanBook, toolRateOf } = await load('plans/load.js');
-  const { rateCall } = await load('rating/rate.js');
   const book = loadPlanBook(readFileSync(join(ROOT, 'collector-processor/defaults/plans.yaml'), 'utf8'));
   const opts = extractOptions({ maxSpanAgeHours: 24, maxFutureSeconds: 300 }, undefined, Date.now(), []);
   const calls = [];
   for (const body of await protobufBatches(100, 512))
     calls.push(...selectCalls(decodeOtlp('otlp-protobuf', body), opts, new RejectionTally()));
-  const jobs = calls.map((call) => {
+  return calls.map((call) => {
     const plan = book.resolve('demo-mcp', call.customer);
     return { call, plan, rate: toolRateOf(plan, call.tool) };
   });
+}
+
+/** The `rate` workload: rateCall over e2e's calls, each at the next usage position of its customer. */
+async function rateChild(load, ...decoding) {
+  const { rateCall } = await load('rating/rate.js');
+  const jobs = await e2eJobs(load, ...decoding);
   const positions = new Map(); // customer → calls counted so far (tool ordinals share it: one bench tool each)
   let sink = 0n; // printed, so the ratings are used
   measure(
@@ -112,8 +132,58 @@ async function rateChild(load, decodeOtlp, extractOptions, selectCalls, Rejectio
   );
 }
 
+/** The `lines`, `native` and `tsv` workloads: e2e's rated rows through one encoder, 512 rows per export. */
+async function encodeChild(workload, load, ...decoding) {
+  const { rateCall } = await load('rating/rate.js');
+  // the rows are the input, built by this checkout's pipeline whatever build is measured
+  const { ratedRow } = await import(
+    pathToFileURL(join(ROOT, 'collector-processor/dist/pipeline/pipeline.js')).href
+  );
+  const jobs = await e2eJobs(load, ...decoding);
+  const positions = new Map();
+  const sessions = new Map(); // session id → enforce.lua's session key index (1-based within the bench)
+  const rows = jobs.map(({ call: c, plan, rate }) => {
+    const n = (positions.get(c.customer) ?? 0) + 1;
+    positions.set(c.customer, n);
+    const r = rateCall(c, plan, rate, { toolOrdinal: n, planOrdinal: n });
+    if (c.sessionId && !sessions.has(c.sessionId)) sessions.set(c.sessionId, sessions.size + 1);
+    return ratedRow('demo-mcp', c, plan, '2026-12', r, r.decision, Date.now());
+  });
+  const exports = [];
+  for (let i = 0; i < rows.length; i += 512) exports.push(rows.slice(i, i + 512));
+  let bytes = 0; // printed, so the encodings are used
+  let round;
+  if (workload === 'lines') {
+    const { CallLines } = await load('enforcement/enforcer.js');
+    const lines = new CallLines();
+    round = () => {
+      for (const e of exports) {
+        lines.start(e.length);
+        for (const r of e)
+          lines.call(sessions.get(r.sessionId) ?? 0, r.sessionId, r.agent, r.tool, r.priceNano, r.costNano);
+        bytes += lines.take().length;
+      }
+      return rows.length;
+    };
+  } else {
+    const writer =
+      workload === 'native'
+        ? new (await load('landing/native.js')).NativeWriter()
+        : new (await load('landing/tsv.js')).TsvWriter();
+    round = () => {
+      for (const e of exports) {
+        for (const r of e) writer.add(r);
+        bytes += writer.take().length;
+      }
+      return rows.length;
+    };
+  }
+  measure(round, () => ({ bytes }));
+}
+
 /** One sample: a process with V8's GC trace; CPU µs and allocated bytes per span of the measured rounds. */
 function sample(dist, workload) {
+  if (INSTRUCTIONS) return instructions(dist, workload);
   const r = spawnSync(
     process.execPath,
     ['--trace-gc-nvp', join(ROOT, 'bench/decode.mjs'), '--child', dist, workload],
@@ -132,6 +202,38 @@ function sample(dist, workload) {
   return { cpuUsPerSpan: result.cpuUsPerSpan, bytesPerSpan: allocated / result.spans };
 }
 
+/** BENCH_INSTRUCTIONS=1: instructions per span of the measured rounds (callgrind; the warm-up subtracted). */
+function instructions(dist, workload) {
+  const run = (rounds) => {
+    const r = spawnSync(
+      'valgrind',
+      [
+        '--tool=callgrind',
+        '--callgrind-out-file=/dev/null',
+        process.execPath,
+        '--predictable',
+        join(ROOT, 'bench/decode.mjs'),
+        '--child',
+        dist,
+        workload,
+      ],
+      {
+        encoding: 'utf8',
+        maxBuffer: 64 * 1024 * 1024,
+        env: { ...process.env, BENCH_CHILD_ROUNDS: String(rounds) },
+      },
+    );
+    if (r.status !== 0) throw new Error(`callgrind sample failed: ${r.error ?? r.stderr.slice(-500)}`);
+    const collected = /Collected : (\d+)/.exec(r.stderr);
+    if (!collected) throw new Error('callgrind printed no total');
+    const result = /^RESULT (.*)$/m.exec(r.stdout);
+    return { total: Number(collected[1]), spans: JSON.parse(result[1]).spans };
+  };
+  const warm = run(0);
+  const measured = run(INSTRUCTION_ROUNDS);
+  return { cpuUsPerSpan: (measured.total - warm.total) / measured.spans, bytesPerSpan: Number.NaN };
+}
+
 if (process.argv[2] === '--child') {
   await child(process.argv[3], process.argv[4]);
 } else {
@@ -146,7 +248,8 @@ if (process.argv[2] === '--child') {
         const key = `${workload}\0${name}`;
         samples[key] = [...(samples[key] ?? []), sample(dist, workload)];
       }
-  const rows = [['workload', 'build', 'CPU µs/span', 'allocated B/span', 'CPU min–max']];
+  const unit = INSTRUCTIONS ? 'instructions/span' : 'CPU µs/span';
+  const rows = [['workload', 'build', unit, 'allocated B/span', `${unit} min–max`]];
   const out = {};
   for (const workload of WORKLOADS) {
     const m = {};
@@ -154,23 +257,24 @@ if (process.argv[2] === '--child') {
       const s = samples[`${workload}\0${name}`];
       const cpus = s.map((x) => x.cpuUsPerSpan);
       m[name] = { cpu: median(cpus), bytes: median(s.map((x) => x.bytesPerSpan)) };
+      const digits = INSTRUCTIONS ? 0 : 2;
       rows.push([
         workload,
         name,
-        m[name].cpu.toFixed(2),
-        m[name].bytes.toFixed(0),
-        `${Math.min(...cpus).toFixed(2)}–${Math.max(...cpus).toFixed(2)}`,
+        m[name].cpu.toFixed(digits),
+        INSTRUCTIONS ? '—' : m[name].bytes.toFixed(0),
+        `${Math.min(...cpus).toFixed(digits)}–${Math.max(...cpus).toFixed(digits)}`,
       ]);
     }
     if (base) {
       const r = (k) => (m['this build'][k] / m.base[k]).toFixed(2);
-      rows.push([workload, 'ratio this / base', r('cpu'), r('bytes'), '']);
+      rows.push([workload, 'ratio this / base', r('cpu'), INSTRUCTIONS ? '—' : r('bytes'), '']);
     }
     out[workload] = m;
   }
   console.log(
-    `decode + select (e2e, distinct), rating (rate), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`,
+    `decode + select (e2e, distinct), rating (rate), encoders (lines, native, tsv), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians${INSTRUCTIONS ? '; callgrind instructions, node --predictable' : ''})`,
   );
   console.log(table(rows));
-  writeResult('decode', out);
+  writeResult(INSTRUCTIONS ? 'decode-instructions' : 'decode', out);
 }

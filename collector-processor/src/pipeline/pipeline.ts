@@ -16,7 +16,7 @@ import { DecodeError } from '../otlp/decoded.js';
 import { type CompiledPlan, type PlanBook, toolRateOf } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
-import { amountInRange, countsTowardUsage, rateCall } from '../rating/rate.js';
+import { amountInRange, countsTowardUsage, type Rating, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { TollgateError } from './errors.js';
@@ -158,6 +158,64 @@ const DAY_SECONDS = 86_400;
 /** The usage columns of a call without usage lines: shared, frozen (nothing may add to them). */
 const NO_NAMES = Object.freeze([]) as unknown as string[];
 const NO_AMOUNTS = Object.freeze([]) as unknown as bigint[];
+
+/**
+ * The rated row of a call: what lands in ClickHouse and what enforcement judges (`decision` may still become
+ * `over_limit` there). Usage-line arrays are shared frozen empties for a call without usage lines.
+ */
+export function ratedRow(
+  product: string,
+  c: ToolCall,
+  plan: CompiledPlan,
+  period: string,
+  rating: Rating,
+  decision: RatedCall['decision'],
+  receivedAtMs: number,
+): RatedCall {
+  const noUsage = rating.usage.length === 0;
+  return {
+    eventId: c.eventId,
+    traceId: c.traceId,
+    spanId: c.spanId,
+    product,
+    customer: c.customer,
+    agent: c.agent,
+    sessionId: c.sessionId,
+    tool: c.tool,
+    transport: c.transport,
+    source: c.source,
+    status: c.ok ? 'ok' : 'error',
+    errorType: c.errorType,
+    protocolVersion: c.protocolVersion,
+    instanceId: c.instanceId,
+    startUnixUs: c.startUnixUs,
+    durationUs: c.durationUs,
+    inputTokens: c.inputTokens,
+    outputTokens: c.outputTokens,
+    priceNano: rating.priceNano,
+    costNano: rating.costNano,
+    priceCallNano: rating.priceCallNano,
+    priceInputNano: rating.priceInputNano,
+    priceOutputNano: rating.priceOutputNano,
+    priceDurationNano: rating.priceDurationNano,
+    tier: rating.tier,
+    planId: plan.planId,
+    planVersion: plan.version,
+    currency: plan.currency,
+    decision,
+    period,
+    receivedAtMs,
+    sessionRule: c.sessionRule,
+    pricePerSecondNano: rating.pricePerSecondNano,
+    inputTokensPriced: rating.inputTokensPriced,
+    outputTokensPriced: rating.outputTokensPriced,
+    usageLines: noUsage ? NO_NAMES : rating.usage.map((u) => u.line),
+    usageQuantityMicro: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.quantityMicro),
+    usageUnitNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.unitNano),
+    usagePriceNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.priceNano),
+    usageCostNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.costNano),
+  };
+}
 
 /** The call's usage quantities its tool prices in graduated tiers (their positions are counted in Redis). */
 function tieredOf(quantities: readonly UsageQuantity[], rate: ToolRate): TieredQuantity[] | undefined {
@@ -620,50 +678,9 @@ export class Pipeline {
       }
       const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
       const c = p.call;
-      const noUsage = rating.usage.length === 0;
-      const row: RatedCall = {
-        eventId: c.eventId,
-        traceId: c.traceId,
-        spanId: c.spanId,
-        product,
-        customer: c.customer,
-        agent: c.agent,
-        sessionId: c.sessionId,
-        tool: c.tool,
-        transport: c.transport,
-        source: c.source,
-        status: c.ok ? 'ok' : 'error',
-        errorType: c.errorType,
-        protocolVersion: c.protocolVersion,
-        instanceId: c.instanceId,
-        startUnixUs: c.startUnixUs,
-        durationUs: c.durationUs,
-        inputTokens: c.inputTokens,
-        outputTokens: c.outputTokens,
-        priceNano: rating.priceNano,
-        costNano: rating.costNano,
-        priceCallNano: rating.priceCallNano,
-        priceInputNano: rating.priceInputNano,
-        priceOutputNano: rating.priceOutputNano,
-        priceDurationNano: rating.priceDurationNano,
-        tier: rating.tier,
-        planId: p.plan.planId,
-        planVersion: p.plan.version,
-        currency: p.plan.currency,
-        decision:
-          unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision,
-        period: p.period,
-        receivedAtMs,
-        sessionRule: c.sessionRule,
-        pricePerSecondNano: rating.pricePerSecondNano,
-        inputTokensPriced: rating.inputTokensPriced,
-        outputTokensPriced: rating.outputTokensPriced,
-        usageLines: noUsage ? NO_NAMES : rating.usage.map((u) => u.line),
-        usageQuantityMicro: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.quantityMicro),
-        usageUnitNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.unitNano),
-        usagePriceNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.priceNano),
-        usageCostNano: noUsage ? NO_AMOUNTS : rating.usage.map((u) => u.costNano),
-      };
+      const decision =
+        unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision;
+      const row = ratedRow(product, c, p.plan, p.period, rating, decision, receivedAtMs);
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
     }
