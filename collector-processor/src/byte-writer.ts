@@ -34,8 +34,7 @@ export class ByteWriter {
   /** A copy of the bytes written (the buffer is reused; the caller may hold the copy); starts empty again. */
   protected copyOut(): Buffer {
     const n = this.pos;
-    const out = Buffer.allocUnsafe(n);
-    this.buf.copy(out, 0, 0, n);
+    const out = Buffer.from(this.buf.subarray(0, n));
     this.pos = 0;
     if (this.buf.length > KEEP_BYTES && n < this.buf.length >>> 2) {
       let size = INITIAL_BYTES;
