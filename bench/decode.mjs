@@ -1,5 +1,5 @@
 // The main thread's per-span work on the ingest path, one stage at a time: CPU µs per span and bytes
-// allocated per span, for three workloads:
+// allocated per span, for six workloads:
 //   - e2e: the exports of bench/e2e.mjs (512 MCP tool-call spans, 11 attributes, repeated customer, tools,
 //     agents and sessions), decoded and selected as the receiver does;
 //   - distinct: 512 spans of 10 string attributes whose every value is new (none of them a billing
@@ -14,13 +14,10 @@
 // 100 exports; CPU from process.cpuUsage, allocation as the sum of V8's `allocated=` over the collections of
 // the measured rounds. BENCH_BASE=<a built checkout> alternates base and this build BENCH_REPEAT (5) times and
 // prints the medians and their ratio; without it, this build alone. BENCH_WORKLOADS=lines,native picks
-// workloads. BENCH_INSTRUCTIONS=1 counts instructions per span with valgrind's callgrind instead (`node
-// --predictable`; each sample two runs, the warm-up alone and the warm-up plus 4 measured rounds, the
-// difference over the spans of those rounds): a measure the machine's load does not move, for steps
-// smaller than the CPU samples' spread. Needs valgrind; minutes per sample.
+// workloads; BENCH_CHILD_ROUNDS (20) sets the measured rounds of a sample, whose process can also be run
+// alone: `node bench/decode.mjs --child <collector-processor/dist of a build> <workload>`.
 //   node bench/decode.mjs
 //   BENCH_BASE=/tmp/base node bench/decode.mjs
-//   BENCH_INSTRUCTIONS=1 BENCH_REPEAT=1 BENCH_WORKLOADS=lines BENCH_BASE=/tmp/base node bench/decode.mjs
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -30,10 +27,8 @@ import { median, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
 
 const ROUNDS = Number(process.env.BENCH_CHILD_ROUNDS ?? 20);
 const WARMUP_ROUNDS = 5;
-const INSTRUCTION_ROUNDS = 4;
 const ALL_WORKLOADS = ['e2e', 'distinct', 'rate', 'lines', 'native', 'tsv'];
 const WORKLOADS = process.env.BENCH_WORKLOADS?.split(',') ?? ALL_WORKLOADS;
-const INSTRUCTIONS = process.env.BENCH_INSTRUCTIONS === '1';
 for (const w of WORKLOADS)
   if (!ALL_WORKLOADS.includes(w)) throw new Error(`BENCH_WORKLOADS: no workload ${w}`);
 
@@ -183,7 +178,6 @@ async function encodeChild(workload, load, ...decoding) {
 
 /** One sample: a process with V8's GC trace; CPU µs and allocated bytes per span of the measured rounds. */
 function sample(dist, workload) {
-  if (INSTRUCTIONS) return instructions(dist, workload);
   const r = spawnSync(
     process.execPath,
     ['--trace-gc-nvp', join(ROOT, 'bench/decode.mjs'), '--child', dist, workload],
@@ -202,38 +196,6 @@ function sample(dist, workload) {
   return { cpuUsPerSpan: result.cpuUsPerSpan, bytesPerSpan: allocated / result.spans };
 }
 
-/** BENCH_INSTRUCTIONS=1: instructions per span of the measured rounds (callgrind; the warm-up subtracted). */
-function instructions(dist, workload) {
-  const run = (rounds) => {
-    const r = spawnSync(
-      'valgrind',
-      [
-        '--tool=callgrind',
-        '--callgrind-out-file=/dev/null',
-        process.execPath,
-        '--predictable',
-        join(ROOT, 'bench/decode.mjs'),
-        '--child',
-        dist,
-        workload,
-      ],
-      {
-        encoding: 'utf8',
-        maxBuffer: 64 * 1024 * 1024,
-        env: { ...process.env, BENCH_CHILD_ROUNDS: String(rounds) },
-      },
-    );
-    if (r.status !== 0) throw new Error(`callgrind sample failed: ${r.error ?? r.stderr.slice(-500)}`);
-    const collected = /Collected : (\d+)/.exec(r.stderr);
-    if (!collected) throw new Error('callgrind printed no total');
-    const result = /^RESULT (.*)$/m.exec(r.stdout);
-    return { total: Number(collected[1]), spans: JSON.parse(result[1]).spans };
-  };
-  const warm = run(0);
-  const measured = run(INSTRUCTION_ROUNDS);
-  return { cpuUsPerSpan: (measured.total - warm.total) / measured.spans, bytesPerSpan: Number.NaN };
-}
-
 if (process.argv[2] === '--child') {
   await child(process.argv[3], process.argv[4]);
 } else {
@@ -248,8 +210,7 @@ if (process.argv[2] === '--child') {
         const key = `${workload}\0${name}`;
         samples[key] = [...(samples[key] ?? []), sample(dist, workload)];
       }
-  const unit = INSTRUCTIONS ? 'instructions/span' : 'CPU µs/span';
-  const rows = [['workload', 'build', unit, 'allocated B/span', `${unit} min–max`]];
+  const rows = [['workload', 'build', 'CPU µs/span', 'allocated B/span', 'CPU min–max']];
   const out = {};
   for (const workload of WORKLOADS) {
     const m = {};
@@ -257,24 +218,23 @@ if (process.argv[2] === '--child') {
       const s = samples[`${workload}\0${name}`];
       const cpus = s.map((x) => x.cpuUsPerSpan);
       m[name] = { cpu: median(cpus), bytes: median(s.map((x) => x.bytesPerSpan)) };
-      const digits = INSTRUCTIONS ? 0 : 2;
       rows.push([
         workload,
         name,
-        m[name].cpu.toFixed(digits),
-        INSTRUCTIONS ? '—' : m[name].bytes.toFixed(0),
-        `${Math.min(...cpus).toFixed(digits)}–${Math.max(...cpus).toFixed(digits)}`,
+        m[name].cpu.toFixed(2),
+        m[name].bytes.toFixed(0),
+        `${Math.min(...cpus).toFixed(2)}–${Math.max(...cpus).toFixed(2)}`,
       ]);
     }
     if (base) {
       const r = (k) => (m['this build'][k] / m.base[k]).toFixed(2);
-      rows.push([workload, 'ratio this / base', r('cpu'), INSTRUCTIONS ? '—' : r('bytes'), '']);
+      rows.push([workload, 'ratio this / base', r('cpu'), r('bytes'), '']);
     }
     out[workload] = m;
   }
   console.log(
-    `decode + select (e2e, distinct), rating (rate), encoders (lines, native, tsv), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians${INSTRUCTIONS ? '; callgrind instructions, node --predictable' : ''})`,
+    `decode + select (e2e, distinct), rating (rate), encoders (lines, native, tsv), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`,
   );
   console.log(table(rows));
-  writeResult(INSTRUCTIONS ? 'decode-instructions' : 'decode', out);
+  writeResult('decode', out);
 }
