@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ByteWriter } from '../src/byte-writer.js';
 import { CallLines } from '../src/enforcement/enforcer.js';
+import { seededRandom } from './support/seeded-random.js';
 
 // The buffer that enforcement's call lines and the landing's TabSeparated and Native writers share: its
 // digits must be what JavaScript prints, and a buffer grown for one large write must not stay that large.
@@ -30,20 +31,9 @@ class Probe extends ByteWriter {
   }
 }
 
-/** xorshift32, seeded: the same values on every run. */
-function random(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-}
-
 describe('ByteWriter', () => {
   it('writes integers and bigints of every magnitude as String() does', () => {
-    const next = random(0x7011);
+    const next = seededRandom(0x7011);
     const ints: number[] = [0, -0, 1, 9, 10, 99, 100, 2 ** 31, 2 ** 32, Number.MAX_SAFE_INTEGER];
     for (let i = 0; i < 5000; i++) {
       const digits = 1 + Math.floor(next() * 16);
