@@ -116,6 +116,8 @@ end
 local tool_fields = {} -- tool -> 't:' .. tool (built once per tool, not per call)
 local new_calls = {} -- period key index -> calls claimed new in it (its 'calls' counter, added once at the end)
 local claim_head = token .. '|'
+local uncounted_claim = claim_head .. '0|0' -- a new call that does not count toward usage: no positions
+local format = string.format
 
 local out, o = {}, 0
 local writes = {} -- dedup key index -> { field, value, ... }
@@ -139,15 +141,28 @@ for i = 0, n - 1 do
     local tool_ord, plan_ord = 0, 0
     new_calls[pk] = (new_calls[pk] or 0) + 1
     local claim_tail = ''
-    if counts[i] then
+    local counted = counts[i]
+    if counted then
       local tool = tools[i]
       local tf = tool_fields[tool]
       if not tf then
         tf = 't:' .. tool
         tool_fields[tool] = tf
       end
-      plan_ord = add(pk, 'n', 1) + 1
-      tool_ord = add(pk, tf, 1) + 1
+      -- add(pk, 'n', 1) + 1 and add(pk, tf, 1) + 1, written out: this runs for every new counted call
+      local v = values[pk]
+      if not v then
+        v = {}
+        values[pk] = v
+      end
+      plan_ord = v.n
+      if plan_ord == nil then plan_ord = tonumber(redis.call('HGET', KEYS[pk], 'n') or '0') end
+      plan_ord = plan_ord + 1
+      v.n = plan_ord
+      tool_ord = v[tf]
+      if tool_ord == nil then tool_ord = tonumber(redis.call('HGET', KEYS[pk], tf) or '0') end
+      tool_ord = tool_ord + 1
+      v[tf] = tool_ord
       local list = tiered[i]
       if list then
         local bs = {}
@@ -168,7 +183,8 @@ for i = 0, n - 1 do
       writes[k] = w
     end
     w[wl + 1] = ids[i]
-    w[wl + 2] = claim_head .. tool_ord .. '|' .. plan_ord .. claim_tail
+    -- '%d', not '..': Lua turns a number into text with '%.14g' (slower, and in exponent form past 10^14)
+    w[wl + 2] = counted and format('%s%d|%d%s', claim_head, tool_ord, plan_ord, claim_tail) or uncounted_claim
     wn[k] = wl + 2
     out[o + 1], out[o + 2], out[o + 3] = 0, tool_ord, plan_ord
   end

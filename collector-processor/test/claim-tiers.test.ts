@@ -185,6 +185,67 @@ describe('claim.lua: the calls in one argument, a line each', () => {
     ).rejects.toThrow(/event id of 128 bytes/);
   });
 
+  it('stores each new call as "token|tool ordinal|plan ordinal", which a replay of the token reads back', async () => {
+    const calls = [
+      plain('k0', 'a'),
+      plain('k1', 'b'),
+      { ...plain('k2', 'a'), counts: false }, // not counted: no positions
+      plain('k3', 'a'),
+    ];
+    const first = await claimCalls(tg.redis!, 'p', 'c11', 'rec-15', calls, ttl);
+    expect(first.map((x) => [x.status, x.toolOrdinal, x.planOrdinal])).toEqual([
+      [CLAIM_STATUS.new, 1, 1],
+      [CLAIM_STATUS.new, 1, 2],
+      [CLAIM_STATUS.new, 0, 0],
+      [CLAIM_STATUS.new, 2, 3],
+    ]);
+    const dedup = redisKeys.dedup(customerTag('p', 'c11'), '2026-12-06');
+    expect(await tg.redis!.hmget(dedup, 'k0', 'k1', 'k2', 'k3')).toEqual([
+      'rec-15|1|1',
+      'rec-15|1|2',
+      'rec-15|0|0',
+      'rec-15|2|3',
+    ]);
+    // a claim written by an earlier build, positions past 10^14 included (Lua's own number-to-text gave
+    // '1e+14' there), is read back by a replay of its token
+    await tg.redis!.hset(dedup, 'k4', 'rec-16|123456789012345|900000000000001');
+    const replay = await claimCalls(tg.redis!, 'p', 'c11', 'rec-16', [plain('k4', 'a')], ttl);
+    expect(replay.map((x) => [x.status, x.toolOrdinal, x.planOrdinal])).toEqual([
+      [CLAIM_STATUS.own, 123456789012345, 900000000000001],
+    ]);
+    const again = await claimCalls(tg.redis!, 'p', 'c11', 'rec-15', calls, ttl);
+    expect(again.map((x) => [x.status, x.toolOrdinal, x.planOrdinal])).toEqual(
+      first.map((x) => [CLAIM_STATUS.own, x.toolOrdinal, x.planOrdinal]),
+    );
+  });
+
+  it('writes positions past 10^14 as whole numbers', async () => {
+    const period = redisKeys.period(customerTag('p', 'c12'), '2026-12');
+    await tg.redis!.hset(period, 'n', '99999999999999', 't:a', '99999999999999');
+    const r = await claimCalls(tg.redis!, 'p', 'c12', 'rec-17', [plain('m0', 'a'), plain('m1', 'a')], ttl);
+    expect(r.map((x) => [x.toolOrdinal, x.planOrdinal])).toEqual([
+      [100000000000000, 100000000000000],
+      [100000000000001, 100000000000001],
+    ]);
+    const dedup = redisKeys.dedup(customerTag('p', 'c12'), '2026-12-06');
+    expect(await tg.redis!.hmget(dedup, 'm0', 'm1')).toEqual([
+      'rec-17|100000000000000|100000000000000',
+      'rec-17|100000000000001|100000000000001',
+    ]);
+    const replay = await claimCalls(
+      tg.redis!,
+      'p',
+      'c12',
+      'rec-17',
+      [plain('m0', 'a'), plain('m1', 'a')],
+      ttl,
+    );
+    expect(replay.map((x) => [x.status, x.toolOrdinal, x.planOrdinal])).toEqual([
+      [CLAIM_STATUS.own, 100000000000000, 100000000000000],
+      [CLAIM_STATUS.own, 100000000000001, 100000000000001],
+    ]);
+  });
+
   it('refuses a call list that does not hold the number of calls announced', async () => {
     const cmd = (
       tg.redis as unknown as Record<string, (...a: (string | number | Buffer)[]) => Promise<unknown>>
