@@ -156,7 +156,10 @@ async function encodeChild(workload, load, ...decoding) {
         lines.start(e.length);
         for (const r of e)
           lines.call(sessions.get(r.sessionId) ?? 0, r.sessionId, r.agent, r.tool, r.priceNano, r.costNano);
-        bytes += lines.take().length;
+        const t = lines.take(); // a Buffer of call lines before 2026-12-07, binary calls and their names since
+        bytes += Buffer.isBuffer(t)
+          ? t.length
+          : t.calls.length + t.agents.length + t.tools.length + t.sessions.length;
       }
       return rows.length;
     };

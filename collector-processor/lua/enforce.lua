@@ -9,10 +9,11 @@
 -- ARGV[10] margin guard on (1/0)   ARGV[11] warn below (bps)   ARGV[12] throttle below   ARGV[13] kill below
 -- ARGV[14] minimum revenue before the guard judges   ARGV[15] throttle rate (calls/s)
 -- ARGV[16] m, then m pairs: tool, calls-per-period limit
--- then n, then one argument with the n calls, one line each, each ended by "\n":
--- "session_key_index\tsession_id\tagent\ttool\tprice\tcost" (tab-separated; identifiers never contain control
--- characters; session key index 0 = no session). One argument rather than one per call: the host writes the
--- lines straight into one buffer instead of building a few strings per call for the client to join.
+-- then n, then one argument with the n calls, 24 bytes each, little-endian: the session's key index
+-- (UInt32; 0 = no session), the agent's and the tool's index (UInt16; 0 = the empty name), price and cost in
+-- nano-units (Int64) — read with one struct.unpack per call, not a pattern of seven captures and three decimal
+-- numbers; then three arguments with the names the calls index, one per line, from 1: the agents, the tools,
+-- and the session ids by session key index (identifiers never contain control characters)
 -- then one argument with the calls taken from quota leases, aggregated per lease (empty: none):
 --   "L\tlease_id\tinstance\tcalls\treserved_nano" per lease, followed by its "T\ttool\tcalls" and
 --   "S\tsession_id\treserved_nano" lines (see lease-lib.lua, prepended to this script: those calls are
@@ -49,12 +50,26 @@ local tool_limits = {}
 for j = 0, m - 1 do tool_limits[ARGV[17 + j * 2]] = tonumber(ARGV[18 + j * 2]) end
 local base = 17 + m * 2
 local n = tonumber(ARGV[base])
+local CALL_BYTES, CALL_FORMAT = 24, '<I4I2I2i8i8'
+local calls_bin = ARGV[base + 1]
+if #calls_bin ~= CALL_BYTES * n then
+  return redis.error_reply('enforce.lua: ' .. #calls_bin .. ' bytes of calls, ' .. n .. ' calls announced')
+end
 -- quota leases (lease-lib.lua): expired ones give back what they hold before anything is judged
 local P = string.sub(state, 1, #state - 5)
 lease_reap(P, now, 64)
 local leased = {}
-local calls_text = ARGV[base + 1]
-for line in string.gmatch(ARGV[base + 2] or '', '[^\n]+') do
+-- names by index from 1 (0: the empty name), one per line
+local function names(text)
+  local t, k = { [0] = '' }, 0
+  for name in string.gmatch((text or '') .. '\n', '([^\n]*)\n') do
+    k = k + 1
+    t[k] = name
+  end
+  return t
+end
+local agent_names, tool_names, session_ids = names(ARGV[base + 2]), names(ARGV[base + 3]), names(ARGV[base + 4])
+for line in string.gmatch(ARGV[base + 5] or '', '[^\n]+') do
   local kind, a, b, c, d = string.match(line, '^(%u)\t([^\t]*)\t([^\t]*)\t?([^\t]*)\t?([^\t]*)$')
   if kind == 'L' then
     leased[#leased + 1] = { id = a, inst = b, calls = tonumber(c) or 0, money = tonumber(d) or 0, tools = {}, sessions = {} }
@@ -159,16 +174,13 @@ local d_spend, d_cost, d_day = 0, 0, 0
 local tool_calls, d_tool = {}, {}
 local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls }
 
-local at = 1
+local unpack_call = struct.unpack
 for i = 0, n - 1 do
-  local sk, sid, agent, tool, price, cost, next_at = string.match(
-    calls_text,
-    '^(%d+)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t(%-?%d+)\t(%-?%d+)\n()',
-    at
-  )
-  if not sk then return redis.error_reply('enforce.lua: call ' .. i .. ' of ' .. n .. ' unreadable') end
-  at = next_at
-  sk, price, cost = tonumber(sk), tonumber(price), tonumber(cost)
+  local sk, ai, ti, price, cost = unpack_call(CALL_FORMAT, calls_bin, CALL_BYTES * i + 1)
+  local sid, agent, tool = session_ids[sk], agent_names[ai], tool_names[ti]
+  if not (sid and agent and tool) then
+    return redis.error_reply('enforce.lua: call ' .. i .. ' of ' .. n .. ' names a session, agent or tool not sent')
+  end
   if agent ~= '' then scope_of('agent', agent) end
   if sid ~= '' then scope_of('session', sid) end
   if tool_limits[tool] then scope_of('tool', tool) end

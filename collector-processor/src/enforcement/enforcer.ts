@@ -119,54 +119,104 @@ export function parseEnforceReply(
   return { over, directives };
 }
 
+/** Bytes per call in enforce.lua's calls argument (see CallLines). */
+export const CALL_BYTES = 24;
+const MIN_INT64 = -(1n << 63n);
+const MAX_INT64 = (1n << 63n) - 1n;
+
+/** enforce.lua's calls, as `CallLines.take` hands them over: the binary records and the names they index. */
+export interface EnforceCalls {
+  /** {@link CALL_BYTES} per call: session key index (UInt32), agent and tool indexes (UInt16), price, cost (Int64). */
+  calls: Buffer;
+  /** The names the calls index, from 1 (0 is the empty name), one line each. */
+  agents: string;
+  tools: string;
+  /** The session ids, by session key index from 1. */
+  sessions: string;
+}
+
 /**
- * enforce.lua's calls argument, "sk\tsession\tagent\ttool\tprice\tcost\n" per call, written straight into
- * one reused buffer and handed to Redis as one Buffer argument. A template string per call was a handful of
- * strings per call (the pieces, the money's decimal text), held until Redis answered, that the client then
- * joined into one more string: about 1.3 KB of allocation per call, a sixth of the process's
- * (docs/benchmarks.md, "Enforcement's arguments in one buffer").
+ * enforce.lua's calls argument: per call 24 bytes little-endian — the session's key index (UInt32, 0 = no
+ * session), the agent's and the tool's index among the export's distinct names (UInt16, 0 = empty), price and
+ * cost in nano-units (Int64) — written into one reused buffer and handed to Redis as one Buffer argument,
+ * with the names once each. The script reads a call with one `struct.unpack` instead of a pattern with seven
+ * captures and three numbers in decimal (docs/benchmarks.md, "Enforcement's calls in binary"). Money past
+ * Int64 is written at its limit: the script saturates counters there anyway, and rating refuses such amounts
+ * before a call is billed.
  */
 export class CallLines extends ByteWriter {
+  private readonly agents = new Map<string, number>();
+  private readonly tools = new Map<string, number>();
+  private sessions: string[] = [];
+  private lastAgent = '';
+  private lastAgentIndex = 0;
+  private lastTool = '';
+  private lastToolIndex = 0;
+
   /** Starts the argument of `calls` calls. */
   start(calls: number): this {
     this.pos = 0;
-    this.room(calls * 64);
+    this.agents.clear();
+    this.tools.clear();
+    this.sessions = [];
+    this.lastAgent = '';
+    this.lastAgentIndex = 0;
+    this.lastTool = '';
+    this.lastToolIndex = 0;
+    this.room(calls * CALL_BYTES);
     return this;
   }
 
+  /** One call; `sk` is its session's key index (1, 2, … in the order sessions first appear; 0 = none). */
   call(sk: number, session: string, agent: string, tool: string, price: bigint, cost: bigint): void {
-    // identifiers are at most a few hundred bytes of UTF-8 (3 per UTF-16 unit at worst)
-    this.room(3 * (session.length + agent.length + tool.length) + 24);
-    this.digits(sk);
-    this.text(session);
-    this.text(agent);
-    this.text(tool);
-    this.buf[this.pos++] = 9;
-    this.bigint(price);
-    this.buf[this.pos++] = 9;
-    this.bigint(cost);
-    this.buf[this.pos++] = 10;
-  }
-
-  /** A copy of the lines written since `start` (the buffer is reused; the client may hold the argument). */
-  take(): Buffer {
-    return this.copyOut();
-  }
-
-  /** A tab, then `s` as UTF-8 (room already made). */
-  private text(s: string): void {
-    const b = this.buf;
-    b[this.pos++] = 9;
-    // ASCII byte by byte (identifiers mostly are: no call into the runtime), else UTF-8 from where it stopped
-    const n = s.length;
-    let i = 0;
-    for (; i < n; i++) {
-      const c = s.charCodeAt(i);
-      if (c >= 0x80) break;
-      b[this.pos + i] = c;
+    // calls of one export come in runs of the same agent and tool: the last one is checked before the map
+    let a = this.lastAgentIndex;
+    if (agent !== this.lastAgent) {
+      a = agent === '' ? 0 : (this.agents.get(agent) ?? 0);
+      if (a === 0 && agent !== '') {
+        a = this.agents.size + 1;
+        this.agents.set(agent, a);
+      }
+      this.lastAgent = agent;
+      this.lastAgentIndex = a;
     }
-    this.pos += i;
-    if (i < n) this.pos += b.write(s.slice(i), this.pos, 'utf8');
+    let t = this.lastToolIndex;
+    if (tool !== this.lastTool) {
+      t = tool === '' ? 0 : (this.tools.get(tool) ?? 0);
+      if (t === 0 && tool !== '') {
+        t = this.tools.size + 1;
+        this.tools.set(tool, t);
+      }
+      this.lastTool = tool;
+      this.lastToolIndex = t;
+    }
+    if (sk > 0 && this.sessions[sk - 1] === undefined) this.sessions[sk - 1] = session;
+    if (a > 0xffff || t > 0xffff || sk > 0xffffffff)
+      throw new RangeError(`enforce.lua: ${a} agents, ${t} tools or ${sk} sessions in one call list`);
+    this.room(CALL_BYTES);
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = sk & 0xff;
+    b[p + 1] = (sk >>> 8) & 0xff;
+    b[p + 2] = (sk >>> 16) & 0xff;
+    b[p + 3] = sk >>> 24;
+    b[p + 4] = a & 0xff;
+    b[p + 5] = a >>> 8;
+    b[p + 6] = t & 0xff;
+    b[p + 7] = t >>> 8;
+    this.pos = p + 8;
+    if (!this.int64(price)) this.int64(price < 0n ? MIN_INT64 : MAX_INT64);
+    if (!this.int64(cost)) this.int64(cost < 0n ? MIN_INT64 : MAX_INT64);
+  }
+
+  /** The calls written since `start` (a copy: the buffer is reused, the client may hold the argument) and their names. */
+  take(): EnforceCalls {
+    return {
+      calls: this.copyOut(),
+      agents: [...this.agents.keys()].join('\n'),
+      tools: [...this.tools.keys()].join('\n'),
+      sessions: this.sessions.join('\n'),
+    };
   }
 }
 const callLines = new CallLines();
@@ -322,7 +372,8 @@ export class RedisEnforcer implements Enforcer {
       }
       lines.call(sk, row.sessionId, row.agent, row.tool, row.priceNano, row.costNano);
     }
-    args.push(lines.take(), encodeLeased(leased));
+    const calls = lines.take();
+    args.push(calls.calls, calls.agents, calls.tools, calls.sessions, encodeLeased(leased));
     creditArgs(keys, args, tag, plan.plan.credits, rows); // the last keys and arguments: credits.lua's
     let reply: (string | number)[];
     try {

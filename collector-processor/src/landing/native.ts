@@ -1,5 +1,5 @@
-import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
-import { ByteWriter } from '../byte-writer.js';
+import { MAX_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
+import { ByteWriter, TWO_32 } from '../byte-writer.js';
 
 /**
  * How a column's values are written, chosen once per column from its ClickHouse type in RATED_CALL_COLUMNS.
@@ -97,9 +97,6 @@ const COLUMNS: readonly Column[] = RATED_CALL_COLUMNS.map(([name, type, field]) 
 /** The column names, in the order the writer writes them (the insert's column list). */
 export const NATIVE_COLUMNS = RATED_CALL_COLUMNS.map(([name]) => name);
 
-const TWO_32 = 4_294_967_296;
-const MIN_INT64 = -(1n << 63n);
-const MAX_INT64 = (1n << 63n) - 1n;
 const MAX_UINT64 = (1n << 64n) - 1n;
 
 /** A rated call whose value does not fit its column: a bug upstream, refused before it reaches a block. */
@@ -288,7 +285,7 @@ export class NativeWriter extends ByteWriter {
         return;
       case 'int64Big':
         this.room(8 * n);
-        for (let i = 0; i < n; i++) this.int64(read(rows[i] as RatedCall) as bigint, f);
+        for (let i = 0; i < n; i++) this.int64Of(read(rows[i] as RatedCall) as bigint, f);
         return;
       case 'strings':
       case 'uint64Bigs':
@@ -306,7 +303,7 @@ export class NativeWriter extends ByteWriter {
             if (c.kind === 'strings') this.str(a[k] as string);
             else {
               this.room(8);
-              if (c.kind === 'int64Bigs') this.int64(a[k] as bigint, f);
+              if (c.kind === 'int64Bigs') this.int64Of(a[k] as bigint, f);
               else this.uint64(a[k] as bigint, f);
             }
           }
@@ -353,39 +350,9 @@ export class NativeWriter extends ByteWriter {
     this.pos += this.buf.write(s, this.pos, 'utf8');
   }
 
-  /** 8 bytes little-endian of an integer in [-2^53, 2^53] (two's complement below zero); room already made. */
-  private exact(v: number): void {
-    const b = this.buf;
-    const p = this.pos;
-    let lo: number;
-    let hi: number;
-    if (v >= 0) {
-      lo = v % TWO_32;
-      hi = (v - lo) / TWO_32;
-    } else {
-      const m = -v;
-      const mlo = m % TWO_32;
-      const mhi = (m - mlo) / TWO_32;
-      lo = mlo === 0 ? 0 : TWO_32 - mlo;
-      hi = mlo === 0 ? (TWO_32 - mhi) % TWO_32 : TWO_32 - 1 - mhi;
-    }
-    b[p] = lo & 0xff;
-    b[p + 1] = (lo >>> 8) & 0xff;
-    b[p + 2] = (lo >>> 16) & 0xff;
-    b[p + 3] = lo >>> 24;
-    b[p + 4] = hi & 0xff;
-    b[p + 5] = (hi >>> 8) & 0xff;
-    b[p + 6] = (hi >>> 16) & 0xff;
-    b[p + 7] = hi >>> 24;
-    this.pos = p + 8;
-  }
-
-  /** Int64 from a bigint, exactly (through a number when it is one); room already made. */
-  private int64(v: bigint, field: string): void {
-    if (v <= MAX_SAFE_BIGINT && v >= MIN_SAFE_BIGINT) this.exact(Number(v));
-    else if (v < MIN_INT64 || v > MAX_INT64)
-      throw new LandingEncodeError(`${field} = ${v} does not fit Int64`);
-    else this.pos = this.buf.writeBigInt64LE(v, this.pos);
+  /** Int64 from a bigint, exactly; room already made. */
+  private int64Of(v: bigint, field: string): void {
+    if (!this.int64(v)) throw new LandingEncodeError(`${field} = ${v} does not fit Int64`);
   }
 
   /** UInt64 from a bigint, exactly; room already made. */
