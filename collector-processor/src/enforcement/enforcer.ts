@@ -135,6 +135,40 @@ export interface EnforceCalls {
   sessions: string;
 }
 
+/** Indexes of the distinct names of one call list, from 1 (0 is the empty name); the last one is checked first. */
+class NameIndex {
+  private readonly map = new Map<string, number>();
+  private last = '';
+  private lastIndex = 0;
+
+  clear(): void {
+    this.map.clear();
+    this.last = '';
+    this.lastIndex = 0;
+  }
+
+  of(name: string): number {
+    // calls of one export come in runs of the same agent and tool: no map lookup for those
+    if (name === this.last) return this.lastIndex;
+    let i = 0;
+    if (name !== '') {
+      i = this.map.get(name) ?? 0;
+      if (i === 0) {
+        i = this.map.size + 1;
+        this.map.set(name, i);
+      }
+    }
+    this.last = name;
+    this.lastIndex = i;
+    return i;
+  }
+
+  /** The names in index order, one per line. */
+  text(): string {
+    return [...this.map.keys()].join('\n');
+  }
+}
+
 /**
  * enforce.lua's calls argument: per call 24 bytes little-endian — the session's key index (UInt32, 0 = no
  * session), the agent's and the tool's index among the export's distinct names (UInt16, 0 = empty), price and
@@ -145,13 +179,9 @@ export interface EnforceCalls {
  * before a call is billed.
  */
 export class CallLines extends ByteWriter {
-  private readonly agents = new Map<string, number>();
-  private readonly tools = new Map<string, number>();
+  private readonly agents = new NameIndex();
+  private readonly tools = new NameIndex();
   private sessions: string[] = [];
-  private lastAgent = '';
-  private lastAgentIndex = 0;
-  private lastTool = '';
-  private lastToolIndex = 0;
 
   /** Starts the argument of `calls` calls. */
   start(calls: number): this {
@@ -159,37 +189,14 @@ export class CallLines extends ByteWriter {
     this.agents.clear();
     this.tools.clear();
     this.sessions = [];
-    this.lastAgent = '';
-    this.lastAgentIndex = 0;
-    this.lastTool = '';
-    this.lastToolIndex = 0;
     this.room(calls * CALL_BYTES);
     return this;
   }
 
   /** One call; `sk` is its session's key index (1, 2, … in the order sessions first appear; 0 = none). */
   call(sk: number, session: string, agent: string, tool: string, price: bigint, cost: bigint): void {
-    // calls of one export come in runs of the same agent and tool: the last one is checked before the map
-    let a = this.lastAgentIndex;
-    if (agent !== this.lastAgent) {
-      a = agent === '' ? 0 : (this.agents.get(agent) ?? 0);
-      if (a === 0 && agent !== '') {
-        a = this.agents.size + 1;
-        this.agents.set(agent, a);
-      }
-      this.lastAgent = agent;
-      this.lastAgentIndex = a;
-    }
-    let t = this.lastToolIndex;
-    if (tool !== this.lastTool) {
-      t = tool === '' ? 0 : (this.tools.get(tool) ?? 0);
-      if (t === 0 && tool !== '') {
-        t = this.tools.size + 1;
-        this.tools.set(tool, t);
-      }
-      this.lastTool = tool;
-      this.lastToolIndex = t;
-    }
+    const a = this.agents.of(agent);
+    const t = this.tools.of(tool);
     if (sk > 0 && this.sessions[sk - 1] === undefined) this.sessions[sk - 1] = session;
     if (a > 0xffff || t > 0xffff || sk > 0xffffffff)
       throw new RangeError(`enforce.lua: ${a} agents, ${t} tools or ${sk} sessions in one call list`);
@@ -213,8 +220,8 @@ export class CallLines extends ByteWriter {
   take(): EnforceCalls {
     return {
       calls: this.copyOut(),
-      agents: [...this.agents.keys()].join('\n'),
-      tools: [...this.tools.keys()].join('\n'),
+      agents: this.agents.text(),
+      tools: this.tools.text(),
       sessions: this.sessions.join('\n'),
     };
   }
