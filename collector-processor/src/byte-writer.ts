@@ -6,15 +6,17 @@ const INITIAL_BYTES = 1 << 16;
 const KEEP_BYTES = 1 << 20;
 /** 2^32: the high word of an integer written as two 32-bit halves. */
 export const TWO_32 = 4_294_967_296;
-const MIN_INT64 = -(1n << 63n);
-const MAX_INT64 = (1n << 63n) - 1n;
+/** The Int64 range, what `int64` writes. */
+export const MIN_INT64 = -(1n << 63n);
+export const MAX_INT64 = (1n << 63n) - 1n;
 
 /**
  * A reused buffer that the hot encoders write into — enforcement's calls (enforcer.ts), the landing's
  * TabSeparated rows (tsv.ts) and Native blocks (native.ts) — with the pieces they share: room on demand,
- * integers as decimal digits without a string or as 8 bytes little-endian, and the copy handed out. Each writer copies its strings'
- * ASCII itself: a shared method for it was not inlined into their loops and cost about 25 instructions
- * per string (callgrind, docs/benchmarks.md "One writer under three encoders").
+ * integers as decimal digits without a string or as 8 bytes little-endian, and the copy handed out. A writer
+ * that writes strings copies their ASCII itself: a shared method for it was not inlined into the TSV and
+ * Native loops and cost about 25 instructions per string (callgrind, docs/benchmarks.md "One writer under
+ * three encoders").
  *
  * The buffer grows by doubling (or to what one write needs) and is not kept past what recent writes need: once it is over 1 MiB, a copy
  * that used under a quarter of it puts a smaller one in its place (an export of very long identifiers

@@ -10,7 +10,7 @@ import {
   stateInForce,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
-import { ByteWriter } from '../byte-writer.js';
+import { ByteWriter, MAX_INT64, MIN_INT64 } from '../byte-writer.js';
 import { afterCreditsOfReply, creditArgs } from '../credits/enforce-args.js';
 import type { CreditLedger } from '../credits/ledger.js';
 import { scriptLimiter } from '../meter/claim.js';
@@ -121,8 +121,6 @@ export function parseEnforceReply(
 
 /** Bytes per call in enforce.lua's calls argument (see CallLines). */
 export const CALL_BYTES = 24;
-const MIN_INT64 = -(1n << 63n);
-const MAX_INT64 = (1n << 63n) - 1n;
 
 /** enforce.lua's calls, as `CallLines.take` hands them over: the binary records and the names they index. */
 export interface EnforceCalls {
