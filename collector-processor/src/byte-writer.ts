@@ -1,4 +1,5 @@
 import { MAX_SAFE_BIGINT, MIN_SAFE_BIGINT } from '@tollgate/contracts';
+import type { BlockArena } from './landing/block-arena.js';
 
 /** Bytes a writer starts with, and gives back to once a large write is over. */
 const INITIAL_BYTES = 1 << 16;
@@ -37,10 +38,13 @@ export class ByteWriter {
     this.buf = next;
   }
 
-  /** A copy of the bytes written (the buffer is reused; the caller may hold the copy); starts empty again. */
-  protected copyOut(): Buffer {
+  /**
+   * A copy of the bytes written (the buffer is reused; the caller may hold the copy), in `arena` when one is
+   * given (the caller releases it there); the writer starts empty again.
+   */
+  protected copyOut(arena?: BlockArena): Buffer {
     const n = this.pos;
-    const out = Buffer.from(this.buf.subarray(0, n));
+    const out = arena ? arena.copy(this.buf, 0, n) : Buffer.from(this.buf.subarray(0, n));
     this.pos = 0;
     if (this.buf.length > KEEP_BYTES && n < this.buf.length >>> 2) {
       let size = INITIAL_BYTES;

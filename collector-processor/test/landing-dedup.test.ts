@@ -233,3 +233,91 @@ it('the lander re-sends a block whose insert landed but whose answer was lost, a
 
 it('Native: the lander (file path) re-sends a block whose answer was lost, and it counts once', () =>
   lossyLanderCountsOnce('lossy-native', 'file'));
+
+it('Native: records written into the room of records landed before land every call once, with its own values', async () => {
+  const before = ch.chdbInsert;
+  ch.chdbInsert = 'file';
+  const customer = 'arena-reuse';
+  try {
+    const { spool } = await Spool.open({
+      dir: join(dir, 'spool-arena'),
+      fsync: false,
+      segmentBytes: 4 << 20,
+    });
+    // each insert starts 80 ms late (longer than new records take to fill a chunk): room given back too early
+    // would be written over before the insert reads it
+    const late: LandingInserter = {
+      landingFormat: 'Native',
+      insertTsv: () => Promise.reject(new Error('the lander must not send text on the file path (test)')),
+      async insertNative(...args: Parameters<NonNullable<ClickHouseHandle['insertNative']>>) {
+        await new Promise((resolve) => setTimeout(resolve, 80));
+        await ch.insertNative?.(...args);
+      },
+    };
+    const lander = new Lander(
+      late,
+      spool,
+      { batchRows: 8_192, flushIntervalMs: 10, blockPrefix: customer },
+      createLogger('silent'),
+      createMetrics(),
+    );
+    expect(lander.format).toBe('Native');
+    lander.start();
+    const w = lander.createWriter();
+    const chunks = new Set<ArrayBufferLike>();
+    let bytesTaken = 0;
+    let n = 0;
+    // records keep coming while earlier ones land (a landing every 10 ms), as under load
+    for (let r = 0; r < 120; r++) {
+      const rid = `${customer}-${r}`;
+      await spool.appendAccepted({
+        t: 'a',
+        rid,
+        product: 'dedup-prod',
+        planVersion: 'v',
+        receivedAtMs: 0,
+        format: 'calls-json',
+        payload: Buffer.from('[]'),
+      });
+      for (let i = 0; i < 512; i++) w.add(call(n++, customer));
+      const bytes = w.take();
+      chunks.add(bytes.buffer);
+      bytesTaken += bytes.length;
+      lander.enqueue(rid, bytes, 512);
+      // a record encoded again (enforcement marked calls over the limit): the first bytes are given back
+      if (r % 5 === 1) {
+        for (let i = 0; i < 512; i++) w.add(call(1_000_000 + i, customer));
+        const again = w.take();
+        chunks.add(again.buffer);
+        bytesTaken += again.length;
+        lander.discard(again);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await lander.idle(20_000);
+    await lander.stop(1_000);
+    // the room of landed records was written again (fewer chunks than the bytes would fill), yet every call
+    // landed once with its own values
+    expect(chunks.size).toBeLessThan(bytesTaken / (2 << 20) - 1);
+    const t = await totals(customer);
+    expect(t).toMatchObject({
+      raw: String(n),
+      daily: String(n),
+      customer_daily: String(n),
+      sessions: String(n),
+    });
+    expect(t.raw_revenue).toBe(String((n * (n - 1)) / 2 + 1_000 * n));
+    expect(t.daily_revenue).toBe(t.raw_revenue);
+    const [ids] = await (
+      await ch.client.query({
+        query: `SELECT uniqExact(trace_id) AS ids, uniqExact(span_id) AS spans, max(duration_us) AS longest
+          FROM mcp_tool_calls WHERE customer = {c:String}`,
+        query_params: { c: customer },
+        format: 'JSONEachRow',
+      })
+    ).json<Record<string, string>>();
+    expect(ids).toEqual({ ids: String(n), spans: String(n), longest: String(1_000 + n - 1) });
+  } finally {
+    ch.chdbInsert = before;
+  }
+});

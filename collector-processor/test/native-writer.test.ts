@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RatedCall } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { joinNativeBlocks, LandingEncodeError, NATIVE_COLUMNS, NativeWriter } from '../src/landing/native.js';
+import { BlockArena } from '../src/landing/block-arena.js';
+import {
+  joinNativeBlocks,
+  LandingEncodeError,
+  NATIVE_COLUMNS,
+  NativeWriter,
+  nativeBlockPieces,
+} from '../src/landing/native.js';
 import { TSV_COLUMNS, TsvWriter } from '../src/landing/tsv.js';
 import { type ClickHouseHandle, insertSettings, migrate, openClickHouse } from '../src/storage/clickhouse.js';
 import { BASE_RATED_CALL } from './support/rated-call.js';
@@ -122,6 +129,7 @@ describe('NativeWriter', () => {
     await ch.client.command({ query: 'CREATE TABLE calls_tsv AS mcp_tool_calls' });
     await ch.client.command({ query: 'CREATE TABLE calls_native AS mcp_tool_calls' });
     await ch.client.command({ query: 'CREATE TABLE calls_native_stream AS mcp_tool_calls' });
+    await ch.client.command({ query: 'CREATE TABLE calls_native_pieces AS mcp_tool_calls' });
     ch.chdbInsert = 'raw';
     await ch.insertTsv('calls_tsv', TSV_COLUMNS, encode(new TsvWriter(), all, 512), insertSettings('rt.tsv'));
     // as the lander sends them: the records joined into one block
@@ -136,7 +144,12 @@ describe('NativeWriter', () => {
     // and as a stream of the records' own blocks
     const stream = encode(new NativeWriter(), all, 97);
     await ch.insertNative?.('calls_native_stream', NATIVE_COLUMNS, stream, insertSettings('rt.s'));
-    for (const table of ['calls_native', 'calls_native_stream']) {
+    // as the lander sends them now: records written into its arena, the block as views of them, written to
+    // the file in one writev of more pieces than one system call takes (IOV_MAX, 1,024)
+    const pieces = nativeBlockPieces(records(new NativeWriter(new BlockArena()), all, 1));
+    expect(pieces.length).toBeGreaterThan(10 * 1024);
+    await ch.insertNative?.('calls_native_pieces', NATIVE_COLUMNS, pieces, insertSettings('rt.p'));
+    for (const table of ['calls_native', 'calls_native_stream', 'calls_native_pieces']) {
       const [cmp] = await rows<Record<string, string>>(`SELECT
         (SELECT count() FROM calls_tsv) AS tsv,
         (SELECT count() FROM ${table}) AS native,

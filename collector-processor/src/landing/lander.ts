@@ -4,7 +4,8 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { IntentRecord, Spool } from '../spool/spool.js';
 import { insertSettings, type LandingFormat, type LandingInserter } from '../storage/clickhouse.js';
-import { joinNativeBlocks, NATIVE_COLUMNS, NativeWriter } from './native.js';
+import { BlockArena } from './block-arena.js';
+import { NATIVE_COLUMNS, NativeWriter, nativeBlockPieces } from './native.js';
 import { TSV_COLUMNS, TsvWriter } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
@@ -48,6 +49,8 @@ interface Queued {
  */
 export class Lander {
   private readonly queue = new Map<string, Queued>();
+  /** Where the writers of `createWriter` put the records' bytes; released once their block has landed. */
+  private readonly arena = new BlockArena();
   private readonly forced: IntentRecord[] = [];
   private backlog = 0;
   private seq = 0;
@@ -72,9 +75,17 @@ export class Lander {
       clickhouse.landingFormat === 'Native' && clickhouse.insertNative ? 'Native' : 'TabSeparated';
   }
 
-  /** A writer of the bytes `enqueue` takes (one per caller: writers are not reentrant). */
+  /**
+   * A writer of the bytes `enqueue` takes (one per caller: writers are not reentrant). Its bytes live in the
+   * lander's arena: give them to `enqueue`, or to `discard` when they will not be.
+   */
   createWriter(): RowWriter {
-    return this.format === 'Native' ? new NativeWriter() : new TsvWriter();
+    return this.format === 'Native' ? new NativeWriter(this.arena) : new TsvWriter(this.arena);
+  }
+
+  /** Bytes of a `createWriter` writer that will not be enqueued (a record encoded again): their room is reused. */
+  discard(bytes: Buffer): void {
+    this.arena.release(bytes);
   }
 
   get backlogRows(): number {
@@ -191,13 +202,14 @@ export class Lander {
       rows += q.rows;
     }
     await this.spool.appendIntent(block);
-    const body = this.format === 'Native' ? joinNativeBlocks(parts) : Buffer.concat(parts);
+    // Native: the block as views of the records' bytes, written to the insert's file in one writev
+    const body = this.format === 'Native' ? nativeBlockPieces(parts) : Buffer.concat(parts);
     let delay = 100;
     for (;;) {
       const started = performance.now();
       try {
         if (rows > 0) {
-          if (this.format === 'Native')
+          if (!Buffer.isBuffer(body))
             await this.clickhouse.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, landingSettings(block.bid));
           else await this.clickhouse.insertTsv(RAW_TABLE, TSV_COLUMNS, body, landingSettings(block.bid));
         }
@@ -222,7 +234,12 @@ export class Lander {
       }
     }
     await this.spool.appendDone(block.bid, block.rids);
-    for (const rid of block.rids) this.queue.delete(rid);
+    for (const rid of block.rids) {
+      // the block's records are read by no one now (their insert is over): their room in the arena is reused
+      const q = this.queue.get(rid);
+      this.queue.delete(rid);
+      if (q) this.arena.release(q.bytes);
+    }
     this.backlog -= rows;
     this.landedTotal += rows;
     this.metrics.landingBacklog.set(this.backlog);

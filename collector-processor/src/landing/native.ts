@@ -1,5 +1,6 @@
 import { MAX_SAFE_BIGINT, RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
 import { ByteWriter, TWO_32 } from '../byte-writer.js';
+import type { BlockArena } from './block-arena.js';
 
 /**
  * How a column's values are written, chosen once per column from its ClickHouse type in RATED_CALL_COLUMNS.
@@ -130,42 +131,37 @@ function varintBytes(n: number): number {
 }
 
 /**
- * The records of one landing block as ONE Native block: per column its header once, then every record's values
- * (an array column: every record's end offsets, each moved by the elements of the records before it, then every
- * record's elements). Copies only — no value is decoded but the array offsets. Blocks that NativeWriter did not
- * write in this process (no layout known) are concatenated as they are, still a valid Native stream. The
- * engine spends less per row on one block than on many (0.41–0.47 µs/row into a table that stores nothing
- * against 1.0–1.3 for blocks of 512 rows; docs/benchmarks.md, "Landing in Native").
+ * The records of one landing block as ONE Native block, in pieces to be written one after the other (a file's
+ * `writev`): per column its header once, then every record's values (an array column: every record's end
+ * offsets, each moved by the elements of the records before it, then every record's elements). The pieces are
+ * views of the records' own bytes, so the block is never copied whole in memory; only the offsets of an array
+ * column after a record that had elements are written anew. No value is decoded but those offsets. Blocks that
+ * NativeWriter did not write in this process (no layout known) come back as they are, one after the other: still
+ * a valid Native stream. The engine spends less per row on one block than on many (0.41–0.47 µs/row into a
+ * table that stores nothing against 1.0–1.3 for blocks of 512 rows; docs/benchmarks.md, "Landing in Native").
  */
-export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
+export function nativeBlockPieces(parts: readonly Buffer[]): Buffer[] {
   const blocks = parts.filter((p) => p.length > 0);
-  if (blocks.length === 1) return blocks[0] as Buffer;
+  if (blocks.length <= 1) return blocks;
   const layouts = blocks.map((b) => LAYOUT.get(b));
-  if (blocks.length === 0 || layouts.some((l) => l === undefined)) return Buffer.concat(blocks);
+  if (layouts.some((l) => l === undefined)) return blocks;
   const ls = layouts as { rows: number; starts: Uint32Array }[];
   let rows = 0;
-  let size = 0;
-  for (const l of ls) {
-    rows += l.rows;
-    // every column's values, without its header and without the block's own counts
-    for (let k = 0; k < COLUMNS.length; k++)
-      size += (l.starts[k + 1] as number) - (l.starts[k] as number) - (COLUMNS[k] as Column).header.length;
-  }
-  for (const c of COLUMNS) size += c.header.length;
-  size += varintBytes(COLUMNS.length) + varintBytes(rows);
-  const out = Buffer.allocUnsafe(size);
+  for (const l of ls) rows += l.rows;
+  const counts = Buffer.allocUnsafe(varintBytes(COLUMNS.length) + varintBytes(rows));
   let p = 0;
   for (const n of [COLUMNS.length, rows]) {
     let v = n;
     while (v >= 0x80) {
-      out[p++] = (v & 0x7f) | 0x80;
+      counts[p++] = (v & 0x7f) | 0x80;
       v = Math.floor(v / 128);
     }
-    out[p++] = v;
+    counts[p++] = v;
   }
+  const pieces: Buffer[] = [counts];
   for (let k = 0; k < COLUMNS.length; k++) {
     const c = COLUMNS[k] as Column;
-    p += c.header.copy(out, p);
+    pieces.push(c.header);
     const array = c.kind === 'strings' || c.kind === 'uint64Bigs' || c.kind === 'int64Bigs';
     let base = 0;
     for (let i = 0; i < blocks.length; i++) {
@@ -173,24 +169,33 @@ export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
       const l = ls[i] as { rows: number; starts: Uint32Array };
       const from = (l.starts[k] as number) + c.header.length;
       if (!array) {
-        p += b.copy(out, p, from, l.starts[k + 1] as number);
+        pieces.push(b.subarray(from, l.starts[k + 1] as number));
         continue;
       }
       // no elements before this record (calls without usage lines, the common case): its offsets as they are
-      if (base === 0) b.copy(out, p, from, from + l.rows * 8);
-      else for (let r = 0; r < l.rows; r++) writeExact(out, p + r * 8, base + readExact(b, from + r * 8));
-      p += l.rows * 8;
+      if (base === 0) pieces.push(b.subarray(from, from + l.rows * 8));
+      else {
+        const moved = Buffer.allocUnsafe(l.rows * 8);
+        for (let r = 0; r < l.rows; r++) writeExact(moved, r * 8, base + readExact(b, from + r * 8));
+        pieces.push(moved);
+      }
       base += l.rows ? readExact(b, from + (l.rows - 1) * 8) : 0;
     }
-    if (!array) continue;
+    if (!array || base === 0) continue;
     for (let i = 0; i < blocks.length; i++) {
       const b = blocks[i] as Buffer;
       const l = ls[i] as { rows: number; starts: Uint32Array };
-      p += b.copy(out, p, (l.starts[k] as number) + c.header.length + l.rows * 8, l.starts[k + 1] as number);
+      const from = (l.starts[k] as number) + c.header.length + l.rows * 8;
+      if (from < (l.starts[k + 1] as number)) pieces.push(b.subarray(from, l.starts[k + 1] as number));
     }
   }
-  if (p !== size) throw new Error(`joinNativeBlocks wrote ${p} bytes of ${size}`);
-  return out;
+  return pieces;
+}
+
+/** {@link nativeBlockPieces} in one Buffer (tests, benchmarks, and an insert that takes one body). */
+export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
+  const pieces = nativeBlockPieces(parts);
+  return pieces.length === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces);
 }
 
 /**
@@ -212,6 +217,11 @@ export function joinNativeBlocks(parts: readonly Buffer[]): Buffer {
  */
 export class NativeWriter extends ByteWriter {
   private rows: RatedCall[] = [];
+
+  /** `arena`: where `take` copies the block to (the lander's; it releases it), else a Buffer of its own. */
+  constructor(private readonly arena?: BlockArena) {
+    super();
+  }
 
   add(r: RatedCall): void {
     this.rows.push(r);
@@ -243,7 +253,7 @@ export class NativeWriter extends ByteWriter {
       this.rows = [];
     }
     starts[COLUMNS.length] = this.pos;
-    const out = this.copyOut();
+    const out = this.copyOut(this.arena);
     LAYOUT.set(out, { rows: rows.length, starts });
     return out;
   }

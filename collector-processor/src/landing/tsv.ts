@@ -1,5 +1,6 @@
 import { RATED_CALL_COLUMNS, type RatedCall } from '@tollgate/contracts';
 import { ByteWriter } from '../byte-writer.js';
+import type { BlockArena } from './block-arena.js';
 
 /**
  * Rated calls travel to ClickHouse as TabSeparated rows, in the column order of RATED_CALL_COLUMNS
@@ -62,9 +63,14 @@ const NO_USAGE_LINES = Buffer.from('[]\t[]\t[]\t[]\t[]\n', 'latin1');
  * Not reentrant: `add` the rows of one record, then `take` them, with no `await` in between.
  */
 export class TsvWriter extends ByteWriter {
+  /** `arena`: where `take` copies the bytes to (the lander's; it releases them), else a Buffer of their own. */
+  constructor(private readonly arena?: BlockArena) {
+    super();
+  }
+
   /** The bytes written since the last take, copied out; the writer starts empty again. */
   take(): Buffer {
-    return this.copyOut();
+    return this.copyOut(this.arena);
   }
 
   /** Forgets anything written since the last take (a record abandoned half way). */

@@ -697,10 +697,17 @@ export class Pipeline {
     const landStart = performance.now();
     let block = rated.length ? this.encode(rated) : undefined;
     let landMs = performance.now() - landStart;
-    const directives = enforcing ? await enforcing : [];
+    let directives: Directive[] = [];
+    try {
+      if (enforcing) directives = await enforcing;
+    } catch (err) {
+      if (block) this.lander.discard(block);
+      throw err;
+    }
     const enforceMs = performance.now() - enforceStart - landMs;
     if (block && enforcing && rated.some((r) => r.decision === 'over_limit')) {
       const again = performance.now();
+      this.lander.discard(block);
       block = this.encode(rated);
       landMs += performance.now() - again;
     }

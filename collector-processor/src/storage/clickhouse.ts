@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { open, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -48,13 +48,14 @@ export interface ClickHouseHandle {
    * chDB only: inserts blocks of ClickHouse's Native format (NativeWriter's bytes), always through a file of
    * their own (`INSERT … SELECT * FROM file(…, Native)`): chDB's raw insert appends the bytes to the statement's
    * text, and the engine ends inline data at an empty line — a `\n\n` inside a binary value (any 0x0A0A in an
-   * integer) would cut the block. The file is removed when the insert ends; the spool, not the file, is what
-   * survives a crash.
+   * integer) would cut the block. `body` is the bytes, or pieces written one after the other (the lander's
+   * block as views of its records, nativeBlockPieces). The file is removed when the insert ends; the spool, not
+   * the file, is what survives a crash.
    */
   insertNative?(
     table: string,
     columns: readonly string[],
-    body: Buffer,
+    body: Buffer | readonly Buffer[],
     settings: ClickHouseSettings,
   ): Promise<void>;
   /**
@@ -114,6 +115,22 @@ const GLOB = /[*?{}[\]]/;
 /** A ClickHouse string literal. */
 function sqlString(s: string): string {
   return `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
+/**
+ * A new file of `pieces`, one after the other, in one `writev` (libuv writes past IOV_MAX pieces and partial
+ * writes in a loop); a short write is an error, never a truncated block.
+ */
+async function writePieces(path: string, pieces: readonly Buffer[]): Promise<void> {
+  let total = 0;
+  for (const p of pieces) total += p.length;
+  const fh = await open(path, 'w');
+  try {
+    const { bytesWritten } = await fh.writev(pieces as Buffer[]);
+    if (bytesWritten !== total) throw new Error(`wrote ${bytesWritten} of ${total} bytes to ${path}`);
+  } finally {
+    await fh.close();
+  }
 }
 
 /** `k = v, …` for a statement's SETTINGS clause. */
@@ -186,12 +203,15 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
   // (the spool lands those rows again) — not at open, which `tollgate sql` also does while a server runs
   const insertDir = join(opts.dataDir, 'chdb-inserts');
   let leftoversRemoved = false;
-  /** Writes `body` to a file of its own, inserts it with `INSERT … SELECT * FROM file(path, format)`, removes it. */
+  /**
+   * Writes `body` to a file of its own (pieces in one `writev`), inserts it with `INSERT … SELECT * FROM
+   * file(path, format)`, removes it.
+   */
   const viaFile = async (
     format: 'TabSeparated' | 'Native',
     table: string,
     columns: readonly string[],
-    body: Buffer,
+    body: Buffer | readonly Buffer[],
     settings: ClickHouseSettings,
   ) => {
     for (const id of [table, ...columns])
@@ -204,7 +224,8 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     }
     const file = join(insertDir, `${randomUUID()}.${format === 'Native' ? 'native' : 'tsv'}`);
     try {
-      await writeFile(file, body);
+      if (Buffer.isBuffer(body)) await writeFile(file, body);
+      else await writePieces(file, body);
       const clause = settingsClause(settings);
       await client.command({
         query: `INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, ${format})${clause ? ` SETTINGS ${clause}` : ''}`,
