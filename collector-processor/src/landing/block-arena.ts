@@ -2,8 +2,10 @@
 const CHUNK_BYTES = 2 << 20;
 /** A block larger than this gets a buffer of its own (not reused), so a chunk never holds one block alone. */
 const OWN_BUFFER_BYTES = CHUNK_BYTES >>> 2;
-/** Free chunks kept for reuse; chunks freed beyond it are left to the garbage collector. */
+/** Free chunks kept for reuse under load; chunks freed beyond it are left to the garbage collector. */
 const KEEP_FREE = 8;
+/** Free chunks kept once nothing waits (`trim`): an idle process does not hold a burst's chunks. */
+const KEEP_IDLE = 1;
 
 interface Chunk {
   readonly bytes: Buffer;
@@ -60,6 +62,11 @@ export class BlockArena {
     this.owner.delete(block);
     c.live--;
     if (c.live === 0 && c !== this.current) this.retire(c);
+  }
+
+  /** Nothing waits for an insert: free chunks beyond one are left to the garbage collector. */
+  trim(): void {
+    if (this.free.length > KEEP_IDLE) this.free.length = KEEP_IDLE;
   }
 
   /** Chunks ready for reuse (tests). */

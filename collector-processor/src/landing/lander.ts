@@ -240,6 +240,7 @@ export class Lander {
       this.queue.delete(rid);
       if (q) this.arena.release(q.bytes);
     }
+    if (this.queue.size === 0) this.arena.trim();
     this.backlog -= rows;
     this.landedTotal += rows;
     this.metrics.landingBacklog.set(this.backlog);
