@@ -10,6 +10,9 @@ import { TSV_COLUMNS, TsvWriter } from './tsv.js';
 
 export const RAW_TABLE = 'mcp_tool_calls';
 
+/** How long the lander waits with nothing queued before its arena gives back its spare chunks. */
+const IDLE_TRIM_MS = 5_000;
+
 /**
  * The settings of a landing insert: the block id as dedup token (insertSettings), and one parsing thread.
  * ClickHouse's parallel parsing starts a pool and cuts the input into segments for every insert; on blocks of a
@@ -51,6 +54,8 @@ export class Lander {
   private readonly queue = new Map<string, Queued>();
   /** Where the writers of `createWriter` put the records' bytes; released once their block has landed. */
   private readonly arena = new BlockArena();
+  /** When the last record was queued (monotonic ms): the arena gives back its spare chunks after a quiet spell. */
+  private lastEnqueued = 0;
   private readonly forced: IntentRecord[] = [];
   private backlog = 0;
   private seq = 0;
@@ -99,6 +104,7 @@ export class Lander {
   /** Queues the rated rows of one spool record, as written by a {@link createWriter} writer. */
   enqueue(rid: string, bytes: Buffer, rows: number): void {
     this.queue.set(rid, { bytes, rows });
+    this.lastEnqueued = performance.now();
     this.backlog += rows;
     this.metrics.landingBacklog.set(this.backlog);
     if (this.backlog >= this.opts.batchRows || this.forced.length) this.wake?.();
@@ -181,6 +187,9 @@ export class Lander {
       const block = this.nextBlock(!this.running);
       if (!block) {
         if (!this.running && this.forced.length === 0 && this.queue.size === 0) break;
+        // nothing queued for a while: an idle process does not keep a burst's chunks (under load, and between
+        // one sender's exports, they are reused instead of allocated and faulted in again)
+        if (this.queue.size === 0 && performance.now() - this.lastEnqueued > IDLE_TRIM_MS) this.arena.trim();
         if (!this.running && this.forced.length > 0) {
           // stopping with a resumed block whose rows never arrived: leave it to the next start
           break;
@@ -240,7 +249,6 @@ export class Lander {
       this.queue.delete(rid);
       if (q) this.arena.release(q.bytes);
     }
-    if (this.queue.size === 0) this.arena.trim();
     this.backlog -= rows;
     this.landedTotal += rows;
     this.metrics.landingBacklog.set(this.backlog);
