@@ -95,6 +95,19 @@ async function totals(customer: string): Promise<Record<string, string>> {
   return row as Record<string, string>;
 }
 
+/** The spool's record of an accepted export, which the lander's intent and done markers refer to. */
+function accept(spool: Spool, rid: string): Promise<void> {
+  return spool.appendAccepted({
+    t: 'a',
+    rid,
+    product: 'dedup-prod',
+    planVersion: 'v',
+    receivedAtMs: 0,
+    format: 'calls-json',
+    payload: Buffer.from('[]'),
+  });
+}
+
 /** One record of `n` calls as TsvWriter writes it. */
 function tsvBlock(customer: string, n: number): Buffer {
   const w = new TsvWriter();
@@ -192,15 +205,7 @@ async function lossyLanderCountsOnce(customer: string, chdbInsert: 'raw' | 'file
     expect(lander.format).toBe(chdbInsert === 'file' ? 'Native' : 'TabSeparated');
     lander.start();
     for (const rid of [`${customer}-1`, `${customer}-2`]) {
-      await spool.appendAccepted({
-        t: 'a',
-        rid,
-        product: 'dedup-prod',
-        planVersion: 'v',
-        receivedAtMs: 0,
-        format: 'calls-json',
-        payload: Buffer.from('[]'),
-      });
+      await accept(spool, rid);
     }
     const w = lander.createWriter();
     for (let i = 0; i < 30; i++) w.add(call(i, customer));
@@ -270,15 +275,7 @@ it('Native: records written into the room of records landed before land every ca
     // records keep coming while earlier ones land (a landing every 10 ms), as under load
     for (let r = 0; r < 120; r++) {
       const rid = `${customer}-${r}`;
-      await spool.appendAccepted({
-        t: 'a',
-        rid,
-        product: 'dedup-prod',
-        planVersion: 'v',
-        receivedAtMs: 0,
-        format: 'calls-json',
-        payload: Buffer.from('[]'),
-      });
+      await accept(spool, rid);
       for (let i = 0; i < 512; i++) w.add(call(n++, customer));
       const bytes = w.take();
       chunks.add(bytes.buffer);
