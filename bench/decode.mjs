@@ -9,7 +9,10 @@
 //     from call to call, as Redis's claim would give them: rating alone;
 //   - lines, native, tsv: those calls' rated rows (built once, before the rounds) written per export by the
 //     encoders: enforce.lua's call lines (CallLines), the landing's Native block (NativeWriter, the default)
-//     and its TabSeparated text (TsvWriter).
+//     and its TabSeparated text (TsvWriter);
+//   - over_limit: the Native block of a customer past its hard limit: written, then written again once
+//     enforcement has marked every call over_limit (NativeWriter's `retake` where the build has one, else the
+//     whole block encoded a second time, as the pipeline did before).
 // Each sample is its own process (`node --trace-gc-nvp`): 5 rounds of warm-up, then 20 measured rounds over
 // 100 exports; CPU from process.cpuUsage, allocation as the sum of V8's `allocated=` over the collections of
 // the measured rounds. BENCH_BASE=<a built checkout> alternates base and this build BENCH_REPEAT (5) times and
@@ -27,7 +30,7 @@ import { median, protobufBatches, ROOT, table, writeResult } from './lib.mjs';
 
 const ROUNDS = Number(process.env.BENCH_CHILD_ROUNDS ?? 20);
 const WARMUP_ROUNDS = 5;
-const ALL_WORKLOADS = ['e2e', 'distinct', 'rate', 'lines', 'native', 'tsv'];
+const ALL_WORKLOADS = ['e2e', 'distinct', 'rate', 'lines', 'native', 'tsv', 'over_limit'];
 const WORKLOADS = process.env.BENCH_WORKLOADS?.split(',') ?? ALL_WORKLOADS;
 for (const w of WORKLOADS)
   if (!ALL_WORKLOADS.includes(w)) throw new Error(`BENCH_WORKLOADS: no workload ${w}`);
@@ -40,7 +43,7 @@ async function child(dist, workload) {
     pathToFileURL(join(ROOT, 'collector-processor/dist/otlp/proto.js')).href
   );
   if (workload === 'rate') return rateChild(load, decodeOtlp, extractOptions, selectCalls, RejectionTally);
-  if (workload === 'lines' || workload === 'native' || workload === 'tsv')
+  if (workload === 'lines' || workload === 'native' || workload === 'tsv' || workload === 'over_limit')
     return encodeChild(workload, load, decodeOtlp, extractOptions, selectCalls, RejectionTally);
   let bodies;
   if (workload === 'e2e') bodies = await protobufBatches(100, 512);
@@ -163,6 +166,21 @@ async function encodeChild(workload, load, ...decoding) {
       }
       return rows.length;
     };
+  } else if (workload === 'over_limit') {
+    const writer = new (await load('landing/native.js')).NativeWriter();
+    const marked = exports.map((e) => e.map((r) => ({ ...r, decision: 'over_limit' })));
+    round = () => {
+      for (let i = 0; i < exports.length; i++) {
+        for (const r of exports[i]) writer.add(r);
+        const first = writer.take();
+        if (writer.retake) bytes += writer.retake(first, marked[i]).length;
+        else {
+          for (const r of marked[i]) writer.add(r);
+          bytes += writer.take().length;
+        }
+      }
+      return rows.length;
+    };
   } else {
     const writer =
       workload === 'native'
@@ -236,7 +254,7 @@ if (process.argv[2] === '--child') {
     out[workload] = m;
   }
   console.log(
-    `decode + select (e2e, distinct), rating (rate), encoders (lines, native, tsv), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`,
+    `decode + select (e2e, distinct), rating (rate), encoders (lines, native, tsv, over_limit), ${repeat} samples per build${base ? `, base ${base}` : ''} (medians)`,
   );
   console.log(table(rows));
   writeResult('decode', out);

@@ -242,6 +242,42 @@ describe('NativeWriter', () => {
     expect(joined.equals(w.take())).toBe(true);
   });
 
+  it('writes a record again with its decisions changed: the same bytes as encoding it again, and it joins', () => {
+    const next = seededRandom(0xdec1);
+    const all = [...awkward.map((p, i) => ({ ...base, ...p, eventId: `case-${i}` })), ...randomRows(700)];
+    const arena = new BlockArena();
+    for (const [writer, size] of [
+      [new NativeWriter(), 512],
+      [new NativeWriter(arena), 97],
+      [new NativeWriter(arena), 1],
+    ] as const) {
+      const parts: Buffer[] = [];
+      const expected: Buffer[] = [];
+      for (let i = 0; i < all.length; i += size) {
+        const rows = all.slice(i, i + size).map((r) => ({ ...r }));
+        for (const r of rows) writer.add(r);
+        const block = writer.take();
+        // enforcement marks some calls over the limit (none, some or all of a record), after encoding
+        const share = next();
+        for (const r of rows) if (next() < share) r.decision = 'over_limit';
+        const again = writer.retake(block, rows);
+        arena.release(block);
+        const fresh = new NativeWriter();
+        for (const r of rows) fresh.add(r);
+        const whole = fresh.take();
+        expect(again.equals(whole), `record at ${i} of ${size}`).toBe(true);
+        parts.push(again);
+        expected.push(whole);
+      }
+      // the rewritten records' layout is right: joined into one landing block, the same bytes as fresh ones
+      expect(joinNativeBlocks(parts).equals(joinNativeBlocks(expected))).toBe(true);
+    }
+    // a block it did not write (no layout known) is encoded again whole
+    const rows: RatedCall[] = [{ ...base, decision: 'over_limit' }];
+    const foreign = Buffer.from(encodeOne(base));
+    expect(new NativeWriter().retake(foreign, rows).equals(encodeOne(rows[0] as RatedCall))).toBe(true);
+  });
+
   it.each<[string, Partial<RatedCall>]>([
     ['money past Int64', { priceNano: 1n << 63n }],
     ['money below Int64', { costNano: -(1n << 63n) - 1n }],

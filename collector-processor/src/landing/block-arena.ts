@@ -38,8 +38,14 @@ export class BlockArena {
 
   /** A copy of `src[start, end)` that stays valid until it is {@link release}d. */
   copy(src: Buffer, start: number, end: number): Buffer {
-    const n = end - start;
-    if (n > OWN_BUFFER_BYTES || n === 0) return Buffer.from(src.subarray(start, end));
+    const out = this.alloc(end - start);
+    src.copy(out, 0, start, end);
+    return out;
+  }
+
+  /** Room for a block of `n` bytes, for the caller to fill, valid until it is {@link release}d. */
+  alloc(n: number): Buffer {
+    if (n > OWN_BUFFER_BYTES || n === 0) return Buffer.allocUnsafe(n);
     let c = this.current;
     if (c === undefined || c.used + n > CHUNK_BYTES) {
       if (c !== undefined) this.retire(c);
@@ -47,7 +53,6 @@ export class BlockArena {
       c.used = 0;
       this.current = c;
     }
-    src.copy(c.bytes, c.used, start, end);
     const out = c.bytes.subarray(c.used, c.used + n);
     c.used += n;
     c.live++;

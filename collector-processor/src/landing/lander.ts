@@ -29,6 +29,11 @@ export interface RowWriter {
   take(): Buffer;
   /** Drops what was added since the last take. */
   clear(): void;
+  /**
+   * A record's bytes (from `take`) with the rows' decision written again, when the writer can do that for
+   * less than encoding them again (NativeWriter); the earlier bytes stay the caller's.
+   */
+  retake?(bytes: Buffer, rows: readonly RatedCall[]): Buffer;
 }
 
 export interface LanderOptions {

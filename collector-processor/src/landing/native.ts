@@ -95,6 +95,10 @@ const COLUMNS: readonly Column[] = RATED_CALL_COLUMNS.map(([name, type, field]) 
   };
 });
 
+/** Where the decision column is among COLUMNS: the one enforcement changes after a block is written. */
+const DECISION = COLUMNS.findIndex((c) => c.field === 'decision');
+if (DECISION < 0) throw new Error('NativeWriter: RATED_CALL_COLUMNS has no decision column');
+
 /** The column names, in the order the writer writes them (the insert's column list). */
 export const NATIVE_COLUMNS = RATED_CALL_COLUMNS.map(([name]) => name);
 
@@ -254,6 +258,42 @@ export class NativeWriter extends ByteWriter {
     }
     starts[COLUMNS.length] = this.pos;
     const out = this.copyOut(this.arena);
+    LAYOUT.set(out, { rows: rows.length, starts });
+    return out;
+  }
+
+  /**
+   * `block`, which `take` wrote for `rows`, with their decision column written again: enforcement marks calls
+   * over_limit once Redis has answered, after the block was encoded. The other columns are copied as they are,
+   * so a record of a customer past its limit costs a copy of its block instead of a second encoding; the bytes
+   * are those `add` of every row then `take` would write. A block with no layout known (not written by a
+   * NativeWriter of this process) or of another row count is encoded again whole. `block` stays the caller's
+   * (to release in the arena it came from).
+   */
+  retake(block: Buffer, rows: readonly RatedCall[]): Buffer {
+    const l = LAYOUT.get(block);
+    if (l === undefined || l.rows !== rows.length || rows.length === 0) {
+      for (const r of rows) this.add(r);
+      return this.take();
+    }
+    const c = COLUMNS[DECISION] as Column;
+    this.pos = 0;
+    this.room(c.header.length);
+    c.header.copy(this.buf, 0);
+    this.pos = c.header.length;
+    this.column(c, rows);
+    const from = l.starts[DECISION] as number;
+    const to = l.starts[DECISION + 1] as number;
+    const end = l.starts[COLUMNS.length] as number;
+    const column = this.pos;
+    const grown = column - (to - from);
+    const out = this.arena ? this.arena.alloc(end + grown) : Buffer.allocUnsafe(end + grown);
+    block.copy(out, 0, 0, from);
+    this.buf.copy(out, from, 0, column);
+    block.copy(out, from + column, to, end);
+    this.pos = 0;
+    const starts = l.starts.slice();
+    for (let k = DECISION + 1; k <= COLUMNS.length; k++) starts[k] = (starts[k] as number) + grown;
     LAYOUT.set(out, { rows: rows.length, starts });
     return out;
   }

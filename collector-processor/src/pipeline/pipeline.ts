@@ -707,8 +707,10 @@ export class Pipeline {
     const enforceMs = performance.now() - enforceStart - landMs;
     if (block && enforcing && rated.some((r) => r.decision === 'over_limit')) {
       const again = performance.now();
-      this.lander.discard(block);
-      block = this.encode(rated);
+      const before = block;
+      // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
+      block = this.out.retake ? this.out.retake(before, rated) : this.encode(rated);
+      this.lander.discard(before);
       landMs += performance.now() - again;
     }
     // revenue summed per currency, one metric update per export rather than per call; summed as a float,
