@@ -1,10 +1,12 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createLogger } from '../src/app.js';
 import { Lander } from '../src/landing/lander.js';
+import type { TsvWriter } from '../src/landing/tsv.js';
 import { createMetrics } from '../src/metrics.js';
 import { Spool } from '../src/spool/spool.js';
 import type { LandingInserter } from '../src/storage/clickhouse.js';
 import { tempDir } from './support/harness.js';
+import { BASE_RATED_CALL } from './support/rated-call.js';
 
 /**
  * The lander flushed on the wall clock: after a step back (NTP, a VM resumed, an operator's `date`) the next
@@ -66,4 +68,53 @@ describe('the lander after the wall clock stepped back', () => {
       }
     });
   }
+});
+
+describe("the lander's spare room", () => {
+  it('keeps spare chunks while records come, and gives all but one back after 5 s with nothing queued', async () => {
+    const { spool } = await Spool.open({
+      dir: tempDir('tollgate-lander-spare-'),
+      fsync: false,
+      segmentBytes: 1 << 22,
+    });
+    const inserter: LandingInserter = { landingFormat: 'TabSeparated', async insertTsv() {} };
+    const lander = new Lander(
+      inserter,
+      spool,
+      { batchRows: 1_000_000, flushIntervalMs: 20, blockPrefix: 'spare' },
+      createLogger('silent'),
+      createMetrics(),
+    );
+    vi.useFakeTimers({ toFake: ['performance'], shouldAdvanceTime: true });
+    lander.start();
+    try {
+      // 40 records of 300 KB: about six 2 MiB chunks, given back as their landing blocks are inserted
+      const w = lander.createWriter() as TsvWriter;
+      for (let r = 0; r < 40; r++) {
+        const rid = `spare-${r}`;
+        await spool.appendAccepted({
+          t: 'a',
+          rid,
+          product: 'p',
+          planVersion: 'v',
+          receivedAtMs: 0,
+          format: 'calls-json',
+          payload: Buffer.from('[]'),
+        });
+        w.add({ ...BASE_RATED_CALL, instanceId: 'i'.repeat(300_000) });
+        lander.enqueue(rid, w.take(), 1);
+      }
+      await lander.idle(5_000);
+      expect(lander.spareChunks).toBeGreaterThan(1);
+      expect(lander.spareChunks).toBeLessThanOrEqual(8);
+      // nothing more comes: a few loops later than 5 s, one spare chunk is left
+      vi.advanceTimersByTime(5_100);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(lander.spareChunks).toBe(1);
+    } finally {
+      vi.useRealTimers();
+      await lander.stop(1_000);
+      await spool.close();
+    }
+  });
 });

@@ -98,6 +98,11 @@ export class Lander {
     this.arena.release(bytes);
   }
 
+  /** Spare chunks the lander's arena keeps for the next records (diagnostics and tests). */
+  get spareChunks(): number {
+    return this.arena.freeChunks;
+  }
+
   get backlogRows(): number {
     return this.backlog;
   }
