@@ -92,10 +92,13 @@ end
 f = f or { inst = inst, day = day, period = period }
 local set = {}
 -- grows one allowance toward `want` (what the holder would like left), out of what the limit leaves: at
--- most `share_bps` of it, but at least `min` (one call, or one call's price) while that much is left
+-- most `share_bps` of it, but at least `min` (one call, or one call's price) while that much is left.
+-- What the holder reports as consumed counts up to what was granted: no take outlives the grant, and a
+-- report past it (Kong read a take of another worker that overshot and was being undone) would make the
+-- allowance look spent and answer "exhausted" while the limit still had room.
 local function grow(gfield, sfield, want, consumed, limit, counted, total_key, total_field, min)
   local g, s = lease_num(f[gfield]), lease_num(f[sfield])
-  local left = g - math.max(consumed, s)
+  local left = g - math.max(math.min(consumed, g), s)
   local held = lease_num(redis.call('HGET', total_key, total_field))
   local avail = limit - counted - held
   local delta = 0

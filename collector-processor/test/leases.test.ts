@@ -48,6 +48,8 @@ products:
       wallet2: { overrides: { limits: { spendPerPeriod: "1" } } }
       scarce: { overrides: { limits: { callsPerToolPerPeriod: { rare: 3 } } } }
       sessions: { overrides: { limits: { spendPerSession: "0.3" } } }
+      over-a: { overrides: { limits: { spendPerPeriod: "0.7" } } }
+      over-b: { overrides: { limits: { spendPerPeriod: "0.7" } } }
       open-co: {}
 `;
 
@@ -217,6 +219,41 @@ describe('grants', () => {
     });
     expect(ss.sessionLimited).toBe(true);
     expect(ss.sessions).toEqual({ 'sess-1': '150000000' });
+  });
+});
+
+describe('what a holder reports as consumed', () => {
+  it('counts up to what was granted: a report past the grant gets the answer the grant would', async () => {
+    // two customers, the same limit (seven calls of 0.1), the same lease; each renews asking for more. A
+    // reports what it took (all of its grant), B one call more than was granted: a Kong worker read the counter
+    // while another worker's take had overshot and was being undone. Counted as it came, B's report made the
+    // allowance look spent and the answer "exhausted" (0.075 left against a 0.1 call) while the limit had room
+    const answers: LeaseGrant[] = [];
+    for (const [customer, reported] of [
+      ['over-a', '350000000'],
+      ['over-b', '450000000'],
+    ] as const) {
+      const first = await grant(`inst-${customer}`, {
+        customer,
+        wantMoney: '350000000',
+        minMoney: '100000000',
+      });
+      expect(first.money).toBe('350000000');
+      answers.push(
+        await grant(`inst-${customer}`, {
+          customer,
+          leaseId: first.leaseId,
+          wantMoney: '450000000',
+          minMoney: '100000000',
+          consumedMoney: reported,
+        }),
+      );
+    }
+    const [a, b] = answers as [LeaseGrant, LeaseGrant];
+    expect(a.money).toBe('525000000'); // 0.35 + half of the 0.35 the limit still leaves
+    expect(a.exhausted ?? []).toEqual([]);
+    expect(b.money).toBe(a.money);
+    expect(b.exhausted ?? []).toEqual([]);
   });
 });
 

@@ -286,6 +286,41 @@ describe("leases.take", function()
     assert.equal(PRICE, t.shm:get(LEASE .. "|tm"), "the call took its price from the lease")
   end)
 
+  it("a take that does not fit adds nothing to the lease, so a renewal reports only what its calls took", function()
+    -- another worker's renewal can read the counter at any time: an increment past the grant, even undone at
+    -- once, would be reported to Tollgate as consumed
+    local t = setup({ { result = grant({ calls = NULL, money = tostring(5 * PRICE) }) },
+                      { result = grant({ calls = NULL, money = tostring(6 * PRICE) }) } })
+    for _ = 1, 5 do assert(take(t)) end
+    local incr = t.shm.incr
+    local past = 0
+    t.shm.incr = function(self, key, n, ...)
+      local v = incr(self, key, n, ...)
+      if key == LEASE .. "|tm" and n > 0 and v > self:get(LEASE .. "|gm") then past = past + 1 end
+      return v
+    end
+    assert(take(t)) -- the lease is full: renewed, then taken from the larger grant
+    assert.equal(0, past, "no increment went past the grant")
+    assert.equal(tostring(5 * PRICE), t.posts[2].body.requests[1].consumedMoney)
+  end)
+
+  it("a take in flight on another worker, past the grant, is not reported as consumed", function()
+    -- 5.5 calls' worth granted, 5 taken; another worker's take has just added its price (6 calls' worth, past
+    -- the grant) and will undo it. Reported as consumed, it made Tollgate answer "exhausted" while half a
+    -- call's worth remained here and more was left under the limit, and that answer refused every call for
+    -- half a second (6 of 7 ran in a CI run of the integration burst)
+    local t = setup({ { result = grant({ calls = NULL, money = tostring(11 * PRICE / 2) }) },
+                      { result = grant({ calls = NULL, money = tostring(13 * PRICE / 2) }) } })
+    for _ = 1, 5 do assert(take(t)) end
+    t.shm:incr(LEASE .. "|tm", PRICE) -- the other worker's take, not yet undone
+    assert.equal("ok", leases.renew(t.env, t.conf, "acme", 1, PRICE, "sync_renewals"))
+    local reported = tonumber(t.posts[2].body.requests[1].consumedMoney)
+    assert.is_true(reported <= 11 * PRICE / 2, "reported " .. reported .. ": never more than was granted")
+    assert.is_true(reported >= 5 * PRICE, "and never less than the calls took")
+    t.shm:incr(LEASE .. "|tm", -PRICE) -- undone
+    assert(take(t), "the grant covers the next call")
+  end)
+
   it("another worker renewing: waits for its answer instead of asking too", function()
     local t = setup({ { result = grant() } })
     local K = leases.key_of("demo", "acme")

@@ -112,10 +112,19 @@ local function price_of(shm, K, tool)
 end
 
 -- Takes n calls costing `money` from lease L; true when granted covers them. Undone on failure.
+-- A take that does not fit is seen before anything is added: an increment past the grant, even undone at
+-- once, is visible to another worker's renewal in between, which would report it as consumed (see
+-- consumed_of). Two workers can still both pass that look and overshoot together; the increment decides.
 local function take_from(shm, L, n, money)
   local gc = shm:get(L .. "|gc")
   local gm = shm:get(L .. "|gm")
   if gc == nil or gm == nil then
+    return false
+  end
+  if gc >= 0 and (shm:get(L .. "|tc") or 0) + n > gc then
+    return false
+  end
+  if gm >= 0 and money > 0 and (shm:get(L .. "|tm") or 0) + money > gm then
     return false
   end
   local tc, tm
@@ -196,6 +205,21 @@ local function exhausted_decision(ex, now)
            enforcement = "lease_exhausted" }
 end
 
+-- What lease L reports as consumed: what its calls took, never more than it granted. A take that overshot
+-- the grant is undone at once, but another worker can read the counter in between; reported as consumed,
+-- that call's price made Tollgate find the limit spent while it was not, and its "exhausted" answer refused
+-- every call for EXHAUSTED_REPEAT_S (a burst of 60 against 7 calls' worth of money ran 6, in CI). What stays
+-- taken never passes the grant, so the grant bounds the report; at worst it includes the lease's unusable
+-- remainder, less than one call's price.
+local function consumed_of(shm, L)
+  local tc = max(0, shm:get(L .. "|tc") or 0)
+  local tm = max(0, shm:get(L .. "|tm") or 0)
+  local gc, gm = shm:get(L .. "|gc"), shm:get(L .. "|gm")
+  if gc and gc >= 0 then tc = min(tc, gc) end
+  if gm and gm >= 0 then tm = min(tm, gm) end
+  return tc, tm
+end
+
 -- What one renewal asks for: at least twice what went since the last grant, plus the calls waiting.
 local function request_for(shm, K, customer, wait_calls, wait_money)
   local min_money = wait_money -- the least worth holding: the price of the call asking
@@ -212,8 +236,9 @@ local function request_for(shm, K, customer, wait_calls, wait_money)
               minMoney = string.format("%d", min_money) }
   if cur and cur ~= "" then
     r.leaseId = cur
-    r.consumedCalls = max(0, shm:get(cur .. "|tc") or 0)
-    r.consumedMoney = string.format("%d", max(0, shm:get(cur .. "|tm") or 0))
+    local tc, tm = consumed_of(shm, cur)
+    r.consumedCalls = tc
+    r.consumedMoney = string.format("%d", tm)
   end
   return r
 end
@@ -509,10 +534,11 @@ function _M.release_all(tracked)
     local cur = shm:get(K .. "|cur")
     if cur and cur ~= "" and shm:safe_add(cur .. "|closed", true, 120) then
       shm:delete(K .. "|cur")
+      local tc, tm = consumed_of(shm, cur)
       local body = cjson.encode({ instanceId = env.node_id, requests = { {
         op = "release", customer = t.customer, leaseId = cur,
-        consumedCalls = max(0, shm:get(cur .. "|tc") or 0),
-        consumedMoney = string.format("%d", max(0, shm:get(cur .. "|tm") or 0)),
+        consumedCalls = tc,
+        consumedMoney = string.format("%d", tm),
       } } })
       local status, err = env.post(env.endpoint(t.conf), env.headers(t.conf), body, t.conf.lease_timeout_ms)
       if status == 200 then
