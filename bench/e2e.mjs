@@ -70,6 +70,20 @@ const STAGES = ['decode', 'spool', 'claim', 'rate', 'enforce', 'land'];
  * and of tollgate_export_duration_seconds (receipt to response) as stage `server` (empty for a build without
  * them).
  */
+/**
+ * Kill directives issued so far (every reason). Under the embedded plans e2e's 50 customers pass their 100 USD
+ * spend limit during the half-load phase: from then on every call is marked over_limit, so the later exports
+ * measure the path of customers past their hard limit (docs/benchmarks.md, "A record of a customer past its
+ * limit").
+ */
+async function killsSoFar(apiUrl) {
+  const text = await (await fetch(`${apiUrl}/metrics`)).text();
+  let n = 0;
+  for (const m of text.matchAll(/^tollgate_directives_total\{action="kill"[^}]*\} (\S+)$/gm))
+    n += Number(m[1]);
+  return n;
+}
+
 async function stageTotals(apiUrl) {
   const text = await (await fetch(`${apiUrl}/metrics`)).text();
   const out = {};
@@ -177,6 +191,7 @@ async function run(
       };
       const stageMs = stageMeans(stages0, stages1);
       if (stageMs) out.saturation.stageMs = stageMs;
+      out.saturation.killsBy = await killsSoFar(tg.apiUrl);
     }
     if (phases.includes('halfLoad')) {
       const rate = halfRate ?? out.saturation.ackedPerSec / SPANS / 2;
@@ -191,6 +206,7 @@ async function run(
         ...latencyOf(r, bodies.length * SPANS),
         ...cpuOf(cpu0, cpuMs(tg.child.pid), bodies.length * SPANS),
         stageTails: stageTails(stages0, stages1),
+        killsBy: await killsSoFar(tg.apiUrl),
       };
     }
     if (phases.includes('oneSender')) {
@@ -206,6 +222,7 @@ async function run(
       };
       const stageMs = stageMeans(stages0, stages1);
       if (stageMs) out.oneSender.stageMs = stageMs;
+      out.oneSender.killsBy = await killsSoFar(tg.apiUrl);
     }
     out.rssMiB = peakRssMiB(tg.child.pid);
     return out;
@@ -412,6 +429,16 @@ if (full) {
           .map((k) => `${k} ${st[k].toFixed(2)}`)
           .join(' · ')}`,
       );
+  console.log(
+    `kill directives by the end of each phase (customers past a hard limit: their calls are over_limit): ${[
+      ['saturation', full.saturation?.killsBy],
+      ['half load', full.halfLoad?.killsBy],
+      ['one sender', full.oneSender?.killsBy],
+    ]
+      .filter(([, k]) => k !== undefined)
+      .map(([p, k]) => `${p} ${k}`)
+      .join(' · ')}`,
+  );
   if (floor)
     console.log(
       `aim p50 ≤ 2× the floor's with one sender: ${x(full.oneSender.p50, floor.oneSender.p50)}× (${full.oneSender.p50 <= 2 * floor.oneSender.p50 ? 'met' : 'not met'})`,
