@@ -70,20 +70,6 @@ const STAGES = ['decode', 'spool', 'claim', 'rate', 'enforce', 'land'];
  * and of tollgate_export_duration_seconds (receipt to response) as stage `server` (empty for a build without
  * them).
  */
-/**
- * Kill directives issued so far (every reason). Under the embedded plans e2e's 50 customers pass their 100 USD
- * spend limit during the half-load phase: from then on every call is marked over_limit, so the later exports
- * measure the path of customers past their hard limit (docs/benchmarks.md, "A record of a customer past its
- * limit").
- */
-async function killsSoFar(apiUrl) {
-  const text = await (await fetch(`${apiUrl}/metrics`)).text();
-  let n = 0;
-  for (const m of text.matchAll(/^tollgate_directives_total\{action="kill"[^}]*\} (\S+)$/gm))
-    n += Number(m[1]);
-  return n;
-}
-
 async function stageTotals(apiUrl) {
   const text = await (await fetch(`${apiUrl}/metrics`)).text();
   const out = {};
@@ -111,6 +97,20 @@ async function stageTotals(apiUrl) {
   ))
     at(`gc:${m[2]}`).le[m[1]] = Number(m[3]);
   return out;
+}
+
+/**
+ * Kill directives issued so far (every reason). Under the embedded plans e2e's 50 customers pass their 100 USD
+ * spend limit from the half-load phase on: from then on their calls are marked over_limit, so the later exports
+ * measure the path of customers past their hard limit (docs/benchmarks.md, "A record of a customer past its
+ * limit").
+ */
+async function killsSoFar(apiUrl) {
+  const text = await (await fetch(`${apiUrl}/metrics`)).text();
+  let n = 0;
+  for (const m of text.matchAll(/^tollgate_directives_total\{action="kill"[^}]*\} (\S+)$/gm))
+    n += Number(m[1]);
+  return n;
 }
 
 /** Per stage between two stageTotals: exports that spent more than 10 and 25 ms in it (from the buckets). */
