@@ -125,13 +125,14 @@ function writeExact(b: Buffer, p: number, v: number): void {
   b.writeUInt32LE((v - lo) / TWO_32, p + 4);
 }
 
-function varintBytes(n: number): number {
-  let bytes = 1;
+/** `n` (a non-negative integer) as LEB128 at `p`, with room for it (at most 8 bytes below 2^53); returns the end. */
+function writeVarint(b: Buffer, p: number, n: number): number {
   while (n >= 0x80) {
+    b[p++] = (n & 0x7f) | 0x80;
     n = Math.floor(n / 128);
-    bytes++;
   }
-  return bytes;
+  b[p++] = n;
+  return p;
 }
 
 /**
@@ -152,17 +153,10 @@ export function nativeBlockPieces(parts: readonly Buffer[]): Buffer[] {
   const ls = layouts as { rows: number; starts: Uint32Array }[];
   let rows = 0;
   for (const l of ls) rows += l.rows;
-  const counts = Buffer.allocUnsafe(varintBytes(COLUMNS.length) + varintBytes(rows));
-  let p = 0;
-  for (const n of [COLUMNS.length, rows]) {
-    let v = n;
-    while (v >= 0x80) {
-      counts[p++] = (v & 0x7f) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    counts[p++] = v;
-  }
-  const pieces: Buffer[] = [counts];
+  const counts = Buffer.allocUnsafe(16);
+  const pieces: Buffer[] = [
+    counts.subarray(0, writeVarint(counts, writeVarint(counts, 0, COLUMNS.length), rows)),
+  ];
   for (let k = 0; k < COLUMNS.length; k++) {
     const c = COLUMNS[k] as Column;
     pieces.push(c.header);
@@ -246,12 +240,8 @@ export class NativeWriter extends ByteWriter {
       this.varint(COLUMNS.length);
       this.varint(rows.length);
       for (let k = 0; k < COLUMNS.length; k++) {
-        const c = COLUMNS[k] as Column;
         starts[k] = this.pos;
-        this.room(c.header.length);
-        c.header.copy(this.buf, this.pos);
-        this.pos += c.header.length;
-        this.column(c, rows);
+        this.headedColumn(COLUMNS[k] as Column, rows);
       }
     } finally {
       this.rows = [];
@@ -276,12 +266,8 @@ export class NativeWriter extends ByteWriter {
       for (const r of rows) this.add(r);
       return this.take();
     }
-    const c = COLUMNS[DECISION] as Column;
     this.pos = 0;
-    this.room(c.header.length);
-    c.header.copy(this.buf, 0);
-    this.pos = c.header.length;
-    this.column(c, rows);
+    this.headedColumn(COLUMNS[DECISION] as Column, rows);
     const from = l.starts[DECISION] as number;
     const to = l.starts[DECISION + 1] as number;
     const end = l.starts[COLUMNS.length] as number;
@@ -296,6 +282,14 @@ export class NativeWriter extends ByteWriter {
     for (let k = DECISION + 1; k <= COLUMNS.length; k++) starts[k] = (starts[k] as number) + grown;
     LAYOUT.set(out, { rows: rows.length, starts });
     return out;
+  }
+
+  /** One column of the block at `pos`: its name and type, then its values. */
+  private headedColumn(c: Column, rows: readonly RatedCall[]): void {
+    this.room(c.header.length);
+    c.header.copy(this.buf, this.pos);
+    this.pos += c.header.length;
+    this.column(c, rows);
   }
 
   private column(c: Column, rows: readonly RatedCall[]): void {
@@ -365,14 +359,7 @@ export class NativeWriter extends ByteWriter {
 
   private varint(n: number): void {
     this.room(10);
-    const b = this.buf;
-    let p = this.pos;
-    while (n >= 0x80) {
-      b[p++] = (n & 0x7f) | 0x80;
-      n = Math.floor(n / 128);
-    }
-    b[p++] = n;
-    this.pos = p;
+    this.pos = writeVarint(this.buf, this.pos, n);
   }
 
   /** A String: length and UTF-8 bytes. Short ASCII strings are copied byte by byte with a one-byte length. */

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { open, rm, writeFile } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -224,8 +224,7 @@ export function openClickHouse(opts: ClickHouseOptions): ClickHouseHandle {
     }
     const file = join(insertDir, `${randomUUID()}.${format === 'Native' ? 'native' : 'tsv'}`);
     try {
-      if (Buffer.isBuffer(body)) await writeFile(file, body);
-      else await writePieces(file, body);
+      await writePieces(file, Buffer.isBuffer(body) ? [body] : body);
       const clause = settingsClause(settings);
       await client.command({
         query: `INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, ${format})${clause ? ` SETTINGS ${clause}` : ''}`,
