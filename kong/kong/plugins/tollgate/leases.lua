@@ -208,9 +208,10 @@ end
 -- What lease L reports as consumed: what its calls took, never more than it granted. A take that overshot
 -- the grant is undone at once, but another worker can read the counter in between; reported as consumed,
 -- that call's price made Tollgate find the limit spent while it was not, and its "exhausted" answer refused
--- every call for EXHAUSTED_REPEAT_S (a burst of 60 against 7 calls' worth of money ran 6, in CI). What stays
--- taken never passes the grant, so the grant bounds the report; at worst it includes the lease's unusable
--- remainder, less than one call's price.
+-- every call for EXHAUSTED_REPEAT_S (the one path found for a CI run where a burst of 60 against 7 calls'
+-- worth of money ran 6). What stays taken never passes the grant, so the grant bounds the report; at worst
+-- it includes the lease's unusable remainder, less than one call's price. Tollgate's lease.lua caps a report
+-- at the grant too (grow, lease_trim); this cap is for a Tollgate from before that.
 local function consumed_of(shm, L)
   local tc = max(0, shm:get(L .. "|tc") or 0)
   local tm = max(0, shm:get(L .. "|tm") or 0)
