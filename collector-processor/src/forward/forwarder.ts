@@ -36,7 +36,6 @@ export class Forwarder {
     private readonly metrics: Metrics,
   ) {}
 
-  /** Queues a copy of `body` (stamped): the caller may reuse `body`'s memory once this returns. */
   enqueue(body: Uint8Array, format: WireFormat, stamps: Stamps): void {
     if (this.queuedBytes + body.length > this.opts.maxQueueBytes) {
       this.metrics.forwardDropped.inc({ reason: 'queue_full' });
@@ -48,8 +47,6 @@ export class Forwarder {
     } catch {
       stamped = body; // the export decoded for billing, so this is unexpected: forward it unstamped
     }
-    // nothing stamped (no billed span, or the above): the body itself came back, and its memory is reused
-    if (stamped === body) stamped = Buffer.from(body);
     this.queue.push({ body: stamped, format, attempts: 0 });
     this.queuedBytes += stamped.length;
     if (!this.running) void this.drain();

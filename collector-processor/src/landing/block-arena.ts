@@ -17,8 +17,7 @@ interface Chunk {
 
 /**
  * Where the lander's blocks wait for their insert, in chunks that are used again once every block copied into
- * them is released, instead of one new Buffer per record. The receiver reads request bodies into an arena of
- * its own the same way (BodyReader).
+ * them is released, instead of one new Buffer per record.
  *
  * Why: a record's block lives from its encoding until its landing block is inserted, 0.5–1 s at saturation, so
  * it outlives the young generation and its bytes are freed only by a full collection. V8 starts one when the

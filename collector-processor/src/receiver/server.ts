@@ -28,7 +28,6 @@ import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/er
 import type { EarlyRecord, Pipeline } from '../pipeline/pipeline.js';
 import { decodeOtlp, extractOptions, selectCalls } from '../pipeline/select.js';
 import { RejectionTally } from '../pipeline/tally.js';
-import { BodyReader } from './body-reader.js';
 import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
 
 const gunzipAsync = promisify(gunzip);
@@ -122,12 +121,13 @@ export function buildReceiver(
   let inFlight = 0;
   let closing = false;
 
-  // Bodies stay raw buffers: decoding (and gunzip) happens in the handler with our own limits. They are read
-  // into reused memory, which each route gives back once nothing reads the body (see BodyReader).
-  const bodies = new BodyReader(opts.bodyLimitBytes);
-  app.addHook('onClose', async () => bodies.close());
+  // Bodies stay raw buffers: decoding (and gunzip) happens in the handler with our own limits.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser(['application/x-protobuf', 'application/json'], bodies.parse);
+  app.addContentTypeParser(
+    ['application/x-protobuf', 'application/json'],
+    { parseAs: 'buffer' },
+    (_req, body, done) => done(null, body),
+  );
 
   const sendError = async (req: FastifyRequest, reply: FastifyReply, err: TollgateError) => {
     // Refused before its body was read (no key, too large, no route…): read and discard it up to a bound,
@@ -243,9 +243,7 @@ export function buildReceiver(
       let body: Buffer;
       try {
         body = await gunzipAsync(raw, { maxOutputLength: opts.maxDecompressedBytes });
-        bodies.release(raw); // inflated: the records and the forwarder keep the inflated body
       } catch (err) {
-        bodies.release(raw);
         if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
           throw new TollgateError(
             'TG_BODY_TOO_LARGE',
@@ -256,15 +254,6 @@ export function buildReceiver(
       }
       return use(body);
     });
-  }
-
-  /** `withBody` for a route whose `parse` is all that reads the body (JSON): the body is given back after it. */
-  async function parsedBody<T>(req: FastifyRequest, parse: (body: Buffer) => T): Promise<T> {
-    try {
-      return await withBody(req, parse);
-    } finally {
-      bodies.release(req.body);
-    }
   }
 
   const decodeStage = metrics.exportStageSeconds.labels('decode');
@@ -311,12 +300,10 @@ export function buildReceiver(
       );
     } catch (err) {
       if (early) pipeline.dropRecord(early);
-      bodies.releaseAfter(req.body, early?.durable);
       throw err;
     }
     decodeStage.observe((performance.now() - decodeStart) / 1000);
     if (opts.mode === 'decode-only') {
-      bodies.release(body);
       metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
       return reply
         .code(200)
@@ -350,10 +337,6 @@ export function buildReceiver(
         ? await deps.leases.renewSettled(identity, result.rated)
         : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
-    // Nothing reads the body past here once its record is written (accept waited for that, unless it dropped
-    // an early record that held no call). Not on a failed accept: its record may be replayed in the background,
-    // reading the payload, so that body is left to the garbage collector.
-    bodies.releaseAfter(body, early?.durable);
     metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
     return reply
@@ -450,12 +433,12 @@ export function buildReceiver(
   };
 
   app.post('/v1/ingest/events', async (req, reply) => {
-    const doc = await parsedBody(req, (body) => parseJson(req, body));
+    const doc = await withBody(req, (body) => parseJson(req, body));
     return ingestEvents(req, reply, Array.isArray(doc) ? doc : [doc]);
   });
 
   app.post('/v1/ingest/batch', async (req, reply) => {
-    const doc = await parsedBody(req, (body) => parseJson(req, body));
+    const doc = await withBody(req, (body) => parseJson(req, body));
     const events = Array.isArray(doc) ? doc : (doc as { events?: unknown })?.events;
     if (!Array.isArray(events))
       throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
@@ -468,7 +451,7 @@ export function buildReceiver(
     app.post('/v1/leases', async (req, reply) => {
       if (wireFormatOf(req) !== 'json')
         throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are JSON');
-      const doc = await parsedBody(req, (body): unknown => {
+      const doc = await withBody(req, (body): unknown => {
         try {
           return JSON.parse(body.toString('utf8'));
         } catch (err) {

@@ -7,11 +7,8 @@ export interface Captured {
   headers: Record<string, string | string[] | undefined>;
 }
 
-/**
- * A plain HTTP endpoint that records the bodies POSTed to it (to capture real exporter bytes); with
- * `answerAfterMs`, each answer waits that long (a slow downstream).
- */
-export async function captureServer(answerAfterMs = 0): Promise<{
+/** A plain HTTP endpoint that records the bodies POSTed to it (to capture real exporter bytes). */
+export async function captureServer(): Promise<{
   url: string;
   bodies: Captured[];
   close(): Promise<void>;
@@ -23,12 +20,8 @@ export async function captureServer(answerAfterMs = 0): Promise<{
     req.on('end', () => {
       const contentType = String(req.headers['content-type'] ?? '');
       bodies.push({ contentType, body: Buffer.concat(chunks), headers: req.headers });
-      const answer = () => {
-        res.writeHead(200, { 'content-type': contentType });
-        res.end(contentType.includes('json') ? '{}' : Buffer.alloc(0));
-      };
-      if (answerAfterMs > 0) setTimeout(answer, answerAfterMs);
-      else answer();
+      res.writeHead(200, { 'content-type': contentType });
+      res.end(contentType.includes('json') ? '{}' : Buffer.alloc(0));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
