@@ -77,7 +77,19 @@ describe("the lander's spare room", () => {
       fsync: false,
       segmentBytes: 1 << 22,
     });
-    const inserter: LandingInserter = { landingFormat: 'TabSeparated', async insertTsv() {} };
+    // The inserts wait until every record is queued: a record's chunk is free once its block is inserted, and
+    // with inserts that kept up (records made more slowly than 20 ms apart, as on a loaded CI machine) one
+    // chunk was reused over and over, so there was no spare room to keep and the test failed on timing.
+    let openInserts: () => void = () => {};
+    const insertsOpen = new Promise<void>((resolve) => {
+      openInserts = resolve;
+    });
+    const inserter: LandingInserter = {
+      landingFormat: 'TabSeparated',
+      async insertTsv() {
+        await insertsOpen;
+      },
+    };
     const lander = new Lander(
       inserter,
       spool,
@@ -104,6 +116,7 @@ describe("the lander's spare room", () => {
         w.add({ ...BASE_RATED_CALL, instanceId: 'i'.repeat(300_000) });
         lander.enqueue(rid, w.take(), 1);
       }
+      openInserts();
       await lander.idle(5_000);
       expect(lander.spareChunks).toBeGreaterThan(1);
       expect(lander.spareChunks).toBeLessThanOrEqual(8);
