@@ -239,6 +239,21 @@ it('the lander re-sends a block whose insert landed but whose answer was lost, a
 it('Native: the lander (file path) re-sends a block whose answer was lost, and it counts once', () =>
   lossyLanderCountsOnce('lossy-native', 'file'));
 
+/** The row count of a Native block: the second of the two LEB128 numbers it starts with (columns, rows). */
+function nativeRows(head: Buffer): number {
+  let at = 0;
+  const varint = (): number => {
+    let v = 0;
+    for (let shift = 0; ; shift += 7) {
+      const b = head[at++] as number;
+      v += (b & 0x7f) * 2 ** shift;
+      if ((b & 0x80) === 0) return v;
+    }
+  };
+  varint();
+  return varint();
+}
+
 it('Native: records written into the room of records landed before land every call once, with its own values', async () => {
   const before = ch.chdbInsert;
   ch.chdbInsert = 'file';
@@ -251,12 +266,25 @@ it('Native: records written into the room of records landed before land every ca
     });
     // each insert starts 80 ms late (longer than new records take to fill a chunk): room given back too early
     // would be written over before the insert reads it
+    let rowsSent = 0; // rows of the inserts begun so far (a Native block starts with its column and row counts)
+    const begun = new WeakSet<object>(); // a retried insert is counted once
+    const insertErrors: Error[] = [];
     const late: LandingInserter = {
       landingFormat: 'Native',
       insertTsv: () => Promise.reject(new Error('the lander must not send text on the file path (test)')),
       async insertNative(...args: Parameters<NonNullable<ClickHouseHandle['insertNative']>>) {
+        const body = args[2];
+        if (!begun.has(body)) {
+          begun.add(body);
+          rowsSent += nativeRows(Buffer.isBuffer(body) ? body : (body[0] as Buffer));
+        }
         await new Promise((resolve) => setTimeout(resolve, 80));
-        await ch.insertNative?.(...args);
+        try {
+          await ch.insertNative?.(...args);
+        } catch (err) {
+          insertErrors.push(err as Error);
+          throw err;
+        }
       },
     };
     const lander = new Lander(
@@ -272,8 +300,19 @@ it('Native: records written into the room of records landed before land every ca
     const chunks = new Set<ArrayBufferLike>();
     let bytesTaken = 0;
     let n = 0;
-    // records keep coming while earlier ones land (a landing every 10 ms), as under load
+    // records keep coming while earlier ones land (a landing every 10 ms), as under load; at most six records
+    // wait for an insert to begin, so that chunks are given back and reused however slow the machine (a loaded
+    // run made all 120 records before the inserts caught up, and no chunk was reused), while new records are
+    // still written during the 80 ms an insert reads its records
     for (let r = 0; r < 120; r++) {
+      while (rowsSent < (r - 6) * 512) {
+        // a block the engine could not read (its bytes written over): fail now, not at the test's timeout
+        if (insertErrors.length) {
+          await lander.stop(1_000);
+          throw insertErrors[0];
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
       const rid = `${customer}-${r}`;
       await accept(spool, rid);
       for (let i = 0; i < 512; i++) w.add(call(n++, customer));
