@@ -404,11 +404,24 @@ describe('prepaid credits', () => {
     });
     expect(rem[first.body.grantId]).toBeUndefined();
 
-    const short = await grant('expiry-co', '2', { expiresAt: new Date(Date.now() + 1500).toISOString() });
+    // `short` expires 3 s after its grant: the call must be billed before that (a run beside two busy loops
+    // took over 1.5 s, the window before, to export it, and the call drew on the other grant)
+    const expiresAt = Date.now() + 3000;
+    const short = await grant('expiry-co', '2', { expiresAt: new Date(expiresAt).toISOString() });
     await grant('expiry-co', '1');
     await exportCalls('expiry-co', 1);
-    await new Promise((r) => setTimeout(r, 1600));
     w = await wallet('expiry-co');
+    expect(Object.fromEntries(w.grants.map((g) => [g.grantId, g.remainingNano]))[short.body.grantId]).toBe(
+      String(2_000_000_000n - PRICE),
+    );
+    // then its rest is written off once it has expired
+    await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now()) + 100));
+    const deadline = Date.now() + 10_000;
+    do {
+      w = await wallet('expiry-co');
+      if (w.balanceNano === '1000000000') break;
+      await new Promise((r) => setTimeout(r, 100));
+    } while (Date.now() < deadline);
     expect(w.balanceNano).toBe('1000000000');
     const rows = await ledger('expiry-co');
     expect(rows.find((r) => r.entry_type === 'expiry')).toMatchObject({

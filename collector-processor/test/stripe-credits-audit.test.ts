@@ -435,7 +435,8 @@ describe('the audit', () => {
       await audit(fake, r, periods);
     }
     await fake.close();
-  });
+    // three syncs and three audits: 22 s in CI alone, past the default 60 s beside two busy loops
+  }, 180_000);
 
   it('a period pushed both by day and as a whole (two data directories, two mappings) stops its customer', async () => {
     const fake = await newFake();
