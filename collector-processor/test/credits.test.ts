@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import type { Directive } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCsv } from '../../billing-api/test/support/csv.js';
+import { waitFor } from '../../instrumentation/test/support/mcp.js';
 import { loadPlanBook } from '../src/plans/load.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
@@ -406,8 +407,7 @@ describe('prepaid credits', () => {
 
     // `short` expires 3 s after its grant: the call must be billed before that (a run beside two busy loops
     // took over 1.5 s, the window before, to export it, and the call drew on the other grant)
-    const expiresAt = Date.now() + 3000;
-    const short = await grant('expiry-co', '2', { expiresAt: new Date(expiresAt).toISOString() });
+    const short = await grant('expiry-co', '2', { expiresAt: new Date(Date.now() + 3000).toISOString() });
     await grant('expiry-co', '1');
     await exportCalls('expiry-co', 1);
     w = await wallet('expiry-co');
@@ -415,13 +415,10 @@ describe('prepaid credits', () => {
       String(2_000_000_000n - PRICE),
     );
     // then its rest is written off once it has expired
-    await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now()) + 100));
-    const deadline = Date.now() + 10_000;
-    do {
-      w = await wallet('expiry-co');
-      if (w.balanceNano === '1000000000') break;
-      await new Promise((r) => setTimeout(r, 100));
-    } while (Date.now() < deadline);
+    w = await waitFor('the expired grant written off', async () => {
+      const now = await wallet('expiry-co');
+      return now.balanceNano === '1000000000' ? now : undefined;
+    });
     expect(w.balanceNano).toBe('1000000000');
     const rows = await ledger('expiry-co');
     expect(rows.find((r) => r.entry_type === 'expiry')).toMatchObject({
