@@ -618,7 +618,7 @@ export function registerBilling(
               ? 'API_UNKNOWN_PLAN'
               : reason === 'unknown_tool'
                 ? 'API_UNKNOWN_TOOL'
-                : reason === 'invalid_usage'
+                : reason === 'invalid_usage' || reason === 'amount_out_of_range'
                   ? 'API_BAD_REQUEST'
                   : 'API_INVALID_PLAN';
           throw new ApiError(code, (err as Error).message);

@@ -119,7 +119,13 @@ export interface PricingPort {
   quote(req: QuoteRequest): QuoteResult;
 }
 
-export const PRICING_ERRORS = ['unknown_plan', 'unknown_tool', 'invalid_plan', 'invalid_usage'] as const;
+export const PRICING_ERRORS = [
+  'unknown_plan',
+  'unknown_tool',
+  'invalid_plan',
+  'invalid_usage',
+  'amount_out_of_range',
+] as const;
 
 export class PricingError extends Error {
   override readonly name = 'PricingError';

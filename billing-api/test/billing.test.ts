@@ -435,6 +435,23 @@ describe('plan quotes', () => {
     expect(noUsage.status).toBe(400);
     const badCalls = await api('/billing/plans/quote', KEYS.admin, { usage: [{ tool: 'a', calls: 1.5 }] });
     expect(badCalls.status).toBe(400);
+    // a call the pipeline refuses (amount_out_of_range) is refused here too, not priced
+    const whale = await api('/billing/plans/quote', KEYS.admin, {
+      plan: { tools: { tok: { price: { perInputToken: '1000' } } } },
+      usage: [{ tool: 'tok', inputTokens: 1_000_000_000 }],
+    });
+    expect(whale.status).toBe(400);
+    expect(whale.body.error).toMatchObject({
+      code: 'API_BAD_REQUEST',
+      message: expect.stringContaining('amount_out_of_range'),
+    });
+    // the largest call that lands is quoted
+    const edge = await api('/billing/plans/quote', KEYS.admin, {
+      plan: { tools: { tok: { price: { perInputToken: '1000' } } } },
+      usage: [{ tool: 'tok', inputTokens: 9_223_372 }],
+    });
+    expect(edge.status).toBe(200);
+    expect(edge.body.totals.revenueNano).toBe(String(9_223_372n * 1000n * 1_000_000_000n));
   });
 });
 

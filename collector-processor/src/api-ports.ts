@@ -17,6 +17,7 @@ import {
   USAGE_ATTR_PREFIX,
 } from './plans/load.js';
 import {
+  amountInRange,
   countsTowardUsage,
   rateCall,
   tierSegments,
@@ -176,6 +177,12 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
     }
     const read = readUsage(call, plan.usageLines);
     if (!read.ok) throw new PricingError('invalid_usage', `usage[${usageIndex}]: ${read.detail}`);
+    // the pipeline's own bound: a call it would refuse (amount_out_of_range) is not quoted a price
+    if (!amountInRange(call, rate, read.quantities))
+      throw new PricingError(
+        'amount_out_of_range',
+        `usage[${usageIndex}]: one such call could be priced or cost more than 9223372036.854775807, which the pipeline refuses (amount_out_of_range)`,
+      );
     const push = (calls: number, usage: UsagePosition) => {
       const r = rateCall(call, plan, rate, usage, read.quantities);
       segments.push({

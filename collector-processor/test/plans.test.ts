@@ -114,6 +114,21 @@ products:
     ).toContain('more than 9 decimal places');
   });
 
+  it('refuses an amount larger than a billed call can hold (2^63 - 1 nano-units), and takes the largest', () => {
+    const plan = (perCall: string) => `currency: USD
+products:
+  p: { defaultPlan: a, plans: { a: { tools: { t: { price: { perCall: "${perCall}" } } } } } }
+`;
+    expect(problemsOf(plan('9223372036.854775808')).join()).toContain(
+      'products.p.plans.a.tools.t.price.perCall: must be at most 9223372036.854775807',
+    );
+    expect(problemsOf(plan('10000000000')).join()).toContain('must be at most 9223372036.854775807');
+    expect(
+      toolRateOf(loadPlanBook(plan('9223372036.854775807'), 'test.yaml').resolve('p', 'c')!, 't')?.price
+        .perCall,
+    ).toBe((1n << 63n) - 1n);
+  });
+
   it('validates customer overrides against the plan schema', () => {
     const problems = problemsOf(`currency: USD
 products:

@@ -12,6 +12,8 @@ export const NANO_PER_UNIT = 1_000_000_000n;
  */
 export const MAX_SAFE_BIGINT = BigInt(Number.MAX_SAFE_INTEGER);
 export const MIN_SAFE_BIGINT = -MAX_SAFE_BIGINT;
+/** Largest amount a landed column holds: ClickHouse Int64 nano-units (9.2 billion units of currency). */
+export const MAX_AMOUNT_NANO = (1n << 63n) - 1n;
 
 const DECIMAL = /^(-)?(\d+)(?:\.(\d+))?$/;
 

@@ -1,4 +1,4 @@
-import { MAX_GRANT_NANO, parseDecimalToNano } from '@tollgate/contracts';
+import { MAX_AMOUNT_NANO, MAX_GRANT_NANO, parseDecimalToNano } from '@tollgate/contracts';
 import { z } from 'zod';
 
 /**
@@ -8,13 +8,25 @@ import { z } from 'zod';
 
 const DECIMAL_RE = /^\d+(\.\d+)?$/;
 
-/** A non-negative decimal amount of the plan currency ("0.0025"), parsed to nano-units. */
+/**
+ * A non-negative decimal amount of the plan currency ("0.0025"), parsed to nano-units. At most what one
+ * landed amount can hold (MAX_AMOUNT_NANO): the pipeline refuses a call priced above it, so a plan with such
+ * a price would bill nothing.
+ */
 export const money = z
   .string({ error: 'must be a decimal amount such as "0.002"' })
   .regex(DECIMAL_RE, 'must be a non-negative decimal amount such as "0.002"')
   .transform((s, ctx) => {
     try {
-      return parseDecimalToNano(s);
+      const nano = parseDecimalToNano(s);
+      if (nano > MAX_AMOUNT_NANO) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `must be at most 9223372036.854775807 (the largest amount a call can be billed); got ${s}`,
+        });
+        return z.NEVER;
+      }
+      return nano;
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: (err as Error).message });
       return z.NEVER;

@@ -1,4 +1,4 @@
-import { divRoundHalfUp, type ToolCall } from '@tollgate/contracts';
+import { divRoundHalfUp, MAX_AMOUNT_NANO, type ToolCall } from '@tollgate/contracts';
 import type { CompiledPlan } from '../plans/load.js';
 import type { ToolRate } from '../plans/schema.js';
 import { USAGE_MICROS, type UsageQuantity } from './usage.js';
@@ -177,8 +177,7 @@ function dearestPerCall(p: ToolRate['price']): bigint {
   return perCall;
 }
 
-/** Largest amount a landed column holds: ClickHouse Int64 nano-units (9.2 billion units of currency). */
-export const MAX_AMOUNT_NANO = (1n << 63n) - 1n;
+export { MAX_AMOUNT_NANO };
 
 /**
  * The most the call can be priced, or cost, under the rate at any usage position: its per-call price at the
