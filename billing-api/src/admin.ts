@@ -3,6 +3,7 @@ import { DIRECTIVE_SCOPES } from '@tollgate/contracts';
 import type { FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
 import { ApiError } from './errors.js';
+import { identifier, responses } from './schemas.js';
 
 /** What the processor provides for operator actions on enforcement state (audited by the implementation). */
 export interface EnforcementAdminPort {
@@ -39,10 +40,10 @@ const actionBody = {
   required: ['customer', 'scope'],
   additionalProperties: false,
   properties: {
-    product: { type: 'string', minLength: 1, maxLength: 256 },
-    customer: { type: 'string', minLength: 1, maxLength: 256 },
+    product: identifier,
+    customer: identifier,
     scope: { type: 'string', enum: [...DIRECTIVE_SCOPES] },
-    id: { type: 'string', minLength: 1, maxLength: 256 },
+    id: identifier,
     note: { type: 'string', maxLength: 1000 },
   },
 } as const;
@@ -81,9 +82,10 @@ export function registerEnforcementAdmin(
             customer: { type: 'string', minLength: 1 },
           },
         },
-        response: {
-          200: { type: 'object', properties: { states: { type: 'array', items: directiveSchema } } },
-        },
+        response: responses(
+          { type: 'object', properties: { states: { type: 'array', items: directiveSchema } } },
+          false,
+        ),
       },
     },
     async (req) => {
@@ -103,7 +105,7 @@ export function registerEnforcementAdmin(
           summary: `${verb === 'lift' ? 'Lift a kill or throttle' : 'Kill'} a customer, agent, session or tool (admin keys, audited)`,
           security: [{ apiKey: [] }],
           body: actionBody,
-          response: { 200: { type: 'object', properties: { directive: directiveSchema } } },
+          response: responses({ type: 'object', properties: { directive: directiveSchema } }, false),
         },
       },
       async (req) => {
@@ -112,6 +114,9 @@ export function registerEnforcementAdmin(
         const { product } = scopeFor(principal, { product: req.body.product });
         if (req.body.scope !== 'customer' && !req.body.id)
           throw new ApiError('API_BAD_REQUEST', `scope ${req.body.scope} needs an id`);
+        // the customer is the subject of a customer-scoped action: an id beside it would be silently dropped
+        if (req.body.scope === 'customer' && req.body.id !== undefined)
+          throw new ApiError('API_BAD_REQUEST', 'scope customer takes no id (the customer is the subject)');
         const action: OperatorAction = {
           product,
           customer: req.body.customer,

@@ -268,6 +268,8 @@ export function registerAnalytics(
         tags: ['access'],
         summary: 'The API key in use: name, role, products, customer',
         security: SECURITY,
+        // no parameters: an unknown one is a 400, as on every other route
+        querystring: { type: 'object', additionalProperties: false, properties: {} },
         response: responses(
           {
             type: 'object',

@@ -36,8 +36,12 @@ export class ApiKeyring {
     );
   }
 
-  /** `Authorization: Bearer <key>` → the key's principal. */
+  /**
+   * `Authorization: Bearer <key>` → the key's principal (remembered on the request: the app's preValidation
+   * hook authenticates first, so a request without a valid key is a 401 before its parameters are read).
+   */
   authenticate(req: FastifyRequest): Principal {
+    if (req.principal) return req.principal;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     const principal = m
       ? this.byHash.get(
@@ -47,6 +51,7 @@ export class ApiKeyring {
         )
       : undefined;
     if (!principal) throw new ApiError('API_UNAUTHORIZED');
+    req.principal = principal;
     return principal;
   }
 }

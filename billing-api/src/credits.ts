@@ -89,6 +89,7 @@ export const CREDIT_ERRORS = {
   no_wallet: 'API_NO_WALLET',
   unknown_grant: 'API_UNKNOWN_GRANT',
   out_of_range: 'API_CREDIT_OUT_OF_RANGE',
+  idempotency_conflict: 'API_IDEMPOTENCY_CONFLICT',
 } as const satisfies Record<string, ApiErrorCode>;
 export type CreditErrorReason = keyof typeof CREDIT_ERRORS;
 
@@ -290,8 +291,9 @@ export function registerCredits(
             'calls draw grants in force by priority (lower first), then earliest expiry, then oldest. A grant ' +
             'in force first repays an overdraft in use, and lifts a `credits:exhausted` kill. Refused (nothing ' +
             'granted, the attempt audited): unknown customer, an amount that is not a positive decimal of at ' +
-            'most 1,000,000 or would take the wallet over 8,000,000, a currency other than the plan’s, an ' +
-            'expiry not after the effective date or already past.',
+            'most 1,000,000 or would take the wallet over 8,000,000, a currency other than the plan’s, a date ' +
+            'that does not exist or is before 1970, an expiry not after the effective date or already past, ' +
+            'an idempotencyKey used before with other terms (409).',
           security: SECURITY,
           body: grantBody,
           response: responses(
@@ -304,6 +306,7 @@ export function registerCredits(
               },
             },
             false,
+            'the idempotencyKey was used before with other terms (API_IDEMPOTENCY_CONFLICT)',
           ),
         },
       },
@@ -355,7 +358,11 @@ export function registerCredits(
             note: { type: 'string', minLength: 1, maxLength: 1000, description: 'why (required)' },
           },
         },
-        response: responses({ type: 'object', properties: { wallet: walletSchema } }, false),
+        response: responses(
+          { type: 'object', properties: { wallet: walletSchema } },
+          false,
+          'the adjustment would take a balance out of range (API_CREDIT_OUT_OF_RANGE)',
+        ),
       },
     },
     async (req) => {
@@ -500,6 +507,8 @@ export function registerCredits(
         ledgerSql(scope.product, scope.customer, range, q.type, page),
         req.log,
       );
+      // who made an entry and why are the operators' own words (as on enforcement events): not a customer's
+      const internal = principal.role !== 'customer';
       const entries = list.map((r) => {
         const e: Record<string, unknown> = {
           customer: String(r.customer),
@@ -511,8 +520,8 @@ export function registerCredits(
           currency: String(r.currency),
           period: String(r.period),
           calls: count(r.calls),
-          actor: String(r.actor),
-          note: String(r.note),
+          actor: internal ? String(r.actor) : '',
+          note: internal ? String(r.note) : '',
         };
         if (q.calls) {
           e.eventIds = r.event_ids as string[];

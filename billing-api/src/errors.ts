@@ -19,6 +19,10 @@ export const API_ERRORS = {
   API_NO_WALLET: { status: 404, message: 'the customer has no credit wallet' },
   API_UNKNOWN_GRANT: { status: 404, message: 'no such credit grant with money left' },
   API_CREDIT_OUT_OF_RANGE: { status: 409, message: 'the adjustment would take a balance out of range' },
+  API_IDEMPOTENCY_CONFLICT: {
+    status: 409,
+    message: 'the idempotency key was already used for a request with other terms',
+  },
 } as const;
 export type ApiErrorCode = keyof typeof API_ERRORS;
 

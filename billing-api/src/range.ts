@@ -1,4 +1,10 @@
-import { utcDayMs } from '@tollgate/contracts';
+import {
+  EARLIEST_INSTANT_MS,
+  INSTANT_BOUNDS_TEXT,
+  LATEST_INSTANT_MS,
+  parseInstantMs,
+  utcDayMs,
+} from '@tollgate/contracts';
 import { ApiError } from './errors.js';
 
 /** A half-open UTC time range [fromMs, toMs). */
@@ -17,16 +23,16 @@ export const AUTO_HOUR_BUCKETS_MAX_MS = 48 * HOUR_MS;
 export const HOUR_BUCKETS_MAX_MS = 7 * DAY_MS;
 
 export const PERIOD_PATTERN = '^[0-9]{4}-(0[1-9]|1[0-2])$';
-export const INSTANT_PATTERN =
-  '^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,3})?)?(Z|[+-][0-9]{2}:[0-9]{2}))?$';
+export { INSTANT_PATTERN } from '@tollgate/contracts';
 
 /**
- * Every range lies within [1970-01-01, 2149-01-01): no call predates the Unix epoch, and ClickHouse's
- * `Date` (the daily views' day column) ends in June 2149. Outside it is the same 400 as any other bad range.
+ * Every range lies within [1970-01-01, 2149-01-01) (contracts' instant bounds): no call predates the Unix
+ * epoch, and ClickHouse's `Date` (the daily views' day column) ends in June 2149. Outside it is the same 400
+ * as any other bad range.
  */
-export const EARLIEST_MS = 0;
-export const LATEST_MS = utcDayMs(2149, 0, 1);
-const BOUNDS_TEXT = '1970-01-01 … 2149-01-01';
+export const EARLIEST_MS = EARLIEST_INSTANT_MS;
+export const LATEST_MS = LATEST_INSTANT_MS;
+const BOUNDS_TEXT = INSTANT_BOUNDS_TEXT;
 
 function outsideBounds(name: string, text: string): ApiError {
   return new ApiError('API_BAD_REQUEST', `${name}: ${text} is outside ${BOUNDS_TEXT}`);
@@ -47,20 +53,8 @@ export function periodOfMs(ms: number): string {
 
 /** `2025-03-01` or `2025-03-01T12:00:00Z` (offsets allowed) → epoch ms; a date that does not exist is a 400. */
 export function parseInstant(text: string, name: string): number {
-  const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
-  const ms = Date.parse(dateOnly ? `${text}T00:00:00Z` : text);
-  const [y, mo, d] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
-  const calendar = new Date(utcDayMs(y, mo - 1, d));
-  if (
-    Number.isNaN(ms) ||
-    // ISO 8601's 24:00 (the end of a day) is not RFC 3339: JavaScript reads it as the next midnight
-    (!dateOnly && text.slice(11, 13) === '24') ||
-    calendar.getUTCFullYear() !== y ||
-    calendar.getUTCMonth() !== mo - 1 ||
-    calendar.getUTCDate() !== d
-  ) {
-    throw new ApiError('API_BAD_REQUEST', `${name}: ${text} is not a valid date`);
-  }
+  const ms = parseInstantMs(text);
+  if (ms === undefined) throw new ApiError('API_BAD_REQUEST', `${name}: ${text} is not a valid date`);
   if (ms < EARLIEST_MS || ms > LATEST_MS) throw outsideBounds(name, text);
   return ms;
 }

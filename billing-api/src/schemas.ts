@@ -113,9 +113,13 @@ const ERROR_RESPONSES = {
   503: { description: 'analytics not enabled in this process', ...errorSchema },
 } as const;
 
-/** Response schemas: JSON body, the CSV alternative for lists, and the error shape. */
-export function responses(json: Record<string, unknown>, csv: boolean) {
+/**
+ * Response schemas: JSON body, the CSV alternative for lists, and the error shape; `conflict` describes the
+ * route's 409 when it has one.
+ */
+export function responses(json: Record<string, unknown>, csv: boolean, conflict?: string) {
   return {
+    ...(conflict ? { 409: { description: conflict, ...errorSchema } } : {}),
     200: csv
       ? {
           description: 'JSON, or CSV with `format=csv` / `Accept: text/csv`',

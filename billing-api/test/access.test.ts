@@ -85,6 +85,39 @@ describe('tenants and customer keys', () => {
     ).toBe(401);
   });
 
+  it('no key: 401 before any parameter or body is read, on every route of the OpenAPI document', async () => {
+    await app.ready();
+    const paths = (
+      app as unknown as { swagger(): { paths: Record<string, Record<string, unknown>> } }
+    ).swagger().paths;
+    let secured = 0;
+    for (const [path, ops] of Object.entries(paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        if (!(op as { security?: unknown }).security) continue;
+        secured++;
+        // a parameter no route knows, a path parameter and a body of the wrong shape: a 400 for a keyed caller
+        const url = `${path.replace(/\{[^}]+\}/g, 'x')}?no_such_parameter=1&limit=abc`;
+        for (const key of [undefined, 'tg_not_a_key']) {
+          const r = await call(url, key, {
+            method: method.toUpperCase() as 'GET' | 'POST',
+            ...(method === 'post' ? { body: { no_such_field: true } } : {}),
+          });
+          expect(r.status, `${method} ${url} ${key ?? 'no key'}`).toBe(401);
+          expect(r.body).toEqual({
+            error: { code: 'API_UNAUTHORIZED', message: 'missing or unknown API key' },
+          });
+        }
+        // with a key the same request is refused for what it is (wrong parameters or role), never served
+        const keyed = await call(url, KEYS.admin, {
+          method: method.toUpperCase() as 'GET' | 'POST',
+          ...(method === 'post' ? { body: { no_such_field: true } } : {}),
+        });
+        expect([400, 403, 404], `${method} ${url} with a key`).toContain(keyed.status);
+      }
+    }
+    expect(secured).toBeGreaterThanOrEqual(15);
+  });
+
   it("a customer key sees its own customer's numbers only, on every route", async () => {
     const t = sumBy(acmeDemo(), () => 'x').get('x');
     const summary = await call(`/analytics/mcp/summary?${wide()}`, KEYS.acme);

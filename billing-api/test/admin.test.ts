@@ -111,6 +111,24 @@ describe('enforcement admin API', () => {
       body: JSON.stringify({ customer: 'acme', scope: 'session' }),
     });
     expect(noId.status).toBe(400);
+    // ids with control characters, and an id the customer scope would drop: refused, nothing killed
+    for (const b of [
+      { customer: 'a\u0000b\nc', scope: 'customer' },
+      { customer: 'acme', scope: 'agent', id: 'a\r\nb' },
+      { customer: 'acme', scope: 'customer', id: 'other' },
+      { customer: '', scope: 'customer' },
+      { customer: 'x'.repeat(257), scope: 'customer' },
+    ]) {
+      const r = await api('/admin/enforcement/kill', KEYS.admin, { method: 'POST', body: JSON.stringify(b) });
+      expect([JSON.stringify(b), r.status]).toEqual([JSON.stringify(b), 400]);
+      expect(((await r.json()) as { error: { code: string } }).error.code).toBe('API_BAD_REQUEST');
+    }
+    const states = (await (await api('/admin/enforcement/states', KEYS.admin)).json()) as {
+      states: { customer: string; id?: string }[];
+    };
+    const control = (t: string) => [...t].some((ch) => ch.charCodeAt(0) < 0x20);
+    expect(states.states.filter((s) => control(`${s.customer}${s.id ?? ''}`))).toEqual([]);
+    expect(states.states.filter((s) => s.id === 'other')).toEqual([]);
   });
 
   it('the CLI lifts through the API, as the key holder, audited', async () => {

@@ -7,11 +7,13 @@
 -- grant:  ARGV[7] kind (grant|top_up)  ARGV[8] amount  ARGV[9] effective ms  ARGV[10] expires ms (0 never)
 --         ARGV[11] priority  ARGV[12] actor  ARGV[13] note  ARGV[14] idempotency key ('' none)
 --         ARGV[15], ARGV[16] where a new wallet's entry and grant numbers start (the ledger's last ones)
+--         ARGV[17] the request's fingerprint (what was asked, as given): kept with the key, so a retry that
+--         asks for something else is a conflict, not the first grant answered again
 -- adjust: ARGV[7] bucket (grant id or 'overdraft')  ARGV[8] signed amount  ARGV[9] actor  ARGV[10] note
 --
 -- Returns { status, detail, state_changed (1/0), state action, state reason, balance, pending, overdraft
 -- bucket, outbox length, then per grant in draw order: id, remaining, amount, effective, expires, priority,
--- kind, created }. status: ok | replayed | no_wallet | wallet_cap | unknown_grant | out_of_range.
+-- kind, created }. status: ok | replayed | conflict | no_wallet | wallet_cap | unknown_grant | out_of_range.
 local wkey, okey, ikey, skey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -90,11 +92,16 @@ if op == 'grant' then
   local kind, amount = ARGV[7], tonumber(ARGV[8])
   local eff, exp, prio = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
   local actor, note, idem = ARGV[12], ARGV[13], ARGV[14]
+  local fingerprint = ARGV[17] or ''
   if idem ~= '' then
     local known = redis.call('HGET', ikey, idem)
     if known then
+      -- "g7|<fingerprint>"; a key kept before fingerprints were ("g7") replays whatever is asked
+      local id, was = string.match(known, '^([^|]*)|(.*)$')
+      if not id then id, was = known, nil end
       local w = credits_load(wkey, okey, now)
-      return reply('replayed', known, w)
+      if was ~= nil and was ~= fingerprint then return reply('conflict', id, w) end
+      return reply('replayed', id, w)
     end
   end
   local w = credits_load(wkey, okey, now)
@@ -118,7 +125,7 @@ if op == 'grant' then
   w:entry(kind, g.id, amount, '', '', '', actor, note)
   w:normalize() -- a grant in force repays the overdraft first
   w:save('')
-  if idem ~= '' then redis.call('HSET', ikey, idem, g.id) end
+  if idem ~= '' then redis.call('HSET', ikey, idem, g.id .. '|' .. fingerprint) end
   w:judge(get, set, hard_stop, overdraft, warn_below, DAY_MS)
   return reply('ok', g.id, w)
 end

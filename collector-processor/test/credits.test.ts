@@ -446,6 +446,13 @@ describe('prepaid credits', () => {
       ['bad-co', { amount: '5', currency: 'usd' }, 400, 'API_CREDIT_CURRENCY'],
       ['bad-co', { amount: '5', expiresAt: '2020-01-01' }, 400, 'API_CREDIT_DATES'],
       ['bad-co', { amount: '5', expiresAt: 'tomorrow' }, 400, 'API_CREDIT_DATES'],
+      // a date before the epoch: the wallet keeps unsigned times, so it would be granted and never read again
+      ['bad-co', { amount: '5', effectiveAt: '1969-12-31' }, 400, 'API_CREDIT_DATES'],
+      ['bad-co', { amount: '5', effectiveAt: '1969-12-31T23:59:59Z' }, 400, 'API_CREDIT_DATES'],
+      // days that do not exist and ISO's 24:00 are refused, not rolled over (as the analytics routes do)
+      ['bad-co', { amount: '5', effectiveAt: '2027-02-30' }, 400, 'API_CREDIT_DATES'],
+      ['bad-co', { amount: '5', expiresAt: '2099-04-31T00:00:00Z' }, 400, 'API_CREDIT_DATES'],
+      ['bad-co', { amount: '5', expiresAt: '2099-01-01T24:00:00Z' }, 400, 'API_CREDIT_DATES'],
       [
         'bad-co',
         { amount: '5', effectiveAt: '2030-01-02', expiresAt: '2030-01-01' },
@@ -557,6 +564,24 @@ describe('prepaid credits', () => {
       entries: { customer: string }[];
     };
     expect(new Set(led.entries.map((e) => e.customer))).toEqual(new Set(['acme']));
+    // an operator's name and note are theirs: blank for the customer, as on enforcement events
+    const noted = await grant('acme', '0.5', { note: 'INTERNAL: goodwill, ticket 123' });
+    expect(noted.status).toBe(200);
+    await ledger('acme'); // its entry is in ClickHouse
+    const mine = (await (await api('/billing/credits/ledger', KEYS.acme)).json()) as {
+      entries: { grantId: string; actor: string; note: string }[];
+    };
+    const entry = mine.entries.find((e) => e.grantId === noted.body.grantId);
+    expect(entry).toMatchObject({ actor: '', note: '' });
+    const csvText = await (await api('/billing/credits/ledger?format=csv', KEYS.acme)).text();
+    expect(csvText).not.toMatch(/INTERNAL|ops-alice/);
+    const theirs = (await (await api('/billing/credits/ledger?customer=acme', KEYS.finance)).json()) as {
+      entries: { grantId: string; actor: string; note: string }[];
+    };
+    expect(theirs.entries.find((e) => e.grantId === noted.body.grantId)).toMatchObject({
+      actor: 'ops-alice',
+      note: 'INTERNAL: goodwill, ticket 123',
+    });
     // finance sees every wallet of the product
     const all = (await (await api('/billing/credits', KEYS.finance)).json()) as {
       wallets: { customer: string }[];
@@ -571,6 +596,23 @@ describe('prepaid credits', () => {
     const b = await grant('globex', '2.5', { idempotencyKey: 'invoice-77' }, 'top-up');
     expect(b.body).toMatchObject({ grantId: a.body.grantId, replayed: true });
     expect(b.body.wallet.balanceNano).toBe('2500000000');
+    // the same key asking for something else is a conflict, not the first grant answered again
+    for (const [amount, extra, kind] of [
+      ['250', {}, 'top-up'],
+      ['2.5', {}, 'grant'],
+      ['2.5', { priority: 5 }, 'top-up'],
+      ['2.5', { expiresAt: '2099-01-01' }, 'top-up'],
+    ] as const) {
+      const c = await grant('globex', amount, { idempotencyKey: 'invoice-77', ...extra }, kind);
+      expect([amount, extra, kind, c.status, c.body.error?.code]).toEqual([
+        amount,
+        extra,
+        kind,
+        409,
+        'API_IDEMPOTENCY_CONFLICT',
+      ]);
+    }
+    expect((await wallet('globex')).balanceNano).toBe('2500000000');
 
     const csv = await api('/billing/credits?customer=globex&format=csv', KEYS.finance);
     expect(csv.headers.get('content-type')).toMatch(/^text\/csv/);

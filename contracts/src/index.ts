@@ -6,6 +6,7 @@ export * from './directives.js';
 export * from './enforcement-state.js';
 export * from './event-id.js';
 export * from './identifiers.js';
+export * from './instant.js';
 export * from './leases.js';
 export * from './money.js';
 export * from './rated-call.js';

@@ -117,16 +117,6 @@ export const RATED_CALL_COLUMNS = [
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof RatedCall]>;
 
 /** `YYYY-MM` of a UTC instant given in microseconds. */
-/**
- * The first instant (ms) of a UTC calendar day, for every year: `Date.UTC` maps the years 0–99 to
- * 1900–1999, so `Date.UTC(0, 0, 1)` is 1900-01-01. `month` is 0-based and may overflow like Date.UTC's.
- */
-export function utcDayMs(year: number, month: number, day: number): number {
-  const d = new Date(0);
-  d.setUTCFullYear(year, month, day);
-  return d.getTime();
-}
-
 export function periodOf(unixUs: number): string {
   const d = new Date(Math.floor(unixUs / 1000));
   return `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;

@@ -13,11 +13,15 @@ import {
 import {
   creditKeys,
   customerTag,
+  EARLIEST_INSTANT_MS,
+  INSTANT_BOUNDS_TEXT,
+  LATEST_INSTANT_MS,
   MAX_GRANT_NANO,
   MAX_WALLET_NANO,
   MoneyParseError,
   OVERDRAFT_BUCKET,
   parseDecimalToNano,
+  parseInstantMs,
   redisKeys,
 } from '@tollgate/contracts';
 import type { Logger } from 'pino';
@@ -37,7 +41,6 @@ const MAX_PRIORITY = 1000;
 /** Effective dates and expiries further out than this are typos, not plans. */
 const MAX_FUTURE_MS = 100 * 365 * 86_400_000;
 const IDEMPOTENCY_KEY = /^[\w.:-]{1,128}$/;
-const INSTANT = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2}))?$/;
 
 /** The plan's credits block of a customer, as the scripts take it. */
 export interface CreditTerms {
@@ -65,11 +68,18 @@ function clean(s: string | undefined): string {
   return out;
 }
 
+/**
+ * A grant's date: a real calendar instant (`parseInstantMs`: 2027-02-30 and T24:00 are refused, not rolled
+ * over) from the Unix epoch on. The scripts keep dates as unsigned milliseconds, so a date before 1970 would be
+ * granted and then never read again.
+ */
 function instant(text: string | undefined, name: string): number | undefined {
   if (text === undefined) return undefined;
-  const ms = INSTANT.test(text) ? Date.parse(/T/.test(text) ? text : `${text}T00:00:00Z`) : Number.NaN;
-  if (Number.isNaN(ms))
+  const ms = parseInstantMs(text);
+  if (ms === undefined)
     throw new CreditError('bad_dates', `${name}: "${text}" is not a date (RFC 3339 or YYYY-MM-DD)`);
+  if (ms < EARLIEST_INSTANT_MS || ms >= LATEST_INSTANT_MS)
+    throw new CreditError('bad_dates', `${name}: "${text}" is outside ${INSTANT_BOUNDS_TEXT}`);
   return ms;
 }
 
@@ -375,6 +385,15 @@ export class CreditWallets implements CreditsPort {
       r.idempotencyKey ?? '',
       base.seq,
       base.grant,
+      // what was asked, as given (not `eff`, which defaults to now): a retry must ask for the same
+      JSON.stringify([
+        r.kind,
+        amount.toString(),
+        r.effectiveAt ?? null,
+        r.expiresAt ?? null,
+        r.priority ?? 0,
+        r.note ?? '',
+      ]),
     ]);
     const status = String(reply[0]);
     const wallet = this.view(r.product, r.customer, reply);
@@ -384,6 +403,14 @@ export class CreditWallets implements CreditsPort {
         op,
         'wallet_cap',
         `the wallet would hold more than ${MAX_WALLET_NANO / 1_000_000_000n} (it holds ${wallet.balanceNano} nano-units)`,
+      );
+    }
+    if (status === 'conflict') {
+      return this.refuse(
+        r,
+        op,
+        'idempotency_conflict',
+        `idempotencyKey ${r.idempotencyKey} was used for grant ${String(reply[1])} with other terms (kind, amount, dates, priority or note)`,
       );
     }
     if (status !== 'ok' && status !== 'replayed') throw new Error(`credits script: ${status}`);
