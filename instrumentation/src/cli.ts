@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { resolveConfig } from './config.js';
+import { ENV, resolveConfig } from './config.js';
 import { instrumentMcpServer } from './instrument-server.js';
 /**
  * `npx tollgate-instrumentation check`: the self-check. Registers the instrumentation's module hooks as
@@ -29,7 +29,12 @@ async function endpointStatus(): Promise<{ ok: boolean; line: string }> {
       body: JSON.stringify({ resourceSpans: [] }),
       signal: AbortSignal.timeout(exporter.timeoutMs),
     });
-    if (res.status === 200) return { ok: true, line: `endpoint: ${exporter.tracesUrl} answers 200` };
+    const leases = resolved.runtime?.leases;
+    const leaseLine = leases
+      ? `quota leases on (fail mode ${leases.failMode}, ${leases.url})`
+      : `quota leases off (${ENV.leases}=1 turns them on: zero overage on hard limits)`;
+    if (res.status === 200)
+      return { ok: true, line: `endpoint: ${exporter.tracesUrl} answers 200; ${leaseLine}` };
     const hint = res.status === 401 ? ' — check TOLLGATE_INGEST_KEY' : '';
     return { ok: false, line: `endpoint: ${exporter.tracesUrl} answers HTTP ${res.status}${hint}` };
   } catch (err) {
@@ -39,8 +44,15 @@ async function endpointStatus(): Promise<{ ok: boolean; line: string }> {
 
 async function check(): Promise<number> {
   process.stdout.write(`${PACKAGE_NAME} ${PACKAGE_VERSION} self-check (Node ${process.versions.node})\n`);
+  // the round trip captures its spans in memory: no leases (they need the built-in exporter), whatever
+  // TOLLGATE_LEASES says; whether the configuration turns them on is reported with the endpoint below
   const results = await checkInstrumentation(process.cwd(), (server, exporter) =>
-    instrumentMcpServer(server, { billingExporter: exporter, logger: false, stateFile: false }),
+    instrumentMcpServer(server, {
+      billingExporter: exporter,
+      logger: false,
+      stateFile: false,
+      leases: false,
+    }),
   );
   let ok = true;
   if (results.length === 0) {

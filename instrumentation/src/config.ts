@@ -38,7 +38,22 @@ export const ENV = Object.freeze({
   leaseFailMode: 'TOLLGATE_LEASE_FAIL_MODE',
   leaseTimeoutMs: 'TOLLGATE_LEASE_TIMEOUT_MS',
   leaseFirstTimeoutMs: 'TOLLGATE_LEASE_FIRST_TIMEOUT_MS',
+  /** Read by the default customer and agent resolvers (after the request's own authentication). */
+  customer: 'TOLLGATE_CUSTOMER_ID',
+  agent: 'TOLLGATE_AGENT_ID',
 });
+
+/** `TOLLGATE_LEASES`: on or off in the usual spellings; anything else is a problem, never silently off. */
+function leasesFromEnv(problems: string[], value: string | undefined): true | undefined {
+  if (value === undefined || value === '') return undefined;
+  const v = value.trim().toLowerCase();
+  if (v === '1' || v === 'true' || v === 'yes' || v === 'on') return true;
+  if (v === '0' || v === 'false' || v === 'no' || v === 'off') return undefined;
+  problems.push(
+    `${ENV.leases} must be 1, true, yes or on (or 0, false, no, off); got ${value}: leases are off`,
+  );
+  return undefined;
+}
 
 type CountTokens = (text: string) => number;
 
@@ -173,14 +188,15 @@ export function resolveConfig(
     };
   }
   let leases: LeaseOptions | undefined;
-  const leaseEnv = env[ENV.leases];
-  const leaseConfig = c.leases ?? (leaseEnv === '1' || leaseEnv === 'true' ? true : undefined);
+  const leaseConfig = c.leases ?? leasesFromEnv(problems, env[ENV.leases]);
   if (leaseConfig) {
     const lc = leaseConfig === true ? {} : leaseConfig;
     const envTimeout = env[ENV.leaseTimeoutMs];
     const envFirstTimeout = env[ENV.leaseFirstTimeoutMs];
     if (!exporter) {
-      problems.push('leases need the built-in exporter (an endpoint); leases are off');
+      problems.push(
+        `leases need the built-in exporter: set \`endpoint\` or ${ENV.endpoint} (without one no call is leased)`,
+      );
     } else {
       const failMode = lc.failMode ?? env[ENV.leaseFailMode] ?? DEFAULTS.leaseFailMode;
       if (failMode !== 'open' && failMode !== 'closed')

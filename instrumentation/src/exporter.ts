@@ -180,10 +180,20 @@ export class TollgateExporter implements SpanExporter {
    * held) — as export bodies, and forgets them: for a process that exits now (synchronous).
    */
   takeUnsent(more: ReadableSpan[] = []): ExportBody[] {
-    const spans = [...this.pending, ...more];
-    const out = this.handed;
+    const out = this.unsentBodies(more);
     this.handed = [];
     this.pending = [];
+    return out;
+  }
+
+  /**
+   * Everything not delivered yet (bodies taken over, buffered spans, the batch being sent, and `more`) as
+   * export bodies, without forgetting any of it: a copy for a process that may be killed before it can
+   * deliver (synchronous).
+   */
+  unsentBodies(more: ReadableSpan[] = []): ExportBody[] {
+    const spans = more.length > 0 ? [...this.pending, ...more] : this.pending;
+    const out = [...this.handed];
     for (let i = 0; i < spans.length; i += MAX_SPANS_PER_REQUEST) {
       const body = this.serialize(spans.slice(i, i + MAX_SPANS_PER_REQUEST));
       if (body) out.push({ body, format: this.s.format });
@@ -228,8 +238,9 @@ export class TollgateExporter implements SpanExporter {
       }
       const outcome = await this.post(this.s.tracesUrl, this.s.headers, body, 'export');
       if (outcome === 'retry') return false;
-      // delivered, or refused for good (4xx other than 429): either way it leaves the buffer
-      this.pending.splice(0, batch.length);
+      // delivered, or refused for good (4xx other than 429): either way it leaves the buffer, unless an exit
+      // took the buffer meanwhile (takeUnsent): what came after is not this batch
+      if (this.pending[0] === batch[0]) this.pending.splice(0, batch.length);
       if (outcome === 'ok') {
         this.stats.exports++;
         this.stats.spansSent += batch.length;

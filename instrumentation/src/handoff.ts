@@ -32,6 +32,8 @@ export const MAX_HANDOFF_BYTES = 64 * 1024 * 1024;
 const EXT: Record<BodyFormat, string> = { protobuf: '.pb', json: '.json' };
 const NAME = /^\d+-[0-9a-f-]+-\d+\.(pb|json)$/;
 
+let writes = 0;
+
 export function handoffDir(stateFile: string): string {
   return `${stateFile}.pending`;
 }
@@ -68,15 +70,23 @@ function sizeOf(dir: string): number {
 
 /**
  * Writes `bodies` for a successor (synchronously: this runs while the process exits). Returns how many were
- * not written because the directory is full. Each file is written then renamed, so a reader never sees half.
+ * not written because the directory is full; the paths written are added to `written`. Each file is written
+ * then renamed, so a reader never sees half.
  */
-export function writeHandoff(dir: string, instanceId: string, bodies: ExportBody[]): number {
+export function writeHandoff(
+  dir: string,
+  instanceId: string,
+  bodies: ExportBody[],
+  written?: string[],
+): number {
   if (bodies.length === 0) return 0;
   // private to the user, like the state file: another local user must not plant spans to bill
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (!ownedPrivately(dir, 'dir')) throw new Error(`${dir} is not private to this user`);
   let room = MAX_HANDOFF_BYTES - sizeOf(dir);
   const now = Date.now();
+  // a name is made unique per write: an exit writes a copy early and the definitive handover later
+  const seq = ++writes;
   let skipped = 0;
   bodies.forEach((b, i) => {
     if (b.body.length > room) {
@@ -84,10 +94,11 @@ export function writeHandoff(dir: string, instanceId: string, bodies: ExportBody
       return;
     }
     room -= b.body.length;
-    const name = `${now}-${instanceId}-${i}${EXT[b.format]}`;
+    const name = `${now}-${instanceId}-${seq * 100_000 + i}${EXT[b.format]}`;
     const tmp = join(dir, `.${name}.tmp`);
     writeFileSync(tmp, b.body, { mode: 0o600 });
     renameSync(tmp, join(dir, name));
+    written?.push(join(dir, name));
   });
   return skipped;
 }

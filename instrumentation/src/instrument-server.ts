@@ -12,6 +12,38 @@ export interface InstrumentMcpServerOptions extends McpInstrumentationConfig {
 
 const PATCHED = Symbol.for('@tollgate/instrumentation:instance-patched');
 
+/** Every option `instrumentMcpServer` takes (the compiler keeps it complete): any other name is a typo. */
+const OPTIONS = {
+  endpoint: true,
+  directivesEndpoint: true,
+  ingestKey: true,
+  headers: true,
+  format: true,
+  compression: true,
+  exportIntervalMs: true,
+  heartbeatIntervalMs: true,
+  timeoutMs: true,
+  maxBufferedSpans: true,
+  logIntervalMs: true,
+  stateFile: true,
+  startupSyncTimeoutMs: true,
+  leases: true,
+  serviceName: true,
+  resourceAttributes: true,
+  billingExporter: true,
+  customer: true,
+  agent: true,
+  sessionGapMs: true,
+  estimateTokens: true,
+  onDirective: true,
+  closeSessionsOnKill: true,
+  exitOnStdioKill: true,
+  logger: true,
+  tracerProvider: true,
+  // OpenTelemetry's InstrumentationConfig, which the options extend
+  enabled: true,
+} satisfies Record<keyof InstrumentMcpServerOptions, true>;
+
 function serverOf(server: unknown): ServerLike {
   const s = server as Partial<McpServerLike> & Partial<ServerLike>;
   const target = s?._requestHandlers instanceof Map ? s : s?.server;
@@ -42,6 +74,9 @@ export function instrumentMcpServer<T extends object>(
 ): T {
   const target = serverOf(server);
   const { resolved, problems } = resolveConfig(options);
+  for (const key of Object.keys(options)) {
+    if (!Object.hasOwn(OPTIONS, key)) problems.push(`unknown option ${key}`);
+  }
   if (problems.length) throw new TypeError(`instrumentMcpServer: ${problems.join('; ')}`);
   const provider = options.tracerProvider;
   const appTracer = provider

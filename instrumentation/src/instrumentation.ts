@@ -110,9 +110,17 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     return this.calls?.billing;
   }
 
+  /**
+   * The configuration, with its problems said where they are seen: OpenTelemetry's diag logger is silent
+   * unless the app set one up, so each also goes through the configured logger (stderr by default), as a
+   * server left unbilled does.
+   */
   private resolve(): ResolvedConfig {
     const { resolved, problems } = resolveConfig(this.getConfig());
-    for (const p of problems) this._diag.warn(p);
+    for (const p of problems) {
+      this._diag.warn(p);
+      resolved.logger?.warn(`${PACKAGE_NAME}: configuration: ${p}`);
+    }
     return resolved;
   }
 

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { unlinkSync } from 'node:fs';
 import { type Attributes, isSpanContextValid, type SpanContext } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import { safeExecuteInTheMiddle } from '@opentelemetry/instrumentation';
@@ -136,18 +137,33 @@ export class TollgateRuntime {
   private readonly timer: NodeJS.Timeout;
   private instanceRecorded = false;
   private shutDown = false;
-  private readonly onBeforeExit = () => void this.forceFlush();
+  /**
+   * Nothing is left to run (a stdio server whose client closed its input ends this way): the spans go out,
+   * then what the leases still hold goes back, so the customer's next session can use it at once instead of
+   * waiting for the leases to expire (it would be refused as over its limit meanwhile).
+   */
+  private readonly onBeforeExit = () =>
+    void withTimeout(
+      this.forceFlush().then(() => this.leases?.releaseAll()),
+      EXIT_FLUSH_MS,
+    );
   /** The process is exiting (no more I/O): what is still undelivered goes to the next process. */
   private readonly onExit = () => this.handOver();
   private readonly onSignal = (signal: NodeJS.Signals) => {
     const othersListen = process.listenerCount(signal) > 0;
+    // A supervisor may kill the process before the flush below ends (the MCP SDK 2.x stdio client sends
+    // SIGKILL 2 s after SIGTERM, while an export to a Tollgate that hangs waits out its timeout): a copy of
+    // what is undelivered goes to the next process first. A body that is then delivered anyway is billed
+    // once (Tollgate deduplicates by trace and span id).
+    const copies = this.handOverCopy();
     void withTimeout(
       this.forceFlush().then(() => this.leases?.releaseAll()),
       EXIT_FLUSH_MS,
     ).finally(() => {
       // Re-raise so the default action (exit) happens, unless the app handles the signal itself. A death by
-      // signal emits no 'exit' event: hand over first.
+      // signal emits no 'exit' event: hand over first (what is still undelivered now, instead of the copy).
       if (!othersListen) {
+        removeFiles(copies);
         this.handOver();
         process.kill(process.pid, signal);
       }
@@ -398,6 +414,28 @@ export class TollgateRuntime {
     }
   }
 
+  /**
+   * Writes a copy of what is undelivered for the next process, keeping it to deliver: for an exit that may be
+   * cut short. The batcher's spans move to the exporter's buffer first (its `export` only buffers), so the
+   * flush that follows sends them and the copy holds them. Returns the files written.
+   */
+  private handOverCopy(): string[] {
+    const exp = this.exporter;
+    const file = this.o.stateFile;
+    if (!exp || !file || this.o.billingExporter) return [];
+    const held = this.batcher?.takeAll() ?? [];
+    if (held.length > 0) exp.export(held, () => {});
+    const bodies = exp.unsentBodies();
+    const written: string[] = [];
+    if (bodies.length === 0) return written;
+    try {
+      writeHandoff(handoffDir(file), this.instanceId, bodies, written);
+    } catch (err) {
+      this.o.logger?.warn(`cannot write ${handoffDir(file)}: ${(err as Error).message}`);
+    }
+    return written;
+  }
+
   /** Exports every finished billing span now (bounded by the exporter's timeout). */
   async forceFlush(): Promise<void> {
     await this.batcher?.flush();
@@ -419,6 +457,17 @@ export class TollgateRuntime {
     if (this.leases) {
       await withTimeout(this.leases.releaseAll(), EXIT_FLUSH_MS);
       this.leases.close();
+    }
+  }
+}
+
+/** Removes files this process wrote, if a successor has not claimed them meanwhile. */
+function removeFiles(paths: string[]): void {
+  for (const p of paths) {
+    try {
+      unlinkSync(p);
+    } catch {
+      // claimed (and sent) by another process of the service: Tollgate bills a body sent twice once
     }
   }
 }

@@ -1,5 +1,6 @@
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -154,5 +155,50 @@ describe('an MCP SDK the instrumentation cannot patch', () => {
     // no endpoint configured: that alone fails the check, and says why
     expect(r.stdout).toContain('TOLLGATE_OTLP_ENDPOINT is not set');
     expect(r.status).toBe(1);
+  });
+
+  it('the self-check passes with quota leases on (the setting for zero overage), and says they are on', async () => {
+    const endpoint = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{}'));
+    });
+    await new Promise<void>((r) => endpoint.listen(0, '127.0.0.1', r));
+    const port = (endpoint.address() as { port: number }).port;
+    try {
+      const run = (leases: string) =>
+        new Promise<{ code: number; stdout: string }>((resolve) => {
+          execFile(
+            process.execPath,
+            [join(PACKAGE_DIR, 'dist', 'cli.js'), 'check'],
+            {
+              cwd: PACKAGE_DIR,
+              encoding: 'utf8',
+              timeout: 30_000,
+              env: {
+                ...process.env,
+                TOLLGATE_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+                TOLLGATE_LEASES: leases,
+              },
+            },
+            (err, stdout) =>
+              resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout }),
+          );
+        });
+      const on = await run('1');
+      expect(on.stdout).toMatch(
+        /ok {3}@modelcontextprotocol\/server@2\.\d+\.\d+: supported=true patched-by-hooks=true billed=true/,
+      );
+      expect(on.stdout).toContain('quota leases on (fail mode open');
+      expect(on.code).toBe(0);
+      const off = await run('0');
+      expect(off.stdout).toContain('quota leases off');
+      expect(off.code).toBe(0);
+      // a spelling the SDK does not know is a problem the check names, not leases silently off
+      const typo = await run('sure');
+      expect(typo.stdout).toContain('TOLLGATE_LEASES must be 1, true, yes or on');
+      expect(typo.code).toBe(1);
+    } finally {
+      await new Promise((r) => endpoint.close(r));
+    }
   });
 });

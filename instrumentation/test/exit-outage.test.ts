@@ -113,4 +113,63 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect((await billed()).length).toBe(7);
   });
+
+  it('Tollgate hangs and the supervisor kills 1 s after SIGTERM: the calls are still billed, once each', async () => {
+    // chDB holds one data directory per process: the previous case's Tollgate goes first
+    await tg?.cleanup();
+    tg = undefined;
+    // a Tollgate that accepts connections and never answers: the export in flight waits out its timeout
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const port = (hang.address() as { port: number }).port;
+    const dir = tempDir('tollgate-exit-hang-');
+    const stateFile = join(dir, 'state.json');
+    const env = {
+      TOLLGATE_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+      TOLLGATE_CUSTOMER_ID: 'hang-co',
+      TG_STATE_FILE: stateFile,
+      TG_EXPORT_MS: '50',
+    };
+    const a = await connectStdio(env);
+    for (const text of ['h1', 'h2', 'h3']) await a.client.callTool({ name: 'echo', arguments: { text } });
+    await waitFor('an export in flight', async () => (sockets.size > 0 ? true : undefined));
+    // as the MCP SDK 2.x stdio client closes a server: SIGTERM, then SIGKILL (there 2 s later; 1 s here)
+    process.kill(a.pid, 'SIGTERM');
+    await new Promise((r) => setTimeout(r, 1000));
+    try {
+      process.kill(a.pid, 'SIGKILL');
+    } catch {
+      // it had exited already
+    }
+    await a.exited;
+    await a.client.close().catch(() => {});
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
+
+    // Tollgate comes back on that port: the next session of the service delivers what the killed one left
+    const back = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
+    tg = back;
+    {
+      const b = await connectStdio(env);
+      await b.client.callTool({ name: 'echo', arguments: { text: 'h4' } });
+      await b.client.close();
+      await b.exited;
+      const rows = await waitFor('4 billed calls', async () => {
+        await back.lander?.idle();
+        const r = await query<Row>(
+          back,
+          'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+          { c: 'hang-co' },
+        );
+        return r.length >= 4 ? r : undefined;
+      });
+      expect(rows.length).toBe(4);
+      expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
+    }
+  });
 });

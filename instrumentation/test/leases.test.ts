@@ -19,6 +19,7 @@ import { type PrivateRedis, startPrivateRedis } from '../../collector-processor/
 import {
   DEV_INGEST_KEY,
   query,
+  readMetrics,
   startTestTollgate,
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
@@ -244,8 +245,23 @@ describe('lease configuration', () => {
       'leases.timeoutMs must be a positive integer (got -1); using 250',
     ]);
     expect(resolveConfig({ leases: true }, {}).problems).toContain(
-      'leases need the built-in exporter (an endpoint); leases are off',
+      'leases need the built-in exporter: set `endpoint` or TOLLGATE_OTLP_ENDPOINT (without one no call is leased)',
     );
+    // TOLLGATE_LEASES in the usual spellings; any other is named, never silently off
+    const leasesOf = (v: string) => resolveConfig({ endpoint: 'http://h:4318' }, { TOLLGATE_LEASES: v });
+    for (const v of ['1', 'true', 'TRUE', 'yes', 'On', ' on ']) {
+      expect([v, leasesOf(v).resolved.runtime?.leases !== undefined, leasesOf(v).problems]).toEqual([
+        v,
+        true,
+        [],
+      ]);
+    }
+    for (const v of ['0', 'false', 'No', 'off', '']) {
+      expect([v, leasesOf(v).resolved.runtime?.leases, leasesOf(v).problems]).toEqual([v, undefined, []]);
+    }
+    expect(leasesOf('sure').problems).toEqual([
+      'TOLLGATE_LEASES must be 1, true, yes or on (or 0, false, no, off); got sure: leases are off',
+    ]);
   });
 });
 
@@ -371,6 +387,40 @@ describe('a dead instance', () => {
       expect(4 + early.ok + late.ok).toBe(10);
       expect(ranCount(ran) + ranCount(ranB)).toBe(10);
       expect(await billed(customer, 10)).toEqual({ billed: 10 });
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+describe('a session that ends', () => {
+  it('2.4 stdio, by the end of its input: its lease goes back as it exits, so the next session has the rest of the limit at once', async () => {
+    const customer = 'serial-co';
+    const releases = async () =>
+      (await readMetrics(tg.apiUrl as string)).get(
+        'tollgate_lease_requests_total{op="release",outcome="ok"}',
+      ) ?? 0;
+    const before = await releases();
+    const ran = join(dir, `${customer}.ran`);
+    const a = await connect('2.4', 'stdio', customer, ran);
+    const first = await burst(a, 3, 0);
+    expect(first.ok).toBe(3);
+    await a.close(); // the client closes its input: the server process runs out of work and exits
+    // released by the process as it exits (before, nothing gave it back until its TTL lapsed)
+    await waitFor('the lease released at exit', async () => ((await releases()) > before ? true : undefined));
+    await waitFor('3 settled and nothing held', async () => {
+      const [calls, held] = [
+        await tg.redis?.hget(dayKey(customer), 'calls'),
+        Number((await tg.redis?.hget(dayKey(customer), 'lr')) ?? 0),
+      ];
+      return calls === '3' && held === 0 ? true : undefined;
+    });
+    const ranB = join(dir, `${customer}-b.ran`);
+    const b = await connect('2.4', 'stdio', customer, ranB);
+    try {
+      const second = await burst(b, 12, 0);
+      expect(second.ok).toBe(7);
+      expect(ranCount(ran) + ranCount(ranB)).toBe(10);
     } finally {
       await b.close();
     }

@@ -285,5 +285,12 @@ describe('applying the instrumentation', () => {
     expect(() => instrumentMcpServer({})).toThrow(/expected an McpServer or a Server/);
     const server = new McpServer({ name: 'x', version: '1' });
     expect(() => instrumentMcpServer(server, { heartbeatIntervalMs: 0 })).toThrow(/heartbeatIntervalMs/);
+    // a misspelt option is named, with the other problems
+    expect(() =>
+      instrumentMcpServer(server, { exportIntervalMS: 50, heartbeatIntervalMs: 0 } as never),
+    ).toThrow(/unknown option exportIntervalMS.*|heartbeatIntervalMs.*unknown option exportIntervalMS/);
+    expect(() => instrumentMcpServer(server, { bogus: 1 } as never)).toThrow(
+      'instrumentMcpServer: unknown option bogus',
+    );
   });
 });
