@@ -1,7 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { connect } from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DEV_INGEST_KEY, readMetrics, startTestTollgate, type TestTollgate } from './support/harness.js';
+import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import {
+  DEV_INGEST_KEY,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+  tempDir,
+} from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 /**
@@ -13,10 +22,25 @@ import { exportOf, toolSpan } from './support/otlp-json.js';
  */
 
 const MAX_IN_FLIGHT = 2;
+/** A second ingest key (another team of the same product). */
+const OTHER_KEY = 'tg_test_other_team';
 let tg: TestTollgate;
 
 beforeAll(async () => {
-  tg = await startTestTollgate({ '--otlp-max-in-flight': String(MAX_IN_FLIGHT) });
+  const dir = tempDir();
+  const config = join(dir, 'tollgate.yaml');
+  writeFileSync(
+    config,
+    `ingestKeys:
+  - { name: demo, sha256: ${sha256Hex(DEV_INGEST_KEY)}, product: demo-mcp }
+  - { name: other-team, sha256: ${sha256Hex(OTHER_KEY)}, product: demo-mcp }
+`,
+  );
+  tg = await startTestTollgate({
+    '--data-dir': dir,
+    '--config': config,
+    '--otlp-max-in-flight': String(MAX_IN_FLIGHT),
+  });
 }, 60_000);
 afterAll(async () => {
   await tg?.cleanup();
@@ -45,10 +69,10 @@ async function inFlight(): Promise<number | undefined> {
   return (await readMetrics(tg.apiUrl as string)).get('tollgate_exports_in_flight');
 }
 
-async function exportOne(customer: string): Promise<number> {
+async function exportOne(customer: string, key = DEV_INGEST_KEY): Promise<number> {
   const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
     body: JSON.stringify(exportOf([toolSpan({ customer })])),
   });
   await res.arrayBuffer();
@@ -81,6 +105,38 @@ describe('in-flight slots of exports whose client hung up', () => {
     }
     await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });
     expect(await exportOne('after-event-aborts')).toBe(200);
+  });
+
+  it("one key's uploads that never finish (a head, then a byte now and then) hold no slot another key needs", async () => {
+    const u = new URL(tg.otlpUrl as string);
+    const open = async (key: string): Promise<Socket> => {
+      const socket = connect(Number(u.port), u.hostname);
+      socket.on('error', () => {});
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(
+        `POST /v1/traces HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${key}\r\n` +
+          'content-type: application/json\r\ncontent-length: 100000\r\n\r\n{',
+      );
+      return socket;
+    };
+    const slow: Socket[] = [];
+    try {
+      for (let i = 0; i < 4 * MAX_IN_FLIGHT; i++) slow.push(await open(OTHER_KEY));
+      await new Promise((r) => setTimeout(r, 200));
+      for (const s of slow) s.write(' '); // still sending
+      // the other team's exports go through, however many such sockets stay open
+      for (let i = 0; i < 3; i++) expect(await exportOne(`beside-slow-${i}`)).toBe(200);
+      // the slow key's own further requests are refused while it has that many uploads open
+      expect(await exportOne('slow-key', OTHER_KEY)).toBe(429);
+    } finally {
+      for (const s of slow) s.destroy();
+    }
+    // its uploads gone, the key sends again
+    await vi.waitFor(async () => expect(await exportOne('slow-key-later', OTHER_KEY)).toBe(200), {
+      timeout: 5_000,
+      interval: 100,
+    });
+    expect(await inFlight()).toBe(0);
   });
 
   it('and answered exports give theirs back too (keep-alive connections included)', async () => {

@@ -60,7 +60,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_OTLP_MAX_IN_FLIGHT',
     kind: 'int',
     default: 64,
-    doc: 'Exports processed at once; more → 429 with Retry-After.',
+    doc: "Exports processed at once (counted once a request's body has arrived); more → 429 with Retry-After. Each ingest key may also have at most this many requests still sending their bodies, so one key's slow uploads never hold what other keys need.",
   },
   {
     key: 'api.host',

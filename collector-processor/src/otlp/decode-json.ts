@@ -1,5 +1,11 @@
 import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
-import { type DecodedExport, DecodeError } from './decoded.js';
+import {
+  checkJsonContainers,
+  type DecodedExport,
+  DecodeError,
+  MAX_SPANS_PER_EXPORT,
+  tooManySpans,
+} from './decoded.js';
 
 /**
  * OTLP/JSON (the protobuf JSON mapping with OTLP's exceptions: hex trace/span ids, integer enums, int64
@@ -109,6 +115,7 @@ function span(s: unknown, resource: Attributes, scopeName: string): SpanView {
 }
 
 export function decodeJsonExport(body: Uint8Array): DecodedExport {
+  checkJsonContainers(body, 'the export');
   let doc: unknown;
   try {
     doc = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
@@ -132,7 +139,9 @@ export function decodeJsonExport(body: Uint8Array): DecodedExport {
     for (const [j, ss] of list(rs, 'scopeSpans', 'scope_spans', `resourceSpans[${i}]`).entries()) {
       if (!isObj(ss)) throw new DecodeError(`resourceSpans[${i}].scopeSpans[${j}] is not an object`);
       const scopeName = isObj(ss.scope) && typeof ss.scope.name === 'string' ? ss.scope.name : '';
-      for (const s of list(ss, 'spans', 'spans', `resourceSpans[${i}].scopeSpans[${j}]`)) {
+      const listed = list(ss, 'spans', 'spans', `resourceSpans[${i}].scopeSpans[${j}]`);
+      if (spans.length + malformed + listed.length > MAX_SPANS_PER_EXPORT) throw tooManySpans();
+      for (const s of listed) {
         try {
           spans.push(span(s, resource, scopeName));
         } catch (err) {

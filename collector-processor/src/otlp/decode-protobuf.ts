@@ -14,7 +14,13 @@ import {
   RESOURCE_SERVICE_INSTANCE_ID,
   type SpanView,
 } from '@tollgate/contracts';
-import { type DecodedExport, DecodeError } from './decoded.js';
+import {
+  type DecodedExport,
+  DecodeError,
+  MAX_SPANS_PER_EXPORT,
+  TooManyItemsError,
+  tooManySpans,
+} from './decoded.js';
 import { Reader } from './proto.js';
 
 /**
@@ -410,6 +416,7 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
           const end = r.pos + size;
           if (end > len) throw new RangeError(`index out of range: ${r.pos} + ${size} > ${len}`);
           r.len = end;
+          if (spans.length + malformed >= MAX_SPANS_PER_EXPORT) throw tooManySpans();
           try {
             spans.push(readSpan(r, resource, scopeName));
           } catch {
@@ -421,6 +428,7 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
       }
     });
   } catch (err) {
+    if (err instanceof TooManyItemsError) throw err;
     throw new DecodeError(`protobuf ExportTraceServiceRequest is malformed: ${(err as Error).message}`);
   }
   return { spans, malformed, instanceIds };

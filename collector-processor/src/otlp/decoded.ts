@@ -11,7 +11,48 @@ export interface DecodedExport {
 
 /** The request itself is unreadable (truncated framing, not JSON, not an export): answered with 400. */
 export class DecodeError extends Error {
-  override readonly name = 'DecodeError';
+  override readonly name: string = 'DecodeError';
+}
+
+/**
+ * The request holds more than one request may (answered with 413 `TG_TOO_MANY_ITEMS`): refused before it
+ * can take the process's memory. A few kilobytes of gzip inflate to 64 MiB of `{},{},…`: twenty million
+ * spans, whose objects alone would exhaust V8's heap — and an out-of-memory abort cannot be caught, so the
+ * export's spool record would crash every restart's replay too.
+ */
+export class TooManyItemsError extends DecodeError {
+  override readonly name = 'TooManyItemsError';
+}
+
+/** Spans one export may hold (an OTel SDK batch is 512, a Collector's default batch 8,192). */
+export const MAX_SPANS_PER_EXPORT = 1_000_000;
+/**
+ * Objects and arrays one JSON body may hold. Real OTLP/JSON has one per ≈ 30 bytes (an attribute is two), so a
+ * 64 MiB export of real spans stays under it; what it bounds is V8's heap while JSON.parse builds them.
+ */
+export const MAX_JSON_CONTAINERS = 4_000_000;
+
+/**
+ * Refuses a JSON body with more than `max` objects and arrays, before it is parsed. Every `{` and `[` is
+ * counted, those inside strings too (an over-count only matters for bodies near the bound), and bodies too
+ * short to hold that many (each takes two bytes at least) are not scanned at all.
+ */
+export function checkJsonContainers(body: Uint8Array, what: string, max = MAX_JSON_CONTAINERS): void {
+  if (body.length <= 2 * max) return;
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  let n = 0;
+  for (const open of [0x7b, 0x5b]) {
+    for (let at = b.indexOf(open); at !== -1; at = b.indexOf(open, at + 1)) {
+      if (++n > max) {
+        throw new TooManyItemsError(`${what} holds more than ${max} JSON objects and arrays: split it`);
+      }
+    }
+  }
+}
+
+/** Refuses an export once it has shown more than MAX_SPANS_PER_EXPORT spans. */
+export function tooManySpans(): TooManyItemsError {
+  return new TooManyItemsError(`the export holds more than ${MAX_SPANS_PER_EXPORT} spans: split it`);
 }
 
 export type { Attributes, SpanView };

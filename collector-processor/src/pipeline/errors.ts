@@ -6,6 +6,11 @@ export const ERRORS = {
   TG_UNAUTHORIZED: { status: 401, retryable: false, message: 'missing or unknown ingest key' },
   TG_METHOD_NOT_ALLOWED: { status: 405, retryable: false, message: 'only POST is allowed on this endpoint' },
   TG_BODY_TOO_LARGE: { status: 413, retryable: false, message: 'request body exceeds the configured limit' },
+  TG_TOO_MANY_ITEMS: {
+    status: 413,
+    retryable: false,
+    message: 'the request holds more spans, events or JSON values than one request may',
+  },
   TG_URI_TOO_LONG: {
     status: 414,
     retryable: false,
@@ -20,7 +25,7 @@ export const ERRORS = {
   TG_UNSUPPORTED_MEDIA_TYPE: {
     status: 415,
     retryable: false,
-    message: 'content type must be application/x-protobuf or application/json',
+    message: 'unsupported content type',
   },
   TG_UNSUPPORTED_ENCODING: {
     status: 415,

@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
-import { type DecodedExport, DecodeError } from '../otlp/decoded.js';
+import { checkJsonContainers, type DecodedExport, DecodeError, TooManyItemsError } from '../otlp/decoded.js';
 import { CONTENT_TYPE, encodeExportResponse, encodeRpcStatus, type WireFormat } from '../otlp/response.js';
 import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/errors.js';
 import type { EarlyRecord, Pipeline } from '../pipeline/pipeline.js';
@@ -31,6 +31,10 @@ import { RejectionTally } from '../pipeline/tally.js';
 import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
 
 const gunzipAsync = promisify(gunzip);
+/** How long a request may take to arrive, head and body (Node answers 408 past it). */
+const REQUEST_TIMEOUT_MS = 120_000;
+/** Usage events one request may carry (each gets a line of the answer when refused). */
+export const MAX_EVENTS_PER_REQUEST = 100_000;
 /** Gzip'd bodies inflated and read at once, at most (each up to `otlp.maxDecompressedBytes` in memory). */
 const INFLATE_SLOTS = 4;
 /**
@@ -109,6 +113,9 @@ export function buildReceiver(
     clientErrorHandler: edgeClientErrorHandler(EDGE_CODES),
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
+    // a request (head and body) must arrive within this (408 and the connection closed): a socket that
+    // never finishes its body does not stay open for ever (Node checks every 30 s)
+    requestTimeout: REQUEST_TIMEOUT_MS,
     // What the router refuses before any route (a malformed percent-escape) answers in the catalogue shape.
     frameworkErrors: (_error: FastifyError, _req: FastifyRequest, reply: FastifyReply) =>
       reply
@@ -119,6 +126,8 @@ export function buildReceiver(
         }),
   });
   let inFlight = 0;
+  /** Requests of each ingest key (by name) whose body is still arriving. */
+  const uploads = new Map<string, number>();
   let closing = false;
 
   // Bodies stay raw buffers: decoding (and gunzip) happens in the handler with our own limits.
@@ -161,9 +170,19 @@ export function buildReceiver(
     if (error instanceof TollgateError) return sendError(req, reply, error);
     let code: ErrorCode = 'TG_UNDECODABLE';
     if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') code = 'TG_BODY_TOO_LARGE';
-    else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || error.statusCode === 415)
-      code = 'TG_UNSUPPORTED_MEDIA_TYPE';
-    else if (error.statusCode === 413) code = 'TG_BODY_TOO_LARGE';
+    else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || error.statusCode === 415) {
+      const path = req.url.split('?')[0] as string;
+      const accepted =
+        path === '/v1/traces'
+          ? 'application/x-protobuf or application/json'
+          : 'application/json (OTLP spans go to /v1/traces)';
+      const got = String(req.headers['content-type'] ?? 'none').slice(0, 100);
+      return sendError(
+        req,
+        reply,
+        new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', `${path} takes ${accepted}; got ${got}`),
+      );
+    } else if (error.statusCode === 413) code = 'TG_BODY_TOO_LARGE';
     else if (!error.statusCode || error.statusCode >= 500) {
       req.log.error({ err: error }, 'unexpected error');
       return sendError(req, reply, new TollgateError('TG_INTERNAL', undefined, 1));
@@ -185,17 +204,42 @@ export function buildReceiver(
       .send({ error: { code: 'TG_NOT_FOUND', message: `no route ${req.method} ${req.url}` } });
   });
 
-  // Authenticate and admit before the body is read.
+  // Authenticate before the body is read; admit once it has arrived. A slot held from the head on let one
+  // key's sockets that send a head and then a byte now and then (64 of them) answer every other tenant 429
+  // for as long as they stayed open. A key's uploads still in progress are bounded on their own, per key.
   app.addHook('onRequest', async (req, reply) => {
     if (req.method !== 'POST' || !INGEST_ROUTES.includes(req.url.split('?')[0] as string)) return;
     if (closing) throw new TollgateError('TG_SHUTTING_DOWN', undefined, 1);
     const identity = keyring.authenticate(req.headers.authorization);
     if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
-    if (inFlight >= opts.maxInFlight)
-      throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
     const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
     if (enc !== 'identity' && enc !== 'gzip') throw new TollgateError('TG_UNSUPPORTED_ENCODING', enc);
+    const sending = uploads.get(identity.name) ?? 0;
+    if (sending >= opts.maxInFlight) {
+      throw new TollgateError(
+        'TG_TOO_MANY_IN_FLIGHT',
+        `${sending} requests of this ingest key are still sending their bodies`,
+        1,
+      );
+    }
+    uploads.set(identity.name, sending + 1);
+    let counted = true;
+    const uploaded = () => {
+      if (!counted) return;
+      counted = false;
+      const n = (uploads.get(identity.name) ?? 1) - 1;
+      if (n > 0) uploads.set(identity.name, n);
+      else uploads.delete(identity.name);
+    };
+    req.raw.once('end', uploaded);
+    req.raw.once('close', uploaded);
+    reply.raw.once('close', uploaded);
     req.tollgateIdentity = identity;
+  });
+  app.addHook('preHandler', async (req, reply) => {
+    if (!req.tollgateIdentity) return;
+    if (inFlight >= opts.maxInFlight)
+      throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
     admit(req, reply);
   });
   // An admitted export holds its slot until it is answered (the handler is done with it) and its response
@@ -288,6 +332,7 @@ export function buildReceiver(
         try {
           return { body, decoded: decodeOtlp(payloadFormat, body) };
         } catch (err) {
+          if (err instanceof TooManyItemsError) throw new TollgateError('TG_TOO_MANY_ITEMS', err.message);
           if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
           throw err;
         }
@@ -353,6 +398,13 @@ export function buildReceiver(
   });
 
   async function ingestEvents(req: FastifyRequest, reply: FastifyReply, events: unknown[]) {
+    // each event gets a line of its own in the answer: bounded, like the spans of an export
+    if (events.length > MAX_EVENTS_PER_REQUEST) {
+      throw new TollgateError(
+        'TG_TOO_MANY_ITEMS',
+        `${events.length} events; at most ${MAX_EVENTS_PER_REQUEST} per request: split it`,
+      );
+    }
     const identity = req.tollgateIdentity as IngestIdentity;
     const rejected = new RejectionTally();
     const problems: { index: number; id?: unknown; reason: string; message: string }[] = [];
@@ -364,7 +416,12 @@ export function buildReceiver(
       const parsed = UsageEventSchema.safeParse(raw);
       const id = typeof raw === 'object' && raw !== null ? (raw as { id?: unknown }).id : undefined;
       if (!parsed.success) {
-        const metric = parsed.error.issues.some((i) => i.path[0] === 'metricName');
+        // another metric than ours is not ours to meter; an event without one is malformed like any other
+        const metric =
+          typeof raw === 'object' &&
+          raw !== null &&
+          (raw as { metricName?: unknown }).metricName !== undefined &&
+          parsed.error.issues.some((i) => i.path[0] === 'metricName');
         const reason = metric ? 'unsupported_metric' : 'invalid_event';
         rejected.add(reason);
         problems.push({
@@ -424,7 +481,12 @@ export function buildReceiver(
 
   const parseJson = (req: FastifyRequest, body: Buffer): unknown => {
     if (wireFormatOf(req) !== 'json')
-      throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'usage events are JSON');
+      throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'usage events are application/json only');
+    try {
+      checkJsonContainers(body, 'the request');
+    } catch (err) {
+      throw new TollgateError('TG_TOO_MANY_ITEMS', (err as Error).message);
+    }
     try {
       return JSON.parse(body.toString('utf8'));
     } catch (err) {
@@ -450,7 +512,7 @@ export function buildReceiver(
     // Quota leases, authenticated with the ingest key like /v1/traces (see docs/enforcement.md, "Leases").
     app.post('/v1/leases', async (req, reply) => {
       if (wireFormatOf(req) !== 'json')
-        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are JSON');
+        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are application/json only');
       const doc = await withBody(req, (body): unknown => {
         try {
           return JSON.parse(body.toString('utf8'));
