@@ -1,13 +1,17 @@
+import { IDENTIFIER_FORBIDDEN_CLASS, MAX_IDENTIFIER_LENGTH } from '@tollgate/contracts';
 import { INSTANT_PATTERN, PERIOD_PATTERN } from './range.js';
 
 /** JSON schemas shared by the analytics and billing routes (request validation, responses, OpenAPI). */
 
-/** Ids (product, customer, agent, tool, session): 1–256 characters, no control characters. */
+/**
+ * Ids (product, customer, agent, tool, session): 1–256 characters, no control or bidirectional-control
+ * characters (contracts' isValidIdentifier: what the receiver accepts).
+ */
 export const identifier = {
   type: 'string',
   minLength: 1,
-  maxLength: 256,
-  pattern: '^[^\\u0000-\\u001f\\u007f]+$',
+  maxLength: MAX_IDENTIFIER_LENGTH,
+  pattern: `^[^${IDENTIFIER_FORBIDDEN_CLASS}]+$`,
 } as const;
 
 export const DEFAULT_LIMIT = 100;

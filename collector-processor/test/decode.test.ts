@@ -167,6 +167,53 @@ describe('Kong-shaped spans', () => {
   });
 });
 
+describe('identities', () => {
+  const xoAt = { ...xo, nowUnixUs: 1_764_000_001_000_000 };
+  const withCustomer = (span: string | undefined, resource: string | undefined) => {
+    const doc = kongExport();
+    const rs = doc.resourceSpans[0]!;
+    const attrs = rs.scopeSpans[0]!.spans[0]!.attributes.filter((a) => a.key !== 'tollgate.customer.id');
+    if (span !== undefined) attrs.push({ key: 'tollgate.customer.id', value: { stringValue: span } });
+    rs.scopeSpans[0]!.spans[0]!.attributes = attrs;
+    if (resource !== undefined)
+      rs.resource.attributes.push({ key: 'tollgate.customer.id', value: { stringValue: resource } });
+    return decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish()).spans[0]!;
+  };
+
+  it("an empty customer attribute names nobody: the resource's, then the key's default customer apply", () => {
+    expect(extractToolCall(withCustomer('', 'from-resource'), xoAt)).toMatchObject({
+      kind: 'call',
+      call: { customer: 'from-resource' },
+    });
+    expect(extractToolCall(withCustomer('', ''), { ...xoAt, defaultCustomer: 'bound' })).toMatchObject({
+      kind: 'call',
+      call: { customer: 'bound' },
+    });
+    expect(extractToolCall(withCustomer('', undefined), xoAt)).toMatchObject({
+      kind: 'rejected',
+      reason: 'missing_customer',
+    });
+  });
+
+  it('ids with C1 or bidirectional controls, or half a surrogate pair, are refused; other text is kept', () => {
+    for (const bad of ['a\u0085b', 'evil\u202Etxt.exe', 'a\u2066b']) {
+      expect([bad, extractToolCall(withCustomer(bad, undefined), xoAt).kind]).toEqual([bad, 'rejected']);
+    }
+    // half a pair cannot come through protobuf (its UTF-8 decodes to U+FFFD); JSON's \ud800 escape can
+    for (const bad of ['a\ud800', '\udc00b']) {
+      const span = withCustomer('placeholder', undefined);
+      span.attributes['tollgate.customer.id'] = bad;
+      expect([bad, extractToolCall(span, xoAt).kind]).toEqual([bad, 'rejected']);
+    }
+    for (const good of ['acme', 'ácme', '顧客', 'emoji-😀', 'o\u2019hara']) {
+      expect(extractToolCall(withCustomer(good, undefined), xoAt)).toMatchObject({
+        kind: 'call',
+        call: { customer: good },
+      });
+    }
+  });
+});
+
 describe('malformed input', () => {
   it('truncated framing is a DecodeError; a malformed span is skipped while its sibling survives', () => {
     const good = ProtoRequest.encode(ProtoRequest.fromObject(kongExport())).finish();

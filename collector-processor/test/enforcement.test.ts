@@ -124,6 +124,33 @@ describe('hard limits', () => {
     });
     const body = (await hb.json()) as { tollgate?: { directives: Directive[] } };
     expect(kill(body.tollgate?.directives ?? [])?.customer).toBe('at-limit');
+
+    // an export of 10,000 resources with ids of their own is answered from its first 64 distinct ids:
+    // Redis is asked at most 64 times, not 10,000 times one by one
+    const smembers = async () =>
+      Number(/cmdstat_smembers:calls=(\d+)/.exec((await tg.redis?.info('commandstats')) ?? '')?.[1] ?? 0);
+    const before = await smembers();
+    const many = await fetch(`${tg.otlpUrl}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify({
+        resourceSpans: Array.from({ length: 10_000 }, (_, i) => ({
+          resource: {
+            attributes: [
+              {
+                key: 'service.instance.id',
+                value: { stringValue: i === 0 ? 'inst-at-limit' : `flood-${i}` },
+              },
+            ],
+          },
+          scopeSpans: [],
+        })),
+      }),
+    });
+    expect(many.status).toBe(200);
+    const flooded = (await many.json()) as { tollgate?: { directives: Directive[] } };
+    expect(kill(flooded.tollgate?.directives ?? [])?.customer).toBe('at-limit');
+    expect((await smembers()) - before).toBeLessThanOrEqual(64);
   });
 
   it('spend per session kills the session only; calls per tool block the tool only', async () => {

@@ -231,10 +231,11 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
   if (!isValidTraceId(span.traceId)) return reject('invalid_trace_id', `span ${span.spanId}`);
   if (!isValidSpanId(span.spanId)) return reject('invalid_span_id', `trace ${span.traceId}`);
 
+  // an empty attribute names nobody: the next source applies (`||`, not `??`)
   const customer =
-    str(a[ATTR_TOLLGATE_CUSTOMER]) ?? str(span.resource[ATTR_TOLLGATE_CUSTOMER]) ?? opts.defaultCustomer;
+    str(a[ATTR_TOLLGATE_CUSTOMER]) || str(span.resource[ATTR_TOLLGATE_CUSTOMER]) || opts.defaultCustomer;
   if (!customer) return reject('missing_customer', `span ${span.spanId}`);
-  const agent = str(a[ATTR_TOLLGATE_AGENT]) ?? str(span.resource[ATTR_TOLLGATE_AGENT]) ?? '';
+  const agent = str(a[ATTR_TOLLGATE_AGENT]) || str(span.resource[ATTR_TOLLGATE_AGENT]) || '';
   const sessionId = sessionIdOfSpan(span);
   const sessionRule = sessionRuleOfSpan(span, sessionId);
   // checked one by one, in this order (no per-call arrays on the hot path)

@@ -1,11 +1,23 @@
 /** Longest identifier (customer, agent, session, tool) we accept; longer ones are rejected, not truncated. */
 export const MAX_IDENTIFIER_LENGTH = 256;
 
-// biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
-const CONTROL = /[\u0000-\u001f\u007f]/;
+/**
+ * What an identifier may not hold, as a JSON-schema pattern's class and as a RegExp: control characters (C0,
+ * DEL, C1: U+0080–U+009F are controls too) and the bidirectional controls (U+202A–U+202E, U+2066–U+2069),
+ * which make an id display as another in the dashboard, a CSV or a terminal.
+ */
+export const IDENTIFIER_FORBIDDEN_CLASS = '\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069';
+const CONTROL = new RegExp(`[${IDENTIFIER_FORBIDDEN_CLASS}]`);
+/** Half of a surrogate pair without its other half: not text (it cannot be written as UTF-8). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 export function isValidIdentifier(value: string): boolean {
-  return value.length > 0 && value.length <= MAX_IDENTIFIER_LENGTH && !CONTROL.test(value);
+  return (
+    value.length > 0 &&
+    value.length <= MAX_IDENTIFIER_LENGTH &&
+    !CONTROL.test(value) &&
+    !LONE_SURROGATE.test(value)
+  );
 }
 
 /** Longest free text we keep from a span (`error.type`, `mcp.protocol.version`); longer text is cut there. */

@@ -32,6 +32,9 @@ export function defineEnforce(redis: RedisLike): void {
 
 const DAY_SECONDS = 86_400;
 const US_PER_DAY = 86_400_000_000;
+/** Distinct `service.instance.id`s of one export answered as a heartbeat (an SDK sends its own and ≤ 32 predecessors'). */
+export const MAX_HEARTBEAT_INSTANCES = 64;
+
 /** How long an SDK instance is remembered for heartbeats after its last export with calls. */
 const INSTANCE_TTL_SECONDS = 3_600;
 /** An instance's customer is added to its set again after this long (the set's TTL is refreshed with it). */
@@ -472,8 +475,11 @@ export class RedisEnforcer implements Enforcer {
   async heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]> {
     const out: Directive[] = [];
     const now = Date.now();
+    // an SDK heartbeats for itself and at most 32 predecessors: an export of 100,000 resources with ids of
+    // their own is not a heartbeat, and read one by one they held the export (and Redis) for seconds
+    const ids = [...new Set(instanceIds)].slice(0, MAX_HEARTBEAT_INSTANCES);
     try {
-      for (const instanceId of new Set(instanceIds)) {
+      for (const instanceId of ids) {
         const members = await this.redis.smembers(redisKeys.instance(instanceId));
         for (const m of members) {
           const [p, customer] = m.split('\t') as [string, string];
