@@ -29,17 +29,20 @@ async function endpointStatus(): Promise<{ ok: boolean; line: string }> {
       body: JSON.stringify({ resourceSpans: [] }),
       signal: AbortSignal.timeout(exporter.timeoutMs),
     });
-    const leases = resolved.runtime?.leases;
-    const leaseLine = leases
-      ? `quota leases on (fail mode ${leases.failMode}, ${leases.url})`
-      : `quota leases off (${ENV.leases}=1 turns them on: zero overage on hard limits)`;
-    if (res.status === 200)
-      return { ok: true, line: `endpoint: ${exporter.tracesUrl} answers 200; ${leaseLine}` };
+    if (res.status === 200) return { ok: true, line: `endpoint: ${exporter.tracesUrl} answers 200` };
     const hint = res.status === 401 ? ' — check TOLLGATE_INGEST_KEY' : '';
     return { ok: false, line: `endpoint: ${exporter.tracesUrl} answers HTTP ${res.status}${hint}` };
   } catch (err) {
     return { ok: false, line: `endpoint: ${exporter.tracesUrl} unreachable (${(err as Error).message})` };
   }
+}
+
+/** Whether the configuration turns quota leases on (information: either way calls are billed). */
+function leaseStatus(): string {
+  const leases = resolveConfig({ stateFile: false, logger: false }).resolved.runtime?.leases;
+  return leases
+    ? `quota leases: on (fail mode ${leases.failMode}, ${leases.url})`
+    : `quota leases: off (${ENV.leases}=1 turns them on: zero overage on hard limits)`;
 }
 
 async function check(): Promise<number> {
@@ -72,6 +75,7 @@ async function check(): Promise<number> {
   const ep = await endpointStatus();
   if (!ep.ok) ok = false;
   process.stdout.write(`${ep.ok ? 'ok  ' : 'FAIL'} ${ep.line}\n`);
+  process.stdout.write(`     ${leaseStatus()}\n`);
   mcpInstrumentation.disable();
   return ok ? 0 : 1;
 }

@@ -188,10 +188,10 @@ describe('an MCP SDK the instrumentation cannot patch', () => {
       expect(on.stdout).toMatch(
         /ok {3}@modelcontextprotocol\/server@2\.\d+\.\d+: supported=true patched-by-hooks=true billed=true/,
       );
-      expect(on.stdout).toContain('quota leases on (fail mode open');
+      expect(on.stdout).toContain('quota leases: on (fail mode open');
       expect(on.code).toBe(0);
       const off = await run('0');
-      expect(off.stdout).toContain('quota leases off');
+      expect(off.stdout).toContain('quota leases: off');
       expect(off.code).toBe(0);
       // a spelling the SDK does not know is a problem the check names, not leases silently off
       const typo = await run('sure');
