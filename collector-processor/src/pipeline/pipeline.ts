@@ -87,6 +87,9 @@ interface Prepared {
   tiered: TieredQuantity[] | undefined;
 }
 
+/** A spool record whose reading killed the process at too many starts (see ReplayGuard). */
+class SetAside extends Error {}
+
 /** Tries of a spool record's replay that fails with anything but Redis being down (fail-closed). */
 const REPLAY_ATTEMPTS = 3;
 
@@ -482,6 +485,15 @@ export class Pipeline {
       try {
         await this.replayOne(rec);
       } catch (err) {
+        if (err instanceof SetAside) {
+          // reading it killed the process at REPLAY_CRASHES_TO_SET_ASIDE starts: the rest must land
+          this.metrics.replayFailures.inc();
+          this.log.error(
+            { rid: rec.rid, product: rec.product },
+            'spool record set aside: the process died while reading it at each of the last starts; it stays in the spool, not replayed (docs/operations.md, "A spool record set aside")',
+          );
+          continue;
+        }
         if (rec.early && err instanceof DecodeError) {
           // written before its body was decoded, and the body does not decode: the export was refused (400)
           // and never acknowledged; the process stopped before the record's abandon marker
@@ -506,7 +518,17 @@ export class Pipeline {
         'plan snapshot missing; replaying under the current plans',
       );
     }
-    const { prepared } = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally());
+    // Reading the record (decoding, selecting, preparing) is what could kill the process (an abort no handler
+    // catches): guarded, so a record that does so at every start is set aside instead of stopping every
+    // start there. Waiting for Redis below is not guarded: a kill then says nothing about the record.
+    const guard = this.spool.replayGuard;
+    if (guard && !guard.begin(rec.rid)) throw new SetAside();
+    let prepared: ReturnType<Pipeline['prepare']>['prepared'];
+    try {
+      prepared = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally()).prepared;
+    } finally {
+      guard?.end(rec.rid);
+    }
     for (let attempt = 1; ; attempt++) {
       try {
         await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);

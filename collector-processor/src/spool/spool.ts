@@ -5,6 +5,7 @@ import {
   readFileSync,
   truncateSync,
   unlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -198,12 +199,15 @@ export class Spool {
   /** Unlanded record ids per segment number; a segment is deleted once it and all older ones are empty. */
   private readonly live = new Map<number, Set<string>>();
   private readonly segmentOf = new Map<string, number>();
+  /** Deaths of the process during replays, per record (see ReplayGuard). */
+  declare readonly replayGuard: ReplayGuard;
 
   private constructor(private readonly opts: SpoolOptions) {}
 
   static async open(opts: SpoolOptions): Promise<{ spool: Spool; recovered: Recovered }> {
     mkdirSync(opts.dir, { recursive: true });
     const spool = new Spool(opts);
+    (spool as { replayGuard: ReplayGuard }).replayGuard = replayGuardOf(opts.dir);
     const recovered = spool.recover();
     spool.segment = Math.max(0, ...spool.live.keys()) + 1;
     await spool.openSegment();
@@ -384,4 +388,64 @@ export class Spool {
     await this.handle?.close();
     this.handle = undefined;
   }
+}
+
+/** Starts that died while replaying the same record, after which the record is set aside. */
+export const REPLAY_CRASHES_TO_SET_ASIDE = 2;
+
+/**
+ * Deaths of the process during a record's replay, counted in a small file beside the segments (written before
+ * and after each record is replayed). A record whose replay kills the process — an abort no handler can catch,
+ * such as V8 out of memory — would otherwise be replayed first at every start: the process would die again,
+ * and nothing after it, not even new exports, would ever land. After REPLAY_CRASHES_TO_SET_ASIDE starts that
+ * died in the same record, it is set aside: kept in its segment (nothing acknowledged is deleted), reported at
+ * every start, and not replayed until an operator removes it from the file (docs/operations.md).
+ */
+export class ReplayGuard {
+  /** Record id → starts that died while it was being replayed. */
+  private readonly crashes: Record<string, number>;
+  private readonly inProgress = new Set<string>();
+
+  constructor(private readonly file: string) {
+    let saved: { crashes?: Record<string, number>; inProgress?: string[] } = {};
+    try {
+      saved = JSON.parse(readFileSync(file, 'utf8')) as typeof saved;
+    } catch {
+      // none yet, or torn by a death while it was written: nothing known
+    }
+    this.crashes = { ...(saved.crashes ?? {}) };
+    // what the previous process was replaying when it stopped: it died there (a clean stop ends every replay)
+    for (const rid of saved.inProgress ?? []) this.crashes[rid] = (this.crashes[rid] ?? 0) + 1;
+    this.save();
+  }
+
+  /** Records set aside (their replay killed the process too often). */
+  setAside(): string[] {
+    return Object.keys(this.crashes).filter((rid) => (this.crashes[rid] ?? 0) >= REPLAY_CRASHES_TO_SET_ASIDE);
+  }
+
+  /** Before a record's replay: false when it is set aside (do not replay it). */
+  begin(rid: string): boolean {
+    if ((this.crashes[rid] ?? 0) >= REPLAY_CRASHES_TO_SET_ASIDE) return false;
+    this.inProgress.add(rid);
+    this.save();
+    return true;
+  }
+
+  /** After a record's replay, however it ended (short of the process dying). */
+  end(rid: string): void {
+    this.inProgress.delete(rid);
+    delete this.crashes[rid];
+    this.save();
+  }
+
+  private save(): void {
+    const state = JSON.stringify({ crashes: this.crashes, inProgress: [...this.inProgress] });
+    writeFileSync(this.file, state);
+  }
+}
+
+/** The replay guard of a spool directory. */
+export function replayGuardOf(dir: string): ReplayGuard {
+  return new ReplayGuard(join(dir, 'replay-guard.json'));
 }

@@ -1,0 +1,121 @@
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { freePort } from '../src/redis/private-redis.js';
+import { REPLAY_CRASHES_TO_SET_ASIDE, ReplayGuard, Spool } from '../src/spool/spool.js';
+import { readMetrics, tempDir } from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+import { CLI } from './support/process.js';
+
+/**
+ * A spool record whose reading kills the process (an abort no handler catches: V8 out of memory, a crash in
+ * native code) was replayed first at every start, so the process died at every start and nothing after it,
+ * not even new exports, ever landed. Its reading is now guarded: after REPLAY_CRASHES_TO_SET_ASIDE starts
+ * that died in it, it is set aside (kept in the spool, reported) and the rest lands.
+ *
+ * The death is real: a preload makes the process SIGKILL itself when JSON.parse meets the record's marker,
+ * as the decoding of a poisonous export would die.
+ */
+
+const MARKER = 'replay-crash-marker';
+const children: import('node:child_process').ChildProcess[] = [];
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
+function start(dataDir: string, preload: string, otlpPort: number, apiPort: number) {
+  const child = spawn(
+    process.execPath,
+    [
+      '--require',
+      preload,
+      CLI,
+      'start',
+      '--data-dir',
+      dataDir,
+      '--otlp-port',
+      String(otlpPort),
+      '--api-port',
+      String(apiPort),
+      '--log-level',
+      'warn',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  children.push(child);
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const exited = new Promise<NodeJS.Signals | number | null>((r) =>
+    child.once('exit', (code, signal) => r(signal ?? code)),
+  );
+  return { child, exited, stderr: () => stderr };
+}
+
+describe('a spool record whose replay kills the process', () => {
+  it(`is set aside after ${REPLAY_CRASHES_TO_SET_ASIDE} starts died in it; the records after it land`, async () => {
+    const dataDir = tempDir('tollgate-replay-crash-');
+    const preload = join(dataDir, 'die-on-marker.cjs');
+    writeFileSync(
+      preload,
+      `const parse = JSON.parse;
+JSON.parse = function (text, reviver) {
+  if (typeof text === 'string' && text.includes(${JSON.stringify(MARKER)})) process.kill(process.pid, 'SIGKILL');
+  return parse.call(this, text, reviver);
+};
+`,
+    );
+    // two acknowledged records left unlanded by a previous run: the poisonous one first
+    const { spool } = await Spool.open({ dir: join(dataDir, 'spool'), fsync: true, segmentBytes: 64 << 20 });
+    const good = Array.from({ length: 3 }, () => toolSpan({ customer: 'after-crash', tool: 'lookup' }));
+    const poison = [toolSpan({ customer: 'after-crash', tool: 'lookup', attrs: { note: MARKER } })];
+    for (const [rid, spans] of [
+      ['poison-1', poison],
+      ['good-1', good],
+    ] as const) {
+      await spool.appendAccepted({
+        t: 'a',
+        rid,
+        product: 'demo-mcp',
+        planVersion: 'unknown',
+        receivedAtMs: Date.now(),
+        format: 'otlp-json',
+        payload: Buffer.from(JSON.stringify(exportOf([...spans]))),
+      });
+    }
+    await spool.close();
+
+    const otlpPort = await freePort();
+    const apiPort = await freePort();
+    // each start dies in the poisonous record
+    for (let i = 0; i < REPLAY_CRASHES_TO_SET_ASIDE; i++) {
+      const run = start(dataDir, preload, otlpPort, apiPort);
+      expect(await run.exited).toBe('SIGKILL');
+    }
+    // the next start sets it aside, stays up, and lands the record after it
+    const run = start(dataDir, preload, otlpPort, apiPort);
+    const apiUrl = `http://127.0.0.1:${apiPort}`;
+    const deadline = Date.now() + 60_000;
+    let landed = 0;
+    while (landed < 3 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      expect(run.child.exitCode === null && run.child.signalCode === null, run.stderr()).toBe(true);
+      try {
+        landed = (await readMetrics(apiUrl)).get('tollgate_landed_rows_total') ?? 0;
+      } catch {
+        // not listening yet
+      }
+    }
+    expect(landed).toBe(3);
+    expect((await readMetrics(apiUrl)).get('tollgate_spool_replay_failures_total')).toBe(1);
+    expect(run.stderr()).toContain('spool record set aside');
+    // kept: the guard still names it, and a stop does not forget it
+    run.child.kill('SIGTERM');
+    await run.exited;
+    const guard = JSON.parse(readFileSync(join(dataDir, 'spool', 'replay-guard.json'), 'utf8'));
+    expect(guard).toEqual({ crashes: { 'poison-1': REPLAY_CRASHES_TO_SET_ASIDE }, inProgress: [] });
+    expect(new ReplayGuard(join(dataDir, 'spool', 'replay-guard.json')).setAside()).toEqual(['poison-1']);
+  }, 180_000);
+});
