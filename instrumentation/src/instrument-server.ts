@@ -1,7 +1,7 @@
 import { type TracerProvider, trace } from '@opentelemetry/api';
 import { resolveConfig } from './config.js';
 import type { McpServerLike, ServerLike } from './internal-types.js';
-import { ToolCallTracer } from './tool-call.js';
+import { linkMcpServer, ToolCallTracer } from './tool-call.js';
 import type { McpInstrumentationConfig } from './types.js';
 import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 
@@ -73,6 +73,8 @@ export function instrumentMcpServer<T extends object>(
   options: InstrumentMcpServerOptions = {},
 ): T {
   const target = serverOf(server);
+  // an McpServer knows its tools: a call of one it lacks is passed to the SDK unbilled
+  if (target !== server) linkMcpServer(server as McpServerLike);
   const { resolved, problems } = resolveConfig(options);
   for (const key of Object.keys(options)) {
     if (!Object.hasOwn(OPTIONS, key)) problems.push(`unknown option ${key}`);

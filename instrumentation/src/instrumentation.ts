@@ -8,10 +8,10 @@ import {
 } from '@opentelemetry/instrumentation';
 import { Hook as RequireHook } from 'require-in-the-middle';
 import { type ResolvedConfig, resolveConfig } from './config.js';
-import type { ServerLike, ServerModuleLike } from './internal-types.js';
+import type { McpServerLike, ServerLike, ServerModuleLike } from './internal-types.js';
 import type { TollgateRuntime } from './runtime.js';
 import { recordSdk } from './self-check.js';
-import { ToolCallTracer } from './tool-call.js';
+import { linkMcpServer, ToolCallTracer } from './tool-call.js';
 import type { McpInstrumentationConfig } from './types.js';
 import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 
@@ -38,6 +38,12 @@ export const SERVER_MODULE_FILES = [
   '@modelcontextprotocol/sdk/dist/esm/server/index.js',
 ];
 
+/** The file that defines `McpServer` in 1.x (its tools, so a call of a tool it lacks is not billed). */
+export const MCP_MODULE_FILES = [
+  '@modelcontextprotocol/sdk/dist/cjs/server/mcp.js',
+  '@modelcontextprotocol/sdk/dist/esm/server/mcp.js',
+];
+
 /**
  * The CommonJS server module of 1.x as require-in-the-middle names it (`…/server/index.js` normalised).
  * OTel's shared CJS hook cannot see files inside `@modelcontextprotocol/sdk`: it first resolves the
@@ -45,6 +51,8 @@ export const SERVER_MODULE_FILES = [
  * A hook that whitelists the file itself matches it without that step. 2.x has a real main entry.
  */
 const CJS_SERVER_MODULE = '@modelcontextprotocol/sdk/dist/cjs/server';
+/** 1.x's CommonJS McpServer module, as require-in-the-middle names it (no extension). */
+const CJS_MCP_MODULE = '@modelcontextprotocol/sdk/dist/cjs/server/mcp';
 
 /** Whether `version` of `pkg` is one the patch supports (`SUPPORTED_VERSIONS`), without a semver library. */
 export function isSupportedSdkVersion(pkg: string, version: string | undefined): boolean {
@@ -179,15 +187,23 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     super.enable();
     if (this.cjsHook) return;
     this.ownPatched ??= new Set();
-    this.cjsHook = new RequireHook([CJS_SERVER_MODULE], { internals: true }, (exports, name, basedir) => {
-      if (name !== CJS_SERVER_MODULE) return exports;
-      this.ownPatched?.add(exports as ServerModuleLike);
-      return this.patchChecked(
-        SDK_PACKAGES.v1,
-        exports as ServerModuleLike,
-        packageVersion(basedir),
-      ) as typeof exports;
-    });
+    this.cjsHook = new RequireHook(
+      [CJS_SERVER_MODULE, CJS_MCP_MODULE],
+      { internals: true },
+      (exports, name, basedir) => {
+        if (name === CJS_MCP_MODULE) {
+          this.ownPatched?.add(exports as ServerModuleLike);
+          return this.patchMcpServerClass(exports as ServerModuleLike) as typeof exports;
+        }
+        if (name !== CJS_SERVER_MODULE) return exports;
+        this.ownPatched?.add(exports as ServerModuleLike);
+        return this.patchChecked(
+          SDK_PACKAGES.v1,
+          exports as ServerModuleLike,
+          packageVersion(basedir),
+        ) as typeof exports;
+      },
+    );
     for (const m of this.ownPatched) this.patchServerModule(m);
   }
 
@@ -213,8 +229,20 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
           (exports: ServerModuleLike) => this.unpatchServerModule(exports),
         ),
     );
+    const mcpFiles = MCP_MODULE_FILES.map(
+      (file) =>
+        new InstrumentationNodeModuleFile(
+          file,
+          ['*'],
+          (exports: ServerModuleLike) => this.patchMcpServerClass(exports),
+          (exports: ServerModuleLike) => this.unpatchMcpServerClass(exports),
+        ),
+    );
     return [
-      new InstrumentationNodeModuleDefinition(SDK_PACKAGES.v1, ['*'], undefined, undefined, files),
+      new InstrumentationNodeModuleDefinition(SDK_PACKAGES.v1, ['*'], undefined, undefined, [
+        ...files,
+        ...mcpFiles,
+      ]),
       new InstrumentationNodeModuleDefinition(
         SDK_PACKAGES.v2,
         ['*'],
@@ -224,7 +252,34 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     ];
   }
 
+  /**
+   * `McpServer.prototype.setToolRequestHandlers` (both lines register `tools/call` through it) makes the
+   * `McpServer` known as the owner of its `Server`, so a call of a tool it does not have is passed to the SDK
+   * unbilled (see tool-call.ts, `toolRuns`). 2.x exports `McpServer` from the module that has `Server`.
+   */
+  private patchMcpServerClass(exports: ServerModuleLike): ServerModuleLike {
+    const proto = exports?.McpServer?.prototype;
+    if (!proto || typeof proto.setToolRequestHandlers !== 'function') return exports;
+    if (isWrapped(proto.setToolRequestHandlers)) this._unwrap(proto, 'setToolRequestHandlers');
+    this._wrap(
+      proto,
+      'setToolRequestHandlers',
+      (original) =>
+        function setToolRequestHandlers(this: McpServerLike, ...args: unknown[]) {
+          linkMcpServer(this);
+          return (original as (...a: unknown[]) => unknown).apply(this, args);
+        },
+    );
+    return exports;
+  }
+
+  private unpatchMcpServerClass(exports: ServerModuleLike): void {
+    const proto = exports?.McpServer?.prototype;
+    if (proto && isWrapped(proto.setToolRequestHandlers)) this._unwrap(proto, 'setToolRequestHandlers');
+  }
+
   private patchServerModule(exports: ServerModuleLike, pkg?: string, version?: string): ServerModuleLike {
+    this.patchMcpServerClass(exports);
     const proto = exports?.Server?.prototype;
     if (!proto || typeof proto.setRequestHandler !== 'function') return exports;
     if (isWrapped(proto.setRequestHandler)) this._unwrap(proto, 'setRequestHandler');
@@ -252,6 +307,7 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   }
 
   private unpatchServerModule(exports: ServerModuleLike): void {
+    this.unpatchMcpServerClass(exports);
     const proto = exports?.Server?.prototype;
     if (proto && isWrapped(proto.setRequestHandler)) this._unwrap(proto, 'setRequestHandler');
   }
@@ -259,8 +315,10 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
   /**
    * Instruments the `Server` class of a module you loaded yourself (a bundled or vendored SDK the module
    * hooks cannot see): `mcpInstrumentation.manuallyInstrument(await import('@modelcontextprotocol/sdk/server/index.js'))`.
+   * Give it 1.x's `server/mcp.js` too (its `McpServer` knows which tools exist, so a call of a tool it lacks
+   * is not billed); 2.x's main module holds both classes.
    */
-  manuallyInstrument(serverModule: { Server?: unknown }): void {
+  manuallyInstrument(serverModule: { Server?: unknown } | { McpServer?: unknown }): void {
     this.ownPatched ??= new Set();
     this.ownPatched.add(serverModule as ServerModuleLike);
     this.patchServerModule(serverModule as ServerModuleLike);

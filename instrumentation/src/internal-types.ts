@@ -67,12 +67,16 @@ export interface ServerLike {
   _negotiatedProtocolVersion?: string;
 }
 
-/** `McpServer` wraps a `Server` in `.server`. */
+/** `McpServer` wraps a `Server` in `.server`, and keeps its tools by name (both lines). */
 export interface McpServerLike {
   server: ServerLike;
+  _registeredTools?: Record<string, { enabled?: boolean } | undefined>;
+  /** Registers `tools/list` and `tools/call` on `.server` (called at the first tool, both lines). */
+  setToolRequestHandlers?(...args: unknown[]): unknown;
 }
 
-/** What `Server.prototype` exposes to the patch. */
+/** What `Server.prototype` (and, where the module has it, `McpServer.prototype`) exposes to the patch. */
 export interface ServerModuleLike {
   Server?: { prototype: ServerLike };
+  McpServer?: { prototype: McpServerLike };
 }

@@ -37,7 +37,13 @@ import {
   requestIdOf,
   validProtocolVersion,
 } from './inbound.js';
-import type { JsonRpcRequestLike, RequestExtraLike, RequestHandler, ServerLike } from './internal-types.js';
+import type {
+  JsonRpcRequestLike,
+  McpServerLike,
+  RequestExtraLike,
+  RequestHandler,
+  ServerLike,
+} from './internal-types.js';
 import type { Ticket } from './leases.js';
 import { activitySessionsFor, runtimeFor } from './registry.js';
 import type { SessionInfo, TollgateRuntime } from './runtime.js';
@@ -93,6 +99,28 @@ type OwnedServer = ServerLike & { [OWNER]?: ToolCallTracer };
 const WRAPPED_METHODS = ['tools/call', 'initialize'] as const;
 
 const sessions = new WeakMap<ServerLike, SessionInfo>();
+
+/** The `McpServer` that owns a `Server` (when Tollgate saw it): it knows which tools exist. */
+const mcpServers = new WeakMap<ServerLike, McpServerLike>();
+
+/** Remembers `mcp` as the owner of its `Server` (it registers that server's `tools/call`). */
+export function linkMcpServer(mcp: McpServerLike | undefined): void {
+  const server = mcp?.server;
+  if (server && typeof server === 'object') mcpServers.set(server, mcp);
+}
+
+/**
+ * Whether `tool` is one the server would run: false for a name its `McpServer` has no tool of, or a disabled
+ * one, which the SDK answers with an error without running anything (`Tool x not found` / `disabled`). Such a
+ * call is no tool call: no span, no lease, nothing billed or counted toward a limit. True when the server is
+ * not an `McpServer` Tollgate saw (a low-level `Server` with a handler of its own decides for itself).
+ */
+function toolRuns(server: ServerLike, tool: string | undefined): boolean {
+  const tools = mcpServers.get(server)?._registeredTools;
+  if (!tools || typeof tools !== 'object' || tool === undefined) return true;
+  const t = Object.hasOwn(tools, tool) ? tools[tool] : undefined;
+  return t !== undefined && t.enabled !== false;
+}
 
 /** Transports whose connection is the session (rule 2 of the billing session): one id per connection. */
 function isConnectionTransport(kind: McpTransport): boolean {
@@ -581,6 +609,9 @@ export class ToolCallTracer {
     request: JsonRpcRequestLike,
     extra: RequestExtraLike,
   ): unknown {
+    const name = request.params?.name;
+    if (!toolRuns(server, typeof name === 'string' ? name : undefined))
+      return original.call(thisArg, request, extra);
     const s = sessionOf(server, extra);
     const meta = metaOf(request, extra);
     const info = this.requestInfo(

@@ -393,6 +393,27 @@ describe('a dead instance', () => {
   });
 });
 
+describe('calls of a tool the server does not have', () => {
+  it('2.4 stdio: take nothing from the lease and count toward no limit; 10 real calls of 10/day still run', async () => {
+    const customer = 'typo-co';
+    const ran = join(dir, `${customer}.ran`);
+    const conn = await connect('2.4', 'stdio', customer, ran);
+    try {
+      const typos = await Promise.allSettled(Array.from({ length: 12 }, () => conn.call('ehco')));
+      for (const t of typos) {
+        expect(t.status).toBe('rejected');
+        expect((t as PromiseRejectedResult).reason).toMatchObject({ code: -32602 });
+      }
+      const r = await burst(conn, 12, 0);
+      expect(r.ok).toBe(10);
+      expect(ranCount(ran)).toBe(10);
+      expect(await billed(customer, 10)).toEqual({ billed: 10 });
+    } finally {
+      await conn.close();
+    }
+  });
+});
+
 describe('a session that ends', () => {
   it('2.4 stdio, by the end of its input: its lease goes back as it exits, so the next session has the rest of the limit at once', async () => {
     const customer = 'serial-co';
