@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -6,7 +5,7 @@ import { freePort } from '../src/redis/private-redis.js';
 import { REPLAY_CRASHES_TO_SET_ASIDE, ReplayGuard, Spool } from '../src/spool/spool.js';
 import { readMetrics, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
-import { CLI } from './support/process.js';
+import { spawnServer } from './support/process.js';
 
 /**
  * A spool record whose reading kills the process (an abort no handler catches: V8 out of memory, a crash in
@@ -24,34 +23,17 @@ afterAll(() => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
 
-function start(dataDir: string, preload: string, otlpPort: number, apiPort: number) {
-  const child = spawn(
-    process.execPath,
-    [
-      '--require',
-      preload,
-      CLI,
-      'start',
-      '--data-dir',
-      dataDir,
-      '--otlp-port',
-      String(otlpPort),
-      '--api-port',
-      String(apiPort),
-      '--log-level',
-      'warn',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  children.push(child);
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => {
-    stderr += d.toString();
+async function start(dataDir: string, preload: string, otlpPort: number, apiPort: number) {
+  const server = await spawnServer(['--data-dir', dataDir], {
+    nodeArgs: ['--require', preload],
+    otlpPort,
+    apiPort,
   });
+  children.push(server.child);
   const exited = new Promise<NodeJS.Signals | number | null>((r) =>
-    child.once('exit', (code, signal) => r(signal ?? code)),
+    server.child.once('exit', (code, signal) => r(signal ?? code)),
   );
-  return { child, exited, stderr: () => stderr };
+  return { ...server, exited };
 }
 
 describe('a spool record whose replay kills the process', () => {
@@ -91,11 +73,11 @@ JSON.parse = function (text, reviver) {
     const apiPort = await freePort();
     // each start dies in the poisonous record
     for (let i = 0; i < REPLAY_CRASHES_TO_SET_ASIDE; i++) {
-      const run = start(dataDir, preload, otlpPort, apiPort);
+      const run = await start(dataDir, preload, otlpPort, apiPort);
       expect(await run.exited).toBe('SIGKILL');
     }
     // the next start sets it aside, stays up, and lands the record after it
-    const run = start(dataDir, preload, otlpPort, apiPort);
+    const run = await start(dataDir, preload, otlpPort, apiPort);
     const apiUrl = `http://127.0.0.1:${apiPort}`;
     const deadline = Date.now() + 60_000;
     let landed = 0;

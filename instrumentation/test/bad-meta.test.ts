@@ -3,6 +3,7 @@ import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as z from 'zod/v4';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
+import { callStateless, envelope2026 } from './support/mcp.js';
 
 /**
  * Hostile or broken `_meta` from clients, on a real 2.x server: the stateless 2026-07-28 path through the
@@ -31,34 +32,10 @@ function build(): McpServer {
 
 const handler = createMcpHandler(build);
 
-const ENVELOPE = {
-  'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-  'io.modelcontextprotocol/clientCapabilities': {},
-  'io.modelcontextprotocol/clientInfo': { name: 'meta-agent', version: '1.0.0' },
-};
+const ENVELOPE = envelope2026('meta-agent');
 
-let nextId = 1;
-async function call2026(meta: Record<string, unknown>, authorization?: string) {
-  const res = await handler.fetch(
-    new Request('http://127.0.0.1/mcp', {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'echo',
-        ...(authorization ? { authorization } : {}),
-      },
-      body: JSON.stringify({
-        jsonrpc: '2.0',
-        id: nextId++,
-        method: 'tools/call',
-        params: { name: 'echo', arguments: { text: 'ok' }, _meta: meta },
-      }),
-    }),
-  );
-  return { status: res.status, body: (await res.json()) as { result?: { content: unknown[] } } };
+function call2026(meta: Record<string, unknown>, authorization?: string) {
+  return callStateless(handler, 'echo', { meta, headers: authorization ? { authorization } : {} });
 }
 
 async function lastSpan() {

@@ -4,6 +4,7 @@ import { REFUSAL_CODES } from '@tollgate/contracts';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as z from 'zod/v4';
 import { instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
+import { callStateless } from './support/mcp.js';
 
 /**
  * A killed customer on the stateless 2026-07-28 path (the 2.x SDK's `createMcpHandler`, a server per request):
@@ -33,37 +34,8 @@ function build(): McpServer {
 }
 
 const handler = createMcpHandler(build);
-let nextId = 1;
-
 async function call(customer: string) {
-  const res = await handler.fetch(
-    new Request('http://127.0.0.1/mcp', {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'echo',
-        'x-test-customer': customer,
-      },
-      body: JSON.stringify({
-        jsonrpc: '2.0',
-        id: nextId++,
-        method: 'tools/call',
-        params: {
-          name: 'echo',
-          arguments: { text: 'ok' },
-          _meta: {
-            'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-            'io.modelcontextprotocol/clientCapabilities': {},
-            'io.modelcontextprotocol/clientInfo': { name: 'agent', version: '1.0.0' },
-          },
-        },
-      }),
-    }),
-  );
-  return (await res.json()) as { result?: unknown; error?: { code: number } };
+  return (await callStateless(handler, 'echo', { headers: { 'x-test-customer': customer } })).body;
 }
 
 afterAll(async () => {

@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import * as z4 from 'zod/v4';
 import { flushTollgate, instrumentMcpServer, McpInstrumentation, shutdownTollgate } from '../src/index.js';
+import { callStateless } from './support/mcp.js';
 
 /**
  * A `tools/call` of a tool the server does not have (an agent's typo, a model's invention) or has disabled
@@ -113,36 +114,7 @@ describe('2.x, stateless 2026-07-28 (createMcpHandler, a server per request)', (
       });
       return s;
     });
-    let id = 1;
-    const call = async (name: string) => {
-      const res = await handler.fetch(
-        new Request('http://127.0.0.1/mcp', {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            accept: 'application/json, text/event-stream',
-            'mcp-protocol-version': '2026-07-28',
-            'mcp-method': 'tools/call',
-            'mcp-name': name,
-          },
-          body: JSON.stringify({
-            jsonrpc: '2.0',
-            id: id++,
-            method: 'tools/call',
-            params: {
-              name,
-              arguments: { text: 'ok' },
-              _meta: {
-                'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-                'io.modelcontextprotocol/clientCapabilities': {},
-                'io.modelcontextprotocol/clientInfo': { name: 'agent', version: '1.0.0' },
-              },
-            },
-          }),
-        }),
-      );
-      return JSON.parse(await res.text()) as { result?: unknown; error?: { code: number; message: string } };
-    };
+    const call = async (name: string) => (await callStateless(handler, name)).body;
     const missing = await call('ehco');
     expect(missing.error).toMatchObject({
       code: -32602,

@@ -15,13 +15,20 @@ export interface ServerProcess {
   stderr: () => string;
 }
 
-/** Runs `tollgate start` (the built CLI) as a child process and waits until /healthz answers. */
-export async function startServerProcess(args: string[]): Promise<ServerProcess> {
-  const otlpPort = await freePort();
-  const apiPort = await freePort();
+/**
+ * Runs `tollgate start` (the built CLI) as a child process on free ports (or the ones given), node flags first
+ * (a `--require` preload, say), without waiting for it.
+ */
+export async function spawnServer(
+  args: string[],
+  o: { nodeArgs?: string[]; otlpPort?: number; apiPort?: number } = {},
+): Promise<ServerProcess> {
+  const otlpPort = o.otlpPort ?? (await freePort());
+  const apiPort = o.apiPort ?? (await freePort());
   const child = spawn(
     process.execPath,
     [
+      ...(o.nodeArgs ?? []),
       CLI,
       'start',
       '--otlp-port',
@@ -40,19 +47,31 @@ export async function startServerProcess(args: string[]): Promise<ServerProcess>
   child.stderr?.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-20_000);
   });
-  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  return {
+    child,
+    otlpUrl: `http://127.0.0.1:${otlpPort}`,
+    apiUrl: `http://127.0.0.1:${apiPort}`,
+    stderr: () => err,
+  };
+}
+
+/** Runs `tollgate start` (the built CLI) as a child process and waits until /healthz answers. */
+export async function startServerProcess(args: string[]): Promise<ServerProcess> {
+  const server = await spawnServer(args);
+  const { child, apiUrl } = server;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`tollgate exited with ${child.exitCode}: ${err}`);
+    if (child.exitCode !== null)
+      throw new Error(`tollgate exited with ${child.exitCode}: ${server.stderr()}`);
     try {
       if ((await fetch(`${apiUrl}/healthz`)).ok) break;
     } catch {
       // not up yet
     }
-    if (Date.now() > deadline) throw new Error(`tollgate did not become healthy: ${err}`);
+    if (Date.now() > deadline) throw new Error(`tollgate did not become healthy: ${server.stderr()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { child, otlpUrl: `http://127.0.0.1:${otlpPort}`, apiUrl, stderr: () => err };
+  return server;
 }
 
 export function waitExit(child: ChildProcess): Promise<number | null> {

@@ -187,3 +187,51 @@ export async function connectHttp(
   await client.connect(transport);
   return client;
 }
+
+/** The 2026-07-28 `_meta` envelope of a request from `clientName`. */
+export function envelope2026(clientName = 'agent'): Record<string, unknown> {
+  return {
+    'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+    'io.modelcontextprotocol/clientCapabilities': {},
+    'io.modelcontextprotocol/clientInfo': { name: clientName, version: '1.0.0' },
+  };
+}
+
+let statelessId = 1;
+
+/**
+ * One stateless (2026-07-28) `tools/call` through a 2.x `createMcpHandler`'s `fetch`, as the SDK's client
+ * sends it (the `Mcp-Method` / `Mcp-Name` headers, the envelope in `_meta`): its status and JSON-RPC answer.
+ */
+export async function callStateless(
+  handler: { fetch(req: Request): Promise<Response> },
+  tool: string,
+  o: { arguments?: unknown; meta?: Record<string, unknown>; headers?: Record<string, string> } = {},
+): Promise<{
+  status: number;
+  body: {
+    result?: { content: unknown[] } & Record<string, unknown>;
+    error?: { code: number; message: string };
+  };
+}> {
+  const res = await handler.fetch(
+    new Request('http://127.0.0.1/mcp', {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        'mcp-protocol-version': '2026-07-28',
+        'mcp-method': 'tools/call',
+        'mcp-name': tool,
+        ...o.headers,
+      },
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: statelessId++,
+        method: 'tools/call',
+        params: { name: tool, arguments: o.arguments ?? { text: 'ok' }, _meta: o.meta ?? envelope2026() },
+      }),
+    }),
+  );
+  return { status: res.status, body: (await res.json()) as never };
+}
