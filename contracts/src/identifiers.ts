@@ -7,17 +7,13 @@ export const MAX_IDENTIFIER_LENGTH = 256;
  * which make an id display as another in the dashboard, a CSV or a terminal.
  */
 export const IDENTIFIER_FORBIDDEN_CLASS = '\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069';
-const CONTROL = new RegExp(`[${IDENTIFIER_FORBIDDEN_CLASS}]`);
-/** Half of a surrogate pair without its other half: not text (it cannot be written as UTF-8). */
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+/** A forbidden character, or half of a surrogate pair without its other half (not text: no UTF-8 for it). */
+const FORBIDDEN = new RegExp(
+  `[${IDENTIFIER_FORBIDDEN_CLASS}]|[\\ud800-\\udbff](?![\\udc00-\\udfff])|(?<![\\ud800-\\udbff])[\\udc00-\\udfff]`,
+);
 
 export function isValidIdentifier(value: string): boolean {
-  return (
-    value.length > 0 &&
-    value.length <= MAX_IDENTIFIER_LENGTH &&
-    !CONTROL.test(value) &&
-    !LONE_SURROGATE.test(value)
-  );
+  return value.length > 0 && value.length <= MAX_IDENTIFIER_LENGTH && !FORBIDDEN.test(value);
 }
 
 /** Longest free text we keep from a span (`error.type`, `mcp.protocol.version`); longer text is cut there. */
