@@ -127,6 +127,21 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     // parameters are validated: without a valid key the answer is 401, never a 400 that describes the schema.
     api.addHook('preValidation', async (req) => {
       if (req.routeOptions.schema?.security) keyring.authenticate(req);
+      // A whole-number parameter is written in decimal digits: ajv's coercion (Number()) would read
+      // `limit=0x10` as 16, `1e3` as 1000 and `limit=` as 0.
+      const props = (
+        req.routeOptions.schema?.querystring as { properties?: Record<string, { type?: unknown }> }
+      )?.properties;
+      if (props) {
+        for (const [name, value] of Object.entries((req.query ?? {}) as Record<string, unknown>)) {
+          if (props[name]?.type === 'integer' && (typeof value !== 'string' || !/^-?\d+$/.test(value))) {
+            throw new ApiError(
+              'API_BAD_REQUEST',
+              `querystring/${name} must be a whole number in decimal digits`,
+            );
+          }
+        }
+      }
     });
     api.get(
       '/healthz',

@@ -492,6 +492,12 @@ describe('injection strings through every parameter', () => {
       ['/analytics/mcp/summary?period=2026-11&from=2026-11-01', /period or from/],
       ['/analytics/mcp/revenue/by-tool?limit=0', /limit/],
       ['/analytics/mcp/revenue/by-tool?limit=10001', /limit/],
+      // decimal digits only: no hex, exponent, blank or repeated value read as a number
+      ['/analytics/mcp/revenue/by-tool?limit=0x10', /limit must be a whole number/],
+      ['/analytics/mcp/revenue/by-tool?limit=1e3', /limit must be a whole number/],
+      ['/analytics/mcp/revenue/by-tool?limit=%20', /limit must be a whole number/],
+      ['/analytics/mcp/revenue/by-tool?offset=1.0', /offset must be a whole number/],
+      ['/analytics/mcp/revenue/by-tool?limit=5&limit=6', /limit must be a whole number/],
       ['/analytics/mcp/revenue/by-tool?customr=acme', /additional properties: customr$/],
       ['/analytics/mcp/by-agent?bucket=hour&from=2026-01-01&to=2026-02-01', /7 days/],
       ['/analytics/mcp/enforcement-events?action=explode', /action/],
