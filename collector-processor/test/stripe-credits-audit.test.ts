@@ -438,6 +438,21 @@ describe('the audit', () => {
     // three syncs and three audits: 22 s in CI alone, past the default 60 s beside two busy loops
   }, 180_000);
 
+  it('a mapping whose product no plan prices is refused before anything is read or pushed', async () => {
+    const fake = await newFake();
+    const config = bed.configFor(fake, mappingOf('day').replace('product: demo-mcp', 'product: weather-mcp'));
+    for (const dryRun of [true, false]) {
+      await expect(
+        runStripeSync(config, bed.ledgerDir(), deps, quiet, { periods: PERIODS, nowMs: NOW, dryRun }),
+      ).rejects.toMatchObject({
+        code: 'STRIPE_MAPPING_INVALID',
+        message: expect.stringContaining('weather-mcp is not a product of the rate-plan file'),
+      });
+    }
+    expect(posts(fake)).toHaveLength(0);
+    await fake.close();
+  });
+
   it('a period pushed both by day and as a whole (two data directories, two mappings) stops its customer', async () => {
     const fake = await newFake();
     const dirA = bed.ledgerDir();

@@ -85,6 +85,14 @@ export async function runStripeSync(
   const s = config.settings;
   const dryRun = o.dryRun ?? false;
   const mapping = checkRunnable(config, dryRun);
+  // the config loader has no plans to check the product against; a product no plan prices would be read as
+  // no usage at all, and every run would "reconcile" nothing in silence
+  if (!deps.pricing.planFor(mapping.product, '')) {
+    throw new StripeSyncError(
+      'STRIPE_MAPPING_INVALID',
+      `stripe.product: ${mapping.product} is not a product of the rate-plan file`,
+    );
+  }
   const secretKey = String(s['stripe.secretKey']);
   const gateway =
     o.gateway ??
