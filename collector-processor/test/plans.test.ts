@@ -129,6 +129,20 @@ products:
     ).toBe((1n << 63n) - 1n);
   });
 
+  it("a plan's own problem is reported once, not again under each customer that overrides the plan", () => {
+    const problems = problemsOf(`currency: USD
+products:
+  p:
+    defaultPlan: a
+    plans:
+      a: { bogus: 1, tools: { "*": { price: { perCall: "1" } } } }
+    customers:
+      c1: { overrides: { freeCallsPerMonth: "5" } }
+      c2: { overrides: { freeCallsPerMonth: "6" } }
+`);
+    expect(problems).toEqual([expect.stringMatching(/^products\.p\.plans\.a: Unrecognized key: "bogus"/)]);
+  });
+
   it('validates customer overrides against the plan schema', () => {
     const problems = problemsOf(`currency: USD
 products:

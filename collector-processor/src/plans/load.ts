@@ -199,6 +199,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
         problems.push(`${pathText([...at, 'plan'])}: no plan named "${planId}"${lineOf([...at, 'plan'])}`);
         continue;
       }
+      // a plan that failed is reported once, at the plan: not again under every customer that overrides it
+      if (!compiled.has(planId)) continue;
       if (!c.overrides) {
         const shared = compiled.get(planId);
         if (shared) byCustomer.set(`${product}\0${customer}`, shared);
