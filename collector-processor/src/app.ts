@@ -23,6 +23,7 @@ import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
+import { stallAwareCommandTimeout } from './redis/stall-aware.js';
 import { removeRunningRecord, writeRunningRecord } from './running.js';
 import { Spool } from './spool/spool.js';
 import {
@@ -175,6 +176,8 @@ async function connectRedis(
     }
     redis = new Redis(url, common);
   }
+  // a command's timeout counts Redis's lateness, not this process's own stalls (see stall-aware.ts)
+  stallAwareCommandTimeout(redis);
   redis.on('error', () => {}); // state changes are logged by the pipeline, not per reconnect attempt
   defineClaim(redis);
   await new Promise<void>((res) => {
