@@ -123,9 +123,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   if (full) registerOpenApi(app);
   // Routes live in a plugin registered after the OpenAPI plugin, so its onRoute hook sees every one.
   app.register(async (api) => {
-    // Every route that takes a key (its schema names the `apiKey` security) authenticates before its
-    // parameters are validated: without a valid key the answer is 401, never a 400 that describes the schema.
-    api.addHook('preValidation', async (req) => {
+    // Every route that takes a key (its schema names the `apiKey` security) authenticates before its body is
+    // read and its parameters are validated: without a valid key the answer is 401, never a 400 that
+    // describes the schema or the body.
+    api.addHook('onRequest', async (req) => {
       if (req.routeOptions.schema?.security) keyring.authenticate(req);
       // A whole-number parameter is written in decimal digits: ajv's coercion (Number()) would read
       // `limit=0x10` as 16, `1e3` as 1000 and `limit=` as 0.

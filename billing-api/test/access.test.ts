@@ -113,6 +113,16 @@ describe('tenants and customer keys', () => {
           ...(method === 'post' ? { body: { no_such_field: true } } : {}),
         });
         expect([400, 403, 404], `${method} ${url} with a key`).toContain(keyed.status);
+        if (method === 'post') {
+          // a body that is not JSON: still 401 without a key (the body is not read)
+          const res = await app.inject({
+            method: 'POST',
+            url,
+            headers: { 'content-type': 'application/json' },
+            payload: '{"not json',
+          });
+          expect(res.statusCode, `${url} malformed body, no key`).toBe(401);
+        }
       }
     }
     expect(secured).toBeGreaterThanOrEqual(15);

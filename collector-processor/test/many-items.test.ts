@@ -1,7 +1,7 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_JSON_CONTAINERS, MAX_SPANS_PER_EXPORT } from '../src/otlp/decoded.js';
-import { MAX_EVENTS_PER_REQUEST } from '../src/receiver/server.js';
+import { MAX_EVENTS_PER_REQUEST, MAX_PROBLEM_LINES } from '../src/receiver/server.js';
 import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate } from './support/harness.js';
 
 /**
@@ -116,6 +116,22 @@ describe('a request that holds too many items gets 413 TG_TOO_MANY_ITEMS, and th
     const r2 = await post('/v1/ingest/batch', bomb, 'application/json', true);
     expect(r2.status).toBe(413);
     expect(JSON.parse(r2.text).error.code).toBe('TG_TOO_MANY_ITEMS');
+    // the answer is bounded: the first 1,000 refused events are listed, all are counted, and an id is
+    // echoed only when it is a short string (one nested thousands of arrays deep used to fail the answer)
+    const deep = `${'['.repeat(50_000)}"x"${']'.repeat(50_000)}`;
+    const refused = Array.from({ length: 4_999 }, (_, i) => ({ id: `e-${i}`.repeat(100) }));
+    const body5 = `[{"id":${deep}},${JSON.stringify(refused).slice(1)}`;
+    const r5 = await post('/v1/ingest/batch', Buffer.from(body5), 'application/json', false);
+    expect(r5.status).toBe(200);
+    const answer5 = JSON.parse(r5.text) as {
+      rejected: { index: number; id?: unknown }[];
+      rejectedCount: number;
+    };
+    expect(answer5.rejectedCount).toBe(5_000);
+    expect(answer5.rejected).toHaveLength(MAX_PROBLEM_LINES);
+    expect(answer5.rejected[0]).not.toHaveProperty('id');
+    expect(answer5.rejected.filter((p) => p.id !== undefined)).toEqual([]); // 500+ characters: not echoed
+    expect(r5.text.length).toBeLessThan(1_000_000);
     // an empty event is malformed (invalid_event), not another metric
     const r3 = await post('/v1/ingest/events', Buffer.from('[{}]'), 'application/json', false);
     expect(r3.status).toBe(200);

@@ -199,19 +199,17 @@ async function refusals413(): Promise<number> {
 
 describe('the API answers a large body with 413 before and after authentication', () => {
   it.each([
-    ['with an admin key', API_KEY],
-    ['without a key', ''],
-  ])('2 MB POST /billing/plans/quote %s → a status, not a reset', async (_name, key) => {
+    ['with an admin key', API_KEY, 413, 'API_BODY_TOO_LARGE'],
+    ['without a key', '', 401, 'API_UNAUTHORIZED'],
+  ])('2 MB POST /billing/plans/quote %s → a status, not a reset', async (_name, key, status, code) => {
     const r = await rawPost(`${tg.apiUrl}/billing/plans/quote`, 2_000_000, {
       'content-type': 'application/json',
       ...(key ? { authorization: `Bearer ${key}` } : {}),
     });
     expect(r.error).toBeUndefined();
-    // The body limit holds for every caller; a key is checked once a body is in hand.
-    expect(r.status).toBe(413);
-    expect(JSON.parse(r.body as string)).toEqual({
-      error: { code: 'API_BODY_TOO_LARGE', message: expect.any(String) },
-    });
+    // The key is checked first (before the body is read); the body limit then holds for every caller.
+    expect(r.status).toBe(status);
+    expect(JSON.parse(r.body as string)).toEqual({ error: { code, message: expect.any(String) } });
     expect(r.headers?.connection).toBe('close');
   });
 });

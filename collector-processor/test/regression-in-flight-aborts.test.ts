@@ -139,6 +139,31 @@ describe('in-flight slots of exports whose client hung up', () => {
     expect(await inFlight()).toBe(0);
   });
 
+  it('clients that send whole exports and never read their answers hold no slot once each is answered', async () => {
+    const u = new URL(tg.otlpUrl as string);
+    const sockets: Socket[] = [];
+    try {
+      for (let i = 0; i < 4 * MAX_IN_FLIGHT; i++) {
+        const body = JSON.stringify(
+          exportOf([toolSpan({ customer: 'never-reads', spanId: randomBytes(8).toString('hex') })]),
+        );
+        const socket = connect(Number(u.port), u.hostname);
+        socket.on('error', () => {});
+        await new Promise((r) => socket.once('connect', r));
+        socket.pause(); // never reads
+        socket.write(
+          `POST /v1/traces HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${OTHER_KEY}\r\n` +
+            `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+        sockets.push(socket);
+      }
+      await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 10_000, interval: 100 });
+      for (let i = 0; i < 3; i++) expect(await exportOne(`beside-unread-${i}`)).toBe(200);
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+  });
+
   it('and answered exports give theirs back too (keep-alive connections included)', async () => {
     for (let i = 0; i < 3 * MAX_IN_FLIGHT; i++) expect(await exportOne('answered')).toBe(200);
     await vi.waitFor(async () => expect(await inFlight()).toBe(0), { timeout: 5_000, interval: 50 });

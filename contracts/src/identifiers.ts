@@ -3,10 +3,12 @@ export const MAX_IDENTIFIER_LENGTH = 256;
 
 /**
  * What an identifier may not hold, as a JSON-schema pattern's class and as a RegExp: control characters (C0,
- * DEL, C1: U+0080–U+009F are controls too) and the bidirectional controls (U+202A–U+202E, U+2066–U+2069),
- * which make an id display as another in the dashboard, a CSV or a terminal.
+ * DEL, C1: U+0080–U+009F are controls too) and Unicode's bidirectional controls (Bidi_Control: U+061C,
+ * U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), which make an id display as another in the dashboard, a
+ * CSV or a terminal.
  */
-export const IDENTIFIER_FORBIDDEN_CLASS = '\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069';
+export const IDENTIFIER_FORBIDDEN_CLASS =
+  '\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069';
 /** A forbidden character, or half of a surrogate pair without its other half (not text: no UTF-8 for it). */
 const FORBIDDEN = new RegExp(
   `[${IDENTIFIER_FORBIDDEN_CLASS}]|[\\ud800-\\udbff](?![\\udc00-\\udfff])|(?<![\\ud800-\\udbff])[\\udc00-\\udfff]`,

@@ -3,6 +3,7 @@ import { gunzip } from 'node:zlib';
 import { drainRequest, edgeClientErrorHandler, edgeServerFactory } from '@tollgate/billing-api';
 import {
   type Directive,
+  MAX_IDENTIFIER_LENGTH,
   REJECT_REASONS,
   type ToolCall,
   toolCallFromUsageEvent,
@@ -33,6 +34,17 @@ import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
 const gunzipAsync = promisify(gunzip);
 /** How long a request may take to arrive, head and body (Node answers 408 past it). */
 const REQUEST_TIMEOUT_MS = 120_000;
+/** A socket with no traffic either way for this long is closed (longer than any keep-alive wait). */
+const SOCKET_IDLE_TIMEOUT_MS = 120_000;
+/** Refused events listed in an answer (the rest are counted in `rejectedCount`). */
+export const MAX_PROBLEM_LINES = 1_000;
+/** A refused event's schema problems are cut to this many characters. */
+const MAX_PROBLEM_MESSAGE = 1_000;
+
+function boundedMessage(text: string): string {
+  return text.length <= MAX_PROBLEM_MESSAGE ? text : `${text.slice(0, MAX_PROBLEM_MESSAGE - 1)}…`;
+}
+
 /** Usage events one request may carry (each gets a line of the answer when refused). */
 export const MAX_EVENTS_PER_REQUEST = 100_000;
 /** Gzip'd bodies inflated and read at once, at most (each up to `otlp.maxDecompressedBytes` in memory). */
@@ -76,8 +88,6 @@ declare module 'fastify' {
 }
 
 interface InFlightSlot {
-  answered: boolean;
-  closed: boolean;
   released: boolean;
 }
 
@@ -116,6 +126,9 @@ export function buildReceiver(
     // a request (head and body) must arrive within this (408 and the connection closed): a socket that
     // never finishes its body does not stay open for ever (Node checks every 30 s)
     requestTimeout: REQUEST_TIMEOUT_MS,
+    // a socket with nothing sent or read for this long is closed: one whose client never reads its answers
+    // does not keep them in memory for ever
+    connectionTimeout: SOCKET_IDLE_TIMEOUT_MS,
     // What the router refuses before any route (a malformed percent-escape) answers in the catalogue shape.
     frameworkErrors: (_error: FastifyError, _req: FastifyRequest, reply: FastifyReply) =>
       reply
@@ -236,28 +249,25 @@ export function buildReceiver(
     reply.raw.once('close', uploaded);
     req.tollgateIdentity = identity;
   });
-  app.addHook('preHandler', async (req, reply) => {
+  app.addHook('preHandler', async (req) => {
     if (!req.tollgateIdentity) return;
     if (inFlight >= opts.maxInFlight)
       throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
-    admit(req, reply);
+    admit(req);
   });
-  // An admitted export holds its slot until it is answered (the handler is done with it) and its response
-  // has closed: finished, or its connection dropped. Not fastify's onResponse, which runs only for a
-  // response that finishes: a client that hung up mid-upload or before its answer (an exporter's timeout)
-  // kept its slot for the life of the process, and after maxInFlight of them every export got 429.
-  function admit(req: FastifyRequest, reply: FastifyReply): void {
-    const slot: InFlightSlot = { answered: false, closed: false, released: false };
-    req.tollgateSlot = slot;
+  // An admitted export holds its slot until it is answered: the handler is done with it. Not until its
+  // response has been read: a client that never reads its answers (64 sockets of one key) held every slot,
+  // and every other tenant got 429, for as long as it kept them open. Not fastify's onResponse either,
+  // which runs only for a response that finishes: a client that hung up before its answer kept its slot for
+  // the life of the process. An unread answer stays in its socket's buffer (answers are bounded) until the
+  // socket's idle timeout closes it.
+  function admit(req: FastifyRequest): void {
+    req.tollgateSlot = { released: false };
     inFlight++;
     metrics.inFlight.set(inFlight);
-    reply.raw.once('close', () => {
-      slot.closed = true;
-      releaseIfDone(slot);
-    });
   }
-  function releaseIfDone(slot: InFlightSlot): void {
-    if (!slot.answered || !slot.closed || slot.released) return;
+  function release(slot: InFlightSlot): void {
+    if (slot.released) return;
     slot.released = true;
     inFlight--;
     metrics.inFlight.set(inFlight);
@@ -266,12 +276,7 @@ export function buildReceiver(
     // While closing, every response ends its connection: a keep-alive socket that turns idle after
     // close() began would otherwise hold the shutdown until keepAliveTimeout.
     if (closing) reply.header('connection', 'close');
-    const slot = req.tollgateSlot;
-    if (slot) {
-      slot.answered = true;
-      // a connection that dropped before the answer has already closed: release now
-      releaseIfDone(slot);
-    }
+    if (req.tollgateSlot) release(req.tollgateSlot);
     return payload;
   });
 
@@ -414,7 +419,10 @@ export function buildReceiver(
     const xo = extractOptions(opts, identity.defaultCustomer, receivedAtMs);
     events.forEach((raw, index) => {
       const parsed = UsageEventSchema.safeParse(raw);
-      const id = typeof raw === 'object' && raw !== null ? (raw as { id?: unknown }).id : undefined;
+      // echoed only as sent in the schema's shape (a short string): a 600-character id per refused event, or
+      // one nested 100,000 arrays deep, made the answer itself the attack
+      const rawId = typeof raw === 'object' && raw !== null ? (raw as { id?: unknown }).id : undefined;
+      const id = typeof rawId === 'string' && rawId.length <= MAX_IDENTIFIER_LENGTH ? rawId : undefined;
       if (!parsed.success) {
         // another metric than ours is not ours to meter; an event without one is malformed like any other
         const metric =
@@ -428,9 +436,12 @@ export function buildReceiver(
           index,
           id,
           reason,
-          message: parsed.error.issues
-            .map((i) => `${i.path.join('.') || '(event)'}: ${i.message}`)
-            .join('; '),
+          message: boundedMessage(
+            parsed.error.issues
+              .slice(0, 10)
+              .map((i) => `${i.path.slice(0, 4).join('.') || '(event)'}: ${i.message}`)
+              .join('; '),
+          ),
         });
         return;
       }
@@ -474,7 +485,9 @@ export function buildReceiver(
     return reply.code(200).send({
       accepted: result.accepted,
       duplicates: result.duplicates,
-      rejected: problems,
+      // the first MAX_PROBLEM_LINES refused events, in request order; their number is rejectedCount
+      rejected: problems.length > MAX_PROBLEM_LINES ? problems.slice(0, MAX_PROBLEM_LINES) : problems,
+      rejectedCount: problems.length,
       directives: result.directives,
     });
   }

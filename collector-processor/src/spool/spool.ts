@@ -391,7 +391,7 @@ export class Spool {
 }
 
 /** Starts that died while replaying the same record, after which the record is set aside. */
-export const REPLAY_CRASHES_TO_SET_ASIDE = 2;
+export const REPLAY_CRASHES_TO_SET_ASIDE = 3;
 
 /**
  * Deaths of the process during a record's replay, counted in a small file beside the segments (written before
