@@ -3,7 +3,7 @@ import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import { decodeJsonExport } from '../src/otlp/decode-json.js';
 import { decodeProtobufExport } from '../src/otlp/decode-protobuf.js';
-import { DecodeError } from '../src/otlp/decoded.js';
+import { DecodeError, MAX_ATTRIBUTES } from '../src/otlp/decoded.js';
 import { ProtoRequest, ProtoSpan, Reader } from '../src/otlp/proto.js';
 
 const { Writer } = protobuf;
@@ -164,6 +164,46 @@ describe('Kong-shaped spans', () => {
       kind: 'call',
       call: { ok: false, errorType: '502' },
     });
+  });
+});
+
+describe('attributes per span and per resource', () => {
+  const withAttributes = (n: number, on: 'span' | 'resource') => {
+    const doc = kongExport();
+    const rs = doc.resourceSpans[0]!;
+    const extra = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, value: { stringValue: 'v' } }));
+    if (on === 'span') rs.scopeSpans[0]!.spans[0]!.attributes.push(...extra);
+    else rs.resource.attributes.push(...extra);
+    return doc;
+  };
+  const kongAttributes = kongExport().resourceSpans[0]!.scopeSpans[0]!.spans[0]!.attributes.length;
+
+  it(`a span of more than ${MAX_ATTRIBUTES} attributes is malformed (its siblings are kept); at the bound it is read`, () => {
+    const at = withAttributes(MAX_ATTRIBUTES - kongAttributes, 'span');
+    const over = withAttributes(MAX_ATTRIBUTES - kongAttributes + 1, 'span');
+    const pb = (doc: unknown) =>
+      decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc as never)).finish());
+    expect([pb(at).spans.length, pb(at).malformed]).toEqual([1, 0]);
+    expect([pb(over).spans.length, pb(over).malformed]).toEqual([0, 1]);
+    const json = (doc: ReturnType<typeof kongExport>) => {
+      const d = structuredClone(doc) as unknown as {
+        resourceSpans: { scopeSpans: { spans: Record<string, unknown>[] }[] }[];
+      };
+      for (const sp of d.resourceSpans[0]!.scopeSpans[0]!.spans) {
+        sp.traceId = Buffer.from(sp.traceId as Uint8Array).toString('hex');
+        sp.spanId = Buffer.from(sp.spanId as Uint8Array).toString('hex');
+      }
+      return decodeJsonExport(Buffer.from(JSON.stringify(d)));
+    };
+    expect([json(at).spans.length, json(at).malformed]).toEqual([1, 0]);
+    expect([json(over).spans.length, json(over).malformed]).toEqual([0, 1]);
+  });
+
+  it(`a resource of more than ${MAX_ATTRIBUTES} attributes fails its export`, () => {
+    const over = withAttributes(MAX_ATTRIBUTES + 1, 'resource');
+    expect(() => decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(over)).finish())).toThrow(
+      DecodeError,
+    );
   });
 });
 

@@ -132,6 +132,26 @@ describe('a request that holds too many items gets 413 TG_TOO_MANY_ITEMS, and th
     expect(answer5.rejected[0]).not.toHaveProperty('id');
     expect(answer5.rejected.filter((p) => p.id !== undefined)).toEqual([]); // 500+ characters: not echoed
     expect(r5.text.length).toBeLessThan(1_000_000);
+    // an event with a million metadata keys (the schema took seconds of the main thread over one) is refused
+    // unread, and the valid event beside it is accepted
+    const keys = Array.from({ length: 1_000_000 }, (_, i) => `"k${i}":1`).join(',');
+    const good = {
+      id: `good-${Date.now()}`,
+      customerId: 'acme',
+      timestamp: new Date().toISOString(),
+      metricName: 'mcp.tool_call',
+      toolName: 'search_docs',
+      executionDurationMs: 5,
+    };
+    const body6 = `[{"id":"wide","metadata":{${keys}}},${JSON.stringify(good)}]`;
+    const r6 = await post('/v1/ingest/batch', Buffer.from(body6), 'application/json', true);
+    expect(r6.status).toBe(200);
+    expect(JSON.parse(r6.text)).toMatchObject({
+      accepted: 1,
+      rejected: [
+        { index: 0, id: 'wide', reason: 'invalid_event', message: '(event): metadata: more than 256 keys' },
+      ],
+    });
     // an empty event is malformed (invalid_event), not another metric
     const r3 = await post('/v1/ingest/events', Buffer.from('[{}]'), 'application/json', false);
     expect(r3.status).toBe(200);

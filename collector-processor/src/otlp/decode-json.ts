@@ -3,6 +3,7 @@ import {
   checkJsonContainers,
   type DecodedExport,
   DecodeError,
+  MAX_ATTRIBUTES,
   MAX_SPANS_PER_EXPORT,
   tooManySpans,
 } from './decoded.js';
@@ -74,6 +75,7 @@ function attributes(v: unknown): Attributes {
   const out: Attributes = {};
   if (v === undefined || v === null) return out;
   if (!Array.isArray(v)) throw new SpanError('attributes is not an array');
+  if (v.length > MAX_ATTRIBUTES) throw new SpanError(`more than ${MAX_ATTRIBUTES} attributes`);
   for (const kv of v) {
     if (!isObj(kv) || typeof kv.key !== 'string') throw new SpanError('attribute without a string key');
     out[kv.key] = kv.value === undefined || kv.value === null ? null : anyValue(kv.value);

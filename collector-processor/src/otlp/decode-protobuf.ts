@@ -17,6 +17,7 @@ import {
 import {
   type DecodedExport,
   DecodeError,
+  MAX_ATTRIBUTES,
   MAX_SPANS_PER_EXPORT,
   TooManyItemsError,
   tooManySpans,
@@ -277,10 +278,13 @@ function readKeyValue(r: R, into: Attributes): void {
 function readAttributesOnly(bytes: Uint8Array, attributeTag: number): Attributes {
   const out: Attributes = {};
   const r = Reader.create(bytes);
+  let n = 0;
   while (r.pos < r.len) {
     const tag = r.uint32();
-    if (tag === attributeTag) readKeyValue(r, out);
-    else r.skipType(tag & 7);
+    if (tag === attributeTag) {
+      if (++n > MAX_ATTRIBUTES) throw new Error(`more than ${MAX_ATTRIBUTES} attributes`);
+      readKeyValue(r, out);
+    } else r.skipType(tag & 7);
   }
   return out;
 }
@@ -307,6 +311,7 @@ function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
     resource,
     scopeName,
   };
+  let attributes = 0;
   while (r.pos < r.len) {
     const tag = r.uint32();
     switch (tag) {
@@ -333,6 +338,7 @@ function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
         span.endUnixUs = readNanosAsMicros(r);
         break;
       case SPAN_ATTRIBUTE:
+        if (++attributes > MAX_ATTRIBUTES) throw new RangeError(`more than ${MAX_ATTRIBUTES} attributes`);
         readKeyValue(r, span.attributes);
         break;
       case SPAN_STATUS: {

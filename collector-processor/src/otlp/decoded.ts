@@ -24,6 +24,12 @@ export class TooManyItemsError extends DecodeError {
   override readonly name = 'TooManyItemsError';
 }
 
+/**
+ * Attributes one span (or one resource) may carry: OTel SDKs keep 128 by default. A span with more is
+ * malformed (a resource with more fails its export): one span of 1.9 million attributes held 380 MB.
+ */
+export const MAX_ATTRIBUTES = 1_024;
+
 /** Spans one export may hold (an OTel SDK batch is 512, a Collector's default batch 8,192). */
 export const MAX_SPANS_PER_EXPORT = 1_000_000;
 /**
