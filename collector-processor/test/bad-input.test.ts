@@ -528,6 +528,23 @@ describe('plain usage events', () => {
     ]);
   });
 
+  it('events the plan refuses are listed with their reason; an id twice in one request is one call and one duplicate', async () => {
+    const known = { ...ev(), customerId: 'strict-events' };
+    const unknown = { ...ev(), customerId: 'strict-events', toolName: 'launch_rockets' };
+    const res = await fetch(`${tg.otlpUrl}/v1/ingest/batch`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${STRICT_KEY}` },
+      body: JSON.stringify({ events: [unknown, known, known] }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({
+      accepted: 1,
+      duplicates: 1,
+      rejected: [{ index: 0, id: unknown.id, reason: 'unknown_tool' }],
+      rejectedCount: 1,
+    });
+  });
+
   it('a body that is not JSON → 400 with a stable code', async () => {
     const res = await fetch(`${tg.otlpUrl}/v1/ingest/events`, {
       method: 'POST',
