@@ -155,7 +155,7 @@ export class TollgateRuntime {
     // SIGKILL 2 s after SIGTERM, while an export to a Tollgate that hangs waits out its timeout): a copy of
     // what is undelivered goes to the next process first. A body that is then delivered anyway is billed
     // once (Tollgate deduplicates by trace and span id).
-    const copies = this.handOverCopy();
+    const copies = this.handOver('copy');
     void withTimeout(
       this.forceFlush().then(() => this.leases?.releaseAll()),
       EXIT_FLUSH_MS,
@@ -391,47 +391,34 @@ export class TollgateRuntime {
 
   /**
    * Writes what the exporter could not deliver (and what the batcher still holds) for the next process of
-   * this service, next to the state file (synchronous: the process is exiting). Without a state file, or
-   * with a `billingExporter` of the app's, nothing is handed over.
+   * this service, next to the state file (synchronous: the process is exiting). `take` forgets it (this
+   * process delivers nothing more); `copy` keeps it to deliver, for an exit that may be cut short: the
+   * batcher's spans move to the exporter's buffer (its `export` only buffers), so the flush that follows
+   * sends them and the copy holds them. Returns the files written. Without a state file, or with a
+   * `billingExporter` of the app's, nothing is handed over.
    */
-  handOver(): void {
-    const exp = this.exporter;
-    const file = this.o.stateFile;
-    if (!exp || !file || this.o.billingExporter) return;
-    const bodies = exp.takeUnsent(this.batcher?.takeAll() ?? []);
-    if (bodies.length === 0) return;
-    try {
-      const skipped = writeHandoff(handoffDir(file), this.instanceId, bodies);
-      this.o.logger?.warn(
-        `Tollgate unreachable at exit: ${bodies.length - skipped} export(s) of billing spans left in ` +
-          `${handoffDir(file)} for the next process of this service` +
-          (skipped ? `; ${skipped} dropped (the directory is full)` : ''),
-      );
-    } catch (err) {
-      this.o.logger?.warn(
-        `billing spans lost at exit: cannot write ${handoffDir(file)}: ${(err as Error).message}`,
-      );
-    }
-  }
-
-  /**
-   * Writes a copy of what is undelivered for the next process, keeping it to deliver: for an exit that may be
-   * cut short. The batcher's spans move to the exporter's buffer first (its `export` only buffers), so the
-   * flush that follows sends them and the copy holds them. Returns the files written.
-   */
-  private handOverCopy(): string[] {
+  handOver(mode: 'take' | 'copy' = 'take'): string[] {
     const exp = this.exporter;
     const file = this.o.stateFile;
     if (!exp || !file || this.o.billingExporter) return [];
     const held = this.batcher?.takeAll() ?? [];
-    if (held.length > 0) exp.export(held, () => {});
-    const bodies = exp.unsentBodies();
+    if (mode === 'copy' && held.length > 0) exp.export(held, () => {});
+    const bodies = mode === 'take' ? exp.takeUnsent(held) : exp.unsentBodies();
     const written: string[] = [];
     if (bodies.length === 0) return written;
     try {
-      writeHandoff(handoffDir(file), this.instanceId, bodies, written);
+      const skipped = writeHandoff(handoffDir(file), this.instanceId, bodies, written);
+      if (mode === 'take') {
+        this.o.logger?.warn(
+          `Tollgate unreachable at exit: ${bodies.length - skipped} export(s) of billing spans left in ` +
+            `${handoffDir(file)} for the next process of this service` +
+            (skipped ? `; ${skipped} dropped (the directory is full)` : ''),
+        );
+      }
     } catch (err) {
-      this.o.logger?.warn(`cannot write ${handoffDir(file)}: ${(err as Error).message}`);
+      this.o.logger?.warn(
+        `${mode === 'take' ? 'billing spans lost at exit: ' : ''}cannot write ${handoffDir(file)}: ${(err as Error).message}`,
+      );
     }
     return written;
   }
