@@ -37,8 +37,8 @@ export class ApiKeyring {
   }
 
   /**
-   * `Authorization: Bearer <key>` → the key's principal (remembered on the request: the app's preValidation
-   * hook authenticates first, so a request without a valid key is a 401 before its parameters are read).
+   * `Authorization: Bearer <key>` → the key's principal (remembered on the request: the app's onRequest hook
+   * authenticates first, so a request without a valid key is a 401 before its body or parameters are read).
    */
   authenticate(req: FastifyRequest): Principal {
     if (req.principal) return req.principal;

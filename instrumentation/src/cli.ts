@@ -12,8 +12,10 @@ import { mcpInstrumentation } from './register.js';
 import { checkInstrumentation } from './self-check.js';
 import { PACKAGE_NAME, PACKAGE_VERSION } from './version.js';
 
-async function endpointStatus(): Promise<{ ok: boolean; line: string }> {
-  const { resolved, problems } = resolveConfig({ stateFile: false, logger: false });
+/** The configuration as the environment gives it (read once: the endpoint and lease lines both use it). */
+type Checked = ReturnType<typeof resolveConfig>;
+
+async function endpointStatus({ resolved, problems }: Checked): Promise<{ ok: boolean; line: string }> {
   if (problems.length) return { ok: false, line: `configuration: ${problems.join('; ')}` };
   const exporter = resolved.runtime?.exporter;
   if (!exporter) {
@@ -38,8 +40,8 @@ async function endpointStatus(): Promise<{ ok: boolean; line: string }> {
 }
 
 /** Whether the configuration turns quota leases on (information: either way calls are billed). */
-function leaseStatus(): string {
-  const leases = resolveConfig({ stateFile: false, logger: false }).resolved.runtime?.leases;
+function leaseStatus({ resolved }: Checked): string {
+  const leases = resolved.runtime?.leases;
   return leases
     ? `quota leases: on (fail mode ${leases.failMode}, ${leases.url})`
     : `quota leases: off (${ENV.leases}=1 turns them on: zero overage on hard limits)`;
@@ -72,10 +74,11 @@ async function check(): Promise<number> {
         `patched-by-hooks=${r.hooked} billed=${r.billed} — ${r.detail}\n`,
     );
   }
-  const ep = await endpointStatus();
+  const config = resolveConfig({ stateFile: false, logger: false });
+  const ep = await endpointStatus(config);
   if (!ep.ok) ok = false;
   process.stdout.write(`${ep.ok ? 'ok  ' : 'FAIL'} ${ep.line}\n`);
-  process.stdout.write(`     ${leaseStatus()}\n`);
+  process.stdout.write(`     ${leaseStatus(config)}\n`);
   mcpInstrumentation.disable();
   return ok ? 0 : 1;
 }
