@@ -522,12 +522,12 @@ export class Pipeline {
     // catches): guarded, so a record that does so at every start is set aside instead of stopping every
     // start there. Waiting for Redis below is not guarded: a kill then says nothing about the record.
     const guard = this.spool.replayGuard;
-    if (guard && !guard.begin(rec.rid)) throw new SetAside();
+    if (!guard.begin(rec.rid)) throw new SetAside();
     let prepared: ReturnType<Pipeline['prepare']>['prepared'];
     try {
       prepared = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally()).prepared;
     } finally {
-      guard?.end(rec.rid);
+      guard.end(rec.rid);
     }
     for (let attempt = 1; ; attempt++) {
       try {

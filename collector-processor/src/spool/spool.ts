@@ -200,14 +200,15 @@ export class Spool {
   private readonly live = new Map<number, Set<string>>();
   private readonly segmentOf = new Map<string, number>();
   /** Deaths of the process during replays, per record (see ReplayGuard). */
-  declare readonly replayGuard: ReplayGuard;
+  readonly replayGuard: ReplayGuard;
 
-  private constructor(private readonly opts: SpoolOptions) {}
+  private constructor(private readonly opts: SpoolOptions) {
+    this.replayGuard = replayGuardOf(opts.dir);
+  }
 
   static async open(opts: SpoolOptions): Promise<{ spool: Spool; recovered: Recovered }> {
     mkdirSync(opts.dir, { recursive: true });
     const spool = new Spool(opts);
-    (spool as { replayGuard: ReplayGuard }).replayGuard = replayGuardOf(opts.dir);
     const recovered = spool.recover();
     spool.segment = Math.max(0, ...spool.live.keys()) + 1;
     await spool.openSegment();
