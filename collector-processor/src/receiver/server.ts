@@ -515,28 +515,34 @@ export function buildReceiver(
     });
   }
 
-  const parseJson = (req: FastifyRequest, body: Buffer): unknown => {
+  /**
+   * The JSON body of a usage-event or lease request: its content type checked before it is read, its number
+   * of objects and arrays bounded before it is parsed (as an export's), `invalid` when it is not JSON.
+   */
+  const jsonBody = async (req: FastifyRequest, what: string, invalid: ErrorCode): Promise<unknown> => {
     if (wireFormatOf(req) !== 'json')
-      throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'usage events are application/json only');
-    try {
-      checkJsonContainers(body, 'the request');
-    } catch (err) {
-      throw new TollgateError('TG_TOO_MANY_ITEMS', (err as Error).message);
-    }
-    try {
-      return JSON.parse(body.toString('utf8'));
-    } catch (err) {
-      throw new TollgateError('TG_INVALID_EVENT', `body is not valid JSON: ${(err as Error).message}`);
-    }
+      throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', `${what} are application/json only`);
+    return withBody(req, (body): unknown => {
+      try {
+        checkJsonContainers(body, 'the request');
+      } catch (err) {
+        throw new TollgateError('TG_TOO_MANY_ITEMS', (err as Error).message);
+      }
+      try {
+        return JSON.parse(body.toString('utf8'));
+      } catch (err) {
+        throw new TollgateError(invalid, `body is not valid JSON: ${(err as Error).message}`);
+      }
+    });
   };
 
   app.post('/v1/ingest/events', async (req, reply) => {
-    const doc = await withBody(req, (body) => parseJson(req, body));
+    const doc = await jsonBody(req, 'usage events', 'TG_INVALID_EVENT');
     return ingestEvents(req, reply, Array.isArray(doc) ? doc : [doc]);
   });
 
   app.post('/v1/ingest/batch', async (req, reply) => {
-    const doc = await withBody(req, (body) => parseJson(req, body));
+    const doc = await jsonBody(req, 'usage events', 'TG_INVALID_EVENT');
     const events = Array.isArray(doc) ? doc : (doc as { events?: unknown })?.events;
     if (!Array.isArray(events))
       throw new TollgateError('TG_INVALID_EVENT', 'expected {"events": [...]} or an array');
@@ -547,15 +553,7 @@ export function buildReceiver(
   if (leases) {
     // Quota leases, authenticated with the ingest key like /v1/traces (see docs/enforcement.md, "Leases").
     app.post('/v1/leases', async (req, reply) => {
-      if (wireFormatOf(req) !== 'json')
-        throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE', 'lease requests are application/json only');
-      const doc = await withBody(req, (body): unknown => {
-        try {
-          return JSON.parse(body.toString('utf8'));
-        } catch (err) {
-          throw new TollgateError('TG_LEASE_INVALID', `body is not valid JSON: ${(err as Error).message}`);
-        }
-      });
+      const doc = await jsonBody(req, 'lease requests', 'TG_LEASE_INVALID');
       const out = await leases.handle(req.tollgateIdentity as IngestIdentity, doc);
       metrics.exports.inc({ endpoint: '/v1/leases', status: '200' });
       return reply.code(200).type('application/json').send(out);
