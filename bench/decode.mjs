@@ -70,12 +70,14 @@ async function child(dist, workload) {
     }
   }
   const win = { maxSpanAgeHours: 24, maxFutureSeconds: 300 };
-  measure(() => {
+  await measure(async () => {
     let spans = 0;
     for (const body of bodies) {
-      const decoded = decodeOtlp('otlp-protobuf', body);
+      // awaited: a build's decoding is a promise since it reads large exports over several turns (plain
+      // values before; `await` takes either)
+      const decoded = await decodeOtlp('otlp-protobuf', body);
       if (workload === 'e2e')
-        selectCalls(decoded, extractOptions(win, undefined, Date.now(), []), new RejectionTally());
+        await selectCalls(decoded, extractOptions(win, undefined, Date.now(), []), new RejectionTally());
       spans += decoded.spans.length;
     }
     return spans;
@@ -86,12 +88,12 @@ async function child(dist, workload) {
  * WARMUP_ROUNDS of `round` (which returns the spans it handled), then ROUNDS measured between the MARK lines
  * the parent reads V8's GC trace by; prints the CPU µs per span of the measured rounds (and `extra()`).
  */
-function measure(round, extra = () => ({})) {
-  for (let i = 0; i < WARMUP_ROUNDS; i++) round();
+async function measure(round, extra = () => ({})) {
+  for (let i = 0; i < WARMUP_ROUNDS; i++) await round();
   let spans = 0;
   console.log('MARK start');
   const c0 = process.cpuUsage();
-  for (let i = 0; i < ROUNDS; i++) spans += round();
+  for (let i = 0; i < ROUNDS; i++) spans += await round();
   const c = process.cpuUsage(c0);
   console.log('MARK end');
   console.log(`RESULT ${JSON.stringify({ cpuUsPerSpan: (c.user + c.system) / spans, spans, ...extra() })}`);
@@ -104,7 +106,7 @@ async function e2eJobs(load, decodeOtlp, extractOptions, selectCalls, RejectionT
   const opts = extractOptions({ maxSpanAgeHours: 24, maxFutureSeconds: 300 }, undefined, Date.now(), []);
   const calls = [];
   for (const body of await protobufBatches(100, 512))
-    calls.push(...selectCalls(decodeOtlp('otlp-protobuf', body), opts, new RejectionTally()));
+    calls.push(...(await selectCalls(await decodeOtlp('otlp-protobuf', body), opts, new RejectionTally())));
   return calls.map((call) => {
     const plan = book.resolve('demo-mcp', call.customer);
     return { call, plan, rate: toolRateOf(plan, call.tool) };
@@ -117,7 +119,7 @@ async function rateChild(load, ...decoding) {
   const jobs = await e2eJobs(load, ...decoding);
   const positions = new Map(); // customer → calls counted so far (tool ordinals share it: one bench tool each)
   let sink = 0n; // printed, so the ratings are used
-  measure(
+  await measure(
     () => {
       for (const j of jobs) {
         const n = (positions.get(j.call.customer) ?? 0) + 1;
@@ -194,7 +196,7 @@ async function encodeChild(workload, load, ...decoding) {
       return rows.length;
     };
   }
-  measure(round, () => ({ bytes }));
+  await measure(round, () => ({ bytes }));
 }
 
 /** One sample: a process with V8's GC trace; CPU µs and allocated bytes per span of the measured rounds. */

@@ -8,9 +8,13 @@ import { ProtoRequest, ProtoSpan, Reader } from '../src/otlp/proto.js';
 
 const { Writer } = protobuf;
 
+import { decodeOtlp, selectCalls } from '../src/pipeline/select.js';
+import { RejectionTally } from '../src/pipeline/tally.js';
 import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
+import { Turn } from '../src/turn.js';
 import { captureServer } from './support/capture.js';
 import { emitToolCall, otelTracer } from './support/harness.js';
+import { exportOf as jsonExportOf, toolSpan } from './support/otlp-json.js';
 
 const xo = {
   sdkScopeName: SDK_SCOPE_NAME,
@@ -80,14 +84,14 @@ function checkDecoded(spans: SpanView[]) {
 
 describe('decoding bytes made by the real OTel JS exporter', () => {
   it('protobuf (exporter-trace-otlp-proto)', async () => {
-    const d = decodeProtobufExport(await captured('protobuf'));
+    const d = await decodeProtobufExport(await captured('protobuf'));
     expect(d.malformed).toBe(0);
     expect(d.instanceIds).toEqual(['inst-9']);
     checkDecoded(d.spans);
   });
 
   it('JSON (exporter-trace-otlp-http)', async () => {
-    const d = decodeJsonExport(await captured('json'));
+    const d = await decodeJsonExport(await captured('json'));
     expect(d.malformed).toBe(0);
     checkDecoded(d.spans);
   });
@@ -130,9 +134,9 @@ function kongExport() {
 }
 
 describe('Kong-shaped spans', () => {
-  it('bills the root span `kong` with double-valued numbers', () => {
+  it('bills the root span `kong` with double-valued numbers', async () => {
     const bytes = ProtoRequest.encode(ProtoRequest.fromObject(kongExport())).finish();
-    const d = decodeProtobufExport(bytes);
+    const d = await decodeProtobufExport(bytes);
     expect(d.spans).toHaveLength(1);
     const x = extractToolCall(d.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 });
     expect(x.kind).toBe('call');
@@ -148,18 +152,18 @@ describe('Kong-shaped spans', () => {
     });
   });
 
-  it('rejects fractional or negative token doubles and marks HTTP failures', () => {
+  it('rejects fractional or negative token doubles and marks HTTP failures', async () => {
     const doc = kongExport();
     const attrs = doc.resourceSpans[0]!.scopeSpans[0]!.spans[0]!.attributes;
     attrs[3] = { key: 'gen_ai.usage.input_tokens', value: { doubleValue: 1.5 } };
-    const d = decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
+    const d = await decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
     expect(extractToolCall(d.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 })).toMatchObject({
       kind: 'rejected',
       reason: 'invalid_number',
     });
     attrs[3] = { key: 'gen_ai.usage.input_tokens', value: { doubleValue: 2 } };
     attrs[0] = { key: 'http.response.status_code', value: { doubleValue: 502 } };
-    const d2 = decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
+    const d2 = await decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish());
     expect(extractToolCall(d2.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 })).toMatchObject({
       kind: 'call',
       call: { ok: false, errorType: '502' },
@@ -178,13 +182,17 @@ describe('attributes per span and per resource', () => {
   };
   const kongAttributes = kongExport().resourceSpans[0]!.scopeSpans[0]!.spans[0]!.attributes.length;
 
-  it(`a span of more than ${MAX_ATTRIBUTES} attributes is malformed (its siblings are kept); at the bound it is read`, () => {
+  it(`a span of more than ${MAX_ATTRIBUTES} attributes is malformed (its siblings are kept); at the bound it is read`, async () => {
     const at = withAttributes(MAX_ATTRIBUTES - kongAttributes, 'span');
     const over = withAttributes(MAX_ATTRIBUTES - kongAttributes + 1, 'span');
     const pb = (doc: unknown) =>
       decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc as never)).finish());
-    expect([pb(at).spans.length, pb(at).malformed]).toEqual([1, 0]);
-    expect([pb(over).spans.length, pb(over).malformed]).toEqual([0, 1]);
+    const count = async (d: Promise<{ spans: unknown[]; malformed: number }>) => {
+      const { spans, malformed } = await d;
+      return [spans.length, malformed];
+    };
+    expect(await count(pb(at))).toEqual([1, 0]);
+    expect(await count(pb(over))).toEqual([0, 1]);
     const json = (doc: ReturnType<typeof kongExport>) => {
       const d = structuredClone(doc) as unknown as {
         resourceSpans: { scopeSpans: { spans: Record<string, unknown>[] }[] }[];
@@ -195,21 +203,21 @@ describe('attributes per span and per resource', () => {
       }
       return decodeJsonExport(Buffer.from(JSON.stringify(d)));
     };
-    expect([json(at).spans.length, json(at).malformed]).toEqual([1, 0]);
-    expect([json(over).spans.length, json(over).malformed]).toEqual([0, 1]);
+    expect(await count(json(at))).toEqual([1, 0]);
+    expect(await count(json(over))).toEqual([0, 1]);
   });
 
-  it(`a resource of more than ${MAX_ATTRIBUTES} attributes fails its export`, () => {
+  it(`a resource of more than ${MAX_ATTRIBUTES} attributes fails its export`, async () => {
     const over = withAttributes(MAX_ATTRIBUTES + 1, 'resource');
-    expect(() => decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(over)).finish())).toThrow(
-      DecodeError,
-    );
+    await expect(
+      decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(over)).finish()),
+    ).rejects.toThrow(DecodeError);
   });
 });
 
 describe('identities', () => {
   const xoAt = { ...xo, nowUnixUs: 1_764_000_001_000_000 };
-  const withCustomer = (span: string | undefined, resource: string | undefined) => {
+  const withCustomer = async (span: string | undefined, resource: string | undefined) => {
     const doc = kongExport();
     const rs = doc.resourceSpans[0]!;
     const attrs = rs.scopeSpans[0]!.spans[0]!.attributes.filter((a) => a.key !== 'tollgate.customer.id');
@@ -217,36 +225,39 @@ describe('identities', () => {
     rs.scopeSpans[0]!.spans[0]!.attributes = attrs;
     if (resource !== undefined)
       rs.resource.attributes.push({ key: 'tollgate.customer.id', value: { stringValue: resource } });
-    return decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish()).spans[0]!;
+    return (await decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(doc)).finish())).spans[0]!;
   };
 
-  it("an empty customer attribute names nobody: the resource's, then the key's default customer apply", () => {
-    expect(extractToolCall(withCustomer('', 'from-resource'), xoAt)).toMatchObject({
+  it("an empty customer attribute names nobody: the resource's, then the key's default customer apply", async () => {
+    expect(extractToolCall(await withCustomer('', 'from-resource'), xoAt)).toMatchObject({
       kind: 'call',
       call: { customer: 'from-resource' },
     });
-    expect(extractToolCall(withCustomer('', ''), { ...xoAt, defaultCustomer: 'bound' })).toMatchObject({
+    expect(extractToolCall(await withCustomer('', ''), { ...xoAt, defaultCustomer: 'bound' })).toMatchObject({
       kind: 'call',
       call: { customer: 'bound' },
     });
-    expect(extractToolCall(withCustomer('', undefined), xoAt)).toMatchObject({
+    expect(extractToolCall(await withCustomer('', undefined), xoAt)).toMatchObject({
       kind: 'rejected',
       reason: 'missing_customer',
     });
   });
 
-  it('ids with C1 or bidirectional controls, or half a surrogate pair, are refused; other text is kept', () => {
+  it('ids with C1 or bidirectional controls, or half a surrogate pair, are refused; other text is kept', async () => {
     for (const bad of ['a\u0085b', 'evil\u202Etxt.exe', 'a\u2066b']) {
-      expect([bad, extractToolCall(withCustomer(bad, undefined), xoAt).kind]).toEqual([bad, 'rejected']);
+      expect([bad, extractToolCall(await withCustomer(bad, undefined), xoAt).kind]).toEqual([
+        bad,
+        'rejected',
+      ]);
     }
     // half a pair cannot come through protobuf (its UTF-8 decodes to U+FFFD); JSON's \ud800 escape can
     for (const bad of ['a\ud800', '\udc00b']) {
-      const span = withCustomer('placeholder', undefined);
+      const span = await withCustomer('placeholder', undefined);
       span.attributes['tollgate.customer.id'] = bad;
       expect([bad, extractToolCall(span, xoAt).kind]).toEqual([bad, 'rejected']);
     }
     for (const good of ['acme', 'ácme', '顧客', 'emoji-😀', 'o\u2019hara']) {
-      expect(extractToolCall(withCustomer(good, undefined), xoAt)).toMatchObject({
+      expect(extractToolCall(await withCustomer(good, undefined), xoAt)).toMatchObject({
         kind: 'call',
         call: { customer: good },
       });
@@ -255,9 +266,9 @@ describe('identities', () => {
 });
 
 describe('malformed input', () => {
-  it('truncated framing is a DecodeError; a malformed span is skipped while its sibling survives', () => {
+  it('truncated framing is a DecodeError; a malformed span is skipped while its sibling survives', async () => {
     const good = ProtoRequest.encode(ProtoRequest.fromObject(kongExport())).finish();
-    expect(() => decodeProtobufExport(good.subarray(0, good.length - 7))).toThrow(DecodeError);
+    await expect(decodeProtobufExport(good.subarray(0, good.length - 7))).rejects.toThrow(DecodeError);
     const json = JSON.stringify({
       resourceSpans: [
         {
@@ -272,14 +283,14 @@ describe('malformed input', () => {
         },
       ],
     });
-    const d = decodeJsonExport(Buffer.from(json));
+    const d = await decodeJsonExport(Buffer.from(json));
     expect(d.malformed).toBe(1);
     expect(d.spans.map((s) => s.name)).toEqual(['ok']);
-    expect(() => decodeJsonExport(Buffer.from('{"resourceSpans": 3}'))).toThrow(DecodeError);
-    expect(() => decodeJsonExport(Buffer.from('{nope'))).toThrow(DecodeError);
+    await expect(decodeJsonExport(Buffer.from('{"resourceSpans": 3}'))).rejects.toThrow(DecodeError);
+    await expect(decodeJsonExport(Buffer.from('{nope'))).rejects.toThrow(DecodeError);
   });
 
-  it('protobuf: a span whose attribute runs past its end is skipped, and its neighbours are read whole', () => {
+  it('protobuf: a span whose attribute runs past its end is skipped, and its neighbours are read whole', async () => {
     // Spans are read in place with the reader bounded to each span: the bad attribute's length (40) reaches
     // into the next span's bytes, which must not be read as part of it.
     const span = (name: string, spanId: string, attrs: [string, string][]) =>
@@ -313,19 +324,19 @@ describe('malformed input', () => {
     };
     const scopeSpans = Buffer.concat([field(2, good1), field(2, bad), field(2, good2)]);
     const body = field(1, field(2, scopeSpans));
-    const d = decodeProtobufExport(body);
+    const d = await decodeProtobufExport(body);
     expect(d.malformed).toBe(1);
     expect(d.spans.map((x) => [x.name, x.spanId, x.attributes])).toEqual([
       ['first', 'b7ad6b7169203331', { 'gen_ai.tool.name': 'a' }],
       ['second', 'b7ad6b7169203333', { 'gen_ai.tool.name': 'b', 'mcp.session.id': 's' }],
     ]);
     // a span frame longer than its scope is broken framing, not a malformed span
-    expect(() => decodeProtobufExport(field(1, field(2, field(2, good1).subarray(0, 20))))).toThrow(
+    await expect(decodeProtobufExport(field(1, field(2, field(2, good1).subarray(0, 20))))).rejects.toThrow(
       DecodeError,
     );
   });
 
-  it('protobuf: attribute keys whose hashes collide keep their own names (the key cache compares bytes)', () => {
+  it('protobuf: attribute keys whose hashes collide keep their own names (the key cache compares bytes)', async () => {
     // 'Aa' and 'BB' have the same 31-based hash; decoded twice so the second pass reads from the cache
     for (let round = 0; round < 2; round++) {
       const bytes = ProtoRequest.encode(
@@ -351,11 +362,11 @@ describe('malformed input', () => {
           ],
         }),
       ).finish();
-      expect(decodeProtobufExport(bytes).spans[0]?.attributes).toEqual({ Aa: '1', BB: '2' });
+      expect((await decodeProtobufExport(bytes)).spans[0]?.attributes).toEqual({ Aa: '1', BB: '2' });
     }
   });
 
-  it('protobuf: int64 attributes read in place give what protobufjs gives, at every length and sign', () => {
+  it('protobuf: int64 attributes read in place give what protobufjs gives, at every length and sign', async () => {
     // values at every varint length (1–10 bytes), both signs, the int64 limits and seeded random ones; each
     // read back in place and compared with protobufjs's own int64() on the same bytes
     const values: bigint[] = [
@@ -395,7 +406,7 @@ describe('malformed input', () => {
         ],
       }),
     ).finish();
-    const decoded = decodeProtobufExport(bytes);
+    const decoded = await decodeProtobufExport(bytes);
     expect(decoded.malformed).toBe(0);
     expect(decoded.spans.map((s) => s.attributes.n)).toEqual(values.map((v) => Number(v)));
     // protobufjs's reader on the same varints: int64() as a Long (high, low) or a number
@@ -407,7 +418,7 @@ describe('malformed input', () => {
     expect(decoded.spans.map((s) => s.attributes.n)).toEqual(reference);
   });
 
-  it('protobuf: a token count whose varint is cut off marks its span malformed, and its sibling is read', () => {
+  it('protobuf: a token count whose varint is cut off marks its span malformed, and its sibling is read', async () => {
     const span = (id: number, tokens: number) =>
       ProtoSpan.encode(
         ProtoSpan.fromObject({
@@ -422,7 +433,7 @@ describe('malformed input', () => {
     cut[cut.length - 1] = 0x80;
     const scope = Buffer.concat([field(2, cut), field(2, Buffer.from(span(3, 7)))]);
     const bytes = field(1, field(2, scope));
-    const decoded = decodeProtobufExport(bytes);
+    const decoded = await decodeProtobufExport(bytes);
     expect(decoded.malformed).toBe(1);
     expect(decoded.spans.map((s) => s.attributes['gen_ai.usage.input_tokens'])).toEqual([7]);
   });
@@ -455,7 +466,7 @@ describe('protobuf: the short values of billing attributes, shared between spans
       ).finish(),
     );
 
-  it('decode to their own text, whatever shares a slot, at every length, and repeated ones are one string', () => {
+  it('decode to their own text, whatever shares a slot, at every length, and repeated ones are one string', async () => {
     // 'Aa' and 'BB' hash alike (31-based), so they take the same slot in turn; 64 bytes is the longest value
     // kept, 65 goes around the cache; multi-byte UTF-8 and the empty string
     const values = [
@@ -472,27 +483,93 @@ describe('protobuf: the short values of billing attributes, shared between spans
       '',
     ];
     for (let round = 0; round < 3; round++) {
-      const spans = decodeProtobufExport(exportOf([...values, ...values])).spans;
+      const spans = (await decodeProtobufExport(exportOf([...values, ...values]))).spans;
       expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([...values, ...values]);
       expect(spans.map((s) => s.name)).toEqual([...values, ...values]);
       // the non-interned attribute reads the same text the plain way
       expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([...values, ...values]);
     }
-    const bulk = decodeProtobufExport(
-      exportOf(Array.from({ length: 5000 }, (_, i) => `customer-${i % 7}`)),
+    const bulk = (
+      await decodeProtobufExport(exportOf(Array.from({ length: 5000 }, (_, i) => `customer-${i % 7}`)))
     ).spans;
     expect(new Set(bulk.map((s) => s.attributes['tollgate.customer.id'])).size).toBe(7);
   });
 
-  it('bytes that are not UTF-8 decode as the plain decoder reads them, from the cache as well', () => {
+  it('bytes that are not UTF-8 decode as the plain decoder reads them, from the cache as well', async () => {
     const body = exportOf(['zq', 'zq']);
     // both spans' customer values (and their request ids) made the bytes ff fe
     for (let at = body.indexOf('zq'); at >= 0; at = body.indexOf('zq', at + 2)) body.set([0xff, 0xfe], at);
     const plain = Buffer.from([0xff, 0xfe]).toString('utf8');
-    const spans = decodeProtobufExport(body).spans;
+    const spans = (await decodeProtobufExport(body)).spans;
     expect(spans.map((s) => s.attributes['tollgate.customer.id'])).toEqual([plain, plain]);
     expect(spans.map((s) => s.attributes['jsonrpc.request.id'])).toEqual([plain, plain]);
     expect(spans.map((s) => s.name)).toEqual([plain, plain]);
+  });
+});
+
+describe('a large export is read over several turns of the event loop', () => {
+  // 3,000 tool calls of 7 customers; `Turn(0)` has spent its slice at every look at the clock
+  const doc = jsonExportOf(
+    Array.from({ length: 3000 }, (_, i) => toolSpan({ customer: `c-${i % 7}`, tool: `tool_${i % 3}` })),
+  );
+  const json = Buffer.from(JSON.stringify(doc));
+  const protobufBody = Buffer.from(
+    ProtoRequest.encode(
+      ProtoRequest.fromObject({
+        resourceSpans: doc.resourceSpans.map((rs) => ({
+          ...rs,
+          scopeSpans: rs.scopeSpans.map((ss) => ({
+            ...ss,
+            spans: ss.spans.map((sp) => {
+              const span = sp as { traceId: string; spanId: string };
+              return {
+                ...span,
+                traceId: Buffer.from(span.traceId, 'hex'),
+                spanId: Buffer.from(span.spanId, 'hex'),
+              };
+            }),
+          })),
+        })),
+      }),
+    ).finish(),
+  );
+
+  /** What `read` gives, and how many other turns of the event loop ran while it ran. */
+  async function turnsDuring<T>(read: () => Promise<T>): Promise<[T, number]> {
+    let turns = 0;
+    let running = true;
+    const tick = () => {
+      if (!running) return;
+      turns++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const out = await read();
+    running = false;
+    return [out, turns];
+  }
+
+  it('decoding (protobuf, JSON) and selecting yield between slices, and read what one piece reads', async () => {
+    for (const [format, body] of [
+      ['otlp-protobuf', protobufBody],
+      ['otlp-json', json],
+    ] as const) {
+      const [whole, turnsWhole] = await turnsDuring(() => decodeOtlp(format, body, new Turn(Infinity)));
+      const [sliced, turnsSliced] = await turnsDuring(() => decodeOtlp(format, body, new Turn(0)));
+      expect([format, turnsWhole, sliced.spans.length]).toEqual([format, 0, 3000]);
+      expect(turnsSliced).toBeGreaterThan(10);
+      expect(sliced).toEqual(whole);
+
+      const [callsWhole, selectWhole] = await turnsDuring(() =>
+        selectCalls(whole, xo, new RejectionTally(), new Turn(Infinity)),
+      );
+      const [calls, selectSliced] = await turnsDuring(() =>
+        selectCalls(whole, xo, new RejectionTally(), new Turn(0)),
+      );
+      expect([selectWhole, calls.length]).toEqual([0, 3000]);
+      expect(selectSliced).toBeGreaterThan(10);
+      expect(calls).toEqual(callsWhole);
+    }
   });
 });
 

@@ -63,7 +63,7 @@ describe('forwarding to the next OTLP hop', () => {
     expect(fwd.contentType).toBe('application/x-protobuf');
     expect(fwd.headers.authorization).toBe('Bearer downstream-token');
     expect(fwd.headers['x-team']).toBe('sre');
-    const spans = decodeProtobufExport(fwd.body).spans;
+    const spans = (await decodeProtobufExport(fwd.body)).spans;
     const billed = spans.find((s) => s.name === 'tools/call search_docs')!;
     const other = spans.find((s) => s.name === 'GET /health')!;
     // TEST_PLANS: the customer's first two calls are free
@@ -96,7 +96,7 @@ describe('forwarding to the next OTLP hop', () => {
     });
     expect(res.status).toBe(200);
     const fwd = await nextForwarded(2);
-    const spans = decodeJsonExport(fwd.body).spans;
+    const spans = (await decodeJsonExport(fwd.body)).spans;
     expect(spans.find((s) => s.spanId === billed.spanId)?.attributes).toMatchObject({
       'tollgate.decision': 'free',
       'tollgate.price.nano': 0,

@@ -1,6 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_JSON_CONTAINERS, MAX_SPANS_PER_EXPORT } from '../src/otlp/decoded.js';
+import { MAX_GROUPS_PER_EXPORT, MAX_JSON_CONTAINERS, MAX_SPANS_PER_EXPORT } from '../src/otlp/decoded.js';
 import { MAX_EVENTS_PER_REQUEST, MAX_PROBLEM_LINES } from '../src/receiver/server.js';
 import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate } from './support/harness.js';
 
@@ -45,16 +45,23 @@ function emptySpansJson(n: number): Buffer {
 
 /** The protobuf of the same: ResourceSpans(1) › ScopeSpans(2) › n × Span(2) of no bytes. */
 function emptySpansProtobuf(n: number): Buffer {
-  const spans = Buffer.alloc(2 * n);
-  for (let i = 0; i < n; i++) spans[2 * i] = 0x12; // field 2, length-delimited, length 0
-  const varint = (v: number) => {
-    const out: number[] = [];
-    for (; v >= 0x80; v = Math.floor(v / 128)) out.push((v % 128) | 0x80);
-    out.push(v);
-    return Buffer.from(out);
-  };
-  const scope = Buffer.concat([Buffer.from([0x12]), varint(spans.length), spans]);
-  return Buffer.concat([Buffer.from([0x0a]), varint(scope.length), scope]);
+  return field(1, field(2, emptyFields(2, n)));
+}
+
+/** `n` times the two bytes of an empty length-delimited `field`. */
+function emptyFields(no: number, n: number): Buffer {
+  const items = Buffer.alloc(2 * n);
+  for (let i = 0; i < n; i++) items[2 * i] = (no << 3) | 2;
+  return items;
+}
+
+/** `bytes` as the length-delimited field `no`. */
+function field(no: number, bytes: Buffer): Buffer {
+  const len: number[] = [];
+  let v = bytes.length;
+  for (; v >= 0x80; v = Math.floor(v / 128)) len.push((v % 128) | 0x80);
+  len.push(v);
+  return Buffer.concat([Buffer.from([(no << 3) | 2, ...len]), bytes]);
 }
 
 async function stillServing(): Promise<void> {
@@ -82,6 +89,27 @@ describe('a request that holds too many items gets 413 TG_TOO_MANY_ITEMS, and th
     });
     await stillServing();
   }, 60_000);
+
+  it('30 million empty scope spans in 58 KB of gzip, or a million and one empty resource spans: refused at the bound', async () => {
+    // each empty group cost a loop's turn and objects: the 30 million held the main thread for 27 s
+    for (const body of [field(1, emptyFields(2, 30_000_000)), emptyFields(1, MAX_GROUPS_PER_EXPORT + 1)]) {
+      const r = await post('/v1/traces', body, 'application/x-protobuf', true);
+      expect(r.status).toBe(413);
+      // a protobuf Status: its message is text inside the bytes
+      expect(r.text).toContain(
+        `the export holds more than ${MAX_GROUPS_PER_EXPORT} resource spans and scope spans: split it`,
+      );
+    }
+    // at the bound: read (nothing in it to bill)
+    const at = await post(
+      '/v1/traces',
+      emptyFields(1, MAX_GROUPS_PER_EXPORT),
+      'application/x-protobuf',
+      true,
+    );
+    expect(at.status).toBe(200);
+    await stillServing();
+  }, 120_000);
 
   it('one span more than an export may hold, in JSON and in protobuf; one span fewer is read', async () => {
     const over = MAX_SPANS_PER_EXPORT + 1;

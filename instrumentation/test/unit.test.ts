@@ -63,12 +63,12 @@ describe('wire format, against the processor’s own encoder and decoders', () =
     expect(directivesFromJson(body)).toEqual([kill]);
   });
 
-  it('heartbeats are empty exports the processor reads as instance ids', () => {
+  it('heartbeats are empty exports the processor reads as instance ids', async () => {
     for (const [format, decode] of [
       ['protobuf', decodeProtobufExport],
       ['json', decodeJsonExport],
     ] as const) {
-      const decoded = decode(heartbeatRequest(format, 'svc', ['inst-1', 'inst-0']));
+      const decoded = await decode(heartbeatRequest(format, 'svc', ['inst-1', 'inst-0']));
       expect(decoded.spans).toEqual([]);
       expect(decoded.instanceIds).toEqual(['inst-1', 'inst-0']);
     }

@@ -44,7 +44,8 @@ export interface LanderOptions {
 }
 
 interface Queued {
-  bytes: Buffer;
+  /** The record's rows as one or more blocks of the writer's format (a large record is written in pieces). */
+  bytes: readonly Buffer[];
   rows: number;
 }
 
@@ -111,9 +112,12 @@ export class Lander {
     return this.landedTotal;
   }
 
-  /** Queues the rated rows of one spool record, as written by a {@link createWriter} writer. */
-  enqueue(rid: string, bytes: Buffer, rows: number): void {
-    this.queue.set(rid, { bytes, rows });
+  /**
+   * Queues the rated rows of one spool record, as written by a {@link createWriter} writer: one block, or the
+   * blocks of its rows in order (each `take`n on its own).
+   */
+  enqueue(rid: string, bytes: Buffer | readonly Buffer[], rows: number): void {
+    this.queue.set(rid, { bytes: Buffer.isBuffer(bytes) ? [bytes] : bytes, rows });
     this.lastEnqueued = performance.now();
     this.backlog += rows;
     this.metrics.landingBacklog.set(this.backlog);
@@ -217,7 +221,7 @@ export class Lander {
     let rows = 0;
     for (const rid of block.rids) {
       const q = this.queue.get(rid) as Queued;
-      parts.push(q.bytes);
+      parts.push(...q.bytes);
       rows += q.rows;
     }
     await this.spool.appendIntent(block);
@@ -257,7 +261,7 @@ export class Lander {
       // the block's records are read by no one now (their insert is over): their room in the arena is reused
       const q = this.queue.get(rid);
       this.queue.delete(rid);
-      if (q) this.arena.release(q.bytes);
+      if (q) for (const b of q.bytes) this.arena.release(b);
     }
     this.backlog -= rows;
     this.landedTotal += rows;

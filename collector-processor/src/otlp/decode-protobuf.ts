@@ -14,12 +14,15 @@ import {
   RESOURCE_SERVICE_INSTANCE_ID,
   type SpanView,
 } from '@tollgate/contracts';
+import { Turn } from '../turn.js';
 import {
   type DecodedExport,
   DecodeError,
   MAX_ATTRIBUTES,
+  MAX_GROUPS_PER_EXPORT,
   MAX_SPANS_PER_EXPORT,
   TooManyItemsError,
+  tooManyGroups,
   tooManySpans,
 } from './decoded.js';
 import { Reader } from './proto.js';
@@ -358,13 +361,18 @@ function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
   return span;
 }
 
+/** How many fields `nextField` skips before it hands back to its caller, which counts them as work. */
+const SKIP_SLICE = 16_384;
+
 /**
- * Calls `fn` with each occurrence of the length-delimited `field` in `buf`. Throws on broken framing and
- * when `field` arrives with another wire type (a message field sent as a varint is not an OTLP message).
+ * The next occurrence of the length-delimited `field` in `r`'s message, its bytes a view of the body;
+ * `undefined` at the message's end, and `null` after SKIP_SLICE other fields (call it again to go on).
+ * Throws on broken framing and when `field` arrives with another wire type (a message field sent as a varint
+ * is not an OTLP message).
  */
-function eachField(buf: Uint8Array, field: number, fn: (bytes: Uint8Array) => void): void {
-  const r = Reader.create(buf);
-  while (r.pos < r.len) {
+function nextField(r: R, field: number): Uint8Array | null | undefined {
+  for (let skipped = 0; r.pos < r.len; skipped++) {
+    if (skipped === SKIP_SLICE) return null;
     const tag = r.uint32();
     // field numbers start at 1: a zero tag is not protobuf (protobuf's own parsers refuse it), and a body of
     // zeros — a gzip bomb inflates to one — would otherwise be skipped two bytes at a time
@@ -372,48 +380,94 @@ function eachField(buf: Uint8Array, field: number, fn: (bytes: Uint8Array) => vo
     if (tag >>> 3 === field) {
       if ((tag & 7) !== WIRE_LEN)
         throw new Error(`field ${field} has wire type ${tag & 7}, expected ${WIRE_LEN}`);
-      fn(r.bytes());
-    } else r.skipType(tag & 7);
+      return r.bytes();
+    }
+    r.skipType(tag & 7);
   }
+  return undefined;
 }
+
+/** Bytes read between two looks at the clock: about 0.1–1 ms of decoding. */
+const CHECK_BYTES = 64 * 1024;
+/** What a message counts as, in bytes, whatever its size: an empty one costs a loop's turn too. */
+const MESSAGE_WORK = 64;
 
 /**
  * Decodes an `ExportTraceServiceRequest`. The framing of the request, resource spans and scope spans must
  * be sound (else DecodeError → 400); each span is decoded on its own, so one malformed span is counted
- * and skipped while its siblings are kept.
+ * and skipped while its siblings are kept. A large export is decoded over several turns of the event loop
+ * (`turn`'s slices), so other exports and Redis's replies are served while it is read.
  */
-export function decodeProtobufExport(body: Uint8Array): DecodedExport {
+export async function decodeProtobufExport(body: Uint8Array, turn = new Turn()): Promise<DecodedExport> {
   const spans: SpanView[] = [];
   const instanceIds: string[] = [];
   let malformed = 0;
+  let groups = 0;
+  /** Bytes read (or their equivalent) since the clock was last looked at. */
+  let work = 0;
+  const breathe = async () => {
+    work = 0;
+    if (turn.spent()) await turn.next();
+  };
   try {
-    eachField(body, 1, (resourceSpans) => {
+    const top = Reader.create(body);
+    for (;;) {
+      const resourceSpans = nextField(top, 1);
+      if (resourceSpans === undefined) break;
+      if (resourceSpans === null) {
+        await breathe(); // SKIP_SLICE fields skipped
+        continue;
+      }
+      if (++groups > MAX_GROUPS_PER_EXPORT) throw tooManyGroups();
+      work += MESSAGE_WORK;
+      // the resource (field 1) first: the spans below share it
       let resource: Attributes = {};
-      const scopeSpansList: Uint8Array[] = [];
-      eachField(resourceSpans, 1, (res) => {
-        resource = readAttributesOnly(res, RESOURCE_ATTRIBUTE);
-      });
-      eachField(resourceSpans, 2, (ss) => scopeSpansList.push(ss));
+      const rr = Reader.create(resourceSpans);
+      for (let res = nextField(rr, 1); res !== undefined; res = nextField(rr, 1)) {
+        if (res === null) await breathe();
+        else {
+          resource = readAttributesOnly(res, RESOURCE_ATTRIBUTE);
+          work += res.length + MESSAGE_WORK;
+          if (work >= CHECK_BYTES) await breathe();
+        }
+      }
       const instanceId = resource[RESOURCE_SERVICE_INSTANCE_ID];
       if (typeof instanceId === 'string' && instanceId) instanceIds.push(instanceId);
-      for (const scopeSpans of scopeSpansList) {
+      // then each scope spans (field 2), one at a time
+      rr.pos = 0;
+      for (let scopeSpans = nextField(rr, 2); scopeSpans !== undefined; scopeSpans = nextField(rr, 2)) {
+        if (scopeSpans === null) {
+          await breathe();
+          continue;
+        }
+        if (++groups > MAX_GROUPS_PER_EXPORT) throw tooManyGroups();
+        work += MESSAGE_WORK;
+        if (work >= CHECK_BYTES) await breathe();
         let scopeName = '';
-        eachField(scopeSpans, 1, (scope) => {
+        const sr = Reader.create(scopeSpans);
+        for (let scope = nextField(sr, 1); scope !== undefined; scope = nextField(sr, 1)) {
+          if (scope === null) {
+            await breathe(); // the lookup skips over the spans
+            continue;
+          }
           const r = Reader.create(scope);
           while (r.pos < r.len) {
             const tag = r.uint32();
             if (tag === SCOPE_NAME) scopeName = r.string();
             else r.skipType(tag & 7);
           }
-        });
+        }
         // the spans, each read in place with the reader bounded to it (as a reader of its own bytes would be)
         const r = Reader.create(scopeSpans);
         const len = r.len;
         while (r.pos < len) {
+          if (work >= CHECK_BYTES) await breathe();
           const tag = r.uint32();
           if (tag >>> 3 === 0) throw new Error(`invalid tag ${tag} (field number 0) at byte ${r.pos}`);
           if (tag >>> 3 !== 2) {
+            const at = r.pos;
             r.skipType(tag & 7);
+            work += r.pos - at + 8;
             continue;
           }
           if ((tag & 7) !== WIRE_LEN)
@@ -430,9 +484,10 @@ export function decodeProtobufExport(body: Uint8Array): DecodedExport {
           }
           r.len = len;
           r.pos = end;
+          work += size + MESSAGE_WORK;
         }
       }
-    });
+    }
   } catch (err) {
     if (err instanceof TooManyItemsError) throw err;
     throw new DecodeError(`protobuf ExportTraceServiceRequest is malformed: ${(err as Error).message}`);

@@ -19,6 +19,7 @@ import type { PlanStore } from '../plans/store.js';
 import { amountInRange, countsTowardUsage, type Rating, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
+import { Turn } from '../turn.js';
 import { TollgateError } from './errors.js';
 import { decodeOtlp, extractOptions, type SelectionWindow, selectCalls } from './select.js';
 import { RejectionTally } from './tally.js';
@@ -92,6 +93,13 @@ class SetAside extends Error {}
 
 /** Tries of a spool record's replay that fails with anything but Redis being down (fail-closed). */
 const REPLAY_ATTEMPTS = 3;
+/**
+ * Rows of one landing block written at a time: a record of more is written as several blocks, between which
+ * the event loop runs (120,000 rows in one go held the main thread for 0.8 s). The lander joins them again.
+ */
+const LAND_CHUNK_ROWS = 8_192;
+/** Calls prepared or rated between two looks at the clock (well under a millisecond). */
+const CHECK_CALLS = 1_024;
 
 /** A customer's usage positions in a period as last seen (tiered usage lines keyed `line:tool`, micro-units). */
 interface LocalUsage {
@@ -348,13 +356,17 @@ export class Pipeline {
     return `${this.opts.instanceId}.${this.bootId}.${this.seq++}`;
   }
 
-  /** Resolves plan and tool rate for each call; calls without either are rejected. */
-  private prepare(
+  /**
+   * Resolves plan and tool rate for each call; calls without either are rejected. Many calls are prepared over
+   * several turns of the event loop.
+   */
+  private async prepare(
     book: PlanBook,
     product: string,
     calls: readonly ToolCall[],
     rejected: RejectionTally,
-  ): { prepared: Prepared[]; inBatchDuplicates: number } {
+  ): Promise<{ prepared: Prepared[]; inBatchDuplicates: number }> {
+    const turn = new Turn();
     const out: Prepared[] = [];
     const seen = new Set<string>();
     let inBatchDuplicates = 0;
@@ -364,7 +376,9 @@ export class Pipeline {
     let lastPeriod = '';
     let lastCustomer: string | undefined;
     let lastPlan: CompiledPlan | undefined;
-    for (const call of calls) {
+    for (let i = 0; i < calls.length; i++) {
+      if (i % CHECK_CALLS === CHECK_CALLS - 1 && turn.spent()) await turn.next();
+      const call = calls[i] as ToolCall;
       if (seen.has(call.eventId)) {
         this.metrics.callsDuplicate.inc();
         inBatchDuplicates++;
@@ -424,7 +438,7 @@ export class Pipeline {
       if (this.backlogFull) {
         throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
       }
-      ({ prepared, inBatchDuplicates } = this.prepare(book, product, input.calls, rejected));
+      ({ prepared, inBatchDuplicates } = await this.prepare(book, product, input.calls, rejected));
     } catch (err) {
       if (early) this.dropRecord(early);
       throw err;
@@ -468,10 +482,11 @@ export class Pipeline {
   }
 
   /** The calls of a spool record, selected exactly as when it was accepted. */
-  private callsOf(rec: AcceptedRecord, book: PlanBook): ToolCall[] {
+  private async callsOf(rec: AcceptedRecord, book: PlanBook): Promise<ToolCall[]> {
     if (rec.format === 'calls-json') return JSON.parse(rec.payload.toString('utf8')) as ToolCall[];
     const opts = extractOptions(this.opts, rec.defaultCustomer, rec.receivedAtMs, book.usageAttributes);
-    return selectCalls(decodeOtlp(rec.format, rec.payload), opts, new RejectionTally());
+    const turn = new Turn();
+    return selectCalls(await decodeOtlp(rec.format, rec.payload, turn), opts, new RejectionTally(), turn);
   }
 
   /**
@@ -523,9 +538,10 @@ export class Pipeline {
     // start there. Waiting for Redis below is not guarded: a kill then says nothing about the record.
     const guard = this.spool.replayGuard;
     if (!guard.begin(rec.rid)) throw new SetAside();
-    let prepared: ReturnType<Pipeline['prepare']>['prepared'];
+    let prepared: Prepared[];
     try {
-      prepared = this.prepare(book, rec.product, this.callsOf(rec, book), new RejectionTally()).prepared;
+      prepared = (await this.prepare(book, rec.product, await this.callsOf(rec, book), new RejectionTally()))
+        .prepared;
     } finally {
       guard.end(rec.rid);
     }
@@ -621,11 +637,51 @@ export class Pipeline {
     }
   }
 
-  /** One landing block of the rows (the lander's format). */
-  private encode(rated: readonly RatedCall[]): Buffer {
-    this.out.clear();
-    for (const row of rated) this.out.add(row);
-    return this.out.take();
+  /**
+   * The landing blocks of the rows (the lander's format): one per LAND_CHUNK_ROWS rows, written over several
+   * turns of the event loop when there are many (`turn`'s slices). Each block is added and taken in one go:
+   * the writer is shared, and another export may use it between two blocks.
+   */
+  private async encode(rated: readonly RatedCall[], turn: Turn): Promise<Buffer[]> {
+    const blocks: Buffer[] = [];
+    try {
+      for (let from = 0; from < rated.length; from += LAND_CHUNK_ROWS) {
+        if (from > 0 && turn.spent()) await turn.next();
+        const to = Math.min(from + LAND_CHUNK_ROWS, rated.length);
+        this.out.clear();
+        for (let i = from; i < to; i++) this.out.add(rated[i] as RatedCall);
+        blocks.push(this.out.take());
+      }
+    } catch (err) {
+      for (const b of blocks) this.lander.discard(b);
+      throw err;
+    }
+    return blocks;
+  }
+
+  /** `blocks` (of `encode`) with their decision column written again, block by block; `blocks` stay the caller's. */
+  private async reencode(
+    blocks: readonly Buffer[],
+    rated: readonly RatedCall[],
+    turn: Turn,
+  ): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    try {
+      for (let k = 0; k < blocks.length; k++) {
+        if (k > 0 && turn.spent()) await turn.next();
+        const rows = rated.slice(k * LAND_CHUNK_ROWS, (k + 1) * LAND_CHUNK_ROWS);
+        if (this.out.retake) out.push(this.out.retake(blocks[k] as Buffer, rows));
+        else {
+          this.out.clear();
+          for (const row of rows) this.out.add(row);
+          out.push(this.out.take());
+        }
+      }
+    } catch (err) {
+      for (const b of out) this.lander.discard(b);
+      throw err;
+    }
+    return out;
   }
 
   private async meterRateLand(
@@ -689,9 +745,11 @@ export class Pipeline {
     }
 
     const rateStart = performance.now();
+    const turn = new Turn();
     const rated: RatedCall[] = [];
     let duplicates = 0;
     for (let i = 0; i < prepared.length; i++) {
+      if (i % CHECK_CALLS === CHECK_CALLS - 1 && turn.spent()) await turn.next();
       const p = prepared[i] as Prepared;
       const claim = results[i] as ClaimResult;
       if (claim.status === CLAIM_STATUS.duplicate) {
@@ -717,22 +775,22 @@ export class Pipeline {
     const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
     enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
     const landStart = performance.now();
-    let block = rated.length ? this.encode(rated) : undefined;
+    let blocks = await this.encode(rated, turn);
     let landMs = performance.now() - landStart;
     let directives: Directive[] = [];
     try {
       if (enforcing) directives = await enforcing;
     } catch (err) {
-      if (block) this.lander.discard(block);
+      for (const b of blocks) this.lander.discard(b);
       throw err;
     }
     const enforceMs = performance.now() - enforceStart - landMs;
-    if (block && enforcing && rated.some((r) => r.decision === 'over_limit')) {
+    if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
       const again = performance.now();
-      const before = block;
+      const before = blocks;
       // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
-      block = this.out.retake ? this.out.retake(before, rated) : this.encode(rated);
-      this.lander.discard(before);
+      blocks = await this.reencode(before, rated, turn);
+      for (const b of before) this.lander.discard(b);
       landMs += performance.now() - again;
     }
     // revenue summed per currency, one metric update per export rather than per call; summed as a float,
@@ -749,7 +807,7 @@ export class Pipeline {
       revenue += Number(row.priceNano);
     }
     if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-    if (block) this.lander.enqueue(rid, block, rated.length);
+    if (blocks.length) this.lander.enqueue(rid, blocks, rated.length);
     // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
     // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
     else this.abandonRecord(rid);

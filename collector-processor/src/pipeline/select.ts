@@ -1,8 +1,9 @@
 import { type ExtractOptions, extractToolCall, type ToolCall } from '@tollgate/contracts';
 import { decodeJsonExport } from '../otlp/decode-json.js';
 import { decodeProtobufExport } from '../otlp/decode-protobuf.js';
-import type { DecodedExport } from '../otlp/decoded.js';
+import type { DecodedExport, SpanView } from '../otlp/decoded.js';
 import type { PayloadFormat } from '../spool/spool.js';
+import { Turn } from '../turn.js';
 import type { RejectionTally } from './tally.js';
 
 /** Instrumentation scope name of the Tollgate SDK (its spans are recorded with source `sdk`). */
@@ -30,21 +31,37 @@ export function extractOptions(
   };
 }
 
-/** Decodes an OTLP body (throws DecodeError when unreadable). */
-export function decodeOtlp(format: PayloadFormat, body: Uint8Array): DecodedExport {
-  return format === 'otlp-protobuf' ? decodeProtobufExport(body) : decodeJsonExport(body);
+/**
+ * Decodes an OTLP body (throws DecodeError when unreadable), over several turns of the event loop when it is
+ * large (`turn`: the slices it shares with the selection after it).
+ */
+export function decodeOtlp(
+  format: PayloadFormat,
+  body: Uint8Array,
+  turn = new Turn(),
+): Promise<DecodedExport> {
+  return format === 'otlp-protobuf' ? decodeProtobufExport(body, turn) : decodeJsonExport(body, turn);
 }
 
-/** The billable tool calls of a decoded export; malformed and contract-breaking spans go to `rejected`. */
-export function selectCalls(
+/** Spans selected between two looks at the clock (about 0.1–0.3 ms). */
+const CHECK_SPANS = 256;
+
+/**
+ * The billable tool calls of a decoded export; malformed and contract-breaking spans go to `rejected`. Many
+ * spans are selected over several turns of the event loop (`turn`'s slices).
+ */
+export async function selectCalls(
   decoded: DecodedExport,
   opts: ExtractOptions,
   rejected: RejectionTally,
-): ToolCall[] {
+  turn = new Turn(),
+): Promise<ToolCall[]> {
   for (let i = 0; i < decoded.malformed; i++) rejected.add('malformed_span');
   const calls: ToolCall[] = [];
-  for (const span of decoded.spans) {
-    const x = extractToolCall(span, opts);
+  const { spans } = decoded;
+  for (let i = 0; i < spans.length; i++) {
+    if (i % CHECK_SPANS === CHECK_SPANS - 1 && turn.spent()) await turn.next();
+    const x = extractToolCall(spans[i] as SpanView, opts);
     if (x.kind === 'call') calls.push(x.call);
     else if (x.kind === 'rejected') rejected.add(x.reason, x.detail);
   }

@@ -29,6 +29,7 @@ import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/er
 import type { EarlyRecord, Pipeline } from '../pipeline/pipeline.js';
 import { decodeOtlp, extractOptions, selectCalls } from '../pipeline/select.js';
 import { RejectionTally } from '../pipeline/tally.js';
+import { Turn } from '../turn.js';
 import type { IngestIdentity, IngestKeyring } from './ingest-keys.js';
 
 const gunzipAsync = promisify(gunzip);
@@ -75,6 +76,9 @@ const INFLATE_SLOTS = 4;
  * write takes, and SDK heartbeats and exports without tool calls stay off the disk.
  */
 const EARLY_RECORD_BYTES = 32 * 1024;
+/** Bodies at least this large (after inflating) wait for one of LARGE_READ_SLOTS to be decoded. */
+const LARGE_READ_BYTES = 1024 * 1024;
+const LARGE_READ_SLOTS = 2;
 
 export { SDK_SCOPE_NAME } from '../pipeline/select.js';
 
@@ -303,6 +307,14 @@ export function buildReceiver(
   // Gzip'd bodies are inflated and read at most INFLATE_SLOTS at a time: a few kilobytes of gzip inflate to
   // maxDecompressedBytes, and 32 such exports at once took the process from 331 to 2,677 MiB.
   const inflateSlots = pLimit(INFLATE_SLOTS);
+  // Large bodies are read (decoded) at most LARGE_READ_SLOTS at a time. Reading yields to the event loop between
+  // slices, so exports being read at once each hold what they decoded so far: unbounded, 64 large ones would
+  // hold 64 decodings at once. Smaller bodies are read without waiting for a slot.
+  const largeReads = pLimit(LARGE_READ_SLOTS);
+  function readLarge<T>(body: Buffer, read: () => Promise<T>): Promise<T> {
+    return body.length >= LARGE_READ_BYTES ? largeReads(read) : read();
+  }
+
   /** The request's body, inflated when gzip'd, handed to `use` (which reads it: decode, parse). */
   async function withBody<T>(req: FastifyRequest, use: (body: Buffer) => T): Promise<T> {
     const raw = req.body;
@@ -339,34 +351,41 @@ export function buildReceiver(
     let decoded: DecodedExport;
     let calls: ToolCall[];
     const rejected = new RejectionTally();
+    // the main thread's slices for reading the export (decoding, selecting): a large one is read over several
+    // turns of the event loop, between other exports
+    const turn = new Turn();
     try {
       // the body is kept: the spool stores it, the forwarder sends it on
-      ({ body, decoded } = await withBody(req, (body): { body: Buffer; decoded: DecodedExport } => {
-        decodeStart = performance.now();
-        receivedAtMs = Date.now();
-        // a large export's record is written while its body is decoded (see EarlyRecord)
-        if (opts.mode === 'full' && body.length >= EARLY_RECORD_BYTES) {
-          early = pipeline.beginRecord({
-            book,
-            product: identity.product,
-            defaultCustomer: identity.defaultCustomer,
-            receivedAtMs,
-            payload: { format: payloadFormat, bytes: body },
-          });
-        }
-        try {
-          return { body, decoded: decodeOtlp(payloadFormat, body) };
-        } catch (err) {
-          if (err instanceof TooManyItemsError) throw new TollgateError('TG_TOO_MANY_ITEMS', err.message);
-          if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
-          throw err;
-        }
-      }));
+      ({ body, decoded } = await withBody(
+        req,
+        async (body): Promise<{ body: Buffer; decoded: DecodedExport }> => {
+          decodeStart = performance.now();
+          receivedAtMs = Date.now();
+          // a large export's record is written while its body is decoded (see EarlyRecord)
+          if (opts.mode === 'full' && body.length >= EARLY_RECORD_BYTES) {
+            early = pipeline.beginRecord({
+              book,
+              product: identity.product,
+              defaultCustomer: identity.defaultCustomer,
+              receivedAtMs,
+              payload: { format: payloadFormat, bytes: body },
+            });
+          }
+          try {
+            return { body, decoded: await readLarge(body, () => decodeOtlp(payloadFormat, body, turn)) };
+          } catch (err) {
+            if (err instanceof TooManyItemsError) throw new TollgateError('TG_TOO_MANY_ITEMS', err.message);
+            if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
+            throw err;
+          }
+        },
+      ));
       metrics.spansReceived.inc(decoded.spans.length + decoded.malformed);
-      calls = selectCalls(
+      calls = await selectCalls(
         decoded,
         extractOptions(opts, identity.defaultCustomer, receivedAtMs, book.usageAttributes),
         rejected,
+        turn,
       );
     } catch (err) {
       if (early) pipeline.dropRecord(early);

@@ -282,7 +282,7 @@ describe("the billing exporter's numbers: Lua's OTLP/JSON == what the processor 
         { ["service.name"] = "kong" }, "0.1.0")`,
       LITERALS,
     );
-    const decoded = decodeJsonExport(Buffer.from(text, 'utf8'));
+    const decoded = await decodeJsonExport(Buffer.from(text, 'utf8'));
     assert.equal(decoded.malformed, 0);
     const a = decoded.spans[0].attributes;
     LITERALS.forEach((lit, i) => {
