@@ -229,15 +229,30 @@ export class TollgateExporter implements SpanExporter {
         this.stats.handedDelivered++;
       }
     }
+    // spans per request: halved while Tollgate refuses a batch as too large (413), so one span's size (a
+    // caller's megabytes of request id, say) cannot take the other calls of its batch down with it
+    let size = MAX_SPANS_PER_REQUEST;
     while (this.pending.length > 0) {
-      const batch = this.pending.slice(0, MAX_SPANS_PER_REQUEST);
+      const batch = this.pending.slice(0, size);
       const body = this.serialize(batch);
       if (!body) {
         this.pending.splice(0, batch.length);
         continue;
       }
-      const outcome = await this.post(this.s.tracesUrl, this.s.headers, body, 'export');
+      const outcome = await this.post(
+        this.s.tracesUrl,
+        this.s.headers,
+        body,
+        'export',
+        this.s.format,
+        batch.length > 1,
+      );
       if (outcome === 'retry') return false;
+      if (outcome === 'split') {
+        size = Math.ceil(batch.length / 2);
+        continue;
+      }
+      size = MAX_SPANS_PER_REQUEST;
       // delivered, or refused for good (4xx other than 429): either way it leaves the buffer, unless an exit
       // took the buffer meanwhile (takeUnsent): what came after is not this batch
       if (this.pending[0] === batch[0]) this.pending.splice(0, batch.length);
@@ -275,7 +290,9 @@ export class TollgateExporter implements SpanExporter {
     raw: Uint8Array,
     source: DirectiveSource,
     format: BodyFormat = this.s.format,
-  ): Promise<'ok' | 'retry' | 'refused'> {
+    /** The body holds more than one span: a 413 answers 'split' (send them in smaller requests). */
+    splittable = false,
+  ): Promise<'ok' | 'retry' | 'refused' | 'split'> {
     let res: Response;
     try {
       const body = this.s.compression === 'gzip' ? await gzipAsync(raw) : raw;
@@ -296,6 +313,7 @@ export class TollgateExporter implements SpanExporter {
     this.backoffMs = MIN_BACKOFF_MS;
     this.retryAtMs = 0;
     this.outage.recovered();
+    if (res.status === 413 && splittable) return 'split';
     if (res.status !== 200) {
       this.outage.problem(
         `Tollgate refused a ${source} with HTTP ${res.status} (${url}): ${res.body.toString('utf8').slice(0, 200)}` +

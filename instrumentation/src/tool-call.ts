@@ -14,6 +14,7 @@ import {
   ATTR_TOLLGATE_LEASE_ID,
   ATTR_TOLLGATE_LEASE_RESERVED,
   ATTR_TOLLGATE_SESSION_RULE,
+  boundedText,
   credentialFingerprint,
   type Directive,
   type McpTransport,
@@ -714,7 +715,7 @@ export class ToolCallTracer {
     const requestId = requestIdOf(extra);
     const own =
       requestId !== undefined
-        ? template.copyWithRequestId(template.attributes, tool, String(requestId))
+        ? template.copyWithRequestId(template.attributes, tool, boundedText(String(requestId)))
         : template.copy(template.attributes, tool);
     if (ticket?.leaseId) {
       // what the call took from its lease: the processor settles it against the lease when the span arrives
