@@ -144,6 +144,29 @@ class Held {
   }
 
   /**
+   * A limit the last answer named as exhausted that a call of `tool` in `session` at `price` falls under,
+   * while its window lasts (the day's or period's end; a kill, or credits, until Tollgate answers otherwise).
+   */
+  stillExhausted(tool: string, session: string, price: number, nowMs: number): LeaseExhausted | undefined {
+    return this.exhausted.find((e) => {
+      if (e.untilUnixMs !== 0 && e.untilUnixMs <= nowMs) return false;
+      switch (e.reason) {
+        case 'hard_limit:calls_per_day':
+          return true;
+        case 'hard_limit:spend_per_period':
+        case 'credits:exhausted':
+          return price > 0;
+        case 'hard_limit:calls_per_tool':
+          return e.scope === 'tool' && e.id === tool;
+        case 'hard_limit:spend_per_session':
+          return e.scope === 'session' && e.id === session && price > 0;
+        default:
+          return e.scope === 'customer'; // a kill in force
+      }
+    });
+  }
+
+  /**
    * The customer-wide stop the last answer named, when it leaves this customer nothing to take: a kill in
    * force whatever its reason (lease.lua answers `killed`: nothing granted, expiring at once — a kill left
    * by a crossed hard limit names that limit), or a customer limit the lease cannot cover the call under.
@@ -312,11 +335,22 @@ export class LeaseBook {
         return refusalFor(h, 'calls', tool, session, stop);
       }
     }
-    if (nowMs < h.failedUntilMs) return this.failed(h);
+    if (nowMs < h.failedUntilMs) return this.failed(h, tool, session, nowMs);
     return this.waitFor(h, tool, session, nowMs);
   }
 
-  private failed(h: Held): Ticket | TollgateRefusal {
+  /**
+   * No lease could be had (Tollgate unreachable or late): refused when Tollgate's last answer named a limit
+   * this call falls under as exhausted and its window has not ended, else the fail mode. Without the first
+   * rule, a customer refused at its limit ran every call unleased (fail-open) as soon as Tollgate could not
+   * be asked, for as long as it could not — a limit Tollgate had already reported, forgotten.
+   */
+  private failed(h: Held, tool: string, session: string, nowMs: number): Ticket | TollgateRefusal {
+    const known = h.known ? h.stillExhausted(tool, session, h.priceOf(tool), nowMs) : undefined;
+    if (known) {
+      this.stats.refused++;
+      return refusalFor(h, known.scope === 'customer' ? 'calls' : known.scope, tool, session, known);
+    }
     if (this.o.failMode === 'open') {
       this.stats.failOpen++;
       return NO_LEASE;
@@ -422,7 +456,7 @@ export class LeaseBook {
             if (first) h.firstWaitSpent = true;
           }
           h.failedUntilMs = Math.max(h.failedUntilMs, now + FAILURE_BACKOFF_MS);
-          return this.failed(h);
+          return this.failed(h, tool, session, now);
         }
         let timer: NodeJS.Timeout | undefined;
         let late = 0;

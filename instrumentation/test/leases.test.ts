@@ -584,6 +584,52 @@ describe('renewal while Redis is down', () => {
   });
 });
 
+describe('a limit Tollgate reported exhausted, then Tollgate unreachable', () => {
+  it('stays refused while the limit lasts (fail-open or not); a customer with room left fails open', async () => {
+    const book = new LeaseBook(
+      {
+        url: `${tg.otlpUrl}/v1/leases`,
+        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+        timeoutMs: 300,
+        failMode: 'open',
+        windowMs: 2000,
+        safetyMs: 200,
+        requestTimeoutMs: 1000,
+      },
+      'inst-exhausted',
+      () => {},
+    );
+    const take = async (customer: string) => {
+      const t = book.take(customer, 'lookup', 's1', Date.now());
+      return t instanceof Promise ? await t : t;
+    };
+    // 10 calls a day: the 11th is refused by Tollgate's answer
+    let taken = 0;
+    for (let i = 0; i < 14 && !((await take('spent-co')) instanceof TollgateRefusal); i++) taken++;
+    expect(taken).toBe(10);
+    expect(await take('room-co')).not.toBeInstanceOf(TollgateRefusal);
+    await redis.stop(); // lease requests answer 503 now
+    try {
+      // past the denial cache: before, the next call asked Tollgate, got no answer and ran unleased
+      await new Promise((r) => setTimeout(r, DENIAL_CACHE_MS + 100));
+      const failOpenBefore = book.stats.failOpen;
+      for (let i = 0; i < 5; i++) {
+        const refused = await take('spent-co');
+        expect(refused).toBeInstanceOf(TollgateRefusal);
+        expect((refused as TollgateRefusal).data.tollgate.reason).toBe('hard_limit:calls_per_day');
+      }
+      expect(book.stats.failOpen).toBe(failOpenBefore);
+      // room-co's lease runs out (or lapses) meanwhile; what it cannot cover fails open, as documented
+      let ran = 0;
+      for (let i = 0; i < 12; i++) if (!((await take('room-co')) instanceof TollgateRefusal)) ran++;
+      expect(ran).toBe(12);
+      expect(book.stats.failOpen).toBeGreaterThan(failOpenBefore);
+    } finally {
+      redis = await startPrivateRedis({ port: redis.port });
+    }
+  });
+});
+
 describe('a kill while a lease is held', () => {
   it('the answer that says so cuts the held lease back: the next call is refused, not run on the old grant', async () => {
     const book = new LeaseBook(
