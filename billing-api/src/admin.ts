@@ -77,10 +77,7 @@ export function registerEnforcementAdmin(
         querystring: {
           type: 'object',
           additionalProperties: false,
-          properties: {
-            product: { type: 'string', minLength: 1 },
-            customer: { type: 'string', minLength: 1 },
-          },
+          properties: { product: identifier, customer: identifier },
         },
         response: responses(
           { type: 'object', properties: { states: { type: 'array', items: directiveSchema } } },

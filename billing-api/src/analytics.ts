@@ -817,7 +817,9 @@ export function registerAnalytics(
         scope: String(r.scope),
         subjectId: String(r.subject_id),
         action: String(r.action),
-        reason: String(r.reason),
+        // an operator's action names the key that took it (`operator:<key name>`): who it was is not the
+        // customer's to read (as `actor` and `note`)
+        reason: internal || !String(r.reason).startsWith('operator:') ? String(r.reason) : 'operator',
         marginBps: r.margin_bps === null || r.margin_bps === undefined ? null : count(r.margin_bps),
         actor: internal ? String(r.actor) : '',
         note: internal ? String(r.note) : '',

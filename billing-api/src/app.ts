@@ -1,3 +1,4 @@
+import { AjvCompiler } from '@fastify/ajv-compiler';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
@@ -60,6 +61,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     // An unknown parameter is a 400, not silently dropped: a typo must not widen a report.
     ajv: { customOptions: { removeAdditional: false } },
+    schemaController: { compilersFactory: { buildValidator: bodiesAsSent } },
     // A path parameter (a session id: up to 256 characters, each up to 12 percent-encoded) is bounded by the
     // request target's own bound and its route schema, not by the router's default of 100 characters.
     routerOptions: { maxParamLength: MAX_URL_BYTES },
@@ -128,6 +130,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     // describes the schema or the body.
     api.addHook('onRequest', async (req) => {
       if (req.routeOptions.schema?.security) keyring.authenticate(req);
+      checkPercentEscapes(req.url);
       // A whole-number parameter is written in decimal digits: ajv's coercion (Number()) would read
       // `limit=0x10` as 16, `1e3` as 1000 and `limit=` as 0.
       const props = (
@@ -143,6 +146,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
           }
         }
       }
+    });
+    // A body nested deeper than MAX_BODY_DEPTH is refused before a route reads it: a quote's `plan` nested
+    // 5,000 objects deep (60 KB) overflowed the stack of the JSON.stringify that compiles it (500).
+    api.addHook('preValidation', async (req) => {
+      if (req.body !== null && typeof req.body === 'object') checkDepth(req.body);
     });
     api.get(
       '/healthz',
@@ -177,6 +185,61 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     }
   });
   return app;
+}
+
+/** Objects and arrays one request body may nest: the deepest body a route documents nests 6. */
+export const MAX_BODY_DEPTH = 64;
+
+function checkDepth(body: object): void {
+  const stack: [unknown, number][] = [[body, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop() as [unknown, number];
+    if (depth > MAX_BODY_DEPTH) {
+      throw new ApiError(
+        'API_BAD_REQUEST',
+        `the body nests objects and arrays deeper than ${MAX_BODY_DEPTH}`,
+      );
+    }
+    for (const child of Object.values(v as object)) {
+      if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+    }
+  }
+}
+
+/**
+ * Refuses a request target whose query has a malformed percent-escape (`%FF%FE`, half a surrogate's UTF-8):
+ * the query parser keeps such text as it is, so `customer=%FF%FE` named a customer `%FF%FE` instead of being
+ * refused.
+ */
+function checkPercentEscapes(url: string): void {
+  const q = url.indexOf('?');
+  if (q < 0 || !url.includes('%', q)) return;
+  for (const part of url.slice(q + 1).split('&')) {
+    try {
+      decodeURIComponent(part.replaceAll('+', ' '));
+    } catch {
+      throw new ApiError('API_BAD_REQUEST', 'the query has a malformed percent-escape');
+    }
+  }
+}
+
+const ajvCompilers = AjvCompiler();
+/**
+ * fastify's validators, but request bodies are validated as sent: JSON has types of its own, and ajv's
+ * coercion read a quote's `"0x10"` GB-seconds as 16, `"1e3"` as 1000, `calls: true` as 1 and `[3]` as 3 —
+ * values a span's usage attributes are refused for. Query and path parameters are text and keep the
+ * coercion (their whole numbers are checked for decimal digits first).
+ */
+function bodiesAsSent(
+  externalSchemas: Parameters<ReturnType<typeof AjvCompiler>>[0],
+  options: Parameters<ReturnType<typeof AjvCompiler>>[1],
+): ReturnType<ReturnType<typeof AjvCompiler>> {
+  const coercing = ajvCompilers(externalSchemas, options);
+  const asSent = ajvCompilers(externalSchemas, {
+    ...options,
+    customOptions: { ...options?.customOptions, coerceTypes: false },
+  } as typeof options);
+  return (route) => (route.httpPart === 'body' ? asSent(route) : coercing(route));
 }
 
 /**

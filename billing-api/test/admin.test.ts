@@ -168,3 +168,62 @@ describe('enforcement admin API', () => {
     ]);
   });
 });
+
+describe('input the API refuses, and what a customer key reads of an operator', () => {
+  const code = async (r: Response) => [
+    r.status,
+    ((await r.json()) as { error?: { code?: string } }).error?.code,
+  ];
+
+  it('a customer filter with a control character, or a query with a malformed percent-escape: 400', async () => {
+    expect(await code(await api('/admin/enforcement/states?customer=%00', KEYS.admin))).toEqual([
+      400,
+      'API_BAD_REQUEST',
+    ]);
+    for (const bad of ['%FF%FE', '%ED%A0%80', 'a%2']) {
+      expect([bad, ...(await code(await api(`/analytics/mcp/summary?customer=${bad}`, KEYS.admin)))]).toEqual(
+        [bad, 400, 'API_BAD_REQUEST'],
+      );
+    }
+    expect((await api('/analytics/mcp/summary?customer=%C3%A1cme', KEYS.admin)).status).toBe(200);
+  });
+
+  it('a quote body nested 5,000 deep is a 400, not a 500; values of another JSON type are not converted', async () => {
+    const quote = (body: unknown) =>
+      api('/billing/plans/quote', KEYS.admin, {
+        method: 'POST',
+        body: typeof body === 'string' ? body : JSON.stringify(body),
+      });
+    const deep = `{"plan":${'{"a":'.repeat(5000)}1${'}'.repeat(5000)},"usage":[{"tool":"x"}]}`;
+    expect(await code(await quote(deep))).toEqual([400, 'API_BAD_REQUEST']);
+    for (const usage of [
+      { calls: '5' },
+      { calls: true },
+      { calls: [3] },
+      { failed: 'true' },
+      { inputTokens: '0x10' },
+    ]) {
+      expect([
+        usage,
+        ...(await code(await quote({ customer: 'acme', usage: [{ tool: 'x', ...usage }] }))),
+      ]).toEqual([usage, 400, 'API_BAD_REQUEST']);
+    }
+    expect(
+      await code(await quote({ customer: 'acme', prior: { planCalls: '9' }, usage: [{ tool: 'x' }] })),
+    ).toEqual([400, 'API_BAD_REQUEST']);
+    expect((await quote({ customer: 'acme', usage: [{ tool: 'x', calls: 5 }] })).status).toBe(200);
+  });
+
+  it("a customer key reads an operator's action as `operator`, without the key's name", async () => {
+    const read = async (key: string) => {
+      const r = await api('/analytics/mcp/enforcement-events', key);
+      return ((await r.json()) as { rows: { action: string; reason: string }[] }).rows;
+    };
+    // the lift above (by ops-alice) lands in ClickHouse within the events' flush
+    for (let i = 0; i < 50 && !(await read(KEYS.admin)).some((e) => e.action === 'lift'); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect((await read(KEYS.admin)).find((e) => e.action === 'lift')?.reason).toBe('operator:ops-alice');
+    expect((await read(KEYS.acme)).find((e) => e.action === 'lift')?.reason).toBe('operator');
+  });
+});
