@@ -224,7 +224,7 @@ export class Lander {
       parts.push(...q.bytes);
       rows += q.rows;
     }
-    await this.spool.appendIntent(block);
+    if (!(await this.durably(block, 'intent', () => this.spool.appendIntent(block)))) return;
     // Native: the block as views of the records' bytes, written to the insert's file in one writev
     const body = this.format === 'Native' ? nativeBlockPieces(parts) : Buffer.concat(parts);
     let delay = 100;
@@ -256,7 +256,9 @@ export class Lander {
         delay = Math.min(delay * 2, 5_000);
       }
     }
-    await this.spool.appendDone(block.bid, block.rids);
+    // the block is in ClickHouse: without its done marker a later start sends it again, under its token
+    if (!(await this.durably(block, 'done marker', () => this.spool.appendDone(block.bid, block.rids))))
+      return;
     for (const rid of block.rids) {
       // the block's records are read by no one now (their insert is over): their room in the arena is reused
       const q = this.queue.get(rid);
@@ -270,6 +272,34 @@ export class Lander {
   }
 
   private stopDeadline: number | undefined;
+
+  /**
+   * A spool write of the landing (a block's intent, its done marker), tried again with backoff until it is
+   * durable: a full disk (ENOSPC) rejected it, the landing loop's promise with it, and the process died — at
+   * every start, while the disk stayed full. False when the lander is stopping past its deadline (the spool
+   * keeps what is not marked; the next start lands it).
+   */
+  private async durably(block: IntentRecord, what: string, write: () => Promise<void>): Promise<boolean> {
+    let delay = 100;
+    for (;;) {
+      try {
+        await write();
+        return true;
+      } catch (err) {
+        this.metrics.landingErrors.inc();
+        if (performance.now() - this.lastErrorLog > 10_000) {
+          this.lastErrorLog = performance.now();
+          this.log.error(
+            { err: (err as Error).message, block: block.bid, backlogRows: this.backlog },
+            `spool write of a landing ${what} failed; retrying (calls stay in the spool)`,
+          );
+        }
+        if (!this.running && this.stopDeadline && performance.now() > this.stopDeadline) return false;
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 5_000);
+      }
+    }
+  }
 
   /** Lands everything queued (up to the deadline), then stops. What is left stays in the spool. */
   async stop(timeoutMs: number): Promise<void> {
