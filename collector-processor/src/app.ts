@@ -91,7 +91,7 @@ const PRIVATE_REDIS_FILE = 'private-redis.json';
  */
 async function reusablePrivateRedis(
   dataDir: string,
-): Promise<{ url: string; stop(): Promise<void> } | undefined> {
+): Promise<{ url: string; pid: number; port: number; stop(): Promise<void> } | undefined> {
   const file = join(dataDir, PRIVATE_REDIS_FILE);
   if (!existsSync(file)) return undefined;
   try {
@@ -100,6 +100,8 @@ async function reusablePrivateRedis(
     if (!(await pingsOnLoopback(port))) return undefined;
     return {
       url: `redis://127.0.0.1:${port}`,
+      pid,
+      port,
       stop: async () => {
         try {
           process.kill(pid, 'SIGTERM');
@@ -119,6 +121,70 @@ async function reusablePrivateRedis(
  */
 export async function stopLeftoverPrivateRedis(dataDir: string): Promise<void> {
   await (await reusablePrivateRedis(dataDir))?.stop();
+}
+
+/** How often the private redis-server's process is looked for (a dead one is started again). */
+const PRIVATE_REDIS_WATCH_MS = 1000;
+
+/**
+ * Keeps the private redis-server running: one that died while Tollgate ran (killed, out of memory) is started
+ * again on the same port and data directory, whose append-only file brings its claims, counters and kills
+ * back, and the client reconnects to it. Before, it stayed down until Tollgate was restarted: every call was
+ * rated fail-open (`unenforced`: no limits, no dedup against the calls before), and `/readyz` still said 200.
+ * Started or adopted alike, the process is watched by its pid.
+ */
+function supervisePrivateRedis(
+  first: { pid: number; port: number; stop(): Promise<void> },
+  restart: (port: number) => Promise<PrivateRedis>,
+  dataDir: string,
+  log: Logger,
+): Pick<PrivateRedis, 'stop'> {
+  let current: { pid: number; stop(): Promise<void> } = first;
+  let stopping = false;
+  let restarting = false;
+  let lastFailureLog = Number.NEGATIVE_INFINITY;
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const timer = setInterval(() => {
+    if (stopping || restarting || alive(current.pid)) return;
+    restarting = true;
+    restart(first.port)
+      .then((started) => {
+        if (stopping) return started.stop();
+        current = { pid: started.process.pid as number, stop: started.stop };
+        writeFileSync(
+          join(dataDir, PRIVATE_REDIS_FILE),
+          JSON.stringify({ pid: started.process.pid, port: started.port }),
+        );
+        log.warn({ port: first.port }, 'private redis-server exited; started again');
+      })
+      .catch((err: Error) => {
+        if (performance.now() - lastFailureLog > 10_000) {
+          lastFailureLog = performance.now();
+          log.error(
+            { err: err.message, port: first.port },
+            'private redis-server exited; starting it again failed',
+          );
+        }
+      })
+      .finally(() => {
+        restarting = false;
+      });
+  }, PRIVATE_REDIS_WATCH_MS);
+  timer.unref();
+  return {
+    async stop() {
+      stopping = true;
+      clearInterval(timer);
+      await current.stop();
+    },
+  };
 }
 
 async function connectRedis(
@@ -152,20 +218,36 @@ async function connectRedis(
     let url = String(s['redis.url']);
     if (!url) {
       const reused = await reusablePrivateRedis(dataDir);
+      // Persistent (AOF, each write on disk before it is answered by default) in the data directory:
+      // counters, claims and kills survive a restart, and a kill -9 of redis-server, exactly as they would
+      // with an external Redis.
+      const redisDir = join(dataDir, 'redis');
+      const start = (port?: number) =>
+        startPrivateRedis({
+          binary: String(s['redis.serverBinary']),
+          extraArgs: [
+            '--appendonly',
+            'yes',
+            '--appendfsync',
+            String(s['redis.privateAppendFsync']),
+            '--dir',
+            redisDir,
+          ],
+          ...(port ? { port } : {}),
+        });
       if (reused) {
         url = reused.url;
-        owned = reused;
+        owned = supervisePrivateRedis(reused, start, dataDir, log);
         log.info({ url }, 'reusing the private redis-server left by a previous run');
       } else {
-        // Persistent (AOF, fsync every second) in the data directory: counters, claims and kills survive
-        // a restart exactly as they would with an external Redis.
-        const redisDir = join(dataDir, 'redis');
         mkdirSync(redisDir, { recursive: true });
-        const started = await startPrivateRedis({
-          binary: String(s['redis.serverBinary']),
-          extraArgs: ['--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', redisDir],
-        });
-        owned = started;
+        const started = await start();
+        owned = supervisePrivateRedis(
+          { pid: started.process.pid as number, port: started.port, stop: started.stop },
+          start,
+          dataDir,
+          log,
+        );
         url = started.url;
         writeFileSync(
           join(dataDir, PRIVATE_REDIS_FILE),

@@ -144,6 +144,18 @@ export const SETTINGS = [
     doc: 'Binary used to start the private Redis.',
   },
   {
+    key: 'redis.privateAppendFsync',
+    flag: '--redis-private-appendfsync',
+    env: 'TOLLGATE_REDIS_PRIVATE_APPENDFSYNC',
+    kind: 'enum',
+    values: ['always', 'everysec'],
+    default: 'always',
+    doc:
+      "The private Redis's `appendfsync`. `always`: a claim, counter or kill is on disk before Redis answers it. " +
+      '`everysec` lets Redis answer writes it has not yet written to its file while a slow fsync runs (up to 2 s): ' +
+      'a `kill -9` of redis-server then loses acknowledged dedup claims, and retried calls are billed twice.',
+  },
+  {
     key: 'clickhouse.url',
     flag: '--clickhouse-url',
     env: 'CLICKHOUSE_URL',
