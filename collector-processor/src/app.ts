@@ -399,9 +399,9 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         segmentBytes: Number(s['spool.segmentBytes']),
       });
       if (recovered.corruptSegments)
-        log.warn(
+        log.error(
           { segments: recovered.corruptSegments },
-          'spool segments had a corrupt record; the rest of those segments was skipped',
+          'spool segments had damaged records; the intact records around them are replayed',
         );
       lander = new Lander(
         clickhouse,

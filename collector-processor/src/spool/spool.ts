@@ -3,6 +3,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  renameSync,
   truncateSync,
   unlinkSync,
   writeFileSync,
@@ -140,30 +141,61 @@ export async function writeAll(handle: FileHandle, bufs: Buffer[]): Promise<numb
   return total;
 }
 
-/** Decodes the records of a segment; stops at the first torn or corrupt record and returns where. */
-function decodeRecords(buf: Buffer): { records: SpoolRecord[]; validBytes: number } {
+/** The record at `pos` of `buf`, and where it ends; undefined when no whole, intact record starts there. */
+function recordAt(buf: Buffer, pos: number): { rec: SpoolRecord; end: number } | undefined {
+  if (pos + FRAME_HEADER > buf.length) return undefined;
+  const len = buf.readUInt32LE(pos);
+  const end = pos + 8 + len;
+  if (len < 2 || end > buf.length) return undefined;
+  const headerLen = buf.readUInt16LE(pos + 8);
+  if (FRAME_HEADER + headerLen > 8 + len || buf[pos + FRAME_HEADER] !== 0x7b) return undefined;
+  if (crc32(buf.subarray(pos + 8, end)) !== buf.readUInt32LE(pos + 4)) return undefined;
+  let header: SpoolRecord;
+  try {
+    header = JSON.parse(
+      buf.subarray(pos + FRAME_HEADER, pos + FRAME_HEADER + headerLen).toString('utf8'),
+    ) as SpoolRecord;
+  } catch {
+    return undefined;
+  }
+  if (header === null || typeof header !== 'object' || !['a', 'i', 'd', 'x'].includes(header.t))
+    return undefined;
+  if (header.t === 'a') header.payload = Buffer.from(buf.subarray(pos + FRAME_HEADER + headerLen, end));
+  return { rec: header, end };
+}
+
+/** The next position at or after `from` where an intact record starts (`buf.length` when none does). */
+function nextRecord(buf: Buffer, from: number): number {
+  // a record's header is JSON: only a `{` ten bytes in can start one, and its checksum decides
+  for (let at = buf.indexOf(0x7b, from + FRAME_HEADER); at !== -1; at = buf.indexOf(0x7b, at + 1)) {
+    if (recordAt(buf, at - FRAME_HEADER)) return at - FRAME_HEADER;
+  }
+  return buf.length;
+}
+
+/**
+ * Decodes the records of a segment. A record that is not intact (torn by a crash mid-write, or damaged on
+ * disk) is skipped up to the next intact one: `validBytes` is where the last intact record ends, and
+ * `damagedBytes` counts what was skipped before it (zero for a torn tail alone). One damaged byte in the
+ * middle of a segment used to end its reading there: every acknowledged record after it was lost.
+ */
+function decodeRecords(buf: Buffer): { records: SpoolRecord[]; validBytes: number; damagedBytes: number } {
   const records: SpoolRecord[] = [];
   let pos = 0;
-  while (pos + FRAME_HEADER <= buf.length) {
-    const len = buf.readUInt32LE(pos);
-    const end = pos + 8 + len;
-    if (len < 2 || end > buf.length) break;
-    if (crc32(buf.subarray(pos + 8, end)) !== buf.readUInt32LE(pos + 4)) break;
-    const headerLen = buf.readUInt16LE(pos + 8);
-    if (FRAME_HEADER + headerLen > 8 + len) break;
-    let header: SpoolRecord;
-    try {
-      header = JSON.parse(
-        buf.subarray(pos + FRAME_HEADER, pos + FRAME_HEADER + headerLen).toString('utf8'),
-      ) as SpoolRecord;
-    } catch {
-      break;
+  let validBytes = 0;
+  let damagedBytes = 0;
+  while (pos < buf.length) {
+    const r = recordAt(buf, pos);
+    if (r) {
+      records.push(r.rec);
+      pos = validBytes = r.end;
+      continue;
     }
-    if (header.t === 'a') header.payload = Buffer.from(buf.subarray(pos + FRAME_HEADER + headerLen, end));
-    records.push(header);
-    pos = end;
+    const next = nextRecord(buf, pos);
+    if (next < buf.length) damagedBytes += next - pos;
+    pos = next;
   }
-  return { records, validBytes: pos };
+  return { records, validBytes, damagedBytes };
 }
 
 /**
@@ -199,6 +231,8 @@ export class Spool {
   /** Unlanded record ids per segment number; a segment is deleted once it and all older ones are empty. */
   private readonly live = new Map<number, Set<string>>();
   private readonly segmentOf = new Map<string, number>();
+  /** The highest segment number found at start. */
+  private lastSegmentSeen = 0;
   /** Deaths of the process during replays, per record (see ReplayGuard). */
   readonly replayGuard: ReplayGuard;
 
@@ -210,7 +244,8 @@ export class Spool {
     mkdirSync(opts.dir, { recursive: true });
     const spool = new Spool(opts);
     const recovered = spool.recover();
-    spool.segment = Math.max(0, ...spool.live.keys()) + 1;
+    // after every segment there was (a damaged one set aside keeps its number)
+    spool.segment = Math.max(0, ...spool.live.keys(), spool.lastSegmentSeen) + 1;
     await spool.openSegment();
     return { spool, recovered };
   }
@@ -231,16 +266,20 @@ export class Spool {
     const accepted = new Map<string, { rec: AcceptedRecord; seg: number }>();
     const intents = new Map<string, IntentRecord>();
     let corruptSegments = 0;
+    const damaged = new Set<number>();
     const segs = this.segments();
+    this.lastSegmentSeen = Math.max(0, ...segs);
     segs.forEach((seg, i) => {
       const buf = readFileSync(this.path(seg));
-      const { records, validBytes } = decodeRecords(buf);
-      if (validBytes < buf.length) {
-        if (i === segs.length - 1) {
-          // A torn or corrupt tail of the newest segment was written but never fsynced, so never
-          // acknowledged: cut it off.
-          truncateSync(this.path(seg), validBytes);
-        } else corruptSegments++;
+      const { records, validBytes, damagedBytes } = decodeRecords(buf);
+      if (damagedBytes > 0) {
+        // damage with intact records after it (a disk's, not a crash's): what is readable is kept, and the
+        // file too (renamed `.damaged` rather than deleted once nothing in it is pending)
+        corruptSegments++;
+        damaged.add(seg);
+      } else if (validBytes < buf.length && i === segs.length - 1) {
+        // A torn tail of the newest segment was written but never fsynced, so never acknowledged: cut off.
+        truncateSync(this.path(seg), validBytes);
       }
       for (const rec of records) {
         if (rec.t === 'a') accepted.set(rec.rid, { rec, seg });
@@ -253,8 +292,12 @@ export class Spool {
       }
     });
     for (const { rec, seg } of accepted.values()) this.track(rec.rid, seg);
-    // Segments holding nothing pending can go right away.
-    for (const seg of segs) if (!this.live.has(seg)) unlinkSync(this.path(seg));
+    // Segments holding nothing pending can go right away; a damaged one is kept aside for its operator.
+    for (const seg of segs) {
+      if (this.live.has(seg)) continue;
+      if (damaged.has(seg)) renameSync(this.path(seg), `${this.path(seg)}.damaged`);
+      else unlinkSync(this.path(seg));
+    }
     const pendingIntents = [...intents.values()].filter((it) => it.rids.every((rid) => accepted.has(rid)));
     return { accepted: [...accepted.values()].map((v) => v.rec), intents: pendingIntents, corruptSegments };
   }
