@@ -8,6 +8,7 @@ import { ROOT } from './lib.mjs';
 const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
   ['decode', ['node', 'bench/decode.mjs']],
+  ['large-exports', ['node', 'bench/large-exports.mjs']],
   ['landing', ['node', 'bench/landing.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['credits', ['node', 'bench/credits.mjs']],

@@ -626,6 +626,10 @@ describe('a limit Tollgate reported exhausted, then Tollgate unreachable', () =>
       expect(book.stats.failOpen).toBeGreaterThan(failOpenBefore);
     } finally {
       redis = await startPrivateRedis({ port: redis.port });
+      // the next tests need Tollgate's Redis client connected again (it reconnects with backoff)
+      await waitFor('Tollgate reconnected to Redis', async () =>
+        (await tg.redis?.ping().catch(() => '')) === 'PONG' ? true : undefined,
+      );
     }
   });
 });

@@ -8,7 +8,7 @@ import {
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
 import { flushTollgate, instrumentMcpServer, shutdownTollgate } from '../src/index.js';
-import { envelope2026 } from './support/mcp.js';
+import { callStateless } from './support/mcp.js';
 
 /**
  * A caller chooses its JSON-RPC request id, and the MCP SDK takes any string: one of 9 MB went into the span's
@@ -46,26 +46,7 @@ async function call(
   customer: string,
   id: string | number,
 ): Promise<unknown> {
-  const res = await handler.fetch(
-    new Request('http://127.0.0.1/mcp', {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'echo',
-        'x-test-customer': customer,
-      },
-      body: JSON.stringify({
-        jsonrpc: '2.0',
-        id,
-        method: 'tools/call',
-        params: { name: 'echo', arguments: { text: 'ok' }, _meta: envelope2026() },
-      }),
-    }),
-  );
-  return ((await res.json()) as { result?: unknown }).result;
+  return (await callStateless(handler, 'echo', { id, headers: { 'x-test-customer': customer } })).body.result;
 }
 
 async function billed(customer: string): Promise<number> {

@@ -639,49 +639,37 @@ export class Pipeline {
 
   /**
    * The landing blocks of the rows (the lander's format): one per LAND_CHUNK_ROWS rows, written over several
-   * turns of the event loop when there are many (`turn`'s slices). Each block is added and taken in one go:
-   * the writer is shared, and another export may use it between two blocks.
+   * turns of the event loop when there are many (`turn`'s slices). With `before` (blocks this wrote for the
+   * same rows), each is written again with its decision column anew (NativeWriter's `retake`; else whole);
+   * `before` stays the caller's. Each block is added and taken in one go: the writer is shared, and another
+   * export may use it between two blocks.
    */
-  private async encode(rated: readonly RatedCall[], turn: Turn): Promise<Buffer[]> {
+  private async encode(
+    rated: readonly RatedCall[],
+    turn: Turn,
+    before?: readonly Buffer[],
+  ): Promise<Buffer[]> {
     const blocks: Buffer[] = [];
     try {
-      for (let from = 0; from < rated.length; from += LAND_CHUNK_ROWS) {
-        if (from > 0 && turn.spent()) await turn.next();
-        const to = Math.min(from + LAND_CHUNK_ROWS, rated.length);
-        this.out.clear();
-        for (let i = from; i < to; i++) this.out.add(rated[i] as RatedCall);
-        blocks.push(this.out.take());
+      for (let k = 0; k * LAND_CHUNK_ROWS < rated.length; k++) {
+        if (k > 0 && turn.spent()) await turn.next();
+        const rows =
+          rated.length <= LAND_CHUNK_ROWS
+            ? rated
+            : rated.slice(k * LAND_CHUNK_ROWS, (k + 1) * LAND_CHUNK_ROWS);
+        const old = before?.[k];
+        if (old && this.out.retake) blocks.push(this.out.retake(old, rows));
+        else {
+          this.out.clear();
+          for (const row of rows) this.out.add(row);
+          blocks.push(this.out.take());
+        }
       }
     } catch (err) {
       for (const b of blocks) this.lander.discard(b);
       throw err;
     }
     return blocks;
-  }
-
-  /** `blocks` (of `encode`) with their decision column written again, block by block; `blocks` stay the caller's. */
-  private async reencode(
-    blocks: readonly Buffer[],
-    rated: readonly RatedCall[],
-    turn: Turn,
-  ): Promise<Buffer[]> {
-    const out: Buffer[] = [];
-    try {
-      for (let k = 0; k < blocks.length; k++) {
-        if (k > 0 && turn.spent()) await turn.next();
-        const rows = rated.slice(k * LAND_CHUNK_ROWS, (k + 1) * LAND_CHUNK_ROWS);
-        if (this.out.retake) out.push(this.out.retake(blocks[k] as Buffer, rows));
-        else {
-          this.out.clear();
-          for (const row of rows) this.out.add(row);
-          out.push(this.out.take());
-        }
-      }
-    } catch (err) {
-      for (const b of out) this.lander.discard(b);
-      throw err;
-    }
-    return out;
   }
 
   private async meterRateLand(
@@ -789,7 +777,7 @@ export class Pipeline {
       const again = performance.now();
       const before = blocks;
       // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
-      blocks = await this.reencode(before, rated, turn);
+      blocks = await this.encode(rated, turn, before);
       for (const b of before) this.lander.discard(b);
       landMs += performance.now() - again;
     }

@@ -206,7 +206,13 @@ let statelessId = 1;
 export async function callStateless(
   handler: { fetch(req: Request): Promise<Response> },
   tool: string,
-  o: { arguments?: unknown; meta?: Record<string, unknown>; headers?: Record<string, string> } = {},
+  o: {
+    arguments?: unknown;
+    meta?: Record<string, unknown>;
+    headers?: Record<string, string>;
+    /** The JSON-RPC id (a new number per call by default). */
+    id?: string | number;
+  } = {},
 ): Promise<{
   status: number;
   body: {
@@ -227,7 +233,7 @@ export async function callStateless(
       },
       body: JSON.stringify({
         jsonrpc: '2.0',
-        id: statelessId++,
+        id: o.id ?? statelessId++,
         method: 'tools/call',
         params: { name: tool, arguments: o.arguments ?? { text: 'ok' }, _meta: o.meta ?? envelope2026() },
       }),
