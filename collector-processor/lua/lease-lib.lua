@@ -80,12 +80,20 @@ local function lease_trim(P, id, f, keep, now, grace_ms)
   end
 end
 
--- Expired leases of the customer give back what they hold (at most `max` per call, oldest first).
+-- Expired leases of the customer give back what they hold (at most `max` per call, oldest first) — except a
+-- lease granted to hold on lapse (hl = 1, the SDK's: it releases what it does not use, idle or stopping):
+-- its holder stopped without a word (SIGKILL, cut off), and calls it took may have run whose spans never
+-- come. What it holds stays held, counted against the limit until its day and period end, and a late span
+-- still settles against it; giving it back let later calls exceed the limit by the lost ones.
 local function lease_reap(P, now, max)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', now, 'LIMIT', 0, max)
   for _, id in ipairs(ids) do
     local f = lease_fields(P .. 'ls:' .. id)
-    if f then lease_trim(P, id, f, nil, now, 0) else redis.call('ZREM', P .. 'lz', id) end
+    if f and f.hl == '1' then
+      redis.call('HSET', P .. 'ls:' .. id, 'rel', '1', 'lapsed', '1')
+      redis.call('ZREM', P .. 'lz', id)
+    elseif f then lease_trim(P, id, f, nil, now, 0)
+    else redis.call('ZREM', P .. 'lz', id) end
   end
 end
 

@@ -11,6 +11,7 @@
 -- ARGV[20] release grace (ms)     ARGV[21] least money worth granting (the known price of the call at hand)
 -- ARGV[22] nt, then nt quadruples: tool, limit (-1 none), want calls, consumed calls
 -- then ns, then ns triples: session id, want money, consumed money
+-- then 1 = hold on lapse (the holder releases what it does not use; what it lets lapse stays held)
 -- the last three ARGV belong to credits.lua (credits_lease_headroom): wallet key index, hard stop, overdraft
 --
 -- Returns: status (ok | released | unknown | foreign | killed), lease id ('' when nothing is limited),
@@ -46,6 +47,7 @@ for j = 0, ns - 1 do
   local b = sb + 1 + j * 3
   sessions[#sessions + 1] = { sid = ARGV[b], key = KEYS[4 + j], want = tonumber(ARGV[b + 1]), consumed = tonumber(ARGV[b + 2]) }
 end
+local hold_on_lapse = ARGV[sb + 1 + ns * 3] == '1'
 
 lease_reap(P, now, 64)
 
@@ -172,6 +174,7 @@ if not limited then
   return { 'ok', '', exp, -1, -1, 0, 0, 0 }
 end
 redis.call('HSET', lkey, 'inst', inst, 'day', day, 'period', period, 'exp', exp, unpack(set))
+if hold_on_lapse then redis.call('HSET', lkey, 'hl', '1') end
 redis.call('EXPIRE', lkey, key_ttl)
 redis.call('ZADD', P .. 'lz', exp, id)
 redis.call('EXPIRE', P .. 'lz', key_ttl)

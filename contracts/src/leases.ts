@@ -62,6 +62,12 @@ export interface LeaseRequest {
   consumedMoney?: string;
   tools?: LeaseSubRequest[];
   sessions?: LeaseSubRequest[];
+  /**
+   * What the lease holds stays held, not returned, when it lapses (it was neither renewed nor released): the
+   * holder stopped without a word, and calls it took may have run whose spans never come. For a holder that
+   * releases what it does not use (the SDK: when idle, and when it stops). Kept from the grant that set it.
+   */
+  holdOnLapse?: boolean;
 }
 
 export interface LeaseRequestBody {

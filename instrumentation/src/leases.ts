@@ -100,6 +100,8 @@ class Held {
   sinceCalls = 0;
   sinceMoney = 0;
   sinceMs = 0;
+  /** When a call was last taken from the lease. */
+  lastTakeMs = 0;
 
   constructor(readonly customer: string | undefined) {}
 
@@ -177,6 +179,7 @@ class Held {
   }
 
   consume(tool: string, session: string, price: number): void {
+    this.lastTakeMs = Date.now();
     this.callsUsed++;
     this.moneyUsed += price;
     this.sinceCalls++;
@@ -505,7 +508,9 @@ export class LeaseBook {
     const perCall = h.sinceCalls > 0 ? h.sinceMoney / h.sinceCalls : price;
     // Lua compares money exactly below 2^53 nano-units: a wish is never larger
     const wantMoney = Math.min(Number.MAX_SAFE_INTEGER, Math.ceil(Math.max(price, perCall) * wantCalls));
-    const r: LeaseRequest = { op: 'grant', wantCalls };
+    // what this process lets lapse stays held at Tollgate: it releases what it does not use (releaseIdle,
+    // releaseAll), so a lease lapses only when the process was killed or cut off
+    const r: LeaseRequest = { op: 'grant', wantCalls, holdOnLapse: true };
     if (h.customer !== undefined) r.customer = h.customer;
     if (wantMoney > 0) r.wantMoney = String(wantMoney);
     if (price > 0) r.minMoney = String(price);
@@ -650,9 +655,28 @@ export class LeaseBook {
 
   /** Gives back what the leases hold beyond what this process consumed (after its spans were flushed). */
   async releaseAll(): Promise<void> {
+    await this.release([...this.held.values()].filter((h) => h.leaseId));
+  }
+
+  /**
+   * Gives back the leases of customers with no call for a third of their TTL (run by the runtime's timer):
+   * an idle lease is released, not left to lapse, since a lease that lapses stays held at Tollgate (a killed
+   * process's calls may have run unreported). The next call of such a customer asks for a new lease.
+   */
+  releaseIdle(nowMs: number): Promise<void> {
+    const idle = [...this.held.values()].filter(
+      (h) =>
+        h.leaseId &&
+        h.renewing === undefined &&
+        h.waiting === 0 &&
+        nowMs - Math.max(h.lastTakeMs, h.sinceMs) >= h.renewAtMs - h.sinceMs,
+    );
+    return idle.length ? this.release(idle) : Promise.resolve();
+  }
+
+  private async release(holders: Held[]): Promise<void> {
     const reqs: LeaseRequest[] = [];
-    for (const h of this.held.values()) {
-      if (!h.leaseId) continue;
+    for (const h of holders) {
       const r: LeaseRequest = {
         op: 'release',
         leaseId: h.leaseId,

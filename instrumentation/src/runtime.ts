@@ -200,6 +200,7 @@ export class TollgateRuntime {
     this.timer = setInterval(() => {
       this.pruneSessions();
       void this.exporter?.tick();
+      void this.leases?.releaseIdle(Date.now());
     }, o.heartbeatIntervalMs);
     this.timer.unref();
     if (this.exporter && o.stateFile) {

@@ -97,6 +97,7 @@ interface Parsed {
   customer: string;
   plan: CompiledPlan;
   leaseId: string | undefined;
+  holdOnLapse: boolean;
   wantCalls: number;
   wantMoney: bigint;
   minMoney: bigint;
@@ -188,6 +189,7 @@ export class LeaseService {
           customer: e.customer,
           plan,
           leaseId,
+          holdOnLapse: false, // a renewal keeps what the grant set
           wantCalls: Math.min(this.opts.maxCalls, e.calls * 2),
           wantMoney: e.money * 2n,
           minMoney: e.max,
@@ -253,6 +255,8 @@ export class LeaseService {
       throw new LeaseInputError('TG_LEASE_INVALID', 'op must be grant or release');
     if (r.customer !== undefined && (typeof r.customer !== 'string' || !isValidIdentifier(r.customer)))
       throw new LeaseInputError('TG_LEASE_INVALID', 'customer must be a non-empty identifier');
+    if (r.holdOnLapse !== undefined && typeof r.holdOnLapse !== 'boolean')
+      throw new LeaseInputError('TG_LEASE_INVALID', 'holdOnLapse must be true or false');
     const customer = (r.customer as string | undefined) || identity.defaultCustomer;
     if (!customer) throw new LeaseInputError('TG_LEASE_NO_CUSTOMER');
     const plan = this.plans.current.resolve(identity.product, customer);
@@ -287,6 +291,7 @@ export class LeaseService {
       customer,
       plan,
       leaseId: r.leaseId as string | undefined,
+      holdOnLapse: r.holdOnLapse === true,
       wantCalls: Math.min(calls(r.wantCalls, 'wantCalls', 1, 1), this.opts.maxCalls),
       wantMoney: money(r.wantMoney, 'wantMoney', 1n, 0n),
       minMoney: money(r.minMoney, 'minMoney', 0n, 0n),
@@ -347,6 +352,7 @@ export class LeaseService {
       ...q.tools.flatMap((t) => [t.id, toolLimits[t.id] ?? -1, t.want, t.consumed]),
       sessions.length,
       ...sessions.flatMap((s) => [s.id, s.want.toString(), s.consumed.toString()]),
+      q.holdOnLapse ? 1 : 0,
     ];
     leaseCreditArgs(keys, args, tag, q.plan.plan.credits); // the last key and arguments: credits.lua's
     let reply: (string | number)[];
