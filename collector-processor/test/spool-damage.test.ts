@@ -63,6 +63,56 @@ describe('a spool segment damaged on disk', () => {
     await spool.close();
   });
 
+  it("a record shaped like a spool record inside a sender's body is never read as one, torn or damaged", async () => {
+    // the bytes of a whole, intact spool record, as a sender could put them in an attribute of its export
+    const forgedDir = tempDir('tollgate-spool-forged-');
+    const forger = await Spool.open({ dir: forgedDir, fsync: false, segmentBytes: 1 << 24 });
+    await forger.spool.appendAccepted({
+      t: 'a',
+      rid: 'FORGED',
+      product: 'victim-product',
+      planVersion: 'v',
+      receivedAtMs: 1,
+      format: 'otlp-json',
+      payload: Buffer.from('{}'),
+    });
+    await forger.spool.close();
+    const frame = readFileSync(
+      join(forgedDir, readdirSync(forgedDir).find((f) => f.endsWith('.wal')) as string),
+    );
+    for (const damage of ['torn', 'flipped'] as const) {
+      const dir = tempDir('tollgate-spool-damage-');
+      const { spool } = await Spool.open({ dir, fsync: false, segmentBytes: 1 << 24 });
+      const file = join(dir, readdirSync(dir).find((f) => f.endsWith('.wal')) as string);
+      for (const rid of ['r0', 'r1', 'r2', 'carrier']) {
+        await spool.appendAccepted({
+          t: 'a',
+          rid,
+          product: 'p',
+          planVersion: 'v',
+          receivedAtMs: 1,
+          format: 'otlp-protobuf',
+          payload:
+            rid === 'carrier'
+              ? Buffer.concat([Buffer.alloc(100, 7), frame, Buffer.alloc(100, 7)])
+              : Buffer.from('x'),
+        });
+      }
+      await spool.close();
+      const bytes = readFileSync(file);
+      const carrierAt = bytes.lastIndexOf(Buffer.from('{"t":"a","rid":"carrier"')) - 10;
+      if (damage === 'torn')
+        truncateSync(file, bytes.length - 50); // a crash mid-write of the carrier
+      else {
+        bytes.writeUInt8(bytes.readUInt8(carrierAt + 12) ^ 0xff, carrierAt + 12); // its header damaged
+        writeFileSync(file, bytes);
+      }
+      const again = await Spool.open({ dir, fsync: false, segmentBytes: 1 << 24 });
+      expect([damage, rids(again.recovered)]).toEqual([damage, ['r0', 'r1', 'r2']]);
+      await again.spool.close();
+    }
+  });
+
   it('a damaged segment with nothing pending is kept aside as .damaged, not deleted', async () => {
     const { dir, file, offsets } = await spoolOf(3, true);
     const bytes = readFileSync(file);

@@ -1,4 +1,5 @@
 import {
+  existsSync,
   constants as fsConstants,
   mkdirSync,
   readdirSync,
@@ -164,38 +165,33 @@ function recordAt(buf: Buffer, pos: number): { rec: SpoolRecord; end: number } |
   return { rec: header, end };
 }
 
-/** The next position at or after `from` where an intact record starts (`buf.length` when none does). */
-function nextRecord(buf: Buffer, from: number): number {
-  // a record's header is JSON: only a `{` ten bytes in can start one, and its checksum decides
-  for (let at = buf.indexOf(0x7b, from + FRAME_HEADER); at !== -1; at = buf.indexOf(0x7b, at + 1)) {
-    if (recordAt(buf, at - FRAME_HEADER)) return at - FRAME_HEADER;
-  }
-  return buf.length;
-}
-
 /**
- * Decodes the records of a segment. A record that is not intact (torn by a crash mid-write, or damaged on
- * disk) is skipped up to the next intact one: `validBytes` is where the last intact record ends, and
- * `damagedBytes` counts what was skipped before it (zero for a torn tail alone). One damaged byte in the
- * middle of a segment used to end its reading there: every acknowledged record after it was lost.
+ * Decodes the records of a segment. A record whose checksum fails but whose length is sound — its end is
+ * inside the file and an intact record (or the file's end) follows it — was damaged on disk: it is skipped,
+ * and reading goes on after it. `damagedBytes` counts what was skipped. Reading stops at anything else: a
+ * torn tail (a crash mid-write, never acknowledged), or damage to a record's length. `validBytes` is where the
+ * last record read ends. Reading never looks for records inside a damaged one: its payload is a sender's
+ * request body, which may hold bytes shaped like a record (and looking at every `{` for one was quadratic).
+ * Before, one damaged byte in the middle of a segment ended its reading there: every acknowledged record after
+ * it was lost.
  */
 function decodeRecords(buf: Buffer): { records: SpoolRecord[]; validBytes: number; damagedBytes: number } {
   const records: SpoolRecord[] = [];
   let pos = 0;
-  let validBytes = 0;
   let damagedBytes = 0;
-  while (pos < buf.length) {
+  while (pos + FRAME_HEADER <= buf.length) {
     const r = recordAt(buf, pos);
     if (r) {
       records.push(r.rec);
-      pos = validBytes = r.end;
+      pos = r.end;
       continue;
     }
-    const next = nextRecord(buf, pos);
-    if (next < buf.length) damagedBytes += next - pos;
-    pos = next;
+    const end = pos + 8 + buf.readUInt32LE(pos);
+    if (end <= pos + 8 || end > buf.length || (end < buf.length && !recordAt(buf, end))) break;
+    damagedBytes += end - pos;
+    pos = end;
   }
-  return { records, validBytes, damagedBytes };
+  return { records, validBytes: pos, damagedBytes };
 }
 
 /**
@@ -295,8 +291,10 @@ export class Spool {
     // Segments holding nothing pending can go right away; a damaged one is kept aside for its operator.
     for (const seg of segs) {
       if (this.live.has(seg)) continue;
-      if (damaged.has(seg)) renameSync(this.path(seg), `${this.path(seg)}.damaged`);
-      else unlinkSync(this.path(seg));
+      if (damaged.has(seg)) {
+        const aside = `${this.path(seg)}.damaged`;
+        renameSync(this.path(seg), existsSync(aside) ? `${this.path(seg)}.${Date.now()}.damaged` : aside);
+      } else unlinkSync(this.path(seg));
     }
     const pendingIntents = [...intents.values()].filter((it) => it.rids.every((rid) => accepted.has(rid)));
     return { accepted: [...accepted.values()].map((v) => v.rec), intents: pendingIntents, corruptSegments };
