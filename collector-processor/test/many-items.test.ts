@@ -1,6 +1,11 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_GROUPS_PER_EXPORT, MAX_JSON_CONTAINERS, MAX_SPANS_PER_EXPORT } from '../src/otlp/decoded.js';
+import {
+  MAX_GROUPS_PER_EXPORT,
+  MAX_JSON_CONTAINERS,
+  MAX_JSON_ITEMS,
+  MAX_SPANS_PER_EXPORT,
+} from '../src/otlp/decoded.js';
 import { MAX_EVENTS_PER_REQUEST, MAX_PROBLEM_LINES } from '../src/receiver/server.js';
 import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate } from './support/harness.js';
 
@@ -89,6 +94,21 @@ describe('a request that holds too many items gets 413 TG_TOO_MANY_ITEMS, and th
     });
     await stillServing();
   }, 60_000);
+
+  it('millions of plain values in a little gzip (no objects or arrays to count): refused before they are parsed', async () => {
+    // 64 MiB of `1,1,…` held the main thread in JSON.parse for a second and took the process past 1.2 GB
+    const ones = `${'1,'.repeat(MAX_JSON_ITEMS)}1`;
+    for (const [path, body] of [
+      ['/v1/traces', `{"resourceSpans":[],"pad":[${ones}]}`],
+      ['/v1/ingest/batch', `[${ones}]`],
+      ['/v1/leases', `{"instanceId":"i","requests":[${ones}]}`],
+    ] as const) {
+      const r = await post(path, Buffer.from(body), 'application/json', true);
+      expect([path, r.status]).toEqual([path, 413]);
+      expect(r.text).toContain(`more than ${MAX_JSON_ITEMS} JSON objects, arrays and values`);
+    }
+    await stillServing();
+  }, 120_000);
 
   it('30 million empty scope spans in 58 KB of gzip, or a million and one empty resource spans: refused at the bound', async () => {
     // each empty group cost a loop's turn and objects: the 30 million held the main thread for 27 s

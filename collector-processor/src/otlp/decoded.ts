@@ -42,14 +42,26 @@ export const MAX_GROUPS_PER_EXPORT = 1_000_000;
  * 64 MiB export of real spans stays under it; what it bounds is V8's heap while JSON.parse builds them.
  */
 export const MAX_JSON_CONTAINERS = 4_000_000;
+/**
+ * Objects, arrays and separated values (each `,`) one JSON body may hold: real OTLP/JSON has one of them per
+ * ≈ 17 bytes (3.9 million in 64 MiB of tool-call spans), so a 64 MiB export of real spans stays under it. 64 MiB of `1,1,…` (a few KB of gzip) held the
+ * main thread in JSON.parse for a second and took the process past 1.2 GB.
+ */
+export const MAX_JSON_ITEMS = 8_000_000;
 
 /**
- * Refuses a JSON body with more than `max` objects and arrays, before it is parsed. Every `{` and `[` is
- * counted, those inside strings too (an over-count only matters for bodies near the bound), and bodies too
- * short to hold that many (each takes two bytes at least) are not scanned at all.
+ * Refuses a JSON body with more than `max` objects and arrays, or more than `maxItems` of them and separated
+ * values together, before it is parsed. Every `{`, `[` and `,` is counted, those inside strings too (an
+ * over-count only matters for bodies near the bounds), and bodies too short to hold that many (each takes two
+ * bytes at least) are not scanned at all.
  */
-export function checkJsonContainers(body: Uint8Array, what: string, max = MAX_JSON_CONTAINERS): void {
-  if (body.length <= 2 * max) return;
+export function checkJsonContainers(
+  body: Uint8Array,
+  what: string,
+  max = MAX_JSON_CONTAINERS,
+  maxItems = MAX_JSON_ITEMS,
+): void {
+  if (body.length <= 2 * Math.min(max, maxItems)) return;
   const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   let n = 0;
   for (const open of [0x7b, 0x5b]) {
@@ -57,6 +69,14 @@ export function checkJsonContainers(body: Uint8Array, what: string, max = MAX_JS
       if (++n > max) {
         throw new TooManyItemsError(`${what} holds more than ${max} JSON objects and arrays: split it`);
       }
+    }
+  }
+  if (body.length <= 2 * (maxItems - n)) return;
+  for (let at = b.indexOf(0x2c); at !== -1; at = b.indexOf(0x2c, at + 1)) {
+    if (++n > maxItems) {
+      throw new TooManyItemsError(
+        `${what} holds more than ${maxItems} JSON objects, arrays and values: split it`,
+      );
     }
   }
 }
