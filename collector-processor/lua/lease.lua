@@ -57,8 +57,9 @@ if not is_new then
   f = lease_fields(lkey)
   if not f then return { 'unknown', id, 0, -1, -1, 0, 0, 0 } end
   if f.inst ~= inst then return { 'foreign', id, 0, -1, -1, 0, 0, 0 } end
-  -- a released lease cannot be renewed or released again (a replay)
-  if f.rel == '1' then return { 'unknown', id, 0, -1, -1, 0, 0, 0 } end
+  -- a released lease cannot be renewed or released again (a replay); a lapsed one held on lapse may still be
+  -- released by its holder, alive after all (its release had failed): what it did not consume goes back
+  if f.rel == '1' and not (op == 'release' and f.lapsed == '1') then return { 'unknown', id, 0, -1, -1, 0, 0, 0 } end
 end
 
 if op == 'release' then

@@ -62,6 +62,8 @@ const MAX_SESSIONS = 256;
 /** A Tollgate that answered 404 to a lease request is asked again after this long. */
 const NOT_OFFERED_RETRY_MS = 60_000;
 const MAX_WANT_CALLS = 10_000;
+/** Failed releases kept to be tried again (the oldest dropped beyond: they stay held at Tollgate). */
+const MAX_UNRELEASED = 1000;
 /** Answers a call's wait may take, each in time, before the call follows the fail mode (see waitFor). */
 const MAX_WAIT_ANSWERS = 4;
 /** A lease-wait timer firing this much late says the process itself was stalled (not Tollgate slow). */
@@ -663,7 +665,8 @@ export class LeaseBook {
    * an idle lease is released, not left to lapse, since a lease that lapses stays held at Tollgate (a killed
    * process's calls may have run unreported). The next call of such a customer asks for a new lease.
    */
-  releaseIdle(nowMs: number): Promise<void> {
+  async releaseIdle(nowMs: number): Promise<void> {
+    if (this.unreleased.length > 0) await this.retryReleases();
     const idle = [...this.held.values()].filter(
       (h) =>
         h.leaseId &&
@@ -671,7 +674,24 @@ export class LeaseBook {
         h.waiting === 0 &&
         nowMs - Math.max(h.lastTakeMs, h.sinceMs) >= h.renewAtMs - h.sinceMs,
     );
-    return idle.length ? this.release(idle) : Promise.resolve();
+    if (idle.length) await this.release(idle);
+  }
+
+  /**
+   * Releases that failed (Tollgate down, restarting, late), tried again at each tick: a lease that lapses stays
+   * held at Tollgate, so one failed release stranded what an honest process did not use for the rest of the
+   * day. Tollgate takes the release of a lapsed lease from its holder. At most MAX_UNRELEASED are kept.
+   */
+  private readonly unreleased: LeaseRequest[] = [];
+
+  private async retryReleases(): Promise<void> {
+    const reqs = this.unreleased.splice(0, 100);
+    try {
+      await this.post(reqs, this.o.requestTimeoutMs);
+      this.stats.released += reqs.length;
+    } catch {
+      this.unreleased.unshift(...reqs);
+    }
   }
 
   private async release(holders: Held[]): Promise<void> {
@@ -691,11 +711,16 @@ export class LeaseBook {
       h.known = false;
     }
     for (let i = 0; i < reqs.length; i += 100) {
+      const batch = reqs.slice(i, i + 100);
       try {
-        await this.post(reqs.slice(i, i + 100), this.o.requestTimeoutMs);
-        this.stats.released += Math.min(100, reqs.length - i);
+        await this.post(batch, this.o.requestTimeoutMs);
+        this.stats.released += batch.length;
       } catch (err) {
-        this.onProblem(`quota leases not released (they lapse at their expiry): ${(err as Error).message}`);
+        this.unreleased.push(...batch);
+        this.unreleased.splice(0, Math.max(0, this.unreleased.length - MAX_UNRELEASED));
+        this.onProblem(
+          `quota leases not released yet (tried again at the next tick): ${(err as Error).message}`,
+        );
       }
     }
   }

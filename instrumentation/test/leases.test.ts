@@ -681,6 +681,81 @@ describe('a limit Tollgate reported exhausted, then Tollgate unreachable', () =>
   });
 });
 
+describe('a release that fails', () => {
+  it('is tried again at the next tick, and Tollgate takes it after the lease lapsed: nothing stays stranded', async () => {
+    const customer = 'release-retry-co';
+    // Tollgate behind a proxy that can fail (a restart, a 503 while Redis is away)
+    let failing = false;
+    const target = new URL(tg.otlpUrl as string);
+    const proxy = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (failing) {
+          res.writeHead(503).end();
+          return;
+        }
+        const up = http.request(
+          {
+            host: target.hostname,
+            port: target.port,
+            path: req.url,
+            method: req.method,
+            headers: req.headers,
+          },
+          (r) => {
+            res.writeHead(r.statusCode ?? 502, r.headers);
+            r.pipe(res);
+          },
+        );
+        up.end(Buffer.concat(chunks));
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const port = (proxy.address() as AddressInfo).port;
+    try {
+      const book = new LeaseBook(
+        {
+          url: `http://127.0.0.1:${port}/v1/leases`,
+          headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+          timeoutMs: 2000,
+          failMode: 'open',
+          windowMs: 2000,
+          safetyMs: 200,
+          requestTimeoutMs: 1000,
+        },
+        'inst-release-retry',
+        () => {},
+      );
+      const t = book.take(customer, 'lookup', 's1', Date.now());
+      expect(await (t instanceof Promise ? t : Promise.resolve(t))).not.toBeInstanceOf(TollgateRefusal);
+      const held = Number(await tg.redis?.hget(dayKey(customer), 'lr'));
+      expect(held).toBeGreaterThan(0);
+      failing = true;
+      await book.releaseIdle(Date.now() + 60_000); // the release gets a 503: kept to be tried again
+      // the lease lapses meanwhile, and a lease that lapses stays held
+      await new Promise((r) => setTimeout(r, TTL_MS + 300));
+      const reap = await fetch(`${tg.otlpUrl}/v1/leases`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body: JSON.stringify({
+          instanceId: 'inst-other',
+          requests: [{ op: 'release', customer, leaseId: `ls_${'0'.repeat(24)}` }],
+        }),
+      });
+      expect(reap.status).toBe(200);
+      expect(Number(await tg.redis?.hget(dayKey(customer), 'lr'))).toBe(held);
+      // Tollgate is back: the next tick releases it, lapsed or not
+      failing = false;
+      await book.releaseIdle(Date.now());
+      expect(Number(await tg.redis?.hget(dayKey(customer), 'lr'))).toBe(1); // the one call taken, not yet settled
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise((r) => proxy.close(r));
+    }
+  });
+});
+
 describe('a kill while a lease is held', () => {
   it('the answer that says so cuts the held lease back: the next call is refused, not run on the old grant', async () => {
     const book = new LeaseBook(
