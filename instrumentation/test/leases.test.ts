@@ -596,6 +596,33 @@ describe('a Tollgate that offers no leases', () => {
   });
 });
 
+/** A lease book of its own (instance `instanceId`) asking Tollgate directly, or `url`; `over` changes options. */
+function bookOf(
+  instanceId: string,
+  over: Partial<ConstructorParameters<typeof LeaseBook>[0]> = {},
+): LeaseBook {
+  return new LeaseBook(
+    {
+      url: `${tg.otlpUrl}/v1/leases`,
+      headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
+      timeoutMs: 2000,
+      failMode: 'open',
+      windowMs: 2000,
+      safetyMs: 200,
+      requestTimeoutMs: 1000,
+      ...over,
+    },
+    instanceId,
+    () => {},
+  );
+}
+
+/** One call of `customer` taken from `book` (its wait for an answer included). */
+async function takeFrom(book: LeaseBook, customer: string) {
+  const t = book.take(customer, 'lookup', 's1', Date.now());
+  return t instanceof Promise ? await t : t;
+}
+
 describe('renewal while Redis is down', () => {
   it('fail-open runs calls without a lease and counts them; fail-closed refuses with -32052', async () => {
     const open = await inProcess('down-open', 'open');
@@ -633,23 +660,8 @@ describe('renewal while Redis is down', () => {
 
 describe('a limit Tollgate reported exhausted, then Tollgate unreachable', () => {
   it('stays refused while the limit lasts (fail-open or not); a customer with room left fails open', async () => {
-    const book = new LeaseBook(
-      {
-        url: `${tg.otlpUrl}/v1/leases`,
-        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
-        timeoutMs: 300,
-        failMode: 'open',
-        windowMs: 2000,
-        safetyMs: 200,
-        requestTimeoutMs: 1000,
-      },
-      'inst-exhausted',
-      () => {},
-    );
-    const take = async (customer: string) => {
-      const t = book.take(customer, 'lookup', 's1', Date.now());
-      return t instanceof Promise ? await t : t;
-    };
+    const book = bookOf('inst-exhausted', { timeoutMs: 300 });
+    const take = (customer: string) => takeFrom(book, customer);
     // 10 calls a day: the 11th is refused by Tollgate's answer
     let taken = 0;
     for (let i = 0; i < 14 && !((await take('spent-co')) instanceof TollgateRefusal); i++) taken++;
@@ -714,21 +726,8 @@ describe('a release that fails', () => {
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
     const port = (proxy.address() as AddressInfo).port;
     try {
-      const book = new LeaseBook(
-        {
-          url: `http://127.0.0.1:${port}/v1/leases`,
-          headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
-          timeoutMs: 2000,
-          failMode: 'open',
-          windowMs: 2000,
-          safetyMs: 200,
-          requestTimeoutMs: 1000,
-        },
-        'inst-release-retry',
-        () => {},
-      );
-      const t = book.take(customer, 'lookup', 's1', Date.now());
-      expect(await (t instanceof Promise ? t : Promise.resolve(t))).not.toBeInstanceOf(TollgateRefusal);
+      const book = bookOf('inst-release-retry', { url: `http://127.0.0.1:${port}/v1/leases` });
+      expect(await takeFrom(book, customer)).not.toBeInstanceOf(TollgateRefusal);
       const held = Number(await tg.redis?.hget(dayKey(customer), 'lr'));
       expect(held).toBeGreaterThan(0);
       failing = true;
@@ -758,23 +757,8 @@ describe('a release that fails', () => {
 
 describe('a kill while a lease is held', () => {
   it('the answer that says so cuts the held lease back: the next call is refused, not run on the old grant', async () => {
-    const book = new LeaseBook(
-      {
-        url: `${tg.otlpUrl}/v1/leases`,
-        headers: { authorization: `Bearer ${DEV_INGEST_KEY}` },
-        timeoutMs: 2000,
-        failMode: 'open',
-        windowMs: 2000,
-        safetyMs: 200,
-        requestTimeoutMs: 5000,
-      },
-      'inst-cut',
-      () => {},
-    );
-    const take = async () => {
-      const t = book.take('cut-co', 'lookup', 's1', Date.now());
-      return t instanceof Promise ? await t : t;
-    };
+    const book = bookOf('inst-cut', { requestTimeoutMs: 5000 });
+    const take = () => takeFrom(book, 'cut-co');
     // take until the held lease covers more than the calls already taken
     let taken = 0;
     while ((book.remaining('cut-co')?.calls ?? 0) < 1 && taken < 8) {
