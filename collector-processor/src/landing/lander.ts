@@ -224,41 +224,35 @@ export class Lander {
       parts.push(...q.bytes);
       rows += q.rows;
     }
-    if (!(await this.durably(block, 'intent', () => this.spool.appendIntent(block)))) return;
+    const spoolWriteFailed = (what: string) =>
+      `spool write of a landing ${what} failed; retrying (calls stay in the spool)`;
+    const intent = () => this.spool.appendIntent(block);
+    if (!(await this.retried(block, intent, 'error', spoolWriteFailed('intent')))) return;
     // Native: the block as views of the records' bytes, written to the insert's file in one writev
     const body = this.format === 'Native' ? nativeBlockPieces(parts) : Buffer.concat(parts);
-    let delay = 100;
-    for (;;) {
-      const started = performance.now();
-      try {
+    const inserted = await this.retried(
+      block,
+      async () => {
+        const started = performance.now();
         if (rows > 0) {
           if (!Buffer.isBuffer(body))
             await this.clickhouse.insertNative?.(RAW_TABLE, NATIVE_COLUMNS, body, landingSettings(block.bid));
           else await this.clickhouse.insertTsv(RAW_TABLE, TSV_COLUMNS, body, landingSettings(block.bid));
         }
         this.metrics.landingInsertSeconds.observe((performance.now() - started) / 1000);
-        if (this.lastError)
-          this.log.info({ block: block.bid }, 'ClickHouse reachable again; landing resumed');
-        this.lastError = undefined;
-        break;
-      } catch (err) {
-        this.lastError = err as Error;
-        this.metrics.landingErrors.inc();
-        if (performance.now() - this.lastErrorLog > 10_000) {
-          this.lastErrorLog = performance.now();
-          this.log.warn(
-            { err: (err as Error).message, block: block.bid, backlogRows: this.backlog },
-            'ClickHouse insert failed; retrying (calls stay in the spool)',
-          );
-        }
-        if (!this.running && this.stopDeadline && performance.now() > this.stopDeadline) return;
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 5_000);
-      }
-    }
+      },
+      'warn',
+      'ClickHouse insert failed; retrying (calls stay in the spool)',
+      (err) => {
+        this.lastError = err;
+      },
+    );
+    if (!inserted) return;
+    if (this.lastError) this.log.info({ block: block.bid }, 'ClickHouse reachable again; landing resumed');
+    this.lastError = undefined;
     // the block is in ClickHouse: without its done marker a later start sends it again, under its token
-    if (!(await this.durably(block, 'done marker', () => this.spool.appendDone(block.bid, block.rids))))
-      return;
+    const done = () => this.spool.appendDone(block.bid, block.rids);
+    if (!(await this.retried(block, done, 'error', spoolWriteFailed('done marker')))) return;
     for (const rid of block.rids) {
       // the block's records are read by no one now (their insert is over): their room in the arena is reused
       const q = this.queue.get(rid);
@@ -274,24 +268,31 @@ export class Lander {
   private stopDeadline: number | undefined;
 
   /**
-   * A spool write of the landing (a block's intent, its done marker), tried again with backoff until it is
-   * durable: a full disk (ENOSPC) rejected it, the landing loop's promise with it, and the process died — at
-   * every start, while the disk stayed full. False when the lander is stopping past its deadline (the spool
-   * keeps what is not marked; the next start lands it).
+   * `attempt` until it succeeds, again after 100 ms doubling to 5 s: a block's ClickHouse insert, or its intent or
+   * done marker in the spool (a full disk rejected those, and with them the landing loop: the process died at
+   * every start while the disk stayed full). A failure is counted and logged at most every 10 s. False when the
+   * lander is stopping past its deadline (the spool keeps what is not marked; the next start lands it).
    */
-  private async durably(block: IntentRecord, what: string, write: () => Promise<void>): Promise<boolean> {
+  private async retried(
+    block: IntentRecord,
+    attempt: () => Promise<void>,
+    level: 'warn' | 'error',
+    message: string,
+    onError?: (err: Error) => void,
+  ): Promise<boolean> {
     let delay = 100;
     for (;;) {
       try {
-        await write();
+        await attempt();
         return true;
       } catch (err) {
+        onError?.(err as Error);
         this.metrics.landingErrors.inc();
         if (performance.now() - this.lastErrorLog > 10_000) {
           this.lastErrorLog = performance.now();
-          this.log.error(
+          this.log[level](
             { err: (err as Error).message, block: block.bid, backlogRows: this.backlog },
-            `spool write of a landing ${what} failed; retrying (calls stay in the spool)`,
+            message,
           );
         }
         if (!this.running && this.stopDeadline && performance.now() > this.stopDeadline) return false;
