@@ -1,5 +1,5 @@
 import { type Attributes, RESOURCE_SERVICE_INSTANCE_ID, type SpanView } from '@tollgate/contracts';
-import { Turn } from '../turn.js';
+import { SPAN_WORK, Turn } from '../turn.js';
 import {
   checkJsonContainers,
   type DecodedExport,
@@ -117,9 +117,6 @@ function span(s: unknown, resource: Attributes, scopeName: string): SpanView {
   };
 }
 
-/** Spans converted between two looks at the clock (about 0.1–0.5 ms). */
-const CHECK_SPANS = 256;
-
 /**
  * Decodes an OTLP/JSON export. `JSON.parse` reads the body in one piece (bounded by checkJsonContainers); the
  * spans are then converted over several turns of the event loop (`turn`'s slices) when there are many.
@@ -136,12 +133,8 @@ export async function decodeJsonExport(body: Uint8Array, turn = new Turn()): Pro
   const spans: SpanView[] = [];
   const instanceIds: string[] = [];
   let malformed = 0;
-  let work = 0;
   for (const [i, rs] of list(doc, 'resourceSpans', 'resource_spans', 'request').entries()) {
-    if (++work >= CHECK_SPANS) {
-      work = 0;
-      if (turn.spent()) await turn.next();
-    }
+    if (turn.due(SPAN_WORK)) await turn.next();
     if (!isObj(rs)) throw new DecodeError(`resourceSpans[${i}] is not an object`);
     let resource: Attributes;
     try {
@@ -152,19 +145,13 @@ export async function decodeJsonExport(body: Uint8Array, turn = new Turn()): Pro
     const instanceId = resource[RESOURCE_SERVICE_INSTANCE_ID];
     if (typeof instanceId === 'string' && instanceId) instanceIds.push(instanceId);
     for (const [j, ss] of list(rs, 'scopeSpans', 'scope_spans', `resourceSpans[${i}]`).entries()) {
-      if (++work >= CHECK_SPANS) {
-        work = 0;
-        if (turn.spent()) await turn.next();
-      }
+      if (turn.due(SPAN_WORK)) await turn.next();
       if (!isObj(ss)) throw new DecodeError(`resourceSpans[${i}].scopeSpans[${j}] is not an object`);
       const scopeName = isObj(ss.scope) && typeof ss.scope.name === 'string' ? ss.scope.name : '';
       const listed = list(ss, 'spans', 'spans', `resourceSpans[${i}].scopeSpans[${j}]`);
       if (spans.length + malformed + listed.length > MAX_SPANS_PER_EXPORT) throw tooManySpans();
       for (const s of listed) {
-        if (++work >= CHECK_SPANS) {
-          work = 0;
-          if (turn.spent()) await turn.next();
-        }
+        if (turn.due(SPAN_WORK)) await turn.next();
         try {
           spans.push(span(s, resource, scopeName));
         } catch (err) {

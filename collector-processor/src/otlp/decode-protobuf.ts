@@ -14,7 +14,7 @@ import {
   RESOURCE_SERVICE_INSTANCE_ID,
   type SpanView,
 } from '@tollgate/contracts';
-import { Turn } from '../turn.js';
+import { CHECK_WORK, Turn } from '../turn.js';
 import {
   type DecodedExport,
   DecodeError,
@@ -361,7 +361,7 @@ function readSpan(r: R, resource: Attributes, scopeName: string): SpanView {
   return span;
 }
 
-/** How many fields `nextField` skips before it hands back to its caller, which counts them as work. */
+/** How many fields `nextField` skips before it hands back to its caller, which counts them as work (CHECK_WORK). */
 const SKIP_SLICE = 16_384;
 
 /**
@@ -387,9 +387,7 @@ function nextField(r: R, field: number): Uint8Array | null | undefined {
   return undefined;
 }
 
-/** Bytes read between two looks at the clock: about 0.1–1 ms of decoding. */
-const CHECK_BYTES = 64 * 1024;
-/** What a message counts as, in bytes, whatever its size: an empty one costs a loop's turn too. */
+/** What a message counts as (`Turn.due`), in bytes, whatever its size: an empty one costs a loop's turn too. */
 const MESSAGE_WORK = 64;
 
 /**
@@ -403,33 +401,23 @@ export async function decodeProtobufExport(body: Uint8Array, turn = new Turn()):
   const instanceIds: string[] = [];
   let malformed = 0;
   let groups = 0;
-  /** Bytes read (or their equivalent) since the clock was last looked at. */
-  let work = 0;
-  const breathe = async () => {
-    work = 0;
-    if (turn.spent()) await turn.next();
-  };
   try {
     const top = Reader.create(body);
     for (;;) {
       const resourceSpans = nextField(top, 1);
       if (resourceSpans === undefined) break;
       if (resourceSpans === null) {
-        await breathe(); // SKIP_SLICE fields skipped
+        if (turn.due(CHECK_WORK)) await turn.next(); // SKIP_SLICE fields skipped
         continue;
       }
       if (++groups > MAX_GROUPS_PER_EXPORT) throw tooManyGroups();
-      work += MESSAGE_WORK;
+      if (turn.due(MESSAGE_WORK)) await turn.next();
       // the resource (field 1) first: the spans below share it
       let resource: Attributes = {};
       const rr = Reader.create(resourceSpans);
       for (let res = nextField(rr, 1); res !== undefined; res = nextField(rr, 1)) {
-        if (res === null) await breathe();
-        else {
-          resource = readAttributesOnly(res, RESOURCE_ATTRIBUTE);
-          work += res.length + MESSAGE_WORK;
-          if (work >= CHECK_BYTES) await breathe();
-        }
+        if (res !== null) resource = readAttributesOnly(res, RESOURCE_ATTRIBUTE);
+        if (turn.due(res === null ? CHECK_WORK : res.length + MESSAGE_WORK)) await turn.next();
       }
       const instanceId = resource[RESOURCE_SERVICE_INSTANCE_ID];
       if (typeof instanceId === 'string' && instanceId) instanceIds.push(instanceId);
@@ -437,17 +425,16 @@ export async function decodeProtobufExport(body: Uint8Array, turn = new Turn()):
       rr.pos = 0;
       for (let scopeSpans = nextField(rr, 2); scopeSpans !== undefined; scopeSpans = nextField(rr, 2)) {
         if (scopeSpans === null) {
-          await breathe();
+          if (turn.due(CHECK_WORK)) await turn.next();
           continue;
         }
         if (++groups > MAX_GROUPS_PER_EXPORT) throw tooManyGroups();
-        work += MESSAGE_WORK;
-        if (work >= CHECK_BYTES) await breathe();
+        if (turn.due(MESSAGE_WORK)) await turn.next();
         let scopeName = '';
         const sr = Reader.create(scopeSpans);
         for (let scope = nextField(sr, 1); scope !== undefined; scope = nextField(sr, 1)) {
           if (scope === null) {
-            await breathe(); // the lookup skips over the spans
+            if (turn.due(CHECK_WORK)) await turn.next(); // the lookup skips over the spans
             continue;
           }
           const r = Reader.create(scope);
@@ -461,13 +448,12 @@ export async function decodeProtobufExport(body: Uint8Array, turn = new Turn()):
         const r = Reader.create(scopeSpans);
         const len = r.len;
         while (r.pos < len) {
-          if (work >= CHECK_BYTES) await breathe();
           const tag = r.uint32();
           if (tag >>> 3 === 0) throw new Error(`invalid tag ${tag} (field number 0) at byte ${r.pos}`);
           if (tag >>> 3 !== 2) {
             const at = r.pos;
             r.skipType(tag & 7);
-            work += r.pos - at + 8;
+            if (turn.due(r.pos - at + 8)) await turn.next();
             continue;
           }
           if ((tag & 7) !== WIRE_LEN)
@@ -484,7 +470,7 @@ export async function decodeProtobufExport(body: Uint8Array, turn = new Turn()):
           }
           r.len = len;
           r.pos = end;
-          work += size + MESSAGE_WORK;
+          if (turn.due(size + MESSAGE_WORK)) await turn.next();
         }
       }
     }

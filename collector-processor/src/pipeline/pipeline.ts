@@ -19,7 +19,7 @@ import type { PlanStore } from '../plans/store.js';
 import { amountInRange, countsTowardUsage, type Rating, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
-import { Turn } from '../turn.js';
+import { CALL_WORK, Turn } from '../turn.js';
 import { TollgateError } from './errors.js';
 import { decodeOtlp, extractOptions, type SelectionWindow, selectCalls } from './select.js';
 import { RejectionTally } from './tally.js';
@@ -98,8 +98,6 @@ const REPLAY_ATTEMPTS = 3;
  * the event loop runs (120,000 rows in one go held the main thread for 0.8 s). The lander joins them again.
  */
 const LAND_CHUNK_ROWS = 8_192;
-/** Calls prepared or rated between two looks at the clock (well under a millisecond). */
-const CHECK_CALLS = 1_024;
 
 /** A customer's usage positions in a period as last seen (tiered usage lines keyed `line:tool`, micro-units). */
 interface LocalUsage {
@@ -377,7 +375,7 @@ export class Pipeline {
     let lastCustomer: string | undefined;
     let lastPlan: CompiledPlan | undefined;
     for (let i = 0; i < calls.length; i++) {
-      if (i % CHECK_CALLS === CHECK_CALLS - 1 && turn.spent()) await turn.next();
+      if (turn.due(CALL_WORK)) await turn.next();
       const call = calls[i] as ToolCall;
       if (seen.has(call.eventId)) {
         this.metrics.callsDuplicate.inc();
@@ -737,7 +735,7 @@ export class Pipeline {
     const rated: RatedCall[] = [];
     let duplicates = 0;
     for (let i = 0; i < prepared.length; i++) {
-      if (i % CHECK_CALLS === CHECK_CALLS - 1 && turn.spent()) await turn.next();
+      if (turn.due(CALL_WORK)) await turn.next();
       const p = prepared[i] as Prepared;
       const claim = results[i] as ClaimResult;
       if (claim.status === CLAIM_STATUS.duplicate) {

@@ -3,7 +3,7 @@ import { decodeJsonExport } from '../otlp/decode-json.js';
 import { decodeProtobufExport } from '../otlp/decode-protobuf.js';
 import type { DecodedExport, SpanView } from '../otlp/decoded.js';
 import type { PayloadFormat } from '../spool/spool.js';
-import { Turn } from '../turn.js';
+import { SPAN_WORK, Turn } from '../turn.js';
 import type { RejectionTally } from './tally.js';
 
 /** Instrumentation scope name of the Tollgate SDK (its spans are recorded with source `sdk`). */
@@ -43,9 +43,6 @@ export function decodeOtlp(
   return format === 'otlp-protobuf' ? decodeProtobufExport(body, turn) : decodeJsonExport(body, turn);
 }
 
-/** Spans selected between two looks at the clock (about 0.1–0.3 ms). */
-const CHECK_SPANS = 256;
-
 /**
  * The billable tool calls of a decoded export; malformed and contract-breaking spans go to `rejected`. Many
  * spans are selected over several turns of the event loop (`turn`'s slices).
@@ -60,7 +57,7 @@ export async function selectCalls(
   const calls: ToolCall[] = [];
   const { spans } = decoded;
   for (let i = 0; i < spans.length; i++) {
-    if (i % CHECK_SPANS === CHECK_SPANS - 1 && turn.spent()) await turn.next();
+    if (turn.due(SPAN_WORK)) await turn.next();
     const x = extractToolCall(spans[i] as SpanView, opts);
     if (x.kind === 'call') calls.push(x.call);
     else if (x.kind === 'rejected') rejected.add(x.reason, x.detail);
