@@ -276,6 +276,8 @@ function refusalFor(
 
 export class LeaseBook {
   private readonly held = new Map<string | undefined, Held>();
+  /** Releases not sent yet (see sendReleases). */
+  private readonly unreleased: LeaseRequest[] = [];
   private readonly agent: http.Agent;
   readonly stats: LeaseStats = {
     taken: 0,
@@ -666,7 +668,7 @@ export class LeaseBook {
    * process's calls may have run unreported). The next call of such a customer asks for a new lease.
    */
   async releaseIdle(nowMs: number): Promise<void> {
-    if (this.unreleased.length > 0) await this.retryReleases();
+    if (this.unreleased.length > 0) await this.sendReleases(this.unreleased.splice(0));
     const idle = [...this.held.values()].filter(
       (h) =>
         h.leaseId &&
@@ -675,23 +677,6 @@ export class LeaseBook {
         nowMs - Math.max(h.lastTakeMs, h.sinceMs) >= h.renewAtMs - h.sinceMs,
     );
     if (idle.length) await this.release(idle);
-  }
-
-  /**
-   * Releases that failed (Tollgate down, restarting, late), tried again at each tick: a lease that lapses stays
-   * held at Tollgate, so one failed release stranded what an honest process did not use for the rest of the
-   * day. Tollgate takes the release of a lapsed lease from its holder. At most MAX_UNRELEASED are kept.
-   */
-  private readonly unreleased: LeaseRequest[] = [];
-
-  private async retryReleases(): Promise<void> {
-    const reqs = this.unreleased.splice(0, 100);
-    try {
-      await this.post(reqs, this.o.requestTimeoutMs);
-      this.stats.released += reqs.length;
-    } catch {
-      this.unreleased.unshift(...reqs);
-    }
   }
 
   private async release(holders: Held[]): Promise<void> {
@@ -710,6 +695,16 @@ export class LeaseBook {
       h.reset();
       h.known = false;
     }
+    await this.sendReleases(reqs);
+  }
+
+  /**
+   * Sends releases, 100 per request. Those that fail (Tollgate down, restarting, late) are kept and sent again
+   * at the next tick (`releaseIdle`): a lease that lapses stays held at Tollgate, so one failed release
+   * stranded what an honest process did not use for the rest of the day. Tollgate takes the release of a
+   * lapsed lease from its holder. At most MAX_UNRELEASED are kept.
+   */
+  private async sendReleases(reqs: LeaseRequest[]): Promise<void> {
     for (let i = 0; i < reqs.length; i += 100) {
       const batch = reqs.slice(i, i + 100);
       try {
