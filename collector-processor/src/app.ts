@@ -85,6 +85,16 @@ function instanceIdOf(dataDir: string): string {
 
 const PRIVATE_REDIS_FILE = 'private-redis.json';
 
+/** Whether `pid` names a process this user may signal (ours: the private redis-server). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * After a crash (kill -9) the private redis-server outlives Tollgate; the next start adopts it, so the
  * dedup claims and counters survive the crash exactly as they would with an external Redis.
@@ -96,8 +106,7 @@ async function reusablePrivateRedis(
   if (!existsSync(file)) return undefined;
   try {
     const { pid, port } = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; port: number };
-    process.kill(pid, 0);
-    if (!(await pingsOnLoopback(port))) return undefined;
+    if (!isAlive(pid) || !(await pingsOnLoopback(port))) return undefined;
     return {
       url: `redis://127.0.0.1:${port}`,
       pid,
@@ -143,16 +152,8 @@ function supervisePrivateRedis(
   let stopping = false;
   let restarting = false;
   let lastFailureLog = Number.NEGATIVE_INFINITY;
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const timer = setInterval(() => {
-    if (stopping || restarting || alive(current.pid)) return;
+    if (stopping || restarting || isAlive(current.pid)) return;
     restarting = true;
     restart(first.port)
       .then((started) => {
