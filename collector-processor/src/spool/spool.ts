@@ -142,6 +142,8 @@ export async function writeAll(handle: FileHandle, bufs: Buffer[]): Promise<numb
   return total;
 }
 
+const RECORD_TYPES = new Set<unknown>(['a', 'i', 'd', 'x']);
+
 /** The record at `pos` of `buf`, and where it ends; undefined when no whole, intact record starts there. */
 function recordAt(buf: Buffer, pos: number): { rec: SpoolRecord; end: number } | undefined {
   if (pos + FRAME_HEADER > buf.length) return undefined;
@@ -159,8 +161,7 @@ function recordAt(buf: Buffer, pos: number): { rec: SpoolRecord; end: number } |
   } catch {
     return undefined;
   }
-  if (header === null || typeof header !== 'object' || !['a', 'i', 'd', 'x'].includes(header.t))
-    return undefined;
+  if (header === null || typeof header !== 'object' || !RECORD_TYPES.has(header.t)) return undefined;
   if (header.t === 'a') header.payload = Buffer.from(buf.subarray(pos + FRAME_HEADER + headerLen, end));
   return { rec: header, end };
 }
@@ -227,8 +228,6 @@ export class Spool {
   /** Unlanded record ids per segment number; a segment is deleted once it and all older ones are empty. */
   private readonly live = new Map<number, Set<string>>();
   private readonly segmentOf = new Map<string, number>();
-  /** The highest segment number found at start. */
-  private lastSegmentSeen = 0;
   /** Deaths of the process during replays, per record (see ReplayGuard). */
   readonly replayGuard: ReplayGuard;
 
@@ -239,9 +238,10 @@ export class Spool {
   static async open(opts: SpoolOptions): Promise<{ spool: Spool; recovered: Recovered }> {
     mkdirSync(opts.dir, { recursive: true });
     const spool = new Spool(opts);
-    const recovered = spool.recover();
     // after every segment there was (a damaged one set aside keeps its number)
-    spool.segment = Math.max(0, ...spool.live.keys(), spool.lastSegmentSeen) + 1;
+    const last = Math.max(0, ...spool.segments());
+    const recovered = spool.recover();
+    spool.segment = last + 1;
     await spool.openSegment();
     return { spool, recovered };
   }
@@ -264,7 +264,6 @@ export class Spool {
     let corruptSegments = 0;
     const damaged = new Set<number>();
     const segs = this.segments();
-    this.lastSegmentSeen = Math.max(0, ...segs);
     segs.forEach((seg, i) => {
       const buf = readFileSync(this.path(seg));
       const { records, validBytes, damagedBytes } = decodeRecords(buf);
