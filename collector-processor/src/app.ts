@@ -18,6 +18,7 @@ import { Forwarder, parseHeaders } from './forward/forwarder.js';
 import { Lander } from './landing/lander.js';
 import { defineClaim } from './meter/claim.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { startPeriodic } from './periodic.js';
 import { Pipeline, type RedisLike } from './pipeline/pipeline.js';
 import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
@@ -457,6 +458,13 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         await ownLander.stop(Number(s.shutdownTimeoutMs));
         await spool.close();
       });
+
+      // what was billed while Redis failed (fail-open calls, failed enforcement steps) is counted in Redis
+      // once it answers, also when no export comes to trigger it
+      const owing = pipeline;
+      if (leases) leases.settleOwed = () => owing.settle();
+      const settleJob = startPeriodic(() => owing.settle().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
+      stops.unshift(() => settleJob.stop());
 
       const forwarder = s['forward.endpoint']
         ? new Forwarder(

@@ -40,6 +40,18 @@ export function createMetrics() {
       help: 'Calls rated while Redis was unreachable (fail-open)',
       ...r,
     }),
+    callsOwed: new Gauge({
+      name: 'tollgate_calls_owed',
+      help: 'Billed calls not yet counted in Redis (fail-open outage: claim; failed enforcement step: enforce), waiting for it',
+      labelNames: ['step'],
+      ...r,
+    }),
+    callsSettled: new Counter({
+      name: 'tollgate_calls_settled_total',
+      help: 'Owed calls counted in Redis once it answered again (result counted), found claimed elsewhere (duplicate), or given up (dropped)',
+      labelNames: ['step', 'result'],
+      ...r,
+    }),
     revenueNano: new Counter({
       name: 'tollgate_revenue_nano_total',
       help: 'Revenue rated, in nano-units of the plan currency',

@@ -17,6 +17,7 @@ import { scriptLimiter } from '../meter/claim.js';
 import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
+import { type OwedItem, OwedQueue } from '../redis/owed.js';
 import type { EnforcementLog } from './events.js';
 import { ENFORCE_LUA } from './lua.js';
 import { dayEndMs, dayOf, periodEndMs } from './periods.js';
@@ -44,6 +45,15 @@ interface Group {
   customer: string;
   period: string;
   day: string;
+  rows: RatedCall[];
+}
+
+/** An enforcement step whose script failed: its calls are billed, and counted once Redis answers (`settle`). */
+interface OwedChunk extends OwedItem {
+  product: string;
+  rid: string;
+  marker: string;
+  g: Group;
   rows: RatedCall[];
 }
 
@@ -250,6 +260,8 @@ export class RedisEnforcer implements Enforcer {
   private lastFailureLogMs = 0;
   /** Drains the credit ledger outboxes the script appended to (prepaid credits); unset: nobody drains. */
   creditLedger: CreditLedger | undefined;
+  /** Steps whose script failed, oldest first, with their calls (copies), to be applied by `settle`. */
+  private readonly owed: OwedQueue<OwedChunk>;
 
   constructor(
     private readonly redis: RedisLike,
@@ -260,6 +272,7 @@ export class RedisEnforcer implements Enforcer {
     private readonly opts: { maxSpanAgeHours: number },
   ) {
     defineEnforce(redis);
+    this.owed = new OwedQueue('enforce', redis, metrics, log);
   }
 
   async apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]> {
@@ -324,6 +337,8 @@ export class RedisEnforcer implements Enforcer {
     g: Group,
     rows: readonly RatedCall[],
     now: number,
+    /** A step applied again by `settle`: a failure is thrown, not owed again. */
+    settling = false,
   ): Promise<Directive[]> {
     const first = rows[0] as RatedCall;
     const book = this.plans.byVersion(first.planVersion) ?? this.plans.current;
@@ -390,8 +405,20 @@ export class RedisEnforcer implements Enforcer {
       );
       reply = await cmd(keys.length, ...keys, ...args);
     } catch (err) {
-      // Claims already succeeded; the calls are billed and land. Limits are checked on the next export.
       this.metrics.redisErrors.inc();
+      if (settling) throw err;
+      // Claims already succeeded; the calls are billed and land. They are counted against limits, leases,
+      // credits and the margin guard once Redis answers again (`settle`; the marker keeps it to once even if
+      // this step did run in Redis and only its reply was lost).
+      this.owed.push({
+        product,
+        rid,
+        marker,
+        g: { customer: g.customer, period: g.period, day: g.day, rows: [] },
+        rows: rows.map((r) => ({ ...r })),
+        calls: rows.length,
+        attempts: 0,
+      });
       // at most one line a second: an export of thousands of customers failing at once was thousands of lines
       this.failuresUnlogged++;
       const at = Date.now();
@@ -432,6 +459,25 @@ export class RedisEnforcer implements Enforcer {
       }
     }
     return directives.map(({ changed: _c, ...d }) => d);
+  }
+
+  /** Calls billed whose enforcement step failed, not yet applied. */
+  get owedCount(): number {
+    return this.owed.calls;
+  }
+
+  /**
+   * Applies the owed steps, oldest first, each under its own applied-marker (counted once whatever ran
+   * before); rejects while Redis is still failing (see OwedQueue.settle).
+   */
+  settle(): Promise<void> {
+    return this.owed.settle(
+      async (o) => {
+        await this.enforceChunk(o.product, o.rid, o.marker, o.g, o.rows, Date.now(), true);
+        this.metrics.callsSettled.inc({ step: 'enforce', result: 'counted' }, o.calls);
+      },
+      (o) => ({ rid: o.rid, customer: o.g.customer }),
+    );
   }
 
   private rememberInstances(product: string, rated: readonly RatedCall[], now: number): void {

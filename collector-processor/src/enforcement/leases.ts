@@ -113,6 +113,12 @@ interface Parsed {
  * nothing granted, audited in `enforcement_events`) does not refuse the others.
  */
 export class LeaseService {
+  /**
+   * Counts in Redis what was billed while it failed (Pipeline.settle), before a lease is granted from its
+   * counters; rejects while Redis is still failing. Unset: nothing is owed.
+   */
+  settleOwed: (() => Promise<void>) | undefined;
+
   constructor(
     private readonly redis: RedisLike,
     private readonly plans: PlanStore,
@@ -133,6 +139,10 @@ export class LeaseService {
       throw new TollgateError('TG_LEASE_INVALID', 'instanceId must be a non-empty identifier');
     if (!Array.isArray(doc.requests) || doc.requests.length === 0 || doc.requests.length > MAX_REQUESTS)
       throw new TollgateError('TG_LEASE_INVALID', `requests must be an array of 1 to ${MAX_REQUESTS}`);
+    if (this.settleOwed)
+      await this.settleOwed().catch(() => {
+        throw new TollgateError('TG_REDIS_UNAVAILABLE', 'quota leases need Redis', 1);
+      });
     const results: LeaseResult[] = [];
     for (const raw of doc.requests) results.push(await this.one(identity, instanceId, raw));
     return { results };

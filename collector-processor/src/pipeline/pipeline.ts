@@ -18,6 +18,7 @@ import type { ToolRate } from '../plans/schema.js';
 import type { PlanStore } from '../plans/store.js';
 import { amountInRange, countsTowardUsage, type Rating, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
+import { type OwedItem, OwedQueue } from '../redis/owed.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { CALL_WORK, Turn } from '../turn.js';
 import { TollgateError } from './errors.js';
@@ -40,6 +41,8 @@ export interface Enforcer {
   apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]>;
   /** Directives for an export without calls (an idle SDK's heartbeat), by the sending instances. */
   heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]>;
+  /** Applies the steps `apply` could not (Redis failed them); rejects while Redis is still failing. */
+  settle?(): Promise<void>;
 }
 
 export type RedisLike = Redis | Cluster;
@@ -86,6 +89,19 @@ interface Prepared {
   usage: UsageQuantity[];
   /** Those of them the tool prices in graduated tiers (Redis counts their units). */
   tiered: TieredQuantity[] | undefined;
+}
+
+/**
+ * One customer's calls of one export rated fail-open (Redis unreachable): billed and landed `unenforced`, and
+ * owed to Redis — claimed there under the record's token once it answers, then applied to enforcement with
+ * the decisions and leases they were rated with. `rows[k]` is the rated row of `inputs[k]`.
+ */
+interface OwedCalls extends OwedItem {
+  product: string;
+  customer: string;
+  rid: string;
+  inputs: ClaimInput[];
+  rows: RatedCall[];
 }
 
 /** A spool record whose reading killed the process at too many starts (see ReplayGuard). */
@@ -249,6 +265,8 @@ export class Pipeline {
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
   private readonly localUsage = new Map<string, LocalUsage>();
   private redisDownSince: number | undefined;
+  /** Calls rated fail-open, oldest first, to be claimed and enforced before any later call is claimed. */
+  private readonly owed: OwedQueue<OwedCalls> | undefined;
   enforcer: Enforcer | undefined;
   /** tollgate_export_stage_seconds, one child per stage (looked up once, observed once per export). */
   private readonly stage: Record<
@@ -266,6 +284,8 @@ export class Pipeline {
     private readonly metrics: Metrics,
   ) {
     this.out = lander.createWriter();
+    // no Redis at all: nothing to count fail-open calls in later
+    if (redis) this.owed = new OwedQueue('claim', redis, metrics, log);
     const h = metrics.exportStageSeconds;
     this.stage = {
       spool: h.labels('spool'),
@@ -569,18 +589,10 @@ export class Pipeline {
   ): Promise<ClaimResult[] | undefined> {
     if (!this.redis) return undefined;
     try {
-      const res = await claimCalls(this.redis, product, customer, rid, inputs, {
-        dedupSeconds: (this.opts.maxSpanAgeHours + 48) * 3600,
-        periodSeconds: 70 * DAY_SECONDS,
-      });
-      if (this.redisDownSince !== undefined) {
-        this.log.warn(
-          { downForMs: Date.now() - this.redisDownSince },
-          'Redis reachable again; enforcement resumed',
-        );
-        this.redisDownSince = undefined;
-        this.recent.dropIndex();
-      }
+      // the calls of an outage first: their usage positions come before this export's
+      if (this.owed?.calls) await this.settleClaims();
+      const res = await claimCalls(this.redis, product, customer, rid, inputs, this.claimTtl());
+      this.reachable();
       return res;
     } catch (err) {
       this.metrics.redisErrors.inc();
@@ -590,6 +602,72 @@ export class Pipeline {
       }
       return undefined;
     }
+  }
+
+  private claimTtl(): { dedupSeconds: number; periodSeconds: number } {
+    return {
+      dedupSeconds: (this.opts.maxSpanAgeHours + 48) * 3600,
+      periodSeconds: 70 * DAY_SECONDS,
+    };
+  }
+
+  private reachable(): void {
+    if (this.redisDownSince === undefined) return;
+    this.log.warn(
+      { downForMs: Date.now() - this.redisDownSince },
+      'Redis reachable again; enforcement resumed',
+    );
+    this.redisDownSince = undefined;
+    this.recent.dropIndex();
+  }
+
+  /** Calls billed fail-open and not yet claimed in Redis. */
+  get owedCount(): number {
+    return this.owed?.calls ?? 0;
+  }
+
+  /**
+   * Counts in Redis what was billed without it: the calls rated fail-open (claimed, then enforced), then the
+   * enforcement steps that failed. Called every second by the process (`startPeriodic`), before any claim
+   * while calls are owed and before a lease is granted; rejects while Redis is still failing (the rest stays
+   * owed).
+   */
+  async settle(): Promise<void> {
+    if (this.owed?.calls) await this.settleClaims();
+    await this.enforcer?.settle?.();
+  }
+
+  private async settleClaims(): Promise<void> {
+    const owed = this.owed as OwedQueue<OwedCalls>;
+    const redis = this.redis as RedisLike;
+    let counted = 0;
+    await owed.settle(
+      async (o) => {
+        // under the record's token: a claim already made for it (a retry of this settling) answers `own`
+        const claimed = await claimCalls(redis, o.product, o.customer, o.rid, o.inputs, this.claimTtl());
+        // a call claimed meanwhile under another record (another processor took its retry while this one
+        // could not reach Redis) was billed there too: it is reported, not counted again
+        const rows = o.rows.filter((_, k) => claimed[k]?.status !== CLAIM_STATUS.duplicate);
+        const duplicates = o.rows.length - rows.length;
+        if (duplicates) {
+          this.metrics.callsSettled.inc({ step: 'claim', result: 'duplicate' }, duplicates);
+          this.log.error(
+            { rid: o.rid, customer: o.customer, calls: duplicates },
+            'calls billed during the Redis outage were also claimed under another record: billed twice',
+          );
+        }
+        this.metrics.callsSettled.inc({ step: 'claim', result: 'counted' }, rows.length);
+        counted += rows.length;
+        if (this.enforcer && rows.length)
+          // a step Redis fails is owed by the enforcer in turn; anything else is reported
+          await this.enforcer.apply(o.product, o.rid, rows).catch((err: Error) => {
+            this.log.error({ rid: o.rid, err: err.message }, 'owed enforcement failed');
+          });
+      },
+      (o) => ({ rid: o.rid, customer: o.customer }),
+    );
+    this.reachable();
+    if (counted) this.log.info({ calls: counted }, 'calls billed during the Redis outage counted in Redis');
   }
 
   /** Usage positions continued locally from the last ones Redis gave (fail-open). */
@@ -733,6 +811,7 @@ export class Pipeline {
     const rateStart = performance.now();
     const turn = new Turn();
     const rated: RatedCall[] = [];
+    let owed: Map<string, OwedCalls> | undefined;
     let duplicates = 0;
     for (let i = 0; i < prepared.length; i++) {
       if (turn.due(CALL_WORK)) await turn.next();
@@ -749,7 +828,22 @@ export class Pipeline {
       const row = ratedRow(product, c, p.plan, p.period, rating, decision, receivedAtMs);
       if (c.lease && !unenforced.has(i)) row.lease = c.lease;
       rated.push(row);
+      if (unenforced.has(i)) {
+        owed ??= new Map();
+        let o = owed.get(c.customer);
+        if (!o) {
+          o = { product, customer: c.customer, rid, inputs: [], rows: [], calls: 0, attempts: 0 };
+          owed.set(c.customer, o);
+        }
+        o.inputs.push({ call: c, period: p.period, day: p.day, counts: p.counts, tiered: p.tiered });
+        o.calls++;
+        // counted later as rated (decision, lease), whatever it lands as now
+        const due = { ...row, decision: rating.decision };
+        if (c.lease) due.lease = c.lease;
+        o.rows.push(due);
+      }
     }
+    if (owed && this.owed) for (const o of owed.values()) this.owed.push(o);
     this.recent.addAll(rated.map((r) => r.eventId));
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);

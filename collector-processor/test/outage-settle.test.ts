@@ -1,0 +1,224 @@
+import { rmSync } from 'node:fs';
+import { customerTag, type RatedCall, redisKeys } from '@tollgate/contracts';
+import type { Redis } from 'ioredis';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { RedisEnforcer } from '../src/enforcement/enforcer.js';
+import { EnforcementLog } from '../src/enforcement/events.js';
+import { dayOf } from '../src/enforcement/periods.js';
+import { SETTLE_ATTEMPTS } from '../src/redis/owed.js';
+import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
+import {
+  DEV_INGEST_KEY,
+  query,
+  readMetrics,
+  startTestTollgate,
+  type TestTollgate,
+  tempDir,
+} from './support/harness.js';
+import { exportOf, toolSpan } from './support/otlp-json.js';
+import { BASE_RATED_CALL } from './support/rated-call.js';
+
+let tg: TestTollgate | undefined;
+let redis: PrivateRedis | undefined;
+let redisDir: string | undefined;
+afterEach(async () => {
+  await tg?.cleanup();
+  await redis?.stop();
+  if (redisDir) rmSync(redisDir, { recursive: true, force: true });
+  tg = undefined;
+  redis = undefined;
+  redisDir = undefined;
+});
+
+type Span = ReturnType<typeof toolSpan>;
+
+async function post(spans: Span[]): Promise<number> {
+  const res = await fetch(`${tg!.otlpUrl}/v1/traces`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+    body: JSON.stringify(exportOf(spans)),
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+const spansOf = (customer: string, n: number): Span[] =>
+  Array.from({ length: n }, () => toolSpan({ customer }));
+
+async function metric(name: string): Promise<number> {
+  return (await readMetrics(tg!.apiUrl as string)).get(name) ?? 0;
+}
+
+async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await ok()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A redis-server that keeps its data across a stop and a start (AOF, fsync'd per write) on one port. */
+async function durableRedis(port?: number): Promise<PrivateRedis> {
+  redisDir ??= tempDir('tollgate-redis-');
+  return startPrivateRedis({
+    ...(port ? { port } : {}),
+    extraArgs: ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisDir],
+  });
+}
+
+const PLANS = `
+currency: USD
+products:
+  demo-mcp:
+    defaultPlan: metered
+    plans:
+      metered:
+        freeCallsPerMonth: 30
+        tools:
+          "*": { price: { perCall: "0.01" }, cost: { perCall: "0.001" } }
+        limits:
+          callsPerDay: 50
+`;
+
+describe('calls billed fail-open while Redis is down', () => {
+  it('are claimed and counted in Redis once it is back: free calls, limits and dedup as without the outage', async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    const customer = 'outage-co';
+    expect(await post(spansOf(customer, 10))).toBe(200); // positions 1–10 in Redis
+    await redis.stop();
+    const outage = [spansOf(customer, 10), spansOf(customer, 10), spansOf(customer, 10)];
+    for (const spans of outage) expect(await post(spans)).toBe(200); // positions 11–40, continued locally
+    expect(await metric('tollgate_calls_unenforced_total')).toBe(30);
+    expect(await metric('tollgate_calls_owed{step="claim"}')).toBe(30);
+
+    // Redis comes back with its data; no export is needed for the outage's calls to be counted
+    redis = await durableRedis(redis.port);
+    await until('Tollgate to reconnect', async () => tg!.redis!.status === 'ready');
+    // a lease asked for at once is granted from counters that hold the outage: half of the 10 calls the
+    // day's limit leaves (40 of 50 used), not half of 40
+    const leaseOf = async (req: Record<string, unknown>) => {
+      const res = await fetch(`${tg!.otlpUrl}/v1/leases`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body: JSON.stringify({ instanceId: 'inst-outage', requests: [{ customer, ...req }] }),
+      });
+      expect(res.status).toBe(200);
+      const [out] = (
+        (await res.json()) as { results: { ok: boolean; lease: { leaseId: string; calls: number } }[] }
+      ).results;
+      return out;
+    };
+    const granted = await leaseOf({ op: 'grant', wantCalls: 50 });
+    expect(granted?.lease.calls).toBe(5);
+    expect((await leaseOf({ op: 'release', leaseId: granted?.lease.leaseId, consumedCalls: 0 }))?.ok).toBe(
+      true,
+    );
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    expect(await metric('tollgate_calls_settled_total{step="claim",result="counted"}')).toBe(30);
+    const tag = customerTag('demo-mcp', customer);
+    const day = dayOf(Date.now() - 5_000);
+    expect(await tg.redis!.hget(redisKeys.period(tag, day.slice(0, 7)), 'n')).toBe('40');
+
+    // the sender retries an outage export after Redis is back: a duplicate, not billed again
+    expect(await post(outage[1] as Span[])).toBe(200);
+    // 20 new calls: positions 41–60, all priced (the 30 free ones are gone); the day's calls 41–60 against a
+    // limit of 50, so the last 10 are over it
+    const after = spansOf(customer, 20);
+    expect(await post(after)).toBe(200);
+    await tg.lander!.idle();
+
+    const [all] = await query(
+      tg,
+      `SELECT count() AS n, uniqExact(span_id) AS ids, countIf(price_nano > 0) AS priced, sum(price_nano) AS nano
+       FROM mcp_tool_calls WHERE customer = {c:String}`,
+      { c: customer },
+    );
+    // without the outage: 60 calls, 30 free and 30 at 0.01 — 0.30 USD
+    expect(all).toEqual({ n: '60', ids: '60', priced: '30', nano: '300000000' });
+    const [late] = await query(
+      tg,
+      `SELECT countIf(decision = 'over_limit') AS over FROM mcp_tool_calls WHERE span_id IN ({ids:Array(String)})`,
+      { ids: after.map((s) => s.spanId) },
+    );
+    expect(late).toEqual({ over: '10' });
+    expect(await tg.redis!.hget(redisKeys.day(tag, day), 'calls')).not.toBeNull();
+  });
+});
+
+describe('an enforcement step whose script fails', () => {
+  it('is applied once Redis answers again, under its own marker (counted once), or given up after repeated failures', async () => {
+    redis = await startPrivateRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const events = new EnforcementLog(tg.clickhouse.client, log);
+    const conn = (tg.redis as Redis).duplicate();
+    if (conn.status !== 'ready') await new Promise((r) => conn.once('ready', r));
+    const enforcer = new RedisEnforcer(conn, tg.plans!, events, log, tg.metrics, { maxSpanAgeHours: 24 });
+    const now = Date.now();
+    const day = dayOf(now);
+    const rows = (customer: string, n: number): RatedCall[] =>
+      Array.from({ length: n }, (_, i) => ({
+        ...BASE_RATED_CALL,
+        eventId: `${customer}-${i}`,
+        product: 'demo-mcp',
+        customer,
+        sessionId: '',
+        startUnixUs: now * 1000,
+        receivedAtMs: now,
+        period: day.slice(0, 7),
+        planVersion: tg!.plans!.current.version,
+        priceNano: 10_000_000n,
+        costNano: 1_000_000n,
+      }));
+    const script = conn as unknown as Record<string, unknown>;
+    const real = script.tollgateEnforce;
+    let failing = true;
+    script.tollgateEnforce = async (...args: unknown[]) => {
+      if (failing) throw new Error('Connection is closed.');
+      return (real as (...a: unknown[]) => Promise<unknown>).apply(conn, args);
+    };
+    const calls = async (customer: string) =>
+      Number((await tg!.redis!.hget(redisKeys.day(customerTag('demo-mcp', customer), day), 'calls')) ?? 0);
+
+    // 60 calls against a limit of 50 a day, the step failing: billed, nothing counted, nothing marked
+    const first = rows('enf-co', 60);
+    expect(await enforcer.apply('demo-mcp', 'rec-1', first)).toEqual([]);
+    expect(first.some((r) => r.decision === 'over_limit')).toBe(false);
+    expect(await calls('enf-co')).toBe(0);
+    expect(enforcer.owedCount).toBe(60);
+    await expect(enforcer.settle()).rejects.toThrow('Connection is closed.'); // still failing: kept
+    expect(enforcer.owedCount).toBe(60);
+
+    failing = false;
+    await enforcer.settle();
+    expect(enforcer.owedCount).toBe(0);
+    expect(await calls('enf-co')).toBe(60);
+    const states = await enforcer.statesOf('demo-mcp', 'enf-co');
+    expect(states.map((d) => `${d.action}:${d.reason}`)).toContain('kill:hard_limit:calls_per_day');
+    // the same record's step once more (a replay): its marker says it was applied
+    await enforcer.apply('demo-mcp', 'rec-1', rows('enf-co', 60));
+    expect(await calls('enf-co')).toBe(60);
+
+    // a step that fails while Redis answers (a failure of the step, not of Redis) is given up, not retried forever
+    failing = true;
+    await enforcer.apply('demo-mcp', 'rec-2', rows('enf-two', 5));
+    for (let i = 1; i < SETTLE_ATTEMPTS; i++) await expect(enforcer.settle()).rejects.toThrow();
+    await enforcer.settle();
+    expect(enforcer.owedCount).toBe(0);
+    expect(await calls('enf-two')).toBe(0);
+    expect(
+      lines.some(
+        (l) =>
+          l.msg === 'owed calls given up: they stay billed, not counted in Redis' && l.step === 'enforce',
+      ),
+    ).toBe(true);
+    conn.disconnect();
+    await events.close();
+  });
+});
