@@ -25,7 +25,8 @@
 -- nano-units, i.e. 9 million currency units per counter). A call that happened is always counted: limits
 -- decide what happens next (kill/throttle), and the call that crossed one is reported as over the limit.
 -- A spool record's calls of one customer, period and day are applied at most once (ARGV[1] in KEYS[3]): a
--- replay after a crash recomputes directives without counting its calls twice.
+-- replay after a crash recomputes directives without counting its calls twice, and gets back which of its
+-- calls were over a limit (kept with the marker).
 --
 -- State values (see contracts/src/enforcement-state.ts): action|reason|until_ms|rate|margin_bps.
 -- Returns: n_over, over_index..., n_dir, then per directive: action, scope, id, reason, margin_bps, rate,
@@ -149,7 +150,10 @@ local function clear_guard(field, margin)
 end
 
 local over = {}
-local already = redis.call('HEXISTS', applied, rid) == 1
+-- the marker's value: when the step was applied, then which of its calls were over a limit ("now|3,7-12";
+-- an older marker holds the time alone), so that a replay labels them again
+local marked = redis.call('HGET', applied, rid)
+local already = marked ~= false
 local credits = credits_open(KEYS, ARGV, now, state) -- prepaid credits (credits.lua, loaded in front): nil without a wallet
 
 -- Calls taken from a lease move their reservation to the counters first (each lease step is in
@@ -232,6 +236,17 @@ for i = 0, n - 1 do
   end
 end
 
+if already then
+  local list = string.match(marked, '|([%d,%-]*)$')
+  if list then
+    for a, b in string.gmatch(list, '(%d+)%-?(%d*)') do
+      for i = tonumber(a), tonumber(b ~= '' and b or a) do
+        if i < n then over[#over + 1] = i end
+      end
+    end
+  end
+end
+
 if not already then
   -- integers beyond 2^53 would not survive Lua numbers: send the deltas as exact decimal text
   local function int(x) return string.format('%d', x) end
@@ -262,7 +277,19 @@ if not already then
     redis.call('HINCRBY', key, 'calls', ses.d_calls)
     redis.call('EXPIRE', key, counter_ttl)
   end
-  redis.call('HSET', applied, rid, now)
+  -- the calls over a limit as ranges of indexes (once a limit is crossed the later calls usually are too):
+  -- a few bytes; past 8 KiB (calls over and under in turn) they are not kept, and a replay labels them billed
+  local ranges, r = {}, 0
+  local k = 1
+  while k <= #over do
+    local j = k
+    while j < #over and over[j + 1] == over[j] + 1 do j = j + 1 end
+    r = r + 1
+    ranges[r] = (j > k) and (over[k] .. '-' .. over[j]) or tostring(over[k])
+    k = j + 1
+  end
+  local list = table.concat(ranges, ',')
+  redis.call('HSET', applied, rid, (#list > 0 and #list <= 8192) and (ARGV[2] .. '|' .. list) or ARGV[2])
   redis.call('EXPIRE', applied, applied_ttl)
   redis.call('EXPIRE', period, counter_ttl)
   redis.call('EXPIRE', day, counter_ttl)

@@ -268,4 +268,43 @@ describe('a record replayed after a failure between its chunks', () => {
     );
     await events.close();
   });
+
+  it('enforcement: a replay labels over the limit the calls its first run found over it', async () => {
+    const events = new EnforcementLog(tg.clickhouse.client, tg.log);
+    const enforcer = new RedisEnforcer(tg.redis!, tg.plans!, events, tg.log, tg.metrics, {
+      maxSpanAgeHours: 24,
+    });
+    const now = Date.now();
+    const rows = (customer: string, n: number): RatedCall[] =>
+      Array.from({ length: n }, (_, i) => ({
+        ...BASE_RATED_CALL,
+        eventId: `over-${i}`,
+        product: 'demo-mcp',
+        customer,
+        sessionId: '',
+        startUnixUs: now * 1000,
+        receivedAtMs: now,
+        period: day.slice(0, 7),
+        planVersion: tg.plans!.current.version,
+      }));
+    const overOf = (list: RatedCall[]) => list.flatMap((r, i) => (r.decision === 'over_limit' ? [i] : []));
+    // 9,000 calls, then a record of 1,000 (in one chunk) of which the last 500 pass the limit of 9,500
+    await enforcer.apply('demo-mcp', 'rec-O0', rows('over-co', 9000));
+    const first = rows('over-co', 1000);
+    await enforcer.apply('demo-mcp', 'rec-O1', first);
+    expect(overOf(first)).toEqual(Array.from({ length: 500 }, (_, i) => 500 + i));
+    // the process stopped before the rows landed: the replay counts nothing and labels the same 500
+    const replay = rows('over-co', 1000);
+    await enforcer.apply('demo-mcp', 'rec-O1', replay);
+    expect(overOf(replay)).toEqual(overOf(first));
+    expect(await tg.redis!.hget(redisKeys.day(customerTag('demo-mcp', 'over-co'), day), 'calls')).toBe(
+      '10000',
+    );
+    // a step with none over keeps no list
+    const under = rows('under-co', 10);
+    await enforcer.apply('demo-mcp', 'rec-U1', under);
+    await enforcer.apply('demo-mcp', 'rec-U1', under);
+    expect(overOf(under)).toEqual([]);
+    await events.close();
+  });
 });
