@@ -125,6 +125,7 @@ export const LEASE_ERRORS = {
   TG_LEASE_INVALID: 'the lease request does not match the schema',
   TG_LEASE_NO_CUSTOMER: 'no customer: name one or bind a default customer to the ingest key',
   TG_LEASE_UNKNOWN_CUSTOMER: 'no rate plan for this product and customer',
+  TG_LEASE_CUSTOMER_NOT_ALLOWED: 'the ingest key is bound to another customer',
   TG_LEASE_INVALID_AMOUNT: 'an amount is negative, zero where it must be positive, fractional or too large',
   TG_LEASE_WRONG_CURRENCY: 'the currency is not the plan currency of this customer',
   TG_LEASE_UNKNOWN: 'no such lease (never granted, released, or expired)',

@@ -57,6 +57,7 @@ export const REJECT_REASONS = {
   invalid_identifier: 'an identifier attribute is too long or has control characters',
   unknown_tool: 'the tool is not priced by the plan and the plan has no default tool',
   unknown_plan: 'no rate plan for this product and customer',
+  customer_not_allowed: 'the ingest key is bound to one customer (its `customer`) and the call names another',
   malformed_span: 'the span could not be decoded (wrong wire or JSON types)',
   invalid_event: 'the usage event does not match the schema',
   duplicate_in_batch: 'the same event id appears twice in one request',

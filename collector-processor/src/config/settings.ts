@@ -451,14 +451,20 @@ export const SETTINGS = [
 
 export type SettingKey = (typeof SETTINGS)[number]['key'];
 
-const ingestKeySchema = z.strictObject({
-  name: z.string().min(1),
-  /** Hex SHA-256 of the bearer token (`tollgate hash-key <token>` prints it). Tokens are never stored. */
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be the hex SHA-256 of the key (tollgate hash-key)'),
-  product: z.string().min(1),
-  /** Customer for calls that carry none (single-customer senders). */
-  defaultCustomer: z.string().min(1).optional(),
-});
+const ingestKeySchema = z
+  .strictObject({
+    name: z.string().min(1),
+    /** Hex SHA-256 of the bearer token (`tollgate hash-key <token>` prints it). Tokens are never stored. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be the hex SHA-256 of the key (tollgate hash-key)'),
+    product: z.string().min(1),
+    /** Customer for calls that carry none (single-customer senders). */
+    defaultCustomer: z.string().min(1).optional(),
+    /** The only customer the key may bill or take leases for; also the default. */
+    customer: z.string().min(1).optional(),
+  })
+  .refine((k) => !(k.customer && k.defaultCustomer && k.customer !== k.defaultCustomer), {
+    message: 'customer binds the key to one customer: defaultCustomer, if set, must be the same',
+  });
 
 const apiKeySchema = z.strictObject({
   name: z.string().min(1),

@@ -269,6 +269,8 @@ export class LeaseService {
       throw new LeaseInputError('TG_LEASE_INVALID', 'holdOnLapse must be true or false');
     const customer = (r.customer as string | undefined) || identity.defaultCustomer;
     if (!customer) throw new LeaseInputError('TG_LEASE_NO_CUSTOMER');
+    if (identity.customer !== undefined && customer !== identity.customer)
+      throw new LeaseInputError('TG_LEASE_CUSTOMER_NOT_ALLOWED', `ingest key ${identity.name}`);
     const plan = this.plans.current.resolve(identity.product, customer);
     if (!plan) throw new LeaseInputError('TG_LEASE_UNKNOWN_CUSTOMER', `product ${identity.product}`);
     if (r.currency !== undefined && r.currency !== plan.currency)

@@ -57,6 +57,8 @@ export interface PipelineOptions extends SelectionWindow {
 export interface AcceptInput {
   product: string;
   defaultCustomer: string | undefined;
+  /** The one customer the ingest key is bound to (its calls naming another are rejected `customer_not_allowed`). */
+  customer?: string | undefined;
   receivedAtMs: number;
   calls: readonly ToolCall[];
   rejected: RejectionTally;
@@ -314,7 +316,7 @@ export class Pipeline {
    * landing backlog is full (accept refuses the export then, and nothing is written).
    */
   beginRecord(
-    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'receivedAtMs'> & {
+    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'customer' | 'receivedAtMs'> & {
       book: PlanBook;
       payload: NonNullable<AcceptInput['payload']>;
     },
@@ -354,7 +356,7 @@ export class Pipeline {
   /** A new spool record (its own id) of an export's payload, extracted under `book`. */
   private newRecord(
     book: PlanBook,
-    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'receivedAtMs'>,
+    input: Pick<AcceptInput, 'product' | 'defaultCustomer' | 'customer' | 'receivedAtMs'>,
     format: PayloadFormat,
     payload: Buffer,
   ): AcceptedRecord {
@@ -365,6 +367,7 @@ export class Pipeline {
       planVersion: book.version,
       receivedAtMs: input.receivedAtMs,
       defaultCustomer: input.defaultCustomer,
+      customer: input.customer,
       format,
       payload,
     };
@@ -383,6 +386,8 @@ export class Pipeline {
     product: string,
     calls: readonly ToolCall[],
     rejected: RejectionTally,
+    /** The ingest key's bound customer: a call naming another is rejected. */
+    bound: string | undefined,
   ): Promise<{ prepared: Prepared[]; inBatchDuplicates: number }> {
     const turn = new Turn();
     const out: Prepared[] = [];
@@ -403,6 +408,10 @@ export class Pipeline {
         continue; // the same span twice in one request: one call
       }
       seen.add(call.eventId);
+      if (bound !== undefined && call.customer !== bound) {
+        rejected.add('customer_not_allowed', call.customer, call.eventId);
+        continue;
+      }
       if (call.customer !== lastCustomer) {
         lastCustomer = call.customer;
         lastPlan = book.resolve(product, call.customer);
@@ -456,7 +465,13 @@ export class Pipeline {
       if (this.backlogFull) {
         throw new TollgateError('TG_BACKLOG_FULL', `${this.lander.backlogRows} rows waiting`, 5);
       }
-      ({ prepared, inBatchDuplicates } = await this.prepare(book, product, input.calls, rejected));
+      ({ prepared, inBatchDuplicates } = await this.prepare(
+        book,
+        product,
+        input.calls,
+        rejected,
+        input.customer,
+      ));
     } catch (err) {
       if (early) this.dropRecord(early);
       throw err;
@@ -558,8 +573,15 @@ export class Pipeline {
     if (!guard.begin(rec.rid)) throw new SetAside();
     let prepared: Prepared[];
     try {
-      prepared = (await this.prepare(book, rec.product, await this.callsOf(rec, book), new RejectionTally()))
-        .prepared;
+      prepared = (
+        await this.prepare(
+          book,
+          rec.product,
+          await this.callsOf(rec, book),
+          new RejectionTally(),
+          rec.customer,
+        )
+      ).prepared;
     } finally {
       guard.end(rec.rid);
     }

@@ -9,6 +9,8 @@ export interface IngestIdentity {
   name: string;
   product: string;
   defaultCustomer: string | undefined;
+  /** The one customer the key is bound to: calls naming another are rejected, leases for another refused. */
+  customer: string | undefined;
 }
 
 /**
@@ -19,7 +21,15 @@ export class IngestKeyring {
   private readonly byHash: Map<string, IngestIdentity>;
   constructor(keys: readonly IngestKeyConfig[]) {
     this.byHash = new Map(
-      keys.map((k) => [k.sha256, { name: k.name, product: k.product, defaultCustomer: k.defaultCustomer }]),
+      keys.map((k) => [
+        k.sha256,
+        {
+          name: k.name,
+          product: k.product,
+          defaultCustomer: k.defaultCustomer ?? k.customer,
+          customer: k.customer,
+        },
+      ]),
     );
   }
   /** The identity behind an `Authorization: Bearer <token>` header, or undefined. */

@@ -367,6 +367,7 @@ export function buildReceiver(
               book,
               product: identity.product,
               defaultCustomer: identity.defaultCustomer,
+              customer: identity.customer,
               receivedAtMs,
               payload: { format: payloadFormat, bytes: body },
             });
@@ -409,6 +410,7 @@ export function buildReceiver(
       book,
       product: identity.product,
       defaultCustomer: identity.defaultCustomer,
+      customer: identity.customer,
       receivedAtMs,
       calls,
       rejected,
@@ -514,6 +516,7 @@ export function buildReceiver(
     const result = await pipeline.accept({
       product: identity.product,
       defaultCustomer: identity.defaultCustomer,
+      customer: identity.customer,
       receivedAtMs,
       calls,
       rejected,

@@ -46,6 +46,8 @@ export interface AcceptedRecord {
   receivedAtMs: number;
   /** The ingest key's default customer at the time (selection depends on it). */
   defaultCustomer?: string | undefined;
+  /** The one customer the ingest key was bound to at the time: calls naming another were rejected. */
+  customer?: string | undefined;
   format: PayloadFormat;
   payload: Buffer;
   /**
