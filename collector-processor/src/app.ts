@@ -462,9 +462,22 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       // what was billed while Redis failed (fail-open calls, failed enforcement steps) is counted in Redis
       // once it answers, also when no export comes to trigger it
       const owing = pipeline;
-      if (leases) leases.settleOwed = () => owing.settle();
+      if (leases) leases.settleOwed = (product, customer) => owing.settle({ product, customer });
       const settleJob = startPeriodic(() => owing.settle().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
-      stops.unshift(() => settleJob.stop());
+      stops.unshift(async () => {
+        await settleJob.stop();
+        // a last try: what is still owed after it is lost with the process (the calls stay billed)
+        await Promise.race([
+          owing.settle().catch(() => {}),
+          new Promise((r) => setTimeout(r, Number(s.shutdownTimeoutMs)).unref()),
+        ]);
+        const left = owing.owedCount + (enforcer?.owedCount ?? 0);
+        if (left)
+          log.error(
+            { calls: left },
+            'stopping with calls billed while Redis failed that are not counted in Redis: they stay billed, uncounted (free calls, tiers and limits will not see them)',
+          );
+      });
 
       const forwarder = s['forward.endpoint']
         ? new Forwarder(

@@ -6,8 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { RedisEnforcer } from '../src/enforcement/enforcer.js';
 import { EnforcementLog } from '../src/enforcement/events.js';
 import { dayOf } from '../src/enforcement/periods.js';
-import { SETTLE_ATTEMPTS } from '../src/redis/owed.js';
 import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
+import type { AcceptedRecord } from '../src/spool/spool.js';
 import {
   DEV_INGEST_KEY,
   query,
@@ -150,8 +150,46 @@ describe('calls billed fail-open while Redis is down', () => {
   });
 });
 
+describe('a spool record replayed while Redis is down (fail-open)', () => {
+  it('waits for Redis instead of being rated fail-open by a process that knows no positions', async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    const customer = 'replay-co';
+    expect(await post(spansOf(customer, 10))).toBe(200); // positions 1–10
+    const spans = spansOf(customer, 25);
+    const rec: AcceptedRecord = {
+      t: 'a',
+      rid: 'replayed-in-outage-1',
+      product: 'demo-mcp',
+      planVersion: tg.plans!.current.version,
+      receivedAtMs: Date.now(),
+      format: 'otlp-json',
+      payload: Buffer.from(JSON.stringify(exportOf(spans))),
+    };
+    await redis.stop();
+    let done = false;
+    const replaying = tg.pipeline!.replay([rec]).then(() => {
+      done = true;
+    });
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(done).toBe(false);
+    expect(await metric('tollgate_calls_unenforced_total')).toBe(0);
+    redis = await durableRedis(redis.port);
+    await replaying;
+    await tg.lander!.idle();
+    const [row] = await query(
+      tg,
+      `SELECT count() AS n, countIf(decision = 'unenforced') AS unenforced, countIf(price_nano > 0) AS priced
+       FROM mcp_tool_calls WHERE span_id IN ({ids:Array(String)})`,
+      { ids: spans.map((s) => s.spanId) },
+    );
+    // positions 11–35 from Redis: 20 free, 5 priced
+    expect(row).toEqual({ n: '25', unenforced: '0', priced: '5' });
+  });
+});
+
 describe('an enforcement step whose script fails', () => {
-  it('is applied once Redis answers again, under its own marker (counted once), or given up after repeated failures', async () => {
+  it("is applied once Redis answers again, under its own marker (counted once), before the customer's next step", async () => {
     redis = await startPrivateRedis();
     tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
     const lines: Record<string, unknown>[] = [];
@@ -205,19 +243,16 @@ describe('an enforcement step whose script fails', () => {
     await enforcer.apply('demo-mcp', 'rec-1', rows('enf-co', 60));
     expect(await calls('enf-co')).toBe(60);
 
-    // a step that fails while Redis answers (a failure of the step, not of Redis) is given up, not retried forever
+    // a customer's next step waits for its owed one: limits are judged in order
     failing = true;
-    await enforcer.apply('demo-mcp', 'rec-2', rows('enf-two', 5));
-    for (let i = 1; i < SETTLE_ATTEMPTS; i++) await expect(enforcer.settle()).rejects.toThrow();
-    await enforcer.settle();
+    await enforcer.apply('demo-mcp', 'rec-2', rows('enf-order', 40));
+    failing = false;
+    const next = rows('enf-order', 20).map((r, i) => ({ ...r, eventId: `enf-order-next-${i}` }));
+    const directives = await enforcer.apply('demo-mcp', 'rec-3', next);
+    expect(await calls('enf-order')).toBe(60);
+    expect(next.filter((r) => r.decision === 'over_limit')).toHaveLength(10);
+    expect(directives.map((d) => `${d.action}:${d.reason}`)).toContain('kill:hard_limit:calls_per_day');
     expect(enforcer.owedCount).toBe(0);
-    expect(await calls('enf-two')).toBe(0);
-    expect(
-      lines.some(
-        (l) =>
-          l.msg === 'owed calls given up: they stay billed, not counted in Redis' && l.step === 'enforce',
-      ),
-    ).toBe(true);
     conn.disconnect();
     await events.close();
   });

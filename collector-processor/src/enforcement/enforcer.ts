@@ -55,6 +55,8 @@ interface OwedChunk extends OwedItem {
   marker: string;
   g: Group;
   rows: RatedCall[];
+  /** When the step first ran: it is applied as of then (credits in force, kills' times). */
+  now: number;
 }
 
 /** The calls of one export taken from one lease (settled in enforce.lua as one). */
@@ -272,10 +274,24 @@ export class RedisEnforcer implements Enforcer {
     private readonly opts: { maxSpanAgeHours: number },
   ) {
     defineEnforce(redis);
-    this.owed = new OwedQueue('enforce', redis, metrics, log);
+    this.owed = new OwedQueue<OwedChunk>(
+      'enforce',
+      metrics,
+      log,
+      async (o) => {
+        await this.enforceChunk(o.product, o.rid, o.marker, o.g, o.rows, o.now, true);
+        this.metrics.callsSettled.inc({ step: 'enforce', result: 'counted' }, o.calls);
+      },
+      (o) => ({ rid: o.rid, customer: o.g.customer }),
+    );
   }
 
-  async apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]> {
+  async apply(
+    product: string,
+    rid: string,
+    rated: readonly RatedCall[],
+    now = Date.now(),
+  ): Promise<Directive[]> {
     const groups = new Map<string, Group>();
     // an export's calls almost always share customer, period and day: a row like the one before joins
     // its group without building the group's key (and the day's name) again
@@ -299,7 +315,6 @@ export class RedisEnforcer implements Enforcer {
       last = g;
       lastDay = dayIndex;
     }
-    const now = Date.now();
     const limit = scriptLimiter(groups.size);
     const results = await Promise.all(
       [...groups.values()].map((g) => limit(() => this.enforceGroup(product, rid, g, now))),
@@ -318,6 +333,10 @@ export class RedisEnforcer implements Enforcer {
    * directives come in order; apply keeps the last one per scope and id.
    */
   private async enforceGroup(product: string, rid: string, g: Group, now: number): Promise<Directive[]> {
+    // the customer's steps that failed before come first (limits are judged call by call, in order); if they
+    // fail again this one is likely to as well, and is then owed after them
+    const key = `${product}\0${g.customer}`;
+    if (this.owed.has(key)) await this.owed.settleKey(key).catch(() => {});
     const marker = `${rid}|${g.period}|${g.day}`;
     if (g.rows.length <= ENFORCE_CHUNK) return this.enforceChunk(product, rid, marker, g, g.rows, now);
     const directives: Directive[] = [];
@@ -410,14 +429,16 @@ export class RedisEnforcer implements Enforcer {
       // Claims already succeeded; the calls are billed and land. They are counted against limits, leases,
       // credits and the margin guard once Redis answers again (`settle`; the marker keeps it to once even if
       // this step did run in Redis and only its reply was lost).
-      this.owed.push({
+      this.owed.push(`${product}\0${g.customer}`, {
         product,
         rid,
         marker,
         g: { customer: g.customer, period: g.period, day: g.day, rows: [] },
         rows: rows.map((r) => ({ ...r })),
+        now,
         calls: rows.length,
         attempts: 0,
+        lastAttemptMs: 0,
       });
       // at most one line a second: an export of thousands of customers failing at once was thousands of lines
       this.failuresUnlogged++;
@@ -467,17 +488,11 @@ export class RedisEnforcer implements Enforcer {
   }
 
   /**
-   * Applies the owed steps, oldest first, each under its own applied-marker (counted once whatever ran
-   * before); rejects while Redis is still failing (see OwedQueue.settle).
+   * Applies the owed steps, each customer's oldest first, each under its own applied-marker (counted once
+   * whatever ran before) and as of when it first ran; rejects while Redis is still failing (see OwedQueue).
    */
   settle(): Promise<void> {
-    return this.owed.settle(
-      async (o) => {
-        await this.enforceChunk(o.product, o.rid, o.marker, o.g, o.rows, Date.now(), true);
-        this.metrics.callsSettled.inc({ step: 'enforce', result: 'counted' }, o.calls);
-      },
-      (o) => ({ rid: o.rid, customer: o.g.customer }),
-    );
+    return this.owed.settleAll();
   }
 
   private rememberInstances(product: string, rated: readonly RatedCall[], now: number): void {

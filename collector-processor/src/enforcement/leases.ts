@@ -114,10 +114,10 @@ interface Parsed {
  */
 export class LeaseService {
   /**
-   * Counts in Redis what was billed while it failed (Pipeline.settle), before a lease is granted from its
-   * counters; rejects while Redis is still failing. Unset: nothing is owed.
+   * Counts in Redis what was billed for a customer while it failed (Pipeline.settle), before a lease is
+   * granted from its counters; rejects while Redis is still failing. Unset: nothing is owed.
    */
-  settleOwed: (() => Promise<void>) | undefined;
+  settleOwed: ((product: string, customer: string) => Promise<void>) | undefined;
 
   constructor(
     private readonly redis: RedisLike,
@@ -139,10 +139,6 @@ export class LeaseService {
       throw new TollgateError('TG_LEASE_INVALID', 'instanceId must be a non-empty identifier');
     if (!Array.isArray(doc.requests) || doc.requests.length === 0 || doc.requests.length > MAX_REQUESTS)
       throw new TollgateError('TG_LEASE_INVALID', `requests must be an array of 1 to ${MAX_REQUESTS}`);
-    if (this.settleOwed)
-      await this.settleOwed().catch(() => {
-        throw new TollgateError('TG_REDIS_UNAVAILABLE', 'quota leases need Redis', 1);
-      });
     const results: LeaseResult[] = [];
     for (const raw of doc.requests) results.push(await this.one(identity, instanceId, raw));
     return { results };
@@ -228,6 +224,10 @@ export class LeaseService {
       const customer = (raw as { customer?: unknown } | null)?.customer;
       return this.refuse(identity, instanceId, typeof customer === 'string' ? customer : '', err);
     }
+    if (this.settleOwed)
+      await this.settleOwed(identity.product, parsed.customer).catch(() => {
+        throw new TollgateError('TG_REDIS_UNAVAILABLE', 'quota leases need Redis', 1);
+      });
     const out = await this.run(identity.product, instanceId, parsed);
     if ('code' in out) return this.refuse(identity, instanceId, parsed.customer, out);
     this.metrics.leases.inc({ op: parsed.op, outcome: out.exhausted ? 'exhausted' : 'ok' });

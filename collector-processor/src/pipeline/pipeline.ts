@@ -37,8 +37,11 @@ export interface AcceptResult {
 
 /** Hook for real-time enforcement (limits, margin guard); it sees every newly rated call of an export. */
 export interface Enforcer {
-  /** Counts the calls against limits and the margin guard; may mark rows `over_limit`; returns directives. */
-  apply(product: string, rid: string, rated: readonly RatedCall[]): Promise<Directive[]>;
+  /**
+   * Counts the calls against limits and the margin guard (as of `nowMs`, default now); may mark rows
+   * `over_limit`; returns directives.
+   */
+  apply(product: string, rid: string, rated: readonly RatedCall[], nowMs?: number): Promise<Directive[]>;
   /** Directives for an export without calls (an idle SDK's heartbeat), by the sending instances. */
   heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]>;
   /** Applies the steps `apply` could not (Redis failed them); rejects while Redis is still failing. */
@@ -96,15 +99,25 @@ interface Prepared {
 /**
  * One customer's calls of one export rated fail-open (Redis unreachable): billed and landed `unenforced`, and
  * owed to Redis — claimed there under the record's token once it answers, then applied to enforcement with
- * the decisions and leases they were rated with. `rows[k]` is the rated row of `inputs[k]`.
+ * the decisions and leases they were rated with, as of when they were rated. Owed as soon as their claim
+ * failed, before they are rated: a later claim of the customer waits for them, so its positions follow theirs.
  */
 interface OwedCalls extends OwedItem {
   product: string;
   customer: string;
   rid: string;
+  /** The calls the export rated (not those it found duplicates of calls seen before). */
   inputs: ClaimInput[];
-  rows: RatedCall[];
+  /** Their rated rows, once rated (rejected: the export failed, and its record's replay counts them). */
+  rows: Promise<RatedCall[]>;
+  nowMs: number;
 }
+
+/**
+ * How long a replayed spool record waits for Redis before it is rated fail-open: nobody waits for its answer,
+ * and rated with Redis it gets exact positions (a process that restarted knows no local ones).
+ */
+const REPLAY_REDIS_WAIT_MS = 5 * 60_000;
 
 /** A spool record whose reading killed the process at too many starts (see ReplayGuard). */
 class SetAside extends Error {}
@@ -287,7 +300,14 @@ export class Pipeline {
   ) {
     this.out = lander.createWriter();
     // no Redis at all: nothing to count fail-open calls in later
-    if (redis) this.owed = new OwedQueue('claim', redis, metrics, log);
+    if (redis)
+      this.owed = new OwedQueue<OwedCalls>(
+        'claim',
+        metrics,
+        log,
+        (o) => this.settleOwed(redis, o),
+        (o) => ({ rid: o.rid, customer: o.customer }),
+      );
     const h = metrics.exportStageSeconds;
     this.stage = {
       spool: h.labels('spool'),
@@ -585,13 +605,15 @@ export class Pipeline {
     } finally {
       guard.end(rec.rid);
     }
+    const waitForRedisUntil = Date.now() + REPLAY_REDIS_WAIT_MS;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs);
+        const failClosed = this.opts.failMode === 'closed' || Date.now() < waitForRedisUntil;
+        await this.meterRateLand(rec.rid, rec.product, prepared, rec.receivedAtMs, false, failClosed);
         return;
       } catch (err) {
-        // fail-closed and Redis down: wait for it (however long) rather than rate the replay unenforced;
-        // any other error is tried again a few times
+        // Redis down: wait for it (fail-closed however long, fail-open up to REPLAY_REDIS_WAIT_MS) rather
+        // than rate the replay unenforced; any other error is tried again a few times
         const redisDown = err instanceof TollgateError && err.code === 'TG_REDIS_UNAVAILABLE';
         if (!redisDown && attempt >= REPLAY_ATTEMPTS) throw err;
         this.log.warn(
@@ -612,7 +634,9 @@ export class Pipeline {
     if (!this.redis) return undefined;
     try {
       // the calls of an outage first: their usage positions come before this export's
-      if (this.owed?.calls) await this.settleClaims();
+      // the customer's calls billed during an outage first: this export's positions follow theirs
+      const key = `${product}\0${customer}`;
+      if (this.owed?.has(key)) await this.owed.settleKey(key);
       const res = await claimCalls(this.redis, product, customer, rid, inputs, this.claimTtl());
       this.reachable();
       return res;
@@ -650,46 +674,49 @@ export class Pipeline {
 
   /**
    * Counts in Redis what was billed without it: the calls rated fail-open (claimed, then enforced), then the
-   * enforcement steps that failed. Called every second by the process (`startPeriodic`), before any claim
-   * while calls are owed and before a lease is granted; rejects while Redis is still failing (the rest stays
-   * owed).
+   * enforcement steps that failed — every customer's, or one customer's (a lease request). Called every
+   * second by the process (`startPeriodic`) and at its stop; a claim settles its own customer's first.
+   * Rejects while Redis is still failing (the rest stays owed).
    */
-  async settle(): Promise<void> {
-    if (this.owed?.calls) await this.settleClaims();
+  async settle(only?: { product: string; customer: string }): Promise<void> {
+    if (only) {
+      const key = `${only.product}\0${only.customer}`;
+      if (this.owed?.has(key)) await this.owed.settleKey(key);
+    } else await this.owed?.settleAll();
     await this.enforcer?.settle?.();
   }
 
-  private async settleClaims(): Promise<void> {
-    const owed = this.owed as OwedQueue<OwedCalls>;
-    const redis = this.redis as RedisLike;
-    let counted = 0;
-    await owed.settle(
-      async (o) => {
-        // under the record's token: a claim already made for it (a retry of this settling) answers `own`
-        const claimed = await claimCalls(redis, o.product, o.customer, o.rid, o.inputs, this.claimTtl());
-        // a call claimed meanwhile under another record (another processor took its retry while this one
-        // could not reach Redis) was billed there too: it is reported, not counted again
-        const rows = o.rows.filter((_, k) => claimed[k]?.status !== CLAIM_STATUS.duplicate);
-        const duplicates = o.rows.length - rows.length;
-        if (duplicates) {
-          this.metrics.callsSettled.inc({ step: 'claim', result: 'duplicate' }, duplicates);
-          this.log.error(
-            { rid: o.rid, customer: o.customer, calls: duplicates },
-            'calls billed during the Redis outage were also claimed under another record: billed twice',
-          );
-        }
-        this.metrics.callsSettled.inc({ step: 'claim', result: 'counted' }, rows.length);
-        counted += rows.length;
-        if (this.enforcer && rows.length)
-          // a step Redis fails is owed by the enforcer in turn; anything else is reported
-          await this.enforcer.apply(o.product, o.rid, rows).catch((err: Error) => {
-            this.log.error({ rid: o.rid, err: err.message }, 'owed enforcement failed');
-          });
-      },
-      (o) => ({ rid: o.rid, customer: o.customer }),
-    );
+  /** One owed item: its calls claimed under their record's token, then those not claimed elsewhere enforced. */
+  private async settleOwed(redis: RedisLike, o: OwedCalls): Promise<void> {
+    // a claim already made for it (a retry of this settling) answers `own`
+    const claimed = await claimCalls(redis, o.product, o.customer, o.rid, o.inputs, this.claimTtl());
     this.reachable();
-    if (counted) this.log.info({ calls: counted }, 'calls billed during the Redis outage counted in Redis');
+    // a call claimed meanwhile under another record (another processor took its retry while this one could
+    // not reach Redis) was billed there too: it is reported, not counted again
+    const elsewhere = new Set<string>();
+    claimed.forEach((r, k) => {
+      if (r.status === CLAIM_STATUS.duplicate) elsewhere.add((o.inputs[k] as ClaimInput).call.eventId);
+    });
+    if (elsewhere.size) {
+      this.metrics.callsSettled.inc({ step: 'claim', result: 'duplicate' }, elsewhere.size);
+      this.log.error(
+        { rid: o.rid, customer: o.customer, calls: elsewhere.size },
+        'calls billed during the Redis outage were also claimed under another record: billed twice',
+      );
+    }
+    this.metrics.callsSettled.inc({ step: 'claim', result: 'counted' }, o.inputs.length - elsewhere.size);
+    let rows: RatedCall[];
+    try {
+      rows = await o.rows;
+    } catch {
+      return; // the export failed before rating: its record's replay rates and enforces them (same token)
+    }
+    rows = rows.filter((r) => !elsewhere.has(r.eventId));
+    if (this.enforcer && rows.length)
+      // a step Redis fails is owed by the enforcer in turn; anything else is reported
+      await this.enforcer.apply(o.product, o.rid, rows, o.nowMs).catch((err: Error) => {
+        this.log.error({ rid: o.rid, err: err.message }, 'owed enforcement failed');
+      });
   }
 
   /** Usage positions continued locally from the last ones Redis gave (fail-open). */
@@ -777,153 +804,198 @@ export class Pipeline {
     receivedAtMs: number,
     /** An export being answered (not a replay): its stages are timed into tollgate_export_stage_seconds. */
     timed = false,
+    /** Redis down: refuse (TG_REDIS_UNAVAILABLE) rather than rate fail-open. */
+    failClosed = this.opts.failMode === 'closed',
   ): Promise<AcceptResult> {
     const claimStart = performance.now();
-    const byCustomer = new Map<string, number[]>();
-    prepared.forEach((p, i) => {
-      const list = byCustomer.get(p.call.customer);
-      if (list) list.push(i);
-      else byCustomer.set(p.call.customer, [i]);
-    });
-    const results: (ClaimResult | undefined)[] = new Array(prepared.length).fill(undefined);
-    const unenforced = new Set<number>();
-    // at most SCRIPTS_IN_FLIGHT customers' claims at once: an export of 150,000 customers sent every claim
-    // at once, and the later ones timed out waiting behind the others in Redis (taken for Redis being down)
-    const limit = scriptLimiter(byCustomer.size);
-    await Promise.all(
-      [...byCustomer].map(([customer, idx]) =>
-        limit(async () => {
-          const claimed = await this.claim(
-            product,
-            customer,
-            rid,
-            idx.map((i) => prepared[i] as Prepared),
-          );
-          if (claimed) {
-            // one customer's calls: their local usage looked up once per period, not per call
-            let u: LocalUsage | undefined;
-            let uPeriod = '';
-            idx.forEach((i, k) => {
-              const p = prepared[i] as Prepared;
-              results[i] = claimed[k];
-              if (!p.counts) return;
-              if (!u || p.period !== uPeriod) {
-                u = this.localUsageOf(product, p);
-                uPeriod = p.period;
-              }
-              this.remember(u, p, claimed[k] as ClaimResult);
-            });
-            return;
-          }
-          if (this.opts.failMode === 'closed') return;
-          for (const i of idx) {
-            const p = prepared[i] as Prepared;
-            unenforced.add(i);
-            results[i] = this.recent.has(p.call.eventId)
-              ? { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 }
-              : this.localPosition(product, p);
-          }
-        }),
-      ),
-    );
-    if (this.opts.failMode === 'closed' && results.includes(undefined)) {
-      throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
-    }
-
-    const rateStart = performance.now();
-    const turn = new Turn();
-    const rated: RatedCall[] = [];
-    let owed: Map<string, OwedCalls> | undefined;
-    let duplicates = 0;
-    for (let i = 0; i < prepared.length; i++) {
-      if (turn.due(CALL_WORK)) await turn.next();
-      const p = prepared[i] as Prepared;
-      const claim = results[i] as ClaimResult;
-      if (claim.status === CLAIM_STATUS.duplicate) {
-        duplicates++;
-        continue;
-      }
-      const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
-      const c = p.call;
-      const decision =
-        unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision;
-      const row = ratedRow(product, c, p.plan, p.period, rating, decision, receivedAtMs);
-      if (c.lease && !unenforced.has(i)) row.lease = c.lease;
-      rated.push(row);
-      if (unenforced.has(i)) {
-        owed ??= new Map();
-        let o = owed.get(c.customer);
-        if (!o) {
-          o = { product, customer: c.customer, rid, inputs: [], rows: [], calls: 0, attempts: 0 };
-          owed.set(c.customer, o);
-        }
-        o.inputs.push({ call: c, period: p.period, day: p.day, counts: p.counts, tiered: p.tiered });
-        o.calls++;
-        // counted later as rated (decision, lease), whatever it lands as now
-        const due = { ...row, decision: rating.decision };
-        if (c.lease) due.lease = c.lease;
-        o.rows.push(due);
-      }
-    }
-    if (owed && this.owed) for (const o of owed.values()) this.owed.push(o);
-    this.recent.addAll(rated.map((r) => r.eventId));
-    if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
-    if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
-
-    const enforceStart = performance.now();
-    // Enforcement's script runs in Redis while this thread encodes the landing block; the block is handed to
-    // the lander only once enforcement has answered (a failure lands nothing: the replay finishes the record),
-    // and encoded again when enforcement marked rows over_limit, which it does once Redis has answered.
-    const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
-    enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
-    const landStart = performance.now();
-    let blocks = await this.encode(rated, turn);
-    let landMs = performance.now() - landStart;
-    let directives: Directive[] = [];
+    // the rated rows of the calls owed to Redis (fail-open), by customer, for the owed items made at claim time
+    let owedRows: Deferred<Map<string, RatedCall[]>> | undefined;
     try {
-      if (enforcing) directives = await enforcing;
+      const byCustomer = new Map<string, number[]>();
+      prepared.forEach((p, i) => {
+        const list = byCustomer.get(p.call.customer);
+        if (list) list.push(i);
+        else byCustomer.set(p.call.customer, [i]);
+      });
+      const results: (ClaimResult | undefined)[] = new Array(prepared.length).fill(undefined);
+      const unenforced = new Set<number>();
+      // at most SCRIPTS_IN_FLIGHT customers' claims at once: an export of 150,000 customers sent every claim
+      // at once, and the later ones timed out waiting behind the others in Redis (taken for Redis being down)
+      const limit = scriptLimiter(byCustomer.size);
+      await Promise.all(
+        [...byCustomer].map(([customer, idx]) =>
+          limit(async () => {
+            const claimed = await this.claim(
+              product,
+              customer,
+              rid,
+              idx.map((i) => prepared[i] as Prepared),
+            );
+            if (claimed) {
+              // one customer's calls: their local usage looked up once per period, not per call
+              let u: LocalUsage | undefined;
+              let uPeriod = '';
+              idx.forEach((i, k) => {
+                const p = prepared[i] as Prepared;
+                results[i] = claimed[k];
+                if (!p.counts) return;
+                if (!u || p.period !== uPeriod) {
+                  u = this.localUsageOf(product, p);
+                  uPeriod = p.period;
+                }
+                this.remember(u, p, claimed[k] as ClaimResult);
+              });
+              return;
+            }
+            if (failClosed) return;
+            const inputs: ClaimInput[] = [];
+            for (const i of idx) {
+              const p = prepared[i] as Prepared;
+              unenforced.add(i);
+              if (this.recent.has(p.call.eventId)) {
+                results[i] = { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 };
+              } else {
+                results[i] = this.localPosition(product, p);
+                inputs.push(p);
+              }
+            }
+            // owed at once: a claim of this customer from now on waits until these are claimed first
+            if (inputs.length && this.owed) {
+              owedRows ??= deferred();
+              const rows = owedRows.promise.then((byCustomer) => byCustomer.get(customer) ?? []);
+              rows.catch(() => {});
+              this.owed.push(`${product}\0${customer}`, {
+                product,
+                customer,
+                rid,
+                inputs,
+                rows,
+                nowMs: Date.now(),
+                calls: inputs.length,
+                attempts: 0,
+                lastAttemptMs: 0,
+              });
+            }
+          }),
+        ),
+      );
+      if (failClosed && results.includes(undefined)) {
+        throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
+      }
+
+      const rateStart = performance.now();
+      const turn = new Turn();
+      const rated: RatedCall[] = [];
+      let owed: Map<string, RatedCall[]> | undefined;
+      let duplicates = 0;
+      for (let i = 0; i < prepared.length; i++) {
+        if (turn.due(CALL_WORK)) await turn.next();
+        const p = prepared[i] as Prepared;
+        const claim = results[i] as ClaimResult;
+        if (claim.status === CLAIM_STATUS.duplicate) {
+          duplicates++;
+          continue;
+        }
+        const rating = rateCall(p.call, p.plan, p.rate, claim, p.usage);
+        const c = p.call;
+        const decision =
+          unenforced.has(i) && rating.decision !== 'failed_not_billed' ? 'unenforced' : rating.decision;
+        const row = ratedRow(product, c, p.plan, p.period, rating, decision, receivedAtMs);
+        if (c.lease && !unenforced.has(i)) row.lease = c.lease;
+        rated.push(row);
+        if (unenforced.has(i) && owedRows) {
+          owed ??= new Map();
+          let list = owed.get(c.customer);
+          if (!list) {
+            list = [];
+            owed.set(c.customer, list);
+          }
+          // counted later as rated (decision, lease), whatever it lands as now
+          const due = { ...row, decision: rating.decision };
+          if (c.lease) due.lease = c.lease;
+          list.push(due);
+        }
+      }
+      owedRows?.resolve(owed ?? new Map());
+
+      this.recent.addAll(rated.map((r) => r.eventId));
+      if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
+      if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
+
+      const enforceStart = performance.now();
+      // Enforcement's script runs in Redis while this thread encodes the landing block; the block is handed to
+      // the lander only once enforcement has answered (a failure lands nothing: the replay finishes the record),
+      // and encoded again when enforcement marked rows over_limit, which it does once Redis has answered.
+      const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
+      enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
+      const landStart = performance.now();
+      let blocks = await this.encode(rated, turn);
+      let landMs = performance.now() - landStart;
+      let directives: Directive[] = [];
+      try {
+        if (enforcing) directives = await enforcing;
+      } catch (err) {
+        for (const b of blocks) this.lander.discard(b);
+        throw err;
+      }
+      const enforceMs = performance.now() - enforceStart - landMs;
+      if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
+        const again = performance.now();
+        const before = blocks;
+        // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
+        blocks = await this.encode(rated, turn, before);
+        for (const b of before) this.lander.discard(b);
+        landMs += performance.now() - again;
+      }
+      // revenue summed per currency, one metric update per export rather than per call; summed as a float,
+      // which is what the counter holds (a bigint sum allocated a bigint per call)
+      let revenueCurrency = '';
+      let revenue = 0;
+      for (const row of rated) {
+        if (row.priceNano <= 0n) continue;
+        if (row.currency !== revenueCurrency && revenue > 0) {
+          this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
+          revenue = 0;
+        }
+        revenueCurrency = row.currency;
+        revenue += Number(row.priceNano);
+      }
+      if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
+      if (blocks.length) this.lander.enqueue(rid, blocks, rated.length);
+      // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
+      // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
+      else this.abandonRecord(rid);
+      if (timed) {
+        this.stage.claim.observe((rateStart - claimStart) / 1000);
+        this.stage.rate.observe((enforceStart - rateStart) / 1000);
+        this.stage.enforce.observe(enforceMs / 1000);
+        this.stage.land.observe(landMs / 1000);
+      }
+      return {
+        accepted: rated.length,
+        duplicates,
+        directives,
+        rated,
+      };
     } catch (err) {
-      for (const b of blocks) this.lander.discard(b);
+      owedRows?.reject(err); // after they were handed over: nothing
       throw err;
     }
-    const enforceMs = performance.now() - enforceStart - landMs;
-    if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
-      const again = performance.now();
-      const before = blocks;
-      // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
-      blocks = await this.encode(rated, turn, before);
-      for (const b of before) this.lander.discard(b);
-      landMs += performance.now() - again;
-    }
-    // revenue summed per currency, one metric update per export rather than per call; summed as a float,
-    // which is what the counter holds (a bigint sum allocated a bigint per call)
-    let revenueCurrency = '';
-    let revenue = 0;
-    for (const row of rated) {
-      if (row.priceNano <= 0n) continue;
-      if (row.currency !== revenueCurrency && revenue > 0) {
-        this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-        revenue = 0;
-      }
-      revenueCurrency = row.currency;
-      revenue += Number(row.priceNano);
-    }
-    if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-    if (blocks.length) this.lander.enqueue(rid, blocks, rated.length);
-    // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
-    // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
-    else this.abandonRecord(rid);
-    if (timed) {
-      this.stage.claim.observe((rateStart - claimStart) / 1000);
-      this.stage.rate.observe((enforceStart - rateStart) / 1000);
-      this.stage.enforce.observe(enforceMs / 1000);
-      this.stage.land.observe(landMs / 1000);
-    }
-    return {
-      accepted: rated.length,
-      duplicates,
-      directives,
-      rated,
-    };
   }
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(err: unknown): void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
 }

@@ -1,4 +1,3 @@
-import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 
@@ -6,45 +5,58 @@ import type { Metrics } from '../metrics.js';
  * Calls billed without being counted in Redis — rated fail-open while Redis was unreachable, or claimed but
  * their enforcement step failed — are kept in memory and counted once Redis answers again: claimed under their
  * spool record's token (usage positions, dedup), then applied to limits, leases, credits and the margin guard.
- * A step is given up after this many failures while Redis still answers a PING (a failure of the step itself,
- * not of Redis): logged and counted (`tollgate_calls_settled_total{result="dropped"}`).
+ * An item that Redis itself refuses for its own sake (a script error, not a refusal to write) is given up
+ * after this many tries, at least a second apart: logged and counted (`tollgate_calls_settled_total{result=
+ * "dropped"}`).
  */
 export const SETTLE_ATTEMPTS = 5;
 
-/** Owed calls kept at most per process, claims and enforcement each (≈ 1 KiB of memory per call); past it, dropped and counted. */
-export const MAX_OWED_CALLS = 200_000;
+/** Owed calls kept at most per process, claims and enforcement each (2–4 KiB of memory per call); past it, dropped and counted. */
+export const MAX_OWED_CALLS = 100_000;
 
-/** Whether Redis answers a PING: a failed settling step then failed for its own sake (the attempt counts). */
-async function redisAnswers(redis: Redis | Cluster): Promise<boolean> {
-  try {
-    return (await redis.ping()) === 'PONG';
-  } catch {
-    return false;
-  }
+/** Customers whose owed items are settled at once by `settleAll` (each customer's own in order). */
+const SETTLE_CONCURRENCY = 64;
+
+/**
+ * Redis answered, but refuses writes for now (out of memory, a failed save, a replica after a failover, a
+ * script running, loading, a cluster reconfiguring): the item waits like for a Redis that does not answer.
+ */
+const REDIS_REFUSES_FOR_NOW =
+  /^(OOM|MISCONF|READONLY|NOREPLICAS|BUSY|LOADING|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|MOVED|ASK|NOSCRIPT)\b/;
+
+/** An error Redis answered about the item itself (a script error): trying again will not help. */
+function itemRefused(err: unknown): boolean {
+  const e = err as { name?: string; message?: string } | null;
+  return e?.name === 'ReplyError' && !REDIS_REFUSES_FOR_NOW.test(e.message ?? '');
 }
 
-/** One owed piece of work: `calls` billed calls, and the tries of it that failed while Redis answered. */
+/** One owed piece of work: `calls` billed calls, and the tries of it that Redis refused for its own sake. */
 export interface OwedItem {
   calls: number;
   attempts: number;
+  lastAttemptMs: number;
 }
 
 /**
- * The owed work of one step (`claim`: fail-open calls; `enforce`: failed enforcement steps), oldest first,
- * at most {@link MAX_OWED_CALLS} calls, with its gauge (`tollgate_calls_owed`) and what was given up
- * (`tollgate_calls_settled_total{result="dropped"}`).
+ * The owed work of one step (`claim`: fail-open calls; `enforce`: failed enforcement steps), per customer
+ * (`product\0customer`), each customer's items oldest first, at most {@link MAX_OWED_CALLS} calls, with its
+ * gauge (`tollgate_calls_owed`) and what was given up (`tollgate_calls_settled_total{result="dropped"}`).
+ * Positions and limits are per customer: a customer's next claim or step waits for its own owed items only.
  */
 export class OwedQueue<T extends OwedItem> {
-  private readonly items: T[] = [];
+  private readonly byKey = new Map<string, T[]>();
   private owedCalls = 0;
+  private settledUnlogged = 0;
   private fullLogged = false;
-  private settling: Promise<void> | undefined;
+  /** The settling under way per customer: claims, steps, lease requests and the timer wait for the same one. */
+  private readonly settling = new Map<string, Promise<void>>();
 
   constructor(
     private readonly step: 'claim' | 'enforce',
-    private readonly redis: Redis | Cluster,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly apply: (item: T) => Promise<void>,
+    private readonly describe: (item: T) => Record<string, unknown>,
   ) {}
 
   /** Billed calls owed. */
@@ -52,7 +64,12 @@ export class OwedQueue<T extends OwedItem> {
     return this.owedCalls;
   }
 
-  push(item: T): void {
+  /** Whether `key`'s customer has owed items. */
+  has(key: string): boolean {
+    return this.byKey.has(key);
+  }
+
+  push(key: string, item: T): void {
     if (this.owedCalls + item.calls > MAX_OWED_CALLS) {
       this.metrics.callsSettled.inc({ step: this.step, result: 'dropped' }, item.calls);
       if (!this.fullLogged) {
@@ -64,44 +81,75 @@ export class OwedQueue<T extends OwedItem> {
       }
       return;
     }
-    this.items.push(item);
+    const list = this.byKey.get(key);
+    if (list) list.push(item);
+    else this.byKey.set(key, [item]);
     this.owedCalls += item.calls;
     this.metrics.callsOwed.set({ step: this.step }, this.owedCalls);
   }
 
   /**
-   * Runs `apply` on the items, oldest first, one settling at a time (the process's timer, claims and lease
-   * requests wait for the same one: two would apply the same item and drop the next). Rejects at the first
-   * failure while Redis does not answer, keeping that item and the rest for the next try; an item that fails
-   * while Redis answers is given up after {@link SETTLE_ATTEMPTS} tries (`what` names it in the error line).
+   * Applies one customer's owed items in order, one settling at a time (two would apply the same item and
+   * drop the next). Rejects at the first failure, keeping that item and the rest for the next try.
    */
-  settle(apply: (item: T) => Promise<void>, what: (item: T) => Record<string, unknown>): Promise<void> {
-    this.settling ??= this.settleNow(apply, what).finally(() => {
-      this.settling = undefined;
-    });
-    return this.settling;
+  settleKey(key: string): Promise<void> {
+    let p = this.settling.get(key);
+    if (!p) {
+      p = this.settleNow(key).finally(() => this.settling.delete(key));
+      this.settling.set(key, p);
+    }
+    return p;
   }
 
-  private async settleNow(
-    apply: (item: T) => Promise<void>,
-    what: (item: T) => Record<string, unknown>,
-  ): Promise<void> {
-    while (this.items.length) {
-      const item = this.items[0] as T;
+  /** Applies every customer's owed items, {@link SETTLE_CONCURRENCY} customers at a time; rejects if any failed. */
+  async settleAll(): Promise<void> {
+    const keys = [...this.byKey.keys()];
+    let failed: unknown;
+    let next = 0;
+    const worker = async () => {
+      while (next < keys.length) {
+        const key = keys[next++] as string;
+        await this.settleKey(key).catch((err) => {
+          failed ??= err;
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SETTLE_CONCURRENCY, keys.length) }, worker));
+    if (this.settledUnlogged) {
+      this.log.info({ step: this.step, calls: this.settledUnlogged }, 'owed calls counted in Redis');
+      this.settledUnlogged = 0;
+    }
+    if (failed !== undefined) throw failed;
+    if (this.owedCalls === 0) this.fullLogged = false;
+  }
+
+  private async settleNow(key: string): Promise<void> {
+    for (;;) {
+      const list = this.byKey.get(key);
+      const item = list?.[0];
+      if (!list || !item) return;
       try {
-        await apply(item);
+        await this.apply(item);
+        this.settledUnlogged += item.calls;
       } catch (err) {
-        if (!((await redisAnswers(this.redis)) && ++item.attempts >= SETTLE_ATTEMPTS)) throw err;
+        const now = Date.now();
+        if (!itemRefused(err)) throw err;
+        // tries a second apart at least: a burst of exports must not use them up at once
+        if (now - item.lastAttemptMs >= 1000) {
+          item.lastAttemptMs = now;
+          item.attempts++;
+        }
+        if (item.attempts < SETTLE_ATTEMPTS) throw err;
         this.metrics.callsSettled.inc({ step: this.step, result: 'dropped' }, item.calls);
         this.log.error(
-          { step: this.step, ...what(item), calls: item.calls, err: (err as Error).message },
+          { step: this.step, ...this.describe(item), calls: item.calls, err: (err as Error).message },
           'owed calls given up: they stay billed, not counted in Redis',
         );
       }
-      this.items.shift();
+      list.shift();
+      if (list.length === 0) this.byKey.delete(key);
       this.owedCalls -= item.calls;
       this.metrics.callsOwed.set({ step: this.step }, this.owedCalls);
     }
-    this.fullLogged = false;
   }
 }
