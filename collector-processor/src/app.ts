@@ -23,6 +23,7 @@ import { Pipeline, type RedisLike } from './pipeline/pipeline.js';
 import { PlanStore } from './plans/store.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
+import { OWED_CALLS_FILE, OwedLog } from './redis/owed-log.js';
 import { type PrivateRedis, pingsOnLoopback, startPrivateRedis } from './redis/private-redis.js';
 import { stallAwareCommandTimeout } from './redis/stall-aware.js';
 import { removeRunningRecord, writeRunningRecord } from './running.js';
@@ -462,20 +463,38 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       // what was billed while Redis failed (fail-open calls, failed enforcement steps) is counted in Redis
       // once it answers, also when no export comes to trigger it
       const owing = pipeline;
+      // written down as they are made, so a stop or a crash before Redis answers leaves them to the next start
+      const owedLog = new OwedLog(join(dataDir, OWED_CALLS_FILE), log.child({ component: 'pipeline' }));
+      owing.owedLog = owedLog;
+      if (enforcer) enforcer.owedLog = owedLog;
+      const restored = owedLog.read();
+      for (const e of restored) {
+        if (e.k === 'claim') owing.restoreOwed(e);
+        else enforcer?.restoreOwed(e);
+      }
+      if (restored.length)
+        log.warn(
+          { items: restored.length, calls: owing.owedCount + (enforcer?.owedCount ?? 0) },
+          'calls billed while Redis failed, left by the last run: counted in Redis once it answers',
+        );
+      const settleOwed = () =>
+        owing.settle().then(() => {
+          if (owing.owedCount === 0 && (enforcer?.owedCount ?? 0) === 0) owedLog.clear();
+        });
       if (leases) leases.settleOwed = (product, customer) => owing.settle({ product, customer });
-      const settleJob = startPeriodic(() => owing.settle().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
+      const settleJob = startPeriodic(() => settleOwed().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
       stops.unshift(async () => {
         await settleJob.stop();
         // a last try: what is still owed after it is lost with the process (the calls stay billed)
         await Promise.race([
-          owing.settle().catch(() => {}),
+          settleOwed().catch(() => {}),
           new Promise((r) => setTimeout(r, Number(s.shutdownTimeoutMs)).unref()),
         ]);
         const left = owing.owedCount + (enforcer?.owedCount ?? 0);
         if (left)
           log.error(
             { calls: left },
-            'stopping with calls billed while Redis failed that are not counted in Redis: they stay billed, uncounted (free calls, tiers and limits will not see them)',
+            'stopping with calls billed while Redis failed that are not counted in Redis: the next start counts them (owed-calls.jsonl)',
           );
       });
 

@@ -1,4 +1,5 @@
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { customerTag, type RatedCall, redisKeys } from '@tollgate/contracts';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
@@ -6,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { RedisEnforcer } from '../src/enforcement/enforcer.js';
 import { EnforcementLog } from '../src/enforcement/events.js';
 import { dayOf } from '../src/enforcement/periods.js';
+import { OWED_CALLS_FILE } from '../src/redis/owed-log.js';
 import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
 import type { AcceptedRecord } from '../src/spool/spool.js';
 import {
@@ -147,6 +149,45 @@ describe('calls billed fail-open while Redis is down', () => {
     );
     expect(late).toEqual({ over: '10' });
     expect(await tg.redis!.hget(redisKeys.day(tag, day), 'calls')).not.toBeNull();
+  });
+});
+
+describe('calls billed while Redis was down, the process stopped before it came back', () => {
+  it('are written down and counted in Redis by the next start', async () => {
+    redis = await durableRedis();
+    const dataDir = tempDir();
+    const flags = { '--redis-url': redis.url, '--data-dir': dataDir };
+    const first = await startTestTollgate(flags, PLANS);
+    tg = first;
+    const customer = 'restart-co';
+    expect(await post(spansOf(customer, 10))).toBe(200); // positions 1–10
+    await redis.stop();
+    const outage = [spansOf(customer, 15), spansOf(customer, 15)];
+    for (const spans of outage) expect(await post(spans)).toBe(200);
+    await first.lander!.idle();
+    await first.stop(); // its last try fails: Redis is still down
+    tg = undefined;
+    expect(existsSync(join(dataDir, OWED_CALLS_FILE))).toBe(true);
+
+    redis = await durableRedis(redis.port);
+    tg = await startTestTollgate(flags, PLANS);
+    await until('the left calls to be counted', async () => !existsSync(join(dataDir, OWED_CALLS_FILE)));
+    const tag = customerTag('demo-mcp', customer);
+    const day = dayOf(Date.now() - 5_000);
+    expect(await tg.redis!.hget(redisKeys.period(tag, day.slice(0, 7)), 'n')).toBe('40');
+    expect(await tg.redis!.hget(redisKeys.day(tag, day), 'calls')).toBe('40');
+    // a retry of an outage export: a duplicate; 20 new calls: positions 41–60, priced, the last 10 over 50 a day
+    expect(await post(outage[0] as Span[])).toBe(200);
+    const after = spansOf(customer, 20);
+    expect(await post(after)).toBe(200);
+    await tg.lander!.idle();
+    const [all] = await query(
+      tg,
+      `SELECT count() AS n, countIf(price_nano > 0) AS priced, countIf(decision = 'over_limit') AS over
+       FROM mcp_tool_calls WHERE customer = {c:String}`,
+      { c: customer },
+    );
+    expect(all).toEqual({ n: '60', priced: '30', over: '10' });
   });
 });
 

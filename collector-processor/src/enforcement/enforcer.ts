@@ -18,6 +18,7 @@ import type { Metrics } from '../metrics.js';
 import type { Enforcer, RedisLike } from '../pipeline/pipeline.js';
 import type { PlanStore } from '../plans/store.js';
 import { type OwedItem, OwedQueue } from '../redis/owed.js';
+import type { OwedEntry, OwedLog } from '../redis/owed-log.js';
 import type { EnforcementLog } from './events.js';
 import { ENFORCE_LUA } from './lua.js';
 import { dayEndMs, dayOf, periodEndMs } from './periods.js';
@@ -264,6 +265,8 @@ export class RedisEnforcer implements Enforcer {
   creditLedger: CreditLedger | undefined;
   /** Steps whose script failed, oldest first, with their calls (copies), to be applied by `settle`. */
   private readonly owed: OwedQueue<OwedChunk>;
+  /** Where owed steps are written down for the next start (unset: not written). */
+  owedLog: OwedLog | undefined;
 
   constructor(
     private readonly redis: RedisLike,
@@ -429,7 +432,7 @@ export class RedisEnforcer implements Enforcer {
       // Claims already succeeded; the calls are billed and land. They are counted against limits, leases,
       // credits and the margin guard once Redis answers again (`settle`; the marker keeps it to once even if
       // this step did run in Redis and only its reply was lost).
-      this.owed.push(`${product}\0${g.customer}`, {
+      const chunk: OwedChunk = {
         product,
         rid,
         marker,
@@ -439,7 +442,9 @@ export class RedisEnforcer implements Enforcer {
         calls: rows.length,
         attempts: 0,
         lastAttemptMs: 0,
-      });
+      };
+      if (this.owed.push(`${product}\0${g.customer}`, chunk))
+        this.owedLog?.append({ k: 'step', product, rid, marker, g: chunk.g, rows: chunk.rows, now });
       // at most one line a second: an export of thousands of customers failing at once was thousands of lines
       this.failuresUnlogged++;
       const at = Date.now();
@@ -480,6 +485,23 @@ export class RedisEnforcer implements Enforcer {
       }
     }
     return directives.map(({ changed: _c, ...d }) => d);
+  }
+
+  /** Takes back an owed step an earlier process wrote down (OwedLog): applied like the others. */
+  restoreOwed(e: Extract<OwedEntry, { k: 'step' }>): void {
+    const g = e.g as Group;
+    const rows = e.rows as RatedCall[];
+    this.owed.push(`${e.product}\0${g.customer}`, {
+      product: e.product,
+      rid: e.rid,
+      marker: e.marker,
+      g,
+      rows,
+      now: e.now,
+      calls: rows.length,
+      attempts: 0,
+      lastAttemptMs: 0,
+    });
   }
 
   /** Calls billed whose enforcement step failed, not yet applied. */

@@ -19,6 +19,7 @@ import type { PlanStore } from '../plans/store.js';
 import { amountInRange, countsTowardUsage, type Rating, rateCall } from '../rating/rate.js';
 import { readUsage, type UsageQuantity } from '../rating/usage.js';
 import { type OwedItem, OwedQueue } from '../redis/owed.js';
+import type { OwedEntry, OwedLog } from '../redis/owed-log.js';
 import type { AcceptedRecord, PayloadFormat, Spool } from '../spool/spool.js';
 import { CALL_WORK, Turn } from '../turn.js';
 import { TollgateError } from './errors.js';
@@ -282,6 +283,8 @@ export class Pipeline {
   private redisDownSince: number | undefined;
   /** Calls rated fail-open, oldest first, to be claimed and enforced before any later call is claimed. */
   private readonly owed: OwedQueue<OwedCalls> | undefined;
+  /** Where owed calls are written down for the next start (unset: not written). */
+  owedLog: OwedLog | undefined;
   enforcer: Enforcer | undefined;
   /** tollgate_export_stage_seconds, one child per stage (looked up once, observed once per export). */
   private readonly stage: Record<
@@ -667,6 +670,22 @@ export class Pipeline {
     this.recent.dropIndex();
   }
 
+  /** Takes back an owed item an earlier process wrote down (OwedLog): settled like the others. */
+  restoreOwed(e: Extract<OwedEntry, { k: 'claim' }>): void {
+    const inputs = e.inputs as ClaimInput[];
+    this.owed?.push(`${e.product}\0${e.customer}`, {
+      product: e.product,
+      customer: e.customer,
+      rid: e.rid,
+      inputs,
+      rows: Promise.resolve(e.rows as RatedCall[]),
+      nowMs: e.nowMs,
+      calls: inputs.length,
+      attempts: 0,
+      lastAttemptMs: 0,
+    });
+  }
+
   /** Calls billed fail-open and not yet claimed in Redis. */
   get owedCount(): number {
     return this.owed?.calls ?? 0;
@@ -864,17 +883,39 @@ export class Pipeline {
               owedRows ??= deferred();
               const rows = owedRows.promise.then((byCustomer) => byCustomer.get(customer) ?? []);
               rows.catch(() => {});
-              this.owed.push(`${product}\0${customer}`, {
+              const nowMs = Date.now();
+              const kept = this.owed.push(`${product}\0${customer}`, {
                 product,
                 customer,
                 rid,
                 inputs,
                 rows,
-                nowMs: Date.now(),
+                nowMs,
                 calls: inputs.length,
                 attempts: 0,
                 lastAttemptMs: 0,
               });
+              // written down once rated, for a next start if this process stops before Redis answers
+              if (kept && this.owedLog)
+                rows.then(
+                  (r) =>
+                    this.owedLog?.append({
+                      k: 'claim',
+                      product,
+                      customer,
+                      rid,
+                      inputs: inputs.map(({ call, period, day, counts, tiered }) => ({
+                        call,
+                        period,
+                        day,
+                        counts,
+                        tiered,
+                      })),
+                      rows: r,
+                      nowMs,
+                    }),
+                  () => {},
+                );
             }
           }),
         ),

@@ -69,7 +69,8 @@ export class OwedQueue<T extends OwedItem> {
     return this.byKey.has(key);
   }
 
-  push(key: string, item: T): void {
+  /** Keeps `item` (true), or counts it dropped when MAX_OWED_CALLS are owed already (false). */
+  push(key: string, item: T): boolean {
     if (this.owedCalls + item.calls > MAX_OWED_CALLS) {
       this.metrics.callsSettled.inc({ step: this.step, result: 'dropped' }, item.calls);
       if (!this.fullLogged) {
@@ -79,13 +80,14 @@ export class OwedQueue<T extends OwedItem> {
           'too many calls owed to Redis; further ones will not be counted there',
         );
       }
-      return;
+      return false;
     }
     const list = this.byKey.get(key);
     if (list) list.push(item);
     else this.byKey.set(key, [item]);
     this.owedCalls += item.calls;
     this.metrics.callsOwed.set({ step: this.step }, this.owedCalls);
+    return true;
   }
 
   /**
