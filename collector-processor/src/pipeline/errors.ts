@@ -53,7 +53,7 @@ export const ERRORS = {
   TG_REDIS_UNAVAILABLE: {
     status: 503,
     retryable: true,
-    message: 'enforcement store unreachable and fail mode is closed; retry later',
+    message: 'enforcement store (Redis) unreachable; retry later',
   },
   TG_SPOOL_FAILED: {
     status: 503,

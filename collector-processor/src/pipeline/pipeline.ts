@@ -921,7 +921,7 @@ export class Pipeline {
         ),
       );
       if (failClosed && results.includes(undefined)) {
-        throw new TollgateError('TG_REDIS_UNAVAILABLE', undefined, 2);
+        throw new TollgateError('TG_REDIS_UNAVAILABLE', 'redis.failMode is closed', 2);
       }
 
       const rateStart = performance.now();
