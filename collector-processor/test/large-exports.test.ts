@@ -13,7 +13,7 @@ import {
 } from '../src/meter/claim.js';
 import { query, readMetrics, sendExport, startTestTollgate, type TestTollgate } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
-import { BASE_RATED_CALL } from './support/rated-call.js';
+import { BASE_RATED_CALL, ratedNow } from './support/rated-call.js';
 
 /**
  * Exports far larger than an SDK's 512 spans: an OTel Collector's batch processor sends up to 8,192 spans per
@@ -274,19 +274,8 @@ describe('a record replayed after a failure between its chunks', () => {
     const enforcer = new RedisEnforcer(tg.redis!, tg.plans!, events, tg.log, tg.metrics, {
       maxSpanAgeHours: 24,
     });
-    const now = Date.now();
     const rows = (customer: string, n: number): RatedCall[] =>
-      Array.from({ length: n }, (_, i) => ({
-        ...BASE_RATED_CALL,
-        eventId: `over-${i}`,
-        product: 'demo-mcp',
-        customer,
-        sessionId: '',
-        startUnixUs: now * 1000,
-        receivedAtMs: now,
-        period: day.slice(0, 7),
-        planVersion: tg.plans!.current.version,
-      }));
+      ratedNow({ customer, n, prefix: 'over', planVersion: tg.plans!.current.version });
     const overOf = (list: RatedCall[]) => list.flatMap((r, i) => (r.decision === 'over_limit' ? [i] : []));
     // 9,000 calls, then a record of 1,000 (in one chunk) of which the last 500 pass the limit of 9,500
     await enforcer.apply('demo-mcp', 'rec-O0', rows('over-co', 9000));

@@ -19,7 +19,7 @@ import {
   tempDir,
 } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
-import { BASE_RATED_CALL } from './support/rated-call.js';
+import { ratedNow } from './support/rated-call.js';
 
 let tg: TestTollgate | undefined;
 let redis: PrivateRedis | undefined;
@@ -242,19 +242,13 @@ describe('an enforcement step whose script fails', () => {
     const now = Date.now();
     const day = dayOf(now);
     const rows = (customer: string, n: number): RatedCall[] =>
-      Array.from({ length: n }, (_, i) => ({
-        ...BASE_RATED_CALL,
-        eventId: `${customer}-${i}`,
-        product: 'demo-mcp',
+      ratedNow({
         customer,
-        sessionId: '',
-        startUnixUs: now * 1000,
-        receivedAtMs: now,
-        period: day.slice(0, 7),
+        n,
         planVersion: tg!.plans!.current.version,
         priceNano: 10_000_000n,
         costNano: 1_000_000n,
-      }));
+      });
     const script = conn as unknown as Record<string, unknown>;
     const real = script.tollgateEnforce;
     let failing = true;

@@ -43,3 +43,29 @@ export const BASE_RATED_CALL: Readonly<RatedCall> = {
   usagePriceNano: [],
   usageCostNano: [],
 };
+
+/** `n` rated calls of `customer` started now (what the enforcer is handed), ids `${prefix}-${i}`, no session. */
+export function ratedNow(o: {
+  customer: string;
+  n: number;
+  planVersion: string;
+  prefix?: string;
+  product?: string;
+  priceNano?: bigint;
+  costNano?: bigint;
+}): RatedCall[] {
+  const now = Date.now();
+  return Array.from({ length: o.n }, (_, i) => ({
+    ...BASE_RATED_CALL,
+    eventId: `${o.prefix ?? o.customer}-${i}`,
+    product: o.product ?? 'demo-mcp',
+    customer: o.customer,
+    sessionId: '',
+    startUnixUs: now * 1000,
+    receivedAtMs: now,
+    period: new Date(now).toISOString().slice(0, 7),
+    planVersion: o.planVersion,
+    ...(o.priceNano !== undefined ? { priceNano: o.priceNano } : {}),
+    ...(o.costNano !== undefined ? { costNano: o.costNano } : {}),
+  }));
+}
