@@ -444,7 +444,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         const ownPipeline = pipeline;
         const ownLanderForReplay = lander;
         replaying = ownPipeline
-          .replay(recovered.accepted)
+          .replay(recovered.accepted, new Set(recovered.intents.flatMap((i) => i.rids)))
           .then(() => ownLanderForReplay.replayFinished())
           .catch((err) =>
             log.error({ err: (err as Error).message }, 'spool replay stopped; the rest stays in the spool'),

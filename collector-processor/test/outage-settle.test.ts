@@ -227,6 +227,58 @@ describe('a spool record replayed while Redis is down (fail-open)', () => {
     // positions 11–35 from Redis: 20 free, 5 priced
     expect(row).toEqual({ n: '25', unenforced: '0', priced: '5' });
   });
+
+  it('except a record of a block the lander resumes: every later block waits for it, so it goes first, fail-open', async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    const record = (rid: string, spans: Span[]): AcceptedRecord => ({
+      t: 'a',
+      rid,
+      product: 'demo-mcp',
+      planVersion: tg!.plans!.current.version,
+      receivedAtMs: Date.now(),
+      format: 'otlp-json',
+      payload: Buffer.from(JSON.stringify(exportOf(spans))),
+    });
+    const waiting = spansOf('replay-wait-co', 5);
+    const resumed = spansOf('replay-resumed-co', 5);
+    await redis.stop();
+    const replaying = tg.pipeline!.replay(
+      [record('rec-waits', waiting), record('rec-resumed', resumed)],
+      new Set(['rec-resumed']),
+    );
+    await until('the resumed record to land', async () => {
+      await tg!.lander!.idle();
+      const [r] = await query(
+        tg!,
+        'SELECT count() AS n FROM mcp_tool_calls WHERE span_id IN ({ids:Array(String)})',
+        {
+          ids: resumed.map((s) => s.spanId),
+        },
+      );
+      return r?.n === '5';
+    });
+    const [w] = await query(
+      tg,
+      'SELECT count() AS n FROM mcp_tool_calls WHERE span_id IN ({ids:Array(String)})',
+      {
+        ids: waiting.map((s) => s.spanId),
+      },
+    );
+    expect(w).toEqual({ n: '0' });
+    redis = await durableRedis(redis.port);
+    await replaying;
+    await tg.lander!.idle();
+    const rows = await query(
+      tg,
+      'SELECT customer, decision, count() AS n FROM mcp_tool_calls WHERE customer LIKE {p:String} GROUP BY customer, decision ORDER BY customer',
+      { p: 'replay-%-co' },
+    );
+    expect(rows).toEqual([
+      { customer: 'replay-resumed-co', decision: 'unenforced', n: '5' },
+      { customer: 'replay-wait-co', decision: 'free', n: '5' },
+    ]);
+  });
 });
 
 describe('an enforcement step whose script fails', () => {

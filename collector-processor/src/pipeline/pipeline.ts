@@ -116,7 +116,8 @@ interface OwedCalls extends OwedItem {
 
 /**
  * How long a replayed spool record waits for Redis before it is rated fail-open: nobody waits for its answer,
- * and rated with Redis it gets exact positions (a process that restarted knows no local ones).
+ * and rated with Redis it gets exact positions (a process that restarted knows no local ones). Not a record of
+ * a block the lander resumes: every later block waits for those.
  */
 const REPLAY_REDIS_WAIT_MS = 5 * 60_000;
 
@@ -549,12 +550,17 @@ export class Pipeline {
    * Re-processes spool records left unlanded by a previous run (in order). A record that cannot be processed
    * — its payload no longer decodes, or the same error after REPLAY_ATTEMPTS tries — is reported and left in
    * the spool (nothing is deleted), and the replay goes on with the next: one such record used to stop the
-   * replay, or hold it in a loop, leaving every later record unlanded.
+   * replay, or hold it in a loop, leaving every later record unlanded. Records of `resumed` (blocks the
+   * lander must insert again before any other: it waits for them) come first, and do not wait for Redis in
+   * fail-open; the others wait up to REPLAY_REDIS_WAIT_MS for it.
    */
-  async replay(records: readonly AcceptedRecord[]): Promise<void> {
-    for (const rec of records) {
+  async replay(records: readonly AcceptedRecord[], resumed?: ReadonlySet<string>): Promise<void> {
+    const ordered = resumed
+      ? [...records.filter((r) => resumed.has(r.rid)), ...records.filter((r) => !resumed.has(r.rid))]
+      : records;
+    for (const rec of ordered) {
       try {
-        await this.replayOne(rec);
+        await this.replayOne(rec, !resumed?.has(rec.rid));
       } catch (err) {
         if (err instanceof SetAside) {
           // reading it killed the process at REPLAY_CRASHES_TO_SET_ASIDE starts: the rest must land
@@ -581,7 +587,7 @@ export class Pipeline {
     }
   }
 
-  private async replayOne(rec: AcceptedRecord): Promise<void> {
+  private async replayOne(rec: AcceptedRecord, waitForRedis = true): Promise<void> {
     const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
     if (book.version !== rec.planVersion) {
       this.log.warn(
@@ -608,7 +614,7 @@ export class Pipeline {
     } finally {
       guard.end(rec.rid);
     }
-    const waitForRedisUntil = Date.now() + REPLAY_REDIS_WAIT_MS;
+    const waitForRedisUntil = waitForRedis ? Date.now() + REPLAY_REDIS_WAIT_MS : 0;
     for (let attempt = 1; ; attempt++) {
       try {
         const failClosed = this.opts.failMode === 'closed' || Date.now() < waitForRedisUntil;
