@@ -467,7 +467,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       const owedLog = new OwedLog(join(dataDir, OWED_CALLS_FILE), log.child({ component: 'pipeline' }));
       owing.owedLog = owedLog;
       if (enforcer) enforcer.owedLog = owedLog;
-      const restored = owedLog.read();
+      const restored = await owedLog.read();
       for (const e of restored) {
         if (e.k === 'claim') owing.restoreOwed(e);
         else enforcer?.restoreOwed(e);

@@ -286,6 +286,9 @@ export class RedisEnforcer implements Enforcer {
         this.metrics.callsSettled.inc({ step: 'enforce', result: 'counted' }, o.calls);
       },
       (o) => ({ rid: o.rid, customer: o.g.customer }),
+      (o) => {
+        if (o.logId) this.owedLog?.done(o.logId);
+      },
     );
   }
 
@@ -444,7 +447,15 @@ export class RedisEnforcer implements Enforcer {
         lastAttemptMs: 0,
       };
       if (this.owed.push(`${product}\0${g.customer}`, chunk))
-        this.owedLog?.append({ k: 'step', product, rid, marker, g: chunk.g, rows: chunk.rows, now });
+        chunk.logId = this.owedLog?.append({
+          k: 'step',
+          product,
+          rid,
+          marker,
+          g: chunk.g,
+          rows: chunk.rows,
+          now,
+        });
       // at most one line a second: an export of thousands of customers failing at once was thousands of lines
       this.failuresUnlogged++;
       const at = Date.now();
@@ -491,17 +502,22 @@ export class RedisEnforcer implements Enforcer {
   restoreOwed(e: Extract<OwedEntry, { k: 'step' }>): void {
     const g = e.g as Group;
     const rows = e.rows as RatedCall[];
-    this.owed.push(`${e.product}\0${g.customer}`, {
-      product: e.product,
-      rid: e.rid,
-      marker: e.marker,
-      g,
-      rows,
-      now: e.now,
-      calls: rows.length,
-      attempts: 0,
-      lastAttemptMs: 0,
-    });
+    this.owed.push(
+      `${e.product}\0${g.customer}`,
+      {
+        product: e.product,
+        rid: e.rid,
+        marker: e.marker,
+        g,
+        rows,
+        now: e.now,
+        calls: rows.length,
+        attempts: 0,
+        lastAttemptMs: 0,
+        logId: e.id,
+      },
+      true,
+    );
   }
 
   /** Calls billed whose enforcement step failed, not yet applied. */

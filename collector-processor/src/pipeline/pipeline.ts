@@ -311,6 +311,9 @@ export class Pipeline {
         log,
         (o) => this.settleOwed(redis, o),
         (o) => ({ rid: o.rid, customer: o.customer }),
+        (o) => {
+          if (o.logId) this.owedLog?.done(o.logId);
+        },
       );
     const h = metrics.exportStageSeconds;
     this.stage = {
@@ -558,9 +561,11 @@ export class Pipeline {
     const ordered = resumed
       ? [...records.filter((r) => resumed.has(r.rid)), ...records.filter((r) => !resumed.has(r.rid))]
       : records;
+    // one wait for Redis for the whole replay, not one per record (N records waited N × 5 minutes)
+    const waitForRedisUntil = Date.now() + REPLAY_REDIS_WAIT_MS;
     for (const rec of ordered) {
       try {
-        await this.replayOne(rec, !resumed?.has(rec.rid));
+        await this.replayOne(rec, resumed?.has(rec.rid) ? 0 : waitForRedisUntil);
       } catch (err) {
         if (err instanceof SetAside) {
           // reading it killed the process at REPLAY_CRASHES_TO_SET_ASIDE starts: the rest must land
@@ -587,7 +592,7 @@ export class Pipeline {
     }
   }
 
-  private async replayOne(rec: AcceptedRecord, waitForRedis = true): Promise<void> {
+  private async replayOne(rec: AcceptedRecord, waitForRedisUntil: number): Promise<void> {
     const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
     if (book.version !== rec.planVersion) {
       this.log.warn(
@@ -614,7 +619,6 @@ export class Pipeline {
     } finally {
       guard.end(rec.rid);
     }
-    const waitForRedisUntil = waitForRedis ? Date.now() + REPLAY_REDIS_WAIT_MS : 0;
     for (let attempt = 1; ; attempt++) {
       try {
         const failClosed = this.opts.failMode === 'closed' || Date.now() < waitForRedisUntil;
@@ -679,17 +683,22 @@ export class Pipeline {
   /** Takes back an owed item an earlier process wrote down (OwedLog): settled like the others. */
   restoreOwed(e: Extract<OwedEntry, { k: 'claim' }>): void {
     const inputs = e.inputs as ClaimInput[];
-    this.owed?.push(`${e.product}\0${e.customer}`, {
-      product: e.product,
-      customer: e.customer,
-      rid: e.rid,
-      inputs,
-      rows: Promise.resolve(e.rows as RatedCall[]),
-      nowMs: e.nowMs,
-      calls: inputs.length,
-      attempts: 0,
-      lastAttemptMs: 0,
-    });
+    this.owed?.push(
+      `${e.product}\0${e.customer}`,
+      {
+        product: e.product,
+        customer: e.customer,
+        rid: e.rid,
+        inputs,
+        rows: Promise.resolve(e.rows as RatedCall[]),
+        nowMs: e.nowMs,
+        calls: inputs.length,
+        attempts: 0,
+        lastAttemptMs: 0,
+        logId: e.id,
+      },
+      true,
+    );
   }
 
   /** Calls billed fail-open and not yet claimed in Redis. */
@@ -890,7 +899,7 @@ export class Pipeline {
               const rows = owedRows.promise.then((byCustomer) => byCustomer.get(customer) ?? []);
               rows.catch(() => {});
               const nowMs = Date.now();
-              const kept = this.owed.push(`${product}\0${customer}`, {
+              const item: OwedCalls = {
                 product,
                 customer,
                 rid,
@@ -900,12 +909,13 @@ export class Pipeline {
                 calls: inputs.length,
                 attempts: 0,
                 lastAttemptMs: 0,
-              });
+              };
+              const kept = this.owed.push(`${product}\0${customer}`, item);
               // written down once rated, for a next start if this process stops before Redis answers
               if (kept && this.owedLog)
                 rows.then(
-                  (r) =>
-                    this.owedLog?.append({
+                  (r) => {
+                    item.logId = this.owedLog?.append({
                       k: 'claim',
                       product,
                       customer,
@@ -919,7 +929,8 @@ export class Pipeline {
                       })),
                       rows: r,
                       nowMs,
-                    }),
+                    });
+                  },
                   () => {},
                 );
             }
@@ -927,7 +938,11 @@ export class Pipeline {
         ),
       );
       if (failClosed && results.includes(undefined)) {
-        throw new TollgateError('TG_REDIS_UNAVAILABLE', 'redis.failMode is closed', 2);
+        throw new TollgateError(
+          'TG_REDIS_UNAVAILABLE',
+          this.opts.failMode === 'closed' ? 'redis.failMode is closed' : 'a replay waits for Redis',
+          2,
+        );
       }
 
       const rateStart = performance.now();

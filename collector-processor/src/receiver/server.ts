@@ -420,6 +420,9 @@ export function buildReceiver(
     let directives: Directive[] = result.directives;
     if (calls.length === 0 && pipeline.enforcer) {
       directives = await pipeline.enforcer.heartbeat(identity.product, decoded.instanceIds);
+      // a key bound to one customer hears only of that customer, whatever instances its export names
+      if (identity.customer !== undefined)
+        directives = directives.filter((d) => d.customer === identity.customer);
     }
     // renewal piggy-backed on the export: the leases this export's calls were taken from are topped up
     // (renewSettled says whose)

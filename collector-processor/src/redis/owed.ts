@@ -24,8 +24,12 @@ const SETTLE_CONCURRENCY = 64;
 const REDIS_REFUSES_FOR_NOW =
   /^(OOM|MISCONF|READONLY|NOREPLICAS|BUSY|LOADING|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|MOVED|ASK|NOSCRIPT)\b/;
 
-/** An error Redis answered about the item itself (a script error): trying again will not help. */
+/**
+ * An error about the item itself — a script error Redis answered, or an item that cannot be sent at all (a
+ * damaged one restored from the owed-calls file): trying again will not help.
+ */
 function itemRefused(err: unknown): boolean {
+  if (err instanceof TypeError || err instanceof RangeError) return true;
   const e = err as { name?: string; message?: string } | null;
   return e?.name === 'ReplyError' && !REDIS_REFUSES_FOR_NOW.test(e.message ?? '');
 }
@@ -35,6 +39,8 @@ export interface OwedItem {
   calls: number;
   attempts: number;
   lastAttemptMs: number;
+  /** Its line in the owed-calls file (OwedLog), once written there. */
+  logId?: string | undefined;
 }
 
 /**
@@ -57,6 +63,8 @@ export class OwedQueue<T extends OwedItem> {
     private readonly log: Logger,
     private readonly apply: (item: T) => Promise<void>,
     private readonly describe: (item: T) => Record<string, unknown>,
+    /** An item settled or given up (its line in the owed-calls file is marked done). */
+    private readonly done: (item: T) => void = () => {},
   ) {}
 
   /** Billed calls owed. */
@@ -69,9 +77,12 @@ export class OwedQueue<T extends OwedItem> {
     return this.byKey.has(key);
   }
 
-  /** Keeps `item` (true), or counts it dropped when MAX_OWED_CALLS are owed already (false). */
-  push(key: string, item: T): boolean {
-    if (this.owedCalls + item.calls > MAX_OWED_CALLS) {
+  /**
+   * Keeps `item` (true), or counts it dropped when MAX_OWED_CALLS are owed already (false). `restored`: an item
+   * an earlier process left (the owed-calls file, itself bounded), kept whatever is owed.
+   */
+  push(key: string, item: T, restored = false): boolean {
+    if (!restored && this.owedCalls + item.calls > MAX_OWED_CALLS) {
       this.metrics.callsSettled.inc({ step: this.step, result: 'dropped' }, item.calls);
       if (!this.fullLogged) {
         this.fullLogged = true;
@@ -150,6 +161,7 @@ export class OwedQueue<T extends OwedItem> {
       }
       list.shift();
       if (list.length === 0) this.byKey.delete(key);
+      this.done(item);
       this.owedCalls -= item.calls;
       this.metrics.callsOwed.set({ step: this.step }, this.owedCalls);
     }
