@@ -472,25 +472,26 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         if (e.k === 'claim') owing.restoreOwed(e);
         else enforcer?.restoreOwed(e);
       }
+      const owedCalls = () => owing.owedCount + (enforcer?.owedCount ?? 0);
       if (restored.length)
         log.warn(
-          { items: restored.length, calls: owing.owedCount + (enforcer?.owedCount ?? 0) },
+          { items: restored.length, calls: owedCalls() },
           'calls billed while Redis failed, left by the last run: counted in Redis once it answers',
         );
-      const settleOwed = () =>
+      const settleAll = () =>
         owing.settle().then(() => {
-          if (owing.owedCount === 0 && (enforcer?.owedCount ?? 0) === 0) owedLog.clear();
+          if (owedCalls() === 0) owedLog.clear();
         });
       if (leases) leases.settleOwed = (product, customer) => owing.settle({ product, customer });
-      const settleJob = startPeriodic(() => settleOwed().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
+      const settleJob = startPeriodic(() => settleAll().catch(() => {}), { everyMs: 1000, firstMs: 1000 });
       stops.unshift(async () => {
         await settleJob.stop();
-        // a last try: what is still owed after it is lost with the process (the calls stay billed)
+        // a last try: what is still owed after it stays in owed-calls.jsonl for the next start
         await Promise.race([
-          settleOwed().catch(() => {}),
+          settleAll().catch(() => {}),
           new Promise((r) => setTimeout(r, Number(s.shutdownTimeoutMs)).unref()),
         ]);
-        const left = owing.owedCount + (enforcer?.owedCount ?? 0);
+        const left = owedCalls();
         if (left)
           log.error(
             { calls: left },

@@ -646,7 +646,6 @@ export class Pipeline {
   ): Promise<ClaimResult[] | undefined> {
     if (!this.redis) return undefined;
     try {
-      // the calls of an outage first: their usage positions come before this export's
       // the customer's calls billed during an outage first: this export's positions follow theirs
       const key = `${product}\0${customer}`;
       if (this.owed?.has(key)) await this.owed.settleKey(key);
@@ -842,6 +841,87 @@ export class Pipeline {
     failClosed = this.opts.failMode === 'closed',
   ): Promise<AcceptResult> {
     const claimStart = performance.now();
+    const { rated, duplicates, unenforced, rateStart, turn } = await this.claimAndRate(
+      rid,
+      product,
+      prepared,
+      receivedAtMs,
+      failClosed,
+    );
+
+    this.recent.addAll(rated.map((r) => r.eventId));
+    if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
+    if (unenforced) this.metrics.callsUnenforced.inc(unenforced);
+
+    const enforceStart = performance.now();
+    // Enforcement's script runs in Redis while this thread encodes the landing block; the block is handed to
+    // the lander only once enforcement has answered (a failure lands nothing: the replay finishes the record),
+    // and encoded again when enforcement marked rows over_limit, which it does once Redis has answered.
+    const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
+    enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
+    const landStart = performance.now();
+    let blocks = await this.encode(rated, turn);
+    let landMs = performance.now() - landStart;
+    let directives: Directive[] = [];
+    try {
+      if (enforcing) directives = await enforcing;
+    } catch (err) {
+      for (const b of blocks) this.lander.discard(b);
+      throw err;
+    }
+    const enforceMs = performance.now() - enforceStart - landMs;
+    if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
+      const again = performance.now();
+      const before = blocks;
+      // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
+      blocks = await this.encode(rated, turn, before);
+      for (const b of before) this.lander.discard(b);
+      landMs += performance.now() - again;
+    }
+    // revenue summed per currency, one metric update per export rather than per call; summed as a float,
+    // which is what the counter holds (a bigint sum allocated a bigint per call)
+    let revenueCurrency = '';
+    let revenue = 0;
+    for (const row of rated) {
+      if (row.priceNano <= 0n) continue;
+      if (row.currency !== revenueCurrency && revenue > 0) {
+        this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
+        revenue = 0;
+      }
+      revenueCurrency = row.currency;
+      revenue += Number(row.priceNano);
+    }
+    if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
+    if (blocks.length) this.lander.enqueue(rid, blocks, rated.length);
+    // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
+    // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
+    else this.abandonRecord(rid);
+    if (timed) {
+      this.stage.claim.observe((rateStart - claimStart) / 1000);
+      this.stage.rate.observe((enforceStart - rateStart) / 1000);
+      this.stage.enforce.observe(enforceMs / 1000);
+      this.stage.land.observe(landMs / 1000);
+    }
+    return {
+      accepted: rated.length,
+      duplicates,
+      directives,
+      rated,
+    };
+  }
+
+  /**
+   * Claims an export's calls (Redis down and fail-open: positions continued locally, the calls owed to Redis
+   * from the moment their claim failed) and rates them. The owed items wait for their rated rows: a failure
+   * before they are handed over tells them so (the record's replay counts those calls).
+   */
+  private async claimAndRate(
+    rid: string,
+    product: string,
+    prepared: readonly Prepared[],
+    receivedAtMs: number,
+    failClosed: boolean,
+  ): Promise<{ rated: RatedCall[]; duplicates: number; unenforced: number; rateStart: number; turn: Turn }> {
     // the rated rows of the calls owed to Redis (fail-open), by customer, for the owed items made at claim time
     let owedRows: Deferred<Map<string, RatedCall[]>> | undefined;
     try {
@@ -979,68 +1059,9 @@ export class Pipeline {
         }
       }
       owedRows?.resolve(owed ?? new Map());
-
-      this.recent.addAll(rated.map((r) => r.eventId));
-      if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
-      if (unenforced.size) this.metrics.callsUnenforced.inc(unenforced.size);
-
-      const enforceStart = performance.now();
-      // Enforcement's script runs in Redis while this thread encodes the landing block; the block is handed to
-      // the lander only once enforcement has answered (a failure lands nothing: the replay finishes the record),
-      // and encoded again when enforcement marked rows over_limit, which it does once Redis has answered.
-      const enforcing = this.enforcer && rated.length ? this.enforcer.apply(product, rid, rated) : undefined;
-      enforcing?.catch(() => {}); // awaited below; not left unhandled if encoding throws first
-      const landStart = performance.now();
-      let blocks = await this.encode(rated, turn);
-      let landMs = performance.now() - landStart;
-      let directives: Directive[] = [];
-      try {
-        if (enforcing) directives = await enforcing;
-      } catch (err) {
-        for (const b of blocks) this.lander.discard(b);
-        throw err;
-      }
-      const enforceMs = performance.now() - enforceStart - landMs;
-      if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
-        const again = performance.now();
-        const before = blocks;
-        // the decision column written again (NativeWriter), else the whole record; then the first bytes go back
-        blocks = await this.encode(rated, turn, before);
-        for (const b of before) this.lander.discard(b);
-        landMs += performance.now() - again;
-      }
-      // revenue summed per currency, one metric update per export rather than per call; summed as a float,
-      // which is what the counter holds (a bigint sum allocated a bigint per call)
-      let revenueCurrency = '';
-      let revenue = 0;
-      for (const row of rated) {
-        if (row.priceNano <= 0n) continue;
-        if (row.currency !== revenueCurrency && revenue > 0) {
-          this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-          revenue = 0;
-        }
-        revenueCurrency = row.currency;
-        revenue += Number(row.priceNano);
-      }
-      if (revenue > 0) this.metrics.revenueNano.inc({ product, currency: revenueCurrency }, revenue);
-      if (blocks.length) this.lander.enqueue(rid, blocks, rated.length);
-      // nothing to land: every call was a retry of one already counted. The marker is not waited for (with
-      // `spool.fsync` every spool write is a synchronous one): without it a replay finds the calls duplicates again.
-      else this.abandonRecord(rid);
-      if (timed) {
-        this.stage.claim.observe((rateStart - claimStart) / 1000);
-        this.stage.rate.observe((enforceStart - rateStart) / 1000);
-        this.stage.enforce.observe(enforceMs / 1000);
-        this.stage.land.observe(landMs / 1000);
-      }
-      return {
-        accepted: rated.length,
-        duplicates,
-        directives,
-        rated,
-      };
+      return { rated, duplicates, unenforced: unenforced.size, rateStart, turn };
     } catch (err) {
-      owedRows?.reject(err); // after they were handed over: nothing
+      owedRows?.reject(err);
       throw err;
     }
   }
