@@ -4,9 +4,8 @@ import type { LeaseResult } from '@tollgate/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/settings.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
-import type { AcceptedRecord } from '../src/spool/spool.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
-import { exportOf, toolSpan } from './support/otlp-json.js';
+import { exportOf, recordOf, toolSpan } from './support/otlp-json.js';
 
 /**
  * An ingest key bound to one customer (`customer:`) — say, the key of one customer's dedicated MCP
@@ -112,17 +111,10 @@ describe('an ingest key bound to one customer', () => {
 
   it('a spool record of such a key is replayed with the same binding', async () => {
     const spans = [toolSpan({ customer: 'acme-bound' }), toolSpan({ customer: 'globex' })];
-    const rec: AcceptedRecord = {
-      t: 'a',
-      rid: 'bound-replay-1',
-      product: 'demo-mcp',
-      planVersion: tg.plans!.current.version,
-      receivedAtMs: Date.now(),
+    const rec = recordOf('bound-replay-1', tg.plans!.current.version, spans, {
       defaultCustomer: 'acme-bound',
       customer: 'acme-bound',
-      format: 'otlp-json',
-      payload: Buffer.from(JSON.stringify(exportOf(spans))),
-    };
+    });
     await tg.pipeline!.replay([rec]);
     expect(await landed(spans.map((s) => s.spanId))).toEqual([{ customer: 'acme-bound', n: '1' }]);
   });

@@ -9,7 +9,6 @@ import { EnforcementLog } from '../src/enforcement/events.js';
 import { dayOf } from '../src/enforcement/periods.js';
 import { OWED_CALLS_FILE } from '../src/redis/owed-log.js';
 import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
-import type { AcceptedRecord } from '../src/spool/spool.js';
 import {
   DEV_INGEST_KEY,
   query,
@@ -18,7 +17,7 @@ import {
   type TestTollgate,
   tempDir,
 } from './support/harness.js';
-import { exportOf, toolSpan } from './support/otlp-json.js';
+import { exportOf, recordOf, toolSpan } from './support/otlp-json.js';
 import { ratedNow } from './support/rated-call.js';
 
 let tg: TestTollgate | undefined;
@@ -198,15 +197,7 @@ describe('a spool record replayed while Redis is down (fail-open)', () => {
     const customer = 'replay-co';
     expect(await post(spansOf(customer, 10))).toBe(200); // positions 1–10
     const spans = spansOf(customer, 25);
-    const rec: AcceptedRecord = {
-      t: 'a',
-      rid: 'replayed-in-outage-1',
-      product: 'demo-mcp',
-      planVersion: tg.plans!.current.version,
-      receivedAtMs: Date.now(),
-      format: 'otlp-json',
-      payload: Buffer.from(JSON.stringify(exportOf(spans))),
-    };
+    const rec = recordOf('replayed-in-outage-1', tg.plans!.current.version, spans);
     await redis.stop();
     let done = false;
     const replaying = tg.pipeline!.replay([rec]).then(() => {
@@ -231,15 +222,7 @@ describe('a spool record replayed while Redis is down (fail-open)', () => {
   it('except a record of a block the lander resumes: every later block waits for it, so it goes first, fail-open', async () => {
     redis = await durableRedis();
     tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
-    const record = (rid: string, spans: Span[]): AcceptedRecord => ({
-      t: 'a',
-      rid,
-      product: 'demo-mcp',
-      planVersion: tg!.plans!.current.version,
-      receivedAtMs: Date.now(),
-      format: 'otlp-json',
-      payload: Buffer.from(JSON.stringify(exportOf(spans))),
-    });
+    const record = (rid: string, spans: Span[]) => recordOf(rid, tg!.plans!.current.version, spans);
     const waiting = spansOf('replay-wait-co', 5);
     const resumed = spansOf('replay-resumed-co', 5);
     await redis.stop();

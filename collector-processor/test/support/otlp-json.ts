@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { AcceptedRecord } from '../../src/spool/spool.js';
 
 type AnyValue =
   | { stringValue: string }
@@ -57,5 +58,27 @@ export function exportOf(spans: unknown[], resource: Record<string, string> = { 
         scopeSpans: [{ scope: { name: 'test' }, spans }],
       },
     ],
+  };
+}
+
+/**
+ * A spool record of an OTLP/JSON export of `spans` (product demo-mcp), as the receiver writes one: what a
+ * replay reads.
+ */
+export function recordOf(
+  rid: string,
+  planVersion: string,
+  spans: unknown[],
+  over: Partial<AcceptedRecord> = {},
+): AcceptedRecord {
+  return {
+    t: 'a',
+    rid,
+    product: 'demo-mcp',
+    planVersion,
+    receivedAtMs: Date.now(),
+    format: 'otlp-json',
+    payload: Buffer.from(JSON.stringify(exportOf(spans))),
+    ...over,
   };
 }
