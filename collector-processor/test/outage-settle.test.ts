@@ -327,3 +327,58 @@ describe('an enforcement step whose script fails', () => {
     await events.close();
   });
 });
+
+describe("two customers' usage events with one id", () => {
+  const event = (id: string, customerId: string) => ({
+    id,
+    customerId,
+    timestamp: new Date(Date.now() - 1000).toISOString(),
+    metricName: 'mcp.tool_call',
+    productType: 'mcp',
+    toolName: 'search',
+    executionDurationMs: 0,
+  });
+  async function send(events: ReturnType<typeof event>[]): Promise<{ accepted: number; duplicates: number }> {
+    const res = await fetch(`${tg!.otlpUrl}/v1/ingest/batch`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+      body: JSON.stringify({ events }),
+    });
+    expect(res.status).toBe(200);
+    return (await res.json()) as { accepted: number; duplicates: number };
+  }
+
+  it('are two calls, in one request and in two, with Redis up and during an outage, as Redis counts them', async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    // Redis up, one request: each customer's event once, the repeat of the first a duplicate
+    expect(
+      await send([event('order-1', 'ev-a'), event('order-1', 'ev-b'), event('order-1', 'ev-a')]),
+    ).toMatchObject({ accepted: 2, duplicates: 1 });
+    await redis.stop();
+    // Redis down: the same id under two customers in two requests, then a retry of each
+    expect(await send([event('order-2', 'ev-a')])).toMatchObject({ accepted: 1, duplicates: 0 });
+    expect(await send([event('order-2', 'ev-b')])).toMatchObject({ accepted: 1, duplicates: 0 });
+    expect(await send([event('order-2', 'ev-a'), event('order-2', 'ev-b')])).toMatchObject({
+      accepted: 0,
+      duplicates: 2,
+    });
+    expect(await metric('tollgate_calls_owed{step="claim"}')).toBe(2);
+    redis = await durableRedis(redis.port);
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    expect(await metric('tollgate_calls_settled_total{step="claim",result="counted"}')).toBe(2);
+    await tg.lander!.idle();
+    const rows = await query(
+      tg,
+      `SELECT customer, count() AS n FROM mcp_tool_calls WHERE customer IN ('ev-a', 'ev-b')
+       GROUP BY customer ORDER BY customer`,
+    );
+    expect(rows).toEqual([
+      { customer: 'ev-a', n: '2' },
+      { customer: 'ev-b', n: '2' },
+    ]);
+  });
+});

@@ -139,41 +139,63 @@ interface LocalUsage {
   units: Map<string, bigint>;
 }
 
+/** One export's newly counted calls, as RecentIds keeps them. */
+interface RecentBatch {
+  product: string;
+  ids: readonly string[];
+  /** Their customers: one for all (the usual export), or one per id. */
+  customers: string | readonly string[];
+}
+
 /**
- * Event ids seen recently by this process (at least the newest `capacity`): the dedup of last resort while
- * Redis is unreachable. Kept per export as the arrays they came in, so the path with Redis up costs one
- * array per export and no per-call hashing; the first lookup (Redis down) indexes them, and the index is
- * kept up to date until `dropIndex` (Redis back). Exports leave whole, oldest first, once the newer ones
- * alone hold `capacity` ids.
+ * Calls seen recently by this process (at least the newest `capacity`): the dedup of last resort while Redis
+ * is unreachable. A call is its product, customer and event id, as Redis deduplicates it (keys tagged per
+ * product and customer): two customers' usage events with one id are two calls here as there. Kept per export
+ * as the arrays they came in, so the path with Redis up costs an array or two per export and no per-call
+ * hashing; the first lookup (Redis down) indexes them, and the index is kept up to date until `dropIndex`
+ * (Redis back). Exports leave whole, oldest first, once the newer ones alone hold `capacity` ids.
  */
 export class RecentIds {
-  private readonly batches: (readonly string[])[] = [];
+  private readonly batches: RecentBatch[] = [];
   private head = 0;
   private total = 0;
-  /** Id → occurrences among the kept batches; only while lookups are being made. */
+  /** `product\0customer\0id` → occurrences among the kept batches; only while lookups are being made. */
   private index: Map<string, number> | undefined;
   constructor(private readonly capacity: number) {}
 
-  has(id: string): boolean {
+  has(product: string, customer: string, id: string): boolean {
     if (!this.index) {
       this.index = new Map();
-      for (let b = this.head; b < this.batches.length; b++) this.count(this.batches[b] as string[], 1);
+      for (let b = this.head; b < this.batches.length; b++) this.count(this.batches[b] as RecentBatch, 1);
     }
-    return this.index.has(id);
+    return this.index.has(`${product}\0${customer}\0${id}`);
   }
 
-  /** The ids of one export's newly counted calls. */
-  addAll(ids: readonly string[]): void {
-    if (ids.length === 0) return;
-    this.batches.push(ids);
+  /** One export's newly counted calls (of `product`). */
+  addAll(product: string, calls: readonly { eventId: string; customer: string }[]): void {
+    if (calls.length === 0) return;
+    const ids = new Array<string>(calls.length);
+    const first = (calls[0] as { customer: string }).customer;
+    let customers: string | string[] = first;
+    for (let i = 0; i < calls.length; i++) {
+      const c = calls[i] as { eventId: string; customer: string };
+      ids[i] = c.eventId;
+      if (typeof customers === 'string') {
+        if (c.customer === first) continue;
+        customers = new Array<string>(calls.length).fill(first, 0, i);
+      }
+      customers[i] = c.customer;
+    }
+    const batch: RecentBatch = { product, ids, customers };
+    this.batches.push(batch);
     this.total += ids.length;
-    if (this.index) this.count(ids, 1);
+    if (this.index) this.count(batch, 1);
     for (;;) {
-      const oldest = this.batches[this.head] as string[];
-      if (this.total - oldest.length < this.capacity) break;
-      this.total -= oldest.length;
+      const oldest = this.batches[this.head] as RecentBatch;
+      if (this.total - oldest.ids.length < this.capacity) break;
+      this.total -= oldest.ids.length;
       if (this.index) this.count(oldest, -1);
-      this.batches[this.head++] = [];
+      this.batches[this.head++] = EMPTY_BATCH;
     }
     if (this.head > 1024 && this.head * 2 > this.batches.length) {
       this.batches.splice(0, this.head);
@@ -186,15 +208,20 @@ export class RecentIds {
     this.index = undefined;
   }
 
-  private count(ids: readonly string[], d: 1 | -1): void {
+  private count(batch: RecentBatch, d: 1 | -1): void {
     const index = this.index as Map<string, number>;
-    for (const id of ids) {
-      const n = (index.get(id) ?? 0) + d;
-      if (n > 0) index.set(id, n);
-      else index.delete(id);
+    const { product, ids, customers } = batch;
+    for (let i = 0; i < ids.length; i++) {
+      const customer = typeof customers === 'string' ? customers : (customers[i] as string);
+      const key = `${product}\0${customer}\0${ids[i] as string}`;
+      const n = (index.get(key) ?? 0) + d;
+      if (n > 0) index.set(key, n);
+      else index.delete(key);
     }
   }
 }
+
+const EMPTY_BATCH: RecentBatch = { product: '', ids: [], customers: '' };
 
 const DAY_SECONDS = 86_400;
 /** The usage columns of a call without usage lines: shared, frozen (nothing may add to them). */
@@ -418,7 +445,10 @@ export class Pipeline {
   ): Promise<{ prepared: Prepared[]; inBatchDuplicates: number }> {
     const turn = new Turn();
     const out: Prepared[] = [];
-    const seen = new Set<string>();
+    // a call is its customer and event id, as Redis deduplicates it: the customer of each id's first occurrence,
+    // and `customer\0id` of ids that came under several customers (two customers' usage events with one id)
+    const seen = new Map<string, string>();
+    let seenUnder: Set<string> | undefined;
     let inBatchDuplicates = 0;
     // the calls of an export share a day almost always: its period is cut once, not once per call; and a
     // customer's plan is looked up once per run of its calls (the lookup builds a key string)
@@ -429,12 +459,17 @@ export class Pipeline {
     for (let i = 0; i < calls.length; i++) {
       if (turn.due(CALL_WORK)) await turn.next();
       const call = calls[i] as ToolCall;
-      if (seen.has(call.eventId)) {
-        this.metrics.callsDuplicate.inc();
-        inBatchDuplicates++;
-        continue; // the same span twice in one request: one call
+      const firstUnder = seen.get(call.eventId);
+      if (firstUnder === undefined) seen.set(call.eventId, call.customer);
+      else {
+        const under = `${call.customer}\0${call.eventId}`;
+        if (firstUnder === call.customer || seenUnder?.has(under)) {
+          this.metrics.callsDuplicate.inc();
+          inBatchDuplicates++;
+          continue; // the same span twice in one request: one call
+        }
+        (seenUnder ??= new Set()).add(under);
       }
-      seen.add(call.eventId);
       if (bound !== undefined && call.customer !== bound) {
         rejected.add('customer_not_allowed', call.customer, call.eventId);
         continue;
@@ -849,7 +884,7 @@ export class Pipeline {
       failClosed,
     );
 
-    this.recent.addAll(rated.map((r) => r.eventId));
+    this.recent.addAll(product, rated);
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced) this.metrics.callsUnenforced.inc(unenforced);
 
@@ -966,7 +1001,7 @@ export class Pipeline {
             for (const i of idx) {
               const p = prepared[i] as Prepared;
               unenforced.add(i);
-              if (this.recent.has(p.call.eventId)) {
+              if (this.recent.has(product, customer, p.call.eventId)) {
                 results[i] = { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 };
               } else {
                 results[i] = this.localPosition(product, p);
