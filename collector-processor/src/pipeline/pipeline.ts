@@ -468,7 +468,8 @@ export class Pipeline {
           inBatchDuplicates++;
           continue; // the same span twice in one request: one call
         }
-        (seenUnder ??= new Set()).add(under);
+        seenUnder ??= new Set();
+        seenUnder.add(under);
       }
       if (bound !== undefined && call.customer !== bound) {
         rejected.add('customer_not_allowed', call.customer, call.eventId);
