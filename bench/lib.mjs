@@ -49,6 +49,8 @@ export async function startTollgate(flags = [], env = {}, nodeArgs = [], cli = C
       dataDir,
       '--otlp-port',
       String(otlpPort),
+      '--otlp-grpc',
+      'false',
       '--api-port',
       String(apiPort),
       '--log-level',

@@ -21,6 +21,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { startPeriodic } from './periodic.js';
 import { Pipeline, type RedisLike } from './pipeline/pipeline.js';
 import { PlanStore } from './plans/store.js';
+import { type GrpcReceiver, startGrpcReceiver } from './receiver/grpc.js';
 import { IngestKeyring } from './receiver/ingest-keys.js';
 import { buildReceiver } from './receiver/server.js';
 import { OWED_CALLS_FILE, OwedLog } from './redis/owed-log.js';
@@ -52,6 +53,8 @@ export interface Tollgate {
   credits: CreditWallets | undefined;
   /** `http://host:port` of the OTLP receiver (processor role). */
   otlpUrl: string | undefined;
+  /** `host:port` of the OTLP/gRPC receiver (processor role, `otlp.grpc` on). */
+  otlpGrpcAddress: string | undefined;
   /** `http://host:port` of the HTTP API (api role). */
   apiUrl: string | undefined;
   stop(): Promise<void>;
@@ -343,6 +346,8 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   let otlpUrl: string | undefined;
   let apiUrl: string | undefined;
   let receiver: ReturnType<typeof buildReceiver> | undefined;
+  let grpcReceiver: GrpcReceiver | undefined;
+  let otlpGrpcAddress: string | undefined;
   let api: FastifyInstance | undefined;
 
   try {
@@ -524,6 +529,19 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       );
       otlpUrl = await receiver.listen({ host: String(s['otlp.host']), port: Number(s['otlp.port']) });
       log.info({ url: otlpUrl }, 'OTLP receiver listening');
+      if (s['otlp.grpc']) {
+        grpcReceiver = await startGrpcReceiver(
+          receiver.core,
+          { metrics, log },
+          {
+            host: String(s['otlp.host']),
+            port: Number(s['otlp.grpcPort']),
+            maxMessageBytes: Number(s['otlp.maxDecompressedBytes']),
+          },
+        );
+        otlpGrpcAddress = grpcReceiver.address;
+        log.info({ address: otlpGrpcAddress }, 'OTLP/gRPC receiver listening');
+      }
     }
 
     {
@@ -631,6 +649,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
       log.info({ everySeconds: s['stripe.sync.intervalSeconds'] }, 'Stripe sync job started');
     }
   } catch (err) {
+    await grpcReceiver?.close();
     await receiver?.close();
     await api?.close();
     for (const stop of stops) await stop().catch(() => {});
@@ -642,7 +661,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     stopping ??= (async () => {
       log.info('shutting down: finishing in-flight exports');
       receiver?.startClosing();
-      await receiver?.close();
+      await Promise.all([receiver?.close(), grpcReceiver?.close()]);
       await api?.close();
       for (const fn of stops) await fn();
       removeRunningRecord(dataDir);
@@ -664,6 +683,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
     admin,
     credits,
     otlpUrl,
+    otlpGrpcAddress,
     apiUrl,
     stop,
   };

@@ -6,7 +6,7 @@ import { ProtoRequest, ProtoRpcStatus } from '../src/otlp/proto.js';
 import { decodeExportResponse } from '../src/otlp/response.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
-import { exportOf, toolSpan } from './support/otlp-json.js';
+import { exportOf, protoExportOf, toolSpan } from './support/otlp-json.js';
 
 const STRICT_KEY = 'tg_test_strict_key';
 const USAGE_KEY = 'tg_test_usage_key';
@@ -96,17 +96,6 @@ async function billedSpanIds(customer: string): Promise<string[]> {
 }
 
 /** The OTLP/JSON export of `spans` as a protobufjs object (ids as bytes; fromObject reads bytes as base64). */
-function protoExportOf(spans: ReturnType<typeof toolSpan>[]) {
-  const doc = exportOf(
-    spans.map((s) => ({
-      ...s,
-      traceId: Buffer.from(s.traceId, 'hex'),
-      spanId: Buffer.from(s.spanId, 'hex'),
-    })),
-  );
-  return doc;
-}
-
 function rpcStatus(body: Buffer) {
   return ProtoRpcStatus.toObject(ProtoRpcStatus.decode(body)) as { code: number; message: string };
 }

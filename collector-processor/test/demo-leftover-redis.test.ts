@@ -34,6 +34,8 @@ async function demo(extra: string[]) {
       dir,
       '--otlp-port',
       String(await freePort()),
+      '--otlp-grpc-port',
+      '0',
       '--api-port',
       String(await freePort()),
       ...extra,

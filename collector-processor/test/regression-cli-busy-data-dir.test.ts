@@ -31,7 +31,17 @@ function run(args: string[]): Promise<{ code: number; stderr: string }> {
 
 describe('a command on a data directory a running Tollgate holds', () => {
   it('tollgate start: names the running Tollgate and what to do, no stack trace, exit 1', async () => {
-    const r = await run(['start', '--data-dir', tg.dataDir, '--otlp-port', '0', '--api-port', '0']);
+    const r = await run([
+      'start',
+      '--data-dir',
+      tg.dataDir,
+      '--otlp-port',
+      '0',
+      '--otlp-grpc-port',
+      '0',
+      '--api-port',
+      '0',
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(
       `tollgate: ${join(tg.dataDir, 'chdb')} is open in a running Tollgate: pid ${process.pid}`,

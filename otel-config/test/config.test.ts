@@ -1014,6 +1014,7 @@ function localTollgate(s: Service, dataDir: string, ports: { otlp: number; api: 
     TOLLGATE_DATA_DIR: dataDir,
     TOLLGATE_OTLP_HOST: '127.0.0.1',
     TOLLGATE_OTLP_PORT: String(ports.otlp),
+    TOLLGATE_OTLP_GRPC_PORT: '0',
     TOLLGATE_API_HOST: '127.0.0.1',
     TOLLGATE_API_PORT: String(ports.api),
     TOLLGATE_LOG_LEVEL: 'warn',

@@ -365,7 +365,7 @@ describe('the instrumentation README, as written, from the tarballs', () => {
     // ports 0: free ones (the README's 4318/8080 may be taken by a parallel test); the data dir is the default
     tollgate = spawn('bash', ['-c', start], {
       cwd: serverDir(),
-      env: userEnv({ TOLLGATE_OTLP_PORT: '0', TOLLGATE_API_PORT: '0' }),
+      env: userEnv({ TOLLGATE_OTLP_PORT: '0', TOLLGATE_OTLP_GRPC_PORT: '0', TOLLGATE_API_PORT: '0' }),
       detached: true, // its own process group, like a terminal's, so Ctrl-C (SIGINT) reaches it
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -375,7 +375,9 @@ describe('the instrumentation README, as written, from the tarballs', () => {
     urls = await new Promise((resolve, reject) => {
       tollgate?.stderr?.on('data', (d: Buffer) => {
         tollgateStderr += d.toString();
-        const m = /ready — OTLP (http:\/\/[^/\s]+)\/v1\/traces, API (http:\/\/\S+)/.exec(tollgateStderr);
+        const m = /ready — OTLP (http:\/\/[^/\s]+)\/v1\/traces, (?:OTLP\/gRPC \S+, )?API (http:\/\/\S+)/.exec(
+          tollgateStderr,
+        );
         if (m) resolve({ otlp: m[1] as string, api: m[2] as string });
       });
       tollgate?.once('exit', (code) =>

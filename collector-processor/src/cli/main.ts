@@ -118,8 +118,13 @@ async function cmdStart(flags: Record<string, string>): Promise<void> {
   }
   onSignals(tg);
   process.stderr.write(
-    `tollgate ${tg.instanceId} ready — OTLP ${tg.otlpUrl ?? '(off)'}/v1/traces, API ${tg.apiUrl ?? '(off)'}\n`,
+    `tollgate ${tg.instanceId} ready — OTLP ${tg.otlpUrl ?? '(off)'}/v1/traces, ${grpcPart(tg)}API ${tg.apiUrl ?? '(off)'}\n`,
   );
+}
+
+/** `OTLP/gRPC host:port, ` when the gRPC receiver listens. */
+function grpcPart(tg: Tollgate): string {
+  return tg.otlpGrpcAddress ? `OTLP/gRPC ${tg.otlpGrpcAddress}, ` : '';
 }
 
 function pad(s: string, n: number, right = false): string {
@@ -201,7 +206,9 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
   const tg = await startTollgate(loadConfig({ '--log-level': 'warn', ...flags, '--data-dir': dataDir }));
   onSignals(tg);
   const out = process.stdout;
-  out.write(`Tollgate started on the embedded defaults: OTLP ${tg.otlpUrl}/v1/traces, API ${tg.apiUrl}\n\n`);
+  out.write(
+    `Tollgate started on the embedded defaults: OTLP ${tg.otlpUrl}/v1/traces, ${grpcPart(tg)}API ${tg.apiUrl}\n\n`,
+  );
   if (synthetic) await syntheticDemo(tg, calls);
   else {
     // the MCP SDKs, the instrumentation and its OpenTelemetry SDK: loaded for the demo only

@@ -28,7 +28,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_OTLP_HOST',
     kind: 'string',
     default: '127.0.0.1',
-    doc: 'Address the OTLP/HTTP receiver binds to.',
+    doc: 'Address the OTLP/HTTP and OTLP/gRPC receivers bind to.',
   },
   {
     key: 'otlp.port',
@@ -39,12 +39,28 @@ export const SETTINGS = [
     doc: 'Port of the OTLP/HTTP receiver (`POST /v1/traces`, `/v1/ingest/*`). 0 picks a free port.',
   },
   {
+    key: 'otlp.grpc',
+    flag: '--otlp-grpc',
+    env: 'TOLLGATE_OTLP_GRPC',
+    kind: 'bool',
+    default: true,
+    doc: "Also receive OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`, the Collector's default `otlp` exporter) on `otlp.grpcPort`, at `otlp.host`.",
+  },
+  {
+    key: 'otlp.grpcPort',
+    flag: '--otlp-grpc-port',
+    env: 'TOLLGATE_OTLP_GRPC_PORT',
+    kind: 'int',
+    default: 4317,
+    doc: 'Port of the OTLP/gRPC receiver. 0 picks a free port.',
+  },
+  {
     key: 'otlp.bodyLimitBytes',
     flag: '--otlp-body-limit',
     env: 'TOLLGATE_OTLP_BODY_LIMIT',
     kind: 'int',
     default: 16 * 1024 * 1024,
-    doc: 'Largest request body as sent (compressed or not); larger → 413.',
+    doc: 'Largest request body as sent (compressed or not); larger → 413. On OTLP/gRPC, `otlp.maxDecompressedBytes` bounds the message as sent and inflated (grpc-js applies one bound to both).',
   },
   {
     key: 'otlp.maxDecompressedBytes',
@@ -52,7 +68,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_OTLP_MAX_DECOMPRESSED',
     kind: 'int',
     default: 64 * 1024 * 1024,
-    doc: 'Largest body after gzip decompression (gzip-bomb guard); larger → 413.',
+    doc: 'Largest body after gzip decompression (gzip-bomb guard); larger → 413 (RESOURCE_EXHAUSTED on OTLP/gRPC).',
   },
   {
     key: 'otlp.maxInFlight',

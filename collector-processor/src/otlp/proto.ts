@@ -14,6 +14,7 @@ export const ProtoSpan = type('Span');
 export const ProtoRequest = type('ExportTraceServiceRequest');
 export const ProtoResponse = type('ExportTraceServiceResponse');
 export const ProtoRpcStatus = type('RpcStatus');
+export const ProtoRetryInfo = type('RpcRetryInfo');
 export const ProtoDirectives = type('TollgateDirectives');
 
 export const { Reader } = protobuf;

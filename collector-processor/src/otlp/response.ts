@@ -1,6 +1,6 @@
 import type { Directive, LeaseGrant } from '@tollgate/contracts';
 import { DIRECTIVES_JSON_KEY } from '@tollgate/contracts';
-import { ProtoResponse, ProtoRpcStatus } from './proto.js';
+import { ProtoResponse, ProtoRetryInfo, ProtoRpcStatus } from './proto.js';
 
 export type WireFormat = 'protobuf' | 'json';
 
@@ -49,6 +49,43 @@ export function encodeExportResponse(format: WireFormat, outcome: ExportOutcome)
 export function encodeRpcStatus(format: WireFormat, grpcCode: number, message: string): Buffer | string {
   if (format === 'json') return JSON.stringify({ code: grpcCode, message });
   return Buffer.from(ProtoRpcStatus.encode({ code: grpcCode, message }).finish());
+}
+
+const RETRY_INFO_TYPE = 'type.googleapis.com/google.rpc.RetryInfo';
+
+/**
+ * The `google.rpc.Status` of an OTLP/gRPC refusal (its `grpc-status-details-bin` trailer), with a
+ * `google.rpc.RetryInfo` when the refusal says when to retry: OTLP/gRPC senders retry RESOURCE_EXHAUSTED only
+ * with one, and wait its delay before retrying UNAVAILABLE (opentelemetry-proto, specification.md, "Failures").
+ */
+export function encodeGrpcStatusDetails(
+  grpcCode: number,
+  message: string,
+  retryAfterSeconds?: number,
+): Buffer {
+  const details =
+    retryAfterSeconds === undefined
+      ? []
+      : [
+          {
+            typeUrl: RETRY_INFO_TYPE,
+            value: ProtoRetryInfo.encode({ retryDelay: { seconds: retryAfterSeconds, nanos: 0 } }).finish(),
+          },
+        ];
+  return Buffer.from(ProtoRpcStatus.encode({ code: grpcCode, message, details }).finish());
+}
+
+/** The delay of a `grpc-status-details-bin` trailer's RetryInfo, in seconds (tests), or undefined. */
+export function retryDelayOf(details: Uint8Array): number | undefined {
+  const status = ProtoRpcStatus.toObject(ProtoRpcStatus.decode(details), { longs: Number }) as {
+    details?: { typeUrl: string; value: Uint8Array }[];
+  };
+  const info = status.details?.find((d) => d.typeUrl === RETRY_INFO_TYPE);
+  if (!info) return undefined;
+  const retry = ProtoRetryInfo.toObject(ProtoRetryInfo.decode(info.value), { longs: Number }) as {
+    retryDelay?: { seconds?: number };
+  };
+  return retry.retryDelay?.seconds ?? 0;
 }
 
 /** Decodes a response (used by tests and by the Tollgate SDK's exporter side). */

@@ -24,7 +24,13 @@ import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
 import { checkJsonContainers, type DecodedExport, DecodeError, TooManyItemsError } from '../otlp/decoded.js';
-import { CONTENT_TYPE, encodeExportResponse, encodeRpcStatus, type WireFormat } from '../otlp/response.js';
+import {
+  CONTENT_TYPE,
+  type ExportOutcome,
+  encodeExportResponse,
+  encodeRpcStatus,
+  type WireFormat,
+} from '../otlp/response.js';
 import { ERRORS, type ErrorCode, GRPC_CODE, TollgateError } from '../pipeline/errors.js';
 import type { EarlyRecord, Pipeline } from '../pipeline/pipeline.js';
 import { decodeOtlp, extractOptions, selectCalls } from '../pipeline/select.js';
@@ -103,6 +109,26 @@ export interface ReceiverDeps {
   leases?: LeaseService | undefined;
 }
 
+/**
+ * What the OTLP receivers share, whatever carries the export (OTLP/HTTP here, OTLP/gRPC in grpc.ts): the ingest
+ * keys, each key's bound on requests still arriving, the process's bound on exports in flight, and the export
+ * itself.
+ */
+export interface ReceiverCore {
+  authenticate(authorization: string | undefined): IngestIdentity | undefined;
+  startUpload(keyName: string): () => void;
+  admit(): InFlightSlot;
+  release(slot: InFlightSlot): void;
+  exportTraces(
+    identity: IngestIdentity,
+    format: WireFormat,
+    withBody: <T>(use: (body: Buffer) => Promise<T>) => Promise<T>,
+    endpoint: string,
+  ): Promise<ExportOutcome>;
+  /** The process is stopping: new requests are refused (TG_SHUTTING_DOWN). */
+  readonly closing: boolean;
+}
+
 declare module 'fastify' {
   interface FastifyRequest {
     tollgateIdentity?: IngestIdentity;
@@ -111,7 +137,7 @@ declare module 'fastify' {
   }
 }
 
-interface InFlightSlot {
+export interface InFlightSlot {
   released: boolean;
 }
 
@@ -138,7 +164,7 @@ function wireFormatOf(req: FastifyRequest): WireFormat {
 export function buildReceiver(
   deps: ReceiverDeps,
   opts: ReceiverOptions,
-): FastifyInstance & { startClosing(): void } {
+): FastifyInstance & { core: ReceiverCore; startClosing(): void } {
   const { pipeline, keyring, metrics } = deps;
   const app = Fastify<RawServerDefault>({
     loggerInstance: deps.log.child({ component: 'receiver' }) as FastifyBaseLogger,
@@ -251,23 +277,7 @@ export function buildReceiver(
     if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
     const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
     if (enc !== 'identity' && enc !== 'gzip') throw new TollgateError('TG_UNSUPPORTED_ENCODING', enc);
-    const sending = uploads.get(identity.name) ?? 0;
-    if (sending >= opts.maxInFlight) {
-      throw new TollgateError(
-        'TG_TOO_MANY_IN_FLIGHT',
-        `${sending} requests of this ingest key are still sending their bodies`,
-        1,
-      );
-    }
-    uploads.set(identity.name, sending + 1);
-    let counted = true;
-    const uploaded = () => {
-      if (!counted) return;
-      counted = false;
-      const n = (uploads.get(identity.name) ?? 1) - 1;
-      if (n > 0) uploads.set(identity.name, n);
-      else uploads.delete(identity.name);
-    };
+    const uploaded = startUpload(identity.name);
     req.raw.once('end', uploaded);
     req.raw.once('close', uploaded);
     reply.raw.once('close', uploaded);
@@ -275,20 +285,43 @@ export function buildReceiver(
   });
   app.addHook('preHandler', async (req) => {
     if (!req.tollgateIdentity) return;
-    if (inFlight >= opts.maxInFlight)
-      throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
-    admit(req);
+    req.tollgateSlot = admit();
   });
+  /**
+   * Counts a request of the key `name` whose body is still arriving (refused past `otlp.maxInFlight` of them);
+   * the function it returns ends the count (at most once).
+   */
+  function startUpload(name: string): () => void {
+    const sending = uploads.get(name) ?? 0;
+    if (sending >= opts.maxInFlight) {
+      throw new TollgateError(
+        'TG_TOO_MANY_IN_FLIGHT',
+        `${sending} requests of this ingest key are still sending their bodies`,
+        1,
+      );
+    }
+    uploads.set(name, sending + 1);
+    let counted = true;
+    return () => {
+      if (!counted) return;
+      counted = false;
+      const n = (uploads.get(name) ?? 1) - 1;
+      if (n > 0) uploads.set(name, n);
+      else uploads.delete(name);
+    };
+  }
   // An admitted export holds its slot until it is answered: the handler is done with it. Not until its
   // response has been read: a client that never reads its answers (64 sockets of one key) held every slot,
   // and every other tenant got 429, for as long as it kept them open. Not fastify's onResponse either,
   // which runs only for a response that finishes: a client that hung up before its answer kept its slot for
   // the life of the process. An unread answer stays in its socket's buffer (answers are bounded) until the
   // socket's idle timeout closes it.
-  function admit(req: FastifyRequest): void {
-    req.tollgateSlot = { released: false };
+  function admit(): InFlightSlot {
+    if (inFlight >= opts.maxInFlight)
+      throw new TollgateError('TG_TOO_MANY_IN_FLIGHT', `${inFlight} in flight`, 1);
     inFlight++;
     metrics.inFlight.set(inFlight);
+    return { released: false };
   }
   function release(slot: InFlightSlot): void {
     if (slot.released) return;
@@ -316,7 +349,7 @@ export function buildReceiver(
   }
 
   /** The request's body, inflated when gzip'd, handed to `use` (which reads it: decode, parse). */
-  async function withBody<T>(req: FastifyRequest, use: (body: Buffer) => T): Promise<T> {
+  async function withBody<T>(req: FastifyRequest, use: (body: Buffer) => T | Promise<T>): Promise<T> {
     const raw = req.body;
     if (!Buffer.isBuffer(raw)) throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE');
     if ((req.headers['content-encoding'] ?? '').toLowerCase() !== 'gzip') return use(raw);
@@ -338,10 +371,18 @@ export function buildReceiver(
   }
 
   const decodeStage = metrics.exportStageSeconds.labels('decode');
-  app.post('/v1/traces', async (req, reply) => {
+  /**
+   * One OTLP trace export, whatever carried it (OTLP/HTTP here, OTLP/gRPC in grpc.ts): decoded, its tool calls
+   * selected, spooled, rated, enforced and queued for landing; what its answer says. Refusals are thrown
+   * (TollgateError). `withBody` hands the body, inflated, to its argument.
+   */
+  async function exportTraces(
+    identity: IngestIdentity,
+    format: WireFormat,
+    withBody: <T>(use: (body: Buffer) => Promise<T>) => Promise<T>,
+    endpoint: string,
+  ): Promise<ExportOutcome> {
     const started = performance.now();
-    const identity = req.tollgateIdentity as IngestIdentity;
-    const format = wireFormatOf(req);
     const payloadFormat = format === 'protobuf' ? 'otlp-protobuf' : 'otlp-json';
     const book = pipeline.currentBook;
     let decodeStart = 0;
@@ -356,31 +397,28 @@ export function buildReceiver(
     const turn = new Turn();
     try {
       // the body is kept: the spool stores it, the forwarder sends it on
-      ({ body, decoded } = await withBody(
-        req,
-        async (body): Promise<{ body: Buffer; decoded: DecodedExport }> => {
-          decodeStart = performance.now();
-          receivedAtMs = Date.now();
-          // a large export's record is written while its body is decoded (see EarlyRecord)
-          if (opts.mode === 'full' && body.length >= EARLY_RECORD_BYTES) {
-            early = pipeline.beginRecord({
-              book,
-              product: identity.product,
-              defaultCustomer: identity.defaultCustomer,
-              customer: identity.customer,
-              receivedAtMs,
-              payload: { format: payloadFormat, bytes: body },
-            });
-          }
-          try {
-            return { body, decoded: await readLarge(body, () => decodeOtlp(payloadFormat, body, turn)) };
-          } catch (err) {
-            if (err instanceof TooManyItemsError) throw new TollgateError('TG_TOO_MANY_ITEMS', err.message);
-            if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
-            throw err;
-          }
-        },
-      ));
+      ({ body, decoded } = await withBody(async (body): Promise<{ body: Buffer; decoded: DecodedExport }> => {
+        decodeStart = performance.now();
+        receivedAtMs = Date.now();
+        // a large export's record is written while its body is decoded (see EarlyRecord)
+        if (opts.mode === 'full' && body.length >= EARLY_RECORD_BYTES) {
+          early = pipeline.beginRecord({
+            book,
+            product: identity.product,
+            defaultCustomer: identity.defaultCustomer,
+            customer: identity.customer,
+            receivedAtMs,
+            payload: { format: payloadFormat, bytes: body },
+          });
+        }
+        try {
+          return { body, decoded: await readLarge(body, () => decodeOtlp(payloadFormat, body, turn)) };
+        } catch (err) {
+          if (err instanceof TooManyItemsError) throw new TollgateError('TG_TOO_MANY_ITEMS', err.message);
+          if (err instanceof DecodeError) throw new TollgateError('TG_UNDECODABLE', err.message);
+          throw err;
+        }
+      }));
       metrics.spansReceived.inc(decoded.spans.length + decoded.malformed);
       calls = await selectCalls(
         decoded,
@@ -394,17 +432,8 @@ export function buildReceiver(
     }
     decodeStage.observe((performance.now() - decodeStart) / 1000);
     if (opts.mode === 'decode-only') {
-      metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
-      return reply
-        .code(200)
-        .type(CONTENT_TYPE[format])
-        .send(
-          encodeExportResponse(format, {
-            rejectedSpans: rejected.total,
-            errorMessage: rejected.message(),
-            directives: [],
-          }),
-        );
+      metrics.exports.inc({ endpoint, status: '200' });
+      return { rejectedSpans: rejected.total, errorMessage: rejected.message(), directives: [] };
     }
     const result = await pipeline.accept({
       book,
@@ -431,19 +460,25 @@ export function buildReceiver(
         ? await deps.leases.renewSettled(identity, result.rated)
         : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
-    metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
+    metrics.exports.inc({ endpoint, status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
-    return reply
-      .code(200)
-      .type(CONTENT_TYPE[format])
-      .send(
-        encodeExportResponse(format, {
-          rejectedSpans: rejected.total,
-          errorMessage: rejected.message(),
-          directives,
-          ...(leases?.length ? { leases } : {}),
-        }),
-      );
+    return {
+      rejectedSpans: rejected.total,
+      errorMessage: rejected.message(),
+      directives,
+      ...(leases?.length ? { leases } : {}),
+    };
+  }
+
+  app.post('/v1/traces', async (req, reply) => {
+    const format = wireFormatOf(req);
+    const outcome = await exportTraces(
+      req.tollgateIdentity as IngestIdentity,
+      format,
+      (use) => withBody(req, use),
+      '/v1/traces',
+    );
+    return reply.code(200).type(CONTENT_TYPE[format]).send(encodeExportResponse(format, outcome));
   });
 
   async function ingestEvents(req: FastifyRequest, reply: FastifyReply, events: unknown[]) {
@@ -585,7 +620,18 @@ export function buildReceiver(
     });
   }
 
+  const core: ReceiverCore = {
+    authenticate: (authorization) => keyring.authenticate(authorization),
+    startUpload,
+    admit,
+    release,
+    exportTraces,
+    get closing() {
+      return closing;
+    },
+  };
   return Object.assign(app, {
+    core,
     startClosing() {
       closing = true;
     },

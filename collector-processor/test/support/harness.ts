@@ -51,6 +51,7 @@ export async function startTestTollgate(
       '--data-dir': dataDir,
       '--plans': plansFile,
       '--otlp-port': '0',
+      '--otlp-grpc-port': '0',
       '--api-port': '0',
       '--log-level': 'warn',
       '--landing-flush-ms': '50',

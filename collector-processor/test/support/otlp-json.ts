@@ -61,6 +61,17 @@ export function exportOf(spans: unknown[], resource: Record<string, string> = { 
   };
 }
 
+/** `exportOf(spans)` with the ids as bytes: what `ProtoRequest.fromObject` takes for a protobuf export. */
+export function protoExportOf(spans: ReturnType<typeof toolSpan>[]) {
+  return exportOf(
+    spans.map((s) => ({
+      ...s,
+      traceId: Buffer.from(s.traceId, 'hex'),
+      spanId: Buffer.from(s.spanId, 'hex'),
+    })),
+  );
+}
+
 /**
  * A spool record of an OTLP/JSON export of `spans` (product demo-mcp), as the receiver writes one: what a
  * replay reads.

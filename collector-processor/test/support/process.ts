@@ -33,6 +33,8 @@ export async function spawnServer(
       'start',
       '--otlp-port',
       String(otlpPort),
+      '--otlp-grpc-port',
+      '0',
       '--api-port',
       String(apiPort),
       '--log-level',

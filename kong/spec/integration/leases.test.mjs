@@ -91,6 +91,8 @@ async function startTollgate(redisPort) {
       join(dir, 'data'),
       '--otlp-port',
       String(otlpPort),
+      '--otlp-grpc-port',
+      '0',
       '--api-port',
       String(apiPort),
       '--log-level',
