@@ -536,7 +536,10 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           {
             host: String(s['otlp.host']),
             port: Number(s['otlp.grpcPort']),
-            maxMessageBytes: Number(s['otlp.maxDecompressedBytes']),
+            maxMessageBytes: Math.min(
+              Number(s['otlp.bodyLimitBytes']),
+              Number(s['otlp.maxDecompressedBytes']),
+            ),
           },
         );
         otlpGrpcAddress = grpcReceiver.address;

@@ -1,3 +1,4 @@
+import { connect } from 'node:http2';
 import { gzipSync } from 'node:zlib';
 import {
   credentials,
@@ -9,10 +10,12 @@ import {
 import { OTLPTraceExporter as GrpcExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createMetrics } from '../src/metrics.js';
 import { ProtoRequest } from '../src/otlp/proto.js';
 import { decodeExportResponse, retryDelayOf } from '../src/otlp/response.js';
-import { TRACE_EXPORT_PATH, TRACE_SERVICE } from '../src/receiver/grpc.js';
+import { startGrpcReceiver, TRACE_EXPORT_PATH, TRACE_SERVICE } from '../src/receiver/grpc.js';
 import {
   DEV_INGEST_KEY,
   emitToolCall,
@@ -109,7 +112,7 @@ describe('OTLP/gRPC receiver', () => {
     await provider.shutdown();
     expect(await calls('grpc-sdk')).toEqual({ n: '4', nano: '40000000', over: '0' });
     const m = await readMetrics(tg.apiUrl as string);
-    expect(m.get(`tollgate_exports_total{endpoint="${TRACE_EXPORT_PATH}",status="200"}`)).toBeGreaterThan(0);
+    expect(m.get(`tollgate_exports_total{endpoint="${TRACE_EXPORT_PATH}",status="OK"}`)).toBeGreaterThan(0);
   });
 
   it('answers with the kill directive of a customer past its limit; a retried export is counted once', async () => {
@@ -156,6 +159,16 @@ describe('OTLP/gRPC receiver', () => {
     const ok = await send(good);
     expect(ok.error).toBeUndefined();
     expect(await calls('grpc-refusals')).toEqual({ n: '1', nano: '10000000', over: '0' });
+    // every answer is counted by its gRPC status, those grpc-js gives itself (the bomb) included
+    const m = await readMetrics(tg.apiUrl as string);
+    const count = (s: string) =>
+      m.get(`tollgate_exports_total{endpoint="${TRACE_EXPORT_PATH}",status="${s}"}`);
+    expect([
+      count('UNAUTHENTICATED'),
+      count('INVALID_ARGUMENT'),
+      count('RESOURCE_EXHAUSTED'),
+      count('OK'),
+    ]).toEqual([3, 1, 1, 1]);
   });
 
   it('too many exports in flight: RESOURCE_EXHAUSTED with a RetryInfo, which OTLP/gRPC senders retry', async () => {
@@ -182,11 +195,8 @@ describe('OTLP/gRPC receiver', () => {
 });
 
 describe('OTLP/gRPC receiver, its own bounds', () => {
-  it("a request whose message never arrives is ended, and stops counting against its key's bound", async () => {
-    const { connect } = await import('node:http2');
-    const { startGrpcReceiver } = await import('../src/receiver/grpc.js');
-    const { createMetrics } = await import('../src/metrics.js');
-    const pino = (await import('pino')).default;
+  /** A receiver on a core that counts what it is asked (the pipeline is not what these tests are about). */
+  async function fakeReceiver(messageTimeoutMs: number) {
     let sending = 0;
     const identity = { name: 'k', product: 'p', defaultCustomer: undefined, customer: undefined };
     const core = {
@@ -207,40 +217,94 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
     const receiver = await startGrpcReceiver(
       core,
       { metrics: createMetrics(), log: pino({ level: 'silent' }) },
-      { host: '127.0.0.1', port: 0, maxMessageBytes: 1024 * 1024, messageTimeoutMs: 300 },
+      { host: '127.0.0.1', port: 0, maxMessageBytes: 1024 * 1024, messageTimeoutMs },
     );
     const session = connect(`http://${receiver.address}`);
-    try {
-      // the head of a gRPC request, then nothing: its message never comes
-      const stream = session.request({
-        ':method': 'POST',
-        ':path': TRACE_EXPORT_PATH,
-        'content-type': 'application/grpc',
-        te: 'trailers',
-        authorization: 'Bearer good',
-      });
+    session.on('error', () => {});
+    /** A request's head; with `message`, one gRPC frame of it, but never the end of the stream. */
+    const open = (message?: Buffer) => {
+      const stream = session.request(
+        {
+          ':method': 'POST',
+          ':path': TRACE_EXPORT_PATH,
+          'content-type': 'application/grpc',
+          te: 'trailers',
+          authorization: 'Bearer good',
+        },
+        { endStream: false },
+      );
+      stream.on('error', () => {});
+      if (message) {
+        const frame = Buffer.alloc(5 + message.length);
+        frame.writeUInt32BE(message.length, 1);
+        message.copy(frame, 5);
+        stream.write(frame);
+      }
       // the status comes in trailers, or in the response's headers when nothing else was sent (trailers-only)
       const ended = new Promise<Record<string, unknown>>((resolve) => {
         stream.on('trailers', resolve);
-        stream.on('response', (headers) => {
+        stream.on('response', (headers: Record<string, unknown>) => {
           if (headers['grpc-status'] !== undefined) resolve(headers);
         });
       });
       stream.on('data', () => {});
-      await new Promise((r) => setTimeout(r, 100));
-      expect(sending).toBe(1);
-      const trailers = await Promise.race([
+      const status = Promise.race([
         ended,
         new Promise<Record<string, unknown>>((_, reject) =>
           setTimeout(() => reject(new Error('the request was not ended')), 5_000),
         ),
       ]);
-      expect(Number(trailers['grpc-status'])).toBe(status.DEADLINE_EXCEEDED);
-      expect(sending).toBe(0);
-      stream.close();
+      status.catch(() => {});
+      return { stream, status };
+    };
+    return {
+      receiver,
+      open,
+      sending: () => sending,
+      close: async () => {
+        session.destroy();
+        await receiver.close();
+      },
+    };
+  }
+  const settle = (ms = 100) => new Promise((r) => setTimeout(r, ms));
+
+  it('a request whose message never arrives, or arrives without the end of the stream, is ended at the timeout and stops counting against its key', async () => {
+    const r = await fakeReceiver(400);
+    try {
+      const noMessage = r.open();
+      // a whole message, held by grpc-js until the request half-closes, which it never does
+      const held = r.open(Buffer.alloc(1000));
+      await settle();
+      expect(r.sending()).toBe(2);
+      await settle(150);
+      expect(r.sending()).toBe(2); // still held: the message arriving did not end its count
+      for (const request of [noMessage, held])
+        expect(Number((await request.status)['grpc-status'])).toBe(status.DEADLINE_EXCEEDED);
+      expect(r.sending()).toBe(0);
     } finally {
-      session.close();
-      await receiver.close();
+      await r.close();
+    }
+  });
+
+  it("a key's 17th request still arriving is refused with a RetryInfo; a stop ends those arriving at once", async () => {
+    const r = await fakeReceiver(60_000);
+    try {
+      const arriving = Array.from({ length: 16 }, () => r.open());
+      await settle();
+      const refused = await r.open().status;
+      expect(Number(refused['grpc-status'])).toBe(status.RESOURCE_EXHAUSTED);
+      expect(String(refused['grpc-message'])).toMatch(/^TG_TOO_MANY_IN_FLIGHT/);
+      const details = Buffer.from(String(refused['grpc-status-details-bin']), 'base64');
+      expect(retryDelayOf(details)).toBe(1);
+      const started = Date.now();
+      await r.receiver.close();
+      for (const request of arriving)
+        expect(Number((await request.status)['grpc-status'])).toBe(status.UNAVAILABLE);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(r.sending()).toBe(0);
+    } finally {
+      await r.close();
     }
   });
 });

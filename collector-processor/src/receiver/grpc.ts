@@ -27,10 +27,21 @@ export const TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceS
 
 /** Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
 const MAX_STREAMS_PER_CONNECTION = 256;
-/** How long a request's message may take to arrive once its metadata has (OTLP/HTTP: `requestTimeout`). */
+/** How long a request's message may take to arrive and half-close once its metadata has (OTLP/HTTP: `requestTimeout`). */
 const MESSAGE_TIMEOUT_MS = 120_000;
+/**
+ * Requests of one ingest key whose message may be arriving (or held, not yet half-closed) at once. grpc-js
+ * inflates a message as it arrives and holds it until the request half-closes: 16 of one key hold at most 16 ×
+ * the message bound (256 MiB at the defaults), however little gzip they sent. A 17th is refused
+ * RESOURCE_EXHAUSTED with a RetryInfo of 1 s, and its sender retries.
+ */
+const RECEIVING_PER_KEY = 16;
 /** How long a stop waits for exports under way before it ends the connections. */
 const CLOSE_GRACE_MS = 30_000;
+/** How long a stop leaves the last answers to be written before it ends the connections. */
+const ANSWER_FLUSH_MS = 500;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 const raw = (b: Buffer): Buffer => b;
 
@@ -55,8 +66,8 @@ export interface GrpcReceiverOptions {
   host: string;
   port: number;
   /**
-   * The largest export message, as sent and once inflated (grpc-js applies one bound to both): the receiver's
-   * `otlp.maxDecompressedBytes`.
+   * The largest export message, as sent and once inflated (grpc-js applies one bound to both): the smaller of
+   * the receiver's `otlp.bodyLimitBytes` and `otlp.maxDecompressedBytes`.
    */
   maxMessageBytes: number;
   /** How long a request's message may take to arrive (tests shorten it). */
@@ -90,23 +101,38 @@ export async function startGrpcReceiver(
 ): Promise<GrpcReceiver> {
   const { metrics } = deps;
   const log = deps.log.child({ component: 'grpc-receiver' });
-  const refused = (err: TollgateError): Status => {
-    metrics.exports.inc({ endpoint: TRACE_EXPORT_PATH, status: String(err.status) });
-    return statusOf(err);
-  };
-
-  // Refusals that need no body are made on the request's metadata, before its message is read (as OTLP/HTTP
-  // refuses on the head): a stop under way, an unknown key, or a key that already has `otlp.maxInFlight`
-  // requests still sending theirs.
-  // A request whose message has not arrived within the timeout is ended (DEADLINE_EXCEEDED), as OTLP/HTTP ends
-  // one whose body has not (408): one key's streams that never send theirs do not count against it for ever.
   const messageTimeoutMs = opts.messageTimeoutMs ?? MESSAGE_TIMEOUT_MS;
+  /** Requests of each ingest key (by name) whose message is still arriving or not yet half-closed. */
+  const receivingByKey = new Map<string, number>();
+  /** How to end each request whose message has not yet been handed over (a stop ends them all). */
+  const receiving = new Set<() => void>();
+
+  // grpc-js reads, inflates and holds a request's message before the handler runs, once the request has
+  // half-closed: so the refusals that need no message are made on the request's metadata (as OTLP/HTTP
+  // refuses on the head) — a stop under way, an unknown key, a key with RECEIVING_PER_KEY requests already
+  // arriving, or with `otlp.maxInFlight` requests still sending their bodies on either transport — and a request
+  // that has not half-closed within the message timeout is ended (DEADLINE_EXCEEDED, as OTLP/HTTP answers 408 to
+  // a body that has not arrived). Until then it counts against its key: a few kilobytes of gzip that inflate to
+  // a message held by a stream that never half-closes cost the sender a slot for as long as they are held.
   const admission: ServerInterceptor = (_method, call: ServerInterceptingCallInterface) => {
-    let uploaded: (() => void) | undefined;
-    let timer: NodeJS.Timeout | undefined;
+    let release: (() => void) | undefined;
     const done = () => {
-      clearTimeout(timer);
-      uploaded?.();
+      release?.();
+      release = undefined;
+    };
+    // Every status of the request passes here: ours, and those grpc-js sends itself (a message over the
+    // bound, one that does not inflate, an unknown encoding), which call the same method of this call.
+    const send = call.sendStatus.bind(call);
+    let ended = false;
+    call.sendStatus = (status) => {
+      done();
+      if (!ended)
+        metrics.exports.inc({
+          endpoint: TRACE_EXPORT_PATH,
+          status: grpcStatus[status.code] ?? String(status.code),
+        });
+      ended = true;
+      send(status);
     };
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
@@ -114,38 +140,53 @@ export async function startGrpcReceiver(
           if (core.closing) throw new TollgateError('TG_SHUTTING_DOWN', undefined, 1);
           const identity = core.authenticate(authorizationOf(metadata));
           if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
-          uploaded = core.startUpload(identity.name);
+          release = admitReceiving(identity.name, call);
         } catch (err) {
-          call.sendStatus(refused(err as TollgateError));
+          call.sendStatus(statusOf(err as TollgateError));
           return;
         }
-        timer = setTimeout(() => {
-          done();
-          metrics.exports.inc({ endpoint: TRACE_EXPORT_PATH, status: '408' });
-          call.sendStatus({
-            code: grpcStatus.DEADLINE_EXCEEDED,
-            details: `the request's message did not arrive within ${messageTimeoutMs / 1000} s`,
-            metadata: new Metadata(),
-          });
-        }, messageTimeoutMs);
-        timer.unref();
         next(metadata);
       })
-      .withOnReceiveMessage((message, next) => {
+      .withOnReceiveHalfClose((next) => {
         done();
-        next(message);
+        next();
       })
       .withOnCancel(done)
       .build();
-    const responder = new ResponderBuilder()
-      .withStart((next) => next(listener))
-      .withSendStatus((status, next) => {
-        done();
-        next(status);
-      })
-      .build();
+    const responder = new ResponderBuilder().withStart((next) => next(listener)).build();
     return new ServerInterceptingCall(call, responder);
   };
+
+  /** Counts a request whose message is arriving; refuses past the bounds; the function it returns ends it. */
+  function admitReceiving(key: string, call: ServerInterceptingCallInterface): () => void {
+    const n = receivingByKey.get(key) ?? 0;
+    if (n >= RECEIVING_PER_KEY)
+      throw new TollgateError(
+        'TG_TOO_MANY_IN_FLIGHT',
+        `${n} OTLP/gRPC requests of this ingest key are still sending their messages`,
+        1,
+      );
+    const uploaded = core.startUpload(key);
+    receivingByKey.set(key, n + 1);
+    const timer = setTimeout(() => {
+      call.sendStatus({
+        code: grpcStatus.DEADLINE_EXCEEDED,
+        details: `the request's message did not arrive and half-close within ${messageTimeoutMs / 1000} s`,
+        metadata: new Metadata(),
+      });
+    }, messageTimeoutMs);
+    timer.unref();
+    const end = () => call.sendStatus(statusOf(new TollgateError('TG_SHUTTING_DOWN', undefined, 1)));
+    receiving.add(end);
+    return () => {
+      clearTimeout(timer);
+      receiving.delete(end);
+      uploaded();
+      const left = (receivingByKey.get(key) ?? 1) - 1;
+      if (left > 0) receivingByKey.set(key, left);
+      else receivingByKey.delete(key);
+    };
+  }
 
   const server = new Server({
     interceptors: [admission],
@@ -162,24 +203,31 @@ export async function startGrpcReceiver(
             log.error({ err }, 'unexpected error');
             err = new TollgateError('TG_INTERNAL', undefined, 1);
           }
-          callback(refused(err as TollgateError));
+          callback(statusOf(err as TollgateError));
         },
       );
     },
   });
 
+  /** Exports handed to the pipeline and not yet answered (a stop waits for them). */
+  const exporting = new Set<Promise<unknown>>();
   async function exportOne(call: ServerUnaryCall<Buffer, Buffer>): Promise<Buffer> {
+    const answered = exportAndAnswer(call);
+    exporting.add(answered);
+    // the answer is handed to grpc-js in the caller's continuation, after this settles
+    answered.then(
+      () => setImmediate(() => exporting.delete(answered)),
+      () => setImmediate(() => exporting.delete(answered)),
+    );
+    return answered;
+  }
+  async function exportAndAnswer(call: ServerUnaryCall<Buffer, Buffer>): Promise<Buffer> {
     // authenticated by the interceptor; the identity is looked up again (a hash and a map lookup)
     const identity = core.authenticate(authorizationOf(call.metadata));
     if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
     const slot = core.admit();
     try {
-      const outcome = await core.exportTraces(
-        identity,
-        'protobuf',
-        (use) => use(call.request),
-        TRACE_EXPORT_PATH,
-      );
+      const outcome = await core.exportTraces(identity, 'protobuf', (use) => use(call.request));
       return encodeExportResponse('protobuf', outcome) as Buffer;
     } finally {
       core.release(slot);
@@ -195,16 +243,24 @@ export async function startGrpcReceiver(
   const address = opts.host.includes(':') ? `[${opts.host}]:${port}` : `${opts.host}:${port}`;
   return {
     address,
-    close: () =>
-      new Promise<void>((resolve) => {
-        // exports under way are answered; past the grace, connections are ended
-        const force = setTimeout(() => server.forceShutdown(), CLOSE_GRACE_MS);
-        force.unref();
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      }),
+    async close() {
+      // requests whose message has not been handed over are ended (retryable: nothing of them was taken)
+      for (const end of [...receiving]) end();
+      // exports under way are answered; then the connections go, whether their clients have closed their side
+      // of every stream or not (a client that never does held a stop for the whole grace)
+      const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      const answered = (async () => {
+        while (exporting.size) await Promise.allSettled([...exporting]);
+        await sleep(ANSWER_FLUSH_MS);
+      })();
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CLOSE_GRACE_MS);
+      });
+      await Promise.race([graceful, answered, grace]);
+      clearTimeout(timer);
+      server.forceShutdown();
+    },
   };
 }
 

@@ -123,7 +123,6 @@ export interface ReceiverCore {
     identity: IngestIdentity,
     format: WireFormat,
     withBody: <T>(use: (body: Buffer) => Promise<T>) => Promise<T>,
-    endpoint: string,
   ): Promise<ExportOutcome>;
   /** The process is stopping: new requests are refused (TG_SHUTTING_DOWN). */
   readonly closing: boolean;
@@ -380,7 +379,6 @@ export function buildReceiver(
     identity: IngestIdentity,
     format: WireFormat,
     withBody: <T>(use: (body: Buffer) => Promise<T>) => Promise<T>,
-    endpoint: string,
   ): Promise<ExportOutcome> {
     const started = performance.now();
     const payloadFormat = format === 'protobuf' ? 'otlp-protobuf' : 'otlp-json';
@@ -432,7 +430,6 @@ export function buildReceiver(
     }
     decodeStage.observe((performance.now() - decodeStart) / 1000);
     if (opts.mode === 'decode-only') {
-      metrics.exports.inc({ endpoint, status: '200' });
       return { rejectedSpans: rejected.total, errorMessage: rejected.message(), directives: [] };
     }
     const result = await pipeline.accept({
@@ -460,7 +457,6 @@ export function buildReceiver(
         ? await deps.leases.renewSettled(identity, result.rated)
         : undefined;
     deps.forwarder?.enqueue(body, format, new Map(result.rated.map((r) => [r.eventId, r])));
-    metrics.exports.inc({ endpoint, status: '200' });
     metrics.exportSeconds.observe((performance.now() - started) / 1000);
     return {
       rejectedSpans: rejected.total,
@@ -472,12 +468,10 @@ export function buildReceiver(
 
   app.post('/v1/traces', async (req, reply) => {
     const format = wireFormatOf(req);
-    const outcome = await exportTraces(
-      req.tollgateIdentity as IngestIdentity,
-      format,
-      (use) => withBody(req, use),
-      '/v1/traces',
+    const outcome = await exportTraces(req.tollgateIdentity as IngestIdentity, format, (use) =>
+      withBody(req, use),
     );
+    metrics.exports.inc({ endpoint: '/v1/traces', status: '200' });
     return reply.code(200).type(CONTENT_TYPE[format]).send(encodeExportResponse(format, outcome));
   });
 
