@@ -60,7 +60,7 @@ export const SETTINGS = [
     env: 'TOLLGATE_OTLP_BODY_LIMIT',
     kind: 'int',
     default: 16 * 1024 * 1024,
-    doc: 'Largest request body as sent (compressed or not); larger → 413. On OTLP/gRPC, `otlp.maxDecompressedBytes` bounds the message as sent and inflated (grpc-js applies one bound to both).',
+    doc: 'Largest request body as sent (compressed or not); larger → 413. On OTLP/gRPC the smaller of this and `otlp.maxDecompressedBytes` bounds the message as sent and inflated (grpc-js applies one bound to both).',
   },
   {
     key: 'otlp.maxDecompressedBytes',
