@@ -9,6 +9,7 @@ const ALL = [
   ['e2e', ['node', 'bench/e2e.mjs']],
   ['decode', ['node', 'bench/decode.mjs']],
   ['large-exports', ['node', 'bench/large-exports.mjs']],
+  ['grpc', ['node', 'bench/grpc.mjs']],
   ['landing', ['node', 'bench/landing.mjs']],
   ['enforcement', ['node', 'bench/enforcement.mjs']],
   ['credits', ['node', 'bench/credits.mjs']],
