@@ -196,7 +196,7 @@ describe('OTLP/gRPC receiver', () => {
 
 describe('OTLP/gRPC receiver, its own bounds', () => {
   /** A receiver on a core that counts what it is asked (the pipeline is not what these tests are about). */
-  async function fakeReceiver(messageTimeoutMs: number) {
+  async function fakeReceiver(messageTimeoutMs: number, idleTimeoutMs?: number) {
     let sending = 0;
     const identity = { name: 'k', product: 'p', defaultCustomer: undefined, customer: undefined };
     const core = {
@@ -217,7 +217,13 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
     const receiver = await startGrpcReceiver(
       core,
       { metrics: createMetrics(), log: pino({ level: 'silent' }) },
-      { host: '127.0.0.1', port: 0, maxMessageBytes: 1024 * 1024, messageTimeoutMs },
+      {
+        host: '127.0.0.1',
+        port: 0,
+        maxMessageBytes: 1024 * 1024,
+        messageTimeoutMs,
+        ...(idleTimeoutMs ? { idleTimeoutMs } : {}),
+      },
     );
     const session = connect(`http://${receiver.address}`);
     session.on('error', () => {});
@@ -303,6 +309,22 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
         expect(Number((await request.status)['grpc-status'])).toBe(status.UNAVAILABLE);
       expect(Date.now() - started).toBeLessThan(5_000);
       expect(r.sending()).toBe(0);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('closes a connection that has no request open past the idle timeout', async () => {
+    const r = await fakeReceiver(60_000, 300);
+    try {
+      const session = connect(`http://${r.receiver.address}`);
+      session.on('error', () => {});
+      const started = Date.now();
+      const closedAfter = await Promise.race([
+        new Promise<number>((resolve) => session.once('close', () => resolve(Date.now() - started))),
+        new Promise<number>((_, reject) => setTimeout(() => reject(new Error('not closed')), 5_000)),
+      ]);
+      expect(closedAfter).toBeGreaterThanOrEqual(250);
     } finally {
       await r.close();
     }

@@ -36,6 +36,8 @@ const MESSAGE_TIMEOUT_MS = 120_000;
  * RESOURCE_EXHAUSTED with a RetryInfo of 1 s, and its sender retries.
  */
 const RECEIVING_PER_KEY = 16;
+/** How long a connection with no request open stays open (OTLP/HTTP: `SOCKET_IDLE_TIMEOUT_MS`). */
+const IDLE_TIMEOUT_MS = 120_000;
 /** How long a stop waits for exports under way before it ends the connections. */
 const CLOSE_GRACE_MS = 30_000;
 /** How long a stop leaves the last answers to be written before it ends the connections. */
@@ -72,6 +74,8 @@ export interface GrpcReceiverOptions {
   maxMessageBytes: number;
   /** How long a request's message may take to arrive (tests shorten it). */
   messageTimeoutMs?: number;
+  /** How long a connection with no request open stays (tests shorten it). */
+  idleTimeoutMs?: number;
 }
 
 export interface GrpcReceiver {
@@ -192,6 +196,9 @@ export async function startGrpcReceiver(
     interceptors: [admission],
     'grpc.max_receive_message_length': opts.maxMessageBytes,
     'grpc.max_concurrent_streams': MAX_STREAMS_PER_CONNECTION,
+    // a connection with no request open for this long is closed (GOAWAY; a client connects again when it next
+    // sends), as OTLP/HTTP closes an idle socket: connections opened and left do not stay for ever
+    'grpc.max_connection_idle_ms': opts.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
   });
 
   server.addService(TRACE_SERVICE, {
