@@ -37,8 +37,9 @@ VOLUME ["/var/lib/tollgate"]
 
 USER node
 
-# OTLP/HTTP receiver (processor role) and HTTP API (api role); see collector-processor/src/config/settings.ts.
-EXPOSE 4318 8080
+# OTLP/HTTP and OTLP/gRPC receivers (processor role) and HTTP API (api role); see
+# collector-processor/src/config/settings.ts.
+EXPOSE 4318 4317 8080
 
 ENTRYPOINT ["node", "collector-processor/bin/tollgate.js"]
 CMD ["start"]
