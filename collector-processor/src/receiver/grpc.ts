@@ -13,14 +13,13 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-
-/** A gRPC status with its trailers (grpc-js's Status, which it does not export by name). */
-type Status = { code: number; details: string; metadata: Metadata };
-
 import type { Metrics } from '../metrics.js';
 import { encodeExportResponse, encodeGrpcStatusDetails } from '../otlp/response.js';
 import { GRPC_CODE, TollgateError } from '../pipeline/errors.js';
 import type { ReceiverCore } from './server.js';
+
+/** A gRPC status with its trailers (grpc-js's Status, which it does not export by name). */
+type Status = { code: number; details: string; metadata: Metadata };
 
 /** The OTLP/gRPC trace export method: the route of `opentelemetry.proto.collector.trace.v1.TraceService`. */
 export const TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
