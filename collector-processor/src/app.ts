@@ -7,7 +7,7 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { Cluster, Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { PlanPricing } from './api-ports.js';
-import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS } from './config/settings.js';
+import { type Config, ConfigError, EMBEDDED_CONFIG, EMBEDDED_PLANS, SETTINGS } from './config/settings.js';
 import { CreditLedger } from './credits/ledger.js';
 import { CreditWallets } from './credits/wallets.js';
 import { EnforcementAdmin } from './enforcement/admin.js';
@@ -307,6 +307,25 @@ export function clickhouseOptionsOf(config: Config, dataDir: string): ClickHouse
 }
 
 /** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
+/**
+ * `listen()`, with an address already in use said in the setting's words (a ConfigError: no stack trace) — a
+ * Collector on the same host holds 4317 and 4318 by default.
+ */
+async function listening<T>(what: string, setting: string, listen: () => Promise<T>): Promise<T> {
+  try {
+    return await listen();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code !== 'EADDRINUSE' && !/EADDRINUSE/.test(e.message ?? '')) throw err;
+    const flag = SETTINGS.find((x) => x.key === setting)?.flag ?? setting;
+    const address = /address already in use (\S+?)\]?$/.exec(e.message)?.[1] ?? 'its address';
+    const off = setting === 'otlp.grpcPort' ? ', or turn OTLP/gRPC off with --otlp-grpc false' : '';
+    throw new ConfigError(
+      `${what} cannot listen on ${address}: another process holds it; choose another port with ${flag}${off}`,
+    );
+  }
+}
+
 export async function startTollgate(config: Config, logger?: Logger): Promise<Tollgate> {
   const s = config.settings;
   const log = logger ?? createLogger(String(s.logLevel));
@@ -527,20 +546,25 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           mode: s['pipeline.mode'] as 'full' | 'decode-only',
         },
       );
-      otlpUrl = await receiver.listen({ host: String(s['otlp.host']), port: Number(s['otlp.port']) });
+      const http = receiver;
+      otlpUrl = await listening('the OTLP/HTTP receiver', 'otlp.port', () =>
+        http.listen({ host: String(s['otlp.host']), port: Number(s['otlp.port']) }),
+      );
       log.info({ url: otlpUrl }, 'OTLP receiver listening');
       if (s['otlp.grpc']) {
-        grpcReceiver = await startGrpcReceiver(
-          receiver.core,
-          { metrics, log },
-          {
-            host: String(s['otlp.host']),
-            port: Number(s['otlp.grpcPort']),
-            maxMessageBytes: Math.min(
-              Number(s['otlp.bodyLimitBytes']),
-              Number(s['otlp.maxDecompressedBytes']),
-            ),
-          },
+        grpcReceiver = await listening('the OTLP/gRPC receiver', 'otlp.grpcPort', () =>
+          startGrpcReceiver(
+            http.core,
+            { metrics, log },
+            {
+              host: String(s['otlp.host']),
+              port: Number(s['otlp.grpcPort']),
+              maxMessageBytes: Math.min(
+                Number(s['otlp.bodyLimitBytes']),
+                Number(s['otlp.maxDecompressedBytes']),
+              ),
+            },
+          ),
         );
         otlpGrpcAddress = grpcReceiver.address;
         log.info({ address: otlpGrpcAddress }, 'OTLP/gRPC receiver listening');
@@ -605,7 +629,10 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
           : undefined,
         routes: roles.has('api') ? 'all' : 'ops',
       });
-      apiUrl = await api.listen({ host: String(s['api.host']), port: Number(s['api.port']) });
+      const httpApi = api;
+      apiUrl = await listening('the HTTP API', 'api.port', () =>
+        httpApi.listen({ host: String(s['api.host']), port: Number(s['api.port']) }),
+      );
       log.info({ url: apiUrl }, 'HTTP API listening');
     }
     writeRunningRecord(dataDir, {

@@ -181,6 +181,20 @@ describe('OTLP/gRPC receiver', () => {
     expect(retryDelayOf(details as Buffer)).toBe(1);
   });
 
+  it("a port another process holds is said in the setting's words, not as a stack trace", async () => {
+    const { createServer } = await import('node:net');
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const port = (holder.address() as { port: number }).port;
+    try {
+      await expect(startTestTollgate({ '--otlp-grpc-port': String(port) }, PLANS)).rejects.toThrow(
+        `the OTLP/gRPC receiver cannot listen on 127.0.0.1:${port}: another process holds it; choose another port with --otlp-grpc-port, or turn OTLP/gRPC off with --otlp-grpc false`,
+      );
+    } finally {
+      holder.close();
+    }
+  });
+
   it('a stop under way refuses new exports UNAVAILABLE (retryable) and can be turned off', async () => {
     tg = await startTestTollgate({}, PLANS);
     const send = client(tg.otlpGrpcAddress as string);

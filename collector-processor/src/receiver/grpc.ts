@@ -1,5 +1,6 @@
 import {
   status as grpcStatus,
+  logVerbosity,
   Metadata,
   ResponderBuilder,
   Server,
@@ -11,6 +12,7 @@ import {
   type ServerUnaryCall,
   type ServiceDefinition,
   type sendUnaryData,
+  setLogVerbosity,
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
@@ -191,6 +193,9 @@ export async function startGrpcReceiver(
     };
   }
 
+  // grpc-js writes its own log lines to stderr, outside the process's JSON log; what matters reaches it through
+  // the errors thrown here. GRPC_VERBOSITY set by the operator still applies.
+  if (!process.env.GRPC_VERBOSITY) setLogVerbosity(logVerbosity.NONE);
   const server = new Server({
     interceptors: [admission],
     'grpc.max_receive_message_length': opts.maxMessageBytes,
