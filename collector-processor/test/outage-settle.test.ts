@@ -190,6 +190,52 @@ describe('calls billed while Redis was down, the process stopped before it came 
   });
 });
 
+describe('a process started while Redis is still down', () => {
+  it("continues the positions of the customers the last run owed calls of: the outage's free calls are not given again", async () => {
+    redis = await durableRedis();
+    const dataDir = tempDir();
+    const flags = { '--redis-url': redis.url, '--data-dir': dataDir };
+    const first = await startTestTollgate(flags, PLANS);
+    tg = first;
+    const customer = 'restart-down-co';
+    expect(await post(spansOf(customer, 10))).toBe(200); // positions 1–10 in Redis
+    await redis.stop();
+    expect(await post(spansOf(customer, 15))).toBe(200); // 11–25, locally: free
+    await first.lander!.idle();
+    await first.stop();
+    tg = undefined;
+
+    // started again with Redis still down: 10 calls are positions 26–35, so 5 free and 5 priced (not 1–10: free)
+    tg = await startTestTollgate(flags, PLANS);
+    expect(await post(spansOf(customer, 10))).toBe(200);
+    await tg.lander!.idle();
+    const priced = async () =>
+      (
+        await query(
+          tg!,
+          `SELECT count() AS n, countIf(price_nano > 0) AS priced, sum(price_nano) AS nano
+           FROM mcp_tool_calls WHERE customer = {c:String}`,
+          { c: customer },
+        )
+      )[0];
+    expect(await priced()).toEqual({ n: '35', priced: '5', nano: '50000000' });
+
+    // Redis back: every owed call is counted once, and the next call is position 36
+    redis = await durableRedis(redis.port);
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    const tag = customerTag('demo-mcp', customer);
+    expect(await tg.redis!.hget(redisKeys.period(tag, dayOf(Date.now() - 5_000).slice(0, 7)), 'n')).toBe(
+      '35',
+    );
+    expect(await post(spansOf(customer, 1))).toBe(200);
+    await tg.lander!.idle();
+    expect(await priced()).toEqual({ n: '36', priced: '6', nano: '60000000' });
+  });
+});
+
 describe('a spool record replayed while Redis is down (fail-open)', () => {
   it('waits for Redis instead of being rated fail-open by a process that knows no positions', async () => {
     redis = await durableRedis();

@@ -52,12 +52,18 @@ describe('the owed-calls file', () => {
     const path = join(tempDir(), 'owed-calls.jsonl');
     const log = new OwedLog(path, silent);
     log.append(claim('kept'));
+    // positions: with their bigints, kept; one fewer than the inputs, or not numbers, the line is skipped
+    const at = { status: 1, toolOrdinal: 4, planOrdinal: 9, usageBefore: [null, 5n] };
+    log.append({ ...claim('positioned'), positions: [at, at] });
+    log.append({ ...claim('short'), positions: [at] });
+    log.append({ ...claim('nan'), positions: [at, { ...at, planOrdinal: 'x' }] });
     appendFileSync(
       path,
       'null\n{"k":"claim","id":"x"}\n{"k":"claim","id":"y","product":"p","customer":"c","rid":"r","nowMs":1,"inputs":[{}],"rows":[]}\n{"k":"step","id":"z","product":"p","rid":"r","marker":"m","now":1,"g":{},"rows":[{}]}\n{"k":"cla',
     );
     const back = await new OwedLog(path, silent).read();
-    expect(back.map((e) => (e.k === 'claim' ? e.customer : e.k))).toEqual(['kept']);
+    expect(back.map((e) => (e.k === 'claim' ? e.customer : e.k))).toEqual(['kept', 'positioned']);
+    expect(back[1]?.k === 'claim' && back[1].positions).toEqual([at, at]);
     const dir = join(tempDir(), 'owed-calls.jsonl');
     mkdirSync(dir);
     expect(await new OwedLog(dir, silent).read()).toEqual([]);

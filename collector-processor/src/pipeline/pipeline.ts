@@ -718,6 +718,13 @@ export class Pipeline {
   /** Takes back an owed item an earlier process wrote down (OwedLog): settled like the others. */
   restoreOwed(e: Extract<OwedEntry, { k: 'claim' }>): void {
     const inputs = e.inputs as ClaimInput[];
+    // A process started while Redis is still down continues its customers' positions from those the calls were
+    // given (not from 1: the free calls and tiers the outage used are not given again) — for the customers an
+    // earlier process owed calls of; Redis's positions replace them once it answers.
+    e.positions?.forEach((at, k) => {
+      const p = inputs[k] as Prepared | undefined;
+      if (p?.counts) this.remember(this.localUsageOf(e.product, p), p, at as ClaimResult);
+    });
     this.owed?.push(
       `${e.product}\0${e.customer}`,
       {
@@ -999,14 +1006,18 @@ export class Pipeline {
             }
             if (failClosed) return;
             const inputs: ClaimInput[] = [];
+            /** The positions each of `inputs` was given here (written down with them for a next start). */
+            const positions: ClaimResult[] = [];
             for (const i of idx) {
               const p = prepared[i] as Prepared;
               unenforced.add(i);
               if (this.recent.has(product, customer, p.call.eventId)) {
                 results[i] = { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 };
               } else {
-                results[i] = this.localPosition(product, p);
+                const at = this.localPosition(product, p);
+                results[i] = at;
                 inputs.push(p);
+                positions.push(at);
               }
             }
             // owed at once: a claim of this customer from now on waits until these are claimed first
@@ -1045,6 +1056,7 @@ export class Pipeline {
                       })),
                       rows: r,
                       nowMs,
+                      positions,
                     });
                   },
                   () => {},

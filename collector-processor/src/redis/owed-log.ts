@@ -136,6 +136,8 @@ export type OwedEntry =
       inputs: unknown[];
       rows: unknown[];
       nowMs: number;
+      /** Per input, the positions it was given (`ClaimResult`); absent in files of earlier versions. */
+      positions?: unknown[];
     }
   | {
       k: 'step';
@@ -151,6 +153,17 @@ export type OwedEntry =
 type OwedItemEntry = OwedEntry extends infer E ? (E extends OwedEntry ? Omit<E, 'id'> : never) : never;
 
 const str = (v: unknown): v is string => typeof v === 'string';
+const count = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+/** A usage quantity priced in graduated tiers (`TieredQuantity`). */
+const isTiered = (q: unknown): boolean =>
+  obj(q) && count(q.index) && str(q.line) && typeof q.micro === 'bigint' && typeof q.integral === 'boolean';
+/** The positions a call was given (`ClaimResult`). */
+const isPosition = (r: unknown): boolean =>
+  obj(r) &&
+  count(r.toolOrdinal) &&
+  count(r.planOrdinal) &&
+  (r.usageBefore === undefined ||
+    (Array.isArray(r.usageBefore) && r.usageBefore.every((b) => b === null || typeof b === 'bigint')));
 const obj = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -200,8 +213,12 @@ function isEntry(e: unknown): e is OwedEntry {
           str(i.period) &&
           str(i.day) &&
           typeof i.counts === 'boolean' &&
-          (i.tiered === undefined || Array.isArray(i.tiered)),
-      )
+          (i.tiered === undefined || (Array.isArray(i.tiered) && i.tiered.every(isTiered))),
+      ) &&
+      (e.positions === undefined ||
+        (Array.isArray(e.positions) &&
+          e.positions.length === e.inputs.length &&
+          e.positions.every(isPosition)))
     );
   if (e.k === 'step')
     return (
