@@ -563,6 +563,7 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
                 Number(s['otlp.bodyLimitBytes']),
                 Number(s['otlp.maxDecompressedBytes']),
               ),
+              maxReceiving: Number(s['otlp.maxInFlight']),
             },
           ),
         );

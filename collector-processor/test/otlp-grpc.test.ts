@@ -1,4 +1,4 @@
-import { connect } from 'node:http2';
+import { connect, constants } from 'node:http2';
 import { gzipSync } from 'node:zlib';
 import {
   credentials,
@@ -210,11 +210,21 @@ describe('OTLP/gRPC receiver', () => {
 
 describe('OTLP/gRPC receiver, its own bounds', () => {
   /** A receiver on a core that counts what it is asked (the pipeline is not what these tests are about). */
-  async function fakeReceiver(messageTimeoutMs: number, idleTimeoutMs?: number) {
+  async function fakeReceiver(messageTimeoutMs: number, idleTimeoutMs?: number, exportMs = 0) {
     let sending = 0;
-    const identity = { name: 'k', product: 'p', defaultCustomer: undefined, customer: undefined };
+    let exported = 0;
+    const identity = (name: string) => ({
+      name,
+      product: 'p',
+      defaultCustomer: undefined,
+      customer: undefined,
+    });
+    const keys = new Map([
+      ['Bearer good', identity('k')],
+      ['Bearer other', identity('k2')],
+    ]);
     const core = {
-      authenticate: (a: string | undefined) => (a === 'Bearer good' ? identity : undefined),
+      authenticate: (a: string | undefined) => keys.get(a ?? ''),
       startUpload: () => {
         sending++;
         let ended = false;
@@ -225,7 +235,11 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
       },
       admit: () => ({ released: false }),
       release: () => {},
-      exportTraces: async () => ({ rejectedSpans: 0, errorMessage: '', directives: [] }),
+      exportTraces: async () => {
+        await new Promise((r) => setTimeout(r, exportMs));
+        exported++;
+        return { rejectedSpans: 0, errorMessage: '', directives: [] };
+      },
       closing: false,
     };
     const receiver = await startGrpcReceiver(
@@ -235,21 +249,24 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
         host: '127.0.0.1',
         port: 0,
         maxMessageBytes: 1024 * 1024,
+        maxReceiving: 24,
         messageTimeoutMs,
         ...(idleTimeoutMs ? { idleTimeoutMs } : {}),
       },
     );
     const session = connect(`http://${receiver.address}`);
     session.on('error', () => {});
-    /** A request's head; with `message`, one gRPC frame of it, but never the end of the stream. */
-    const open = (message?: Buffer) => {
+    /**
+     * A request's head; with `message`, one gRPC frame of it, but never the end of the stream unless `end`.
+     */
+    const open = (message?: Buffer, o: { key?: string; end?: boolean } = {}) => {
       const stream = session.request(
         {
           ':method': 'POST',
           ':path': TRACE_EXPORT_PATH,
           'content-type': 'application/grpc',
           te: 'trailers',
-          authorization: 'Bearer good',
+          authorization: `Bearer ${o.key ?? 'good'}`,
         },
         { endStream: false },
       );
@@ -260,6 +277,7 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
         message.copy(frame, 5);
         stream.write(frame);
       }
+      if (o.end) stream.end();
       // the status comes in trailers, or in the response's headers when nothing else was sent (trailers-only)
       const ended = new Promise<Record<string, unknown>>((resolve) => {
         stream.on('trailers', resolve);
@@ -281,6 +299,7 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
       receiver,
       open,
       sending: () => sending,
+      exported: () => exported,
       close: async () => {
         session.destroy();
         await receiver.close();
@@ -339,6 +358,50 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
         new Promise<number>((_, reject) => setTimeout(() => reject(new Error('not closed')), 5_000)),
       ]);
       expect(closedAfter).toBeGreaterThanOrEqual(250);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('bounds the requests arriving across keys', async () => {
+    const r = await fakeReceiver(60_000);
+    try {
+      const held = [
+        ...Array.from({ length: 16 }, () => r.open()),
+        ...Array.from({ length: 8 }, () => r.open(undefined, { key: 'other' })),
+      ];
+      await settle();
+      // 24 arriving in all (the bound of this receiver): another key's next is refused too
+      const refused = await r.open(undefined, { key: 'other' }).status;
+      expect(Number(refused['grpc-status'])).toBe(status.RESOURCE_EXHAUSTED);
+      expect(decodeURIComponent(String(refused['grpc-message']))).toMatch(
+        /OTLP\/gRPC requests are still sending/,
+      );
+      for (const { stream } of held) stream.close(constants.NGHTTP2_CANCEL);
+      await settle();
+      expect(r.sending()).toBe(0);
+      // and once they have gone, a request is taken again
+      const ended = r.open(Buffer.alloc(100), { end: true });
+      expect(Number((await ended.status)['grpc-status'])).toBe(status.OK);
+      expect(r.exported()).toBe(1);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('a stop answers the exports under way, then ends', async () => {
+    const r = await fakeReceiver(60_000, undefined, 400);
+    try {
+      const underWay = r.open(Buffer.alloc(100), { end: true });
+      await settle();
+      const started = Date.now();
+      await Promise.race([
+        r.receiver.close(),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('the stop did not end')), 5_000)),
+      ]);
+      expect(Number((await underWay.status)['grpc-status'])).toBe(status.OK);
+      expect(r.exported()).toBe(1);
+      expect(Date.now() - started).toBeLessThan(5_000);
     } finally {
       await r.close();
     }

@@ -73,6 +73,11 @@ export interface GrpcReceiverOptions {
    * the receiver's `otlp.bodyLimitBytes` and `otlp.maxDecompressedBytes`.
    */
   maxMessageBytes: number;
+  /**
+   * Requests of all keys whose message may be arriving or held at once (`otlp.maxInFlight`): with the message
+   * bound, what grpc-js may hold before any handler runs, however many keys send.
+   */
+  maxReceiving: number;
   /** How long a request's message may take to arrive (tests shorten it). */
   messageTimeoutMs?: number;
   /** How long a connection with no request open stays (tests shorten it). */
@@ -128,15 +133,15 @@ export async function startGrpcReceiver(
     // Every status of the request passes here: ours, and those grpc-js sends itself (a message over the
     // bound, one that does not inflate, an unknown encoding), which call the same method of this call.
     const send = call.sendStatus.bind(call);
-    let ended = false;
+    let counted = false;
+    const count = (status: string) => {
+      if (counted) return;
+      counted = true;
+      metrics.exports.inc({ endpoint: TRACE_EXPORT_PATH, status });
+    };
     call.sendStatus = (status) => {
       done();
-      if (!ended)
-        metrics.exports.inc({
-          endpoint: TRACE_EXPORT_PATH,
-          status: grpcStatus[status.code] ?? String(status.code),
-        });
-      ended = true;
+      count(grpcStatus[status.code] ?? String(status.code));
       send(status);
     };
     const listener = new ServerListenerBuilder()
@@ -156,7 +161,11 @@ export async function startGrpcReceiver(
         done();
         next();
       })
-      .withOnCancel(done)
+      .withOnCancel(() => {
+        done();
+        // the client reset the request: nothing more it is sent arrives, and that is how it ended
+        count('CANCELLED');
+      })
       .build();
     const responder = new ResponderBuilder().withStart((next) => next(listener)).build();
     return new ServerInterceptingCall(call, responder);
@@ -164,6 +173,12 @@ export async function startGrpcReceiver(
 
   /** Counts a request whose message is arriving; refuses past the bounds; the function it returns ends it. */
   function admitReceiving(key: string, call: ServerInterceptingCallInterface): () => void {
+    if (receiving.size >= opts.maxReceiving)
+      throw new TollgateError(
+        'TG_TOO_MANY_IN_FLIGHT',
+        `${receiving.size} OTLP/gRPC requests are still sending their messages`,
+        1,
+      );
     const n = receivingByKey.get(key) ?? 0;
     if (n >= RECEIVING_PER_KEY)
       throw new TollgateError(
@@ -220,19 +235,23 @@ export async function startGrpcReceiver(
     },
   });
 
-  /** Exports handed to the pipeline and not yet answered (a stop waits for them). */
-  const exporting = new Set<Promise<unknown>>();
+  /** Exports handed to the pipeline and not yet answered (a stop waits for them), and who waits. */
+  let exporting = 0;
+  let allAnswered: (() => void) | undefined;
   async function exportOne(call: ServerUnaryCall<Buffer, Buffer>): Promise<Buffer> {
-    const answered = exportAndAnswer(call);
-    exporting.add(answered);
-    // the answer is handed to grpc-js in the caller's continuation, after this settles
-    answered.then(
-      () => setImmediate(() => exporting.delete(answered)),
-      () => setImmediate(() => exporting.delete(answered)),
-    );
-    return answered;
+    exporting++;
+    try {
+      return await exportAndAnswer(call);
+    } finally {
+      if (--exporting === 0) allAnswered?.();
+    }
   }
   async function exportAndAnswer(call: ServerUnaryCall<Buffer, Buffer>): Promise<Buffer> {
+    // A request its client reset before the handler ran is not exported (nobody waits for its answer; an answer
+    // on it is dropped). grpc-js 1.14 takes the end of a stream reset after its whole message for a half-close,
+    // and learns of the reset only after it has answered: such a request is exported, its calls billed once,
+    // and the sender's retry, if any, is a duplicate (docs/span-contract.md, "OTLP/gRPC").
+    if (call.cancelled) return Buffer.alloc(0);
     // authenticated by the interceptor; the identity is looked up again (a hash and a map lookup)
     const identity = core.authenticate(authorizationOf(call.metadata));
     if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
@@ -261,7 +280,7 @@ export async function startGrpcReceiver(
       // of every stream or not (a client that never does held a stop for the whole grace)
       const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       const answered = (async () => {
-        while (exporting.size) await Promise.allSettled([...exporting]);
+        if (exporting > 0) await new Promise<void>((resolve) => (allAnswered = resolve));
         await sleep(ANSWER_FLUSH_MS);
       })();
       let timer: NodeJS.Timeout | undefined;
