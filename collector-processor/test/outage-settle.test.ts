@@ -394,6 +394,54 @@ describe("two customers' usage events with one id", () => {
     return (await res.json()) as { accepted: number; duplicates: number };
   }
 
+  it("are one customer's two calls on two UTC days, as Redis counts them, with Redis up and during an outage", async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    const on = (id: string, daysAgo: number) => ({
+      ...event(id, 'ev-days'),
+      timestamp: new Date(Date.now() - daysAgo * 86_400_000 - 1000).toISOString(),
+    });
+    // one request, Redis up: today's and yesterday's are two calls, the repeat of today's a duplicate
+    expect(await send([on('d-1', 0), on('d-1', 1), on('d-1', 0)])).toMatchObject({
+      accepted: 2,
+      duplicates: 1,
+    });
+    await redis.stop();
+    // during the outage, in two requests: two calls; then a retry of each: duplicates
+    expect(await send([on('d-2', 0)])).toMatchObject({ accepted: 1 });
+    expect(await send([on('d-2', 1)])).toMatchObject({ accepted: 1, duplicates: 0 });
+    expect(await send([on('d-2', 0), on('d-2', 1)])).toMatchObject({ accepted: 0, duplicates: 2 });
+    redis = await durableRedis(redis.port);
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    await tg.lander!.idle();
+    const [row] = await query(tg, `SELECT count() AS n FROM mcp_tool_calls WHERE customer = 'ev-days'`);
+    expect(row).toEqual({ n: '4' });
+  });
+
+  it('sent several times at once during an outage, are counted once', async () => {
+    redis = await durableRedis();
+    tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);
+    await redis.stop();
+    const events = Array.from({ length: 20_000 }, (_, i) => event(`burst-${i}`, 'ev-burst'));
+    // the same 20,000 calls in 4 requests at once: each request rates them over several turns of the event loop
+    const answers = await Promise.all(Array.from({ length: 4 }, () => send(events)));
+    expect(answers.reduce((n, a) => n + a.accepted, 0)).toBe(20_000);
+    redis = await durableRedis(redis.port);
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    await tg.lander!.idle();
+    const [row] = await query(
+      tg,
+      `SELECT count() AS n, uniqExact(event_id) AS ids FROM mcp_tool_calls WHERE customer = 'ev-burst'`,
+    );
+    expect(row).toEqual({ n: '20000', ids: '20000' });
+  });
+
   it('are two calls, in one request and in two, with Redis up and during an outage, as Redis counts them', async () => {
     redis = await durableRedis();
     tg = await startTestTollgate({ '--redis-url': redis.url }, PLANS);

@@ -145,48 +145,94 @@ interface RecentBatch {
   ids: readonly string[];
   /** Their customers: one for all (the usual export), or one per id. */
   customers: string | readonly string[];
+  /** Their UTC days (`utcDay`): one for all, or one per id. */
+  days: number | Int32Array;
 }
+
+const US_PER_DAY = 86_400_000_000;
+/** The UTC day of a call's start, in days since the epoch: Redis deduplicates a customer's calls per day. */
+export const utcDay = (startUnixUs: number): number => Math.floor(startUnixUs / US_PER_DAY);
+
+/** A call's identity in the process's dedup: product, customer, UTC day and event id, as Redis's. */
+const callKey = (product: string, customer: string, day: number, id: string) =>
+  `${product}\0${customer}\0${day}\0${id}`;
 
 /**
  * Calls seen recently by this process (at least the newest `capacity`): the dedup of last resort while Redis
- * is unreachable. A call is its product, customer and event id, as Redis deduplicates it (keys tagged per
- * product and customer): two customers' usage events with one id are two calls here as there. Kept per export
- * as the arrays they came in, so the path with Redis up costs an array or two per export and no per-call
- * hashing; the first lookup (Redis down) indexes them, and the index is kept up to date until `dropIndex`
- * (Redis back). Exports leave whole, oldest first, once the newer ones alone hold `capacity` ids.
+ * is unreachable. A call is its product, customer, UTC day and event id, as Redis deduplicates it (a set per
+ * customer and day): two customers' usage events with one id, or one customer's on two days, are two calls here
+ * as there. Kept per export as the arrays they came in, so the path with Redis up costs a few arrays per export
+ * and no per-call hashing; the first lookup (Redis down) indexes them, and the index is kept up to date until
+ * `dropIndex` (Redis back). Exports leave whole, oldest first, once the newer ones alone hold `capacity` ids.
+ * Calls taken fail-open and not yet rated are held apart (`take`), so that an export of the same calls that
+ * looks meanwhile finds them.
  */
 export class RecentIds {
   private readonly batches: RecentBatch[] = [];
   private head = 0;
   private total = 0;
-  /** `product\0customer\0id` → occurrences among the kept batches; only while lookups are being made. */
+  /** `callKey` → occurrences among the kept batches; only while lookups are being made. */
   private index: Map<string, number> | undefined;
+  /** `callKey` → occurrences among the calls taken fail-open and not yet added. */
+  private readonly taken = new Map<string, number>();
   constructor(private readonly capacity: number) {}
 
-  has(product: string, customer: string, id: string): boolean {
+  has(product: string, customer: string, day: number, id: string): boolean {
     if (!this.index) {
       this.index = new Map();
       for (let b = this.head; b < this.batches.length; b++) this.count(this.batches[b] as RecentBatch, 1);
     }
-    return this.index.has(`${product}\0${customer}\0${id}`);
+    const key = callKey(product, customer, day, id);
+    return this.index.has(key) || this.taken.has(key);
+  }
+
+  /**
+   * Holds a call counted fail-open until its export adds what it rated (or fails): an export of the same call
+   * that looks meanwhile finds it. Returns what `release` takes.
+   */
+  take(product: string, customer: string, day: number, id: string): string {
+    const key = callKey(product, customer, day, id);
+    this.taken.set(key, (this.taken.get(key) ?? 0) + 1);
+    return key;
+  }
+
+  /** The calls `take` held, once their export has added what it rated or failed. */
+  release(keys: readonly string[]): void {
+    for (const key of keys) {
+      const n = (this.taken.get(key) ?? 1) - 1;
+      if (n > 0) this.taken.set(key, n);
+      else this.taken.delete(key);
+    }
   }
 
   /** One export's newly counted calls (of `product`). */
-  addAll(product: string, calls: readonly { eventId: string; customer: string }[]): void {
+  addAll(
+    product: string,
+    calls: readonly { eventId: string; customer: string; startUnixUs: number }[],
+  ): void {
     if (calls.length === 0) return;
     const ids = new Array<string>(calls.length);
-    const first = (calls[0] as { customer: string }).customer;
-    let customers: string | string[] = first;
+    const c0 = calls[0] as { customer: string; startUnixUs: number };
+    const firstCustomer = c0.customer;
+    const firstDay = utcDay(c0.startUnixUs);
+    let customers: string | string[] = firstCustomer;
+    let days: number | Int32Array = firstDay;
     for (let i = 0; i < calls.length; i++) {
-      const c = calls[i] as { eventId: string; customer: string };
+      const c = calls[i] as { eventId: string; customer: string; startUnixUs: number };
       ids[i] = c.eventId;
-      if (typeof customers === 'string') {
-        if (c.customer === first) continue;
-        customers = new Array<string>(calls.length).fill(first, 0, i);
+      if (typeof customers !== 'string') customers[i] = c.customer;
+      else if (c.customer !== firstCustomer) {
+        customers = new Array<string>(calls.length).fill(firstCustomer, 0, i);
+        customers[i] = c.customer;
       }
-      customers[i] = c.customer;
+      const day = utcDay(c.startUnixUs);
+      if (typeof days !== 'number') days[i] = day;
+      else if (day !== firstDay) {
+        days = new Int32Array(calls.length).fill(firstDay, 0, i);
+        days[i] = day;
+      }
     }
-    const batch: RecentBatch = { product, ids, customers };
+    const batch: RecentBatch = { product, ids, customers, days };
     this.batches.push(batch);
     this.total += ids.length;
     if (this.index) this.count(batch, 1);
@@ -210,10 +256,11 @@ export class RecentIds {
 
   private count(batch: RecentBatch, d: 1 | -1): void {
     const index = this.index as Map<string, number>;
-    const { product, ids, customers } = batch;
+    const { product, ids, customers, days } = batch;
     for (let i = 0; i < ids.length; i++) {
       const customer = typeof customers === 'string' ? customers : (customers[i] as string);
-      const key = `${product}\0${customer}\0${ids[i] as string}`;
+      const day = typeof days === 'number' ? days : (days[i] as number);
+      const key = callKey(product, customer, day, ids[i] as string);
       const n = (index.get(key) ?? 0) + d;
       if (n > 0) index.set(key, n);
       else index.delete(key);
@@ -221,7 +268,7 @@ export class RecentIds {
   }
 }
 
-const EMPTY_BATCH: RecentBatch = { product: '', ids: [], customers: '' };
+const EMPTY_BATCH: RecentBatch = { product: '', ids: [], customers: '', days: 0 };
 
 const DAY_SECONDS = 86_400;
 /** The usage columns of a call without usage lines: shared, frozen (nothing may add to them). */
@@ -445,9 +492,10 @@ export class Pipeline {
   ): Promise<{ prepared: Prepared[]; inBatchDuplicates: number }> {
     const turn = new Turn();
     const out: Prepared[] = [];
-    // a call is its customer and event id, as Redis deduplicates it: the customer of each id's first occurrence,
-    // and `customer\0id` of ids that came under several customers (two customers' usage events with one id)
-    const seen = new Map<string, string>();
+    // a call is its customer, UTC day and event id, as Redis deduplicates it: the first occurrence of each id,
+    // and `customer\0day\0id` of ids that came again under another customer or day (two customers' usage events
+    // with one id; one customer's on two days)
+    const seen = new Map<string, ToolCall>();
     let seenUnder: Set<string> | undefined;
     let inBatchDuplicates = 0;
     // the calls of an export share a day almost always: its period is cut once, not once per call; and a
@@ -459,11 +507,15 @@ export class Pipeline {
     for (let i = 0; i < calls.length; i++) {
       if (turn.due(CALL_WORK)) await turn.next();
       const call = calls[i] as ToolCall;
-      const firstUnder = seen.get(call.eventId);
-      if (firstUnder === undefined) seen.set(call.eventId, call.customer);
+      const first = seen.get(call.eventId);
+      if (first === undefined) seen.set(call.eventId, call);
       else {
-        const under = `${call.customer}\0${call.eventId}`;
-        if (firstUnder === call.customer || seenUnder?.has(under)) {
+        const day = utcDay(call.startUnixUs);
+        const under = `${call.customer}\0${day}\0${call.eventId}`;
+        if (
+          (first.customer === call.customer && utcDay(first.startUnixUs) === day) ||
+          seenUnder?.has(under)
+        ) {
           this.metrics.callsDuplicate.inc();
           inBatchDuplicates++;
           continue; // the same span twice in one request: one call
@@ -892,7 +944,6 @@ export class Pipeline {
       failClosed,
     );
 
-    this.recent.addAll(product, rated);
     if (duplicates) this.metrics.callsDuplicate.inc(duplicates);
     if (unenforced) this.metrics.callsUnenforced.inc(unenforced);
 
@@ -967,6 +1018,8 @@ export class Pipeline {
   ): Promise<{ rated: RatedCall[]; duplicates: number; unenforced: number; rateStart: number; turn: Turn }> {
     // the rated rows of the calls owed to Redis (fail-open), by customer, for the owed items made at claim time
     let owedRows: Deferred<Map<string, RatedCall[]>> | undefined;
+    // the calls counted fail-open, held in the process's dedup until they are added to it as rated
+    const taken: string[] = [];
     try {
       const byCustomer = new Map<string, number[]>();
       prepared.forEach((p, i) => {
@@ -1011,9 +1064,11 @@ export class Pipeline {
             for (const i of idx) {
               const p = prepared[i] as Prepared;
               unenforced.add(i);
-              if (this.recent.has(product, customer, p.call.eventId)) {
+              const day = utcDay(p.call.startUnixUs);
+              if (this.recent.has(product, customer, day, p.call.eventId)) {
                 results[i] = { status: CLAIM_STATUS.duplicate, toolOrdinal: 0, planOrdinal: 0 };
               } else {
+                taken.push(this.recent.take(product, customer, day, p.call.eventId));
                 const at = this.localPosition(product, p);
                 results[i] = at;
                 inputs.push(p);
@@ -1107,10 +1162,14 @@ export class Pipeline {
         }
       }
       owedRows?.resolve(owed ?? new Map());
+      // added before the calls taken are let go, in the same turn: no export looks in between
+      this.recent.addAll(product, rated);
       return { rated, duplicates, unenforced: unenforced.size, rateStart, turn };
     } catch (err) {
       owedRows?.reject(err);
       throw err;
+    } finally {
+      this.recent.release(taken);
     }
   }
 }
