@@ -1,4 +1,5 @@
 import { connect, constants } from 'node:http2';
+import { createConnection } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import {
   credentials,
@@ -251,7 +252,7 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
         maxMessageBytes: 1024 * 1024,
         maxReceiving: 24,
         messageTimeoutMs,
-        ...(idleTimeoutMs ? { idleTimeoutMs } : {}),
+        ...(idleTimeoutMs ? { idleTimeoutMs, prefaceTimeoutMs: idleTimeoutMs } : {}),
       },
     );
     const session = connect(`http://${receiver.address}`);
@@ -347,17 +348,22 @@ describe('OTLP/gRPC receiver, its own bounds', () => {
     }
   });
 
-  it('closes a connection that has no request open past the idle timeout', async () => {
+  it('closes a connection that has no request open past the idle timeout, and one that never sends a byte', async () => {
     const r = await fakeReceiver(60_000, 300);
     try {
       const session = connect(`http://${r.receiver.address}`);
       session.on('error', () => {});
+      const [host, port] = r.receiver.address.split(':') as [string, string];
+      const silent = createConnection(Number(port), host);
+      silent.on('error', () => {});
       const started = Date.now();
-      const closedAfter = await Promise.race([
-        new Promise<number>((resolve) => session.once('close', () => resolve(Date.now() - started))),
-        new Promise<number>((_, reject) => setTimeout(() => reject(new Error('not closed')), 5_000)),
-      ]);
-      expect(closedAfter).toBeGreaterThanOrEqual(250);
+      const closedAfter = (what: { once(e: 'close', f: () => void): unknown }) =>
+        Promise.race([
+          new Promise<number>((resolve) => what.once('close', () => resolve(Date.now() - started))),
+          new Promise<number>((_, reject) => setTimeout(() => reject(new Error('not closed')), 5_000)),
+        ]);
+      for (const ms of await Promise.all([closedAfter(session), closedAfter(silent)]))
+        expect(ms).toBeGreaterThanOrEqual(250);
     } finally {
       await r.close();
     }

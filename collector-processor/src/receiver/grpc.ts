@@ -1,3 +1,4 @@
+import { type AddressInfo, createServer } from 'node:net';
 import {
   status as grpcStatus,
   logVerbosity,
@@ -37,6 +38,8 @@ const MESSAGE_TIMEOUT_MS = 120_000;
  * RESOURCE_EXHAUSTED with a RetryInfo of 1 s, and its sender retries.
  */
 const RECEIVING_PER_KEY = 16;
+/** How long a connection may stay open without sending a byte (OTLP/HTTP's port closes such a socket in 90 s). */
+const PREFACE_TIMEOUT_MS = 30_000;
 /** How long a connection with no request open stays open (OTLP/HTTP: `SOCKET_IDLE_TIMEOUT_MS`). */
 const IDLE_TIMEOUT_MS = 120_000;
 /** How long a stop waits for exports under way before it ends the connections. */
@@ -82,6 +85,8 @@ export interface GrpcReceiverOptions {
   messageTimeoutMs?: number;
   /** How long a connection with no request open stays (tests shorten it). */
   idleTimeoutMs?: number;
+  /** How long a connection may stay without sending a byte (tests shorten it). */
+  prefaceTimeoutMs?: number;
 }
 
 export interface GrpcReceiver {
@@ -264,16 +269,34 @@ export async function startGrpcReceiver(
     }
   }
 
-  const target = opts.host.includes(':') ? `[${opts.host}]:${opts.port}` : `${opts.host}:${opts.port}`;
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(target, ServerCredentials.createInsecure(), (err, port) =>
-      err ? reject(err) : resolve(port),
-    ),
-  );
+  // The listening socket is ours, and a connection is handed to grpc-js once its first bytes have come (Node's
+  // http2 session reads what is already buffered): one that sends nothing within the preface timeout is closed.
+  // grpc-js times out no connection before its session has begun, and silent sockets would hold file
+  // descriptors the whole process needs (its spool too).
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  const prefaceTimeoutMs = opts.prefaceTimeoutMs ?? PREFACE_TIMEOUT_MS;
+  const listener = createServer((socket) => {
+    const silent = setTimeout(() => socket.destroy(), prefaceTimeoutMs);
+    silent.unref();
+    socket.once('close', () => clearTimeout(silent));
+    socket.once('readable', () => {
+      clearTimeout(silent);
+      injector.injectConnection(socket);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(opts.port, opts.host, () => {
+      listener.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (listener.address() as AddressInfo).port;
   const address = opts.host.includes(':') ? `[${opts.host}]:${port}` : `${opts.host}:${port}`;
   return {
     address,
     async close() {
+      listener.close();
       // requests whose message has not been handed over are ended (retryable: nothing of them was taken)
       for (const end of [...receiving]) end();
       // exports under way are answered; then the connections go, whether their clients have closed their side
