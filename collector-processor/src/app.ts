@@ -306,7 +306,6 @@ export function clickhouseOptionsOf(config: Config, dataDir: string): ClickHouse
   };
 }
 
-/** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 /**
  * `listen()`, with an address already in use said in the setting's words (a ConfigError: no stack trace) — a
  * Collector on the same host holds 4317 and 4318 by default.
@@ -326,6 +325,7 @@ async function listening<T>(what: string, setting: string, listen: () => Promise
   }
 }
 
+/** Starts Tollgate on a loaded configuration: the processor and/or the API, as `roles` says. */
 export async function startTollgate(config: Config, logger?: Logger): Promise<Tollgate> {
   const s = config.settings;
   const log = logger ?? createLogger(String(s.logLevel));
