@@ -37,20 +37,20 @@ describe('calls owed to Redis', () => {
       applied.push(i.id);
     });
     let down = true;
-    q.push('p\0a', item('a1'));
-    q.push('p\0b', item('b1'));
-    q.push('p\0a', item('a2'));
-    q.push('p\0b', item('b2'));
-    await q.settleKey('p\0b');
+    q.push('p', 'a', item('a1'));
+    q.push('p', 'b', item('b1'));
+    q.push('p', 'a', item('a2'));
+    q.push('p', 'b', item('b2'));
+    await q.settleCustomer('p', 'b');
     expect(applied).toEqual(['b1', 'b2']);
     await expect(q.settleAll()).rejects.toThrow('Connection is closed.');
-    expect(q.has('p\0a')).toBe(true);
+    expect(q.owes('p', 'a')).toBe(true);
     expect(q.calls).toBe(2);
     down = false;
     await q.settleAll();
     expect(applied).toEqual(['b1', 'b2', 'a1', 'a2']);
     expect(q.calls).toBe(0);
-    expect(q.has('p\0a')).toBe(false);
+    expect(q.owes('p', 'a')).toBe(false);
   });
 
   it('one settling at a time per customer: callers share it, nothing is applied twice', async () => {
@@ -63,10 +63,10 @@ describe('calls owed to Redis', () => {
       await gate;
       applied.push(i.id);
     });
-    q.push('p\0a', item('a1'));
-    q.push('p\0a', item('a2'));
-    const one = q.settleKey('p\0a');
-    const two = q.settleKey('p\0a');
+    q.push('p', 'a', item('a1'));
+    q.push('p', 'a', item('a2'));
+    const one = q.settleCustomer('p', 'a');
+    const two = q.settleCustomer('p', 'a');
     const all = q.settleAll();
     release();
     await Promise.all([one, two, all]);
@@ -79,7 +79,7 @@ describe('calls owed to Redis', () => {
     const { q, item, dropped } = queue(async () => {
       if (error) throw error;
     });
-    q.push('p\0a', item('a1', 3));
+    q.push('p', 'a', item('a1', 3));
     for (const message of [
       'OOM command not allowed',
       'READONLY You cannot write',
@@ -100,16 +100,16 @@ describe('calls owed to Redis', () => {
     const { q, item, lines, dropped } = queue(async () => {
       throw replyError('ERR Error running script: enforce.lua: call 3 names a session not sent');
     });
-    q.push('p\0a', item('a1', 4));
+    q.push('p', 'a', item('a1', 4));
     // a burst of exports retrying within one second: one try
-    for (let i = 0; i < 20; i++) await expect(q.settleKey('p\0a')).rejects.toThrow();
+    for (let i = 0; i < 20; i++) await expect(q.settleCustomer('p', 'a')).rejects.toThrow();
     for (let i = 1; i < SETTLE_ATTEMPTS - 1; i++) {
       vi.advanceTimersByTime(1000);
-      await expect(q.settleKey('p\0a')).rejects.toThrow();
+      await expect(q.settleCustomer('p', 'a')).rejects.toThrow();
     }
     expect(q.calls).toBe(4);
     vi.advanceTimersByTime(1000);
-    await q.settleKey('p\0a'); // the last try: given up
+    await q.settleCustomer('p', 'a'); // the last try: given up
     expect(q.calls).toBe(0);
     expect(await dropped()).toBe(4);
     expect(lines.some((l) => l.msg === 'owed calls given up: they stay billed, not counted in Redis')).toBe(
@@ -119,11 +119,11 @@ describe('calls owed to Redis', () => {
 
   it(`keeps at most ${MAX_OWED_CALLS} calls; past it they are counted as dropped`, async () => {
     const { q, item, dropped } = queue(async () => {});
-    q.push('p\0a', item('big', MAX_OWED_CALLS - 1));
-    q.push('p\0b', item('b1', 2));
-    q.push('p\0c', item('c1', 1));
+    q.push('p', 'a', item('big', MAX_OWED_CALLS - 1));
+    q.push('p', 'b', item('b1', 2));
+    q.push('p', 'c', item('c1', 1));
     expect(q.calls).toBe(MAX_OWED_CALLS);
-    expect(q.has('p\0b')).toBe(false);
+    expect(q.owes('p', 'b')).toBe(false);
     expect(await dropped()).toBe(2);
   });
 });

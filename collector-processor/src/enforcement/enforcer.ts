@@ -341,8 +341,8 @@ export class RedisEnforcer implements Enforcer {
   private async enforceGroup(product: string, rid: string, g: Group, now: number): Promise<Directive[]> {
     // the customer's steps that failed before come first (limits are judged call by call, in order); if they
     // fail again this one is likely to as well, and is then owed after them
-    const key = `${product}\0${g.customer}`;
-    if (this.owed.has(key)) await this.owed.settleKey(key).catch(() => {});
+    if (this.owed.owes(product, g.customer))
+      await this.owed.settleCustomer(product, g.customer).catch(() => {});
     const marker = `${rid}|${g.period}|${g.day}`;
     if (g.rows.length <= ENFORCE_CHUNK) return this.enforceChunk(product, rid, marker, g, g.rows, now);
     const directives: Directive[] = [];
@@ -446,7 +446,7 @@ export class RedisEnforcer implements Enforcer {
         attempts: 0,
         lastAttemptMs: 0,
       };
-      if (this.owed.push(`${product}\0${g.customer}`, chunk))
+      if (this.owed.push(product, g.customer, chunk))
         chunk.logId = this.owedLog?.append({
           k: 'step',
           product,
@@ -503,7 +503,8 @@ export class RedisEnforcer implements Enforcer {
     const g = e.g as Group;
     const rows = e.rows as RatedCall[];
     this.owed.push(
-      `${e.product}\0${g.customer}`,
+      e.product,
+      g.customer,
       {
         product: e.product,
         rid: e.rid,

@@ -1,6 +1,7 @@
 import type { Directive, RatedCall, ToolCall } from '@tollgate/contracts';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { addCount } from '../counts.js';
 import { dayOf } from '../enforcement/periods.js';
 import type { Lander, RowWriter } from '../landing/lander.js';
 import {
@@ -192,17 +193,13 @@ export class RecentIds {
    */
   take(product: string, customer: string, day: number, id: string): string {
     const key = callKey(product, customer, day, id);
-    this.taken.set(key, (this.taken.get(key) ?? 0) + 1);
+    addCount(this.taken, key, 1);
     return key;
   }
 
   /** The calls `take` held, once their export has added what it rated or failed. */
   release(keys: readonly string[]): void {
-    for (const key of keys) {
-      const n = (this.taken.get(key) ?? 1) - 1;
-      if (n > 0) this.taken.set(key, n);
-      else this.taken.delete(key);
-    }
+    for (const key of keys) addCount(this.taken, key, -1);
   }
 
   /** One export's newly counted calls (of `product`). */
@@ -260,10 +257,7 @@ export class RecentIds {
     for (let i = 0; i < ids.length; i++) {
       const customer = typeof customers === 'string' ? customers : (customers[i] as string);
       const day = typeof days === 'number' ? days : (days[i] as number);
-      const key = callKey(product, customer, day, ids[i] as string);
-      const n = (index.get(key) ?? 0) + d;
-      if (n > 0) index.set(key, n);
-      else index.delete(key);
+      addCount(index, callKey(product, customer, day, ids[i] as string), d);
     }
   }
 }
@@ -734,9 +728,9 @@ export class Pipeline {
   ): Promise<ClaimResult[] | undefined> {
     if (!this.redis) return undefined;
     try {
-      // the customer's calls billed during an outage first: this export's positions follow theirs
-      const key = `${product}\0${customer}`;
-      if (this.owed?.has(key)) await this.owed.settleKey(key);
+      // the customer's calls billed during an outage first: this export's positions follow theirs (nothing owed,
+      // the usual case: nothing awaited)
+      if (this.owed?.owes(product, customer)) await this.owed.settleCustomer(product, customer);
       const res = await claimCalls(this.redis, product, customer, rid, inputs, this.claimTtl());
       this.reachable();
       return res;
@@ -778,7 +772,8 @@ export class Pipeline {
       if (p?.counts) this.remember(this.localUsageOf(e.product, p), p, at as ClaimResult);
     });
     this.owed?.push(
-      `${e.product}\0${e.customer}`,
+      e.product,
+      e.customer,
       {
         product: e.product,
         customer: e.customer,
@@ -807,10 +802,8 @@ export class Pipeline {
    * Rejects while Redis is still failing (the rest stays owed).
    */
   async settle(only?: { product: string; customer: string }): Promise<void> {
-    if (only) {
-      const key = `${only.product}\0${only.customer}`;
-      if (this.owed?.has(key)) await this.owed.settleKey(key);
-    } else await this.owed?.settleAll();
+    if (only) await this.owed?.settleCustomer(only.product, only.customer);
+    else await this.owed?.settleAll();
     await this.enforcer?.settle?.();
   }
 
@@ -1092,7 +1085,7 @@ export class Pipeline {
                 attempts: 0,
                 lastAttemptMs: 0,
               };
-              const kept = this.owed.push(`${product}\0${customer}`, item);
+              const kept = this.owed.push(product, customer, item);
               // written down once rated, for a next start if this process stops before Redis answers
               if (kept && this.owedLog)
                 rows.then(

@@ -16,6 +16,7 @@ import {
   setLogVerbosity,
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { addCount } from '../counts.js';
 import type { Metrics } from '../metrics.js';
 import { encodeExportResponse, encodeGrpcStatusDetails } from '../otlp/response.js';
 import { GRPC_CODE, TollgateError } from '../pipeline/errors.js';
@@ -192,7 +193,7 @@ export async function startGrpcReceiver(
         1,
       );
     const uploaded = core.startUpload(key);
-    receivingByKey.set(key, n + 1);
+    addCount(receivingByKey, key, 1);
     const timer = setTimeout(() => {
       call.sendStatus({
         code: grpcStatus.DEADLINE_EXCEEDED,
@@ -207,9 +208,7 @@ export async function startGrpcReceiver(
       clearTimeout(timer);
       receiving.delete(end);
       uploaded();
-      const left = (receivingByKey.get(key) ?? 1) - 1;
-      if (left > 0) receivingByKey.set(key, left);
-      else receivingByKey.delete(key);
+      addCount(receivingByKey, key, -1);
     };
   }
 

@@ -20,6 +20,7 @@ import Fastify, {
 } from 'fastify';
 import pLimit from 'p-limit';
 import type { Logger } from 'pino';
+import { addCount } from '../counts.js';
 import type { LeaseService } from '../enforcement/leases.js';
 import type { Forwarder } from '../forward/forwarder.js';
 import type { Metrics } from '../metrics.js';
@@ -299,14 +300,12 @@ export function buildReceiver(
         1,
       );
     }
-    uploads.set(name, sending + 1);
+    addCount(uploads, name, 1);
     let counted = true;
     return () => {
       if (!counted) return;
       counted = false;
-      const n = (uploads.get(name) ?? 1) - 1;
-      if (n > 0) uploads.set(name, n);
-      else uploads.delete(name);
+      addCount(uploads, name, -1);
     };
   }
   // An admitted export holds its slot until it is answered: the handler is done with it. Not until its

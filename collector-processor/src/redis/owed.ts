@@ -34,6 +34,9 @@ function itemRefused(err: unknown): boolean {
   return e?.name === 'ReplyError' && !REDIS_REFUSES_FOR_NOW.test(e.message ?? '');
 }
 
+/** The queue's key of a customer's items. */
+const keyOf = (product: string, customer: string) => `${product}\0${customer}`;
+
 /** One owed piece of work: `calls` billed calls, and the tries of it that Redis refused for its own sake. */
 export interface OwedItem {
   calls: number;
@@ -72,16 +75,17 @@ export class OwedQueue<T extends OwedItem> {
     return this.owedCalls;
   }
 
-  /** Whether `key`'s customer has owed items. */
-  has(key: string): boolean {
-    return this.byKey.has(key);
+  /** Whether the customer has owed items. */
+  owes(product: string, customer: string): boolean {
+    return this.byKey.has(keyOf(product, customer));
   }
 
   /**
-   * Keeps `item` (true), or counts it dropped when MAX_OWED_CALLS are owed already (false). `restored`: an item
-   * an earlier process left (the owed-calls file, itself bounded), kept whatever is owed.
+   * Keeps the customer's `item` (true), or counts it dropped when MAX_OWED_CALLS are owed already (false).
+   * `restored`: an item an earlier process left (the owed-calls file, itself bounded), kept whatever is owed.
    */
-  push(key: string, item: T, restored = false): boolean {
+  push(product: string, customer: string, item: T, restored = false): boolean {
+    const key = keyOf(product, customer);
     if (!restored && this.owedCalls + item.calls > MAX_OWED_CALLS) {
       this.metrics.callsSettled.inc({ step: this.step, result: 'dropped' }, item.calls);
       if (!this.fullLogged) {
@@ -102,10 +106,16 @@ export class OwedQueue<T extends OwedItem> {
   }
 
   /**
-   * Applies one customer's owed items in order, one settling at a time (two would apply the same item and
-   * drop the next). Rejects at the first failure, keeping that item and the rest for the next try.
+   * Applies the customer's owed items in order, if it has any, before its next claim, step or lease: one
+   * settling at a time (two would apply the same item and drop the next). Rejects at the first failure,
+   * keeping that item and the rest for the next try.
    */
-  settleKey(key: string): Promise<void> {
+  settleCustomer(product: string, customer: string): Promise<void> {
+    const key = keyOf(product, customer);
+    return this.byKey.has(key) ? this.settleKey(key) : Promise.resolve();
+  }
+
+  private settleKey(key: string): Promise<void> {
     let p = this.settling.get(key);
     if (!p) {
       p = this.settleNow(key).finally(() => this.settling.delete(key));
