@@ -40,9 +40,12 @@ function keyOf(scope: Directive['scope'], customer: string, id: string): string 
   return `${scope}\u0000${customer}\u0000${id}`;
 }
 
-/** A session id is unique on its own: the session scope is matched without the customer. */
+/**
+ * Every scope but the customer's is matched with its customer: a session id is not unique across customers
+ * (under the `trace` rule it is the caller's trace id, which any client may send), so one customer's session
+ * kill never stops another customer's calls nor shows them its customer.
+ */
 function directiveKey(d: Directive): string {
-  if (d.scope === 'session') return keyOf('session', '', d.id);
   if (d.scope === 'customer') return keyOf('customer', d.customer, '');
   return keyOf(d.scope, d.customer, d.id);
 }
@@ -161,8 +164,10 @@ export class DirectiveStore {
       add(keyOf('customer', s.customer, ''));
       if (s.agent) add(keyOf('agent', s.customer, s.agent));
     }
-    if (s.sessionId) add(keyOf('session', '', s.sessionId));
-    if (s.customer !== undefined && s.tool) add(keyOf('tool', s.customer, s.tool));
+    if (s.customer !== undefined) {
+      if (s.sessionId) add(keyOf('session', s.customer, s.sessionId));
+      if (s.tool) add(keyOf('tool', s.customer, s.tool));
+    }
     if (found.length === 0) return undefined;
 
     const kill = found.find((e) => e.directive.action === 'kill');

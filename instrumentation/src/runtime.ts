@@ -88,12 +88,13 @@ export interface RuntimeOptions {
 }
 
 function hookKey(d: Directive): string {
-  return `${d.scope}\u0000${d.scope === 'session' ? '' : d.customer}\u0000${d.id}`;
+  return `${d.scope}\u0000${d.customer}\u0000${d.id}`;
 }
 
+/** Whether a kill covers a live session: always within its customer (session ids are not unique across them). */
 function covers(d: Directive, s: SessionInfo): boolean {
-  if (d.scope === 'session') return s.sessionId === d.id;
   if (s.customer !== d.customer) return false;
+  if (d.scope === 'session') return s.sessionId === d.id;
   if (d.scope === 'customer') return true;
   if (d.scope === 'agent') return s.agent === d.id;
   return false; // a tool-scope kill refuses that tool only

@@ -85,8 +85,24 @@ describe('directive store', () => {
     expect(store.check(subject, 0)?.refusal?.code).toBe(REFUSALS.killed.code);
     expect(store.check({ ...subject, tool: 'other' }, 0)).toBeUndefined();
     expect(store.check({ ...subject, customer: 'globex' }, 0)).toBeUndefined();
-    store.apply([{ ...kill, scope: 'session', id: 's2', customer: 'x' }], 0);
+    store.apply([{ ...kill, scope: 'session', id: 's2', customer: 'acme' }], 0);
     expect(store.check({ ...subject, tool: 'other', sessionId: 's2' }, 0)?.kill?.scope).toBe('session');
+  });
+
+  it("a session kill stops its own customer's calls only: session ids are not unique across customers", () => {
+    // under the `trace` rule the session id is the caller's trace id, which any client may send
+    const store = new DirectiveStore();
+    store.apply([{ ...kill, scope: 'session', id: 'trace-abc', customer: 'initech' }], 0);
+    const other = { customer: 'globex', agent: 'bot', sessionId: 'trace-abc', tool: 'search' };
+    expect(store.check(other, 0)).toBeUndefined();
+    expect(store.check(other, 0, 'session')).toBeUndefined();
+    expect(store.check({ ...other, customer: undefined }, 0)).toBeUndefined();
+    const own = store.check({ ...other, customer: 'initech' }, 0);
+    expect(own?.kill?.customer).toBe('initech');
+    expect(own?.refusal?.message).toContain('initech');
+    // a resume lifts that customer's session only
+    store.apply([{ ...kill, scope: 'session', id: 'trace-abc', customer: 'globex', action: 'resume' }], 0);
+    expect(store.check({ ...other, customer: 'initech' }, 0)?.kill?.customer).toBe('initech');
   });
 
   it('reports a change once, however often the processor repeats the state', () => {
