@@ -3,7 +3,7 @@ import { DIRECTIVE_SCOPES } from '@tollgate/contracts';
 import type { FastifyInstance } from 'fastify';
 import { type ApiKeyring, requireRole, scopeFor } from './auth.js';
 import { ApiError } from './errors.js';
-import { identifier, responses } from './schemas.js';
+import { identifier, querystring, responses } from './schemas.js';
 
 /** What the processor provides for operator actions on enforcement state (audited by the implementation). */
 export interface EnforcementAdminPort {
@@ -101,6 +101,8 @@ export function registerEnforcementAdmin(
           tags: ['admin'],
           summary: `${verb === 'lift' ? 'Lift a kill or throttle' : 'Kill'} a customer, agent, session or tool (admin keys, audited)`,
           security: [{ apiKey: [] }],
+          // Everything is in the body: `?customer=…` on the URL must not look honoured.
+          querystring: querystring([]),
           body: actionBody,
           response: responses({ type: 'object', properties: { directive: directiveSchema } }, false),
         },

@@ -295,6 +295,8 @@ export function registerCredits(
             'that does not exist or is before 1970, an expiry not after the effective date or already past, ' +
             'an idempotencyKey used before with other terms (409).',
           security: SECURITY,
+          // Everything is in the body: `?customer=…` on the URL must not look honoured.
+          querystring: querystring([]),
           body: grantBody,
           response: responses(
             {
@@ -343,6 +345,7 @@ export function registerCredits(
         tags: ['admin'],
         summary: 'Correct a grant or the overdraft bucket by a signed amount (admin keys, audited)',
         security: SECURITY,
+        querystring: querystring([]),
         body: {
           type: 'object',
           required: ['customer', 'grantId', 'amount', 'currency', 'note'],

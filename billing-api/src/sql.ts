@@ -729,7 +729,11 @@ export function enforcementCountsSql(f: Filters, range: TimeRange): Sql {
   };
 }
 
-/** Enforcement events in the range, newest first. */
+/**
+ * Enforcement events in the range, newest first, in a total order: several events share a millisecond
+ * (concurrent credit actions, one export's kills), so every column breaks ties — pages never overlap, and
+ * rows that tie on all of them are the same row to the reader.
+ */
 export function enforcementEventsSql(
   f: Filters,
   range: TimeRange,
@@ -752,7 +756,8 @@ export function enforcementEventsSql(
     count() OVER () AS total_rows
   FROM enforcement_events
   WHERE ${conds.join(' AND ')}
-  ORDER BY at DESC, customer ASC, scope ASC, subject_id ASC`,
+  ORDER BY at DESC, customer ASC, scope ASC, subject_id ASC, action ASC, reason ASC, margin_bps ASC,
+    spend_nano ASC, actor ASC, note ASC`,
       params,
     },
     page,

@@ -129,6 +129,28 @@ describe('enforcement admin API', () => {
     const control = (t: string) => [...t].some((ch) => ch.charCodeAt(0) < 0x20);
     expect(states.states.filter((s) => control(`${s.customer}${s.id ?? ''}`))).toEqual([]);
     expect(states.states.filter((s) => s.id === 'other')).toEqual([]);
+    // the admin actions take everything from the body: a query string is refused, not silently ignored
+    for (const [path, b] of [
+      ['/admin/enforcement/kill?customer=acme', { customer: 'zeta', scope: 'customer' }],
+      ['/admin/enforcement/lift?x=1', { customer: 'zeta', scope: 'customer' }],
+      [
+        '/admin/credits/grant?product=other-product',
+        { customer: 'zeta', amount: '1', currency: 'USD', idempotencyKey: 'q1' },
+      ],
+      ['/admin/credits/top-up?customer=acme', { customer: 'zeta', amount: '1', currency: 'USD' }],
+      [
+        '/admin/credits/adjust?customer=acme',
+        { customer: 'zeta', grantId: 'g1', amount: '-1', currency: 'USD', note: 'n' },
+      ],
+    ] as const) {
+      const r = await api(path, KEYS.admin, { method: 'POST', body: JSON.stringify(b) });
+      const err = ((await r.json()) as { error?: { code?: string; message?: string } }).error;
+      expect([path, r.status, err?.code]).toEqual([path, 400, 'API_BAD_REQUEST']);
+    }
+    const after = (await (await api('/admin/enforcement/states', KEYS.admin)).json()) as {
+      states: { customer: string }[];
+    };
+    expect(after.states.filter((s) => s.customer === 'zeta')).toEqual([]);
   });
 
   it('the CLI lifts through the API, as the key holder, audited', async () => {
@@ -225,5 +247,43 @@ describe('input the API refuses, and what a customer key reads of an operator', 
     }
     expect((await read(KEYS.admin)).find((e) => e.action === 'lift')?.reason).toBe('operator:ops-alice');
     expect((await read(KEYS.acme)).find((e) => e.action === 'lift')?.reason).toBe('operator');
+  });
+
+  it('enforcement events page in a total order when many share a millisecond (concurrent credit actions)', async () => {
+    const at = new Date().toISOString().replace('T', ' ').replace('Z', '');
+    const rows = Array.from({ length: 23 }, (_, i) => ({
+      at,
+      product: 'demo-mcp',
+      customer: i % 2 ? 'tie-a' : 'tie-b',
+      scope: 'customer',
+      subject_id: i % 2 ? 'tie-a' : 'tie-b',
+      action: i % 3 ? 'credit_top_up' : 'credit_grant',
+      reason: 'operator:ops-alice',
+      margin_bps: null,
+      spend_nano: String(1000 + (i % 4)),
+      actor: 'ops-alice',
+      note: `g${(i * 7) % 23}`,
+      event_key: `tie|${i}`,
+    }));
+    await tg.clickhouse.client.insert({ table: 'enforcement_events', values: rows, format: 'JSONEachRow' });
+    type Page = { rows: { customer: string; note: string }[]; page: { nextOffset: number | null } };
+    const q = '/analytics/mcp/enforcement-events?customer=';
+    for (const customer of ['tie-a', 'tie-b']) {
+      const all = (await (await api(`${q}${customer}&limit=1000`, KEYS.admin)).json()) as Page;
+      expect(all.rows).toHaveLength(customer === 'tie-a' ? 11 : 12);
+      for (const limit of [1, 2, 5]) {
+        const got: Page['rows'] = [];
+        let offset: number | null = 0;
+        while (offset !== null) {
+          const p = (await (
+            await api(`${q}${customer}&limit=${limit}&offset=${offset}`, KEYS.admin)
+          ).json()) as Page;
+          got.push(...p.rows);
+          offset = p.page.nextOffset;
+        }
+        expect(got, `limit ${limit}`).toEqual(all.rows);
+        expect(new Set(got.map((r) => r.note)).size).toBe(all.rows.length);
+      }
+    }
   });
 });
