@@ -68,3 +68,24 @@ export class TollgateRefusal extends Error {
     this.data = { tollgate: data };
   }
 }
+
+/** JSON-RPC "Invalid params": what a `tools/call` whose tool name Tollgate cannot bill is answered with. */
+export const UNBILLABLE_TOOL_NAME_CODE = -32602;
+
+/**
+ * A `tools/call` refused before the tool runs because its name is not one Tollgate can bill (1 to 256
+ * characters without control characters, as `gen_ai.tool.name` must be): Tollgate would refuse the span, so
+ * the call would run unbilled. Only a low-level `Server` (which the SDK cannot ask whether the tool exists)
+ * lets such a name reach a handler; a client sends it, so it is an invalid-params error, not a kill.
+ */
+export class UnbillableToolName extends Error {
+  readonly code = UNBILLABLE_TOOL_NAME_CODE;
+  readonly data = { tollgate: { refusal: 'unbillable_tool_name' as const } };
+
+  constructor() {
+    super(
+      'Tool call refused: the tool name is not one Tollgate can bill (1 to 256 characters, no control characters); the tool was not run.',
+    );
+    this.name = 'UnbillableToolName';
+  }
+}

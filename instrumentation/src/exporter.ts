@@ -8,7 +8,13 @@ import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive } from '@tollgate/contracts';
 import type { BodyFormat, ExportBody } from './handoff.js';
 import type { TollgateLogger } from './types.js';
-import { directivesFromJson, directivesFromProtobuf, heartbeatRequest, leasesFromResponse } from './wire.js';
+import {
+  directivesFromJson,
+  directivesFromProtobuf,
+  heartbeatRequest,
+  leasesFromResponse,
+  rejectedOf,
+} from './wire.js';
 
 const gzipAsync = promisify(gzip);
 
@@ -95,11 +101,14 @@ export class OutageLog {
     this.failures = 0;
   }
 
-  /** A non-retryable problem (bad key, undecodable answer): logged once per interval per message. */
-  problem(message: string, nowMs = Date.now()): void {
-    const last = this.lastProblem.get(message);
+  /**
+   * A non-retryable problem (bad key, undecodable answer): logged once per interval per `key` (the message
+   * itself unless the message varies from one occurrence to the next).
+   */
+  problem(message: string, nowMs = Date.now(), key = message): void {
+    const last = this.lastProblem.get(key);
     if (last !== undefined && nowMs - last < this.intervalMs) return;
-    this.lastProblem.set(message, nowMs);
+    this.lastProblem.set(key, nowMs);
     this.logger?.warn(message);
   }
 }
@@ -133,6 +142,8 @@ export class TollgateExporter implements SpanExporter {
     /** Export bodies taken over from predecessors, and those delivered. */
     handedOver: 0,
     handedDelivered: 0,
+    /** Spans Tollgate answered it could not bill (its `partial_success`): each a call not billed. */
+    rejectedSpans: 0,
   };
 
   constructor(
@@ -322,15 +333,24 @@ export class TollgateExporter implements SpanExporter {
       return 'refused';
     }
     try {
-      const directives = res.contentType.includes('json')
-        ? directivesFromJson(res.body)
-        : directivesFromProtobuf(res.body);
+      const json = res.contentType.includes('json');
+      const rejected = source === 'export' ? rejectedOf(res.body, json) : undefined;
+      if (rejected) {
+        this.stats.rejectedSpans += rejected.spans;
+        this.outage.problem(
+          `Tollgate refused ${rejected.spans} billing span(s) of an export, so those calls are not billed ` +
+            `(${this.stats.rejectedSpans} so far): ${rejected.message.slice(0, 300)}`,
+          Date.now(),
+          'rejected spans',
+        );
+      }
+      const directives = json ? directivesFromJson(res.body) : directivesFromProtobuf(res.body);
       if (directives.length) {
         this.stats.directives += directives.length;
         this.onDirectives(directives, source);
       }
       if (this.onLeases && source === 'export') {
-        const grants = leasesFromResponse(res.body, res.contentType.includes('json'));
+        const grants = leasesFromResponse(res.body, json);
         if (grants.length) this.onLeases(grants);
       }
     } catch (err) {

@@ -1,5 +1,12 @@
 export { DEFAULTS, ENV } from './config.js';
-export { REFUSALS, type RefusalData, type RefusalKind, TollgateRefusal } from './errors.js';
+export {
+  REFUSALS,
+  type RefusalData,
+  type RefusalKind,
+  TollgateRefusal,
+  UNBILLABLE_TOOL_NAME_CODE,
+  UnbillableToolName,
+} from './errors.js';
 export { type InstrumentMcpServerOptions, instrumentMcpServer } from './instrument-server.js';
 export { McpInstrumentation, SERVER_MODULE_FILES, SUPPORTED_VERSIONS } from './instrumentation.js';
 export { flushTollgate, shutdownTollgate, tollgateRuntimes } from './registry.js';

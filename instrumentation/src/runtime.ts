@@ -127,6 +127,8 @@ export class TollgateRuntime {
      * on; its session came from the next rule.
      */
     malformedMeta: { traceparent: 0, clientInfo: 0, protocolVersion: 0 },
+    /** `tools/call`s refused before running: a tool name Tollgate cannot bill (`UnbillableToolName`). */
+    unbillableToolNames: 0,
   };
   private readonly resource: Resource;
   private readonly scope: InstrumentationScope = { name: PACKAGE_NAME, version: PACKAGE_VERSION };

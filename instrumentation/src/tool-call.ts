@@ -17,6 +17,7 @@ import {
   boundedText,
   credentialFingerprint,
   type Directive,
+  isValidIdentifier,
   type McpTransport,
   SESSION_PREFIX,
   type SessionRule,
@@ -24,7 +25,7 @@ import {
 } from '@tollgate/contracts';
 import { attributeCopier, type BillingSpan, copyAttributes } from './billing-span.js';
 import type { ResolvedConfig } from './config.js';
-import { TollgateRefusal } from './errors.js';
+import { TollgateRefusal, UnbillableToolName } from './errors.js';
 import {
   authInfoOf,
   boundedClientInfo,
@@ -613,6 +614,17 @@ export class ToolCallTracer {
     const name = request.params?.name;
     if (!toolRuns(server, typeof name === 'string' ? name : undefined))
       return original.call(thisArg, request, extra);
+    if (typeof name !== 'string' || !isValidIdentifier(name)) {
+      // Tollgate would refuse its span (`invalid_identifier`): the tool would run and nobody would pay
+      const rt = this.runtime;
+      if (rt) {
+        rt.stats.unbillableToolNames++;
+        rt.log.problem(
+          'tools/call refused: a client sent a tool name Tollgate cannot bill (empty, over 256 characters or with control characters)',
+        );
+      }
+      return Promise.reject(new UnbillableToolName());
+    }
     const s = sessionOf(server, extra);
     const meta = metaOf(request, extra);
     const info = this.requestInfo(

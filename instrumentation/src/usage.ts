@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { type Span, trace } from '@opentelemetry/api';
+import { MAX_COUNT } from '@tollgate/contracts';
 import type { ToolUsage } from './types.js';
 import { count } from './utils.js';
 
@@ -10,6 +11,8 @@ export interface UsageRecord {
   quantities: Record<string, number> | undefined;
   /** false once the call has finished (late reports are ignored). */
   open: boolean;
+  /** Where a refused report is told (the runtime's rate-limited warning), when the call has a runtime. */
+  rt?: { log: { problem(message: string): void } } | undefined;
 }
 
 /** Records by the app's span of the call, for `reportUsage` without `extra` (needs the app's OTel SDK). */
@@ -41,7 +44,9 @@ export function closeUsage(rec: UsageRecord, _extra: object | undefined): void {
  * Reports usage of the tool call in progress, from inside its handler: tokens it spent (e.g. on an LLM it
  * called) and any custom quantity a plan prices. Calls add up. Pass the handler's `extra` (the second
  * argument of every MCP tool callback); without it the call is found through the active span, which needs
- * the app's own OTel SDK (a tracer provider and context manager, as NodeSDK registers). Returns false when no call is found.
+ * the app's own OTel SDK (a tracer provider and context manager, as NodeSDK registers). Returns false when no call
+ * is found, and when the report would take a total past 10¹² (Tollgate's bound on a count): it is then not added
+ * (none of it), a warning is logged, and the call is billed with what was reported before.
  *
  * ```ts
  * server.registerTool('summarize', { inputSchema }, async (args, extra) => {
@@ -56,14 +61,30 @@ export function reportUsage(usage: ToolUsage, extra?: object): boolean {
   if (!rec?.open) return false;
   const inTok = count(usage.inputTokens);
   const outTok = count(usage.outputTokens);
-  if (inTok !== undefined) rec.inputTokens = (rec.inputTokens ?? 0) + inTok;
-  if (outTok !== undefined) rec.outputTokens = (rec.outputTokens ?? 0) + outTok;
+  const quantities: [string, number][] = [];
   if (usage.quantities) {
     for (const [name, value] of Object.entries(usage.quantities)) {
       if (!/^[a-z][a-z0-9_.]{0,63}$/.test(name) || typeof value !== 'number' || !(value >= 0)) continue;
-      rec.quantities ??= {};
-      rec.quantities[name] = (rec.quantities[name] ?? 0) + value;
+      quantities.push([name, (rec.quantities?.[name] ?? 0) + value]);
     }
+  }
+  // Tollgate refuses a call whose count passes MAX_COUNT (the whole call: its price too), so a report that
+  // would take a total past it is refused here instead, whole, and the call stays billable with the rest.
+  const over =
+    (inTok !== undefined && (rec.inputTokens ?? 0) + inTok > MAX_COUNT) ||
+    (outTok !== undefined && (rec.outputTokens ?? 0) + outTok > MAX_COUNT) ||
+    quantities.some(([, total]) => !(total <= MAX_COUNT));
+  if (over) {
+    rec.rt?.log.problem(
+      `reportUsage refused: a total would pass ${MAX_COUNT} (Tollgate would refuse the whole call); the call is billed without this report`,
+    );
+    return false;
+  }
+  if (inTok !== undefined) rec.inputTokens = (rec.inputTokens ?? 0) + inTok;
+  if (outTok !== undefined) rec.outputTokens = (rec.outputTokens ?? 0) + outTok;
+  for (const [name, total] of quantities) {
+    rec.quantities ??= {};
+    rec.quantities[name] = total;
   }
   return true;
 }

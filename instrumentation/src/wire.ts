@@ -169,6 +169,38 @@ export function leasesFromResponse(body: Uint8Array, json: boolean): unknown[] {
   return out;
 }
 
+/**
+ * The `partial_success` of an `ExportTraceServiceResponse` (field 1: `rejected_spans` int64 = 1,
+ * `error_message` = 2; in JSON `partialSuccess`), when it rejected spans: those calls are not billed.
+ */
+export function rejectedOf(body: Uint8Array, json: boolean): { spans: number; message: string } | undefined {
+  if (body.length === 0) return undefined;
+  let spans = 0;
+  let message = '';
+  if (json) {
+    const doc = JSON.parse(decoder.decode(body)) as Record<string, unknown> | null;
+    const p = doc?.partialSuccess as { rejectedSpans?: unknown; errorMessage?: unknown } | undefined;
+    spans = Number(p?.rejectedSpans ?? 0);
+    message = typeof p?.errorMessage === 'string' ? p.errorMessage : '';
+  } else {
+    const r = new Reader(body);
+    while (!r.done) {
+      const tag = r.varint();
+      const wire = tag & 7;
+      if (Math.floor(tag / 8) === 1 && wire === WIRE_LEN) {
+        const inner = new Reader(r.bytes());
+        while (!inner.done) {
+          const t = inner.varint();
+          if (t === 8) spans = inner.varint();
+          else if (t === 18) message = decoder.decode(inner.bytes());
+          else inner.skip(t & 7);
+        }
+      } else r.skip(wire);
+    }
+  }
+  return Number.isFinite(spans) && spans > 0 ? { spans, message } : undefined;
+}
+
 /** Directives in a JSON `ExportTraceServiceResponse` (key `tollgate`). */
 export function directivesFromJson(body: Uint8Array): Directive[] {
   if (body.length === 0) return [];

@@ -7,7 +7,7 @@ import {
   startTestTollgate,
   type TestTollgate,
 } from '../../collector-processor/test/support/harness.js';
-import { flushTollgate, instrumentMcpServer, shutdownTollgate } from '../src/index.js';
+import { flushTollgate, instrumentMcpServer, shutdownTollgate, tollgateRuntimes } from '../src/index.js';
 import { callStateless } from './support/mcp.js';
 
 /**
@@ -76,6 +76,33 @@ describe('a batch of spans Tollgate refuses as too large', () => {
     expect(ran - before).toBe(7);
     expect(await billed('huge-id-co')).toBe(2);
     expect(await billed('bystander-co')).toBe(5);
+    await handler.close();
+  });
+
+  it("spans Tollgate refuses (its answer's partial_success) are counted and logged, not passed over in silence", async () => {
+    const warnings: string[] = [];
+    const handler = createMcpHandler(() => {
+      const server = new McpServer({ name: 'refused', version: '1.0.0' });
+      instrumentMcpServer(server, {
+        endpoint: tg.otlpUrl,
+        ingestKey: DEV_INGEST_KEY,
+        exportIntervalMs: 60_000,
+        stateFile: false,
+        logger: { warn: (m) => warnings.push(m) },
+        serviceName: 'refused-spans',
+        customer: () => undefined, // no customer: Tollgate cannot bill the call
+      });
+      server.registerTool('echo', { inputSchema: z.object({ text: z.string() }) }, async ({ text }) => ({
+        content: [{ type: 'text', text }],
+      }));
+      return server;
+    });
+    for (let i = 0; i < 3; i++) await callStateless(handler, 'echo', { id: i });
+    await flushTollgate();
+    // the other tests' runtimes sent billable spans only
+    expect(tollgateRuntimes().map((r) => r.exporter?.stats.rejectedSpans ?? 0)).toContain(3);
+    expect(tollgateRuntimes().reduce((n, r) => n + (r.exporter?.stats.rejectedSpans ?? 0), 0)).toBe(3);
+    expect(warnings.filter((w) => w.includes('refused 3 billing span(s)'))).toHaveLength(1);
     await handler.close();
   });
 

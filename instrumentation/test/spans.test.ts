@@ -130,6 +130,50 @@ describe('the tools/call span', () => {
     expect(billing.getFinishedSpans()).toHaveLength(3);
   });
 
+  it('a tool name Tollgate cannot bill is refused before the tool runs (a low-level server resolving names leniently)', async () => {
+    const billing = new InMemorySpanExporter();
+    const server = new serverModule.Server({ name: 'low', version: '1' }, { capabilities: { tools: {} } });
+    instrumentMcpServer(server, { billingExporter: billing, exportIntervalMs: 10, customer: () => 'acme' });
+    const ran: string[] = [];
+    server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: [] }));
+    server.setRequestHandler(CallToolRequestSchema, async (req) => {
+      ran.push(req.params.name);
+      return { content: [{ type: 'text', text: 'ok' }] };
+    });
+    const client = await connect(server);
+    for (const name of ['get_forecast\t', `get_forecast${' '.repeat(300)}`, '', 'a\u0000b']) {
+      const err = await client.callTool({ name }).catch((e: unknown) => e);
+      expect(err, JSON.stringify(name)).toMatchObject({ code: -32602 });
+      expect(String((err as Error).message)).toContain('not one Tollgate can bill');
+    }
+    await client.callTool({ name: 'GET_FORECAST' });
+    expect(ran).toEqual(['GET_FORECAST']);
+    const spans = await spansOf(billing, 1);
+    expect(spans.map((x) => x.attributes['gen_ai.tool.name'])).toEqual(['GET_FORECAST']);
+  });
+
+  it('reportUsage past 10^12 is refused whole (Tollgate would refuse the call); the call stays billable', async () => {
+    const billing = new InMemorySpanExporter();
+    const server = new McpServer({ name: 'unit', version: '1.0.0' });
+    instrumentMcpServer(server, { billingExporter: billing, exportIntervalMs: 10, customer: () => 'acme' });
+    const answers: boolean[] = [];
+    server.registerTool('llm', { inputSchema: {} }, async (_args, extra) => {
+      answers.push(reportUsage({ inputTokens: 10, outputTokens: 5, quantities: { rows: 2 } }, extra));
+      answers.push(reportUsage({ inputTokens: 1e15, outputTokens: 1 }, extra));
+      answers.push(reportUsage({ quantities: { rows: 1e12 } }, extra));
+      answers.push(reportUsage({ outputTokens: 1e12 - 5 }, extra));
+      answers.push(reportUsage({ outputTokens: 1 }, extra));
+      return { content: [] };
+    });
+    const client = await connect(server);
+    await client.callTool({ name: 'llm' });
+    expect(answers).toEqual([true, false, false, true, false]);
+    const [span] = await spansOf(billing, 1);
+    expect(span?.attributes['gen_ai.usage.input_tokens']).toBe(10);
+    expect(span?.attributes['gen_ai.usage.output_tokens']).toBe(1e12);
+    expect(span?.attributes['tollgate.usage.rows']).toBe(2);
+  });
+
   it('a handler that throws synchronously or returns without a promise gets the same span as an async one', async () => {
     const billing = new InMemorySpanExporter();
     const server = new serverModule.Server({ name: 'low', version: '1' }, { capabilities: { tools: {} } });
