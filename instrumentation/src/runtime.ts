@@ -7,6 +7,7 @@ import { defaultResource, type Resource, resourceFromAttributes } from '@opentel
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { Directive, McpTransport, SessionRule } from '@tollgate/contracts';
 import { type AttributeCopier, BillingSpan, fastIds, SpanBatcher, sampledContext } from './billing-span.js';
+import { startCourier } from './courier-start.js';
 import { DirectiveStore, type Verdict } from './directives.js';
 import { type ExporterSettings, OutageLog, TollgateExporter } from './exporter.js';
 import { claimHandoff, handoffDir, writeHandoff } from './handoff.js';
@@ -150,8 +151,11 @@ export class TollgateRuntime {
       this.forceFlush().then(() => this.leases?.releaseAll()),
       EXIT_FLUSH_MS,
     );
-  /** The process is exiting (no more I/O): what is still undelivered goes to the next process. */
-  private readonly onExit = () => this.handOver();
+  /**
+   * The process is exiting (no more I/O): what is still undelivered is handed over — to a courier process
+   * started now, unless Tollgate is known to be unreachable, and else to the next process of the service.
+   */
+  private readonly onExit = () => this.handOver('take', true);
   private readonly onSignal = (signal: NodeJS.Signals) => {
     const othersListen = process.listenerCount(signal) > 0;
     // A supervisor may kill the process before the flush below ends (the MCP SDK 2.x stdio client sends
@@ -401,7 +405,7 @@ export class TollgateRuntime {
    * sends them and the copy holds them. Returns the files written. Without a state file, or with a
    * `billingExporter` of the app's, nothing is handed over.
    */
-  handOver(mode: 'take' | 'copy' = 'take'): string[] {
+  handOver(mode: 'take' | 'copy' = 'take', atExit = false): string[] {
     const exp = this.exporter;
     const file = this.o.stateFile;
     if (!exp || !file || this.o.billingExporter) return [];
@@ -412,11 +416,21 @@ export class TollgateRuntime {
     if (bodies.length === 0) return written;
     try {
       const skipped = writeHandoff(handoffDir(file), this.instanceId, bodies, written);
-      if (mode === 'take') {
+      const full = skipped ? `; ${skipped} dropped (the directory is full)` : '';
+      if (mode === 'take' && atExit && !this.log.down && this.o.exporter && written.length > 0) {
+        // an abrupt exit (`process.exit()`, an uncaught exception) cut the export short, not Tollgate
+        const sent = startCourier(handoffDir(file), this.o.exporter);
+        this.o.logger?.warn(
+          `the process exited with ${written.length} export(s) of billing spans not sent yet: ` +
+            (sent
+              ? `a background process is delivering them from ${handoffDir(file)}`
+              : `left in ${handoffDir(file)} for the next process of this service`) +
+            full,
+        );
+      } else if (mode === 'take') {
         this.o.logger?.warn(
           `Tollgate unreachable at exit: ${bodies.length - skipped} export(s) of billing spans left in ` +
-            `${handoffDir(file)} for the next process of this service` +
-            (skipped ? `; ${skipped} dropped (the directory is full)` : ''),
+            `${handoffDir(file)} for the next process of this service${full}`,
         );
       }
     } catch (err) {

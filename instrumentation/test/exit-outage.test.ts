@@ -172,4 +172,45 @@ describe('a stdio session that ends while Tollgate is down', () => {
       expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
     }
   });
+
+  it('a process that ends abruptly (process.exit, an uncaught exception) with Tollgate up: its calls are billed at once by a courier', async () => {
+    await tg?.cleanup();
+    tg = undefined;
+    const running = await startTestTollgate({}, PLANS);
+    tg = running;
+    for (const how of ['exit', 'throw']) {
+      const dir = tempDir('tollgate-exit-abrupt-');
+      const customer = `abrupt-${how}-co`;
+      const env = {
+        TOLLGATE_OTLP_ENDPOINT: running.otlpUrl as string,
+        TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+        TOLLGATE_CUSTOMER_ID: customer,
+        TG_STATE_FILE: join(dir, 'state.json'),
+        TG_EXPORT_MS: '60000', // nothing goes out before the exit: the batch is still held
+        TG_EXIT_TOOL: how,
+      };
+      const a = await connectStdio(env);
+      for (const text of ['x1', 'x2', 'x3']) await a.client.callTool({ name: 'echo', arguments: { text } });
+      await a.client.callTool({ name: 'exit_soon', arguments: {} });
+      expect(await a.exited).toBe(how === 'exit' ? 3 : 1);
+      await a.client.close().catch(() => {});
+      expect(a.stderr.join('')).toContain('a background process is delivering them');
+      // no further process of the service is started: the courier delivers
+      const rows = await waitFor(`4 billed calls of ${how}`, async () => {
+        await running.lander?.idle();
+        const r = await query<Row>(
+          running,
+          'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+          { c: customer },
+        );
+        return r.length >= 4 ? r : undefined;
+      });
+      expect(rows.map((r) => r.tool).sort()).toEqual(['echo', 'echo', 'echo', 'exit_soon']);
+      expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
+      await waitFor('the handoff directory emptied', async () => {
+        const pending = join(dir, 'state.json.pending');
+        return !existsSync(pending) || readdirSync(pending).length === 0 ? true : undefined;
+      });
+    }
+  });
 });
