@@ -198,6 +198,11 @@ export class BillingSpan implements ReadableSpan {
     this.endedAt = performance.now();
     this.sink(this);
   }
+
+  /** Ends the span without exporting it: what it recorded is not a billable call. */
+  discard(): void {
+    this.ended = true;
+  }
 }
 
 const POOL = Buffer.allocUnsafe(8192);

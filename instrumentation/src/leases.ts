@@ -180,6 +180,16 @@ class Held {
     return this.exhausted.find((e) => e.scope === 'customer');
   }
 
+  /** Gives back what `consume` took, for a call that turned out not to be billed. */
+  unconsume(tool: string, session: string, price: number): void {
+    this.callsUsed--;
+    this.moneyUsed -= price;
+    this.sinceCalls--;
+    this.sinceMoney -= price;
+    if (this.limitedTools.size > 0 && this.limitedTools.has(tool)) (this.tools.get(tool) as Sub).used--;
+    if (this.sessionLimited && session) (this.sessions.get(session) as Sub).used -= price;
+  }
+
   consume(tool: string, session: string, price: number): void {
     this.lastTakeMs = Date.now();
     this.callsUsed++;
@@ -228,6 +238,8 @@ export interface LeaseStats {
   /** Renewals that failed or did not answer within the timeout. */
   failures: number;
   released: number;
+  /** Tickets given back: calls not billed after all (a round of a multi-round-trip call that asked for input). */
+  givenBack: number;
 }
 
 /** Whether an exhausted limit is the one behind the allowance that fell short (a kill is behind every one). */
@@ -290,6 +302,7 @@ export class LeaseBook {
     failClosed: 0,
     failures: 0,
     released: 0,
+    givenBack: 0,
   };
 
   constructor(
@@ -299,6 +312,18 @@ export class LeaseBook {
   ) {
     const Agent = o.url.startsWith('https:') ? https.Agent : http.Agent;
     this.agent = new Agent({ keepAlive: true, maxSockets: 4 });
+  }
+
+  /**
+   * Gives back a ticket of a call that is not billed after all (a multi-round-trip call's round that asked
+   * for input): Tollgate never sees its span, so the lease's own count must not keep it. A ticket of a lease
+   * since replaced is left (that lease is gone, and with it what it counted).
+   */
+  giveBack(customer: string | undefined, ticket: Ticket, tool: string, session: string): void {
+    const h = this.held.get(customer);
+    if (!h || !ticket.leaseId || h.leaseId !== ticket.leaseId) return;
+    h.unconsume(tool, session, ticket.reserved);
+    this.stats.givenBack++;
   }
 
   /**

@@ -130,6 +130,8 @@ export class TollgateRuntime {
     malformedMeta: { traceparent: 0, clientInfo: 0, protocolVersion: 0 },
     /** `tools/call`s refused before running: a tool name Tollgate cannot bill (`UnbillableToolName`). */
     unbillableToolNames: 0,
+    /** Rounds of multi-round-trip calls that asked for input: not billed (the completing round is). */
+    inputRequiredRounds: 0,
   };
   private readonly resource: Resource;
   private readonly scope: InstrumentationScope = { name: PACKAGE_NAME, version: PACKAGE_VERSION };

@@ -38,3 +38,9 @@ export const NETWORK_TRANSPORT_TCP = 'tcp';
 
 /** `error.type` fallback when a handler throws something that has no JSON-RPC code (semconv's `_OTHER`). */
 export const ERROR_TYPE_OTHER = '_OTHER';
+
+/**
+ * On the app's own span of a multi-round-trip round that asked for input (2026-07-28 `input_required`): that
+ * round is not billed (no billing span), and this says why the app's span has no twin in Tollgate.
+ */
+export const ATTR_MCP_RESULT_TYPE = 'tollgate.mcp.result_type';

@@ -62,6 +62,7 @@ import {
   ATTR_JSONRPC_REQUEST_ID,
   ATTR_MCP_METHOD_NAME,
   ATTR_MCP_PROTOCOL_VERSION,
+  ATTR_MCP_RESULT_TYPE,
   ATTR_MCP_SESSION_ID,
   ATTR_NETWORK_TRANSPORT,
   ATTR_PREFIX_TOLLGATE_USAGE,
@@ -335,6 +336,8 @@ class Call implements UsageRecord {
   declare appRecording: boolean;
   /** The runtime whose session registry counts this call as running on `s`. */
   declare rt: TollgateRuntime | undefined;
+  /** What the call took from its customer's quota lease (given back when the call is not billed). */
+  declare ticket: Ticket | undefined;
   declare readonly s: SessionInfo;
   declare readonly info: McpRequestInfo;
   declare readonly customer: string | undefined;
@@ -355,6 +358,7 @@ class Call implements UsageRecord {
     this.app = undefined;
     this.appRecording = false;
     this.rt = undefined;
+    this.ticket = undefined;
   }
 }
 
@@ -749,6 +753,7 @@ export class ToolCallTracer {
     call.app = app;
     call.appRecording = app?.isRecording() === true;
     call.bill = rt?.startSpan(name, own, parentContext, shared);
+    call.ticket = ticket;
     openUsage(call, extra);
     if (rt) {
       call.rt = rt;
@@ -798,6 +803,10 @@ export class ToolCallTracer {
   private end(call: Call, extra: object | undefined, result: unknown, err: unknown): void {
     closeUsage(call, extra);
     call.rt?.callEnded(call.s);
+    if (err === undefined && isInputRequired(result)) {
+      this.notBilled(call);
+      return;
+    }
     const spans = call;
     const usage = call;
     const info = call.info;
@@ -834,4 +843,30 @@ export class ToolCallTracer {
     spans.bill?.end();
     spans.app?.end();
   }
+
+  /**
+   * A round of a multi-round-trip call (2026-07-28) that asked the client for input: not a billed call. The
+   * client sends the call again with the input, and the round that completes it (a result or an error) is
+   * the call's one billed span. Its billing span is dropped, what it took from a lease given back, and usage
+   * it reported is not carried (rounds may run in different processes): report usage in the final round.
+   */
+  private notBilled(call: Call): void {
+    call.bill?.discard();
+    call.app?.setAttribute(ATTR_MCP_RESULT_TYPE, 'input_required');
+    call.app?.end();
+    const rt = call.rt;
+    if (!rt) return;
+    rt.stats.inputRequiredRounds++;
+    if (call.ticket && call.ticket.reserved > 0)
+      rt.leases?.giveBack(call.customer, call.ticket, call.info.toolName ?? '', call.sessionId);
+    if (call.inputTokens !== undefined || call.outputTokens !== undefined || call.quantities)
+      rt.log.problem(
+        'reportUsage in a round that asked for input (input_required) is not billed: report usage in the round that completes the call',
+      );
+  }
+}
+
+/** Whether a tool handler's result is a 2026-07-28 `InputRequiredResult` (the call is not complete). */
+function isInputRequired(result: unknown): boolean {
+  return (result as { resultType?: unknown } | null | undefined)?.resultType === 'input_required';
 }
