@@ -153,6 +153,32 @@ describe('hard limits', () => {
     expect((await smembers()) - before).toBeLessThanOrEqual(64);
   });
 
+  it('a retry of calls already counted carries the kill they caused (its sender lost the answer that had it)', async () => {
+    const post = async (spans: unknown[]) => {
+      const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
+        body: JSON.stringify(exportOf(spans)),
+      });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { tollgate?: { directives: Directive[] } }).tollgate?.directives ?? [];
+    };
+    const attrs = { 'mcp.session.id': 'retry-s1', 'tollgate.agent.id': 'retry-agent' };
+    const spans = Array.from({ length: 7 }, () => toolSpan({ customer: 'retry-co', tool: 'search', attrs }));
+    expect(kill(await post(spans))?.reason).toBe('hard_limit:spend_per_period'); // 7 × 1.00 > 5.00
+    // the whole export again, and one of its calls alone: nothing counted, the kill still answered
+    for (const again of [spans, [spans[0]]]) {
+      const ds = await post(again);
+      expect(kill(ds)).toMatchObject({ customer: 'retry-co', reason: 'hard_limit:spend_per_period' });
+    }
+    // beside another customer's new call: each customer's states, and none of another customer's subjects
+    const mixed = await post([spans[1], toolSpan({ customer: 'retry-other', tool: 'search', attrs })]);
+    expect(mixed.filter((d) => d.action === 'kill').map((d) => d.customer)).toEqual(['retry-co']);
+    await tg.lander!.idle();
+    const rows = await query(tg, "SELECT count() n FROM mcp_tool_calls WHERE customer = 'retry-co'");
+    expect(rows).toEqual([{ n: '7' }]);
+  });
+
   it('spend per session kills the session only; calls per tool block the tool only', async () => {
     expect(kill(await exportCalls('session-co', 2, { session: 'sa' }), 'session')).toBeUndefined();
     const ds = await exportCalls('session-co', 1, { session: 'sa' });

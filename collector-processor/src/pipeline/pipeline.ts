@@ -46,6 +46,8 @@ export interface Enforcer {
   apply(product: string, rid: string, rated: readonly RatedCall[], nowMs?: number): Promise<Directive[]>;
   /** Directives for an export without calls (an idle SDK's heartbeat), by the sending instances. */
   heartbeat(product: string, instanceIds: readonly string[]): Promise<Directive[]>;
+  /** Every state in force for one customer, as directives (nothing is counted). */
+  statesOf?(product: string, customer: string): Promise<Directive[]>;
   /** Applies the steps `apply` could not (Redis failed them); rejects while Redis is still failing. */
   settle?(): Promise<void>;
 }
@@ -840,6 +842,45 @@ export class Pipeline {
       });
   }
 
+  /**
+   * The states in force for the customers of an export none of whose calls were counted now (all counted
+   * before), limited as `apply` limits an export's: the customer's, and those of the agents, sessions and
+   * tools of its calls here. Redis unreachable: none (as for any export answered fail-open).
+   */
+  private async statesOfRetried(
+    product: string,
+    prepared: readonly Prepared[],
+    rated: readonly RatedCall[],
+  ): Promise<Directive[]> {
+    const statesOf = this.enforcer?.statesOf?.bind(this.enforcer);
+    if (!statesOf) return [];
+    const counted = new Set<string>();
+    for (const r of rated) counted.add(r.customer);
+    const subjects = new Map<string, Set<string>>();
+    for (const { call } of prepared) {
+      if (counted.has(call.customer)) continue;
+      let s = subjects.get(call.customer);
+      if (!s) {
+        s = new Set();
+        subjects.set(call.customer, s);
+      }
+      s.add(`agent\0${call.agent}`).add(`session\0${call.sessionId}`).add(`tool\0${call.tool}`);
+    }
+    if (subjects.size === 0) return [];
+    try {
+      const states = await Promise.all([...subjects.keys()].map((customer) => statesOf(product, customer)));
+      const out: Directive[] = [];
+      [...subjects.values()].forEach((s, i) => {
+        for (const d of states[i] as Directive[]) {
+          if (d.scope === 'customer' || s.has(`${d.scope}\0${d.id}`)) out.push(d);
+        }
+      });
+      return out;
+    } catch {
+      return [];
+    }
+  }
+
   /** Usage positions continued locally from the last ones Redis gave (fail-open). */
   private localUsageOf(product: string, p: Prepared): LocalUsage {
     const key = `${product}\0${p.call.customer}\0${p.period}`;
@@ -955,6 +996,11 @@ export class Pipeline {
     } catch (err) {
       for (const b of blocks) this.lander.discard(b);
       throw err;
+    }
+    // customers whose every call was counted before (a retry: its sender lost the answer that counted them)
+    // get the states in force, as that answer had them: a kill must reach the sender that retries
+    if (duplicates > 0 && this.enforcer?.statesOf) {
+      directives = directives.concat(await this.statesOfRetried(product, prepared, rated));
     }
     const enforceMs = performance.now() - enforceStart - landMs;
     if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
