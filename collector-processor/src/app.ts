@@ -35,6 +35,7 @@ import {
   migrate,
   openClickHouse,
 } from './storage/clickhouse.js';
+import { readRecentCalls } from './storage/recent-calls.js';
 import { startSessionIntervalsJob } from './storage/session-intervals.js';
 
 export interface Tollgate {
@@ -459,6 +460,9 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
         metrics,
       );
       pipeline.enforcer = enforcer;
+      // what the previous run counted, for the dedup while Redis is down (read at the first need only)
+      const maxSpanAgeHours = Number(s['ingest.maxSpanAgeHours']);
+      pipeline.recentSeed = (max) => readRecentCalls(clickhouse.readClient(), maxSpanAgeHours, max);
       if (recovered.accepted.length) {
         log.info(
           { records: recovered.accepted.length, blocks: recovered.intents.length },

@@ -236,6 +236,52 @@ describe('a process started while Redis is still down', () => {
   });
 });
 
+describe('a retry sent to a process started while Redis is still down', () => {
+  it('is a duplicate of the calls the last run counted and landed: billed once (it was billed twice)', async () => {
+    redis = await durableRedis();
+    const dataDir = tempDir();
+    const flags = { '--redis-url': redis.url, '--data-dir': dataDir };
+    const first = await startTestTollgate(flags, PLANS);
+    tg = first;
+    const customer = 'restart-retry-co';
+    const spans = spansOf(customer, 5);
+    expect(await post(spans)).toBe(200); // counted in Redis, landed
+    await first.lander!.idle();
+    await redis.stop();
+    await first.stop();
+    tg = undefined;
+
+    tg = await startTestTollgate(flags, PLANS);
+    const billed = async () =>
+      (
+        await query(
+          tg!,
+          'SELECT count() AS n, uniqExact(event_id) AS ids FROM mcp_tool_calls WHERE customer = {c:String}',
+          { c: customer },
+        )
+      )[0];
+    // the same export again (its sender lost the answer), and a new call beside the first one again
+    expect(await post(spans)).toBe(200);
+    const fresh = spansOf(customer, 1);
+    expect(await post([spans[0] as Span, ...fresh])).toBe(200);
+    await tg.lander!.idle();
+    expect(await billed()).toEqual({ n: '6', ids: '6' });
+    expect(await metric('tollgate_calls_duplicate_total')).toBe(6);
+
+    // Redis back: the one new call is counted, the retries are not
+    redis = await durableRedis(redis.port);
+    await until(
+      'the owed calls to be counted',
+      async () => (await metric('tollgate_calls_owed{step="claim"}')) === 0,
+    );
+    const tag = customerTag('demo-mcp', customer);
+    expect(await tg.redis!.hget(redisKeys.period(tag, dayOf(Date.now() - 5_000).slice(0, 7)), 'n')).toBe('6');
+    expect(await metric('tollgate_calls_settled_total{step="claim",result="duplicate"}')).toBe(0);
+    await tg.lander!.idle();
+    expect(await billed()).toEqual({ n: '6', ids: '6' });
+  });
+});
+
 describe('a spool record replayed while Redis is down (fail-open)', () => {
   it('waits for Redis instead of being rated fail-open by a process that knows no positions', async () => {
     redis = await durableRedis();

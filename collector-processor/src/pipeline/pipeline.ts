@@ -143,7 +143,7 @@ interface LocalUsage {
 }
 
 /** One export's newly counted calls, as RecentIds keeps them. */
-interface RecentBatch {
+export interface RecentBatch {
   product: string;
   ids: readonly string[];
   /** Their customers: one for all (the usual export), or one per id. */
@@ -248,6 +248,18 @@ export class RecentIds {
     }
   }
 
+  /**
+   * Calls counted before this process (the previous run's, read back from storage): kept as older than every
+   * call this process adds, so they are the first to leave.
+   */
+  seed(batches: readonly RecentBatch[]): void {
+    const n = batches.reduce((t, b) => t + b.ids.length, 0);
+    if (n === 0) return;
+    this.batches.splice(this.head, 0, ...batches);
+    this.total += n;
+    if (this.index) for (const b of batches) this.count(b, 1);
+  }
+
   /** Redis is back: lookups stop, so does the index. */
   dropIndex(): void {
     this.index = undefined;
@@ -265,6 +277,10 @@ export class RecentIds {
 }
 
 const EMPTY_BATCH: RecentBatch = { product: '', ids: [], customers: '', days: 0 };
+/** Calls the process's own dedup keeps (the newest; used while Redis is unreachable). */
+const RECENT_IDS = 100_000;
+/** The most the first fail-open lookup waits for storage to give back the previous run's calls. */
+const RECENT_SEED_TIMEOUT_MS = 10_000;
 
 const DAY_SECONDS = 86_400;
 /** The usage columns of a call without usage lines: shared, frozen (nothing may add to them). */
@@ -346,7 +362,14 @@ function tieredOf(quantities: readonly UsageQuantity[], rate: ToolRate): TieredQ
 export class Pipeline {
   private seq = 0;
   private readonly bootId = Date.now().toString(36);
-  private readonly recent = new RecentIds(100_000);
+  private readonly recent = new RecentIds(RECENT_IDS);
+  /**
+   * Reads the calls landed lately (at most `RECENT_IDS`, by product), for the dedup of last resort: a process
+   * started during a Redis outage would otherwise know none of the calls its previous run counted, and bill a
+   * retry of them again. Read once, at the first fail-open dedup lookup; unset: nothing is read.
+   */
+  recentSeed: ((max: number) => Promise<RecentBatch[]>) | undefined;
+  private seeding: Promise<void> | undefined;
   /** The landing bytes of one record's rows, written synchronously below (the lander's format). */
   private readonly out: RowWriter;
   /** Last usage positions seen per customer and period, continued locally while Redis is unreachable. */
@@ -881,6 +904,33 @@ export class Pipeline {
     }
   }
 
+  /** The previous run's calls into the dedup of last resort, once (see `recentSeed`); never rejects. */
+  private seedRecent(): Promise<void> {
+    const read = this.recentSeed;
+    if (!read) return Promise.resolve();
+    this.seeding ??= new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.log.warn({ timeoutMs: RECENT_SEED_TIMEOUT_MS }, 'recent calls not read from storage in time');
+        resolve();
+      }, RECENT_SEED_TIMEOUT_MS);
+      read(RECENT_IDS).then(
+        (batches) => {
+          clearTimeout(timer);
+          this.recent.seed(batches);
+          const calls = batches.reduce((t, b) => t + b.ids.length, 0);
+          this.log.info({ calls }, 'deduplicating fail-open calls against the calls landed lately');
+          resolve();
+        },
+        (err: Error) => {
+          clearTimeout(timer);
+          this.log.warn({ err: err.message }, 'recent calls not read from storage');
+          resolve();
+        },
+      );
+    });
+    return this.seeding;
+  }
+
   /** Usage positions continued locally from the last ones Redis gave (fail-open). */
   private localUsageOf(product: string, p: Prepared): LocalUsage {
     const key = `${product}\0${p.call.customer}\0${p.period}`;
@@ -1097,6 +1147,7 @@ export class Pipeline {
               return;
             }
             if (failClosed) return;
+            await this.seedRecent();
             const inputs: ClaimInput[] = [];
             /** The positions each of `inputs` was given here (written down with them for a next start). */
             const positions: ClaimResult[] = [];
