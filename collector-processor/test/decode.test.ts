@@ -14,7 +14,7 @@ import { SDK_SCOPE_NAME } from '../src/receiver/server.js';
 import { Turn } from '../src/turn.js';
 import { captureServer } from './support/capture.js';
 import { emitToolCall, otelTracer } from './support/harness.js';
-import { exportOf as jsonExportOf, toolSpan } from './support/otlp-json.js';
+import { exportOf as jsonExportOf, protoExportOf, toolSpan } from './support/otlp-json.js';
 
 const xo = {
   sdkScopeName: SDK_SCOPE_NAME,
@@ -98,6 +98,13 @@ describe('decoding bytes made by the real OTel JS exporter', () => {
 });
 
 /** A Kong-shaped export: root span `kong`, numeric attributes as doubles (as Kong's opentelemetry plugin sends). */
+/** One span as an export decoded by the JSON or the protobuf decoder. */
+function decodedAs(format: 'protobuf' | 'json', span: ReturnType<typeof toolSpan>) {
+  return format === 'json'
+    ? decodeJsonExport(Buffer.from(JSON.stringify(jsonExportOf([span]))))
+    : decodeProtobufExport(ProtoRequest.encode(ProtoRequest.fromObject(protoExportOf([span]))).finish());
+}
+
 function kongExport() {
   return {
     resourceSpans: [
@@ -150,6 +157,34 @@ describe('Kong-shaped spans', () => {
       ok: true,
       durationUs: 42_000,
     });
+  });
+
+  it('a token count sent as an array, map, bytes or bool is malformed, not absent (it billed 0 tokens); elsewhere such values are absent', async () => {
+    const values = [
+      { arrayValue: { values: [{ intValue: 1000 }] } },
+      { kvlistValue: { values: [] } },
+      { bytesValue: 'AQI=' },
+      { boolValue: true },
+    ];
+    for (const format of ['protobuf', 'json'] as const) {
+      for (const value of values) {
+        const span = toolSpan({ customer: 'acme' });
+        span.attributes.push({ key: 'gen_ai.usage.output_tokens', value } as never);
+        span.attributes = span.attributes.filter(
+          (a, i, all) => a.key !== 'gen_ai.usage.output_tokens' || i === all.length - 1,
+        );
+        const d = await decodedAs(format, span);
+        expect(extractToolCall(d.spans[0]!, xo), `${format} ${JSON.stringify(value)}`).toMatchObject({
+          kind: 'rejected',
+          reason: 'invalid_number',
+        });
+        // the same value on an attribute billing only reads as text is absent: the call goes on without it
+        const other = toolSpan({ customer: 'acme', attrs: { 'tollgate.agent.id': undefined } });
+        other.attributes.push({ key: 'tollgate.agent.id', value } as never);
+        const d2 = await decodedAs(format, other);
+        expect(extractToolCall(d2.spans[0]!, xo)).toMatchObject({ kind: 'call', call: { agent: '' } });
+      }
+    }
   });
 
   it('rejects fractional or negative token doubles and marks HTTP failures', async () => {

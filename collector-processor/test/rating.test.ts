@@ -410,6 +410,8 @@ products:
     ['absurdly large', { 'tollgate.usage.rows_scanned': 1e15 }, /is too large/],
     ['not a number', { 'tollgate.usage.rows_scanned': 'lots' }, /is not a number/],
     ['a boolean', { 'tollgate.usage.rows_scanned': true }, /is not a number/],
+    // an array, map, bytes or empty value decodes as null: malformed, not absent (it billed nothing)
+    ['an array', { 'tollgate.usage.rows_scanned': null }, /rows_scanned of span s is not a number/],
     [
       'subsets above their parent',
       { 'gen_ai.usage.cache_read.input_tokens': 11 },
@@ -419,6 +421,19 @@ products:
     const r = readUsage(call({ inputTokens: 10, usage }), uplan.usageLines);
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.detail).toMatch(message);
+  });
+
+  it('an array on one source does not hide a number on the next', () => {
+    const r = readUsage(
+      call({
+        inputTokens: 1000,
+        usage: { 'gen_ai.usage.cache_read.input_tokens': null, 'tollgate.usage.cached_input_tokens': 5 },
+      }),
+      uplan.usageLines,
+    );
+    expect(r.ok && r.quantities.map((q) => [q.line.name, q.micro])).toEqual([
+      ['cached_input_tokens', 5_000_000n],
+    ]);
   });
 
   it('ignores attributes no line reads', () => {

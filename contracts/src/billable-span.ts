@@ -144,9 +144,14 @@ function str(v: AttrValue | undefined): string | undefined {
   return undefined;
 }
 
-/** A count attribute: int or double (Kong sends doubles), non-negative, integral. Absent → 0. */
+/**
+ * A count attribute: int or double (Kong sends doubles), non-negative, integral. Absent → 0. Present with
+ * another type (a boolean, or an array, map, bytes or empty value, which decode as null) → invalid: read as
+ * absent, a malformed token count would bill the call with no tokens.
+ */
 function count(v: AttrValue | undefined): number | undefined {
-  if (v === undefined || v === null) return 0;
+  if (v === undefined) return 0;
+  if (v === null) return undefined;
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_COUNT) return undefined;
   return n;
@@ -305,11 +310,12 @@ export function extractToolCall(span: SpanView, opts: ExtractOptions): Extractio
   if (lease) call.lease = lease;
   const ua = opts.usageAttributes;
   if (ua) {
-    let usage: Record<string, string | number | boolean> | undefined;
+    let usage: Record<string, string | number | boolean | null> | undefined;
     for (let i = 0; i < ua.length; i++) {
       const name = ua[i] as string;
       const v = a[name];
-      if (v === undefined || v === null) continue;
+      // null (an array, map, bytes or empty value) is kept: the plan's line finds it malformed, not absent
+      if (v === undefined) continue;
       usage ??= {};
       usage[name] = v;
     }

@@ -42,7 +42,7 @@ export interface ToolCall {
    * `tollgate.usage.<line>` from the SDK and from a usage event's `metadata`), by attribute name. Checked
    * and priced against the customer's plan when the call is rated; absent when it reported none.
    */
-  usage?: Record<string, string | number | boolean>;
+  usage?: Record<string, string | number | boolean | null>;
 }
 
 /** Why a span or event that claims to be a tool call was refused (stable codes, reported in partial success). */

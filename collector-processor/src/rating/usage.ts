@@ -30,17 +30,17 @@ function quantityOf(raw: string | number | boolean, line: CompiledUsageLine): bi
   return BigInt(Math.round(n * 1e6));
 }
 
-/**
- * The quantities of the plan's usage lines a call reported: for each line, the first of its sources the
- * call carries. Lines the call does not report are left out (a quantity of 0 is kept). A bad value, or
- * subsets of a parent that add up to more than the parent, make the whole call invalid.
- */
 /** The reading of a call without usage lines: one shared, frozen answer (this runs for every call). */
 const NO_USAGE: UsageReading = Object.freeze({
   ok: true,
   quantities: Object.freeze([]) as unknown as UsageQuantity[],
 });
 
+/**
+ * The quantities of the plan's usage lines a call reported: for each line, the first of its sources the
+ * call carries. Lines the call does not report are left out (a quantity of 0 is kept). A bad value, or
+ * subsets of a parent that add up to more than the parent, make the whole call invalid.
+ */
 export function readUsage(call: ToolCall, lines: readonly CompiledUsageLine[]): UsageReading {
   const raw = call.usage;
   if (!raw || lines.length === 0) return NO_USAGE;
@@ -49,11 +49,20 @@ export function readUsage(call: ToolCall, lines: readonly CompiledUsageLine[]): 
   let outSub = 0n;
   for (const line of lines) {
     let v: string | number | boolean | undefined;
+    let malformed = false;
     for (const s of line.sources) {
-      v = raw[s];
-      if (v !== undefined && v !== null) break;
+      const x = raw[s];
+      if (x === null) malformed = true;
+      else if (x !== undefined) {
+        v = x;
+        break;
+      }
     }
-    if (v === undefined || v === null) continue;
+    if (v === undefined) {
+      // only an array, map, bytes or empty value (decoded as null): malformed, not absent (it would bill nothing)
+      if (malformed) return { ok: false, detail: `${line.name} of ${callRef(call)} is not a number` };
+      continue;
+    }
     const q = quantityOf(v, line);
     if (typeof q === 'string') return { ok: false, detail: `${line.name} of ${callRef(call)} ${q}` };
     quantities.push({ line, micro: q });
