@@ -346,7 +346,8 @@ export async function startTollgate(config: Config, logger?: Logger): Promise<To
   }
   setHeapGrowing(Number(s['memory.heapGrowingPercent']));
   const dataDir = resolve(String(s.dataDir));
-  mkdirSync(dataDir, { recursive: true });
+  // the spool holds every accepted export's bytes, chDB the bill: a new data directory is this user's only
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const instanceId = instanceIdOf(dataDir);
   const metrics = createMetrics();
   const stops: (() => Promise<void>)[] = [];
