@@ -43,6 +43,8 @@ export interface CreditAdjustRequest {
   amount: unknown;
   currency: string;
   note: string;
+  /** A retried request with the same key adjusts once and answers the wallet. */
+  idempotencyKey?: string | undefined;
   actor: string;
 }
 
@@ -107,7 +109,7 @@ export class CreditError extends Error {
 /** What the processor provides for wallets (every change and every refused attempt audited by it). */
 export interface CreditsPort {
   grant(r: CreditGrantRequest): Promise<{ grantId: string; replayed: boolean; wallet: WalletView }>;
-  adjust(r: CreditAdjustRequest): Promise<{ wallet: WalletView }>;
+  adjust(r: CreditAdjustRequest): Promise<{ wallet: WalletView; replayed: boolean }>;
   /** undefined: the customer has no wallet. */
   wallet(product: string, customer: string): Promise<WalletView | undefined>;
   wallets(product: string): Promise<WalletView[]>;
@@ -255,6 +257,7 @@ interface AdjustBody {
   amount: unknown;
   currency: string;
   note: string;
+  idempotencyKey?: string;
 }
 
 /** `/admin/credits/*` (admin keys) and `/billing/credits*` (every role, scoped). */
@@ -359,10 +362,16 @@ export function registerCredits(
             },
             currency: { type: 'string', maxLength: 16 },
             note: { type: 'string', minLength: 1, maxLength: 1000, description: 'why (required)' },
+            idempotencyKey: {
+              type: 'string',
+              maxLength: 128,
+              description:
+                'a retry with the same key adjusts once and answers `replayed: true`; the key used with other terms is a 409',
+            },
           },
         },
         response: responses(
-          { type: 'object', properties: { wallet: walletSchema } },
+          { type: 'object', properties: { wallet: walletSchema, replayed: { type: 'boolean' } } },
           false,
           'the adjustment would take a balance out of range (API_CREDIT_OUT_OF_RANGE)',
         ),
@@ -374,7 +383,7 @@ export function registerCredits(
       const b = req.body;
       try {
         const r = await port().adjust({ ...b, product, actor: principal.name });
-        return { wallet: walletJson(r.wallet) };
+        return { wallet: walletJson(r.wallet), replayed: r.replayed };
       } catch (err) {
         rethrow(err);
       }

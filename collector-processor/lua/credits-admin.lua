@@ -10,6 +10,9 @@
 --         ARGV[17] the request's fingerprint (what was asked, as given): kept with the key, so a retry that
 --         asks for something else is a conflict, not the first grant answered again
 -- adjust: ARGV[7] bucket (grant id or 'overdraft')  ARGV[8] signed amount  ARGV[9] actor  ARGV[10] note
+--         ARGV[11] idempotency key ('' none)  ARGV[12] the request's fingerprint (as for a grant); the key is
+--         kept as "adj|<fingerprint>" in the same hash as the grants' keys (a key names one request, of
+--         either kind)
 --
 -- Returns { status, detail, state_changed (1/0), state action, state reason, balance, pending, overdraft
 -- bucket, outbox length, then per grant in draw order: id, remaining, amount, effective, expires, priority,
@@ -132,6 +135,15 @@ end
 
 if op == 'adjust' then
   local bucket, amount, actor, note = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+  local idem, fingerprint = ARGV[11] or '', ARGV[12] or ''
+  if idem ~= '' then
+    local known = redis.call('HGET', ikey, idem)
+    if known then
+      local w = credits_load(wkey, okey, now)
+      if known ~= 'adj|' .. fingerprint then return reply('conflict', bucket, w) end
+      return reply('replayed', bucket, w)
+    end
+  end
   local w = credits_load(wkey, okey, now)
   if not w then return reply('no_wallet') end
   w:normalize()
@@ -161,6 +173,7 @@ if op == 'adjust' then
   w:entry('adjustment', bucket, amount, '', '', '', actor, note)
   w:normalize()
   w:save('')
+  if idem ~= '' then redis.call('HSET', ikey, idem, 'adj|' .. fingerprint) end
   w:judge(get, set, hard_stop, overdraft, warn_below, DAY_MS)
   return reply('ok', bucket, w)
 end

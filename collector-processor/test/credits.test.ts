@@ -46,6 +46,7 @@ products:
       postpaid-co: { overrides: { credits: { hardStop: false } } }
       lifted-co: {}
       pending-co: {}
+      adjust-co: {}
 `;
 
 let tg: TestTollgate;
@@ -629,6 +630,58 @@ describe('prepaid credits', () => {
     const rows = (await led.text()).trim().split('\r\n');
     expect(rows).toHaveLength(2);
     expect(rows[1]).toMatch(/^globex,1,\S+,top_up,g1,2.50,2500000000,USD,,0,ops-alice,$/);
+  });
+
+  it('a retried adjustment with the same idempotency key adjusts once, also sent 8 times at once', async () => {
+    const g = await grant('adjust-co', '10');
+    const adjust = async (
+      amount: string,
+      idempotencyKey: string,
+      grantId = g.body.grantId,
+      note = 'refund',
+    ) => {
+      const res = await api('/admin/credits/adjust', KEYS.admin, {
+        method: 'POST',
+        body: JSON.stringify({
+          customer: 'adjust-co',
+          grantId,
+          amount,
+          currency: 'USD',
+          note,
+          idempotencyKey,
+        }),
+      });
+      return {
+        status: res.status,
+        body: (await res.json()) as { replayed?: boolean; wallet?: Wallet; error?: { code: string } },
+      };
+    };
+    const first = await adjust('-2.50', 'credit-note-9');
+    expect(first).toMatchObject({ status: 200, body: { replayed: false } });
+    expect((await adjust('-2.50', 'credit-note-9')).body).toMatchObject({ replayed: true });
+    const burst = await Promise.all(Array.from({ length: 8 }, () => adjust('-1', 'credit-note-10')));
+    expect(burst.map((r) => r.status)).toEqual(Array(8).fill(200));
+    expect(burst.filter((r) => r.body.replayed === false)).toHaveLength(1);
+    expect((await wallet('adjust-co')).balanceNano).toBe('6500000000');
+    // the key asking for something else (another amount, bucket or note; a grant's key) is a conflict
+    for (const [amount, key, grantId, note] of [
+      ['-2.49', 'credit-note-9', g.body.grantId, 'refund'],
+      ['-2.50', 'credit-note-9', 'overdraft', 'refund'],
+      ['-2.50', 'credit-note-9', g.body.grantId, 'other'],
+    ] as const) {
+      const r = await adjust(amount, key, grantId, note);
+      expect([amount, grantId, note, r.status, r.body.error?.code]).toEqual([
+        amount,
+        grantId,
+        note,
+        409,
+        'API_IDEMPOTENCY_CONFLICT',
+      ]);
+    }
+    await grant('adjust-co', '1', { idempotencyKey: 'po-1' });
+    expect((await adjust('-1', 'po-1')).status).toBe(409);
+    expect((await grant('adjust-co', '-1'.slice(1), { idempotencyKey: 'credit-note-9' })).status).toBe(409);
+    expect((await wallet('adjust-co')).balanceNano).toBe('7500000000');
   });
 
   it('concurrent exports and top-ups never lose an update (real redis-server)', async () => {

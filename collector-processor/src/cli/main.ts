@@ -62,6 +62,7 @@ Usage:
   tollgate admin credits grant|top-up --customer C --amount 25.00 --currency USD
                   [--effective DATE] [--expires DATE] [--priority N] [--note TEXT] [--idempotency-key K]
   tollgate admin credits adjust --customer C --grant ID|overdraft --amount -2.50 --currency USD --note TEXT
+                  [--idempotency-key K]
   tollgate admin credits balance [--customer C] [--format csv]
   tollgate admin credits ledger [--customer C] [--period YYYY-MM] [--format csv]
                                     prepaid credit wallets through the same API (docs/enforcement.md)
@@ -411,7 +412,7 @@ async function adminCredits(
     };
     const body =
       sub === 'adjust'
-        ? pick({ ...common, grant: 'grantId' })
+        ? pick({ ...common, grant: 'grantId', 'idempotency-key': 'idempotencyKey' })
         : pick({
             ...common,
             effective: 'effectiveAt',

@@ -428,13 +428,15 @@ export class CreditWallets implements CreditsPort {
     return { grantId, replayed: status === 'replayed', wallet };
   }
 
-  async adjust(r: CreditAdjustRequest): Promise<{ wallet: WalletView }> {
+  async adjust(r: CreditAdjustRequest): Promise<{ wallet: WalletView; replayed: boolean }> {
     let amount: bigint;
     try {
       if (!(await this.known(r.product, r.customer)))
         throw new CreditError('unknown_customer', `product ${r.product} has no customer ${r.customer}`);
       amount = this.parseAmount(r.amount, true);
       this.checkCurrency(r.currency);
+      if (r.idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(r.idempotencyKey))
+        throw new CreditError('bad_request', 'idempotencyKey: 1–128 letters, digits, . : _ -');
     } catch (err) {
       if (err instanceof CreditError) return this.refuse(r, 'adjustment', err.reason, err.message);
       throw err;
@@ -446,8 +448,18 @@ export class CreditWallets implements CreditsPort {
       amount.toString(),
       clean(r.actor),
       clean(r.note).slice(0, 1000),
+      r.idempotencyKey ?? '',
+      // what was asked, as given: a retry must ask for the same
+      JSON.stringify([bucket, amount.toString(), r.note ?? '']),
     ]);
     const status = String(reply[0]);
+    if (status === 'conflict')
+      return this.refuse(
+        r,
+        'adjustment',
+        'idempotency_conflict',
+        `idempotencyKey ${r.idempotencyKey} was used before with other terms (a grant, or another bucket, amount or note)`,
+      );
     if (status === 'no_wallet')
       return this.refuse(r, 'adjustment', 'no_wallet', `customer ${r.customer} has no credit wallet`);
     const wallet = this.view(r.product, r.customer, reply);
@@ -462,6 +474,18 @@ export class CreditWallets implements CreditsPort {
           ? 'the overdraft bucket must stay at or below zero'
           : `grant ${bucket} holds ${reply[1]} nano-units; it cannot go below zero or the wallet over its cap`,
       );
+    if (status === 'replayed') {
+      await this.audit(
+        r.product,
+        r.customer,
+        'credit_replayed',
+        'credits:adjustment',
+        amount,
+        clean(r.actor),
+        clean(`${bucket} — ${r.note}`).slice(0, 2000),
+      );
+      return { wallet, replayed: true };
+    }
     if (status !== 'ok') throw new Error(`credits script: ${status}`);
     await this.audit(
       r.product,
@@ -473,7 +497,7 @@ export class CreditWallets implements CreditsPort {
       clean(`${bucket} — ${r.note}`).slice(0, 2000),
     );
     await this.afterChange(r.product, r.customer, wallet, reply[2] === 1 || reply[2] === '1');
-    return { wallet };
+    return { wallet, replayed: false };
   }
 
   async wallet(product: string, customer: string): Promise<WalletView | undefined> {
