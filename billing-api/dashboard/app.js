@@ -8,6 +8,8 @@
   const $ = (sel) => document.querySelector(sel);
   const charts = {};
   let currency = '';
+  /** Whether the key reads the vendor's side (cost, margin, guard): admin and finance keys, not customer keys. */
+  let vendorView = true;
 
   /** Band names in words, and why a customer is where it is (from its own plan's guard, on its row). */
   const BAND_WORDS = {
@@ -56,6 +58,8 @@
 
   function fillTable(selector, rows, toCells, empty = 'nothing in this period') {
     const tbody = $(`${selector} tbody`);
+    // a column whose header is vendor-only (cost, margin) is hidden with it for a customer key
+    const vendorCols = [...$(`${selector} thead tr`).children].map((th) => th.hasAttribute('data-vendor'));
     tbody.replaceChildren();
     if (rows.length === 0) {
       const tr = document.createElement('tr');
@@ -67,7 +71,11 @@
     }
     for (const r of rows) {
       const tr = document.createElement('tr');
-      for (const c of toCells(r, tr)) tr.append(c instanceof Node ? c : cell(String(c)));
+      toCells(r, tr).forEach((c, i) => {
+        const td = c instanceof Node ? c : cell(String(c));
+        if (vendorCols[i]) td.setAttribute('data-vendor', '');
+        tr.append(td);
+      });
       tbody.append(tr);
     }
   }
@@ -112,6 +120,7 @@
    * is not zero but rounds to zero reads `< $0.01` (or `> -$0.01`), never a misleading `$0.00`.
    */
   function moneyText(decimal) {
+    if (decimal === undefined || decimal === null) return '—'; // not in a customer key's answers
     const digits = currencyDigits(currency);
     const rounded = roundDecimal(decimal, digits);
     if (/^-?0(\.0*)?$/.test(rounded) && /[1-9]/.test(decimal)) {
@@ -134,7 +143,7 @@
   }
 
   const fmtMoney = moneyText;
-  const fmtPct = (bps) => (bps === null ? '—' : `${(bps / 100).toFixed(2)} %`);
+  const fmtPct = (bps) => (bps === null || bps === undefined ? '—' : `${(bps / 100).toFixed(2)} %`);
 
   function chart(id, config) {
     charts[id]?.destroy();
@@ -165,6 +174,9 @@
       }),
     );
     $('#customer-filter').hidden = me.role === 'customer';
+    // a customer key's answers carry no cost, margin or margin-guard thresholds: their cards and columns go
+    vendorView = me.role !== 'customer';
+    document.body.classList.toggle('customer-view', !vendorView);
     if (!$('#period').value) $('#period').value = new Date().toISOString().slice(0, 7);
     $('#controls').hidden = false;
     $('#forget').hidden = false;
@@ -250,12 +262,12 @@
   }
 
   function renderSummary(s) {
-    for (const k of ['revenue', 'cost', 'margin'])
+    for (const k of vendorView ? ['revenue', 'cost', 'margin'] : ['revenue'])
       $(`[data-kpi="${k}"]`).title = `${s[k]} ${currency} (exact)`;
     const values = {
       revenue: fmtMoney(s.revenue),
       cost: fmtMoney(s.cost),
-      margin: `${fmtMoney(s.margin)} (${fmtPct(s.marginBps)})`,
+      margin: vendorView ? `${fmtMoney(s.margin)} (${fmtPct(s.marginBps)})` : '—',
       calls: String(s.calls),
       sessions: String(s.sessions),
       customers: String(s.customers),
@@ -282,7 +294,7 @@
             data: rows.map((r) => Number(r.margin)),
             backgroundColor: '#2e7d32',
           },
-        ],
+        ].slice(0, vendorView ? 3 : 1),
       },
     });
     fillTable('#tool-table', rows, (r) => [
@@ -391,6 +403,7 @@
   }
 
   function renderMargins(res) {
+    if (!vendorView) return;
     const rows = res.rows;
     const b = res.bands;
     $('#bands').textContent = b.guardEnabled

@@ -18,6 +18,7 @@ import { API_ERRORS, ApiError } from './errors.js';
 import { drainRequest, edgeClientErrorHandler, edgeServerFactory, MAX_URL_BYTES } from './http-edges.js';
 import { registerOpenApi } from './openapi.js';
 import type { AnalyticsDeps } from './ports.js';
+import { withoutVendorOnly } from './vendor-only.js';
 
 export interface ReadinessCheck {
   name: string;
@@ -128,6 +129,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     // Every route that takes a key (its schema names the `apiKey` security) authenticates before its body is
     // read and its parameters are validated: without a valid key the answer is 401, never a 400 that
     // describes the schema or the body.
+    // a customer key reads its own usage and charges, never the vendor's cost, margin or guard thresholds
+    api.addHook('preSerialization', async (req, _reply, payload) =>
+      req.principal?.role === 'customer' ? withoutVendorOnly(payload) : payload,
+    );
     api.addHook('onRequest', async (req) => {
       if (req.routeOptions.schema?.security) keyring.authenticate(req);
       checkPercentEscapes(req.url);

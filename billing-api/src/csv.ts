@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { isVendorOnly } from './vendor-only.js';
 
 export type Cell = string | number | boolean | null | undefined;
 
@@ -37,8 +38,11 @@ export function sendCsv(
   nextOffset?: number | null,
 ): FastifyReply {
   if (nextOffset !== undefined && nextOffset !== null) reply.header('x-next-offset', String(nextOffset));
+  // a customer key's CSV has the columns of its JSON: without the vendor's cost and margin (vendor-only.ts)
+  const cols =
+    reply.request.principal?.role === 'customer' ? columns.filter((c) => !isVendorOnly(c)) : columns;
   return reply
     .type('text/csv; charset=utf-8')
     .header('content-disposition', `attachment; filename="${filename}.csv"`)
-    .send(toCsv(columns, rows));
+    .send(toCsv(cols, rows));
 }

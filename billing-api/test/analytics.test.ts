@@ -681,6 +681,48 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
     expect(past).toMatchObject({ rows: [], page: { total: null, nextOffset: null } });
   });
 
+  it('a customer key reads no cost, margin or margin-guard threshold, in JSON or CSV; a finance key does', async () => {
+    const r = ranges().wholeDays;
+    const q = qs({ from: iso(r.from), to: iso(r.to) });
+    const vendorOnly =
+      /^(cost|costNano|margin|marginNano|marginBps|band|bands|guard|warnBelowBps|throttleBelowBps|killBelowBps|minRevenue|minRevenueNano)$/;
+    const keysOf = (v: unknown, out = new Set<string>()): Set<string> => {
+      if (Array.isArray(v)) for (const x of v) keysOf(x, out);
+      else if (v && typeof v === 'object')
+        for (const [k, x] of Object.entries(v)) {
+          out.add(k);
+          keysOf(x, out);
+        }
+      return out;
+    };
+    for (const path of [
+      `/analytics/mcp/revenue/by-tool?${q}`,
+      `/analytics/mcp/by-agent?${q}`,
+      `/analytics/mcp/by-customer?${q}`,
+      `/analytics/mcp/sessions?${q}`,
+      `/analytics/mcp/enforcement-events?${q}`,
+      '/analytics/mcp/sessions/shared-1?limit=1000',
+      `/analytics/mcp/summary?${q}`,
+      '/billing/invoices/preview?customer=acme',
+    ]) {
+      const read = async (key: string, csv: boolean) => {
+        const res = await fetch(`${s.tg.apiUrl}${path}${csv ? '&format=csv' : ''}`, {
+          headers: { authorization: `Bearer ${key}` },
+        });
+        expect([path, res.status]).toEqual([path, 200]);
+        return csv ? new Set((await res.text()).split('\r\n')[0]?.split(',')) : keysOf(await res.json());
+      };
+      for (const csv of [false, true]) {
+        const customer = [...(await read(KEYS.acme, csv))].filter((k) => vendorOnly.test(k));
+        expect([path, csv, customer]).toEqual([path, csv, []]);
+      }
+      if (!path.includes('enforcement-events') && !path.includes('by-agent')) {
+        const finance = [...(await read(KEYS.finance, false))].filter((k) => vendorOnly.test(k));
+        expect([path, finance.length > 0]).toEqual([path, true]);
+      }
+    }
+  });
+
   it('CSV for every list, by format=csv or Accept: text/csv, with the same numbers as the JSON', async () => {
     const r = ranges().wholeDays;
     const q = qs({ from: iso(r.from), to: iso(r.to) });

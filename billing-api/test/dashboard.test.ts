@@ -229,7 +229,20 @@ describe('dashboard in headless Chromium', () => {
     expect(await text(page, '[data-kpi="revenue"]')).toBe(usd(t?.revenue ?? 0n));
     expect(await text(page, '[data-kpi="customers"]')).toBe('1');
     expect(await page.isHidden('#customer-filter')).toBe(true);
-    expect(await column(page, '#margin-table', 0)).toEqual(['acme']);
+    // the vendor's side is not shown (nor sent): cost and margin, the margin-health card, their columns
+    for (const sel of [
+      '[data-kpi="cost"]',
+      '[data-kpi="margin"]',
+      '#margin-table',
+      '#tool-table th:nth-child(5)',
+    ])
+      expect([sel, await page.isHidden(sel)]).toEqual([sel, true]);
+    expect(await page.isVisible('#tool-table th:nth-child(4)')).toBe(true); // revenue
+    const toolCells =
+      (await page.evaluate(`[...document.querySelectorAll('#tool-table tbody tr:first-child td')]
+      .filter((td) => getComputedStyle(td).display !== 'none').map((td) => td.textContent)`)) as string[];
+    expect(toolCells).toHaveLength(6); // tool, calls, errors, revenue, p95, usage lines
+    expect(toolCells.join(' ')).not.toMatch(/NaN|undefined/);
     expect(problems).toEqual([]);
     await page.close();
   });
