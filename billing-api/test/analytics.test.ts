@@ -97,6 +97,22 @@ const rcm = (revenue: bigint, cost: bigint) => ({
   marginBps: marginBps(revenue, cost),
 });
 
+/** Every answer that also comes as CSV, over the seed's whole days. */
+function answersWithCsv(): string[] {
+  const r = ranges().wholeDays;
+  const q = qs({ from: iso(r.from), to: iso(r.to) });
+  return [
+    `/analytics/mcp/revenue/by-tool?${q}`,
+    `/analytics/mcp/by-agent?${q}`,
+    `/analytics/mcp/by-customer?${q}`,
+    `/analytics/mcp/sessions?${q}`,
+    `/analytics/mcp/enforcement-events?${q}`,
+    '/analytics/mcp/sessions/shared-1?limit=1000',
+    `/analytics/mcp/summary?${q}`,
+    '/billing/invoices/preview?customer=acme',
+  ];
+}
+
 describe('analytics endpoints reconcile exactly with the raw events', () => {
   it('the workload landed: every call sent is one raw row, and the money anchors hold', () => {
     expect(raw.length).toBe(s.calls.length);
@@ -682,8 +698,6 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
   });
 
   it('a customer key reads no cost, margin or margin-guard threshold, in JSON or CSV; a finance key does', async () => {
-    const r = ranges().wholeDays;
-    const q = qs({ from: iso(r.from), to: iso(r.to) });
     const vendorOnly =
       /^(cost|costNano|margin|marginNano|marginBps|band|bands|guard|warnBelowBps|throttleBelowBps|killBelowBps|minRevenue|minRevenueNano)$/;
     const keysOf = (v: unknown, out = new Set<string>()): Set<string> => {
@@ -695,16 +709,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
         }
       return out;
     };
-    for (const path of [
-      `/analytics/mcp/revenue/by-tool?${q}`,
-      `/analytics/mcp/by-agent?${q}`,
-      `/analytics/mcp/by-customer?${q}`,
-      `/analytics/mcp/sessions?${q}`,
-      `/analytics/mcp/enforcement-events?${q}`,
-      '/analytics/mcp/sessions/shared-1?limit=1000',
-      `/analytics/mcp/summary?${q}`,
-      '/billing/invoices/preview?customer=acme',
-    ]) {
+    for (const path of answersWithCsv()) {
       const read = async (key: string, csv: boolean) => {
         const res = await fetch(`${s.tg.apiUrl}${path}${csv ? '&format=csv' : ''}`, {
           headers: { authorization: `Bearer ${key}` },
@@ -724,18 +729,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
   });
 
   it('CSV for every list, by format=csv or Accept: text/csv, with the same numbers as the JSON', async () => {
-    const r = ranges().wholeDays;
-    const q = qs({ from: iso(r.from), to: iso(r.to) });
-    for (const path of [
-      `/analytics/mcp/revenue/by-tool?${q}`,
-      `/analytics/mcp/by-agent?${q}`,
-      `/analytics/mcp/by-customer?${q}`,
-      `/analytics/mcp/sessions?${q}`,
-      `/analytics/mcp/enforcement-events?${q}`,
-      '/analytics/mcp/sessions/shared-1?limit=1000',
-      `/analytics/mcp/summary?${q}`,
-      `/billing/invoices/preview?customer=acme`,
-    ]) {
+    for (const path of answersWithCsv()) {
       const json = await get<Record<string, unknown>>(path);
       const list = (
         path.includes('/summary')

@@ -54,12 +54,15 @@ async function exportCalls(
       },
     }),
   );
+  return postSpans(spans, { 'service.name': 'mcp', 'service.instance.id': `inst-${customer}` });
+}
+
+/** Exports spans (OTLP/JSON) and returns the directives of the answer. */
+async function postSpans(spans: unknown[], resource?: Record<string, string>): Promise<Directive[]> {
   const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-    body: JSON.stringify(
-      exportOf(spans, { 'service.name': 'mcp', 'service.instance.id': `inst-${customer}` }),
-    ),
+    body: JSON.stringify(exportOf(spans, resource)),
   });
   expect(res.status).toBe(200);
   const body = (await res.json()) as { tollgate?: { directives: Directive[] } };
@@ -154,15 +157,7 @@ describe('hard limits', () => {
   });
 
   it('a retry of calls already counted carries the kill they caused (its sender lost the answer that had it)', async () => {
-    const post = async (spans: unknown[]) => {
-      const res = await fetch(`${tg.otlpUrl}/v1/traces`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${DEV_INGEST_KEY}` },
-        body: JSON.stringify(exportOf(spans)),
-      });
-      expect(res.status).toBe(200);
-      return ((await res.json()) as { tollgate?: { directives: Directive[] } }).tollgate?.directives ?? [];
-    };
+    const post = (spans: unknown[]) => postSpans(spans);
     const attrs = { 'mcp.session.id': 'retry-s1', 'tollgate.agent.id': 'retry-agent' };
     const spans = Array.from({ length: 7 }, () => toolSpan({ customer: 'retry-co', tool: 'search', attrs }));
     expect(kill(await post(spans))?.reason).toBe('hard_limit:spend_per_period'); // 7 × 1.00 > 5.00
