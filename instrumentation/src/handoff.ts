@@ -104,6 +104,33 @@ export function writeHandoff(
 }
 
 /**
+ * Reads what a process left, oldest first, without claiming it: for the courier, which removes each file only
+ * once Tollgate has taken it — a courier stopped half-way (SIGTERM, SIGKILL) leaves the rest where it was. A
+ * successor may claim a file meanwhile and send it too: Tollgate bills it once.
+ */
+export function readHandoff(dir: string): (ExportBody & { path: string })[] {
+  let names: string[];
+  try {
+    if (!ownedPrivately(dir, 'dir')) return [];
+    names = readdirSync(dir).filter((f) => NAME.test(f));
+  } catch {
+    return [];
+  }
+  names.sort((a, b) => Number(a.split('-', 1)[0]) - Number(b.split('-', 1)[0]));
+  const out: (ExportBody & { path: string })[] = [];
+  for (const name of names) {
+    const path = join(dir, name);
+    try {
+      if (!ownedPrivately(path, 'file')) continue;
+      out.push({ path, body: readFileSync(path), format: name.endsWith('.json') ? 'json' : 'protobuf' });
+    } catch {
+      // claimed by a successor meanwhile, or unreadable
+    }
+  }
+  return out;
+}
+
+/**
  * Takes what predecessors left, oldest first (at most `maxBytes`): each file is claimed by renaming it (only
  * one process wins a rename), read and removed. What this process cannot deliver in turn it hands on again.
  */

@@ -1,4 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -212,5 +212,82 @@ describe('a stdio session that ends while Tollgate is down', () => {
         return !existsSync(pending) || readdirSync(pending).length === 0 ? true : undefined;
       });
     }
+  });
+
+  it('a courier stopped half-way (Tollgate hangs, then SIGTERM) leaves what it has not delivered for the next process', async () => {
+    await tg?.cleanup();
+    tg = undefined;
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const port = (hang.address() as { port: number }).port;
+    const dir = tempDir('tollgate-exit-courier-');
+    const stateFile = join(dir, 'state.json');
+    const env = {
+      TOLLGATE_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      TOLLGATE_INGEST_KEY: DEV_INGEST_KEY,
+      TOLLGATE_CUSTOMER_ID: 'courier-co',
+      TG_STATE_FILE: stateFile,
+      TG_EXPORT_MS: '60000',
+      TG_EXIT_TOOL: 'exit',
+    };
+    const a = await connectStdio(env);
+    for (const text of ['c1', 'c2']) await a.client.callTool({ name: 'echo', arguments: { text } });
+    await a.client.callTool({ name: 'exit_soon', arguments: {} });
+    expect(await a.exited).toBe(3);
+    await a.client.close().catch(() => {});
+    expect(a.stderr.join('')).toContain('a background process is delivering them');
+    // the courier is waiting on the hanging Tollgate: stop it as a service manager would
+    const pending = `${stateFile}.pending`;
+    // its process, by its command line (/proc, as pgrep reads it)
+    const courier = await waitFor('the courier', async () =>
+      readdirSync('/proc')
+        .filter((p) => /^\d+$/.test(p))
+        .find((p) => {
+          try {
+            const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+            return argv.some((x) => x.endsWith('courier.js')) && argv.includes(pending);
+          } catch {
+            return false; // ended meanwhile
+          }
+        }),
+    );
+    expect(courier).toMatch(/^\d+$/);
+    // well into its first try (a courier reads the directory as it starts)
+    await new Promise((r) => setTimeout(r, 1500));
+    process.kill(Number(courier), 'SIGTERM');
+    await waitFor('the courier to end', async () => {
+      try {
+        process.kill(Number(courier), 0);
+        return undefined;
+      } catch {
+        return true;
+      }
+    });
+    expect(readdirSync(pending).filter((f) => !f.startsWith('.'))).toHaveLength(1);
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
+
+    // Tollgate comes back on that port: the next session of the service delivers them, once each
+    const back = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
+    tg = back;
+    const b = await connectStdio({ ...env, TG_EXPORT_MS: '50' });
+    await b.client.callTool({ name: 'echo', arguments: { text: 'c3' } });
+    await b.client.close();
+    await b.exited;
+    const rows = await waitFor('4 billed calls', async () => {
+      await back.lander?.idle();
+      const r = await query<Row>(
+        back,
+        'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
+        { c: 'courier-co' },
+      );
+      return r.length >= 4 ? r : undefined;
+    });
+    expect(rows.length).toBe(4);
+    expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
   });
 });
