@@ -172,6 +172,18 @@ describe('hard limits', () => {
     await tg.lander!.idle();
     const rows = await query(tg, "SELECT count() n FROM mcp_tool_calls WHERE customer = 'retry-co'");
     expect(rows).toEqual([{ n: '7' }]);
+
+    // a retried call beside a new call of the same customer: the tool kill the retried call caused, too
+    const scarce = Array.from({ length: 3 }, () =>
+      toolSpan({ customer: 'retry-tool-co', tool: 'scarce', attrs }),
+    );
+    expect(kill(await post(scarce), 'tool')).toMatchObject({
+      id: 'scarce',
+      reason: 'hard_limit:calls_per_tool',
+    });
+    const beside = await post([scarce[2], toolSpan({ customer: 'retry-tool-co', tool: 'search', attrs })]);
+    expect(kill(beside, 'tool')).toMatchObject({ id: 'scarce', customer: 'retry-tool-co' });
+    expect(beside.filter((d) => d.scope === 'tool' && d.id === 'scarce')).toHaveLength(1);
   });
 
   it('spend per session kills the session only; calls per tool block the tool only', async () => {

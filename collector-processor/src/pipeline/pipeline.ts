@@ -866,22 +866,24 @@ export class Pipeline {
   }
 
   /**
-   * The states in force for the customers of an export none of whose calls were counted now (all counted
-   * before), limited as `apply` limits an export's: the customer's, and those of the agents, sessions and
-   * tools of its calls here. Redis unreachable: none (as for any export answered fail-open).
+   * The states in force for an export's calls that were counted before (retries), as `apply` answers for the
+   * calls it counts: their customers', and those of their agents, sessions and tools — beside what `apply`
+   * answered (`answered`) for the new calls of the same export, without repeating it. Redis unreachable: none
+   * (as for any export answered fail-open).
    */
   private async statesOfRetried(
     product: string,
     prepared: readonly Prepared[],
     rated: readonly RatedCall[],
+    answered: readonly Directive[],
   ): Promise<Directive[]> {
     const statesOf = this.enforcer?.statesOf?.bind(this.enforcer);
     if (!statesOf) return [];
     const counted = new Set<string>();
-    for (const r of rated) counted.add(r.customer);
+    for (const r of rated) counted.add(r.eventId);
     const subjects = new Map<string, Set<string>>();
     for (const { call } of prepared) {
-      if (counted.has(call.customer)) continue;
+      if (counted.has(call.eventId)) continue;
       let s = subjects.get(call.customer);
       if (!s) {
         s = new Set();
@@ -890,12 +892,14 @@ export class Pipeline {
       s.add(`agent\0${call.agent}`).add(`session\0${call.sessionId}`).add(`tool\0${call.tool}`);
     }
     if (subjects.size === 0) return [];
+    const key = (d: Directive) => `${d.customer}\0${d.scope}\0${d.id}`;
+    const given = new Set(answered.map(key));
     try {
       const states = await Promise.all([...subjects.keys()].map((customer) => statesOf(product, customer)));
       const out: Directive[] = [];
       [...subjects.values()].forEach((s, i) => {
         for (const d of states[i] as Directive[]) {
-          if (d.scope === 'customer' || s.has(`${d.scope}\0${d.id}`)) out.push(d);
+          if ((d.scope === 'customer' || s.has(`${d.scope}\0${d.id}`)) && !given.has(key(d))) out.push(d);
         }
       });
       return out;
@@ -1047,10 +1051,10 @@ export class Pipeline {
       for (const b of blocks) this.lander.discard(b);
       throw err;
     }
-    // customers whose every call was counted before (a retry: its sender lost the answer that counted them)
-    // get the states in force, as that answer had them: a kill must reach the sender that retries
+    // calls counted before (a retry: its sender lost the answer that counted them) get the states in force,
+    // as that answer had them: a kill must reach the sender that retries
     if (duplicates > 0 && this.enforcer?.statesOf) {
-      directives = directives.concat(await this.statesOfRetried(product, prepared, rated));
+      directives = directives.concat(await this.statesOfRetried(product, prepared, rated, directives));
     }
     const enforceMs = performance.now() - enforceStart - landMs;
     if (blocks.length && enforcing && rated.some((r) => r.decision === 'over_limit')) {
