@@ -440,6 +440,10 @@ describe('usage lines: a bad quantity rejects its span, the rest of the export i
           ev({ cached_input_tokens: 40 }),
           ev({ cached_input_tokens: -3 }),
           ev({ cached_input_tokens: '2.5' }),
+          // an array, an object or null is malformed, not absent (each billed as if nothing was reported)
+          ev({ cached_input_tokens: [40] }),
+          ev({ cached_input_tokens: { n: 40 } }),
+          ev({ cached_input_tokens: null }),
         ],
       }),
     });
@@ -448,6 +452,9 @@ describe('usage lines: a bad quantity rejects its span, the rest of the export i
     expect(body.rejected.map((x) => [x.index, x.reason])).toEqual([
       [1, 'invalid_usage'],
       [2, 'invalid_usage'],
+      [3, 'invalid_usage'],
+      [4, 'invalid_usage'],
+      [5, 'invalid_usage'],
     ]);
     await tg.lander!.idle();
     const rows = await query(tg, "SELECT price_nano FROM mcp_tool_calls WHERE customer = 'usage-events'");

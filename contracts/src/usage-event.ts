@@ -85,12 +85,14 @@ export function toolCallFromUsageEvent(
   };
   // Other metadata fields named like a usage line are that line's quantity (checked against the plan
   // when rated): `metadata.cached_input_tokens` is read as `tollgate.usage.cached_input_tokens`.
-  let usage: Record<string, string | number | boolean> | undefined;
+  // An array, object or null there is kept as null: a line of the plan finds it malformed (`invalid_usage`),
+  // as on spans, instead of reading it as absent (which billed nothing for it).
+  let usage: Record<string, string | number | boolean | null> | undefined;
   for (const [k, v] of Object.entries(e.metadata)) {
-    if (k === 'inputTokens' || k === 'outputTokens' || !USAGE_LINE_KEY.test(k)) continue;
-    if (typeof v !== 'number' && typeof v !== 'string' && typeof v !== 'boolean') continue;
+    if (k === 'inputTokens' || k === 'outputTokens' || !USAGE_LINE_KEY.test(k) || v === undefined) continue;
     usage ??= {};
-    usage[ATTR_PREFIX_TOLLGATE_USAGE + k] = v;
+    usage[ATTR_PREFIX_TOLLGATE_USAGE + k] =
+      typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean' ? v : null;
   }
   if (usage) call.usage = usage;
   return call;
