@@ -13,6 +13,7 @@ const VENDOR_ONLY = new Set([
   'band',
   'bands',
   'guard',
+  'guardEnabled',
   'warnBelowBps',
   'throttleBelowBps',
   'killBelowBps',

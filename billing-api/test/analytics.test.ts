@@ -699,7 +699,7 @@ describe('analytics endpoints reconcile exactly with the raw events', () => {
 
   it('a customer key reads no cost, margin or margin-guard threshold, in JSON or CSV; a finance key does', async () => {
     const vendorOnly =
-      /^(cost|costNano|margin|marginNano|marginBps|band|bands|guard|warnBelowBps|throttleBelowBps|killBelowBps|minRevenue|minRevenueNano)$/;
+      /^(cost|costNano|margin|marginNano|marginBps|band|bands|guard|guardEnabled|warnBelowBps|throttleBelowBps|killBelowBps|minRevenue|minRevenueNano)$/;
     const keysOf = (v: unknown, out = new Set<string>()): Set<string> => {
       if (Array.isArray(v)) for (const x of v) keysOf(x, out);
       else if (v && typeof v === 'object')
