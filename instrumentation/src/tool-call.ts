@@ -125,6 +125,24 @@ function toolRuns(server: ServerLike, tool: string | undefined): boolean {
   return t !== undefined && t.enabled !== false;
 }
 
+/** Registered tools whose name was found billable (checked once per tool, not once per call). */
+const billableTools = new WeakSet<object>();
+
+/**
+ * Whether Tollgate can bill a call of this name (`isValidIdentifier`, as the processor checks
+ * `gen_ai.tool.name`): for a tool an `McpServer` registered, checked once; else (a low-level `Server`) per call.
+ */
+function billableToolName(server: ServerLike, tool: unknown): boolean {
+  if (typeof tool !== 'string') return false;
+  const tools = mcpServers.get(server)?._registeredTools;
+  const t = tools && typeof tools === 'object' && Object.hasOwn(tools, tool) ? tools[tool] : undefined;
+  if (t === undefined || t === null || typeof t !== 'object') return isValidIdentifier(tool);
+  if (billableTools.has(t)) return true;
+  if (!isValidIdentifier(tool)) return false;
+  billableTools.add(t);
+  return true;
+}
+
 /** Transports whose connection is the session (rule 2 of the billing session): one id per connection. */
 function isConnectionTransport(kind: McpTransport): boolean {
   return kind === 'stdio' || kind === 'in_memory';
@@ -618,7 +636,7 @@ export class ToolCallTracer {
     const name = request.params?.name;
     if (!toolRuns(server, typeof name === 'string' ? name : undefined))
       return original.call(thisArg, request, extra);
-    if (typeof name !== 'string' || !isValidIdentifier(name)) {
+    if (!billableToolName(server, name)) {
       // Tollgate would refuse its span (`invalid_identifier`): the tool would run and nobody would pay
       const rt = this.runtime;
       if (rt) {

@@ -152,6 +152,28 @@ describe('the tools/call span', () => {
     expect(spans.map((x) => x.attributes['gen_ai.tool.name'])).toEqual(['GET_FORECAST']);
   });
 
+  it('a tool an McpServer registered under a name Tollgate cannot bill is refused too, every call', async () => {
+    const billing = new InMemorySpanExporter();
+    const server = new McpServer({ name: 'unit', version: '1.0.0' });
+    instrumentMcpServer(server, { billingExporter: billing, exportIntervalMs: 10, customer: () => 'acme' });
+    let ran = 0;
+    server.registerTool('tab\tname', { inputSchema: {} }, async () => {
+      ran++;
+      return { content: [] };
+    });
+    server.registerTool('fine', { inputSchema: {} }, async () => ({ content: [] }));
+    const client = await connect(server);
+    for (let i = 0; i < 2; i++)
+      await expect(client.callTool({ name: 'tab\tname' })).rejects.toMatchObject({ code: -32602 });
+    await client.callTool({ name: 'fine' });
+    await client.callTool({ name: 'fine' });
+    expect(ran).toBe(0);
+    expect((await spansOf(billing, 2)).map((x) => x.attributes['gen_ai.tool.name'])).toEqual([
+      'fine',
+      'fine',
+    ]);
+  });
+
   it('reportUsage past 10^12 is refused whole (Tollgate would refuse the call); the call stays billable', async () => {
     const billing = new InMemorySpanExporter();
     const server = new McpServer({ name: 'unit', version: '1.0.0' });
