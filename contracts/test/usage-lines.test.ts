@@ -67,6 +67,9 @@ describe('usage-line sources on the call', () => {
     expect(toolCallFromUsageEvent(e, 'p', undefined)?.usage).toEqual({
       'tollgate.usage.cached_input_tokens': 4,
       'tollgate.usage.pages': '3',
+      // not a quantity: kept as null, so a plan line of that name refuses it (invalid_usage) instead of
+      // reading it as absent; a name no line reads is ignored when rated
+      'tollgate.usage.nested': null,
     });
   });
 });
