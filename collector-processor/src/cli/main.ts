@@ -202,9 +202,11 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
       1,
     );
   // a demo killed hard left its private redis-server running; emptying the directory would orphan it
+  // the flags are checked first: a mistyped one must not cost the last run's data
+  const config = loadConfig({ '--log-level': 'warn', ...flags, '--data-dir': dataDir });
   await stopLeftoverPrivateRedis(dataDir);
   rmSync(dataDir, { recursive: true, force: true });
-  const tg = await startTollgate(loadConfig({ '--log-level': 'warn', ...flags, '--data-dir': dataDir }));
+  const tg = await startTollgate(config);
   onSignals(tg);
   const out = process.stdout;
   out.write(
@@ -225,6 +227,14 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
       },
     });
   }
+  if (exit) {
+    // nothing is left serving: the calls stay in the data directory, readable once the demo has stopped
+    await tg.stop();
+    out.write(
+      `\nThe demo's calls: npx tollgate sql --data-dir ${dataDir} "SELECT customer, count() FROM mcp_tool_calls GROUP BY customer"\n`,
+    );
+    return;
+  }
   out.write(
     [
       '',
@@ -234,10 +244,6 @@ async function cmdDemo(flags: Record<string, string>): Promise<void> {
       '',
     ].join('\n'),
   );
-  if (exit) {
-    await tg.stop();
-    return;
-  }
   out.write('Tollgate keeps running so you can look around; Ctrl-C to stop.\n');
 }
 
@@ -352,11 +358,55 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   }
 }
 
+/** The flags the admin commands read: any other is a typo (`--custmer` would widen `states` to every customer). */
+const ADMIN_FLAGS = new Set(
+  [
+    'api-url',
+    'api-key',
+    'product',
+    'customer',
+    'scope',
+    'id',
+    'note',
+    'sub',
+    'amount',
+    'currency',
+    'grant',
+    'effective',
+    'expires',
+    'priority',
+    'idempotency-key',
+    'format',
+    'period',
+    'from',
+    'to',
+  ].map((f) => `--${f}`),
+);
+
 async function cmdAdmin(flags: Record<string, string>, verb: string | undefined): Promise<void> {
+  for (const f of Object.keys(flags)) if (!ADMIN_FLAGS.has(f)) fail(`unknown option ${f} for tollgate admin`);
   const apiUrl = flags['--api-url'] ?? process.env.TOLLGATE_API_URL ?? 'http://127.0.0.1:8080';
   const key = flags['--api-key'] ?? process.env.TOLLGATE_API_KEY;
   if (!key) fail('an admin API key is needed: --api-key or TOLLGATE_API_KEY');
   const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+  const res = await adminRequest(apiUrl, headers, flags, verb).catch((err: Error) =>
+    fail(
+      `cannot reach the Tollgate API at ${apiUrl} (${(err.cause as Error | undefined)?.message ?? err.message}): start Tollgate, or give its API address with --api-url or TOLLGATE_API_URL`,
+      1,
+    ),
+  );
+  const text = await res.text();
+  if (!res.ok) fail(`${res.status} ${text}`, 1);
+  if ((res.headers.get('content-type') ?? '').startsWith('text/csv')) process.stdout.write(text);
+  else process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+}
+
+async function adminRequest(
+  apiUrl: string,
+  headers: Record<string, string>,
+  flags: Record<string, string>,
+  verb: string | undefined,
+): Promise<Response> {
   let res: Response;
   if (verb === 'states') {
     const q = new URLSearchParams();
@@ -381,10 +431,7 @@ async function cmdAdmin(flags: Record<string, string>, verb: string | undefined)
   } else {
     return fail('usage: tollgate admin states|lift|kill|credits ...');
   }
-  const text = await res.text();
-  if (!res.ok) fail(`${res.status} ${text}`, 1);
-  if ((res.headers.get('content-type') ?? '').startsWith('text/csv')) process.stdout.write(text);
-  else process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
+  return res;
 }
 
 /** `tollgate admin credits …`: the credit routes of the API (the sub-command is the first positional). */
@@ -434,7 +481,13 @@ async function adminCredits(
 }
 
 async function main(): Promise<void> {
-  const { flags, positional } = splitArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  // `tollgate <anything> --help` (or -h) prints the usage, which covers every command, and does nothing else
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const { flags, positional } = splitArgs(argv);
   const [cmd, arg] = positional;
   switch (cmd) {
     case 'start':
@@ -447,8 +500,17 @@ async function main(): Promise<void> {
       return;
     case 'check-plans': {
       if (!arg) fail('usage: tollgate check-plans <file>');
+      let text: string;
       try {
-        const book = loadPlanBook(readFileSync(arg, 'utf8'), arg);
+        text = readFileSync(arg, 'utf8');
+      } catch (err) {
+        fail(
+          `${arg}: cannot read the plans file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+          1,
+        );
+      }
+      try {
+        const book = loadPlanBook(text, arg);
         process.stdout.write(
           `${arg}: valid (version ${book.version}, products: ${book.products().join(', ')})\n`,
         );

@@ -552,7 +552,9 @@ export const EMBEDDED_PLANS = new URL('../../defaults/plans.yaml', import.meta.u
  */
 export function loadConfig(flags: Record<string, string>, env: NodeJS.ProcessEnv = process.env): Config {
   const known = new Set<string>(['--config', ...SETTINGS.map((s) => s.flag)]);
-  for (const f of Object.keys(flags)) if (!known.has(f)) throw new ConfigError(`unknown option ${f}`);
+  for (const f of Object.keys(flags))
+    if (!known.has(f))
+      throw new ConfigError(`unknown option ${f} (every setting's flag: tollgate config --doc)`);
 
   const configFile = flags['--config'] ?? env.TOLLGATE_CONFIG ?? '';
   const filePath = configFile ? resolve(configFile) : EMBEDDED_CONFIG.pathname;

@@ -21,7 +21,16 @@ export class PlanStore {
     private readonly metrics: Metrics,
   ) {
     mkdirSync(snapshotDir, { recursive: true });
-    this.book = this.adopt(loadPlanBook(readFileSync(file, 'utf8'), file));
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      // a plans file that is not there is a problem of the file, reported as one (exit 2), not a stack trace
+      throw new PlanFileError(file, [
+        `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      ]);
+    }
+    this.book = this.adopt(loadPlanBook(text, file));
   }
 
   /** Loads the plan file; throws PlanFileError (with every problem) when it is invalid. */
