@@ -86,6 +86,12 @@ products:
     expect(text).toContain('products.p.customers.c.plan: no plan named "nope" (line 14)');
   });
 
+  it('refuses a file without a product (every export would be refused unknown_plan)', () => {
+    expect(problemsOf('currency: USD\nproducts: {}\n')).toEqual([
+      'products: must name at least one product (line 2)',
+    ]);
+  });
+
   it('rejects tiers that are not increasing or not open-ended', () => {
     const problems = problemsOf(`currency: USD
 products:

@@ -282,7 +282,10 @@ const product = z.strictObject({
 
 export const planFileSchema = z.strictObject({
   currency: z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as USD'),
-  products: z.record(z.string().min(1), product),
+  // a file without a product would refuse every export (`unknown_plan`): refused itself, as rate-plans.md says
+  products: z
+    .record(z.string().min(1), product)
+    .refine((p) => Object.keys(p).length > 0, 'must name at least one product'),
 });
 
 export type PlanInput = z.input<typeof planSchema>;
