@@ -103,22 +103,26 @@ export function writeHandoff(
   return skipped;
 }
 
+/** The export bodies' file names in a handoff directory, oldest first; none when the directory is not private. */
+function handoffNames(dir: string): string[] {
+  try {
+    // what another user could have written is never sent (see ownedPrivately)
+    if (!ownedPrivately(dir, 'dir')) return [];
+    const names = readdirSync(dir).filter((f) => NAME.test(f));
+    return names.sort((a, b) => Number(a.split('-', 1)[0]) - Number(b.split('-', 1)[0]));
+  } catch {
+    return [];
+  }
+}
+
 /**
  * Reads what a process left, oldest first, without claiming it: for the courier, which removes each file only
  * once Tollgate has taken it — a courier stopped half-way (SIGTERM, SIGKILL) leaves the rest where it was. A
  * successor may claim a file meanwhile and send it too: Tollgate bills it once.
  */
 export function readHandoff(dir: string): (ExportBody & { path: string })[] {
-  let names: string[];
-  try {
-    if (!ownedPrivately(dir, 'dir')) return [];
-    names = readdirSync(dir).filter((f) => NAME.test(f));
-  } catch {
-    return [];
-  }
-  names.sort((a, b) => Number(a.split('-', 1)[0]) - Number(b.split('-', 1)[0]));
   const out: (ExportBody & { path: string })[] = [];
-  for (const name of names) {
+  for (const name of handoffNames(dir)) {
     const path = join(dir, name);
     try {
       if (!ownedPrivately(path, 'file')) continue;
@@ -135,18 +139,9 @@ export function readHandoff(dir: string): (ExportBody & { path: string })[] {
  * one process wins a rename), read and removed. What this process cannot deliver in turn it hands on again.
  */
 export function claimHandoff(dir: string, instanceId: string, maxBytes = MAX_HANDOFF_BYTES): ExportBody[] {
-  let names: string[];
-  try {
-    // what another user could have written is never sent (see ownedPrivately)
-    if (!ownedPrivately(dir, 'dir')) return [];
-    names = readdirSync(dir).filter((f) => NAME.test(f));
-  } catch {
-    return [];
-  }
-  names.sort((a, b) => Number(a.split('-', 1)[0]) - Number(b.split('-', 1)[0]));
   const out: ExportBody[] = [];
   let bytes = 0;
-  for (const name of names) {
+  for (const name of handoffNames(dir)) {
     const claimed = join(dir, `.${name}.claimed-${instanceId}`);
     try {
       renameSync(join(dir, name), claimed);

@@ -31,6 +31,21 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** A Tollgate that accepts connections and never answers, on a free port; `close` ends it and its sockets. */
+async function hangingTollgate() {
+  const sockets = new Set<import('node:net').Socket>();
+  const hang = createServer((sock) => {
+    sockets.add(sock);
+    sock.on('error', () => {});
+  });
+  await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+  const close = async () => {
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => hang.close(r));
+  };
+  return { port: (hang.address() as { port: number }).port, sockets, close };
+}
+
 /** One plan, no free calls, a healthy margin: every call is billed and nothing is stopped. */
 const PLANS = `
 currency: USD
@@ -119,13 +134,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await tg?.cleanup();
     tg = undefined;
     // a Tollgate that accepts connections and never answers: the export in flight waits out its timeout
-    const sockets = new Set<import('node:net').Socket>();
-    const hang = createServer((sock) => {
-      sockets.add(sock);
-      sock.on('error', () => {});
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
-    const port = (hang.address() as { port: number }).port;
+    const { port, sockets, close } = await hangingTollgate();
     const dir = tempDir('tollgate-exit-hang-');
     const stateFile = join(dir, 'state.json');
     const env = {
@@ -148,8 +157,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     }
     await a.exited;
     await a.client.close().catch(() => {});
-    for (const sock of sockets) sock.destroy();
-    await new Promise((r) => hang.close(r));
+    await close();
 
     // Tollgate comes back on that port: the next session of the service delivers what the killed one left
     const back = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
@@ -217,13 +225,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
   it('a courier stopped half-way (Tollgate hangs, then SIGTERM) leaves what it has not delivered for the next process', async () => {
     await tg?.cleanup();
     tg = undefined;
-    const sockets = new Set<import('node:net').Socket>();
-    const hang = createServer((sock) => {
-      sockets.add(sock);
-      sock.on('error', () => {});
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
-    const port = (hang.address() as { port: number }).port;
+    const { port, close } = await hangingTollgate();
     const dir = tempDir('tollgate-exit-courier-');
     const stateFile = join(dir, 'state.json');
     const env = {
@@ -268,8 +270,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
       }
     });
     expect(readdirSync(pending).filter((f) => !f.startsWith('.'))).toHaveLength(1);
-    for (const sock of sockets) sock.destroy();
-    await new Promise((r) => hang.close(r));
+    await close();
 
     // Tollgate comes back on that port: the next session of the service delivers them, once each
     const back = await startTestTollgate({ '--otlp-port': String(port) }, PLANS);
