@@ -1,8 +1,8 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './support/harness.js';
-import { runCli } from './support/process.js';
+import { runCli, startServerProcess, stopServerProcess } from './support/process.js';
 
 /**
  * A new user's mistakes with the CLI, each answered by one line that says what to do, with an exit code of
@@ -69,5 +69,15 @@ describe('the CLI facing a new user’s mistakes', () => {
     expect(down.stderr).toContain('cannot reach the Tollgate API at http://127.0.0.1:9');
     expect(down.stderr).toContain('--api-url or TOLLGATE_API_URL');
     expect(down.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('a data directory tollgate start creates is its user’s only (mode 0700): the spool holds every export', async () => {
+    const dataDir = join(tempDir(), 'new', 'data');
+    const server = await startServerProcess(['--data-dir', dataDir]);
+    try {
+      expect((statSync(dataDir).mode & 0o777).toString(8)).toBe('700');
+    } finally {
+      await stopServerProcess(server, dataDir);
+    }
   });
 });
