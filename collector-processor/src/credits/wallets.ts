@@ -42,6 +42,12 @@ const MAX_PRIORITY = 1000;
 const MAX_FUTURE_MS = 100 * 365 * 86_400_000;
 const IDEMPOTENCY_KEY = /^[\w.:-]{1,128}$/;
 
+/** A grant's, top-up's or adjustment's `idempotencyKey`, when given, is 1–128 of `IDEMPOTENCY_KEY`'s characters. */
+function checkIdempotencyKey(key: string | undefined): void {
+  if (key !== undefined && !IDEMPOTENCY_KEY.test(key))
+    throw new CreditError('bad_request', 'idempotencyKey: 1–128 letters, digits, . : _ -');
+}
+
 /** The plan's credits block of a customer, as the scripts take it. */
 export interface CreditTerms {
   hardStop: boolean;
@@ -365,8 +371,7 @@ export class CreditWallets implements CreditsPort {
       const prio = r.priority ?? 0;
       if (!Number.isInteger(prio) || prio < 0 || prio > MAX_PRIORITY)
         throw new CreditError('bad_priority', `priority must be a whole number from 0 to ${MAX_PRIORITY}`);
-      if (r.idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(r.idempotencyKey))
-        throw new CreditError('bad_request', 'idempotencyKey: 1–128 letters, digits, . : _ -');
+      checkIdempotencyKey(r.idempotencyKey);
     } catch (err) {
       if (err instanceof CreditError) return this.refuse(r, op, err.reason, err.message);
       throw err;
@@ -435,8 +440,7 @@ export class CreditWallets implements CreditsPort {
         throw new CreditError('unknown_customer', `product ${r.product} has no customer ${r.customer}`);
       amount = this.parseAmount(r.amount, true);
       this.checkCurrency(r.currency);
-      if (r.idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(r.idempotencyKey))
-        throw new CreditError('bad_request', 'idempotencyKey: 1–128 letters, digits, . : _ -');
+      checkIdempotencyKey(r.idempotencyKey);
     } catch (err) {
       if (err instanceof CreditError) return this.refuse(r, 'adjustment', err.reason, err.message);
       throw err;
@@ -474,30 +478,18 @@ export class CreditWallets implements CreditsPort {
           ? 'the overdraft bucket must stay at or below zero'
           : `grant ${bucket} holds ${reply[1]} nano-units; it cannot go below zero or the wallet over its cap`,
       );
-    if (status === 'replayed') {
-      await this.audit(
-        r.product,
-        r.customer,
-        'credit_replayed',
-        'credits:adjustment',
-        amount,
-        clean(r.actor),
-        clean(`${bucket} — ${r.note}`).slice(0, 2000),
-      );
-      return { wallet, replayed: true };
-    }
-    if (status !== 'ok') throw new Error(`credits script: ${status}`);
+    if (status !== 'ok' && status !== 'replayed') throw new Error(`credits script: ${status}`);
     await this.audit(
       r.product,
       r.customer,
-      'credit_adjustment',
+      status === 'replayed' ? 'credit_replayed' : 'credit_adjustment',
       'credits:adjustment',
       amount,
       clean(r.actor),
       clean(`${bucket} — ${r.note}`).slice(0, 2000),
     );
     await this.afterChange(r.product, r.customer, wallet, reply[2] === 1 || reply[2] === '1');
-    return { wallet, replayed: false };
+    return { wallet, replayed: status === 'replayed' };
   }
 
   async wallet(product: string, customer: string): Promise<WalletView | undefined> {
