@@ -67,10 +67,15 @@ export interface ServerLike {
   _negotiatedProtocolVersion?: string;
 }
 
+/** A tool an `McpServer` registered (what billing reads of it). */
+export interface RegisteredToolLike {
+  enabled?: boolean;
+}
+
 /** `McpServer` wraps a `Server` in `.server`, and keeps its tools by name (both lines). */
 export interface McpServerLike {
   server: ServerLike;
-  _registeredTools?: Record<string, { enabled?: boolean } | undefined>;
+  _registeredTools?: Record<string, RegisteredToolLike | undefined>;
   /** Registers `tools/list` and `tools/call` on `.server` (called at the first tool, both lines). */
   setToolRequestHandlers?(...args: unknown[]): unknown;
 }

@@ -42,6 +42,7 @@ import {
 import type {
   JsonRpcRequestLike,
   McpServerLike,
+  RegisteredToolLike,
   RequestExtraLike,
   RequestHandler,
   ServerLike,
@@ -113,16 +114,22 @@ export function linkMcpServer(mcp: McpServerLike | undefined): void {
 }
 
 /**
- * Whether `tool` is one the server would run: false for a name its `McpServer` has no tool of, or a disabled
- * one, which the SDK answers with an error without running anything (`Tool x not found` / `disabled`). Such a
- * call is no tool call: no span, no lease, nothing billed or counted toward a limit. True when the server is
- * not an `McpServer` Tollgate saw (a low-level `Server` with a handler of its own decides for itself).
+ * The tool an `McpServer` Tollgate saw registered under `tool`: `null` when the server is not one (a low-level
+ * `Server` with a handler of its own decides for itself what exists), `undefined` when it has none of that name.
  */
-function toolRuns(server: ServerLike, tool: string | undefined): boolean {
+function registeredTool(server: ServerLike, tool: string): RegisteredToolLike | null | undefined {
   const tools = mcpServers.get(server)?._registeredTools;
-  if (!tools || typeof tools !== 'object' || tool === undefined) return true;
-  const t = Object.hasOwn(tools, tool) ? tools[tool] : undefined;
-  return t !== undefined && t.enabled !== false;
+  if (!tools || typeof tools !== 'object') return null;
+  return Object.hasOwn(tools, tool) ? tools[tool] : undefined;
+}
+
+/**
+ * Whether a call of `t` runs: not for a name its `McpServer` has no tool of, or a disabled one, which the SDK
+ * answers with an error without running anything (`Tool x not found` / `disabled`). Such a call is no tool
+ * call: no span, no lease, nothing billed or counted toward a limit.
+ */
+function toolRuns(t: RegisteredToolLike | null | undefined): boolean {
+  return t === null || (t !== undefined && t.enabled !== false);
 }
 
 /** Registered tools whose name was found billable (checked once per tool, not once per call). */
@@ -130,13 +137,11 @@ const billableTools = new WeakSet<object>();
 
 /**
  * Whether Tollgate can bill a call of this name (`isValidIdentifier`, as the processor checks
- * `gen_ai.tool.name`): for a tool an `McpServer` registered, checked once; else (a low-level `Server`) per call.
+ * `gen_ai.tool.name`): for a tool an `McpServer` registered (`t`), checked once; else (a low-level `Server`) per
+ * call.
  */
-function billableToolName(server: ServerLike, tool: unknown): boolean {
-  if (typeof tool !== 'string') return false;
-  const tools = mcpServers.get(server)?._registeredTools;
-  const t = tools && typeof tools === 'object' && Object.hasOwn(tools, tool) ? tools[tool] : undefined;
-  if (t === undefined || t === null || typeof t !== 'object') return isValidIdentifier(tool);
+function billableToolName(tool: string, t: RegisteredToolLike | null | undefined): boolean {
+  if (t === null || t === undefined || typeof t !== 'object') return isValidIdentifier(tool);
   if (billableTools.has(t)) return true;
   if (!isValidIdentifier(tool)) return false;
   billableTools.add(t);
@@ -634,9 +639,9 @@ export class ToolCallTracer {
     extra: RequestExtraLike,
   ): unknown {
     const name = request.params?.name;
-    if (!toolRuns(server, typeof name === 'string' ? name : undefined))
-      return original.call(thisArg, request, extra);
-    if (!billableToolName(server, name)) {
+    const registered = typeof name === 'string' ? registeredTool(server, name) : null;
+    if (!toolRuns(registered)) return original.call(thisArg, request, extra);
+    if (typeof name !== 'string' || !billableToolName(name, registered)) {
       // Tollgate would refuse its span (`invalid_identifier`): the tool would run and nobody would pay
       const rt = this.runtime;
       if (rt) {
