@@ -40,8 +40,7 @@ describe('the CLI facing a new user’s mistakes', () => {
       '0',
     ]);
     expect(start.code).toBe(2);
-    expect(start.stderr).toContain(`${missing}: 1 problem(s) in the rate-plan file:`);
-    expect(start.stderr).toContain('cannot read it (ENOENT)');
+    expect(start.stderr).toContain(`${missing}: cannot read the plans file (ENOENT)`);
     expect(start.stderr).not.toMatch(/\n\s+at /);
     const check = await runCli(['check-plans', missing]);
     expect(check.code).toBe(1);

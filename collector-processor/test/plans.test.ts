@@ -149,6 +149,30 @@ products:
     expect(problems).toEqual([expect.stringMatching(/^products\.p\.plans\.a: Unrecognized key: "bogus"/)]);
   });
 
+  it("an override's own problem is reported beside its plan's, not only once the plan is fixed", () => {
+    const problems = problemsOf(`currency: USD
+products:
+  p:
+    defaultPlan: a
+    plans:
+      a: { bogus: 1, limits: { callsPerDay: "x" }, tools: { "*": { price: { perCall: "1" } } } }
+    customers:
+      c1: { overrides: { freeCallsPerMonth: "lots" } }
+      c2: { overrides: { limits: { callsPerDay: "y" } } }
+      c3: { overrides: { typo: 2 } }
+`);
+    expect(problems).toHaveLength(4);
+    expect(problems[0]).toMatch(/^products\.p\.plans\.a\.limits\.callsPerDay: /);
+    expect(problems[1]).toMatch(/^products\.p\.plans\.a: Unrecognized key: "bogus"/);
+    // c2 only repeats the plan's own problem at the same place: not reported again
+    expect(problems.slice(2)).toEqual([
+      expect.stringMatching(
+        /^products\.p\.customers\.c1\.overrides\.freeCallsPerMonth: must be a whole number/,
+      ),
+      expect.stringMatching(/^products\.p\.customers\.c3\.overrides: Unrecognized key: "typo"/),
+    ]);
+  });
+
   it('validates customer overrides against the plan schema', () => {
     const problems = problemsOf(`currency: USD
 products:

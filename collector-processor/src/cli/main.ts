@@ -19,7 +19,7 @@ import {
   settingsTableMarkdown,
   splitArgs,
 } from '../config/settings.js';
-import { loadPlanBook, PlanFileError } from '../plans/load.js';
+import { PlanFileError, readPlanBook } from '../plans/load.js';
 import { sha256Hex } from '../receiver/ingest-keys.js';
 import { type RunningRecord, runningProcess } from '../running.js';
 import { migrate, openClickHouse } from '../storage/clickhouse.js';
@@ -317,7 +317,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
   try {
     await migrate(ch.client);
     const plansFile = s.plansFile ? resolve(String(s.plansFile)) : EMBEDDED_PLANS.pathname;
-    const book = loadPlanBook(readFileSync(plansFile, 'utf8'), plansFile);
+    const book = readPlanBook(plansFile);
     const report = await runStripeSync(
       config,
       dataDir,
@@ -500,17 +500,8 @@ async function main(): Promise<void> {
       return;
     case 'check-plans': {
       if (!arg) fail('usage: tollgate check-plans <file>');
-      let text: string;
       try {
-        text = readFileSync(arg, 'utf8');
-      } catch (err) {
-        fail(
-          `${arg}: cannot read the plans file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
-          1,
-        );
-      }
-      try {
-        const book = loadPlanBook(text, arg);
+        const book = readPlanBook(arg);
         process.stdout.write(
           `${arg}: valid (version ${book.version}, products: ${book.products().join(', ')})\n`,
         );

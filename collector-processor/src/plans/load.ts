@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { type Document, isMap, isScalar, LineCounter, parseDocument, visit } from 'yaml';
 import type { z } from 'zod';
 import {
@@ -59,6 +60,29 @@ export class PlanFileError extends Error {
   ) {
     super(`${file}: ${problems.length} problem(s) in the rate-plan file:\n  ${problems.join('\n  ')}`);
   }
+}
+
+/** A plans file that cannot be read at all (missing, a directory, no permission): one line, no count. */
+export class PlanFileUnreadable extends PlanFileError {
+  constructor(file: string, err: unknown) {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    super(file, [`cannot read the plans file (${why})`]);
+    this.message = `${file}: cannot read the plans file (${why})`;
+  }
+}
+
+/**
+ * Reads and loads a plans file: the one reader of `tollgate start`, its hot reload, `check-plans` and the
+ * Stripe sync. Throws PlanFileError (PlanFileUnreadable when the file cannot be read) with every problem.
+ */
+export function readPlanBook(file: string): PlanBook {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new PlanFileUnreadable(file, err);
+  }
+  return loadPlanBook(text, file);
 }
 
 type Path = ReadonlyArray<PropertyKey>;
@@ -159,8 +183,8 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
     }
     return '';
   };
-  const report = (prefix: Path, err: z.ZodError) => {
-    for (const issue of err.issues) {
+  const report = (prefix: Path, issues: z.ZodError['issues']) => {
+    for (const issue of issues) {
       const full = [...prefix, ...issue.path];
       problems.push(`${pathText(full) || '(root)'}: ${issue.message}${lineOf(full)}`);
     }
@@ -169,7 +193,7 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
   const raw = doc.toJS() as unknown;
   const fileResult = planFileSchema.safeParse(raw ?? {});
   if (!fileResult.success) {
-    report([], fileResult.error);
+    report([], fileResult.error.issues);
     throw new PlanFileError(file, problems);
   }
   const parsed: PlanFile = fileResult.data;
@@ -179,10 +203,14 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
 
   for (const [product, p] of Object.entries(parsed.products)) {
     const compiled = new Map<string, CompiledPlan>();
+    // where each plan that failed is wrong (paths within the plan): an override of it is checked apart from these
+    const failed = new Map<string, (readonly PropertyKey[])[]>();
     for (const [planId, rawPlan] of Object.entries(p.plans)) {
       const r = planSchema.safeParse(rawPlan);
-      if (!r.success) report(['products', product, 'plans', planId], r.error);
-      else compiled.set(planId, compile(product, planId, version, parsed.currency, r.data));
+      if (!r.success) {
+        report(['products', product, 'plans', planId], r.error.issues);
+        failed.set(planId, r.error.issues.flatMap(issuePaths));
+      } else compiled.set(planId, compile(product, planId, version, parsed.currency, r.data));
     }
     if (!(p.defaultPlan in p.plans)) {
       problems.push(
@@ -199,15 +227,24 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
         problems.push(`${pathText([...at, 'plan'])}: no plan named "${planId}"${lineOf([...at, 'plan'])}`);
         continue;
       }
-      // a plan that failed is reported once, at the plan: not again under every customer that overrides it
-      if (!compiled.has(planId)) continue;
+      // a plan that failed is reported once, at the plan: not again under every customer that overrides it;
+      // what an override gets wrong besides is reported now, not once the plan is fixed
+      const baseProblems = failed.get(planId);
+      if (baseProblems) {
+        if (!c.overrides) continue;
+        const r = planSchema.safeParse(deepMerge(p.plans[planId], c.overrides));
+        if (r.success) continue;
+        const own = r.error.issues.flatMap((i) => notIn(i, baseProblems));
+        report([...at, 'overrides'], own);
+        continue;
+      }
       if (!c.overrides) {
         const shared = compiled.get(planId);
         if (shared) byCustomer.set(`${product}\0${customer}`, shared);
         continue;
       }
       const r = planSchema.safeParse(deepMerge(p.plans[planId], c.overrides));
-      if (!r.success) report([...at, 'overrides'], r.error);
+      if (!r.success) report([...at, 'overrides'], r.error.issues);
       else
         byCustomer.set(`${product}\0${customer}`, compile(product, planId, version, parsed.currency, r.data));
     }
@@ -229,6 +266,27 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
     listsCustomer: (product: string, customer: string) =>
       Object.hasOwn(parsed.products[product]?.customers ?? {}, customer),
   });
+}
+
+/** Where an issue is: its path, or for keys the schema does not know, each key's own path. */
+function issuePaths(issue: z.ZodError['issues'][number]): Path[] {
+  return issue.code === 'unrecognized_keys' ? issue.keys.map((k) => [...issue.path, k]) : [issue.path];
+}
+
+/** The part of an issue that is not at or under one of `known` (an unknown-keys issue keeps its other keys). */
+function notIn(issue: z.ZodError['issues'][number], known: readonly Path[]): z.ZodError['issues'] {
+  const isKnown = (path: Path) => known.some((b) => startsWith(path, b));
+  if (issue.code !== 'unrecognized_keys') return isKnown(issue.path) ? [] : [issue];
+  const keys = issue.keys.filter((k) => !isKnown([...issue.path, k]));
+  if (keys.length === issue.keys.length) return [issue];
+  if (keys.length === 0) return [];
+  const message = `Unrecognized key${keys.length > 1 ? 's' : ''}: ${keys.map((k) => `"${k}"`).join(', ')}`;
+  return [{ ...issue, keys, message }];
+}
+
+/** Whether `path` is `prefix` or lies under it. */
+function startsWith(path: Path, prefix: Path): boolean {
+  return prefix.length <= path.length && prefix.every((k, i) => path[i] === k);
 }
 
 /** The rate of a tool under a plan, or undefined when the plan neither lists it nor has a default. */

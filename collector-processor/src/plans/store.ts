@@ -1,8 +1,8 @@
-import { existsSync, mkdirSync, readFileSync, unwatchFile, watchFile, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, unwatchFile, watchFile, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
-import { loadPlanBook, type PlanBook, PlanFileError } from './load.js';
+import { type PlanBook, PlanFileError, readPlanBook } from './load.js';
 
 /**
  * The rate plans in force, hot-reloaded from their file. A bad edit keeps the previous plans and says
@@ -21,16 +21,8 @@ export class PlanStore {
     private readonly metrics: Metrics,
   ) {
     mkdirSync(snapshotDir, { recursive: true });
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      // a plans file that is not there is a problem of the file, reported as one (exit 2), not a stack trace
-      throw new PlanFileError(file, [
-        `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
-      ]);
-    }
-    this.book = this.adopt(loadPlanBook(text, file));
+    // a plans file that is not there is a problem of the file, reported as one (exit 2), not a stack trace
+    this.book = this.adopt(readPlanBook(file));
   }
 
   /** Loads the plan file; throws PlanFileError (with every problem) when it is invalid. */
@@ -55,22 +47,15 @@ export class PlanStore {
     if (known) return known;
     const snap = join(this.snapshotDir, `${version}.yaml`);
     if (!existsSync(snap)) return undefined;
-    const book = loadPlanBook(readFileSync(snap, 'utf8'), snap);
+    const book = readPlanBook(snap);
     this.versions.set(version, book);
     return book;
   }
 
   /** Re-reads the file now; returns true when a new version took effect. */
   reload(): boolean {
-    let source: string;
     try {
-      source = readFileSync(this.file, 'utf8');
-    } catch (err) {
-      this.fail(`cannot read ${this.file}: ${(err as Error).message}`);
-      return false;
-    }
-    try {
-      const book = loadPlanBook(source, this.file);
+      const book = readPlanBook(this.file);
       this.lastError = undefined;
       if (book.version === this.book.version) return false;
       this.book = this.adopt(book);
