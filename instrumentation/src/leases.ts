@@ -184,8 +184,9 @@ class Held {
   unconsume(tool: string, session: string, price: number): void {
     this.callsUsed--;
     this.moneyUsed -= price;
-    this.sinceCalls--;
-    this.sinceMoney -= price;
+    // the sizing counters restart at each grant: a ticket taken before the last one is not in them
+    if (this.sinceCalls > 0) this.sinceCalls--;
+    this.sinceMoney = Math.max(0, this.sinceMoney - price);
     if (this.limitedTools.size > 0 && this.limitedTools.has(tool)) (this.tools.get(tool) as Sub).used--;
     if (this.sessionLimited && session) (this.sessions.get(session) as Sub).used -= price;
   }
