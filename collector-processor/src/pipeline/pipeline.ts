@@ -178,6 +178,10 @@ export class RecentIds {
   private index: Map<string, number> | undefined;
   /** `callKey` → occurrences among the calls taken fail-open and not yet added. */
   private readonly taken = new Map<string, number>();
+  /** `callKey` → occurrences among the calls of spool records being replayed (`hold`). */
+  private readonly held = new Map<string, number>();
+  /** A replayed record's id → the keys it holds. */
+  private readonly holds = new Map<string, string[]>();
   constructor(private readonly capacity: number) {}
 
   has(product: string, customer: string, day: number, id: string): boolean {
@@ -186,7 +190,35 @@ export class RecentIds {
       for (let b = this.head; b < this.batches.length; b++) this.count(this.batches[b] as RecentBatch, 1);
     }
     const key = callKey(product, customer, day, id);
-    return this.index.has(key) || this.taken.has(key);
+    return this.index.has(key) || this.taken.has(key) || this.held.has(key);
+  }
+
+  /**
+   * The calls of a spool record that a replay will count (`rid`), held until `unhold(rid)`: a sender's retry of
+   * its export that arrives fail-open meanwhile finds them, instead of billing them beside the replay.
+   */
+  hold(
+    rid: string,
+    product: string,
+    calls: readonly { eventId: string; customer: string; startUnixUs: number }[],
+  ): void {
+    if (this.holds.has(rid) || calls.length === 0) return;
+    const keys = calls.map((c) => callKey(product, c.customer, utcDay(c.startUnixUs), c.eventId));
+    for (const key of keys) addCount(this.held, key, 1);
+    this.holds.set(rid, keys);
+  }
+
+  /** The record counts its calls itself now (or gave up): its hold goes. */
+  unhold(rid: string): void {
+    const keys = this.holds.get(rid);
+    if (!keys) return;
+    this.holds.delete(rid);
+    for (const key of keys) addCount(this.held, key, -1);
+  }
+
+  /** Calls held for replayed records (for tests). */
+  get heldCalls(): number {
+    return this.held.size;
   }
 
   /**
@@ -668,6 +700,7 @@ export class Pipeline {
     const ordered = resumed
       ? [...records.filter((r) => resumed.has(r.rid)), ...records.filter((r) => !resumed.has(r.rid))]
       : records;
+    await this.holdReplayed(records);
     // one wait for Redis for the whole replay, not one per record (N records waited N × 5 minutes)
     const waitForRedisUntil = Date.now() + REPLAY_REDIS_WAIT_MS;
     for (const rec of ordered) {
@@ -699,7 +732,41 @@ export class Pipeline {
     }
   }
 
+  /**
+   * Holds the calls of the records about to be replayed in the dedup of last resort, newest records first, up to
+   * RECENT_IDS calls: the exports a sender sends again are those it was not answered for, the newest. Without it,
+   * a retry arriving fail-open while a record's replay waits for Redis was billed, and the replay billed the
+   * same calls again once Redis answered (the record had claimed them before the restart). Each record is read
+   * under the replay guard, as its replay reads it; one that cannot be read is left to its replay.
+   */
+  private async holdReplayed(records: readonly AcceptedRecord[]): Promise<void> {
+    const guard = this.spool.replayGuard;
+    let calls = 0;
+    for (let i = records.length - 1; i >= 0 && calls < RECENT_IDS; i--) {
+      const rec = records[i] as AcceptedRecord;
+      if (!guard.begin(rec.rid)) continue;
+      try {
+        const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
+        const own = await this.callsOf(rec, book);
+        this.recent.hold(rec.rid, rec.product, own);
+        calls += own.length;
+      } catch {
+        // its replay reports it
+      } finally {
+        guard.end(rec.rid);
+      }
+    }
+  }
+
   private async replayOne(rec: AcceptedRecord, waitForRedisUntil: number): Promise<void> {
+    try {
+      await this.replayRecord(rec, waitForRedisUntil);
+    } finally {
+      this.recent.unhold(rec.rid);
+    }
+  }
+
+  private async replayRecord(rec: AcceptedRecord, waitForRedisUntil: number): Promise<void> {
     const book = this.plans.byVersion(rec.planVersion) ?? this.plans.current;
     if (book.version !== rec.planVersion) {
       this.log.warn(
@@ -1152,6 +1219,8 @@ export class Pipeline {
             }
             if (failClosed) return;
             await this.seedRecent();
+            // a replayed record rated fail-open counts its own calls: they are no longer held for it
+            this.recent.unhold(rid);
             const inputs: ClaimInput[] = [];
             /** The positions each of `inputs` was given here (written down with them for a next start). */
             const positions: ClaimResult[] = [];
