@@ -412,6 +412,79 @@ describe("tollgate handler", function()
     end
   end)
 
+  describe("a header Kong reads under another spelling than the server (underscores_in_headers on)", function()
+    -- Kong's get_header reads ngx.var.http_<name>, which nginx matches against `Mcp_Method` as well as
+    -- `Mcp-Method` (kong/templates/nginx_kong.lua: underscores_in_headers on); the MCP server behind does not
+    local function refused(res, name)
+      assert.equal(400, res.exit.status)
+      local body = cjson.decode(res.exit.body)
+      assert.equal(-32600, body.error.code)
+      assert.truthy(body.error.message:find(name, 1, true), body.error.message)
+      assert.equal(0, fake_redis.hmgets())
+      for _, span in ipairs(res.exported) do
+        assert.is_nil(attrs(span)["mcp.method.name"])
+      end
+    end
+
+    it("Mcp_Method / MCP_Protocol_Version / Mcp_Name naming a cheap call over the body's real one: 400, nothing metered", function()
+      -- the body a 2.x server serves as a legacy request (no version header it can read)
+      local r = modern({ body = call_body(1, "delete_everything") },
+                       { ["Mcp-Protocol-Version"] = false, ["MCP_Protocol_Version"] = "2026-07-28" })
+      refused(fake.run(handler, config(), r), "mcp_protocol_version")
+      r = modern({ body = call_body(1, "delete_everything") },
+                 { ["Mcp-Method"] = false, ["Mcp_Method"] = "tools/list" })
+      refused(fake.run(handler, config(), r), "mcp_method")
+      r = modern({ body = call_body(1, "delete_everything") }, { ["Mcp-Name"] = false, ["mcp_name"] = "c2VhcmNo" })
+      refused(fake.run(handler, config(), r), "mcp_name")
+      -- beside the dashed one too
+      r = modern(nil, { ["Mcp_Session_Id"] = "other" })
+      refused(fake.run(handler, config(), r), "mcp_session_id")
+    end)
+
+    it("the customer and agent headers: a client's X_Customer_Id never names the customer", function()
+      local r = request()
+      r.consumer = nil
+      r.headers["X_Customer_Id"] = "cus_victim"
+      refused(fake.run(handler, config({ customer_source = "header" }), r), "x_customer_id")
+      r = request()
+      r.headers["X_Agent_Id"] = "agent-9"
+      refused(fake.run(handler, config(), r), "x_agent_id")
+      -- a customer header is not watched when the customer comes from the consumer
+      fake_redis.reset()
+      r = request()
+      r.headers["X_Customer_Id"] = "cus_victim"
+      local res = fake.run(handler, config(), r)
+      assert.is_nil(res.exit)
+      assert.equal("cus_1", attrs(res.root)["tollgate.customer.id"])
+    end)
+
+    it("a watched header sent twice, or more headers than Kong lists: 400", function()
+      local r = modern(nil, { ["Mcp-Name"] = { "c2VhcmNo", "ZGVsZXRl" } })
+      refused(fake.run(handler, config(), r), "mcp-name")
+      r = request()
+      for i = 1, 1000 do r.headers["X-Filler-" .. i] = "x" end
+      refused(fake.run(handler, config(), r), "more than 1000 headers")
+    end)
+
+    it("configured names are matched as configured, whatever their case", function()
+      local r = request()
+      r.headers["X-Agent-Id"] = nil
+      r.headers["x_agent"] = "agent-u"
+      local res = fake.run(handler, config({ agent_header = "X_Agent" }), r)
+      assert.is_nil(res.exit)
+      assert.equal("agent-u", attrs(res.root)["gen_ai.agent.id"] or attrs(res.root)["tollgate.agent.id"])
+    end)
+  end)
+
+  it("a later plugin's runtime error in access (Kong's 500, get_source 'error'): a failed call, like Kong's own upstream error", function()
+    local res = fake.run(handler, config(), request(), { later_plugin_error = true })
+    assert.equal(500, res.status)
+    local a = attrs(res.root)
+    assert.equal("tools/call", a["mcp.method.name"])
+    assert.equal("500", a["error.type"])
+    assert.equal("allow", a["tollgate.enforcement"]) -- not "gateway_exit": get_source says "error", not "exit"
+  end)
+
   it("requests without tools/call pass untouched and unmetered", function()
     local init = fake.run(handler, config(), request({
       body = '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}' }))

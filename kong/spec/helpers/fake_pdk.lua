@@ -6,6 +6,9 @@
 --   kong.request.get_method()            -> string                                    (rewrite..log)
 --   kong.request.get_header(name)        -> string|nil, first value, case-insensitive,
 --                                           '_' == '-'; error if name is not a string (rewrite..log)
+--   kong.request.get_headers(max)        -> table keyed by lowercased names as sent ('_' kept, a
+--                                           miss retried as '-'), arrays for repeats; "truncated"
+--                                           past max (1..1000, default 100)               (rewrite..log)
 --   kong.request.get_query_arg(name)     -> string|true|nil                           (rewrite..log)
 --   kong.request.get_raw_body()          -> body | nil, err when spilled to a file    (rewrite, access)
 --   kong.client.get_consumer()           -> consumer entity | nil                     (access..log)
@@ -84,6 +87,15 @@ local function lower_keys(t)
   return out
 end
 
+-- the request's headers as ngx.req.get_headers keys them: lowercased, '_' kept
+local function raw_keys(t)
+  local out = {}
+  for k, v in pairs(t or {}) do
+    out[k:lower()] = v
+  end
+  return out
+end
+
 local tracer, instrumentation, tracing_context = kong_tracing.new({
   get_ctx = function() return current.ngx_ctx end,
   time_ns = function() return clock_ms * 1e6 end,
@@ -119,6 +131,51 @@ end
 function kong.request.get_header(name)
   check_phase(PHASES.request, "kong.request.get_header")
   return header_of(current.req_headers, name)
+end
+
+-- kong/pdk/request.lua get_headers -> ngx.req.get_headers(max) (lua-nginx-module, raw = false): the
+-- keys are the names as sent, lowercased, underscores kept; a header sent more than once is an array of
+-- its values; a lookup that misses is retried with the key lowercased and '_' turned into '-' (the
+-- table's __index); past max headers, the first max and "truncated". max: 1..1000, 100 by default.
+local headers_mt = {
+  __index = function(t, k)
+    if type(k) ~= "string" then
+      return nil
+    end
+    local n = k:lower():gsub("_", "-")
+    return n ~= k and rawget(t, n) or nil
+  end,
+}
+
+function kong.request.get_headers(max_headers)
+  check_phase(PHASES.request, "kong.request.get_headers")
+  if max_headers == nil then
+    max_headers = 100
+  elseif type(max_headers) ~= "number" then
+    error("max_headers must be a number", 2)
+  elseif max_headers < 1 then
+    error("max_headers must be >= 1", 2)
+  elseif max_headers > 1000 then
+    error("max_headers must be <= 1000", 2)
+  end
+  local out, n = setmetatable({}, headers_mt), 0
+  for name, v in pairs(current.raw_req_headers) do
+    for _, value in ipairs(type(v) == "table" and v or { v }) do
+      if n >= max_headers then
+        return out, "truncated"
+      end
+      n = n + 1
+      local had = rawget(out, name)
+      if had == nil then
+        out[name] = value
+      elseif type(had) == "table" then
+        had[#had + 1] = value
+      else
+        out[name] = { had, value }
+      end
+    end
+  end
+  return out
 end
 
 function kong.request.get_query_arg(name)
@@ -178,10 +235,14 @@ function kong.response.get_status()
   return current.status
 end
 
--- kong/pdk/response.lua: "exit" when a plugin short-circuited, "service" when proxied, else "error"
+-- kong/pdk/response.lua get_source: "error" when something failed unexpectedly (ctx.KONG_UNEXPECTED: a
+-- plugin's runtime error, kong/init.lua execute_collecting_plugins_iterator; nginx's error page,
+-- Kong.handle_error), else "exit" when a plugin short-circuited, "service" when proxied, else "error"
 function kong.response.get_source()
   check_phase(PHASES.response, "kong.response.get_source")
-  if current.exited then
+  if current.unexpected then
+    return "error"
+  elseif current.exited then
     return "exit"
   elseif current.proxied then
     return "service"
@@ -218,8 +279,10 @@ function kong.service.request.set_header(header, value)
           .. ", expected string, number or boolean", 2)
   end
   current.upstream_headers[normalize(header)] = tostring(value)
-  -- like ngx.req.set_header, later reads of the request headers see it
+  -- like ngx.req.set_header, later reads of the request headers see it (it replaces the header of that
+  -- name, not one spelled with underscores)
   current.req_headers[normalize(header)] = tostring(value)
+  current.raw_req_headers[header:lower()] = tostring(value)
 end
 
 for _, level in ipairs({ "err", "warn", "notice", "info", "debug", "crit", "alert" }) do
@@ -335,6 +398,8 @@ end
 --        tracing = false (tracing_instrumentations = off), sampling_rate (tracing_sampling_rate),
 --        otel = false (no opentelemetry plugin) | { sampling_rate = n } (its config) }
 -- upstream: { status, headers, chunks = { ... }, vars = { upstream_bytes_sent = "312", ... } (ngx.var),
+--            exit_by_later_plugin = true (a later plugin's kong.response.exit with status/chunks[1]),
+--            later_plugin_error = true (a later plugin's runtime error in access: Kong's 500),
 --            client_closed = true (the client hung up before the answer: nginx ends the request with
 --            499 without running the header and body filters, ngx_http_terminate_request) }
 function _M.run(handler, conf, req, upstream)
@@ -342,6 +407,7 @@ function _M.run(handler, conf, req, upstream)
   current = {
     req = req,
     req_headers = lower_keys(req.headers),
+    raw_req_headers = raw_keys(req.headers),
     upstream_headers = {},
     plugin_ctx = {},
     shared_ctx = {},
@@ -390,6 +456,11 @@ function _M.run(handler, conf, req, upstream)
   if upstream.exit_by_later_plugin and not r.exited then
     -- a plugin with a lower priority (running after ours) short-circuits the request
     kong.response.exit(upstream.status, upstream.chunks[1], upstream.headers)
+  elseif upstream.later_plugin_error and not r.exited then
+    -- a plugin running after ours raises in access: kong/init.lua marks the request KONG_UNEXPECTED and
+    -- answers its delayed 500 through kong.response.error (flush_delayed_response), which exits
+    r.unexpected = true
+    kong.response.exit(500, { message = "An unexpected error occurred" })
   end
   if otel and not r.exited then
     -- kong/init.lua: after an exit the access handlers of later plugins are skipped

@@ -482,3 +482,71 @@ describe('hostile client: 2026-07-28 headers that lie to an upstream that does n
     assert.equal(JSON.parse(text2).error.code, -32050);
   });
 });
+
+describe('hostile client: MCP headers spelled with underscores (Kong runs nginx with underscores_in_headers on)', () => {
+  // Kong's get_header reads ngx.var.http_<name>, which nginx matches against MCP_Protocol_Version as well as
+  // MCP-Protocol-Version; the 2.x SDK server (default options: legacy traffic served) sees no version header,
+  // serves the body as a legacy request and never compares it with Mcp-Method / Mcp-Name
+  const legacyCall = (name) => ({
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'tools/call',
+    params: { name, arguments: {} },
+  });
+  for (const [name, key, headers] of [
+    [
+      "MCP_Protocol_Version + Mcp-Method: tools/list, a killed customer's call",
+      'key-kill',
+      { MCP_Protocol_Version: '2026-07-28', 'Mcp-Method': 'tools/list' },
+    ],
+    [
+      'MCP_Protocol_Version + Mcp-Name naming echo over delete_everything',
+      'key-alice',
+      { MCP_Protocol_Version: '2026-07-28', 'Mcp-Method': 'tools/call', 'Mcp-Name': 'echo' },
+    ],
+    [
+      'Mcp_Method: tools/list beside a real version header',
+      'key-kill',
+      { 'MCP-Protocol-Version': '2026-07-28', Mcp_Method: 'tools/list' },
+    ],
+  ]) {
+    it(`${name}: refused (400), the tool never runs, nothing billed`, async () => {
+      const testId = `underscore-${++seq}-${Date.now()}`;
+      const before = await upstreamStats();
+      const res = await post('/main/modern/mcp', legacyCall('delete_everything'), {
+        ...headers,
+        apikey: key,
+        'x-test-id': testId,
+      });
+      const text = await res.text();
+      assert.deepEqual(await upstreamStats(), before, `the tool ran (${res.status} ${text})`);
+      assert.equal(res.status, 400, text);
+      assert.equal(JSON.parse(text).error.code, -32600);
+      await new Promise((r) => setTimeout(r, 100));
+      const billed = allSpans(await spansOf(testId)).filter(
+        (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+      );
+      assert.equal(billed.length, 0);
+    });
+  }
+
+  it('the same legacy body with the dashed headers: metered from the body, billed as the tool that runs', async () => {
+    const testId = `underscore-${++seq}-${Date.now()}`;
+    const before = await upstreamStats();
+    const res = await post('/main/modern/mcp', legacyCall('delete_everything'), {
+      apikey: 'key-alice',
+      'x-test-id': testId,
+    });
+    const text = await res.text();
+    assert.equal(res.status, 200, text);
+    assert.equal((await upstreamStats()).modern_delete, before.modern_delete + 1);
+    await new Promise((r) => setTimeout(r, 100));
+    const billed = allSpans(await spansOf(testId)).filter(
+      (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+    );
+    assert.deepEqual(
+      billed.map((s) => attrsOf(s)['gen_ai.tool.name']),
+      ['delete_everything'],
+    );
+  });
+});

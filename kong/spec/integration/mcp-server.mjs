@@ -31,8 +31,9 @@ const port = Number(process.argv[2]);
 const stats = { echo: 0, slow: 0, big: 0, metered: 0, modern_echo: 0, modern_delete: 0, modern_metered: 0 };
 const USAGE_META_KEY = 'tollgate/usage';
 
-// /modern/mcp: an MCP SDK 2.x server on the stateless 2026-07-28 protocol (createMcpHandler, strict:
-// legacy traffic refused), which validates Mcp-Method / Mcp-Name against the body as the
+// /modern/mcp: an MCP SDK 2.x server on the stateless 2026-07-28 protocol (createMcpHandler with the
+// SDK's default options: legacy traffic served by its stateless fallback, as the SDK's examples run
+// it), which validates Mcp-Method / Mcp-Name against the body of a 2026-07-28 request as the
 // specification requires
 const modern = node2.toNodeHandler(
   server2.createMcpHandler(
@@ -68,7 +69,7 @@ const modern = node2.toNodeHandler(
       });
       return s;
     },
-    { legacy: 'reject', responseMode: 'json' },
+    { responseMode: 'json' },
   ),
 );
 

@@ -78,10 +78,10 @@ local function build_pdk()
     return ngx.req.get_method()
   end
 
-  -- Kong's get_header goes through ngx.req.get_headers(); ngx.var.http_* returns the same
-  -- first value for the names the handler asks for and is cheaper (the bench measures the
-  -- plugin, not the shim)
-  local gsub, lower = string.gsub, string.lower
+  -- kong/tools/http.lua get_header: ngx.var.http_<name> (nginx matches it against the header spelled
+  -- with dashes or, with underscores_in_headers on as in Kong's template, with underscores), and only
+  -- when that value joins several headers (", ") the first value of ngx.req.get_headers()[name]
+  local gsub, lower, find = string.gsub, string.lower, string.find
   local var_names = setmetatable({}, { __mode = "k" })
   function kong.request.get_header(name)
     if type(name) ~= "string" then
@@ -92,7 +92,26 @@ local function build_pdk()
       v = "http_" .. gsub(lower(name), "-", "_")
       var_names[name] = v
     end
-    return ngx.var[v]
+    local value = ngx.var[v]
+    if not value or not find(value, ", ", 1, true) then
+      return value
+    end
+    value = ngx.req.get_headers()[name]
+    return type(value) == "table" and value[1] or value
+  end
+
+  -- kong/pdk/request.lua get_headers: ngx.req.get_headers(max_headers), max_headers 1..1000
+  function kong.request.get_headers(max_headers)
+    if max_headers == nil then
+      return ngx.req.get_headers()
+    elseif type(max_headers) ~= "number" then
+      error("max_headers must be a number", 2)
+    elseif max_headers < 1 then
+      error("max_headers must be >= 1", 2)
+    elseif max_headers > 1000 then
+      error("max_headers must be <= 1000", 2)
+    end
+    return ngx.req.get_headers(max_headers)
   end
 
   function kong.request.get_query_arg(name)

@@ -202,6 +202,66 @@ local function log_limited(kind, level, ...)
   end
 end
 
+-- Headers the plugin reads to meter, identify and enforce a call. Kong's nginx runs with
+-- `underscores_in_headers on` (kong/templates/nginx_kong.lua), and kong.request.get_header reads
+-- ngx.var.http_<name> (kong/tools/http.lua get_header), which nginx matches against a header spelled
+-- with underscores as well as the dashed one: `Mcp_Method` reads as Mcp-Method here, while the MCP
+-- server behind (Node's HTTP parser, the SDK) sees another header, and a layer that strips a header
+-- by its dashed name (key-auth's clear_header of X-Consumer-Custom-ID) leaves the underscored copy.
+-- A request that spells one of them otherwise than its configured name, or sends one twice, is
+-- refused (400): the plugin and the server would not see the same request.
+local WATCHED_HEADERS = { "Mcp-Method", "Mcp-Name", "Mcp-Protocol-Version", "Mcp-Session-Id" }
+-- kong.request.get_headers' largest limit (kong/pdk/request.lua MAX_HEADERS)
+local MAX_REQUEST_HEADERS = 1000
+local lower, gsub = string.lower, string.gsub
+
+local function header_key(name)
+  return (gsub(lower(name), "_", "-"))
+end
+
+-- normalized name -> the one spelling (lowercased) that is not ambiguous, per plugin config
+local watched_of = setmetatable({}, { __mode = "k" })
+local function watched_headers(conf)
+  local w = watched_of[conf]
+  if not w then
+    w = {}
+    for _, name in ipairs(WATCHED_HEADERS) do
+      w[header_key(name)] = lower(name)
+    end
+    w[header_key(conf.agent_header)] = lower(conf.agent_header)
+    if conf.customer_source == "header" then
+      w[header_key(conf.customer_header)] = lower(conf.customer_header)
+    end
+    watched_of[conf] = w
+  end
+  return w
+end
+
+-- Why the request's watched headers are ambiguous, or nil: a header Kong would read as one of them
+-- although it is spelled otherwise, one of them sent twice, or more headers than can be listed.
+-- Kong's get_headers keys are the names as sent, lowercased (ngx.req.get_headers).
+local function ambiguous_header(conf)
+  local headers, err = kong.request.get_headers(MAX_REQUEST_HEADERS)
+  if err == "truncated" then
+    return "more than " .. MAX_REQUEST_HEADERS .. " headers: the gateway cannot check their names"
+  end
+  local watched = watched_headers(conf)
+  for name, value in pairs(headers) do
+    if type(name) == "string" then
+      local want = watched[header_key(name)]
+      if want then
+        if lower(name) ~= want then
+          return "header " .. name .. " is spelled otherwise than " .. want
+            .. ": the gateway would read it as " .. want .. ", the server would not"
+        elseif type(value) == "table" then
+          return "header " .. want .. " is sent more than once"
+        end
+      end
+    end
+  end
+  return nil
+end
+
 local function exit_json(status, body, retry_after)
   local headers = { ["Content-Type"] = "application/json" }
   if retry_after then
@@ -316,6 +376,11 @@ end
 function TollgateHandler:access(conf)
   if kong.request.get_method() ~= "POST" then
     return -- GET (server stream) and DELETE (session end) carry no tools/call
+  end
+
+  local ambiguous = ambiguous_header(conf)
+  if ambiguous then
+    return exit_json(400, jsonrpc.error_response(nil, CODES.INVALID_REQUEST, "Invalid Request: " .. ambiguous))
   end
 
   local get_header = kong.request.get_header
