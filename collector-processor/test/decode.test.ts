@@ -1,3 +1,4 @@
+import { SpanKind } from '@opentelemetry/api';
 import { extractToolCall, type SpanView } from '@tollgate/contracts';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
@@ -95,6 +96,38 @@ describe('decoding bytes made by the real OTel JS exporter', () => {
     expect(d.malformed).toBe(0);
     checkDecoded(d.spans);
   });
+
+  it('JSON: a NaN double, which the exporter writes as null, is an absent value on a span or its resource (it refused the span, or the whole export)', async () => {
+    const cap = await captureServer();
+    const { tracer, provider } = otelTracer(cap.url, 'json', {
+      resource: { 'host.load': Number.NaN } as never,
+    });
+    tracer
+      .startSpan('tools/call get_forecast', {
+        kind: SpanKind.SERVER,
+        attributes: {
+          'mcp.method.name': 'tools/call',
+          'gen_ai.tool.name': 'get_forecast',
+          'tollgate.customer.id': 'acme',
+          'app.ratio': Number.NaN,
+        },
+        startTime: 1_764_000_000_000,
+      })
+      .end(1_764_000_000_020);
+    await provider.forceFlush();
+    await provider.shutdown();
+    await cap.close();
+    const body = cap.bodies[0]!.body;
+    expect(body.toString('utf8').match(/"doubleValue":null/g)).toHaveLength(2);
+    const d = await decodeJsonExport(body);
+    expect(d.malformed).toBe(0);
+    expect(d.spans[0]!.attributes['app.ratio']).toBeNull();
+    expect(d.spans[0]!.resource['host.load']).toBeNull();
+    expect(extractToolCall(d.spans[0]!, { ...xo, nowUnixUs: 1_764_000_001_000_000 })).toMatchObject({
+      kind: 'call',
+      call: { customer: 'acme', tool: 'get_forecast' },
+    });
+  });
 });
 
 /** A Kong-shaped export: root span `kong`, numeric attributes as doubles (as Kong's opentelemetry plugin sends). */
@@ -165,6 +198,8 @@ describe('Kong-shaped spans', () => {
       { kvlistValue: { values: [] } },
       { bytesValue: 'AQI=' },
       { boolValue: true },
+      { doubleValue: null },
+      { stringValue: null },
     ];
     for (const format of ['protobuf', 'json'] as const) {
       for (const value of values) {

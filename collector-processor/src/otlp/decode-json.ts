@@ -45,27 +45,34 @@ function nanosToMicros(v: unknown): number {
   throw new SpanError('timestamp is not an unsigned integer');
 }
 
+/**
+ * One attribute's value. A member that is `null` is absent: the proto3 JSON mapping reads `null` as the field's
+ * default, and for a member of AnyValue's oneof that is "not set" (protobuf's own JSON parsers skip it). The
+ * OTel JS exporter writes a NaN double so (`JSON.stringify(NaN)` is `null`). A value with no member set is
+ * `null` here, as arrays, maps and bytes are: what reads a billing attribute refuses it, the rest ignore it.
+ */
 function anyValue(v: unknown): Attributes[string] {
   if (!isObj(v)) throw new SpanError('attribute value is not an object');
-  if ('stringValue' in v || 'string_value' in v) {
-    const s = field(v, 'stringValue', 'string_value');
+  const s = field(v, 'stringValue', 'string_value');
+  if (s !== undefined && s !== null) {
     if (typeof s !== 'string') throw new SpanError('stringValue is not a string');
     return s;
   }
-  if ('intValue' in v || 'int_value' in v) {
-    const n = int64(field(v, 'intValue', 'int_value'));
+  const i = field(v, 'intValue', 'int_value');
+  if (i !== undefined && i !== null) {
+    const n = int64(i);
     if (n === undefined) throw new SpanError('intValue is not an integer');
     return n;
   }
-  if ('doubleValue' in v || 'double_value' in v) {
-    const d = field(v, 'doubleValue', 'double_value');
+  const d = field(v, 'doubleValue', 'double_value');
+  if (d !== undefined && d !== null) {
     // The JSON mapping writes non-finite doubles as strings.
     if (typeof d === 'number') return d;
     if (d === 'NaN' || d === 'Infinity' || d === '-Infinity') return Number(d);
     throw new SpanError('doubleValue is not a number');
   }
-  if ('boolValue' in v || 'bool_value' in v) {
-    const b = field(v, 'boolValue', 'bool_value');
+  const b = field(v, 'boolValue', 'bool_value');
+  if (b !== undefined && b !== null) {
     if (typeof b !== 'boolean') throw new SpanError('boolValue is not a boolean');
     return b;
   }
