@@ -152,9 +152,11 @@ describe('bad input: clear 4xx, the server stays up', () => {
     await healthy();
   });
 
-  it('corrupt gzip → 400; unknown encoding → 415', async () => {
+  it('corrupt gzip → 400; unknown encoding → 415; an empty Content-Encoding is identity, " GZIP " is gzip', async () => {
     expect((await post(Buffer.from('not gzip'), { 'content-encoding': 'gzip' })).status).toBe(400);
     expect((await post('{}', { 'content-encoding': 'br' })).status).toBe(415);
+    expect((await post('{}', { 'content-encoding': '' })).status).toBe(200);
+    expect((await post(gzipSync('{}'), { 'content-encoding': ' GZIP ' })).status).toBe(200);
   });
 
   it('a body over the limit → 413', async () => {

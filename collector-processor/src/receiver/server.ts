@@ -275,7 +275,7 @@ export function buildReceiver(
     if (closing) throw new TollgateError('TG_SHUTTING_DOWN', undefined, 1);
     const identity = keyring.authenticate(req.headers.authorization);
     if (!identity) throw new TollgateError('TG_UNAUTHORIZED');
-    const enc = (req.headers['content-encoding'] ?? 'identity').toLowerCase();
+    const enc = contentEncoding(req);
     if (enc !== 'identity' && enc !== 'gzip') throw new TollgateError('TG_UNSUPPORTED_ENCODING', enc);
     const uploaded = startUpload(identity.name);
     req.raw.once('end', uploaded);
@@ -346,11 +346,16 @@ export function buildReceiver(
     return body.length >= LARGE_READ_BYTES ? largeReads(read) : read();
   }
 
+  /** The body's coding, lowercased: an absent or empty Content-Encoding header is `identity`. */
+  function contentEncoding(req: FastifyRequest): string {
+    return req.headers['content-encoding']?.trim().toLowerCase() || 'identity';
+  }
+
   /** The request's body, inflated when gzip'd, handed to `use` (which reads it: decode, parse). */
   async function withBody<T>(req: FastifyRequest, use: (body: Buffer) => T | Promise<T>): Promise<T> {
     const raw = req.body;
     if (!Buffer.isBuffer(raw)) throw new TollgateError('TG_UNSUPPORTED_MEDIA_TYPE');
-    if ((req.headers['content-encoding'] ?? '').toLowerCase() !== 'gzip') return use(raw);
+    if (contentEncoding(req) !== 'gzip') return use(raw);
     return inflateSlots(async () => {
       let body: Buffer;
       try {
