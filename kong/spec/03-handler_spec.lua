@@ -244,6 +244,17 @@ describe("tollgate handler", function()
     assert.is_nil(attrs(res.root)["error.type"])
   end)
 
+  it("a metered request is sent to the upstream without Accept-Encoding, so its answer can be read; others keep it", function()
+    local r = request()
+    r.headers["Accept-Encoding"] = "gzip, br"
+    local res = fake.run(handler, config(), r)
+    assert.is_false(res.upstream_headers["accept-encoding"])
+    r = request({ body = cjson.encode({ jsonrpc = "2.0", id = 2, method = "tools/list" }) })
+    r.headers["Accept-Encoding"] = "gzip"
+    res = fake.run(handler, config(), r)
+    assert.is_nil(res.upstream_headers["accept-encoding"])
+  end)
+
   it("killed customer: 403 with a JSON-RPC error, span not billable", function()
     fake_redis.hset(KEY, "c", "kill|hard_limit:spend_per_period|0||")
     local res = fake.run(handler, config(), request({ body = call_body("req-9", "search") }))

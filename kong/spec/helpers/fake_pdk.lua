@@ -21,6 +21,7 @@
 --   kong.response.clear_header(name)     error if name is not a string or the headers are sent
 --                                                                                    (rewrite, access, header_filter)
 --   kong.service.request.set_header(name, value)                                     (rewrite, access, balancer)
+--   kong.service.request.clear_header(name)  error if name is not a string            (rewrite, access)
 --   kong.ctx.plugin                      -> per-request, per-plugin table
 --   kong.client.get_credential()         -> credential entity | nil                   (access..log)
 --   kong.tracing.start_span / process_span, spans in ngx.ctx.KONG_SPANS (spec/helpers/kong_tracing.lua:
@@ -266,6 +267,18 @@ function kong.response.clear_header(name)
     error("header name must be a string", 2)
   end
   current.resp_headers[normalize(name)] = nil
+end
+
+-- kong/pdk/service/request.lua clear_header -> ngx.req.clear_header(header): every header of that name
+-- leaves the request to the Service (recorded as false in upstream_headers); rewrite and access only
+function kong.service.request.clear_header(header)
+  check_phase(PHASES.before_content, "kong.service.request.clear_header")
+  if type(header) ~= "string" then
+    error("header must be a string", 2)
+  end
+  current.upstream_headers[normalize(header)] = false
+  current.req_headers[normalize(header)] = nil
+  current.raw_req_headers[header:lower()] = nil
 end
 
 function kong.service.request.set_header(header, value)

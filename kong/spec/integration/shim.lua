@@ -192,6 +192,14 @@ local function build_pdk()
     ngx.req.set_header(name, tostring(value))
   end
 
+  -- kong/pdk/service/request.lua clear_header
+  function kong.service.request.clear_header(name)
+    if type(name) ~= "string" then
+      error("header must be a string", 2)
+    end
+    ngx.req.clear_header(name)
+  end
+
   local LEVELS = { err = ngx.ERR, warn = ngx.WARN, notice = ngx.NOTICE, info = ngx.INFO, debug = ngx.DEBUG }
   for name, level in pairs(LEVELS) do
     kong.log[name] = function(...)

@@ -409,6 +409,9 @@ function TollgateHandler:access(conf)
   if #parsed.calls == 0 then
     return -- initialize, tools/list, notifications...: not metered
   end
+  -- the answer is read as it passes (isError, JSON-RPC errors, _meta["tollgate/usage"]): a compressed one
+  -- cannot be, and the client chooses whether the upstream compresses. Asked for as is, it stays readable.
+  kong.service.request.clear_header("Accept-Encoding")
 
   local req = request_info(conf, parsed, hints)
   local ctx = { parsed = parsed, req = req }
