@@ -98,7 +98,7 @@ interface QuoteBody {
     outputTokens?: number;
     durationMs?: number;
     failed?: boolean;
-    quantities?: Record<string, number>;
+    quantities?: Record<string, number | string>;
   }[];
   prior?: {
     planCalls?: number;
@@ -516,7 +516,13 @@ export function registerBilling(
                     description: 'per call: quantities of the plan’s usage lines, by line name',
                     maxProperties: 32,
                     propertyNames: { type: 'string', pattern: '^[a-z][a-z0-9_]{0,47}$' },
-                    additionalProperties: { type: 'number', minimum: 0, maximum: 1e12 },
+                    // a number, or decimal text as a span may carry it (exact: "0.0000015" is not rounded)
+                    additionalProperties: {
+                      anyOf: [
+                        { type: 'number', minimum: 0, maximum: 1e12 },
+                        { type: 'string', maxLength: 64, pattern: '^[0-9]+(\\.[0-9]+)?$' },
+                      ],
+                    },
                   },
                 },
               },

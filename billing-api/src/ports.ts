@@ -53,8 +53,8 @@ export interface QuoteUsage {
   durationUs: number;
   /** false: the calls failed (priced 0 unless the plan bills failed calls). */
   ok: boolean;
-  /** Per call: quantities of the plan's usage lines, by line name (docs/rate-plans.md#usage-lines). */
-  quantities?: Readonly<Record<string, number>>;
+  /** Per call: quantities of the plan's usage lines, by line name, as numbers or decimal text (docs/rate-plans.md#usage-lines). */
+  quantities?: Readonly<Record<string, number | string>>;
 }
 
 export interface QuoteRequest {

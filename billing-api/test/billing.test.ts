@@ -604,6 +604,22 @@ describe('usage lines on the invoice and in quotes', () => {
     expect(String(direct.priceNano)).toBe(line.unit.priceNano);
   });
 
+  it('a quote takes quantities as decimal text too, as spans carry them, to the same price', async () => {
+    const quote = async (quantities: Record<string, number | string>) =>
+      api('/billing/plans/quote', KEYS.finance, {
+        customer,
+        usage: [{ tool: 'summarize', calls: 3, inputTokens: 1000, outputTokens: 100, quantities }],
+      });
+    const asNumbers = await quote({ cached_input_tokens: 800, reasoning_tokens: 60 });
+    const asText = await quote({ cached_input_tokens: '800', reasoning_tokens: '60.0' });
+    expect(asText.status, JSON.stringify(asText.body)).toBe(200);
+    expect(asText.body.lines).toEqual(asNumbers.body.lines);
+    const fractional = await quote({ cached_input_tokens: '1.5' });
+    expect(fractional.status).toBe(400);
+    expect(fractional.body.error.message).toMatch(/cached_input_tokens .* is fractional/);
+    expect((await quote({ cached_input_tokens: '1e3' })).status).toBe(400);
+  });
+
   it.each([
     [{ cached_input_tokens: 1001 }, /subsets of input_tokens .* exceed its 1000/],
     [{ cached_input_tokens: 1.5 }, /cached_input_tokens .* is fractional/],

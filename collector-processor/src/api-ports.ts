@@ -167,7 +167,7 @@ export function quoteUnder(plan: CompiledPlan, req: Pick<QuoteRequest, 'usage' |
       instanceId: '',
     };
     if (u.quantities) {
-      const usage: Record<string, number> = {};
+      const usage: Record<string, number | string> = {};
       for (const [line, q] of Object.entries(u.quantities)) {
         if (!plan.usageLines.some((l) => l.name === line))
           throw new PricingError('invalid_usage', `plan ${plan.planId} declares no usage line ${line}`);
