@@ -6,13 +6,19 @@ export type Cell = string | number | boolean | null | undefined;
 const NUMERIC = /^-?\d+(\.\d+)?$/;
 
 /**
- * One CSV field (RFC 4180). Text that a spreadsheet would run as a formula (=, +, -, @, tab, CR first)
- * is prefixed with `'`; numbers, money included ("-0.5"), are left as they are.
+ * Text a spreadsheet may run as a formula: =, +, -, @ first (or their fullwidth forms, which some read as
+ * them), also after spaces or a byte-order mark it trims, or a tab or CR first.
+ */
+const FORMULA = /^[\s\uFEFF]*[=+\-@\uFF1D\uFF0B\uFF0D\uFF20]|^[\t\r]/;
+
+/**
+ * One CSV field (RFC 4180). Text that a spreadsheet would run as a formula is prefixed with `'`; numbers,
+ * money included ("-0.5"), are left as they are.
  */
 export function csvField(v: Cell): string {
   if (v === null || v === undefined) return '';
   let s = String(v);
-  if (typeof v === 'string' && /^[=+\-@\t\r]/.test(s) && !NUMERIC.test(s)) s = `'${s}`;
+  if (typeof v === 'string' && FORMULA.test(s) && !NUMERIC.test(s)) s = `'${s}`;
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 

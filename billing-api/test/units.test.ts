@@ -186,6 +186,12 @@ describe('CSV', () => {
     expect(csvField('say "hi"')).toBe('"say ""hi"""');
     expect(csvField('=HYPERLINK("x")')).toBe('"\'=HYPERLINK(""x"")"');
     expect(csvField('@cmd')).toBe("'@cmd");
+    // after what a spreadsheet trims, and the fullwidth forms
+    expect(csvField(' =1+1')).toBe("' =1+1");
+    expect(csvField('\uFEFF=1+1')).toBe("'\uFEFF=1+1");
+    expect(csvField('\uFF1DSUM(A1)')).toBe("'\uFF1DSUM(A1)");
+    expect(csvField('\tx')).toBe("'\tx");
+    expect(csvField('a = b')).toBe('a = b');
     expect(csvField('-0.5')).toBe('-0.5');
     expect(csvField(null)).toBe('');
     expect(toCsv(['a', 'b'], [{ a: 1, b: 'x\ny' }])).toBe('a,b\r\n1,"x\ny"\r\n');
