@@ -40,6 +40,7 @@
 
 local kong_otel = require "spec.helpers.kong_otel"
 local kong_tracing = require "spec.helpers.kong_tracing"
+local pdk_args = require "spec.helpers.pdk_args"
 
 local _M = {}
 
@@ -150,15 +151,7 @@ local headers_mt = {
 
 function kong.request.get_headers(max_headers)
   check_phase(PHASES.request, "kong.request.get_headers")
-  if max_headers == nil then
-    max_headers = 100
-  elseif type(max_headers) ~= "number" then
-    error("max_headers must be a number", 2)
-  elseif max_headers < 1 then
-    error("max_headers must be >= 1", 2)
-  elseif max_headers > 1000 then
-    error("max_headers must be <= 1000", 2)
-  end
+  max_headers = pdk_args.max_headers(max_headers) or 100
   local out, n = setmetatable({}, headers_mt), 0
   for name, v in pairs(current.raw_req_headers) do
     for _, value in ipairs(type(v) == "table" and v or { v }) do

@@ -19,6 +19,7 @@ local kong_schema = require "spec.helpers.kong_schema"
 local kong_otel = require "spec.helpers.kong_otel"
 local kong_tracing = require "spec.helpers.kong_tracing"
 local otlp_json = require "spec.helpers.otlp_json"
+local pdk_args = require "spec.helpers.pdk_args"
 
 local ngx = ngx
 
@@ -102,16 +103,7 @@ local function build_pdk()
 
   -- kong/pdk/request.lua get_headers: ngx.req.get_headers(max_headers), max_headers 1..1000
   function kong.request.get_headers(max_headers)
-    if max_headers == nil then
-      return ngx.req.get_headers()
-    elseif type(max_headers) ~= "number" then
-      error("max_headers must be a number", 2)
-    elseif max_headers < 1 then
-      error("max_headers must be >= 1", 2)
-    elseif max_headers > 1000 then
-      error("max_headers must be <= 1000", 2)
-    end
-    return ngx.req.get_headers(max_headers)
+    return ngx.req.get_headers(pdk_args.max_headers(max_headers))
   end
 
   function kong.request.get_query_arg(name)
