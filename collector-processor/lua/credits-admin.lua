@@ -148,11 +148,12 @@ if op == 'adjust' then
   if not w then return reply('no_wallet') end
   w:normalize()
   if bucket == 'overdraft' then
-    if w.od + amount > 0 or w.od + amount < -cap then
+    local od = credits_m_add(w.od, amount) -- the bucket may be far below 2^53 (credits.lua): exactly
+    if credits_m_lt(0, od) or credits_m_lt(od, -cap) then
       w:save('')
       return reply('out_of_range', credits_int(w.od), w)
     end
-    w.od = w.od + amount
+    w.od = od
     w.od_dirty = true
   else
     local found
