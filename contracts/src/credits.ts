@@ -6,7 +6,12 @@ import { escapeKeyPart, KEY_PREFIX } from './redis-keys.js';
  *
  * Money is integer nano-units of the plan currency. Wallet arithmetic happens in Redis Lua, whose numbers
  * are doubles: exact below 2^53 nano-units (9,007,199 currency units). A grant is capped at
- * `MAX_GRANT_NANO` and a wallet's total at `MAX_WALLET_NANO`, so every sum the script forms stays exact.
+ * `MAX_GRANT_NANO` and a wallet's grants at `MAX_WALLET_NANO`, so grants stay plain numbers there. What no cap
+ * bounds — a call's price (up to 2^63 − 1), the overdraft bucket, a drawdown's sum, the balance — credits.lua
+ * keeps exact as two limbs once it reaches 2^53 (its `credits_m_*` functions), so every amount in the wallet,
+ * the outbox and the replies is exact decimal text: read them as `bigint`, never as `number`.
+ * The overdraft bucket stops at `OVERDRAFT_FLOOR_NANO`, so every amount fits an Int64 (the ledger's columns);
+ * there the customer is killed (`credits:exhausted`) whatever `hardStop` says (docs/enforcement.md).
  */
 
 /** Ledger entry types. Amounts are signed changes of one bucket (a grant, or the overdraft bucket). */
@@ -27,9 +32,15 @@ export type CreditEntryType = (typeof CREDIT_ENTRY_TYPES)[number];
 /** The bucket id of the overdraft: what calls drew beyond the grants (its balance is ≤ 0). */
 export const OVERDRAFT_BUCKET = 'overdraft';
 
+/**
+ * −(2^63 − 1): the lowest the overdraft bucket goes. A call that would take it lower draws it to here; the rest
+ * of its price (and later calls) is drawn from nothing and stays due, and the customer is killed.
+ */
+export const OVERDRAFT_FLOOR_NANO = -(2n ** 63n - 1n);
+
 /** 1,000,000 currency units: the largest single grant or adjustment. */
 export const MAX_GRANT_NANO = 1_000_000n * 1_000_000_000n;
-/** 8,000,000 currency units: the largest a wallet may hold (below 2^53 nano-units, see above). */
+/** 8,000,000 currency units: the most a wallet's grants may hold (below 2^53 nano-units, see above). */
 export const MAX_WALLET_NANO = 8_000_000n * 1_000_000_000n;
 
 /** Enforcement reasons of the credits (the refusal is the ordinary kill, JSON-RPC -32050). */
@@ -45,7 +56,7 @@ export const CREDIT_REASONS = {
 export const creditKeys = {
   /**
    * The wallet (hash): `seq` (last ledger sequence number), `gseq` (last grant number), `opened` (ms), `od`
-   * (overdraft bucket, ≤ 0), `g:<grantId>` (one grant with money left:
+   * (overdraft bucket, ≤ 0 and ≥ `OVERDRAFT_FLOOR_NANO`, exact decimal text), `g:<grantId>` (one grant with money left:
    * `remaining|amount|effective_ms|expires_ms|priority|kind|created_ms`, see lua/credits.lua).
    */
   wallet: (tag: string) => `${KEY_PREFIX}:${tag}:cw`,
