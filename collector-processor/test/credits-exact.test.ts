@@ -1,11 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Directive } from '@tollgate/contracts';
+import { type Directive, OVERDRAFT_FLOOR_NANO } from '@tollgate/contracts';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CREDITS_LUA } from '../src/credits/wallets.js';
-import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
@@ -78,6 +78,7 @@ if op == 'str' then return credits_m_str(P(a)) end
 if op == 'kind' then return type(P(a)) end
 if op == 'lt' then return credits_m_lt(P(a), P(b)) and 1 or 0 end
 if op == 'le' then return credits_m_le(P(a), P(b)) and 1 or 0 end
+if op == 'floor' then return credits_m_str(CREDITS_OD_FLOOR) end
 if op == 'halves' then
   local lo, hi = struct.unpack('<I4i4', a)
   return credits_m_str(credits_m_from_halves(lo, hi))
@@ -160,8 +161,24 @@ describe("credits.lua's money arithmetic", () => {
     expect(await lua('lt', (-INT64_MAX - 1n).toString(), (-INT64_MAX).toString())).toBe(1);
   });
 
+  it("the overdraft bucket's floor is the contract's", async () => {
+    expect(OVERDRAFT_FLOOR_NANO).toBe(-INT64_MAX);
+    expect(await lua('floor', '0')).toBe(OVERDRAFT_FLOOR_NANO.toString());
+  });
+
   it("reads an Int64 from enforce.lua's binary calls exactly (its two halves)", async () => {
-    for (const v of [0n, 1n, -1n, 2n ** 32n, 2n ** 53n, 2n ** 53n + 1n, BIG, INT64_MAX, -INT64_MAX - 1n, -(2n ** 53n) - 3n])
+    for (const v of [
+      0n,
+      1n,
+      -1n,
+      2n ** 32n,
+      2n ** 53n,
+      2n ** 53n + 1n,
+      BIG,
+      INT64_MAX,
+      -INT64_MAX - 1n,
+      -(2n ** 53n) - 3n,
+    ])
       expect(await lua('halves', int64(v)), v.toString()).toBe(v.toString());
   });
 });
@@ -246,7 +263,12 @@ interface Invoice {
     amountDueNano: string;
     overdraftDrawnNano: string;
     undrawnCalls: number;
-    reconciliation: { reconciled: boolean; mismatchedCalls: number; drawnNano: string; callsPriceNano: string };
+    reconciliation: {
+      reconciled: boolean;
+      mismatchedCalls: number;
+      drawnNano: string;
+      callsPriceNano: string;
+    };
   };
 }
 
@@ -324,7 +346,7 @@ describe('prepaid credits beyond 2^53 nano-units, end to end', () => {
     await send('floor-co');
     await landed('floor-co', 3);
     const w = await wallet('floor-co');
-    expect(w.balanceNano).toBe((-INT64_MAX).toString());
+    expect(w.balanceNano).toBe(OVERDRAFT_FLOOR_NANO.toString());
     expect(w.state).toMatchObject({ action: 'kill', reason: 'credits:exhausted' });
     const rows = await ledger('floor-co');
     const draws = rows.filter((r) => r.entry_type === 'drawdown');
