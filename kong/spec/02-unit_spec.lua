@@ -526,6 +526,28 @@ describe("identity", function()
     assert.same({ "sse", "legacy" }, { identity.transport(nil, "legacy") })
     assert.same({ "streamable_http" }, { identity.transport(nil, nil) })
   end)
+
+  it("query_param reads a raw query as URLSearchParams.get does: first occurrence, exact name, form-decoded, anywhere", function()
+    local pad = {}
+    for i = 1, 150 do pad[i] = "p" .. i .. "=x" end
+    local padded = table.concat(pad, "&")
+    assert.equal("abc", identity.query_param(padded .. "&sessionId=abc&sessionId=def", "sessionId"))
+    assert.equal("a b/c", identity.query_param("sessionId=a+b%2Fc", "sessionId"))
+    assert.equal("x", identity.query_param("session%49d=x", "sessionId"))
+    assert.equal("", identity.query_param("sessionId", "sessionId"))
+    assert.equal("", identity.query_param("sessionId=", "sessionId"))
+    assert.is_nil(identity.query_param("SESSIONID=x&sessionid=y", "sessionId"))
+    assert.is_nil(identity.query_param("", "sessionId"))
+    assert.is_nil(identity.query_param(nil, "sessionId"))
+  end)
+
+  it("header_value trims spaces and tabs around a value as Node and the MCP SDK do, and takes the first of several", function()
+    assert.equal("tools/call", identity.header_value("\ttools/call \t"))
+    assert.equal("a b", identity.header_value(" a b "))
+    assert.equal("x", identity.header_value({ "x", "y" }))
+    assert.equal("", identity.header_value("\t"))
+    assert.is_nil(identity.header_value(nil))
+  end)
 end)
 
 describe("enforce.check", function()

@@ -477,6 +477,19 @@ describe("tollgate handler", function()
       refused(fake.run(handler, config(), r), "more than 1000 headers")
     end)
 
+    it("values are read as the server reads them, spaces and tabs around them removed: a session kill holds", function()
+      fake_redis.hset(KEY, "s:sess-1", "kill|operator|0||")
+      local r = request()
+      r.headers["Mcp-Session-Id"] = "\tsess-1 "
+      local res = fake.run(handler, config(), r)
+      assert.equal(403, res.exit.status)
+      r = modern(nil, { ["Mcp-Method"] = "\ttools/call", ["Mcp-Name"] = "search" })
+      fake_redis.reset()
+      fake_redis.hset(KEY, "c", "kill|operator|0||")
+      res = fake.run(handler, config(), r)
+      assert.equal(403, res.exit.status) -- without the trim, "\ttools/call" named no tools/call: passed unmetered
+    end)
+
     it("configured names are matched as configured, whatever their case", function()
       local r = request()
       r.headers["X-Agent-Id"] = nil

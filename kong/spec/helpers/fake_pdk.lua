@@ -10,6 +10,7 @@
 --                                           miss retried as '-'), arrays for repeats; "truncated"
 --                                           past max (1..1000, default 100)               (rewrite..log)
 --   kong.request.get_query_arg(name)     -> string|true|nil                           (rewrite..log)
+--   kong.request.get_raw_query()         -> the query string as sent, "" when none    (rewrite..log)
 --   kong.request.get_raw_body()          -> body | nil, err when spilled to a file    (rewrite, access)
 --   kong.client.get_consumer()           -> consumer entity | nil                     (access..log)
 --   kong.response.exit(status, body, headers)  status 100..599, body nil|string|table,
@@ -184,6 +185,26 @@ function kong.request.get_query_arg(name)
   return v
 end
 
+-- kong/pdk/request.lua get_raw_query: ngx.var.args, "" when none. The spec gives the raw query
+-- (req.raw_query), or a table (req.query) written out in pairs() order, percent-encoded.
+local function query_string(q)
+  local parts = {}
+  local enc = function(x)
+    return (tostring(x):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+  end
+  for k, v in pairs(q or {}) do
+    for _, one in ipairs(type(v) == "table" and v or { v }) do
+      parts[#parts + 1] = one == true and enc(k) or (enc(k) .. "=" .. enc(one))
+    end
+  end
+  return table.concat(parts, "&")
+end
+
+function kong.request.get_raw_query()
+  check_phase(PHASES.request, "kong.request.get_raw_query")
+  return current.req.raw_query or query_string(current.req.query)
+end
+
 function kong.request.get_raw_body()
   check_phase(PHASES.before_content, "kong.request.get_raw_body")
   current.body_reads = current.body_reads + 1
@@ -270,8 +291,15 @@ function kong.service.request.clear_header(header)
     error("header must be a string", 2)
   end
   current.upstream_headers[normalize(header)] = false
-  current.req_headers[normalize(header)] = nil
+  -- ngx.req.clear_header removes the headers of that name, any case; one spelled with underscores stays,
+  -- and nginx's $http_ variable still finds it (get_header's view)
   current.raw_req_headers[header:lower()] = nil
+  current.req_headers[normalize(header)] = nil
+  for name, v in pairs(current.raw_req_headers) do
+    if normalize(name) == normalize(header) then
+      current.req_headers[normalize(header)] = v
+    end
+  end
 end
 
 function kong.service.request.set_header(header, value)

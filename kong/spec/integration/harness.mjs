@@ -370,3 +370,52 @@ export function rawMcp(baseOf, upstreamOf) {
     },
   };
 }
+
+/**
+ * One HTTP/1.1 request over a plain socket, header names and values byte for byte as given (fetch trims and
+ * checks them): `headers` is a list of [name, value] written as `name:value`. Resolves { status, headers, body }.
+ */
+export function rawRequest(port, { method = 'POST', path, headers = [], body = '' }) {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ port, host: '127.0.0.1' });
+    const chunks = [];
+    sock.setTimeout(10_000, () => {
+      sock.destroy();
+      reject(new Error('timeout'));
+    });
+    sock.on('error', reject);
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('end', () => {
+      const text = Buffer.concat(chunks).toString('latin1');
+      const end = text.indexOf('\r\n\r\n');
+      const head = text.slice(0, end);
+      let rest = text.slice(end + 4);
+      const hdrs = {};
+      for (const line of head.split('\r\n').slice(1)) {
+        const c = line.indexOf(':');
+        hdrs[line.slice(0, c).toLowerCase()] = line.slice(c + 1).trim();
+      }
+      if (/chunked/i.test(hdrs['transfer-encoding'] ?? '')) {
+        let out = '';
+        for (;;) {
+          const e = rest.indexOf('\r\n');
+          const n = Number.parseInt(rest.slice(0, e), 16);
+          if (!n) break;
+          out += rest.slice(e + 2, e + 2 + n);
+          rest = rest.slice(e + 2 + n + 2);
+        }
+        rest = out;
+      }
+      resolve({
+        status: Number(head.split(' ')[1]),
+        headers: hdrs,
+        body: Buffer.from(rest, 'latin1').toString('utf8'),
+      });
+    });
+    const b = Buffer.from(body, 'utf8');
+    let req = `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n`;
+    for (const [k, v] of headers) req += `${k}:${v}\r\n`;
+    if (method === 'POST') req += `Content-Length: ${b.length}\r\n`;
+    sock.write(Buffer.concat([Buffer.from(`${req}\r\n`, 'latin1'), b]));
+  });
+}

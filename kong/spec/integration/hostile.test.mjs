@@ -12,6 +12,7 @@ import {
   allSpans,
   attrsOf,
   rawMcp,
+  rawRequest,
   redis,
   startNginx,
   startRedis,
@@ -425,28 +426,29 @@ describe('hostile client: hanging up an SSE answer', () => {
   });
 });
 
+/** Opens a legacy HTTP+SSE stream as the killed customer; answers its message endpoint's query (`sessionId=…`). */
+async function openLegacy(ac) {
+  const stream = await fetch(`${base}/main/legacy/mcp`, {
+    headers: { accept: 'text/event-stream', apikey: 'key-kill' },
+    signal: ac.signal,
+  });
+  const reader = stream.body.getReader();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`no endpoint event: ${buf}`);
+    buf += new TextDecoder().decode(value);
+    const m = /event: endpoint\r?\ndata: (\S+)/.exec(buf);
+    if (m) return new URL(m[1], base).search.slice(1);
+  }
+}
+
 describe('hostile client: 2026-07-28 headers that lie to an upstream that does not check them', () => {
   // the legacy HTTP+SSE transport (SDK 1.x SSEServerTransport) runs whatever the body says and
   // ignores Mcp-Method / Mcp-Name: headers naming another method must not let a tools/call pass
   it('legacy HTTP+SSE message endpoint: Mcp-Method: tools/list over a tools/call body is enforced', async () => {
     const ac = new AbortController();
-    const stream = await fetch(`${base}/main/legacy/mcp`, {
-      headers: { accept: 'text/event-stream', apikey: 'key-kill' },
-      signal: ac.signal,
-    });
-    const reader = stream.body.getReader();
-    let buf = '';
-    let endpoint;
-    while (!endpoint) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += new TextDecoder().decode(value);
-      const m = /event: endpoint\r?\ndata: (\S+)/.exec(buf);
-      if (m) endpoint = m[1];
-    }
-    assert.ok(endpoint, buf);
-    const url = new URL(endpoint, base);
-    const messages = `/main/legacy/messages${url.search}`;
+    const messages = `/main/legacy/messages?${await openLegacy(ac)}`;
     const send = (body, headers = {}) =>
       fetch(`${base}${messages}`, {
         method: 'POST',
@@ -480,6 +482,38 @@ describe('hostile client: 2026-07-28 headers that lie to an upstream that does n
     assert.equal(JSON.parse(text).error.code, -32020);
     assert.equal(res2.status, 403, text2);
     assert.equal(JSON.parse(text2).error.code, -32050);
+  });
+
+  it("legacy HTTP+SSE message endpoint with sessionId after 100 query arguments (all that Kong's get_query_arg reads): still read, still enforced", async () => {
+    const ac = new AbortController();
+    const session = await openLegacy(ac);
+    const send = (search, body, headers = {}) =>
+      fetch(`${base}/main/legacy/messages?${search}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', apikey: 'key-kill', ...headers },
+        body: JSON.stringify(body),
+      });
+    const init = await send(session, {
+      jsonrpc: '2.0',
+      id: 0,
+      method: 'initialize',
+      params: { protocolVersion: '2024-11-05', capabilities: {}, clientInfo: { name: 'raw', version: '1' } },
+    });
+    assert.equal(init.status, 202);
+    await send(session, { jsonrpc: '2.0', method: 'notifications/initialized' });
+    const pad = Array.from({ length: 100 }, (_, i) => `p${i}=x`).join('&');
+    const before = await upstreamStats();
+    const lie = { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/list' };
+    const res = await send(`${pad}&${session}`, toolCall(1, 'echo', { text: 'unmetered?' }), lie);
+    const text = await res.text();
+    await new Promise((r) => setTimeout(r, 300));
+    ac.abort();
+    assert.deepEqual(
+      await upstreamStats(),
+      before,
+      `the tool ran for a killed customer (${res.status} ${text})`,
+    );
+    assert.equal(res.status, 400, text); // the body is read: it disagrees with the headers (-32020)
   });
 });
 
@@ -527,6 +561,62 @@ describe('hostile client: MCP headers spelled with underscores (Kong runs nginx 
         (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
       );
       assert.equal(billed.length, 0);
+    });
+  }
+
+  for (const [label, value] of [
+    ['a tab before', '\ttools/call'],
+    ['a tab after', 'tools/call\t'],
+  ]) {
+    it(`Mcp-Method with ${label} (nginx keeps it, the server strips it): a killed customer is refused, a paying one billed`, async () => {
+      const call = JSON.stringify({
+        jsonrpc: '2.0',
+        id: 7,
+        method: 'tools/call',
+        params: {
+          name: 'echo',
+          arguments: { text: 'free?' },
+          _meta: {
+            'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+            'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
+            'io.modelcontextprotocol/clientCapabilities': {},
+          },
+        },
+      });
+      const headers = (key, testId) => [
+        ['Content-Type', ' application/json'],
+        ['Accept', ` ${ACCEPT}`],
+        ['apikey', ` ${key}`],
+        ['x-test-id', ` ${testId}`],
+        ['MCP-Protocol-Version', ' 2026-07-28'],
+        ['Mcp-Method', value],
+        ['Mcp-Name', ' echo'],
+      ];
+      const before = await upstreamStats();
+      const killed = await rawRequest(nginx.port, {
+        path: '/main/modern/mcp',
+        headers: headers('key-kill', `tab-k-${++seq}`),
+        body: call,
+      });
+      assert.equal(
+        (await upstreamStats()).modern_echo,
+        before.modern_echo,
+        `ran: ${killed.status} ${killed.body}`,
+      );
+      assert.equal(killed.status, 403, killed.body);
+      const testId = `tab-a-${++seq}-${Date.now()}`;
+      const paid = await rawRequest(nginx.port, {
+        path: '/main/modern/mcp',
+        headers: headers('key-alice', testId),
+        body: call,
+      });
+      assert.equal(paid.status, 200, paid.body);
+      assert.equal((await upstreamStats()).modern_echo, before.modern_echo + 1);
+      await new Promise((r) => setTimeout(r, 100));
+      const billed = allSpans(await spansOf(testId)).filter(
+        (s) => attrsOf(s)['mcp.method.name'] === 'tools/call',
+      );
+      assert.equal(billed.length, 1);
     });
   }
 

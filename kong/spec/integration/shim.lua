@@ -106,9 +106,22 @@ local function build_pdk()
     return ngx.req.get_headers(pdk_args.max_headers(max_headers))
   end
 
+  -- kong/pdk/request.lua get_query_arg: the first value of get_query()[name], get_query being
+  -- ngx.req.get_uri_args() (at most lua_max_uri_args, 100, arguments; names compared exactly)
   function kong.request.get_query_arg(name)
-    local v = ngx.var["arg_" .. name]
-    return v and ngx.unescape_uri(v) or nil
+    if type(name) ~= "string" then
+      error("query argument name must be a string", 2)
+    end
+    local v = ngx.req.get_uri_args()[name]
+    if type(v) == "table" then
+      return v[1]
+    end
+    return v
+  end
+
+  -- kong/pdk/request.lua get_raw_query
+  function kong.request.get_raw_query()
+    return ngx.var.args or ""
   end
 
   function kong.request.get_raw_body()

@@ -237,13 +237,16 @@ local function watched_headers(conf)
   return w
 end
 
--- Why the request's watched headers are ambiguous, or nil: a header Kong would read as one of them
--- although it is spelled otherwise, one of them sent twice, or more headers than can be listed.
--- Kong's get_headers keys are the names as sent, lowercased (ngx.req.get_headers).
-local function ambiguous_header(conf)
+-- The request's headers (kong.request.get_headers: keys are the names as sent, lowercased) and nil, or
+-- nil and why the watched headers are ambiguous: a header Kong would read as one of them although it is
+-- spelled otherwise, one of them sent twice, or more headers than can be listed. The plugin reads the
+-- watched headers from this table, by their exact lowercased names, not through kong.request.get_header,
+-- whose ngx.var read matches other spellings and whose fallback for values with ", " lists only
+-- lua_max_req_headers (100) headers.
+local function request_headers(conf)
   local headers, err = kong.request.get_headers(MAX_REQUEST_HEADERS)
   if err == "truncated" then
-    return "more than " .. MAX_REQUEST_HEADERS .. " headers: the gateway cannot check their names"
+    return nil, "more than " .. MAX_REQUEST_HEADERS .. " headers: the gateway cannot check their names"
   end
   local watched = watched_headers(conf)
   for name, value in pairs(headers) do
@@ -251,15 +254,20 @@ local function ambiguous_header(conf)
       local want = watched[header_key(name)]
       if want then
         if lower(name) ~= want then
-          return "header " .. name .. " is spelled otherwise than " .. want
+          return nil, "header " .. name .. " is spelled otherwise than " .. want
             .. ": the gateway would read it as " .. want .. ", the server would not"
         elseif type(value) == "table" then
-          return "header " .. want .. " is sent more than once"
+          return nil, "header " .. want .. " is sent more than once"
         end
       end
     end
   end
-  return nil
+  return headers
+end
+
+-- A watched header's value (lowercased name) from request_headers' table, as the server reads it.
+local function header_of(headers, name)
+  return identity.header_value(rawget(headers, lower(name)))
 end
 
 local function exit_json(status, body, retry_after)
@@ -294,14 +302,13 @@ local function read_body(conf)
   return body or ""
 end
 
-local function request_info(conf, parsed, hints)
-  local get_header = kong.request.get_header
-  local traceparent = get_header("traceparent")
-  local transport, protocol_session = identity.transport(get_header("Mcp-Session-Id"),
-                                                         kong.request.get_query_arg("sessionId"))
+local function request_info(conf, parsed, hints, headers, legacy_session)
+  local traceparent = header_of(headers, "traceparent")
+  local transport, protocol_session = identity.transport(header_of(headers, "mcp-session-id"), legacy_session)
   local customer = identity.customer(conf, kong.client.get_consumer(),
-                                     conf.customer_source == "header" and get_header(conf.customer_header) or nil)
-  local agent = identity.valid_identifier(get_header(conf.agent_header))
+                                     conf.customer_source == "header" and header_of(headers, conf.customer_header)
+                                       or nil)
+  local agent = identity.valid_identifier(header_of(headers, conf.agent_header))
   local credential = kong.client.get_credential()
   local first = parsed.calls[1]
   local session_id, session_rule = session.of({
@@ -378,22 +385,21 @@ function TollgateHandler:access(conf)
     return -- GET (server stream) and DELETE (session end) carry no tools/call
   end
 
-  local ambiguous = ambiguous_header(conf)
-  if ambiguous then
+  local headers, ambiguous = request_headers(conf)
+  if not headers then
     return exit_json(400, jsonrpc.error_response(nil, CODES.INVALID_REQUEST, "Invalid Request: " .. ambiguous))
   end
 
-  local get_header = kong.request.get_header
   local hints = {
-    method = get_header("Mcp-Method"),
-    name = get_header("Mcp-Name"),
-    protocol_version = get_header("Mcp-Protocol-Version"),
+    method = header_of(headers, "mcp-method"),
+    name = header_of(headers, "mcp-name"),
+    protocol_version = header_of(headers, "mcp-protocol-version"),
   }
+  local legacy_session = identity.query_param(kong.request.get_raw_query(), "sessionId")
   -- 2026-07-28 clients name the method and tool in headers: no body read, no JSON decode. Not on the
   -- legacy HTTP+SSE message endpoint (?sessionId=): its server (protocol 2024-11-05) never checks those
   -- headers, so they could name another method than the body it runs
-  local parsed = conf.meter_from_headers and kong.request.get_query_arg("sessionId") == nil
-                 and jsonrpc.from_headers(hints) or nil
+  local parsed = conf.meter_from_headers and legacy_session == nil and jsonrpc.from_headers(hints) or nil
   if not parsed then
     local body, err = read_body(conf)
     if not body then
@@ -413,7 +419,7 @@ function TollgateHandler:access(conf)
   -- cannot be, and the client chooses whether the upstream compresses. Asked for as is, it stays readable.
   kong.service.request.clear_header("Accept-Encoding")
 
-  local req = request_info(conf, parsed, hints)
+  local req = request_info(conf, parsed, hints, headers, legacy_session)
   local ctx = { parsed = parsed, req = req }
   kong.ctx.plugin.tollgate = ctx
   -- the caller's trace, for the billing exporter: the header, else the _meta one propagate_meta copies

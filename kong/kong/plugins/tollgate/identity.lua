@@ -35,6 +35,43 @@ end
 --- Transport and session. The legacy HTTP+SSE transport (protocol 2024-11-05) posts to a
 -- message endpoint with `?sessionId=` and no Mcp-Session-Id header; Streamable HTTP carries the
 -- session in Mcp-Session-Id (absent on stateless servers).
+local function form_decode(s)
+  s = s:gsub("%+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- The first value of query parameter `name` in a raw query string (`kong.request.get_raw_query()`), read
+-- as the MCP SDK's legacy HTTP+SSE server reads its sessionId (`url.searchParams.get`, WHATWG
+-- application/x-www-form-urlencoded): '&'-separated, '+' a space, percent-decoded, the name compared
+-- exactly, "" for a name without '='; nil when absent. Not kong.request.get_query_arg: it sees at most
+-- lua_max_uri_args (100) arguments and nothing after them, while the server finds the name anywhere.
+function _M.query_param(raw, name)
+  if type(raw) ~= "string" or raw == "" then
+    return nil
+  end
+  for pair in raw:gmatch("[^&]+") do
+    local eq = find(pair, "=", 1, true)
+    if form_decode(eq and pair:sub(1, eq - 1) or pair) == name then
+      return eq and form_decode(pair:sub(eq + 1)) or ""
+    end
+  end
+  return nil
+end
+
+--- A header's value as the server behind reads it: optional whitespace (spaces, tabs) around it removed,
+-- as Node's HTTP parser and the MCP SDK (stripHttpOws) do; nginx keeps a leading tab (HTTP/1.1) or any
+-- whitespace (HTTP/2). A header sent several times: its first value (such requests are refused earlier
+-- for the headers that decide money).
+function _M.header_value(v)
+  if type(v) == "table" then
+    v = v[1]
+  end
+  if type(v) ~= "string" then
+    return nil
+  end
+  return (v:match("^[ \t]*(.-)[ \t]*$"))
+end
+
 function _M.transport(session_header, session_query)
   local session = valid(session_header)
   if session then
