@@ -23,14 +23,16 @@ import {
 
 let server: ServerProcess | undefined;
 let redis: PrivateRedis | undefined;
-const dirs: string[] = [];
+let dataDir: string | undefined;
+let redisDir: string | undefined;
 afterEach(async () => {
   await redis?.stop();
   redis = undefined;
-  for (const d of dirs.splice(0)) {
-    await stopServerProcess(server, d);
-    server = undefined;
-  }
+  if (dataDir) await stopServerProcess(server, dataDir);
+  if (redisDir) rmSync(redisDir, { recursive: true, force: true });
+  server = undefined;
+  dataDir = undefined;
+  redisDir = undefined;
 });
 
 async function until(what: string, ok: () => Promise<boolean>, ms = 30_000): Promise<void> {
@@ -43,16 +45,16 @@ async function until(what: string, ok: () => Promise<boolean>, ms = 30_000): Pro
 
 describe('a retry of an export whose record waits for Redis in the replay', () => {
   it('is a duplicate of the replayed record: each call billed once, by the replay', async () => {
-    const dataDir = tempDir('tollgate-replay-retry-');
-    dirs.push(dataDir);
-    const redisDir = tempDir('tollgate-replay-retry-redis-');
+    dataDir = tempDir('tollgate-replay-retry-');
+    redisDir = tempDir('tollgate-replay-retry-redis-');
+    const redisData = redisDir;
     const plans = join(dataDir, 'plans.yaml');
     writeFileSync(plans, TEST_PLANS);
     // Redis of its own that keeps its claims across a stop (AOF, fsync'd per write)
     const durable = (port?: number) =>
       startPrivateRedis({
         ...(port ? { port } : {}),
-        extraArgs: ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisDir],
+        extraArgs: ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisData],
       });
     redis = await durable();
     // landing held back a minute: the acknowledged export stays in the spool, claimed in Redis, not landed
@@ -99,6 +101,5 @@ describe('a retry of an export whose record waits for Redis in the replay', () =
       `SELECT count() AS n, uniqExact(event_id) AS ids FROM mcp_tool_calls WHERE customer = '${customer}'`,
     );
     expect(rows).toEqual([{ n: '8', ids: '8' }]);
-    rmSync(redisDir, { recursive: true, force: true });
   });
 });
