@@ -388,6 +388,54 @@ describe('crash mid-sync, then resume', () => {
     await fake.close();
   });
 
+  it('a unit found at Stripe with another amount than its intent (another data directory pushed it): every later run counts what Stripe holds', async () => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    const config = configFor(fake);
+    const real = sdkGateway({
+      secretKey: fake.secretKey,
+      host: fake.host,
+      port: fake.port,
+      protocol: 'http',
+    });
+    // run 1 dies before its first push leaves; "another instance" pushes that key with one cent more
+    let first: { p: Parameters<StripeGateway['createInvoiceItem']>[0]; key: string } | undefined;
+    const dyingFirst: StripeGateway = {
+      ...real,
+      createInvoiceItem: async (p, key) => {
+        first ??= { p, key };
+        throw new Error('killed before sending');
+      },
+    };
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW, gateway: dyingFirst }),
+    ).rejects.toThrow('killed');
+    const pushed = first as NonNullable<typeof first>;
+    await real.createInvoiceItem({ ...pushed.p, amount: (pushed.p.amount as number) + 1 }, pushed.key);
+    // run 2 finds it (and counts Stripe's amount), then dies before its next push; run 3 finishes
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: NOW,
+        gateway: gatewayDying(fake, 'createInvoiceItem', 1, 'before'),
+      }),
+    ).rejects.toThrow('killed');
+    const last = await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
+    // per customer and line, Stripe holds the rounded total: the found cent is taken off a later push
+    const sums = (items: Map<string, bigint>) => {
+      const out = new Map<string, bigint>();
+      for (const [k, v] of items) {
+        const line = k.split('/').slice(0, 2).join('/');
+        out.set(line, (out.get(line) ?? 0n) + v);
+      }
+      return out;
+    };
+    const line = (pushed.p.metadata as Record<string, string>).tollgate_key.split('/').slice(2, 4).join('/');
+    expect(sums(itemsAt(fake)).get(line)).toBe(sums(await expectedPushes()).get(line));
+    expect(last.rows.filter((x) => x.stripeCustomer).every((x) => x.status === 'reconciled')).toBe(true);
+    await fake.close();
+  });
+
   it('a replay of the same key and body answers Idempotent-Replayed; other parameters under that key are refused', async () => {
     const fake = await newFake();
     const gw = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });
@@ -650,6 +698,11 @@ describe('mapping errors', () => {
       'two lines to one meter event',
       'stripe: { product: p, customers: { a: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: e } }, { name: y, components: [input_tokens], push: meter, meter: { eventName: e } } ] }',
       'stripe.lines.1.meter.eventName: meter event e is pushed by two lines',
+    ],
+    [
+      'two Tollgate customers on one Stripe customer, with a meter line',
+      'stripe: { product: p, customers: { a: cus_1, b: cus_1 }, lines: [ { name: x, components: [call], push: meter, meter: { eventName: e } } ] }',
+      "stripe.customers.b: cus_1 is also a's: with a meter line every Tollgate customer needs a Stripe customer of its own",
     ],
     [
       'calls and tokens in one quantity',

@@ -84,6 +84,11 @@ const isCredit = (line: Pick<StripeLine, 'name'>) => line.name === CREDIT_LINE.n
 
 /** Stripe takes meter events of the past 35 calendar days (docs: `timestamp` of POST /v1/billing/meter_events). */
 const METER_PAST_S = 35 * 86_400;
+/**
+ * How long after a meter line's last push its summary may lag behind (report `pending`): Stripe aggregates meter
+ * events asynchronously, within minutes. Past it the shortfall is a `mismatch`.
+ */
+export const METER_CATCH_UP_MS = 60 * 60_000;
 /** Stripe keeps an Idempotency-Key's answer for 24 hours, and an event `identifier` unique for at least 24 hours. */
 const DEDUP_WINDOW_MS = 24 * 3_600_000;
 /** Stripe's limit on a meter event's `identifier`. */
@@ -277,16 +282,20 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
      */
     const settled = (key: string, line: StripeLine): Settled | undefined => {
       const known = ledger.intent(key);
-      if (ledger.outcome(key))
-        return { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
       const atStripe = byKey.get(key);
-      if (!atStripe) return undefined;
-      report.pushes.found++;
-      if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found');
-      return {
+      // What Stripe holds under the key counts, when it is listed: it is what the customer is charged. An item
+      // found there may hold another amount than this ledger's intent (another data directory pushed the key);
+      // counting the intent after its first run charged the difference again, on every later unit.
+      const held = atStripe && {
         minor: line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
         quantity: line.push === 'amount' ? 0n : BigInt(atStripe.quantity),
       };
+      if (ledger.outcome(key))
+        return held ?? { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
+      if (!held) return undefined;
+      report.pushes.found++;
+      if (!o.dryRun && known) ledger.writeOutcome(key, (atStripe as InvoiceItemSeen).id, 'found');
+      return held;
     };
     try {
       // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
@@ -614,8 +623,14 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
         const pushed = r.push === 'amount' ? r.pushedMinor : r.pushedQuantity;
         const atStripe = r.push === 'amount' ? r.stripeMinor : r.stripeQuantity;
         if (want !== pushed) r.status = 'mismatch';
-        else if (atStripe !== null && Number(atStripe) !== Number(pushed))
-          r.status = r.push === 'meter' && Number(atStripe) < Number(pushed) ? 'pending' : 'mismatch';
+        else if (atStripe !== null && Number(atStripe) !== Number(pushed)) {
+          // a meter's summary behind what was pushed: Stripe still aggregating, for a while after the last
+          // push; past that, events Stripe did not count (it validates them asynchronously) are a mismatch
+          const last = r.push === 'meter' ? ledger.lastIntentAtMs(customer, r.period, r.line) : undefined;
+          const catchingUp =
+            Number(atStripe) < Number(pushed) && last !== undefined && o.nowMs - last < METER_CATCH_UP_MS;
+          r.status = catchingUp ? 'pending' : 'mismatch';
+        }
       }
     } catch (err) {
       const code = err instanceof StripeSyncError ? err.code : 'STRIPE_API';
