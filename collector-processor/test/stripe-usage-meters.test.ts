@@ -10,7 +10,7 @@ import { runStripeSync } from '../src/stripe/job.js';
 import { keyLine, microPerStripeUnit, stripeQuantity } from '../src/stripe/mapping.js';
 import { idempotencyKey } from '../src/stripe/money.js';
 import type { ReportRow, SyncReport } from '../src/stripe/report.js';
-import { meterIdentifier } from '../src/stripe/sync.js';
+import { METER_CATCH_UP_MS, meterIdentifier } from '../src/stripe/sync.js';
 import { type FakeStripe, startFakeStripe } from './support/fake-stripe.js';
 import type { TestTollgate } from './support/harness.js';
 import { toolSpan } from './support/otlp-json.js';
@@ -501,6 +501,16 @@ describe('the meter’s side in the report', () => {
     const lagging = r.rows.filter((x) => x.line === 'gbs' && x.status === 'pending');
     expect(lagging.map((x) => x.customer)).toEqual(['acme', 'globex']);
     expect(Number(lagging[0]?.stripeQuantity)).toBeLessThan(Number(lagging[0]?.pushedQuantity));
+    // an hour after the last push, a summary still behind is a mismatch (events Stripe did not count): the lag
+    // now holds back the newest event of all, globex's
+    const hourLater = await runStripeSync(configFor(fake), runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW + METER_CATCH_UP_MS,
+    });
+    expect(hourLater.rows.filter((x) => x.line === 'gbs').map((x) => x.status)).toEqual([
+      'reconciled',
+      'mismatch',
+    ]);
     fake.meterLag = 0;
     const again = await runStripeSync(configFor(fake), runDir, deps, quietLog, {
       periods: PERIODS,

@@ -112,6 +112,17 @@ export class Ledger {
     return out;
   }
 
+  /** When the newest push of `customer`'s `line` in `period` was meant (its intent), in ms; undefined: none. */
+  lastIntentAtMs(customer: string, period: string, line: string): number | undefined {
+    let last: number | undefined;
+    for (const i of this.intents.values())
+      if (i.customer === customer && i.period === period && i.line === line) {
+        const at = Date.parse(i.at);
+        if (last === undefined || at > last) last = at;
+      }
+    return last;
+  }
+
   writeIntent(i: Omit<Intent, 't' | 'at'>, atMs = Date.now()): Intent {
     const e: Intent = { t: 'intent', ...i, at: new Date(atMs).toISOString() };
     this.append(e);

@@ -143,6 +143,22 @@ export const stripeMappingSchema = z
     lines: z.array(lineSchema).min(1),
   })
   .superRefine((m, ctx) => {
+    // A meter sums a Stripe customer's events, and its summary is what the report (and the guard against
+    // pushing a meter unit twice) reads back: two Tollgate customers on one Stripe customer could not be
+    // told apart there, and the second was stopped for good by the first one's usage.
+    if (m.lines.some((l) => l.push === 'meter')) {
+      const byStripe = new Map<string, string>();
+      for (const [customer, stripeCustomer] of Object.entries(m.customers)) {
+        const other = byStripe.get(stripeCustomer);
+        if (other !== undefined)
+          ctx.addIssue({
+            code: 'custom',
+            path: ['customers', customer],
+            message: `${stripeCustomer} is also ${other}'s: with a meter line every Tollgate customer needs a Stripe customer of its own (a meter sums a Stripe customer's events)`,
+          });
+        else byStripe.set(stripeCustomer, customer);
+      }
+    }
     const seen = new Set<string>();
     const events = new Set<string>();
     m.lines.forEach((l, i) => {
