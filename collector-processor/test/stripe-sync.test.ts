@@ -430,7 +430,10 @@ describe('crash mid-sync, then resume', () => {
       }
       return out;
     };
-    const line = (pushed.p.metadata as Record<string, string>).tollgate_key.split('/').slice(2, 4).join('/');
+    const line = String((pushed.p.metadata as Record<string, string>).tollgate_key)
+      .split('/')
+      .slice(2, 4)
+      .join('/');
     expect(sums(itemsAt(fake)).get(line)).toBe(sums(await expectedPushes()).get(line));
     expect(last.rows.filter((x) => x.stripeCustomer).every((x) => x.status === 'reconciled')).toBe(true);
     await fake.close();
