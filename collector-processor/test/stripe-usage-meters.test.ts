@@ -487,6 +487,22 @@ describe('meter events never counted twice', () => {
     expect(fake.meterEvents).toEqual([]);
     expect(r.errors.map((e) => e.code)).toEqual(['STRIPE_METER_WINDOW', 'STRIPE_METER_WINDOW']);
     expect(r.errors[0]?.message).toMatch(/acme gbs 2026-03-02: its event would be dated 2026-03-02T23:59:59/);
+    // the stopped customers' rows still say what was pushed before the stop, and what Stripe holds (they said 0)
+    const held = (customer: string, line: string) =>
+      fake.items
+        .filter((i) => {
+          const m = i.metadata as Record<string, string>;
+          return m.tollgate_customer === customer && m.tollgate_line === line;
+        })
+        .reduce((sum, i) => sum + BigInt(i.amount as number), 0n);
+    const amountRows = r.rows.filter((x) => x.push === 'amount' && x.stripeCustomer);
+    expect(amountRows.length).toBeGreaterThan(0);
+    expect(amountRows.some((x) => BigInt(x.pushedMinor) > 0n)).toBe(true);
+    for (const row of amountRows) {
+      expect(row.status).toBe('incomplete');
+      expect(row.stripeMinor, `${row.customer} ${row.line}`).toBe(held(row.customer, row.line).toString());
+      expect(row.pushedMinor).toBe(row.stripeMinor);
+    }
     await fake.close();
   });
 });

@@ -297,17 +297,48 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       if (!o.dryRun && known) ledger.writeOutcome(key, (atStripe as InvoiceItemSeen).id, 'found');
       return held;
     };
+    // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
+    const ours = (items: InvoiceItemSeen[]) =>
+      items.filter(
+        (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
+      );
+    let pushesItems = mapping.lines.some((l) => l.push !== 'meter');
+    /** Stripe's answer after the pushes, per period and line (also for a customer stopped on an error). */
+    const readBack = async (): Promise<void> => {
+      if (o.gateway) {
+        const after = pushesItems
+          ? ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)))
+          : [];
+        for (const r of rows.values()) {
+          if (r.status === 'unmapped') continue;
+          if (r.push === 'meter') {
+            // The meter's summary of this customer over the period's closed units (its events only if the
+            // meter is fed by this sync alone); Stripe aggregates asynchronously.
+            const meterId = mapping.lines.find((l) => l.name === r.line)?.meter?.id;
+            if (!meterId || !r.lastUnit) continue;
+            const range = periodRange(r.period);
+            const end = Math.min(range.toMs, closedUnitEnd(r.lastUnit, range.toMs));
+            r.stripeQuantity = String(
+              await o.gateway.meterEventSummary(meterId, stripeCustomer, sec(range.fromMs), sec(end)),
+            );
+            continue;
+          }
+          const mine = after.filter(
+            (i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line,
+          );
+          r.stripeMinor =
+            r.push === 'amount' ? mine.reduce((s, i) => s + BigInt(i.amount), 0n).toString() : null;
+          r.stripeQuantity =
+            r.push === 'quantity' ? mine.reduce((s, i) => s + BigInt(i.quantity), 0n).toString() : null;
+        }
+      }
+    };
     try {
-      // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
-      const ours = (items: InvoiceItemSeen[]) =>
-        items.filter(
-          (i) => i.metadata.tollgate_product === mapping.product && i.metadata.tollgate_customer === customer,
-        );
       // A customer with a wallet gets one more line: the credits its prepaid grants paid (a negative item).
       const wallet =
         o.periods.length > 0 && (await hasCreditLedger(deps, { product: mapping.product, customer }, chLog));
       const lines = wallet ? [...mapping.lines, CREDIT_LINE] : mapping.lines;
-      const pushesItems = lines.some((l) => l.push !== 'meter');
+      pushesItems = lines.some((l) => l.push !== 'meter');
       if (o.gateway && pushesItems)
         for (const item of ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs))))
           byKey.set(item.metadata.tollgate_key as string, item);
@@ -374,197 +405,203 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
             );
         };
         let lastUnmapped: ReturnType<typeof group>['unmapped'] = new Map();
-        for (const [u, unit] of units.entries()) {
-          const keys = lines.map((l) => keyOf(l, unit.id));
-          const done = lines.map((l, i) => settled(keys[i] as string, l));
-          const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
-            const run = running.get(line.name) as Running;
-            run.minor += minor;
-            run.quantity += quantity;
-            const row = rowOf(period, line);
-            row.unitsClosed++;
-            row.lastUnit = unit.id;
-          };
-          if (u < units.length - 1 && done.every((d) => d !== undefined)) {
-            // Settled in full by an earlier run: only the running totals move (no ClickHouse query).
-            lines.forEach((line, i) => {
-              const d = done[i] as Settled;
-              addUnit(line, d.minor, d.quantity);
-            });
-            continue;
-          }
-          // The period's lines from its start through this unit: late calls of earlier days are in them.
-          const through = { fromMs: range.fromMs, toMs: unit.toMs };
-          const read = await invoiceLines(
-            deps,
-            { product: mapping.product, customer, period, range: through },
-            chLog,
-            { totals: false },
-          );
-          const { byLine, unmapped } = group(mapping, read.lines);
-          if (wallet) {
-            // What the grants paid for these calls (and overdraft repayments made meanwhile): a credit.
-            const applied = await creditsThrough(
+        // what the period's rows say is filled in however the loop ends: a customer stopped on an error reports
+        // what it pushed before the stop (it said 0)
+        try {
+          for (const [u, unit] of units.entries()) {
+            const keys = lines.map((l) => keyOf(l, unit.id));
+            const done = lines.map((l, i) => settled(keys[i] as string, l));
+            const addUnit = (line: StripeLine, minor: bigint, quantity: bigint) => {
+              const run = running.get(line.name) as Running;
+              run.minor += minor;
+              run.quantity += quantity;
+              const row = rowOf(period, line);
+              row.unitsClosed++;
+              row.lastUnit = unit.id;
+            };
+            if (u < units.length - 1 && done.every((d) => d !== undefined)) {
+              // Settled in full by an earlier run: only the running totals move (no ClickHouse query).
+              lines.forEach((line, i) => {
+                const d = done[i] as Settled;
+                addUnit(line, d.minor, d.quantity);
+              });
+              continue;
+            }
+            // The period's lines from its start through this unit: late calls of earlier days are in them.
+            const through = { fromMs: range.fromMs, toMs: unit.toMs };
+            const read = await invoiceLines(
               deps,
               { product: mapping.product, customer, period, range: through },
               chLog,
+              { totals: false },
             );
-            byLine.set(CREDIT_LINE.name, { nano: -applied, quantity: 0n });
-          }
-          lastUnmapped = unmapped;
-          for (const [i, line] of lines.entries()) {
-            const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
-            const row = rowOf(period, line);
-            row.tollgateNano = cum.nano.toString();
-            row.tollgateQuantity = quantityUnit(line.components)
-              ? stripeQuantity(line, cum.quantity).toString()
-              : null;
-            if (line.usageLine) row.tollgateQuantityMicro = cum.quantity.toString();
-            const d = done[i];
-            if (d) {
-              addUnit(line, d.minor, d.quantity);
-              continue;
+            const { byLine, unmapped } = group(mapping, read.lines);
+            if (wallet) {
+              // What the grants paid for these calls (and overdraft repayments made meanwhile): a credit.
+              const applied = await creditsThrough(
+                deps,
+                { product: mapping.product, customer, period, range: through },
+                chLog,
+              );
+              byLine.set(CREDIT_LINE.name, { nano: -applied, quantity: 0n });
             }
-            const run = running.get(line.name) as Running;
-            const key = keys[i] as string;
-            const pushed = (minor: bigint, quantity: bigint) => addUnit(line, minor, quantity);
-            const known = ledger.intent(key);
-            let intent = known;
-            if (!intent) {
-              const amountMinor =
-                line.push !== 'amount'
-                  ? 0n
-                  : isCredit(line)
-                    ? creditToMinor(cum.nano, digits) - run.minor
-                    : amountToPush(cum.nano, run.minor, digits);
-              if (amountMinor > 0n && isCredit(line))
-                throw new StripeSyncError(
-                  'STRIPE_CREDITS_DECREASED',
-                  `${customer} ${unit.id}: ${-cum.nano} nano applied through this unit, ${-run.minor} minor units already credited`,
-                );
-              // Stripe's whole units through this unit − those pushed: a usage line's fraction is carried.
-              const quantity =
-                line.push === 'amount' ? 0n : stripeQuantity(line, cum.quantity) - run.quantity;
-              if (quantity < 0n)
-                throw new StripeSyncError(
-                  'STRIPE_NEGATIVE_QUANTITY',
-                  `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
-                );
-              const big = (n: bigint) => n > MAX_SAFE_BIGINT || n < MIN_SAFE_BIGINT;
-              if (big(amountMinor) || big(quantity))
-                throw new StripeSyncError(
-                  'STRIPE_API',
-                  `${customer} ${line.name} ${unit.id}: ${amountMinor || quantity} is beyond what the API takes as an integer`,
-                );
-              if (amountMinor === 0n && quantity === 0n) {
-                // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
-                report.pushes.skippedZero++;
-                if (!o.dryRun) ledger.writeOutcome(key, '', 'nothing');
-                pushed(0n, 0n);
+            lastUnmapped = unmapped;
+            for (const [i, line] of lines.entries()) {
+              const cum = byLine.get(line.name) ?? { nano: 0n, quantity: 0n };
+              const row = rowOf(period, line);
+              row.tollgateNano = cum.nano.toString();
+              row.tollgateQuantity = quantityUnit(line.components)
+                ? stripeQuantity(line, cum.quantity).toString()
+                : null;
+              if (line.usageLine) row.tollgateQuantityMicro = cum.quantity.toString();
+              const d = done[i];
+              if (d) {
+                addUnit(line, d.minor, d.quantity);
                 continue;
               }
-              let params: InvoiceItemParams | MeterEventParams;
-              if (line.push === 'meter') {
-                const oldest = sec(o.nowMs) - METER_PAST_S;
-                if (sec(unit.toMs) - 1 < oldest)
+              const run = running.get(line.name) as Running;
+              const key = keys[i] as string;
+              const pushed = (minor: bigint, quantity: bigint) => addUnit(line, minor, quantity);
+              const known = ledger.intent(key);
+              let intent = known;
+              if (!intent) {
+                const amountMinor =
+                  line.push !== 'amount'
+                    ? 0n
+                    : isCredit(line)
+                      ? creditToMinor(cum.nano, digits) - run.minor
+                      : amountToPush(cum.nano, run.minor, digits);
+                if (amountMinor > 0n && isCredit(line))
                   throw new StripeSyncError(
-                    'STRIPE_METER_WINDOW',
-                    `${customer} ${line.name} ${unit.id}: its event would be dated ${new Date(unit.toMs - 1000).toISOString()}, more than 35 days ago`,
+                    'STRIPE_CREDITS_DECREASED',
+                    `${customer} ${unit.id}: ${-cum.nano} nano applied through this unit, ${-run.minor} minor units already credited`,
                   );
-                await guardMeter(line, unit);
-                params = meterParamsFor({ stripeCustomer, key }, line, unit, quantity);
-              } else
-                params = paramsFor(
-                  { product: mapping.product, customer, stripeCustomer, currency, key },
-                  line,
-                  unit,
-                  amountMinor,
-                  quantity,
-                  cum.nano,
-                );
-              const fields = {
-                key,
-                customer,
-                line: line.name,
-                period,
-                unit: unit.id,
-                cumulativeNano: cum.nano.toString(),
-                cumulativeQuantity: cum.quantity.toString(),
-                amountMinor: amountMinor.toString(),
-                quantity: quantity.toString(),
-                kind: line.push === 'meter' ? ('meter_event' as const) : ('invoice_item' as const),
-                params,
-              };
-              if (o.dryRun) {
-                report.pushes.wouldPush++;
-                row.status = 'dry_run';
-                pushed(amountMinor, quantity);
-                continue;
-              }
-              intent = ledger.writeIntent(fields, o.nowMs);
-            }
-            if (o.dryRun) {
-              // An intent left by an interrupted run: the next real run sends it as it is.
-              report.pushes.wouldPush++;
-              row.status = 'dry_run';
-              pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
-              continue;
-            }
-            if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
-            let res: { id: string; replayed: boolean };
-            if (intent.kind === 'meter_event') {
-              let params = intent.params as MeterEventParams;
-              // An interrupted run's event: resent under the same key and identifier while Stripe still
-              // deduplicates them; past that, a resend could be counted twice, so it is not sent — unless
-              // the operator looked at the meter and said whether it is there (--resolve).
-              if (known && o.nowMs - Date.parse(intent.at) >= DEDUP_WINDOW_MS) {
-                const said = o.resolve?.[key];
-                if (said === 'sent') {
-                  report.pushes.found++;
-                  ledger.writeOutcome(key, params.identifier, 'found');
-                  pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+                // Stripe's whole units through this unit − those pushed: a usage line's fraction is carried.
+                const quantity =
+                  line.push === 'amount' ? 0n : stripeQuantity(line, cum.quantity) - run.quantity;
+                if (quantity < 0n)
+                  throw new StripeSyncError(
+                    'STRIPE_NEGATIVE_QUANTITY',
+                    `${customer} ${line.name} ${unit.id}: ${cum.quantity} < ${run.quantity} already pushed`,
+                  );
+                const big = (n: bigint) => n > MAX_SAFE_BIGINT || n < MIN_SAFE_BIGINT;
+                if (big(amountMinor) || big(quantity))
+                  throw new StripeSyncError(
+                    'STRIPE_API',
+                    `${customer} ${line.name} ${unit.id}: ${amountMinor || quantity} is beyond what the API takes as an integer`,
+                  );
+                if (amountMinor === 0n && quantity === 0n) {
+                  // Nothing to add (the running total is carried into the next unit): settled, nothing sent.
+                  report.pushes.skippedZero++;
+                  if (!o.dryRun) ledger.writeOutcome(key, '', 'nothing');
+                  pushed(0n, 0n);
                   continue;
                 }
-                if (said !== 'unsent')
-                  throw new StripeSyncError(
-                    'STRIPE_METER_UNCERTAIN',
-                    `${customer} ${line.name} ${unit.id}: the meter event ${params.identifier} (key ${key}) of ${intent.at} may or may not have reached Stripe, and Stripe deduplicates identifiers for about 24 hours (see docs/stripe.md#meter-events-left-unsure)`,
+                let params: InvoiceItemParams | MeterEventParams;
+                if (line.push === 'meter') {
+                  const oldest = sec(o.nowMs) - METER_PAST_S;
+                  if (sec(unit.toMs) - 1 < oldest)
+                    throw new StripeSyncError(
+                      'STRIPE_METER_WINDOW',
+                      `${customer} ${line.name} ${unit.id}: its event would be dated ${new Date(unit.toMs - 1000).toISOString()}, more than 35 days ago`,
+                    );
+                  await guardMeter(line, unit);
+                  params = meterParamsFor({ stripeCustomer, key }, line, unit, quantity);
+                } else
+                  params = paramsFor(
+                    { product: mapping.product, customer, stripeCustomer, currency, key },
+                    line,
+                    unit,
+                    amountMinor,
+                    quantity,
+                    cum.nano,
                   );
-                // Not at Stripe: the same event under a new identifier (the old one may still be remembered).
-                params = { ...params, identifier: meterIdentifier(`${key}#resent-${sec(o.nowMs)}`) };
-                intent = ledger.writeIntent({ ...intent, params }, o.nowMs);
+                const fields = {
+                  key,
+                  customer,
+                  line: line.name,
+                  period,
+                  unit: unit.id,
+                  cumulativeNano: cum.nano.toString(),
+                  cumulativeQuantity: cum.quantity.toString(),
+                  amountMinor: amountMinor.toString(),
+                  quantity: quantity.toString(),
+                  kind: line.push === 'meter' ? ('meter_event' as const) : ('invoice_item' as const),
+                  params,
+                };
+                if (o.dryRun) {
+                  report.pushes.wouldPush++;
+                  row.status = 'dry_run';
+                  pushed(amountMinor, quantity);
+                  continue;
+                }
+                intent = ledger.writeIntent(fields, o.nowMs);
               }
-              // The identifier doubles as the Idempotency-Key: a new identifier is a new request.
-              const ev = await o.gateway.createMeterEvent(params, params.identifier);
-              res = { id: ev.identifier, replayed: ev.replayed };
-              report.pushes.meterEvents++;
-            } else res = await o.gateway.createInvoiceItem(intent.params as InvoiceItemParams, key);
-            ledger.writeOutcome(key, res.id, res.replayed ? 'replayed' : 'created');
-            if (res.replayed) report.pushes.replayed++;
-            else report.pushes.created++;
-            log.info(
-              { customer, line: line.name, unit: unit.id, key, stripeId: res.id, replayed: res.replayed },
-              'pushed to Stripe',
-            );
-            pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
-            o.afterPush?.(key);
+              if (o.dryRun) {
+                // An intent left by an interrupted run: the next real run sends it as it is.
+                report.pushes.wouldPush++;
+                row.status = 'dry_run';
+                pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+                continue;
+              }
+              if (!o.gateway) throw new StripeSyncError('STRIPE_NOT_CONFIGURED', 'no Stripe connection');
+              let res: { id: string; replayed: boolean };
+              if (intent.kind === 'meter_event') {
+                let params = intent.params as MeterEventParams;
+                // An interrupted run's event: resent under the same key and identifier while Stripe still
+                // deduplicates them; past that, a resend could be counted twice, so it is not sent — unless
+                // the operator looked at the meter and said whether it is there (--resolve).
+                if (known && o.nowMs - Date.parse(intent.at) >= DEDUP_WINDOW_MS) {
+                  const said = o.resolve?.[key];
+                  if (said === 'sent') {
+                    report.pushes.found++;
+                    ledger.writeOutcome(key, params.identifier, 'found');
+                    pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+                    continue;
+                  }
+                  if (said !== 'unsent')
+                    throw new StripeSyncError(
+                      'STRIPE_METER_UNCERTAIN',
+                      `${customer} ${line.name} ${unit.id}: the meter event ${params.identifier} (key ${key}) of ${intent.at} may or may not have reached Stripe, and Stripe deduplicates identifiers for about 24 hours (see docs/stripe.md#meter-events-left-unsure)`,
+                    );
+                  // Not at Stripe: the same event under a new identifier (the old one may still be remembered).
+                  params = { ...params, identifier: meterIdentifier(`${key}#resent-${sec(o.nowMs)}`) };
+                  intent = ledger.writeIntent({ ...intent, params }, o.nowMs);
+                }
+                // The identifier doubles as the Idempotency-Key: a new identifier is a new request.
+                const ev = await o.gateway.createMeterEvent(params, params.identifier);
+                res = { id: ev.identifier, replayed: ev.replayed };
+                report.pushes.meterEvents++;
+              } else res = await o.gateway.createInvoiceItem(intent.params as InvoiceItemParams, key);
+              ledger.writeOutcome(key, res.id, res.replayed ? 'replayed' : 'created');
+              if (res.replayed) report.pushes.replayed++;
+              else report.pushes.created++;
+              log.info(
+                { customer, line: line.name, unit: unit.id, key, stripeId: res.id, replayed: res.replayed },
+                'pushed to Stripe',
+              );
+              pushed(BigInt(intent.amountMinor), BigInt(intent.quantity));
+              o.afterPush?.(key);
+            }
           }
-        }
-        for (const line of lines) {
-          const row = rowOf(period, line);
-          const run = running.get(line.name) as Running;
-          const tollgateNano = BigInt(row.tollgateNano);
-          row.tollgateMinor = (
-            isCredit(line) ? creditToMinor(tollgateNano, digits) : roundToMinor(tollgateNano, digits)
-          ).toString();
-          row.pushedMinor = run.minor.toString();
-          row.pushedQuantity = run.quantity.toString();
-          row.remainderNano = line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
-          if (line.usageLine && line.push !== 'amount')
-            row.quantityRemainderMicro = (
-              BigInt(row.tollgateQuantityMicro ?? '0') -
-              run.quantity * microPerStripeUnit(line)
+        } finally {
+          for (const line of lines) {
+            const row = rowOf(period, line);
+            const run = running.get(line.name) as Running;
+            const tollgateNano = BigInt(row.tollgateNano);
+            row.tollgateMinor = (
+              isCredit(line) ? creditToMinor(tollgateNano, digits) : roundToMinor(tollgateNano, digits)
             ).toString();
+            row.pushedMinor = run.minor.toString();
+            row.pushedQuantity = run.quantity.toString();
+            row.remainderNano =
+              line.push === 'amount' ? (tollgateNano - run.minor * perMinor).toString() : '0';
+            if (line.usageLine && line.push !== 'amount')
+              row.quantityRemainderMicro = (
+                BigInt(row.tollgateQuantityMicro ?? '0') -
+                run.quantity * microPerStripeUnit(line)
+              ).toString();
+          }
         }
         for (const u of lastUnmapped.values()) {
           if (u.nano === 0n && u.quantity === 0n) continue;
@@ -585,34 +622,7 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
           r.status = 'unmapped';
         }
       }
-      // Stripe's answer after the pushes, per period and line.
-      if (o.gateway) {
-        const after = pushesItems
-          ? ours(await o.gateway.listInvoiceItems(stripeCustomer, sec(firstFromMs)))
-          : [];
-        for (const r of rows.values()) {
-          if (r.status === 'unmapped') continue;
-          if (r.push === 'meter') {
-            // The meter's summary of this customer over the period's closed units (its events only if the
-            // meter is fed by this sync alone); Stripe aggregates asynchronously.
-            const meterId = mapping.lines.find((l) => l.name === r.line)?.meter?.id;
-            if (!meterId || !r.lastUnit) continue;
-            const range = periodRange(r.period);
-            const end = Math.min(range.toMs, closedUnitEnd(r.lastUnit, range.toMs));
-            r.stripeQuantity = String(
-              await o.gateway.meterEventSummary(meterId, stripeCustomer, sec(range.fromMs), sec(end)),
-            );
-            continue;
-          }
-          const mine = after.filter(
-            (i) => i.metadata.tollgate_period === r.period && i.metadata.tollgate_line === r.line,
-          );
-          r.stripeMinor =
-            r.push === 'amount' ? mine.reduce((s, i) => s + BigInt(i.amount), 0n).toString() : null;
-          r.stripeQuantity =
-            r.push === 'quantity' ? mine.reduce((s, i) => s + BigInt(i.quantity), 0n).toString() : null;
-        }
-      }
+      await readBack();
       for (const r of rows.values()) {
         if (r.status !== 'reconciled') continue;
         if (o.dryRun) {
@@ -637,6 +647,11 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
       report.errors.push({ customer, code, message: (err as Error).message });
       for (const r of rows.values()) if (r.status === 'reconciled') r.status = 'incomplete';
       log.error({ customer, code, err: (err as Error).message }, 'Stripe sync of a customer stopped');
+      // the rows still say what Stripe holds, when Stripe answers (a stop of ours, not Stripe's)
+      if (err instanceof StripeSyncError && !o.dryRun)
+        await readBack().catch((e: Error) =>
+          log.warn({ customer, err: e.message }, 'Stripe sync: Stripe not read back after the stop'),
+        );
       if (!(err instanceof StripeSyncError)) {
         report.rows.push(...rows.values());
         throw err;
