@@ -539,6 +539,36 @@ describe('the meter’s side in the report', () => {
     await fake.close();
   });
 
+  it('events Stripe accepts and then drops (a customer it does not know, found asynchronously): pending, then a mismatch', async () => {
+    const fake = await startFakeStripe({
+      customers: ['cus_acme'], // cus_globex does not exist at Stripe
+      meters: [{ id: 'mtr_gbs', event_name: 'tollgate_gb_seconds' }],
+      clockMs: NOW,
+    });
+    const meterOnly = `
+stripe:
+  product: demo-mcp
+  customers: { acme: cus_acme, globex: cus_globex }
+  lines:
+    - { name: gbs, components: [usage], usageLine: gb_seconds, push: meter, quantityDecimals: 3, meter: { eventName: tollgate_gb_seconds, id: mtr_gbs } }
+`;
+    const runDir = ledgerDir();
+    const r = await runStripeSync(configFor(fake, meterOnly), runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW,
+    });
+    expect(r.errors).toEqual([]);
+    expect(new Set(fake.meterErrors.map((e) => e.code))).toEqual(new Set(['meter_event_customer_not_found']));
+    expect(rowOf(r, 'globex', 'gbs')).toMatchObject({ status: 'pending', stripeQuantity: '0' });
+    expect(rowOf(r, 'acme', 'gbs').status).toBe('reconciled');
+    const later = await runStripeSync(configFor(fake, meterOnly), runDir, deps, quietLog, {
+      periods: PERIODS,
+      nowMs: NOW + METER_CATCH_UP_MS,
+    });
+    expect(rowOf(later, 'globex', 'gbs').status).toBe('mismatch');
+    await fake.close();
+  });
+
   it('without a meter id nothing is read back: stripeQuantity is empty', async () => {
     const fake = await newFake();
     const r = await runStripeSync(

@@ -37,7 +37,10 @@
  *     an unknown meter is a 404 `resource_missing`.
  *   What the documents leave open, and the fake decides: how Stripe answers a second event with an identifier
  *   it has seen (the fake answers 200 with the event and does not count it again — "uniqueness is
- *   enforced"); that a value must be a number (the fake refuses any other with 400 `parameter_invalid`);
+ *   enforced"); that a value must be a number (the fake refuses any other with 400 `parameter_invalid`); that a missing
+ *   meter or customer is found only by the asynchronous validation (docs.stripe.com/api/v2/core/events/event-types:
+ *   `v1.billing.meter.error_report_triggered`, "invalid async usage events", and `v1.billing.meter.no_meter_found`:
+ *   the fake answers 200, records `meterErrors` and never counts the event);
  *   that summaries are complete at once (Stripe aggregates asynchronously; `meterLag` holds the newest
  *   events back to mimic it). Meter events are counted by the meter whose `event_name` they carry.
  *   - idempotency as documented (docs.stripe.com/idempotency, /api/idempotent_requests): the first answer
@@ -100,8 +103,16 @@ export interface FakeStripe {
   secretKey: string;
   /** Every invoice item created, oldest first. */
   items: Record<string, unknown>[];
-  /** Every meter event accepted, oldest first (`counted: false`: a repeated identifier, not aggregated). */
+  /**
+   * Every meter event accepted, oldest first (`counted: false`: a repeated identifier, or one Stripe's
+   * asynchronous validation drops — see `meterErrors` — not aggregated).
+   */
   meterEvents: { event: Record<string, unknown>; value: number; customer: string; counted: boolean }[];
+  /**
+   * What Stripe's asynchronous validation of meter events reports (the `v1.billing.meter.error_report_triggered`
+   * and `v1.billing.meter.no_meter_found` events): the event was answered 200 and is never counted.
+   */
+  meterErrors: { identifier: string; code: string }[];
   /** The newest this many counted events are not yet in the summaries (Stripe aggregates asynchronously). */
   meterLag: number;
   /** Every request received: method, path, idempotency key, answer status, replayed. */
@@ -156,6 +167,7 @@ export async function startFakeStripe(
     secretKey,
     items: [] as Record<string, unknown>[],
     meterEvents: [] as FakeStripe['meterEvents'],
+    meterErrors: [] as FakeStripe['meterErrors'],
     meterLag: 0,
     requests: [] as FakeStripe['requests'],
     customers: new Set(opts.customers ?? []),
@@ -266,16 +278,25 @@ export async function startFakeStripe(
     const meter = [...meters.values()].find((m) => m.event_name === name);
     const customerKey = meter?.customerKey ?? 'stripe_customer_id';
     const valueKey = meter?.valueKey ?? 'value';
-    const customer = payload[customerKey];
-    if (typeof customer !== 'string')
-      return rejected('parameter_missing', `payload[${customerKey}]`, `Missing payload key: ${customerKey}.`);
-    if (!fake.customers.has(customer))
-      return rejected('resource_missing', `payload[${customerKey}]`, `No such customer: '${customer}'`);
     const raw = payload[valueKey];
     if (typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(Number(raw)))
       return rejected('parameter_invalid', `payload[${valueKey}]`, `The ${valueKey} must be a number.`);
+    // The meter and the customer are validated asynchronously: the event is answered 200 either way, and one
+    // without a meter or a known customer is reported later (v1.billing.meter.no_meter_found,
+    // v1.billing.meter.error_report_triggered with meter_event_no_customer_defined /
+    // meter_event_customer_not_found) and never aggregated.
+    const rawCustomer = payload[customerKey];
+    const customer = typeof rawCustomer === 'string' ? rawCustomer : '';
+    const invalid = !meter
+      ? 'no_meter'
+      : typeof rawCustomer !== 'string'
+        ? 'meter_event_no_customer_defined'
+        : !fake.customers.has(customer)
+          ? 'meter_event_customer_not_found'
+          : undefined;
+    if (invalid) fake.meterErrors.push({ identifier, code: invalid });
     const seenAt = identifiers.get(identifier);
-    const counted = seenAt === undefined || now() - seenAt >= KEY_TTL_MS;
+    const counted = invalid === undefined && (seenAt === undefined || now() - seenAt >= KEY_TTL_MS);
     if (counted) identifiers.set(identifier, now());
     const event = {
       object: 'billing.meter_event',
