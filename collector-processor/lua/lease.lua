@@ -107,6 +107,11 @@ local function grow(gfield, sfield, want, consumed, limit, counted, total_key, t
   local delta = 0
   if want > left and avail > 0 then
     delta = math.min(want - left, avail, math.max(min, math.floor(avail * share_bps / 10000)))
+    -- whole calls: what the holder is left with after the grant is a multiple of `min` (one call, or the price
+    -- of the call it asked for). A remainder under one call's price could not be taken by its holder, yet
+    -- counted as held: with several instances such remainders added up, and a renewal found less than a call's
+    -- price left and answered "exhausted" while the limit still had room (8 instances ran 21 of 23 calls).
+    if min > 1 then delta = math.max(0, math.floor((left + delta) / min) * min - left) end
   end
   if delta > 0 then redis.call('HINCRBY', total_key, total_field, lease_int(delta)) end
   g = g + delta

@@ -50,6 +50,7 @@ products:
       sessions: { overrides: { limits: { spendPerSession: "0.3" } } }
       over-a: { overrides: { limits: { spendPerPeriod: "0.7" } } }
       over-b: { overrides: { limits: { spendPerPeriod: "0.7" } } }
+      whole-co: { overrides: { limits: { spendPerPeriod: "0.7" } } }
       open-co: {}
 `;
 
@@ -222,23 +223,59 @@ describe('grants', () => {
   });
 });
 
+describe('money granted in whole calls', () => {
+  it('a grant leaves its holder a multiple of the price it asked with: no remainder under one call is held', async () => {
+    // 0.575 wanted at 0.1 a call: 0.5 granted (five calls), not 0.575 of which 0.075 no call could use
+    const a = await grant('inst-whole-a', {
+      customer: 'whole-co',
+      wantCalls: 6,
+      wantMoney: '575000000',
+      minMoney: '100000000',
+    });
+    expect(a.money).toBe('300000000'); // half of the 0.7 left is 0.35: three whole calls
+    const b = await grant('inst-whole-b', {
+      customer: 'whole-co',
+      wantCalls: 6,
+      wantMoney: '575000000',
+      minMoney: '100000000',
+    });
+    expect(b.money).toBe('200000000'); // half of the 0.4 left: two calls
+    const c = await grant('inst-whole-c', {
+      customer: 'whole-co',
+      wantCalls: 6,
+      wantMoney: '575000000',
+      minMoney: '100000000',
+    });
+    // 0.2 left: one call by the share, and the last one after it; 0.7 = seven calls in all, none stranded
+    expect(c.money).toBe('100000000');
+    const d = await grant('inst-whole-d', {
+      customer: 'whole-co',
+      wantCalls: 1,
+      wantMoney: '100000000',
+      minMoney: '100000000',
+    });
+    expect(d.money).toBe('100000000');
+    expect(Number((await periodHash('whole-co')).lrm)).toBe(700_000_000);
+  });
+});
+
 describe('what a holder reports as consumed', () => {
   it('counts up to what was granted: a report past the grant gets the answer the grant would', async () => {
     // two customers, the same limit (seven calls of 0.1), the same lease; each renews asking for more. A
     // reports what it took (all of its grant), B one call more than was granted: a Kong worker read the counter
     // while another worker's take had overshot and was being undone. Counted as it came, B's report made the
-    // allowance look spent and the answer "exhausted" (0.075 left against a 0.1 call) while the limit had room
+    // allowance look spent and the answer "exhausted" while the limit had room
     const answers: LeaseGrant[] = [];
     for (const [customer, reported] of [
-      ['over-a', '350000000'],
-      ['over-b', '450000000'],
+      ['over-a', '300000000'],
+      ['over-b', '400000000'],
     ] as const) {
       const first = await grant(`inst-${customer}`, {
         customer,
         wantMoney: '350000000',
         minMoney: '100000000',
       });
-      expect(first.money).toBe('350000000');
+      expect(first.money).toBe('300000000'); // 0.35 wanted: three whole calls of 0.1
       answers.push(
         await grant(`inst-${customer}`, {
           customer,
@@ -250,7 +287,7 @@ describe('what a holder reports as consumed', () => {
       );
     }
     const [a, b] = answers as [LeaseGrant, LeaseGrant];
-    expect(a.money).toBe('525000000'); // 0.35 + half of the 0.35 the limit still leaves
+    expect(a.money).toBe('500000000'); // 0.3 + half of the 0.4 the limit still leaves, in whole calls
     expect(a.exhausted ?? []).toEqual([]);
     expect(b.money).toBe(a.money);
     expect(b.exhausted ?? []).toEqual([]);
@@ -294,11 +331,11 @@ describe('settlement', () => {
       tool: 'tokens',
       outputTokens: 50,
     })) as { tollgate?: { leases?: LeaseGrant[] } };
-    expect(answer.tollgate?.leases?.[0]?.money).toBe('550000000');
+    expect(answer.tollgate?.leases?.[0]?.money).toBe('500000000');
     const after = await periodHash('wallet2');
     expect(BigInt(after.spend ?? '0') - BigInt(before.spend ?? '0')).toBe(300000000n);
-    // the 0.2 held moved out; the answer topped the lease up by 0.35 (half of the 0.7 left)
-    expect(after.lrm).toBe('350000000');
+    // the 0.2 held moved out; the answer topped the lease up by 0.3 (half of the 0.7 left, in whole calls)
+    expect(after.lrm).toBe('300000000');
   });
 
   it('a call that names a lease of another instance is counted as a call without one', async () => {
