@@ -51,9 +51,9 @@ local tool_limits = {}
 for j = 0, m - 1 do tool_limits[ARGV[17 + j * 2]] = tonumber(ARGV[18 + j * 2]) end
 local base = 17 + m * 2
 local n = tonumber(ARGV[base])
--- the price is read as its two 32-bit halves: a double holds an Int64 exactly only below 2^53, and prepaid
--- credits draw the exact price (credits_m_from_halves, credits.lua); the counters below use it as a double
-local CALL_BYTES, CALL_FORMAT = 24, '<I4I2I2I4i4i8'
+-- the counters take the price as a double (exact below 2^53 nano-units); prepaid credits draw the exact price,
+-- read again as its two 32-bit halves (credits_m_from_halves, credits.lua) for a customer with a wallet only
+local CALL_BYTES, CALL_FORMAT, PRICE_HALVES = 24, '<I4I2I2i8i8', '<I4i4'
 local calls_bin = ARGV[base + 1]
 if #calls_bin ~= CALL_BYTES * n then
   return redis.error_reply('enforce.lua: ' .. #calls_bin .. ' bytes of calls, ' .. n .. ' calls announced')
@@ -182,8 +182,7 @@ local sessions = {} -- key index -> { id, spend, cost, d_spend, d_cost, d_calls 
 
 local unpack_call = struct.unpack
 for i = 0, n - 1 do
-  local sk, ai, ti, price_lo, price_hi, cost = unpack_call(CALL_FORMAT, calls_bin, CALL_BYTES * i + 1)
-  local price = price_hi * 4294967296 + price_lo
+  local sk, ai, ti, price, cost = unpack_call(CALL_FORMAT, calls_bin, CALL_BYTES * i + 1)
   local sid, agent, tool = session_ids[sk], agent_names[ai], tool_names[ti]
   if not (sid and agent and tool) then
     return redis.error_reply('enforce.lua: call ' .. i .. ' of ' .. n .. ' names a session, agent or tool not sent')
@@ -234,7 +233,10 @@ for i = 0, n - 1 do
         set(scope_of('session', sid), { action = 'kill', reason = 'hard_limit:spend_per_session', until_ms = period_end, rate = '', margin = '' })
       end
     end
-    if credits and credits:call(i, credits_m_from_halves(price_lo, price_hi)) then crossed = true end
+    if credits then
+      local price_lo, price_hi = unpack_call(PRICE_HALVES, calls_bin, CALL_BYTES * i + 9)
+      if credits:call(i, credits_m_from_halves(price_lo, price_hi)) then crossed = true end
+    end
     if crossed then over[#over + 1] = i end
   end
 end
