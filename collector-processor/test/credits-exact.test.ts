@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CREDITS_LUA } from '../src/credits/wallets.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
 import { type PrivateRedis, startPrivateRedis } from '../src/redis/private-redis.js';
-import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
+import { creditLedger, landed } from './support/credit-ledger.js';
+import { DEV_INGEST_KEY, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 
 /**
@@ -222,39 +223,7 @@ async function send(customer: string, tool = 'search'): Promise<Directive[]> {
   return ((await res.json()) as { tollgate?: { directives: Directive[] } }).tollgate?.directives ?? [];
 }
 
-async function landed(customer: string, n: number): Promise<void> {
-  await tg.lander?.idle(10_000);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const [r] = await query(tg, 'SELECT count() AS n FROM mcp_tool_calls WHERE customer = {c:String}', {
-      c: customer,
-    });
-    if (Number(r?.n) >= n) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${customer}: ${n} calls did not land`);
-}
-
-interface LedgerRow {
-  entry_type: string;
-  bucket: string;
-  amount_nano: string;
-  event_amounts_nano: string[];
-}
-
-async function ledger(customer: string): Promise<LedgerRow[]> {
-  const deadline = Date.now() + 5000;
-  for (;;) {
-    const w = await tg.credits?.wallet('demo-mcp', customer);
-    if (!w?.ledgerBacklog || Date.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return query<LedgerRow>(
-    tg,
-    'SELECT entry_type, bucket, amount_nano, event_amounts_nano FROM credit_ledger FINAL WHERE customer = {c:String} ORDER BY seq',
-    { c: customer },
-  );
-}
+const ledger = (customer: string) => creditLedger(tg, customer);
 
 interface Invoice {
   totals: { amountNano: string };
@@ -284,7 +253,7 @@ describe('prepaid credits beyond 2^53 nano-units, end to end', () => {
   it('an overdraft past 2^53 is exact: balance, ledger and invoice agree (5 calls of 3,000,000.000000001)', async () => {
     await topUp('od1', '1');
     for (let i = 0; i < 5; i++) expect(await send('od1')).toEqual([]);
-    await landed('od1', 5);
+    await landed(tg, 'od1', 5);
     const owed = 5n * BIG - 1_000_000_000n; // 14,999,999,000,000,005
     const w = await wallet('od1');
     expect(w.balanceNano).toBe((-owed).toString());
@@ -309,7 +278,7 @@ describe('prepaid credits beyond 2^53 nano-units, end to end', () => {
       action: 'kill',
       reason: 'credits:exhausted',
     });
-    await landed('w3', 1);
+    await landed(tg, 'w3', 1);
     const rows = await ledger('w3');
     const draws = rows.filter((r) => r.entry_type === 'drawdown');
     expect(draws.map((r) => [r.bucket, r.amount_nano, r.event_amounts_nano])).toEqual([
@@ -344,7 +313,7 @@ describe('prepaid credits beyond 2^53 nano-units, end to end', () => {
     });
     // a third call happened anyway: counted, drawn from nothing
     await send('floor-co');
-    await landed('floor-co', 3);
+    await landed(tg, 'floor-co', 3);
     const w = await wallet('floor-co');
     expect(w.balanceNano).toBe(OVERDRAFT_FLOOR_NANO.toString());
     expect(w.state).toMatchObject({ action: 'kill', reason: 'credits:exhausted' });

@@ -8,6 +8,7 @@ import { parseCsv } from '../../billing-api/test/support/csv.js';
 import { waitFor } from '../../instrumentation/test/support/mcp.js';
 import { loadPlanBook } from '../src/plans/load.js';
 import { sha256Hex } from '../src/receiver/ingest-keys.js';
+import { creditLedger, type LedgerRow, landed } from './support/credit-ledger.js';
 import { DEV_INGEST_KEY, query, startTestTollgate, type TestTollgate, tempDir } from './support/harness.js';
 import { exportOf, toolSpan } from './support/otlp-json.js';
 import { CLI } from './support/process.js';
@@ -131,44 +132,7 @@ async function exportCalls(customer: string, n: number): Promise<{ directives: D
   return { directives: body.tollgate?.directives ?? [], ids: spans.map((s) => `${s.traceId}${s.spanId}`) };
 }
 
-async function landed(customer: string, n: number): Promise<void> {
-  await tg.lander?.idle(10_000);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const [r] = await query(tg, 'SELECT count() AS n FROM mcp_tool_calls WHERE customer = {c:String}', {
-      c: customer,
-    });
-    if (Number(r?.n) >= n) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${customer}: ${n} calls did not land`);
-}
-
-interface LedgerRow {
-  seq: string;
-  entry_type: string;
-  bucket: string;
-  amount_nano: string;
-  event_ids: string[];
-  event_amounts_nano: string[];
-  actor: string;
-  note: string;
-}
-
-async function ledger(customer: string): Promise<LedgerRow[]> {
-  await tg.credits?.wallet('demo-mcp', customer); // nudges a drain of anything left in the outbox
-  const deadline = Date.now() + 5000;
-  for (;;) {
-    const w = await tg.credits?.wallet('demo-mcp', customer);
-    if (!w?.ledgerBacklog || Date.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return query<LedgerRow>(
-    tg,
-    'SELECT seq, entry_type, bucket, amount_nano, event_ids, event_amounts_nano, actor, note FROM credit_ledger FINAL WHERE customer = {c:String} ORDER BY seq',
-    { c: customer },
-  );
-}
+const ledger = (customer: string) => creditLedger(tg, customer);
 
 const sum = (xs: readonly (string | bigint)[]) => xs.reduce<bigint>((a, x) => a + BigInt(x), 0n);
 
@@ -178,7 +142,7 @@ describe('prepaid credits', () => {
     expect(g.status).toBe(200);
     expect(g.body.wallet).toMatchObject({ balanceNano: '10000000000', balance: '10.00', state: null });
     const { ids } = await exportCalls('acme', 7);
-    await landed('acme', 7);
+    await landed(tg, 'acme', 7);
     const w = await wallet('acme');
     expect(BigInt(w.balanceNano)).toBe(10_000_000_000n - 7n * PRICE);
     expect(w.balance).toBe('7.666666669');
@@ -237,7 +201,7 @@ describe('prepaid credits', () => {
         untilUnixMs: 0,
       }),
     );
-    await landed('stopper', 5);
+    await landed(tg, 'stopper', 5);
     // the calls happened and are billed; the two beyond the balance drew the overdraft bucket and are over the limit
     const decisions = await query(
       tg,
@@ -299,7 +263,7 @@ describe('prepaid credits', () => {
     expect(c.directives).toContainEqual(
       expect.objectContaining({ action: 'kill', reason: 'credits:exhausted' }),
     );
-    await landed('overdraft-co', 7);
+    await landed(tg, 'overdraft-co', 7);
     const over = await query(
       tg,
       "SELECT count() AS n FROM mcp_tool_calls WHERE customer = 'overdraft-co' AND decision = 'over_limit'",
@@ -696,7 +660,7 @@ describe('prepaid credits', () => {
     for (const r of results.slice(exports)) expect((r as { status: number }).status).toBe(200);
     const calls = BigInt(exports * perExport);
     const expected = 100_000_000_000n + BigInt(topUps) * 7n - calls * PRICE;
-    await landed('race-co', exports * perExport);
+    await landed(tg, 'race-co', exports * perExport);
     const w = await wallet('race-co');
     expect(BigInt(w.balanceNano)).toBe(expected);
     const rows = await ledger('race-co');

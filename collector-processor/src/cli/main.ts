@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { formatNano } from '@tollgate/contracts';
 import { PlanPricing } from '../api-ports.js';
