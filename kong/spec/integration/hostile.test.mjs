@@ -235,22 +235,24 @@ describe('hostile client: a paying customer', () => {
   });
 });
 
+/** A 2026-07-28 tools/call of echo, its protocol version and client in the `_meta` envelope. */
+const modernCall = (id, text) => ({
+  jsonrpc: '2.0',
+  id,
+  method: 'tools/call',
+  params: {
+    name: 'echo',
+    arguments: { text },
+    _meta: {
+      'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+      'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
+      'io.modelcontextprotocol/clientCapabilities': {},
+    },
+  },
+});
+
 describe('hostile client: 2026-07-28 requests metered from their headers (a 2.x SDK server)', () => {
   const MODERN = '2026-07-28';
-  const modernCall = (id, text) => ({
-    jsonrpc: '2.0',
-    id,
-    method: 'tools/call',
-    params: {
-      name: 'echo',
-      arguments: { text },
-      _meta: {
-        'io.modelcontextprotocol/protocolVersion': MODERN,
-        'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
-        'io.modelcontextprotocol/clientCapabilities': {},
-      },
-    },
-  });
   const headers = {
     'mcp-protocol-version': MODERN,
     'mcp-method': 'tools/call',
@@ -569,20 +571,7 @@ describe('hostile client: MCP headers spelled with underscores (Kong runs nginx 
     ['a tab after', 'tools/call\t'],
   ]) {
     it(`Mcp-Method with ${label} (nginx keeps it, the server strips it): a killed customer is refused, a paying one billed`, async () => {
-      const call = JSON.stringify({
-        jsonrpc: '2.0',
-        id: 7,
-        method: 'tools/call',
-        params: {
-          name: 'echo',
-          arguments: { text: 'free?' },
-          _meta: {
-            'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-            'io.modelcontextprotocol/clientInfo': { name: 'raw-2026', version: '1' },
-            'io.modelcontextprotocol/clientCapabilities': {},
-          },
-        },
-      });
+      const call = JSON.stringify(modernCall(7, 'free?'));
       const headers = (key, testId) => [
         ['Content-Type', ' application/json'],
         ['Accept', ` ${ACCEPT}`],
