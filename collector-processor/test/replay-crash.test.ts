@@ -36,6 +36,43 @@ async function start(dataDir: string, preload: string, otlpPort: number, apiPort
   return { ...server, exited };
 }
 
+/**
+ * Starts Tollgate on `dataDir` until the poisonous record is set aside: each of the first
+ * REPLAY_CRASHES_TO_SET_ASIDE starts must die in it, the next must stay up and land the 3 calls after it.
+ */
+async function expectSetAside(dataDir: string, preload: string): Promise<void> {
+  const otlpPort = await freePort();
+  const apiPort = await freePort();
+  // each start dies in the poisonous record
+  for (let i = 0; i < REPLAY_CRASHES_TO_SET_ASIDE; i++) {
+    const run = await start(dataDir, preload, otlpPort, apiPort);
+    expect(await run.exited).toBe('SIGKILL');
+  }
+  // the next start sets it aside, stays up, and lands the record after it
+  const run = await start(dataDir, preload, otlpPort, apiPort);
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const deadline = Date.now() + 60_000;
+  let landed = 0;
+  while (landed < 3 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    expect(run.child.exitCode === null && run.child.signalCode === null, run.stderr()).toBe(true);
+    try {
+      landed = (await readMetrics(apiUrl)).get('tollgate_landed_rows_total') ?? 0;
+    } catch {
+      // not listening yet
+    }
+  }
+  expect(landed).toBe(3);
+  expect((await readMetrics(apiUrl)).get('tollgate_spool_replay_failures_total')).toBe(1);
+  expect(run.stderr()).toContain('spool record set aside');
+  // kept: the guard still names it, and a stop does not forget it
+  run.child.kill('SIGTERM');
+  await run.exited;
+  const guard = JSON.parse(readFileSync(join(dataDir, 'spool', 'replay-guard.json'), 'utf8'));
+  expect(guard).toEqual({ crashes: { 'poison-1': REPLAY_CRASHES_TO_SET_ASIDE }, inProgress: [] });
+  expect(new ReplayGuard(join(dataDir, 'spool', 'replay-guard.json')).setAside()).toEqual(['poison-1']);
+}
+
 describe('a spool record whose replay kills the process', () => {
   it(`is set aside after ${REPLAY_CRASHES_TO_SET_ASIDE} starts died in it; the records after it land`, async () => {
     const dataDir = tempDir('tollgate-replay-crash-');
@@ -68,36 +105,59 @@ JSON.parse = function (text, reviver) {
       });
     }
     await spool.close();
+    await expectSetAside(dataDir, preload);
+  }, 180_000);
 
-    const otlpPort = await freePort();
-    const apiPort = await freePort();
-    // each start dies in the poisonous record
-    for (let i = 0; i < REPLAY_CRASHES_TO_SET_ASIDE; i++) {
-      const run = await start(dataDir, preload, otlpPort, apiPort);
-      expect(await run.exited).toBe('SIGKILL');
+  it('also when it dies after decoding, while its calls are prepared (holding them for the dedup read it once more, and cleared its count: it died at every start)', async () => {
+    const dataDir = tempDir('tollgate-replay-crash-prepare-');
+    const preload = join(dataDir, 'die-on-marker-lookup.cjs');
+    // dies when a Map is looked up by exactly the marker: preparing the calls looks each event id up; decoding a
+    // record of calls (JSON.parse) and holding its calls (composite keys) do not
+    writeFileSync(
+      preload,
+      `const get = Map.prototype.get;
+Map.prototype.get = function (k) {
+  if (k === ${JSON.stringify(MARKER)}) process.kill(process.pid, 'SIGKILL');
+  return get.call(this, k);
+};
+`,
+    );
+    const call = (eventId: string) => ({
+      eventId,
+      traceId: 'a'.repeat(32),
+      spanId: 'b'.repeat(16),
+      customer: 'after-crash',
+      agent: 'ag',
+      sessionId: '',
+      sessionRule: '',
+      tool: 'lookup',
+      transport: 'stdio',
+      ok: true,
+      errorType: '',
+      startUnixUs: Date.now() * 1000,
+      durationUs: 1000,
+      inputTokens: 0,
+      outputTokens: 0,
+      protocolVersion: '',
+      source: 'event',
+      instanceId: 'i1',
+    });
+    const { spool } = await Spool.open({ dir: join(dataDir, 'spool'), fsync: true, segmentBytes: 64 << 20 });
+    for (const [rid, calls] of [
+      ['poison-1', [call(MARKER)]],
+      ['good-1', [call('good-a'), call('good-b'), call('good-c')]],
+    ] as const) {
+      await spool.appendAccepted({
+        t: 'a',
+        rid,
+        product: 'demo-mcp',
+        planVersion: 'unknown',
+        receivedAtMs: Date.now(),
+        format: 'calls-json',
+        payload: Buffer.from(JSON.stringify(calls)),
+      });
     }
-    // the next start sets it aside, stays up, and lands the record after it
-    const run = await start(dataDir, preload, otlpPort, apiPort);
-    const apiUrl = `http://127.0.0.1:${apiPort}`;
-    const deadline = Date.now() + 60_000;
-    let landed = 0;
-    while (landed < 3 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 200));
-      expect(run.child.exitCode === null && run.child.signalCode === null, run.stderr()).toBe(true);
-      try {
-        landed = (await readMetrics(apiUrl)).get('tollgate_landed_rows_total') ?? 0;
-      } catch {
-        // not listening yet
-      }
-    }
-    expect(landed).toBe(3);
-    expect((await readMetrics(apiUrl)).get('tollgate_spool_replay_failures_total')).toBe(1);
-    expect(run.stderr()).toContain('spool record set aside');
-    // kept: the guard still names it, and a stop does not forget it
-    run.child.kill('SIGTERM');
-    await run.exited;
-    const guard = JSON.parse(readFileSync(join(dataDir, 'spool', 'replay-guard.json'), 'utf8'));
-    expect(guard).toEqual({ crashes: { 'poison-1': REPLAY_CRASHES_TO_SET_ASIDE }, inProgress: [] });
-    expect(new ReplayGuard(join(dataDir, 'spool', 'replay-guard.json')).setAside()).toEqual(['poison-1']);
+    await spool.close();
+    await expectSetAside(dataDir, preload);
   }, 180_000);
 });

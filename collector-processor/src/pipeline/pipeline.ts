@@ -753,7 +753,7 @@ export class Pipeline {
       } catch {
         // its replay reports it
       } finally {
-        guard.end(rec.rid);
+        guard.leave(rec.rid);
       }
     }
   }

@@ -482,6 +482,16 @@ export class ReplayGuard {
     this.save();
   }
 
+  /**
+   * After a part of a record's reading (its decoding, read ahead of its replay) that went through: no longer in
+   * progress, its count kept. Only `end`, after the whole reading, clears it: a record that dies later in its
+   * reading must still be set aside.
+   */
+  leave(rid: string): void {
+    this.inProgress.delete(rid);
+    this.save();
+  }
+
   private save(): void {
     const state = JSON.stringify({ crashes: this.crashes, inProgress: [...this.inProgress] });
     writeFileSync(this.file, state);
