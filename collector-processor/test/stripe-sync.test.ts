@@ -439,6 +439,28 @@ describe('crash mid-sync, then resume', () => {
     await fake.close();
   });
 
+  it("an operator's edit of a pushed item at Stripe stays the operator's: later units do not charge it again", async () => {
+    const fake = await newFake();
+    const runDir = ledgerDir();
+    const config = configFor(fake);
+    await expect(
+      runStripeSync(config, runDir, deps, quietLog, {
+        periods: PERIODS,
+        nowMs: NOW,
+        gateway: gatewayDying(fake, 'createInvoiceItem', 3, 'before'),
+      }),
+    ).rejects.toThrow('killed');
+    // the first push, lowered by a cent by an operator at Stripe
+    const edited = fake.items[0] as { amount: number; metadata: Record<string, string> };
+    edited.amount -= 1;
+    const line = `${edited.metadata.tollgate_customer}/${edited.metadata.tollgate_line}`;
+    await runStripeSync(config, runDir, deps, quietLog, { periods: PERIODS, nowMs: NOW });
+    const sum = (items: Map<string, bigint>) =>
+      [...items].filter(([k]) => k.startsWith(`${line}/`)).reduce((t, [, v]) => t + v, 0n);
+    expect(sum(itemsAt(fake))).toBe(sum(await expectedPushes()) - 1n);
+    await fake.close();
+  });
+
   it('a replay of the same key and body answers Idempotent-Replayed; other parameters under that key are refused', async () => {
     const fake = await newFake();
     const gw = sdkGateway({ secretKey: fake.secretKey, host: fake.host, port: fake.port, protocol: 'http' });

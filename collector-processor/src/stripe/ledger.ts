@@ -40,6 +40,12 @@ export interface Outcome {
    * was found at Stripe by its metadata; `nothing`: the unit added nothing (no intent, nothing sent).
    */
   how: 'created' | 'replayed' | 'found' | 'nothing';
+  /**
+   * `found`: what the item held at Stripe when it was found (minor units, or units of a quantity line), which may
+   * differ from this ledger's intent (another data directory pushed the key). Absent in older ledgers.
+   */
+  foundMinor?: string;
+  foundQuantity?: string;
   at: string;
 }
 
@@ -129,7 +135,19 @@ export class Ledger {
     return e;
   }
 
-  writeOutcome(key: string, stripeId: string, how: Outcome['how']): void {
-    this.append({ t: 'done', key, stripeId, how, at: new Date().toISOString() });
+  writeOutcome(
+    key: string,
+    stripeId: string,
+    how: Outcome['how'],
+    found?: { minor: bigint; quantity: bigint },
+  ): void {
+    this.append({
+      t: 'done',
+      key,
+      stripeId,
+      how,
+      ...(found ? { foundMinor: found.minor.toString(), foundQuantity: found.quantity.toString() } : {}),
+      at: new Date().toISOString(),
+    });
   }
 }

@@ -282,19 +282,23 @@ export async function syncStripe(o: SyncOptions): Promise<SyncReport> {
      */
     const settled = (key: string, line: StripeLine): Settled | undefined => {
       const known = ledger.intent(key);
+      const outcome = ledger.outcome(key);
+      if (outcome) {
+        // what was at Stripe when it was found, when that is recorded: it may differ from the intent (another
+        // data directory pushed the key), and counting the intent charged the difference again on a later unit.
+        // Not what Stripe holds now: an operator's later edit of the item stays the operator's.
+        if (outcome.how === 'found' && outcome.foundMinor !== undefined)
+          return { minor: BigInt(outcome.foundMinor), quantity: BigInt(outcome.foundQuantity ?? 0) };
+        return { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
+      }
       const atStripe = byKey.get(key);
-      // What Stripe holds under the key counts, when it is listed: it is what the customer is charged. An item
-      // found there may hold another amount than this ledger's intent (another data directory pushed the key);
-      // counting the intent after its first run charged the difference again, on every later unit.
-      const held = atStripe && {
+      if (!atStripe) return undefined;
+      const held = {
         minor: line.push === 'amount' ? BigInt(atStripe.amount) : 0n,
         quantity: line.push === 'amount' ? 0n : BigInt(atStripe.quantity),
       };
-      if (ledger.outcome(key))
-        return held ?? { minor: BigInt(known?.amountMinor ?? 0), quantity: BigInt(known?.quantity ?? 0) };
-      if (!held) return undefined;
       report.pushes.found++;
-      if (!o.dryRun && known) ledger.writeOutcome(key, (atStripe as InvoiceItemSeen).id, 'found');
+      if (!o.dryRun && known) ledger.writeOutcome(key, atStripe.id, 'found', held);
       return held;
     };
     // Stripe's answer: the items this product's sync made for this customer (found by their metadata).
