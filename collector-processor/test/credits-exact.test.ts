@@ -330,6 +330,21 @@ describe('prepaid credits beyond 2^53 nano-units, end to end', () => {
     expect(inv.credits.reconciliation).toMatchObject({ reconciled: false, mismatchedCalls: 1 });
     expect(inv.credits.undrawnCalls).toBe(1);
     expect(BigInt(inv.credits.amountDueNano)).toBe(BigInt(inv.totals.amountNano) - 1_000_000_000n);
+    // an adjustment of the bucket cannot take it off the floor (it must stay within the wallet cap), and says why
+    const adjust = await api('/admin/credits/adjust', {
+      method: 'POST',
+      body: JSON.stringify({
+        customer: 'floor-co',
+        grantId: 'overdraft',
+        amount: '1000',
+        currency: 'USD',
+        note: 'x',
+      }),
+    });
+    expect(adjust.status).toBe(409);
+    const refusal = ((await adjust.json()) as { error: { code: string; message: string } }).error;
+    expect(refusal.code).toBe('API_CREDIT_OUT_OF_RANGE');
+    expect(refusal.message).toContain(`holds ${OVERDRAFT_FLOOR_NANO} nano-units`);
     // a top-up repays some: the bucket leaves the floor and the kill is lifted
     const after = (await topUp('floor-co', '1')).wallet;
     expect(after.balanceNano).toBe((1_000_000_000n - INT64_MAX).toString());

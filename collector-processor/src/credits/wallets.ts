@@ -475,7 +475,7 @@ export class CreditWallets implements CreditsPort {
         'adjustment',
         'out_of_range',
         bucket === OVERDRAFT_BUCKET
-          ? 'the overdraft bucket must stay at or below zero'
+          ? `the overdraft bucket holds ${reply[1]} nano-units; adjusted, it must stay between minus the wallet cap and zero (a deeper bucket is repaid by a grant)`
           : `grant ${bucket} holds ${reply[1]} nano-units; it cannot go below zero or the wallet over its cap`,
       );
     if (status !== 'ok' && status !== 'replayed') throw new Error(`credits script: ${status}`);
