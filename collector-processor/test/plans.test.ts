@@ -160,16 +160,20 @@ products:
       c1: { overrides: { freeCallsPerMonth: "lots" } }
       c2: { overrides: { limits: { callsPerDay: "y" } } }
       c3: { overrides: { typo: 2 } }
+      c4: { overrides: { limits: { callsPerDay: -3 } } }
 `);
-    expect(problems).toHaveLength(4);
+    expect(problems).toHaveLength(6);
     expect(problems[0]).toMatch(/^products\.p\.plans\.a\.limits\.callsPerDay: /);
     expect(problems[1]).toMatch(/^products\.p\.plans\.a: Unrecognized key: "bogus"/);
-    // c2 only repeats the plan's own problem at the same place: not reported again
+    // an override's own value is its own problem, also at a key its plan gets wrong (c2, c4); what it only
+    // inherits (the plan's "bogus") is reported once, at the plan
     expect(problems.slice(2)).toEqual([
       expect.stringMatching(
         /^products\.p\.customers\.c1\.overrides\.freeCallsPerMonth: must be a whole number/,
       ),
+      expect.stringMatching(/^products\.p\.customers\.c2\.overrides\.limits\.callsPerDay: /),
       expect.stringMatching(/^products\.p\.customers\.c3\.overrides: Unrecognized key: "typo"/),
+      expect.stringMatching(/^products\.p\.customers\.c4\.overrides\.limits\.callsPerDay: /),
     ]);
   });
 

@@ -234,7 +234,10 @@ export function loadPlanBook(source: string, file = 'plans.yaml'): PlanBook {
         if (!c.overrides) continue;
         const r = planSchema.safeParse(deepMerge(p.plans[planId], c.overrides));
         if (r.success) continue;
-        const own = r.error.issues.flatMap((i) => notIn(i, baseProblems));
+        // a problem where the plan also fails is the plan's, unless the override sets that value itself
+        const inherited = (path: Path) =>
+          baseProblems.some((b) => startsWith(path, b)) && !sets(c.overrides, path);
+        const own = r.error.issues.flatMap((i) => notIn(i, inherited));
         report([...at, 'overrides'], own);
         continue;
       }
@@ -274,14 +277,24 @@ function issuePaths(issue: z.ZodError['issues'][number]): Path[] {
 }
 
 /** The part of an issue that is not at or under one of `known` (an unknown-keys issue keeps its other keys). */
-function notIn(issue: z.ZodError['issues'][number], known: readonly Path[]): z.ZodError['issues'] {
-  const isKnown = (path: Path) => known.some((b) => startsWith(path, b));
+function notIn(issue: z.ZodError['issues'][number], isKnown: (path: Path) => boolean): z.ZodError['issues'] {
   if (issue.code !== 'unrecognized_keys') return isKnown(issue.path) ? [] : [issue];
   const keys = issue.keys.filter((k) => !isKnown([...issue.path, k]));
   if (keys.length === issue.keys.length) return [issue];
   if (keys.length === 0) return [];
   const message = `Unrecognized key${keys.length > 1 ? 's' : ''}: ${keys.map((k) => `"${k}"`).join(', ')}`;
   return [{ ...issue, keys, message }];
+}
+
+/** Whether an override sets the value at `path` (or a value above it, which replaces what is below). */
+function sets(overrides: unknown, path: Path): boolean {
+  let v = overrides;
+  for (const k of path) {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return true;
+    if (!Object.hasOwn(v, k as string)) return false;
+    v = (v as Record<PropertyKey, unknown>)[k];
+  }
+  return true;
 }
 
 /** Whether `path` is `prefix` or lies under it. */
