@@ -370,7 +370,7 @@ end
 -- only. The host passes its last three ARGV: wallet key index (into KEYS), hard stop (1/0), overdraft (nano).
 -- nil when the customer has no wallet or its hard stop is off (credits then bound nothing).
 -- A plain number for lease.lua, whose sums are doubles: exact below 2^53 nano-units; an overdraft bucket
--- deeper than that gives -2^53 (still <= 0: nothing to lease), and a floored bucket 0.
+-- deeper than that gives -2^53 (still <= 0: nothing to lease), and a floored bucket at most 0 (nothing to lease either).
 local function credits_lease_headroom(keys, argv, now)
   local a = #argv - 2
   if argv[a + 1] ~= '1' then return nil end

@@ -348,7 +348,7 @@ async function cmdBillingSync(flags: Record<string, string>, provider: string | 
         );
       }
       out.write(
-        `(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind)\n`,
+        `(amounts in minor units of ${report.currency.toUpperCase()}, quantities in Stripe units; pending: the meter's summary is behind, within an hour of the line's last push)\n`,
       );
       for (const e of report.errors) out.write(`error: ${e.customer}: ${e.message}\n`);
     }
