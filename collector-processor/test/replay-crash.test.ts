@@ -36,6 +36,27 @@ async function start(dataDir: string, preload: string, otlpPort: number, apiPort
   return { ...server, exited };
 }
 
+/** Acknowledged records left unlanded in `dataDir`'s spool by a previous run, in order: [rid, payload as JSON]. */
+async function spoolUnlanded(
+  dataDir: string,
+  format: 'otlp-json' | 'calls-json',
+  records: readonly (readonly [string, unknown])[],
+): Promise<void> {
+  const { spool } = await Spool.open({ dir: join(dataDir, 'spool'), fsync: true, segmentBytes: 64 << 20 });
+  for (const [rid, payload] of records) {
+    await spool.appendAccepted({
+      t: 'a',
+      rid,
+      product: 'demo-mcp',
+      planVersion: 'unknown',
+      receivedAtMs: Date.now(),
+      format,
+      payload: Buffer.from(JSON.stringify(payload)),
+    });
+  }
+  await spool.close();
+}
+
 /**
  * Starts Tollgate on `dataDir` until the poisonous record is set aside: each of the first
  * REPLAY_CRASHES_TO_SET_ASIDE starts must die in it, the next must stay up and land the 3 calls after it.
@@ -87,24 +108,12 @@ JSON.parse = function (text, reviver) {
 `,
     );
     // two acknowledged records left unlanded by a previous run: the poisonous one first
-    const { spool } = await Spool.open({ dir: join(dataDir, 'spool'), fsync: true, segmentBytes: 64 << 20 });
     const good = Array.from({ length: 3 }, () => toolSpan({ customer: 'after-crash', tool: 'lookup' }));
     const poison = [toolSpan({ customer: 'after-crash', tool: 'lookup', attrs: { note: MARKER } })];
-    for (const [rid, spans] of [
-      ['poison-1', poison],
-      ['good-1', good],
-    ] as const) {
-      await spool.appendAccepted({
-        t: 'a',
-        rid,
-        product: 'demo-mcp',
-        planVersion: 'unknown',
-        receivedAtMs: Date.now(),
-        format: 'otlp-json',
-        payload: Buffer.from(JSON.stringify(exportOf([...spans]))),
-      });
-    }
-    await spool.close();
+    await spoolUnlanded(dataDir, 'otlp-json', [
+      ['poison-1', exportOf(poison)],
+      ['good-1', exportOf(good)],
+    ]);
     await expectSetAside(dataDir, preload);
   }, 180_000);
 
@@ -142,22 +151,10 @@ Map.prototype.get = function (k) {
       source: 'event',
       instanceId: 'i1',
     });
-    const { spool } = await Spool.open({ dir: join(dataDir, 'spool'), fsync: true, segmentBytes: 64 << 20 });
-    for (const [rid, calls] of [
+    await spoolUnlanded(dataDir, 'calls-json', [
       ['poison-1', [call(MARKER)]],
       ['good-1', [call('good-a'), call('good-b'), call('good-c')]],
-    ] as const) {
-      await spool.appendAccepted({
-        t: 'a',
-        rid,
-        product: 'demo-mcp',
-        planVersion: 'unknown',
-        receivedAtMs: Date.now(),
-        format: 'calls-json',
-        payload: Buffer.from(JSON.stringify(calls)),
-      });
-    }
-    await spool.close();
+    ]);
     await expectSetAside(dataDir, preload);
   }, 180_000);
 });

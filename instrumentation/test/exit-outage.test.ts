@@ -46,6 +46,22 @@ async function hangingTollgate() {
   return { port: (hang.address() as { port: number }).port, sockets, close };
 }
 
+/** The calls of `customer` landed in `t` so far (the lander drained first). */
+async function rowsOf(t: TestTollgate, customer: string): Promise<Row[]> {
+  await t.lander?.idle();
+  return query<Row>(t, 'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}', {
+    c: customer,
+  });
+}
+
+/** The calls of `customer` landed in `t`, once there are `n` of them (or more). */
+function billedRows(t: TestTollgate, customer: string, n: number): Promise<Row[]> {
+  return waitFor(`${n} billed calls of ${customer}`, async () => {
+    const r = await rowsOf(t, customer);
+    return r.length >= n ? r : undefined;
+  });
+}
+
 /** One plan, no free calls, a healthy margin: every call is billed and nothing is stopped. */
 const PLANS = `
 currency: USD
@@ -103,18 +119,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await c.client.close();
     await c.exited;
 
-    const billed = async () => {
-      await running.lander?.idle();
-      return query<Row>(
-        running,
-        'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
-        { c: 'outage-co' },
-      );
-    };
-    const rows = await waitFor('7 billed calls', async () => {
-      const r = await billed();
-      return r.length >= 7 ? r : undefined;
-    });
+    const rows = await billedRows(running, 'outage-co', 7);
     expect(rows.length).toBe(7);
     expect(new Set(rows.map((r) => r.span_id)).size).toBe(7);
     expect(rows.reduce((t, r) => t + BigInt(r.price_nano), 0n)).toBe(70_000_000n);
@@ -126,7 +131,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await d.client.close();
     await d.exited;
     await new Promise((r) => setTimeout(r, 500));
-    expect((await billed()).length).toBe(7);
+    expect((await rowsOf(running, 'outage-co')).length).toBe(7);
   });
 
   it('Tollgate hangs and the supervisor kills 1 s after SIGTERM: the calls are still billed, once each', async () => {
@@ -167,15 +172,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
       await b.client.callTool({ name: 'echo', arguments: { text: 'h4' } });
       await b.client.close();
       await b.exited;
-      const rows = await waitFor('4 billed calls', async () => {
-        await back.lander?.idle();
-        const r = await query<Row>(
-          back,
-          'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
-          { c: 'hang-co' },
-        );
-        return r.length >= 4 ? r : undefined;
-      });
+      const rows = await billedRows(back, 'hang-co', 4);
       expect(rows.length).toBe(4);
       expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
     }
@@ -204,15 +201,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
       await a.client.close().catch(() => {});
       expect(a.stderr.join('')).toContain('a background process is delivering them');
       // no further process of the service is started: the courier delivers
-      const rows = await waitFor(`4 billed calls of ${how}`, async () => {
-        await running.lander?.idle();
-        const r = await query<Row>(
-          running,
-          'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
-          { c: customer },
-        );
-        return r.length >= 4 ? r : undefined;
-      });
+      const rows = await billedRows(running, customer, 4);
       expect(rows.map((r) => r.tool).sort()).toEqual(['echo', 'echo', 'echo', 'exit_soon']);
       expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
       await waitFor('the handoff directory emptied', async () => {
@@ -279,15 +268,7 @@ describe('a stdio session that ends while Tollgate is down', () => {
     await b.client.callTool({ name: 'echo', arguments: { text: 'c3' } });
     await b.client.close();
     await b.exited;
-    const rows = await waitFor('4 billed calls', async () => {
-      await back.lander?.idle();
-      const r = await query<Row>(
-        back,
-        'SELECT span_id, tool, price_nano FROM mcp_tool_calls WHERE customer = {c:String}',
-        { c: 'courier-co' },
-      );
-      return r.length >= 4 ? r : undefined;
-    });
+    const rows = await billedRows(back, 'courier-co', 4);
     expect(rows.length).toBe(4);
     expect(new Set(rows.map((r) => r.span_id)).size).toBe(4);
   });
